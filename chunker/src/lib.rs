@@ -206,7 +206,7 @@ impl ChunkerParams {
                     high: high as u32,
                 });
             }
-            if value % 2 != 0 {
+            if !value.is_multiple_of(2) {
                 return Err(ParamsError::Odd(which));
             }
             Ok(())
@@ -549,7 +549,7 @@ mod tests {
             let mut expected = 0u64;
             for (i, c) in from_slice.iter().enumerate() {
                 prop_assert_eq!(c.offset, expected);
-                prop_assert!(c.length as u32 <= params.max());
+                prop_assert!(c.length <= params.max());
                 if i + 1 < from_slice.len() {
                     prop_assert!(c.length >= params.min());
                 }

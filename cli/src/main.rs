@@ -1,1 +1,640 @@
-fn main() {}
+//! The `xstore` command: parses arguments, calls the `xstore` library, prints results.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use xstore::{
+    BackupOptions, CheckOptions, ChunkerParams, EntryKind, InitOptions, LocalSource, Node,
+    ParentChoice, Progress, Repository, RestoreOptions, Snapshot,
+};
+
+/// Exit status: success.
+const EXIT_OK: u8 = 0;
+/// Exit status: an error stopped the command.
+const EXIT_ERROR: u8 = 1;
+/// Exit status: the backup or restore finished, but some paths failed (listed on stderr).
+const EXIT_PARTIAL: u8 = 3;
+/// Exit status: `check` found problems.
+const EXIT_PROBLEMS: u8 = 4;
+
+#[derive(Parser)]
+#[command(
+    name = "xstore",
+    version,
+    about = "Deduplicating snapshot store for fleets of hosts"
+)]
+struct Cli {
+    /// Repository directory.
+    #[arg(short = 'r', long, env = "XSTORE_REPO", global = true)]
+    repo: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print only errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// More log output (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new repository.
+    Init {
+        /// Average chunk size in KiB (min = avg/4, max = avg*4).
+        #[arg(long, default_value_t = 256)]
+        chunk_avg_kib: u32,
+        /// zstd compression level (1-19).
+        #[arg(long, default_value_t = 3)]
+        compression_level: i32,
+        /// Target pack file size in MiB.
+        #[arg(long, default_value_t = 32)]
+        pack_size_mib: u64,
+    },
+    /// Back up paths as a new snapshot of a host.
+    Backup {
+        /// Host name recorded in the snapshot (default: this machine's name).
+        #[arg(long)]
+        host: Option<String>,
+        /// Exclude paths matching this glob (a pattern without / matches file names).
+        #[arg(long = "exclude", value_name = "GLOB")]
+        excludes: Vec<String>,
+        /// Stay on the filesystem of each backup path.
+        #[arg(short = 'x', long)]
+        one_file_system: bool,
+        /// Read every file instead of trusting the parent snapshot's metadata.
+        #[arg(long, conflicts_with = "parent")]
+        no_parent: bool,
+        /// Compare against this snapshot instead of the host's latest.
+        #[arg(long)]
+        parent: Option<String>,
+        /// Paths to back up.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// List snapshots.
+    Snapshots {
+        /// Only this host.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// List a directory of a snapshot (long format).
+    Ls {
+        /// Snapshot: id prefix, HOST@latest or latest.
+        snapshot: String,
+        /// Path inside the snapshot.
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Write one file of a snapshot to stdout.
+    Cat {
+        /// Snapshot: id prefix, HOST@latest or latest.
+        snapshot: String,
+        /// Path of the file inside the snapshot.
+        path: String,
+    },
+    /// Restore a snapshot, or one path of it, into a directory.
+    Restore {
+        /// Snapshot: id prefix, HOST@latest or latest.
+        snapshot: String,
+        /// Target directory (created if missing).
+        target: PathBuf,
+        /// Restore only this path of the snapshot; it is created inside the target.
+        #[arg(long)]
+        path: Option<String>,
+        /// Do not set file owners even when running as root.
+        #[arg(long)]
+        no_owners: bool,
+    },
+    /// Show paths added, removed and modified between two snapshots.
+    Diff {
+        /// Older snapshot.
+        old: String,
+        /// Newer snapshot.
+        new: String,
+    },
+    /// Verify structure and reference counts (and with --read-data, every blob).
+    Check {
+        /// Re-read, decompress and re-hash every blob.
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Repository sizes and deduplication.
+    Stats,
+    /// Repair repository structures.
+    Repair {
+        #[command(subcommand)]
+        what: RepairWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum RepairWhat {
+    /// Rebuild the index from pack files and snapshot records.
+    Index,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("XSTORE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    match run(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("xstore: error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn repo_path(cli: &Cli) -> Result<PathBuf> {
+    cli.repo
+        .clone()
+        .context("no repository given: use --repo DIR or set XSTORE_REPO")
+}
+
+fn open_rw(cli: &Cli) -> Result<Repository> {
+    let p = repo_path(cli)?;
+    Ok(Repository::open(&p)?)
+}
+
+fn open_ro(cli: &Cli) -> Result<Repository> {
+    let p = repo_path(cli)?;
+    Ok(Repository::open_read_only(&p)?)
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// `1.5 GiB`-style sizes.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn time_of(ns: i64) -> String {
+    xstore::format_utc(ns.div_euclid(1_000_000_000))
+}
+
+/// A progress bar on a TTY; nothing otherwise (cron, pipes, --json, -q).
+fn progress_bar(
+    cli: &Cli,
+    progress: Arc<Progress>,
+    known_total: bool,
+) -> Option<std::thread::JoinHandle<()>> {
+    if cli.quiet || cli.json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = if known_total {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        b
+    };
+    Some(std::thread::spawn(move || loop {
+        if known_total {
+            bar.set_length(progress.total_bytes.load(Ordering::Relaxed));
+        }
+        bar.set_position(progress.bytes.load(Ordering::Relaxed));
+        bar.set_message(format!(
+            "{} files, {} errors",
+            progress.files.load(Ordering::Relaxed),
+            progress.errors.load(Ordering::Relaxed)
+        ));
+        // Arc count 1 means the operation dropped its handle: it is done.
+        if Arc::strong_count(&progress) == 1 {
+            bar.finish_and_clear();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }))
+}
+
+fn run(cli: &Cli) -> Result<u8> {
+    match &cli.command {
+        Command::Init {
+            chunk_avg_kib,
+            compression_level,
+            pack_size_mib,
+        } => {
+            let path = repo_path(cli)?;
+            let avg = chunk_avg_kib.saturating_mul(1024);
+            let chunker = ChunkerParams::new(avg / 4, avg, avg.saturating_mul(4))
+                .context("--chunk-avg-kib")?;
+            let opts = InitOptions {
+                chunker,
+                compression_level: *compression_level,
+                pack_size: pack_size_mib.saturating_mul(1024 * 1024),
+            };
+            let repo = Repository::init(&path, &opts)?;
+            if cli.json {
+                print_json(repo.config())?;
+            } else if !cli.quiet {
+                println!(
+                    "created repository {} at {}",
+                    &repo.config().repository_id[..8],
+                    path.display()
+                );
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Backup {
+            host,
+            excludes,
+            one_file_system,
+            no_parent,
+            parent,
+            paths,
+        } => {
+            let repo = open_rw(cli)?;
+            let parent = if *no_parent {
+                ParentChoice::None
+            } else if let Some(p) = parent {
+                ParentChoice::Snapshot(repo.resolve(p)?.id)
+            } else {
+                ParentChoice::Latest
+            };
+            let progress = Arc::new(Progress::default());
+            let opts = BackupOptions {
+                host: host.clone().unwrap_or_else(xstore::local_hostname),
+                paths: paths.clone(),
+                excludes: excludes.clone(),
+                one_file_system: *one_file_system,
+                parent,
+                progress: Some(progress.clone()),
+            };
+            let bar = progress_bar(cli, progress.clone(), false);
+            let result = repo.backup(&LocalSource, &opts);
+            drop(opts);
+            drop(progress);
+            if let Some(b) = bar {
+                let _ = b.join();
+            }
+            let snap = result?;
+            if cli.json {
+                print_json(&snap)?;
+            } else {
+                for e in &snap.errors {
+                    eprintln!("xstore: not backed up: {}: {}", e.path, e.message);
+                }
+                if !cli.quiet {
+                    print_backup_summary(&snap);
+                }
+            }
+            Ok(if snap.is_complete() {
+                EXIT_OK
+            } else {
+                EXIT_PARTIAL
+            })
+        }
+        Command::Snapshots { host } => {
+            let repo = open_ro(cli)?;
+            let snaps: Vec<Snapshot> = repo
+                .snapshots()?
+                .into_iter()
+                .filter(|s| host.as_ref().is_none_or(|h| &s.host == h))
+                .collect();
+            if cli.json {
+                print_json(&snaps)?;
+            } else {
+                println!(
+                    "{:<8}  {:<20}  {:<20}  {:<8}  {:>9}  {:>10}  paths",
+                    "id", "time", "host", "status", "files", "size"
+                );
+                for s in &snaps {
+                    println!(
+                        "{:<8}  {:<20}  {:<20}  {:<8}  {:>9}  {:>10}  {}",
+                        s.id.short(),
+                        time_of(s.start_ns),
+                        s.host,
+                        if s.is_complete() {
+                            "complete"
+                        } else {
+                            "partial"
+                        },
+                        s.stats.files,
+                        human_bytes(s.stats.logical_bytes),
+                        s.paths.join(" ")
+                    );
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Ls { snapshot, path } => {
+            let repo = open_ro(cli)?;
+            let snap = repo.resolve(snapshot)?;
+            let entries = repo.list(&snap, path)?;
+            if cli.json {
+                let v: Vec<serde_json::Value> = entries.iter().map(entry_json).collect();
+                print_json(&v)?;
+            } else {
+                for e in &entries {
+                    println!("{}", ls_line(e));
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Cat { snapshot, path } => {
+            let repo = open_ro(cli)?;
+            let snap = repo.resolve(snapshot)?;
+            let entry = match repo.lookup(&snap, path)? {
+                Node::Entry(e) => e,
+                Node::Root(_) => anyhow::bail!("{path}: is a directory"),
+            };
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            repo.cat(&entry, &mut out)?;
+            out.flush()?;
+            Ok(EXIT_OK)
+        }
+        Command::Restore {
+            snapshot,
+            target,
+            path,
+            no_owners,
+        } => {
+            let repo = open_ro(cli)?;
+            let snap = repo.resolve(snapshot)?;
+            let progress = Arc::new(Progress::default());
+            let opts = RestoreOptions {
+                path: path.clone(),
+                owners: if *no_owners { Some(false) } else { None },
+                progress: Some(progress.clone()),
+            };
+            let bar = progress_bar(cli, progress.clone(), true);
+            let result = repo.restore(&snap, target, &opts);
+            drop(opts);
+            drop(progress);
+            if let Some(b) = bar {
+                let _ = b.join();
+            }
+            let summary = result?;
+            if cli.json {
+                print_json(&summary)?;
+            } else {
+                for e in &summary.errors {
+                    eprintln!("xstore: not restored: {}: {}", e.path, e.message);
+                }
+                if !cli.quiet {
+                    println!(
+                        "restored snapshot {} of {} to {}: {} files, {} directories, {} other, {}",
+                        snap.id.short(),
+                        snap.host,
+                        target.display(),
+                        summary.files,
+                        summary.dirs,
+                        summary.others,
+                        human_bytes(summary.bytes)
+                    );
+                }
+            }
+            Ok(if summary.errors.is_empty() {
+                EXIT_OK
+            } else {
+                EXIT_PARTIAL
+            })
+        }
+        Command::Diff { old, new } => {
+            let repo = open_ro(cli)?;
+            let a = repo.resolve(old)?;
+            let b = repo.resolve(new)?;
+            let items = repo.diff(&a, &b)?;
+            if cli.json {
+                print_json(&items)?;
+            } else {
+                for i in &items {
+                    let sign = match i.change {
+                        xstore::Change::Added => '+',
+                        xstore::Change::Removed => '-',
+                        xstore::Change::Modified => 'M',
+                    };
+                    println!("{sign} {}", i.path);
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Check { read_data } => {
+            let repo = open_ro(cli)?;
+            let report = repo.check(CheckOptions {
+                read_data: *read_data,
+            })?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                for p in &report.problems {
+                    eprintln!("xstore: problem: {p}");
+                }
+                if !cli.quiet {
+                    println!(
+                        "checked {} snapshots, {} trees, {} blobs in {} packs{}: {}",
+                        report.snapshots,
+                        report.trees,
+                        report.blobs,
+                        report.packs,
+                        if *read_data {
+                            format!(", {} blobs re-hashed", report.blobs_verified)
+                        } else {
+                            String::new()
+                        },
+                        if report.problems.is_empty() {
+                            "no problems".to_string()
+                        } else {
+                            format!("{} problems", report.problems.len())
+                        }
+                    );
+                }
+            }
+            Ok(if report.problems.is_empty() {
+                EXIT_OK
+            } else {
+                EXIT_PROBLEMS
+            })
+        }
+        Command::Stats => {
+            let repo = open_ro(cli)?;
+            let st = repo.stats()?;
+            if cli.json {
+                print_json(&st)?;
+            } else {
+                println!("snapshots        {} ({} hosts)", st.snapshots, st.hosts);
+                println!(
+                    "logical bytes    {} ({})",
+                    human_bytes(st.logical_bytes),
+                    st.logical_bytes
+                );
+                println!(
+                    "stored bytes     {} ({})",
+                    human_bytes(st.stored_bytes),
+                    st.stored_bytes
+                );
+                println!("unique bytes     {}", human_bytes(st.unique_bytes));
+                println!("dedup ratio      {:.2}", st.dedup_ratio);
+                println!(
+                    "blobs            {} ({} unreferenced)",
+                    st.blobs, st.unreferenced_blobs
+                );
+                println!("packs            {}", st.packs);
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Repair {
+            what: RepairWhat::Index,
+        } => {
+            let path = repo_path(cli)?;
+            let report = Repository::repair_index(&path)?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                for s in &report.skipped {
+                    eprintln!("xstore: skipped: {s}");
+                }
+                if !cli.quiet {
+                    println!(
+                        "rebuilt index: {} packs ({} scanned), {} blobs, {} snapshots",
+                        report.packs, report.packs_scanned, report.blobs, report.snapshots
+                    );
+                }
+            }
+            Ok(if report.skipped.is_empty() {
+                EXIT_OK
+            } else {
+                EXIT_PARTIAL
+            })
+        }
+    }
+}
+
+fn print_backup_summary(s: &Snapshot) {
+    let secs = (s.end_ns - s.start_ns) as f64 / 1e9;
+    println!(
+        "snapshot {} of {} {}: {} files ({} unchanged), {} dirs, {} read, {} new ({} stored) in {:.1}s",
+        s.id.short(),
+        s.host,
+        if s.is_complete() { "saved" } else { "saved PARTIAL" },
+        s.stats.files,
+        s.stats.files_unchanged,
+        s.stats.dirs,
+        human_bytes(s.stats.bytes_read),
+        human_bytes(s.stats.new_bytes),
+        human_bytes(s.stats.new_stored_bytes),
+        secs
+    );
+    if !s.is_complete() {
+        println!("{} paths could not be read (listed above)", s.stats.errors);
+    }
+}
+
+fn mode_string(kind: EntryKind, mode: u32) -> String {
+    let mut s = String::with_capacity(10);
+    s.push(kind.letter());
+    let bits = [
+        (0o400, 'r'),
+        (0o200, 'w'),
+        (0o100, 'x'),
+        (0o040, 'r'),
+        (0o020, 'w'),
+        (0o010, 'x'),
+        (0o004, 'r'),
+        (0o002, 'w'),
+        (0o001, 'x'),
+    ];
+    for (i, (bit, c)) in bits.iter().enumerate() {
+        let special = match i {
+            2 => mode & 0o4000 != 0,
+            5 => mode & 0o2000 != 0,
+            8 => mode & 0o1000 != 0,
+            _ => false,
+        };
+        let set = mode & bit != 0;
+        s.push(match (special, set, i) {
+            (true, true, 8) => 't',
+            (true, false, 8) => 'T',
+            (true, true, _) => 's',
+            (true, false, _) => 'S',
+            (false, true, _) => *c,
+            (false, false, _) => '-',
+        });
+    }
+    s
+}
+
+fn ls_line(e: &xstore::Entry) -> String {
+    let mut line = format!(
+        "{} {:>5} {:>5} {:>12} {} {}",
+        mode_string(e.kind, e.mode),
+        e.uid,
+        e.gid,
+        e.size,
+        time_of(e.mtime_ns),
+        e.name_lossy()
+    );
+    if let xstore::Content::Target(t) = &e.content {
+        line.push_str(" -> ");
+        line.push_str(&String::from_utf8_lossy(t));
+    }
+    line
+}
+
+fn entry_json(e: &xstore::Entry) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "name": e.name_lossy(),
+        "kind": e.kind,
+        "mode": format!("{:04o}", e.mode),
+        "uid": e.uid,
+        "gid": e.gid,
+        "size": e.size,
+        "mtime_ns": e.mtime_ns,
+        "nlink": e.nlink,
+    });
+    if let xstore::Content::Target(t) = &e.content {
+        v["target"] = serde_json::Value::String(String::from_utf8_lossy(t).into_owned());
+    }
+    v
+}

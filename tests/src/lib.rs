@@ -1,1 +1,217 @@
-//! Test helpers.
+//! Helpers shared by the integration tests: building a fixture tree with every kind of entry,
+//! and comparing two trees byte for byte and metadata for metadata.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub use xstore::chunker::seeded_bytes;
+
+/// Whether the filesystem under `dir` accepts `user.*` xattrs.
+pub fn xattrs_supported(dir: &Path) -> bool {
+    let probe = dir.join(".xattr-probe");
+    fs::write(&probe, b"").unwrap();
+    let ok = xattr::set(&probe, "user.probe", b"1").is_ok();
+    fs::remove_file(&probe).unwrap();
+    ok
+}
+
+fn set_mtime(path: &Path, secs: u64, nanos: u32) {
+    let ts = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: secs as i64,
+            tv_nsec: nanos as _,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: secs as i64,
+            tv_nsec: nanos as _,
+        },
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &ts,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}
+
+/// Builds a tree with every kind of entry the format stores, at `root` (created).
+/// `seed` varies the content.
+pub fn make_fixture(root: &Path, seed: u64) {
+    fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    fs::create_dir_all(root.join("empty-dir")).unwrap();
+    fs::write(root.join("empty"), b"").unwrap();
+    fs::write(root.join("small.txt"), format!("hello {seed}\n")).unwrap();
+    fs::write(
+        root.join("sub/random.bin"),
+        seeded_bytes(seed, 3 * 1024 * 1024 + 123),
+    )
+    .unwrap();
+    // Repeated content: deduplicates within the snapshot.
+    fs::write(
+        root.join("sub/deeper/copy.bin"),
+        seeded_bytes(seed, 3 * 1024 * 1024 + 123),
+    )
+    .unwrap();
+    let text: String = (0..20_000)
+        .map(|i| format!("line {i} of a log file {seed}\n"))
+        .collect();
+    fs::write(root.join("sub/log.txt"), text).unwrap();
+    // A sparse file: a hole between two data regions.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = fs::File::create(root.join("sparse.img")).unwrap();
+        f.write_all(b"start").unwrap();
+        f.seek(SeekFrom::Start(8 * 1024 * 1024)).unwrap();
+        f.write_all(b"end").unwrap();
+    }
+    // Names that are not UTF-8 and names with spaces and newlines.
+    fs::write(root.join(OsStr::from_bytes(b"latin1-\xe9t\xe9")), b"bytes").unwrap();
+    fs::write(root.join("with space\nand newline"), b"odd").unwrap();
+    // Symlinks: relative, absolute, dangling, pointing outside the tree.
+    std::os::unix::fs::symlink("small.txt", root.join("link-rel")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", root.join("link-abs")).unwrap();
+    std::os::unix::fs::symlink("does/not/exist", root.join("link-dangling")).unwrap();
+    std::os::unix::fs::symlink("../../../../outside", root.join("sub/link-up")).unwrap();
+    // Hard links, one across directories.
+    fs::write(root.join("hard-a"), b"linked content").unwrap();
+    fs::hard_link(root.join("hard-a"), root.join("sub/hard-b")).unwrap();
+    // A fifo.
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        root.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o640),
+        0,
+    )
+    .unwrap();
+    // Modes, including setgid and sticky.
+    fs::set_permissions(root.join("small.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(root.join("sub/deeper"), fs::Permissions::from_mode(0o2750)).unwrap();
+    fs::set_permissions(root.join("empty-dir"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::set_permissions(root.join("sub/log.txt"), fs::Permissions::from_mode(0o444)).unwrap();
+    if xattrs_supported(root) {
+        xattr::set(root.join("small.txt"), "user.comment", b"an xattr value").unwrap();
+        xattr::set(root.join("sub"), "user.dir", b"on a directory").unwrap();
+        xattr::set(root.join("sub/random.bin"), "user.bin", &[0u8, 1, 2, 255]).unwrap();
+    }
+    // Nanosecond mtimes, set last (deepest first) so directory times stick.
+    let mut all = Vec::new();
+    walk(root, &mut all);
+    all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for (i, p) in all.iter().enumerate() {
+        set_mtime(p, 1_600_000_000 + i as u64 * 977, 123_456_789 + i as u32);
+    }
+    set_mtime(root, 1_650_000_000, 999_999_999);
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        out.push(p.clone());
+        if fs::symlink_metadata(&p).unwrap().is_dir() {
+            walk(&p, out);
+        }
+    }
+}
+
+/// Relative path → description of everything restore must reproduce.
+fn describe(root: &Path, check_owner: bool) -> (HashMap<PathBuf, String>, Vec<Vec<PathBuf>>) {
+    let mut all = Vec::new();
+    walk(root, &mut all);
+    all.push(root.to_path_buf());
+    let mut out = HashMap::new();
+    let mut inodes: HashMap<u64, Vec<PathBuf>> = HashMap::new();
+    for p in all {
+        let rel = p.strip_prefix(root).unwrap().to_path_buf();
+        let m = fs::symlink_metadata(&p).unwrap();
+        let ft = m.file_type();
+        if std::os::unix::fs::FileTypeExt::is_socket(&ft) {
+            continue; // never stored, by design
+        }
+        let mut d = format!(
+            "mode={:o} mtime={}.{:09}",
+            m.mode(),
+            m.mtime(),
+            m.mtime_nsec()
+        );
+        if check_owner {
+            d += &format!(" owner={}:{}", m.uid(), m.gid());
+        }
+        if ft.is_file() {
+            let data = fs::read(&p).unwrap();
+            d += &format!(
+                " file size={} blake3={}",
+                data.len(),
+                xstore::ChunkId::of(&data)
+            );
+            if m.nlink() > 1 {
+                inodes.entry(m.ino()).or_default().push(rel.clone());
+            }
+        } else if ft.is_symlink() {
+            d += &format!(" symlink -> {:?}", fs::read_link(&p).unwrap());
+        } else if ft.is_dir() {
+            d += " dir";
+        } else {
+            d += &format!(" special rdev={}", m.rdev());
+        }
+        if !ft.is_symlink() {
+            let mut xs: Vec<(String, Vec<u8>)> = xattr::list(&p)
+                .map(|l| {
+                    l.filter(|n| n.as_bytes().starts_with(b"user."))
+                        .map(|n| {
+                            (
+                                n.to_string_lossy().into_owned(),
+                                xattr::get(&p, &n).unwrap().unwrap_or_default(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            xs.sort();
+            d += &format!(" xattrs={xs:?}");
+        }
+        out.insert(rel, d);
+    }
+    // Links whose partners are outside the compared tree are ordinary files here.
+    let mut groups: Vec<Vec<PathBuf>> = inodes
+        .into_values()
+        .filter(|v| v.len() > 1)
+        .map(|mut v| {
+            v.sort();
+            v
+        })
+        .collect();
+    groups.sort();
+    (out, groups)
+}
+
+/// Asserts that `restored` reproduces `original`: names, kinds, content, modes, mtimes (ns),
+/// symlink targets, user xattrs, hard-link groups, and owners when `check_owner`.
+/// Sockets are skipped by design and ignored here.
+pub fn assert_same_tree(original: &Path, restored: &Path, check_owner: bool) {
+    let (a, ga) = describe(original, check_owner);
+    let (b, gb) = describe(restored, check_owner);
+    let mut missing: Vec<_> = a.keys().filter(|k| !b.contains_key(*k)).collect();
+    missing.sort();
+    let mut extra: Vec<_> = b.keys().filter(|k| !a.contains_key(*k)).collect();
+    extra.sort();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
+    for (k, v) in &a {
+        assert_eq!(v, &b[k], "metadata or content differs at {k:?}");
+    }
+    assert_eq!(ga, gb, "hard link groups differ");
+}
+
+/// The path under which a backed-up absolute path is restored inside `target`.
+pub fn restored_path(target: &Path, source: &Path) -> PathBuf {
+    target.join(source.canonicalize().unwrap().strip_prefix("/").unwrap())
+}

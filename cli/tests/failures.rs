@@ -1,0 +1,189 @@
+//! Bad input, locking, corruption detection, index repair: one clear line, the right exit code,
+//! and nothing lost.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+
+use common::{json, ok, stderr, xstore};
+use xstore_tests::{assert_same_tree, make_fixture, restored_path};
+
+fn setup(seed: u64) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    let src = work.path().join("src");
+    make_fixture(&src, seed);
+    ok(&repo, &["init"]);
+    ok(&repo, &["backup", "--host", "h", src.to_str().unwrap()]);
+    (work, repo, src)
+}
+
+fn one_error_line(out: &std::process::Output) -> String {
+    let err = stderr(out);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("xstore: error"))
+        .collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+    lines[0].to_string()
+}
+
+#[test]
+fn usage_errors_name_what_is_wrong() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("nothing-here");
+    let out = xstore(&repo, &["snapshots"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_error_line(&out).contains("not an xstore repository"));
+
+    let (_w, repo, src) = setup(10);
+    let out = xstore(&repo, &["init"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_error_line(&out).contains("already exists"));
+
+    let out = xstore(&repo, &["restore", "ffffffff", "/tmp/x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_error_line(&out).contains("snapshot ffffffff: no such snapshot"));
+
+    let out = xstore(&repo, &["cat", "latest", "/no/such/file"]);
+    assert!(one_error_line(&out).contains("/no/such/file: not found in snapshot"));
+
+    let out = xstore(
+        &repo,
+        &["backup", "--host", "../evil", src.to_str().unwrap()],
+    );
+    assert!(one_error_line(&out).contains("invalid host name"));
+
+    let out = xstore(&repo, &["backup", "--host", "h", "/does/not/exist"]);
+    assert!(one_error_line(&out).contains("/does/not/exist"));
+
+    let out = xstore(
+        &repo,
+        &[
+            "backup",
+            "--host",
+            "h",
+            "--exclude",
+            "a[",
+            src.to_str().unwrap(),
+        ],
+    );
+    assert!(one_error_line(&out).contains("exclude pattern"));
+
+    // Failed commands left nothing behind.
+    assert_eq!(json(&repo, &["snapshots"]).as_array().unwrap().len(), 1);
+    ok(&repo, &["check"]);
+}
+
+#[test]
+fn damaged_config_is_refused_clearly() {
+    let (_w, repo, _src) = setup(11);
+    fs::write(repo.join("config"), b"{ not json").unwrap();
+    let out = xstore(&repo, &["snapshots"]);
+    assert_eq!(out.status.code(), Some(1));
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("config") && line.contains("invalid config"),
+        "{line}"
+    );
+}
+
+#[test]
+fn second_writer_is_refused_and_readers_keep_working() {
+    let (_w, repo, src) = setup(12);
+    // Hold the writer lock from this process.
+    let held = xstore::Repository::open(&repo).unwrap();
+    let out = xstore(&repo, &["backup", "--host", "h", src.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("locked by pid") && line.contains(" on host ") && line.contains(" since "),
+        "{line}"
+    );
+    // Read-only commands work meanwhile.
+    assert_eq!(json(&repo, &["snapshots"]).as_array().unwrap().len(), 1);
+    ok(&repo, &["check"]);
+    drop(held);
+    ok(&repo, &["backup", "--host", "h", src.to_str().unwrap()]);
+}
+
+#[test]
+fn check_names_damaged_pack_blob_and_path() {
+    let (_w, repo, src) = setup(13);
+    ok(&repo, &["check", "--read-data"]);
+    // Flip one byte in the middle of the largest pack.
+    let mut packs: Vec<_> = walk_packs(&repo);
+    packs.sort_by_key(|p| fs::metadata(p).unwrap().len());
+    let victim = packs.last().unwrap().clone();
+    let mut bytes = fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    fs::write(&victim, &bytes).unwrap();
+    // Structure alone is intact…
+    ok(&repo, &["check"]);
+    // …but reading the data finds it, naming pack, blob, snapshot and path.
+    let out = xstore(&repo, &["check", "--read-data"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let err = stderr(&out);
+    let pack_name = victim.file_stem().unwrap().to_str().unwrap();
+    assert!(err.contains(pack_name), "{err}");
+    assert!(
+        err.contains("; blob ") && err.contains("; snapshot ") && err.contains("; path "),
+        "{err}"
+    );
+    let _ = src;
+}
+
+#[test]
+fn missing_pack_is_reported_and_restore_fails_loudly() {
+    let (w, repo, _src) = setup(14);
+    for p in walk_packs(&repo) {
+        fs::remove_file(p).unwrap();
+    }
+    let out = xstore(&repo, &["check"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        stderr(&out).contains("pack file unreadable"),
+        "{}",
+        stderr(&out)
+    );
+    let out = xstore(
+        &repo,
+        &["restore", "latest", w.path().join("dst").to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn index_is_rebuilt_from_packs_and_snapshot_records() {
+    let (w, repo, src) = setup(15);
+    ok(&repo, &["backup", "--host", "other", src.to_str().unwrap()]);
+    let before = json(&repo, &["snapshots"]);
+    let stats_before = json(&repo, &["stats"]);
+    fs::remove_dir_all(repo.join("index")).unwrap();
+    fs::create_dir(repo.join("index")).unwrap();
+    ok(&repo, &["repair", "index"]);
+    assert_eq!(json(&repo, &["snapshots"]), before);
+    let stats_after = json(&repo, &["stats"]);
+    assert_eq!(stats_after["blobs"], stats_before["blobs"]);
+    assert_eq!(stats_after["unique_bytes"], stats_before["unique_bytes"]);
+    ok(&repo, &["check", "--read-data"]);
+    let dst = w.path().join("dst");
+    ok(&repo, &["restore", "other@latest", dst.to_str().unwrap()]);
+    assert_same_tree(&src, &restored_path(&dst, &src), false);
+}
+
+pub fn walk_packs(repo: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for d in fs::read_dir(repo.join("packs")).unwrap() {
+        let d = d.unwrap().path();
+        if d.file_name().unwrap() == "tmp" {
+            continue;
+        }
+        for f in fs::read_dir(&d).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out
+}

@@ -1,0 +1,806 @@
+//! Ingest: walk a [`Source`], chunk and hash files, store new blobs in packs, build the Merkle
+//! tree of directories, and commit everything in one atomic index batch (DESIGN §4).
+//!
+//! Parallelism: sibling entries of a directory are processed with rayon; inside a large file
+//! the reading thread chunks and hashes while compression of new chunks runs on other workers
+//! (at most [`MAX_INFLIGHT_CHUNKS`] per file in memory; beyond that the reader compresses inline,
+//! so memory stays bounded and no worker ever blocks waiting for another).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use rayon::prelude::*;
+use xstore_chunker::{ChunkId, StreamChunker};
+
+use crate::error::{Error, Result};
+use crate::index::{BlobLoc, HostRecord, PackRecord};
+use crate::pack::{self, BlobKind, PackWriter, SealedPack, BLOB_HEADER_LEN};
+use crate::repo::{now_ns, poisoned, Repository};
+use crate::snapshot::{
+    validate_host, PathError, Snapshot, SnapshotId, SnapshotStats, SnapshotStatus,
+    MAX_RECORDED_ERRORS, SNAPSHOT_VERSION,
+};
+use crate::source::{EntryMeta, Source, SourceKind};
+use crate::tree::{
+    encode_chunk_list, ChunkRef, Content, Entry, EntryKind, Tree, INLINE_CHUNK_LIMIT,
+};
+use crate::{fsutil, Progress};
+
+/// Chunks of one file being compressed concurrently, at most.
+pub const MAX_INFLIGHT_CHUNKS: usize = 8;
+/// A file that keeps changing is read at most this many times.
+const READ_ATTEMPTS: usize = 3;
+
+/// Which snapshot to compare against for unchanged files.
+#[derive(Debug, Clone, Default)]
+pub enum ParentChoice {
+    /// The newest snapshot of the same host (the default).
+    #[default]
+    Latest,
+    /// Read every file.
+    None,
+    /// A given snapshot.
+    Snapshot(SnapshotId),
+}
+
+/// What to back up and how.
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    /// Host name recorded in the snapshot.
+    pub host: String,
+    /// Absolute (or relative to the current directory) source paths.
+    pub paths: Vec<PathBuf>,
+    /// Glob patterns; a pattern without `/` matches a file name, one with `/` the full path.
+    pub excludes: Vec<String>,
+    /// Do not descend into directories on other filesystems than their backup root.
+    pub one_file_system: bool,
+    /// Parent snapshot for change detection.
+    pub parent: ParentChoice,
+    /// Live counters for a progress display.
+    pub progress: Option<Arc<Progress>>,
+}
+
+struct Excludes {
+    by_name: GlobSet,
+    by_path: GlobSet,
+}
+
+impl Excludes {
+    fn new(patterns: &[String]) -> Result<Self> {
+        let mut by_name = GlobSetBuilder::new();
+        let mut by_path = GlobSetBuilder::new();
+        for p in patterns {
+            let glob = Glob::new(p)
+                .map_err(|e| Error::InvalidArgument(format!("exclude pattern {p:?}: {e}")))?;
+            if p.contains('/') {
+                by_path.add(glob);
+            } else {
+                by_name.add(glob);
+            }
+        }
+        let build = |b: GlobSetBuilder| {
+            b.build()
+                .map_err(|e| Error::InvalidArgument(format!("exclude patterns: {e}")))
+        };
+        Ok(Excludes {
+            by_name: build(by_name)?,
+            by_path: build(by_path)?,
+        })
+    }
+    fn excluded(&self, path: &Path, name: &[u8]) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        self.by_name.is_match(std::ffi::OsStr::from_bytes(name)) || self.by_path.is_match(path)
+    }
+}
+
+struct Session<'a> {
+    repo: &'a Repository,
+    source: &'a dyn Source,
+    excludes: Excludes,
+    one_file_system: bool,
+    level: i32,
+    pack_size: u64,
+    pending: Mutex<HashSet<ChunkId>>,
+    writer: Mutex<Option<PackWriter>>,
+    sealed: Mutex<Vec<SealedPack>>,
+    new_parents: Mutex<Vec<Vec<ChunkId>>>,
+    errors: Mutex<Vec<PathError>>,
+    error_count: AtomicU64,
+    files: AtomicU64,
+    dirs: AtomicU64,
+    others: AtomicU64,
+    logical: AtomicU64,
+    files_read: AtomicU64,
+    bytes_read: AtomicU64,
+    unchanged: AtomicU64,
+    skipped: AtomicU64,
+    new_blobs: AtomicU64,
+    new_bytes: AtomicU64,
+    new_stored: AtomicU64,
+    progress: Option<Arc<Progress>>,
+}
+
+/// A node of the synthetic root: the directories leading to each backup path.
+#[derive(Default)]
+struct Synth {
+    children: BTreeMap<Vec<u8>, SynthNode>,
+}
+enum SynthNode {
+    Between(Synth),
+    Leaf,
+}
+
+impl<'a> Session<'a> {
+    fn record_error(&self, path: &Path, message: impl Into<String>) {
+        let message = message.into();
+        tracing::warn!(path = %path.display(), %message, "not backed up");
+        self.error_count.fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = &self.progress {
+            p.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Ok(mut e) = self.errors.lock() {
+            if e.len() < MAX_RECORDED_ERRORS {
+                e.push(PathError {
+                    path: path.display().to_string(),
+                    message,
+                });
+            }
+        }
+    }
+
+    /// Stores a blob unless the repository or this session already has it. Returns whether
+    /// it was new.
+    fn store(&self, id: ChunkId, kind: BlobKind, raw: &[u8]) -> Result<bool> {
+        if self.pending.lock().map_err(poisoned)?.contains(&id) {
+            return Ok(false);
+        }
+        if self.repo.index.blob(&id)?.is_some() {
+            return Ok(false);
+        }
+        if !self.pending.lock().map_err(poisoned)?.insert(id) {
+            return Ok(false);
+        }
+        let (compression, stored) = pack::compress(raw, self.level);
+        let full = {
+            let mut guard = self.writer.lock().map_err(poisoned)?;
+            if guard.is_none() {
+                *guard = Some(PackWriter::create(&self.repo.tmp_dir())?);
+            }
+            let w = guard
+                .as_mut()
+                .ok_or_else(|| Error::InvalidArgument("no pack writer".into()))?;
+            w.add(id, kind, compression, raw.len() as u32, &stored)?;
+            if w.len() >= self.pack_size {
+                guard.take()
+            } else {
+                None
+            }
+        };
+        if let Some(w) = full {
+            let sealed = w.seal(&self.repo.packs_dir())?;
+            self.sealed.lock().map_err(poisoned)?.push(sealed);
+        }
+        self.new_blobs.fetch_add(1, Ordering::Relaxed);
+        self.new_bytes
+            .fetch_add(raw.len() as u64, Ordering::Relaxed);
+        self.new_stored
+            .fetch_add((stored.len() + BLOB_HEADER_LEN) as u64, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Stores a tree or chunk-list blob and remembers its children for reference counting.
+    fn store_parent(&self, kind: BlobKind, raw: &[u8], children: Vec<ChunkId>) -> Result<ChunkId> {
+        let id = ChunkId::of(raw);
+        if self.store(id, kind, raw)? {
+            self.new_parents.lock().map_err(poisoned)?.push(children);
+        }
+        Ok(id)
+    }
+
+    fn entry_from_meta(
+        name: Vec<u8>,
+        meta: &EntryMeta,
+        kind: EntryKind,
+        content: Content,
+    ) -> Entry {
+        Entry {
+            name,
+            kind,
+            mode: meta.mode,
+            uid: meta.uid,
+            gid: meta.gid,
+            mtime_ns: meta.mtime_ns,
+            ctime_ns: meta.ctime_ns,
+            size: meta.size,
+            inode: meta.inode,
+            dev: meta.dev,
+            nlink: meta.nlink,
+            rdev: meta.rdev,
+            xattrs: Vec::new(),
+            content,
+        }
+    }
+
+    fn xattrs_of(&self, path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+        match self.source.xattrs(path) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "xattrs not read");
+                Vec::new()
+            }
+        }
+    }
+
+    /// One entry of a directory. `Ok(None)` when it is skipped or failed (recorded).
+    fn process_entry(
+        &self,
+        path: &Path,
+        name: Vec<u8>,
+        meta: EntryMeta,
+        parent: Option<&Entry>,
+        root_dev: u64,
+    ) -> Result<Option<Entry>> {
+        let mut entry = match meta.kind {
+            SourceKind::Socket => {
+                tracing::info!(path = %path.display(), "socket skipped");
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
+            }
+            SourceKind::Dir => {
+                self.dirs.fetch_add(1, Ordering::Relaxed);
+                let parent_tree = parent
+                    .and_then(|p| p.subtree())
+                    .and_then(|id| self.repo.tree(&id).ok());
+                let descend = !(self.one_file_system && meta.dev != root_dev);
+                let id = if descend {
+                    self.process_dir(path, parent_tree.as_ref(), root_dev)?
+                } else {
+                    self.store_parent(BlobKind::Tree, &Tree::default().encode(), Vec::new())?
+                };
+                Self::entry_from_meta(name, &meta, EntryKind::Dir, Content::Subtree(id))
+            }
+            SourceKind::File => match self.file_entry(path, name, meta, parent)? {
+                Some(e) => e,
+                None => return Ok(None),
+            },
+            SourceKind::Symlink => match self.source.read_link(path) {
+                Ok(target) => {
+                    self.others.fetch_add(1, Ordering::Relaxed);
+                    let mut m = meta;
+                    m.size = target.len() as u64;
+                    Self::entry_from_meta(name, &m, EntryKind::Symlink, Content::Target(target))
+                }
+                Err(e) => {
+                    self.record_error(path, format!("reading symlink: {e}"));
+                    return Ok(None);
+                }
+            },
+            SourceKind::CharDevice | SourceKind::BlockDevice | SourceKind::Fifo => {
+                self.others.fetch_add(1, Ordering::Relaxed);
+                let kind = match meta.kind {
+                    SourceKind::CharDevice => EntryKind::CharDevice,
+                    SourceKind::BlockDevice => EntryKind::BlockDevice,
+                    _ => EntryKind::Fifo,
+                };
+                let mut m = meta;
+                m.size = 0;
+                Self::entry_from_meta(name, &m, kind, Content::None)
+            }
+        };
+        entry.xattrs = self.xattrs_of(path);
+        Ok(Some(entry))
+    }
+
+    fn file_entry(
+        &self,
+        path: &Path,
+        name: Vec<u8>,
+        meta: EntryMeta,
+        parent: Option<&Entry>,
+    ) -> Result<Option<Entry>> {
+        if let Some(p) = parent {
+            let old = EntryMeta {
+                kind: SourceKind::File,
+                mode: p.mode,
+                uid: p.uid,
+                gid: p.gid,
+                size: p.size,
+                mtime_ns: p.mtime_ns,
+                ctime_ns: p.ctime_ns,
+                inode: p.inode,
+                dev: p.dev,
+                nlink: p.nlink,
+                rdev: p.rdev,
+            };
+            if p.kind == EntryKind::File && old.same_content_stamp(&meta) {
+                self.unchanged.fetch_add(1, Ordering::Relaxed);
+                self.files.fetch_add(1, Ordering::Relaxed);
+                self.logical.fetch_add(meta.size, Ordering::Relaxed);
+                if let Some(pr) = &self.progress {
+                    pr.files.fetch_add(1, Ordering::Relaxed);
+                    pr.bytes.fetch_add(meta.size, Ordering::Relaxed);
+                }
+                return Ok(Some(Self::entry_from_meta(
+                    name,
+                    &meta,
+                    EntryKind::File,
+                    p.content.clone(),
+                )));
+            }
+        }
+        let mut file = match self.source.open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.record_error(path, format!("open: {e}"));
+                return Ok(None);
+            }
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let before = match file.current_meta() {
+                Ok(m) if m.kind == SourceKind::File => m,
+                Ok(_) => {
+                    self.record_error(path, "replaced by a non-file while backing up");
+                    return Ok(None);
+                }
+                Err(e) => {
+                    self.record_error(path, format!("stat: {e}"));
+                    return Ok(None);
+                }
+            };
+            let chunks = match self.read_chunks(&mut *file) {
+                Ok(c) => c,
+                Err(ReadFailure::Source(e)) => {
+                    self.record_error(path, format!("read: {e}"));
+                    return Ok(None);
+                }
+                Err(ReadFailure::Repo(e)) => return Err(e),
+            };
+            let total: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+            let after = file.current_meta();
+            let stable =
+                matches!(&after, Ok(a) if a.same_content_stamp(&before)) && total == before.size;
+            if stable || attempt >= READ_ATTEMPTS {
+                if !stable {
+                    self.record_error(
+                        path,
+                        format!(
+                            "changed while being read ({attempt} attempts); stored the last read"
+                        ),
+                    );
+                }
+                self.files_read.fetch_add(1, Ordering::Relaxed);
+                self.files.fetch_add(1, Ordering::Relaxed);
+                self.logical.fetch_add(total, Ordering::Relaxed);
+                if let Some(pr) = &self.progress {
+                    pr.files.fetch_add(1, Ordering::Relaxed);
+                }
+                let mut m = before;
+                m.size = total;
+                let content = if chunks.len() > INLINE_CHUNK_LIMIT {
+                    let children: Vec<ChunkId> = {
+                        let mut ids: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
+                        ids.sort_unstable();
+                        ids.dedup();
+                        ids
+                    };
+                    let id = self.store_parent(
+                        BlobKind::ChunkList,
+                        &encode_chunk_list(&chunks),
+                        children,
+                    )?;
+                    Content::ChunkList(id)
+                } else {
+                    Content::Chunks(chunks)
+                };
+                return Ok(Some(Self::entry_from_meta(
+                    name,
+                    &m,
+                    EntryKind::File,
+                    content,
+                )));
+            }
+            tracing::info!(path = %path.display(), "changed while being read, reading again");
+            file = match self.source.open(path) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.record_error(path, format!("open: {e}"));
+                    return Ok(None);
+                }
+            };
+        }
+    }
+
+    /// Chunks, hashes and stores one open file.
+    fn read_chunks(
+        &self,
+        file: &mut dyn crate::source::SourceFile,
+    ) -> Result<Vec<ChunkRef>, ReadFailure> {
+        let inflight = AtomicUsize::new(0);
+        let failure: Mutex<Option<Error>> = Mutex::new(None);
+        let mut chunks = Vec::new();
+        let mut stream = StreamChunker::new(self.repo.chunker_params(), file);
+        rayon::scope(|scope| -> Result<(), ReadFailure> {
+            loop {
+                let (chunk, bytes) = match stream.next_chunk() {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    Err(e) => return Err(ReadFailure::Source(e)),
+                };
+                self.bytes_read
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                if let Some(pr) = &self.progress {
+                    pr.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                }
+                chunks.push(ChunkRef {
+                    id: chunk.id,
+                    len: chunk.length,
+                });
+                let known = self
+                    .pending
+                    .lock()
+                    .map_err(|e| ReadFailure::Repo(poisoned(e)))?
+                    .contains(&chunk.id);
+                if known {
+                    continue;
+                }
+                if inflight.load(Ordering::Acquire) < MAX_INFLIGHT_CHUNKS {
+                    inflight.fetch_add(1, Ordering::AcqRel);
+                    let data = bytes.to_vec();
+                    let (inflight, failure) = (&inflight, &failure);
+                    scope.spawn(move |_| {
+                        if let Err(e) = self.store(chunk.id, BlobKind::Data, &data) {
+                            if let Ok(mut f) = failure.lock() {
+                                f.get_or_insert(e);
+                            }
+                        }
+                        inflight.fetch_sub(1, Ordering::AcqRel);
+                    });
+                } else {
+                    self.store(chunk.id, BlobKind::Data, bytes)
+                        .map_err(ReadFailure::Repo)?;
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(e) = failure
+            .into_inner()
+            .map_err(|e| ReadFailure::Repo(poisoned(e)))?
+        {
+            return Err(ReadFailure::Repo(e));
+        }
+        Ok(chunks)
+    }
+
+    /// A directory: its children in parallel, then its tree blob.
+    fn process_dir(&self, path: &Path, parent: Option<&Tree>, root_dev: u64) -> Result<ChunkId> {
+        let children = match self.source.list(path) {
+            Ok(c) => c,
+            Err(e) => {
+                self.record_error(path, format!("list directory: {e}"));
+                Vec::new()
+            }
+        };
+        let results: Vec<Result<Option<Entry>>> = children
+            .into_par_iter()
+            .map(|(name, meta)| {
+                use std::os::unix::ffi::OsStrExt;
+                let child = path.join(std::ffi::OsStr::from_bytes(&name));
+                if self.excludes.excluded(&child, &name) {
+                    return Ok(None);
+                }
+                let meta = match meta {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.record_error(&child, format!("stat: {e}"));
+                        return Ok(None);
+                    }
+                };
+                let old = parent.and_then(|t| t.get(&name));
+                self.process_entry(&child, name, meta, old, root_dev)
+            })
+            .collect();
+        let mut tree = Tree::default();
+        for r in results {
+            if let Some(e) = r? {
+                tree.entries.push(e);
+            }
+        }
+        tree.sort();
+        let children = tree.children();
+        self.store_parent(BlobKind::Tree, &tree.encode(), children)
+    }
+
+    /// A synthetic directory on the way to one or more backup paths.
+    fn process_synth(&self, path: &Path, synth: &Synth, parent: Option<&Tree>) -> Result<ChunkId> {
+        let mut tree = Tree::default();
+        for (name, node) in &synth.children {
+            use std::os::unix::ffi::OsStrExt;
+            let child = path.join(std::ffi::OsStr::from_bytes(name));
+            let meta = self.source.stat(&child).map_err(|source| Error::Source {
+                path: child.clone(),
+                source,
+            })?;
+            let old = parent.and_then(|t| t.get(name));
+            let entry = match node {
+                SynthNode::Leaf => self.process_entry(&child, name.clone(), meta, old, meta.dev)?,
+                SynthNode::Between(inner) => {
+                    if meta.kind != SourceKind::Dir {
+                        return Err(Error::InvalidArgument(format!(
+                            "{}: not a directory",
+                            child.display()
+                        )));
+                    }
+                    let old_tree = old
+                        .and_then(|e| e.subtree())
+                        .and_then(|id| self.repo.tree(&id).ok());
+                    let id = self.process_synth(&child, inner, old_tree.as_ref())?;
+                    let mut e = Self::entry_from_meta(
+                        name.clone(),
+                        &meta,
+                        EntryKind::Dir,
+                        Content::Subtree(id),
+                    );
+                    e.xattrs = self.xattrs_of(&child);
+                    Some(e)
+                }
+            };
+            if let Some(e) = entry {
+                tree.entries.push(e);
+            }
+        }
+        tree.sort();
+        let children = tree.children();
+        self.store_parent(BlobKind::Tree, &tree.encode(), children)
+    }
+}
+
+enum ReadFailure {
+    Source(std::io::Error),
+    Repo(Error),
+}
+
+impl From<Error> for ReadFailure {
+    fn from(e: Error) -> Self {
+        ReadFailure::Repo(e)
+    }
+}
+
+/// Normalizes backup paths to absolute, symlink-free paths and builds the synthetic root.
+fn synth_root(source: &dyn Source, paths: &[PathBuf]) -> Result<(Synth, Vec<String>)> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut root = Synth::default();
+    let mut shown = Vec::new();
+    let mut abs: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        let a = std::fs::canonicalize(p).map_err(|source| Error::Source {
+            path: p.clone(),
+            source,
+        })?;
+        source.stat(&a).map_err(|source| Error::Source {
+            path: a.clone(),
+            source,
+        })?;
+        abs.push(a);
+    }
+    abs.sort();
+    abs.dedup();
+    for a in &abs {
+        // A path inside another backup path is already covered.
+        if abs.iter().any(|o| o != a && a.starts_with(o)) {
+            continue;
+        }
+        shown.push(a.display().to_string());
+        let parts: Vec<Vec<u8>> = a
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(n) => Some(n.as_bytes().to_vec()),
+                _ => None,
+            })
+            .collect();
+        if parts.is_empty() {
+            return Err(Error::InvalidArgument(
+                "backing up / as a whole is not supported; list its directories".into(),
+            ));
+        }
+        let mut node = &mut root;
+        for (i, part) in parts.iter().enumerate() {
+            if i + 1 == parts.len() {
+                node.children.insert(part.clone(), SynthNode::Leaf);
+            } else {
+                let next = node
+                    .children
+                    .entry(part.clone())
+                    .or_insert_with(|| SynthNode::Between(Synth::default()));
+                node = match next {
+                    SynthNode::Between(s) => s,
+                    SynthNode::Leaf => break,
+                };
+            }
+        }
+    }
+    Ok((root, shown))
+}
+
+impl Repository {
+    /// Backs up `opts.paths` from `source` as a new snapshot of `opts.host`.
+    ///
+    /// Files that cannot be read are recorded in the snapshot's `errors` and make it
+    /// [`SnapshotStatus::Partial`]; repository errors abort without committing anything.
+    pub fn backup(&self, source: &dyn Source, opts: &BackupOptions) -> Result<Snapshot> {
+        self.require_writable()?;
+        validate_host(&opts.host).map_err(Error::InvalidArgument)?;
+        if opts.paths.is_empty() {
+            return Err(Error::InvalidArgument("no backup paths given".into()));
+        }
+        let start_ns = now_ns();
+        let parent = match &opts.parent {
+            ParentChoice::None => None,
+            ParentChoice::Snapshot(id) => Some(self.snapshot(id)?),
+            ParentChoice::Latest => self
+                .snapshots()?
+                .into_iter()
+                .rev()
+                .find(|s| s.host == opts.host),
+        };
+        let parent_root = match &parent {
+            Some(p) => match self.tree(&p.root) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(error = %e, "parent snapshot unreadable; reading every file");
+                    None
+                }
+            },
+            None => None,
+        };
+        let (synth, shown_paths) = synth_root(source, &opts.paths)?;
+        let session = Session {
+            repo: self,
+            source,
+            excludes: Excludes::new(&opts.excludes)?,
+            one_file_system: opts.one_file_system,
+            level: self.config().compression_level,
+            pack_size: self.config().pack_size,
+            pending: Mutex::new(HashSet::new()),
+            writer: Mutex::new(None),
+            sealed: Mutex::new(Vec::new()),
+            new_parents: Mutex::new(Vec::new()),
+            errors: Mutex::new(Vec::new()),
+            error_count: AtomicU64::new(0),
+            files: AtomicU64::new(0),
+            dirs: AtomicU64::new(0),
+            others: AtomicU64::new(0),
+            logical: AtomicU64::new(0),
+            files_read: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            unchanged: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            new_blobs: AtomicU64::new(0),
+            new_bytes: AtomicU64::new(0),
+            new_stored: AtomicU64::new(0),
+            progress: opts.progress.clone(),
+        };
+        let result = session.process_synth(Path::new("/"), &synth, parent_root.as_ref());
+        let root = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if let Ok(mut w) = session.writer.lock() {
+                    if let Some(w) = w.take() {
+                        w.discard();
+                    }
+                }
+                return Err(e);
+            }
+        };
+        if let Some(w) = session.writer.lock().map_err(poisoned)?.take() {
+            let sealed = w.seal(&self.packs_dir())?;
+            session.sealed.lock().map_err(poisoned)?.push(sealed);
+        }
+        let errors = session.errors.into_inner().map_err(poisoned)?;
+        let error_count = session.error_count.load(Ordering::Relaxed);
+        let stats = SnapshotStats {
+            files: session.files.load(Ordering::Relaxed),
+            dirs: session.dirs.load(Ordering::Relaxed),
+            other_entries: session.others.load(Ordering::Relaxed),
+            logical_bytes: session.logical.load(Ordering::Relaxed),
+            files_read: session.files_read.load(Ordering::Relaxed),
+            bytes_read: session.bytes_read.load(Ordering::Relaxed),
+            files_unchanged: session.unchanged.load(Ordering::Relaxed),
+            new_blobs: session.new_blobs.load(Ordering::Relaxed),
+            new_bytes: session.new_bytes.load(Ordering::Relaxed),
+            new_stored_bytes: session.new_stored.load(Ordering::Relaxed),
+            skipped: session.skipped.load(Ordering::Relaxed),
+            errors: error_count,
+        };
+        let snapshot = Snapshot {
+            version: SNAPSHOT_VERSION,
+            id: SnapshotId::random().map_err(|source| Error::Io {
+                path: self.path().to_path_buf(),
+                source,
+            })?,
+            host: opts.host.clone(),
+            paths: shown_paths,
+            start_ns,
+            end_ns: now_ns(),
+            root,
+            parent: parent.as_ref().map(|p| p.id),
+            tiers: Vec::new(),
+            pinned: false,
+            status: if error_count == 0 {
+                SnapshotStatus::Complete
+            } else {
+                SnapshotStatus::Partial
+            },
+            errors,
+            stats,
+            client: format!("xstore {}", env!("CARGO_PKG_VERSION")),
+        };
+        let sealed = session.sealed.into_inner().map_err(poisoned)?;
+        let new_parents = session.new_parents.into_inner().map_err(poisoned)?;
+        self.commit(&snapshot, sealed, new_parents)?;
+        Ok(snapshot)
+    }
+
+    /// The single atomic index write that makes a snapshot visible, then its durable copy.
+    fn commit(
+        &self,
+        snapshot: &Snapshot,
+        sealed: Vec<SealedPack>,
+        new_parents: Vec<Vec<ChunkId>>,
+    ) -> Result<()> {
+        crate::failpoint("before-commit");
+        let mut deltas: HashMap<ChunkId, u64> = HashMap::new();
+        for children in &new_parents {
+            for c in children {
+                *deltas.entry(*c).or_insert(0) += 1;
+            }
+        }
+        *deltas.entry(snapshot.root).or_insert(0) += 1;
+        let mut batch = self.index.batch();
+        for p in &sealed {
+            for e in &p.entries {
+                let loc = BlobLoc {
+                    pack: p.id,
+                    offset: e.offset,
+                    stored_len: e.stored_len,
+                    raw_len: e.raw_len,
+                    kind: e.kind,
+                    refcount: deltas.remove(&e.id).unwrap_or(0),
+                };
+                batch.put_blob(&e.id, &loc)?;
+            }
+            batch.put_pack(
+                &p.id,
+                &PackRecord {
+                    size: p.size,
+                    blobs: p.entries.len() as u32,
+                    dead_bytes: 0,
+                },
+            )?;
+        }
+        let ids: Vec<ChunkId> = deltas.keys().copied().collect();
+        for (id, loc) in ids.iter().zip(self.index.blobs(&ids)?) {
+            let mut loc = loc.ok_or(Error::MissingBlob(*id))?;
+            loc.refcount += deltas[id];
+            batch.put_blob(id, &loc)?;
+        }
+        batch.put_snapshot(snapshot)?;
+        let mut host = self.index.host(&snapshot.host)?.unwrap_or_default();
+        host.latest = Some(snapshot.id.0);
+        if snapshot.is_complete() {
+            host.latest_complete = Some(snapshot.id.0);
+        }
+        host.snapshots += 1;
+        batch.put_host(&snapshot.host, &HostRecord { ..host })?;
+        batch.commit()?;
+        crate::failpoint("after-commit");
+        fsutil::write_atomic(
+            &self.snapshots_dir().join(format!("{}.json", snapshot.id)),
+            &snapshot.encode(),
+        )
+    }
+}

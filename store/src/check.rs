@@ -1,0 +1,462 @@
+//! Integrity: a full mark pass over every snapshot (structure and reference counts) and,
+//! optionally, re-reading and re-hashing every blob. Also repository statistics.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+
+use rayon::prelude::*;
+
+use crate::error::Result;
+use crate::index::BlobLoc;
+use crate::pack::{self, BlobKind, PackId};
+use crate::repo::Repository;
+use crate::snapshot::Snapshot;
+use crate::tree::{decode_chunk_list, Content};
+use crate::ChunkId;
+
+/// What `check` should do beyond the structural pass.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckOptions {
+    /// Re-read, decompress and re-hash every blob of every pack.
+    pub read_data: bool,
+}
+
+/// One problem found, with everything known about where it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// What is wrong.
+    pub message: String,
+    /// The blob concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
+    /// The pack concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pack: Option<String>,
+    /// A snapshot affected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// A path affected in that snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.message)?;
+        if let Some(b) = &self.blob {
+            write!(f, "; blob {b}")?;
+        }
+        if let Some(p) = &self.pack {
+            write!(f, "; pack {p}")?;
+        }
+        if let Some(s) = &self.snapshot {
+            write!(f, "; snapshot {s}")?;
+        }
+        if let Some(p) = &self.path {
+            write!(f, "; path {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The result of `check`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CheckReport {
+    /// Snapshots walked.
+    pub snapshots: u64,
+    /// Distinct tree and chunk-list blobs decoded.
+    pub trees: u64,
+    /// Blobs in the index.
+    pub blobs: u64,
+    /// Packs in the index.
+    pub packs: u64,
+    /// Blobs re-read and re-hashed (`read_data`).
+    pub blobs_verified: u64,
+    /// Everything wrong, empty when the repository is healthy.
+    pub problems: Vec<Problem>,
+}
+
+/// Repository statistics.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Stats {
+    /// Snapshots.
+    pub snapshots: u64,
+    /// Hosts with snapshots.
+    pub hosts: u64,
+    /// Sum over snapshots of their file bytes (what the backups hold logically).
+    pub logical_bytes: u64,
+    /// Bytes of pack files.
+    pub stored_bytes: u64,
+    /// Uncompressed bytes of distinct live blobs.
+    pub unique_bytes: u64,
+    /// Blobs in the index.
+    pub blobs: u64,
+    /// Blobs no snapshot references (reclaimable).
+    pub unreferenced_blobs: u64,
+    /// Pack files.
+    pub packs: u64,
+    /// logical_bytes / stored_bytes.
+    pub dedup_ratio: f64,
+}
+
+struct Walk<'a> {
+    repo: &'a Repository,
+    expected: HashMap<ChunkId, u64>,
+    visited: HashSet<ChunkId>,
+    problems: Vec<Problem>,
+    trees: u64,
+}
+
+impl Walk<'_> {
+    fn problem(
+        &mut self,
+        message: String,
+        blob: Option<ChunkId>,
+        loc: Option<&BlobLoc>,
+        snap: &Snapshot,
+        path: &str,
+    ) {
+        self.problems.push(Problem {
+            message,
+            blob: blob.map(|b| b.to_string()),
+            pack: loc.map(|l| l.pack.to_string()),
+            snapshot: Some(format!("{} ({})", snap.id.short(), snap.host)),
+            path: Some(path.to_string()),
+        });
+    }
+
+    fn count_children(&mut self, ids: &[ChunkId], snap: &Snapshot, path: &str) -> Result<()> {
+        for (id, loc) in ids.iter().zip(self.repo.index.blobs(ids)?) {
+            *self.expected.entry(*id).or_insert(0) += 1;
+            if loc.is_none() {
+                self.problem(
+                    "referenced blob is not in the index".into(),
+                    Some(*id),
+                    None,
+                    snap,
+                    path,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn walk_tree(&mut self, id: ChunkId, snap: &Snapshot, path: &str) -> Result<()> {
+        if !self.visited.insert(id) {
+            return Ok(());
+        }
+        let loc = self.repo.index.blob(&id)?;
+        let tree = match self.repo.tree(&id) {
+            Ok(t) => t,
+            Err(e) => {
+                self.problem(
+                    format!("tree unreadable: {e}"),
+                    Some(id),
+                    loc.as_ref(),
+                    snap,
+                    path,
+                );
+                return Ok(());
+            }
+        };
+        self.trees += 1;
+        self.count_children(&tree.children(), snap, path)?;
+        for e in &tree.entries {
+            let child_path = format!("{}/{}", path.trim_end_matches('/'), e.name_lossy());
+            match &e.content {
+                Content::Subtree(sub) => self.walk_tree(*sub, snap, &child_path)?,
+                Content::ChunkList(list) => {
+                    if !self.visited.insert(*list) {
+                        continue;
+                    }
+                    match self.repo.read_blob(list).map(|raw| decode_chunk_list(&raw)) {
+                        Ok(Ok(chunks)) => {
+                            self.trees += 1;
+                            let mut ids: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
+                            ids.sort_unstable();
+                            ids.dedup();
+                            self.count_children(&ids, snap, &child_path)?;
+                        }
+                        Ok(Err(e)) => {
+                            let loc = self.repo.index.blob(list)?;
+                            self.problem(
+                                format!("chunk list undecodable: {e}"),
+                                Some(*list),
+                                loc.as_ref(),
+                                snap,
+                                &child_path,
+                            )
+                        }
+                        Err(e) => {
+                            let loc = self.repo.index.blob(list)?;
+                            self.problem(
+                                format!("chunk list unreadable: {e}"),
+                                Some(*list),
+                                loc.as_ref(),
+                                snap,
+                                &child_path,
+                            )
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Expected reference counts from a full mark pass over `snapshots` (used by check and repair).
+pub(crate) fn mark(
+    repo: &Repository,
+    snapshots: &[Snapshot],
+) -> Result<(HashMap<ChunkId, u64>, Vec<Problem>, u64)> {
+    let mut w = Walk {
+        repo,
+        expected: HashMap::new(),
+        visited: HashSet::new(),
+        problems: Vec::new(),
+        trees: 0,
+    };
+    for s in snapshots {
+        *w.expected.entry(s.root).or_insert(0) += 1;
+        if repo.index.blob(&s.root)?.is_none() {
+            w.problem(
+                "root tree is not in the index".into(),
+                Some(s.root),
+                None,
+                s,
+                "/",
+            );
+            continue;
+        }
+        w.walk_tree(s.root, s, "/")?;
+    }
+    Ok((w.expected, w.problems, w.trees))
+}
+
+impl Repository {
+    /// Verifies the repository; see [`CheckOptions`]. Problems are reported, not returned as
+    /// errors; an `Err` means the check itself could not run.
+    pub fn check(&self, opts: CheckOptions) -> Result<CheckReport> {
+        let snapshots = self.snapshots()?;
+        let (expected, mut problems, trees) = mark(self, &snapshots)?;
+        let packs: HashMap<PackId, crate::index::PackRecord> =
+            self.index.packs()?.into_iter().collect();
+        for (id, rec) in &packs {
+            let path = pack::pack_path(&self.packs_dir(), id);
+            match fs::metadata(&path) {
+                Ok(m) if m.len() == rec.size => {}
+                Ok(m) => problems.push(Problem {
+                    message: format!("pack file is {} bytes, index says {}", m.len(), rec.size),
+                    blob: None,
+                    pack: Some(id.to_string()),
+                    snapshot: None,
+                    path: None,
+                }),
+                Err(e) => problems.push(Problem {
+                    message: format!("pack file unreadable: {e}"),
+                    blob: None,
+                    pack: Some(id.to_string()),
+                    snapshot: None,
+                    path: None,
+                }),
+            }
+        }
+        let mut blobs = 0u64;
+        let mut by_pack: HashMap<PackId, Vec<(ChunkId, BlobLoc)>> = HashMap::new();
+        self.index.for_each_blob(|id, loc| {
+            blobs += 1;
+            let want = expected.get(&id).copied().unwrap_or(0);
+            let problem = |message: String| Problem {
+                message,
+                blob: Some(id.to_string()),
+                pack: Some(loc.pack.to_string()),
+                snapshot: None,
+                path: None,
+            };
+            if want != loc.refcount {
+                problems.push(problem(format!(
+                    "reference count is {}, mark pass counts {want}",
+                    loc.refcount
+                )));
+            }
+            match packs.get(&loc.pack) {
+                None => problems.push(problem("blob's pack is not in the index".into())),
+                Some(rec)
+                    if loc.offset + (pack::BLOB_HEADER_LEN as u64) + u64::from(loc.stored_len)
+                        > rec.size =>
+                {
+                    problems.push(problem("blob extends past the end of its pack".into()))
+                }
+                Some(_) => {}
+            }
+            if opts.read_data {
+                by_pack.entry(loc.pack).or_default().push((id, loc));
+            }
+            Ok(())
+        })?;
+        let mut verified = 0u64;
+        if opts.read_data {
+            let results: Vec<(u64, Vec<Problem>)> = by_pack
+                .par_iter()
+                .map(|(pack_id, blobs)| {
+                    let mut found = Vec::new();
+                    let mut ok = 0u64;
+                    let pack_problem = |message: String, blob: Option<ChunkId>| Problem {
+                        message,
+                        blob: blob.map(|b| b.to_string()),
+                        pack: Some(pack_id.to_string()),
+                        snapshot: None,
+                        path: None,
+                    };
+                    let map = match self.map_pack(pack_id) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            return (0, vec![pack_problem(format!("pack unreadable: {e}"), None)])
+                        }
+                    };
+                    if ChunkId::of(&map) != *pack_id {
+                        found.push(pack_problem(
+                            "pack content does not hash to its name".into(),
+                            None,
+                        ));
+                    }
+                    if let Err(e) = pack::read_trailer(&map) {
+                        found.push(pack_problem(format!("pack trailer: {e}"), None));
+                    }
+                    for (id, loc) in blobs {
+                        match self.read_located(id, loc) {
+                            Ok(raw) => {
+                                ok += 1;
+                                if loc.kind == BlobKind::Tree {
+                                    if let Err(e) = crate::tree::Tree::decode(&raw) {
+                                        found.push(pack_problem(
+                                            format!("tree undecodable: {e}"),
+                                            Some(*id),
+                                        ));
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                found.push(pack_problem(format!("blob unreadable: {e}"), Some(*id)))
+                            }
+                        }
+                    }
+                    (ok, found)
+                })
+                .collect();
+            for (ok, found) in results {
+                verified += ok;
+                problems.extend(found);
+            }
+        }
+        // Name the snapshots and paths behind a damaged blob found by the data pass.
+        if problems
+            .iter()
+            .any(|p| p.snapshot.is_none() && p.blob.is_some())
+        {
+            let damaged: HashSet<String> = problems
+                .iter()
+                .filter(|p| p.snapshot.is_none())
+                .filter_map(|p| p.blob.clone())
+                .collect();
+            let affected = self.find_references(&snapshots, &damaged)?;
+            for p in problems.iter_mut() {
+                if p.snapshot.is_none() {
+                    if let Some((s, path)) = p.blob.as_ref().and_then(|b| affected.get(b)) {
+                        p.snapshot = Some(s.clone());
+                        p.path = Some(path.clone());
+                    }
+                }
+            }
+        }
+        Ok(CheckReport {
+            snapshots: snapshots.len() as u64,
+            trees,
+            blobs,
+            packs: packs.len() as u64,
+            blobs_verified: verified,
+            problems,
+        })
+    }
+
+    /// For each damaged blob id (hex), one snapshot and path that reference it.
+    fn find_references(
+        &self,
+        snapshots: &[Snapshot],
+        damaged: &HashSet<String>,
+    ) -> Result<HashMap<String, (String, String)>> {
+        let mut out = HashMap::new();
+        for s in snapshots {
+            let label = format!("{} ({})", s.id.short(), s.host);
+            if damaged.contains(&s.root.to_string()) {
+                out.entry(s.root.to_string())
+                    .or_insert((label.clone(), "/".to_string()));
+                continue;
+            }
+            let mut stack = vec![(s.root, String::new())];
+            while let Some((tree_id, path)) = stack.pop() {
+                let Ok(tree) = self.tree(&tree_id) else {
+                    continue;
+                };
+                for e in &tree.entries {
+                    let p = format!("{path}/{}", e.name_lossy());
+                    let mut ids: Vec<ChunkId> = Vec::new();
+                    match &e.content {
+                        Content::Subtree(id) => {
+                            ids.push(*id);
+                            stack.push((*id, p.clone()));
+                        }
+                        Content::ChunkList(id) => {
+                            ids.push(*id);
+                            if let Ok(chunks) = self.file_chunks(e) {
+                                ids.extend(chunks.iter().map(|c| c.id));
+                            }
+                        }
+                        Content::Chunks(c) => ids.extend(c.iter().map(|c| c.id)),
+                        _ => {}
+                    }
+                    for id in ids {
+                        let hex = id.to_string();
+                        if damaged.contains(&hex) {
+                            out.entry(hex).or_insert((label.clone(), p.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sizes and counts of the whole repository.
+    pub fn stats(&self) -> Result<Stats> {
+        let snapshots = self.snapshots()?;
+        let hosts: HashSet<&str> = snapshots.iter().map(|s| s.host.as_str()).collect();
+        let mut st = Stats {
+            snapshots: snapshots.len() as u64,
+            hosts: hosts.len() as u64,
+            logical_bytes: snapshots.iter().map(|s| s.stats.logical_bytes).sum(),
+            ..Stats::default()
+        };
+        for (_, rec) in self.index.packs()? {
+            st.packs += 1;
+            st.stored_bytes += rec.size;
+        }
+        self.index.for_each_blob(|_, loc| {
+            st.blobs += 1;
+            if loc.refcount == 0 {
+                st.unreferenced_blobs += 1;
+            } else {
+                st.unique_bytes += u64::from(loc.raw_len);
+            }
+            Ok(())
+        })?;
+        st.dedup_ratio = if st.stored_bytes > 0 {
+            st.logical_bytes as f64 / st.stored_bytes as f64
+        } else {
+            0.0
+        };
+        Ok(st)
+    }
+}

@@ -1,0 +1,173 @@
+//! Typed errors of the library. The CLI turns them into one line each.
+
+use std::path::PathBuf;
+
+use crate::ChunkId;
+
+/// What went wrong while decoding bytes read from disk or the network.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The input ended before a field was complete.
+    #[error("truncated: {what} needs {need} bytes at offset {offset}, {have} left")]
+    Truncated {
+        /// The field being read.
+        what: &'static str,
+        /// Offset of the field.
+        offset: usize,
+        /// Bytes needed.
+        need: usize,
+        /// Bytes available.
+        have: usize,
+    },
+    /// A magic number or version did not match.
+    #[error("bad {what}: expected {expected}, found {found}")]
+    BadMagic {
+        /// The field.
+        what: &'static str,
+        /// What we accept.
+        expected: String,
+        /// What we found.
+        found: String,
+    },
+    /// A value that is out of range or otherwise invalid.
+    #[error("invalid {what} at offset {offset}: {reason}")]
+    Invalid {
+        /// The field.
+        what: &'static str,
+        /// Offset of the field.
+        offset: usize,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A checksum or content hash did not match.
+    #[error("checksum mismatch in {what}")]
+    Checksum {
+        /// What was checked.
+        what: &'static str,
+    },
+    /// Bytes left over after a complete value.
+    #[error("{extra} trailing bytes after {what}")]
+    Trailing {
+        /// The value.
+        what: &'static str,
+        /// How many bytes were left.
+        extra: usize,
+    },
+}
+
+/// Errors of repository operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O error on a named path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file in the repository could not be decoded.
+    #[error("{path}: {source}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: DecodeError,
+    },
+    /// A blob could not be decoded or did not hash to its id.
+    #[error("blob {id} in pack {pack}: {source}")]
+    CorruptBlob {
+        /// The blob id.
+        id: ChunkId,
+        /// The pack holding it (hex).
+        pack: String,
+        /// What is wrong.
+        #[source]
+        source: DecodeError,
+    },
+    /// The index has no entry for a blob that something references.
+    #[error("blob {0} is not in the index")]
+    MissingBlob(ChunkId),
+    /// The index database reported an error.
+    #[error("index {path}: {message}")]
+    Index {
+        /// The index directory.
+        path: PathBuf,
+        /// RocksDB's message.
+        message: String,
+    },
+    /// Not an xstore repository, or one of an unsupported version.
+    #[error("{path}: {reason}")]
+    NotARepository {
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// `init` on a directory that already holds something.
+    #[error("{0}: already exists and is not empty")]
+    AlreadyExists(PathBuf),
+    /// Another process holds the writer lock.
+    #[error("repository is locked by {holder}")]
+    Locked {
+        /// "pid N on host H since T", as written by the holder.
+        holder: String,
+    },
+    /// A snapshot reference that matches nothing, or more than one snapshot.
+    #[error("snapshot {reference}: {reason}")]
+    SnapshotRef {
+        /// What the user gave.
+        reference: String,
+        /// Why it does not resolve.
+        reason: String,
+    },
+    /// A path that does not exist in a snapshot.
+    #[error("{path}: not found in snapshot {snapshot}")]
+    PathNotFound {
+        /// The path asked for.
+        path: String,
+        /// The snapshot (short id).
+        snapshot: String,
+    },
+    /// An invalid argument (host name, exclude pattern, chunker parameters…).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A backup source root that cannot be read at all.
+    #[error("backup source {path}: {source}")]
+    Source {
+        /// The root path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Restore refused to write somewhere (outside the target, over a symlink…).
+    #[error("restore refused {path}: {reason}")]
+    Unsafe {
+        /// The path inside the target.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Result with the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attaches a path to an I/O error.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })
+    }
+}

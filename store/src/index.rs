@@ -1,0 +1,228 @@
+//! The RocksDB index: blob locations and reference counts, packs, snapshot records, hosts.
+//! Value layouts: FORMAT.md §Index. The index is the single authority on what is committed.
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
+};
+
+use crate::error::{DecodeError, Error, Result};
+use crate::pack::PackId;
+pub(crate) use crate::records::{BlobLoc, HostRecord, PackRecord};
+use crate::snapshot::Snapshot;
+use crate::ChunkId;
+
+pub(crate) const CF_BLOBS: &str = "blobs";
+pub(crate) const CF_PACKS: &str = "packs";
+pub(crate) const CF_SNAPSHOTS: &str = "snapshots";
+pub(crate) const CF_HOSTS: &str = "hosts";
+const CFS: [&str; 4] = [CF_BLOBS, CF_PACKS, CF_SNAPSHOTS, CF_HOSTS];
+pub(crate) struct Index {
+    db: DB,
+    path: PathBuf,
+}
+
+fn options(cache: &Cache) -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.create_missing_column_families(true);
+    o.set_keep_log_file_num(3);
+    o.set_max_open_files(512);
+    o.set_max_total_wal_size(64 << 20);
+    let mut t = BlockBasedOptions::default();
+    t.set_block_cache(cache);
+    t.set_bloom_filter(10.0, false);
+    t.set_cache_index_and_filter_blocks(true);
+    o.set_block_based_table_factory(&t);
+    o
+}
+
+impl Index {
+    fn err(&self, e: rocksdb::Error) -> Error {
+        Error::Index {
+            path: self.path.clone(),
+            message: e.into_string(),
+        }
+    }
+
+    /// Opens (creating when `create`) for writing, or read-only.
+    pub(crate) fn open(path: &Path, read_only: bool) -> Result<Self> {
+        let cache = Cache::new_lru_cache(64 << 20);
+        let opts = options(&cache);
+        let cfs = CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, options(&cache)));
+        let to_err = |e: rocksdb::Error| Error::Index {
+            path: path.to_path_buf(),
+            message: e.into_string(),
+        };
+        let db = if read_only {
+            DB::open_cf_descriptors_read_only(&opts, path, cfs, false).map_err(to_err)?
+        } else {
+            DB::open_cf_descriptors(&opts, path, cfs).map_err(to_err)?
+        };
+        Ok(Index {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
+        self.db.cf_handle(name).ok_or_else(|| Error::Index {
+            path: self.path.clone(),
+            message: format!("column family {name} missing"),
+        })
+    }
+
+    fn corrupt(&self, what: &str, source: DecodeError) -> Error {
+        Error::Corrupt {
+            path: self.path.join(what),
+            source,
+        }
+    }
+
+    pub(crate) fn blob(&self, id: &ChunkId) -> Result<Option<BlobLoc>> {
+        let cf = self.cf(CF_BLOBS)?;
+        match self.db.get_pinned_cf(cf, id.0).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(
+                BlobLoc::decode(&v).map_err(|e| self.corrupt(CF_BLOBS, e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Looks up many blobs at once (one batched RocksDB call).
+    pub(crate) fn blobs(&self, ids: &[ChunkId]) -> Result<Vec<Option<BlobLoc>>> {
+        let cf = self.cf(CF_BLOBS)?;
+        let keys: Vec<&[u8]> = ids.iter().map(|i| &i.0[..]).collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for r in self.db.batched_multi_get_cf(cf, keys, false) {
+            match r.map_err(|e| self.err(e))? {
+                Some(v) => out.push(Some(
+                    BlobLoc::decode(&v).map_err(|e| self.corrupt(CF_BLOBS, e))?,
+                )),
+                None => out.push(None),
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn for_each_blob(
+        &self,
+        mut f: impl FnMut(ChunkId, BlobLoc) -> Result<()>,
+    ) -> Result<()> {
+        let cf = self.cf(CF_BLOBS)?;
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let id = ChunkId::from_slice(&k).ok_or_else(|| {
+                self.corrupt(
+                    CF_BLOBS,
+                    DecodeError::Invalid {
+                        what: "blob key",
+                        offset: 0,
+                        reason: format!("{} bytes", k.len()),
+                    },
+                )
+            })?;
+            f(
+                id,
+                BlobLoc::decode(&v).map_err(|e| self.corrupt(CF_BLOBS, e))?,
+            )?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn packs(&self) -> Result<Vec<(PackId, PackRecord)>> {
+        let cf = self.cf(CF_PACKS)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let id = ChunkId::from_slice(&k).ok_or_else(|| {
+                self.corrupt(
+                    CF_PACKS,
+                    DecodeError::Invalid {
+                        what: "pack key",
+                        offset: 0,
+                        reason: format!("{} bytes", k.len()),
+                    },
+                )
+            })?;
+            let rec =
+                crate::codec::decode("pack record", &v).map_err(|e| self.corrupt(CF_PACKS, e))?;
+            out.push((id, rec));
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let cf = self.cf(CF_SNAPSHOTS)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (_, v) = item.map_err(|e| self.err(e))?;
+            out.push(Snapshot::decode(&v).map_err(|e| self.corrupt(CF_SNAPSHOTS, e))?);
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn host(&self, host: &str) -> Result<Option<HostRecord>> {
+        let cf = self.cf(CF_HOSTS)?;
+        match self
+            .db
+            .get_pinned_cf(cf, host.as_bytes())
+            .map_err(|e| self.err(e))?
+        {
+            Some(v) => Ok(Some(
+                crate::codec::decode("host record", &v).map_err(|e| self.corrupt(CF_HOSTS, e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn batch(&self) -> IndexBatch<'_> {
+        IndexBatch {
+            index: self,
+            batch: WriteBatch::default(),
+        }
+    }
+}
+
+/// One atomic, synced index write.
+pub(crate) struct IndexBatch<'a> {
+    index: &'a Index,
+    batch: WriteBatch,
+}
+
+impl IndexBatch<'_> {
+    pub(crate) fn put_blob(&mut self, id: &ChunkId, loc: &BlobLoc) -> Result<()> {
+        let cf = self.index.cf(CF_BLOBS)?;
+        self.batch.put_cf(cf, id.0, loc.encode());
+        Ok(())
+    }
+    pub(crate) fn put_pack(&mut self, id: &PackId, rec: &PackRecord) -> Result<()> {
+        let cf = self.index.cf(CF_PACKS)?;
+        self.batch.put_cf(cf, id.0, crate::codec::encode(rec));
+        Ok(())
+    }
+    pub(crate) fn put_snapshot(&mut self, s: &Snapshot) -> Result<()> {
+        let cf = self.index.cf(CF_SNAPSHOTS)?;
+        self.batch.put_cf(cf, s.id.0, s.encode());
+        Ok(())
+    }
+    pub(crate) fn put_host(&mut self, host: &str, rec: &HostRecord) -> Result<()> {
+        let cf = self.index.cf(CF_HOSTS)?;
+        self.batch
+            .put_cf(cf, host.as_bytes(), crate::codec::encode(rec));
+        Ok(())
+    }
+    /// Writes everything atomically with fsync of the WAL.
+    pub(crate) fn commit(self) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.index
+            .db
+            .write_opt(self.batch, &wo)
+            .map_err(|e| self.index.err(e))
+    }
+}

@@ -1,0 +1,542 @@
+//! Pack files: append-only containers of self-describing, individually compressed blobs,
+//! sealed by a checksummed trailer. Byte layout: FORMAT.md §Packs.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::bytes::{to_hex, Reader};
+use crate::error::{DecodeError, Error, IoContext, Result};
+use crate::ChunkId;
+
+/// First 8 bytes of every pack.
+pub const PACK_MAGIC: &[u8; 8] = b"XSTPACK\x01";
+/// Last 8 bytes of every sealed pack.
+pub const PACK_END_MAGIC: &[u8; 8] = b"XSTPEND\x01";
+/// Pack header length.
+pub const PACK_HEADER_LEN: usize = 16;
+/// Blob header length.
+pub const BLOB_HEADER_LEN: usize = 48;
+/// Trailer entry length.
+pub const TRAILER_ENTRY_LEN: usize = 52;
+/// Footer length (the last bytes of a pack).
+pub const FOOTER_LEN: usize = 56;
+/// Largest uncompressed blob accepted by decoders (tree blobs of huge directories included).
+pub const MAX_BLOB_LEN: u32 = 512 * 1024 * 1024;
+
+/// What a blob holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BlobKind {
+    /// A chunk of file content.
+    Data,
+    /// A directory: an encoded [`crate::Tree`].
+    Tree,
+    /// The chunk list of a very large file.
+    ChunkList,
+}
+
+impl BlobKind {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            BlobKind::Data => 0,
+            BlobKind::Tree => 1,
+            BlobKind::ChunkList => 2,
+        }
+    }
+    pub(crate) fn from_code(c: u8, offset: usize) -> Result<Self, DecodeError> {
+        match c {
+            0 => Ok(BlobKind::Data),
+            1 => Ok(BlobKind::Tree),
+            2 => Ok(BlobKind::ChunkList),
+            _ => Err(DecodeError::Invalid {
+                what: "blob kind",
+                offset,
+                reason: format!("unknown kind {c}"),
+            }),
+        }
+    }
+    /// Name for humans and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            BlobKind::Data => "data",
+            BlobKind::Tree => "tree",
+            BlobKind::ChunkList => "chunklist",
+        }
+    }
+}
+
+/// How a blob's bytes are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Compression {
+    None,
+    Zstd,
+}
+
+impl Compression {
+    fn code(self) -> u8 {
+        match self {
+            Compression::None => 0,
+            Compression::Zstd => 1,
+        }
+    }
+    fn from_code(c: u8, offset: usize) -> Result<Self, DecodeError> {
+        match c {
+            0 => Ok(Compression::None),
+            1 => Ok(Compression::Zstd),
+            _ => Err(DecodeError::Invalid {
+                what: "compression",
+                offset,
+                reason: format!("unknown compression {c}"),
+            }),
+        }
+    }
+}
+
+/// One blob's place in a pack (from its header or the trailer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PackEntry {
+    pub id: ChunkId,
+    pub kind: BlobKind,
+    pub compression: Compression,
+    pub raw_len: u32,
+    pub stored_len: u32,
+    /// Offset of the blob header in the pack.
+    pub offset: u64,
+}
+
+/// A pack's identity: BLAKE3 of the whole sealed file.
+pub type PackId = ChunkId;
+
+/// `packs/XX/<hex>.pack`.
+pub(crate) fn pack_path(packs_dir: &Path, id: &PackId) -> PathBuf {
+    let hex = id.to_string();
+    packs_dir.join(&hex[..2]).join(format!("{hex}.pack"))
+}
+
+fn header_check(first44: &[u8]) -> u32 {
+    let h = blake3::hash(first44);
+    let b = h.as_bytes();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn encode_blob_header(e: &PackEntry) -> [u8; BLOB_HEADER_LEN] {
+    let mut h = [0u8; BLOB_HEADER_LEN];
+    h[..32].copy_from_slice(&e.id.0);
+    h[32] = e.kind.code();
+    h[33] = e.compression.code();
+    h[36..40].copy_from_slice(&e.raw_len.to_le_bytes());
+    h[40..44].copy_from_slice(&e.stored_len.to_le_bytes());
+    let check = header_check(&h[..44]);
+    h[44..48].copy_from_slice(&check.to_le_bytes());
+    h
+}
+
+/// Decodes the blob header at `offset` of a pack.
+pub(crate) fn decode_blob_header(pack: &[u8], offset: u64) -> Result<PackEntry, DecodeError> {
+    let start = usize::try_from(offset).map_err(|_| DecodeError::Invalid {
+        what: "blob offset",
+        offset: 0,
+        reason: "does not fit in memory".into(),
+    })?;
+    let bytes = pack.get(start..).ok_or(DecodeError::Truncated {
+        what: "blob header",
+        offset: start,
+        need: BLOB_HEADER_LEN,
+        have: 0,
+    })?;
+    let mut r = Reader::new(bytes);
+    let head = r.take(44, "blob header")?;
+    let check = r.u32("blob header check")?;
+    if check != header_check(head) {
+        return Err(DecodeError::Checksum {
+            what: "blob header",
+        });
+    }
+    let mut r = Reader::new(head);
+    let id = r.id("blob id")?;
+    let kind = BlobKind::from_code(r.u8("blob kind")?, start + 32)?;
+    let compression = Compression::from_code(r.u8("compression")?, start + 33)?;
+    if r.u16("reserved")? != 0 {
+        return Err(DecodeError::Invalid {
+            what: "blob header",
+            offset: start + 34,
+            reason: "reserved bytes are not zero".into(),
+        });
+    }
+    let raw_len = r.u32("raw length")?;
+    let stored_len = r.u32("stored length")?;
+    if raw_len > MAX_BLOB_LEN || stored_len > MAX_BLOB_LEN {
+        return Err(DecodeError::Invalid {
+            what: "blob length",
+            offset: start + 36,
+            reason: format!("{raw_len}/{stored_len} exceeds {MAX_BLOB_LEN}"),
+        });
+    }
+    if compression == Compression::None && raw_len != stored_len {
+        return Err(DecodeError::Invalid {
+            what: "blob length",
+            offset: start + 36,
+            reason: "uncompressed blob with different lengths".into(),
+        });
+    }
+    Ok(PackEntry {
+        id,
+        kind,
+        compression,
+        raw_len,
+        stored_len,
+        offset,
+    })
+}
+
+/// Decodes, decompresses and verifies one blob of a mapped pack.
+pub(crate) fn read_blob(pack: &[u8], want: &PackEntry) -> Result<Vec<u8>, DecodeError> {
+    let header = decode_blob_header(pack, want.offset)?;
+    if header.id != want.id || header.kind != want.kind || header.stored_len != want.stored_len {
+        return Err(DecodeError::Invalid {
+            what: "blob header",
+            offset: want.offset as usize,
+            reason: format!("header names blob {} not {}", header.id, want.id),
+        });
+    }
+    let start = want.offset as usize + BLOB_HEADER_LEN;
+    let stored =
+        pack.get(start..start + header.stored_len as usize)
+            .ok_or(DecodeError::Truncated {
+                what: "blob data",
+                offset: start,
+                need: header.stored_len as usize,
+                have: pack.len().saturating_sub(start),
+            })?;
+    let raw = match header.compression {
+        Compression::None => stored.to_vec(),
+        Compression::Zstd => {
+            let raw = zstd::bulk::decompress(stored, header.raw_len as usize).map_err(|e| {
+                DecodeError::Invalid {
+                    what: "zstd data",
+                    offset: start,
+                    reason: e.to_string(),
+                }
+            })?;
+            if raw.len() != header.raw_len as usize {
+                return Err(DecodeError::Invalid {
+                    what: "zstd data",
+                    offset: start,
+                    reason: format!("{} bytes, header says {}", raw.len(), header.raw_len),
+                });
+            }
+            raw
+        }
+    };
+    if ChunkId::of(&raw) != header.id {
+        return Err(DecodeError::Checksum {
+            what: "blob content",
+        });
+    }
+    Ok(raw)
+}
+
+/// Decodes and verifies a sealed pack's trailer: the list of its blobs.
+pub(crate) fn read_trailer(pack: &[u8]) -> Result<Vec<PackEntry>, DecodeError> {
+    let mut r = Reader::new(pack);
+    let magic = r.array::<8>("pack magic")?;
+    if &magic != PACK_MAGIC {
+        return Err(DecodeError::BadMagic {
+            what: "pack magic",
+            expected: to_hex(PACK_MAGIC),
+            found: to_hex(&magic),
+        });
+    }
+    let reserved = r.array::<8>("pack header")?;
+    if reserved != [0u8; 8] {
+        return Err(DecodeError::Invalid {
+            what: "pack header",
+            offset: 8,
+            reason: "reserved bytes are not zero".into(),
+        });
+    }
+    if pack.len() < PACK_HEADER_LEN + FOOTER_LEN {
+        return Err(DecodeError::Truncated {
+            what: "pack footer",
+            offset: pack.len(),
+            need: PACK_HEADER_LEN + FOOTER_LEN,
+            have: pack.len(),
+        });
+    }
+    let footer_at = pack.len() - FOOTER_LEN;
+    let footer = &pack[footer_at..];
+    let mut f = Reader::new(footer);
+    let entries_offset = f.u64("trailer offset")?;
+    let count = f.u32("trailer count")?;
+    let _reserved = f.u32("reserved")?;
+    let checksum = f.array::<32>("trailer checksum")?;
+    let end_magic = f.array::<8>("pack end magic")?;
+    if &end_magic != PACK_END_MAGIC {
+        return Err(DecodeError::BadMagic {
+            what: "pack end magic",
+            expected: to_hex(PACK_END_MAGIC),
+            found: to_hex(&end_magic),
+        });
+    }
+    let expected_len = (count as u64).checked_mul(TRAILER_ENTRY_LEN as u64);
+    let entries_offset_ok = usize::try_from(entries_offset).ok().filter(|&o| {
+        o >= PACK_HEADER_LEN
+            && Some((footer_at - o.min(footer_at)) as u64) == expected_len
+            && o <= footer_at
+    });
+    let Some(entries_start) = entries_offset_ok else {
+        return Err(DecodeError::Invalid {
+            what: "trailer offset",
+            offset: footer_at,
+            reason: format!("{count} entries at {entries_offset} do not end at the footer"),
+        });
+    };
+    let entries = &pack[entries_start..footer_at];
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(entries);
+    hasher.update(&footer[..16]);
+    if hasher.finalize().as_bytes() != &checksum {
+        return Err(DecodeError::Checksum {
+            what: "pack trailer",
+        });
+    }
+    let mut r = Reader::new(entries);
+    let mut out = Vec::with_capacity(count as usize);
+    let mut next_free = PACK_HEADER_LEN as u64;
+    for _ in 0..count {
+        let at = entries_start + r.pos();
+        let id = r.id("entry id")?;
+        let kind = BlobKind::from_code(r.u8("entry kind")?, at + 32)?;
+        let compression = Compression::from_code(r.u8("entry compression")?, at + 33)?;
+        if r.u16("reserved")? != 0 {
+            return Err(DecodeError::Invalid {
+                what: "trailer entry",
+                offset: at + 34,
+                reason: "reserved bytes are not zero".into(),
+            });
+        }
+        let raw_len = r.u32("entry raw length")?;
+        let stored_len = r.u32("entry stored length")?;
+        let offset = r.u64("entry offset")?;
+        let end = offset.saturating_add(BLOB_HEADER_LEN as u64 + stored_len as u64);
+        if offset < next_free || end > entries_offset {
+            return Err(DecodeError::Invalid {
+                what: "trailer entry",
+                offset: at,
+                reason: format!("blob at {offset}+{stored_len} overlaps or leaves the data area"),
+            });
+        }
+        next_free = end;
+        out.push(PackEntry {
+            id,
+            kind,
+            compression,
+            raw_len,
+            stored_len,
+            offset,
+        });
+    }
+    r.finish("pack trailer")?;
+    Ok(out)
+}
+
+/// Walks blob headers from the start of a pack whose trailer is missing or damaged, and returns
+/// the blobs that decode and verify. Used by index repair.
+pub(crate) fn scan_blobs(pack: &[u8]) -> Vec<PackEntry> {
+    let mut out = Vec::new();
+    if pack.get(..8) != Some(&PACK_MAGIC[..]) {
+        return out;
+    }
+    let mut offset = PACK_HEADER_LEN as u64;
+    while let Ok(entry) = decode_blob_header(pack, offset) {
+        if read_blob(pack, &entry).is_err() {
+            break;
+        }
+        offset += (BLOB_HEADER_LEN + entry.stored_len as usize) as u64;
+        out.push(entry);
+    }
+    out
+}
+
+/// A sealed pack: its id, size and contents.
+#[derive(Debug)]
+pub(crate) struct SealedPack {
+    pub id: PackId,
+    pub size: u64,
+    pub entries: Vec<PackEntry>,
+}
+
+/// Writes one pack under a temporary name; [`PackWriter::seal`] makes it durable and visible.
+pub(crate) struct PackWriter {
+    tmp_path: PathBuf,
+    out: BufWriter<File>,
+    hasher: blake3::Hasher,
+    len: u64,
+    entries: Vec<PackEntry>,
+}
+
+impl PackWriter {
+    /// Starts a pack in `tmp_dir` (same filesystem as the packs directory).
+    pub(crate) fn create(tmp_dir: &Path) -> Result<Self> {
+        let mut rnd = [0u8; 16];
+        getrandom::fill(&mut rnd).map_err(|e| Error::Io {
+            path: tmp_dir.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let tmp_path = tmp_dir.join(format!("{}.tmp", to_hex(&rnd)));
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp_path)
+            .at(&tmp_path)?;
+        let mut w = PackWriter {
+            tmp_path,
+            out: BufWriter::with_capacity(1 << 20, file),
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            entries: Vec::new(),
+        };
+        let mut header = [0u8; PACK_HEADER_LEN];
+        header[..8].copy_from_slice(PACK_MAGIC);
+        w.write(&header)?;
+        Ok(w)
+    }
+
+    fn write(&mut self, b: &[u8]) -> Result<()> {
+        self.out.write_all(b).at(&self.tmp_path)?;
+        self.hasher.update(b);
+        self.len += b.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Appends one stored blob.
+    pub(crate) fn add(
+        &mut self,
+        id: ChunkId,
+        kind: BlobKind,
+        compression: Compression,
+        raw_len: u32,
+        stored: &[u8],
+    ) -> Result<()> {
+        let entry = PackEntry {
+            id,
+            kind,
+            compression,
+            raw_len,
+            stored_len: stored.len() as u32,
+            offset: self.len,
+        };
+        self.write(&encode_blob_header(&entry))?;
+        self.write(stored)?;
+        self.entries.push(entry);
+        Ok(())
+    }
+
+    /// Writes the trailer, fsyncs, renames to `packs/XX/<id>.pack` and fsyncs the directory.
+    pub(crate) fn seal(mut self, packs_dir: &Path) -> Result<SealedPack> {
+        let entries_offset = self.len;
+        let mut trailer = Vec::with_capacity(self.entries.len() * TRAILER_ENTRY_LEN + FOOTER_LEN);
+        for e in &self.entries {
+            trailer.extend_from_slice(&e.id.0);
+            trailer.push(e.kind.code());
+            trailer.push(e.compression.code());
+            trailer.extend_from_slice(&[0, 0]);
+            trailer.extend_from_slice(&e.raw_len.to_le_bytes());
+            trailer.extend_from_slice(&e.stored_len.to_le_bytes());
+            trailer.extend_from_slice(&e.offset.to_le_bytes());
+        }
+        let mut footer_head = [0u8; 16];
+        footer_head[..8].copy_from_slice(&entries_offset.to_le_bytes());
+        footer_head[8..12].copy_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        let mut h = blake3::Hasher::new();
+        h.update(&trailer);
+        h.update(&footer_head);
+        trailer.extend_from_slice(&footer_head);
+        trailer.extend_from_slice(h.finalize().as_bytes());
+        trailer.extend_from_slice(PACK_END_MAGIC);
+        self.write(&trailer)?;
+        self.out.flush().at(&self.tmp_path)?;
+        let file = self.out.get_ref();
+        file.sync_all().at(&self.tmp_path)?;
+        let id = ChunkId(*self.hasher.finalize().as_bytes());
+        let final_path = pack_path(packs_dir, &id);
+        let dir = final_path.parent().unwrap_or(packs_dir);
+        fs::create_dir_all(dir).at(dir)?;
+        fs::rename(&self.tmp_path, &final_path).at(&final_path)?;
+        crate::fsutil::sync_dir(dir)?;
+        Ok(SealedPack {
+            id,
+            size: self.len,
+            entries: self.entries,
+        })
+    }
+
+    /// Abandons the pack, removing the temporary file.
+    pub(crate) fn discard(self) {
+        let _ = fs::remove_file(&self.tmp_path);
+    }
+}
+
+/// Compresses `raw` with zstd at `level`, keeping it raw when that is not smaller.
+pub(crate) fn compress(raw: &[u8], level: i32) -> (Compression, Vec<u8>) {
+    match zstd::bulk::compress(raw, level) {
+        Ok(c) if c.len() < raw.len() => (Compression::Zstd, c),
+        _ => (Compression::None, raw.to_vec()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn build(blobs: &[&[u8]]) -> (tempfile::TempDir, Vec<u8>, SealedPack) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = PackWriter::create(dir.path()).unwrap();
+        for b in blobs {
+            let (c, stored) = compress(b, 3);
+            w.add(ChunkId::of(b), BlobKind::Data, c, b.len() as u32, &stored)
+                .unwrap();
+        }
+        let sealed = w.seal(dir.path()).unwrap();
+        let bytes = fs::read(pack_path(dir.path(), &sealed.id)).unwrap();
+        (dir, bytes, sealed)
+    }
+
+    #[test]
+    fn pack_round_trip() {
+        let a = vec![1u8; 10_000];
+        let b = xstore_chunker::seeded_bytes(3, 5000);
+        let (_d, bytes, sealed) = build(&[&a, &b, b""]);
+        assert_eq!(ChunkId::of(&bytes), sealed.id);
+        let entries = read_trailer(&bytes).unwrap();
+        assert_eq!(entries, sealed.entries);
+        assert_eq!(read_blob(&bytes, &entries[0]).unwrap(), a);
+        assert_eq!(read_blob(&bytes, &entries[1]).unwrap(), b);
+        assert_eq!(read_blob(&bytes, &entries[2]).unwrap(), b"");
+        assert_eq!(scan_blobs(&bytes[..bytes.len() - 10]), entries);
+    }
+
+    #[test]
+    fn damage_is_detected_not_panicked() {
+        let a = xstore_chunker::seeded_bytes(1, 3000);
+        let (_d, bytes, sealed) = build(&[&a]);
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            let trailer = read_trailer(&bad);
+            let blob = read_blob(&bad, &sealed.entries[0]);
+            assert!(trailer.is_err() || blob.is_err(), "flip at {i} undetected");
+        }
+        for cut in 0..bytes.len() {
+            let _ = read_trailer(&bytes[..cut]);
+            let _ = scan_blobs(&bytes[..cut]);
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! Opening, creating and reading a repository.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use memmap2::Mmap;
+use xstore_chunker::ChunkerParams;
+
+use crate::config::{ChunkerConfig, Config, InitOptions, FORMAT_VERSION};
+use crate::error::{DecodeError, Error, IoContext, Result};
+use crate::index::{BlobLoc, Index};
+use crate::lock::WriterLock;
+use crate::pack::{self, BlobKind, PackEntry, PackId};
+use crate::snapshot::{Snapshot, SnapshotId};
+use crate::tree::{decode_chunk_list, ChunkRef, Content, Entry, EntryKind, Tree};
+use crate::{fsutil, ChunkId};
+
+const MAX_CACHED_MAPS: usize = 256;
+
+/// An open repository. Open it writable ([`Repository::open`], one process at a time) or
+/// read-only ([`Repository::open_read_only`], any number, also while a writer runs).
+pub struct Repository {
+    root: PathBuf,
+    config: Config,
+    params: ChunkerParams,
+    pub(crate) index: Index,
+    lock: Option<WriterLock>,
+    maps: Mutex<HashMap<PackId, Arc<Mmap>>>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("root", &self.root)
+            .field("writable", &self.lock.is_some())
+            .finish()
+    }
+}
+
+/// A node of a snapshot: the root directory or an entry inside it.
+#[derive(Debug, Clone)]
+pub enum Node {
+    /// The snapshot's root directory.
+    Root(ChunkId),
+    /// An entry found by path.
+    Entry(Entry),
+}
+
+impl Node {
+    /// The tree id when the node is a directory.
+    pub fn tree_id(&self) -> Option<ChunkId> {
+        match self {
+            Node::Root(id) => Some(*id),
+            Node::Entry(e) => e.subtree(),
+        }
+    }
+}
+
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl Repository {
+    /// The repository directory.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+    /// The decoded `config`.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    /// Chunker parameters of this repository.
+    pub fn chunker_params(&self) -> ChunkerParams {
+        self.params
+    }
+    /// Whether this handle holds the writer lock.
+    pub fn is_writable(&self) -> bool {
+        self.lock.is_some()
+    }
+    pub(crate) fn packs_dir(&self) -> PathBuf {
+        self.root.join("packs")
+    }
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.root.join("packs").join("tmp")
+    }
+    pub(crate) fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    /// Creates a repository in `path` (which must be missing or empty) and opens it writable.
+    pub fn init(path: &Path, opts: &InitOptions) -> Result<Repository> {
+        if path.exists() {
+            let mut it = fs::read_dir(path).at(path)?;
+            if it.next().is_some() {
+                return Err(Error::AlreadyExists(path.to_path_buf()));
+            }
+        }
+        for dir in ["packs/tmp", "snapshots", "locks", "index"] {
+            fs::create_dir_all(path.join(dir)).at(path.join(dir))?;
+        }
+        let mut id = [0u8; 32];
+        getrandom::fill(&mut id).map_err(|e| Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let config = Config {
+            format_version: FORMAT_VERSION,
+            repository_id: crate::bytes::to_hex(&id),
+            chunker: ChunkerConfig {
+                algorithm: xstore_chunker::ALGORITHM.into(),
+                min: opts.chunker.min(),
+                avg: opts.chunker.avg(),
+                max: opts.chunker.max(),
+            },
+            compression: "zstd".into(),
+            compression_level: opts.compression_level,
+            pack_size: opts.pack_size,
+            created_ns: now_ns(),
+        };
+        Config::decode(&config.encode()).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        // The index is created before `config` is written: `config` is the marker that makes
+        // the directory a repository, so a crash during init leaves no half repository.
+        drop(Index::open(&path.join("index"), false)?);
+        fsutil::write_atomic(&path.join("config"), &config.encode())?;
+        Repository::open(path)
+    }
+
+    pub(crate) fn from_parts(
+        path: &Path,
+        config: Config,
+        params: ChunkerParams,
+        index: Index,
+        lock: Option<WriterLock>,
+    ) -> Repository {
+        Repository {
+            root: path.to_path_buf(),
+            config,
+            params,
+            index,
+            lock,
+            maps: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn load_config(path: &Path) -> Result<(Config, ChunkerParams)> {
+        let cfg_path = path.join("config");
+        let bytes = match fs::read(&cfg_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotARepository {
+                    path: path.to_path_buf(),
+                    reason: "not an xstore repository (no config file)".into(),
+                })
+            }
+            Err(e) => return Err(e).at(&cfg_path),
+        };
+        let config = Config::decode(&bytes).map_err(|source| Error::Corrupt {
+            path: cfg_path.clone(),
+            source,
+        })?;
+        let params = config.chunker_params().map_err(|source| Error::Corrupt {
+            path: cfg_path,
+            source,
+        })?;
+        Ok((config, params))
+    }
+
+    /// Opens writable: takes the writer lock and runs crash recovery.
+    pub fn open(path: &Path) -> Result<Repository> {
+        let (config, params) = Self::load_config(path)?;
+        let lock = WriterLock::acquire(&path.join("locks"))?;
+        crate::repair::finish_index_swap(path)?;
+        let index = Index::open(&path.join("index"), false)?;
+        let repo = Repository {
+            root: path.to_path_buf(),
+            config,
+            params,
+            index,
+            lock: Some(lock),
+            maps: Mutex::new(HashMap::new()),
+        };
+        repo.recover()?;
+        Ok(repo)
+    }
+
+    /// Opens read-only, without the writer lock. Sees the index as of opening.
+    pub fn open_read_only(path: &Path) -> Result<Repository> {
+        let (config, params) = Self::load_config(path)?;
+        let index = Index::open(&path.join("index"), true)?;
+        Ok(Repository {
+            root: path.to_path_buf(),
+            config,
+            params,
+            index,
+            lock: None,
+            maps: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub(crate) fn require_writable(&self) -> Result<()> {
+        if self.lock.is_none() {
+            return Err(Error::InvalidArgument(
+                "repository was opened read-only".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Crash recovery (writer only): removes temporary packs and packs that no committed index
+    /// batch references, and rewrites missing snapshot copies. See ARCHITECTURE.md.
+    fn recover(&self) -> Result<()> {
+        let tmp = self.tmp_dir();
+        fs::create_dir_all(&tmp).at(&tmp)?;
+        for item in fs::read_dir(&tmp).at(&tmp)? {
+            let item = item.at(&tmp)?;
+            let _ = fs::remove_file(item.path());
+        }
+        let known: std::collections::HashSet<PackId> =
+            self.index.packs()?.into_iter().map(|(id, _)| id).collect();
+        let packs = self.packs_dir();
+        let mut removed = 0u64;
+        for (id, path) in list_pack_files(&packs)? {
+            if !known.contains(&id) {
+                fs::remove_file(&path).at(&path)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "recovery removed uncommitted pack files");
+        }
+        let dir = self.snapshots_dir();
+        for s in self.index.snapshots()? {
+            let p = dir.join(format!("{}.json", s.id));
+            if !p.exists() {
+                fsutil::write_atomic(&p, &s.encode())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// All snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let mut v = self.index.snapshots()?;
+        v.sort_by_key(|s| (s.start_ns, s.id));
+        Ok(v)
+    }
+
+    /// Resolves a snapshot reference: a unique hex id prefix, `HOST@latest`, or `latest`.
+    pub fn resolve(&self, reference: &str) -> Result<Snapshot> {
+        let fail = |reason: &str| Error::SnapshotRef {
+            reference: reference.to_string(),
+            reason: reason.to_string(),
+        };
+        let all = self.snapshots()?;
+        if let Some((host, which)) = reference.split_once('@') {
+            let of_host: Vec<&Snapshot> = all.iter().filter(|s| s.host == host).collect();
+            if of_host.is_empty() {
+                return Err(fail("no snapshots of this host"));
+            }
+            return match which {
+                "latest" => Ok(of_host[of_host.len() - 1].clone()),
+                "latest-complete" => of_host
+                    .iter()
+                    .rev()
+                    .find(|s| s.is_complete())
+                    .map(|s| (*s).clone())
+                    .ok_or_else(|| fail("no complete snapshot of this host")),
+                _ => Err(fail("unknown selector (use latest or latest-complete)")),
+            };
+        }
+        if reference == "latest" {
+            return all
+                .last()
+                .cloned()
+                .ok_or_else(|| fail("repository has no snapshots"));
+        }
+        let prefix = reference.to_ascii_lowercase();
+        if prefix.len() < 4 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(fail(
+                "expected an id prefix of 4+ hex digits, HOST@latest or latest",
+            ));
+        }
+        let matches: Vec<&Snapshot> = all
+            .iter()
+            .filter(|s| s.id.to_string().starts_with(&prefix))
+            .collect();
+        match matches.len() {
+            0 => Err(fail("no such snapshot")),
+            1 => Ok(matches[0].clone()),
+            n => Err(fail(&format!("ambiguous prefix ({n} snapshots match)"))),
+        }
+    }
+
+    /// The snapshot with this id.
+    pub fn snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        self.snapshots()?
+            .into_iter()
+            .find(|s| s.id == *id)
+            .ok_or_else(|| Error::SnapshotRef {
+                reference: id.to_string(),
+                reason: "no such snapshot".into(),
+            })
+    }
+
+    /// Index entry of a blob.
+    pub fn blob_location(&self, id: &ChunkId) -> Result<Option<BlobLoc>> {
+        self.index.blob(id)
+    }
+
+    /// For each id, whether the repository lacks it (the pull protocol's question).
+    pub fn missing_blobs(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        Ok(self
+            .index
+            .blobs(ids)?
+            .into_iter()
+            .map(|l| l.is_none())
+            .collect())
+    }
+
+    pub(crate) fn map_pack(&self, id: &PackId) -> Result<Arc<Mmap>> {
+        if let Some(m) = self.maps.lock().map_err(poisoned)?.get(id) {
+            return Ok(m.clone());
+        }
+        let path = pack::pack_path(&self.packs_dir(), id);
+        let map = Arc::new(crate::mmap::map_sealed_file(&path)?);
+        let mut maps = self.maps.lock().map_err(poisoned)?;
+        if maps.len() >= MAX_CACHED_MAPS {
+            maps.clear();
+        }
+        maps.insert(*id, map.clone());
+        Ok(map)
+    }
+
+    pub(crate) fn read_located(&self, id: &ChunkId, loc: &BlobLoc) -> Result<Vec<u8>> {
+        let map = self.map_pack(&loc.pack)?;
+        let entry = PackEntry {
+            id: *id,
+            kind: loc.kind,
+            compression: pack::Compression::None,
+            raw_len: loc.raw_len,
+            stored_len: loc.stored_len,
+            offset: loc.offset,
+        };
+        pack::read_blob(&map, &entry).map_err(|source| Error::CorruptBlob {
+            id: *id,
+            pack: loc.pack.to_string(),
+            source,
+        })
+    }
+
+    /// Reads, decompresses and verifies one blob.
+    pub fn read_blob(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let loc = self.index.blob(id)?.ok_or(Error::MissingBlob(*id))?;
+        self.read_located(id, &loc)
+    }
+
+    /// Reads and decodes a tree blob.
+    pub fn tree(&self, id: &ChunkId) -> Result<Tree> {
+        let loc = self.index.blob(id)?.ok_or(Error::MissingBlob(*id))?;
+        if loc.kind != BlobKind::Tree {
+            return Err(Error::CorruptBlob {
+                id: *id,
+                pack: loc.pack.to_string(),
+                source: DecodeError::Invalid {
+                    what: "blob kind",
+                    offset: 0,
+                    reason: format!("expected tree, index says {}", loc.kind.name()),
+                },
+            });
+        }
+        let raw = self.read_located(id, &loc)?;
+        Tree::decode(&raw).map_err(|source| Error::CorruptBlob {
+            id: *id,
+            pack: loc.pack.to_string(),
+            source,
+        })
+    }
+
+    /// A file entry's chunk list (loading a chunk-list blob when needed).
+    pub fn file_chunks(&self, entry: &Entry) -> Result<Vec<ChunkRef>> {
+        match &entry.content {
+            Content::Chunks(c) => Ok(c.clone()),
+            Content::ChunkList(id) => {
+                let raw = self.read_blob(id)?;
+                let list = decode_chunk_list(&raw).map_err(|source| Error::CorruptBlob {
+                    id: *id,
+                    pack: String::new(),
+                    source,
+                })?;
+                let total: u64 = list.iter().map(|c| u64::from(c.len)).sum();
+                if total != entry.size {
+                    return Err(Error::CorruptBlob {
+                        id: *id,
+                        pack: String::new(),
+                        source: DecodeError::Invalid {
+                            what: "chunk list",
+                            offset: 0,
+                            reason: format!("holds {total} bytes, file size is {}", entry.size),
+                        },
+                    });
+                }
+                Ok(list)
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Finds the node at `path` ("/", "", "/etc/passwd", "etc/passwd") in a snapshot.
+    pub fn lookup(&self, snapshot: &Snapshot, path: &str) -> Result<Node> {
+        let mut node = Node::Root(snapshot.root);
+        for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            let not_found = || Error::PathNotFound {
+                path: path.to_string(),
+                snapshot: snapshot.id.short(),
+            };
+            let tree_id = node.tree_id().ok_or_else(not_found)?;
+            let tree = self.tree(&tree_id)?;
+            let entry = tree.get(part.as_bytes()).ok_or_else(not_found)?;
+            node = Node::Entry(entry.clone());
+        }
+        Ok(node)
+    }
+
+    /// Writes a file's content to `out`.
+    pub fn cat(&self, entry: &Entry, out: &mut dyn std::io::Write) -> Result<u64> {
+        if entry.kind != EntryKind::File {
+            return Err(Error::InvalidArgument(format!(
+                "{}: not a regular file",
+                entry.name_lossy()
+            )));
+        }
+        let mut n = 0u64;
+        for c in self.file_chunks(entry)? {
+            let data = self.read_blob(&c.id)?;
+            out.write_all(&data).map_err(|source| Error::Io {
+                path: PathBuf::from("<output>"),
+                source,
+            })?;
+            n += data.len() as u64;
+        }
+        Ok(n)
+    }
+}
+
+pub(crate) fn poisoned<T>(_: std::sync::PoisonError<T>) -> Error {
+    Error::InvalidArgument("internal lock poisoned by a panicking thread".into())
+}
+
+/// Every `packs/XX/<id>.pack` file.
+pub(crate) fn list_pack_files(packs: &Path) -> Result<Vec<(PackId, PathBuf)>> {
+    let mut out = Vec::new();
+    for sub in fs::read_dir(packs).at(packs)? {
+        let sub = sub.at(packs)?;
+        let name = sub.file_name();
+        let name = name.to_string_lossy();
+        if name.len() != 2 || !sub.file_type().at(sub.path())?.is_dir() {
+            continue;
+        }
+        for f in fs::read_dir(sub.path()).at(sub.path())? {
+            let f = f.at(sub.path())?;
+            let fname = f.file_name();
+            let fname = fname.to_string_lossy();
+            if let Some(hex) = fname.strip_suffix(".pack") {
+                if let Ok(id) = hex.parse::<ChunkId>() {
+                    out.push((id, f.path()));
+                }
+            }
+        }
+    }
+    Ok(out)
+}

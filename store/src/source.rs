@@ -1,0 +1,199 @@
+//! Where backup data comes from. [`LocalSource`] reads the local filesystem; a remote agent
+//! stream implements the same trait.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+/// The kind of a source entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SourceKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Character device.
+    CharDevice,
+    /// Block device.
+    BlockDevice,
+    /// Named pipe.
+    Fifo,
+    /// Unix socket (never stored).
+    Socket,
+}
+
+/// Metadata of one source entry (what `lstat` gives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// Kind.
+    pub kind: SourceKind,
+    /// Permission bits (`& 0o7777`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// mtime, ns.
+    pub mtime_ns: i64,
+    /// ctime, ns.
+    pub ctime_ns: i64,
+    /// Inode.
+    pub inode: u64,
+    /// Device.
+    pub dev: u64,
+    /// Link count.
+    pub nlink: u64,
+    /// Device number of a device node.
+    pub rdev: u64,
+}
+
+impl EntryMeta {
+    /// From std's metadata (of an `lstat` or `fstat`).
+    pub fn from_metadata(m: &fs::Metadata) -> Self {
+        let ft = m.file_type();
+        let kind = if ft.is_file() {
+            SourceKind::File
+        } else if ft.is_dir() {
+            SourceKind::Dir
+        } else if ft.is_symlink() {
+            SourceKind::Symlink
+        } else if ft.is_char_device() {
+            SourceKind::CharDevice
+        } else if ft.is_block_device() {
+            SourceKind::BlockDevice
+        } else if ft.is_fifo() {
+            SourceKind::Fifo
+        } else {
+            SourceKind::Socket
+        };
+        EntryMeta {
+            kind,
+            mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
+            size: m.size(),
+            mtime_ns: m
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(m.mtime_nsec()),
+            ctime_ns: m
+                .ctime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(m.ctime_nsec()),
+            inode: m.ino(),
+            dev: m.dev(),
+            nlink: m.nlink(),
+            rdev: m.rdev(),
+        }
+    }
+
+    /// True when content is certainly unchanged (size, mtime, ctime and inode all equal).
+    pub fn same_content_stamp(&self, other: &EntryMeta) -> bool {
+        self.size == other.size
+            && self.mtime_ns == other.mtime_ns
+            && self.ctime_ns == other.ctime_ns
+            && self.inode == other.inode
+    }
+}
+
+/// An open file of a source.
+pub trait SourceFile: Read + Send {
+    /// Metadata of the open file now (`fstat`), to detect change while reading.
+    fn current_meta(&mut self) -> io::Result<EntryMeta>;
+}
+
+/// A tree of entries to back up, addressed by absolute path.
+pub trait Source: Send + Sync {
+    /// `lstat` of one path.
+    fn stat(&self, path: &Path) -> io::Result<EntryMeta>;
+    /// The children of a directory: name and `lstat` result (an error when it vanished).
+    fn list(&self, dir: &Path) -> io::Result<Vec<(Vec<u8>, io::Result<EntryMeta>)>>;
+    /// A symlink's target.
+    fn read_link(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Extended attributes (not following symlinks), sorted by name.
+    fn xattrs(&self, path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Opens a regular file for reading without following a symlink.
+    fn open(&self, path: &Path) -> io::Result<Box<dyn SourceFile>>;
+}
+
+/// The local filesystem.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalSource;
+
+struct LocalFile(File);
+
+impl Read for LocalFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl SourceFile for LocalFile {
+    fn current_meta(&mut self) -> io::Result<EntryMeta> {
+        Ok(EntryMeta::from_metadata(&self.0.metadata()?))
+    }
+}
+
+impl Source for LocalSource {
+    fn stat(&self, path: &Path) -> io::Result<EntryMeta> {
+        Ok(EntryMeta::from_metadata(&fs::symlink_metadata(path)?))
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<(Vec<u8>, io::Result<EntryMeta>)>> {
+        let mut out = Vec::new();
+        for item in fs::read_dir(dir)? {
+            let item = item?;
+            let name = item.file_name().as_bytes().to_vec();
+            let meta = fs::symlink_metadata(item.path()).map(|m| EntryMeta::from_metadata(&m));
+            out.push((name, meta));
+        }
+        Ok(out)
+    }
+
+    fn read_link(&self, path: &Path) -> io::Result<Vec<u8>> {
+        Ok(fs::read_link(path)?.as_os_str().as_bytes().to_vec())
+    }
+
+    fn xattrs(&self, path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let names = match xattr::list(path) {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) => {
+                return Ok(out)
+            }
+            Err(e) => return Err(e),
+        };
+        for name in names {
+            if let Some(value) = xattr::get(path, &name)? {
+                out.push((name.as_bytes().to_vec(), value));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn SourceFile>> {
+        let flags = (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NOATIME).bits() as i32;
+        let file = match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(path)
+        {
+            Ok(f) => f,
+            // O_NOATIME needs ownership of the file (or CAP_FOWNER).
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(path)?,
+            Err(e) => return Err(e),
+        };
+        Ok(Box::new(LocalFile(file)))
+    }
+}

@@ -1,0 +1,518 @@
+//! Tree blobs (one directory's sorted entries) and chunk-list blobs. Byte layout: FORMAT.md §Trees.
+//!
+//! Decoding refuses names that could escape a restore target (empty, `.`, `..`, containing `/`
+//! or NUL), unsorted or duplicate names, and lengths that do not add up.
+
+use crate::bytes::{put_bytes, put_varint, Reader};
+use crate::error::DecodeError;
+use crate::ChunkId;
+
+const TREE_MAGIC: &[u8; 4] = b"XSTR";
+const CHUNKLIST_MAGIC: &[u8; 4] = b"XSCL";
+const VERSION: u8 = 1;
+/// Longest entry name accepted.
+pub const MAX_NAME_LEN: u64 = 4096;
+/// Longest symlink target accepted.
+pub const MAX_TARGET_LEN: u64 = 65536;
+const MAX_XATTRS: u64 = 4096;
+const MAX_XATTR_VALUE: u64 = 1 << 20;
+/// Files with more chunks than this keep their chunk list in a separate blob.
+pub const INLINE_CHUNK_LIMIT: usize = 1024;
+
+/// The kind of a directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum EntryKind {
+    /// A regular file (a hard-linked file has `nlink > 1`).
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+    /// A named pipe.
+    Fifo,
+}
+
+impl EntryKind {
+    fn code(self) -> u8 {
+        match self {
+            EntryKind::File => 0,
+            EntryKind::Dir => 1,
+            EntryKind::Symlink => 2,
+            EntryKind::CharDevice => 3,
+            EntryKind::BlockDevice => 4,
+            EntryKind::Fifo => 5,
+        }
+    }
+    fn from_code(c: u8, offset: usize) -> Result<Self, DecodeError> {
+        Ok(match c {
+            0 => EntryKind::File,
+            1 => EntryKind::Dir,
+            2 => EntryKind::Symlink,
+            3 => EntryKind::CharDevice,
+            4 => EntryKind::BlockDevice,
+            5 => EntryKind::Fifo,
+            _ => {
+                return Err(DecodeError::Invalid {
+                    what: "entry kind",
+                    offset,
+                    reason: format!("unknown kind {c}"),
+                })
+            }
+        })
+    }
+    /// One letter as in `ls -l`.
+    pub fn letter(self) -> char {
+        match self {
+            EntryKind::File => '-',
+            EntryKind::Dir => 'd',
+            EntryKind::Symlink => 'l',
+            EntryKind::CharDevice => 'c',
+            EntryKind::BlockDevice => 'b',
+            EntryKind::Fifo => 'p',
+        }
+    }
+}
+
+/// One chunk of a file: id and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRef {
+    /// Blob id.
+    pub id: ChunkId,
+    /// Uncompressed length.
+    pub len: u32,
+}
+
+/// What an entry holds besides metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Content {
+    /// Nothing (devices, fifos).
+    None,
+    /// A file's chunks, in order.
+    Chunks(Vec<ChunkRef>),
+    /// A file whose chunk list is the chunk-list blob with this id.
+    ChunkList(ChunkId),
+    /// A directory's tree blob.
+    Subtree(ChunkId),
+    /// A symlink's target, raw bytes.
+    Target(Vec<u8>),
+}
+
+/// One directory entry with everything restore needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// File name as raw bytes.
+    pub name: Vec<u8>,
+    /// Kind.
+    pub kind: EntryKind,
+    /// Permission bits including setuid/setgid/sticky (`mode & 0o7777`).
+    pub mode: u32,
+    /// Numeric owner.
+    pub uid: u32,
+    /// Numeric group.
+    pub gid: u32,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// Status change time, ns since the epoch (for change detection only).
+    pub ctime_ns: i64,
+    /// Size in bytes (files: content length; symlinks: target length).
+    pub size: u64,
+    /// Inode number on the source.
+    pub inode: u64,
+    /// Device of the source filesystem.
+    pub dev: u64,
+    /// Hard link count on the source.
+    pub nlink: u64,
+    /// Device number for char/block devices.
+    pub rdev: u64,
+    /// Extended attributes, sorted by name.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Content.
+    pub content: Content,
+}
+
+impl Entry {
+    /// The name as text (lossy for non-UTF-8 names).
+    pub fn name_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.name).into_owned()
+    }
+    /// The subtree id of a directory entry.
+    pub fn subtree(&self) -> Option<ChunkId> {
+        match self.content {
+            Content::Subtree(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// A decoded directory: entries sorted by name bytes, names unique.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tree {
+    /// The entries.
+    pub entries: Vec<Entry>,
+}
+
+/// Checks a name read from untrusted input.
+pub fn validate_name(name: &[u8]) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty name");
+    }
+    if name == b"." || name == b".." {
+        return Err("name is . or ..");
+    }
+    if name.contains(&b'/') {
+        return Err("name contains /");
+    }
+    if name.contains(&0) {
+        return Err("name contains NUL");
+    }
+    Ok(())
+}
+
+impl Tree {
+    /// Looks an entry up by name (binary search).
+    pub fn get(&self, name: &[u8]) -> Option<&Entry> {
+        self.entries
+            .binary_search_by(|e| e.name.as_slice().cmp(name))
+            .ok()
+            .and_then(|i| self.entries.get(i))
+    }
+
+    /// Sorts entries by name; callers build trees in any order.
+    pub fn sort(&mut self) {
+        self.entries.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+
+    /// Ids this tree references, each once (for reference counting).
+    pub fn children(&self) -> Vec<ChunkId> {
+        let mut ids = Vec::new();
+        for e in &self.entries {
+            match &e.content {
+                Content::Chunks(c) => ids.extend(c.iter().map(|c| c.id)),
+                Content::ChunkList(id) | Content::Subtree(id) => ids.push(*id),
+                Content::None | Content::Target(_) => {}
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Encodes to the tree blob byte layout. Entries must be sorted ([`Tree::sort`]).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.entries.len() * 128);
+        out.extend_from_slice(TREE_MAGIC);
+        out.push(VERSION);
+        put_varint(&mut out, self.entries.len() as u64);
+        for e in &self.entries {
+            put_bytes(&mut out, &e.name);
+            out.push(e.kind.code());
+            out.extend_from_slice(&e.mode.to_le_bytes());
+            out.extend_from_slice(&e.uid.to_le_bytes());
+            out.extend_from_slice(&e.gid.to_le_bytes());
+            out.extend_from_slice(&e.mtime_ns.to_le_bytes());
+            out.extend_from_slice(&e.ctime_ns.to_le_bytes());
+            out.extend_from_slice(&e.size.to_le_bytes());
+            out.extend_from_slice(&e.inode.to_le_bytes());
+            out.extend_from_slice(&e.dev.to_le_bytes());
+            out.extend_from_slice(&e.nlink.to_le_bytes());
+            out.extend_from_slice(&e.rdev.to_le_bytes());
+            put_varint(&mut out, e.xattrs.len() as u64);
+            for (k, v) in &e.xattrs {
+                put_bytes(&mut out, k);
+                put_bytes(&mut out, v);
+            }
+            match &e.content {
+                Content::None => out.push(0),
+                Content::Chunks(chunks) => {
+                    out.push(1);
+                    put_varint(&mut out, chunks.len() as u64);
+                    for c in chunks {
+                        out.extend_from_slice(&c.id.0);
+                        out.extend_from_slice(&c.len.to_le_bytes());
+                    }
+                }
+                Content::ChunkList(id) => {
+                    out.push(2);
+                    out.extend_from_slice(&id.0);
+                }
+                Content::Subtree(id) => {
+                    out.push(3);
+                    out.extend_from_slice(&id.0);
+                }
+                Content::Target(t) => {
+                    out.push(4);
+                    put_bytes(&mut out, t);
+                }
+            }
+        }
+        out
+    }
+
+    /// Decodes and validates a tree blob.
+    pub fn decode(bytes: &[u8]) -> Result<Tree, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let magic = r.array::<4>("tree magic")?;
+        if &magic != TREE_MAGIC {
+            return Err(DecodeError::BadMagic {
+                what: "tree magic",
+                expected: "XSTR".into(),
+                found: String::from_utf8_lossy(&magic).into_owned(),
+            });
+        }
+        let version = r.u8("tree version")?;
+        if version != VERSION {
+            return Err(DecodeError::BadMagic {
+                what: "tree version",
+                expected: VERSION.to_string(),
+                found: version.to_string(),
+            });
+        }
+        // Smallest possible entry: 1-byte name + fixed fields + 2 one-byte tags.
+        let count = r.length("entry count", u64::MAX, 80)?;
+        let mut entries: Vec<Entry> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let at = r.pos();
+            let name = r.bytes("entry name", MAX_NAME_LEN)?.to_vec();
+            validate_name(&name).map_err(|reason| DecodeError::Invalid {
+                what: "entry name",
+                offset: at,
+                reason: reason.into(),
+            })?;
+            if let Some(prev) = entries.last() {
+                if prev.name >= name {
+                    return Err(DecodeError::Invalid {
+                        what: "entry name",
+                        offset: at,
+                        reason: "entries not strictly sorted".into(),
+                    });
+                }
+            }
+            let kind_at = r.pos();
+            let kind = EntryKind::from_code(r.u8("entry kind")?, kind_at)?;
+            let mode = r.u32("mode")?;
+            if mode & !0o7777 != 0 {
+                return Err(DecodeError::Invalid {
+                    what: "mode",
+                    offset: kind_at + 1,
+                    reason: format!("{mode:o} has bits outside 07777"),
+                });
+            }
+            let uid = r.u32("uid")?;
+            let gid = r.u32("gid")?;
+            let mtime_ns = r.i64("mtime")?;
+            let ctime_ns = r.i64("ctime")?;
+            let size = r.u64("size")?;
+            let inode = r.u64("inode")?;
+            let dev = r.u64("dev")?;
+            let nlink = r.u64("nlink")?;
+            let rdev = r.u64("rdev")?;
+            let nx = r.length("xattr count", MAX_XATTRS, 2)?;
+            let mut xattrs = Vec::with_capacity(nx);
+            for _ in 0..nx {
+                let k = r.bytes("xattr name", 255)?.to_vec();
+                let v = r.bytes("xattr value", MAX_XATTR_VALUE)?.to_vec();
+                xattrs.push((k, v));
+            }
+            let tag_at = r.pos();
+            let content = match r.u8("content tag")? {
+                0 => Content::None,
+                1 => {
+                    let n = r.length("chunk count", INLINE_CHUNK_LIMIT as u64, 36)?;
+                    let mut chunks = Vec::with_capacity(n);
+                    let mut total: u64 = 0;
+                    for _ in 0..n {
+                        let id = r.id("chunk id")?;
+                        let len = r.u32("chunk length")?;
+                        total += u64::from(len);
+                        chunks.push(ChunkRef { id, len });
+                    }
+                    if total != size {
+                        return Err(DecodeError::Invalid {
+                            what: "file chunks",
+                            offset: tag_at,
+                            reason: format!("chunks hold {total} bytes, size is {size}"),
+                        });
+                    }
+                    Content::Chunks(chunks)
+                }
+                2 => Content::ChunkList(r.id("chunk list id")?),
+                3 => Content::Subtree(r.id("subtree id")?),
+                4 => Content::Target(r.bytes("symlink target", MAX_TARGET_LEN)?.to_vec()),
+                t => {
+                    return Err(DecodeError::Invalid {
+                        what: "content tag",
+                        offset: tag_at,
+                        reason: format!("unknown tag {t}"),
+                    })
+                }
+            };
+            let consistent = matches!(
+                (kind, &content),
+                (EntryKind::File, Content::Chunks(_) | Content::ChunkList(_))
+                    | (EntryKind::Dir, Content::Subtree(_))
+                    | (EntryKind::Symlink, Content::Target(_))
+                    | (
+                        EntryKind::CharDevice | EntryKind::BlockDevice | EntryKind::Fifo,
+                        Content::None
+                    )
+            );
+            if !consistent {
+                return Err(DecodeError::Invalid {
+                    what: "content tag",
+                    offset: tag_at,
+                    reason: format!("content does not fit a {kind:?} entry"),
+                });
+            }
+            entries.push(Entry {
+                name,
+                kind,
+                mode,
+                uid,
+                gid,
+                mtime_ns,
+                ctime_ns,
+                size,
+                inode,
+                dev,
+                nlink,
+                rdev,
+                xattrs,
+                content,
+            });
+        }
+        r.finish("tree")?;
+        Ok(Tree { entries })
+    }
+}
+
+/// Encodes a chunk-list blob.
+pub fn encode_chunk_list(chunks: &[ChunkRef]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + chunks.len() * 36);
+    out.extend_from_slice(CHUNKLIST_MAGIC);
+    out.push(VERSION);
+    put_varint(&mut out, chunks.len() as u64);
+    for c in chunks {
+        out.extend_from_slice(&c.id.0);
+        out.extend_from_slice(&c.len.to_le_bytes());
+    }
+    out
+}
+
+/// Decodes a chunk-list blob.
+pub fn decode_chunk_list(bytes: &[u8]) -> Result<Vec<ChunkRef>, DecodeError> {
+    let mut r = Reader::new(bytes);
+    let magic = r.array::<4>("chunk list magic")?;
+    if &magic != CHUNKLIST_MAGIC || r.u8("chunk list version")? != VERSION {
+        return Err(DecodeError::BadMagic {
+            what: "chunk list magic",
+            expected: "XSCL v1".into(),
+            found: String::from_utf8_lossy(&magic).into_owned(),
+        });
+    }
+    let n = r.length("chunk count", u64::MAX, 36)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = r.id("chunk id")?;
+        let len = r.u32("chunk length")?;
+        out.push(ChunkRef { id, len });
+    }
+    r.finish("chunk list")?;
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn entry(name: &[u8], kind: EntryKind, content: Content) -> Entry {
+        let size = match &content {
+            Content::Chunks(c) => c.iter().map(|c| u64::from(c.len)).sum(),
+            Content::Target(t) => t.len() as u64,
+            _ => 0,
+        };
+        Entry {
+            name: name.to_vec(),
+            kind,
+            mode: 0o644,
+            uid: 1000,
+            gid: 1000,
+            mtime_ns: 1_700_000_000_123_456_789,
+            ctime_ns: 1_700_000_000_000_000_001,
+            size,
+            inode: 42,
+            dev: 7,
+            nlink: 1,
+            rdev: 0,
+            xattrs: vec![(b"user.a".to_vec(), b"v".to_vec())],
+            content,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut t = Tree {
+            entries: vec![
+                entry(
+                    b"z\xff\xfe",
+                    EntryKind::Symlink,
+                    Content::Target(b"../x".to_vec()),
+                ),
+                entry(
+                    b"a",
+                    EntryKind::File,
+                    Content::Chunks(vec![ChunkRef {
+                        id: ChunkId::of(b"x"),
+                        len: 10,
+                    }]),
+                ),
+                entry(b"d", EntryKind::Dir, Content::Subtree(ChunkId::of(b"t"))),
+                entry(b"f", EntryKind::Fifo, Content::None),
+            ],
+        };
+        t.sort();
+        let bytes = t.encode();
+        assert_eq!(Tree::decode(&bytes).unwrap(), t);
+        assert_eq!(t.get(b"d").unwrap().kind, EntryKind::Dir);
+        assert!(t.get(b"q").is_none());
+        for cut in 0..bytes.len() {
+            assert!(Tree::decode(&bytes[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn hostile_names_are_refused() {
+        for bad in [&b""[..], b".", b"..", b"a/b", b"a\0"] {
+            let t = Tree {
+                entries: vec![entry(bad, EntryKind::Fifo, Content::None)],
+            };
+            assert!(Tree::decode(&t.encode()).is_err(), "{bad:?} accepted");
+        }
+        let dup = Tree {
+            entries: vec![
+                entry(b"a", EntryKind::Fifo, Content::None),
+                entry(b"a", EntryKind::Fifo, Content::None),
+            ],
+        };
+        assert!(Tree::decode(&dup.encode()).is_err());
+    }
+
+    #[test]
+    fn chunk_list_round_trip() {
+        let c: Vec<ChunkRef> = (0..3u8)
+            .map(|i| ChunkRef {
+                id: ChunkId::of(&[i]),
+                len: u32::from(i),
+            })
+            .collect();
+        assert_eq!(decode_chunk_list(&encode_chunk_list(&c)).unwrap(), c);
+        assert!(decode_chunk_list(b"XSCL\x01\xff").is_err());
+    }
+}

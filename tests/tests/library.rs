@@ -1,0 +1,282 @@
+//! Library-level tests with fault-injecting sources: unreadable and vanishing files, files that
+//! change while read, other filesystems, very large chunk lists, exact reference counts.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use xstore::{
+    BackupOptions, CheckOptions, ChunkerParams, EntryMeta, InitOptions, LocalSource, ParentChoice,
+    Repository, RestoreOptions, SnapshotStatus, Source, SourceFile,
+};
+use xstore_tests::{assert_same_tree, make_fixture, restored_path, seeded_bytes};
+
+/// Wraps the local filesystem and injects faults by file name.
+struct Faulty {
+    changes: AtomicU64,
+    other_fs_dir: Option<PathBuf>,
+}
+
+fn name_of(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+struct ShortRead {
+    inner: Box<dyn SourceFile>,
+    left: usize,
+}
+impl Read for ShortRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::other("injected I/O error"));
+        }
+        let n = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..n])?;
+        self.left -= n;
+        Ok(n)
+    }
+}
+impl SourceFile for ShortRead {
+    fn current_meta(&mut self) -> io::Result<EntryMeta> {
+        self.inner.current_meta()
+    }
+}
+
+/// A file whose ctime moves on every stat: it never reads stably.
+struct Changing<'a> {
+    inner: Box<dyn SourceFile>,
+    counter: &'a AtomicU64,
+}
+impl Read for Changing<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+impl SourceFile for Changing<'_> {
+    fn current_meta(&mut self) -> io::Result<EntryMeta> {
+        let mut m = self.inner.current_meta()?;
+        m.ctime_ns += self.counter.fetch_add(1, Ordering::Relaxed) as i64;
+        Ok(m)
+    }
+}
+
+impl Source for Faulty {
+    fn stat(&self, path: &Path) -> io::Result<EntryMeta> {
+        LocalSource.stat(path)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<(Vec<u8>, io::Result<EntryMeta>)>> {
+        if name_of(dir) == "unlistable" {
+            return Err(io::Error::from(io::ErrorKind::PermissionDenied));
+        }
+        let mut v = LocalSource.list(dir)?;
+        for (name, meta) in v.iter_mut() {
+            if name == b"vanished" {
+                *meta = Err(io::Error::from(io::ErrorKind::NotFound));
+            }
+            if let (Some(other), Ok(m)) = (&self.other_fs_dir, meta.as_mut()) {
+                use std::os::unix::ffi::OsStrExt;
+                if dir.join(std::ffi::OsStr::from_bytes(name)) == *other {
+                    m.dev += 1;
+                }
+            }
+        }
+        Ok(v)
+    }
+    fn read_link(&self, path: &Path) -> io::Result<Vec<u8>> {
+        LocalSource.read_link(path)
+    }
+    fn xattrs(&self, path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        LocalSource.xattrs(path)
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn SourceFile>> {
+        match name_of(path).as_str() {
+            "unreadable" => Err(io::Error::from(io::ErrorKind::PermissionDenied)),
+            "short-read" => Ok(Box::new(ShortRead {
+                inner: LocalSource.open(path)?,
+                left: 1000,
+            })),
+            "changing" => Ok(Box::new(Changing {
+                inner: LocalSource.open(path)?,
+                // The counter outlives the source: leak one per test run.
+                counter: Box::leak(Box::new(AtomicU64::new(1))),
+            })),
+            _ => LocalSource.open(path),
+        }
+    }
+}
+
+fn opts(host: &str, path: &Path) -> BackupOptions {
+    BackupOptions {
+        host: host.into(),
+        paths: vec![path.to_path_buf()],
+        ..BackupOptions::default()
+    }
+}
+
+#[test]
+fn failures_make_a_partial_snapshot_and_the_rest_is_kept() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_fixture(&src, 20);
+    for name in ["unreadable", "short-read", "changing", "vanished"] {
+        std::fs::write(src.join(name), seeded_bytes(7, 5000)).unwrap();
+    }
+    std::fs::create_dir(src.join("unlistable")).unwrap();
+    std::fs::write(src.join("unlistable/inside"), b"x").unwrap();
+    let repo = Repository::init(&work.path().join("repo"), &InitOptions::default()).unwrap();
+    let source = Faulty {
+        changes: AtomicU64::new(0),
+        other_fs_dir: None,
+    };
+    let snap = repo.backup(&source, &opts("h", &src)).unwrap();
+    assert_eq!(snap.status, SnapshotStatus::Partial);
+    let failed: Vec<String> = snap
+        .errors
+        .iter()
+        .map(|e| name_of(Path::new(&e.path)))
+        .collect();
+    for name in [
+        "unreadable",
+        "short-read",
+        "changing",
+        "vanished",
+        "unlistable",
+    ] {
+        assert!(
+            failed.contains(&name.to_string()),
+            "{name} not reported: {:?}",
+            snap.errors
+        );
+    }
+    assert_eq!(snap.stats.errors, 5);
+    assert_eq!(source.changes.load(Ordering::Relaxed), 0);
+    // The file that kept changing is stored (last read), flagged; the others are absent.
+    let dst = work.path().join("dst");
+    repo.restore(&snap, &dst, &RestoreOptions::default())
+        .unwrap();
+    let restored = restored_path(&dst, &src);
+    assert_eq!(
+        std::fs::read(restored.join("changing")).unwrap(),
+        seeded_bytes(7, 5000)
+    );
+    for gone in ["unreadable", "short-read", "vanished"] {
+        assert!(!restored.join(gone).exists(), "{gone}");
+        std::fs::remove_file(src.join(gone)).unwrap();
+    }
+    assert!(restored.join("unlistable").is_dir());
+    std::fs::remove_file(src.join("unlistable/inside")).unwrap();
+    // Everything else is exact (directory mtimes were changed by the removals above).
+    let report = repo.check(CheckOptions { read_data: true }).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(
+        std::fs::read(restored.join("sub/random.bin")).unwrap(),
+        std::fs::read(src.join("sub/random.bin")).unwrap()
+    );
+}
+
+#[test]
+fn one_file_system_keeps_the_mount_point_but_not_its_content() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_fixture(&src, 21);
+    let mount = src.canonicalize().unwrap().join("sub");
+    let repo = Repository::init(&work.path().join("repo"), &InitOptions::default()).unwrap();
+    let source = Faulty {
+        changes: AtomicU64::new(0),
+        other_fs_dir: Some(mount.clone()),
+    };
+    let mut o = opts("h", &src);
+    o.one_file_system = true;
+    let snap = repo.backup(&source, &o).unwrap();
+    assert!(snap.is_complete());
+    let sub = repo.list(&snap, mount.to_str().unwrap()).unwrap();
+    assert!(sub.is_empty(), "descended into another filesystem");
+    o.one_file_system = false;
+    let snap = repo.backup(&source, &o).unwrap();
+    assert!(!repo
+        .list(&snap, mount.to_str().unwrap())
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn huge_files_use_chunk_list_blobs_and_refcounts_stay_exact() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    // 1 KiB average chunks: 3 MiB gives well over the inline limit of 1024 chunks.
+    let big = seeded_bytes(5, 3 << 20);
+    std::fs::write(src.join("big"), &big).unwrap();
+    std::fs::write(src.join("big-copy"), &big).unwrap();
+    let init = InitOptions {
+        chunker: ChunkerParams::new(256, 1024, 4096).unwrap(),
+        ..InitOptions::default()
+    };
+    let repo = Repository::init(&work.path().join("repo"), &init).unwrap();
+    let s1 = repo.backup(&LocalSource, &opts("h", &src)).unwrap();
+    let entry = match repo
+        .lookup(
+            &s1,
+            &format!("{}/big", src.canonicalize().unwrap().display()),
+        )
+        .unwrap()
+    {
+        xstore::Node::Entry(e) => e,
+        _ => panic!("not an entry"),
+    };
+    assert!(matches!(entry.content, xstore::Content::ChunkList(_)));
+    let mut out = Vec::new();
+    repo.cat(&entry, &mut out).unwrap();
+    assert_eq!(out, big);
+    // Change the middle of the file: a new chunk list, most chunks shared.
+    let mut changed = big.clone();
+    changed[1 << 20] ^= 1;
+    std::fs::write(src.join("big"), &changed).unwrap();
+    let s2 = repo.backup(&LocalSource, &opts("h", &src)).unwrap();
+    // One or two new data chunks plus the rewritten chunk list (3072 × 36 bytes).
+    assert!(
+        s2.stats.new_bytes < 3 * 1024 + 3072 * 36 + 4096,
+        "{:?}",
+        s2.stats
+    );
+    assert!(s2.stats.new_blobs <= 10, "{:?}", s2.stats);
+    let report = repo.check(CheckOptions { read_data: true }).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let dst = work.path().join("dst");
+    repo.restore(&s2, &dst, &RestoreOptions::default()).unwrap();
+    assert_same_tree(&src, &restored_path(&dst, &src), false);
+}
+
+#[test]
+fn identical_trees_from_two_hosts_are_stored_once() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_fixture(&src, 22);
+    let repo = Repository::init(&work.path().join("repo"), &InitOptions::default()).unwrap();
+    let a = repo.backup(&LocalSource, &opts("web1", &src)).unwrap();
+    let mut o = opts("web2", &src);
+    o.parent = ParentChoice::None;
+    let b = repo.backup(&LocalSource, &o).unwrap();
+    assert_eq!(a.root, b.root);
+    assert_eq!(b.stats.new_blobs, 0);
+    let root = repo.blob_location(&a.root).unwrap().unwrap();
+    assert_eq!(root.refcount, 2, "each snapshot holds its root once");
+    assert!(repo
+        .check(CheckOptions::default())
+        .unwrap()
+        .problems
+        .is_empty());
+}
+
+#[test]
+fn read_only_handle_refuses_to_write() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    drop(Repository::init(&work.path().join("repo"), &InitOptions::default()).unwrap());
+    let ro = Repository::open_read_only(&work.path().join("repo")).unwrap();
+    assert!(ro.backup(&LocalSource, &opts("h", &src)).is_err());
+}
