@@ -352,7 +352,7 @@ impl<'a> Session<'a> {
                     return Ok(None);
                 }
             };
-            let chunks = match self.read_chunks(&mut *file) {
+            let chunks = match self.read_chunks(&mut *file, before.size) {
                 Ok(c) => c,
                 Err(ReadFailure::Source(e)) => {
                     self.record_error(path, format!("read: {e}"));
@@ -419,11 +419,42 @@ impl<'a> Session<'a> {
     fn read_chunks(
         &self,
         file: &mut dyn crate::source::SourceFile,
+        size_hint: u64,
     ) -> Result<Vec<ChunkRef>, ReadFailure> {
+        use std::io::Read;
+        let params = self.repo.chunker_params();
+        let limit = u64::from(params.max()) * 2;
+        let mut head = Vec::new();
+        if size_hint < limit {
+            // Small files (most of a typical tree): one read into a buffer of the file's size,
+            // chunked in place; parallelism comes from processing sibling files concurrently.
+            head.reserve(size_hint as usize + 1);
+            (&mut *file)
+                .take(limit)
+                .read_to_end(&mut head)
+                .map_err(ReadFailure::Source)?;
+            if (head.len() as u64) < limit {
+                self.bytes_read.fetch_add(head.len() as u64, Ordering::Relaxed);
+                if let Some(pr) = &self.progress {
+                    pr.bytes.fetch_add(head.len() as u64, Ordering::Relaxed);
+                }
+                let mut chunks = Vec::new();
+                for c in xstore_chunker::chunk_slice(&params, &head) {
+                    let start = c.offset as usize;
+                    self.store(c.id, BlobKind::Data, &head[start..start + c.length as usize])?;
+                    chunks.push(ChunkRef {
+                        id: c.id,
+                        len: c.length,
+                    });
+                }
+                return Ok(chunks);
+            }
+            // It grew past the limit while being read: stream the rest after what we have.
+        }
         let inflight = AtomicUsize::new(0);
         let failure: Mutex<Option<Error>> = Mutex::new(None);
         let mut chunks = Vec::new();
-        let mut stream = StreamChunker::new(self.repo.chunker_params(), file);
+        let mut stream = StreamChunker::new(params, std::io::Cursor::new(head).chain(file));
         rayon::scope(|scope| -> Result<(), ReadFailure> {
             loop {
                 let (chunk, bytes) = match stream.next_chunk() {
