@@ -192,8 +192,21 @@ impl<'a> Session<'a> {
     }
 
     /// Stores a tree or chunk-list blob and remembers its children for reference counting.
+    /// The bytes are decoded first: a snapshot whose trees we could not read back must never
+    /// be committed (the cost is small next to hashing file content).
     fn store_parent(&self, kind: BlobKind, raw: &[u8], children: Vec<ChunkId>) -> Result<ChunkId> {
         let id = ChunkId::of(raw);
+        let verified = match kind {
+            BlobKind::Tree => Tree::decode(raw).map(|_| ()),
+            _ => crate::tree::decode_chunk_list(raw).map(|_| ()),
+        };
+        if let Err(source) = verified {
+            return Err(Error::CorruptBlob {
+                id,
+                pack: "(not yet written)".into(),
+                source,
+            });
+        }
         if self.store(id, kind, raw)? {
             self.new_parents.lock().map_err(poisoned)?.push(children);
         }
@@ -434,14 +447,19 @@ impl<'a> Session<'a> {
                 .read_to_end(&mut head)
                 .map_err(ReadFailure::Source)?;
             if (head.len() as u64) < limit {
-                self.bytes_read.fetch_add(head.len() as u64, Ordering::Relaxed);
+                self.bytes_read
+                    .fetch_add(head.len() as u64, Ordering::Relaxed);
                 if let Some(pr) = &self.progress {
                     pr.bytes.fetch_add(head.len() as u64, Ordering::Relaxed);
                 }
                 let mut chunks = Vec::new();
                 for c in xstore_chunker::chunk_slice(&params, &head) {
                     let start = c.offset as usize;
-                    self.store(c.id, BlobKind::Data, &head[start..start + c.length as usize])?;
+                    self.store(
+                        c.id,
+                        BlobKind::Data,
+                        &head[start..start + c.length as usize],
+                    )?;
                     chunks.push(ChunkRef {
                         id: c.id,
                         len: c.length,

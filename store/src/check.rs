@@ -326,7 +326,15 @@ impl Repository {
                         found.push(pack_problem(format!("pack trailer: {e}"), None));
                     }
                     for (id, loc) in blobs {
-                        match self.read_located(id, loc) {
+                        let entry = pack::PackEntry {
+                            id: *id,
+                            kind: loc.kind,
+                            compression: pack::Compression::None,
+                            raw_len: loc.raw_len,
+                            stored_len: loc.stored_len,
+                            offset: loc.offset,
+                        };
+                        match pack::read_blob(&map, &entry) {
                             Ok(raw) => {
                                 ok += 1;
                                 if loc.kind == BlobKind::Tree {

@@ -17,7 +17,7 @@ use crate::snapshot::{Snapshot, SnapshotId};
 use crate::tree::{decode_chunk_list, ChunkRef, Content, Entry, EntryKind, Tree};
 use crate::{fsutil, ChunkId};
 
-const MAX_CACHED_MAPS: usize = 256;
+const MAX_OPEN_PACKS: usize = 256;
 
 /// An open repository. Open it writable ([`Repository::open`], one process at a time) or
 /// read-only ([`Repository::open_read_only`], any number, also while a writer runs).
@@ -27,7 +27,7 @@ pub struct Repository {
     params: ChunkerParams,
     pub(crate) index: Index,
     lock: Option<WriterLock>,
-    maps: Mutex<HashMap<PackId, Arc<Mmap>>>,
+    files: Mutex<HashMap<PackId, Arc<fs::File>>>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -143,7 +143,7 @@ impl Repository {
             params,
             index,
             lock,
-            maps: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
         }
     }
 
@@ -182,7 +182,7 @@ impl Repository {
             params,
             index,
             lock: Some(lock),
-            maps: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
         };
         repo.recover()?;
         Ok(repo)
@@ -198,7 +198,7 @@ impl Repository {
             params,
             index,
             lock: None,
-            maps: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
         })
     }
 
@@ -322,31 +322,44 @@ impl Repository {
             .collect())
     }
 
-    pub(crate) fn map_pack(&self, id: &PackId) -> Result<Arc<Mmap>> {
-        if let Some(m) = self.maps.lock().map_err(poisoned)?.get(id) {
-            return Ok(m.clone());
-        }
-        let path = pack::pack_path(&self.packs_dir(), id);
-        let map = Arc::new(crate::mmap::map_sealed_file(&path)?);
-        let mut maps = self.maps.lock().map_err(poisoned)?;
-        if maps.len() >= MAX_CACHED_MAPS {
-            maps.clear();
-        }
-        maps.insert(*id, map.clone());
-        Ok(map)
+    /// Maps a whole pack (for scans that read every blob of it: `check --read-data`). Not
+    /// cached: the mapping is dropped as soon as the scan of that pack ends.
+    pub(crate) fn map_pack(&self, id: &PackId) -> Result<Mmap> {
+        crate::mmap::map_sealed_file(&pack::pack_path(&self.packs_dir(), id))
     }
 
+    fn pack_file(&self, id: &PackId) -> Result<Arc<fs::File>> {
+        if let Some(f) = self.files.lock().map_err(poisoned)?.get(id) {
+            return Ok(f.clone());
+        }
+        let path = pack::pack_path(&self.packs_dir(), id);
+        let file = Arc::new(fs::File::open(&path).at(&path)?);
+        let mut files = self.files.lock().map_err(poisoned)?;
+        if files.len() >= MAX_OPEN_PACKS {
+            files.clear();
+        }
+        files.insert(*id, file.clone());
+        Ok(file)
+    }
+
+    /// Reads one blob with a positioned read. Random blob reads (restore, browsing, parent
+    /// trees) use `pread` rather than a mapping: mapped pack pages count in the process's RSS
+    /// and a copy of one blob costs nothing next to decompressing it.
     pub(crate) fn read_located(&self, id: &ChunkId, loc: &BlobLoc) -> Result<Vec<u8>> {
-        let map = self.map_pack(&loc.pack)?;
+        use std::os::unix::fs::FileExt;
+        let file = self.pack_file(&loc.pack)?;
+        let mut buf = vec![0u8; pack::BLOB_HEADER_LEN + loc.stored_len as usize];
+        file.read_exact_at(&mut buf, loc.offset)
+            .at(pack::pack_path(&self.packs_dir(), &loc.pack))?;
         let entry = PackEntry {
             id: *id,
             kind: loc.kind,
             compression: pack::Compression::None,
             raw_len: loc.raw_len,
             stored_len: loc.stored_len,
-            offset: loc.offset,
+            offset: 0,
         };
-        pack::read_blob(&map, &entry).map_err(|source| Error::CorruptBlob {
+        pack::read_blob(&buf, &entry).map_err(|source| Error::CorruptBlob {
             id: *id,
             pack: loc.pack.to_string(),
             source,

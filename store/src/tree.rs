@@ -16,6 +16,9 @@ pub const MAX_NAME_LEN: u64 = 4096;
 pub const MAX_TARGET_LEN: u64 = 65536;
 const MAX_XATTRS: u64 = 4096;
 const MAX_XATTR_VALUE: u64 = 1 << 20;
+/// Smallest encoded entry: name (1-byte length + 1 byte), kind, mode, uid, gid, seven 8-byte
+/// fields, xattr count, content tag. Bounds the entry count a hostile blob can claim.
+const MIN_ENTRY_LEN: usize = 2 + 1 + 4 * 3 + 8 * 7 + 1 + 1;
 /// Files with more chunks than this keep their chunk list in a separate blob.
 pub const INLINE_CHUNK_LIMIT: usize = 1024;
 
@@ -274,8 +277,7 @@ impl Tree {
                 found: version.to_string(),
             });
         }
-        // Smallest possible entry: 1-byte name + fixed fields + 2 one-byte tags.
-        let count = r.length("entry count", u64::MAX, 80)?;
+        let count = r.length("entry count", u64::MAX, MIN_ENTRY_LEN)?;
         let mut entries: Vec<Entry> = Vec::with_capacity(count);
         for _ in 0..count {
             let at = r.pos();
@@ -484,6 +486,23 @@ mod tests {
         assert!(t.get(b"q").is_none());
         for cut in 0..bytes.len() {
             assert!(Tree::decode(&bytes[..cut]).is_err());
+        }
+    }
+
+    /// The smallest entries (an empty file, a fifo, no xattrs) must decode: the entry-count
+    /// bound must not be larger than the smallest real entry.
+    #[test]
+    fn smallest_entries_decode() {
+        for (kind, content) in [
+            (EntryKind::File, Content::Chunks(vec![])),
+            (EntryKind::Fifo, Content::None),
+        ] {
+            let mut e = entry(b"x", kind, content);
+            e.xattrs.clear();
+            let t = Tree { entries: vec![e] };
+            let bytes = t.encode();
+            assert!(bytes.len() - 6 <= MIN_ENTRY_LEN + 1, "{}", bytes.len());
+            assert_eq!(Tree::decode(&bytes).unwrap(), t);
         }
     }
 

@@ -90,6 +90,14 @@ pub fn make_fixture(root: &Path, seed: u64) {
         0,
     )
     .unwrap();
+    // A character device (1:3, like /dev/null) where we may create one (root, CAP_MKNOD).
+    let _ = rustix::fs::mknodat(
+        rustix::fs::CWD,
+        root.join("null-dev"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        rustix::fs::makedev(1, 3),
+    );
     // Modes, including setgid and sticky.
     fs::set_permissions(root.join("small.txt"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::set_permissions(root.join("sub/deeper"), fs::Permissions::from_mode(0o2750)).unwrap();
