@@ -1,7 +1,7 @@
 //! The chunking hot path: bare FastCDC cut points vs our chunk+hash on the same buffer,
 //! BLAKE3 alone, and zstd levels 1 and 3. Throughput in bytes per second.
 //!
-//! `cargo bench -p xstore-bench` (or with `-- --warm-up-time 1 --measurement-time 3`).
+//! `cargo bench -p xstore-bench --bench chunking` (or with `-- --warm-up-time 1 --measurement-time 3`).
 //! `XSTORE_BENCH_MIB` sets the buffer size (default 256), `XSTORE_BENCH_TEXT_DIR` a real tree.
 
 use std::hint::black_box;
@@ -9,7 +9,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fastcdc::v2020::FastCDC;
 use xstore_bench::{bench_len, seeded_bytes, text_bytes};
-use xstore_chunker::{chunk_slice, ChunkerParams};
+use xstore_chunker::{chunk_slice, chunk_slice_parallel, ChunkerParams};
 
 fn inputs() -> Vec<(&'static str, Vec<u8>)> {
     let len = bench_len();
@@ -37,6 +37,9 @@ fn chunking(c: &mut Criterion) {
         });
         g.bench_function("xstore-chunk+blake3", |b| {
             b.iter(|| black_box(chunk_slice(&params, black_box(&data)).count()))
+        });
+        g.bench_function("xstore-chunk+blake3-2-threads", |b| {
+            b.iter(|| black_box(chunk_slice_parallel(&params, black_box(&data), 2).len()))
         });
         g.bench_function("blake3-only", |b| {
             b.iter(|| black_box(blake3::hash(black_box(&data))))

@@ -308,6 +308,65 @@ pub fn chunk_slice<'a>(
     })
 }
 
+/// Chunks and hashes `data` like [`chunk_slice`], on up to `threads` threads: the calling
+/// thread finds cut points (inherently sequential) while the others hash the chunks already
+/// cut, then helps hashing. With two threads this runs at about the speed of cutting alone.
+/// Returns the chunks in input order.
+pub fn chunk_slice_parallel(params: &ChunkerParams, data: &[u8], threads: usize) -> Vec<Chunk> {
+    const BATCH: usize = 2;
+    if threads <= 1 || data.len() < params.max as usize * 4 {
+        return chunk_slice(params, data).collect();
+    }
+    let hash_batch = |cuts: &[(usize, usize)]| -> Vec<Chunk> {
+        cuts.iter()
+            .map(|&(offset, len)| Chunk {
+                offset: offset as u64,
+                length: len as u32,
+                id: ChunkId::of(&data[offset..offset + len]),
+            })
+            .collect()
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<(usize, usize)>)>(threads);
+    let rx = std::sync::Mutex::new(rx);
+    let done: std::sync::Mutex<Vec<(usize, Vec<Chunk>)>> = std::sync::Mutex::new(Vec::new());
+    let drain = || loop {
+        let next = match rx.lock() {
+            Ok(r) => r.recv(),
+            Err(_) => return,
+        };
+        let Ok((index, cuts)) = next else { return };
+        let chunks = hash_batch(&cuts);
+        if let Ok(mut d) = done.lock() {
+            d.push((index, chunks));
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..threads {
+            scope.spawn(drain);
+        }
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut index = 0;
+        for cut in cut_points(params, data) {
+            batch.push(cut);
+            if batch.len() == BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                if tx.send((index, full)).is_err() {
+                    break;
+                }
+                index += 1;
+            }
+        }
+        if !batch.is_empty() {
+            let _ = tx.send((index, batch));
+        }
+        drop(tx);
+        drain();
+    });
+    let mut done = done.into_inner().unwrap_or_default();
+    done.sort_unstable_by_key(|(i, _)| *i);
+    done.into_iter().flat_map(|(_, c)| c).collect()
+}
+
 /// Chunks a [`Read`] stream with one reusable buffer (2 × max bytes): no allocation per chunk.
 ///
 /// ```
@@ -496,6 +555,17 @@ mod tests {
                     .collect();
             assert_eq!(ours, theirs);
         }
+    }
+
+    #[test]
+    fn parallel_equals_sequential() {
+        let data = seeded_bytes(9, 5 * 1024 * 1024 + 3);
+        let params = ChunkerParams::new(1024, 4096, 16384).unwrap();
+        let seq: Vec<Chunk> = chunk_slice(&params, &data).collect();
+        for threads in [1, 2, 3, 8] {
+            assert_eq!(chunk_slice_parallel(&params, &data, threads), seq);
+        }
+        assert!(chunk_slice_parallel(&params, &[], 2).is_empty());
     }
 
     #[test]

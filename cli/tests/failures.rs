@@ -187,3 +187,53 @@ pub fn walk_packs(repo: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn unreadable_file_gives_partial_snapshot_and_exit_3() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().unwrap();
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let (repo, src) = (work.path().join("repo"), work.path().join("src"));
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("readable"), b"fine").unwrap();
+    fs::write(src.join("secret"), b"no").unwrap();
+    fs::set_permissions(src.join("secret"), fs::Permissions::from_mode(0o000)).unwrap();
+    // Root reads everything: run the backup as an unprivileged user where we are root.
+    let as_root = rustix::process::geteuid().is_root();
+    let unprivileged = |args: &[&str]| {
+        let mut c = if as_root {
+            let mut c = std::process::Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                env!("CARGO_BIN_EXE_xstore"),
+            ]);
+            c
+        } else {
+            std::process::Command::new(env!("CARGO_BIN_EXE_xstore"))
+        };
+        c.env("XSTORE_REPO", &repo).args(args).output().unwrap()
+    };
+    let init = unprivileged(&["init"]);
+    assert!(init.status.success(), "{}", stderr(&init));
+    let out = unprivileged(&["backup", "--host", "h", src.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("not backed up") && err.contains("secret") && err.contains("ermission denied"),
+        "{err}"
+    );
+    let snaps = json(&repo, &["snapshots"]);
+    assert_eq!(snaps[0]["status"], "partial");
+    assert_eq!(
+        snaps[0]["errors"][0]["path"],
+        src.canonicalize().unwrap().join("secret").to_str().unwrap()
+    );
+    let abs = src.canonicalize().unwrap();
+    let cat = xstore(
+        &repo,
+        &["cat", "latest", &format!("{}/readable", abs.display())],
+    );
+    assert_eq!(cat.stdout, b"fine");
+}

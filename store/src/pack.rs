@@ -132,6 +132,42 @@ fn encode_blob_header(e: &PackEntry) -> [u8; BLOB_HEADER_LEN] {
     h
 }
 
+/// The fields a blob header and a trailer entry share: id, kind, compression, reserved (zero),
+/// raw and stored lengths; `at` is the offset of the id in the pack, for messages.
+fn read_blob_fields(
+    r: &mut Reader<'_>,
+    at: usize,
+    what: &'static str,
+) -> Result<(ChunkId, BlobKind, Compression, u32, u32), DecodeError> {
+    let id = r.id("blob id")?;
+    let kind = BlobKind::from_code(r.u8("blob kind")?, at + 32)?;
+    let compression = Compression::from_code(r.u8("compression")?, at + 33)?;
+    if r.u16("reserved")? != 0 {
+        return Err(DecodeError::Invalid {
+            what,
+            offset: at + 34,
+            reason: "reserved bytes are not zero".into(),
+        });
+    }
+    let raw_len = r.u32("raw length")?;
+    let stored_len = r.u32("stored length")?;
+    if raw_len > MAX_BLOB_LEN || stored_len > MAX_BLOB_LEN {
+        return Err(DecodeError::Invalid {
+            what: "blob length",
+            offset: at + 36,
+            reason: format!("{raw_len}/{stored_len} exceeds {MAX_BLOB_LEN}"),
+        });
+    }
+    if compression == Compression::None && raw_len != stored_len {
+        return Err(DecodeError::Invalid {
+            what: "blob length",
+            offset: at + 36,
+            reason: "uncompressed blob with different lengths".into(),
+        });
+    }
+    Ok((id, kind, compression, raw_len, stored_len))
+}
+
 /// Decodes the blob header at `offset` of a pack.
 pub(crate) fn decode_blob_header(pack: &[u8], offset: u64) -> Result<PackEntry, DecodeError> {
     let start = usize::try_from(offset).map_err(|_| DecodeError::Invalid {
@@ -153,33 +189,8 @@ pub(crate) fn decode_blob_header(pack: &[u8], offset: u64) -> Result<PackEntry, 
             what: "blob header",
         });
     }
-    let mut r = Reader::new(head);
-    let id = r.id("blob id")?;
-    let kind = BlobKind::from_code(r.u8("blob kind")?, start + 32)?;
-    let compression = Compression::from_code(r.u8("compression")?, start + 33)?;
-    if r.u16("reserved")? != 0 {
-        return Err(DecodeError::Invalid {
-            what: "blob header",
-            offset: start + 34,
-            reason: "reserved bytes are not zero".into(),
-        });
-    }
-    let raw_len = r.u32("raw length")?;
-    let stored_len = r.u32("stored length")?;
-    if raw_len > MAX_BLOB_LEN || stored_len > MAX_BLOB_LEN {
-        return Err(DecodeError::Invalid {
-            what: "blob length",
-            offset: start + 36,
-            reason: format!("{raw_len}/{stored_len} exceeds {MAX_BLOB_LEN}"),
-        });
-    }
-    if compression == Compression::None && raw_len != stored_len {
-        return Err(DecodeError::Invalid {
-            what: "blob length",
-            offset: start + 36,
-            reason: "uncompressed blob with different lengths".into(),
-        });
-    }
+    let (id, kind, compression, raw_len, stored_len) =
+        read_blob_fields(&mut Reader::new(head), start, "blob header")?;
     Ok(PackEntry {
         id,
         kind,
@@ -306,18 +317,8 @@ pub(crate) fn read_trailer(pack: &[u8]) -> Result<Vec<PackEntry>, DecodeError> {
     let mut next_free = PACK_HEADER_LEN as u64;
     for _ in 0..count {
         let at = entries_start + r.pos();
-        let id = r.id("entry id")?;
-        let kind = BlobKind::from_code(r.u8("entry kind")?, at + 32)?;
-        let compression = Compression::from_code(r.u8("entry compression")?, at + 33)?;
-        if r.u16("reserved")? != 0 {
-            return Err(DecodeError::Invalid {
-                what: "trailer entry",
-                offset: at + 34,
-                reason: "reserved bytes are not zero".into(),
-            });
-        }
-        let raw_len = r.u32("entry raw length")?;
-        let stored_len = r.u32("entry stored length")?;
+        let (id, kind, compression, raw_len, stored_len) =
+            read_blob_fields(&mut r, at, "trailer entry")?;
         let offset = r.u64("entry offset")?;
         let end = offset.saturating_add(BLOB_HEADER_LEN as u64 + stored_len as u64);
         if offset < next_free || end > entries_offset {

@@ -309,15 +309,25 @@ fn apply_meta(f: &File, path: &Path, entry: &Entry, owners: bool) -> Result<()> 
     Ok(())
 }
 
-fn restore_symlink(path: &Path, entry: &Entry, owners: bool) -> Result<()> {
-    let target = match &entry.content {
-        crate::tree::Content::Target(t) => t,
-        _ => return Ok(()),
-    };
-    clear_path(path)?;
-    std::os::unix::fs::symlink(OsStr::from_bytes(target), path).at(path)?;
+/// Owner, xattrs and times by path, never following a symlink (for symlinks, fifos and
+/// devices, which must not be opened). Symlinks have no mode of their own and, on Linux, no
+/// user xattrs; their xattrs are skipped.
+fn apply_meta_by_path(path: &Path, entry: &Entry, owners: bool) -> Result<()> {
     if owners {
         std::os::unix::fs::lchown(path, Some(entry.uid), Some(entry.gid)).at(path)?;
+    }
+    if entry.kind != EntryKind::Symlink {
+        fs::set_permissions(path, fs::Permissions::from_mode(entry.mode)).at(path)?;
+        for (k, v) in &entry.xattrs {
+            rustix::fs::lsetxattr(
+                path,
+                OsStr::from_bytes(k),
+                v,
+                rustix::fs::XattrFlags::empty(),
+            )
+            .map_err(std::io::Error::from)
+            .at(path)?;
+        }
     }
     let ts = rustix::fs::Timestamps {
         last_access: timespec(entry.mtime_ns),
@@ -330,8 +340,17 @@ fn restore_symlink(path: &Path, entry: &Entry, owners: bool) -> Result<()> {
         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
     )
     .map_err(std::io::Error::from)
-    .at(path)?;
-    Ok(())
+    .at(path)
+}
+
+fn restore_symlink(path: &Path, entry: &Entry, owners: bool) -> Result<()> {
+    let target = match &entry.content {
+        crate::tree::Content::Target(t) => t,
+        _ => return Ok(()),
+    };
+    clear_path(path)?;
+    std::os::unix::fs::symlink(OsStr::from_bytes(target), path).at(path)?;
+    apply_meta_by_path(path, entry, owners)
 }
 
 fn restore_special(path: &Path, entry: &Entry, owners: bool) -> Result<()> {
@@ -352,32 +371,5 @@ fn restore_special(path: &Path, entry: &Entry, owners: bool) -> Result<()> {
     )
     .map_err(std::io::Error::from)
     .at(path)?;
-    // Opening a fifo or device could block or have side effects: set metadata by path.
-    if owners {
-        std::os::unix::fs::lchown(path, Some(entry.uid), Some(entry.gid)).at(path)?;
-    }
-    fs::set_permissions(path, fs::Permissions::from_mode(entry.mode)).at(path)?;
-    for (k, v) in &entry.xattrs {
-        rustix::fs::lsetxattr(
-            path,
-            OsStr::from_bytes(k),
-            v,
-            rustix::fs::XattrFlags::empty(),
-        )
-        .map_err(std::io::Error::from)
-        .at(path)?;
-    }
-    let ts = rustix::fs::Timestamps {
-        last_access: timespec(entry.mtime_ns),
-        last_modification: timespec(entry.mtime_ns),
-    };
-    rustix::fs::utimensat(
-        rustix::fs::CWD,
-        path,
-        &ts,
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(std::io::Error::from)
-    .at(path)?;
-    Ok(())
+    apply_meta_by_path(path, entry, owners)
 }
