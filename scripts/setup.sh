@@ -4,7 +4,6 @@ _xs_need=()
 command -v clang >/dev/null 2>&1 || _xs_need+=(clang)
 [ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || _xs_need+=(libclang-dev)
 command -v sccache >/dev/null 2>&1 || _xs_need+=(sccache)
-command -v setfattr >/dev/null 2>&1 || _xs_need+=(attr)
 if [ ${#_xs_need[@]} -gt 0 ]; then
   echo "installing: ${_xs_need[*]}" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
