@@ -365,7 +365,11 @@ impl<'a> Session<'a> {
                     return Ok(None);
                 }
             };
-            let chunks = match self.read_chunks(&mut *file, before.size) {
+            let read = match file.remote_chunks() {
+                Some(list) => self.fetch_remote(&mut *file, list),
+                None => self.read_chunks(&mut *file, before.size),
+            };
+            let chunks = match read {
                 Ok(c) => c,
                 Err(ReadFailure::Source(e)) => {
                     self.record_error(path, format!("read: {e}"));
@@ -426,6 +430,66 @@ impl<'a> Session<'a> {
                 }
             };
         }
+    }
+
+    /// A file the source chunked itself: ask only for the chunks neither the repository nor
+    /// this session has, verify each against its id and length, store them.
+    fn fetch_remote(
+        &self,
+        file: &mut dyn crate::source::SourceFile,
+        list: std::io::Result<Vec<ChunkRef>>,
+    ) -> Result<Vec<ChunkRef>, ReadFailure> {
+        let list = list.map_err(ReadFailure::Source)?;
+        let max = self.repo.chunker_params().max();
+        if let Some(bad) = list.iter().find(|c| c.len == 0 || c.len > max) {
+            return Err(ReadFailure::Source(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "source sent chunk {} of {} bytes (max {max})",
+                    bad.id, bad.len
+                ),
+            )));
+        }
+        let mut wanted: Vec<ChunkRef> = Vec::new();
+        {
+            let ids: Vec<ChunkId> = list.iter().map(|c| c.id).collect();
+            let missing = self.repo.missing_blobs(&ids)?;
+            let pending = self
+                .pending
+                .lock()
+                .map_err(|e| ReadFailure::Repo(poisoned(e)))?;
+            let mut asked = HashSet::new();
+            for (c, missing) in list.iter().zip(missing) {
+                if missing && !pending.contains(&c.id) && asked.insert(c.id) {
+                    wanted.push(*c);
+                }
+            }
+        }
+        let data = file.fetch_chunks(&wanted).map_err(ReadFailure::Source)?;
+        if data.len() != wanted.len() {
+            return Err(ReadFailure::Source(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "asked for {} chunks, source sent {}",
+                    wanted.len(),
+                    data.len()
+                ),
+            )));
+        }
+        for (c, bytes) in wanted.iter().zip(&data) {
+            if bytes.len() != c.len as usize || ChunkId::of(bytes) != c.id {
+                return Err(ReadFailure::Source(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("chunk {} does not match its id or length", c.id),
+                )));
+            }
+        }
+        for (c, bytes) in wanted.iter().zip(&data) {
+            self.bytes_read
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            self.store(c.id, BlobKind::Data, bytes)?;
+        }
+        Ok(list)
     }
 
     /// Chunks, hashes and stores one open file.

@@ -7,6 +7,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
+use crate::tree::ChunkRef;
+
 /// The kind of a source entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -107,6 +109,24 @@ impl EntryMeta {
 pub trait SourceFile: Read + Send {
     /// Metadata of the open file now (`fstat`), to detect change while reading.
     fn current_meta(&mut self) -> io::Result<EntryMeta>;
+
+    /// For sources that chunk and hash on their side (a remote agent): the file's chunk list,
+    /// cut with the repository's chunker parameters. When this returns `Some`, ingest never
+    /// calls `read`; it asks [`SourceFile::fetch_chunks`] for the ids the repository lacks only.
+    /// Local files return `None` (the default) and are read.
+    fn remote_chunks(&mut self) -> Option<io::Result<Vec<ChunkRef>>> {
+        None
+    }
+
+    /// The bytes of the given chunks, in the order asked. Ingest verifies every chunk against
+    /// its id and length: a source is untrusted.
+    fn fetch_chunks(&mut self, ids: &[ChunkRef]) -> io::Result<Vec<Vec<u8>>> {
+        let _ = ids;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this source does not serve chunks by id",
+        ))
+    }
 }
 
 /// A tree of entries to back up, addressed by absolute path.

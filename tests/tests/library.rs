@@ -280,3 +280,142 @@ fn read_only_handle_refuses_to_write() {
     let ro = Repository::open_read_only(&work.path().join("repo")).unwrap();
     assert!(ro.backup(&LocalSource, &opts("h", &src)).is_err());
 }
+
+/// A source that chunks on its side, like a remote agent: only missing chunks travel.
+struct Remote {
+    params: ChunkerParams,
+    fetched: std::sync::Arc<AtomicU64>,
+    lie: bool,
+}
+
+struct RemoteFile {
+    data: Vec<u8>,
+    meta: EntryMeta,
+    params: ChunkerParams,
+    fetched: std::sync::Arc<AtomicU64>,
+    lie: bool,
+}
+
+impl Read for RemoteFile {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        panic!("ingest must not read a file whose source sent chunk ids");
+    }
+}
+
+impl SourceFile for RemoteFile {
+    fn current_meta(&mut self) -> io::Result<EntryMeta> {
+        Ok(self.meta)
+    }
+    fn remote_chunks(&mut self) -> Option<io::Result<Vec<xstore::ChunkRef>>> {
+        Some(Ok(xstore::chunker::chunk_slice(&self.params, &self.data)
+            .map(|c| xstore::ChunkRef {
+                id: c.id,
+                len: c.length,
+            })
+            .collect()))
+    }
+    fn fetch_chunks(&mut self, ids: &[xstore::ChunkRef]) -> io::Result<Vec<Vec<u8>>> {
+        let by_id: std::collections::HashMap<_, _> =
+            xstore::chunker::chunk_slice(&self.params, &self.data)
+                .map(|c| {
+                    (
+                        c.id,
+                        self.data[c.offset as usize..c.offset as usize + c.length as usize]
+                            .to_vec(),
+                    )
+                })
+                .collect();
+        let mut out = Vec::new();
+        for c in ids {
+            let mut bytes = by_id[&c.id].clone();
+            if self.lie {
+                bytes[0] ^= 1;
+            }
+            self.fetched
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            out.push(bytes);
+        }
+        Ok(out)
+    }
+}
+
+impl Source for Remote {
+    fn stat(&self, path: &Path) -> io::Result<EntryMeta> {
+        LocalSource.stat(path)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<(Vec<u8>, io::Result<EntryMeta>)>> {
+        LocalSource.list(dir)
+    }
+    fn read_link(&self, path: &Path) -> io::Result<Vec<u8>> {
+        LocalSource.read_link(path)
+    }
+    fn xattrs(&self, path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        LocalSource.xattrs(path)
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn SourceFile>> {
+        Ok(Box::new(RemoteFile {
+            data: std::fs::read(path)?,
+            meta: LocalSource.stat(path)?,
+            params: self.params,
+            fetched: self.fetched.clone(),
+            lie: self.lie,
+        }))
+    }
+}
+
+#[test]
+fn sources_that_chunk_remotely_send_only_missing_chunks_and_are_verified() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let mut big = seeded_bytes(11, 8 << 20);
+    std::fs::write(src.join("big"), &big).unwrap();
+    let repo = Repository::init(&work.path().join("repo"), &InitOptions::default()).unwrap();
+    let fetched = std::sync::Arc::new(AtomicU64::new(0));
+    let remote = Remote {
+        params: repo.chunker_params(),
+        fetched: fetched.clone(),
+        lie: false,
+    };
+    let mut o = opts("h", &src);
+    o.parent = ParentChoice::None;
+    let s1 = repo.backup(&remote, &o).unwrap();
+    assert!(s1.is_complete());
+    assert_eq!(fetched.load(Ordering::Relaxed), 8 << 20);
+    // Change 1 byte: only the chunk around it travels.
+    big[4 << 20] ^= 0xff;
+    std::fs::write(src.join("big"), &big).unwrap();
+    fetched.store(0, Ordering::Relaxed);
+    let s2 = repo.backup(&remote, &o).unwrap();
+    let sent = fetched.load(Ordering::Relaxed);
+    assert!(
+        sent > 0 && sent <= 2 * u64::from(repo.chunker_params().max()),
+        "{sent} bytes sent"
+    );
+    let dst = work.path().join("dst");
+    repo.restore(&s2, &dst, &RestoreOptions::default()).unwrap();
+    assert_eq!(
+        std::fs::read(restored_path(&dst, &src).join("big")).unwrap(),
+        big
+    );
+    // A source whose bytes do not match its ids gets the file refused, never stored.
+    big[0] ^= 0xff;
+    std::fs::write(src.join("big"), &big).unwrap();
+    let liar = Remote {
+        params: repo.chunker_params(),
+        fetched,
+        lie: true,
+    };
+    let s3 = repo.backup(&liar, &o).unwrap();
+    assert_eq!(s3.status, SnapshotStatus::Partial);
+    assert!(
+        s3.errors[0].message.contains("does not match its id"),
+        "{:?}",
+        s3.errors
+    );
+    assert!(repo
+        .check(CheckOptions { read_data: true })
+        .unwrap()
+        .problems
+        .is_empty());
+}
