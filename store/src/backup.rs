@@ -911,6 +911,9 @@ impl Repository {
         batch.put_host(&snapshot.host, &HostRecord { ..host })?;
         batch.commit()?;
         crate::failpoint("after-commit");
+        if let Err(e) = self.index.flush() {
+            tracing::warn!(error = %e, "index flush after commit failed (the commit is durable)");
+        }
         fsutil::write_atomic(
             &self.snapshots_dir().join(format!("{}.json", snapshot.id)),
             &snapshot.encode(),

@@ -158,6 +158,7 @@ impl Repository {
             batch.put_host(name, rec)?;
         }
         batch.commit()?;
+        repo.index.flush()?;
         report.snapshots = snapshots.len() as u64;
         drop(repo);
         fsutil::write_atomic(&new_dir.join(REBUILT_MARKER), b"complete\n")?;
