@@ -77,6 +77,41 @@ fn usage_errors_name_what_is_wrong() {
 }
 
 #[test]
+fn read_only_commands_write_nothing_into_the_repository() {
+    let (_w, repo, _src) = setup(16);
+    let listing = |dir: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = walkdir(dir);
+        v.sort();
+        v
+    };
+    let before = listing(&repo);
+    for args in [
+        &["snapshots"][..],
+        &["check", "--read-data"],
+        &["stats"],
+        &["ls", "latest"],
+        &["diff", "latest", "latest"],
+    ] {
+        ok(&repo, args);
+    }
+    assert_eq!(listing(&repo), before);
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        if m.is_dir() {
+            out.extend(walkdir(&e.path()));
+        } else {
+            out.push(format!("{} {}", e.path().display(), m.len()));
+        }
+    }
+    out
+}
+
+#[test]
 fn damaged_config_is_refused_clearly() {
     let (_w, repo, _src) = setup(11);
     fs::write(repo.join("config"), b"{ not json").unwrap();

@@ -50,7 +50,9 @@ impl Index {
     /// Opens (creating when `create`) for writing, or read-only.
     pub(crate) fn open(path: &Path, read_only: bool) -> Result<Self> {
         let cache = Cache::new_lru_cache(64 << 20);
-        let opts = options(&cache);
+        let mut opts = options(&cache);
+        opts.set_log_level(rocksdb::LogLevel::Warn);
+
         let cfs = CFS
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, options(&cache)));
