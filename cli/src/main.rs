@@ -51,7 +51,7 @@ enum Command {
     /// Create a new repository.
     Init {
         /// Average chunk size in KiB (min = avg/4, max = avg*4).
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 1024)]
         chunk_avg_kib: u32,
         /// zstd compression level (1-19).
         #[arg(long, default_value_t = 3)]

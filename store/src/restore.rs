@@ -270,12 +270,7 @@ impl Repository {
         let mut written = 0u64;
         for c in chunks {
             let data = self.read_blob(&c.id)?;
-            if data.iter().all(|&b| b == 0) {
-                // Leave a hole: sparse files stay sparse.
-                f.seek(SeekFrom::Current(data.len() as i64)).at(path)?;
-            } else {
-                f.write_all(&data).at(path)?;
-            }
+            write_sparse(&mut f, &data).at(path)?;
             written += data.len() as u64;
             if let Some(p) = progress {
                 p.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -288,6 +283,33 @@ impl Repository {
         }
         Ok(written)
     }
+}
+
+/// Writes `data` at the current position, seeking over all-zero 4 KiB blocks instead of
+/// writing them, so sparse files stay sparse (as `cp --sparse=auto` does).
+fn write_sparse(f: &mut File, data: &[u8]) -> std::io::Result<()> {
+    const BLOCK: usize = 4096;
+    let zero = |b: &[u8]| b.iter().all(|&x| x == 0);
+    let mut i = 0;
+    while i < data.len() {
+        let end = (i + BLOCK).min(data.len());
+        if zero(&data[i..end]) {
+            f.seek(SeekFrom::Current((end - i) as i64))?;
+            i = end;
+            continue;
+        }
+        let mut j = end;
+        while j < data.len() {
+            let next = (j + BLOCK).min(data.len());
+            if zero(&data[j..next]) {
+                break;
+            }
+            j = next;
+        }
+        f.write_all(&data[i..j])?;
+        i = j;
+    }
+    Ok(())
 }
 
 /// Owner, mode, xattrs and times of an open file or directory, in that order (chown clears
