@@ -57,8 +57,9 @@ bench_tool() {
   if [ -z "${RESTORE_ON_DISK:-}" ] && mount -t tmpfs -o size=8g tmpfs "$target" 2>/dev/null; then mounted=1; fi
   case $tool in
     xstore*)
-      local avg=${tool#xstore}; avg=${avg#-}; avg=${avg:-256}
-      "$XSTORE" -q --repo "$repo" init --chunk-avg-kib "$avg"
+      # "xstore" uses the repository defaults; "xstore-N" an average chunk of N KiB.
+      local avg=${tool#xstore}; avg=${avg#-}
+      "$XSTORE" -q --repo "$repo" init ${avg:+--chunk-avg-kib "$avg"}
       a=$(run x1 "$XSTORE" -q --repo "$repo" backup --host bench "$DATA")
       b=$(run x2 "$XSTORE" -q --repo "$repo" backup --host bench "$DATA")
       c=$(run x3 "$XSTORE" -q --repo "$repo" restore bench@latest "$target") ;;
