@@ -44,31 +44,20 @@ fn sigkill_during_backup_never_corrupts() {
         &repo,
         &["init", "--pack-size-mib", "1", "--chunk-avg-kib", "64"],
     );
-    ok(
-        &repo,
-        &[
-            "backup",
-            "--host",
-            "h",
-            "--no-parent",
-            src.to_str().unwrap(),
-        ],
-    );
+    let full_backup = [
+        "backup",
+        "--host",
+        "h",
+        "--no-parent",
+        src.to_str().unwrap(),
+    ];
+    ok(&repo, &full_backup);
     // Each round brings new content, so every run writes packs as well as reading.
     let churn = |round: u64| seeded_bytes(1000 + round, 6 << 20);
     std::fs::write(src.join("churn.bin"), churn(999)).unwrap();
     // Time one run like the ones we kill, to spread kill times across it.
     let t = Instant::now();
-    ok(
-        &repo,
-        &[
-            "backup",
-            "--host",
-            "h",
-            "--no-parent",
-            src.to_str().unwrap(),
-        ],
-    );
+    ok(&repo, &full_backup);
     let full = t.elapsed().max(Duration::from_millis(50));
     let mut versions: Vec<ChunkId> = vec![ChunkId::of(&churn(999))];
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -83,14 +72,8 @@ fn sigkill_during_backup_never_corrupts() {
         std::fs::write(src.join("churn.bin"), data).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_xstore"))
             .env("XSTORE_REPO", &repo)
-            .args([
-                "-q",
-                "backup",
-                "--host",
-                "h",
-                "--no-parent",
-                src.to_str().unwrap(),
-            ])
+            .arg("-q")
+            .args(full_backup)
             .spawn()
             .unwrap();
         std::thread::sleep(delay);
@@ -117,14 +100,8 @@ fn sigkill_during_backup_never_corrupts() {
         let status = Command::new(env!("CARGO_BIN_EXE_xstore"))
             .env("XSTORE_REPO", &repo)
             .env("XSTORE_FAILPOINT", point)
-            .args([
-                "-q",
-                "backup",
-                "--host",
-                "h",
-                "--no-parent",
-                src.to_str().unwrap(),
-            ])
+            .arg("-q")
+            .args(full_backup)
             .status()
             .unwrap();
         assert!(!status.success());
