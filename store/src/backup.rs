@@ -151,18 +151,30 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Stores a blob unless the repository or this session already has it. Returns whether
-    /// it was new.
-    fn store(&self, id: ChunkId, kind: BlobKind, raw: &[u8]) -> Result<bool> {
+    /// Claims a blob id for writing: true when neither this session nor the repository has
+    /// it, and from then on this caller must write it ([`Session::write_new`]) or fail the backup.
+    fn claim(&self, id: ChunkId) -> Result<bool> {
         if self.pending.lock().map_err(poisoned)?.contains(&id) {
             return Ok(false);
         }
         if self.repo.index.blob(&id)?.is_some() {
             return Ok(false);
         }
-        if !self.pending.lock().map_err(poisoned)?.insert(id) {
+        Ok(self.pending.lock().map_err(poisoned)?.insert(id))
+    }
+
+    /// Stores a blob unless the repository or this session already has it. Returns whether
+    /// it was new.
+    fn store(&self, id: ChunkId, kind: BlobKind, raw: &[u8]) -> Result<bool> {
+        if !self.claim(id)? {
             return Ok(false);
         }
+        self.write_new(id, kind, raw)?;
+        Ok(true)
+    }
+
+    /// Compresses and appends a claimed blob to the current pack, sealing it when full.
+    fn write_new(&self, id: ChunkId, kind: BlobKind, raw: &[u8]) -> Result<()> {
         let (compression, stored) = pack::compress(raw, self.level);
         let full = {
             let mut guard = self.writer.lock().map_err(poisoned)?;
@@ -188,7 +200,7 @@ impl<'a> Session<'a> {
             .fetch_add(raw.len() as u64, Ordering::Relaxed);
         self.new_stored
             .fetch_add((stored.len() + BLOB_HEADER_LEN) as u64, Ordering::Relaxed);
-        Ok(true)
+        Ok(())
     }
 
     /// Stores a tree or chunk-list blob and remembers its children for reference counting.
@@ -315,20 +327,7 @@ impl<'a> Session<'a> {
         parent: Option<&Entry>,
     ) -> Result<Option<Entry>> {
         if let Some(p) = parent {
-            let old = EntryMeta {
-                kind: SourceKind::File,
-                mode: p.mode,
-                uid: p.uid,
-                gid: p.gid,
-                size: p.size,
-                mtime_ns: p.mtime_ns,
-                ctime_ns: p.ctime_ns,
-                inode: p.inode,
-                dev: p.dev,
-                nlink: p.nlink,
-                rdev: p.rdev,
-            };
-            if p.kind == EntryKind::File && old.same_content_stamp(&meta) {
+            if p.kind == EntryKind::File && p.content_stamp() == meta.content_stamp() {
                 self.unchanged.fetch_add(1, Ordering::Relaxed);
                 self.files.fetch_add(1, Ordering::Relaxed);
                 self.logical.fetch_add(meta.size, Ordering::Relaxed);
@@ -399,16 +398,10 @@ impl<'a> Session<'a> {
                 let mut m = before;
                 m.size = total;
                 let content = if chunks.len() > INLINE_CHUNK_LIMIT {
-                    let children: Vec<ChunkId> = {
-                        let mut ids: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
-                        ids.sort_unstable();
-                        ids.dedup();
-                        ids
-                    };
                     let id = self.store_parent(
                         BlobKind::ChunkList,
                         &encode_chunk_list(&chunks),
-                        children,
+                        crate::tree::chunk_list_children(&chunks),
                     )?;
                     Content::ChunkList(id)
                 } else {
@@ -553,12 +546,9 @@ impl<'a> Session<'a> {
                     id: chunk.id,
                     len: chunk.length,
                 });
-                let known = self
-                    .pending
-                    .lock()
-                    .map_err(|e| ReadFailure::Repo(poisoned(e)))?
-                    .contains(&chunk.id);
-                if known {
+                // Claim before copying: chunks the repository already has (every chunk of
+                // an unchanged file read again) cost one lookup, not a copy and a task.
+                if !self.claim(chunk.id)? {
                     continue;
                 }
                 if inflight.load(Ordering::Acquire) < MAX_INFLIGHT_CHUNKS {
@@ -566,7 +556,7 @@ impl<'a> Session<'a> {
                     let data = bytes.to_vec();
                     let (inflight, failure) = (&inflight, &failure);
                     scope.spawn(move |_| {
-                        if let Err(e) = self.store(chunk.id, BlobKind::Data, &data) {
+                        if let Err(e) = self.write_new(chunk.id, BlobKind::Data, &data) {
                             if let Ok(mut f) = failure.lock() {
                                 f.get_or_insert(e);
                             }
@@ -574,8 +564,7 @@ impl<'a> Session<'a> {
                         inflight.fetch_sub(1, Ordering::AcqRel);
                     });
                 } else {
-                    self.store(chunk.id, BlobKind::Data, bytes)
-                        .map_err(ReadFailure::Repo)?;
+                    self.write_new(chunk.id, BlobKind::Data, bytes)?;
                 }
             }
             Ok(())

@@ -172,9 +172,7 @@ impl Walk<'_> {
                     match self.repo.read_blob(list).map(|raw| decode_chunk_list(&raw)) {
                         Ok(Ok(chunks)) => {
                             self.trees += 1;
-                            let mut ids: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
-                            ids.sort_unstable();
-                            ids.dedup();
+                            let ids = crate::tree::chunk_list_children(&chunks);
                             self.count_children(&ids, snap, &child_path)?;
                         }
                         Ok(Err(e)) => {

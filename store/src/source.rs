@@ -98,10 +98,12 @@ impl EntryMeta {
 
     /// True when content is certainly unchanged (size, mtime, ctime and inode all equal).
     pub fn same_content_stamp(&self, other: &EntryMeta) -> bool {
-        self.size == other.size
-            && self.mtime_ns == other.mtime_ns
-            && self.ctime_ns == other.ctime_ns
-            && self.inode == other.inode
+        self.content_stamp() == other.content_stamp()
+    }
+
+    /// (size, mtime, ctime, inode): what must all be equal for content to be unchanged.
+    pub fn content_stamp(&self) -> (u64, i64, i64, u64) {
+        (self.size, self.mtime_ns, self.ctime_ns, self.inode)
     }
 }
 

@@ -145,6 +145,11 @@ impl Entry {
     pub fn name_lossy(&self) -> String {
         String::from_utf8_lossy(&self.name).into_owned()
     }
+    /// (size, mtime, ctime, inode) as recorded, to compare with [`crate::EntryMeta::content_stamp`].
+    pub fn content_stamp(&self) -> (u64, i64, i64, u64) {
+        (self.size, self.mtime_ns, self.ctime_ns, self.inode)
+    }
+
     /// The subtree id of a directory entry.
     pub fn subtree(&self) -> Option<ChunkId> {
         match self.content {
@@ -202,9 +207,7 @@ impl Tree {
                 Content::None | Content::Target(_) => {}
             }
         }
-        ids.sort_unstable();
-        ids.dedup();
-        ids
+        distinct(ids)
     }
 
     /// Encodes to the tree blob byte layout. Entries must be sorted ([`Tree::sort`]).
@@ -392,6 +395,18 @@ impl Tree {
         r.finish("tree")?;
         Ok(Tree { entries })
     }
+}
+
+/// Sorted, deduplicated ids: a parent counts once per distinct child (refcount rule).
+pub(crate) fn distinct(mut ids: Vec<ChunkId>) -> Vec<ChunkId> {
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The distinct chunk ids of a chunk list.
+pub(crate) fn chunk_list_children(chunks: &[ChunkRef]) -> Vec<ChunkId> {
+    distinct(chunks.iter().map(|c| c.id).collect())
 }
 
 /// Encodes a chunk-list blob.
