@@ -18,6 +18,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use rayon::prelude::*;
 
 use crate::error::{Error, IoContext, Result};
+use crate::index::BlobLoc;
+use crate::ChunkId;
 use crate::repo::{poisoned, Node, Repository};
 use crate::snapshot::{PathError, Snapshot};
 use crate::tree::{Entry, EntryKind};
@@ -185,15 +187,18 @@ impl Repository {
                 Ordering::Relaxed,
             );
         }
-        // Pack-ordered reads: sort files by the location of their first chunk.
+        // Every chunk's location, one batched lookup per file (a missing blob fails the restore
+        // before anything is written); then pack-ordered reads: files sorted by the location
+        // of their first chunk.
         let mut keyed = Vec::with_capacity(plan.files.len());
         for (path, entry) in plan.files {
-            let chunks = self.file_chunks(&entry)?;
-            let key = match chunks.first() {
-                Some(c) => self.index.blob(&c.id)?.map(|l| (l.pack, l.offset)),
-                None => None,
-            };
-            keyed.push((key, path, entry, chunks));
+            let ids: Vec<ChunkId> = self.file_chunks(&entry)?.iter().map(|c| c.id).collect();
+            let mut located = Vec::with_capacity(ids.len());
+            for (id, loc) in ids.iter().zip(self.index.blobs(&ids)?) {
+                located.push((*id, loc.ok_or(Error::MissingBlob(*id))?));
+            }
+            let key = located.first().map(|(_, l)| (l.pack, l.offset));
+            keyed.push((key, path, entry, located));
         }
         keyed.sort_by_key(|k| k.0);
         let written: Vec<Result<u64>> = keyed
@@ -255,7 +260,7 @@ impl Repository {
         &self,
         path: &Path,
         entry: &Entry,
-        chunks: &[crate::tree::ChunkRef],
+        chunks: &[(ChunkId, BlobLoc)],
         owners: bool,
         progress: Option<&Progress>,
     ) -> Result<u64> {
@@ -268,8 +273,8 @@ impl Repository {
             .open(path)
             .at(path)?;
         let mut written = 0u64;
-        for c in chunks {
-            let data = self.read_blob(&c.id)?;
+        for (id, loc) in chunks {
+            let data = self.read_located(id, loc)?;
             write_sparse(&mut f, &data).at(path)?;
             written += data.len() as u64;
             if let Some(p) = progress {
