@@ -19,10 +19,10 @@ use rayon::prelude::*;
 
 use crate::error::{Error, IoContext, Result};
 use crate::index::BlobLoc;
-use crate::ChunkId;
 use crate::repo::{poisoned, Node, Repository};
 use crate::snapshot::{PathError, Snapshot};
 use crate::tree::{Entry, EntryKind};
+use crate::ChunkId;
 use crate::Progress;
 
 /// How to restore.
