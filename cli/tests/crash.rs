@@ -128,6 +128,8 @@ fn sigkill_during_backup_never_corrupts() {
         assert_same_tree(&src, &restored, false);
         std::fs::remove_dir_all(&dst).unwrap();
     }
+    // A snapshot copy interrupted mid-write leaves a temporary file; recovery removes it.
+    std::fs::write(repo.join("snapshots/.deadbeef.json.tmp4242"), b"{ half").unwrap();
     // The next writer recovers: no leftover packs, a clean full check, and backups work.
     ok(&repo, &["backup", "--host", "h", src.to_str().unwrap()]);
     let report = json(&repo, &["check", "--read-data"]);
@@ -136,6 +138,12 @@ fn sigkill_during_backup_never_corrupts() {
         "{report}"
     );
     let on_disk = xstore::pack_files(&repo).unwrap().len() as u64;
+    let leftovers: Vec<_> = std::fs::read_dir(repo.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".json"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     assert_eq!(
         on_disk,
         report["packs"].as_u64().unwrap(),

@@ -234,6 +234,15 @@ impl Repository {
             tracing::info!(removed, "recovery removed uncommitted pack files");
         }
         let dir = self.snapshots_dir();
+        // Temporary files of a snapshot copy interrupted by a crash (fsutil::write_atomic).
+        for item in fs::read_dir(&dir).at(&dir)? {
+            let item = item.at(&dir)?;
+            let name = item.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.contains(".tmp") {
+                fs::remove_file(item.path()).at(item.path())?;
+            }
+        }
         for s in self.index.snapshots()? {
             let p = dir.join(format!("{}.json", s.id));
             if !p.exists() {
