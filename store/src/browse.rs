@@ -60,6 +60,25 @@ impl Repository {
         Ok(out)
     }
 
+    /// An entry only one side has: it and everything below it.
+    fn one_side(
+        &self,
+        e: &Entry,
+        prefix: &str,
+        change: Change,
+        out: &mut Vec<DiffItem>,
+    ) -> Result<()> {
+        let p = format!("{prefix}/{}", e.name_lossy());
+        out.push(DiffItem {
+            change,
+            path: p.clone(),
+        });
+        match e.subtree() {
+            Some(sub) => self.all_paths(sub, &p, change, out),
+            None => Ok(()),
+        }
+    }
+
     fn all_paths(
         &self,
         id: ChunkId,
@@ -68,14 +87,7 @@ impl Repository {
         out: &mut Vec<DiffItem>,
     ) -> Result<()> {
         for e in self.tree(&id)?.entries {
-            let p = format!("{prefix}/{}", e.name_lossy());
-            out.push(DiffItem {
-                change,
-                path: p.clone(),
-            });
-            if let Some(sub) = e.subtree() {
-                self.all_paths(sub, &p, change, out)?;
-            }
+            self.one_side(&e, prefix, change, out)?;
         }
         Ok(())
     }
@@ -109,25 +121,11 @@ impl Repository {
             };
             match (order, ea, eb) {
                 (std::cmp::Ordering::Less, Some(x), _) => {
-                    let p = format!("{prefix}/{}", x.name_lossy());
-                    out.push(DiffItem {
-                        change: Change::Removed,
-                        path: p.clone(),
-                    });
-                    if let Some(sub) = x.subtree() {
-                        self.all_paths(sub, &p, Change::Removed, out)?;
-                    }
+                    self.one_side(x, prefix, Change::Removed, out)?;
                     i += 1;
                 }
                 (std::cmp::Ordering::Greater, _, Some(y)) => {
-                    let p = format!("{prefix}/{}", y.name_lossy());
-                    out.push(DiffItem {
-                        change: Change::Added,
-                        path: p.clone(),
-                    });
-                    if let Some(sub) = y.subtree() {
-                        self.all_paths(sub, &p, Change::Added, out)?;
-                    }
+                    self.one_side(y, prefix, Change::Added, out)?;
                     j += 1;
                 }
                 (_, Some(x), Some(y)) => {

@@ -85,6 +85,20 @@ impl Index {
         }
     }
 
+    /// A 32-byte key as an id; anything else is a corrupt index.
+    fn key_id(&self, cf: &str, key: &[u8]) -> Result<ChunkId> {
+        ChunkId::from_slice(key).ok_or_else(|| {
+            self.corrupt(
+                cf,
+                DecodeError::Invalid {
+                    what: "key",
+                    offset: 0,
+                    reason: format!("{} bytes, expected 32", key.len()),
+                },
+            )
+        })
+    }
+
     pub(crate) fn blob(&self, id: &ChunkId) -> Result<Option<BlobLoc>> {
         let cf = self.cf(CF_BLOBS)?;
         match self.db.get_pinned_cf(cf, id.0).map_err(|e| self.err(e))? {
@@ -118,16 +132,7 @@ impl Index {
         let cf = self.cf(CF_BLOBS)?;
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.err(e))?;
-            let id = ChunkId::from_slice(&k).ok_or_else(|| {
-                self.corrupt(
-                    CF_BLOBS,
-                    DecodeError::Invalid {
-                        what: "blob key",
-                        offset: 0,
-                        reason: format!("{} bytes", k.len()),
-                    },
-                )
-            })?;
+            let id = self.key_id(CF_BLOBS, &k)?;
             f(
                 id,
                 BlobLoc::decode(&v).map_err(|e| self.corrupt(CF_BLOBS, e))?,
@@ -141,16 +146,7 @@ impl Index {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.err(e))?;
-            let id = ChunkId::from_slice(&k).ok_or_else(|| {
-                self.corrupt(
-                    CF_PACKS,
-                    DecodeError::Invalid {
-                        what: "pack key",
-                        offset: 0,
-                        reason: format!("{} bytes", k.len()),
-                    },
-                )
-            })?;
+            let id = self.key_id(CF_PACKS, &k)?;
             let rec =
                 crate::codec::decode("pack record", &v).map_err(|e| self.corrupt(CF_PACKS, e))?;
             out.push((id, rec));
