@@ -112,6 +112,21 @@ fn walkdir(dir: &std::path::Path) -> Vec<String> {
 }
 
 #[test]
+fn refused_init_leaves_nothing_behind() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    for bad in [
+        &["init", "--compression-level", "50"][..],
+        &["init", "--pack-size-mib", "0"],
+    ] {
+        let out = xstore(&repo, bad);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(!repo.exists(), "{bad:?} left {repo:?} behind");
+    }
+    ok(&repo, &["init"]);
+}
+
+#[test]
 fn damaged_config_is_refused_clearly() {
     let (_w, repo, _src) = setup(11);
     fs::write(repo.join("config"), b"{ not json").unwrap();

@@ -100,9 +100,6 @@ impl Repository {
                 return Err(Error::AlreadyExists(path.to_path_buf()));
             }
         }
-        for dir in ["packs/tmp", "snapshots", "locks", "index"] {
-            fs::create_dir_all(path.join(dir)).at(path.join(dir))?;
-        }
         let mut id = [0u8; 32];
         getrandom::fill(&mut id).map_err(|e| Error::Io {
             path: path.to_path_buf(),
@@ -123,6 +120,10 @@ impl Repository {
             created_ns: now_ns(),
         };
         Config::decode(&config.encode()).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        // Validated before anything is created: a refused init leaves no directory behind.
+        for dir in ["packs/tmp", "snapshots", "locks", "index"] {
+            fs::create_dir_all(path.join(dir)).at(path.join(dir))?;
+        }
         // The index is created before `config` is written: `config` is the marker that makes
         // the directory a repository, so a crash during init leaves no half repository.
         drop(Index::open(&path.join("index"), false)?);
