@@ -122,9 +122,7 @@ impl Store {
 }
 
 fn name(t: i64) -> String {
-    let secs = t / 1_000_000_000;
-    let d = chrono_like(secs);
-    format!("{d}")
+    chrono_like(t / 1_000_000_000)
 }
 
 /// `2026-01-05T08` without pulling a date crate into the test: days since START plus hour.
