@@ -7,15 +7,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod retention;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use xstore::{
     BackupOptions, CheckOptions, ChunkerParams, EntryKind, InitOptions, LocalSource, Node,
-    ParentChoice, Progress, Repository, RestoreOptions, Snapshot,
+    ParentChoice, Progress, Repository, RestoreOptions, Snapshot, TierChoice,
 };
 
 /// Exit status: success.
-const EXIT_OK: u8 = 0;
+pub(crate) const EXIT_OK: u8 = 0;
 /// Exit status: an error stopped the command.
 const EXIT_ERROR: u8 = 1;
 /// Exit status: the backup or restore finished, but some paths failed (listed on stderr).
@@ -29,7 +31,7 @@ const EXIT_PROBLEMS: u8 = 4;
     version,
     about = "Deduplicating snapshot store for fleets of hosts"
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// Repository directory.
     #[arg(short = 'r', long, env = "XSTORE_REPO", global = true)]
     repo: Option<PathBuf>,
@@ -42,6 +44,10 @@ struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Wait this long for another writer to release the repository (e.g. 3h) instead of
+    /// failing at once.
+    #[arg(long, global = true, value_name = "DURATION")]
+    lock_wait: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -77,6 +83,12 @@ enum Command {
         /// Compare against this snapshot instead of the host's latest.
         #[arg(long)]
         parent: Option<String>,
+        /// Enter this tier instead of the host schedule's lowest (e.g. daily).
+        #[arg(long, value_name = "NAME", conflicts_with = "no_tier")]
+        tier: Option<String>,
+        /// Enter no tier (for repositories retained by `forget --keep-…` only).
+        #[arg(long)]
+        no_tier: bool,
         /// Paths to back up.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -89,7 +101,7 @@ enum Command {
     },
     /// List a directory of a snapshot (long format).
     Ls {
-        /// Snapshot: id prefix, HOST@latest or latest.
+        /// Snapshot: id prefix, latest, HOST@latest, HOST@latest-complete or HOST@TIER.N (web1@daily.0).
         snapshot: String,
         /// Path inside the snapshot.
         #[arg(default_value = "/")]
@@ -97,14 +109,14 @@ enum Command {
     },
     /// Write one file of a snapshot to stdout.
     Cat {
-        /// Snapshot: id prefix, HOST@latest or latest.
+        /// Snapshot: id prefix, latest, HOST@latest, HOST@latest-complete or HOST@TIER.N (web1@daily.0).
         snapshot: String,
         /// Path of the file inside the snapshot.
         path: String,
     },
     /// Restore a snapshot, or one path of it, into a directory.
     Restore {
-        /// Snapshot: id prefix, HOST@latest or latest.
+        /// Snapshot: id prefix, latest, HOST@latest, HOST@latest-complete or HOST@TIER.N (web1@daily.0).
         snapshot: String,
         /// Target directory (created if missing).
         target: PathBuf,
@@ -130,6 +142,87 @@ enum Command {
     },
     /// Repository sizes and deduplication.
     Stats,
+    /// Rotate a tier as rsnapshot does: promote the oldest snapshot of the tier below (when
+    /// that tier is full) to TIER.0, trim TIER to its count, expire what no label keeps.
+    Rotate {
+        /// The tier (e.g. daily).
+        tier: String,
+        /// Only this host.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        host: Option<String>,
+        /// Every host.
+        #[arg(long)]
+        all: bool,
+        /// Print the plan with reasons, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Expire snapshots a calendar policy does not keep (restic/borg style).
+    Forget {
+        #[command(flatten)]
+        keep: retention::KeepArgs,
+        /// Only this host (default: every host, each planned on its own).
+        #[arg(long)]
+        host: Option<String>,
+        /// Print the plan with reasons, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Plan as if it were this time (RFC 3339; for tests).
+        #[arg(long, hide = true)]
+        now: Option<String>,
+    },
+    /// Keep a snapshot regardless of retention.
+    Pin {
+        /// Snapshot: id prefix, HOST@latest, HOST@daily.0 …
+        snapshot: String,
+    },
+    /// Let retention decide about a pinned snapshot again.
+    Unpin {
+        /// Snapshot: id prefix, HOST@latest, HOST@daily.0 …
+        snapshot: String,
+    },
+    /// Reclaim space: delete packs without live blobs, rewrite packs over the dead threshold.
+    Gc {
+        /// Report what would be freed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Rewrite packs with more dead bytes than this (default: the repository's, 10%).
+        #[arg(long, value_name = "PERCENT")]
+        max_dead: Option<String>,
+    },
+    /// Show or set tier schedules (default and per host) and the gc threshold.
+    Tiers {
+        /// The host whose override to show or set.
+        #[arg(long)]
+        host: Option<String>,
+        /// New schedule, lowest tier first: hourly=6,daily=7,weekly=4,monthly=6.
+        #[arg(long, value_name = "SCHEDULE", conflicts_with = "reset")]
+        set: Option<String>,
+        /// Remove the host's override (or, without --host, restore the default schedule).
+        #[arg(long)]
+        reset: bool,
+        /// New gc threshold (percent of a pack that is dead before it is rewritten).
+        #[arg(long, value_name = "PERCENT")]
+        gc_max_dead: Option<String>,
+    },
+    /// Print the service's schedule (pulls every 4 h, tier rotations, gc) for cron or systemd.
+    Schedule {
+        /// A file for /etc/cron.d (the default).
+        #[arg(long, conflicts_with = "systemd")]
+        cron: bool,
+        /// systemd service and timer units.
+        #[arg(long)]
+        systemd: bool,
+        /// The xstore binary in the printed commands.
+        #[arg(long, default_value = "/usr/local/bin/xstore")]
+        xstore: String,
+        /// The backup command run every 4 hours.
+        #[arg(long, default_value = "pull --all --jobs 4")]
+        pull: String,
+        /// The user the jobs run as.
+        #[arg(long, default_value = "root")]
+        user: String,
+    },
     /// Repair repository structures.
     Repair {
         #[command(subcommand)]
@@ -170,23 +263,39 @@ fn main() -> ExitCode {
     }
 }
 
-fn repo_path(cli: &Cli) -> Result<PathBuf> {
+pub(crate) fn repo_path(cli: &Cli) -> Result<PathBuf> {
     cli.repo
         .clone()
         .context("no repository given: use --repo DIR or set XSTORE_REPO")
 }
 
-fn open_rw(cli: &Cli) -> Result<Repository> {
+pub(crate) fn open_rw(cli: &Cli) -> Result<Repository> {
     let p = repo_path(cli)?;
-    Ok(Repository::open(&p)?)
+    let wait = match &cli.lock_wait {
+        Some(d) => {
+            let ns = xstore::retention::parse_duration(d).map_err(anyhow::Error::msg)?;
+            Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
+        }
+        None => Duration::ZERO,
+    };
+    Ok(Repository::open_waiting(&p, wait)?)
 }
 
-fn open_ro(cli: &Cli) -> Result<Repository> {
+/// Writable, or read-only for commands that only plan (`--dry-run` works during a backup).
+pub(crate) fn open_rw_or_ro(cli: &Cli, read_only: bool) -> Result<Repository> {
+    if read_only {
+        open_ro(cli)
+    } else {
+        open_rw(cli)
+    }
+}
+
+pub(crate) fn open_ro(cli: &Cli) -> Result<Repository> {
     let p = repo_path(cli)?;
     Ok(Repository::open_read_only(&p)?)
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
@@ -194,7 +303,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
 }
 
 /// `1.5 GiB`-style sizes.
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -209,7 +318,7 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-fn time_of(ns: i64) -> String {
+pub(crate) fn time_of(ns: i64) -> String {
     xstore::format_utc(ns.div_euclid(1_000_000_000))
 }
 
@@ -292,6 +401,8 @@ fn run(cli: &Cli) -> Result<u8> {
             one_file_system,
             no_parent,
             parent,
+            tier,
+            no_tier,
             paths,
         } => {
             let repo = open_rw(cli)?;
@@ -310,6 +421,11 @@ fn run(cli: &Cli) -> Result<u8> {
                 one_file_system: *one_file_system,
                 parent,
                 progress: Some(progress.clone()),
+                tier: match (tier, no_tier) {
+                    (_, true) => TierChoice::None,
+                    (Some(t), false) => TierChoice::Named(t.clone()),
+                    (None, false) => TierChoice::Lowest,
+                },
             };
             let bar = progress_bar(cli, progress.clone(), false);
             let result = repo.backup(&LocalSource, &opts);
@@ -337,21 +453,39 @@ fn run(cli: &Cli) -> Result<u8> {
         }
         Command::Snapshots { host } => {
             let repo = open_ro(cli)?;
+            let positions = repo.tier_positions()?;
             let snaps: Vec<Snapshot> = repo
                 .snapshots()?
                 .into_iter()
                 .filter(|s| host.as_ref().is_none_or(|h| &s.host == h))
                 .collect();
+            let tiers_of = |s: &Snapshot| positions.get(&s.id).cloned().unwrap_or_default();
             if cli.json {
-                print_json(&snaps)?;
+                let v: Vec<serde_json::Value> = snaps
+                    .iter()
+                    .map(|s| {
+                        let mut v = serde_json::to_value(s).unwrap_or_default();
+                        v["positions"] = serde_json::json!(tiers_of(s));
+                        v
+                    })
+                    .collect();
+                print_json(&v)?;
             } else {
                 println!(
-                    "{:<8}  {:<20}  {:<20}  {:<8}  {:>9}  {:>10}  paths",
-                    "id", "time", "host", "status", "files", "size"
+                    "{:<8}  {:<20}  {:<20}  {:<8}  {:>9}  {:>10}  {:<16}  paths",
+                    "id", "time", "host", "status", "files", "size", "tiers"
                 );
                 for s in &snaps {
+                    let mut tiers = tiers_of(s).join(",");
+                    if s.pinned {
+                        tiers = if tiers.is_empty() {
+                            "pinned".into()
+                        } else {
+                            format!("{tiers},pinned")
+                        };
+                    }
                     println!(
-                        "{:<8}  {:<20}  {:<20}  {:<8}  {:>9}  {:>10}  {}",
+                        "{:<8}  {:<20}  {:<20}  {:<8}  {:>9}  {:>10}  {:<16}  {}",
                         s.id.short(),
                         time_of(s.start_ns),
                         s.host,
@@ -362,6 +496,7 @@ fn run(cli: &Cli) -> Result<u8> {
                         },
                         s.stats.files,
                         human_bytes(s.stats.logical_bytes),
+                        if tiers.is_empty() { "-".into() } else { tiers },
                         s.paths.join(" ")
                     );
                 }
@@ -497,6 +632,40 @@ fn run(cli: &Cli) -> Result<u8> {
                 EXIT_PROBLEMS
             })
         }
+        Command::Rotate {
+            tier,
+            host,
+            all: _,
+            dry_run,
+        } => retention::rotate(cli, tier, host.as_deref(), *dry_run),
+        Command::Forget {
+            keep,
+            host,
+            dry_run,
+            now,
+        } => retention::forget(cli, keep, host.as_deref(), now.as_deref(), *dry_run),
+        Command::Pin { snapshot } => retention::pin(cli, snapshot, true),
+        Command::Unpin { snapshot } => retention::pin(cli, snapshot, false),
+        Command::Gc { dry_run, max_dead } => retention::gc(cli, max_dead.as_deref(), *dry_run),
+        Command::Tiers {
+            host,
+            set,
+            reset,
+            gc_max_dead,
+        } => retention::tiers(
+            cli,
+            host.as_deref(),
+            set.as_deref(),
+            *reset,
+            gc_max_dead.as_deref(),
+        ),
+        Command::Schedule {
+            cron: _,
+            systemd,
+            xstore,
+            pull,
+            user,
+        } => retention::schedule(cli, *systemd, xstore, pull, user),
         Command::Stats => {
             let repo = open_ro(cli)?;
             let st = repo.stats()?;
@@ -521,6 +690,11 @@ fn run(cli: &Cli) -> Result<u8> {
                     st.blobs, st.unreferenced_blobs
                 );
                 println!("packs            {}", st.packs);
+                println!(
+                    "dead bytes       {} ({}) reclaimable by gc",
+                    human_bytes(st.dead_bytes),
+                    st.dead_bytes
+                );
             }
             Ok(EXIT_OK)
         }

@@ -16,7 +16,8 @@ use rayon::prelude::*;
 use xstore_chunker::{ChunkId, StreamChunker};
 
 use crate::error::{Error, Result};
-use crate::index::{BlobLoc, HostRecord, PackRecord};
+use crate::index::{BlobLoc, PackRecord};
+use crate::mutation::Mutation;
 use crate::pack::{self, BlobKind, PackWriter, SealedPack, BLOB_HEADER_LEN};
 use crate::repo::{now_ns, poisoned, Repository};
 use crate::snapshot::{
@@ -27,7 +28,7 @@ use crate::source::{EntryMeta, Source, SourceKind};
 use crate::tree::{
     encode_chunk_list, ChunkRef, Content, Entry, EntryKind, Tree, INLINE_CHUNK_LIMIT,
 };
-use crate::{fsutil, Progress};
+use crate::Progress;
 
 /// Chunks of one file being compressed concurrently, at most.
 pub const MAX_INFLIGHT_CHUNKS: usize = 8;
@@ -61,6 +62,22 @@ pub struct BackupOptions {
     pub parent: ParentChoice,
     /// Live counters for a progress display.
     pub progress: Option<Arc<Progress>>,
+    /// Which retention tier the new snapshot enters.
+    pub tier: TierChoice,
+}
+
+/// The tier a new snapshot enters (DESIGN §6). Entering trims the tier to its count in the
+/// same atomic commit; snapshots that leave their last tier expire.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TierChoice {
+    /// The lowest tier of the host's schedule (`hourly`).
+    #[default]
+    Lowest,
+    /// A named tier of the host's schedule.
+    Named(String),
+    /// No tier: the snapshot is kept until a plan (rotate, forget) decides about it. For
+    /// repositories that use calendar policies (`forget --keep-…`) only.
+    None,
 }
 
 struct Excludes {
@@ -106,7 +123,7 @@ struct Session<'a> {
     pending: Mutex<HashSet<ChunkId>>,
     writer: Mutex<Option<PackWriter>>,
     sealed: Mutex<Vec<SealedPack>>,
-    new_parents: Mutex<Vec<Vec<ChunkId>>>,
+    new_parents: Mutex<Vec<(ChunkId, Vec<ChunkId>)>>,
     errors: Mutex<Vec<PathError>>,
     error_count: AtomicU64,
     files: AtomicU64,
@@ -157,7 +174,9 @@ impl<'a> Session<'a> {
         if self.pending.lock().map_err(poisoned)?.contains(&id) {
             return Ok(false);
         }
-        if self.repo.index.blob(&id)?.is_some() {
+        // A dead blob (refcount 0) counts as absent: gc may drop it at any moment, so this
+        // session writes its own copy instead of deduplicating against it (mutation.rs).
+        if self.repo.index.blob(&id)?.is_some_and(|l| l.refcount > 0) {
             return Ok(false);
         }
         Ok(self.pending.lock().map_err(poisoned)?.insert(id))
@@ -220,7 +239,10 @@ impl<'a> Session<'a> {
             });
         }
         if self.store(id, kind, raw)? {
-            self.new_parents.lock().map_err(poisoned)?.push(children);
+            self.new_parents
+                .lock()
+                .map_err(poisoned)?
+                .push((id, children));
         }
         Ok(id)
     }
@@ -740,6 +762,33 @@ impl Repository {
             return Err(Error::InvalidArgument("no backup paths given".into()));
         }
         let start_ns = now_ns();
+        let tier = match &opts.tier {
+            TierChoice::None => None,
+            TierChoice::Lowest => Some(
+                self.retention_settings()?
+                    .schedules
+                    .for_host(&opts.host)
+                    .lowest()
+                    .name
+                    .clone(),
+            ),
+            TierChoice::Named(t) => {
+                let settings = self.retention_settings()?;
+                let schedule = settings.schedules.for_host(&opts.host);
+                if schedule.position(t).is_none() {
+                    return Err(xstore_retention::RetentionError::UnknownTier {
+                        tier: t.clone(),
+                        host: opts.host.clone(),
+                        schedule: schedule.to_string(),
+                    }
+                    .into());
+                }
+                Some(t.clone())
+            }
+        };
+        // From here until commit, blobs this session may have deduplicated against are
+        // protected from reclaim (mutation.rs).
+        let _session = self.begin_session()?;
         let parent = match &opts.parent {
             ParentChoice::None => None,
             ParentChoice::Snapshot(id) => Some(self.snapshot(id)?),
@@ -843,26 +892,36 @@ impl Repository {
         };
         let sealed = session.sealed.into_inner().map_err(poisoned)?;
         let new_parents = session.new_parents.into_inner().map_err(poisoned)?;
-        self.commit(&snapshot, sealed, new_parents)?;
+        self.commit(&snapshot, sealed, new_parents, tier.as_deref())?;
         Ok(snapshot)
     }
 
-    /// The single atomic index write that makes a snapshot visible, then its durable copy.
+    /// The single atomic index write that makes a snapshot visible (with its tier entry and
+    /// whatever that trims), then its durable copy.
     fn commit(
         &self,
         snapshot: &Snapshot,
         sealed: Vec<SealedPack>,
-        new_parents: Vec<Vec<ChunkId>>,
+        new_parents: Vec<(ChunkId, Vec<ChunkId>)>,
+        tier: Option<&str>,
     ) -> Result<()> {
-        crate::failpoint("before-commit");
-        let mut deltas: HashMap<ChunkId, u64> = HashMap::new();
-        for children in &new_parents {
-            for c in children {
-                *deltas.entry(*c).or_insert(0) += 1;
-            }
+        let mut m = Mutation::begin(self)?;
+        let mut fresh: HashSet<ChunkId> = HashSet::new();
+        for p in &sealed {
+            m.set_pack(
+                p.id,
+                Some(PackRecord {
+                    size: p.size,
+                    blobs: p.entries.len() as u32,
+                    dead_bytes: 0,
+                }),
+            );
         }
-        *deltas.entry(snapshot.root).or_insert(0) += 1;
-        let mut batch = self.index.batch();
+        let new_ids: Vec<ChunkId> = sealed
+            .iter()
+            .flat_map(|p| p.entries.iter().map(|e| e.id))
+            .collect();
+        m.prefetch(&new_ids)?;
         for p in &sealed {
             for e in &p.entries {
                 let loc = BlobLoc {
@@ -871,41 +930,48 @@ impl Repository {
                     stored_len: e.stored_len,
                     raw_len: e.raw_len,
                     kind: e.kind,
-                    refcount: deltas.remove(&e.id).unwrap_or(0),
+                    refcount: 0,
                 };
-                batch.put_blob(&e.id, &loc)?;
+                if m.insert_new(&e.id, loc)? {
+                    fresh.insert(e.id);
+                }
             }
-            batch.put_pack(
-                &p.id,
-                &PackRecord {
-                    size: p.size,
-                    blobs: p.entries.len() as u32,
-                    dead_bytes: 0,
-                },
-            )?;
         }
+        // A parent blob counts its children only when this commit is the one that adds it.
+        let mut deltas: HashMap<ChunkId, u64> = HashMap::new();
+        for (parent, children) in &new_parents {
+            if fresh.contains(parent) {
+                for c in children {
+                    *deltas.entry(*c).or_insert(0) += 1;
+                }
+            }
+        }
+        *deltas.entry(snapshot.root).or_insert(0) += 1;
         let ids: Vec<ChunkId> = deltas.keys().copied().collect();
-        for (id, loc) in ids.iter().zip(self.index.blobs(&ids)?) {
-            let mut loc = loc.ok_or(Error::MissingBlob(*id))?;
-            loc.refcount += deltas[id];
-            batch.put_blob(id, &loc)?;
+        m.prefetch(&ids)?;
+        for (id, n) in &deltas {
+            m.add_refs(id, *n)?;
         }
-        batch.put_snapshot(snapshot)?;
-        let mut host = self.index.host(&snapshot.host)?.unwrap_or_default();
-        host.latest = Some(snapshot.id.0);
-        if snapshot.is_complete() {
-            host.latest_complete = Some(snapshot.id.0);
+        m.put_snapshot(snapshot.clone());
+        if let Some(tier) = tier {
+            let step = xstore_retention::Step::Enter {
+                id: snapshot.id.to_string(),
+                tier: tier.to_string(),
+            };
+            let mut of_host: Vec<Snapshot> = self
+                .snapshots()?
+                .into_iter()
+                .filter(|s| s.host == snapshot.host)
+                .collect();
+            of_host.push(snapshot.clone());
+            let plan = xstore_retention::plan_tiers(
+                &crate::retain::candidates(&of_host),
+                &self.retention_settings()?.schedules,
+                &step,
+            )?;
+            crate::retain::apply_decisions(&mut m, &of_host, &plan)?;
         }
-        host.snapshots += 1;
-        batch.put_host(&snapshot.host, &HostRecord { ..host })?;
-        batch.commit()?;
-        crate::failpoint("after-commit");
-        if let Err(e) = self.index.flush() {
-            tracing::warn!(error = %e, "index flush after commit failed (the commit is durable)");
-        }
-        fsutil::write_atomic(
-            &self.snapshots_dir().join(format!("{}.json", snapshot.id)),
-            &snapshot.encode(),
-        )
+        m.commit()?;
+        Ok(())
     }
 }

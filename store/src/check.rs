@@ -95,6 +95,8 @@ pub struct Stats {
     pub unreferenced_blobs: u64,
     /// Pack files.
     pub packs: u64,
+    /// Pack bytes of dead blobs (what `gc` can reclaim).
+    pub dead_bytes: u64,
     /// logical_bytes / stored_bytes.
     pub dedup_ratio: f64,
 }
@@ -263,8 +265,12 @@ impl Repository {
         }
         let mut blobs = 0u64;
         let mut by_pack: HashMap<PackId, Vec<(ChunkId, BlobLoc)>> = HashMap::new();
+        let mut live_bytes: HashMap<PackId, u64> = HashMap::new();
         self.index.for_each_blob(|id, loc| {
             blobs += 1;
+            if loc.refcount > 0 {
+                *live_bytes.entry(loc.pack).or_insert(0) += crate::mutation::stored_size(&loc);
+            }
             let want = expected.get(&id).copied().unwrap_or(0);
             let problem = |message: String| Problem {
                 message,
@@ -294,6 +300,23 @@ impl Repository {
             }
             Ok(())
         })?;
+        // Dead bytes: every blob byte of a pack that is not a live blob located there.
+        for (id, rec) in &packs {
+            let blob_bytes = rec.size.saturating_sub(pack::overhead(rec.blobs));
+            let want = blob_bytes.saturating_sub(live_bytes.get(id).copied().unwrap_or(0));
+            if want != rec.dead_bytes {
+                problems.push(Problem {
+                    message: format!(
+                        "pack records {} dead bytes, the index implies {want}",
+                        rec.dead_bytes
+                    ),
+                    blob: None,
+                    pack: Some(id.to_string()),
+                    snapshot: None,
+                    path: None,
+                });
+            }
+        }
         let mut verified = 0u64;
         if opts.read_data {
             let results: Vec<(u64, Vec<Problem>)> = by_pack
@@ -448,6 +471,7 @@ impl Repository {
         for (_, rec) in self.index.packs()? {
             st.packs += 1;
             st.stored_bytes += rec.size;
+            st.dead_bytes += rec.dead_bytes;
         }
         self.index.for_each_blob(|_, loc| {
             st.blobs += 1;

@@ -145,6 +145,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Expiry would drop a reference count below zero: the index disagrees with the trees.
+    #[error("blob {0}: reference count would drop below zero (the index is inconsistent; run `xstore check`, then `xstore repair index`)")]
+    RefcountUnderflow(ChunkId),
+    /// A retention request that cannot be planned.
+    #[error(transparent)]
+    Retention(#[from] xstore_retention::RetentionError),
     /// Restore refused to write somewhere (outside the target, over a symlink…).
     #[error("restore refused {path}: {reason}")]
     Unsafe {

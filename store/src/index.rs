@@ -154,6 +154,26 @@ impl Index {
         Ok(out)
     }
 
+    pub(crate) fn pack(&self, id: &PackId) -> Result<Option<PackRecord>> {
+        let cf = self.cf(CF_PACKS)?;
+        match self.db.get_pinned_cf(cf, id.0).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(
+                crate::codec::decode("pack record", &v).map_err(|e| self.corrupt(CF_PACKS, e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn snapshot(&self, id: &crate::SnapshotId) -> Result<Option<Snapshot>> {
+        let cf = self.cf(CF_SNAPSHOTS)?;
+        match self.db.get_pinned_cf(cf, id.0).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(
+                Snapshot::decode(&v).map_err(|e| self.corrupt(CF_SNAPSHOTS, e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
     pub(crate) fn snapshots(&self) -> Result<Vec<Snapshot>> {
         let cf = self.cf(CF_SNAPSHOTS)?;
         let mut out = Vec::new();
@@ -162,20 +182,6 @@ impl Index {
             out.push(Snapshot::decode(&v).map_err(|e| self.corrupt(CF_SNAPSHOTS, e))?);
         }
         Ok(out)
-    }
-
-    pub(crate) fn host(&self, host: &str) -> Result<Option<HostRecord>> {
-        let cf = self.cf(CF_HOSTS)?;
-        match self
-            .db
-            .get_pinned_cf(cf, host.as_bytes())
-            .map_err(|e| self.err(e))?
-        {
-            Some(v) => Ok(Some(
-                crate::codec::decode("host record", &v).map_err(|e| self.corrupt(CF_HOSTS, e))?,
-            )),
-            None => Ok(None),
-        }
     }
 
     /// Writes the memtable to an SST file. Not needed for durability (the WAL is synced at
@@ -219,6 +225,21 @@ impl IndexBatch<'_> {
         let cf = self.index.cf(CF_HOSTS)?;
         self.batch
             .put_cf(cf, host.as_bytes(), crate::codec::encode(rec));
+        Ok(())
+    }
+    pub(crate) fn delete_blob(&mut self, id: &ChunkId) -> Result<()> {
+        let cf = self.index.cf(CF_BLOBS)?;
+        self.batch.delete_cf(cf, id.0);
+        Ok(())
+    }
+    pub(crate) fn delete_pack(&mut self, id: &PackId) -> Result<()> {
+        let cf = self.index.cf(CF_PACKS)?;
+        self.batch.delete_cf(cf, id.0);
+        Ok(())
+    }
+    pub(crate) fn delete_snapshot(&mut self, id: &crate::SnapshotId) -> Result<()> {
+        let cf = self.index.cf(CF_SNAPSHOTS)?;
+        self.batch.delete_cf(cf, id.0);
         Ok(())
     }
     /// Writes everything atomically with fsync of the WAL.

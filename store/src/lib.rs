@@ -61,11 +61,15 @@ pub mod config;
 mod error;
 mod fsutil;
 #[cfg(feature = "index")]
+mod gc;
+#[cfg(feature = "index")]
 mod index;
 #[cfg(feature = "index")]
 mod lock;
 #[cfg(feature = "index")]
 mod mmap;
+#[cfg(feature = "index")]
+mod mutation;
 mod pack;
 mod records;
 #[cfg(feature = "index")]
@@ -74,6 +78,8 @@ mod repair;
 mod repo;
 #[cfg(feature = "index")]
 mod restore;
+#[cfg(feature = "index")]
+mod retain;
 pub mod snapshot;
 mod source;
 pub mod tree;
@@ -83,7 +89,7 @@ use std::sync::atomic::AtomicU64;
 pub use xstore_chunker::{self as chunker, ChunkId, ChunkerParams};
 
 #[cfg(feature = "index")]
-pub use backup::{BackupOptions, ParentChoice, MAX_INFLIGHT_CHUNKS};
+pub use backup::{BackupOptions, ParentChoice, TierChoice, MAX_INFLIGHT_CHUNKS};
 #[cfg(feature = "index")]
 pub use browse::{entry_os_name, Change, DiffItem};
 pub use bytes::to_hex;
@@ -92,18 +98,25 @@ pub use check::{CheckOptions, CheckReport, Problem, Stats};
 pub use config::{Config, InitOptions};
 pub use error::{DecodeError, Error, Result};
 #[cfg(feature = "index")]
+pub use gc::{GcAction, GcOptions, GcPack, GcReport};
+#[cfg(feature = "index")]
 pub use lock::local_hostname;
+#[cfg(feature = "index")]
+pub use mutation::Released;
 pub use pack::BlobKind;
 pub use records::{BlobLoc, HostRecord, PackRecord};
 #[cfg(feature = "index")]
 pub use repair::{pack_files, RepairReport};
 #[cfg(feature = "index")]
-pub use repo::{Node, Repository};
+pub use repo::{now_ns, Node, Repository};
 #[cfg(feature = "index")]
 pub use restore::{RestoreOptions, RestoreSummary};
+#[cfg(feature = "index")]
+pub use retain::{Applied, RetentionSettings, DEFAULT_GC_MAX_DEAD_PERCENT, RETENTION_VERSION};
 pub use snapshot::{PathError, Snapshot, SnapshotId, SnapshotStats, SnapshotStatus};
 pub use source::{EntryMeta, LocalSource, Source, SourceFile, SourceKind};
 pub use tree::{ChunkRef, Content, Entry, EntryKind, Tree};
+pub use xstore_retention as retention;
 
 /// Live counters that long operations update, for progress displays.
 #[derive(Debug, Default)]

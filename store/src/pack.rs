@@ -105,6 +105,11 @@ pub(crate) struct PackEntry {
     pub offset: u64,
 }
 
+/// Bytes of a pack with `blobs` blobs that are not blobs: its header and trailer.
+pub(crate) fn overhead(blobs: u32) -> u64 {
+    (PACK_HEADER_LEN + FOOTER_LEN) as u64 + u64::from(blobs) * TRAILER_ENTRY_LEN as u64
+}
+
 /// A pack's identity: BLAKE3 of the whole sealed file.
 pub type PackId = ChunkId;
 

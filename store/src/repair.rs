@@ -74,6 +74,7 @@ impl Repository {
         let mut report = RepairReport::default();
         let mut batch = index.batch();
         let mut seen: HashSet<ChunkId> = HashSet::new();
+        let mut pack_records: HashMap<PackId, PackRecord> = HashMap::new();
         for (pack_id, file) in list_pack_files(&path.join("packs"))? {
             let bytes = fs::read(&file).at(&file)?;
             let entries = match pack::read_trailer(&bytes) {
@@ -85,14 +86,17 @@ impl Repository {
                 }
             };
             report.packs += 1;
-            batch.put_pack(
-                &pack_id,
-                &PackRecord {
-                    size: bytes.len() as u64,
-                    blobs: entries.len() as u32,
-                    dead_bytes: 0,
-                },
-            )?;
+            // Dead until a live blob located here is found (fixed after the mark pass).
+            let record = PackRecord {
+                size: bytes.len() as u64,
+                blobs: entries.len() as u32,
+                dead_bytes: entries
+                    .iter()
+                    .map(|e| pack::BLOB_HEADER_LEN as u64 + u64::from(e.stored_len))
+                    .sum(),
+            };
+            batch.put_pack(&pack_id, &record)?;
+            pack_records.insert(pack_id, record);
             for e in entries {
                 if seen.insert(e.id) {
                     report.blobs += 1;
@@ -142,7 +146,17 @@ impl Repository {
             if let Some(mut loc) = loc {
                 loc.refcount = expected[id];
                 batch.put_blob(id, &loc)?;
+                if loc.refcount > 0 {
+                    if let Some(rec) = pack_records.get_mut(&loc.pack) {
+                        rec.dead_bytes = rec
+                            .dead_bytes
+                            .saturating_sub(crate::mutation::stored_size(&loc));
+                    }
+                }
             }
+        }
+        for (id, rec) in &pack_records {
+            batch.put_pack(id, rec)?;
         }
         let mut hosts: HashMap<String, HostRecord> = HashMap::new();
         for s in &snapshots {

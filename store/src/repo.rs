@@ -28,6 +28,7 @@ pub struct Repository {
     pub(crate) index: Index,
     lock: Option<WriterLock>,
     files: Mutex<HashMap<PackId, Arc<fs::File>>>,
+    pub(crate) write_state: Mutex<crate::mutation::WriteState>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -58,7 +59,8 @@ impl Node {
     }
 }
 
-pub(crate) fn now_ns() -> i64 {
+/// The current time in nanoseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
@@ -145,6 +147,7 @@ impl Repository {
             index,
             lock,
             files: Mutex::new(HashMap::new()),
+            write_state: Mutex::new(Default::default()),
         }
     }
 
@@ -173,8 +176,22 @@ impl Repository {
 
     /// Opens writable: takes the writer lock and runs crash recovery.
     pub fn open(path: &Path) -> Result<Repository> {
+        Self::open_waiting(path, std::time::Duration::ZERO)
+    }
+
+    /// Like [`Repository::open`], but waits up to `wait` for another writer to finish
+    /// (cron jobs: a gc that starts while a pull runs waits instead of failing).
+    pub fn open_waiting(path: &Path, wait: std::time::Duration) -> Result<Repository> {
         let (config, params) = Self::load_config(path)?;
-        let lock = WriterLock::acquire(&path.join("locks"))?;
+        let deadline = std::time::Instant::now() + wait;
+        let lock = loop {
+            match WriterLock::acquire(&path.join("locks")) {
+                Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                other => break other?,
+            }
+        };
         crate::repair::finish_index_swap(path)?;
         let index = Index::open(&path.join("index"), false)?;
         let repo = Repository {
@@ -184,6 +201,7 @@ impl Repository {
             index,
             lock: Some(lock),
             files: Mutex::new(HashMap::new()),
+            write_state: Mutex::new(Default::default()),
         };
         repo.recover()?;
         Ok(repo)
@@ -200,6 +218,7 @@ impl Repository {
             index,
             lock: None,
             files: Mutex::new(HashMap::new()),
+            write_state: Mutex::new(Default::default()),
         })
     }
 
@@ -244,11 +263,8 @@ impl Repository {
                 fs::remove_file(item.path()).at(item.path())?;
             }
         }
-        for s in self.index.snapshots()? {
-            let p = dir.join(format!("{}.json", s.id));
-            if !p.exists() {
-                fsutil::write_atomic(&p, &s.encode())?;
-            }
+        if crate::mutation::stale_marker(self).exists() {
+            crate::mutation::resync_snapshot_copies(self)?;
         }
         Ok(())
     }
@@ -260,7 +276,8 @@ impl Repository {
         Ok(v)
     }
 
-    /// Resolves a snapshot reference: a unique hex id prefix, `HOST@latest`, or `latest`.
+    /// Resolves a snapshot reference: a unique hex id prefix, `HOST@latest`,
+    /// `HOST@latest-complete`, `HOST@TIER.N` (`web1@daily.0`), or `latest`.
     pub fn resolve(&self, reference: &str) -> Result<Snapshot> {
         let fail = |reason: &str| Error::SnapshotRef {
             reference: reference.to_string(),
@@ -280,7 +297,27 @@ impl Repository {
                     .find(|s| s.is_complete())
                     .map(|s| (*s).clone())
                     .ok_or_else(|| fail("no complete snapshot of this host")),
-                _ => Err(fail("unknown selector (use latest or latest-complete)")),
+                tier_position => {
+                    let owned: Vec<Snapshot> = of_host.iter().map(|s| (*s).clone()).collect();
+                    let positions = xstore_retention::positions(&crate::retain::candidates(&owned));
+                    let valid = tier_position.rsplit_once('.').is_some_and(|(t, n)| {
+                        xstore_retention::validate_tier_name(t).is_ok()
+                            && n.parse::<usize>().is_ok()
+                    });
+                    if !valid {
+                        return Err(fail(
+                            "unknown selector (use latest, latest-complete or TIER.N such as daily.0)",
+                        ));
+                    }
+                    owned
+                        .into_iter()
+                        .find(|s| {
+                            positions
+                                .get(&s.id.to_string())
+                                .is_some_and(|p| p.iter().any(|p| p == tier_position))
+                        })
+                        .ok_or_else(|| fail(&format!("no snapshot at {tier_position}")))
+                }
             };
         }
         if reference == "latest" {

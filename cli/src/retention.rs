@@ -1,0 +1,387 @@
+//! Retention commands: tiers, rotate, forget, pin/unpin, gc, schedule.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use xstore::retention::{parse_duration, Action, KeepPolicy, Plan, Schedule};
+use xstore::{GcAction, GcOptions, RetentionSettings};
+
+use crate::{human_bytes, open_ro, open_rw, print_json, time_of, Cli, EXIT_OK};
+
+/// Calendar rules of `xstore forget`.
+#[derive(Args, Debug, Default)]
+pub(crate) struct KeepArgs {
+    /// Keep the newest N snapshots (partial ones do not use up N).
+    #[arg(long, value_name = "N")]
+    keep_last: Option<usize>,
+    /// Keep every snapshot taken within this long before now (e.g. 2d, 36h).
+    #[arg(long, value_name = "DURATION")]
+    keep_within: Option<String>,
+    /// Keep the newest snapshot of each of the last N hours that have one.
+    #[arg(long, value_name = "N")]
+    keep_hourly: Option<usize>,
+    /// … of each of the last N days (UTC).
+    #[arg(long, value_name = "N")]
+    keep_daily: Option<usize>,
+    /// … of each of the last N ISO weeks.
+    #[arg(long, value_name = "N")]
+    keep_weekly: Option<usize>,
+    /// … of each of the last N months.
+    #[arg(long, value_name = "N")]
+    keep_monthly: Option<usize>,
+    /// … of each of the last N years.
+    #[arg(long, value_name = "N")]
+    keep_yearly: Option<usize>,
+}
+
+impl KeepArgs {
+    fn policy(&self) -> Result<KeepPolicy> {
+        let within = match &self.keep_within {
+            Some(d) => Some(parse_duration(d).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        Ok(KeepPolicy {
+            last: self.keep_last,
+            within,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+        })
+    }
+}
+
+fn print_plan(plan: &Plan) {
+    for d in &plan.decisions {
+        let id = d.id.get(..8).unwrap_or(&d.id);
+        let action = match d.action {
+            Action::Keep => "keep",
+            Action::Expire => "expire",
+        };
+        println!(
+            "{action:<6}  {id}  {:<20}  {:<20}  {}",
+            time_of(d.time),
+            d.host,
+            d.reasons.join("; ")
+        );
+    }
+}
+
+/// Shows the plan, applies it unless `dry_run`, prints what it did.
+pub(crate) fn run_plan(
+    cli: &Cli,
+    repo: &xstore::Repository,
+    plan: Plan,
+    dry_run: bool,
+) -> Result<u8> {
+    let applied = if dry_run {
+        None
+    } else {
+        Some(repo.apply_plan(&plan)?)
+    };
+    if cli.json {
+        print_json(&serde_json::json!({ "dry_run": dry_run, "plan": plan, "applied": applied }))?;
+        return Ok(EXIT_OK);
+    }
+    if !cli.quiet {
+        print_plan(&plan);
+    }
+    let expiring = plan.expired().count();
+    match applied {
+        None => {
+            if !cli.quiet {
+                println!(
+                    "dry run: would expire {expiring} of {} snapshots",
+                    plan.decisions.len()
+                );
+            }
+        }
+        Some(a) => {
+            if !cli.quiet {
+                println!(
+                    "expired {} snapshots, relabelled {}; {} blobs ({}) are now unreferenced (`xstore gc` reclaims them)",
+                    a.released.snapshots,
+                    a.relabelled,
+                    a.released.blobs,
+                    human_bytes(a.released.stored_bytes)
+                );
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+pub(crate) fn rotate(cli: &Cli, tier: &str, host: Option<&str>, dry_run: bool) -> Result<u8> {
+    let repo = crate::open_rw_or_ro(cli, dry_run)?;
+    let plan = repo.plan_rotate(tier, host)?;
+    run_plan(cli, &repo, plan, dry_run)
+}
+
+pub(crate) fn forget(
+    cli: &Cli,
+    keep: &KeepArgs,
+    host: Option<&str>,
+    now: Option<&str>,
+    dry_run: bool,
+) -> Result<u8> {
+    let policy = keep.policy()?;
+    let now_ns = match now {
+        Some(t) => {
+            let t = humantime::parse_rfc3339_weak(t).with_context(|| format!("--now {t}"))?;
+            let d = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .context("--now before 1970")?;
+            i64::try_from(d.as_nanos()).context("--now too far in the future")?
+        }
+        None => xstore::now_ns(),
+    };
+    let repo = crate::open_rw_or_ro(cli, dry_run)?;
+    let plan = repo.plan_forget(&policy, host, now_ns)?;
+    run_plan(cli, &repo, plan, dry_run)
+}
+
+pub(crate) fn pin(cli: &Cli, snapshot: &str, pinned: bool) -> Result<u8> {
+    let repo = open_rw(cli)?;
+    let s = repo.resolve(snapshot)?;
+    let s = repo.set_pinned(&s.id, pinned)?;
+    if cli.json {
+        print_json(&s)?;
+    } else if !cli.quiet {
+        println!(
+            "{} snapshot {} of {}",
+            if pinned { "pinned" } else { "unpinned" },
+            s.id.short(),
+            s.host
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+/// `10%`, `10` or `12.5%`.
+fn parse_percent(text: &str) -> Result<f64> {
+    let t = text.trim().trim_end_matches('%');
+    let v: f64 = t
+        .parse()
+        .with_context(|| format!("--max-dead {text:?}: expected a percentage such as 10%"))?;
+    if !(0.0..=100.0).contains(&v) {
+        bail!("--max-dead {text:?}: must be within 0%..100%");
+    }
+    Ok(v)
+}
+
+pub(crate) fn gc(cli: &Cli, max_dead: Option<&str>, dry_run: bool) -> Result<u8> {
+    let max_dead_percent = max_dead.map(parse_percent).transpose()?;
+    let repo = open_rw(cli)?;
+    let report = repo.gc(&GcOptions {
+        max_dead_percent,
+        dry_run,
+    })?;
+    if cli.json {
+        print_json(&report)?;
+        return Ok(EXIT_OK);
+    }
+    if cli.verbose > 0 {
+        for p in &report.packs {
+            let action = match p.action {
+                GcAction::Delete => "delete",
+                GcAction::Rewrite => "rewrite",
+                GcAction::Skip => "skip",
+            };
+            println!(
+                "{action:<7}  {}  {} dead of {}{}",
+                &p.pack[..16],
+                human_bytes(p.dead_bytes),
+                human_bytes(p.size),
+                p.note
+                    .as_deref()
+                    .map(|n| format!("  ({n})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if !cli.quiet {
+        println!(
+            "{}{} packs deleted, {} rewritten ({} blobs, {} copied), {} skipped; freed {} ({} bytes); {} dead below the {}% threshold remain",
+            if dry_run { "dry run: " } else { "" },
+            report.packs_deleted,
+            report.packs_rewritten,
+            report.blobs_moved,
+            human_bytes(report.bytes_copied),
+            report.packs_skipped,
+            human_bytes(report.bytes_freed),
+            report.bytes_freed,
+            human_bytes(report.dead_bytes_remaining),
+            report.max_dead_percent
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+pub(crate) fn tiers(
+    cli: &Cli,
+    host: Option<&str>,
+    set: Option<&str>,
+    reset: bool,
+    gc_max_dead: Option<&str>,
+) -> Result<u8> {
+    let changing = set.is_some() || reset || gc_max_dead.is_some();
+    let settings = if changing {
+        let repo = open_rw(cli)?;
+        let mut s = repo.retention_settings()?;
+        if let Some(text) = set {
+            let schedule = Schedule::parse(text)?;
+            match host {
+                Some(h) => {
+                    xstore::snapshot::validate_host(h).map_err(anyhow::Error::msg)?;
+                    s.schedules.hosts.insert(h.to_string(), schedule);
+                }
+                None => s.schedules.default = schedule,
+            }
+        }
+        if reset {
+            match host {
+                Some(h) => {
+                    s.schedules.hosts.remove(h);
+                }
+                None => s.schedules = Default::default(),
+            }
+        }
+        if let Some(p) = gc_max_dead {
+            s.gc_max_dead_percent = parse_percent(p)?;
+        }
+        repo.set_retention_settings(&s)?;
+        s
+    } else {
+        open_ro(cli)?.retention_settings()?
+    };
+    print_settings(cli, &settings, host)
+}
+
+fn print_settings(cli: &Cli, s: &RetentionSettings, host: Option<&str>) -> Result<u8> {
+    if cli.json {
+        print_json(s)?;
+        return Ok(EXIT_OK);
+    }
+    if cli.quiet {
+        return Ok(EXIT_OK);
+    }
+    match host {
+        Some(h) => println!("{h}: {}", s.schedules.for_host(h)),
+        None => {
+            println!("default: {}", s.schedules.default);
+            for (h, sch) in &s.schedules.hosts {
+                println!("{h}: {sch}");
+            }
+        }
+    }
+    println!("gc rewrites packs over {}% dead", s.gc_max_dead_percent);
+    Ok(EXIT_OK)
+}
+
+/// One job of the seed service's schedule.
+#[derive(serde::Serialize)]
+struct Job {
+    name: &'static str,
+    description: &'static str,
+    /// cron fields (minute hour day-of-month month day-of-week).
+    cron: &'static str,
+    /// systemd OnCalendar expression.
+    on_calendar: &'static str,
+    command: String,
+}
+
+fn jobs(xstore: &str, repo: &str, pull: &str) -> Vec<Job> {
+    let wait = "--lock-wait 3h";
+    let cmd = |args: &str| format!("{xstore} --repo {repo} -q {wait} {args}");
+    // rsnapshot's documented order: higher tiers rotate before lower ones, and before the
+    // pull that feeds the lowest tier, so a promotion never takes a snapshot just made.
+    vec![
+        Job {
+            name: "xstore-rotate-monthly",
+            description: "promote the oldest weekly snapshot to monthly",
+            cron: "30 2 1 * *",
+            on_calendar: "*-*-01 02:30:00",
+            command: cmd("rotate monthly --all"),
+        },
+        Job {
+            name: "xstore-rotate-weekly",
+            description: "promote the oldest daily snapshot to weekly",
+            cron: "0 3 * * 1",
+            on_calendar: "Mon *-*-* 03:00:00",
+            command: cmd("rotate weekly --all"),
+        },
+        Job {
+            name: "xstore-rotate-daily",
+            description: "promote the oldest hourly snapshot to daily",
+            cron: "30 3 * * *",
+            on_calendar: "*-*-* 03:30:00",
+            command: cmd("rotate daily --all"),
+        },
+        Job {
+            name: "xstore-pull",
+            description: "back up every host (new snapshots enter the hourly tier)",
+            cron: "0 */4 * * *",
+            on_calendar: "*-*-* 00/4:00:00",
+            command: format!("{xstore} --repo {repo} -q {wait} {pull}"),
+        },
+        Job {
+            name: "xstore-gc",
+            description: "reclaim the space of expired snapshots",
+            cron: "0 5 * * *",
+            on_calendar: "*-*-* 05:00:00",
+            command: cmd("gc"),
+        },
+    ]
+}
+
+pub(crate) fn schedule(
+    cli: &Cli,
+    systemd: bool,
+    xstore: &str,
+    pull: &str,
+    user: &str,
+) -> Result<u8> {
+    let repo = crate::repo_path(cli)?;
+    let repo = repo.display().to_string();
+    if repo.contains(char::is_whitespace) {
+        bail!("repository path {repo:?} contains whitespace; use a path without it in schedules");
+    }
+    let jobs = jobs(xstore, &repo, pull);
+    if cli.json {
+        print_json(&jobs)?;
+        return Ok(EXIT_OK);
+    }
+    if !systemd {
+        println!("# xstore: the seed service's schedule, for /etc/cron.d/xstore");
+        println!("# Higher tiers rotate first (rsnapshot's order); --lock-wait makes overlapping jobs queue.");
+        println!("SHELL=/bin/sh");
+        println!("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        for j in &jobs {
+            println!("# {}: {}", j.name, j.description);
+            println!("{:<14} {user} {}", j.cron, j.command);
+        }
+        return Ok(EXIT_OK);
+    }
+    for j in &jobs {
+        println!("# /etc/systemd/system/{}.service", j.name);
+        println!("[Unit]\nDescription=xstore: {}\n", j.description);
+        println!(
+            "[Service]\nType=oneshot\nUser={user}\nNice=10\nIOSchedulingClass=idle\nExecStart={}\n",
+            j.command
+        );
+        println!("# /etc/systemd/system/{}.timer", j.name);
+        println!("[Unit]\nDescription=xstore: {} (timer)\n", j.description);
+        println!(
+            "[Timer]\nOnCalendar={}\nPersistent=true\nRandomizedDelaySec=0\n\n[Install]\nWantedBy=timers.target\n",
+            j.on_calendar
+        );
+    }
+    println!(
+        "# enable with: systemctl daemon-reload && systemctl enable --now {}",
+        jobs.iter()
+            .map(|j| format!("{}.timer", j.name))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,388 @@
+//! Reclaim (`gc`): packs whose blobs are all dead are deleted; packs whose dead fraction
+//! passes the threshold are rewritten with their live blobs. Plan first (read-only), then
+//! copy live blobs into new sealed packs, then one atomic index batch that re-points moved
+//! blobs and drops dead ones, and only then delete the old pack files (FORMAT.md §Crash
+//! safety). The commit re-validates every pack under the write lock: a pack whose blobs were
+//! revived or are protected for an in-flight backup since the plan is left alone.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::error::{Error, IoContext, Result};
+use crate::index::{BlobLoc, PackRecord};
+use crate::mutation::{stored_size, Mutation};
+use crate::pack::{self, PackEntry, PackId, PackWriter, SealedPack};
+use crate::repo::Repository;
+use crate::ChunkId;
+
+/// Options for [`Repository::gc`].
+#[derive(Debug, Clone, Default)]
+pub struct GcOptions {
+    /// Rewrite packs whose dead bytes exceed this percentage; `None` uses the repository's
+    /// setting (`retention.json`, default 10).
+    pub max_dead_percent: Option<f64>,
+    /// Plan only: report what would be freed, change nothing.
+    pub dry_run: bool,
+}
+
+/// What gc does with one pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GcAction {
+    /// No live blob: the file goes.
+    Delete,
+    /// Live blobs are copied to a new pack, then the file goes.
+    Rewrite,
+    /// Left alone this time (a blob revived or protected since the plan, or unreadable).
+    Skip,
+}
+
+/// One pack in a gc plan or report.
+#[derive(Debug, Clone, Serialize)]
+pub struct GcPack {
+    /// Pack id (hex).
+    pub pack: String,
+    /// File size.
+    pub size: u64,
+    /// Dead bytes recorded for it.
+    pub dead_bytes: u64,
+    /// Live blobs it holds.
+    pub live_blobs: u64,
+    /// Bytes those live blobs take.
+    pub live_bytes: u64,
+    /// What gc does (or did).
+    pub action: GcAction,
+    /// Why a pack was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The result of [`Repository::gc`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    /// Nothing was changed.
+    pub dry_run: bool,
+    /// The threshold used, percent.
+    pub max_dead_percent: f64,
+    /// Packs in the repository.
+    pub packs_total: u64,
+    /// Packs deleted (no live blob).
+    pub packs_deleted: u64,
+    /// Packs rewritten.
+    pub packs_rewritten: u64,
+    /// Packs gc meant to handle but left alone.
+    pub packs_skipped: u64,
+    /// New packs written.
+    pub packs_written: u64,
+    /// Blobs copied to new packs.
+    pub blobs_moved: u64,
+    /// Bytes copied.
+    pub bytes_copied: u64,
+    /// Index entries of dead blobs removed.
+    pub blobs_dropped: u64,
+    /// Bytes freed on disk (old pack files minus new ones); an estimate when `dry_run`.
+    pub bytes_freed: u64,
+    /// Dead bytes left in packs below the threshold.
+    pub dead_bytes_remaining: u64,
+    /// Per pack.
+    pub packs: Vec<GcPack>,
+}
+
+/// A candidate pack, classified against the index.
+struct Candidate {
+    id: PackId,
+    record: PackRecord,
+    live: Vec<PackEntry>,
+    dead: Vec<PackEntry>,
+}
+
+impl Repository {
+    /// Classifies the blobs of one pack: live ones (the index points here with a reference)
+    /// and dead ones (the index points here, refcount 0). Copies elsewhere are neither.
+    fn classify(&self, id: &PackId, record: PackRecord) -> Result<Candidate> {
+        let map = self.map_pack(id)?;
+        let path = pack::pack_path(&self.packs_dir(), id);
+        let entries = pack::read_trailer(&map).map_err(|source| Error::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
+        let mut c = Candidate {
+            id: *id,
+            record,
+            live: Vec::new(),
+            dead: Vec::new(),
+        };
+        for (e, loc) in entries.iter().zip(self.index.blobs(&ids)?) {
+            match loc {
+                Some(l) if l.pack == *id && l.offset == e.offset => {
+                    if l.refcount > 0 {
+                        c.live.push(*e);
+                    } else {
+                        c.dead.push(*e);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(c)
+    }
+
+    /// Reclaims space: deletes packs without live blobs and rewrites packs whose dead
+    /// fraction exceeds the threshold. Safe against a backup running in this process (see
+    /// mutation.rs); other processes cannot write (writer lock).
+    pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        self.require_writable()?;
+        let threshold = match opts.max_dead_percent {
+            Some(p) if (0.0..=100.0).contains(&p) => p,
+            Some(p) => {
+                return Err(Error::InvalidArgument(format!(
+                    "--max-dead {p}% is not within 0..100%"
+                )))
+            }
+            None => self.retention_settings()?.gc_max_dead_percent,
+        };
+        let mut report = GcReport {
+            dry_run: opts.dry_run,
+            max_dead_percent: threshold,
+            ..Default::default()
+        };
+        let protected = self
+            .write_state
+            .lock()
+            .map_err(crate::repo::poisoned)?
+            .protected();
+        let mut candidates = Vec::new();
+        for (id, rec) in self.index.packs()? {
+            report.packs_total += 1;
+            if rec.dead_bytes == 0 {
+                continue;
+            }
+            let fraction = rec.dead_bytes as f64 * 100.0 / rec.size.max(1) as f64;
+            let blob_bytes = rec.size.saturating_sub(pack::overhead(rec.blobs));
+            let maybe_all_dead = rec.dead_bytes >= blob_bytes;
+            if !(maybe_all_dead || fraction > threshold) {
+                // Below the threshold: not even its trailer is read (gc cost follows what
+                // it reclaims, not the repository's size).
+                report.dead_bytes_remaining += rec.dead_bytes;
+                continue;
+            }
+            let c = self.classify(&id, rec)?;
+            let live_bytes: u64 = c.live.iter().map(entry_size).sum();
+            let mut row = GcPack {
+                pack: id.to_string(),
+                size: rec.size,
+                dead_bytes: rec.dead_bytes,
+                live_blobs: c.live.len() as u64,
+                live_bytes,
+                action: if c.live.is_empty() {
+                    GcAction::Delete
+                } else {
+                    GcAction::Rewrite
+                },
+                note: None,
+            };
+            if c.dead.iter().any(|e| protected.contains(&e.id)) {
+                row.action = GcAction::Skip;
+                row.note = Some("holds blobs a running backup may reference".into());
+            }
+            if row.action != GcAction::Skip {
+                candidates.push(c);
+            }
+            report.packs.push(row);
+        }
+        if opts.dry_run {
+            for row in report.packs.iter().filter(|r| r.action != GcAction::Skip) {
+                // The copy costs its blobs plus a share of a new pack's header and trailer.
+                report.bytes_freed += row.size.saturating_sub(row.live_bytes);
+            }
+            tally(&mut report);
+            return Ok(report);
+        }
+        self.reclaim(candidates, &mut report)?;
+        tally(&mut report);
+        Ok(report)
+    }
+
+    fn reclaim(&self, candidates: Vec<Candidate>, report: &mut GcReport) -> Result<()> {
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        // 1. Copy live blobs (verified: a corrupt blob is never copied) into new packs.
+        let mut writer: Option<PackWriter> = None;
+        let mut sealed: Vec<SealedPack> = Vec::new();
+        let mut copied: HashMap<PackId, HashSet<ChunkId>> = HashMap::new();
+        let mut unreadable: HashMap<PackId, String> = HashMap::new();
+        let copy = (|| -> Result<()> {
+            for c in &candidates {
+                if c.live.is_empty() {
+                    continue;
+                }
+                let map = self.map_pack(&c.id)?;
+                let mut ok = HashSet::new();
+                for e in &c.live {
+                    if let Err(err) = pack::read_blob(&map, e) {
+                        unreadable.insert(c.id, format!("blob {}: {err}", e.id));
+                        break;
+                    }
+                    let start = e.offset as usize + pack::BLOB_HEADER_LEN;
+                    let stored = &map[start..start + e.stored_len as usize];
+                    if writer.is_none() {
+                        writer = Some(PackWriter::create(&self.tmp_dir())?);
+                    }
+                    if let Some(w) = writer.as_mut() {
+                        w.add(e.id, e.kind, e.compression, e.raw_len, stored)?;
+                        if w.len() >= self.config().pack_size {
+                            if let Some(w) = writer.take() {
+                                sealed.push(w.seal(&self.packs_dir())?);
+                            }
+                        }
+                    }
+                    ok.insert(e.id);
+                }
+                copied.insert(c.id, ok);
+            }
+            if let Some(w) = writer.take() {
+                sealed.push(w.seal(&self.packs_dir())?);
+            }
+            Ok(())
+        })();
+        if let Err(e) = copy {
+            if let Some(w) = writer.take() {
+                w.discard();
+            }
+            for p in &sealed {
+                let path = pack::pack_path(&self.packs_dir(), &p.id);
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+        crate::failpoint("gc-after-copy");
+        // Where each copied blob now lives.
+        let mut new_loc: HashMap<ChunkId, BlobLoc> = HashMap::new();
+        for p in &sealed {
+            for e in &p.entries {
+                new_loc.insert(
+                    e.id,
+                    BlobLoc {
+                        pack: p.id,
+                        offset: e.offset,
+                        stored_len: e.stored_len,
+                        raw_len: e.raw_len,
+                        kind: e.kind,
+                        refcount: 0,
+                    },
+                );
+            }
+        }
+        // 2. One atomic batch, re-validated under the write lock.
+        let mut m = Mutation::begin(self)?;
+        let protected = m.state.protected();
+        let mut live_in_new: HashSet<ChunkId> = HashSet::new();
+        let mut gone: Vec<(PackId, u64)> = Vec::new();
+        for c in &candidates {
+            let all: Vec<ChunkId> = c.live.iter().chain(&c.dead).map(|e| e.id).collect();
+            m.prefetch(&all)?;
+            let mine = copied.get(&c.id);
+            let mut skip = unreadable.get(&c.id).cloned();
+            let mut moves = Vec::new();
+            let mut drops = Vec::new();
+            for e in c.live.iter().chain(&c.dead) {
+                let Some(loc) = m.loc(&e.id)? else { continue };
+                if loc.pack != c.id || loc.offset != e.offset {
+                    continue;
+                }
+                let was_copied = mine.is_some_and(|s| s.contains(&e.id));
+                if loc.refcount > 0 && !was_copied {
+                    skip.get_or_insert_with(|| format!("blob {} was revived since the plan", e.id));
+                } else if loc.refcount == 0 && protected.contains(&e.id) {
+                    skip.get_or_insert_with(|| {
+                        format!("blob {} may be referenced by a running backup", e.id)
+                    });
+                } else if was_copied {
+                    moves.push((e.id, loc.refcount));
+                } else {
+                    drops.push(e.id);
+                }
+            }
+            let row = report.packs.iter_mut().find(|r| r.pack == c.id.to_string());
+            if let Some(note) = skip {
+                if let Some(row) = row {
+                    row.action = GcAction::Skip;
+                    row.note = Some(note);
+                }
+                continue;
+            }
+            for (id, refcount) in moves {
+                if let Some(l) = new_loc.get(&id) {
+                    m.set_loc(id, Some(BlobLoc { refcount, ..*l }));
+                    if refcount > 0 {
+                        live_in_new.insert(id);
+                    }
+                    report.blobs_moved += 1;
+                    report.bytes_copied += stored_size(l);
+                }
+            }
+            report.blobs_dropped += drops.len() as u64;
+            for id in drops {
+                m.set_loc(id, None);
+            }
+            m.set_pack(c.id, None);
+            gone.push((c.id, c.record.size));
+        }
+        // New packs: every copy that did not end up live counts as dead there.
+        for p in &sealed {
+            let dead: u64 = p
+                .entries
+                .iter()
+                .filter(|e| !live_in_new.contains(&e.id))
+                .map(entry_size)
+                .sum();
+            m.set_pack(
+                p.id,
+                Some(PackRecord {
+                    size: p.size,
+                    blobs: p.entries.len() as u32,
+                    dead_bytes: dead,
+                }),
+            );
+        }
+        m.commit()?;
+        report.packs_written = sealed.len() as u64;
+        // 3. Only now the old files go (a crash here leaves files no pack record names,
+        // which recovery deletes).
+        let mut dirs = HashSet::new();
+        for (id, _) in &gone {
+            let path = pack::pack_path(&self.packs_dir(), id);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(&path),
+                _ => {}
+            }
+            if let Some(d) = path.parent() {
+                dirs.insert(d.to_path_buf());
+            }
+        }
+        for d in dirs {
+            crate::fsutil::sync_dir(&d)?;
+        }
+        let old: u64 = gone.iter().map(|(_, s)| s).sum();
+        let new: u64 = sealed.iter().map(|p| p.size).sum();
+        report.bytes_freed = old.saturating_sub(new);
+        Ok(())
+    }
+}
+
+fn entry_size(e: &PackEntry) -> u64 {
+    pack::BLOB_HEADER_LEN as u64 + u64::from(e.stored_len)
+}
+
+fn tally(report: &mut GcReport) {
+    for row in &report.packs {
+        match row.action {
+            GcAction::Delete => report.packs_deleted += 1,
+            GcAction::Rewrite => report.packs_rewritten += 1,
+            GcAction::Skip => report.packs_skipped += 1,
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! Every change to reference counts goes through a [`Mutation`]: an overlay of index changes
+//! applied as one atomic, synced batch while the process-wide write state is locked, so
+//! commits, expiries and reclaims of one process are serialized (DESIGN §4, invariant 5).
+//!
+//! The race between a backup and reclaim: a backup session may deduplicate against a blob
+//! (find it live in the index, or reuse it from its parent snapshot) that an expiry then
+//! kills before the backup commits. Such blobs are *protected*: while any session is active,
+//! the ids that die are recorded with an epoch, and reclaim (gc) leaves every blob that died
+//! after the oldest active session started. Blobs that were already dead when a session
+//! started are never deduplicated against ([`crate::Repository`] treats refcount 0 as absent
+//! when claiming), so they need no protection. A commit that references a dead blob revives
+//! it (refcount 0 → n, its pack's dead bytes shrink).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::MutexGuard;
+
+use crate::error::{Error, IoContext, Result};
+use crate::index::{BlobLoc, HostRecord, PackRecord};
+use crate::pack::{BlobKind, PackId, BLOB_HEADER_LEN};
+use crate::repo::{poisoned, Repository};
+use crate::snapshot::{Snapshot, SnapshotId};
+use crate::tree::{chunk_list_children, decode_chunk_list, Tree};
+use crate::{fsutil, ChunkId};
+
+/// In-process bookkeeping behind the write lock.
+#[derive(Debug, Default)]
+pub(crate) struct WriteState {
+    /// Advances on every committed expiry.
+    epoch: u64,
+    next_session: u64,
+    /// Active backup sessions and the epoch each started at.
+    sessions: BTreeMap<u64, u64>,
+    /// Blobs that died after some active session started, with the epoch of death.
+    deaths: Vec<(u64, ChunkId)>,
+}
+
+impl WriteState {
+    fn prune(&mut self) {
+        match self.sessions.values().min().copied() {
+            None => self.deaths.clear(),
+            Some(oldest) => self.deaths.retain(|(e, _)| *e > oldest),
+        }
+    }
+    /// Ids reclaim must not drop now.
+    pub(crate) fn protected(&self) -> HashSet<ChunkId> {
+        self.deaths.iter().map(|(_, id)| *id).collect()
+    }
+}
+
+/// An active backup session; ends (and releases its protection) on drop.
+pub(crate) struct SessionGuard<'r> {
+    repo: &'r Repository,
+    token: u64,
+}
+
+impl Repository {
+    pub(crate) fn begin_session(&self) -> Result<SessionGuard<'_>> {
+        let mut st = self.write_state.lock().map_err(poisoned)?;
+        let token = st.next_session;
+        st.next_session += 1;
+        let epoch = st.epoch;
+        st.sessions.insert(token, epoch);
+        Ok(SessionGuard { repo: self, token })
+    }
+}
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.repo.write_state.lock() {
+            st.sessions.remove(&self.token);
+            st.prune();
+        }
+    }
+}
+
+/// Size a blob takes in its pack.
+pub(crate) fn stored_size(loc: &BlobLoc) -> u64 {
+    BLOB_HEADER_LEN as u64 + u64::from(loc.stored_len)
+}
+
+/// What a mutation released.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Released {
+    /// Snapshots expired.
+    pub snapshots: u64,
+    /// Blobs whose reference count reached zero.
+    pub blobs: u64,
+    /// Pack bytes those blobs take (reclaimed by the next gc).
+    pub stored_bytes: u64,
+}
+
+/// An overlay of index changes, committed atomically.
+pub(crate) struct Mutation<'r> {
+    repo: &'r Repository,
+    pub(crate) state: MutexGuard<'r, WriteState>,
+    blobs: HashMap<ChunkId, Option<BlobLoc>>,
+    packs: HashMap<PackId, Option<PackRecord>>,
+    snapshots: BTreeMap<SnapshotId, Option<Snapshot>>,
+    died: Vec<ChunkId>,
+    pub(crate) released: Released,
+}
+
+impl<'r> Mutation<'r> {
+    pub(crate) fn begin(repo: &'r Repository) -> Result<Self> {
+        repo.require_writable()?;
+        Ok(Mutation {
+            repo,
+            state: repo.write_state.lock().map_err(poisoned)?,
+            blobs: HashMap::new(),
+            packs: HashMap::new(),
+            snapshots: BTreeMap::new(),
+            died: Vec::new(),
+            released: Released::default(),
+        })
+    }
+
+    /// Loads the current locations of `ids` not yet in the overlay (one batched read).
+    pub(crate) fn prefetch(&mut self, ids: &[ChunkId]) -> Result<()> {
+        let want: Vec<ChunkId> = ids
+            .iter()
+            .filter(|id| !self.blobs.contains_key(id))
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if want.is_empty() {
+            return Ok(());
+        }
+        for (id, loc) in want.iter().zip(self.repo.index.blobs(&want)?) {
+            self.blobs.insert(*id, loc);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn loc(&mut self, id: &ChunkId) -> Result<Option<BlobLoc>> {
+        if let Some(l) = self.blobs.get(id) {
+            return Ok(*l);
+        }
+        let l = self.repo.index.blob(id)?;
+        self.blobs.insert(*id, l);
+        Ok(l)
+    }
+
+    pub(crate) fn set_loc(&mut self, id: ChunkId, loc: Option<BlobLoc>) {
+        self.blobs.insert(id, loc);
+    }
+
+    pub(crate) fn pack(&mut self, id: &PackId) -> Result<Option<PackRecord>> {
+        if let Some(p) = self.packs.get(id) {
+            return Ok(*p);
+        }
+        let p = self.repo.index.pack(id)?;
+        self.packs.insert(*id, p);
+        Ok(p)
+    }
+
+    pub(crate) fn set_pack(&mut self, id: PackId, rec: Option<PackRecord>) {
+        self.packs.insert(id, rec);
+    }
+
+    /// Adds `delta` (may be negative for dead-byte corrections) to a pack's dead bytes.
+    fn adjust_dead(&mut self, pack: &PackId, add: u64, sub: u64) -> Result<()> {
+        let mut rec = self.pack(pack)?.ok_or_else(|| Error::Corrupt {
+            path: self.repo.path().join("index/packs"),
+            source: crate::DecodeError::Invalid {
+                what: "pack record",
+                offset: 0,
+                reason: format!("pack {pack} holds indexed blobs but has no record"),
+            },
+        })?;
+        rec.dead_bytes = rec.dead_bytes.saturating_add(add).saturating_sub(sub);
+        self.packs.insert(*pack, Some(rec));
+        Ok(())
+    }
+
+    /// Adds references to an existing blob, reviving it when it was dead.
+    pub(crate) fn add_refs(&mut self, id: &ChunkId, n: u64) -> Result<()> {
+        let mut loc = self.loc(id)?.ok_or(Error::MissingBlob(*id))?;
+        if loc.refcount == 0 && n > 0 {
+            self.adjust_dead(&loc.pack, 0, stored_size(&loc))?;
+        }
+        loc.refcount += n;
+        self.blobs.insert(*id, Some(loc));
+        Ok(())
+    }
+
+    /// Inserts a blob just written to a sealed pack. When the index already has a live copy
+    /// (another session of this process committed it first) the existing copy wins, the new
+    /// one counts as dead in its pack, and false is returned: the caller must then not count
+    /// the blob's children again.
+    pub(crate) fn insert_new(&mut self, id: &ChunkId, loc: BlobLoc) -> Result<bool> {
+        match self.loc(id)? {
+            Some(existing) if existing.refcount > 0 => {
+                self.adjust_dead(&loc.pack, stored_size(&loc), 0)?;
+                Ok(false)
+            }
+            _ => {
+                // Absent, or dead (its old copy is already counted dead in its old pack).
+                self.blobs.insert(*id, Some(BlobLoc { refcount: 0, ..loc }));
+                // Dead until referenced: add_refs revives it and fixes the pack's dead bytes.
+                self.adjust_dead(&loc.pack, stored_size(&loc), 0)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Drops one reference to `root`; every blob reaching zero drops its children in turn.
+    /// Walks only what dies (iteratively: no recursion on hostile depth).
+    pub(crate) fn release(&mut self, root: ChunkId) -> Result<()> {
+        let mut stack = vec![root];
+        while let Some(id) = stack.pop() {
+            let mut loc = self.loc(&id)?.ok_or(Error::MissingBlob(id))?;
+            if loc.refcount == 0 {
+                return Err(Error::RefcountUnderflow(id));
+            }
+            loc.refcount -= 1;
+            self.blobs.insert(id, Some(loc));
+            if loc.refcount > 0 {
+                continue;
+            }
+            self.adjust_dead(&loc.pack, stored_size(&loc), 0)?;
+            self.died.push(id);
+            self.released.blobs += 1;
+            self.released.stored_bytes += stored_size(&loc);
+            let children = match loc.kind {
+                BlobKind::Data => continue,
+                BlobKind::Tree => {
+                    let raw = self.repo.read_located(&id, &loc)?;
+                    Tree::decode(&raw)
+                        .map_err(|source| Error::CorruptBlob {
+                            id,
+                            pack: loc.pack.to_string(),
+                            source,
+                        })?
+                        .children()
+                }
+                BlobKind::ChunkList => {
+                    let raw = self.repo.read_located(&id, &loc)?;
+                    let chunks = decode_chunk_list(&raw).map_err(|source| Error::CorruptBlob {
+                        id,
+                        pack: loc.pack.to_string(),
+                        source,
+                    })?;
+                    chunk_list_children(&chunks)
+                }
+            };
+            self.prefetch(&children)?;
+            stack.extend(children);
+        }
+        Ok(())
+    }
+
+    /// Adds or replaces a snapshot record.
+    pub(crate) fn put_snapshot(&mut self, s: Snapshot) {
+        self.snapshots.insert(s.id, Some(s));
+    }
+
+    /// Expires a snapshot: removes its record and releases its root.
+    pub(crate) fn expire(&mut self, s: &Snapshot) -> Result<()> {
+        self.snapshots.insert(s.id, None);
+        self.released.snapshots += 1;
+        self.release(s.root)
+    }
+
+    /// Writes everything in one synced batch, then brings the snapshot copies up to date.
+    /// Order (FORMAT.md §Crash safety): stale marker, index batch, copies, marker removed.
+    pub(crate) fn commit(mut self) -> Result<Released> {
+        let mut batch = self.repo.index.batch();
+        for (id, loc) in &self.blobs {
+            match loc {
+                Some(l) => batch.put_blob(id, l)?,
+                None => batch.delete_blob(id)?,
+            }
+        }
+        for (id, rec) in &self.packs {
+            match rec {
+                Some(r) => batch.put_pack(id, r)?,
+                None => batch.delete_pack(id)?,
+            }
+        }
+        let touched_hosts: BTreeSet<String> = self
+            .snapshots
+            .iter()
+            .map(|(id, s)| match s {
+                Some(s) => Ok(s.host.clone()),
+                None => self
+                    .repo
+                    .index
+                    .snapshot(id)
+                    .map(|o| o.map(|s| s.host).unwrap_or_default()),
+            })
+            .collect::<Result<_>>()?;
+        if !self.snapshots.is_empty() {
+            // Host records follow the snapshots that remain.
+            let mut after: HashMap<SnapshotId, Snapshot> = self
+                .repo
+                .index
+                .snapshots()?
+                .into_iter()
+                .filter(|s| touched_hosts.contains(&s.host))
+                .map(|s| (s.id, s))
+                .collect();
+            for (id, s) in &self.snapshots {
+                match s {
+                    Some(s) => {
+                        after.insert(*id, s.clone());
+                        batch.put_snapshot(s)?;
+                    }
+                    None => {
+                        after.remove(id);
+                        batch.delete_snapshot(id)?;
+                    }
+                }
+            }
+            for host in touched_hosts.iter().filter(|h| !h.is_empty()) {
+                let mut of_host: Vec<&Snapshot> =
+                    after.values().filter(|s| &s.host == host).collect();
+                of_host.sort_by_key(|s| (s.start_ns, s.id));
+                let rec = HostRecord {
+                    latest: of_host.last().map(|s| s.id.0),
+                    latest_complete: of_host
+                        .iter()
+                        .rev()
+                        .find(|s| s.is_complete())
+                        .map(|s| s.id.0),
+                    snapshots: of_host.len() as u64,
+                };
+                batch.put_host(host, &rec)?;
+            }
+            write_stale_marker(self.repo)?;
+        }
+        crate::failpoint("before-commit");
+        batch.commit()?;
+        crate::failpoint("after-commit");
+        if !self.died.is_empty() {
+            self.state.epoch += 1;
+            if !self.state.sessions.is_empty() {
+                let epoch = self.state.epoch;
+                let died = std::mem::take(&mut self.died);
+                self.state
+                    .deaths
+                    .extend(died.into_iter().map(|id| (epoch, id)));
+            }
+        }
+        if let Err(e) = self.repo.index.flush() {
+            tracing::warn!(error = %e, "index flush after commit failed (the commit is durable)");
+        }
+        if !self.snapshots.is_empty() {
+            let dir = self.repo.snapshots_dir();
+            for (id, s) in &self.snapshots {
+                let path = dir.join(format!("{id}.json"));
+                match s {
+                    Some(s) => fsutil::write_atomic(&path, &s.encode())?,
+                    None => match std::fs::remove_file(&path) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(e).at(&path)
+                        }
+                        _ => {}
+                    },
+                }
+            }
+            fsutil::sync_dir(&dir)?;
+            clear_stale_marker(self.repo)?;
+        }
+        Ok(self.released)
+    }
+}
+
+/// While this file exists the snapshot copies may lag the index; recovery resyncs them.
+pub(crate) fn stale_marker(repo: &Repository) -> PathBuf {
+    repo.path().join("locks").join("snapshot-copies-stale")
+}
+
+fn write_stale_marker(repo: &Repository) -> Result<()> {
+    let path = stale_marker(repo);
+    if path.exists() {
+        return Ok(());
+    }
+    fsutil::write_atomic(&path, b"snapshot copies are being updated\n")
+}
+
+fn clear_stale_marker(repo: &Repository) -> Result<()> {
+    let path = stale_marker(repo);
+    std::fs::remove_file(&path).at(&path)?;
+    fsutil::sync_dir(&repo.path().join("locks"))
+}
+
+/// Recovery: makes `snapshots/` equal the index's records (rewrites differing or missing
+/// copies, removes copies of snapshots the index no longer has), then clears the marker.
+pub(crate) fn resync_snapshot_copies(repo: &Repository) -> Result<()> {
+    let dir = repo.snapshots_dir();
+    let records = repo.index.snapshots()?;
+    let known: HashSet<String> = records.iter().map(|s| format!("{}.json", s.id)).collect();
+    for s in &records {
+        let path = dir.join(format!("{}.json", s.id));
+        let want = s.encode();
+        if std::fs::read(&path).ok().as_deref() != Some(&want[..]) {
+            fsutil::write_atomic(&path, &want)?;
+        }
+    }
+    for item in std::fs::read_dir(&dir).at(&dir)? {
+        let item = item.at(&dir)?;
+        let name = item.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".json") && !name.starts_with('.') && !known.contains(&name) {
+            std::fs::remove_file(item.path()).at(item.path())?;
+        }
+    }
+    fsutil::sync_dir(&dir)?;
+    clear_stale_marker(repo)
+}

@@ -1,0 +1,244 @@
+//! Retention in the store: settings (`retention.json`), tier positions, and applying the
+//! plans of `xstore-retention` (rotate, forget, pin) in one atomic index batch each.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use xstore_retention::{
+    plan_keep, plan_tiers, Action, Candidate, KeepPolicy, Plan, Schedules, Step,
+};
+
+use crate::error::{DecodeError, Error, IoContext, Result};
+use crate::fsutil;
+use crate::mutation::{Mutation, Released};
+use crate::repo::Repository;
+use crate::snapshot::{validate_host, Snapshot, SnapshotId};
+
+/// `retention.json` format version.
+pub const RETENTION_VERSION: u32 = 1;
+/// Default gc threshold: packs with more dead bytes than this percentage are rewritten.
+pub const DEFAULT_GC_MAX_DEAD_PERCENT: f64 = 10.0;
+
+/// Retention settings of a repository (`REPO/retention.json`; defaults when absent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Always [`RETENTION_VERSION`].
+    pub version: u32,
+    /// Tier schedules: the repository default and per-host overrides.
+    pub schedules: Schedules,
+    /// gc rewrites packs whose dead bytes exceed this percentage of the pack.
+    pub gc_max_dead_percent: f64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings {
+            version: RETENTION_VERSION,
+            schedules: Schedules::default(),
+            gc_max_dead_percent: DEFAULT_GC_MAX_DEAD_PERCENT,
+        }
+    }
+}
+
+impl RetentionSettings {
+    /// Decodes and validates `retention.json`.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let invalid = |reason: String| DecodeError::Invalid {
+            what: "retention settings",
+            offset: 0,
+            reason,
+        };
+        let s: RetentionSettings =
+            serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+        if s.version != RETENTION_VERSION {
+            return Err(DecodeError::BadMagic {
+                what: "retention settings version",
+                expected: RETENTION_VERSION.to_string(),
+                found: s.version.to_string(),
+            });
+        }
+        s.validate().map_err(invalid)?;
+        Ok(s)
+    }
+
+    /// Checks host names of overrides and the gc threshold.
+    pub fn validate(&self) -> Result<(), String> {
+        for host in self.schedules.hosts.keys() {
+            validate_host(host)?;
+        }
+        if !(0.0..=100.0).contains(&self.gc_max_dead_percent) {
+            return Err(format!(
+                "gc_max_dead_percent {} is not within 0..=100",
+                self.gc_max_dead_percent
+            ));
+        }
+        Ok(())
+    }
+
+    /// Pretty JSON with a final newline.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+}
+
+/// What applying a plan did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Applied {
+    /// Snapshots whose tier labels changed and that stay.
+    pub relabelled: u64,
+    /// What expiry released (reclaimed by the next gc).
+    pub released: Released,
+}
+
+/// The planner's view of snapshots.
+pub(crate) fn candidates(snapshots: &[Snapshot]) -> Vec<Candidate> {
+    snapshots
+        .iter()
+        .map(|s| Candidate {
+            id: s.id.to_string(),
+            host: s.host.clone(),
+            time: s.start_ns,
+            complete: s.is_complete(),
+            pinned: s.pinned,
+            tiers: s.tiers.iter().cloned().collect(),
+        })
+        .collect()
+}
+
+/// Puts a plan's decisions into a mutation. Every decision must name one of `snapshots`.
+pub(crate) fn apply_decisions(
+    m: &mut Mutation<'_>,
+    snapshots: &[Snapshot],
+    plan: &Plan,
+) -> Result<u64> {
+    let by_id: HashMap<String, &Snapshot> =
+        snapshots.iter().map(|s| (s.id.to_string(), s)).collect();
+    let mut relabelled = 0;
+    let mut expire = Vec::new();
+    for d in &plan.decisions {
+        let s = by_id.get(&d.id).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "retention plan names snapshot {} which no longer exists (plan again)",
+                d.id
+            ))
+        })?;
+        match d.action {
+            Action::Expire if s.pinned => {
+                return Err(Error::InvalidArgument(format!(
+                    "retention plan would expire pinned snapshot {}",
+                    d.id
+                )))
+            }
+            Action::Expire => expire.push(*s),
+            Action::Keep => {
+                let tiers: Vec<String> = d.tiers.iter().cloned().collect();
+                if tiers != s.tiers {
+                    relabelled += 1;
+                    m.put_snapshot(Snapshot {
+                        tiers,
+                        ..(*s).clone()
+                    });
+                }
+            }
+        }
+    }
+    for s in expire {
+        m.expire(s)?;
+    }
+    Ok(relabelled)
+}
+
+impl Repository {
+    fn retention_path(&self) -> PathBuf {
+        self.path().join("retention.json")
+    }
+
+    /// The repository's retention settings (defaults when never set).
+    pub fn retention_settings(&self) -> Result<RetentionSettings> {
+        let path = self.retention_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                RetentionSettings::decode(&bytes).map_err(|source| Error::Corrupt { path, source })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RetentionSettings::default()),
+            Err(e) => Err(e).at(&path),
+        }
+    }
+
+    /// Replaces the retention settings (atomically; writer only).
+    pub fn set_retention_settings(&self, settings: &RetentionSettings) -> Result<()> {
+        self.require_writable()?;
+        settings.validate().map_err(Error::InvalidArgument)?;
+        fsutil::write_atomic(&self.retention_path(), &settings.encode())
+    }
+
+    /// Tier positions (`daily.0`) of every snapshot that has any.
+    pub fn tier_positions(&self) -> Result<HashMap<SnapshotId, Vec<String>>> {
+        let snaps = self.snapshots()?;
+        let pos = xstore_retention::positions(&candidates(&snaps));
+        Ok(snaps
+            .iter()
+            .filter_map(|s| pos.get(&s.id.to_string()).map(|p| (s.id, p.clone())))
+            .collect())
+    }
+
+    fn scoped(&self, host: Option<&str>) -> Result<Vec<Snapshot>> {
+        let all = self.snapshots()?;
+        if let Some(h) = host {
+            validate_host(h).map_err(Error::InvalidArgument)?;
+            if !all.iter().any(|s| s.host == h) {
+                return Err(Error::InvalidArgument(format!(
+                    "host {h} has no snapshots in this repository"
+                )));
+            }
+        }
+        Ok(all
+            .into_iter()
+            .filter(|s| host.is_none_or(|h| s.host == h))
+            .collect())
+    }
+
+    /// Plans rsnapshot's `rotate TIER` for one host or all.
+    pub fn plan_rotate(&self, tier: &str, host: Option<&str>) -> Result<Plan> {
+        let snaps = self.scoped(host)?;
+        let settings = self.retention_settings()?;
+        Ok(plan_tiers(
+            &candidates(&snaps),
+            &settings.schedules,
+            &Step::Rotate { tier: tier.into() },
+        )?)
+    }
+
+    /// Plans a calendar policy for one host or all, at time `now` (ns since the epoch).
+    pub fn plan_forget(&self, policy: &KeepPolicy, host: Option<&str>, now: i64) -> Result<Plan> {
+        let snaps = self.scoped(host)?;
+        Ok(plan_keep(&candidates(&snaps), policy, now)?)
+    }
+
+    /// Applies a plan in one atomic index batch: new tier labels, and expiry of every
+    /// snapshot it expires (their blobs' reference counts drop; space returns at the next gc).
+    pub fn apply_plan(&self, plan: &Plan) -> Result<Applied> {
+        let mut m = Mutation::begin(self)?;
+        let snaps = self.snapshots()?;
+        let relabelled = apply_decisions(&mut m, &snaps, plan)?;
+        let released = m.commit()?;
+        Ok(Applied {
+            relabelled,
+            released,
+        })
+    }
+
+    /// Pins (keeps regardless of retention) or unpins a snapshot.
+    pub fn set_pinned(&self, id: &SnapshotId, pinned: bool) -> Result<Snapshot> {
+        let mut m = Mutation::begin(self)?;
+        let s = self.snapshot(id)?;
+        let updated = Snapshot { pinned, ..s };
+        m.put_snapshot(updated.clone());
+        m.commit()?;
+        Ok(updated)
+    }
+}
