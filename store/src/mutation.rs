@@ -98,6 +98,8 @@ pub(crate) struct Mutation<'r> {
     packs: HashMap<PackId, Option<PackRecord>>,
     snapshots: BTreeMap<SnapshotId, Option<Snapshot>>,
     died: Vec<ChunkId>,
+    /// Blobs this mutation inserted (their children are counted by the inserter).
+    fresh: HashSet<ChunkId>,
     pub(crate) released: Released,
 }
 
@@ -111,6 +113,7 @@ impl<'r> Mutation<'r> {
             packs: HashMap::new(),
             snapshots: BTreeMap::new(),
             died: Vec::new(),
+            fresh: HashSet::new(),
             released: Released::default(),
         })
     }
@@ -174,15 +177,50 @@ impl<'r> Mutation<'r> {
         Ok(())
     }
 
-    /// Adds references to an existing blob, reviving it when it was dead.
+    /// Adds references to an existing blob. A dead blob revives (0 → n): its pack's dead
+    /// bytes shrink and, unless this mutation inserted it (its children are counted by the
+    /// caller), its children regain the reference it had dropped when it died, recursively
+    /// down to the first child that is still alive. Revival happens when a backup commits a
+    /// reference to a blob that died while the backup ran (mutation.rs, top).
     pub(crate) fn add_refs(&mut self, id: &ChunkId, n: u64) -> Result<()> {
-        let mut loc = self.loc(id)?.ok_or(Error::MissingBlob(*id))?;
-        if loc.refcount == 0 && n > 0 {
+        let mut stack = vec![(*id, n)];
+        while let Some((id, n)) = stack.pop() {
+            let mut loc = self.loc(&id)?.ok_or(Error::MissingBlob(id))?;
+            let revived = loc.refcount == 0 && n > 0;
+            loc.refcount += n;
+            self.blobs.insert(id, Some(loc));
+            if !revived {
+                continue;
+            }
             self.adjust_dead(&loc.pack, 0, stored_size(&loc))?;
+            if self.fresh.contains(&id) {
+                continue;
+            }
+            let children = self.children(&id, &loc)?;
+            self.prefetch(&children)?;
+            stack.extend(children.into_iter().map(|c| (c, 1)));
         }
-        loc.refcount += n;
-        self.blobs.insert(*id, Some(loc));
         Ok(())
+    }
+
+    /// The distinct blobs a tree or chunk list references (none for data).
+    fn children(&self, id: &ChunkId, loc: &BlobLoc) -> Result<Vec<ChunkId>> {
+        let corrupt = |source| Error::CorruptBlob {
+            id: *id,
+            pack: loc.pack.to_string(),
+            source,
+        };
+        Ok(match loc.kind {
+            BlobKind::Data => Vec::new(),
+            BlobKind::Tree => {
+                let raw = self.repo.read_located(id, loc)?;
+                Tree::decode(&raw).map_err(corrupt)?.children()
+            }
+            BlobKind::ChunkList => {
+                let raw = self.repo.read_located(id, loc)?;
+                chunk_list_children(&decode_chunk_list(&raw).map_err(corrupt)?)
+            }
+        })
     }
 
     /// Inserts a blob just written to a sealed pack. When the index already has a live copy
@@ -198,6 +236,7 @@ impl<'r> Mutation<'r> {
             _ => {
                 // Absent, or dead (its old copy is already counted dead in its old pack).
                 self.blobs.insert(*id, Some(BlobLoc { refcount: 0, ..loc }));
+                self.fresh.insert(*id);
                 // Dead until referenced: add_refs revives it and fixes the pack's dead bytes.
                 self.adjust_dead(&loc.pack, stored_size(&loc), 0)?;
                 Ok(true)
@@ -223,28 +262,7 @@ impl<'r> Mutation<'r> {
             self.died.push(id);
             self.released.blobs += 1;
             self.released.stored_bytes += stored_size(&loc);
-            let children = match loc.kind {
-                BlobKind::Data => continue,
-                BlobKind::Tree => {
-                    let raw = self.repo.read_located(&id, &loc)?;
-                    Tree::decode(&raw)
-                        .map_err(|source| Error::CorruptBlob {
-                            id,
-                            pack: loc.pack.to_string(),
-                            source,
-                        })?
-                        .children()
-                }
-                BlobKind::ChunkList => {
-                    let raw = self.repo.read_located(&id, &loc)?;
-                    let chunks = decode_chunk_list(&raw).map_err(|source| Error::CorruptBlob {
-                        id,
-                        pack: loc.pack.to_string(),
-                        source,
-                    })?;
-                    chunk_list_children(&chunks)
-                }
-            };
+            let children = self.children(&id, &loc)?;
             self.prefetch(&children)?;
             stack.extend(children);
         }
