@@ -369,7 +369,10 @@ impl<'r> Mutation<'r> {
             for (id, s) in &self.snapshots {
                 let path = dir.join(format!("{id}.json"));
                 match s {
-                    Some(s) => fsutil::write_atomic(&path, &s.encode())?,
+                    Some(s) => {
+                        fsutil::write_atomic(&path, &s.encode())?;
+                        crate::failpoint("mid-copies");
+                    }
                     None => match std::fs::remove_file(&path) {
                         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                             return Err(e).at(&path)

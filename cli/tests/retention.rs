@@ -1,0 +1,303 @@
+//! The retention commands end to end: tiers, rotate, forget, pin, gc, schedule, snapshot
+//! references by tier position, and their bad inputs.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{json, ok, stderr, xstore};
+use xstore_tests::{assert_same_tree, make_fixture, restored_path, seeded_bytes};
+
+fn ids(repo: &std::path::Path) -> Vec<String> {
+    json(repo, &["snapshots"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn positions(repo: &std::path::Path) -> Vec<(String, Vec<String>)> {
+    json(repo, &["snapshots"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_string(),
+                s["positions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn tiers_rotate_pin_forget_gc() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = (work.path().join("repo"), work.path().join("src"));
+    make_fixture(&src, 21);
+    ok(
+        &repo,
+        &["init", "--pack-size-mib", "1", "--chunk-avg-kib", "64"],
+    );
+    ok(&repo, &["tiers", "--set", "hourly=3,daily=2,weekly=1"]);
+    let s = src.to_str().unwrap();
+    for i in 0..4u64 {
+        std::fs::write(src.join("churn.bin"), seeded_bytes(i, 400_000)).unwrap();
+        ok(&repo, &["backup", "-q", "--host", "web1", s]);
+    }
+    // hourly=3: the first backup left when the fourth entered.
+    let all = ids(&repo);
+    assert_eq!(all.len(), 3);
+    let p = positions(&repo);
+    assert_eq!(p[2].1, vec!["hourly.0"]);
+    assert_eq!(p[0].1, vec!["hourly.2"]);
+
+    // A dry run prints the plan with reasons and changes nothing.
+    let dry = ok(&repo, &["rotate", "daily", "--all", "--dry-run"]);
+    assert!(dry.contains("promoted from hourly.2 to daily.0"), "{dry}");
+    assert_eq!(positions(&repo), p);
+    let out = json(&repo, &["rotate", "daily", "--host", "web1"]);
+    assert_eq!(out["applied"]["released"]["snapshots"], 0);
+    assert_eq!(positions(&repo)[0].1, vec!["daily.0"]);
+    // HOST@TIER.N works wherever a snapshot is named.
+    let listed = ok(&repo, &["ls", "web1@daily.0", "/"]);
+    assert!(!listed.is_empty());
+    // daily.0 is the second backup (the first expired): its churn.bin is version 1.
+    let target = work.path().join("restore-daily");
+    ok(&repo, &["restore", "web1@daily.0", target.to_str().unwrap()]);
+    let churn = std::fs::read(restored_path(&target, &src).join("churn.bin")).unwrap();
+    assert!(churn == seeded_bytes(1, 400_000), "daily.0 restored the wrong version");
+
+    // Pin the daily one; three more backups push hourly along; rotate daily twice more
+    // (daily=2) so the pinned one leaves daily but stays.
+    ok(&repo, &["pin", "web1@daily.0"]);
+    let pinned = all[0].clone();
+    for i in 10..13u64 {
+        std::fs::write(src.join("churn.bin"), seeded_bytes(i, 400_000)).unwrap();
+        ok(&repo, &["backup", "-q", "--host", "web1", s]);
+        ok(&repo, &["rotate", "daily", "--all"]);
+    }
+    let now = ids(&repo);
+    assert!(now.contains(&pinned), "pinned snapshot expired");
+    let listing = ok(&repo, &["snapshots"]);
+    assert!(listing.contains("pinned"), "{listing}");
+    ok(&repo, &["unpin", &pinned[..12]]);
+    let out = json(&repo, &["rotate", "daily", "--all"]);
+    let expired: Vec<&str> = out["plan"]["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["action"] == "expire")
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(expired, vec![pinned.as_str()]);
+
+    // forget: calendar policy; --dry-run first, then for real.
+    let before = ids(&repo);
+    let dry = ok(&repo, &["forget", "--keep-last", "1", "--dry-run"]);
+    assert!(dry.contains("keep-last 1"), "{dry}");
+    assert_eq!(ids(&repo), before);
+    ok(&repo, &["forget", "--keep-last", "1"]);
+    let left = ids(&repo);
+    assert_eq!(left, vec![before.last().unwrap().clone()]);
+
+    // gc frees what the expired snapshots held; check passes; the survivor restores.
+    let stats_before = json(&repo, &["stats"]);
+    assert!(stats_before["dead_bytes"].as_u64().unwrap() > 0);
+    let dry = json(&repo, &["gc", "--dry-run", "--max-dead", "0%"]);
+    assert!(dry["bytes_freed"].as_u64().unwrap() > 0);
+    assert_eq!(
+        json(&repo, &["stats"])["stored_bytes"],
+        stats_before["stored_bytes"]
+    );
+    let gc = json(&repo, &["gc", "--max-dead", "0%"]);
+    let freed = gc["bytes_freed"].as_u64().unwrap();
+    let stats_after = json(&repo, &["stats"]);
+    assert_eq!(
+        stats_before["stored_bytes"].as_u64().unwrap() - freed,
+        stats_after["stored_bytes"].as_u64().unwrap()
+    );
+    assert_eq!(stats_after["dead_bytes"], 0);
+    ok(&repo, &["check", "--read-data"]);
+    let target = work.path().join("restore-last");
+    ok(&repo, &["restore", "web1@latest", target.to_str().unwrap()]);
+    assert_same_tree(&src, &restored_path(&target, &src), false);
+    let human = ok(&repo, &["gc"]);
+    assert!(human.contains("freed 0 B"), "{human}");
+}
+
+#[test]
+fn per_host_schedules_and_calendar_backups() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = (work.path().join("repo"), work.path().join("src"));
+    make_fixture(&src, 22);
+    ok(&repo, &["init"]);
+    ok(
+        &repo,
+        &["tiers", "--host", "db1", "--set", "hourly=1,daily=1"],
+    );
+    let shown = ok(&repo, &["tiers"]);
+    assert!(
+        shown.contains("default: hourly=6,daily=7,weekly=4,monthly=6"),
+        "{shown}"
+    );
+    assert!(shown.contains("db1: hourly=1,daily=1"), "{shown}");
+    let s = src.to_str().unwrap();
+    ok(&repo, &["backup", "-q", "--host", "db1", s]);
+    ok(&repo, &["backup", "-q", "--host", "db1", s]);
+    ok(&repo, &["backup", "-q", "--host", "web1", s]);
+    ok(&repo, &["backup", "-q", "--host", "web1", s]);
+    let by_host = |h: &str| {
+        json(&repo, &["snapshots", "--host", h])
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(by_host("db1"), 1);
+    assert_eq!(by_host("web1"), 2);
+    // --tier enters another tier; --no-tier none (calendar-only repositories).
+    ok(
+        &repo,
+        &["backup", "-q", "--host", "db1", "--tier", "daily", s],
+    );
+    let p = ok(&repo, &["snapshots", "--host", "db1"]);
+    assert!(p.contains("daily.0") && p.contains("hourly.0"), "{p}");
+    ok(&repo, &["backup", "-q", "--host", "web1", "--no-tier", s]);
+    assert_eq!(by_host("web1"), 3);
+    ok(&repo, &["tiers", "--host", "db1", "--reset"]);
+    assert!(!ok(&repo, &["tiers"]).contains("db1"));
+    ok(&repo, &["check"]);
+}
+
+#[test]
+fn bad_retention_input_is_one_clear_error() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = (work.path().join("repo"), work.path().join("src"));
+    make_fixture(&src, 23);
+    ok(&repo, &["init"]);
+    ok(
+        &repo,
+        &["backup", "-q", "--host", "web1", src.to_str().unwrap()],
+    );
+    let snapshot_copies = || std::fs::read_dir(repo.join("snapshots")).unwrap().count();
+    let before = snapshot_copies();
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["rotate", "yearly", "--all"],
+            1,
+            "tier \"yearly\" is not in the schedule of host web1",
+        ),
+        (&["rotate", "daily"], 2, "--host"),
+        (
+            &["rotate", "daily", "--host", "nosuch"],
+            1,
+            "host nosuch has no snapshots",
+        ),
+        (&["forget"], 1, "empty keep policy"),
+        (
+            &["forget", "--keep-within", "3x"],
+            1,
+            "invalid duration \"3x\"",
+        ),
+        (&["gc", "--max-dead", "150%"], 1, "must be within 0%..100%"),
+        (&["gc", "--max-dead", "lots"], 1, "expected a percentage"),
+        (
+            &["tiers", "--set", "hourly=0"],
+            1,
+            "tier hourly keeps 0 snapshots",
+        ),
+        (&["tiers", "--set", "hourly=2,hourly=3"], 1, "appears twice"),
+        (
+            &["tiers", "--host", "../x", "--set", "hourly=2"],
+            1,
+            "invalid host name",
+        ),
+        (&["ls", "web1@daily.0"], 1, "no snapshot at daily.0"),
+        (&["ls", "web1@fortnightly"], 1, "unknown selector"),
+        (&["pin", "ffffffff"], 1, "no such snapshot"),
+        (
+            &[
+                "backup",
+                "--host",
+                "web1",
+                "--tier",
+                "yearly",
+                "/nonexistent",
+            ],
+            1,
+            "\"yearly\" is not in the schedule",
+        ),
+        (&["--lock-wait", "soon", "gc"], 1, "invalid duration"),
+    ];
+    for (args, code, needle) in cases {
+        let out = xstore(&repo, args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(*code), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        if *code == 1 {
+            assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        }
+    }
+    // Nothing changed: same snapshots, default settings, healthy.
+    assert_eq!(snapshot_copies(), before);
+    assert!(!repo.join("retention.json").exists());
+    ok(&repo, &["check"]);
+    // A damaged retention.json is named, not ignored.
+    std::fs::write(repo.join("retention.json"), b"{ nope").unwrap();
+    let out = xstore(&repo, &["rotate", "daily", "--all"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("retention.json"), "{}", stderr(&out));
+}
+
+#[test]
+fn schedule_prints_cron_and_systemd() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    let cron = ok(&repo, &["schedule", "--cron"]);
+    let lines: Vec<&str> = cron
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains("xstore"))
+        .collect();
+    assert_eq!(lines.len(), 5, "{cron}");
+    // Every job line: 5 cron fields, the user, then the command.
+    for l in &lines {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        assert!(f.len() > 7, "{l}");
+        assert_eq!(f[5], "root", "{l}");
+        assert_eq!(f[6], "/usr/local/bin/xstore", "{l}");
+    }
+    assert!(lines[0].starts_with("30 2 1 * *") && lines[0].contains("rotate monthly --all"));
+    assert!(lines[1].starts_with("0 3 * * 1") && lines[1].contains("rotate weekly --all"));
+    assert!(lines[2].starts_with("30 3 * * *") && lines[2].contains("rotate daily --all"));
+    assert!(lines[3].starts_with("0 */4 * * *") && lines[3].contains("pull --all"));
+    assert!(lines[4].contains(" gc"));
+    assert!(cron.contains(&format!("--repo {}", repo.display())));
+    let units = ok(&repo, &["schedule", "--systemd"]);
+    assert_eq!(units.matches("[Timer]").count(), 5);
+    assert_eq!(units.matches("[Service]").count(), 5);
+    assert!(units.contains("OnCalendar=*-*-* 00/4:00:00"));
+    assert!(units.contains("OnCalendar=Mon *-*-* 03:00:00"));
+    let js = json(&repo, &["schedule"]);
+    assert_eq!(js.as_array().unwrap().len(), 5);
+    // systemd-analyze validates calendar expressions where it exists.
+    if let Ok(out) = std::process::Command::new("systemd-analyze")
+        .args([
+            "calendar",
+            "*-*-* 00/4:00:00",
+            "Mon *-*-* 03:00:00",
+            "*-*-01 02:30:00",
+        ])
+        .output()
+    {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
