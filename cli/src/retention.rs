@@ -171,7 +171,7 @@ fn parse_percent(text: &str) -> Result<f64> {
 
 pub(crate) fn gc(cli: &Cli, max_dead: Option<&str>, dry_run: bool) -> Result<u8> {
     let max_dead_percent = max_dead.map(parse_percent).transpose()?;
-    let repo = open_rw(cli)?;
+    let repo = crate::open_rw_or_ro(cli, dry_run)?;
     let report = repo.gc(&GcOptions {
         max_dead_percent,
         dry_run,

@@ -69,9 +69,15 @@ fn tiers_rotate_pin_forget_gc() {
     assert!(!listed.is_empty());
     // daily.0 is the second backup (the first expired): its churn.bin is version 1.
     let target = work.path().join("restore-daily");
-    ok(&repo, &["restore", "web1@daily.0", target.to_str().unwrap()]);
+    ok(
+        &repo,
+        &["restore", "web1@daily.0", target.to_str().unwrap()],
+    );
     let churn = std::fs::read(restored_path(&target, &src).join("churn.bin")).unwrap();
-    assert!(churn == seeded_bytes(1, 400_000), "daily.0 restored the wrong version");
+    assert!(
+        churn == seeded_bytes(1, 400_000),
+        "daily.0 restored the wrong version"
+    );
 
     // Pin the daily one; three more backups push hourly along; rotate daily twice more
     // (daily=2) so the pinned one leaves daily but stays.

@@ -131,9 +131,12 @@ impl Repository {
 
     /// Reclaims space: deletes packs without live blobs and rewrites packs whose dead
     /// fraction exceeds the threshold. Safe against a backup running in this process (see
-    /// mutation.rs); other processes cannot write (writer lock).
+    /// mutation.rs); other processes cannot write (writer lock). A dry run also works on a
+    /// read-only handle.
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
-        self.require_writable()?;
+        if !opts.dry_run {
+            self.require_writable()?;
+        }
         let threshold = match opts.max_dead_percent {
             Some(p) if (0.0..=100.0).contains(&p) => p,
             Some(p) => {

@@ -31,6 +31,9 @@ fn options(cache: &Cache) -> Options {
     o.set_keep_log_file_num(3);
     o.set_max_open_files(512);
     o.set_max_total_wal_size(64 << 20);
+    // Opening is on every command's path (rotate, forget, gc run in seconds-long cron jobs):
+    // do not read every table file's properties at open.
+    o.set_skip_stats_update_on_db_open(true);
     let mut t = BlockBasedOptions::default();
     t.set_block_cache(cache);
     t.set_bloom_filter(10.0, false);

@@ -345,13 +345,10 @@ impl Repository {
 
     /// The snapshot with this id.
     pub fn snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
-        self.snapshots()?
-            .into_iter()
-            .find(|s| s.id == *id)
-            .ok_or_else(|| Error::SnapshotRef {
-                reference: id.to_string(),
-                reason: "no such snapshot".into(),
-            })
+        self.index.snapshot(id)?.ok_or_else(|| Error::SnapshotRef {
+            reference: id.to_string(),
+            reason: "no such snapshot".into(),
+        })
     }
 
     /// Index entry of a blob.

@@ -242,3 +242,35 @@ impl Repository {
         Ok(updated)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_round_trip_and_hostile_input() {
+        let mut s = RetentionSettings::default();
+        s.schedules.hosts.insert(
+            "db1.example.net".into(),
+            xstore_retention::Schedule::parse("hourly=6,daily=14").unwrap(),
+        );
+        assert_eq!(RetentionSettings::decode(&s.encode()).unwrap(), s);
+        let bad: [&[u8]; 7] = [
+            b"",
+            b"\xff\xfe",
+            b"{}",
+            br#"{"version":2,"schedules":{},"gc_max_dead_percent":10}"#,
+            br#"{"version":1,"schedules":{"default":[]},"gc_max_dead_percent":10}"#,
+            br#"{"version":1,"schedules":{"default":[{"name":"h","count":1}],"hosts":{"../x":[{"name":"h","count":1}]}},"gc_max_dead_percent":10}"#,
+            br#"{"version":1,"schedules":{"default":[{"name":"h","count":1}]},"gc_max_dead_percent":101}"#,
+        ];
+        for b in bad {
+            assert!(
+                RetentionSettings::decode(b).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(b)
+            );
+        }
+    }
+}
