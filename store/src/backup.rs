@@ -924,15 +924,7 @@ impl Repository {
         m.prefetch(&new_ids)?;
         for p in &sealed {
             for e in &p.entries {
-                let loc = BlobLoc {
-                    pack: p.id,
-                    offset: e.offset,
-                    stored_len: e.stored_len,
-                    raw_len: e.raw_len,
-                    kind: e.kind,
-                    refcount: 0,
-                };
-                if m.insert_new(&e.id, loc)? {
+                if m.insert_new(&e.id, BlobLoc::at(p.id, e, 0))? {
                     fresh.insert(e.id);
                 }
             }

@@ -266,17 +266,7 @@ impl Repository {
         let mut new_loc: HashMap<ChunkId, BlobLoc> = HashMap::new();
         for p in &sealed {
             for e in &p.entries {
-                new_loc.insert(
-                    e.id,
-                    BlobLoc {
-                        pack: p.id,
-                        offset: e.offset,
-                        stored_len: e.stored_len,
-                        raw_len: e.raw_len,
-                        kind: e.kind,
-                        refcount: 0,
-                    },
-                );
+                new_loc.insert(e.id, BlobLoc::at(p.id, e, 0));
             }
         }
         // 2. One atomic batch, re-validated under the write lock.

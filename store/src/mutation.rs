@@ -162,7 +162,7 @@ impl<'r> Mutation<'r> {
         self.packs.insert(id, rec);
     }
 
-    /// Adds `delta` (may be negative for dead-byte corrections) to a pack's dead bytes.
+    /// Adds `add` to and takes `sub` from a pack's dead bytes.
     fn adjust_dead(&mut self, pack: &PackId, add: u64, sub: u64) -> Result<()> {
         let mut rec = self.pack(pack)?.ok_or_else(|| Error::Corrupt {
             path: self.repo.path().join("index/packs"),

@@ -27,6 +27,18 @@ pub struct BlobLoc {
 }
 
 impl BlobLoc {
+    /// The location of a blob described by a pack's entry.
+    pub(crate) fn at(pack: PackId, e: &crate::pack::PackEntry, refcount: u64) -> Self {
+        BlobLoc {
+            pack,
+            offset: e.offset,
+            stored_len: e.stored_len,
+            raw_len: e.raw_len,
+            kind: e.kind,
+            refcount,
+        }
+    }
+
     pub(crate) fn encode(&self) -> [u8; BLOB_LOC_LEN] {
         let mut b = [0u8; BLOB_LOC_LEN];
         b[..32].copy_from_slice(&self.pack.0);

@@ -100,17 +100,7 @@ impl Repository {
             for e in entries {
                 if seen.insert(e.id) {
                     report.blobs += 1;
-                    batch.put_blob(
-                        &e.id,
-                        &BlobLoc {
-                            pack: pack_id,
-                            offset: e.offset,
-                            stored_len: e.stored_len,
-                            raw_len: e.raw_len,
-                            kind: e.kind,
-                            refcount: 0,
-                        },
-                    )?;
+                    batch.put_blob(&e.id, &BlobLoc::at(pack_id, &e, 0))?;
                 }
             }
         }

@@ -36,7 +36,7 @@ fn env_or(name: &str, default: &str) -> String {
 }
 
 fn file_len(i: usize) -> usize {
-    if i % 50 == 0 {
+    if i.is_multiple_of(50) {
         512 << 10
     } else {
         1024 + (i * 7919) % (63 << 10)
@@ -153,23 +153,20 @@ struct Sample {
     freed: u64,
 }
 
-fn measure(repo_dir: &Path, scratch: &Path) -> Res<Sample> {
-    let copy = scratch.join("copy");
-    if copy.exists() {
-        std::fs::remove_dir_all(&copy)?;
-    }
-    copy_dir(repo_dir, &copy)?;
+/// One timed run on a fresh copy. Copies are kept until the end: deleting gigabytes between
+/// runs makes the filesystem's background work slow the next run's fsyncs.
+fn measure(repo_dir: &Path, copy: &Path) -> Res<Sample> {
+    copy_dir(repo_dir, copy)?;
     // Write the copy back first: otherwise the first fsync of the timed run waits for it.
     Command::new("sync").status()?;
     let t = Instant::now();
-    let repo = Repository::open(&copy)?;
+    let repo = Repository::open(copy)?;
     let open = t.elapsed();
     let released = expire_oldest(&repo)?;
     let expire = t.elapsed() - open;
     let report = repo.gc(&GcOptions::default())?;
     drop(repo);
     let gc = t.elapsed() - open - expire;
-    std::fs::remove_dir_all(&copy)?;
     Ok(Sample {
         open,
         expire,
@@ -227,6 +224,7 @@ fn rsnapshot_drop(src: &Path, work: &Path) -> Res<Option<Duration>> {
         if !status.success() {
             return Err("cp -al failed".into());
         }
+        Command::new("sync").status()?;
         let t = Instant::now();
         let status = Command::new("rm").arg("-rf").arg(&copy).status()?;
         times.push(t.elapsed());
@@ -273,7 +271,7 @@ fn main() -> Res<()> {
             change_tree(&src, &list, made as u64)?;
             backup(&repo, &src)?;
             made += 1;
-            if made % 100 == 0 {
+            if made.is_multiple_of(100) {
                 eprintln!("  {made} snapshots");
             }
         }
@@ -284,13 +282,13 @@ fn main() -> Res<()> {
             first_expiry = Some(t.elapsed());
         }
         let count = repo.snapshots()?.len();
-        let scratch = work.path().join("scratch");
+        let scratch = work.path().join(format!("copies-{n}"));
         std::fs::create_dir_all(&scratch)?;
         // Copies are taken of a closed repository.
         drop(repo);
         let mut samples = Vec::new();
-        for _ in 0..REPEATS {
-            samples.push(measure(&repo_dir, &scratch)?);
+        for k in 0..REPEATS {
+            samples.push(measure(&repo_dir, &scratch.join(format!("copy-{k}")))?);
         }
         repo = Repository::open(&repo_dir)?;
         let open = median(samples.iter().map(|s| s.open).collect());
