@@ -422,7 +422,8 @@ pub fn plan_tiers(
         let mut complete_seen = 0usize;
         for (i, c) in current.iter().enumerate() {
             let keep_any = i < tier.count;
-            let keep_complete = c.complete && complete_seen < tier.count;
+            let newer_complete = complete_seen;
+            let keep_complete = c.complete && newer_complete < tier.count;
             if c.complete {
                 complete_seen += 1;
             }
@@ -432,7 +433,7 @@ pub fn plan_tiers(
                 }
                 notes.entry(c.id.as_str()).or_default().push(format!(
                     "trimmed from {} ({} keeps {}; {} newer complete)",
-                    tier.name, tier.name, tier.count, complete_seen
+                    tier.name, tier.name, tier.count, newer_complete
                 ));
             }
         }

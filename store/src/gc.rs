@@ -199,6 +199,8 @@ impl Repository {
             for row in report.packs.iter().filter(|r| r.action != GcAction::Skip) {
                 // The copy costs its blobs plus a share of a new pack's header and trailer.
                 report.bytes_freed += row.size.saturating_sub(row.live_bytes);
+                report.blobs_moved += row.live_blobs;
+                report.bytes_copied += row.live_bytes;
             }
             tally(&mut report);
             return Ok(report);
