@@ -354,6 +354,7 @@ impl Repository {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(&path),
                 _ => {}
             }
+            self.forget_pack_file(id);
             crate::failpoint("gc-mid-delete");
             if let Some(d) = path.parent() {
                 dirs.insert(d.to_path_buf());

@@ -372,6 +372,13 @@ impl Repository {
         crate::mmap::map_sealed_file(&pack::pack_path(&self.packs_dir(), id))
     }
 
+    /// Closes a cached pack file (gc deleted it).
+    pub(crate) fn forget_pack_file(&self, id: &PackId) {
+        if let Ok(mut files) = self.files.lock() {
+            files.remove(id);
+        }
+    }
+
     fn pack_file(&self, id: &PackId) -> Result<Arc<fs::File>> {
         if let Some(f) = self.files.lock().map_err(poisoned)?.get(id) {
             return Ok(f.clone());
@@ -412,13 +419,27 @@ impl Repository {
 
     /// Reads, decompresses and verifies one blob.
     pub fn read_blob(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        self.read_current(id).map(|(_, raw)| raw)
+    }
+
+    /// Looks a blob up and reads it. When its pack file is gone, looks it up once more: gc in
+    /// this process may have moved the blob between the lookup and the read.
+    fn read_current(&self, id: &ChunkId) -> Result<(BlobLoc, Vec<u8>)> {
         let loc = self.index.blob(id)?.ok_or(Error::MissingBlob(*id))?;
-        self.read_located(id, &loc)
+        match self.read_located(id, &loc) {
+            Ok(raw) => Ok((loc, raw)),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                let again = self.index.blob(id)?.ok_or(Error::MissingBlob(*id))?;
+                let raw = self.read_located(id, &again)?;
+                Ok((again, raw))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads and decodes a tree blob.
     pub fn tree(&self, id: &ChunkId) -> Result<Tree> {
-        let loc = self.index.blob(id)?.ok_or(Error::MissingBlob(*id))?;
+        let (loc, raw) = self.read_current(id)?;
         if loc.kind != BlobKind::Tree {
             return Err(Error::CorruptBlob {
                 id: *id,
@@ -430,7 +451,6 @@ impl Repository {
                 },
             });
         }
-        let raw = self.read_located(id, &loc)?;
         Tree::decode(&raw).map_err(|source| Error::CorruptBlob {
             id: *id,
             pack: loc.pack.to_string(),
