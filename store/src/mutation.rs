@@ -361,9 +361,6 @@ impl<'r> Mutation<'r> {
                     .extend(died.into_iter().map(|id| (epoch, id)));
             }
         }
-        if let Err(e) = self.repo.index.flush() {
-            tracing::warn!(error = %e, "index flush after commit failed (the commit is durable)");
-        }
         if !self.snapshots.is_empty() {
             let dir = self.repo.snapshots_dir();
             for (id, s) in &self.snapshots {

@@ -15,7 +15,8 @@
 //! plan and apply its expiry, then `gc` at the default threshold (10 %). The first, full
 //! snapshot is expired before timing (untimed, reported separately): from then on every expiry
 //! is a steady-state one. Each measurement runs on a fresh copy of the repository, three
-//! times; the median is printed.
+//! times, each after the disk has gone idle (`settle`); the median is printed. rsnapshot's
+//! drop is measured the same way.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -153,12 +154,36 @@ struct Sample {
     freed: u64,
 }
 
+/// Waits until the disk is idle: after gigabytes of copying, the device keeps writing back for
+/// seconds after `sync` returns, and every fsync of a timed run would wait behind it. Idle
+/// means three fsyncs of a small probe file in a row under 5 ms (at most 60 s of waiting).
+fn settle(dir: &Path) -> Res<()> {
+    use std::io::Write;
+    Command::new("sync").status()?;
+    let probe = dir.join(".settle-probe");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut quiet = 0;
+    while quiet < 3 && Instant::now() < deadline {
+        let t = Instant::now();
+        let mut f = std::fs::File::create(&probe)?;
+        f.write_all(b"probe")?;
+        f.sync_all()?;
+        if t.elapsed() < Duration::from_millis(5) {
+            quiet += 1;
+        } else {
+            quiet = 0;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    std::fs::remove_file(&probe)?;
+    Ok(())
+}
+
 /// One timed run on a fresh copy. Copies are kept until the end: deleting gigabytes between
 /// runs makes the filesystem's background work slow the next run's fsyncs.
 fn measure(repo_dir: &Path, copy: &Path) -> Res<Sample> {
     copy_dir(repo_dir, copy)?;
-    // Write the copy back first: otherwise the first fsync of the timed run waits for it.
-    Command::new("sync").status()?;
+    settle(copy)?;
     let t = Instant::now();
     let repo = Repository::open(copy)?;
     let open = t.elapsed();
@@ -167,6 +192,7 @@ fn measure(repo_dir: &Path, copy: &Path) -> Res<Sample> {
     let report = repo.gc(&GcOptions::default())?;
     drop(repo);
     let gc = t.elapsed() - open - expire;
+    eprintln!("  sample: open {open:?}, expire {expire:?}, gc {gc:?}");
     Ok(Sample {
         open,
         expire,
@@ -224,7 +250,7 @@ fn rsnapshot_drop(src: &Path, work: &Path) -> Res<Option<Duration>> {
         if !status.success() {
             return Err("cp -al failed".into());
         }
-        Command::new("sync").status()?;
+        settle(&root)?;
         let t = Instant::now();
         let status = Command::new("rm").arg("-rf").arg(&copy).status()?;
         times.push(t.elapsed());
@@ -248,6 +274,9 @@ fn main() -> Res<()> {
     ));
     std::fs::create_dir_all(&base)?;
     let work = tempfile::tempdir_in(&base)?;
+    if std::env::var_os("XSTORE_BENCH_KEEP").is_some() {
+        eprintln!("keeping {}", work.path().display());
+    }
     let src = work.path().join("tree");
     let data = std::env::var_os("DATA").map(PathBuf::from);
     let (list, bytes) = make_tree(&src, files, data.as_deref())?;
@@ -306,6 +335,9 @@ fn main() -> Res<()> {
         ));
     }
     drop(repo);
+    if std::env::var_os("XSTORE_BENCH_KEEP").is_some() {
+        let _ = work.keep();
+    }
 
     println!(
         "xstore: open, expire the oldest snapshot, gc (10 %), close; median of {REPEATS} runs on fresh copies"
