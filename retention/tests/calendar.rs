@@ -190,6 +190,19 @@ fn decisions(plan: &Plan) -> HashMap<String, (Action, Vec<String>)> {
         .collect()
 }
 
+/// Per host: (snapshots, snapshots kept by a keep-last reason).
+fn keep_last_per_host(plan: &Plan) -> Vec<(usize, usize)> {
+    let mut by_host: HashMap<&str, (usize, usize)> = HashMap::new();
+    for d in &plan.decisions {
+        let e = by_host.entry(d.host.as_str()).or_default();
+        e.0 += 1;
+        if d.reasons.iter().any(|r| r.starts_with("keep-last")) {
+            e.1 += 1;
+        }
+    }
+    by_host.into_values().collect()
+}
+
 proptest! {
     #[test]
     fn independent_of_input_order(snaps in candidates(), policy in policy(), seed in any::<u64>()) {
@@ -220,27 +233,15 @@ proptest! {
     fn keep_last_keeps_min_n_len(snaps in candidates(), n in 0usize..10) {
         let policy = KeepPolicy { last: Some(n), ..Default::default() };
         let plan = plan_keep(&snaps, &policy, NOW).unwrap();
-        let mut by_host: HashMap<&str, (usize, usize)> = HashMap::new();
-        for d in plan.decisions.iter() {
-            let e = by_host.entry(d.host.as_str()).or_default();
-            e.0 += 1;
-            if d.reasons.iter().any(|r| r.starts_with("keep-last")) { e.1 += 1; }
-        }
-        for (total, by_rule) in by_host.values() {
-            prop_assert!(*by_rule >= n.min(*total));
+        for (total, by_rule) in keep_last_per_host(&plan) {
+            prop_assert!(by_rule >= n.min(total));
         }
         // When all are complete it is exactly min(n, len) per host.
         let complete: Vec<Candidate> =
             snaps.iter().map(|c| Candidate { complete: true, ..c.clone() }).collect();
         let plan = plan_keep(&complete, &policy, NOW).unwrap();
-        let mut hosts: HashMap<&str, (usize, usize)> = HashMap::new();
-        for d in plan.decisions.iter() {
-            let e = hosts.entry(d.host.as_str()).or_default();
-            e.0 += 1;
-            if d.reasons.iter().any(|r| r.starts_with("keep-last")) { e.1 += 1; }
-        }
-        for (total, by_rule) in hosts.values() {
-            prop_assert_eq!(*by_rule, n.min(*total));
+        for (total, by_rule) in keep_last_per_host(&plan) {
+            prop_assert_eq!(by_rule, n.min(total));
         }
     }
 
