@@ -267,13 +267,9 @@ pub struct Decision {
     pub positions: Vec<String>,
     /// Why (all reasons that apply).
     pub reasons: Vec<String>,
-}
-
-impl Decision {
-    /// True when the plan changes this snapshot (expires it or changes its labels).
-    pub fn changes(&self, before: &Candidate) -> bool {
-        self.action == Action::Expire || self.tiers != before.tiers
-    }
+    /// The plan changes this snapshot: expires it or changes its labels. Applying a plan
+    /// touches only these (its cost follows the change, not the number of snapshots).
+    pub changed: bool,
 }
 
 /// A retention plan: one decision per candidate, by host, newest first.
@@ -609,6 +605,10 @@ fn finish(
         })
         .collect();
     let pos = positions(&after);
+    let before: HashMap<&str, &BTreeSet<String>> = candidates
+        .iter()
+        .map(|c| (c.id.as_str(), &c.tiers))
+        .collect();
     let mut decisions = Vec::with_capacity(after.len());
     for list in by_host(&after).values() {
         let newest_complete = list.iter().find(|c| c.complete).map(|c| c.id.as_str());
@@ -637,7 +637,9 @@ fn finish(
             if !keep && reasons.is_empty() {
                 reasons.push("no tier label, not pinned".into());
             }
+            let changed = !keep || before.get(c.id.as_str()).is_none_or(|t| **t != c.tiers);
             decisions.push(Decision {
+                changed,
                 id: c.id.clone(),
                 host: c.host.clone(),
                 time: c.time,

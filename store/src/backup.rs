@@ -961,7 +961,7 @@ impl Repository {
                 &self.retention_settings()?.schedules,
                 &step,
             )?;
-            crate::retain::apply_decisions(&mut m, &of_host, &plan)?;
+            crate::retain::apply_decisions(&mut m, self, &[snapshot.clone()], &plan)?;
         }
         m.commit()?;
         Ok(())

@@ -300,6 +300,31 @@ impl Repository {
             }
             Ok(())
         })?;
+        // Host records: newest, newest complete and count, as the snapshots say.
+        let mut by_host: HashMap<&str, Vec<&Snapshot>> = HashMap::new();
+        for snap in &snapshots {
+            by_host.entry(snap.host.as_str()).or_default().push(snap);
+        }
+        for (host, list) in &by_host {
+            // `snapshots` is sorted oldest first.
+            let want = crate::index::HostRecord {
+                latest: list.last().map(|s| s.id.0),
+                latest_complete: list.iter().rev().find(|s| s.is_complete()).map(|s| s.id.0),
+                snapshots: list.len() as u64,
+            };
+            let have = self.index.host(host)?;
+            if have.as_ref() != Some(&want) {
+                problems.push(Problem {
+                    message: format!(
+                        "host record of {host} is {have:?}, the snapshots say {want:?}"
+                    ),
+                    blob: None,
+                    pack: None,
+                    snapshot: None,
+                    path: None,
+                });
+            }
+        }
         // Dead bytes: every blob byte of a pack that is not a live blob located there.
         for (id, rec) in &packs {
             let blob_bytes = rec.size.saturating_sub(pack::overhead(rec.blobs));

@@ -198,6 +198,20 @@ impl Index {
         Ok(out)
     }
 
+    pub(crate) fn host(&self, host: &str) -> Result<Option<HostRecord>> {
+        let cf = self.cf(CF_HOSTS)?;
+        match self
+            .db
+            .get_pinned_cf(cf, host.as_bytes())
+            .map_err(|e| self.err(e))?
+        {
+            Some(v) => Ok(Some(
+                crate::codec::decode("host record", &v).map_err(|e| self.corrupt(CF_HOSTS, e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
     /// Writes the memtables of every column family to table files. Not needed for durability
     /// (the WAL is synced at commit); it spares the next open the replay of the WAL (a first
     /// backup of 78 k files leaves ~8 MB: 300 ms of replay and re-flush on every open).

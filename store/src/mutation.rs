@@ -281,6 +281,93 @@ impl<'r> Mutation<'r> {
         self.release(s.root)
     }
 
+    /// Host records after this mutation, for the hosts it touches. Updated incrementally (a
+    /// point lookup per changed snapshot); a host is recounted from its snapshots only when
+    /// its latest or latest complete snapshot goes.
+    fn host_records(&self) -> Result<BTreeMap<String, HostRecord>> {
+        let index = &self.repo.index;
+        let mut added: BTreeMap<String, Vec<&Snapshot>> = BTreeMap::new();
+        let mut removed: BTreeMap<String, Vec<SnapshotId>> = BTreeMap::new();
+        for (id, s) in &self.snapshots {
+            match (index.snapshot(id)?, s) {
+                (None, Some(new)) => added.entry(new.host.clone()).or_default().push(new),
+                (Some(old), None) => removed.entry(old.host).or_default().push(*id),
+                _ => {}
+            }
+        }
+        let hosts: BTreeSet<String> = added.keys().chain(removed.keys()).cloned().collect();
+        let mut out = BTreeMap::new();
+        for host in hosts {
+            let gone = removed.remove(&host).unwrap_or_default();
+            let new = added.remove(&host).unwrap_or_default();
+            let mut rec = index.host(&host)?.unwrap_or_default();
+            let loses_latest = gone
+                .iter()
+                .any(|id| rec.latest == Some(id.0) || rec.latest_complete == Some(id.0));
+            if loses_latest {
+                rec = self.recount_host(&host)?;
+            } else {
+                rec.snapshots =
+                    (rec.snapshots + new.len() as u64).saturating_sub(gone.len() as u64);
+                let time_of = |id: Option<[u8; 32]>| -> Result<Option<(i64, SnapshotId)>> {
+                    Ok(match id {
+                        Some(b) => index.snapshot(&SnapshotId(b))?.map(|s| (s.start_ns, s.id)),
+                        None => None,
+                    })
+                };
+                let mut latest = time_of(rec.latest)?;
+                let mut latest_complete = time_of(rec.latest_complete)?;
+                for s in new {
+                    let key = Some((s.start_ns, s.id));
+                    if key > latest {
+                        latest = key;
+                    }
+                    if s.is_complete() && key > latest_complete {
+                        latest_complete = key;
+                    }
+                }
+                rec.latest = latest.map(|(_, id)| id.0);
+                rec.latest_complete = latest_complete.map(|(_, id)| id.0);
+            }
+            out.insert(host, rec);
+        }
+        Ok(out)
+    }
+
+    /// A host's record from all its snapshots as they are after this mutation.
+    fn recount_host(&self, host: &str) -> Result<HostRecord> {
+        let mut after: HashMap<SnapshotId, Snapshot> = self
+            .repo
+            .index
+            .snapshots()?
+            .into_iter()
+            .filter(|s| s.host == host)
+            .map(|s| (s.id, s))
+            .collect();
+        for (id, s) in &self.snapshots {
+            match s {
+                Some(s) if s.host == host => {
+                    after.insert(*id, s.clone());
+                }
+                Some(_) => {}
+                None => {
+                    after.remove(id);
+                }
+            }
+        }
+        let mut of_host: Vec<&Snapshot> = after.values().collect();
+        of_host.sort_by_key(|s| (s.start_ns, s.id));
+        Ok(HostRecord {
+            latest: of_host.last().map(|s| s.id.0),
+            latest_complete: of_host
+                .iter()
+                .rev()
+                .find(|s| s.is_complete())
+                .map(|s| s.id.0),
+            snapshots: of_host.len() as u64,
+        })
+    }
+
     /// Writes everything in one synced batch, then brings the snapshot copies up to date.
     /// Order (FORMAT.md §Crash safety): stale marker, index batch, copies, marker removed.
     pub(crate) fn commit(mut self) -> Result<Released> {
@@ -297,54 +384,15 @@ impl<'r> Mutation<'r> {
                 None => batch.delete_pack(id)?,
             }
         }
-        let touched_hosts: BTreeSet<String> = self
-            .snapshots
-            .iter()
-            .map(|(id, s)| match s {
-                Some(s) => Ok(s.host.clone()),
-                None => self
-                    .repo
-                    .index
-                    .snapshot(id)
-                    .map(|o| o.map(|s| s.host).unwrap_or_default()),
-            })
-            .collect::<Result<_>>()?;
         if !self.snapshots.is_empty() {
-            // Host records follow the snapshots that remain.
-            let mut after: HashMap<SnapshotId, Snapshot> = self
-                .repo
-                .index
-                .snapshots()?
-                .into_iter()
-                .filter(|s| touched_hosts.contains(&s.host))
-                .map(|s| (s.id, s))
-                .collect();
             for (id, s) in &self.snapshots {
                 match s {
-                    Some(s) => {
-                        after.insert(*id, s.clone());
-                        batch.put_snapshot(s)?;
-                    }
-                    None => {
-                        after.remove(id);
-                        batch.delete_snapshot(id)?;
-                    }
+                    Some(s) => batch.put_snapshot(s)?,
+                    None => batch.delete_snapshot(id)?,
                 }
             }
-            for host in touched_hosts.iter().filter(|h| !h.is_empty()) {
-                let mut of_host: Vec<&Snapshot> =
-                    after.values().filter(|s| &s.host == host).collect();
-                of_host.sort_by_key(|s| (s.start_ns, s.id));
-                let rec = HostRecord {
-                    latest: of_host.last().map(|s| s.id.0),
-                    latest_complete: of_host
-                        .iter()
-                        .rev()
-                        .find(|s| s.is_complete())
-                        .map(|s| s.id.0),
-                    snapshots: of_host.len() as u64,
-                };
-                batch.put_host(host, &rec)?;
+            for (host, rec) in self.host_records()? {
+                batch.put_host(&host, &rec)?;
             }
             write_stale_marker(self.repo)?;
         }

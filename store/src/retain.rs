@@ -109,23 +109,28 @@ pub(crate) fn candidates(snapshots: &[Snapshot]) -> Vec<Candidate> {
         .collect()
 }
 
-/// Puts a plan's decisions into a mutation. Every decision must name one of `snapshots`.
+/// Puts a plan's changing decisions into a mutation, looking up only the snapshots they name
+/// (`known` may hold records already loaded, such as a backup's new snapshot).
 pub(crate) fn apply_decisions(
     m: &mut Mutation<'_>,
-    snapshots: &[Snapshot],
+    repo: &Repository,
+    known: &[Snapshot],
     plan: &Plan,
 ) -> Result<u64> {
-    let by_id: HashMap<String, &Snapshot> =
-        snapshots.iter().map(|s| (s.id.to_string(), s)).collect();
     let mut relabelled = 0;
     let mut expire = Vec::new();
-    for d in &plan.decisions {
-        let s = by_id.get(&d.id).ok_or_else(|| {
+    for d in plan.decisions.iter().filter(|d| d.changed) {
+        let stale = || {
             Error::InvalidArgument(format!(
                 "retention plan names snapshot {} which no longer exists (plan again)",
                 d.id
             ))
-        })?;
+        };
+        let id: SnapshotId = d.id.parse().map_err(|_| stale())?;
+        let s = match known.iter().find(|s| s.id == id) {
+            Some(s) => s.clone(),
+            None => repo.index.snapshot(&id)?.ok_or_else(stale)?,
+        };
         match d.action {
             Action::Expire if s.pinned => {
                 return Err(Error::InvalidArgument(format!(
@@ -133,20 +138,17 @@ pub(crate) fn apply_decisions(
                     d.id
                 )))
             }
-            Action::Expire => expire.push(*s),
+            Action::Expire => expire.push(s),
             Action::Keep => {
                 let tiers: Vec<String> = d.tiers.iter().cloned().collect();
                 if tiers != s.tiers {
                     relabelled += 1;
-                    m.put_snapshot(Snapshot {
-                        tiers,
-                        ..(*s).clone()
-                    });
+                    m.put_snapshot(Snapshot { tiers, ..s });
                 }
             }
         }
     }
-    for s in expire {
+    for s in &expire {
         m.expire(s)?;
     }
     Ok(relabelled)
@@ -223,8 +225,7 @@ impl Repository {
     /// snapshot it expires (their blobs' reference counts drop; space returns at the next gc).
     pub fn apply_plan(&self, plan: &Plan) -> Result<Applied> {
         let mut m = Mutation::begin(self)?;
-        let snaps = self.snapshots()?;
-        let relabelled = apply_decisions(&mut m, &snaps, plan)?;
+        let relabelled = apply_decisions(&mut m, self, &[], plan)?;
         let released = m.commit()?;
         Ok(Applied {
             relabelled,
