@@ -961,7 +961,7 @@ impl Repository {
                 &self.retention_settings()?.schedules,
                 &step,
             )?;
-            crate::retain::apply_decisions(&mut m, self, &[snapshot.clone()], &plan)?;
+            crate::retain::apply_decisions(&mut m, self, std::slice::from_ref(snapshot), &plan)?;
         }
         m.commit()?;
         Ok(())
