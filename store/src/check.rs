@@ -269,7 +269,7 @@ impl Repository {
         self.index.for_each_blob(|id, loc| {
             blobs += 1;
             if loc.refcount > 0 {
-                *live_bytes.entry(loc.pack).or_insert(0) += crate::mutation::stored_size(&loc);
+                *live_bytes.entry(loc.pack).or_insert(0) += loc.span();
             }
             let want = expected.get(&id).copied().unwrap_or(0);
             let problem = |message: String| Problem {
@@ -287,10 +287,7 @@ impl Repository {
             }
             match packs.get(&loc.pack) {
                 None => problems.push(problem("blob's pack is not in the index".into())),
-                Some(rec)
-                    if loc.offset + (pack::BLOB_HEADER_LEN as u64) + u64::from(loc.stored_len)
-                        > rec.size =>
-                {
+                Some(rec) if loc.offset.saturating_add(loc.span()) > rec.size => {
                     problems.push(problem("blob extends past the end of its pack".into()))
                 }
                 Some(_) => {}
@@ -307,11 +304,7 @@ impl Repository {
         }
         for (host, list) in &by_host {
             // `snapshots` is sorted oldest first.
-            let want = crate::index::HostRecord {
-                latest: list.last().map(|s| s.id.0),
-                latest_complete: list.iter().rev().find(|s| s.is_complete()).map(|s| s.id.0),
-                snapshots: list.len() as u64,
-            };
+            let want = crate::index::HostRecord::of(list.iter().copied());
             let have = self.index.host(host)?;
             if have.as_ref() != Some(&want) {
                 problems.push(Problem {

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
 use crate::index::{BlobLoc, PackRecord};
-use crate::mutation::{stored_size, Mutation};
+use crate::mutation::Mutation;
 use crate::pack::{self, PackEntry, PackId, PackWriter, SealedPack};
 use crate::repo::Repository;
 use crate::ChunkId;
@@ -172,7 +172,7 @@ impl Repository {
                 continue;
             }
             let c = self.classify(&id, rec)?;
-            let live_bytes: u64 = c.live.iter().map(entry_size).sum();
+            let live_bytes: u64 = c.live.iter().map(PackEntry::span).sum();
             let mut row = GcPack {
                 pack: id.to_string(),
                 size: rec.size,
@@ -316,7 +316,7 @@ impl Repository {
                         live_in_new.insert(id);
                     }
                     report.blobs_moved += 1;
-                    report.bytes_copied += stored_size(l);
+                    report.bytes_copied += l.span();
                 }
             }
             report.blobs_dropped += drops.len() as u64;
@@ -332,7 +332,7 @@ impl Repository {
                 .entries
                 .iter()
                 .filter(|e| !live_in_new.contains(&e.id))
-                .map(entry_size)
+                .map(PackEntry::span)
                 .sum();
             m.set_pack(
                 p.id,
@@ -368,10 +368,6 @@ impl Repository {
         report.bytes_freed = old.saturating_sub(new);
         Ok(())
     }
-}
-
-fn entry_size(e: &PackEntry) -> u64 {
-    pack::BLOB_HEADER_LEN as u64 + u64::from(e.stored_len)
 }
 
 fn tally(report: &mut GcReport) {

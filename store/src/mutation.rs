@@ -17,7 +17,7 @@ use std::sync::MutexGuard;
 
 use crate::error::{Error, IoContext, Result};
 use crate::index::{BlobLoc, HostRecord, PackRecord};
-use crate::pack::{BlobKind, PackId, BLOB_HEADER_LEN};
+use crate::pack::{BlobKind, PackId};
 use crate::repo::{poisoned, Repository};
 use crate::snapshot::{Snapshot, SnapshotId};
 use crate::tree::{chunk_list_children, decode_chunk_list, Tree};
@@ -74,11 +74,6 @@ impl Drop for SessionGuard<'_> {
     }
 }
 
-/// Size a blob takes in its pack.
-pub(crate) fn stored_size(loc: &BlobLoc) -> u64 {
-    BLOB_HEADER_LEN as u64 + u64::from(loc.stored_len)
-}
-
 /// What a mutation released.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Released {
@@ -120,13 +115,13 @@ impl<'r> Mutation<'r> {
 
     /// Loads the current locations of `ids` not yet in the overlay (one batched read).
     pub(crate) fn prefetch(&mut self, ids: &[ChunkId]) -> Result<()> {
-        let want: Vec<ChunkId> = ids
+        let mut want: Vec<ChunkId> = ids
             .iter()
             .filter(|id| !self.blobs.contains_key(id))
             .copied()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
             .collect();
+        want.sort_unstable();
+        want.dedup();
         if want.is_empty() {
             return Ok(());
         }
@@ -192,7 +187,7 @@ impl<'r> Mutation<'r> {
             if !revived {
                 continue;
             }
-            self.adjust_dead(&loc.pack, 0, stored_size(&loc))?;
+            self.adjust_dead(&loc.pack, 0, loc.span())?;
             if self.fresh.contains(&id) {
                 continue;
             }
@@ -228,20 +223,16 @@ impl<'r> Mutation<'r> {
     /// one counts as dead in its pack, and false is returned: the caller must then not count
     /// the blob's children again.
     pub(crate) fn insert_new(&mut self, id: &ChunkId, loc: BlobLoc) -> Result<bool> {
-        match self.loc(id)? {
-            Some(existing) if existing.refcount > 0 => {
-                self.adjust_dead(&loc.pack, stored_size(&loc), 0)?;
-                Ok(false)
-            }
-            _ => {
-                // Absent, or dead (its old copy is already counted dead in its old pack).
-                self.blobs.insert(*id, Some(BlobLoc { refcount: 0, ..loc }));
-                self.fresh.insert(*id);
-                // Dead until referenced: add_refs revives it and fixes the pack's dead bytes.
-                self.adjust_dead(&loc.pack, stored_size(&loc), 0)?;
-                Ok(true)
-            }
+        // The new copy is dead until referenced: `add_refs` revives it and takes its bytes
+        // back out of its pack's dead bytes.
+        self.adjust_dead(&loc.pack, loc.span(), 0)?;
+        if self.loc(id)?.is_some_and(|existing| existing.refcount > 0) {
+            return Ok(false);
         }
+        // Absent, or dead (its old copy is already counted dead in its old pack).
+        self.blobs.insert(*id, Some(BlobLoc { refcount: 0, ..loc }));
+        self.fresh.insert(*id);
+        Ok(true)
     }
 
     /// Drops one reference to `root`; every blob reaching zero drops its children in turn.
@@ -258,10 +249,10 @@ impl<'r> Mutation<'r> {
             if loc.refcount > 0 {
                 continue;
             }
-            self.adjust_dead(&loc.pack, stored_size(&loc), 0)?;
+            self.adjust_dead(&loc.pack, loc.span(), 0)?;
             self.died.push(id);
             self.released.blobs += 1;
-            self.released.stored_bytes += stored_size(&loc);
+            self.released.stored_bytes += loc.span();
             let children = self.children(&id, &loc)?;
             self.prefetch(&children)?;
             stack.extend(children);
@@ -357,15 +348,7 @@ impl<'r> Mutation<'r> {
         }
         let mut of_host: Vec<&Snapshot> = after.values().collect();
         of_host.sort_by_key(|s| (s.start_ns, s.id));
-        Ok(HostRecord {
-            latest: of_host.last().map(|s| s.id.0),
-            latest_complete: of_host
-                .iter()
-                .rev()
-                .find(|s| s.is_complete())
-                .map(|s| s.id.0),
-            snapshots: of_host.len() as u64,
-        })
+        Ok(HostRecord::of(of_host.into_iter()))
     }
 
     /// Writes everything in one synced batch, then brings the snapshot copies up to date.

@@ -93,6 +93,12 @@ impl Compression {
     }
 }
 
+/// Bytes a blob of `stored_len` takes in a pack: its header and its stored bytes. Dead-byte
+/// accounting (FORMAT.md §Index) counts in these units everywhere.
+pub(crate) fn blob_span(stored_len: u32) -> u64 {
+    BLOB_HEADER_LEN as u64 + u64::from(stored_len)
+}
+
 /// One blob's place in a pack (from its header or the trailer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PackEntry {
@@ -103,6 +109,13 @@ pub(crate) struct PackEntry {
     pub stored_len: u32,
     /// Offset of the blob header in the pack.
     pub offset: u64,
+}
+
+impl PackEntry {
+    /// Bytes this blob takes in its pack ([`blob_span`]).
+    pub(crate) fn span(&self) -> u64 {
+        blob_span(self.stored_len)
+    }
 }
 
 /// Bytes of a pack with `blobs` blobs that are not blobs: its header and trailer.
@@ -324,7 +337,7 @@ pub(crate) fn read_trailer(pack: &[u8]) -> Result<Vec<PackEntry>, DecodeError> {
         let (id, kind, compression, raw_len, stored_len) =
             read_blob_fields(&mut r, at, "trailer entry")?;
         let offset = r.u64("entry offset")?;
-        let end = offset.saturating_add(BLOB_HEADER_LEN as u64 + stored_len as u64);
+        let end = offset.saturating_add(blob_span(stored_len));
         if offset < next_free || end > entries_offset {
             return Err(DecodeError::Invalid {
                 what: "trailer entry",

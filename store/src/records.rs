@@ -50,6 +50,11 @@ impl BlobLoc {
         b
     }
 
+    /// Bytes this blob takes in its pack (header and stored bytes).
+    pub(crate) fn span(&self) -> u64 {
+        crate::pack::blob_span(self.stored_len)
+    }
+
     /// The index value bytes (FORMAT.md §Index), for tools and tests.
     pub fn encode_for_tools(&self) -> Vec<u8> {
         self.encode().to_vec()
@@ -96,4 +101,21 @@ pub struct HostRecord {
     pub latest_complete: Option<[u8; 32]>,
     /// Snapshots of the host in the index.
     pub snapshots: u64,
+}
+
+impl HostRecord {
+    /// The record of a host whose snapshots are `oldest_first` (sorted by start time, then id).
+    pub(crate) fn of<'a>(
+        oldest_first: impl DoubleEndedIterator<Item = &'a crate::Snapshot> + Clone,
+    ) -> Self {
+        HostRecord {
+            latest: oldest_first.clone().next_back().map(|s| s.id.0),
+            latest_complete: oldest_first
+                .clone()
+                .rev()
+                .find(|s| s.is_complete())
+                .map(|s| s.id.0),
+            snapshots: oldest_first.count() as u64,
+        }
+    }
 }

@@ -90,10 +90,7 @@ impl Repository {
             let record = PackRecord {
                 size: bytes.len() as u64,
                 blobs: entries.len() as u32,
-                dead_bytes: entries
-                    .iter()
-                    .map(|e| pack::BLOB_HEADER_LEN as u64 + u64::from(e.stored_len))
-                    .sum(),
+                dead_bytes: entries.iter().map(pack::PackEntry::span).sum(),
             };
             batch.put_pack(&pack_id, &record)?;
             pack_records.insert(pack_id, record);
@@ -138,9 +135,7 @@ impl Repository {
                 batch.put_blob(id, &loc)?;
                 if loc.refcount > 0 {
                     if let Some(rec) = pack_records.get_mut(&loc.pack) {
-                        rec.dead_bytes = rec
-                            .dead_bytes
-                            .saturating_sub(crate::mutation::stored_size(&loc));
+                        rec.dead_bytes = rec.dead_bytes.saturating_sub(loc.span());
                     }
                 }
             }
@@ -148,18 +143,13 @@ impl Repository {
         for (id, rec) in &pack_records {
             batch.put_pack(id, rec)?;
         }
-        let mut hosts: HashMap<String, HostRecord> = HashMap::new();
+        let mut hosts: HashMap<&str, Vec<&Snapshot>> = HashMap::new();
         for s in &snapshots {
             batch.put_snapshot(s)?;
-            let h = hosts.entry(s.host.clone()).or_default();
-            h.latest = Some(s.id.0);
-            if s.is_complete() {
-                h.latest_complete = Some(s.id.0);
-            }
-            h.snapshots += 1;
+            hosts.entry(s.host.as_str()).or_default().push(s);
         }
-        for (name, rec) in &hosts {
-            batch.put_host(name, rec)?;
+        for (name, oldest_first) in &hosts {
+            batch.put_host(name, &HostRecord::of(oldest_first.iter().copied()))?;
         }
         batch.commit()?;
         repo.index.flush()?;
