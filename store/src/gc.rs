@@ -92,6 +92,8 @@ pub struct GcReport {
 /// A candidate pack, classified against the index.
 struct Candidate {
     id: PackId,
+    /// Its row in the report.
+    row: usize,
     record: PackRecord,
     live: Vec<PackEntry>,
     dead: Vec<PackEntry>,
@@ -110,6 +112,7 @@ impl Repository {
         let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
         let mut c = Candidate {
             id: *id,
+            row: 0,
             record,
             live: Vec::new(),
             dead: Vec::new(),
@@ -171,7 +174,8 @@ impl Repository {
                 report.dead_bytes_remaining += rec.dead_bytes;
                 continue;
             }
-            let c = self.classify(&id, rec)?;
+            let mut c = self.classify(&id, rec)?;
+            c.row = report.packs.len();
             let live_bytes: u64 = c.live.iter().map(PackEntry::span).sum();
             let mut row = GcPack {
                 pack: id.to_string(),
@@ -227,21 +231,22 @@ impl Repository {
                 let map = self.map_pack(&c.id)?;
                 let mut ok = HashSet::new();
                 for e in &c.live {
-                    if let Err(err) = pack::read_blob(&map, e) {
-                        unreadable.insert(c.id, format!("blob {}: {err}", e.id));
-                        break;
-                    }
-                    let start = e.offset as usize + pack::BLOB_HEADER_LEN;
-                    let stored = &map[start..start + e.stored_len as usize];
-                    if writer.is_none() {
-                        writer = Some(PackWriter::create(&self.tmp_dir())?);
-                    }
-                    if let Some(w) = writer.as_mut() {
-                        w.add(e.id, e.kind, e.compression, e.raw_len, stored)?;
-                        if w.len() >= self.config().pack_size {
-                            if let Some(w) = writer.take() {
-                                sealed.push(w.seal(&self.packs_dir())?);
-                            }
+                    // A corrupt blob is never copied: its pack stays, named in the report.
+                    let stored = match pack::verified_stored(&map, e) {
+                        Ok(b) => b,
+                        Err(err) => {
+                            unreadable.insert(c.id, format!("blob {}: {err}", e.id));
+                            break;
+                        }
+                    };
+                    let w = match writer.as_mut() {
+                        Some(w) => w,
+                        None => writer.insert(PackWriter::create(&self.tmp_dir())?),
+                    };
+                    w.add(e.id, e.kind, e.compression, e.raw_len, stored)?;
+                    if w.len() >= self.config().pack_size {
+                        if let Some(full) = writer.take() {
+                            sealed.push(full.seal(&self.packs_dir())?);
                         }
                     }
                     ok.insert(e.id);

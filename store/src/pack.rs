@@ -219,8 +219,12 @@ pub(crate) fn decode_blob_header(pack: &[u8], offset: u64) -> Result<PackEntry, 
     })
 }
 
-/// Decodes, decompresses and verifies one blob of a mapped pack.
-pub(crate) fn read_blob(pack: &[u8], want: &PackEntry) -> Result<Vec<u8>, DecodeError> {
+/// The header of the blob at `want.offset` (checked against `want`), where its stored bytes
+/// start, and those bytes.
+fn stored_part<'p>(
+    pack: &'p [u8],
+    want: &PackEntry,
+) -> Result<(PackEntry, usize, &'p [u8]), DecodeError> {
     let header = decode_blob_header(pack, want.offset)?;
     if header.id != want.id || header.kind != want.kind || header.stored_len != want.stored_len {
         return Err(DecodeError::Invalid {
@@ -238,6 +242,22 @@ pub(crate) fn read_blob(pack: &[u8], want: &PackEntry) -> Result<Vec<u8>, Decode
                 need: header.stored_len as usize,
                 have: pack.len().saturating_sub(start),
             })?;
+    Ok((header, start, stored))
+}
+
+/// A blob's stored (compressed) bytes, once they are known to decompress to its id. gc
+/// copies these into new packs without recompressing.
+pub(crate) fn verified_stored<'p>(
+    pack: &'p [u8],
+    want: &PackEntry,
+) -> Result<&'p [u8], DecodeError> {
+    read_blob(pack, want)?;
+    stored_part(pack, want).map(|(_, _, stored)| stored)
+}
+
+/// Reads, decompresses and verifies one blob of a pack.
+pub(crate) fn read_blob(pack: &[u8], want: &PackEntry) -> Result<Vec<u8>, DecodeError> {
+    let (header, start, stored) = stored_part(pack, want)?;
     let raw = match header.compression {
         Compression::None => stored.to_vec(),
         Compression::Zstd => {

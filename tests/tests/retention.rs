@@ -342,3 +342,55 @@ fn race(gate_before_walk: bool) {
     assert_healthy(&repo);
     assert_restores(&repo, &snapshot, &src, dir.path());
 }
+
+/// A corrupt live blob is never copied: gc leaves its pack, says why, and does not panic.
+#[test]
+fn gc_leaves_a_pack_whose_live_blob_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let live = seeded_bytes(70, 10_000);
+    std::fs::write(src.join("live.bin"), &live).unwrap();
+    std::fs::write(src.join("dies.bin"), seeded_bytes(71, 300_000)).unwrap();
+    let repo = small_repo(&dir.path().join("repo"));
+    backup(&repo, "web1", &src, TierChoice::None);
+    std::fs::remove_file(src.join("dies.bin")).unwrap();
+    backup(&repo, "web1", &src, TierChoice::None);
+    let plan = repo
+        .plan_forget(
+            &KeepPolicy {
+                last: Some(1),
+                ..Default::default()
+            },
+            None,
+            xstore::now_ns(),
+        )
+        .unwrap();
+    repo.apply_plan(&plan).unwrap();
+    // Flip one stored byte of the live file's chunk, in the pack that also holds dead data.
+    let loc = repo
+        .blob_location(&xstore::ChunkId::of(&live))
+        .unwrap()
+        .unwrap();
+    let hex = loc.pack.to_string();
+    let pack_path = repo.path().join(format!("packs/{}/{hex}.pack", &hex[..2]));
+    let mut bytes = std::fs::read(&pack_path).unwrap();
+    bytes[loc.offset as usize + 48 + 5] ^= 0xff;
+    std::fs::write(&pack_path, &bytes).unwrap();
+    let report = repo
+        .gc(&GcOptions {
+            max_dead_percent: Some(0.0),
+            dry_run: false,
+        })
+        .unwrap();
+    let row = report
+        .packs
+        .iter()
+        .find(|r| r.pack == loc.pack.to_string())
+        .unwrap();
+    assert_eq!(row.action, xstore::GcAction::Skip, "{report:#?}");
+    assert!(row.note.as_deref().unwrap().contains("blob"), "{row:?}");
+    assert!(pack_path.exists());
+    let still = repo.blob_location(&xstore::ChunkId::of(&live)).unwrap();
+    assert_eq!(still.unwrap().pack, loc.pack);
+}
