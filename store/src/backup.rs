@@ -20,6 +20,7 @@ use crate::index::{BlobLoc, PackRecord};
 use crate::mutation::Mutation;
 use crate::pack::{self, BlobKind, PackWriter, SealedPack, BLOB_HEADER_LEN};
 use crate::repo::{now_ns, poisoned, Repository};
+use crate::retain::TierEntry;
 use crate::snapshot::{
     validate_host, PathError, Snapshot, SnapshotId, SnapshotStats, SnapshotStatus,
     MAX_RECORDED_ERRORS, SNAPSHOT_VERSION,
@@ -762,41 +763,18 @@ impl Repository {
             return Err(Error::InvalidArgument("no backup paths given".into()));
         }
         let start_ns = now_ns();
-        let tier = match &opts.tier {
-            TierChoice::None => None,
-            TierChoice::Lowest => Some(
-                self.retention_settings()?
-                    .schedules
-                    .for_host(&opts.host)
-                    .lowest()
-                    .name
-                    .clone(),
-            ),
-            TierChoice::Named(t) => {
-                let settings = self.retention_settings()?;
-                let schedule = settings.schedules.for_host(&opts.host);
-                if schedule.position(t).is_none() {
-                    return Err(xstore_retention::RetentionError::UnknownTier {
-                        tier: t.clone(),
-                        host: opts.host.clone(),
-                        schedule: schedule.to_string(),
-                    }
-                    .into());
-                }
-                Some(t.clone())
-            }
-        };
+        let entry = self.tier_entry(&opts.host, &opts.tier)?;
         // From here until commit, blobs this session may have deduplicated against are
         // protected from reclaim (mutation.rs).
         let _session = self.begin_session()?;
         let parent = match &opts.parent {
             ParentChoice::None => None,
             ParentChoice::Snapshot(id) => Some(self.snapshot(id)?),
-            ParentChoice::Latest => self
-                .snapshots()?
-                .into_iter()
-                .rev()
-                .find(|s| s.host == opts.host),
+            // The host record names the newest snapshot: no scan of every record.
+            ParentChoice::Latest => match self.index.host(&opts.host)?.and_then(|h| h.latest) {
+                Some(id) => Some(self.snapshot(&SnapshotId(id))?),
+                None => None,
+            },
         };
         let parent_root = match &parent {
             Some(p) => match self.tree(&p.root) {
@@ -892,7 +870,7 @@ impl Repository {
         };
         let sealed = session.sealed.into_inner().map_err(poisoned)?;
         let new_parents = session.new_parents.into_inner().map_err(poisoned)?;
-        self.commit(&snapshot, sealed, new_parents, tier.as_deref())?;
+        self.commit(&snapshot, sealed, new_parents, entry.as_ref())?;
         Ok(snapshot)
     }
 
@@ -903,7 +881,7 @@ impl Repository {
         snapshot: &Snapshot,
         sealed: Vec<SealedPack>,
         new_parents: Vec<(ChunkId, Vec<ChunkId>)>,
-        tier: Option<&str>,
+        entry: Option<&TierEntry>,
     ) -> Result<()> {
         let mut m = Mutation::begin(self)?;
         let mut fresh: HashSet<ChunkId> = HashSet::new();
@@ -945,22 +923,8 @@ impl Repository {
             m.add_refs(id, *n)?;
         }
         m.put_snapshot(snapshot.clone());
-        if let Some(tier) = tier {
-            let step = xstore_retention::Step::Enter {
-                id: snapshot.id.to_string(),
-                tier: tier.to_string(),
-            };
-            let mut of_host: Vec<Snapshot> = self
-                .snapshots()?
-                .into_iter()
-                .filter(|s| s.host == snapshot.host)
-                .collect();
-            of_host.push(snapshot.clone());
-            let plan = xstore_retention::plan_tiers(
-                &crate::retain::candidates(&of_host),
-                &self.retention_settings()?.schedules,
-                &step,
-            )?;
+        if let Some(entry) = entry {
+            let plan = self.plan_entry(entry, snapshot)?;
             crate::retain::apply_decisions(&mut m, self, std::slice::from_ref(snapshot), &plan)?;
         }
         m.commit()?;

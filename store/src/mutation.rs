@@ -395,7 +395,7 @@ impl<'r> Mutation<'r> {
         if !self.snapshots.is_empty() {
             let dir = self.repo.snapshots_dir();
             for (id, s) in &self.snapshots {
-                let path = dir.join(format!("{id}.json"));
+                let path = self.repo.snapshot_copy_path(id);
                 match s {
                     Some(s) => {
                         fsutil::write_atomic(&path, &s.encode())?;
@@ -440,18 +440,19 @@ fn clear_stale_marker(repo: &Repository) -> Result<()> {
 pub(crate) fn resync_snapshot_copies(repo: &Repository) -> Result<()> {
     let dir = repo.snapshots_dir();
     let records = repo.index.snapshots()?;
-    let known: HashSet<String> = records.iter().map(|s| format!("{}.json", s.id)).collect();
+    let mut known: HashSet<PathBuf> = HashSet::new();
     for s in &records {
-        let path = dir.join(format!("{}.json", s.id));
+        let path = repo.snapshot_copy_path(&s.id);
         let want = s.encode();
         if std::fs::read(&path).ok().as_deref() != Some(&want[..]) {
             fsutil::write_atomic(&path, &want)?;
         }
+        known.insert(path);
     }
     for item in std::fs::read_dir(&dir).at(&dir)? {
         let item = item.at(&dir)?;
         let name = item.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".json") && !name.starts_with('.') && !known.contains(&name) {
+        if name.ends_with(".json") && !name.starts_with('.') && !known.contains(&item.path()) {
             std::fs::remove_file(item.path()).at(item.path())?;
         }
     }

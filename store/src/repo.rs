@@ -93,6 +93,10 @@ impl Repository {
     pub(crate) fn snapshots_dir(&self) -> PathBuf {
         self.root.join("snapshots")
     }
+    /// `snapshots/<id>.json`, the durable copy of a snapshot record.
+    pub(crate) fn snapshot_copy_path(&self, id: &SnapshotId) -> PathBuf {
+        self.snapshots_dir().join(format!("{id}.json"))
+    }
 
     /// Creates a repository in `path` (which must be missing or empty) and opens it writable.
     pub fn init(path: &Path, opts: &InitOptions) -> Result<Repository> {

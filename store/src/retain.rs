@@ -9,6 +9,7 @@ use xstore_retention::{
     plan_keep, plan_tiers, Action, Candidate, KeepPolicy, Plan, Schedules, Step,
 };
 
+use crate::backup::TierChoice;
 use crate::error::{DecodeError, Error, IoContext, Result};
 use crate::fsutil;
 use crate::mutation::{Mutation, Released};
@@ -154,7 +155,51 @@ pub(crate) fn apply_decisions(
     Ok(relabelled)
 }
 
+/// The tier a new snapshot enters, with the schedules read once at the start of its backup.
+pub(crate) struct TierEntry {
+    tier: String,
+    schedules: Schedules,
+}
+
 impl Repository {
+    /// Resolves a backup's tier choice against the host's schedule (an unknown tier is an
+    /// error before anything is read or written).
+    pub(crate) fn tier_entry(&self, host: &str, choice: &TierChoice) -> Result<Option<TierEntry>> {
+        let schedules = match choice {
+            TierChoice::None => return Ok(None),
+            _ => self.retention_settings()?.schedules,
+        };
+        let schedule = schedules.for_host(host);
+        let tier = match choice {
+            TierChoice::Named(t) if schedule.position(t).is_none() => {
+                return Err(xstore_retention::RetentionError::UnknownTier {
+                    tier: t.clone(),
+                    host: host.to_string(),
+                    schedule: schedule.to_string(),
+                }
+                .into())
+            }
+            TierChoice::Named(t) => t.clone(),
+            _ => schedule.lowest().name.clone(),
+        };
+        Ok(Some(TierEntry { tier, schedules }))
+    }
+
+    /// The plan of `snapshot` (not yet committed) entering its tier: the entry and the trim.
+    pub(crate) fn plan_entry(&self, entry: &TierEntry, snapshot: &Snapshot) -> Result<Plan> {
+        let mut of_host: Vec<Snapshot> = self
+            .snapshots()?
+            .into_iter()
+            .filter(|s| s.host == snapshot.host)
+            .collect();
+        of_host.push(snapshot.clone());
+        let step = Step::Enter {
+            id: snapshot.id.to_string(),
+            tier: entry.tier.clone(),
+        };
+        Ok(plan_tiers(&candidates(&of_host), &entry.schedules, &step)?)
+    }
+
     fn retention_path(&self) -> PathBuf {
         self.path().join("retention.json")
     }
