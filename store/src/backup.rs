@@ -884,7 +884,6 @@ impl Repository {
         entry: Option<&TierEntry>,
     ) -> Result<()> {
         let mut m = Mutation::begin(self)?;
-        let mut fresh: HashSet<ChunkId> = HashSet::new();
         for p in &sealed {
             m.set_pack(
                 p.id,
@@ -894,33 +893,28 @@ impl Repository {
                     dead_bytes: 0,
                 }),
             );
-        }
-        let new_ids: Vec<ChunkId> = sealed
-            .iter()
-            .flat_map(|p| p.entries.iter().map(|e| e.id))
-            .collect();
-        m.prefetch(&new_ids)?;
-        for p in &sealed {
+            let ids: Vec<ChunkId> = p.entries.iter().map(|e| e.id).collect();
+            m.prefetch(&ids)?;
             for e in &p.entries {
-                if m.insert_new(&e.id, BlobLoc::at(p.id, e, 0))? {
-                    fresh.insert(e.id);
-                }
+                m.insert_new(&e.id, BlobLoc::at(p.id, e, 0))?;
             }
         }
+        drop(sealed);
         // A parent blob counts its children only when this commit is the one that adds it.
         let mut deltas: HashMap<ChunkId, u64> = HashMap::new();
-        for (parent, children) in &new_parents {
-            if fresh.contains(parent) {
+        for (parent, children) in new_parents {
+            if m.inserted(&parent) {
                 for c in children {
-                    *deltas.entry(*c).or_insert(0) += 1;
+                    *deltas.entry(c).or_insert(0) += 1;
                 }
             }
         }
         *deltas.entry(snapshot.root).or_insert(0) += 1;
         let ids: Vec<ChunkId> = deltas.keys().copied().collect();
         m.prefetch(&ids)?;
-        for (id, n) in &deltas {
-            m.add_refs(id, *n)?;
+        drop(ids);
+        for (id, n) in deltas {
+            m.add_refs(&id, n)?;
         }
         m.put_snapshot(snapshot.clone());
         if let Some(entry) = entry {

@@ -220,19 +220,24 @@ impl<'r> Mutation<'r> {
 
     /// Inserts a blob just written to a sealed pack. When the index already has a live copy
     /// (another session of this process committed it first) the existing copy wins, the new
-    /// one counts as dead in its pack, and false is returned: the caller must then not count
-    /// the blob's children again.
-    pub(crate) fn insert_new(&mut self, id: &ChunkId, loc: BlobLoc) -> Result<bool> {
+    /// one counts as dead in its pack, and [`Mutation::inserted`] stays false: the caller must
+    /// then not count the blob's children again.
+    pub(crate) fn insert_new(&mut self, id: &ChunkId, loc: BlobLoc) -> Result<()> {
         // The new copy is dead until referenced: `add_refs` revives it and takes its bytes
         // back out of its pack's dead bytes.
         self.adjust_dead(&loc.pack, loc.span(), 0)?;
         if self.loc(id)?.is_some_and(|existing| existing.refcount > 0) {
-            return Ok(false);
+            return Ok(());
         }
         // Absent, or dead (its old copy is already counted dead in its old pack).
         self.blobs.insert(*id, Some(BlobLoc { refcount: 0, ..loc }));
         self.fresh.insert(*id);
-        Ok(true)
+        Ok(())
+    }
+
+    /// Whether this mutation inserted `id` as the blob's live copy ([`Mutation::insert_new`]).
+    pub(crate) fn inserted(&self, id: &ChunkId) -> bool {
+        self.fresh.contains(id)
     }
 
     /// Drops one reference to `root`; every blob reaching zero drops its children in turn.
