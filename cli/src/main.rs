@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod pull;
 mod retention;
 
 use anyhow::{Context, Result};
@@ -223,6 +224,13 @@ enum Command {
         #[arg(long, default_value = "root")]
         user: String,
     },
+    /// Serve this host's backup list to the backup server (run by sshd as the forced
+    /// command of the server's key), or print that authorized_keys line.
+    Agent(pull::AgentArgs),
+    /// Back up hosts over SSH through their agents (inventory hosts by name, --account or --all).
+    Pull(pull::PullArgs),
+    /// List the inventory's hosts with their newest snapshot.
+    Hosts(pull::HostsArgs),
     /// Repair repository structures.
     Repair {
         #[command(subcommand)]
@@ -318,12 +326,23 @@ pub(crate) fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A compact age: `45s`, `12m`, `1h12m`, `3d4h`.
+pub(crate) fn short_age(ns: i64) -> String {
+    let s = ns.max(0) / 1_000_000_000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
 pub(crate) fn time_of(ns: i64) -> String {
     xstore::format_utc(ns.div_euclid(1_000_000_000))
 }
 
 /// A progress bar on a TTY; nothing otherwise (cron, pipes, --json, -q).
-fn progress_bar(
+pub(crate) fn progress_bar(
     cli: &Cli,
     progress: Arc<Progress>,
     known_total: bool,
@@ -369,6 +388,9 @@ fn progress_bar(
 
 fn run(cli: &Cli) -> Result<u8> {
     match &cli.command {
+        Command::Agent(args) => pull::agent(args),
+        Command::Pull(args) => pull::pull(cli, args),
+        Command::Hosts(args) => pull::hosts(cli, args),
         Command::Init {
             chunk_avg_kib,
             compression_level,

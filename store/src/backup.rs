@@ -169,6 +169,25 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Drops what a failed backup wrote: the open pack and the sealed ones (no index batch
+    /// references them, and only this session knows them).
+    fn discard_uncommitted(&self) {
+        if let Ok(mut w) = self.writer.lock() {
+            if let Some(w) = w.take() {
+                w.discard();
+            }
+        }
+        if let Ok(mut sealed) = self.sealed.lock() {
+            for p in sealed.drain(..) {
+                let path = pack::pack_path(&self.repo.packs_dir(), &p.id);
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e,
+                        "could not remove an uncommitted pack; the next writer's recovery will");
+                }
+            }
+        }
+    }
+
     /// Claims a blob id for writing: true when neither this session nor the repository has
     /// it, and from then on this caller must write it ([`Session::write_new`]) or fail the backup.
     fn claim(&self, id: ChunkId) -> Result<bool> {
@@ -196,6 +215,18 @@ impl<'a> Session<'a> {
     /// Compresses and appends a claimed blob to the current pack, sealing it when full.
     fn write_new(&self, id: ChunkId, kind: BlobKind, raw: &[u8]) -> Result<()> {
         let (compression, stored) = pack::compress(raw, self.level);
+        self.write_stored(id, kind, raw.len() as u32, compression, &stored)
+    }
+
+    /// Appends a claimed blob's stored form (already compressed, or raw) to the current pack.
+    fn write_stored(
+        &self,
+        id: ChunkId,
+        kind: BlobKind,
+        raw_len: u32,
+        compression: pack::Compression,
+        stored: &[u8],
+    ) -> Result<()> {
         let full = {
             let mut guard = self.writer.lock().map_err(poisoned)?;
             if guard.is_none() {
@@ -204,7 +235,7 @@ impl<'a> Session<'a> {
             let w = guard
                 .as_mut()
                 .ok_or_else(|| Error::InvalidArgument("no pack writer".into()))?;
-            w.add(id, kind, compression, raw.len() as u32, &stored)?;
+            w.add(id, kind, compression, raw_len, stored)?;
             if w.len() >= self.pack_size {
                 guard.take()
             } else {
@@ -217,7 +248,7 @@ impl<'a> Session<'a> {
         }
         self.new_blobs.fetch_add(1, Ordering::Relaxed);
         self.new_bytes
-            .fetch_add(raw.len() as u64, Ordering::Relaxed);
+            .fetch_add(u64::from(raw_len), Ordering::Relaxed);
         self.new_stored
             .fetch_add((stored.len() + BLOB_HEADER_LEN) as u64, Ordering::Relaxed);
         Ok(())
@@ -481,29 +512,51 @@ impl<'a> Session<'a> {
                 }
             }
         }
-        let data = file.fetch_chunks(&wanted).map_err(ReadFailure::Source)?;
-        if data.len() != wanted.len() {
-            return Err(ReadFailure::Source(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "asked for {} chunks, source sent {}",
-                    wanted.len(),
-                    data.len()
-                ),
-            )));
-        }
-        for (c, bytes) in wanted.iter().zip(&data) {
-            if bytes.len() != c.len as usize || ChunkId::of(bytes) != c.id {
+        // In batches, so a large new file never sits in memory whole.
+        let mut start = 0;
+        while start < wanted.len() {
+            let mut end = start;
+            let mut bytes = 0u64;
+            while end < wanted.len() && (end == start || bytes < crate::remote::FETCH_BATCH_BYTES) {
+                bytes += u64::from(wanted[end].len);
+                end += 1;
+            }
+            let batch = &wanted[start..end];
+            start = end;
+            let data = file.fetch_chunks(batch).map_err(ReadFailure::Source)?;
+            if data.len() != batch.len() {
                 return Err(ReadFailure::Source(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    format!("chunk {} does not match its id or length", c.id),
+                    format!(
+                        "asked for {} chunks, source sent {}",
+                        batch.len(),
+                        data.len()
+                    ),
                 )));
             }
-        }
-        for (c, bytes) in wanted.iter().zip(&data) {
-            self.bytes_read
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            self.store(c.id, BlobKind::Data, bytes)?;
+            for (c, fetched) in batch.iter().zip(&data) {
+                if fetched.data.len() != c.len as usize || ChunkId::of(&fetched.data) != c.id {
+                    return Err(ReadFailure::Source(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("chunk {} does not match its id or length", c.id),
+                    )));
+                }
+            }
+            for (c, fetched) in batch.iter().zip(data) {
+                self.bytes_read
+                    .fetch_add(fetched.data.len() as u64, Ordering::Relaxed);
+                if !self.claim(c.id)? {
+                    continue;
+                }
+                match fetched.zstd {
+                    // The source's frame decompressed to bytes with the right id: store it
+                    // as is instead of compressing again.
+                    Some(z) if z.len() < fetched.data.len() => {
+                        self.write_stored(c.id, BlobKind::Data, c.len, pack::Compression::Zstd, &z)?
+                    }
+                    _ => self.write_new(c.id, BlobKind::Data, &fetched.data)?,
+                }
+            }
         }
         Ok(list)
     }
@@ -702,7 +755,7 @@ fn synth_root(source: &dyn Source, paths: &[PathBuf]) -> Result<(Synth, Vec<Stri
     let mut shown = Vec::new();
     let mut abs: Vec<PathBuf> = Vec::new();
     for p in paths {
-        let a = std::fs::canonicalize(p).map_err(|source| Error::Source {
+        let a = source.canonicalize(p).map_err(|source| Error::Source {
             path: p.clone(),
             source,
         })?;
@@ -814,14 +867,17 @@ impl Repository {
             progress: opts.progress.clone(),
         };
         let result = session.process_synth(Path::new("/"), &synth, parent_root.as_ref());
+        // A source that broke off (a lost agent connection) walked an incomplete tree.
+        let result = result.and_then(|root| {
+            source.finish().map_err(|e| Error::SourceBroken {
+                reason: e.to_string(),
+            })?;
+            Ok(root)
+        });
         let root = match result {
             Ok(r) => r,
             Err(e) => {
-                if let Ok(mut w) = session.writer.lock() {
-                    if let Some(w) = w.take() {
-                        w.discard();
-                    }
-                }
+                session.discard_uncommitted();
                 return Err(e);
             }
         };
@@ -844,6 +900,7 @@ impl Repository {
             new_stored_bytes: session.new_stored.load(Ordering::Relaxed),
             skipped: session.skipped.load(Ordering::Relaxed),
             errors: error_count,
+            wire_bytes: source.transferred_bytes().unwrap_or(0),
         };
         let snapshot = Snapshot {
             version: SNAPSHOT_VERSION,

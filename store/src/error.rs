@@ -145,6 +145,21 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The source broke off during a backup (a lost or timed-out agent connection); nothing
+    /// was committed.
+    #[error("the source broke off ({reason}); no snapshot was committed")]
+    SourceBroken {
+        /// What happened.
+        reason: String,
+    },
+    /// A pull could not start or complete.
+    #[error("pull {host}: {reason}")]
+    Pull {
+        /// The host.
+        host: String,
+        /// Why.
+        reason: String,
+    },
     /// Expiry would drop a reference count below zero: the index disagrees with the trees.
     #[error("blob {0}: reference count would drop below zero (the index is inconsistent; run `xstore check`, then `xstore repair index`)")]
     RefcountUnderflow(ChunkId),

@@ -49,6 +49,7 @@
 // Without the index feature only the decoders are built (for fuzzing); writers go unused.
 #![cfg_attr(not(feature = "index"), allow(dead_code, unused_imports))]
 
+pub mod agent;
 #[cfg(feature = "index")]
 mod backup;
 #[cfg(feature = "index")]
@@ -64,6 +65,7 @@ mod fsutil;
 mod gc;
 #[cfg(feature = "index")]
 mod index;
+pub mod inventory;
 #[cfg(feature = "index")]
 mod lock;
 #[cfg(feature = "index")]
@@ -71,7 +73,11 @@ mod mmap;
 #[cfg(feature = "index")]
 mod mutation;
 mod pack;
+pub mod protocol;
+#[cfg(feature = "index")]
+mod pull;
 mod records;
+pub mod remote;
 #[cfg(feature = "index")]
 mod repair;
 #[cfg(feature = "index")]
@@ -88,6 +94,7 @@ use std::sync::atomic::AtomicU64;
 
 pub use xstore_chunker::{self as chunker, ChunkId, ChunkerParams};
 
+pub use agent::{AgentConfig, AgentError};
 #[cfg(feature = "index")]
 pub use backup::{BackupOptions, ParentChoice, TierChoice, MAX_INFLIGHT_CHUNKS};
 #[cfg(feature = "index")]
@@ -99,12 +106,16 @@ pub use config::{Config, InitOptions};
 pub use error::{DecodeError, Error, Result};
 #[cfg(feature = "index")]
 pub use gc::{GcAction, GcOptions, GcPack, GcReport};
+pub use inventory::{Account, HostSpec, Inventory, InventoryError};
 #[cfg(feature = "index")]
 pub use lock::local_hostname;
 #[cfg(feature = "index")]
 pub use mutation::Released;
 pub use pack::BlobKind;
+#[cfg(feature = "index")]
+pub use pull::{ssh_command, PullOptions, PullReport, DEFAULT_PULL_THREADS};
 pub use records::{BlobLoc, HostRecord, PackRecord};
+pub use remote::{AgentInfo, RemoteError, RemoteSource};
 #[cfg(feature = "index")]
 pub use repair::{pack_files, RepairReport};
 #[cfg(feature = "index")]
@@ -114,7 +125,7 @@ pub use restore::{RestoreOptions, RestoreSummary};
 #[cfg(feature = "index")]
 pub use retain::{Applied, RetentionSettings, DEFAULT_GC_MAX_DEAD_PERCENT, RETENTION_VERSION};
 pub use snapshot::{PathError, Snapshot, SnapshotId, SnapshotStats, SnapshotStatus};
-pub use source::{EntryMeta, LocalSource, Source, SourceFile, SourceKind};
+pub use source::{EntryMeta, FetchedChunk, LocalSource, Source, SourceFile, SourceKind};
 pub use tree::{ChunkRef, Content, Entry, EntryKind, Tree};
 pub use xstore_retention as retention;
 

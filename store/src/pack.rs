@@ -549,7 +549,7 @@ pub(crate) fn compress(raw: &[u8], level: i32) -> (Compression, Vec<u8>) {
 }
 
 /// Decompresses a zstd blob of exactly `raw_len` bytes with this thread's context.
-fn decompress(stored: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+pub(crate) fn decompress(stored: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {

@@ -273,6 +273,12 @@ impl Repository {
         Ok(())
     }
 
+    /// A host's record: its newest (and newest complete) snapshot and snapshot count, without
+    /// reading every snapshot. `None` for a host never backed up.
+    pub fn host_record(&self, host: &str) -> Result<Option<crate::HostRecord>> {
+        self.index.host(host)
+    }
+
     /// All snapshots, oldest first.
     pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
         let mut v = self.index.snapshots()?;

@@ -125,6 +125,8 @@ pub struct SnapshotStats {
     pub skipped: u64,
     /// Paths that failed (may exceed `errors.len()`).
     pub errors: u64,
+    /// Bytes exchanged with a remote agent, both directions, frames included (pulls only).
+    pub wire_bytes: u64,
 }
 
 /// A snapshot record.

@@ -5,9 +5,20 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::tree::ChunkRef;
+
+/// One chunk served by [`SourceFile::fetch_chunks`]: its bytes and, when the source
+/// compressed it for the wire, that zstd frame (which ingest may store as is once `data`
+/// has verified against the chunk id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedChunk {
+    /// The chunk's bytes.
+    pub data: Vec<u8>,
+    /// A zstd frame that decompresses to `data`, if the source sent one.
+    pub zstd: Option<Vec<u8>>,
+}
 
 /// The kind of a source entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +133,7 @@ pub trait SourceFile: Read + Send {
 
     /// The bytes of the given chunks, in the order asked. Ingest verifies every chunk against
     /// its id and length: a source is untrusted.
-    fn fetch_chunks(&mut self, ids: &[ChunkRef]) -> io::Result<Vec<Vec<u8>>> {
+    fn fetch_chunks(&mut self, ids: &[ChunkRef]) -> io::Result<Vec<FetchedChunk>> {
         let _ = ids;
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -143,6 +154,25 @@ pub trait Source: Send + Sync {
     fn xattrs(&self, path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Opens a regular file for reading without following a symlink.
     fn open(&self, path: &Path) -> io::Result<Box<dyn SourceFile>>;
+
+    /// The absolute, symlink-free form of a backup path given by the user. Local sources
+    /// resolve it on this machine; a remote source only normalizes it (the agent resolves
+    /// and checks it on its side).
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
+        std::fs::canonicalize(path)
+    }
+
+    /// Called after the walk, before anything is committed: an error means the source
+    /// broke off (a lost connection), so the walk's result is incomplete in ways the
+    /// per-path errors do not describe, and the backup must not be committed.
+    fn finish(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Bytes moved over a network to read this source so far, for sources that have one.
+    fn transferred_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The local filesystem.

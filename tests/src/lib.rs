@@ -2,6 +2,8 @@
 //! and comparing two trees byte for byte and metadata for metadata.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+pub mod sshd;
+
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;

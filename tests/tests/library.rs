@@ -330,7 +330,7 @@ impl SourceFile for RemoteFile {
             })
             .collect()))
     }
-    fn fetch_chunks(&mut self, ids: &[xstore::ChunkRef]) -> io::Result<Vec<Vec<u8>>> {
+    fn fetch_chunks(&mut self, ids: &[xstore::ChunkRef]) -> io::Result<Vec<xstore::FetchedChunk>> {
         let by_id: std::collections::HashMap<_, _> =
             xstore::chunker::chunk_slice(&self.params, &self.data)
                 .map(|c| {
@@ -349,7 +349,10 @@ impl SourceFile for RemoteFile {
             }
             self.fetched
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            out.push(bytes);
+            out.push(xstore::FetchedChunk {
+                data: bytes,
+                zstd: None,
+            });
         }
         Ok(out)
     }

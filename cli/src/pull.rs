@@ -1,0 +1,322 @@
+//! `agent`, `pull` and `hosts`: the fleet side of the CLI (README §Set up a client,
+//! §Set up the server).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use xstore::agent::{self, AgentConfig};
+use xstore::{HostSpec, Inventory, Progress, PullOptions, PullReport, Repository, SnapshotId};
+
+use crate::{human_bytes, open_ro, open_rw, print_json, time_of, Cli, EXIT_OK};
+
+/// Exit status of `pull`: at least one host failed (the others were pulled).
+pub(crate) const EXIT_HOSTS_FAILED: u8 = 2;
+/// Exit status of `pull`: no host failed, but some snapshots are partial.
+const EXIT_SOME_PARTIAL: u8 = 3;
+/// Default inventory location.
+pub(crate) const DEFAULT_INVENTORY: &str = "/etc/xstore/hosts.toml";
+
+#[derive(clap::Args)]
+pub(crate) struct AgentArgs {
+    /// The allow-list: one absolute path per line, # comments.
+    #[arg(long, default_value = agent::DEFAULT_AGENT_CONFIG)]
+    config: PathBuf,
+    /// Print the restricted authorized_keys line for the server's public key and exit.
+    #[arg(long, requires_all = ["server_key", "from"])]
+    print_authorized_keys: bool,
+    /// The backup server's public key file (for --print-authorized-keys).
+    #[arg(long, value_name = "FILE")]
+    server_key: Option<PathBuf>,
+    /// The backup server's address(es), as sshd's from="…" takes them.
+    #[arg(long, value_name = "ADDR")]
+    from: Option<String>,
+    /// The forced command in the printed line (default: this binary, `agent`, and --config
+    /// when it is not the default).
+    #[arg(long, value_name = "COMMAND")]
+    command: Option<String>,
+}
+
+pub(crate) fn agent(args: &AgentArgs) -> Result<u8> {
+    if args.print_authorized_keys {
+        let key_file = args
+            .server_key
+            .as_deref()
+            .context("--server-key is required")?;
+        let key =
+            std::fs::read_to_string(key_file).with_context(|| format!("{}", key_file.display()))?;
+        let command = match &args.command {
+            Some(c) => c.clone(),
+            None => {
+                let exe = std::env::current_exe().context("locating this binary")?;
+                let mut c = format!("{} agent", exe.display());
+                if args.config != Path::new(agent::DEFAULT_AGENT_CONFIG) {
+                    c.push_str(&format!(" --config {}", args.config.display()));
+                }
+                c
+            }
+        };
+        let from = args.from.as_deref().context("--from is required")?;
+        println!("{}", agent::authorized_keys_line(&command, &key, from)?);
+        return Ok(EXIT_OK);
+    }
+    // sshd sets SSH_ORIGINAL_COMMAND to what the client asked for; the key may only run
+    // the agent itself.
+    let original = std::env::var("SSH_ORIGINAL_COMMAND").ok();
+    agent::check_ssh_command(original.as_deref())?;
+    let stdout = std::io::stdout();
+    let config = match AgentConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            // Tell the server why, in the protocol, so its error names the cause.
+            let msg = xstore::protocol::AgentMsg::Fatal {
+                message: e.to_string().into_bytes(),
+            };
+            let mut out = stdout.lock();
+            let _ = xstore::protocol::write_frame(&mut out, &msg.encode());
+            let _ = out.flush();
+            return Err(e.into());
+        }
+    };
+    for m in &config.missing {
+        eprintln!(
+            "xstore agent: {}: listed in {} but does not exist; skipped",
+            m.display(),
+            args.config.display()
+        );
+    }
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 4);
+    // The frames go to fd 1 directly: std's stdout is line-buffered and not Send.
+    use std::os::fd::AsFd;
+    let out = std::fs::File::from(stdout.as_fd().try_clone_to_owned()?);
+    agent::serve(&config, std::io::stdin().lock(), out, workers)?;
+    Ok(EXIT_OK)
+}
+
+#[derive(clap::Args)]
+pub(crate) struct PullArgs {
+    /// Hosts to pull, by inventory name.
+    #[arg(conflicts_with_all = ["all", "account"])]
+    hosts: Vec<String>,
+    /// Every host of the inventory.
+    #[arg(long)]
+    all: bool,
+    /// Every host of this account.
+    #[arg(long)]
+    account: Option<String>,
+    /// The inventory file.
+    #[arg(long, env = "XSTORE_INVENTORY", default_value = DEFAULT_INVENTORY)]
+    inventory: PathBuf,
+    /// Hosts pulled in parallel.
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+    /// Time limit per host, replacing the inventory's (e.g. 30m).
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
+    /// Read every file instead of trusting the previous snapshot's metadata.
+    #[arg(long)]
+    no_parent: bool,
+    /// Requests in flight per host.
+    #[arg(long, hide = true)]
+    threads: Option<usize>,
+}
+
+fn load_inventory(path: &Path) -> Result<Inventory> {
+    Ok(Inventory::load(path)?)
+}
+
+fn select<'a>(inv: &'a Inventory, args: &PullArgs) -> Result<Vec<HostSpec>> {
+    if args.all {
+        return Ok(inv.hosts.clone());
+    }
+    if let Some(a) = &args.account {
+        let account = inv
+            .account(a)
+            .with_context(|| format!("account {a} is not in the inventory"))?;
+        return Ok(inv
+            .hosts
+            .iter()
+            .filter(|h| account.hosts.contains(&h.name))
+            .cloned()
+            .collect());
+    }
+    if args.hosts.is_empty() {
+        anyhow::bail!("name the hosts to pull, or give --all or --account");
+    }
+    args.hosts
+        .iter()
+        .map(|name| {
+            inv.host(name)
+                .cloned()
+                .with_context(|| format!("host {name} is not in the inventory"))
+        })
+        .collect()
+}
+
+fn report_line(r: &PullReport) -> String {
+    match r.outcome {
+        "failed" => format!(
+            "{:<24} FAILED   {:>7.1} s  {}",
+            r.host,
+            r.seconds,
+            r.error.as_deref().unwrap_or("")
+        ),
+        outcome => format!(
+            "{:<24} {:<8} {:>7.1} s  {:>10} scanned  {:>10} over the wire  {:>10} new  {}{}",
+            r.host,
+            outcome,
+            r.seconds,
+            human_bytes(r.bytes_scanned),
+            human_bytes(r.wire_bytes),
+            human_bytes(r.new_stored_bytes),
+            r.snapshot.as_deref().map_or("", |s| &s[..8.min(s.len())]),
+            if r.errors > 0 {
+                format!(
+                    "  ({} paths failed; see `xstore snapshots --json`)",
+                    r.errors
+                )
+            } else {
+                String::new()
+            }
+        ),
+    }
+}
+
+pub(crate) fn pull(cli: &Cli, args: &PullArgs) -> Result<u8> {
+    let inv = load_inventory(&args.inventory)?;
+    let hosts = select(&inv, args)?;
+    let timeout = match &args.timeout {
+        Some(t) => {
+            let ns = xstore::retention::parse_duration(t).map_err(anyhow::Error::msg)?;
+            Some(std::time::Duration::from_nanos(
+                u64::try_from(ns).context("--timeout must be positive")?,
+            ))
+        }
+        None => None,
+    };
+    let repo = open_rw(cli)?;
+    for h in repo.apply_inventory_schedules(&inv.hosts)? {
+        tracing::info!(host = %h, "tier schedule set from the inventory");
+    }
+    let progress = Arc::new(Progress::default());
+    let opts = PullOptions {
+        timeout,
+        threads: args.threads.unwrap_or(0),
+        no_parent: args.no_parent,
+        progress: Some(progress.clone()),
+        ..PullOptions::default()
+    };
+    let bar = crate::progress_bar(cli, progress.clone(), false);
+    let print = |r: &PullReport| {
+        if !cli.json && !(cli.quiet && r.outcome != "failed") {
+            println!("{}", report_line(r));
+        }
+    };
+    let reports = repo.pull_all(&hosts, args.jobs, &opts, &print);
+    drop(opts);
+    drop(progress);
+    if let Some(b) = bar {
+        let _ = b.join();
+    }
+    let count = |o: &str| reports.iter().filter(|r| r.outcome == o).count();
+    let (ok, partial, failed) = (count("ok"), count("partial"), count("failed"));
+    if cli.json {
+        print_json(&serde_json::json!({
+            "hosts": reports,
+            "ok": ok,
+            "partial": partial,
+            "failed": failed,
+        }))?;
+    } else if !cli.quiet {
+        println!(
+            "pulled {} hosts: {ok} ok, {partial} partial, {failed} failed",
+            reports.len()
+        );
+    }
+    Ok(if failed > 0 {
+        EXIT_HOSTS_FAILED
+    } else if partial > 0 {
+        EXIT_SOME_PARTIAL
+    } else {
+        EXIT_OK
+    })
+}
+
+#[derive(clap::Args)]
+pub(crate) struct HostsArgs {
+    /// The inventory file.
+    #[arg(long, env = "XSTORE_INVENTORY", default_value = DEFAULT_INVENTORY)]
+    inventory: PathBuf,
+}
+
+pub(crate) fn hosts(cli: &Cli, args: &HostsArgs) -> Result<u8> {
+    let inv = load_inventory(&args.inventory)?;
+    let repo: Repository = open_ro(cli)?;
+    let now = xstore::now_ns();
+    let mut rows = Vec::new();
+    for h in &inv.hosts {
+        let record = repo.host_record(&h.name)?;
+        let latest = match record.as_ref().and_then(|r| r.latest) {
+            Some(id) => Some(repo.snapshot(&SnapshotId(id))?),
+            None => None,
+        };
+        let allocation = inv.account(&h.account).map(|a| a.allocation);
+        rows.push((h, record, latest, allocation));
+    }
+    if cli.json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(h, record, latest, allocation)| {
+                serde_json::json!({
+                    "host": h.name,
+                    "account": h.account,
+                    "address": h.address,
+                    "port": h.port,
+                    "user": h.user,
+                    "allocation": allocation,
+                    "snapshots": record.as_ref().map_or(0, |r| r.snapshots),
+                    "latest": latest.as_ref().map(|s| serde_json::json!({
+                        "id": s.id.to_string(),
+                        "time": time_of(s.start_ns),
+                        "age_seconds": (now - s.start_ns).max(0) / 1_000_000_000,
+                        "status": s.status,
+                    })),
+                })
+            })
+            .collect();
+        print_json(&v)?;
+        return Ok(EXIT_OK);
+    }
+    println!(
+        "{:<24}  {:<12}  {:<28}  {:>9}  {:<20}  {:>8}  status",
+        "host", "account", "address", "snapshots", "newest", "age"
+    );
+    for (h, record, latest, _) in &rows {
+        let (time, age, status) = match latest {
+            Some(s) => (
+                time_of(s.start_ns),
+                crate::short_age((now - s.start_ns).max(0)),
+                if s.is_complete() {
+                    "complete"
+                } else {
+                    "partial"
+                },
+            ),
+            None => ("-".into(), "-".into(), "never backed up"),
+        };
+        println!(
+            "{:<24}  {:<12}  {:<28}  {:>9}  {:<20}  {:>8}  {status}",
+            h.name,
+            h.account,
+            format!("{}@{}:{}", h.user, h.address, h.port),
+            record.as_ref().map_or(0, |r| r.snapshots),
+            time,
+            age
+        );
+    }
+    Ok(EXIT_OK)
+}

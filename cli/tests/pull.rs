@@ -1,0 +1,368 @@
+//! Pulls through a real sshd on 127.0.0.1 whose authorized_keys carries the forced-command
+//! line `xstore agent --print-authorized-keys` prints (issue: pull over SSH).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{json, ok, stderr, xstore};
+use xstore_tests::sshd::Sshd;
+use xstore_tests::{assert_same_tree, make_fixture, restored_path};
+
+struct Fleet {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    repo: PathBuf,
+    data: PathBuf,
+    inventory: PathBuf,
+    sshd: Sshd,
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_xstore");
+
+/// A client whose backup.conf lists `data/`, an sshd with the agent's forced command, a
+/// repository, and an inventory naming the client `client1` (plus `hosts_toml`).
+fn fleet(hosts_toml: &str) -> Fleet {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let data = root.join("data");
+    make_fixture(&data, 1);
+    // Symlinks that point out of the allowed tree.
+    std::os::unix::fs::symlink("/etc", data.join("escape-dir")).unwrap();
+    std::os::unix::fs::symlink(root.join("secret"), data.join("escape-file")).unwrap();
+    fs::write(root.join("secret"), b"not in the backup list\n").unwrap();
+    let conf = root.join("backup.conf");
+    fs::write(
+        &conf,
+        format!("# what the server may read\n\n{}\n", data.display()),
+    )
+    .unwrap();
+    let sshd_dir = root.join("sshd");
+    let sshd = Sshd::start(&sshd_dir, |_| {
+        let out = Command::new(BIN)
+            .args(["agent", "--print-authorized-keys", "--from", "127.0.0.1"])
+            .arg("--server-key")
+            .arg(sshd_dir.join("client_key.pub"))
+            .arg("--config")
+            .arg(&conf)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    });
+    let repo = root.join("repo");
+    ok(&repo, &["init"]);
+    let inventory = root.join("hosts.toml");
+    fs::write(
+        &inventory,
+        format!(
+            "[defaults]\nport = {}\nuser = \"root\"\nssh_config = \"{}\"\ntimeout = \"120s\"\n\n\
+             [packages]\nsmall = \"2 GiB\"\n\n[[account]]\nname = \"acme\"\npackage = \"small\"\n\n\
+             [[account.host]]\nname = \"client1\"\naddress = \"127.0.0.1\"\n{hosts_toml}",
+            sshd.port,
+            sshd.ssh_config.display()
+        ),
+    )
+    .unwrap();
+    Fleet {
+        _tmp: tmp,
+        root,
+        repo,
+        data,
+        inventory,
+        sshd,
+    }
+}
+
+impl Fleet {
+    fn pull(&self, args: &[&str]) -> Output {
+        let mut a = vec![
+            "--json",
+            "pull",
+            "--inventory",
+            self.inventory.to_str().unwrap(),
+        ];
+        a.extend_from_slice(args);
+        xstore(&self.repo, &a)
+    }
+
+    fn pull_ok(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.pull(args);
+        assert!(
+            out.status.success(),
+            "pull {args:?} failed ({:?}):\n{}\n{}\nsshd log:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out),
+            self.sshd.log()
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn restore_and_compare(&self, snapshot: &str) {
+        let target = self
+            .root
+            .join(format!("restore-{}", snapshot.replace('@', "-")));
+        ok(&self.repo, &["restore", snapshot, target.to_str().unwrap()]);
+        assert_same_tree(&self.data, &restored_path(&target, &self.data), true);
+        fs::remove_dir_all(&target).unwrap();
+    }
+
+    fn snapshots_of(&self, host: &str) -> Vec<serde_json::Value> {
+        json(&self.repo, &["snapshots", "--host", host])
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+fn host_report<'a>(v: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
+    v["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["host"] == host)
+        .unwrap()
+}
+
+#[test]
+fn pull_restores_exactly_and_an_unchanged_repull_sends_almost_nothing() {
+    let f = fleet("");
+    let first = f.pull_ok(&["client1"]);
+    let r1 = host_report(&first, "client1");
+    assert_eq!(r1["outcome"], "ok", "{first}");
+    f.restore_and_compare("client1@latest");
+    // Symlinks out of the tree are stored as symlinks, never followed.
+    let listing = ok(&f.repo, &["ls", "client1@latest", f.data.to_str().unwrap()]);
+    let line = listing.lines().find(|l| l.contains("escape-file")).unwrap();
+    assert!(line.starts_with('l'), "{line}");
+    let out = xstore(
+        &f.repo,
+        &[
+            "cat",
+            "client1@latest",
+            f.data.join("escape-file").to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    let snaps = f.snapshots_of("client1");
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0]["paths"][0], f.data.to_str().unwrap());
+    assert_eq!(snaps[0]["tiers"][0], "hourly");
+    let stats = &snaps[0]["stats"];
+    let logical = stats["logical_bytes"].as_u64().unwrap();
+    let wire1 = stats["wire_bytes"].as_u64().unwrap();
+    // The fixture's big files are random: nearly all of them crosses the wire once (the
+    // copy deduplicates and is not sent again).
+    assert!(wire1 > 3 * 1024 * 1024 && wire1 < logical, "{stats}");
+
+    let second = f.pull_ok(&["client1"]);
+    let r2 = host_report(&second, "client1");
+    assert_eq!(r2["outcome"], "ok");
+    let snaps = f.snapshots_of("client1");
+    assert_eq!(snaps.len(), 2);
+    let stats = &snaps[1]["stats"];
+    assert_eq!(stats["files_read"], 0, "{stats}");
+    assert_eq!(stats["bytes_read"], 0, "{stats}");
+    let wire2 = stats["wire_bytes"].as_u64().unwrap();
+    assert_eq!(r2["wire_bytes"].as_u64().unwrap(), wire2);
+    // Metadata only: a few hundred bytes per entry at most.
+    assert!(
+        wire2 < 64 * 1024 && wire2 * 100 < wire1,
+        "{wire2} vs {wire1}"
+    );
+    f.restore_and_compare("client1@latest");
+
+    // A changed file is sent again; only it.
+    fs::write(f.data.join("small.txt"), b"changed content\n").unwrap();
+    f.pull_ok(&["client1"]);
+    let snaps = f.snapshots_of("client1");
+    assert_eq!(snaps[2]["stats"]["files_read"], 1);
+    f.restore_and_compare("client1@latest");
+    ok(&f.repo, &["check", "--read-data"]);
+
+    // hosts lists the inventory with the newest snapshot.
+    let hosts = json(
+        &f.repo,
+        &["hosts", "--inventory", f.inventory.to_str().unwrap()],
+    );
+    assert_eq!(hosts[0]["host"], "client1");
+    assert_eq!(hosts[0]["snapshots"], 3);
+    assert_eq!(hosts[0]["allocation"], 2u64 << 30);
+    assert_eq!(hosts[0]["latest"]["status"], "complete");
+}
+
+#[test]
+fn the_key_runs_nothing_but_the_agent() {
+    let f = fleet("");
+    let planted = f.root.join("pwned");
+    let out = f.sshd.ssh(&[], &format!("touch {}", planted.display()));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("refused command"), "{}", stderr(&out));
+    assert!(!planted.exists());
+    // Port forwarding is refused by the key's options.
+    let out = f.sshd.ssh(
+        &["-o", "ExitOnForwardFailure=yes", "-L", "0:127.0.0.1:22"],
+        "xstore agent",
+    );
+    assert!(!out.status.success(), "forwarding was allowed");
+    // A pull with a path outside the client's list is refused by the agent.
+    let outside = f.root.join("secret");
+    let bad = format!(
+        "[[account.host]]\nname = \"client2\"\naddress = \"127.0.0.1\"\npaths = [\"{}\"]\n",
+        outside.display()
+    );
+    let text = fs::read_to_string(&f.inventory).unwrap() + &bad;
+    fs::write(&f.inventory, text).unwrap();
+    let out = f.pull(&["client2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = host_report(&v, "client2");
+    assert_eq!(r["outcome"], "failed");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("outside this host's backup list"),
+        "{r}"
+    );
+    assert!(f.snapshots_of("client2").is_empty());
+}
+
+fn agent_pids(marker: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(" agent ") && cmdline.contains(marker.to_str().unwrap()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn a_killed_connection_commits_nothing_and_the_next_pull_is_clean() {
+    let f = fleet("");
+    // Enough data that the pull is still moving when the agent dies.
+    fs::write(
+        f.data.join("big.bin"),
+        xstore::chunker::seeded_bytes(7, 96 * 1024 * 1024),
+    )
+    .unwrap();
+    let conf = f.root.join("backup.conf");
+    let child = Command::new(BIN)
+        .env("XSTORE_REPO", &f.repo)
+        .args(["--json", "pull", "client1", "--inventory"])
+        .arg(&f.inventory)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut killed = false;
+    while Instant::now() < deadline && !killed {
+        let pids = agent_pids(&conf);
+        if !pids.is_empty() {
+            std::thread::sleep(Duration::from_millis(150));
+            for pid in agent_pids(&conf) {
+                let _ = rustix::process::kill_process(
+                    rustix::process::Pid::from_raw(pid).unwrap(),
+                    rustix::process::Signal::KILL,
+                );
+                killed = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(killed, "the agent was never seen running");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = host_report(&v, "client1");
+    assert_eq!(r["outcome"], "failed", "{r}");
+    assert!(f.snapshots_of("client1").is_empty());
+    ok(&f.repo, &["check", "--read-data"]);
+    let stats = json(&f.repo, &["stats"]);
+    assert_eq!(stats["packs"], 0, "uncommitted packs were left: {stats}");
+
+    // The next pull starts cleanly and is exact.
+    let v = f.pull_ok(&["client1"]);
+    assert_eq!(host_report(&v, "client1")["outcome"], "ok");
+    f.restore_and_compare("client1@latest");
+    ok(&f.repo, &["check", "--read-data"]);
+}
+
+#[test]
+fn several_hosts_in_parallel_and_failures_stay_with_their_host() {
+    // A host that accepts TCP and never speaks: only the per-host timeout ends it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming() {
+            held.push(s);
+        }
+    });
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tmp_hosts = |name: &str, sub: &str| {
+        format!("[[account.host]]\nname = \"{name}\"\naddress = \"127.0.0.1\"\npaths = [\"DATA/{sub}\"]\n")
+    };
+    let mut extra = String::from("\n[[account]]\nname = \"other\"\nallocation = \"1 GiB\"\n\n");
+    extra += &tmp_hosts("client2", "sub");
+    extra += &tmp_hosts("client3", "empty-dir");
+    extra += &format!(
+        "[[account.host]]\nname = \"hangs\"\naddress = \"127.0.0.1\"\nport = {silent_port}\ntimeout = \"3s\"\n"
+    );
+    extra += &format!(
+        "[[account.host]]\nname = \"refuses\"\naddress = \"127.0.0.1\"\nport = {closed_port}\n"
+    );
+    let f = fleet(&extra);
+    let text = fs::read_to_string(&f.inventory)
+        .unwrap()
+        .replace("DATA", f.data.to_str().unwrap());
+    fs::write(&f.inventory, text).unwrap();
+
+    let out = f.pull(&["--all", "--jobs", "3"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], 3, "{v}");
+    assert_eq!(v["failed"], 2, "{v}");
+    let hangs = host_report(&v, "hangs");
+    assert!(
+        hangs["error"].as_str().unwrap().contains("timed out"),
+        "{hangs}"
+    );
+    let refuses = host_report(&v, "refuses");
+    assert!(
+        refuses["error"].as_str().unwrap().contains("ssh"),
+        "{refuses}"
+    );
+    f.restore_and_compare("client1@latest");
+    let target = f.root.join("r2");
+    ok(
+        &f.repo,
+        &["restore", "client2@latest", target.to_str().unwrap()],
+    );
+    assert_same_tree(
+        &f.data.join("sub"),
+        &restored_path(&target, &f.data.join("sub")),
+        true,
+    );
+    assert_eq!(f.snapshots_of("client3").len(), 1);
+    assert!(f.snapshots_of("hangs").is_empty());
+    ok(&f.repo, &["check", "--read-data"]);
+}

@@ -1,0 +1,719 @@
+//! The client side of a pull: `xstore agent`, run by sshd as the forced command of the backup
+//! server's key (DESIGN §7, FORMAT.md §Agent protocol).
+//!
+//! Invariants:
+//! - it serves only the trees of its allow-list (`/etc/backup.conf`), read-only; it opens
+//!   nothing for writing and creates no file;
+//! - every path is resolved with `openat2(RESOLVE_NO_SYMLINKS)` (or, on kernels without it, a
+//!   component-by-component walk with `O_NOFOLLOW`), so no symlink — planted before or during
+//!   a pull — leads out of an allowed tree; symlinks are reported as symlinks, never followed;
+//! - every request is checked against the allow-list before any file is touched;
+//! - an unreadable file is an error reply for that request, never the end of the session.
+
+use std::ffi::OsStr;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+
+use crate::protocol::{
+    read_frame, write_frame, AgentMsg, ErrorCode, ServerMsg, WireChunk, WireEntry,
+    LIST_BATCH_BYTES, PROTOCOL_VERSIONS,
+};
+use crate::source::{EntryMeta, SourceKind};
+use crate::ChunkerParams;
+
+/// Where the agent reads its allow-list by default.
+pub const DEFAULT_AGENT_CONFIG: &str = "/etc/backup.conf";
+/// Most raw bytes one `ReadChunks` request may ask for.
+pub const MAX_READ_REQUEST: u64 = 32 * 1024 * 1024;
+
+/// Errors of the agent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The allow-list could not be read or has a bad line.
+    #[error("{path}: {reason}")]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong (with the line number).
+        reason: String,
+    },
+    /// SSH asked for a command other than the agent.
+    #[error("refused command {command:?}: this key may only run `xstore agent`")]
+    RefusedCommand {
+        /// `SSH_ORIGINAL_COMMAND`.
+        command: String,
+    },
+    /// The server broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// stdin/stdout failed.
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    /// Bad input to [`authorized_keys_line`].
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+/// The agent's allow-list: canonical absolute directory (or file) paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// Allowed roots, canonical, sorted, none inside another.
+    pub roots: Vec<PathBuf>,
+    /// Listed paths that do not exist on this host (not served; reported to stderr).
+    pub missing: Vec<PathBuf>,
+}
+
+impl AgentConfig {
+    /// Parses the allow-list text: one absolute path per line; `#` comments and blank lines
+    /// are allowed. Paths are canonicalized (symlinks in the listed path itself resolved once,
+    /// here); paths that do not exist are kept in `missing`.
+    pub fn parse(text: &str, origin: &Path) -> Result<AgentConfig, AgentError> {
+        let bad = |line: usize, reason: String| AgentError::Config {
+            path: origin.to_path_buf(),
+            reason: format!("line {line}: {reason}"),
+        };
+        let mut roots = Vec::new();
+        let mut missing = Vec::new();
+        for (n, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if !line.starts_with('/') {
+                return Err(bad(n + 1, format!("{line:?} is not an absolute path")));
+            }
+            let path = Path::new(line);
+            if path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(bad(n + 1, format!("{line:?} contains '..'")));
+            }
+            if path == Path::new("/") {
+                return Err(bad(
+                    n + 1,
+                    "'/' as a whole is not served; list its directories".into(),
+                ));
+            }
+            match std::fs::canonicalize(path) {
+                Ok(p) => roots.push(p),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(path.to_path_buf()),
+                Err(e) => return Err(bad(n + 1, format!("{line}: {e}"))),
+            }
+        }
+        roots.sort();
+        roots.dedup();
+        let all = roots.clone();
+        roots.retain(|r| !all.iter().any(|o| o != r && r.starts_with(o)));
+        Ok(AgentConfig { roots, missing })
+    }
+
+    /// Reads and parses the allow-list file.
+    pub fn load(path: &Path) -> Result<AgentConfig, AgentError> {
+        let text = std::fs::read_to_string(path).map_err(|e| AgentError::Config {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Whether `path` is an allowed root or inside one.
+    pub fn allows(&self, path: &Path) -> bool {
+        self.roots.iter().any(|r| path.starts_with(r))
+    }
+
+    /// Whether `path` is a directory on the way to an allowed root (only its metadata is
+    /// served, for the snapshot's directories above the roots).
+    fn is_ancestor(&self, path: &Path) -> bool {
+        self.roots.iter().any(|r| r.starts_with(path) && r != path)
+    }
+}
+
+/// Checks `SSH_ORIGINAL_COMMAND`: the key may run the agent and nothing else. `None` (run
+/// directly, or a client that sent no command) is allowed; otherwise the command must be
+/// `xstore agent` (any path to a program named `xstore`), with no further arguments.
+pub fn check_ssh_command(original: Option<&str>) -> Result<(), AgentError> {
+    let Some(command) = original else {
+        return Ok(());
+    };
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let ok = words.is_empty()
+        || (words.len() == 2
+            && Path::new(words[0]).file_name() == Some(OsStr::new("xstore"))
+            && words[1] == "agent");
+    if ok {
+        Ok(())
+    } else {
+        Err(AgentError::RefusedCommand {
+            command: command.to_string(),
+        })
+    }
+}
+
+/// The restricted `authorized_keys` line for the backup server's public key: the forced
+/// command, the source-address restriction and every forwarding disabled.
+pub fn authorized_keys_line(
+    agent_command: &str,
+    server_key: &str,
+    from: &str,
+) -> Result<String, AgentError> {
+    let bad = |m: String| Err(AgentError::InvalidArgument(m));
+    let key = server_key.trim();
+    let fields: Vec<&str> = key.split_whitespace().collect();
+    let looks_like_key = fields.len() >= 2
+        && (fields[0].starts_with("ssh-")
+            || fields[0].starts_with("ecdsa-")
+            || fields[0].starts_with("sk-"))
+        && fields[1]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+    if !looks_like_key || key.contains('\n') {
+        return bad(
+            "server key: not a single OpenSSH public key line (TYPE BASE64 [COMMENT])".into(),
+        );
+    }
+    if from.is_empty()
+        || !from
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".:/*?,!-_".contains(&b))
+    {
+        return bad(format!(
+            "--from {from:?}: expected addresses, CIDR blocks or host patterns separated by commas"
+        ));
+    }
+    if agent_command.contains('"') || agent_command.contains('\n') || agent_command.is_empty() {
+        return bad(format!(
+            "agent command {agent_command:?} must not contain quotes"
+        ));
+    }
+    Ok(format!(
+        "command=\"{agent_command}\",from=\"{from}\",no-pty,no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-user-rc {key}"
+    ))
+}
+
+/// Serves one session on `input`/`output` (the SSH channel) until the server says goodbye or
+/// closes the stream. Requests are answered by `workers` threads; replies carry request ids
+/// and may arrive in any order.
+pub fn serve(
+    config: &AgentConfig,
+    mut input: impl Read,
+    output: impl Write + Send,
+    workers: usize,
+) -> Result<(), AgentError> {
+    let out = Mutex::new(io::BufWriter::new(output));
+    let send = |msg: &AgentMsg| -> io::Result<()> {
+        let mut w = out
+            .lock()
+            .map_err(|_| io::Error::other("agent output lock poisoned"))?;
+        write_frame(&mut *w, &msg.encode())?;
+        w.flush()
+    };
+    send(&AgentMsg::Hello {
+        versions: PROTOCOL_VERSIONS.to_vec(),
+        capabilities: Vec::new(),
+        roots: config
+            .roots
+            .iter()
+            .map(|r| r.as_os_str().as_bytes().to_vec())
+            .collect(),
+        software: format!("xstore {}", env!("CARGO_PKG_VERSION")).into_bytes(),
+    })?;
+    let fatal = |reason: String| -> AgentError {
+        let _ = send(&AgentMsg::Fatal {
+            message: reason.clone().into_bytes(),
+        });
+        AgentError::Protocol(reason)
+    };
+    let hello = match read_frame(&mut input)? {
+        Some(body) => ServerMsg::decode(&body).map_err(|e| fatal(format!("server hello: {e}")))?,
+        None => return Ok(()),
+    };
+    let (params, level) = match hello {
+        ServerMsg::Hello {
+            version,
+            min,
+            avg,
+            max,
+            level,
+        } => {
+            if !PROTOCOL_VERSIONS.contains(&version) {
+                return Err(fatal(format!(
+                    "protocol version {version} is not supported (agent speaks {PROTOCOL_VERSIONS:?})"
+                )));
+            }
+            let params = ChunkerParams::new(min, avg, max)
+                .map_err(|e| fatal(format!("chunker parameters: {e}")))?;
+            (params, i32::from(level))
+        }
+        other => return Err(fatal(format!("expected the server's hello, got {other:?}"))),
+    };
+    let ctx = Ctx {
+        config,
+        params,
+        level,
+    };
+    let (tx, rx) = crossbeam_channel::bounded::<ServerMsg>(workers.max(1) * 4);
+    std::thread::scope(|scope| -> Result<(), AgentError> {
+        for _ in 0..workers.max(1) {
+            let rx = rx.clone();
+            let ctx = &ctx;
+            let send = &send;
+            scope.spawn(move || {
+                for request in rx {
+                    for reply in ctx.answer(request) {
+                        if send(&reply).is_err() {
+                            // The server is gone; the reader sees the end of input too.
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        drop(rx);
+        loop {
+            let Some(body) = read_frame(&mut input)? else {
+                break;
+            };
+            let msg = ServerMsg::decode(&body).map_err(|e| fatal(format!("request: {e}")))?;
+            match msg {
+                ServerMsg::Bye => break,
+                ServerMsg::Hello { .. } => return Err(fatal("second hello".into())),
+                request => {
+                    if tx.send(request).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(tx);
+        Ok(())
+    })
+}
+
+struct Ctx<'a> {
+    config: &'a AgentConfig,
+    params: ChunkerParams,
+    level: i32,
+}
+
+fn error_reply(req: u64, code: ErrorCode, message: impl Into<String>) -> AgentMsg {
+    AgentMsg::Error {
+        req,
+        code,
+        message: message.into().into_bytes(),
+    }
+}
+
+fn io_reply(req: u64, path: &Path, e: &io::Error) -> AgentMsg {
+    if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
+        || e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error())
+    {
+        return error_reply(
+            req,
+            ErrorCode::Refused,
+            format!("{}: refused, a path component is a symlink", path.display()),
+        );
+    }
+    error_reply(req, ErrorCode::of(e), format!("{}: {e}", path.display()))
+}
+
+/// A request path: absolute, normalized (no `.`, `..`, empty components or trailing `/`).
+fn request_path(bytes: &[u8]) -> Option<&Path> {
+    if bytes.first() != Some(&b'/') || bytes.contains(&0) {
+        return None;
+    }
+    if bytes == b"/" {
+        return Some(Path::new("/"));
+    }
+    let rest = &bytes[1..];
+    if rest
+        .split(|b| *b == b'/')
+        .any(|c| c.is_empty() || c == b"." || c == b"..")
+    {
+        return None;
+    }
+    Some(Path::new(OsStr::from_bytes(bytes)))
+}
+
+impl Ctx<'_> {
+    fn answer(&self, request: ServerMsg) -> Vec<AgentMsg> {
+        let (req, path_bytes) = match &request {
+            ServerMsg::Stat { req, path }
+            | ServerMsg::List { req, path }
+            | ServerMsg::ChunkFile { req, path }
+            | ServerMsg::ReadChunks { req, path, .. } => (*req, path.clone()),
+            _ => return Vec::new(),
+        };
+        let Some(path) = request_path(&path_bytes) else {
+            return vec![error_reply(
+                req,
+                ErrorCode::BadRequest,
+                format!(
+                    "{:?} is not a normalized absolute path",
+                    String::from_utf8_lossy(&path_bytes)
+                ),
+            )];
+        };
+        let allowed = self.config.allows(path)
+            || (matches!(request, ServerMsg::Stat { .. }) && self.config.is_ancestor(path));
+        if !allowed {
+            return vec![error_reply(
+                req,
+                ErrorCode::Refused,
+                format!("{}: outside this host's backup list", path.display()),
+            )];
+        }
+        match request {
+            ServerMsg::Stat { .. } => vec![match stat_entry(path) {
+                Ok(entry) => AgentMsg::Stat { req, entry },
+                Err(e) => io_reply(req, path, &e),
+            }],
+            ServerMsg::List { .. } => match list(path) {
+                Ok(entries) => list_replies(req, entries),
+                Err(e) => vec![io_reply(req, path, &e)],
+            },
+            ServerMsg::ChunkFile { .. } => vec![match self.chunk_file(req, path) {
+                Ok(m) => m,
+                Err(e) => io_reply(req, path, &e),
+            }],
+            ServerMsg::ReadChunks { ranges, .. } => vec![self.read_chunks(req, path, &ranges)],
+            _ => Vec::new(),
+        }
+    }
+
+    fn chunk_file(&self, req: u64, path: &Path) -> io::Result<AgentMsg> {
+        let file = std::fs::File::from(open_file(path)?);
+        let before = EntryMeta::from_metadata(&file.metadata()?);
+        if before.kind != SourceKind::File {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        let mut chunks = Vec::new();
+        if before.size <= u64::from(self.params.max()) * 4 {
+            let mut data = Vec::with_capacity(before.size as usize);
+            (&file).take(before.size + 1).read_to_end(&mut data)?;
+            chunks
+                .extend(xstore_chunker::chunk_slice(&self.params, &data).map(|c| (c.id, c.length)));
+        } else {
+            let mut chunker = xstore_chunker::StreamChunker::new(self.params, &file);
+            while let Some((c, _)) = chunker.next_chunk()? {
+                chunks.push((c.id, c.length));
+            }
+        }
+        let after = EntryMeta::from_metadata(&file.metadata()?);
+        Ok(AgentMsg::FileChunks {
+            req,
+            before,
+            after,
+            chunks,
+        })
+    }
+
+    fn read_chunks(&self, req: u64, path: &Path, ranges: &[(u64, u32)]) -> AgentMsg {
+        let total: u64 = ranges.iter().map(|(_, l)| u64::from(*l)).sum();
+        if total > MAX_READ_REQUEST || ranges.iter().any(|(_, l)| *l > self.params.max()) {
+            return error_reply(
+                req,
+                ErrorCode::BadRequest,
+                format!("read of {total} bytes or a range over the chunk maximum"),
+            );
+        }
+        let file = match open_file(path) {
+            Ok(f) => std::fs::File::from(f),
+            Err(e) => return io_reply(req, path, &e),
+        };
+        let mut chunks = Vec::with_capacity(ranges.len());
+        let mut buf = Vec::new();
+        for (offset, len) in ranges {
+            buf.resize(*len as usize, 0);
+            if let Err(e) = file.read_exact_at(&mut buf, *offset) {
+                return error_reply(
+                    req,
+                    ErrorCode::Io,
+                    format!(
+                        "{}: reading {len} bytes at {offset}: {e} (file changed?)",
+                        path.display()
+                    ),
+                );
+            }
+            let (compression, bytes) = crate::pack::compress(&buf, self.level);
+            chunks.push(WireChunk {
+                raw_len: *len,
+                zstd: compression == crate::pack::Compression::Zstd,
+                bytes,
+            });
+        }
+        AgentMsg::ChunkData { req, chunks }
+    }
+}
+
+fn list_replies(req: u64, entries: Vec<WireEntry>) -> Vec<AgentMsg> {
+    let mut replies = Vec::new();
+    let mut batch = Vec::new();
+    let mut size = 0usize;
+    for e in entries {
+        size += 64
+            + e.name.len()
+            + e.target.as_ref().map_or(0, Vec::len)
+            + e.xattrs
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 8)
+                .sum::<usize>();
+        batch.push(e);
+        if size >= LIST_BATCH_BYTES {
+            replies.push(AgentMsg::List {
+                req,
+                more: true,
+                entries: std::mem::take(&mut batch),
+            });
+            size = 0;
+        }
+    }
+    replies.push(AgentMsg::List {
+        req,
+        more: false,
+        entries: batch,
+    });
+    replies
+}
+
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+/// Opens `path` (absolute, normalized) without following any symlink in any component.
+fn open_nofollow(path: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        match rustix::fs::openat2(
+            rustix::fs::CWD,
+            path,
+            flags,
+            Mode::empty(),
+            ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Err(rustix::io::Errno::NOSYS) => NO_OPENAT2.store(true, Ordering::Relaxed),
+            other => return other.map_err(io::Error::from),
+        }
+    }
+    // Kernels before 5.6: walk the components, refusing a symlink at each step.
+    let mut dir = rustix::fs::open(
+        "/",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let parts: Vec<&OsStr> = path
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    let Some((last, between)) = parts.split_last() else {
+        return Ok(dir);
+    };
+    for part in between {
+        dir = rustix::fs::openat(
+            &dir,
+            *part,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+    }
+    Ok(rustix::fs::openat(&dir, *last, flags, Mode::empty())?)
+}
+
+/// Opens a regular file for reading, without following symlinks, not touching its atime
+/// when the agent may (it runs as root on clients).
+fn open_file(path: &Path) -> io::Result<OwnedFd> {
+    match open_nofollow(path, OFlags::RDONLY | OFlags::NOATIME | OFlags::NONBLOCK) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            open_nofollow(path, OFlags::RDONLY | OFlags::NONBLOCK)
+        }
+        other => other,
+    }
+}
+
+fn meta_of(st: &rustix::fs::Stat) -> EntryMeta {
+    let kind = match FileType::from_raw_mode(st.st_mode as _) {
+        FileType::RegularFile => SourceKind::File,
+        FileType::Directory => SourceKind::Dir,
+        FileType::Symlink => SourceKind::Symlink,
+        FileType::CharacterDevice => SourceKind::CharDevice,
+        FileType::BlockDevice => SourceKind::BlockDevice,
+        FileType::Fifo => SourceKind::Fifo,
+        _ => SourceKind::Socket,
+    };
+    let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+    EntryMeta {
+        kind,
+        mode: (st.st_mode as u32) & 0o7777,
+        uid: st.st_uid as u32,
+        gid: st.st_gid as u32,
+        size: st.st_size as u64,
+        mtime_ns: ns(st.st_mtime as i64, st.st_mtime_nsec as i64),
+        ctime_ns: ns(st.st_ctime as i64, st.st_ctime_nsec as i64),
+        inode: st.st_ino as u64,
+        dev: st.st_dev as u64,
+        nlink: st.st_nlink as u64,
+        rdev: st.st_rdev as u64,
+    }
+}
+
+/// The entry `name` of the open directory `dir`: lstat, symlink target, xattrs.
+fn lstat_at(dir: &OwnedFd, name: &OsStr) -> io::Result<WireEntry> {
+    let meta = meta_of(&rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?);
+    let target = if meta.kind == SourceKind::Symlink {
+        Some(rustix::fs::readlinkat(dir, name, Vec::new())?.into_bytes())
+    } else {
+        None
+    };
+    // The directory is already open without symlinks; /proc/self/fd/N names exactly it, and
+    // the l*xattr calls do not follow `name` itself.
+    let via_proc = PathBuf::from(format!("/proc/self/fd/{}", dir.as_fd().as_raw_fd())).join(name);
+    Ok(WireEntry {
+        name: name.as_bytes().to_vec(),
+        meta: Ok(meta),
+        target,
+        xattrs: read_xattrs(&via_proc),
+    })
+}
+
+/// [`lstat_at`] for a directory listing: a failure is reported in the entry.
+fn entry_at(dir: &OwnedFd, name: &OsStr) -> WireEntry {
+    lstat_at(dir, name).unwrap_or_else(|e| WireEntry {
+        name: name.as_bytes().to_vec(),
+        meta: Err(format!("stat: {e}")),
+        target: None,
+        xattrs: Vec::new(),
+    })
+}
+
+fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Ok(names) = xattr::list(path) else {
+        return out;
+    };
+    for name in names {
+        if let Ok(Some(value)) = xattr::get(path, &name) {
+            out.push((name.as_bytes().to_vec(), value));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn stat_entry(path: &Path) -> io::Result<WireEntry> {
+    let (parent, name) = match (path.parent(), path.file_name()) {
+        (Some(p), Some(n)) => (p, n),
+        _ => {
+            let dir = open_nofollow(path, OFlags::RDONLY | OFlags::DIRECTORY)?;
+            let st = rustix::fs::fstat(&dir)?;
+            return Ok(WireEntry {
+                name: Vec::new(),
+                meta: Ok(meta_of(&st)),
+                target: None,
+                xattrs: Vec::new(),
+            });
+        }
+    };
+    let dir = open_nofollow(parent, OFlags::RDONLY | OFlags::DIRECTORY)?;
+    let mut entry = lstat_at(&dir, name)?;
+    entry.name.clear();
+    Ok(entry)
+}
+
+fn list(path: &Path) -> io::Result<Vec<WireEntry>> {
+    let dir = open_nofollow(path, OFlags::RDONLY | OFlags::DIRECTORY)?;
+    let mut entries = Vec::new();
+    for item in rustix::fs::Dir::read_from(&dir)? {
+        let item = item?;
+        let name = OsStr::from_bytes(item.file_name().to_bytes());
+        if name == "." || name == ".." {
+            continue;
+        }
+        entries.push(entry_at(&dir, name));
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_parses_comments_and_refuses_relative_paths() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a");
+        std::fs::create_dir(&a).expect("mkdir");
+        let text = format!(
+            "# backup list\n\n  {}  \n{}/inner\n/does/not/exist\n",
+            a.display(),
+            a.display()
+        );
+        let c = AgentConfig::parse(&text, Path::new("backup.conf")).expect("parse");
+        assert_eq!(c.roots, vec![std::fs::canonicalize(&a).expect("canon")]);
+        assert_eq!(c.missing.len(), 2);
+        let e = AgentConfig::parse("etc\n", Path::new("backup.conf")).expect_err("relative");
+        assert!(e.to_string().contains("line 1"), "{e}");
+        assert!(AgentConfig::parse("/\n", Path::new("c")).is_err());
+        assert!(AgentConfig::parse("/etc/../root\n", Path::new("c")).is_err());
+    }
+
+    #[test]
+    fn only_the_agent_command_is_allowed() {
+        assert!(check_ssh_command(None).is_ok());
+        assert!(check_ssh_command(Some("xstore agent")).is_ok());
+        assert!(check_ssh_command(Some("/usr/local/bin/xstore agent")).is_ok());
+        for bad in [
+            "rm -rf /",
+            "xstore agent --config /tmp/x",
+            "xstore backup",
+            "sh -c 'xstore agent'",
+            "notxstore agent",
+        ] {
+            assert!(check_ssh_command(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn request_paths_must_be_normalized() {
+        assert!(request_path(b"/etc/passwd").is_some());
+        assert!(request_path(b"/").is_some());
+        for bad in [
+            &b"etc"[..],
+            b"/etc/",
+            b"/etc//x",
+            b"/etc/../root",
+            b"/./etc",
+            b"",
+            b"/a\0b",
+        ] {
+            assert!(request_path(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn authorized_keys_line_is_restricted() {
+        let line = authorized_keys_line(
+            "/usr/local/bin/xstore agent",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI backup@server\n",
+            "192.0.2.5",
+        )
+        .expect("line");
+        assert_eq!(
+            line,
+            "command=\"/usr/local/bin/xstore agent\",from=\"192.0.2.5\",no-pty,no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-user-rc ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI backup@server"
+        );
+        assert!(authorized_keys_line("x agent", "not a key", "1.2.3.4").is_err());
+        assert!(authorized_keys_line("x agent", "ssh-ed25519 AAAA", "1.2.3.4\" ,x").is_err());
+    }
+}

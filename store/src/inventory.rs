@@ -1,0 +1,379 @@
+//! The inventory (`hosts.toml`): accounts, their package (soft allocation) and their hosts,
+//! with how to reach each one. `pull --all` backs up every host it lists; the operations
+//! commands compare usage with the allocations. See README §Set up the server for an example.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use xstore_retention::Schedule;
+
+/// Default SSH port of the backup agent on clients.
+pub const DEFAULT_AGENT_PORT: u16 = 22344;
+/// Default per-host time limit of a pull.
+pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
+
+/// A problem with the inventory file.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct InventoryError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong, and where.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    port: Option<u16>,
+    user: Option<String>,
+    identity: Option<PathBuf>,
+    timeout: Option<String>,
+    ssh: Option<String>,
+    ssh_config: Option<PathBuf>,
+    #[serde(default)]
+    ssh_options: Vec<String>,
+    agent_command: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    name: String,
+    address: Option<String>,
+    port: Option<u16>,
+    user: Option<String>,
+    identity: Option<PathBuf>,
+    timeout: Option<String>,
+    #[serde(default)]
+    ssh_options: Vec<String>,
+    paths: Option<Vec<PathBuf>>,
+    schedule: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccount {
+    name: String,
+    package: Option<String>,
+    allocation: Option<toml::Value>,
+    #[serde(default, rename = "host")]
+    hosts: Vec<RawHost>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInventory {
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default)]
+    packages: BTreeMap<String, toml::Value>,
+    #[serde(default, rename = "account")]
+    accounts: Vec<RawAccount>,
+}
+
+/// One account (a customer) and its soft allocation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Account {
+    /// Account name.
+    pub name: String,
+    /// The package's name, if the allocation came from one.
+    pub package: Option<String>,
+    /// Soft allocation in bytes: exceeding it is reported, backups keep running.
+    pub allocation: u64,
+    /// The account's host names.
+    pub hosts: Vec<String>,
+}
+
+/// Everything needed to pull one host, with defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HostSpec {
+    /// Host name (snapshots are recorded under it).
+    pub name: String,
+    /// The account it belongs to.
+    pub account: String,
+    /// Address or name to connect to.
+    pub address: String,
+    /// SSH port.
+    pub port: u16,
+    /// Remote user.
+    pub user: String,
+    /// Private key file (`ssh -i`), if not from ssh's own configuration.
+    pub identity: Option<PathBuf>,
+    /// The ssh program.
+    pub ssh: String,
+    /// `ssh -F FILE`, if set.
+    pub ssh_config: Option<PathBuf>,
+    /// Extra `-o KEY=VALUE` options.
+    pub ssh_options: Vec<String>,
+    /// The command asked of the remote side (its forced command runs the agent anyway).
+    pub agent_command: String,
+    /// Paths to back up; empty means the client's whole allow-list.
+    pub paths: Vec<PathBuf>,
+    /// Tier schedule override for this host.
+    #[serde(serialize_with = "ser_schedule")]
+    pub schedule: Option<Schedule>,
+    /// Time limit of one pull.
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
+}
+
+fn ser_schedule<S: serde::Serializer>(v: &Option<Schedule>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(x) => s.serialize_some(&x.to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+fn ser_duration<S: serde::Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(v.as_secs())
+}
+
+/// A parsed, validated inventory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Inventory {
+    /// Accounts in file order.
+    pub accounts: Vec<Account>,
+    /// Hosts in file order.
+    pub hosts: Vec<HostSpec>,
+}
+
+/// Parses `2 GiB`, `500MB`, `8G`, `1048576` (bytes). Binary units (KiB…) are powers of 1024,
+/// decimal units (kB, MB, GB, TB) powers of 1000; a bare `K`/`M`/`G`/`T` is binary.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a size such as 2GiB or 500MB"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "k" | "kB" | "KB" => 1000,
+        "K" | "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "M" | "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "G" | "GiB" => 1 << 30,
+        "TB" => 1_000_000_000_000,
+        "T" | "TiB" => 1 << 40,
+        other => return Err(format!("{text:?}: unknown unit {other:?}")),
+    };
+    let bytes = value * factor as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("{text:?}: out of range"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+fn size_value(v: &toml::Value) -> Result<u64, String> {
+    match v {
+        toml::Value::Integer(n) if *n >= 0 => Ok(*n as u64),
+        toml::Value::String(s) => parse_size(s),
+        other => Err(format!(
+            "{} {other:?}: expected a size such as \"2 GiB\"",
+            other.type_str()
+        )),
+    }
+}
+
+fn duration_value(text: &str) -> Result<Duration, String> {
+    let ns = xstore_retention::parse_duration(text)?;
+    let ns = u64::try_from(ns).map_err(|_| format!("{text:?}: must be positive"))?;
+    if ns == 0 {
+        return Err(format!("{text:?}: must be positive"));
+    }
+    Ok(Duration::from_nanos(ns))
+}
+
+impl Inventory {
+    /// Parses and validates inventory text. `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Inventory, InventoryError> {
+        let fail = |reason: String| InventoryError {
+            path: origin.to_path_buf(),
+            reason,
+        };
+        let raw: RawInventory = toml::from_str(text).map_err(|e| fail(e.to_string()))?;
+        let mut packages = BTreeMap::new();
+        for (name, v) in &raw.packages {
+            let size = size_value(v).map_err(|e| fail(format!("package {name}: {e}")))?;
+            packages.insert(name.clone(), size);
+        }
+        let d = &raw.defaults;
+        let default_timeout = match &d.timeout {
+            Some(t) => duration_value(t).map_err(|e| fail(format!("defaults.timeout: {e}")))?,
+            None => DEFAULT_PULL_TIMEOUT,
+        };
+        let mut accounts = Vec::new();
+        let mut hosts = Vec::new();
+        let mut account_names = HashSet::new();
+        let mut host_names = HashSet::new();
+        for a in &raw.accounts {
+            if a.name.trim().is_empty() {
+                return Err(fail("an account has an empty name".into()));
+            }
+            if !account_names.insert(a.name.clone()) {
+                return Err(fail(format!("account {} is listed twice", a.name)));
+            }
+            let allocation = match (&a.package, &a.allocation) {
+                (Some(p), None) => *packages.get(p).ok_or_else(|| {
+                    fail(format!(
+                        "account {}: package {p:?} is not in [packages]",
+                        a.name
+                    ))
+                })?,
+                (None, Some(v)) => {
+                    size_value(v).map_err(|e| fail(format!("account {}: {e}", a.name)))?
+                }
+                _ => {
+                    return Err(fail(format!(
+                        "account {}: give exactly one of package or allocation",
+                        a.name
+                    )))
+                }
+            };
+            for h in &a.hosts {
+                let at = |e: String| fail(format!("host {}: {e}", h.name));
+                crate::snapshot::validate_host(&h.name).map_err(at)?;
+                if !host_names.insert(h.name.clone()) {
+                    return Err(at("listed twice".into()));
+                }
+                let mut paths = Vec::new();
+                for p in h.paths.iter().flatten() {
+                    if !p.is_absolute() {
+                        return Err(at(format!("path {} is not absolute", p.display())));
+                    }
+                    paths.push(p.clone());
+                }
+                let schedule = match &h.schedule {
+                    Some(s) => Some(Schedule::parse(s).map_err(|e| at(e.to_string()))?),
+                    None => None,
+                };
+                let timeout = match &h.timeout {
+                    Some(t) => duration_value(t).map_err(|e| at(format!("timeout: {e}")))?,
+                    None => default_timeout,
+                };
+                let mut ssh_options = d.ssh_options.clone();
+                ssh_options.extend(h.ssh_options.iter().cloned());
+                if let Some(bad) = ssh_options.iter().find(|o| !o.contains('=')) {
+                    return Err(at(format!("ssh option {bad:?} is not KEY=VALUE")));
+                }
+                hosts.push(HostSpec {
+                    name: h.name.clone(),
+                    account: a.name.clone(),
+                    address: h.address.clone().unwrap_or_else(|| h.name.clone()),
+                    port: h.port.or(d.port).unwrap_or(DEFAULT_AGENT_PORT),
+                    user: h
+                        .user
+                        .clone()
+                        .or_else(|| d.user.clone())
+                        .unwrap_or_else(|| "root".into()),
+                    identity: h.identity.clone().or_else(|| d.identity.clone()),
+                    ssh: d.ssh.clone().unwrap_or_else(|| "ssh".into()),
+                    ssh_config: d.ssh_config.clone(),
+                    ssh_options,
+                    agent_command: d
+                        .agent_command
+                        .clone()
+                        .unwrap_or_else(|| "xstore agent".into()),
+                    paths,
+                    schedule,
+                    timeout,
+                });
+            }
+            accounts.push(Account {
+                name: a.name.clone(),
+                package: a.package.clone(),
+                allocation,
+                hosts: a.hosts.iter().map(|h| h.name.clone()).collect(),
+            });
+        }
+        Ok(Inventory { accounts, hosts })
+    }
+
+    /// Reads and parses an inventory file.
+    pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
+        let text = std::fs::read_to_string(path).map_err(|e| InventoryError {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// A host by name.
+    pub fn host(&self, name: &str) -> Option<&HostSpec> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// An account by name.
+    pub fn account(&self, name: &str) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../examples/hosts.toml");
+
+    #[test]
+    fn the_documented_example_parses() {
+        let inv = Inventory::parse(EXAMPLE, Path::new("hosts.toml")).expect("example");
+        assert_eq!(inv.accounts.len(), 2);
+        let acme = inv.account("acme").expect("acme");
+        assert_eq!(acme.allocation, 2 << 30);
+        let web1 = inv.host("web1.example.net").expect("web1");
+        assert_eq!(web1.port, DEFAULT_AGENT_PORT);
+        assert_eq!(web1.user, "root");
+        assert_eq!(web1.account, "acme");
+        let db = inv.host("db1.example.org").expect("db1");
+        assert_eq!(
+            db.paths,
+            vec![PathBuf::from("/etc"), PathBuf::from("/var/lib/backup")]
+        );
+        assert_eq!(
+            db.schedule.as_ref().map(ToString::to_string).as_deref(),
+            Some("hourly=6,daily=14,weekly=4,monthly=3")
+        );
+        assert_eq!(db.timeout, Duration::from_secs(3 * 3600));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let cases = [
+            ("[[account]]\nname = \"a\"\npackage = \"nope\"\n", "package \"nope\""),
+            ("[[account]]\nname = \"a\"\n", "exactly one of package or allocation"),
+            (
+                "[[account]]\nname = \"a\"\nallocation = \"2 GiB\"\n[[account.host]]\nname = \"h\"\npaths = [\"etc\"]\n",
+                "not absolute",
+            ),
+            (
+                "[[account]]\nname = \"a\"\nallocation = 5\n[[account.host]]\nname = \"h\"\n[[account.host]]\nname = \"h\"\n",
+                "listed twice",
+            ),
+            ("[defaults]\nprot = 1\n", "unknown field"),
+            ("[packages]\nsmall = \"2 parsecs\"\n", "unknown unit"),
+        ];
+        for (text, want) in cases {
+            let e = Inventory::parse(text, Path::new("inv.toml")).expect_err(text);
+            assert!(e.to_string().contains(want), "{e} should mention {want}");
+            assert!(e.to_string().starts_with("inv.toml: "), "{e}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("2 GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_size("1.5KiB"), Ok(1536));
+        assert_eq!(parse_size("17"), Ok(17));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("-1G").is_err());
+    }
+}

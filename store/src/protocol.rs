@@ -1,0 +1,883 @@
+//! The agent protocol (FORMAT.md §Agent protocol): length-framed binary messages between the
+//! backup server and `xstore agent` on a client, over the stdin/stdout of an SSH session.
+//!
+//! Both directions are decoded as hostile input: every length is bounded by the frame, every
+//! enum value checked, and nothing here panics. The server trusts no byte the agent sends (a
+//! compromised client must not be able to harm the repository) and the agent trusts no request
+//! (a stolen backup key must not be able to read outside the allow-list or write anything).
+
+use std::io::{self, Read, Write};
+
+use crate::bytes::{put_bytes, put_varint, Reader};
+use crate::error::DecodeError;
+use crate::source::{EntryMeta, SourceKind};
+use crate::ChunkId;
+
+/// Protocol versions this build speaks.
+pub const PROTOCOL_VERSIONS: &[u64] = &[1];
+/// Magic at the start of the agent's hello.
+pub const AGENT_MAGIC: &[u8; 8] = b"XSTAGENT";
+/// Magic at the start of the server's hello.
+pub const SERVER_MAGIC: &[u8; 8] = b"XSTSERVR";
+/// Largest frame body either side sends or accepts.
+pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// Longest path or name accepted.
+pub const MAX_PATH: u64 = 4096;
+/// Largest extended-attribute value accepted.
+pub const MAX_XATTR_VALUE: u64 = 64 * 1024;
+/// Most extended attributes of one entry.
+pub const MAX_XATTRS: u64 = 4096;
+/// A listing is sent in frames of about this many bytes.
+pub const LIST_BATCH_BYTES: usize = 1024 * 1024;
+
+/// Reads one frame: a little-endian u32 length, then that many bytes (kind byte and body).
+/// `Ok(None)` on a clean end of stream before the length.
+pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame length {len} is outside 1..={MAX_FRAME}"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Ok(Some(body))
+}
+
+/// Writes one frame (length, then `body`, which starts with the kind byte).
+pub fn write_frame(w: &mut impl Write, body: &[u8]) -> io::Result<()> {
+    if body.is_empty() || body.len() > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("frame of {} bytes is outside 1..={MAX_FRAME}", body.len()),
+        ));
+    }
+    w.write_all(&(body.len() as u32).to_le_bytes())?;
+    w.write_all(body)
+}
+
+/// Why the agent could not answer a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The path does not exist (any more).
+    NotFound = 1,
+    /// The agent may not read it.
+    PermissionDenied = 2,
+    /// Outside the allow-list, or through a symlink: refused by policy.
+    Refused = 3,
+    /// A malformed or unexpected request.
+    BadRequest = 4,
+    /// Any other I/O error.
+    Io = 5,
+}
+
+impl ErrorCode {
+    fn from_u8(v: u8, offset: usize) -> Result<Self, DecodeError> {
+        Ok(match v {
+            1 => ErrorCode::NotFound,
+            2 => ErrorCode::PermissionDenied,
+            3 => ErrorCode::Refused,
+            4 => ErrorCode::BadRequest,
+            5 => ErrorCode::Io,
+            _ => return Err(invalid("error code", offset, format!("unknown code {v}"))),
+        })
+    }
+
+    /// The closest `io::ErrorKind`.
+    pub fn io_kind(self) -> io::ErrorKind {
+        match self {
+            ErrorCode::NotFound => io::ErrorKind::NotFound,
+            ErrorCode::PermissionDenied | ErrorCode::Refused => io::ErrorKind::PermissionDenied,
+            ErrorCode::BadRequest => io::ErrorKind::InvalidInput,
+            ErrorCode::Io => io::ErrorKind::Other,
+        }
+    }
+
+    /// The code for a local I/O error.
+    pub fn of(e: &io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::NotFound => ErrorCode::NotFound,
+            io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
+            _ => ErrorCode::Io,
+        }
+    }
+}
+
+/// One directory entry (or a stat result) as the agent sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireEntry {
+    /// File name (for a stat reply: empty).
+    pub name: Vec<u8>,
+    /// `lstat` result, or why it failed.
+    pub meta: Result<EntryMeta, String>,
+    /// A symlink's target.
+    pub target: Option<Vec<u8>>,
+    /// Extended attributes, sorted by name.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// One chunk's bytes in a [`AgentMsg::ChunkData`] reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireChunk {
+    /// Uncompressed length.
+    pub raw_len: u32,
+    /// True when `bytes` is a zstd frame of the chunk, false when it is the chunk itself.
+    pub zstd: bool,
+    /// The bytes as sent.
+    pub bytes: Vec<u8>,
+}
+
+/// Messages from the agent to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AgentMsg {
+    /// First message: versions, capabilities, the allowed roots (canonical absolute paths).
+    Hello {
+        /// Protocol versions the agent speaks.
+        versions: Vec<u64>,
+        /// Optional features (none defined in version 1).
+        capabilities: Vec<Vec<u8>>,
+        /// The allow-list.
+        roots: Vec<Vec<u8>>,
+        /// `xstore X.Y.Z`.
+        software: Vec<u8>,
+    },
+    /// Reply to [`ServerMsg::Stat`].
+    Stat {
+        /// Request id.
+        req: u64,
+        /// The entry (name empty).
+        entry: WireEntry,
+    },
+    /// Reply to [`ServerMsg::List`], possibly in several frames (`more` on all but the last).
+    List {
+        /// Request id.
+        req: u64,
+        /// More frames of this listing follow.
+        more: bool,
+        /// Entries.
+        entries: Vec<WireEntry>,
+    },
+    /// Reply to [`ServerMsg::ChunkFile`]: the file's chunk ids, cut with the server's
+    /// parameters, and its metadata before and after reading.
+    FileChunks {
+        /// Request id.
+        req: u64,
+        /// `fstat` before reading.
+        before: EntryMeta,
+        /// `fstat` after reading.
+        after: EntryMeta,
+        /// Chunk ids and lengths in file order.
+        chunks: Vec<(ChunkId, u32)>,
+    },
+    /// Reply to [`ServerMsg::ReadChunks`]: the ranges asked for, in order.
+    ChunkData {
+        /// Request id.
+        req: u64,
+        /// One per range.
+        chunks: Vec<WireChunk>,
+    },
+    /// The request failed.
+    Error {
+        /// Request id.
+        req: u64,
+        /// Why.
+        code: ErrorCode,
+        /// Details, for the operator.
+        message: Vec<u8>,
+    },
+    /// The agent gives up (bad hello, unsupported version); it exits after sending this.
+    Fatal {
+        /// Why.
+        message: Vec<u8>,
+    },
+}
+
+/// Messages from the server to the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerMsg {
+    /// Reply to the agent's hello: the version chosen and how to chunk.
+    Hello {
+        /// Chosen protocol version.
+        version: u64,
+        /// Chunker minimum size.
+        min: u32,
+        /// Chunker average size.
+        avg: u32,
+        /// Chunker maximum size.
+        max: u32,
+        /// zstd level for chunk data (1..=19).
+        level: u8,
+    },
+    /// `lstat` of a path (an allowed root, inside one, or an ancestor of one).
+    Stat {
+        /// Request id.
+        req: u64,
+        /// Absolute path.
+        path: Vec<u8>,
+    },
+    /// List a directory inside the allow-list.
+    List {
+        /// Request id.
+        req: u64,
+        /// Absolute path.
+        path: Vec<u8>,
+    },
+    /// Chunk and hash a regular file.
+    ChunkFile {
+        /// Request id.
+        req: u64,
+        /// Absolute path.
+        path: Vec<u8>,
+    },
+    /// Send these byte ranges of a file, compressed.
+    ReadChunks {
+        /// Request id.
+        req: u64,
+        /// Absolute path.
+        path: Vec<u8>,
+        /// (offset, length) pairs.
+        ranges: Vec<(u64, u32)>,
+    },
+    /// The session is over; the agent exits.
+    Bye,
+}
+
+const K_AGENT_HELLO: u8 = 0x01;
+const K_AGENT_STAT: u8 = 0x02;
+const K_AGENT_LIST: u8 = 0x03;
+const K_AGENT_FILE_CHUNKS: u8 = 0x04;
+const K_AGENT_CHUNK_DATA: u8 = 0x05;
+const K_AGENT_ERROR: u8 = 0x06;
+const K_AGENT_FATAL: u8 = 0x07;
+const K_SERVER_HELLO: u8 = 0x81;
+const K_SERVER_STAT: u8 = 0x82;
+const K_SERVER_LIST: u8 = 0x83;
+const K_SERVER_CHUNK_FILE: u8 = 0x84;
+const K_SERVER_READ_CHUNKS: u8 = 0x85;
+const K_SERVER_BYE: u8 = 0x86;
+
+fn invalid(what: &'static str, offset: usize, reason: String) -> DecodeError {
+    DecodeError::Invalid {
+        what,
+        offset,
+        reason,
+    }
+}
+
+fn put_meta(out: &mut Vec<u8>, m: &EntryMeta) {
+    out.push(match m.kind {
+        SourceKind::File => 1,
+        SourceKind::Dir => 2,
+        SourceKind::Symlink => 3,
+        SourceKind::CharDevice => 4,
+        SourceKind::BlockDevice => 5,
+        SourceKind::Fifo => 6,
+        SourceKind::Socket => 7,
+    });
+    for v in [
+        u64::from(m.mode),
+        u64::from(m.uid),
+        u64::from(m.gid),
+        m.size,
+    ] {
+        put_varint(out, v);
+    }
+    out.extend_from_slice(&m.mtime_ns.to_le_bytes());
+    out.extend_from_slice(&m.ctime_ns.to_le_bytes());
+    for v in [m.inode, m.dev, m.nlink, m.rdev] {
+        put_varint(out, v);
+    }
+}
+
+fn u32_field(r: &mut Reader<'_>, what: &'static str) -> Result<u32, DecodeError> {
+    let at = r.pos();
+    let v = r.varint(what)?;
+    u32::try_from(v).map_err(|_| invalid(what, at, format!("{v} does not fit 32 bits")))
+}
+
+fn get_meta(r: &mut Reader<'_>) -> Result<EntryMeta, DecodeError> {
+    let at = r.pos();
+    let kind = match r.u8("entry kind")? {
+        1 => SourceKind::File,
+        2 => SourceKind::Dir,
+        3 => SourceKind::Symlink,
+        4 => SourceKind::CharDevice,
+        5 => SourceKind::BlockDevice,
+        6 => SourceKind::Fifo,
+        7 => SourceKind::Socket,
+        k => return Err(invalid("entry kind", at, format!("unknown kind {k}"))),
+    };
+    let mode_at = r.pos();
+    let mode = u32_field(r, "mode")?;
+    if mode > 0o7777 {
+        return Err(invalid(
+            "mode",
+            mode_at,
+            format!("{mode:o} has bits above 0o7777"),
+        ));
+    }
+    Ok(EntryMeta {
+        kind,
+        mode,
+        uid: u32_field(r, "uid")?,
+        gid: u32_field(r, "gid")?,
+        size: r.varint("size")?,
+        mtime_ns: r.i64("mtime")?,
+        ctime_ns: r.i64("ctime")?,
+        inode: r.varint("inode")?,
+        dev: r.varint("dev")?,
+        nlink: r.varint("nlink")?,
+        rdev: r.varint("rdev")?,
+    })
+}
+
+fn put_list(out: &mut Vec<u8>, items: &[Vec<u8>]) {
+    put_varint(out, items.len() as u64);
+    for i in items {
+        put_bytes(out, i);
+    }
+}
+
+fn get_list(
+    r: &mut Reader<'_>,
+    what: &'static str,
+    limit: u64,
+) -> Result<Vec<Vec<u8>>, DecodeError> {
+    let n = r.length(what, 1 << 16, 1)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(r.bytes(what, limit)?.to_vec());
+    }
+    Ok(v)
+}
+
+fn put_entry(out: &mut Vec<u8>, e: &WireEntry) {
+    put_bytes(out, &e.name);
+    match &e.meta {
+        Ok(m) => {
+            out.push(0);
+            put_meta(out, m);
+        }
+        Err(msg) => {
+            out.push(1);
+            put_bytes(out, msg.as_bytes());
+        }
+    }
+    match &e.target {
+        Some(t) => {
+            out.push(1);
+            put_bytes(out, t);
+        }
+        None => out.push(0),
+    }
+    put_varint(out, e.xattrs.len() as u64);
+    for (k, v) in &e.xattrs {
+        put_bytes(out, k);
+        put_bytes(out, v);
+    }
+}
+
+fn get_entry(r: &mut Reader<'_>) -> Result<WireEntry, DecodeError> {
+    let name = r.bytes("entry name", MAX_PATH)?.to_vec();
+    let at = r.pos();
+    let meta = match r.u8("entry status")? {
+        0 => Ok(get_meta(r)?),
+        1 => Err(String::from_utf8_lossy(r.bytes("entry error", MAX_PATH)?).into_owned()),
+        s => return Err(invalid("entry status", at, format!("unknown status {s}"))),
+    };
+    let at = r.pos();
+    let target = match r.u8("target flag")? {
+        0 => None,
+        1 => Some(r.bytes("symlink target", MAX_PATH)?.to_vec()),
+        s => return Err(invalid("target flag", at, format!("unknown flag {s}"))),
+    };
+    let n = r.length("xattr count", MAX_XATTRS, 2)?;
+    let mut xattrs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let k = r.bytes("xattr name", 255)?.to_vec();
+        let v = r.bytes("xattr value", MAX_XATTR_VALUE)?.to_vec();
+        xattrs.push((k, v));
+    }
+    Ok(WireEntry {
+        name,
+        meta,
+        target,
+        xattrs,
+    })
+}
+
+fn bool_field(r: &mut Reader<'_>, what: &'static str) -> Result<bool, DecodeError> {
+    let at = r.pos();
+    match r.u8(what)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        v => Err(invalid(what, at, format!("{v} is not 0 or 1"))),
+    }
+}
+
+impl AgentMsg {
+    /// The frame body (kind byte first).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            AgentMsg::Hello {
+                versions,
+                capabilities,
+                roots,
+                software,
+            } => {
+                out.push(K_AGENT_HELLO);
+                out.extend_from_slice(AGENT_MAGIC);
+                put_varint(&mut out, versions.len() as u64);
+                for v in versions {
+                    put_varint(&mut out, *v);
+                }
+                put_list(&mut out, capabilities);
+                put_list(&mut out, roots);
+                put_bytes(&mut out, software);
+            }
+            AgentMsg::Stat { req, entry } => {
+                out.push(K_AGENT_STAT);
+                put_varint(&mut out, *req);
+                put_entry(&mut out, entry);
+            }
+            AgentMsg::List { req, more, entries } => {
+                out.push(K_AGENT_LIST);
+                put_varint(&mut out, *req);
+                out.push(u8::from(*more));
+                put_varint(&mut out, entries.len() as u64);
+                for e in entries {
+                    put_entry(&mut out, e);
+                }
+            }
+            AgentMsg::FileChunks {
+                req,
+                before,
+                after,
+                chunks,
+            } => {
+                out.push(K_AGENT_FILE_CHUNKS);
+                put_varint(&mut out, *req);
+                put_meta(&mut out, before);
+                put_meta(&mut out, after);
+                put_varint(&mut out, chunks.len() as u64);
+                for (id, len) in chunks {
+                    out.extend_from_slice(id.as_bytes());
+                    put_varint(&mut out, u64::from(*len));
+                }
+            }
+            AgentMsg::ChunkData { req, chunks } => {
+                out.push(K_AGENT_CHUNK_DATA);
+                put_varint(&mut out, *req);
+                put_varint(&mut out, chunks.len() as u64);
+                for c in chunks {
+                    put_varint(&mut out, u64::from(c.raw_len));
+                    out.push(u8::from(c.zstd));
+                    put_bytes(&mut out, &c.bytes);
+                }
+            }
+            AgentMsg::Error { req, code, message } => {
+                out.push(K_AGENT_ERROR);
+                put_varint(&mut out, *req);
+                out.push(*code as u8);
+                put_bytes(&mut out, message);
+            }
+            AgentMsg::Fatal { message } => {
+                out.push(K_AGENT_FATAL);
+                put_bytes(&mut out, message);
+            }
+        }
+        out
+    }
+
+    /// Decodes a frame body from an untrusted agent.
+    pub fn decode(body: &[u8]) -> Result<AgentMsg, DecodeError> {
+        let mut r = Reader::new(body);
+        let kind = r.u8("message kind")?;
+        let msg = match kind {
+            K_AGENT_HELLO => {
+                let magic: [u8; 8] = r.array("agent magic")?;
+                if &magic != AGENT_MAGIC {
+                    return Err(DecodeError::BadMagic {
+                        what: "agent hello",
+                        expected: String::from_utf8_lossy(AGENT_MAGIC).into_owned(),
+                        found: String::from_utf8_lossy(&magic).into_owned(),
+                    });
+                }
+                let n = r.length("version count", 64, 1)?;
+                let mut versions = Vec::with_capacity(n);
+                for _ in 0..n {
+                    versions.push(r.varint("version")?);
+                }
+                AgentMsg::Hello {
+                    versions,
+                    capabilities: get_list(&mut r, "capability", 256)?,
+                    roots: get_list(&mut r, "root", MAX_PATH)?,
+                    software: r.bytes("software", 256)?.to_vec(),
+                }
+            }
+            K_AGENT_STAT => AgentMsg::Stat {
+                req: r.varint("request id")?,
+                entry: get_entry(&mut r)?,
+            },
+            K_AGENT_LIST => {
+                let req = r.varint("request id")?;
+                let more = bool_field(&mut r, "more flag")?;
+                // An entry is at least 5 bytes (name length, status, kind… target flag, count).
+                let n = r.length("entry count", u64::MAX, 5)?;
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    entries.push(get_entry(&mut r)?);
+                }
+                AgentMsg::List { req, more, entries }
+            }
+            K_AGENT_FILE_CHUNKS => {
+                let req = r.varint("request id")?;
+                let before = get_meta(&mut r)?;
+                let after = get_meta(&mut r)?;
+                let n = r.length("chunk count", u64::MAX, 33)?;
+                let mut chunks = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let id = r.id("chunk id")?;
+                    chunks.push((id, u32_field(&mut r, "chunk length")?));
+                }
+                AgentMsg::FileChunks {
+                    req,
+                    before,
+                    after,
+                    chunks,
+                }
+            }
+            K_AGENT_CHUNK_DATA => {
+                let req = r.varint("request id")?;
+                let n = r.length("chunk count", u64::MAX, 3)?;
+                let mut chunks = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let raw_len = u32_field(&mut r, "chunk length")?;
+                    let zstd = bool_field(&mut r, "chunk encoding")?;
+                    let bytes = r.bytes("chunk bytes", MAX_FRAME as u64)?.to_vec();
+                    chunks.push(WireChunk {
+                        raw_len,
+                        zstd,
+                        bytes,
+                    });
+                }
+                AgentMsg::ChunkData { req, chunks }
+            }
+            K_AGENT_ERROR => {
+                let req = r.varint("request id")?;
+                let at = r.pos();
+                let code = ErrorCode::from_u8(r.u8("error code")?, at)?;
+                AgentMsg::Error {
+                    req,
+                    code,
+                    message: r.bytes("error message", 64 * 1024)?.to_vec(),
+                }
+            }
+            K_AGENT_FATAL => AgentMsg::Fatal {
+                message: r.bytes("fatal message", 64 * 1024)?.to_vec(),
+            },
+            k => {
+                return Err(invalid(
+                    "message kind",
+                    0,
+                    format!("unknown agent message {k:#04x}"),
+                ))
+            }
+        };
+        r.finish("agent message")?;
+        Ok(msg)
+    }
+}
+
+impl ServerMsg {
+    /// The frame body (kind byte first).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            ServerMsg::Hello {
+                version,
+                min,
+                avg,
+                max,
+                level,
+            } => {
+                out.push(K_SERVER_HELLO);
+                out.extend_from_slice(SERVER_MAGIC);
+                put_varint(&mut out, *version);
+                for v in [min, avg, max] {
+                    put_varint(&mut out, u64::from(*v));
+                }
+                out.push(*level);
+            }
+            ServerMsg::Stat { req, path } => {
+                out.push(K_SERVER_STAT);
+                put_varint(&mut out, *req);
+                put_bytes(&mut out, path);
+            }
+            ServerMsg::List { req, path } => {
+                out.push(K_SERVER_LIST);
+                put_varint(&mut out, *req);
+                put_bytes(&mut out, path);
+            }
+            ServerMsg::ChunkFile { req, path } => {
+                out.push(K_SERVER_CHUNK_FILE);
+                put_varint(&mut out, *req);
+                put_bytes(&mut out, path);
+            }
+            ServerMsg::ReadChunks { req, path, ranges } => {
+                out.push(K_SERVER_READ_CHUNKS);
+                put_varint(&mut out, *req);
+                put_bytes(&mut out, path);
+                put_varint(&mut out, ranges.len() as u64);
+                for (offset, len) in ranges {
+                    put_varint(&mut out, *offset);
+                    put_varint(&mut out, u64::from(*len));
+                }
+            }
+            ServerMsg::Bye => out.push(K_SERVER_BYE),
+        }
+        out
+    }
+
+    /// Decodes a frame body from an untrusted server.
+    pub fn decode(body: &[u8]) -> Result<ServerMsg, DecodeError> {
+        let mut r = Reader::new(body);
+        let kind = r.u8("message kind")?;
+        let msg = match kind {
+            K_SERVER_HELLO => {
+                let magic: [u8; 8] = r.array("server magic")?;
+                if &magic != SERVER_MAGIC {
+                    return Err(DecodeError::BadMagic {
+                        what: "server hello",
+                        expected: String::from_utf8_lossy(SERVER_MAGIC).into_owned(),
+                        found: String::from_utf8_lossy(&magic).into_owned(),
+                    });
+                }
+                let version = r.varint("version")?;
+                let min = u32_field(&mut r, "chunker min")?;
+                let avg = u32_field(&mut r, "chunker avg")?;
+                let max = u32_field(&mut r, "chunker max")?;
+                let at = r.pos();
+                let level = r.u8("zstd level")?;
+                if !(1..=19).contains(&level) {
+                    return Err(invalid(
+                        "zstd level",
+                        at,
+                        format!("{level} is outside 1..=19"),
+                    ));
+                }
+                ServerMsg::Hello {
+                    version,
+                    min,
+                    avg,
+                    max,
+                    level,
+                }
+            }
+            K_SERVER_STAT | K_SERVER_LIST | K_SERVER_CHUNK_FILE => {
+                let req = r.varint("request id")?;
+                let path = r.bytes("path", MAX_PATH)?.to_vec();
+                match kind {
+                    K_SERVER_STAT => ServerMsg::Stat { req, path },
+                    K_SERVER_LIST => ServerMsg::List { req, path },
+                    _ => ServerMsg::ChunkFile { req, path },
+                }
+            }
+            K_SERVER_READ_CHUNKS => {
+                let req = r.varint("request id")?;
+                let path = r.bytes("path", MAX_PATH)?.to_vec();
+                let n = r.length("range count", 1 << 20, 2)?;
+                let mut ranges = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let offset = r.varint("range offset")?;
+                    ranges.push((offset, u32_field(&mut r, "range length")?));
+                }
+                ServerMsg::ReadChunks { req, path, ranges }
+            }
+            K_SERVER_BYE => ServerMsg::Bye,
+            k => {
+                return Err(invalid(
+                    "message kind",
+                    0,
+                    format!("unknown server message {k:#04x}"),
+                ))
+            }
+        };
+        r.finish("server message")?;
+        Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(kind: SourceKind) -> EntryMeta {
+        EntryMeta {
+            kind,
+            mode: 0o644,
+            uid: 1000,
+            gid: 100,
+            size: 12345,
+            mtime_ns: -5,
+            ctime_ns: 1_700_000_000_000_000_000,
+            inode: 77,
+            dev: 2049,
+            nlink: 1,
+            rdev: 0,
+        }
+    }
+
+    fn samples() -> (Vec<AgentMsg>, Vec<ServerMsg>) {
+        let entry = WireEntry {
+            name: b"a".to_vec(),
+            meta: Ok(meta(SourceKind::Symlink)),
+            target: Some(b"../b".to_vec()),
+            xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
+        };
+        let failed = WireEntry {
+            name: b"gone".to_vec(),
+            meta: Err("vanished".into()),
+            target: None,
+            xattrs: Vec::new(),
+        };
+        let agent = vec![
+            AgentMsg::Hello {
+                versions: vec![1, 2],
+                capabilities: vec![b"x".to_vec()],
+                roots: vec![b"/etc".to_vec()],
+                software: b"xstore 0.1.0".to_vec(),
+            },
+            AgentMsg::Stat {
+                req: 3,
+                entry: entry.clone(),
+            },
+            AgentMsg::List {
+                req: 300,
+                more: true,
+                entries: vec![entry, failed],
+            },
+            AgentMsg::FileChunks {
+                req: 4,
+                before: meta(SourceKind::File),
+                after: meta(SourceKind::File),
+                chunks: vec![(ChunkId::of(b"x"), 1), (ChunkId::of(b"y"), 70000)],
+            },
+            AgentMsg::ChunkData {
+                req: 5,
+                chunks: vec![WireChunk {
+                    raw_len: 3,
+                    zstd: false,
+                    bytes: b"abc".to_vec(),
+                }],
+            },
+            AgentMsg::Error {
+                req: 6,
+                code: ErrorCode::Refused,
+                message: b"outside".to_vec(),
+            },
+            AgentMsg::Fatal {
+                message: b"bye".to_vec(),
+            },
+        ];
+        let server = vec![
+            ServerMsg::Hello {
+                version: 1,
+                min: 256,
+                avg: 1024,
+                max: 4096,
+                level: 3,
+            },
+            ServerMsg::Stat {
+                req: 1,
+                path: b"/etc".to_vec(),
+            },
+            ServerMsg::List {
+                req: 2,
+                path: b"/etc".to_vec(),
+            },
+            ServerMsg::ChunkFile {
+                req: 3,
+                path: b"/etc/passwd".to_vec(),
+            },
+            ServerMsg::ReadChunks {
+                req: 4,
+                path: b"/etc/passwd".to_vec(),
+                ranges: vec![(0, 10), (1 << 40, 4)],
+            },
+            ServerMsg::Bye,
+        ];
+        (agent, server)
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let (agent, server) = samples();
+        for m in agent {
+            assert_eq!(AgentMsg::decode(&m.encode()), Ok(m));
+        }
+        for m in server {
+            assert_eq!(ServerMsg::decode(&m.encode()), Ok(m));
+        }
+    }
+
+    #[test]
+    fn truncations_and_bit_flips_never_panic() {
+        let (agent, server) = samples();
+        let bodies: Vec<Vec<u8>> = agent
+            .iter()
+            .map(AgentMsg::encode)
+            .chain(server.iter().map(ServerMsg::encode))
+            .collect();
+        for body in bodies {
+            for cut in 0..body.len() {
+                assert!(AgentMsg::decode(&body[..cut]).is_err() || cut == body.len());
+                let _ = ServerMsg::decode(&body[..cut]);
+            }
+            for i in 0..body.len() {
+                for bit in 0..8 {
+                    let mut b = body.clone();
+                    b[i] ^= 1 << bit;
+                    let _ = AgentMsg::decode(&b);
+                    let _ = ServerMsg::decode(&b);
+                }
+            }
+            let mut extra = body.clone();
+            extra.push(0);
+            assert!(AgentMsg::decode(&extra).is_err());
+            assert!(ServerMsg::decode(&extra).is_err());
+        }
+    }
+
+    #[test]
+    fn frames_refuse_hostile_lengths() {
+        let mut huge = Vec::new();
+        huge.extend_from_slice(&(MAX_FRAME as u32 + 1).to_le_bytes());
+        assert!(read_frame(&mut &huge[..]).is_err());
+        assert!(read_frame(&mut &[0u8, 0, 0, 0][..]).is_err());
+        assert!(read_frame(&mut &[5u8, 0][..]).is_err());
+        assert!(matches!(read_frame(&mut &[][..]), Ok(None)));
+        let mut buf = Vec::new();
+        write_frame(&mut buf, b"\x86").expect("write");
+        assert_eq!(
+            read_frame(&mut &buf[..]).expect("read"),
+            Some(b"\x86".to_vec())
+        );
+    }
+}

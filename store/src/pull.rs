@@ -1,0 +1,372 @@
+//! Pulling hosts over SSH (DESIGN §7): run the system `ssh` to the client, whose forced
+//! command is `xstore agent`, and back up the agent's stream as a [`RemoteSource`].
+//!
+//! A pull either commits a snapshot (complete, or partial with every failed path listed) or
+//! commits nothing: a dropped connection, a protocol violation or the per-host timeout make
+//! the backup fail before its commit ([`crate::Source::finish`]), and its packs are removed.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::inventory::HostSpec;
+use crate::remote::RemoteSource;
+use crate::repo::Repository;
+use crate::snapshot::Snapshot;
+use crate::{BackupOptions, ParentChoice, Progress, TierChoice};
+
+/// Requests kept in flight on one agent connection by default (ingest threads of a pull).
+pub const DEFAULT_PULL_THREADS: usize = 16;
+/// Lines of ssh's stderr kept for error messages.
+const STDERR_LINES: usize = 20;
+
+/// How to pull.
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    /// Replaces every host's timeout.
+    pub timeout: Option<Duration>,
+    /// Ingest threads, each with one request in flight (0: [`DEFAULT_PULL_THREADS`]).
+    pub threads: usize,
+    /// Which tier the new snapshot enters.
+    pub tier: TierChoice,
+    /// Read every file instead of trusting the previous snapshot's metadata.
+    pub no_parent: bool,
+    /// Live counters.
+    pub progress: Option<Arc<Progress>>,
+}
+
+/// The outcome of one host's pull.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PullReport {
+    /// Host name.
+    pub host: String,
+    /// Its account.
+    pub account: String,
+    /// `ok`, `partial` or `failed`.
+    pub outcome: &'static str,
+    /// The snapshot committed, if any.
+    pub snapshot: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Wall time of the pull.
+    pub seconds: f64,
+    /// Logical bytes of the snapshot (what was scanned).
+    pub bytes_scanned: u64,
+    /// Bytes over the connection, both directions.
+    pub wire_bytes: u64,
+    /// New bytes stored in packs.
+    pub new_stored_bytes: u64,
+    /// Paths that could not be read.
+    pub errors: u64,
+}
+
+impl PullReport {
+    fn of(host: &HostSpec, started: Instant, result: &Result<Snapshot>) -> PullReport {
+        let mut r = PullReport {
+            host: host.name.clone(),
+            account: host.account.clone(),
+            outcome: "failed",
+            snapshot: None,
+            error: None,
+            seconds: started.elapsed().as_secs_f64(),
+            bytes_scanned: 0,
+            wire_bytes: 0,
+            new_stored_bytes: 0,
+            errors: 0,
+        };
+        match result {
+            Ok(s) => {
+                r.outcome = if s.is_complete() { "ok" } else { "partial" };
+                r.snapshot = Some(s.id.to_string());
+                r.bytes_scanned = s.stats.logical_bytes;
+                r.wire_bytes = s.stats.wire_bytes;
+                r.new_stored_bytes = s.stats.new_stored_bytes;
+                r.errors = s.stats.errors;
+            }
+            Err(e) => r.error = Some(e.to_string()),
+        }
+        r
+    }
+}
+
+/// The `ssh` invocation that starts the agent on `host`: `ssh [-F CONFIG] -p PORT -l USER
+/// [-i KEY -o IdentitiesOnly=yes] -o BatchMode=yes [-o OPTION]… ADDRESS xstore agent`. Everything
+/// else (known_hosts, ConnectTimeout, ciphers…) comes from ssh's own configuration.
+pub fn ssh_command(host: &HostSpec) -> Command {
+    let mut cmd = Command::new(&host.ssh);
+    if let Some(config) = &host.ssh_config {
+        cmd.arg("-F").arg(config);
+    }
+    cmd.arg("-p").arg(host.port.to_string());
+    cmd.arg("-l").arg(&host.user);
+    if let Some(key) = &host.identity {
+        cmd.arg("-i").arg(key).args(["-o", "IdentitiesOnly=yes"]);
+    }
+    // Never prompt (cron has no terminal); never take stdin for anything but the protocol.
+    cmd.args(["-o", "BatchMode=yes", "-T"]);
+    for o in &host.ssh_options {
+        cmd.arg("-o").arg(o);
+    }
+    cmd.arg("--").arg(&host.address).arg(&host.agent_command);
+    cmd
+}
+
+fn pull_error(host: &HostSpec, reason: impl Into<String>) -> Error {
+    Error::Pull {
+        host: host.name.clone(),
+        reason: reason.into(),
+    }
+}
+
+/// Kills the ssh process when the pull runs past its time limit.
+struct Watchdog {
+    done: crossbeam_channel::Sender<()>,
+    fired: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn start(child: Arc<Mutex<Child>>, limit: Duration) -> Watchdog {
+        let (done, wait) = crossbeam_channel::bounded::<()>(1);
+        let fired = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&fired);
+        let handle = std::thread::spawn(move || {
+            if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
+                flag.store(true, Ordering::SeqCst);
+                if let Ok(mut c) = child.lock() {
+                    let _ = c.kill();
+                }
+            }
+        });
+        Watchdog {
+            done,
+            fired,
+            handle: Some(handle),
+        }
+    }
+
+    fn stop(mut self) -> bool {
+        let _ = self.done.send(());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        self.fired.load(Ordering::SeqCst)
+    }
+}
+
+/// Waits for `child` to exit, killing it after `grace`.
+fn reap(child: &Mutex<Child>, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    loop {
+        let Ok(mut c) = child.lock() else { return };
+        match c.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = c.kill();
+                let _ = c.wait();
+                return;
+            }
+            Ok(None) => {}
+        }
+        drop(c);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Repository {
+    /// Pulls one host: connects with [`ssh_command`], backs up the paths the inventory names
+    /// (or the agent's whole allow-list) as a snapshot of `host.name`, with the host's newest
+    /// snapshot as parent, and records the bytes that crossed the wire in its stats.
+    pub fn pull(&self, host: &HostSpec, opts: &PullOptions) -> Result<Snapshot> {
+        self.require_writable()?;
+        let mut cmd = ssh_command(host);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| pull_error(host, format!("starting {}: {e}", host.ssh)))?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            let _ = child.kill();
+            return Err(pull_error(host, "ssh started without pipes"));
+        };
+        let child = Arc::new(Mutex::new(child));
+        let stderr_lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let collector = {
+            let lines = Arc::clone(&stderr_lines);
+            let name = host.name.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                    tracing::info!(host = %name, "remote: {line}");
+                    if let Ok(mut v) = lines.lock() {
+                        if v.len() == STDERR_LINES {
+                            v.remove(0);
+                        }
+                        v.push(line);
+                    }
+                }
+            })
+        };
+        let limit = opts.timeout.unwrap_or(host.timeout);
+        let watchdog = Watchdog::start(Arc::clone(&child), limit);
+        let result = self.pull_over(host, opts, stdout, stdin);
+        let fired = watchdog.stop();
+        reap(&child, Duration::from_secs(10));
+        let _ = collector.join();
+        let last_stderr = stderr_lines
+            .lock()
+            .map(|v| v.last().cloned())
+            .unwrap_or_default();
+        match result {
+            Ok(s) => Ok(s),
+            Err(_) if fired => Err(pull_error(
+                host,
+                format!(
+                    "timed out after {}; nothing was committed",
+                    humantime::format_duration(limit)
+                ),
+            )),
+            Err(e) => {
+                let detail = match last_stderr {
+                    Some(line) => format!("{e} (ssh: {line})"),
+                    None => e.to_string(),
+                };
+                Err(match e {
+                    Error::Pull { .. } | Error::SourceBroken { .. } => pull_error(host, detail),
+                    other => other,
+                })
+            }
+        }
+    }
+
+    fn pull_over(
+        &self,
+        host: &HostSpec,
+        opts: &PullOptions,
+        from_agent: impl std::io::Read + Send + 'static,
+        to_agent: impl std::io::Write + Send + 'static,
+    ) -> Result<Snapshot> {
+        let source = RemoteSource::connect(
+            from_agent,
+            to_agent,
+            self.chunker_params(),
+            self.config().compression_level,
+        )
+        .map_err(|e| pull_error(host, e.to_string()))?;
+        let result = self.backup_remote(host, opts, &source);
+        source.close();
+        result
+    }
+
+    /// Backs up an already connected agent as a snapshot of `host.name` (what
+    /// [`Repository::pull`] does after starting ssh). Public for tools with their own transport.
+    pub fn backup_remote(
+        &self,
+        host: &HostSpec,
+        opts: &PullOptions,
+        source: &RemoteSource,
+    ) -> Result<Snapshot> {
+        let paths = if host.paths.is_empty() {
+            source.agent().roots.clone()
+        } else {
+            host.paths.clone()
+        };
+        if paths.is_empty() {
+            return Err(pull_error(
+                host,
+                "the client's backup list is empty (or lists no existing path)",
+            ));
+        }
+        let backup = BackupOptions {
+            host: host.name.clone(),
+            paths,
+            parent: if opts.no_parent {
+                ParentChoice::None
+            } else {
+                ParentChoice::Latest
+            },
+            progress: opts.progress.clone(),
+            tier: opts.tier.clone(),
+            ..BackupOptions::default()
+        };
+        // Remote reads wait on the network: more threads than cores keep the agent busy.
+        let threads = if opts.threads == 0 {
+            DEFAULT_PULL_THREADS
+        } else {
+            opts.threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("pull-{i}"))
+            .build()
+            .map_err(|e| pull_error(host, format!("thread pool: {e}")))?;
+        pool.install(|| self.backup(source, &backup))
+    }
+
+    /// Pulls `hosts`, `jobs` at a time. One host failing or hanging does not stop the
+    /// others (each has its own time limit). `on_done` sees every report as it finishes;
+    /// the reports come back in the order of `hosts`.
+    pub fn pull_all(
+        &self,
+        hosts: &[HostSpec],
+        jobs: usize,
+        opts: &PullOptions,
+        on_done: &(dyn Fn(&PullReport) + Sync),
+    ) -> Vec<PullReport> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for (i, h) in hosts.iter().enumerate() {
+            let _ = tx.send((i, h));
+        }
+        drop(tx);
+        let reports = Mutex::new(Vec::with_capacity(hosts.len()));
+        std::thread::scope(|scope| {
+            for _ in 0..jobs.clamp(1, hosts.len().max(1)) {
+                let rx = rx.clone();
+                let reports = &reports;
+                scope.spawn(move || {
+                    for (i, host) in rx {
+                        let started = Instant::now();
+                        let result = self.pull(host, opts);
+                        let report = PullReport::of(host, started, &result);
+                        on_done(&report);
+                        if let Ok(mut r) = reports.lock() {
+                            r.push((i, report));
+                        }
+                    }
+                });
+            }
+        });
+        let mut reports = reports.into_inner().unwrap_or_else(|e| e.into_inner());
+        reports.sort_by_key(|(i, _)| *i);
+        reports.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Makes the repository's per-host tier schedules match the inventory's overrides
+    /// (hosts without one keep whatever `tiers --set` gave them). Returns the hosts changed.
+    pub fn apply_inventory_schedules(&self, hosts: &[HostSpec]) -> Result<Vec<String>> {
+        let mut settings = self.retention_settings()?;
+        let mut changed = Vec::new();
+        for h in hosts {
+            if let Some(s) = &h.schedule {
+                if settings.schedules.hosts.get(&h.name) != Some(s) {
+                    settings.schedules.hosts.insert(h.name.clone(), s.clone());
+                    changed.push(h.name.clone());
+                }
+            }
+        }
+        if !changed.is_empty() {
+            self.set_retention_settings(&settings)?;
+        }
+        Ok(changed)
+    }
+
+    /// A single-host report for [`Repository::pull`]'s result (what `pull_all` collects).
+    pub fn pull_report(host: &HostSpec, started: Instant, result: &Result<Snapshot>) -> PullReport {
+        PullReport::of(host, started, result)
+    }
+}

@@ -1,0 +1,623 @@
+//! The server side of the agent protocol: [`RemoteSource`], a [`Source`] whose entries and
+//! chunks come from `xstore agent` on a client (FORMAT.md §Agent protocol).
+//!
+//! Requests carry ids, so ingest's worker threads keep many in flight on one connection; a
+//! reader thread routes each reply to its caller. Everything the agent sends is hostile input:
+//! frames are bounded, names checked, chunk bytes decompressed into buffers of the announced
+//! length only, and ingest verifies every chunk against its id. When the connection breaks,
+//! every pending and later call fails at once and [`Source::finish`] reports it, so the backup
+//! commits nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::protocol::{
+    read_frame, write_frame, AgentMsg, ErrorCode, ServerMsg, WireChunk, WireEntry, MAX_FRAME,
+    PROTOCOL_VERSIONS,
+};
+use crate::source::{EntryMeta, FetchedChunk, Source, SourceFile};
+use crate::tree::ChunkRef;
+use crate::{ChunkId, ChunkerParams};
+
+/// Most entries one directory listing may have.
+pub const MAX_LISTING_ENTRIES: usize = 10_000_000;
+/// Most raw bytes asked for in one `ReadChunks` request.
+pub const FETCH_BATCH_BYTES: u64 = 16 * 1024 * 1024;
+
+/// What the agent said about itself in its hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentInfo {
+    /// The agent's allow-list (canonical absolute paths).
+    pub roots: Vec<PathBuf>,
+    /// The agent's software version string.
+    pub software: String,
+    /// The protocol version in use.
+    pub version: u64,
+}
+
+enum Reply {
+    Stat(WireEntry),
+    List(Vec<WireEntry>),
+    FileChunks {
+        before: EntryMeta,
+        after: EntryMeta,
+        chunks: Vec<(ChunkId, u32)>,
+    },
+    ChunkData(Vec<WireChunk>),
+    Error(ErrorCode, String),
+}
+
+#[derive(Default)]
+struct Calls {
+    waiting: HashMap<u64, crossbeam_channel::Sender<Reply>>,
+    broken: Option<String>,
+}
+
+#[derive(Default)]
+struct Extra {
+    target: Option<Vec<u8>>,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+struct Inner {
+    writer: Mutex<Box<dyn Write + Send>>,
+    calls: Mutex<Calls>,
+    next_request: AtomicU64,
+    received: AtomicU64,
+    sent: AtomicU64,
+    /// Symlink targets and xattrs that came with a listing, until ingest asks for them.
+    extras: Mutex<HashMap<PathBuf, Extra>>,
+}
+
+fn broken_error(reason: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        format!("agent connection lost: {reason}"),
+    )
+}
+
+impl Inner {
+    fn lock_calls(&self) -> std::sync::MutexGuard<'_, Calls> {
+        // A poisoned lock means a thread panicked while holding it; the map is still usable.
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the connection broken and fails every pending call (their senders drop).
+    fn break_off(&self, reason: String) {
+        let mut calls = self.lock_calls();
+        if calls.broken.is_none() {
+            tracing::warn!(%reason, "agent connection broken");
+            calls.broken = Some(reason);
+        }
+        calls.waiting.clear();
+    }
+
+    fn broken(&self) -> Option<String> {
+        self.lock_calls().broken.clone()
+    }
+
+    fn call(&self, make: impl FnOnce(u64) -> ServerMsg) -> io::Result<Reply> {
+        let req = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        {
+            let mut calls = self.lock_calls();
+            if let Some(reason) = &calls.broken {
+                return Err(broken_error(reason));
+            }
+            calls.waiting.insert(req, tx);
+        }
+        let body = make(req).encode();
+        let written = {
+            let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            write_frame(&mut *w, &body).and_then(|()| w.flush())
+        };
+        if let Err(e) = written {
+            self.break_off(format!("sending a request: {e}"));
+        } else {
+            self.sent
+                .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
+        }
+        match rx.recv() {
+            Ok(Reply::Error(code, message)) => Err(io::Error::new(code.io_kind(), message)),
+            Ok(reply) => Ok(reply),
+            Err(_) => Err(broken_error(
+                &self.broken().unwrap_or_else(|| "no reply".into()),
+            )),
+        }
+    }
+
+    fn deliver(&self, req: u64, reply: Reply) -> Result<(), String> {
+        let tx = self.lock_calls().waiting.remove(&req);
+        match tx {
+            Some(tx) => {
+                let _ = tx.send(reply);
+                Ok(())
+            }
+            None => Err(format!("reply to request {req}, which is not pending")),
+        }
+    }
+
+    /// Routes replies until the stream ends or breaks the protocol.
+    fn read_replies(&self, mut reader: impl Read) {
+        let mut lists: HashMap<u64, Vec<WireEntry>> = HashMap::new();
+        let reason = loop {
+            let body = match read_frame(&mut reader) {
+                Ok(Some(b)) => b,
+                Ok(None) => break "the agent closed the connection".to_string(),
+                Err(e) => break format!("reading from the agent: {e}"),
+            };
+            self.received
+                .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
+            let msg = match AgentMsg::decode(&body) {
+                Ok(m) => m,
+                Err(e) => break format!("the agent sent an invalid message: {e}"),
+            };
+            let delivered = match msg {
+                AgentMsg::Stat { req, entry } => self.deliver(req, Reply::Stat(entry)),
+                AgentMsg::List { req, more, entries } => {
+                    let so_far = lists.entry(req).or_default();
+                    if so_far.len() + entries.len() > MAX_LISTING_ENTRIES {
+                        Err(format!(
+                            "a listing of more than {MAX_LISTING_ENTRIES} entries"
+                        ))
+                    } else {
+                        so_far.extend(entries);
+                        if more {
+                            Ok(())
+                        } else {
+                            let all = lists.remove(&req).unwrap_or_default();
+                            self.deliver(req, Reply::List(all))
+                        }
+                    }
+                }
+                AgentMsg::FileChunks {
+                    req,
+                    before,
+                    after,
+                    chunks,
+                } => self.deliver(
+                    req,
+                    Reply::FileChunks {
+                        before,
+                        after,
+                        chunks,
+                    },
+                ),
+                AgentMsg::ChunkData { req, chunks } => self.deliver(req, Reply::ChunkData(chunks)),
+                AgentMsg::Error { req, code, message } => self.deliver(
+                    req,
+                    Reply::Error(code, String::from_utf8_lossy(&message).into_owned()),
+                ),
+                AgentMsg::Fatal { message } => Err(format!(
+                    "the agent gave up: {}",
+                    String::from_utf8_lossy(&message)
+                )),
+                AgentMsg::Hello { .. } => Err("a second hello".into()),
+            };
+            if let Err(reason) = delivered {
+                break format!("protocol violation: {reason}");
+            }
+        };
+        self.break_off(reason);
+    }
+}
+
+/// Errors of connecting to an agent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RemoteError {
+    /// The stream ended before the agent's hello (ssh failed, or no agent at the other end).
+    #[error("the connection closed before the agent's hello")]
+    Closed,
+    /// The agent refused the session.
+    #[error("the agent refused: {0}")]
+    Refused(String),
+    /// The agent's hello was not valid.
+    #[error("not an xstore agent, or an incompatible one: {0}")]
+    Protocol(String),
+    /// Reading or writing the stream failed.
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A [`Source`] served by `xstore agent` over a byte stream (usually an SSH session's
+/// stdout/stdin). Cheap to share between ingest threads.
+pub struct RemoteSource {
+    inner: Arc<Inner>,
+    info: AgentInfo,
+    reader: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for RemoteSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteSource")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+impl RemoteSource {
+    /// Runs the handshake on `reader`/`writer` (the agent speaks first) and starts the reply
+    /// reader. `params` and `level` are the repository's chunker parameters and zstd level:
+    /// the agent cuts and compresses with them, so its chunk ids are the repository's.
+    pub fn connect(
+        mut reader: impl Read + Send + 'static,
+        mut writer: impl Write + Send + 'static,
+        params: ChunkerParams,
+        level: i32,
+    ) -> Result<RemoteSource, RemoteError> {
+        let body = read_frame(&mut reader)?.ok_or(RemoteError::Closed)?;
+        let received = body.len() as u64 + 4;
+        let (versions, roots, software) = match AgentMsg::decode(&body) {
+            Ok(AgentMsg::Hello {
+                versions,
+                roots,
+                software,
+                ..
+            }) => (versions, roots, software),
+            Ok(AgentMsg::Fatal { message }) => {
+                return Err(RemoteError::Refused(
+                    String::from_utf8_lossy(&message).into_owned(),
+                ))
+            }
+            Ok(other) => {
+                return Err(RemoteError::Protocol(format!(
+                    "expected hello, got {other:?}"
+                )))
+            }
+            Err(e) => return Err(RemoteError::Protocol(e.to_string())),
+        };
+        let Some(version) = PROTOCOL_VERSIONS
+            .iter()
+            .rev()
+            .find(|v| versions.contains(v))
+            .copied()
+        else {
+            return Err(RemoteError::Protocol(format!(
+                "the agent speaks versions {versions:?}, this server {PROTOCOL_VERSIONS:?}"
+            )));
+        };
+        let mut root_paths = Vec::new();
+        for r in roots {
+            match normalize(Path::new(OsStr::from_bytes(&r))) {
+                Some(p) if p != Path::new("/") => root_paths.push(p),
+                _ => {
+                    return Err(RemoteError::Protocol(format!(
+                        "allowed root {:?} is not a normalized absolute path",
+                        String::from_utf8_lossy(&r)
+                    )))
+                }
+            }
+        }
+        let hello = ServerMsg::Hello {
+            version,
+            min: params.min(),
+            avg: params.avg(),
+            max: params.max(),
+            level: level.clamp(1, 19) as u8,
+        }
+        .encode();
+        write_frame(&mut writer, &hello)?;
+        writer.flush()?;
+        let inner = Arc::new(Inner {
+            writer: Mutex::new(Box::new(writer)),
+            calls: Mutex::new(Calls::default()),
+            next_request: AtomicU64::new(1),
+            received: AtomicU64::new(received),
+            sent: AtomicU64::new(hello.len() as u64 + 4),
+            extras: Mutex::new(HashMap::new()),
+        });
+        let for_reader = Arc::clone(&inner);
+        let handle = std::thread::Builder::new()
+            .name("agent-replies".into())
+            .spawn(move || for_reader.read_replies(reader))?;
+        Ok(RemoteSource {
+            inner,
+            info: AgentInfo {
+                roots: root_paths,
+                software: String::from_utf8_lossy(&software).into_owned(),
+                version,
+            },
+            reader: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// What the agent announced.
+    pub fn agent(&self) -> &AgentInfo {
+        &self.info
+    }
+
+    /// Bytes sent to the agent so far (frames included).
+    pub fn bytes_sent(&self) -> u64 {
+        self.inner.sent.load(Ordering::Relaxed)
+    }
+
+    /// Bytes received from the agent so far (frames included).
+    pub fn bytes_received(&self) -> u64 {
+        self.inner.received.load(Ordering::Relaxed)
+    }
+
+    /// Says goodbye (the agent exits) and waits for the reply reader to see the end of the
+    /// stream. Call after the backup; the caller closes or kills the transport if the agent
+    /// does not end it.
+    pub fn close(&self) {
+        {
+            let mut w = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = write_frame(&mut *w, &ServerMsg::Bye.encode()).and_then(|()| w.flush());
+            // Replace the writer so the agent's stdin closes even if Bye was lost.
+            *w = Box::new(io::sink());
+        }
+        if let Some(h) = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+
+    fn remember(&self, path: PathBuf, entry: &mut WireEntry) {
+        if entry.target.is_some() || !entry.xattrs.is_empty() {
+            let extra = Extra {
+                target: entry.target.take(),
+                xattrs: std::mem::take(&mut entry.xattrs),
+            };
+            self.inner
+                .extras
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(path, extra);
+        }
+    }
+}
+
+impl Drop for RemoteSource {
+    fn drop(&mut self) {
+        self.inner.break_off("the session ended".into());
+    }
+}
+
+/// `path` without `.`/`..`/repeated separators, when it is absolute and has no `..`.
+fn normalize(path: &Path) -> Option<PathBuf> {
+    if !path.is_absolute() {
+        return None;
+    }
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+fn unexpected(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("the agent answered {what} with the wrong kind of reply"),
+    )
+}
+
+fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+}
+
+impl Source for RemoteSource {
+    fn stat(&self, path: &Path) -> io::Result<EntryMeta> {
+        let path_bytes = path.as_os_str().as_bytes().to_vec();
+        match self.inner.call(|req| ServerMsg::Stat {
+            req,
+            path: path_bytes,
+        })? {
+            Reply::Stat(mut entry) => {
+                let meta = entry.meta.clone().map_err(io::Error::other)?;
+                self.remember(path.to_path_buf(), &mut entry);
+                Ok(meta)
+            }
+            _ => Err(unexpected("stat")),
+        }
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<(Vec<u8>, io::Result<EntryMeta>)>> {
+        let path = dir.as_os_str().as_bytes().to_vec();
+        let Reply::List(entries) = self.inner.call(|req| ServerMsg::List { req, path })? else {
+            return Err(unexpected("list"));
+        };
+        let mut seen = HashSet::new();
+        let mut out = Vec::with_capacity(entries.len());
+        for mut e in entries {
+            // A hostile agent could name an entry `..` or `a/b`: such a name must never reach
+            // a tree (restore would write outside its target).
+            if !valid_name(&e.name) || !seen.insert(e.name.clone()) {
+                tracing::warn!(dir = %dir.display(), name = %String::from_utf8_lossy(&e.name),
+                    "agent sent an invalid or duplicate name; skipped");
+                continue;
+            }
+            self.remember(dir.join(OsStr::from_bytes(&e.name)), &mut e);
+            out.push((e.name, e.meta.map_err(io::Error::other)));
+        }
+        Ok(out)
+    }
+
+    fn read_link(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.inner
+            .extras
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .and_then(|x| x.target.clone())
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, "the agent sent no symlink target")
+            })
+    }
+
+    fn xattrs(&self, path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(self
+            .inner
+            .extras
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(path)
+            .map(|x| x.xattrs)
+            .unwrap_or_default())
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn SourceFile>> {
+        let path_bytes = path.as_os_str().as_bytes().to_vec();
+        let for_request = path_bytes.clone();
+        match self.inner.call(|req| ServerMsg::ChunkFile {
+            req,
+            path: for_request,
+        })? {
+            Reply::FileChunks {
+                before,
+                after,
+                chunks,
+            } => {
+                let mut offsets = HashMap::with_capacity(chunks.len());
+                let mut offset = 0u64;
+                for (id, len) in &chunks {
+                    offsets.entry(*id).or_insert((offset, *len));
+                    offset = offset.saturating_add(u64::from(*len));
+                }
+                Ok(Box::new(RemoteFile {
+                    inner: Arc::clone(&self.inner),
+                    path: path_bytes,
+                    metas: [before, after],
+                    meta_calls: 0,
+                    chunks: chunks
+                        .into_iter()
+                        .map(|(id, len)| ChunkRef { id, len })
+                        .collect(),
+                    offsets,
+                }))
+            }
+            _ => Err(unexpected("chunk-file")),
+        }
+    }
+
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
+        normalize(path).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: remote paths must be absolute, without '..'",
+                    path.display()
+                ),
+            )
+        })
+    }
+
+    fn finish(&self) -> io::Result<()> {
+        match self.inner.broken() {
+            Some(reason) => Err(broken_error(&reason)),
+            None => Ok(()),
+        }
+    }
+
+    fn transferred_bytes(&self) -> Option<u64> {
+        Some(self.bytes_received() + self.bytes_sent())
+    }
+}
+
+struct RemoteFile {
+    inner: Arc<Inner>,
+    path: Vec<u8>,
+    metas: [EntryMeta; 2],
+    meta_calls: usize,
+    chunks: Vec<ChunkRef>,
+    offsets: HashMap<ChunkId, (u64, u32)>,
+}
+
+impl Read for RemoteFile {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "remote files are fetched by chunk id",
+        ))
+    }
+}
+
+impl SourceFile for RemoteFile {
+    fn current_meta(&mut self) -> io::Result<EntryMeta> {
+        // Ingest asks before and after reading; the agent measured both around its read.
+        let m = self.metas[self.meta_calls.min(1)];
+        self.meta_calls += 1;
+        Ok(m)
+    }
+
+    fn remote_chunks(&mut self) -> Option<io::Result<Vec<ChunkRef>>> {
+        Some(Ok(self.chunks.clone()))
+    }
+
+    fn fetch_chunks(&mut self, ids: &[ChunkRef]) -> io::Result<Vec<FetchedChunk>> {
+        let mut ranges = Vec::with_capacity(ids.len());
+        for c in ids {
+            match self.offsets.get(&c.id) {
+                Some((offset, len)) if *len == c.len => ranges.push((*offset, *len)),
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("chunk {} is not in this file's list", c.id),
+                    ))
+                }
+            }
+        }
+        let expected: Vec<u32> = ranges.iter().map(|(_, l)| *l).collect();
+        let path = self.path.clone();
+        let Reply::ChunkData(chunks) =
+            self.inner
+                .call(|req| ServerMsg::ReadChunks { req, path, ranges })?
+        else {
+            return Err(unexpected("read-chunks"));
+        };
+        if chunks.len() != expected.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "asked for {} chunks, the agent sent {}",
+                    expected.len(),
+                    chunks.len()
+                ),
+            ));
+        }
+        let mut out = Vec::with_capacity(chunks.len());
+        for (c, want) in chunks.into_iter().zip(expected) {
+            if c.raw_len != want || want as usize > MAX_FRAME {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the agent sent {} bytes for a {want}-byte chunk", c.raw_len),
+                ));
+            }
+            if c.zstd {
+                // Decompressed into a buffer of exactly the announced length: a bomb fails.
+                let data = crate::pack::decompress(&c.bytes, want as usize)?;
+                if data.len() != want as usize {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a compressed chunk decompressed to the wrong length",
+                    ));
+                }
+                out.push(FetchedChunk {
+                    data,
+                    zstd: Some(c.bytes),
+                });
+            } else {
+                if c.bytes.len() != want as usize {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a chunk arrived with the wrong length",
+                    ));
+                }
+                out.push(FetchedChunk {
+                    data: c.bytes,
+                    zstd: None,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
