@@ -1,0 +1,221 @@
+//! The agent and the server's RemoteSource talking over in-process pipes: the allow-list,
+//! symlink refusal, and a hostile agent on the other end.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use xstore::protocol::{write_frame, AgentMsg, WireEntry, PROTOCOL_VERSIONS};
+use xstore::{
+    AgentConfig, ChunkerParams, EntryMeta, HostSpec, InitOptions, PullOptions, RemoteSource,
+    Repository, RestoreOptions, Source, SourceKind,
+};
+use xstore_tests::{assert_same_tree, make_fixture, restored_path};
+
+/// Starts `serve` for `config` on a thread and connects a RemoteSource to it.
+fn connect(config: AgentConfig) -> RemoteSource {
+    let (from_agent, agent_out) = io::pipe().unwrap();
+    let (agent_in, to_agent) = io::pipe().unwrap();
+    std::thread::spawn(move || {
+        let _ = xstore::agent::serve(&config, agent_in, agent_out, 2);
+    });
+    RemoteSource::connect(from_agent, to_agent, ChunkerParams::default_params(), 3).unwrap()
+}
+
+fn config_for(root: &Path) -> AgentConfig {
+    AgentConfig::parse(&format!("{}\n", root.display()), Path::new("backup.conf")).unwrap()
+}
+
+#[test]
+fn the_agent_serves_its_list_only_and_never_follows_symlinks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let data = root.join("data");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    std::fs::write(data.join("sub/file"), b"inside").unwrap();
+    std::fs::write(root.join("secret"), b"outside").unwrap();
+    std::os::unix::fs::symlink(&root, data.join("up")).unwrap();
+    std::os::unix::fs::symlink(root.join("secret"), data.join("secret-link")).unwrap();
+    let source = connect(config_for(&data));
+    assert_eq!(source.agent().roots, vec![data.clone()]);
+
+    let refused = |r: io::Result<()>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{what}: {e}");
+    };
+    refused(source.stat(&root.join("secret")).map(drop), "stat outside");
+    refused(source.list(&root).map(drop), "list of an ancestor");
+    refused(source.open(&root.join("secret")).map(drop), "open outside");
+    refused(
+        source.open(&data.join("up/secret")).map(drop),
+        "open through a symlinked directory",
+    );
+    // Listing a symlink fails (ENOTDIR under O_NOFOLLOW) instead of listing its target.
+    assert!(source.list(&data.join("up")).is_err());
+    refused(
+        source.open(&data.join("secret-link")).map(drop),
+        "open of a symlink",
+    );
+    let e = source
+        .stat(Path::new("relative/path"))
+        .expect_err("relative");
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+    let e = source
+        .open(&data.join("sub/../../secret"))
+        .map(drop)
+        .expect_err("dot-dot");
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+
+    // Ancestors of a root: metadata only.
+    assert_eq!(source.stat(&root).unwrap().kind, SourceKind::Dir);
+    // Inside: served, symlinks reported as symlinks.
+    let listing = source.list(&data).unwrap();
+    let up = listing.iter().find(|(n, _)| n == b"up").unwrap();
+    assert_eq!(up.1.as_ref().unwrap().kind, SourceKind::Symlink);
+    assert_eq!(
+        source.read_link(&data.join("up")).unwrap(),
+        root.as_os_str().as_encoded_bytes()
+    );
+    let mut f = source.open(&data.join("sub/file")).unwrap();
+    let chunks = f.remote_chunks().unwrap().unwrap();
+    let got = f.fetch_chunks(&chunks).unwrap();
+    assert_eq!(got[0].data, b"inside");
+    source.finish().unwrap();
+    source.close();
+}
+
+#[test]
+fn backup_through_the_agent_restores_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let data = root.join("data");
+    make_fixture(&data, 9);
+    let repo = Repository::init(&root.join("repo"), &InitOptions::default()).unwrap();
+    let source = connect(config_for(&data));
+    let host = HostSpec {
+        name: "web1".into(),
+        account: "a".into(),
+        address: "127.0.0.1".into(),
+        port: 22344,
+        user: "root".into(),
+        identity: None,
+        ssh: "ssh".into(),
+        ssh_config: None,
+        ssh_options: Vec::new(),
+        agent_command: "xstore agent".into(),
+        paths: Vec::new(),
+        schedule: None,
+        timeout: std::time::Duration::from_secs(60),
+    };
+    let snap = repo
+        .backup_remote(&host, &PullOptions::default(), &source)
+        .unwrap();
+    source.close();
+    assert!(snap.is_complete(), "{:?}", snap.errors);
+    assert!(snap.stats.wire_bytes > 0 && snap.stats.files_read > 0);
+    let target = root.join("restored");
+    repo.restore(&snap, &target, &RestoreOptions::default())
+        .unwrap();
+    assert_same_tree(&data, &restored_path(&target, &data), true);
+}
+
+/// A fake agent: sends `frames` (after a valid hello), then keeps the stream open.
+fn hostile(frames: Vec<Vec<u8>>) -> RemoteSource {
+    let (from_agent, mut agent_out) = io::pipe().unwrap();
+    let (agent_in, to_agent) = io::pipe().unwrap();
+    std::thread::spawn(move || {
+        let hello = AgentMsg::Hello {
+            versions: PROTOCOL_VERSIONS.to_vec(),
+            capabilities: Vec::new(),
+            roots: vec![b"/data".to_vec()],
+            software: b"evil".to_vec(),
+        };
+        write_frame(&mut agent_out, &hello.encode()).unwrap();
+        agent_out.flush().unwrap();
+        // Wait for the server's hello, then the first request, before answering.
+        let mut input = agent_in;
+        let _ = xstore::protocol::read_frame(&mut input);
+        let _ = xstore::protocol::read_frame(&mut input);
+        for f in frames {
+            if agent_out.write_all(&f).is_err() {
+                return;
+            }
+        }
+        let _ = agent_out.flush();
+        std::thread::sleep(std::time::Duration::from_secs(5));
+    });
+    RemoteSource::connect(from_agent, to_agent, ChunkerParams::default_params(), 3).unwrap()
+}
+
+fn frame(msg: &AgentMsg) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_frame(&mut out, &msg.encode()).unwrap();
+    out
+}
+
+fn meta(kind: SourceKind) -> EntryMeta {
+    EntryMeta {
+        kind,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        size: 1,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        inode: 1,
+        dev: 1,
+        nlink: 1,
+        rdev: 0,
+    }
+}
+
+#[test]
+fn a_hostile_agent_breaks_only_its_own_session() {
+    // Garbage instead of a reply: every call fails and finish() refuses the backup.
+    let source = hostile(vec![b"\x05\x00\x00\x00\xffjunk".to_vec()]);
+    let e = source.stat(Path::new("/data")).expect_err("garbage");
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted, "{e}");
+    assert!(e.to_string().contains("invalid message"), "{e}");
+    assert!(source.finish().is_err());
+    assert!(source.list(Path::new("/data")).is_err());
+
+    // A reply to a request never made.
+    let source = hostile(vec![frame(&AgentMsg::Stat {
+        req: 999,
+        entry: WireEntry {
+            name: Vec::new(),
+            meta: Ok(meta(SourceKind::Dir)),
+            target: None,
+            xattrs: Vec::new(),
+        },
+    })]);
+    assert!(source.stat(Path::new("/data")).is_err());
+    assert!(source.finish().is_err());
+
+    // Names that would escape a restore target are dropped; duplicates too.
+    let entry = |name: &[u8]| WireEntry {
+        name: name.to_vec(),
+        meta: Ok(meta(SourceKind::File)),
+        target: None,
+        xattrs: Vec::new(),
+    };
+    let source = hostile(vec![frame(&AgentMsg::List {
+        req: 1,
+        more: false,
+        entries: vec![
+            entry(b".."),
+            entry(b"a/b"),
+            entry(b""),
+            entry(b"ok"),
+            entry(b"ok"),
+        ],
+    })]);
+    let names: Vec<Vec<u8>> = source
+        .list(Path::new("/data"))
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, vec![b"ok".to_vec()]);
+    source.finish().unwrap();
+}
