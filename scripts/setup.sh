@@ -4,6 +4,10 @@ _xs_need=()
 command -v clang >/dev/null 2>&1 || _xs_need+=(clang)
 [ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || _xs_need+=(libclang-dev)
 command -v sccache >/dev/null 2>&1 || _xs_need+=(sccache)
+# Pull tests start a real sshd on 127.0.0.1; the pull benchmark compares with rsync.
+[ -x /usr/sbin/sshd ] || _xs_need+=(openssh-server)
+command -v ssh-keygen >/dev/null 2>&1 || _xs_need+=(openssh-client)
+command -v rsync >/dev/null 2>&1 || _xs_need+=(rsync)
 if [ ${#_xs_need[@]} -gt 0 ]; then
   echo "installing: ${_xs_need[*]}" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -183,6 +183,41 @@ pub mod decode {
     pub fn blob_header(bytes: &[u8], offset: u64) -> Result<crate::ChunkId, DecodeError> {
         crate::pack::decode_blob_header(bytes, offset).map(|e| e.id)
     }
+    /// Decodes a stream of agent → server frames (what a pull reads from a client).
+    /// Returns the number of messages.
+    pub fn agent_stream(bytes: &[u8]) -> Result<usize, DecodeError> {
+        frames(bytes, |body| {
+            crate::protocol::AgentMsg::decode(body).map(drop)
+        })
+    }
+    /// Decodes a stream of server → agent frames (what an agent reads). Returns the number
+    /// of messages.
+    pub fn server_stream(bytes: &[u8]) -> Result<usize, DecodeError> {
+        frames(bytes, |body| {
+            crate::protocol::ServerMsg::decode(body).map(drop)
+        })
+    }
+    fn frames(
+        mut bytes: &[u8],
+        decode: impl Fn(&[u8]) -> Result<(), DecodeError>,
+    ) -> Result<usize, DecodeError> {
+        let mut n = 0;
+        loop {
+            let at = bytes.len();
+            match crate::protocol::read_frame(&mut bytes) {
+                Ok(Some(body)) => decode(&body)?,
+                Ok(None) => return Ok(n),
+                Err(e) => {
+                    return Err(DecodeError::Invalid {
+                        what: "frame",
+                        offset: at,
+                        reason: e.to_string(),
+                    })
+                }
+            }
+            n += 1;
+        }
+    }
     /// Decodes an index blob-location value.
     pub fn blob_location(bytes: &[u8]) -> Result<crate::BlobLoc, DecodeError> {
         crate::BlobLoc::decode(bytes)

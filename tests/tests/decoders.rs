@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use xstore::{decode, BackupOptions, InitOptions, LocalSource, Repository};
+use xstore::{decode, BackupOptions, InitOptions, LocalSource, Repository, Source};
 use xstore_tests::make_fixture;
 
 struct Samples {
@@ -18,6 +18,77 @@ struct Samples {
     snapshot: Vec<u8>,
     blob_location: Vec<u8>,
     chunk_list: Vec<u8>,
+    agent_stream: Vec<u8>,
+    server_requests: Vec<u8>,
+}
+
+/// A session's frames in each direction, as an agent and a server exchange them.
+fn protocol_samples(root: &Path) -> (Vec<u8>, Vec<u8>) {
+    use xstore::protocol::{write_frame, AgentMsg, ServerMsg, WireChunk, WireEntry};
+    let meta = xstore::LocalSource.stat(root).unwrap();
+    let agent = [
+        AgentMsg::Hello {
+            versions: vec![1],
+            capabilities: Vec::new(),
+            roots: vec![b"/etc".to_vec()],
+            software: b"xstore 0.1.0".to_vec(),
+        },
+        AgentMsg::List {
+            req: 1,
+            more: false,
+            entries: vec![WireEntry {
+                name: b"hosts".to_vec(),
+                meta: Ok(meta),
+                target: Some(b"../x".to_vec()),
+                xattrs: vec![(b"user.a".to_vec(), b"b".to_vec())],
+            }],
+        },
+        AgentMsg::FileChunks {
+            req: 2,
+            before: meta,
+            after: meta,
+            chunks: vec![(xstore::ChunkId::of(b"abc"), 3)],
+        },
+        AgentMsg::ChunkData {
+            req: 3,
+            chunks: vec![WireChunk {
+                raw_len: 3,
+                zstd: false,
+                bytes: b"abc".to_vec(),
+            }],
+        },
+    ];
+    let server = [
+        ServerMsg::Hello {
+            version: 1,
+            min: 256,
+            avg: 1024,
+            max: 4096,
+            level: 3,
+        },
+        ServerMsg::List {
+            req: 1,
+            path: b"/etc".to_vec(),
+        },
+        ServerMsg::ChunkFile {
+            req: 2,
+            path: b"/etc/hosts".to_vec(),
+        },
+        ServerMsg::ReadChunks {
+            req: 3,
+            path: b"/etc/hosts".to_vec(),
+            ranges: vec![(0, 3)],
+        },
+        ServerMsg::Bye,
+    ];
+    let (mut a, mut s) = (Vec::new(), Vec::new());
+    for m in &agent {
+        write_frame(&mut a, &m.encode()).unwrap();
+    }
+    for m in &server {
+        write_frame(&mut s, &m.encode()).unwrap();
+    }
+    (a, s)
 }
 
 fn samples() -> Samples {
@@ -68,7 +139,10 @@ fn samples() -> Samples {
         xstore::Node::Entry(e) => e.subtree().unwrap(),
         _ => unreachable!(),
     };
+    let (agent_stream, server_requests) = protocol_samples(&src);
     Samples {
+        agent_stream,
+        server_requests,
         config: std::fs::read(repo_dir.join("config")).unwrap(),
         pack,
         tree: repo.read_blob(&tree_id).unwrap(),
@@ -101,6 +175,8 @@ fn decoders() -> Vec<(&'static str, Decoder)> {
         ("chunk_list", |b| decode::chunk_list(b).is_ok()),
         ("snapshot", |b| decode::snapshot(b).is_ok()),
         ("blob_location", |b| decode::blob_location(b).is_ok()),
+        ("agent_stream", |b| decode::agent_stream(b).is_ok()),
+        ("server_requests", |b| decode::server_stream(b).is_ok()),
     ]
 }
 
@@ -120,6 +196,8 @@ fn samples_survive_truncation_and_bit_flips() {
         ("snapshot", &s.snapshot),
         ("blob_location", &s.blob_location),
         ("chunk_list", &s.chunk_list),
+        ("agent_stream", &s.agent_stream),
+        ("server_requests", &s.server_requests),
     ];
     let table = decoders();
     for (name, bytes) in &all {
