@@ -209,11 +209,18 @@ pub fn serve(
     workers: usize,
 ) -> Result<(), AgentError> {
     let out = Mutex::new(io::BufWriter::new(output));
+    // Until the server's hello names a level, messages go uncompressed.
+    let wire_level = std::sync::atomic::AtomicI32::new(0);
     let send = |msg: &AgentMsg| -> io::Result<()> {
+        let mut body = msg.encode();
+        let l = wire_level.load(Ordering::Relaxed);
+        if l > 0 {
+            body = crate::protocol::compress_body(body, l);
+        }
         let mut w = out
             .lock()
             .map_err(|_| io::Error::other("agent output lock poisoned"))?;
-        write_frame(&mut *w, &msg.encode())?;
+        write_frame(&mut *w, &body)?;
         w.flush()
     };
     send(&AgentMsg::Hello {
@@ -236,7 +243,7 @@ pub fn serve(
         Some(body) => ServerMsg::decode(&body).map_err(|e| fatal(format!("server hello: {e}")))?,
         None => return Ok(()),
     };
-    let (params, level) = match hello {
+    let (params, chunk_level) = match hello {
         ServerMsg::Hello {
             version,
             min,
@@ -255,10 +262,12 @@ pub fn serve(
         }
         other => return Err(fatal(format!("expected the server's hello, got {other:?}"))),
     };
+    // Listings and chunk lists compress well (chunk data is compressed chunk by chunk).
+    wire_level.store(chunk_level, Ordering::Relaxed);
     let ctx = Ctx {
         config,
         params,
-        level,
+        level: chunk_level,
     };
     let (tx, rx) = crossbeam_channel::bounded::<ServerMsg>(workers.max(1) * 4);
     std::thread::scope(|scope| -> Result<(), AgentError> {
