@@ -88,9 +88,11 @@ mkdir -p "$staging"
 
 # xpull → "seconds wire_bytes"
 xpull() {
-  /usr/bin/time -f "%e" -o "$work/t" "$XSTORE" -r "$repo" --json pull client \
+  /usr/bin/time -f "%e %U %S" -o "$work/t" "$XSTORE" -r "$repo" --json pull client \
+    ${PULL_ARGS:-} \
     --inventory "$work/hosts.toml" > "$work/x.json"
-  echo "$(cat "$work/t") $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["hosts"][0]; assert r["outcome"]=="ok", r; print(r["wire_bytes"])' "$work/x.json")"
+  echo "server cpu (wall user sys): $(cat "$work/t")" >&2
+  echo "$(cut -d" " -f1 "$work/t") $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["hosts"][0]; assert r["outcome"]=="ok", r; print(r["wire_bytes"])' "$work/x.json")"
 }
 # rpull → "seconds wire_bytes"
 rpull() {

@@ -357,7 +357,7 @@ impl Ctx<'_> {
         let (req, path_bytes) = match &request {
             ServerMsg::Stat { req, path }
             | ServerMsg::List { req, path }
-            | ServerMsg::ChunkFile { req, path }
+            | ServerMsg::ChunkFile { req, path, .. }
             | ServerMsg::ReadChunks { req, path, .. } => (*req, path.clone()),
             _ => return Vec::new(),
         };
@@ -389,7 +389,7 @@ impl Ctx<'_> {
                 Ok(entries) => list_replies(req, entries),
                 Err(e) => vec![io_reply(req, path, &e)],
             },
-            ServerMsg::ChunkFile { .. } => vec![match self.chunk_file(req, path) {
+            ServerMsg::ChunkFile { inline_max, .. } => vec![match self.chunk_file(req, path, inline_max) {
                 Ok(m) => m,
                 Err(e) => io_reply(req, path, &e),
             }],
@@ -398,7 +398,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn chunk_file(&self, req: u64, path: &Path) -> io::Result<AgentMsg> {
+    fn chunk_file(&self, req: u64, path: &Path, inline_max: u32) -> io::Result<AgentMsg> {
         let file = std::fs::File::from(open_file(path)?);
         let before = EntryMeta::from_metadata(&file.metadata()?);
         if before.kind != SourceKind::File {
@@ -408,11 +408,20 @@ impl Ctx<'_> {
             ));
         }
         let mut chunks = Vec::new();
+        let mut inline = None;
         if before.size <= u64::from(self.params.max()) * 4 {
             let mut data = Vec::with_capacity(before.size as usize);
             (&file).take(before.size + 1).read_to_end(&mut data)?;
             chunks
                 .extend(xstore_chunker::chunk_slice(&self.params, &data).map(|c| (c.id, c.length)));
+            if chunks.len() == 1 && data.len() <= inline_max as usize {
+                let (compression, bytes) = crate::pack::compress(&data, self.level);
+                inline = Some(WireChunk {
+                    raw_len: data.len() as u32,
+                    zstd: compression == crate::pack::Compression::Zstd,
+                    bytes,
+                });
+            }
         } else {
             let mut chunker = xstore_chunker::StreamChunker::new(self.params, &file);
             while let Some((c, _)) = chunker.next_chunk()? {
@@ -425,6 +434,7 @@ impl Ctx<'_> {
             before,
             after,
             chunks,
+            inline,
         })
     }
 

@@ -182,6 +182,8 @@ pub enum AgentMsg {
         after: EntryMeta,
         /// Chunk ids and lengths in file order.
         chunks: Vec<(ChunkId, u32)>,
+        /// The bytes of the only chunk, when the server allowed it (`inline_max`).
+        inline: Option<WireChunk>,
     },
     /// Reply to [`ServerMsg::ReadChunks`]: the ranges asked for, in order.
     ChunkData {
@@ -243,6 +245,9 @@ pub enum ServerMsg {
         req: u64,
         /// Absolute path.
         path: Vec<u8>,
+        /// A file of at most this many bytes that is one chunk comes back with its bytes
+        /// (a round trip costs more than a small file); 0 asks for ids only.
+        inline_max: u32,
     },
     /// Send these byte ranges of a file, compressed.
     ReadChunks {
@@ -425,6 +430,23 @@ fn get_entry(r: &mut Reader<'_>) -> Result<WireEntry, DecodeError> {
     })
 }
 
+fn put_chunk(out: &mut Vec<u8>, c: &WireChunk) {
+    put_varint(out, u64::from(c.raw_len));
+    out.push(u8::from(c.zstd));
+    put_bytes(out, &c.bytes);
+}
+
+fn get_chunk(r: &mut Reader<'_>) -> Result<WireChunk, DecodeError> {
+    let raw_len = u32_field(r, "chunk length")?;
+    let zstd = bool_field(r, "chunk encoding")?;
+    let bytes = r.bytes("chunk bytes", MAX_FRAME as u64)?.to_vec();
+    Ok(WireChunk {
+        raw_len,
+        zstd,
+        bytes,
+    })
+}
+
 fn bool_field(r: &mut Reader<'_>, what: &'static str) -> Result<bool, DecodeError> {
     let at = r.pos();
     match r.u8(what)? {
@@ -517,6 +539,7 @@ impl AgentMsg {
                 before,
                 after,
                 chunks,
+                inline,
             } => {
                 out.push(K_AGENT_FILE_CHUNKS);
                 put_varint(&mut out, *req);
@@ -527,15 +550,20 @@ impl AgentMsg {
                     out.extend_from_slice(id.as_bytes());
                     put_varint(&mut out, u64::from(*len));
                 }
+                match inline {
+                    Some(c) => {
+                        out.push(1);
+                        put_chunk(&mut out, c);
+                    }
+                    None => out.push(0),
+                }
             }
             AgentMsg::ChunkData { req, chunks } => {
                 out.push(K_AGENT_CHUNK_DATA);
                 put_varint(&mut out, *req);
                 put_varint(&mut out, chunks.len() as u64);
                 for c in chunks {
-                    put_varint(&mut out, u64::from(c.raw_len));
-                    out.push(u8::from(c.zstd));
-                    put_bytes(&mut out, &c.bytes);
+                    put_chunk(&mut out, c);
                 }
             }
             AgentMsg::Error { req, code, message } => {
@@ -604,11 +632,17 @@ impl AgentMsg {
                     let id = r.id("chunk id")?;
                     chunks.push((id, u32_field(&mut r, "chunk length")?));
                 }
+                let inline = if bool_field(&mut r, "inline flag")? {
+                    Some(get_chunk(&mut r)?)
+                } else {
+                    None
+                };
                 AgentMsg::FileChunks {
                     req,
                     before,
                     after,
                     chunks,
+                    inline,
                 }
             }
             K_AGENT_CHUNK_DATA => {
@@ -616,14 +650,7 @@ impl AgentMsg {
                 let n = r.length("chunk count", u64::MAX, 3)?;
                 let mut chunks = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let raw_len = u32_field(&mut r, "chunk length")?;
-                    let zstd = bool_field(&mut r, "chunk encoding")?;
-                    let bytes = r.bytes("chunk bytes", MAX_FRAME as u64)?.to_vec();
-                    chunks.push(WireChunk {
-                        raw_len,
-                        zstd,
-                        bytes,
-                    });
+                    chunks.push(get_chunk(&mut r)?);
                 }
                 AgentMsg::ChunkData { req, chunks }
             }
@@ -683,10 +710,15 @@ impl ServerMsg {
                 put_varint(&mut out, *req);
                 put_bytes(&mut out, path);
             }
-            ServerMsg::ChunkFile { req, path } => {
+            ServerMsg::ChunkFile {
+                req,
+                path,
+                inline_max,
+            } => {
                 out.push(K_SERVER_CHUNK_FILE);
                 put_varint(&mut out, *req);
                 put_bytes(&mut out, path);
+                put_varint(&mut out, u64::from(*inline_max));
             }
             ServerMsg::ReadChunks { req, path, ranges } => {
                 out.push(K_SERVER_READ_CHUNKS);
@@ -745,7 +777,11 @@ impl ServerMsg {
                 match kind {
                     K_SERVER_STAT => ServerMsg::Stat { req, path },
                     K_SERVER_LIST => ServerMsg::List { req, path },
-                    _ => ServerMsg::ChunkFile { req, path },
+                    _ => ServerMsg::ChunkFile {
+                        req,
+                        path,
+                        inline_max: u32_field(&mut r, "inline maximum")?,
+                    },
                 }
             }
             K_SERVER_READ_CHUNKS => {
@@ -827,6 +863,11 @@ mod tests {
                 before: meta(SourceKind::File),
                 after: meta(SourceKind::File),
                 chunks: vec![(ChunkId::of(b"x"), 1), (ChunkId::of(b"y"), 70000)],
+                inline: Some(WireChunk {
+                    raw_len: 1,
+                    zstd: false,
+                    bytes: b"x".to_vec(),
+                }),
             },
             AgentMsg::ChunkData {
                 req: 5,
@@ -864,6 +905,7 @@ mod tests {
             ServerMsg::ChunkFile {
                 req: 3,
                 path: b"/etc/passwd".to_vec(),
+                inline_max: 65536,
             },
             ServerMsg::ReadChunks {
                 req: 4,

@@ -28,6 +28,11 @@ use crate::{ChunkId, ChunkerParams};
 pub const MAX_LISTING_ENTRIES: usize = 10_000_000;
 /// Most raw bytes asked for in one `ReadChunks` request.
 pub const FETCH_BATCH_BYTES: u64 = 16 * 1024 * 1024;
+/// Files up to this size that are one chunk come back with their bytes in the chunk-list
+/// reply: for them a second round trip costs more than the bytes (measured on the Linux
+/// tree: half the wall time of a first pull went to round trips of small files). The price:
+/// such a file is sent even when another host already stored the same bytes.
+pub const INLINE_MAX: u32 = 64 * 1024;
 
 /// What the agent said about itself in its hello.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +52,7 @@ enum Reply {
         before: EntryMeta,
         after: EntryMeta,
         chunks: Vec<(ChunkId, u32)>,
+        inline: Option<WireChunk>,
     },
     ChunkData(Vec<WireChunk>),
     Error(ErrorCode, String),
@@ -180,12 +186,14 @@ impl Inner {
                     before,
                     after,
                     chunks,
+                    inline,
                 } => self.deliver(
                     req,
                     Reply::FileChunks {
                         before,
                         after,
                         chunks,
+                        inline,
                     },
                 ),
                 AgentMsg::ChunkData { req, chunks } => self.deliver(req, Reply::ChunkData(chunks)),
@@ -347,6 +355,12 @@ impl RemoteSource {
     /// does not end it.
     pub fn close(&self) {
         {
+            let mut calls = self.inner.lock_calls();
+            if calls.broken.is_none() {
+                calls.broken = Some("the session was closed".into());
+            }
+        }
+        {
             let mut w = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
             let _ = write_frame(&mut *w, &ServerMsg::Bye.encode()).and_then(|()| w.flush());
             // Replace the writer so the agent's stdin closes even if Bye was lost.
@@ -471,12 +485,20 @@ impl Source for RemoteSource {
         match self.inner.call(|req| ServerMsg::ChunkFile {
             req,
             path: for_request,
+            inline_max: INLINE_MAX,
         })? {
             Reply::FileChunks {
                 before,
                 after,
                 chunks,
+                inline,
             } => {
+                if inline.is_some() && chunks.len() != 1 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the agent sent inline bytes for a file that is not one chunk",
+                    ));
+                }
                 let mut offsets = HashMap::with_capacity(chunks.len());
                 let mut offset = 0u64;
                 for (id, len) in &chunks {
@@ -493,6 +515,7 @@ impl Source for RemoteSource {
                         .map(|(id, len)| ChunkRef { id, len })
                         .collect(),
                     offsets,
+                    inline,
                 }))
             }
             _ => Err(unexpected("chunk-file")),
@@ -530,6 +553,41 @@ struct RemoteFile {
     meta_calls: usize,
     chunks: Vec<ChunkRef>,
     offsets: HashMap<ChunkId, (u64, u32)>,
+    inline: Option<WireChunk>,
+}
+
+/// A chunk as the agent sent it, checked against the length asked for and decompressed
+/// into a buffer of exactly that length (a bomb fails). Ingest then checks the id.
+fn unpack(c: WireChunk, want: u32) -> io::Result<FetchedChunk> {
+    if c.raw_len != want || want as usize > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the agent sent {} bytes for a {want}-byte chunk", c.raw_len),
+        ));
+    }
+    if c.zstd {
+        let data = crate::pack::decompress(&c.bytes, want as usize)?;
+        if data.len() != want as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a compressed chunk decompressed to the wrong length",
+            ));
+        }
+        Ok(FetchedChunk {
+            data,
+            zstd: Some(c.bytes),
+        })
+    } else if c.bytes.len() != want as usize {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a chunk arrived with the wrong length",
+        ))
+    } else {
+        Ok(FetchedChunk {
+            data: c.bytes,
+            zstd: None,
+        })
+    }
 }
 
 impl Read for RemoteFile {
@@ -554,6 +612,11 @@ impl SourceFile for RemoteFile {
     }
 
     fn fetch_chunks(&mut self, ids: &[ChunkRef]) -> io::Result<Vec<FetchedChunk>> {
+        if let (Some(inline), [only]) = (&self.inline, ids) {
+            if self.chunks.len() == 1 && self.chunks[0] == *only {
+                return Ok(vec![unpack(inline.clone(), only.len)?]);
+            }
+        }
         let mut ranges = Vec::with_capacity(ids.len());
         for c in ids {
             match self.offsets.get(&c.id) {
@@ -586,37 +649,7 @@ impl SourceFile for RemoteFile {
         }
         let mut out = Vec::with_capacity(chunks.len());
         for (c, want) in chunks.into_iter().zip(expected) {
-            if c.raw_len != want || want as usize > MAX_FRAME {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("the agent sent {} bytes for a {want}-byte chunk", c.raw_len),
-                ));
-            }
-            if c.zstd {
-                // Decompressed into a buffer of exactly the announced length: a bomb fails.
-                let data = crate::pack::decompress(&c.bytes, want as usize)?;
-                if data.len() != want as usize {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "a compressed chunk decompressed to the wrong length",
-                    ));
-                }
-                out.push(FetchedChunk {
-                    data,
-                    zstd: Some(c.bytes),
-                });
-            } else {
-                if c.bytes.len() != want as usize {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "a chunk arrived with the wrong length",
-                    ));
-                }
-                out.push(FetchedChunk {
-                    data: c.bytes,
-                    zstd: None,
-                });
-            }
+            out.push(unpack(c, want)?);
         }
         Ok(out)
     }

@@ -48,6 +48,7 @@ fn protocol_samples(root: &Path) -> (Vec<u8>, Vec<u8>) {
             before: meta,
             after: meta,
             chunks: vec![(xstore::ChunkId::of(b"abc"), 3)],
+            inline: None,
         },
         AgentMsg::ChunkData {
             req: 3,
@@ -73,6 +74,7 @@ fn protocol_samples(root: &Path) -> (Vec<u8>, Vec<u8>) {
         ServerMsg::ChunkFile {
             req: 2,
             path: b"/etc/hosts".to_vec(),
+            inline_max: 65536,
         },
         ServerMsg::ReadChunks {
             req: 3,
