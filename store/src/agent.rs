@@ -23,13 +23,15 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
 use crate::protocol::{
     read_frame, write_frame, AgentMsg, ErrorCode, ServerMsg, WireChunk, WireEntry,
-    LIST_BATCH_BYTES, PROTOCOL_VERSIONS,
+    CAP_ZSTD_STREAM, LIST_BATCH_BYTES, PROTOCOL_VERSIONS,
 };
 use crate::source::{EntryMeta, SourceKind};
 use crate::ChunkerParams;
 
 /// Where the agent reads its allow-list by default.
 pub const DEFAULT_AGENT_CONFIG: &str = "/etc/backup.conf";
+/// zstd level of the session streams (cheap: chunk data inside is already compressed).
+pub const WIRE_LEVEL: i32 = 1;
 /// Most raw bytes one `ReadChunks` request may ask for.
 pub const MAX_READ_REQUEST: u64 = 32 * 1024 * 1024;
 
@@ -202,30 +204,23 @@ pub fn authorized_keys_line(
 /// Serves one session on `input`/`output` (the SSH channel) until the server says goodbye or
 /// closes the stream. Requests are answered by `workers` threads; replies carry request ids
 /// and may arrive in any order.
-pub fn serve(
+pub fn serve<'a, W: Write + Send + 'static>(
     config: &AgentConfig,
-    mut input: impl Read,
-    output: impl Write + Send,
+    input: impl Read + 'a,
+    output: W,
     workers: usize,
 ) -> Result<(), AgentError> {
-    let out = Mutex::new(io::BufWriter::new(output));
-    // Until the server's hello names a level, messages go uncompressed.
-    let wire_level = std::sync::atomic::AtomicI32::new(0);
+    let out: Mutex<Box<dyn Write + Send>> = Mutex::new(Box::new(io::BufWriter::new(output)));
     let send = |msg: &AgentMsg| -> io::Result<()> {
-        let mut body = msg.encode();
-        let l = wire_level.load(Ordering::Relaxed);
-        if l > 0 {
-            body = crate::protocol::compress_body(body, l);
-        }
         let mut w = out
             .lock()
             .map_err(|_| io::Error::other("agent output lock poisoned"))?;
-        write_frame(&mut *w, &body)?;
+        write_frame(&mut *w, &msg.encode())?;
         w.flush()
     };
     send(&AgentMsg::Hello {
         versions: PROTOCOL_VERSIONS.to_vec(),
-        capabilities: Vec::new(),
+        capabilities: vec![CAP_ZSTD_STREAM.to_vec()],
         roots: config
             .roots
             .iter()
@@ -239,17 +234,19 @@ pub fn serve(
         });
         AgentError::Protocol(reason)
     };
+    let mut input: Box<dyn Read + 'a> = Box::new(input);
     let hello = match read_frame(&mut input)? {
         Some(body) => ServerMsg::decode(&body).map_err(|e| fatal(format!("server hello: {e}")))?,
         None => return Ok(()),
     };
-    let (params, chunk_level) = match hello {
+    let (params, chunk_level, stream) = match hello {
         ServerMsg::Hello {
             version,
             min,
             avg,
             max,
             level,
+            capabilities,
         } => {
             if !PROTOCOL_VERSIONS.contains(&version) {
                 return Err(fatal(format!(
@@ -258,12 +255,20 @@ pub fn serve(
             }
             let params = ChunkerParams::new(min, avg, max)
                 .map_err(|e| fatal(format!("chunker parameters: {e}")))?;
-            (params, i32::from(level))
+            let stream = capabilities.iter().any(|c| c == CAP_ZSTD_STREAM);
+            (params, i32::from(level), stream)
         }
         other => return Err(fatal(format!("expected the server's hello, got {other:?}"))),
     };
-    // Listings and chunk lists compress well (chunk data is compressed chunk by chunk).
-    wire_level.store(chunk_level, Ordering::Relaxed);
+    if stream {
+        // From here on both directions are zstd streams (FORMAT.md §Agent protocol).
+        input = Box::new(zstd::stream::read::Decoder::new(input)?);
+        let mut w = out
+            .lock()
+            .map_err(|_| io::Error::other("agent output lock poisoned"))?;
+        let plain = std::mem::replace(&mut *w, Box::new(io::sink()));
+        *w = Box::new(zstd::stream::write::Encoder::new(plain, WIRE_LEVEL)?.auto_finish());
+    }
     let ctx = Ctx {
         config,
         params,

@@ -15,6 +15,9 @@ use crate::ChunkId;
 
 /// Protocol versions this build speaks.
 pub const PROTOCOL_VERSIONS: &[u64] = &[1];
+/// Capability: after the two hellos, each direction is one zstd stream, flushed after every
+/// frame (listings and requests shrink ~5×; chunk data passes through zstd's raw blocks).
+pub const CAP_ZSTD_STREAM: &[u8] = b"zstd-stream";
 /// Magic at the start of the agent's hello.
 pub const AGENT_MAGIC: &[u8; 8] = b"XSTAGENT";
 /// Magic at the start of the server's hello.
@@ -224,6 +227,8 @@ pub enum ServerMsg {
         max: u32,
         /// zstd level for chunk data (1..=19).
         level: u8,
+        /// Optional features the server turns on (a subset of the agent's).
+        capabilities: Vec<Vec<u8>>,
     },
     /// `lstat` of a path (an allowed root, inside one, or an ancestor of one).
     Stat {
@@ -269,10 +274,7 @@ const K_AGENT_FILE_CHUNKS: u8 = 0x04;
 const K_AGENT_CHUNK_DATA: u8 = 0x05;
 const K_AGENT_ERROR: u8 = 0x06;
 const K_AGENT_FATAL: u8 = 0x07;
-/// A zstd-compressed message body of either direction (listings compress ~5×).
-const K_COMPRESSED: u8 = 0x40;
-/// Bodies shorter than this are sent as they are.
-const COMPRESS_MIN: usize = 512;
+
 const K_SERVER_HELLO: u8 = 0x81;
 const K_SERVER_STAT: u8 = 0x82;
 const K_SERVER_LIST: u8 = 0x83;
@@ -456,49 +458,6 @@ fn bool_field(r: &mut Reader<'_>, what: &'static str) -> Result<bool, DecodeErro
     }
 }
 
-/// A frame body for `body` (an encoded message): wrapped in a compressed frame when zstd
-/// makes it smaller and it is not already compressed chunk data.
-pub fn compress_body(body: Vec<u8>, level: i32) -> Vec<u8> {
-    if body.len() < COMPRESS_MIN || body.first() == Some(&K_AGENT_CHUNK_DATA) {
-        return body;
-    }
-    match crate::pack::compress(&body, level) {
-        (crate::pack::Compression::Zstd, z) => {
-            let mut out = Vec::with_capacity(z.len() + 6);
-            out.push(K_COMPRESSED);
-            put_varint(&mut out, body.len() as u64);
-            out.extend_from_slice(&z);
-            out
-        }
-        _ => body,
-    }
-}
-
-/// The message body inside a frame: `body` itself, or the decompressed inner body of a
-/// compressed frame (decompressed into a buffer of exactly the announced length, at most
-/// [`MAX_FRAME`]; a compressed frame inside a compressed frame is refused).
-fn unwrap_body(body: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, DecodeError> {
-    if body.first() != Some(&K_COMPRESSED) {
-        return Ok(std::borrow::Cow::Borrowed(body));
-    }
-    let mut r = Reader::new(&body[1..]);
-    let at = 1 + r.pos();
-    let raw_len = r.varint("compressed length")?;
-    if raw_len == 0 || raw_len > MAX_FRAME as u64 {
-        return Err(invalid("compressed length", at, format!("{raw_len} is outside 1..={MAX_FRAME}")));
-    }
-    let rest = r.take(r.remaining(), "compressed body")?;
-    let inner = crate::pack::decompress(rest, raw_len as usize)
-        .map_err(|e| invalid("compressed body", at, e.to_string()))?;
-    if inner.len() as u64 != raw_len {
-        return Err(invalid("compressed body", at, "wrong decompressed length".into()));
-    }
-    if inner.first() == Some(&K_COMPRESSED) {
-        return Err(invalid("compressed body", at, "nested compression".into()));
-    }
-    Ok(std::borrow::Cow::Owned(inner))
-}
-
 impl AgentMsg {
     /// The frame body (kind byte first).
     pub fn encode(&self) -> Vec<u8> {
@@ -582,8 +541,7 @@ impl AgentMsg {
 
     /// Decodes a frame body from an untrusted agent.
     pub fn decode(body: &[u8]) -> Result<AgentMsg, DecodeError> {
-        let body = unwrap_body(body)?;
-        let mut r = Reader::new(&body);
+        let mut r = Reader::new(body);
         let kind = r.u8("message kind")?;
         let msg = match kind {
             K_AGENT_HELLO => {
@@ -691,6 +649,7 @@ impl ServerMsg {
                 avg,
                 max,
                 level,
+                capabilities,
             } => {
                 out.push(K_SERVER_HELLO);
                 out.extend_from_slice(SERVER_MAGIC);
@@ -699,6 +658,7 @@ impl ServerMsg {
                     put_varint(&mut out, u64::from(*v));
                 }
                 out.push(*level);
+                put_list(&mut out, capabilities);
             }
             ServerMsg::Stat { req, path } => {
                 out.push(K_SERVER_STAT);
@@ -737,8 +697,7 @@ impl ServerMsg {
 
     /// Decodes a frame body from an untrusted server.
     pub fn decode(body: &[u8]) -> Result<ServerMsg, DecodeError> {
-        let body = unwrap_body(body)?;
-        let mut r = Reader::new(&body);
+        let mut r = Reader::new(body);
         let kind = r.u8("message kind")?;
         let msg = match kind {
             K_SERVER_HELLO => {
@@ -769,6 +728,7 @@ impl ServerMsg {
                     avg,
                     max,
                     level,
+                    capabilities: get_list(&mut r, "capability", 256)?,
                 }
             }
             K_SERVER_STAT | K_SERVER_LIST | K_SERVER_CHUNK_FILE => {
@@ -893,6 +853,7 @@ mod tests {
                 avg: 1024,
                 max: 4096,
                 level: 3,
+                capabilities: vec![CAP_ZSTD_STREAM.to_vec()],
             },
             ServerMsg::Stat {
                 req: 1,
@@ -926,38 +887,6 @@ mod tests {
         for m in server {
             assert_eq!(ServerMsg::decode(&m.encode()), Ok(m));
         }
-    }
-
-    #[test]
-    fn compressed_bodies_round_trip_and_refuse_bombs() {
-        let entries = (0..100)
-            .map(|i| WireEntry {
-                name: format!("file-{i}").into_bytes(),
-                meta: Ok(meta(SourceKind::File)),
-                target: None,
-                xattrs: Vec::new(),
-            })
-            .collect();
-        let m = AgentMsg::List {
-            req: 1,
-            more: false,
-            entries,
-        };
-        let plain = m.encode();
-        let packed = compress_body(plain.clone(), 3);
-        assert!(packed.len() * 3 < plain.len(), "{} vs {}", packed.len(), plain.len());
-        assert_eq!(AgentMsg::decode(&packed), Ok(m));
-        // Announced length smaller than the content: refused, not truncated or overrun.
-        let mut lying = vec![K_COMPRESSED];
-        put_varint(&mut lying, 10);
-        lying.extend_from_slice(&packed[packed.len() - (packed.len() - 3)..]);
-        assert!(AgentMsg::decode(&lying).is_err());
-        // Nested compression is refused.
-        let mut nested = vec![K_COMPRESSED];
-        put_varint(&mut nested, packed.len() as u64);
-        let (_, z) = crate::pack::compress(&packed, 3);
-        nested.extend_from_slice(&z);
-        assert!(AgentMsg::decode(&nested).is_err());
     }
 
     #[test]

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::protocol::{
-    read_frame, write_frame, AgentMsg, ErrorCode, ServerMsg, WireChunk, WireEntry, MAX_FRAME,
-    PROTOCOL_VERSIONS,
+    read_frame, write_frame, AgentMsg, ErrorCode, ServerMsg, WireChunk, WireEntry,
+    CAP_ZSTD_STREAM, MAX_FRAME, PROTOCOL_VERSIONS,
 };
 use crate::source::{EntryMeta, FetchedChunk, Source, SourceFile};
 use crate::tree::ChunkRef;
@@ -70,12 +70,37 @@ struct Extra {
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+/// Counts the bytes that cross the connection (below the session's zstd stream).
+struct Counting<T> {
+    inner: T,
+    count: Arc<AtomicU64>,
+}
+
+impl<T: Read> Read for Counting<T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl<T: Write> Write for Counting<T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 struct Inner {
     writer: Mutex<Box<dyn Write + Send>>,
     calls: Mutex<Calls>,
     next_request: AtomicU64,
-    received: AtomicU64,
-    sent: AtomicU64,
+    received: Arc<AtomicU64>,
+    sent: Arc<AtomicU64>,
     /// Symlink targets and xattrs that came with a listing, until ingest asks for them.
     extras: Mutex<HashMap<PathBuf, Extra>>,
 }
@@ -124,9 +149,6 @@ impl Inner {
         };
         if let Err(e) = written {
             self.break_off(format!("sending a request: {e}"));
-        } else {
-            self.sent
-                .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
         }
         match rx.recv() {
             Ok(Reply::Error(code, message)) => Err(io::Error::new(code.io_kind(), message)),
@@ -157,8 +179,6 @@ impl Inner {
                 Ok(None) => break "the agent closed the connection".to_string(),
                 Err(e) => break format!("reading from the agent: {e}"),
             };
-            self.received
-                .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
             let msg = match AgentMsg::decode(&body) {
                 Ok(m) => m,
                 Err(e) => break format!("the agent sent an invalid message: {e}"),
@@ -261,13 +281,18 @@ impl RemoteSource {
     ) -> Result<RemoteSource, RemoteError> {
         let body = read_frame(&mut reader)?.ok_or(RemoteError::Closed)?;
         let received = body.len() as u64 + 4;
-        let (versions, roots, software) = match AgentMsg::decode(&body) {
+        let (versions, roots, software, stream) = match AgentMsg::decode(&body) {
             Ok(AgentMsg::Hello {
                 versions,
                 roots,
                 software,
-                ..
-            }) => (versions, roots, software),
+                capabilities,
+            }) => (
+                versions,
+                roots,
+                software,
+                capabilities.iter().any(|c| c == CAP_ZSTD_STREAM),
+            ),
             Ok(AgentMsg::Fatal { message }) => {
                 return Err(RemoteError::Refused(
                     String::from_utf8_lossy(&message).into_owned(),
@@ -308,16 +333,42 @@ impl RemoteSource {
             avg: params.avg(),
             max: params.max(),
             level: level.clamp(1, 19) as u8,
+            capabilities: if stream {
+                vec![CAP_ZSTD_STREAM.to_vec()]
+            } else {
+                Vec::new()
+            },
         }
         .encode();
         write_frame(&mut writer, &hello)?;
         writer.flush()?;
+        let received = Arc::new(AtomicU64::new(received));
+        let sent = Arc::new(AtomicU64::new(hello.len() as u64 + 4));
+        let reader = Counting {
+            inner: reader,
+            count: Arc::clone(&received),
+        };
+        let writer = Counting {
+            inner: writer,
+            count: Arc::clone(&sent),
+        };
+        let (reader, writer): (Box<dyn Read + Send>, Box<dyn Write + Send>) = if stream {
+            (
+                Box::new(zstd::stream::read::Decoder::new(reader)?),
+                Box::new(
+                    zstd::stream::write::Encoder::new(writer, crate::agent::WIRE_LEVEL)?
+                        .auto_finish(),
+                ),
+            )
+        } else {
+            (Box::new(reader), Box::new(writer))
+        };
         let inner = Arc::new(Inner {
-            writer: Mutex::new(Box::new(writer)),
+            writer: Mutex::new(writer),
             calls: Mutex::new(Calls::default()),
             next_request: AtomicU64::new(1),
-            received: AtomicU64::new(received),
-            sent: AtomicU64::new(hello.len() as u64 + 4),
+            received,
+            sent,
             extras: Mutex::new(HashMap::new()),
         });
         let for_reader = Arc::clone(&inner);

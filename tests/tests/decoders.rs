@@ -66,6 +66,7 @@ fn protocol_samples(root: &Path) -> (Vec<u8>, Vec<u8>) {
             avg: 1024,
             max: 4096,
             level: 3,
+            capabilities: Vec::new(),
         },
         ServerMsg::List {
             req: 1,
