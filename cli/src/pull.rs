@@ -129,7 +129,7 @@ fn load_inventory(path: &Path) -> Result<Inventory> {
     Ok(Inventory::load(path)?)
 }
 
-fn select<'a>(inv: &'a Inventory, args: &PullArgs) -> Result<Vec<HostSpec>> {
+fn select(inv: &Inventory, args: &PullArgs) -> Result<Vec<HostSpec>> {
     if args.all {
         return Ok(inv.hosts.clone());
     }
@@ -212,7 +212,8 @@ pub(crate) fn pull(cli: &Cli, args: &PullArgs) -> Result<u8> {
     };
     let bar = crate::progress_bar(cli, progress.clone(), false);
     let print = |r: &PullReport| {
-        if !cli.json && !(cli.quiet && r.outcome != "failed") {
+        let quiet_ok = cli.quiet && r.outcome != "failed";
+        if !cli.json && !quiet_ok {
             println!("{}", report_line(r));
         }
     };

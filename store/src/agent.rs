@@ -22,8 +22,8 @@ use std::sync::Mutex;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
 use crate::protocol::{
-    read_frame, write_frame, AgentMsg, ErrorCode, ServerMsg, WireChunk, WireEntry,
-    CAP_ZSTD_STREAM, LIST_BATCH_BYTES, PROTOCOL_VERSIONS,
+    read_frame, write_frame, AgentMsg, ErrorCode, ServerMsg, WireChunk, WireEntry, CAP_ZSTD_STREAM,
+    LIST_BATCH_BYTES, PROTOCOL_VERSIONS,
 };
 use crate::source::{EntryMeta, SourceKind};
 use crate::ChunkerParams;
@@ -292,10 +292,7 @@ pub fn serve<'a, W: Write + Send + 'static>(
             });
         }
         drop(rx);
-        loop {
-            let Some(body) = read_frame(&mut input)? else {
-                break;
-            };
+        while let Some(body) = read_frame(&mut input)? {
             let msg = ServerMsg::decode(&body).map_err(|e| fatal(format!("request: {e}")))?;
             match msg {
                 ServerMsg::Bye => break,
@@ -394,10 +391,12 @@ impl Ctx<'_> {
                 Ok(entries) => list_replies(req, entries),
                 Err(e) => vec![io_reply(req, path, &e)],
             },
-            ServerMsg::ChunkFile { inline_max, .. } => vec![match self.chunk_file(req, path, inline_max) {
-                Ok(m) => m,
-                Err(e) => io_reply(req, path, &e),
-            }],
+            ServerMsg::ChunkFile { inline_max, .. } => {
+                vec![match self.chunk_file(req, path, inline_max) {
+                    Ok(m) => m,
+                    Err(e) => io_reply(req, path, &e),
+                }]
+            }
             ServerMsg::ReadChunks { ranges, .. } => vec![self.read_chunks(req, path, &ranges)],
             _ => Vec::new(),
         }
@@ -566,6 +565,8 @@ fn open_file(path: &Path) -> io::Result<OwnedFd> {
     }
 }
 
+// The stat field types differ between targets and rustix backends; the casts are the portable form.
+#[allow(clippy::unnecessary_cast)]
 fn meta_of(st: &rustix::fs::Stat) -> EntryMeta {
     let kind = match FileType::from_raw_mode(st.st_mode as _) {
         FileType::RegularFile => SourceKind::File,

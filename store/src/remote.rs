@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::protocol::{
-    read_frame, write_frame, AgentMsg, ErrorCode, ServerMsg, WireChunk, WireEntry,
-    CAP_ZSTD_STREAM, MAX_FRAME, PROTOCOL_VERSIONS,
+    read_frame, write_frame, AgentMsg, ErrorCode, ServerMsg, WireChunk, WireEntry, CAP_ZSTD_STREAM,
+    MAX_FRAME, PROTOCOL_VERSIONS,
 };
 use crate::source::{EntryMeta, FetchedChunk, Source, SourceFile};
 use crate::tree::ChunkRef;
