@@ -204,12 +204,26 @@ fn the_key_runs_nothing_but_the_agent() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("refused command"), "{}", stderr(&out));
     assert!(!planted.exists());
-    // Port forwarding is refused by the key's options.
-    let out = f.sshd.ssh(
-        &["-o", "ExitOnForwardFailure=yes", "-L", "0:127.0.0.1:22"],
-        "xstore agent",
-    );
+    // Port forwarding is refused by the key's options: a remote forward is asked for at
+    // once, and ExitOnForwardFailure makes ssh fail when sshd refuses it.
+    let forward = [
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-R",
+        "127.0.0.1:0:127.0.0.1:9",
+    ];
+    let out = f.sshd.ssh(&forward, "xstore agent");
     assert!(!out.status.success(), "forwarding was allowed");
+    assert!(
+        stderr(&out).contains("forwarding failed"),
+        "{}",
+        stderr(&out)
+    );
+    // Control: the same request with an unrestricted key is granted, so the refusal above
+    // comes from the key's options.
+    let open = Sshd::start(&f.root.join("sshd-open"), |key| format!("{key}\n"));
+    let out = open.ssh(&forward, "true");
+    assert!(out.status.success(), "{}", stderr(&out));
     // A pull with a path outside the client's list is refused by the agent.
     let outside = f.root.join("secret");
     let bad = format!(
