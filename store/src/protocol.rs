@@ -449,6 +449,22 @@ fn get_chunk(r: &mut Reader<'_>) -> Result<WireChunk, DecodeError> {
     })
 }
 
+fn expect_magic(
+    r: &mut Reader<'_>,
+    magic: &[u8; 8],
+    what: &'static str,
+) -> Result<(), DecodeError> {
+    let found: [u8; 8] = r.array(what)?;
+    if &found != magic {
+        return Err(DecodeError::BadMagic {
+            what,
+            expected: String::from_utf8_lossy(magic).into_owned(),
+            found: String::from_utf8_lossy(&found).into_owned(),
+        });
+    }
+    Ok(())
+}
+
 fn bool_field(r: &mut Reader<'_>, what: &'static str) -> Result<bool, DecodeError> {
     let at = r.pos();
     match r.u8(what)? {
@@ -459,6 +475,18 @@ fn bool_field(r: &mut Reader<'_>, what: &'static str) -> Result<bool, DecodeErro
 }
 
 impl AgentMsg {
+    /// The request this message answers (none for hello and fatal).
+    pub fn request_id(&self) -> Option<u64> {
+        match self {
+            AgentMsg::Stat { req, .. }
+            | AgentMsg::List { req, .. }
+            | AgentMsg::FileChunks { req, .. }
+            | AgentMsg::ChunkData { req, .. }
+            | AgentMsg::Error { req, .. } => Some(*req),
+            AgentMsg::Hello { .. } | AgentMsg::Fatal { .. } => None,
+        }
+    }
+
     /// The frame body (kind byte first).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -545,14 +573,7 @@ impl AgentMsg {
         let kind = r.u8("message kind")?;
         let msg = match kind {
             K_AGENT_HELLO => {
-                let magic: [u8; 8] = r.array("agent magic")?;
-                if &magic != AGENT_MAGIC {
-                    return Err(DecodeError::BadMagic {
-                        what: "agent hello",
-                        expected: String::from_utf8_lossy(AGENT_MAGIC).into_owned(),
-                        found: String::from_utf8_lossy(&magic).into_owned(),
-                    });
-                }
+                expect_magic(&mut r, AGENT_MAGIC, "agent hello")?;
                 let n = r.length("version count", 64, 1)?;
                 let mut versions = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -701,14 +722,7 @@ impl ServerMsg {
         let kind = r.u8("message kind")?;
         let msg = match kind {
             K_SERVER_HELLO => {
-                let magic: [u8; 8] = r.array("server magic")?;
-                if &magic != SERVER_MAGIC {
-                    return Err(DecodeError::BadMagic {
-                        what: "server hello",
-                        expected: String::from_utf8_lossy(SERVER_MAGIC).into_owned(),
-                        found: String::from_utf8_lossy(&magic).into_owned(),
-                    });
-                }
+                expect_magic(&mut r, SERVER_MAGIC, "server hello")?;
                 let version = r.varint("version")?;
                 let min = u32_field(&mut r, "chunker min")?;
                 let avg = u32_field(&mut r, "chunker avg")?;

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::protocol::{
-    read_frame, write_frame, AgentMsg, ErrorCode, ServerMsg, WireChunk, WireEntry, CAP_ZSTD_STREAM,
-    MAX_FRAME, PROTOCOL_VERSIONS,
+    read_frame, write_frame, AgentMsg, ServerMsg, WireChunk, WireEntry, CAP_ZSTD_STREAM, MAX_FRAME,
+    PROTOCOL_VERSIONS,
 };
 use crate::source::{EntryMeta, FetchedChunk, Source, SourceFile};
 use crate::tree::ChunkRef;
@@ -26,6 +26,9 @@ use crate::{ChunkId, ChunkerParams};
 
 /// Most entries one directory listing may have.
 pub const MAX_LISTING_ENTRIES: usize = 10_000_000;
+/// Most frame bytes one directory listing may take: a hostile agent must not be able to
+/// exhaust the memory of a server that pulls other hosts in the same process.
+pub const MAX_LISTING_BYTES: usize = 256 * 1024 * 1024;
 /// Most raw bytes asked for in one `ReadChunks` request.
 pub const FETCH_BATCH_BYTES: u64 = 16 * 1024 * 1024;
 /// Files up to this size that are one chunk come back with their bytes in the chunk-list
@@ -45,22 +48,9 @@ pub struct AgentInfo {
     pub version: u64,
 }
 
-enum Reply {
-    Stat(WireEntry),
-    List(Vec<WireEntry>),
-    FileChunks {
-        before: EntryMeta,
-        after: EntryMeta,
-        chunks: Vec<(ChunkId, u32)>,
-        inline: Option<WireChunk>,
-    },
-    ChunkData(Vec<WireChunk>),
-    Error(ErrorCode, String),
-}
-
 #[derive(Default)]
 struct Calls {
-    waiting: HashMap<u64, crossbeam_channel::Sender<Reply>>,
+    waiting: HashMap<u64, crossbeam_channel::Sender<AgentMsg>>,
     broken: Option<String>,
 }
 
@@ -132,7 +122,8 @@ impl Inner {
         self.lock_calls().broken.clone()
     }
 
-    fn call(&self, make: impl FnOnce(u64) -> ServerMsg) -> io::Result<Reply> {
+    /// Sends a request and waits for its reply; an `Error` reply becomes the `io::Error`.
+    fn call(&self, make: impl FnOnce(u64) -> ServerMsg) -> io::Result<AgentMsg> {
         let req = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::bounded(1);
         {
@@ -151,7 +142,10 @@ impl Inner {
             self.break_off(format!("sending a request: {e}"));
         }
         match rx.recv() {
-            Ok(Reply::Error(code, message)) => Err(io::Error::new(code.io_kind(), message)),
+            Ok(AgentMsg::Error { code, message, .. }) => Err(io::Error::new(
+                code.io_kind(),
+                String::from_utf8_lossy(&message).into_owned(),
+            )),
             Ok(reply) => Ok(reply),
             Err(_) => Err(broken_error(
                 &self.broken().unwrap_or_else(|| "no reply".into()),
@@ -159,7 +153,7 @@ impl Inner {
         }
     }
 
-    fn deliver(&self, req: u64, reply: Reply) -> Result<(), String> {
+    fn deliver(&self, req: u64, reply: AgentMsg) -> Result<(), String> {
         let tx = self.lock_calls().waiting.remove(&req);
         match tx {
             Some(tx) => {
@@ -172,7 +166,8 @@ impl Inner {
 
     /// Routes replies until the stream ends or breaks the protocol.
     fn read_replies(&self, mut reader: impl Read) {
-        let mut lists: HashMap<u64, Vec<WireEntry>> = HashMap::new();
+        // Listings arriving in several frames, with the frame bytes they took so far.
+        let mut lists: HashMap<u64, (Vec<WireEntry>, usize)> = HashMap::new();
         let reason = loop {
             let body = match read_frame(&mut reader) {
                 Ok(Some(b)) => b,
@@ -184,48 +179,43 @@ impl Inner {
                 Err(e) => break format!("the agent sent an invalid message: {e}"),
             };
             let delivered = match msg {
-                AgentMsg::Stat { req, entry } => self.deliver(req, Reply::Stat(entry)),
+                AgentMsg::List { req, .. } if !self.lock_calls().waiting.contains_key(&req) => {
+                    Err(format!("a listing for request {req}, which is not pending"))
+                }
                 AgentMsg::List { req, more, entries } => {
-                    let so_far = lists.entry(req).or_default();
-                    if so_far.len() + entries.len() > MAX_LISTING_ENTRIES {
+                    let (so_far, bytes) = lists.entry(req).or_default();
+                    *bytes += body.len();
+                    if so_far.len() + entries.len() > MAX_LISTING_ENTRIES
+                        || *bytes > MAX_LISTING_BYTES
+                    {
                         Err(format!(
-                            "a listing of more than {MAX_LISTING_ENTRIES} entries"
+                            "a listing of more than {MAX_LISTING_ENTRIES} entries or {MAX_LISTING_BYTES} bytes"
                         ))
                     } else {
                         so_far.extend(entries);
                         if more {
                             Ok(())
                         } else {
-                            let all = lists.remove(&req).unwrap_or_default();
-                            self.deliver(req, Reply::List(all))
+                            let (entries, _) = lists.remove(&req).unwrap_or_default();
+                            self.deliver(
+                                req,
+                                AgentMsg::List {
+                                    req,
+                                    more: false,
+                                    entries,
+                                },
+                            )
                         }
                     }
                 }
-                AgentMsg::FileChunks {
-                    req,
-                    before,
-                    after,
-                    chunks,
-                    inline,
-                } => self.deliver(
-                    req,
-                    Reply::FileChunks {
-                        before,
-                        after,
-                        chunks,
-                        inline,
-                    },
-                ),
-                AgentMsg::ChunkData { req, chunks } => self.deliver(req, Reply::ChunkData(chunks)),
-                AgentMsg::Error { req, code, message } => self.deliver(
-                    req,
-                    Reply::Error(code, String::from_utf8_lossy(&message).into_owned()),
-                ),
                 AgentMsg::Fatal { message } => Err(format!(
                     "the agent gave up: {}",
                     String::from_utf8_lossy(&message)
                 )),
-                AgentMsg::Hello { .. } => Err("a second hello".into()),
+                other => match other.request_id() {
+                    Some(req) => self.deliver(req, other),
+                    None => Err("an unexpected hello".into()),
+                },
             };
             if let Err(reason) = delivered {
                 break format!("protocol violation: {reason}");
@@ -477,7 +467,7 @@ impl Source for RemoteSource {
             req,
             path: path_bytes,
         })? {
-            Reply::Stat(mut entry) => {
+            AgentMsg::Stat { mut entry, .. } => {
                 let meta = entry.meta.clone().map_err(io::Error::other)?;
                 self.remember(path.to_path_buf(), &mut entry);
                 Ok(meta)
@@ -488,7 +478,9 @@ impl Source for RemoteSource {
 
     fn list(&self, dir: &Path) -> io::Result<Vec<(Vec<u8>, io::Result<EntryMeta>)>> {
         let path = dir.as_os_str().as_bytes().to_vec();
-        let Reply::List(entries) = self.inner.call(|req| ServerMsg::List { req, path })? else {
+        let AgentMsg::List { entries, .. } =
+            self.inner.call(|req| ServerMsg::List { req, path })?
+        else {
             return Err(unexpected("list"));
         };
         let mut seen = HashSet::new();
@@ -538,11 +530,12 @@ impl Source for RemoteSource {
             path: for_request,
             inline_max: INLINE_MAX,
         })? {
-            Reply::FileChunks {
+            AgentMsg::FileChunks {
                 before,
                 after,
                 chunks,
                 inline,
+                ..
             } => {
                 if inline.is_some() && chunks.len() != 1 {
                     return Err(io::Error::new(
@@ -682,7 +675,7 @@ impl SourceFile for RemoteFile {
         }
         let expected: Vec<u32> = ranges.iter().map(|(_, l)| *l).collect();
         let path = self.path.clone();
-        let Reply::ChunkData(chunks) =
+        let AgentMsg::ChunkData { chunks, .. } =
             self.inner
                 .call(|req| ServerMsg::ReadChunks { req, path, ranges })?
         else {

@@ -218,4 +218,20 @@ fn a_hostile_agent_breaks_only_its_own_session() {
         .collect();
     assert_eq!(names, vec![b"ok".to_vec()]);
     source.finish().unwrap();
+
+    // A listing that never ends: refused once it passes the byte limit, not buffered forever.
+    let big = frame(&AgentMsg::List {
+        req: 1,
+        more: true,
+        entries: (0..15_000)
+            .map(|i| entry(format!("{i:04000}").as_bytes()))
+            .collect(),
+    });
+    let frames = xstore::remote::MAX_LISTING_BYTES / big.len() + 2;
+    let source = hostile(vec![big; frames]);
+    let e = source
+        .list(Path::new("/data"))
+        .expect_err("endless listing");
+    assert!(e.to_string().contains("a listing of more than"), "{e}");
+    assert!(source.finish().is_err());
 }
