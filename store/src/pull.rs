@@ -364,9 +364,4 @@ impl Repository {
         }
         Ok(changed)
     }
-
-    /// A single-host report for [`Repository::pull`]'s result (what `pull_all` collects).
-    pub fn pull_report(host: &HostSpec, started: Instant, result: &Result<Snapshot>) -> PullReport {
-        PullReport::of(host, started, result)
-    }
 }
