@@ -13,25 +13,10 @@
 # to a fresh tmpfs per tool where mounting one is allowed (see bench_tool).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/setup.sh
 need=()
 command -v restic >/dev/null || need+=(restic)
 command -v borg >/dev/null || need+=(borgbackup)
-[ -x /usr/bin/time ] || need+=(time)
-if [ -z "${DATA:-}" ] && ! ls /usr/src/linux-source-6.1.tar.* >/dev/null 2>&1; then need+=(linux-source-6.1); fi
-if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; fi
-cargo build --release --locked -p xstore-cli >&2
-XSTORE="$CARGO_TARGET_DIR/release/xstore"
-
-cache="$HOME/.cache/xstore/bench"
-mkdir -p "$cache"
-if [ -z "${DATA:-}" ]; then
-  DATA="$cache/linux-source-6.1"
-  if [ ! -d "$DATA" ]; then
-    echo "unpacking linux-source-6.1 ..." >&2
-    tar -C "$cache" -xf /usr/src/linux-source-6.1.tar.*
-  fi
-fi
+. bench/data.sh
 work="${WORK:-$(mktemp -d -p "$cache")}"
 trap 'umount "$work"/restore-* 2>/dev/null || true; rm -rf "$work"' EXIT
 bytes=$(du -sb "$DATA" | cut -f1)

@@ -12,20 +12,10 @@
 # page cache is warm for both tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/setup.sh
 need=()
-[ -x /usr/bin/time ] || need+=(time)
-if [ -z "${DATA:-}" ] && ! ls /usr/src/linux-source-6.1.tar.* >/dev/null 2>&1; then need+=(linux-source-6.1); fi
-if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; fi
-cargo build --release --locked -p xstore-cli >&2
-XSTORE="$CARGO_TARGET_DIR/release/xstore"
-
-cache="$HOME/.cache/xstore/bench"
-mkdir -p "$cache"
-if [ -z "${DATA:-}" ]; then
-  DATA="$cache/linux-source-6.1"
-  [ -d "$DATA" ] || tar -C "$cache" -xf /usr/src/linux-source-6.1.tar.*
-fi
+command -v rsync >/dev/null || need+=(rsync)
+command -v zstd >/dev/null || need+=(zstd)
+. bench/data.sh
 work="$(mktemp -d -p "$cache")"
 sshd_pid=""
 trap '[ -n "$sshd_pid" ] && kill $sshd_pid 2>/dev/null; rm -rf "$work"' EXIT
