@@ -22,8 +22,8 @@ use std::sync::Mutex;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
 use crate::protocol::{
-    read_frame, write_frame, AgentMsg, ErrorCode, ServerMsg, WireChunk, WireEntry, CAP_ZSTD_STREAM,
-    LIST_BATCH_BYTES, PROTOCOL_VERSIONS,
+    listing_digest, read_frame, write_frame, AgentMsg, ErrorCode, ServerMsg, WireChunk, WireEntry,
+    CAP_ZSTD_STREAM, LIST_BATCH_BYTES, PROTOCOL_VERSIONS,
 };
 use crate::source::{EntryMeta, SourceKind};
 use crate::ChunkerParams;
@@ -358,7 +358,7 @@ impl Ctx<'_> {
     fn answer(&self, request: ServerMsg) -> Vec<AgentMsg> {
         let (req, path_bytes) = match &request {
             ServerMsg::Stat { req, path }
-            | ServerMsg::List { req, path }
+            | ServerMsg::List { req, path, .. }
             | ServerMsg::ChunkFile { req, path, .. }
             | ServerMsg::ReadChunks { req, path, .. } => (*req, path.clone()),
             _ => return Vec::new(),
@@ -387,7 +387,10 @@ impl Ctx<'_> {
                 Ok(entry) => AgentMsg::Stat { req, entry },
                 Err(e) => io_reply(req, path, &e),
             }],
-            ServerMsg::List { .. } => match list(path) {
+            ServerMsg::List { known, .. } => match list(path) {
+                Ok(entries) if known == Some(listing_digest(&entries)) => {
+                    vec![AgentMsg::ListUnchanged { req }]
+                }
                 Ok(entries) => list_replies(req, entries),
                 Err(e) => vec![io_reply(req, path, &e)],
             },
@@ -667,6 +670,8 @@ fn list(path: &Path) -> io::Result<Vec<WireEntry>> {
         }
         entries.push(entry_at(&dir, name));
     }
+    // In name order, as trees hold them: the listing digest depends on it.
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(entries)
 }
 

@@ -656,7 +656,11 @@ impl<'a> Session<'a> {
 
     /// A directory: its children in parallel, then its tree blob.
     fn process_dir(&self, path: &Path, parent: Option<&Tree>, root_dev: u64) -> Result<ChunkId> {
-        let children = match self.source.list(path) {
+        let listed = match parent {
+            Some(previous) => self.source.list_known(path, previous),
+            None => self.source.list(path),
+        };
+        let children = match listed {
             Ok(c) => c,
             Err(e) => {
                 self.record_error(path, format!("list directory: {e}"));

@@ -174,6 +174,12 @@ pub enum AgentMsg {
         /// Entries.
         entries: Vec<WireEntry>,
     },
+    /// Reply to [`ServerMsg::List`] whose `known` digest matched: the listing is the one the
+    /// server already has.
+    ListUnchanged {
+        /// Request id.
+        req: u64,
+    },
     /// Reply to [`ServerMsg::ChunkFile`]: the file's chunk ids, cut with the server's
     /// parameters, and its metadata before and after reading.
     FileChunks {
@@ -243,6 +249,9 @@ pub enum ServerMsg {
         req: u64,
         /// Absolute path.
         path: Vec<u8>,
+        /// [`listing_digest`] of the listing the server has from the previous snapshot: the
+        /// agent answers `ListUnchanged` when its listing has the same digest.
+        known: Option<[u8; 32]>,
     },
     /// Chunk and hash a regular file.
     ChunkFile {
@@ -274,6 +283,7 @@ const K_AGENT_FILE_CHUNKS: u8 = 0x04;
 const K_AGENT_CHUNK_DATA: u8 = 0x05;
 const K_AGENT_ERROR: u8 = 0x06;
 const K_AGENT_FATAL: u8 = 0x07;
+const K_AGENT_LIST_UNCHANGED: u8 = 0x08;
 
 const K_SERVER_HELLO: u8 = 0x81;
 const K_SERVER_STAT: u8 = 0x82;
@@ -449,6 +459,19 @@ fn get_chunk(r: &mut Reader<'_>) -> Result<WireChunk, DecodeError> {
     })
 }
 
+/// BLAKE3 over the entries' encodings, in name order (the caller sorts): two listings with
+/// the same digest carry the same names, metadata, symlink targets and xattrs.
+pub fn listing_digest<'a>(sorted: impl IntoIterator<Item = &'a WireEntry>) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = Vec::new();
+    for e in sorted {
+        buf.clear();
+        put_entry(&mut buf, e);
+        hasher.update(&buf);
+    }
+    *hasher.finalize().as_bytes()
+}
+
 fn expect_magic(
     r: &mut Reader<'_>,
     magic: &[u8; 8],
@@ -480,6 +503,7 @@ impl AgentMsg {
         match self {
             AgentMsg::Stat { req, .. }
             | AgentMsg::List { req, .. }
+            | AgentMsg::ListUnchanged { req }
             | AgentMsg::FileChunks { req, .. }
             | AgentMsg::ChunkData { req, .. }
             | AgentMsg::Error { req, .. } => Some(*req),
@@ -520,6 +544,10 @@ impl AgentMsg {
                 for e in entries {
                     put_entry(&mut out, e);
                 }
+            }
+            AgentMsg::ListUnchanged { req } => {
+                out.push(K_AGENT_LIST_UNCHANGED);
+                put_varint(&mut out, *req);
             }
             AgentMsg::FileChunks {
                 req,
@@ -601,6 +629,9 @@ impl AgentMsg {
                 }
                 AgentMsg::List { req, more, entries }
             }
+            K_AGENT_LIST_UNCHANGED => AgentMsg::ListUnchanged {
+                req: r.varint("request id")?,
+            },
             K_AGENT_FILE_CHUNKS => {
                 let req = r.varint("request id")?;
                 let before = get_meta(&mut r)?;
@@ -686,10 +717,17 @@ impl ServerMsg {
                 put_varint(&mut out, *req);
                 put_bytes(&mut out, path);
             }
-            ServerMsg::List { req, path } => {
+            ServerMsg::List { req, path, known } => {
                 out.push(K_SERVER_LIST);
                 put_varint(&mut out, *req);
                 put_bytes(&mut out, path);
+                match known {
+                    Some(d) => {
+                        out.push(1);
+                        out.extend_from_slice(d);
+                    }
+                    None => out.push(0),
+                }
             }
             ServerMsg::ChunkFile {
                 req,
@@ -750,7 +788,15 @@ impl ServerMsg {
                 let path = r.bytes("path", MAX_PATH)?.to_vec();
                 match kind {
                     K_SERVER_STAT => ServerMsg::Stat { req, path },
-                    K_SERVER_LIST => ServerMsg::List { req, path },
+                    K_SERVER_LIST => ServerMsg::List {
+                        req,
+                        path,
+                        known: if bool_field(&mut r, "known flag")? {
+                            Some(r.array("known digest")?)
+                        } else {
+                            None
+                        },
+                    },
                     _ => ServerMsg::ChunkFile {
                         req,
                         path,
@@ -859,6 +905,7 @@ mod tests {
             AgentMsg::Fatal {
                 message: b"bye".to_vec(),
             },
+            AgentMsg::ListUnchanged { req: 9 },
         ];
         let server = vec![
             ServerMsg::Hello {
@@ -876,6 +923,12 @@ mod tests {
             ServerMsg::List {
                 req: 2,
                 path: b"/etc".to_vec(),
+                known: Some([7; 32]),
+            },
+            ServerMsg::List {
+                req: 2,
+                path: b"/etc".to_vec(),
+                known: None,
             },
             ServerMsg::ChunkFile {
                 req: 3,

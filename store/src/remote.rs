@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::protocol::{
-    read_frame, write_frame, AgentMsg, ServerMsg, WireChunk, WireEntry, CAP_ZSTD_STREAM, MAX_FRAME,
-    PROTOCOL_VERSIONS,
+    listing_digest, read_frame, write_frame, AgentMsg, ServerMsg, WireChunk, WireEntry,
+    CAP_ZSTD_STREAM, MAX_FRAME, PROTOCOL_VERSIONS,
 };
 use crate::source::{EntryMeta, FetchedChunk, Source, SourceFile};
-use crate::tree::ChunkRef;
+use crate::tree::{ChunkRef, Content, Entry, Tree};
 use crate::{ChunkId, ChunkerParams};
 
 /// Most entries one directory listing may have.
@@ -427,6 +427,59 @@ impl RemoteSource {
     }
 }
 
+impl RemoteSource {
+    /// Lists `dir`; with the previous snapshot's tree, only a digest travels when nothing in
+    /// the directory changed, and the listing is rebuilt from that tree.
+    fn listing(
+        &self,
+        dir: &Path,
+        previous: Option<&Tree>,
+    ) -> io::Result<Vec<(Vec<u8>, io::Result<EntryMeta>)>> {
+        let path = dir.as_os_str().as_bytes().to_vec();
+        let known_entries: Option<Vec<WireEntry>> =
+            previous.map(|t| t.entries.iter().map(wire_entry_of).collect());
+        let known = known_entries.as_ref().map(listing_digest);
+        let entries = match self
+            .inner
+            .call(|req| ServerMsg::List { req, path, known })?
+        {
+            AgentMsg::List { entries, .. } => entries,
+            AgentMsg::ListUnchanged { .. } => match known_entries {
+                Some(entries) => entries,
+                None => return Err(unexpected("list")),
+            },
+            _ => return Err(unexpected("list")),
+        };
+        let mut seen = HashSet::new();
+        let mut out = Vec::with_capacity(entries.len());
+        for mut e in entries {
+            // A hostile agent could name an entry `..` or `a/b`: such a name must never reach
+            // a tree (restore would write outside its target).
+            if !valid_name(&e.name) || !seen.insert(e.name.clone()) {
+                tracing::warn!(dir = %dir.display(), name = %String::from_utf8_lossy(&e.name),
+                    "agent sent an invalid or duplicate name; skipped");
+                continue;
+            }
+            self.remember(dir.join(OsStr::from_bytes(&e.name)), &mut e);
+            out.push((e.name, e.meta.map_err(io::Error::other)));
+        }
+        Ok(out)
+    }
+}
+
+/// A tree entry as the agent would list it (the listing digest's input).
+fn wire_entry_of(e: &Entry) -> WireEntry {
+    WireEntry {
+        name: e.name.clone(),
+        meta: Ok(e.meta()),
+        target: match &e.content {
+            Content::Target(t) => Some(t.clone()),
+            _ => None,
+        },
+        xattrs: e.xattrs.clone(),
+    }
+}
+
 impl Drop for RemoteSource {
     fn drop(&mut self) {
         self.inner.break_off("the session ended".into());
@@ -477,26 +530,15 @@ impl Source for RemoteSource {
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<(Vec<u8>, io::Result<EntryMeta>)>> {
-        let path = dir.as_os_str().as_bytes().to_vec();
-        let AgentMsg::List { entries, .. } =
-            self.inner.call(|req| ServerMsg::List { req, path })?
-        else {
-            return Err(unexpected("list"));
-        };
-        let mut seen = HashSet::new();
-        let mut out = Vec::with_capacity(entries.len());
-        for mut e in entries {
-            // A hostile agent could name an entry `..` or `a/b`: such a name must never reach
-            // a tree (restore would write outside its target).
-            if !valid_name(&e.name) || !seen.insert(e.name.clone()) {
-                tracing::warn!(dir = %dir.display(), name = %String::from_utf8_lossy(&e.name),
-                    "agent sent an invalid or duplicate name; skipped");
-                continue;
-            }
-            self.remember(dir.join(OsStr::from_bytes(&e.name)), &mut e);
-            out.push((e.name, e.meta.map_err(io::Error::other)));
-        }
-        Ok(out)
+        self.listing(dir, None)
+    }
+
+    fn list_known(
+        &self,
+        dir: &Path,
+        previous: &Tree,
+    ) -> io::Result<Vec<(Vec<u8>, io::Result<EntryMeta>)>> {
+        self.listing(dir, Some(previous))
     }
 
     fn read_link(&self, path: &Path) -> io::Result<Vec<u8>> {

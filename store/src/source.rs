@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::tree::ChunkRef;
+use crate::tree::{ChunkRef, Tree};
 
 /// One chunk served by [`SourceFile::fetch_chunks`]: its bytes and, when the source
 /// compressed it for the wire, that zstd frame (which ingest may store as is once `data`
@@ -148,6 +148,17 @@ pub trait Source: Send + Sync {
     fn stat(&self, path: &Path) -> io::Result<EntryMeta>;
     /// The children of a directory: name and `lstat` result (an error when it vanished).
     fn list(&self, dir: &Path) -> io::Result<Vec<(Vec<u8>, io::Result<EntryMeta>)>>;
+    /// [`Source::list`] for a directory the previous snapshot recorded as `previous`. A source
+    /// that can tell cheaply that nothing in the directory changed (the remote agent compares a
+    /// digest of the listing) answers from `previous`; the default lists.
+    fn list_known(
+        &self,
+        dir: &Path,
+        previous: &Tree,
+    ) -> io::Result<Vec<(Vec<u8>, io::Result<EntryMeta>)>> {
+        let _ = previous;
+        self.list(dir)
+    }
     /// A symlink's target.
     fn read_link(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Extended attributes (not following symlinks), sorted by name.

@@ -145,6 +145,31 @@ impl Entry {
     pub fn name_lossy(&self) -> String {
         String::from_utf8_lossy(&self.name).into_owned()
     }
+    /// The source metadata this entry was recorded from (what `lstat` gave at backup time).
+    pub fn meta(&self) -> crate::EntryMeta {
+        use crate::SourceKind;
+        crate::EntryMeta {
+            kind: match self.kind {
+                EntryKind::File => SourceKind::File,
+                EntryKind::Dir => SourceKind::Dir,
+                EntryKind::Symlink => SourceKind::Symlink,
+                EntryKind::CharDevice => SourceKind::CharDevice,
+                EntryKind::BlockDevice => SourceKind::BlockDevice,
+                EntryKind::Fifo => SourceKind::Fifo,
+            },
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            size: self.size,
+            mtime_ns: self.mtime_ns,
+            ctime_ns: self.ctime_ns,
+            inode: self.inode,
+            dev: self.dev,
+            nlink: self.nlink,
+            rdev: self.rdev,
+        }
+    }
+
     /// (size, mtime, ctime, inode) as recorded, to compare with [`crate::EntryMeta::content_stamp`].
     pub fn content_stamp(&self) -> (u64, i64, i64, u64) {
         (self.size, self.mtime_ns, self.ctime_ns, self.inode)

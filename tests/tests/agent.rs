@@ -117,6 +117,36 @@ fn backup_through_the_agent_restores_exactly() {
     repo.restore(&snap, &target, &RestoreOptions::default())
         .unwrap();
     assert_same_tree(&data, &restored_path(&target, &data), true);
+
+    // With the previous snapshot's tree, an unchanged directory costs a digest, not a listing,
+    // and the answer is the same listing.
+    let tree = match repo.lookup(&snap, data.to_str().unwrap()).unwrap() {
+        xstore::Node::Entry(e) => repo.tree(&e.subtree().unwrap()).unwrap(),
+        _ => unreachable!(),
+    };
+    let source = connect(config_for(&data));
+    let metas = |v: Vec<(Vec<u8>, io::Result<EntryMeta>)>| -> Vec<(Vec<u8>, EntryMeta)> {
+        v.into_iter().map(|(n, m)| (n, m.unwrap())).collect()
+    };
+    let at = source.bytes_received();
+    let known = metas(source.list_known(&data, &tree).unwrap());
+    let known_cost = source.bytes_received() - at;
+    let at = source.bytes_received();
+    let fresh = metas(source.list(&data).unwrap());
+    let list_cost = source.bytes_received() - at;
+    assert_eq!(known, fresh);
+    assert!(known_cost * 4 < list_cost, "{known_cost} vs {list_cost}");
+    assert_eq!(
+        source.read_link(&data.join("link-rel")).unwrap(),
+        b"small.txt"
+    );
+    // A changed entry makes the agent send the listing.
+    std::fs::write(data.join("small.txt"), b"changed").unwrap();
+    let changed = metas(source.list_known(&data, &tree).unwrap());
+    let small = |v: &[(Vec<u8>, EntryMeta)]| v.iter().find(|(n, _)| n == b"small.txt").unwrap().1;
+    assert_eq!(small(&changed).size, 7);
+    assert_ne!(small(&changed), small(&known));
+    source.close();
 }
 
 /// A fake agent: sends `frames` (after a valid hello), then keeps the stream open.

@@ -71,6 +71,7 @@ fn protocol_samples(root: &Path) -> (Vec<u8>, Vec<u8>) {
         ServerMsg::List {
             req: 1,
             path: b"/etc".to_vec(),
+            known: Some([3; 32]),
         },
         ServerMsg::ChunkFile {
             req: 2,
