@@ -39,6 +39,19 @@ fn backup(repo: &Repository, host: &str, src: &Path, tier: TierChoice) -> Snapsh
     .unwrap()
 }
 
+/// The plan of `forget --keep-last N` now, for one host or all.
+fn plan_keep_last(repo: &Repository, n: usize, host: Option<&str>) -> xstore::retention::Plan {
+    repo.plan_forget(
+        &KeepPolicy {
+            last: Some(n),
+            ..Default::default()
+        },
+        host,
+        xstore::now_ns(),
+    )
+    .unwrap()
+}
+
 fn assert_healthy(repo: &Repository) {
     let report = repo.check(CheckOptions { read_data: true }).unwrap();
     assert!(report.problems.is_empty(), "{:#?}", report.problems);
@@ -88,16 +101,7 @@ fn expiry_releases_what_dies_and_gc_reclaims_it() {
     assert_eq!(before.dead_bytes, 0);
 
     // keep-last 1 expires the first snapshot; only what it alone held dies.
-    let plan = repo
-        .plan_forget(
-            &KeepPolicy {
-                last: Some(1),
-                ..Default::default()
-            },
-            None,
-            xstore::now_ns(),
-        )
-        .unwrap();
+    let plan = plan_keep_last(&repo, 1, None);
     let expired: Vec<&str> = plan.expired().map(|d| d.id.as_str()).collect();
     assert_eq!(expired, vec![first.id.to_string()]);
     let applied = repo.apply_plan(&plan).unwrap();
@@ -305,16 +309,7 @@ fn race(gate_before_walk: bool) {
         });
         reached_rx.recv().unwrap();
         // The backup is in flight. Expire `old`'s first snapshot: the shared blobs die.
-        let plan = repo
-            .plan_forget(
-                &KeepPolicy {
-                    last: Some(1),
-                    ..Default::default()
-                },
-                Some("old"),
-                xstore::now_ns(),
-            )
-            .unwrap();
+        let plan = plan_keep_last(&repo, 1, Some("old"));
         assert_eq!(plan.expired().count(), 1);
         let applied = repo.apply_plan(&plan).unwrap();
         assert!(applied.released.stored_bytes > 4 << 20, "{applied:?}");
@@ -356,16 +351,7 @@ fn gc_leaves_a_pack_whose_live_blob_is_corrupt() {
     backup(&repo, "web1", &src, TierChoice::None);
     std::fs::remove_file(src.join("dies.bin")).unwrap();
     backup(&repo, "web1", &src, TierChoice::None);
-    let plan = repo
-        .plan_forget(
-            &KeepPolicy {
-                last: Some(1),
-                ..Default::default()
-            },
-            None,
-            xstore::now_ns(),
-        )
-        .unwrap();
+    let plan = plan_keep_last(&repo, 1, None);
     repo.apply_plan(&plan).unwrap();
     // Flip one stored byte of the live file's chunk, in the pack that also holds dead data.
     let loc = repo
