@@ -60,7 +60,7 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
 }
 
 /// Writes one frame (length, then `body`, which starts with the kind byte).
-pub fn write_frame(w: &mut impl Write, body: &[u8]) -> io::Result<()> {
+pub fn write_frame<W: Write + ?Sized>(w: &mut W, body: &[u8]) -> io::Result<()> {
     if body.is_empty() || body.len() > MAX_FRAME {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -69,6 +69,23 @@ pub fn write_frame(w: &mut impl Write, body: &[u8]) -> io::Result<()> {
     }
     w.write_all(&(body.len() as u32).to_le_bytes())?;
     w.write_all(body)
+}
+
+/// Writes the frame bodies arriving on `bodies` until every sender is gone, flushing only
+/// when no further body is waiting: under load many frames share one write (and one SSH
+/// packet); an idle connection still sees each frame at once.
+pub fn write_batched(
+    w: &mut dyn Write,
+    bodies: &crossbeam_channel::Receiver<Vec<u8>>,
+) -> io::Result<()> {
+    while let Ok(body) = bodies.recv() {
+        write_frame(w, &body)?;
+        while let Ok(more) = bodies.try_recv() {
+            write_frame(w, &more)?;
+        }
+        w.flush()?;
+    }
+    w.flush()
 }
 
 /// Why the agent could not answer a request.

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::protocol::{
-    listing_digest, read_frame, write_frame, AgentMsg, ServerMsg, WireChunk, WireEntry,
-    CAP_ZSTD_STREAM, MAX_FRAME, PROTOCOL_VERSIONS,
+    listing_digest, read_frame, write_batched, write_frame, AgentMsg, ServerMsg, WireChunk,
+    WireEntry, CAP_ZSTD_STREAM, MAX_FRAME, PROTOCOL_VERSIONS,
 };
 use crate::source::{EntryMeta, FetchedChunk, Source, SourceFile};
 use crate::tree::{ChunkRef, Content, Entry, Tree};
@@ -86,7 +86,8 @@ impl<T: Write> Write for Counting<T> {
 }
 
 struct Inner {
-    writer: Mutex<Box<dyn Write + Send>>,
+    /// Request bodies for the writer thread ([`write_batched`]); `None` once closed.
+    requests: Mutex<Option<crossbeam_channel::Sender<Vec<u8>>>>,
     calls: Mutex<Calls>,
     next_request: AtomicU64,
     received: Arc<AtomicU64>,
@@ -118,6 +119,14 @@ impl Inner {
         calls.waiting.clear();
     }
 
+    /// Takes the request sender: once the caller drops it, the writer thread ends.
+    fn stop_requests(&self) -> Option<crossbeam_channel::Sender<Vec<u8>>> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
     fn broken(&self) -> Option<String> {
         self.lock_calls().broken.clone()
     }
@@ -134,12 +143,14 @@ impl Inner {
             calls.waiting.insert(req, tx);
         }
         let body = make(req).encode();
-        let written = {
-            let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            write_frame(&mut *w, &body).and_then(|()| w.flush())
-        };
-        if let Err(e) = written {
-            self.break_off(format!("sending a request: {e}"));
+        let queued = self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|tx| tx.send(body).is_ok());
+        if !queued {
+            self.break_off("the request writer has stopped".into());
         }
         match rx.recv() {
             Ok(AgentMsg::Error { code, message, .. }) => Err(io::Error::new(
@@ -248,7 +259,8 @@ pub enum RemoteError {
 pub struct RemoteSource {
     inner: Arc<Inner>,
     info: AgentInfo,
-    reader: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The request writer and the reply reader.
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for RemoteSource {
@@ -353,14 +365,25 @@ impl RemoteSource {
         } else {
             (Box::new(reader), Box::new(writer))
         };
+        let (requests, bodies) = crossbeam_channel::unbounded::<Vec<u8>>();
         let inner = Arc::new(Inner {
-            writer: Mutex::new(writer),
+            requests: Mutex::new(Some(requests)),
             calls: Mutex::new(Calls::default()),
             next_request: AtomicU64::new(1),
             received,
             sent,
             extras: Mutex::new(HashMap::new()),
         });
+        let for_writer = Arc::clone(&inner);
+        let writer_thread = std::thread::Builder::new()
+            .name("agent-requests".into())
+            .spawn(move || {
+                let mut writer = writer;
+                if let Err(e) = write_batched(&mut writer, &bodies) {
+                    for_writer.break_off(format!("sending a request: {e}"));
+                }
+                // Dropping the writer finishes the zstd stream and closes the agent's stdin.
+            })?;
         let for_reader = Arc::clone(&inner);
         let handle = std::thread::Builder::new()
             .name("agent-replies".into())
@@ -372,7 +395,7 @@ impl RemoteSource {
                 software: String::from_utf8_lossy(&software).into_owned(),
                 version,
             },
-            reader: Mutex::new(Some(handle)),
+            threads: Mutex::new(vec![writer_thread, handle]),
         })
     }
 
@@ -401,13 +424,12 @@ impl RemoteSource {
                 calls.broken = Some("the session was closed".into());
             }
         }
-        {
-            let mut w = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = write_frame(&mut *w, &ServerMsg::Bye.encode()).and_then(|()| w.flush());
-            // Replace the writer so the agent's stdin closes even if Bye was lost.
-            *w = Box::new(io::sink());
+        // Bye, then the writer thread ends and closes the agent's stdin even if Bye was lost.
+        if let Some(tx) = self.inner.stop_requests() {
+            let _ = tx.send(ServerMsg::Bye.encode());
         }
-        if let Some(h) = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in threads {
             let _ = h.join();
         }
     }
@@ -483,6 +505,8 @@ fn wire_entry_of(e: &Entry) -> WireEntry {
 impl Drop for RemoteSource {
     fn drop(&mut self) {
         self.inner.break_off("the session ended".into());
+        // Ends the writer thread (it holds the other reference to `inner`).
+        drop(self.inner.stop_requests());
     }
 }
 
