@@ -435,7 +435,14 @@ fn get_entry(r: &mut Reader<'_>) -> Result<WireEntry, DecodeError> {
     let at = r.pos();
     let meta = match r.u8("entry status")? {
         0 => Ok(get_meta(r)?),
-        1 => Err(String::from_utf8_lossy(r.bytes("entry error", MAX_PATH)?).into_owned()),
+        1 => {
+            let at = r.pos();
+            // UTF-8 only (io::Error texts are): a lossy decode would not re-encode to the
+            // same bytes.
+            let text = r.bytes("entry error", MAX_PATH)?;
+            Err(String::from_utf8(text.to_vec())
+                .map_err(|_| invalid("entry error", at, "not UTF-8".into()))?)
+        }
         s => return Err(invalid("entry status", at, format!("unknown status {s}"))),
     };
     let at = r.pos();
@@ -1000,6 +1007,30 @@ mod tests {
             assert!(AgentMsg::decode(&extra).is_err());
             assert!(ServerMsg::decode(&extra).is_err());
         }
+    }
+
+    #[test]
+    fn entry_errors_must_be_utf8() {
+        // Found by the agent_stream fuzz target: a lossy decode re-encoded differently.
+        let mut body = AgentMsg::Stat {
+            req: 1,
+            entry: WireEntry {
+                name: b"x".to_vec(),
+                meta: Err("ab".into()),
+                target: None,
+                xattrs: Vec::new(),
+            },
+        }
+        .encode();
+        let at = body.iter().rposition(|b| *b == b'a').expect("message byte");
+        body[at] = 0xff;
+        assert!(matches!(
+            AgentMsg::decode(&body),
+            Err(DecodeError::Invalid {
+                what: "entry error",
+                ..
+            })
+        ));
     }
 
     #[test]
