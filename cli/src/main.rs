@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod ops;
 mod pull;
 mod retention;
 
@@ -42,6 +43,9 @@ pub(crate) struct Cli {
     /// Print only errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Exact byte counts instead of human-readable sizes.
+    #[arg(long, global = true)]
+    bytes: bool,
     /// More log output (-v info, -vv debug, -vvv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -231,6 +235,16 @@ enum Command {
     Pull(pull::PullArgs),
     /// List the inventory's hosts with their newest snapshot.
     Hosts(pull::HostsArgs),
+    /// Monitoring plugin: is each host's newest complete backup recent enough?
+    /// Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    CheckFreshness(ops::FreshnessArgs),
+    /// Monitoring plugin: is each account within its soft allocation?
+    /// Exit 0 OK, 1 WARNING (over), 2 CRITICAL (over the hard factor), 3 UNKNOWN.
+    CheckUsage(ops::UsageCheckArgs),
+    /// Usage per account, host and snapshot: stored, exclusive and shared bytes.
+    Du(ops::DuArgs),
+    /// Print metrics in Prometheus text format (or write them for the textfile collector).
+    Metrics(ops::MetricsArgs),
     /// Repair repository structures.
     Repair {
         #[command(subcommand)]
@@ -245,7 +259,19 @@ enum RepairWhat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        // A monitoring check's usage error is UNKNOWN (3), not clap's 2 (CRITICAL).
+        Err(e) if ops::is_check(&args) && e.use_stderr() => {
+            println!(
+                "XSTORE CHECK UNKNOWN - {}",
+                e.to_string().lines().next().unwrap_or("bad arguments")
+            );
+            return ExitCode::from(xstore::monitor::CheckState::Unknown.exit_code());
+        }
+        Err(e) => e.exit(),
+    };
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
@@ -310,31 +336,20 @@ pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
-/// `1.5 GiB`-style sizes.
-pub(crate) fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
+pub(crate) use xstore::monitor::human_bytes;
+
+/// A size as the user asked: human-readable, or exact with `--bytes`.
+pub(crate) fn size(cli: &Cli, n: u64) -> String {
+    if cli.bytes {
+        n.to_string()
     } else {
-        format!("{v:.1} {}", UNITS[u])
+        human_bytes(n)
     }
 }
 
 /// A compact age: `45s`, `12m`, `1h12m`, `3d4h`.
 pub(crate) fn short_age(ns: i64) -> String {
-    let s = ns.max(0) / 1_000_000_000;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m", s / 60),
-        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
-    }
+    xstore::monitor::short_age(u64::try_from(ns.max(0) / 1_000_000_000).unwrap_or(0))
 }
 
 pub(crate) fn time_of(ns: i64) -> String {
@@ -391,6 +406,10 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Agent(args) => pull::agent(args),
         Command::Pull(args) => pull::pull(cli, args),
         Command::Hosts(args) => pull::hosts(cli, args),
+        Command::CheckFreshness(args) => ops::check_freshness(cli, args),
+        Command::CheckUsage(args) => ops::check_usage(cli, args),
+        Command::Du(args) => ops::du(cli, args),
+        Command::Metrics(args) => ops::metrics(cli, args),
         Command::Init {
             chunk_avg_kib,
             compression_level,

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use xstore::agent::{self, AgentConfig};
-use xstore::{HostSpec, Inventory, Progress, PullOptions, PullReport, Repository, SnapshotId};
+use xstore::{
+    HostSpec, Inventory, Progress, PullOptions, PullOutcome, PullReport, Repository, SnapshotId,
+};
 
 use crate::{human_bytes, open_ro, open_rw, print_json, time_of, Cli, EXIT_OK};
 
@@ -159,7 +161,7 @@ fn select(inv: &Inventory, args: &PullArgs) -> Result<Vec<HostSpec>> {
 
 fn report_line(r: &PullReport) -> String {
     match r.outcome {
-        "failed" => format!(
+        PullOutcome::Failed => format!(
             "{:<24} FAILED   {:>7.1} s  {}",
             r.host,
             r.seconds,
@@ -168,7 +170,7 @@ fn report_line(r: &PullReport) -> String {
         outcome => format!(
             "{:<24} {:<8} {:>7.1} s  {:>10} scanned  {:>10} over the wire  {:>10} new  {}{}",
             r.host,
-            outcome,
+            outcome.name(),
             r.seconds,
             human_bytes(r.bytes_scanned),
             human_bytes(r.wire_bytes),
@@ -212,7 +214,7 @@ pub(crate) fn pull(cli: &Cli, args: &PullArgs) -> Result<u8> {
     };
     let bar = crate::progress_bar(cli, progress.clone(), false);
     let print = |r: &PullReport| {
-        let quiet_ok = cli.quiet && r.outcome != "failed";
+        let quiet_ok = cli.quiet && r.outcome != PullOutcome::Failed;
         if !cli.json && !quiet_ok {
             println!("{}", report_line(r));
         }
@@ -223,8 +225,12 @@ pub(crate) fn pull(cli: &Cli, args: &PullArgs) -> Result<u8> {
     if let Some(b) = bar {
         let _ = b.join();
     }
-    let count = |o: &str| reports.iter().filter(|r| r.outcome == o).count();
-    let (ok, partial, failed) = (count("ok"), count("partial"), count("failed"));
+    let count = |o: PullOutcome| reports.iter().filter(|r| r.outcome == o).count();
+    let (ok, partial, failed) = (
+        count(PullOutcome::Ok),
+        count(PullOutcome::Partial),
+        count(PullOutcome::Failed),
+    );
     if cli.json {
         print_json(&serde_json::json!({
             "hosts": reports,

@@ -36,6 +36,8 @@ struct RawDefaults {
     #[serde(default)]
     ssh_options: Vec<String>,
     agent_command: Option<String>,
+    warning_age: Option<String>,
+    critical_age: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -51,6 +53,8 @@ struct RawHost {
     ssh_options: Vec<String>,
     paths: Option<Vec<PathBuf>>,
     schedule: Option<String>,
+    warning_age: Option<String>,
+    critical_age: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +122,12 @@ pub struct HostSpec {
     /// Time limit of one pull.
     #[serde(serialize_with = "ser_duration")]
     pub timeout: Duration,
+    /// Freshness: WARNING once the newest complete snapshot is older (None: the check's own).
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub warning_age: Option<Duration>,
+    /// Freshness: CRITICAL once the newest complete snapshot is older (None: the check's own).
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub critical_age: Option<Duration>,
 }
 
 fn ser_schedule<S: serde::Serializer>(v: &Option<Schedule>, s: S) -> Result<S::Ok, S::Error> {
@@ -129,6 +139,13 @@ fn ser_schedule<S: serde::Serializer>(v: &Option<Schedule>, s: S) -> Result<S::O
 
 fn ser_duration<S: serde::Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(v.as_secs())
+}
+
+fn ser_opt_duration<S: serde::Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(d) => s.serialize_some(&d.as_secs()),
+        None => s.serialize_none(),
+    }
 }
 
 /// A parsed, validated inventory.
@@ -208,6 +225,14 @@ impl Inventory {
             Some(t) => duration_value(t).map_err(|e| fail(format!("defaults.timeout: {e}")))?,
             None => DEFAULT_PULL_TIMEOUT,
         };
+        let age = |v: &Option<String>, what: &str| -> Result<Option<Duration>, String> {
+            v.as_deref()
+                .map(duration_value)
+                .transpose()
+                .map_err(|e| format!("{what}: {e}"))
+        };
+        let default_warning = age(&d.warning_age, "defaults.warning_age").map_err(fail)?;
+        let default_critical = age(&d.critical_age, "defaults.critical_age").map_err(fail)?;
         let mut accounts = Vec::new();
         let mut hosts = Vec::new();
         let mut account_names = HashSet::new();
@@ -257,6 +282,17 @@ impl Inventory {
                     Some(t) => duration_value(t).map_err(|e| at(format!("timeout: {e}")))?,
                     None => default_timeout,
                 };
+                let warning_age = age(&h.warning_age, "warning_age")
+                    .map_err(at)?
+                    .or(default_warning);
+                let critical_age = age(&h.critical_age, "critical_age")
+                    .map_err(at)?
+                    .or(default_critical);
+                if let (Some(w), Some(c)) = (warning_age, critical_age) {
+                    if w > c {
+                        return Err(at("warning_age is longer than critical_age".into()));
+                    }
+                }
                 let mut ssh_options = d.ssh_options.clone();
                 ssh_options.extend(h.ssh_options.iter().cloned());
                 if let Some(bad) = ssh_options.iter().find(|o| !o.contains('=')) {
@@ -283,6 +319,8 @@ impl Inventory {
                     paths,
                     schedule,
                     timeout,
+                    warning_age,
+                    critical_age,
                 });
             }
             accounts.push(Account {
@@ -341,6 +379,9 @@ mod tests {
             Some("hourly=6,daily=14,weekly=4,monthly=3")
         );
         assert_eq!(db.timeout, Duration::from_secs(3 * 3600));
+        assert_eq!(db.warning_age, Some(Duration::from_secs(6 * 3600)));
+        assert_eq!(db.critical_age, Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(web1.warning_age, None);
     }
 
     #[test]
@@ -358,6 +399,11 @@ mod tests {
             ),
             ("[defaults]\nprot = 1\n", "unknown field"),
             ("[packages]\nsmall = \"2 parsecs\"\n", "unknown unit"),
+            (
+                "[[account]]\nname = \"a\"\nallocation = 5\n[[account.host]]\nname = \"h\"\nwarning_age = \"9h\"\ncritical_age = \"8h\"\n",
+                "host h: warning_age is longer",
+            ),
+            ("[defaults]\nwarning_age = \"soon\"\n", "defaults.warning_age"),
         ];
         for (text, want) in cases {
             let e = Inventory::parse(text, Path::new("inv.toml")).expect_err(text);

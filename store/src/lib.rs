@@ -69,7 +69,11 @@ pub mod inventory;
 #[cfg(feature = "index")]
 mod lock;
 #[cfg(feature = "index")]
+pub mod metrics;
+#[cfg(feature = "index")]
 mod mmap;
+#[cfg(feature = "index")]
+pub mod monitor;
 #[cfg(feature = "index")]
 mod mutation;
 mod pack;
@@ -89,6 +93,8 @@ mod retain;
 pub mod snapshot;
 mod source;
 pub mod tree;
+#[cfg(feature = "index")]
+mod usage;
 
 use std::sync::atomic::AtomicU64;
 
@@ -113,7 +119,7 @@ pub use lock::local_hostname;
 pub use mutation::Released;
 pub use pack::BlobKind;
 #[cfg(feature = "index")]
-pub use pull::{ssh_command, PullOptions, PullReport, DEFAULT_PULL_THREADS};
+pub use pull::{ssh_command, PullOptions, PullOutcome, PullReport, DEFAULT_PULL_THREADS};
 pub use records::{BlobLoc, HostRecord, PackRecord};
 pub use remote::{AgentInfo, RemoteError, RemoteSource};
 #[cfg(feature = "index")]
@@ -127,6 +133,8 @@ pub use retain::{Applied, RetentionSettings, DEFAULT_GC_MAX_DEAD_PERCENT, RETENT
 pub use snapshot::{PathError, Snapshot, SnapshotId, SnapshotStats, SnapshotStatus};
 pub use source::{EntryMeta, FetchedChunk, LocalSource, Source, SourceFile, SourceKind};
 pub use tree::{ChunkRef, Content, Entry, EntryKind, Tree};
+#[cfg(feature = "index")]
+pub use usage::{SnapshotUsage, Usage};
 pub use xstore_retention as retention;
 
 /// Live counters that long operations update, for progress displays.

@@ -17,10 +17,9 @@ use std::sync::MutexGuard;
 
 use crate::error::{Error, IoContext, Result};
 use crate::index::{BlobLoc, HostRecord, PackRecord};
-use crate::pack::{BlobKind, PackId};
+use crate::pack::PackId;
 use crate::repo::{poisoned, Repository};
 use crate::snapshot::{Snapshot, SnapshotId};
-use crate::tree::{chunk_list_children, decode_chunk_list, Tree};
 use crate::{fsutil, ChunkId};
 
 /// In-process bookkeeping behind the write lock.
@@ -191,31 +190,11 @@ impl<'r> Mutation<'r> {
             if self.fresh.contains(&id) {
                 continue;
             }
-            let children = self.children(&id, &loc)?;
+            let children = self.repo.blob_children(&id, &loc)?;
             self.prefetch(&children)?;
             stack.extend(children.into_iter().map(|c| (c, 1)));
         }
         Ok(())
-    }
-
-    /// The distinct blobs a tree or chunk list references (none for data).
-    fn children(&self, id: &ChunkId, loc: &BlobLoc) -> Result<Vec<ChunkId>> {
-        let corrupt = |source| Error::CorruptBlob {
-            id: *id,
-            pack: loc.pack.to_string(),
-            source,
-        };
-        Ok(match loc.kind {
-            BlobKind::Data => Vec::new(),
-            BlobKind::Tree => {
-                let raw = self.repo.read_located(id, loc)?;
-                Tree::decode(&raw).map_err(corrupt)?.children()
-            }
-            BlobKind::ChunkList => {
-                let raw = self.repo.read_located(id, loc)?;
-                chunk_list_children(&decode_chunk_list(&raw).map_err(corrupt)?)
-            }
-        })
     }
 
     /// Inserts a blob just written to a sealed pack. When the index already has a live copy
@@ -258,7 +237,7 @@ impl<'r> Mutation<'r> {
             self.died.push(id);
             self.released.blobs += 1;
             self.released.stored_bytes += loc.span();
-            let children = self.children(&id, &loc)?;
+            let children = self.repo.blob_children(&id, &loc)?;
             self.prefetch(&children)?;
             stack.extend(children);
         }

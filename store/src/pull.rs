@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::inventory::HostSpec;
 use crate::remote::RemoteSource;
 use crate::repo::Repository;
@@ -38,19 +38,49 @@ pub struct PullOptions {
     pub progress: Option<Arc<Progress>>,
 }
 
-/// The outcome of one host's pull.
-#[derive(Debug, Clone, serde::Serialize)]
+/// How a pull ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullOutcome {
+    /// A complete snapshot was committed.
+    Ok,
+    /// A snapshot was committed, with paths that could not be read.
+    Partial,
+    /// Nothing was committed.
+    Failed,
+}
+
+impl PullOutcome {
+    /// `ok`, `partial` or `failed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PullOutcome::Ok => "ok",
+            PullOutcome::Partial => "partial",
+            PullOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// The outcome of one host's pull. The newest one of each host is kept in
+/// `REPO/pulls/HOST.json` ([`Repository::last_pull`]; FORMAT.md §Pull records).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PullReport {
     /// Host name.
     pub host: String,
     /// Its account.
     pub account: String,
-    /// `ok`, `partial` or `failed`.
-    pub outcome: &'static str,
+    /// How it ended.
+    pub outcome: PullOutcome,
     /// The snapshot committed, if any.
     pub snapshot: Option<String>,
     /// Why it failed.
     pub error: Option<String>,
+    /// Start, ns since the epoch.
+    #[serde(default)]
+    pub started_ns: i64,
+    /// End, ns since the epoch.
+    #[serde(default)]
+    pub finished_ns: i64,
     /// Wall time of the pull.
     pub seconds: f64,
     /// Logical bytes of the snapshot (what was scanned).
@@ -64,13 +94,20 @@ pub struct PullReport {
 }
 
 impl PullReport {
-    fn of(host: &HostSpec, started: Instant, result: &Result<Snapshot>) -> PullReport {
+    fn of(
+        host: &HostSpec,
+        started_ns: i64,
+        started: Instant,
+        result: &Result<Snapshot>,
+    ) -> PullReport {
         let mut r = PullReport {
             host: host.name.clone(),
             account: host.account.clone(),
-            outcome: "failed",
+            outcome: PullOutcome::Failed,
             snapshot: None,
             error: None,
+            started_ns,
+            finished_ns: crate::now_ns(),
             seconds: started.elapsed().as_secs_f64(),
             bytes_scanned: 0,
             wire_bytes: 0,
@@ -79,7 +116,11 @@ impl PullReport {
         };
         match result {
             Ok(s) => {
-                r.outcome = if s.is_complete() { "ok" } else { "partial" };
+                r.outcome = if s.is_complete() {
+                    PullOutcome::Ok
+                } else {
+                    PullOutcome::Partial
+                };
                 r.snapshot = Some(s.id.to_string());
                 r.bytes_scanned = s.stats.logical_bytes;
                 r.wire_bytes = s.stats.wire_bytes;
@@ -180,8 +221,75 @@ impl Repository {
     /// Pulls one host: connects with [`ssh_command`], backs up the paths the inventory names
     /// (or the agent's whole allow-list) as a snapshot of `host.name`, with the host's newest
     /// snapshot as parent, and records the bytes that crossed the wire in its stats.
+    ///
+    /// Every attempt, failed or not, is recorded as the host's [`Repository::last_pull`].
     pub fn pull(&self, host: &HostSpec, opts: &PullOptions) -> Result<Snapshot> {
-        self.require_writable()?;
+        self.pull_reported(host, opts).0
+    }
+
+    fn pull_reported(&self, host: &HostSpec, opts: &PullOptions) -> (Result<Snapshot>, PullReport) {
+        let started_ns = crate::now_ns();
+        let started = Instant::now();
+        let result = self
+            .require_writable()
+            .and_then(|()| self.pull_over_ssh(host, opts));
+        let report = PullReport::of(host, started_ns, started, &result);
+        if self.is_writable() {
+            if let Err(e) = self.record_pull(&report) {
+                tracing::warn!(host = %host.name, "could not record the pull's outcome: {e}");
+            }
+        }
+        (result, report)
+    }
+
+    /// Keeps `report` as its host's newest pull (atomically replaced file).
+    fn record_pull(&self, report: &PullReport) -> Result<()> {
+        let dir = self.pulls_dir();
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        let mut json = serde_json::to_vec_pretty(report).map_err(|e| Error::Io {
+            path: dir.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        json.push(b'\n');
+        crate::fsutil::write_atomic(&dir.join(format!("{}.json", report.host)), &json)
+    }
+
+    fn pulls_dir(&self) -> std::path::PathBuf {
+        self.path().join("pulls")
+    }
+
+    /// The newest recorded pull of `host` (`None` if it was never pulled, or the record
+    /// predates pull records). A record that does not decode is an error naming its file.
+    pub fn last_pull(&self, host: &str) -> Result<Option<PullReport>> {
+        crate::snapshot::validate_host(host).map_err(Error::InvalidArgument)?;
+        let path = self.pulls_dir().join(format!("{host}.json"));
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).at(&path),
+        };
+        let report: PullReport = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+            path: path.clone(),
+            source: crate::DecodeError::Invalid {
+                what: "pull record",
+                offset: e.column(),
+                reason: e.to_string(),
+            },
+        })?;
+        if report.host != host {
+            return Err(Error::Corrupt {
+                path,
+                source: crate::DecodeError::Invalid {
+                    what: "pull record",
+                    offset: 0,
+                    reason: format!("names host {:?}", report.host),
+                },
+            });
+        }
+        Ok(Some(report))
+    }
+
+    fn pull_over_ssh(&self, host: &HostSpec, opts: &PullOptions) -> Result<Snapshot> {
         let mut cmd = ssh_command(host);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -330,9 +438,7 @@ impl Repository {
                 let reports = &reports;
                 scope.spawn(move || {
                     for (i, host) in rx {
-                        let started = Instant::now();
-                        let result = self.pull(host, opts);
-                        let report = PullReport::of(host, started, &result);
+                        let (_, report) = self.pull_reported(host, opts);
                         on_done(&report);
                         if let Ok(mut r) = reports.lock() {
                             r.push((i, report));

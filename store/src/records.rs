@@ -50,8 +50,9 @@ impl BlobLoc {
         b
     }
 
-    /// Bytes this blob takes in its pack (header and stored bytes).
-    pub(crate) fn span(&self) -> u64 {
+    /// Bytes this blob takes in its pack (header and stored bytes): the unit of usage,
+    /// dead bytes and what gc reclaims.
+    pub fn span(&self) -> u64 {
         crate::pack::blob_span(self.stored_len)
     }
 

@@ -447,6 +447,27 @@ impl Repository {
         }
     }
 
+    /// The distinct blobs a tree or chunk list references (none for data): the edges of the
+    /// Merkle DAG that reference counts count.
+    pub(crate) fn blob_children(&self, id: &ChunkId, loc: &BlobLoc) -> Result<Vec<ChunkId>> {
+        let corrupt = |source| Error::CorruptBlob {
+            id: *id,
+            pack: loc.pack.to_string(),
+            source,
+        };
+        Ok(match loc.kind {
+            BlobKind::Data => Vec::new(),
+            BlobKind::Tree => {
+                let raw = self.read_located(id, loc)?;
+                Tree::decode(&raw).map_err(corrupt)?.children()
+            }
+            BlobKind::ChunkList => {
+                let raw = self.read_located(id, loc)?;
+                crate::tree::chunk_list_children(&decode_chunk_list(&raw).map_err(corrupt)?)
+            }
+        })
+    }
+
     /// Reads and decodes a tree blob.
     pub fn tree(&self, id: &ChunkId) -> Result<Tree> {
         let (loc, raw) = self.read_current(id)?;

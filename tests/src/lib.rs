@@ -13,6 +13,20 @@ use std::path::{Path, PathBuf};
 
 pub use xstore::chunker::seeded_bytes;
 
+/// A repository with small chunks (16/64/256 KiB) and 1 MiB packs: a few MiB of fixture data
+/// spans many chunks and packs.
+pub fn small_repo(path: &Path) -> xstore::Repository {
+    xstore::Repository::init(
+        path,
+        &xstore::InitOptions {
+            chunker: xstore::ChunkerParams::new(16 << 10, 64 << 10, 256 << 10).unwrap(),
+            compression_level: 3,
+            pack_size: 1 << 20,
+        },
+    )
+    .unwrap()
+}
+
 /// Whether the filesystem under `dir` accepts `user.*` xattrs.
 pub fn xattrs_supported(dir: &Path) -> bool {
     let probe = dir.join(".xattr-probe");

@@ -106,6 +106,8 @@ fn backup_through_the_agent_restores_exactly() {
         paths: Vec::new(),
         schedule: None,
         timeout: std::time::Duration::from_secs(60),
+        warning_age: None,
+        critical_age: None,
     };
     let snap = repo
         .backup_remote(&host, &PullOptions::default(), &source)

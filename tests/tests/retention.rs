@@ -9,22 +9,10 @@ use std::sync::Mutex;
 
 use xstore::retention::{KeepPolicy, Schedule};
 use xstore::{
-    BackupOptions, CheckOptions, ChunkerParams, EntryMeta, GcOptions, InitOptions, LocalSource,
-    ParentChoice, Repository, RestoreOptions, Snapshot, Source, SourceFile, TierChoice,
+    BackupOptions, CheckOptions, EntryMeta, GcOptions, LocalSource, ParentChoice, Repository,
+    RestoreOptions, Snapshot, Source, SourceFile, TierChoice,
 };
-use xstore_tests::{assert_same_tree, make_fixture, restored_path, seeded_bytes};
-
-fn small_repo(path: &Path) -> Repository {
-    Repository::init(
-        path,
-        &InitOptions {
-            chunker: ChunkerParams::new(16 << 10, 64 << 10, 256 << 10).unwrap(),
-            compression_level: 3,
-            pack_size: 1 << 20,
-        },
-    )
-    .unwrap()
-}
+use xstore_tests::{assert_same_tree, make_fixture, restored_path, seeded_bytes, small_repo};
 
 fn backup(repo: &Repository, host: &str, src: &Path, tier: TierChoice) -> Snapshot {
     repo.backup(

@@ -1,0 +1,396 @@
+//! Operations: `check-freshness`, `check-usage` (monitoring plugins), `du` and `metrics`
+//! (README §Monitoring).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use xstore::monitor::{usage_check, FreshnessOptions, FreshnessTarget, PluginReport};
+use xstore::{Inventory, Repository, Usage};
+
+use crate::pull::DEFAULT_INVENTORY;
+use crate::{open_ro, print_json, size, time_of, Cli, EXIT_OK};
+
+#[derive(clap::Args)]
+pub(crate) struct InventoryArg {
+    /// The inventory file (default /etc/xstore/hosts.toml, when it exists).
+    #[arg(long, env = "XSTORE_INVENTORY", value_name = "FILE")]
+    inventory: Option<PathBuf>,
+}
+
+impl InventoryArg {
+    /// The inventory named, or the default one when it exists.
+    fn load(&self) -> Result<Option<Inventory>> {
+        let (path, required) = match &self.inventory {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(DEFAULT_INVENTORY), false),
+        };
+        if !required && !path.exists() {
+            return Ok(None);
+        }
+        Ok(Some(Inventory::load(&path)?))
+    }
+}
+
+#[derive(clap::Args)]
+pub(crate) struct FreshnessArgs {
+    /// Only this host (repeatable).
+    #[arg(long = "host", value_name = "HOST", conflicts_with_all = ["account", "all"])]
+    hosts: Vec<String>,
+    /// Only this account's hosts.
+    #[arg(long, conflicts_with = "all")]
+    account: Option<String>,
+    /// Every inventory host (the default; without an inventory, every host with snapshots).
+    #[arg(long)]
+    all: bool,
+    /// WARNING when the newest complete backup is older than this (hosts may override it in
+    /// the inventory).
+    #[arg(long, default_value = "4h", value_name = "AGE")]
+    warning: String,
+    /// CRITICAL when the newest complete backup is older than this.
+    #[arg(long, default_value = "8h", value_name = "AGE")]
+    critical: String,
+    #[command(flatten)]
+    inventory: InventoryArg,
+    /// Check as if it were this time (RFC 3339; for tests).
+    #[arg(long, hide = true)]
+    now: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct UsageCheckArgs {
+    /// Only this account (repeatable).
+    #[arg(long = "account", value_name = "ACCOUNT")]
+    accounts: Vec<String>,
+    /// WARNING above this multiple of the allocation.
+    #[arg(long, default_value_t = 1.0, value_name = "FACTOR")]
+    warning_factor: f64,
+    /// CRITICAL above this multiple of the allocation (the hard limit).
+    #[arg(long, default_value_t = 1.5, value_name = "FACTOR")]
+    critical_factor: f64,
+    #[command(flatten)]
+    inventory: InventoryArg,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct DuArgs {
+    /// One host: its usage and each of its snapshots.
+    #[arg(long, conflicts_with = "account")]
+    host: Option<String>,
+    /// One account: its usage and each of its hosts.
+    #[arg(long)]
+    account: Option<String>,
+    #[command(flatten)]
+    inventory: InventoryArg,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct MetricsArgs {
+    /// Write to this file atomically (for node_exporter's textfile collector, e.g.
+    /// /var/lib/prometheus/node-exporter/xstore.prom) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    inventory: InventoryArg,
+}
+
+fn duration_arg(flag: &str, text: &str) -> Result<std::time::Duration> {
+    let ns = xstore::retention::parse_duration(text).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+    Ok(std::time::Duration::from_nanos(
+        u64::try_from(ns).with_context(|| format!("{flag} must be positive"))?,
+    ))
+}
+
+/// Prints a plugin report (text or JSON) and returns its exit status.
+fn emit(cli: &Cli, report: &PluginReport, json: Option<serde_json::Value>) -> Result<u8> {
+    match json {
+        Some(v) if cli.json => print_json(&v)?,
+        _ => print!("{}", report.render()),
+    }
+    Ok(report.state.exit_code())
+}
+
+/// Runs a check; any error becomes UNKNOWN (exit 3) with the error on the status line.
+fn plugin(cli: &Cli, check: &'static str, run: impl FnOnce() -> Result<u8>) -> Result<u8> {
+    match run() {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            let report = PluginReport::unknown(check, &format!("{e:#}"));
+            let json = serde_json::json!({ "state": "UNKNOWN", "error": report.summary });
+            emit(cli, &report, Some(json))
+        }
+    }
+}
+
+pub(crate) fn check_freshness(cli: &Cli, args: &FreshnessArgs) -> Result<u8> {
+    plugin(cli, "FRESHNESS", || {
+        let warning = duration_arg("--warning", &args.warning)?;
+        let critical = duration_arg("--critical", &args.critical)?;
+        anyhow::ensure!(
+            warning <= critical,
+            "--warning {} is longer than --critical {}",
+            args.warning,
+            args.critical
+        );
+        let now_ns = match &args.now {
+            Some(t) => {
+                let t = humantime::parse_rfc3339_weak(t).context("--now")?;
+                let d = t
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .context("--now is before 1970")?;
+                i64::try_from(d.as_nanos()).context("--now")?
+            }
+            None => xstore::now_ns(),
+        };
+        let inventory = args.inventory.load()?;
+        let repo = open_ro(cli)?;
+        let targets = freshness_targets(&repo, inventory.as_ref(), args)?;
+        let report = repo.freshness(
+            &targets,
+            &FreshnessOptions {
+                warning,
+                critical,
+                now_ns,
+            },
+        )?;
+        emit(cli, &report.plugin(), Some(serde_json::to_value(&report)?))
+    })
+}
+
+fn freshness_targets(
+    repo: &Repository,
+    inventory: Option<&Inventory>,
+    args: &FreshnessArgs,
+) -> Result<Vec<FreshnessTarget>> {
+    let bare = |host: &str| FreshnessTarget {
+        host: host.to_string(),
+        account: None,
+        warning_age: None,
+        critical_age: None,
+    };
+    if !args.hosts.is_empty() {
+        return args
+            .hosts
+            .iter()
+            .map(|h| {
+                xstore::snapshot::validate_host(h).map_err(anyhow::Error::msg)?;
+                Ok(match inventory.and_then(|i| i.host(h)) {
+                    Some(spec) => FreshnessTarget::from(spec),
+                    None => bare(h),
+                })
+            })
+            .collect();
+    }
+    match (inventory, &args.account) {
+        (Some(inv), Some(a)) => {
+            anyhow::ensure!(
+                inv.account(a).is_some(),
+                "account {a} is not in the inventory"
+            );
+            Ok(inv
+                .hosts
+                .iter()
+                .filter(|h| &h.account == a)
+                .map(FreshnessTarget::from)
+                .collect())
+        }
+        (None, Some(_)) => anyhow::bail!("--account needs an inventory (--inventory FILE)"),
+        (Some(inv), None) => Ok(inv.hosts.iter().map(FreshnessTarget::from).collect()),
+        (None, None) => Ok(repo_hosts(repo)?.iter().map(|h| bare(h)).collect()),
+    }
+}
+
+/// Hosts with snapshots, sorted.
+fn repo_hosts(repo: &Repository) -> Result<Vec<String>> {
+    let mut hosts: Vec<String> = repo.snapshots()?.into_iter().map(|s| s.host).collect();
+    hosts.sort();
+    hosts.dedup();
+    Ok(hosts)
+}
+
+pub(crate) fn check_usage(cli: &Cli, args: &UsageCheckArgs) -> Result<u8> {
+    plugin(cli, "USAGE", || {
+        anyhow::ensure!(
+            args.warning_factor > 0.0 && args.critical_factor >= args.warning_factor,
+            "factors must satisfy 0 < --warning-factor <= --critical-factor"
+        );
+        let inv = args
+            .inventory
+            .load()?
+            .context("no inventory (allocations come from it): use --inventory FILE")?;
+        let mut accounts = Vec::new();
+        for name in &args.accounts {
+            accounts.push(
+                inv.account(name)
+                    .cloned()
+                    .with_context(|| format!("account {name} is not in the inventory"))?,
+            );
+        }
+        if args.accounts.is_empty() {
+            accounts = inv.accounts.clone();
+        }
+        let repo = open_ro(cli)?;
+        let usage = repo.account_usage(&accounts, args.warning_factor, args.critical_factor)?;
+        let report = usage_check(&usage, args.warning_factor, args.critical_factor);
+        let json = serde_json::json!({ "state": report.state, "accounts": usage });
+        emit(cli, &report, Some(json))
+    })
+}
+
+fn usage_row(cli: &Cli, name: &str, account: &str, u: &Usage, allocation: Option<u64>) -> String {
+    let alloc = match allocation {
+        Some(a) => {
+            let pct = if a == 0 {
+                f64::INFINITY
+            } else {
+                100.0 * u.referenced_bytes as f64 / a as f64
+            };
+            format!(
+                "{:>10}  {:>5.0}%{}",
+                size(cli, a),
+                pct,
+                if u.referenced_bytes > a { "  OVER" } else { "" }
+            )
+        }
+        None => format!("{:>10}  {:>6}", "-", "-"),
+    };
+    format!(
+        "{name:<24}  {account:<12}  {:>5}  {:>10}  {:>10}  {:>10}  {:>10}  {alloc}",
+        u.snapshots,
+        size(cli, u.newest_logical_bytes),
+        size(cli, u.referenced_bytes),
+        size(cli, u.exclusive_bytes),
+        size(cli, u.shared_bytes),
+    )
+}
+
+fn usage_header(first: &str, second: &str) -> String {
+    format!(
+        "{first:<24}  {second:<12}  {:>5}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>6}",
+        "snaps", "newest", "stored", "exclusive", "shared", "allocation", "used"
+    )
+}
+
+pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
+    let inv = args.inventory.load()?;
+    let repo = open_ro(cli)?;
+    let all = repo.snapshots()?;
+    let account_of = |h: &str| {
+        inv.as_ref()
+            .and_then(|i| i.host(h))
+            .map(|s| s.account.clone())
+            .unwrap_or_default()
+    };
+    let host_usage = |h: &str| -> Result<Usage> {
+        let of_host: Vec<xstore::Snapshot> = all.iter().filter(|s| s.host == h).cloned().collect();
+        Ok(repo.usage_of(&of_host)?)
+    };
+    if let Some(h) = &args.host {
+        xstore::snapshot::validate_host(h).map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            all.iter().any(|s| &s.host == h),
+            "host {h} has no snapshots in this repository"
+        );
+        let usage = host_usage(h)?;
+        let snaps = repo.snapshot_usage(h)?;
+        if cli.json {
+            print_json(&serde_json::json!({
+                "host": h, "account": account_of(h), "usage": usage, "snapshots": snaps,
+            }))?;
+            return Ok(EXIT_OK);
+        }
+        println!("{}", usage_header("host", "account"));
+        println!("{}", usage_row(cli, h, &account_of(h), &usage, None));
+        println!();
+        println!(
+            "{:<8}  {:<20}  {:>10}  {:>10}  {:>10}",
+            "snapshot", "time", "logical", "added", "only it"
+        );
+        for s in &snaps {
+            println!(
+                "{:<8}  {:<20}  {:>10}  {:>10}  {:>10}",
+                &s.id[..8],
+                time_of(s.start_ns),
+                size(cli, s.logical_bytes),
+                size(cli, s.new_stored_bytes),
+                size(cli, s.exclusive_bytes)
+            );
+        }
+        return Ok(EXIT_OK);
+    }
+    let accounts: Vec<xstore::Account> = match (&inv, &args.account) {
+        (Some(i), Some(a)) => vec![i
+            .account(a)
+            .cloned()
+            .with_context(|| format!("account {a} is not in the inventory"))?],
+        (None, Some(_)) => anyhow::bail!("--account needs an inventory (--inventory FILE)"),
+        (Some(i), None) => i.accounts.clone(),
+        (None, None) => Vec::new(),
+    };
+    let mut hosts: Vec<String> = match &args.account {
+        Some(_) => accounts.iter().flat_map(|a| a.hosts.clone()).collect(),
+        None => {
+            let mut v: Vec<String> = inv
+                .as_ref()
+                .map(|i| i.hosts.iter().map(|h| h.name.clone()).collect())
+                .unwrap_or_default();
+            for h in repo_hosts(&repo)? {
+                if !v.contains(&h) {
+                    v.push(h);
+                }
+            }
+            v
+        }
+    };
+    hosts.dedup();
+    let account_usage = repo.account_usage(&accounts, 1.0, f64::INFINITY)?;
+    let mut host_rows = Vec::new();
+    for h in &hosts {
+        host_rows.push((h.clone(), account_of(h), host_usage(h)?));
+    }
+    if cli.json {
+        let hosts_json: Vec<serde_json::Value> = host_rows
+            .iter()
+            .map(|(h, a, u)| serde_json::json!({ "host": h, "account": a, "usage": u }))
+            .collect();
+        print_json(&serde_json::json!({ "accounts": account_usage, "hosts": hosts_json }))?;
+        return Ok(EXIT_OK);
+    }
+    if !account_usage.is_empty() {
+        println!("{}", usage_header("account", "package"));
+        for a in &account_usage {
+            println!(
+                "{}",
+                usage_row(
+                    cli,
+                    &a.account,
+                    a.package.as_deref().unwrap_or("-"),
+                    &a.usage,
+                    Some(a.allocation)
+                )
+            );
+        }
+        println!();
+    }
+    println!("{}", usage_header("host", "account"));
+    for (h, a, u) in &host_rows {
+        println!("{}", usage_row(cli, h, a, u, None));
+    }
+    Ok(EXIT_OK)
+}
+
+pub(crate) fn metrics(cli: &Cli, args: &MetricsArgs) -> Result<u8> {
+    let inv = args.inventory.load()?;
+    let repo = open_ro(cli)?;
+    let text = repo.metrics(inv.as_ref(), xstore::now_ns())?;
+    match &args.output {
+        Some(path) => xstore::metrics::write_textfile(path, &text)?,
+        None => print!("{text}"),
+    }
+    Ok(EXIT_OK)
+}
+
+/// Whether the arguments name a monitoring check (their usage errors exit UNKNOWN, 3).
+pub(crate) fn is_check(args: &[std::ffi::OsString]) -> bool {
+    args.iter()
+        .any(|a| a == "check-freshness" || a == "check-usage")
+}
