@@ -263,12 +263,15 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         // A monitoring check's usage error is UNKNOWN (3), not clap's 2 (CRITICAL).
-        Err(e) if ops::is_check(&args) && e.use_stderr() => {
-            println!(
-                "XSTORE CHECK UNKNOWN - {}",
-                e.to_string().lines().next().unwrap_or("bad arguments")
+        Err(e) if e.use_stderr() && ops::check_named(&args).is_some() => {
+            let check = ops::check_named(&args).unwrap_or("CHECK");
+            let why = e.to_string();
+            let report = xstore::monitor::PluginReport::unknown(
+                check,
+                why.lines().next().unwrap_or("bad arguments"),
             );
-            return ExitCode::from(xstore::monitor::CheckState::Unknown.exit_code());
+            print!("{}", report.render());
+            return ExitCode::from(report.state.exit_code());
         }
         Err(e) => e.exit(),
     };

@@ -389,8 +389,11 @@ pub(crate) fn metrics(cli: &Cli, args: &MetricsArgs) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-/// Whether the arguments name a monitoring check (their usage errors exit UNKNOWN, 3).
-pub(crate) fn is_check(args: &[std::ffi::OsString]) -> bool {
-    args.iter()
-        .any(|a| a == "check-freshness" || a == "check-usage")
+/// The monitoring check the arguments name, if any (its usage errors exit UNKNOWN, 3).
+pub(crate) fn check_named(args: &[std::ffi::OsString]) -> Option<&'static str> {
+    args.iter().find_map(|a| match a.to_str() {
+        Some("check-freshness") => Some("FRESHNESS"),
+        Some("check-usage") => Some("USAGE"),
+        _ => None,
+    })
 }

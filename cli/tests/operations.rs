@@ -1,0 +1,475 @@
+//! Operations: the freshness and usage plugins at fixed clocks, `du`, and the metrics text
+//! parsed by a Prometheus parser. Everything also while a writer holds the repository.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::{ok, stderr, xstore};
+use xstore_tests::seeded_bytes;
+
+const HOUR: i64 = 3600;
+
+struct Fleet {
+    _tmp: tempfile::TempDir,
+    repo: PathBuf,
+    inventory: PathBuf,
+    /// End of the newest snapshot, ns.
+    newest_end_ns: i64,
+}
+
+impl Fleet {
+    fn run(&self, args: &[&str]) -> Output {
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend_from_slice(&["--inventory", self.inventory.to_str().unwrap()]);
+        xstore(&self.repo, &a)
+    }
+    /// `--now` this many seconds after the newest snapshot ended (whole seconds).
+    fn now_after(&self, secs: i64) -> (String, i64) {
+        let now_s = self.newest_end_ns.div_euclid(1_000_000_000) + 1 + secs;
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(now_s as u64);
+        (
+            humantime::format_rfc3339_seconds(t).to_string(),
+            now_s * 1_000_000_000,
+        )
+    }
+    fn end_ns(&self, host: &str) -> i64 {
+        let v = common::json(&self.repo, &["snapshots", "--host", host]);
+        v.as_array().unwrap().last().unwrap()["end_ns"]
+            .as_i64()
+            .unwrap()
+    }
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Accounts `acme` (1 MiB; hosts fresh, stale, gone, never, flaky) and `globex` (1 GiB; big).
+/// fresh, stale, gone, flaky and big are backed up now; flaky's pull then fails (closed port).
+fn fleet() -> Fleet {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let repo = root.join("repo");
+    ok(&repo, &["init"]);
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let inventory = root.join("hosts.toml");
+    std::fs::write(
+        &inventory,
+        format!(
+            r#"
+[[account]]
+name = "acme"
+allocation = "1 MiB"
+[[account.host]]
+name = "fresh"
+warning_age = "6h"
+critical_age = "12h"
+[[account.host]]
+name = "stale"
+[[account.host]]
+name = "gone"
+warning_age = "1h"
+critical_age = "2h"
+[[account.host]]
+name = "never"
+[[account.host]]
+name = "flaky"
+address = "127.0.0.1"
+port = {closed_port}
+warning_age = "6h"
+critical_age = "12h"
+
+[[account]]
+name = "globex"
+allocation = "1 GiB"
+[[account.host]]
+name = "big"
+"#
+        ),
+    )
+    .unwrap();
+    for (i, host) in ["fresh", "stale", "gone", "flaky", "big"]
+        .iter()
+        .enumerate()
+    {
+        let dir = root.join(format!("data-{host}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("file"), seeded_bytes(i as u64, 300_000)).unwrap();
+        ok(
+            &repo,
+            &["backup", "-q", "--host", host, dir.to_str().unwrap()],
+        );
+    }
+    let mut f = Fleet {
+        _tmp: tmp,
+        repo,
+        inventory,
+        newest_end_ns: 0,
+    };
+    let out = f.run(&["pull", "flaky"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    f.newest_end_ns = f.end_ns("big");
+    f
+}
+
+#[test]
+fn freshness_states_at_a_fixed_clock() {
+    let f = fleet();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.repo.join("pulls/flaky.json")).unwrap()).unwrap();
+    assert_eq!(record["outcome"], "failed", "{record}");
+    assert!(
+        record["error"].as_str().unwrap().contains("flaky"),
+        "{record}"
+    );
+
+    let (now, now_ns) = f.now_after(5 * HOUR);
+    let out = f.run(&["check-freshness", "--now", &now]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}{}", stderr(&out));
+    let mut lines = t.lines();
+    let status = lines.next().unwrap();
+    assert!(
+        status.starts_with(
+            "XSTORE FRESHNESS CRITICAL - 6 hosts (2 critical, 3 warning), 1 never backed up, oldest newest-backup 5h00m ("
+        ),
+        "{status}"
+    );
+    let age = |host: &str| (now_ns - f.end_ns(host)) / 1_000_000_000;
+    for (host, warn, crit) in [
+        ("fresh", 6, 12),
+        ("stale", 4, 8),
+        ("gone", 1, 2),
+        ("flaky", 6, 12),
+    ] {
+        let perf = format!(
+            "'{host}_age'={}s;{};{};0",
+            age(host),
+            warn * HOUR,
+            crit * HOUR
+        );
+        assert!(status.contains(&perf), "{perf} in {status}");
+    }
+    assert!(status.contains("'never_age'=U;14400;28800;0"), "{status}");
+    let details: Vec<&str> = lines.collect();
+    assert_eq!(details.len(), 5, "{t}");
+    assert!(details[0].starts_with("WARNING: stale: newest complete backup 5h00m ago ("));
+    assert!(details[1].starts_with("CRITICAL: gone: newest complete backup 5h00m ago ("));
+    assert_eq!(details[2], "CRITICAL: never: never backed up completely");
+    assert!(
+        details[3].starts_with("WARNING: flaky: last pull failed 5h00m ago: "),
+        "{}",
+        details[3]
+    );
+    assert!(details[4].starts_with("WARNING: big: newest complete backup 5h00m ago ("));
+
+    // One host, OK.
+    let out = f.run(&["check-freshness", "--host", "fresh", "--now", &now]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        text(&out),
+        format!(
+            "XSTORE FRESHNESS OK - 1 host, oldest newest-backup 5h00m (fresh) | 'fresh_age'={}s;21600;43200;0\n",
+            age("fresh")
+        )
+    );
+    // Thresholds from the command line, for hosts without their own.
+    let out = f.run(&[
+        "check-freshness",
+        "--host",
+        "stale",
+        "--warning",
+        "6h",
+        "--critical",
+        "7h",
+        "--now",
+        &now,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = f.run(&[
+        "check-freshness",
+        "--account",
+        "globex",
+        "--warning",
+        "1h",
+        "--critical",
+        "5h",
+        "--now",
+        &now,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("CRITICAL: big: newest complete backup 5h00m ago"));
+
+    // JSON: the same decisions.
+    let out = f.run(&["--json", "check-freshness", "--now", &now]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let state = |h: &str| {
+        v["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["host"] == h)
+            .unwrap()["state"]
+            .clone()
+    };
+    assert_eq!(state("fresh"), "OK");
+    assert_eq!(state("stale"), "WARNING");
+    assert_eq!(state("gone"), "CRITICAL");
+    assert_eq!(state("never"), "CRITICAL");
+    assert_eq!(state("flaky"), "WARNING");
+    assert_eq!(state("big"), "WARNING");
+    assert_eq!(v["state"], "CRITICAL");
+
+    // Before any threshold: everything but `never` and the failed pull is OK.
+    let (early, _) = f.now_after(60);
+    let out = f.run(&["check-freshness", "--now", &early]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out).lines().count(), 3, "{}", text(&out));
+}
+
+#[test]
+fn freshness_unknowns() {
+    let f = fleet();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["check-freshness", "--host", "ghost"],
+            "UNKNOWN: ghost: unknown host",
+        ),
+        (
+            &["check-freshness", "--account", "nobody"],
+            "account nobody is not in the inventory",
+        ),
+        (
+            &["check-freshness", "--warning", "9h", "--critical", "8h"],
+            "--warning 9h is longer",
+        ),
+        (&["check-freshness", "--warning", "soon"], "--warning"),
+    ];
+    for (args, want) in cases {
+        let out = f.run(args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).starts_with("XSTORE FRESHNESS UNKNOWN - "),
+            "{}",
+            text(&out)
+        );
+        assert!(text(&out).contains(want), "{args:?}: {}", text(&out));
+    }
+    let missing = xstore(
+        Path::new("/nonexistent/repo"),
+        &["check-freshness", "--host", "web1"],
+    );
+    assert_eq!(missing.status.code(), Some(3));
+    assert!(
+        text(&missing).contains("not an xstore repository"),
+        "{}",
+        text(&missing)
+    );
+    let bad_flag = xstore(&f.repo, &["check-freshness", "--bogus"]);
+    assert_eq!(bad_flag.status.code(), Some(3), "{}", text(&bad_flag));
+    assert!(text(&bad_flag).starts_with("XSTORE FRESHNESS UNKNOWN - "));
+}
+
+#[test]
+fn usage_plugin_du_and_metrics() {
+    let f = fleet();
+    let du = {
+        let out = f.run(&["--json", "du"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let account = |name: &str| {
+        du["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["account"] == name)
+            .unwrap()
+            .clone()
+    };
+    let host_usage = |name: &str| {
+        du["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == name)
+            .unwrap()["usage"]
+            .clone()
+    };
+    let acme = account("acme");
+    let used = acme["usage"]["referenced_bytes"].as_u64().unwrap();
+    // Four hosts of distinct random data: nothing shared, everything exclusive.
+    let per_host: u64 = ["fresh", "stale", "gone", "flaky"]
+        .iter()
+        .map(|h| host_usage(h)["referenced_bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(used, per_host);
+    assert_eq!(acme["usage"]["exclusive_bytes"].as_u64(), Some(used));
+    assert_eq!(acme["usage"]["shared_bytes"].as_u64(), Some(0));
+    assert!(used > 1 << 20 && used < 3 << 19, "1–1.5 MiB: {used}");
+    assert_eq!(acme["over_allocation"], true);
+    assert_eq!(host_usage("never")["referenced_bytes"], 0);
+
+    let out = f.run(&["check-usage"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.starts_with("XSTORE USAGE WARNING - 2 accounts, 1 over allocation, highest acme "),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!("'acme_usage'={used}B;1048576;1572864;0")),
+        "{t}"
+    );
+    assert!(
+        t.lines().nth(1).unwrap().starts_with("WARNING: acme: "),
+        "{t}"
+    );
+    let out = f.run(&["check-usage", "--critical-factor", "1.01"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = f.run(&["check-usage", "--account", "globex"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = f.run(&["check-usage", "--account", "nobody"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+
+    // Human table, and exact numbers with --bytes.
+    let human = text(&f.run(&["du"]));
+    assert!(human.contains("OVER"), "{human}");
+    let exact = text(&f.run(&["du", "--bytes"]));
+    assert!(exact.contains(&used.to_string()), "{exact}");
+    let one = text(&f.run(&["du", "--host", "fresh"]));
+    assert_eq!(one.lines().count(), 5, "{one}");
+
+    // Metrics: a real parser reads every sample line.
+    let metrics = text(&f.run(&["metrics"]));
+    let samples = parse_metrics(&metrics);
+    let get = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("{name}: {other:?}"),
+            })
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{metrics}"))
+    };
+    assert_eq!(
+        get(
+            "xstore_host_newest_backup_age_seconds",
+            &[("host", "never")]
+        ),
+        f64::INFINITY
+    );
+    assert!(
+        get(
+            "xstore_host_newest_backup_age_seconds",
+            &[("host", "fresh")]
+        ) < 3600.0
+    );
+    assert_eq!(
+        get(
+            "xstore_host_newest_backup_timestamp_seconds",
+            &[("host", "fresh"), ("account", "acme")]
+        ),
+        (f.end_ns("fresh") as f64 / 1e9)
+    );
+    assert_eq!(
+        get("xstore_host_last_pull_success", &[("host", "flaky")]),
+        0.0
+    );
+    assert_eq!(
+        get(
+            "xstore_host_last_pull_outcome",
+            &[("host", "flaky"), ("outcome", "failed")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            "xstore_host_tier_snapshots",
+            &[("host", "big"), ("tier", "hourly")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get("xstore_account_allocation_bytes", &[("account", "acme")]),
+        1048576.0
+    );
+    assert_eq!(
+        get("xstore_account_referenced_bytes", &[("account", "acme")]),
+        used as f64
+    );
+    assert_eq!(get("xstore_repository_snapshots", &[]), 5.0);
+
+    // --output writes the file atomically, leaving nothing else behind.
+    let dir = f.repo.parent().unwrap().join("textfile");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("xstore.prom");
+    ok(
+        &f.repo,
+        &[
+            "metrics",
+            "--inventory",
+            f.inventory.to_str().unwrap(),
+            "--output",
+            file.to_str().unwrap(),
+        ],
+    );
+    let written = parse_metrics(&std::fs::read_to_string(&file).unwrap());
+    assert_eq!(written.len(), samples.len());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+}
+
+/// Parses metrics text; every non-comment line must come back as a sample.
+fn parse_metrics(text: &str) -> Vec<prometheus_parse::Sample> {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    let sample_lines = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .count();
+    assert_eq!(scrape.samples.len(), sample_lines, "{text}");
+    for l in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        assert!(l.ends_with(" gauge"), "{l}");
+    }
+    scrape.samples
+}
+
+#[test]
+fn checks_work_while_a_writer_holds_the_repository() {
+    let f = fleet();
+    let writer = xstore::Repository::open(&f.repo).unwrap();
+    let dir = f.repo.parent().unwrap().join("data-fresh");
+    std::fs::write(dir.join("more"), seeded_bytes(42, 100_000)).unwrap();
+    writer
+        .backup(
+            &xstore::LocalSource,
+            &xstore::BackupOptions {
+                host: "fresh".into(),
+                paths: vec![dir],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let (now, _) = f.now_after(5 * HOUR);
+    let out = f.run(&["check-freshness", "--host", "fresh", "--now", &now]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out), stderr(&out));
+    for args in [&["check-usage"][..], &["du"], &["metrics"]] {
+        let out = f.run(args);
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "{args:?}: {}{}",
+            text(&out),
+            stderr(&out)
+        );
+    }
+    drop(writer);
+}
