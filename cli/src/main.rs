@@ -294,6 +294,10 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
+            if cli.json {
+                let line = serde_json::json!({"type": "error", "message": format!("{e:#}")});
+                println!("{line}");
+            }
             eprintln!("xstore: error: {e:#}");
             ExitCode::from(EXIT_ERROR)
         }
@@ -359,35 +363,101 @@ pub(crate) fn time_of(ns: i64) -> String {
     xstore::format_utc(ns.div_euclid(1_000_000_000))
 }
 
-/// A progress bar on a TTY; nothing otherwise (cron, pipes, --json, -q).
-pub(crate) fn progress_bar(
-    cli: &Cli,
-    progress: Arc<Progress>,
-    known_total: bool,
-) -> Option<std::thread::JoinHandle<()>> {
-    if cli.quiet || cli.json || !std::io::stderr().is_terminal() {
-        return None;
+/// Shows a long operation's progress: a bar with bytes, rate and ETA on a TTY; with
+/// `--json`, a `{"type":"status",…}` line on stdout every second; nothing otherwise (cron,
+/// pipes, `-q`). Ends with [`Tracker::finish`].
+pub(crate) struct Tracker {
+    done: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tracker {
+    pub(crate) fn start(cli: &Cli, operation: &'static str, progress: Arc<Progress>) -> Tracker {
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = if cli.json {
+            let done = done.clone();
+            // XSTORE_STATUS_INTERVAL_MS: how often status events are printed (default 1000).
+            let interval = std::env::var("XSTORE_STATUS_INTERVAL_MS")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(Duration::from_secs(1), Duration::from_millis)
+                .max(Duration::from_millis(1));
+            Some(std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                let mut next = interval;
+                while !done.load(Ordering::Relaxed) {
+                    std::thread::sleep(interval.min(Duration::from_millis(50)));
+                    if started.elapsed() < next {
+                        continue;
+                    }
+                    next = started.elapsed() + interval;
+                    let total = progress.total_bytes.load(Ordering::Relaxed);
+                    let bytes = progress.bytes.load(Ordering::Relaxed);
+                    let line = serde_json::json!({
+                        "type": "status",
+                        "operation": operation,
+                        "elapsed_seconds": started.elapsed().as_secs_f64(),
+                        "files": progress.files.load(Ordering::Relaxed),
+                        "bytes": bytes,
+                        "total_bytes": (total > 0).then_some(total),
+                        "errors": progress.errors.load(Ordering::Relaxed),
+                    });
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                }
+            }))
+        } else if !cli.quiet && std::io::stderr().is_terminal() {
+            let done = done.clone();
+            Some(std::thread::spawn(move || {
+                draw_bar(operation, &progress, &done)
+            }))
+        } else {
+            None
+        };
+        Tracker { done, thread }
     }
-    let bar = if known_total {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        let b = indicatif::ProgressBar::new_spinner();
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        b
-    };
-    Some(std::thread::spawn(move || loop {
-        if known_total {
-            bar.set_length(progress.total_bytes.load(Ordering::Relaxed));
+
+    pub(crate) fn finish(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The TTY bar: a spinner until a total is known, then a bar with ETA.
+fn draw_bar(operation: &str, progress: &Progress, done: &std::sync::atomic::AtomicBool) {
+    let bar = indicatif::ProgressBar::new_spinner();
+    let spinner = indicatif::ProgressStyle::with_template(
+        "{prefix} {spinner} {bytes} {bytes_per_sec} {elapsed} {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+    let with_total = indicatif::ProgressStyle::with_template(
+        "{prefix} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(spinner);
+    bar.set_prefix(operation.to_string());
+    let mut has_total = false;
+    while !done.load(Ordering::Relaxed) {
+        let total = progress.total_bytes.load(Ordering::Relaxed);
+        if total > 0 {
+            if !has_total {
+                bar.set_style(with_total.clone());
+                has_total = true;
+            }
+            bar.set_length(total.max(progress.bytes.load(Ordering::Relaxed)));
         }
         bar.set_position(progress.bytes.load(Ordering::Relaxed));
         bar.set_message(format!(
@@ -395,13 +465,29 @@ pub(crate) fn progress_bar(
             progress.files.load(Ordering::Relaxed),
             progress.errors.load(Ordering::Relaxed)
         ));
-        // Arc count 1 means the operation dropped its handle: it is done.
-        if Arc::strong_count(&progress) == 1 {
-            bar.finish_and_clear();
-            return;
-        }
+        bar.tick();
         std::thread::sleep(Duration::from_millis(100));
-    }))
+    }
+    bar.finish_and_clear();
+}
+
+/// Prints an operation's result: with `--json` one `{"type":"summary",…}` line (the result's
+/// fields plus `type`), preceded by one `{"type":"error",…}` line per failed path.
+pub(crate) fn print_summary<T: serde::Serialize>(
+    value: &T,
+    errors: &[xstore::PathError],
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for e in errors {
+        let line = serde_json::json!({"type": "error", "path": e.path, "message": e.message});
+        writeln!(out, "{line}")?;
+    }
+    let mut v = serde_json::to_value(value)?;
+    if let Some(map) = v.as_object_mut() {
+        map.insert("type".into(), "summary".into());
+    }
+    writeln!(out, "{v}")?;
+    Ok(())
 }
 
 fn run(cli: &Cli) -> Result<u8> {
@@ -471,16 +557,12 @@ fn run(cli: &Cli) -> Result<u8> {
                     (None, false) => TierChoice::Lowest,
                 },
             };
-            let bar = progress_bar(cli, progress.clone(), false);
+            let tracker = Tracker::start(cli, "backup", progress);
             let result = repo.backup(&LocalSource, &opts);
-            drop(opts);
-            drop(progress);
-            if let Some(b) = bar {
-                let _ = b.join();
-            }
+            tracker.finish();
             let snap = result?;
             if cli.json {
-                print_json(&snap)?;
+                print_summary(&snap, &snap.errors)?;
             } else {
                 for e in &snap.errors {
                     eprintln!("xstore: not backed up: {}: {}", e.path, e.message);
@@ -587,16 +669,12 @@ fn run(cli: &Cli) -> Result<u8> {
                 owners: if *no_owners { Some(false) } else { None },
                 progress: Some(progress.clone()),
             };
-            let bar = progress_bar(cli, progress.clone(), true);
+            let tracker = Tracker::start(cli, "restore", progress);
             let result = repo.restore(&snap, target, &opts);
-            drop(opts);
-            drop(progress);
-            if let Some(b) = bar {
-                let _ = b.join();
-            }
+            tracker.finish();
             let summary = result?;
             if cli.json {
-                print_json(&summary)?;
+                print_summary(&summary, &summary.errors)?;
             } else {
                 for e in &summary.errors {
                     eprintln!("xstore: not restored: {}: {}", e.path, e.message);
@@ -641,11 +719,16 @@ fn run(cli: &Cli) -> Result<u8> {
         }
         Command::Check { read_data } => {
             let repo = open_ro(cli)?;
-            let report = repo.check(CheckOptions {
+            let progress = Arc::new(Progress::default());
+            let tracker = Tracker::start(cli, "check", progress.clone());
+            let result = repo.check(CheckOptions {
                 read_data: *read_data,
-            })?;
+                progress: Some(progress),
+            });
+            tracker.finish();
+            let report = result?;
             if cli.json {
-                print_json(&report)?;
+                print_summary(&report, &[])?;
             } else {
                 for p in &report.problems {
                     eprintln!("xstore: problem: {p}");

@@ -212,7 +212,7 @@ pub(crate) fn pull(cli: &Cli, args: &PullArgs) -> Result<u8> {
         progress: Some(progress.clone()),
         ..PullOptions::default()
     };
-    let bar = crate::progress_bar(cli, progress.clone(), false);
+    let tracker = crate::Tracker::start(cli, "pull", progress.clone());
     let print = |r: &PullReport| {
         let quiet_ok = cli.quiet && r.outcome != PullOutcome::Failed;
         if !cli.json && !quiet_ok {
@@ -220,11 +220,7 @@ pub(crate) fn pull(cli: &Cli, args: &PullArgs) -> Result<u8> {
         }
     };
     let reports = repo.pull_all(&hosts, args.jobs, &opts, &print);
-    drop(opts);
-    drop(progress);
-    if let Some(b) = bar {
-        let _ = b.join();
-    }
+    tracker.finish();
     let count = |o: PullOutcome| reports.iter().filter(|r| r.outcome == o).count();
     let (ok, partial, failed) = (
         count(PullOutcome::Ok),
@@ -232,12 +228,15 @@ pub(crate) fn pull(cli: &Cli, args: &PullArgs) -> Result<u8> {
         count(PullOutcome::Failed),
     );
     if cli.json {
-        print_json(&serde_json::json!({
-            "hosts": reports,
-            "ok": ok,
-            "partial": partial,
-            "failed": failed,
-        }))?;
+        crate::print_summary(
+            &serde_json::json!({
+                "hosts": reports,
+                "ok": ok,
+                "partial": partial,
+                "failed": failed,
+            }),
+            &[],
+        )?;
     } else if !cli.quiet {
         println!(
             "pulled {} hosts: {ok} ok, {partial} partial, {failed} failed",

@@ -172,12 +172,17 @@ fn parse_percent(text: &str) -> Result<f64> {
 pub(crate) fn gc(cli: &Cli, max_dead: Option<&str>, dry_run: bool) -> Result<u8> {
     let max_dead_percent = max_dead.map(parse_percent).transpose()?;
     let repo = crate::open_rw_or_ro(cli, dry_run)?;
-    let report = repo.gc(&GcOptions {
+    let progress = std::sync::Arc::new(xstore::Progress::default());
+    let tracker = crate::Tracker::start(cli, "gc", progress.clone());
+    let result = repo.gc(&GcOptions {
         max_dead_percent,
         dry_run,
-    })?;
+        progress: Some(progress),
+    });
+    tracker.finish();
+    let report = result?;
     if cli.json {
-        print_json(&report)?;
+        crate::print_summary(&report, &[])?;
         return Ok(EXIT_OK);
     }
     if cli.verbose > 0 {

@@ -220,3 +220,58 @@ fn restore_never_writes_through_planted_symlinks() {
         "wrote outside the target"
     );
 }
+
+#[test]
+fn json_event_stream_reports_status_then_summary() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = (work.path().join("repo"), work.path().join("src"));
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..4 {
+        std::fs::write(
+            src.join(format!("f{i}")),
+            xstore_tests::seeded_bytes(i, 8 << 20),
+        )
+        .unwrap();
+    }
+    ok(&repo, &["init"]);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_xstore"))
+            .env("XSTORE_REPO", &repo)
+            .env("XSTORE_STATUS_INTERVAL_MS", "1")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let events: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        events
+    };
+    for (args, operation) in [
+        (
+            vec!["--json", "backup", "--host", "h", src.to_str().unwrap()],
+            "backup",
+        ),
+        (vec!["--json", "check", "--read-data"], "check"),
+    ] {
+        let events = run(&args);
+        let (last, statuses) = events.split_last().unwrap();
+        assert_eq!(last["type"], "summary", "{events:?}");
+        assert!(!statuses.is_empty(), "no status event: {events:?}");
+        for s in statuses {
+            assert_eq!(s["type"], "status");
+            assert_eq!(s["operation"], operation);
+            let limit = s["total_bytes"].as_u64().unwrap_or(32 << 20);
+            assert!(s["bytes"].as_u64().unwrap() <= limit, "{s}");
+            assert!(s["elapsed_seconds"].as_f64().unwrap() > 0.0);
+        }
+    }
+    // The second backup knows its total from the first: status events carry it.
+    let events = run(&["--json", "backup", "--host", "h", src.to_str().unwrap()]);
+    assert_eq!(events.last().unwrap()["stats"]["files_unchanged"], 4);
+    for s in &events[..events.len() - 1] {
+        assert_eq!(s["total_bytes"], 32 << 20, "{s}");
+    }
+}

@@ -274,6 +274,24 @@ fn unreadable_file_gives_partial_snapshot_and_exit_3() {
         err.contains("not backed up") && err.contains("secret") && err.contains("ermission denied"),
         "{err}"
     );
+    // --json: one error event per failed path, then the summary, each a line of JSON.
+    let out = unprivileged(&["--json", "backup", "--host", "h", src.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let events: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let errors: Vec<&serde_json::Value> = events.iter().filter(|e| e["type"] == "error").collect();
+    assert_eq!(errors.len(), 1, "{events:?}");
+    assert!(errors[0]["path"].as_str().unwrap().ends_with("/secret"));
+    assert!(errors[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("ermission denied"));
+    let summary = events.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["status"], "partial");
     let snaps = json(&repo, &["snapshots"]);
     assert_eq!(snaps[0]["status"], "partial");
     assert_eq!(

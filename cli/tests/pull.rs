@@ -100,7 +100,7 @@ impl Fleet {
             stderr(&out),
             self.sshd.log()
         );
-        serde_json::from_slice(&out.stdout).unwrap()
+        common::last_json(&out.stdout)
     }
 
     fn restore_and_compare(&self, snapshot: &str) {
@@ -234,7 +234,7 @@ fn the_key_runs_nothing_but_the_agent() {
     fs::write(&f.inventory, text).unwrap();
     let out = f.pull(&["client2"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = common::last_json(&out.stdout);
     let r = host_report(&v, "client2");
     assert_eq!(r["outcome"], "failed");
     assert!(
@@ -301,7 +301,7 @@ fn a_killed_connection_commits_nothing_and_the_next_pull_is_clean() {
     let out = child.wait_with_output().unwrap();
     assert!(killed, "the agent was never seen running");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = common::last_json(&out.stdout);
     let r = host_report(&v, "client1");
     assert_eq!(r["outcome"], "failed", "{r}");
     assert!(f.snapshots_of("client1").is_empty());
@@ -352,7 +352,7 @@ fn several_hosts_in_parallel_and_failures_stay_with_their_host() {
 
     let out = f.pull(&["--all", "--jobs", "3"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = common::last_json(&out.stdout);
     assert_eq!(v["ok"], 3, "{v}");
     assert_eq!(v["failed"], 2, "{v}");
     let hangs = host_report(&v, "hangs");

@@ -833,6 +833,11 @@ impl Repository {
                 None => None,
             },
         };
+        if let (Some(pr), Some(p)) = (&opts.progress, &parent) {
+            // The parent's size estimates the total (pulls of many hosts add theirs up).
+            pr.total_bytes
+                .fetch_add(p.stats.logical_bytes, Ordering::Relaxed);
+        }
         let parent_root = match &parent {
             Some(p) => match self.tree(&p.root) {
                 Ok(t) => Some(t),

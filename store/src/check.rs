@@ -15,10 +15,13 @@ use crate::tree::{decode_chunk_list, Content};
 use crate::ChunkId;
 
 /// What `check` should do beyond the structural pass.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct CheckOptions {
     /// Re-read, decompress and re-hash every blob of every pack.
     pub read_data: bool,
+    /// Live counters of `read_data` (`total_bytes` is set first; `bytes` counts stored
+    /// bytes verified).
+    pub progress: Option<std::sync::Arc<crate::Progress>>,
 }
 
 /// One problem found, with everything known about where it is.
@@ -336,6 +339,12 @@ impl Repository {
             }
         }
         let mut verified = 0u64;
+        let progress = opts.progress.as_deref();
+        if let (true, Some(p)) = (opts.read_data, progress) {
+            let total: u64 = by_pack.values().flatten().map(|(_, l)| l.span()).sum();
+            p.total_bytes
+                .store(total, std::sync::atomic::Ordering::Relaxed);
+        }
         if opts.read_data {
             let results: Vec<(u64, Vec<Problem>)> = by_pack
                 .par_iter()
@@ -373,6 +382,10 @@ impl Repository {
                             stored_len: loc.stored_len,
                             offset: loc.offset,
                         };
+                        if let Some(p) = progress {
+                            p.bytes
+                                .fetch_add(loc.span(), std::sync::atomic::Ordering::Relaxed);
+                        }
                         match pack::read_blob(&map, &entry) {
                             Ok(raw) => {
                                 ok += 1;

@@ -24,6 +24,8 @@ pub struct GcOptions {
     pub max_dead_percent: Option<f64>,
     /// Plan only: report what would be freed, change nothing.
     pub dry_run: bool,
+    /// Live counters of the copy (`total_bytes` is set first; `bytes` counts bytes copied).
+    pub progress: Option<std::sync::Arc<crate::Progress>>,
 }
 
 /// What gc does with one pack.
@@ -209,12 +211,17 @@ impl Repository {
             tally(&mut report);
             return Ok(report);
         }
-        self.reclaim(candidates, &mut report)?;
+        self.reclaim(candidates, &mut report, opts.progress.as_deref())?;
         tally(&mut report);
         Ok(report)
     }
 
-    fn reclaim(&self, candidates: Vec<Candidate>, report: &mut GcReport) -> Result<()> {
+    fn reclaim(
+        &self,
+        candidates: Vec<Candidate>,
+        report: &mut GcReport,
+        progress: Option<&crate::Progress>,
+    ) -> Result<()> {
         if candidates.is_empty() {
             return Ok(());
         }
@@ -223,6 +230,15 @@ impl Repository {
         let mut sealed: Vec<SealedPack> = Vec::new();
         let mut copied: HashMap<PackId, HashSet<ChunkId>> = HashMap::new();
         let mut unreadable: HashMap<PackId, String> = HashMap::new();
+        if let Some(p) = progress {
+            let total: u64 = candidates
+                .iter()
+                .flat_map(|c| &c.live)
+                .map(PackEntry::span)
+                .sum();
+            p.total_bytes
+                .store(total, std::sync::atomic::Ordering::Relaxed);
+        }
         let copy = (|| -> Result<()> {
             for c in &candidates {
                 if c.live.is_empty() {
@@ -244,6 +260,10 @@ impl Repository {
                         None => writer.insert(PackWriter::create(&self.tmp_dir())?),
                     };
                     w.add(e.id, e.kind, e.compression, e.raw_len, stored)?;
+                    if let Some(p) = progress {
+                        p.bytes
+                            .fetch_add(e.span(), std::sync::atomic::Ordering::Relaxed);
+                    }
                     if w.len() >= self.config().pack_size {
                         if let Some(full) = writer.take() {
                             sealed.push(full.seal(&self.packs_dir())?);

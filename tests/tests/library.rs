@@ -170,7 +170,12 @@ fn failures_make_a_partial_snapshot_and_the_rest_is_kept() {
     assert!(restored.join("unlistable").is_dir());
     std::fs::remove_file(src.join("unlistable/inside")).unwrap();
     // Everything else is exact (directory mtimes were changed by the removals above).
-    let report = repo.check(CheckOptions { read_data: true }).unwrap();
+    let report = repo
+        .check(CheckOptions {
+            read_data: true,
+            ..Default::default()
+        })
+        .unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(
         std::fs::read(restored.join("sub/random.bin")).unwrap(),
@@ -244,7 +249,12 @@ fn huge_files_use_chunk_list_blobs_and_refcounts_stay_exact() {
         s2.stats
     );
     assert!(s2.stats.new_blobs <= 10, "{:?}", s2.stats);
-    let report = repo.check(CheckOptions { read_data: true }).unwrap();
+    let report = repo
+        .check(CheckOptions {
+            read_data: true,
+            ..Default::default()
+        })
+        .unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     let dst = work.path().join("dst");
     repo.restore(&s2, &dst, &RestoreOptions::default()).unwrap();
@@ -433,7 +443,10 @@ fn sources_that_chunk_remotely_send_only_missing_chunks_and_are_verified() {
         s3.errors
     );
     assert!(repo
-        .check(CheckOptions { read_data: true })
+        .check(CheckOptions {
+            read_data: true,
+            ..Default::default()
+        })
         .unwrap()
         .problems
         .is_empty());

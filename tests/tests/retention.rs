@@ -41,7 +41,12 @@ fn plan_keep_last(repo: &Repository, n: usize, host: Option<&str>) -> xstore::re
 }
 
 fn assert_healthy(repo: &Repository) {
-    let report = repo.check(CheckOptions { read_data: true }).unwrap();
+    let report = repo
+        .check(CheckOptions {
+            read_data: true,
+            ..Default::default()
+        })
+        .unwrap();
     assert!(report.problems.is_empty(), "{:#?}", report.problems);
 }
 
@@ -114,6 +119,7 @@ fn expiry_releases_what_dies_and_gc_reclaims_it() {
         .gc(&GcOptions {
             max_dead_percent: Some(0.0),
             dry_run: false,
+            ..Default::default()
         })
         .unwrap();
     let disk_after = pack_bytes_on_disk(repo.path());
@@ -305,6 +311,7 @@ fn race(gate_before_walk: bool) {
             .gc(&GcOptions {
                 max_dead_percent: Some(0.0),
                 dry_run: false,
+                ..Default::default()
             })
             .unwrap();
         go_tx.send(()).unwrap();
@@ -319,6 +326,7 @@ fn race(gate_before_walk: bool) {
     repo.gc(&GcOptions {
         max_dead_percent: Some(0.0),
         dry_run: false,
+        ..Default::default()
     })
     .unwrap();
     assert_eq!(repo.stats().unwrap().dead_bytes, 0);
@@ -355,6 +363,7 @@ fn gc_leaves_a_pack_whose_live_blob_is_corrupt() {
         .gc(&GcOptions {
             max_dead_percent: Some(0.0),
             dry_run: false,
+            ..Default::default()
         })
         .unwrap();
     let row = report

@@ -166,6 +166,7 @@ fn usage_matches_the_dag_and_expiry_frees_exactly_the_exclusive_bytes() {
         .gc(&GcOptions {
             max_dead_percent: Some(0.0),
             dry_run: false,
+            ..Default::default()
         })
         .unwrap();
     let end = repo.stats().unwrap();

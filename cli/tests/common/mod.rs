@@ -26,7 +26,20 @@ pub fn ok(repo: &Path, args: &[&str]) -> String {
 pub fn json(repo: &Path, args: &[&str]) -> serde_json::Value {
     let mut a = vec!["--json"];
     a.extend_from_slice(args);
-    serde_json::from_str(&ok(repo, &a)).unwrap()
+    last_json(ok(repo, &a).as_bytes())
+}
+
+/// The JSON document of a command's stdout; for a long operation's event stream (one JSON
+/// object per line, README §Scripting), its last line: the summary.
+pub fn last_json(stdout: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(stdout);
+    serde_json::from_str(&text).unwrap_or_else(|_| {
+        let last = text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+        let v: serde_json::Value = serde_json::from_str(last)
+            .unwrap_or_else(|e| panic!("no JSON summary ({e}) in:\n{text}"));
+        assert_eq!(v["type"], "summary", "{text}");
+        v
+    })
 }
 
 pub fn stderr(out: &Output) -> String {
