@@ -271,12 +271,13 @@ pub(crate) fn hosts(cli: &Cli, args: &HostsArgs) -> Result<u8> {
             None => None,
         };
         let allocation = inv.account(&h.account).map(|a| a.allocation);
-        rows.push((h, record, latest, allocation));
+        let last_pull = repo.last_pull(&h.name)?;
+        rows.push((h, record, latest, allocation, last_pull));
     }
     if cli.json {
         let v: Vec<serde_json::Value> = rows
             .iter()
-            .map(|(h, record, latest, allocation)| {
+            .map(|(h, record, latest, allocation, last_pull)| {
                 serde_json::json!({
                     "host": h.name,
                     "account": h.account,
@@ -291,6 +292,7 @@ pub(crate) fn hosts(cli: &Cli, args: &HostsArgs) -> Result<u8> {
                         "age_seconds": (now - s.start_ns).max(0) / 1_000_000_000,
                         "status": s.status,
                     })),
+                    "last_pull": last_pull,
                 })
             })
             .collect();
@@ -301,7 +303,7 @@ pub(crate) fn hosts(cli: &Cli, args: &HostsArgs) -> Result<u8> {
         "{:<24}  {:<12}  {:<28}  {:>9}  {:<20}  {:>8}  status",
         "host", "account", "address", "snapshots", "newest", "age"
     );
-    for (h, record, latest, _) in &rows {
+    for (h, record, latest, _, last_pull) in &rows {
         let (time, age, status) = match latest {
             Some(s) => (
                 time_of(s.start_ns),
@@ -314,8 +316,18 @@ pub(crate) fn hosts(cli: &Cli, args: &HostsArgs) -> Result<u8> {
             ),
             None => ("-".into(), "-".into(), "never backed up"),
         };
+        let failed = last_pull
+            .as_ref()
+            .filter(|p| p.outcome == PullOutcome::Failed)
+            .map(|p| {
+                format!(
+                    "; last pull failed {} ago",
+                    crate::short_age(now - p.finished_ns)
+                )
+            })
+            .unwrap_or_default();
         println!(
-            "{:<24}  {:<12}  {:<28}  {:>9}  {:<20}  {:>8}  {status}",
+            "{:<24}  {:<12}  {:<28}  {:>9}  {:<20}  {:>8}  {status}{failed}",
             h.name,
             h.account,
             format!("{}@{}:{}", h.user, h.address, h.port),

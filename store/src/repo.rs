@@ -257,14 +257,20 @@ impl Repository {
         if removed > 0 {
             tracing::info!(removed, "recovery removed uncommitted pack files");
         }
-        let dir = self.snapshots_dir();
-        // Temporary files of a snapshot copy interrupted by a crash (fsutil::write_atomic).
-        for item in fs::read_dir(&dir).at(&dir)? {
-            let item = item.at(&dir)?;
-            let name = item.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with('.') && name.contains(".tmp") {
-                fs::remove_file(item.path()).at(item.path())?;
+        // Temporary files of a snapshot copy or pull record interrupted by a crash
+        // (fsutil::write_atomic).
+        for dir in [self.snapshots_dir(), self.root.join("pulls")] {
+            let items = match fs::read_dir(&dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                other => other.at(&dir)?,
+            };
+            for item in items {
+                let item = item.at(&dir)?;
+                let name = item.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') && name.contains(".tmp") {
+                    fs::remove_file(item.path()).at(item.path())?;
+                }
             }
         }
         if crate::mutation::stale_marker(self).exists() {
