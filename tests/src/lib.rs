@@ -13,6 +13,15 @@ use std::path::{Path, PathBuf};
 
 pub use xstore::chunker::seeded_bytes;
 
+/// Runs gc at a 0 % threshold: every dead byte is reclaimed.
+pub fn gc_all_dead(repo: &xstore::Repository) -> xstore::GcReport {
+    repo.gc(&xstore::GcOptions {
+        max_dead_percent: Some(0.0),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
 /// A repository with small chunks (16/64/256 KiB) and 1 MiB packs: a few MiB of fixture data
 /// spans many chunks and packs.
 pub fn small_repo(path: &Path) -> xstore::Repository {

@@ -12,7 +12,9 @@ use xstore::{
     BackupOptions, CheckOptions, EntryMeta, GcOptions, LocalSource, ParentChoice, Repository,
     RestoreOptions, Snapshot, Source, SourceFile, TierChoice,
 };
-use xstore_tests::{assert_same_tree, make_fixture, restored_path, seeded_bytes, small_repo};
+use xstore_tests::{
+    assert_same_tree, gc_all_dead, make_fixture, restored_path, seeded_bytes, small_repo,
+};
 
 fn backup(repo: &Repository, host: &str, src: &Path, tier: TierChoice) -> Snapshot {
     repo.backup(
@@ -115,13 +117,7 @@ fn expiry_releases_what_dies_and_gc_reclaims_it() {
 
     // gc at 0 %: every dead byte goes, the disk shrinks by what gc reports.
     let disk_before = pack_bytes_on_disk(repo.path());
-    let report = repo
-        .gc(&GcOptions {
-            max_dead_percent: Some(0.0),
-            dry_run: false,
-            ..Default::default()
-        })
-        .unwrap();
+    let report = gc_all_dead(&repo);
     let disk_after = pack_bytes_on_disk(repo.path());
     assert_eq!(disk_before - disk_after, report.bytes_freed, "{report:#?}");
     assert!(report.bytes_freed >= 3 << 20);
@@ -307,13 +303,7 @@ fn race(gate_before_walk: bool) {
         assert_eq!(plan.expired().count(), 1);
         let applied = repo.apply_plan(&plan).unwrap();
         assert!(applied.released.stored_bytes > 4 << 20, "{applied:?}");
-        let gc = repo
-            .gc(&GcOptions {
-                max_dead_percent: Some(0.0),
-                dry_run: false,
-                ..Default::default()
-            })
-            .unwrap();
+        let gc = gc_all_dead(&repo);
         go_tx.send(()).unwrap();
         (backup.join().unwrap().unwrap(), gc)
     });
@@ -323,12 +313,7 @@ fn race(gate_before_walk: bool) {
     assert_healthy(&repo);
     assert_restores(&repo, &snapshot, &src, dir.path());
     // Once the backup is done, a gc reclaims whatever really is dead, and nothing else.
-    repo.gc(&GcOptions {
-        max_dead_percent: Some(0.0),
-        dry_run: false,
-        ..Default::default()
-    })
-    .unwrap();
+    gc_all_dead(&repo);
     assert_eq!(repo.stats().unwrap().dead_bytes, 0);
     assert_healthy(&repo);
     assert_restores(&repo, &snapshot, &src, dir.path());
@@ -359,13 +344,7 @@ fn gc_leaves_a_pack_whose_live_blob_is_corrupt() {
     let mut bytes = std::fs::read(&pack_path).unwrap();
     bytes[loc.offset as usize + 48 + 5] ^= 0xff;
     std::fs::write(&pack_path, &bytes).unwrap();
-    let report = repo
-        .gc(&GcOptions {
-            max_dead_percent: Some(0.0),
-            dry_run: false,
-            ..Default::default()
-        })
-        .unwrap();
+    let report = gc_all_dead(&repo);
     let row = report
         .packs
         .iter()

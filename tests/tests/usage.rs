@@ -7,10 +7,9 @@ use std::path::Path;
 
 use xstore::retention::{Action, KeepPolicy};
 use xstore::{
-    Account, BackupOptions, ChunkId, Content, GcOptions, LocalSource, Repository, Snapshot,
-    TierChoice,
+    Account, BackupOptions, ChunkId, Content, LocalSource, Repository, Snapshot, TierChoice,
 };
-use xstore_tests::{seeded_bytes, small_repo};
+use xstore_tests::{gc_all_dead, seeded_bytes, small_repo};
 
 fn backup(repo: &Repository, host: &str, paths: &[&Path]) -> Snapshot {
     repo.backup(
@@ -162,13 +161,7 @@ fn usage_matches_the_dag_and_expiry_frees_exactly_the_exclusive_bytes() {
     let after = repo.stats().unwrap();
     assert_eq!(after.dead_bytes - dead_before, usage_b.exclusive_bytes);
     let live_before = after.stored_bytes - after.dead_bytes;
-    let gc = repo
-        .gc(&GcOptions {
-            max_dead_percent: Some(0.0),
-            dry_run: false,
-            ..Default::default()
-        })
-        .unwrap();
+    let gc = gc_all_dead(&repo);
     let end = repo.stats().unwrap();
     assert_eq!(end.dead_bytes, 0);
     assert!(gc.bytes_freed >= usage_b.exclusive_bytes, "{gc:?}");
