@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod browse;
 mod ops;
 mod pull;
 mod retention;
@@ -245,6 +246,9 @@ enum Command {
     Du(ops::DuArgs),
     /// Print metrics in Prometheus text format (or write them for the textfile collector).
     Metrics(ops::MetricsArgs),
+    /// Mount the repository read-only (FUSE): /<tier>.<n>/<host>/… and
+    /// /hosts/<host>/<time>/…; runs until unmounted or interrupted.
+    Mount(browse::MountArgs),
     /// Repair repository structures.
     Repair {
         #[command(subcommand)]
@@ -499,6 +503,7 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::CheckUsage(args) => ops::check_usage(cli, args),
         Command::Du(args) => ops::du(cli, args),
         Command::Metrics(args) => ops::metrics(cli, args),
+        Command::Mount(args) => browse::mount(cli, args),
         Command::Init {
             chunk_avg_kib,
             compression_level,

@@ -62,6 +62,8 @@ pub mod config;
 mod error;
 mod fsutil;
 #[cfg(feature = "index")]
+pub mod fsview;
+#[cfg(feature = "index")]
 mod gc;
 #[cfg(feature = "index")]
 mod index;
@@ -74,6 +76,8 @@ pub mod metrics;
 mod mmap;
 #[cfg(feature = "index")]
 pub mod monitor;
+#[cfg(feature = "fuse")]
+pub mod mount;
 #[cfg(feature = "index")]
 mod mutation;
 mod pack;

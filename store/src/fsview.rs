@@ -1,0 +1,684 @@
+//! A read-only filesystem view of a repository, shared by the FUSE mount and the NFS export
+//! (DESIGN §8):
+//!
+//! ```text
+//! /                                  tier positions and `hosts`
+//! /<tier>.<n>/<host>/…               rsnapshot's names (`daily.0/web1.example.net/etc/…`);
+//!                                    they move to the new snapshot when tiers rotate
+//! /hosts/<host>/<time>/…             stable names (`2026-11-28T041500Z`): never change
+//! /hosts/<host>/latest               symlink to the newest snapshot's <time>
+//! ```
+//!
+//! Directories load lazily (one tree blob each, cached). Files map offsets to chunks through
+//! a per-file offset index (binary search); decompressed chunks are kept in a bounded LRU
+//! cache, so small sequential reads decompress each chunk once. Inode numbers are hashes of
+//! what a node is (route, snapshot id, path), so the same entry has the same number in every
+//! session. The view reopens its read-only repository handle when the catalog is older than
+//! [`ViewOptions::refresh`]; nodes already looked up keep serving the snapshot they belong
+//! to (an open file survives a rotation).
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::repo::Repository;
+use crate::snapshot::Snapshot;
+use crate::tree::{ChunkRef, Content, Entry, EntryKind};
+use crate::ChunkId;
+
+/// The root directory's inode number.
+pub const ROOT_INO: u64 = 1;
+/// Name of the stable-path directory at the root.
+pub const HOSTS_DIR: &str = "hosts";
+/// Name of the per-host symlink to its newest snapshot.
+pub const LATEST: &str = "latest";
+
+/// Why a view operation failed; [`FsError::errno`] maps it for the front ends.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// No such node or name.
+    #[error("no such file or directory")]
+    NotFound,
+    /// A directory operation on something else.
+    #[error("not a directory")]
+    NotADirectory,
+    /// A file operation on a directory.
+    #[error("is a directory")]
+    IsADirectory,
+    /// Not a symlink.
+    #[error("not a symbolic link")]
+    NotASymlink,
+    /// The view is read-only.
+    #[error("read-only file system")]
+    ReadOnly,
+    /// The repository failed (I/O, corruption).
+    #[error(transparent)]
+    Repo(#[from] Error),
+}
+
+impl FsError {
+    /// The errno a filesystem returns for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotADirectory => libc::ENOTDIR,
+            FsError::IsADirectory => libc::EISDIR,
+            FsError::NotASymlink => libc::EINVAL,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::Repo(_) => libc::EIO,
+        }
+    }
+}
+
+/// Result of view operations.
+pub type FsResult<T> = std::result::Result<T, FsError>;
+
+/// How to build a view.
+#[derive(Debug, Clone)]
+pub struct ViewOptions {
+    /// Only these hosts are visible (an account's, for NFS); `None`: all.
+    pub hosts: Option<Vec<String>>,
+    /// Bytes of decompressed chunks kept in memory.
+    pub cache_bytes: usize,
+    /// How old the catalog (snapshots, tier positions) may get before it is reloaded.
+    pub refresh: Duration,
+}
+
+impl Default for ViewOptions {
+    fn default() -> Self {
+        ViewOptions {
+            hosts: None,
+            cache_bytes: 64 << 20,
+            refresh: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Attributes of a node, exactly as backed up for snapshot entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAttr {
+    /// Inode number.
+    pub ino: u64,
+    /// File, directory, symlink, device or fifo.
+    pub kind: EntryKind,
+    /// Permission bits (07777).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes (target length for symlinks).
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// Change time, ns since the epoch.
+    pub ctime_ns: i64,
+    /// Link count.
+    pub nlink: u64,
+    /// Device number (devices).
+    pub rdev: u64,
+    /// Whether the node and the name it was found under never change (an entry inside a
+    /// snapshot): front ends may cache it long. Names above snapshots move on rotation.
+    pub immutable: bool,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirItem {
+    /// Name bytes.
+    pub name: Vec<u8>,
+    /// Its attributes.
+    pub attr: NodeAttr,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Root,
+    Tier(String),
+    Hosts,
+    Host(String),
+    Latest(String),
+    /// A snapshot's root directory.
+    SnapRoot(Arc<Snapshot>),
+    Entry(Arc<Snapshot>, Arc<Entry>),
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    kind: Kind,
+    /// What the node is, hashed into its inode number; children extend it.
+    key: Vec<u8>,
+    /// The key of the snapshot root this node is under (empty above snapshots): hard links
+    /// of one snapshot share an inode number derived from it.
+    snap_key: Vec<u8>,
+}
+
+struct Catalog {
+    repo: Arc<Repository>,
+    /// Visible snapshots per host, oldest first.
+    by_host: HashMap<String, Vec<Arc<Snapshot>>>,
+    /// Tier position (`daily.0`) → host → snapshot.
+    positions: HashMap<String, HashMap<String, Arc<Snapshot>>>,
+    /// End of the newest visible snapshot: the time of the directories above snapshots.
+    newest_ns: i64,
+    loaded: Instant,
+}
+
+/// Where a file's bytes are: its chunks and the offset each starts at.
+struct FileIndex {
+    chunks: Vec<ChunkRef>,
+    starts: Vec<u64>,
+    size: u64,
+}
+
+/// A byte-bounded LRU of decompressed chunks.
+struct ChunkCache {
+    lru: lru::LruCache<ChunkId, Arc<Vec<u8>>>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl ChunkCache {
+    fn get(&mut self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
+        self.lru.get(id).cloned()
+    }
+    fn put(&mut self, id: ChunkId, data: Arc<Vec<u8>>) {
+        self.bytes += data.len();
+        if let Some(old) = self.lru.put(id, data) {
+            self.bytes -= old.len();
+        }
+        while self.bytes > self.limit {
+            match self.lru.pop_lru() {
+                Some((_, d)) => self.bytes -= d.len(),
+                None => break,
+            }
+        }
+    }
+}
+
+/// The read-only filesystem view (module documentation).
+pub struct FsView {
+    path: PathBuf,
+    opts: ViewOptions,
+    catalog: RwLock<Arc<Catalog>>,
+    nodes: RwLock<HashMap<u64, Node>>,
+    trees: Mutex<lru::LruCache<ChunkId, Arc<Vec<Entry>>>>,
+    files: Mutex<lru::LruCache<u64, Arc<FileIndex>>>,
+    chunks: Mutex<ChunkCache>,
+}
+
+fn ino_of(key: &[u8]) -> u64 {
+    let h = blake3::hash(key);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    // 0 is invalid and 1 is the root.
+    u64::from_le_bytes(b).max(2)
+}
+
+fn lock_err<T>(_: std::sync::PoisonError<T>) -> FsError {
+    FsError::Repo(Error::InvalidArgument("view lock poisoned".into()))
+}
+
+/// The stable directory name of a snapshot: its start time, `2026-11-28T041500Z`.
+pub fn snapshot_dir_name(s: &Snapshot) -> String {
+    crate::format_utc(s.start_ns.div_euclid(1_000_000_000)).replace(':', "")
+}
+
+impl FsView {
+    /// Opens `repo` read-only as a view.
+    pub fn open(repo: &Path, opts: ViewOptions) -> crate::Result<FsView> {
+        let catalog = Self::load(repo, &opts)?;
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT_INO,
+            Node {
+                kind: Kind::Root,
+                key: b"/".to_vec(),
+                snap_key: Vec::new(),
+            },
+        );
+        let cap = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
+        Ok(FsView {
+            path: repo.to_path_buf(),
+            chunks: Mutex::new(ChunkCache {
+                lru: lru::LruCache::unbounded(),
+                bytes: 0,
+                limit: opts.cache_bytes,
+            }),
+            opts,
+            catalog: RwLock::new(Arc::new(catalog)),
+            nodes: RwLock::new(nodes),
+            trees: Mutex::new(lru::LruCache::new(cap(4096))),
+            files: Mutex::new(lru::LruCache::new(cap(1024))),
+        })
+    }
+
+    fn load(path: &Path, opts: &ViewOptions) -> crate::Result<Catalog> {
+        let repo = Repository::open_read_only(path)?;
+        let positions_of = repo.tier_positions()?;
+        let mut by_host: HashMap<String, Vec<Arc<Snapshot>>> = HashMap::new();
+        let mut positions: HashMap<String, HashMap<String, Arc<Snapshot>>> = HashMap::new();
+        for s in repo.snapshots()? {
+            if opts.hosts.as_ref().is_some_and(|h| !h.contains(&s.host)) {
+                continue;
+            }
+            let s = Arc::new(s);
+            for p in positions_of.get(&s.id).into_iter().flatten() {
+                positions
+                    .entry(p.clone())
+                    .or_default()
+                    .insert(s.host.clone(), s.clone());
+            }
+            by_host.entry(s.host.clone()).or_default().push(s);
+        }
+        let newest_ns = by_host
+            .values()
+            .flatten()
+            .map(|s| s.end_ns)
+            .max()
+            .unwrap_or(0);
+        Ok(Catalog {
+            repo: Arc::new(repo),
+            newest_ns,
+            by_host,
+            positions,
+            loaded: Instant::now(),
+        })
+    }
+
+    /// The catalog, reloaded first when it is older than the refresh interval.
+    fn catalog(&self) -> FsResult<Arc<Catalog>> {
+        let current = self.catalog.read().map_err(lock_err)?.clone();
+        if current.loaded.elapsed() < self.opts.refresh {
+            return Ok(current);
+        }
+        let fresh = Arc::new(Self::load(&self.path, &self.opts)?);
+        *self.catalog.write().map_err(lock_err)? = fresh.clone();
+        Ok(fresh)
+    }
+
+    fn repo(&self) -> FsResult<Arc<Repository>> {
+        Ok(self.catalog.read().map_err(lock_err)?.repo.clone())
+    }
+
+    fn node(&self, ino: u64) -> FsResult<Node> {
+        self.nodes
+            .read()
+            .map_err(lock_err)?
+            .get(&ino)
+            .cloned()
+            .ok_or(FsError::NotFound)
+    }
+
+    fn remember(&self, parent: &Node, name: &[u8], kind: Kind) -> FsResult<(u64, Node)> {
+        let mut key = parent.key.clone();
+        key.push(0);
+        key.extend_from_slice(name);
+        let mut snap_key = parent.snap_key.clone();
+        if let Kind::SnapRoot(s) = &kind {
+            // The same tier path names another snapshot after a rotation: another inode.
+            key.push(0);
+            key.extend_from_slice(&s.id.0);
+            snap_key = key.clone();
+        }
+        let ino = match &kind {
+            // Hard links: one inode per original (device, inode) within the snapshot.
+            Kind::Entry(_, e) if e.kind != EntryKind::Dir && e.nlink > 1 => {
+                let mut link = snap_key.clone();
+                link.extend_from_slice(b"\0hardlink\0");
+                link.extend_from_slice(&e.dev.to_le_bytes());
+                link.extend_from_slice(&e.inode.to_le_bytes());
+                ino_of(&link)
+            }
+            _ => ino_of(&key),
+        };
+        let node = Node {
+            kind,
+            key,
+            snap_key,
+        };
+        self.nodes
+            .write()
+            .map_err(lock_err)?
+            .insert(ino, node.clone());
+        Ok((ino, node))
+    }
+
+    fn virtual_dir(ino: u64, mtime_ns: i64) -> NodeAttr {
+        NodeAttr {
+            ino,
+            kind: EntryKind::Dir,
+            mode: 0o555,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime_ns,
+            ctime_ns: mtime_ns,
+            nlink: 2,
+            rdev: 0,
+            immutable: false,
+        }
+    }
+
+    fn attr_of(&self, ino: u64, node: &Node) -> FsResult<NodeAttr> {
+        let cat = self.catalog.read().map_err(lock_err)?.clone();
+        Ok(match &node.kind {
+            Kind::Root | Kind::Tier(_) | Kind::Hosts => Self::virtual_dir(ino, cat.newest_ns),
+            Kind::Host(h) => {
+                let newest = cat
+                    .by_host
+                    .get(h)
+                    .and_then(|v| v.last())
+                    .map_or(0, |s| s.end_ns);
+                Self::virtual_dir(ino, newest)
+            }
+            Kind::Latest(h) => {
+                let target = self.latest_target(&cat, h)?;
+                NodeAttr {
+                    kind: EntryKind::Symlink,
+                    mode: 0o777,
+                    size: target.len() as u64,
+                    nlink: 1,
+                    ..Self::virtual_dir(ino, cat.newest_ns)
+                }
+            }
+            // Its content never changes, but a tier name moves to another snapshot root.
+            Kind::SnapRoot(s) => Self::virtual_dir(ino, s.start_ns),
+            Kind::Entry(_, e) => NodeAttr {
+                ino,
+                kind: e.kind,
+                mode: e.mode & 0o7777,
+                uid: e.uid,
+                gid: e.gid,
+                size: match &e.content {
+                    Content::Target(t) => t.len() as u64,
+                    _ => e.size,
+                },
+                mtime_ns: e.mtime_ns,
+                ctime_ns: e.ctime_ns,
+                nlink: if e.kind == EntryKind::Dir {
+                    2
+                } else {
+                    e.nlink.max(1)
+                },
+                rdev: e.rdev,
+                immutable: true,
+            },
+        })
+    }
+
+    fn latest_target(&self, cat: &Catalog, host: &str) -> FsResult<String> {
+        cat.by_host
+            .get(host)
+            .and_then(|v| v.last())
+            .map(|s| self.dir_name(cat, host, s))
+            .ok_or(FsError::NotFound)
+    }
+
+    /// A snapshot's name under `hosts/<host>/`: its time, with its short id added when two
+    /// snapshots of the host started in the same second.
+    fn dir_name(&self, cat: &Catalog, host: &str, s: &Snapshot) -> String {
+        let name = snapshot_dir_name(s);
+        let clash = cat
+            .by_host
+            .get(host)
+            .is_some_and(|v| v.iter().filter(|o| snapshot_dir_name(o) == name).count() > 1);
+        if clash {
+            format!("{name}-{}", s.id.short())
+        } else {
+            name
+        }
+    }
+
+    /// Attributes of a node.
+    pub fn getattr(&self, ino: u64) -> FsResult<NodeAttr> {
+        let node = self.node(ino)?;
+        self.attr_of(ino, &node)
+    }
+
+    fn tree_entries(&self, id: &ChunkId) -> FsResult<Arc<Vec<Entry>>> {
+        if let Some(t) = self.trees.lock().map_err(lock_err)?.get(id) {
+            return Ok(t.clone());
+        }
+        let entries = Arc::new(self.repo()?.tree(id)?.entries);
+        self.trees
+            .lock()
+            .map_err(lock_err)?
+            .put(*id, entries.clone());
+        Ok(entries)
+    }
+
+    /// The children of a directory node, as (name, kind) before they are remembered.
+    fn children(&self, node: &Node) -> FsResult<Vec<(Vec<u8>, Kind)>> {
+        Ok(match &node.kind {
+            Kind::Root => {
+                let cat = self.catalog()?;
+                let mut tiers: Vec<&String> = cat.positions.keys().collect();
+                tiers.sort_by_key(|p| {
+                    let (t, n) = p.rsplit_once('.').unwrap_or((p, "0"));
+                    (t.to_string(), n.parse::<u64>().unwrap_or(u64::MAX))
+                });
+                let mut v: Vec<(Vec<u8>, Kind)> = tiers
+                    .into_iter()
+                    .map(|p| (p.as_bytes().to_vec(), Kind::Tier(p.clone())))
+                    .collect();
+                v.push((HOSTS_DIR.as_bytes().to_vec(), Kind::Hosts));
+                v
+            }
+            Kind::Tier(p) => {
+                let cat = self.catalog()?;
+                let mut v: Vec<(Vec<u8>, Kind)> = cat
+                    .positions
+                    .get(p)
+                    .map(|m| {
+                        m.iter()
+                            .map(|(h, s)| (h.as_bytes().to_vec(), Kind::SnapRoot(s.clone())))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                v.sort_by(|a, b| a.0.cmp(&b.0));
+                v
+            }
+            Kind::Hosts => {
+                let cat = self.catalog()?;
+                let mut v: Vec<(Vec<u8>, Kind)> = cat
+                    .by_host
+                    .keys()
+                    .map(|h| (h.as_bytes().to_vec(), Kind::Host(h.clone())))
+                    .collect();
+                v.sort_by(|a, b| a.0.cmp(&b.0));
+                v
+            }
+            Kind::Host(h) => {
+                let cat = self.catalog()?;
+                let mut v: Vec<(Vec<u8>, Kind)> = cat
+                    .by_host
+                    .get(h)
+                    .into_iter()
+                    .flatten()
+                    .map(|s| {
+                        (
+                            self.dir_name(&cat, h, s).into_bytes(),
+                            Kind::SnapRoot(s.clone()),
+                        )
+                    })
+                    .collect();
+                if !v.is_empty() {
+                    v.push((LATEST.as_bytes().to_vec(), Kind::Latest(h.clone())));
+                }
+                v
+            }
+            Kind::SnapRoot(s) => self
+                .tree_entries(&s.root)?
+                .iter()
+                .map(|e| (e.name.clone(), Kind::Entry(s.clone(), Arc::new(e.clone()))))
+                .collect(),
+            Kind::Entry(s, e) => match e.subtree() {
+                Some(id) => self
+                    .tree_entries(&id)?
+                    .iter()
+                    .map(|c| (c.name.clone(), Kind::Entry(s.clone(), Arc::new(c.clone()))))
+                    .collect(),
+                None => return Err(FsError::NotADirectory),
+            },
+            Kind::Latest(_) => return Err(FsError::NotADirectory),
+        })
+    }
+
+    /// The entries of a directory, in name order (`.` and `..` are the front end's).
+    pub fn readdir(&self, ino: u64) -> FsResult<Vec<DirItem>> {
+        let node = self.node(ino)?;
+        let mut out = Vec::new();
+        for (name, kind) in self.children(&node)? {
+            let (child, n) = self.remember(&node, &name, kind)?;
+            out.push(DirItem {
+                attr: self.attr_of(child, &n)?,
+                name,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Looks `name` up in the directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<NodeAttr> {
+        let node = self.node(parent)?;
+        let kind = match &node.kind {
+            // Snapshot directories: one tree, binary search by name.
+            Kind::SnapRoot(s) => {
+                let entries = self.tree_entries(&s.root)?;
+                Self::find(&entries, name).map(|e| Kind::Entry(s.clone(), Arc::new(e.clone())))
+            }
+            Kind::Entry(s, e) => {
+                let id = e.subtree().ok_or(FsError::NotADirectory)?;
+                let entries = self.tree_entries(&id)?;
+                Self::find(&entries, name).map(|c| Kind::Entry(s.clone(), Arc::new(c.clone())))
+            }
+            _ => self
+                .children(&node)?
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, k)| k),
+        }
+        .ok_or(FsError::NotFound)?;
+        let (ino, n) = self.remember(&node, name, kind)?;
+        self.attr_of(ino, &n)
+    }
+
+    fn find<'a>(entries: &'a [Entry], name: &[u8]) -> Option<&'a Entry> {
+        entries
+            .binary_search_by(|e| e.name.as_slice().cmp(name))
+            .ok()
+            .map(|i| &entries[i])
+    }
+
+    /// A symlink's target.
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        match self.node(ino)?.kind {
+            Kind::Latest(h) => {
+                let cat = self.catalog()?;
+                Ok(self.latest_target(&cat, &h)?.into_bytes())
+            }
+            Kind::Entry(_, e) => match &e.content {
+                Content::Target(t) => Ok(t.clone()),
+                _ => Err(FsError::NotASymlink),
+            },
+            _ => Err(FsError::NotASymlink),
+        }
+    }
+
+    /// Extended attributes of a node, as backed up.
+    pub fn xattrs(&self, ino: u64) -> FsResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(match self.node(ino)?.kind {
+            Kind::Entry(_, e) => e.xattrs.clone(),
+            _ => Vec::new(),
+        })
+    }
+
+    fn file_index(&self, ino: u64) -> FsResult<Arc<FileIndex>> {
+        if let Some(f) = self.files.lock().map_err(lock_err)?.get(&ino) {
+            return Ok(f.clone());
+        }
+        let entry = match self.node(ino)?.kind {
+            Kind::Entry(_, e) if e.kind == EntryKind::File => e,
+            Kind::Entry(_, e) if e.kind == EntryKind::Dir => return Err(FsError::IsADirectory),
+            Kind::Root | Kind::Tier(_) | Kind::Hosts | Kind::Host(_) | Kind::SnapRoot(_) => {
+                return Err(FsError::IsADirectory)
+            }
+            _ => return Err(FsError::NotFound),
+        };
+        let chunks = self.repo()?.file_chunks(&entry)?;
+        let mut starts = Vec::with_capacity(chunks.len());
+        let mut at = 0u64;
+        for c in &chunks {
+            starts.push(at);
+            at += u64::from(c.len);
+        }
+        let index = Arc::new(FileIndex {
+            chunks,
+            starts,
+            size: at,
+        });
+        self.files.lock().map_err(lock_err)?.put(ino, index.clone());
+        Ok(index)
+    }
+
+    fn chunk(&self, id: &ChunkId) -> FsResult<Arc<Vec<u8>>> {
+        if let Some(c) = self.chunks.lock().map_err(lock_err)?.get(id) {
+            return Ok(c);
+        }
+        let data = Arc::new(self.repo()?.read_blob(id)?);
+        self.chunks.lock().map_err(lock_err)?.put(*id, data.clone());
+        Ok(data)
+    }
+
+    /// Up to `size` bytes of a file from `offset` (fewer at its end).
+    pub fn read(&self, ino: u64, offset: u64, size: usize) -> FsResult<Vec<u8>> {
+        let file = self.file_index(ino)?;
+        if offset >= file.size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let end = file.size.min(offset.saturating_add(size as u64));
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        // The chunk holding `offset`: the last one starting at or before it.
+        let mut i = file
+            .starts
+            .partition_point(|&s| s <= offset)
+            .saturating_sub(1);
+        let mut at = offset;
+        while at < end && i < file.chunks.len() {
+            let data = self.chunk(&file.chunks[i].id)?;
+            let start = file.starts[i];
+            let from = (at - start) as usize;
+            let to = ((end - start) as usize).min(data.len());
+            if from >= to {
+                break;
+            }
+            out.extend_from_slice(&data[from..to]);
+            at = start + to as u64;
+            i += 1;
+        }
+        Ok(out)
+    }
+
+    /// Checks that a node may be opened with `flags` (open(2)): writing fails with EROFS.
+    pub fn check_open(&self, ino: u64, flags: i32) -> FsResult<()> {
+        self.node(ino)?;
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & (libc::O_TRUNC | libc::O_CREAT) != 0
+        {
+            return Err(FsError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    /// Resolves a path (`/daily.0/web1/etc/hosts`) to attributes, following no symlink.
+    pub fn resolve(&self, path: &str) -> FsResult<NodeAttr> {
+        let mut attr = self.getattr(ROOT_INO)?;
+        for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            attr = self.lookup(attr.ino, part.as_bytes())?;
+        }
+        Ok(attr)
+    }
+}
