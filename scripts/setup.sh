@@ -10,6 +10,8 @@ command -v ssh-keygen >/dev/null 2>&1 || _xs_need+=(openssh-client)
 command -v rsync >/dev/null 2>&1 || _xs_need+=(rsync)
 # Mount tests mount for real (fusermount3 from fuse3; the kernel's /dev/fuse).
 command -v fusermount3 >/dev/null 2>&1 || _xs_need+=(fuse3)
+# NFS tests use a userspace NFS client (no kernel module): nfs-ls, nfs-cat, nfs-cp.
+command -v nfs-ls >/dev/null 2>&1 || _xs_need+=(libnfs-utils)
 if [ ${#_xs_need[@]} -gt 0 ]; then
   echo "installing: ${_xs_need[*]}" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

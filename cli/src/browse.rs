@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use xstore::fsview::{FsView, ViewOptions};
+use xstore::nfs::{NfsExport, NfsServer};
 
+use crate::pull::DEFAULT_INVENTORY;
 use crate::{repo_path, Cli, EXIT_OK};
 
 #[derive(clap::Args)]
@@ -22,6 +24,15 @@ pub(crate) struct MountArgs {
     /// Let other users read the mount (root, or user_allow_other in /etc/fuse.conf).
     #[arg(long)]
     allow_other: bool,
+}
+
+/// Sets a flag on SIGINT and SIGTERM.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    Ok(stop)
 }
 
 pub(crate) fn mount(cli: &Cli, args: &MountArgs) -> Result<u8> {
@@ -40,10 +51,7 @@ pub(crate) fn mount(cli: &Cli, args: &MountArgs) -> Result<u8> {
             ..ViewOptions::default()
         },
     )?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
-    }
+    let stop = stop_flag()?;
     let mounted = xstore::mount::mount(
         view,
         &mountpoint,
@@ -62,5 +70,82 @@ pub(crate) fn mount(cli: &Cli, args: &MountArgs) -> Result<u8> {
         std::thread::sleep(Duration::from_millis(100));
     }
     mounted.unmount(Duration::from_secs(2));
+    Ok(EXIT_OK)
+}
+
+#[derive(clap::Args)]
+pub(crate) struct NfsArgs {
+    /// Address and port of the first export (each further account: the next port).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: std::net::SocketAddr,
+    /// Export only this account (on --listen itself).
+    #[arg(long)]
+    account: Option<String>,
+    /// Also allow this client address (repeatable; with --account).
+    #[arg(long = "allow", value_name = "IP", requires = "account")]
+    allow: Vec<std::net::IpAddr>,
+    /// The inventory: accounts, their hosts, and the hosts' addresses (allowed clients).
+    #[arg(long, env = "XSTORE_INVENTORY", default_value = DEFAULT_INVENTORY)]
+    inventory: PathBuf,
+}
+
+/// The addresses a host name or address resolves to.
+fn addresses_of(address: &str) -> Vec<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    match (address, 0).to_socket_addrs() {
+        Ok(it) => it.map(|a| a.ip()).collect(),
+        Err(e) => {
+            tracing::warn!("{address}: {e}; its account cannot mount from it");
+            Vec::new()
+        }
+    }
+}
+
+pub(crate) fn serve_nfs(cli: &Cli, args: &NfsArgs) -> Result<u8> {
+    let repo = repo_path(cli)?;
+    let inv = xstore::Inventory::load(&args.inventory)?;
+    let accounts: Vec<&xstore::Account> = match &args.account {
+        Some(a) => vec![inv
+            .account(a)
+            .with_context(|| format!("account {a} is not in the inventory"))?],
+        None => inv.accounts.iter().collect(),
+    };
+    let mut exports = Vec::new();
+    for (i, account) in accounts.iter().enumerate() {
+        let mut listen = args.listen;
+        if args.listen.port() != 0 {
+            let port = u16::try_from(usize::from(args.listen.port()) + i)
+                .context("--listen: too many accounts for the ports above it")?;
+            listen.set_port(port);
+        }
+        let mut allowed: Vec<std::net::IpAddr> = account
+            .hosts
+            .iter()
+            .filter_map(|h| inv.host(h))
+            .flat_map(|h| addresses_of(&h.address))
+            .collect();
+        allowed.extend(args.allow.iter().copied());
+        exports.push(NfsExport {
+            name: account.name.clone(),
+            listen,
+            hosts: Some(account.hosts.clone()),
+            allowed,
+        });
+    }
+    let stop = stop_flag()?;
+    let server = NfsServer::start(&repo, &exports)?;
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for ((name, addr), export) in server.addresses().iter().zip(&exports) {
+            let clients: Vec<String> = export.allowed.iter().map(|a| a.to_string()).collect();
+            writeln!(out, "{name} {addr} clients {}", clients.join(","))?;
+        }
+        out.flush()?;
+    }
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.shutdown();
     Ok(EXIT_OK)
 }

@@ -249,6 +249,9 @@ enum Command {
     /// Mount the repository read-only (FUSE): /<tier>.<n>/<host>/… and
     /// /hosts/<host>/<time>/…; runs until unmounted or interrupted.
     Mount(browse::MountArgs),
+    /// Export the repository read-only over NFSv3: one export per account, each open only to
+    /// its hosts' addresses; runs until interrupted.
+    ServeNfs(browse::NfsArgs),
     /// Repair repository structures.
     Repair {
         #[command(subcommand)]
@@ -504,6 +507,7 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Du(args) => ops::du(cli, args),
         Command::Metrics(args) => ops::metrics(cli, args),
         Command::Mount(args) => browse::mount(cli, args),
+        Command::ServeNfs(args) => browse::serve_nfs(cli, args),
         Command::Init {
             chunk_avg_kib,
             compression_level,

@@ -154,6 +154,8 @@ struct Node {
     /// The key of the snapshot root this node is under (empty above snapshots): hard links
     /// of one snapshot share an inode number derived from it.
     snap_key: Vec<u8>,
+    /// The directory it was found in (the root is its own parent).
+    parent: u64,
 }
 
 struct Catalog {
@@ -238,6 +240,7 @@ impl FsView {
                 kind: Kind::Root,
                 key: b"/".to_vec(),
                 snap_key: Vec::new(),
+                parent: ROOT_INO,
             },
         );
         let cap = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
@@ -313,7 +316,13 @@ impl FsView {
             .ok_or(FsError::NotFound)
     }
 
-    fn remember(&self, parent: &Node, name: &[u8], kind: Kind) -> FsResult<(u64, Node)> {
+    fn remember(
+        &self,
+        parent_ino: u64,
+        parent: &Node,
+        name: &[u8],
+        kind: Kind,
+    ) -> FsResult<(u64, Node)> {
         let mut key = parent.key.clone();
         key.push(0);
         key.extend_from_slice(name);
@@ -339,6 +348,7 @@ impl FsView {
             kind,
             key,
             snap_key,
+            parent: parent_ino,
         };
         self.nodes
             .write()
@@ -533,7 +543,7 @@ impl FsView {
         let node = self.node(ino)?;
         let mut out = Vec::new();
         for (name, kind) in self.children(&node)? {
-            let (child, n) = self.remember(&node, &name, kind)?;
+            let (child, n) = self.remember(ino, &node, &name, kind)?;
             out.push(DirItem {
                 attr: self.attr_of(child, &n)?,
                 name,
@@ -563,7 +573,7 @@ impl FsView {
                 .map(|(_, k)| k),
         }
         .ok_or(FsError::NotFound)?;
-        let (ino, n) = self.remember(&node, name, kind)?;
+        let (ino, n) = self.remember(parent, &node, name, kind)?;
         self.attr_of(ino, &n)
     }
 
@@ -572,6 +582,29 @@ impl FsView {
             .binary_search_by(|e| e.name.as_slice().cmp(name))
             .ok()
             .map(|i| &entries[i])
+    }
+
+    /// Resolves a mount path (`/hosts/web1/latest/etc`): like [`FsView::resolve`], but the
+    /// view's own `latest` links are followed, so clients can mount the newest snapshot.
+    pub fn resolve_mount_path(&self, path: &[u8]) -> FsResult<NodeAttr> {
+        let mut attr = self.getattr(ROOT_INO)?;
+        for part in path
+            .split(|b| *b == b'/')
+            .filter(|p| !p.is_empty() && *p != b".")
+        {
+            let parent = attr.ino;
+            attr = self.lookup(parent, part)?;
+            if matches!(self.node(attr.ino)?.kind, Kind::Latest(_)) {
+                let target = self.readlink(attr.ino)?;
+                attr = self.lookup(parent, &target)?;
+            }
+        }
+        Ok(attr)
+    }
+
+    /// The directory `ino` was found in (`..`).
+    pub fn parent(&self, ino: u64) -> FsResult<u64> {
+        Ok(self.node(ino)?.parent)
     }
 
     /// A symlink's target.

@@ -80,6 +80,8 @@ pub mod monitor;
 pub mod mount;
 #[cfg(feature = "index")]
 mod mutation;
+#[cfg(feature = "nfs")]
+pub mod nfs;
 mod pack;
 pub mod protocol;
 #[cfg(feature = "index")]
