@@ -24,6 +24,9 @@ pub(crate) struct MountArgs {
     /// Let other users read the mount (root, or user_allow_other in /etc/fuse.conf).
     #[arg(long)]
     allow_other: bool,
+    /// Memory for decompressed chunks, in MiB (random reads across a large file want more).
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    cache_mib: usize,
 }
 
 /// Sets a flag on SIGINT and SIGTERM.
@@ -48,6 +51,7 @@ pub(crate) fn mount(cli: &Cli, args: &MountArgs) -> Result<u8> {
         &repo,
         ViewOptions {
             hosts: (!args.hosts.is_empty()).then(|| args.hosts.clone()),
+            cache_bytes: args.cache_mib.saturating_mul(1 << 20),
             ..ViewOptions::default()
         },
     )?;

@@ -160,8 +160,8 @@ struct Node {
 
 struct Catalog {
     repo: Arc<Repository>,
-    /// Visible snapshots per host, oldest first.
-    by_host: HashMap<String, Vec<Arc<Snapshot>>>,
+    /// Visible snapshots per host, oldest first, with their names under `hosts/<host>/`.
+    by_host: HashMap<String, Vec<(String, Arc<Snapshot>)>>,
     /// Tier position (`daily.0`) → host → snapshot.
     positions: HashMap<String, HashMap<String, Arc<Snapshot>>>,
     /// End of the newest visible snapshot: the time of the directories above snapshots.
@@ -283,6 +283,30 @@ impl FsView {
             .map(|s| s.end_ns)
             .max()
             .unwrap_or(0);
+        // Names: the start time, with the short id added when two snapshots of a host
+        // started in the same second.
+        let by_host = by_host
+            .into_iter()
+            .map(|(host, snaps)| {
+                let mut count: HashMap<String, usize> = HashMap::new();
+                for s in &snaps {
+                    *count.entry(snapshot_dir_name(s)).or_default() += 1;
+                }
+                let named = snaps
+                    .into_iter()
+                    .map(|s| {
+                        let name = snapshot_dir_name(&s);
+                        let name = if count.get(&name).copied().unwrap_or(0) > 1 {
+                            format!("{name}-{}", s.id.short())
+                        } else {
+                            name
+                        };
+                        (name, s)
+                    })
+                    .collect();
+                (host, named)
+            })
+            .collect();
         Ok(Catalog {
             repo: Arc::new(repo),
             newest_ns,
@@ -382,7 +406,7 @@ impl FsView {
                     .by_host
                     .get(h)
                     .and_then(|v| v.last())
-                    .map_or(0, |s| s.end_ns);
+                    .map_or(0, |(_, s)| s.end_ns);
                 Self::virtual_dir(ino, newest)
             }
             Kind::Latest(h) => {
@@ -424,23 +448,8 @@ impl FsView {
         cat.by_host
             .get(host)
             .and_then(|v| v.last())
-            .map(|s| self.dir_name(cat, host, s))
+            .map(|(name, _)| name.clone())
             .ok_or(FsError::NotFound)
-    }
-
-    /// A snapshot's name under `hosts/<host>/`: its time, with its short id added when two
-    /// snapshots of the host started in the same second.
-    fn dir_name(&self, cat: &Catalog, host: &str, s: &Snapshot) -> String {
-        let name = snapshot_dir_name(s);
-        let clash = cat
-            .by_host
-            .get(host)
-            .is_some_and(|v| v.iter().filter(|o| snapshot_dir_name(o) == name).count() > 1);
-        if clash {
-            format!("{name}-{}", s.id.short())
-        } else {
-            name
-        }
     }
 
     /// Attributes of a node.
@@ -509,12 +518,7 @@ impl FsView {
                     .get(h)
                     .into_iter()
                     .flatten()
-                    .map(|s| {
-                        (
-                            self.dir_name(&cat, h, s).into_bytes(),
-                            Kind::SnapRoot(s.clone()),
-                        )
-                    })
+                    .map(|(name, s)| (name.clone().into_bytes(), Kind::SnapRoot(s.clone())))
                     .collect();
                 if !v.is_empty() {
                     v.push((LATEST.as_bytes().to_vec(), Kind::Latest(h.clone())));

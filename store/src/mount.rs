@@ -44,18 +44,19 @@ impl Mount {
     /// closes, or when this process exits (which aborts the connection: open files then
     /// fail with ENOTCONN). Waits up to `grace` for the session to end.
     pub fn unmount(self, grace: Duration) {
-        if self.is_mounted() {
-            for helper in ["fusermount3", "fusermount"] {
-                let detached = std::process::Command::new(helper)
+        let detached = self.is_mounted()
+            && ["fusermount3", "fusermount"].iter().any(|helper| {
+                std::process::Command::new(helper)
                     .args(["-u", "-z", "-q", "--"])
                     .arg(&self.at)
                     .stderr(std::process::Stdio::null())
                     .status()
-                    .is_ok_and(|s| s.success());
-                if detached {
-                    break;
-                }
-            }
+                    .is_ok_and(|s| s.success())
+            });
+        if !detached {
+            // Already gone, or no helper: fuser's own unmount (root: umount2).
+            self.session.join();
+            return;
         }
         let deadline = std::time::Instant::now() + grace;
         while self.is_mounted() && std::time::Instant::now() < deadline {
@@ -66,11 +67,10 @@ impl Mount {
                 "{}: files are still open; they fail once this process exits",
                 self.at.display()
             );
-            // Joining would wait for those files; the process exit ends the session.
-            std::mem::forget(self.session);
-        } else {
-            self.session.join();
         }
+        // Detached already: joining would unmount a second time (and wait for open files).
+        // What remains is one /dev/fuse descriptor, closed when the process exits.
+        std::mem::forget(self.session);
     }
 }
 
