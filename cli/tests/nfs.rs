@@ -196,6 +196,43 @@ fn nfs_clients_see_their_accounts_snapshots_exactly() {
     );
     assert!(!out.status.success(), "a write succeeded: {out:?}");
 
+    // A new backup rotates hourly.0 to it while the export runs; the stable path of the first
+    // snapshot keeps its content.
+    let first = String::from_utf8(run("nfs-ls", &[&url(acme, "/hosts/web1")]).stdout).unwrap();
+    let first_time = first
+        .lines()
+        .map(|l| l.rsplit(' ').next().unwrap().to_string())
+        .find(|n| n != "latest")
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    fs::write(src.join("small.txt"), b"changed\n").unwrap();
+    ok(
+        &repo,
+        &["backup", "-q", "--host", "web1", src.to_str().unwrap()],
+    );
+    let tier_path = format!("/hourly.0/web1{}/small.txt", canonical.display());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while run("nfs-cat", &[&url(acme, &tier_path)]).stdout != b"changed\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hourly.0 did not move"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let old = run(
+        "nfs-cat",
+        &[&url(
+            acme,
+            &format!("/hosts/web1/{first_time}{}/small.txt", canonical.display()),
+        )],
+    );
+    assert_eq!(old.stdout, b"hello 71\n");
+    let previous = format!("/hourly.1/web1{}/small.txt", canonical.display());
+    assert_eq!(
+        run("nfs-cat", &[&url(acme, &previous)]).stdout,
+        b"hello 71\n"
+    );
+
     // 127.0.0.1 is not one of the other account's hosts: refused at connect.
     let out = run("nfs-ls", &[&url(&server.exports["other"], "/hosts")]);
     assert!(
