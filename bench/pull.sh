@@ -75,13 +75,13 @@ name = "client"
 address = "127.0.0.1"
 INV
 
-# xpull → "seconds wire_bytes"
+# xpull → "seconds wire_bytes" (--json prints status events, then the summary line)
 xpull() {
   /usr/bin/time -f "%e %U %S" -o "$work/t" "$XSTORE" -r "$repo" --json pull client \
     ${PULL_ARGS:-} \
     --inventory "$work/hosts.toml" > "$work/x.json"
   echo "server cpu (wall user sys): $(cat "$work/t")" >&2
-  echo "$(cut -d" " -f1 "$work/t") $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["hosts"][0]; assert r["outcome"]=="ok", r; print(r["wire_bytes"])' "$work/x.json")"
+  echo "$(cut -d" " -f1 "$work/t") $(python3 -c 'import json,sys; r=json.loads(open(sys.argv[1]).read().splitlines()[-1])["hosts"][0]; assert r["outcome"]=="ok", r; print(r["wire_bytes"])' "$work/x.json")"
 }
 # rpull → "seconds wire_bytes"
 rpull() {
