@@ -1,0 +1,109 @@
+//! The filesystem view without a kernel: stable inode numbers, hard links, tier and stable
+//! paths, reads at any offset, refusals.
+#![allow(clippy::unwrap_used)]
+
+use xstore::fsview::{FsError, FsView, ViewOptions, ROOT_INO};
+use xstore::{BackupOptions, LocalSource};
+use xstore_tests::{make_fixture, seeded_bytes, small_repo};
+
+#[test]
+fn inode_numbers_are_stable_and_hard_links_share_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_fixture(&src, 5);
+    let repo = small_repo(&tmp.path().join("repo"));
+    let opts = BackupOptions {
+        host: "web1".into(),
+        paths: vec![src.clone()],
+        ..Default::default()
+    };
+    let first = repo.backup(&LocalSource, &opts).unwrap();
+    // Stable names are start seconds: keep the two snapshots in different seconds.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::write(src.join("small.txt"), b"second\n").unwrap();
+    let second = repo.backup(&LocalSource, &opts).unwrap();
+    drop(repo);
+    let abs = src.canonicalize().unwrap();
+    let dir = |snap: &xstore::Snapshot| {
+        format!(
+            "/hosts/web1/{}{}",
+            xstore::fsview::snapshot_dir_name(snap),
+            abs.display()
+        )
+    };
+
+    let a = FsView::open(&tmp.path().join("repo"), ViewOptions::default()).unwrap();
+    let b = FsView::open(&tmp.path().join("repo"), ViewOptions::default()).unwrap();
+    let path = format!("{}/sub/random.bin", dir(&first));
+    let ino = a.resolve(&path).unwrap().ino;
+    assert_eq!(
+        b.resolve(&path).unwrap().ino,
+        ino,
+        "another session, same number"
+    );
+    let other = format!("{}/sub/random.bin", dir(&second));
+    assert_ne!(
+        a.resolve(&other).unwrap().ino,
+        ino,
+        "another snapshot, another number"
+    );
+
+    let hard_a = a.resolve(&format!("{}/hard-a", dir(&first))).unwrap();
+    let hard_b = a.resolve(&format!("{}/sub/hard-b", dir(&first))).unwrap();
+    assert_eq!(hard_a.ino, hard_b.ino);
+    assert_eq!(hard_a.nlink, 2);
+
+    // Tier paths: hourly.0 is the newer snapshot, hourly.1 the older.
+    let tier0 = a
+        .resolve(&format!("/hourly.0/web1{}/small.txt", abs.display()))
+        .unwrap();
+    assert_eq!(a.read(tier0.ino, 0, 100).unwrap(), b"second\n");
+    let tier1 = a
+        .resolve(&format!("/hourly.1/web1{}/small.txt", abs.display()))
+        .unwrap();
+    assert_eq!(a.read(tier1.ino, 0, 100).unwrap(), b"hello 5\n");
+    assert_eq!(tier1.mode, 0o600);
+
+    // Reads at any offset, across chunk boundaries (16-256 KiB chunks), and past the end.
+    let data = seeded_bytes(5, 3 * 1024 * 1024 + 123);
+    for (offset, len) in [
+        (0usize, 10usize),
+        (65_535, 300_000),
+        (3_000_000, 500_000),
+        (9_999_999, 5),
+    ] {
+        let got = a.read(ino, offset as u64, len).unwrap();
+        let want = &data[offset.min(data.len())..(offset + len).min(data.len())];
+        assert_eq!(got, want, "{len} at {offset}");
+    }
+
+    // Refusals.
+    assert!(matches!(
+        a.check_open(ino, libc::O_RDWR),
+        Err(FsError::ReadOnly)
+    ));
+    assert!(a.check_open(ino, libc::O_RDONLY).is_ok());
+    assert!(matches!(a.read(ROOT_INO, 0, 1), Err(FsError::IsADirectory)));
+    assert!(matches!(a.resolve("/nope"), Err(FsError::NotFound)));
+    assert!(matches!(a.readlink(ino), Err(FsError::NotASymlink)));
+    assert_eq!(FsError::ReadOnly.errno(), libc::EROFS);
+
+    // A view limited to other hosts shows nothing of web1.
+    let limited = FsView::open(
+        &tmp.path().join("repo"),
+        ViewOptions {
+            hosts: Some(vec!["db1".into()]),
+            ..ViewOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(limited
+        .readdir(ROOT_INO)
+        .unwrap()
+        .iter()
+        .all(|i| i.name == b"hosts"));
+    assert!(matches!(
+        limited.resolve("/hosts/web1"),
+        Err(FsError::NotFound)
+    ));
+}
