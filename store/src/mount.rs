@@ -11,7 +11,7 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 
-use crate::fsview::{FsError, FsView, NodeAttr};
+use crate::fsview::{DirItem, FsError, FsView, NodeAttr};
 use crate::tree::EntryKind;
 
 /// Snapshot contents never change: the kernel may cache them for long.
@@ -87,11 +87,15 @@ pub fn mount(view: FsView, mountpoint: &Path, opts: &MountOptions) -> crate::Res
     if opts.allow_other {
         options.push(MountOption::AllowOther);
     }
-    let session =
-        fuser::spawn_mount2(Fuse { view }, mountpoint, &options).map_err(|e| crate::Error::Io {
-            path: mountpoint.to_path_buf(),
-            source: e,
-        })?;
+    let fs = Fuse {
+        view,
+        open_dirs: std::collections::HashMap::new(),
+        next_fh: 1,
+    };
+    let session = fuser::spawn_mount2(fs, mountpoint, &options).map_err(|e| crate::Error::Io {
+        path: mountpoint.to_path_buf(),
+        source: e,
+    })?;
     Ok(Mount {
         session,
         at: mountpoint.to_path_buf(),
@@ -100,6 +104,10 @@ pub fn mount(view: FsView, mountpoint: &Path, opts: &MountOptions) -> crate::Res
 
 struct Fuse {
     view: FsView,
+    /// Listings of open directories, taken at opendir: a large directory is listed once,
+    /// not once per readdir call (the kernel reads a few KiB of entries per call).
+    open_dirs: std::collections::HashMap<u64, Vec<DirItem>>,
+    next_fh: u64,
 }
 
 fn time(ns: i64) -> SystemTime {
@@ -219,24 +227,46 @@ impl Filesystem for Fuse {
         }
     }
 
+    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        match self.view.readdir(ino) {
+            Ok(items) => {
+                let fh = self.next_fh;
+                self.next_fh += 1;
+                self.open_dirs.insert(fh, items);
+                reply.opened(fh, 0);
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn releasedir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.open_dirs.remove(&fh);
+        reply.ok();
+    }
+
     fn readdir(
         &mut self,
         _req: &Request<'_>,
         ino: u64,
-        _fh: u64,
+        fh: u64,
         offset: i64,
         mut reply: ReplyDirectory,
     ) {
-        let items = match self.view.readdir(ino) {
-            Ok(items) => items,
-            Err(e) => {
-                reply.error(errno(&e));
-                return;
-            }
+        let Some(items) = self.open_dirs.get(&fh) else {
+            reply.error(libc::EBADF);
+            return;
         };
+        let parent = self.view.parent(ino).unwrap_or(ino);
         let dots = [
             (ino, FileType::Directory, OsStr::new(".")),
-            (ino, FileType::Directory, OsStr::new("..")),
+            (parent, FileType::Directory, OsStr::new("..")),
         ];
         use std::os::unix::ffi::OsStrExt;
         let all = dots.into_iter().chain(items.iter().map(|i| {

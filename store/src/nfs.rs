@@ -90,6 +90,9 @@ async fn start_export(view: FsView, export: &NfsExport) -> crate::Result<SocketA
         "127.0.0.1:0",
         Export {
             view: Arc::new(view),
+            listings: Arc::new(std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::MIN.saturating_add(63),
+            ))),
         },
     )
     .await
@@ -145,7 +148,20 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 struct Export {
     view: Arc<FsView>,
+    /// Recent listings: NFS pages a directory over many READDIR calls, each naming the last
+    /// file id it saw; listing once and indexing by id keeps a large directory linear.
+    listings: Arc<std::sync::Mutex<lru::LruCache<fileid3, Arc<Listing>>>>,
 }
+
+struct Listing {
+    items: Vec<crate::fsview::DirItem>,
+    /// File id → position of the entry after it.
+    next: std::collections::HashMap<fileid3, usize>,
+    taken: std::time::Instant,
+}
+
+/// How long a listing serves further pages of the same directory.
+const LISTING_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn status(e: FsError) -> nfsstat3 {
     match e {
@@ -309,17 +325,39 @@ impl NFSFileSystem for Export {
         start_after: fileid3,
         max_entries: usize,
     ) -> Result<ReadDirResult, nfsstat3> {
+        let listings = self.listings.clone();
         self.call(move |v| {
-            let items = v.readdir(dirid)?;
+            let cached = listings
+                .lock()
+                .ok()
+                .and_then(|mut l| l.get(&dirid).cloned())
+                .filter(|l| start_after != 0 && l.taken.elapsed() < LISTING_TTL);
+            let listing = match cached {
+                Some(l) => l,
+                None => {
+                    let items = v.readdir(dirid)?;
+                    let next = items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, item)| (item.attr.ino, i + 1))
+                        .collect();
+                    let l = Arc::new(Listing {
+                        items,
+                        next,
+                        taken: std::time::Instant::now(),
+                    });
+                    if let Ok(mut cache) = listings.lock() {
+                        cache.put(dirid, l.clone());
+                    }
+                    l
+                }
+            };
             let start = if start_after == 0 {
                 0
             } else {
-                match items.iter().position(|i| i.attr.ino == start_after) {
-                    Some(p) => p + 1,
-                    None => return Err(FsError::NotFound),
-                }
+                *listing.next.get(&start_after).ok_or(FsError::NotFound)?
             };
-            let entries: Vec<DirEntry> = items[start..]
+            let entries: Vec<DirEntry> = listing.items[start..]
                 .iter()
                 .take(max_entries)
                 .map(|i| DirEntry {
@@ -328,7 +366,7 @@ impl NFSFileSystem for Export {
                     attr: fattr(&i.attr),
                 })
                 .collect();
-            let end = start + entries.len() >= items.len();
+            let end = start + entries.len() >= listing.items.len();
             Ok(ReadDirResult { entries, end })
         })
         .await
