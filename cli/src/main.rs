@@ -15,8 +15,8 @@ mod retention;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use xstore::{
-    BackupOptions, CheckOptions, ChunkerParams, EntryKind, InitOptions, LocalSource, Node,
-    ParentChoice, Progress, Repository, RestoreOptions, Snapshot, TierChoice,
+    BackupOptions, CheckOptions, ChunkerParams, InitOptions, LocalSource, Node, ParentChoice,
+    Progress, Repository, RestoreOptions, Snapshot, TierChoice,
 };
 
 /// Exit status: success.
@@ -881,44 +881,10 @@ fn print_backup_summary(s: &Snapshot) {
     }
 }
 
-fn mode_string(kind: EntryKind, mode: u32) -> String {
-    let mut s = String::with_capacity(10);
-    s.push(kind.letter());
-    let bits = [
-        (0o400, 'r'),
-        (0o200, 'w'),
-        (0o100, 'x'),
-        (0o040, 'r'),
-        (0o020, 'w'),
-        (0o010, 'x'),
-        (0o004, 'r'),
-        (0o002, 'w'),
-        (0o001, 'x'),
-    ];
-    for (i, (bit, c)) in bits.iter().enumerate() {
-        let special = match i {
-            2 => mode & 0o4000 != 0,
-            5 => mode & 0o2000 != 0,
-            8 => mode & 0o1000 != 0,
-            _ => false,
-        };
-        let set = mode & bit != 0;
-        s.push(match (special, set, i) {
-            (true, true, 8) => 't',
-            (true, false, 8) => 'T',
-            (true, true, _) => 's',
-            (true, false, _) => 'S',
-            (false, true, _) => *c,
-            (false, false, _) => '-',
-        });
-    }
-    s
-}
-
 fn ls_line(e: &xstore::Entry) -> String {
     let mut line = format!(
         "{} {:>5} {:>5} {:>12} {} {}",
-        mode_string(e.kind, e.mode),
+        xstore::tree::mode_string(e.kind, e.mode),
         e.uid,
         e.gid,
         e.size,

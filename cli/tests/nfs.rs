@@ -59,27 +59,15 @@ fn run(tool: &str, args: &[&str]) -> Output {
 
 fn mode_string(m: &fs::Metadata) -> String {
     let ft = m.file_type();
-    let mut s = String::from(if ft.is_dir() {
-        "d"
+    let kind = if ft.is_dir() {
+        xstore::EntryKind::Dir
     } else if ft.is_symlink() {
-        "l"
+        xstore::EntryKind::Symlink
     } else {
-        "-"
-    });
-    for (bit, c) in [
-        (0o400, 'r'),
-        (0o200, 'w'),
-        (0o100, 'x'),
-        (0o040, 'r'),
-        (0o020, 'w'),
-        (0o010, 'x'),
-        (0o004, 'r'),
-        (0o002, 'w'),
-        (0o001, 'x'),
-    ] {
-        s.push(if m.mode() & bit != 0 { c } else { '-' });
-    }
-    s
+        xstore::EntryKind::File
+    };
+    // nfs-ls prints rwx only (no setuid, setgid or sticky letters).
+    xstore::tree::mode_string(kind, m.mode() & 0o777)
 }
 
 #[test]
