@@ -722,9 +722,12 @@ impl SourceFile for RemoteFile {
     }
 
     fn fetch_chunks(&mut self, ids: &[ChunkRef]) -> io::Result<Vec<FetchedChunk>> {
-        if let (Some(inline), [only]) = (&self.inline, ids) {
+        if let [only] = ids {
             if self.chunks.len() == 1 && self.chunks[0] == *only {
-                return Ok(vec![unpack(inline.clone(), only.len)?]);
+                // Taken, not cloned: a second fetch of the same chunk goes to the agent.
+                if let Some(inline) = self.inline.take() {
+                    return Ok(vec![unpack(inline, only.len)?]);
+                }
             }
         }
         let mut ranges = Vec::with_capacity(ids.len());
