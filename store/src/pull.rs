@@ -245,7 +245,11 @@ impl Repository {
     /// Keeps `report` as its host's newest pull (atomically replaced file).
     fn record_pull(&self, report: &PullReport) -> Result<()> {
         let dir = self.pulls_dir();
-        std::fs::create_dir_all(&dir).at(&dir)?;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir).at(&dir)?;
+            // The new directory's entry in the repository must survive a crash too.
+            crate::fsutil::sync_dir(self.path())?;
+        }
         let mut json = serde_json::to_vec_pretty(report).map_err(|e| Error::Io {
             path: dir.clone(),
             source: std::io::Error::other(e),
