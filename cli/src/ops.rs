@@ -236,21 +236,22 @@ pub(crate) fn check_usage(cli: &Cli, args: &UsageCheckArgs) -> Result<u8> {
     })
 }
 
-fn usage_row(cli: &Cli, name: &str, account: &str, u: &Usage, allocation: Option<u64>) -> String {
+/// One table row; account rows also show their allocation, percentage used and OVER (as
+/// [`xstore::monitor::AccountUsage`] computed them).
+fn usage_row(
+    cli: &Cli,
+    name: &str,
+    account: &str,
+    u: &Usage,
+    allocation: Option<&xstore::monitor::AccountUsage>,
+) -> String {
     let alloc = match allocation {
-        Some(a) => {
-            let pct = if a == 0 {
-                f64::INFINITY
-            } else {
-                100.0 * u.referenced_bytes as f64 / a as f64
-            };
-            format!(
-                "{:>10}  {:>5.0}%{}",
-                size(cli, a),
-                pct,
-                if u.referenced_bytes > a { "  OVER" } else { "" }
-            )
-        }
+        Some(a) => format!(
+            "{:>10}  {:>5.0}%{}",
+            size(cli, a.allocation),
+            a.percent,
+            if a.over_allocation { "  OVER" } else { "" }
+        ),
         None => format!("{:>10}  {:>6}", "-", "-"),
     };
     format!(
@@ -326,7 +327,7 @@ pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
         (Some(i), None) => i.accounts.clone(),
         (None, None) => Vec::new(),
     };
-    let mut hosts: Vec<String> = match &args.account {
+    let hosts: Vec<String> = match &args.account {
         Some(_) => accounts.iter().flat_map(|a| a.hosts.clone()).collect(),
         None => {
             let mut v: Vec<String> = inv
@@ -341,7 +342,6 @@ pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
             v
         }
     };
-    hosts.dedup();
     let account_usage = repo.account_usage(&accounts, 1.0, f64::INFINITY)?;
     let mut host_rows = Vec::new();
     for h in &hosts {
@@ -365,7 +365,7 @@ pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
                     &a.account,
                     a.package.as_deref().unwrap_or("-"),
                     &a.usage,
-                    Some(a.allocation)
+                    Some(a)
                 )
             );
         }
