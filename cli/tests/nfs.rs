@@ -183,6 +183,13 @@ fn nfs_clients_see_their_accounts_snapshots_exactly() {
         ],
     );
     assert!(!out.status.success(), "a write succeeded: {out:?}");
+    // Refused as read-only by the server, not failing for some other reason.
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("NFS3ERR_ROFS"), "{said}");
 
     // A new backup rotates hourly.0 to it while the export runs; the stable path of the first
     // snapshot keeps its content.
