@@ -261,10 +261,11 @@ impl FsView {
 
     fn load(path: &Path, opts: &ViewOptions) -> crate::Result<Catalog> {
         let repo = Repository::open_read_only(path)?;
-        let positions_of = repo.tier_positions()?;
+        let snapshots = repo.snapshots()?;
+        let positions_of = crate::retain::positions_of(&snapshots);
         let mut by_host: HashMap<String, Vec<Arc<Snapshot>>> = HashMap::new();
         let mut positions: HashMap<String, HashMap<String, Arc<Snapshot>>> = HashMap::new();
-        for s in repo.snapshots()? {
+        for s in snapshots {
             if opts.hosts.as_ref().is_some_and(|h| !h.contains(&s.host)) {
                 continue;
             }

@@ -65,7 +65,7 @@ impl Repository {
     /// `age > 4h` alert fires for it too).
     pub fn metrics(&self, inventory: Option<&Inventory>, now_ns: i64) -> Result<String> {
         let snapshots = self.snapshots()?;
-        let positions = self.tier_positions()?;
+        let positions = crate::retain::positions_of(&snapshots);
         let mut account_of: BTreeMap<String, String> = BTreeMap::new();
         for h in inventory.map(|i| i.hosts.as_slice()).unwrap_or_default() {
             account_of.insert(h.name.clone(), h.account.clone());

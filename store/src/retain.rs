@@ -96,6 +96,15 @@ pub struct Applied {
 }
 
 /// The planner's view of snapshots.
+/// Tier positions of these snapshots (for callers that already hold the list).
+pub(crate) fn positions_of(snaps: &[Snapshot]) -> HashMap<SnapshotId, Vec<String>> {
+    let pos = xstore_retention::positions(&candidates(snaps));
+    snaps
+        .iter()
+        .filter_map(|s| pos.get(&s.id.to_string()).map(|p| (s.id, p.clone())))
+        .collect()
+}
+
 pub(crate) fn candidates(snapshots: &[Snapshot]) -> Vec<Candidate> {
     snapshots
         .iter()
@@ -225,12 +234,7 @@ impl Repository {
 
     /// Tier positions (`daily.0`) of every snapshot that has any.
     pub fn tier_positions(&self) -> Result<HashMap<SnapshotId, Vec<String>>> {
-        let snaps = self.snapshots()?;
-        let pos = xstore_retention::positions(&candidates(&snaps));
-        Ok(snaps
-            .iter()
-            .filter_map(|s| pos.get(&s.id.to_string()).map(|p| (s.id, p.clone())))
-            .collect())
+        Ok(positions_of(&self.snapshots()?))
     }
 
     fn scoped(&self, host: Option<&str>) -> Result<Vec<Snapshot>> {
