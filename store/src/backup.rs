@@ -141,6 +141,12 @@ struct Session<'a> {
     progress: Option<Arc<Progress>>,
 }
 
+/// Whether a file with `meta` has the content of the parent snapshot's entry (same size,
+/// mtime, ctime and inode): it is then not read again.
+fn unchanged_file(parent: Option<&Entry>, meta: &EntryMeta) -> bool {
+    parent.is_some_and(|p| p.kind == EntryKind::File && p.content_stamp() == meta.content_stamp())
+}
+
 /// A node of the synthetic root: the directories leading to each backup path.
 #[derive(Default)]
 struct Synth {
@@ -380,22 +386,20 @@ impl<'a> Session<'a> {
         meta: EntryMeta,
         parent: Option<&Entry>,
     ) -> Result<Option<Entry>> {
-        if let Some(p) = parent {
-            if p.kind == EntryKind::File && p.content_stamp() == meta.content_stamp() {
-                self.unchanged.fetch_add(1, Ordering::Relaxed);
-                self.files.fetch_add(1, Ordering::Relaxed);
-                self.logical.fetch_add(meta.size, Ordering::Relaxed);
-                if let Some(pr) = &self.progress {
-                    pr.files.fetch_add(1, Ordering::Relaxed);
-                    pr.bytes.fetch_add(meta.size, Ordering::Relaxed);
-                }
-                return Ok(Some(Self::entry_from_meta(
-                    name,
-                    &meta,
-                    EntryKind::File,
-                    p.content.clone(),
-                )));
+        if let Some(p) = parent.filter(|p| unchanged_file(Some(p), &meta)) {
+            self.unchanged.fetch_add(1, Ordering::Relaxed);
+            self.files.fetch_add(1, Ordering::Relaxed);
+            self.logical.fetch_add(meta.size, Ordering::Relaxed);
+            if let Some(pr) = &self.progress {
+                pr.files.fetch_add(1, Ordering::Relaxed);
+                pr.bytes.fetch_add(meta.size, Ordering::Relaxed);
             }
+            return Ok(Some(Self::entry_from_meta(
+                name,
+                &meta,
+                EntryKind::File,
+                p.content.clone(),
+            )));
         }
         let mut file = match self.source.open(path) {
             Ok(f) => f,
@@ -667,6 +671,20 @@ impl<'a> Session<'a> {
                 Vec::new()
             }
         };
+        // The files `file_entry` will open: kind File, not excluded, changed since the parent.
+        let to_open: Vec<(PathBuf, u64)> = children
+            .iter()
+            .filter_map(|(name, meta)| {
+                use std::os::unix::ffi::OsStrExt;
+                let meta = meta.as_ref().ok().filter(|m| m.kind == SourceKind::File)?;
+                let unchanged = unchanged_file(parent.and_then(|t| t.get(name)), meta);
+                let child = path.join(std::ffi::OsStr::from_bytes(name));
+                (!unchanged && !self.excludes.excluded(&child, name)).then_some((child, meta.size))
+            })
+            .collect();
+        if !to_open.is_empty() {
+            self.source.will_open(&to_open);
+        }
         let results: Vec<Result<Option<Entry>>> = children
             .into_par_iter()
             .map(|(name, meta)| {

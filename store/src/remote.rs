@@ -37,6 +37,11 @@ pub const FETCH_BATCH_BYTES: u64 = 16 * 1024 * 1024;
 /// such a file is sent even when another host already stored the same bytes.
 pub const INLINE_MAX: u32 = 64 * 1024;
 
+/// Most bytes that answers to prefetched `ChunkFile` requests ([`Source::will_open`]) may
+/// hold before ingest takes them, estimated from the listed sizes (inline bytes, raw).
+/// Hints past it are dropped; those files are asked for when opened.
+pub const PREFETCH_BYTES: u64 = 64 * 1024 * 1024;
+
 /// What the agent said about itself in its hello.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentInfo {
@@ -52,6 +57,21 @@ pub struct AgentInfo {
 struct Calls {
     waiting: HashMap<u64, crossbeam_channel::Sender<AgentMsg>>,
     broken: Option<String>,
+}
+
+/// `ChunkFile` requests sent ahead of `open`, by path, with their cost estimates.
+#[derive(Default)]
+struct Prefetched {
+    replies: HashMap<PathBuf, (crossbeam_channel::Receiver<AgentMsg>, u64)>,
+    /// The sum of the estimates in `replies`, bounded by [`PREFETCH_BYTES`].
+    bytes: u64,
+}
+
+impl Prefetched {
+    /// What the answer for a file of `size` bytes may hold: its inline bytes and a header.
+    fn estimate(size: u64) -> u64 {
+        size.min(u64::from(INLINE_MAX)) + 256
+    }
 }
 
 #[derive(Default)]
@@ -133,6 +153,15 @@ impl Inner {
 
     /// Sends a request and waits for its reply; an `Error` reply becomes the `io::Error`.
     fn call(&self, make: impl FnOnce(u64) -> ServerMsg) -> io::Result<AgentMsg> {
+        let reply = self.submit(make)?;
+        self.wait(&reply)
+    }
+
+    /// Sends a request; its reply arrives on the returned channel (see [`Inner::wait`]).
+    fn submit(
+        &self,
+        make: impl FnOnce(u64) -> ServerMsg,
+    ) -> io::Result<crossbeam_channel::Receiver<AgentMsg>> {
         let req = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::bounded(1);
         {
@@ -152,6 +181,11 @@ impl Inner {
         if !queued {
             self.break_off("the request writer has stopped".into());
         }
+        Ok(rx)
+    }
+
+    /// Waits for the reply of a submitted request; an `Error` reply becomes the `io::Error`.
+    fn wait(&self, rx: &crossbeam_channel::Receiver<AgentMsg>) -> io::Result<AgentMsg> {
         match rx.recv() {
             Ok(AgentMsg::Error { code, message, .. }) => Err(io::Error::new(
                 code.io_kind(),
@@ -261,6 +295,7 @@ pub struct RemoteSource {
     info: AgentInfo,
     /// The request writer and the reply reader.
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    prefetched: Mutex<Prefetched>,
 }
 
 impl std::fmt::Debug for RemoteSource {
@@ -396,6 +431,7 @@ impl RemoteSource {
                 version,
             },
             threads: Mutex::new(vec![writer_thread, handle]),
+            prefetched: Mutex::new(Prefetched::default()),
         })
     }
 
@@ -588,14 +624,48 @@ impl Source for RemoteSource {
             .unwrap_or_default())
     }
 
+    fn will_open(&self, files: &[(PathBuf, u64)]) {
+        let mut prefetched = self.prefetched.lock().unwrap_or_else(|e| e.into_inner());
+        for (path, size) in files {
+            let cost = Prefetched::estimate(*size);
+            if prefetched.bytes + cost > PREFETCH_BYTES {
+                break;
+            }
+            if prefetched.replies.contains_key(path) {
+                continue;
+            }
+            let path_bytes = path.as_os_str().as_bytes().to_vec();
+            let Ok(reply) = self.inner.submit(|req| ServerMsg::ChunkFile {
+                req,
+                path: path_bytes,
+                inline_max: INLINE_MAX,
+            }) else {
+                break; // the connection broke; `open` reports it
+            };
+            prefetched.replies.insert(path.clone(), (reply, cost));
+            prefetched.bytes += cost;
+        }
+    }
+
     fn open(&self, path: &Path) -> io::Result<Box<dyn SourceFile>> {
         let path_bytes = path.as_os_str().as_bytes().to_vec();
-        let for_request = path_bytes.clone();
-        match self.inner.call(|req| ServerMsg::ChunkFile {
-            req,
-            path: for_request,
-            inline_max: INLINE_MAX,
-        })? {
+        let sent_ahead = {
+            let mut prefetched = self.prefetched.lock().unwrap_or_else(|e| e.into_inner());
+            let taken = prefetched.replies.remove(path);
+            if let Some((_, cost)) = &taken {
+                prefetched.bytes -= cost;
+            }
+            taken.map(|(reply, _)| reply)
+        };
+        let reply = match sent_ahead {
+            Some(reply) => self.inner.wait(&reply)?,
+            None => self.inner.call(|req| ServerMsg::ChunkFile {
+                req,
+                path: path_bytes.clone(),
+                inline_max: INLINE_MAX,
+            })?,
+        };
+        match reply {
             AgentMsg::FileChunks {
                 before,
                 after,

@@ -166,6 +166,15 @@ pub trait Source: Send + Sync {
     /// Opens a regular file for reading without following a symlink.
     fn open(&self, path: &Path) -> io::Result<Box<dyn SourceFile>>;
 
+    /// A hint: ingest is about to [`Source::open`] these regular files (with their listed
+    /// sizes), the changed files of one directory. A source with round trips starts them
+    /// now so that `open` finds the answer waiting (the remote agent: one request per file,
+    /// sent together, instead of one round trip per file); the default does nothing. `open`
+    /// works the same for hinted and unhinted paths, and a hinted path need not be opened.
+    fn will_open(&self, files: &[(PathBuf, u64)]) {
+        let _ = files;
+    }
+
     /// The absolute, symlink-free form of a backup path given by the user. Local sources
     /// resolve it on this machine; a remote source only normalizes it (the agent resolves
     /// and checks it on its side).

@@ -151,6 +151,50 @@ fn backup_through_the_agent_restores_exactly() {
     source.close();
 }
 
+/// Files hinted with `will_open` are requested at once; opening them (in any order) gives the
+/// same answers as unhinted opens, and a refusal or a missing file arrives at its `open`.
+#[test]
+fn hinted_files_open_like_unhinted_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let data = root.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| i.wrapping_mul(2_654_435_761).rotate_left(7) as u8)
+        .collect();
+    std::fs::write(data.join("big"), &big).unwrap();
+    std::fs::write(data.join("small"), b"small file").unwrap();
+    std::fs::write(root.join("outside"), b"secret").unwrap();
+    let source = connect(config_for(&data));
+    let hints = vec![
+        (data.join("small"), 10),
+        (data.join("big"), big.len() as u64),
+        (data.join("gone"), 5),
+        (root.join("outside"), 6),
+    ];
+    source.will_open(&hints);
+    // Opened in another order than hinted, and one path twice (the second goes on demand).
+    let outside = source.open(&root.join("outside")).map(drop).unwrap_err();
+    assert_eq!(outside.kind(), io::ErrorKind::PermissionDenied, "{outside}");
+    let gone = source.open(&data.join("gone")).map(drop).unwrap_err();
+    assert_eq!(gone.kind(), io::ErrorKind::NotFound, "{gone}");
+    let read_all = |path: &Path| -> Vec<u8> {
+        let mut f = source.open(path).unwrap();
+        let chunks = f.remote_chunks().unwrap().unwrap();
+        let mut out = Vec::new();
+        for c in f.fetch_chunks(&chunks).unwrap() {
+            out.extend_from_slice(&c.data);
+        }
+        assert_eq!(f.current_meta().unwrap().size, out.len() as u64);
+        out
+    };
+    assert_eq!(read_all(&data.join("big")), big);
+    assert_eq!(read_all(&data.join("small")), b"small file");
+    assert_eq!(read_all(&data.join("small")), b"small file");
+    source.finish().unwrap();
+    source.close();
+}
+
 /// A fake agent: sends `frames` (after a valid hello), then keeps the stream open.
 fn hostile(frames: Vec<Vec<u8>>) -> RemoteSource {
     let (from_agent, mut agent_out) = io::pipe().unwrap();
