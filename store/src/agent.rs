@@ -16,21 +16,19 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
 use crate::protocol::{
-    listing_digest, read_frame, write_batched, write_frame, AgentMsg, ErrorCode, ServerMsg,
-    WireChunk, WireEntry, CAP_ZSTD_STREAM, LIST_BATCH_BYTES, PROTOCOL_VERSIONS,
+    listing_digest, read_frame, write_batched, write_frame, AgentMsg, ErrorCode, Outgoing,
+    ServerMsg, Transport, WireChunk, WireEntry, LIST_BATCH_BYTES, PROTOCOL_VERSIONS,
 };
 use crate::source::{EntryMeta, SourceKind};
 use crate::ChunkerParams;
 
 /// Where the agent reads its allow-list by default.
 pub const DEFAULT_AGENT_CONFIG: &str = "/etc/backup.conf";
-/// zstd level of the session streams (cheap: chunk data inside is already compressed).
-pub const WIRE_LEVEL: i32 = 1;
 /// Most raw bytes one `ReadChunks` request may ask for.
 pub const MAX_READ_REQUEST: u64 = 32 * 1024 * 1024;
 
@@ -209,7 +207,11 @@ pub fn serve<'a, W: Write + Send + 'static>(
     output: W,
     workers: usize,
 ) -> Result<(), AgentError> {
-    let mut out: Box<dyn Write + Send> = Box::new(io::BufWriter::new(output));
+    // Large enough for a batch of replies to leave in one write (`write_batched`).
+    let mut out: Box<dyn Write + Send> = Box::new(io::BufWriter::with_capacity(
+        crate::protocol::BATCH_BYTES * 2,
+        output,
+    ));
     let send_now = |out: &mut Box<dyn Write + Send>, msg: AgentMsg| -> io::Result<()> {
         write_frame(out, &msg.encode())?;
         out.flush()
@@ -227,7 +229,7 @@ pub fn serve<'a, W: Write + Send + 'static>(
         &mut out,
         AgentMsg::Hello {
             versions: PROTOCOL_VERSIONS.to_vec(),
-            capabilities: vec![CAP_ZSTD_STREAM.to_vec()],
+            capabilities: Transport::offered(),
             roots: config
                 .roots
                 .iter()
@@ -242,7 +244,7 @@ pub fn serve<'a, W: Write + Send + 'static>(
             .map_err(|e| fatal_now(&mut out, format!("server hello: {e}")))?,
         None => return Ok(()),
     };
-    let (params, chunk_level, stream) = match hello {
+    let (params, chunk_level, transport) = match hello {
         ServerMsg::Hello {
             version,
             min,
@@ -261,8 +263,7 @@ pub fn serve<'a, W: Write + Send + 'static>(
             }
             let params = ChunkerParams::new(min, avg, max)
                 .map_err(|e| fatal_now(&mut out, format!("chunker parameters: {e}")))?;
-            let stream = capabilities.iter().any(|c| c == CAP_ZSTD_STREAM);
-            (params, i32::from(level), stream)
+            (params, i32::from(level), Transport::best_of(&capabilities))
         }
         other => {
             return Err(fatal_now(
@@ -271,24 +272,29 @@ pub fn serve<'a, W: Write + Send + 'static>(
             ))
         }
     };
-    if stream {
-        // From here on both directions are zstd streams (FORMAT.md §Agent protocol).
-        input = Box::new(zstd::stream::read::Decoder::new(input)?);
-        out = Box::new(zstd::stream::write::Encoder::new(out, WIRE_LEVEL)?.auto_finish());
-    }
+    // From here on both directions use the transport the server turned on (FORMAT.md).
+    let mut input = transport.reader(input)?;
+    let mut sink = transport.sink(out)?;
     let ctx = Ctx {
         config,
         params,
         level: chunk_level,
     };
     let (tx, rx) = crossbeam_channel::bounded::<ServerMsg>(workers.max(1) * 4);
-    // Replies go through one writer thread that flushes only when no other reply is waiting:
-    // fewer writes and SSH packets under load, no added latency when idle.
-    let (out_tx, out_rx) = crossbeam_channel::bounded::<Vec<u8>>(workers.max(1) * 16);
+    // Replies go through one writer thread that batches them (`write_batched`): while
+    // requests are being answered it gathers replies into larger writes (fewer SSH packets);
+    // when none is, it flushes at once, so a server waiting on one answer is not delayed.
+    let (out_tx, out_rx) = crossbeam_channel::bounded::<Outgoing>(workers.max(1) * 16);
+    // Requests read and not yet fully answered (the last reply is counted out before it is
+    // queued, so the writer never waits for a reply that is already in its channel).
+    let unanswered = AtomicUsize::new(0);
     std::thread::scope(|scope| -> Result<(), AgentError> {
+        let unanswered = &unanswered;
         scope.spawn(move || {
             // A write error means the server is gone; the reader sees the end of input too.
-            let _ = write_batched(&mut out, &out_rx);
+            let _ = write_batched(&mut sink, &out_rx, &|| {
+                unanswered.load(Ordering::Acquire) > 0
+            });
         });
         for _ in 0..workers.max(1) {
             let rx = rx.clone();
@@ -296,8 +302,17 @@ pub fn serve<'a, W: Write + Send + 'static>(
             let ctx = &ctx;
             scope.spawn(move || {
                 for request in rx {
-                    for reply in ctx.answer(request) {
-                        if out_tx.send(reply.encode()).is_err() {
+                    let replies = ctx.answer(request);
+                    let last = replies.len().saturating_sub(1);
+                    if replies.is_empty() {
+                        unanswered.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    for (i, reply) in replies.into_iter().enumerate() {
+                        let frame = reply.outgoing();
+                        if i == last {
+                            unanswered.fetch_sub(1, Ordering::AcqRel);
+                        }
+                        if out_tx.send(frame).is_err() {
                             return;
                         }
                     }
@@ -307,7 +322,7 @@ pub fn serve<'a, W: Write + Send + 'static>(
         drop(rx);
         let fatal = |reason: String| -> AgentError {
             let message = reason.clone().into_bytes();
-            let _ = out_tx.send(AgentMsg::Fatal { message }.encode());
+            let _ = out_tx.send(AgentMsg::Fatal { message }.outgoing());
             AgentError::Protocol(reason)
         };
         let result = (|| {
@@ -317,6 +332,7 @@ pub fn serve<'a, W: Write + Send + 'static>(
                     ServerMsg::Bye => break,
                     ServerMsg::Hello { .. } => return Err(fatal("second hello".into())),
                     request => {
+                        unanswered.fetch_add(1, Ordering::AcqRel);
                         if tx.send(request).is_err() {
                             break;
                         }

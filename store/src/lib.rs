@@ -211,6 +211,22 @@ pub mod decode {
             crate::protocol::ServerMsg::decode(body).map(drop)
         })
     }
+    /// Decodes an agent → server stream under the `zstd-segments` transport (plain frames
+    /// and pieces of one zstd stream). Returns the number of messages.
+    pub fn segmented_agent_stream(bytes: &[u8]) -> Result<usize, DecodeError> {
+        let invalid = |e: std::io::Error| DecodeError::Invalid {
+            what: "segmented stream",
+            offset: 0,
+            reason: e.to_string(),
+        };
+        let mut reader = crate::protocol::SegmentReader::new(bytes).map_err(invalid)?;
+        let mut n = 0;
+        while let Some(body) = crate::protocol::read_frame(&mut reader).map_err(invalid)? {
+            crate::protocol::AgentMsg::decode(&body)?;
+            n += 1;
+        }
+        Ok(n)
+    }
     fn frames(
         mut bytes: &[u8],
         decode: impl Fn(&[u8]) -> Result<(), DecodeError>,

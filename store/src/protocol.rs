@@ -16,8 +16,22 @@ use crate::ChunkId;
 /// Protocol versions this build speaks.
 pub const PROTOCOL_VERSIONS: &[u64] = &[1];
 /// Capability: after the two hellos, each direction is one zstd stream, flushed after every
-/// frame (listings and requests shrink ~5×; chunk data passes through zstd's raw blocks).
+/// batch of frames (listings and requests shrink ~5×; chunk data passes through zstd again).
 pub const CAP_ZSTD_STREAM: &[u8] = b"zstd-stream";
+/// Capability, preferred over [`CAP_ZSTD_STREAM`]: after the two hellos each direction is a
+/// sequence of plain frames (bodies that are mostly compressed chunk bytes already) and
+/// flushed pieces of one zstd stream (everything else), so chunk data is not compressed twice.
+pub const CAP_ZSTD_SEGMENTS: &[u8] = b"zstd-segments";
+/// zstd level of the session streams (cheap: what they carry is small and compresses well).
+pub const WIRE_LEVEL: i32 = 1;
+/// Largest zstd window a session stream may declare (16 MiB): a hostile peer must not make
+/// the decoder allocate zstd's default maximum.
+const WIRE_WINDOW_LOG_MAX: u32 = 24;
+/// Bit 31 of a unit header under [`CAP_ZSTD_SEGMENTS`]: a piece of the zstd stream follows
+/// (the low 31 bits are its length); clear, the header is a plain frame's length.
+const SEGMENT_FLAG: u32 = 1 << 31;
+/// A piece of the zstd stream is closed once about this many compressed bytes wait in it.
+const SEGMENT_TARGET: usize = 1024 * 1024;
 /// Magic at the start of the agent's hello.
 pub const AGENT_MAGIC: &[u8; 8] = b"XSTAGENT";
 /// Magic at the start of the server's hello.
@@ -71,21 +85,344 @@ pub fn write_frame<W: Write + ?Sized>(w: &mut W, body: &[u8]) -> io::Result<()> 
     w.write_all(body)
 }
 
-/// Writes the frame bodies arriving on `bodies` until every sender is gone, flushing only
-/// when no further body is waiting: under load many frames share one write (and one SSH
-/// packet); an idle connection still sees each frame at once.
+/// Frame bytes [`write_batched`] gathers before it flushes while more frames are coming.
+pub const BATCH_BYTES: usize = 128 * 1024;
+/// Longest [`write_batched`] holds back a small batch waiting for frames that are coming.
+pub const BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Writes the frames arriving on `frames` until every sender is gone. It flushes when no
+/// further frame is waiting, unless `more_coming()` says frames are on their way (the agent:
+/// requests are being answered), in which case it gathers up to [`BATCH_BYTES`] or waits at
+/// most [`BATCH_WAIT`]. Under load many frames share one write and one SSH packet (each costs
+/// a wake-up and a MAC on both ends); a peer waiting for its only answer gets it at once.
 pub fn write_batched(
-    w: &mut dyn Write,
-    bodies: &crossbeam_channel::Receiver<Vec<u8>>,
+    sink: &mut FrameSink,
+    frames: &crossbeam_channel::Receiver<Outgoing>,
+    more_coming: &dyn Fn() -> bool,
 ) -> io::Result<()> {
-    while let Ok(body) = bodies.recv() {
-        write_frame(w, &body)?;
-        while let Ok(more) = bodies.try_recv() {
-            write_frame(w, &more)?;
+    while let Ok(frame) = frames.recv() {
+        sink.frame(&frame.body, frame.compress)?;
+        let mut batched = frame.body.len();
+        let deadline = std::time::Instant::now() + BATCH_WAIT;
+        while batched < BATCH_BYTES {
+            let next = match frames.try_recv() {
+                Ok(f) => f,
+                Err(_) if more_coming() => match frames.recv_deadline(deadline) {
+                    Ok(f) => f,
+                    Err(_) => break,
+                },
+                Err(_) => break,
+            };
+            sink.frame(&next.body, next.compress)?;
+            batched += next.body.len();
         }
-        w.flush()?;
+        sink.flush()?;
     }
-    w.flush()
+    sink.flush()
+}
+
+/// A frame body on its way to the writer thread.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The frame body (kind byte first).
+    pub body: Vec<u8>,
+    /// Whether the session's zstd stream should carry it (false for bodies that are mostly
+    /// compressed chunk bytes: compressing them again costs CPU and saves nothing).
+    pub compress: bool,
+}
+
+/// How frames travel after the hellos: the capability both sides turned on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain frames.
+    Plain,
+    /// One zstd stream per direction ([`CAP_ZSTD_STREAM`]).
+    Stream,
+    /// Plain frames and pieces of one zstd stream per direction ([`CAP_ZSTD_SEGMENTS`]).
+    Segments,
+}
+
+impl Transport {
+    /// What a side offers in its hello, best first.
+    pub fn offered() -> Vec<Vec<u8>> {
+        vec![CAP_ZSTD_SEGMENTS.to_vec(), CAP_ZSTD_STREAM.to_vec()]
+    }
+
+    /// The best transport named in `capabilities` (the agent's offer, or the server's choice).
+    pub fn best_of(capabilities: &[Vec<u8>]) -> Transport {
+        if capabilities.iter().any(|c| c == CAP_ZSTD_SEGMENTS) {
+            Transport::Segments
+        } else if capabilities.iter().any(|c| c == CAP_ZSTD_STREAM) {
+            Transport::Stream
+        } else {
+            Transport::Plain
+        }
+    }
+
+    /// The capabilities that turn this transport on (the server's hello).
+    pub fn capabilities(self) -> Vec<Vec<u8>> {
+        match self {
+            Transport::Plain => Vec::new(),
+            Transport::Stream => vec![CAP_ZSTD_STREAM.to_vec()],
+            Transport::Segments => vec![CAP_ZSTD_SEGMENTS.to_vec()],
+        }
+    }
+
+    /// The reading side of this transport over `inner`.
+    pub fn reader<'a>(self, inner: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+        Ok(match self {
+            Transport::Plain => Box::new(inner),
+            Transport::Stream => {
+                let mut d = zstd::stream::read::Decoder::new(inner)?;
+                d.window_log_max(WIRE_WINDOW_LOG_MAX)?;
+                Box::new(d)
+            }
+            Transport::Segments => Box::new(SegmentReader::new(inner)?),
+        })
+    }
+
+    /// The writing side of this transport over `inner`.
+    pub fn sink(self, inner: Box<dyn Write + Send>) -> io::Result<FrameSink> {
+        Ok(match self {
+            Transport::Plain => FrameSink::Plain(inner),
+            Transport::Stream => FrameSink::Stream(
+                zstd::stream::write::Encoder::new(inner, WIRE_LEVEL)?.auto_finish(),
+            ),
+            Transport::Segments => FrameSink::Segments(SegmentWriter::new(inner)?),
+        })
+    }
+}
+
+/// The writing side of a [`Transport`].
+pub enum FrameSink {
+    /// Plain frames.
+    Plain(Box<dyn Write + Send>),
+    /// One zstd stream, finished when dropped.
+    Stream(zstd::stream::write::AutoFinishEncoder<'static, Box<dyn Write + Send>>),
+    /// Plain frames and pieces of one zstd stream.
+    Segments(SegmentWriter<Box<dyn Write + Send>>),
+}
+
+impl FrameSink {
+    /// Writes one frame; `compress` says whether the zstd stream should carry it.
+    pub fn frame(&mut self, body: &[u8], compress: bool) -> io::Result<()> {
+        match self {
+            FrameSink::Plain(w) => write_frame(w, body),
+            FrameSink::Stream(w) => write_frame(w, body),
+            FrameSink::Segments(w) => w.frame(body, compress),
+        }
+    }
+
+    /// Makes everything written so far readable by the peer.
+    pub fn flush(&mut self) -> io::Result<()> {
+        match self {
+            FrameSink::Plain(w) => w.flush(),
+            FrameSink::Stream(w) => w.flush(),
+            FrameSink::Segments(w) => w.flush(),
+        }
+    }
+}
+
+/// The writing side of [`CAP_ZSTD_SEGMENTS`]: frames to compress go into one zstd stream,
+/// whose bytes leave as units `u32 LE (len | 1 << 31)` + `len` bytes, each ending at a zstd
+/// flush (so the peer can decode every frame in it); other frames leave as plain frames
+/// between those units.
+pub struct SegmentWriter<W: Write> {
+    out: W,
+    stream: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    /// Whether frames went into the stream since its last flush.
+    open: bool,
+}
+
+impl<W: Write> SegmentWriter<W> {
+    /// A writer of units onto `out`.
+    pub fn new(out: W) -> io::Result<Self> {
+        Ok(SegmentWriter {
+            out,
+            stream: zstd::stream::write::Encoder::new(Vec::new(), WIRE_LEVEL)?,
+            open: false,
+        })
+    }
+
+    /// Writes one frame, through the zstd stream when `compress`.
+    pub fn frame(&mut self, body: &[u8], compress: bool) -> io::Result<()> {
+        if compress {
+            write_frame(&mut self.stream, body)?;
+            self.open = true;
+            if self.stream.get_ref().len() >= SEGMENT_TARGET {
+                self.close_piece()?;
+            }
+            Ok(())
+        } else {
+            // A plain frame may only stand between whole frames of the stream.
+            self.close_piece()?;
+            write_frame(&mut self.out, body)
+        }
+    }
+
+    /// Ends the current piece of the zstd stream (a zstd flush) and writes it as a unit.
+    fn close_piece(&mut self) -> io::Result<()> {
+        if !self.open {
+            return Ok(());
+        }
+        self.stream.flush()?;
+        let piece = std::mem::take(self.stream.get_mut());
+        let len = u32::try_from(piece.len())
+            .ok()
+            .filter(|l| l & SEGMENT_FLAG == 0 && *l > 0)
+            .ok_or_else(|| io::Error::other("a zstd piece outside 1..2^31 bytes"))?;
+        self.out.write_all(&(len | SEGMENT_FLAG).to_le_bytes())?;
+        self.out.write_all(&piece)?;
+        self.open = false;
+        Ok(())
+    }
+
+    /// Ends the current piece and flushes `out`.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.close_piece()?;
+        self.out.flush()
+    }
+
+    /// The underlying writer (call [`SegmentWriter::flush`] first).
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+/// Which unit a [`SegmentReader`] is in.
+#[derive(Debug, Clone, Copy)]
+enum Unit {
+    /// Between units.
+    Header,
+    /// Handing out a plain frame's length (the header itself), `at` bytes given so far.
+    FrameLength { at: usize, header: [u8; 4] },
+    /// A plain frame's body, bytes left.
+    FrameBody(u64),
+    /// A piece of the zstd stream, bytes not yet read from the connection.
+    Piece(u64),
+}
+
+/// The reading side of [`CAP_ZSTD_SEGMENTS`]: yields the byte stream of frames (plain units
+/// passed through, zstd pieces decoded). Hostile input cannot make it allocate more than its
+/// fixed buffers: output goes only into the caller's buffer, and the zstd window is bounded.
+pub struct SegmentReader<R: Read> {
+    inner: R,
+    decoder: zstd::stream::raw::Decoder<'static>,
+    unit: Unit,
+    /// Compressed bytes read and not yet decoded: `input[pos..]`.
+    input: Vec<u8>,
+    pos: usize,
+}
+
+impl<R: Read> SegmentReader<R> {
+    /// A reader of units from `inner`.
+    pub fn new(inner: R) -> io::Result<Self> {
+        let mut decoder = zstd::stream::raw::Decoder::new()?;
+        decoder.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(
+            WIRE_WINDOW_LOG_MAX,
+        ))?;
+        Ok(SegmentReader {
+            inner,
+            decoder,
+            unit: Unit::Header,
+            input: Vec::new(),
+            pos: 0,
+        })
+    }
+
+    /// Reads the next unit header; false at a clean end of the stream.
+    fn next_unit(&mut self) -> io::Result<bool> {
+        let mut header = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            match self.inner.read(&mut header[got..]) {
+                Ok(0) if got == 0 => return Ok(false),
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let v = u32::from_le_bytes(header);
+        self.unit = if v & SEGMENT_FLAG == 0 {
+            Unit::FrameLength { at: 0, header }
+        } else if v == SEGMENT_FLAG {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an empty zstd piece",
+            ));
+        } else {
+            Unit::Piece(u64::from(v & !SEGMENT_FLAG))
+        };
+        Ok(true)
+    }
+}
+
+impl<R: Read> Read for SegmentReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match self.unit {
+                Unit::Header => {
+                    if !self.next_unit()? {
+                        return Ok(0);
+                    }
+                }
+                Unit::FrameLength { at, header } => {
+                    let n = (4 - at).min(buf.len());
+                    buf[..n].copy_from_slice(&header[at..at + n]);
+                    self.unit = if at + n == 4 {
+                        Unit::FrameBody(u64::from(u32::from_le_bytes(header)))
+                    } else {
+                        Unit::FrameLength { at: at + n, header }
+                    };
+                    return Ok(n);
+                }
+                Unit::FrameBody(0) => self.unit = Unit::Header,
+                Unit::FrameBody(left) => {
+                    let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let n = self.inner.read(&mut buf[..want])?;
+                    if n == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    self.unit = Unit::FrameBody(left - n as u64);
+                    return Ok(n);
+                }
+                Unit::Piece(left) => {
+                    if self.pos == self.input.len() && left > 0 {
+                        let want = usize::try_from(left).unwrap_or(usize::MAX).min(128 * 1024);
+                        self.input.resize(want, 0);
+                        let n = self.inner.read(&mut self.input)?;
+                        if n == 0 {
+                            return Err(io::ErrorKind::UnexpectedEof.into());
+                        }
+                        self.input.truncate(n);
+                        self.pos = 0;
+                        self.unit = Unit::Piece(left - n as u64);
+                    }
+                    let drained = matches!(self.unit, Unit::Piece(0));
+                    let status = zstd::stream::raw::Operation::run_on_buffers(
+                        &mut self.decoder,
+                        &self.input[self.pos..],
+                        buf,
+                    )?;
+                    self.pos += status.bytes_read;
+                    // With all of the piece's input taken and room left in `buf`, zstd has
+                    // handed out everything it could: the piece is done.
+                    let done =
+                        drained && self.pos == self.input.len() && status.bytes_written < buf.len();
+                    if done {
+                        self.unit = Unit::Header;
+                    }
+                    if status.bytes_written > 0 {
+                        return Ok(status.bytes_written);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Why the agent could not answer a request.
@@ -532,6 +869,20 @@ impl AgentMsg {
             | AgentMsg::ChunkData { req, .. }
             | AgentMsg::Error { req, .. } => Some(*req),
             AgentMsg::Hello { .. } | AgentMsg::Fatal { .. } => None,
+        }
+    }
+
+    /// The frame for the writer thread: chunk bytes that zstd compressed already stay out of
+    /// the session's zstd stream.
+    pub fn outgoing(&self) -> Outgoing {
+        let compressed_chunks = match self {
+            AgentMsg::ChunkData { chunks, .. } => chunks.iter().any(|c| c.zstd),
+            AgentMsg::FileChunks { inline, .. } => inline.as_ref().is_some_and(|c| c.zstd),
+            _ => false,
+        };
+        Outgoing {
+            body: self.encode(),
+            compress: !compressed_chunks,
         }
     }
 
@@ -1031,6 +1382,168 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// Hands out at most `n` bytes per read, to reach every partial state of a reader.
+    struct Trickle<R>(R, usize);
+    impl<R: Read> Read for Trickle<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.1);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
+    /// Frames of every kind a session sends: small and large, compressible and not.
+    fn mixed_frames() -> Vec<(Vec<u8>, bool)> {
+        let mut frames = Vec::new();
+        for i in 0..60u32 {
+            let len = [1usize, 7, 300, 5000, 70_000][i as usize % 5];
+            let body: Vec<u8> = (0..len).map(|j| (j as u32 * (i + 1) / 3) as u8).collect();
+            frames.push((body, i % 3 != 0));
+        }
+        // Larger than a piece: the stream is cut in the middle of it.
+        frames.push((vec![b'x'; 3 * SEGMENT_TARGET + 11], true));
+        frames.push((b"last".to_vec(), false));
+        frames
+    }
+
+    fn read_all(r: &mut impl Read) -> (Vec<Vec<u8>>, io::Result<()>) {
+        let mut got = Vec::new();
+        loop {
+            match read_frame(r) {
+                Ok(Some(b)) => got.push(b),
+                Ok(None) => return (got, Ok(())),
+                Err(e) => return (got, Err(e)),
+            }
+        }
+    }
+
+    #[test]
+    fn every_transport_carries_frames_exactly() {
+        let frames = mixed_frames();
+        let bodies: Vec<Vec<u8>> = frames.iter().map(|(b, _)| b.clone()).collect();
+        for transport in [Transport::Plain, Transport::Stream, Transport::Segments] {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            for (body, compress) in &frames {
+                tx.send(Outgoing {
+                    body: body.clone(),
+                    compress: *compress,
+                })
+                .expect("send");
+            }
+            drop(tx);
+            let wire = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+            impl Write for Shared {
+                fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                    self.0.lock().expect("lock").extend_from_slice(b);
+                    Ok(b.len())
+                }
+                fn flush(&mut self) -> io::Result<()> {
+                    Ok(())
+                }
+            }
+            let mut sink = transport
+                .sink(Box::new(Shared(std::sync::Arc::clone(&wire))))
+                .expect("sink");
+            write_batched(&mut sink, &rx, &|| false).expect("write");
+            drop(sink);
+            let wire = wire.lock().expect("lock").clone();
+            for (inner, outer) in [(usize::MAX, usize::MAX), (1, usize::MAX), (3, 2)] {
+                let reader = transport.reader(Trickle(&wire[..], inner)).expect("reader");
+                let (got, end) = read_all(&mut Trickle(reader, outer));
+                end.expect("clean end");
+                assert!(got == bodies, "{transport:?} with reads of {inner}/{outer}");
+            }
+        }
+    }
+
+    #[test]
+    fn segments_leave_compressed_chunks_out_of_the_stream() {
+        let chunk = AgentMsg::ChunkData {
+            req: 1,
+            chunks: vec![WireChunk {
+                raw_len: 100_000,
+                zstd: true,
+                bytes: (0..40_000u32)
+                    .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                    .collect(),
+            }],
+        };
+        let out = chunk.outgoing();
+        assert!(!out.compress);
+        let mut w = SegmentWriter::new(Vec::new()).expect("writer");
+        w.frame(&out.body, out.compress).expect("frame");
+        w.flush().expect("flush");
+        let wire = w.into_inner();
+        // A plain frame: exactly its length and body on the wire.
+        assert_eq!(wire.len(), out.body.len() + 4);
+        assert_eq!(&wire[4..], &out.body[..]);
+        let listing = AgentMsg::ListUnchanged { req: 2 }.outgoing();
+        assert!(listing.compress);
+    }
+
+    #[test]
+    fn segment_reader_refuses_hostile_units() {
+        let mut w = SegmentWriter::new(Vec::new()).expect("writer");
+        for (body, compress) in mixed_frames().into_iter().take(20) {
+            w.frame(&body, compress).expect("frame");
+        }
+        w.flush().expect("flush");
+        let wire = w.into_inner();
+        let all = read_all(&mut SegmentReader::new(&wire[..]).expect("reader")).0;
+        // Every cut: a prefix of the frames, then a clean end or an error; never a panic.
+        for cut in 0..wire.len() {
+            let (got, _) = read_all(&mut SegmentReader::new(&wire[..cut]).expect("reader"));
+            assert!(
+                got.len() <= all.len() && got[..] == all[..got.len()],
+                "cut {cut}"
+            );
+        }
+        // An empty piece.
+        let empty = SEGMENT_FLAG.to_le_bytes();
+        assert!(
+            read_all(&mut SegmentReader::new(&empty[..]).expect("reader"))
+                .1
+                .is_err()
+        );
+        // A piece that is not zstd.
+        let mut junk = (SEGMENT_FLAG | 8).to_le_bytes().to_vec();
+        junk.extend_from_slice(b"notzstd!");
+        assert!(
+            read_all(&mut SegmentReader::new(&junk[..]).expect("reader"))
+                .1
+                .is_err()
+        );
+        // A zstd stream that declares a 1 GiB window (the decoder would allocate it).
+        let mut big_window = zstd::stream::write::Encoder::new(Vec::new(), 1).expect("encoder");
+        big_window
+            .set_parameter(zstd::stream::raw::CParameter::WindowLog(30))
+            .expect("window");
+        big_window.include_contentsize(false).expect("no size");
+        write_frame(&mut big_window, b"\x86").expect("frame");
+        let z = big_window.finish().expect("finish");
+        let mut bomb = (SEGMENT_FLAG | z.len() as u32).to_le_bytes().to_vec();
+        bomb.extend_from_slice(&z);
+        let (got, end) = read_all(&mut SegmentReader::new(&bomb[..]).expect("reader"));
+        let e = end.expect_err("a 1 GiB window was accepted");
+        assert!(got.is_empty() && e.to_string().contains("memory"), "{e}");
+    }
+
+    #[test]
+    fn the_best_offered_transport_wins() {
+        assert_eq!(
+            Transport::best_of(&Transport::offered()),
+            Transport::Segments
+        );
+        assert_eq!(
+            Transport::best_of(&[b"other".to_vec(), CAP_ZSTD_STREAM.to_vec()]),
+            Transport::Stream
+        );
+        assert_eq!(Transport::best_of(&[b"other".to_vec()]), Transport::Plain);
+        for t in [Transport::Plain, Transport::Stream, Transport::Segments] {
+            assert_eq!(Transport::best_of(&t.capabilities()), t);
+        }
     }
 
     #[test]

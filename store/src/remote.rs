@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::protocol::{
-    listing_digest, read_frame, write_batched, write_frame, AgentMsg, ServerMsg, WireChunk,
-    WireEntry, CAP_ZSTD_STREAM, MAX_FRAME, PROTOCOL_VERSIONS,
+    listing_digest, read_frame, write_batched, write_frame, AgentMsg, Outgoing, ServerMsg,
+    Transport, WireChunk, WireEntry, MAX_FRAME, PROTOCOL_VERSIONS,
 };
 use crate::source::{EntryMeta, FetchedChunk, Source, SourceFile};
 use crate::tree::{ChunkRef, Content, Entry, Tree};
@@ -106,8 +106,8 @@ impl<T: Write> Write for Counting<T> {
 }
 
 struct Inner {
-    /// Request bodies for the writer thread ([`write_batched`]); `None` once closed.
-    requests: Mutex<Option<crossbeam_channel::Sender<Vec<u8>>>>,
+    /// Requests for the writer thread ([`write_batched`]); `None` once closed.
+    requests: Mutex<Option<crossbeam_channel::Sender<Outgoing>>>,
     calls: Mutex<Calls>,
     next_request: AtomicU64,
     received: Arc<AtomicU64>,
@@ -140,7 +140,7 @@ impl Inner {
     }
 
     /// Takes the request sender: once the caller drops it, the writer thread ends.
-    fn stop_requests(&self) -> Option<crossbeam_channel::Sender<Vec<u8>>> {
+    fn stop_requests(&self) -> Option<crossbeam_channel::Sender<Outgoing>> {
         self.requests
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -171,7 +171,10 @@ impl Inner {
             }
             calls.waiting.insert(req, tx);
         }
-        let body = make(req).encode();
+        let body = Outgoing {
+            body: make(req).encode(),
+            compress: true,
+        };
         let queued = self
             .requests
             .lock()
@@ -318,18 +321,13 @@ impl RemoteSource {
     ) -> Result<RemoteSource, RemoteError> {
         let body = read_frame(&mut reader)?.ok_or(RemoteError::Closed)?;
         let received = body.len() as u64 + 4;
-        let (versions, roots, software, stream) = match AgentMsg::decode(&body) {
+        let (versions, roots, software, transport) = match AgentMsg::decode(&body) {
             Ok(AgentMsg::Hello {
                 versions,
                 roots,
                 software,
                 capabilities,
-            }) => (
-                versions,
-                roots,
-                software,
-                capabilities.iter().any(|c| c == CAP_ZSTD_STREAM),
-            ),
+            }) => (versions, roots, software, Transport::best_of(&capabilities)),
             Ok(AgentMsg::Fatal { message }) => {
                 return Err(RemoteError::Refused(
                     String::from_utf8_lossy(&message).into_owned(),
@@ -370,11 +368,7 @@ impl RemoteSource {
             avg: params.avg(),
             max: params.max(),
             level: level.clamp(1, 19) as u8,
-            capabilities: if stream {
-                vec![CAP_ZSTD_STREAM.to_vec()]
-            } else {
-                Vec::new()
-            },
+            capabilities: transport.capabilities(),
         }
         .encode();
         write_frame(&mut writer, &hello)?;
@@ -389,18 +383,11 @@ impl RemoteSource {
             inner: writer,
             count: Arc::clone(&sent),
         };
-        let (reader, writer): (Box<dyn Read + Send>, Box<dyn Write + Send>) = if stream {
-            (
-                Box::new(zstd::stream::read::Decoder::new(reader)?),
-                Box::new(
-                    zstd::stream::write::Encoder::new(writer, crate::agent::WIRE_LEVEL)?
-                        .auto_finish(),
-                ),
-            )
-        } else {
-            (Box::new(reader), Box::new(writer))
-        };
-        let (requests, bodies) = crossbeam_channel::unbounded::<Vec<u8>>();
+        // Whole frames per write to ssh, and large reads from it (not two syscalls a frame).
+        let writer = io::BufWriter::with_capacity(64 * 1024, writer);
+        let reader = io::BufReader::with_capacity(256 * 1024, reader);
+        let mut sink = transport.sink(Box::new(writer))?;
+        let (requests, frames) = crossbeam_channel::unbounded::<Outgoing>();
         let inner = Arc::new(Inner {
             requests: Mutex::new(Some(requests)),
             calls: Mutex::new(Calls::default()),
@@ -413,16 +400,19 @@ impl RemoteSource {
         let writer_thread = std::thread::Builder::new()
             .name("agent-requests".into())
             .spawn(move || {
-                let mut writer = writer;
-                if let Err(e) = write_batched(&mut writer, &bodies) {
+                // Requests leave at once: ingest threads wait on their answers.
+                if let Err(e) = write_batched(&mut sink, &frames, &|| false) {
                     for_writer.break_off(format!("sending a request: {e}"));
                 }
-                // Dropping the writer finishes the zstd stream and closes the agent's stdin.
+                // Dropping the sink ends the stream and closes the agent's stdin.
             })?;
         let for_reader = Arc::clone(&inner);
         let handle = std::thread::Builder::new()
             .name("agent-replies".into())
-            .spawn(move || for_reader.read_replies(reader))?;
+            .spawn(move || match transport.reader(reader) {
+                Ok(reader) => for_reader.read_replies(reader),
+                Err(e) => for_reader.break_off(format!("starting the reply stream: {e}")),
+            })?;
         Ok(RemoteSource {
             inner,
             info: AgentInfo {
@@ -462,7 +452,10 @@ impl RemoteSource {
         }
         // Bye, then the writer thread ends and closes the agent's stdin even if Bye was lost.
         if let Some(tx) = self.inner.stop_requests() {
-            let _ = tx.send(ServerMsg::Bye.encode());
+            let _ = tx.send(Outgoing {
+                body: ServerMsg::Bye.encode(),
+                compress: true,
+            });
         }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for h in threads {

@@ -20,10 +20,12 @@ struct Samples {
     chunk_list: Vec<u8>,
     agent_stream: Vec<u8>,
     server_requests: Vec<u8>,
+    segmented_agent_stream: Vec<u8>,
 }
 
-/// A session's frames in each direction, as an agent and a server exchange them.
-fn protocol_samples(root: &Path) -> (Vec<u8>, Vec<u8>) {
+/// A session's frames in each direction, as an agent and a server exchange them, and the
+/// agent's frames after its hello under the `zstd-segments` transport.
+fn protocol_samples(root: &Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     use xstore::protocol::{write_frame, AgentMsg, ServerMsg, WireChunk, WireEntry};
     let meta = xstore::LocalSource.stat(root).unwrap();
     let agent = [
@@ -56,6 +58,14 @@ fn protocol_samples(root: &Path) -> (Vec<u8>, Vec<u8>) {
                 raw_len: 3,
                 zstd: false,
                 bytes: b"abc".to_vec(),
+            }],
+        },
+        AgentMsg::ChunkData {
+            req: 4,
+            chunks: vec![WireChunk {
+                raw_len: 64,
+                zstd: true,
+                bytes: zstd::bulk::compress(&[7u8; 64], 3).unwrap(),
             }],
         },
     ];
@@ -92,7 +102,13 @@ fn protocol_samples(root: &Path) -> (Vec<u8>, Vec<u8>) {
     for m in &server {
         write_frame(&mut s, &m.encode()).unwrap();
     }
-    (a, s)
+    let mut segmented = xstore::protocol::SegmentWriter::new(Vec::new()).unwrap();
+    for m in &agent[1..] {
+        let out = m.outgoing();
+        segmented.frame(&out.body, out.compress).unwrap();
+    }
+    segmented.flush().unwrap();
+    (a, s, segmented.into_inner())
 }
 
 fn samples() -> Samples {
@@ -143,10 +159,11 @@ fn samples() -> Samples {
         xstore::Node::Entry(e) => e.subtree().unwrap(),
         _ => unreachable!(),
     };
-    let (agent_stream, server_requests) = protocol_samples(&src);
+    let (agent_stream, server_requests, segmented_agent_stream) = protocol_samples(&src);
     Samples {
         agent_stream,
         server_requests,
+        segmented_agent_stream,
         config: std::fs::read(repo_dir.join("config")).unwrap(),
         pack,
         tree: repo.read_blob(&tree_id).unwrap(),
@@ -181,6 +198,9 @@ fn decoders() -> Vec<(&'static str, Decoder)> {
         ("blob_location", |b| decode::blob_location(b).is_ok()),
         ("agent_stream", |b| decode::agent_stream(b).is_ok()),
         ("server_requests", |b| decode::server_stream(b).is_ok()),
+        ("segmented_agent_stream", |b| {
+            decode::segmented_agent_stream(b).is_ok()
+        }),
     ]
 }
 
@@ -202,6 +222,7 @@ fn samples_survive_truncation_and_bit_flips() {
         ("chunk_list", &s.chunk_list),
         ("agent_stream", &s.agent_stream),
         ("server_requests", &s.server_requests),
+        ("segmented_agent_stream", &s.segmented_agent_stream),
     ];
     let table = decoders();
     for (name, bytes) in &all {
