@@ -280,7 +280,11 @@ pub fn serve<'a, W: Write + Send + 'static>(
         params,
         level: chunk_level,
     };
-    let (tx, rx) = crossbeam_channel::bounded::<ServerMsg>(workers.max(1) * 4);
+    // Two queues: `ChunkFile` requests, which a server sends ahead by the thousand, and the
+    // rest (listings, stats, chunk reads), for which a server thread is waiting: workers take
+    // those first. The ahead queue is deep so that the reader keeps reading past a backlog.
+    let (urgent_tx, urgent_rx) = crossbeam_channel::bounded::<ServerMsg>(workers.max(1) * 4);
+    let (ahead_tx, ahead_rx) = crossbeam_channel::bounded::<ServerMsg>(AHEAD_QUEUE);
     // Replies go through one writer thread that batches them (`write_batched`): while
     // requests are being answered it gathers replies into larger writes (fewer SSH packets);
     // when none is, it flushes at once, so a server waiting on one answer is not delayed.
@@ -297,11 +301,11 @@ pub fn serve<'a, W: Write + Send + 'static>(
             });
         });
         for _ in 0..workers.max(1) {
-            let rx = rx.clone();
+            let (urgent_rx, ahead_rx) = (urgent_rx.clone(), ahead_rx.clone());
             let out_tx = out_tx.clone();
             let ctx = &ctx;
             scope.spawn(move || {
-                for request in rx {
+                while let Some(request) = next_request(&urgent_rx, &ahead_rx) {
                     let replies = ctx.answer(request);
                     let last = replies.len().saturating_sub(1);
                     if replies.is_empty() {
@@ -319,7 +323,7 @@ pub fn serve<'a, W: Write + Send + 'static>(
                 }
             });
         }
-        drop(rx);
+        drop((urgent_rx, ahead_rx));
         let fatal = |reason: String| -> AgentError {
             let message = reason.clone().into_bytes();
             let _ = out_tx.send(AgentMsg::Fatal { message }.outgoing());
@@ -333,7 +337,11 @@ pub fn serve<'a, W: Write + Send + 'static>(
                     ServerMsg::Hello { .. } => return Err(fatal("second hello".into())),
                     request => {
                         unanswered.fetch_add(1, Ordering::AcqRel);
-                        if tx.send(request).is_err() {
+                        let queue = match request {
+                            ServerMsg::ChunkFile { .. } => &ahead_tx,
+                            _ => &urgent_tx,
+                        };
+                        if queue.send(request).is_err() {
                             break;
                         }
                     }
@@ -343,10 +351,29 @@ pub fn serve<'a, W: Write + Send + 'static>(
         })();
         // The workers end when the requests end, the writer when every reply sender is gone;
         // the scope waits for both, so the last replies are written before the agent exits.
-        drop(tx);
+        drop((urgent_tx, ahead_tx));
         drop(out_tx);
         result
     })
+}
+
+/// Most `ChunkFile` requests queued in the agent (a server sends them ahead of need).
+const AHEAD_QUEUE: usize = 65_536;
+
+/// The next request for a worker: urgent ones first. `None` once both queues are closed and
+/// empty.
+fn next_request(
+    urgent: &crossbeam_channel::Receiver<ServerMsg>,
+    ahead: &crossbeam_channel::Receiver<ServerMsg>,
+) -> Option<ServerMsg> {
+    if let Ok(m) = urgent.try_recv() {
+        return Some(m);
+    }
+    // A closed queue is always ready (with an error): fall back to the other one.
+    crossbeam_channel::select_biased! {
+        recv(urgent) -> m => m.ok().or_else(|| ahead.recv().ok()),
+        recv(ahead) -> m => m.ok().or_else(|| urgent.recv().ok()),
+    }
 }
 
 struct Ctx<'a> {
@@ -752,6 +779,34 @@ mod tests {
         ] {
             assert!(check_ssh_command(Some(bad)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn waiting_requests_go_before_requests_sent_ahead() {
+        let (urgent_tx, urgent) = crossbeam_channel::unbounded();
+        let (ahead_tx, ahead) = crossbeam_channel::unbounded();
+        let chunk_file = |req| ServerMsg::ChunkFile {
+            req,
+            path: b"/f".to_vec(),
+            inline_max: 0,
+        };
+        let stat = |req| ServerMsg::Stat {
+            req,
+            path: b"/f".to_vec(),
+        };
+        for req in 1..=3 {
+            ahead_tx.send(chunk_file(req)).expect("queue");
+        }
+        urgent_tx.send(stat(10)).expect("queue");
+        assert_eq!(next_request(&urgent, &ahead), Some(stat(10)));
+        assert_eq!(next_request(&urgent, &ahead), Some(chunk_file(1)));
+        urgent_tx.send(stat(11)).expect("queue");
+        assert_eq!(next_request(&urgent, &ahead), Some(stat(11)));
+        // Closed queues still hand out what they hold, then end.
+        drop((urgent_tx, ahead_tx));
+        assert_eq!(next_request(&urgent, &ahead), Some(chunk_file(2)));
+        assert_eq!(next_request(&urgent, &ahead), Some(chunk_file(3)));
+        assert_eq!(next_request(&urgent, &ahead), None);
     }
 
     #[test]

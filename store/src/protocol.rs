@@ -91,10 +91,11 @@ pub const BATCH_BYTES: usize = 128 * 1024;
 pub const BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Writes the frames arriving on `frames` until every sender is gone. It flushes when no
-/// further frame is waiting, unless `more_coming()` says frames are on their way (the agent:
-/// requests are being answered), in which case it gathers up to [`BATCH_BYTES`] or waits at
-/// most [`BATCH_WAIT`]. Under load many frames share one write and one SSH packet (each costs
-/// a wake-up and a MAC on both ends); a peer waiting for its only answer gets it at once.
+/// further frame is waiting, unless every frame of the batch may be held ([`Outgoing::hold`])
+/// and `more_coming()` says frames are on their way (the agent: requests are being answered);
+/// then it gathers up to [`BATCH_BYTES`] or waits at most [`BATCH_WAIT`]. Under load many
+/// frames share one write and one SSH packet (each costs a wake-up and a MAC on both ends);
+/// a listing, on the peer's critical path, leaves at once.
 pub fn write_batched(
     sink: &mut FrameSink,
     frames: &crossbeam_channel::Receiver<Outgoing>,
@@ -103,11 +104,12 @@ pub fn write_batched(
     while let Ok(frame) = frames.recv() {
         sink.frame(&frame.body, frame.compress)?;
         let mut batched = frame.body.len();
+        let mut hold = frame.hold;
         let deadline = std::time::Instant::now() + BATCH_WAIT;
         while batched < BATCH_BYTES {
             let next = match frames.try_recv() {
                 Ok(f) => f,
-                Err(_) if more_coming() => match frames.recv_deadline(deadline) {
+                Err(_) if hold && more_coming() => match frames.recv_deadline(deadline) {
                     Ok(f) => f,
                     Err(_) => break,
                 },
@@ -115,6 +117,7 @@ pub fn write_batched(
             };
             sink.frame(&next.body, next.compress)?;
             batched += next.body.len();
+            hold &= next.hold;
         }
         sink.flush()?;
     }
@@ -129,6 +132,9 @@ pub struct Outgoing {
     /// Whether the session's zstd stream should carry it (false for bodies that are mostly
     /// compressed chunk bytes: compressing them again costs CPU and saves nothing).
     pub compress: bool,
+    /// Whether the writer may hold it back briefly to send it with the frames that follow
+    /// (chunk replies, of which the peer awaits many; not listings, on its critical path).
+    pub hold: bool,
 }
 
 /// How frames travel after the hellos: the capability both sides turned on.
@@ -883,6 +889,10 @@ impl AgentMsg {
         Outgoing {
             body: self.encode(),
             compress: !compressed_chunks,
+            hold: matches!(
+                self,
+                AgentMsg::FileChunks { .. } | AgentMsg::ChunkData { .. }
+            ),
         }
     }
 
@@ -1428,6 +1438,7 @@ mod tests {
                 tx.send(Outgoing {
                     body: body.clone(),
                     compress: *compress,
+                    hold: false,
                 })
                 .expect("send");
             }
