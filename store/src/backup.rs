@@ -319,13 +319,21 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// The previous snapshot's tree of a directory entry, when it had one that still reads.
+    fn previous_tree(&self, old: Option<&Entry>) -> Option<Tree> {
+        old.and_then(|p| p.subtree())
+            .and_then(|id| self.repo.tree(&id).ok())
+    }
+
     /// One entry of a directory. `Ok(None)` when it is skipped or failed (recorded).
+    /// `parent_tree` is the previous snapshot's tree of a directory entry (`parent`'s subtree).
     fn process_entry(
         &self,
         path: &Path,
         name: Vec<u8>,
         meta: EntryMeta,
         parent: Option<&Entry>,
+        parent_tree: Option<Tree>,
         root_dev: u64,
     ) -> Result<Option<Entry>> {
         let mut entry = match meta.kind {
@@ -336,9 +344,6 @@ impl<'a> Session<'a> {
             }
             SourceKind::Dir => {
                 self.dirs.fetch_add(1, Ordering::Relaxed);
-                let parent_tree = parent
-                    .and_then(|p| p.subtree())
-                    .and_then(|id| self.repo.tree(&id).ok());
                 let descend = !(self.one_file_system && meta.dev != root_dev);
                 let id = if descend {
                     self.process_dir(path, parent_tree.as_ref(), root_dev)?
@@ -685,9 +690,36 @@ impl<'a> Session<'a> {
         if !to_open.is_empty() {
             self.source.will_open(&to_open);
         }
+        // The subdirectories `process_dir` will list, with their previous trees (loaded once,
+        // here, for the hint and for the walk).
+        let previous: Vec<Option<Tree>> = children
+            .par_iter()
+            .map(|(name, meta)| {
+                let is_dir = matches!(meta, Ok(m) if m.kind == SourceKind::Dir);
+                is_dir
+                    .then(|| self.previous_tree(parent.and_then(|t| t.get(name))))
+                    .flatten()
+            })
+            .collect();
+        let to_list: Vec<(PathBuf, Option<&Tree>)> = children
+            .iter()
+            .zip(&previous)
+            .filter_map(|((name, meta), old_tree)| {
+                use std::os::unix::ffi::OsStrExt;
+                let meta = meta.as_ref().ok().filter(|m| m.kind == SourceKind::Dir)?;
+                let descend = !(self.one_file_system && meta.dev != root_dev);
+                let child = path.join(std::ffi::OsStr::from_bytes(name));
+                (descend && !self.excludes.excluded(&child, name))
+                    .then_some((child, old_tree.as_ref()))
+            })
+            .collect();
+        if !to_list.is_empty() {
+            self.source.will_list(&to_list);
+        }
         let results: Vec<Result<Option<Entry>>> = children
             .into_par_iter()
-            .map(|(name, meta)| {
+            .zip(previous)
+            .map(|((name, meta), old_tree)| {
                 use std::os::unix::ffi::OsStrExt;
                 let child = path.join(std::ffi::OsStr::from_bytes(&name));
                 if self.excludes.excluded(&child, &name) {
@@ -701,7 +733,7 @@ impl<'a> Session<'a> {
                     }
                 };
                 let old = parent.and_then(|t| t.get(&name));
-                self.process_entry(&child, name, meta, old, root_dev)
+                self.process_entry(&child, name, meta, old, old_tree, root_dev)
             })
             .collect();
         let mut tree = Tree::default();
@@ -727,7 +759,10 @@ impl<'a> Session<'a> {
             })?;
             let old = parent.and_then(|t| t.get(name));
             let entry = match node {
-                SynthNode::Leaf => self.process_entry(&child, name.clone(), meta, old, meta.dev)?,
+                SynthNode::Leaf => {
+                    let old_tree = self.previous_tree(old);
+                    self.process_entry(&child, name.clone(), meta, old, old_tree, meta.dev)?
+                }
                 SynthNode::Between(inner) => {
                     if meta.kind != SourceKind::Dir {
                         return Err(Error::InvalidArgument(format!(
@@ -735,9 +770,7 @@ impl<'a> Session<'a> {
                             child.display()
                         )));
                     }
-                    let old_tree = old
-                        .and_then(|e| e.subtree())
-                        .and_then(|id| self.repo.tree(&id).ok());
+                    let old_tree = self.previous_tree(old);
                     let id = self.process_synth(&child, inner, old_tree.as_ref())?;
                     let mut e = Self::entry_from_meta(
                         name.clone(),

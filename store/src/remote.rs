@@ -44,6 +44,26 @@ pub const INLINE_MAX: u32 = 1024 * 1024;
 /// Hints past it are dropped; those files are asked for when opened.
 pub const PREFETCH_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Most `List` requests sent ahead of ingest ([`Source::will_list`]) and not yet taken.
+pub const PREFETCH_LISTS: usize = 256;
+/// Most bytes of listings (by [`listing_cost`]) that may be delivered and not yet taken by
+/// ingest. Past it the agent is breaking the session: an honest agent's listings are taken
+/// as they come, and hints stop at [`PREFETCH_BYTES`]. A hostile agent answering hinted
+/// listings with huge ones must not exhaust the server's memory.
+pub const MAX_HELD_LISTING_BYTES: u64 = 512 * 1024 * 1024;
+
+/// The memory a listing holds, about: what [`MAX_HELD_LISTING_BYTES`] counts. The reply
+/// reader adds it when a listing is delivered, and the caller subtracts it when it takes it.
+pub fn listing_cost(entries: &[WireEntry]) -> u64 {
+    entries
+        .iter()
+        .map(|e| {
+            let xattrs: usize = e.xattrs.iter().map(|(k, v)| k.len() + v.len() + 48).sum();
+            (160 + e.name.len() + e.target.as_ref().map_or(0, Vec::len) + xattrs) as u64
+        })
+        .sum()
+}
+
 /// What the agent said about itself in its hello.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentInfo {
@@ -114,6 +134,8 @@ struct Inner {
     next_request: AtomicU64,
     received: Arc<AtomicU64>,
     sent: Arc<AtomicU64>,
+    /// [`listing_cost`] of the listings delivered and not yet taken.
+    listings_held: AtomicU64,
     /// Symlink targets and xattrs that came with a listing, until ingest asks for them.
     extras: Mutex<HashMap<PathBuf, Extra>>,
 }
@@ -248,6 +270,13 @@ impl Inner {
                             Ok(())
                         } else {
                             let (entries, _) = lists.remove(&req).unwrap_or_default();
+                            let cost = listing_cost(&entries);
+                            let held = self.listings_held.fetch_add(cost, Ordering::AcqRel);
+                            if held + cost > MAX_HELD_LISTING_BYTES {
+                                break format!(
+                                    "protocol violation: listings of more than {MAX_HELD_LISTING_BYTES} bytes waiting"
+                                );
+                            }
                             self.deliver(
                                 req,
                                 AgentMsg::List {
@@ -302,7 +331,12 @@ pub struct RemoteSource {
     /// The request writer and the reply reader.
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     prefetched: Mutex<Prefetched>,
+    /// `List` requests sent ahead, by directory, with the digest they carried.
+    prefetched_lists: Mutex<HashMap<PathBuf, ListAhead>>,
 }
+
+/// A `List` request sent ahead: its reply, and the listing digest it carried.
+type ListAhead = (crossbeam_channel::Receiver<AgentMsg>, Option<[u8; 32]>);
 
 impl std::fmt::Debug for RemoteSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -397,6 +431,7 @@ impl RemoteSource {
             next_request: AtomicU64::new(1),
             received,
             sent,
+            listings_held: AtomicU64::new(0),
             extras: Mutex::new(HashMap::new()),
         });
         let for_writer = Arc::clone(&inner);
@@ -425,6 +460,7 @@ impl RemoteSource {
             },
             threads: Mutex::new(vec![writer_thread, handle]),
             prefetched: Mutex::new(Prefetched::default()),
+            prefetched_lists: Mutex::new(HashMap::new()),
         })
     }
 
@@ -494,11 +530,26 @@ impl RemoteSource {
         let known_entries: Option<Vec<WireEntry>> =
             previous.map(|t| t.entries.iter().map(wire_entry_of).collect());
         let known = known_entries.as_ref().map(listing_digest);
-        let entries = match self
-            .inner
-            .call(|req| ServerMsg::List { req, path, known })?
-        {
-            AgentMsg::List { entries, .. } => entries,
+        // A request sent ahead counts only if it carried this digest.
+        let sent_ahead = self
+            .prefetched_lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(dir)
+            .filter(|(_, digest)| *digest == known);
+        let reply = match sent_ahead {
+            Some((reply, _)) => self.inner.wait(&reply)?,
+            None => self
+                .inner
+                .call(|req| ServerMsg::List { req, path, known })?,
+        };
+        let entries = match reply {
+            AgentMsg::List { entries, .. } => {
+                self.inner
+                    .listings_held
+                    .fetch_sub(listing_cost(&entries), Ordering::AcqRel);
+                entries
+            }
             AgentMsg::ListUnchanged { .. } => match known_entries {
                 Some(entries) => entries,
                 None => return Err(unexpected("list")),
@@ -619,6 +670,33 @@ impl Source for RemoteSource {
             .remove(path)
             .map(|x| x.xattrs)
             .unwrap_or_default())
+    }
+
+    fn will_list(&self, dirs: &[(PathBuf, Option<&Tree>)]) {
+        let mut lists = self
+            .prefetched_lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (dir, previous) in dirs {
+            if lists.len() >= PREFETCH_LISTS
+                || self.inner.listings_held.load(Ordering::Acquire) > PREFETCH_BYTES
+            {
+                break;
+            }
+            if lists.contains_key(dir) {
+                continue;
+            }
+            let known = previous
+                .map(|t| listing_digest(&t.entries.iter().map(wire_entry_of).collect::<Vec<_>>()));
+            let path = dir.as_os_str().as_bytes().to_vec();
+            let Ok(reply) = self
+                .inner
+                .submit(|req| ServerMsg::List { req, path, known })
+            else {
+                break; // the connection broke; the listing reports it
+            };
+            lists.insert(dir.clone(), (reply, known));
+        }
     }
 
     fn will_open(&self, files: &[(PathBuf, u64)]) {

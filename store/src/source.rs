@@ -175,6 +175,14 @@ pub trait Source: Send + Sync {
         let _ = files;
     }
 
+    /// A hint: ingest is about to list these directories, each with the previous snapshot's
+    /// tree when it has one (then with [`Source::list_known`]). A source with round trips
+    /// starts the listings now; the default does nothing. Listing works the same for hinted
+    /// and unhinted directories.
+    fn will_list(&self, dirs: &[(PathBuf, Option<&Tree>)]) {
+        let _ = dirs;
+    }
+
     /// The absolute, symlink-free form of a backup path given by the user. Local sources
     /// resolve it on this machine; a remote source only normalizes it (the agent resolves
     /// and checks it on its side).
