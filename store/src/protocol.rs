@@ -748,8 +748,25 @@ fn get_list(
 }
 
 fn put_entry(out: &mut Vec<u8>, e: &WireEntry) {
-    put_bytes(out, &e.name);
-    match &e.meta {
+    put_entry_parts(
+        out,
+        &e.name,
+        e.meta.as_ref().map_err(String::as_str),
+        e.target.as_deref(),
+        &e.xattrs,
+    );
+}
+
+/// The `entry` encoding from its parts (shared by [`put_entry`] and [`tree_listing_digest`]).
+fn put_entry_parts(
+    out: &mut Vec<u8>,
+    name: &[u8],
+    meta: Result<&EntryMeta, &str>,
+    target: Option<&[u8]>,
+    xattrs: &[(Vec<u8>, Vec<u8>)],
+) {
+    put_bytes(out, name);
+    match meta {
         Ok(m) => {
             out.push(0);
             put_meta(out, m);
@@ -759,15 +776,15 @@ fn put_entry(out: &mut Vec<u8>, e: &WireEntry) {
             put_bytes(out, msg.as_bytes());
         }
     }
-    match &e.target {
+    match target {
         Some(t) => {
             out.push(1);
             put_bytes(out, t);
         }
         None => out.push(0),
     }
-    put_varint(out, e.xattrs.len() as u64);
-    for (k, v) in &e.xattrs {
+    put_varint(out, xattrs.len() as u64);
+    for (k, v) in xattrs {
         put_bytes(out, k);
         put_bytes(out, v);
     }
@@ -834,6 +851,24 @@ pub fn listing_digest<'a>(sorted: impl IntoIterator<Item = &'a WireEntry>) -> [u
     for e in sorted {
         buf.clear();
         put_entry(&mut buf, e);
+        hasher.update(&buf);
+    }
+    *hasher.finalize().as_bytes()
+}
+
+/// [`listing_digest`] of the listing an agent would send for a directory recorded as `tree`
+/// (each entry's recorded metadata, symlink target and xattrs), computed from the tree's
+/// entries without building that listing.
+pub fn tree_listing_digest(tree: &crate::tree::Tree) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = Vec::new();
+    for e in &tree.entries {
+        buf.clear();
+        let target = match &e.content {
+            crate::tree::Content::Target(t) => Some(t.as_slice()),
+            _ => None,
+        };
+        put_entry_parts(&mut buf, &e.name, Ok(&e.meta()), target, &e.xattrs);
         hasher.update(&buf);
     }
     *hasher.finalize().as_bytes()

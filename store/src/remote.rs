@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::protocol::{
-    listing_digest, read_frame, write_batched, write_frame, AgentMsg, Outgoing, ServerMsg,
+    read_frame, tree_listing_digest, write_batched, write_frame, AgentMsg, Outgoing, ServerMsg,
     Transport, WireChunk, WireEntry, MAX_FRAME, PROTOCOL_VERSIONS,
 };
 use crate::source::{EntryMeta, FetchedChunk, Source, SourceFile};
@@ -527,9 +527,7 @@ impl RemoteSource {
         previous: Option<&Tree>,
     ) -> io::Result<Vec<(Vec<u8>, io::Result<EntryMeta>)>> {
         let path = dir.as_os_str().as_bytes().to_vec();
-        let known_entries: Option<Vec<WireEntry>> =
-            previous.map(|t| t.entries.iter().map(wire_entry_of).collect());
-        let known = known_entries.as_ref().map(listing_digest);
+        let known = previous.map(tree_listing_digest);
         // A request sent ahead counts only if it carried this digest.
         let sent_ahead = self
             .prefetched_lists
@@ -550,8 +548,8 @@ impl RemoteSource {
                     .fetch_sub(listing_cost(&entries), Ordering::AcqRel);
                 entries
             }
-            AgentMsg::ListUnchanged { .. } => match known_entries {
-                Some(entries) => entries,
+            AgentMsg::ListUnchanged { .. } => match previous {
+                Some(tree) => tree.entries.iter().map(wire_entry_of).collect(),
                 None => return Err(unexpected("list")),
             },
             _ => return Err(unexpected("list")),
@@ -573,7 +571,7 @@ impl RemoteSource {
     }
 }
 
-/// A tree entry as the agent would list it (the listing digest's input).
+/// A tree entry as the agent would list it (a `ListUnchanged` answer is rebuilt from these).
 fn wire_entry_of(e: &Entry) -> WireEntry {
     WireEntry {
         name: e.name.clone(),
@@ -686,8 +684,7 @@ impl Source for RemoteSource {
             if lists.contains_key(dir) {
                 continue;
             }
-            let known = previous
-                .map(|t| listing_digest(&t.entries.iter().map(wire_entry_of).collect::<Vec<_>>()));
+            let known = previous.map(tree_listing_digest);
             let path = dir.as_os_str().as_bytes().to_vec();
             let Ok(reply) = self
                 .inner
@@ -910,5 +907,61 @@ impl SourceFile for RemoteFile {
             out.push(unpack(c, want)?);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::EntryKind;
+
+    fn entry(name: &[u8], kind: EntryKind, content: Content, xattrs: usize) -> Entry {
+        Entry {
+            name: name.to_vec(),
+            kind,
+            mode: 0o640,
+            uid: 1000,
+            gid: 100,
+            mtime_ns: 1_700_000_000_123_456_789,
+            ctime_ns: -5,
+            size: 42,
+            inode: 77,
+            dev: 2049,
+            nlink: 2,
+            rdev: 0,
+            xattrs: (0..xattrs)
+                .map(|i| (format!("user.k{i}").into_bytes(), vec![i as u8; i * 3]))
+                .collect(),
+            content,
+        }
+    }
+
+    #[test]
+    fn tree_digest_equals_the_digest_of_the_listing_the_agent_would_send() {
+        let tree = Tree {
+            entries: vec![
+                entry(
+                    b"dir",
+                    EntryKind::Dir,
+                    Content::Subtree(ChunkId::of(b"t")),
+                    0,
+                ),
+                entry(b"file", EntryKind::File, Content::Chunks(Vec::new()), 2),
+                entry(
+                    b"link",
+                    EntryKind::Symlink,
+                    Content::Target(b"../x".to_vec()),
+                    1,
+                ),
+            ],
+        };
+        let listing: Vec<WireEntry> = tree.entries.iter().map(wire_entry_of).collect();
+        assert_eq!(
+            tree_listing_digest(&tree),
+            crate::protocol::listing_digest(&listing)
+        );
+        let mut other = tree.clone();
+        other.entries[2].content = Content::Target(b"../y".to_vec());
+        assert_ne!(tree_listing_digest(&other), tree_listing_digest(&tree));
     }
 }
