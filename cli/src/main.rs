@@ -195,6 +195,15 @@ enum Command {
         /// Rewrite packs with more dead bytes than this (default: the repository's, 10%).
         #[arg(long, value_name = "PERCENT")]
         max_dead: Option<String>,
+        /// Keep retired pack files this long before deleting them (default: the
+        /// repository's, 24h), so that readers started before this gc finish. `0s` deletes
+        /// them at once.
+        #[arg(long, value_name = "DURATION")]
+        grace: Option<String>,
+        /// Also reclaim the packs `repair index` held because it could not attribute
+        /// their blobs to any snapshot.
+        #[arg(long)]
+        release_held: bool,
     },
     /// Show or set tier schedules (default and per host) and the gc threshold.
     Tiers {
@@ -295,20 +304,37 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into logs and pipes.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .without_time()
         .init();
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
+            let message = error_line(&e);
             if cli.json {
-                let line = serde_json::json!({"type": "error", "message": format!("{e:#}")});
+                let line = serde_json::json!({"type": "error", "message": message});
                 println!("{line}");
             }
-            eprintln!("xstore: error: {e:#}");
+            eprintln!("xstore: error: {message}");
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// One line for an error and its causes, each cause said once: a cause whose text the
+/// message already contains (the library's errors name their source) is not repeated.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 pub(crate) fn repo_path(cli: &Cli) -> Result<PathBuf> {
@@ -782,7 +808,18 @@ fn run(cli: &Cli) -> Result<u8> {
         } => retention::forget(cli, keep, host.as_deref(), now.as_deref(), *dry_run),
         Command::Pin { snapshot } => retention::pin(cli, snapshot, true),
         Command::Unpin { snapshot } => retention::pin(cli, snapshot, false),
-        Command::Gc { dry_run, max_dead } => retention::gc(cli, max_dead.as_deref(), *dry_run),
+        Command::Gc {
+            dry_run,
+            max_dead,
+            grace,
+            release_held,
+        } => retention::gc(
+            cli,
+            max_dead.as_deref(),
+            grace.as_deref(),
+            *release_held,
+            *dry_run,
+        ),
         Command::Tiers {
             host,
             set,
@@ -831,6 +868,18 @@ fn run(cli: &Cli) -> Result<u8> {
                     human_bytes(st.dead_bytes),
                     st.dead_bytes
                 );
+                println!(
+                    "retired packs    {} ({}) kept for the gc grace period of {}",
+                    st.retired_packs,
+                    human_bytes(st.retired_bytes),
+                    humantime::format_duration(Duration::from_secs(st.gc_grace_seconds))
+                );
+                if st.held_packs > 0 {
+                    println!(
+                        "held packs       {} (repair index could not attribute their blobs; gc --release-held reclaims them)",
+                        st.held_packs
+                    );
+                }
             }
             Ok(EXIT_OK)
         }
@@ -845,11 +894,28 @@ fn run(cli: &Cli) -> Result<u8> {
                 for s in &report.skipped {
                     eprintln!("xstore: skipped: {s}");
                 }
+                for id in &report.recovered {
+                    eprintln!(
+                        "xstore: recovered snapshot {id}: not in the old index, its record and data are whole"
+                    );
+                }
                 if !cli.quiet {
                     println!(
-                        "rebuilt index: {} packs ({} scanned), {} blobs, {} snapshots",
-                        report.packs, report.packs_scanned, report.blobs, report.snapshots
+                        "rebuilt index: {} packs ({} scanned), {} blobs, {} snapshots ({} recovered, {} from records in packs){}",
+                        report.packs,
+                        report.packs_scanned,
+                        report.blobs,
+                        report.snapshots,
+                        report.recovered.len(),
+                        report.from_packs,
+                        if report.old_index { "" } else { "; the old index was unreadable" }
                     );
+                    if report.held_packs > 0 {
+                        println!(
+                            "{} blobs in {} packs are referenced by no snapshot and could not be attributed: gc keeps them until `xstore gc --release-held`",
+                            report.unattributed_blobs, report.held_packs
+                        );
+                    }
                 }
             }
             Ok(if report.skipped.is_empty() {

@@ -169,8 +169,20 @@ fn parse_percent(text: &str) -> Result<f64> {
     Ok(v)
 }
 
-pub(crate) fn gc(cli: &Cli, max_dead: Option<&str>, dry_run: bool) -> Result<u8> {
+pub(crate) fn gc(
+    cli: &Cli,
+    max_dead: Option<&str>,
+    grace: Option<&str>,
+    release_held: bool,
+    dry_run: bool,
+) -> Result<u8> {
     let max_dead_percent = max_dead.map(parse_percent).transpose()?;
+    let grace = grace
+        .map(|g| {
+            humantime::parse_duration(g)
+                .map_err(|e| anyhow::anyhow!("--grace {g:?}: {e} (use e.g. 24h, 30m, 0s)"))
+        })
+        .transpose()?;
     let repo = crate::open_rw_or_ro(cli, dry_run)?;
     let progress = std::sync::Arc::new(xstore::Progress::default());
     let tracker = crate::Tracker::start(cli, "gc", progress.clone());
@@ -178,6 +190,8 @@ pub(crate) fn gc(cli: &Cli, max_dead: Option<&str>, dry_run: bool) -> Result<u8>
         max_dead_percent,
         dry_run,
         progress: Some(progress),
+        grace,
+        release_held,
     });
     tracker.finish();
     let report = result?;
@@ -218,6 +232,20 @@ pub(crate) fn gc(cli: &Cli, max_dead: Option<&str>, dry_run: bool) -> Result<u8>
             human_bytes(report.dead_bytes_remaining),
             report.max_dead_percent
         );
+        if !dry_run {
+            println!(
+                "retired pack files: {} deleted ({}) after the grace period of {}, {} waiting{}",
+                report.retired_deleted,
+                human_bytes(report.retired_bytes_deleted),
+                humantime::format_duration(std::time::Duration::from_secs(report.grace_seconds)),
+                report.retired_waiting,
+                if report.packs_held > 0 {
+                    format!("; {} packs held by repair index (gc --release-held)", report.packs_held)
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
     Ok(EXIT_OK)
 }

@@ -101,7 +101,7 @@ fn crash_rounds(op: &[&str], prepare: &[&str], failpoints: &[&str]) {
     );
     // The next runs complete; one gc then reclaims every dead byte.
     ok(&repo, op);
-    ok(&repo, &["gc", "--max-dead", "0%"]);
+    ok(&repo, &["gc", "--max-dead", "0%", "--grace", "0s"]);
     let stats = json(&repo, &["stats"]);
     assert_eq!(stats["dead_bytes"], 0, "{stats}");
     assert_eq!(stats["unreferenced_blobs"], 0, "{stats}");
@@ -150,7 +150,7 @@ fn sigkill_during_forget() {
 #[test]
 fn sigkill_during_gc() {
     crash_rounds(
-        &["gc", "--max-dead", "0%"],
+        &["gc", "--max-dead", "0%", "--grace", "0s"],
         &["forget", "--keep-last", "2"],
         &[
             "gc-after-copy",

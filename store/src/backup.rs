@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use xstore_chunker::{ChunkId, StreamChunker};
 
 use crate::error::{Error, Result};
-use crate::index::{BlobLoc, PackRecord};
+use crate::index::BlobLoc;
 use crate::mutation::Mutation;
 use crate::pack::{self, BlobKind, PackWriter, SealedPack, BLOB_HEADER_LEN};
 use crate::repo::{now_ns, poisoned, Repository};
@@ -118,6 +118,8 @@ struct Session<'a> {
     repo: &'a Repository,
     source: &'a dyn Source,
     excludes: Excludes,
+    /// Entries left out by an exclude pattern.
+    excluded: AtomicU64,
     one_file_system: bool,
     level: i32,
     pack_size: u64,
@@ -160,7 +162,8 @@ enum SynthNode {
 impl<'a> Session<'a> {
     fn record_error(&self, path: &Path, message: impl Into<String>) {
         let message = message.into();
-        tracing::warn!(path = %path.display(), %message, "not backed up");
+        // Reported once, by the caller (the CLI prints the snapshot's errors).
+        tracing::debug!(path = %path.display(), %message, "not backed up");
         self.error_count.fetch_add(1, Ordering::Relaxed);
         if let Some(p) = &self.progress {
             p.errors.fetch_add(1, Ordering::Relaxed);
@@ -184,12 +187,19 @@ impl<'a> Session<'a> {
             }
         }
         if let Ok(mut sealed) = self.sealed.lock() {
+            let packs_dir = self.repo.packs_dir();
+            let mut removed = Vec::new();
             for p in sealed.drain(..) {
-                let path = pack::pack_path(&self.repo.packs_dir(), &p.id);
-                if let Err(e) = std::fs::remove_file(&path) {
-                    tracing::warn!(path = %path.display(), error = %e,
-                        "could not remove an uncommitted pack; the next writer's recovery will");
+                let path = pack::pack_path(&packs_dir, &p.id);
+                match crate::journal::remove_if_present(&path) {
+                    Ok(()) => removed.push(p.id),
+                    Err(e) => tracing::warn!(path = %path.display(), error = %e,
+                        "could not remove an uncommitted pack; the next writer's recovery will"),
                 }
+            }
+            // Markers go after their packs: a crash in between leaves a marker without a pack.
+            if let Err(e) = crate::journal::clear_uncommitted(&packs_dir, &removed) {
+                tracing::warn!(error = %e, "could not clear uncommitted-pack markers");
             }
         }
     }
@@ -723,6 +733,7 @@ impl<'a> Session<'a> {
                 use std::os::unix::ffi::OsStrExt;
                 let child = path.join(std::ffi::OsStr::from_bytes(&name));
                 if self.excludes.excluded(&child, &name) {
+                    self.excluded.fetch_add(1, Ordering::Relaxed);
                     return Ok(None);
                 }
                 let meta = match meta {
@@ -900,10 +911,20 @@ impl Repository {
             None => None,
         };
         let (synth, shown_paths) = synth_root(source, &opts.paths)?;
+        let excludes = Excludes::new(&opts.excludes)?;
+        for p in &shown_paths {
+            let path = Path::new(p);
+            let name = path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or(b"");
+            if excludes.excluded(path, name) {
+                return Err(Error::InvalidArgument(format!(
+                    "an exclude pattern matches the backup path {p} itself: nothing would be backed up"
+                )));
+            }
+        }
         let session = Session {
             repo: self,
             source,
-            excludes: Excludes::new(&opts.excludes)?,
+            excludes,
             one_file_system: opts.one_file_system,
             level: self.config().compression_level,
             pack_size: self.config().pack_size,
@@ -921,6 +942,7 @@ impl Repository {
             bytes_read: AtomicU64::new(0),
             unchanged: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            excluded: AtomicU64::new(0),
             new_blobs: AtomicU64::new(0),
             new_bytes: AtomicU64::new(0),
             new_stored: AtomicU64::new(0),
@@ -941,9 +963,25 @@ impl Repository {
                 return Err(e);
             }
         };
-        if let Some(w) = session.writer.lock().map_err(poisoned)?.take() {
-            let sealed = w.seal(&self.packs_dir())?;
-            session.sealed.lock().map_err(poisoned)?.push(sealed);
+        let stored_nothing = session.files.load(Ordering::Relaxed) == 0
+            && session.others.load(Ordering::Relaxed) == 0
+            && session.dirs.load(Ordering::Relaxed) <= shown_paths.len() as u64;
+        if stored_nothing && session.excluded.load(Ordering::Relaxed) > 0 {
+            session.discard_uncommitted();
+            return Err(Error::InvalidArgument(format!(
+                "the exclude patterns left out every entry under {}: no snapshot was committed",
+                shown_paths.join(" ")
+            )));
+        }
+        let last = session.writer.lock().map_err(poisoned)?.take();
+        if let Some(w) = last {
+            match w.seal(&self.packs_dir()) {
+                Ok(sealed) => session.sealed.lock().map_err(poisoned)?.push(sealed),
+                Err(e) => {
+                    session.discard_uncommitted();
+                    return Err(e);
+                }
+            }
         }
         let errors = session.errors.into_inner().map_err(poisoned)?;
         let error_count = session.error_count.load(Ordering::Relaxed);
@@ -984,6 +1022,7 @@ impl Repository {
             errors,
             stats,
             client: format!("xstore {}", env!("CARGO_PKG_VERSION")),
+            revision: 0,
         };
         let sealed = session.sealed.into_inner().map_err(poisoned)?;
         let new_parents = session.new_parents.into_inner().map_err(poisoned)?;
@@ -1002,14 +1041,7 @@ impl Repository {
     ) -> Result<()> {
         let mut m = Mutation::begin(self)?;
         for p in &sealed {
-            m.set_pack(
-                p.id,
-                Some(PackRecord {
-                    size: p.size,
-                    blobs: p.entries.len() as u32,
-                    dead_bytes: 0,
-                }),
-            );
+            m.add_sealed_pack(p.id, p.size, p.entries.len() as u32);
             let ids: Vec<ChunkId> = p.entries.iter().map(|e| e.id).collect();
             m.prefetch(&ids)?;
             for e in &p.entries {

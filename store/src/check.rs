@@ -102,6 +102,14 @@ pub struct Stats {
     pub dead_bytes: u64,
     /// logical_bytes / stored_bytes.
     pub dedup_ratio: f64,
+    /// How long packs retired by gc stay on disk before a later gc deletes them, seconds.
+    pub gc_grace_seconds: u64,
+    /// Pack files gc retired that are still on disk (waiting for the grace period).
+    pub retired_packs: u64,
+    /// Bytes of those files.
+    pub retired_bytes: u64,
+    /// Packs gc keeps because `repair index` held them.
+    pub held_packs: u64,
 }
 
 struct Walk<'a> {
@@ -222,6 +230,12 @@ pub(crate) fn mark(
         trees: 0,
     };
     for s in snapshots {
+        // A snapshot holds its root and the blob of its current record (if it has one:
+        // records committed before record blobs existed do not).
+        let record = ChunkId::of(&s.encode());
+        if repo.index.blob(&record)?.is_some() {
+            *w.expected.entry(record).or_insert(0) += 1;
+        }
         *w.expected.entry(s.root).or_insert(0) += 1;
         if repo.index.blob(&s.root)?.is_none() {
             w.problem(
@@ -513,6 +527,14 @@ impl Repository {
             }
             Ok(())
         })?;
+        st.gc_grace_seconds = self.retention_settings()?.gc_grace_seconds;
+        for id in crate::journal::retired(&self.packs_dir(), crate::now_ns())?.keys() {
+            if let Ok(m) = fs::metadata(pack::pack_path(&self.packs_dir(), id)) {
+                st.retired_packs += 1;
+                st.retired_bytes += m.len();
+            }
+        }
+        st.held_packs = crate::repair::held_packs(self.path())?.len() as u64;
         st.dedup_ratio = if st.stored_bytes > 0 {
             st.logical_bytes as f64 / st.stored_bytes as f64
         } else {

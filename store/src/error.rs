@@ -100,6 +100,23 @@ pub enum Error {
         /// RocksDB's message.
         message: String,
     },
+    /// The index cannot be trusted for writing: it is missing, empty, or older than the packs.
+    /// Writing through it could disown committed data, so only `repair index` may proceed.
+    #[error("{path}: {reason}; run `xstore repair index` (nothing was changed)")]
+    IndexNeedsRepair {
+        /// The index directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `config` does not match what the repository was created with.
+    #[error("{path}: {reason}")]
+    ConfigMismatch {
+        /// The config file.
+        path: PathBuf,
+        /// What differs.
+        reason: String,
+    },
     /// Not an xstore repository, or one of an unsupported version.
     #[error("{path}: {reason}")]
     NotARepository {

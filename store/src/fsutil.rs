@@ -19,11 +19,16 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    {
+    let written = (|| {
         let mut f = File::create(&tmp).at(&tmp)?;
         f.write_all(bytes).at(&tmp)?;
         f.sync_all().at(&tmp)?;
+        fs::rename(&tmp, path).at(path)
+    })();
+    if written.is_err() {
+        // A full disk must not leave a temporary behind (recovery would remove it too).
+        let _ = fs::remove_file(&tmp);
     }
-    fs::rename(&tmp, path).at(path)?;
+    written?;
     sync_dir(dir)
 }

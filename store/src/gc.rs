@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::index::{BlobLoc, PackRecord};
 use crate::mutation::Mutation;
 use crate::pack::{self, PackEntry, PackId, PackWriter, SealedPack};
@@ -26,6 +26,13 @@ pub struct GcOptions {
     pub dry_run: bool,
     /// Live counters of the copy (`total_bytes` is set first; `bytes` counts bytes copied).
     pub progress: Option<std::sync::Arc<crate::Progress>>,
+    /// How long retired pack files stay before deletion; `None` uses the repository's
+    /// setting (`retention.json`, default one day). Zero deletes them at once, which breaks
+    /// readers that started before this gc.
+    pub grace: Option<std::time::Duration>,
+    /// Release the packs `repair index` held (blobs it could not attribute to a snapshot):
+    /// gc may then reclaim them like any other.
+    pub release_held: bool,
 }
 
 /// What gc does with one pack.
@@ -87,6 +94,16 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Dead bytes left in packs below the threshold.
     pub dead_bytes_remaining: u64,
+    /// Grace period of retired packs, seconds.
+    pub grace_seconds: u64,
+    /// Retired pack files deleted by this run (their grace period had passed).
+    pub retired_deleted: u64,
+    /// Bytes of those files.
+    pub retired_bytes_deleted: u64,
+    /// Retired pack files still waiting for their grace period to pass.
+    pub retired_waiting: u64,
+    /// Packs kept because `repair index` held them (see [`GcOptions::release_held`]).
+    pub packs_held: u64,
     /// Per pack.
     pub packs: Vec<GcPack>,
 }
@@ -151,10 +168,23 @@ impl Repository {
             }
             None => self.retention_settings()?.gc_max_dead_percent,
         };
+        let grace = match opts.grace {
+            Some(g) => g.as_secs(),
+            None => self.retention_settings()?.gc_grace_seconds,
+        };
         let mut report = GcReport {
             dry_run: opts.dry_run,
             max_dead_percent: threshold,
+            grace_seconds: grace,
             ..Default::default()
+        };
+        if opts.release_held && !opts.dry_run {
+            crate::journal::remove_if_present(&self.path().join(crate::repair::HOLD_FILE))?;
+        }
+        let held = if opts.release_held {
+            HashSet::new()
+        } else {
+            crate::repair::held_packs(self.path())?
         };
         let protected = self
             .write_state
@@ -196,6 +226,14 @@ impl Repository {
                 row.action = GcAction::Skip;
                 row.note = Some("holds blobs a running backup may reference".into());
             }
+            if held.contains(&id) {
+                row.action = GcAction::Skip;
+                row.note = Some(
+                    "held by repair index: blobs it could not attribute (gc --release-held reclaims them)"
+                        .into(),
+                );
+                report.packs_held += 1;
+            }
             if row.action != GcAction::Skip {
                 candidates.push(c);
             }
@@ -213,7 +251,44 @@ impl Repository {
         }
         self.reclaim(candidates, &mut report, opts.progress.as_deref())?;
         tally(&mut report);
+        self.delete_retired(grace, &mut report)?;
         Ok(report)
+    }
+
+    /// Deletes retired pack files whose grace period has passed and that the index does not
+    /// know (journal.rs), pack file first, marker second.
+    fn delete_retired(&self, grace_seconds: u64, report: &mut GcReport) -> Result<()> {
+        let packs = self.packs_dir();
+        let now = crate::now_ns();
+        let grace_ns = i64::try_from(grace_seconds)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000_000);
+        let mut dirs = HashSet::new();
+        for (id, retired_ns) in crate::journal::retired(&packs, now)? {
+            if self.index.pack(&id)?.is_some() {
+                continue;
+            }
+            if now.saturating_sub(retired_ns) < grace_ns {
+                report.retired_waiting += 1;
+                continue;
+            }
+            let path = pack::pack_path(&packs, &id);
+            crate::fail_io("gc-delete")?;
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            crate::journal::remove_if_present(&path)?;
+            self.forget_pack_file(&id);
+            crate::failpoint("gc-mid-delete");
+            crate::journal::clear_retired(&packs, &id)?;
+            report.retired_deleted += 1;
+            report.retired_bytes_deleted += size;
+            if let Some(d) = path.parent() {
+                dirs.insert(d.to_path_buf());
+            }
+        }
+        for d in dirs {
+            crate::fsutil::sync_dir(&d)?;
+        }
+        Ok(())
     }
 
     fn reclaim(
@@ -282,10 +357,14 @@ impl Repository {
             if let Some(w) = writer.take() {
                 w.discard();
             }
+            let mut removed = Vec::new();
             for p in &sealed {
                 let path = pack::pack_path(&self.packs_dir(), &p.id);
-                let _ = std::fs::remove_file(path);
+                if std::fs::remove_file(path).is_ok() {
+                    removed.push(p.id);
+                }
             }
+            let _ = crate::journal::clear_uncommitted(&self.packs_dir(), &removed);
             return Err(e);
         }
         crate::failpoint("gc-after-copy");
@@ -353,6 +432,7 @@ impl Repository {
         }
         // New packs: every copy that did not end up live counts as dead there.
         for p in &sealed {
+            m.track_sealed(p.id);
             let dead: u64 = p
                 .entries
                 .iter()
@@ -368,26 +448,14 @@ impl Repository {
                 }),
             );
         }
+        // 3. The packs leaving the index are retired before the commit: their files stay
+        // until the grace period has passed (readers that started before this gc may still
+        // read them), then a later gc deletes them (`delete_retired`).
+        let gone_ids: Vec<PackId> = gone.iter().map(|(id, _)| *id).collect();
+        crate::fail_io("gc-retire")?;
+        crate::journal::mark_retired(&self.packs_dir(), &gone_ids, crate::now_ns())?;
         m.commit()?;
         report.packs_written = sealed.len() as u64;
-        // 3. Only now the old files go (a crash here leaves files no pack record names,
-        // which recovery deletes).
-        let mut dirs = HashSet::new();
-        for (id, _) in &gone {
-            let path = pack::pack_path(&self.packs_dir(), id);
-            match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(&path),
-                _ => {}
-            }
-            self.forget_pack_file(id);
-            crate::failpoint("gc-mid-delete");
-            if let Some(d) = path.parent() {
-                dirs.insert(d.to_path_buf());
-            }
-        }
-        for d in dirs {
-            crate::fsutil::sync_dir(&d)?;
-        }
         let old: u64 = gone.iter().map(|(_, s)| s).sum();
         let new: u64 = sealed.iter().map(|p| p.size).sum();
         report.bytes_freed = old.saturating_sub(new);

@@ -35,7 +35,6 @@ const FLUSH_AFTER_BYTES: usize = 1 << 20;
 
 fn options(cache: &Cache) -> Options {
     let mut o = Options::default();
-    o.create_if_missing(true);
     o.create_missing_column_families(true);
     o.set_keep_log_file_num(3);
     o.set_max_open_files(512);
@@ -59,10 +58,27 @@ impl Index {
         }
     }
 
-    /// Opens (creating when `create`) for writing, or read-only.
+    /// Creates a new, empty index (init, and the index that `repair index` builds).
+    pub(crate) fn create(path: &Path) -> Result<Self> {
+        Self::open_with(path, false, true)
+    }
+
+    /// Opens an existing index for writing, or read-only. A missing index is an error, never
+    /// silently replaced by an empty one (an empty index would disown every pack).
     pub(crate) fn open(path: &Path, read_only: bool) -> Result<Self> {
+        if !path.join("CURRENT").is_file() {
+            return Err(Error::IndexNeedsRepair {
+                path: path.to_path_buf(),
+                reason: "the index is missing or empty".into(),
+            });
+        }
+        Self::open_with(path, read_only, false)
+    }
+
+    fn open_with(path: &Path, read_only: bool, create: bool) -> Result<Self> {
         let cache = Cache::new_lru_cache(64 << 20);
         let mut opts = options(&cache);
+        opts.create_if_missing(create);
         opts.set_log_level(rocksdb::LogLevel::Warn);
 
         let cfs = CFS
@@ -233,6 +249,20 @@ impl Index {
                 tracing::warn!(error = %e, "index flush after commit failed (the commit is durable)");
             }
         }
+    }
+
+    /// A value of the default column family (repository facts the index was built for).
+    pub(crate) fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get(key).map_err(|e| self.err(e))
+    }
+
+    /// Sets a value of the default column family, synced.
+    pub(crate) fn set_meta(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        let mut b = WriteBatch::default();
+        b.put(key, value);
+        self.db.write_opt(b, &opts).map_err(|e| self.err(e))
     }
 
     pub(crate) fn batch(&self) -> IndexBatch<'_> {

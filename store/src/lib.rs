@@ -68,6 +68,7 @@ mod gc;
 #[cfg(feature = "index")]
 mod index;
 pub mod inventory;
+mod journal;
 #[cfg(feature = "index")]
 mod lock;
 #[cfg(feature = "index")]
@@ -135,7 +136,10 @@ pub use repo::{now_ns, Node, Repository};
 #[cfg(feature = "index")]
 pub use restore::{RestoreOptions, RestoreSummary};
 #[cfg(feature = "index")]
-pub use retain::{Applied, RetentionSettings, DEFAULT_GC_MAX_DEAD_PERCENT, RETENTION_VERSION};
+pub use retain::{
+    Applied, RetentionSettings, DEFAULT_GC_GRACE_SECONDS, DEFAULT_GC_MAX_DEAD_PERCENT,
+    RETENTION_VERSION,
+};
 pub use snapshot::{PathError, Snapshot, SnapshotId, SnapshotStats, SnapshotStatus};
 pub use source::{EntryMeta, FetchedChunk, LocalSource, Source, SourceFile, SourceKind};
 pub use tree::{ChunkRef, Content, Entry, EntryKind, Tree};
@@ -252,6 +256,19 @@ pub mod decode {
     pub fn blob_location(bytes: &[u8]) -> Result<crate::BlobLoc, DecodeError> {
         crate::BlobLoc::decode(bytes)
     }
+}
+
+#[cfg(feature = "index")]
+/// Test hook: when the environment variable `XSTORE_FAIL_IO` equals `name`, the write step
+/// named here fails with ENOSPC (as a full disk would), to test what each step leaves behind.
+pub(crate) fn fail_io(name: &str) -> Result<()> {
+    if std::env::var_os("XSTORE_FAIL_IO").is_some_and(|v| v == name) {
+        return Err(Error::Io {
+            path: std::path::PathBuf::from(format!("<{name}>")),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(feature = "index")]

@@ -94,6 +94,10 @@ pub(crate) struct Mutation<'r> {
     died: Vec<ChunkId>,
     /// Blobs this mutation inserted (their children are counted by the inserter).
     fresh: HashSet<ChunkId>,
+    /// Sealed packs this mutation commits: their uncommitted markers go after the commit;
+    /// a mutation dropped before its commit point deletes them.
+    sealed: Vec<PackId>,
+    committed: bool,
     pub(crate) released: Released,
 }
 
@@ -108,6 +112,8 @@ impl<'r> Mutation<'r> {
             snapshots: BTreeMap::new(),
             died: Vec::new(),
             fresh: HashSet::new(),
+            sealed: Vec::new(),
+            committed: false,
             released: Released::default(),
         })
     }
@@ -154,6 +160,24 @@ impl<'r> Mutation<'r> {
 
     pub(crate) fn set_pack(&mut self, id: PackId, rec: Option<PackRecord>) {
         self.packs.insert(id, rec);
+    }
+
+    /// Adds a pack sealed for this mutation (written, not yet referenced by the index).
+    pub(crate) fn add_sealed_pack(&mut self, id: PackId, size: u64, blobs: u32) {
+        self.set_pack(
+            id,
+            Some(PackRecord {
+                size,
+                blobs,
+                dead_bytes: 0,
+            }),
+        );
+        self.track_sealed(id);
+    }
+
+    /// Makes this mutation responsible for a sealed pack whose record the caller sets.
+    pub(crate) fn track_sealed(&mut self, id: PackId) {
+        self.sealed.push(id);
     }
 
     /// Adds `add` to and takes `sub` from a pack's dead bytes.
@@ -249,11 +273,90 @@ impl<'r> Mutation<'r> {
         self.snapshots.insert(s.id, Some(s));
     }
 
-    /// Expires a snapshot: removes its record and releases its root.
+    /// Expires a snapshot: removes its record and releases its root and its record blob.
     pub(crate) fn expire(&mut self, s: &Snapshot) -> Result<()> {
         self.snapshots.insert(s.id, None);
         self.released.snapshots += 1;
+        self.release_record_blob(s)?;
         self.release(s.root)
+    }
+
+    /// Drops the reference a snapshot holds on the blob of its current record (records
+    /// committed before record blobs existed have none).
+    fn release_record_blob(&mut self, s: &Snapshot) -> Result<()> {
+        let id = ChunkId::of(&s.encode());
+        if self.loc(&id)?.is_some_and(|l| l.refcount > 0) {
+            self.release(id)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the snapshot records this mutation adds or replaces as blobs of one new pack
+    /// (before the commit), so that packs alone can rebuild every committed snapshot. A
+    /// replaced record gets the next revision and its old blob loses its reference.
+    fn write_record_blobs(&mut self) -> Result<()> {
+        let mut records: Vec<Vec<u8>> = Vec::new();
+        let ids: Vec<SnapshotId> = self.snapshots.keys().copied().collect();
+        for id in ids {
+            let old = self.repo.index.snapshot(&id)?;
+            let Some(Some(new)) = self.snapshots.get(&id).cloned() else {
+                continue;
+            };
+            let mut new = new;
+            if let Some(old) = &old {
+                if *old == new {
+                    continue;
+                }
+                new.revision = old.revision + 1;
+                self.release_record_blob(old)?;
+            }
+            records.push(new.encode());
+            self.snapshots.insert(id, Some(new));
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let repo = self.repo;
+        let mut writer = crate::pack::PackWriter::create(&repo.tmp_dir())?;
+        for bytes in &records {
+            let (compression, stored) =
+                crate::pack::compress(bytes, repo.config().compression_level);
+            let added = writer.add(
+                ChunkId::of(bytes),
+                crate::pack::BlobKind::SnapshotRecord,
+                compression,
+                bytes.len() as u32,
+                &stored,
+            );
+            if let Err(e) = added {
+                writer.discard();
+                return Err(e);
+            }
+        }
+        let sealed = writer.seal(&repo.packs_dir())?;
+        self.add_sealed_pack(sealed.id, sealed.size, sealed.entries.len() as u32);
+        let ids: Vec<ChunkId> = sealed.entries.iter().map(|e| e.id).collect();
+        self.prefetch(&ids)?;
+        for e in &sealed.entries {
+            self.insert_new(&e.id, BlobLoc::at(sealed.id, e, 0))?;
+            self.add_refs(&e.id, 1)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the packs this mutation sealed (it failed before its commit point).
+    fn discard_sealed(&self) {
+        let dir = self.repo.packs_dir();
+        for id in &self.sealed {
+            let path = crate::pack::pack_path(&dir, id);
+            if let Err(e) = crate::journal::remove_if_present(&path) {
+                tracing::warn!(error = %e, "could not remove an uncommitted pack; the next writer's recovery will");
+                return;
+            }
+        }
+        if let Err(e) = crate::journal::clear_uncommitted(&dir, &self.sealed) {
+            tracing::warn!(error = %e, "could not clear uncommitted-pack markers; the next writer's recovery will");
+        }
     }
 
     /// Host records after this mutation, for the hosts it touches. Updated incrementally (a
@@ -337,7 +440,41 @@ impl<'r> Mutation<'r> {
 
     /// Writes everything in one synced batch, then brings the snapshot copies up to date.
     /// Order (FORMAT.md §Crash safety): stale marker, index batch, copies, marker removed.
+    ///
+    /// Everything before the batch either fails the mutation (nothing changed, the packs it
+    /// sealed are deleted) or leads to the batch; everything after it is bookkeeping whose
+    /// failure is a warning (the change is committed; recovery on the next open finishes it).
     pub(crate) fn commit(mut self) -> Result<Released> {
+        self.commit_batch()?;
+        self.committed = true;
+        crate::failpoint("after-commit");
+        if !self.died.is_empty() {
+            self.state.epoch += 1;
+            if !self.state.sessions.is_empty() {
+                let epoch = self.state.epoch;
+                let died = std::mem::take(&mut self.died);
+                self.state
+                    .deaths
+                    .extend(died.into_iter().map(|id| (epoch, id)));
+            }
+        }
+        if let Err(e) = crate::journal::clear_uncommitted(&self.repo.packs_dir(), &self.sealed) {
+            tracing::warn!("committed, but {e}; the next writable open clears the markers");
+        }
+        if !self.snapshots.is_empty() {
+            if let Err(e) = self.write_snapshot_copies() {
+                tracing::warn!(
+                    "committed, but the snapshot copies were not updated ({e}); the next writable open resyncs them"
+                );
+            }
+        }
+        Ok(self.released)
+    }
+
+    fn commit_batch(&mut self) -> Result<()> {
+        if !self.snapshots.is_empty() {
+            self.write_record_blobs()?;
+        }
         let mut batch = self.repo.index.batch();
         for (id, loc) in &self.blobs {
             match loc {
@@ -364,19 +501,14 @@ impl<'r> Mutation<'r> {
             write_stale_marker(self.repo)?;
         }
         crate::failpoint("before-commit");
-        batch.commit()?;
-        crate::failpoint("after-commit");
-        if !self.died.is_empty() {
-            self.state.epoch += 1;
-            if !self.state.sessions.is_empty() {
-                let epoch = self.state.epoch;
-                let died = std::mem::take(&mut self.died);
-                self.state
-                    .deaths
-                    .extend(died.into_iter().map(|id| (epoch, id)));
-            }
-        }
-        if !self.snapshots.is_empty() {
+        crate::fail_io("before-commit")?;
+        batch.commit()
+    }
+
+    /// `snapshots/` after a commit, then the stale marker goes.
+    fn write_snapshot_copies(&self) -> Result<()> {
+        crate::fail_io("snapshot-copies")?;
+        {
             let dir = self.repo.snapshots_dir();
             for (id, s) in &self.snapshots {
                 let path = self.repo.snapshot_copy_path(id);
@@ -396,7 +528,15 @@ impl<'r> Mutation<'r> {
             fsutil::sync_dir(&dir)?;
             clear_stale_marker(self.repo)?;
         }
-        Ok(self.released)
+        Ok(())
+    }
+}
+
+impl Drop for Mutation<'_> {
+    fn drop(&mut self) {
+        if !self.committed && !self.sealed.is_empty() {
+            self.discard_sealed();
+        }
     }
 }
 
@@ -406,7 +546,12 @@ pub(crate) fn stale_marker(repo: &Repository) -> PathBuf {
 }
 
 fn write_stale_marker(repo: &Repository) -> Result<()> {
-    let path = stale_marker(repo);
+    write_stale_marker_at(repo.path())
+}
+
+/// Creates the stale marker of the repository at `root` (durable), unless present.
+pub(crate) fn write_stale_marker_at(root: &std::path::Path) -> Result<()> {
+    let path = root.join("locks").join("snapshot-copies-stale");
     if path.exists() {
         return Ok(());
     }

@@ -34,6 +34,9 @@ pub enum BlobKind {
     Tree,
     /// The chunk list of a very large file.
     ChunkList,
+    /// A snapshot record (the JSON of [`crate::Snapshot`]), so that packs alone can rebuild
+    /// every committed snapshot.
+    SnapshotRecord,
 }
 
 impl BlobKind {
@@ -42,6 +45,7 @@ impl BlobKind {
             BlobKind::Data => 0,
             BlobKind::Tree => 1,
             BlobKind::ChunkList => 2,
+            BlobKind::SnapshotRecord => 3,
         }
     }
     pub(crate) fn from_code(c: u8, offset: usize) -> Result<Self, DecodeError> {
@@ -49,6 +53,7 @@ impl BlobKind {
             0 => Ok(BlobKind::Data),
             1 => Ok(BlobKind::Tree),
             2 => Ok(BlobKind::ChunkList),
+            3 => Ok(BlobKind::SnapshotRecord),
             _ => Err(DecodeError::Invalid {
                 what: "blob kind",
                 offset,
@@ -62,6 +67,7 @@ impl BlobKind {
             BlobKind::Data => "data",
             BlobKind::Tree => "tree",
             BlobKind::ChunkList => "chunklist",
+            BlobKind::SnapshotRecord => "snapshot",
         }
     }
 }
@@ -477,7 +483,17 @@ impl PackWriter {
     }
 
     /// Writes the trailer, fsyncs, renames to `packs/XX/<id>.pack` and fsyncs the directory.
-    pub(crate) fn seal(mut self, packs_dir: &Path) -> Result<SealedPack> {
+    /// On failure the temporary file is removed (a full disk leaves nothing behind).
+    pub(crate) fn seal(self, packs_dir: &Path) -> Result<SealedPack> {
+        let tmp = self.tmp_path.clone();
+        let sealed = self.seal_inner(packs_dir);
+        if sealed.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        sealed
+    }
+
+    fn seal_inner(mut self, packs_dir: &Path) -> Result<SealedPack> {
         let entries_offset = self.len;
         let mut trailer = Vec::with_capacity(self.entries.len() * TRAILER_ENTRY_LEN + FOOTER_LEN);
         for e in &self.entries {
@@ -506,6 +522,9 @@ impl PackWriter {
         let final_path = pack_path(packs_dir, &id);
         let dir = final_path.parent().unwrap_or(packs_dir);
         fs::create_dir_all(dir).at(dir)?;
+        // Recorded as this writer's uncommitted pack before it becomes visible: recovery
+        // deletes only packs so recorded (journal.rs).
+        crate::journal::mark_uncommitted(packs_dir, &id)?;
         fs::rename(&self.tmp_path, &final_path).at(&final_path)?;
         crate::fsutil::sync_dir(dir)?;
         Ok(SealedPack {

@@ -7,12 +7,12 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::Path;
 
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::index::{BlobLoc, HostRecord, Index, PackRecord};
 use crate::lock::WriterLock;
 use crate::pack::{self, PackId};
 use crate::repo::{list_pack_files, Repository};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, SnapshotId};
 use crate::{fsutil, ChunkId};
 
 /// What `repair index` found and did.
@@ -26,8 +26,61 @@ pub struct RepairReport {
     pub blobs: u64,
     /// Snapshots restored into the index.
     pub snapshots: u64,
+    /// Whether the old index could be read (its snapshot records take precedence).
+    pub old_index: bool,
+    /// Snapshots the old index did not hold that were rebuilt from snapshot copies or from
+    /// record blobs in packs (ids): forgotten or expired snapshots whose data is still whole.
+    pub recovered: Vec<String>,
+    /// Snapshot records found only in packs whose newest revision came from there.
+    pub from_packs: u64,
+    /// Blobs that no snapshot references and that the old index did not know as dead: they
+    /// could not be attributed, so gc keeps their packs until `gc --release-held`.
+    pub unattributed_blobs: u64,
+    /// Packs gc keeps because they hold unattributed blobs.
+    pub held_packs: u64,
     /// Snapshot records that were skipped, with the reason.
     pub skipped: Vec<String>,
+}
+
+/// `REPO/gc-hold.json`: packs `repair index` could not attribute, kept by gc.
+pub(crate) const HOLD_FILE: &str = "gc-hold.json";
+
+/// The packs gc must keep (written by `repair index`), or none.
+pub(crate) fn held_packs(root: &Path) -> Result<HashSet<PackId>> {
+    let path = root.join(HOLD_FILE);
+    let bytes = match fs::read(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+        other => other.at(&path)?,
+    };
+    let hold: Hold = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+        path: path.clone(),
+        source: crate::DecodeError::Invalid {
+            what: "gc hold",
+            offset: 0,
+            reason: e.to_string(),
+        },
+    })?;
+    hold.packs
+        .iter()
+        .map(|h| {
+            h.parse::<PackId>().map_err(|_| Error::Corrupt {
+                path: path.clone(),
+                source: crate::DecodeError::Invalid {
+                    what: "gc hold",
+                    offset: 0,
+                    reason: format!("bad pack id {h:?}"),
+                },
+            })
+        })
+        .collect()
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Hold {
+    reason: String,
+    created_ns: i64,
+    unattributed_blobs: u64,
+    packs: Vec<String>,
 }
 
 const REBUILT_MARKER: &str = "REBUILT";
@@ -59,23 +112,104 @@ pub(crate) fn finish_index_swap(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What the old index still says, when it can be read.
+struct OldIndex {
+    snapshots: HashMap<SnapshotId, Snapshot>,
+    /// Blobs it held at refcount 0 (known garbage, not unattributed).
+    dead: HashSet<ChunkId>,
+    config: Option<Vec<u8>>,
+}
+
+fn read_old_index(root: &Path) -> Option<OldIndex> {
+    let index = match Index::open(&root.join("index"), true) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(error = %e, "the old index cannot be read; rebuilding from packs and snapshot copies alone");
+            return None;
+        }
+    };
+    let read = || -> Result<OldIndex> {
+        let snapshots = index.snapshots()?.into_iter().map(|s| (s.id, s)).collect();
+        let mut dead = HashSet::new();
+        index.for_each_blob(|id, loc| {
+            if loc.refcount == 0 {
+                dead.insert(id);
+            }
+            Ok(())
+        })?;
+        Ok(OldIndex {
+            snapshots,
+            dead,
+            config: index.meta(crate::repo::CONFIG_KEY)?,
+        })
+    };
+    match read() {
+        Ok(old) => Some(old),
+        Err(e) => {
+            tracing::warn!(error = %e, "the old index is damaged; rebuilding from packs and snapshot copies alone");
+            None
+        }
+    }
+}
+
+/// Keeps the newest revision of each snapshot record.
+fn offer(found: &mut HashMap<SnapshotId, Snapshot>, s: Snapshot) {
+    match found.get(&s.id) {
+        Some(have) if have.revision >= s.revision => {}
+        _ => {
+            found.insert(s.id, s);
+        }
+    }
+}
+
 impl Repository {
-    /// Rebuilds the index of the repository at `path` from its packs and `snapshots/*.json`,
-    /// recomputing every reference count with a full mark pass. Takes the writer lock.
+    /// Rebuilds the index of the repository at `path` from its packs, merging what the old
+    /// index still holds, `snapshots/*.json` and the snapshot records stored as blobs in the
+    /// packs, and recomputing every reference count with a full mark pass. A committed
+    /// snapshot is never dropped: every record the old index holds is kept, and records found
+    /// only in copies or packs come back when their data is whole (reported). Blobs that no
+    /// snapshot references and that the old index did not know as dead are held: gc keeps
+    /// their packs until the operator releases them. Takes the writer lock.
     pub fn repair_index(path: &Path) -> Result<RepairReport> {
         let (config, params) = Repository::load_config(path)?;
         let lock = WriterLock::acquire(&path.join("locks"))?;
         finish_index_swap(path)?;
+        let old = read_old_index(path);
+        let fingerprint = crate::repo::config_fingerprint(&config);
+        if let Some(have) = old.as_ref().and_then(|o| o.config.as_ref()) {
+            if *have != fingerprint {
+                return Err(Error::ConfigMismatch {
+                    path: path.join("config"),
+                    reason: format!(
+                        "says \"{}\" but the repository was created with \"{}\"; restore the original config",
+                        String::from_utf8_lossy(&fingerprint),
+                        String::from_utf8_lossy(have)
+                    ),
+                });
+            }
+        }
         let new_dir = path.join("index.new");
         if new_dir.exists() {
             fs::remove_dir_all(&new_dir).at(&new_dir)?;
         }
-        let index = Index::open(&new_dir, false)?;
-        let mut report = RepairReport::default();
+        let index = Index::create(&new_dir)?;
+        index.set_meta(crate::repo::CONFIG_KEY, &fingerprint)?;
+        let mut report = RepairReport {
+            old_index: old.is_some(),
+            ..Default::default()
+        };
+        let packs_dir = path.join("packs");
+        let retired = crate::journal::retired(&packs_dir, crate::now_ns())?;
         let mut batch = index.batch();
         let mut seen: HashSet<ChunkId> = HashSet::new();
         let mut pack_records: HashMap<PackId, PackRecord> = HashMap::new();
-        for (pack_id, file) in list_pack_files(&path.join("packs"))? {
+        let mut in_packs: HashMap<SnapshotId, Snapshot> = HashMap::new();
+        let mut files = list_pack_files(&packs_dir)?;
+        // Retired packs last: a blob is located in a live pack when one holds it, and a
+        // retired pack is taken back only when it holds a blob no other pack has.
+        files.sort_by_key(|(id, _)| retired.contains_key(id));
+        let mut unretired = Vec::new();
+        for (pack_id, file) in files {
             let bytes = fs::read(&file).at(&file)?;
             let entries = match pack::read_trailer(&bytes) {
                 Ok(e) => e,
@@ -85,6 +219,12 @@ impl Repository {
                     pack::scan_blobs(&bytes)
                 }
             };
+            if retired.contains_key(&pack_id) {
+                if entries.iter().all(|e| seen.contains(&e.id)) {
+                    continue;
+                }
+                unretired.push(pack_id);
+            }
             report.packs += 1;
             // Dead until a live blob located here is found (fixed after the mark pass).
             let record = PackRecord {
@@ -95,6 +235,14 @@ impl Repository {
             batch.put_pack(&pack_id, &record)?;
             pack_records.insert(pack_id, record);
             for e in entries {
+                if e.kind == pack::BlobKind::SnapshotRecord {
+                    match pack::read_blob(&bytes, &e).map(|raw| Snapshot::decode(&raw)) {
+                        Ok(Ok(s)) => offer(&mut in_packs, s),
+                        Ok(Err(err)) | Err(err) => report
+                            .skipped
+                            .push(format!("snapshot record blob {} in pack {pack_id}: {err}", e.id)),
+                    }
+                }
                 if seen.insert(e.id) {
                     report.blobs += 1;
                     batch.put_blob(&e.id, &BlobLoc::at(pack_id, &e, 0))?;
@@ -103,24 +251,75 @@ impl Repository {
         }
         batch.commit()?;
         let repo = Repository::from_parts(path, config, params, index, Some(lock));
-        let mut snapshots = Vec::new();
+        // Candidates: the snapshot copies and the record blobs (newest revision of each).
+        let mut found = in_packs.clone();
         let snap_dir = path.join("snapshots");
-        for item in fs::read_dir(&snap_dir).at(&snap_dir)? {
+        let items = match fs::read_dir(&snap_dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            other => other.at(&snap_dir)?.collect::<Vec<_>>(),
+        };
+        for item in items {
             let item = item.at(&snap_dir)?;
             let p = item.path();
-            if p.extension().and_then(|e| e.to_str()) != Some("json") {
+            let name = item.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".json") || name.starts_with('.') {
                 continue;
             }
             let bytes = fs::read(&p).at(&p)?;
             match Snapshot::decode(&bytes) {
-                Ok(s) if repo.index.blob(&s.root)?.is_some() => snapshots.push(s),
-                Ok(s) => report.skipped.push(format!(
-                    "{}: root tree {} missing from packs",
-                    p.display(),
-                    s.root
-                )),
+                Ok(s) => offer(&mut found, s),
                 Err(e) => report.skipped.push(format!("{}: {e}", p.display())),
             }
+        }
+        let mut snapshots: Vec<Snapshot> = Vec::new();
+        let old_snapshots = old.as_ref().map(|o| &o.snapshots);
+        // The old index is the record of what was committed: all of its snapshots stay, with
+        // its labels (a copy or blob may lag it).
+        if let Some(held) = old_snapshots {
+            for s in held.values() {
+                if repo.index.blob(&s.root)?.is_some() {
+                    snapshots.push(s.clone());
+                } else {
+                    report.skipped.push(format!(
+                        "snapshot {} of {}: root tree {} missing from packs",
+                        s.id.short(),
+                        s.host,
+                        s.root
+                    ));
+                }
+                found.remove(&s.id);
+            }
+        }
+        // The rest come back only whole: a record whose data gc already took is garbage.
+        let mut rest: Vec<Snapshot> = found.into_values().collect();
+        rest.sort_by_key(|s| (s.start_ns, s.id));
+        for s in rest {
+            if repo.index.blob(&s.root)?.is_none() {
+                report.skipped.push(format!(
+                    "snapshot {} of {}: root tree {} missing from packs",
+                    s.id.short(),
+                    s.host,
+                    s.root
+                ));
+                continue;
+            }
+            let (_, problems, _) = crate::check::mark(&repo, std::slice::from_ref(&s))?;
+            if let Some(p) = problems.first() {
+                report.skipped.push(format!(
+                    "snapshot {} of {}: not whole ({} problems, first: {p})",
+                    s.id.short(),
+                    s.host,
+                    problems.len()
+                ));
+                continue;
+            }
+            if old_snapshots.is_some() {
+                report.recovered.push(s.id.to_string());
+            }
+            if in_packs.get(&s.id).is_some_and(|p| *p == s) {
+                report.from_packs += 1;
+            }
+            snapshots.push(s);
         }
         snapshots.sort_by_key(|s| (s.start_ns, s.id));
         let (expected, problems, _) = crate::check::mark(&repo, &snapshots)?;
@@ -154,9 +353,51 @@ impl Repository {
         batch.commit()?;
         repo.index.flush()?;
         report.snapshots = snapshots.len() as u64;
+        // Blobs nothing references that the old index did not know as garbage.
+        let mut held: HashSet<PackId> = HashSet::new();
+        let known_dead = old.as_ref().map(|o| &o.dead);
+        repo.index.for_each_blob(|id, loc| {
+            let referenced = expected.get(&id).is_some_and(|n| *n > 0);
+            if !referenced && !known_dead.is_some_and(|d| d.contains(&id)) {
+                report.unattributed_blobs += 1;
+                held.insert(loc.pack);
+            }
+            Ok(())
+        })?;
+        report.held_packs = held.len() as u64;
         drop(repo);
+        drop(old);
+        let hold_path = path.join(HOLD_FILE);
+        if held.is_empty() {
+            crate::journal::remove_if_present(&hold_path)?;
+        } else {
+            let mut packs: Vec<String> = held.iter().map(|p| p.to_string()).collect();
+            packs.sort();
+            let hold = Hold {
+                reason: "repair index found blobs no snapshot references".into(),
+                created_ns: crate::now_ns(),
+                unattributed_blobs: report.unattributed_blobs,
+                packs,
+            };
+            fsutil::write_atomic(
+                &hold_path,
+                &serde_json::to_vec_pretty(&hold).unwrap_or_default(),
+            )?;
+        }
+        // The copies in snapshots/ may differ from the new index: the next writable open
+        // (below) resyncs them while this marker exists.
+        crate::mutation::write_stale_marker_at(path)?;
         fsutil::write_atomic(&new_dir.join(REBUILT_MARKER), b"complete\n")?;
         finish_index_swap(path)?;
+        // Every pack is in the new index now: the journal's markers are settled.
+        let uncommitted = crate::journal::uncommitted(&packs_dir)?;
+        crate::journal::clear_uncommitted(&packs_dir, &uncommitted)?;
+        for id in unretired {
+            crate::journal::clear_retired(&packs_dir, &id)?;
+        }
+        if let Err(e) = Repository::open(path) {
+            tracing::warn!(error = %e, "snapshot copies not resynced; the next writable open will");
+        }
         Ok(report)
     }
 }

@@ -132,7 +132,7 @@ impl Repository {
         }
         // The index is created before `config` is written: `config` is the marker that makes
         // the directory a repository, so a crash during init leaves no half repository.
-        drop(Index::open(&path.join("index"), false)?);
+        drop(Index::create(&path.join("index"))?);
         fsutil::write_atomic(&path.join("config"), &config.encode())?;
         Repository::open(path)
     }
@@ -198,6 +198,7 @@ impl Repository {
         };
         crate::repair::finish_index_swap(path)?;
         let index = Index::open(&path.join("index"), false)?;
+        check_config_matches(path, &config, &index, true)?;
         let repo = Repository {
             root: path.to_path_buf(),
             config,
@@ -215,6 +216,7 @@ impl Repository {
     pub fn open_read_only(path: &Path) -> Result<Repository> {
         let (config, params) = Self::load_config(path)?;
         let index = Index::open(&path.join("index"), true)?;
+        check_config_matches(path, &config, &index, false)?;
         Ok(Repository {
             root: path.to_path_buf(),
             config,
@@ -235,8 +237,11 @@ impl Repository {
         Ok(())
     }
 
-    /// Crash recovery (writer only): removes temporary packs and packs that no committed index
-    /// batch references, and rewrites missing snapshot copies. See ARCHITECTURE.md.
+    /// Crash recovery (writer only), deleting only what is proven dead (journal.rs):
+    /// temporary pack files, and sealed packs this or an earlier writer recorded as its own
+    /// uncommitted ones that the index does not know. A pack file that neither the index
+    /// nor the journal accounts for means the index is older than the packs (lost, emptied,
+    /// restored from a copy): the open is refused and nothing is touched.
     fn recover(&self) -> Result<()> {
         let tmp = self.tmp_dir();
         fs::create_dir_all(&tmp).at(&tmp)?;
@@ -244,19 +249,48 @@ impl Repository {
             let item = item.at(&tmp)?;
             let _ = fs::remove_file(item.path());
         }
+        let packs = self.packs_dir();
         let known: std::collections::HashSet<PackId> =
             self.index.packs()?.into_iter().map(|(id, _)| id).collect();
-        let packs = self.packs_dir();
+        let uncommitted: std::collections::HashSet<PackId> =
+            crate::journal::uncommitted(&packs)?.into_iter().collect();
+        let retired = crate::journal::retired(&packs, now_ns())?;
+        let on_disk = list_pack_files(&packs)?;
+        let unattributed: Vec<&PackId> = on_disk
+            .iter()
+            .map(|(id, _)| id)
+            .filter(|id| !known.contains(id) && !uncommitted.contains(id) && !retired.contains_key(id))
+            .collect();
+        if let Some(first) = unattributed.first() {
+            return Err(Error::IndexNeedsRepair {
+                path: self.root.join("index"),
+                reason: format!(
+                    "the index does not know {} of {} pack files (for example {first}): it is \
+                     missing, empty or older than the packs",
+                    unattributed.len(),
+                    on_disk.len()
+                ),
+            });
+        }
         let mut removed = 0u64;
-        for (id, path) in list_pack_files(&packs)? {
-            if !known.contains(&id) {
-                fs::remove_file(&path).at(&path)?;
+        let mut settled = Vec::new();
+        for id in &uncommitted {
+            if !known.contains(id) {
+                let path = pack::pack_path(&packs, id);
+                crate::journal::remove_if_present(&path)?;
                 removed += 1;
             }
+            settled.push(*id);
         }
+        crate::journal::clear_uncommitted(&packs, &settled)?;
         if removed > 0 {
             tracing::info!(removed, "recovery removed uncommitted pack files");
         }
+        // A retired marker of a pack the index still records: gc crashed before its commit.
+        for id in retired.keys().filter(|id| known.contains(id)) {
+            crate::journal::clear_retired(&packs, id)?;
+        }
+        crate::journal::remove_temporaries(&packs)?;
         // Temporary files of a snapshot copy or pull record interrupted by a crash
         // (fsutil::write_atomic).
         for dir in [self.snapshots_dir(), self.root.join("pulls")] {
@@ -462,7 +496,7 @@ impl Repository {
             source,
         };
         Ok(match loc.kind {
-            BlobKind::Data => Vec::new(),
+            BlobKind::Data | BlobKind::SnapshotRecord => Vec::new(),
             BlobKind::Tree => {
                 let raw = self.read_located(id, loc)?;
                 Tree::decode(&raw).map_err(corrupt)?.children()
@@ -558,6 +592,41 @@ impl Repository {
             n += data.len() as u64;
         }
         Ok(n)
+    }
+}
+
+/// The chunker and identity the index was built for, as stored in its default column family.
+pub(crate) fn config_fingerprint(config: &Config) -> Vec<u8> {
+    format!(
+        "repository {} chunker {} min {} avg {} max {}",
+        config.repository_id,
+        config.chunker.algorithm,
+        config.chunker.min,
+        config.chunker.avg,
+        config.chunker.max
+    )
+    .into_bytes()
+}
+
+pub(crate) const CONFIG_KEY: &[u8] = b"config";
+
+/// Chunk boundaries are part of the format: a `config` whose chunker parameters (or id) differ
+/// from those the index was built with would cut new files differently and is refused. A
+/// writable open records the fingerprint when an older index has none.
+fn check_config_matches(path: &Path, config: &Config, index: &Index, writable: bool) -> Result<()> {
+    let want = config_fingerprint(config);
+    match index.meta(CONFIG_KEY)? {
+        Some(have) if have == want => Ok(()),
+        Some(have) => Err(Error::ConfigMismatch {
+            path: path.join("config"),
+            reason: format!(
+                "says \"{}\" but the repository was created with \"{}\"; restore the original config",
+                String::from_utf8_lossy(&want),
+                String::from_utf8_lossy(&have)
+            ),
+        }),
+        None if writable => index.set_meta(CONFIG_KEY, &want),
+        None => Ok(()),
     }
 }
 

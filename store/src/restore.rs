@@ -1,19 +1,26 @@
 //! Restore: a snapshot (or one path of it) into a target directory, bit-exact with metadata.
 //!
-//! Safety: every name was validated when its tree was decoded (no `..`, `/`, NUL); directories
-//! are created by us and checked not to be symlinks; files are created with O_EXCL|O_NOFOLLOW;
-//! symlinks from the snapshot are created last, so nothing is ever written through one.
+//! Safety (DESIGN §12): every name was validated when its tree was decoded (no `..`, `/`, NUL),
+//! and every path operation is relative to a directory descriptor. The target is opened once;
+//! each directory below it is reached with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`
+//! (a walk of `openat(O_NOFOLLOW | O_DIRECTORY)` where the kernel lacks openat2), so a
+//! directory that another user swaps for a symlink fails that path instead of leading out of
+//! the target. Entries are created with `*at` calls in their parent's descriptor (files with
+//! `O_EXCL | O_NOFOLLOW`), metadata goes through descriptors of what was created (checked to be
+//! the same inode), directories are created 0700 and get their real mode last, and symlinks
+//! from the snapshot are created after everything else, so nothing is written through one.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::{self, File, FileTimes, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 
 use rayon::prelude::*;
 
@@ -61,14 +68,6 @@ struct Plan {
     first_of_inode: HashMap<(u64, u64), PathBuf>,
 }
 
-fn to_time(ns: i64) -> std::time::SystemTime {
-    if ns >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(ns as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
-    }
-}
-
 fn timespec(ns: i64) -> rustix::fs::Timespec {
     rustix::fs::Timespec {
         tv_sec: ns.div_euclid(1_000_000_000),
@@ -76,46 +75,107 @@ fn timespec(ns: i64) -> rustix::fs::Timespec {
     }
 }
 
-/// Creates a directory we own, refusing to reuse anything that is not a real directory.
-fn make_dir(path: &Path) -> Result<()> {
-    match fs::create_dir(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let m = fs::symlink_metadata(path).at(path)?;
-            if m.file_type().is_dir() {
-                Ok(())
-            } else {
-                Err(Error::Unsafe {
-                    path: path.to_path_buf(),
-                    reason: "exists and is not a directory (symlinks are never followed)".into(),
-                })
+/// The restore target and descriptors of directories beneath it.
+struct Beneath {
+    root: OwnedFd,
+    /// Whether `openat2` works here (Linux ≥ 5.6; probed on first use).
+    openat2: std::sync::atomic::AtomicBool,
+}
+
+fn dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+impl Beneath {
+    fn open(target: &Path) -> Result<Self> {
+        let root = rustix::fs::open(target, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(std::io::Error::from)
+            .at(target)?;
+        Ok(Beneath {
+            root,
+            openat2: std::sync::atomic::AtomicBool::new(true),
+        })
+    }
+
+    /// The directory at `rel` (relative to the target), never through a symlink.
+    fn dir(&self, rel: &Path) -> std::io::Result<OwnedFd> {
+        if rel.as_os_str().is_empty() {
+            return Ok(rustix::fs::openat(&self.root, ".", dir_flags(), Mode::empty())?);
+        }
+        if self.openat2.load(Ordering::Relaxed) {
+            let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+            match rustix::fs::openat2(&self.root, rel, dir_flags(), Mode::empty(), resolve) {
+                Err(rustix::io::Errno::NOSYS) => self.openat2.store(false, Ordering::Relaxed),
+                other => return Ok(other?),
             }
         }
-        Err(e) => Err(e).at(path),
+        let mut fd = rustix::fs::openat(&self.root, ".", dir_flags(), Mode::empty())?;
+        for part in rel.components() {
+            fd = rustix::fs::openat(&fd, part.as_os_str(), dir_flags(), Mode::empty())?;
+        }
+        Ok(fd)
+    }
+
+    /// The parent directory of `rel` and `rel`'s last name.
+    fn parent<'p>(&self, rel: &'p Path) -> std::io::Result<(OwnedFd, &'p OsStr)> {
+        let name = rel.file_name().ok_or_else(|| std::io::Error::other("empty name"))?;
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        Ok((self.dir(parent)?, name))
     }
 }
 
-/// Removes a non-directory that is in the way of a restored entry.
-fn clear_path(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_dir() => Err(Error::Unsafe {
+fn is_dir(st: &rustix::fs::Stat) -> bool {
+    rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+}
+
+/// Creates directory `name` in `parent` (0700 until its metadata is applied last), or
+/// reuses a real directory there; returns its (dev, inode) for the metadata pass.
+fn make_dir(parent: &OwnedFd, name: &OsStr, path: &Path) -> Result<(u64, u64)> {
+    match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(std::io::Error::from(e)).at(path),
+    }
+    let fd = rustix::fs::openat(parent, name, dir_flags(), Mode::empty()).map_err(|e| {
+        if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NOTDIR {
+            Error::Unsafe {
+                path: path.to_path_buf(),
+                reason: "exists and is not a directory (symlinks are never followed)".into(),
+            }
+        } else {
+            Error::Io {
+                path: path.to_path_buf(),
+                source: e.into(),
+            }
+        }
+    })?;
+    let st = rustix::fs::fstat(&fd).map_err(std::io::Error::from).at(path)?;
+    Ok((st.st_dev as u64, st.st_ino as u64))
+}
+
+/// Removes a non-directory that is in the way of a restored entry (never following it).
+fn clear_name(parent: &OwnedFd, name: &OsStr, path: &Path) -> Result<()> {
+    match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if is_dir(&st) => Err(Error::Unsafe {
             path: path.to_path_buf(),
             reason: "a directory is in the way".into(),
         }),
-        Ok(_) => fs::remove_file(path).at(path),
+        // unlinkat without AT_REMOVEDIR refuses a directory swapped in meanwhile.
+        Ok(_) => rustix::fs::unlinkat(parent, name, AtFlags::empty())
+            .map_err(std::io::Error::from)
+            .at(path),
         Err(_) => Ok(()),
     }
 }
 
 impl Repository {
-    fn plan(&self, node_path: &Path, entry: &Entry, plan: &mut Plan) -> Result<()> {
+    fn plan(&self, rel: &Path, entry: &Entry, plan: &mut Plan) -> Result<()> {
         match entry.kind {
             EntryKind::Dir => {
-                plan.dirs.push((node_path.to_path_buf(), entry.clone()));
+                plan.dirs.push((rel.to_path_buf(), entry.clone()));
                 if let Some(id) = entry.subtree() {
                     let tree = self.tree(&id)?;
                     for child in &tree.entries {
-                        self.plan(&node_path.join(OsStr::from_bytes(&child.name)), child, plan)?;
+                        self.plan(&rel.join(OsStr::from_bytes(&child.name)), child, plan)?;
                     }
                 }
             }
@@ -123,21 +183,23 @@ impl Repository {
                 if entry.nlink > 1 {
                     let key = (entry.dev, entry.inode);
                     if let Some(first) = plan.first_of_inode.get(&key) {
-                        plan.links.push((first.clone(), node_path.to_path_buf()));
+                        plan.links.push((first.clone(), rel.to_path_buf()));
                         return Ok(());
                     }
-                    plan.first_of_inode.insert(key, node_path.to_path_buf());
+                    plan.first_of_inode.insert(key, rel.to_path_buf());
                 }
-                plan.files.push((node_path.to_path_buf(), entry.clone()));
+                plan.files.push((rel.to_path_buf(), entry.clone()));
             }
-            EntryKind::Symlink => plan.symlinks.push((node_path.to_path_buf(), entry.clone())),
-            _ => plan.specials.push((node_path.to_path_buf(), entry.clone())),
+            EntryKind::Symlink => plan.symlinks.push((rel.to_path_buf(), entry.clone())),
+            _ => plan.specials.push((rel.to_path_buf(), entry.clone())),
         }
         Ok(())
     }
 
     /// Restores `snapshot` (or `opts.path` of it) into `target`, creating `target` if needed.
-    /// Per-path failures are collected in the summary; repository errors abort.
+    /// Per-path failures are collected in the summary; repository errors abort. Nothing is
+    /// created, changed or removed outside `target`, whatever another user does inside it
+    /// meanwhile (module documentation).
     pub fn restore(
         &self,
         snapshot: &Snapshot,
@@ -148,6 +210,7 @@ impl Repository {
             .owners
             .unwrap_or_else(|| rustix::process::geteuid().is_root());
         fs::create_dir_all(target).at(target)?;
+        let beneath = Beneath::open(target)?;
         let mut plan = Plan {
             dirs: Vec::new(),
             files: Vec::new(),
@@ -160,26 +223,43 @@ impl Repository {
         match &node {
             Node::Root(id) => {
                 for child in &self.tree(id)?.entries {
-                    self.plan(
-                        &target.join(OsStr::from_bytes(&child.name)),
-                        child,
-                        &mut plan,
-                    )?;
+                    self.plan(Path::new(OsStr::from_bytes(&child.name)), child, &mut plan)?;
                 }
             }
-            Node::Entry(e) => self.plan(&target.join(OsStr::from_bytes(&e.name)), e, &mut plan)?,
+            Node::Entry(e) => self.plan(Path::new(OsStr::from_bytes(&e.name)), e, &mut plan)?,
         }
         let errors = Mutex::new(Vec::new());
-        let fail = |path: &Path, e: &dyn std::fmt::Display| {
+        let shown = |rel: &Path| target.join(rel);
+        let fail = |rel: &Path, e: &dyn std::fmt::Display| {
+            let path = shown(rel).display().to_string();
+            // The path is said once: errors that name it already lose that prefix.
+            let text = e.to_string();
+            let message = text
+                .strip_prefix(&format!("{path}: "))
+                .map(str::to_string)
+                .or_else(|| {
+                    text.strip_prefix(&format!("restore refused {path}: "))
+                        .map(|r| format!("refused: {r}"))
+                })
+                .unwrap_or(text);
             if let Ok(mut v) = errors.lock() {
-                v.push(PathError {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                });
+                v.push(PathError { path, message });
             }
         };
-        for (path, _) in &plan.dirs {
-            make_dir(path)?;
+        // Directories, parents first. One that cannot be made (something else is in its
+        // place) fails with everything below it.
+        let mut made: HashMap<&Path, (u64, u64)> = HashMap::new();
+        for (rel, _) in &plan.dirs {
+            let made_dir = beneath
+                .parent(rel)
+                .at(shown(rel))
+                .and_then(|(parent, name)| make_dir(&parent, name, &shown(rel)));
+            match made_dir {
+                Ok(id) => {
+                    made.insert(rel.as_path(), id);
+                }
+                Err(e) => fail(rel, &e),
+            }
         }
         if let Some(p) = &opts.progress {
             p.total_bytes.store(
@@ -191,87 +271,116 @@ impl Repository {
         // before anything is written); then pack-ordered reads: files sorted by the location
         // of their first chunk.
         let mut keyed = Vec::with_capacity(plan.files.len());
-        for (path, entry) in plan.files {
+        for (rel, entry) in plan.files {
             let ids: Vec<ChunkId> = self.file_chunks(&entry)?.iter().map(|c| c.id).collect();
             let mut located = Vec::with_capacity(ids.len());
             for (id, loc) in ids.iter().zip(self.index.blobs(&ids)?) {
                 located.push((*id, loc.ok_or(Error::MissingBlob(*id))?));
             }
             let key = located.first().map(|(_, l)| (l.pack, l.offset));
-            keyed.push((key, path, entry, located));
+            keyed.push((key, rel, entry, located));
         }
         keyed.sort_by_key(|k| k.0);
-        let written: Vec<Result<u64>> = keyed
+        let written: Vec<Result<Option<u64>>> = keyed
             .par_iter()
-            .map(|(_, path, entry, chunks)| {
-                match self.restore_file(path, entry, chunks, owners, opts.progress.as_deref()) {
-                    Ok(n) => Ok(n),
+            .map(|(_, rel, entry, chunks)| {
+                let progress = opts.progress.as_deref();
+                match self.restore_file(&beneath, rel, &shown(rel), entry, chunks, owners, progress) {
+                    Ok(n) => Ok(Some(n)),
                     Err(
                         e @ (Error::MissingBlob(_)
                         | Error::CorruptBlob { .. }
                         | Error::Index { .. }),
                     ) => Err(e),
                     Err(e) => {
-                        fail(path, &e);
-                        Ok(0)
+                        fail(rel, &e);
+                        Ok(None)
                     }
                 }
             })
             .collect();
         let mut summary = RestoreSummary::default();
         for w in written {
-            summary.bytes += w?;
+            if let Some(n) = w? {
+                summary.bytes += n;
+                summary.files += 1;
+            }
         }
-        summary.files = keyed.len() as u64;
         for (first, link) in &plan.links {
-            let r = clear_path(link).and_then(|_| fs::hard_link(first, link).at(link));
+            let r = (|| -> Result<()> {
+                let (from_dir, from_name) = beneath.parent(first).at(shown(first))?;
+                let (to_dir, to_name) = beneath.parent(link).at(shown(link))?;
+                clear_name(&to_dir, to_name, &shown(link))?;
+                // Flags 0: a symlink swapped in for `first` is linked itself, never followed.
+                rustix::fs::linkat(&from_dir, from_name, &to_dir, to_name, AtFlags::empty())
+                    .map_err(std::io::Error::from)
+                    .at(shown(link))
+            })();
             match r {
                 Ok(()) => summary.others += 1,
                 Err(e) => fail(link, &e),
             }
         }
-        for (path, entry) in &plan.specials {
-            match restore_special(path, entry, owners) {
+        for (rel, entry) in &plan.specials {
+            match restore_special(&beneath, rel, &shown(rel), entry, owners) {
                 Ok(()) => summary.others += 1,
-                Err(e) => fail(path, &e),
+                Err(e) => fail(rel, &e),
             }
         }
-        for (path, entry) in &plan.symlinks {
-            match restore_symlink(path, entry, owners) {
+        for (rel, entry) in &plan.symlinks {
+            match restore_symlink(&beneath, rel, &shown(rel), entry, owners) {
                 Ok(()) => summary.others += 1,
-                Err(e) => fail(path, &e),
+                Err(e) => fail(rel, &e),
             }
         }
-        // Directory metadata last, deepest first, so creating children does not touch mtimes.
-        for (path, entry) in plan.dirs.iter().rev() {
-            match File::open(path)
-                .at(path)
-                .and_then(|f| apply_meta(&f, path, entry, owners))
-            {
+        // Directory metadata last, deepest first, so creating children does not touch mtimes;
+        // only on the directory this restore made or checked (same inode).
+        for (rel, entry) in plan.dirs.iter().rev() {
+            let Some(want) = made.get(rel.as_path()) else {
+                continue;
+            };
+            let r = (|| -> Result<()> {
+                let fd = beneath.dir(rel).at(shown(rel))?;
+                let st = rustix::fs::fstat(&fd).map_err(std::io::Error::from).at(shown(rel))?;
+                if (st.st_dev as u64, st.st_ino as u64) != *want {
+                    return Err(Error::Unsafe {
+                        path: shown(rel),
+                        reason: "replaced by another directory during the restore; its metadata was not applied".into(),
+                    });
+                }
+                apply_meta(&fd, &shown(rel), entry, owners)
+            })();
+            match r {
                 Ok(()) => summary.dirs += 1,
-                Err(e) => fail(path, &e),
+                Err(e) => fail(rel, &e),
             }
         }
         summary.errors = errors.into_inner().map_err(poisoned)?;
         Ok(summary)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn restore_file(
         &self,
+        beneath: &Beneath,
+        rel: &Path,
         path: &Path,
         entry: &Entry,
         chunks: &[(ChunkId, BlobLoc)],
         owners: bool,
         progress: Option<&Progress>,
     ) -> Result<u64> {
-        clear_path(path)?;
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .mode(0o600)
-            .open(path)
-            .at(path)?;
+        let (parent, name) = beneath.parent(rel).at(path)?;
+        clear_name(&parent, name, path)?;
+        let fd = rustix::fs::openat(
+            &parent,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(std::io::Error::from)
+        .at(path)?;
+        let mut f = File::from(fd);
         let mut written = 0u64;
         for (id, loc) in chunks {
             let data = self.read_located(id, loc)?;
@@ -317,86 +426,135 @@ fn write_sparse(f: &mut File, data: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Owner, mode, xattrs and times of an open file or directory, in that order (chown clears
-/// setuid bits, so mode comes after it; times come last).
-fn apply_meta(f: &File, path: &Path, entry: &Entry, owners: bool) -> Result<()> {
-    if owners {
-        std::os::unix::fs::fchown(f, Some(entry.uid), Some(entry.gid)).at(path)?;
-    }
-    f.set_permissions(fs::Permissions::from_mode(entry.mode))
-        .at(path)?;
-    for (k, v) in &entry.xattrs {
-        rustix::fs::fsetxattr(f, OsStr::from_bytes(k), v, rustix::fs::XattrFlags::empty())
-            .map_err(std::io::Error::from)
-            .at(path)?;
-    }
-    let t = to_time(entry.mtime_ns);
-    f.set_times(FileTimes::new().set_modified(t).set_accessed(t))
-        .at(path)?;
-    Ok(())
+fn owner_ids(entry: &Entry) -> (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>) {
+    (
+        Some(rustix::fs::Uid::from_raw(entry.uid)),
+        Some(rustix::fs::Gid::from_raw(entry.gid)),
+    )
 }
 
-/// Owner, xattrs and times by path, never following a symlink (for symlinks, fifos and
-/// devices, which must not be opened). Symlinks have no mode of their own and, on Linux, no
-/// user xattrs; their xattrs are skipped.
-fn apply_meta_by_path(path: &Path, entry: &Entry, owners: bool) -> Result<()> {
-    if owners {
-        std::os::unix::fs::lchown(path, Some(entry.uid), Some(entry.gid)).at(path)?;
-    }
-    if entry.kind != EntryKind::Symlink {
-        fs::set_permissions(path, fs::Permissions::from_mode(entry.mode)).at(path)?;
-        for (k, v) in &entry.xattrs {
-            rustix::fs::lsetxattr(
-                path,
-                OsStr::from_bytes(k),
-                v,
-                rustix::fs::XattrFlags::empty(),
-            )
-            .map_err(std::io::Error::from)
-            .at(path)?;
-        }
-    }
-    let ts = rustix::fs::Timestamps {
+fn times(entry: &Entry) -> rustix::fs::Timestamps {
+    rustix::fs::Timestamps {
         last_access: timespec(entry.mtime_ns),
         last_modification: timespec(entry.mtime_ns),
-    };
-    rustix::fs::utimensat(
-        rustix::fs::CWD,
-        path,
-        &ts,
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(std::io::Error::from)
-    .at(path)
+    }
 }
 
-fn restore_symlink(path: &Path, entry: &Entry, owners: bool) -> Result<()> {
+/// Owner, mode, xattrs and times of an open file or directory, in that order (chown clears
+/// setuid bits, so mode comes after it; times come last).
+fn apply_meta(fd: &impl AsFd, path: &Path, entry: &Entry, owners: bool) -> Result<()> {
+    let io = |e: rustix::io::Errno| Error::Io {
+        path: path.to_path_buf(),
+        source: e.into(),
+    };
+    if owners {
+        let (u, g) = owner_ids(entry);
+        rustix::fs::fchown(fd, u, g).map_err(io)?;
+    }
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(entry.mode)).map_err(io)?;
+    for (k, v) in &entry.xattrs {
+        rustix::fs::fsetxattr(fd, OsStr::from_bytes(k), v, rustix::fs::XattrFlags::empty())
+            .map_err(io)?;
+    }
+    rustix::fs::futimens(fd, &times(entry)).map_err(io)
+}
+
+/// An `O_PATH` descriptor of the entry just created at `name`, checked to be of `kind`: the
+/// metadata of devices, fifos and symlinks goes through it (they must not be opened for
+/// I/O), so an entry swapped in by another user is never the one changed.
+fn open_created(
+    parent: &OwnedFd,
+    name: &OsStr,
+    path: &Path,
+    kind: rustix::fs::FileType,
+) -> Result<OwnedFd> {
+    let fd = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(std::io::Error::from)
+    .at(path)?;
+    let st = rustix::fs::fstat(&fd).map_err(std::io::Error::from).at(path)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != kind {
+        return Err(Error::Unsafe {
+            path: path.to_path_buf(),
+            reason: "replaced during the restore; its metadata was not applied".into(),
+        });
+    }
+    Ok(fd)
+}
+
+/// `/proc/self/fd/N`: names exactly the inode of an `O_PATH` descriptor, for the calls
+/// (chmod, setxattr, utimensat) that take no such descriptor.
+fn proc_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+fn restore_symlink(
+    beneath: &Beneath,
+    rel: &Path,
+    path: &Path,
+    entry: &Entry,
+    owners: bool,
+) -> Result<()> {
     let target = match &entry.content {
         crate::tree::Content::Target(t) => t,
         _ => return Ok(()),
     };
-    clear_path(path)?;
-    std::os::unix::fs::symlink(OsStr::from_bytes(target), path).at(path)?;
-    apply_meta_by_path(path, entry, owners)
+    let (parent, name) = beneath.parent(rel).at(path)?;
+    clear_name(&parent, name, path)?;
+    rustix::fs::symlinkat(OsStr::from_bytes(target), &parent, name)
+        .map_err(std::io::Error::from)
+        .at(path)?;
+    let io = |e: rustix::io::Errno| Error::Io {
+        path: path.to_path_buf(),
+        source: e.into(),
+    };
+    if owners {
+        let fd = open_created(&parent, name, path, rustix::fs::FileType::Symlink)?;
+        let (u, g) = owner_ids(entry);
+        rustix::fs::chownat(&fd, "", u, g, AtFlags::EMPTY_PATH).map_err(io)?;
+    }
+    // Symlinks have no mode of their own and, on Linux, no user xattrs. Their times are set
+    // by name without following: at worst on an entry another user put there.
+    rustix::fs::utimensat(&parent, name, &times(entry), AtFlags::SYMLINK_NOFOLLOW).map_err(io)
 }
 
-fn restore_special(path: &Path, entry: &Entry, owners: bool) -> Result<()> {
-    use rustix::fs::{FileType, Mode};
-    clear_path(path)?;
+fn restore_special(
+    beneath: &Beneath,
+    rel: &Path,
+    path: &Path,
+    entry: &Entry,
+    owners: bool,
+) -> Result<()> {
+    use rustix::fs::FileType;
+    let (parent, name) = beneath.parent(rel).at(path)?;
+    clear_name(&parent, name, path)?;
     let (ft, dev) = match entry.kind {
         EntryKind::Fifo => (FileType::Fifo, 0),
         EntryKind::CharDevice => (FileType::CharacterDevice, entry.rdev),
         EntryKind::BlockDevice => (FileType::BlockDevice, entry.rdev),
         _ => return Ok(()),
     };
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        path,
-        ft,
-        Mode::from_raw_mode(entry.mode),
-        dev,
-    )
-    .map_err(std::io::Error::from)
-    .at(path)?;
-    apply_meta_by_path(path, entry, owners)
+    rustix::fs::mknodat(&parent, name, ft, Mode::from_raw_mode(0o600), dev)
+        .map_err(std::io::Error::from)
+        .at(path)?;
+    let fd = open_created(&parent, name, path, ft)?;
+    let io = |e: rustix::io::Errno| Error::Io {
+        path: path.to_path_buf(),
+        source: e.into(),
+    };
+    if owners {
+        let (u, g) = owner_ids(entry);
+        rustix::fs::chownat(&fd, "", u, g, AtFlags::EMPTY_PATH).map_err(io)?;
+    }
+    let exact = proc_path(&fd);
+    rustix::fs::chmod(&exact, Mode::from_raw_mode(entry.mode)).map_err(io)?;
+    for (k, v) in &entry.xattrs {
+        rustix::fs::setxattr(&exact, OsStr::from_bytes(k), v, rustix::fs::XattrFlags::empty())
+            .map_err(io)?;
+    }
+    rustix::fs::utimensat(rustix::fs::CWD, &exact, &times(entry), AtFlags::empty()).map_err(io)
 }

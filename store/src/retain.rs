@@ -31,6 +31,24 @@ pub struct RetentionSettings {
     pub schedules: Schedules,
     /// gc rewrites packs whose dead bytes exceed this percentage of the pack.
     pub gc_max_dead_percent: f64,
+    /// Seconds a pack retired by gc stays on disk before a later gc deletes it: longer than
+    /// any reader that started before the gc (restore, mount, NFS, du, check) may use it.
+    #[serde(
+        default = "default_gc_grace_seconds",
+        skip_serializing_if = "is_default_grace"
+    )]
+    pub gc_grace_seconds: u64,
+}
+
+/// Default grace period of retired packs: one day.
+pub const DEFAULT_GC_GRACE_SECONDS: u64 = 24 * 3600;
+
+fn default_gc_grace_seconds() -> u64 {
+    DEFAULT_GC_GRACE_SECONDS
+}
+
+fn is_default_grace(v: &u64) -> bool {
+    *v == DEFAULT_GC_GRACE_SECONDS
 }
 
 impl Default for RetentionSettings {
@@ -39,6 +57,7 @@ impl Default for RetentionSettings {
             version: RETENTION_VERSION,
             schedules: Schedules::default(),
             gc_max_dead_percent: DEFAULT_GC_MAX_DEAD_PERCENT,
+            gc_grace_seconds: DEFAULT_GC_GRACE_SECONDS,
         }
     }
 }

@@ -168,6 +168,14 @@ pub struct Snapshot {
     /// The software that wrote it.
     #[serde(default)]
     pub client: String,
+    /// How many times the record was replaced after its commit (relabelled, pinned…). The
+    /// newest copy of a record found in packs is the one with the highest revision.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Checks a host name: 1–253 characters of `A-Z a-z 0-9 . - _`, not starting with `.` or `-`.
@@ -246,6 +254,7 @@ mod tests {
             }],
             stats: SnapshotStats::default(),
             client: "xstore test".into(),
+            revision: 0,
         };
         assert_eq!(Snapshot::decode(&s.encode()).unwrap(), s);
         assert!(Snapshot::decode(b"{}").is_err());

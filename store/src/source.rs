@@ -259,21 +259,35 @@ impl Source for LocalSource {
         Ok(out)
     }
 
+    /// Opens with O_NONBLOCK (a FIFO or device swapped in after the listing cannot block the
+    /// backup, which holds the writer lock) and O_NOFOLLOW; the descriptor is then checked to
+    /// be a regular file before O_NONBLOCK is cleared for reading.
     fn open(&self, path: &Path) -> io::Result<Box<dyn SourceFile>> {
-        let flags = (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NOATIME).bits() as i32;
+        use rustix::fs::OFlags;
+        let base = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
         let file = match fs::OpenOptions::new()
             .read(true)
-            .custom_flags(flags)
+            .custom_flags((base | OFlags::NOATIME).bits() as i32)
             .open(path)
         {
             Ok(f) => f,
             // O_NOATIME needs ownership of the file (or CAP_FOWNER).
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => fs::OpenOptions::new()
                 .read(true)
-                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .custom_flags(base.bits() as i32)
                 .open(path)?,
             Err(e) => return Err(e),
         };
+        let meta = file.metadata()?;
+        if !meta.file_type().is_file() {
+            let what = EntryMeta::from_metadata(&meta).kind;
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not a regular file any more (now {what:?}); not read"),
+            ));
+        }
+        let flags = rustix::fs::fcntl_getfl(&file)?;
+        rustix::fs::fcntl_setfl(&file, flags - OFlags::NONBLOCK)?;
         Ok(Box::new(LocalFile(file)))
     }
 }

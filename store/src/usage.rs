@@ -63,7 +63,10 @@ impl Repository {
     /// Usage of a group of snapshots: see the module documentation for the definitions.
     /// Works on read-only handles.
     pub fn usage_of(&self, snapshots: &[Snapshot]) -> Result<Usage> {
-        let roots: Vec<ChunkId> = snapshots.iter().map(|s| s.root).collect();
+        let mut roots = Vec::with_capacity(snapshots.len() * 2);
+        for s in snapshots {
+            roots.extend(self.held_by(s)?);
+        }
         let (referenced_bytes, referenced_blobs) = self.referenced(&roots)?;
         let (exclusive_bytes, exclusive_blobs) = self.exclusive(&roots)?;
         let mut newest: HashMap<&str, &Snapshot> = HashMap::new();
@@ -88,7 +91,7 @@ impl Repository {
     pub fn snapshot_usage(&self, host: &str) -> Result<Vec<SnapshotUsage>> {
         let mut out = Vec::new();
         for s in self.snapshots()?.into_iter().filter(|s| s.host == host) {
-            let (exclusive_bytes, _) = self.exclusive(&[s.root])?;
+            let (exclusive_bytes, _) = self.exclusive(&self.held_by(&s)?)?;
             out.push(SnapshotUsage {
                 id: s.id.to_string(),
                 host: s.host.clone(),
@@ -99,6 +102,17 @@ impl Repository {
             });
         }
         Ok(out)
+    }
+
+    /// The blobs a snapshot references directly, as its expiry releases them: its root tree
+    /// and the blob of its current record (when it has one).
+    fn held_by(&self, s: &Snapshot) -> Result<Vec<ChunkId>> {
+        let record = ChunkId::of(&s.encode());
+        let mut held = vec![s.root];
+        if self.index.blob(&record)?.is_some_and(|l| l.refcount > 0) {
+            held.push(record);
+        }
+        Ok(held)
     }
 
     fn live_blob(&self, id: &ChunkId) -> Result<BlobLoc> {

@@ -17,6 +17,7 @@ pub use xstore::chunker::seeded_bytes;
 pub fn gc_all_dead(repo: &xstore::Repository) -> xstore::GcReport {
     repo.gc(&xstore::GcOptions {
         max_dead_percent: Some(0.0),
+        grace: Some(std::time::Duration::ZERO),
         ..Default::default()
     })
     .unwrap()

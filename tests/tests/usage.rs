@@ -24,10 +24,18 @@ fn backup(repo: &Repository, host: &str, paths: &[&Path]) -> Snapshot {
     .unwrap()
 }
 
-/// Every blob reachable from the snapshots (trees, chunk lists, data), found with the public
-/// browsing API: the oracle for the reference-count simulation.
+/// Every blob reachable from the snapshots (their record blobs, trees, chunk lists, data),
+/// found with the public browsing API: the oracle for the reference-count simulation.
 fn reachable(repo: &Repository, snaps: &[&Snapshot]) -> HashSet<ChunkId> {
     let mut seen = HashSet::new();
+    for s in snaps {
+        let record = ChunkId::of(&repo.snapshot(&s.id).unwrap().encode());
+        assert_eq!(
+            repo.blob_location(&record).unwrap().unwrap().kind,
+            xstore::BlobKind::SnapshotRecord
+        );
+        seen.insert(record);
+    }
     let mut trees: Vec<ChunkId> = snaps.iter().map(|s| s.root).collect();
     while let Some(t) = trees.pop() {
         if !seen.insert(t) {
