@@ -251,7 +251,10 @@ impl Repository {
         }
         self.reclaim(candidates, &mut report, opts.progress.as_deref())?;
         tally(&mut report);
-        self.delete_retired(grace, &mut report)?;
+        // After gc's commit: a failure to delete is a warning, the next gc deletes them.
+        if let Err(e) = self.delete_retired(grace, &mut report) {
+            tracing::warn!("retired pack files not deleted ({e}); the next gc retries");
+        }
         Ok(report)
     }
 

@@ -23,6 +23,14 @@ pub fn gc_all_dead(repo: &xstore::Repository) -> xstore::GcReport {
     .unwrap()
 }
 
+/// Whether the pack journal records no uncommitted pack (every writer finished or cleaned up).
+pub fn journal_is_empty(repo: &Path) -> bool {
+    match std::fs::read_dir(repo.join("packs/uncommitted")) {
+        Ok(mut items) => items.next().is_none(),
+        Err(_) => true,
+    }
+}
+
 /// A repository with small chunks (16/64/256 KiB) and 1 MiB packs: a few MiB of fixture data
 /// spans many chunks and packs.
 pub fn small_repo(path: &Path) -> xstore::Repository {

@@ -1,0 +1,609 @@
+//! The trust fault suite (issue "no operator mistake, full disk, crash or hostile local user
+//! loses a committed snapshot"): each reproduction as a test with its exact outcome — exit
+//! code, the one error line, the snapshot ids present, pack files on disk, and restored bytes
+//! equal to the backed-up bytes.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{json, ok, stderr, xstore};
+use xstore_tests::{assert_same_tree, make_fixture, restored_path, seeded_bytes};
+
+/// A repository with several snapshots of two hosts (small packs, so there are many).
+fn healthy(work: &Path) -> (PathBuf, PathBuf) {
+    let (repo, src) = (work.join("repo"), work.join("src"));
+    make_fixture(&src, 30);
+    ok(
+        &repo,
+        &["init", "--pack-size-mib", "1", "--chunk-avg-kib", "64"],
+    );
+    for round in 0..4u64 {
+        fs::write(src.join("churn.bin"), seeded_bytes(round, 400_000)).unwrap();
+        for host in ["h1", "h2"] {
+            ok(&repo, &["backup", "-q", "--host", host, src.to_str().unwrap()]);
+        }
+    }
+    (repo, src)
+}
+
+fn snapshot_ids(repo: &Path) -> BTreeSet<String> {
+    json(repo, &["snapshots"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn pack_count(repo: &Path) -> usize {
+    xstore::pack_files(repo).unwrap().len()
+}
+
+/// Every snapshot restores, and the newest of `host` equals `src` exactly.
+fn assert_restores(repo: &Path, work: &Path, host: &str, src: &Path) {
+    let dst = work.join(format!("restore-{host}-{}", rand_suffix()));
+    ok(
+        repo,
+        &["restore", &format!("{host}@latest"), dst.to_str().unwrap()],
+    );
+    assert_same_tree(src, &restored_path(&dst, src), false);
+    fs::remove_dir_all(&dst).unwrap();
+    let check = xstore(repo, &["check", "--read-data"]);
+    assert_eq!(check.status.code(), Some(0), "{}", stderr(&check));
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn one_error_line(out: &std::process::Output) -> String {
+    let err = stderr(out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got:\n{err}");
+    lines[0].to_string()
+}
+
+#[test]
+fn a_missing_or_emptied_index_is_refused_and_repair_brings_every_snapshot_back() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = healthy(work.path());
+    let ids = snapshot_ids(&repo);
+    let packs = pack_count(&repo);
+    assert!(packs > 4, "{packs}");
+
+    fs::remove_dir_all(repo.join("index")).unwrap();
+    let out = xstore(&repo, &["backup", "--host", "h1", src.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let line = one_error_line(&out);
+    assert!(line.contains("missing or empty") && line.contains("xstore repair index"), "{line}");
+    assert_eq!(pack_count(&repo), packs, "a refused open deleted packs");
+
+    fs::create_dir(repo.join("index")).unwrap();
+    let out = xstore(&repo, &["gc", "--max-dead", "0%", "--grace", "0s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_error_line(&out).contains("xstore repair index"));
+    assert_eq!(pack_count(&repo), packs);
+
+    // Restore still reads? No index at all: read-only opens are refused the same way.
+    let out = xstore(&repo, &["snapshots"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    fs::remove_dir_all(repo.join("index")).unwrap();
+    let report = json(&repo, &["repair", "index"]);
+    assert_eq!(report["old_index"], false, "{report}");
+    assert_eq!(snapshot_ids(&repo), ids);
+    for host in ["h1", "h2"] {
+        assert_restores(&repo, work.path(), host, &src);
+    }
+    // The repaired repository is writable again.
+    ok(&repo, &["backup", "-q", "--host", "h1", src.to_str().unwrap()]);
+}
+
+#[test]
+fn an_index_older_than_the_packs_is_refused_for_writing() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = healthy(work.path());
+    // An index restored from an older copy: it does not know the newest packs.
+    let old_index = work.path().join("index-copy");
+    Command::new("cp")
+        .args(["-a"])
+        .arg(repo.join("index"))
+        .arg(&old_index)
+        .status()
+        .unwrap();
+    fs::write(src.join("new.bin"), seeded_bytes(77, 300_000)).unwrap();
+    ok(&repo, &["backup", "-q", "--host", "h1", src.to_str().unwrap()]);
+    let ids = snapshot_ids(&repo);
+    let packs = pack_count(&repo);
+    fs::remove_dir_all(repo.join("index")).unwrap();
+    fs::rename(&old_index, repo.join("index")).unwrap();
+    let out = xstore(&repo, &["gc", "--max-dead", "0%", "--grace", "0s"]);
+    assert_eq!(out.status.code(), Some(1));
+    let line = one_error_line(&out);
+    assert!(line.contains("does not know") && line.contains("repair index"), "{line}");
+    assert_eq!(pack_count(&repo), packs);
+    // repair merges the old index with the newer records found in copies and packs.
+    let report = json(&repo, &["repair", "index"]);
+    assert_eq!(report["recovered"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(snapshot_ids(&repo), ids);
+    assert_restores(&repo, work.path(), "h1", &src);
+}
+
+#[test]
+fn repair_after_a_crash_past_the_commit_keeps_the_snapshot() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = healthy(work.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_xstore"))
+        .env("XSTORE_REPO", &repo)
+        .env("XSTORE_FAILPOINT", "after-commit")
+        .args(["backup", "-q", "--host", "crashed", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let ids = snapshot_ids(&repo);
+    let report = json(&repo, &["repair", "index"]);
+    assert_eq!(report["snapshots"], ids.len() as u64, "{report}");
+    assert_eq!(snapshot_ids(&repo), ids);
+    let crashed: Vec<_> = json(&repo, &["snapshots", "--host", "crashed"])
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(crashed.len(), 1);
+    assert_restores(&repo, work.path(), "crashed", &src);
+}
+
+#[test]
+fn repair_without_snapshot_copies_rebuilds_from_packs_and_gc_keeps_the_data() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = healthy(work.path());
+    // Labels changed after the commit (a pin) must survive too: records in packs are
+    // rewritten with each change.
+    let pinned = json(&repo, &["snapshots", "--host", "h2"]).as_array().unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(&repo, &["pin", &pinned]);
+    let before = json(&repo, &["snapshots"]);
+    let ids = snapshot_ids(&repo);
+    for item in fs::read_dir(repo.join("snapshots")).unwrap() {
+        fs::remove_file(item.unwrap().path()).unwrap();
+    }
+    let report = json(&repo, &["repair", "index"]);
+    assert_eq!(report["snapshots"], ids.len() as u64, "{report}");
+    assert_eq!(snapshot_ids(&repo), ids);
+    // Both sources gone: packs alone.
+    fs::remove_dir_all(repo.join("index")).unwrap();
+    for item in fs::read_dir(repo.join("snapshots")).unwrap() {
+        fs::remove_file(item.unwrap().path()).unwrap();
+    }
+    let report = json(&repo, &["repair", "index"]);
+    assert_eq!(report["from_packs"], ids.len() as u64, "{report}");
+    let after = json(&repo, &["snapshots"]);
+    let strip = |v: &serde_json::Value| -> Vec<(String, bool, serde_json::Value)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["id"].as_str().unwrap().to_string(),
+                    s["pinned"].as_bool().unwrap(),
+                    s["tiers"].clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(strip(&after), strip(&before));
+    ok(&repo, &["gc", "--max-dead", "0%", "--grace", "0s"]);
+    for host in ["h1", "h2"] {
+        assert_restores(&repo, work.path(), host, &src);
+    }
+}
+
+#[test]
+fn repair_holds_blobs_it_cannot_attribute_until_released() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = healthy(work.path());
+    // A snapshot whose record is lost everywhere (index, copy, record blob): the packs of
+    // its data hold blobs that no snapshot references.
+    let lost = work.path().join("lost");
+    fs::create_dir(&lost).unwrap();
+    fs::write(lost.join("only-here.bin"), seeded_bytes(4242, 900_000)).unwrap();
+    ok(&repo, &["backup", "-q", "--host", "lost", lost.to_str().unwrap()]);
+    let id = json(&repo, &["snapshots", "--host", "lost"]).as_array().unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let record = fs::read(repo.join(format!("snapshots/{id}.json"))).unwrap();
+    let record_pack = {
+        let r = xstore::Repository::open_read_only(&repo).unwrap();
+        r.blob_location(&xstore::ChunkId::of(&record)).unwrap().unwrap().pack
+    };
+    fs::remove_dir_all(repo.join("index")).unwrap();
+    fs::remove_file(repo.join(format!("snapshots/{id}.json"))).unwrap();
+    let hex = record_pack.to_string();
+    fs::remove_file(repo.join(format!("packs/{}/{hex}.pack", &hex[..2]))).unwrap();
+    let ids = snapshot_ids_after_repair(&repo);
+    assert!(!ids.contains(&id));
+    let report = json(&repo, &["stats"]);
+    let held = report["held_packs"].as_u64().unwrap();
+    assert!(held > 0, "{report}");
+    let packs = pack_count(&repo);
+    let gc = json(&repo, &["gc", "--max-dead", "0%", "--grace", "0s"]);
+    assert_eq!(gc["packs_held"], held, "{gc}");
+    assert_eq!(json(&repo, &["stats"])["held_packs"], held);
+    assert!(pack_count(&repo) as u64 >= held && packs > 0);
+    // The operator releases them: now they are reclaimed, and the rest is intact.
+    let gc = json(&repo, &["gc", "--max-dead", "0%", "--grace", "0s", "--release-held"]);
+    assert_eq!(gc["packs_held"], 0, "{gc}");
+    assert!(gc["retired_deleted"].as_u64().unwrap() >= held, "{gc}");
+    assert_eq!(json(&repo, &["stats"])["held_packs"], 0);
+    for host in ["h1", "h2"] {
+        assert_restores(&repo, work.path(), host, &src);
+    }
+}
+
+fn snapshot_ids_after_repair(repo: &Path) -> BTreeSet<String> {
+    let report = json(repo, &["repair", "index"]);
+    assert!(report["unattributed_blobs"].as_u64().unwrap() > 0, "{report}");
+    snapshot_ids(repo)
+}
+
+#[test]
+fn enospc_after_the_commit_is_a_warning_and_the_snapshot_exists() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = healthy(work.path());
+    let before = snapshot_ids(&repo);
+    let out = Command::new(env!("CARGO_BIN_EXE_xstore"))
+        .env("XSTORE_REPO", &repo)
+        .env("XSTORE_FAIL_IO", "snapshot-copies")
+        .args(["backup", "--host", "h1", src.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("committed, but") && err.contains("No space left"), "{err}");
+    assert!(!err.contains('\u{1b}'), "ANSI colours on a pipe: {err:?}");
+    assert_eq!(err.matches("No space left on device").count(), 1, "{err}");
+    let after = snapshot_ids(&repo);
+    assert_eq!(after.len(), before.len() + 1);
+    // The next writable open resyncs the copies and removes the marker.
+    assert!(repo.join("locks/snapshot-copies-stale").exists());
+    ok(&repo, &["gc", "--dry-run"]);
+    ok(&repo, &["pin", after.difference(&before).next().unwrap()]);
+    assert!(!repo.join("locks/snapshot-copies-stale").exists());
+    for id in &after {
+        assert!(repo.join(format!("snapshots/{id}.json")).exists(), "{id}");
+    }
+    assert_restores(&repo, work.path(), "h1", &src);
+}
+
+#[test]
+fn enospc_before_the_commit_changes_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = healthy(work.path());
+    ok(&repo, &["forget", "--host", "h2", "--keep-last", "1"]);
+    for (args, step) in [
+        (vec!["backup", "-q", "--host", "h1", src.to_str().unwrap()], "before-commit"),
+        (vec!["rotate", "daily", "--all"], "before-commit"),
+        (vec!["gc", "--max-dead", "0%", "--grace", "0s"], "gc-retire"),
+    ] {
+        fs::write(src.join("churn.bin"), seeded_bytes(rand_suffix(), 300_000)).unwrap();
+        let ids = snapshot_ids(&repo);
+        let packs = pack_count(&repo);
+        let stats = json(&repo, &["stats"]);
+        let out = Command::new(env!("CARGO_BIN_EXE_xstore"))
+            .env("XSTORE_REPO", &repo)
+            .env("XSTORE_FAIL_IO", step)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        let line = one_error_line(&out);
+        assert!(line.contains("No space left on device"), "{line}");
+        assert_eq!(line.matches("No space left").count(), 1, "{line}");
+        assert_eq!(snapshot_ids(&repo), ids, "{args:?}");
+        assert_eq!(pack_count(&repo), packs, "{args:?} left packs behind");
+        assert!(xstore_tests::journal_is_empty(&repo), "{args:?}");
+        let now = json(&repo, &["stats"]);
+        assert_eq!(now["dead_bytes"], stats["dead_bytes"], "{args:?}");
+        assert_eq!(now["blobs"], stats["blobs"], "{args:?}");
+    }
+    ok(&repo, &["backup", "-q", "--host", "h1", src.to_str().unwrap()]);
+    assert_restores(&repo, work.path(), "h1", &src);
+}
+
+/// A real full disk: a 24 MiB tmpfs holding the repository, backups until it is full.
+/// Every exit 0 is a snapshot that exists and restores; every exit 1 changed nothing.
+#[test]
+fn a_real_full_disk_never_reports_a_committed_snapshot_as_failed() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("needs root to mount a small tmpfs");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let mnt = work.path().join("small");
+    fs::create_dir(&mnt).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let repo = mnt.join("repo");
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    ok(&repo, &["init", "--pack-size-mib", "1"]);
+    let mut committed = 0;
+    let mut refused = 0;
+    for round in 0..12u64 {
+        // Incompressible data: each round adds ~3 MiB until the disk is full.
+        fs::write(src.join(format!("f{round}.bin")), seeded_bytes(round, 3 << 20)).unwrap();
+        let ids = snapshot_ids(&repo);
+        let out = xstore(&repo, &["backup", "-q", "--host", "h", src.to_str().unwrap()]);
+        match out.status.code() {
+            Some(0) => {
+                committed += 1;
+                assert_eq!(snapshot_ids(&repo).len(), ids.len() + 1);
+            }
+            Some(1) => {
+                refused += 1;
+                let line = one_error_line(&out);
+                assert!(line.contains("No space left on device"), "{line}");
+                assert_eq!(snapshot_ids(&repo), ids, "a failed backup changed the snapshots");
+            }
+            other => panic!("exit {other:?}: {}", stderr(&out)),
+        }
+        // Nothing half-written stays: no temporaries in packs/tmp or snapshots/.
+        let tmp: Vec<_> = fs::read_dir(repo.join("packs/tmp")).unwrap().collect();
+        assert!(tmp.is_empty(), "{tmp:?}");
+    }
+    assert!(committed > 0 && refused > 0, "{committed} / {refused}");
+    let check = xstore(&repo, &["check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", stderr(&check));
+}
+
+#[test]
+fn gc_waits_out_readers_that_started_before_it() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = healthy(work.path());
+    let kept = json(&repo, &["snapshots", "--host", "h1"]).as_array().unwrap()[3]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for round in 0..20u64 {
+        // Garbage in the packs the kept snapshot reads, so gc rewrites them.
+        fs::write(src.join("churn.bin"), seeded_bytes(900 + round, 400_000)).unwrap();
+        ok(&repo, &["backup", "-q", "--host", "h2", src.to_str().unwrap()]);
+        ok(&repo, &["forget", "--host", "h2", "--keep-last", "1"]);
+        // A reader that has opened the index before gc runs, slowed by a pipe.
+        let dst = work.path().join(format!("r{round}"));
+        let reader = Command::new(env!("CARGO_BIN_EXE_xstore"))
+            .env("XSTORE_REPO", &repo)
+            .args(["restore", &kept, dst.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let gc = xstore(&repo, &["gc", "--max-dead", "0%"]);
+        assert_eq!(gc.status.code(), Some(0), "{}", stderr(&gc));
+        let out = reader.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "round {round}: {}", stderr(&out));
+        fs::remove_dir_all(&dst).unwrap();
+    }
+    let st = json(&repo, &["stats"]);
+    assert!(st["retired_packs"].as_u64().unwrap() > 0, "{st}");
+    assert_eq!(st["gc_grace_seconds"], 86400);
+    // Past the grace period (here: none) the retired files go and nothing breaks.
+    ok(&repo, &["gc", "--grace", "0s"]);
+    assert_eq!(json(&repo, &["stats"])["retired_packs"], 0);
+    let report = json(&repo, &["check", "--read-data"]);
+    assert_eq!(report["packs"].as_u64().unwrap() as usize, pack_count(&repo));
+    assert_restores(&repo, work.path(), "h2", &src);
+}
+
+#[test]
+fn restore_counts_only_files_it_wrote_and_names_each_failure_once() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = healthy(work.path());
+    let dst = work.path().join("dst");
+    let inside = restored_path(&dst, &src);
+    fs::create_dir_all(inside.parent().unwrap()).unwrap();
+    // A file where the backup's top directory goes: everything under it fails.
+    fs::write(&inside, b"in the way").unwrap();
+    let out = xstore(&repo, &["--json", "restore", "h1@latest", dst.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    let summary = common::last_json(&out.stdout);
+    assert_eq!(summary["files"], 0, "{summary}");
+    let errors = summary["errors"].as_array().unwrap();
+    assert!(!errors.is_empty());
+    for e in errors {
+        let (path, message) = (e["path"].as_str().unwrap(), e["message"].as_str().unwrap());
+        assert!(!message.contains(path), "path said twice: {path}: {message}");
+    }
+    assert_eq!(fs::read(&inside).unwrap(), b"in the way");
+}
+
+#[test]
+fn excludes_that_match_everything_are_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = healthy(work.path());
+    let ids = snapshot_ids(&repo);
+    for pattern in ["*", "src", src.to_str().unwrap()] {
+        let out = xstore(
+            &repo,
+            &["backup", "--host", "h1", "--exclude", pattern, src.to_str().unwrap()],
+        );
+        assert_eq!(out.status.code(), Some(1), "{pattern}: {}", stderr(&out));
+        assert!(one_error_line(&out).contains("exclude"), "{pattern}");
+    }
+    assert_eq!(snapshot_ids(&repo), ids);
+}
+
+#[test]
+fn a_config_with_other_chunker_parameters_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = healthy(work.path());
+    let config = fs::read_to_string(repo.join("config")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&config).unwrap();
+    v["chunker"]["avg"] = serde_json::json!(131072);
+    fs::write(repo.join("config"), serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    for args in [
+        vec!["backup", "--host", "h1", src.to_str().unwrap()],
+        vec!["snapshots"],
+        vec!["repair", "index"],
+    ] {
+        let out = xstore(&repo, &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let line = one_error_line(&out);
+        assert!(line.contains("created with") && line.contains("config"), "{line}");
+    }
+    fs::write(repo.join("config"), config).unwrap();
+    assert_restores(&repo, work.path(), "h1", &src);
+}
+
+/// Root restores into a target whose intermediate directory an unprivileged user owns; the
+/// user swaps the directories restore creates for symlinks to a root-only directory, as fast
+/// as it can. Nothing may be created, changed or removed in the root-only directory.
+#[test]
+fn a_root_restore_never_escapes_a_target_another_user_controls() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("needs root (restore as root, attacker as uid 65534)");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let (repo, src) = (work.path().join("repo"), work.path().join("src"));
+    for d in 0..20 {
+        let dir = src.join("d").join(format!("s{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..200 {
+            fs::write(dir.join(format!("f{f}")), format!("{d}/{f}")).unwrap();
+        }
+    }
+    ok(&repo, &["init"]);
+    ok(&repo, &["backup", "-q", "--host", "h", src.to_str().unwrap()]);
+    let secret = work.path().join("secret");
+    fs::create_dir(&secret).unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(secret.join("keep.txt"), b"root only").unwrap();
+    let attacker_py = r#"
+import os, sys
+d, secret = sys.argv[1], sys.argv[2]
+names = ["s%02d" % i for i in range(20)]
+swaps = 0
+while not os.path.exists(os.path.join(d, "stop")):
+    for n in names:
+        p = os.path.join(d, n)
+        try:
+            if os.path.islink(p):
+                # Swap the real directory back, so the restore keeps going and races again.
+                os.unlink(p)
+                os.rename(p + ".moved", p)
+            else:
+                os.rename(p, p + ".moved")
+                os.symlink(secret, p)
+                swaps += 1
+        except OSError:
+            pass
+print(swaps)
+"#;
+    for round in 0..3 {
+        let target = work.path().join(format!("target{round}"));
+        let owned = target.join("d");
+        fs::create_dir_all(&owned).unwrap();
+        for p in [&target, &owned] {
+            std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+        }
+        let mut attacker = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["/usr/bin/python3", "-c"])
+            .arg(attacker_py)
+            .arg(&owned)
+            .arg(&secret)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let out = xstore(
+            &repo,
+            &[
+                "restore",
+                "h@latest",
+                target.to_str().unwrap(),
+                "--path",
+                &format!("{}/d", src.display()),
+            ],
+        );
+        fs::write(owned.join("stop"), b"").unwrap();
+        let swaps = attacker.wait_with_output().unwrap();
+        let swaps: u64 = String::from_utf8_lossy(&swaps.stdout).trim().parse().unwrap();
+        eprintln!(
+            "round {round}: {swaps} swaps, exit {:?}, {} paths refused",
+            out.status.code(),
+            stderr(&out).lines().count()
+        );
+        // The attacker must have raced for real, or this test proves nothing.
+        assert!(swaps > 0, "round {round}: the attacker never swapped a directory");
+        assert!(
+            matches!(out.status.code(), Some(0) | Some(3)),
+            "round {round}: {}",
+            stderr(&out)
+        );
+        let listing: Vec<String> = fs::read_dir(&secret)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(listing, vec!["keep.txt".to_string()], "round {round}");
+        assert_eq!(fs::read(secret.join("keep.txt")).unwrap(), b"root only");
+        let m = fs::metadata(&secret).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o700), "round {round}");
+        // Whatever was restored holds the snapshot's bytes.
+        for entry in walk(&owned) {
+            if let Some(name) = entry.file_name().and_then(|n| n.to_str()) {
+                if name.starts_with('f') && entry.is_file() {
+                    let dir = entry.parent().unwrap().file_name().unwrap().to_string_lossy();
+                    let d: usize = dir.trim_start_matches('s')[..2].parse().unwrap();
+                    assert_eq!(
+                        fs::read_to_string(&entry).unwrap(),
+                        format!("{d}/{}", &name[1..])
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(items) = fs::read_dir(&d) else { continue };
+        for item in items.flatten() {
+            let p = item.path();
+            let ft = item.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}

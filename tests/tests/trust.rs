@@ -1,0 +1,160 @@
+//! Trust at library level: a backup cannot be hung by a FIFO swapped in for a file, and a
+//! read-only handle opened before gc keeps restoring exactly after gc rewrote its packs.
+#![allow(clippy::unwrap_used)]
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use xstore::retention::{Action, KeepPolicy};
+use xstore::{
+    BackupOptions, EntryMeta, LocalSource, ParentChoice, Repository, RestoreOptions, Source,
+    SnapshotStatus, SourceFile, TierChoice,
+};
+use xstore_tests::{assert_same_tree, gc_all_dead, make_fixture, restored_path, seeded_bytes};
+
+/// The local filesystem, except that every file whose name ends in `7` is replaced by a FIFO
+/// between the listing and the open (the race a hostile user wins on a real host).
+struct FifoSwapper;
+
+impl Source for FifoSwapper {
+    fn stat(&self, path: &Path) -> io::Result<EntryMeta> {
+        LocalSource.stat(path)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<(Vec<u8>, io::Result<EntryMeta>)>> {
+        LocalSource.list(dir)
+    }
+    fn read_link(&self, path: &Path) -> io::Result<Vec<u8>> {
+        LocalSource.read_link(path)
+    }
+    fn xattrs(&self, path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        LocalSource.xattrs(path)
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn SourceFile>> {
+        if path.to_string_lossy().ends_with('7') {
+            std::fs::remove_file(path)?;
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                path,
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o644),
+                0,
+            )?;
+        }
+        LocalSource.open(path)
+    }
+}
+
+#[test]
+fn a_fifo_swapped_in_mid_backup_is_a_failed_path_not_a_hang() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..600 {
+        std::fs::write(src.join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    let repo_path = work.path().join("repo");
+    let (tx, rx) = mpsc::channel();
+    let src2 = src.clone();
+    std::thread::spawn(move || {
+        let repo = Repository::init(&repo_path, &Default::default()).unwrap();
+        let opts = BackupOptions {
+            host: "h".into(),
+            paths: vec![src2],
+            parent: ParentChoice::None,
+            tier: TierChoice::None,
+            ..Default::default()
+        };
+        let _ = tx.send(repo.backup(&FifoSwapper, &opts).map(|s| (s, repo)));
+    });
+    // A hang is the failure this test exists for: give up after a minute instead of never.
+    let (snap, repo) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the backup blocked on a FIFO")
+        .unwrap();
+    assert_eq!(snap.status, SnapshotStatus::Partial);
+    let mut failed: Vec<String> = snap.errors.iter().map(|e| e.path.clone()).collect();
+    failed.sort();
+    let mut want: Vec<String> = (0..600)
+        .filter(|i| i % 10 == 7)
+        .map(|i| src.canonicalize().unwrap().join(format!("f{i}")).display().to_string())
+        .collect();
+    want.sort();
+    assert_eq!(failed, want);
+    assert!(snap.errors.iter().all(|e| e.message.contains("not a regular file")), "{:?}", snap.errors[0]);
+    assert_eq!(snap.stats.files, 600 - want.len() as u64);
+    // The writer is free again: the lock was released when the backup returned.
+    drop(repo);
+}
+
+fn expire_all_but_newest(repo: &Repository, host: &str) {
+    let mut plan = repo
+        .plan_forget(
+            &KeepPolicy {
+                last: Some(1),
+                ..Default::default()
+            },
+            Some(host),
+            xstore::now_ns(),
+        )
+        .unwrap();
+    for d in &mut plan.decisions {
+        if d.action == Action::Expire {
+            d.changed = true;
+        }
+    }
+    repo.apply_plan(&plan).unwrap();
+}
+
+#[test]
+fn a_reader_opened_before_gc_restores_exactly_after_it_twenty_rounds() {
+    let work = tempfile::tempdir().unwrap();
+    let (src, keep_src) = (work.path().join("src"), work.path().join("keep"));
+    make_fixture(&keep_src, 20);
+    std::fs::create_dir(&src).unwrap();
+    let repo_path = work.path().join("repo");
+    let repo = xstore_tests::small_repo(&repo_path);
+    let backup = |host: &str, path: &PathBuf| {
+        repo.backup(
+            &LocalSource,
+            &BackupOptions {
+                host: host.into(),
+                paths: vec![path.clone(), keep_src.clone()],
+                tier: TierChoice::None,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let kept = backup("keep", &src);
+    for round in 0..20u64 {
+        std::fs::write(src.join("churn.bin"), seeded_bytes(round, 700_000)).unwrap();
+        backup("churn", &src);
+        expire_all_but_newest(&repo, "churn");
+        let reader = Repository::open_read_only(&repo_path).unwrap();
+        let report = repo
+            .gc(&xstore::GcOptions {
+                max_dead_percent: Some(0.0),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(report.retired_deleted, 0, "{report:#?}");
+        let dst = work.path().join(format!("dst{round}"));
+        let summary = reader
+            .restore(&kept, &dst, &RestoreOptions::default())
+            .unwrap();
+        assert!(summary.errors.is_empty(), "round {round}: {:?}", summary.errors);
+        assert_same_tree(&keep_src, &restored_path(&dst, &keep_src), false);
+        std::fs::remove_dir_all(&dst).unwrap();
+    }
+    // Past the grace period the files go, and a fresh reader restores from the new packs.
+    let report = gc_all_dead(&repo);
+    assert!(report.retired_deleted > 0, "{report:#?}");
+    let reader = Repository::open_read_only(&repo_path).unwrap();
+    let dst = work.path().join("final");
+    let summary = reader.restore(&kept, &dst, &RestoreOptions::default()).unwrap();
+    assert!(summary.errors.is_empty());
+    assert_same_tree(&keep_src, &restored_path(&dst, &keep_src), false);
+    assert!(repo.check(Default::default()).unwrap().problems.is_empty());
+}
