@@ -532,7 +532,7 @@ print(swaps)
         for p in [&target, &owned] {
             std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
         }
-        let mut attacker = Command::new("setpriv")
+        let attacker = Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .args(["/usr/bin/python3", "-c"])
             .arg(attacker_py)
@@ -606,4 +606,172 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// kill -9 at pseudo-random moments of backup, forget, gc, repair and restore, 12 rounds;
+/// after each round `check` passes, every snapshot ever reported committed and not expired
+/// by a forget that reported success is present, and each restores to exactly the bytes it
+/// was taken from.
+#[test]
+fn kill_9_anywhere_loses_no_committed_snapshot() {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+    let work = tempfile::tempdir().unwrap();
+    let (repo, tree, churn) = (
+        work.path().join("repo"),
+        work.path().join("tree"),
+        work.path().join("churn"),
+    );
+    make_fixture(&tree, 5);
+    fs::create_dir(&churn).unwrap();
+    ok(
+        &repo,
+        &["init", "--pack-size-mib", "1", "--chunk-avg-kib", "64"],
+    );
+    let paths = [tree.to_str().unwrap().to_string(), churn.to_str().unwrap().to_string()];
+    // Snapshot id -> BLAKE3 of the churn file it must hold.
+    let mut committed: BTreeMap<String, xstore::ChunkId> = BTreeMap::new();
+    let mut expired: BTreeSet<String> = BTreeSet::new();
+    // Committed ids, oldest first.
+    let mut order: Vec<String> = Vec::new();
+    let mut state: u64 = 0x853c_49e6_748f_ea9b;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % 1000) as f64 / 1000.0
+    };
+    // Runs a command, killing it after `fraction` of `typical` unless it finished first.
+    let killed_run = |args: &[&str], fraction: f64, typical: Duration| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xstore"))
+            .env("XSTORE_REPO", &repo)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + typical.mul_f64(fraction);
+        while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+        }
+        child.wait_with_output().unwrap()
+    };
+    let timed = |args: &[&str]| {
+        let t = Instant::now();
+        ok(&repo, args);
+        t.elapsed().max(Duration::from_millis(30))
+    };
+    let mut kills = 0;
+    let mut typical: BTreeMap<&str, Duration> = BTreeMap::new();
+    for round in 0..12u64 {
+        let data = seeded_bytes(round, 3 << 20);
+        fs::write(churn.join("churn.bin"), &data).unwrap();
+        let mut backup = vec!["--json", "backup", "--host", "h", "--no-tier"];
+        backup.extend(paths.iter().map(String::as_str));
+        if round == 0 {
+            // Uninterrupted runs first: the kills below land within 80 % of these times.
+            typical.insert("backup", timed(&backup[1..]));
+            let id = json(&repo, &["snapshots"]).as_array().unwrap()[0]["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            order.push(id.clone());
+            committed.insert(id, xstore::ChunkId::of(&data));
+            typical.insert("forget", timed(&["forget", "--host", "h", "--keep-last", "3"]));
+            typical.insert("gc", timed(&["gc", "--max-dead", "0%", "--grace", "0s"]));
+            typical.insert("repair", timed(&["repair", "index"]));
+            let dst = work.path().join("calibrate");
+            typical.insert("restore", timed(&["restore", &order[0].clone(), dst.to_str().unwrap()]));
+            fs::remove_dir_all(&dst).unwrap();
+        }
+        let t_backup = typical["backup"];
+        let out = killed_run(&backup, 0.8 * next(), t_backup);
+        if out.status.success() {
+            let id = common::last_json(&out.stdout)["id"].as_str().unwrap().to_string();
+            order.push(id.clone());
+            committed.insert(id, xstore::ChunkId::of(&data));
+        } else {
+            kills += 1;
+            // Killed after its commit point: the snapshot exists (never reported, but whole).
+            for id in snapshot_ids(&repo) {
+                if !committed.contains_key(&id) {
+                    order.push(id.clone());
+                    committed.insert(id, xstore::ChunkId::of(&data));
+                }
+            }
+        }
+        let out = killed_run(
+            &["forget", "--host", "h", "--keep-last", "3"],
+            0.8 * next(),
+            typical["forget"],
+        );
+        if out.status.success() {
+            // Everything but the newest three present snapshots went.
+            let present = snapshot_ids(&repo);
+            for id in committed.keys() {
+                if !present.contains(id) {
+                    expired.insert(id.clone());
+                }
+            }
+        } else {
+            kills += 1;
+        }
+        for (op, args) in [
+            ("gc", &["gc", "--max-dead", "0%", "--grace", "0s"][..]),
+            ("repair", &["repair", "index"][..]),
+        ] {
+            if !killed_run(args, 0.8 * next(), typical[op]).status.success() {
+                kills += 1;
+            }
+        }
+        // A writer finishes whatever the kills interrupted.
+        ok(&repo, &["gc", "--dry-run", "--max-dead", "0%"]);
+        ok(&repo, &["pin", &order[order.len() - 1].clone()]);
+        let check = xstore(&repo, &["check", "--read-data"]);
+        assert_eq!(check.status.code(), Some(0), "round {round}: {}", stderr(&check));
+        let present = snapshot_ids(&repo);
+        for id in &present {
+            assert!(committed.contains_key(id), "round {round}: {id} was never committed");
+        }
+        // forget keeps the newest three, killed or not: those are always present, and
+        // whatever is gone went through a forget.
+        for id in order.iter().rev().take(3) {
+            assert!(present.contains(id), "round {round}: committed {id} is gone");
+        }
+        for id in committed.keys().filter(|id| !present.contains(*id)) {
+            assert!(!order.iter().rev().take(3).any(|n| n == id));
+        }
+        // repair never brings back what a forget that reported success expired.
+        for id in &expired {
+            assert!(!present.contains(id), "round {round}: expired {id} came back");
+        }
+        ok(&repo, &["unpin", &order[order.len() - 1].clone()]);
+        // Restore killed mid-way, then again into the same target: exact.
+        let newest = order[order.len() - 1].clone();
+        let dst = work.path().join(format!("dst{round}"));
+        if !killed_run(&["restore", &newest, dst.to_str().unwrap()], 0.8 * next(), typical["restore"])
+            .status
+            .success()
+        {
+            kills += 1;
+        }
+        ok(&repo, &["restore", &newest, dst.to_str().unwrap()]);
+        assert_same_tree(&tree, &restored_path(&dst, &tree), false);
+        let got = fs::read(restored_path(&dst, &churn).join("churn.bin")).unwrap();
+        assert_eq!(xstore::ChunkId::of(&got), committed[&newest], "round {round}");
+        fs::remove_dir_all(&dst).unwrap();
+    }
+    // 60 runs, each killed within 80 % of its typical time: most must really be killed.
+    assert!(kills >= 30, "only {kills} of 60 runs were killed");
+    // Every surviving snapshot restores exactly.
+    for id in snapshot_ids(&repo) {
+        let dst = work.path().join(format!("final-{id}"));
+        ok(&repo, &["restore", &id, dst.to_str().unwrap()]);
+        assert_same_tree(&tree, &restored_path(&dst, &tree), false);
+        let got = fs::read(restored_path(&dst, &churn).join("churn.bin")).unwrap();
+        assert_eq!(xstore::ChunkId::of(&got), committed[&id]);
+    }
 }

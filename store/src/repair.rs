@@ -85,6 +85,17 @@ struct Hold {
 
 const REBUILT_MARKER: &str = "REBUILT";
 
+/// The index a reader should open: `index`, or during a swap interrupted between its two
+/// renames (only the next writer completes it) the complete rebuilt one in `index.new`.
+pub(crate) fn readable_index_dir(root: &Path) -> std::path::PathBuf {
+    let cur = root.join("index");
+    let new = root.join("index.new");
+    if !cur.join("CURRENT").is_file() && new.join(REBUILT_MARKER).is_file() {
+        return new;
+    }
+    cur
+}
+
 /// Completes (or discards) an index swap interrupted by a crash.
 pub(crate) fn finish_index_swap(root: &Path) -> Result<()> {
     let new = root.join("index.new");
@@ -117,6 +128,8 @@ struct OldIndex {
     snapshots: HashMap<SnapshotId, Snapshot>,
     /// Blobs it held at refcount 0 (known garbage, not unattributed).
     dead: HashSet<ChunkId>,
+    /// Packs it records.
+    packs: HashSet<PackId>,
     config: Option<Vec<u8>>,
 }
 
@@ -140,6 +153,7 @@ fn read_old_index(root: &Path) -> Option<OldIndex> {
         Ok(OldIndex {
             snapshots,
             dead,
+            packs: index.packs()?.into_iter().map(|(id, _)| id).collect(),
             config: index.meta(crate::repo::CONFIG_KEY)?,
         })
     };
@@ -220,7 +234,13 @@ impl Repository {
                 }
             };
             if retired.contains_key(&pack_id) {
-                if entries.iter().all(|e| seen.contains(&e.id)) {
+                // Retired for real when a readable old index no longer records it (the gc
+                // commit happened); without one, taken back only for blobs no other pack has.
+                let gone = match &old {
+                    Some(o) => !o.packs.contains(&pack_id),
+                    None => entries.iter().all(|e| seen.contains(&e.id)),
+                };
+                if gone {
                     continue;
                 }
                 unretired.push(pack_id);
@@ -294,6 +314,14 @@ impl Repository {
         let mut rest: Vec<Snapshot> = found.into_values().collect();
         rest.sort_by_key(|s| (s.start_ns, s.id));
         for s in rest {
+            // The old index knew this record's blob as dead: the snapshot was expired (or
+            // the record superseded) on purpose.
+            if old
+                .as_ref()
+                .is_some_and(|o| o.dead.contains(&ChunkId::of(&s.encode())))
+            {
+                continue;
+            }
             if repo.index.blob(&s.root)?.is_none() {
                 report.skipped.push(format!(
                     "snapshot {} of {}: root tree {} missing from packs",

@@ -215,7 +215,7 @@ impl Repository {
     /// Opens read-only, without the writer lock. Sees the index as of opening.
     pub fn open_read_only(path: &Path) -> Result<Repository> {
         let (config, params) = Self::load_config(path)?;
-        let index = Index::open(&path.join("index"), true)?;
+        let index = Index::open(&crate::repair::readable_index_dir(path), true)?;
         check_config_matches(path, &config, &index, false)?;
         Ok(Repository {
             root: path.to_path_buf(),
