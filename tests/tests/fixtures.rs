@@ -1,0 +1,123 @@
+//! Old repositories keep reading and writing: a repository written by an earlier build
+//! (tests/fixtures/format1-2026-11, see its README) is restored exactly, then written to
+//! (backup, pin, forget, gc, repair) by this build, and checked.
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use xstore::retention::{Action, KeepPolicy};
+use xstore::{BackupOptions, LocalSource, Repository, RestoreOptions, SnapshotId, TierChoice};
+
+const FIRST: &str = "3b67511f19c6b8f11c080729148e80e0fd73e25fe1c9e06ebb9bed7061bf2071";
+const SECOND: &str = "2bae9410b5199ba52025178c91f5054c5be395dfb792bd3697746f96d68d6433";
+const OTHER_HOST: &str = "cc900ea338a8ba51e418e892a8019e6b82babdb10523596e084e0467f140d6b0";
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for item in std::fs::read_dir(from).unwrap() {
+        let item = item.unwrap();
+        let dest = to.join(item.file_name());
+        if item.file_type().unwrap().is_dir() {
+            copy_dir(&item.path(), &dest);
+        } else {
+            std::fs::copy(item.path(), &dest).unwrap();
+        }
+    }
+}
+
+fn fixture() -> (tempfile::TempDir, std::path::PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/format1-2026-11/repo");
+    copy_dir(&from, &repo);
+    std::fs::create_dir_all(repo.join("packs/tmp")).unwrap();
+    (work, repo)
+}
+
+fn assert_restores_as_written(repo: &Repository, id: &str, version: u8, target: &Path) {
+    let snap = repo.snapshot(&id.parse::<SnapshotId>().unwrap()).unwrap();
+    let summary = repo.restore(&snap, target, &RestoreOptions::default()).unwrap();
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    let data = target.join("tmp/fxdata/data");
+    let a = std::fs::read(data.join("a.txt")).unwrap();
+    assert_eq!(a, format!("old format v{version}\n").as_bytes());
+    let mode = std::fs::metadata(data.join("a.txt")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o640);
+    let big: Vec<u8> = (0..300_000u32).map(|i| ((i * 7) % 251) as u8).collect();
+    assert_eq!(std::fs::read(data.join("big.bin")).unwrap(), big);
+    assert_eq!(std::fs::read(data.join("sub/empty")).unwrap(), b"");
+    assert_eq!(
+        std::fs::read_link(data.join("sub/link")).unwrap(),
+        Path::new("../a.txt")
+    );
+    assert_eq!(data.join("c.txt").exists(), version == 2);
+    if version == 2 {
+        assert_eq!(std::fs::read(data.join("c.txt")).unwrap(), b"added\n");
+    }
+}
+
+#[test]
+fn an_old_repository_reads_exactly() {
+    let (work, path) = fixture();
+    let repo = Repository::open_read_only(&path).unwrap();
+    let ids: Vec<String> = repo.snapshots().unwrap().iter().map(|s| s.id.to_string()).collect();
+    assert_eq!(ids, vec![FIRST, SECOND, OTHER_HOST]);
+    for (i, (id, version)) in [(FIRST, 1), (SECOND, 2), (OTHER_HOST, 2)].iter().enumerate() {
+        assert_restores_as_written(&repo, id, *version, &work.path().join(format!("r{i}")));
+    }
+    let report = repo.check(Default::default()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[test]
+fn an_old_repository_takes_writes_gc_and_repair() {
+    let (work, path) = fixture();
+    let src = work.path().join("new");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("n.bin"), xstore_tests::seeded_bytes(3, 200_000)).unwrap();
+    {
+        let repo = Repository::open(&path).unwrap();
+        repo.backup(
+            &LocalSource,
+            &BackupOptions {
+                host: "new1".into(),
+                paths: vec![src.clone()],
+                tier: TierChoice::None,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // Relabelling a record written before record blobs existed.
+        repo.set_pinned(&SECOND.parse().unwrap(), true).unwrap();
+        let mut plan = repo
+            .plan_forget(
+                &KeepPolicy {
+                    last: Some(1),
+                    ..Default::default()
+                },
+                Some("old1"),
+                xstore::now_ns(),
+            )
+            .unwrap();
+        for d in &mut plan.decisions {
+            if d.action == Action::Expire {
+                d.changed = true;
+            }
+        }
+        let applied = repo.apply_plan(&plan).unwrap();
+        assert_eq!(applied.released.snapshots, 1);
+        xstore_tests::gc_all_dead(&repo);
+        let report = repo.check(Default::default()).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+    let report = Repository::repair_index(&path).unwrap();
+    assert!(report.skipped.is_empty(), "{report:?}");
+    let repo = Repository::open(&path).unwrap();
+    let ids: Vec<String> = repo.snapshots().unwrap().iter().map(|s| s.id.to_string()).collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert!(!ids.contains(&FIRST.to_string()));
+    assert!(repo.snapshot(&SECOND.parse().unwrap()).unwrap().pinned);
+    assert_restores_as_written(&repo, SECOND, 2, &work.path().join("after"));
+    assert!(repo.check(Default::default()).unwrap().problems.is_empty());
+}
