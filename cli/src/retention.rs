@@ -240,7 +240,10 @@ pub(crate) fn gc(
                 humantime::format_duration(std::time::Duration::from_secs(report.grace_seconds)),
                 report.retired_waiting,
                 if report.packs_held > 0 {
-                    format!("; {} packs held by repair index (gc --release-held)", report.packs_held)
+                    format!(
+                        "; {} packs held by repair index (gc --release-held)",
+                        report.packs_held
+                    )
                 } else {
                     String::new()
                 }

@@ -249,19 +249,32 @@ fn files_opened_before_gc_read_exactly_after_it() {
     let mut previous_latest = None;
     for round in 0..20u64 {
         for i in 0..100u64 {
-            fs::write(src.join(format!("f{i}")), seeded_bytes(round * 1000 + i, 9_000)).unwrap();
+            fs::write(
+                src.join(format!("f{i}")),
+                seeded_bytes(round * 1000 + i, 9_000),
+            )
+            .unwrap();
         }
         // The same packs get this round's files and garbage interleaved.
         fs::create_dir_all(&junk).unwrap();
         for i in 0..100u64 {
-            fs::write(junk.join(format!("j{i}")), seeded_bytes(round * 1000 + 500 + i, 9_000))
-                .unwrap();
+            fs::write(
+                junk.join(format!("j{i}")),
+                seeded_bytes(round * 1000 + 500 + i, 9_000),
+            )
+            .unwrap();
         }
         let (s, j) = (src.to_str().unwrap(), junk.to_str().unwrap());
-        ok(&repo, &["backup", "-q", "--host", "web1", "--no-tier", s, j]);
+        ok(
+            &repo,
+            &["backup", "-q", "--host", "web1", "--no-tier", s, j],
+        );
         fs::remove_dir_all(&junk).unwrap();
         fs::create_dir_all(&junk).unwrap();
-        ok(&repo, &["backup", "-q", "--host", "web1", "--no-tier", s, j]);
+        ok(
+            &repo,
+            &["backup", "-q", "--host", "web1", "--no-tier", s, j],
+        );
         ok(&repo, &["forget", "--host", "web1", "--keep-last", "1"]);
         // Wait for the mount's catalog to show the new snapshot.
         let latest = m.at.join("hosts/web1/latest");
@@ -271,21 +284,36 @@ fn files_opened_before_gc_read_exactly_after_it() {
             if target.is_some() && target != previous_latest {
                 break target;
             }
-            assert!(Instant::now() < deadline, "round {round}: the mount never showed the backup");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the mount never showed the backup"
+            );
             std::thread::sleep(Duration::from_millis(100));
         };
         previous_latest = now;
-        let dir = inside(&m.at.join("hosts/web1").join(previous_latest.as_ref().unwrap()), &src);
+        let dir = inside(
+            &m.at
+                .join("hosts/web1")
+                .join(previous_latest.as_ref().unwrap()),
+            &src,
+        );
         let open: Vec<fs::File> = (0..100)
             .map(|i| fs::File::open(dir.join(format!("f{i}"))).unwrap())
             .collect();
         let gc = common::json(&repo, &["gc", "--max-dead", "0%"]);
-        assert!(gc["packs_rewritten"].as_u64().unwrap() + gc["packs_deleted"].as_u64().unwrap() > 0, "{gc}");
+        assert!(
+            gc["packs_rewritten"].as_u64().unwrap() + gc["packs_deleted"].as_u64().unwrap() > 0,
+            "{gc}"
+        );
         for (i, mut f) in open.into_iter().enumerate() {
             let mut got = Vec::new();
             f.read_to_end(&mut got)
                 .unwrap_or_else(|e| panic!("round {round}: f{i} after gc: {e}"));
-            assert_eq!(got, seeded_bytes(round * 1000 + i as u64, 9_000), "round {round} f{i}");
+            assert_eq!(
+                got,
+                seeded_bytes(round * 1000 + i as u64, 9_000),
+                "round {round} f{i}"
+            );
         }
     }
     m.stop();

@@ -26,7 +26,10 @@ fn healthy(work: &Path) -> (PathBuf, PathBuf) {
     for round in 0..4u64 {
         fs::write(src.join("churn.bin"), seeded_bytes(round, 400_000)).unwrap();
         for host in ["h1", "h2"] {
-            ok(&repo, &["backup", "-q", "--host", host, src.to_str().unwrap()]);
+            ok(
+                &repo,
+                &["backup", "-q", "--host", host, src.to_str().unwrap()],
+            );
         }
     }
     (repo, src)
@@ -84,7 +87,10 @@ fn a_missing_or_emptied_index_is_refused_and_repair_brings_every_snapshot_back()
     let out = xstore(&repo, &["backup", "--host", "h1", src.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let line = one_error_line(&out);
-    assert!(line.contains("missing or empty") && line.contains("xstore repair index"), "{line}");
+    assert!(
+        line.contains("missing or empty") && line.contains("xstore repair index"),
+        "{line}"
+    );
     assert_eq!(pack_count(&repo), packs, "a refused open deleted packs");
 
     fs::create_dir(repo.join("index")).unwrap();
@@ -105,7 +111,10 @@ fn a_missing_or_emptied_index_is_refused_and_repair_brings_every_snapshot_back()
         assert_restores(&repo, work.path(), host, &src);
     }
     // The repaired repository is writable again.
-    ok(&repo, &["backup", "-q", "--host", "h1", src.to_str().unwrap()]);
+    ok(
+        &repo,
+        &["backup", "-q", "--host", "h1", src.to_str().unwrap()],
+    );
 }
 
 #[test]
@@ -121,7 +130,10 @@ fn an_index_older_than_the_packs_is_refused_for_writing() {
         .status()
         .unwrap();
     fs::write(src.join("new.bin"), seeded_bytes(77, 300_000)).unwrap();
-    ok(&repo, &["backup", "-q", "--host", "h1", src.to_str().unwrap()]);
+    ok(
+        &repo,
+        &["backup", "-q", "--host", "h1", src.to_str().unwrap()],
+    );
     let ids = snapshot_ids(&repo);
     let packs = pack_count(&repo);
     fs::remove_dir_all(repo.join("index")).unwrap();
@@ -129,7 +141,10 @@ fn an_index_older_than_the_packs_is_refused_for_writing() {
     let out = xstore(&repo, &["gc", "--max-dead", "0%", "--grace", "0s"]);
     assert_eq!(out.status.code(), Some(1));
     let line = one_error_line(&out);
-    assert!(line.contains("does not know") && line.contains("repair index"), "{line}");
+    assert!(
+        line.contains("does not know") && line.contains("repair index"),
+        "{line}"
+    );
     assert_eq!(pack_count(&repo), packs);
     // repair merges the old index with the newer records found in copies and packs.
     let report = json(&repo, &["repair", "index"]);
@@ -167,7 +182,9 @@ fn repair_without_snapshot_copies_rebuilds_from_packs_and_gc_keeps_the_data() {
     let (repo, src) = healthy(work.path());
     // Labels changed after the commit (a pin) must survive too: records in packs are
     // rewritten with each change.
-    let pinned = json(&repo, &["snapshots", "--host", "h2"]).as_array().unwrap()[0]["id"]
+    let pinned = json(&repo, &["snapshots", "--host", "h2"])
+        .as_array()
+        .unwrap()[0]["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -217,15 +234,23 @@ fn repair_holds_blobs_it_cannot_attribute_until_released() {
     let lost = work.path().join("lost");
     fs::create_dir(&lost).unwrap();
     fs::write(lost.join("only-here.bin"), seeded_bytes(4242, 900_000)).unwrap();
-    ok(&repo, &["backup", "-q", "--host", "lost", lost.to_str().unwrap()]);
-    let id = json(&repo, &["snapshots", "--host", "lost"]).as_array().unwrap()[0]["id"]
+    ok(
+        &repo,
+        &["backup", "-q", "--host", "lost", lost.to_str().unwrap()],
+    );
+    let id = json(&repo, &["snapshots", "--host", "lost"])
+        .as_array()
+        .unwrap()[0]["id"]
         .as_str()
         .unwrap()
         .to_string();
     let record = fs::read(repo.join(format!("snapshots/{id}.json"))).unwrap();
     let record_pack = {
         let r = xstore::Repository::open_read_only(&repo).unwrap();
-        r.blob_location(&xstore::ChunkId::of(&record)).unwrap().unwrap().pack
+        r.blob_location(&xstore::ChunkId::of(&record))
+            .unwrap()
+            .unwrap()
+            .pack
     };
     fs::remove_dir_all(repo.join("index")).unwrap();
     fs::remove_file(repo.join(format!("snapshots/{id}.json"))).unwrap();
@@ -242,7 +267,10 @@ fn repair_holds_blobs_it_cannot_attribute_until_released() {
     assert_eq!(json(&repo, &["stats"])["held_packs"], held);
     assert!(pack_count(&repo) as u64 >= held && packs > 0);
     // The operator releases them: now they are reclaimed, and the rest is intact.
-    let gc = json(&repo, &["gc", "--max-dead", "0%", "--grace", "0s", "--release-held"]);
+    let gc = json(
+        &repo,
+        &["gc", "--max-dead", "0%", "--grace", "0s", "--release-held"],
+    );
     assert_eq!(gc["packs_held"], 0, "{gc}");
     assert!(gc["retired_deleted"].as_u64().unwrap() >= held, "{gc}");
     assert_eq!(json(&repo, &["stats"])["held_packs"], 0);
@@ -253,7 +281,10 @@ fn repair_holds_blobs_it_cannot_attribute_until_released() {
 
 fn snapshot_ids_after_repair(repo: &Path) -> BTreeSet<String> {
     let report = json(repo, &["repair", "index"]);
-    assert!(report["unattributed_blobs"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["unattributed_blobs"].as_u64().unwrap() > 0,
+        "{report}"
+    );
     snapshot_ids(repo)
 }
 
@@ -272,7 +303,10 @@ fn enospc_after_the_commit_is_a_warning_and_the_snapshot_exists() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("committed, but") && err.contains("No space left"), "{err}");
+    assert!(
+        err.contains("committed, but") && err.contains("No space left"),
+        "{err}"
+    );
     assert!(!err.contains('\u{1b}'), "ANSI colours on a pipe: {err:?}");
     assert_eq!(err.matches("No space left on device").count(), 1, "{err}");
     let after = snapshot_ids(&repo);
@@ -294,7 +328,10 @@ fn enospc_before_the_commit_changes_nothing() {
     let (repo, src) = healthy(work.path());
     ok(&repo, &["forget", "--host", "h2", "--keep-last", "1"]);
     for (args, step) in [
-        (vec!["backup", "-q", "--host", "h1", src.to_str().unwrap()], "before-commit"),
+        (
+            vec!["backup", "-q", "--host", "h1", src.to_str().unwrap()],
+            "before-commit",
+        ),
         (vec!["rotate", "daily", "--all"], "before-commit"),
         (vec!["gc", "--max-dead", "0%", "--grace", "0s"], "gc-retire"),
     ] {
@@ -319,7 +356,10 @@ fn enospc_before_the_commit_changes_nothing() {
         assert_eq!(now["dead_bytes"], stats["dead_bytes"], "{args:?}");
         assert_eq!(now["blobs"], stats["blobs"], "{args:?}");
     }
-    ok(&repo, &["backup", "-q", "--host", "h1", src.to_str().unwrap()]);
+    ok(
+        &repo,
+        &["backup", "-q", "--host", "h1", src.to_str().unwrap()],
+    );
     assert_restores(&repo, work.path(), "h1", &src);
 }
 
@@ -355,9 +395,16 @@ fn a_real_full_disk_never_reports_a_committed_snapshot_as_failed() {
     let mut refused = 0;
     for round in 0..12u64 {
         // Incompressible data: each round adds ~3 MiB until the disk is full.
-        fs::write(src.join(format!("f{round}.bin")), seeded_bytes(round, 3 << 20)).unwrap();
+        fs::write(
+            src.join(format!("f{round}.bin")),
+            seeded_bytes(round, 3 << 20),
+        )
+        .unwrap();
         let ids = snapshot_ids(&repo);
-        let out = xstore(&repo, &["backup", "-q", "--host", "h", src.to_str().unwrap()]);
+        let out = xstore(
+            &repo,
+            &["backup", "-q", "--host", "h", src.to_str().unwrap()],
+        );
         match out.status.code() {
             Some(0) => {
                 committed += 1;
@@ -367,7 +414,11 @@ fn a_real_full_disk_never_reports_a_committed_snapshot_as_failed() {
                 refused += 1;
                 let line = one_error_line(&out);
                 assert!(line.contains("No space left on device"), "{line}");
-                assert_eq!(snapshot_ids(&repo), ids, "a failed backup changed the snapshots");
+                assert_eq!(
+                    snapshot_ids(&repo),
+                    ids,
+                    "a failed backup changed the snapshots"
+                );
             }
             other => panic!("exit {other:?}: {}", stderr(&out)),
         }
@@ -384,14 +435,19 @@ fn a_real_full_disk_never_reports_a_committed_snapshot_as_failed() {
 fn gc_waits_out_readers_that_started_before_it() {
     let work = tempfile::tempdir().unwrap();
     let (repo, src) = healthy(work.path());
-    let kept = json(&repo, &["snapshots", "--host", "h1"]).as_array().unwrap()[3]["id"]
+    let kept = json(&repo, &["snapshots", "--host", "h1"])
+        .as_array()
+        .unwrap()[3]["id"]
         .as_str()
         .unwrap()
         .to_string();
     for round in 0..20u64 {
         // Garbage in the packs the kept snapshot reads, so gc rewrites them.
         fs::write(src.join("churn.bin"), seeded_bytes(900 + round, 400_000)).unwrap();
-        ok(&repo, &["backup", "-q", "--host", "h2", src.to_str().unwrap()]);
+        ok(
+            &repo,
+            &["backup", "-q", "--host", "h2", src.to_str().unwrap()],
+        );
         ok(&repo, &["forget", "--host", "h2", "--keep-last", "1"]);
         // A reader that has opened the index before gc runs, slowed by a pipe.
         let dst = work.path().join(format!("r{round}"));
@@ -405,7 +461,12 @@ fn gc_waits_out_readers_that_started_before_it() {
         let gc = xstore(&repo, &["gc", "--max-dead", "0%"]);
         assert_eq!(gc.status.code(), Some(0), "{}", stderr(&gc));
         let out = reader.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "round {round}: {}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "round {round}: {}",
+            stderr(&out)
+        );
         fs::remove_dir_all(&dst).unwrap();
     }
     let st = json(&repo, &["stats"]);
@@ -415,7 +476,10 @@ fn gc_waits_out_readers_that_started_before_it() {
     ok(&repo, &["gc", "--grace", "0s"]);
     assert_eq!(json(&repo, &["stats"])["retired_packs"], 0);
     let report = json(&repo, &["check", "--read-data"]);
-    assert_eq!(report["packs"].as_u64().unwrap() as usize, pack_count(&repo));
+    assert_eq!(
+        report["packs"].as_u64().unwrap() as usize,
+        pack_count(&repo)
+    );
     assert_restores(&repo, work.path(), "h2", &src);
 }
 
@@ -428,7 +492,10 @@ fn restore_counts_only_files_it_wrote_and_names_each_failure_once() {
     fs::create_dir_all(inside.parent().unwrap()).unwrap();
     // A file where the backup's top directory goes: everything under it fails.
     fs::write(&inside, b"in the way").unwrap();
-    let out = xstore(&repo, &["--json", "restore", "h1@latest", dst.to_str().unwrap()]);
+    let out = xstore(
+        &repo,
+        &["--json", "restore", "h1@latest", dst.to_str().unwrap()],
+    );
     assert_eq!(out.status.code(), Some(3));
     let summary = common::last_json(&out.stdout);
     assert_eq!(summary["files"], 0, "{summary}");
@@ -436,7 +503,10 @@ fn restore_counts_only_files_it_wrote_and_names_each_failure_once() {
     assert!(!errors.is_empty());
     for e in errors {
         let (path, message) = (e["path"].as_str().unwrap(), e["message"].as_str().unwrap());
-        assert!(!message.contains(path), "path said twice: {path}: {message}");
+        assert!(
+            !message.contains(path),
+            "path said twice: {path}: {message}"
+        );
     }
     assert_eq!(fs::read(&inside).unwrap(), b"in the way");
 }
@@ -449,7 +519,14 @@ fn excludes_that_match_everything_are_refused() {
     for pattern in ["*", "src", src.to_str().unwrap()] {
         let out = xstore(
             &repo,
-            &["backup", "--host", "h1", "--exclude", pattern, src.to_str().unwrap()],
+            &[
+                "backup",
+                "--host",
+                "h1",
+                "--exclude",
+                pattern,
+                src.to_str().unwrap(),
+            ],
         );
         assert_eq!(out.status.code(), Some(1), "{pattern}: {}", stderr(&out));
         assert!(one_error_line(&out).contains("exclude"), "{pattern}");
@@ -473,7 +550,10 @@ fn a_config_with_other_chunker_parameters_is_refused() {
         let out = xstore(&repo, &args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let line = one_error_line(&out);
-        assert!(line.contains("created with") && line.contains("config"), "{line}");
+        assert!(
+            line.contains("created with") && line.contains("config"),
+            "{line}"
+        );
     }
     fs::write(repo.join("config"), config).unwrap();
     assert_restores(&repo, work.path(), "h1", &src);
@@ -499,7 +579,10 @@ fn a_root_restore_never_escapes_a_target_another_user_controls() {
         }
     }
     ok(&repo, &["init"]);
-    ok(&repo, &["backup", "-q", "--host", "h", src.to_str().unwrap()]);
+    ok(
+        &repo,
+        &["backup", "-q", "--host", "h", src.to_str().unwrap()],
+    );
     let secret = work.path().join("secret");
     fs::create_dir(&secret).unwrap();
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o700)).unwrap();
@@ -554,14 +637,20 @@ print(swaps)
         );
         fs::write(owned.join("stop"), b"").unwrap();
         let swaps = attacker.wait_with_output().unwrap();
-        let swaps: u64 = String::from_utf8_lossy(&swaps.stdout).trim().parse().unwrap();
+        let swaps: u64 = String::from_utf8_lossy(&swaps.stdout)
+            .trim()
+            .parse()
+            .unwrap();
         eprintln!(
             "round {round}: {swaps} swaps, exit {:?}, {} paths refused",
             out.status.code(),
             stderr(&out).lines().count()
         );
         // The attacker must have raced for real, or this test proves nothing.
-        assert!(swaps > 0, "round {round}: the attacker never swapped a directory");
+        assert!(
+            swaps > 0,
+            "round {round}: the attacker never swapped a directory"
+        );
         assert!(
             matches!(out.status.code(), Some(0) | Some(3)),
             "round {round}: {}",
@@ -579,7 +668,12 @@ print(swaps)
         for entry in walk(&owned) {
             if let Some(name) = entry.file_name().and_then(|n| n.to_str()) {
                 if name.starts_with('f') && entry.is_file() {
-                    let dir = entry.parent().unwrap().file_name().unwrap().to_string_lossy();
+                    let dir = entry
+                        .parent()
+                        .unwrap()
+                        .file_name()
+                        .unwrap()
+                        .to_string_lossy();
                     let d: usize = dir.trim_start_matches('s')[..2].parse().unwrap();
                     assert_eq!(
                         fs::read_to_string(&entry).unwrap(),
@@ -595,7 +689,9 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(items) = fs::read_dir(&d) else { continue };
+        let Ok(items) = fs::read_dir(&d) else {
+            continue;
+        };
         for item in items.flatten() {
             let p = item.path();
             let ft = item.file_type().unwrap();
@@ -628,7 +724,10 @@ fn kill_9_anywhere_loses_no_committed_snapshot() {
         &repo,
         &["init", "--pack-size-mib", "1", "--chunk-avg-kib", "64"],
     );
-    let paths = [tree.to_str().unwrap().to_string(), churn.to_str().unwrap().to_string()];
+    let paths = [
+        tree.to_str().unwrap().to_string(),
+        churn.to_str().unwrap().to_string(),
+    ];
     // Snapshot id -> BLAKE3 of the churn file it must hold.
     let mut committed: BTreeMap<String, xstore::ChunkId> = BTreeMap::new();
     let mut expired: BTreeSet<String> = BTreeSet::new();
@@ -680,26 +779,35 @@ fn kill_9_anywhere_loses_no_committed_snapshot() {
                 .to_string();
             order.push(id.clone());
             committed.insert(id, xstore::ChunkId::of(&data));
-            typical.insert("forget", timed(&["forget", "--host", "h", "--keep-last", "3"]));
+            typical.insert(
+                "forget",
+                timed(&["forget", "--host", "h", "--keep-last", "3"]),
+            );
             typical.insert("gc", timed(&["gc", "--max-dead", "0%", "--grace", "0s"]));
             typical.insert("repair", timed(&["repair", "index"]));
             let dst = work.path().join("calibrate");
-            typical.insert("restore", timed(&["restore", &order[0].clone(), dst.to_str().unwrap()]));
+            typical.insert(
+                "restore",
+                timed(&["restore", &order[0].clone(), dst.to_str().unwrap()]),
+            );
             fs::remove_dir_all(&dst).unwrap();
         }
         let t_backup = typical["backup"];
         let out = killed_run(&backup, 0.8 * next(), t_backup);
         if out.status.success() {
-            let id = common::last_json(&out.stdout)["id"].as_str().unwrap().to_string();
+            let id = common::last_json(&out.stdout)["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
             order.push(id.clone());
             committed.insert(id, xstore::ChunkId::of(&data));
         } else {
             kills += 1;
             // Killed after its commit point: the snapshot exists (never reported, but whole).
             for id in snapshot_ids(&repo) {
-                if !committed.contains_key(&id) {
-                    order.push(id.clone());
-                    committed.insert(id, xstore::ChunkId::of(&data));
+                if let std::collections::btree_map::Entry::Vacant(slot) = committed.entry(id) {
+                    order.push(slot.key().clone());
+                    slot.insert(xstore::ChunkId::of(&data));
                 }
             }
         }
@@ -731,37 +839,59 @@ fn kill_9_anywhere_loses_no_committed_snapshot() {
         ok(&repo, &["gc", "--dry-run", "--max-dead", "0%"]);
         ok(&repo, &["pin", &order[order.len() - 1].clone()]);
         let check = xstore(&repo, &["check", "--read-data"]);
-        assert_eq!(check.status.code(), Some(0), "round {round}: {}", stderr(&check));
+        assert_eq!(
+            check.status.code(),
+            Some(0),
+            "round {round}: {}",
+            stderr(&check)
+        );
         let present = snapshot_ids(&repo);
         for id in &present {
-            assert!(committed.contains_key(id), "round {round}: {id} was never committed");
+            assert!(
+                committed.contains_key(id),
+                "round {round}: {id} was never committed"
+            );
         }
         // forget keeps the newest three, killed or not: those are always present, and
         // whatever is gone went through a forget.
         for id in order.iter().rev().take(3) {
-            assert!(present.contains(id), "round {round}: committed {id} is gone");
+            assert!(
+                present.contains(id),
+                "round {round}: committed {id} is gone"
+            );
         }
         for id in committed.keys().filter(|id| !present.contains(*id)) {
             assert!(!order.iter().rev().take(3).any(|n| n == id));
         }
         // repair never brings back what a forget that reported success expired.
         for id in &expired {
-            assert!(!present.contains(id), "round {round}: expired {id} came back");
+            assert!(
+                !present.contains(id),
+                "round {round}: expired {id} came back"
+            );
         }
         ok(&repo, &["unpin", &order[order.len() - 1].clone()]);
         // Restore killed mid-way, then again into the same target: exact.
         let newest = order[order.len() - 1].clone();
         let dst = work.path().join(format!("dst{round}"));
-        if !killed_run(&["restore", &newest, dst.to_str().unwrap()], 0.8 * next(), typical["restore"])
-            .status
-            .success()
+        if !killed_run(
+            &["restore", &newest, dst.to_str().unwrap()],
+            0.8 * next(),
+            typical["restore"],
+        )
+        .status
+        .success()
         {
             kills += 1;
         }
         ok(&repo, &["restore", &newest, dst.to_str().unwrap()]);
         assert_same_tree(&tree, &restored_path(&dst, &tree), false);
         let got = fs::read(restored_path(&dst, &churn).join("churn.bin")).unwrap();
-        assert_eq!(xstore::ChunkId::of(&got), committed[&newest], "round {round}");
+        assert_eq!(
+            xstore::ChunkId::of(&got),
+            committed[&newest],
+            "round {round}"
+        );
         fs::remove_dir_all(&dst).unwrap();
     }
     // 60 runs, each killed within 80 % of its typical time: most must really be killed.

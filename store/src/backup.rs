@@ -914,7 +914,10 @@ impl Repository {
         let excludes = Excludes::new(&opts.excludes)?;
         for p in &shown_paths {
             let path = Path::new(p);
-            let name = path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or(b"");
+            let name = path
+                .file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or(b"");
             if excludes.excluded(path, name) {
                 return Err(Error::InvalidArgument(format!(
                     "an exclude pattern matches the backup path {p} itself: nothing would be backed up"

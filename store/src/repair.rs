@@ -258,9 +258,10 @@ impl Repository {
                 if e.kind == pack::BlobKind::SnapshotRecord {
                     match pack::read_blob(&bytes, &e).map(|raw| Snapshot::decode(&raw)) {
                         Ok(Ok(s)) => offer(&mut in_packs, s),
-                        Ok(Err(err)) | Err(err) => report
-                            .skipped
-                            .push(format!("snapshot record blob {} in pack {pack_id}: {err}", e.id)),
+                        Ok(Err(err)) | Err(err) => report.skipped.push(format!(
+                            "snapshot record blob {} in pack {pack_id}: {err}",
+                            e.id
+                        )),
                     }
                 }
                 if seen.insert(e.id) {

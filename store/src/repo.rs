@@ -259,7 +259,9 @@ impl Repository {
         let unattributed: Vec<&PackId> = on_disk
             .iter()
             .map(|(id, _)| id)
-            .filter(|id| !known.contains(id) && !uncommitted.contains(id) && !retired.contains_key(id))
+            .filter(|id| {
+                !known.contains(id) && !uncommitted.contains(id) && !retired.contains_key(id)
+            })
             .collect();
         if let Some(first) = unattributed.first() {
             return Err(Error::IndexNeedsRepair {

@@ -88,9 +88,13 @@ fn dir_flags() -> OFlags {
 
 impl Beneath {
     fn open(target: &Path) -> Result<Self> {
-        let root = rustix::fs::open(target, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(std::io::Error::from)
-            .at(target)?;
+        let root = rustix::fs::open(
+            target,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(std::io::Error::from)
+        .at(target)?;
         Ok(Beneath {
             root,
             openat2: std::sync::atomic::AtomicBool::new(true),
@@ -100,10 +104,16 @@ impl Beneath {
     /// The directory at `rel` (relative to the target), never through a symlink.
     fn dir(&self, rel: &Path) -> std::io::Result<OwnedFd> {
         if rel.as_os_str().is_empty() {
-            return Ok(rustix::fs::openat(&self.root, ".", dir_flags(), Mode::empty())?);
+            return Ok(rustix::fs::openat(
+                &self.root,
+                ".",
+                dir_flags(),
+                Mode::empty(),
+            )?);
         }
         if self.openat2.load(Ordering::Relaxed) {
-            let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+            let resolve =
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
             match rustix::fs::openat2(&self.root, rel, dir_flags(), Mode::empty(), resolve) {
                 Err(rustix::io::Errno::NOSYS) => self.openat2.store(false, Ordering::Relaxed),
                 other => return Ok(other?),
@@ -118,7 +128,9 @@ impl Beneath {
 
     /// The parent directory of `rel` and `rel`'s last name.
     fn parent<'p>(&self, rel: &'p Path) -> std::io::Result<(OwnedFd, &'p OsStr)> {
-        let name = rel.file_name().ok_or_else(|| std::io::Error::other("empty name"))?;
+        let name = rel
+            .file_name()
+            .ok_or_else(|| std::io::Error::other("empty name"))?;
         let parent = rel.parent().unwrap_or(Path::new(""));
         Ok((self.dir(parent)?, name))
     }
@@ -148,7 +160,9 @@ fn make_dir(parent: &OwnedFd, name: &OsStr, path: &Path) -> Result<(u64, u64)> {
             }
         }
     })?;
-    let st = rustix::fs::fstat(&fd).map_err(std::io::Error::from).at(path)?;
+    let st = rustix::fs::fstat(&fd)
+        .map_err(std::io::Error::from)
+        .at(path)?;
     Ok((st.st_dev as u64, st.st_ino as u64))
 }
 
@@ -285,7 +299,8 @@ impl Repository {
             .par_iter()
             .map(|(_, rel, entry, chunks)| {
                 let progress = opts.progress.as_deref();
-                match self.restore_file(&beneath, rel, &shown(rel), entry, chunks, owners, progress) {
+                match self.restore_file(&beneath, rel, &shown(rel), entry, chunks, owners, progress)
+                {
                     Ok(n) => Ok(Some(n)),
                     Err(
                         e @ (Error::MissingBlob(_)
@@ -341,7 +356,9 @@ impl Repository {
             };
             let r = (|| -> Result<()> {
                 let fd = beneath.dir(rel).at(shown(rel))?;
-                let st = rustix::fs::fstat(&fd).map_err(std::io::Error::from).at(shown(rel))?;
+                let st = rustix::fs::fstat(&fd)
+                    .map_err(std::io::Error::from)
+                    .at(shown(rel))?;
                 if (st.st_dev as u64, st.st_ino as u64) != *want {
                     return Err(Error::Unsafe {
                         path: shown(rel),
@@ -476,7 +493,9 @@ fn open_created(
     )
     .map_err(std::io::Error::from)
     .at(path)?;
-    let st = rustix::fs::fstat(&fd).map_err(std::io::Error::from).at(path)?;
+    let st = rustix::fs::fstat(&fd)
+        .map_err(std::io::Error::from)
+        .at(path)?;
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != kind {
         return Err(Error::Unsafe {
             path: path.to_path_buf(),
@@ -553,8 +572,13 @@ fn restore_special(
     let exact = proc_path(&fd);
     rustix::fs::chmod(&exact, Mode::from_raw_mode(entry.mode)).map_err(io)?;
     for (k, v) in &entry.xattrs {
-        rustix::fs::setxattr(&exact, OsStr::from_bytes(k), v, rustix::fs::XattrFlags::empty())
-            .map_err(io)?;
+        rustix::fs::setxattr(
+            &exact,
+            OsStr::from_bytes(k),
+            v,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .map_err(io)?;
     }
     rustix::fs::utimensat(rustix::fs::CWD, &exact, &times(entry), AtFlags::empty()).map_err(io)
 }

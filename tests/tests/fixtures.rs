@@ -37,12 +37,17 @@ fn fixture() -> (tempfile::TempDir, std::path::PathBuf) {
 
 fn assert_restores_as_written(repo: &Repository, id: &str, version: u8, target: &Path) {
     let snap = repo.snapshot(&id.parse::<SnapshotId>().unwrap()).unwrap();
-    let summary = repo.restore(&snap, target, &RestoreOptions::default()).unwrap();
+    let summary = repo
+        .restore(&snap, target, &RestoreOptions::default())
+        .unwrap();
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
     let data = target.join("tmp/fxdata/data");
     let a = std::fs::read(data.join("a.txt")).unwrap();
     assert_eq!(a, format!("old format v{version}\n").as_bytes());
-    let mode = std::fs::metadata(data.join("a.txt")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(data.join("a.txt"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o7777, 0o640);
     let big: Vec<u8> = (0..300_000u32).map(|i| ((i * 7) % 251) as u8).collect();
     assert_eq!(std::fs::read(data.join("big.bin")).unwrap(), big);
@@ -61,9 +66,17 @@ fn assert_restores_as_written(repo: &Repository, id: &str, version: u8, target: 
 fn an_old_repository_reads_exactly() {
     let (work, path) = fixture();
     let repo = Repository::open_read_only(&path).unwrap();
-    let ids: Vec<String> = repo.snapshots().unwrap().iter().map(|s| s.id.to_string()).collect();
+    let ids: Vec<String> = repo
+        .snapshots()
+        .unwrap()
+        .iter()
+        .map(|s| s.id.to_string())
+        .collect();
     assert_eq!(ids, vec![FIRST, SECOND, OTHER_HOST]);
-    for (i, (id, version)) in [(FIRST, 1), (SECOND, 2), (OTHER_HOST, 2)].iter().enumerate() {
+    for (i, (id, version)) in [(FIRST, 1), (SECOND, 2), (OTHER_HOST, 2)]
+        .iter()
+        .enumerate()
+    {
         assert_restores_as_written(&repo, id, *version, &work.path().join(format!("r{i}")));
     }
     let report = repo.check(Default::default()).unwrap();
@@ -114,7 +127,12 @@ fn an_old_repository_takes_writes_gc_and_repair() {
     let report = Repository::repair_index(&path).unwrap();
     assert!(report.skipped.is_empty(), "{report:?}");
     let repo = Repository::open(&path).unwrap();
-    let ids: Vec<String> = repo.snapshots().unwrap().iter().map(|s| s.id.to_string()).collect();
+    let ids: Vec<String> = repo
+        .snapshots()
+        .unwrap()
+        .iter()
+        .map(|s| s.id.to_string())
+        .collect();
     assert_eq!(ids.len(), 3, "{ids:?}");
     assert!(!ids.contains(&FIRST.to_string()));
     assert!(repo.snapshot(&SECOND.parse().unwrap()).unwrap().pinned);

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use xstore::retention::{Action, KeepPolicy};
 use xstore::{
-    BackupOptions, EntryMeta, LocalSource, ParentChoice, Repository, RestoreOptions, Source,
-    SnapshotStatus, SourceFile, TierChoice,
+    BackupOptions, EntryMeta, LocalSource, ParentChoice, Repository, RestoreOptions,
+    SnapshotStatus, Source, SourceFile, TierChoice,
 };
 use xstore_tests::{assert_same_tree, gc_all_dead, make_fixture, restored_path, seeded_bytes};
 
@@ -78,11 +78,23 @@ fn a_fifo_swapped_in_mid_backup_is_a_failed_path_not_a_hang() {
     failed.sort();
     let mut want: Vec<String> = (0..600)
         .filter(|i| i % 10 == 7)
-        .map(|i| src.canonicalize().unwrap().join(format!("f{i}")).display().to_string())
+        .map(|i| {
+            src.canonicalize()
+                .unwrap()
+                .join(format!("f{i}"))
+                .display()
+                .to_string()
+        })
         .collect();
     want.sort();
     assert_eq!(failed, want);
-    assert!(snap.errors.iter().all(|e| e.message.contains("not a regular file")), "{:?}", snap.errors[0]);
+    assert!(
+        snap.errors
+            .iter()
+            .all(|e| e.message.contains("not a regular file")),
+        "{:?}",
+        snap.errors[0]
+    );
     assert_eq!(snap.stats.files, 600 - want.len() as u64);
     // The writer is free again: the lock was released when the backup returned.
     drop(repo);
@@ -144,7 +156,11 @@ fn a_reader_opened_before_gc_restores_exactly_after_it_twenty_rounds() {
         let summary = reader
             .restore(&kept, &dst, &RestoreOptions::default())
             .unwrap();
-        assert!(summary.errors.is_empty(), "round {round}: {:?}", summary.errors);
+        assert!(
+            summary.errors.is_empty(),
+            "round {round}: {:?}",
+            summary.errors
+        );
         assert_same_tree(&keep_src, &restored_path(&dst, &keep_src), false);
         std::fs::remove_dir_all(&dst).unwrap();
     }
@@ -153,7 +169,9 @@ fn a_reader_opened_before_gc_restores_exactly_after_it_twenty_rounds() {
     assert!(report.retired_deleted > 0, "{report:#?}");
     let reader = Repository::open_read_only(&repo_path).unwrap();
     let dst = work.path().join("final");
-    let summary = reader.restore(&kept, &dst, &RestoreOptions::default()).unwrap();
+    let summary = reader
+        .restore(&kept, &dst, &RestoreOptions::default())
+        .unwrap();
     assert!(summary.errors.is_empty());
     assert_same_tree(&keep_src, &restored_path(&dst, &keep_src), false);
     assert!(repo.check(Default::default()).unwrap().problems.is_empty());
