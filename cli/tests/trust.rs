@@ -322,20 +322,78 @@ fn enospc_after_the_commit_is_a_warning_and_the_snapshot_exists() {
     assert_restores(&repo, work.path(), "h1", &src);
 }
 
+/// ENOSPC injected at each write step of backup, pin (a relabel), forget, gc and repair:
+/// before the commit point the command fails with one line and changes nothing; after it the
+/// command succeeds with one warning line and the change is there.
 #[test]
-fn enospc_before_the_commit_changes_nothing() {
+fn enospc_at_every_write_step() {
     let work = tempfile::tempdir().unwrap();
     let (repo, src) = healthy(work.path());
-    ok(&repo, &["forget", "--host", "h2", "--keep-last", "1"]);
-    for (args, step) in [
+    let s = src.to_str().unwrap().to_string();
+    let some_id = json(&repo, &["snapshots", "--host", "h1"])
+        .as_array()
+        .unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let steps: Vec<(Vec<&str>, &str, bool)> = vec![
+        (vec!["backup", "--host", "h1", &s], "pack-seal", false),
+        (vec!["backup", "--host", "h1", &s], "before-commit", false),
+        (vec!["backup", "--host", "h1", &s], "snapshot-copies", true),
+        (vec!["pin", &some_id], "pack-seal", false),
+        (vec!["pin", &some_id], "before-commit", false),
+        (vec!["unpin", &some_id], "snapshot-copies", true),
         (
-            vec!["backup", "-q", "--host", "h1", src.to_str().unwrap()],
+            vec!["forget", "--host", "h2", "--keep-last", "1"],
             "before-commit",
+            false,
         ),
-        (vec!["rotate", "daily", "--all"], "before-commit"),
-        (vec!["gc", "--max-dead", "0%", "--grace", "0s"], "gc-retire"),
-    ] {
-        fs::write(src.join("churn.bin"), seeded_bytes(rand_suffix(), 300_000)).unwrap();
+        (
+            vec!["forget", "--host", "h2", "--keep-last", "1"],
+            "snapshot-copies",
+            true,
+        ),
+        (
+            vec!["gc", "--max-dead", "0%", "--grace", "0s"],
+            "gc-copy",
+            false,
+        ),
+        (
+            vec!["gc", "--max-dead", "0%", "--grace", "0s"],
+            "pack-seal",
+            false,
+        ),
+        (
+            vec!["gc", "--max-dead", "0%", "--grace", "0s"],
+            "gc-retire",
+            false,
+        ),
+        (
+            vec!["gc", "--max-dead", "0%", "--grace", "0s"],
+            "gc-delete",
+            true,
+        ),
+        (vec!["repair", "index"], "repair-build", false),
+        (vec!["repair", "index"], "repair-swap", false),
+    ];
+    for (args, step, committed) in steps {
+        // Fresh garbage for every step, in packs that also hold live blobs (gc rewrites
+        // them), and two snapshots of h2 (forget has one to expire).
+        let seed = rand_suffix();
+        fs::write(
+            src.join(format!("keep-{seed}.bin")),
+            seeded_bytes(seed, 100_000),
+        )
+        .unwrap();
+        fs::write(src.join("drop.bin"), seeded_bytes(seed + 1, 100_000)).unwrap();
+        ok(&repo, &["backup", "-q", "--host", "h2", &s]);
+        fs::remove_file(src.join("drop.bin")).unwrap();
+        ok(&repo, &["backup", "-q", "--host", "h2", &s]);
+        ok(&repo, &["forget", "--host", "h2", "--keep-last", "1"]);
+        fs::write(src.join("churn.bin"), seeded_bytes(seed + 2, 100_000)).unwrap();
+        ok(&repo, &["backup", "-q", "--host", "h2", &s]);
+        let plan = json(&repo, &["gc", "--dry-run", "--max-dead", "0%"]);
+        assert!(plan["packs_rewritten"].as_u64().unwrap() > 0, "{plan}");
         let ids = snapshot_ids(&repo);
         let packs = pack_count(&repo);
         let stats = json(&repo, &["stats"]);
@@ -343,23 +401,35 @@ fn enospc_before_the_commit_changes_nothing() {
             .env("XSTORE_REPO", &repo)
             .env("XSTORE_FAIL_IO", step)
             .args(&args)
+            .stdout(std::process::Stdio::null())
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        let what = format!("{args:?} at {step}");
         let line = one_error_line(&out);
-        assert!(line.contains("No space left on device"), "{line}");
-        assert_eq!(line.matches("No space left").count(), 1, "{line}");
-        assert_eq!(snapshot_ids(&repo), ids, "{args:?}");
-        assert_eq!(pack_count(&repo), packs, "{args:?} left packs behind");
-        assert!(xstore_tests::journal_is_empty(&repo), "{args:?}");
-        let now = json(&repo, &["stats"]);
-        assert_eq!(now["dead_bytes"], stats["dead_bytes"], "{args:?}");
-        assert_eq!(now["blobs"], stats["blobs"], "{args:?}");
+        assert_eq!(
+            line.matches("No space left on device").count(),
+            1,
+            "{what}: {line}"
+        );
+        assert!(!line.contains('\u{1b}'), "{what}: ANSI colours on a pipe");
+        if committed {
+            assert_eq!(out.status.code(), Some(0), "{what}: {line}");
+            assert!(line.contains("WARN"), "{what}: {line}");
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{what}: {line}");
+            assert!(line.starts_with("xstore: error: "), "{what}: {line}");
+            assert_eq!(snapshot_ids(&repo), ids, "{what}");
+            assert_eq!(pack_count(&repo), packs, "{what} left packs behind");
+            assert!(xstore_tests::journal_is_empty(&repo), "{what}");
+            let now = json(&repo, &["stats"]);
+            for key in ["dead_bytes", "blobs", "packs", "snapshots"] {
+                assert_eq!(now[key], stats[key], "{what}: {key}");
+            }
+        }
+        let check = xstore(&repo, &["check", "--read-data"]);
+        assert_eq!(check.status.code(), Some(0), "{what}: {}", stderr(&check));
     }
-    ok(
-        &repo,
-        &["backup", "-q", "--host", "h1", src.to_str().unwrap()],
-    );
+    ok(&repo, &["backup", "-q", "--host", "h1", &s]);
     assert_restores(&repo, work.path(), "h1", &src);
 }
 
@@ -419,6 +489,8 @@ fn a_real_full_disk_never_reports_a_committed_snapshot_as_failed() {
                     ids,
                     "a failed backup changed the snapshots"
                 );
+                // Not in any snapshot: the source goes back to what the newest one holds.
+                fs::remove_file(src.join(format!("f{round}.bin"))).unwrap();
             }
             other => panic!("exit {other:?}: {}", stderr(&out)),
         }
@@ -427,8 +499,74 @@ fn a_real_full_disk_never_reports_a_committed_snapshot_as_failed() {
         assert!(tmp.is_empty(), "{tmp:?}");
     }
     assert!(committed > 0 && refused > 0, "{committed} / {refused}");
-    let check = xstore(&repo, &["check"]);
+    // Now the disk is full to the last byte: every writing command either works or fails
+    // with one line and changes nothing.
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut f = fs::File::create(&filler).unwrap();
+        let block = vec![0x5au8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.write_all(&block[..1]);
+        let _ = f.sync_all();
+    }
+    let newest = json(&repo, &["snapshots"])
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for args in [
+        vec!["pin", newest.as_str()],
+        vec!["forget", "--host", "h", "--keep-last", "2"],
+        vec!["gc", "--max-dead", "0%", "--grace", "0s"],
+        vec!["repair", "index"],
+    ] {
+        let ids = snapshot_ids(&repo);
+        let out = xstore(&repo, &args);
+        match out.status.code() {
+            Some(0) => {}
+            Some(1) => {
+                let line = one_error_line(&out);
+                assert!(line.contains("No space left on device"), "{args:?}: {line}");
+                assert_eq!(
+                    snapshot_ids(&repo),
+                    ids,
+                    "{args:?} failed and changed snapshots"
+                );
+            }
+            other => panic!("{args:?}: exit {other:?}: {}", stderr(&out)),
+        }
+        let check = xstore(&repo, &["check"]);
+        assert_eq!(check.status.code(), Some(0), "{args:?}: {}", stderr(&check));
+    }
+    fs::remove_file(&filler).unwrap();
+    ok(&repo, &["gc", "--dry-run"]);
+    let check = xstore(&repo, &["check", "--read-data"]);
     assert_eq!(check.status.code(), Some(0), "{}", stderr(&check));
+    // The newest snapshot holds exactly the files of the rounds that committed.
+    let dst = work.path().join("restored");
+    ok(&repo, &["restore", &newest, dst.to_str().unwrap()]);
+    let restored = restored_path(&dst, &src);
+    let mut names: Vec<String> = fs::read_dir(&restored)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    want.sort();
+    assert_eq!(names, want);
+    for name in names {
+        assert_eq!(
+            fs::read(restored.join(&name)).unwrap(),
+            fs::read(src.join(&name)).unwrap()
+        );
+    }
 }
 
 #[test]

@@ -371,6 +371,14 @@ impl Repository {
             return Err(e);
         }
         crate::failpoint("gc-after-copy");
+        if let Err(e) = crate::fail_io("gc-copy") {
+            let removed: Vec<PackId> = sealed.iter().map(|p| p.id).collect();
+            for id in &removed {
+                let _ = std::fs::remove_file(pack::pack_path(&self.packs_dir(), id));
+            }
+            let _ = crate::journal::clear_uncommitted(&self.packs_dir(), &removed);
+            return Err(e);
+        }
         // Where each copied blob now lives.
         let mut new_loc: HashMap<ChunkId, BlobLoc> = HashMap::new();
         for p in &sealed {

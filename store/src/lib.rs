@@ -258,7 +258,6 @@ pub mod decode {
     }
 }
 
-#[cfg(feature = "index")]
 /// Test hook: when the environment variable `XSTORE_FAIL_IO` equals `name`, the write step
 /// named here fails with ENOSPC (as a full disk would), to test what each step leaves behind.
 pub(crate) fn fail_io(name: &str) -> Result<()> {

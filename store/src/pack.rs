@@ -494,6 +494,7 @@ impl PackWriter {
     }
 
     fn seal_inner(mut self, packs_dir: &Path) -> Result<SealedPack> {
+        crate::fail_io("pack-seal")?;
         let entries_offset = self.len;
         let mut trailer = Vec::with_capacity(self.entries.len() * TRAILER_ENTRY_LEN + FOOTER_LEN);
         for e in &self.entries {

@@ -206,6 +206,7 @@ impl Repository {
         if new_dir.exists() {
             fs::remove_dir_all(&new_dir).at(&new_dir)?;
         }
+        crate::fail_io("repair-build")?;
         let index = Index::create(&new_dir)?;
         index.set_meta(crate::repo::CONFIG_KEY, &fingerprint)?;
         let mut report = RepairReport {
@@ -413,6 +414,7 @@ impl Repository {
                 &serde_json::to_vec_pretty(&hold).unwrap_or_default(),
             )?;
         }
+        crate::fail_io("repair-swap")?;
         // The copies in snapshots/ may differ from the new index: the next writable open
         // (below) resyncs them while this marker exists.
         crate::mutation::write_stale_marker_at(path)?;
