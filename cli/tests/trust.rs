@@ -1043,3 +1043,162 @@ fn kill_9_anywhere_loses_no_committed_snapshot() {
         assert_eq!(xstore::ChunkId::of(&got), committed[&id]);
     }
 }
+
+/// The issue's reproduction: files of a 6000-file directory are replaced by FIFOs while
+/// `xstore backup --no-parent` runs. The backup finishes (a FIFO is a failed path, never a
+/// blocking open), and the writer lock is free afterwards.
+#[test]
+fn fifos_swapped_in_during_a_backup_never_hang_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = (work.path().join("repo"), work.path().join("src"));
+    for d in 0..20 {
+        let dir = src.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..300 {
+            fs::write(
+                dir.join(format!("f{f:03}")),
+                seeded_bytes(d * 1000 + f, 2_000),
+            )
+            .unwrap();
+        }
+    }
+    ok(&repo, &["init"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (src, stop, tmp) = (src.clone(), stop.clone(), repo.join("packs/tmp"));
+        std::thread::spawn(move || {
+            // Start once the backup writes its first pack: it has listed directories whose
+            // files it has not opened yet.
+            while !stop.load(Ordering::Relaxed)
+                && fs::read_dir(&tmp)
+                    .map(|mut d| d.next().is_none())
+                    .unwrap_or(true)
+            {
+                std::thread::yield_now();
+            }
+            let mut swapped = 0u64;
+            // Newest names last: most are still unread when they turn into FIFOs.
+            'outer: for d in (0..20).rev() {
+                for f in (0..300).rev().step_by(7) {
+                    if stop.load(Ordering::Relaxed) {
+                        break 'outer;
+                    }
+                    let p = src.join(format!("d{d:02}")).join(format!("f{f:03}"));
+                    if fs::remove_file(&p).is_ok()
+                        && rustix::fs::mknodat(
+                            rustix::fs::CWD,
+                            &p,
+                            rustix::fs::FileType::Fifo,
+                            rustix::fs::Mode::from_raw_mode(0o644),
+                            0,
+                        )
+                        .is_ok()
+                    {
+                        swapped += 1;
+                    }
+                }
+            }
+            swapped
+        })
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xstore"))
+        .env("XSTORE_REPO", &repo)
+        .args([
+            "backup",
+            "--no-parent",
+            "--host",
+            "h",
+            src.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A hang is what this test is for: fail after two minutes rather than never.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the backup blocked");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swapped = swapper.join().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(swapped > 0);
+    let err = stderr(&out);
+    eprintln!(
+        "{swapped} swapped, exit {:?}, {} failed paths",
+        out.status.code(),
+        err.lines().count()
+    );
+    match out.status.code() {
+        Some(0) => assert!(err.is_empty(), "{err}"),
+        Some(3) => {
+            for line in err
+                .lines()
+                .filter(|l| l.starts_with("xstore: not backed up"))
+            {
+                // Opened as a FIFO, or caught between the swap's unlink and mknod.
+                assert!(
+                    line.contains("not a regular file") || line.contains("No such file"),
+                    "{line}"
+                );
+            }
+        }
+        other => panic!("exit {other:?}: {err}"),
+    }
+    // The writer lock went with the process: the next writer gets it at once.
+    ok(&repo, &["gc", "--dry-run"]);
+    ok(&repo, &["pin", "h@latest"]);
+}
+
+/// A backup of a file it cannot read (as an unprivileged user) names that path once: one
+/// `not backed up` line, no log line repeating it.
+#[test]
+fn a_failed_path_is_reported_once() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("needs root to run the backup as another user");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    // The build directory may not be reachable by other users: a copy of the binary is.
+    let bin = work.path().join("xstore");
+    fs::copy(env!("CARGO_BIN_EXE_xstore"), &bin).unwrap();
+    let (repo, src) = (work.path().join("repo"), work.path().join("src"));
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("readable"), b"yes").unwrap();
+    fs::write(src.join("secret"), b"no").unwrap();
+    fs::set_permissions(src.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::create_dir(&repo).unwrap();
+    std::os::unix::fs::chown(&repo, Some(65534), Some(65534)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .arg("-r")
+            .arg(&repo)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody(&["init"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = as_nobody(&["backup", "--host", "h", src.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    let secret = src.canonicalize().unwrap().join("secret");
+    assert_eq!(
+        err.lines().collect::<Vec<_>>(),
+        vec![format!(
+            "xstore: not backed up: {}: open: Permission denied (os error 13)",
+            secret.display()
+        )],
+        "{err}"
+    );
+}

@@ -16,6 +16,11 @@ use crate::pack::{self, PackEntry, PackId, PackWriter, SealedPack};
 use crate::repo::Repository;
 use crate::ChunkId;
 
+/// A pack smaller than `pack_size / SMALL_PACK_FRACTION` is small.
+pub const SMALL_PACK_FRACTION: u64 = 8;
+/// gc merges the small packs into full-size ones once there are this many.
+pub const MERGE_SMALL_PACKS: usize = 16;
+
 /// Options for [`Repository::gc`].
 #[derive(Debug, Clone, Default)]
 pub struct GcOptions {
@@ -104,6 +109,8 @@ pub struct GcReport {
     pub retired_waiting: u64,
     /// Packs kept because `repair index` held them (see [`GcOptions::release_held`]).
     pub packs_held: u64,
+    /// Small packs rewritten only to merge them ([`MERGE_SMALL_PACKS`]).
+    pub small_packs_merged: u64,
     /// Per pack.
     pub packs: Vec<GcPack>,
 }
@@ -192,15 +199,29 @@ impl Repository {
             .map_err(crate::repo::poisoned)?
             .protected();
         let mut candidates = Vec::new();
-        for (id, rec) in self.index.packs()? {
+        let packs = self.index.packs()?;
+        // Small packs (each commit's snapshot records, small backups) are merged once there
+        // are enough of them, so that their number does not grow with the commits.
+        let small_limit = self.config().pack_size / SMALL_PACK_FRACTION;
+        let small: HashSet<PackId> = packs
+            .iter()
+            .filter(|(_, r)| r.size < small_limit)
+            .map(|(id, _)| *id)
+            .collect();
+        let merge_small = small.len() >= MERGE_SMALL_PACKS;
+        for (id, rec) in packs {
             report.packs_total += 1;
-            if rec.dead_bytes == 0 {
+            let merging = merge_small && small.contains(&id);
+            if rec.dead_bytes == 0 && !merging {
                 continue;
             }
             let fraction = rec.dead_bytes as f64 * 100.0 / rec.size.max(1) as f64;
             let blob_bytes = rec.size.saturating_sub(pack::overhead(rec.blobs));
             let maybe_all_dead = rec.dead_bytes >= blob_bytes;
-            if !(maybe_all_dead || fraction > threshold) {
+            if merging && !(maybe_all_dead || fraction > threshold) {
+                report.small_packs_merged += 1;
+            }
+            if !(maybe_all_dead || fraction > threshold || merging) {
                 // Below the threshold: not even its trailer is read (gc cost follows what
                 // it reclaims, not the repository's size).
                 report.dead_bytes_remaining += rec.dead_bytes;

@@ -163,6 +163,19 @@ fn a_reader_opened_before_gc_restores_exactly_after_it_twenty_rounds() {
         );
         assert_same_tree(&keep_src, &restored_path(&dst, &keep_src), false);
         std::fs::remove_dir_all(&dst).unwrap();
+        // check and du through the same old handle also still work.
+        let report = reader
+            .check(xstore::CheckOptions {
+                read_data: true,
+                progress: None,
+            })
+            .unwrap();
+        assert!(
+            report.problems.is_empty(),
+            "round {round}: {:?}",
+            report.problems
+        );
+        reader.usage_of(std::slice::from_ref(&kept)).unwrap();
     }
     // Past the grace period the files go, and a fresh reader restores from the new packs.
     let report = gc_all_dead(&repo);
@@ -175,4 +188,55 @@ fn a_reader_opened_before_gc_restores_exactly_after_it_twenty_rounds() {
     assert!(summary.errors.is_empty());
     assert_same_tree(&keep_src, &restored_path(&dst, &keep_src), false);
     assert!(repo.check(Default::default()).unwrap().problems.is_empty());
+}
+
+#[test]
+fn gc_merges_small_packs_so_their_number_does_not_grow_with_commits() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_fixture(&src, 1);
+    let repo = xstore_tests::small_repo(&work.path().join("repo"));
+    let mut snaps = Vec::new();
+    for round in 0..40u64 {
+        std::fs::write(src.join("small.txt"), format!("round {round}\n")).unwrap();
+        snaps.push(
+            repo.backup(
+                &LocalSource,
+                &BackupOptions {
+                    host: "h".into(),
+                    paths: vec![src.clone()],
+                    tier: TierChoice::None,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
+    }
+    let before = xstore::pack_files(repo.path()).unwrap().len();
+    assert!(before > 2 * xstore::MERGE_SMALL_PACKS, "{before}");
+    let report = gc_all_dead(&repo);
+    assert!(
+        report.small_packs_merged as usize >= xstore::MERGE_SMALL_PACKS,
+        "{report:#?}"
+    );
+    let after = xstore::pack_files(repo.path()).unwrap().len();
+    assert!(after < before / 4, "{before} -> {after}");
+    // Merging again with nothing new changes nothing.
+    let again = gc_all_dead(&repo);
+    assert_eq!(again.packs_written, 0, "{again:#?}");
+    assert!(repo
+        .check(xstore::CheckOptions {
+            read_data: true,
+            progress: None
+        })
+        .unwrap()
+        .problems
+        .is_empty());
+    let last = snaps.last().unwrap();
+    let dst = work.path().join("dst");
+    let summary = repo
+        .restore(last, &dst, &RestoreOptions::default())
+        .unwrap();
+    assert!(summary.errors.is_empty());
+    assert_same_tree(&src, &restored_path(&dst, &src), false);
 }
