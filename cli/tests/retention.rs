@@ -7,14 +7,7 @@ mod common;
 use common::{json, ok, stderr, xstore};
 use xstore_tests::{assert_same_tree, make_fixture, restored_path, seeded_bytes};
 
-fn ids(repo: &std::path::Path) -> Vec<String> {
-    json(repo, &["snapshots"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_string())
-        .collect()
-}
+use common::snapshot_ids as ids;
 
 fn positions(repo: &std::path::Path) -> Vec<(String, Vec<String>)> {
     json(repo, &["snapshots"])

@@ -36,12 +36,7 @@ fn healthy(work: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn snapshot_ids(repo: &Path) -> BTreeSet<String> {
-    json(repo, &["snapshots"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_string())
-        .collect()
+    common::snapshot_ids(repo).into_iter().collect()
 }
 
 fn pack_count(repo: &Path) -> usize {

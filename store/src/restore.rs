@@ -443,6 +443,14 @@ fn write_sparse(f: &mut File, data: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Maps a failed `*at` call to the library's error for `path`.
+fn errno_at(path: &Path) -> impl Fn(rustix::io::Errno) -> Error + Copy + '_ {
+    move |e| Error::Io {
+        path: path.to_path_buf(),
+        source: e.into(),
+    }
+}
+
 fn owner_ids(entry: &Entry) -> (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>) {
     (
         Some(rustix::fs::Uid::from_raw(entry.uid)),
@@ -460,10 +468,7 @@ fn times(entry: &Entry) -> rustix::fs::Timestamps {
 /// Owner, mode, xattrs and times of an open file or directory, in that order (chown clears
 /// setuid bits, so mode comes after it; times come last).
 fn apply_meta(fd: &impl AsFd, path: &Path, entry: &Entry, owners: bool) -> Result<()> {
-    let io = |e: rustix::io::Errno| Error::Io {
-        path: path.to_path_buf(),
-        source: e.into(),
-    };
+    let io = errno_at(path);
     if owners {
         let (u, g) = owner_ids(entry);
         rustix::fs::fchown(fd, u, g).map_err(io)?;
@@ -524,13 +529,8 @@ fn restore_symlink(
     };
     let (parent, name) = beneath.parent(rel).at(path)?;
     clear_name(&parent, name, path)?;
-    rustix::fs::symlinkat(OsStr::from_bytes(target), &parent, name)
-        .map_err(std::io::Error::from)
-        .at(path)?;
-    let io = |e: rustix::io::Errno| Error::Io {
-        path: path.to_path_buf(),
-        source: e.into(),
-    };
+    let io = errno_at(path);
+    rustix::fs::symlinkat(OsStr::from_bytes(target), &parent, name).map_err(io)?;
     if owners {
         let fd = open_created(&parent, name, path, rustix::fs::FileType::Symlink)?;
         let (u, g) = owner_ids(entry);
@@ -557,14 +557,9 @@ fn restore_special(
         EntryKind::BlockDevice => (FileType::BlockDevice, entry.rdev),
         _ => return Ok(()),
     };
-    rustix::fs::mknodat(&parent, name, ft, Mode::from_raw_mode(0o600), dev)
-        .map_err(std::io::Error::from)
-        .at(path)?;
+    let io = errno_at(path);
+    rustix::fs::mknodat(&parent, name, ft, Mode::from_raw_mode(0o600), dev).map_err(io)?;
     let fd = open_created(&parent, name, path, ft)?;
-    let io = |e: rustix::io::Errno| Error::Io {
-        path: path.to_path_buf(),
-        source: e.into(),
-    };
     if owners {
         let (u, g) = owner_ids(entry);
         rustix::fs::chownat(&fd, "", u, g, AtFlags::EMPTY_PATH).map_err(io)?;

@@ -257,3 +257,49 @@ pub fn assert_same_tree(original: &Path, restored: &Path, check_owner: bool) {
 pub fn restored_path(target: &Path, source: &Path) -> PathBuf {
     target.join(source.canonicalize().unwrap().strip_prefix("/").unwrap())
 }
+
+/// Expires every snapshot of `host` but the newest `keep` (a `forget --keep-last` applied).
+pub fn forget_keep_last(repo: &xstore::Repository, host: &str, keep: usize) -> xstore::Applied {
+    let mut plan = repo
+        .plan_forget(
+            &xstore::retention::KeepPolicy {
+                last: Some(keep),
+                ..Default::default()
+            },
+            Some(host),
+            xstore::now_ns(),
+        )
+        .unwrap();
+    for d in &mut plan.decisions {
+        if d.action == xstore::retention::Action::Expire {
+            d.changed = true;
+        }
+    }
+    repo.apply_plan(&plan).unwrap()
+}
+
+/// The local filesystem with a hook that runs before every [`xstore::Source::open`]: a test
+/// changes the file between the listing and the open there (the race a hostile user wins).
+pub struct OpenHook<F>(pub F);
+
+impl<F: Fn(&Path) -> std::io::Result<()> + Send + Sync> xstore::Source for OpenHook<F> {
+    fn stat(&self, path: &Path) -> std::io::Result<xstore::EntryMeta> {
+        xstore::LocalSource.stat(path)
+    }
+    fn list(
+        &self,
+        dir: &Path,
+    ) -> std::io::Result<Vec<(Vec<u8>, std::io::Result<xstore::EntryMeta>)>> {
+        xstore::LocalSource.list(dir)
+    }
+    fn read_link(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        xstore::LocalSource.read_link(path)
+    }
+    fn xattrs(&self, path: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        xstore::LocalSource.xattrs(path)
+    }
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn xstore::SourceFile>> {
+        (self.0)(path)?;
+        xstore::LocalSource.open(path)
+    }
+}

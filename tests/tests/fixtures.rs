@@ -6,12 +6,19 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use xstore::retention::{Action, KeepPolicy};
 use xstore::{BackupOptions, LocalSource, Repository, RestoreOptions, SnapshotId, TierChoice};
 
 const FIRST: &str = "3b67511f19c6b8f11c080729148e80e0fd73e25fe1c9e06ebb9bed7061bf2071";
 const SECOND: &str = "2bae9410b5199ba52025178c91f5054c5be395dfb792bd3697746f96d68d6433";
 const OTHER_HOST: &str = "cc900ea338a8ba51e418e892a8019e6b82babdb10523596e084e0467f140d6b0";
+
+fn ids_of(repo: &Repository) -> Vec<String> {
+    repo.snapshots()
+        .unwrap()
+        .iter()
+        .map(|s| s.id.to_string())
+        .collect()
+}
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -66,12 +73,7 @@ fn assert_restores_as_written(repo: &Repository, id: &str, version: u8, target: 
 fn an_old_repository_reads_exactly() {
     let (work, path) = fixture();
     let repo = Repository::open_read_only(&path).unwrap();
-    let ids: Vec<String> = repo
-        .snapshots()
-        .unwrap()
-        .iter()
-        .map(|s| s.id.to_string())
-        .collect();
+    let ids = ids_of(&repo);
     assert_eq!(ids, vec![FIRST, SECOND, OTHER_HOST]);
     for (i, (id, version)) in [(FIRST, 1), (SECOND, 2), (OTHER_HOST, 2)]
         .iter()
@@ -103,22 +105,7 @@ fn an_old_repository_takes_writes_gc_and_repair() {
         .unwrap();
         // Relabelling a record written before record blobs existed.
         repo.set_pinned(&SECOND.parse().unwrap(), true).unwrap();
-        let mut plan = repo
-            .plan_forget(
-                &KeepPolicy {
-                    last: Some(1),
-                    ..Default::default()
-                },
-                Some("old1"),
-                xstore::now_ns(),
-            )
-            .unwrap();
-        for d in &mut plan.decisions {
-            if d.action == Action::Expire {
-                d.changed = true;
-            }
-        }
-        let applied = repo.apply_plan(&plan).unwrap();
+        let applied = xstore_tests::forget_keep_last(&repo, "old1", 1);
         assert_eq!(applied.released.snapshots, 1);
         xstore_tests::gc_all_dead(&repo);
         let report = repo.check(Default::default()).unwrap();
@@ -127,12 +114,7 @@ fn an_old_repository_takes_writes_gc_and_repair() {
     let report = Repository::repair_index(&path).unwrap();
     assert!(report.skipped.is_empty(), "{report:?}");
     let repo = Repository::open(&path).unwrap();
-    let ids: Vec<String> = repo
-        .snapshots()
-        .unwrap()
-        .iter()
-        .map(|s| s.id.to_string())
-        .collect();
+    let ids = ids_of(&repo);
     assert_eq!(ids.len(), 3, "{ids:?}");
     assert!(!ids.contains(&FIRST.to_string()));
     assert!(repo.snapshot(&SECOND.parse().unwrap()).unwrap().pinned);

@@ -7,43 +7,28 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use xstore::retention::{Action, KeepPolicy};
 use xstore::{
-    BackupOptions, EntryMeta, LocalSource, ParentChoice, Repository, RestoreOptions,
-    SnapshotStatus, Source, SourceFile, TierChoice,
+    BackupOptions, LocalSource, ParentChoice, Repository, RestoreOptions, SnapshotStatus,
+    TierChoice,
 };
-use xstore_tests::{assert_same_tree, gc_all_dead, make_fixture, restored_path, seeded_bytes};
+use xstore_tests::{
+    assert_same_tree, forget_keep_last, gc_all_dead, make_fixture, restored_path, seeded_bytes,
+    OpenHook,
+};
 
-/// The local filesystem, except that every file whose name ends in `7` is replaced by a FIFO
-/// between the listing and the open (the race a hostile user wins on a real host).
-struct FifoSwapper;
-
-impl Source for FifoSwapper {
-    fn stat(&self, path: &Path) -> io::Result<EntryMeta> {
-        LocalSource.stat(path)
+/// Every file whose name ends in `7` turns into a FIFO between the listing and the open.
+fn swap_for_fifo(path: &Path) -> io::Result<()> {
+    if path.to_string_lossy().ends_with('7') {
+        std::fs::remove_file(path)?;
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )?;
     }
-    fn list(&self, dir: &Path) -> io::Result<Vec<(Vec<u8>, io::Result<EntryMeta>)>> {
-        LocalSource.list(dir)
-    }
-    fn read_link(&self, path: &Path) -> io::Result<Vec<u8>> {
-        LocalSource.read_link(path)
-    }
-    fn xattrs(&self, path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        LocalSource.xattrs(path)
-    }
-    fn open(&self, path: &Path) -> io::Result<Box<dyn SourceFile>> {
-        if path.to_string_lossy().ends_with('7') {
-            std::fs::remove_file(path)?;
-            rustix::fs::mknodat(
-                rustix::fs::CWD,
-                path,
-                rustix::fs::FileType::Fifo,
-                rustix::fs::Mode::from_raw_mode(0o644),
-                0,
-            )?;
-        }
-        LocalSource.open(path)
-    }
+    Ok(())
 }
 
 #[test]
@@ -66,7 +51,10 @@ fn a_fifo_swapped_in_mid_backup_is_a_failed_path_not_a_hang() {
             tier: TierChoice::None,
             ..Default::default()
         };
-        let _ = tx.send(repo.backup(&FifoSwapper, &opts).map(|s| (s, repo)));
+        let _ = tx.send(
+            repo.backup(&OpenHook(swap_for_fifo), &opts)
+                .map(|s| (s, repo)),
+        );
     });
     // A hang is the failure this test exists for: give up after a minute instead of never.
     let (snap, repo) = rx
@@ -100,25 +88,6 @@ fn a_fifo_swapped_in_mid_backup_is_a_failed_path_not_a_hang() {
     drop(repo);
 }
 
-fn expire_all_but_newest(repo: &Repository, host: &str) {
-    let mut plan = repo
-        .plan_forget(
-            &KeepPolicy {
-                last: Some(1),
-                ..Default::default()
-            },
-            Some(host),
-            xstore::now_ns(),
-        )
-        .unwrap();
-    for d in &mut plan.decisions {
-        if d.action == Action::Expire {
-            d.changed = true;
-        }
-    }
-    repo.apply_plan(&plan).unwrap();
-}
-
 #[test]
 fn a_reader_opened_before_gc_restores_exactly_after_it_twenty_rounds() {
     let work = tempfile::tempdir().unwrap();
@@ -143,7 +112,7 @@ fn a_reader_opened_before_gc_restores_exactly_after_it_twenty_rounds() {
     for round in 0..20u64 {
         std::fs::write(src.join("churn.bin"), seeded_bytes(round, 700_000)).unwrap();
         backup("churn", &src);
-        expire_all_but_newest(&repo, "churn");
+        forget_keep_last(&repo, "churn", 1);
         let reader = Repository::open_read_only(&repo_path).unwrap();
         let report = repo
             .gc(&xstore::GcOptions {

@@ -45,3 +45,13 @@ pub fn last_json(stdout: &[u8]) -> serde_json::Value {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// The ids of the repository's snapshots, oldest first.
+pub fn snapshot_ids(repo: &Path) -> Vec<String> {
+    json(repo, &["snapshots"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
