@@ -126,6 +126,14 @@ impl Beneath {
         Ok(fd)
     }
 
+    /// The parent directory of `rel` and its last name, with whatever non-directory stood
+    /// there removed: the place where restore creates `rel` next.
+    fn make_room<'p>(&self, rel: &'p Path, shown: &Path) -> Result<(OwnedFd, &'p OsStr)> {
+        let (parent, name) = self.parent(rel).at(shown)?;
+        clear_name(&parent, name, shown)?;
+        Ok((parent, name))
+    }
+
     /// The parent directory of `rel` and `rel`'s last name.
     fn parent<'p>(&self, rel: &'p Path) -> std::io::Result<(OwnedFd, &'p OsStr)> {
         let name = rel
@@ -324,8 +332,7 @@ impl Repository {
         for (first, link) in &plan.links {
             let r = (|| -> Result<()> {
                 let (from_dir, from_name) = beneath.parent(first).at(shown(first))?;
-                let (to_dir, to_name) = beneath.parent(link).at(shown(link))?;
-                clear_name(&to_dir, to_name, &shown(link))?;
+                let (to_dir, to_name) = beneath.make_room(link, &shown(link))?;
                 // Flags 0: a symlink swapped in for `first` is linked itself, never followed.
                 rustix::fs::linkat(&from_dir, from_name, &to_dir, to_name, AtFlags::empty())
                     .map_err(std::io::Error::from)
@@ -387,8 +394,7 @@ impl Repository {
         owners: bool,
         progress: Option<&Progress>,
     ) -> Result<u64> {
-        let (parent, name) = beneath.parent(rel).at(path)?;
-        clear_name(&parent, name, path)?;
+        let (parent, name) = beneath.make_room(rel, path)?;
         let fd = rustix::fs::openat(
             &parent,
             name,
@@ -527,8 +533,7 @@ fn restore_symlink(
         crate::tree::Content::Target(t) => t,
         _ => return Ok(()),
     };
-    let (parent, name) = beneath.parent(rel).at(path)?;
-    clear_name(&parent, name, path)?;
+    let (parent, name) = beneath.make_room(rel, path)?;
     let io = errno_at(path);
     rustix::fs::symlinkat(OsStr::from_bytes(target), &parent, name).map_err(io)?;
     if owners {
@@ -549,8 +554,7 @@ fn restore_special(
     owners: bool,
 ) -> Result<()> {
     use rustix::fs::FileType;
-    let (parent, name) = beneath.parent(rel).at(path)?;
-    clear_name(&parent, name, path)?;
+    let (parent, name) = beneath.make_room(rel, path)?;
     let (ft, dev) = match entry.kind {
         EntryKind::Fifo => (FileType::Fifo, 0),
         EntryKind::CharDevice => (FileType::CharacterDevice, entry.rdev),
