@@ -277,7 +277,10 @@ impl<'r> Mutation<'r> {
     pub(crate) fn expire(&mut self, s: &Snapshot) -> Result<()> {
         self.snapshots.insert(s.id, None);
         self.released.snapshots += 1;
-        self.release_record_blob(s)?;
+        // The committed record's blob, whatever copy of the record the caller holds.
+        if let Some(committed) = self.repo.index.snapshot(&s.id)? {
+            self.release_record_blob(&committed)?;
+        }
         self.release(s.root)
     }
 
