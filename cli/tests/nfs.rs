@@ -262,3 +262,67 @@ fn walk_plain(root: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// gc while an NFS export serves a snapshot: reads right after gc rewrote the packs (while
+/// the server may still read through the index it had before) return the exact bytes.
+#[test]
+fn nfs_reads_right_after_gc_are_exact() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src, junk) = (
+        work.path().join("repo"),
+        work.path().join("src"),
+        work.path().join("junk"),
+    );
+    fs::create_dir_all(&src).unwrap();
+    ok(
+        &repo,
+        &["init", "--pack-size-mib", "1", "--chunk-avg-kib", "16"],
+    );
+    let inventory = work.path().join("hosts.toml");
+    fs::write(
+        &inventory,
+        "[[account]]\nname = \"acme\"\nallocation = \"1 GiB\"\n[[account.host]]\nname = \"web1\"\naddress = \"127.0.0.1\"\n\
+         [[account]]\nname = \"other\"\nallocation = \"1 GiB\"\n[[account.host]]\nname = \"db9\"\naddress = \"192.0.2.77\"\n",
+    )
+    .unwrap();
+    let canonical = src.canonicalize().unwrap();
+    let mut server: Option<Server> = None;
+    for round in 0..5u64 {
+        let data = xstore_tests::seeded_bytes(round, 200_000);
+        fs::write(src.join("data.bin"), &data).unwrap();
+        fs::create_dir_all(&junk).unwrap();
+        fs::write(
+            junk.join("junk.bin"),
+            xstore_tests::seeded_bytes(round + 100, 200_000),
+        )
+        .unwrap();
+        let (s, j) = (src.to_str().unwrap(), junk.to_str().unwrap());
+        ok(
+            &repo,
+            &["backup", "-q", "--host", "web1", "--no-tier", s, j],
+        );
+        fs::remove_dir_all(&junk).unwrap();
+        fs::create_dir_all(&junk).unwrap();
+        ok(
+            &repo,
+            &["backup", "-q", "--host", "web1", "--no-tier", s, j],
+        );
+        ok(&repo, &["forget", "--host", "web1", "--keep-last", "1"]);
+        // A fresh server sees the new snapshot at once; its index predates the gc below.
+        drop(server.take());
+        let srv = serve(&repo, &inventory);
+        let file = url(
+            &srv.exports["acme"],
+            &format!("/hosts/web1/latest{}/data.bin", canonical.display()),
+        );
+        let before = run("nfs-cat", &[&file]);
+        assert!(before.status.success(), "{before:?}");
+        assert_eq!(before.stdout, data);
+        let gc = common::json(&repo, &["gc", "--max-dead", "0%"]);
+        assert!(gc["packs_rewritten"].as_u64().unwrap() > 0, "{gc}");
+        let after = run("nfs-cat", &[&file]);
+        assert!(after.status.success(), "round {round}: {after:?}");
+        assert_eq!(after.stdout, data, "round {round}");
+        server = Some(srv);
+    }
+}
