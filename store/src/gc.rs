@@ -16,9 +16,11 @@ use crate::pack::{self, PackEntry, PackId, PackWriter, SealedPack};
 use crate::repo::Repository;
 use crate::ChunkId;
 
-/// A pack smaller than `pack_size / SMALL_PACK_FRACTION` is small.
-pub const SMALL_PACK_FRACTION: u64 = 8;
-/// gc merges the small packs into full-size ones once there are this many.
+/// A pack smaller than this is small: a commit's snapshot records, the tree blobs of an
+/// unchanged host. Larger packs hold the data of one backup, which usually dies together
+/// (then the whole pack goes without copying), so they are not merged.
+pub const SMALL_PACK_BYTES: u64 = 64 << 10;
+/// gc merges the small packs into one once there are this many.
 pub const MERGE_SMALL_PACKS: usize = 16;
 
 /// Options for [`Repository::gc`].
@@ -200,12 +202,11 @@ impl Repository {
             .protected();
         let mut candidates = Vec::new();
         let packs = self.index.packs()?;
-        // Small packs (each commit's snapshot records, small backups) are merged once there
-        // are enough of them, so that their number does not grow with the commits.
-        let small_limit = self.config().pack_size / SMALL_PACK_FRACTION;
+        // Small packs are merged once there are enough of them, so that their number does
+        // not grow with the commits.
         let small: HashSet<PackId> = packs
             .iter()
-            .filter(|(_, r)| r.size < small_limit)
+            .filter(|(_, r)| r.size < SMALL_PACK_BYTES)
             .map(|(id, _)| *id)
             .collect();
         let merge_small = small.len() >= MERGE_SMALL_PACKS;

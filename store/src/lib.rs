@@ -118,7 +118,7 @@ pub use check::{CheckOptions, CheckReport, Problem, Stats};
 pub use config::{Config, InitOptions};
 pub use error::{DecodeError, Error, Result};
 #[cfg(feature = "index")]
-pub use gc::{GcAction, GcOptions, GcPack, GcReport, MERGE_SMALL_PACKS, SMALL_PACK_FRACTION};
+pub use gc::{GcAction, GcOptions, GcPack, GcReport, MERGE_SMALL_PACKS, SMALL_PACK_BYTES};
 pub use inventory::{Account, HostSpec, Inventory, InventoryError};
 #[cfg(feature = "index")]
 pub use lock::local_hostname;
