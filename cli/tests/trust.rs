@@ -192,11 +192,9 @@ fn repair_without_snapshot_copies_rebuilds_from_packs_and_gc_keeps_the_data() {
     let report = json(&repo, &["repair", "index"]);
     assert_eq!(report["snapshots"], ids.len() as u64, "{report}");
     assert_eq!(snapshot_ids(&repo), ids);
-    // Both sources gone: packs alone.
+    // Both sources gone, the copies' directory too: packs alone.
     fs::remove_dir_all(repo.join("index")).unwrap();
-    for item in fs::read_dir(repo.join("snapshots")).unwrap() {
-        fs::remove_file(item.unwrap().path()).unwrap();
-    }
+    fs::remove_dir_all(repo.join("snapshots")).unwrap();
     let report = json(&repo, &["repair", "index"]);
     assert_eq!(report["from_packs"], ids.len() as u64, "{report}");
     let after = json(&repo, &["snapshots"]);
@@ -214,6 +212,11 @@ fn repair_without_snapshot_copies_rebuilds_from_packs_and_gc_keeps_the_data() {
             .collect()
     };
     assert_eq!(strip(&after), strip(&before));
+    // The copies are back, one per snapshot.
+    assert_eq!(
+        fs::read_dir(repo.join("snapshots")).unwrap().count(),
+        ids.len()
+    );
     ok(&repo, &["gc", "--max-dead", "0%", "--grace", "0s"]);
     for host in ["h1", "h2"] {
         assert_restores(&repo, work.path(), host, &src);

@@ -571,6 +571,8 @@ fn clear_stale_marker(repo: &Repository) -> Result<()> {
 /// copies, removes copies of snapshots the index no longer has), then clears the marker.
 pub(crate) fn resync_snapshot_copies(repo: &Repository) -> Result<()> {
     let dir = repo.snapshots_dir();
+    // An operator may have removed the whole directory: it is only a copy.
+    std::fs::create_dir_all(&dir).at(&dir)?;
     let records = repo.index.snapshots()?;
     let mut known: HashSet<PathBuf> = HashSet::new();
     for s in &records {
