@@ -1200,3 +1200,46 @@ fn a_failed_path_is_reported_once() {
         "{err}"
     );
 }
+
+/// The target's own path: a symlink that a customer planted in a directory they own (or in a
+/// world-writable one) is refused; an operator's symlink in a root-only directory is followed.
+#[test]
+fn a_restore_target_behind_a_planted_symlink_is_refused() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("needs root (the customer's directory belongs to uid 65534)");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let (repo, src) = healthy(work.path());
+    let secret = work.path().join("secret");
+    fs::create_dir(&secret).unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o700)).unwrap();
+    // A customer's directory, and a world-writable one.
+    let customer = work.path().join("customer");
+    fs::create_dir(&customer).unwrap();
+    std::os::unix::fs::chown(&customer, Some(65534), Some(65534)).unwrap();
+    let shared = work.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    for dir in [&customer, &shared] {
+        std::os::unix::fs::symlink(&secret, dir.join("restore")).unwrap();
+        let target = dir.join("restore").join("here");
+        let out = xstore(&repo, &["restore", "h1@latest", target.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let line = one_error_line(&out);
+        assert!(line.contains("other users can change"), "{line}");
+        assert_eq!(
+            fs::read_dir(&secret).unwrap().count(),
+            0,
+            "wrote through {dir:?}"
+        );
+    }
+    // The operator's own symlink (root-owned directory, 0755) is followed as given.
+    let real = work.path().join("real");
+    fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, work.path().join("link")).unwrap();
+    let target = work.path().join("link/restored");
+    ok(&repo, &["restore", "h1@latest", target.to_str().unwrap()]);
+    assert_same_tree(&src, &restored_path(&real.join("restored"), &src), false);
+}

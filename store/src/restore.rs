@@ -1,7 +1,9 @@
 //! Restore: a snapshot (or one path of it) into a target directory, bit-exact with metadata.
 //!
 //! Safety (DESIGN §12): every name was validated when its tree was decoded (no `..`, `/`, NUL),
-//! and every path operation is relative to a directory descriptor. The target is opened once;
+//! and every path operation is relative to a directory descriptor. The target is reached from
+//! `/` without following a symlink another user could have planted (`open_target`) and
+//! opened once;
 //! each directory below it is reached with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`
 //! (a walk of `openat(O_NOFOLLOW | O_DIRECTORY)` where the kernel lacks openat2), so a
 //! directory that another user swaps for a symlink fails that path instead of leading out of
@@ -12,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -87,16 +89,10 @@ fn dir_flags() -> OFlags {
 }
 
 impl Beneath {
+    /// Opens (creating what is missing) the target directory with [`open_target`].
     fn open(target: &Path) -> Result<Self> {
-        let root = rustix::fs::open(
-            target,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(std::io::Error::from)
-        .at(target)?;
         Ok(Beneath {
-            root,
+            root: open_target(target)?,
             openat2: std::sync::atomic::AtomicBool::new(true),
         })
     }
@@ -142,6 +138,92 @@ impl Beneath {
         let parent = rel.parent().unwrap_or(Path::new(""));
         Ok((self.dir(parent)?, name))
     }
+}
+
+/// Symlinks followed on the way to a target, at most (as the kernel's `MAXSYMLINKS`).
+const MAX_TARGET_SYMLINKS: usize = 40;
+
+/// Walks to the restore target from `/` one component at a time (`O_NOFOLLOW`), creating
+/// missing directories. A symlink on the way is followed only when it stands in a directory
+/// that no other user can write (owned by root or by us, not group- or world-writable): a
+/// customer who owns a directory on the target's path can swap an entry there for a symlink
+/// to `/etc`, and the restore must then refuse instead of following it.
+fn open_target(target: &Path) -> Result<OwnedFd> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    use std::path::Component;
+    let unsafe_path = |reason: String| Error::Unsafe {
+        path: target.to_path_buf(),
+        reason,
+    };
+    let io = errno_at(target);
+    let absolute = if target.is_absolute() {
+        target.to_path_buf()
+    } else {
+        std::env::current_dir().at(target)?.join(target)
+    };
+    let root = || rustix::fs::open("/", dir_flags(), Mode::empty());
+    let mut fd = root().map_err(io)?;
+    let mut queue: VecDeque<OsString> = absolute
+        .components()
+        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
+        .map(|c| c.as_os_str().to_os_string())
+        .collect();
+    let me = rustix::process::geteuid().as_raw();
+    let mut followed = 0usize;
+    while let Some(name) = queue.pop_front() {
+        match rustix::fs::openat(&fd, name.as_os_str(), dir_flags(), Mode::empty()) {
+            Ok(next) => {
+                fd = next;
+                continue;
+            }
+            Err(rustix::io::Errno::NOENT) => {
+                match rustix::fs::mkdirat(&fd, name.as_os_str(), Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(io(e)),
+                }
+                fd = rustix::fs::openat(&fd, name.as_os_str(), dir_flags(), Mode::empty())
+                    .map_err(io)?;
+                continue;
+            }
+            Err(rustix::io::Errno::LOOP) | Err(rustix::io::Errno::NOTDIR) => {}
+            Err(e) => return Err(io(e)),
+        }
+        let st =
+            rustix::fs::statat(&fd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(io)?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Symlink {
+            return Err(unsafe_path(format!(
+                "{} is not a directory",
+                name.to_string_lossy()
+            )));
+        }
+        let dir = rustix::fs::fstat(&fd).map_err(io)?;
+        let trusted = (dir.st_uid == 0 || dir.st_uid == me) && dir.st_mode & 0o022 == 0;
+        if !trusted {
+            return Err(unsafe_path(format!(
+                "{} is a symlink in a directory that other users can change; give the target \
+                 without it",
+                name.to_string_lossy()
+            )));
+        }
+        followed += 1;
+        if followed > MAX_TARGET_SYMLINKS {
+            return Err(unsafe_path("too many symlinks on the way".into()));
+        }
+        let link = rustix::fs::readlinkat(&fd, name.as_os_str(), Vec::new()).map_err(io)?;
+        let link = PathBuf::from(OsStr::from_bytes(link.as_bytes()));
+        if link.is_absolute() {
+            fd = root().map_err(io)?;
+        }
+        for part in link
+            .components()
+            .rev()
+            .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
+        {
+            queue.push_front(part.as_os_str().to_os_string());
+        }
+    }
+    Ok(fd)
 }
 
 fn is_dir(st: &rustix::fs::Stat) -> bool {
@@ -231,7 +313,6 @@ impl Repository {
         let owners = opts
             .owners
             .unwrap_or_else(|| rustix::process::geteuid().is_root());
-        fs::create_dir_all(target).at(target)?;
         let beneath = Beneath::open(target)?;
         let mut plan = Plan {
             dirs: Vec::new(),
