@@ -264,18 +264,7 @@ fn files_opened_before_gc_read_exactly_after_it() {
             )
             .unwrap();
         }
-        let (s, j) = (src.to_str().unwrap(), junk.to_str().unwrap());
-        ok(
-            &repo,
-            &["backup", "-q", "--host", "web1", "--no-tier", s, j],
-        );
-        fs::remove_dir_all(&junk).unwrap();
-        fs::create_dir_all(&junk).unwrap();
-        ok(
-            &repo,
-            &["backup", "-q", "--host", "web1", "--no-tier", s, j],
-        );
-        ok(&repo, &["forget", "--host", "web1", "--keep-last", "1"]);
+        common::snapshot_mixed_with_garbage(&repo, "web1", &src, &junk);
         // Wait for the mount's catalog to show the new snapshot.
         let latest = m.at.join("hosts/web1/latest");
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -47,6 +47,16 @@ fn serve(repo: &Path, inventory: &Path) -> Server {
     Server { child, exports }
 }
 
+/// Two accounts: acme (web1 at 127.0.0.1, the test's client) and other (db9 elsewhere).
+fn write_inventory(path: &Path) {
+    fs::write(
+        path,
+        "[[account]]\nname = \"acme\"\nallocation = \"1 GiB\"\n[[account.host]]\nname = \"web1\"\naddress = \"127.0.0.1\"\n\
+         [[account]]\nname = \"other\"\nallocation = \"1 GiB\"\n[[account.host]]\nname = \"db9\"\naddress = \"192.0.2.77\"\n",
+    )
+    .unwrap();
+}
+
 /// An nfs:// URL of `path` on the export at `addr` (MOUNT and NFS share its port).
 fn url(addr: &str, path: &str) -> String {
     let (ip, port) = addr.rsplit_once(':').unwrap();
@@ -88,12 +98,7 @@ fn nfs_clients_see_their_accounts_snapshots_exactly() {
         &["backup", "-q", "--host", "db9", other.to_str().unwrap()],
     );
     let inventory = work.path().join("hosts.toml");
-    fs::write(
-        &inventory,
-        "[[account]]\nname = \"acme\"\nallocation = \"1 GiB\"\n[[account.host]]\nname = \"web1\"\naddress = \"127.0.0.1\"\n\
-         [[account]]\nname = \"other\"\nallocation = \"1 GiB\"\n[[account.host]]\nname = \"db9\"\naddress = \"192.0.2.77\"\n",
-    )
-    .unwrap();
+    write_inventory(&inventory);
     let server = serve(&repo, &inventory);
     let acme = &server.exports["acme"];
 
@@ -280,12 +285,7 @@ fn nfs_reads_right_after_gc_are_exact() {
         &["init", "--pack-size-mib", "1", "--chunk-avg-kib", "16"],
     );
     let inventory = work.path().join("hosts.toml");
-    fs::write(
-        &inventory,
-        "[[account]]\nname = \"acme\"\nallocation = \"1 GiB\"\n[[account.host]]\nname = \"web1\"\naddress = \"127.0.0.1\"\n\
-         [[account]]\nname = \"other\"\nallocation = \"1 GiB\"\n[[account.host]]\nname = \"db9\"\naddress = \"192.0.2.77\"\n",
-    )
-    .unwrap();
+    write_inventory(&inventory);
     let canonical = src.canonicalize().unwrap();
     let mut server: Option<Server> = None;
     for round in 0..5u64 {
@@ -299,18 +299,7 @@ fn nfs_reads_right_after_gc_are_exact() {
             xstore_tests::seeded_bytes(round + 100, 200_000),
         )
         .unwrap();
-        let (s, j) = (src.to_str().unwrap(), junk.to_str().unwrap());
-        ok(
-            &repo,
-            &["backup", "-q", "--host", "web1", "--no-tier", s, j],
-        );
-        fs::remove_dir_all(&junk).unwrap();
-        fs::create_dir_all(&junk).unwrap();
-        ok(
-            &repo,
-            &["backup", "-q", "--host", "web1", "--no-tier", s, j],
-        );
-        ok(&repo, &["forget", "--host", "web1", "--keep-last", "1"]);
+        common::snapshot_mixed_with_garbage(&repo, "web1", &src, &junk);
         // A fresh server sees the new snapshot at once; its index predates the gc below.
         drop(server.take());
         let srv = serve(&repo, &inventory);

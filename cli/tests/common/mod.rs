@@ -55,3 +55,15 @@ pub fn snapshot_ids(repo: &Path) -> Vec<String> {
         .map(|s| s["id"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// Leaves `host`'s newest snapshot holding `src` in packs shared with garbage: a backup of
+/// `src` and `junk` (its files written by the caller), then one without junk's files, then
+/// forget of the first. gc must rewrite those packs to reclaim the junk.
+pub fn snapshot_mixed_with_garbage(repo: &Path, host: &str, src: &Path, junk: &Path) {
+    let (s, j) = (src.to_str().unwrap(), junk.to_str().unwrap());
+    ok(repo, &["backup", "-q", "--host", host, "--no-tier", s, j]);
+    std::fs::remove_dir_all(junk).unwrap();
+    std::fs::create_dir_all(junk).unwrap();
+    ok(repo, &["backup", "-q", "--host", host, "--no-tier", s, j]);
+    ok(repo, &["forget", "--host", host, "--keep-last", "1"]);
+}
