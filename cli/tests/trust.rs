@@ -320,27 +320,26 @@ fn enospc_after_the_commit_is_a_warning_and_the_snapshot_exists() {
     assert_restores(&repo, work.path(), "h1", &src);
 }
 
-/// ENOSPC injected at each write step of backup, pin (a relabel), forget, gc and repair:
+/// ENOSPC injected at each write step of backup, pin (a relabel), forget, rotate, gc and
+/// repair:
 /// before the commit point the command fails with one line and changes nothing; after it the
 /// command succeeds with one warning line and the change is there.
 #[test]
 fn enospc_at_every_write_step() {
     let work = tempfile::tempdir().unwrap();
     let (repo, src) = healthy(work.path());
+    // A full hourly tier of two: every `rotate daily` below has a snapshot to promote.
+    ok(&repo, &["tiers", "--set", "hourly=2,daily=7"]);
     let s = src.to_str().unwrap().to_string();
-    let some_id = json(&repo, &["snapshots", "--host", "h1"])
-        .as_array()
-        .unwrap()[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    // Resolved when each step runs (hourly trimming replaces h1's snapshots).
+    let some_id = "h1@latest".to_string();
     let steps: Vec<(Vec<&str>, &str, bool)> = vec![
         (vec!["backup", "--host", "h1", &s], "pack-seal", false),
         (vec!["backup", "--host", "h1", &s], "before-commit", false),
         (vec!["backup", "--host", "h1", &s], "snapshot-copies", true),
         (vec!["pin", &some_id], "pack-seal", false),
         (vec!["pin", &some_id], "before-commit", false),
-        (vec!["unpin", &some_id], "snapshot-copies", true),
+        (vec!["pin", &some_id], "snapshot-copies", true),
         (
             vec!["forget", "--host", "h2", "--keep-last", "1"],
             "before-commit",
@@ -351,6 +350,9 @@ fn enospc_at_every_write_step() {
             "snapshot-copies",
             true,
         ),
+        (vec!["rotate", "daily", "--all"], "pack-seal", false),
+        (vec!["rotate", "daily", "--all"], "before-commit", false),
+        (vec!["rotate", "daily", "--all"], "snapshot-copies", true),
         (
             vec!["gc", "--max-dead", "0%", "--grace", "0s"],
             "gc-copy",
@@ -840,7 +842,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// kill -9 at pseudo-random moments of backup, forget, gc, repair and restore, 12 rounds;
+/// kill -9 at pseudo-random moments of backup, forget, gc, rotate, repair and restore, 12 rounds;
 /// after each round `check` passes, every snapshot ever reported committed and not expired
 /// by a forget that reported success is present, and each restores to exactly the bytes it
 /// was taken from.
@@ -860,6 +862,9 @@ fn kill_9_anywhere_loses_no_committed_snapshot() {
         &repo,
         &["init", "--pack-size-mib", "1", "--chunk-avg-kib", "64"],
     );
+    // Backups enter hourly (3 kept) and rotate promotes to daily: expiry happens in
+    // backups, rotations and forgets alike.
+    ok(&repo, &["tiers", "--set", "hourly=3,daily=2"]);
     let paths = [
         tree.to_str().unwrap().to_string(),
         churn.to_str().unwrap().to_string(),
@@ -904,7 +909,7 @@ fn kill_9_anywhere_loses_no_committed_snapshot() {
     for round in 0..12u64 {
         let data = seeded_bytes(round, 3 << 20);
         fs::write(churn.join("churn.bin"), &data).unwrap();
-        let mut backup = vec!["--json", "backup", "--host", "h", "--no-tier"];
+        let mut backup = vec!["--json", "backup", "--host", "h"];
         backup.extend(paths.iter().map(String::as_str));
         if round == 0 {
             // Uninterrupted runs first: the kills below land within 80 % of these times.
@@ -920,6 +925,7 @@ fn kill_9_anywhere_loses_no_committed_snapshot() {
                 timed(&["forget", "--host", "h", "--keep-last", "3"]),
             );
             typical.insert("gc", timed(&["gc", "--max-dead", "0%", "--grace", "0s"]));
+            typical.insert("rotate", timed(&["rotate", "daily", "--all"]));
             typical.insert("repair", timed(&["repair", "index"]));
             let dst = work.path().join("calibrate");
             typical.insert(
@@ -965,6 +971,7 @@ fn kill_9_anywhere_loses_no_committed_snapshot() {
         }
         for (op, args) in [
             ("gc", &["gc", "--max-dead", "0%", "--grace", "0s"][..]),
+            ("rotate", &["rotate", "daily", "--all"][..]),
             ("repair", &["repair", "index"][..]),
         ] {
             if !killed_run(args, 0.8 * next(), typical[op]).status.success() {
@@ -988,8 +995,9 @@ fn kill_9_anywhere_loses_no_committed_snapshot() {
                 "round {round}: {id} was never committed"
             );
         }
-        // forget keeps the newest three, killed or not: those are always present, and
-        // whatever is gone went through a forget.
+        // forget (keep 3), rotation and the hourly tier (3) all keep the newest three,
+        // killed or not: those are always present, and whatever is gone was expired.
+
         for id in order.iter().rev().take(3) {
             assert!(
                 present.contains(id),
@@ -1030,8 +1038,8 @@ fn kill_9_anywhere_loses_no_committed_snapshot() {
         );
         fs::remove_dir_all(&dst).unwrap();
     }
-    // 60 runs, each killed within 80 % of its typical time: most must really be killed.
-    assert!(kills >= 30, "only {kills} of 60 runs were killed");
+    // 72 runs, each killed within 80 % of its typical time: most must really be killed.
+    assert!(kills >= 30, "only {kills} of 72 runs were killed");
     // Every surviving snapshot restores exactly.
     for id in snapshot_ids(&repo) {
         let dst = work.path().join(format!("final-{id}"));
