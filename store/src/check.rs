@@ -232,7 +232,7 @@ pub(crate) fn mark(
     for s in snapshots {
         // A snapshot holds its root and the blob of its current record (if it has one:
         // records committed before record blobs existed do not).
-        let record = ChunkId::of(&s.encode());
+        let record = s.record_id();
         if repo.index.blob(&record)?.is_some() {
             *w.expected.entry(record).or_insert(0) += 1;
         }

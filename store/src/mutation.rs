@@ -287,7 +287,7 @@ impl<'r> Mutation<'r> {
     /// Drops the reference a snapshot holds on the blob of its current record (records
     /// committed before record blobs existed have none).
     fn release_record_blob(&mut self, s: &Snapshot) -> Result<()> {
-        let id = ChunkId::of(&s.encode());
+        let id = s.record_id();
         if self.loc(&id)?.is_some_and(|l| l.refcount > 0) {
             self.release(id)?;
         }
@@ -310,7 +310,8 @@ impl<'r> Mutation<'r> {
                 if *old == new {
                     continue;
                 }
-                new.revision = old.revision + 1;
+                // A hostile record may carry u64::MAX: order is all a revision is for.
+                new.revision = old.revision.saturating_add(1);
                 self.release_record_blob(old)?;
             }
             records.push(new.encode());

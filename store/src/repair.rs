@@ -192,14 +192,7 @@ impl Repository {
         let fingerprint = crate::repo::config_fingerprint(&config);
         if let Some(have) = old.as_ref().and_then(|o| o.config.as_ref()) {
             if *have != fingerprint {
-                return Err(Error::ConfigMismatch {
-                    path: path.join("config"),
-                    reason: format!(
-                        "says \"{}\" but the repository was created with \"{}\"; restore the original config",
-                        String::from_utf8_lossy(&fingerprint),
-                        String::from_utf8_lossy(have)
-                    ),
-                });
+                return Err(crate::repo::config_mismatch(path, &fingerprint, have));
             }
         }
         let new_dir = path.join("index.new");
@@ -320,7 +313,7 @@ impl Repository {
             // the record superseded) on purpose.
             if old
                 .as_ref()
-                .is_some_and(|o| o.dead.contains(&ChunkId::of(&s.encode())))
+                .is_some_and(|o| o.dead.contains(&s.record_id()))
             {
                 continue;
             }

@@ -610,6 +610,18 @@ pub(crate) fn config_fingerprint(config: &Config) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The error for a `config` whose fingerprint `want` differs from the index's `have`.
+pub(crate) fn config_mismatch(path: &Path, want: &[u8], have: &[u8]) -> Error {
+    Error::ConfigMismatch {
+        path: path.join("config"),
+        reason: format!(
+            "says \"{}\" but the repository was created with \"{}\"; restore the original config",
+            String::from_utf8_lossy(want),
+            String::from_utf8_lossy(have)
+        ),
+    }
+}
+
 pub(crate) const CONFIG_KEY: &[u8] = b"config";
 
 /// Chunk boundaries are part of the format: a `config` whose chunker parameters (or id) differ
@@ -619,14 +631,7 @@ fn check_config_matches(path: &Path, config: &Config, index: &Index, writable: b
     let want = config_fingerprint(config);
     match index.meta(CONFIG_KEY)? {
         Some(have) if have == want => Ok(()),
-        Some(have) => Err(Error::ConfigMismatch {
-            path: path.join("config"),
-            reason: format!(
-                "says \"{}\" but the repository was created with \"{}\"; restore the original config",
-                String::from_utf8_lossy(&want),
-                String::from_utf8_lossy(&have)
-            ),
-        }),
+        Some(have) => Err(config_mismatch(path, &want, &have)),
         None if writable => index.set_meta(CONFIG_KEY, &want),
         None => Ok(()),
     }

@@ -223,6 +223,13 @@ impl Snapshot {
         Ok(s)
     }
 
+    /// The id of this record's blob in the packs (FORMAT.md §Snapshots): BLAKE3 of exactly
+    /// what [`Snapshot::encode`] writes. A snapshot holds one reference to the blob of its
+    /// current record.
+    pub fn record_id(&self) -> ChunkId {
+        ChunkId::of(&self.encode())
+    }
+
     /// True when every file was read.
     pub fn is_complete(&self) -> bool {
         self.status == SnapshotStatus::Complete

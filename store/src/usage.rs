@@ -107,7 +107,7 @@ impl Repository {
     /// The blobs a snapshot references directly, as its expiry releases them: its root tree
     /// and the blob of its current record (when it has one).
     fn held_by(&self, s: &Snapshot) -> Result<Vec<ChunkId>> {
-        let record = ChunkId::of(&s.encode());
+        let record = s.record_id();
         let mut held = vec![s.root];
         if self.index.blob(&record)?.is_some_and(|l| l.refcount > 0) {
             held.push(record);

@@ -29,7 +29,7 @@ fn backup(repo: &Repository, host: &str, paths: &[&Path]) -> Snapshot {
 fn reachable(repo: &Repository, snaps: &[&Snapshot]) -> HashSet<ChunkId> {
     let mut seen = HashSet::new();
     for s in snaps {
-        let record = ChunkId::of(&repo.snapshot(&s.id).unwrap().encode());
+        let record = repo.snapshot(&s.id).unwrap().record_id();
         assert_eq!(
             repo.blob_location(&record).unwrap().unwrap().kind,
             xstore::BlobKind::SnapshotRecord
