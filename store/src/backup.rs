@@ -187,19 +187,10 @@ impl<'a> Session<'a> {
             }
         }
         if let Ok(mut sealed) = self.sealed.lock() {
-            let packs_dir = self.repo.packs_dir();
-            let mut removed = Vec::new();
-            for p in sealed.drain(..) {
-                let path = pack::pack_path(&packs_dir, &p.id);
-                match crate::journal::remove_if_present(&path) {
-                    Ok(()) => removed.push(p.id),
-                    Err(e) => tracing::warn!(path = %path.display(), error = %e,
-                        "could not remove an uncommitted pack; the next writer's recovery will"),
-                }
-            }
-            // Markers go after their packs: a crash in between leaves a marker without a pack.
-            if let Err(e) = crate::journal::clear_uncommitted(&packs_dir, &removed) {
-                tracing::warn!(error = %e, "could not clear uncommitted-pack markers");
+            let ids: Vec<pack::PackId> = sealed.drain(..).map(|p| p.id).collect();
+            if let Err(e) = crate::journal::discard_packs(&self.repo.packs_dir(), &ids) {
+                tracing::warn!(error = %e,
+                    "could not remove uncommitted packs; the next writer's recovery will");
             }
         }
     }

@@ -289,6 +289,7 @@ impl Repository {
             .unwrap_or(i64::MAX)
             .saturating_mul(1_000_000_000);
         let mut dirs = HashSet::new();
+        let mut deleted = Vec::new();
         for (id, retired_ns) in crate::journal::retired(&packs, now)? {
             if self.index.pack(&id)?.is_some() {
                 continue;
@@ -303,17 +304,19 @@ impl Repository {
             crate::journal::remove_if_present(&path)?;
             self.forget_pack_file(&id);
             crate::failpoint("gc-mid-delete");
-            crate::journal::clear_retired(&packs, &id)?;
+            deleted.push(id);
             report.retired_deleted += 1;
             report.retired_bytes_deleted += size;
             if let Some(d) = path.parent() {
                 dirs.insert(d.to_path_buf());
             }
         }
+        // The unlinks are durable before their markers go (journal.rs): a marker without
+        // its pack is harmless, a pack without its marker would look unattributed.
         for d in dirs {
             crate::fsutil::sync_dir(&d)?;
         }
-        Ok(())
+        crate::journal::clear_retired(&packs, &deleted)
     }
 
     fn reclaim(
@@ -376,31 +379,19 @@ impl Repository {
             if let Some(w) = writer.take() {
                 sealed.push(w.seal(&self.packs_dir())?);
             }
-            Ok(())
+            crate::fail_io("gc-copy")
         })();
         if let Err(e) = copy {
             if let Some(w) = writer.take() {
                 w.discard();
             }
-            let mut removed = Vec::new();
-            for p in &sealed {
-                let path = pack::pack_path(&self.packs_dir(), &p.id);
-                if std::fs::remove_file(path).is_ok() {
-                    removed.push(p.id);
-                }
+            let ids: Vec<PackId> = sealed.iter().map(|p| p.id).collect();
+            if let Err(cleanup) = crate::journal::discard_packs(&self.packs_dir(), &ids) {
+                tracing::warn!(error = %cleanup, "could not remove gc's uncommitted packs; the next writer's recovery will");
             }
-            let _ = crate::journal::clear_uncommitted(&self.packs_dir(), &removed);
             return Err(e);
         }
         crate::failpoint("gc-after-copy");
-        if let Err(e) = crate::fail_io("gc-copy") {
-            let removed: Vec<PackId> = sealed.iter().map(|p| p.id).collect();
-            for id in &removed {
-                let _ = std::fs::remove_file(pack::pack_path(&self.packs_dir(), id));
-            }
-            let _ = crate::journal::clear_uncommitted(&self.packs_dir(), &removed);
-            return Err(e);
-        }
         // Where each copied blob now lives.
         let mut new_loc: HashMap<ChunkId, BlobLoc> = HashMap::new();
         for p in &sealed {

@@ -59,6 +59,28 @@ pub(crate) fn clear_uncommitted(packs_dir: &Path, ids: &[PackId]) -> Result<()> 
     fsutil::sync_dir(&dir)
 }
 
+/// Deletes sealed packs that no commit references, then their uncommitted markers. The
+/// unlinks are made durable (their directories fsynced) before a marker goes: after a crash
+/// a marker without its pack is harmless, a pack without its marker would look unattributed
+/// and refuse the next writable open.
+pub(crate) fn discard_packs(packs_dir: &Path, ids: &[PackId]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut dirs = std::collections::BTreeSet::new();
+    for id in ids {
+        let path = crate::pack::pack_path(packs_dir, id);
+        remove_if_present(&path)?;
+        if let Some(dir) = path.parent() {
+            dirs.insert(dir.to_path_buf());
+        }
+    }
+    for dir in dirs.iter().filter(|d| d.is_dir()) {
+        fsutil::sync_dir(dir)?;
+    }
+    clear_uncommitted(packs_dir, ids)
+}
+
 /// Packs recorded as uncommitted.
 pub(crate) fn uncommitted(packs_dir: &Path) -> Result<Vec<PackId>> {
     Ok(list(&uncommitted_dir(packs_dir))?
@@ -104,9 +126,17 @@ pub(crate) fn retired(packs_dir: &Path, now_ns: i64) -> Result<HashMap<PackId, i
     Ok(out)
 }
 
-/// Removes the retired marker of `id` (its pack file is gone, or the index still knows it).
-pub(crate) fn clear_retired(packs_dir: &Path, id: &PackId) -> Result<()> {
-    remove_if_present(&retired_dir(packs_dir).join(id.to_string()))
+/// Removes the retired markers of `ids` (their pack files are gone, durably, or the index
+/// still knows them).
+pub(crate) fn clear_retired(packs_dir: &Path, ids: &[PackId]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let dir = retired_dir(packs_dir);
+    for id in ids {
+        remove_if_present(&dir.join(id.to_string()))?;
+    }
+    fsutil::sync_dir(&dir)
 }
 
 /// Removes temporaries of interrupted marker writes.

@@ -350,16 +350,8 @@ impl<'r> Mutation<'r> {
 
     /// Deletes the packs this mutation sealed (it failed before its commit point).
     fn discard_sealed(&self) {
-        let dir = self.repo.packs_dir();
-        for id in &self.sealed {
-            let path = crate::pack::pack_path(&dir, id);
-            if let Err(e) = crate::journal::remove_if_present(&path) {
-                tracing::warn!(error = %e, "could not remove an uncommitted pack; the next writer's recovery will");
-                return;
-            }
-        }
-        if let Err(e) = crate::journal::clear_uncommitted(&dir, &self.sealed) {
-            tracing::warn!(error = %e, "could not clear uncommitted-pack markers; the next writer's recovery will");
+        if let Err(e) = crate::journal::discard_packs(&self.repo.packs_dir(), &self.sealed) {
+            tracing::warn!(error = %e, "could not remove uncommitted packs; the next writer's recovery will");
         }
     }
 

@@ -416,9 +416,7 @@ impl Repository {
         // Every pack is in the new index now: the journal's markers are settled.
         let uncommitted = crate::journal::uncommitted(&packs_dir)?;
         crate::journal::clear_uncommitted(&packs_dir, &uncommitted)?;
-        for id in unretired {
-            crate::journal::clear_retired(&packs_dir, &id)?;
-        }
+        crate::journal::clear_retired(&packs_dir, &unretired)?;
         if let Err(e) = Repository::open(path) {
             tracing::warn!(error = %e, "snapshot copies not resynced; the next writable open will");
         }

@@ -274,24 +274,24 @@ impl Repository {
                 ),
             });
         }
-        let mut removed = 0u64;
-        let mut settled = Vec::new();
-        for id in &uncommitted {
-            if !known.contains(id) {
-                let path = pack::pack_path(&packs, id);
-                crate::journal::remove_if_present(&path)?;
-                removed += 1;
-            }
-            settled.push(*id);
-        }
-        crate::journal::clear_uncommitted(&packs, &settled)?;
-        if removed > 0 {
-            tracing::info!(removed, "recovery removed uncommitted pack files");
+        let (committed, leftovers): (Vec<PackId>, Vec<PackId>) =
+            uncommitted.iter().partition(|id| known.contains(id));
+        crate::journal::discard_packs(&packs, &leftovers)?;
+        // Committed: only the marker's removal was lost.
+        crate::journal::clear_uncommitted(&packs, &committed)?;
+        if !leftovers.is_empty() {
+            tracing::info!(
+                removed = leftovers.len(),
+                "recovery removed uncommitted pack files"
+            );
         }
         // A retired marker of a pack the index still records: gc crashed before its commit.
-        for id in retired.keys().filter(|id| known.contains(id)) {
-            crate::journal::clear_retired(&packs, id)?;
-        }
+        let stale: Vec<PackId> = retired
+            .keys()
+            .filter(|id| known.contains(id))
+            .copied()
+            .collect();
+        crate::journal::clear_retired(&packs, &stale)?;
         crate::journal::remove_temporaries(&packs)?;
         // Temporary files of a snapshot copy or pull record interrupted by a crash
         // (fsutil::write_atomic).
