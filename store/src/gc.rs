@@ -111,6 +111,8 @@ pub struct GcReport {
     pub retired_waiting: u64,
     /// Packs kept because `repair index` held them (see [`GcOptions::release_held`]).
     pub packs_held: u64,
+    /// Indexes replaced by `repair index` deleted by this run (their grace period had passed).
+    pub replaced_indexes_deleted: u64,
     /// Small packs rewritten only to merge them ([`MERGE_SMALL_PACKS`]).
     pub small_packs_merged: u64,
     /// Per pack.
@@ -281,7 +283,8 @@ impl Repository {
     }
 
     /// Deletes retired pack files whose grace period has passed and that the index does not
-    /// know (journal.rs), pack file first, marker second.
+    /// know (journal.rs), pack file first, marker second; then indexes replaced by
+    /// `repair index` longer ago than the grace period.
     fn delete_retired(&self, grace_seconds: u64, report: &mut GcReport) -> Result<()> {
         let packs = self.packs_dir();
         let now = crate::now_ns();
@@ -316,7 +319,23 @@ impl Repository {
         for d in dirs {
             crate::fsutil::sync_dir(&d)?;
         }
-        crate::journal::clear_retired(&packs, &deleted)
+        crate::journal::clear_retired(&packs, &deleted)?;
+        // Indexes `repair index` replaced go by the same rule.
+        let mut removed_index = false;
+        for (dir, replaced_ns) in crate::repair::replaced_indexes(self.path())? {
+            if now.saturating_sub(replaced_ns) >= grace_ns {
+                std::fs::remove_dir_all(&dir).map_err(|source| Error::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+                report.replaced_indexes_deleted += 1;
+                removed_index = true;
+            }
+        }
+        if removed_index {
+            crate::fsutil::sync_dir(self.path())?;
+        }
+        Ok(())
     }
 
     fn reclaim(

@@ -107,20 +107,38 @@ pub(crate) fn finish_index_swap(root: &Path) -> Result<()> {
         return Ok(());
     }
     let cur = root.join("index");
-    let old = root.join("index.old");
-    if old.exists() {
-        fs::remove_dir_all(&old).at(&old)?;
-    }
     if cur.exists() {
+        // Kept for the gc grace period, not deleted: a reader that opened it before the swap
+        // opens its table files lazily. gc deletes it later (`replaced_indexes`).
+        let old = root.join(format!("{REPLACED_INDEX_PREFIX}{}", crate::now_ns()));
         fs::rename(&cur, &old).at(&cur)?;
     }
     fs::rename(&new, &cur).at(&new)?;
     fs::remove_file(cur.join(REBUILT_MARKER)).at(&cur)?;
-    fsutil::sync_dir(root)?;
-    if old.exists() {
-        fs::remove_dir_all(&old).at(&old)?;
+    fsutil::sync_dir(root)
+}
+
+/// `index.old.<ns>`: an index that `repair index` replaced at that time.
+const REPLACED_INDEX_PREFIX: &str = "index.old.";
+
+/// Indexes replaced by `repair index` and when (ns); `index.old` of earlier builds, which
+/// deleted it at once, counts as replaced long ago.
+pub(crate) fn replaced_indexes(root: &Path) -> Result<Vec<(std::path::PathBuf, i64)>> {
+    let mut out = Vec::new();
+    for item in fs::read_dir(root).at(root)? {
+        let item = item.at(root)?;
+        let name = item.file_name().to_string_lossy().into_owned();
+        let when = if name == "index.old" {
+            Some(0)
+        } else {
+            name.strip_prefix(REPLACED_INDEX_PREFIX)
+                .and_then(|t| t.parse::<i64>().ok())
+        };
+        if let Some(when) = when {
+            out.push((item.path(), when));
+        }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// What the old index still says, when it can be read.

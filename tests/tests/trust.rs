@@ -209,3 +209,57 @@ fn gc_merges_small_packs_so_their_number_does_not_grow_with_commits() {
     assert!(summary.errors.is_empty());
     assert_same_tree(&src, &restored_path(&dst, &src), false);
 }
+
+#[test]
+fn the_index_repair_replaces_is_kept_for_the_grace_period() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_fixture(&src, 3);
+    let repo_path = work.path().join("repo");
+    let snap = {
+        let repo = xstore_tests::small_repo(&repo_path);
+        repo.backup(
+            &LocalSource,
+            &BackupOptions {
+                host: "h".into(),
+                paths: vec![src.clone()],
+                tier: TierChoice::None,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let replaced = |path: &Path| -> Vec<String> {
+        std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("index.old"))
+            .collect()
+    };
+    // A reader of the old index: RocksDB opens table files lazily (on a large index, past
+    // the ones it preloads at open), so the replaced index must outlive it.
+    let reader = Repository::open_read_only(&repo_path).unwrap();
+    let report = Repository::repair_index(&repo_path).unwrap();
+    assert_eq!(report.snapshots, 1);
+    assert_eq!(replaced(&repo_path).len(), 1, "{:?}", replaced(&repo_path));
+    let dst = work.path().join("dst");
+    let summary = reader
+        .restore(
+            &reader.snapshot(&snap.id).unwrap(),
+            &dst,
+            &RestoreOptions::default(),
+        )
+        .unwrap();
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    assert_same_tree(&src, &restored_path(&dst, &src), false);
+    drop(reader);
+    // A gc within the grace period keeps it; past it (here: none) it goes.
+    let repo = Repository::open(&repo_path).unwrap();
+    let report = repo.gc(&Default::default()).unwrap();
+    assert_eq!(report.replaced_indexes_deleted, 0);
+    assert_eq!(replaced(&repo_path).len(), 1);
+    let report = gc_all_dead(&repo);
+    assert_eq!(report.replaced_indexes_deleted, 1);
+    assert!(replaced(&repo_path).is_empty());
+    assert!(repo.check(Default::default()).unwrap().problems.is_empty());
+}
