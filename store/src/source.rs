@@ -207,17 +207,25 @@ pub trait Source: Send + Sync {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LocalSource;
 
-struct LocalFile(File);
+struct LocalFile {
+    file: File,
+    /// The `fstat` that `open` made to check the kind: the first `current_meta` (the
+    /// "before" of a read) answers with it instead of a second `fstat`.
+    opened: Option<EntryMeta>,
+}
 
 impl Read for LocalFile {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        self.file.read(buf)
     }
 }
 
 impl SourceFile for LocalFile {
     fn current_meta(&mut self) -> io::Result<EntryMeta> {
-        Ok(EntryMeta::from_metadata(&self.0.metadata()?))
+        match self.opened.take() {
+            Some(meta) => Ok(meta),
+            None => Ok(EntryMeta::from_metadata(&self.file.metadata()?)),
+        }
     }
 }
 
@@ -288,6 +296,9 @@ impl Source for LocalSource {
         }
         let flags = rustix::fs::fcntl_getfl(&file)?;
         rustix::fs::fcntl_setfl(&file, flags - OFlags::NONBLOCK)?;
-        Ok(Box::new(LocalFile(file)))
+        Ok(Box::new(LocalFile {
+            file,
+            opened: Some(EntryMeta::from_metadata(&meta)),
+        }))
     }
 }
