@@ -234,17 +234,7 @@ fn rotation_moves_tier_paths_but_not_open_files() {
 /// `--grace 0s` the first read fails with EIO: the test can fail.)
 #[test]
 fn files_opened_before_gc_read_exactly_after_it() {
-    let work = tempfile::tempdir().unwrap();
-    let (repo, src, junk) = (
-        work.path().join("repo"),
-        work.path().join("src"),
-        work.path().join("junk"),
-    );
-    fs::create_dir_all(&src).unwrap();
-    ok(
-        &repo,
-        &["init", "--pack-size-mib", "1", "--chunk-avg-kib", "16"],
-    );
+    let (work, repo, src, junk) = common::small_pack_repo();
     let mut m = Mounted::start(&repo, &work.path().join("mnt"), &[]);
     let mut previous_latest = None;
     for round in 0..20u64 {

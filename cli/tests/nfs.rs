@@ -273,17 +273,7 @@ fn walk_plain(root: &Path) -> Vec<String> {
 /// `--grace 0s` the read after gc fails: the test can fail.)
 #[test]
 fn nfs_reads_right_after_gc_are_exact() {
-    let work = tempfile::tempdir().unwrap();
-    let (repo, src, junk) = (
-        work.path().join("repo"),
-        work.path().join("src"),
-        work.path().join("junk"),
-    );
-    fs::create_dir_all(&src).unwrap();
-    ok(
-        &repo,
-        &["init", "--pack-size-mib", "1", "--chunk-avg-kib", "16"],
-    );
+    let (work, repo, src, junk) = common::small_pack_repo();
     let inventory = work.path().join("hosts.toml");
     write_inventory(&inventory);
     let canonical = src.canonicalize().unwrap();

@@ -1,5 +1,5 @@
 #![allow(dead_code, clippy::unwrap_used)]
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn xstore(repo: &Path, args: &[&str]) -> Output {
@@ -54,6 +54,24 @@ pub fn snapshot_ids(repo: &Path) -> Vec<String> {
         .iter()
         .map(|s| s["id"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// A repository with 1 MiB packs and 16 KiB chunks in a temporary directory, with empty
+/// `src` and `junk` directories beside it: (work dir, repo, src, junk).
+pub fn small_pack_repo() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src, junk) = (
+        work.path().join("repo"),
+        work.path().join("src"),
+        work.path().join("junk"),
+    );
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&junk).unwrap();
+    ok(
+        &repo,
+        &["init", "--pack-size-mib", "1", "--chunk-avg-kib", "16"],
+    );
+    (work, repo, src, junk)
 }
 
 /// Leaves `host`'s newest snapshot holding `src` in packs shared with garbage: a backup of
