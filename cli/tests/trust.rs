@@ -569,44 +569,83 @@ fn a_real_full_disk_never_reports_a_committed_snapshot_as_failed() {
     }
 }
 
+/// Readers that started before gc: `xstore cat` held back by a full pipe after its first
+/// bytes (so its index predates gc's commit for certain) and a restore racing the gc, 20
+/// rounds. The file's packs are shared with garbage, so gc rewrites them. (With
+/// `--grace 0s` the cat fails: the test can fail.)
 #[test]
 fn gc_waits_out_readers_that_started_before_it() {
+    use std::io::Read;
     let work = tempfile::tempdir().unwrap();
     let (repo, src) = healthy(work.path());
+    let junk = work.path().join("junk");
     let kept = json(&repo, &["snapshots", "--host", "h1"])
         .as_array()
         .unwrap()[3]["id"]
         .as_str()
         .unwrap()
         .to_string();
+    let big_path = format!("{}/big.bin", src.canonicalize().unwrap().display());
     for round in 0..20u64 {
-        // Garbage in the packs the kept snapshot reads, so gc rewrites them.
-        fs::write(src.join("churn.bin"), seeded_bytes(900 + round, 400_000)).unwrap();
-        ok(
-            &repo,
-            &["backup", "-q", "--host", "h2", src.to_str().unwrap()],
-        );
+        let big = seeded_bytes(900 + round, 4 << 20);
+        fs::write(src.join("big.bin"), &big).unwrap();
+        fs::create_dir_all(&junk).unwrap();
+        for j in 0..4 {
+            fs::write(
+                junk.join(format!("j{j}")),
+                seeded_bytes(5000 + round * 10 + j, 1 << 20),
+            )
+            .unwrap();
+        }
+        let (s, j) = (src.to_str().unwrap(), junk.to_str().unwrap());
+        ok(&repo, &["backup", "-q", "--host", "h2", s, j]);
+        fs::remove_dir_all(&junk).unwrap();
+        fs::create_dir_all(&junk).unwrap();
+        ok(&repo, &["backup", "-q", "--host", "h2", s, j]);
         ok(&repo, &["forget", "--host", "h2", "--keep-last", "1"]);
-        // A reader that has opened the index before gc runs, slowed by a pipe.
+        let mut cat = Command::new(env!("CARGO_BIN_EXE_xstore"))
+            .env("XSTORE_REPO", &repo)
+            .args(["cat", "h2@latest", &big_path])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = cat.stdout.take().unwrap();
+        let mut got = vec![0u8; 64 << 10];
+        out.read_exact(&mut got).unwrap();
         let dst = work.path().join(format!("r{round}"));
-        let reader = Command::new(env!("CARGO_BIN_EXE_xstore"))
+        let restore = Command::new(env!("CARGO_BIN_EXE_xstore"))
             .env("XSTORE_REPO", &repo)
             .args(["restore", &kept, dst.to_str().unwrap()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let gc = xstore(&repo, &["gc", "--max-dead", "0%"]);
-        assert_eq!(gc.status.code(), Some(0), "{}", stderr(&gc));
-        let out = reader.wait_with_output().unwrap();
+        let gc = json(&repo, &["gc", "--max-dead", "0%"]);
+        assert!(gc["packs_rewritten"].as_u64().unwrap() > 0, "{gc}");
+        out.read_to_end(&mut got).unwrap();
+        let status = cat.wait_with_output().unwrap();
         assert_eq!(
-            out.status.code(),
+            status.status.code(),
             Some(0),
             "round {round}: {}",
-            stderr(&out)
+            stderr(&status)
+        );
+        assert!(got == big, "round {round}: cat returned other bytes");
+        let restored = restore.wait_with_output().unwrap();
+        assert_eq!(
+            restored.status.code(),
+            Some(0),
+            "round {round}: {}",
+            stderr(&restored)
         );
         fs::remove_dir_all(&dst).unwrap();
     }
+    fs::remove_file(src.join("big.bin")).unwrap();
+    ok(
+        &repo,
+        &["backup", "-q", "--host", "h2", src.to_str().unwrap()],
+    );
     let st = json(&repo, &["stats"]);
     assert!(st["retired_packs"].as_u64().unwrap() > 0, "{st}");
     assert_eq!(st["gc_grace_seconds"], 86400);
