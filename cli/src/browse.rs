@@ -45,7 +45,7 @@ pub(crate) fn mount(cli: &Cli, args: &MountArgs) -> Result<u8> {
         _ => anyhow::bail!("give [REPO] MOUNTPOINT"),
     };
     for h in &args.hosts {
-        xstore::snapshot::validate_host(h).map_err(anyhow::Error::msg)?;
+        xstore_format::snapshot::validate_host(h).map_err(anyhow::Error::msg)?;
     }
     let view = FsView::open(
         &repo,

@@ -240,7 +240,7 @@ enum Command {
     },
     /// Serve this host's backup list to the backup server (run by sshd as the forced
     /// command of the server's key), or print that authorized_keys line.
-    Agent(pull::AgentArgs),
+    Agent(xstore_agent::cli::AgentArgs),
     /// Back up hosts over SSH through their agents (inventory hosts by name, --account or --all).
     Pull(pull::PullArgs),
     /// List the inventory's hosts with their newest snapshot.
@@ -950,7 +950,7 @@ fn print_backup_summary(s: &Snapshot) {
 fn ls_line(e: &xstore::Entry) -> String {
     let mut line = format!(
         "{} {:>5} {:>5} {:>12} {} {}",
-        xstore::tree::mode_string(e.kind, e.mode),
+        xstore_format::tree::mode_string(e.kind, e.mode),
         e.uid,
         e.gid,
         e.size,

@@ -172,7 +172,7 @@ fn freshness_targets(
             .hosts
             .iter()
             .map(|h| {
-                xstore::snapshot::validate_host(h).map_err(anyhow::Error::msg)?;
+                xstore_format::snapshot::validate_host(h).map_err(anyhow::Error::msg)?;
                 Ok(match inventory.and_then(|i| i.host(h)) {
                     Some(spec) => FreshnessTarget::from(spec),
                     None => bare(h),
@@ -286,7 +286,7 @@ pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
         Ok(repo.usage_of(&of_host)?)
     };
     if let Some(h) = &args.host {
-        xstore::snapshot::validate_host(h).map_err(anyhow::Error::msg)?;
+        xstore_format::snapshot::validate_host(h).map_err(anyhow::Error::msg)?;
         anyhow::ensure!(
             all.iter().any(|s| &s.host == h),
             "host {h} has no snapshots in this repository"

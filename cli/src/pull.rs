@@ -1,15 +1,14 @@
 //! `agent`, `pull` and `hosts`: the fleet side of the CLI (README §Set up a client,
 //! §Set up the server).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use xstore::agent::{self, AgentConfig};
 use xstore::{
     HostSpec, Inventory, Progress, PullOptions, PullOutcome, PullReport, Repository, SnapshotId,
 };
+use xstore_agent::cli::AgentArgs;
 
 use crate::{human_bytes, open_ro, open_rw, print_json, time_of, Cli, EXIT_OK};
 
@@ -20,82 +19,8 @@ const EXIT_SOME_PARTIAL: u8 = 3;
 /// Default inventory location.
 pub(crate) const DEFAULT_INVENTORY: &str = "/etc/xstore/hosts.toml";
 
-#[derive(clap::Args)]
-pub(crate) struct AgentArgs {
-    /// The allow-list: one absolute path per line, # comments.
-    #[arg(long, default_value = agent::DEFAULT_AGENT_CONFIG)]
-    config: PathBuf,
-    /// Print the restricted authorized_keys line for the server's public key and exit.
-    #[arg(long, requires_all = ["server_key", "from"])]
-    print_authorized_keys: bool,
-    /// The backup server's public key file (for --print-authorized-keys).
-    #[arg(long, value_name = "FILE")]
-    server_key: Option<PathBuf>,
-    /// The backup server's address(es), as sshd's from="…" takes them.
-    #[arg(long, value_name = "ADDR")]
-    from: Option<String>,
-    /// The forced command in the printed line (default: this binary, `agent`, and --config
-    /// when it is not the default).
-    #[arg(long, value_name = "COMMAND")]
-    command: Option<String>,
-}
-
 pub(crate) fn agent(args: &AgentArgs) -> Result<u8> {
-    if args.print_authorized_keys {
-        let key_file = args
-            .server_key
-            .as_deref()
-            .context("--server-key is required")?;
-        let key =
-            std::fs::read_to_string(key_file).with_context(|| format!("{}", key_file.display()))?;
-        let command = match &args.command {
-            Some(c) => c.clone(),
-            None => {
-                let exe = std::env::current_exe().context("locating this binary")?;
-                let mut c = format!("{} agent", exe.display());
-                if args.config != Path::new(agent::DEFAULT_AGENT_CONFIG) {
-                    c.push_str(&format!(" --config {}", args.config.display()));
-                }
-                c
-            }
-        };
-        let from = args.from.as_deref().context("--from is required")?;
-        println!("{}", agent::authorized_keys_line(&command, &key, from)?);
-        return Ok(EXIT_OK);
-    }
-    // sshd sets SSH_ORIGINAL_COMMAND to what the client asked for; the key may only run
-    // the agent itself.
-    let original = std::env::var("SSH_ORIGINAL_COMMAND").ok();
-    agent::check_ssh_command(original.as_deref())?;
-    let stdout = std::io::stdout();
-    let config = match AgentConfig::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            // Tell the server why, in the protocol, so its error names the cause.
-            let msg = xstore::protocol::AgentMsg::Fatal {
-                message: e.to_string().into_bytes(),
-            };
-            let mut out = stdout.lock();
-            let _ = xstore::protocol::write_frame(&mut out, &msg.encode());
-            let _ = out.flush();
-            return Err(e.into());
-        }
-    };
-    for m in &config.missing {
-        eprintln!(
-            "xstore agent: {}: listed in {} but does not exist; skipped",
-            m.display(),
-            args.config.display()
-        );
-    }
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(2, 4);
-    // The frames go to fd 1 directly: std's stdout is line-buffered and not Send.
-    use std::os::fd::AsFd;
-    let out = std::fs::File::from(stdout.as_fd().try_clone_to_owned()?);
-    agent::serve(&config, std::io::stdin().lock(), out, workers)?;
+    xstore_agent::cli::main(args, "xstore agent")?;
     Ok(EXIT_OK)
 }
 

@@ -268,7 +268,7 @@ pub(crate) fn tiers(
             let schedule = Schedule::parse(text)?;
             match host {
                 Some(h) => {
-                    xstore::snapshot::validate_host(h).map_err(anyhow::Error::msg)?;
+                    xstore_format::snapshot::validate_host(h).map_err(anyhow::Error::msg)?;
                     s.schedules.hosts.insert(h.to_string(), schedule);
                 }
                 None => s.schedules.default = schedule,

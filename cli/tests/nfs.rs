@@ -77,7 +77,7 @@ fn mode_string(m: &fs::Metadata) -> String {
         xstore::EntryKind::File
     };
     // nfs-ls prints rwx only (no setuid, setgid or sticky letters).
-    xstore::tree::mode_string(kind, m.mode() & 0o777)
+    xstore_format::tree::mode_string(kind, m.mode() & 0o777)
 }
 
 #[test]

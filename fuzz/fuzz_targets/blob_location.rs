@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = xstore::decode::blob_location(data);
+    let _ = xstore_format::decode::blob_location(data);
 });

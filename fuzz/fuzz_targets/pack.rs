@@ -3,9 +3,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = xstore::decode::pack(data);
+    let _ = xstore_format::decode::pack(data);
     if data.len() >= 8 {
         let offset = u64::from_le_bytes(data[..8].try_into().unwrap_or([0; 8])) % (data.len() as u64 + 64);
-        let _ = xstore::decode::blob_header(&data[8..], offset);
+        let _ = xstore_format::decode::blob_header(&data[8..], offset);
     }
 });

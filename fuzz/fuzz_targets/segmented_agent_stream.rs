@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = xstore::decode::segmented_agent_stream(data);
+    let _ = xstore_format::decode::segmented_agent_stream(data);
 });

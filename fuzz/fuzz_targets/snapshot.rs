@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = xstore::decode::snapshot(data);
+    let _ = xstore_format::decode::snapshot(data);
 });

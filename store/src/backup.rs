@@ -21,15 +21,16 @@ use crate::mutation::Mutation;
 use crate::pack::{self, BlobKind, PackWriter, SealedPack, BLOB_HEADER_LEN};
 use crate::repo::{now_ns, poisoned, Repository};
 use crate::retain::TierEntry;
-use crate::snapshot::{
+use crate::source::Source;
+use crate::Progress;
+use xstore_format::meta::{EntryMeta, SourceKind};
+use xstore_format::snapshot::{
     validate_host, PathError, Snapshot, SnapshotId, SnapshotStats, SnapshotStatus,
     MAX_RECORDED_ERRORS, SNAPSHOT_VERSION,
 };
-use crate::source::{EntryMeta, Source, SourceKind};
-use crate::tree::{
+use xstore_format::tree::{
     encode_chunk_list, ChunkRef, Content, Entry, EntryKind, Tree, INLINE_CHUNK_LIMIT,
 };
-use crate::Progress;
 
 /// Chunks of one file being compressed concurrently, at most.
 pub const MAX_INFLIGHT_CHUNKS: usize = 8;
@@ -268,7 +269,7 @@ impl<'a> Session<'a> {
         let id = ChunkId::of(raw);
         let verified = match kind {
             BlobKind::Tree => Tree::decode(raw).map(|_| ()),
-            _ => crate::tree::decode_chunk_list(raw).map(|_| ()),
+            _ => xstore_format::tree::decode_chunk_list(raw).map(|_| ()),
         };
         if let Err(source) = verified {
             return Err(Error::CorruptBlob {
@@ -465,7 +466,7 @@ impl<'a> Session<'a> {
                     let id = self.store_parent(
                         BlobKind::ChunkList,
                         &encode_chunk_list(&chunks),
-                        crate::tree::chunk_list_children(&chunks),
+                        xstore_format::tree::chunk_list_children(&chunks),
                     )?;
                     Content::ChunkList(id)
                 } else {

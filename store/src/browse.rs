@@ -4,9 +4,9 @@ use std::ffi::OsStr;
 
 use crate::error::Result;
 use crate::repo::{Node, Repository};
-use crate::snapshot::Snapshot;
-use crate::tree::{Entry, Tree};
 use crate::ChunkId;
+use xstore_format::snapshot::Snapshot;
+use xstore_format::tree::{Entry, Tree};
 
 /// How a path differs between two snapshots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

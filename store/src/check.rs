@@ -10,9 +10,9 @@ use crate::error::Result;
 use crate::index::BlobLoc;
 use crate::pack::{self, BlobKind, PackId};
 use crate::repo::Repository;
-use crate::snapshot::Snapshot;
-use crate::tree::{decode_chunk_list, Content};
 use crate::ChunkId;
+use xstore_format::snapshot::Snapshot;
+use xstore_format::tree::{decode_chunk_list, Content};
 
 /// What `check` should do beyond the structural pass.
 #[derive(Debug, Clone, Default)]
@@ -185,7 +185,7 @@ impl Walk<'_> {
                     match self.repo.read_blob(list).map(|raw| decode_chunk_list(&raw)) {
                         Ok(Ok(chunks)) => {
                             self.trees += 1;
-                            let ids = crate::tree::chunk_list_children(&chunks);
+                            let ids = xstore_format::tree::chunk_list_children(&chunks);
                             self.count_children(&ids, snap, &child_path)?;
                         }
                         Ok(Err(e)) => {
@@ -404,7 +404,7 @@ impl Repository {
                             Ok(raw) => {
                                 ok += 1;
                                 if loc.kind == BlobKind::Tree {
-                                    if let Err(e) = crate::tree::Tree::decode(&raw) {
+                                    if let Err(e) = xstore_format::tree::Tree::decode(&raw) {
                                         found.push(pack_problem(
                                             format!("tree undecodable: {e}"),
                                             Some(*id),

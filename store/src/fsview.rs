@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::repo::Repository;
-use crate::snapshot::Snapshot;
-use crate::tree::{ChunkRef, Content, Entry, EntryKind};
 use crate::ChunkId;
+use xstore_format::snapshot::Snapshot;
+use xstore_format::tree::{ChunkRef, Content, Entry, EntryKind};
 
 /// The root directory's inode number.
 pub const ROOT_INO: u64 = 1;

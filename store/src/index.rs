@@ -12,9 +12,9 @@ use rocksdb::{
 
 use crate::error::{DecodeError, Error, Result};
 use crate::pack::PackId;
-pub(crate) use crate::records::{BlobLoc, HostRecord, PackRecord};
-use crate::snapshot::Snapshot;
 use crate::ChunkId;
+pub(crate) use xstore_format::records::{BlobLoc, HostRecord, PackRecord};
+use xstore_format::snapshot::Snapshot;
 
 pub(crate) const CF_BLOBS: &str = "blobs";
 pub(crate) const CF_PACKS: &str = "packs";
@@ -177,8 +177,8 @@ impl Index {
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.err(e))?;
             let id = self.key_id(CF_PACKS, &k)?;
-            let rec =
-                crate::codec::decode("pack record", &v).map_err(|e| self.corrupt(CF_PACKS, e))?;
+            let rec = xstore_format::codec::decode("pack record", &v)
+                .map_err(|e| self.corrupt(CF_PACKS, e))?;
             out.push((id, rec));
         }
         Ok(out)
@@ -188,7 +188,8 @@ impl Index {
         let cf = self.cf(CF_PACKS)?;
         match self.db.get_pinned_cf(cf, id.0).map_err(|e| self.err(e))? {
             Some(v) => Ok(Some(
-                crate::codec::decode("pack record", &v).map_err(|e| self.corrupt(CF_PACKS, e))?,
+                xstore_format::codec::decode("pack record", &v)
+                    .map_err(|e| self.corrupt(CF_PACKS, e))?,
             )),
             None => Ok(None),
         }
@@ -222,7 +223,8 @@ impl Index {
             .map_err(|e| self.err(e))?
         {
             Some(v) => Ok(Some(
-                crate::codec::decode("host record", &v).map_err(|e| self.corrupt(CF_HOSTS, e))?,
+                xstore_format::codec::decode("host record", &v)
+                    .map_err(|e| self.corrupt(CF_HOSTS, e))?,
             )),
             None => Ok(None),
         }
@@ -287,7 +289,8 @@ impl IndexBatch<'_> {
     }
     pub(crate) fn put_pack(&mut self, id: &PackId, rec: &PackRecord) -> Result<()> {
         let cf = self.index.cf(CF_PACKS)?;
-        self.batch.put_cf(cf, id.0, crate::codec::encode(rec));
+        self.batch
+            .put_cf(cf, id.0, xstore_format::codec::encode(rec));
         Ok(())
     }
     pub(crate) fn put_snapshot(&mut self, s: &Snapshot) -> Result<()> {
@@ -298,7 +301,7 @@ impl IndexBatch<'_> {
     pub(crate) fn put_host(&mut self, host: &str, rec: &HostRecord) -> Result<()> {
         let cf = self.index.cf(CF_HOSTS)?;
         self.batch
-            .put_cf(cf, host.as_bytes(), crate::codec::encode(rec));
+            .put_cf(cf, host.as_bytes(), xstore_format::codec::encode(rec));
         Ok(())
     }
     pub(crate) fn delete_blob(&mut self, id: &ChunkId) -> Result<()> {

@@ -263,7 +263,7 @@ impl Inventory {
             };
             for h in &a.hosts {
                 let at = |e: String| fail(format!("host {}: {e}", h.name));
-                crate::snapshot::validate_host(&h.name).map_err(at)?;
+                xstore_format::snapshot::validate_host(&h.name).map_err(at)?;
                 if !host_names.insert(h.name.clone()) {
                     return Err(at("listed twice".into()));
                 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::error::Result;
 use crate::inventory::Inventory;
 use crate::repo::Repository;
-use crate::snapshot::SnapshotId;
+use xstore_format::snapshot::SnapshotId;
 
 /// A metric family being written: `# HELP`, `# TYPE`, then its samples.
 struct Family<'a> {

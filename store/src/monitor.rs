@@ -18,7 +18,7 @@ use crate::error::Result;
 use crate::inventory::{Account, HostSpec};
 use crate::pull::{PullOutcome, PullReport};
 use crate::repo::Repository;
-use crate::snapshot::SnapshotId;
+use xstore_format::snapshot::SnapshotId;
 
 /// Default age of the newest complete backup that makes a host WARNING.
 pub const DEFAULT_WARNING_AGE: Duration = Duration::from_secs(4 * 3600);

@@ -19,8 +19,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::index::{BlobLoc, HostRecord, PackRecord};
 use crate::pack::PackId;
 use crate::repo::{poisoned, Repository};
-use crate::snapshot::{Snapshot, SnapshotId};
 use crate::{fsutil, ChunkId};
+use xstore_format::snapshot::{Snapshot, SnapshotId};
 
 /// In-process bookkeeping behind the write lock.
 #[derive(Debug, Default)]

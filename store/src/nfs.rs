@@ -22,7 +22,7 @@ use nfsserve::vfs::{DirEntry, NFSFileSystem, ReadDirResult, VFSCapabilities};
 
 use crate::error::Error;
 use crate::fsview::{FsError, FsView, NodeAttr, ViewOptions, ROOT_INO};
-use crate::tree::EntryKind;
+use xstore_format::tree::EntryKind;
 
 /// One export: which hosts it shows and who may mount it.
 #[derive(Debug, Clone)]

@@ -15,8 +15,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::inventory::HostSpec;
 use crate::remote::RemoteSource;
 use crate::repo::Repository;
-use crate::snapshot::Snapshot;
 use crate::{BackupOptions, ParentChoice, Progress, TierChoice};
+use xstore_format::snapshot::Snapshot;
 
 /// Requests kept in flight on one agent connection by default (ingest threads of a pull).
 pub const DEFAULT_PULL_THREADS: usize = 16;
@@ -265,7 +265,7 @@ impl Repository {
     /// The newest recorded pull of `host` (`None` if it was never pulled, or the record
     /// predates pull records). A record that does not decode is an error naming its file.
     pub fn last_pull(&self, host: &str) -> Result<Option<PullReport>> {
-        crate::snapshot::validate_host(host).map_err(Error::InvalidArgument)?;
+        xstore_format::snapshot::validate_host(host).map_err(Error::InvalidArgument)?;
         let path = self.pulls_dir().join(format!("{host}.json"));
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,

@@ -16,13 +16,14 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::protocol::{
+use crate::source::{FetchedChunk, Source, SourceFile};
+use crate::{ChunkId, ChunkerParams};
+use xstore_format::meta::EntryMeta;
+use xstore_format::protocol::{
     read_frame, tree_listing_digest, write_batched, write_frame, AgentMsg, Outgoing, ServerMsg,
     Transport, WireChunk, WireEntry, MAX_FRAME, PROTOCOL_VERSIONS,
 };
-use crate::source::{EntryMeta, FetchedChunk, Source, SourceFile};
-use crate::tree::{ChunkRef, Content, Entry, Tree};
-use crate::{ChunkId, ChunkerParams};
+use xstore_format::tree::{ChunkRef, Content, Entry, Tree};
 
 /// Most entries one directory listing may have.
 pub const MAX_LISTING_ENTRIES: usize = 10_000_000;
@@ -913,7 +914,7 @@ impl SourceFile for RemoteFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::EntryKind;
+    use xstore_format::tree::EntryKind;
 
     fn entry(name: &[u8], kind: EntryKind, content: Content, xattrs: usize) -> Entry {
         Entry {
@@ -958,7 +959,7 @@ mod tests {
         let listing: Vec<WireEntry> = tree.entries.iter().map(wire_entry_of).collect();
         assert_eq!(
             tree_listing_digest(&tree),
-            crate::protocol::listing_digest(&listing)
+            xstore_format::protocol::listing_digest(&listing)
         );
         let mut other = tree.clone();
         other.entries[2].content = Content::Target(b"../y".to_vec());

@@ -12,8 +12,8 @@ use crate::index::{BlobLoc, HostRecord, Index, PackRecord};
 use crate::lock::WriterLock;
 use crate::pack::{self, PackId};
 use crate::repo::{list_pack_files, Repository};
-use crate::snapshot::{Snapshot, SnapshotId};
 use crate::{fsutil, ChunkId};
+use xstore_format::snapshot::{Snapshot, SnapshotId};
 
 /// What `repair index` found and did.
 #[derive(Debug, Clone, Default, serde::Serialize)]

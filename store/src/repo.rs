@@ -8,14 +8,14 @@ use std::sync::{Arc, Mutex};
 use memmap2::Mmap;
 use xstore_chunker::ChunkerParams;
 
-use crate::config::{ChunkerConfig, Config, InitOptions, FORMAT_VERSION};
 use crate::error::{DecodeError, Error, IoContext, Result};
 use crate::index::{BlobLoc, Index};
 use crate::lock::WriterLock;
 use crate::pack::{self, BlobKind, PackEntry, PackId};
-use crate::snapshot::{Snapshot, SnapshotId};
-use crate::tree::{decode_chunk_list, ChunkRef, Content, Entry, EntryKind, Tree};
 use crate::{fsutil, ChunkId};
+use xstore_format::config::{ChunkerConfig, Config, InitOptions, FORMAT_VERSION};
+use xstore_format::snapshot::{Snapshot, SnapshotId};
+use xstore_format::tree::{decode_chunk_list, ChunkRef, Content, Entry, EntryKind, Tree};
 
 const MAX_OPEN_PACKS: usize = 256;
 
@@ -113,7 +113,7 @@ impl Repository {
         })?;
         let config = Config {
             format_version: FORMAT_VERSION,
-            repository_id: crate::bytes::to_hex(&id),
+            repository_id: xstore_format::bytes::to_hex(&id),
             chunker: ChunkerConfig {
                 algorithm: xstore_chunker::ALGORITHM.into(),
                 min: opts.chunker.min(),
@@ -505,7 +505,7 @@ impl Repository {
             }
             BlobKind::ChunkList => {
                 let raw = self.read_located(id, loc)?;
-                crate::tree::chunk_list_children(&decode_chunk_list(&raw).map_err(corrupt)?)
+                xstore_format::tree::chunk_list_children(&decode_chunk_list(&raw).map_err(corrupt)?)
             }
         })
     }

@@ -29,10 +29,10 @@ use rayon::prelude::*;
 use crate::error::{Error, IoContext, Result};
 use crate::index::BlobLoc;
 use crate::repo::{poisoned, Node, Repository};
-use crate::snapshot::{PathError, Snapshot};
-use crate::tree::{Entry, EntryKind};
 use crate::ChunkId;
 use crate::Progress;
+use xstore_format::snapshot::{PathError, Snapshot};
+use xstore_format::tree::{Entry, EntryKind};
 
 /// How to restore.
 #[derive(Debug, Clone, Default)]
@@ -611,7 +611,7 @@ fn restore_symlink(
     owners: bool,
 ) -> Result<()> {
     let target = match &entry.content {
-        crate::tree::Content::Target(t) => t,
+        xstore_format::tree::Content::Target(t) => t,
         _ => return Ok(()),
     };
     let (parent, name) = beneath.make_room(rel, path)?;

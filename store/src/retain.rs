@@ -14,7 +14,7 @@ use crate::error::{DecodeError, Error, IoContext, Result};
 use crate::fsutil;
 use crate::mutation::{Mutation, Released};
 use crate::repo::Repository;
-use crate::snapshot::{validate_host, Snapshot, SnapshotId};
+use xstore_format::snapshot::{validate_host, Snapshot, SnapshotId};
 
 /// `retention.json` format version.
 pub const RETENTION_VERSION: u32 = 1;

@@ -4,10 +4,11 @@
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::tree::{ChunkRef, Tree};
+use xstore_format::meta::EntryMeta;
+use xstore_format::tree::{ChunkRef, Tree};
 
 /// One chunk served by [`SourceFile::fetch_chunks`]: its bytes and, when the source
 /// compressed it for the wire, that zstd frame (which ingest may store as is once `data`
@@ -18,104 +19,6 @@ pub struct FetchedChunk {
     pub data: Vec<u8>,
     /// A zstd frame that decompresses to `data`, if the source sent one.
     pub zstd: Option<Vec<u8>>,
-}
-
-/// The kind of a source entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SourceKind {
-    /// Regular file.
-    File,
-    /// Directory.
-    Dir,
-    /// Symbolic link.
-    Symlink,
-    /// Character device.
-    CharDevice,
-    /// Block device.
-    BlockDevice,
-    /// Named pipe.
-    Fifo,
-    /// Unix socket (never stored).
-    Socket,
-}
-
-/// Metadata of one source entry (what `lstat` gives).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EntryMeta {
-    /// Kind.
-    pub kind: SourceKind,
-    /// Permission bits (`& 0o7777`).
-    pub mode: u32,
-    /// Owner.
-    pub uid: u32,
-    /// Group.
-    pub gid: u32,
-    /// Size in bytes.
-    pub size: u64,
-    /// mtime, ns.
-    pub mtime_ns: i64,
-    /// ctime, ns.
-    pub ctime_ns: i64,
-    /// Inode.
-    pub inode: u64,
-    /// Device.
-    pub dev: u64,
-    /// Link count.
-    pub nlink: u64,
-    /// Device number of a device node.
-    pub rdev: u64,
-}
-
-impl EntryMeta {
-    /// From std's metadata (of an `lstat` or `fstat`).
-    pub fn from_metadata(m: &fs::Metadata) -> Self {
-        let ft = m.file_type();
-        let kind = if ft.is_file() {
-            SourceKind::File
-        } else if ft.is_dir() {
-            SourceKind::Dir
-        } else if ft.is_symlink() {
-            SourceKind::Symlink
-        } else if ft.is_char_device() {
-            SourceKind::CharDevice
-        } else if ft.is_block_device() {
-            SourceKind::BlockDevice
-        } else if ft.is_fifo() {
-            SourceKind::Fifo
-        } else {
-            SourceKind::Socket
-        };
-        EntryMeta {
-            kind,
-            mode: m.mode() & 0o7777,
-            uid: m.uid(),
-            gid: m.gid(),
-            size: m.size(),
-            mtime_ns: m
-                .mtime()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(m.mtime_nsec()),
-            ctime_ns: m
-                .ctime()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(m.ctime_nsec()),
-            inode: m.ino(),
-            dev: m.dev(),
-            nlink: m.nlink(),
-            rdev: m.rdev(),
-        }
-    }
-
-    /// True when content is certainly unchanged (size, mtime, ctime and inode all equal).
-    pub fn same_content_stamp(&self, other: &EntryMeta) -> bool {
-        self.content_stamp() == other.content_stamp()
-    }
-
-    /// (size, mtime, ctime, inode): what must all be equal for content to be unchanged.
-    pub fn content_stamp(&self) -> (u64, i64, i64, u64) {
-        (self.size, self.mtime_ns, self.ctime_ns, self.inode)
-    }
 }
 
 /// An open file of a source.

@@ -20,8 +20,8 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::index::BlobLoc;
 use crate::repo::Repository;
-use crate::snapshot::Snapshot;
 use crate::ChunkId;
+use xstore_format::snapshot::Snapshot;
 
 /// Usage of a group of snapshots (a host's or an account's).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -5,11 +5,12 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use xstore::protocol::{write_frame, AgentMsg, WireEntry, PROTOCOL_VERSIONS};
 use xstore::{
-    AgentConfig, ChunkerParams, EntryMeta, HostSpec, InitOptions, PullOptions, RemoteSource,
-    Repository, RestoreOptions, Source, SourceKind,
+    ChunkerParams, EntryMeta, HostSpec, InitOptions, PullOptions, RemoteSource, Repository,
+    RestoreOptions, Source, SourceKind,
 };
+use xstore_agent::AgentConfig;
+use xstore_format::protocol::{write_frame, AgentMsg, WireEntry, PROTOCOL_VERSIONS};
 use xstore_tests::{assert_same_tree, make_fixture, restored_path};
 
 /// Starts `serve` for `config` on a thread and connects a RemoteSource to it.
@@ -17,7 +18,7 @@ fn connect(config: AgentConfig) -> RemoteSource {
     let (from_agent, agent_out) = io::pipe().unwrap();
     let (agent_in, to_agent) = io::pipe().unwrap();
     std::thread::spawn(move || {
-        let _ = xstore::agent::serve(&config, agent_in, agent_out, 2);
+        let _ = xstore_agent::serve(&config, agent_in, agent_out, 2);
     });
     RemoteSource::connect(from_agent, to_agent, ChunkerParams::default_params(), 3).unwrap()
 }
@@ -234,8 +235,8 @@ fn hostile(frames: Vec<Vec<u8>>) -> RemoteSource {
         agent_out.flush().unwrap();
         // Wait for the server's hello, then the first request, before answering.
         let mut input = agent_in;
-        let _ = xstore::protocol::read_frame(&mut input);
-        let _ = xstore::protocol::read_frame(&mut input);
+        let _ = xstore_format::protocol::read_frame(&mut input);
+        let _ = xstore_format::protocol::read_frame(&mut input);
         for f in frames {
             if agent_out.write_all(&f).is_err() {
                 return;

@@ -8,7 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use xstore::{decode, BackupOptions, InitOptions, LocalSource, Repository, Source};
+use xstore::{BackupOptions, InitOptions, LocalSource, Repository, Source};
+use xstore_format::decode;
 use xstore_tests::make_fixture;
 
 struct Samples {
@@ -26,7 +27,7 @@ struct Samples {
 /// A session's frames in each direction, as an agent and a server exchange them, and the
 /// agent's frames after its hello under the `zstd-segments` transport.
 fn protocol_samples(root: &Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-    use xstore::protocol::{write_frame, AgentMsg, ServerMsg, WireChunk, WireEntry};
+    use xstore_format::protocol::{write_frame, AgentMsg, ServerMsg, WireChunk, WireEntry};
     let meta = xstore::LocalSource.stat(root).unwrap();
     let agent = [
         AgentMsg::Hello {
@@ -102,7 +103,7 @@ fn protocol_samples(root: &Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     for m in &server {
         write_frame(&mut s, &m.encode()).unwrap();
     }
-    let mut segmented = xstore::protocol::SegmentWriter::new(Vec::new()).unwrap();
+    let mut segmented = xstore_format::protocol::SegmentWriter::new(Vec::new()).unwrap();
     for m in &agent[1..] {
         let out = m.outgoing();
         segmented.frame(&out.body, out.compress).unwrap();
@@ -173,7 +174,7 @@ fn samples() -> Samples {
             .unwrap()
             .unwrap()
             .encode_for_tools(),
-        chunk_list: xstore::tree::encode_chunk_list(&[
+        chunk_list: xstore_format::tree::encode_chunk_list(&[
             xstore::ChunkRef {
                 id: xstore::ChunkId::of(b"a"),
                 len: 1,

@@ -2,20 +2,19 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::error::DecodeError;
+use crate::DecodeError;
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<{ 1 << 20 }>()
 }
 
-pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+/// Encodes an index value with the fixed bincode configuration (FORMAT.md §Index).
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(value, config()).unwrap_or_default()
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(
-    what: &'static str,
-    bytes: &[u8],
-) -> Result<T, DecodeError> {
+/// Decodes an index value; `what` names it in the error. Trailing bytes are an error.
+pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, DecodeError> {
     let (value, used) =
         bincode::serde::decode_from_slice(bytes, config()).map_err(|e| DecodeError::Invalid {
             what,

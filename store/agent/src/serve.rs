@@ -1,14 +1,5 @@
-//! The client side of a pull: `xstore agent`, run by sshd as the forced command of the backup
-//! server's key (DESIGN §7, FORMAT.md §Agent protocol).
-//!
-//! Invariants:
-//! - it serves only the trees of its allow-list (`/etc/backup.conf`), read-only; it opens
-//!   nothing for writing and creates no file;
-//! - every path is resolved with `openat2(RESOLVE_NO_SYMLINKS)` (or, on kernels without it, a
-//!   component-by-component walk with `O_NOFOLLOW`), so no symlink — planted before or during
-//!   a pull — leads out of an allowed tree; symlinks are reported as symlinks, never followed;
-//! - every request is checked against the allow-list before any file is touched;
-//! - an unreadable file is an error reply for that request, never the end of the session.
+//! Serving one session: requests from the server answered by worker threads, replies batched
+//! onto stdout (FORMAT.md §Agent protocol).
 
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
@@ -20,183 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
-use crate::protocol::{
+use xstore_chunker::ChunkerParams;
+use xstore_format::meta::{EntryMeta, SourceKind};
+use xstore_format::protocol::{
     listing_digest, read_frame, write_batched, write_frame, AgentMsg, ErrorCode, Outgoing,
     ServerMsg, Transport, WireChunk, WireEntry, LIST_BATCH_BYTES, PROTOCOL_VERSIONS,
 };
-use crate::source::{EntryMeta, SourceKind};
-use crate::ChunkerParams;
 
-/// Where the agent reads its allow-list by default.
-pub const DEFAULT_AGENT_CONFIG: &str = "/etc/backup.conf";
-/// Most raw bytes one `ReadChunks` request may ask for.
-pub const MAX_READ_REQUEST: u64 = 32 * 1024 * 1024;
-
-/// Errors of the agent.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum AgentError {
-    /// The allow-list could not be read or has a bad line.
-    #[error("{path}: {reason}")]
-    Config {
-        /// The config file.
-        path: PathBuf,
-        /// What is wrong (with the line number).
-        reason: String,
-    },
-    /// SSH asked for a command other than the agent.
-    #[error("refused command {command:?}: this key may only run `xstore agent`")]
-    RefusedCommand {
-        /// `SSH_ORIGINAL_COMMAND`.
-        command: String,
-    },
-    /// The server broke the protocol.
-    #[error("protocol error: {0}")]
-    Protocol(String),
-    /// stdin/stdout failed.
-    #[error("connection: {0}")]
-    Io(#[from] io::Error),
-    /// Bad input to [`authorized_keys_line`].
-    #[error("{0}")]
-    InvalidArgument(String),
-}
-
-/// The agent's allow-list: canonical absolute directory (or file) paths.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentConfig {
-    /// Allowed roots, canonical, sorted, none inside another.
-    pub roots: Vec<PathBuf>,
-    /// Listed paths that do not exist on this host (not served; reported to stderr).
-    pub missing: Vec<PathBuf>,
-}
-
-impl AgentConfig {
-    /// Parses the allow-list text: one absolute path per line; `#` comments and blank lines
-    /// are allowed. Paths are canonicalized (symlinks in the listed path itself resolved once,
-    /// here); paths that do not exist are kept in `missing`.
-    pub fn parse(text: &str, origin: &Path) -> Result<AgentConfig, AgentError> {
-        let bad = |line: usize, reason: String| AgentError::Config {
-            path: origin.to_path_buf(),
-            reason: format!("line {line}: {reason}"),
-        };
-        let mut roots = Vec::new();
-        let mut missing = Vec::new();
-        for (n, raw) in text.lines().enumerate() {
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            if !line.starts_with('/') {
-                return Err(bad(n + 1, format!("{line:?} is not an absolute path")));
-            }
-            let path = Path::new(line);
-            if path
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-            {
-                return Err(bad(n + 1, format!("{line:?} contains '..'")));
-            }
-            if path == Path::new("/") {
-                return Err(bad(
-                    n + 1,
-                    "'/' as a whole is not served; list its directories".into(),
-                ));
-            }
-            match std::fs::canonicalize(path) {
-                Ok(p) => roots.push(p),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(path.to_path_buf()),
-                Err(e) => return Err(bad(n + 1, format!("{line}: {e}"))),
-            }
-        }
-        roots.sort();
-        roots.dedup();
-        let all = roots.clone();
-        roots.retain(|r| !all.iter().any(|o| o != r && r.starts_with(o)));
-        Ok(AgentConfig { roots, missing })
-    }
-
-    /// Reads and parses the allow-list file.
-    pub fn load(path: &Path) -> Result<AgentConfig, AgentError> {
-        let text = std::fs::read_to_string(path).map_err(|e| AgentError::Config {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        Self::parse(&text, path)
-    }
-
-    /// Whether `path` is an allowed root or inside one.
-    pub fn allows(&self, path: &Path) -> bool {
-        self.roots.iter().any(|r| path.starts_with(r))
-    }
-
-    /// Whether `path` is a directory on the way to an allowed root (only its metadata is
-    /// served, for the snapshot's directories above the roots).
-    fn is_ancestor(&self, path: &Path) -> bool {
-        self.roots.iter().any(|r| r.starts_with(path) && r != path)
-    }
-}
-
-/// Checks `SSH_ORIGINAL_COMMAND`: the key may run the agent and nothing else. `None` (run
-/// directly, or a client that sent no command) is allowed; otherwise the command must be
-/// `xstore agent` (any path to a program named `xstore`), with no further arguments.
-pub fn check_ssh_command(original: Option<&str>) -> Result<(), AgentError> {
-    let Some(command) = original else {
-        return Ok(());
-    };
-    let words: Vec<&str> = command.split_whitespace().collect();
-    let ok = words.is_empty()
-        || (words.len() == 2
-            && Path::new(words[0]).file_name() == Some(OsStr::new("xstore"))
-            && words[1] == "agent");
-    if ok {
-        Ok(())
-    } else {
-        Err(AgentError::RefusedCommand {
-            command: command.to_string(),
-        })
-    }
-}
-
-/// The restricted `authorized_keys` line for the backup server's public key: the forced
-/// command, the source-address restriction and every forwarding disabled.
-pub fn authorized_keys_line(
-    agent_command: &str,
-    server_key: &str,
-    from: &str,
-) -> Result<String, AgentError> {
-    let bad = |m: String| Err(AgentError::InvalidArgument(m));
-    let key = server_key.trim();
-    let fields: Vec<&str> = key.split_whitespace().collect();
-    let looks_like_key = fields.len() >= 2
-        && (fields[0].starts_with("ssh-")
-            || fields[0].starts_with("ecdsa-")
-            || fields[0].starts_with("sk-"))
-        && fields[1]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
-    if !looks_like_key || key.contains('\n') {
-        return bad(
-            "server key: not a single OpenSSH public key line (TYPE BASE64 [COMMENT])".into(),
-        );
-    }
-    if from.is_empty()
-        || !from
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".:/*?,!-_".contains(&b))
-    {
-        return bad(format!(
-            "--from {from:?}: expected addresses, CIDR blocks or host patterns separated by commas"
-        ));
-    }
-    if agent_command.contains('"') || agent_command.contains('\n') || agent_command.is_empty() {
-        return bad(format!(
-            "agent command {agent_command:?} must not contain quotes"
-        ));
-    }
-    Ok(format!(
-        "command=\"{agent_command}\",from=\"{from}\",no-pty,no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-user-rc {key}"
-    ))
-}
+use crate::{AgentConfig, AgentError, MAX_READ_REQUEST};
 
 /// Serves one session on `input`/`output` (the SSH channel) until the server says goodbye or
 /// closes the stream. Requests are answered by `workers` threads; replies carry request ids
@@ -209,7 +31,7 @@ pub fn serve<'a, W: Write + Send + 'static>(
 ) -> Result<(), AgentError> {
     // Large enough for a batch of replies to leave in one write (`write_batched`).
     let mut out: Box<dyn Write + Send> = Box::new(io::BufWriter::with_capacity(
-        crate::protocol::BATCH_BYTES * 2,
+        xstore_format::protocol::BATCH_BYTES * 2,
         output,
     ));
     let send_now = |out: &mut Box<dyn Write + Send>, msg: AgentMsg| -> io::Result<()> {
@@ -489,10 +311,10 @@ impl Ctx<'_> {
             chunks
                 .extend(xstore_chunker::chunk_slice(&self.params, &data).map(|c| (c.id, c.length)));
             if chunks.len() == 1 && data.len() <= inline_max as usize {
-                let (compression, bytes) = crate::pack::compress(&data, self.level);
+                let (compression, bytes) = xstore_format::pack::compress(&data, self.level);
                 inline = Some(WireChunk {
                     raw_len: data.len() as u32,
-                    zstd: compression == crate::pack::Compression::Zstd,
+                    zstd: compression == xstore_format::pack::Compression::Zstd,
                     bytes,
                 });
             }
@@ -539,10 +361,10 @@ impl Ctx<'_> {
                     ),
                 );
             }
-            let (compression, bytes) = crate::pack::compress(&buf, self.level);
+            let (compression, bytes) = xstore_format::pack::compress(&buf, self.level);
             chunks.push(WireChunk {
                 raw_len: *len,
-                zstd: compression == crate::pack::Compression::Zstd,
+                zstd: compression == xstore_format::pack::Compression::Zstd,
                 bytes,
             });
         }
@@ -745,6 +567,7 @@ fn list(path: &Path) -> io::Result<Vec<WireEntry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{authorized_keys_line, check_ssh_command};
 
     #[test]
     fn config_parses_comments_and_refuses_relative_paths() {
@@ -770,7 +593,12 @@ mod tests {
         assert!(check_ssh_command(None).is_ok());
         assert!(check_ssh_command(Some("xstore agent")).is_ok());
         assert!(check_ssh_command(Some("/usr/local/bin/xstore agent")).is_ok());
+        assert!(check_ssh_command(Some("xstore-agent")).is_ok());
+        assert!(check_ssh_command(Some("/usr/bin/xstore-agent")).is_ok());
         for bad in [
+            "xstore-agent --config /tmp/x",
+            "xstore-agent agent",
+            "xstore",
             "rm -rf /",
             "xstore agent --config /tmp/x",
             "xstore backup",

@@ -4,8 +4,8 @@
 //! or NUL), unsorted or duplicate names, and lengths that do not add up.
 
 use crate::bytes::{put_bytes, put_varint, Reader};
-use crate::error::DecodeError;
 use crate::ChunkId;
+use crate::DecodeError;
 
 const TREE_MAGIC: &[u8; 4] = b"XSTR";
 const CHUNKLIST_MAGIC: &[u8; 4] = b"XSCL";
@@ -25,7 +25,6 @@ pub const INLINE_CHUNK_LIMIT: usize = 1024;
 /// The kind of a directory entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-#[non_exhaustive]
 pub enum EntryKind {
     /// A regular file (a hard-linked file has `nlink > 1`).
     File,
@@ -93,7 +92,6 @@ pub struct ChunkRef {
 
 /// What an entry holds besides metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Content {
     /// Nothing (devices, fifos).
     None,
@@ -146,9 +144,9 @@ impl Entry {
         String::from_utf8_lossy(&self.name).into_owned()
     }
     /// The source metadata this entry was recorded from (what `lstat` gave at backup time).
-    pub fn meta(&self) -> crate::EntryMeta {
-        use crate::SourceKind;
-        crate::EntryMeta {
+    pub fn meta(&self) -> crate::meta::EntryMeta {
+        use crate::meta::SourceKind;
+        crate::meta::EntryMeta {
             kind: match self.kind {
                 EntryKind::File => SourceKind::File,
                 EntryKind::Dir => SourceKind::Dir,
@@ -170,7 +168,7 @@ impl Entry {
         }
     }
 
-    /// (size, mtime, ctime, inode) as recorded, to compare with [`crate::EntryMeta::content_stamp`].
+    /// (size, mtime, ctime, inode) as recorded, to compare with [`crate::meta::EntryMeta::content_stamp`].
     pub fn content_stamp(&self) -> (u64, i64, i64, u64) {
         (self.size, self.mtime_ns, self.ctime_ns, self.inode)
     }
@@ -423,14 +421,14 @@ impl Tree {
 }
 
 /// Sorted, deduplicated ids: a parent counts once per distinct child (refcount rule).
-pub(crate) fn distinct(mut ids: Vec<ChunkId>) -> Vec<ChunkId> {
+pub fn distinct(mut ids: Vec<ChunkId>) -> Vec<ChunkId> {
     ids.sort_unstable();
     ids.dedup();
     ids
 }
 
 /// The distinct chunk ids of a chunk list.
-pub(crate) fn chunk_list_children(chunks: &[ChunkRef]) -> Vec<ChunkId> {
+pub fn chunk_list_children(chunks: &[ChunkRef]) -> Vec<ChunkId> {
     distinct(chunks.iter().map(|c| c.id).collect())
 }
 
@@ -510,7 +508,7 @@ pub fn mode_string(kind: EntryKind, mode: u32) -> String {
 mod tests {
     use super::*;
 
-    pub(crate) fn entry(name: &[u8], kind: EntryKind, content: Content) -> Entry {
+    pub fn entry(name: &[u8], kind: EntryKind, content: Content) -> Entry {
         let size = match &content {
             Content::Chunks(c) => c.iter().map(|c| u64::from(c.len)).sum(),
             Content::Target(t) => t.len() as u64,

@@ -5,8 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::error::DecodeError;
 use crate::ChunkId;
+use crate::DecodeError;
 
 /// Snapshot record format version.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -47,11 +47,14 @@ impl FromStr for SnapshotId {
     }
 }
 
-pub(crate) mod hex_serde {
+/// Serde adapter: a value as its `Display` text (hex ids in JSON).
+pub mod hex_serde {
     use super::*;
+    /// Writes `v` as its `Display` text.
     pub fn serialize<S: Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&v.to_string())
     }
+    /// Reads a value from its text.
     pub fn deserialize<'de, D: Deserializer<'de>, T: FromStr>(d: D) -> Result<T, D::Error>
     where
         T::Err: fmt::Display,
@@ -80,7 +83,6 @@ mod opt_hex_serde {
 /// Whether every file of the source made it into the snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-#[non_exhaustive]
 pub enum SnapshotStatus {
     /// Everything was read.
     Complete,

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::bytes::Reader;
-use crate::error::DecodeError;
 use crate::pack::{BlobKind, PackId};
+use crate::DecodeError;
 
 const BLOB_LOC_LEN: usize = 58;
 
@@ -28,7 +28,7 @@ pub struct BlobLoc {
 
 impl BlobLoc {
     /// The location of a blob described by a pack's entry.
-    pub(crate) fn at(pack: PackId, e: &crate::pack::PackEntry, refcount: u64) -> Self {
+    pub fn at(pack: PackId, e: &crate::pack::PackEntry, refcount: u64) -> Self {
         BlobLoc {
             pack,
             offset: e.offset,
@@ -39,7 +39,8 @@ impl BlobLoc {
         }
     }
 
-    pub(crate) fn encode(&self) -> [u8; BLOB_LOC_LEN] {
+    /// The fixed-size value stored under a blob id.
+    pub fn encode(&self) -> [u8; BLOB_LOC_LEN] {
         let mut b = [0u8; BLOB_LOC_LEN];
         b[..32].copy_from_slice(&self.pack.0);
         b[32..40].copy_from_slice(&self.offset.to_le_bytes());
@@ -61,7 +62,8 @@ impl BlobLoc {
         self.encode().to_vec()
     }
 
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+    /// Decodes a value written by [`BlobLoc::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let pack = r.id("pack id")?;
         let offset = r.u64("offset")?;
@@ -106,8 +108,8 @@ pub struct HostRecord {
 
 impl HostRecord {
     /// The record of a host whose snapshots are `oldest_first` (sorted by start time, then id).
-    pub(crate) fn of<'a>(
-        oldest_first: impl DoubleEndedIterator<Item = &'a crate::Snapshot> + Clone,
+    pub fn of<'a>(
+        oldest_first: impl DoubleEndedIterator<Item = &'a crate::snapshot::Snapshot> + Clone,
     ) -> Self {
         HostRecord {
             latest: oldest_first.clone().next_back().map(|s| s.id.0),

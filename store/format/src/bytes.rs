@@ -1,29 +1,33 @@
 //! Little-endian field readers and writers shared by every hand-written decoder.
 //! Every read is bounds-checked and returns a typed [`DecodeError`]; nothing here panics.
 
-use crate::error::DecodeError;
 use crate::ChunkId;
+use crate::DecodeError;
 
 /// A cursor over untrusted bytes.
-pub(crate) struct Reader<'a> {
+pub struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(data: &'a [u8]) -> Self {
+    /// A reader at the start of `data`.
+    pub fn new(data: &'a [u8]) -> Self {
         Reader { data, pos: 0 }
     }
 
-    pub(crate) fn pos(&self) -> usize {
+    /// Offset of the next byte.
+    pub fn pos(&self) -> usize {
         self.pos
     }
 
-    pub(crate) fn remaining(&self) -> usize {
+    /// Bytes not yet read.
+    pub fn remaining(&self) -> usize {
         self.data.len() - self.pos
     }
 
-    pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
+    /// The next `n` bytes of field `what`, or [`DecodeError::Truncated`].
+    pub fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
         if self.remaining() < n {
             return Err(DecodeError::Truncated {
                 what,
@@ -37,37 +41,41 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    pub(crate) fn array<const N: usize>(
-        &mut self,
-        what: &'static str,
-    ) -> Result<[u8; N], DecodeError> {
+    /// The next `N` bytes as an array.
+    pub fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
         let s = self.take(N, what)?;
         let mut out = [0u8; N];
         out.copy_from_slice(s);
         Ok(out)
     }
 
-    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+    /// One byte.
+    pub fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
         Ok(self.array::<1>(what)?[0])
     }
-    pub(crate) fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
+    /// A little-endian u16.
+    pub fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
         Ok(u16::from_le_bytes(self.array(what)?))
     }
-    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+    /// A little-endian u32.
+    pub fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
-    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+    /// A little-endian u64.
+    pub fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
-    pub(crate) fn i64(&mut self, what: &'static str) -> Result<i64, DecodeError> {
+    /// A little-endian i64.
+    pub fn i64(&mut self, what: &'static str) -> Result<i64, DecodeError> {
         Ok(i64::from_le_bytes(self.array(what)?))
     }
-    pub(crate) fn id(&mut self, what: &'static str) -> Result<ChunkId, DecodeError> {
+    /// A 32-byte id.
+    pub fn id(&mut self, what: &'static str) -> Result<ChunkId, DecodeError> {
         Ok(ChunkId(self.array(what)?))
     }
 
     /// An unsigned LEB128 varint of at most 10 bytes that fits in u64.
-    pub(crate) fn varint(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+    pub fn varint(&mut self, what: &'static str) -> Result<u64, DecodeError> {
         let start = self.pos;
         let mut value: u64 = 0;
         for i in 0..10 {
@@ -103,7 +111,7 @@ impl<'a> Reader<'a> {
 
     /// A varint length, refused when larger than `limit` or than the bytes that remain
     /// divided by `min_item_size` (so hostile counts cannot force big allocations).
-    pub(crate) fn length(
+    pub fn length(
         &mut self,
         what: &'static str,
         limit: u64,
@@ -123,16 +131,13 @@ impl<'a> Reader<'a> {
     }
 
     /// A varint-length-prefixed byte string of at most `limit` bytes.
-    pub(crate) fn bytes(
-        &mut self,
-        what: &'static str,
-        limit: u64,
-    ) -> Result<&'a [u8], DecodeError> {
+    pub fn bytes(&mut self, what: &'static str, limit: u64) -> Result<&'a [u8], DecodeError> {
         let n = self.length(what, limit, 1)?;
         self.take(n, what)
     }
 
-    pub(crate) fn finish(&self, what: &'static str) -> Result<(), DecodeError> {
+    /// Fails with [`DecodeError::Trailing`] unless every byte was read.
+    pub fn finish(&self, what: &'static str) -> Result<(), DecodeError> {
         if self.remaining() != 0 {
             return Err(DecodeError::Trailing {
                 what,
@@ -143,7 +148,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+/// Appends `v` as an unsigned LEB128 varint.
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -151,7 +157,8 @@ pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-pub(crate) fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+/// Appends a varint length, then `b`.
+pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     put_varint(out, b.len() as u64);
     out.extend_from_slice(b);
 }

@@ -1,0 +1,34 @@
+//! Listing digests: what lets the agent answer "unchanged" for a directory the server has.
+
+use super::messages::{put_entry, put_entry_parts, WireEntry};
+
+/// BLAKE3 over the entries' encodings, in name order (the caller sorts): two listings with
+/// the same digest carry the same names, metadata, symlink targets and xattrs.
+pub fn listing_digest<'a>(sorted: impl IntoIterator<Item = &'a WireEntry>) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = Vec::new();
+    for e in sorted {
+        buf.clear();
+        put_entry(&mut buf, e);
+        hasher.update(&buf);
+    }
+    *hasher.finalize().as_bytes()
+}
+
+/// [`listing_digest`] of the listing an agent would send for a directory recorded as `tree`
+/// (each entry's recorded metadata, symlink target and xattrs), computed from the tree's
+/// entries without building that listing.
+pub fn tree_listing_digest(tree: &crate::tree::Tree) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = Vec::new();
+    for e in &tree.entries {
+        buf.clear();
+        let target = match &e.content {
+            crate::tree::Content::Target(t) => Some(t.as_slice()),
+            _ => None,
+        };
+        put_entry_parts(&mut buf, &e.name, Ok(&e.meta()), target, &e.xattrs);
+        hasher.update(&buf);
+    }
+    *hasher.finalize().as_bytes()
+}
