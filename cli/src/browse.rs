@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use xstore::fsview::{FsView, ViewOptions};
-use xstore::nfs::{NfsExport, NfsServer};
+use xstore_browse::fsview::{FsView, ViewOptions};
+use xstore_browse::nfs::NfsServer;
 
 use crate::pull::DEFAULT_INVENTORY;
 use crate::{repo_path, Cli, EXIT_OK};
@@ -56,10 +56,10 @@ pub(crate) fn mount(cli: &Cli, args: &MountArgs) -> Result<u8> {
         },
     )?;
     let stop = stop_flag()?;
-    let mounted = xstore::mount::mount(
+    let mounted = xstore_browse::mount::mount(
         view,
         &mountpoint,
-        &xstore::mount::MountOptions {
+        &xstore_browse::mount::MountOptions {
             allow_other: args.allow_other,
         },
     )?;
@@ -94,48 +94,11 @@ pub(crate) struct NfsArgs {
 }
 
 /// The addresses a host name or address resolves to.
-fn addresses_of(address: &str) -> Vec<std::net::IpAddr> {
-    use std::net::ToSocketAddrs;
-    match (address, 0).to_socket_addrs() {
-        Ok(it) => it.map(|a| a.ip()).collect(),
-        Err(e) => {
-            tracing::warn!("{address}: {e}; its account cannot mount from it");
-            Vec::new()
-        }
-    }
-}
-
 pub(crate) fn serve_nfs(cli: &Cli, args: &NfsArgs) -> Result<u8> {
     let repo = repo_path(cli)?;
     let inv = xstore::Inventory::load(&args.inventory)?;
-    let accounts: Vec<&xstore::Account> = match &args.account {
-        Some(a) => vec![inv
-            .account(a)
-            .with_context(|| format!("account {a} is not in the inventory"))?],
-        None => inv.accounts.iter().collect(),
-    };
-    let mut exports = Vec::new();
-    for (i, account) in accounts.iter().enumerate() {
-        let mut listen = args.listen;
-        if args.listen.port() != 0 {
-            let port = u16::try_from(usize::from(args.listen.port()) + i)
-                .context("--listen: too many accounts for the ports above it")?;
-            listen.set_port(port);
-        }
-        let mut allowed: Vec<std::net::IpAddr> = account
-            .hosts
-            .iter()
-            .filter_map(|h| inv.host(h))
-            .flat_map(|h| addresses_of(&h.address))
-            .collect();
-        allowed.extend(args.allow.iter().copied());
-        exports.push(NfsExport {
-            name: account.name.clone(),
-            listen,
-            hosts: Some(account.hosts.clone()),
-            allowed,
-        });
-    }
+    let exports =
+        xstore_browse::nfs::exports_for(&inv, args.account.as_deref(), args.listen, &args.allow)?;
     let stop = stop_flag()?;
     let server = NfsServer::start(&repo, &exports)?;
     {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use xstore::monitor::{usage_check, FreshnessOptions, FreshnessTarget, PluginReport};
+use xstore::ops::monitor::{usage_check, FreshnessOptions, FreshnessTarget, PluginReport};
 use xstore::{Inventory, Repository, Usage};
 
 use crate::pull::DEFAULT_INVENTORY;
@@ -237,13 +237,13 @@ pub(crate) fn check_usage(cli: &Cli, args: &UsageCheckArgs) -> Result<u8> {
 }
 
 /// One table row; account rows also show their allocation, percentage used and OVER (as
-/// [`xstore::monitor::AccountUsage`] computed them).
+/// [`xstore::ops::monitor::AccountUsage`] computed them).
 fn usage_row(
     cli: &Cli,
     name: &str,
     account: &str,
     u: &Usage,
-    allocation: Option<&xstore::monitor::AccountUsage>,
+    allocation: Option<&xstore::ops::monitor::AccountUsage>,
 ) -> String {
     let alloc = match allocation {
         Some(a) => format!(
@@ -383,7 +383,7 @@ pub(crate) fn metrics(cli: &Cli, args: &MetricsArgs) -> Result<u8> {
     let repo = open_ro(cli)?;
     let text = repo.metrics(inv.as_ref(), xstore::now_ns())?;
     match &args.output {
-        Some(path) => xstore::metrics::write_textfile(path, &text)?,
+        Some(path) => xstore::ops::metrics::write_textfile(path, &text)?,
         None => print!("{text}"),
     }
     Ok(EXIT_OK)

@@ -6,6 +6,10 @@ use crate::ChunkId;
 
 pub use xstore_format::DecodeError;
 
+fn ssh_detail(line: Option<&str>) -> String {
+    line.map(|l| format!(" (ssh: {l})")).unwrap_or_default()
+}
+
 /// Errors of repository operations.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -103,6 +107,37 @@ pub enum Error {
     /// An invalid argument (host name, exclude pattern, chunker parameters…).
     #[error("{0}")]
     InvalidArgument(String),
+    /// A write was asked of a handle opened with [`crate::Repository::open_read_only`].
+    #[error("repository was opened read-only")]
+    ReadOnly,
+    /// A thread panicked while holding an internal lock of this handle; the handle must
+    /// be dropped (nothing uncommitted was written).
+    #[error("internal lock poisoned by a panicking thread")]
+    Poisoned,
+    /// An internal invariant did not hold (a bug): the operation stopped before committing.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+    /// `cat` or a read of file content was asked of an entry that is not a regular file.
+    #[error("{0}: not a regular file")]
+    NotAFile(String),
+    /// A retention plan no longer fits the repository (a snapshot it names is gone, or it
+    /// would expire a pinned one): plan again.
+    #[error("retention plan {reason}")]
+    StalePlan {
+        /// What no longer fits.
+        reason: String,
+    },
+    /// A pull could not start a session with its agent.
+    #[error("pull {host}: {source}{}", ssh_detail(ssh.as_deref()))]
+    Connect {
+        /// The host.
+        host: String,
+        /// The last line ssh wrote to stderr, when there was one.
+        ssh: Option<String>,
+        /// What went wrong in the handshake.
+        #[source]
+        source: crate::RemoteError,
+    },
     /// A backup source root that cannot be read at all.
     #[error("backup source {path}: {source}")]
     Source {

@@ -45,58 +45,46 @@
 
 #![warn(missing_docs)]
 
-mod backup;
-mod browse;
-mod check;
+mod commands;
 mod error;
+mod failpoint;
+mod fleet;
 mod fsutil;
-pub mod fsview;
-mod gc;
 mod index;
-pub mod inventory;
-mod journal;
-mod lock;
-pub mod metrics;
-mod mmap;
-pub mod monitor;
-#[cfg(feature = "fuse")]
-pub mod mount;
-mod mutation;
-#[cfg(feature = "nfs")]
-pub mod nfs;
+mod layout;
+pub mod ops;
 mod pack;
-mod pull;
-pub mod remote;
-mod repair;
 mod repo;
-mod restore;
-mod retain;
 mod source;
-mod usage;
+mod txn;
+
+pub(crate) use failpoint::{fail_io, failpoint};
 
 use std::sync::atomic::AtomicU64;
 
 pub use xstore_chunker::{self as chunker, ChunkId, ChunkerParams};
 
-pub use backup::{BackupOptions, ParentChoice, TierChoice, MAX_INFLIGHT_CHUNKS};
-pub use browse::{entry_os_name, Change, DiffItem};
-pub use check::{CheckOptions, CheckReport, Problem, Stats};
-pub use error::{Error, Result};
-pub use gc::{GcAction, GcOptions, GcPack, GcReport, MERGE_SMALL_PACKS, SMALL_PACK_BYTES};
-pub use inventory::{Account, HostSpec, Inventory, InventoryError};
-pub use lock::local_hostname;
-pub use mutation::Released;
-pub use pull::{ssh_command, PullOptions, PullOutcome, PullReport, DEFAULT_PULL_THREADS};
-pub use remote::{AgentInfo, RemoteError, RemoteSource};
-pub use repair::{pack_files, RepairReport};
-pub use repo::{now_ns, Node, Repository};
-pub use restore::{RestoreOptions, RestoreSummary};
-pub use retain::{
-    Applied, RetentionSettings, DEFAULT_GC_GRACE_SECONDS, DEFAULT_GC_MAX_DEAD_PERCENT,
-    RETENTION_VERSION,
+pub use commands::backup::{BackupOptions, ParentChoice, MAX_INFLIGHT_CHUNKS};
+pub use commands::check::{CheckOptions, CheckReport, Problem, Stats};
+pub use commands::diff::{entry_os_name, Change, DiffItem};
+pub use commands::gc::{
+    GcAction, GcOptions, GcPack, GcReport, MERGE_SMALL_PACKS, SMALL_PACK_BYTES,
 };
+pub use commands::repair::{pack_files, RepairReport};
+pub use commands::restore::{RestoreOptions, RestoreSummary};
+pub use commands::retention::{
+    tier_positions, Applied, RetentionSettings, TierChoice, DEFAULT_GC_GRACE_SECONDS,
+    DEFAULT_GC_MAX_DEAD_PERCENT, RETENTION_VERSION,
+};
+pub use commands::usage::{SnapshotUsage, Usage};
+pub use error::{Error, Result};
+pub use fleet::inventory::{Account, HostSpec, Inventory, InventoryError};
+pub use fleet::pull::{ssh_command, PullOptions, PullOutcome, PullReport, DEFAULT_PULL_THREADS};
+pub use repo::lock::local_hostname;
+pub use repo::{now_ns, Node, Repository};
+pub use source::remote::{AgentInfo, RemoteError, RemoteSource, MAX_LISTING_BYTES};
 pub use source::{FetchedChunk, LocalSource, Source, SourceFile};
-pub use usage::{SnapshotUsage, Usage};
+pub use txn::Released;
 pub use xstore_format::bytes::to_hex;
 pub use xstore_format::config::{Config, InitOptions};
 pub use xstore_format::meta::{EntryMeta, SourceKind};
@@ -124,24 +112,4 @@ pub struct Progress {
 pub fn format_utc(secs: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
-}
-
-/// Test hook: when the environment variable `XSTORE_FAIL_IO` equals `name`, the write step
-/// named here fails with ENOSPC (as a full disk would), to test what each step leaves behind.
-pub(crate) fn fail_io(name: &str) -> Result<()> {
-    if std::env::var_os("XSTORE_FAIL_IO").is_some_and(|v| v == name) {
-        return Err(Error::Io {
-            path: std::path::PathBuf::from(format!("<{name}>")),
-            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
-        });
-    }
-    Ok(())
-}
-
-/// Test hook: when the environment variable `XSTORE_FAILPOINT` equals `name`, the process
-/// aborts here (as a crash would). Used by the crash-consistency tests.
-pub(crate) fn failpoint(name: &str) {
-    if std::env::var_os("XSTORE_FAILPOINT").is_some_and(|v| v == name) {
-        std::process::abort();
-    }
 }

@@ -328,7 +328,7 @@ fn a_hostile_agent_breaks_only_its_own_session() {
             .map(|i| entry(format!("{i:04000}").as_bytes()))
             .collect(),
     });
-    let frames = xstore::remote::MAX_LISTING_BYTES / big.len() + 2;
+    let frames = xstore::MAX_LISTING_BYTES / big.len() + 2;
     let source = hostile(vec![big; frames]);
     let e = source
         .list(Path::new("/data"))

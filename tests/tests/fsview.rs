@@ -2,8 +2,8 @@
 //! paths, reads at any offset, refusals.
 #![allow(clippy::unwrap_used)]
 
-use xstore::fsview::{FsError, FsView, ViewOptions, ROOT_INO};
 use xstore::{BackupOptions, LocalSource};
+use xstore_browse::fsview::{FsError, FsView, ViewOptions, ROOT_INO};
 use xstore_tests::{make_fixture, seeded_bytes, small_repo};
 
 #[test]
@@ -27,7 +27,7 @@ fn inode_numbers_are_stable_and_hard_links_share_one() {
     let dir = |snap: &xstore::Snapshot| {
         format!(
             "/hosts/web1/{}{}",
-            xstore::fsview::snapshot_dir_name(snap),
+            xstore_browse::fsview::snapshot_dir_name(snap),
             abs.display()
         )
     };

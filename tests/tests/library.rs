@@ -304,7 +304,14 @@ fn read_only_handle_refuses_to_write() {
     std::fs::create_dir(&src).unwrap();
     drop(Repository::init(&work.path().join("repo"), &InitOptions::default()).unwrap());
     let ro = Repository::open_read_only(&work.path().join("repo")).unwrap();
-    assert!(ro.backup(&LocalSource, &opts("h", &src)).is_err());
+    assert!(matches!(
+        ro.backup(&LocalSource, &opts("h", &src)),
+        Err(xstore::Error::ReadOnly)
+    ));
+    assert!(matches!(
+        ro.gc(&Default::default()),
+        Err(xstore::Error::ReadOnly)
+    ));
 }
 
 /// A source that chunks on its side, like a remote agent: only missing chunks travel.

@@ -152,7 +152,10 @@ fn backup_enters_lowest_tier_and_trims_it_atomically() {
     assert_eq!(ids, vec![snaps[2].id, snaps[3].id]);
     assert_eq!(repo.resolve("db1@hourly.0").unwrap().id, snaps[3].id);
     assert_eq!(repo.resolve("db1@hourly.1").unwrap().id, snaps[2].id);
-    assert!(repo.resolve("db1@hourly.2").is_err());
+    assert!(matches!(
+        repo.resolve("db1@hourly.2"),
+        Err(xstore::Error::SnapshotRef { .. })
+    ));
     // rotate daily: hourly.1 becomes daily.0.
     let plan = repo.plan_rotate("daily", Some("db1")).unwrap();
     repo.apply_plan(&plan).unwrap();

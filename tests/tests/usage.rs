@@ -125,7 +125,7 @@ fn usage_matches_the_dag_and_expiry_frees_exactly_the_exclusive_bytes() {
     assert!(acc.over_allocation, "{acc:?}");
     assert_eq!(
         acc.state,
-        xstore::monitor::CheckState::Critical,
+        xstore::ops::monitor::CheckState::Critical,
         "more than 2x 1 MiB"
     );
 

@@ -30,8 +30,6 @@ pub const MAX_LISTING_ENTRIES: usize = 10_000_000;
 /// Most frame bytes one directory listing may take: a hostile agent must not be able to
 /// exhaust the memory of a server that pulls other hosts in the same process.
 pub const MAX_LISTING_BYTES: usize = 256 * 1024 * 1024;
-/// Most raw bytes asked for in one `ReadChunks` request.
-pub const FETCH_BATCH_BYTES: u64 = 16 * 1024 * 1024;
 /// Files up to this size that are one chunk come back with their bytes in the chunk-list
 /// reply: for them a second round trip (and a second read of the file on the client) costs
 /// more than the bytes. With the default chunker (min 256 KiB) nearly every file up to 1 MiB

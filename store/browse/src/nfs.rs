@@ -20,8 +20,8 @@ use nfsserve::nfs::{
 use nfsserve::tcp::{NFSTcp, NFSTcpListener};
 use nfsserve::vfs::{DirEntry, NFSFileSystem, ReadDirResult, VFSCapabilities};
 
-use crate::error::Error;
 use crate::fsview::{FsError, FsView, NodeAttr, ViewOptions, ROOT_INO};
+use xstore::Error;
 use xstore_format::tree::EntryKind;
 
 /// One export: which hosts it shows and who may mount it.
@@ -37,6 +37,79 @@ pub struct NfsExport {
     pub allowed: Vec<IpAddr>,
 }
 
+/// Why [`exports_for`] refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    /// `--account` names an account the inventory does not have.
+    #[error("account {0} is not in the inventory")]
+    UnknownAccount(String),
+    /// Consecutive ports from the base port would pass 65535.
+    #[error("listen port {base}: too many accounts ({accounts}) for the ports above it")]
+    PortsExhausted {
+        /// The base port.
+        base: u16,
+        /// How many exports were asked for.
+        accounts: usize,
+    },
+}
+
+/// The exports of `inventory`'s accounts (or only `account`): one per account, listening on
+/// `listen` with the port counted up per account (port 0: any free port each), showing that
+/// account's hosts and open only to the addresses its hosts' names resolve to, plus
+/// `extra_allowed`. A host name that does not resolve is logged and contributes no address.
+pub fn exports_for(
+    inventory: &xstore::Inventory,
+    account: Option<&str>,
+    listen: SocketAddr,
+    extra_allowed: &[IpAddr],
+) -> Result<Vec<NfsExport>, ExportError> {
+    let accounts: Vec<&xstore::Account> = match account {
+        Some(a) => vec![inventory
+            .account(a)
+            .ok_or_else(|| ExportError::UnknownAccount(a.to_string()))?],
+        None => inventory.accounts.iter().collect(),
+    };
+    let mut exports = Vec::new();
+    for (i, account) in accounts.iter().enumerate() {
+        let mut at = listen;
+        if listen.port() != 0 {
+            let port = u16::try_from(usize::from(listen.port()) + i).map_err(|_| {
+                ExportError::PortsExhausted {
+                    base: listen.port(),
+                    accounts: accounts.len(),
+                }
+            })?;
+            at.set_port(port);
+        }
+        let mut allowed: Vec<IpAddr> = account
+            .hosts
+            .iter()
+            .filter_map(|h| inventory.host(h))
+            .flat_map(|h| addresses_of(&h.address))
+            .collect();
+        allowed.extend(extra_allowed.iter().copied());
+        exports.push(NfsExport {
+            name: account.name.clone(),
+            listen: at,
+            hosts: Some(account.hosts.clone()),
+            allowed,
+        });
+    }
+    Ok(exports)
+}
+
+fn addresses_of(address: &str) -> Vec<IpAddr> {
+    use std::net::ToSocketAddrs;
+    match (address, 0).to_socket_addrs() {
+        Ok(it) => it.map(|a| a.ip()).collect(),
+        Err(e) => {
+            tracing::warn!("{address}: {e}; its account cannot mount from it");
+            Vec::new()
+        }
+    }
+}
+
 /// Running exports; dropping it stops them.
 pub struct NfsServer {
     runtime: tokio::runtime::Runtime,
@@ -45,7 +118,7 @@ pub struct NfsServer {
 
 impl NfsServer {
     /// Starts every export of `repo`.
-    pub fn start(repo: &Path, exports: &[NfsExport]) -> crate::Result<NfsServer> {
+    pub fn start(repo: &Path, exports: &[NfsExport]) -> xstore::Result<NfsServer> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
             .enable_all()
@@ -84,7 +157,7 @@ fn io_error(path: &Path, e: std::io::Error) -> Error {
     }
 }
 
-async fn start_export(view: FsView, export: &NfsExport) -> crate::Result<SocketAddr> {
+async fn start_export(view: FsView, export: &NfsExport) -> xstore::Result<SocketAddr> {
     let at = |e: std::io::Error| io_error(Path::new(&export.listen.to_string()), e);
     let inner = NFSTcpListener::bind(
         "127.0.0.1:0",

@@ -261,7 +261,7 @@ impl Repository {
         let packs: HashMap<PackId, crate::index::PackRecord> =
             self.index.packs()?.into_iter().collect();
         for (id, rec) in &packs {
-            let path = pack::pack_path(&self.packs_dir(), id);
+            let path = crate::layout::pack_file(&self.packs_dir(), id);
             match fs::metadata(&path) {
                 Ok(m) if m.len() == rec.size => {}
                 Ok(m) => problems.push(Problem {
@@ -528,13 +528,13 @@ impl Repository {
             Ok(())
         })?;
         st.gc_grace_seconds = self.retention_settings()?.gc_grace_seconds;
-        for id in crate::journal::retired(&self.packs_dir(), crate::now_ns())?.keys() {
-            if let Ok(m) = fs::metadata(pack::pack_path(&self.packs_dir(), id)) {
+        for id in crate::pack::journal::retired(&self.packs_dir(), crate::now_ns())?.keys() {
+            if let Ok(m) = fs::metadata(crate::layout::pack_file(&self.packs_dir(), id)) {
                 st.retired_packs += 1;
                 st.retired_bytes += m.len();
             }
         }
-        st.held_packs = crate::repair::held_packs(self.path())?.len() as u64;
+        st.held_packs = crate::repo::hold::held_packs(self.path())?.len() as u64;
         st.dedup_ratio = if st.stored_bytes > 0 {
             st.logical_bytes as f64 / st.stored_bytes as f64
         } else {

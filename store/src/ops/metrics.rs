@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::error::Result;
-use crate::inventory::Inventory;
+use crate::fleet::inventory::Inventory;
 use crate::repo::Repository;
 use xstore_format::snapshot::SnapshotId;
 
@@ -65,7 +65,7 @@ impl Repository {
     /// `age > 4h` alert fires for it too).
     pub fn metrics(&self, inventory: Option<&Inventory>, now_ns: i64) -> Result<String> {
         let snapshots = self.snapshots()?;
-        let positions = crate::retain::positions_of(&snapshots);
+        let positions = crate::commands::retention::tier_positions(&snapshots);
         let mut account_of: BTreeMap<String, String> = BTreeMap::new();
         for h in inventory.map(|i| i.hosts.as_slice()).unwrap_or_default() {
             account_of.insert(h.name.clone(), h.account.clone());
@@ -215,7 +215,7 @@ impl Repository {
 
         if let Some(inv) = inventory {
             let usage = self.account_usage(&inv.accounts, 1.0, f64::INFINITY)?;
-            type UsageField = fn(&crate::monitor::AccountUsage) -> f64;
+            type UsageField = fn(&crate::ops::monitor::AccountUsage) -> f64;
             let fields: [(&str, &str, UsageField); 5] = [
                 (
                     "xstore_account_allocation_bytes",

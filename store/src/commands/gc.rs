@@ -11,9 +11,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::index::{BlobLoc, PackRecord};
-use crate::mutation::Mutation;
 use crate::pack::{self, PackEntry, PackId, PackWriter, SealedPack};
 use crate::repo::Repository;
+use crate::txn::Mutation;
 use crate::ChunkId;
 
 /// A pack smaller than this is small: a commit's snapshot records, the tree blobs of an
@@ -134,7 +134,7 @@ impl Repository {
     /// and dead ones (the index points here, refcount 0). Copies elsewhere are neither.
     fn classify(&self, id: &PackId, record: PackRecord) -> Result<Candidate> {
         let map = self.map_pack(id)?;
-        let path = pack::pack_path(&self.packs_dir(), id);
+        let path = crate::layout::pack_file(&self.packs_dir(), id);
         let entries = pack::read_trailer(&map).map_err(|source| Error::Corrupt {
             path: path.clone(),
             source,
@@ -190,12 +190,12 @@ impl Repository {
             ..Default::default()
         };
         if opts.release_held && !opts.dry_run {
-            crate::journal::remove_if_present(&self.path().join(crate::repair::HOLD_FILE))?;
+            crate::pack::journal::remove_if_present(&crate::layout::gc_hold(self.path()))?;
         }
         let held = if opts.release_held {
             HashSet::new()
         } else {
-            crate::repair::held_packs(self.path())?
+            crate::repo::hold::held_packs(self.path())?
         };
         let protected = self
             .write_state
@@ -293,7 +293,7 @@ impl Repository {
             .saturating_mul(1_000_000_000);
         let mut dirs = HashSet::new();
         let mut deleted = Vec::new();
-        for (id, retired_ns) in crate::journal::retired(&packs, now)? {
+        for (id, retired_ns) in crate::pack::journal::retired(&packs, now)? {
             if self.index.pack(&id)?.is_some() {
                 continue;
             }
@@ -301,10 +301,10 @@ impl Repository {
                 report.retired_waiting += 1;
                 continue;
             }
-            let path = pack::pack_path(&packs, &id);
+            let path = crate::layout::pack_file(&packs, &id);
             crate::fail_io("gc-delete")?;
             let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            crate::journal::remove_if_present(&path)?;
+            crate::pack::journal::remove_if_present(&path)?;
             self.forget_pack_file(&id);
             crate::failpoint("gc-mid-delete");
             deleted.push(id);
@@ -319,10 +319,10 @@ impl Repository {
         for d in dirs {
             crate::fsutil::sync_dir(&d)?;
         }
-        crate::journal::clear_retired(&packs, &deleted)?;
+        crate::pack::journal::clear_retired(&packs, &deleted)?;
         // Indexes `repair index` replaced go by the same rule.
         let mut removed_index = false;
-        for (dir, replaced_ns) in crate::repair::replaced_indexes(self.path())? {
+        for (dir, replaced_ns) in crate::repo::recovery::replaced_indexes(self.path())? {
             if now.saturating_sub(replaced_ns) >= grace_ns {
                 std::fs::remove_dir_all(&dir).map_err(|source| Error::Io {
                     path: dir.clone(),
@@ -405,7 +405,7 @@ impl Repository {
                 w.discard();
             }
             let ids: Vec<PackId> = sealed.iter().map(|p| p.id).collect();
-            if let Err(cleanup) = crate::journal::discard_packs(&self.packs_dir(), &ids) {
+            if let Err(cleanup) = crate::pack::journal::discard_packs(&self.packs_dir(), &ids) {
                 tracing::warn!(error = %cleanup, "could not remove gc's uncommitted packs; the next writer's recovery will");
             }
             return Err(e);
@@ -496,7 +496,7 @@ impl Repository {
         // read them), then a later gc deletes them (`delete_retired`).
         let gone_ids: Vec<PackId> = gone.iter().map(|(id, _)| *id).collect();
         crate::fail_io("gc-retire")?;
-        crate::journal::mark_retired(&self.packs_dir(), &gone_ids, crate::now_ns())?;
+        crate::pack::journal::mark_retired(&self.packs_dir(), &gone_ids, crate::now_ns())?;
         m.commit()?;
         report.packs_written = sealed.len() as u64;
         let old: u64 = gone.iter().map(|(_, s)| s).sum();

@@ -357,7 +357,7 @@ impl Inventory {
 mod tests {
     use super::*;
 
-    const EXAMPLE: &str = include_str!("../../examples/hosts.toml");
+    const EXAMPLE: &str = include_str!("../../../examples/hosts.toml");
 
     #[test]
     fn the_documented_example_parses() {

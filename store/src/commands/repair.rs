@@ -7,10 +7,12 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::Path;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 use crate::index::{BlobLoc, HostRecord, Index, PackRecord};
-use crate::lock::WriterLock;
 use crate::pack::{self, PackId};
+use crate::repo::hold::Hold;
+use crate::repo::lock::WriterLock;
+use crate::repo::recovery::{finish_index_swap, REBUILT_MARKER};
 use crate::repo::{list_pack_files, Repository};
 use crate::{fsutil, ChunkId};
 use xstore_format::snapshot::{Snapshot, SnapshotId};
@@ -42,105 +44,6 @@ pub struct RepairReport {
     pub skipped: Vec<String>,
 }
 
-/// `REPO/gc-hold.json`: packs `repair index` could not attribute, kept by gc.
-pub(crate) const HOLD_FILE: &str = "gc-hold.json";
-
-/// The packs gc must keep (written by `repair index`), or none.
-pub(crate) fn held_packs(root: &Path) -> Result<HashSet<PackId>> {
-    let path = root.join(HOLD_FILE);
-    let bytes = match fs::read(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
-        other => other.at(&path)?,
-    };
-    let hold: Hold = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-        path: path.clone(),
-        source: crate::DecodeError::Invalid {
-            what: "gc hold",
-            offset: 0,
-            reason: e.to_string(),
-        },
-    })?;
-    hold.packs
-        .iter()
-        .map(|h| {
-            h.parse::<PackId>().map_err(|_| Error::Corrupt {
-                path: path.clone(),
-                source: crate::DecodeError::Invalid {
-                    what: "gc hold",
-                    offset: 0,
-                    reason: format!("bad pack id {h:?}"),
-                },
-            })
-        })
-        .collect()
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Hold {
-    reason: String,
-    created_ns: i64,
-    unattributed_blobs: u64,
-    packs: Vec<String>,
-}
-
-const REBUILT_MARKER: &str = "REBUILT";
-
-/// The index a reader should open: `index`, or during a swap interrupted between its two
-/// renames (only the next writer completes it) the complete rebuilt one in `index.new`.
-pub(crate) fn readable_index_dir(root: &Path) -> std::path::PathBuf {
-    let cur = root.join("index");
-    let new = root.join("index.new");
-    if !cur.join("CURRENT").is_file() && new.join(REBUILT_MARKER).is_file() {
-        return new;
-    }
-    cur
-}
-
-/// Completes (or discards) an index swap interrupted by a crash.
-pub(crate) fn finish_index_swap(root: &Path) -> Result<()> {
-    let new = root.join("index.new");
-    if !new.exists() {
-        return Ok(());
-    }
-    if !new.join(REBUILT_MARKER).exists() {
-        fs::remove_dir_all(&new).at(&new)?;
-        return Ok(());
-    }
-    let cur = root.join("index");
-    if cur.exists() {
-        // Kept for the gc grace period, not deleted: a reader that opened it before the swap
-        // opens its table files lazily. gc deletes it later (`replaced_indexes`).
-        let old = root.join(format!("{REPLACED_INDEX_PREFIX}{}", crate::now_ns()));
-        fs::rename(&cur, &old).at(&cur)?;
-    }
-    fs::rename(&new, &cur).at(&new)?;
-    fs::remove_file(cur.join(REBUILT_MARKER)).at(&cur)?;
-    fsutil::sync_dir(root)
-}
-
-/// `index.old.<ns>`: an index that `repair index` replaced at that time.
-const REPLACED_INDEX_PREFIX: &str = "index.old.";
-
-/// Indexes replaced by `repair index` and when (ns); `index.old` of earlier builds, which
-/// deleted it at once, counts as replaced long ago.
-pub(crate) fn replaced_indexes(root: &Path) -> Result<Vec<(std::path::PathBuf, i64)>> {
-    let mut out = Vec::new();
-    for item in fs::read_dir(root).at(root)? {
-        let item = item.at(root)?;
-        let name = item.file_name().to_string_lossy().into_owned();
-        let when = if name == "index.old" {
-            Some(0)
-        } else {
-            name.strip_prefix(REPLACED_INDEX_PREFIX)
-                .and_then(|t| t.parse::<i64>().ok())
-        };
-        if let Some(when) = when {
-            out.push((item.path(), when));
-        }
-    }
-    Ok(out)
-}
-
 /// What the old index still says, when it can be read.
 struct OldIndex {
     snapshots: HashMap<SnapshotId, Snapshot>,
@@ -152,7 +55,7 @@ struct OldIndex {
 }
 
 fn read_old_index(root: &Path) -> Option<OldIndex> {
-    let index = match Index::open(&root.join("index"), true) {
+    let index = match Index::open(&crate::layout::index(root), true) {
         Ok(i) => i,
         Err(e) => {
             tracing::warn!(error = %e, "the old index cannot be read; rebuilding from packs and snapshot copies alone");
@@ -204,7 +107,7 @@ impl Repository {
     /// their packs until the operator releases them. Takes the writer lock.
     pub fn repair_index(path: &Path) -> Result<RepairReport> {
         let (config, params) = Repository::load_config(path)?;
-        let lock = WriterLock::acquire(&path.join("locks"))?;
+        let lock = WriterLock::acquire(&crate::layout::locks(path))?;
         finish_index_swap(path)?;
         let old = read_old_index(path);
         let fingerprint = crate::repo::config_fingerprint(&config);
@@ -213,7 +116,7 @@ impl Repository {
                 return Err(crate::repo::config_mismatch(path, &fingerprint, have));
             }
         }
-        let new_dir = path.join("index.new");
+        let new_dir = crate::layout::index_new(path);
         if new_dir.exists() {
             fs::remove_dir_all(&new_dir).at(&new_dir)?;
         }
@@ -224,8 +127,8 @@ impl Repository {
             old_index: old.is_some(),
             ..Default::default()
         };
-        let packs_dir = path.join("packs");
-        let retired = crate::journal::retired(&packs_dir, crate::now_ns())?;
+        let packs_dir = crate::layout::packs(path);
+        let retired = crate::pack::journal::retired(&packs_dir, crate::now_ns())?;
         let mut batch = index.batch();
         let mut seen: HashSet<ChunkId> = HashSet::new();
         let mut pack_records: HashMap<PackId, PackRecord> = HashMap::new();
@@ -286,7 +189,7 @@ impl Repository {
         let repo = Repository::from_parts(path, config, params, index, Some(lock));
         // Candidates: the snapshot copies and the record blobs (newest revision of each).
         let mut found = in_packs.clone();
-        let snap_dir = path.join("snapshots");
+        let snap_dir = crate::layout::snapshots(path);
         let items = match fs::read_dir(&snap_dir) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             other => other.at(&snap_dir)?.collect::<Vec<_>>(),
@@ -344,7 +247,7 @@ impl Repository {
                 ));
                 continue;
             }
-            let (_, problems, _) = crate::check::mark(&repo, std::slice::from_ref(&s))?;
+            let (_, problems, _) = crate::commands::check::mark(&repo, std::slice::from_ref(&s))?;
             if let Some(p) = problems.first() {
                 report.skipped.push(format!(
                     "snapshot {} of {}: not whole ({} problems, first: {p})",
@@ -363,7 +266,7 @@ impl Repository {
             snapshots.push(s);
         }
         snapshots.sort_by_key(|s| (s.start_ns, s.id));
-        let (expected, problems, _) = crate::check::mark(&repo, &snapshots)?;
+        let (expected, problems, _) = crate::commands::check::mark(&repo, &snapshots)?;
         for p in problems {
             report.skipped.push(format!("{p}"));
         }
@@ -408,9 +311,9 @@ impl Repository {
         report.held_packs = held.len() as u64;
         drop(repo);
         drop(old);
-        let hold_path = path.join(HOLD_FILE);
+        let hold_path = crate::layout::gc_hold(path);
         if held.is_empty() {
-            crate::journal::remove_if_present(&hold_path)?;
+            crate::pack::journal::remove_if_present(&hold_path)?;
         } else {
             let mut packs: Vec<String> = held.iter().map(|p| p.to_string()).collect();
             packs.sort();
@@ -428,13 +331,13 @@ impl Repository {
         crate::fail_io("repair-swap")?;
         // The copies in snapshots/ may differ from the new index: the next writable open
         // (below) resyncs them while this marker exists.
-        crate::mutation::write_stale_marker_at(path)?;
+        crate::repo::copies::write_stale_marker_at(path)?;
         fsutil::write_atomic(&new_dir.join(REBUILT_MARKER), b"complete\n")?;
         finish_index_swap(path)?;
         // Every pack is in the new index now: the journal's markers are settled.
-        let uncommitted = crate::journal::uncommitted(&packs_dir)?;
-        crate::journal::clear_uncommitted(&packs_dir, &uncommitted)?;
-        crate::journal::clear_retired(&packs_dir, &unretired)?;
+        let uncommitted = crate::pack::journal::uncommitted(&packs_dir)?;
+        crate::pack::journal::clear_uncommitted(&packs_dir, &uncommitted)?;
+        crate::pack::journal::clear_retired(&packs_dir, &unretired)?;
         if let Err(e) = Repository::open(path) {
             tracing::warn!(error = %e, "snapshot copies not resynced; the next writable open will");
         }
@@ -444,7 +347,7 @@ impl Repository {
 
 /// Unused-pack check helper for tests and tools: ids of pack files on disk.
 pub fn pack_files(path: &Path) -> Result<Vec<PackId>> {
-    Ok(list_pack_files(&path.join("packs"))?
+    Ok(list_pack_files(&crate::layout::packs(path))?
         .into_iter()
         .map(|(id, _)| id)
         .collect())

@@ -75,7 +75,7 @@ impl Mount {
 }
 
 /// Mounts `view` at `mountpoint` in a background thread.
-pub fn mount(view: FsView, mountpoint: &Path, opts: &MountOptions) -> crate::Result<Mount> {
+pub fn mount(view: FsView, mountpoint: &Path, opts: &MountOptions) -> xstore::Result<Mount> {
     let mut options = vec![
         MountOption::RO,
         MountOption::FSName("xstore".into()),
@@ -92,7 +92,7 @@ pub fn mount(view: FsView, mountpoint: &Path, opts: &MountOptions) -> crate::Res
         open_dirs: std::collections::HashMap::new(),
         next_fh: 1,
     };
-    let session = fuser::spawn_mount2(fs, mountpoint, &options).map_err(|e| crate::Error::Io {
+    let session = fuser::spawn_mount2(fs, mountpoint, &options).map_err(|e| xstore::Error::Io {
         path: mountpoint.to_path_buf(),
         source: e,
     })?;

@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::inventory::{Account, HostSpec};
-use crate::pull::{PullOutcome, PullReport};
+use crate::fleet::inventory::{Account, HostSpec};
+use crate::fleet::pull::{PullOutcome, PullReport};
 use crate::repo::Repository;
 use xstore_format::snapshot::SnapshotId;
 
@@ -426,7 +426,7 @@ pub struct AccountUsage {
     /// Soft allocation in bytes.
     pub allocation: u64,
     /// Usage of all its hosts' snapshots together.
-    pub usage: crate::usage::Usage,
+    pub usage: crate::commands::usage::Usage,
     /// `usage.referenced_bytes` as a percentage of the allocation.
     pub percent: f64,
     /// Whether it exceeds the allocation.

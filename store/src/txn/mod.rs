@@ -12,66 +12,16 @@
 //! it (refcount 0 → n, its pack's dead bytes shrink).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::MutexGuard;
 
 use crate::error::{Error, IoContext, Result};
 use crate::index::{BlobLoc, HostRecord, PackRecord};
 use crate::pack::PackId;
+use crate::repo::copies::{clear_stale_marker, write_stale_marker};
+use crate::repo::sessions::WriteState;
 use crate::repo::{poisoned, Repository};
 use crate::{fsutil, ChunkId};
 use xstore_format::snapshot::{Snapshot, SnapshotId};
-
-/// In-process bookkeeping behind the write lock.
-#[derive(Debug, Default)]
-pub(crate) struct WriteState {
-    /// Advances on every committed expiry.
-    epoch: u64,
-    next_session: u64,
-    /// Active backup sessions and the epoch each started at.
-    sessions: BTreeMap<u64, u64>,
-    /// Blobs that died after some active session started, with the epoch of death.
-    deaths: Vec<(u64, ChunkId)>,
-}
-
-impl WriteState {
-    fn prune(&mut self) {
-        match self.sessions.values().min().copied() {
-            None => self.deaths.clear(),
-            Some(oldest) => self.deaths.retain(|(e, _)| *e > oldest),
-        }
-    }
-    /// Ids reclaim must not drop now.
-    pub(crate) fn protected(&self) -> HashSet<ChunkId> {
-        self.deaths.iter().map(|(_, id)| *id).collect()
-    }
-}
-
-/// An active backup session; ends (and releases its protection) on drop.
-pub(crate) struct SessionGuard<'r> {
-    repo: &'r Repository,
-    token: u64,
-}
-
-impl Repository {
-    pub(crate) fn begin_session(&self) -> Result<SessionGuard<'_>> {
-        let mut st = self.write_state.lock().map_err(poisoned)?;
-        let token = st.next_session;
-        st.next_session += 1;
-        let epoch = st.epoch;
-        st.sessions.insert(token, epoch);
-        Ok(SessionGuard { repo: self, token })
-    }
-}
-
-impl Drop for SessionGuard<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut st) = self.repo.write_state.lock() {
-            st.sessions.remove(&self.token);
-            st.prune();
-        }
-    }
-}
 
 /// What a mutation released.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -183,7 +133,7 @@ impl<'r> Mutation<'r> {
     /// Adds `add` to and takes `sub` from a pack's dead bytes.
     fn adjust_dead(&mut self, pack: &PackId, add: u64, sub: u64) -> Result<()> {
         let mut rec = self.pack(pack)?.ok_or_else(|| Error::Corrupt {
-            path: self.repo.path().join("index/packs"),
+            path: crate::layout::index(self.repo.path()).join("packs"),
             source: crate::DecodeError::Invalid {
                 what: "pack record",
                 offset: 0,
@@ -350,7 +300,7 @@ impl<'r> Mutation<'r> {
 
     /// Deletes the packs this mutation sealed (it failed before its commit point).
     fn discard_sealed(&self) {
-        if let Err(e) = crate::journal::discard_packs(&self.repo.packs_dir(), &self.sealed) {
+        if let Err(e) = crate::pack::journal::discard_packs(&self.repo.packs_dir(), &self.sealed) {
             tracing::warn!(error = %e, "could not remove uncommitted packs; the next writer's recovery will");
         }
     }
@@ -454,7 +404,9 @@ impl<'r> Mutation<'r> {
                     .extend(died.into_iter().map(|id| (epoch, id)));
             }
         }
-        if let Err(e) = crate::journal::clear_uncommitted(&self.repo.packs_dir(), &self.sealed) {
+        if let Err(e) =
+            crate::pack::journal::clear_uncommitted(&self.repo.packs_dir(), &self.sealed)
+        {
             tracing::warn!("committed, but {e}; the next writable open clears the markers");
         }
         if !self.snapshots.is_empty() {
@@ -534,55 +486,4 @@ impl Drop for Mutation<'_> {
             self.discard_sealed();
         }
     }
-}
-
-/// While this file exists the snapshot copies may lag the index; recovery resyncs them.
-pub(crate) fn stale_marker(repo: &Repository) -> PathBuf {
-    repo.path().join("locks").join("snapshot-copies-stale")
-}
-
-fn write_stale_marker(repo: &Repository) -> Result<()> {
-    write_stale_marker_at(repo.path())
-}
-
-/// Creates the stale marker of the repository at `root` (durable), unless present.
-pub(crate) fn write_stale_marker_at(root: &std::path::Path) -> Result<()> {
-    let path = root.join("locks").join("snapshot-copies-stale");
-    if path.exists() {
-        return Ok(());
-    }
-    fsutil::write_atomic(&path, b"snapshot copies are being updated\n")
-}
-
-fn clear_stale_marker(repo: &Repository) -> Result<()> {
-    let path = stale_marker(repo);
-    std::fs::remove_file(&path).at(&path)?;
-    fsutil::sync_dir(&repo.path().join("locks"))
-}
-
-/// Recovery: makes `snapshots/` equal the index's records (rewrites differing or missing
-/// copies, removes copies of snapshots the index no longer has), then clears the marker.
-pub(crate) fn resync_snapshot_copies(repo: &Repository) -> Result<()> {
-    let dir = repo.snapshots_dir();
-    // An operator may have removed the whole directory: it is only a copy.
-    std::fs::create_dir_all(&dir).at(&dir)?;
-    let records = repo.index.snapshots()?;
-    let mut known: HashSet<PathBuf> = HashSet::new();
-    for s in &records {
-        let path = repo.snapshot_copy_path(&s.id);
-        let want = s.encode();
-        if std::fs::read(&path).ok().as_deref() != Some(&want[..]) {
-            fsutil::write_atomic(&path, &want)?;
-        }
-        known.insert(path);
-    }
-    for item in std::fs::read_dir(&dir).at(&dir)? {
-        let item = item.at(&dir)?;
-        let name = item.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".json") && !name.starts_with('.') && !known.contains(&item.path()) {
-            std::fs::remove_file(item.path()).at(item.path())?;
-        }
-    }
-    fsutil::sync_dir(&dir)?;
-    clear_stale_marker(repo)
 }

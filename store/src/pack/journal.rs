@@ -21,11 +21,11 @@ use crate::pack::PackId;
 use crate::{fsutil, ChunkId};
 
 fn uncommitted_dir(packs_dir: &Path) -> PathBuf {
-    packs_dir.join("uncommitted")
+    crate::layout::uncommitted(packs_dir)
 }
 
 fn retired_dir(packs_dir: &Path) -> PathBuf {
-    packs_dir.join("retired")
+    crate::layout::retired(packs_dir)
 }
 
 fn ensure_dir(dir: &Path) -> Result<()> {
@@ -69,7 +69,7 @@ pub(crate) fn discard_packs(packs_dir: &Path, ids: &[PackId]) -> Result<()> {
     }
     let mut dirs = std::collections::BTreeSet::new();
     for id in ids {
-        let path = crate::pack::pack_path(packs_dir, id);
+        let path = crate::layout::pack_file(packs_dir, id);
         remove_if_present(&path)?;
         if let Some(dir) = path.parent() {
             dirs.insert(dir.to_path_buf());

@@ -15,13 +15,14 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 use xstore_chunker::{ChunkId, StreamChunker};
 
+use super::retention::TierChoice;
+use crate::commands::retention::TierEntry;
 use crate::error::{Error, Result};
 use crate::index::BlobLoc;
-use crate::mutation::Mutation;
 use crate::pack::{self, BlobKind, PackWriter, SealedPack, BLOB_HEADER_LEN};
 use crate::repo::{now_ns, poisoned, Repository};
-use crate::retain::TierEntry;
 use crate::source::Source;
+use crate::txn::Mutation;
 use crate::Progress;
 use xstore_format::meta::{EntryMeta, SourceKind};
 use xstore_format::snapshot::{
@@ -66,20 +67,6 @@ pub struct BackupOptions {
     pub progress: Option<Arc<Progress>>,
     /// Which retention tier the new snapshot enters.
     pub tier: TierChoice,
-}
-
-/// The tier a new snapshot enters (DESIGN §6). Entering trims the tier to its count in the
-/// same atomic commit; snapshots that leave their last tier expire.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum TierChoice {
-    /// The lowest tier of the host's schedule (`hourly`).
-    #[default]
-    Lowest,
-    /// A named tier of the host's schedule.
-    Named(String),
-    /// No tier: the snapshot is kept until a plan (rotate, forget) decides about it. For
-    /// repositories that use calendar policies (`forget --keep-…`) only.
-    None,
 }
 
 struct Excludes {
@@ -189,7 +176,7 @@ impl<'a> Session<'a> {
         }
         if let Ok(mut sealed) = self.sealed.lock() {
             let ids: Vec<pack::PackId> = sealed.drain(..).map(|p| p.id).collect();
-            if let Err(e) = crate::journal::discard_packs(&self.repo.packs_dir(), &ids) {
+            if let Err(e) = crate::pack::journal::discard_packs(&self.repo.packs_dir(), &ids) {
                 tracing::warn!(error = %e,
                     "could not remove uncommitted packs; the next writer's recovery will");
             }
@@ -242,7 +229,7 @@ impl<'a> Session<'a> {
             }
             let w = guard
                 .as_mut()
-                .ok_or_else(|| Error::InvalidArgument("no pack writer".into()))?;
+                .ok_or(Error::Internal("no pack writer after creating one"))?;
             w.add(id, kind, compression, raw_len, stored)?;
             if w.len() >= self.pack_size {
                 guard.take()
@@ -528,7 +515,7 @@ impl<'a> Session<'a> {
         while start < wanted.len() {
             let mut end = start;
             let mut bytes = 0u64;
-            while end < wanted.len() && (end == start || bytes < crate::remote::FETCH_BATCH_BYTES) {
+            while end < wanted.len() && (end == start || bytes < crate::source::FETCH_BATCH_BYTES) {
                 bytes += u64::from(wanted[end].len);
                 end += 1;
             }
@@ -1063,7 +1050,12 @@ impl Repository {
         m.put_snapshot(snapshot.clone());
         if let Some(entry) = entry {
             let plan = self.plan_entry(entry, snapshot)?;
-            crate::retain::apply_decisions(&mut m, self, std::slice::from_ref(snapshot), &plan)?;
+            crate::commands::retention::apply_decisions(
+                &mut m,
+                self,
+                std::slice::from_ref(snapshot),
+                &plan,
+            )?;
         }
         m.commit()?;
         Ok(())

@@ -23,7 +23,7 @@ pub fn local_hostname() -> String {
 
 impl WriterLock {
     pub(crate) fn acquire(locks_dir: &Path) -> Result<Self> {
-        let path = locks_dir.join("writer");
+        let path = crate::layout::writer_lock(locks_dir);
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)

@@ -23,9 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::error::Error;
-use crate::repo::Repository;
-use crate::ChunkId;
+use xstore::{ChunkId, Error, Repository, Result};
 use xstore_format::snapshot::Snapshot;
 use xstore_format::tree::{ChunkRef, Content, Entry, EntryKind};
 
@@ -226,12 +224,12 @@ fn lock_err<T>(_: std::sync::PoisonError<T>) -> FsError {
 
 /// The stable directory name of a snapshot: its start time, `2026-11-28T041500Z`.
 pub fn snapshot_dir_name(s: &Snapshot) -> String {
-    crate::format_utc(s.start_ns.div_euclid(1_000_000_000)).replace(':', "")
+    xstore::format_utc(s.start_ns.div_euclid(1_000_000_000)).replace(':', "")
 }
 
 impl FsView {
     /// Opens `repo` read-only as a view.
-    pub fn open(repo: &Path, opts: ViewOptions) -> crate::Result<FsView> {
+    pub fn open(repo: &Path, opts: ViewOptions) -> Result<FsView> {
         let catalog = Self::load(repo, &opts)?;
         let mut nodes = HashMap::new();
         nodes.insert(
@@ -259,10 +257,10 @@ impl FsView {
         })
     }
 
-    fn load(path: &Path, opts: &ViewOptions) -> crate::Result<Catalog> {
+    fn load(path: &Path, opts: &ViewOptions) -> Result<Catalog> {
         let repo = Repository::open_read_only(path)?;
         let snapshots = repo.snapshots()?;
-        let positions_of = crate::retain::positions_of(&snapshots);
+        let positions_of = xstore::tier_positions(&snapshots);
         let mut by_host: HashMap<String, Vec<Arc<Snapshot>>> = HashMap::new();
         let mut positions: HashMap<String, HashMap<String, Arc<Snapshot>>> = HashMap::new();
         for s in snapshots {

@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
-use crate::inventory::HostSpec;
-use crate::remote::RemoteSource;
+use crate::fleet::inventory::HostSpec;
 use crate::repo::Repository;
+use crate::source::remote::RemoteSource;
 use crate::{BackupOptions, ParentChoice, Progress, TierChoice};
 use xstore_format::snapshot::Snapshot;
 
@@ -255,18 +255,21 @@ impl Repository {
             source: std::io::Error::other(e),
         })?;
         json.push(b'\n');
-        crate::fsutil::write_atomic(&dir.join(format!("{}.json", report.host)), &json)
+        crate::fsutil::write_atomic(
+            &crate::layout::pull_record(self.path(), &report.host),
+            &json,
+        )
     }
 
     fn pulls_dir(&self) -> std::path::PathBuf {
-        self.path().join("pulls")
+        crate::layout::pulls(self.path())
     }
 
     /// The newest recorded pull of `host` (`None` if it was never pulled, or the record
     /// predates pull records). A record that does not decode is an error naming its file.
     pub fn last_pull(&self, host: &str) -> Result<Option<PullReport>> {
         xstore_format::snapshot::validate_host(host).map_err(Error::InvalidArgument)?;
-        let path = self.pulls_dir().join(format!("{host}.json"));
+        let path = crate::layout::pull_record(self.path(), host);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -343,6 +346,11 @@ impl Repository {
                     humantime::format_duration(limit)
                 ),
             )),
+            Err(Error::Connect { host, source, .. }) => Err(Error::Connect {
+                host,
+                ssh: last_stderr,
+                source,
+            }),
             Err(e) => {
                 let detail = match last_stderr {
                     Some(line) => format!("{e} (ssh: {line})"),
@@ -369,7 +377,11 @@ impl Repository {
             self.chunker_params(),
             self.config().compression_level,
         )
-        .map_err(|e| pull_error(host, e.to_string()))?;
+        .map_err(|source| Error::Connect {
+            host: host.name.clone(),
+            ssh: None,
+            source,
+        })?;
         let result = self.backup_remote(host, opts, &source);
         source.close();
         result

@@ -9,12 +9,25 @@ use xstore_retention::{
     plan_keep, plan_tiers, Action, Candidate, KeepPolicy, Plan, Schedules, Step,
 };
 
-use crate::backup::TierChoice;
 use crate::error::{DecodeError, Error, IoContext, Result};
 use crate::fsutil;
-use crate::mutation::{Mutation, Released};
 use crate::repo::Repository;
+use crate::txn::{Mutation, Released};
 use xstore_format::snapshot::{validate_host, Snapshot, SnapshotId};
+
+/// The tier a new snapshot enters (ARCHITECTURE.md, retention). Entering trims the tier to its count in the
+/// same atomic commit; snapshots that leave their last tier expire.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TierChoice {
+    /// The lowest tier of the host's schedule (`hourly`).
+    #[default]
+    Lowest,
+    /// A named tier of the host's schedule.
+    Named(String),
+    /// No tier: the snapshot is kept until a plan (rotate, forget) decides about it. For
+    /// repositories that use calendar policies (`forget --keep-…`) only.
+    None,
+}
 
 /// `retention.json` format version.
 pub const RETENTION_VERSION: u32 = 1;
@@ -114,9 +127,9 @@ pub struct Applied {
     pub released: Released,
 }
 
-/// The planner's view of snapshots.
-/// Tier positions of these snapshots (for callers that already hold the list).
-pub(crate) fn positions_of(snaps: &[Snapshot]) -> HashMap<SnapshotId, Vec<String>> {
+/// The tier positions (`daily.0`, …) of each of these snapshots, as `/<tier>.<n>/<host>/`
+/// shows them; a snapshot in no tier has none.
+pub fn tier_positions(snaps: &[Snapshot]) -> HashMap<SnapshotId, Vec<String>> {
     let pos = xstore_retention::positions(&candidates(snaps));
     snaps
         .iter()
@@ -124,6 +137,7 @@ pub(crate) fn positions_of(snaps: &[Snapshot]) -> HashMap<SnapshotId, Vec<String
         .collect()
 }
 
+/// The planner's view of snapshots.
 pub(crate) fn candidates(snapshots: &[Snapshot]) -> Vec<Candidate> {
     snapshots
         .iter()
@@ -149,11 +163,11 @@ pub(crate) fn apply_decisions(
     let mut relabelled = 0;
     let mut expire = Vec::new();
     for d in plan.decisions.iter().filter(|d| d.changed) {
-        let stale = || {
-            Error::InvalidArgument(format!(
-                "retention plan names snapshot {} which no longer exists (plan again)",
+        let stale = || Error::StalePlan {
+            reason: format!(
+                "names snapshot {} which no longer exists (plan again)",
                 d.id
-            ))
+            ),
         };
         let id: SnapshotId = d.id.parse().map_err(|_| stale())?;
         let s = match known.iter().find(|s| s.id == id) {
@@ -162,10 +176,9 @@ pub(crate) fn apply_decisions(
         };
         match d.action {
             Action::Expire if s.pinned => {
-                return Err(Error::InvalidArgument(format!(
-                    "retention plan would expire pinned snapshot {}",
-                    d.id
-                )))
+                return Err(Error::StalePlan {
+                    reason: format!("would expire pinned snapshot {}", d.id),
+                })
             }
             Action::Expire => expire.push(s),
             Action::Keep => {
@@ -229,7 +242,7 @@ impl Repository {
     }
 
     fn retention_path(&self) -> PathBuf {
-        self.path().join("retention.json")
+        crate::layout::retention(self.path())
     }
 
     /// The repository's retention settings (defaults when never set).
@@ -253,7 +266,7 @@ impl Repository {
 
     /// Tier positions (`daily.0`) of every snapshot that has any.
     pub fn tier_positions(&self) -> Result<HashMap<SnapshotId, Vec<String>>> {
-        Ok(positions_of(&self.snapshots()?))
+        Ok(tier_positions(&self.snapshots()?))
     }
 
     fn scoped(&self, host: Option<&str>) -> Result<Vec<Snapshot>> {

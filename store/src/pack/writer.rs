@@ -5,17 +5,11 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-pub(crate) use xstore_format::pack::*;
+use xstore_format::pack::*;
 
 use crate::error::{Error, IoContext, Result};
 use crate::ChunkId;
 use xstore_format::bytes::to_hex;
-
-/// `packs/XX/<hex>.pack`.
-pub(crate) fn pack_path(packs_dir: &Path, id: &PackId) -> PathBuf {
-    let hex = id.to_string();
-    packs_dir.join(&hex[..2]).join(format!("{hex}.pack"))
-}
 
 #[derive(Debug)]
 pub(crate) struct SealedPack {
@@ -133,12 +127,12 @@ impl PackWriter {
         let file = self.out.get_ref();
         file.sync_all().at(&self.tmp_path)?;
         let id = ChunkId(*self.hasher.finalize().as_bytes());
-        let final_path = pack_path(packs_dir, &id);
+        let final_path = crate::layout::pack_file(packs_dir, &id);
         let dir = final_path.parent().unwrap_or(packs_dir);
         fs::create_dir_all(dir).at(dir)?;
         // Recorded as this writer's uncommitted pack before it becomes visible: recovery
         // deletes only packs so recorded (journal.rs).
-        crate::journal::mark_uncommitted(packs_dir, &id)?;
+        crate::pack::journal::mark_uncommitted(packs_dir, &id)?;
         fs::rename(&self.tmp_path, &final_path).at(&final_path)?;
         crate::fsutil::sync_dir(dir)?;
         Ok(SealedPack {
@@ -168,7 +162,7 @@ mod tests {
                 .unwrap();
         }
         let sealed = w.seal(dir.path()).unwrap();
-        let bytes = fs::read(pack_path(dir.path(), &sealed.id)).unwrap();
+        let bytes = fs::read(crate::layout::pack_file(dir.path(), &sealed.id)).unwrap();
         (dir, bytes, sealed)
     }
 

@@ -1,5 +1,11 @@
 //! Opening, creating and reading a repository.
 
+pub(crate) mod copies;
+pub(crate) mod hold;
+pub(crate) mod lock;
+pub(crate) mod recovery;
+pub(crate) mod sessions;
+
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,8 +16,8 @@ use xstore_chunker::ChunkerParams;
 
 use crate::error::{DecodeError, Error, IoContext, Result};
 use crate::index::{BlobLoc, Index};
-use crate::lock::WriterLock;
 use crate::pack::{self, BlobKind, PackEntry, PackId};
+use crate::repo::lock::WriterLock;
 use crate::{fsutil, ChunkId};
 use xstore_format::config::{ChunkerConfig, Config, InitOptions, FORMAT_VERSION};
 use xstore_format::snapshot::{Snapshot, SnapshotId};
@@ -28,7 +34,7 @@ pub struct Repository {
     pub(crate) index: Index,
     lock: Option<WriterLock>,
     files: Mutex<HashMap<PackId, Arc<fs::File>>>,
-    pub(crate) write_state: Mutex<crate::mutation::WriteState>,
+    pub(crate) write_state: Mutex<sessions::WriteState>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -85,17 +91,17 @@ impl Repository {
         self.lock.is_some()
     }
     pub(crate) fn packs_dir(&self) -> PathBuf {
-        self.root.join("packs")
+        crate::layout::packs(&self.root)
     }
     pub(crate) fn tmp_dir(&self) -> PathBuf {
-        self.root.join("packs").join("tmp")
+        crate::layout::packs_tmp(&self.root)
     }
     pub(crate) fn snapshots_dir(&self) -> PathBuf {
-        self.root.join("snapshots")
+        crate::layout::snapshots(&self.root)
     }
     /// `snapshots/<id>.json`, the durable copy of a snapshot record.
     pub(crate) fn snapshot_copy_path(&self, id: &SnapshotId) -> PathBuf {
-        self.snapshots_dir().join(format!("{id}.json"))
+        crate::layout::snapshot_copy(&self.root, id)
     }
 
     /// Creates a repository in `path` (which must be missing or empty) and opens it writable.
@@ -127,13 +133,13 @@ impl Repository {
         };
         Config::decode(&config.encode()).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         // Validated before anything is created: a refused init leaves no directory behind.
-        for dir in ["packs/tmp", "snapshots", "locks", "index"] {
-            fs::create_dir_all(path.join(dir)).at(path.join(dir))?;
+        for dir in crate::layout::init_dirs(path) {
+            fs::create_dir_all(&dir).at(&dir)?;
         }
         // The index is created before `config` is written: `config` is the marker that makes
         // the directory a repository, so a crash during init leaves no half repository.
-        drop(Index::create(&path.join("index"))?);
-        fsutil::write_atomic(&path.join("config"), &config.encode())?;
+        drop(Index::create(&crate::layout::index(path))?);
+        fsutil::write_atomic(&crate::layout::config(path), &config.encode())?;
         Repository::open(path)
     }
 
@@ -156,7 +162,7 @@ impl Repository {
     }
 
     pub(crate) fn load_config(path: &Path) -> Result<(Config, ChunkerParams)> {
-        let cfg_path = path.join("config");
+        let cfg_path = crate::layout::config(path);
         let bytes = match fs::read(&cfg_path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -189,15 +195,15 @@ impl Repository {
         let (config, params) = Self::load_config(path)?;
         let deadline = std::time::Instant::now() + wait;
         let lock = loop {
-            match WriterLock::acquire(&path.join("locks")) {
+            match WriterLock::acquire(&crate::layout::locks(path)) {
                 Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(200));
                 }
                 other => break other?,
             }
         };
-        crate::repair::finish_index_swap(path)?;
-        let index = Index::open(&path.join("index"), false)?;
+        recovery::finish_index_swap(path)?;
+        let index = Index::open(&crate::layout::index(path), false)?;
         check_config_matches(path, &config, &index, true)?;
         let repo = Repository {
             root: path.to_path_buf(),
@@ -215,7 +221,7 @@ impl Repository {
     /// Opens read-only, without the writer lock. Sees the index as of opening.
     pub fn open_read_only(path: &Path) -> Result<Repository> {
         let (config, params) = Self::load_config(path)?;
-        let index = Index::open(&crate::repair::readable_index_dir(path), true)?;
+        let index = Index::open(&recovery::readable_index_dir(path), true)?;
         check_config_matches(path, &config, &index, false)?;
         Ok(Repository {
             root: path.to_path_buf(),
@@ -230,9 +236,7 @@ impl Repository {
 
     pub(crate) fn require_writable(&self) -> Result<()> {
         if self.lock.is_none() {
-            return Err(Error::InvalidArgument(
-                "repository was opened read-only".into(),
-            ));
+            return Err(Error::ReadOnly);
         }
         Ok(())
     }
@@ -253,8 +257,10 @@ impl Repository {
         let known: std::collections::HashSet<PackId> =
             self.index.packs()?.into_iter().map(|(id, _)| id).collect();
         let uncommitted: std::collections::HashSet<PackId> =
-            crate::journal::uncommitted(&packs)?.into_iter().collect();
-        let retired = crate::journal::retired(&packs, now_ns())?;
+            crate::pack::journal::uncommitted(&packs)?
+                .into_iter()
+                .collect();
+        let retired = crate::pack::journal::retired(&packs, now_ns())?;
         let on_disk = list_pack_files(&packs)?;
         let unattributed: Vec<&PackId> = on_disk
             .iter()
@@ -265,7 +271,7 @@ impl Repository {
             .collect();
         if let Some(first) = unattributed.first() {
             return Err(Error::IndexNeedsRepair {
-                path: self.root.join("index"),
+                path: crate::layout::index(&self.root),
                 reason: format!(
                     "the index does not know {} of {} pack files (for example {first}): it is \
                      missing, empty or older than the packs",
@@ -276,9 +282,9 @@ impl Repository {
         }
         let (committed, leftovers): (Vec<PackId>, Vec<PackId>) =
             uncommitted.iter().partition(|id| known.contains(id));
-        crate::journal::discard_packs(&packs, &leftovers)?;
+        crate::pack::journal::discard_packs(&packs, &leftovers)?;
         // Committed: only the marker's removal was lost.
-        crate::journal::clear_uncommitted(&packs, &committed)?;
+        crate::pack::journal::clear_uncommitted(&packs, &committed)?;
         if !leftovers.is_empty() {
             tracing::info!(
                 removed = leftovers.len(),
@@ -291,11 +297,11 @@ impl Repository {
             .filter(|id| known.contains(id))
             .copied()
             .collect();
-        crate::journal::clear_retired(&packs, &stale)?;
-        crate::journal::remove_temporaries(&packs)?;
+        crate::pack::journal::clear_retired(&packs, &stale)?;
+        crate::pack::journal::remove_temporaries(&packs)?;
         // Temporary files of a snapshot copy or pull record interrupted by a crash
         // (fsutil::write_atomic).
-        for dir in [self.snapshots_dir(), self.root.join("pulls")] {
+        for dir in [self.snapshots_dir(), crate::layout::pulls(&self.root)] {
             let items = match fs::read_dir(&dir) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 other => other.at(&dir)?,
@@ -309,8 +315,8 @@ impl Repository {
                 }
             }
         }
-        if crate::mutation::stale_marker(self).exists() {
-            crate::mutation::resync_snapshot_copies(self)?;
+        if copies::stale_marker(self).exists() {
+            copies::resync_snapshot_copies(self)?;
         }
         Ok(())
     }
@@ -326,73 +332,6 @@ impl Repository {
         let mut v = self.index.snapshots()?;
         v.sort_by_key(|s| (s.start_ns, s.id));
         Ok(v)
-    }
-
-    /// Resolves a snapshot reference: a unique hex id prefix, `HOST@latest`,
-    /// `HOST@latest-complete`, `HOST@TIER.N` (`web1@daily.0`), or `latest`.
-    pub fn resolve(&self, reference: &str) -> Result<Snapshot> {
-        let fail = |reason: &str| Error::SnapshotRef {
-            reference: reference.to_string(),
-            reason: reason.to_string(),
-        };
-        let all = self.snapshots()?;
-        if let Some((host, which)) = reference.split_once('@') {
-            let of_host: Vec<&Snapshot> = all.iter().filter(|s| s.host == host).collect();
-            if of_host.is_empty() {
-                return Err(fail("no snapshots of this host"));
-            }
-            return match which {
-                "latest" => Ok(of_host[of_host.len() - 1].clone()),
-                "latest-complete" => of_host
-                    .iter()
-                    .rev()
-                    .find(|s| s.is_complete())
-                    .map(|s| (*s).clone())
-                    .ok_or_else(|| fail("no complete snapshot of this host")),
-                tier_position => {
-                    let owned: Vec<Snapshot> = of_host.iter().map(|s| (*s).clone()).collect();
-                    let positions = xstore_retention::positions(&crate::retain::candidates(&owned));
-                    let valid = tier_position.rsplit_once('.').is_some_and(|(t, n)| {
-                        xstore_retention::validate_tier_name(t).is_ok()
-                            && n.parse::<usize>().is_ok()
-                    });
-                    if !valid {
-                        return Err(fail(
-                            "unknown selector (use latest, latest-complete or TIER.N such as daily.0)",
-                        ));
-                    }
-                    owned
-                        .into_iter()
-                        .find(|s| {
-                            positions
-                                .get(&s.id.to_string())
-                                .is_some_and(|p| p.iter().any(|p| p == tier_position))
-                        })
-                        .ok_or_else(|| fail(&format!("no snapshot at {tier_position}")))
-                }
-            };
-        }
-        if reference == "latest" {
-            return all
-                .last()
-                .cloned()
-                .ok_or_else(|| fail("repository has no snapshots"));
-        }
-        let prefix = reference.to_ascii_lowercase();
-        if prefix.len() < 4 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(fail(
-                "expected an id prefix of 4+ hex digits, HOST@latest or latest",
-            ));
-        }
-        let matches: Vec<&Snapshot> = all
-            .iter()
-            .filter(|s| s.id.to_string().starts_with(&prefix))
-            .collect();
-        match matches.len() {
-            0 => Err(fail("no such snapshot")),
-            1 => Ok(matches[0].clone()),
-            n => Err(fail(&format!("ambiguous prefix ({n} snapshots match)"))),
-        }
     }
 
     /// The snapshot with this id.
@@ -421,7 +360,7 @@ impl Repository {
     /// Maps a whole pack (for scans that read every blob of it: `check --read-data`). Not
     /// cached: the mapping is dropped as soon as the scan of that pack ends.
     pub(crate) fn map_pack(&self, id: &PackId) -> Result<Mmap> {
-        crate::mmap::map_sealed_file(&pack::pack_path(&self.packs_dir(), id))
+        crate::pack::mmap::map_sealed_file(&crate::layout::pack_file(&self.packs_dir(), id))
     }
 
     /// Closes a cached pack file (gc deleted it).
@@ -435,7 +374,7 @@ impl Repository {
         if let Some(f) = self.files.lock().map_err(poisoned)?.get(id) {
             return Ok(f.clone());
         }
-        let path = pack::pack_path(&self.packs_dir(), id);
+        let path = crate::layout::pack_file(&self.packs_dir(), id);
         let file = Arc::new(fs::File::open(&path).at(&path)?);
         let mut files = self.files.lock().map_err(poisoned)?;
         if files.len() >= MAX_OPEN_PACKS {
@@ -453,7 +392,7 @@ impl Repository {
         let file = self.pack_file(&loc.pack)?;
         let mut buf = vec![0u8; pack::BLOB_HEADER_LEN + loc.stored_len as usize];
         file.read_exact_at(&mut buf, loc.offset)
-            .at(pack::pack_path(&self.packs_dir(), &loc.pack))?;
+            .at(crate::layout::pack_file(&self.packs_dir(), &loc.pack))?;
         let entry = PackEntry {
             id: *id,
             kind: loc.kind,
@@ -579,10 +518,7 @@ impl Repository {
     /// Writes a file's content to `out`.
     pub fn cat(&self, entry: &Entry, out: &mut dyn std::io::Write) -> Result<u64> {
         if entry.kind != EntryKind::File {
-            return Err(Error::InvalidArgument(format!(
-                "{}: not a regular file",
-                entry.name_lossy()
-            )));
+            return Err(Error::NotAFile(entry.name_lossy()));
         }
         let mut n = 0u64;
         for c in self.file_chunks(entry)? {
@@ -613,7 +549,7 @@ pub(crate) fn config_fingerprint(config: &Config) -> Vec<u8> {
 /// The error for a `config` whose fingerprint `want` differs from the index's `have`.
 pub(crate) fn config_mismatch(path: &Path, want: &[u8], have: &[u8]) -> Error {
     Error::ConfigMismatch {
-        path: path.join("config"),
+        path: crate::layout::config(path),
         reason: format!(
             "says \"{}\" but the repository was created with \"{}\"; restore the original config",
             String::from_utf8_lossy(want),
@@ -638,7 +574,7 @@ fn check_config_matches(path: &Path, config: &Config, index: &Index, writable: b
 }
 
 pub(crate) fn poisoned<T>(_: std::sync::PoisonError<T>) -> Error {
-    Error::InvalidArgument("internal lock poisoned by a panicking thread".into())
+    Error::Poisoned
 }
 
 /// Every `packs/XX/<id>.pack` file.

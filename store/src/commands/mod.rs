@@ -1,0 +1,12 @@
+//! The operations over one repository, each a set of `impl Repository` methods with its
+//! options and report types: what the CLI's subcommands call.
+
+pub(crate) mod backup;
+pub(crate) mod check;
+pub(crate) mod diff;
+pub(crate) mod gc;
+pub(crate) mod listing;
+pub(crate) mod repair;
+pub(crate) mod restore;
+pub(crate) mod retention;
+pub(crate) mod usage;

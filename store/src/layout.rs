@@ -1,0 +1,107 @@
+//! Every path of a repository, written once (FORMAT.md §Repository layout). Nothing else in
+//! the crate joins a repository-relative name; the object-store backend maps these names to
+//! keys.
+//!
+//! ```text
+//! config                     repository identity and chunker parameters
+//! index/                     RocksDB: blob locations, packs, snapshots, hosts
+//! index.new/                 an index being rebuilt by `repair index` (REBUILT when complete)
+//! index.old.<ns>/            an index `repair index` replaced, kept for the gc grace period
+//! packs/XX/<id>.pack         sealed packs
+//! packs/tmp/                 packs being written
+//! packs/uncommitted/<id>     journal: sealed, not yet committed
+//! packs/retired/<id>         journal: dead since gc's commit at the time inside
+//! snapshots/<id>.json        copies of the snapshot records
+//! locks/writer               the writer lock
+//! locks/snapshot-copies-stale  the copies may lag the index
+//! gc-hold.json               packs `repair index` could not attribute
+//! retention.json             tier schedules and gc settings
+//! pulls/<host>.json          the last pull of each host
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use xstore_chunker::ChunkId;
+use xstore_format::snapshot::SnapshotId;
+
+/// `config`.
+pub(crate) fn config(root: &Path) -> PathBuf {
+    root.join("config")
+}
+/// `index/`.
+pub(crate) fn index(root: &Path) -> PathBuf {
+    root.join("index")
+}
+/// `index.new/`.
+pub(crate) fn index_new(root: &Path) -> PathBuf {
+    root.join("index.new")
+}
+/// Name prefix of `index.old.<ns>/`.
+pub(crate) const REPLACED_INDEX_PREFIX: &str = "index.old.";
+/// `index.old.<ns>/`.
+pub(crate) fn index_replaced(root: &Path, ns: i64) -> PathBuf {
+    root.join(format!("{REPLACED_INDEX_PREFIX}{ns}"))
+}
+/// `packs/`.
+pub(crate) fn packs(root: &Path) -> PathBuf {
+    root.join("packs")
+}
+/// `packs/tmp/`.
+pub(crate) fn packs_tmp(root: &Path) -> PathBuf {
+    packs(root).join("tmp")
+}
+/// `packs/XX/<hex>.pack`, under the packs directory `packs_dir`.
+pub(crate) fn pack_file(packs_dir: &Path, id: &ChunkId) -> PathBuf {
+    let hex = id.to_string();
+    packs_dir
+        .join(hex.get(..2).unwrap_or("00"))
+        .join(format!("{hex}.pack"))
+}
+/// `packs/uncommitted/`, under the packs directory.
+pub(crate) fn uncommitted(packs_dir: &Path) -> PathBuf {
+    packs_dir.join("uncommitted")
+}
+/// `packs/retired/`, under the packs directory.
+pub(crate) fn retired(packs_dir: &Path) -> PathBuf {
+    packs_dir.join("retired")
+}
+/// `snapshots/`.
+pub(crate) fn snapshots(root: &Path) -> PathBuf {
+    root.join("snapshots")
+}
+/// `snapshots/<id>.json`.
+pub(crate) fn snapshot_copy(root: &Path, id: &SnapshotId) -> PathBuf {
+    snapshots(root).join(format!("{id}.json"))
+}
+/// `locks/`.
+pub(crate) fn locks(root: &Path) -> PathBuf {
+    root.join("locks")
+}
+/// `locks/writer`, under the locks directory.
+pub(crate) fn writer_lock(locks_dir: &Path) -> PathBuf {
+    locks_dir.join("writer")
+}
+/// `locks/snapshot-copies-stale`.
+pub(crate) fn copies_stale(root: &Path) -> PathBuf {
+    locks(root).join("snapshot-copies-stale")
+}
+/// `gc-hold.json`.
+pub(crate) fn gc_hold(root: &Path) -> PathBuf {
+    root.join("gc-hold.json")
+}
+/// `retention.json`.
+pub(crate) fn retention(root: &Path) -> PathBuf {
+    root.join("retention.json")
+}
+/// `pulls/`.
+pub(crate) fn pulls(root: &Path) -> PathBuf {
+    root.join("pulls")
+}
+/// `pulls/<host>.json`.
+pub(crate) fn pull_record(root: &Path, host: &str) -> PathBuf {
+    pulls(root).join(format!("{host}.json"))
+}
+/// Directories `init` creates.
+pub(crate) fn init_dirs(root: &Path) -> [PathBuf; 4] {
+    [packs_tmp(root), snapshots(root), locks(root), index(root)]
+}
