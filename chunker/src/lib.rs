@@ -190,6 +190,12 @@ impl ChunkerParams {
         }
     }
 
+    /// The parameters for average chunk size `avg` bytes: min = avg/4, max = avg×4 (the
+    /// ratios of the defaults), validated as [`ChunkerParams::new`] does.
+    pub fn from_average(avg: u32) -> Result<Self, ParamsError> {
+        Self::new(avg / 4, avg, avg.saturating_mul(4))
+    }
+
     /// Validates min/avg/max against FastCDC v2020's limits (all even, min < avg < max).
     pub fn new(min: u32, avg: u32, max: u32) -> Result<Self, ParamsError> {
         fn range(

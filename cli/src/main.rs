@@ -347,8 +347,7 @@ pub(crate) fn open_rw(cli: &Cli) -> Result<Repository> {
     let p = repo_path(cli)?;
     let wait = match &cli.lock_wait {
         Some(d) => {
-            let ns = xstore::retention::parse_duration(d).map_err(anyhow::Error::msg)?;
-            Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
+            xstore::retention::parse_period(d).map_err(|e| anyhow::anyhow!("--lock-wait: {e}"))?
         }
         None => Duration::ZERO,
     };
@@ -540,8 +539,7 @@ fn run(cli: &Cli) -> Result<u8> {
             pack_size_mib,
         } => {
             let path = repo_path(cli)?;
-            let avg = chunk_avg_kib.saturating_mul(1024);
-            let chunker = ChunkerParams::new(avg / 4, avg, avg.saturating_mul(4))
+            let chunker = ChunkerParams::from_average(chunk_avg_kib.saturating_mul(1024))
                 .context("--chunk-avg-kib")?;
             let opts = InitOptions {
                 chunker,
@@ -554,7 +552,10 @@ fn run(cli: &Cli) -> Result<u8> {
             } else if !cli.quiet {
                 println!(
                     "created repository {} at {}",
-                    &repo.config().repository_id[..8],
+                    repo.config()
+                        .repository_id
+                        .get(..8)
+                        .unwrap_or(&repo.config().repository_id),
                     path.display()
                 );
             }

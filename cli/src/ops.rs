@@ -94,10 +94,7 @@ pub(crate) struct MetricsArgs {
 }
 
 fn duration_arg(flag: &str, text: &str) -> Result<std::time::Duration> {
-    let ns = xstore::retention::parse_duration(text).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
-    Ok(std::time::Duration::from_nanos(
-        u64::try_from(ns).with_context(|| format!("{flag} must be positive"))?,
-    ))
+    xstore::retention::parse_period(text).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
 }
 
 /// Prints a plugin report (text or JSON) and returns its exit status.
@@ -133,11 +130,7 @@ pub(crate) fn check_freshness(cli: &Cli, args: &FreshnessArgs) -> Result<u8> {
         );
         let now_ns = match &args.now {
             Some(t) => {
-                let t = humantime::parse_rfc3339_weak(t).context("--now")?;
-                let d = t
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .context("--now is before 1970")?;
-                i64::try_from(d.as_nanos()).context("--now")?
+                xstore::retention::parse_instant(t).map_err(|e| anyhow::anyhow!("--now: {e}"))?
             }
             None => xstore::now_ns(),
         };
@@ -309,7 +302,7 @@ pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
         for s in &snaps {
             println!(
                 "{:<8}  {:<20}  {:>10}  {:>10}  {:>10}",
-                &s.id[..8],
+                s.id.get(..8).unwrap_or(&s.id),
                 time_of(s.start_ns),
                 size(cli, s.logical_bytes),
                 size(cli, s.new_stored_bytes),

@@ -4,10 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use xstore::{
-    HostSpec, Inventory, Progress, PullOptions, PullOutcome, PullReport, Repository, SnapshotId,
-};
+use anyhow::Result;
+use xstore::{Inventory, Progress, PullOptions, PullOutcome, PullReport, Repository, SnapshotId};
 use xstore_agent::cli::AgentArgs;
 
 use crate::{human_bytes, open_ro, open_rw, print_json, time_of, Cli, EXIT_OK};
@@ -56,34 +54,6 @@ fn load_inventory(path: &Path) -> Result<Inventory> {
     Ok(Inventory::load(path)?)
 }
 
-fn select(inv: &Inventory, args: &PullArgs) -> Result<Vec<HostSpec>> {
-    if args.all {
-        return Ok(inv.hosts.clone());
-    }
-    if let Some(a) = &args.account {
-        let account = inv
-            .account(a)
-            .with_context(|| format!("account {a} is not in the inventory"))?;
-        return Ok(inv
-            .hosts
-            .iter()
-            .filter(|h| account.hosts.contains(&h.name))
-            .cloned()
-            .collect());
-    }
-    if args.hosts.is_empty() {
-        anyhow::bail!("name the hosts to pull, or give --all or --account");
-    }
-    args.hosts
-        .iter()
-        .map(|name| {
-            inv.host(name)
-                .cloned()
-                .with_context(|| format!("host {name} is not in the inventory"))
-        })
-        .collect()
-}
-
 fn report_line(r: &PullReport) -> String {
     match r.outcome {
         PullOutcome::Failed => format!(
@@ -115,16 +85,12 @@ fn report_line(r: &PullReport) -> String {
 
 pub(crate) fn pull(cli: &Cli, args: &PullArgs) -> Result<u8> {
     let inv = load_inventory(&args.inventory)?;
-    let hosts = select(&inv, args)?;
-    let timeout = match &args.timeout {
-        Some(t) => {
-            let ns = xstore::retention::parse_duration(t).map_err(anyhow::Error::msg)?;
-            Some(std::time::Duration::from_nanos(
-                u64::try_from(ns).context("--timeout must be positive")?,
-            ))
-        }
-        None => None,
-    };
+    let hosts = inv.select(&args.hosts, args.all, args.account.as_deref())?;
+    let timeout = args
+        .timeout
+        .as_deref()
+        .map(|t| xstore::retention::parse_period(t).map_err(|e| anyhow::anyhow!("--timeout: {e}")))
+        .transpose()?;
     let repo = open_rw(cli)?;
     for h in repo.apply_inventory_schedules(&inv.hosts)? {
         tracing::info!(host = %h, "tier schedule set from the inventory");

@@ -127,11 +127,7 @@ pub(crate) fn forget(
     let policy = keep.policy()?;
     let now_ns = match now {
         Some(t) => {
-            let t = humantime::parse_rfc3339_weak(t).with_context(|| format!("--now {t}"))?;
-            let d = t
-                .duration_since(std::time::UNIX_EPOCH)
-                .context("--now before 1970")?;
-            i64::try_from(d.as_nanos()).context("--now too far in the future")?
+            xstore::retention::parse_instant(t).map_err(|e| anyhow::anyhow!("--now: {e}"))?
         }
         None => xstore::now_ns(),
     };
@@ -178,10 +174,7 @@ pub(crate) fn gc(
 ) -> Result<u8> {
     let max_dead_percent = max_dead.map(parse_percent).transpose()?;
     let grace = grace
-        .map(|g| {
-            humantime::parse_duration(g)
-                .map_err(|e| anyhow::anyhow!("--grace {g:?}: {e} (use e.g. 24h, 30m, 0s)"))
-        })
+        .map(|g| xstore::retention::parse_period(g).map_err(|e| anyhow::anyhow!("--grace: {e}")))
         .transpose()?;
     let repo = crate::open_rw_or_ro(cli, dry_run)?;
     let progress = std::sync::Arc::new(xstore::Progress::default());
@@ -208,7 +201,7 @@ pub(crate) fn gc(
             };
             println!(
                 "{action:<7}  {}  {} dead of {}{}",
-                &p.pack[..16],
+                p.pack.get(..16).unwrap_or(&p.pack),
                 human_bytes(p.dead_bytes),
                 human_bytes(p.size),
                 p.note

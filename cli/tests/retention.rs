@@ -232,6 +232,25 @@ fn bad_retention_input_is_one_clear_error() {
             "\"yearly\" is not in the schedule",
         ),
         (&["--lock-wait", "soon", "gc"], 1, "invalid duration"),
+        // A negative duration is an error wherever a duration is taken.
+        (
+            &["--lock-wait=-5s", "gc"],
+            1,
+            "--lock-wait: invalid duration",
+        ),
+        (&["gc", "--grace=-1h"], 1, "--grace: invalid duration"),
+        (&["gc", "--grace", "1 day"], 1, "--grace: invalid duration"),
+        (
+            &[
+                "forget",
+                "--keep-last",
+                "1",
+                "--now",
+                "1969-12-31T00:00:00Z",
+            ],
+            1,
+            "before 1970",
+        ),
     ];
     for (args, code, needle) in cases {
         let out = xstore(&repo, args);

@@ -657,6 +657,26 @@ fn finish(
     Plan { decisions }
 }
 
+/// Parses a duration as [`parse_duration`] does, as a `std` duration (for time limits and
+/// grace periods). Durations are never negative: a sign is an unknown unit.
+pub fn parse_period(text: &str) -> Result<std::time::Duration, String> {
+    let ns = parse_duration(text)?;
+    u64::try_from(ns)
+        .map(std::time::Duration::from_nanos)
+        .map_err(|_| format!("invalid duration {text:?}: negative"))
+}
+
+/// Parses an instant given as RFC 3339 (`2026-12-01T04:00:00Z`; also with a space and
+/// without the `Z`, read as UTC) into nanoseconds since the epoch, for `--now`.
+pub fn parse_instant(text: &str) -> Result<Nanos, String> {
+    let t = humantime::parse_rfc3339_weak(text.trim())
+        .map_err(|e| format!("invalid time {text:?}: {e} (use e.g. 2026-12-01T04:00:00Z)"))?;
+    let since = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("invalid time {text:?}: before 1970"))?;
+    i64::try_from(since.as_nanos()).map_err(|_| format!("invalid time {text:?}: too far ahead"))
+}
+
 /// Parses a duration such as `4h`, `90m`, `7d`, `2w`, `1d12h` (also `10s`) into nanoseconds.
 pub fn parse_duration(text: &str) -> Result<Nanos, String> {
     let bad = |why: &str| format!("invalid duration {text:?}: {why} (use e.g. 4h, 30m, 7d, 2w)");

@@ -78,7 +78,7 @@ pub use commands::retention::{
 };
 pub use commands::usage::{SnapshotUsage, Usage};
 pub use error::{Error, Result};
-pub use fleet::inventory::{Account, HostSpec, Inventory, InventoryError};
+pub use fleet::inventory::{Account, HostSpec, Inventory, InventoryError, SelectError};
 pub use fleet::pull::{ssh_command, PullOptions, PullOutcome, PullReport, DEFAULT_PULL_THREADS};
 pub use repo::lock::local_hostname;
 pub use repo::{now_ns, Node, Repository};

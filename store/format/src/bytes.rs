@@ -28,16 +28,15 @@ impl<'a> Reader<'a> {
 
     /// The next `n` bytes of field `what`, or [`DecodeError::Truncated`].
     pub fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
-        if self.remaining() < n {
-            return Err(DecodeError::Truncated {
-                what,
-                offset: self.pos,
-                need: n,
-                have: self.remaining(),
-            });
-        }
-        let s = &self.data[self.pos..self.pos + n];
-        self.pos += n;
+        let truncated = DecodeError::Truncated {
+            what,
+            offset: self.pos,
+            need: n,
+            have: self.remaining(),
+        };
+        let end = self.pos.checked_add(n).ok_or(truncated.clone())?;
+        let s = self.data.get(self.pos..end).ok_or(truncated)?;
+        self.pos = end;
         Ok(s)
     }
 

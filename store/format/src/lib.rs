@@ -20,6 +20,16 @@
 //! | [`decode`] | one entry point per decoder, for fuzzing and tools |
 
 #![warn(missing_docs)]
+// Decoders take hostile bytes: no indexing, unwrap, expect or panic outside tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 
 pub mod bytes;
 pub mod codec;

@@ -316,7 +316,7 @@ pub fn read_trailer(pack: &[u8]) -> Result<Vec<PackEntry>, DecodeError> {
         });
     }
     let footer_at = pack.len() - FOOTER_LEN;
-    let footer = &pack[footer_at..];
+    let footer = pack.get(footer_at..).unwrap_or_default();
     let mut f = Reader::new(footer);
     let entries_offset = f.u64("trailer offset")?;
     let count = f.u32("trailer count")?;
@@ -343,10 +343,10 @@ pub fn read_trailer(pack: &[u8]) -> Result<Vec<PackEntry>, DecodeError> {
             reason: format!("{count} entries at {entries_offset} do not end at the footer"),
         });
     };
-    let entries = &pack[entries_start..footer_at];
+    let entries = pack.get(entries_start..footer_at).unwrap_or_default();
     let mut hasher = blake3::Hasher::new();
     hasher.update(entries);
-    hasher.update(&footer[..16]);
+    hasher.update(footer.get(..16).unwrap_or_default());
     if hasher.finalize().as_bytes() != &checksum {
         return Err(DecodeError::Checksum {
             what: "pack trailer",

@@ -24,6 +24,21 @@ pub struct InventoryError {
     pub reason: String,
 }
 
+/// Why [`Inventory::select`] found no hosts to act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SelectError {
+    /// No host names, no `--all`, no `--account`.
+    #[error("name the hosts, or give --all or --account")]
+    NothingNamed,
+    /// The account is not in the inventory.
+    #[error("account {0} is not in the inventory")]
+    UnknownAccount(String),
+    /// The host is not in the inventory.
+    #[error("host {0} is not in the inventory")]
+    UnknownHost(String),
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
@@ -350,6 +365,42 @@ impl Inventory {
     /// An account by name.
     pub fn account(&self, name: &str) -> Option<&Account> {
         self.accounts.iter().find(|a| a.name == name)
+    }
+
+    /// The hosts a command names: every host (`all`), the hosts of `account`, or the hosts
+    /// in `names`, in inventory order for the first two and in the given order for names.
+    /// Naming nothing, an unknown account or an unknown host is an error.
+    pub fn select(
+        &self,
+        names: &[String],
+        all: bool,
+        account: Option<&str>,
+    ) -> Result<Vec<HostSpec>, SelectError> {
+        if all {
+            return Ok(self.hosts.clone());
+        }
+        if let Some(a) = account {
+            let account = self
+                .account(a)
+                .ok_or_else(|| SelectError::UnknownAccount(a.to_string()))?;
+            return Ok(self
+                .hosts
+                .iter()
+                .filter(|h| account.hosts.contains(&h.name))
+                .cloned()
+                .collect());
+        }
+        if names.is_empty() {
+            return Err(SelectError::NothingNamed);
+        }
+        names
+            .iter()
+            .map(|name| {
+                self.host(name)
+                    .cloned()
+                    .ok_or_else(|| SelectError::UnknownHost(name.clone()))
+            })
+            .collect()
     }
 }
 

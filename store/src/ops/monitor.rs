@@ -308,7 +308,10 @@ impl Repository {
                 }
             }
             if let Some(p) = &newest_partial {
-                problems.push(format!("newest snapshot {} is partial", &p[..8]));
+                problems.push(format!(
+                    "newest snapshot {} is partial",
+                    p.get(..8).unwrap_or(p)
+                ));
             }
             let end_ns = complete.as_ref().map_or(i64::MIN, |s| s.end_ns);
             if let Some(pull) = last_pull

@@ -265,7 +265,10 @@ impl<R: Read> SegmentReader<R> {
         let mut header = [0u8; 4];
         let mut got = 0;
         while got < 4 {
-            match self.inner.read(&mut header[got..]) {
+            let Some(rest) = header.get_mut(got..) else {
+                break;
+            };
+            match self.inner.read(rest) {
                 Ok(0) if got == 0 => return Ok(false),
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => got += n,
@@ -301,8 +304,11 @@ impl<R: Read> Read for SegmentReader<R> {
                     }
                 }
                 Unit::FrameLength { at, header } => {
-                    let n = (4 - at).min(buf.len());
-                    buf[..n].copy_from_slice(&header[at..at + n]);
+                    let n = 4usize.saturating_sub(at).min(buf.len());
+                    let (Some(to), Some(from)) = (buf.get_mut(..n), header.get(at..at + n)) else {
+                        return Err(io::ErrorKind::InvalidData.into());
+                    };
+                    to.copy_from_slice(from);
                     self.unit = if at + n == 4 {
                         Unit::FrameBody(u64::from(u32::from_le_bytes(header)))
                     } else {
@@ -313,7 +319,7 @@ impl<R: Read> Read for SegmentReader<R> {
                 Unit::FrameBody(0) => self.unit = Unit::Header,
                 Unit::FrameBody(left) => {
                     let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let n = self.inner.read(&mut buf[..want])?;
+                    let n = self.inner.read(buf.get_mut(..want).unwrap_or_default())?;
                     if n == 0 {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
@@ -335,7 +341,7 @@ impl<R: Read> Read for SegmentReader<R> {
                     let drained = matches!(self.unit, Unit::Piece(0));
                     let status = zstd::stream::raw::Operation::run_on_buffers(
                         &mut self.decoder,
-                        &self.input[self.pos..],
+                        self.input.get(self.pos..).unwrap_or_default(),
                         buf,
                     )?;
                     self.pos += status.bytes_read;
