@@ -24,6 +24,18 @@ struct Fleet {
 
 const BIN: &str = env!("CARGO_BIN_EXE_xstore");
 
+/// The small client binary, built beside `xstore` by the workspace build: the clients of
+/// these tests run it as their forced command, as README's client setup installs it.
+fn agent_bin() -> std::path::PathBuf {
+    let path = Path::new(BIN).with_file_name("xstore-agent");
+    assert!(
+        path.is_file(),
+        "{} missing: build the workspace",
+        path.display()
+    );
+    path
+}
+
 /// A client whose backup.conf lists `data/`, an sshd with the agent's forced command, a
 /// repository, and an inventory naming the client `client1` (plus `hosts_toml`).
 fn fleet(hosts_toml: &str) -> Fleet {
@@ -43,8 +55,8 @@ fn fleet(hosts_toml: &str) -> Fleet {
     .unwrap();
     let sshd_dir = root.join("sshd");
     let sshd = Sshd::start(&sshd_dir, |_| {
-        let out = Command::new(BIN)
-            .args(["agent", "--print-authorized-keys", "--from", "127.0.0.1"])
+        let out = Command::new(agent_bin())
+            .args(["--print-authorized-keys", "--from", "127.0.0.1"])
             .arg("--server-key")
             .arg(sshd_dir.join("client_key.pub"))
             .arg("--config")

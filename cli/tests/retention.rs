@@ -249,7 +249,7 @@ fn bad_retention_input_is_one_clear_error() {
                 "1969-12-31T00:00:00Z",
             ],
             1,
-            "before 1970",
+            "--now: invalid time",
         ),
     ];
     for (args, code, needle) in cases {

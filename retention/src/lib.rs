@@ -1,7 +1,7 @@
 //! Retention plans for xstore: which snapshots to keep, and why.
 //!
 //! Two ways to decide, one output:
-//! - **Tiers** (rsnapshot's model, DESIGN §6): an ordered list of named tiers with counts
+//! - **Tiers** (rsnapshot's model): an ordered list of named tiers with counts
 //!   (`hourly=6,daily=7,weekly=4,monthly=6`). A new snapshot *enters* the lowest tier at `.0`;
 //!   *rotating* a higher tier promotes the oldest snapshot of the tier below, when that tier is
 //!   full, to `.0` of this tier. Every tier is trimmed to its count. Promotion moves a label,

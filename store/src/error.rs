@@ -1,10 +1,29 @@
 //! Typed errors of the library. The CLI turns them into one line each.
 
+use std::io;
 use std::path::PathBuf;
 
 use crate::ChunkId;
 
 pub use xstore_format::DecodeError;
+
+/// Errors of connecting to an agent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RemoteError {
+    /// The stream ended before the agent's hello (ssh failed, or no agent at the other end).
+    #[error("the connection closed before the agent's hello")]
+    Closed,
+    /// The agent refused the session.
+    #[error("the agent refused: {0}")]
+    Refused(String),
+    /// The agent's hello was not valid.
+    #[error("not an xstore agent, or an incompatible one: {0}")]
+    Protocol(String),
+    /// Reading or writing the stream failed.
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+}
 
 fn ssh_detail(line: Option<&str>) -> String {
     line.map(|l| format!(" (ssh: {l})")).unwrap_or_default()
@@ -136,7 +155,7 @@ pub enum Error {
         ssh: Option<String>,
         /// What went wrong in the handshake.
         #[source]
-        source: crate::RemoteError,
+        source: RemoteError,
     },
     /// A backup source root that cannot be read at all.
     #[error("backup source {path}: {source}")]

@@ -77,12 +77,13 @@ pub use commands::retention::{
     DEFAULT_GC_MAX_DEAD_PERCENT, RETENTION_VERSION,
 };
 pub use commands::usage::{SnapshotUsage, Usage};
+pub use error::RemoteError;
 pub use error::{Error, Result};
 pub use fleet::inventory::{Account, HostSpec, Inventory, InventoryError, SelectError};
 pub use fleet::pull::{ssh_command, PullOptions, PullOutcome, PullReport, DEFAULT_PULL_THREADS};
 pub use repo::lock::local_hostname;
 pub use repo::{now_ns, Node, Repository};
-pub use source::remote::{AgentInfo, RemoteError, RemoteSource, MAX_LISTING_BYTES};
+pub use source::remote::{AgentInfo, RemoteSource, MAX_LISTING_BYTES};
 pub use source::{FetchedChunk, LocalSource, Source, SourceFile};
 pub use txn::Released;
 pub use xstore_format::bytes::to_hex;

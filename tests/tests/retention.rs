@@ -237,7 +237,7 @@ impl Source for Gated {
     }
 }
 
-/// The race DESIGN §4 invariant 5 names: host `new` is backed up with host `old`'s snapshot
+/// The race of ARCHITECTURE.md invariant 8: host `new` is backed up with host `old`'s snapshot
 /// as parent, so it reuses `old`'s blobs (unchanged files without reading, a touched file by
 /// deduplicating its chunks). While it runs, `old`'s snapshot expires and gc runs. The backup
 /// must commit, restore exactly, and `check` must pass.

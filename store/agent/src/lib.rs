@@ -1,5 +1,7 @@
-//! The client side of a pull: `xstore agent`, run by sshd as the forced command of the backup
-//! server's key (DESIGN §7, FORMAT.md §Agent protocol).
+//! # xstore-agent
+//!
+//! The client side of a pull: the small `xstore-agent` binary (or the server binary's `xstore agent`), run by sshd as the forced command of the backup
+//! server's key (ARCHITECTURE.md invariant 10, FORMAT.md §Agent protocol).
 //!
 //! Invariants:
 //! - it serves only the trees of its allow-list (`/etc/backup.conf`), read-only; it opens

@@ -1,5 +1,5 @@
 //! A read-only filesystem view of a repository, shared by the FUSE mount and the NFS export
-//! (DESIGN §8):
+//! (ARCHITECTURE.md invariant 12):
 //!
 //! ```text
 //! /                                  tier positions and `hosts`

@@ -4,6 +4,7 @@
 //! or NUL), unsorted or duplicate names, and lengths that do not add up.
 
 use crate::bytes::{put_bytes, put_varint, Reader};
+use crate::meta::SourceKind;
 use crate::ChunkId;
 use crate::DecodeError;
 
@@ -81,6 +82,34 @@ impl EntryKind {
     }
 }
 
+impl SourceKind {
+    /// The tree entry kind this is stored as; `None` for sockets, which are never stored.
+    pub fn entry_kind(self) -> Option<EntryKind> {
+        Some(match self {
+            SourceKind::File => EntryKind::File,
+            SourceKind::Dir => EntryKind::Dir,
+            SourceKind::Symlink => EntryKind::Symlink,
+            SourceKind::CharDevice => EntryKind::CharDevice,
+            SourceKind::BlockDevice => EntryKind::BlockDevice,
+            SourceKind::Fifo => EntryKind::Fifo,
+            SourceKind::Socket => return None,
+        })
+    }
+}
+
+impl From<EntryKind> for SourceKind {
+    fn from(kind: EntryKind) -> Self {
+        match kind {
+            EntryKind::File => SourceKind::File,
+            EntryKind::Dir => SourceKind::Dir,
+            EntryKind::Symlink => SourceKind::Symlink,
+            EntryKind::CharDevice => SourceKind::CharDevice,
+            EntryKind::BlockDevice => SourceKind::BlockDevice,
+            EntryKind::Fifo => SourceKind::Fifo,
+        }
+    }
+}
+
 /// One chunk of a file: id and length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkRef {
@@ -145,16 +174,8 @@ impl Entry {
     }
     /// The source metadata this entry was recorded from (what `lstat` gave at backup time).
     pub fn meta(&self) -> crate::meta::EntryMeta {
-        use crate::meta::SourceKind;
         crate::meta::EntryMeta {
-            kind: match self.kind {
-                EntryKind::File => SourceKind::File,
-                EntryKind::Dir => SourceKind::Dir,
-                EntryKind::Symlink => SourceKind::Symlink,
-                EntryKind::CharDevice => SourceKind::CharDevice,
-                EntryKind::BlockDevice => SourceKind::BlockDevice,
-                EntryKind::Fifo => SourceKind::Fifo,
-            },
+            kind: self.kind.into(),
             mode: self.mode,
             uid: self.uid,
             gid: self.gid,

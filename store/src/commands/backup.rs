@@ -1,5 +1,5 @@
 //! Ingest: walk a [`Source`], chunk and hash files, store new blobs in packs, build the Merkle
-//! tree of directories, and commit everything in one atomic index batch (DESIGN §4).
+//! tree of directories, and commit everything in one atomic index batch (ARCHITECTURE.md invariant 2).
 //!
 //! Parallelism: sibling entries of a directory are processed with rayon; inside a large file
 //! the reading thread chunks and hashes while compression of new chunks runs on other workers
@@ -359,11 +359,7 @@ impl<'a> Session<'a> {
             },
             SourceKind::CharDevice | SourceKind::BlockDevice | SourceKind::Fifo => {
                 self.others.fetch_add(1, Ordering::Relaxed);
-                let kind = match meta.kind {
-                    SourceKind::CharDevice => EntryKind::CharDevice,
-                    SourceKind::BlockDevice => EntryKind::BlockDevice,
-                    _ => EntryKind::Fifo,
-                };
+                let kind = meta.kind.entry_kind().unwrap_or(EntryKind::Fifo);
                 let mut m = meta;
                 m.size = 0;
                 Self::entry_from_meta(name, &m, kind, Content::None)

@@ -1,6 +1,6 @@
 //! Restore: a snapshot (or one path of it) into a target directory, bit-exact with metadata.
 //!
-//! Safety (DESIGN §12): every name was validated when its tree was decoded (no `..`, `/`, NUL),
+//! Safety (ARCHITECTURE.md invariants 6 and 15): every name was validated when its tree was decoded (no `..`, `/`, NUL),
 //! and every path operation is relative to a directory descriptor. The target is reached from
 //! `/` without following a symlink another user could have planted (`open_target`) and
 //! opened once;

@@ -1,4 +1,4 @@
-//! Usage (DESIGN §9): what a host, an account or one snapshot holds in the repository,
+//! Usage (ARCHITECTURE.md invariant 11): what a host, an account or one snapshot holds in the repository,
 //! computed from reference counts and the Merkle DAG. Data chunks are looked up in the index
 //! (their size is in their location), never read; only trees and chunk lists are read.
 //!

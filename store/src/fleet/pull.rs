@@ -1,4 +1,4 @@
-//! Pulling hosts over SSH (DESIGN §7): run the system `ssh` to the client, whose forced
+//! Pulling hosts over SSH (ARCHITECTURE.md invariant 10): run the system `ssh` to the client, whose forced
 //! command is `xstore agent`, and back up the agent's stream as a [`RemoteSource`].
 //!
 //! A pull either commits a snapshot (complete, or partial with every failed path listed) or

@@ -1,5 +1,5 @@
 //! The pack journal: which sealed pack files are not yet committed, and which ones gc has
-//! retired. Nothing deletes a pack file unless this journal proves it dead (DESIGN §12):
+//! retired. Nothing deletes a pack file unless this journal proves it dead (ARCHITECTURE.md invariant 13):
 //!
 //! - `packs/uncommitted/<pack id>` (empty) is created, and its directory fsynced, before a
 //!   sealed pack is renamed into `packs/XX/`; it is removed after the index batch that

@@ -16,6 +16,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::error::RemoteError;
 use crate::source::{FetchedChunk, Source, SourceFile};
 use crate::{ChunkId, ChunkerParams};
 use xstore_format::meta::EntryMeta;
@@ -302,24 +303,6 @@ impl Inner {
         };
         self.break_off(reason);
     }
-}
-
-/// Errors of connecting to an agent.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RemoteError {
-    /// The stream ended before the agent's hello (ssh failed, or no agent at the other end).
-    #[error("the connection closed before the agent's hello")]
-    Closed,
-    /// The agent refused the session.
-    #[error("the agent refused: {0}")]
-    Refused(String),
-    /// The agent's hello was not valid.
-    #[error("not an xstore agent, or an incompatible one: {0}")]
-    Protocol(String),
-    /// Reading or writing the stream failed.
-    #[error("connection: {0}")]
-    Io(#[from] io::Error),
 }
 
 /// A [`Source`] served by `xstore agent` over a byte stream (usually an SSH session's
@@ -614,8 +597,9 @@ fn unexpected(what: &str) -> io::Error {
     )
 }
 
+/// The names a tree may hold (the rule trees are decoded with).
 fn valid_name(name: &[u8]) -> bool {
-    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+    xstore_format::tree::validate_name(name).is_ok()
 }
 
 impl Source for RemoteSource {

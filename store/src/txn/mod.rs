@@ -1,6 +1,6 @@
 //! Every change to reference counts goes through a [`Mutation`]: an overlay of index changes
 //! applied as one atomic, synced batch while the process-wide write state is locked, so
-//! commits, expiries and reclaims of one process are serialized (DESIGN §4, invariant 5).
+//! commits, expiries and reclaims of one process are serialized (ARCHITECTURE.md, invariants 4 and 8).
 //!
 //! The race between a backup and reclaim: a backup session may deduplicate against a blob
 //! (find it live in the index, or reuse it from its parent snapshot) that an expiry then
