@@ -4,5 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
+# The real-sshd pull tests run the small client binary as their forced command; test builds
+# do not produce other packages' binaries, so it is built first (no RocksDB in it).
+cargo build --release --locked -p xstore-agent
 cargo nextest run --release --workspace --all-targets --locked --no-fail-fast "$@"
 cargo test --release --workspace --doc --locked
