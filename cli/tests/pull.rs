@@ -269,7 +269,8 @@ fn agent_pids(marker: &Path) -> Vec<i32> {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(" agent ") && cmdline.contains(marker.to_str().unwrap()) {
+        let is_agent = cmdline.contains("xstore-agent ") || cmdline.contains(" agent ");
+        if is_agent && cmdline.contains(marker.to_str().unwrap()) {
             pids.push(pid);
         }
     }
