@@ -312,7 +312,8 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let message = error_line(&e);
+            // The same line the agent binary prints: the error, then each cause once.
+            let message = xstore_agent::cli::error_line(e.as_ref());
             if cli.json {
                 let line = serde_json::json!({"type": "error", "message": message});
                 println!("{line}");
@@ -321,20 +322,6 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_ERROR)
         }
     }
-}
-
-/// One line for an error and its causes, each cause said once: a cause whose text the
-/// message already contains (the library's errors name their source) is not repeated.
-fn error_line(e: &anyhow::Error) -> String {
-    let mut line = e.to_string();
-    for cause in e.chain().skip(1) {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-    }
-    line
 }
 
 pub(crate) fn repo_path(cli: &Cli) -> Result<PathBuf> {

@@ -5,7 +5,8 @@
 //! ```text
 //! config                     repository identity and chunker parameters
 //! index/                     RocksDB: blob locations, packs, snapshots, hosts
-//! index.new/                 an index being rebuilt by `repair index` (REBUILT when complete)
+//! index.new/                 an index being rebuilt by `repair index` (index.new/REBUILT
+//!                            when complete)
 //! index.old.<ns>/            an index `repair index` replaced, kept for the gc grace period
 //! packs/XX/<id>.pack         sealed packs
 //! packs/tmp/                 packs being written
@@ -35,6 +36,16 @@ pub(crate) fn index(root: &Path) -> PathBuf {
 /// `index.new/`.
 pub(crate) fn index_new(root: &Path) -> PathBuf {
     root.join("index.new")
+}
+/// `CURRENT` inside an index directory: RocksDB's pointer to its manifest, present once the
+/// database exists.
+pub(crate) fn index_current(index_dir: &Path) -> PathBuf {
+    index_dir.join("CURRENT")
+}
+/// `REBUILT` inside `index.new/`: written last by `repair index`, so a rebuilt index is
+/// swapped in only when complete.
+pub(crate) fn rebuilt_marker(index_dir: &Path) -> PathBuf {
+    index_dir.join("REBUILT")
 }
 /// Name prefix of `index.old.<ns>/`.
 pub(crate) const REPLACED_INDEX_PREFIX: &str = "index.old.";

@@ -68,7 +68,9 @@ pub fn main(args: &AgentArgs, name: &str) -> Result<(), AgentError> {
     )
 }
 
-/// The error line a binary prints: the error, then each cause its text does not contain.
+/// The error line a binary prints: the error, then each cause its text does not contain
+/// (the library errors name their source: the cause is said once). Both `xstore` and
+/// `xstore-agent` print errors through it.
 pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
     let mut line = e.to_string();
     let mut cause = e.source();

@@ -12,7 +12,7 @@ use crate::index::{BlobLoc, HostRecord, Index, PackRecord};
 use crate::pack::{self, PackId};
 use crate::repo::hold::Hold;
 use crate::repo::lock::WriterLock;
-use crate::repo::recovery::{finish_index_swap, REBUILT_MARKER};
+use crate::repo::recovery::finish_index_swap;
 use crate::repo::{list_pack_files, Repository};
 use crate::{fsutil, ChunkId};
 use xstore_format::snapshot::{Snapshot, SnapshotId};
@@ -332,7 +332,7 @@ impl Repository {
         // The copies in snapshots/ may differ from the new index: the next writable open
         // (below) resyncs them while this marker exists.
         crate::repo::copies::write_stale_marker_at(path)?;
-        fsutil::write_atomic(&new_dir.join(REBUILT_MARKER), b"complete\n")?;
+        fsutil::write_atomic(&crate::layout::rebuilt_marker(&new_dir), b"complete\n")?;
         finish_index_swap(path)?;
         // Every pack is in the new index now: the journal's markers are settled.
         let uncommitted = crate::pack::journal::uncommitted(&packs_dir)?;

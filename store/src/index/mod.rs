@@ -66,7 +66,7 @@ impl Index {
     /// Opens an existing index for writing, or read-only. A missing index is an error, never
     /// silently replaced by an empty one (an empty index would disown every pack).
     pub(crate) fn open(path: &Path, read_only: bool) -> Result<Self> {
-        if !path.join("CURRENT").is_file() {
+        if !crate::layout::index_current(path).is_file() {
             return Err(Error::IndexNeedsRepair {
                 path: path.to_path_buf(),
                 reason: "the index is missing or empty".into(),

@@ -7,14 +7,14 @@ use std::path::Path;
 use crate::error::{IoContext, Result};
 use crate::fsutil;
 
-pub(crate) const REBUILT_MARKER: &str = "REBUILT";
-
 /// The index a reader should open: `index`, or during a swap interrupted between its two
 /// renames (only the next writer completes it) the complete rebuilt one in `index.new`.
 pub(crate) fn readable_index_dir(root: &Path) -> std::path::PathBuf {
     let cur = crate::layout::index(root);
     let new = crate::layout::index_new(root);
-    if !cur.join("CURRENT").is_file() && new.join(REBUILT_MARKER).is_file() {
+    if !crate::layout::index_current(&cur).is_file()
+        && crate::layout::rebuilt_marker(&new).is_file()
+    {
         return new;
     }
     cur
@@ -26,7 +26,7 @@ pub(crate) fn finish_index_swap(root: &Path) -> Result<()> {
     if !new.exists() {
         return Ok(());
     }
-    if !new.join(REBUILT_MARKER).exists() {
+    if !crate::layout::rebuilt_marker(&new).exists() {
         fs::remove_dir_all(&new).at(&new)?;
         return Ok(());
     }
@@ -38,7 +38,7 @@ pub(crate) fn finish_index_swap(root: &Path) -> Result<()> {
         fs::rename(&cur, &old).at(&cur)?;
     }
     fs::rename(&new, &cur).at(&new)?;
-    fs::remove_file(cur.join(REBUILT_MARKER)).at(&cur)?;
+    fs::remove_file(crate::layout::rebuilt_marker(&cur)).at(&cur)?;
     fsutil::sync_dir(root)
 }
 

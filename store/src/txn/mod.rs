@@ -133,7 +133,7 @@ impl<'r> Mutation<'r> {
     /// Adds `add` to and takes `sub` from a pack's dead bytes.
     fn adjust_dead(&mut self, pack: &PackId, add: u64, sub: u64) -> Result<()> {
         let mut rec = self.pack(pack)?.ok_or_else(|| Error::Corrupt {
-            path: crate::layout::index(self.repo.path()).join("packs"),
+            path: crate::layout::index(self.repo.path()),
             source: crate::DecodeError::Invalid {
                 what: "pack record",
                 offset: 0,
