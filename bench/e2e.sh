@@ -7,6 +7,7 @@
 #   TOOLS="xstore" bench/e2e.sh  # a subset
 #   CHUNK_SWEEP=1 bench/e2e.sh   # xstore only, average chunk sizes 64 KiB, 256 KiB, 1 MiB
 #   DATA=/some/dir bench/e2e.sh  # another tree
+#   XSTORE=/old/xstore TOOLS=xstore bench/e2e.sh   # another build of xstore (A/B)
 #
 # Peers: restic (zstd "auto", its default), borg without encryption and zstd level 3.
 # The page cache is warmed once before the runs, so every tool reads from memory; restores go
