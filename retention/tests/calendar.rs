@@ -4,7 +4,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use proptest::prelude::*;
-use xstore_retention::{parse_duration, plan_keep, Action, Candidate, KeepPolicy, Plan};
+use xstore_retention::{
+    parse_duration, parse_instant, parse_period, plan_keep, Action, Candidate, KeepPolicy, Plan,
+};
 
 const HOUR: i64 = 3_600_000_000_000;
 const DAY: i64 = 24 * HOUR;
@@ -135,6 +137,29 @@ fn durations_parse_and_reject_garbage() {
     assert_eq!(parse_duration("2w").unwrap(), 14 * DAY);
     for bad in ["", "4", "h", "4x", "99999999999999999w", "-1h"] {
         assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        assert!(parse_period(bad).is_err(), "{bad:?} accepted");
+    }
+    assert_eq!(
+        parse_period("90m").unwrap(),
+        std::time::Duration::from_secs(90 * 60)
+    );
+    assert_eq!(parse_period("0s").unwrap(), std::time::Duration::ZERO);
+}
+
+#[test]
+fn instants_parse_as_utc_and_reject_garbage() {
+    assert_eq!(parse_instant("1970-01-02T00:00:00Z").unwrap(), DAY);
+    assert_eq!(
+        parse_instant("2026-12-01 04:00:00").unwrap(),
+        parse_instant("2026-12-01T04:00:00Z").unwrap()
+    );
+    for bad in [
+        "",
+        "yesterday",
+        "2026-13-01T00:00:00Z",
+        "1969-12-31T00:00:00Z",
+    ] {
+        assert!(parse_instant(bad).is_err(), "{bad:?} accepted");
     }
 }
 

@@ -411,6 +411,40 @@ mod tests {
     const EXAMPLE: &str = include_str!("../../../examples/hosts.toml");
 
     #[test]
+    fn select_names_all_an_account_or_hosts_and_refuses_the_unknown() {
+        let inv = Inventory::parse(EXAMPLE, Path::new("hosts.toml")).expect("example");
+        let names = |hosts: Vec<HostSpec>| hosts.into_iter().map(|h| h.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(inv.select(&[], true, None).expect("all")),
+            ["web1.example.net", "web2.example.net", "db1.example.org"]
+        );
+        assert_eq!(
+            names(inv.select(&[], false, Some("acme")).expect("acme")),
+            ["web1.example.net", "web2.example.net"]
+        );
+        let asked = [
+            "db1.example.org".to_string(),
+            "web1.example.net".to_string(),
+        ];
+        assert_eq!(
+            names(inv.select(&asked, false, None).expect("named")),
+            asked
+        );
+        assert_eq!(
+            inv.select(&[], false, None).err(),
+            Some(SelectError::NothingNamed)
+        );
+        assert_eq!(
+            inv.select(&[], false, Some("nobody")).err(),
+            Some(SelectError::UnknownAccount("nobody".into()))
+        );
+        assert_eq!(
+            inv.select(&["web9".to_string()], false, None).err(),
+            Some(SelectError::UnknownHost("web9".into()))
+        );
+    }
+
+    #[test]
     fn the_documented_example_parses() {
         let inv = Inventory::parse(EXAMPLE, Path::new("hosts.toml")).expect("example");
         assert_eq!(inv.accounts.len(), 2);
