@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Result;
-use xstore::{Inventory, Progress, PullOptions, PullOutcome, PullReport, Repository, SnapshotId};
+use xstore::{Inventory, Progress, PullOptions, PullOutcome, PullReport, Repository};
 use xstore_agent::cli::AgentArgs;
 
 use crate::{human_bytes, open_ro, open_rw, print_json, time_of, Cli, EXIT_OK};
@@ -156,14 +156,15 @@ pub(crate) fn hosts(cli: &Cli, args: &HostsArgs) -> Result<u8> {
     let now = xstore::now_ns();
     let mut rows = Vec::new();
     for h in &inv.hosts {
-        let record = repo.host_record(&h.name)?;
-        let latest = match record.as_ref().and_then(|r| r.latest) {
-            Some(id) => Some(repo.snapshot(&SnapshotId(id))?),
-            None => None,
-        };
+        let status = repo.host_status(&h.name)?;
         let allocation = inv.account(&h.account).map(|a| a.allocation);
-        let last_pull = repo.last_pull(&h.name)?;
-        rows.push((h, record, latest, allocation, last_pull));
+        rows.push((
+            h,
+            status.record,
+            status.newest,
+            allocation,
+            status.last_pull,
+        ));
     }
     if cli.json {
         let v: Vec<serde_json::Value> = rows

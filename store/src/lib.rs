@@ -80,7 +80,9 @@ pub use commands::usage::{SnapshotUsage, Usage};
 pub use error::RemoteError;
 pub use error::{Error, Result};
 pub use fleet::inventory::{Account, HostSpec, Inventory, InventoryError, SelectError};
-pub use fleet::pull::{ssh_command, PullOptions, PullOutcome, PullReport, DEFAULT_PULL_THREADS};
+pub use fleet::pull::{
+    ssh_command, HostStatus, PullOptions, PullOutcome, PullReport, DEFAULT_PULL_THREADS,
+};
 pub use repo::lock::local_hostname;
 pub use repo::{now_ns, Node, Repository};
 pub use source::remote::{AgentInfo, RemoteSource, MAX_LISTING_BYTES};

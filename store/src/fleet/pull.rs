@@ -16,7 +16,8 @@ use crate::fleet::inventory::HostSpec;
 use crate::repo::Repository;
 use crate::source::remote::RemoteSource;
 use crate::{BackupOptions, ParentChoice, Progress, TierChoice};
-use xstore_format::snapshot::Snapshot;
+use xstore_format::records::HostRecord;
+use xstore_format::snapshot::{Snapshot, SnapshotId};
 
 /// Requests kept in flight on one agent connection by default (ingest threads of a pull).
 pub const DEFAULT_PULL_THREADS: usize = 16;
@@ -217,6 +218,26 @@ fn reap(child: &Mutex<Child>, grace: Duration) {
     }
 }
 
+/// What the repository knows of one host ([`Repository::host_status`]).
+#[derive(Debug, Clone, Default)]
+pub struct HostStatus {
+    /// The index's record of the host (`None`: never backed up, or all expired).
+    pub record: Option<HostRecord>,
+    /// The newest snapshot, complete or partial.
+    pub newest: Option<Snapshot>,
+    /// The newest complete snapshot.
+    pub newest_complete: Option<Snapshot>,
+    /// The newest pull, successful or not.
+    pub last_pull: Option<PullReport>,
+}
+
+impl HostStatus {
+    /// The newest snapshot when it is partial (newer than the newest complete one).
+    pub fn newest_partial(&self) -> Option<&Snapshot> {
+        self.newest.as_ref().filter(|s| !s.is_complete())
+    }
+}
+
 impl Repository {
     /// Pulls one host: connects with [`ssh_command`], backs up the paths the inventory names
     /// (or the agent's whole allow-list) as a snapshot of `host.name`, with the host's newest
@@ -263,6 +284,27 @@ impl Repository {
 
     fn pulls_dir(&self) -> std::path::PathBuf {
         crate::layout::pulls(self.path())
+    }
+
+    /// What the repository knows of `host` (monitoring, metrics and `xstore hosts` read it):
+    /// its host record, its newest and newest complete snapshots (from the record: no scan
+    /// of the snapshots), and its newest pull.
+    pub fn host_status(&self, host: &str) -> Result<HostStatus> {
+        let record = self.host_record(host)?;
+        let read = |id: Option<[u8; 32]>| id.map(|id| self.snapshot(&SnapshotId(id))).transpose();
+        let newest_complete = read(record.as_ref().and_then(|r| r.latest_complete))?;
+        let newest = match record.as_ref().and_then(|r| r.latest) {
+            Some(id) if newest_complete.as_ref().is_some_and(|s| s.id.0 == id) => {
+                newest_complete.clone()
+            }
+            other => read(other)?,
+        };
+        Ok(HostStatus {
+            record,
+            newest,
+            newest_complete,
+            last_pull: self.last_pull(host)?,
+        })
     }
 
     /// The newest recorded pull of `host` (`None` if it was never pulled, or the record

@@ -9,7 +9,6 @@ use std::path::Path;
 use crate::error::Result;
 use crate::fleet::inventory::Inventory;
 use crate::repo::Repository;
-use xstore_format::snapshot::SnapshotId;
 
 /// A metric family being written: `# HELP`, `# TYPE`, then its samples.
 struct Family<'a> {
@@ -82,19 +81,15 @@ impl Repository {
         let mut ages = Vec::new();
         let mut pulls = Vec::new();
         for h in &hosts {
-            let record = self.host_record(h)?;
-            let complete = match record.and_then(|r| r.latest_complete) {
-                Some(id) => Some(self.snapshot(&SnapshotId(id))?),
-                None => None,
-            };
-            match &complete {
+            let status = self.host_status(h)?;
+            match &status.newest_complete {
                 Some(s) => {
                     newest_ts.push((h, seconds(s.end_ns)));
                     ages.push((h, seconds(now_ns.saturating_sub(s.end_ns)).max(0.0)));
                 }
                 None => ages.push((h, f64::INFINITY)),
             }
-            if let Some(p) = self.last_pull(h)? {
+            if let Some(p) = status.last_pull {
                 pulls.push((h, p));
             }
         }

@@ -18,7 +18,6 @@ use crate::error::Result;
 use crate::fleet::inventory::{Account, HostSpec};
 use crate::fleet::pull::{PullOutcome, PullReport};
 use crate::repo::Repository;
-use xstore_format::snapshot::SnapshotId;
 
 /// Default age of the newest complete backup that makes a host WARNING.
 pub const DEFAULT_WARNING_AGE: Duration = Duration::from_secs(4 * 3600);
@@ -270,16 +269,10 @@ impl Repository {
         for t in targets {
             let warning = t.warning_age.unwrap_or(opts.warning).as_secs();
             let critical = t.critical_age.unwrap_or(opts.critical).as_secs();
-            let record = self.host_record(&t.host)?;
-            let last_pull = self.last_pull(&t.host)?;
-            let complete = match record.as_ref().and_then(|r| r.latest_complete) {
-                Some(id) => Some(self.snapshot(&SnapshotId(id))?),
-                None => None,
-            };
-            let newest_partial = record
-                .as_ref()
-                .and_then(|r| r.latest.filter(|l| Some(*l) != r.latest_complete))
-                .map(|id| SnapshotId(id).to_string());
+            let status = self.host_status(&t.host)?;
+            let newest_partial = status.newest_partial().map(|s| s.id.to_string());
+            let (record, last_pull, complete) =
+                (status.record, status.last_pull, status.newest_complete);
             let age = complete
                 .as_ref()
                 .map(|s| seconds_between(s.end_ns, opts.now_ns));
