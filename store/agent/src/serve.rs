@@ -225,22 +225,10 @@ fn io_reply(req: u64, path: &Path, e: &io::Error) -> AgentMsg {
     error_reply(req, ErrorCode::of(e), format!("{}: {e}", path.display()))
 }
 
-/// A request path: absolute, normalized (no `.`, `..`, empty components or trailing `/`).
+/// A request's path: a wire path (`xstore_format::protocol::paths`), else the request is
+/// refused.
 fn request_path(bytes: &[u8]) -> Option<&Path> {
-    if bytes.first() != Some(&b'/') || bytes.contains(&0) {
-        return None;
-    }
-    if bytes == b"/" {
-        return Some(Path::new("/"));
-    }
-    let rest = &bytes[1..];
-    if rest
-        .split(|b| *b == b'/')
-        .any(|c| c.is_empty() || c == b"." || c == b"..")
-    {
-        return None;
-    }
-    Some(Path::new(OsStr::from_bytes(bytes)))
+    xstore_format::protocol::paths::wire_path(bytes)
 }
 
 impl Ctx<'_> {
@@ -635,23 +623,6 @@ mod tests {
         assert_eq!(next_request(&urgent, &ahead), Some(chunk_file(2)));
         assert_eq!(next_request(&urgent, &ahead), Some(chunk_file(3)));
         assert_eq!(next_request(&urgent, &ahead), None);
-    }
-
-    #[test]
-    fn request_paths_must_be_normalized() {
-        assert!(request_path(b"/etc/passwd").is_some());
-        assert!(request_path(b"/").is_some());
-        for bad in [
-            &b"etc"[..],
-            b"/etc/",
-            b"/etc//x",
-            b"/etc/../root",
-            b"/./etc",
-            b"",
-            b"/a\0b",
-        ] {
-            assert!(request_path(bad).is_none(), "{bad:?}");
-        }
     }
 
     #[test]

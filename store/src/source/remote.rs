@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -371,7 +371,7 @@ impl RemoteSource {
         };
         let mut root_paths = Vec::new();
         for r in roots {
-            match normalize(Path::new(OsStr::from_bytes(&r))) {
+            match xstore_format::protocol::paths::normalize(Path::new(OsStr::from_bytes(&r))) {
                 Some(p) if p != Path::new("/") => root_paths.push(p),
                 _ => {
                     return Err(RemoteError::Protocol(format!(
@@ -574,22 +574,6 @@ impl Drop for RemoteSource {
     }
 }
 
-/// `path` without `.`/`..`/repeated separators, when it is absolute and has no `..`.
-fn normalize(path: &Path) -> Option<PathBuf> {
-    if !path.is_absolute() {
-        return None;
-    }
-    let mut out = PathBuf::from("/");
-    for c in path.components() {
-        match c {
-            Component::RootDir | Component::CurDir => {}
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(out)
-}
-
 fn unexpected(what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
@@ -758,7 +742,7 @@ impl Source for RemoteSource {
     }
 
     fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
-        normalize(path).ok_or_else(|| {
+        xstore_format::protocol::paths::normalize(path).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(

@@ -43,6 +43,7 @@ pub const LIST_BATCH_BYTES: usize = 1024 * 1024;
 mod digest;
 mod frame;
 mod messages;
+pub mod paths;
 mod transport;
 
 pub use digest::{listing_digest, tree_listing_digest};
