@@ -25,6 +25,11 @@ pub enum RemoteError {
     Io(#[from] io::Error),
 }
 
+/// The error of a lock that a panicking thread held ([`Error::Poisoned`]).
+pub(crate) fn poisoned<T>(_: std::sync::PoisonError<T>) -> Error {
+    Error::Poisoned
+}
+
 fn ssh_detail(line: Option<&str>) -> String {
     line.map(|l| format!(" (ssh: {l})")).unwrap_or_default()
 }

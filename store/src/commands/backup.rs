@@ -19,7 +19,8 @@ use super::retention::TierChoice;
 use crate::commands::retention::TierEntry;
 use crate::error::{Error, Result};
 use crate::index::BlobLoc;
-use crate::pack::{self, BlobKind, PackWriter, SealedPack, BLOB_HEADER_LEN};
+use crate::pack::rolling::RollingPacks;
+use crate::pack::{self, BlobKind, SealedPack, BLOB_HEADER_LEN};
 use crate::repo::{now_ns, poisoned, Repository};
 use crate::source::Source;
 use crate::txn::Mutation;
@@ -110,10 +111,8 @@ struct Session<'a> {
     excluded: AtomicU64,
     one_file_system: bool,
     level: i32,
-    pack_size: u64,
     pending: Mutex<HashSet<ChunkId>>,
-    writer: Mutex<Option<PackWriter>>,
-    sealed: Mutex<Vec<SealedPack>>,
+    packs: RollingPacks,
     new_parents: Mutex<Vec<(ChunkId, Vec<ChunkId>)>>,
     errors: Mutex<Vec<PathError>>,
     error_count: AtomicU64,
@@ -169,18 +168,7 @@ impl<'a> Session<'a> {
     /// Drops what a failed backup wrote: the open pack and the sealed ones (no index batch
     /// references them, and only this session knows them).
     fn discard_uncommitted(&self) {
-        if let Ok(mut w) = self.writer.lock() {
-            if let Some(w) = w.take() {
-                w.discard();
-            }
-        }
-        if let Ok(mut sealed) = self.sealed.lock() {
-            let ids: Vec<pack::PackId> = sealed.drain(..).map(|p| p.id).collect();
-            if let Err(e) = crate::pack::journal::discard_packs(&self.repo.packs_dir(), &ids) {
-                tracing::warn!(error = %e,
-                    "could not remove uncommitted packs; the next writer's recovery will");
-            }
-        }
+        self.packs.discard();
     }
 
     /// Claims a blob id for writing: true when neither this session nor the repository has
@@ -222,25 +210,7 @@ impl<'a> Session<'a> {
         compression: pack::Compression,
         stored: &[u8],
     ) -> Result<()> {
-        let full = {
-            let mut guard = self.writer.lock().map_err(poisoned)?;
-            if guard.is_none() {
-                *guard = Some(PackWriter::create(&self.repo.tmp_dir())?);
-            }
-            let w = guard
-                .as_mut()
-                .ok_or(Error::Internal("no pack writer after creating one"))?;
-            w.add(id, kind, compression, raw_len, stored)?;
-            if w.len() >= self.pack_size {
-                guard.take()
-            } else {
-                None
-            }
-        };
-        if let Some(w) = full {
-            let sealed = w.seal(&self.repo.packs_dir())?;
-            self.sealed.lock().map_err(poisoned)?.push(sealed);
-        }
+        self.packs.add(id, kind, compression, raw_len, stored)?;
         self.new_blobs.fetch_add(1, Ordering::Relaxed);
         self.new_bytes
             .fetch_add(u64::from(raw_len), Ordering::Relaxed);
@@ -905,10 +875,8 @@ impl Repository {
             excludes,
             one_file_system: opts.one_file_system,
             level: self.config().compression_level,
-            pack_size: self.config().pack_size,
             pending: Mutex::new(HashSet::new()),
-            writer: Mutex::new(None),
-            sealed: Mutex::new(Vec::new()),
+            packs: RollingPacks::new(self.tmp_dir(), self.packs_dir(), self.config().pack_size),
             new_parents: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
             error_count: AtomicU64::new(0),
@@ -951,16 +919,13 @@ impl Repository {
                 shown_paths.join(" ")
             )));
         }
-        let last = session.writer.lock().map_err(poisoned)?.take();
-        if let Some(w) = last {
-            match w.seal(&self.packs_dir()) {
-                Ok(sealed) => session.sealed.lock().map_err(poisoned)?.push(sealed),
-                Err(e) => {
-                    session.discard_uncommitted();
-                    return Err(e);
-                }
+        let sealed = match session.packs.finish() {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                session.discard_uncommitted();
+                return Err(e);
             }
-        }
+        };
         let errors = session.errors.into_inner().map_err(poisoned)?;
         let error_count = session.error_count.load(Ordering::Relaxed);
         let stats = SnapshotStats {
@@ -1002,7 +967,6 @@ impl Repository {
             client: format!("xstore {}", env!("CARGO_PKG_VERSION")),
             revision: 0,
         };
-        let sealed = session.sealed.into_inner().map_err(poisoned)?;
         let new_parents = session.new_parents.into_inner().map_err(poisoned)?;
         self.commit(&snapshot, sealed, new_parents, entry.as_ref())?;
         Ok(snapshot)

@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::index::{BlobLoc, PackRecord};
-use crate::pack::{self, PackEntry, PackId, PackWriter, SealedPack};
+use crate::pack::rolling::RollingPacks;
+use crate::pack::{self, PackEntry, PackId, SealedPack};
 use crate::repo::Repository;
 use crate::txn::Mutation;
 use crate::ChunkId;
@@ -348,8 +349,7 @@ impl Repository {
             return Ok(());
         }
         // 1. Copy live blobs (verified: a corrupt blob is never copied) into new packs.
-        let mut writer: Option<PackWriter> = None;
-        let mut sealed: Vec<SealedPack> = Vec::new();
+        let packs = RollingPacks::new(self.tmp_dir(), self.packs_dir(), self.config().pack_size);
         let mut copied: HashMap<PackId, HashSet<ChunkId>> = HashMap::new();
         let mut unreadable: HashMap<PackId, String> = HashMap::new();
         if let Some(p) = progress {
@@ -361,7 +361,7 @@ impl Repository {
             p.total_bytes
                 .store(total, std::sync::atomic::Ordering::Relaxed);
         }
-        let copy = (|| -> Result<()> {
+        let copy = (|| -> Result<Vec<SealedPack>> {
             for c in &candidates {
                 if c.live.is_empty() {
                     continue;
@@ -377,39 +377,25 @@ impl Repository {
                             break;
                         }
                     };
-                    let w = match writer.as_mut() {
-                        Some(w) => w,
-                        None => writer.insert(PackWriter::create(&self.tmp_dir())?),
-                    };
-                    w.add(e.id, e.kind, e.compression, e.raw_len, stored)?;
+                    packs.add(e.id, e.kind, e.compression, e.raw_len, stored)?;
                     if let Some(p) = progress {
                         p.bytes
                             .fetch_add(e.span(), std::sync::atomic::Ordering::Relaxed);
-                    }
-                    if w.len() >= self.config().pack_size {
-                        if let Some(full) = writer.take() {
-                            sealed.push(full.seal(&self.packs_dir())?);
-                        }
                     }
                     ok.insert(e.id);
                 }
                 copied.insert(c.id, ok);
             }
-            if let Some(w) = writer.take() {
-                sealed.push(w.seal(&self.packs_dir())?);
-            }
-            crate::fail_io("gc-copy")
+            crate::fail_io("gc-copy")?;
+            packs.finish()
         })();
-        if let Err(e) = copy {
-            if let Some(w) = writer.take() {
-                w.discard();
+        let sealed = match copy {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                packs.discard();
+                return Err(e);
             }
-            let ids: Vec<PackId> = sealed.iter().map(|p| p.id).collect();
-            if let Err(cleanup) = crate::pack::journal::discard_packs(&self.packs_dir(), &ids) {
-                tracing::warn!(error = %cleanup, "could not remove gc's uncommitted packs; the next writer's recovery will");
-            }
-            return Err(e);
-        }
+        };
         crate::failpoint("gc-after-copy");
         // Where each copied blob now lives.
         let mut new_loc: HashMap<ChunkId, BlobLoc> = HashMap::new();

@@ -3,6 +3,7 @@
 
 pub(crate) mod journal;
 pub(crate) mod mmap;
+pub(crate) mod rolling;
 mod writer;
 
 pub(crate) use writer::{PackWriter, SealedPack};

@@ -573,9 +573,7 @@ fn check_config_matches(path: &Path, config: &Config, index: &Index, writable: b
     }
 }
 
-pub(crate) fn poisoned<T>(_: std::sync::PoisonError<T>) -> Error {
-    Error::Poisoned
-}
+pub(crate) use crate::error::poisoned;
 
 /// Every `packs/XX/<id>.pack` file.
 pub(crate) fn list_pack_files(packs: &Path) -> Result<Vec<(PackId, PathBuf)>> {
