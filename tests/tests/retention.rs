@@ -191,6 +191,14 @@ fn backup_enters_lowest_tier_and_trims_it_atomically() {
             },
         )
         .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            xstore::Error::Retention(xstore::retention::RetentionError::UnknownTier { tier, .. })
+                if tier == "yearly"
+        ),
+        "{err:?}"
+    );
     assert!(err
         .to_string()
         .contains("\"yearly\" is not in the schedule"));

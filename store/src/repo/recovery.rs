@@ -4,8 +4,13 @@
 use std::fs;
 use std::path::Path;
 
-use crate::error::{IoContext, Result};
+use std::path::PathBuf;
+
+use super::{copies, Repository};
+use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
+use crate::pack::PackId;
+use crate::{now_ns, ChunkId};
 
 /// The index a reader should open: `index`, or during a swap interrupted between its two
 /// renames (only the next writer completes it) the complete rebuilt one in `index.new`.
@@ -57,6 +62,112 @@ pub(crate) fn replaced_indexes(root: &Path) -> Result<Vec<(std::path::PathBuf, i
         };
         if let Some(when) = when {
             out.push((item.path(), when));
+        }
+    }
+    Ok(out)
+}
+
+impl Repository {
+    /// Crash recovery (writer only), deleting only what is proven dead (journal.rs):
+    /// temporary pack files, and sealed packs this or an earlier writer recorded as its own
+    /// uncommitted ones that the index does not know. A pack file that neither the index
+    /// nor the journal accounts for means the index is older than the packs (lost, emptied,
+    /// restored from a copy): the open is refused and nothing is touched.
+    pub(super) fn recover(&self) -> Result<()> {
+        let tmp = self.tmp_dir();
+        fs::create_dir_all(&tmp).at(&tmp)?;
+        for item in fs::read_dir(&tmp).at(&tmp)? {
+            let item = item.at(&tmp)?;
+            let _ = fs::remove_file(item.path());
+        }
+        let packs = self.packs_dir();
+        let known: std::collections::HashSet<PackId> =
+            self.index.packs()?.into_iter().map(|(id, _)| id).collect();
+        let uncommitted: std::collections::HashSet<PackId> =
+            crate::pack::journal::uncommitted(&packs)?
+                .into_iter()
+                .collect();
+        let retired = crate::pack::journal::retired(&packs, now_ns())?;
+        let on_disk = list_pack_files(&packs)?;
+        let unattributed: Vec<&PackId> = on_disk
+            .iter()
+            .map(|(id, _)| id)
+            .filter(|id| {
+                !known.contains(id) && !uncommitted.contains(id) && !retired.contains_key(id)
+            })
+            .collect();
+        if let Some(first) = unattributed.first() {
+            return Err(Error::IndexNeedsRepair {
+                path: crate::layout::index(&self.root),
+                reason: format!(
+                    "the index does not know {} of {} pack files (for example {first}): it is \
+                     missing, empty or older than the packs",
+                    unattributed.len(),
+                    on_disk.len()
+                ),
+            });
+        }
+        let (committed, leftovers): (Vec<PackId>, Vec<PackId>) =
+            uncommitted.iter().partition(|id| known.contains(id));
+        crate::pack::journal::discard_packs(&packs, &leftovers)?;
+        // Committed: only the marker's removal was lost.
+        crate::pack::journal::clear_uncommitted(&packs, &committed)?;
+        if !leftovers.is_empty() {
+            tracing::info!(
+                removed = leftovers.len(),
+                "recovery removed uncommitted pack files"
+            );
+        }
+        // A retired marker of a pack the index still records: gc crashed before its commit.
+        let stale: Vec<PackId> = retired
+            .keys()
+            .filter(|id| known.contains(id))
+            .copied()
+            .collect();
+        crate::pack::journal::clear_retired(&packs, &stale)?;
+        crate::pack::journal::remove_temporaries(&packs)?;
+        // Temporary files of a snapshot copy or pull record interrupted by a crash
+        // (fsutil::write_atomic).
+        for dir in [self.snapshots_dir(), crate::layout::pulls(&self.root)] {
+            let items = match fs::read_dir(&dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                other => other.at(&dir)?,
+            };
+            for item in items {
+                let item = item.at(&dir)?;
+                let name = item.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') && name.contains(".tmp") {
+                    fs::remove_file(item.path()).at(item.path())?;
+                }
+            }
+        }
+        if copies::stale_marker(self).exists() {
+            copies::resync_snapshot_copies(self)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every `packs/XX/<id>.pack` file.
+pub(crate) fn list_pack_files(packs: &Path) -> Result<Vec<(PackId, PathBuf)>> {
+    let mut out = Vec::new();
+    for sub in fs::read_dir(packs).at(packs)? {
+        let sub = sub.at(packs)?;
+        let name = sub.file_name();
+        let name = name.to_string_lossy();
+        if name.len() != 2 || !sub.file_type().at(sub.path())?.is_dir() {
+            continue;
+        }
+        for f in fs::read_dir(sub.path()).at(sub.path())? {
+            let f = f.at(sub.path())?;
+            let fname = f.file_name();
+            let fname = fname.to_string_lossy();
+            if let Some(hex) = fname.strip_suffix(".pack") {
+                if let Ok(id) = hex.parse::<ChunkId>() {
+                    out.push((id, f.path()));
+                }
+            }
         }
     }
     Ok(out)

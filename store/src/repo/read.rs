@@ -1,0 +1,248 @@
+//! Reading a repository: snapshots, blob locations, blobs (`pread` through a cache of open
+//! pack files, every blob re-hashed), trees, file contents and paths inside snapshots.
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+use super::{Repository, MAX_OPEN_PACKS};
+use crate::error::{poisoned, DecodeError, Error, IoContext, Result};
+use crate::index::BlobLoc;
+use crate::pack::{self, BlobKind, PackEntry, PackId};
+use crate::ChunkId;
+use xstore_format::snapshot::{Snapshot, SnapshotId};
+use xstore_format::tree::{decode_chunk_list, ChunkRef, Content, Entry, EntryKind, Tree};
+
+/// A node of a snapshot: the root directory or an entry inside it.
+#[derive(Debug, Clone)]
+pub enum Node {
+    /// The snapshot's root directory.
+    Root(ChunkId),
+    /// An entry found by path.
+    Entry(Entry),
+}
+
+impl Node {
+    /// The tree id when the node is a directory.
+    pub fn tree_id(&self) -> Option<ChunkId> {
+        match self {
+            Node::Root(id) => Some(*id),
+            Node::Entry(e) => e.subtree(),
+        }
+    }
+}
+
+impl Repository {
+    /// A host's record: its newest (and newest complete) snapshot and snapshot count, without
+    /// reading every snapshot. `None` for a host never backed up.
+    pub fn host_record(&self, host: &str) -> Result<Option<crate::HostRecord>> {
+        self.index.host(host)
+    }
+
+    /// All snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let mut v = self.index.snapshots()?;
+        v.sort_by_key(|s| (s.start_ns, s.id));
+        Ok(v)
+    }
+
+    /// The snapshot with this id.
+    pub fn snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        self.index.snapshot(id)?.ok_or_else(|| Error::SnapshotRef {
+            reference: id.to_string(),
+            reason: "no such snapshot".into(),
+        })
+    }
+
+    /// Index entry of a blob.
+    pub fn blob_location(&self, id: &ChunkId) -> Result<Option<BlobLoc>> {
+        self.index.blob(id)
+    }
+
+    /// For each id, whether the repository lacks it (the pull protocol's question).
+    pub fn missing_blobs(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        Ok(self
+            .index
+            .blobs(ids)?
+            .into_iter()
+            .map(|l| l.is_none())
+            .collect())
+    }
+
+    /// Maps a whole pack (for scans that read every blob of it: `check --read-data`). Not
+    /// cached: the mapping is dropped as soon as the scan of that pack ends.
+    pub(crate) fn map_pack(&self, id: &PackId) -> Result<Mmap> {
+        crate::pack::mmap::map_sealed_file(&crate::layout::pack_file(&self.packs_dir(), id))
+    }
+
+    /// Closes a cached pack file (gc deleted it).
+    pub(crate) fn forget_pack_file(&self, id: &PackId) {
+        if let Ok(mut files) = self.files.lock() {
+            files.remove(id);
+        }
+    }
+
+    fn pack_file(&self, id: &PackId) -> Result<Arc<fs::File>> {
+        if let Some(f) = self.files.lock().map_err(poisoned)?.get(id) {
+            return Ok(f.clone());
+        }
+        let path = crate::layout::pack_file(&self.packs_dir(), id);
+        let file = Arc::new(fs::File::open(&path).at(&path)?);
+        let mut files = self.files.lock().map_err(poisoned)?;
+        if files.len() >= MAX_OPEN_PACKS {
+            files.clear();
+        }
+        files.insert(*id, file.clone());
+        Ok(file)
+    }
+
+    /// Reads one blob with a positioned read. Random blob reads (restore, browsing, parent
+    /// trees) use `pread` rather than a mapping: mapped pack pages count in the process's RSS
+    /// and a copy of one blob costs nothing next to decompressing it.
+    pub(crate) fn read_located(&self, id: &ChunkId, loc: &BlobLoc) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let file = self.pack_file(&loc.pack)?;
+        let mut buf = vec![0u8; pack::BLOB_HEADER_LEN + loc.stored_len as usize];
+        file.read_exact_at(&mut buf, loc.offset)
+            .at(crate::layout::pack_file(&self.packs_dir(), &loc.pack))?;
+        let entry = PackEntry {
+            id: *id,
+            kind: loc.kind,
+            compression: pack::Compression::None,
+            raw_len: loc.raw_len,
+            stored_len: loc.stored_len,
+            offset: 0,
+        };
+        pack::read_blob(&buf, &entry).map_err(|source| Error::CorruptBlob {
+            id: *id,
+            pack: loc.pack.to_string(),
+            source,
+        })
+    }
+
+    /// Reads, decompresses and verifies one blob.
+    pub fn read_blob(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        self.read_current(id).map(|(_, raw)| raw)
+    }
+
+    /// Looks a blob up and reads it. When its pack file is gone, looks it up once more: gc in
+    /// this process may have moved the blob between the lookup and the read.
+    fn read_current(&self, id: &ChunkId) -> Result<(BlobLoc, Vec<u8>)> {
+        let loc = self.index.blob(id)?.ok_or(Error::MissingBlob(*id))?;
+        match self.read_located(id, &loc) {
+            Ok(raw) => Ok((loc, raw)),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                let again = self.index.blob(id)?.ok_or(Error::MissingBlob(*id))?;
+                let raw = self.read_located(id, &again)?;
+                Ok((again, raw))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The distinct blobs a tree or chunk list references (none for data): the edges of the
+    /// Merkle DAG that reference counts count.
+    pub(crate) fn blob_children(&self, id: &ChunkId, loc: &BlobLoc) -> Result<Vec<ChunkId>> {
+        let corrupt = |source| Error::CorruptBlob {
+            id: *id,
+            pack: loc.pack.to_string(),
+            source,
+        };
+        Ok(match loc.kind {
+            BlobKind::Data | BlobKind::SnapshotRecord => Vec::new(),
+            BlobKind::Tree => {
+                let raw = self.read_located(id, loc)?;
+                Tree::decode(&raw).map_err(corrupt)?.children()
+            }
+            BlobKind::ChunkList => {
+                let raw = self.read_located(id, loc)?;
+                xstore_format::tree::chunk_list_children(&decode_chunk_list(&raw).map_err(corrupt)?)
+            }
+        })
+    }
+
+    /// Reads and decodes a tree blob.
+    pub fn tree(&self, id: &ChunkId) -> Result<Tree> {
+        let (loc, raw) = self.read_current(id)?;
+        if loc.kind != BlobKind::Tree {
+            return Err(Error::CorruptBlob {
+                id: *id,
+                pack: loc.pack.to_string(),
+                source: DecodeError::Invalid {
+                    what: "blob kind",
+                    offset: 0,
+                    reason: format!("expected tree, index says {}", loc.kind.name()),
+                },
+            });
+        }
+        Tree::decode(&raw).map_err(|source| Error::CorruptBlob {
+            id: *id,
+            pack: loc.pack.to_string(),
+            source,
+        })
+    }
+
+    /// A file entry's chunk list (loading a chunk-list blob when needed).
+    pub fn file_chunks(&self, entry: &Entry) -> Result<Vec<ChunkRef>> {
+        match &entry.content {
+            Content::Chunks(c) => Ok(c.clone()),
+            Content::ChunkList(id) => {
+                let raw = self.read_blob(id)?;
+                let list = decode_chunk_list(&raw).map_err(|source| Error::CorruptBlob {
+                    id: *id,
+                    pack: String::new(),
+                    source,
+                })?;
+                let total: u64 = list.iter().map(|c| u64::from(c.len)).sum();
+                if total != entry.size {
+                    return Err(Error::CorruptBlob {
+                        id: *id,
+                        pack: String::new(),
+                        source: DecodeError::Invalid {
+                            what: "chunk list",
+                            offset: 0,
+                            reason: format!("holds {total} bytes, file size is {}", entry.size),
+                        },
+                    });
+                }
+                Ok(list)
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Finds the node at `path` ("/", "", "/etc/passwd", "etc/passwd") in a snapshot.
+    pub fn lookup(&self, snapshot: &Snapshot, path: &str) -> Result<Node> {
+        let mut node = Node::Root(snapshot.root);
+        for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            let not_found = || Error::PathNotFound {
+                path: path.to_string(),
+                snapshot: snapshot.id.short(),
+            };
+            let tree_id = node.tree_id().ok_or_else(not_found)?;
+            let tree = self.tree(&tree_id)?;
+            let entry = tree.get(part.as_bytes()).ok_or_else(not_found)?;
+            node = Node::Entry(entry.clone());
+        }
+        Ok(node)
+    }
+
+    /// Writes a file's content to `out`.
+    pub fn cat(&self, entry: &Entry, out: &mut dyn std::io::Write) -> Result<u64> {
+        if entry.kind != EntryKind::File {
+            return Err(Error::NotAFile(entry.name_lossy()));
+        }
+        let mut n = 0u64;
+        for c in self.file_chunks(entry)? {
+            let data = self.read_blob(&c.id)?;
+            out.write_all(&data).map_err(|source| Error::Io {
+                path: PathBuf::from("<output>"),
+                source,
+            })?;
+            n += data.len() as u64;
+        }
+        Ok(n)
+    }
+}
