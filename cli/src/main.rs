@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod browse;
+mod commands;
 mod ops;
 mod pull;
 mod retention;
@@ -61,91 +62,21 @@ pub(crate) struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create a new repository.
-    Init {
-        /// Average chunk size in KiB (min = avg/4, max = avg*4).
-        #[arg(long, default_value_t = 1024)]
-        chunk_avg_kib: u32,
-        /// zstd compression level (1-19).
-        #[arg(long, default_value_t = 3)]
-        compression_level: i32,
-        /// Target pack file size in MiB.
-        #[arg(long, default_value_t = 32)]
-        pack_size_mib: u64,
-    },
+    Init(commands::InitArgs),
     /// Back up paths as a new snapshot of a host.
-    Backup {
-        /// Host name recorded in the snapshot (default: this machine's name).
-        #[arg(long)]
-        host: Option<String>,
-        /// Exclude paths matching this glob (a pattern without / matches file names).
-        #[arg(long = "exclude", value_name = "GLOB")]
-        excludes: Vec<String>,
-        /// Stay on the filesystem of each backup path.
-        #[arg(short = 'x', long)]
-        one_file_system: bool,
-        /// Read every file instead of trusting the parent snapshot's metadata.
-        #[arg(long, conflicts_with = "parent")]
-        no_parent: bool,
-        /// Compare against this snapshot instead of the host's latest.
-        #[arg(long)]
-        parent: Option<String>,
-        /// Enter this tier instead of the host schedule's lowest (e.g. daily).
-        #[arg(long, value_name = "NAME", conflicts_with = "no_tier")]
-        tier: Option<String>,
-        /// Enter no tier (for repositories retained by `forget --keep-…` only).
-        #[arg(long)]
-        no_tier: bool,
-        /// Paths to back up.
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
-    },
+    Backup(commands::BackupArgs),
     /// List snapshots.
-    Snapshots {
-        /// Only this host.
-        #[arg(long)]
-        host: Option<String>,
-    },
+    Snapshots(commands::SnapshotsArgs),
     /// List a directory of a snapshot (long format).
-    Ls {
-        /// Snapshot: id prefix, latest, HOST@latest, HOST@latest-complete or HOST@TIER.N (web1@daily.0).
-        snapshot: String,
-        /// Path inside the snapshot.
-        #[arg(default_value = "/")]
-        path: String,
-    },
+    Ls(commands::LsArgs),
     /// Write one file of a snapshot to stdout.
-    Cat {
-        /// Snapshot: id prefix, latest, HOST@latest, HOST@latest-complete or HOST@TIER.N (web1@daily.0).
-        snapshot: String,
-        /// Path of the file inside the snapshot.
-        path: String,
-    },
+    Cat(commands::CatArgs),
     /// Restore a snapshot, or one path of it, into a directory.
-    Restore {
-        /// Snapshot: id prefix, latest, HOST@latest, HOST@latest-complete or HOST@TIER.N (web1@daily.0).
-        snapshot: String,
-        /// Target directory (created if missing).
-        target: PathBuf,
-        /// Restore only this path of the snapshot; it is created inside the target.
-        #[arg(long)]
-        path: Option<String>,
-        /// Do not set file owners even when running as root.
-        #[arg(long)]
-        no_owners: bool,
-    },
+    Restore(commands::RestoreArgs),
     /// Show paths added, removed and modified between two snapshots.
-    Diff {
-        /// Older snapshot.
-        old: String,
-        /// Newer snapshot.
-        new: String,
-    },
+    Diff(commands::DiffArgs),
     /// Verify structure and reference counts (and with --read-data, every blob).
-    Check {
-        /// Re-read, decompress and re-hash every blob.
-        #[arg(long)]
-        read_data: bool,
-    },
+    Check(commands::CheckArgs),
     /// Repository sizes and deduplication.
     Stats,
     /// Rotate a tier as rsnapshot does: promote the oldest snapshot of the tier below (when
@@ -520,268 +451,14 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Metrics(args) => ops::metrics(cli, args),
         Command::Mount(args) => browse::mount(cli, args),
         Command::ServeNfs(args) => browse::serve_nfs(cli, args),
-        Command::Init {
-            chunk_avg_kib,
-            compression_level,
-            pack_size_mib,
-        } => {
-            let path = repo_path(cli)?;
-            let chunker = ChunkerParams::from_average(chunk_avg_kib.saturating_mul(1024))
-                .context("--chunk-avg-kib")?;
-            let opts = InitOptions {
-                chunker,
-                compression_level: *compression_level,
-                pack_size: pack_size_mib.saturating_mul(1024 * 1024),
-            };
-            let repo = Repository::init(&path, &opts)?;
-            if cli.json {
-                print_json(repo.config())?;
-            } else if !cli.quiet {
-                println!(
-                    "created repository {} at {}",
-                    repo.config()
-                        .repository_id
-                        .get(..8)
-                        .unwrap_or(&repo.config().repository_id),
-                    path.display()
-                );
-            }
-            Ok(EXIT_OK)
-        }
-        Command::Backup {
-            host,
-            excludes,
-            one_file_system,
-            no_parent,
-            parent,
-            tier,
-            no_tier,
-            paths,
-        } => {
-            let repo = open_rw(cli)?;
-            let parent = if *no_parent {
-                ParentChoice::None
-            } else if let Some(p) = parent {
-                ParentChoice::Snapshot(repo.resolve(p)?.id)
-            } else {
-                ParentChoice::Latest
-            };
-            let progress = Arc::new(Progress::default());
-            let opts = BackupOptions {
-                host: host.clone().unwrap_or_else(xstore::local_hostname),
-                paths: paths.clone(),
-                excludes: excludes.clone(),
-                one_file_system: *one_file_system,
-                parent,
-                progress: Some(progress.clone()),
-                tier: match (tier, no_tier) {
-                    (_, true) => TierChoice::None,
-                    (Some(t), false) => TierChoice::Named(t.clone()),
-                    (None, false) => TierChoice::Lowest,
-                },
-            };
-            let tracker = Tracker::start(cli, "backup", progress);
-            let result = repo.backup(&LocalSource, &opts);
-            tracker.finish();
-            let snap = result?;
-            if cli.json {
-                print_summary(&snap, &snap.errors)?;
-            } else {
-                for e in &snap.errors {
-                    eprintln!("xstore: not backed up: {}: {}", e.path, e.message);
-                }
-                if !cli.quiet {
-                    print_backup_summary(&snap);
-                }
-            }
-            Ok(if snap.is_complete() {
-                EXIT_OK
-            } else {
-                EXIT_PARTIAL
-            })
-        }
-        Command::Snapshots { host } => {
-            let repo = open_ro(cli)?;
-            let positions = repo.tier_positions()?;
-            let snaps: Vec<Snapshot> = repo
-                .snapshots()?
-                .into_iter()
-                .filter(|s| host.as_ref().is_none_or(|h| &s.host == h))
-                .collect();
-            let tiers_of = |s: &Snapshot| positions.get(&s.id).cloned().unwrap_or_default();
-            if cli.json {
-                let v: Vec<serde_json::Value> = snaps
-                    .iter()
-                    .map(|s| {
-                        let mut v = serde_json::to_value(s).unwrap_or_default();
-                        v["positions"] = serde_json::json!(tiers_of(s));
-                        v
-                    })
-                    .collect();
-                print_json(&v)?;
-            } else {
-                println!(
-                    "{:<8}  {:<20}  {:<20}  {:<8}  {:>9}  {:>10}  {:<16}  paths",
-                    "id", "time", "host", "status", "files", "size", "tiers"
-                );
-                for s in &snaps {
-                    let mut tiers = tiers_of(s).join(",");
-                    if s.pinned {
-                        tiers = if tiers.is_empty() {
-                            "pinned".into()
-                        } else {
-                            format!("{tiers},pinned")
-                        };
-                    }
-                    println!(
-                        "{:<8}  {:<20}  {:<20}  {:<8}  {:>9}  {:>10}  {:<16}  {}",
-                        s.id.short(),
-                        time_of(s.start_ns),
-                        s.host,
-                        if s.is_complete() {
-                            "complete"
-                        } else {
-                            "partial"
-                        },
-                        s.stats.files,
-                        human_bytes(s.stats.logical_bytes),
-                        if tiers.is_empty() { "-".into() } else { tiers },
-                        s.paths.join(" ")
-                    );
-                }
-            }
-            Ok(EXIT_OK)
-        }
-        Command::Ls { snapshot, path } => {
-            let repo = open_ro(cli)?;
-            let snap = repo.resolve(snapshot)?;
-            let entries = repo.list(&snap, path)?;
-            if cli.json {
-                let v: Vec<serde_json::Value> = entries.iter().map(entry_json).collect();
-                print_json(&v)?;
-            } else {
-                for e in &entries {
-                    println!("{}", ls_line(e));
-                }
-            }
-            Ok(EXIT_OK)
-        }
-        Command::Cat { snapshot, path } => {
-            let repo = open_ro(cli)?;
-            let snap = repo.resolve(snapshot)?;
-            let entry = match repo.lookup(&snap, path)? {
-                Node::Entry(e) => e,
-                Node::Root(_) => anyhow::bail!("{path}: is a directory"),
-            };
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            repo.cat(&entry, &mut out)?;
-            out.flush()?;
-            Ok(EXIT_OK)
-        }
-        Command::Restore {
-            snapshot,
-            target,
-            path,
-            no_owners,
-        } => {
-            let repo = open_ro(cli)?;
-            let snap = repo.resolve(snapshot)?;
-            let progress = Arc::new(Progress::default());
-            let opts = RestoreOptions {
-                path: path.clone(),
-                owners: if *no_owners { Some(false) } else { None },
-                progress: Some(progress.clone()),
-            };
-            let tracker = Tracker::start(cli, "restore", progress);
-            let result = repo.restore(&snap, target, &opts);
-            tracker.finish();
-            let summary = result?;
-            if cli.json {
-                print_summary(&summary, &summary.errors)?;
-            } else {
-                for e in &summary.errors {
-                    eprintln!("xstore: not restored: {}: {}", e.path, e.message);
-                }
-                if !cli.quiet {
-                    println!(
-                        "restored snapshot {} of {} to {}: {} files, {} directories, {} other, {}",
-                        snap.id.short(),
-                        snap.host,
-                        target.display(),
-                        summary.files,
-                        summary.dirs,
-                        summary.others,
-                        human_bytes(summary.bytes)
-                    );
-                }
-            }
-            Ok(if summary.errors.is_empty() {
-                EXIT_OK
-            } else {
-                EXIT_PARTIAL
-            })
-        }
-        Command::Diff { old, new } => {
-            let repo = open_ro(cli)?;
-            let a = repo.resolve(old)?;
-            let b = repo.resolve(new)?;
-            let items = repo.diff(&a, &b)?;
-            if cli.json {
-                print_json(&items)?;
-            } else {
-                for i in &items {
-                    let sign = match i.change {
-                        xstore::Change::Added => '+',
-                        xstore::Change::Removed => '-',
-                        xstore::Change::Modified => 'M',
-                    };
-                    println!("{sign} {}", i.path);
-                }
-            }
-            Ok(EXIT_OK)
-        }
-        Command::Check { read_data } => {
-            let repo = open_ro(cli)?;
-            let progress = Arc::new(Progress::default());
-            let tracker = Tracker::start(cli, "check", progress.clone());
-            let result = repo.check(CheckOptions {
-                read_data: *read_data,
-                progress: Some(progress),
-            });
-            tracker.finish();
-            let report = result?;
-            if cli.json {
-                print_summary(&report, &[])?;
-            } else {
-                for p in &report.problems {
-                    eprintln!("xstore: problem: {p}");
-                }
-                if !cli.quiet {
-                    println!(
-                        "checked {} snapshots, {} trees, {} blobs in {} packs{}: {}",
-                        report.snapshots,
-                        report.trees,
-                        report.blobs,
-                        report.packs,
-                        if *read_data {
-                            format!(", {} blobs re-hashed", report.blobs_verified)
-                        } else {
-                            String::new()
-                        },
-                        if report.problems.is_empty() {
-                            "no problems".to_string()
-                        } else {
-                            format!("{} problems", report.problems.len())
-                        }
-                    );
-                }
-            }
-            Ok(if report.problems.is_empty() {
-                EXIT_OK
-            } else {
-                EXIT_PROBLEMS
-            })
-        }
+        Command::Init(args) => commands::init(cli, args),
+        Command::Backup(args) => commands::backup(cli, args),
+        Command::Snapshots(args) => commands::snapshots(cli, args),
+        Command::Ls(args) => commands::ls(cli, args),
+        Command::Cat(args) => commands::cat(cli, args),
+        Command::Restore(args) => commands::restore(cli, args),
+        Command::Diff(args) => commands::diff(cli, args),
+        Command::Check(args) => commands::check(cli, args),
         Command::Rotate {
             tier,
             host,
@@ -827,144 +504,9 @@ fn run(cli: &Cli) -> Result<u8> {
             pull,
             user,
         } => retention::schedule(cli, *systemd, xstore, pull, user),
-        Command::Stats => {
-            let repo = open_ro(cli)?;
-            let st = repo.stats()?;
-            if cli.json {
-                print_json(&st)?;
-            } else {
-                println!("snapshots        {} ({} hosts)", st.snapshots, st.hosts);
-                println!(
-                    "logical bytes    {} ({})",
-                    human_bytes(st.logical_bytes),
-                    st.logical_bytes
-                );
-                println!(
-                    "stored bytes     {} ({})",
-                    human_bytes(st.stored_bytes),
-                    st.stored_bytes
-                );
-                println!("unique bytes     {}", human_bytes(st.unique_bytes));
-                println!("dedup ratio      {:.2}", st.dedup_ratio);
-                println!(
-                    "blobs            {} ({} unreferenced)",
-                    st.blobs, st.unreferenced_blobs
-                );
-                println!("packs            {}", st.packs);
-                println!(
-                    "dead bytes       {} ({}) reclaimable by gc",
-                    human_bytes(st.dead_bytes),
-                    st.dead_bytes
-                );
-                println!(
-                    "retired packs    {} ({}) kept for the gc grace period of {}",
-                    st.retired_packs,
-                    human_bytes(st.retired_bytes),
-                    humantime::format_duration(Duration::from_secs(st.gc_grace_seconds))
-                );
-                if st.held_packs > 0 {
-                    println!(
-                        "held packs       {} (repair index could not attribute their blobs; gc --release-held reclaims them)",
-                        st.held_packs
-                    );
-                }
-            }
-            Ok(EXIT_OK)
-        }
+        Command::Stats => commands::stats(cli),
         Command::Repair {
             what: RepairWhat::Index,
-        } => {
-            let path = repo_path(cli)?;
-            let report = Repository::repair_index(&path)?;
-            if cli.json {
-                print_json(&report)?;
-            } else {
-                for s in &report.skipped {
-                    eprintln!("xstore: skipped: {s}");
-                }
-                for id in &report.recovered {
-                    eprintln!(
-                        "xstore: recovered snapshot {id}: not in the old index, its record and data are whole"
-                    );
-                }
-                if !cli.quiet {
-                    println!(
-                        "rebuilt index: {} packs ({} scanned), {} blobs, {} snapshots ({} recovered, {} from records in packs){}",
-                        report.packs,
-                        report.packs_scanned,
-                        report.blobs,
-                        report.snapshots,
-                        report.recovered.len(),
-                        report.from_packs,
-                        if report.old_index { "" } else { "; the old index was unreadable" }
-                    );
-                    if report.held_packs > 0 {
-                        println!(
-                            "{} blobs in {} packs are referenced by no snapshot and could not be attributed: gc keeps them until `xstore gc --release-held`",
-                            report.unattributed_blobs, report.held_packs
-                        );
-                    }
-                }
-            }
-            Ok(if report.skipped.is_empty() {
-                EXIT_OK
-            } else {
-                EXIT_PARTIAL
-            })
-        }
+        } => commands::repair_index(cli),
     }
-}
-
-fn print_backup_summary(s: &Snapshot) {
-    let secs = (s.end_ns - s.start_ns) as f64 / 1e9;
-    println!(
-        "snapshot {} of {} {}: {} files ({} unchanged), {} dirs, {} read, {} new ({} stored) in {:.1}s",
-        s.id.short(),
-        s.host,
-        if s.is_complete() { "saved" } else { "saved PARTIAL" },
-        s.stats.files,
-        s.stats.files_unchanged,
-        s.stats.dirs,
-        human_bytes(s.stats.bytes_read),
-        human_bytes(s.stats.new_bytes),
-        human_bytes(s.stats.new_stored_bytes),
-        secs
-    );
-    if !s.is_complete() {
-        println!("{} paths could not be read (listed above)", s.stats.errors);
-    }
-}
-
-fn ls_line(e: &xstore::Entry) -> String {
-    let mut line = format!(
-        "{} {:>5} {:>5} {:>12} {} {}",
-        xstore_format::tree::mode_string(e.kind, e.mode),
-        e.uid,
-        e.gid,
-        e.size,
-        time_of(e.mtime_ns),
-        e.name_lossy()
-    );
-    if let xstore::Content::Target(t) = &e.content {
-        line.push_str(" -> ");
-        line.push_str(&String::from_utf8_lossy(t));
-    }
-    line
-}
-
-fn entry_json(e: &xstore::Entry) -> serde_json::Value {
-    let mut v = serde_json::json!({
-        "name": e.name_lossy(),
-        "kind": e.kind,
-        "mode": format!("{:04o}", e.mode),
-        "uid": e.uid,
-        "gid": e.gid,
-        "size": e.size,
-        "mtime_ns": e.mtime_ns,
-        "nlink": e.nlink,
-    });
-    if let xstore::Content::Target(t) = &e.content {
-        v["target"] = serde_json::Value::String(String::from_utf8_lossy(t).into_owned());
-    }
-    v
 }
