@@ -31,6 +31,21 @@ pub fn journal_is_empty(repo: &Path) -> bool {
     }
 }
 
+/// A complete local backup of `paths` as a snapshot of `host` that enters no tier (so only
+/// explicit plans expire it).
+pub fn backup_untiered(repo: &xstore::Repository, host: &str, paths: &[&Path]) -> xstore::Snapshot {
+    repo.backup(
+        &xstore::LocalSource,
+        &xstore::BackupOptions {
+            host: host.into(),
+            paths: paths.iter().map(|p| p.to_path_buf()).collect(),
+            tier: xstore::TierChoice::None,
+            ..Default::default()
+        },
+    )
+    .expect("backup")
+}
+
 /// A repository with small chunks (16/64/256 KiB) and 1 MiB packs: a few MiB of fixture data
 /// spans many chunks and packs.
 pub fn small_repo(path: &Path) -> xstore::Repository {

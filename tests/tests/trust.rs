@@ -168,18 +168,7 @@ fn gc_merges_small_packs_so_their_number_does_not_grow_with_commits() {
     let mut snaps = Vec::new();
     for round in 0..40u64 {
         std::fs::write(src.join("small.txt"), format!("round {round}\n")).unwrap();
-        snaps.push(
-            repo.backup(
-                &LocalSource,
-                &BackupOptions {
-                    host: "h".into(),
-                    paths: vec![src.clone()],
-                    tier: TierChoice::None,
-                    ..Default::default()
-                },
-            )
-            .unwrap(),
-        );
+        snaps.push(xstore_tests::backup_untiered(&repo, "h", &[&src]));
     }
     let before = xstore::pack_files(repo.path()).unwrap().len();
     assert!(before > 2 * xstore::MERGE_SMALL_PACKS, "{before}");
@@ -218,16 +207,7 @@ fn the_index_repair_replaces_is_kept_for_the_grace_period() {
     let repo_path = work.path().join("repo");
     let snap = {
         let repo = xstore_tests::small_repo(&repo_path);
-        repo.backup(
-            &LocalSource,
-            &BackupOptions {
-                host: "h".into(),
-                paths: vec![src.clone()],
-                tier: TierChoice::None,
-                ..Default::default()
-            },
-        )
-        .unwrap()
+        xstore_tests::backup_untiered(&repo, "h", &[&src])
     };
     let replaced = |path: &Path| -> Vec<String> {
         std::fs::read_dir(path)

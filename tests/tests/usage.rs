@@ -3,26 +3,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
-use std::path::Path;
 
 use xstore::retention::{Action, KeepPolicy};
-use xstore::{
-    Account, BackupOptions, ChunkId, Content, LocalSource, Repository, Snapshot, TierChoice,
-};
+use xstore::{Account, ChunkId, Content, Repository, Snapshot};
+use xstore_tests::backup_untiered as backup;
 use xstore_tests::{gc_all_dead, seeded_bytes, small_repo};
-
-fn backup(repo: &Repository, host: &str, paths: &[&Path]) -> Snapshot {
-    repo.backup(
-        &LocalSource,
-        &BackupOptions {
-            host: host.into(),
-            paths: paths.iter().map(|p| p.to_path_buf()).collect(),
-            tier: TierChoice::None,
-            ..Default::default()
-        },
-    )
-    .unwrap()
-}
 
 /// Every blob reachable from the snapshots (their record blobs, trees, chunk lists, data),
 /// found with the public browsing API: the oracle for the reference-count simulation.
