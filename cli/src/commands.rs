@@ -483,11 +483,11 @@ fn print_backup_summary(s: &Snapshot) {
 fn ls_line(e: &xstore::Entry) -> String {
     let mut line = format!(
         "{} {:>5} {:>5} {:>12} {} {}",
-        xstore_format::tree::mode_string(e.kind, e.mode),
-        e.uid,
-        e.gid,
-        e.size,
-        time_of(e.mtime_ns),
+        xstore_format::tree::mode_string(e.kind, e.attrs.mode),
+        e.attrs.uid,
+        e.attrs.gid,
+        e.attrs.size,
+        time_of(e.attrs.mtime_ns),
         e.name_lossy()
     );
     if let xstore::Content::Target(t) = &e.content {
@@ -501,12 +501,12 @@ fn entry_json(e: &xstore::Entry) -> serde_json::Value {
     let mut v = serde_json::json!({
         "name": e.name_lossy(),
         "kind": e.kind,
-        "mode": format!("{:04o}", e.mode),
-        "uid": e.uid,
-        "gid": e.gid,
-        "size": e.size,
-        "mtime_ns": e.mtime_ns,
-        "nlink": e.nlink,
+        "mode": format!("{:04o}", e.attrs.mode),
+        "uid": e.attrs.uid,
+        "gid": e.attrs.gid,
+        "size": e.attrs.size,
+        "mtime_ns": e.attrs.mtime_ns,
+        "nlink": e.attrs.nlink,
     });
     if let xstore::Content::Target(t) = &e.content {
         v["target"] = serde_json::Value::String(String::from_utf8_lossy(t).into_owned());

@@ -147,7 +147,7 @@ fn backup_through_the_agent_restores_exactly() {
     std::fs::write(data.join("small.txt"), b"changed").unwrap();
     let changed = metas(source.list_known(&data, &tree).unwrap());
     let small = |v: &[(Vec<u8>, EntryMeta)]| v.iter().find(|(n, _)| n == b"small.txt").unwrap().1;
-    assert_eq!(small(&changed).size, 7);
+    assert_eq!(small(&changed).attrs.size, 7);
     assert_ne!(small(&changed), small(&known));
 
     // Hinted listings (`will_list`) give the same answers: with the previous tree (the agent
@@ -210,7 +210,7 @@ fn hinted_files_open_like_unhinted_ones() {
         for c in f.fetch_chunks(&chunks).unwrap() {
             out.extend_from_slice(&c.data);
         }
-        assert_eq!(f.current_meta().unwrap().size, out.len() as u64);
+        assert_eq!(f.current_meta().unwrap().attrs.size, out.len() as u64);
         out
     };
     assert_eq!(read_all(&data.join("big")), big);
@@ -257,16 +257,18 @@ fn frame(msg: &AgentMsg) -> Vec<u8> {
 fn meta(kind: SourceKind) -> EntryMeta {
     EntryMeta {
         kind,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        size: 1,
-        mtime_ns: 0,
-        ctime_ns: 0,
-        inode: 1,
-        dev: 1,
-        nlink: 1,
-        rdev: 0,
+        attrs: xstore_format::meta::Attrs {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 1,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            inode: 1,
+            dev: 1,
+            nlink: 1,
+            rdev: 0,
+        },
     }
 }
 

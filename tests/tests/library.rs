@@ -59,7 +59,7 @@ impl Read for Changing {
 impl SourceFile for Changing {
     fn current_meta(&mut self) -> io::Result<EntryMeta> {
         let mut m = self.inner.current_meta()?;
-        m.ctime_ns += self.counter.fetch_add(1, Ordering::Relaxed) as i64 + 1;
+        m.attrs.ctime_ns += self.counter.fetch_add(1, Ordering::Relaxed) as i64 + 1;
         Ok(m)
     }
 }
@@ -80,7 +80,7 @@ impl Source for Faulty {
             if let (Some(other), Ok(m)) = (&self.other_fs_dir, meta.as_mut()) {
                 use std::os::unix::ffi::OsStrExt;
                 if dir.join(std::ffi::OsStr::from_bytes(name)) == *other {
-                    m.dev += 1;
+                    m.attrs.dev += 1;
                 }
             }
         }

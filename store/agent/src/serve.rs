@@ -293,9 +293,9 @@ impl Ctx<'_> {
         }
         let mut chunks = Vec::new();
         let mut inline = None;
-        if before.size <= u64::from(self.params.max()) * 4 {
-            let mut data = Vec::with_capacity(before.size as usize);
-            (&file).take(before.size + 1).read_to_end(&mut data)?;
+        if before.attrs.size <= u64::from(self.params.max()) * 4 {
+            let mut data = Vec::with_capacity(before.attrs.size as usize);
+            (&file).take(before.attrs.size + 1).read_to_end(&mut data)?;
             chunks
                 .extend(xstore_chunker::chunk_slice(&self.params, &data).map(|c| (c.id, c.length)));
             if chunks.len() == 1 && data.len() <= inline_max as usize {
@@ -460,16 +460,18 @@ fn meta_of(st: &rustix::fs::Stat) -> EntryMeta {
     let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
     EntryMeta {
         kind,
-        mode: (st.st_mode as u32) & 0o7777,
-        uid: st.st_uid as u32,
-        gid: st.st_gid as u32,
-        size: st.st_size as u64,
-        mtime_ns: ns(st.st_mtime as i64, st.st_mtime_nsec as i64),
-        ctime_ns: ns(st.st_ctime as i64, st.st_ctime_nsec as i64),
-        inode: st.st_ino as u64,
-        dev: st.st_dev as u64,
-        nlink: st.st_nlink as u64,
-        rdev: st.st_rdev as u64,
+        attrs: xstore_format::meta::Attrs {
+            mode: (st.st_mode as u32) & 0o7777,
+            uid: st.st_uid as u32,
+            gid: st.st_gid as u32,
+            size: st.st_size as u64,
+            mtime_ns: ns(st.st_mtime as i64, st.st_mtime_nsec as i64),
+            ctime_ns: ns(st.st_ctime as i64, st.st_ctime_nsec as i64),
+            inode: st.st_ino as u64,
+            dev: st.st_dev as u64,
+            nlink: st.st_nlink as u64,
+            rdev: st.st_rdev as u64,
+        },
     }
 }
 

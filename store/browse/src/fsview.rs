@@ -358,11 +358,11 @@ impl FsView {
         }
         let ino = match &kind {
             // Hard links: one inode per original (device, inode) within the snapshot.
-            Kind::Entry(_, e) if e.kind != EntryKind::Dir && e.nlink > 1 => {
+            Kind::Entry(_, e) if e.kind != EntryKind::Dir && e.attrs.nlink > 1 => {
                 let mut link = snap_key.clone();
                 link.extend_from_slice(b"\0hardlink\0");
-                link.extend_from_slice(&e.dev.to_le_bytes());
-                link.extend_from_slice(&e.inode.to_le_bytes());
+                link.extend_from_slice(&e.attrs.dev.to_le_bytes());
+                link.extend_from_slice(&e.attrs.inode.to_le_bytes());
                 ino_of(&link)
             }
             _ => ino_of(&key),
@@ -423,21 +423,21 @@ impl FsView {
             Kind::Entry(_, e) => NodeAttr {
                 ino,
                 kind: e.kind,
-                mode: e.mode & 0o7777,
-                uid: e.uid,
-                gid: e.gid,
+                mode: e.attrs.mode & 0o7777,
+                uid: e.attrs.uid,
+                gid: e.attrs.gid,
                 size: match &e.content {
                     Content::Target(t) => t.len() as u64,
-                    _ => e.size,
+                    _ => e.attrs.size,
                 },
-                mtime_ns: e.mtime_ns,
-                ctime_ns: e.ctime_ns,
+                mtime_ns: e.attrs.mtime_ns,
+                ctime_ns: e.attrs.ctime_ns,
                 nlink: if e.kind == EntryKind::Dir {
                     2
                 } else {
-                    e.nlink.max(1)
+                    e.attrs.nlink.max(1)
                 },
-                rdev: e.rdev,
+                rdev: e.attrs.rdev,
                 immutable: true,
             },
         })

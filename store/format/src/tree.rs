@@ -4,7 +4,7 @@
 //! or NUL), unsorted or duplicate names, and lengths that do not add up.
 
 use crate::bytes::{put_bytes, put_varint, Reader};
-use crate::meta::SourceKind;
+use crate::meta::{Attrs, SourceKind};
 use crate::ChunkId;
 use crate::DecodeError;
 
@@ -141,26 +141,8 @@ pub struct Entry {
     pub name: Vec<u8>,
     /// Kind.
     pub kind: EntryKind,
-    /// Permission bits including setuid/setgid/sticky (`mode & 0o7777`).
-    pub mode: u32,
-    /// Numeric owner.
-    pub uid: u32,
-    /// Numeric group.
-    pub gid: u32,
-    /// Modification time, ns since the epoch.
-    pub mtime_ns: i64,
-    /// Status change time, ns since the epoch (for change detection only).
-    pub ctime_ns: i64,
-    /// Size in bytes (files: content length; symlinks: target length).
-    pub size: u64,
-    /// Inode number on the source.
-    pub inode: u64,
-    /// Device of the source filesystem.
-    pub dev: u64,
-    /// Hard link count on the source.
-    pub nlink: u64,
-    /// Device number for char/block devices.
-    pub rdev: u64,
+    /// Mode, owner, size, times, inode… as the source reported them at backup time.
+    pub attrs: Attrs,
     /// Extended attributes, sorted by name.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     /// Content.
@@ -176,22 +158,8 @@ impl Entry {
     pub fn meta(&self) -> crate::meta::EntryMeta {
         crate::meta::EntryMeta {
             kind: self.kind.into(),
-            mode: self.mode,
-            uid: self.uid,
-            gid: self.gid,
-            size: self.size,
-            mtime_ns: self.mtime_ns,
-            ctime_ns: self.ctime_ns,
-            inode: self.inode,
-            dev: self.dev,
-            nlink: self.nlink,
-            rdev: self.rdev,
+            attrs: self.attrs,
         }
-    }
-
-    /// (size, mtime, ctime, inode) as recorded, to compare with [`crate::meta::EntryMeta::content_stamp`].
-    pub fn content_stamp(&self) -> (u64, i64, i64, u64) {
-        (self.size, self.mtime_ns, self.ctime_ns, self.inode)
     }
 
     /// The subtree id of a directory entry.
@@ -263,16 +231,16 @@ impl Tree {
         for e in &self.entries {
             put_bytes(&mut out, &e.name);
             out.push(e.kind.code());
-            out.extend_from_slice(&e.mode.to_le_bytes());
-            out.extend_from_slice(&e.uid.to_le_bytes());
-            out.extend_from_slice(&e.gid.to_le_bytes());
-            out.extend_from_slice(&e.mtime_ns.to_le_bytes());
-            out.extend_from_slice(&e.ctime_ns.to_le_bytes());
-            out.extend_from_slice(&e.size.to_le_bytes());
-            out.extend_from_slice(&e.inode.to_le_bytes());
-            out.extend_from_slice(&e.dev.to_le_bytes());
-            out.extend_from_slice(&e.nlink.to_le_bytes());
-            out.extend_from_slice(&e.rdev.to_le_bytes());
+            out.extend_from_slice(&e.attrs.mode.to_le_bytes());
+            out.extend_from_slice(&e.attrs.uid.to_le_bytes());
+            out.extend_from_slice(&e.attrs.gid.to_le_bytes());
+            out.extend_from_slice(&e.attrs.mtime_ns.to_le_bytes());
+            out.extend_from_slice(&e.attrs.ctime_ns.to_le_bytes());
+            out.extend_from_slice(&e.attrs.size.to_le_bytes());
+            out.extend_from_slice(&e.attrs.inode.to_le_bytes());
+            out.extend_from_slice(&e.attrs.dev.to_le_bytes());
+            out.extend_from_slice(&e.attrs.nlink.to_le_bytes());
+            out.extend_from_slice(&e.attrs.rdev.to_le_bytes());
             put_varint(&mut out, e.xattrs.len() as u64);
             for (k, v) in &e.xattrs {
                 put_bytes(&mut out, k);
@@ -422,16 +390,18 @@ impl Tree {
             entries.push(Entry {
                 name,
                 kind,
-                mode,
-                uid,
-                gid,
-                mtime_ns,
-                ctime_ns,
-                size,
-                inode,
-                dev,
-                nlink,
-                rdev,
+                attrs: Attrs {
+                    mode,
+                    uid,
+                    gid,
+                    mtime_ns,
+                    ctime_ns,
+                    size,
+                    inode,
+                    dev,
+                    nlink,
+                    rdev,
+                },
                 xattrs,
                 content,
             });
@@ -538,16 +508,18 @@ mod tests {
         Entry {
             name: name.to_vec(),
             kind,
-            mode: 0o644,
-            uid: 1000,
-            gid: 1000,
-            mtime_ns: 1_700_000_000_123_456_789,
-            ctime_ns: 1_700_000_000_000_000_001,
-            size,
-            inode: 42,
-            dev: 7,
-            nlink: 1,
-            rdev: 0,
+            attrs: Attrs {
+                mode: 0o644,
+                uid: 1000,
+                gid: 1000,
+                mtime_ns: 1_700_000_000_123_456_789,
+                ctime_ns: 1_700_000_000_000_000_001,
+                size,
+                inode: 42,
+                dev: 7,
+                nlink: 1,
+                rdev: 0,
+            },
             xattrs: vec![(b"user.a".to_vec(), b"v".to_vec())],
             content,
         }

@@ -133,7 +133,9 @@ struct Session<'a> {
 /// Whether a file with `meta` has the content of the parent snapshot's entry (same size,
 /// mtime, ctime and inode): it is then not read again.
 fn unchanged_file(parent: Option<&Entry>, meta: &EntryMeta) -> bool {
-    parent.is_some_and(|p| p.kind == EntryKind::File && p.content_stamp() == meta.content_stamp())
+    parent.is_some_and(|p| {
+        p.kind == EntryKind::File && p.attrs.content_stamp() == meta.attrs.content_stamp()
+    })
 }
 
 /// A node of the synthetic root: the directories leading to each backup path.
@@ -253,16 +255,7 @@ impl<'a> Session<'a> {
         Entry {
             name,
             kind,
-            mode: meta.mode,
-            uid: meta.uid,
-            gid: meta.gid,
-            mtime_ns: meta.mtime_ns,
-            ctime_ns: meta.ctime_ns,
-            size: meta.size,
-            inode: meta.inode,
-            dev: meta.dev,
-            nlink: meta.nlink,
-            rdev: meta.rdev,
+            attrs: meta.attrs,
             xattrs: Vec::new(),
             content,
         }
@@ -303,7 +296,7 @@ impl<'a> Session<'a> {
             }
             SourceKind::Dir => {
                 self.dirs.fetch_add(1, Ordering::Relaxed);
-                let descend = !(self.one_file_system && meta.dev != root_dev);
+                let descend = !(self.one_file_system && meta.attrs.dev != root_dev);
                 let id = if descend {
                     self.process_dir(path, parent_tree.as_ref(), root_dev)?
                 } else {
@@ -319,7 +312,7 @@ impl<'a> Session<'a> {
                 Ok(target) => {
                     self.others.fetch_add(1, Ordering::Relaxed);
                     let mut m = meta;
-                    m.size = target.len() as u64;
+                    m.attrs.size = target.len() as u64;
                     Self::entry_from_meta(name, &m, EntryKind::Symlink, Content::Target(target))
                 }
                 Err(e) => {
@@ -331,7 +324,7 @@ impl<'a> Session<'a> {
                 self.others.fetch_add(1, Ordering::Relaxed);
                 let kind = meta.kind.entry_kind().unwrap_or(EntryKind::Fifo);
                 let mut m = meta;
-                m.size = 0;
+                m.attrs.size = 0;
                 Self::entry_from_meta(name, &m, kind, Content::None)
             }
         };
@@ -349,10 +342,10 @@ impl<'a> Session<'a> {
         if let Some(p) = parent.filter(|p| unchanged_file(Some(p), &meta)) {
             self.unchanged.fetch_add(1, Ordering::Relaxed);
             self.files.fetch_add(1, Ordering::Relaxed);
-            self.logical.fetch_add(meta.size, Ordering::Relaxed);
+            self.logical.fetch_add(meta.attrs.size, Ordering::Relaxed);
             if let Some(pr) = &self.progress {
                 pr.files.fetch_add(1, Ordering::Relaxed);
-                pr.bytes.fetch_add(meta.size, Ordering::Relaxed);
+                pr.bytes.fetch_add(meta.attrs.size, Ordering::Relaxed);
             }
             return Ok(Some(Self::entry_from_meta(
                 name,
@@ -384,7 +377,7 @@ impl<'a> Session<'a> {
             };
             let read = match file.remote_chunks() {
                 Some(list) => self.fetch_remote(&mut *file, list),
-                None => self.read_chunks(&mut *file, before.size),
+                None => self.read_chunks(&mut *file, before.attrs.size),
             };
             let chunks = match read {
                 Ok(c) => c,
@@ -396,8 +389,8 @@ impl<'a> Session<'a> {
             };
             let total: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
             let after = file.current_meta();
-            let stable =
-                matches!(&after, Ok(a) if a.same_content_stamp(&before)) && total == before.size;
+            let stable = matches!(&after, Ok(a) if a.same_content_stamp(&before))
+                && total == before.attrs.size;
             if stable || attempt >= READ_ATTEMPTS {
                 if !stable {
                     self.record_error(
@@ -414,7 +407,7 @@ impl<'a> Session<'a> {
                     pr.files.fetch_add(1, Ordering::Relaxed);
                 }
                 let mut m = before;
-                m.size = total;
+                m.attrs.size = total;
                 let content = if chunks.len() > INLINE_CHUNK_LIMIT {
                     let id = self.store_parent(
                         BlobKind::ChunkList,
@@ -639,7 +632,8 @@ impl<'a> Session<'a> {
                 let meta = meta.as_ref().ok().filter(|m| m.kind == SourceKind::File)?;
                 let unchanged = unchanged_file(parent.and_then(|t| t.get(name)), meta);
                 let child = path.join(std::ffi::OsStr::from_bytes(name));
-                (!unchanged && !self.excludes.excluded(&child, name)).then_some((child, meta.size))
+                (!unchanged && !self.excludes.excluded(&child, name))
+                    .then_some((child, meta.attrs.size))
             })
             .collect();
         if !to_open.is_empty() {
@@ -662,7 +656,7 @@ impl<'a> Session<'a> {
             .filter_map(|((name, meta), old_tree)| {
                 use std::os::unix::ffi::OsStrExt;
                 let meta = meta.as_ref().ok().filter(|m| m.kind == SourceKind::Dir)?;
-                let descend = !(self.one_file_system && meta.dev != root_dev);
+                let descend = !(self.one_file_system && meta.attrs.dev != root_dev);
                 let child = path.join(std::ffi::OsStr::from_bytes(name));
                 (descend && !self.excludes.excluded(&child, name))
                     .then_some((child, old_tree.as_ref()))
@@ -717,7 +711,7 @@ impl<'a> Session<'a> {
             let entry = match node {
                 SynthNode::Leaf => {
                     let old_tree = self.previous_tree(old);
-                    self.process_entry(&child, name.clone(), meta, old, old_tree, meta.dev)?
+                    self.process_entry(&child, name.clone(), meta, old, old_tree, meta.attrs.dev)?
                 }
                 SynthNode::Between(inner) => {
                     if meta.kind != SourceKind::Dir {

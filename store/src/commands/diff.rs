@@ -31,13 +31,13 @@ pub struct DiffItem {
 
 fn same_meta(a: &Entry, b: &Entry) -> bool {
     a.kind == b.kind
-        && a.mode == b.mode
-        && a.uid == b.uid
-        && a.gid == b.gid
-        && a.mtime_ns == b.mtime_ns
-        && a.size == b.size
+        && a.attrs.mode == b.attrs.mode
+        && a.attrs.uid == b.attrs.uid
+        && a.attrs.gid == b.attrs.gid
+        && a.attrs.mtime_ns == b.attrs.mtime_ns
+        && a.attrs.size == b.attrs.size
         && a.xattrs == b.xattrs
-        && a.rdev == b.rdev
+        && a.attrs.rdev == b.attrs.rdev
 }
 
 impl Repository {

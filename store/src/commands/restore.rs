@@ -284,8 +284,8 @@ impl Repository {
                 }
             }
             EntryKind::File => {
-                if entry.nlink > 1 {
-                    let key = (entry.dev, entry.inode);
+                if entry.attrs.nlink > 1 {
+                    let key = (entry.attrs.dev, entry.attrs.inode);
                     if let Some(first) = plan.first_of_inode.get(&key) {
                         plan.links.push((first.clone(), rel.to_path_buf()));
                         return Ok(());
@@ -366,7 +366,7 @@ impl Repository {
         }
         if let Some(p) = &opts.progress {
             p.total_bytes.store(
-                plan.files.iter().map(|(_, e)| e.size).sum(),
+                plan.files.iter().map(|(_, e)| e.attrs.size).sum(),
                 Ordering::Relaxed,
             );
         }
@@ -540,15 +540,15 @@ fn errno_at(path: &Path) -> impl Fn(rustix::io::Errno) -> Error + Copy + '_ {
 
 fn owner_ids(entry: &Entry) -> (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>) {
     (
-        Some(rustix::fs::Uid::from_raw(entry.uid)),
-        Some(rustix::fs::Gid::from_raw(entry.gid)),
+        Some(rustix::fs::Uid::from_raw(entry.attrs.uid)),
+        Some(rustix::fs::Gid::from_raw(entry.attrs.gid)),
     )
 }
 
 fn times(entry: &Entry) -> rustix::fs::Timestamps {
     rustix::fs::Timestamps {
-        last_access: timespec(entry.mtime_ns),
-        last_modification: timespec(entry.mtime_ns),
+        last_access: timespec(entry.attrs.mtime_ns),
+        last_modification: timespec(entry.attrs.mtime_ns),
     }
 }
 
@@ -560,7 +560,7 @@ fn apply_meta(fd: &impl AsFd, path: &Path, entry: &Entry, owners: bool) -> Resul
         let (u, g) = owner_ids(entry);
         rustix::fs::fchown(fd, u, g).map_err(io)?;
     }
-    rustix::fs::fchmod(fd, Mode::from_raw_mode(entry.mode)).map_err(io)?;
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(entry.attrs.mode)).map_err(io)?;
     for (k, v) in &entry.xattrs {
         rustix::fs::fsetxattr(fd, OsStr::from_bytes(k), v, rustix::fs::XattrFlags::empty())
             .map_err(io)?;
@@ -638,8 +638,8 @@ fn restore_special(
     let (parent, name) = beneath.make_room(rel, path)?;
     let (ft, dev) = match entry.kind {
         EntryKind::Fifo => (FileType::Fifo, 0),
-        EntryKind::CharDevice => (FileType::CharacterDevice, entry.rdev),
-        EntryKind::BlockDevice => (FileType::BlockDevice, entry.rdev),
+        EntryKind::CharDevice => (FileType::CharacterDevice, entry.attrs.rdev),
+        EntryKind::BlockDevice => (FileType::BlockDevice, entry.attrs.rdev),
         _ => return Ok(()),
     };
     let io = errno_at(path);
@@ -650,7 +650,7 @@ fn restore_special(
         rustix::fs::chownat(&fd, "", u, g, AtFlags::EMPTY_PATH).map_err(io)?;
     }
     let exact = proc_path(&fd);
-    rustix::fs::chmod(&exact, Mode::from_raw_mode(entry.mode)).map_err(io)?;
+    rustix::fs::chmod(&exact, Mode::from_raw_mode(entry.attrs.mode)).map_err(io)?;
     for (k, v) in &entry.xattrs {
         rustix::fs::setxattr(
             &exact,

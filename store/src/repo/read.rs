@@ -196,14 +196,17 @@ impl Repository {
                     source,
                 })?;
                 let total: u64 = list.iter().map(|c| u64::from(c.len)).sum();
-                if total != entry.size {
+                if total != entry.attrs.size {
                     return Err(Error::CorruptBlob {
                         id: *id,
                         pack: String::new(),
                         source: DecodeError::Invalid {
                             what: "chunk list",
                             offset: 0,
-                            reason: format!("holds {total} bytes, file size is {}", entry.size),
+                            reason: format!(
+                                "holds {total} bytes, file size is {}",
+                                entry.attrs.size
+                            ),
                         },
                     });
                 }

@@ -886,16 +886,18 @@ mod tests {
         Entry {
             name: name.to_vec(),
             kind,
-            mode: 0o640,
-            uid: 1000,
-            gid: 100,
-            mtime_ns: 1_700_000_000_123_456_789,
-            ctime_ns: -5,
-            size: 42,
-            inode: 77,
-            dev: 2049,
-            nlink: 2,
-            rdev: 0,
+            attrs: xstore_format::meta::Attrs {
+                mode: 0o640,
+                uid: 1000,
+                gid: 100,
+                mtime_ns: 1_700_000_000_123_456_789,
+                ctime_ns: -5,
+                size: 42,
+                inode: 77,
+                dev: 2049,
+                nlink: 2,
+                rdev: 0,
+            },
             xattrs: (0..xattrs)
                 .map(|i| (format!("user.k{i}").into_bytes(), vec![i as u8; i * 3]))
                 .collect(),

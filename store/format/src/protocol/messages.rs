@@ -3,7 +3,7 @@
 use std::io;
 
 use crate::bytes::{put_bytes, put_varint, Reader};
-use crate::meta::{EntryMeta, SourceKind};
+use crate::meta::{Attrs, EntryMeta, SourceKind};
 use crate::ChunkId;
 use crate::DecodeError;
 
@@ -246,16 +246,16 @@ fn put_meta(out: &mut Vec<u8>, m: &EntryMeta) {
         SourceKind::Socket => 7,
     });
     for v in [
-        u64::from(m.mode),
-        u64::from(m.uid),
-        u64::from(m.gid),
-        m.size,
+        u64::from(m.attrs.mode),
+        u64::from(m.attrs.uid),
+        u64::from(m.attrs.gid),
+        m.attrs.size,
     ] {
         put_varint(out, v);
     }
-    out.extend_from_slice(&m.mtime_ns.to_le_bytes());
-    out.extend_from_slice(&m.ctime_ns.to_le_bytes());
-    for v in [m.inode, m.dev, m.nlink, m.rdev] {
+    out.extend_from_slice(&m.attrs.mtime_ns.to_le_bytes());
+    out.extend_from_slice(&m.attrs.ctime_ns.to_le_bytes());
+    for v in [m.attrs.inode, m.attrs.dev, m.attrs.nlink, m.attrs.rdev] {
         put_varint(out, v);
     }
 }
@@ -289,16 +289,18 @@ fn get_meta(r: &mut Reader<'_>) -> Result<EntryMeta, DecodeError> {
     }
     Ok(EntryMeta {
         kind,
-        mode,
-        uid: u32_field(r, "uid")?,
-        gid: u32_field(r, "gid")?,
-        size: r.varint("size")?,
-        mtime_ns: r.i64("mtime")?,
-        ctime_ns: r.i64("ctime")?,
-        inode: r.varint("inode")?,
-        dev: r.varint("dev")?,
-        nlink: r.varint("nlink")?,
-        rdev: r.varint("rdev")?,
+        attrs: Attrs {
+            mode,
+            uid: u32_field(r, "uid")?,
+            gid: u32_field(r, "gid")?,
+            size: r.varint("size")?,
+            mtime_ns: r.i64("mtime")?,
+            ctime_ns: r.i64("ctime")?,
+            inode: r.varint("inode")?,
+            dev: r.varint("dev")?,
+            nlink: r.varint("nlink")?,
+            rdev: r.varint("rdev")?,
+        },
     })
 }
 

@@ -67,16 +67,18 @@ mod tests {
     fn meta(kind: SourceKind) -> EntryMeta {
         EntryMeta {
             kind,
-            mode: 0o644,
-            uid: 1000,
-            gid: 100,
-            size: 12345,
-            mtime_ns: -5,
-            ctime_ns: 1_700_000_000_000_000_000,
-            inode: 77,
-            dev: 2049,
-            nlink: 1,
-            rdev: 0,
+            attrs: crate::meta::Attrs {
+                mode: 0o644,
+                uid: 1000,
+                gid: 100,
+                size: 12345,
+                mtime_ns: -5,
+                ctime_ns: 1_700_000_000_000_000_000,
+                inode: 77,
+                dev: 2049,
+                nlink: 1,
+                rdev: 0,
+            },
         }
     }
 
