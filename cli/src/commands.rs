@@ -159,6 +159,7 @@ pub(crate) fn backup(cli: &Cli, args: &BackupArgs) -> Result<u8> {
             (Some(t), false) => TierChoice::Named(t.clone()),
             (None, false) => TierChoice::Lowest,
         },
+        time_ns: None,
     };
     let tracker = Tracker::start(cli, "backup", progress);
     let result = repo.backup(&LocalSource, &opts);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 mod browse;
 mod commands;
+mod migrate;
 mod ops;
 mod pull;
 mod retention;
@@ -192,6 +193,11 @@ enum Command {
     /// Export the repository read-only over NFSv3: one export per account, each open only to
     /// its hosts' addresses; runs until interrupted.
     ServeNfs(browse::NfsArgs),
+    /// Import another tool's backups, with their history.
+    Import {
+        #[command(subcommand)]
+        what: migrate::ImportWhat,
+    },
     /// Repair repository structures.
     Repair {
         #[command(subcommand)]
@@ -505,6 +511,7 @@ fn run(cli: &Cli) -> Result<u8> {
             user,
         } => retention::schedule(cli, *systemd, xstore, pull, user),
         Command::Stats => commands::stats(cli),
+        Command::Import { what } => migrate::import(cli, what),
         Command::Repair {
             what: RepairWhat::Index,
         } => commands::repair_index(cli),

@@ -32,3 +32,27 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     written?;
     sync_dir(dir)
 }
+
+/// Creates `path` with `bytes` durably, never replacing a file that exists (which is an
+/// `AlreadyExists` error): written under a temporary name, then hard-linked into place,
+/// which fails instead of overwriting.
+pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let written = (|| {
+        let mut f = File::create(&tmp).at(&tmp)?;
+        f.write_all(bytes).at(&tmp)?;
+        f.sync_all().at(&tmp)?;
+        fs::hard_link(&tmp, path).at(path)
+    })();
+    let _ = fs::remove_file(&tmp);
+    written?;
+    sync_dir(dir)
+}

@@ -83,10 +83,14 @@ pub use fleet::inventory::{Account, HostSpec, Inventory, InventoryError, SelectE
 pub use fleet::pull::{
     ssh_command, HostStatus, PullOptions, PullOutcome, PullReport, DEFAULT_PULL_THREADS,
 };
+pub use fleet::rsnapshot::{
+    BackupPoint, ImportAction, ImportOutcome, ImportPlan, RsnapshotBackup, RsnapshotConfig,
+    RsnapshotConfigError, RsnapshotSource,
+};
 pub use repo::lock::local_hostname;
 pub use repo::{now_ns, Node, Repository};
 pub use source::remote::{AgentInfo, RemoteSource, MAX_LISTING_BYTES};
-pub use source::{FetchedChunk, LocalSource, Source, SourceFile};
+pub use source::{FetchedChunk, LocalSource, RootedSource, Source, SourceFile};
 pub use txn::Released;
 pub use xstore_format::bytes::to_hex;
 pub use xstore_format::config::{Config, InitOptions};

@@ -68,6 +68,9 @@ pub struct BackupOptions {
     pub progress: Option<Arc<Progress>>,
     /// Which retention tier the new snapshot enters.
     pub tier: TierChoice,
+    /// The snapshot's recorded time (ns since the epoch) instead of now: for imports of
+    /// backups made earlier by another tool. Its start and end are both this time.
+    pub time_ns: Option<i64>,
 }
 
 struct Excludes {
@@ -820,7 +823,7 @@ impl Repository {
         if opts.paths.is_empty() {
             return Err(Error::InvalidArgument("no backup paths given".into()));
         }
-        let start_ns = now_ns();
+        let start_ns = opts.time_ns.unwrap_or_else(now_ns);
         let entry = self.tier_entry(&opts.host, &opts.tier)?;
         // From here until commit, blobs this session may have deduplicated against are
         // protected from reclaim (mutation.rs).
@@ -946,7 +949,7 @@ impl Repository {
             host: opts.host.clone(),
             paths: shown_paths,
             start_ns,
-            end_ns: now_ns(),
+            end_ns: opts.time_ns.unwrap_or_else(now_ns),
             root,
             parent: parent.as_ref().map(|p| p.id),
             tiers: Vec::new(),

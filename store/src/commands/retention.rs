@@ -226,12 +226,13 @@ impl Repository {
         Ok(Some(TierEntry { tier, schedules }))
     }
 
-    /// The plan of `snapshot` (not yet committed) entering its tier: the entry and the trim.
+    /// The plan of `snapshot` (not yet committed, or a committed one as it is to become)
+    /// entering its tier: the entry and the trim.
     pub(crate) fn plan_entry(&self, entry: &TierEntry, snapshot: &Snapshot) -> Result<Plan> {
         let mut of_host: Vec<Snapshot> = self
             .snapshots()?
             .into_iter()
-            .filter(|s| s.host == snapshot.host)
+            .filter(|s| s.host == snapshot.host && s.id != snapshot.id)
             .collect();
         of_host.push(snapshot.clone());
         let step = Step::Enter {
@@ -307,6 +308,27 @@ impl Repository {
     pub fn apply_plan(&self, plan: &Plan) -> Result<Applied> {
         let mut m = Mutation::begin(self)?;
         let relabelled = apply_decisions(&mut m, self, &[], plan)?;
+        let released = m.commit()?;
+        Ok(Applied {
+            relabelled,
+            released,
+        })
+    }
+
+    /// Moves a committed snapshot into `tier` of its host's schedule, dropping its other tier
+    /// labels, and trims that tier to its count as a new snapshot's entry does (what an
+    /// rsnapshot rotation did to a backup point that was imported before it).
+    pub fn move_to_tier(&self, id: &SnapshotId, tier: &str) -> Result<Applied> {
+        let mut m = Mutation::begin(self)?;
+        let moved = Snapshot {
+            tiers: Vec::new(),
+            ..self.snapshot(id)?
+        };
+        let entry = self
+            .tier_entry(&moved.host, &TierChoice::Named(tier.to_string()))?
+            .ok_or(Error::Internal("a named tier has an entry"))?;
+        let plan = self.plan_entry(&entry, &moved)?;
+        let relabelled = apply_decisions(&mut m, self, std::slice::from_ref(&moved), &plan)?;
         let released = m.commit()?;
         Ok(Applied {
             relabelled,

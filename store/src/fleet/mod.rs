@@ -1,5 +1,6 @@
 //! Many hosts: the inventory (hosts, accounts, allocations) and pulls over SSH, with the
-//! record each pull leaves for monitoring.
+//! record each pull leaves for monitoring, and the migration of an rsnapshot service.
 
 pub(crate) mod inventory;
 pub(crate) mod pull;
+pub(crate) mod rsnapshot;

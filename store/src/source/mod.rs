@@ -9,8 +9,10 @@ use xstore_format::tree::{ChunkRef, Tree};
 
 mod local;
 pub(crate) mod remote;
+mod rooted;
 
 pub use local::LocalSource;
+pub use rooted::RootedSource;
 
 /// Most raw bytes ingest asks of [`SourceFile::fetch_chunks`] in one call (one `ReadChunks`
 /// request of a remote source), so a large new file never sits in memory whole.

@@ -1,0 +1,165 @@
+//! `import rsnapshot`: an rsnapshot service's configuration and history into this repository
+//! (README, "Migrating from rsnapshot").
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use xstore::{ImportAction, ImportOutcome, Progress, RsnapshotConfig};
+
+use crate::{open_ro, open_rw, print_json, size, time_of, Cli, EXIT_OK};
+
+#[derive(clap::Subcommand)]
+pub(crate) enum ImportWhat {
+    /// Every backup point <snapshot_root>/<tier>.<n>/<host>/ as a snapshot of that host with
+    /// rsnapshot's time and tier, oldest first; resumable, and the rsnapshot tree is only read.
+    Rsnapshot(RsnapshotArgs),
+}
+
+#[derive(clap::Args)]
+pub(crate) struct RsnapshotArgs {
+    /// rsnapshot's configuration.
+    #[arg(long, default_value = "/etc/rsnapshot.conf", value_name = "FILE")]
+    config: PathBuf,
+    /// Also write an inventory of the hosts rsnapshot pulls over ssh (never replaces a file).
+    #[arg(long, value_name = "FILE")]
+    inventory_out: Option<PathBuf>,
+    /// List what would be imported, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub(crate) fn import(cli: &Cli, what: &ImportWhat) -> Result<u8> {
+    let ImportWhat::Rsnapshot(args) = what;
+    let config = RsnapshotConfig::load(&args.config)?;
+    if let Some(out) = &args.inventory_out {
+        if args.dry_run {
+            print!("{}", config.inventory_toml()?);
+        } else {
+            config.write_inventory(out)?;
+            if !cli.quiet {
+                println!("inventory written to {}", out.display());
+            }
+        }
+    }
+    let repo = if args.dry_run {
+        open_ro(cli)?
+    } else {
+        open_rw(cli)?
+    };
+    let plan = repo.plan_rsnapshot_import(&config)?;
+    if args.dry_run {
+        if cli.json {
+            let items: Vec<_> = plan
+                .items
+                .iter()
+                .map(|(p, a)| {
+                    serde_json::json!({
+                        "host": p.host, "tier": p.tier, "position": p.position,
+                        "time": time_of(p.time_ns), "dir": p.dir,
+                        "action": match a {
+                            ImportAction::Import => "import",
+                            ImportAction::Present(_) => "present",
+                            ImportAction::Relabel(_) => "relabel",
+                        },
+                    })
+                })
+                .collect();
+            print_json(&items)?;
+        } else {
+            for (p, a) in &plan.items {
+                let what = match a {
+                    ImportAction::Import => "import".to_string(),
+                    ImportAction::Present(id) => format!("present as {}", id.short()),
+                    ImportAction::Relabel(id) => format!("relabel {} as {}", id.short(), p.tier),
+                };
+                println!(
+                    "{}.{}/{:<28} {}  {what}",
+                    p.tier,
+                    p.position,
+                    p.host,
+                    time_of(p.time_ns)
+                );
+            }
+            println!(
+                "{} of {} backup points to import (dry run: nothing changed)",
+                plan.to_import(),
+                plan.items.len()
+            );
+        }
+        return Ok(EXIT_OK);
+    }
+    repo.apply_import_schedule(&plan)?;
+    let progress = Arc::new(Progress::default());
+    let tracker = crate::Tracker::start(cli, "import", progress.clone());
+    let mut imported = 0u64;
+    let mut results = Vec::new();
+    let mut failure = None;
+    for (point, action) in &plan.items {
+        match repo.import_backup_point(point, action, Some(progress.clone())) {
+            Ok(outcome) => {
+                let (line, id) = match &outcome {
+                    ImportOutcome::Imported(s) => {
+                        imported += 1;
+                        (
+                            format!(
+                                "imported as {} ({} read, {} new)",
+                                s.id.short(),
+                                size(cli, s.stats.bytes_read),
+                                size(cli, s.stats.new_stored_bytes)
+                            ),
+                            Some(s.id),
+                        )
+                    }
+                    ImportOutcome::Present { id, relabelled } => (
+                        match relabelled {
+                            true => format!("present as {}, relabelled {}", id.short(), point.tier),
+                            false => format!("present as {}", id.short()),
+                        },
+                        Some(*id),
+                    ),
+                    ImportOutcome::Empty => ("empty: nothing to import".to_string(), None),
+                };
+                if !cli.quiet && !cli.json {
+                    println!(
+                        "{}",
+                        format!(
+                            "{}.{}/{:<28} {}  {line}",
+                            point.tier,
+                            point.position,
+                            point.host,
+                            time_of(point.time_ns)
+                        )
+                    );
+                }
+                results.push(serde_json::json!({
+                    "host": point.host, "tier": point.tier, "position": point.position,
+                    "time": time_of(point.time_ns), "snapshot": id.map(|i| i.to_string()),
+                    "result": line,
+                }));
+            }
+            Err(e) => {
+                failure = Some(anyhow::Error::from(e).context(format!(
+                    "importing {} (imported before it stay; run the import again to resume)",
+                    point.dir.display()
+                )));
+                break;
+            }
+        }
+    }
+    tracker.finish();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if cli.json {
+        print_json(
+            &serde_json::json!({"type": "summary", "imported": imported, "points": results}),
+        )?;
+    } else if !cli.quiet {
+        println!(
+            "{imported} backup points imported, {} already present",
+            plan.items.len() as u64 - imported
+        );
+    }
+    Ok(EXIT_OK)
+}
