@@ -122,14 +122,11 @@ pub(crate) fn import(cli: &Cli, what: &ImportWhat) -> Result<u8> {
                 };
                 if !cli.quiet && !cli.json {
                     println!(
-                        "{}",
-                        format!(
-                            "{}.{}/{:<28} {}  {line}",
-                            point.tier,
-                            point.position,
-                            point.host,
-                            time_of(point.time_ns)
-                        )
+                        "{}.{}/{:<28} {}  {line}",
+                        point.tier,
+                        point.position,
+                        point.host,
+                        time_of(point.time_ns)
                     );
                 }
                 results.push(serde_json::json!({

@@ -100,7 +100,7 @@ impl History {
             let _ = fs::remove_file(src.join(format!("home/new-{}", r.saturating_sub(2))));
             fs::set_permissions(
                 src.join("home/log"),
-                fs::Permissions::from_mode(if r % 2 == 0 { 0o640 } else { 0o600 }),
+                fs::Permissions::from_mode(if r.is_multiple_of(2) { 0o640 } else { 0o600 }),
             )
             .unwrap();
         }
