@@ -3,7 +3,8 @@
 //! The client side of a pull: the small `xstore-agent` binary (or the server binary's `xstore agent`), run by sshd as the forced command of the backup
 //! server's key (ARCHITECTURE.md invariant 10, FORMAT.md §Agent protocol).
 //!
-//! Invariants:
+//! Invariants of serving (the `setup` subcommand, run by an operator, is the only code that
+//! writes: [`setup`]):
 //! - it serves only the trees of its allow-list (`/etc/backup.conf`), read-only; it opens
 //!   nothing for writing and creates no file;
 //! - every path is resolved with `openat2(RESOLVE_NO_SYMLINKS)` (or, on kernels without it, a
@@ -21,6 +22,7 @@ pub mod cli;
 mod config;
 mod serve;
 mod session;
+pub mod setup;
 mod ssh;
 
 pub use config::AgentConfig;
@@ -60,4 +62,7 @@ pub enum AgentError {
     /// Bad input to [`authorized_keys_line`].
     #[error("{0}")]
     InvalidArgument(String),
+    /// `setup` could not read, write or check a file (nothing is left half-changed).
+    #[error("setup: {0}")]
+    Setup(String),
 }
