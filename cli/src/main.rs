@@ -9,6 +9,7 @@ use std::time::Duration;
 
 mod browse;
 mod commands;
+mod generate;
 mod migrate;
 mod ops;
 mod pull;
@@ -169,6 +170,13 @@ enum Command {
         /// The user the jobs run as.
         #[arg(long, default_value = "root")]
         user: String,
+        /// Write the systemd units into this directory instead of printing them.
+        #[arg(long, value_name = "DIR", requires = "systemd")]
+        output_dir: Option<PathBuf>,
+        /// Take the repository (XSTORE_REPO) and inventory from this environment file
+        /// instead of naming the repository in each command (the packaged units).
+        #[arg(long, value_name = "FILE")]
+        env_file: Option<String>,
     },
     /// Serve this host's backup list to the backup server (run by sshd as the forced
     /// command of the server's key), or print that authorized_keys line.
@@ -193,6 +201,11 @@ enum Command {
     /// Export the repository read-only over NFSv3: one export per account, each open only to
     /// its hosts' addresses; runs until interrupted.
     ServeNfs(browse::NfsArgs),
+    /// Generate manual pages or shell completions.
+    Generate {
+        #[command(subcommand)]
+        what: generate::GenerateWhat,
+    },
     /// Import another tool's backups, with their history.
     Import {
         #[command(subcommand)]
@@ -509,9 +522,22 @@ fn run(cli: &Cli) -> Result<u8> {
             xstore,
             pull,
             user,
-        } => retention::schedule(cli, *systemd, xstore, pull, user),
+            output_dir,
+            env_file,
+        } => retention::schedule(
+            cli,
+            &retention::ScheduleArgs {
+                systemd: *systemd,
+                xstore,
+                pull,
+                user,
+                output_dir: output_dir.as_deref(),
+                env_file: env_file.as_deref(),
+            },
+        ),
         Command::Stats => commands::stats(cli),
         Command::Import { what } => migrate::import(cli, what),
+        Command::Generate { what } => generate::generate(cli, what),
         Command::Repair {
             what: RepairWhat::Index,
         } => commands::repair_index(cli),

@@ -319,9 +319,10 @@ struct Job {
     command: String,
 }
 
+/// `repo`: `--repo DIR` for the commands, or empty when the environment names it.
 fn jobs(xstore: &str, repo: &str, pull: &str) -> Vec<Job> {
     let wait = "--lock-wait 3h";
-    let cmd = |args: &str| format!("{xstore} --repo {repo} -q {wait} {args}");
+    let cmd = |args: &str| format!("{xstore}{repo} -q {wait} {args}");
     // rsnapshot's documented order: higher tiers rotate before lower ones, and before the
     // pull that feeds the lowest tier, so a promotion never takes a snapshot just made.
     vec![
@@ -351,7 +352,7 @@ fn jobs(xstore: &str, repo: &str, pull: &str) -> Vec<Job> {
             description: "back up every host (new snapshots enter the hourly tier)",
             cron: "0 */4 * * *",
             on_calendar: "*-*-* 00/4:00:00",
-            command: format!("{xstore} --repo {repo} -q {wait} {pull}"),
+            command: format!("{xstore}{repo} -q {wait} {pull}"),
         },
         Job {
             name: "xstore-gc",
@@ -363,54 +364,91 @@ fn jobs(xstore: &str, repo: &str, pull: &str) -> Vec<Job> {
     ]
 }
 
-pub(crate) fn schedule(
-    cli: &Cli,
-    systemd: bool,
-    xstore: &str,
-    pull: &str,
-    user: &str,
-) -> Result<u8> {
-    let repo = crate::repo_path(cli)?;
-    let repo = repo.display().to_string();
-    if repo.contains(char::is_whitespace) {
-        bail!("repository path {repo:?} contains whitespace; use a path without it in schedules");
-    }
-    let jobs = jobs(xstore, &repo, pull);
+/// What `schedule` prints or writes.
+pub(crate) struct ScheduleArgs<'a> {
+    pub(crate) systemd: bool,
+    pub(crate) xstore: &'a str,
+    pub(crate) pull: &'a str,
+    pub(crate) user: &'a str,
+    pub(crate) output_dir: Option<&'a std::path::Path>,
+    pub(crate) env_file: Option<&'a str>,
+}
+
+pub(crate) fn schedule(cli: &Cli, args: &ScheduleArgs<'_>) -> Result<u8> {
+    let repo = match args.env_file {
+        Some(_) => String::new(),
+        None => {
+            let repo = crate::repo_path(cli)?.display().to_string();
+            if repo.contains(char::is_whitespace) {
+                bail!("repository path {repo:?} contains whitespace; use a path without it in schedules");
+            }
+            format!(" --repo {repo}")
+        }
+    };
+    let user = args.user;
+    let jobs = jobs(args.xstore, &repo, args.pull);
     if cli.json {
         print_json(&jobs)?;
         return Ok(EXIT_OK);
     }
-    if !systemd {
+    if !args.systemd {
         println!("# xstore: the seed service's schedule, for /etc/cron.d/xstore");
         println!("# Higher tiers rotate first (rsnapshot's order); --lock-wait makes overlapping jobs queue.");
         println!("SHELL=/bin/sh");
         println!("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        if let Some(env) = args.env_file {
+            println!("# the repository: XSTORE_REPO from {env}, exported in each job's environment");
+        }
         for j in &jobs {
             println!("# {}: {}", j.name, j.description);
             println!("{:<14} {user} {}", j.cron, j.command);
         }
         return Ok(EXIT_OK);
     }
+    let env = args
+        .env_file
+        .map(|f| format!("EnvironmentFile={f}\n"))
+        .unwrap_or_default();
+    let mut units = Vec::new();
     for j in &jobs {
-        println!("# /etc/systemd/system/{}.service", j.name);
-        println!("[Unit]\nDescription=xstore: {}\n", j.description);
-        println!(
-            "[Service]\nType=oneshot\nUser={user}\nNice=10\nIOSchedulingClass=idle\nExecStart={}\n",
-            j.command
-        );
-        println!("# /etc/systemd/system/{}.timer", j.name);
-        println!("[Unit]\nDescription=xstore: {} (timer)\n", j.description);
-        println!(
-            "[Timer]\nOnCalendar={}\nPersistent=true\nRandomizedDelaySec=0\n\n[Install]\nWantedBy=timers.target\n",
-            j.on_calendar
-        );
+        units.push((
+            format!("{}.service", j.name),
+            format!(
+                "[Unit]\nDescription=xstore: {}\n\n[Service]\nType=oneshot\nUser={user}\n{env}Nice=10\nIOSchedulingClass=idle\nExecStart={}\n",
+                j.description, j.command
+            ),
+        ));
+        units.push((
+            format!("{}.timer", j.name),
+            format!(
+                "[Unit]\nDescription=xstore: {} (timer)\n\n[Timer]\nOnCalendar={}\nPersistent=true\nRandomizedDelaySec=0\n\n[Install]\nWantedBy=timers.target\n",
+                j.description, j.on_calendar
+            ),
+        ));
     }
-    println!(
-        "# enable with: systemctl daemon-reload && systemctl enable --now {}",
-        jobs.iter()
-            .map(|j| format!("{}.timer", j.name))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    let timers = jobs
+        .iter()
+        .map(|j| format!("{}.timer", j.name))
+        .collect::<Vec<_>>()
+        .join(" ");
+    match args.output_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+            for (name, text) in &units {
+                let path = dir.join(name);
+                std::fs::write(&path, text).with_context(|| path.display().to_string())?;
+            }
+            if !cli.quiet {
+                println!("{} units written to {}", units.len(), dir.display());
+            }
+        }
+        None => {
+            for (name, text) in &units {
+                println!("# /etc/systemd/system/{name}");
+                println!("{text}");
+            }
+            println!("# enable with: systemctl daemon-reload && systemctl enable --now {timers}");
+        }
+    }
     Ok(EXIT_OK)
 }

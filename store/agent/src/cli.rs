@@ -8,6 +8,19 @@ use std::path::PathBuf;
 use crate::setup::{SetupOptions, DEFAULT_BACKUP_PORT, DEFAULT_STATE};
 use crate::{authorized_keys_line, default_forced_command, AgentError, DEFAULT_AGENT_CONFIG};
 
+/// Serve this host's backup list to the xstore backup server (run by sshd as the forced
+/// command of the server's key), print that authorized_keys line, or set the host up.
+///
+/// (The `xstore-agent` binary's command line lives here, not in the binary, so that the
+/// server's `xstore generate man` renders its manual page too.)
+#[derive(Debug, clap::Parser)]
+#[command(name = "xstore-agent", version)]
+pub struct Cli {
+    /// The agent's arguments.
+    #[command(flatten)]
+    pub args: AgentArgs,
+}
+
 /// Arguments of the agent.
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {

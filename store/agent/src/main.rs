@@ -5,17 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Serve this host's backup list to the xstore backup server (run by sshd as the forced
-/// command of the server's key), or print that authorized_keys line.
-#[derive(Parser)]
-#[command(name = "xstore-agent", version)]
-struct Cli {
-    #[command(flatten)]
-    args: xstore_agent::cli::AgentArgs,
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = xstore_agent::cli::Cli::parse();
     match xstore_agent::cli::main(&cli.args, "xstore-agent") {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
