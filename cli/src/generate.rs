@@ -48,7 +48,11 @@ pub(crate) fn generate(cli: &Cli, what: &GenerateWhat) -> Result<u8> {
                     continue;
                 }
                 let name = format!("xstore-{}", sub.get_name());
-                render(sub.clone().name(name.clone()).bin_name(name), out_dir, &mut written)?;
+                render(
+                    sub.clone().name(name.clone()).bin_name(name),
+                    out_dir,
+                    &mut written,
+                )?;
             }
             render(xstore, out_dir, &mut written)?;
             let mut agent = xstore_agent::cli::Cli::command();

@@ -397,7 +397,9 @@ pub(crate) fn schedule(cli: &Cli, args: &ScheduleArgs<'_>) -> Result<u8> {
         println!("SHELL=/bin/sh");
         println!("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
         if let Some(env) = args.env_file {
-            println!("# the repository: XSTORE_REPO from {env}, exported in each job's environment");
+            println!(
+                "# the repository: XSTORE_REPO from {env}, exported in each job's environment"
+            );
         }
         for j in &jobs {
             println!("# {}: {}", j.name, j.description);
