@@ -6,35 +6,18 @@
 mod common;
 
 use std::fs;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::ok;
-use xstore_tests::sshd::sshd_binary;
+use xstore_tests::sshd::{free_port, keygen, sshd_binary};
 use xstore_tests::{assert_same_tree, make_fixture, restored_path};
 
 fn agent_bin() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_xstore")).with_file_name("xstore-agent")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn keygen(path: &Path) {
-    let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "backup@server", "-f"])
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 struct Client {

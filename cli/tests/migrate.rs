@@ -203,16 +203,22 @@ impl History {
         );
     }
 
+    /// `xstore import rsnapshot --config CONF EXTRA…`.
+    fn import_with(&self, extra: &[&str]) -> std::process::Output {
+        let mut args = vec![
+            "import",
+            "rsnapshot",
+            "--config",
+            self.conf.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        xstore(&self.repo, &args)
+    }
+
     fn import(&self) -> String {
-        ok(
-            &self.repo,
-            &[
-                "import",
-                "rsnapshot",
-                "--config",
-                self.conf.to_str().unwrap(),
-            ],
-        )
+        let out = self.import_with(&[]);
+        assert!(out.status.success(), "import: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
     }
 }
 
@@ -256,16 +262,7 @@ fn rsnapshot_history_imports_with_every_tier_position() {
     let before = h.fingerprint();
 
     // The dry run lists every point and changes nothing.
-    let dry = ok(
-        &h.repo,
-        &[
-            "import",
-            "rsnapshot",
-            "--config",
-            h.conf.to_str().unwrap(),
-            "--dry-run",
-        ],
-    );
+    let dry = String::from_utf8(h.import_with(&["--dry-run"]).stdout).unwrap();
     let points = h.points().len();
     assert!(
         dry.contains(&format!("{points} of {points} backup points to import")),
@@ -274,17 +271,9 @@ fn rsnapshot_history_imports_with_every_tier_position() {
     assert!(json(&h.repo, &["snapshots"]).as_array().unwrap().is_empty());
 
     let inventory = h.root.join("hosts.toml");
-    let out = ok(
-        &h.repo,
-        &[
-            "import",
-            "rsnapshot",
-            "--config",
-            h.conf.to_str().unwrap(),
-            "--inventory-out",
-            inventory.to_str().unwrap(),
-        ],
-    );
+    let out = h.import_with(&["--inventory-out", inventory.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = String::from_utf8(out.stdout).unwrap();
     assert!(
         out.contains(&format!("{points} backup points imported")),
         "{out}"
@@ -301,17 +290,7 @@ fn rsnapshot_history_imports_with_every_tier_position() {
         "hourly=3,daily=2,weekly=2"
     );
     // It is never replaced.
-    let again = xstore(
-        &h.repo,
-        &[
-            "import",
-            "rsnapshot",
-            "--config",
-            h.conf.to_str().unwrap(),
-            "--inventory-out",
-            inventory.to_str().unwrap(),
-        ],
-    );
+    let again = h.import_with(&["--inventory-out", inventory.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(1));
     assert!(stderr(&again).contains("hosts.toml"), "{}", stderr(&again));
 

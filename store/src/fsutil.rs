@@ -11,32 +11,9 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
-/// Replaces `path` with `bytes` atomically and durably.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let written = (|| {
-        let mut f = File::create(&tmp).at(&tmp)?;
-        f.write_all(bytes).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
-        fs::rename(&tmp, path).at(path)
-    })();
-    if written.is_err() {
-        // A full disk must not leave a temporary behind (recovery would remove it too).
-        let _ = fs::remove_file(&tmp);
-    }
-    written?;
-    sync_dir(dir)
-}
-
-/// Creates `path` with `bytes` durably, never replacing a file that exists (which is an
-/// `AlreadyExists` error): written under a temporary name, then hard-linked into place,
-/// which fails instead of overwriting.
-pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` durably under a temporary name beside `path` (removed again on failure) and
+/// returns that name and the directory.
+fn write_temp<'a>(path: &'a Path, bytes: &[u8]) -> Result<(std::path::PathBuf, &'a Path)> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -49,10 +26,32 @@ pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
     let written = (|| {
         let mut f = File::create(&tmp).at(&tmp)?;
         f.write_all(bytes).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
-        fs::hard_link(&tmp, path).at(path)
+        f.sync_all().at(&tmp)
     })();
+    if written.is_err() {
+        // A full disk must not leave a temporary behind (recovery would remove it too).
+        let _ = fs::remove_file(&tmp);
+    }
+    written.map(|()| (tmp, dir))
+}
+
+/// Replaces `path` with `bytes` atomically and durably.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let (tmp, dir) = write_temp(path, bytes)?;
+    if let Err(e) = fs::rename(&tmp, path).at(path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(dir)
+}
+
+/// Creates `path` with `bytes` durably, never replacing a file that exists (which is an
+/// `AlreadyExists` error): written under a temporary name, then hard-linked into place,
+/// which fails instead of overwriting.
+pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    let (tmp, dir) = write_temp(path, bytes)?;
+    let linked = fs::hard_link(&tmp, path).at(path);
     let _ = fs::remove_file(&tmp);
-    written?;
+    linked?;
     sync_dir(dir)
 }

@@ -23,7 +23,8 @@ pub struct Sshd {
     child: Child,
 }
 
-fn keygen(path: &Path) {
+/// A new ed25519 key pair without passphrase at `path` (and `path.pub`).
+pub fn keygen(path: &Path) {
     let status = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "xstore-test", "-f"])
         .arg(path)
@@ -32,7 +33,8 @@ fn keygen(path: &Path) {
     assert!(status.success(), "ssh-keygen failed");
 }
 
-fn free_port() -> u16 {
+/// A TCP port on 127.0.0.1 free right now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
