@@ -336,15 +336,24 @@ pub(crate) fn time_of(ns: i64) -> String {
 /// `--json`, a `{"type":"status",…}` line on stdout every second; nothing otherwise (cron,
 /// pipes, `-q`). Ends with [`Tracker::finish`].
 pub(crate) struct Tracker {
-    done: Arc<std::sync::atomic::AtomicBool>,
+    /// Dropped to stop the thread: it wakes at once instead of finishing a sleep, so a
+    /// command's end is not delayed by its progress display.
+    stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Waits up to `d`; `false` once the tracker has finished.
+fn still_running(stop: &std::sync::mpsc::Receiver<()>, d: Duration) -> bool {
+    matches!(
+        stop.recv_timeout(d),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+    )
 }
 
 impl Tracker {
     pub(crate) fn start(cli: &Cli, operation: &'static str, progress: Arc<Progress>) -> Tracker {
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = if cli.json {
-            let done = done.clone();
             // XSTORE_STATUS_INTERVAL_MS: how often status events are printed (default 1000).
             let interval = std::env::var("XSTORE_STATUS_INTERVAL_MS")
                 .ok()
@@ -354,11 +363,7 @@ impl Tracker {
             Some(std::thread::spawn(move || {
                 let started = std::time::Instant::now();
                 let mut next = interval;
-                while !done.load(Ordering::Relaxed) {
-                    std::thread::sleep(interval.min(Duration::from_millis(50)));
-                    if started.elapsed() < next {
-                        continue;
-                    }
+                while still_running(&stopped, next.saturating_sub(started.elapsed())) {
                     next = started.elapsed() + interval;
                     let total = progress.total_bytes.load(Ordering::Relaxed);
                     let bytes = progress.bytes.load(Ordering::Relaxed);
@@ -377,14 +382,16 @@ impl Tracker {
                 }
             }))
         } else if !cli.quiet && std::io::stderr().is_terminal() {
-            let done = done.clone();
             Some(std::thread::spawn(move || {
-                draw_bar(operation, &progress, &done)
+                draw_bar(operation, &progress, &stopped)
             }))
         } else {
             None
         };
-        Tracker { done, thread }
+        Tracker {
+            stop: Some(stop),
+            thread,
+        }
     }
 
     pub(crate) fn finish(mut self) {
@@ -392,7 +399,7 @@ impl Tracker {
     }
 
     fn stop(&mut self) {
-        self.done.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -406,7 +413,7 @@ impl Drop for Tracker {
 }
 
 /// The TTY bar: a spinner until a total is known, then a bar with ETA.
-fn draw_bar(operation: &str, progress: &Progress, done: &std::sync::atomic::AtomicBool) {
+fn draw_bar(operation: &str, progress: &Progress, stopped: &std::sync::mpsc::Receiver<()>) {
     let bar = indicatif::ProgressBar::new_spinner();
     let spinner = indicatif::ProgressStyle::with_template(
         "{prefix} {spinner} {bytes} {bytes_per_sec} {elapsed} {msg}",
@@ -419,7 +426,7 @@ fn draw_bar(operation: &str, progress: &Progress, done: &std::sync::atomic::Atom
     bar.set_style(spinner);
     bar.set_prefix(operation.to_string());
     let mut has_total = false;
-    while !done.load(Ordering::Relaxed) {
+    loop {
         let total = progress.total_bytes.load(Ordering::Relaxed);
         if total > 0 {
             if !has_total {
@@ -435,7 +442,9 @@ fn draw_bar(operation: &str, progress: &Progress, done: &std::sync::atomic::Atom
             progress.errors.load(Ordering::Relaxed)
         ));
         bar.tick();
-        std::thread::sleep(Duration::from_millis(100));
+        if !still_running(stopped, Duration::from_millis(100)) {
+            break;
+        }
     }
     bar.finish_and_clear();
 }

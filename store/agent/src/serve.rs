@@ -14,8 +14,9 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use xstore_chunker::ChunkerParams;
 use xstore_format::meta::{EntryMeta, SourceKind};
 use xstore_format::protocol::{
-    listing_digest, read_frame, write_batched, write_frame, AgentMsg, ErrorCode, Outgoing,
-    ServerMsg, Transport, WireChunk, WireEntry, LIST_BATCH_BYTES, PROTOCOL_VERSIONS,
+    listing_digest, listing_digest_meta, read_frame, write_batched, write_frame, AgentMsg,
+    ErrorCode, Outgoing, ServerMsg, Transport, WireChunk, WireEntry, CAP_DIGEST_META,
+    LIST_BATCH_BYTES, PROTOCOL_VERSIONS,
 };
 
 use crate::{AgentConfig, AgentError, MAX_READ_REQUEST};
@@ -51,7 +52,11 @@ pub fn serve<'a, W: Write + Send + 'static>(
         &mut out,
         AgentMsg::Hello {
             versions: PROTOCOL_VERSIONS.to_vec(),
-            capabilities: Transport::offered(),
+            capabilities: {
+                let mut c = Transport::offered();
+                c.push(CAP_DIGEST_META.to_vec());
+                c
+            },
             roots: config
                 .roots
                 .iter()
@@ -66,7 +71,7 @@ pub fn serve<'a, W: Write + Send + 'static>(
             .map_err(|e| fatal_now(&mut out, format!("server hello: {e}")))?,
         None => return Ok(()),
     };
-    let (params, chunk_level, transport) = match hello {
+    let (params, chunk_level, transport, digest_meta) = match hello {
         ServerMsg::Hello {
             version,
             min,
@@ -85,7 +90,12 @@ pub fn serve<'a, W: Write + Send + 'static>(
             }
             let params = ChunkerParams::new(min, avg, max)
                 .map_err(|e| fatal_now(&mut out, format!("chunker parameters: {e}")))?;
-            (params, i32::from(level), Transport::best_of(&capabilities))
+            (
+                params,
+                i32::from(level),
+                Transport::best_of(&capabilities),
+                capabilities.iter().any(|c| c == CAP_DIGEST_META),
+            )
         }
         other => {
             return Err(fatal_now(
@@ -101,6 +111,7 @@ pub fn serve<'a, W: Write + Send + 'static>(
         config,
         params,
         level: chunk_level,
+        digest_meta,
     };
     // Two queues: `ChunkFile` requests, which a server sends ahead by the thousand, and the
     // rest (listings, stats, chunk reads), for which a server thread is waiting: workers take
@@ -202,6 +213,8 @@ struct Ctx<'a> {
     config: &'a AgentConfig,
     params: ChunkerParams,
     level: i32,
+    /// The server turned on [`CAP_DIGEST_META`]: listing digests leave xattrs out.
+    digest_meta: bool,
 }
 
 fn error_reply(req: u64, code: ErrorCode, message: impl Into<String>) -> AgentMsg {
@@ -264,11 +277,27 @@ impl Ctx<'_> {
                 Ok(entry) => AgentMsg::Stat { req, entry },
                 Err(e) => io_reply(req, path, &e),
             }],
-            ServerMsg::List { known, .. } => match list(path) {
-                Ok(entries) if known == Some(listing_digest(&entries)) => {
+            // With a digest that leaves xattrs out, they are read only when the directory
+            // changed (a change of xattrs changes ctime, which the digest covers).
+            ServerMsg::List {
+                known: Some(known), ..
+            } if self.digest_meta => match list(path, false) {
+                Ok((_, entries)) if known == listing_digest_meta(&entries) => {
                     vec![AgentMsg::ListUnchanged { req }]
                 }
-                Ok(entries) => list_replies(req, entries),
+                Ok((dir, mut entries)) => {
+                    for e in entries.iter_mut().filter(|e| e.meta.is_ok()) {
+                        e.xattrs = read_xattrs(&via_proc(&dir, OsStr::from_bytes(&e.name)));
+                    }
+                    list_replies(req, entries)
+                }
+                Err(e) => vec![io_reply(req, path, &e)],
+            },
+            ServerMsg::List { known, .. } => match list(path, true) {
+                Ok((_, entries)) if known == Some(listing_digest(&entries)) => {
+                    vec![AgentMsg::ListUnchanged { req }]
+                }
+                Ok((_, entries)) => list_replies(req, entries),
                 Err(e) => vec![io_reply(req, path, &e)],
             },
             ServerMsg::ChunkFile { inline_max, .. } => {
@@ -475,28 +504,36 @@ fn meta_of(st: &rustix::fs::Stat) -> EntryMeta {
     }
 }
 
-/// The entry `name` of the open directory `dir`: lstat, symlink target, xattrs.
-fn lstat_at(dir: &OwnedFd, name: &OsStr) -> io::Result<WireEntry> {
+/// `name` in the open directory `dir` as a path for the l*xattr calls: the directory is
+/// already open without symlinks, /proc/self/fd/N names exactly it, and the l*xattr calls do
+/// not follow `name` itself.
+fn via_proc(dir: &OwnedFd, name: &OsStr) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", dir.as_fd().as_raw_fd())).join(name)
+}
+
+/// The entry `name` of the open directory `dir`: lstat, symlink target, and xattrs when
+/// `with_xattrs`.
+fn lstat_at(dir: &OwnedFd, name: &OsStr, with_xattrs: bool) -> io::Result<WireEntry> {
     let meta = meta_of(&rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?);
     let target = if meta.kind == SourceKind::Symlink {
         Some(rustix::fs::readlinkat(dir, name, Vec::new())?.into_bytes())
     } else {
         None
     };
-    // The directory is already open without symlinks; /proc/self/fd/N names exactly it, and
-    // the l*xattr calls do not follow `name` itself.
-    let via_proc = PathBuf::from(format!("/proc/self/fd/{}", dir.as_fd().as_raw_fd())).join(name);
     Ok(WireEntry {
         name: name.as_bytes().to_vec(),
         meta: Ok(meta),
         target,
-        xattrs: read_xattrs(&via_proc),
+        xattrs: match with_xattrs {
+            true => read_xattrs(&via_proc(dir, name)),
+            false => Vec::new(),
+        },
     })
 }
 
 /// [`lstat_at`] for a directory listing: a failure is reported in the entry.
-fn entry_at(dir: &OwnedFd, name: &OsStr) -> WireEntry {
-    lstat_at(dir, name).unwrap_or_else(|e| WireEntry {
+fn entry_at(dir: &OwnedFd, name: &OsStr, with_xattrs: bool) -> WireEntry {
+    lstat_at(dir, name, with_xattrs).unwrap_or_else(|e| WireEntry {
         name: name.as_bytes().to_vec(),
         meta: Err(format!("stat: {e}")),
         target: None,
@@ -533,12 +570,14 @@ fn stat_entry(path: &Path) -> io::Result<WireEntry> {
         }
     };
     let dir = open_nofollow(parent, OFlags::RDONLY | OFlags::DIRECTORY)?;
-    let mut entry = lstat_at(&dir, name)?;
+    let mut entry = lstat_at(&dir, name, true)?;
     entry.name.clear();
     Ok(entry)
 }
 
-fn list(path: &Path) -> io::Result<Vec<WireEntry>> {
+/// The entries of the directory `path` in name order (with their xattrs when `with_xattrs`),
+/// and the directory, opened without following a symlink.
+fn list(path: &Path, with_xattrs: bool) -> io::Result<(OwnedFd, Vec<WireEntry>)> {
     let dir = open_nofollow(path, OFlags::RDONLY | OFlags::DIRECTORY)?;
     let mut entries = Vec::new();
     for item in rustix::fs::Dir::read_from(&dir)? {
@@ -547,11 +586,11 @@ fn list(path: &Path) -> io::Result<Vec<WireEntry>> {
         if name == "." || name == ".." {
             continue;
         }
-        entries.push(entry_at(&dir, name));
+        entries.push(entry_at(&dir, name, with_xattrs));
     }
     // In name order, as trees hold them: the listing digest depends on it.
     entries.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(entries)
+    Ok((dir, entries))
 }
 
 #[cfg(test)]

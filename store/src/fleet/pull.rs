@@ -199,9 +199,11 @@ impl Watchdog {
     }
 }
 
-/// Waits for `child` to exit, killing it after `grace`.
+/// Waits for `child` to exit, killing it after `grace`. Polls from 1 ms up to 20 ms: ssh
+/// usually exits within a millisecond or two of the session's end, and every pull waits here.
 fn reap(child: &Mutex<Child>, grace: Duration) {
     let deadline = Instant::now() + grace;
+    let mut pause = Duration::from_millis(1);
     loop {
         let Ok(mut c) = child.lock() else { return };
         match c.try_wait() {
@@ -214,7 +216,8 @@ fn reap(child: &Mutex<Child>, grace: Duration) {
             Ok(None) => {}
         }
         drop(c);
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
 }
 

@@ -21,8 +21,9 @@ use crate::source::{FetchedChunk, Source, SourceFile};
 use crate::{ChunkId, ChunkerParams};
 use xstore_format::meta::EntryMeta;
 use xstore_format::protocol::{
-    read_frame, tree_listing_digest, write_batched, write_frame, AgentMsg, Outgoing, ServerMsg,
-    Transport, WireChunk, WireEntry, MAX_FRAME, PROTOCOL_VERSIONS,
+    read_frame, tree_listing_digest, tree_listing_digest_meta, write_batched, write_frame,
+    AgentMsg, Outgoing, ServerMsg, Transport, WireChunk, WireEntry, CAP_DIGEST_META, MAX_FRAME,
+    PROTOCOL_VERSIONS,
 };
 use xstore_format::tree::{ChunkRef, Content, Entry, Tree};
 
@@ -138,6 +139,8 @@ struct Inner {
     listings_held: AtomicU64,
     /// Symlink targets and xattrs that came with a listing, until ingest asks for them.
     extras: Mutex<HashMap<PathBuf, Extra>>,
+    /// [`CAP_DIGEST_META`] is on: listing digests leave xattrs out.
+    digest_meta: bool,
 }
 
 fn broken_error(reason: &str) -> io::Error {
@@ -148,6 +151,14 @@ fn broken_error(reason: &str) -> io::Error {
 }
 
 impl Inner {
+    /// The digest the agent compares with its listing of a directory recorded as `tree`.
+    fn known_digest(&self, tree: &Tree) -> [u8; 32] {
+        match self.digest_meta {
+            true => tree_listing_digest_meta(tree),
+            false => tree_listing_digest(tree),
+        }
+    }
+
     fn lock_calls(&self) -> std::sync::MutexGuard<'_, Calls> {
         // A poisoned lock means a thread panicked while holding it; the map is still usable.
         self.calls.lock().unwrap_or_else(|e| e.into_inner())
@@ -340,13 +351,19 @@ impl RemoteSource {
     ) -> Result<RemoteSource, RemoteError> {
         let body = read_frame(&mut reader)?.ok_or(RemoteError::Closed)?;
         let received = body.len() as u64 + 4;
-        let (versions, roots, software, transport) = match AgentMsg::decode(&body) {
+        let (versions, roots, software, transport, digest_meta) = match AgentMsg::decode(&body) {
             Ok(AgentMsg::Hello {
                 versions,
                 roots,
                 software,
                 capabilities,
-            }) => (versions, roots, software, Transport::best_of(&capabilities)),
+            }) => (
+                versions,
+                roots,
+                software,
+                Transport::best_of(&capabilities),
+                capabilities.iter().any(|c| c == CAP_DIGEST_META),
+            ),
             Ok(AgentMsg::Fatal { message }) => {
                 return Err(RemoteError::Refused(
                     String::from_utf8_lossy(&message).into_owned(),
@@ -387,7 +404,13 @@ impl RemoteSource {
             avg: params.avg(),
             max: params.max(),
             level: level.clamp(1, 19) as u8,
-            capabilities: transport.capabilities(),
+            capabilities: {
+                let mut c = transport.capabilities();
+                if digest_meta {
+                    c.push(CAP_DIGEST_META.to_vec());
+                }
+                c
+            },
         }
         .encode();
         write_frame(&mut writer, &hello)?;
@@ -415,6 +438,7 @@ impl RemoteSource {
             sent,
             listings_held: AtomicU64::new(0),
             extras: Mutex::new(HashMap::new()),
+            digest_meta,
         });
         let for_writer = Arc::clone(&inner);
         let writer_thread = std::thread::Builder::new()
@@ -509,7 +533,7 @@ impl RemoteSource {
         previous: Option<&Tree>,
     ) -> io::Result<Vec<(Vec<u8>, io::Result<EntryMeta>)>> {
         let path = dir.as_os_str().as_bytes().to_vec();
-        let known = previous.map(tree_listing_digest);
+        let known = previous.map(|t| self.inner.known_digest(t));
         // A request sent ahead counts only if it carried this digest.
         let sent_ahead = self
             .prefetched_lists
@@ -651,7 +675,7 @@ impl Source for RemoteSource {
             if lists.contains_key(dir) {
                 continue;
             }
-            let known = previous.map(tree_listing_digest);
+            let known = previous.map(|t| self.inner.known_digest(t));
             let path = dir.as_os_str().as_bytes().to_vec();
             let Ok(reply) = self
                 .inner

@@ -15,6 +15,12 @@ pub const CAP_ZSTD_STREAM: &[u8] = b"zstd-stream";
 /// sequence of plain frames (bodies that are mostly compressed chunk bytes already) and
 /// flushed pieces of one zstd stream (everything else), so chunk data is not compressed twice.
 pub const CAP_ZSTD_SEGMENTS: &[u8] = b"zstd-segments";
+/// Capability: listing digests leave extended attributes out ([`listing_digest_meta`]), so an
+/// agent answers "unchanged" for a directory without reading every entry's xattrs. Sound
+/// because setting or removing an xattr changes the entry's ctime, which the digest covers
+/// (the same trust that unchanged file contents rest on); a changed directory's listing still
+/// carries the xattrs.
+pub const CAP_DIGEST_META: &[u8] = b"digest-meta";
 /// zstd level of the session streams (cheap: what they carry is small and compresses well).
 pub const WIRE_LEVEL: i32 = 1;
 /// Largest zstd window a session stream may declare (16 MiB): a hostile peer must not make
@@ -46,7 +52,9 @@ mod messages;
 pub mod paths;
 mod transport;
 
-pub use digest::{listing_digest, tree_listing_digest};
+pub use digest::{
+    listing_digest, listing_digest_meta, tree_listing_digest, tree_listing_digest_meta,
+};
 pub use frame::{read_frame, write_frame};
 pub use messages::{AgentMsg, ErrorCode, ServerMsg, WireChunk, WireEntry};
 pub use transport::{
