@@ -28,16 +28,23 @@ impl<'a> Reader<'a> {
 
     /// The next `n` bytes of field `what`, or [`DecodeError::Truncated`].
     pub fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
-        let truncated = DecodeError::Truncated {
-            what,
-            offset: self.pos,
-            need: n,
-            have: self.remaining(),
-        };
-        let end = self.pos.checked_add(n).ok_or(truncated.clone())?;
-        let s = self.data.get(self.pos..end).ok_or(truncated)?;
-        self.pos = end;
-        Ok(s)
+        // The error is built only on failure: decoders call this for every field.
+        let slice = self
+            .pos
+            .checked_add(n)
+            .and_then(|end| Some((end, self.data.get(self.pos..end)?)));
+        match slice {
+            Some((end, s)) => {
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(DecodeError::Truncated {
+                what,
+                offset: self.pos,
+                need: n,
+                have: self.remaining(),
+            }),
+        }
     }
 
     /// The next `N` bytes as an array.

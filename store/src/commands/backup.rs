@@ -228,8 +228,22 @@ impl<'a> Session<'a> {
     /// The bytes are decoded first: a snapshot whose trees we could not read back must never
     /// be committed (the cost is small next to hashing file content).
     fn store_parent(&self, kind: BlobKind, raw: &[u8], children: Vec<ChunkId>) -> Result<ChunkId> {
+        self.store_parent_known(kind, raw, children, None)
+    }
+
+    /// [`Session::store_parent`] for bytes that may equal a blob this session already read
+    /// back and decoded (`read_back`: an unchanged directory's previous tree): then the
+    /// decode check is not repeated, since the bytes are those of that blob.
+    fn store_parent_known(
+        &self,
+        kind: BlobKind,
+        raw: &[u8],
+        children: Vec<ChunkId>,
+        read_back: Option<ChunkId>,
+    ) -> Result<ChunkId> {
         let id = ChunkId::of(raw);
         let verified = match kind {
+            _ if read_back == Some(id) => Ok(()),
             BlobKind::Tree => Tree::decode(raw).map(|_| ()),
             _ => xstore_format::tree::decode_chunk_list(raw).map(|_| ()),
         };
@@ -301,7 +315,9 @@ impl<'a> Session<'a> {
                 self.dirs.fetch_add(1, Ordering::Relaxed);
                 let descend = !(self.one_file_system && meta.attrs.dev != root_dev);
                 let id = if descend {
-                    self.process_dir(path, parent_tree.as_ref(), root_dev)?
+                    // The previous tree's id, when that tree was read back and decoded.
+                    let read_back = parent_tree.as_ref().and(parent.and_then(|p| p.subtree()));
+                    self.process_dir(path, parent_tree.as_ref(), read_back, root_dev)?
                 } else {
                     self.store_parent(BlobKind::Tree, &Tree::default().encode(), Vec::new())?
                 };
@@ -615,7 +631,13 @@ impl<'a> Session<'a> {
     }
 
     /// A directory: its children in parallel, then its tree blob.
-    fn process_dir(&self, path: &Path, parent: Option<&Tree>, root_dev: u64) -> Result<ChunkId> {
+    fn process_dir(
+        &self,
+        path: &Path,
+        parent: Option<&Tree>,
+        read_back: Option<ChunkId>,
+        root_dev: u64,
+    ) -> Result<ChunkId> {
         let listed = match parent {
             Some(previous) => self.source.list_known(path, previous),
             None => self.source.list(path),
@@ -697,7 +719,7 @@ impl<'a> Session<'a> {
         }
         tree.sort();
         let children = tree.children();
-        self.store_parent(BlobKind::Tree, &tree.encode(), children)
+        self.store_parent_known(BlobKind::Tree, &tree.encode(), children, read_back)
     }
 
     /// A synthetic directory on the way to one or more backup paths.
