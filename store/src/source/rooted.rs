@@ -5,7 +5,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use xstore_format::meta::EntryMeta;
-use xstore_format::tree::Tree;
 
 use super::{LocalSource, Source, SourceFile};
 
@@ -41,14 +40,6 @@ impl Source for RootedSource {
 
     fn list(&self, dir: &Path) -> io::Result<Vec<(Vec<u8>, io::Result<EntryMeta>)>> {
         LocalSource.list(&self.local(dir))
-    }
-
-    fn list_known(
-        &self,
-        dir: &Path,
-        _previous: &Tree,
-    ) -> io::Result<Vec<(Vec<u8>, io::Result<EntryMeta>)>> {
-        self.list(dir)
     }
 
     fn read_link(&self, path: &Path) -> io::Result<Vec<u8>> {
