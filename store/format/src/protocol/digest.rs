@@ -1,33 +1,31 @@
 //! Listing digests: what lets the agent answer "unchanged" for a directory the server has.
 
-use super::messages::{put_entry, put_entry_parts, WireEntry};
+use super::messages::{put_entry_parts, WireEntry};
 
 /// BLAKE3 over the entries' encodings, in name order (the caller sorts): two listings with
 /// the same digest carry the same names, metadata, symlink targets and xattrs.
 pub fn listing_digest<'a>(sorted: impl IntoIterator<Item = &'a WireEntry>) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = Vec::new();
-    for e in sorted {
-        buf.clear();
-        put_entry(&mut buf, e);
-        hasher.update(&buf);
-    }
-    *hasher.finalize().as_bytes()
+    wire_digest(sorted, true)
 }
 
 /// [`listing_digest`] with every entry's xattrs left out (capability
 /// [`super::CAP_DIGEST_META`]): names, metadata (ctime included) and symlink targets.
 pub fn listing_digest_meta<'a>(sorted: impl IntoIterator<Item = &'a WireEntry>) -> [u8; 32] {
+    wire_digest(sorted, false)
+}
+
+fn wire_digest<'a>(sorted: impl IntoIterator<Item = &'a WireEntry>, with_xattrs: bool) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new();
     let mut buf = Vec::new();
     for e in sorted {
         buf.clear();
+        let xattrs: &[(Vec<u8>, Vec<u8>)] = if with_xattrs { &e.xattrs } else { &[] };
         put_entry_parts(
             &mut buf,
             &e.name,
             e.meta.as_ref().map_err(String::as_str),
             e.target.as_deref(),
-            &[],
+            xattrs,
         );
         hasher.update(&buf);
     }
