@@ -477,6 +477,19 @@ fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AgentError>
     result.map_err(io_at(path))
 }
 
+/// Creates `dir` (mode 0700) and fsyncs its parent, so that the entry survives a crash
+/// before the files written into it do.
+fn create_dir_durably(dir: &Path) -> Result<(), AgentError> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_at(dir))?;
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    fs::File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(io_at(parent))
+}
+
 fn set_file(path: &Path, content: &Option<(Vec<u8>, u32)>) -> Result<(), AgentError> {
     match content {
         Some((bytes, mode)) => write_durably(path, bytes, *mode),
@@ -520,10 +533,7 @@ pub fn apply(
     };
     if let Some(state) = &plan.state {
         for d in missing_dirs(opts_state) {
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&d)
-                .map_err(io_at(&d))?;
+            create_dir_durably(&d)?;
         }
         write_durably(opts_state, state, 0o600)?;
     }
@@ -531,10 +541,7 @@ pub fn apply(
     let result = (|| {
         for c in &plan.changes {
             for d in &c.create_dirs {
-                fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(d)
-                    .map_err(io_at(d))?;
+                create_dir_durably(d)?;
             }
             done.push(c);
             set_file(&c.path, &c.after)?;
