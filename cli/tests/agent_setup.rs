@@ -40,8 +40,7 @@ type Files = Vec<(PathBuf, Option<(Vec<u8>, u32)>)>;
 
 impl Client {
     fn new(include_dropins: bool) -> Option<Client> {
-        let sshd = sshd_binary()?;
-        let _ = sshd;
+        sshd_binary()?;
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().canonicalize().unwrap();
         keygen(&root.join("host_key"));
@@ -354,4 +353,37 @@ fn setup_rolls_back_when_sshd_would_not_read_the_dropin() {
     let mut now = c.files();
     now.retain(|(p, _)| p != &c.server_key);
     assert_eq!(now, original);
+}
+
+#[test]
+fn undo_after_an_edit_removes_only_what_setup_added() {
+    let Some(c) = Client::new(true) else {
+        eprintln!("skipping: no sshd");
+        return;
+    };
+    let args = c.install_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let original_keys = fs::read_to_string(&c.authorized_keys).unwrap();
+    c.setup_ok(&args);
+    // The operator adds a key and edits the allow-list after setup.
+    let mut keys = fs::read_to_string(&c.authorized_keys).unwrap();
+    keys.push_str("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILaterKeyLaterKeyLaterKeyLaterKeyLaterKe later@laptop\n");
+    fs::write(&c.authorized_keys, &keys).unwrap();
+    let mut conf = fs::read_to_string(&c.backup_conf).unwrap();
+    conf.push_str("/srv/www\n");
+    fs::write(&c.backup_conf, &conf).unwrap();
+
+    let out = c.setup_ok(&["--undo"]);
+    assert!(out.contains("removed only the lines setup added"), "{out}");
+    assert!(out.contains("left as it is"), "{out}");
+    // Setup's line is gone; the operator's lines, old and new, stay.
+    let after = fs::read_to_string(&c.authorized_keys).unwrap();
+    assert_eq!(
+        after,
+        format!("{original_keys}ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILaterKeyLaterKeyLaterKeyLaterKeyLaterKe later@laptop\n")
+    );
+    // The edited allow-list is kept as the operator left it; the untouched drop-in is gone.
+    assert_eq!(fs::read_to_string(&c.backup_conf).unwrap(), conf);
+    assert!(!c.root.join("sshd_config.d/xstore-agent.conf").exists());
+    assert!(!c.state.exists());
 }
