@@ -446,6 +446,12 @@ pub(crate) fn repair_index(cli: &Cli) -> Result<u8> {
                 report.from_packs,
                 if report.old_index { "" } else { "; the old index was unreadable" }
             );
+            if report.uncommitted_packs > 0 {
+                println!(
+                    "{} packs of a write that crashed before its commit were left out and removed",
+                    report.uncommitted_packs
+                );
+            }
             if report.held_packs > 0 {
                 println!(
                     "{} blobs in {} packs are referenced by no snapshot and could not be attributed: gc keeps them until `xstore gc --release-held`",

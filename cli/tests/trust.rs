@@ -171,6 +171,60 @@ fn repair_after_a_crash_past_the_commit_keeps_the_snapshot() {
     assert_restores(&repo, work.path(), "crashed", &src);
 }
 
+/// A backup killed after its packs (record blob included) were sealed but before the index
+/// commit failed: `repair index` run next, before any other writer recovered, must not bring
+/// that snapshot back while the index proves it was never committed. Without an index the
+/// commit cannot be disproven, and the whole snapshot comes back.
+#[test]
+fn repair_after_a_crash_before_the_commit_does_not_resurrect_the_snapshot() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = healthy(work.path());
+    let ids = snapshot_ids(&repo);
+    let packs = pack_count(&repo);
+    let crash = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_xstore"))
+            .env("XSTORE_REPO", &repo)
+            .env("XSTORE_FAILPOINT", "before-commit")
+            .args([
+                "backup",
+                "-q",
+                "--host",
+                "crashed",
+                "--no-parent",
+                src.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            pack_count(&repo) > packs,
+            "the crashed backup sealed no pack"
+        );
+    };
+    crash();
+    let report = json(&repo, &["repair", "index"]);
+    assert_eq!(report["snapshots"], ids.len() as u64, "{report}");
+    assert!(
+        report["recovered"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    assert_eq!(snapshot_ids(&repo), ids);
+    assert_eq!(
+        pack_count(&repo),
+        packs,
+        "the crashed backup's packs remain"
+    );
+    ok(&repo, &["check", "--read-data"]);
+    // Index lost too: the packs alone cannot tell, so the whole snapshot is kept.
+    crash();
+    fs::remove_dir_all(repo.join("index")).unwrap();
+    json(&repo, &["repair", "index"]);
+    let after = snapshot_ids(&repo);
+    assert_eq!(after.len(), ids.len() + 1);
+    assert!(ids.is_subset(&after));
+    assert_restores(&repo, work.path(), "crashed", &src);
+}
+
 #[test]
 fn repair_without_snapshot_copies_rebuilds_from_packs_and_gc_keeps_the_data() {
     let work = tempfile::tempdir().unwrap();

@@ -42,6 +42,10 @@ pub struct RepairReport {
     pub held_packs: u64,
     /// Snapshot records that were skipped, with the reason.
     pub skipped: Vec<String>,
+    /// Packs of a write that crashed before its commit (journal: uncommitted; a current old
+    /// index: unknown): not indexed, so their snapshot records do not come back, and removed
+    /// as crash recovery removes them.
+    pub uncommitted_packs: u64,
 }
 
 /// What the old index still says, when it can be read.
@@ -129,11 +133,14 @@ impl Repository {
         };
         let packs_dir = crate::layout::packs(path);
         let retired = crate::pack::journal::retired(&packs_dir, crate::now_ns())?;
+        let mut files = list_pack_files(&packs_dir)?;
+        let leftovers = uncommitted_leftovers(&packs_dir, old.as_ref(), &files, &retired)?;
+        files.retain(|(id, _)| !leftovers.contains(id));
+        report.uncommitted_packs = leftovers.len() as u64;
         let mut batch = index.batch();
         let mut seen: HashSet<ChunkId> = HashSet::new();
         let mut pack_records: HashMap<PackId, PackRecord> = HashMap::new();
         let mut in_packs: HashMap<SnapshotId, Snapshot> = HashMap::new();
-        let mut files = list_pack_files(&packs_dir)?;
         // Retired packs last: a blob is located in a live pack when one holds it, and a
         // retired pack is taken back only when it holds a blob no other pack has.
         files.sort_by_key(|(id, _)| retired.contains_key(id));
@@ -334,15 +341,46 @@ impl Repository {
         crate::repo::copies::write_stale_marker_at(path)?;
         fsutil::write_atomic(&crate::layout::rebuilt_marker(&new_dir), b"complete\n")?;
         finish_index_swap(path)?;
-        // Every pack is in the new index now: the journal's markers are settled.
-        let uncommitted = crate::pack::journal::uncommitted(&packs_dir)?;
-        crate::pack::journal::clear_uncommitted(&packs_dir, &uncommitted)?;
+        // Every other pack is in the new index now: their markers are settled. The leftovers
+        // keep theirs, so the writable open below removes them as crash recovery.
+        let mut settled = crate::pack::journal::uncommitted(&packs_dir)?;
+        settled.retain(|id| !leftovers.contains(id));
+        crate::pack::journal::clear_uncommitted(&packs_dir, &settled)?;
         crate::pack::journal::clear_retired(&packs_dir, &unretired)?;
         if let Err(e) = Repository::open(path) {
             tracing::warn!(error = %e, "snapshot copies not resynced; the next writable open will");
         }
         Ok(report)
     }
+}
+
+/// Packs proven to be leftovers of a write that crashed before its index commit: the journal
+/// marks them uncommitted and a readable old index does not record them, while it records
+/// every other pack file (an index older than the packs proves nothing, as in recovery).
+/// Without such an index a marked pack may have been committed (only its marker's removal
+/// lost), so it is rebuilt like any other.
+fn uncommitted_leftovers(
+    packs_dir: &Path,
+    old: Option<&OldIndex>,
+    files: &[(PackId, std::path::PathBuf)],
+    retired: &HashMap<PackId, i64>,
+) -> Result<HashSet<PackId>> {
+    let Some(old) = old else {
+        return Ok(HashSet::new());
+    };
+    let uncommitted: HashSet<PackId> = crate::pack::journal::uncommitted(packs_dir)?
+        .into_iter()
+        .collect();
+    let index_is_current = files.iter().all(|(id, _)| {
+        old.packs.contains(id) || uncommitted.contains(id) || retired.contains_key(id)
+    });
+    if !index_is_current {
+        return Ok(HashSet::new());
+    }
+    Ok(uncommitted
+        .into_iter()
+        .filter(|id| !old.packs.contains(id))
+        .collect())
 }
 
 /// Unused-pack check helper for tests and tools: ids of pack files on disk.
