@@ -9,6 +9,7 @@ use std::time::Duration;
 
 mod browse;
 mod commands;
+mod find;
 mod generate;
 mod migrate;
 mod ops;
@@ -77,6 +78,10 @@ enum Command {
     Restore(commands::RestoreArgs),
     /// Show paths added, removed and modified between two snapshots.
     Diff(commands::DiffArgs),
+    /// List every snapshot that holds a matching path, as versions per host and path.
+    Find(find::FindArgs),
+    /// Write a file of a snapshot, or a directory as a tar or zip archive, to stdout or a file.
+    Dump(find::DumpArgs),
     /// Verify structure and reference counts (and with --read-data, every blob).
     Check(commands::CheckArgs),
     /// Repository sizes and deduplication.
@@ -486,6 +491,8 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Cat(args) => commands::cat(cli, args),
         Command::Restore(args) => commands::restore(cli, args),
         Command::Diff(args) => commands::diff(cli, args),
+        Command::Find(args) => find::find(cli, args),
+        Command::Dump(args) => find::dump(cli, args),
         Command::Check(args) => commands::check(cli, args),
         Command::Rotate {
             tier,

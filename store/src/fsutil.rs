@@ -11,9 +11,13 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
-/// Writes `bytes` durably under a temporary name beside `path` (removed again on failure) and
-/// returns that name and the directory.
-fn write_temp<'a>(path: &'a Path, bytes: &[u8]) -> Result<(std::path::PathBuf, &'a Path)> {
+/// Writes a file durably under a temporary name beside `path` with `fill` (removed again on
+/// failure) and returns that name, the directory and what `fill` returned. The temporary is
+/// created exclusively (`O_EXCL`), so nothing planted under its name is followed.
+fn write_temp<T>(
+    path: &Path,
+    fill: impl FnOnce(&mut File, &Path) -> Result<T>,
+) -> Result<(std::path::PathBuf, &Path, T)> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -23,21 +27,32 @@ fn write_temp<'a>(path: &'a Path, bytes: &[u8]) -> Result<(std::path::PathBuf, &
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    // A temporary of an earlier run with this process id (a crash) goes first.
+    let _ = fs::remove_file(&tmp);
     let written = (|| {
-        let mut f = File::create(&tmp).at(&tmp)?;
-        f.write_all(bytes).at(&tmp)?;
-        f.sync_all().at(&tmp)
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .at(&tmp)?;
+        let out = fill(&mut f, &tmp)?;
+        f.sync_all().at(&tmp)?;
+        Ok(out)
     })();
     if written.is_err() {
         // A full disk must not leave a temporary behind (recovery would remove it too).
         let _ = fs::remove_file(&tmp);
     }
-    written.map(|()| (tmp, dir))
+    written.map(|out| (tmp, dir, out))
+}
+
+fn bytes_filler(bytes: &[u8]) -> impl FnOnce(&mut File, &Path) -> Result<()> + '_ {
+    move |f, tmp| f.write_all(bytes).at(tmp)
 }
 
 /// Replaces `path` with `bytes` atomically and durably.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let (tmp, dir) = write_temp(path, bytes)?;
+    let (tmp, dir, ()) = write_temp(path, bytes_filler(bytes))?;
     if let Err(e) = fs::rename(&tmp, path).at(path) {
         let _ = fs::remove_file(&tmp);
         return Err(e);
@@ -46,12 +61,22 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Creates `path` with `bytes` durably, never replacing a file that exists (which is an
-/// `AlreadyExists` error): written under a temporary name, then hard-linked into place,
-/// which fails instead of overwriting.
+/// `AlreadyExists` error).
 pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
-    let (tmp, dir) = write_temp(path, bytes)?;
+    write_new_with(path, bytes_filler(bytes))
+}
+
+/// Creates `path` durably with what `fill` writes, never replacing a file that exists (an
+/// `AlreadyExists` error): written under a temporary name, then hard-linked into place, which
+/// fails instead of overwriting. On any failure nothing is left at `path`.
+pub(crate) fn write_new_with<T>(
+    path: &Path,
+    fill: impl FnOnce(&mut File, &Path) -> Result<T>,
+) -> Result<T> {
+    let (tmp, dir, out) = write_temp(path, fill)?;
     let linked = fs::hard_link(&tmp, path).at(path);
     let _ = fs::remove_file(&tmp);
     linked?;
-    sync_dir(dir)
+    sync_dir(dir)?;
+    Ok(out)
 }

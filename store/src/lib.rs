@@ -67,6 +67,8 @@ pub use xstore_chunker::{self as chunker, ChunkId, ChunkerParams};
 pub use commands::backup::{BackupOptions, ParentChoice, MAX_INFLIGHT_CHUNKS};
 pub use commands::check::{CheckOptions, CheckReport, Problem, Stats};
 pub use commands::diff::{entry_os_name, Change, DiffItem};
+pub use commands::dump::{DumpFormat, DumpSummary};
+pub use commands::find::{FindOptions, FindReport, FoundPath, FoundVersion, VersionChange};
 pub use commands::gc::{
     GcAction, GcOptions, GcPack, GcReport, MERGE_SMALL_PACKS, SMALL_PACK_BYTES,
 };

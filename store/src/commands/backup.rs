@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 use xstore_chunker::{ChunkId, StreamChunker};
 
+use super::globs::PathGlobs;
 use super::retention::TierChoice;
 use crate::commands::retention::TierEntry;
 use crate::error::{Error, Result};
@@ -73,43 +73,10 @@ pub struct BackupOptions {
     pub time_ns: Option<i64>,
 }
 
-struct Excludes {
-    by_name: GlobSet,
-    by_path: GlobSet,
-}
-
-impl Excludes {
-    fn new(patterns: &[String]) -> Result<Self> {
-        let mut by_name = GlobSetBuilder::new();
-        let mut by_path = GlobSetBuilder::new();
-        for p in patterns {
-            let glob = Glob::new(p)
-                .map_err(|e| Error::InvalidArgument(format!("exclude pattern {p:?}: {e}")))?;
-            if p.contains('/') {
-                by_path.add(glob);
-            } else {
-                by_name.add(glob);
-            }
-        }
-        let build = |b: GlobSetBuilder| {
-            b.build()
-                .map_err(|e| Error::InvalidArgument(format!("exclude patterns: {e}")))
-        };
-        Ok(Excludes {
-            by_name: build(by_name)?,
-            by_path: build(by_path)?,
-        })
-    }
-    fn excluded(&self, path: &Path, name: &[u8]) -> bool {
-        use std::os::unix::ffi::OsStrExt;
-        self.by_name.is_match(std::ffi::OsStr::from_bytes(name)) || self.by_path.is_match(path)
-    }
-}
-
 struct Session<'a> {
     repo: &'a Repository,
     source: &'a dyn Source,
-    excludes: Excludes,
+    excludes: PathGlobs,
     /// Entries left out by an exclude pattern.
     excluded: AtomicU64,
     one_file_system: bool,
@@ -657,7 +624,7 @@ impl<'a> Session<'a> {
                 let meta = meta.as_ref().ok().filter(|m| m.kind == SourceKind::File)?;
                 let unchanged = unchanged_file(parent.and_then(|t| t.get(name)), meta);
                 let child = path.join(std::ffi::OsStr::from_bytes(name));
-                (!unchanged && !self.excludes.excluded(&child, name))
+                (!unchanged && !self.excludes.is_match(&child, name))
                     .then_some((child, meta.attrs.size))
             })
             .collect();
@@ -683,7 +650,7 @@ impl<'a> Session<'a> {
                 let meta = meta.as_ref().ok().filter(|m| m.kind == SourceKind::Dir)?;
                 let descend = !(self.one_file_system && meta.attrs.dev != root_dev);
                 let child = path.join(std::ffi::OsStr::from_bytes(name));
-                (descend && !self.excludes.excluded(&child, name))
+                (descend && !self.excludes.is_match(&child, name))
                     .then_some((child, old_tree.as_ref()))
             })
             .collect();
@@ -696,7 +663,7 @@ impl<'a> Session<'a> {
             .map(|((name, meta), old_tree)| {
                 use std::os::unix::ffi::OsStrExt;
                 let child = path.join(std::ffi::OsStr::from_bytes(&name));
-                if self.excludes.excluded(&child, &name) {
+                if self.excludes.is_match(&child, &name) {
                     self.excluded.fetch_add(1, Ordering::Relaxed);
                     return Ok(None);
                 }
@@ -875,14 +842,14 @@ impl Repository {
             None => None,
         };
         let (synth, shown_paths) = synth_root(source, &opts.paths)?;
-        let excludes = Excludes::new(&opts.excludes)?;
+        let excludes = PathGlobs::new(&opts.excludes, "exclude pattern")?;
         for p in &shown_paths {
             let path = Path::new(p);
             let name = path
                 .file_name()
                 .map(|n| n.as_encoded_bytes())
                 .unwrap_or(b"");
-            if excludes.excluded(path, name) {
+            if excludes.is_match(path, name) {
                 return Err(Error::InvalidArgument(format!(
                     "an exclude pattern matches the backup path {p} itself: nothing would be backed up"
                 )));

@@ -4,7 +4,10 @@
 pub(crate) mod backup;
 pub(crate) mod check;
 pub(crate) mod diff;
+pub(crate) mod dump;
+pub(crate) mod find;
 pub(crate) mod gc;
+pub(crate) mod globs;
 pub(crate) mod listing;
 pub(crate) mod repair;
 pub(crate) mod restore;

@@ -1,0 +1,388 @@
+//! The restores an operator reaches for when a customer writes in: `find` (which snapshots hold
+//! a path), `dump` (a file or directory as a stream), and restores into a live tree.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::{json, ok, stderr, xstore};
+
+/// Snapshot times are seconds apart at least: the tests order versions by them.
+fn backup(repo: &Path, host: &str, src: &Path) -> String {
+    let out = json(
+        repo,
+        &["backup", "-q", "--host", host, src.to_str().unwrap()],
+    );
+    out["id"].as_str().unwrap().to_string()
+}
+
+fn versions(found: &serde_json::Value, host: &str, path: &str) -> Vec<(String, String)> {
+    let p = found["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["host"] == host && p["path"] == path)
+        .unwrap_or_else(|| panic!("{host} {path} not found in {found}"));
+    p["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["snapshot"].as_str().unwrap().to_string(),
+                v["change"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The time of the `n`th version of the first path found.
+fn found_time(found: &serde_json::Value, n: usize) -> i64 {
+    found["paths"][0]["versions"][n]["time_ns"]
+        .as_i64()
+        .unwrap()
+}
+
+#[test]
+fn find_lists_each_path_with_its_versions_across_snapshots_and_hosts() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = (work.path().join("repo"), work.path().join("src"));
+    let shop = src.join("var/www/shop");
+    fs::create_dir_all(&shop).unwrap();
+    fs::create_dir_all(src.join("etc")).unwrap();
+    for i in 0..20 {
+        fs::write(src.join(format!("etc/conf{i}")), format!("setting {i}\n")).unwrap();
+    }
+    ok(&repo, &["init"]);
+    let config = shop.join("config.php");
+    // h1: v1, v1 (same), v2 (changed), deleted, v2 back.
+    let mut h1 = Vec::new();
+    fs::write(&config, b"<?php $db = 'one';").unwrap();
+    h1.push(backup(&repo, "h1", &src));
+    fs::write(shop.join("index.php"), b"<?php echo 1;").unwrap();
+    h1.push(backup(&repo, "h1", &src));
+    fs::write(&config, b"<?php $db = 'two';").unwrap();
+    h1.push(backup(&repo, "h1", &src));
+    fs::remove_file(&config).unwrap();
+    let gap = backup(&repo, "h1", &src);
+    fs::write(&config, b"<?php $db = 'two';").unwrap();
+    h1.push(backup(&repo, "h1", &src));
+    let h2 = backup(&repo, "h2", &src);
+
+    let path = format!("{}/config.php", shop.display());
+    let found = json(&repo, &["find", "config.php"]);
+    let want: Vec<(String, String)> = h1
+        .iter()
+        .cloned()
+        .zip(["first", "same", "changed", "same"].map(String::from))
+        .collect();
+    assert_eq!(versions(&found, "h1", &path), want);
+    assert_eq!(
+        versions(&found, "h2", &path),
+        vec![(h2.clone(), "first".into())]
+    );
+    assert_eq!(found["paths"].as_array().unwrap().len(), 2, "{found}");
+    assert!(!versions(&found, "h1", &path).iter().any(|(s, _)| *s == gap));
+    // Sizes and tier positions come with each version.
+    let v = &found["paths"][0]["versions"][0];
+    assert_eq!(v["size"], 18);
+    assert_eq!(v["kind"], "file");
+    assert!(!v["positions"].as_array().unwrap().is_empty(), "{v}");
+
+    // A full-path glob, one host, a time window.
+    let found = json(&repo, &["find", "/**/www/shop/*.php", "--host", "h2"]);
+    let paths: Vec<&str> = found["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        vec![path.as_str(), &*format!("{}/index.php", shop.display())]
+    );
+    // --since the third snapshot of h1: it and the three after it.
+    let third = found_time(&json(&repo, &["find", "config.php"]), 2);
+    let since = humantime::format_rfc3339_nanos(
+        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(third as u64),
+    )
+    .to_string();
+    let recent = json(&repo, &["find", "config.php", "--since", &since]);
+    assert_eq!(recent["snapshots"], 4, "{since}");
+    assert_eq!(
+        versions(&recent, "h1", &path),
+        vec![
+            (h1[2].clone(), "first".into()),
+            (h1[3].clone(), "same".into())
+        ]
+    );
+    let all = json(
+        &repo,
+        &["find", "config.php", "--since", "2000-01-01T00:00:00Z"],
+    );
+    assert_eq!(all["snapshots"], 6);
+    let out = xstore(&repo, &["find", "config.php", "--since", "yesterday-ish"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
+    // Nothing matches: exit 1, one line naming the pattern.
+    let out = xstore(&repo, &["find", "wp-config.php"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("wp-config.php"), "{err}");
+    let out = xstore(&repo, &["find", "config.php", "--host", "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out).lines().count(), 1);
+}
+
+#[test]
+fn find_reads_each_distinct_tree_once() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = (work.path().join("repo"), work.path().join("src"));
+    for d in 0..10 {
+        let dir = src.join(format!("d{d}"));
+        fs::create_dir_all(dir.join("inner")).unwrap();
+        for f in 0..10 {
+            fs::write(dir.join(format!("f{f}")), format!("{d}/{f}")).unwrap();
+        }
+    }
+    ok(&repo, &["init"]);
+    ok(&repo, &["tiers", "--set", "hourly=100"]);
+    let rounds = 30;
+    for r in 0..rounds {
+        fs::write(src.join("d0/changing"), format!("round {r}")).unwrap();
+        backup(&repo, "h", &src);
+    }
+    let found = json(&repo, &["find", "f3"]);
+    assert_eq!(found["paths"].as_array().unwrap().len(), 10);
+    for p in found["paths"].as_array().unwrap() {
+        let v = p["versions"].as_array().unwrap();
+        assert_eq!(v.len(), rounds);
+        assert!(v.iter().skip(1).all(|v| v["change"] == "same"), "{p}");
+    }
+    // A snapshot has the directories from / down to src (its path), src, d0…d9 and their
+    // inner directories; a later one only new trees on the way to d0.
+    let depth = src.components().count() as u64;
+    let first = depth + 20;
+    let most = first + (rounds as u64 - 1) * (depth + 1);
+    let read = found["trees_read"].as_u64().unwrap();
+    assert!(
+        read <= most,
+        "{read} trees read, at most {most} are distinct"
+    );
+}
+
+/// `tar -xf` of a dump equals a restore of the same path, metadata included (owners, ns
+/// mtimes, modes, xattrs, hard links, devices, fifos, sparse files); zip holds the files,
+/// directories and symlinks with their bytes, modes and mtimes.
+#[test]
+fn dump_archives_unpack_to_what_restore_writes() {
+    use std::os::unix::fs::MetadataExt;
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = (work.path().join("repo"), work.path().join("src"));
+    xstore_tests::make_fixture(&src, 7);
+    ok(&repo, &["init"]);
+    let id = backup(&repo, "h", &src);
+    let src_path = src.canonicalize().unwrap();
+    let in_snapshot = src_path.to_str().unwrap();
+    let name = src_path.file_name().unwrap();
+
+    let restored = work.path().join("restored");
+    ok(
+        &repo,
+        &[
+            "restore",
+            &id,
+            restored.to_str().unwrap(),
+            "--path",
+            in_snapshot,
+        ],
+    );
+    let archive = work.path().join("src.tar");
+    let summary = json(
+        &repo,
+        &["dump", &id, in_snapshot, "-o", archive.to_str().unwrap()],
+    );
+    assert!(summary["files"].as_u64().unwrap() >= 8, "{summary}");
+    let unpacked = work.path().join("unpacked");
+    fs::create_dir(&unpacked).unwrap();
+    let tar = std::process::Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf"])
+        .arg(&archive)
+        .arg("-C")
+        .arg(&unpacked)
+        .output()
+        .unwrap();
+    assert!(
+        tar.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tar.stderr)
+    );
+    xstore_tests::assert_same_tree(&restored.join(name), &unpacked.join(name), true);
+    // The sparse file stayed sparse on the way.
+    let sparse = fs::metadata(unpacked.join(name).join("sparse.img")).unwrap();
+    assert!(
+        sparse.blocks() * 512 < sparse.len() / 2,
+        "{} blocks",
+        sparse.blocks()
+    );
+
+    // The same to stdout, byte for byte; one file as its bytes.
+    let out = xstore(&repo, &["dump", &id, in_snapshot]);
+    assert!(out.status.success());
+    assert_eq!(out.stdout, fs::read(&archive).unwrap());
+    let small = format!("{in_snapshot}/small.txt");
+    let out = xstore(&repo, &["dump", &id, &small]);
+    assert_eq!(out.stdout, fs::read(src.join("small.txt")).unwrap());
+
+    // An existing output file is refused and left as it was.
+    let before = fs::read(&archive).unwrap();
+    let out = xstore(
+        &repo,
+        &["dump", &id, in_snapshot, "-o", archive.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert_eq!(fs::read(&archive).unwrap(), before);
+
+    // zip: every file, directory and symlink, with bytes, mode and mtime (seconds).
+    let zipped = work.path().join("src.zip");
+    let summary = json(
+        &repo,
+        &[
+            "dump",
+            &id,
+            in_snapshot,
+            "--format",
+            "zip",
+            "-o",
+            zipped.to_str().unwrap(),
+        ],
+    );
+    let unzipped = work.path().join("unzipped");
+    let unzip = std::process::Command::new("unzip")
+        .args(["-q", "-K"])
+        .arg(&zipped)
+        .arg("-d")
+        .arg(&unzipped)
+        .output()
+        .unwrap();
+    assert!(
+        unzip.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unzip.stderr)
+    );
+    let mut skipped = 0;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        // Names that are not UTF-8 are stored lossily (and reported); unzip drops control
+        // characters from the names it writes (the archive holds them).
+        let lossy: String = rel
+            .to_string_lossy()
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect();
+        let lossy = PathBuf::from(lossy);
+        let (a, b) = (
+            restored.join(name).join(&rel),
+            unzipped.join(name).join(&lossy),
+        );
+        let (ma, mb) = (fs::symlink_metadata(&a).unwrap(), fs::symlink_metadata(&b));
+        let ft = ma.file_type();
+        if !(ft.is_file() || ft.is_dir() || ft.is_symlink()) {
+            assert!(mb.is_err(), "{rel:?}: a device or fifo in the zip");
+            skipped += 1;
+            continue;
+        }
+        let mb = mb.unwrap_or_else(|e| panic!("{rel:?}: {e}"));
+        if ft.is_symlink() {
+            assert_eq!(
+                fs::read_link(&a).unwrap(),
+                fs::read_link(&b).unwrap(),
+                "{rel:?}"
+            );
+            continue;
+        }
+        // unzip -K restores setuid, setgid and sticky bits on files only.
+        let bits = if ft.is_file() { 0o7777 } else { 0o777 };
+        assert_eq!(ma.mode() & bits, mb.mode() & bits, "{rel:?}");
+        assert_eq!(ma.mtime(), mb.mtime(), "{rel:?}");
+        if ft.is_file() {
+            assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap(), "{rel:?}");
+        } else {
+            for e in fs::read_dir(&a).unwrap() {
+                stack.push(rel.join(e.unwrap().file_name()));
+            }
+        }
+    }
+    assert_eq!(
+        summary["skipped"].as_array().unwrap().len(),
+        skipped,
+        "{summary}"
+    );
+    assert!(skipped >= 1, "{summary}");
+    assert_eq!(summary["renamed"].as_array().unwrap().len(), 1, "{summary}");
+}
+
+/// A 1 GiB file that is mostly holes: the tar holds only its data and unpacks sparse and exact.
+#[test]
+fn dump_of_a_large_sparse_file_is_small_and_exact() {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::MetadataExt;
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = (work.path().join("repo"), work.path().join("src"));
+    fs::create_dir(&src).unwrap();
+    let image = src.join("disk.img");
+    {
+        let mut f = fs::File::create(&image).unwrap();
+        for (at, seed) in [(0u64, 1u64), (300 << 20, 2), ((1 << 30) - 70_000, 3)] {
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.write_all(&xstore_tests::seeded_bytes(seed, 65_000))
+                .unwrap();
+        }
+        f.set_len(1 << 30).unwrap();
+    }
+    ok(&repo, &["init"]);
+    let id = backup(&repo, "h", &src);
+    let path = format!("{}/disk.img", src.canonicalize().unwrap().display());
+    let archive = work.path().join("disk.tar");
+    ok(
+        &repo,
+        &[
+            "dump",
+            &id,
+            &path,
+            "--format",
+            "tar",
+            "-o",
+            archive.to_str().unwrap(),
+        ],
+    );
+    let size = fs::metadata(&archive).unwrap().len();
+    assert!(size < 64 << 20, "archive of {size} bytes");
+    let unpacked = work.path().join("unpacked");
+    fs::create_dir(&unpacked).unwrap();
+    let tar = std::process::Command::new("tar")
+        .arg("-xpf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&unpacked)
+        .output()
+        .unwrap();
+    assert!(
+        tar.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tar.stderr)
+    );
+    let out = unpacked.join("disk.img");
+    let meta = fs::metadata(&out).unwrap();
+    assert_eq!(meta.len(), 1 << 30);
+    assert!(meta.blocks() * 512 < 64 << 20, "{} blocks", meta.blocks());
+    assert_eq!(
+        xstore::ChunkId::of(&fs::read(&out).unwrap()),
+        xstore::ChunkId::of(&fs::read(&image).unwrap())
+    );
+    assert_eq!(meta.mtime(), fs::metadata(&image).unwrap().mtime());
+}
