@@ -16,21 +16,24 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use rayon::prelude::*;
+
+mod beneath;
 
 use crate::error::{Error, IoContext, Result};
 use crate::index::BlobLoc;
 use crate::repo::{poisoned, Node, Repository};
 use crate::ChunkId;
 use crate::Progress;
+use beneath::{apply_meta, errno_at, make_dir, owner_ids, times, Beneath};
 use xstore_format::snapshot::{PathError, Snapshot};
 use xstore_format::tree::{Entry, EntryKind};
 
@@ -68,207 +71,6 @@ struct Plan {
     specials: Vec<(PathBuf, Entry)>,
     symlinks: Vec<(PathBuf, Entry)>,
     first_of_inode: HashMap<(u64, u64), PathBuf>,
-}
-
-fn timespec(ns: i64) -> rustix::fs::Timespec {
-    rustix::fs::Timespec {
-        tv_sec: ns.div_euclid(1_000_000_000),
-        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
-    }
-}
-
-/// The restore target and descriptors of directories beneath it.
-struct Beneath {
-    root: OwnedFd,
-    /// Whether `openat2` works here (Linux ≥ 5.6; probed on first use).
-    openat2: std::sync::atomic::AtomicBool,
-}
-
-fn dir_flags() -> OFlags {
-    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
-}
-
-impl Beneath {
-    /// Opens (creating what is missing) the target directory with [`open_target`].
-    fn open(target: &Path) -> Result<Self> {
-        Ok(Beneath {
-            root: open_target(target)?,
-            openat2: std::sync::atomic::AtomicBool::new(true),
-        })
-    }
-
-    /// The directory at `rel` (relative to the target), never through a symlink.
-    fn dir(&self, rel: &Path) -> std::io::Result<OwnedFd> {
-        if rel.as_os_str().is_empty() {
-            return Ok(rustix::fs::openat(
-                &self.root,
-                ".",
-                dir_flags(),
-                Mode::empty(),
-            )?);
-        }
-        if self.openat2.load(Ordering::Relaxed) {
-            let resolve =
-                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-            match rustix::fs::openat2(&self.root, rel, dir_flags(), Mode::empty(), resolve) {
-                Err(rustix::io::Errno::NOSYS) => self.openat2.store(false, Ordering::Relaxed),
-                other => return Ok(other?),
-            }
-        }
-        let mut fd = rustix::fs::openat(&self.root, ".", dir_flags(), Mode::empty())?;
-        for part in rel.components() {
-            fd = rustix::fs::openat(&fd, part.as_os_str(), dir_flags(), Mode::empty())?;
-        }
-        Ok(fd)
-    }
-
-    /// The parent directory of `rel` and its last name, with whatever non-directory stood
-    /// there removed: the place where restore creates `rel` next.
-    fn make_room<'p>(&self, rel: &'p Path, shown: &Path) -> Result<(OwnedFd, &'p OsStr)> {
-        let (parent, name) = self.parent(rel).at(shown)?;
-        clear_name(&parent, name, shown)?;
-        Ok((parent, name))
-    }
-
-    /// The parent directory of `rel` and `rel`'s last name.
-    fn parent<'p>(&self, rel: &'p Path) -> std::io::Result<(OwnedFd, &'p OsStr)> {
-        let name = rel
-            .file_name()
-            .ok_or_else(|| std::io::Error::other("empty name"))?;
-        let parent = rel.parent().unwrap_or(Path::new(""));
-        Ok((self.dir(parent)?, name))
-    }
-}
-
-/// Symlinks followed on the way to a target, at most (as the kernel's `MAXSYMLINKS`).
-const MAX_TARGET_SYMLINKS: usize = 40;
-
-/// Walks to the restore target from `/` one component at a time (`O_NOFOLLOW`), creating
-/// missing directories. A symlink on the way is followed only when it stands in a directory
-/// that no other user can write (owned by root or by us, not group- or world-writable): a
-/// customer who owns a directory on the target's path can swap an entry there for a symlink
-/// to `/etc`, and the restore must then refuse instead of following it.
-fn open_target(target: &Path) -> Result<OwnedFd> {
-    use std::collections::VecDeque;
-    use std::ffi::OsString;
-    use std::path::Component;
-    let unsafe_path = |reason: String| Error::Unsafe {
-        path: target.to_path_buf(),
-        reason,
-    };
-    let io = errno_at(target);
-    let absolute = if target.is_absolute() {
-        target.to_path_buf()
-    } else {
-        std::env::current_dir().at(target)?.join(target)
-    };
-    let root = || rustix::fs::open("/", dir_flags(), Mode::empty());
-    let mut fd = root().map_err(io)?;
-    let mut queue: VecDeque<OsString> = absolute
-        .components()
-        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
-        .map(|c| c.as_os_str().to_os_string())
-        .collect();
-    let me = rustix::process::geteuid().as_raw();
-    let mut followed = 0usize;
-    while let Some(name) = queue.pop_front() {
-        match rustix::fs::openat(&fd, name.as_os_str(), dir_flags(), Mode::empty()) {
-            Ok(next) => {
-                fd = next;
-                continue;
-            }
-            Err(rustix::io::Errno::NOENT) => {
-                match rustix::fs::mkdirat(&fd, name.as_os_str(), Mode::from_raw_mode(0o755)) {
-                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                    Err(e) => return Err(io(e)),
-                }
-                fd = rustix::fs::openat(&fd, name.as_os_str(), dir_flags(), Mode::empty())
-                    .map_err(io)?;
-                continue;
-            }
-            Err(rustix::io::Errno::LOOP) | Err(rustix::io::Errno::NOTDIR) => {}
-            Err(e) => return Err(io(e)),
-        }
-        let st =
-            rustix::fs::statat(&fd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(io)?;
-        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Symlink {
-            return Err(unsafe_path(format!(
-                "{} is not a directory",
-                name.to_string_lossy()
-            )));
-        }
-        let dir = rustix::fs::fstat(&fd).map_err(io)?;
-        let trusted = (dir.st_uid == 0 || dir.st_uid == me) && dir.st_mode & 0o022 == 0;
-        if !trusted {
-            return Err(unsafe_path(format!(
-                "{} is a symlink in a directory that other users can change; give the target \
-                 without it",
-                name.to_string_lossy()
-            )));
-        }
-        followed += 1;
-        if followed > MAX_TARGET_SYMLINKS {
-            return Err(unsafe_path("too many symlinks on the way".into()));
-        }
-        let link = rustix::fs::readlinkat(&fd, name.as_os_str(), Vec::new()).map_err(io)?;
-        let link = PathBuf::from(OsStr::from_bytes(link.as_bytes()));
-        if link.is_absolute() {
-            fd = root().map_err(io)?;
-        }
-        for part in link
-            .components()
-            .rev()
-            .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
-        {
-            queue.push_front(part.as_os_str().to_os_string());
-        }
-    }
-    Ok(fd)
-}
-
-fn is_dir(st: &rustix::fs::Stat) -> bool {
-    rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
-}
-
-/// Creates directory `name` in `parent` (0700 until its metadata is applied last), or
-/// reuses a real directory there; returns its (dev, inode) for the metadata pass.
-fn make_dir(parent: &OwnedFd, name: &OsStr, path: &Path) -> Result<(u64, u64)> {
-    match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
-        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-        Err(e) => return Err(std::io::Error::from(e)).at(path),
-    }
-    let fd = rustix::fs::openat(parent, name, dir_flags(), Mode::empty()).map_err(|e| {
-        if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NOTDIR {
-            Error::Unsafe {
-                path: path.to_path_buf(),
-                reason: "exists and is not a directory (symlinks are never followed)".into(),
-            }
-        } else {
-            Error::Io {
-                path: path.to_path_buf(),
-                source: e.into(),
-            }
-        }
-    })?;
-    let st = rustix::fs::fstat(&fd)
-        .map_err(std::io::Error::from)
-        .at(path)?;
-    Ok((st.st_dev as u64, st.st_ino as u64))
-}
-
-/// Removes a non-directory that is in the way of a restored entry (never following it).
-fn clear_name(parent: &OwnedFd, name: &OsStr, path: &Path) -> Result<()> {
-    match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) if is_dir(&st) => Err(Error::Unsafe {
-            path: path.to_path_buf(),
-            reason: "a directory is in the way".into(),
-        }),
-        // unlinkat without AT_REMOVEDIR refuses a directory swapped in meanwhile.
-        Ok(_) => rustix::fs::unlinkat(parent, name, AtFlags::empty())
-            .map_err(std::io::Error::from)
-            .at(path),
-        Err(_) => Ok(()),
-    }
 }
 
 impl Repository {
@@ -528,44 +330,6 @@ fn write_sparse(f: &mut File, data: &[u8]) -> std::io::Result<()> {
         i = j;
     }
     Ok(())
-}
-
-/// Maps a failed `*at` call to the library's error for `path`.
-fn errno_at(path: &Path) -> impl Fn(rustix::io::Errno) -> Error + Copy + '_ {
-    move |e| Error::Io {
-        path: path.to_path_buf(),
-        source: e.into(),
-    }
-}
-
-fn owner_ids(entry: &Entry) -> (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>) {
-    (
-        Some(rustix::fs::Uid::from_raw(entry.attrs.uid)),
-        Some(rustix::fs::Gid::from_raw(entry.attrs.gid)),
-    )
-}
-
-fn times(entry: &Entry) -> rustix::fs::Timestamps {
-    rustix::fs::Timestamps {
-        last_access: timespec(entry.attrs.mtime_ns),
-        last_modification: timespec(entry.attrs.mtime_ns),
-    }
-}
-
-/// Owner, mode, xattrs and times of an open file or directory, in that order (chown clears
-/// setuid bits, so mode comes after it; times come last).
-fn apply_meta(fd: &impl AsFd, path: &Path, entry: &Entry, owners: bool) -> Result<()> {
-    let io = errno_at(path);
-    if owners {
-        let (u, g) = owner_ids(entry);
-        rustix::fs::fchown(fd, u, g).map_err(io)?;
-    }
-    rustix::fs::fchmod(fd, Mode::from_raw_mode(entry.attrs.mode)).map_err(io)?;
-    for (k, v) in &entry.xattrs {
-        rustix::fs::fsetxattr(fd, OsStr::from_bytes(k), v, rustix::fs::XattrFlags::empty())
-            .map_err(io)?;
-    }
-    rustix::fs::futimens(fd, &times(entry)).map_err(io)
 }
 
 /// An `O_PATH` descriptor of the entry just created at `name`, checked to be of `kind`: the
