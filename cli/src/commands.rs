@@ -80,6 +80,24 @@ pub(crate) struct RestoreArgs {
     /// Do not set file owners even when running as root.
     #[arg(long)]
     no_owners: bool,
+    /// Entries that already exist in the target: `always` replaces what differs (files are
+    /// compared by content at the snapshot's chunk boundaries), `if-changed` trusts equal
+    /// size and mtime without reading, `never` leaves every existing entry alone.
+    #[arg(long, value_enum, default_value = "always")]
+    overwrite: OverwriteArg,
+    /// Remove what the restored directories hold that the snapshot does not have.
+    #[arg(long)]
+    delete: bool,
+    /// List what would be written, skipped and deleted; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum OverwriteArg {
+    Always,
+    IfChanged,
+    Never,
 }
 
 #[derive(clap::Args)]
@@ -272,6 +290,9 @@ pub(crate) fn restore(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
         target,
         path,
         no_owners,
+        overwrite,
+        delete,
+        dry_run,
     } = args;
     let repo = open_ro(cli)?;
     let snap = repo.resolve(snapshot)?;
@@ -279,6 +300,13 @@ pub(crate) fn restore(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
     let opts = RestoreOptions {
         path: path.clone(),
         owners: if *no_owners { Some(false) } else { None },
+        overwrite: match overwrite {
+            OverwriteArg::Always => xstore::Overwrite::Always,
+            OverwriteArg::IfChanged => xstore::Overwrite::IfChanged,
+            OverwriteArg::Never => xstore::Overwrite::Never,
+        },
+        delete: *delete,
+        dry_run: *dry_run,
         progress: Some(progress.clone()),
     };
     let tracker = Tracker::start(cli, "restore", progress);
@@ -291,16 +319,28 @@ pub(crate) fn restore(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
         for e in &summary.errors {
             eprintln!("xstore: not restored: {}: {}", e.path, e.message);
         }
+        for c in &summary.planned {
+            let action = match c.action {
+                xstore::PlannedAction::Write => "write",
+                xstore::PlannedAction::Create => "create",
+                xstore::PlannedAction::Skip => "skip",
+                xstore::PlannedAction::Delete => "delete",
+            };
+            println!("{action:<6}  {}", c.path);
+        }
         if !cli.quiet {
             println!(
-                "restored snapshot {} of {} to {}: {} files, {} directories, {} other, {}",
+                "{} snapshot {} of {} to {}: {} files ({}), {} directories, {} other, {} unchanged or kept, {} deleted",
+                if *dry_run { "would restore" } else { "restored" },
                 snap.id.short(),
                 snap.host,
                 target.display(),
                 summary.files,
+                human_bytes(summary.bytes),
                 summary.dirs,
                 summary.others,
-                human_bytes(summary.bytes)
+                summary.skipped,
+                summary.deleted
             );
         }
     }

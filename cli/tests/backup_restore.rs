@@ -211,11 +211,26 @@ fn restore_never_writes_through_planted_symlinks() {
     let restored_src = restored_path(&dst, &src);
     fs::create_dir_all(&restored_src).unwrap();
     std::os::unix::fs::symlink(&outside, restored_src.join("dir")).unwrap();
-    let out = xstore(&repo, &["restore", "latest", dst.to_str().unwrap()]);
-    // The directory and everything below it fail (exit 3, each path named once); the rest
-    // of the snapshot is restored.
+    // With --overwrite never the symlink stays: the directory and everything below it fail
+    // (exit 3, each path named once); the rest of the snapshot is restored.
+    let dst_arg = dst.to_str().unwrap();
+    let out = xstore(
+        &repo,
+        &["restore", "latest", dst_arg, "--overwrite", "never"],
+    );
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("not a directory"), "{}", stderr(&out));
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "wrote outside the target"
+    );
+    // By default the symlink itself is replaced by the real directory, never followed.
+    let out = xstore(&repo, &["restore", "latest", dst_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let dir = fs::symlink_metadata(restored_src.join("dir")).unwrap();
+    assert!(dir.is_dir());
+    assert_eq!(fs::read(restored_src.join("dir/file")).unwrap(), b"payload");
     assert_eq!(
         fs::read_dir(&outside).unwrap().count(),
         0,

@@ -386,3 +386,140 @@ fn dump_of_a_large_sparse_file_is_small_and_exact() {
     );
     assert_eq!(meta.mtime(), fs::metadata(&image).unwrap().mtime());
 }
+
+fn set_mtime_of(p: &Path, from: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(from).unwrap();
+    let t = rustix::fs::Timespec {
+        tv_sec: m.mtime(),
+        tv_nsec: m.mtime_nsec() as _,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        p,
+        &rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}
+
+/// A restore into a modified copy of the snapshot rewrites only what differs, `--delete`
+/// removes what the snapshot lacks without following a symlink, `if-changed` trusts size and
+/// mtime, `never` keeps what exists, and `--dry-run` lists it all and changes nothing.
+#[test]
+fn restore_in_place_rewrites_only_what_differs() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = (work.path().join("repo"), work.path().join("src"));
+    xstore_tests::make_fixture(&src, 11);
+    fs::create_dir(src.join("www")).unwrap();
+    for i in 0..20 {
+        fs::write(src.join(format!("www/page{i}.html")), format!("<p>{i}</p>")).unwrap();
+    }
+    set_mtime_of(&src.join("www"), &src.join("small.txt"));
+    ok(&repo, &["init"]);
+    let id = backup(&repo, "h", &src);
+    let dst = work.path().join("dst");
+    let restore = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["restore", &id, dst.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        json(&repo, &args)
+    };
+    let first = restore(&[]);
+    let files = first["files"].as_u64().unwrap();
+    let live = xstore_tests::restored_path(&dst, &src);
+    xstore_tests::assert_same_tree(&src, &live, true);
+
+    // Unchanged: nothing is written.
+    let again = restore(&[]);
+    assert_eq!(again["files"], 0, "{again}");
+    // Every file and the hard link are left; symlinks, devices and fifos are made again.
+    assert_eq!(again["skipped"].as_u64().unwrap(), files + 1, "{again}");
+    assert_eq!(again["bytes"], 0, "{again}");
+
+    // The customer's changes: two files' content (one keeping size and mtime), a mode, a
+    // deleted file, extra files, an extra directory with a symlink out of the tree, and a
+    // file where the snapshot has a directory.
+    let victim = work.path().join("victim");
+    fs::create_dir(&victim).unwrap();
+    fs::write(victim.join("keep.txt"), b"not the customer's").unwrap();
+    fs::write(live.join("www/page3.html"), b"<p>hacked, longer</p>").unwrap();
+    fs::write(live.join("www/page4.html"), b"<p>X</p>").unwrap();
+    set_mtime_of(&live.join("www/page4.html"), &src.join("www/page4.html"));
+    fs::set_permissions(
+        live.join("www/page5.html"),
+        fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    fs::remove_file(live.join("www/page6.html")).unwrap();
+    fs::write(live.join("www/new.php"), b"<?php evil();").unwrap();
+    fs::create_dir_all(live.join("www/uploads/deep")).unwrap();
+    fs::write(live.join("www/uploads/deep/x"), b"x").unwrap();
+    std::os::unix::fs::symlink(&victim, live.join("www/uploads/out")).unwrap();
+    fs::remove_dir_all(live.join("empty-dir")).unwrap();
+    fs::write(live.join("empty-dir"), b"a file in a directory's place").unwrap();
+
+    // Dry run: the plan, and not one byte changed.
+    let before = fs::read(live.join("www/page3.html")).unwrap();
+    let plan = restore(&["--delete", "--dry-run"]);
+    let planned = |action: &str| -> Vec<String> {
+        plan["planned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["action"] == action)
+            .map(|c| {
+                let p = c["path"].as_str().unwrap();
+                p.rsplit('/').next().unwrap().to_string()
+            })
+            .collect()
+    };
+    let mut writes = planned("write");
+    writes.sort();
+    assert_eq!(writes, ["page3.html", "page4.html", "page6.html"], "{plan}");
+    let mut deletes = planned("delete");
+    deletes.sort();
+    assert_eq!(deletes, ["new.php", "uploads"], "{plan}");
+    assert!(
+        planned("create").contains(&"empty-dir".to_string()),
+        "{plan}"
+    );
+    assert_eq!(fs::read(live.join("www/page3.html")).unwrap(), before);
+    assert!(live.join("www/new.php").exists());
+
+    // if-changed trusts page4's size and mtime: it stays as the customer left it.
+    let fast = restore(&["--overwrite", "if-changed", "--delete"]);
+    assert_eq!(fast["files"], 2, "{fast}");
+    assert_eq!(fs::read(live.join("www/page4.html")).unwrap(), b"<p>X</p>");
+    assert_eq!(
+        fs::read(victim.join("keep.txt")).unwrap(),
+        b"not the customer's"
+    );
+    assert!(!live.join("www/uploads").exists() && !live.join("www/new.php").exists());
+    // always reads it and rewrites it: now the tree is exactly the snapshot.
+    let exact = restore(&["--overwrite", "always", "--delete"]);
+    assert_eq!(exact["files"], 1, "{exact}");
+    assert_eq!(exact["deleted"], 0, "{exact}");
+    xstore_tests::assert_same_tree(&src, &live, true);
+    assert_eq!(
+        fs::read(victim.join("keep.txt")).unwrap(),
+        b"not the customer's"
+    );
+
+    // never: what exists stays, what is missing comes back.
+    fs::write(live.join("www/page7.html"), b"customer's own").unwrap();
+    fs::remove_file(live.join("www/page8.html")).unwrap();
+    let kept = restore(&["--overwrite", "never"]);
+    assert_eq!(kept["files"], 1, "{kept}");
+    assert_eq!(
+        fs::read(live.join("www/page7.html")).unwrap(),
+        b"customer's own"
+    );
+    assert_eq!(
+        fs::read(live.join("www/page8.html")).unwrap(),
+        fs::read(src.join("www/page8.html")).unwrap()
+    );
+}

@@ -721,11 +721,19 @@ fn restore_counts_only_files_it_wrote_and_names_each_failure_once() {
     let dst = work.path().join("dst");
     let inside = restored_path(&dst, &src);
     fs::create_dir_all(inside.parent().unwrap()).unwrap();
-    // A file where the backup's top directory goes: everything under it fails.
+    // A file where the backup's top directory goes, kept by `--overwrite never`: everything
+    // under it fails.
     fs::write(&inside, b"in the way").unwrap();
     let out = xstore(
         &repo,
-        &["--json", "restore", "h1@latest", dst.to_str().unwrap()],
+        &[
+            "--json",
+            "restore",
+            "h1@latest",
+            dst.to_str().unwrap(),
+            "--overwrite",
+            "never",
+        ],
     );
     assert_eq!(out.status.code(), Some(3));
     let summary = common::last_json(&out.stdout);

@@ -73,7 +73,9 @@ pub use commands::gc::{
     GcAction, GcOptions, GcPack, GcReport, MERGE_SMALL_PACKS, SMALL_PACK_BYTES,
 };
 pub use commands::repair::{pack_files, RepairReport};
-pub use commands::restore::{RestoreOptions, RestoreSummary};
+pub use commands::restore::{
+    Overwrite, PlannedAction, PlannedChange, RestoreOptions, RestoreSummary,
+};
 pub use commands::retention::{
     tier_positions, Applied, RetentionSettings, TierChoice, DEFAULT_GC_GRACE_SECONDS,
     DEFAULT_GC_MAX_DEAD_PERCENT, RETENTION_VERSION,

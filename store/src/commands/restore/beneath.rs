@@ -2,13 +2,13 @@
 //! user could have planted, descriptors of directories beneath it (never through a symlink),
 //! and metadata applied through descriptors of what restore created or checked.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
 use crate::error::{Error, IoContext, Result};
 use xstore_format::tree::Entry;
@@ -23,6 +23,9 @@ pub(super) fn timespec(ns: i64) -> rustix::fs::Timespec {
 /// The restore target and descriptors of directories beneath it.
 pub(super) struct Beneath {
     root: OwnedFd,
+    /// Whether a directory in the way of a restored non-directory is removed with all it
+    /// holds (`--delete`) instead of failing that path.
+    pub(super) remove_dirs_in_way: bool,
     /// Whether `openat2` works here (Linux ≥ 5.6; probed on first use).
     openat2: std::sync::atomic::AtomicBool,
 }
@@ -35,9 +38,26 @@ impl Beneath {
     /// Opens (creating what is missing) the target directory with [`open_target`].
     pub(super) fn open(target: &Path) -> Result<Self> {
         Ok(Beneath {
-            root: open_target(target)?,
+            root: open_target(target, true)?,
+            remove_dirs_in_way: false,
             openat2: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// As [`Beneath::open`] for a target that exists, creating nothing (a dry run): `None`
+    /// when it is missing.
+    pub(super) fn open_existing(target: &Path) -> Result<Option<Self>> {
+        match open_target(target, false) {
+            Ok(root) => Ok(Some(Beneath {
+                root,
+                remove_dirs_in_way: false,
+                openat2: std::sync::atomic::AtomicBool::new(true),
+            })),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The directory at `rel` (relative to the target), never through a symlink.
@@ -73,7 +93,7 @@ impl Beneath {
         shown: &Path,
     ) -> Result<(OwnedFd, &'p OsStr)> {
         let (parent, name) = self.parent(rel).at(shown)?;
-        clear_name(&parent, name, shown)?;
+        clear_name(&parent, name, shown, self.remove_dirs_in_way)?;
         Ok((parent, name))
     }
 
@@ -95,7 +115,7 @@ const MAX_TARGET_SYMLINKS: usize = 40;
 /// that no other user can write (owned by root or by us, not group- or world-writable): a
 /// customer who owns a directory on the target's path can swap an entry there for a symlink
 /// to `/etc`, and the restore must then refuse instead of following it.
-fn open_target(target: &Path) -> Result<OwnedFd> {
+fn open_target(target: &Path, create: bool) -> Result<OwnedFd> {
     use std::collections::VecDeque;
     use std::ffi::OsString;
     use std::path::Component;
@@ -124,7 +144,7 @@ fn open_target(target: &Path) -> Result<OwnedFd> {
                 fd = next;
                 continue;
             }
-            Err(rustix::io::Errno::NOENT) => {
+            Err(rustix::io::Errno::NOENT) if create => {
                 match rustix::fs::mkdirat(&fd, name.as_os_str(), Mode::from_raw_mode(0o755)) {
                     Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                     Err(e) => return Err(io(e)),
@@ -178,34 +198,57 @@ pub(super) fn is_dir(st: &rustix::fs::Stat) -> bool {
 }
 
 /// Creates directory `name` in `parent` (0700 until its metadata is applied last), or
-/// reuses a real directory there; returns its (dev, inode) for the metadata pass.
-pub(super) fn make_dir(parent: &OwnedFd, name: &OsStr, path: &Path) -> Result<(u64, u64)> {
-    match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
-        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-        Err(e) => return Err(std::io::Error::from(e)).at(path),
-    }
-    let fd = rustix::fs::openat(parent, name, dir_flags(), Mode::empty()).map_err(|e| {
-        if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NOTDIR {
-            Error::Unsafe {
-                path: path.to_path_buf(),
-                reason: "exists and is not a directory (symlinks are never followed)".into(),
-            }
-        } else {
-            Error::Io {
-                path: path.to_path_buf(),
-                source: e.into(),
-            }
+/// reuses a real directory there; a non-directory in its place is removed first when
+/// `replace`, else the path fails. Returns its (dev, inode) for the metadata pass and whether
+/// this call created it.
+pub(super) fn make_dir(
+    parent: &OwnedFd,
+    name: &OsStr,
+    path: &Path,
+    replace: bool,
+) -> Result<((u64, u64), bool)> {
+    let mut created = false;
+    for attempt in 0..2 {
+        match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) => created = true,
+            Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(std::io::Error::from(e)).at(path),
         }
-    })?;
-    let st = rustix::fs::fstat(&fd)
-        .map_err(std::io::Error::from)
-        .at(path)?;
-    Ok((st.st_dev as u64, st.st_ino as u64))
+        match rustix::fs::openat(parent, name, dir_flags(), Mode::empty()) {
+            Ok(fd) => {
+                let st = rustix::fs::fstat(&fd)
+                    .map_err(std::io::Error::from)
+                    .at(path)?;
+                return Ok(((st.st_dev as u64, st.st_ino as u64), created));
+            }
+            Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) if replace && attempt == 0 => {
+                clear_name(parent, name, path, false)?;
+            }
+            Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+                return Err(Error::Unsafe {
+                    path: path.to_path_buf(),
+                    reason: "exists and is not a directory (symlinks are never followed)".into(),
+                })
+            }
+            Err(e) => return Err(std::io::Error::from(e)).at(path),
+        }
+    }
+    Err(Error::Unsafe {
+        path: path.to_path_buf(),
+        reason: "replaced by something else during the restore".into(),
+    })
 }
 
-/// Removes a non-directory that is in the way of a restored entry (never following it).
-pub(super) fn clear_name(parent: &OwnedFd, name: &OsStr, path: &Path) -> Result<()> {
+/// Removes a non-directory that is in the way of a restored entry (never following it); a
+/// directory, with everything in it, only when `remove_dirs`.
+pub(super) fn clear_name(
+    parent: &OwnedFd,
+    name: &OsStr,
+    path: &Path,
+    remove_dirs: bool,
+) -> Result<()> {
     match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if is_dir(&st) && remove_dirs => remove_tree(parent, name).map(|_| ()).at(path),
         Ok(st) if is_dir(&st) => Err(Error::Unsafe {
             path: path.to_path_buf(),
             reason: "a directory is in the way".into(),
@@ -254,4 +297,72 @@ pub(super) fn apply_meta(fd: &impl AsFd, path: &Path, entry: &Entry, owners: boo
             .map_err(io)?;
     }
     rustix::fs::futimens(fd, &times(entry)).map_err(io)
+}
+
+/// Removes `name` from `parent`, and for a directory everything in it, never following a
+/// symlink (one is removed itself). Iterative, so a deep tree cannot exhaust the stack.
+/// Returns the number of entries removed.
+pub(super) fn remove_tree(parent: &OwnedFd, name: &OsStr) -> std::io::Result<u64> {
+    let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    if !is_dir(&st) {
+        rustix::fs::unlinkat(parent, name, AtFlags::empty())?;
+        return Ok(1);
+    }
+    let mut removed = 0u64;
+    // Directories being emptied, outermost first, with their names in their parents.
+    let mut stack: Vec<(OwnedFd, OsString)> = vec![(open_dir(parent, name)?, name.to_owned())];
+    while let Some((dir, _)) = stack.last() {
+        let mut subdir = None;
+        for item in rustix::fs::Dir::read_from(dir)? {
+            let item = item?;
+            let child = OsStr::from_bytes(item.file_name().to_bytes());
+            if child == "." || child == ".." {
+                continue;
+            }
+            let child_is_dir = match item.file_type() {
+                FileType::Directory => true,
+                FileType::Unknown => rustix::fs::statat(dir, child, AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| is_dir(&st)),
+                _ => false,
+            };
+            if child_is_dir {
+                subdir = Some(child.to_owned());
+                break;
+            }
+            rustix::fs::unlinkat(dir, child, AtFlags::empty())?;
+            removed += 1;
+        }
+        match subdir {
+            Some(child) => match open_dir(dir, &child) {
+                Ok(fd) => stack.push((fd, child)),
+                // Swapped for something else since the listing: removed as it is now.
+                Err(e) if is_not_dir(&e) => {
+                    rustix::fs::unlinkat(dir, &child, AtFlags::empty())?;
+                    removed += 1;
+                }
+                Err(e) => return Err(e),
+            },
+            None => {
+                let (emptied, child) = stack.pop().ok_or_else(|| std::io::Error::other("empty"))?;
+                drop(emptied);
+                let holder = stack.last().map_or(parent, |(fd, _)| fd);
+                rustix::fs::unlinkat(holder, &child, AtFlags::REMOVEDIR)?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+fn open_dir(parent: &OwnedFd, name: &OsStr) -> std::io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        parent,
+        name,
+        dir_flags(),
+        Mode::empty(),
+    )?)
+}
+
+fn is_not_dir(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTDIR) | Some(libc::ELOOP))
 }

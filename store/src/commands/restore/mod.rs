@@ -12,8 +12,8 @@
 //! the same inode), directories are created 0700 and get their real mode last, and symlinks
 //! from the snapshot are created after everything else, so nothing is written through one.
 
-use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -27,6 +27,9 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use rayon::prelude::*;
 
 mod beneath;
+mod existing;
+
+pub use existing::Overwrite;
 
 use crate::error::{Error, IoContext, Result};
 use crate::index::BlobLoc;
@@ -34,8 +37,9 @@ use crate::repo::{poisoned, Node, Repository};
 use crate::ChunkId;
 use crate::Progress;
 use beneath::{apply_meta, errno_at, make_dir, owner_ids, times, Beneath};
+use existing::Existing;
 use xstore_format::snapshot::{PathError, Snapshot};
-use xstore_format::tree::{Entry, EntryKind};
+use xstore_format::tree::{ChunkRef, Entry, EntryKind};
 
 /// How to restore.
 #[derive(Debug, Clone, Default)]
@@ -45,21 +49,58 @@ pub struct RestoreOptions {
     pub path: Option<String>,
     /// Set numeric owners (needs root). `None`: when running as root.
     pub owners: Option<bool>,
+    /// What to do with entries that already exist in the target.
+    pub overwrite: Overwrite,
+    /// Remove what the restored directories hold that the snapshot does not have (and a
+    /// directory standing where the snapshot has something else), never following a symlink.
+    pub delete: bool,
+    /// Change nothing; list in `planned` what would be written, skipped and deleted.
+    pub dry_run: bool,
     /// Live counters for a progress display (`total_bytes` is set first).
     pub progress: Option<Arc<Progress>>,
 }
 
-/// What a restore did.
+/// What a dry run would do at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlannedAction {
+    /// Write a file's content.
+    Write,
+    /// Create a directory, link, symlink, device or fifo.
+    Create,
+    /// Leave it: the content already matches (or `--overwrite never`).
+    Skip,
+    /// Remove it and what it holds (`--delete`).
+    Delete,
+}
+
+/// One line of a dry run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlannedChange {
+    /// What would happen.
+    pub action: PlannedAction,
+    /// The path in the target.
+    pub path: String,
+}
+
+/// What a restore did (or, with `dry_run`, would do).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RestoreSummary {
     /// Regular files written.
     pub files: u64,
-    /// Directories created.
+    /// Directories created (or whose metadata was applied).
     pub dirs: u64,
     /// Symlinks, devices, fifos and hard links created.
     pub others: u64,
     /// Content bytes written.
     pub bytes: u64,
+    /// Existing entries left as they were: files whose content matched (their metadata is
+    /// reapplied), and under `Overwrite::Never` everything that existed.
+    pub skipped: u64,
+    /// Entries removed by `delete` (everything inside a removed directory counts).
+    pub deleted: u64,
+    /// With `dry_run`: each change, in order.
+    pub planned: Vec<PlannedChange>,
     /// Paths that could not be restored.
     pub errors: Vec<PathError>,
 }
@@ -71,6 +112,15 @@ struct Plan {
     specials: Vec<(PathBuf, Entry)>,
     symlinks: Vec<(PathBuf, Entry)>,
     first_of_inode: HashMap<(u64, u64), PathBuf>,
+    /// The names each restored directory holds in the snapshot (`""`: the target itself, when
+    /// the whole snapshot is restored): what `delete` keeps.
+    names: HashMap<PathBuf, HashSet<Vec<u8>>>,
+}
+
+/// What happened to one file.
+enum FileOutcome {
+    Written(u64),
+    Skipped,
 }
 
 impl Repository {
@@ -80,6 +130,10 @@ impl Repository {
                 plan.dirs.push((rel.to_path_buf(), entry.clone()));
                 if let Some(id) = entry.subtree() {
                     let tree = self.tree(&id)?;
+                    plan.names.insert(
+                        rel.to_path_buf(),
+                        tree.entries.iter().map(|c| c.name.clone()).collect(),
+                    );
                     for child in &tree.entries {
                         self.plan(&rel.join(OsStr::from_bytes(&child.name)), child, plan)?;
                     }
@@ -102,20 +156,7 @@ impl Repository {
         Ok(())
     }
 
-    /// Restores `snapshot` (or `opts.path` of it) into `target`, creating `target` if needed.
-    /// Per-path failures are collected in the summary; repository errors abort. Nothing is
-    /// created, changed or removed outside `target`, whatever another user does inside it
-    /// meanwhile (module documentation).
-    pub fn restore(
-        &self,
-        snapshot: &Snapshot,
-        target: &Path,
-        opts: &RestoreOptions,
-    ) -> Result<RestoreSummary> {
-        let owners = opts
-            .owners
-            .unwrap_or_else(|| rustix::process::geteuid().is_root());
-        let beneath = Beneath::open(target)?;
+    fn plan_restore(&self, snapshot: &Snapshot, opts: &RestoreOptions) -> Result<Plan> {
         let mut plan = Plan {
             dirs: Vec::new(),
             files: Vec::new(),
@@ -123,16 +164,47 @@ impl Repository {
             specials: Vec::new(),
             symlinks: Vec::new(),
             first_of_inode: HashMap::new(),
+            names: HashMap::new(),
         };
         let node = self.lookup(snapshot, opts.path.as_deref().unwrap_or("/"))?;
         match &node {
             Node::Root(id) => {
-                for child in &self.tree(id)?.entries {
+                let tree = self.tree(id)?;
+                plan.names.insert(
+                    PathBuf::new(),
+                    tree.entries.iter().map(|c| c.name.clone()).collect(),
+                );
+                for child in &tree.entries {
                     self.plan(Path::new(OsStr::from_bytes(&child.name)), child, &mut plan)?;
                 }
             }
             Node::Entry(e) => self.plan(Path::new(OsStr::from_bytes(&e.name)), e, &mut plan)?,
         }
+        Ok(plan)
+    }
+
+    /// Restores `snapshot` (or `opts.path` of it) into `target`, creating `target` if needed.
+    /// Into a tree that exists, `opts.overwrite` decides what is rewritten and `opts.delete`
+    /// removes what the snapshot does not have. Per-path failures are collected in the
+    /// summary; repository errors abort. Nothing is created, changed or removed outside
+    /// `target`, whatever another user does inside it meanwhile (module documentation).
+    pub fn restore(
+        &self,
+        snapshot: &Snapshot,
+        target: &Path,
+        opts: &RestoreOptions,
+    ) -> Result<RestoreSummary> {
+        if opts.dry_run {
+            return self.restore_dry_run(snapshot, target, opts);
+        }
+        let owners = opts
+            .owners
+            .unwrap_or_else(|| rustix::process::geteuid().is_root());
+        let mut beneath = Beneath::open(target)?;
+        beneath.remove_dirs_in_way = opts.delete;
+        let beneath = beneath;
+        let plan = self.plan_restore(snapshot, opts)?;
+        let never = opts.overwrite == Overwrite::Never;
         let errors = Mutex::new(Vec::new());
         let shown = |rel: &Path| target.join(rel);
         let fail = |rel: &Path, e: &dyn std::fmt::Display| {
@@ -151,17 +223,21 @@ impl Repository {
                 v.push(PathError { path, message });
             }
         };
+        let mut summary = RestoreSummary::default();
         // Directories, parents first. One that cannot be made (something else is in its
-        // place) fails with everything below it.
+        // place) fails with everything below it. Under `Never`, a directory that existed
+        // keeps its metadata.
         let mut made: HashMap<&Path, (u64, u64)> = HashMap::new();
         for (rel, _) in &plan.dirs {
             let made_dir = beneath
                 .parent(rel)
                 .at(shown(rel))
-                .and_then(|(parent, name)| make_dir(&parent, name, &shown(rel)));
+                .and_then(|(parent, name)| make_dir(&parent, name, &shown(rel), !never));
             match made_dir {
-                Ok(id) => {
-                    made.insert(rel.as_path(), id);
+                Ok((id, created)) => {
+                    if created || !never {
+                        made.insert(rel.as_path(), id);
+                    }
                 }
                 Err(e) => fail(rel, &e),
             }
@@ -176,23 +252,33 @@ impl Repository {
         // before anything is written); then pack-ordered reads: files sorted by the location
         // of their first chunk.
         let mut keyed = Vec::with_capacity(plan.files.len());
-        for (rel, entry) in plan.files {
-            let ids: Vec<ChunkId> = self.file_chunks(&entry)?.iter().map(|c| c.id).collect();
+        for (rel, entry) in &plan.files {
+            let refs = self.file_chunks(entry)?;
+            let ids: Vec<ChunkId> = refs.iter().map(|c| c.id).collect();
             let mut located = Vec::with_capacity(ids.len());
-            for (id, loc) in ids.iter().zip(self.index.blobs(&ids)?) {
-                located.push((*id, loc.ok_or(Error::MissingBlob(*id))?));
+            for (c, loc) in refs.iter().zip(self.index.blobs(&ids)?) {
+                located.push((*c, loc.ok_or(Error::MissingBlob(c.id))?));
             }
             let key = located.first().map(|(_, l)| (l.pack, l.offset));
             keyed.push((key, rel, entry, located));
         }
         keyed.sort_by_key(|k| k.0);
-        let written: Vec<Result<Option<u64>>> = keyed
+        let written: Vec<Result<Option<FileOutcome>>> = keyed
             .par_iter()
             .map(|(_, rel, entry, chunks)| {
                 let progress = opts.progress.as_deref();
-                match self.restore_file(&beneath, rel, &shown(rel), entry, chunks, owners, progress)
-                {
-                    Ok(n) => Ok(Some(n)),
+                let restored = self.restore_file(
+                    &beneath,
+                    rel,
+                    &shown(rel),
+                    entry,
+                    chunks,
+                    owners,
+                    opts.overwrite,
+                    progress,
+                );
+                match restored {
+                    Ok(outcome) => Ok(Some(outcome)),
                     Err(
                         e @ (Error::MissingBlob(_)
                         | Error::CorruptBlob { .. }
@@ -205,37 +291,106 @@ impl Repository {
                 }
             })
             .collect();
-        let mut summary = RestoreSummary::default();
         for w in written {
-            if let Some(n) = w? {
-                summary.bytes += n;
-                summary.files += 1;
+            match w? {
+                Some(FileOutcome::Written(n)) => {
+                    summary.bytes += n;
+                    summary.files += 1;
+                }
+                Some(FileOutcome::Skipped) => summary.skipped += 1,
+                None => {}
             }
         }
+        // Under `Never` an existing entry at a link's, symlink's or special's place stays.
+        let exists = |rel: &Path| {
+            beneath.parent(rel).is_ok_and(|(dir, name)| {
+                rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+            })
+        };
         for (first, link) in &plan.links {
-            let r = (|| -> Result<()> {
+            if never && exists(link) {
+                summary.skipped += 1;
+                continue;
+            }
+            let r = (|| -> Result<bool> {
                 let (from_dir, from_name) = beneath.parent(first).at(shown(first))?;
+                let (to_dir, to_name) = beneath.parent(link).at(shown(link))?;
+                let same_inode = |dir: &OwnedFd, name: &OsStr| {
+                    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                        .ok()
+                        .map(|st| (st.st_dev, st.st_ino))
+                };
+                if same_inode(&to_dir, to_name).is_some()
+                    && same_inode(&to_dir, to_name) == same_inode(&from_dir, from_name)
+                {
+                    return Ok(false);
+                }
                 let (to_dir, to_name) = beneath.make_room(link, &shown(link))?;
                 // Flags 0: a symlink swapped in for `first` is linked itself, never followed.
                 rustix::fs::linkat(&from_dir, from_name, &to_dir, to_name, AtFlags::empty())
                     .map_err(std::io::Error::from)
-                    .at(shown(link))
+                    .at(shown(link))?;
+                Ok(true)
             })();
             match r {
-                Ok(()) => summary.others += 1,
+                Ok(true) => summary.others += 1,
+                Ok(false) => summary.skipped += 1,
                 Err(e) => fail(link, &e),
             }
         }
         for (rel, entry) in &plan.specials {
+            if never && exists(rel) {
+                summary.skipped += 1;
+                continue;
+            }
             match restore_special(&beneath, rel, &shown(rel), entry, owners) {
                 Ok(()) => summary.others += 1,
                 Err(e) => fail(rel, &e),
             }
         }
         for (rel, entry) in &plan.symlinks {
+            if never && exists(rel) {
+                summary.skipped += 1;
+                continue;
+            }
             match restore_symlink(&beneath, rel, &shown(rel), entry, owners) {
                 Ok(()) => summary.others += 1,
                 Err(e) => fail(rel, &e),
+            }
+        }
+        if opts.delete {
+            for (dir, keep) in &plan.names {
+                if !dir.as_os_str().is_empty() && !made.contains_key(dir.as_path()) {
+                    continue;
+                }
+                let extras = beneath
+                    .dir(dir)
+                    .and_then(|fd| Ok((existing::names_in(&fd)?, fd)));
+                let (names, fd) = match extras {
+                    Ok(found) => found,
+                    Err(e) => {
+                        fail(
+                            dir,
+                            &Error::Io {
+                                path: shown(dir),
+                                source: e,
+                            },
+                        );
+                        continue;
+                    }
+                };
+                for name in names.iter().filter(|n| !keep.contains(n.as_bytes())) {
+                    match beneath::remove_tree(&fd, name) {
+                        Ok(n) => summary.deleted += n,
+                        Err(e) => fail(
+                            &dir.join(name),
+                            &Error::Io {
+                                path: shown(&dir.join(name)),
+                                source: e,
+                            },
+                        ),
+                    }
+                }
             }
         }
         // Directory metadata last, deepest first, so creating children does not touch mtimes;
@@ -255,7 +410,8 @@ impl Repository {
                         reason: "replaced by another directory during the restore; its metadata was not applied".into(),
                     });
                 }
-                apply_meta(&fd, &shown(rel), entry, owners)
+                apply_meta(&fd, &shown(rel), entry, owners)?;
+                existing::drop_extra_xattrs(&fd, entry).at(shown(rel))
             })();
             match r {
                 Ok(()) => summary.dirs += 1,
@@ -266,6 +422,93 @@ impl Repository {
         Ok(summary)
     }
 
+    /// What [`Repository::restore`] would do, changing nothing (no directory is created, no
+    /// file opened for writing).
+    fn restore_dry_run(
+        &self,
+        snapshot: &Snapshot,
+        target: &Path,
+        opts: &RestoreOptions,
+    ) -> Result<RestoreSummary> {
+        let plan = self.plan_restore(snapshot, opts)?;
+        let beneath = Beneath::open_existing(target)?;
+        let mut summary = RestoreSummary::default();
+        let shown = |rel: &Path| target.join(rel).display().to_string();
+        let note = |summary: &mut RestoreSummary, action, rel: &Path| {
+            summary.planned.push(PlannedChange {
+                action,
+                path: shown(rel),
+            });
+        };
+        let parent = |rel: &Path| -> Option<(OwnedFd, OsString)> {
+            let (dir, name) = beneath.as_ref()?.parent(rel).ok()?;
+            Some((dir, name.to_owned()))
+        };
+        let exists = |rel: &Path| {
+            parent(rel).is_some_and(|(dir, name)| {
+                rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+            })
+        };
+        let never = opts.overwrite == Overwrite::Never;
+        for (rel, _) in &plan.dirs {
+            let is_dir = beneath.as_ref().is_some_and(|b| b.dir(rel).is_ok());
+            if !is_dir {
+                note(&mut summary, PlannedAction::Create, rel);
+                summary.dirs += 1;
+            }
+        }
+        for (rel, entry) in &plan.files {
+            let chunks = self.file_chunks(entry)?;
+            let found = match parent(rel) {
+                Some((dir, name)) => {
+                    existing::existing_file(&dir, &name, entry, &chunks, opts.overwrite)
+                        .unwrap_or(Existing::Differs)
+                }
+                None => Existing::Missing,
+            };
+            match found {
+                Existing::Same(_) | Existing::Kept => {
+                    note(&mut summary, PlannedAction::Skip, rel);
+                    summary.skipped += 1;
+                }
+                Existing::Missing | Existing::Differs => {
+                    note(&mut summary, PlannedAction::Write, rel);
+                    summary.files += 1;
+                    summary.bytes += entry.attrs.size;
+                }
+            }
+        }
+        let others = plan
+            .links
+            .iter()
+            .map(|(_, l)| l.as_path())
+            .chain(plan.specials.iter().map(|(r, _)| r.as_path()))
+            .chain(plan.symlinks.iter().map(|(r, _)| r.as_path()));
+        for rel in others {
+            if never && exists(rel) {
+                note(&mut summary, PlannedAction::Skip, rel);
+                summary.skipped += 1;
+            } else {
+                note(&mut summary, PlannedAction::Create, rel);
+                summary.others += 1;
+            }
+        }
+        if let (true, Some(b)) = (opts.delete, &beneath) {
+            let mut dirs: Vec<_> = plan.names.iter().collect();
+            dirs.sort_by(|a, b| a.0.cmp(b.0));
+            for (dir, keep) in dirs {
+                let Ok(names) = b.dir(dir).and_then(|fd| existing::names_in(&fd)) else {
+                    continue;
+                };
+                for name in names.iter().filter(|n| !keep.contains(n.as_bytes())) {
+                    note(&mut summary, PlannedAction::Delete, &dir.join(name));
+                    summary.deleted += 1;
+                }
+            }
+        }
+        Ok(summary)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn restore_file(
         &self,
@@ -273,10 +516,29 @@ impl Repository {
         rel: &Path,
         path: &Path,
         entry: &Entry,
-        chunks: &[(ChunkId, BlobLoc)],
+        chunks: &[(ChunkRef, BlobLoc)],
         owners: bool,
+        overwrite: Overwrite,
         progress: Option<&Progress>,
-    ) -> Result<u64> {
+    ) -> Result<FileOutcome> {
+        {
+            let (parent, name) = beneath.parent(rel).at(path)?;
+            let refs: Vec<ChunkRef> = chunks.iter().map(|(c, _)| *c).collect();
+            match existing::existing_file(&parent, name, entry, &refs, overwrite).at(path)? {
+                Existing::Kept => return Ok(FileOutcome::Skipped),
+                Existing::Same(fd) => {
+                    // Same content: only the metadata is made the snapshot's.
+                    apply_meta(&fd, path, entry, owners)?;
+                    existing::drop_extra_xattrs(&fd, entry).at(path)?;
+                    if let Some(p) = progress {
+                        p.bytes.fetch_add(entry.attrs.size, Ordering::Relaxed);
+                        p.files.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok(FileOutcome::Skipped);
+                }
+                Existing::Missing | Existing::Differs => {}
+            }
+        }
         let (parent, name) = beneath.make_room(rel, path)?;
         let fd = rustix::fs::openat(
             &parent,
@@ -288,8 +550,8 @@ impl Repository {
         .at(path)?;
         let mut f = File::from(fd);
         let mut written = 0u64;
-        for (id, loc) in chunks {
-            let data = self.read_located(id, loc)?;
+        for (c, loc) in chunks {
+            let data = self.read_located(&c.id, loc)?;
             write_sparse(&mut f, &data).at(path)?;
             written += data.len() as u64;
             if let Some(p) = progress {
@@ -301,7 +563,7 @@ impl Repository {
         if let Some(p) = progress {
             p.files.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(written)
+        Ok(FileOutcome::Written(written))
     }
 }
 
