@@ -30,7 +30,7 @@ const EXIT_ERROR: u8 = 1;
 /// Exit status: the backup or restore finished, but some paths failed (listed on stderr).
 const EXIT_PARTIAL: u8 = 3;
 /// Exit status: `check` found problems.
-const EXIT_PROBLEMS: u8 = 4;
+pub(crate) const EXIT_PROBLEMS: u8 = 4;
 
 #[derive(Parser)]
 #[command(
@@ -193,6 +193,12 @@ enum Command {
     /// Monitoring plugin: is each host's newest complete backup recent enough?
     /// Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
     CheckFreshness(ops::FreshnessArgs),
+    /// Monitoring plugin: is every pack verified recently enough, and no blob damaged?
+    /// Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    CheckVerify(ops::VerifyCheckArgs),
+    /// Re-read and re-hash the packs verified longest ago (rolling: resumes where the last
+    /// run stopped); name what a damaged blob breaks. Exit 4 when damage is found.
+    Verify(ops::VerifyArgs),
     /// Monitoring plugin: is each account within its soft allocation?
     /// Exit 0 OK, 1 WARNING (over), 2 CRITICAL (over the hard factor), 3 UNKNOWN.
     CheckUsage(ops::UsageCheckArgs),
@@ -479,6 +485,8 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Pull(args) => pull::pull(cli, args),
         Command::Hosts(args) => pull::hosts(cli, args),
         Command::CheckFreshness(args) => ops::check_freshness(cli, args),
+        Command::CheckVerify(args) => ops::check_verify(cli, args),
+        Command::Verify(args) => ops::verify(cli, args),
         Command::CheckUsage(args) => ops::check_usage(cli, args),
         Command::Du(args) => ops::du(cli, args),
         Command::Metrics(args) => ops::metrics(cli, args),

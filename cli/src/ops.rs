@@ -8,7 +8,8 @@ use xstore::ops::monitor::{usage_check, FreshnessOptions, FreshnessTarget, Plugi
 use xstore::{Inventory, Repository, Usage};
 
 use crate::pull::DEFAULT_INVENTORY;
-use crate::{open_ro, print_json, size, time_of, Cli, EXIT_OK};
+use crate::{open_ro, print_json, repo_path, size, time_of, Cli, Tracker, EXIT_OK, EXIT_PROBLEMS};
+use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub(crate) struct InventoryArg {
@@ -51,6 +52,29 @@ pub(crate) struct FreshnessArgs {
     critical: String,
     #[command(flatten)]
     inventory: InventoryArg,
+    /// Check as if it were this time (RFC 3339; for tests).
+    #[arg(long, hide = true)]
+    now: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct VerifyArgs {
+    /// Stop starting packs after this long (e.g. 1h).
+    #[arg(long, value_name = "DURATION")]
+    max_duration: Option<String>,
+    /// Stop before a pack that would take the bytes read past this (e.g. 50GiB, or bytes).
+    #[arg(long, value_name = "SIZE")]
+    max_bytes: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct VerifyCheckArgs {
+    /// WARNING when the oldest pack verification is older than this.
+    #[arg(long, default_value = "8d", value_name = "AGE")]
+    warning: String,
+    /// CRITICAL when it is older than this.
+    #[arg(long, default_value = "16d", value_name = "AGE")]
+    critical: String,
     /// Check as if it were this time (RFC 3339; for tests).
     #[arg(long, hide = true)]
     now: Option<String>,
@@ -388,5 +412,134 @@ pub(crate) fn check_named(args: &[std::ffi::OsString]) -> Option<&'static str> {
         Some("check-freshness") => Some("FRESHNESS"),
         Some("check-usage") => Some("USAGE"),
         _ => None,
+    })
+}
+
+/// A size: bytes, or a number with K, M, G or T (powers of 1024; `KiB`, `GB`… read alike).
+fn size_arg(flag: &str, text: &str) -> Result<u64> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{flag}: {text:?} is not a size (use e.g. 500MiB, 2G)"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_lowercase()
+        .trim_end_matches("ib")
+        .trim_end_matches('b')
+    {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => anyhow::bail!("{flag}: {text:?} has an unknown unit (use K, M, G or T)"),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| anyhow::anyhow!("{flag}: {text:?} is too large"))
+}
+
+pub(crate) fn verify(cli: &Cli, args: &VerifyArgs) -> Result<u8> {
+    let max_duration = args
+        .max_duration
+        .as_deref()
+        .map(|d| duration_arg("--max-duration", d))
+        .transpose()?;
+    let max_bytes = args
+        .max_bytes
+        .as_deref()
+        .map(|b| size_arg("--max-bytes", b))
+        .transpose()?;
+    let record_wait = match &cli.lock_wait {
+        Some(d) => duration_arg("--lock-wait", d)?,
+        None => std::time::Duration::from_secs(600),
+    };
+    let path = repo_path(cli)?;
+    let progress = Arc::new(xstore::Progress::default());
+    let tracker = Tracker::start(cli, "verify", progress.clone());
+    let result = Repository::verify(
+        &path,
+        &xstore::VerifyOptions {
+            max_duration,
+            max_bytes,
+            record_wait,
+            progress: Some(progress),
+        },
+    );
+    tracker.finish();
+    let report = result?;
+    for d in &report.damaged {
+        let paths: Vec<String> = d
+            .paths
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}@{} {}",
+                    p.host,
+                    p.snapshot.get(..8).unwrap_or(&p.snapshot),
+                    p.path
+                )
+            })
+            .collect();
+        eprintln!(
+            "xstore: damaged blob {} in pack {}: {}; breaks {}",
+            d.blob,
+            d.pack,
+            d.message,
+            if paths.is_empty() {
+                "no snapshot path".to_string()
+            } else {
+                paths.join(", ")
+            }
+        );
+    }
+    if cli.json {
+        print_json(&report)?;
+    } else if !cli.quiet {
+        println!(
+            "verified {} of {} packs ({}) in {:.1}s{}; oldest verification now {}",
+            report.run.packs,
+            report.packs_total,
+            size(cli, report.run.bytes),
+            report.run.seconds,
+            report
+                .stopped_by
+                .as_deref()
+                .map(|s| format!(", stopped by {s}"))
+                .unwrap_or_default(),
+            time_of(report.oldest_verified_ns)
+        );
+    }
+    Ok(if report.damaged.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_PROBLEMS
+    })
+}
+
+pub(crate) fn check_verify(cli: &Cli, args: &VerifyCheckArgs) -> Result<u8> {
+    plugin(cli, "VERIFY", || {
+        let warning = duration_arg("--warning", &args.warning)?;
+        let critical = duration_arg("--critical", &args.critical)?;
+        anyhow::ensure!(
+            warning <= critical,
+            "--warning {} is longer than --critical {}",
+            args.warning,
+            args.critical
+        );
+        let now_ns = match &args.now {
+            Some(t) => {
+                xstore::retention::parse_instant(t).map_err(|e| anyhow::anyhow!("--now: {e}"))?
+            }
+            None => xstore::now_ns(),
+        };
+        let status = open_ro(cli)?.verify_status()?;
+        let report = status.plugin(&xstore::ops::monitor::VerifyCheckOptions {
+            warning,
+            critical,
+            now_ns,
+        });
+        emit(cli, &report, Some(serde_json::to_value(&status)?))
     })
 }

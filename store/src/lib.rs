@@ -81,6 +81,9 @@ pub use commands::retention::{
     DEFAULT_GC_MAX_DEAD_PERCENT, RETENTION_VERSION,
 };
 pub use commands::usage::{SnapshotUsage, Usage};
+pub use commands::verify::{
+    BrokenPath, DamagedBlob, VerifyOptions, VerifyReport, VerifyRun, VerifyStatus, MAX_BROKEN_PATHS,
+};
 pub use error::RemoteError;
 pub use error::{Error, Result};
 pub use fleet::inventory::{Account, HostSpec, Inventory, InventoryError, SelectError};

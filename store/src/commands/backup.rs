@@ -82,6 +82,9 @@ struct Session<'a> {
     one_file_system: bool,
     level: i32,
     pending: Mutex<HashSet<ChunkId>>,
+    /// Live blobs verify found damaged: never deduplicated against, and a parent entry that
+    /// references one is read again, so this backup stores a fresh copy.
+    damaged: HashSet<ChunkId>,
     packs: RollingPacks,
     new_parents: Mutex<Vec<(ChunkId, Vec<ChunkId>)>>,
     errors: Mutex<Vec<PathError>>,
@@ -137,6 +140,25 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Whether a parent snapshot's file entry references no damaged blob (then its chunk
+    /// list may be reused without reading the file).
+    fn intact(&self, entry: &Entry) -> bool {
+        if self.damaged.is_empty() {
+            return true;
+        }
+        match &entry.content {
+            Content::Chunks(c) => !c.iter().any(|c| self.damaged.contains(&c.id)),
+            Content::ChunkList(id) => {
+                !self.damaged.contains(id)
+                    && self
+                        .repo
+                        .file_chunks(entry)
+                        .is_ok_and(|c| !c.iter().any(|c| self.damaged.contains(&c.id)))
+            }
+            _ => true,
+        }
+    }
+
     /// Drops what a failed backup wrote: the open pack and the sealed ones (no index batch
     /// references them, and only this session knows them).
     fn discard_uncommitted(&self) {
@@ -151,7 +173,8 @@ impl<'a> Session<'a> {
         }
         // A dead blob (refcount 0) counts as absent: gc may drop it at any moment, so this
         // session writes its own copy instead of deduplicating against it (mutation.rs).
-        if self.repo.index.blob(&id)?.is_some_and(|l| l.refcount > 0) {
+        if self.repo.index.blob(&id)?.is_some_and(|l| l.refcount > 0) && !self.damaged.contains(&id)
+        {
             return Ok(false);
         }
         Ok(self.pending.lock().map_err(poisoned)?.insert(id))
@@ -325,7 +348,7 @@ impl<'a> Session<'a> {
         meta: EntryMeta,
         parent: Option<&Entry>,
     ) -> Result<Option<Entry>> {
-        if let Some(p) = parent.filter(|p| unchanged_file(Some(p), &meta)) {
+        if let Some(p) = parent.filter(|p| unchanged_file(Some(p), &meta) && self.intact(p)) {
             self.unchanged.fetch_add(1, Ordering::Relaxed);
             self.files.fetch_add(1, Ordering::Relaxed);
             self.logical.fetch_add(meta.attrs.size, Ordering::Relaxed);
@@ -622,7 +645,9 @@ impl<'a> Session<'a> {
             .filter_map(|(name, meta)| {
                 use std::os::unix::ffi::OsStrExt;
                 let meta = meta.as_ref().ok().filter(|m| m.kind == SourceKind::File)?;
-                let unchanged = unchanged_file(parent.and_then(|t| t.get(name)), meta);
+                let before = parent.and_then(|t| t.get(name));
+                let unchanged =
+                    unchanged_file(before, meta) && before.is_some_and(|p| self.intact(p));
                 let child = path.join(std::ffi::OsStr::from_bytes(name));
                 (!unchanged && !self.excludes.is_match(&child, name))
                     .then_some((child, meta.attrs.size))
@@ -862,6 +887,7 @@ impl Repository {
             one_file_system: opts.one_file_system,
             level: self.config().compression_level,
             pending: Mutex::new(HashSet::new()),
+            damaged: self.damaged_blobs()?,
             packs: RollingPacks::new(self.tmp_dir(), self.packs_dir(), self.config().pack_size),
             new_parents: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),

@@ -13,3 +13,4 @@ pub(crate) mod repair;
 pub(crate) mod restore;
 pub(crate) mod retention;
 pub(crate) mod usage;
+pub(crate) mod verify;

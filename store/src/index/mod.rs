@@ -21,6 +21,25 @@ pub(crate) const CF_PACKS: &str = "packs";
 pub(crate) const CF_SNAPSHOTS: &str = "snapshots";
 pub(crate) const CF_HOSTS: &str = "hosts";
 const CFS: [&str; 4] = [CF_BLOBS, CF_PACKS, CF_SNAPSHOTS, CF_HOSTS];
+/// Default column family key prefix of a pack's last verification:
+/// `verified/<pack id>` → i64 ns, little-endian (FORMAT.md §Index).
+pub(crate) const VERIFIED_PREFIX: &[u8] = b"verified/";
+/// Default column family key prefix of a damaged live blob: `damaged/<blob id>` → the pack
+/// id of the damaged copy.
+pub(crate) const DAMAGED_PREFIX: &[u8] = b"damaged/";
+/// Default column family key of the last verify run's summary (JSON).
+pub(crate) const LAST_RUN_KEY: &[u8] = b"verify/last-run";
+/// Default column family key of when verify's current pass over all packs began (i64 ns, LE).
+pub(crate) const CYCLE_KEY: &[u8] = b"verify/cycle-start";
+
+pub(crate) fn verified_key(pack: &PackId) -> Vec<u8> {
+    [VERIFIED_PREFIX, pack.0.as_slice()].concat()
+}
+
+pub(crate) fn damaged_key(blob: &ChunkId) -> Vec<u8> {
+    [DAMAGED_PREFIX, blob.0.as_slice()].concat()
+}
+
 pub(crate) struct Index {
     db: DB,
     path: PathBuf,
@@ -267,6 +286,21 @@ impl Index {
         self.db.write_opt(b, &opts).map_err(|e| self.err(e))
     }
 
+    /// Every value of the default column family whose key starts with `prefix`, as (key
+    /// without the prefix, value).
+    pub(crate) fn meta_with_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let mode = IteratorMode::From(prefix, rocksdb::Direction::Forward);
+        for item in self.db.iterator(mode) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let Some(rest) = k.strip_prefix(prefix) else {
+                break;
+            };
+            out.push((rest.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     pub(crate) fn batch(&self) -> IndexBatch<'_> {
         IndexBatch {
             index: self,
@@ -318,6 +352,12 @@ impl IndexBatch<'_> {
         let cf = self.index.cf(CF_SNAPSHOTS)?;
         self.batch.delete_cf(cf, id.0);
         Ok(())
+    }
+    pub(crate) fn put_meta(&mut self, key: &[u8], value: &[u8]) {
+        self.batch.put(key, value);
+    }
+    pub(crate) fn delete_meta(&mut self, key: &[u8]) {
+        self.batch.delete(key);
     }
     /// Writes everything atomically with fsync of the WAL.
     pub(crate) fn commit(self) -> Result<()> {

@@ -247,7 +247,29 @@ impl Repository {
         }
 
         let st = self.stats()?;
-        let totals: [(&str, &str, f64); 7] = [
+        let verify = self.verify_status()?;
+        let last_run = verify.last_run.clone().unwrap_or_default();
+        let totals: [(&str, &str, f64); 11] = [
+            (
+                "xstore_verify_oldest_seconds",
+                "Age of the oldest pack verification (a pack never verified counts from when it was written).",
+                seconds(now_ns.saturating_sub(verify.oldest_verified_ns)).max(0.0),
+            ),
+            (
+                "xstore_verify_damaged_blobs",
+                "Live blobs verify found damaged that no backup has stored again yet.",
+                verify.damaged_blobs as f64,
+            ),
+            (
+                "xstore_verify_last_run_bytes",
+                "Pack bytes the last verify run read and hashed.",
+                last_run.bytes as f64,
+            ),
+            (
+                "xstore_verify_last_run_timestamp_seconds",
+                "When the last verify run started (0: never).",
+                seconds(last_run.started_ns),
+            ),
             (
                 "xstore_repository_snapshots",
                 "Snapshots in the repository.",

@@ -558,3 +558,66 @@ pub fn human_bytes(n: u64) -> String {
         format!("{v:.1} {}", UNITS[u])
     }
 }
+
+/// Thresholds of the verification check.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyCheckOptions {
+    /// WARNING when the oldest pack verification is older than this.
+    pub warning: std::time::Duration,
+    /// CRITICAL when it is older than this.
+    pub critical: std::time::Duration,
+    /// The time to check at, ns since the epoch.
+    pub now_ns: i64,
+}
+
+impl crate::VerifyStatus {
+    /// The `check-verify` plugin: CRITICAL when a live blob is damaged (restores of what it
+    /// holds fail until a backup stores it again) or the oldest verification is older than
+    /// `critical`, WARNING when older than `warning`.
+    pub fn plugin(&self, opts: &VerifyCheckOptions) -> PluginReport {
+        let age = seconds_between(self.oldest_verified_ns, opts.now_ns);
+        let (warning, critical) = (opts.warning.as_secs(), opts.critical.as_secs());
+        let mut details = Vec::new();
+        let state = if self.damaged_blobs > 0 {
+            details.push(format!(
+                "{} damaged blobs: `xstore verify` names their paths; the next backup of each \
+                 affected host stores them again",
+                self.damaged_blobs
+            ));
+            CheckState::Critical
+        } else if age > critical {
+            CheckState::Critical
+        } else if age > warning {
+            CheckState::Warning
+        } else {
+            CheckState::Ok
+        };
+        PluginReport {
+            check: "VERIFY",
+            state,
+            summary: format!(
+                "{} packs, oldest verification {} ago, {} damaged blobs",
+                self.packs,
+                humantime::format_duration(std::time::Duration::from_secs(age)),
+                self.damaged_blobs
+            ),
+            details,
+            perfdata: vec![
+                PerfDatum {
+                    label: "oldest_verification".into(),
+                    value: Some(age),
+                    unit: "s",
+                    warning: Some(warning),
+                    critical: Some(critical),
+                },
+                PerfDatum {
+                    label: "damaged_blobs".into(),
+                    value: Some(self.damaged_blobs),
+                    unit: "",
+                    warning: None,
+                    critical: Some(1),
+                },
+            ],
+        }
+    }
+}

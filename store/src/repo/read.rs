@@ -62,12 +62,15 @@ impl Repository {
     }
 
     /// For each id, whether the repository lacks it (the pull protocol's question).
+    /// Blobs verify found damaged count as missing: the agent sends them again.
     pub fn missing_blobs(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        let damaged = self.damaged_blobs()?;
         Ok(self
             .index
             .blobs(ids)?
             .into_iter()
-            .map(|l| l.is_none())
+            .zip(ids)
+            .map(|(l, id)| l.is_none() || damaged.contains(id))
             .collect())
     }
 

@@ -47,6 +47,10 @@ pub(crate) struct Mutation<'r> {
     /// Sealed packs this mutation commits: their uncommitted markers go after the commit;
     /// a mutation dropped before its commit point deletes them.
     sealed: Vec<PackId>,
+    /// Live blobs marked damaged by verify (loaded on first use).
+    damaged: Option<HashSet<ChunkId>>,
+    /// Damaged blobs this mutation moved to a fresh copy: their marks go in the batch.
+    healed: Vec<ChunkId>,
     committed: bool,
     pub(crate) released: Released,
 }
@@ -63,6 +67,8 @@ impl<'r> Mutation<'r> {
             died: Vec::new(),
             fresh: HashSet::new(),
             sealed: Vec::new(),
+            damaged: None,
+            healed: Vec::new(),
             committed: false,
             released: Released::default(),
         })
@@ -179,13 +185,36 @@ impl<'r> Mutation<'r> {
         // The new copy is dead until referenced: `add_refs` revives it and takes its bytes
         // back out of its pack's dead bytes.
         self.adjust_dead(&loc.pack, loc.span(), 0)?;
-        if self.loc(id)?.is_some_and(|existing| existing.refcount > 0) {
+        if let Some(existing) = self.loc(id)?.filter(|existing| existing.refcount > 0) {
+            if self.is_damaged(id)? && existing.pack != loc.pack {
+                // The live copy is damaged (verify): the blob moves to this copy with its
+                // references, the damaged copy's bytes become dead, and the mark goes. Same
+                // id, same content: its children are already counted.
+                self.adjust_dead(&existing.pack, existing.span(), 0)?;
+                self.adjust_dead(&loc.pack, 0, loc.span())?;
+                self.blobs.insert(
+                    *id,
+                    Some(BlobLoc {
+                        refcount: existing.refcount,
+                        ..loc
+                    }),
+                );
+                self.healed.push(*id);
+            }
             return Ok(());
         }
         // Absent, or dead (its old copy is already counted dead in its old pack).
         self.blobs.insert(*id, Some(BlobLoc { refcount: 0, ..loc }));
         self.fresh.insert(*id);
         Ok(())
+    }
+
+    /// Whether verify marked this blob's live copy damaged.
+    fn is_damaged(&mut self, id: &ChunkId) -> Result<bool> {
+        if self.damaged.is_none() {
+            self.damaged = Some(self.repo.damaged_blobs()?);
+        }
+        Ok(self.damaged.as_ref().is_some_and(|d| d.contains(id)))
     }
 
     /// Whether this mutation inserted `id` as the blob's live copy ([`Mutation::insert_new`]).
@@ -433,8 +462,14 @@ impl<'r> Mutation<'r> {
         for (id, rec) in &self.packs {
             match rec {
                 Some(r) => batch.put_pack(id, r)?,
-                None => batch.delete_pack(id)?,
+                None => {
+                    batch.delete_pack(id)?;
+                    batch.delete_meta(&crate::index::verified_key(id));
+                }
             }
+        }
+        for id in &self.healed {
+            batch.delete_meta(&crate::index::damaged_key(id));
         }
         if !self.snapshots.is_empty() {
             for (id, s) in &self.snapshots {
