@@ -361,6 +361,13 @@ fn jobs(xstore: &str, repo: &str, pull: &str) -> Vec<Job> {
             on_calendar: "*-*-* 05:00:00",
             command: cmd("gc"),
         },
+        Job {
+            name: "xstore-verify",
+            description: "re-read and re-hash the packs verified longest ago (one hour a day)",
+            cron: "30 5 * * *",
+            on_calendar: "*-*-* 05:30:00",
+            command: cmd("verify --max-duration 1h"),
+        },
     ]
 }
 

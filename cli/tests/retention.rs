@@ -281,7 +281,7 @@ fn schedule_prints_cron_and_systemd() {
         .lines()
         .filter(|l| !l.starts_with('#') && l.contains("xstore"))
         .collect();
-    assert_eq!(lines.len(), 5, "{cron}");
+    assert_eq!(lines.len(), 6, "{cron}");
     // Every job line: 5 cron fields, the user, then the command.
     for l in &lines {
         let f: Vec<&str> = l.split_whitespace().collect();
@@ -294,14 +294,15 @@ fn schedule_prints_cron_and_systemd() {
     assert!(lines[2].starts_with("30 3 * * *") && lines[2].contains("rotate daily --all"));
     assert!(lines[3].starts_with("0 */4 * * *") && lines[3].contains("pull --all"));
     assert!(lines[4].contains(" gc"));
+    assert!(lines[5].starts_with("30 5 * * *") && lines[5].contains("verify --max-duration 1h"));
     assert!(cron.contains(&format!("--repo {}", repo.display())));
     let units = ok(&repo, &["schedule", "--systemd"]);
-    assert_eq!(units.matches("[Timer]").count(), 5);
-    assert_eq!(units.matches("[Service]").count(), 5);
+    assert_eq!(units.matches("[Timer]").count(), 6);
+    assert_eq!(units.matches("[Service]").count(), 6);
     assert!(units.contains("OnCalendar=*-*-* 00/4:00:00"));
     assert!(units.contains("OnCalendar=Mon *-*-* 03:00:00"));
     let js = json(&repo, &["schedule"]);
-    assert_eq!(js.as_array().unwrap().len(), 5);
+    assert_eq!(js.as_array().unwrap().len(), 6);
     // systemd-analyze validates calendar expressions where it exists.
     if let Ok(out) = std::process::Command::new("systemd-analyze")
         .args([
