@@ -225,6 +225,34 @@ fn repair_after_a_crash_before_the_commit_does_not_resurrect_the_snapshot() {
     assert_restores(&repo, work.path(), "crashed", &src);
 }
 
+/// Bytes that read back differently from what was written (a faulty disk or controller):
+/// the backup fails with one line before its commit, and nothing of it stays.
+#[test]
+fn a_pack_that_reads_back_wrong_is_never_committed() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = healthy(work.path());
+    let ids = snapshot_ids(&repo);
+    let packs = pack_count(&repo);
+    fs::write(src.join("new.bin"), seeded_bytes(99, 300_000)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xstore"))
+        .env("XSTORE_REPO", &repo)
+        .env("XSTORE_FAIL_IO", "pack-readback")
+        .args(["backup", "-q", "--host", "h1", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let line = one_error_line(&out);
+    assert!(line.contains("read back after writing"), "{line}");
+    assert_eq!(snapshot_ids(&repo), ids);
+    assert_eq!(pack_count(&repo), packs);
+    ok(&repo, &["check", "--read-data"]);
+    ok(
+        &repo,
+        &["backup", "-q", "--host", "h1", src.to_str().unwrap()],
+    );
+    assert_restores(&repo, work.path(), "h1", &src);
+}
+
 #[test]
 fn repair_without_snapshot_copies_rebuilds_from_packs_and_gc_keeps_the_data() {
     let work = tempfile::tempdir().unwrap();

@@ -127,6 +127,7 @@ impl PackWriter {
         let file = self.out.get_ref();
         file.sync_all().at(&self.tmp_path)?;
         let id = ChunkId(*self.hasher.finalize().as_bytes());
+        self.read_back()?;
         let final_path = crate::layout::pack_file(packs_dir, &id);
         let dir = final_path.parent().unwrap_or(packs_dir);
         fs::create_dir_all(dir).at(dir)?;
@@ -142,10 +143,59 @@ impl PackWriter {
         })
     }
 
+    /// Reads the synced file back and checks every blob (decompressed, re-hashed against
+    /// its id) and the trailer before the pack may become visible: what the index will point
+    /// at is what was meant to be written, not only what was handed to `write`.
+    fn read_back(&self) -> Result<()> {
+        if crate::fail_io("pack-readback").is_err() {
+            // Test hook: damage the written bytes as a faulty disk or controller would.
+            corrupt_first_blob(&self.tmp_path)?;
+        }
+        let map = crate::pack::mmap::map_sealed_file(&self.tmp_path)?;
+        let bad = |id: ChunkId, source| Error::CorruptBlob {
+            id,
+            pack: format!("{} (read back after writing)", self.tmp_path.display()),
+            source,
+        };
+        let trailer = crate::pack::read_trailer(&map).map_err(|e| bad(ChunkId([0; 32]), e))?;
+        if trailer.len() != self.entries.len() {
+            return Err(bad(
+                ChunkId([0; 32]),
+                xstore_format::DecodeError::Invalid {
+                    what: "pack trailer",
+                    offset: 0,
+                    reason: format!(
+                        "{} entries read back, {} written",
+                        trailer.len(),
+                        self.entries.len()
+                    ),
+                },
+            ));
+        }
+        for e in &self.entries {
+            crate::pack::read_blob(&map, e).map_err(|source| bad(e.id, source))?;
+        }
+        Ok(())
+    }
+
     /// Abandons the pack, removing the temporary file.
     pub(crate) fn discard(self) {
         let _ = fs::remove_file(&self.tmp_path);
     }
+}
+
+/// Flips one bit in the first blob's stored bytes (the `pack-readback` test hook).
+fn corrupt_first_blob(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .at(path)?;
+    let at = crate::pack::BLOB_HEADER_LEN as u64 + crate::pack::PACK_HEADER_LEN as u64;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).at(path)?;
+    f.write_all_at(&[b[0] ^ 0x10], at).at(path)
 }
 
 #[cfg(test)]
