@@ -28,13 +28,16 @@ bytes=$(du -sb "$src" | cut -f1)
 files=$(find "$src" -type f | wc -l)
 echo "data: $DATA  $((bytes / 1000000)) MB in $files files; $snapshots snapshots; $(nproc) cores" >&2
 now() { date +%s.%N; }
-# run NAME CMD…: REPEAT timed runs, median and each run.
+# run NAME CMD…: REPEAT timed runs, median and each run. $before, when set, runs untimed
+# before each one.
+before=""
 run() {
   local name=$1
   shift
   local times=()
   for _ in $(seq 1 "$repeat"); do
     local t0 t1
+    [ -n "$before" ] && eval "$before"
     t0=$(now)
     "$@" > /dev/null
     t1=$(now)
@@ -60,7 +63,7 @@ if [ -n "${OLD:-}" ]; then
   rm -rf "$work/ab-repo"
 fi
 "$XSTORE" backup -q --host web1 "$src"
-changing=$(find "$src" -type f -name '*.c' | head -1)
+changing=$(find "$src" -type f -name '*.c' -print -quit)
 for i in $(seq 2 "$snapshots"); do
   echo "/* run $i */" >> "$changing"
   "$XSTORE" backup -q --host web1 "$src"
@@ -71,7 +74,9 @@ echo "  trees read, paths found: $trees"
 run "find Makefile (names) over $snapshots snapshots" "$XSTORE" find Makefile --host web1
 
 fresh="$work/fresh"
-run "restore into an empty directory" bash -c "rm -rf '$fresh'; '$XSTORE' -q restore web1@latest '$fresh'"
+before="rm -rf '$fresh'; sync"
+run "restore into an empty directory" "$XSTORE" -q restore web1@latest "$fresh"
+before=""
 full=$last_median
 run "restore onto an unchanged copy (--overwrite always)" "$XSTORE" -q restore web1@latest "$fresh"
 always=$last_median

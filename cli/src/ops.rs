@@ -121,6 +121,28 @@ fn duration_arg(flag: &str, text: &str) -> Result<std::time::Duration> {
     xstore::retention::parse_period(text).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
 }
 
+/// A plugin's `--warning` and `--critical` ages (the first no longer than the second) and the
+/// time to check at (`--now`, or now).
+fn age_thresholds(
+    warning: &str,
+    critical: &str,
+    now: Option<&str>,
+) -> Result<(std::time::Duration, std::time::Duration, i64)> {
+    let w = duration_arg("--warning", warning)?;
+    let c = duration_arg("--critical", critical)?;
+    anyhow::ensure!(
+        w <= c,
+        "--warning {warning} is longer than --critical {critical}"
+    );
+    let now_ns = match now {
+        Some(t) => {
+            xstore::retention::parse_instant(t).map_err(|e| anyhow::anyhow!("--now: {e}"))?
+        }
+        None => xstore::now_ns(),
+    };
+    Ok((w, c, now_ns))
+}
+
 /// Prints a plugin report (text or JSON) and returns its exit status.
 fn emit(cli: &Cli, report: &PluginReport, json: Option<serde_json::Value>) -> Result<u8> {
     match json {
@@ -144,20 +166,8 @@ fn plugin(cli: &Cli, check: &'static str, run: impl FnOnce() -> Result<u8>) -> R
 
 pub(crate) fn check_freshness(cli: &Cli, args: &FreshnessArgs) -> Result<u8> {
     plugin(cli, "FRESHNESS", || {
-        let warning = duration_arg("--warning", &args.warning)?;
-        let critical = duration_arg("--critical", &args.critical)?;
-        anyhow::ensure!(
-            warning <= critical,
-            "--warning {} is longer than --critical {}",
-            args.warning,
-            args.critical
-        );
-        let now_ns = match &args.now {
-            Some(t) => {
-                xstore::retention::parse_instant(t).map_err(|e| anyhow::anyhow!("--now: {e}"))?
-            }
-            None => xstore::now_ns(),
-        };
+        let (warning, critical, now_ns) =
+            age_thresholds(&args.warning, &args.critical, args.now.as_deref())?;
         let inventory = args.inventory.load()?;
         let repo = open_ro(cli)?;
         let targets = freshness_targets(&repo, inventory.as_ref(), args)?;
@@ -520,20 +530,8 @@ pub(crate) fn verify(cli: &Cli, args: &VerifyArgs) -> Result<u8> {
 
 pub(crate) fn check_verify(cli: &Cli, args: &VerifyCheckArgs) -> Result<u8> {
     plugin(cli, "VERIFY", || {
-        let warning = duration_arg("--warning", &args.warning)?;
-        let critical = duration_arg("--critical", &args.critical)?;
-        anyhow::ensure!(
-            warning <= critical,
-            "--warning {} is longer than --critical {}",
-            args.warning,
-            args.critical
-        );
-        let now_ns = match &args.now {
-            Some(t) => {
-                xstore::retention::parse_instant(t).map_err(|e| anyhow::anyhow!("--now: {e}"))?
-            }
-            None => xstore::now_ns(),
-        };
+        let (warning, critical, now_ns) =
+            age_thresholds(&args.warning, &args.critical, args.now.as_deref())?;
         let status = open_ro(cli)?.verify_status()?;
         let report = status.plugin(&xstore::ops::monitor::VerifyCheckOptions {
             warning,

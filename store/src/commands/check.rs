@@ -430,18 +430,28 @@ impl Repository {
             .iter()
             .any(|p| p.snapshot.is_none() && p.blob.is_some())
         {
-            let damaged: HashSet<String> = problems
+            let damaged: HashSet<ChunkId> = problems
                 .iter()
                 .filter(|p| p.snapshot.is_none())
-                .filter_map(|p| p.blob.clone())
+                .filter_map(|p| p.blob.as_ref()?.parse().ok())
                 .collect();
-            let affected = self.find_references(&snapshots, &damaged)?;
+            let affected = self.broken_paths(&damaged)?;
             for p in problems.iter_mut() {
-                if p.snapshot.is_none() {
-                    if let Some((s, path)) = p.blob.as_ref().and_then(|b| affected.get(b)) {
-                        p.snapshot = Some(s.clone());
-                        p.path = Some(path.clone());
-                    }
+                if p.snapshot.is_some() {
+                    continue;
+                }
+                let first = p
+                    .blob
+                    .as_ref()
+                    .and_then(|b| b.parse::<ChunkId>().ok())
+                    .and_then(|b| affected.get(&b)?.first());
+                if let Some(b) = first {
+                    p.snapshot = Some(format!(
+                        "{} ({})",
+                        b.snapshot.get(..8).unwrap_or(&b.snapshot),
+                        b.host
+                    ));
+                    p.path = Some(b.path.clone());
                 }
             }
         }
@@ -453,54 +463,6 @@ impl Repository {
             blobs_verified: verified,
             problems,
         })
-    }
-
-    /// For each damaged blob id (hex), one snapshot and path that reference it.
-    fn find_references(
-        &self,
-        snapshots: &[Snapshot],
-        damaged: &HashSet<String>,
-    ) -> Result<HashMap<String, (String, String)>> {
-        let mut out = HashMap::new();
-        for s in snapshots {
-            let label = format!("{} ({})", s.id.short(), s.host);
-            if damaged.contains(&s.root.to_string()) {
-                out.entry(s.root.to_string())
-                    .or_insert((label.clone(), "/".to_string()));
-                continue;
-            }
-            let mut stack = vec![(s.root, String::new())];
-            while let Some((tree_id, path)) = stack.pop() {
-                let Ok(tree) = self.tree(&tree_id) else {
-                    continue;
-                };
-                for e in &tree.entries {
-                    let p = format!("{path}/{}", e.name_lossy());
-                    let mut ids: Vec<ChunkId> = Vec::new();
-                    match &e.content {
-                        Content::Subtree(id) => {
-                            ids.push(*id);
-                            stack.push((*id, p.clone()));
-                        }
-                        Content::ChunkList(id) => {
-                            ids.push(*id);
-                            if let Ok(chunks) = self.file_chunks(e) {
-                                ids.extend(chunks.iter().map(|c| c.id));
-                            }
-                        }
-                        Content::Chunks(c) => ids.extend(c.iter().map(|c| c.id)),
-                        _ => {}
-                    }
-                    for id in ids {
-                        let hex = id.to_string();
-                        if damaged.contains(&hex) {
-                            out.entry(hex).or_insert((label.clone(), p.clone()));
-                        }
-                    }
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// Sizes and counts of the whole repository.

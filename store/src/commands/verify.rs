@@ -320,7 +320,10 @@ impl Repository {
 
     /// The snapshot paths that reference each of `blobs` (trees whose subtrees hold none of
     /// them are skipped by id after their first visit).
-    fn broken_paths(&self, blobs: &HashSet<ChunkId>) -> Result<HashMap<ChunkId, Vec<BrokenPath>>> {
+    pub(crate) fn broken_paths(
+        &self,
+        blobs: &HashSet<ChunkId>,
+    ) -> Result<HashMap<ChunkId, Vec<BrokenPath>>> {
         let mut out: HashMap<ChunkId, Vec<BrokenPath>> = HashMap::new();
         if blobs.is_empty() {
             return Ok(out);

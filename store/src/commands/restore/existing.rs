@@ -31,6 +31,9 @@ pub enum Overwrite {
 pub(super) enum Existing {
     /// Nothing.
     Missing,
+    /// A regular file with the snapshot's size, mtime, mode and owner, and no xattrs to set,
+    /// under `IfChanged`: nothing to do, and it was not even opened.
+    Unchanged,
     /// A regular file with the snapshot's content, open read-only for its metadata.
     Same(OwnedFd),
     /// Something else: it is replaced.
@@ -46,6 +49,7 @@ pub(super) fn existing_file(
     entry: &Entry,
     chunks: &[ChunkRef],
     overwrite: Overwrite,
+    owners: bool,
 ) -> std::io::Result<Existing> {
     let st = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
@@ -59,6 +63,13 @@ pub(super) fn existing_file(
         || st.st_size as u64 != entry.attrs.size
     {
         return Ok(Existing::Differs);
+    }
+    if overwrite == Overwrite::IfChanged
+        && same_mtime(&st, entry)
+        && meta_matches(&st, entry, owners)
+        && entry.xattrs.is_empty()
+    {
+        return Ok(Existing::Unchanged);
     }
     // Non-blocking and no-follow: a FIFO or symlink swapped in since the stat is refused.
     let fd = match rustix::fs::openat(
@@ -77,8 +88,7 @@ pub(super) fn existing_file(
     {
         return Ok(Existing::Differs);
     }
-    let mtime_ns = i128::from(now.st_mtime) * 1_000_000_000 + i128::from(now.st_mtime_nsec);
-    if overwrite == Overwrite::IfChanged && mtime_ns == i128::from(entry.attrs.mtime_ns) {
+    if overwrite == Overwrite::IfChanged && same_mtime(&now, entry) {
         return Ok(Existing::Same(fd));
     }
     let mut file = std::fs::File::from(fd);
@@ -120,4 +130,15 @@ pub(super) fn drop_extra_xattrs(fd: &OwnedFd, entry: &Entry) -> std::io::Result<
         }
     }
     Ok(())
+}
+
+fn same_mtime(st: &rustix::fs::Stat, entry: &Entry) -> bool {
+    i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec)
+        == i128::from(entry.attrs.mtime_ns)
+}
+
+/// Whether mode (and, when restore sets owners, uid and gid) already are the snapshot's.
+pub(super) fn meta_matches(st: &rustix::fs::Stat, entry: &Entry, owners: bool) -> bool {
+    st.st_mode & 0o7777 == entry.attrs.mode & 0o7777
+        && (!owners || (st.st_uid == entry.attrs.uid && st.st_gid == entry.attrs.gid))
 }

@@ -117,10 +117,14 @@ struct Plan {
     names: HashMap<PathBuf, HashSet<Vec<u8>>>,
 }
 
-/// What happened to one file.
-enum FileOutcome {
-    Written(u64),
-    Skipped,
+/// A file of the plan after comparing it with what stands at its place.
+enum Compared<'p> {
+    /// Left as it is (content matched, or `Never`).
+    Kept,
+    /// Its path failed (recorded).
+    Failed,
+    /// To be written, with its chunks.
+    Write(&'p PathBuf, &'p Entry, Vec<ChunkRef>),
 }
 
 impl Repository {
@@ -248,12 +252,46 @@ impl Repository {
                 Ordering::Relaxed,
             );
         }
-        // Every chunk's location, one batched lookup per file (a missing blob fails the restore
-        // before anything is written); then pack-ordered reads: files sorted by the location
-        // of their first chunk.
+        // What already stands at each file's place is compared first (in parallel); only
+        // the files to write are located: one batched lookup per file (a missing blob fails
+        // the restore before anything is written), then pack-ordered reads, files sorted by
+        // the location of their first chunk.
+        let compared: Vec<Result<Compared<'_>>> = plan
+            .files
+            .par_iter()
+            .map(|(rel, entry)| {
+                let refs = self.file_chunks(entry)?;
+                let progress = opts.progress.as_deref();
+                let kept = self.keep_existing(
+                    &beneath,
+                    rel,
+                    &shown(rel),
+                    entry,
+                    &refs,
+                    owners,
+                    opts.overwrite,
+                    progress,
+                );
+                Ok(match kept {
+                    Ok(true) => Compared::Kept,
+                    Ok(false) => Compared::Write(rel, entry, refs),
+                    Err(e) => {
+                        fail(rel, &e);
+                        Compared::Failed
+                    }
+                })
+            })
+            .collect();
         let mut keyed = Vec::with_capacity(plan.files.len());
-        for (rel, entry) in &plan.files {
-            let refs = self.file_chunks(entry)?;
+        for c in compared {
+            let (rel, entry, refs) = match c? {
+                Compared::Write(rel, entry, refs) => (rel, entry, refs),
+                Compared::Kept => {
+                    summary.skipped += 1;
+                    continue;
+                }
+                Compared::Failed => continue,
+            };
             let ids: Vec<ChunkId> = refs.iter().map(|c| c.id).collect();
             let mut located = Vec::with_capacity(ids.len());
             for (c, loc) in refs.iter().zip(self.index.blobs(&ids)?) {
@@ -263,20 +301,12 @@ impl Repository {
             keyed.push((key, rel, entry, located));
         }
         keyed.sort_by_key(|k| k.0);
-        let written: Vec<Result<Option<FileOutcome>>> = keyed
+        let written: Vec<Result<Option<u64>>> = keyed
             .par_iter()
             .map(|(_, rel, entry, chunks)| {
                 let progress = opts.progress.as_deref();
-                let restored = self.restore_file(
-                    &beneath,
-                    rel,
-                    &shown(rel),
-                    entry,
-                    chunks,
-                    owners,
-                    opts.overwrite,
-                    progress,
-                );
+                let restored =
+                    self.restore_file(&beneath, rel, &shown(rel), entry, chunks, owners, progress);
                 match restored {
                     Ok(outcome) => Ok(Some(outcome)),
                     Err(
@@ -292,13 +322,9 @@ impl Repository {
             })
             .collect();
         for w in written {
-            match w? {
-                Some(FileOutcome::Written(n)) => {
-                    summary.bytes += n;
-                    summary.files += 1;
-                }
-                Some(FileOutcome::Skipped) => summary.skipped += 1,
-                None => {}
+            if let Some(n) = w? {
+                summary.bytes += n;
+                summary.files += 1;
             }
         }
         // Under `Never` an existing entry at a link's, symlink's or special's place stays.
@@ -338,22 +364,18 @@ impl Repository {
                 Err(e) => fail(link, &e),
             }
         }
-        for (rel, entry) in &plan.specials {
+        // Symlinks last: nothing is created through one.
+        for (rel, entry) in plan.specials.iter().chain(&plan.symlinks) {
             if never && exists(rel) {
                 summary.skipped += 1;
                 continue;
             }
-            match restore_special(&beneath, rel, &shown(rel), entry, owners) {
-                Ok(()) => summary.others += 1,
-                Err(e) => fail(rel, &e),
-            }
-        }
-        for (rel, entry) in &plan.symlinks {
-            if never && exists(rel) {
-                summary.skipped += 1;
-                continue;
-            }
-            match restore_symlink(&beneath, rel, &shown(rel), entry, owners) {
+            let created = if entry.kind == EntryKind::Symlink {
+                restore_symlink(&beneath, rel, &shown(rel), entry, owners)
+            } else {
+                restore_special(&beneath, rel, &shown(rel), entry, owners)
+            };
+            match created {
                 Ok(()) => summary.others += 1,
                 Err(e) => fail(rel, &e),
             }
@@ -431,6 +453,9 @@ impl Repository {
         opts: &RestoreOptions,
     ) -> Result<RestoreSummary> {
         let plan = self.plan_restore(snapshot, opts)?;
+        let owners = opts
+            .owners
+            .unwrap_or_else(|| rustix::process::geteuid().is_root());
         let beneath = Beneath::open_existing(target)?;
         let mut summary = RestoreSummary::default();
         let shown = |rel: &Path| target.join(rel).display().to_string();
@@ -461,13 +486,13 @@ impl Repository {
             let chunks = self.file_chunks(entry)?;
             let found = match parent(rel) {
                 Some((dir, name)) => {
-                    existing::existing_file(&dir, &name, entry, &chunks, opts.overwrite)
+                    existing::existing_file(&dir, &name, entry, &chunks, opts.overwrite, owners)
                         .unwrap_or(Existing::Differs)
                 }
                 None => Existing::Missing,
             };
             match found {
-                Existing::Same(_) | Existing::Kept => {
+                Existing::Same(_) | Existing::Kept | Existing::Unchanged => {
                     note(&mut summary, PlannedAction::Skip, rel);
                     summary.skipped += 1;
                 }
@@ -478,6 +503,19 @@ impl Repository {
                 }
             }
         }
+        let inode = |rel: &Path| {
+            parent(rel).and_then(|(dir, name)| {
+                rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW)
+                    .ok()
+                    .map(|st| (st.st_dev, st.st_ino))
+            })
+        };
+        let linked: HashSet<&Path> = plan
+            .links
+            .iter()
+            .filter(|(first, link)| inode(link).is_some() && inode(link) == inode(first))
+            .map(|(_, link)| link.as_path())
+            .collect();
         let others = plan
             .links
             .iter()
@@ -485,7 +523,7 @@ impl Repository {
             .chain(plan.specials.iter().map(|(r, _)| r.as_path()))
             .chain(plan.symlinks.iter().map(|(r, _)| r.as_path()));
         for rel in others {
-            if never && exists(rel) {
+            if (never && exists(rel)) || linked.contains(rel) {
                 note(&mut summary, PlannedAction::Skip, rel);
                 summary.skipped += 1;
             } else {
@@ -509,6 +547,49 @@ impl Repository {
         Ok(summary)
     }
 
+    /// Whether the file at `rel` already is the snapshot's (or stays, under `Never`): then
+    /// its metadata is made the snapshot's where it differs and it is not written.
+    #[allow(clippy::too_many_arguments)]
+    fn keep_existing(
+        &self,
+        beneath: &Beneath,
+        rel: &Path,
+        path: &Path,
+        entry: &Entry,
+        refs: &[ChunkRef],
+        owners: bool,
+        overwrite: Overwrite,
+        progress: Option<&Progress>,
+    ) -> Result<bool> {
+        let (parent, name) = beneath.parent(rel).at(path)?;
+        let kept = match existing::existing_file(&parent, name, entry, refs, overwrite, owners)
+            .at(path)?
+        {
+            Existing::Missing | Existing::Differs => return Ok(false),
+            Existing::Kept | Existing::Unchanged => true,
+            Existing::Same(fd) => {
+                // Same content: only the metadata is made the snapshot's.
+                let st = rustix::fs::fstat(&fd)
+                    .map_err(std::io::Error::from)
+                    .at(path)?;
+                if !existing::meta_matches(&st, entry, owners) || !entry.xattrs.is_empty() {
+                    apply_meta(&fd, path, entry, owners)?;
+                } else if !same_times(&st, entry) {
+                    rustix::fs::futimens(&fd, &times(entry))
+                        .map_err(std::io::Error::from)
+                        .at(path)?;
+                }
+                existing::drop_extra_xattrs(&fd, entry).at(path)?;
+                true
+            }
+        };
+        if let Some(p) = progress {
+            p.bytes.fetch_add(entry.attrs.size, Ordering::Relaxed);
+            p.files.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(kept)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn restore_file(
         &self,
@@ -518,27 +599,8 @@ impl Repository {
         entry: &Entry,
         chunks: &[(ChunkRef, BlobLoc)],
         owners: bool,
-        overwrite: Overwrite,
         progress: Option<&Progress>,
-    ) -> Result<FileOutcome> {
-        {
-            let (parent, name) = beneath.parent(rel).at(path)?;
-            let refs: Vec<ChunkRef> = chunks.iter().map(|(c, _)| *c).collect();
-            match existing::existing_file(&parent, name, entry, &refs, overwrite).at(path)? {
-                Existing::Kept => return Ok(FileOutcome::Skipped),
-                Existing::Same(fd) => {
-                    // Same content: only the metadata is made the snapshot's.
-                    apply_meta(&fd, path, entry, owners)?;
-                    existing::drop_extra_xattrs(&fd, entry).at(path)?;
-                    if let Some(p) = progress {
-                        p.bytes.fetch_add(entry.attrs.size, Ordering::Relaxed);
-                        p.files.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return Ok(FileOutcome::Skipped);
-                }
-                Existing::Missing | Existing::Differs => {}
-            }
-        }
+    ) -> Result<u64> {
         let (parent, name) = beneath.make_room(rel, path)?;
         let fd = rustix::fs::openat(
             &parent,
@@ -563,8 +625,14 @@ impl Repository {
         if let Some(p) = progress {
             p.files.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(FileOutcome::Written(written))
+        Ok(written)
     }
+}
+
+/// Whether a file's mtime already is the entry's (atime is not compared).
+fn same_times(st: &rustix::fs::Stat, entry: &Entry) -> bool {
+    i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec)
+        == i128::from(entry.attrs.mtime_ns)
 }
 
 /// Writes `data` at the current position, seeking over all-zero 4 KiB blocks instead of
