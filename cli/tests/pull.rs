@@ -232,6 +232,35 @@ fn pull_restores_exactly_and_an_unchanged_repull_sends_almost_nothing() {
     assert_eq!(hosts[0]["latest"]["status"], "complete");
 }
 
+/// A chunk damaged in the repository is stored again by the next pull of the host that still
+/// has it, although the file did not change there: the agent is asked for it.
+#[test]
+fn the_next_pull_stores_a_damaged_chunk_again() {
+    let f = fleet("");
+    f.pull_ok(&["client1"]);
+    let file = f.data.join("sub/random.bin");
+    let chunk = common::file_chunk(&f.repo, "client1@latest", &file, 0);
+    let damaged = common::damage_blob(&f.repo, &chunk);
+    let out = xstore(&f.repo, &["--json", "verify"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let again = f.pull_ok(&["client1"]);
+    assert_eq!(host_report(&again, "client1")["outcome"], "ok", "{again}");
+    let snaps = f.snapshots_of("client1");
+    // random.bin and its copy share the chunk: both are read again, one blob is stored.
+    assert_eq!(snaps[1]["stats"]["files_read"], 2, "{}", snaps[1]);
+    assert_eq!(snaps[1]["stats"]["new_blobs"], 1, "{}", snaps[1]);
+    let handle = xstore::Repository::open_read_only(&f.repo).unwrap();
+    assert!(handle.damaged_blobs().unwrap().is_empty());
+    assert_ne!(handle.blob_location(&chunk).unwrap().unwrap().pack, damaged);
+    drop(handle);
+    f.restore_and_compare("client1@latest");
+    // The first snapshot shares the chunk: it restores again too.
+    let first = snaps[0]["id"].as_str().unwrap();
+    let target = f.root.join("restore-first");
+    ok(&f.repo, &["restore", first, target.to_str().unwrap()]);
+    assert_same_tree(&f.data, &restored_path(&target, &f.data), true);
+}
+
 #[test]
 fn the_key_runs_nothing_but_the_agent() {
     let f = fleet("");

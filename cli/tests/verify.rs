@@ -118,25 +118,8 @@ fn a_flipped_bit_is_named_and_the_next_backup_stores_the_chunk_again() {
         .unwrap()
         .to_string();
     let churn = src.canonicalize().unwrap().join("churn.bin");
-    let handle = xstore::Repository::open_read_only(&repo).unwrap();
-    let snapshot = handle.resolve(&snap).unwrap();
-    let entry = match handle.lookup(&snapshot, churn.to_str().unwrap()).unwrap() {
-        xstore::Node::Entry(e) => e,
-        xstore::Node::Root(_) => unreachable!(),
-    };
-    let chunk = handle.file_chunks(&entry).unwrap()[1].id;
-    let loc = handle.blob_location(&chunk).unwrap().unwrap();
-    drop(handle);
-    let pack = repo
-        .join("packs")
-        .join(&loc.pack.to_string()[..2])
-        .join(format!("{}.pack", loc.pack));
-    let mut bytes = fs::read(&pack).unwrap();
-    let at = loc.offset as usize + 48 + 10;
-    bytes[at] ^= 0x04;
-    // The pack file is read-only like every sealed pack: replace it as damage would.
-    fs::remove_file(&pack).unwrap();
-    fs::write(&pack, &bytes).unwrap();
+    let chunk = common::file_chunk(&repo, &snap, &churn, 1);
+    let damaged_pack = common::damage_blob(&repo, &chunk);
 
     let out = xstore(&repo, &["--json", "verify"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
@@ -144,7 +127,7 @@ fn a_flipped_bit_is_named_and_the_next_backup_stores_the_chunk_again() {
     let damaged = report["damaged"].as_array().unwrap();
     assert_eq!(damaged.len(), 1, "{report}");
     assert_eq!(damaged[0]["blob"], chunk.to_string());
-    assert_eq!(damaged[0]["pack"], loc.pack.to_string());
+    assert_eq!(damaged[0]["pack"], damaged_pack.to_string());
     let paths = damaged[0]["paths"].as_array().unwrap();
     assert!(
         paths
@@ -180,7 +163,7 @@ fn a_flipped_bit_is_named_and_the_next_backup_stores_the_chunk_again() {
     let handle = xstore::Repository::open_read_only(&repo).unwrap();
     assert!(handle.damaged_blobs().unwrap().is_empty());
     let moved = handle.blob_location(&chunk).unwrap().unwrap();
-    assert_ne!(moved.pack, loc.pack);
+    assert_ne!(moved.pack, damaged_pack);
     drop(handle);
     let dst = work.path().join("healed");
     ok(&repo, &["restore", &snap, dst.to_str().unwrap()]);

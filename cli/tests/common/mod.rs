@@ -85,3 +85,32 @@ pub fn snapshot_mixed_with_garbage(repo: &Path, host: &str, src: &Path, junk: &P
     ok(repo, &["backup", "-q", "--host", host, "--no-tier", s, j]);
     ok(repo, &["forget", "--host", host, "--keep-last", "1"]);
 }
+
+/// The id of chunk `n` of the file at `path` in `snapshot` (an id prefix or `HOST@latest`).
+pub fn file_chunk(repo: &Path, snapshot: &str, path: &Path, n: usize) -> xstore::ChunkId {
+    let handle = xstore::Repository::open_read_only(repo).unwrap();
+    let snapshot = handle.resolve(snapshot).unwrap();
+    let entry = match handle.lookup(&snapshot, path.to_str().unwrap()).unwrap() {
+        xstore::Node::Entry(e) => e,
+        xstore::Node::Root(_) => panic!("{} is the root", path.display()),
+    };
+    handle.file_chunks(&entry).unwrap()[n].id
+}
+
+/// Flips one bit in the stored bytes of `blob`, as a failing disk would; returns its pack.
+pub fn damage_blob(repo: &Path, blob: &xstore::ChunkId) -> xstore::ChunkId {
+    let handle = xstore::Repository::open_read_only(repo).unwrap();
+    let loc = handle.blob_location(blob).unwrap().unwrap();
+    drop(handle);
+    let hex = loc.pack.to_string();
+    let pack = repo
+        .join("packs")
+        .join(&hex[..2])
+        .join(format!("{hex}.pack"));
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[loc.offset as usize + 48 + 10] ^= 0x04;
+    // Sealed packs are read-only: replace the file, as damage underneath would.
+    std::fs::remove_file(&pack).unwrap();
+    std::fs::write(&pack, &bytes).unwrap();
+    loc.pack
+}
