@@ -232,6 +232,9 @@ impl Repository {
         // place) fails with everything below it. Under `Never`, a directory that existed
         // keeps its metadata.
         let mut made: HashMap<&Path, (u64, u64)> = HashMap::new();
+        // Directories this restore created: nothing stood in them to compare with (an entry
+        // another user slips in meanwhile is replaced by the O_EXCL create as before).
+        let mut created_here: HashSet<&Path> = HashSet::new();
         for (rel, _) in &plan.dirs {
             let made_dir = beneath
                 .parent(rel)
@@ -241,6 +244,9 @@ impl Repository {
                 Ok((id, created)) => {
                     if created || !never {
                         made.insert(rel.as_path(), id);
+                    }
+                    if created {
+                        created_here.insert(rel.as_path());
                     }
                 }
                 Err(e) => fail(rel, &e),
@@ -261,6 +267,9 @@ impl Repository {
             .par_iter()
             .map(|(rel, entry)| {
                 let refs = self.file_chunks(entry)?;
+                if rel.parent().is_some_and(|p| created_here.contains(p)) {
+                    return Ok(Compared::Write(rel, entry, refs));
+                }
                 let progress = opts.progress.as_deref();
                 let kept = self.keep_existing(
                     &beneath,
