@@ -45,6 +45,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "bench-internals")]
+pub mod bench_internals;
 mod commands;
 mod error;
 mod failpoint;
