@@ -52,6 +52,11 @@ impl BenchIndex {
         Ok(n)
     }
 
+    /// Compacts the blob records fully, as an index left idle ends up.
+    pub fn compact(&self) -> Result<()> {
+        self.0.compact_blobs()
+    }
+
     /// Writes the memtables to table files (as a writer's close does).
     pub fn flush(&self) -> Result<()> {
         self.0.flush()

@@ -100,7 +100,7 @@ fn rate(index: &BenchIndex, count: u64, threads: usize, ids: fn(u64) -> ChunkId)
 }
 
 fn row(what: &str, value: String) {
-    println!("{what:<52} {value}");
+    println!("{what:<58} {value}");
 }
 
 fn main() {
@@ -151,14 +151,6 @@ fn main() {
     // Enough lookups for a stable rate; at 10 M records and beyond a cold point lookup is
     // slow enough that more would only lengthen the run.
     let probes = n.clamp(10_000, 200_000);
-    for threads in [1, 2] {
-        let (r, found) = rate(&index, probes, threads, absent_id);
-        assert_eq!(found, 0);
-        row(
-            &format!("absent-id lookups, {threads} thread(s)"),
-            format!("{r:.0}/s"),
-        );
-    }
     // Present ids in an order unrelated to their key order (ids are hashes).
     fn spread(k: u64) -> ChunkId {
         present_id(
@@ -167,13 +159,33 @@ fn main() {
         )
     }
     SCALE_N.store(n, std::sync::atomic::Ordering::Relaxed);
-    for threads in [1, 2] {
-        let (r, found) = rate(&index, probes.min(n), threads, spread);
-        assert_eq!(found, probes.min(n));
-        row(
-            &format!("present-id lookups, {threads} thread(s)"),
-            format!("{r:.0}/s"),
-        );
+    // First as the bulk commits left it (compactions still running in the background, as
+    // after a large first backup), then fully compacted (an index left idle).
+    for state in ["after the commits", "compacted"] {
+        if state == "compacted" {
+            let t = Instant::now();
+            index.compact().unwrap_or_else(|e| panic!("compact: {e}"));
+            row(
+                "full compaction",
+                format!("{:.1} s", t.elapsed().as_secs_f64()),
+            );
+        }
+        for threads in [1, 2] {
+            let (r, found) = rate(&index, probes, threads, absent_id);
+            assert_eq!(found, 0);
+            row(
+                &format!("absent-id lookups, {threads} thread(s), {state}"),
+                format!("{r:.0}/s"),
+            );
+        }
+        for threads in [1, 2] {
+            let (r, found) = rate(&index, probes.min(n), threads, spread);
+            assert_eq!(found, probes.min(n));
+            row(
+                &format!("present-id lookups, {threads} thread(s), {state}"),
+                format!("{r:.0}/s"),
+            );
+        }
     }
     let t = Instant::now();
     let mut missing = 0usize;
