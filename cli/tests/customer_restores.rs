@@ -523,3 +523,57 @@ fn restore_in_place_rewrites_only_what_differs() {
         fs::read(src.join("www/page8.html")).unwrap()
     );
 }
+
+/// `dump -o` into a directory another user can change: a symlink planted there is not
+/// followed, so the archive cannot be led into a directory of the planter's choosing.
+#[test]
+fn dump_never_follows_a_symlink_another_user_could_plant() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = (work.path().join("repo"), work.path().join("src"));
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    ok(&repo, &["init"]);
+    let id = backup(&repo, "h", &src);
+    let shared = work.path().join("shared");
+    let victim = work.path().join("victim");
+    fs::create_dir(&shared).unwrap();
+    fs::create_dir(&victim).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::symlink(&victim, shared.join("out")).unwrap();
+    let dest = shared.join("out/archive.tar");
+    let out = xstore(
+        &repo,
+        &[
+            "dump",
+            &id,
+            src.canonicalize().unwrap().to_str().unwrap(),
+            "-o",
+            dest.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert_eq!(
+        fs::read_dir(&victim).unwrap().count(),
+        0,
+        "wrote through the planted symlink"
+    );
+    // The same directory reached without the symlink works, and leaves no temporary.
+    let dest = victim.join("archive.tar");
+    ok(
+        &repo,
+        &[
+            "dump",
+            &id,
+            src.canonicalize().unwrap().to_str().unwrap(),
+            "-o",
+            dest.to_str().unwrap(),
+        ],
+    );
+    let names: Vec<_> = fs::read_dir(&victim)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("archive.tar")]);
+}

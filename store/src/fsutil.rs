@@ -61,22 +61,12 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Creates `path` with `bytes` durably, never replacing a file that exists (which is an
-/// `AlreadyExists` error).
+/// `AlreadyExists` error): written under a temporary name, then hard-linked into place,
+/// which fails instead of overwriting.
 pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_new_with(path, bytes_filler(bytes))
-}
-
-/// Creates `path` durably with what `fill` writes, never replacing a file that exists (an
-/// `AlreadyExists` error): written under a temporary name, then hard-linked into place, which
-/// fails instead of overwriting. On any failure nothing is left at `path`.
-pub(crate) fn write_new_with<T>(
-    path: &Path,
-    fill: impl FnOnce(&mut File, &Path) -> Result<T>,
-) -> Result<T> {
-    let (tmp, dir, out) = write_temp(path, fill)?;
+    let (tmp, dir, ()) = write_temp(path, bytes_filler(bytes))?;
     let linked = fs::hard_link(&tmp, path).at(path);
     let _ = fs::remove_file(&tmp);
     linked?;
-    sync_dir(dir)?;
-    Ok(out)
+    sync_dir(dir)
 }

@@ -274,9 +274,12 @@ impl Repository {
         }
     }
 
-    /// [`Repository::dump`] into a new file at `dest`, written under a temporary name, synced
-    /// and linked into place: `dest` never exists half-written, and an existing `dest` is an
-    /// error (`AlreadyExists`), never overwritten.
+    /// [`Repository::dump`] into a new file at `dest`. The directory is reached as a restore
+    /// target is (from `/`, no symlink followed that another user could have planted), and
+    /// everything after that goes through its descriptor: a temporary created `O_EXCL |
+    /// O_NOFOLLOW` (mode 0600), written, fsynced, hard-linked to `dest` (which fails instead of
+    /// overwriting), then the directory fsynced. `dest` never exists half-written, and an
+    /// existing `dest` is an error (`AlreadyExists`).
     pub fn dump_to_file(
         &self,
         snapshot: &Snapshot,
@@ -284,24 +287,50 @@ impl Repository {
         format: Option<DumpFormat>,
         dest: &std::path::Path,
     ) -> Result<DumpSummary> {
-        if dest.symlink_metadata().is_ok() {
-            return Err(Error::Io {
-                path: dest.to_path_buf(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "exists; dump never overwrites a file",
-                ),
-            });
+        use rustix::fs::{AtFlags, Mode, OFlags};
+        let at = |source: std::io::Error| Error::Io {
+            path: dest.to_path_buf(),
+            source,
+        };
+        let name = dest.file_name().ok_or_else(|| {
+            Error::InvalidArgument(format!("{}: not a file name", dest.display()))
+        })?;
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        let dir = crate::commands::restore::open_existing_dir(parent)?;
+        if rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+            return Err(at(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists; dump never overwrites a file",
+            )));
         }
-        crate::fsutil::write_new_with(dest, |file, tmp| {
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        let tmp = format!(".{}.tmp{}", name.to_string_lossy(), std::process::id());
+        // A temporary of an earlier crashed run with this process id goes first.
+        let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
+        let fd = rustix::fs::openat(
+            &dir,
+            tmp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| at(e.into()))?;
+        let written = (|| -> Result<DumpSummary> {
+            let file = std::fs::File::from(fd);
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
             let summary = self.dump(snapshot, path, format, &mut out)?;
-            out.flush().map_err(|source| Error::Io {
-                path: tmp.to_path_buf(),
-                source,
-            })?;
+            out.flush().map_err(at)?;
+            drop(out);
+            file.sync_all().map_err(at)?;
+            rustix::fs::linkat(&dir, tmp.as_str(), &dir, name, AtFlags::empty())
+                .map_err(|e| at(e.into()))?;
             Ok(summary)
-        })
+        })();
+        let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
+        let summary = written?;
+        rustix::fs::fsync(&dir).map_err(|e| at(e.into()))?;
+        Ok(summary)
     }
 
     /// A file's data and holes: zero chunks are holes without being read; data chunks are

@@ -282,6 +282,7 @@ impl Index {
     }
 
     /// Compacts the blob column family fully and waits for it (benchmarks: a settled index).
+    #[cfg(feature = "bench-internals")]
     pub(crate) fn compact_blobs(&self) -> Result<()> {
         let cf = self.cf(CF_BLOBS)?;
         self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);

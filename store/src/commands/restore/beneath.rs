@@ -115,7 +115,7 @@ const MAX_TARGET_SYMLINKS: usize = 40;
 /// that no other user can write (owned by root or by us, not group- or world-writable): a
 /// customer who owns a directory on the target's path can swap an entry there for a symlink
 /// to `/etc`, and the restore must then refuse instead of following it.
-fn open_target(target: &Path, create: bool) -> Result<OwnedFd> {
+pub(super) fn open_target(target: &Path, create: bool) -> Result<OwnedFd> {
     use std::collections::VecDeque;
     use std::ffi::OsString;
     use std::path::Component;

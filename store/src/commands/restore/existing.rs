@@ -132,7 +132,8 @@ pub(super) fn drop_extra_xattrs(fd: &OwnedFd, entry: &Entry) -> std::io::Result<
     Ok(())
 }
 
-fn same_mtime(st: &rustix::fs::Stat, entry: &Entry) -> bool {
+/// Whether a file's mtime already is the entry's (atime is not compared).
+pub(super) fn same_mtime(st: &rustix::fs::Stat, entry: &Entry) -> bool {
     i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec)
         == i128::from(entry.attrs.mtime_ns)
 }

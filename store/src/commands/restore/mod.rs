@@ -31,6 +31,13 @@ mod existing;
 
 pub use existing::Overwrite;
 
+/// An existing directory, reached from `/` as a restore target is (a symlink on the way is
+/// followed only where no other user could have planted it); other writers (`dump -o`) create
+/// their files through the returned descriptor.
+pub(crate) fn open_existing_dir(path: &Path) -> Result<OwnedFd> {
+    beneath::open_target(path, false)
+}
+
 use crate::error::{Error, IoContext, Result};
 use crate::index::BlobLoc;
 use crate::repo::{poisoned, Node, Repository};
@@ -583,7 +590,7 @@ impl Repository {
                     .at(path)?;
                 if !existing::meta_matches(&st, entry, owners) || !entry.xattrs.is_empty() {
                     apply_meta(&fd, path, entry, owners)?;
-                } else if !same_times(&st, entry) {
+                } else if !existing::same_mtime(&st, entry) {
                     rustix::fs::futimens(&fd, &times(entry))
                         .map_err(std::io::Error::from)
                         .at(path)?;
@@ -636,12 +643,6 @@ impl Repository {
         }
         Ok(written)
     }
-}
-
-/// Whether a file's mtime already is the entry's (atime is not compared).
-fn same_times(st: &rustix::fs::Stat, entry: &Entry) -> bool {
-    i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec)
-        == i128::from(entry.attrs.mtime_ns)
 }
 
 /// Writes `data` at the current position, seeking over all-zero 4 KiB blocks instead of
