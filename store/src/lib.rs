@@ -103,7 +103,7 @@ pub use source::{FetchedChunk, LocalSource, RootedSource, Source, SourceFile};
 pub use txn::Released;
 pub use xstore_format::bytes::to_hex;
 pub use xstore_format::config::{Config, InitOptions};
-pub use xstore_format::meta::{EntryMeta, SourceKind};
+pub use xstore_format::meta::{Attrs, EntryMeta, SourceKind};
 pub use xstore_format::pack::BlobKind;
 pub use xstore_format::records::{BlobLoc, HostRecord, PackRecord};
 pub use xstore_format::snapshot::{PathError, Snapshot, SnapshotId, SnapshotStats, SnapshotStatus};
