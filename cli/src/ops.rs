@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use xstore::ops::monitor::{usage_check, FreshnessOptions, FreshnessTarget, PluginReport};
+use xstore::ops::monitor::{
+    account_states, usage_check, FreshnessOptions, FreshnessTarget, PluginReport,
+};
 use xstore::{Inventory, Repository, Usage};
 
 use crate::pull::DEFAULT_INVENTORY;
@@ -301,24 +303,19 @@ fn usage_header(first: &str, second: &str) -> String {
 pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
     let inv = args.inventory.load()?;
     let repo = open_ro(cli)?;
-    let all = repo.snapshots()?;
     let account_of = |h: &str| {
         inv.as_ref()
             .and_then(|i| i.host(h))
             .map(|s| s.account.clone())
             .unwrap_or_default()
     };
-    let host_usage = |h: &str| -> Result<Usage> {
-        let of_host: Vec<xstore::Snapshot> = all.iter().filter(|s| s.host == h).cloned().collect();
-        Ok(repo.usage_of(&of_host)?)
-    };
     if let Some(h) = &args.host {
-        xstore_format::snapshot::validate_host(h).map_err(anyhow::Error::msg)?;
+        let of_host = repo.host_snapshots(h)?;
         anyhow::ensure!(
-            all.iter().any(|s| &s.host == h),
+            !of_host.is_empty(),
             "host {h} has no snapshots in this repository"
         );
-        let usage = host_usage(h)?;
+        let usage = repo.usage_of(&of_host)?;
         let snaps = repo.snapshot_usage(h)?;
         if cli.json {
             print_json(&serde_json::json!({
@@ -354,6 +351,9 @@ pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
         (Some(i), None) => i.accounts.clone(),
         (None, None) => Vec::new(),
     };
+    // One pass computes every host's and every account's usage.
+    let groups: Vec<Vec<String>> = accounts.iter().map(|a| a.hosts.clone()).collect();
+    let fleet = repo.fleet_usage(&groups)?;
     let hosts: Vec<String> = match &args.account {
         Some(_) => accounts.iter().flat_map(|a| a.hosts.clone()).collect(),
         None => {
@@ -361,19 +361,19 @@ pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
                 .as_ref()
                 .map(|i| i.hosts.iter().map(|h| h.name.clone()).collect())
                 .unwrap_or_default();
-            for h in repo_hosts(&repo)? {
-                if !v.contains(&h) {
-                    v.push(h);
-                }
-            }
+            let listed: std::collections::HashSet<String> = v.iter().cloned().collect();
+            v.extend(fleet.hosts.keys().filter(|h| !listed.contains(*h)).cloned());
             v
         }
     };
-    let account_usage = repo.account_usage(&accounts, 1.0, f64::INFINITY)?;
-    let mut host_rows = Vec::new();
-    for h in &hosts {
-        host_rows.push((h.clone(), account_of(h), host_usage(h)?));
-    }
+    let account_usage = account_states(&accounts, &fleet, 1.0, f64::INFINITY);
+    let host_rows: Vec<(String, String, Usage)> = hosts
+        .iter()
+        .map(|h| {
+            let usage = fleet.hosts.get(h).cloned().unwrap_or_default();
+            (h.clone(), account_of(h), usage)
+        })
+        .collect();
     if cli.json {
         let hosts_json: Vec<serde_json::Value> = host_rows
             .iter()

@@ -20,6 +20,30 @@ fn ids_of(repo: &Repository) -> Vec<String> {
         .collect()
 }
 
+/// `host_snapshots` lists, host by host, exactly what filtering every record gives (the
+/// per-host keys when the index has them, the fallback scan when it does not).
+fn assert_host_listings(repo: &Repository) {
+    let all = repo.snapshots().unwrap();
+    let mut hosts: Vec<&str> = all.iter().map(|s| s.host.as_str()).collect();
+    hosts.dedup();
+    assert!(hosts.len() >= 2, "{hosts:?}");
+    for h in hosts {
+        let want: Vec<String> = all
+            .iter()
+            .filter(|s| s.host == h)
+            .map(|s| s.id.to_string())
+            .collect();
+        let got: Vec<String> = repo
+            .host_snapshots(h)
+            .unwrap()
+            .iter()
+            .map(|s| s.id.to_string())
+            .collect();
+        assert_eq!(got, want, "host {h}");
+    }
+    assert!(repo.host_snapshots("never-seen").unwrap().is_empty());
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for item in std::fs::read_dir(from).unwrap() {
@@ -83,6 +107,8 @@ fn an_old_repository_reads_exactly() {
     }
     let report = repo.check(Default::default()).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+    // Read-only, the old index has no per-host keys: the listing falls back to a scan.
+    assert_host_listings(&repo);
 }
 
 #[test]
@@ -93,6 +119,8 @@ fn an_old_repository_takes_writes_gc_and_repair() {
     std::fs::write(src.join("n.bin"), xstore_tests::seeded_bytes(3, 200_000)).unwrap();
     {
         let repo = Repository::open(&path).unwrap();
+        // The writable open gave every old record its per-host key.
+        assert_host_listings(&repo);
         repo.backup(
             &LocalSource,
             &BackupOptions {
@@ -110,6 +138,7 @@ fn an_old_repository_takes_writes_gc_and_repair() {
         xstore_tests::gc_all_dead(&repo);
         let report = repo.check(Default::default()).unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_host_listings(&repo);
     }
     let report = Repository::repair_index(&path).unwrap();
     assert!(report.skipped.is_empty(), "{report:?}");
@@ -120,4 +149,5 @@ fn an_old_repository_takes_writes_gc_and_repair() {
     assert!(repo.snapshot(&SECOND.parse().unwrap()).unwrap().pinned);
     assert_restores_as_written(&repo, SECOND, 2, &work.path().join("after"));
     assert!(repo.check(Default::default()).unwrap().problems.is_empty());
+    assert_host_listings(&repo);
 }

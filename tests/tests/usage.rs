@@ -172,3 +172,94 @@ fn usage_of_nothing_is_zero() {
     assert_eq!(repo.usage_of(&[]).unwrap(), xstore::Usage::default());
     assert!(repo.snapshot_usage("web1").unwrap().is_empty());
 }
+
+/// `fleet_usage` (one pass for the whole fleet, what `du` and the account checks use) gives
+/// exactly what `usage_of` gives host by host and group by group: hosts sharing a directory,
+/// a multi-chunk file (a chunk list) shared by two of them, a host's data changing between
+/// its snapshots, and a group naming a host without snapshots.
+#[test]
+fn fleet_usage_equals_usage_of_for_every_host_and_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let dirs: Vec<std::path::PathBuf> = ["shared", "ab", "a", "b", "c"]
+        .iter()
+        .map(|d| root.join(d))
+        .collect();
+    for (k, dir) in dirs.iter().enumerate() {
+        std::fs::create_dir(dir).unwrap();
+        for i in 0..3u64 {
+            std::fs::write(
+                dir.join(format!("f{i}")),
+                seeded_bytes(k as u64 * 10 + i, 40_000),
+            )
+            .unwrap();
+        }
+    }
+    // Large enough for several chunks: a chunk list, referenced by hosts a and b.
+    std::fs::write(dirs[1].join("big"), seeded_bytes(77, 900_000)).unwrap();
+    let (shared, ab, a, b, c) = (&dirs[0], &dirs[1], &dirs[2], &dirs[3], &dirs[4]);
+    // Tiny chunks, so that `big` has more chunks than a tree entry holds inline.
+    let repo = Repository::init(
+        &root.join("repo"),
+        &xstore::InitOptions {
+            chunker: xstore::ChunkerParams::new(64, 256, 1024).unwrap(),
+            compression_level: 3,
+            pack_size: 1 << 20,
+        },
+    )
+    .unwrap();
+    let a1 = backup(&repo, "web-a", &[shared, ab, a]);
+    std::fs::write(a.join("f0"), seeded_bytes(99, 50_000)).unwrap();
+    let a2 = backup(&repo, "web-a", &[shared, ab, a]);
+    let b1 = backup(&repo, "web-b", &[shared, ab, b]);
+    let c1 = backup(&repo, "web-c", &[shared, c]);
+    let c2 = backup(&repo, "web-c", &[c]);
+    let big = repo.lookup(&b1, &format!("{}/big", ab.display())).unwrap();
+    assert!(
+        matches!(big, xstore::Node::Entry(ref e) if matches!(e.content, Content::ChunkList(_))),
+        "{big:?}"
+    );
+
+    let groups: Vec<Vec<String>> = vec![
+        vec!["web-a".into(), "web-b".into()],
+        vec!["web-c".into()],
+        vec!["web-a".into(), "web-b".into(), "web-c".into()],
+        vec!["web-b".into(), "never-backed-up".into()],
+        vec![],
+    ];
+    let fleet = repo.fleet_usage(&groups).unwrap();
+    assert_eq!(
+        fleet.hosts.keys().collect::<Vec<_>>(),
+        ["web-a", "web-b", "web-c"]
+    );
+    for (host, snaps) in [
+        ("web-a", vec![a1.clone(), a2.clone()]),
+        ("web-b", vec![b1.clone()]),
+        ("web-c", vec![c1.clone(), c2.clone()]),
+    ] {
+        let want = repo.usage_of(&snaps).unwrap();
+        assert!(
+            want.exclusive_bytes > 0 && want.shared_bytes > 0,
+            "{host}: {want:?}"
+        );
+        assert_eq!(fleet.hosts[host], want, "host {host}");
+    }
+    let group_snaps = [
+        vec![a1.clone(), a2.clone(), b1.clone()],
+        vec![c1.clone(), c2.clone()],
+        vec![a1, a2, b1.clone(), c1, c2],
+        vec![b1],
+        vec![],
+    ];
+    for (g, snaps) in group_snaps.iter().enumerate() {
+        assert_eq!(
+            fleet.groups[g],
+            repo.usage_of(snaps).unwrap(),
+            "group {:?}",
+            groups[g]
+        );
+    }
+    // The whole fleet shares nothing with anyone.
+    assert_eq!(fleet.groups[2].shared_bytes, 0);
+    assert!(fleet.groups[0].shared_bytes > 0, "a and b share with c");
+}

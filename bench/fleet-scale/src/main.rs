@@ -16,13 +16,12 @@
 //! tier and time it would hold in the steady state. Prints numbers and asserts nothing
 //! about time.
 
-use std::collections::BTreeMap;
 use std::io::{self, Cursor, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use xstore::ops::monitor::{FreshnessOptions, FreshnessTarget};
+use xstore::ops::monitor::{account_states, FreshnessOptions, FreshnessTarget};
 use xstore::retention::KeepPolicy;
 use xstore::{
     BackupOptions, EntryMeta, GcOptions, InitOptions, Inventory, Repository, Snapshot, Source,
@@ -142,7 +141,11 @@ impl FleetSource {
             0 => (i as u64, 512 + (i * 7_919) % 7_680, BASE_NS),
             v => {
                 let seed = mix(self.tree.host, u64::from(v), i as u64);
-                (seed, 100 + (seed % 400) as usize, BASE_NS + i64::from(v) * HOUR_NS)
+                (
+                    seed,
+                    100 + (seed % 400) as usize,
+                    BASE_NS + i64::from(v) * HOUR_NS,
+                )
             }
         }
     }
@@ -197,12 +200,7 @@ impl Source for FleetSource {
     fn list(&self, dir: &Path) -> io::Result<Listing> {
         let dirs = |range: std::ops::Range<usize>, prefix: char| -> Listing {
             range
-                .map(|k| {
-                    (
-                        format!("{prefix}{k:05}").into_bytes(),
-                        Ok(Self::dir_meta()),
-                    )
-                })
+                .map(|k| (format!("{prefix}{k:05}").into_bytes(), Ok(Self::dir_meta())))
                 .collect()
         };
         match self.parse(dir)? {
@@ -224,7 +222,10 @@ impl Source for FleetSource {
     }
 
     fn read_link(&self, path: &Path) -> io::Result<Vec<u8>> {
-        Err(io::Error::other(format!("{}: not a symlink", path.display())))
+        Err(io::Error::other(format!(
+            "{}: not a symlink",
+            path.display()
+        )))
     }
 
     fn xattrs(&self, _: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -279,7 +280,10 @@ fn slot(r: usize, s: usize) -> (&'static str, i64) {
     } else if from_newest < hourly + 11 {
         ("weekly", (2 + (from_newest - hourly - 7) as i64) * 7 * day)
     } else {
-        ("monthly", (2 + (from_newest - hourly - 11) as i64) * 30 * day)
+        (
+            "monthly",
+            (2 + (from_newest - hourly - 11) as i64) * 30 * day,
+        )
     }
 }
 
@@ -307,7 +311,13 @@ impl Params {
     }
 }
 
-fn backup(repo: &Repository, tree: HostTree, host: &str, tier: &str, time_ns: i64) -> Res<Snapshot> {
+fn backup(
+    repo: &Repository,
+    tree: HostTree,
+    host: &str,
+    tier: &str,
+    time_ns: i64,
+) -> Res<Snapshot> {
     let source = FleetSource {
         tree: Arc::new(tree),
     };
@@ -544,11 +554,7 @@ fn main() -> Res<()> {
         || {
             let repo = open()?;
             let host = host_name(0);
-            let of_host: Vec<Snapshot> = repo
-                .snapshots()?
-                .into_iter()
-                .filter(|s| s.host == host)
-                .collect();
+            let of_host = repo.host_snapshots(&host)?;
             let usage = repo.usage_of(&of_host)?;
             let per = repo.snapshot_usage(&host)?;
             Ok((usage, per.len()))
@@ -558,20 +564,14 @@ fn main() -> Res<()> {
     timed(
         "du --inventory (every account and host)",
         || {
+            // As `xstore du` does: one pass for every host and account.
             let repo = open()?;
-            let all = repo.snapshots()?;
-            let mut by_host: BTreeMap<&str, Vec<Snapshot>> = BTreeMap::new();
-            for s in &all {
-                by_host.entry(s.host.as_str()).or_default().push(s.clone());
-            }
-            let accounts = repo.account_usage(&inv.accounts, 1.0, f64::INFINITY)?;
-            let mut bytes = 0;
-            for snaps in by_host.values() {
-                bytes += repo.usage_of(snaps)?.referenced_bytes;
-            }
-            Ok((accounts.len(), bytes))
+            let groups: Vec<Vec<String>> = inv.accounts.iter().map(|a| a.hosts.clone()).collect();
+            let fleet = repo.fleet_usage(&groups)?;
+            let accounts = account_states(&inv.accounts, &fleet, 1.0, f64::INFINITY);
+            Ok((accounts.len(), fleet.hosts.len()))
         },
-        |(a, _)| format!("{a} accounts"),
+        |(a, h)| format!("{a} accounts, {h} hosts"),
     )?;
     timed(
         "metrics --inventory",

@@ -335,6 +335,15 @@ impl Repository {
                 });
             }
         }
+        for message in self.index.host_snapshot_keys_problems(&snapshots)? {
+            problems.push(Problem {
+                message,
+                blob: None,
+                pack: None,
+                snapshot: None,
+                path: None,
+            });
+        }
         // Dead bytes: every blob byte of a pack that is not a live blob located there.
         for (id, rec) in &packs {
             let blob_bytes = rec.size.saturating_sub(pack::overhead(rec.blobs));

@@ -230,9 +230,10 @@ impl Repository {
     /// entering its tier: the entry and the trim.
     pub(crate) fn plan_entry(&self, entry: &TierEntry, snapshot: &Snapshot) -> Result<Plan> {
         let mut of_host: Vec<Snapshot> = self
-            .snapshots()?
+            .index
+            .snapshots_of(&snapshot.host)?
             .into_iter()
-            .filter(|s| s.host == snapshot.host && s.id != snapshot.id)
+            .filter(|s| s.id != snapshot.id)
             .collect();
         of_host.push(snapshot.clone());
         let step = Step::Enter {
@@ -271,19 +272,16 @@ impl Repository {
     }
 
     fn scoped(&self, host: Option<&str>) -> Result<Vec<Snapshot>> {
-        let all = self.snapshots()?;
-        if let Some(h) = host {
-            validate_host(h).map_err(Error::InvalidArgument)?;
-            if !all.iter().any(|s| s.host == h) {
-                return Err(Error::InvalidArgument(format!(
-                    "host {h} has no snapshots in this repository"
-                )));
-            }
+        let Some(h) = host else {
+            return self.snapshots();
+        };
+        let of_host = self.host_snapshots(h)?;
+        if of_host.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "host {h} has no snapshots in this repository"
+            )));
         }
-        Ok(all
-            .into_iter()
-            .filter(|s| host.is_none_or(|h| s.host == h))
-            .collect())
+        Ok(of_host)
     }
 
     /// Plans rsnapshot's `rotate TIER` for one host or all.

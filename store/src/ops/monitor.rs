@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::commands::usage::{FleetUsage, Usage};
 use crate::error::Result;
 use crate::fleet::inventory::{Account, HostSpec};
 use crate::fleet::pull::{PullOutcome, PullReport};
@@ -422,7 +423,7 @@ pub struct AccountUsage {
     /// Soft allocation in bytes.
     pub allocation: u64,
     /// Usage of all its hosts' snapshots together.
-    pub usage: crate::commands::usage::Usage,
+    pub usage: Usage,
     /// `usage.referenced_bytes` as a percentage of the allocation.
     pub percent: f64,
     /// Whether it exceeds the allocation.
@@ -443,15 +444,35 @@ impl Repository {
         warning_factor: f64,
         critical_factor: f64,
     ) -> Result<Vec<AccountUsage>> {
-        let all = self.snapshots()?;
-        let mut out = Vec::with_capacity(accounts.len());
-        for a in accounts {
-            let of_account: Vec<crate::Snapshot> = all
+        let groups: Vec<Vec<String>> = accounts.iter().map(|a| a.hosts.clone()).collect();
+        let fleet = self.fleet_usage(&groups)?;
+        Ok(account_states(
+            accounts,
+            &fleet,
+            warning_factor,
+            critical_factor,
+        ))
+    }
+}
+
+/// [`Repository::account_usage`] from a [`FleetUsage`] whose groups are `accounts`' hosts,
+/// in order (so that `du` computes the fleet's usage once for its host and account rows).
+pub fn account_states(
+    accounts: &[Account],
+    fleet: &FleetUsage,
+    warning_factor: f64,
+    critical_factor: f64,
+) -> Vec<AccountUsage> {
+    accounts
+        .iter()
+        .zip(
+            fleet
+                .groups
                 .iter()
-                .filter(|s| a.hosts.contains(&s.host))
                 .cloned()
-                .collect();
-            let usage = self.usage_of(&of_account)?;
+                .chain(std::iter::repeat(Usage::default())),
+        )
+        .map(|(a, usage)| {
             let used = usage.referenced_bytes as f64;
             let allocation = a.allocation as f64;
             let state = if used > critical_factor * allocation {
@@ -461,7 +482,7 @@ impl Repository {
             } else {
                 CheckState::Ok
             };
-            out.push(AccountUsage {
+            AccountUsage {
                 account: a.name.clone(),
                 package: a.package.clone(),
                 allocation: a.allocation,
@@ -477,10 +498,9 @@ impl Repository {
                 over_allocation: usage.referenced_bytes > a.allocation,
                 usage,
                 state,
-            });
-        }
-        Ok(out)
-    }
+            }
+        })
+        .collect()
 }
 
 /// The usage check's plugin output: `XSTORE USAGE WARNING - 3 accounts, 1 over allocation,

@@ -48,6 +48,15 @@ impl Repository {
         Ok(v)
     }
 
+    /// The snapshots of one host, oldest first. Reads that host's records only (FORMAT.md
+    /// §Index, `host-snapshot/` keys), so its cost does not grow with other hosts' snapshots.
+    pub fn host_snapshots(&self, host: &str) -> Result<Vec<Snapshot>> {
+        xstore_format::snapshot::validate_host(host).map_err(Error::InvalidArgument)?;
+        let mut v = self.index.snapshots_of(host)?;
+        v.sort_by_key(|s| (s.start_ns, s.id));
+        Ok(v)
+    }
+
     /// The snapshot with this id.
     pub fn snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
         self.index.snapshot(id)?.ok_or_else(|| Error::SnapshotRef {

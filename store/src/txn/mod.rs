@@ -392,9 +392,8 @@ impl<'r> Mutation<'r> {
         let mut after: HashMap<SnapshotId, Snapshot> = self
             .repo
             .index
-            .snapshots()?
+            .snapshots_of(host)?
             .into_iter()
-            .filter(|s| s.host == host)
             .map(|s| (s.id, s))
             .collect();
         for (id, s) in &self.snapshots {
@@ -475,7 +474,11 @@ impl<'r> Mutation<'r> {
             for (id, s) in &self.snapshots {
                 match s {
                     Some(s) => batch.put_snapshot(s)?,
-                    None => batch.delete_snapshot(id)?,
+                    None => {
+                        if let Some(old) = self.repo.index.snapshot(id)? {
+                            batch.delete_snapshot(&old.host, id)?;
+                        }
+                    }
                 }
             }
             for (host, rec) in self.host_records()? {
