@@ -52,6 +52,7 @@ mod error;
 mod failpoint;
 mod fleet;
 mod fsutil;
+mod idmap;
 mod index;
 mod layout;
 pub mod ops;

@@ -13,8 +13,8 @@
 //! of 100, 20 directories per group) and each snapshot changes CHANGED of them (default 200,
 //! nine in ten among the host's "hot" 2 %: logs and state), which stay changed afterwards, so
 //! hosts drift apart as a fleet does. Each host gets its snapshots oldest first with the
-//! tier and time it would hold in the steady state. Prints numbers and asserts nothing
-//! about time.
+//! tier and time it would hold in the steady state. Last, `check` and `repair index` of the
+//! whole repository. Prints numbers and asserts nothing about time.
 
 use std::io::{self, Cursor, Read};
 use std::path::{Path, PathBuf};
@@ -24,8 +24,8 @@ use std::time::Instant;
 use xstore::ops::monitor::{account_states, FreshnessOptions, FreshnessTarget};
 use xstore::retention::KeepPolicy;
 use xstore::{
-    BackupOptions, EntryMeta, GcOptions, InitOptions, Inventory, Repository, Snapshot, Source,
-    SourceFile, SourceKind, TierChoice,
+    BackupOptions, CheckOptions, EntryMeta, GcOptions, InitOptions, Inventory, Repository,
+    Snapshot, Source, SourceFile, SourceKind, TierChoice,
 };
 use xstore_chunker::seeded_bytes;
 
@@ -652,7 +652,32 @@ fn main() -> Res<()> {
         "backup of a 1-file host in this repository",
         format!("{:.1} ms", probe * 1e3),
     );
-    row("peak RSS", format!("{:.0} MiB", peak_rss_mib()));
+    let report = timed(
+        "check (mark pass and refcount audit, no data read)",
+        || Ok(repo.check(CheckOptions::default())?),
+        |r| {
+            format!(
+                "{} blobs, {} trees and chunk lists, {} problems",
+                r.blobs,
+                r.trees,
+                r.problems.len()
+            )
+        },
+    )?;
+    if let Some(p) = report.problems.first() {
+        return Err(format!("check found {} problems, first: {p}", report.problems.len()).into());
+    }
     drop(repo);
+    timed(
+        "repair index (rebuilt from the packs and the old index)",
+        || Ok(Repository::repair_index(&write_path)?),
+        |r| {
+            format!(
+                "{} packs, {} blobs, {} snapshots",
+                r.packs, r.blobs, r.snapshots
+            )
+        },
+    )?;
+    row("peak RSS", format!("{:.0} MiB", peak_rss_mib()));
     Ok(())
 }

@@ -26,11 +26,12 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::idmap::IdMap;
 use crate::index::BlobLoc;
 use crate::repo::Repository;
 use crate::ChunkId;
+use xstore_format::pack::BlobKind;
 use xstore_format::snapshot::Snapshot;
-use xstore_format::tree::{decode_chunk_list, Content};
 
 /// Usage of a group of snapshots (a host's or an account's).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -120,48 +121,62 @@ impl Repository {
             .map(|(i, h)| (*h, i as u32))
             .collect();
 
+        // Every live blob, numbered, with its size; trees and chunk lists with their place.
         let mut graph = Graph::default();
+        self.index.for_each_blob(|id, loc| {
+            if loc.refcount > 0 {
+                graph.add(id, loc);
+            }
+            Ok(())
+        })?;
+
         let mut roots: Vec<Vec<u32>> = vec![Vec::new(); host_names.len()];
+        let mut queued = vec![false; graph.len()];
         let mut frontier = Vec::new();
         for s in &snapshots {
             let h = host_index.get(s.host.as_str()).copied().unwrap_or(0) as usize;
-            let (root, fresh) = graph.intern(s.root, Kind::Tree);
-            if fresh {
-                frontier.push(root);
-            }
+            let root = graph.live(&s.root)?;
             let mut held = vec![root];
-            let record = s.record_id();
-            if self.index.blob(&record)?.is_some_and(|l| l.refcount > 0) {
-                held.push(graph.intern(record, Kind::Leaf).0);
+            if let Some(record) = graph.number(&s.record_id()) {
+                held.push(record);
+            }
+            for &n in &held {
+                if graph.expands(n) && !std::mem::replace(&mut queued[n as usize], true) {
+                    frontier.push(n);
+                }
             }
             if let Some(r) = roots.get_mut(h) {
                 r.extend(held);
             }
         }
-        // Discover the DAG a level at a time, reading each level's trees in parallel.
+        // The DAG a level at a time, each level read in pack order (neighbours share a pack
+        // file and its pages) on every core.
         while !frontier.is_empty() {
-            let read: Vec<Result<Vec<(ChunkId, Kind)>>> = frontier
+            frontier.sort_unstable_by_key(|&n| graph.place(n));
+            let read: Vec<Result<Vec<u32>>> = frontier
                 .par_iter()
-                .map(|&n| self.usage_children(graph.id(n), graph.kind(n)))
+                .map(|&n| {
+                    let (id, loc) = graph.located(n);
+                    let mut below = Vec::new();
+                    for child in self.blob_children(&id, &loc)? {
+                        below.push(graph.live(&child)?);
+                    }
+                    Ok(below)
+                })
                 .collect();
             let mut next = Vec::new();
-            for (&n, children) in frontier.iter().zip(read) {
-                let (mut nodes, mut data) = (Vec::new(), Vec::new());
-                for (id, kind) in children? {
-                    let (c, fresh) = graph.intern(id, kind);
-                    if kind == Kind::Leaf {
-                        data.push(c);
-                    } else {
-                        nodes.push(c);
-                        if fresh {
-                            next.push(c);
-                        }
+            for (&n, below) in frontier.iter().zip(read) {
+                let below = below?;
+                for &c in &below {
+                    if graph.expands(c) && !std::mem::replace(&mut queued[c as usize], true) {
+                        next.push(c);
                     }
                 }
-                graph.set_children(n, nodes, data);
+                graph.set_children(n, below);
             }
             frontier = next;
         }
+        drop(queued);
 
         // Which hosts reach each tree: a walk per host over the trees in memory, stopping
         // where the host is already recorded (everything below has it too).
@@ -184,35 +199,28 @@ impl Repository {
                 stack.extend_from_slice(graph.nodes_below(n));
             }
         }
-        // A data chunk is reached by every host that reaches one of its parents.
-        for n in 0..graph.len() as u32 {
+        // A blob without children is reached by every host that reaches one of its parents.
+        // Parents with the most hosts go first: a leaf's later parents then mostly add hosts
+        // it already has (no new set), instead of every order of unions making sets of its own.
+        let mut parents = graph.parents();
+        parents.sort_by_cached_key(|&n| {
+            let set = set_of.get(n as usize).copied().unwrap_or(EMPTY_SET);
+            std::cmp::Reverse(sets.members(set).len())
+        });
+        for n in parents {
             let parent = set_of.get(n as usize).copied().unwrap_or(EMPTY_SET);
-            for &d in graph.data_below(n) {
+            for &d in graph.leaves_below(n) {
                 if let Some(slot) = set_of.get_mut(d as usize) {
                     *slot = sets.union(*slot, parent);
                 }
             }
         }
-        // Sizes from one scan of the blob records.
         let mut totals = vec![(0u64, 0u64); sets.len()];
-        let mut live = vec![false; graph.len()];
-        self.index.for_each_blob(|id, loc| {
-            if loc.refcount == 0 {
-                return Ok(());
+        for (n, &set) in set_of.iter().enumerate() {
+            if let Some(t) = totals.get_mut(set as usize) {
+                t.0 += graph.span(n as u32);
+                t.1 += 1;
             }
-            if let Some(&i) = graph.ids.get(&id) {
-                let set = set_of.get(i as usize).copied().unwrap_or(EMPTY_SET);
-                if let (Some(t), Some(l)) = (totals.get_mut(set as usize), live.get_mut(i as usize))
-                {
-                    t.0 += loc.span();
-                    t.1 += 1;
-                    *l = true;
-                }
-            }
-            Ok(())
-        })?;
-        if let Some(i) = live.iter().position(|l| !l) {
-            return Err(Error::MissingBlob(graph.id(i as u32)));
         }
 
         let group_index: Vec<Vec<u32>> = groups
@@ -238,7 +246,9 @@ impl Repository {
         let mut host_usage = vec![Usage::default(); host_names.len()];
         let mut group_usage = vec![Usage::default(); groups.len()];
         let mut touched = vec![0usize; groups.len()];
-        for (set, &(bytes, blobs)) in totals.iter().enumerate() {
+        // Live blobs no snapshot reaches (set 0: a running backup's, a held pack's) count
+        // for nobody.
+        for (set, &(bytes, blobs)) in totals.iter().enumerate().skip(1) {
             let members = sets.members(set as u32);
             for &h in members {
                 if let Some(u) = host_usage.get_mut(h as usize) {
@@ -307,35 +317,6 @@ impl Repository {
                 .collect(),
             groups: group_usage,
         })
-    }
-
-    /// The children of a tree or chunk list, each with how it is referenced.
-    fn usage_children(&self, id: ChunkId, kind: Kind) -> Result<Vec<(ChunkId, Kind)>> {
-        let mut out = Vec::new();
-        match kind {
-            Kind::Tree => {
-                for e in self.tree(&id)?.entries {
-                    match e.content {
-                        Content::Subtree(t) => out.push((t, Kind::Tree)),
-                        Content::ChunkList(l) => out.push((l, Kind::ChunkList)),
-                        Content::Chunks(c) => out.extend(c.iter().map(|c| (c.id, Kind::Leaf))),
-                        Content::None | Content::Target(_) => {}
-                    }
-                }
-            }
-            Kind::ChunkList => {
-                let raw = self.read_blob(&id)?;
-                let loc = self.live_blob(&id)?;
-                let chunks = decode_chunk_list(&raw).map_err(|source| Error::CorruptBlob {
-                    id,
-                    pack: loc.pack.to_string(),
-                    source,
-                })?;
-                out.extend(chunks.iter().map(|c| (c.id, Kind::Leaf)));
-            }
-            Kind::Leaf => {}
-        }
-        Ok(out)
     }
 
     /// Usage of every snapshot of `host`, oldest first.
@@ -421,90 +402,120 @@ impl Repository {
     }
 }
 
-/// How a blob is referenced: a tree, a chunk list, or a blob without children (data, a
-/// snapshot record).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Tree,
-    ChunkList,
-    Leaf,
-}
-
-/// The repository's DAG in memory for [`Repository::fleet_usage`]: blobs numbered densely,
-/// each tree and chunk list with its children.
+/// The repository's live blobs for [`Repository::fleet_usage`], numbered densely (ids → numbers
+/// in one map, everything else in vectors: ~60 bytes per live blob), each tree and chunk
+/// list with its place in the packs and, once read, its children.
 #[derive(Default)]
 struct Graph {
-    ids: HashMap<ChunkId, u32>,
-    blobs: Vec<(ChunkId, Kind)>,
-    /// Per blob: (start, trees and chunk lists below, data below) in `children`.
-    spans: Vec<(usize, u32, u32)>,
+    numbers: IdMap<u32>,
+    ids: Vec<ChunkId>,
+    spans: Vec<u64>,
+    /// Per blob: its slot in `parents` if it is a tree or chunk list, else `NOT_A_PARENT`.
+    parent_slot: Vec<u32>,
+    /// Per tree or chunk list: (blob, location, start in `children`, trees and chunk lists
+    /// below, leaves below).
+    parents: Vec<(u32, BlobLoc, usize, u32, u32)>,
     children: Vec<u32>,
 }
 
+const NOT_A_PARENT: u32 = u32::MAX;
+
 impl Graph {
     fn len(&self) -> usize {
-        self.blobs.len()
+        self.ids.len()
     }
 
-    /// The blob's number, and whether it is new and (as a tree or chunk list) to be read.
-    /// A blob referenced both as data and as a tree (same bytes) is read as a tree.
-    fn intern(&mut self, id: ChunkId, kind: Kind) -> (u32, bool) {
-        match self.ids.entry(id) {
-            Entry::Occupied(o) => {
-                let n = *o.get();
-                let upgraded = match self.blobs.get_mut(n as usize) {
-                    Some(b) if b.1 == Kind::Leaf && kind != Kind::Leaf => {
-                        b.1 = kind;
-                        true
-                    }
-                    _ => false,
-                };
-                (n, upgraded)
-            }
-            Entry::Vacant(v) => {
-                let n = self.blobs.len() as u32;
-                v.insert(n);
-                self.blobs.push((id, kind));
-                self.spans.push((0, 0, 0));
-                (n, kind != Kind::Leaf)
-            }
+    fn add(&mut self, id: ChunkId, loc: BlobLoc) {
+        let n = self.ids.len() as u32;
+        self.numbers.insert(id, n);
+        self.ids.push(id);
+        self.spans.push(loc.span());
+        if matches!(loc.kind, BlobKind::Tree | BlobKind::ChunkList) {
+            self.parent_slot.push(self.parents.len() as u32);
+            self.parents.push((n, loc, 0, 0, 0));
+        } else {
+            self.parent_slot.push(NOT_A_PARENT);
         }
     }
 
-    fn id(&self, n: u32) -> ChunkId {
-        self.blobs.get(n as usize).map_or(ChunkId([0; 32]), |b| b.0)
+    fn number(&self, id: &ChunkId) -> Option<u32> {
+        self.numbers.get(id).copied()
     }
 
-    fn kind(&self, n: u32) -> Kind {
-        self.blobs.get(n as usize).map_or(Kind::Leaf, |b| b.1)
+    /// The number of a blob a snapshot or parent references: it must be live.
+    fn live(&self, id: &ChunkId) -> Result<u32> {
+        self.number(id).ok_or(Error::MissingBlob(*id))
     }
 
-    fn set_children(&mut self, n: u32, mut nodes: Vec<u32>, mut data: Vec<u32>) {
-        nodes.sort_unstable();
-        nodes.dedup();
-        data.sort_unstable();
-        data.dedup();
+    fn span(&self, n: u32) -> u64 {
+        self.spans.get(n as usize).copied().unwrap_or(0)
+    }
+
+    fn parent(&self, n: u32) -> Option<&(u32, BlobLoc, usize, u32, u32)> {
+        let slot = *self.parent_slot.get(n as usize)?;
+        self.parents.get(slot as usize)
+    }
+
+    /// Whether the blob has children to read (a tree or chunk list).
+    fn expands(&self, n: u32) -> bool {
+        self.parent(n).is_some()
+    }
+
+    /// Where a tree or chunk list is, for reading in pack order.
+    fn place(&self, n: u32) -> (crate::pack::PackId, u64) {
+        self.parent(n)
+            .map_or((ChunkId([0; 32]), 0), |p| (p.1.pack, p.1.offset))
+    }
+
+    fn located(&self, n: u32) -> (ChunkId, BlobLoc) {
+        let id = self
+            .ids
+            .get(n as usize)
+            .copied()
+            .unwrap_or(ChunkId([0; 32]));
+        let loc = self.parent(n).map(|p| p.1).unwrap_or(BlobLoc {
+            pack: ChunkId([0; 32]),
+            offset: 0,
+            stored_len: 0,
+            raw_len: 0,
+            kind: BlobKind::Data,
+            refcount: 0,
+        });
+        (id, loc)
+    }
+
+    /// Records a parent's children: trees and chunk lists first, then leaves.
+    fn set_children(&mut self, n: u32, mut below: Vec<u32>) {
+        below.sort_unstable_by_key(|&c| (!self.expands(c), c));
+        below.dedup();
+        let nodes = below.iter().take_while(|&&c| self.expands(c)).count();
         let start = self.children.len();
-        self.children.extend_from_slice(&nodes);
-        self.children.extend_from_slice(&data);
-        if let Some(s) = self.spans.get_mut(n as usize) {
-            *s = (start, nodes.len() as u32, data.len() as u32);
+        self.children.extend_from_slice(&below);
+        let Some(&slot) = self.parent_slot.get(n as usize) else {
+            return;
+        };
+        if let Some(p) = self.parents.get_mut(slot as usize) {
+            p.2 = start;
+            p.3 = nodes as u32;
+            p.4 = (below.len() - nodes) as u32;
         }
+    }
+
+    /// The blobs that are trees or chunk lists.
+    fn parents(&self) -> Vec<u32> {
+        self.parents.iter().map(|p| p.0).collect()
     }
 
     fn nodes_below(&self, n: u32) -> &[u32] {
-        let (start, nodes, _) = self.spans.get(n as usize).copied().unwrap_or_default();
-        self.children
-            .get(start..start + nodes as usize)
-            .unwrap_or_default()
+        let (start, nodes) = self.parent(n).map_or((0, 0), |p| (p.2, p.3 as usize));
+        self.children.get(start..start + nodes).unwrap_or_default()
     }
 
-    fn data_below(&self, n: u32) -> &[u32] {
-        let (start, nodes, data) = self.spans.get(n as usize).copied().unwrap_or_default();
-        let from = start + nodes as usize;
-        self.children
-            .get(from..from + data as usize)
-            .unwrap_or_default()
+    fn leaves_below(&self, n: u32) -> &[u32] {
+        let (from, leaves) = self
+            .parent(n)
+            .map_or((0, 0), |p| (p.2 + p.3 as usize, p.4 as usize));
+        self.children.get(from..from + leaves).unwrap_or_default()
     }
 }
 
@@ -578,6 +589,19 @@ impl Sets {
         let key = (a.min(b), a.max(b));
         if let Some(&s) = self.union_memo.get(&key) {
             return s;
+        }
+        let (big, small) = if self.members(a).len() >= self.members(b).len() {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        if self
+            .members(small)
+            .iter()
+            .all(|h| self.members(big).binary_search(h).is_ok())
+        {
+            self.union_memo.insert(key, big);
+            return big;
         }
         let mut m: Vec<u32> = self.members(a).to_vec();
         m.extend_from_slice(self.members(b));
