@@ -243,3 +243,67 @@ fn the_index_repair_replaces_is_kept_for_the_grace_period() {
     assert!(replaced(&repo_path).is_empty());
     assert!(repo.check(Default::default()).unwrap().problems.is_empty());
 }
+
+/// `repair index` brings a snapshot back only whole, and a part shared by several snapshots
+/// (walked once) counts against each of them: with a pack of a shared file's data gone, the
+/// newer snapshot that merely reuses that directory is left out as well, not rebuilt with a
+/// hole.
+#[test]
+fn repair_leaves_out_every_snapshot_that_shares_a_lost_part() {
+    let work = tempfile::tempdir().unwrap();
+    let shared = work.path().join("shared");
+    let other = work.path().join("other");
+    for d in [&shared, &other] {
+        std::fs::create_dir(d).unwrap();
+    }
+    // Several packs of 1 MiB: the middle of this file is in a pack of data only.
+    std::fs::write(shared.join("big.bin"), seeded_bytes(5, 4 << 20)).unwrap();
+    std::fs::write(other.join("a"), b"first").unwrap();
+    let path = work.path().join("repo");
+    let repo = xstore_tests::small_repo(&path);
+    let first = xstore_tests::backup_untiered(&repo, "h", &[&shared, &other]);
+    std::fs::write(other.join("a"), b"second").unwrap();
+    let second = xstore_tests::backup_untiered(&repo, "h", &[&shared, &other]);
+    let untouched_dir = work.path().join("untouched");
+    std::fs::create_dir(&untouched_dir).unwrap();
+    std::fs::write(untouched_dir.join("f"), b"intact").unwrap();
+    let intact = xstore_tests::backup_untiered(&repo, "other-host", &[&untouched_dir]);
+
+    let node = repo
+        .lookup(&second, &format!("{}/big.bin", shared.display()))
+        .unwrap();
+    let xstore::Node::Entry(entry) = node else {
+        panic!("not a file")
+    };
+    let chunks = repo.file_chunks(&entry).unwrap();
+    let middle = chunks[chunks.len() / 2].id;
+    let pack = repo.blob_location(&middle).unwrap().unwrap().pack;
+    for s in [&first, &second, &intact] {
+        assert_ne!(repo.blob_location(&s.root).unwrap().unwrap().pack, pack);
+    }
+    drop(repo);
+    let hex = pack.to_string();
+    std::fs::remove_file(path.join(format!("packs/{}/{hex}.pack", &hex[..2]))).unwrap();
+    std::fs::remove_dir_all(path.join("index")).unwrap();
+
+    let report = Repository::repair_index(&path).unwrap();
+    assert_eq!(report.snapshots, 1, "{report:?}");
+    assert_eq!(report.skipped.len(), 2, "{report:?}");
+    let named = |s: &xstore::Snapshot| {
+        report
+            .skipped
+            .iter()
+            .find(|line| line.contains(&s.id.short()))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(named(&first).contains("not whole"), "{report:?}");
+    assert!(
+        named(&second).contains("shares a damaged part"),
+        "{report:?}"
+    );
+    let repo = Repository::open(&path).unwrap();
+    let ids: Vec<_> = repo.snapshots().unwrap().iter().map(|s| s.id).collect();
+    assert_eq!(ids, vec![intact.id]);
+    assert!(repo.check(Default::default()).unwrap().problems.is_empty());
+}

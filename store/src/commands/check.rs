@@ -6,7 +6,8 @@ use std::fs;
 
 use rayon::prelude::*;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::idmap::IdMap;
 use crate::index::BlobLoc;
 use crate::pack::{self, BlobKind, PackId};
 use crate::repo::Repository;
@@ -112,15 +113,49 @@ pub struct Stats {
     pub held_packs: u64,
 }
 
-struct Walk<'a> {
-    repo: &'a Repository,
-    expected: HashMap<ChunkId, u64>,
-    visited: HashSet<ChunkId>,
-    problems: Vec<Problem>,
-    trees: u64,
+/// Every blob record, from one scan of the index: the mark pass asks about every edge of the
+/// DAG (tens of millions in a fleet), and a map answers in nanoseconds where an index lookup
+/// of a present key reads a data block (500 hosts × 23 snapshots: 326 s of `check` before).
+pub(crate) struct BlobTable(IdMap<BlobLoc>);
+
+impl BlobTable {
+    pub(crate) fn load(repo: &Repository) -> Result<Self> {
+        let mut map = IdMap::default();
+        repo.index.for_each_blob(|id, loc| {
+            map.insert(id, loc);
+            Ok(())
+        })?;
+        Ok(BlobTable(map))
+    }
+
+    fn get(&self, id: &ChunkId) -> Option<&BlobLoc> {
+        self.0.get(id)
+    }
 }
 
-impl Walk<'_> {
+/// The mark pass: expected reference counts and the problems found on the way.
+pub(crate) struct Walk<'a> {
+    repo: &'a Repository,
+    blobs: &'a BlobTable,
+    pub(crate) expected: IdMap<u64>,
+    /// Trees and chunk lists walked, and whether everything below them was whole.
+    visited: IdMap<bool>,
+    pub(crate) problems: Vec<Problem>,
+    pub(crate) trees: u64,
+}
+
+impl<'a> Walk<'a> {
+    pub(crate) fn new(repo: &'a Repository, blobs: &'a BlobTable) -> Self {
+        Walk {
+            repo,
+            blobs,
+            expected: IdMap::default(),
+            visited: IdMap::default(),
+            problems: Vec::new(),
+            trees: 0,
+        }
+    }
+
     fn problem(
         &mut self,
         message: String,
@@ -138,10 +173,10 @@ impl Walk<'_> {
         });
     }
 
-    fn count_children(&mut self, ids: &[ChunkId], snap: &Snapshot, path: &str) -> Result<()> {
-        for (id, loc) in ids.iter().zip(self.repo.index.blobs(ids)?) {
+    fn count_children(&mut self, ids: &[ChunkId], snap: &Snapshot, path: &str) {
+        for id in ids {
             *self.expected.entry(*id).or_insert(0) += 1;
-            if loc.is_none() {
+            if self.blobs.get(id).is_none() {
                 self.problem(
                     "referenced blob is not in the index".into(),
                     Some(*id),
@@ -151,15 +186,64 @@ impl Walk<'_> {
                 );
             }
         }
-        Ok(())
     }
 
-    fn walk_tree(&mut self, id: ChunkId, snap: &Snapshot, path: &str) -> Result<()> {
-        if !self.visited.insert(id) {
-            return Ok(());
+    /// Marks one snapshot: its record blob and root, then everything below. A tree or chunk
+    /// list is walked once per `Walk`; with `repeat_damage`, a snapshot that shares a part
+    /// found broken under an earlier snapshot gets a problem of its own too (repair decides
+    /// snapshot by snapshot), otherwise the damage is reported once.
+    pub(crate) fn snapshot(&mut self, s: &Snapshot, repeat_damage: bool) {
+        // A snapshot holds its root and the blob of its current record (if it has one:
+        // records committed before record blobs existed do not).
+        let record = s.record_id();
+        if self.blobs.get(&record).is_some() {
+            *self.expected.entry(record).or_insert(0) += 1;
         }
-        let loc = self.repo.index.blob(&id)?;
-        let tree = match self.repo.tree(&id) {
+        *self.expected.entry(s.root).or_insert(0) += 1;
+        if self.blobs.get(&s.root).is_none() {
+            self.problem(
+                "root tree is not in the index".into(),
+                Some(s.root),
+                None,
+                s,
+                "/",
+            );
+            return;
+        }
+        self.walk_tree(s.root, s, "/", repeat_damage);
+    }
+
+    /// Whether a tree or chunk list was walked already; a broken one counts as a problem of
+    /// this snapshot when `repeat_damage`.
+    fn seen(&mut self, id: ChunkId, snap: &Snapshot, path: &str, repeat_damage: bool) -> bool {
+        match self.visited.get(&id).copied() {
+            None => false,
+            Some(whole) => {
+                if !whole && repeat_damage {
+                    let loc = self.blobs.get(&id).copied();
+                    self.problem(
+                        "shares a damaged part with an earlier snapshot".into(),
+                        Some(id),
+                        loc.as_ref(),
+                        snap,
+                        path,
+                    );
+                }
+                true
+            }
+        }
+    }
+
+    fn walk_tree(&mut self, id: ChunkId, snap: &Snapshot, path: &str, repeat_damage: bool) {
+        if self.seen(id, snap, path, repeat_damage) {
+            return;
+        }
+        let problems_before = self.problems.len();
+        self.visited.insert(id, true);
+        let loc = self.blobs.get(&id).copied();
+        let tree = match loc.map_or(Err(Error::MissingBlob(id)), |l| {
+            self.repo.tree_located(&id, &l)
+        }) {
             Ok(t) => t,
             Err(e) => {
                 self.problem(
@@ -169,87 +253,67 @@ impl Walk<'_> {
                     snap,
                     path,
                 );
-                return Ok(());
+                self.visited.insert(id, false);
+                return;
             }
         };
         self.trees += 1;
-        self.count_children(&tree.children(), snap, path)?;
+        self.count_children(&tree.children(), snap, path);
+        let child_path = |e: &xstore_format::tree::Entry| {
+            format!("{}/{}", path.trim_end_matches('/'), e.name_lossy())
+        };
         for e in &tree.entries {
-            let child_path = format!("{}/{}", path.trim_end_matches('/'), e.name_lossy());
             match &e.content {
-                Content::Subtree(sub) => self.walk_tree(*sub, snap, &child_path)?,
+                Content::Subtree(sub) => {
+                    self.walk_tree(*sub, snap, &child_path(e), repeat_damage)
+                }
                 Content::ChunkList(list) => {
-                    if !self.visited.insert(*list) {
-                        continue;
-                    }
-                    match self.repo.read_blob(list).map(|raw| decode_chunk_list(&raw)) {
-                        Ok(Ok(chunks)) => {
-                            self.trees += 1;
-                            let ids = xstore_format::tree::chunk_list_children(&chunks);
-                            self.count_children(&ids, snap, &child_path)?;
-                        }
-                        Ok(Err(e)) => {
-                            let loc = self.repo.index.blob(list)?;
-                            self.problem(
-                                format!("chunk list undecodable: {e}"),
-                                Some(*list),
-                                loc.as_ref(),
-                                snap,
-                                &child_path,
-                            )
-                        }
-                        Err(e) => {
-                            let loc = self.repo.index.blob(list)?;
-                            self.problem(
-                                format!("chunk list unreadable: {e}"),
-                                Some(*list),
-                                loc.as_ref(),
-                                snap,
-                                &child_path,
-                            )
-                        }
-                    }
+                    self.walk_chunk_list(*list, snap, &child_path(e), repeat_damage)
                 }
                 _ => {}
             }
         }
-        Ok(())
+        if self.problems.len() > problems_before {
+            self.visited.insert(id, false);
+        }
+    }
+
+    fn walk_chunk_list(&mut self, list: ChunkId, snap: &Snapshot, path: &str, repeat: bool) {
+        if self.seen(list, snap, path, repeat) {
+            return;
+        }
+        let loc = self.blobs.get(&list).copied();
+        let read = loc.map_or(Err(Error::MissingBlob(list)), |l| {
+            self.repo.read_located(&list, &l)
+        });
+        let problem = match read.map(|raw| decode_chunk_list(&raw)) {
+            Ok(Ok(chunks)) => {
+                self.trees += 1;
+                let ids = xstore_format::tree::chunk_list_children(&chunks);
+                let before = self.problems.len();
+                self.count_children(&ids, snap, path);
+                self.visited.insert(list, self.problems.len() == before);
+                return;
+            }
+            Ok(Err(e)) => format!("chunk list undecodable: {e}"),
+            Err(e) => format!("chunk list unreadable: {e}"),
+        };
+        self.problem(problem, Some(list), loc.as_ref(), snap, path);
+        self.visited.insert(list, false);
     }
 }
 
-/// Expected reference counts from a full mark pass over `snapshots` (used by check and repair).
+/// Expected reference counts from a full mark pass over `snapshots` (check and repair).
 pub(crate) fn mark(
     repo: &Repository,
+    blobs: &BlobTable,
     snapshots: &[Snapshot],
-) -> Result<(HashMap<ChunkId, u64>, Vec<Problem>, u64)> {
-    let mut w = Walk {
-        repo,
-        expected: HashMap::new(),
-        visited: HashSet::new(),
-        problems: Vec::new(),
-        trees: 0,
-    };
+) -> (IdMap<u64>, Vec<Problem>, u64) {
+    let mut w = Walk::new(repo, blobs);
     for s in snapshots {
-        // A snapshot holds its root and the blob of its current record (if it has one:
-        // records committed before record blobs existed do not).
-        let record = s.record_id();
-        if repo.index.blob(&record)?.is_some() {
-            *w.expected.entry(record).or_insert(0) += 1;
-        }
-        *w.expected.entry(s.root).or_insert(0) += 1;
-        if repo.index.blob(&s.root)?.is_none() {
-            w.problem(
-                "root tree is not in the index".into(),
-                Some(s.root),
-                None,
-                s,
-                "/",
-            );
-            continue;
-        }
-        w.walk_tree(s.root, s, "/")?;
+        w.snapshot(s, false);
     }
-    Ok((w.expected, w.problems, w.trees))
+    (w.expected, w.problems, w.trees)
 }
 
 impl Repository {
@@ -257,7 +321,9 @@ impl Repository {
     /// errors; an `Err` means the check itself could not run.
     pub fn check(&self, opts: CheckOptions) -> Result<CheckReport> {
         let snapshots = self.snapshots()?;
-        let (expected, mut problems, trees) = mark(self, &snapshots)?;
+        let blob_table = BlobTable::load(self)?;
+        let (expected, mut problems, trees) = mark(self, &blob_table, &snapshots);
+        drop(blob_table);
         let packs: HashMap<PackId, crate::index::PackRecord> =
             self.index.packs()?.into_iter().collect();
         for (id, rec) in &packs {

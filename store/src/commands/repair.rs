@@ -233,7 +233,11 @@ impl Repository {
                 found.remove(&s.id);
             }
         }
-        // The rest come back only whole: a record whose data gc already took is garbage.
+        // The rest come back only whole: a record whose data gc already took is garbage. One
+        // walk validates them all (a part shared with an earlier snapshot is walked once, and
+        // if it was broken it counts against every snapshot that shares it).
+        let blob_table = crate::commands::check::BlobTable::load(&repo)?;
+        let mut validate = crate::commands::check::Walk::new(&repo, &blob_table);
         let mut rest: Vec<Snapshot> = found.into_values().collect();
         rest.sort_by_key(|s| (s.start_ns, s.id));
         for s in rest {
@@ -254,7 +258,9 @@ impl Repository {
                 ));
                 continue;
             }
-            let (_, problems, _) = crate::commands::check::mark(&repo, std::slice::from_ref(&s))?;
+            let before = validate.problems.len();
+            validate.snapshot(&s, true);
+            let problems = validate.problems.get(before..).unwrap_or_default();
             if let Some(p) = problems.first() {
                 report.skipped.push(format!(
                     "snapshot {} of {}: not whole ({} problems, first: {p})",
@@ -273,7 +279,9 @@ impl Repository {
             snapshots.push(s);
         }
         snapshots.sort_by_key(|s| (s.start_ns, s.id));
-        let (expected, problems, _) = crate::commands::check::mark(&repo, &snapshots)?;
+        drop(validate);
+        let (expected, problems, _) = crate::commands::check::mark(&repo, &blob_table, &snapshots);
+        drop(blob_table);
         for p in problems {
             report.skipped.push(format!("{p}"));
         }

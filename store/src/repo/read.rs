@@ -178,6 +178,16 @@ impl Repository {
     /// Reads and decodes a tree blob.
     pub fn tree(&self, id: &ChunkId) -> Result<Tree> {
         let (loc, raw) = self.read_current(id)?;
+        Self::decode_tree(id, &loc, &raw)
+    }
+
+    /// Reads and decodes the tree blob at `loc` (a walk that has every location already).
+    pub(crate) fn tree_located(&self, id: &ChunkId, loc: &BlobLoc) -> Result<Tree> {
+        let raw = self.read_located(id, loc)?;
+        Self::decode_tree(id, loc, &raw)
+    }
+
+    fn decode_tree(id: &ChunkId, loc: &BlobLoc, raw: &[u8]) -> Result<Tree> {
         if loc.kind != BlobKind::Tree {
             return Err(Error::CorruptBlob {
                 id: *id,
@@ -189,7 +199,7 @@ impl Repository {
                 },
             });
         }
-        Tree::decode(&raw).map_err(|source| Error::CorruptBlob {
+        Tree::decode(raw).map_err(|source| Error::CorruptBlob {
             id: *id,
             pack: loc.pack.to_string(),
             source,
