@@ -264,9 +264,7 @@ impl<'a> Walk<'a> {
         };
         for e in &tree.entries {
             match &e.content {
-                Content::Subtree(sub) => {
-                    self.walk_tree(*sub, snap, &child_path(e), repeat_damage)
-                }
+                Content::Subtree(sub) => self.walk_tree(*sub, snap, &child_path(e), repeat_damage),
                 Content::ChunkList(list) => {
                     self.walk_chunk_list(*list, snap, &child_path(e), repeat_damage)
                 }
