@@ -1,6 +1,7 @@
 //! The index and its commit path for benchmarks (feature `bench-internals`): the real `Index`
 //! (its RocksDB options, column families, caches) and synced `IndexBatch` commits, as backups
-//! use them, without a repository around them. Not a stable interface.
+//! use them, without a repository around them; and the measuring helpers the bench binaries
+//! share. Not a stable interface.
 
 use std::path::Path;
 
@@ -61,4 +62,33 @@ impl BenchIndex {
     pub fn flush(&self) -> Result<()> {
         self.0.flush()
     }
+}
+
+/// Peak resident set size of this process so far (`VmHWM`), MiB; 0 where unknown.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Bytes of the files under `dir` (unreadable entries count 0).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|items| {
+            items
+                .filter_map(|e| e.ok())
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use xstore::bench_internals::{dir_bytes, peak_rss_mib};
 use xstore::ops::monitor::{account_states, FreshnessOptions, FreshnessTarget};
 use xstore::retention::KeepPolicy;
 use xstore::{
@@ -412,33 +413,6 @@ fn timed<T>(what: &str, f: impl FnOnce() -> Res<T>, note: impl FnOnce(&T) -> Str
         },
     );
     Ok(v)
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|items| {
-            items
-                .filter_map(|e| e.ok())
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// A backup of a one-file host: the fixed cost of a backup and its commit.

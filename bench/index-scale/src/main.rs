@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use rayon::prelude::*;
-use xstore::bench_internals::BenchIndex;
+use xstore::bench_internals::{dir_bytes, peak_rss_mib, BenchIndex};
 use xstore::{BlobKind, BlobLoc, ChunkId};
 
 /// Records per commit: about what one backup commit of new data writes.
@@ -56,33 +56,6 @@ fn loc(i: u64) -> BlobLoc {
         kind: BlobKind::Data,
         refcount: 1,
     }
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|items| {
-            items
-                .filter_map(|e| e.ok())
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// Lookups per second of `ids(k)` for `count` ids on `threads` threads.
