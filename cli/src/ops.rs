@@ -224,16 +224,8 @@ fn freshness_targets(
         }
         (None, Some(_)) => anyhow::bail!("--account needs an inventory (--inventory FILE)"),
         (Some(inv), None) => Ok(inv.hosts.iter().map(FreshnessTarget::from).collect()),
-        (None, None) => Ok(repo_hosts(repo)?.iter().map(|h| bare(h)).collect()),
+        (None, None) => Ok(repo.hosts()?.iter().map(|h| bare(h)).collect()),
     }
-}
-
-/// Hosts with snapshots, sorted.
-fn repo_hosts(repo: &Repository) -> Result<Vec<String>> {
-    let mut hosts: Vec<String> = repo.snapshots()?.into_iter().map(|s| s.host).collect();
-    hosts.sort();
-    hosts.dedup();
-    Ok(hosts)
 }
 
 pub(crate) fn check_usage(cli: &Cli, args: &UsageCheckArgs) -> Result<u8> {

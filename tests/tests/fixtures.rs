@@ -42,6 +42,10 @@ fn assert_host_listings(repo: &Repository) {
         assert_eq!(got, want, "host {h}");
     }
     assert!(repo.host_snapshots("never-seen").unwrap().is_empty());
+    let mut names: Vec<String> = all.iter().map(|s| s.host.clone()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(repo.hosts().unwrap(), names);
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -148,8 +148,11 @@ fn usage_matches_the_dag_and_expiry_frees_exactly_the_exclusive_bytes() {
         d.tiers.clear();
         d.positions.clear();
     }
+    assert_eq!(repo.hosts().unwrap(), ["web-a", "web-b"]);
     let applied = repo.apply_plan(&plan).unwrap();
     assert_eq!(applied.released.snapshots, 1);
+    // A host whose last snapshot expired is no longer listed.
+    assert_eq!(repo.hosts().unwrap(), ["web-a"]);
     assert_eq!(applied.released.stored_bytes, usage_b.exclusive_bytes);
     let after = repo.stats().unwrap();
     assert_eq!(after.dead_bytes - dead_before, usage_b.exclusive_bytes);

@@ -381,6 +381,29 @@ impl Index {
         Ok(problems)
     }
 
+    /// Every host record, in name order.
+    pub(crate) fn host_records(&self) -> Result<Vec<(String, HostRecord)>> {
+        let cf = self.cf(CF_HOSTS)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let name = String::from_utf8(k.to_vec()).map_err(|e| {
+                self.corrupt(
+                    CF_HOSTS,
+                    DecodeError::Invalid {
+                        what: "host name",
+                        offset: e.utf8_error().valid_up_to(),
+                        reason: "not UTF-8".into(),
+                    },
+                )
+            })?;
+            let rec = xstore_format::codec::decode("host record", &v)
+                .map_err(|e| self.corrupt(CF_HOSTS, e))?;
+            out.push((name, rec));
+        }
+        Ok(out)
+    }
+
     pub(crate) fn host(&self, host: &str) -> Result<Option<HostRecord>> {
         let cf = self.cf(CF_HOSTS)?;
         match self

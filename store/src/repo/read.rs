@@ -41,6 +41,18 @@ impl Repository {
         self.index.host(host)
     }
 
+    /// The hosts that have snapshots, in name order, from their host records (no snapshot
+    /// record is decoded).
+    pub fn hosts(&self) -> Result<Vec<String>> {
+        Ok(self
+            .index
+            .host_records()?
+            .into_iter()
+            .filter(|(_, r)| r.snapshots > 0)
+            .map(|(h, _)| h)
+            .collect())
+    }
+
     /// All snapshots, oldest first.
     pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
         let mut v = self.index.snapshots()?;
