@@ -541,17 +541,18 @@ fn dump_never_follows_a_symlink_another_user_could_plant() {
     fs::create_dir(&victim).unwrap();
     fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
     std::os::unix::fs::symlink(&victim, shared.join("out")).unwrap();
-    let dest = shared.join("out/archive.tar");
-    let out = xstore(
-        &repo,
-        &[
+    let source = src.canonicalize().unwrap();
+    let dump_to = |dest: &Path| {
+        let args = [
             "dump",
-            &id,
-            src.canonicalize().unwrap().to_str().unwrap(),
+            id.as_str(),
+            source.to_str().unwrap(),
             "-o",
             dest.to_str().unwrap(),
-        ],
-    );
+        ];
+        xstore(&repo, &args)
+    };
+    let out = dump_to(&shared.join("out/archive.tar"));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     assert_eq!(
@@ -560,17 +561,8 @@ fn dump_never_follows_a_symlink_another_user_could_plant() {
         "wrote through the planted symlink"
     );
     // The same directory reached without the symlink works, and leaves no temporary.
-    let dest = victim.join("archive.tar");
-    ok(
-        &repo,
-        &[
-            "dump",
-            &id,
-            src.canonicalize().unwrap().to_str().unwrap(),
-            "-o",
-            dest.to_str().unwrap(),
-        ],
-    );
+    let out = dump_to(&victim.join("archive.tar"));
+    assert!(out.status.success(), "{}", stderr(&out));
     let names: Vec<_> = fs::read_dir(&victim)
         .unwrap()
         .map(|e| e.unwrap().file_name())
