@@ -275,6 +275,96 @@ impl Tree {
 
     /// Decodes and validates a tree blob.
     pub fn decode(bytes: &[u8]) -> Result<Tree, DecodeError> {
+        let mut r = EntryReader::open(bytes)?;
+        let mut entries = Vec::with_capacity(r.left);
+        while let Some(e) = r.next_entry()? {
+            entries.push(e.to_owned());
+        }
+        Ok(Tree { entries })
+    }
+}
+
+/// Calls `each` with every blob id a tree blob references (subtrees, chunk lists and inline
+/// chunks), in entry order, repeats included, after validating the blob exactly as
+/// [`Tree::decode`] does; allocates nothing per entry. What walks of the Merkle DAG that need
+/// only its edges (usage, reachability) read instead of decoding whole trees. On an error,
+/// `each` may have seen ids of the entries before it.
+pub fn for_each_tree_child(bytes: &[u8], mut each: impl FnMut(ChunkId)) -> Result<(), DecodeError> {
+    let mut r = EntryReader::open(bytes)?;
+    while let Some(e) = r.next_entry()? {
+        match e.content {
+            ContentRef::Chunks(raw) => chunk_refs(raw).for_each(|c| each(c.id)),
+            ContentRef::ChunkList(id) | ContentRef::Subtree(id) => each(id),
+            ContentRef::None | ContentRef::Target(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// One decoded entry that borrows its bytes from the blob.
+struct EntryRef<'a> {
+    name: &'a [u8],
+    kind: EntryKind,
+    attrs: Attrs,
+    xattrs: Vec<(&'a [u8], &'a [u8])>,
+    content: ContentRef<'a>,
+}
+
+/// [`Content`] borrowed from the blob; `Chunks` holds the validated 36-byte records.
+enum ContentRef<'a> {
+    None,
+    Chunks(&'a [u8]),
+    ChunkList(ChunkId),
+    Subtree(ChunkId),
+    Target(&'a [u8]),
+}
+
+/// Inline chunk records (32-byte id, u32 length), as [`EntryReader`] validated them.
+fn chunk_refs(raw: &[u8]) -> impl Iterator<Item = ChunkRef> + '_ {
+    raw.chunks_exact(CHUNK_REF_LEN).filter_map(|rec| {
+        let (id, len) = rec.split_first_chunk::<32>()?;
+        let len: [u8; 4] = len.try_into().ok()?;
+        Some(ChunkRef {
+            id: ChunkId(*id),
+            len: u32::from_le_bytes(len),
+        })
+    })
+}
+
+const CHUNK_REF_LEN: usize = 36;
+
+impl EntryRef<'_> {
+    fn to_owned(&self) -> Entry {
+        Entry {
+            name: self.name.to_vec(),
+            kind: self.kind,
+            attrs: self.attrs,
+            xattrs: self
+                .xattrs
+                .iter()
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect(),
+            content: match self.content {
+                ContentRef::None => Content::None,
+                ContentRef::Chunks(raw) => Content::Chunks(chunk_refs(raw).collect()),
+                ContentRef::ChunkList(id) => Content::ChunkList(id),
+                ContentRef::Subtree(id) => Content::Subtree(id),
+                ContentRef::Target(t) => Content::Target(t.to_vec()),
+            },
+        }
+    }
+}
+
+/// The one validating parser of tree blobs: header first, then entries one at a time, then
+/// nothing after the last (FORMAT.md §Trees).
+struct EntryReader<'a> {
+    r: Reader<'a>,
+    left: usize,
+    previous_name: Option<&'a [u8]>,
+}
+
+impl<'a> EntryReader<'a> {
+    fn open(bytes: &'a [u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let magic = r.array::<4>("tree magic")?;
         if &magic != TREE_MAGIC {
@@ -292,122 +382,127 @@ impl Tree {
                 found: version.to_string(),
             });
         }
-        let count = r.length("entry count", u64::MAX, MIN_ENTRY_LEN)?;
-        let mut entries: Vec<Entry> = Vec::with_capacity(count);
-        for _ in 0..count {
-            let at = r.pos();
-            let name = r.bytes("entry name", MAX_NAME_LEN)?.to_vec();
-            validate_name(&name).map_err(|reason| DecodeError::Invalid {
+        let left = r.length("entry count", u64::MAX, MIN_ENTRY_LEN)?;
+        Ok(EntryReader {
+            r,
+            left,
+            previous_name: None,
+        })
+    }
+
+    /// The next entry, or `None` after the last one (once the blob is proven to end there).
+    fn next_entry(&mut self) -> Result<Option<EntryRef<'a>>, DecodeError> {
+        if self.left == 0 {
+            self.r.finish("tree")?;
+            return Ok(None);
+        }
+        self.left -= 1;
+        let r = &mut self.r;
+        let at = r.pos();
+        let name = r.bytes("entry name", MAX_NAME_LEN)?;
+        validate_name(name).map_err(|reason| DecodeError::Invalid {
+            what: "entry name",
+            offset: at,
+            reason: reason.into(),
+        })?;
+        if self.previous_name.is_some_and(|prev| prev >= name) {
+            return Err(DecodeError::Invalid {
                 what: "entry name",
                 offset: at,
-                reason: reason.into(),
-            })?;
-            if let Some(prev) = entries.last() {
-                if prev.name >= name {
+                reason: "entries not strictly sorted".into(),
+            });
+        }
+        self.previous_name = Some(name);
+        let kind_at = r.pos();
+        let kind = EntryKind::from_code(r.u8("entry kind")?, kind_at)?;
+        let mode = r.u32("mode")?;
+        if mode & !0o7777 != 0 {
+            return Err(DecodeError::Invalid {
+                what: "mode",
+                offset: kind_at + 1,
+                reason: format!("{mode:o} has bits outside 07777"),
+            });
+        }
+        let uid = r.u32("uid")?;
+        let gid = r.u32("gid")?;
+        let mtime_ns = r.i64("mtime")?;
+        let ctime_ns = r.i64("ctime")?;
+        let size = r.u64("size")?;
+        let inode = r.u64("inode")?;
+        let dev = r.u64("dev")?;
+        let nlink = r.u64("nlink")?;
+        let rdev = r.u64("rdev")?;
+        let nx = r.length("xattr count", MAX_XATTRS, 2)?;
+        let mut xattrs = Vec::with_capacity(nx);
+        for _ in 0..nx {
+            let k = r.bytes("xattr name", 255)?;
+            let v = r.bytes("xattr value", MAX_XATTR_VALUE)?;
+            xattrs.push((k, v));
+        }
+        let tag_at = r.pos();
+        let content = match r.u8("content tag")? {
+            0 => ContentRef::None,
+            1 => {
+                let n = r.length("chunk count", INLINE_CHUNK_LIMIT as u64, CHUNK_REF_LEN)?;
+                let raw = r.take(n * CHUNK_REF_LEN, "chunk id")?;
+                let total: u64 = chunk_refs(raw).map(|c| u64::from(c.len)).sum();
+                if total != size {
                     return Err(DecodeError::Invalid {
-                        what: "entry name",
-                        offset: at,
-                        reason: "entries not strictly sorted".into(),
+                        what: "file chunks",
+                        offset: tag_at,
+                        reason: format!("chunks hold {total} bytes, size is {size}"),
                     });
                 }
+                ContentRef::Chunks(raw)
             }
-            let kind_at = r.pos();
-            let kind = EntryKind::from_code(r.u8("entry kind")?, kind_at)?;
-            let mode = r.u32("mode")?;
-            if mode & !0o7777 != 0 {
-                return Err(DecodeError::Invalid {
-                    what: "mode",
-                    offset: kind_at + 1,
-                    reason: format!("{mode:o} has bits outside 07777"),
-                });
-            }
-            let uid = r.u32("uid")?;
-            let gid = r.u32("gid")?;
-            let mtime_ns = r.i64("mtime")?;
-            let ctime_ns = r.i64("ctime")?;
-            let size = r.u64("size")?;
-            let inode = r.u64("inode")?;
-            let dev = r.u64("dev")?;
-            let nlink = r.u64("nlink")?;
-            let rdev = r.u64("rdev")?;
-            let nx = r.length("xattr count", MAX_XATTRS, 2)?;
-            let mut xattrs = Vec::with_capacity(nx);
-            for _ in 0..nx {
-                let k = r.bytes("xattr name", 255)?.to_vec();
-                let v = r.bytes("xattr value", MAX_XATTR_VALUE)?.to_vec();
-                xattrs.push((k, v));
-            }
-            let tag_at = r.pos();
-            let content = match r.u8("content tag")? {
-                0 => Content::None,
-                1 => {
-                    let n = r.length("chunk count", INLINE_CHUNK_LIMIT as u64, 36)?;
-                    let mut chunks = Vec::with_capacity(n);
-                    let mut total: u64 = 0;
-                    for _ in 0..n {
-                        let id = r.id("chunk id")?;
-                        let len = r.u32("chunk length")?;
-                        total += u64::from(len);
-                        chunks.push(ChunkRef { id, len });
-                    }
-                    if total != size {
-                        return Err(DecodeError::Invalid {
-                            what: "file chunks",
-                            offset: tag_at,
-                            reason: format!("chunks hold {total} bytes, size is {size}"),
-                        });
-                    }
-                    Content::Chunks(chunks)
-                }
-                2 => Content::ChunkList(r.id("chunk list id")?),
-                3 => Content::Subtree(r.id("subtree id")?),
-                4 => Content::Target(r.bytes("symlink target", MAX_TARGET_LEN)?.to_vec()),
-                t => {
-                    return Err(DecodeError::Invalid {
-                        what: "content tag",
-                        offset: tag_at,
-                        reason: format!("unknown tag {t}"),
-                    })
-                }
-            };
-            let consistent = matches!(
-                (kind, &content),
-                (EntryKind::File, Content::Chunks(_) | Content::ChunkList(_))
-                    | (EntryKind::Dir, Content::Subtree(_))
-                    | (EntryKind::Symlink, Content::Target(_))
-                    | (
-                        EntryKind::CharDevice | EntryKind::BlockDevice | EntryKind::Fifo,
-                        Content::None
-                    )
-            );
-            if !consistent {
+            2 => ContentRef::ChunkList(r.id("chunk list id")?),
+            3 => ContentRef::Subtree(r.id("subtree id")?),
+            4 => ContentRef::Target(r.bytes("symlink target", MAX_TARGET_LEN)?),
+            t => {
                 return Err(DecodeError::Invalid {
                     what: "content tag",
                     offset: tag_at,
-                    reason: format!("content does not fit a {kind:?} entry"),
-                });
+                    reason: format!("unknown tag {t}"),
+                })
             }
-            entries.push(Entry {
-                name,
-                kind,
-                attrs: Attrs {
-                    mode,
-                    uid,
-                    gid,
-                    mtime_ns,
-                    ctime_ns,
-                    size,
-                    inode,
-                    dev,
-                    nlink,
-                    rdev,
-                },
-                xattrs,
-                content,
+        };
+        let consistent = matches!(
+            (kind, &content),
+            (
+                EntryKind::File,
+                ContentRef::Chunks(_) | ContentRef::ChunkList(_)
+            ) | (EntryKind::Dir, ContentRef::Subtree(_))
+                | (EntryKind::Symlink, ContentRef::Target(_))
+                | (
+                    EntryKind::CharDevice | EntryKind::BlockDevice | EntryKind::Fifo,
+                    ContentRef::None
+                )
+        );
+        if !consistent {
+            return Err(DecodeError::Invalid {
+                what: "content tag",
+                offset: tag_at,
+                reason: format!("content does not fit a {kind:?} entry"),
             });
         }
-        r.finish("tree")?;
-        Ok(Tree { entries })
+        Ok(Some(EntryRef {
+            name,
+            kind,
+            attrs: Attrs {
+                mode,
+                uid,
+                gid,
+                mtime_ns,
+                ctime_ns,
+                size,
+                inode,
+                dev,
+                nlink,
+                rdev,
+            },
+            xattrs,
+            content,
+        }))
     }
 }
 
@@ -588,6 +683,55 @@ mod tests {
             ],
         };
         assert!(Tree::decode(&dup.encode()).is_err());
+    }
+
+    /// The edge-only walk sees exactly the ids `decode` + `children` see (repeats included, in
+    /// entry order), and refuses exactly the blobs `decode` refuses: every truncation and every
+    /// single-byte change of a tree holding each kind of content.
+    #[test]
+    fn tree_children_agree_with_decode() {
+        let x = ChunkRef {
+            id: ChunkId::of(b"x"),
+            len: 3,
+        };
+        let y = ChunkRef {
+            id: ChunkId::of(b"y"),
+            len: 4,
+        };
+        let mut t = Tree {
+            entries: vec![
+                entry(b"a", EntryKind::File, Content::Chunks(vec![x, y, x])),
+                entry(b"b", EntryKind::File, Content::ChunkList(ChunkId::of(b"l"))),
+                entry(b"c", EntryKind::Dir, Content::Subtree(ChunkId::of(b"t"))),
+                entry(b"d", EntryKind::Symlink, Content::Target(b"a".to_vec())),
+                entry(b"e", EntryKind::Fifo, Content::None),
+                entry(b"f", EntryKind::File, Content::Chunks(vec![y])),
+            ],
+        };
+        t.sort();
+        let bytes = t.encode();
+        let walk = |b: &[u8]| {
+            let mut ids = Vec::new();
+            for_each_tree_child(b, |id| ids.push(id)).map(|()| ids)
+        };
+        let all = walk(&bytes).unwrap();
+        let expected = [x.id, y.id, x.id, ChunkId::of(b"l"), ChunkId::of(b"t"), y.id];
+        assert_eq!(all, expected);
+        assert_eq!(distinct(all), t.children());
+        let mut corrupt = bytes.clone();
+        for at in 0..bytes.len() {
+            assert!(walk(&bytes[..at]).is_err(), "truncation at {at} accepted");
+            for flip in [0x01u8, 0x80, 0xff] {
+                let original = bytes[at];
+                corrupt[at] = original ^ flip;
+                match (Tree::decode(&corrupt), walk(&corrupt)) {
+                    (Ok(tree), Ok(ids)) => assert_eq!(distinct(ids), tree.children()),
+                    (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                    (a, b) => panic!("byte {at} ^ {flip:#x}: decode {a:?}, walk {b:?}"),
+                }
+                corrupt[at] = original;
+            }
+        }
     }
 
     #[test]

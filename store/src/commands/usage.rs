@@ -111,7 +111,15 @@ impl Repository {
     /// the account checks report for a whole fleet, without one walk per host and per
     /// account. Works on read-only handles.
     pub fn fleet_usage(&self, groups: &[Vec<String>]) -> Result<FleetUsage> {
+        let started = std::time::Instant::now();
+        let phase = |what: &str| {
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "fleet_usage: {what}"
+            )
+        };
         let snapshots = self.snapshots()?;
+        phase("snapshot records");
         let mut host_names: Vec<&str> = snapshots.iter().map(|s| s.host.as_str()).collect();
         host_names.sort_unstable();
         host_names.dedup();
@@ -129,6 +137,7 @@ impl Repository {
             }
             Ok(())
         })?;
+        phase("blob scan");
 
         let mut roots: Vec<Vec<u32>> = vec![Vec::new(); host_names.len()];
         let mut queued = vec![false; graph.len()];
@@ -153,30 +162,61 @@ impl Repository {
         // file and its pages) on every core.
         while !frontier.is_empty() {
             frontier.sort_unstable_by_key(|&n| graph.place(n));
-            let read: Vec<Result<Vec<u32>>> = frontier
-                .par_iter()
-                .map(|&n| {
-                    let (id, loc) = graph.located(n);
-                    let mut below = Vec::new();
-                    for child in self.blob_children(&id, &loc)? {
-                        below.push(graph.live(&child)?);
+            // Each task returns its parents' children in one vector, ordered as
+            // `Graph::set_children` keeps them (few allocations, few frees of another
+            // thread's memory, and the main thread only queues the trees below).
+            let read: Vec<Result<ReadBatch>> = frontier
+                .par_chunks(READ_BATCH)
+                .map(|batch| {
+                    let (mut flat, mut counts) = (Vec::new(), Vec::with_capacity(batch.len()));
+                    let (mut ids, mut keys) = (Vec::new(), Vec::new());
+                    for &n in batch {
+                        ids.clear();
+                        if let Some((id, loc)) = graph.located(n) {
+                            self.for_each_blob_child(&id, &loc, |child| ids.push(child))?;
+                        }
+                        // Looked up in a loop of their own, so that the cache misses of
+                        // independent lookups overlap.
+                        keys.clear();
+                        for child in &ids {
+                            let c = graph.live(child)?;
+                            keys.push(u64::from(!graph.expands(c)) << 32 | u64::from(c));
+                        }
+                        keys.sort_unstable();
+                        keys.dedup();
+                        let nodes = keys.iter().take_while(|&&k| k >> 32 == 0).count();
+                        flat.extend(keys.iter().map(|&k| k as u32));
+                        counts.push((nodes as u32, (keys.len() - nodes) as u32));
                     }
-                    Ok(below)
+                    Ok(ReadBatch { flat, counts })
                 })
                 .collect();
             let mut next = Vec::new();
-            for (&n, below) in frontier.iter().zip(read) {
-                let below = below?;
-                for &c in &below {
-                    if graph.expands(c) && !std::mem::replace(&mut queued[c as usize], true) {
-                        next.push(c);
+            for (batch, read) in frontier.chunks(READ_BATCH).zip(read) {
+                let ReadBatch { flat, counts } = read?;
+                let mut rest = flat.as_slice();
+                for (&n, &(nodes, leaves)) in batch.iter().zip(&counts) {
+                    let (below, after) = rest
+                        .split_at_checked((nodes + leaves) as usize)
+                        .unwrap_or((rest, &[]));
+                    rest = after;
+                    for &c in below.get(..nodes as usize).unwrap_or_default() {
+                        if !std::mem::replace(&mut queued[c as usize], true) {
+                            next.push(c);
+                        }
                     }
+                    graph.set_children(n, below, nodes);
                 }
-                graph.set_children(n, below);
             }
             frontier = next;
         }
         drop(queued);
+        phase("trees read");
+        tracing::debug!(
+            trees = graph.parents.len(),
+            edges = graph.children.len(),
+            "fleet_usage: the DAG"
+        );
 
         // Which hosts reach each tree: a walk per host over the trees in memory, stopping
         // where the host is already recorded (everything below has it too).
@@ -202,6 +242,7 @@ impl Repository {
         // A blob without children is reached by every host that reaches one of its parents.
         // Parents with the most hosts go first: a leaf's later parents then mostly add hosts
         // it already has (no new set), instead of every order of unions making sets of its own.
+        phase("host sets of trees");
         let mut parents = graph.parents();
         parents.sort_by_cached_key(|&n| {
             let set = set_of.get(n as usize).copied().unwrap_or(EMPTY_SET);
@@ -215,6 +256,7 @@ impl Repository {
                 }
             }
         }
+        phase("host sets of leaves");
         let mut totals = vec![(0u64, 0u64); sets.len()];
         for (n, &set) in set_of.iter().enumerate() {
             if let Some(t) = totals.get_mut(set as usize) {
@@ -420,6 +462,17 @@ struct Graph {
 
 const NOT_A_PARENT: u32 = u32::MAX;
 
+/// Trees and chunk lists one task reads in a row (neighbours in pack order).
+const READ_BATCH: usize = 256;
+
+/// What one task read of a batch of parents: their children, one parent after another, each
+/// parent's run ordered as [`Graph::set_children`] keeps it, and per parent the run's
+/// (trees, leaves) counts.
+struct ReadBatch {
+    flat: Vec<u32>,
+    counts: Vec<(u32, u32)>,
+}
+
 impl Graph {
     fn len(&self) -> usize {
         self.ids.len()
@@ -461,43 +514,28 @@ impl Graph {
         self.parent(n).is_some()
     }
 
-    /// Where a tree or chunk list is, for reading in pack order.
-    fn place(&self, n: u32) -> (crate::pack::PackId, u64) {
-        self.parent(n)
-            .map_or((ChunkId([0; 32]), 0), |p| (p.1.pack, p.1.offset))
+    /// Where a tree or chunk list is, for reading in pack order (data first, unread).
+    fn place(&self, n: u32) -> Option<(crate::pack::PackId, u64)> {
+        self.parent(n).map(|p| (p.1.pack, p.1.offset))
     }
 
-    fn located(&self, n: u32) -> (ChunkId, BlobLoc) {
-        let id = self
-            .ids
-            .get(n as usize)
-            .copied()
-            .unwrap_or(ChunkId([0; 32]));
-        let loc = self.parent(n).map(|p| p.1).unwrap_or(BlobLoc {
-            pack: ChunkId([0; 32]),
-            offset: 0,
-            stored_len: 0,
-            raw_len: 0,
-            kind: BlobKind::Data,
-            refcount: 0,
-        });
-        (id, loc)
+    /// A tree's or chunk list's id and location; `None` for data.
+    fn located(&self, n: u32) -> Option<(ChunkId, BlobLoc)> {
+        Some((*self.ids.get(n as usize)?, self.parent(n)?.1))
     }
 
-    /// Records a parent's children: trees and chunk lists first, then leaves.
-    fn set_children(&mut self, n: u32, mut below: Vec<u32>) {
-        below.sort_unstable_by_key(|&c| (!self.expands(c), c));
-        below.dedup();
-        let nodes = below.iter().take_while(|&&c| self.expands(c)).count();
+    /// Records a parent's distinct children: its `nodes` trees and chunk lists first, then
+    /// its leaves.
+    fn set_children(&mut self, n: u32, below: &[u32], nodes: u32) {
         let start = self.children.len();
-        self.children.extend_from_slice(&below);
+        self.children.extend_from_slice(below);
         let Some(&slot) = self.parent_slot.get(n as usize) else {
             return;
         };
         if let Some(p) = self.parents.get_mut(slot as usize) {
             p.2 = start;
-            p.3 = nodes as u32;
-            p.4 = (below.len() - nodes) as u32;
+            p.3 = nodes;
+            p.4 = below.len() as u32 - nodes;
         }
     }
 

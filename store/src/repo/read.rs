@@ -169,22 +169,38 @@ impl Repository {
     /// The distinct blobs a tree or chunk list references (none for data): the edges of the
     /// Merkle DAG that reference counts count.
     pub(crate) fn blob_children(&self, id: &ChunkId, loc: &BlobLoc) -> Result<Vec<ChunkId>> {
+        let mut ids = Vec::new();
+        self.for_each_blob_child(id, loc, |c| ids.push(c))?;
+        Ok(xstore_format::tree::distinct(ids))
+    }
+
+    /// Calls `each` with every blob a tree or chunk list references, repeats included (none
+    /// for data), without decoding the rest of its entries.
+    pub(crate) fn for_each_blob_child(
+        &self,
+        id: &ChunkId,
+        loc: &BlobLoc,
+        mut each: impl FnMut(ChunkId),
+    ) -> Result<()> {
         let corrupt = |source| Error::CorruptBlob {
             id: *id,
             pack: loc.pack.to_string(),
             source,
         };
-        Ok(match loc.kind {
-            BlobKind::Data | BlobKind::SnapshotRecord => Vec::new(),
+        match loc.kind {
+            BlobKind::Data | BlobKind::SnapshotRecord => Ok(()),
             BlobKind::Tree => {
                 let raw = self.read_located(id, loc)?;
-                Tree::decode(&raw).map_err(corrupt)?.children()
+                xstore_format::tree::for_each_tree_child(&raw, each).map_err(corrupt)
             }
             BlobKind::ChunkList => {
                 let raw = self.read_located(id, loc)?;
-                xstore_format::tree::chunk_list_children(&decode_chunk_list(&raw).map_err(corrupt)?)
+                for c in decode_chunk_list(&raw).map_err(corrupt)? {
+                    each(c.id);
+                }
+                Ok(())
             }
-        })
+        }
     }
 
     /// Reads and decodes a tree blob.
