@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Result;
-use xstore::{Inventory, Progress, PullOptions, PullOutcome, PullReport, Repository};
+use xstore::{pull_fleet, Inventory, Progress, PullOptions, PullOutcome, PullReport, Repository};
 use xstore_agent::cli::AgentArgs;
 
 use crate::{human_bytes, open_ro, open_rw, print_json, time_of, Cli, EXIT_OK};
@@ -91,10 +91,6 @@ pub(crate) fn pull(cli: &Cli, args: &PullArgs) -> Result<u8> {
         .as_deref()
         .map(|t| xstore::retention::parse_period(t).map_err(|e| anyhow::anyhow!("--timeout: {e}")))
         .transpose()?;
-    let repo = open_rw(cli)?;
-    for h in repo.apply_inventory_schedules(&inv.hosts)? {
-        tracing::info!(host = %h, "tier schedule set from the inventory");
-    }
     let progress = Arc::new(Progress::default());
     let opts = PullOptions {
         timeout,
@@ -103,15 +99,31 @@ pub(crate) fn pull(cli: &Cli, args: &PullArgs) -> Result<u8> {
         progress: Some(progress.clone()),
         ..PullOptions::default()
     };
-    let tracker = crate::Tracker::start(cli, "pull", progress.clone());
     let print = |r: &PullReport| {
         let quiet_ok = cli.quiet && r.outcome != PullOutcome::Failed;
         if !cli.json && !quiet_ok {
             println!("{}", report_line(r));
         }
     };
-    let reports = repo.pull_all(&hosts, args.jobs, &opts, &print);
-    tracker.finish();
+    let mut tracker = None;
+    let mut open = || -> Result<Repository> {
+        let repo = open_rw(cli)?;
+        for h in repo.apply_inventory_schedules(&inv.hosts)? {
+            tracing::info!(host = %h, "tier schedule set from the inventory");
+        }
+        tracker = Some(crate::Tracker::start(cli, "pull", progress.clone()));
+        Ok(repo)
+    };
+    let reports = if cli.lock_wait.is_some() {
+        // Waiting for the lock may take long: connect only once the repository is open.
+        open()?.pull_all(&hosts, args.jobs, &opts, &print)
+    } else {
+        // ssh connects while the repository opens.
+        pull_fleet(open, &hosts, args.jobs, &opts, &print)?.1
+    };
+    if let Some(t) = tracker {
+        t.finish();
+    }
     let count = |o: PullOutcome| reports.iter().filter(|r| r.outcome == o).count();
     let (ok, partial, failed) = (
         count(PullOutcome::Ok),

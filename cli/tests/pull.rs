@@ -446,3 +446,97 @@ fn several_hosts_in_parallel_and_failures_stay_with_their_host() {
     assert!(f.snapshots_of("hangs").is_empty());
     ok(&f.repo, &["check", "--read-data"]);
 }
+
+/// Command lines of running processes that mention `marker`.
+fn processes_mentioning(marker: &Path) -> Vec<String> {
+    let marker = marker.to_str().unwrap();
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(marker))
+        .collect()
+}
+
+/// Processes of this fleet's agent or ssh still running after `deadline` (polled).
+fn left_running(f: &Fleet, deadline: Duration) -> Vec<String> {
+    let deadline = Instant::now() + deadline;
+    loop {
+        let mut left: Vec<String> = agent_pids(&f.root.join("backup.conf"))
+            .iter()
+            .map(|p| format!("agent pid {p}"))
+            .collect();
+        left.extend(processes_mentioning(&f.sshd.ssh_config));
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `pull` starts ssh while the repository opens (`pull_fleet`). When the open is refused
+/// (another writer holds the lock), the early connection is closed before the agent is sent
+/// anything: exit 1, one error line naming the holder, no snapshot, no pull record, no ssh
+/// or agent left running. With `--lock-wait` it connects only after the open, and pulls.
+#[test]
+fn a_refused_open_closes_the_connection_started_beside_it() {
+    let f = fleet("");
+    let held = xstore::Repository::open(&f.repo).unwrap();
+    let out = f.pull(&["client1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let errors: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("locked by pid"), "{err}");
+    let left = left_running(&f, Duration::from_secs(10));
+    assert!(left.is_empty(), "still running: {left:?}");
+
+    // Through the library, with an open that lasts until the agent runs: the connection
+    // was made while the open ran, and is closed when it fails.
+    let inventory = xstore::Inventory::load(&f.inventory).unwrap();
+    let hosts = inventory
+        .select(&["client1".to_string()], false, None)
+        .unwrap();
+    let conf = f.root.join("backup.conf");
+    let opened = xstore::pull_fleet(
+        || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while agent_pids(&conf).is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(agent_pids(&conf).len())
+        },
+        &hosts,
+        1,
+        &xstore::PullOptions::default(),
+        &|_| panic!("nothing may be pulled"),
+    );
+    assert!(
+        matches!(opened, Err(n) if n > 0),
+        "the agent did not start during the open"
+    );
+    let left = left_running(&f, Duration::from_secs(10));
+    assert!(left.is_empty(), "still running: {left:?}");
+    drop(held);
+    assert!(f.snapshots_of("client1").is_empty());
+    assert!(!f.repo.join("pulls").join("client1.json").exists());
+
+    let out = xstore(
+        &f.repo,
+        &[
+            "--lock-wait",
+            "10s",
+            "--json",
+            "pull",
+            "--inventory",
+            f.inventory.to_str().unwrap(),
+            "client1",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = common::last_json(&out.stdout);
+    assert_eq!(host_report(&v, "client1")["outcome"], "ok", "{v}");
+    f.restore_and_compare("client1@latest");
+}

@@ -91,7 +91,8 @@ pub use error::RemoteError;
 pub use error::{Error, Result};
 pub use fleet::inventory::{Account, HostSpec, Inventory, InventoryError, SelectError};
 pub use fleet::pull::{
-    ssh_command, HostStatus, PullOptions, PullOutcome, PullReport, DEFAULT_PULL_THREADS,
+    pull_fleet, ssh_command, AgentConnection, HostStatus, PullOptions, PullOutcome, PullReport,
+    DEFAULT_PULL_THREADS,
 };
 pub use fleet::rsnapshot::{
     BackupPoint, ImportAction, ImportOutcome, ImportPlan, RsnapshotBackup, RsnapshotConfig,

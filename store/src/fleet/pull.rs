@@ -221,6 +221,89 @@ fn reap(child: &Mutex<Child>, grace: Duration) {
     }
 }
 
+/// ssh started to a host's agent, not yet spoken to. Starting it before the repository is
+/// open hides the open behind ssh's connection setup ([`pull_fleet`]). Dropped unused, it
+/// kills ssh and waits for it (the agent sees its input end and exits, having sent nothing).
+pub struct AgentConnection {
+    child: Arc<Mutex<Child>>,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: Option<std::process::ChildStdout>,
+    stderr_lines: Arc<Mutex<Vec<String>>>,
+    collector: Option<std::thread::JoinHandle<()>>,
+    used: bool,
+}
+
+impl AgentConnection {
+    /// Spawns [`ssh_command`] for `host` with its three pipes; ssh's stderr lines are logged
+    /// and the last ones kept for error messages.
+    pub fn start(host: &HostSpec) -> Result<AgentConnection> {
+        let mut cmd = ssh_command(host);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| pull_error(host, format!("starting {}: {e}", host.ssh)))?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(pull_error(host, "ssh started without pipes"));
+        };
+        let stderr_lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let collector = {
+            let lines = Arc::clone(&stderr_lines);
+            let name = host.name.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                    tracing::info!(host = %name, "remote: {line}");
+                    if let Ok(mut v) = lines.lock() {
+                        if v.len() == STDERR_LINES {
+                            v.remove(0);
+                        }
+                        v.push(line);
+                    }
+                }
+            })
+        };
+        Ok(AgentConnection {
+            child: Arc::new(Mutex::new(child)),
+            stdin: Some(stdin),
+            stdout: Some(stdout),
+            stderr_lines,
+            collector: Some(collector),
+            used: false,
+        })
+    }
+
+    /// Waits for the stderr collector (after ssh has exited: its stderr is closed).
+    fn join_collector(&mut self) {
+        self.used = true;
+        if let Some(c) = self.collector.take() {
+            let _ = c.join();
+        }
+    }
+}
+
+impl Drop for AgentConnection {
+    fn drop(&mut self) {
+        if self.used {
+            return;
+        }
+        // Closing its input ends the agent's session; ssh is killed in case it is still
+        // connecting.
+        drop(self.stdin.take());
+        if let Ok(mut c) = self.child.lock() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(c) = self.collector.take() {
+            let _ = c.join();
+        }
+    }
+}
+
 /// What the repository knows of one host ([`Repository::host_status`]).
 #[derive(Debug, Clone, Default)]
 pub struct HostStatus {
@@ -248,15 +331,20 @@ impl Repository {
     ///
     /// Every attempt, failed or not, is recorded as the host's [`Repository::last_pull`].
     pub fn pull(&self, host: &HostSpec, opts: &PullOptions) -> Result<Snapshot> {
-        self.pull_reported(host, opts).0
+        self.pull_reported(host, opts, None).0
     }
 
-    fn pull_reported(&self, host: &HostSpec, opts: &PullOptions) -> (Result<Snapshot>, PullReport) {
+    fn pull_reported(
+        &self,
+        host: &HostSpec,
+        opts: &PullOptions,
+        connection: Option<AgentConnection>,
+    ) -> (Result<Snapshot>, PullReport) {
         let started_ns = crate::now_ns();
         let started = Instant::now();
         let result = self
             .require_writable()
-            .and_then(|()| self.pull_over_ssh(host, opts));
+            .and_then(|()| self.pull_over_ssh(host, opts, connection));
         let report = PullReport::of(host, started_ns, started, &result);
         if self.is_writable() {
             if let Err(e) = self.record_pull(&report) {
@@ -341,43 +429,28 @@ impl Repository {
         Ok(Some(report))
     }
 
-    fn pull_over_ssh(&self, host: &HostSpec, opts: &PullOptions) -> Result<Snapshot> {
-        let mut cmd = ssh_command(host);
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| pull_error(host, format!("starting {}: {e}", host.ssh)))?;
-        let (Some(stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    fn pull_over_ssh(
+        &self,
+        host: &HostSpec,
+        opts: &PullOptions,
+        connection: Option<AgentConnection>,
+    ) -> Result<Snapshot> {
+        let mut connection = match connection {
+            Some(c) => c,
+            None => AgentConnection::start(host)?,
+        };
+        let (Some(stdin), Some(stdout)) = (connection.stdin.take(), connection.stdout.take())
         else {
-            let _ = child.kill();
             return Err(pull_error(host, "ssh started without pipes"));
         };
-        let child = Arc::new(Mutex::new(child));
-        let stderr_lines = Arc::new(Mutex::new(Vec::<String>::new()));
-        let collector = {
-            let lines = Arc::clone(&stderr_lines);
-            let name = host.name.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
-                    tracing::info!(host = %name, "remote: {line}");
-                    if let Ok(mut v) = lines.lock() {
-                        if v.len() == STDERR_LINES {
-                            v.remove(0);
-                        }
-                        v.push(line);
-                    }
-                }
-            })
-        };
+        let child = Arc::clone(&connection.child);
+        let stderr_lines = Arc::clone(&connection.stderr_lines);
         let limit = opts.timeout.unwrap_or(host.timeout);
         let watchdog = Watchdog::start(Arc::clone(&child), limit);
         let result = self.pull_over(host, opts, stdout, stdin);
         let fired = watchdog.stop();
         reap(&child, Duration::from_secs(10));
-        let _ = collector.join();
+        connection.join_collector();
         let last_stderr = stderr_lines
             .lock()
             .map(|v| v.last().cloned())
@@ -487,9 +560,23 @@ impl Repository {
         opts: &PullOptions,
         on_done: &(dyn Fn(&PullReport) + Sync),
     ) -> Vec<PullReport> {
+        self.pull_all_connected(hosts, Vec::new(), jobs, opts, on_done)
+    }
+
+    /// [`Repository::pull_all`] where `connected[i]`, if given, is ssh already started to
+    /// `hosts[i]`.
+    fn pull_all_connected(
+        &self,
+        hosts: &[HostSpec],
+        connected: Vec<Option<AgentConnection>>,
+        jobs: usize,
+        opts: &PullOptions,
+        on_done: &(dyn Fn(&PullReport) + Sync),
+    ) -> Vec<PullReport> {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let mut connected = connected.into_iter();
         for (i, h) in hosts.iter().enumerate() {
-            let _ = tx.send((i, h));
+            let _ = tx.send((i, h, connected.next().flatten()));
         }
         drop(tx);
         let reports = Mutex::new(Vec::with_capacity(hosts.len()));
@@ -498,8 +585,8 @@ impl Repository {
                 let rx = rx.clone();
                 let reports = &reports;
                 scope.spawn(move || {
-                    for (i, host) in rx {
-                        let (_, report) = self.pull_reported(host, opts);
+                    for (i, host, connection) in rx {
+                        let (_, report) = self.pull_reported(host, opts, connection);
                         on_done(&report);
                         if let Ok(mut r) = reports.lock() {
                             r.push((i, report));
@@ -531,4 +618,29 @@ impl Repository {
         }
         Ok(changed)
     }
+}
+
+/// What `xstore pull` does: starts ssh to the first `jobs` hosts, opens the repository with
+/// `open` while they connect (ssh's connection setup takes a few hundred milliseconds, mostly
+/// waiting on the client; opening a writable repository and its crash recovery tens of
+/// milliseconds), then pulls every host as [`Repository::pull_all`] does. If `open` fails,
+/// the started connections are closed before the agents are sent anything, and its error is
+/// returned. (An open that may wait long for the writer lock gains nothing from this: call
+/// [`Repository::pull_all`] after it.)
+pub fn pull_fleet<E>(
+    open: impl FnOnce() -> std::result::Result<Repository, E>,
+    hosts: &[HostSpec],
+    jobs: usize,
+    opts: &PullOptions,
+    on_done: &(dyn Fn(&PullReport) + Sync),
+) -> std::result::Result<(Repository, Vec<PullReport>), E> {
+    // A host whose ssh cannot even start is retried, and reported, by its own pull.
+    let connected: Vec<Option<AgentConnection>> = hosts
+        .iter()
+        .take(jobs.max(1))
+        .map(|h| AgentConnection::start(h).ok())
+        .collect();
+    let repo = open()?;
+    let reports = repo.pull_all_connected(hosts, connected, jobs, opts, on_done);
+    Ok((repo, reports))
 }
