@@ -325,22 +325,27 @@ fn the_key_runs_nothing_but_the_agent() {
     assert!(f.snapshots_of("client2").is_empty());
 }
 
+/// (pid, command line) of every running process that mentions `marker`.
+fn processes_mentioning(marker: &Path) -> Vec<(i32, String)> {
+    let marker = marker.to_str().unwrap();
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+            Some((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")))
+        })
+        .filter(|(_, c)| c.contains(marker))
+        .collect()
+}
+
 fn agent_pids(marker: &Path) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let is_agent = cmdline.contains("xstore-agent ") || cmdline.contains(" agent ");
-        if is_agent && cmdline.contains(marker.to_str().unwrap()) {
-            pids.push(pid);
-        }
-    }
-    pids
+    processes_mentioning(marker)
+        .into_iter()
+        .filter(|(_, c)| c.contains("xstore-agent ") || c.contains(" agent "))
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 #[test]
@@ -460,19 +465,6 @@ fn several_hosts_in_parallel_and_failures_stay_with_their_host() {
     ok(&f.repo, &["check", "--read-data"]);
 }
 
-/// Command lines of running processes that mention `marker`.
-fn processes_mentioning(marker: &Path) -> Vec<String> {
-    let marker = marker.to_str().unwrap();
-    fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(marker))
-        .collect()
-}
-
 /// Processes of this fleet's agent or ssh still running after `deadline` (polled).
 fn left_running(f: &Fleet, deadline: Duration) -> Vec<String> {
     let deadline = Instant::now() + deadline;
@@ -481,7 +473,11 @@ fn left_running(f: &Fleet, deadline: Duration) -> Vec<String> {
             .iter()
             .map(|p| format!("agent pid {p}"))
             .collect();
-        left.extend(processes_mentioning(&f.sshd.ssh_config));
+        left.extend(
+            processes_mentioning(&f.sshd.ssh_config)
+                .into_iter()
+                .map(|(_, c)| c),
+        );
         if left.is_empty() || Instant::now() > deadline {
             return left;
         }
@@ -535,6 +531,24 @@ fn a_refused_open_closes_the_connection_started_beside_it() {
     drop(held);
     assert!(f.snapshots_of("client1").is_empty());
     assert!(!f.repo.join("pulls").join("client1.json").exists());
+
+    // An ssh that cannot start is that host's failed pull, reported with the reason.
+    let mut broken = hosts[0].clone();
+    broken.ssh = f.root.join("no-such-ssh").display().to_string();
+    let (_, reports) = xstore::pull_fleet(
+        || xstore::Repository::open(&f.repo),
+        &[broken],
+        1,
+        &xstore::PullOptions::default(),
+        &|_| {},
+    )
+    .unwrap();
+    assert_eq!(reports[0].outcome, xstore::PullOutcome::Failed);
+    let error = reports[0].error.clone().unwrap_or_default();
+    assert!(
+        error.contains("starting ") && error.contains("no-such-ssh"),
+        "{error}"
+    );
 
     let out = xstore(
         &f.repo,

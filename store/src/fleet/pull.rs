@@ -222,15 +222,15 @@ fn reap(child: &Mutex<Child>, grace: Duration) {
 }
 
 /// ssh started to a host's agent, not yet spoken to. Starting it before the repository is
-/// open hides the open behind ssh's connection setup ([`pull_fleet`]). Dropped unused, it
-/// kills ssh and waits for it (the agent sees its input end and exits, having sent nothing).
+/// open hides the open behind ssh's connection setup ([`pull_fleet`]). Dropped while ssh
+/// still runs, it closes ssh's input, kills it and waits for it (the agent sees its input end
+/// and exits, having sent nothing). The pull's time limit starts when the pull does.
 pub struct AgentConnection {
     child: Arc<Mutex<Child>>,
     stdin: Option<std::process::ChildStdin>,
     stdout: Option<std::process::ChildStdout>,
     stderr_lines: Arc<Mutex<Vec<String>>>,
     collector: Option<std::thread::JoinHandle<()>>,
-    used: bool,
 }
 
 impl AgentConnection {
@@ -273,13 +273,11 @@ impl AgentConnection {
             stdout: Some(stdout),
             stderr_lines,
             collector: Some(collector),
-            used: false,
         })
     }
 
     /// Waits for the stderr collector (after ssh has exited: its stderr is closed).
     fn join_collector(&mut self) {
-        self.used = true;
         if let Some(c) = self.collector.take() {
             let _ = c.join();
         }
@@ -288,19 +286,15 @@ impl AgentConnection {
 
 impl Drop for AgentConnection {
     fn drop(&mut self) {
-        if self.used {
-            return;
-        }
-        // Closing its input ends the agent's session; ssh is killed in case it is still
-        // connecting.
+        // After a pull, `reap` has waited for ssh already: nothing is left to do.
         drop(self.stdin.take());
         if let Ok(mut c) = self.child.lock() {
-            let _ = c.kill();
-            let _ = c.wait();
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
-        if let Some(c) = self.collector.take() {
-            let _ = c.join();
-        }
+        self.join_collector();
     }
 }
 
@@ -338,7 +332,7 @@ impl Repository {
         &self,
         host: &HostSpec,
         opts: &PullOptions,
-        connection: Option<AgentConnection>,
+        connection: Option<Result<AgentConnection>>,
     ) -> (Result<Snapshot>, PullReport) {
         let started_ns = crate::now_ns();
         let started = Instant::now();
@@ -433,10 +427,10 @@ impl Repository {
         &self,
         host: &HostSpec,
         opts: &PullOptions,
-        connection: Option<AgentConnection>,
+        connection: Option<Result<AgentConnection>>,
     ) -> Result<Snapshot> {
         let mut connection = match connection {
-            Some(c) => c,
+            Some(started) => started?,
             None => AgentConnection::start(host)?,
         };
         let (Some(stdin), Some(stdout)) = (connection.stdin.take(), connection.stdout.take())
@@ -563,12 +557,12 @@ impl Repository {
         self.pull_all_connected(hosts, Vec::new(), jobs, opts, on_done)
     }
 
-    /// [`Repository::pull_all`] where `connected[i]`, if given, is ssh already started to
-    /// `hosts[i]`.
+    /// [`Repository::pull_all`] where `connected[i]`, if given, is the outcome of starting
+    /// ssh to `hosts[i]` already.
     fn pull_all_connected(
         &self,
         hosts: &[HostSpec],
-        connected: Vec<Option<AgentConnection>>,
+        connected: Vec<Result<AgentConnection>>,
         jobs: usize,
         opts: &PullOptions,
         on_done: &(dyn Fn(&PullReport) + Sync),
@@ -576,7 +570,7 @@ impl Repository {
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut connected = connected.into_iter();
         for (i, h) in hosts.iter().enumerate() {
-            let _ = tx.send((i, h, connected.next().flatten()));
+            let _ = tx.send((i, h, connected.next()));
         }
         drop(tx);
         let reports = Mutex::new(Vec::with_capacity(hosts.len()));
@@ -634,11 +628,11 @@ pub fn pull_fleet<E>(
     opts: &PullOptions,
     on_done: &(dyn Fn(&PullReport) + Sync),
 ) -> std::result::Result<(Repository, Vec<PullReport>), E> {
-    // A host whose ssh cannot even start is retried, and reported, by its own pull.
-    let connected: Vec<Option<AgentConnection>> = hosts
+    // A host whose ssh cannot even start gets that error as its pull's outcome.
+    let connected: Vec<Result<AgentConnection>> = hosts
         .iter()
         .take(jobs.max(1))
-        .map(|h| AgentConnection::start(h).ok())
+        .map(AgentConnection::start)
         .collect();
     let repo = open()?;
     let reports = repo.pull_all_connected(hosts, connected, jobs, opts, on_done);
