@@ -285,10 +285,10 @@ impl Tree {
 }
 
 /// Calls `each` with every blob id a tree blob references (subtrees, chunk lists and inline
-/// chunks), in entry order, repeats included, after validating the blob exactly as
-/// [`Tree::decode`] does; allocates nothing per entry. What walks of the Merkle DAG that need
-/// only its edges (usage, reachability) read instead of decoding whole trees. On an error,
-/// `each` may have seen ids of the entries before it.
+/// chunks), in entry order, repeats included, validating the blob exactly as [`Tree::decode`]
+/// does as it goes; allocates only for entries with xattrs. What walks of the Merkle DAG that
+/// need only its edges (usage, reachability) read instead of decoding whole trees. On an
+/// error, `each` may have seen ids of the entries before it.
 pub fn for_each_tree_child(bytes: &[u8], mut each: impl FnMut(ChunkId)) -> Result<(), DecodeError> {
     let mut r = EntryReader::open(bytes)?;
     while let Some(e) = r.next_entry()? {
