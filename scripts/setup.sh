@@ -18,4 +18,14 @@ if [ ${#_xs_need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${_xs_need[@]}" >/dev/null
 fi
 unset _xs_need
+# Object-store tests run a real Garage cluster on 127.0.0.1 (tests/src/garage.rs). Built from
+# crates.io once per machine into the tools cache (about 10 minutes on 2 cores), with its own
+# target directory so that the project's builds never rebuild it.
+_xs_tools="$HOME/.cache/xstore/tools"
+if ! [ -x "$_xs_tools/bin/garage" ]; then
+  echo "installing garage 2.5.0 into $_xs_tools" >&2
+  CARGO_TARGET_DIR="$HOME/.cache/xstore/garage-build" \
+    cargo install --locked --quiet garage --version 2.5.0 --root "$_xs_tools"
+fi
+unset _xs_tools
 . "$(dirname "${BASH_SOURCE[0]}")/../.ci/env.sh"

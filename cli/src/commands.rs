@@ -14,6 +14,25 @@ pub(crate) struct InitArgs {
     /// Target pack file size in MiB.
     #[arg(long, default_value_t = 32)]
     pack_size_mib: u64,
+    /// Keep the packs and config in an S3-compatible bucket, `s3://BUCKET/PREFIX` (the index,
+    /// journal and locks stay in --repo). A prefix that holds a repository is attached to:
+    /// its index is rebuilt from the bucket.
+    #[arg(long, value_name = "URL", requires = "endpoint")]
+    store: Option<String>,
+    /// The object store's endpoint URL (with --store).
+    #[arg(long, value_name = "URL", requires = "store")]
+    endpoint: Option<String>,
+    /// The region the store signs for (with --store).
+    #[arg(long, requires = "store", default_value = "garage")]
+    region: String,
+    /// Virtual-hosted-style requests (BUCKET.ENDPOINT) instead of path style (with --store).
+    #[arg(long, requires = "store")]
+    virtual_hosted: bool,
+    /// Read the access key from this file (TOML: access_key_id, secret_access_key; mode
+    /// 0600) instead of AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. Its path is recorded in
+    /// the repository, never its contents.
+    #[arg(long, value_name = "FILE", requires = "store")]
+    credentials: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -120,6 +139,11 @@ pub(crate) fn init(cli: &Cli, args: &InitArgs) -> Result<u8> {
         chunk_avg_kib,
         compression_level,
         pack_size_mib,
+        store,
+        endpoint,
+        region,
+        virtual_hosted,
+        credentials,
     } = args;
     let path = repo_path(cli)?;
     let chunker = ChunkerParams::from_average(chunk_avg_kib.saturating_mul(1024))
@@ -129,16 +153,47 @@ pub(crate) fn init(cli: &Cli, args: &InitArgs) -> Result<u8> {
         compression_level: *compression_level,
         pack_size: pack_size_mib.saturating_mul(1024 * 1024),
     };
-    let repo = Repository::init(&path, &opts)?;
+    let (repo, attached) = match (store, endpoint) {
+        (Some(url), Some(endpoint)) => {
+            let mut location = S3Location::parse(url, endpoint)?;
+            location.region = region.clone();
+            location.path_style = !virtual_hosted;
+            location.credentials_file = credentials
+                .as_ref()
+                .map(|c| std::path::absolute(c).unwrap_or_else(|_| c.clone()));
+            match Repository::init_s3(&path, &opts, &location)? {
+                (repo, S3Init::Created) => (repo, None),
+                (repo, S3Init::Attached(report)) => (repo, Some((location.url(), report))),
+            }
+        }
+        _ => (Repository::init(&path, &opts)?, None),
+    };
+    let short_id = repo
+        .config()
+        .repository_id
+        .get(..8)
+        .unwrap_or(&repo.config().repository_id);
     if cli.json {
         print_json(repo.config())?;
-    } else if !cli.quiet {
+    } else if cli.quiet {
+    } else if let Some((url, report)) = attached {
         println!(
-            "created repository {} at {}",
-            repo.config()
-                .repository_id
-                .get(..8)
-                .unwrap_or(&repo.config().repository_id),
+            "attached {} to repository {short_id} in {url}: index rebuilt from {} packs, {} \
+             snapshots",
+            path.display(),
+            report.packs,
+            report.snapshots
+        );
+        for skipped in &report.skipped {
+            println!("  skipped: {skipped}");
+        }
+    } else {
+        let where_packs = repo
+            .store_location()
+            .map(|l| format!(" (packs in {})", l.url()))
+            .unwrap_or_default();
+        println!(
+            "created repository {short_id} at {}{where_packs}",
             path.display()
         );
     }

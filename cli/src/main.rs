@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use xstore::{
     BackupOptions, CheckOptions, ChunkerParams, InitOptions, LocalSource, Node, ParentChoice,
-    Progress, Repository, RestoreOptions, Snapshot, TierChoice,
+    Progress, Repository, RestoreOptions, S3Init, S3Location, Snapshot, TierChoice,
 };
 
 /// Exit status: success.

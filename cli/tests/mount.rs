@@ -23,9 +23,19 @@ struct Mounted {
 
 impl Mounted {
     fn start(repo: &Path, at: &Path, extra: &[&str]) -> Mounted {
+        Self::start_with_env(repo, at, extra, &[])
+    }
+
+    fn start_with_env(
+        repo: &Path,
+        at: &Path,
+        extra: &[&str],
+        env: &[(&'static str, String)],
+    ) -> Mounted {
         fs::create_dir_all(at).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_xstore"))
             .env("XSTORE_REPO", repo)
+            .envs(env.iter().cloned())
             .arg("-q")
             .arg("mount")
             .arg(at)
@@ -80,6 +90,46 @@ fn inside(snapshot_dir: &Path, src: &Path) -> PathBuf {
 fn erofs<T: std::fmt::Debug>(r: std::io::Result<T>, what: &str) {
     let e = r.expect_err(what);
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
+}
+
+#[test]
+fn a_mounted_snapshot_of_a_repository_in_a_garage_bucket_is_its_source() {
+    let work = tempfile::tempdir().unwrap();
+    let g = xstore_tests::garage::Garage::start(&work.path().join("garage"), 1);
+    let (repo, src) = (work.path().join("repo"), work.path().join("src"));
+    make_fixture(&src, 62);
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_xstore"))
+            .env("XSTORE_REPO", &repo)
+            .envs(g.env())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let url = format!("s3://{}/mounted", g.bucket);
+    run(&[
+        "init",
+        "--store",
+        &url,
+        "--endpoint",
+        &g.endpoint(),
+        "--chunk-avg-kib",
+        "64",
+    ]);
+    run(&["backup", "-q", "--host", "web1", src.to_str().unwrap()]);
+    let mut m = Mounted::start_with_env(&repo, &work.path().join("mnt"), &[], &g.env());
+    let as_root = rustix::process::geteuid().is_root();
+    assert_same_tree(
+        &src,
+        &inside(&m.at.join("hosts/web1/latest"), &src),
+        as_root,
+    );
+    m.stop();
 }
 
 #[test]

@@ -47,6 +47,26 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The object store refused or failed a request (after its retries).
+    #[error("{endpoint}: {key}: {reason}")]
+    Storage {
+        /// The store's endpoint and bucket, `URL (bucket B)`.
+        endpoint: String,
+        /// The object key.
+        key: String,
+        /// What failed: the status and the store's message, or the transport error.
+        reason: String,
+        /// Whether the object does not exist (a 404), as opposed to a failure.
+        not_found: bool,
+    },
+    /// `store.toml` or a credentials file it names is invalid or unsafe to read.
+    #[error("{path}: {reason}")]
+    StoreConfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A file in the repository could not be decoded.
     #[error("{path}: {source}")]
     Corrupt {
@@ -200,6 +220,18 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+}
+
+impl Error {
+    /// Whether this is a read of something that does not exist (a missing file or object),
+    /// as opposed to a failure to read what exists.
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => source.kind() == io::ErrorKind::NotFound,
+            Error::Storage { not_found, .. } => *not_found,
+            _ => false,
+        }
+    }
 }
 
 /// Result with the library's [`Error`].

@@ -18,6 +18,7 @@
 //! gc-hold.json               packs `repair index` could not attribute
 //! retention.json             tier schedules and gc settings
 //! pulls/<host>.json          the last pull of each host
+//! store.toml                 an object store holding the packs and config (absent: local)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -111,6 +112,10 @@ pub(crate) fn pulls(root: &Path) -> PathBuf {
 /// `pulls/<host>.json`.
 pub(crate) fn pull_record(root: &Path, host: &str) -> PathBuf {
     pulls(root).join(format!("{host}.json"))
+}
+/// `store.toml`.
+pub(crate) fn store_file(root: &Path) -> PathBuf {
+    root.join("store.toml")
 }
 /// Directories `init` creates.
 pub(crate) fn init_dirs(root: &Path) -> [PathBuf; 4] {

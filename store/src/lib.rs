@@ -59,6 +59,7 @@ pub mod ops;
 mod pack;
 mod repo;
 mod source;
+mod storage;
 mod txn;
 
 pub(crate) use failpoint::{fail_io, failpoint};
@@ -99,9 +100,10 @@ pub use fleet::rsnapshot::{
     RsnapshotConfigError, RsnapshotSource,
 };
 pub use repo::lock::local_hostname;
-pub use repo::{now_ns, Node, Repository};
+pub use repo::{now_ns, Node, Repository, S3Init};
 pub use source::remote::{AgentInfo, RemoteSource, MAX_LISTING_BYTES};
 pub use source::{FetchedChunk, LocalSource, RootedSource, Source, SourceFile};
+pub use storage::S3Location;
 pub use txn::Released;
 pub use xstore_format::bytes::to_hex;
 pub use xstore_format::config::{Config, InitOptions};

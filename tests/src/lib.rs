@@ -2,6 +2,7 @@
 //! and comparing two trees byte for byte and metadata for metadata.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+pub mod garage;
 pub mod sshd;
 
 use std::collections::HashMap;

@@ -888,7 +888,12 @@ impl Repository {
             level: self.config().compression_level,
             pending: Mutex::new(HashSet::new()),
             damaged: self.damaged_blobs()?,
-            packs: RollingPacks::new(self.tmp_dir(), self.packs_dir(), self.config().pack_size),
+            packs: RollingPacks::new(
+                self.tmp_dir(),
+                self.packs_dir(),
+                self.storage_arc(),
+                self.config().pack_size,
+            ),
             new_parents: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
             error_count: AtomicU64::new(0),

@@ -2,7 +2,6 @@
 //! optionally, re-reading and re-hashing every blob. Also repository statistics.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
 
 use rayon::prelude::*;
 
@@ -324,25 +323,29 @@ impl Repository {
         drop(blob_table);
         let packs: HashMap<PackId, crate::index::PackRecord> =
             self.index.packs()?.into_iter().collect();
+        // One listing of the storage, not a stat (or a request) per pack.
+        let stored: HashMap<PackId, u64> = self
+            .storage()
+            .list()?
+            .into_iter()
+            .map(|p| (p.id, p.size))
+            .collect();
         for (id, rec) in &packs {
-            let path = crate::layout::pack_file(&self.packs_dir(), id);
-            match fs::metadata(&path) {
-                Ok(m) if m.len() == rec.size => {}
-                Ok(m) => problems.push(Problem {
-                    message: format!("pack file is {} bytes, index says {}", m.len(), rec.size),
-                    blob: None,
-                    pack: Some(id.to_string()),
-                    snapshot: None,
-                    path: None,
-                }),
-                Err(e) => problems.push(Problem {
-                    message: format!("pack file unreadable: {e}"),
-                    blob: None,
-                    pack: Some(id.to_string()),
-                    snapshot: None,
-                    path: None,
-                }),
-            }
+            let message = match stored.get(id) {
+                Some(size) if *size == rec.size => continue,
+                Some(size) => format!("pack file is {size} bytes, index says {}", rec.size),
+                None => format!(
+                    "pack file unreadable: {} does not exist",
+                    self.storage().location(id)
+                ),
+            };
+            problems.push(Problem {
+                message,
+                blob: None,
+                pack: Some(id.to_string()),
+                snapshot: None,
+                path: None,
+            });
         }
         let mut blobs = 0u64;
         let mut by_pack: HashMap<PackId, Vec<(ChunkId, BlobLoc)>> = HashMap::new();
@@ -564,9 +567,9 @@ impl Repository {
         })?;
         st.gc_grace_seconds = self.retention_settings()?.gc_grace_seconds;
         for id in crate::pack::journal::retired(&self.packs_dir(), crate::now_ns())?.keys() {
-            if let Ok(m) = fs::metadata(crate::layout::pack_file(&self.packs_dir(), id)) {
+            if let Some(size) = self.storage().size(id)? {
                 st.retired_packs += 1;
-                st.retired_bytes += m.len();
+                st.retired_bytes += size;
             }
         }
         st.held_packs = crate::repo::hold::held_packs(self.path())?.len() as u64;

@@ -135,9 +135,8 @@ impl Repository {
     /// and dead ones (the index points here, refcount 0). Copies elsewhere are neither.
     fn classify(&self, id: &PackId, record: PackRecord) -> Result<Candidate> {
         let map = self.map_pack(id)?;
-        let path = crate::layout::pack_file(&self.packs_dir(), id);
         let entries = pack::read_trailer(&map).map_err(|source| Error::Corrupt {
-            path: path.clone(),
+            path: self.storage().location(id).into(),
             source,
         })?;
         let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
@@ -292,7 +291,6 @@ impl Repository {
         let grace_ns = i64::try_from(grace_seconds)
             .unwrap_or(i64::MAX)
             .saturating_mul(1_000_000_000);
-        let mut dirs = HashSet::new();
         let mut deleted = Vec::new();
         for (id, retired_ns) in crate::pack::journal::retired(&packs, now)? {
             if self.index.pack(&id)?.is_some() {
@@ -302,24 +300,24 @@ impl Repository {
                 report.retired_waiting += 1;
                 continue;
             }
-            let path = crate::layout::pack_file(&packs, &id);
-            crate::fail_io("gc-delete")?;
-            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            crate::pack::journal::remove_if_present(&path)?;
-            self.forget_pack_file(&id);
-            crate::failpoint("gc-mid-delete");
+            report.retired_bytes_deleted += self.storage().size(&id)?.unwrap_or(0);
             deleted.push(id);
-            report.retired_deleted += 1;
-            report.retired_bytes_deleted += size;
-            if let Some(d) = path.parent() {
-                dirs.insert(d.to_path_buf());
-            }
         }
-        // The unlinks are durable before their markers go (journal.rs): a marker without
-        // its pack is harmless, a pack without its marker would look unattributed.
-        for d in dirs {
-            crate::fsutil::sync_dir(&d)?;
+        if !deleted.is_empty() {
+            crate::fail_io("gc-delete")?;
         }
+        // The first pack alone, then the rest in batches: a crash between two deletions is
+        // a state the crash tests reach (`gc-mid-delete`).
+        let (first, rest) = deleted.split_at(deleted.len().min(1));
+        self.storage().delete(first)?;
+        crate::failpoint("gc-mid-delete");
+        for batch in rest.chunks(256) {
+            self.storage().delete(batch)?;
+        }
+        report.retired_deleted += deleted.len() as u64;
+        // The deletions are durable before their markers go (journal.rs, the storage
+        // contract): a marker without its pack is harmless, a pack without its marker would
+        // look unattributed.
         crate::pack::journal::clear_retired(&packs, &deleted)?;
         // Indexes `repair index` replaced go by the same rule.
         let mut removed_index = false;
@@ -349,7 +347,12 @@ impl Repository {
             return Ok(());
         }
         // 1. Copy live blobs (verified: a corrupt blob is never copied) into new packs.
-        let packs = RollingPacks::new(self.tmp_dir(), self.packs_dir(), self.config().pack_size);
+        let packs = RollingPacks::new(
+            self.tmp_dir(),
+            self.packs_dir(),
+            self.storage_arc(),
+            self.config().pack_size,
+        );
         let mut copied: HashMap<PackId, HashSet<ChunkId>> = HashMap::new();
         let mut unreadable: HashMap<PackId, String> = HashMap::new();
         if let Some(p) = progress {

@@ -13,7 +13,8 @@ use crate::pack::{self, PackId};
 use crate::repo::hold::Hold;
 use crate::repo::lock::WriterLock;
 use crate::repo::recovery::finish_index_swap;
-use crate::repo::{list_pack_files, Repository};
+use crate::repo::Repository;
+use crate::storage::PackInfo;
 use crate::{fsutil, ChunkId};
 use xstore_format::snapshot::{Snapshot, SnapshotId};
 
@@ -133,9 +134,10 @@ impl Repository {
         };
         let packs_dir = crate::layout::packs(path);
         let retired = crate::pack::journal::retired(&packs_dir, crate::now_ns())?;
-        let mut files = list_pack_files(&packs_dir)?;
+        let storage = crate::storage::open(path)?;
+        let mut files = storage.list()?;
         let leftovers = uncommitted_leftovers(&packs_dir, old.as_ref(), &files, &retired)?;
-        files.retain(|(id, _)| !leftovers.contains(id));
+        files.retain(|p| !leftovers.contains(&p.id));
         report.uncommitted_packs = leftovers.len() as u64;
         let mut batch = index.batch();
         let mut seen: HashSet<ChunkId> = HashSet::new();
@@ -143,10 +145,10 @@ impl Repository {
         let mut in_packs: HashMap<SnapshotId, Snapshot> = HashMap::new();
         // Retired packs last: a blob is located in a live pack when one holds it, and a
         // retired pack is taken back only when it holds a blob no other pack has.
-        files.sort_by_key(|(id, _)| retired.contains_key(id));
+        files.sort_by_key(|p| retired.contains_key(&p.id));
         let mut unretired = Vec::new();
-        for (pack_id, file) in files {
-            let bytes = fs::read(&file).at(&file)?;
+        for PackInfo { id: pack_id, .. } in files {
+            let bytes = storage.read_whole(&pack_id)?;
             let entries = match pack::read_trailer(&bytes) {
                 Ok(e) => e,
                 Err(e) => {
@@ -193,7 +195,7 @@ impl Repository {
             }
         }
         batch.commit()?;
-        let repo = Repository::from_parts(path, config, params, index, Some(lock));
+        let repo = Repository::from_parts(path, config, params, index, Some(lock), storage);
         // Candidates: the snapshot copies and the record blobs (newest revision of each).
         let mut found = in_packs.clone();
         let snap_dir = crate::layout::snapshots(path);
@@ -370,7 +372,7 @@ impl Repository {
 fn uncommitted_leftovers(
     packs_dir: &Path,
     old: Option<&OldIndex>,
-    files: &[(PackId, std::path::PathBuf)],
+    files: &[PackInfo],
     retired: &HashMap<PackId, i64>,
 ) -> Result<HashSet<PackId>> {
     let Some(old) = old else {
@@ -379,8 +381,8 @@ fn uncommitted_leftovers(
     let uncommitted: HashSet<PackId> = crate::pack::journal::uncommitted(packs_dir)?
         .into_iter()
         .collect();
-    let index_is_current = files.iter().all(|(id, _)| {
-        old.packs.contains(id) || uncommitted.contains(id) || retired.contains_key(id)
+    let index_is_current = files.iter().all(|p| {
+        old.packs.contains(&p.id) || uncommitted.contains(&p.id) || retired.contains_key(&p.id)
     });
     if !index_is_current {
         return Ok(HashSet::new());
@@ -391,10 +393,12 @@ fn uncommitted_leftovers(
         .collect())
 }
 
-/// Unused-pack check helper for tests and tools: ids of pack files on disk.
+/// The ids of every pack the repository at `path` stores (its pack files, or its objects in
+/// the object store), whether the index knows them or not: for tests and tools.
 pub fn pack_files(path: &Path) -> Result<Vec<PackId>> {
-    Ok(list_pack_files(&crate::layout::packs(path))?
+    Ok(crate::storage::open(path)?
+        .list()?
         .into_iter()
-        .map(|(id, _)| id)
+        .map(|p| p.id)
         .collect())
 }

@@ -140,15 +140,28 @@ impl Repository {
             .into_iter()
             .filter_map(|(k, v)| Some((k, i64::from_le_bytes(v.try_into().ok()?))))
             .collect();
+        let mut written: Option<HashMap<PackId, i64>> = None;
         let mut out = Vec::new();
         for (id, _) in self.index.packs()? {
             let when = match recorded.get(id.0.as_slice()) {
                 Some(t) => *t,
-                None => std::fs::metadata(crate::layout::pack_file(&self.packs_dir(), &id))
-                    .ok()
-                    .and_then(|m| m.modified().ok())
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_nanos() as i64),
+                None => {
+                    // Listed once, only when some pack was never verified.
+                    if written.is_none() {
+                        written = Some(
+                            self.storage()
+                                .list()?
+                                .into_iter()
+                                .filter_map(|p| Some((p.id, p.modified_ns?)))
+                                .collect(),
+                        );
+                    }
+                    written
+                        .as_ref()
+                        .and_then(|w| w.get(&id))
+                        .copied()
+                        .unwrap_or(0)
+                }
             };
             out.push((id, when));
         }
@@ -287,11 +300,7 @@ impl Repository {
         };
         let whole = match self.map_pack(pack) {
             Ok(map) => ChunkId::of(&map) == *pack,
-            Err(Error::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound && retired()? =>
-            {
-                return Ok(None)
-            }
+            Err(e) if e.is_not_found() && retired()? => return Ok(None),
             Err(_) => false,
         };
         if whole {

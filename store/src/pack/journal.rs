@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
 use crate::pack::PackId;
+use crate::storage::PackStorage;
 use crate::{fsutil, ChunkId};
 
 fn uncommitted_dir(packs_dir: &Path) -> PathBuf {
@@ -59,25 +60,19 @@ pub(crate) fn clear_uncommitted(packs_dir: &Path, ids: &[PackId]) -> Result<()> 
     fsutil::sync_dir(&dir)
 }
 
-/// Deletes sealed packs that no commit references, then their uncommitted markers. The
-/// unlinks are made durable (their directories fsynced) before a marker goes: after a crash
+/// Deletes sealed packs that no commit references from the storage, then their uncommitted
+/// markers. The deletions are durable (storage contract) before a marker goes: after a crash
 /// a marker without its pack is harmless, a pack without its marker would look unattributed
 /// and refuse the next writable open.
-pub(crate) fn discard_packs(packs_dir: &Path, ids: &[PackId]) -> Result<()> {
+pub(crate) fn discard_packs(
+    storage: &dyn PackStorage,
+    packs_dir: &Path,
+    ids: &[PackId],
+) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
-    let mut dirs = std::collections::BTreeSet::new();
-    for id in ids {
-        let path = crate::layout::pack_file(packs_dir, id);
-        remove_if_present(&path)?;
-        if let Some(dir) = path.parent() {
-            dirs.insert(dir.to_path_buf());
-        }
-    }
-    for dir in dirs.iter().filter(|d| d.is_dir()) {
-        fsutil::sync_dir(dir)?;
-    }
+    storage.delete(ids)?;
     clear_uncommitted(packs_dir, ids)
 }
 

@@ -1,8 +1,7 @@
 //! Pack files on disk: the writer that seals them, the journal of packs not yet committed or
-//! retired, and read-only maps of sealed packs. The byte layout is `xstore_format::pack`.
+//! retired, and packs of the target size written from many threads. The byte layout is `xstore_format::pack`.
 
 pub(crate) mod journal;
-pub(crate) mod mmap;
 pub(crate) mod rolling;
 mod writer;
 

@@ -3,29 +3,38 @@
 //! blobs) both write through it; whatever they abandon is discarded through the journal.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{poisoned, Error, Result};
 use crate::pack::{Compression, PackId, PackWriter, SealedPack};
+use crate::storage::PackStorage;
 use crate::ChunkId;
 use xstore_format::pack::BlobKind;
 
-/// Packs being written under `packs/tmp/` and sealed into `packs/` (every sealed one carries
-/// its uncommitted marker until a commit references it).
+/// Packs being written under `packs/tmp/` and sealed into the pack storage (every sealed one
+/// carries its uncommitted marker in `packs_dir` until a commit references it).
 pub(crate) struct RollingPacks {
     tmp_dir: PathBuf,
     packs_dir: PathBuf,
+    storage: Arc<dyn PackStorage>,
     pack_size: u64,
     current: Mutex<Option<PackWriter>>,
     sealed: Mutex<Vec<SealedPack>>,
 }
 
 impl RollingPacks {
-    /// Packs of about `pack_size` bytes, written in `tmp_dir` and sealed into `packs_dir`.
-    pub(crate) fn new(tmp_dir: PathBuf, packs_dir: PathBuf, pack_size: u64) -> Self {
+    /// Packs of about `pack_size` bytes, written in `tmp_dir` and sealed into `storage`, their
+    /// journal in `packs_dir`.
+    pub(crate) fn new(
+        tmp_dir: PathBuf,
+        packs_dir: PathBuf,
+        storage: Arc<dyn PackStorage>,
+        pack_size: u64,
+    ) -> Self {
         RollingPacks {
             tmp_dir,
             packs_dir,
+            storage,
             pack_size,
             current: Mutex::new(None),
             sealed: Mutex::new(Vec::new()),
@@ -58,7 +67,7 @@ impl RollingPacks {
             }
         };
         if let Some(w) = full {
-            let sealed = w.seal(&self.packs_dir)?;
+            let sealed = w.seal(self.storage.as_ref(), &self.packs_dir)?;
             self.sealed.lock().map_err(poisoned)?.push(sealed);
         }
         Ok(())
@@ -69,7 +78,7 @@ impl RollingPacks {
     pub(crate) fn finish(&self) -> Result<Vec<SealedPack>> {
         let last = self.current.lock().map_err(poisoned)?.take();
         if let Some(w) = last {
-            let sealed = w.seal(&self.packs_dir)?;
+            let sealed = w.seal(self.storage.as_ref(), &self.packs_dir)?;
             self.sealed.lock().map_err(poisoned)?.push(sealed);
         }
         Ok(std::mem::take(&mut *self.sealed.lock().map_err(poisoned)?))
@@ -86,7 +95,9 @@ impl RollingPacks {
         }
         if let Ok(mut sealed) = self.sealed.lock() {
             let ids: Vec<PackId> = sealed.drain(..).map(|p| p.id).collect();
-            if let Err(e) = crate::pack::journal::discard_packs(&self.packs_dir, &ids) {
+            if let Err(e) =
+                crate::pack::journal::discard_packs(self.storage.as_ref(), &self.packs_dir, &ids)
+            {
                 tracing::warn!(error = %e,
                     "could not remove uncommitted packs; the next writer's recovery will");
             }

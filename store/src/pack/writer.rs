@@ -1,5 +1,5 @@
-//! Writing packs: one blob at a time into a temporary file, sealed (trailer, fsync, rename)
-//! into `packs/XX/<id>.pack`. The byte layout is `xstore_format::pack` (FORMAT.md §Packs).
+//! Writing packs: one blob at a time into a temporary file, sealed (trailer, fsync, read
+//! back) and put into the pack storage (`storage/`). The byte layout is `xstore_format::pack` (FORMAT.md §Packs).
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use xstore_format::pack::*;
 
 use crate::error::{Error, IoContext, Result};
+use crate::storage::PackStorage;
 use crate::ChunkId;
 use xstore_format::bytes::to_hex;
 
@@ -91,16 +92,16 @@ impl PackWriter {
 
     /// Writes the trailer, fsyncs, renames to `packs/XX/<id>.pack` and fsyncs the directory.
     /// On failure the temporary file is removed (a full disk leaves nothing behind).
-    pub(crate) fn seal(self, packs_dir: &Path) -> Result<SealedPack> {
+    pub(crate) fn seal(self, storage: &dyn PackStorage, packs_dir: &Path) -> Result<SealedPack> {
         let tmp = self.tmp_path.clone();
-        let sealed = self.seal_inner(packs_dir);
+        let sealed = self.seal_inner(storage, packs_dir);
         if sealed.is_err() {
             let _ = fs::remove_file(&tmp);
         }
         sealed
     }
 
-    fn seal_inner(mut self, packs_dir: &Path) -> Result<SealedPack> {
+    fn seal_inner(mut self, storage: &dyn PackStorage, packs_dir: &Path) -> Result<SealedPack> {
         crate::fail_io("pack-seal")?;
         let entries_offset = self.len;
         let mut trailer = Vec::with_capacity(self.entries.len() * TRAILER_ENTRY_LEN + FOOTER_LEN);
@@ -128,14 +129,10 @@ impl PackWriter {
         file.sync_all().at(&self.tmp_path)?;
         let id = ChunkId(*self.hasher.finalize().as_bytes());
         self.read_back(&id)?;
-        let final_path = crate::layout::pack_file(packs_dir, &id);
-        let dir = final_path.parent().unwrap_or(packs_dir);
-        fs::create_dir_all(dir).at(dir)?;
         // Recorded as this writer's uncommitted pack before it becomes visible: recovery
         // deletes only packs so recorded (journal.rs).
         crate::pack::journal::mark_uncommitted(packs_dir, &id)?;
-        fs::rename(&self.tmp_path, &final_path).at(&final_path)?;
-        crate::fsutil::sync_dir(dir)?;
+        storage.put(&id, &self.tmp_path)?;
         Ok(SealedPack {
             id,
             size: self.len,
@@ -154,7 +151,7 @@ impl PackWriter {
             // Test hook: damage the written bytes as a faulty disk or controller would.
             corrupt_first_blob(&self.tmp_path)?;
         }
-        let map = crate::pack::mmap::map_sealed_file(&self.tmp_path)?;
+        let map = crate::storage::mmap::map_sealed_file(&self.tmp_path)?;
         let invalid = |reason: String| Error::Corrupt {
             path: self.tmp_path.clone(),
             source: xstore_format::DecodeError::Invalid {
@@ -213,7 +210,8 @@ mod tests {
             w.add(ChunkId::of(b), BlobKind::Data, c, b.len() as u32, &stored)
                 .unwrap();
         }
-        let sealed = w.seal(dir.path()).unwrap();
+        let storage = crate::storage::local::LocalStorage::new(dir.path().to_path_buf());
+        let sealed = w.seal(&storage, dir.path()).unwrap();
         let bytes = fs::read(crate::layout::pack_file(dir.path(), &sealed.id)).unwrap();
         (dir, bytes, sealed)
     }

@@ -9,8 +9,6 @@ mod read;
 pub(crate) mod recovery;
 pub(crate) mod sessions;
 
-use std::collections::HashMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -18,12 +16,10 @@ use xstore_chunker::ChunkerParams;
 
 use crate::error::{Error, Result};
 use crate::index::Index;
-use crate::pack::PackId;
 use crate::repo::lock::WriterLock;
+use crate::storage::PackStorage;
 use xstore_format::config::Config;
 use xstore_format::snapshot::SnapshotId;
-
-const MAX_OPEN_PACKS: usize = 256;
 
 /// An open repository. Open it writable ([`Repository::open`], one process at a time) or
 /// read-only ([`Repository::open_read_only`], any number, also while a writer runs).
@@ -33,7 +29,8 @@ pub struct Repository {
     params: ChunkerParams,
     pub(crate) index: Index,
     lock: Option<WriterLock>,
-    files: Mutex<HashMap<PackId, Arc<fs::File>>>,
+    /// Where the packs are (storage/).
+    storage: Arc<dyn PackStorage>,
     pub(crate) write_state: Mutex<sessions::WriteState>,
 }
 
@@ -67,10 +64,23 @@ impl Repository {
     pub fn chunker_params(&self) -> ChunkerParams {
         self.params
     }
+    /// The object store holding the packs, `None` when they are in the repository directory.
+    pub fn store_location(&self) -> Option<crate::S3Location> {
+        crate::storage::s3_location(&self.root).ok().flatten()
+    }
     /// Whether this handle holds the writer lock.
     pub fn is_writable(&self) -> bool {
         self.lock.is_some()
     }
+    /// The pack storage.
+    pub(crate) fn storage(&self) -> &dyn PackStorage {
+        self.storage.as_ref()
+    }
+    /// The pack storage, shared (pack writers keep it).
+    pub(crate) fn storage_arc(&self) -> Arc<dyn PackStorage> {
+        self.storage.clone()
+    }
+    /// `packs/`: local pack files and the pack journal.
     pub(crate) fn packs_dir(&self) -> PathBuf {
         crate::layout::packs(&self.root)
     }
@@ -94,6 +104,6 @@ impl Repository {
 }
 
 pub(crate) use crate::error::poisoned;
+pub use open::S3Init;
 pub(crate) use open::{config_fingerprint, config_mismatch, CONFIG_KEY};
 pub use read::Node;
-pub(crate) use recovery::list_pack_files;

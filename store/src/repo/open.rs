@@ -1,7 +1,6 @@
 //! Creating and opening a repository: the writer lock, the config and its fingerprint in
 //! the index, then recovery (writable) or the readable index (read-only).
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 use std::sync::Mutex;
@@ -12,47 +11,59 @@ use super::lock::WriterLock;
 use super::{recovery, Repository};
 use crate::error::{Error, IoContext, Result};
 use crate::index::Index;
+use crate::storage::{PackStorage, S3Location};
 use crate::{fsutil, now_ns};
 use xstore_format::config::{ChunkerConfig, Config, InitOptions, FORMAT_VERSION};
 
 impl Repository {
     /// Creates a repository in `path` (which must be missing or empty) and opens it writable.
     pub fn init(path: &Path, opts: &InitOptions) -> Result<Repository> {
-        if path.exists() {
-            let mut it = fs::read_dir(path).at(path)?;
-            if it.next().is_some() {
-                return Err(Error::AlreadyExists(path.to_path_buf()));
-            }
-        }
-        let mut id = [0u8; 32];
-        getrandom::fill(&mut id).map_err(|e| Error::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let config = Config {
-            format_version: FORMAT_VERSION,
-            repository_id: xstore_format::bytes::to_hex(&id),
-            chunker: ChunkerConfig {
-                algorithm: xstore_chunker::ALGORITHM.into(),
-                min: opts.chunker.min(),
-                avg: opts.chunker.avg(),
-                max: opts.chunker.max(),
-            },
-            compression: "zstd".into(),
-            compression_level: opts.compression_level,
-            pack_size: opts.pack_size,
-            created_ns: now_ns(),
-        };
-        Config::decode(&config.encode()).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        // Validated before anything is created: a refused init leaves no directory behind.
-        for dir in crate::layout::init_dirs(path) {
-            fs::create_dir_all(&dir).at(&dir)?;
-        }
-        // The index is created before `config` is written: `config` is the marker that makes
-        // the directory a repository, so a crash during init leaves no half repository.
-        drop(Index::create(&crate::layout::index(path))?);
-        fsutil::write_atomic(&crate::layout::config(path), &config.encode())?;
+        refuse_non_empty(path)?;
+        let config = new_config(path, opts)?;
+        create_local(path, &config, None)?;
         Repository::open(path)
+    }
+
+    /// Creates a repository whose packs and `config` live in the bucket of `location`, with
+    /// its index, journal and locks in `path` (missing or empty). When the bucket (under the
+    /// prefix) already holds a repository, attaches to it instead: its `config` is taken from
+    /// the bucket and the index is rebuilt from the packs there (`repair_index`), so a second
+    /// machine can take over from one that is gone. A prefix that holds packs but no
+    /// `config` is refused.
+    pub fn init_s3(
+        path: &Path,
+        opts: &InitOptions,
+        location: &S3Location,
+    ) -> Result<(Repository, S3Init)> {
+        refuse_non_empty(path)?;
+        let store = crate::storage::open_s3(location)?;
+        if let Some(bytes) = store.get_file("config")? {
+            let config = Config::decode(&bytes).map_err(|source| Error::Corrupt {
+                path: format!("{}/config", location.url()).into(),
+                source,
+            })?;
+            create_local(path, &config, Some(location))?;
+            let report = Repository::repair_index(path)?;
+            return Ok((Repository::open(path)?, S3Init::Attached(Box::new(report))));
+        }
+        let packs = store.list()?;
+        if let Some(first) = packs.first() {
+            return Err(Error::NotARepository {
+                path: location.url().into(),
+                reason: format!(
+                    "holds {} pack objects (for example {}) but no config: not a repository \
+                     this tool can attach to; choose another prefix",
+                    packs.len(),
+                    store.location(&first.id)
+                ),
+            });
+        }
+        let config = new_config(path, opts)?;
+        // The bucket's config first: a crash before the local one is written leaves a
+        // prefix that the next init attaches to, never two repositories with one prefix.
+        store.put_file("config", &config.encode())?;
+        create_local(path, &config, Some(location))?;
+        Ok((Repository::open(path)?, S3Init::Created))
     }
 
     pub(crate) fn from_parts(
@@ -61,6 +72,7 @@ impl Repository {
         params: ChunkerParams,
         index: Index,
         lock: Option<WriterLock>,
+        storage: std::sync::Arc<dyn crate::storage::PackStorage>,
     ) -> Repository {
         Repository {
             root: path.to_path_buf(),
@@ -68,7 +80,7 @@ impl Repository {
             params,
             index,
             lock,
-            files: Mutex::new(HashMap::new()),
+            storage,
             write_state: Mutex::new(Default::default()),
         }
     }
@@ -123,7 +135,7 @@ impl Repository {
             params,
             index,
             lock: Some(lock),
-            files: Mutex::new(HashMap::new()),
+            storage: crate::storage::open(path)?,
             write_state: Mutex::new(Default::default()),
         };
         repo.recover()?;
@@ -141,10 +153,70 @@ impl Repository {
             params,
             index,
             lock: None,
-            files: Mutex::new(HashMap::new()),
+            storage: crate::storage::open(path)?,
             write_state: Mutex::new(Default::default()),
         })
     }
+}
+
+/// What [`Repository::init_s3`] did.
+#[derive(Debug)]
+pub enum S3Init {
+    /// A new repository in an empty bucket prefix.
+    Created,
+    /// The prefix held a repository: attached, its index rebuilt from the bucket.
+    Attached(Box<crate::RepairReport>),
+}
+
+fn refuse_non_empty(path: &Path) -> Result<()> {
+    if path.exists() {
+        let mut it = fs::read_dir(path).at(path)?;
+        if it.next().is_some() {
+            return Err(Error::AlreadyExists(path.to_path_buf()));
+        }
+    }
+    Ok(())
+}
+
+/// A new repository's config: a random id, `opts`' chunker and packs, validated.
+fn new_config(path: &Path, opts: &InitOptions) -> Result<Config> {
+    let mut id = [0u8; 32];
+    getrandom::fill(&mut id).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let config = Config {
+        format_version: FORMAT_VERSION,
+        repository_id: xstore_format::bytes::to_hex(&id),
+        chunker: ChunkerConfig {
+            algorithm: xstore_chunker::ALGORITHM.into(),
+            min: opts.chunker.min(),
+            avg: opts.chunker.avg(),
+            max: opts.chunker.max(),
+        },
+        compression: "zstd".into(),
+        compression_level: opts.compression_level,
+        pack_size: opts.pack_size,
+        created_ns: now_ns(),
+    };
+    Config::decode(&config.encode()).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    Ok(config)
+}
+
+/// The repository directory: its folders, an empty index, `store.toml` when the packs are
+/// in an object store, and `config` last.
+fn create_local(path: &Path, config: &Config, location: Option<&S3Location>) -> Result<()> {
+    // Validated before anything is created: a refused init leaves no directory behind.
+    for dir in crate::layout::init_dirs(path) {
+        fs::create_dir_all(&dir).at(&dir)?;
+    }
+    if let Some(location) = location {
+        crate::storage::write_s3_location(path, location)?;
+    }
+    // The index is created before `config` is written: `config` is the marker that makes
+    // the directory a repository, so a crash during init leaves no half repository.
+    drop(Index::create(&crate::layout::index(path))?);
+    fsutil::write_atomic(&crate::layout::config(path), &config.encode())
 }
 
 /// The chunker and identity the index was built for, as stored in its default column family.

@@ -1,16 +1,13 @@
-//! Reading a repository: snapshots, blob locations, blobs (`pread` through a cache of open
-//! pack files, every blob re-hashed), trees, file contents and paths inside snapshots.
+//! Reading a repository: snapshots, blob locations, blobs (positioned reads through the pack
+//! storage, every blob re-hashed), trees, file contents and paths inside snapshots.
 
-use std::fs;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use memmap2::Mmap;
-
-use super::{Repository, MAX_OPEN_PACKS};
-use crate::error::{poisoned, DecodeError, Error, IoContext, Result};
+use super::Repository;
+use crate::error::{DecodeError, Error, Result};
 use crate::index::BlobLoc;
 use crate::pack::{self, BlobKind, PackEntry, PackId};
+use crate::storage::PackBytes;
 use crate::ChunkId;
 use xstore_format::snapshot::{Snapshot, SnapshotId};
 use xstore_format::tree::{decode_chunk_list, ChunkRef, Content, Entry, EntryKind, Tree};
@@ -95,42 +92,19 @@ impl Repository {
             .collect())
     }
 
-    /// Maps a whole pack (for scans that read every blob of it: `check --read-data`). Not
-    /// cached: the mapping is dropped as soon as the scan of that pack ends.
-    pub(crate) fn map_pack(&self, id: &PackId) -> Result<Mmap> {
-        crate::pack::mmap::map_sealed_file(&crate::layout::pack_file(&self.packs_dir(), id))
-    }
-
-    /// Closes a cached pack file (gc deleted it).
-    pub(crate) fn forget_pack_file(&self, id: &PackId) {
-        if let Ok(mut files) = self.files.lock() {
-            files.remove(id);
-        }
-    }
-
-    fn pack_file(&self, id: &PackId) -> Result<Arc<fs::File>> {
-        if let Some(f) = self.files.lock().map_err(poisoned)?.get(id) {
-            return Ok(f.clone());
-        }
-        let path = crate::layout::pack_file(&self.packs_dir(), id);
-        let file = Arc::new(fs::File::open(&path).at(&path)?);
-        let mut files = self.files.lock().map_err(poisoned)?;
-        if files.len() >= MAX_OPEN_PACKS {
-            files.clear();
-        }
-        files.insert(*id, file.clone());
-        Ok(file)
+    /// A whole pack (for scans that read every blob of it: `check --read-data`, gc, verify):
+    /// mapped when local, fetched from an object store. Not cached: dropped as soon as the
+    /// scan of that pack ends.
+    pub(crate) fn map_pack(&self, id: &PackId) -> Result<PackBytes> {
+        self.storage().read_whole(id)
     }
 
     /// Reads one blob with a positioned read. Random blob reads (restore, browsing, parent
     /// trees) use `pread` rather than a mapping: mapped pack pages count in the process's RSS
     /// and a copy of one blob costs nothing next to decompressing it.
     pub(crate) fn read_located(&self, id: &ChunkId, loc: &BlobLoc) -> Result<Vec<u8>> {
-        use std::os::unix::fs::FileExt;
-        let file = self.pack_file(&loc.pack)?;
         let mut buf = vec![0u8; pack::BLOB_HEADER_LEN + loc.stored_len as usize];
-        file.read_exact_at(&mut buf, loc.offset)
-            .at(crate::layout::pack_file(&self.packs_dir(), &loc.pack))?;
+        self.storage().read_at(&loc.pack, loc.offset, &mut buf)?;
         let entry = PackEntry {
             id: *id,
             kind: loc.kind,
@@ -157,7 +131,7 @@ impl Repository {
         let loc = self.index.blob(id)?.ok_or(Error::MissingBlob(*id))?;
         match self.read_located(id, &loc) {
             Ok(raw) => Ok((loc, raw)),
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.is_not_found() => {
                 let again = self.index.blob(id)?.ok_or(Error::MissingBlob(*id))?;
                 let raw = self.read_located(id, &again)?;
                 Ok((again, raw))

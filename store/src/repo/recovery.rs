@@ -4,13 +4,11 @@
 use std::fs;
 use std::path::Path;
 
-use std::path::PathBuf;
-
 use super::{copies, Repository};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
+use crate::now_ns;
 use crate::pack::PackId;
-use crate::{now_ns, ChunkId};
 
 /// The index a reader should open: `index`, or during a swap interrupted between its two
 /// renames (only the next writer completes it) the complete rebuilt one in `index.new`.
@@ -88,10 +86,10 @@ impl Repository {
                 .into_iter()
                 .collect();
         let retired = crate::pack::journal::retired(&packs, now_ns())?;
-        let on_disk = list_pack_files(&packs)?;
+        let on_disk = self.storage().list()?;
         let unattributed: Vec<&PackId> = on_disk
             .iter()
-            .map(|(id, _)| id)
+            .map(|p| &p.id)
             .filter(|id| {
                 !known.contains(id) && !uncommitted.contains(id) && !retired.contains_key(id)
             })
@@ -109,7 +107,7 @@ impl Repository {
         }
         let (committed, leftovers): (Vec<PackId>, Vec<PackId>) =
             uncommitted.iter().partition(|id| known.contains(id));
-        crate::pack::journal::discard_packs(&packs, &leftovers)?;
+        crate::pack::journal::discard_packs(self.storage(), &packs, &leftovers)?;
         // Committed: only the marker's removal was lost.
         crate::pack::journal::clear_uncommitted(&packs, &committed)?;
         if !leftovers.is_empty() {
@@ -147,28 +145,4 @@ impl Repository {
         }
         Ok(())
     }
-}
-
-/// Every `packs/XX/<id>.pack` file.
-pub(crate) fn list_pack_files(packs: &Path) -> Result<Vec<(PackId, PathBuf)>> {
-    let mut out = Vec::new();
-    for sub in fs::read_dir(packs).at(packs)? {
-        let sub = sub.at(packs)?;
-        let name = sub.file_name();
-        let name = name.to_string_lossy();
-        if name.len() != 2 || !sub.file_type().at(sub.path())?.is_dir() {
-            continue;
-        }
-        for f in fs::read_dir(sub.path()).at(sub.path())? {
-            let f = f.at(sub.path())?;
-            let fname = f.file_name();
-            let fname = fname.to_string_lossy();
-            if let Some(hex) = fname.strip_suffix(".pack") {
-                if let Ok(id) = hex.parse::<ChunkId>() {
-                    out.push((id, f.path()));
-                }
-            }
-        }
-    }
-    Ok(out)
 }

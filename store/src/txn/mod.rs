@@ -316,7 +316,7 @@ impl<'r> Mutation<'r> {
                 return Err(e);
             }
         }
-        let sealed = writer.seal(&repo.packs_dir())?;
+        let sealed = writer.seal(repo.storage(), &repo.packs_dir())?;
         self.add_sealed_pack(sealed.id, sealed.size, sealed.entries.len() as u32);
         let ids: Vec<ChunkId> = sealed.entries.iter().map(|e| e.id).collect();
         self.prefetch(&ids)?;
@@ -329,7 +329,11 @@ impl<'r> Mutation<'r> {
 
     /// Deletes the packs this mutation sealed (it failed before its commit point).
     fn discard_sealed(&self) {
-        if let Err(e) = crate::pack::journal::discard_packs(&self.repo.packs_dir(), &self.sealed) {
+        if let Err(e) = crate::pack::journal::discard_packs(
+            self.repo.storage(),
+            &self.repo.packs_dir(),
+            &self.sealed,
+        ) {
             tracing::warn!(error = %e, "could not remove uncommitted packs; the next writer's recovery will");
         }
     }

@@ -1,0 +1,444 @@
+//! Repositories whose packs live in a real Garage cluster on 127.0.0.1 (tests/src/garage.rs):
+//! backup and restore through the bucket, a second machine attaching after the first is
+//! gone, a node killed during a backup, the whole store down, credentials handled safely.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::stderr;
+use xstore_tests::garage::Garage;
+use xstore_tests::{assert_same_tree, make_fixture, restored_path};
+
+/// `xstore` with the cluster's key in the environment.
+fn xs(g: &Garage, repo: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xstore"))
+        .env("XSTORE_REPO", repo)
+        .env_remove("XSTORE_FAILPOINT")
+        .envs(g.env())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn xs_ok(g: &Garage, repo: &Path, args: &[&str]) -> String {
+    let out = xs(g, repo, args);
+    assert!(
+        out.status.success(),
+        "xstore {args:?} failed ({:?}):\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn xs_json(g: &Garage, repo: &Path, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    common::last_json(xs_ok(g, repo, &a).as_bytes())
+}
+
+fn init(g: &Garage, repo: &Path, prefix: &str, extra: &[&str]) -> String {
+    let url = format!("s3://{}/{prefix}", g.bucket);
+    let endpoint = g.endpoint();
+    let mut args = vec!["init", "--store", &url, "--endpoint", &endpoint];
+    args.extend_from_slice(extra);
+    xs_ok(g, repo, &args)
+}
+
+/// Files under `dir` that are pack files (none may be local in an S3 repository).
+fn local_pack_files(dir: &Path) -> usize {
+    let packs = dir.join("packs");
+    fs::read_dir(&packs)
+        .map(|it| {
+            it.flatten()
+                .filter(|e| e.file_name().len() == 2)
+                .map(|e| fs::read_dir(e.path()).map(|d| d.count()).unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn the_only_error_line(out: &Output) -> String {
+    let err = stderr(out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line:\n{err}");
+    lines[0].to_string()
+}
+
+#[test]
+fn backup_restore_check_and_attach_from_a_second_machine() {
+    let w = tempfile::tempdir().unwrap();
+    let g = Garage::start(&w.path().join("garage"), 1);
+    let repo = w.path().join("repo");
+    let src = w.path().join("src");
+    make_fixture(&src, 7);
+    let s = src.to_str().unwrap();
+    let created = init(&g, &repo, "fleet/one", &["--pack-size-mib", "1"]);
+    assert!(
+        created.contains("packs in s3://xstore-test/fleet/one"),
+        "{created}"
+    );
+    let store = fs::read_to_string(repo.join("store.toml")).unwrap();
+    assert!(store.contains("bucket = \"xstore-test\""), "{store}");
+    assert!(
+        !store.contains(&g.secret),
+        "the secret must not be written: {store}"
+    );
+    xs_ok(&g, &repo, &["backup", "-q", "--host", "web1", s]);
+    fs::write(src.join("second.txt"), b"a second snapshot\n").unwrap();
+    xs_ok(&g, &repo, &["backup", "-q", "--host", "web1", s]);
+    assert_eq!(
+        local_pack_files(&repo),
+        0,
+        "packs must be in the bucket only"
+    );
+    let packs = pack_keys(&g, "fleet/one/");
+    assert!(packs.len() >= 2, "{packs:?}");
+
+    let target = w.path().join("restored");
+    xs_ok(
+        &g,
+        &repo,
+        &["restore", "web1@latest", target.to_str().unwrap()],
+    );
+    assert_same_tree(&src, &restored_path(&target, &src), false);
+    let report = xs_json(&g, &repo, &["check", "--read-data"]);
+    assert_eq!(report["problems"].as_array().unwrap().len(), 0, "{report}");
+
+    // The first server is gone with its index, journal and snapshot copies: a new directory
+    // attached to the same prefix rebuilds the index from the bucket alone.
+    fs::remove_dir_all(&repo).unwrap();
+    let again = w.path().join("repo-on-another-machine");
+    let attached = init(&g, &again, "fleet/one", &[]);
+    assert!(attached.contains("attached"), "{attached}");
+    assert!(attached.contains("2 snapshots"), "{attached}");
+    let target2 = w.path().join("restored-again");
+    xs_ok(
+        &g,
+        &again,
+        &["restore", "web1@latest", target2.to_str().unwrap()],
+    );
+    assert_same_tree(&src, &restored_path(&target2, &src), false);
+    let report = xs_json(&g, &again, &["check", "--read-data"]);
+    assert_eq!(report["problems"].as_array().unwrap().len(), 0, "{report}");
+    // ... and keeps backing up, deduplicating against what the bucket holds.
+    let before = pack_keys(&g, "fleet/one/").len();
+    xs_ok(&g, &again, &["backup", "-q", "--host", "web1", s]);
+    let snap = xs_json(&g, &again, &["snapshots"]);
+    assert_eq!(snap.as_array().unwrap().len(), 3, "{snap}");
+    // New trees of the source's ancestors (their times change) and the snapshot record.
+    assert!(pack_keys(&g, "fleet/one/").len() <= before + 2);
+}
+
+#[test]
+fn an_unreachable_store_fails_the_backup_cleanly_and_the_next_one_works() {
+    let w = tempfile::tempdir().unwrap();
+    let mut g = Garage::start(&w.path().join("garage"), 1);
+    let repo = w.path().join("repo");
+    let src = w.path().join("src");
+    make_fixture(&src, 8);
+    let s = src.to_str().unwrap();
+    init(&g, &repo, "", &["--pack-size-mib", "1"]);
+    xs_ok(&g, &repo, &["backup", "-q", "--host", "h", s]);
+    fs::write(
+        src.join("new.bin"),
+        xstore::chunker::seeded_bytes(5, 300_000),
+    )
+    .unwrap();
+
+    g.kill_node(0);
+    let out = xs(&g, &repo, &["backup", "-q", "--host", "h", s]);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let line = the_only_error_line(&out);
+    assert!(line.contains(&g.endpoint()), "names the endpoint: {line}");
+    assert!(line.contains("Connection refused"), "says why: {line}");
+    g.start_node(0);
+    // Nothing was committed.
+    assert_eq!(
+        xs_json(&g, &repo, &["snapshots"]).as_array().unwrap().len(),
+        1
+    );
+
+    // The store goes away while the backup uploads packs: the backup fails (or completes, if
+    // it was faster); either way what it reports is what the repository holds.
+    for i in 0..16u64 {
+        fs::write(
+            src.join(format!("big{i}.bin")),
+            xstore::chunker::seeded_bytes(200 + i, 1 << 20),
+        )
+        .unwrap();
+    }
+    let backup = Command::new(env!("CARGO_BIN_EXE_xstore"))
+        .env("XSTORE_REPO", &repo)
+        .envs(g.env())
+        .args(["backup", "-q", "--host", "h", s])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    g.kill_node(0);
+    let out = backup.wait_with_output().unwrap();
+    g.start_node(0);
+    let committed = out.status.success();
+    if !committed {
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        the_only_error_line(&out);
+    }
+    let snapshots = xs_json(&g, &repo, &["snapshots"]).as_array().unwrap().len();
+    assert_eq!(snapshots, if committed { 2 } else { 1 }, "{}", stderr(&out));
+
+    // The repository is consistent and the next backup works.
+    let report = xs_json(&g, &repo, &["check", "--read-data"]);
+    assert_eq!(report["problems"].as_array().unwrap().len(), 0, "{report}");
+    xs_ok(&g, &repo, &["backup", "-q", "--host", "h", s]);
+    let target = w.path().join("restored");
+    xs_ok(
+        &g,
+        &repo,
+        &["restore", "h@latest", target.to_str().unwrap()],
+    );
+    assert_same_tree(&src, &restored_path(&target, &src), false);
+}
+
+#[test]
+fn a_node_killed_during_a_backup_of_a_three_node_cluster_loses_nothing() {
+    let w = tempfile::tempdir().unwrap();
+    let mut g = Garage::start(&w.path().join("garage"), 3);
+    let repo = w.path().join("repo");
+    let src = w.path().join("src");
+    make_fixture(&src, 9);
+    for i in 0..24u64 {
+        fs::write(
+            src.join(format!("big{i}.bin")),
+            xstore::chunker::seeded_bytes(100 + i, 1 << 20),
+        )
+        .unwrap();
+    }
+    let s = src.to_str().unwrap();
+    init(&g, &repo, "three", &["--pack-size-mib", "1"]);
+    let mut backup = Command::new(env!("CARGO_BIN_EXE_xstore"))
+        .env("XSTORE_REPO", &repo)
+        .envs(g.env())
+        .args(["backup", "-q", "--host", "h", s])
+        .spawn()
+        .unwrap();
+    // The backup writes a pack per MiB: the kill lands while packs are being uploaded.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    g.kill_node(2);
+    assert!(backup.wait().unwrap().success());
+    let target = w.path().join("restored");
+    xs_ok(
+        &g,
+        &repo,
+        &["restore", "h@latest", target.to_str().unwrap()],
+    );
+    assert_same_tree(&src, &restored_path(&target, &src), false);
+    let report = xs_json(&g, &repo, &["check", "--read-data"]);
+    assert_eq!(report["problems"].as_array().unwrap().len(), 0, "{report}");
+}
+
+#[test]
+fn credentials_come_from_an_owner_only_file_and_are_never_written() {
+    let w = tempfile::tempdir().unwrap();
+    let g = Garage::start(&w.path().join("garage"), 1);
+    let cred = w.path().join("s3.credentials");
+    fs::write(
+        &cred,
+        format!(
+            "access_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+            g.key_id, g.secret
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&cred, fs::Permissions::from_mode(0o644)).unwrap();
+    let repo = w.path().join("repo");
+    let url = format!("s3://{}/creds", g.bucket);
+    let endpoint = g.endpoint();
+    let args = [
+        "init",
+        "--store",
+        &url,
+        "--endpoint",
+        &endpoint,
+        "--credentials",
+        cred.to_str().unwrap(),
+    ];
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_xstore"))
+            .env("XSTORE_REPO", &repo)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let line = the_only_error_line(&out);
+    assert!(
+        line.contains("s3.credentials") && line.contains("chmod 600"),
+        "{line}"
+    );
+    assert!(!repo.exists(), "a refused init leaves nothing behind");
+
+    fs::set_permissions(&cred, fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let src = w.path().join("src");
+    make_fixture(&src, 3);
+    let out = run(&["backup", "-q", "--host", "h", src.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for entry in walk(&repo) {
+        let bytes = fs::read(&entry).unwrap_or_default();
+        assert!(
+            !bytes
+                .windows(g.secret.len())
+                .any(|w| w == g.secret.as_bytes()),
+            "the secret is in {}",
+            entry.display()
+        );
+    }
+    // A wrong key: one line naming the endpoint and the refusal, exit non-zero.
+    let out = Command::new(env!("CARGO_BIN_EXE_xstore"))
+        .env("XSTORE_REPO", w.path().join("other"))
+        .env("AWS_ACCESS_KEY_ID", &g.key_id)
+        .env("AWS_SECRET_ACCESS_KEY", "0".repeat(64))
+        .args(["init", "--store", &url, "--endpoint", &endpoint])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let line = the_only_error_line(&out);
+    assert!(line.contains(&endpoint) && line.contains("403"), "{line}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The keys of the pack objects under `prefix` (ListObjectsV2 through curl).
+fn pack_keys(g: &Garage, prefix: &str) -> Vec<String> {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--aws-sigv4",
+            "aws:amz:garage:s3",
+            "--user",
+        ])
+        .arg(format!("{}:{}", g.key_id, g.secret))
+        .arg("-H")
+        .arg(format!("x-amz-content-sha256: {}", sha256_hex(b"")))
+        .arg(format!(
+            "{}/{}?list-type=2&prefix={}packs%2F",
+            g.endpoint(),
+            g.bucket,
+            prefix.replace('/', "%2F")
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl list: {}", stderr(&out));
+    let xml = String::from_utf8(out.stdout).unwrap();
+    xml.split("<Key>")
+        .skip(1)
+        .filter_map(|k| k.split("</Key>").next())
+        .filter(|k| k.ends_with(".pack"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Replaces object `key` of the bucket with `bytes` (curl's SigV4 signing: a client other
+/// than the one under test, as an attacker or a faulty store would write).
+fn put_object(g: &Garage, key: &str, bytes: &[u8]) {
+    let body = tempfile::NamedTempFile::new().unwrap();
+    fs::write(body.path(), bytes).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--aws-sigv4",
+            "aws:amz:garage:s3",
+            "--user",
+        ])
+        .arg(format!("{}:{}", g.key_id, g.secret))
+        .arg("-H")
+        .arg(format!("x-amz-content-sha256: {}", sha256_hex(bytes)))
+        .arg("-T")
+        .arg(body.path())
+        .arg(format!("{}/{}/{key}", g.endpoint(), g.bucket))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl PUT {key}: {}", stderr(&out));
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(bytes)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+#[test]
+fn a_truncated_or_replaced_pack_object_is_a_typed_error_never_wrong_data() {
+    let w = tempfile::tempdir().unwrap();
+    let g = Garage::start(&w.path().join("garage"), 1);
+    let repo = w.path().join("repo");
+    let src = w.path().join("src");
+    make_fixture(&src, 11);
+    init(&g, &repo, "hostile", &[]);
+    xs_ok(
+        &g,
+        &repo,
+        &["backup", "-q", "--host", "h", src.to_str().unwrap()],
+    );
+    let packs = pack_keys(&g, "hostile/");
+    assert!(!packs.is_empty());
+    for (round, body) in [b"short".to_vec(), vec![0x5a; 4 << 20]]
+        .into_iter()
+        .enumerate()
+    {
+        for key in &packs {
+            put_object(&g, key, &body);
+        }
+        let target = w.path().join(format!("restored{round}"));
+        let out = xs(
+            &g,
+            &repo,
+            &["restore", "h@latest", target.to_str().unwrap()],
+        );
+        let code = out.status.code();
+        assert!(
+            code.is_some() && code != Some(0) && code != Some(101),
+            "{code:?}: {}",
+            stderr(&out)
+        );
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{err}");
+        let out = xs(&g, &repo, &["check", "--read-data"]);
+        assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    }
+}

@@ -1,0 +1,337 @@
+//! Packs in a bucket of an S3-compatible object store (FORMAT.md §Object store): the keys
+//! are the local layout's names under the configured prefix (`<prefix>/packs/XX/<id>.pack`,
+//! `<prefix>/config`).
+//!
+//! The client is `object_store` (the Arrow project's) over a private tokio runtime: calls
+//! block the calling thread, as every other storage call does. Transient failures (5xx,
+//! timeouts, refused connections) are retried with exponential backoff up to a bound; what
+//! is left is one `Error::Storage` naming the endpoint, the key and the status.
+
+use std::future::Future;
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+
+use super::{PackBytes, PackId, PackInfo, PackStorage, S3Location};
+use crate::error::{Error, IoContext, Result};
+use crate::ChunkId;
+
+/// Packs at least this large are uploaded in parts of this size (S3's minimum part is 5 MiB;
+/// a default 32 MiB pack is two parts).
+const MULTIPART_PART: usize = 16 << 20;
+/// Parts of one pack uploaded at the same time.
+const MULTIPART_CONCURRENCY: usize = 4;
+
+/// A bucket (and key prefix) of an S3-compatible store.
+pub(crate) struct S3Storage {
+    client: Arc<AmazonS3>,
+    runtime: tokio::runtime::Runtime,
+    /// `URL (bucket B)`, for messages.
+    endpoint: String,
+    bucket: String,
+    prefix: String,
+}
+
+impl S3Storage {
+    /// A client for `location` with these credentials. Makes no request.
+    pub(crate) fn new(location: &S3Location, credentials: &super::S3Credentials) -> Result<Self> {
+        let endpoint = format!("{} (bucket {})", location.endpoint, location.bucket);
+        let retry = object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(5),
+                base: 2.0,
+            },
+            max_retries: location.max_retries,
+            retry_timeout: Duration::from_secs(location.retry_timeout_seconds),
+        };
+        let client = AmazonS3Builder::new()
+            .with_endpoint(&location.endpoint)
+            .with_bucket_name(&location.bucket)
+            .with_region(&location.region)
+            .with_access_key_id(&credentials.access_key_id)
+            .with_secret_access_key(&credentials.secret_access_key)
+            .with_virtual_hosted_style_request(!location.path_style)
+            .with_retry(retry)
+            .with_client_options(
+                // allow_http is a client option: set here, or this call would reset it.
+                object_store::ClientOptions::new()
+                    .with_allow_http(location.endpoint.starts_with("http://"))
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_timeout(Duration::from_secs(location.request_timeout_seconds)),
+            )
+            .build()
+            .map_err(|e| Error::Storage {
+                endpoint: endpoint.clone(),
+                key: String::new(),
+                reason: one_line(&e),
+                not_found: false,
+            })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("xstore-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Storage {
+                endpoint: endpoint.clone(),
+                key: String::new(),
+                reason: format!("cannot start the client's runtime: {e}"),
+                not_found: false,
+            })?;
+        Ok(S3Storage {
+            client: Arc::new(client),
+            runtime,
+            endpoint,
+            bucket: location.bucket.clone(),
+            prefix: location.prefix.trim_matches('/').to_string(),
+        })
+    }
+
+    /// The object key of a repository-relative name.
+    fn key(&self, name: &str) -> ObjectPath {
+        if self.prefix.is_empty() {
+            ObjectPath::from(name)
+        } else {
+            ObjectPath::from(format!("{}/{name}", self.prefix))
+        }
+    }
+
+    fn pack_key(&self, id: &PackId) -> ObjectPath {
+        self.key(&pack_name(id))
+    }
+
+    /// Runs `f` to completion on the client's runtime. From inside another tokio runtime
+    /// (the NFS server's blocking pool) it runs on a thread of its own: a runtime cannot be
+    /// entered from inside another.
+    fn block<F: Future + Send>(&self, f: F) -> F::Output
+    where
+        F::Output: Send,
+    {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::scope(|s| {
+                s.spawn(|| self.runtime.block_on(f))
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+        } else {
+            self.runtime.block_on(f)
+        }
+    }
+
+    fn error(&self, key: &ObjectPath, e: object_store::Error) -> Error {
+        Error::Storage {
+            endpoint: self.endpoint.clone(),
+            key: key.to_string(),
+            not_found: matches!(e, object_store::Error::NotFound { .. }),
+            reason: tidy(&one_line(&e)),
+        }
+    }
+
+    /// Stores `bytes` as the repository file `name` (`config`).
+    pub(crate) fn put_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let key = self.key(name);
+        let payload = PutPayload::from(bytes.to_vec());
+        self.block(self.client.put(&key, payload))
+            .map(|_| ())
+            .map_err(|e| self.error(&key, e))
+    }
+
+    /// The repository file `name`, `None` when it does not exist.
+    pub(crate) fn get_file(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let key = self.key(name);
+        let got = self.block(async {
+            let r = self.client.get(&key).await?;
+            r.bytes().await
+        });
+        match got {
+            Ok(b) => Ok(Some(b.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(&key, e)),
+        }
+    }
+}
+
+/// `packs/XX/<id>.pack`.
+fn pack_name(id: &PackId) -> String {
+    let hex = id.to_string();
+    format!("packs/{}/{hex}.pack", hex.get(..2).unwrap_or("00"))
+}
+
+/// An error and its causes on one line (the CLI prints one line per error).
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The client's message without what the error line says already (the URL, which repeats
+/// the endpoint and key; the "Generic S3 error" label) and with an XML error body reduced to
+/// its code: "Error performing GET in 2 ms - Server returned non-2xx status code: 403
+/// Forbidden (AccessDenied)".
+fn tidy(reason: &str) -> String {
+    let code = reason
+        .split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(code, _)| code.to_string());
+    let body_start = reason.find("<?xml").or_else(|| reason.find("<Error>"));
+    let head = body_start.map_or(reason, |i| reason.get(..i).unwrap_or(reason));
+    let mut out: Vec<&str> = head
+        .split_whitespace()
+        .filter(|w| !w.starts_with("http://") && !w.starts_with("https://"))
+        .collect();
+    if out.first() == Some(&"Generic") && out.get(1) == Some(&"S3") && out.get(2) == Some(&"error:")
+    {
+        out.drain(..3);
+    }
+    let mut s = out.join(" ").trim_end_matches([':', ' ']).to_string();
+    if let Some(code) = code {
+        s.push_str(&format!(" ({code})"));
+    }
+    s
+}
+
+impl PackStorage for S3Storage {
+    fn put(&self, id: &PackId, sealed: &Path) -> Result<()> {
+        let key = self.pack_key(id);
+        let mut file = std::fs::File::open(sealed).at(sealed)?;
+        let size = file.metadata().at(sealed)?.len();
+        crate::fail_io("s3-put")?;
+        if size < MULTIPART_PART as u64 {
+            let mut bytes = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut bytes).at(sealed)?;
+            self.block(self.client.put(&key, PutPayload::from(bytes)))
+                .map_err(|e| self.error(&key, e))?;
+        } else {
+            let uploaded = self.block(async {
+                let upload = self.client.put_multipart(&key).await?;
+                let mut parts = WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART);
+                let mut buf = vec![0u8; MULTIPART_PART];
+                loop {
+                    let n = match file.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) => {
+                            let _ = parts.abort().await;
+                            return Ok(Err(e));
+                        }
+                    };
+                    parts.wait_for_capacity(MULTIPART_CONCURRENCY).await?;
+                    parts.write(buf.get(..n).unwrap_or_default());
+                }
+                parts.finish().await?;
+                Ok::<_, object_store::Error>(Ok(()))
+            });
+            uploaded.map_err(|e| self.error(&key, e))?.at(sealed)?;
+        }
+        // Acknowledged: the pack is durable in the store; the local copy is not needed.
+        std::fs::remove_file(sealed).at(sealed)
+    }
+
+    fn read_at(&self, id: &PackId, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let key = self.pack_key(id);
+        let end = offset.saturating_add(buf.len() as u64);
+        let got = self
+            .block(self.client.get_range(&key, offset..end))
+            .map_err(|e| self.error(&key, e))?;
+        if got.len() != buf.len() {
+            return Err(Error::Storage {
+                endpoint: self.endpoint.clone(),
+                key: key.to_string(),
+                reason: format!(
+                    "asked for {} bytes at {offset}, got {} (the object is shorter)",
+                    buf.len(),
+                    got.len()
+                ),
+                not_found: false,
+            });
+        }
+        buf.copy_from_slice(&got);
+        Ok(())
+    }
+
+    fn read_whole(&self, id: &PackId) -> Result<PackBytes> {
+        let key = self.pack_key(id);
+        self.block(async {
+            let r = self.client.get(&key).await?;
+            r.bytes().await
+        })
+        .map(|b| PackBytes::Fetched(b.to_vec()))
+        .map_err(|e| self.error(&key, e))
+    }
+
+    fn size(&self, id: &PackId) -> Result<Option<u64>> {
+        let key = self.pack_key(id);
+        match self.block(self.client.head(&key)) {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(&key, e)),
+        }
+    }
+
+    fn list(&self) -> Result<Vec<PackInfo>> {
+        let prefix = self.key("packs");
+        let metas: Vec<object_store::ObjectMeta> = self
+            .block(self.client.list(Some(&prefix)).try_collect())
+            .map_err(|e| self.error(&prefix, e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let name = m.location.filename()?;
+                let id = name.strip_suffix(".pack")?.parse::<ChunkId>().ok()?;
+                // Only keys this storage would write: `packs/XX/<id>.pack`.
+                (m.location == self.pack_key(&id)).then_some(PackInfo {
+                    id,
+                    size: m.size,
+                    modified_ns: m.last_modified.timestamp_nanos_opt(),
+                })
+            })
+            .collect())
+    }
+
+    fn delete(&self, ids: &[PackId]) -> Result<()> {
+        for id in ids {
+            let key = self.pack_key(id);
+            match self.block(self.client.delete(&key)) {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.error(&key, e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn location(&self, id: &PackId) -> String {
+        format!("s3://{}/{}", self.bucket, self.pack_key(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tidy;
+
+    #[test]
+    fn a_client_error_is_one_short_line_with_the_status_and_code() {
+        let raw = "Generic S3 error: Error performing GET http://127.0.0.1:1/b/k in 2ms - Server \
+                   returned non-2xx status code: 416 Range Not Satisfiable: <?xml version=\"1.0\"?>\
+                   <Error><Code>InvalidRange</Code><Message>m</Message></Error>";
+        assert_eq!(
+            tidy(raw),
+            "Error performing GET in 2ms - Server returned non-2xx status code: 416 Range Not \
+             Satisfiable (InvalidRange)"
+        );
+        assert_eq!(tidy("connection refused"), "connection refused");
+    }
+}
