@@ -64,6 +64,34 @@ fn local_pack_files(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// A credentials file for the cluster's key with this mode.
+fn credentials_file(g: &Garage, dir: &Path, mode: u32) -> std::path::PathBuf {
+    let cred = dir.join("s3.credentials");
+    fs::write(
+        &cred,
+        format!(
+            "access_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+            g.key_id, g.secret
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&cred, fs::Permissions::from_mode(mode)).unwrap();
+    cred
+}
+
+/// Restores `host`'s latest snapshot into `target` and compares it with `src`.
+fn assert_restores(g: &Garage, repo: &Path, host: &str, src: &Path, target: &Path) {
+    let snapshot = format!("{host}@latest");
+    xs_ok(g, repo, &["restore", &snapshot, target.to_str().unwrap()]);
+    assert_same_tree(src, &restored_path(target, src), false);
+}
+
+/// `check --read-data` finds nothing.
+fn assert_check_clean(g: &Garage, repo: &Path) {
+    let report = xs_json(g, repo, &["check", "--read-data"]);
+    assert_eq!(report["problems"].as_array().unwrap().len(), 0, "{report}");
+}
+
 fn the_only_error_line(out: &Output) -> String {
     let err = stderr(out);
     let lines: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
@@ -102,14 +130,8 @@ fn backup_restore_check_and_attach_from_a_second_machine() {
     assert!(packs.len() >= 2, "{packs:?}");
 
     let target = w.path().join("restored");
-    xs_ok(
-        &g,
-        &repo,
-        &["restore", "web1@latest", target.to_str().unwrap()],
-    );
-    assert_same_tree(&src, &restored_path(&target, &src), false);
-    let report = xs_json(&g, &repo, &["check", "--read-data"]);
-    assert_eq!(report["problems"].as_array().unwrap().len(), 0, "{report}");
+    assert_restores(&g, &repo, "web1", &src, &target);
+    assert_check_clean(&g, &repo);
 
     // The first server is gone with its index, journal and snapshot copies: a new directory
     // attached to the same prefix rebuilds the index from the bucket alone.
@@ -119,14 +141,8 @@ fn backup_restore_check_and_attach_from_a_second_machine() {
     assert!(attached.contains("attached"), "{attached}");
     assert!(attached.contains("2 snapshots"), "{attached}");
     let target2 = w.path().join("restored-again");
-    xs_ok(
-        &g,
-        &again,
-        &["restore", "web1@latest", target2.to_str().unwrap()],
-    );
-    assert_same_tree(&src, &restored_path(&target2, &src), false);
-    let report = xs_json(&g, &again, &["check", "--read-data"]);
-    assert_eq!(report["problems"].as_array().unwrap().len(), 0, "{report}");
+    assert_restores(&g, &again, "web1", &src, &target2);
+    assert_check_clean(&g, &again);
     // ... and keeps backing up, deduplicating against what the bucket holds.
     let before = pack_keys(&g, "fleet/one/").len();
     xs_ok(&g, &again, &["backup", "-q", "--host", "web1", s]);
@@ -194,16 +210,10 @@ fn an_unreachable_store_fails_the_backup_cleanly_and_the_next_one_works() {
     assert_eq!(snapshots, if committed { 2 } else { 1 }, "{}", stderr(&out));
 
     // The repository is consistent and the next backup works.
-    let report = xs_json(&g, &repo, &["check", "--read-data"]);
-    assert_eq!(report["problems"].as_array().unwrap().len(), 0, "{report}");
+    assert_check_clean(&g, &repo);
     xs_ok(&g, &repo, &["backup", "-q", "--host", "h", s]);
     let target = w.path().join("restored");
-    xs_ok(
-        &g,
-        &repo,
-        &["restore", "h@latest", target.to_str().unwrap()],
-    );
-    assert_same_tree(&src, &restored_path(&target, &src), false);
+    assert_restores(&g, &repo, "h", &src, &target);
 }
 
 #[test]
@@ -233,30 +243,15 @@ fn a_node_killed_during_a_backup_of_a_three_node_cluster_loses_nothing() {
     g.kill_node(2);
     assert!(backup.wait().unwrap().success());
     let target = w.path().join("restored");
-    xs_ok(
-        &g,
-        &repo,
-        &["restore", "h@latest", target.to_str().unwrap()],
-    );
-    assert_same_tree(&src, &restored_path(&target, &src), false);
-    let report = xs_json(&g, &repo, &["check", "--read-data"]);
-    assert_eq!(report["problems"].as_array().unwrap().len(), 0, "{report}");
+    assert_restores(&g, &repo, "h", &src, &target);
+    assert_check_clean(&g, &repo);
 }
 
 #[test]
 fn credentials_come_from_an_owner_only_file_and_are_never_written() {
     let w = tempfile::tempdir().unwrap();
     let g = Garage::start(&w.path().join("garage"), 1);
-    let cred = w.path().join("s3.credentials");
-    fs::write(
-        &cred,
-        format!(
-            "access_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
-            g.key_id, g.secret
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&cred, fs::Permissions::from_mode(0o644)).unwrap();
+    let cred = credentials_file(&g, w.path(), 0o644);
     let repo = w.path().join("repo");
     let url = format!("s3://{}/creds", g.bucket);
     let endpoint = g.endpoint();
@@ -441,4 +436,102 @@ fn a_truncated_or_replaced_pack_object_is_a_typed_error_never_wrong_data() {
         let out = xs(&g, &repo, &["check", "--read-data"]);
         assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     }
+}
+
+#[test]
+fn a_second_server_on_the_same_prefix_is_refused_while_the_first_holds_the_lease() {
+    let w = tempfile::tempdir().unwrap();
+    let g = Garage::start(&w.path().join("garage"), 1);
+    let cred = credentials_file(&g, w.path(), 0o600);
+    let (first, second) = (w.path().join("first"), w.path().join("second"));
+    let src = w.path().join("src");
+    make_fixture(&src, 12);
+    let s = src.to_str().unwrap();
+    let c = cred.to_str().unwrap();
+    init(&g, &first, "leased", &["--credentials", c]);
+    xs_ok(&g, &first, &["backup", "-q", "--host", "h", s]);
+    init(&g, &second, "leased", &["--credentials", c]);
+
+    // The first server writes (in this process: the credentials come from the file).
+    let holder = xstore::Repository::open(&first).unwrap();
+    let out = xs(&g, &second, &["backup", "-q", "--host", "h", s]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let line = the_only_error_line(&out);
+    assert!(
+        line.contains(&format!("pid {}", std::process::id()))
+            && line.contains("s3://xstore-test/leased/lease")
+            && line.contains("expires at"),
+        "names the holder and its lease: {line}"
+    );
+    assert_eq!(
+        xs_json(&g, &second, &["snapshots"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Released with the handle: the second server writes now.
+    drop(holder);
+    xs_ok(&g, &second, &["backup", "-q", "--host", "h", s]);
+    // The first one's index does not know the second's packs: it refuses to write rather
+    // than deleting or overwriting anything, and names the way back.
+    let out = xs(&g, &first, &["backup", "-q", "--host", "h", s]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        the_only_error_line(&out).contains("repair index"),
+        "{}",
+        stderr(&out)
+    );
+    xs_ok(&g, &first, &["repair", "index"]);
+    assert_eq!(
+        xs_json(&g, &first, &["snapshots"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn gc_in_the_bucket_deletes_what_it_reports_after_the_grace_period() {
+    let w = tempfile::tempdir().unwrap();
+    let g = Garage::start(&w.path().join("garage"), 1);
+    let repo = w.path().join("repo");
+    let src = w.path().join("src");
+    make_fixture(&src, 13);
+    let s = src.to_str().unwrap();
+    init(&g, &repo, "gc", &["--pack-size-mib", "1"]);
+    xs_ok(&g, &repo, &["backup", "-q", "--host", "h", s]);
+    fs::write(
+        src.join("doomed.bin"),
+        xstore::chunker::seeded_bytes(77, 3 << 20),
+    )
+    .unwrap();
+    xs_ok(&g, &repo, &["backup", "-q", "--host", "h", s]);
+    fs::remove_file(src.join("doomed.bin")).unwrap();
+    xs_ok(&g, &repo, &["backup", "-q", "--host", "h", s]);
+    xs_ok(&g, &repo, &["forget", "--host", "h", "--keep-last", "1"]);
+    let before = pack_keys(&g, "gc/").len();
+    let first = xs_json(&g, &repo, &["gc", "--max-dead", "0%"]);
+    let retired =
+        first["packs_rewritten"].as_u64().unwrap() + first["packs_deleted"].as_u64().unwrap();
+    assert!(retired > 0, "{first}");
+    // Within the grace period the retired objects stay: a reader that started before gc
+    // still finds them.
+    assert_eq!(first["retired_deleted"].as_u64().unwrap(), 0, "{first}");
+    let written = first["packs_written"].as_u64().unwrap() as usize;
+    assert_eq!(pack_keys(&g, "gc/").len(), before + written, "{first}");
+    let second = xs_json(&g, &repo, &["gc", "--grace", "0s"]);
+    let deleted = second["retired_deleted"].as_u64().unwrap();
+    assert!(deleted >= retired, "{second}");
+    let written_again = second["packs_written"].as_u64().unwrap() as usize;
+    assert_eq!(
+        pack_keys(&g, "gc/").len(),
+        before + written + written_again - deleted as usize,
+        "{second}"
+    );
+    let target = w.path().join("restored");
+    assert_restores(&g, &repo, "h", &src, &target);
+    assert_check_clean(&g, &repo);
 }

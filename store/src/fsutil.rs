@@ -70,3 +70,13 @@ pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
     linked?;
     sync_dir(dir)
 }
+
+/// This machine's host name, for lock notes and the default backup host.
+pub fn local_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

@@ -99,7 +99,7 @@ pub use fleet::rsnapshot::{
     BackupPoint, ImportAction, ImportOutcome, ImportPlan, RsnapshotBackup, RsnapshotConfig,
     RsnapshotConfigError, RsnapshotSource,
 };
-pub use repo::lock::local_hostname;
+pub use fsutil::local_hostname;
 pub use repo::{now_ns, Node, Repository, S3Init};
 pub use source::remote::{AgentInfo, RemoteSource, MAX_LISTING_BYTES};
 pub use source::{FetchedChunk, LocalSource, RootedSource, Source, SourceFile};

@@ -134,7 +134,8 @@ impl Repository {
         };
         let packs_dir = crate::layout::packs(path);
         let retired = crate::pack::journal::retired(&packs_dir, crate::now_ns())?;
-        let storage = crate::storage::open(path)?;
+        let (storage, lease) =
+            crate::storage::open_for_writing(path, crate::repo::lease_holder(path))?;
         let mut files = storage.list()?;
         let leftovers = uncommitted_leftovers(&packs_dir, old.as_ref(), &files, &retired)?;
         files.retain(|p| !leftovers.contains(&p.id));
@@ -195,7 +196,7 @@ impl Repository {
             }
         }
         batch.commit()?;
-        let repo = Repository::from_parts(path, config, params, index, Some(lock), storage);
+        let repo = Repository::from_parts(path, config, params, index, Some(lock), storage, lease);
         // Candidates: the snapshot copies and the record blobs (newest revision of each).
         let mut found = in_packs.clone();
         let snap_dir = crate::layout::snapshots(path);

@@ -11,16 +11,6 @@ pub(crate) struct WriterLock {
     _file: File,
 }
 
-/// This machine's host name, for lock notes and the default backup host.
-pub fn local_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 impl WriterLock {
     pub(crate) fn acquire(locks_dir: &Path) -> Result<Self> {
         let path = crate::layout::writer_lock(locks_dir);
@@ -51,7 +41,7 @@ impl WriterLock {
         let note = format!(
             "pid {} on host {} since {}\n",
             std::process::id(),
-            local_hostname(),
+            crate::fsutil::local_hostname(),
             since
         );
         file.set_len(0).at(&path)?;

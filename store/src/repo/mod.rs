@@ -31,6 +31,9 @@ pub struct Repository {
     lock: Option<WriterLock>,
     /// Where the packs are (storage/).
     storage: Arc<dyn PackStorage>,
+    /// The object store's writer lease, held as long as the writer lock.
+    #[allow(dead_code)]
+    lease: Option<crate::storage::lease::WriterLease>,
     pub(crate) write_state: Mutex<sessions::WriteState>,
 }
 
@@ -105,5 +108,5 @@ impl Repository {
 
 pub(crate) use crate::error::poisoned;
 pub use open::S3Init;
-pub(crate) use open::{config_fingerprint, config_mismatch, CONFIG_KEY};
+pub(crate) use open::{config_fingerprint, config_mismatch, lease_holder, CONFIG_KEY};
 pub use read::Node;

@@ -73,6 +73,7 @@ impl Repository {
         index: Index,
         lock: Option<WriterLock>,
         storage: std::sync::Arc<dyn crate::storage::PackStorage>,
+        lease: Option<crate::storage::lease::WriterLease>,
     ) -> Repository {
         Repository {
             root: path.to_path_buf(),
@@ -81,6 +82,7 @@ impl Repository {
             index,
             lock,
             storage,
+            lease,
             write_state: Mutex::new(Default::default()),
         }
     }
@@ -126,6 +128,7 @@ impl Repository {
                 other => break other?,
             }
         };
+        let (storage, lease) = crate::storage::open_for_writing(path, lease_holder(path))?;
         recovery::finish_index_swap(path)?;
         let index = Index::open(&crate::layout::index(path), false)?;
         check_config_matches(path, &config, &index, true)?;
@@ -135,7 +138,8 @@ impl Repository {
             params,
             index,
             lock: Some(lock),
-            storage: crate::storage::open(path)?,
+            storage,
+            lease,
             write_state: Mutex::new(Default::default()),
         };
         repo.recover()?;
@@ -154,6 +158,7 @@ impl Repository {
             index,
             lock: None,
             storage: crate::storage::open(path)?,
+            lease: None,
             write_state: Mutex::new(Default::default()),
         })
     }
@@ -166,6 +171,16 @@ pub enum S3Init {
     Created,
     /// The prefix held a repository: attached, its index rebuilt from the bucket.
     Attached(Box<crate::RepairReport>),
+}
+
+/// Who holds a writer lease: this process, host and repository directory.
+pub(crate) fn lease_holder(path: &Path) -> String {
+    format!(
+        "pid {} on host {} ({})",
+        std::process::id(),
+        crate::fsutil::local_hostname(),
+        path.display()
+    )
 }
 
 fn refuse_non_empty(path: &Path) -> Result<()> {

@@ -14,6 +14,7 @@
 //! - `delete` of an absent pack succeeds; deletions are durable on return.
 //! - Errors name where: a path, or the endpoint and object key with the status.
 
+pub(crate) mod lease;
 pub(crate) mod local;
 pub(crate) mod mmap;
 pub(crate) mod s3;
@@ -316,6 +317,26 @@ pub(crate) fn write_s3_location(root: &Path, location: &S3Location) -> Result<()
 /// The client of an object-store location.
 pub(crate) fn open_s3(location: &S3Location) -> Result<s3::S3Storage> {
     s3::S3Storage::new(location, &S3Credentials::resolve(location)?)
+}
+
+/// The storage of the repository at `root` for a writer that holds the local writer lock,
+/// and, for an object store, the writer lease taken for `holder` (lease.rs): a live lease of
+/// another server refuses the open.
+pub(crate) fn open_for_writing(
+    root: &Path,
+    holder: String,
+) -> Result<(Arc<dyn PackStorage>, Option<lease::WriterLease>)> {
+    Ok(match s3_location(root)? {
+        Some(location) => {
+            let store = Arc::new(open_s3(&location)?);
+            let lease = lease::WriterLease::acquire(store.clone(), holder, root)?;
+            (store, Some(lease))
+        }
+        None => (
+            Arc::new(local::LocalStorage::new(crate::layout::packs(root))),
+            None,
+        ),
+    })
 }
 
 /// The storage of the repository at `root`: `store.toml`'s object store when the file

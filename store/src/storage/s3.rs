@@ -142,6 +142,30 @@ impl S3Storage {
             .map_err(|e| self.error(&key, e))
     }
 
+    /// Deletes the repository file `name` (absent: nothing to do).
+    pub(crate) fn delete_file(&self, name: &str) -> Result<()> {
+        let key = self.key(name);
+        match self.block(self.client.delete(&key)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(&key, e)),
+        }
+    }
+
+    /// `URL (bucket B)`, as errors name the store.
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The object key of the repository file `name`.
+    pub(crate) fn key_string(&self, name: &str) -> String {
+        self.key(name).to_string()
+    }
+
+    /// `s3://bucket/key` of the repository file `name`.
+    pub(crate) fn url_of(&self, name: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.key(name))
+    }
+
     /// The repository file `name`, `None` when it does not exist.
     pub(crate) fn get_file(&self, name: &str) -> Result<Option<Vec<u8>>> {
         let key = self.key(name);

@@ -1,0 +1,214 @@
+//! The writer lease of a repository in an object store: `<prefix>/lease`, a JSON object
+//! naming the server that writes (FORMAT.md §Object store). The local `flock` serialises the
+//! writers of one machine; the lease keeps a second machine attached to the same prefix from
+//! writing while the first one does.
+//!
+//! Guarantee: a writer that finds a live lease of another holder refuses with one line naming
+//! it. Taking the lease is put-then-read-back, not an atomic create (Garage 2.5 ignores
+//! `If-None-Match: *`), so two servers that open within the same fraction of a second can
+//! both believe they hold it; each re-reads the lease at every heartbeat and logs an error
+//! when it finds another holder's token. A holder that dies leaves its lease until it
+//! expires (`LEASE_SECONDS` after its last heartbeat), except to its own successor on the
+//! same machine and repository directory: that one holds the local writer lock, which proves
+//! the previous holder gone, and takes the lease over at once (a backup that failed because
+//! the store went away could not delete its lease).
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::s3::S3Storage;
+use crate::error::{Error, Result};
+
+/// How long a lease lives after its last heartbeat.
+pub(crate) const LEASE_SECONDS: i64 = 120;
+/// Heartbeats per lease lifetime.
+const HEARTBEATS_PER_LEASE: u32 = 4;
+/// The pause between writing the lease and reading it back (another server's simultaneous
+/// write lands in it).
+const SETTLE: Duration = Duration::from_millis(200);
+const LEASE_NAME: &str = "lease";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct Lease {
+    /// "pid N on host H (repository directory)".
+    holder: String,
+    /// The holder's machine (`/etc/machine-id`, else its host name) and repository
+    /// directory: a later writer with both equal holds the local lock the holder held.
+    machine: String,
+    directory: String,
+    /// Random, per open: tells this holder's lease from an earlier one of the same host.
+    token: String,
+    heartbeat_ns: i64,
+    expires_ns: i64,
+}
+
+/// A held lease: renewed by a thread until dropped, then deleted.
+pub(crate) struct WriterLease {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    store: Arc<S3Storage>,
+    token: String,
+}
+
+impl std::fmt::Debug for WriterLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterLease")
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+fn read(store: &S3Storage) -> Result<Option<Lease>> {
+    let Some(bytes) = store.get_file(LEASE_NAME)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Storage {
+            endpoint: store.endpoint().to_string(),
+            key: store.key_string(LEASE_NAME),
+            reason: format!(
+                "the writer lease is unreadable ({e}); if no other server writes to this \
+                 prefix, delete the object"
+            ),
+            not_found: false,
+        })
+}
+
+fn write(store: &S3Storage, lease: &Lease) -> Result<()> {
+    let bytes = serde_json::to_vec(lease).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    store.put_file(LEASE_NAME, &bytes)
+}
+
+fn refusal(store: &S3Storage, other: &Lease, now: i64) -> Error {
+    Error::Locked {
+        holder: format!(
+            "{} (lease {}, renewed {} s ago, expires at {})",
+            other.holder,
+            store.url_of(LEASE_NAME),
+            now.saturating_sub(other.heartbeat_ns) / 1_000_000_000,
+            crate::format_utc(other.expires_ns / 1_000_000_000)
+        ),
+    }
+}
+
+impl WriterLease {
+    /// Takes the lease for `holder` writing to the repository directory `directory` (whose
+    /// writer lock the caller holds), or refuses when another machine's or directory's lease
+    /// is live.
+    pub(crate) fn acquire(
+        store: Arc<S3Storage>,
+        holder: String,
+        directory: &std::path::Path,
+    ) -> Result<WriterLease> {
+        let now = crate::now_ns();
+        let machine = machine_id();
+        let directory = directory.display().to_string();
+        if let Some(other) = read(&store)? {
+            let ours = other.machine == machine && other.directory == directory;
+            if other.expires_ns > now && !ours {
+                return Err(refusal(&store, &other, now));
+            }
+            tracing::warn!(holder = %other.holder, "taking over a writer lease left behind");
+        }
+        let mut token = [0u8; 16];
+        getrandom::fill(&mut token).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let token = xstore_format::bytes::to_hex(&token);
+        let mut lease = Lease {
+            holder,
+            machine,
+            directory,
+            token: token.clone(),
+            heartbeat_ns: now,
+            expires_ns: now + LEASE_SECONDS * 1_000_000_000,
+        };
+        write(&store, &lease)?;
+        std::thread::sleep(SETTLE);
+        match read(&store)? {
+            Some(l) if l.token == token => {}
+            Some(other) => return Err(refusal(&store, &other, crate::now_ns())),
+            None => {
+                return Err(Error::Locked {
+                    holder: format!(
+                        "another server (the lease {} vanished right after it was written)",
+                        store.url_of(LEASE_NAME)
+                    ),
+                })
+            }
+        }
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let thread = {
+            let (stop, store, token) = (stop.clone(), store.clone(), token.clone());
+            let every =
+                Duration::from_secs((LEASE_SECONDS as u64) / u64::from(HEARTBEATS_PER_LEASE));
+            std::thread::Builder::new()
+                .name("xstore-lease".into())
+                .spawn(move || loop {
+                    let (lock, cv) = &*stop;
+                    let Ok(guard) = lock.lock() else { return };
+                    let Ok((guard, _)) = cv.wait_timeout_while(guard, every, |stopped| !*stopped)
+                    else {
+                        return;
+                    };
+                    if *guard {
+                        return;
+                    }
+                    drop(guard);
+                    match read(&store) {
+                        Ok(Some(l)) if l.token != token => tracing::error!(
+                            holder = %l.holder,
+                            "another server took this repository's writer lease"
+                        ),
+                        _ => {}
+                    }
+                    let now = crate::now_ns();
+                    lease.heartbeat_ns = now;
+                    lease.expires_ns = now + LEASE_SECONDS * 1_000_000_000;
+                    if let Err(e) = write(&store, &lease) {
+                        tracing::warn!(error = %e, "writer lease not renewed; retrying at the next heartbeat");
+                    }
+                })
+                .map_err(|e| Error::InvalidArgument(format!("lease thread: {e}")))?
+        };
+        Ok(WriterLease {
+            stop,
+            thread: Some(thread),
+            store,
+            token,
+        })
+    }
+}
+
+/// This machine: `/etc/machine-id` (unique per installation, also across cloned host
+/// names), else the host name.
+fn machine_id() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(crate::fsutil::local_hostname)
+}
+
+impl Drop for WriterLease {
+    fn drop(&mut self) {
+        if let Ok(mut stopped) = self.stop.0.lock() {
+            *stopped = true;
+            self.stop.1.notify_all();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // Only our own lease is released; a lease another server took is left alone.
+        match read(&self.store) {
+            Ok(Some(l)) if l.token == self.token => {
+                if let Err(e) = self.store.delete_file(LEASE_NAME) {
+                    tracing::warn!(error = %e, "writer lease not released; it expires by itself");
+                }
+            }
+            _ => {}
+        }
+    }
+}
