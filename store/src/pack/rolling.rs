@@ -1,5 +1,9 @@
 //! A sequence of packs of about one target size: blobs go into the current pack, a full pack
-//! is sealed and a new one started. Backup (from many ingest threads) and gc (copying live
+//! is sealed and a new one started. File data and metadata (trees, chunk lists) go into
+//! packs of their own: walks of the Merkle DAG (a backup's parent trees, a restore's plan,
+//! check, du) then read a few dense metadata packs instead of a blob in every pack, which
+//! matters most on an object store, where each read is a request. Placement is policy, not
+//! format: any pack may hold any kind. Backup (from many ingest threads) and gc (copying live
 //! blobs) both write through it; whatever they abandon is discarded through the journal.
 
 use std::path::PathBuf;
@@ -18,8 +22,14 @@ pub(crate) struct RollingPacks {
     packs_dir: PathBuf,
     storage: Arc<dyn PackStorage>,
     pack_size: u64,
-    current: Mutex<Option<PackWriter>>,
+    /// The open data pack and the open metadata pack.
+    current: [Mutex<Option<PackWriter>>; 2],
     sealed: Mutex<Vec<SealedPack>>,
+}
+
+/// Which of the open packs a blob of `kind` goes into.
+fn stream_of(kind: BlobKind) -> usize {
+    usize::from(kind != BlobKind::Data)
 }
 
 impl RollingPacks {
@@ -36,7 +46,7 @@ impl RollingPacks {
             packs_dir,
             storage,
             pack_size,
-            current: Mutex::new(None),
+            current: [Mutex::new(None), Mutex::new(None)],
             sealed: Mutex::new(Vec::new()),
         }
     }
@@ -51,8 +61,12 @@ impl RollingPacks {
         raw_len: u32,
         stored: &[u8],
     ) -> Result<()> {
+        let slot = self
+            .current
+            .get(stream_of(kind))
+            .ok_or(Error::Internal("no pack stream for a blob kind"))?;
         let full = {
-            let mut current = self.current.lock().map_err(poisoned)?;
+            let mut current = slot.lock().map_err(poisoned)?;
             if current.is_none() {
                 *current = Some(PackWriter::create(&self.tmp_dir)?);
             }
@@ -76,10 +90,12 @@ impl RollingPacks {
     /// Seals the current pack and returns every sealed pack, in order. On an error the
     /// packs sealed so far stay with `self` for [`RollingPacks::discard`].
     pub(crate) fn finish(&self) -> Result<Vec<SealedPack>> {
-        let last = self.current.lock().map_err(poisoned)?.take();
-        if let Some(w) = last {
-            let sealed = w.seal(self.storage.as_ref(), &self.packs_dir)?;
-            self.sealed.lock().map_err(poisoned)?.push(sealed);
+        for slot in &self.current {
+            let last = slot.lock().map_err(poisoned)?.take();
+            if let Some(w) = last {
+                let sealed = w.seal(self.storage.as_ref(), &self.packs_dir)?;
+                self.sealed.lock().map_err(poisoned)?.push(sealed);
+            }
         }
         Ok(std::mem::take(&mut *self.sealed.lock().map_err(poisoned)?))
     }
@@ -88,9 +104,11 @@ impl RollingPacks {
     /// deleted through the journal (they are recorded uncommitted, so nothing committed can be
     /// among them). Failures are logged: the next writer's recovery removes what is left.
     pub(crate) fn discard(&self) {
-        if let Ok(mut current) = self.current.lock() {
-            if let Some(w) = current.take() {
-                w.discard();
+        for slot in &self.current {
+            if let Ok(mut current) = slot.lock() {
+                if let Some(w) = current.take() {
+                    w.discard();
+                }
             }
         }
         if let Ok(mut sealed) = self.sealed.lock() {

@@ -27,6 +27,21 @@ use crate::ChunkId;
 const MULTIPART_PART: usize = 16 << 20;
 /// Parts of one pack uploaded at the same time.
 const MULTIPART_CONCURRENCY: usize = 4;
+/// A range read fetches at least this much and keeps it: restores read a pack's blobs in
+/// offset order, and a backup's walk of its parent's trees reads trees written next to each
+/// other, so one GET serves many blobs (a GET to a Garage node cost ~20 ms here, a small
+/// blob microseconds of transfer). Measured on a 664 MB system tree: exact-range reads made
+/// an unchanged re-backup 1,600 GETs and 34 s, 4 MiB windows 109 GETs and 2.8 s.
+const READ_WINDOW: u64 = 4 << 20;
+/// Windows kept, most recently used first: 64 MiB at most.
+const WINDOWS_KEPT: usize = 16;
+
+/// Bytes `start..start + bytes.len()` of a pack.
+struct Window {
+    pack: PackId,
+    start: u64,
+    bytes: bytes::Bytes,
+}
 
 /// A bucket (and key prefix) of an S3-compatible store.
 pub(crate) struct S3Storage {
@@ -36,6 +51,7 @@ pub(crate) struct S3Storage {
     endpoint: String,
     bucket: String,
     prefix: String,
+    windows: std::sync::Mutex<std::collections::VecDeque<Window>>,
 }
 
 impl S3Storage {
@@ -90,6 +106,7 @@ impl S3Storage {
             endpoint,
             bucket: location.bucket.clone(),
             prefix: location.prefix.trim_matches('/').to_string(),
+            windows: std::sync::Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -266,12 +283,32 @@ impl PackStorage for S3Storage {
     }
 
     fn read_at(&self, id: &PackId, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let want = buf.len() as u64;
+        if let Ok(mut windows) = self.windows.lock() {
+            let hit = windows.iter().position(|w| {
+                w.pack == *id
+                    && w.start <= offset
+                    && offset + want <= w.start + w.bytes.len() as u64
+            });
+            if let Some(i) = hit {
+                if let Some(w) = windows.remove(i) {
+                    let from = (offset - w.start) as usize;
+                    if let Some(bytes) = w.bytes.get(from..from + buf.len()) {
+                        buf.copy_from_slice(bytes);
+                    }
+                    windows.push_front(w);
+                    return Ok(());
+                }
+            }
+        }
         let key = self.pack_key(id);
-        let end = offset.saturating_add(buf.len() as u64);
+        // A range past the end of the object returns what there is (at least `want` bytes
+        // of an intact pack).
+        let end = offset.saturating_add(want.max(READ_WINDOW));
         let got = self
             .block(self.client.get_range(&key, offset..end))
             .map_err(|e| self.error(&key, e))?;
-        if got.len() != buf.len() {
+        if got.len() < buf.len() {
             return Err(Error::Storage {
                 endpoint: self.endpoint.clone(),
                 key: key.to_string(),
@@ -283,7 +320,17 @@ impl PackStorage for S3Storage {
                 not_found: false,
             });
         }
-        buf.copy_from_slice(&got);
+        if let Some(bytes) = got.get(..buf.len()) {
+            buf.copy_from_slice(bytes);
+        }
+        if let Ok(mut windows) = self.windows.lock() {
+            windows.push_front(Window {
+                pack: *id,
+                start: offset,
+                bytes: got,
+            });
+            windows.truncate(WINDOWS_KEPT);
+        }
         Ok(())
     }
 
@@ -329,6 +376,7 @@ impl PackStorage for S3Storage {
     fn delete(&self, ids: &[PackId]) -> Result<()> {
         for id in ids {
             let key = self.pack_key(id);
+            self.forget(id);
             match self.block(self.client.delete(&key)) {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(self.error(&key, e)),
@@ -339,6 +387,12 @@ impl PackStorage for S3Storage {
 
     fn location(&self, id: &PackId) -> String {
         format!("s3://{}/{}", self.bucket, self.pack_key(id))
+    }
+
+    fn forget(&self, id: &PackId) {
+        if let Ok(mut windows) = self.windows.lock() {
+            windows.retain(|w| w.pack != *id);
+        }
     }
 }
 

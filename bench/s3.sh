@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Object-store benchmark: xstore and restic side by side on the same local Garage cluster
+# (1 node, then 3 nodes with replication 3, all on 127.0.0.1 and these cores), plus xstore on
+# local disk for reference. Prints per tool and cluster: first backup MB/s, unchanged
+# re-backup seconds, restore MB/s, and the S3 requests of each step (PUT, GET, other, from
+# Garage's own request counters) per GB of data.
+#
+#   bench/s3.sh                        # the Linux tree (bench/data.sh), NODES="1 3"
+#   DATA=$(bench/system-tree.sh) bench/s3.sh
+#   NODES=1 TOOLS=xstore bench/s3.sh   # a subset
+#   XSTORE=/old/xstore bench/s3.sh     # another build (A/B)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v restic >/dev/null || need+=(restic)
+command -v curl >/dev/null || need+=(curl)
+. bench/data.sh
+GARAGE=${GARAGE:-$HOME/.cache/xstore/tools/bin/garage}
+work="${WORK:-$(mktemp -d -p "$cache")}"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+bytes=$(du -sb "$DATA" | cut -f1)
+files=$(find "$DATA" -type f | wc -l)
+find "$DATA" -type f -print0 | xargs -0 cat > /dev/null   # warm the page cache
+echo "data: $DATA  $((bytes / 1000000)) MB in $files files; $(nproc) cores; $("$GARAGE" --version | head -1)" >&2
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_cluster N → sets endpoint, admin, key_id, secret; a bucket "bench" the key may use.
+start_cluster() {
+  local n=$1 i secret
+  secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  local cfgs=() ids=()
+  for ((i = 0; i < n; i++)); do
+    local d="$work/garage$n/node$i" rpc s3 adm
+    mkdir -p "$d/meta" "$d/data"
+    rpc=$(free_port); s3=$(free_port); adm=$(free_port)
+    cat > "$d/garage.toml" <<EOF
+metadata_dir = "$d/meta"
+data_dir = "$d/data"
+db_engine = "sqlite"
+replication_factor = $n
+rpc_bind_addr = "127.0.0.1:$rpc"
+rpc_public_addr = "127.0.0.1:$rpc"
+rpc_secret = "$secret"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$s3"
+root_domain = ".s3.garage.localhost"
+[admin]
+api_bind_addr = "127.0.0.1:$adm"
+EOF
+    RUST_LOG=garage=warn "$GARAGE" -c "$d/garage.toml" server > "$d/log" 2>&1 &
+    pids+=($!)
+    cfgs+=("$d/garage.toml")
+    if [ "$i" = 0 ]; then endpoint="http://127.0.0.1:$s3"; admin="http://127.0.0.1:$adm"; fi
+  done
+  g() { RUST_LOG=error "$GARAGE" -c "${cfgs[0]}" "$@"; }
+  until g status >/dev/null 2>&1; do sleep 0.2; done
+  for ((i = 0; i < n; i++)); do ids+=("$(RUST_LOG=error "$GARAGE" -c "${cfgs[$i]}" node id -q)"); done
+  for ((i = 1; i < n; i++)); do until g node connect "${ids[$i]}" >/dev/null 2>&1; do sleep 0.2; done; done
+  for id in "${ids[@]}"; do g layout assign -z dc1 -c 10G "${id%@*}" >/dev/null; done
+  g layout apply --version 1 >/dev/null
+  until g bucket create bench >/dev/null 2>&1; do sleep 0.2; done
+  local out; out=$(g key create bench-key)
+  key_id=$(awk -F': *' '/Key ID/ {print $2}' <<<"$out")
+  secret_key=$(awk -F': *' '/Secret key/ {print $2}' <<<"$out")
+  g bucket allow --read --write --owner bench --key bench-key >/dev/null
+}
+
+# requests → "PUT GET OTHER" so far, from Garage's Prometheus counters (first node only: with
+# one endpoint every request enters there).
+requests() {
+  curl -s "$admin/metrics" | awk '
+    /^api_s3_request_counter\{/ {
+      n = $NF; ep = $0; sub(/.*api_endpoint="/, "", ep); sub(/".*/, "", ep)
+      if (ep ~ /^(PutObject|UploadPart|CreateMultipartUpload|CompleteMultipartUpload)$/) put += n
+      else if (ep ~ /^(GetObject|HeadObject)$/) get += n
+      else other += n
+    }
+    END { printf "%d %d %d\n", put, get, other }'
+}
+
+# Content and kinds equal; diff cannot compare device nodes (a system tree's /dev) and says so
+# for each, which is not a difference.
+same_tree() {
+  local d; d=$(diff -rq --no-dereference "$1" "$2" 2>&1 | grep -v 'is a character special file while file\|is a block special file while file' || true)
+  [ -z "$d" ] || { echo "$d" | head -5 >&2; return 1; }
+}
+
+run() {
+  local out="$work/time"
+  /usr/bin/time -f "%e" -o "$out" "$@" > "$work/log" 2>&1 || { cat "$work/log" >&2; return 1; }
+  cat "$out"
+}
+
+per_gb() { awk -v r="$1" -v b="$bytes" 'BEGIN { printf "%.0f", r / (b / 1e9) }'; }
+mbps() { awk -v b="$bytes" -v s="$1" 'BEGIN { printf "%.0f", b / 1e6 / (s > 0 ? s : 0.001) }'; }
+delta() { awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%d %d %d", y[1]-x[1], y[2]-x[2], y[3]-x[3] }'; }
+
+rows=()
+step() { # tool cluster step seconds "put get other"
+  local r=($5)
+  rows+=("$(printf '%-8s %-8s %-10s %8s s %7s MB/s %9s %9s %9s' "$1" "$2" "$3" "$4" "$(mbps "$4")" \
+    "$(per_gb "${r[0]}")" "$(per_gb "${r[1]}")" "$(per_gb "${r[2]}")")")
+}
+
+bench_tool() { # tool cluster
+  local tool=$1 cl=$2 t0 t1 s target="$work/restore-$1-$2"
+  export AWS_ACCESS_KEY_ID=$key_id AWS_SECRET_ACCESS_KEY=$secret_key
+  case $tool in
+    xstore)
+      local repo="$work/repo-$tool-$cl"
+      "$XSTORE" -q --repo "$repo" init --store "s3://bench/$tool" --endpoint "$endpoint"
+      t0=$(requests); s=$(run "$XSTORE" -q --repo "$repo" backup --host bench "$DATA"); t1=$(requests)
+      step "$tool" "$cl" first "$s" "$(delta "$t0" "$t1")"
+      t0=$t1; s=$(run "$XSTORE" -q --repo "$repo" backup --host bench "$DATA"); t1=$(requests)
+      step "$tool" "$cl" unchanged "$s" "$(delta "$t0" "$t1")"
+      t0=$t1; s=$(run "$XSTORE" -q --repo "$repo" restore bench@latest "$target"); t1=$(requests)
+      step "$tool" "$cl" restore "$s" "$(delta "$t0" "$t1")" ;;
+    restic)
+      export RESTIC_PASSWORD=bench
+      local repo="s3:$endpoint/bench/$tool"
+      restic -q init --repo "$repo" > /dev/null
+      t0=$(requests); s=$(run restic -q --repo "$repo" backup "$DATA"); t1=$(requests)
+      step "$tool" "$cl" first "$s" "$(delta "$t0" "$t1")"
+      t0=$t1; s=$(run restic -q --repo "$repo" backup "$DATA"); t1=$(requests)
+      step "$tool" "$cl" unchanged "$s" "$(delta "$t0" "$t1")"
+      t0=$t1; s=$(run restic -q --repo "$repo" restore latest --target "$target"); t1=$(requests)
+      step "$tool" "$cl" restore "$s" "$(delta "$t0" "$t1")" ;;
+  esac
+  same_tree "$DATA" "$target$DATA" || { echo "$tool: restore differs" >&2; exit 1; }
+  rm -rf "$target"
+}
+
+TOOLS=${TOOLS:-"xstore restic"}
+for n in ${NODES:-1 3}; do
+  echo "starting a $n-node Garage cluster ..." >&2
+  start_cluster "$n"
+  for t in $TOOLS; do echo "running $t on $n node(s) ..." >&2; bench_tool "$t" "${n}node"; done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=()
+done
+# Reference: xstore on local disk.
+local_repo="$work/repo-local"
+"$XSTORE" -q --repo "$local_repo" init
+s=$(run "$XSTORE" -q --repo "$local_repo" backup --host bench "$DATA"); step xstore local first "$s" "0 0 0"
+s=$(run "$XSTORE" -q --repo "$local_repo" backup --host bench "$DATA"); step xstore local unchanged "$s" "0 0 0"
+s=$(run "$XSTORE" -q --repo "$local_repo" restore bench@latest "$work/restore-local"); step xstore local restore "$s" "0 0 0"
+
+printf '\n%-8s %-8s %-10s %10s %12s %9s %9s %9s\n' tool store step time speed "PUT/GB" "GET/GB" "other/GB"
+printf '%s\n' "${rows[@]}"
+exit 0
