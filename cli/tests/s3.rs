@@ -535,3 +535,61 @@ fn gc_in_the_bucket_deletes_what_it_reports_after_the_grace_period() {
     assert_restores(&g, &repo, "h", &src, &target);
     assert_check_clean(&g, &repo);
 }
+
+#[test]
+fn a_pack_too_large_for_one_put_goes_up_in_parts_and_restores_exactly() {
+    let w = tempfile::tempdir().unwrap();
+    let g = Garage::start(&w.path().join("garage"), 1);
+    let repo = w.path().join("repo");
+    let src = w.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    // 72 MiB of incompressible data in one 80 MiB pack: above the single-PUT limit (64 MiB).
+    for i in 0..9u64 {
+        fs::write(
+            src.join(format!("part{i}.bin")),
+            xstore::chunker::seeded_bytes(300 + i, 8 << 20),
+        )
+        .unwrap();
+    }
+    init(&g, &repo, "large", &["--pack-size-mib", "80"]);
+    xs_ok(
+        &g,
+        &repo,
+        &["backup", "-q", "--host", "h", src.to_str().unwrap()],
+    );
+    // A multipart upload's ETag ends in "-<parts>".
+    let etags: Vec<String> = pack_keys(&g, "large/")
+        .iter()
+        .map(|key| {
+            let out = Command::new("curl")
+                .args([
+                    "-sS",
+                    "--fail",
+                    "-I",
+                    "--aws-sigv4",
+                    "aws:amz:garage:s3",
+                    "--user",
+                ])
+                .arg(format!("{}:{}", g.key_id, g.secret))
+                .arg("-H")
+                .arg(format!("x-amz-content-sha256: {}", sha256_hex(b"")))
+                .arg(format!("{}/{}/{key}", g.endpoint(), g.bucket))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "curl HEAD {key}: {}", stderr(&out));
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("etag:"))
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        etags
+            .iter()
+            .any(|e| e.trim_end().trim_end_matches('"').contains("-5")),
+        "no pack went up in 5 parts: {etags:?}"
+    );
+    assert_restores(&g, &repo, "h", &src, &w.path().join("restored"));
+    assert_check_clean(&g, &repo);
+}
