@@ -290,7 +290,25 @@ pub fn read_blob(pack: &[u8], want: &PackEntry) -> Result<Vec<u8>, DecodeError> 
 
 /// Decodes and verifies a sealed pack's trailer: the list of its blobs.
 pub fn read_trailer(pack: &[u8]) -> Result<Vec<PackEntry>, DecodeError> {
-    let mut r = Reader::new(pack);
+    read_trailer_from_tail(pack.get(..PACK_HEADER_LEN).unwrap_or(pack), pack, 0)
+}
+
+/// Where the trailer of a pack starts, from its last [`FOOTER_LEN`] bytes (unverified: the
+/// trailer's checksum is checked by [`read_trailer_from_tail`]).
+pub fn trailer_offset(footer: &[u8]) -> Result<u64, DecodeError> {
+    let mut f = Reader::new(footer);
+    f.u64("trailer offset")
+}
+
+/// Like [`read_trailer`], from the pack's first [`PACK_HEADER_LEN`] bytes (`header`) and its
+/// bytes from `tail_start` to the end (`tail`), so that a remote pack is listed with two
+/// range reads instead of a download. The tail must reach back to the trailer's start.
+pub fn read_trailer_from_tail(
+    header: &[u8],
+    tail: &[u8],
+    tail_start: u64,
+) -> Result<Vec<PackEntry>, DecodeError> {
+    let mut r = Reader::new(header);
     let magic = r.array::<8>("pack magic")?;
     if &magic != PACK_MAGIC {
         return Err(DecodeError::BadMagic {
@@ -307,16 +325,25 @@ pub fn read_trailer(pack: &[u8]) -> Result<Vec<PackEntry>, DecodeError> {
             reason: "reserved bytes are not zero".into(),
         });
     }
-    if pack.len() < PACK_HEADER_LEN + FOOTER_LEN {
+    let pack_len = usize::try_from(tail_start)
+        .ok()
+        .and_then(|t| t.checked_add(tail.len()))
+        .ok_or(DecodeError::Invalid {
+            what: "pack tail",
+            offset: 0,
+            reason: "the tail ends beyond the address space".into(),
+        })?;
+    let tail_start = pack_len - tail.len();
+    if pack_len < PACK_HEADER_LEN + FOOTER_LEN || tail.len() < FOOTER_LEN {
         return Err(DecodeError::Truncated {
             what: "pack footer",
-            offset: pack.len(),
+            offset: pack_len,
             need: PACK_HEADER_LEN + FOOTER_LEN,
-            have: pack.len(),
+            have: pack_len.min(tail.len()),
         });
     }
-    let footer_at = pack.len() - FOOTER_LEN;
-    let footer = pack.get(footer_at..).unwrap_or_default();
+    let footer_at = pack_len - FOOTER_LEN;
+    let footer = tail.get(footer_at - tail_start..).unwrap_or_default();
     let mut f = Reader::new(footer);
     let entries_offset = f.u64("trailer offset")?;
     let count = f.u32("trailer count")?;
@@ -343,7 +370,17 @@ pub fn read_trailer(pack: &[u8]) -> Result<Vec<PackEntry>, DecodeError> {
             reason: format!("{count} entries at {entries_offset} do not end at the footer"),
         });
     };
-    let entries = pack.get(entries_start..footer_at).unwrap_or_default();
+    if entries_start < tail_start {
+        return Err(DecodeError::Truncated {
+            what: "pack trailer",
+            offset: entries_start,
+            need: pack_len - entries_start,
+            have: tail.len(),
+        });
+    }
+    let entries = tail
+        .get(entries_start - tail_start..footer_at - tail_start)
+        .unwrap_or_default();
     let mut hasher = blake3::Hasher::new();
     hasher.update(entries);
     hasher.update(footer.get(..16).unwrap_or_default());

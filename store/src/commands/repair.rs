@@ -7,14 +7,16 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::Path;
 
-use crate::error::{IoContext, Result};
+use rayon::prelude::*;
+
+use crate::error::{DecodeError, Error, IoContext, Result};
 use crate::index::{BlobLoc, HostRecord, Index, PackRecord};
 use crate::pack::{self, PackId};
 use crate::repo::hold::Hold;
 use crate::repo::lock::WriterLock;
 use crate::repo::recovery::finish_index_swap;
 use crate::repo::Repository;
-use crate::storage::PackInfo;
+use crate::storage::{PackInfo, PackStorage};
 use crate::{fsutil, ChunkId};
 use xstore_format::snapshot::{Snapshot, SnapshotId};
 
@@ -148,50 +150,64 @@ impl Repository {
         // retired pack is taken back only when it holds a blob no other pack has.
         files.sort_by_key(|p| retired.contains_key(&p.id));
         let mut unretired = Vec::new();
-        for PackInfo { id: pack_id, .. } in files {
-            let bytes = storage.read_whole(&pack_id)?;
-            let entries = match pack::read_trailer(&bytes) {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::warn!(pack = %pack_id, error = %e, "damaged trailer; scanning blob headers");
+        // Trailers (and snapshot record blobs) are read by range, many packs at a time: on an
+        // object store each read is a request whose latency dominates; locally the threads
+        // cost nothing. Applied in order, so which pack locates a blob does not change.
+        let readers = rayon::ThreadPoolBuilder::new()
+            .num_threads(REPAIR_READERS)
+            .thread_name(|i| format!("xstore-repair-{i}"))
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("repair's reader threads: {e}")))?;
+        for group in files.chunks(REPAIR_READERS * 4) {
+            let contents: Vec<Result<PackContents>> = readers.install(|| {
+                group
+                    .par_iter()
+                    .map(|info| pack_contents(storage.as_ref(), info))
+                    .collect()
+            });
+            for (info, contents) in group.iter().zip(contents) {
+                let pack_id = info.id;
+                let PackContents {
+                    entries,
+                    records,
+                    scanned,
+                } = contents?;
+                if scanned {
                     report.packs_scanned += 1;
-                    pack::scan_blobs(&bytes)
                 }
-            };
-            if retired.contains_key(&pack_id) {
-                // Retired for real when a readable old index no longer records it (the gc
-                // commit happened); without one, taken back only for blobs no other pack has.
-                let gone = match &old {
-                    Some(o) => !o.packs.contains(&pack_id),
-                    None => entries.iter().all(|e| seen.contains(&e.id)),
+                if retired.contains_key(&pack_id) {
+                    // Retired for real when a readable old index no longer records it (the
+                    // gc commit happened); without one, taken back only for blobs no other
+                    // pack has.
+                    let gone = match &old {
+                        Some(o) => !o.packs.contains(&pack_id),
+                        None => entries.iter().all(|e| seen.contains(&e.id)),
+                    };
+                    if gone {
+                        continue;
+                    }
+                    unretired.push(pack_id);
+                }
+                report.packs += 1;
+                // Dead until a live blob located here is found (fixed after the mark pass).
+                let record = PackRecord {
+                    size: info.size,
+                    blobs: entries.len() as u32,
+                    dead_bytes: entries.iter().map(pack::PackEntry::span).sum(),
                 };
-                if gone {
-                    continue;
-                }
-                unretired.push(pack_id);
-            }
-            report.packs += 1;
-            // Dead until a live blob located here is found (fixed after the mark pass).
-            let record = PackRecord {
-                size: bytes.len() as u64,
-                blobs: entries.len() as u32,
-                dead_bytes: entries.iter().map(pack::PackEntry::span).sum(),
-            };
-            batch.put_pack(&pack_id, &record)?;
-            pack_records.insert(pack_id, record);
-            for e in entries {
-                if e.kind == pack::BlobKind::SnapshotRecord {
-                    match pack::read_blob(&bytes, &e).map(|raw| Snapshot::decode(&raw)) {
-                        Ok(Ok(s)) => offer(&mut in_packs, s),
-                        Ok(Err(err)) | Err(err) => report.skipped.push(format!(
-                            "snapshot record blob {} in pack {pack_id}: {err}",
-                            e.id
-                        )),
+                batch.put_pack(&pack_id, &record)?;
+                pack_records.insert(pack_id, record);
+                for record in records {
+                    match record {
+                        Ok(s) => offer(&mut in_packs, s),
+                        Err(skipped) => report.skipped.push(skipped),
                     }
                 }
-                if seen.insert(e.id) {
-                    report.blobs += 1;
-                    batch.put_blob(&e.id, &BlobLoc::at(pack_id, &e, 0))?;
+                for e in entries {
+                    if seen.insert(e.id) {
+                        report.blobs += 1;
+                        batch.put_blob(&e.id, &BlobLoc::at(pack_id, &e, 0))?;
+                    }
                 }
             }
         }
@@ -363,6 +379,82 @@ impl Repository {
         }
         Ok(report)
     }
+}
+
+/// Packs whose trailers `repair index` reads at the same time.
+const REPAIR_READERS: usize = 16;
+/// The last bytes of a pack read first: its footer and, for packs of up to ~1,200 blobs, its
+/// whole trailer.
+const TAIL_GUESS: u64 = 64 * 1024;
+/// A trailer longer than this (about 1.3 M blobs) is not believed: the pack is scanned.
+const MAX_TRAILER: u64 = 64 << 20;
+
+/// What `repair index` takes from one pack.
+struct PackContents {
+    entries: Vec<pack::PackEntry>,
+    /// Its snapshot record blobs, decoded, or why one was skipped.
+    records: Vec<std::result::Result<Snapshot, String>>,
+    /// The trailer was damaged: the entries come from a scan of the blob headers.
+    scanned: bool,
+}
+
+/// The blobs of one pack from its trailer, read by range (header, last bytes, and the rest
+/// of the trailer when it is longer), and its snapshot records, each read by range. A
+/// damaged trailer falls back to reading the whole pack and scanning its blob headers.
+fn pack_contents(storage: &dyn PackStorage, info: &PackInfo) -> Result<PackContents> {
+    let (id, size) = (info.id, info.size);
+    let trailer = (|| -> Result<std::result::Result<Vec<pack::PackEntry>, DecodeError>> {
+        let mut header = vec![0u8; pack::PACK_HEADER_LEN.min(size as usize)];
+        storage.read_exact(&id, 0, &mut header)?;
+        let guess = size.min(TAIL_GUESS);
+        let mut tail_start = size - guess;
+        let mut tail = vec![0u8; guess as usize];
+        storage.read_exact(&id, tail_start, &mut tail)?;
+        let footer = tail
+            .get(tail.len().saturating_sub(pack::FOOTER_LEN)..)
+            .unwrap_or_default();
+        if let Ok(start) = pack::trailer_offset(footer) {
+            if start < tail_start && size - start <= MAX_TRAILER {
+                tail_start = start;
+                tail = vec![0u8; (size - start) as usize];
+                storage.read_exact(&id, tail_start, &mut tail)?;
+            }
+        }
+        Ok(pack::read_trailer_from_tail(&header, &tail, tail_start))
+    })()?;
+    let (entries, scanned, whole) = match trailer {
+        Ok(entries) => (entries, false, None),
+        Err(e) => {
+            tracing::warn!(pack = %id, error = %e, "damaged trailer; scanning blob headers");
+            let bytes = storage.read_whole(&id)?;
+            (pack::scan_blobs(&bytes), true, Some(bytes))
+        }
+    };
+    let mut records = Vec::new();
+    for e in entries
+        .iter()
+        .filter(|e| e.kind == pack::BlobKind::SnapshotRecord)
+    {
+        let raw = match &whole {
+            Some(bytes) => pack::read_blob(bytes, e),
+            None => {
+                let mut buf = vec![0u8; pack::BLOB_HEADER_LEN + e.stored_len as usize];
+                storage.read_exact(&id, e.offset, &mut buf)?;
+                pack::read_blob(&buf, &pack::PackEntry { offset: 0, ..*e })
+            }
+        };
+        records.push(match raw.map(|raw| Snapshot::decode(&raw)) {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(err)) | Err(err) => {
+                Err(format!("snapshot record blob {} in pack {id}: {err}", e.id))
+            }
+        });
+    }
+    Ok(PackContents {
+        entries,
+        records,
+        scanned,
+    })
 }
 
 /// Packs proven to be leftovers of a write that crashed before its index commit: the journal

@@ -231,6 +231,30 @@ mod tests {
     }
 
     #[test]
+    fn a_trailer_read_from_the_header_and_a_tail_equals_the_whole_read() {
+        let blobs: Vec<Vec<u8>> = (0..40)
+            .map(|i| xstore_chunker::seeded_bytes(i, 100 + i as usize * 37))
+            .collect();
+        let refs: Vec<&[u8]> = blobs.iter().map(Vec::as_slice).collect();
+        let (_d, bytes, sealed) = build(&refs);
+        let header = &bytes[..PACK_HEADER_LEN];
+        let entries_offset = trailer_offset(&bytes[bytes.len() - FOOTER_LEN..]).unwrap();
+        for cut in 0..=bytes.len() {
+            let got = read_trailer_from_tail(header, &bytes[cut..], cut as u64);
+            if cut as u64 <= entries_offset {
+                assert_eq!(got.unwrap(), sealed.entries, "tail from {cut}");
+            } else {
+                assert!(got.is_err(), "a tail from {cut} misses the trailer's start");
+            }
+        }
+        let mut bad = bytes.clone();
+        let at = entries_offset as usize + 3;
+        bad[at] ^= 1;
+        let cut = entries_offset as usize;
+        assert!(read_trailer_from_tail(header, &bad[cut..], cut as u64).is_err());
+    }
+
+    #[test]
     fn damage_is_detected_not_panicked() {
         let a = xstore_chunker::seeded_bytes(1, 3000);
         let (_d, bytes, sealed) = build(&[&a]);

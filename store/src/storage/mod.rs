@@ -64,8 +64,14 @@ pub(crate) trait PackStorage: Send + Sync {
     /// Makes the sealed, synced pack file `sealed` (in `packs/tmp/`) durable as pack `id`.
     /// The file is consumed: renamed into place, or removed after its upload.
     fn put(&self, id: &PackId, sealed: &Path) -> Result<()>;
-    /// Reads `buf.len()` bytes of pack `id` at `offset`.
+    /// Reads `buf.len()` bytes of pack `id` at `offset` (a remote storage may fetch more
+    /// around them and keep it for the reads that follow).
     fn read_at(&self, id: &PackId, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// Reads exactly `buf.len()` bytes of pack `id` at `offset`, fetching and keeping nothing
+    /// more (one read per pack, as `repair index` does).
+    fn read_exact(&self, id: &PackId, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_at(id, offset, buf)
+    }
     /// The whole pack (scans: check, verify, gc, repair).
     fn read_whole(&self, id: &PackId) -> Result<PackBytes>;
     /// The pack's size, `None` when it is absent.

@@ -338,6 +338,28 @@ impl PackStorage for S3Storage {
         Ok(())
     }
 
+    fn read_exact(&self, id: &PackId, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let key = self.pack_key(id);
+        let end = offset.saturating_add(buf.len() as u64);
+        let got = self
+            .block(self.client.get_range(&key, offset..end))
+            .map_err(|e| self.error(&key, e))?;
+        if got.len() != buf.len() {
+            return Err(Error::Storage {
+                endpoint: self.endpoint.clone(),
+                key: key.to_string(),
+                reason: format!(
+                    "asked for {} bytes at {offset}, got {} (the object is shorter)",
+                    buf.len(),
+                    got.len()
+                ),
+                not_found: false,
+            });
+        }
+        buf.copy_from_slice(&got);
+        Ok(())
+    }
+
     fn read_whole(&self, id: &PackId) -> Result<PackBytes> {
         let key = self.pack_key(id);
         self.block(async {
