@@ -328,8 +328,10 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// The keys of the pack objects under `prefix` (ListObjectsV2 through curl).
-fn pack_keys(g: &Garage, prefix: &str) -> Vec<String> {
+/// A SigV4-signed request to the bucket through curl (a client other than the one under
+/// test): `path` after the bucket (`/key` or `?query`), extra curl arguments, and the body
+/// whose hash is signed. Asserts success.
+fn signed_request(g: &Garage, path: &str, extra: &[&str], body: &[u8]) -> Output {
     let out = Command::new("curl")
         .args([
             "-sS",
@@ -340,16 +342,23 @@ fn pack_keys(g: &Garage, prefix: &str) -> Vec<String> {
         ])
         .arg(format!("{}:{}", g.key_id, g.secret))
         .arg("-H")
-        .arg(format!("x-amz-content-sha256: {}", sha256_hex(b"")))
-        .arg(format!(
-            "{}/{}?list-type=2&prefix={}packs%2F",
-            g.endpoint(),
-            g.bucket,
-            prefix.replace('/', "%2F")
-        ))
+        .arg(format!("x-amz-content-sha256: {}", sha256_hex(body)))
+        .args(extra)
+        .arg(format!("{}/{}{path}", g.endpoint(), g.bucket))
         .output()
         .unwrap();
-    assert!(out.status.success(), "curl list: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "curl {extra:?} {path}: {}",
+        stderr(&out)
+    );
+    out
+}
+
+/// The keys of the pack objects under `prefix` (ListObjectsV2).
+fn pack_keys(g: &Garage, prefix: &str) -> Vec<String> {
+    let query = format!("?list-type=2&prefix={}packs%2F", prefix.replace('/', "%2F"));
+    let out = signed_request(g, &query, &[], b"");
     let xml = String::from_utf8(out.stdout).unwrap();
     xml.split("<Key>")
         .skip(1)
@@ -364,23 +373,8 @@ fn pack_keys(g: &Garage, prefix: &str) -> Vec<String> {
 fn put_object(g: &Garage, key: &str, bytes: &[u8]) {
     let body = tempfile::NamedTempFile::new().unwrap();
     fs::write(body.path(), bytes).unwrap();
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--fail",
-            "--aws-sigv4",
-            "aws:amz:garage:s3",
-            "--user",
-        ])
-        .arg(format!("{}:{}", g.key_id, g.secret))
-        .arg("-H")
-        .arg(format!("x-amz-content-sha256: {}", sha256_hex(bytes)))
-        .arg("-T")
-        .arg(body.path())
-        .arg(format!("{}/{}/{key}", g.endpoint(), g.bucket))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "curl PUT {key}: {}", stderr(&out));
+    let upload = body.path().to_str().unwrap();
+    signed_request(g, &format!("/{key}"), &["-T", upload], bytes);
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -561,22 +555,7 @@ fn a_pack_too_large_for_one_put_goes_up_in_parts_and_restores_exactly() {
     let etags: Vec<String> = pack_keys(&g, "large/")
         .iter()
         .map(|key| {
-            let out = Command::new("curl")
-                .args([
-                    "-sS",
-                    "--fail",
-                    "-I",
-                    "--aws-sigv4",
-                    "aws:amz:garage:s3",
-                    "--user",
-                ])
-                .arg(format!("{}:{}", g.key_id, g.secret))
-                .arg("-H")
-                .arg(format!("x-amz-content-sha256: {}", sha256_hex(b"")))
-                .arg(format!("{}/{}/{key}", g.endpoint(), g.bucket))
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "curl HEAD {key}: {}", stderr(&out));
+            let out = signed_request(&g, &format!("/{key}"), &["-I"], b"");
             String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .find(|l| l.to_ascii_lowercase().starts_with("etag:"))

@@ -146,6 +146,18 @@ impl S3Storage {
         }
     }
 
+    /// A range read that returned fewer bytes than asked for: a truncated object.
+    fn short_read(&self, key: &ObjectPath, offset: u64, want: usize, got: usize) -> Error {
+        Error::Storage {
+            endpoint: self.endpoint.clone(),
+            key: key.to_string(),
+            reason: format!(
+                "asked for {want} bytes at {offset}, got {got} (the object is shorter)"
+            ),
+            not_found: false,
+        }
+    }
+
     fn error(&self, key: &ObjectPath, e: object_store::Error) -> Error {
         Error::Storage {
             endpoint: self.endpoint.clone(),
@@ -313,16 +325,7 @@ impl PackStorage for S3Storage {
             .block(self.client.get_range(&key, offset..end))
             .map_err(|e| self.error(&key, e))?;
         if got.len() < buf.len() {
-            return Err(Error::Storage {
-                endpoint: self.endpoint.clone(),
-                key: key.to_string(),
-                reason: format!(
-                    "asked for {} bytes at {offset}, got {} (the object is shorter)",
-                    buf.len(),
-                    got.len()
-                ),
-                not_found: false,
-            });
+            return Err(self.short_read(&key, offset, buf.len(), got.len()));
         }
         if let Some(bytes) = got.get(..buf.len()) {
             buf.copy_from_slice(bytes);
@@ -345,16 +348,7 @@ impl PackStorage for S3Storage {
             .block(self.client.get_range(&key, offset..end))
             .map_err(|e| self.error(&key, e))?;
         if got.len() != buf.len() {
-            return Err(Error::Storage {
-                endpoint: self.endpoint.clone(),
-                key: key.to_string(),
-                reason: format!(
-                    "asked for {} bytes at {offset}, got {} (the object is shorter)",
-                    buf.len(),
-                    got.len()
-                ),
-                not_found: false,
-            });
+            return Err(self.short_read(&key, offset, buf.len(), got.len()));
         }
         buf.copy_from_slice(&got);
         Ok(())
