@@ -495,6 +495,17 @@ pub(crate) fn stats(cli: &Cli) -> Result<u8> {
             st.blobs, st.unreferenced_blobs
         );
         println!("packs            {}", st.packs);
+        for k in &st.by_kind {
+            if k.blobs > 0 {
+                println!(
+                    "  {:<14} {} in {} blobs ({} uncompressed)",
+                    k.kind,
+                    human_bytes(k.stored_bytes),
+                    k.blobs,
+                    human_bytes(k.raw_bytes)
+                );
+            }
+        }
         println!(
             "dead bytes       {} ({}) reclaimable by gc",
             human_bytes(st.dead_bytes),

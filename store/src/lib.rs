@@ -69,7 +69,7 @@ use std::sync::atomic::AtomicU64;
 pub use xstore_chunker::{self as chunker, ChunkId, ChunkerParams};
 
 pub use commands::backup::{BackupOptions, ParentChoice, MAX_INFLIGHT_CHUNKS};
-pub use commands::check::{CheckOptions, CheckReport, Problem, Stats};
+pub use commands::check::{CheckOptions, CheckReport, KindStats, Problem, Stats};
 pub use commands::diff::{entry_os_name, Change, DiffItem};
 pub use commands::dump::{DumpFormat, DumpSummary};
 pub use commands::find::{FindOptions, FindReport, FoundPath, FoundVersion, VersionChange};

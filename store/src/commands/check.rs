@@ -110,6 +110,22 @@ pub struct Stats {
     pub retired_bytes: u64,
     /// Packs gc keeps because `repair index` held them.
     pub held_packs: u64,
+    /// Live blobs (referenced at least once) per kind, in `BlobKind` order: where the stored
+    /// bytes go (file data, trees, chunk lists, snapshot records).
+    pub by_kind: Vec<KindStats>,
+}
+
+/// Live blobs of one kind.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct KindStats {
+    /// `data`, `tree`, `chunklist` or `snapshot` ([`BlobKind::name`]).
+    pub kind: &'static str,
+    /// Live blobs of this kind.
+    pub blobs: u64,
+    /// Their uncompressed bytes.
+    pub raw_bytes: u64,
+    /// Their bytes in packs, headers included ([`BlobLoc::span`]).
+    pub stored_bytes: u64,
 }
 
 /// Every blob record, from one scan of the index: the mark pass asks about every edge of the
@@ -556,12 +572,31 @@ impl Repository {
             st.stored_bytes += rec.size;
             st.dead_bytes += rec.dead_bytes;
         }
+        let kinds = [
+            BlobKind::Data,
+            BlobKind::Tree,
+            BlobKind::ChunkList,
+            BlobKind::SnapshotRecord,
+        ];
+        st.by_kind = kinds
+            .iter()
+            .map(|k| KindStats {
+                kind: k.name(),
+                ..KindStats::default()
+            })
+            .collect();
         self.index.for_each_blob(|_, loc| {
             st.blobs += 1;
             if loc.refcount == 0 {
                 st.unreferenced_blobs += 1;
             } else {
                 st.unique_bytes += u64::from(loc.raw_len);
+                let slot = kinds.iter().position(|k| *k == loc.kind);
+                if let Some(ks) = slot.and_then(|i| st.by_kind.get_mut(i)) {
+                    ks.blobs += 1;
+                    ks.raw_bytes += u64::from(loc.raw_len);
+                    ks.stored_bytes += loc.span();
+                }
             }
             Ok(())
         })?;
