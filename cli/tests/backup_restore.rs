@@ -5,6 +5,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use common::{json, ok, stderr, xstore};
 use xstore_tests::{assert_same_tree, make_fixture, restored_path};
@@ -165,6 +166,41 @@ fn listing_and_subpath_restore() {
     assert_same_tree(&src.join("sub"), &dst.join("sub"), is_root());
     let stats = json(&repo, &["stats"]);
     assert!(stats["dedup_ratio"].as_f64().unwrap() > 1.0, "{stats}");
+    // Where the bytes go, per kind of live blob: their raw bytes add up to the unique bytes,
+    // their stored bytes to no more than the packs hold; one snapshot record, trees for the
+    // directories, no chunk list (no file has that many chunks), and the file data
+    // (random.bin's 3 MiB stored once) dominating.
+    let kinds = stats["by_kind"].as_array().unwrap();
+    let names: Vec<&str> = kinds.iter().map(|k| k["kind"].as_str().unwrap()).collect();
+    assert_eq!(names, ["data", "tree", "chunklist", "snapshot"], "{stats}");
+    let sum = |field: &str| {
+        kinds
+            .iter()
+            .map(|k| k[field].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(
+        sum("raw_bytes"),
+        stats["unique_bytes"].as_u64().unwrap(),
+        "{stats}"
+    );
+    assert_eq!(sum("blobs"), stats["blobs"].as_u64().unwrap(), "{stats}");
+    assert!(
+        sum("stored_bytes") <= stats["stored_bytes"].as_u64().unwrap(),
+        "{stats}"
+    );
+    let kind = |name: &str| kinds.iter().find(|k| k["kind"] == name).unwrap();
+    assert_eq!(kind("snapshot")["blobs"], 1, "{stats}");
+    assert!(kind("tree")["blobs"].as_u64().unwrap() >= 4, "{stats}");
+    let stored = |name: &str| kind(name)["stored_bytes"].as_u64().unwrap();
+    assert!(stored("data") > 3 * 1024 * 1024, "{stats}");
+    assert!(stored("data") > 100 * stored("tree"), "{stats}");
+    assert_eq!(kind("chunklist")["blobs"], 0, "{stats}");
+    let text = ok(&repo, &["stats"]);
+    assert!(
+        text.lines().any(|l| l.trim_start().starts_with("data ")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -291,4 +327,115 @@ fn json_event_stream_reports_status_then_summary() {
     for s in &events[..events.len() - 1] {
         assert_eq!(s["total_bytes"], 32 << 20, "{s}");
     }
+}
+
+/// Into a target that exists, each file's name is created with `O_EXCL` first and cleared
+/// only when something stands there: a symlink (never followed), a fifo (never opened) and
+/// a file are replaced; a directory in a file's place fails that path unless `--delete`.
+#[test]
+fn restore_replaces_what_stands_in_a_files_place_without_following_it() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src, dst, victim) = (
+        work.path().join("repo"),
+        work.path().join("src"),
+        work.path().join("dst"),
+        work.path().join("victim"),
+    );
+    fs::create_dir_all(&src).unwrap();
+    for name in ["was-symlink", "was-fifo", "was-file", "was-dir"] {
+        fs::write(src.join(name), format!("content of {name}")).unwrap();
+    }
+    fs::write(&victim, b"not the customer's").unwrap();
+    ok(&repo, &["init"]);
+    ok(&repo, &["backup", "--host", "h", src.to_str().unwrap()]);
+    let live = restored_path(&dst, &src);
+    fs::create_dir_all(live.join("was-dir/inside")).unwrap();
+    std::os::unix::fs::symlink(&victim, live.join("was-symlink")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        live.join("was-fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    fs::write(
+        live.join("was-file"),
+        b"longer stale content than the snapshot's",
+    )
+    .unwrap();
+    let dst_arg = dst.to_str().unwrap();
+    let out = xstore(&repo, &["restore", "latest", dst_arg]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let was_dir = live.join("was-dir").display().to_string();
+    assert!(
+        err.contains(&format!("{was_dir}: refused: a directory is in the way")),
+        "{err}"
+    );
+    assert!(
+        live.join("was-dir/inside").is_dir(),
+        "kept without --delete"
+    );
+    for name in ["was-symlink", "was-fifo", "was-file"] {
+        let m = fs::symlink_metadata(live.join(name)).unwrap();
+        assert!(m.is_file(), "{name} is not a regular file");
+        assert_eq!(
+            fs::read(live.join(name)).unwrap(),
+            format!("content of {name}").as_bytes()
+        );
+    }
+    assert_eq!(fs::read(&victim).unwrap(), b"not the customer's");
+    let out = xstore(&repo, &["restore", "latest", dst_arg, "--delete"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_same_tree(&src, &live, is_root());
+}
+
+/// As root, a file created in a directory this restore made is owned by us and that
+/// directory's group; the chown is left out only when that is the entry's owner. Below a
+/// set-group-ID directory of another group the new files would take its group: they are
+/// chowned back to the snapshot's.
+#[test]
+fn restore_below_a_setgid_directory_keeps_the_snapshots_groups() {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_root() {
+        eprintln!("skipped: needs root to own files as other users");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src, dst) = (
+        work.path().join("repo"),
+        work.path().join("src"),
+        work.path().join("dst"),
+    );
+    fs::create_dir_all(src.join("www/css")).unwrap();
+    fs::write(src.join("www/index.html"), b"<p>root's</p>").unwrap();
+    fs::write(src.join("www/css/site.css"), b"p {}").unwrap();
+    fs::write(src.join("www/customer.txt"), b"customer's").unwrap();
+    let chown = |p: &Path, u: u32, g: u32| {
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            p,
+            Some(rustix::fs::Uid::from_raw(u)),
+            Some(rustix::fs::Gid::from_raw(g)),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .unwrap()
+    };
+    chown(&src.join("www/customer.txt"), 1234, 1234);
+    ok(&repo, &["init"]);
+    ok(&repo, &["backup", "--host", "h", src.to_str().unwrap()]);
+    fs::create_dir_all(&dst).unwrap();
+    chown(&dst, 0, 4321);
+    fs::set_permissions(&dst, fs::Permissions::from_mode(0o2775)).unwrap();
+    ok(&repo, &["restore", "latest", dst.to_str().unwrap()]);
+    let live = restored_path(&dst, &src);
+    let owner = |rel: &str| {
+        let m = fs::symlink_metadata(live.join(rel)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner("www/index.html"), (0, 0));
+    assert_eq!(owner("www/css/site.css"), (0, 0));
+    assert_eq!(owner("www/customer.txt"), (1234, 1234));
+    assert_same_tree(&src, &live, true);
 }

@@ -119,6 +119,10 @@ pub fn make_fixture(root: &Path, seed: u64) {
         f.write_all(b"start").unwrap();
         f.seek(SeekFrom::Start(8 * 1024 * 1024)).unwrap();
         f.write_all(b"end").unwrap();
+        // One that ends in a hole: its length is past its last written byte.
+        let f = fs::File::create(root.join("sparse-tail.img")).unwrap();
+        (&f).write_all(b"head").unwrap();
+        f.set_len(5 * 1024 * 1024 + 7).unwrap();
     }
     // Names that are not UTF-8 and names with spaces and newlines.
     fs::write(root.join(OsStr::from_bytes(b"latin1-\xe9t\xe9")), b"bytes").unwrap();

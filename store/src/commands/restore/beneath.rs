@@ -197,6 +197,17 @@ pub(super) fn is_dir(st: &rustix::fs::Stat) -> bool {
     rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
 }
 
+/// A directory [`make_dir`] made or found.
+pub(super) struct MadeDir {
+    /// Its (device, inode), to recognise it when its metadata is applied.
+    pub(super) id: (u64, u64),
+    /// This call created it (nothing stood there).
+    pub(super) created: bool,
+    /// Its group. A file created in it takes this group (set-group-ID directory, `grpid`
+    /// mount) or ours; when the two are equal the new file's group is known without a stat.
+    pub(super) gid: u32,
+}
+
 /// Creates directory `name` in `parent` (0700 until its metadata is applied last), or
 /// reuses a real directory there; a non-directory in its place is removed first when
 /// `replace`, else the path fails. Returns its (dev, inode) for the metadata pass and whether
@@ -206,7 +217,7 @@ pub(super) fn make_dir(
     name: &OsStr,
     path: &Path,
     replace: bool,
-) -> Result<((u64, u64), bool)> {
+) -> Result<MadeDir> {
     let mut created = false;
     for attempt in 0..2 {
         match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
@@ -219,7 +230,11 @@ pub(super) fn make_dir(
                 let st = rustix::fs::fstat(&fd)
                     .map_err(std::io::Error::from)
                     .at(path)?;
-                return Ok(((st.st_dev as u64, st.st_ino as u64), created));
+                return Ok(MadeDir {
+                    id: (st.st_dev as u64, st.st_ino as u64),
+                    created,
+                    gid: st.st_gid,
+                });
             }
             Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) if replace && attempt == 0 => {
                 clear_name(parent, name, path, false)?;
@@ -283,11 +298,11 @@ pub(super) fn times(entry: &Entry) -> rustix::fs::Timestamps {
     }
 }
 
-/// Owner, mode, xattrs and times of an open file or directory, in that order (chown clears
-/// setuid bits, so mode comes after it; times come last).
-pub(super) fn apply_meta(fd: &impl AsFd, path: &Path, entry: &Entry, owners: bool) -> Result<()> {
+/// Owner (when `chown`), mode, xattrs and times of an open file or directory, in that order
+/// (chown clears setuid bits, so mode comes after it; times come last).
+pub(super) fn apply_meta(fd: &impl AsFd, path: &Path, entry: &Entry, chown: bool) -> Result<()> {
     let io = errno_at(path);
-    if owners {
+    if chown {
         let (u, g) = owner_ids(entry);
         rustix::fs::fchown(fd, u, g).map_err(io)?;
     }

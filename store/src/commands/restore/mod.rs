@@ -43,7 +43,7 @@ use crate::index::BlobLoc;
 use crate::repo::{poisoned, Node, Repository};
 use crate::ChunkId;
 use crate::Progress;
-use beneath::{apply_meta, errno_at, make_dir, owner_ids, times, Beneath};
+use beneath::{apply_meta, clear_name, errno_at, make_dir, owner_ids, times, Beneath};
 use existing::Existing;
 use xstore_format::snapshot::{PathError, Snapshot};
 use xstore_format::tree::{ChunkRef, Entry, EntryKind};
@@ -130,8 +130,8 @@ enum Compared<'p> {
     Kept,
     /// Its path failed (recorded).
     Failed,
-    /// To be written, with its chunks.
-    Write(&'p PathBuf, &'p Entry, Vec<ChunkRef>),
+    /// To be written, with its chunks and where they are.
+    Write(&'p PathBuf, &'p Entry, Vec<(ChunkRef, BlobLoc)>),
 }
 
 impl Repository {
@@ -240,23 +240,38 @@ impl Repository {
         // keeps its metadata.
         let mut made: HashMap<&Path, (u64, u64)> = HashMap::new();
         // Directories this restore created: nothing stood in them to compare with (an entry
-        // another user slips in meanwhile is replaced by the O_EXCL create as before).
-        let mut created_here: HashSet<&Path> = HashSet::new();
-        for (rel, _) in &plan.dirs {
-            let made_dir = beneath
-                .parent(rel)
-                .at(shown(rel))
-                .and_then(|(parent, name)| make_dir(&parent, name, &shown(rel), !never));
-            match made_dir {
-                Ok((id, created)) => {
-                    if created || !never {
-                        made.insert(rel.as_path(), id);
+        // another user slips in meanwhile is replaced by the O_EXCL create as before). The
+        // value: a file created in it is owned by us and our group, so no chown is needed
+        // when the entry's owner is ours too.
+        let mut created_here: HashMap<&Path, bool> = HashMap::new();
+        let (euid, egid) = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        // One depth at a time, parents before children; the directories of one depth are
+        // independent of each other and made in parallel.
+        for level in by_depth(&plan.dirs) {
+            let results: Vec<_> = level
+                .par_iter()
+                .map(|&(rel, _)| {
+                    beneath
+                        .parent(rel)
+                        .at(shown(rel))
+                        .and_then(|(parent, name)| make_dir(&parent, name, &shown(rel), !never))
+                })
+                .collect();
+            for (&(rel, _), made_dir) in level.iter().zip(results) {
+                match made_dir {
+                    Ok(dir) => {
+                        if dir.created || !never {
+                            made.insert(rel.as_path(), dir.id);
+                        }
+                        if dir.created {
+                            created_here.insert(rel.as_path(), dir.gid == egid);
+                        }
                     }
-                    if created {
-                        created_here.insert(rel.as_path());
-                    }
+                    Err(e) => fail(rel, &e),
                 }
-                Err(e) => fail(rel, &e),
             }
         }
         if let Some(p) = &opts.progress {
@@ -266,16 +281,24 @@ impl Repository {
             );
         }
         // What already stands at each file's place is compared first (in parallel); only
-        // the files to write are located: one batched lookup per file (a missing blob fails
-        // the restore before anything is written), then pack-ordered reads, files sorted by
-        // the location of their first chunk.
+        // the files to write are located: one batched lookup per file, in the same parallel
+        // pass (a missing blob fails the restore before anything is written), then
+        // pack-ordered reads, files sorted by the location of their first chunk.
+        let locate = |refs: Vec<ChunkRef>| -> Result<Vec<(ChunkRef, BlobLoc)>> {
+            let ids: Vec<ChunkId> = refs.iter().map(|c| c.id).collect();
+            let mut located = Vec::with_capacity(ids.len());
+            for (c, loc) in refs.into_iter().zip(self.index.blobs(&ids)?) {
+                located.push((c, loc.ok_or(Error::MissingBlob(c.id))?));
+            }
+            Ok(located)
+        };
         let compared: Vec<Result<Compared<'_>>> = plan
             .files
             .par_iter()
             .map(|(rel, entry)| {
                 let refs = self.file_chunks(entry)?;
-                if rel.parent().is_some_and(|p| created_here.contains(p)) {
-                    return Ok(Compared::Write(rel, entry, refs));
+                if rel.parent().is_some_and(|p| created_here.contains_key(p)) {
+                    return Ok(Compared::Write(rel, entry, locate(refs)?));
                 }
                 let progress = opts.progress.as_deref();
                 let kept = self.keep_existing(
@@ -290,7 +313,7 @@ impl Repository {
                 );
                 Ok(match kept {
                     Ok(true) => Compared::Kept,
-                    Ok(false) => Compared::Write(rel, entry, refs),
+                    Ok(false) => Compared::Write(rel, entry, locate(refs)?),
                     Err(e) => {
                         fail(rel, &e);
                         Compared::Failed
@@ -300,19 +323,14 @@ impl Repository {
             .collect();
         let mut keyed = Vec::with_capacity(plan.files.len());
         for c in compared {
-            let (rel, entry, refs) = match c? {
-                Compared::Write(rel, entry, refs) => (rel, entry, refs),
+            let (rel, entry, located) = match c? {
+                Compared::Write(rel, entry, located) => (rel, entry, located),
                 Compared::Kept => {
                     summary.skipped += 1;
                     continue;
                 }
                 Compared::Failed => continue,
             };
-            let ids: Vec<ChunkId> = refs.iter().map(|c| c.id).collect();
-            let mut located = Vec::with_capacity(ids.len());
-            for (c, loc) in refs.iter().zip(self.index.blobs(&ids)?) {
-                located.push((*c, loc.ok_or(Error::MissingBlob(c.id))?));
-            }
             let key = located.first().map(|(_, l)| (l.pack, l.offset));
             keyed.push((key, rel, entry, located));
         }
@@ -321,8 +339,15 @@ impl Repository {
             .par_iter()
             .map(|(_, rel, entry, chunks)| {
                 let progress = opts.progress.as_deref();
+                let ours_already = entry.attrs.uid == euid
+                    && entry.attrs.gid == egid
+                    && rel
+                        .parent()
+                        .and_then(|p| created_here.get(p))
+                        .is_some_and(|&our_group| our_group);
+                let chown = owners && !ours_already;
                 let restored =
-                    self.restore_file(&beneath, rel, &shown(rel), entry, chunks, owners, progress);
+                    self.restore_file(&beneath, rel, &shown(rel), entry, chunks, chown, progress);
                 match restored {
                     Ok(outcome) => Ok(Some(outcome)),
                     Err(
@@ -380,20 +405,35 @@ impl Repository {
                 Err(e) => fail(link, &e),
             }
         }
-        // Symlinks last: nothing is created through one.
-        for (rel, entry) in plan.specials.iter().chain(&plan.symlinks) {
-            if never && exists(rel) {
-                summary.skipped += 1;
-                continue;
-            }
-            let created = if entry.kind == EntryKind::Symlink {
-                restore_symlink(&beneath, rel, &shown(rel), entry, owners)
+        // Symlinks last: nothing is created through one. Each is independent of the others
+        // (no path is resolved through a symlink or a special file), so in parallel.
+        let others: Vec<Option<bool>> = plan
+            .specials
+            .par_iter()
+            .chain(plan.symlinks.par_iter())
+            .map(|(rel, entry)| {
+                if never && exists(rel) {
+                    return Some(false);
+                }
+                let created = if entry.kind == EntryKind::Symlink {
+                    restore_symlink(&beneath, rel, &shown(rel), entry, owners)
+                } else {
+                    restore_special(&beneath, rel, &shown(rel), entry, owners)
+                };
+                match created {
+                    Ok(()) => Some(true),
+                    Err(e) => {
+                        fail(rel, &e);
+                        None
+                    }
+                }
+            })
+            .collect();
+        for made_one in others.into_iter().flatten() {
+            if made_one {
+                summary.others += 1;
             } else {
-                restore_special(&beneath, rel, &shown(rel), entry, owners)
-            };
-            match created {
-                Ok(()) => summary.others += 1,
-                Err(e) => fail(rel, &e),
+                summary.skipped += 1;
             }
         }
         if opts.delete {
@@ -431,32 +471,25 @@ impl Repository {
                 }
             }
         }
-        // Directory metadata last, deepest first, so creating children does not touch mtimes;
-        // only on the directory this restore made or checked (same inode).
-        for (rel, entry) in plan.dirs.iter().rev() {
-            let Some(want) = made.get(rel.as_path()) else {
-                continue;
-            };
-            let r = (|| -> Result<()> {
-                let fd = beneath.dir(rel).at(shown(rel))?;
-                let st = rustix::fs::fstat(&fd)
-                    .map_err(std::io::Error::from)
-                    .at(shown(rel))?;
-                if (st.st_dev as u64, st.st_ino as u64) != *want {
-                    return Err(Error::Unsafe {
-                        path: shown(rel),
-                        reason: "replaced by another directory during the restore; its metadata was not applied".into(),
-                    });
-                }
-                apply_meta(&fd, &shown(rel), entry, owners)?;
-                existing::drop_extra_xattrs(&fd, entry).at(shown(rel))
-            })();
-            match r {
-                Ok(()) => summary.dirs += 1,
-                Err(e) => fail(rel, &e),
-            }
+        // Directory metadata last, so creating children does not touch mtimes; deepest first
+        // (a parent's mode may shut us out of its children), each depth in parallel; only on
+        // the directory this restore made or checked (same inode).
+        for level in by_depth(&plan.dirs).iter().rev() {
+            let applied: Vec<Option<bool>> = level
+                .par_iter()
+                .map(|&(rel, entry)| {
+                    let want = made.get(rel.as_path())?;
+                    let r = apply_dir_meta(&beneath, rel, &shown(rel), entry, want, owners);
+                    Some(r.map_err(|e| fail(rel, &e)).is_ok())
+                })
+                .collect();
+            summary.dirs += applied.into_iter().flatten().filter(|&ok| ok).count() as u64;
         }
-        summary.errors = errors.into_inner().map_err(poisoned)?;
+        let mut errors = errors.into_inner().map_err(poisoned)?;
+        // Parallel passes record in any order: by path, so a directory precedes what is
+        // below it and reruns print the same.
+        errors.sort_by(|a, b| a.path.cmp(&b.path));
+        summary.errors = errors;
         Ok(summary)
     }
 
@@ -614,30 +647,49 @@ impl Repository {
         path: &Path,
         entry: &Entry,
         chunks: &[(ChunkRef, BlobLoc)],
-        owners: bool,
+        chown: bool,
         progress: Option<&Progress>,
     ) -> Result<u64> {
-        let (parent, name) = beneath.make_room(rel, path)?;
-        let fd = rustix::fs::openat(
-            &parent,
-            name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
+        // Create first and clear the name only when something stands there: a restore into
+        // new directories then costs no stat per file. O_EXCL | O_NOFOLLOW either way: the
+        // file written is always a new inode made here.
+        let (parent, name) = beneath.parent(rel).at(path)?;
+        let create = || {
+            rustix::fs::openat(
+                &parent,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+        };
+        let fd = match create() {
+            Err(rustix::io::Errno::EXIST) => {
+                clear_name(&parent, name, path, beneath.remove_dirs_in_way)?;
+                create()
+            }
+            other => other,
+        }
         .map_err(std::io::Error::from)
         .at(path)?;
         let mut f = File::from(fd);
         let mut written = 0u64;
+        let mut trailing_hole = false;
         for (c, loc) in chunks {
             let data = self.read_located(&c.id, loc)?;
-            write_sparse(&mut f, &data).at(path)?;
+            let hole = write_sparse(&mut f, &data).at(path)?;
+            if !data.is_empty() {
+                trailing_hole = hole;
+            }
             written += data.len() as u64;
             if let Some(p) = progress {
                 p.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
         }
-        f.set_len(written).at(path)?;
-        apply_meta(&f, path, entry, owners)?;
+        // Only a file that ends in skipped zero blocks is shorter than its writes.
+        if trailing_hole {
+            f.set_len(written).at(path)?;
+        }
+        apply_meta(&f, path, entry, chown)?;
         if let Some(p) = progress {
             p.files.fetch_add(1, Ordering::Relaxed);
         }
@@ -646,15 +698,19 @@ impl Repository {
 }
 
 /// Writes `data` at the current position, seeking over all-zero 4 KiB blocks instead of
-/// writing them, so sparse files stay sparse (as `cp --sparse=auto` does).
-fn write_sparse(f: &mut File, data: &[u8]) -> std::io::Result<()> {
+/// writing them, so sparse files stay sparse (as `cp --sparse=auto` does). True when `data`
+/// ends in such a skipped block: the file's length is then short of the position until a
+/// later write or `set_len`.
+fn write_sparse(f: &mut File, data: &[u8]) -> std::io::Result<bool> {
     const BLOCK: usize = 4096;
     let zero = |b: &[u8]| b.iter().all(|&x| x == 0);
     let mut i = 0;
+    let mut hole = false;
     while i < data.len() {
         let end = (i + BLOCK).min(data.len());
         if zero(&data[i..end]) {
             f.seek(SeekFrom::Current((end - i) as i64))?;
+            hole = true;
             i = end;
             continue;
         }
@@ -667,9 +723,10 @@ fn write_sparse(f: &mut File, data: &[u8]) -> std::io::Result<()> {
             j = next;
         }
         f.write_all(&data[i..j])?;
+        hole = false;
         i = j;
     }
-    Ok(())
+    Ok(hole)
 }
 
 /// An `O_PATH` descriptor of the entry just created at `name`, checked to be of `kind`: the
@@ -705,6 +762,48 @@ fn open_created(
 /// (chmod, setxattr, utimensat) that take no such descriptor.
 fn proc_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// The plan's directories grouped by depth, shallowest first (the plan lists parents before
+/// children; within a depth the plan's order is kept).
+fn by_depth(dirs: &[(PathBuf, Entry)]) -> Vec<Vec<(&PathBuf, &Entry)>> {
+    let mut levels: Vec<Vec<(&PathBuf, &Entry)>> = Vec::new();
+    for (rel, entry) in dirs {
+        let depth = rel.components().count();
+        if levels.len() < depth {
+            levels.resize_with(depth, Vec::new);
+        }
+        if let Some(level) = depth.checked_sub(1).and_then(|d| levels.get_mut(d)) {
+            level.push((rel, entry));
+        }
+    }
+    levels
+}
+
+/// A directory's metadata, on the directory this restore made or checked (`want`, its
+/// (device, inode)): one swapped in meanwhile is left alone and reported.
+fn apply_dir_meta(
+    beneath: &Beneath,
+    rel: &Path,
+    path: &Path,
+    entry: &Entry,
+    want: &(u64, u64),
+    owners: bool,
+) -> Result<()> {
+    let fd = beneath.dir(rel).at(path)?;
+    let st = rustix::fs::fstat(&fd)
+        .map_err(std::io::Error::from)
+        .at(path)?;
+    if (st.st_dev as u64, st.st_ino as u64) != *want {
+        return Err(Error::Unsafe {
+            path: path.to_path_buf(),
+            reason:
+                "replaced by another directory during the restore; its metadata was not applied"
+                    .into(),
+        });
+    }
+    apply_meta(&fd, path, entry, owners)?;
+    existing::drop_extra_xattrs(&fd, entry).at(path)
 }
 
 fn restore_symlink(
