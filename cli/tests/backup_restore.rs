@@ -351,14 +351,7 @@ fn restore_replaces_what_stands_in_a_files_place_without_following_it() {
     let live = restored_path(&dst, &src);
     fs::create_dir_all(live.join("was-dir/inside")).unwrap();
     std::os::unix::fs::symlink(&victim, live.join("was-symlink")).unwrap();
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        live.join("was-fifo"),
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    xstore_tests::make_fifo(&live.join("was-fifo"), 0o600);
     fs::write(
         live.join("was-file"),
         b"longer stale content than the snapshot's",

@@ -90,6 +90,18 @@ fn set_mtime(path: &Path, secs: u64, nanos: u32) {
     .unwrap();
 }
 
+/// Makes a fifo at `path` with `mode`.
+pub fn make_fifo(path: &Path, mode: u32) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(mode),
+        0,
+    )
+    .unwrap();
+}
+
 /// Builds a tree with every kind of entry the format stores, at `root` (created).
 /// `seed` varies the content.
 pub fn make_fixture(root: &Path, seed: u64) {
@@ -135,15 +147,7 @@ pub fn make_fixture(root: &Path, seed: u64) {
     // Hard links, one across directories.
     fs::write(root.join("hard-a"), b"linked content").unwrap();
     fs::hard_link(root.join("hard-a"), root.join("sub/hard-b")).unwrap();
-    // A fifo.
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        root.join("fifo"),
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o640),
-        0,
-    )
-    .unwrap();
+    make_fifo(&root.join("fifo"), 0o640);
     // A character device (1:3, like /dev/null) where we may create one (root, CAP_MKNOD).
     let _ = rustix::fs::mknodat(
         rustix::fs::CWD,
