@@ -572,14 +572,9 @@ impl Repository {
             st.stored_bytes += rec.size;
             st.dead_bytes += rec.dead_bytes;
         }
-        let kinds = [
-            BlobKind::Data,
-            BlobKind::Tree,
-            BlobKind::ChunkList,
-            BlobKind::SnapshotRecord,
-        ];
-        st.by_kind = kinds
-            .iter()
+        // One slot per kind, at its format code: every code `from_code` accepts.
+        st.by_kind = (0..=u8::MAX)
+            .map_while(|code| BlobKind::from_code(code, 0).ok())
             .map(|k| KindStats {
                 kind: k.name(),
                 ..KindStats::default()
@@ -591,8 +586,7 @@ impl Repository {
                 st.unreferenced_blobs += 1;
             } else {
                 st.unique_bytes += u64::from(loc.raw_len);
-                let slot = kinds.iter().position(|k| *k == loc.kind);
-                if let Some(ks) = slot.and_then(|i| st.by_kind.get_mut(i)) {
+                if let Some(ks) = st.by_kind.get_mut(usize::from(loc.kind.code())) {
                     ks.blobs += 1;
                     ks.raw_bytes += u64::from(loc.raw_len);
                     ks.stored_bytes += loc.span();

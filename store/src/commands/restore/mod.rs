@@ -769,11 +769,12 @@ fn proc_path(fd: &OwnedFd) -> PathBuf {
 fn by_depth(dirs: &[(PathBuf, Entry)]) -> Vec<Vec<(&PathBuf, &Entry)>> {
     let mut levels: Vec<Vec<(&PathBuf, &Entry)>> = Vec::new();
     for (rel, entry) in dirs {
-        let depth = rel.components().count();
-        if levels.len() < depth {
-            levels.resize_with(depth, Vec::new);
+        // Every planned path has at least one component: depth 1 is index 0.
+        let index = rel.components().count().saturating_sub(1);
+        if levels.len() <= index {
+            levels.resize_with(index + 1, Vec::new);
         }
-        if let Some(level) = depth.checked_sub(1).and_then(|d| levels.get_mut(d)) {
+        if let Some(level) = levels.get_mut(index) {
             level.push((rel, entry));
         }
     }
