@@ -17,6 +17,7 @@
 pub(crate) mod lease;
 pub(crate) mod local;
 pub(crate) mod mmap;
+pub(crate) mod read_ahead;
 pub(crate) mod s3;
 
 use std::path::{Path, PathBuf};
@@ -84,6 +85,26 @@ pub(crate) trait PackStorage: Send + Sync {
     fn location(&self, id: &PackId) -> String;
     /// Drops whatever the storage keeps open for `id` (gc deleted it elsewhere).
     fn forget(&self, _id: &PackId) {}
+    /// Announces the `read_at` calls about to be made, in the order they will be made
+    /// (restore's pack-ordered writes). A remote storage fetches them ahead in large ranges
+    /// (read_ahead.rs) until the guard is dropped; a local one needs nothing.
+    fn read_ahead(&self, _reads: &[read_ahead::RangeRead]) -> ReadAheadGuard {
+        ReadAheadGuard::default()
+    }
+}
+
+/// Ends a read-ahead when dropped: nothing more is requested and what was fetched is freed.
+#[derive(Default)]
+pub(crate) struct ReadAheadGuard {
+    running: Option<Arc<read_ahead::ReadAhead>>,
+}
+
+impl Drop for ReadAheadGuard {
+    fn drop(&mut self) {
+        if let Some(ra) = self.running.take() {
+            ra.cancel();
+        }
+    }
 }
 
 /// A bucket of an S3-compatible object store that holds a repository's packs and its

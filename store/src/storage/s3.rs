@@ -18,7 +18,8 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 
-use super::{PackBytes, PackId, PackInfo, PackStorage, S3Location};
+use super::read_ahead::{self, RangeRead, ReadAhead, Served};
+use super::{PackBytes, PackId, PackInfo, PackStorage, ReadAheadGuard, S3Location};
 use crate::error::{Error, IoContext, Result};
 use crate::ChunkId;
 
@@ -41,6 +42,18 @@ const READ_WINDOW: u64 = 8 << 20;
 /// Windows kept, most recently used first: 96 MiB at most.
 const WINDOWS_KEPT: usize = 12;
 
+/// A restore's read-ahead (read_ahead.rs) fetches the announced ranges of a pack in requests
+/// of up to this many bytes, skipping gaps of up to `READ_AHEAD_GAP` (blobs of other
+/// snapshots between the ones read)...
+const READ_AHEAD_SHAPE: read_ahead::Shape = read_ahead::Shape {
+    max_segment: 32 << 20,
+    max_gap: 1 << 20,
+};
+/// ... this many at a time ...
+const READ_AHEAD_REQUESTS: usize = 4;
+/// ... holding at most this many bytes fetched ahead or in flight.
+const READ_AHEAD_BUDGET: u64 = 192 << 20;
+
 /// Bytes `start..start + bytes.len()` of a pack.
 struct Window {
     pack: PackId,
@@ -57,6 +70,8 @@ pub(crate) struct S3Storage {
     bucket: String,
     prefix: String,
     windows: std::sync::Mutex<std::collections::VecDeque<Window>>,
+    /// The running read-ahead, if any: reads are served from it first.
+    read_ahead: std::sync::Mutex<Option<Arc<ReadAhead>>>,
 }
 
 impl S3Storage {
@@ -112,16 +127,13 @@ impl S3Storage {
             bucket: location.bucket.clone(),
             prefix: location.prefix.trim_matches('/').to_string(),
             windows: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            read_ahead: std::sync::Mutex::new(None),
         })
     }
 
     /// The object key of a repository-relative name.
     fn key(&self, name: &str) -> ObjectPath {
-        if self.prefix.is_empty() {
-            ObjectPath::from(name)
-        } else {
-            ObjectPath::from(format!("{}/{name}", self.prefix))
-        }
+        object_key(&self.prefix, name)
     }
 
     fn pack_key(&self, id: &PackId) -> ObjectPath {
@@ -200,6 +212,34 @@ impl S3Storage {
         format!("s3://{}/{}", self.bucket, self.key(name))
     }
 
+    /// What requests a read-ahead segment on the client's runtime (from any thread, without
+    /// waiting); its answer goes to [`ReadAhead::fetched`].
+    fn segment_requester(&self) -> impl Fn(&Arc<ReadAhead>, usize, read_ahead::Segment) + Send {
+        let (client, runtime, prefix) = (
+            self.client.clone(),
+            self.runtime.handle().clone(),
+            self.prefix.clone(),
+        );
+        move |ra, index, seg| {
+            let key = object_key(&prefix, &pack_name(&seg.pack));
+            let mut pending = PendingSegment {
+                read_ahead: ra.clone(),
+                index,
+                answered: false,
+            };
+            let client = client.clone();
+            runtime.spawn(async move {
+                let got = client.get_range(&key, seg.start..seg.end).await.ok();
+                pending.answered = true;
+                pending.read_ahead.fetched(pending.index, got);
+            });
+        }
+    }
+
+    fn request_segment(&self, ra: &Arc<ReadAhead>, index: usize, seg: read_ahead::Segment) {
+        (self.segment_requester())(ra, index, seg)
+    }
+
     /// The repository file `name`, `None` when it does not exist.
     pub(crate) fn get_file(&self, name: &str) -> Result<Option<Vec<u8>>> {
         let key = self.key(name);
@@ -211,6 +251,31 @@ impl S3Storage {
             Ok(b) => Ok(Some(b.to_vec())),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error(&key, e)),
+        }
+    }
+}
+
+/// The object key of the repository-relative `name` under `prefix`.
+fn object_key(prefix: &str, name: &str) -> ObjectPath {
+    if prefix.is_empty() {
+        ObjectPath::from(name)
+    } else {
+        ObjectPath::from(format!("{prefix}/{name}"))
+    }
+}
+
+/// Reports a read-ahead request that ends without an answer (its task cancelled when the
+/// runtime shuts down) as failed, so no reader waits for it.
+struct PendingSegment {
+    read_ahead: Arc<ReadAhead>,
+    index: usize,
+    answered: bool,
+}
+
+impl Drop for PendingSegment {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.read_ahead.fetched(self.index, None);
         }
     }
 }
@@ -299,6 +364,22 @@ impl PackStorage for S3Storage {
     }
 
     fn read_at(&self, id: &PackId, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let running = self.read_ahead.lock().ok().and_then(|mut slot| {
+            // A finished read-ahead is dropped here: nothing of it is left to serve.
+            if slot.as_ref().is_some_and(|ra| ra.is_cancelled()) {
+                *slot = None;
+            }
+            slot.clone()
+        });
+        if let Some(ra) = running {
+            loop {
+                match ra.serve(id, offset, buf) {
+                    Served::Copied => return Ok(()),
+                    Served::Miss => break,
+                    Served::Request(index, seg) => self.request_segment(&ra, index, seg),
+                }
+            }
+        }
         let want = buf.len() as u64;
         if let Ok(mut windows) = self.windows.lock() {
             let hit = windows.iter().position(|w| {
@@ -318,22 +399,35 @@ impl PackStorage for S3Storage {
             }
         }
         let key = self.pack_key(id);
-        // A range past the end of the object returns what there is (at least `want` bytes
-        // of an intact pack).
-        let end = offset.saturating_add(want.max(READ_WINDOW));
+        // A read just below a window of the same pack walks down the pack's offsets (tree
+        // nodes are stored children first and read parent first): its window reaches back
+        // from it. Any other read's window reaches forward; a range past the end of the
+        // object returns what there is (at least `want` bytes of an intact pack).
+        let walking_down = self.windows.lock().is_ok_and(|windows| {
+            windows
+                .iter()
+                .any(|w| w.pack == *id && w.start >= offset && w.start - offset <= READ_WINDOW)
+        });
+        let (start, end) = if walking_down {
+            let end = offset.saturating_add(want);
+            (end.saturating_sub(want.max(READ_WINDOW)), end)
+        } else {
+            (offset, offset.saturating_add(want.max(READ_WINDOW)))
+        };
+        tracing::trace!(pack = %id, offset, len = want, "range read of a window");
         let got = self
-            .block(self.client.get_range(&key, offset..end))
+            .block(self.client.get_range(&key, start..end))
             .map_err(|e| self.error(&key, e))?;
-        if got.len() < buf.len() {
-            return Err(self.short_read(&key, offset, buf.len(), got.len()));
-        }
-        if let Some(bytes) = got.get(..buf.len()) {
-            buf.copy_from_slice(bytes);
-        }
+        let from = (offset - start) as usize;
+        let Some(bytes) = got.get(from..from + buf.len()) else {
+            let got = got.len().saturating_sub(from);
+            return Err(self.short_read(&key, offset, buf.len(), got));
+        };
+        buf.copy_from_slice(bytes);
         if let Ok(mut windows) = self.windows.lock() {
             windows.push_front(Window {
                 pack: *id,
-                start: offset,
+                start,
                 bytes: got,
             });
             windows.truncate(WINDOWS_KEPT);
@@ -413,6 +507,32 @@ impl PackStorage for S3Storage {
         if let Ok(mut windows) = self.windows.lock() {
             windows.retain(|w| w.pack != *id);
         }
+    }
+
+    fn read_ahead(&self, reads: &[RangeRead]) -> ReadAheadGuard {
+        let segments = read_ahead::plan(reads, READ_AHEAD_SHAPE);
+        if segments.is_empty() {
+            return ReadAheadGuard::default();
+        }
+        let ra = ReadAhead::new(segments, READ_AHEAD_REQUESTS, READ_AHEAD_BUDGET);
+        if let Ok(mut slot) = self.read_ahead.lock() {
+            *slot = Some(ra.clone());
+        }
+        let request = self.segment_requester();
+        let driver = ra.clone();
+        // The driver waits for room and hands requests to the runtime; the runtime's tasks
+        // answer them. Without a thread there is no read-ahead, and reads fetch as before.
+        let spawned = std::thread::Builder::new()
+            .name("xstore-read-ahead".into())
+            .spawn(move || {
+                while let Some((index, seg)) = driver.claim_next() {
+                    request(&driver, index, seg);
+                }
+            });
+        if spawned.is_err() {
+            ra.cancel();
+        }
+        ReadAheadGuard { running: Some(ra) }
     }
 }
 

@@ -19,7 +19,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -39,14 +39,27 @@ pub(crate) fn open_existing_dir(path: &Path) -> Result<OwnedFd> {
 }
 
 use crate::error::{Error, IoContext, Result};
+
 use crate::index::BlobLoc;
+use crate::pack;
 use crate::repo::{poisoned, Node, Repository};
+use crate::storage::read_ahead::RangeRead;
+use crate::storage::PackId;
 use crate::ChunkId;
 use crate::Progress;
 use beneath::{apply_meta, clear_name, errno_at, make_dir, owner_ids, times, Beneath};
 use existing::Existing;
 use xstore_format::snapshot::{PathError, Snapshot};
 use xstore_format::tree::{ChunkRef, Entry, EntryKind};
+
+/// A file to write: its place in the read order (pack rank, offset of its first chunk), its
+/// path, its entry and its located chunks.
+type FileToWrite<'a> = (
+    Option<(usize, u64)>,
+    &'a PathBuf,
+    &'a Entry,
+    Vec<(ChunkRef, BlobLoc)>,
+);
 
 /// How to restore.
 #[derive(Debug, Clone, Default)]
@@ -321,7 +334,7 @@ impl Repository {
                 })
             })
             .collect();
-        let mut keyed = Vec::with_capacity(plan.files.len());
+        let mut keyed: Vec<FileToWrite> = Vec::with_capacity(plan.files.len());
         for c in compared {
             let (rel, entry, located) = match c? {
                 Compared::Write(rel, entry, located) => (rel, entry, located),
@@ -331,35 +344,70 @@ impl Repository {
                 }
                 Compared::Failed => continue,
             };
-            let key = located.first().map(|(_, l)| (l.pack, l.offset));
-            keyed.push((key, rel, entry, located));
+            keyed.push((None, rel, entry, located));
         }
+        // Files in the order of their first chunk's place: its pack, ranked by where the
+        // snapshot's walk (the order the backup wrote in) first meets the pack, then its
+        // offset. A large file's later chunks are then in the packs read next (ranking packs
+        // by id instead sent the reads back and forth between distant packs: a read-ahead
+        // then holds a pack's range from a file's first touch until that pack's turn).
+        let mut pack_rank: HashMap<PackId, usize> = HashMap::new();
+        for (key, _, _, located) in keyed.iter_mut() {
+            for (_, loc) in located.iter() {
+                let next = pack_rank.len();
+                pack_rank.entry(loc.pack).or_insert(next);
+            }
+            *key = located
+                .first()
+                .and_then(|(_, l)| Some((*pack_rank.get(&l.pack)?, l.offset)));
+        }
+        drop(pack_rank);
         keyed.sort_by_key(|k| k.0);
-        let written: Vec<Result<Option<u64>>> = keyed
-            .par_iter()
-            .map(|(_, rel, entry, chunks)| {
-                let progress = opts.progress.as_deref();
-                let ours_already = entry.attrs.uid == euid
-                    && entry.attrs.gid == egid
-                    && rel
-                        .parent()
-                        .and_then(|p| created_here.get(p))
-                        .is_some_and(|&our_group| our_group);
-                let chown = owners && !ours_already;
-                let restored =
-                    self.restore_file(&beneath, rel, &shown(rel), entry, chunks, chown, progress);
-                match restored {
-                    Ok(outcome) => Ok(Some(outcome)),
-                    Err(
-                        e @ (Error::MissingBlob(_)
-                        | Error::CorruptBlob { .. }
-                        | Error::Index { .. }),
-                    ) => Err(e),
-                    Err(e) => {
-                        fail(rel, &e);
-                        Ok(None)
-                    }
+        // The reads in the order they will be made: a remote storage fetches them ahead.
+        let reads: Vec<RangeRead> = keyed
+            .iter()
+            .flat_map(|(_, _, _, chunks)| chunks.iter())
+            .map(|(_, loc)| RangeRead {
+                pack: loc.pack,
+                offset: loc.offset,
+                len: (pack::BLOB_HEADER_LEN + loc.stored_len as usize) as u64,
+            })
+            .collect();
+        let _read_ahead = self.storage().read_ahead(&reads);
+        drop(reads);
+        // Files are taken in that order by every thread (not split into one contiguous half
+        // per thread, as a parallel iterator would): reads move through the packs together.
+        let next_file = AtomicUsize::new(0);
+        let write_one = |(_, rel, entry, chunks): &FileToWrite| {
+            let progress = opts.progress.as_deref();
+            let ours_already = entry.attrs.uid == euid
+                && entry.attrs.gid == egid
+                && rel
+                    .parent()
+                    .and_then(|p| created_here.get(p))
+                    .is_some_and(|&our_group| our_group);
+            let chown = owners && !ours_already;
+            let restored =
+                self.restore_file(&beneath, rel, &shown(rel), entry, chunks, chown, progress);
+            match restored {
+                Ok(outcome) => Ok(Some(outcome)),
+                Err(
+                    e @ (Error::MissingBlob(_) | Error::CorruptBlob { .. } | Error::Index { .. }),
+                ) => Err(e),
+                Err(e) => {
+                    fail(rel, &e);
+                    Ok(None)
                 }
+            }
+        };
+        let written: Vec<Result<Option<u64>>> = (0..rayon::current_num_threads())
+            .into_par_iter()
+            .flat_map_iter(|_| {
+                let mut mine = Vec::new();
+                while let Some(file) = keyed.get(next_file.fetch_add(1, Ordering::Relaxed)) {
+                    mine.push(write_one(file));
+                }
+                mine
             })
             .collect();
         for w in written {
