@@ -39,7 +39,6 @@ pub(crate) fn open_existing_dir(path: &Path) -> Result<OwnedFd> {
 }
 
 use crate::error::{Error, IoContext, Result};
-
 use crate::index::BlobLoc;
 use crate::pack;
 use crate::repo::{poisoned, Node, Repository};
