@@ -572,3 +572,83 @@ fn a_pack_too_large_for_one_put_goes_up_in_parts_and_restores_exactly() {
     assert_restores(&g, &repo, "h", &src, &w.path().join("restored"));
     assert_check_clean(&g, &repo);
 }
+
+/// Every object under `prefix` with its size (ListObjectsV2).
+fn object_sizes(g: &Garage, prefix: &str) -> Vec<(String, u64)> {
+    let query = format!("?list-type=2&prefix={}", prefix.replace('/', "%2F"));
+    let out = signed_request(g, &query, &[], b"");
+    let xml = String::from_utf8(out.stdout).unwrap();
+    let field = |item: &str, name: &str| {
+        let open = format!("<{name}>");
+        let from = item.find(&open).unwrap() + open.len();
+        item[from..]
+            .split(&format!("</{name}>"))
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    xml.split("<Contents>")
+        .skip(1)
+        .map(|item| (field(item, "Key"), field(item, "Size").parse().unwrap()))
+        .collect()
+}
+
+#[test]
+fn packs_deleted_behind_a_restores_back_fail_the_files_they_hold_and_nothing_else() {
+    let w = tempfile::tempdir().unwrap();
+    let g = Garage::start(&w.path().join("garage"), 1);
+    let repo = w.path().join("repo");
+    let src = w.path().join("src");
+    make_fixture(&src, 19);
+    let s = src.to_str().unwrap();
+    init(&g, &repo, "gone", &["--pack-size-mib", "1"]);
+    xs_ok(&g, &repo, &["backup", "-q", "--host", "h", s]);
+    let before: Vec<String> = pack_keys(&g, "gone/");
+    let big = xstore::chunker::seeded_bytes(91, 6 << 20);
+    fs::write(src.join("big.bin"), &big).unwrap();
+    xs_ok(&g, &repo, &["backup", "-q", "--host", "h", s]);
+    // The second backup's data packs (~1 MiB each; its trees went to a small pack of their
+    // own) vanish, as a gc on another machine or an operator's mistake would make them.
+    let doomed: Vec<String> = object_sizes(&g, "gone/packs/")
+        .into_iter()
+        .filter(|(key, size)| !before.contains(key) && *size > 256 << 10)
+        .map(|(key, _)| key)
+        .collect();
+    assert!(doomed.len() >= 4, "{doomed:?}");
+    for key in &doomed {
+        signed_request(&g, &format!("/{key}"), &["-X", "DELETE"], b"");
+    }
+    // The restore announces its reads; the read-ahead's fetches of those packs fail, and
+    // the reads that wanted them fail as they would without it: typed, named, no hang.
+    let target = w.path().join("restored");
+    let out = xs(
+        &g,
+        &repo,
+        &["restore", "h@latest", target.to_str().unwrap()],
+    );
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    // Exit 3: a partial restore. One line for the one file, naming the key and the status.
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    let line = lines[0];
+    assert!(
+        line.contains("not restored: ") && line.contains("big.bin"),
+        "{line}"
+    );
+    assert!(
+        doomed.iter().any(|key| line.contains(key.as_str())),
+        "{line}"
+    );
+    assert!(line.ends_with(": GET: 404 Not Found (NoSuchKey)"), "{line}");
+    assert_eq!(line.matches("gone/packs/").count(), 1, "{line}");
+    // Everything else restored exactly; big.bin is not left half-written.
+    let snapshot_mtime = fs::metadata(&src).unwrap().modified().unwrap();
+    fs::remove_file(src.join("big.bin")).unwrap();
+    fs::File::open(&src)
+        .unwrap()
+        .set_modified(snapshot_mtime)
+        .unwrap();
+    assert_same_tree(&src, &restored_path(&target, &src), false);
+}

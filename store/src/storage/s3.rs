@@ -303,8 +303,8 @@ fn one_line(e: &dyn std::error::Error) -> String {
 
 /// The client's message without what the error line says already (the URL, which repeats
 /// the endpoint and key; the "Generic S3 error" label) and with an XML error body reduced to
-/// its code: "Error performing GET in 2 ms - Server returned non-2xx status code: 403
-/// Forbidden (AccessDenied)".
+/// its code, the key a not-found message repeats and the request's duration dropped:
+/// "GET: 403 Forbidden (AccessDenied)".
 fn tidy(reason: &str) -> String {
     let code = reason
         .split_once("<Code>")
@@ -320,7 +320,29 @@ fn tidy(reason: &str) -> String {
     {
         out.drain(..3);
     }
-    let mut s = out.join(" ").trim_end_matches([':', ' ']).to_string();
+    // "Object at location KEY not found:" repeats the key.
+    if out.get(..3) == Some(&["Object", "at", "location"])
+        && out.get(4..6) == Some(&["not", "found:"])
+    {
+        out.drain(..6);
+    }
+    let mut method = String::new();
+    // "Error performing GET in 2ms - Server returned non-2xx status code: 416 …" → "GET: 416 …"
+    // (the request's duration says nothing the status does not).
+    if out.get(..2) == Some(&["Error", "performing"])
+        && out.get(3) == Some(&"in")
+        && out.get(5) == Some(&"-")
+    {
+        method = out.get(2).map(|m| format!("{m}: ")).unwrap_or_default();
+        let status = ["Server", "returned", "non-2xx", "status", "code:"];
+        let skip = if out.get(6..11) == Some(&status) {
+            11
+        } else {
+            6
+        };
+        out.drain(..skip);
+    }
+    let mut s = method + out.join(" ").trim_end_matches([':', ' ']);
     if let Some(code) = code {
         s.push_str(&format!(" ({code})"));
     }
@@ -545,11 +567,12 @@ mod tests {
         let raw = "Generic S3 error: Error performing GET http://127.0.0.1:1/b/k in 2ms - Server \
                    returned non-2xx status code: 416 Range Not Satisfiable: <?xml version=\"1.0\"?>\
                    <Error><Code>InvalidRange</Code><Message>m</Message></Error>";
-        assert_eq!(
-            tidy(raw),
-            "Error performing GET in 2ms - Server returned non-2xx status code: 416 Range Not \
-             Satisfiable (InvalidRange)"
-        );
+        assert_eq!(tidy(raw), "GET: 416 Range Not Satisfiable (InvalidRange)");
+        let missing = "Object at location p/k.pack not found: Error performing GET \
+                       http://127.0.0.1:1/b/p/k.pack in 632.51µs - Server returned non-2xx \
+                       status code: 404 Not Found: <?xml version=\"1.0\"?><Error>\
+                       <Code>NoSuchKey</Code></Error>";
+        assert_eq!(tidy(missing), "GET: 404 Not Found (NoSuchKey)");
         assert_eq!(tidy("connection refused"), "connection refused");
     }
 }

@@ -719,11 +719,35 @@ impl Repository {
         .map_err(std::io::Error::from)
         .at(path)?;
         let mut f = File::from(fd);
+        // A file whose content could not be written is not left half-restored under its name
+        // (one whose metadata could not be set keeps its content; both are reported).
+        let written = match self.fill_file(&mut f, path, chunks, progress) {
+            Ok(written) => written,
+            Err(e) => {
+                remove_if_ours(&parent, name, &f);
+                return Err(e);
+            }
+        };
+        apply_meta(&f, path, entry, chown)?;
+        if let Some(p) = progress {
+            p.files.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(written)
+    }
+
+    /// Writes a newly created file's content (restore_file).
+    fn fill_file(
+        &self,
+        f: &mut File,
+        path: &Path,
+        chunks: &[(ChunkRef, BlobLoc)],
+        progress: Option<&Progress>,
+    ) -> Result<u64> {
         let mut written = 0u64;
         let mut trailing_hole = false;
         for (c, loc) in chunks {
             let data = self.read_located(&c.id, loc)?;
-            let hole = write_sparse(&mut f, &data).at(path)?;
+            let hole = write_sparse(f, &data).at(path)?;
             if !data.is_empty() {
                 trailing_hole = hole;
             }
@@ -736,11 +760,20 @@ impl Repository {
         if trailing_hole {
             f.set_len(written).at(path)?;
         }
-        apply_meta(&f, path, entry, chown)?;
-        if let Some(p) = progress {
-            p.files.fetch_add(1, Ordering::Relaxed);
-        }
         Ok(written)
+    }
+}
+
+/// Removes `name` in `parent` if it is still the file `ours` that this restore created. The name is unlinked without following anything; if another user renamed ours and
+/// put something else there, that is left alone.
+fn remove_if_ours(parent: &OwnedFd, name: &OsStr, ours: &File) {
+    let same = rustix::fs::fstat(ours)
+        .ok()
+        .zip(rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW).ok());
+    if let Some((a, b)) = same {
+        if a.st_dev == b.st_dev && a.st_ino == b.st_ino {
+            let _ = rustix::fs::unlinkat(parent, name, AtFlags::empty());
+        }
     }
 }
 
