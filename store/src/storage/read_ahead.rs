@@ -22,7 +22,7 @@
 //!   segments that other files finish much later, and what is released is fetched again by
 //!   smaller reads.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::PackId;
@@ -125,6 +125,9 @@ struct State {
     in_flight: usize,
     /// Bytes of segments fetching or ready.
     held: u64,
+    /// The segments in `Slot::Ready` (a few: the budget's worth), so that looking for one to
+    /// release does not scan every segment of a large restore on each read.
+    ready: BTreeSet<usize>,
     /// Per segment, how many of its announced reads were served.
     consumed: Vec<usize>,
     /// The furthest position (in the announced order) of a read served so far, roughly:
@@ -152,8 +155,10 @@ impl State {
     /// Releases the ready segment the reads left furthest behind (module documentation);
     /// false when there is none.
     fn evict_one(&mut self) -> bool {
-        let oldest = (0..self.slots.len())
-            .filter(|&i| matches!(self.slots.get(i), Some(Slot::Ready(_))))
+        let oldest = self
+            .ready
+            .iter()
+            .copied()
             .filter_map(|i| {
                 let consumed = *self.consumed.get(i)?;
                 let next = self.segments.get(i)?.reads.get(consumed).copied();
@@ -175,6 +180,7 @@ impl State {
         if let Some(slot) = self.slots.get_mut(i) {
             if let Slot::Ready(b) = std::mem::replace(slot, Slot::Gone) {
                 self.held = self.held.saturating_sub(b.len() as u64);
+                self.ready.remove(&i);
             }
         }
     }
@@ -215,6 +221,7 @@ impl ReadAhead {
                 next: 0,
                 in_flight: 0,
                 held: 0,
+                ready: BTreeSet::new(),
                 consumed: vec![0; n],
                 frontier: 0,
                 left_behind: LEFT_BEHIND,
@@ -278,6 +285,7 @@ impl ReadAhead {
                 st.held += want;
                 if let Some(slot) = st.slots.get_mut(i) {
                     *slot = Slot::Ready(b);
+                    st.ready.insert(i);
                 }
             }
             _ => {
