@@ -162,14 +162,7 @@ fn second_writer_is_refused_and_readers_keep_working() {
 fn check_names_damaged_pack_blob_and_path() {
     let (_w, repo, src) = setup(13);
     ok(&repo, &["check", "--read-data"]);
-    // Flip one byte in the middle of the largest pack.
-    let mut packs: Vec<_> = walk_packs(&repo);
-    packs.sort_by_key(|p| fs::metadata(p).unwrap().len());
-    let victim = packs.last().unwrap().clone();
-    let mut bytes = fs::read(&victim).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x55;
-    fs::write(&victim, &bytes).unwrap();
+    let victim = flip_a_byte_in_the_largest_pack(&repo);
     // Structure alone is intact…
     ok(&repo, &["check"]);
     // …but reading the data finds it, naming pack, blob, snapshot and path.
@@ -191,13 +184,7 @@ fn a_restore_that_meets_a_damaged_chunk_leaves_no_half_written_file() {
     let big = xstore::chunker::seeded_bytes(5, 8 << 20);
     fs::write(src.join("big.bin"), &big).unwrap();
     ok(&repo, &["backup", "--host", "h", src.to_str().unwrap()]);
-    let mut packs: Vec<_> = walk_packs(&repo);
-    packs.sort_by_key(|p| fs::metadata(p).unwrap().len());
-    let victim = packs.last().unwrap().clone();
-    let mut bytes = fs::read(&victim).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x55;
-    fs::write(&victim, &bytes).unwrap();
+    flip_a_byte_in_the_largest_pack(&repo);
     let dst = w.path().join("dst");
     let out = xstore(&repo, &["restore", "h@latest", dst.to_str().unwrap()]);
     let err = stderr(&out);
@@ -257,6 +244,19 @@ fn index_is_rebuilt_from_packs_and_snapshot_records() {
     let dst = w.path().join("dst");
     ok(&repo, &["restore", "other@latest", dst.to_str().unwrap()]);
     assert_same_tree(&src, &restored_path(&dst, &src), false);
+}
+
+/// Flips one byte in the middle of the largest pack (in a blob's stored bytes, for the
+/// fixtures here); returns that pack's path.
+fn flip_a_byte_in_the_largest_pack(repo: &std::path::Path) -> std::path::PathBuf {
+    let mut packs: Vec<_> = walk_packs(repo);
+    packs.sort_by_key(|p| fs::metadata(p).unwrap().len());
+    let victim = packs.last().unwrap().clone();
+    let mut bytes = fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    fs::write(&victim, &bytes).unwrap();
+    victim
 }
 
 pub fn walk_packs(repo: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -357,14 +357,10 @@ fn signed_request(g: &Garage, path: &str, extra: &[&str], body: &[u8]) -> Output
 
 /// The keys of the pack objects under `prefix` (ListObjectsV2).
 fn pack_keys(g: &Garage, prefix: &str) -> Vec<String> {
-    let query = format!("?list-type=2&prefix={}packs%2F", prefix.replace('/', "%2F"));
-    let out = signed_request(g, &query, &[], b"");
-    let xml = String::from_utf8(out.stdout).unwrap();
-    xml.split("<Key>")
-        .skip(1)
-        .filter_map(|k| k.split("</Key>").next())
-        .filter(|k| k.ends_with(".pack"))
-        .map(str::to_string)
+    object_sizes(g, &format!("{prefix}packs/"))
+        .into_iter()
+        .map(|(key, _)| key)
+        .filter(|key| key.ends_with(".pack"))
         .collect()
 }
 

@@ -43,8 +43,8 @@ const READ_WINDOW: u64 = 8 << 20;
 const WINDOWS_KEPT: usize = 12;
 
 /// A restore's read-ahead (read_ahead.rs) fetches the announced ranges of a pack in requests
-/// of up to this many bytes, skipping gaps of up to `READ_AHEAD_GAP` (blobs of other
-/// snapshots between the ones read)...
+/// of up to `max_segment` bytes, fetching across gaps of up to `max_gap` (blobs of other
+/// snapshots between the ones read) ...
 const READ_AHEAD_SHAPE: read_ahead::Shape = read_ahead::Shape {
     max_segment: 32 << 20,
     max_gap: 1 << 20,

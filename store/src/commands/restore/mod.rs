@@ -764,8 +764,10 @@ impl Repository {
     }
 }
 
-/// Removes `name` in `parent` if it is still the file `ours` that this restore created. The name is unlinked without following anything; if another user renamed ours and
-/// put something else there, that is left alone.
+/// Removes `name` in `parent` if it is still the file `ours` that this restore created
+/// (same device and inode), without following anything: if the owner of the directory put
+/// something else there, that is left alone. Between the check and the unlink that owner
+/// could swap the name again; what is then unlinked is a name in their own directory.
 fn remove_if_ours(parent: &OwnedFd, name: &OsStr, ours: &File) {
     let same = rustix::fs::fstat(ours)
         .ok()
