@@ -10,7 +10,9 @@
 #   bench/s3.sh                        # the Linux tree (bench/data.sh), NODES="1 3"
 #   DATA=$(bench/system-tree.sh) bench/s3.sh
 #   NODES=1 TOOLS=xstore bench/s3.sh   # a subset
-#   XSTORE=/old/xstore bench/s3.sh     # another build (A/B)
+#   XSTORE=/old/xstore bench/s3.sh     # another build
+#   XSTORE_B=/old/xstore TOOLS="xstore xstore-b xstore xstore-b" bench/s3.sh
+#                                      # A/B of two builds on the same clusters, interleaved
 #   REPEAT=4 bench/s3.sh               # more timed restores per tool
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -121,21 +123,24 @@ step() { # tool cluster step seconds "put get other"
     "$(per_gb "${r[0]}")" "$(per_gb "${r[1]}")" "$(per_gb "${r[2]}")")")
 }
 
+runs=0
 bench_tool() { # tool cluster
-  local tool=$1 cl=$2 t0 t1 s
+  local tool=$1 cl=$2 t0 t1 s bin=$XSTORE
   export AWS_ACCESS_KEY_ID=$key_id AWS_SECRET_ACCESS_KEY=$secret_key
+  runs=$((runs + 1))   # each run its own prefix: a tool may be listed twice
   case $tool in
-    xstore)
-      local repo="$work/repo-$tool-$cl"
-      "$XSTORE" -q --repo "$repo" init --store "s3://bench/$tool" --endpoint "$endpoint"
-      t0=$(requests); s=$(run "$XSTORE" -q --repo "$repo" backup --host bench "$DATA"); t1=$(requests)
+    xstore|xstore-b)
+      [ "$tool" = xstore-b ] && bin=${XSTORE_B:?XSTORE_B names the other build}
+      local repo="$work/repo-$tool-$cl-$runs"
+      "$bin" -q --repo "$repo" init --store "s3://bench/$tool-$runs" --endpoint "$endpoint"
+      t0=$(requests); s=$(run "$bin" -q --repo "$repo" backup --host bench "$DATA"); t1=$(requests)
       step "$tool" "$cl" first "$s" "$(delta "$t0" "$t1")"
-      t0=$t1; s=$(run "$XSTORE" -q --repo "$repo" backup --host bench "$DATA"); t1=$(requests)
+      t0=$t1; s=$(run "$bin" -q --repo "$repo" backup --host bench "$DATA"); t1=$(requests)
       step "$tool" "$cl" unchanged "$s" "$(delta "$t0" "$t1")"
-      restores "$tool" "$cl" "$XSTORE" -q --repo "$repo" restore bench@latest "$mnt/r" ;;
+      restores "$tool" "$cl" "$bin" -q --repo "$repo" restore bench@latest "$mnt/r" ;;
     restic)
       export RESTIC_PASSWORD=bench
-      local repo="s3:$endpoint/bench/$tool"
+      local repo="s3:$endpoint/bench/$tool-$runs"
       restic -q init --repo "$repo" > /dev/null
       t0=$(requests); s=$(run restic -q --repo "$repo" backup "$DATA"); t1=$(requests)
       step "$tool" "$cl" first "$s" "$(delta "$t0" "$t1")"

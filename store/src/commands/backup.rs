@@ -159,10 +159,11 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Drops what a failed backup wrote: the open pack and the sealed ones (no index batch
-    /// references them, and only this session knows them).
-    fn discard_uncommitted(&self) {
+    /// Drops what a failed backup wrote: the open packs and the sealed ones (no index batch
+    /// references them, and only this session knows them). Returns the error to report.
+    fn discard_uncommitted(&self, e: Error) -> Error {
         self.packs.discard();
+        self.packs.failure_or(e)
     }
 
     /// Claims a blob id for writing: true when neither this session nor the repository has
@@ -921,27 +922,20 @@ impl Repository {
         });
         let root = match result {
             Ok(r) => r,
-            Err(e) => {
-                session.discard_uncommitted();
-                return Err(e);
-            }
+            Err(e) => return Err(session.discard_uncommitted(e)),
         };
         let stored_nothing = session.files.load(Ordering::Relaxed) == 0
             && session.others.load(Ordering::Relaxed) == 0
             && session.dirs.load(Ordering::Relaxed) <= shown_paths.len() as u64;
         if stored_nothing && session.excluded.load(Ordering::Relaxed) > 0 {
-            session.discard_uncommitted();
-            return Err(Error::InvalidArgument(format!(
+            return Err(session.discard_uncommitted(Error::InvalidArgument(format!(
                 "the exclude patterns left out every entry under {}: no snapshot was committed",
                 shown_paths.join(" ")
-            )));
+            ))));
         }
         let sealed = match session.packs.finish() {
             Ok(sealed) => sealed,
-            Err(e) => {
-                session.discard_uncommitted();
-                return Err(e);
-            }
+            Err(e) => return Err(session.discard_uncommitted(e)),
         };
         let errors = session.errors.into_inner().map_err(poisoned)?;
         let error_count = session.error_count.load(Ordering::Relaxed);

@@ -396,7 +396,7 @@ impl Repository {
             Ok(sealed) => sealed,
             Err(e) => {
                 packs.discard();
-                return Err(e);
+                return Err(packs.failure_or(e));
             }
         };
         crate::failpoint("gc-after-copy");

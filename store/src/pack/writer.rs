@@ -90,7 +90,8 @@ impl PackWriter {
         Ok(())
     }
 
-    /// Writes the trailer, fsyncs, renames to `packs/XX/<id>.pack` and fsyncs the directory.
+    /// Writes the trailer, fsyncs (when the storage keeps this file), reads it back and puts
+    /// it into the storage (local: renamed to `packs/XX/<id>.pack`, the directory fsynced).
     /// On failure the temporary file is removed (a full disk leaves nothing behind).
     pub(crate) fn seal(self, storage: &dyn PackStorage, packs_dir: &Path) -> Result<SealedPack> {
         let tmp = self.tmp_path.clone();
@@ -125,8 +126,9 @@ impl PackWriter {
         trailer.extend_from_slice(PACK_END_MAGIC);
         self.write(&trailer)?;
         self.out.flush().at(&self.tmp_path)?;
-        let file = self.out.get_ref();
-        file.sync_all().at(&self.tmp_path)?;
+        if storage.keeps_the_local_file() {
+            self.out.get_ref().sync_all().at(&self.tmp_path)?;
+        }
         let id = ChunkId(*self.hasher.finalize().as_bytes());
         self.read_back(&id)?;
         // Recorded as this writer's uncommitted pack before it becomes visible: recovery

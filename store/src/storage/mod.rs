@@ -62,9 +62,16 @@ impl std::ops::Deref for PackBytes {
 /// The operations a repository needs of its pack storage (module documentation: the
 /// contract).
 pub(crate) trait PackStorage: Send + Sync {
-    /// Makes the sealed, synced pack file `sealed` (in `packs/tmp/`) durable as pack `id`.
-    /// The file is consumed: renamed into place, or removed after its upload.
+    /// Makes the sealed pack file `sealed` (in `packs/tmp/`) durable as pack `id`. The file
+    /// is consumed: renamed into place, or removed after its upload. It was synced before
+    /// when [`PackStorage::keeps_the_local_file`] says so.
     fn put(&self, id: &PackId, sealed: &Path) -> Result<()>;
+    /// Whether `put` keeps the sealed local file as the pack (then it must be synced before
+    /// it is renamed into place); a remote storage uploads the bytes and removes the file,
+    /// so syncing it would only write to disk what is deleted a moment later.
+    fn keeps_the_local_file(&self) -> bool {
+        true
+    }
     /// Reads `buf.len()` bytes of pack `id` at `offset` (a remote storage may fetch more
     /// around them and keep it for the reads that follow).
     fn read_at(&self, id: &PackId, offset: u64, buf: &mut [u8]) -> Result<()>;

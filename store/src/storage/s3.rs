@@ -350,6 +350,10 @@ fn tidy(reason: &str) -> String {
 }
 
 impl PackStorage for S3Storage {
+    fn keeps_the_local_file(&self) -> bool {
+        false
+    }
+
     fn put(&self, id: &PackId, sealed: &Path) -> Result<()> {
         let key = self.pack_key(id);
         let mut file = std::fs::File::open(sealed).at(sealed)?;
