@@ -241,6 +241,12 @@ pub(crate) fn gc(
                     String::new()
                 }
             );
+            if report.uploads_aborted + report.uploads_waiting > 0 {
+                println!(
+                    "unfinished uploads of crashed writers: {} aborted, {} waiting for the grace period",
+                    report.uploads_aborted, report.uploads_waiting
+                );
+            }
         }
     }
     Ok(EXIT_OK)

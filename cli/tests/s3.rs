@@ -648,3 +648,78 @@ fn packs_deleted_behind_a_restores_back_fail_the_files_they_hold_and_nothing_els
         .unwrap();
     assert_same_tree(&src, &restored_path(&target, &src), false);
 }
+
+/// The keys of the unfinished multipart uploads under `prefix` (ListMultipartUploads).
+fn unfinished_uploads(g: &Garage, prefix: &str) -> Vec<String> {
+    // In sorted order: curl signs the query as written, S3 canonicalises it sorted.
+    let query = format!("?prefix={}&uploads=", prefix.replace('/', "%2F"));
+    let out = signed_request(g, &query, &[], b"");
+    let xml = String::from_utf8(out.stdout).unwrap();
+    xml.split("<Upload>")
+        .skip(1)
+        .map(|item| {
+            let from = item.find("<Key>").unwrap() + "<Key>".len();
+            item[from..].split("</Key>").next().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn an_upload_a_dead_server_left_unfinished_is_aborted_by_gc_on_the_next_one_after_the_grace_period()
+{
+    let w = tempfile::tempdir().unwrap();
+    let g = Garage::start(&w.path().join("garage"), 1);
+    let (dead, next) = (w.path().join("dead"), w.path().join("next"));
+    let src = w.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..9u64 {
+        fs::write(
+            src.join(format!("part{i}.bin")),
+            xstore::chunker::seeded_bytes(500 + i, 8 << 20),
+        )
+        .unwrap();
+    }
+    let s = src.to_str().unwrap();
+    // One 72 MiB data pack: a multipart upload (above the 64 MiB single-PUT limit).
+    init(&g, &dead, "crash", &["--pack-size-mib", "80"]);
+    let small = w.path().join("small");
+    make_fixture(&small, 23);
+    xs_ok(
+        &g,
+        &dead,
+        &["backup", "-q", "--host", "h", small.to_str().unwrap()],
+    );
+    let killed = Command::new(env!("CARGO_BIN_EXE_xstore"))
+        .env("XSTORE_REPO", &dead)
+        .env("XSTORE_FAILPOINT", "s3-multipart-before-complete")
+        .envs(g.env())
+        .args(["backup", "-q", "--host", "h2", s])
+        .output()
+        .unwrap();
+    assert_eq!(killed.status.code(), None, "{}", stderr(&killed));
+    // Every part stored, the upload never completed: no listing of objects shows it.
+    assert_eq!(unfinished_uploads(&g, "crash/").len(), 1);
+    // The server dies with its journal (which named the pack); its lease runs out (deleted
+    // here rather than waited for), and a new server attaches to the prefix.
+    signed_request(&g, "/crash/lease", &["-X", "DELETE"], b"");
+    init(&g, &next, "crash", &[]);
+    // Within the grace period (the default, 24 h) the upload is left alone: it could be a
+    // writer whose lease lapsed while it still ran.
+    let first = xs_json(&g, &next, &["gc"]);
+    assert_eq!(first["uploads_aborted"].as_u64(), Some(0), "{first}");
+    assert_eq!(first["uploads_waiting"].as_u64(), Some(1), "{first}");
+    assert_eq!(unfinished_uploads(&g, "crash/").len(), 1);
+    let text = xs_ok(&g, &next, &["gc", "--grace", "0s"]);
+    assert!(
+        text.contains("unfinished uploads of crashed writers: 1 aborted, 0 waiting"),
+        "{text}"
+    );
+    assert_eq!(unfinished_uploads(&g, "crash/"), Vec::<String>::new());
+    // Nothing else was touched: the first snapshot restores, the next backup stores
+    // everything and restores exactly.
+    assert_restores(&g, &next, "h", &small, &w.path().join("old"));
+    xs_ok(&g, &next, &["backup", "-q", "--host", "h2", s]);
+    assert_eq!(unfinished_uploads(&g, "crash/"), Vec::<String>::new());
+    assert_restores(&g, &next, "h2", &src, &w.path().join("restored"));
+    assert_check_clean(&g, &next);
+}

@@ -183,7 +183,9 @@ impl RollingPacks {
         let queue = self.queue.lock().map_err(poisoned)?.clone();
         let Some(queue) = queue else {
             w.discard();
-            return Err(Error::Internal("a pack was added after the packs were finished"));
+            return Err(Error::Internal(
+                "a pack was added after the packs were finished",
+            ));
         };
         queue.send(w).map_err(|refused| {
             refused.into_inner().discard();
@@ -369,10 +371,17 @@ mod tests {
             )
         }
         fn stored(&self) -> Vec<PackId> {
-            self.storage.list().unwrap().into_iter().map(|p| p.id).collect()
+            self.storage
+                .list()
+                .unwrap()
+                .into_iter()
+                .map(|p| p.id)
+                .collect()
         }
         fn temporary_files(&self) -> usize {
-            std::fs::read_dir(self.dir.path().join("tmp")).unwrap().count()
+            std::fs::read_dir(self.dir.path().join("tmp"))
+                .unwrap()
+                .count()
         }
     }
 
@@ -388,8 +397,18 @@ mod tests {
                 .map(|half| {
                     s.spawn(move || {
                         for (i, b) in half.iter().enumerate() {
-                            let kind = if i % 2 == 0 { BlobKind::Data } else { BlobKind::Tree };
-                            packs.add(ChunkId::of(b), kind, Compression::None, b.len() as u32, b)?;
+                            let kind = if i % 2 == 0 {
+                                BlobKind::Data
+                            } else {
+                                BlobKind::Tree
+                            };
+                            packs.add(
+                                ChunkId::of(b),
+                                kind,
+                                Compression::None,
+                                b.len() as u32,
+                                b,
+                            )?;
                         }
                         Ok(())
                     })
@@ -408,7 +427,11 @@ mod tests {
         let (ids, added) = add_blobs(&packs, 200);
         added.unwrap();
         let sealed = packs.finish().unwrap();
-        assert!(sealed.len() >= 20, "2 MB in 64 kB packs: {} packs", sealed.len());
+        assert!(
+            sealed.len() >= 20,
+            "2 MB in 64 kB packs: {} packs",
+            sealed.len()
+        );
         let mut in_packs: Vec<ChunkId> = sealed
             .iter()
             .flat_map(|p| p.entries.iter().map(|e| e.id))
@@ -443,7 +466,10 @@ mod tests {
             message.contains("503 Service Unavailable") && message.contains("packs/"),
             "{message}"
         );
-        assert!(!f.stored().is_empty(), "three packs were put before the failure");
+        assert!(
+            !f.stored().is_empty(),
+            "three packs were put before the failure"
+        );
         packs.discard();
         assert_eq!(f.stored(), Vec::<PackId>::new());
         assert_eq!(f.temporary_files(), 0);
@@ -463,6 +489,9 @@ mod tests {
         packs.discard();
         assert_eq!(f.stored(), Vec::<PackId>::new());
         assert_eq!(f.temporary_files(), 0);
-        assert!(packs.finish().is_err(), "a discarded run cannot be finished");
+        assert!(
+            packs.finish().is_err(),
+            "a discarded run cannot be finished"
+        );
     }
 }

@@ -90,6 +90,16 @@ pub(crate) trait PackStorage: Send + Sync {
     fn delete(&self, ids: &[PackId]) -> Result<()>;
     /// Where pack `id` is, for messages: a path, or `s3://bucket/key`.
     fn location(&self, id: &PackId) -> String;
+    /// Multipart uploads of packs that were begun and neither completed nor aborted (their
+    /// writer was killed mid-upload): listings do not show them, yet the store keeps their
+    /// parts. A local storage has none (its leftovers are temporary files recovery removes).
+    fn unfinished_uploads(&self) -> Result<Vec<UnfinishedUpload>> {
+        Ok(Vec::new())
+    }
+    /// Aborts one unfinished upload, freeing its parts (an upload gone already succeeds).
+    fn abort_upload(&self, _upload: &UnfinishedUpload) -> Result<()> {
+        Ok(())
+    }
     /// Drops whatever the storage keeps open for `id` (gc deleted it elsewhere).
     fn forget(&self, _id: &PackId) {}
     /// Announces the `read_at` calls about to be made, in the order they will be made
@@ -98,6 +108,17 @@ pub(crate) trait PackStorage: Send + Sync {
     fn read_ahead(&self, _reads: &[read_ahead::RangeRead]) -> ReadAheadGuard {
         ReadAheadGuard::default()
     }
+}
+
+/// A multipart upload under the repository's `packs/` that was never completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UnfinishedUpload {
+    /// The object key it would have created.
+    pub key: String,
+    /// The store's id of the upload.
+    pub upload_id: String,
+    /// When it was begun (ns since the epoch), when the store says.
+    pub initiated_ns: Option<i64>,
 }
 
 /// Ends a read-ahead when dropped: nothing more is requested and what was fetched is freed.

@@ -19,7 +19,9 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 
 use super::read_ahead::{self, RangeRead, ReadAhead, Served};
-use super::{PackBytes, PackId, PackInfo, PackStorage, ReadAheadGuard, S3Location};
+use super::{
+    PackBytes, PackId, PackInfo, PackStorage, ReadAheadGuard, S3Location, UnfinishedUpload,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::ChunkId;
 
@@ -72,6 +74,12 @@ pub(crate) struct S3Storage {
     windows: std::sync::Mutex<std::collections::VecDeque<Window>>,
     /// The running read-ahead, if any: reads are served from it first.
     read_ahead: std::sync::Mutex<Option<Arc<ReadAhead>>>,
+    /// For the one request `object_store` has no call for (listing unfinished multipart
+    /// uploads): the bucket's URL, the credential and region it is signed with, a client.
+    bucket_url: url::Url,
+    credential: object_store::aws::AwsCredential,
+    region: String,
+    http: object_store::client::HttpClient,
 }
 
 impl S3Storage {
@@ -87,6 +95,23 @@ impl S3Storage {
             max_retries: location.max_retries,
             retry_timeout: Duration::from_secs(location.retry_timeout_seconds),
         };
+        // allow_http is a client option: set here, or with_client_options would reset it.
+        let options = object_store::ClientOptions::new()
+            .with_allow_http(location.endpoint.starts_with("http://"))
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(location.request_timeout_seconds));
+        let config_error = |reason: String| Error::Storage {
+            endpoint: endpoint.clone(),
+            key: String::new(),
+            reason,
+            not_found: false,
+        };
+        let bucket_url = bucket_url(location).map_err(config_error)?;
+        let http = object_store::client::HttpConnector::connect(
+            &object_store::client::ReqwestConnector::default(),
+            &options,
+        )
+        .map_err(|e| config_error(one_line(&e)))?;
         let client = AmazonS3Builder::new()
             .with_endpoint(&location.endpoint)
             .with_bucket_name(&location.bucket)
@@ -95,13 +120,7 @@ impl S3Storage {
             .with_secret_access_key(&credentials.secret_access_key)
             .with_virtual_hosted_style_request(!location.path_style)
             .with_retry(retry)
-            .with_client_options(
-                // allow_http is a client option: set here, or this call would reset it.
-                object_store::ClientOptions::new()
-                    .with_allow_http(location.endpoint.starts_with("http://"))
-                    .with_connect_timeout(Duration::from_secs(5))
-                    .with_timeout(Duration::from_secs(location.request_timeout_seconds)),
-            )
+            .with_client_options(options)
             .build()
             .map_err(|e| Error::Storage {
                 endpoint: endpoint.clone(),
@@ -128,7 +147,65 @@ impl S3Storage {
             prefix: location.prefix.trim_matches('/').to_string(),
             windows: std::sync::Mutex::new(std::collections::VecDeque::new()),
             read_ahead: std::sync::Mutex::new(None),
+            bucket_url,
+            credential: object_store::aws::AwsCredential {
+                key_id: credentials.access_key_id.clone(),
+                secret_key: credentials.secret_access_key.clone(),
+                token: None,
+            },
+            region: location.region.clone(),
+            http,
         })
+    }
+
+    /// One page of ListMultipartUploads under `prefix`, after the markers of the page before.
+    async fn list_uploads_page(
+        &self,
+        prefix: &str,
+        after: Option<&(String, String)>,
+    ) -> Result<UploadsPage> {
+        let what = format!("{prefix} (unfinished uploads)");
+        let failed = |reason: String| Error::Storage {
+            endpoint: self.endpoint.clone(),
+            key: what.clone(),
+            reason,
+            not_found: false,
+        };
+        let mut url = self.bucket_url.clone();
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("uploads", "");
+            query.append_pair("prefix", prefix);
+            if let Some((key, upload_id)) = after {
+                query.append_pair("key-marker", key);
+                query.append_pair("upload-id-marker", upload_id);
+            }
+        }
+        let mut request = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(url.as_str())
+            .body(object_store::client::HttpRequestBody::empty())
+            .map_err(|e| failed(format!("cannot build the request: {e}")))?;
+        object_store::aws::AwsAuthorizer::new(&self.credential, "s3", &self.region)
+            .try_authorize(&mut request, None)
+            .map_err(|e| failed(one_line(&e)))?;
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| failed(format!("GET: {}", one_line(&e))))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .bytes()
+            .await
+            .map_err(|e| failed(format!("GET: {}", one_line(&e))))?;
+        let text = String::from_utf8_lossy(&body);
+        if !status.is_success() {
+            return Err(failed(tidy(&format!("GET: {status} {text}"))));
+        }
+        tracing::trace!(%url, answer = %text, "unfinished uploads listed");
+        parse_uploads_page(&text).map_err(|e| failed(format!("GET: an unreadable answer: {e}")))
     }
 
     /// The object key of a repository-relative name.
@@ -255,6 +332,73 @@ impl S3Storage {
     }
 }
 
+/// `endpoint/bucket` (path style) or `scheme://bucket.host` (virtual-hosted style).
+fn bucket_url(location: &S3Location) -> std::result::Result<url::Url, String> {
+    let bad = |e: url::ParseError| format!("not a URL: {e}");
+    let mut url = url::Url::parse(&location.endpoint).map_err(bad)?;
+    if location.path_style {
+        url.path_segments_mut()
+            .map_err(|()| "not a URL with a path".to_string())?
+            .pop_if_empty()
+            .push(&location.bucket);
+    } else {
+        let host = url
+            .host_str()
+            .ok_or("the endpoint has no host")?
+            .to_string();
+        url.set_host(Some(&format!("{}.{host}", location.bucket)))
+            .map_err(bad)?;
+    }
+    Ok(url)
+}
+
+/// One page of a ListMultipartUploads answer (the fields xstore reads).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UploadsPage {
+    #[serde(default)]
+    is_truncated: bool,
+    #[serde(default)]
+    next_key_marker: Option<String>,
+    #[serde(default)]
+    next_upload_id_marker: Option<String>,
+    #[serde(default, rename = "Upload")]
+    uploads: Vec<UploadEntry>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UploadEntry {
+    key: String,
+    upload_id: String,
+    #[serde(default)]
+    initiated: Option<String>,
+}
+
+/// Decodes a ListMultipartUploads answer; what the store sent is untrusted text.
+fn parse_uploads_page(xml: &str) -> std::result::Result<UploadsPage, String> {
+    quick_xml::de::from_str::<UploadsPage>(xml).map_err(|e| e.to_string())
+}
+
+impl UploadEntry {
+    fn into_upload(self) -> UnfinishedUpload {
+        let initiated_ns = self
+            .initiated
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .and_then(|t| t.timestamp_nanos_opt());
+        UnfinishedUpload {
+            key: self.key,
+            upload_id: self.upload_id,
+            initiated_ns,
+        }
+    }
+}
+
+/// Pages of unfinished uploads a listing reads at most (1,000 uploads each): a store whose
+/// markers never advance must not keep gc listing forever.
+const MAX_UPLOAD_PAGES: usize = 10_000;
+
 /// The object key of the repository-relative `name` under `prefix`.
 fn object_key(prefix: &str, name: &str) -> ObjectPath {
     if prefix.is_empty() {
@@ -379,6 +523,11 @@ impl PackStorage for S3Storage {
                     };
                     parts.wait_for_capacity(MULTIPART_CONCURRENCY).await?;
                     parts.write(buf.get(..n).unwrap_or_default());
+                }
+                // Crash tests: killed with every part stored and the upload not completed.
+                if cfg!(feature = "failpoints") {
+                    parts.wait_for_capacity(0).await?;
+                    crate::failpoint("s3-multipart-before-complete");
                 }
                 parts.finish().await?;
                 Ok::<_, object_store::Error>(Ok(()))
@@ -529,6 +678,49 @@ impl PackStorage for S3Storage {
         format!("s3://{}/{}", self.bucket, self.pack_key(id))
     }
 
+    fn unfinished_uploads(&self) -> Result<Vec<UnfinishedUpload>> {
+        // With the slash: `x/packs` would also match a sibling prefix `x/packs-old`.
+        let prefix = if self.prefix.is_empty() {
+            "packs/".to_string()
+        } else {
+            format!("{}/packs/", self.prefix)
+        };
+        let mut uploads = Vec::new();
+        let mut after: Option<(String, String)> = None;
+        for _ in 0..MAX_UPLOAD_PAGES {
+            let page = self.block(self.list_uploads_page(&prefix, after.as_ref()))?;
+            uploads.extend(
+                page.uploads
+                    .into_iter()
+                    .filter(|u| u.key.starts_with(&prefix))
+                    .map(UploadEntry::into_upload),
+            );
+            let next = match (page.next_key_marker, page.next_upload_id_marker) {
+                (Some(k), Some(u)) if page.is_truncated => (k, u),
+                _ => return Ok(uploads),
+            };
+            if after.as_ref() == Some(&next) {
+                break;
+            }
+            after = Some(next);
+        }
+        Err(Error::Storage {
+            endpoint: self.endpoint.clone(),
+            key: format!("{prefix} (unfinished uploads)"),
+            reason: "the listing does not end (its page markers do not advance)".into(),
+            not_found: false,
+        })
+    }
+
+    fn abort_upload(&self, upload: &UnfinishedUpload) -> Result<()> {
+        use object_store::multipart::MultipartStore;
+        let key = ObjectPath::from(upload.key.as_str());
+        match self.block(self.client.abort_multipart(&key, &upload.upload_id)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(&key, e)),
+        }
+    }
+
     fn forget(&self, id: &PackId) {
         if let Ok(mut windows) = self.windows.lock() {
             windows.retain(|w| w.pack != *id);
@@ -563,8 +755,63 @@ impl PackStorage for S3Storage {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use super::tidy;
+    use super::{bucket_url, parse_uploads_page, tidy, S3Location};
+
+    #[test]
+    fn an_uploads_listing_decodes_its_uploads_and_markers_and_hostile_text_is_an_error() {
+        let page = parse_uploads_page(
+            r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+  <Bucket>b</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>
+  <NextKeyMarker>r/packs/ab/x.pack</NextKeyMarker><NextUploadIdMarker>u2</NextUploadIdMarker>
+  <Prefix>r/packs/</Prefix><MaxUploads>1000</MaxUploads><IsTruncated>true</IsTruncated>
+  <Upload><Key>r/packs/aa/y.pack</Key><UploadId>u1</UploadId>
+    <Initiated>2026-12-04T01:02:03.500Z</Initiated><StorageClass>STANDARD</StorageClass></Upload>
+  <Upload><Key>r/packs/ab/x.pack</Key><UploadId>u2</UploadId></Upload>
+</ListMultipartUploadsResult>"#,
+        )
+        .unwrap();
+        assert!(page.is_truncated);
+        assert_eq!(page.next_key_marker.as_deref(), Some("r/packs/ab/x.pack"));
+        assert_eq!(page.next_upload_id_marker.as_deref(), Some("u2"));
+        let uploads: Vec<_> = page.uploads.into_iter().map(|u| u.into_upload()).collect();
+        assert_eq!(uploads.len(), 2);
+        assert_eq!(uploads[0].key, "r/packs/aa/y.pack");
+        assert_eq!(uploads[0].upload_id, "u1");
+        assert_eq!(uploads[0].initiated_ns, Some(1_796_346_123_500_000_000));
+        assert_eq!(uploads[1].initiated_ns, None);
+        let empty = parse_uploads_page(
+            "<ListMultipartUploadsResult><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>",
+        )
+        .unwrap();
+        assert!(!empty.is_truncated && empty.uploads.is_empty());
+        for hostile in [
+            "",
+            "<ListMultipartUploadsResult><Upload><Key>k</Key></Upload></ListMultipartUploadsResult>",
+            "<ListMultipartUploadsResult><IsTruncated>maybe</IsTruncated></ListMultipartUploadsResult>",
+            "<ListMultipartUploadsResult><Upload>",
+            "\u{0}\u{ffff}<<>>",
+        ] {
+            assert!(parse_uploads_page(hostile).is_err(), "{hostile:?} decoded");
+        }
+    }
+
+    #[test]
+    fn the_bucket_url_is_path_style_or_virtual_hosted() {
+        let mut l = S3Location::parse("s3://backups/site1", "http://127.0.0.1:3900/").unwrap();
+        assert_eq!(
+            bucket_url(&l).unwrap().as_str(),
+            "http://127.0.0.1:3900/backups"
+        );
+        l.path_style = false;
+        l.endpoint = "https://s3.example.net".into();
+        assert_eq!(
+            bucket_url(&l).unwrap().as_str(),
+            "https://backups.s3.example.net/"
+        );
+    }
 
     #[test]
     fn a_client_error_is_one_short_line_with_the_status_and_code() {
