@@ -287,6 +287,13 @@ fn files_opened_before_gc_read_exactly_after_it() {
     let (work, repo, src, junk) = common::small_pack_repo();
     let mut m = Mounted::start(&repo, &work.path().join("mnt"), &[]);
     let mut previous_latest = None;
+    let mut previous_end_second: Option<u64> = None;
+    let unix_second = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
     for round in 0..20u64 {
         for i in 0..100u64 {
             fs::write(
@@ -304,7 +311,14 @@ fn files_opened_before_gc_read_exactly_after_it() {
             )
             .unwrap();
         }
+        // A snapshot's directory is named by its start second, and each round keeps only its
+        // last snapshot: a round ending in the second the previous one ended would reuse its
+        // name, and `latest` would never change (the cause of a timeout seen once in CI).
+        while previous_end_second.is_some_and(|s| unix_second() <= s) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         common::snapshot_mixed_with_garbage(&repo, "web1", &src, &junk);
+        previous_end_second = Some(unix_second());
         // Wait for the mount's catalog to show the new snapshot.
         let latest = m.at.join("hosts/web1/latest");
         let deadline = Instant::now() + Duration::from_secs(20);
