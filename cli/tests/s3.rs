@@ -723,3 +723,59 @@ fn an_upload_a_dead_server_left_unfinished_is_aborted_by_gc_on_the_next_one_afte
     assert_restores(&g, &next, "h2", &src, &w.path().join("restored"));
     assert_check_clean(&g, &next);
 }
+
+/// The cached metadata packs of a repository directory (`cache/packs/`).
+fn cached_packs(repo: &Path) -> Vec<std::path::PathBuf> {
+    fs::read_dir(repo.join("cache/packs"))
+        .map(|it| it.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_unchanged_re_backup_reads_its_parents_trees_from_the_local_cache_and_survives_its_loss() {
+    let w = tempfile::tempdir().unwrap();
+    let g = Garage::start(&w.path().join("garage"), 1);
+    let repo = w.path().join("repo");
+    let src = w.path().join("src");
+    make_fixture(&src, 37);
+    for d in 0..30 {
+        let dir = src.join(format!("tree{d}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..20 {
+            fs::write(dir.join(format!("f{f}")), format!("{d}/{f}")).unwrap();
+        }
+    }
+    let s = src.to_str().unwrap();
+    init(&g, &repo, "cached", &["--pack-size-mib", "1"]);
+    xs_ok(&g, &repo, &["backup", "-q", "--host", "h", s]);
+    assert!(!cached_packs(&repo).is_empty(), "the trees' pack was kept");
+    let gets = || g.requests(0, "GetObject");
+    let before = gets();
+    xs_ok(&g, &repo, &["backup", "-q", "--host", "h", s]);
+    let with_cache = gets() - before;
+    // Without the cache the same backup reads the parent's trees from the bucket.
+    fs::remove_dir_all(repo.join("cache")).unwrap();
+    let before = gets();
+    xs_ok(&g, &repo, &["backup", "-q", "--host", "h", s]);
+    let without_cache = gets() - before;
+    assert!(
+        with_cache < without_cache,
+        "GETs with the cache {with_cache}, without {without_cache}"
+    );
+    // A damaged cache file (a bad disk, a torn write) is detected, dropped and read from
+    // the bucket: the backup and a restore are exact, and the bucket's copy checks clean.
+    fs::write(src.join("tree3/f3"), b"changed").unwrap();
+    xs_ok(&g, &repo, &["backup", "-q", "--host", "h", s]);
+    let cached = cached_packs(&repo);
+    assert!(!cached.is_empty());
+    for path in &cached {
+        let mut bytes = fs::read(path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x20;
+        fs::write(path, &bytes).unwrap();
+    }
+    fs::write(src.join("tree4/f4"), b"changed again").unwrap();
+    xs_ok(&g, &repo, &["backup", "-q", "--host", "h", s]);
+    assert_restores(&g, &repo, "h", &src, &w.path().join("restored"));
+    assert_check_clean(&g, &repo);
+}

@@ -59,6 +59,11 @@ pub(crate) fn packs(root: &Path) -> PathBuf {
     root.join("packs")
 }
 /// `packs/tmp/`.
+/// The local copy of an object store's metadata packs (storage/pack_cache.rs).
+pub(crate) fn pack_cache(root: &Path) -> PathBuf {
+    root.join("cache").join("packs")
+}
+
 pub(crate) fn packs_tmp(root: &Path) -> PathBuf {
     packs(root).join("tmp")
 }

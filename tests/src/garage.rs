@@ -31,6 +31,7 @@ struct Node {
     log: PathBuf,
     rpc_port: u16,
     s3_port: u16,
+    admin_port: u16,
     child: Option<Child>,
 }
 
@@ -89,6 +90,7 @@ impl Garage {
                 log: node_dir.join("log"),
                 rpc_port,
                 s3_port,
+                admin_port,
                 child: None,
             });
         }
@@ -158,6 +160,26 @@ impl Garage {
     /// The S3 endpoint of the first node.
     pub fn endpoint(&self) -> String {
         self.endpoint_of(0)
+    }
+
+    /// How many S3 requests of `endpoint` (`GetObject`, `PutObject`, …) node `i` has served,
+    /// from its Prometheus counters.
+    pub fn requests(&self, i: usize, endpoint: &str) -> u64 {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail"])
+            .arg(format!(
+                "http://127.0.0.1:{}/metrics",
+                self.nodes[i].admin_port
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "garage metrics: {out:?}");
+        let wanted = format!("api_endpoint=\"{endpoint}\"");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("api_s3_request_counter{") && l.contains(&wanted))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
     }
 
     /// The environment that gives a client this cluster's key.

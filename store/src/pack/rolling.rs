@@ -311,7 +311,7 @@ mod tests {
     }
 
     impl PackStorage for FailingPuts {
-        fn put(&self, id: &PackId, sealed: &Path) -> Result<()> {
+        fn put(&self, id: &PackId, sealed: &Path, metadata_only: bool) -> Result<()> {
             std::thread::sleep(self.delay);
             if self.puts.fetch_add(1, Ordering::SeqCst) >= self.fail_from {
                 return Err(Error::Storage {
@@ -321,7 +321,7 @@ mod tests {
                     not_found: false,
                 });
             }
-            self.inner.put(id, sealed)
+            self.inner.put(id, sealed, metadata_only)
         }
         fn read_at(&self, id: &PackId, offset: u64, buf: &mut [u8]) -> Result<()> {
             self.inner.read_at(id, offset, buf)

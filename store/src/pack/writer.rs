@@ -134,7 +134,8 @@ impl PackWriter {
         // Recorded as this writer's uncommitted pack before it becomes visible: recovery
         // deletes only packs so recorded (journal.rs).
         crate::pack::journal::mark_uncommitted(packs_dir, &id)?;
-        storage.put(&id, &self.tmp_path)?;
+        let metadata_only = self.entries.iter().all(|e| e.kind != BlobKind::Data);
+        storage.put(&id, &self.tmp_path, metadata_only)?;
         Ok(SealedPack {
             id,
             size: self.len,

@@ -36,7 +36,7 @@ impl Repository {
         location: &S3Location,
     ) -> Result<(Repository, S3Init)> {
         refuse_non_empty(path)?;
-        let store = crate::storage::open_s3(location)?;
+        let store = crate::storage::open_s3(location, None)?;
         if let Some(bytes) = store.get_file("config")? {
             let config = Config::decode(&bytes).map_err(|source| Error::Corrupt {
                 path: format!("{}/config", location.url()).into(),

@@ -46,7 +46,7 @@ impl LocalStorage {
 }
 
 impl PackStorage for LocalStorage {
-    fn put(&self, id: &PackId, sealed: &Path) -> Result<()> {
+    fn put(&self, id: &PackId, sealed: &Path, _metadata_only: bool) -> Result<()> {
         let final_path = self.path(id);
         let dir = final_path.parent().unwrap_or(&self.packs_dir);
         fs::create_dir_all(dir).at(dir)?;

@@ -17,6 +17,7 @@
 pub(crate) mod lease;
 pub(crate) mod local;
 pub(crate) mod mmap;
+pub(crate) mod pack_cache;
 pub(crate) mod read_ahead;
 pub(crate) mod s3;
 
@@ -63,9 +64,10 @@ impl std::ops::Deref for PackBytes {
 /// contract).
 pub(crate) trait PackStorage: Send + Sync {
     /// Makes the sealed pack file `sealed` (in `packs/tmp/`) durable as pack `id`. The file
-    /// is consumed: renamed into place, or removed after its upload. It was synced before
-    /// when [`PackStorage::keeps_the_local_file`] says so.
-    fn put(&self, id: &PackId, sealed: &Path) -> Result<()>;
+    /// is consumed: renamed into place, or removed after its upload (or kept in the local
+    /// pack cache when `metadata_only`: no file data, only what walks read). It was synced
+    /// before when [`PackStorage::keeps_the_local_file`] says so.
+    fn put(&self, id: &PackId, sealed: &Path, metadata_only: bool) -> Result<()>;
     /// Whether `put` keeps the sealed local file as the pack (then it must be synced before
     /// it is renamed into place); a remote storage uploads the bytes and removes the file,
     /// so syncing it would only write to disk what is deleted a moment later.
@@ -369,9 +371,16 @@ pub(crate) fn write_s3_location(root: &Path, location: &S3Location) -> Result<()
     )
 }
 
-/// The client of an object-store location.
-pub(crate) fn open_s3(location: &S3Location) -> Result<s3::S3Storage> {
-    s3::S3Storage::new(location, &S3Credentials::resolve(location)?)
+/// The client of an object-store location; with the repository directory `root`, its
+/// local cache of metadata packs (pack_cache.rs).
+pub(crate) fn open_s3(location: &S3Location, root: Option<&Path>) -> Result<s3::S3Storage> {
+    let cache = root.map(|r| {
+        pack_cache::PackCache::new(
+            crate::layout::pack_cache(r),
+            pack_cache::PACK_CACHE_MAX_BYTES,
+        )
+    });
+    s3::S3Storage::new(location, &S3Credentials::resolve(location)?, cache)
 }
 
 /// The storage of the repository at `root` for a writer that holds the local writer lock,
@@ -383,7 +392,7 @@ pub(crate) fn open_for_writing(
 ) -> Result<(Arc<dyn PackStorage>, Option<lease::WriterLease>)> {
     Ok(match s3_location(root)? {
         Some(location) => {
-            let store = Arc::new(open_s3(&location)?);
+            let store = Arc::new(open_s3(&location, Some(root))?);
             let lease = lease::WriterLease::acquire(store.clone(), holder, root)?;
             (store, Some(lease))
         }
@@ -398,7 +407,7 @@ pub(crate) fn open_for_writing(
 /// exists, else the local `packs/` directory.
 pub(crate) fn open(root: &Path) -> Result<Arc<dyn PackStorage>> {
     Ok(match s3_location(root)? {
-        Some(location) => Arc::new(open_s3(&location)?),
+        Some(location) => Arc::new(open_s3(&location, Some(root))?),
         None => Arc::new(local::LocalStorage::new(crate::layout::packs(root))),
     })
 }

@@ -80,11 +80,17 @@ pub(crate) struct S3Storage {
     credential: object_store::aws::AwsCredential,
     region: String,
     http: object_store::client::HttpClient,
+    /// The local copy of metadata packs, when opened for a repository directory.
+    cache: Option<super::pack_cache::PackCache>,
 }
 
 impl S3Storage {
     /// A client for `location` with these credentials. Makes no request.
-    pub(crate) fn new(location: &S3Location, credentials: &super::S3Credentials) -> Result<Self> {
+    pub(crate) fn new(
+        location: &S3Location,
+        credentials: &super::S3Credentials,
+        cache: Option<super::pack_cache::PackCache>,
+    ) -> Result<Self> {
         let endpoint = format!("{} (bucket {})", location.endpoint, location.bucket);
         let retry = object_store::RetryConfig {
             backoff: object_store::BackoffConfig {
@@ -155,6 +161,7 @@ impl S3Storage {
             },
             region: location.region.clone(),
             http,
+            cache,
         })
     }
 
@@ -498,7 +505,7 @@ impl PackStorage for S3Storage {
         false
     }
 
-    fn put(&self, id: &PackId, sealed: &Path) -> Result<()> {
+    fn put(&self, id: &PackId, sealed: &Path, metadata_only: bool) -> Result<()> {
         let key = self.pack_key(id);
         let mut file = std::fs::File::open(sealed).at(sealed)?;
         let size = file.metadata().at(sealed)?.len();
@@ -534,8 +541,15 @@ impl PackStorage for S3Storage {
             });
             uploaded.map_err(|e| self.error(&key, e))?.at(sealed)?;
         }
-        // Acknowledged: the pack is durable in the store; the local copy is not needed.
-        std::fs::remove_file(sealed).at(sealed)
+        // Acknowledged: the pack is durable in the store; the local file is a cache entry at
+        // most.
+        match &self.cache {
+            Some(cache) if metadata_only => {
+                cache.keep(id, sealed);
+                Ok(())
+            }
+            _ => std::fs::remove_file(sealed).at(sealed),
+        }
     }
 
     fn read_at(&self, id: &PackId, offset: u64, buf: &mut [u8]) -> Result<()> {
@@ -554,6 +568,13 @@ impl PackStorage for S3Storage {
                     Served::Request(index, seg) => self.request_segment(&ra, index, seg),
                 }
             }
+        }
+        if self
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.read_at(id, offset, buf))
+        {
+            return Ok(());
         }
         let want = buf.len() as u64;
         if let Ok(mut windows) = self.windows.lock() {
@@ -724,6 +745,9 @@ impl PackStorage for S3Storage {
     fn forget(&self, id: &PackId) {
         if let Ok(mut windows) = self.windows.lock() {
             windows.retain(|w| w.pack != *id);
+        }
+        if let Some(cache) = &self.cache {
+            cache.forget(id);
         }
     }
 
