@@ -14,6 +14,8 @@
 #   XSTORE_B=/old/xstore TOOLS="xstore xstore-b xstore xstore-b" bench/s3.sh
 #                                      # A/B of two builds on the same clusters, interleaved
 #   REPEAT=4 bench/s3.sh               # more timed restores per tool
+#   CLIENTS=1 bench/s3.sh              # also object_store vs opendal on the 1-node cluster
+#                                      # (bench/s3-clients), printed as it runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -170,6 +172,11 @@ for n in ${NODES:-1 3}; do
   echo "starting a $n-node Garage cluster ..." >&2
   start_cluster "$n"
   for t in $TOOLS; do echo "running $t on $n node(s) ..." >&2; bench_tool "$t" "${n}node"; done
+  if [ "${CLIENTS:-0}" = 1 ] && [ "$n" = 1 ]; then   # the two client crates, same cluster
+    cargo build --release --locked -p xstore-bench-s3-clients >&2
+    EP=$endpoint BUCKET=bench AWS_ACCESS_KEY_ID=$key_id AWS_SECRET_ACCESS_KEY=$secret_key \
+      "$CARGO_TARGET_DIR/release/s3-clients" | tee "$work/clients" >&2
+  fi
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=()
 done
 # Reference: xstore on local disk.
