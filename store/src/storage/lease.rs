@@ -4,10 +4,12 @@
 //! writing while the first one does.
 //!
 //! Guarantee: a writer that finds a live lease of another holder refuses with one line naming
-//! it. Taking the lease is put-then-read-back, not an atomic create (Garage 2.5 ignores
-//! `If-None-Match: *`), so two servers that open within the same fraction of a second can
-//! both believe they hold it; each re-reads the lease at every heartbeat and logs an error
-//! when it finds another holder's token. A holder that dies leaves its lease until it
+//! it. The lease is written conditionally (`If-None-Match: *` when absent, `If-Match` the
+//! ETag read or last written): on stores that honour that (AWS S3, MinIO) taking it is
+//! atomic. Garage 2.5 ignores both headers, so there taking it is put-then-read-back: two
+//! servers that open within the same fraction of a second can both believe they hold it;
+//! each re-reads the lease at every heartbeat and logs an error when it finds another
+//! holder's token. A holder that dies leaves its lease until it
 //! expires (`LEASE_SECONDS` after its last heartbeat), except to its own successor on the
 //! same machine and repository directory: that one holds the local writer lock, which proves
 //! the previous holder gone, and takes the lease over at once (a backup that failed because
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::s3::S3Storage;
+use super::s3::{Conditional, S3Storage};
 use crate::error::{Error, Result};
 
 /// How long a lease lives after its last heartbeat.
@@ -62,11 +64,16 @@ impl std::fmt::Debug for WriterLease {
 }
 
 fn read(store: &S3Storage) -> Result<Option<Lease>> {
-    let Some(bytes) = store.get_file(LEASE_NAME)? else {
+    Ok(read_tagged(store)?.map(|(lease, _)| lease))
+}
+
+/// The lease and its ETag (what a conditional write of the next version must match).
+fn read_tagged(store: &S3Storage) -> Result<Option<(Lease, Option<String>)>> {
+    let Some((bytes, e_tag)) = store.get_file_tagged(LEASE_NAME)? else {
         return Ok(None);
     };
     serde_json::from_slice(&bytes)
-        .map(Some)
+        .map(|lease| Some((lease, e_tag)))
         .map_err(|e| Error::Storage {
             endpoint: store.endpoint().to_string(),
             key: store.key_string(LEASE_NAME),
@@ -78,9 +85,30 @@ fn read(store: &S3Storage) -> Result<Option<Lease>> {
         })
 }
 
-fn write(store: &S3Storage, lease: &Lease) -> Result<()> {
+/// Writes `lease` if the lease object is still absent (`absent`) or still the version
+/// `expected`: on a store with conditional writes a racing server loses here
+/// ([`Conditional::Lost`]); elsewhere the read-back after [`SETTLE`] decides.
+fn write(
+    store: &S3Storage,
+    lease: &Lease,
+    expected: Option<&str>,
+    absent: bool,
+) -> Result<Conditional> {
     let bytes = serde_json::to_vec(lease).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    store.put_file(LEASE_NAME, &bytes)
+    store.put_file_if(LEASE_NAME, &bytes, expected, absent)
+}
+
+/// The refusal of a writer that lost the race for the lease to another server.
+fn lost(store: &S3Storage) -> Error {
+    match read(store) {
+        Ok(Some(other)) => refusal(store, &other, crate::now_ns()),
+        _ => Error::Locked {
+            holder: format!(
+                "another server (it wrote the lease {} at the same moment)",
+                store.url_of(LEASE_NAME)
+            ),
+        },
+    }
 }
 
 fn refusal(store: &S3Storage, other: &Lease, now: i64) -> Error {
@@ -107,13 +135,18 @@ impl WriterLease {
         let now = crate::now_ns();
         let machine = machine_id();
         let directory = directory.display().to_string();
-        if let Some(other) = read(&store)? {
+        let found = read_tagged(&store)?;
+        if let Some((other, _)) = &found {
             let ours = other.machine == machine && other.directory == directory;
             if other.expires_ns > now && !ours {
-                return Err(refusal(&store, &other, now));
+                return Err(refusal(&store, other, now));
             }
             tracing::warn!(holder = %other.holder, "taking over a writer lease left behind");
         }
+        let (absent, found_tag) = match &found {
+            None => (true, None),
+            Some((_, e_tag)) => (false, e_tag.clone()),
+        };
         let mut token = [0u8; 16];
         getrandom::fill(&mut token).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let token = xstore_format::bytes::to_hex(&token);
@@ -125,7 +158,12 @@ impl WriterLease {
             heartbeat_ns: now,
             expires_ns: now + LEASE_SECONDS * 1_000_000_000,
         };
-        write(&store, &lease)?;
+        let mut e_tag = match write(&store, &lease, found_tag.as_deref(), absent)? {
+            Conditional::Written(e_tag) => e_tag,
+            Conditional::Lost => return Err(lost(&store)),
+        };
+        // Stores that ignore conditional writes: another server's write in the same moment
+        // lands within the pause, and the read-back shows whose token won.
         std::thread::sleep(SETTLE);
         match read(&store)? {
             Some(l) if l.token == token => {}
@@ -167,8 +205,15 @@ impl WriterLease {
                     let now = crate::now_ns();
                     lease.heartbeat_ns = now;
                     lease.expires_ns = now + LEASE_SECONDS * 1_000_000_000;
-                    if let Err(e) = write(&store, &lease) {
-                        tracing::warn!(error = %e, "writer lease not renewed; retrying at the next heartbeat");
+                    // Renewed only if still the version this holder wrote: a store with
+                    // conditional writes never lets a heartbeat overwrite a successor.
+                    match write(&store, &lease, e_tag.as_deref(), false) {
+                        Ok(Conditional::Written(next)) => e_tag = next,
+                        Ok(Conditional::Lost) => tracing::error!(
+                            "another server took this repository's writer lease; not renewed"
+                        ),
+                        Err(e) => tracing::warn!(error = %e,
+                            "writer lease not renewed; retrying at the next heartbeat"),
                     }
                 })
                 .map_err(|e| Error::InvalidArgument(format!("lease thread: {e}")))?

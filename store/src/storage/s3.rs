@@ -272,6 +272,63 @@ impl S3Storage {
             .map_err(|e| self.error(&key, e))
     }
 
+    /// Stores `bytes` as the repository file `name` only if it is absent (`absent`), or else
+    /// still the version `expected` (an ETag read before). A store that honours
+    /// conditional writes (AWS S3, MinIO) refuses a writer that lost a race:
+    /// [`Conditional::Lost`]. One that ignores the headers (Garage 2.5) writes whatever is
+    /// there; one that rejects them (501) gets an unconditional put. Without an ETag to
+    /// match, the put is unconditional too.
+    pub(crate) fn put_file_if(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        expected: Option<&str>,
+        absent: bool,
+    ) -> Result<Conditional> {
+        use object_store::{PutMode, PutOptions, UpdateVersion};
+        let key = self.key(name);
+        let mode = match (absent, expected) {
+            (true, _) => PutMode::Create,
+            (false, Some(e_tag)) => PutMode::Update(UpdateVersion {
+                e_tag: Some(e_tag.to_string()),
+                version: None,
+            }),
+            (false, None) => PutMode::Overwrite,
+        };
+        let opts = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        let payload = PutPayload::from(bytes.to_vec());
+        match self.block(self.client.put_opts(&key, payload.clone(), opts)) {
+            Ok(done) => Ok(Conditional::Written(done.e_tag)),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(Conditional::Lost),
+            Err(e) if one_line(&e).contains("501 Not Implemented") => {
+                tracing::debug!(key = %key, "conditional writes not implemented by the store");
+                self.block(self.client.put(&key, payload))
+                    .map(|done| Conditional::Written(done.e_tag))
+                    .map_err(|e| self.error(&key, e))
+            }
+            Err(e) => Err(self.error(&key, e)),
+        }
+    }
+
+    /// The repository file `name` and its ETag, `None` when it does not exist.
+    pub(crate) fn get_file_tagged(&self, name: &str) -> Result<Option<(Vec<u8>, Option<String>)>> {
+        let key = self.key(name);
+        let got = self.block(async {
+            let r = self.client.get(&key).await?;
+            let e_tag = r.meta.e_tag.clone();
+            Ok::<_, object_store::Error>((r.bytes().await?, e_tag))
+        });
+        match got {
+            Ok((b, e_tag)) => Ok(Some((b.to_vec(), e_tag))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(&key, e)),
+        }
+    }
+
     /// Deletes the repository file `name` (absent: nothing to do).
     pub(crate) fn delete_file(&self, name: &str) -> Result<()> {
         let key = self.key(name);
@@ -337,6 +394,15 @@ impl S3Storage {
             Err(e) => Err(self.error(&key, e)),
         }
     }
+}
+
+/// What a conditional put did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Conditional {
+    /// Written; the new version's ETag when the store gave one.
+    Written(Option<String>),
+    /// The store refused: the object is no longer what the caller read.
+    Lost,
 }
 
 /// `endpoint/bucket` (path style) or `scheme://bucket.host` (virtual-hosted style).
