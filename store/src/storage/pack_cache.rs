@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 
 use super::PackId;
 
-/// The cache holds at most this many bytes; the least recently stored packs go first (the
-/// newest ones hold the trees the next backup's parent walk reads).
+/// The cache holds at most this many bytes; the least recently used packs go first (a pack's
+/// modification time is set when it is stored and when a process first reads it: the trees
+/// of a host's first backup stay in use as long as later backups walk them).
 pub(crate) const PACK_CACHE_MAX_BYTES: u64 = 1 << 30;
 /// Open cache files kept for positioned reads; the table is emptied when it reaches this.
 const MAX_OPEN: usize = 256;
@@ -85,6 +86,8 @@ impl PackCache {
             let _ = fs::remove_file(&path);
             return None;
         }
+        // Marks it used for the eviction order (a reader without the right to is no matter).
+        let _ = file.set_modified(std::time::SystemTime::now());
         let file = Arc::new(file);
         if let Ok(mut open) = self.open.lock() {
             if open.len() >= MAX_OPEN {
@@ -96,7 +99,7 @@ impl PackCache {
     }
 
     /// Moves the uploaded pack file `sealed` into the cache as pack `id`, then removes the
-    /// oldest cached packs beyond the bound. Failures are logged: a cache that cannot be
+    /// least recently used cached packs beyond the bound. Failures are logged: a cache that cannot be
     /// written costs requests, never data.
     pub(crate) fn keep(&self, id: &PackId, sealed: &Path) {
         let stored = fs::create_dir_all(&self.dir).and_then(|()| fs::rename(sealed, self.path(id)));
@@ -228,5 +231,37 @@ mod tests {
             .collect();
         // Each keep trimmed to 25 kB: two packs of 10 kB remain, the newest two.
         assert_eq!(present, [false, false, true, true]);
+    }
+
+    #[test]
+    fn a_pack_read_again_outlives_one_stored_later_but_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("cache");
+        let cache = PackCache::new(dir.clone(), 25_000);
+        let long_ago = |seed: u64| {
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000 + seed)
+        };
+        let (old, tmp, _) = sealed(d.path(), 20, 10_000);
+        cache.keep(&old, &tmp);
+        let (newer, tmp, _) = sealed(d.path(), 21, 10_000);
+        cache.keep(&newer, &tmp);
+        for (id, seed) in [(&old, 0), (&newer, 1)] {
+            fs::File::options()
+                .write(true)
+                .open(cache.path(id))
+                .unwrap()
+                .set_modified(long_ago(seed))
+                .unwrap();
+        }
+        // Another process reads the old one (a backup walking its host's first trees).
+        let mut buf = [0u8; 10];
+        assert!(PackCache::new(dir, 25_000).read_at(&old, 0, &mut buf));
+        let (third, tmp, _) = sealed(d.path(), 22, 10_000);
+        cache.keep(&third, &tmp);
+        let present: Vec<bool> = [&old, &newer, &third]
+            .iter()
+            .map(|id| cache.path(id).exists())
+            .collect();
+        assert_eq!(present, [true, false, true]);
     }
 }
