@@ -888,6 +888,35 @@ mod tests {
         }
     }
 
+    const LISTING: &str = "<ListMultipartUploadsResult><IsTruncated>true</IsTruncated>\
+        <NextKeyMarker>k</NextKeyMarker><NextUploadIdMarker>u</NextUploadIdMarker>\
+        <Upload><Key>r/packs/aa/y.pack</Key><UploadId>u1</UploadId>\
+        <Initiated>2026-12-04T01:02:03Z</Initiated></Upload></ListMultipartUploadsResult>";
+
+    proptest::proptest! {
+        /// What a store answers is untrusted: any text, and any damage to a valid answer,
+        /// decodes or is an error, never a panic.
+        #[test]
+        fn an_uploads_listing_of_any_text_decodes_or_fails_without_panicking(
+            text in ".{0,400}",
+            cut in 0usize..400,
+            flip in 0usize..400,
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let _ = parse_uploads_page(&text);
+            let mut damaged = LISTING.as_bytes().to_vec();
+            damaged.truncate(cut.max(1).min(damaged.len()));
+            if let Some(b) = damaged.get_mut(flip) {
+                *b = byte;
+            }
+            if let Ok(page) = parse_uploads_page(&String::from_utf8_lossy(&damaged)) {
+                for upload in page.uploads {
+                    let _ = upload.into_upload();
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_bucket_url_is_path_style_or_virtual_hosted() {
         let mut l = S3Location::parse("s3://backups/site1", "http://127.0.0.1:3900/").unwrap();
