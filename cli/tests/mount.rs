@@ -98,19 +98,7 @@ fn a_mounted_snapshot_of_a_repository_in_a_garage_bucket_is_its_source() {
     let g = xstore_tests::garage::Garage::start(&work.path().join("garage"), 1);
     let (repo, src) = (work.path().join("repo"), work.path().join("src"));
     make_fixture(&src, 62);
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_xstore"))
-            .env("XSTORE_REPO", &repo)
-            .envs(g.env())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| common::ok_with_env(&repo, &g.env(), args);
     let url = format!("s3://{}/mounted", g.bucket);
     run(&[
         "init",

@@ -337,20 +337,7 @@ fn an_export_of_a_repository_in_a_garage_bucket_serves_exact_files_across_a_gc()
         )
         .unwrap();
     }
-    let xs = |args: &[&str]| -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_xstore"))
-            .env("XSTORE_REPO", &repo)
-            .envs(g.env())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let xs = |args: &[&str]| common::ok_with_env(&repo, &g.env(), args);
     let store = format!("s3://{}/exported", g.bucket);
     let endpoint = g.endpoint();
     xs(&[

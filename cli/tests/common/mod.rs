@@ -3,16 +3,27 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn xstore(repo: &Path, args: &[&str]) -> Output {
+    xstore_with_env(repo, &[], args)
+}
+
+/// `xstore` with more environment (an object store's key: `Garage::env`).
+pub fn xstore_with_env(repo: &Path, env: &[(&str, String)], args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xstore"))
         .env("XSTORE_REPO", repo)
         .env_remove("XSTORE_FAILPOINT")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .args(args)
         .output()
         .unwrap()
 }
 
 pub fn ok(repo: &Path, args: &[&str]) -> String {
-    let out = xstore(repo, args);
+    ok_with_env(repo, &[], args)
+}
+
+/// [`ok`] with more environment.
+pub fn ok_with_env(repo: &Path, env: &[(&str, String)], args: &[&str]) -> String {
+    let out = xstore_with_env(repo, env, args);
     assert!(
         out.status.success(),
         "xstore {args:?} failed ({:?}):\n{}\n{}",
