@@ -125,9 +125,12 @@ impl RollingPacks {
                 .spawn(move || sealing.run(rx));
             match spawned {
                 Ok(h) => sealers.push(h),
-                // Fewer sealers (none: `add` fails with the spawn's error below).
+                // Fewer sealers; with none, the first full pack fails the run.
                 Err(e) => tracing::warn!(error = %e, "cannot start a pack sealer thread"),
             }
+        }
+        if sealers.is_empty() {
+            sealing.fail(Error::Internal("no pack sealer thread could be started"));
         }
         RollingPacks {
             tmp_dir,
