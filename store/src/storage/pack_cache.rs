@@ -4,8 +4,10 @@
 //! cache they cost no request (restic and PBS keep such a cache for the same reason).
 //!
 //! It is a cache, never a source of truth: the bucket holds every pack. Files enter it only
-//! as a pack this process just uploaded (its bytes read back and verified before the upload),
-//! are verified again (their bytes hash to the pack id) the first time a process opens them,
+//! as a pack this process just uploaded (its bytes read back and verified before the upload)
+//! or as a small pack a read fetched whole from the bucket (its bytes hash to its id and its
+//! trailer lists no file data: how a machine that attached to the bucket fills it), are
+//! verified again (their bytes hash to the pack id) the first time a process opens them,
 //! and anything unreadable, short or different is a miss that the caller serves from the
 //! bucket. Whole-pack scans (`check --read-data`, gc, verify) never read it, so they check the
 //! bucket's copy. Deleting the directory at any time loses nothing.
@@ -113,13 +115,55 @@ impl PackCache {
         }
     }
 
+    /// Stores `bytes`, fetched from the bucket, as pack `id` if they are that whole pack (they
+    /// hash to `id`) and it holds no file data: a reader that met a small metadata pack the
+    /// cache lacks (another machine wrote it, or it was evicted) keeps it for the next walk.
+    /// Anything else is ignored.
+    pub(crate) fn offer(&self, id: &PackId, bytes: &[u8]) {
+        if crate::ChunkId::of(bytes) != *id || self.path(id).exists() {
+            return;
+        }
+        let metadata_only = crate::pack::read_trailer(bytes).is_ok_and(|entries| {
+            !entries.is_empty()
+                && entries
+                    .iter()
+                    .all(|e| e.kind != xstore_format::pack::BlobKind::Data)
+        });
+        if !metadata_only {
+            return;
+        }
+        let mut rnd = [0u8; 8];
+        if getrandom::fill(&mut rnd).is_err() {
+            return;
+        }
+        let tmp = self
+            .dir
+            .join(format!(".{}.tmp", xstore_format::bytes::to_hex(&rnd)));
+        let written = fs::create_dir_all(&self.dir)
+            .and_then(|()| fs::write(&tmp, bytes))
+            .and_then(|()| fs::rename(&tmp, self.path(id)));
+        if let Err(e) = written {
+            tracing::debug!(pack = %id, error = %e, "fetched pack not cached");
+            let _ = fs::remove_file(&tmp);
+            return;
+        }
+        if let Err(e) = self.evict_beyond_bound() {
+            tracing::debug!(dir = %self.dir.display(), error = %e, "pack cache not trimmed");
+        }
+    }
+
     fn evict_beyond_bound(&self) -> std::io::Result<()> {
         let mut files = Vec::new();
         let mut total = 0u64;
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
             let meta = entry.metadata()?;
-            if !meta.is_file() {
+            // Only cached packs: a `.tmp` being written by another process is not ours.
+            let is_pack = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(".pack"));
+            if !meta.is_file() || !is_pack {
                 continue;
             }
             total += meta.len();
@@ -203,6 +247,45 @@ mod tests {
         assert_eq!(&buf[..], &bytes[..100]);
         fresh.forget(&id);
         assert!(!fresh.read_at(&id, 0, &mut buf));
+    }
+
+    /// A real sealed pack of one blob of `kind`: its id and bytes.
+    fn real_pack(dir: &Path, kind: xstore_format::pack::BlobKind) -> (PackId, Vec<u8>) {
+        let packs = dir.join("packs");
+        let mut w = crate::pack::PackWriter::create(dir).unwrap();
+        let blob = xstore_chunker::seeded_bytes(kind.code().into(), 3_000);
+        let id = crate::ChunkId::of(&blob);
+        w.add(id, kind, crate::pack::Compression::None, 3_000, &blob)
+            .unwrap();
+        let storage = crate::storage::local::LocalStorage::new(packs.clone());
+        let sealed = w.seal(&storage, &packs).unwrap();
+        let bytes = fs::read(crate::layout::pack_file(&packs, &sealed.id)).unwrap();
+        (sealed.id, bytes)
+    }
+
+    #[test]
+    fn offered_bytes_are_kept_only_when_they_are_a_whole_pack_of_metadata() {
+        use xstore_format::pack::BlobKind;
+        let d = tempfile::tempdir().unwrap();
+        let cache = PackCache::new(d.path().join("cache"), 1 << 20);
+        let (trees, tree_bytes) = real_pack(d.path(), BlobKind::Tree);
+        let (data, data_bytes) = real_pack(d.path(), BlobKind::Data);
+        // Not the whole pack (a window that ended early): not kept.
+        cache.offer(&trees, &tree_bytes[..tree_bytes.len() - 1]);
+        assert!(!cache.path(&trees).exists());
+        // A pack of file data: not kept.
+        cache.offer(&data, &data_bytes);
+        assert!(!cache.path(&data).exists());
+        // The whole trees pack: kept, and read back.
+        cache.offer(&trees, &tree_bytes);
+        let mut buf = vec![0u8; 64];
+        assert!(cache.read_at(&trees, 8, &mut buf));
+        assert_eq!(&buf[..], &tree_bytes[8..72]);
+        let leftovers: Vec<_> = fs::read_dir(d.path().join("cache"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
     }
 
     #[test]

@@ -673,6 +673,10 @@ impl PackStorage for S3Storage {
         let (start, end) = if walking_down {
             let end = offset.saturating_add(want);
             (end.saturating_sub(want.max(READ_WINDOW)), end)
+        } else if offset < READ_WINDOW {
+            // From the pack's start: a pack smaller than the window then comes whole, and a
+            // whole metadata pack goes into the cache.
+            (0, READ_WINDOW.max(offset.saturating_add(want)))
         } else {
             (offset, offset.saturating_add(want.max(READ_WINDOW)))
         };
@@ -686,6 +690,10 @@ impl PackStorage for S3Storage {
             return Err(self.short_read(&key, offset, buf.len(), got));
         };
         buf.copy_from_slice(bytes);
+        let whole_pack = start == 0 && (got.len() as u64) < end;
+        if let (true, Some(cache)) = (whole_pack, &self.cache) {
+            cache.offer(id, &got);
+        }
         if let Ok(mut windows) = self.windows.lock() {
             windows.push_front(Window {
                 pack: *id,
