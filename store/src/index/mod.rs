@@ -150,7 +150,7 @@ impl Index {
             message: e.into_string(),
         };
         let db = if read_only {
-            DB::open_cf_descriptors_read_only(&opts, path, cfs, false).map_err(to_err)?
+            open_read_only_retrying(&opts, path, &cache).map_err(to_err)?
         } else {
             DB::open_cf_descriptors(&opts, path, cfs).map_err(to_err)?
         };
@@ -562,6 +562,34 @@ impl Drop for Index {
             if let Err(e) = self.flush() {
                 tracing::warn!(error = %e, "index flush at close failed (commits are durable)");
             }
+        }
+    }
+}
+
+/// A read-only open that races a writer: RocksDB lists the index's files, then opens them,
+/// and a writer that rotates its log or manifest in between deletes one (`IO error: No such
+/// file or directory`, seen when a `cat` started while gc committed). The files it finds on
+/// a retry are the writer's next consistent state; other errors are returned at once.
+fn open_read_only_retrying(
+    opts: &rocksdb::Options,
+    path: &Path,
+    cache: &Cache,
+) -> std::result::Result<DB, rocksdb::Error> {
+    const ATTEMPTS: u32 = 8;
+    let mut attempt = 0;
+    loop {
+        let cfs = CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, options(cache)));
+        match DB::open_cf_descriptors_read_only(opts, path, cfs, false) {
+            Err(e)
+                if attempt + 1 < ATTEMPTS && e.as_ref().contains("No such file or directory") =>
+            {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "index changed while opening; again");
+                std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
+            }
+            done => return done,
         }
     }
 }
