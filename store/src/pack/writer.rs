@@ -219,6 +219,44 @@ mod tests {
         (dir, bytes, sealed)
     }
 
+    /// A real sealed pack of one blob of `kind`: its id and bytes.
+    fn real_pack(dir: &Path, kind: BlobKind) -> (ChunkId, Vec<u8>) {
+        let packs = dir.join("packs");
+        let mut w = PackWriter::create(dir).unwrap();
+        let blob = xstore_chunker::seeded_bytes(kind.code().into(), 3_000);
+        let id = ChunkId::of(&blob);
+        w.add(id, kind, Compression::None, 3_000, &blob).unwrap();
+        let storage = crate::storage::local::LocalStorage::new(packs.clone());
+        let sealed = w.seal(&storage, &packs).unwrap();
+        let bytes = fs::read(crate::layout::pack_file(&packs, &sealed.id)).unwrap();
+        (sealed.id, bytes)
+    }
+
+    #[test]
+    fn offered_bytes_are_kept_only_when_they_are_a_whole_pack_of_metadata() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = crate::storage::pack_cache::PackCache::new(d.path().join("cache"), 1 << 20);
+        let cached = |id: &ChunkId| d.path().join(format!("cache/{id}.pack")).exists();
+        let (trees, tree_bytes) = real_pack(d.path(), BlobKind::Tree);
+        let (data, data_bytes) = real_pack(d.path(), BlobKind::Data);
+        // Not the whole pack (a window that ended early): not kept.
+        cache.offer(&trees, &tree_bytes[..tree_bytes.len() - 1]);
+        assert!(!cached(&trees));
+        // A pack of file data: not kept.
+        cache.offer(&data, &data_bytes);
+        assert!(!cached(&data));
+        // The whole trees pack: kept, and read back.
+        cache.offer(&trees, &tree_bytes);
+        let mut buf = vec![0u8; 64];
+        assert!(cache.read_at(&trees, 8, &mut buf));
+        assert_eq!(&buf[..], &tree_bytes[8..72]);
+        let leftovers: Vec<_> = fs::read_dir(d.path().join("cache"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    }
+
     #[test]
     fn pack_round_trip() {
         let a = vec![1u8; 10_000];

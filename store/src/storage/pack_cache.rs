@@ -123,7 +123,7 @@ impl PackCache {
         if crate::ChunkId::of(bytes) != *id || self.path(id).exists() {
             return;
         }
-        let metadata_only = crate::pack::read_trailer(bytes).is_ok_and(|entries| {
+        let metadata_only = xstore_format::pack::read_trailer(bytes).is_ok_and(|entries| {
             !entries.is_empty()
                 && entries
                     .iter()
@@ -247,45 +247,6 @@ mod tests {
         assert_eq!(&buf[..], &bytes[..100]);
         fresh.forget(&id);
         assert!(!fresh.read_at(&id, 0, &mut buf));
-    }
-
-    /// A real sealed pack of one blob of `kind`: its id and bytes.
-    fn real_pack(dir: &Path, kind: xstore_format::pack::BlobKind) -> (PackId, Vec<u8>) {
-        let packs = dir.join("packs");
-        let mut w = crate::pack::PackWriter::create(dir).unwrap();
-        let blob = xstore_chunker::seeded_bytes(kind.code().into(), 3_000);
-        let id = crate::ChunkId::of(&blob);
-        w.add(id, kind, crate::pack::Compression::None, 3_000, &blob)
-            .unwrap();
-        let storage = crate::storage::local::LocalStorage::new(packs.clone());
-        let sealed = w.seal(&storage, &packs).unwrap();
-        let bytes = fs::read(crate::layout::pack_file(&packs, &sealed.id)).unwrap();
-        (sealed.id, bytes)
-    }
-
-    #[test]
-    fn offered_bytes_are_kept_only_when_they_are_a_whole_pack_of_metadata() {
-        use xstore_format::pack::BlobKind;
-        let d = tempfile::tempdir().unwrap();
-        let cache = PackCache::new(d.path().join("cache"), 1 << 20);
-        let (trees, tree_bytes) = real_pack(d.path(), BlobKind::Tree);
-        let (data, data_bytes) = real_pack(d.path(), BlobKind::Data);
-        // Not the whole pack (a window that ended early): not kept.
-        cache.offer(&trees, &tree_bytes[..tree_bytes.len() - 1]);
-        assert!(!cache.path(&trees).exists());
-        // A pack of file data: not kept.
-        cache.offer(&data, &data_bytes);
-        assert!(!cache.path(&data).exists());
-        // The whole trees pack: kept, and read back.
-        cache.offer(&trees, &tree_bytes);
-        let mut buf = vec![0u8; 64];
-        assert!(cache.read_at(&trees, 8, &mut buf));
-        assert_eq!(&buf[..], &tree_bytes[8..72]);
-        let leftovers: Vec<_> = fs::read_dir(d.path().join("cache"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
     }
 
     #[test]
