@@ -162,8 +162,7 @@ impl<'a> Session<'a> {
     /// Drops what a failed backup wrote: the open packs and the sealed ones (no index batch
     /// references them, and only this session knows them). Returns the error to report.
     fn discard_uncommitted(&self, e: Error) -> Error {
-        self.packs.discard();
-        self.packs.failure_or(e)
+        self.packs.abandon(e)
     }
 
     /// Claims a blob id for writing: true when neither this session nor the repository has

@@ -298,9 +298,7 @@ impl Repository {
     /// it still ran. An upload whose start the store does not say is left alone.
     fn abort_unfinished_uploads(&self, grace_seconds: u64, report: &mut GcReport) -> Result<()> {
         let now = crate::now_ns();
-        let grace_ns = i64::try_from(grace_seconds)
-            .unwrap_or(i64::MAX)
-            .saturating_mul(1_000_000_000);
+        let grace_ns = grace_ns(grace_seconds);
         for upload in self.storage().unfinished_uploads()? {
             match upload.initiated_ns {
                 Some(t) if now.saturating_sub(t) >= grace_ns => {
@@ -320,9 +318,7 @@ impl Repository {
     fn delete_retired(&self, grace_seconds: u64, report: &mut GcReport) -> Result<()> {
         let packs = self.packs_dir();
         let now = crate::now_ns();
-        let grace_ns = i64::try_from(grace_seconds)
-            .unwrap_or(i64::MAX)
-            .saturating_mul(1_000_000_000);
+        let grace_ns = grace_ns(grace_seconds);
         let mut deleted = Vec::new();
         for (id, retired_ns) in crate::pack::journal::retired(&packs, now)? {
             if self.index.pack(&id)?.is_some() {
@@ -426,10 +422,7 @@ impl Repository {
         })();
         let sealed = match copy {
             Ok(sealed) => sealed,
-            Err(e) => {
-                packs.discard();
-                return Err(packs.failure_or(e));
-            }
+            Err(e) => return Err(packs.abandon(e)),
         };
         crate::failpoint("gc-after-copy");
         // Where each copied blob now lives.
@@ -525,6 +518,13 @@ impl Repository {
         report.bytes_freed = old.saturating_sub(new);
         Ok(())
     }
+}
+
+/// The grace period in ns (saturating).
+fn grace_ns(grace_seconds: u64) -> i64 {
+    i64::try_from(grace_seconds)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1_000_000_000)
 }
 
 fn tally(report: &mut GcReport) {

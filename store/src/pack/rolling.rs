@@ -75,8 +75,8 @@ impl Sealing {
     }
 }
 
-/// The placeholder `add` returns once a sealer failed; [`RollingPacks::failure_or`] swaps
-/// it for the sealer's own error.
+/// The placeholder `add` returns once a sealer failed; [`RollingPacks::abandon`] swaps it
+/// for the sealer's own error.
 const STOPPED_REASON: &str = "a pack could not be stored";
 const STOPPED: Error = Error::Internal(STOPPED_REASON);
 
@@ -144,7 +144,7 @@ impl RollingPacks {
 
     /// Appends one blob's stored form. A pack that reaches the target size goes to the
     /// sealers (this call waits while their queue is full), so other threads go on writing
-    /// into the next pack meanwhile. Fails once a sealer failed ([`RollingPacks::failure_or`]).
+    /// into the next pack meanwhile. Fails once a sealer failed ([`RollingPacks::abandon`]).
     pub(crate) fn add(
         &self,
         id: ChunkId,
@@ -210,9 +210,16 @@ impl RollingPacks {
         Ok(())
     }
 
-    /// What a failed run reports: `e`, unless it is the placeholder `add` returns once a
-    /// sealer failed, which becomes that sealer's error.
-    pub(crate) fn failure_or(&self, e: Error) -> Error {
+    /// Ends a failed run: [`RollingPacks::discard`], then the error to report, which is
+    /// `cause` unless it is the placeholder `add` returns once a sealer failed (then that
+    /// sealer's own error).
+    pub(crate) fn abandon(&self, cause: Error) -> Error {
+        self.discard();
+        self.failure_or(cause)
+    }
+
+    /// `e`, or the sealer's error for the placeholder.
+    fn failure_or(&self, e: Error) -> Error {
         if !matches!(e, Error::Internal(reason) if reason == STOPPED_REASON) {
             return e;
         }
@@ -461,25 +468,32 @@ mod tests {
         let packs = f.packs();
         let (_, added) = add_blobs(&packs, 400);
         let failed = match added {
-            Err(e) => packs.failure_or(e),
+            Err(e) => e,
             Ok(()) => packs.finish().map(|_| ()).unwrap_err(),
         };
-        let message = failed.to_string();
+        let put_before = f.stored();
+        let message = packs.abandon(failed).to_string();
         assert!(
             message.contains("503 Service Unavailable") && message.contains("packs/"),
             "{message}"
         );
         assert!(
-            !f.stored().is_empty(),
+            !put_before.is_empty(),
             "three packs were put before the failure"
         );
-        packs.discard();
         assert_eq!(f.stored(), Vec::<PackId>::new());
         assert_eq!(f.temporary_files(), 0);
         let markers = crate::pack::journal::uncommitted(&f.dir.path().join("packs")).unwrap();
         // The packs whose put failed keep their markers (recovery deletes nothing for them:
         // their objects do not exist); every put one was deleted with its marker.
-        assert!(markers.iter().all(|id| !f.stored().contains(id)));
+        assert!(
+            markers.iter().all(|id| !put_before.contains(id)),
+            "{markers:?}"
+        );
+        assert!(
+            !markers.is_empty(),
+            "the failed put's marker stays for recovery"
+        );
     }
 
     #[test]
