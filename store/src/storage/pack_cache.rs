@@ -120,7 +120,9 @@ impl PackCache {
     /// cache lacks (another machine wrote it, or it was evicted) keeps it for the next walk.
     /// Anything else is ignored.
     pub(crate) fn offer(&self, id: &PackId, bytes: &[u8]) {
-        if crate::ChunkId::of(bytes) != *id || self.path(id).exists() {
+        // Cheapest first: most whole small packs a window brings are data (a backup's last
+        // pack), which the trailer tells without hashing the bytes.
+        if self.path(id).exists() {
             return;
         }
         let metadata_only = xstore_format::pack::read_trailer(bytes).is_ok_and(|entries| {
@@ -129,7 +131,7 @@ impl PackCache {
                     .iter()
                     .all(|e| e.kind != xstore_format::pack::BlobKind::Data)
         });
-        if !metadata_only {
+        if !metadata_only || crate::ChunkId::of(bytes) != *id {
             return;
         }
         let mut rnd = [0u8; 8];

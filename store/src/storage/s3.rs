@@ -383,16 +383,7 @@ impl S3Storage {
 
     /// The repository file `name`, `None` when it does not exist.
     pub(crate) fn get_file(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let key = self.key(name);
-        let got = self.block(async {
-            let r = self.client.get(&key).await?;
-            r.bytes().await
-        });
-        match got {
-            Ok(b) => Ok(Some(b.to_vec())),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.error(&key, e)),
-        }
+        Ok(self.get_file_tagged(name)?.map(|(bytes, _)| bytes))
     }
 }
 
