@@ -748,7 +748,8 @@ fn an_unchanged_re_backup_reads_its_parents_trees_from_the_local_cache_and_survi
     let s = src.to_str().unwrap();
     init(&g, &repo, "cached", &["--pack-size-mib", "1"]);
     xs_ok(&g, &repo, &["backup", "-q", "--host", "h", s]);
-    assert!(!cached_packs(&repo).is_empty(), "the trees' pack was kept");
+    let first_cached = cached_packs(&repo);
+    assert!(!first_cached.is_empty(), "the trees' pack was kept");
     let gets = || g.requests(0, "GetObject");
     let before = gets();
     xs_ok(&g, &repo, &["backup", "-q", "--host", "h", s]);
@@ -765,6 +766,10 @@ fn an_unchanged_re_backup_reads_its_parents_trees_from_the_local_cache_and_survi
     // That backup fetched the parent's small trees pack whole and kept it: the next one is
     // as cheap as with the cache (a machine that attached to the bucket refills it so).
     assert!(!cached_packs(&repo).is_empty(), "refilled from the bucket");
+    assert!(
+        first_cached.iter().any(|p| p.exists()),
+        "the first backup's trees pack is cached again: {first_cached:?}"
+    );
     let before = gets();
     xs_ok(&g, &repo, &["backup", "-q", "--host", "h", s]);
     assert_eq!(gets() - before, with_cache);

@@ -207,28 +207,28 @@ mod tests {
 
     fn build(blobs: &[&[u8]]) -> (tempfile::TempDir, Vec<u8>, SealedPack) {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = PackWriter::create(dir.path()).unwrap();
+        let (bytes, sealed) = build_in(dir.path(), BlobKind::Data, blobs);
+        (dir, bytes, sealed)
+    }
+
+    /// A sealed pack of `blobs` (compressed, all of `kind`) in `dir`: its bytes and record.
+    fn build_in(dir: &Path, kind: BlobKind, blobs: &[&[u8]]) -> (Vec<u8>, SealedPack) {
+        let mut w = PackWriter::create(dir).unwrap();
         for b in blobs {
             let (c, stored) = compress(b, 3);
-            w.add(ChunkId::of(b), BlobKind::Data, c, b.len() as u32, &stored)
+            w.add(ChunkId::of(b), kind, c, b.len() as u32, &stored)
                 .unwrap();
         }
-        let storage = crate::storage::local::LocalStorage::new(dir.path().to_path_buf());
-        let sealed = w.seal(&storage, dir.path()).unwrap();
-        let bytes = fs::read(crate::layout::pack_file(dir.path(), &sealed.id)).unwrap();
-        (dir, bytes, sealed)
+        let storage = crate::storage::local::LocalStorage::new(dir.to_path_buf());
+        let sealed = w.seal(&storage, dir).unwrap();
+        let bytes = fs::read(crate::layout::pack_file(dir, &sealed.id)).unwrap();
+        (bytes, sealed)
     }
 
     /// A real sealed pack of one blob of `kind`: its id and bytes.
     fn real_pack(dir: &Path, kind: BlobKind) -> (ChunkId, Vec<u8>) {
-        let packs = dir.join("packs");
-        let mut w = PackWriter::create(dir).unwrap();
         let blob = xstore_chunker::seeded_bytes(kind.code().into(), 3_000);
-        let id = ChunkId::of(&blob);
-        w.add(id, kind, Compression::None, 3_000, &blob).unwrap();
-        let storage = crate::storage::local::LocalStorage::new(packs.clone());
-        let sealed = w.seal(&storage, &packs).unwrap();
-        let bytes = fs::read(crate::layout::pack_file(&packs, &sealed.id)).unwrap();
+        let (bytes, sealed) = build_in(dir, kind, &[&blob]);
         (sealed.id, bytes)
     }
 
