@@ -27,5 +27,12 @@ if ! [ -x "$_xs_tools/bin/garage" ]; then
   CARGO_TARGET_DIR="$HOME/.cache/xstore/garage-build" \
     cargo install --locked --quiet garage --version 2.5.0 --root "$_xs_tools"
 fi
+# The lease tests need a store with AWS S3's conditional writes, which Garage ignores:
+# moto's standalone server from PyPI, in a virtualenv of its own (tests/src/moto.rs).
+if ! [ -x "$_xs_tools/moto/bin/moto_server" ]; then
+  echo "installing moto[server] 5.1.18 into $_xs_tools/moto" >&2
+  python3 -m venv "$_xs_tools/moto"
+  "$_xs_tools/moto/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.1.18'
+fi
 unset _xs_tools
 . "$(dirname "${BASH_SOURCE[0]}")/../.ci/env.sh"

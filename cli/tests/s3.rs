@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 
 use common::stderr;
 use xstore_tests::garage::Garage;
-use xstore_tests::{assert_same_tree, make_fixture, restored_path};
+use xstore_tests::{assert_same_tree, make_fixture, restored_path, sha256_hex};
 
 /// `xstore` with the cluster's key in the environment.
 fn xs(g: &Garage, repo: &Path, args: &[&str]) -> Output {
@@ -371,20 +371,6 @@ fn put_object(g: &Garage, key: &str, bytes: &[u8]) {
     fs::write(body.path(), bytes).unwrap();
     let upload = body.path().to_str().unwrap();
     signed_request(g, &format!("/{key}"), &["-T", upload], bytes);
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    let out = Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(bytes)?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
 
 #[test]

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 pub mod garage;
+pub mod moto;
 pub mod sshd;
 
 use std::collections::HashMap;
@@ -13,6 +14,19 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub use xstore::chunker::seeded_bytes;
+
+/// The SHA-256 of `bytes` in hex, from `sha256sum` (what S3 requests signed by curl carry).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
 
 /// Runs gc at a 0 % threshold: every dead byte is reclaimed.
 pub fn gc_all_dead(repo: &xstore::Repository) -> xstore::GcReport {

@@ -158,6 +158,8 @@ impl WriterLease {
             heartbeat_ns: now,
             expires_ns: now + LEASE_SECONDS * 1_000_000_000,
         };
+        // Another server may write the lease between the read above and this write.
+        crate::failpoint::pause("lease-before-write");
         let mut e_tag = match write(&store, &lease, found_tag.as_deref(), absent)? {
             Conditional::Written(e_tag) => e_tag,
             Conditional::Lost => return Err(lost(&store)),
@@ -218,6 +220,7 @@ impl WriterLease {
                 })
                 .map_err(|e| Error::InvalidArgument(format!("lease thread: {e}")))?
         };
+        crate::failpoint::pause("lease-held");
         Ok(WriterLease {
             stop,
             thread: Some(thread),

@@ -1,0 +1,269 @@
+//! The writer lease and the repository on a store with AWS S3's conditional writes
+//! (moto's server on 127.0.0.1, tests/src/moto.rs): where `If-None-Match: *` and `If-Match`
+//! are honoured, two servers racing for the lease cannot both take it — the one whose
+//! conditional write comes second is refused, naming the other. The race is made
+//! deterministic with the `XSTORE_PAUSE` test hook: the first server stops between reading
+//! the lease and writing it while the second takes it. (Garage ignores both headers; there
+//! the guarantee is the read-back's, ARCHITECTURE.md §Object store.)
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{last_json, stderr};
+use xstore_tests::moto::Moto;
+use xstore_tests::{assert_same_tree, make_fixture, restored_path};
+
+fn command(m: &Moto, repo: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_xstore"));
+    c.env("XSTORE_REPO", repo)
+        .env_remove("XSTORE_FAILPOINT")
+        .env_remove("XSTORE_PAUSE")
+        .envs(m.env())
+        .args(args);
+    c
+}
+
+fn xs(m: &Moto, repo: &Path, args: &[&str]) -> Output {
+    command(m, repo, args).output().unwrap()
+}
+
+fn xs_ok(m: &Moto, repo: &Path, args: &[&str]) -> String {
+    let out = xs(m, repo, args);
+    assert!(
+        out.status.success(),
+        "xstore {args:?} failed ({:?}):\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn init(m: &Moto, repo: &Path, prefix: &str, extra: &[&str]) {
+    let url = format!("s3://{}/{prefix}", m.bucket);
+    let endpoint = m.endpoint();
+    let mut args = vec![
+        "init",
+        "-q",
+        "--store",
+        &url,
+        "--endpoint",
+        &endpoint,
+        "--region",
+        &m.region,
+    ];
+    args.extend_from_slice(extra);
+    xs_ok(m, repo, &args);
+}
+
+/// A command started with the pause hook at `point`; returns once it waits there.
+struct Paused {
+    child: Child,
+    file: std::path::PathBuf,
+}
+
+impl Paused {
+    fn start(m: &Moto, repo: &Path, args: &[&str], point: &str, file: &Path) -> Paused {
+        let child = command(m, repo, args)
+            .env("XSTORE_PAUSE", point)
+            .env("XSTORE_PAUSE_FILE", file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut paused = Paused {
+            child,
+            file: file.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !file.exists() {
+            if let Some(status) = paused.child.try_wait().unwrap() {
+                let out = paused.child_output();
+                panic!(
+                    "{args:?} ended ({status}) before {point}:\n{}",
+                    stderr(&out)
+                );
+            }
+            assert!(Instant::now() < deadline, "{args:?} never reached {point}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        paused
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets the command go on and waits for its end.
+    fn resume(mut self) -> Output {
+        std::fs::remove_file(&self.file).unwrap();
+        self.child_output()
+    }
+
+    fn child_output(&mut self) -> Output {
+        let mut out = Output {
+            status: self.child.wait().unwrap(),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        };
+        use std::io::Read;
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_end(&mut out.stdout)
+            .unwrap();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_end(&mut out.stderr)
+            .unwrap();
+        out
+    }
+}
+
+fn lease_of(m: &Moto, prefix: &str) -> Option<serde_json::Value> {
+    m.get(&format!("{prefix}/lease"))
+        .map(|bytes| serde_json::from_slice(&bytes).unwrap())
+}
+
+/// Two directories attached to `prefix`; the first server stops between reading the lease
+/// and writing it, the second takes the lease and stops holding it; then the first goes on.
+/// Asserts that the first is refused naming the second, that the second's lease was not
+/// overwritten, and that the second's backup commits and restores exactly.
+fn race_for_the_lease(m: &Moto, w: &Path, prefix: &str) {
+    let (first, second) = (w.join(format!("{prefix}-1")), w.join(format!("{prefix}-2")));
+    let src = w.join(format!("{prefix}-src"));
+    make_fixture(&src, 31);
+    init(m, &first, prefix, &[]);
+    init(m, &second, prefix, &[]);
+    let s = src.to_str().unwrap();
+    let backup = ["backup", "-q", "--host", "h", s];
+    let slow = Paused::start(
+        m,
+        &first,
+        &backup,
+        "lease-before-write",
+        &w.join(format!("{prefix}-1.pause")),
+    );
+    let fast = Paused::start(
+        m,
+        &second,
+        &backup,
+        "lease-held",
+        &w.join(format!("{prefix}-2.pause")),
+    );
+    let held = lease_of(m, prefix).unwrap();
+    let fast_pid = fast.pid();
+    assert!(
+        held["holder"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("pid {fast_pid} ")),
+        "{held}"
+    );
+
+    let out = slow.resume();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(lines.len(), 1, "one error line:\n{err}");
+    assert!(
+        lines[0].contains(&format!("pid {fast_pid} "))
+            && lines[0].contains(&format!("s3://{}/{prefix}/lease", m.bucket)),
+        "names the holder and its lease: {}",
+        lines[0]
+    );
+    assert_eq!(
+        lease_of(m, prefix).as_ref(),
+        Some(&held),
+        "the refused server wrote over the holder's lease"
+    );
+
+    let out = fast.resume();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(lease_of(m, prefix), None, "released at the end");
+    let snapshots = last_json(xs_ok(m, &second, &["--json", "snapshots"]).as_bytes());
+    assert_eq!(snapshots.as_array().unwrap().len(), 1);
+    let target = w.join(format!("{prefix}-restored"));
+    xs_ok(
+        m,
+        &second,
+        &["restore", "-q", "h@latest", target.to_str().unwrap()],
+    );
+    assert_same_tree(&src, &restored_path(&target, &src), false);
+    xs_ok(m, &second, &["check", "--read-data"]);
+}
+
+#[test]
+fn two_servers_taking_an_absent_lease_at_once_on_a_store_with_conditional_writes_one_is_refused() {
+    let w = tempfile::tempdir().unwrap();
+    let m = Moto::start(&w.path().join("moto"));
+    // Both read "no lease"; the second's If-None-Match: * write lands first.
+    race_for_the_lease(&m, w.path(), "absent");
+}
+
+#[test]
+fn two_servers_taking_over_an_expired_lease_at_once_on_a_store_with_conditional_writes_one_is_refused(
+) {
+    let w = tempfile::tempdir().unwrap();
+    let m = Moto::start(&w.path().join("moto"));
+    // A server that died long ago: both read its lease and ETag; the second's If-Match
+    // write replaces it first, so the first one's If-Match no longer matches.
+    let dead = serde_json::json!({
+        "holder": "pid 7 on host gone (/srv/old)",
+        "machine": "gone",
+        "directory": "/srv/old",
+        "token": "00000000000000000000000000000000",
+        "heartbeat_ns": 1_000_000_000i64,
+        "expires_ns": 2_000_000_000i64,
+    });
+    m.put("expired/lease", dead.to_string().as_bytes());
+    race_for_the_lease(&m, w.path(), "expired");
+}
+
+#[test]
+fn backup_forget_gc_restore_and_check_on_a_store_with_aws_semantics() {
+    let w = tempfile::tempdir().unwrap();
+    let m = Moto::start(&w.path().join("moto"));
+    let repo = w.path().join("repo");
+    let src = w.path().join("src");
+    make_fixture(&src, 32);
+    init(&m, &repo, "aws", &["--pack-size-mib", "1"]);
+    let s = src.to_str().unwrap();
+    xs_ok(&m, &repo, &["backup", "-q", "--host", "h", s]);
+    let doomed = src.join("doomed.bin");
+    std::fs::write(&doomed, xstore_tests::seeded_bytes(5, 3 << 20)).unwrap();
+    xs_ok(&m, &repo, &["backup", "-q", "--host", "h", s]);
+    std::fs::remove_file(&doomed).unwrap();
+    xs_ok(&m, &repo, &["backup", "-q", "--host", "h", s]);
+    xs_ok(&m, &repo, &["forget", "--host", "h", "--keep-last", "1"]);
+    let gc = |args: &[&str]| {
+        let mut a = vec!["--json", "gc", "--max-dead", "0%"];
+        a.extend_from_slice(args);
+        last_json(xs_ok(&m, &repo, &a).as_bytes())
+    };
+    let first = gc(&[]);
+    let retired =
+        first["packs_rewritten"].as_u64().unwrap() + first["packs_deleted"].as_u64().unwrap();
+    assert!(retired > 0, "the 3 MiB file's packs are dead: {first}");
+    let second = gc(&["--grace", "0s"]);
+    assert!(
+        second["retired_deleted"].as_u64().unwrap() >= retired,
+        "{second}"
+    );
+    assert_eq!(second["uploads_aborted"].as_u64(), Some(0), "{second}");
+    let target = w.path().join("restored");
+    xs_ok(
+        &m,
+        &repo,
+        &["restore", "-q", "h@latest", target.to_str().unwrap()],
+    );
+    assert_same_tree(&src, &restored_path(&target, &src), false);
+    xs_ok(&m, &repo, &["check", "--read-data"]);
+}
