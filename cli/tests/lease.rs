@@ -68,7 +68,19 @@ struct Paused {
 
 impl Paused {
     fn start(m: &Moto, repo: &Path, args: &[&str], point: &str, file: &Path) -> Paused {
+        Paused::start_with_env(m, repo, args, &[], point, file)
+    }
+
+    fn start_with_env(
+        m: &Moto,
+        repo: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        point: &str,
+        file: &Path,
+    ) -> Paused {
         let child = command(m, repo, args)
+            .envs(env.iter().copied())
             .env("XSTORE_PAUSE", point)
             .env("XSTORE_PAUSE_FILE", file)
             .stdout(Stdio::piped())
@@ -266,4 +278,58 @@ fn backup_forget_gc_restore_and_check_on_a_store_with_aws_semantics() {
     );
     assert_same_tree(&src, &restored_path(&target, &src), false);
     xs_ok(&m, &repo, &["check", "--read-data"]);
+}
+
+#[test]
+fn a_writer_whose_lease_another_server_took_meanwhile_commits_nothing_and_leaves_that_lease() {
+    let w = tempfile::tempdir().unwrap();
+    let m = Moto::start(&w.path().join("moto"));
+    let repo = w.path().join("repo");
+    let src = w.path().join("src");
+    make_fixture(&src, 33);
+    init(&m, &repo, "taken", &[]);
+    let s = src.to_str().unwrap();
+    // Heartbeats every 100 ms; the backup stops right after taking the lease.
+    let writer = Paused::start_with_env(
+        &m,
+        &repo,
+        &["backup", "-q", "--host", "h", s],
+        &[("XSTORE_LEASE_HEARTBEAT_MS", "100")],
+        "lease-held",
+        &w.path().join("writer.pause"),
+    );
+    assert!(lease_of(&m, "taken").is_some());
+    // Another server takes the lease (as one that judged it expired would).
+    let other = serde_json::json!({
+        "holder": "pid 7 on host other (/srv/other)",
+        "machine": "other",
+        "directory": "/srv/other",
+        "token": "11111111111111111111111111111111",
+        "heartbeat_ns": xstore::now_ns(),
+        "expires_ns": xstore::now_ns() + 600_000_000_000i64,
+    });
+    m.put("taken/lease", other.to_string().as_bytes());
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(lease_of(&m, "taken").as_ref(), Some(&other));
+
+    let out = writer.resume();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("error:")).collect();
+    assert_eq!(lines.len(), 1, "one error line:\n{err}");
+    assert!(
+        lines[0].contains("s3://xstore-test/taken/lease")
+            && lines[0].contains("pid 7 on host other (/srv/other) took the writer lease")
+            && lines[0].contains("nothing was committed"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(lease_of(&m, "taken").as_ref(), Some(&other), "left alone");
+    assert_eq!(
+        m.keys("taken/packs/"),
+        Vec::<String>::new(),
+        "the failed backup's packs are removed"
+    );
+    let snapshots = last_json(xs_ok(&m, &repo, &["--json", "snapshots"]).as_bytes());
+    assert_eq!(snapshots.as_array().unwrap().len(), 0);
 }

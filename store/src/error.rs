@@ -132,6 +132,15 @@ pub enum Error {
         /// "pid N on host H since T", as written by the holder.
         holder: String,
     },
+    /// The object store's writer lease was taken by another server, or ran out unrenewed,
+    /// while this one wrote: the mutation is not committed.
+    #[error("{lease}: {reason}; nothing was committed")]
+    LeaseLost {
+        /// `s3://bucket/prefix/lease`.
+        lease: String,
+        /// Who took it, or when it ran out.
+        reason: String,
+    },
     /// A snapshot reference that matches nothing, or more than one snapshot.
     #[error("snapshot {reference}: {reason}")]
     SnapshotRef {

@@ -106,6 +106,19 @@ impl Moto {
         out.status.success().then_some(out.stdout)
     }
 
+    /// The keys under `prefix` (ListObjectsV2, one page: tests write few objects).
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let out = self.request(&format!("?list-type=2&prefix={prefix}"), &[], b"");
+        assert!(out.status.success(), "list {prefix}: {out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(!text.contains("<IsTruncated>true"), "{text}");
+        text.split("<Key>")
+            .skip(1)
+            .filter_map(|rest| rest.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Writes object `key`.
     pub fn put(&self, key: &str, bytes: &[u8]) {
         let body = tempfile::NamedTempFile::new().unwrap();

@@ -32,7 +32,6 @@ pub struct Repository {
     /// Where the packs are (storage/).
     storage: Arc<dyn PackStorage>,
     /// The object store's writer lease, held as long as the writer lock.
-    #[allow(dead_code)]
     lease: Option<crate::storage::lease::WriterLease>,
     pub(crate) write_state: Mutex<sessions::WriteState>,
 }
@@ -70,6 +69,13 @@ impl Repository {
     /// The object store holding the packs, `None` when they are in the repository directory.
     pub fn store_location(&self) -> Option<crate::S3Location> {
         crate::storage::s3_location(&self.root).ok().flatten()
+    }
+    /// `Ok` unless this handle's object-store writer lease was lost (taken by another
+    /// server, or run out unrenewed): then nothing may be committed through it.
+    pub(crate) fn lease_still_held(&self) -> crate::Result<()> {
+        self.lease
+            .as_ref()
+            .map_or(Ok(()), crate::storage::lease::WriterLease::still_held)
     }
     /// Whether this handle holds the writer lock.
     pub fn is_writable(&self) -> bool {

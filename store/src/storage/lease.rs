@@ -15,6 +15,7 @@
 //! the previous holder gone, and takes the lease over at once (a backup that failed because
 //! the store went away could not delete its lease).
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -53,6 +54,37 @@ pub(crate) struct WriterLease {
     thread: Option<std::thread::JoinHandle<()>>,
     store: Arc<S3Storage>,
     token: String,
+    standing: Arc<Standing>,
+}
+
+/// What the heartbeats learnt, for [`WriterLease::still_held`].
+#[derive(Debug)]
+struct Standing {
+    /// The expiry of the last version this holder wrote.
+    expires_ns: AtomicI64,
+    /// The holder found in the lease object instead of this one, once a heartbeat saw it.
+    taken_by: Mutex<Option<String>>,
+}
+
+impl Standing {
+    fn taken(&self, by: String) {
+        if let Ok(mut t) = self.taken_by.lock() {
+            t.get_or_insert(by);
+        }
+    }
+}
+
+/// How often the lease is renewed: a quarter of its life (`XSTORE_LEASE_HEARTBEAT_MS` in
+/// test builds, to see a heartbeat in a test).
+fn heartbeat_interval() -> Duration {
+    #[cfg(feature = "failpoints")]
+    if let Some(ms) = std::env::var("XSTORE_LEASE_HEARTBEAT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Duration::from_millis(ms);
+    }
+    Duration::from_secs((LEASE_SECONDS as u64) / u64::from(HEARTBEATS_PER_LEASE))
 }
 
 impl std::fmt::Debug for WriterLease {
@@ -180,10 +212,14 @@ impl WriterLease {
             }
         }
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let standing = Arc::new(Standing {
+            expires_ns: AtomicI64::new(lease.expires_ns),
+            taken_by: Mutex::new(None),
+        });
         let thread = {
             let (stop, store, token) = (stop.clone(), store.clone(), token.clone());
-            let every =
-                Duration::from_secs((LEASE_SECONDS as u64) / u64::from(HEARTBEATS_PER_LEASE));
+            let standing = standing.clone();
+            let every = heartbeat_interval();
             std::thread::Builder::new()
                 .name("xstore-lease".into())
                 .spawn(move || loop {
@@ -197,11 +233,17 @@ impl WriterLease {
                         return;
                     }
                     drop(guard);
+                    // A lease another server took stays lost: this holder neither renews
+                    // it nor commits again (`still_held`).
                     match read(&store) {
-                        Ok(Some(l)) if l.token != token => tracing::error!(
-                            holder = %l.holder,
-                            "another server took this repository's writer lease"
-                        ),
+                        Ok(Some(l)) if l.token != token => {
+                            tracing::error!(
+                                holder = %l.holder,
+                                "another server took this repository's writer lease"
+                            );
+                            standing.taken(l.holder);
+                            return;
+                        }
                         _ => {}
                     }
                     let now = crate::now_ns();
@@ -210,10 +252,23 @@ impl WriterLease {
                     // Renewed only if still the version this holder wrote: a store with
                     // conditional writes never lets a heartbeat overwrite a successor.
                     match write(&store, &lease, e_tag.as_deref(), false) {
-                        Ok(Conditional::Written(next)) => e_tag = next,
-                        Ok(Conditional::Lost) => tracing::error!(
-                            "another server took this repository's writer lease; not renewed"
-                        ),
+                        Ok(Conditional::Written(next)) => {
+                            e_tag = next;
+                            standing
+                                .expires_ns
+                                .store(lease.expires_ns, Ordering::SeqCst);
+                        }
+                        Ok(Conditional::Lost) => {
+                            tracing::error!(
+                                "another server took this repository's writer lease; not renewed"
+                            );
+                            let by = match read(&store) {
+                                Ok(Some(l)) => l.holder,
+                                _ => "another server".to_string(),
+                            };
+                            standing.taken(by);
+                            return;
+                        }
                         Err(e) => tracing::warn!(error = %e,
                             "writer lease not renewed; retrying at the next heartbeat"),
                     }
@@ -226,7 +281,32 @@ impl WriterLease {
             thread: Some(thread),
             store,
             token,
+            standing,
         })
+    }
+
+    /// Whether this server may still commit: no heartbeat found another holder in the lease,
+    /// and its last renewal has not run out (a store that stopped answering for the lease's
+    /// lifetime lets another server take it). Called right before a commit's index batch.
+    pub(crate) fn still_held(&self) -> Result<()> {
+        let lost = |reason: String| Error::LeaseLost {
+            lease: self.store.url_of(LEASE_NAME),
+            reason,
+        };
+        if let Some(by) = self.standing.taken_by.lock().ok().and_then(|t| t.clone()) {
+            return Err(lost(format!(
+                "{by} took the writer lease while this server wrote"
+            )));
+        }
+        let expires_ns = self.standing.expires_ns.load(Ordering::SeqCst);
+        if crate::now_ns() >= expires_ns {
+            return Err(lost(format!(
+                "this server's writer lease ran out at {} without a renewal (the store did \
+                 not take its heartbeats), so another server may have taken it",
+                crate::format_utc(expires_ns / 1_000_000_000)
+            )));
+        }
+        Ok(())
     }
 }
 

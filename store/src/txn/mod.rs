@@ -455,6 +455,9 @@ impl<'r> Mutation<'r> {
         if !self.snapshots.is_empty() {
             self.write_record_blobs()?;
         }
+        // Last check before the batch: a writer whose object-store lease another server
+        // took must not commit (its packs go with the failed mutation).
+        self.repo.lease_still_held()?;
         let mut batch = self.repo.index.batch();
         for (id, loc) in &self.blobs {
             match loc {
