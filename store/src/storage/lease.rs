@@ -72,6 +72,21 @@ impl Standing {
             t.get_or_insert(by);
         }
     }
+
+    /// Why this holder may no longer commit at `now_ns`, if it may not.
+    fn lost_at(&self, now_ns: i64) -> Option<String> {
+        if let Some(by) = self.taken_by.lock().ok().and_then(|t| t.clone()) {
+            return Some(format!("{by} took the writer lease while this server wrote"));
+        }
+        let expires_ns = self.expires_ns.load(Ordering::SeqCst);
+        (now_ns >= expires_ns).then(|| {
+            format!(
+                "this server's writer lease ran out at {} without a renewal (the store did \
+                 not take its heartbeats), so another server may have taken it",
+                crate::format_utc(expires_ns / 1_000_000_000)
+            )
+        })
+    }
 }
 
 /// How often the lease is renewed: a quarter of its life (`XSTORE_LEASE_HEARTBEAT_MS` in
@@ -289,24 +304,13 @@ impl WriterLease {
     /// and its last renewal has not run out (a store that stopped answering for the lease's
     /// lifetime lets another server take it). Called right before a commit's index batch.
     pub(crate) fn still_held(&self) -> Result<()> {
-        let lost = |reason: String| Error::LeaseLost {
-            lease: self.store.url_of(LEASE_NAME),
-            reason,
-        };
-        if let Some(by) = self.standing.taken_by.lock().ok().and_then(|t| t.clone()) {
-            return Err(lost(format!(
-                "{by} took the writer lease while this server wrote"
-            )));
+        match self.standing.lost_at(crate::now_ns()) {
+            None => Ok(()),
+            Some(reason) => Err(Error::LeaseLost {
+                lease: self.store.url_of(LEASE_NAME),
+                reason,
+            }),
         }
-        let expires_ns = self.standing.expires_ns.load(Ordering::SeqCst);
-        if crate::now_ns() >= expires_ns {
-            return Err(lost(format!(
-                "this server's writer lease ran out at {} without a renewal (the store did \
-                 not take its heartbeats), so another server may have taken it",
-                crate::format_utc(expires_ns / 1_000_000_000)
-            )));
-        }
-        Ok(())
     }
 }
 
@@ -338,5 +342,31 @@ impl Drop for WriterLease {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holder_may_commit_until_its_lease_is_taken_or_runs_out_unrenewed() {
+        let standing = Standing {
+            expires_ns: AtomicI64::new(1_000_000_000_000),
+            taken_by: Mutex::new(None),
+        };
+        assert_eq!(standing.lost_at(999_999_999_999), None);
+        let ran_out = standing.lost_at(1_000_000_000_000).unwrap();
+        assert!(ran_out.contains("ran out at 1970-01-01T00:16:40Z"), "{ran_out}");
+        // A renewal moves the expiry; a lease taken stays lost whatever the clock says.
+        standing.expires_ns.store(2_000_000_000_000, Ordering::SeqCst);
+        assert_eq!(standing.lost_at(1_000_000_000_000), None);
+        standing.taken("pid 7 on host b (/r)".into());
+        standing.taken("pid 8 on host c (/r)".into());
+        assert_eq!(
+            standing.lost_at(0).as_deref(),
+            Some("pid 7 on host b (/r) took the writer lease while this server wrote")
+        );
     }
 }
