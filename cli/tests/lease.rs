@@ -27,20 +27,8 @@ fn command(m: &Moto, repo: &Path, args: &[&str]) -> Command {
     c
 }
 
-fn xs(m: &Moto, repo: &Path, args: &[&str]) -> Output {
-    command(m, repo, args).output().unwrap()
-}
-
 fn xs_ok(m: &Moto, repo: &Path, args: &[&str]) -> String {
-    let out = xs(m, repo, args);
-    assert!(
-        out.status.success(),
-        "xstore {args:?} failed ({:?}):\n{}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        stderr(&out)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::ok_with_env(repo, &m.env(), args)
 }
 
 fn init(m: &Moto, repo: &Path, prefix: &str, extra: &[&str]) {
@@ -139,6 +127,18 @@ impl Paused {
     }
 }
 
+/// Another server's lease as it writes one (FORMAT.md §Object store): pid 7 on `host`.
+fn foreign_lease(host: &str, heartbeat_ns: i64, expires_ns: i64) -> serde_json::Value {
+    serde_json::json!({
+        "holder": format!("pid 7 on host {host} (/srv/old)"),
+        "machine": host,
+        "directory": "/srv/old",
+        "token": format!("{:032x}", heartbeat_ns),
+        "heartbeat_ns": heartbeat_ns,
+        "expires_ns": expires_ns,
+    })
+}
+
 fn lease_of(m: &Moto, prefix: &str) -> Option<serde_json::Value> {
     m.get(&format!("{prefix}/lease"))
         .map(|bytes| serde_json::from_slice(&bytes).unwrap())
@@ -227,14 +227,7 @@ fn two_servers_taking_over_an_expired_lease_at_once_on_a_store_with_conditional_
     let m = Moto::start(&w.path().join("moto"));
     // A server that died long ago: both read its lease and ETag; the second's If-Match
     // write replaces it first, so the first one's If-Match no longer matches.
-    let dead = serde_json::json!({
-        "holder": "pid 7 on host gone (/srv/old)",
-        "machine": "gone",
-        "directory": "/srv/old",
-        "token": "00000000000000000000000000000000",
-        "heartbeat_ns": 1_000_000_000i64,
-        "expires_ns": 2_000_000_000i64,
-    });
+    let dead = foreign_lease("gone", 1_000_000_000, 2_000_000_000);
     m.put("expired/lease", dead.to_string().as_bytes());
     race_for_the_lease(&m, w.path(), "expired");
 }
@@ -300,14 +293,11 @@ fn a_writer_whose_lease_another_server_took_meanwhile_commits_nothing_and_leaves
     );
     assert!(lease_of(&m, "taken").is_some());
     // Another server takes the lease (as one that judged it expired would).
-    let other = serde_json::json!({
-        "holder": "pid 7 on host other (/srv/other)",
-        "machine": "other",
-        "directory": "/srv/other",
-        "token": "11111111111111111111111111111111",
-        "heartbeat_ns": xstore::now_ns(),
-        "expires_ns": xstore::now_ns() + 600_000_000_000i64,
-    });
+    let other = foreign_lease(
+        "other",
+        xstore::now_ns(),
+        xstore::now_ns() + 600_000_000_000,
+    );
     m.put("taken/lease", other.to_string().as_bytes());
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(lease_of(&m, "taken").as_ref(), Some(&other));
@@ -319,7 +309,7 @@ fn a_writer_whose_lease_another_server_took_meanwhile_commits_nothing_and_leaves
     assert_eq!(lines.len(), 1, "one error line:\n{err}");
     assert!(
         lines[0].contains("s3://xstore-test/taken/lease")
-            && lines[0].contains("pid 7 on host other (/srv/other) took the writer lease")
+            && lines[0].contains("pid 7 on host other (/srv/old) took the writer lease")
             && lines[0].contains("nothing was committed"),
         "{}",
         lines[0]

@@ -16,25 +16,11 @@ use xstore_tests::{assert_same_tree, make_fixture, restored_path, sha256_hex};
 
 /// `xstore` with the cluster's key in the environment.
 fn xs(g: &Garage, repo: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xstore"))
-        .env("XSTORE_REPO", repo)
-        .env_remove("XSTORE_FAILPOINT")
-        .envs(g.env())
-        .args(args)
-        .output()
-        .unwrap()
+    common::xstore_with_env(repo, &g.env(), args)
 }
 
 fn xs_ok(g: &Garage, repo: &Path, args: &[&str]) -> String {
-    let out = xs(g, repo, args);
-    assert!(
-        out.status.success(),
-        "xstore {args:?} failed ({:?}):\n{}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        stderr(&out)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::ok_with_env(repo, &g.env(), args)
 }
 
 fn xs_json(g: &Garage, repo: &Path, args: &[&str]) -> serde_json::Value {

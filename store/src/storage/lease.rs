@@ -76,7 +76,9 @@ impl Standing {
     /// Why this holder may no longer commit at `now_ns`, if it may not.
     fn lost_at(&self, now_ns: i64) -> Option<String> {
         if let Some(by) = self.taken_by.lock().ok().and_then(|t| t.clone()) {
-            return Some(format!("{by} took the writer lease while this server wrote"));
+            return Some(format!(
+                "{by} took the writer lease while this server wrote"
+            ));
         }
         let expires_ns = self.expires_ns.load(Ordering::SeqCst);
         (now_ns >= expires_ns).then(|| {
@@ -358,9 +360,14 @@ mod tests {
         };
         assert_eq!(standing.lost_at(999_999_999_999), None);
         let ran_out = standing.lost_at(1_000_000_000_000).unwrap();
-        assert!(ran_out.contains("ran out at 1970-01-01T00:16:40Z"), "{ran_out}");
+        assert!(
+            ran_out.contains("ran out at 1970-01-01T00:16:40Z"),
+            "{ran_out}"
+        );
         // A renewal moves the expiry; a lease taken stays lost whatever the clock says.
-        standing.expires_ns.store(2_000_000_000_000, Ordering::SeqCst);
+        standing
+            .expires_ns
+            .store(2_000_000_000_000, Ordering::SeqCst);
         assert_eq!(standing.lost_at(1_000_000_000_000), None);
         standing.taken("pid 7 on host b (/r)".into());
         standing.taken("pid 8 on host c (/r)".into());
