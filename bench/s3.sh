@@ -16,6 +16,9 @@
 #   REPEAT=4 bench/s3.sh               # more timed restores per tool
 #   CLIENTS=1 bench/s3.sh              # also object_store vs opendal on the 1-node cluster
 #                                      # (bench/s3-clients), printed as it runs
+#   GARAGE_COMPRESSION=none bench/s3.sh
+#                                      # Garage's compression_level (default: Garage's own, 1);
+#                                      # both clients send compressed data
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -23,6 +26,12 @@ command -v restic >/dev/null || need+=(restic)
 command -v curl >/dev/null || need+=(curl)
 . bench/data.sh
 GARAGE=${GARAGE:-$HOME/.cache/xstore/tools/bin/garage}
+GARAGE_COMPRESSION=${GARAGE_COMPRESSION:-}
+case "$GARAGE_COMPRESSION" in
+  "") compression_line="" ;;
+  *[!0-9-]*) compression_line="compression_level = \"$GARAGE_COMPRESSION\"" ;;
+  *) compression_line="compression_level = $GARAGE_COMPRESSION" ;;
+esac
 work="${WORK:-$(mktemp -d -p "$cache")}"
 pids=()
 cleanup() {
@@ -33,7 +42,7 @@ trap cleanup EXIT
 bytes=$(du -sb "$DATA" | cut -f1)
 files=$(find "$DATA" -type f | wc -l)
 find "$DATA" -type f -print0 | xargs -0 cat > /dev/null   # warm the page cache
-echo "data: $DATA  $((bytes / 1000000)) MB in $files files; $(nproc) cores; $("$GARAGE" --version | head -1)" >&2
+echo "data: $DATA  $((bytes / 1000000)) MB in $files files; $(nproc) cores; $("$GARAGE" --version | head -1), compression_level ${GARAGE_COMPRESSION:-default}" >&2
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -51,6 +60,7 @@ metadata_dir = "$d/meta"
 data_dir = "$d/data"
 db_engine = "sqlite"
 replication_factor = $n
+$compression_line
 rpc_bind_addr = "127.0.0.1:$rpc"
 rpc_public_addr = "127.0.0.1:$rpc"
 rpc_secret = "$secret"

@@ -10,10 +10,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use common::{last_json, stderr};
+use common::{last_json, stderr, Paused};
 use xstore_tests::moto::Moto;
 use xstore_tests::{assert_same_tree, make_fixture, restored_path};
 
@@ -48,83 +48,19 @@ fn init(m: &Moto, repo: &Path, prefix: &str, extra: &[&str]) {
     xs_ok(m, repo, &args);
 }
 
-/// A command started with the pause hook at `point`; returns once it waits there.
-struct Paused {
-    child: Child,
-    file: std::path::PathBuf,
-}
-
-impl Paused {
-    fn start(m: &Moto, repo: &Path, args: &[&str], point: &str, file: &Path) -> Paused {
-        Paused::start_with_env(m, repo, args, &[], point, file)
-    }
-
-    fn start_with_env(
-        m: &Moto,
-        repo: &Path,
-        args: &[&str],
-        env: &[(&str, &str)],
-        point: &str,
-        file: &Path,
-    ) -> Paused {
-        let child = command(m, repo, args)
-            .envs(env.iter().copied())
-            .env("XSTORE_PAUSE", point)
-            .env("XSTORE_PAUSE_FILE", file)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut paused = Paused {
-            child,
-            file: file.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !file.exists() {
-            if let Some(status) = paused.child.try_wait().unwrap() {
-                let out = paused.child_output();
-                panic!(
-                    "{args:?} ended ({status}) before {point}:\n{}",
-                    stderr(&out)
-                );
-            }
-            assert!(Instant::now() < deadline, "{args:?} never reached {point}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        paused
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Lets the command go on and waits for its end.
-    fn resume(mut self) -> Output {
-        std::fs::remove_file(&self.file).unwrap();
-        self.child_output()
-    }
-
-    fn child_output(&mut self) -> Output {
-        let mut out = Output {
-            status: self.child.wait().unwrap(),
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-        };
-        use std::io::Read;
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_end(&mut out.stdout)
-            .unwrap();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_end(&mut out.stderr)
-            .unwrap();
-        out
-    }
+/// `args` started with the pause hook at `point` (and more environment); returns once the
+/// command waits there.
+fn paused(
+    m: &Moto,
+    repo: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    point: &str,
+    file: &Path,
+) -> Paused {
+    let mut cmd = command(m, repo, args);
+    cmd.envs(env.iter().copied());
+    Paused::start(cmd, point, file)
 }
 
 /// Another server's lease as it writes one (FORMAT.md §Object store): pid 7 on `host`.
@@ -156,17 +92,19 @@ fn race_for_the_lease(m: &Moto, w: &Path, prefix: &str) {
     init(m, &second, prefix, &[]);
     let s = src.to_str().unwrap();
     let backup = ["backup", "-q", "--host", "h", s];
-    let slow = Paused::start(
+    let slow = paused(
         m,
         &first,
         &backup,
+        &[],
         "lease-before-write",
         &w.join(format!("{prefix}-1.pause")),
     );
-    let fast = Paused::start(
+    let fast = paused(
         m,
         &second,
         &backup,
+        &[],
         "lease-held",
         &w.join(format!("{prefix}-2.pause")),
     );
@@ -273,17 +211,22 @@ fn backup_forget_gc_restore_and_check_on_a_store_with_aws_semantics() {
     xs_ok(&m, &repo, &["check", "--read-data"]);
 }
 
-#[test]
-fn a_writer_whose_lease_another_server_took_meanwhile_commits_nothing_and_leaves_that_lease() {
+/// A backup holds its lease (heartbeats every 100 ms) while `replace` writes another version
+/// of it, made from the holder's; then the backup goes on. Asserts that it commits nothing,
+/// removes its packs, names the other holder in one line, and leaves the other's lease.
+fn lease_replaced_while_held(
+    prefix: &str,
+    replace: impl Fn(&serde_json::Value) -> serde_json::Value,
+) {
     let w = tempfile::tempdir().unwrap();
     let m = Moto::start(&w.path().join("moto"));
     let repo = w.path().join("repo");
     let src = w.path().join("src");
     make_fixture(&src, 33);
-    init(&m, &repo, "taken", &[]);
+    init(&m, &repo, prefix, &[]);
     let s = src.to_str().unwrap();
-    // Heartbeats every 100 ms; the backup stops right after taking the lease.
-    let writer = Paused::start_with_env(
+    // The backup stops right after taking the lease.
+    let writer = paused(
         &m,
         &repo,
         &["backup", "-q", "--host", "h", s],
@@ -291,16 +234,15 @@ fn a_writer_whose_lease_another_server_took_meanwhile_commits_nothing_and_leaves
         "lease-held",
         &w.path().join("writer.pause"),
     );
-    assert!(lease_of(&m, "taken").is_some());
-    // Another server takes the lease (as one that judged it expired would).
-    let other = foreign_lease(
-        "other",
-        xstore::now_ns(),
-        xstore::now_ns() + 600_000_000_000,
-    );
-    m.put("taken/lease", other.to_string().as_bytes());
+    let key = format!("{prefix}/lease");
+    let other = replace(&lease_of(&m, prefix).unwrap());
+    m.put(&key, other.to_string().as_bytes());
     std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(lease_of(&m, "taken").as_ref(), Some(&other));
+    assert_eq!(
+        lease_of(&m, prefix).as_ref(),
+        Some(&other),
+        "not renewed over"
+    );
 
     let out = writer.resume();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -308,18 +250,48 @@ fn a_writer_whose_lease_another_server_took_meanwhile_commits_nothing_and_leaves
     let lines: Vec<&str> = err.lines().filter(|l| l.contains("error:")).collect();
     assert_eq!(lines.len(), 1, "one error line:\n{err}");
     assert!(
-        lines[0].contains("s3://xstore-test/taken/lease")
+        lines[0].contains(&format!("s3://xstore-test/{key}"))
             && lines[0].contains("pid 7 on host other (/srv/old) took the writer lease")
             && lines[0].contains("nothing was committed"),
         "{}",
         lines[0]
     );
-    assert_eq!(lease_of(&m, "taken").as_ref(), Some(&other), "left alone");
+    assert_eq!(lease_of(&m, prefix).as_ref(), Some(&other), "left alone");
     assert_eq!(
-        m.keys("taken/packs/"),
+        m.keys(&format!("{prefix}/packs/")),
         Vec::<String>::new(),
         "the failed backup's packs are removed"
     );
     let snapshots = last_json(xs_ok(&m, &repo, &["--json", "snapshots"]).as_bytes());
     assert_eq!(snapshots.as_array().unwrap().len(), 0);
+}
+
+/// Another server takes the lease (as one that judged it expired would): the next heartbeat
+/// reads its token.
+#[test]
+fn a_writer_whose_lease_another_server_took_meanwhile_commits_nothing_and_leaves_that_lease() {
+    lease_replaced_while_held("taken", |_| {
+        foreign_lease(
+            "other",
+            xstore::now_ns(),
+            xstore::now_ns() + 600_000_000_000,
+        )
+    });
+}
+
+/// The lease is replaced by a version that still carries this writer's token, as when
+/// another server's write lands between a heartbeat's read and its renewal: the read cannot
+/// tell, only the renewal's `If-Match` can, and the store refuses it. (With an
+/// unconditional renewal the backup commits: the test can fail.)
+#[test]
+fn a_writer_whose_renewal_the_store_refuses_commits_nothing_and_leaves_the_other_lease() {
+    lease_replaced_while_held("renewal", |held| {
+        let mut other = foreign_lease(
+            "other",
+            xstore::now_ns(),
+            xstore::now_ns() + 600_000_000_000,
+        );
+        other["token"] = held["token"].clone();
+        other
+    });
 }

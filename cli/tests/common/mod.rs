@@ -1,6 +1,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn xstore(repo: &Path, args: &[&str]) -> Output {
     xstore_with_env(repo, &[], args)
@@ -124,4 +125,62 @@ pub fn damage_blob(repo: &Path, blob: &xstore::ChunkId) -> xstore::ChunkId {
     std::fs::remove_file(&pack).unwrap();
     std::fs::write(&pack, &bytes).unwrap();
     loc.pack
+}
+
+/// A command stopped by the `XSTORE_PAUSE` test hook at `point` (the `failpoints` feature;
+/// `file` is the hook's `XSTORE_PAUSE_FILE`).
+pub struct Paused {
+    child: Option<Child>,
+    file: PathBuf,
+}
+
+impl Paused {
+    /// Starts `cmd` with the hook at `point`; returns once it waits there.
+    pub fn start(mut cmd: Command, point: &str, file: &Path) -> Paused {
+        let child = cmd
+            .env("XSTORE_PAUSE", point)
+            .env("XSTORE_PAUSE_FILE", file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut paused = Paused {
+            child: Some(child),
+            file: file.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !file.exists() {
+            if let Some(status) = paused.child.as_mut().unwrap().try_wait().unwrap() {
+                let out = paused.child_output();
+                panic!("{cmd:?} ended ({status}) before {point}:\n{}", stderr(&out));
+            }
+            assert!(Instant::now() < deadline, "{cmd:?} never reached {point}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        paused
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Lets the command go on and waits for its end.
+    pub fn resume(mut self) -> Output {
+        std::fs::remove_file(&self.file).unwrap();
+        self.child_output()
+    }
+
+    fn child_output(&mut self) -> Output {
+        self.child.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Paused {
+    /// A test that fails while the command waits does not leave it waiting.
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

@@ -64,12 +64,33 @@ struct Standing {
     expires_ns: AtomicI64,
     /// The holder found in the lease object instead of this one, once a heartbeat saw it.
     taken_by: Mutex<Option<String>>,
+    /// The ETag of the last version this holder wrote, where the store gives one.
+    e_tag: Mutex<Option<String>>,
 }
 
 impl Standing {
     fn taken(&self, by: String) {
         if let Ok(mut t) = self.taken_by.lock() {
             t.get_or_insert(by);
+        }
+    }
+
+    fn is_taken(&self) -> bool {
+        self.taken_by.lock().map_or(true, |t| t.is_some())
+    }
+
+    fn wrote(&self, e_tag: Option<String>) {
+        if let Ok(mut t) = self.e_tag.lock() {
+            *t = e_tag;
+        }
+    }
+
+    /// Whether the version of the lease found (with `found` as its ETag) is the last one this
+    /// holder wrote, as far as the store's ETags tell.
+    fn is_last_written(&self, found: Option<&str>) -> bool {
+        match (self.e_tag.lock().ok().and_then(|t| t.clone()), found) {
+            (Some(ours), Some(found)) => ours == found,
+            _ => true,
         }
     }
 
@@ -232,6 +253,7 @@ impl WriterLease {
         let standing = Arc::new(Standing {
             expires_ns: AtomicI64::new(lease.expires_ns),
             taken_by: Mutex::new(None),
+            e_tag: Mutex::new(e_tag.clone()),
         });
         let thread = {
             let (stop, store, token) = (stop.clone(), store.clone(), token.clone());
@@ -271,6 +293,7 @@ impl WriterLease {
                     match write(&store, &lease, e_tag.as_deref(), false) {
                         Ok(Conditional::Written(next)) => {
                             e_tag = next;
+                            standing.wrote(e_tag.clone());
                             standing
                                 .expires_ns
                                 .store(lease.expires_ns, Ordering::SeqCst);
@@ -335,9 +358,15 @@ impl Drop for WriterLease {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        // Only our own lease is released; a lease another server took is left alone.
-        match read(&self.store) {
-            Ok(Some(l)) if l.token == self.token => {
+        // Only our own lease is released: not one a heartbeat found taken, nor a version of
+        // it this holder did not write (its ETag says so where the store gives ETags).
+        if self.standing.is_taken() {
+            return;
+        }
+        match read_tagged(&self.store) {
+            Ok(Some((l, e_tag)))
+                if l.token == self.token && self.standing.is_last_written(e_tag.as_deref()) =>
+            {
                 if let Err(e) = self.store.delete_file(LEASE_NAME) {
                     tracing::warn!(error = %e, "writer lease not released; it expires by itself");
                 }
@@ -357,6 +386,7 @@ mod tests {
         let standing = Standing {
             expires_ns: AtomicI64::new(1_000_000_000_000),
             taken_by: Mutex::new(None),
+            e_tag: Mutex::new(None),
         };
         assert_eq!(standing.lost_at(999_999_999_999), None);
         let ran_out = standing.lost_at(1_000_000_000_000).unwrap();
@@ -375,5 +405,23 @@ mod tests {
             standing.lost_at(0).as_deref(),
             Some("pid 7 on host b (/r) took the writer lease while this server wrote")
         );
+    }
+
+    #[test]
+    fn a_holder_releases_only_the_version_it_wrote_last_where_the_store_tells() {
+        let standing = Standing {
+            expires_ns: AtomicI64::new(0),
+            taken_by: Mutex::new(None),
+            e_tag: Mutex::new(None),
+        };
+        // No ETags (a store that gives none): the token alone decides.
+        assert!(standing.is_last_written(Some("\"a\"")));
+        standing.wrote(Some("\"a\"".into()));
+        assert!(standing.is_last_written(Some("\"a\"")));
+        assert!(!standing.is_last_written(Some("\"b\"")));
+        assert!(standing.is_last_written(None));
+        assert!(!standing.is_taken());
+        standing.taken("pid 7 on host b (/r)".into());
+        assert!(standing.is_taken());
     }
 }

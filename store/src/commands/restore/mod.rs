@@ -372,6 +372,9 @@ impl Repository {
                 len: (pack::BLOB_HEADER_LEN + loc.stored_len as usize) as u64,
             })
             .collect();
+        // Test hook: every chunk is located, nothing read yet (a gc running now retires
+        // packs this restore will read).
+        crate::failpoint::pause("restore-located");
         let _read_ahead = self.storage().read_ahead(&reads);
         drop(reads);
         // Files are taken in that order by every thread (not split into one contiguous half
