@@ -295,3 +295,62 @@ fn a_writer_whose_renewal_the_store_refuses_commits_nothing_and_leaves_the_other
         other
     });
 }
+
+/// gc committed its rewrite under the lease, then another server takes the lease before gc
+/// deletes the retired packs (the `gc-before-delete` pause): gc deletes none of them, fails
+/// with one line naming the other holder, and leaves the other's lease. (Another server that
+/// attached with `repair index` may have found those packs.)
+#[test]
+fn gc_whose_lease_another_server_took_deletes_no_retired_pack() {
+    let w = tempfile::tempdir().unwrap();
+    let m = Moto::start(&w.path().join("moto"));
+    let repo = w.path().join("repo");
+    let src = w.path().join("src");
+    make_fixture(&src, 34);
+    init(&m, &repo, "gc-taken", &["--pack-size-mib", "1"]);
+    let s = src.to_str().unwrap();
+    let doomed = src.join("doomed.bin");
+    std::fs::write(&doomed, xstore_tests::seeded_bytes(6, 3 << 20)).unwrap();
+    xs_ok(&m, &repo, &["backup", "-q", "--host", "h", s]);
+    std::fs::remove_file(&doomed).unwrap();
+    xs_ok(&m, &repo, &["backup", "-q", "--host", "h", s]);
+    xs_ok(&m, &repo, &["forget", "--host", "h", "--keep-last", "1"]);
+    let before = m.keys("gc-taken/packs/");
+
+    let gc = paused(
+        &m,
+        &repo,
+        &["gc", "--max-dead", "0%", "--grace", "0s"],
+        &[("XSTORE_LEASE_HEARTBEAT_MS", "100")],
+        "gc-before-delete",
+        &w.path().join("gc.pause"),
+    );
+    let other = foreign_lease(
+        "other",
+        xstore::now_ns(),
+        xstore::now_ns() + 600_000_000_000,
+    );
+    m.put("gc-taken/lease", other.to_string().as_bytes());
+    std::thread::sleep(Duration::from_millis(800));
+    let out = gc.resume();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("error:")).collect();
+    assert_eq!(lines.len(), 1, "one error line:\n{err}");
+    assert!(
+        lines[0].contains("s3://xstore-test/gc-taken/lease")
+            && lines[0].contains("pid 7 on host other (/srv/old) took the writer lease")
+            && lines[0].contains("retired packs not yet deleted are left for a later gc"),
+        "{}",
+        lines[0]
+    );
+    let after = m.keys("gc-taken/packs/");
+    for key in before.iter().filter(|k| k.ends_with(".pack")) {
+        assert!(after.contains(key), "{key} was deleted");
+    }
+    assert_eq!(
+        lease_of(&m, "gc-taken").as_ref(),
+        Some(&other),
+        "left alone"
+    );
+}

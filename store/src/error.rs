@@ -133,13 +133,15 @@ pub enum Error {
         holder: String,
     },
     /// The object store's writer lease was taken by another server, or ran out unrenewed,
-    /// while this one wrote: the mutation is not committed.
-    #[error("{lease}: {reason}; nothing was committed")]
+    /// while this one wrote: what was about to be written or deleted was not.
+    #[error("{lease}: {reason}; {withheld}")]
     LeaseLost {
         /// `s3://bucket/prefix/lease`.
         lease: String,
         /// Who took it, or when it ran out.
         reason: String,
+        /// What this server therefore did not do ("nothing was committed").
+        withheld: &'static str,
     },
     /// A snapshot reference that matches nothing, or more than one snapshot.
     #[error("snapshot {reference}: {reason}")]

@@ -281,12 +281,17 @@ impl Repository {
         }
         self.reclaim(candidates, &mut report, opts.progress.as_deref())?;
         tally(&mut report);
-        // After gc's commit: a failure to delete is a warning, the next gc deletes them.
-        if let Err(e) = self.delete_retired(grace, &mut report) {
-            tracing::warn!("retired pack files not deleted ({e}); the next gc retries");
+        // After gc's commit: a failure to delete is a warning, the next gc deletes them; a
+        // lost writer lease is an error (another server may be writing to this repository).
+        match self.delete_retired(grace, &mut report) {
+            Err(e @ Error::LeaseLost { .. }) => return Err(e),
+            Err(e) => tracing::warn!("retired pack files not deleted ({e}); the next gc retries"),
+            Ok(()) => {}
         }
-        if let Err(e) = self.abort_unfinished_uploads(grace, &mut report) {
-            tracing::warn!("unfinished uploads not aborted ({e}); the next gc retries");
+        match self.abort_unfinished_uploads(grace, &mut report) {
+            Err(e @ Error::LeaseLost { .. }) => return Err(e),
+            Err(e) => tracing::warn!("unfinished uploads not aborted ({e}); the next gc retries"),
+            Ok(()) => {}
         }
         Ok(report)
     }
@@ -302,6 +307,7 @@ impl Repository {
         for upload in self.storage().unfinished_uploads()? {
             match upload.initiated_ns {
                 Some(t) if now.saturating_sub(t) >= grace_ns => {
+                    self.lease_still_held("unfinished uploads left for a later gc")?;
                     self.storage().abort_upload(&upload)?;
                     tracing::debug!(key = %upload.key, "unfinished upload aborted");
                     report.uploads_aborted += 1;
@@ -333,14 +339,26 @@ impl Repository {
         }
         if !deleted.is_empty() {
             crate::fail_io("gc-delete")?;
+            crate::failpoint::pause("gc-before-delete");
         }
-        // The first pack alone, then the rest in batches: a crash between two deletions is
-        // a state the crash tests reach (`gc-mid-delete`).
+        // Each batch is deleted only while this server still holds the object store's
+        // writer lease: another server that took it may have attached with `repair index`
+        // and found these packs. The first pack alone, then the rest in batches: a crash
+        // between two deletions is a state the crash tests reach (`gc-mid-delete`).
+        const WITHHELD: &str = "retired packs not yet deleted are left for a later gc";
         let (first, rest) = deleted.split_at(deleted.len().min(1));
+        self.lease_still_held(WITHHELD)?;
         self.storage().delete(first)?;
         crate::failpoint("gc-mid-delete");
+        let mut done = first.len();
         for batch in rest.chunks(256) {
+            if let Err(e) = self.lease_still_held(WITHHELD) {
+                // The markers of what is gone go, so the report and the journal agree.
+                crate::pack::journal::clear_retired(&packs, &deleted[..done])?;
+                return Err(e);
+            }
             self.storage().delete(batch)?;
+            done += batch.len();
         }
         report.retired_deleted += deleted.len() as u64;
         // The deletions are durable before their markers go (journal.rs, the storage

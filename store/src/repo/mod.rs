@@ -71,11 +71,12 @@ impl Repository {
         crate::storage::s3_location(&self.root).ok().flatten()
     }
     /// `Ok` unless this handle's object-store writer lease was lost (taken by another
-    /// server, or run out unrenewed): then nothing may be committed through it.
-    pub(crate) fn lease_still_held(&self) -> crate::Result<()> {
+    /// server, or run out unrenewed): then nothing may be committed or deleted through it
+    /// (`withheld` names what the caller leaves undone, for the error).
+    pub(crate) fn lease_still_held(&self, withheld: &'static str) -> crate::Result<()> {
         self.lease
             .as_ref()
-            .map_or(Ok(()), crate::storage::lease::WriterLease::still_held)
+            .map_or(Ok(()), |lease| lease.still_held(withheld))
     }
     /// Whether this handle holds the writer lock.
     pub fn is_writable(&self) -> bool {

@@ -327,13 +327,15 @@ impl WriterLease {
 
     /// Whether this server may still commit: no heartbeat found another holder in the lease,
     /// and its last renewal has not run out (a store that stopped answering for the lease's
-    /// lifetime lets another server take it). Called right before a commit's index batch.
-    pub(crate) fn still_held(&self) -> Result<()> {
+    /// lifetime lets another server take it). Called right before a commit's index batch
+    /// and before gc's deletions; `withheld` says what the caller then does not do.
+    pub(crate) fn still_held(&self, withheld: &'static str) -> Result<()> {
         match self.standing.lost_at(crate::now_ns()) {
             None => Ok(()),
             Some(reason) => Err(Error::LeaseLost {
                 lease: self.store.url_of(LEASE_NAME),
                 reason,
+                withheld,
             }),
         }
     }

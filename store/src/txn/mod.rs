@@ -457,7 +457,7 @@ impl<'r> Mutation<'r> {
         }
         // Last check before the batch: a writer whose object-store lease another server
         // took must not commit (its packs go with the failed mutation).
-        self.repo.lease_still_held()?;
+        self.repo.lease_still_held("nothing was committed")?;
         let mut batch = self.repo.index.batch();
         for (id, loc) in &self.blobs {
             match loc {
