@@ -10,7 +10,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{last_json, stderr, Paused};
@@ -170,22 +170,52 @@ fn two_servers_taking_over_an_expired_lease_at_once_on_a_store_with_conditional_
     race_for_the_lease(&m, w.path(), "expired");
 }
 
+/// A repository on `prefix` (1 MiB packs) whose only snapshot left is of `src`, made from
+/// fixture `seed`, after a forget of the one that also held a 3 MiB file: gc has packs to
+/// rewrite or delete.
+fn with_a_forgotten_file(m: &Moto, repo: &Path, src: &Path, prefix: &str, seed: u64) {
+    make_fixture(src, seed);
+    init(m, repo, prefix, &["--pack-size-mib", "1"]);
+    let s = src.to_str().unwrap();
+    xs_ok(m, repo, &["backup", "-q", "--host", "h", s]);
+    let doomed = src.join("doomed.bin");
+    std::fs::write(&doomed, xstore_tests::seeded_bytes(seed, 3 << 20)).unwrap();
+    xs_ok(m, repo, &["backup", "-q", "--host", "h", s]);
+    std::fs::remove_file(&doomed).unwrap();
+    xs_ok(m, repo, &["backup", "-q", "--host", "h", s]);
+    xs_ok(m, repo, &["forget", "--host", "h", "--keep-last", "1"]);
+}
+
+/// Writes `other` over the lease of `prefix` and waits for a few of the holder's 100 ms
+/// heartbeats to find it.
+fn replace_lease(m: &Moto, prefix: &str, other: &serde_json::Value) {
+    m.put(&format!("{prefix}/lease"), other.to_string().as_bytes());
+    std::thread::sleep(Duration::from_millis(800));
+}
+
+/// `out` failed with exit 1 and one error line naming the lease of `prefix`, the other
+/// holder (`foreign_lease("other", …)`) and what was `withheld`.
+fn assert_refused_for_the_lost_lease(out: &Output, prefix: &str, withheld: &str) {
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
+    let err = stderr(out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("error:")).collect();
+    assert_eq!(lines.len(), 1, "one error line:\n{err}");
+    assert!(
+        lines[0].contains(&format!("s3://xstore-test/{prefix}/lease"))
+            && lines[0].contains("pid 7 on host other (/srv/old) took the writer lease")
+            && lines[0].contains(withheld),
+        "{}",
+        lines[0]
+    );
+}
+
 #[test]
 fn backup_forget_gc_restore_and_check_on_a_store_with_aws_semantics() {
     let w = tempfile::tempdir().unwrap();
     let m = Moto::start(&w.path().join("moto"));
     let repo = w.path().join("repo");
     let src = w.path().join("src");
-    make_fixture(&src, 32);
-    init(&m, &repo, "aws", &["--pack-size-mib", "1"]);
-    let s = src.to_str().unwrap();
-    xs_ok(&m, &repo, &["backup", "-q", "--host", "h", s]);
-    let doomed = src.join("doomed.bin");
-    std::fs::write(&doomed, xstore_tests::seeded_bytes(5, 3 << 20)).unwrap();
-    xs_ok(&m, &repo, &["backup", "-q", "--host", "h", s]);
-    std::fs::remove_file(&doomed).unwrap();
-    xs_ok(&m, &repo, &["backup", "-q", "--host", "h", s]);
-    xs_ok(&m, &repo, &["forget", "--host", "h", "--keep-last", "1"]);
+    with_a_forgotten_file(&m, &repo, &src, "aws", 32);
     let gc = |args: &[&str]| {
         let mut a = vec!["--json", "gc", "--max-dead", "0%"];
         a.extend_from_slice(args);
@@ -234,10 +264,8 @@ fn lease_replaced_while_held(
         "lease-held",
         &w.path().join("writer.pause"),
     );
-    let key = format!("{prefix}/lease");
     let other = replace(&lease_of(&m, prefix).unwrap());
-    m.put(&key, other.to_string().as_bytes());
-    std::thread::sleep(Duration::from_millis(800));
+    replace_lease(&m, prefix, &other);
     assert_eq!(
         lease_of(&m, prefix).as_ref(),
         Some(&other),
@@ -245,17 +273,7 @@ fn lease_replaced_while_held(
     );
 
     let out = writer.resume();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let err = stderr(&out);
-    let lines: Vec<&str> = err.lines().filter(|l| l.contains("error:")).collect();
-    assert_eq!(lines.len(), 1, "one error line:\n{err}");
-    assert!(
-        lines[0].contains(&format!("s3://xstore-test/{key}"))
-            && lines[0].contains("pid 7 on host other (/srv/old) took the writer lease")
-            && lines[0].contains("nothing was committed"),
-        "{}",
-        lines[0]
-    );
+    assert_refused_for_the_lost_lease(&out, prefix, "nothing was committed");
     assert_eq!(lease_of(&m, prefix).as_ref(), Some(&other), "left alone");
     assert_eq!(
         m.keys(&format!("{prefix}/packs/")),
@@ -306,15 +324,7 @@ fn gc_whose_lease_another_server_took_deletes_no_retired_pack() {
     let m = Moto::start(&w.path().join("moto"));
     let repo = w.path().join("repo");
     let src = w.path().join("src");
-    make_fixture(&src, 34);
-    init(&m, &repo, "gc-taken", &["--pack-size-mib", "1"]);
-    let s = src.to_str().unwrap();
-    let doomed = src.join("doomed.bin");
-    std::fs::write(&doomed, xstore_tests::seeded_bytes(6, 3 << 20)).unwrap();
-    xs_ok(&m, &repo, &["backup", "-q", "--host", "h", s]);
-    std::fs::remove_file(&doomed).unwrap();
-    xs_ok(&m, &repo, &["backup", "-q", "--host", "h", s]);
-    xs_ok(&m, &repo, &["forget", "--host", "h", "--keep-last", "1"]);
+    with_a_forgotten_file(&m, &repo, &src, "gc-taken", 34);
     let before = m.keys("gc-taken/packs/");
 
     let gc = paused(
@@ -330,19 +340,12 @@ fn gc_whose_lease_another_server_took_deletes_no_retired_pack() {
         xstore::now_ns(),
         xstore::now_ns() + 600_000_000_000,
     );
-    m.put("gc-taken/lease", other.to_string().as_bytes());
-    std::thread::sleep(Duration::from_millis(800));
+    replace_lease(&m, "gc-taken", &other);
     let out = gc.resume();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let err = stderr(&out);
-    let lines: Vec<&str> = err.lines().filter(|l| l.contains("error:")).collect();
-    assert_eq!(lines.len(), 1, "one error line:\n{err}");
-    assert!(
-        lines[0].contains("s3://xstore-test/gc-taken/lease")
-            && lines[0].contains("pid 7 on host other (/srv/old) took the writer lease")
-            && lines[0].contains("retired packs not yet deleted are left for a later gc"),
-        "{}",
-        lines[0]
+    assert_refused_for_the_lost_lease(
+        &out,
+        "gc-taken",
+        "retired packs not yet deleted are left for a later gc",
     );
     let after = m.keys("gc-taken/packs/");
     for key in before.iter().filter(|k| k.ends_with(".pack")) {

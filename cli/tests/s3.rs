@@ -341,12 +341,20 @@ fn signed_request(g: &Garage, path: &str, extra: &[&str], body: &[u8]) -> Output
     out
 }
 
-/// The keys of the pack objects under `prefix` (ListObjectsV2).
-fn pack_keys(g: &Garage, prefix: &str) -> Vec<String> {
+/// The pack objects under `prefix` with their sizes (ListObjectsV2; not the journal's
+/// markers beside them).
+fn pack_objects(g: &Garage, prefix: &str) -> Vec<(String, u64)> {
     object_sizes(g, &format!("{prefix}packs/"))
         .into_iter()
+        .filter(|(key, _)| key.ends_with(".pack"))
+        .collect()
+}
+
+/// The keys of the pack objects under `prefix`.
+fn pack_keys(g: &Garage, prefix: &str) -> Vec<String> {
+    pack_objects(g, prefix)
+        .into_iter()
         .map(|(key, _)| key)
-        .filter(|key| key.ends_with(".pack"))
         .collect()
 }
 
@@ -765,9 +773,8 @@ fn an_unchanged_re_backup_reads_its_parents_trees_from_the_local_cache_and_survi
 
 /// The bytes of the pack objects under `prefix`.
 fn pack_bytes(g: &Garage, prefix: &str) -> u64 {
-    object_sizes(g, &format!("{prefix}packs/"))
+    pack_objects(g, prefix)
         .into_iter()
-        .filter(|(key, _)| key.ends_with(".pack"))
         .map(|(_, size)| size)
         .sum()
 }
