@@ -193,21 +193,21 @@ fn replace_lease(m: &Moto, prefix: &str, other: &serde_json::Value) {
     std::thread::sleep(Duration::from_millis(800));
 }
 
-/// `out` failed with exit 1 and one error line naming the lease of `prefix`, the other
-/// holder (`foreign_lease("other", …)`) and what was `withheld`.
-fn assert_refused_for_the_lost_lease(out: &Output, prefix: &str, withheld: &str) {
+/// `out` failed with exit 1 and one error line naming the lease of `prefix` and saying each
+/// of `says`.
+fn assert_refused_for_the_lost_lease(out: &Output, prefix: &str, says: &[&str]) {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
     let err = stderr(out);
     let lines: Vec<&str> = err.lines().filter(|l| l.contains("error:")).collect();
     assert_eq!(lines.len(), 1, "one error line:\n{err}");
-    assert!(
-        lines[0].contains(&format!("s3://xstore-test/{prefix}/lease"))
-            && lines[0].contains("pid 7 on host other (/srv/old) took the writer lease")
-            && lines[0].contains(withheld),
-        "{}",
-        lines[0]
-    );
+    let lease = format!("s3://xstore-test/{prefix}/lease");
+    for needle in std::iter::once(lease.as_str()).chain(says.iter().copied()) {
+        assert!(lines[0].contains(needle), "{needle:?} not in {}", lines[0]);
+    }
 }
+
+/// What a lost lease's error says of the other holder, `foreign_lease("other", …)`.
+const TAKEN_BY_OTHER: &str = "pid 7 on host other (/srv/old) took the writer lease";
 
 #[test]
 fn backup_forget_gc_restore_and_check_on_a_store_with_aws_semantics() {
@@ -273,7 +273,7 @@ fn lease_replaced_while_held(
     );
 
     let out = writer.resume();
-    assert_refused_for_the_lost_lease(&out, prefix, "nothing was committed");
+    assert_refused_for_the_lost_lease(&out, prefix, &[TAKEN_BY_OTHER, "nothing was committed"]);
     assert_eq!(lease_of(&m, prefix).as_ref(), Some(&other), "left alone");
     assert_eq!(
         m.keys(&format!("{prefix}/packs/")),
@@ -345,7 +345,10 @@ fn gc_whose_lease_another_server_took_deletes_no_retired_pack() {
     assert_refused_for_the_lost_lease(
         &out,
         "gc-taken",
-        "retired packs not yet deleted are left for a later gc",
+        &[
+            TAKEN_BY_OTHER,
+            "retired packs not yet deleted are left for a later gc",
+        ],
     );
     let after = m.keys("gc-taken/packs/");
     for key in before.iter().filter(|k| k.ends_with(".pack")) {
@@ -356,4 +359,51 @@ fn gc_whose_lease_another_server_took_deletes_no_retired_pack() {
         Some(&other),
         "left alone"
     );
+}
+
+/// A backup whose lease ran out without a renewal (here: a 1 s lease and no heartbeat in
+/// time, as when the store did not take them) commits nothing: another server may have
+/// taken the lease meanwhile. One line says when it ran out; its packs are removed.
+#[test]
+fn a_writer_whose_lease_ran_out_unrenewed_commits_nothing() {
+    let w = tempfile::tempdir().unwrap();
+    let m = Moto::start(&w.path().join("moto"));
+    let repo = w.path().join("repo");
+    let src = w.path().join("src");
+    make_fixture(&src, 35);
+    init(&m, &repo, "ran-out", &[]);
+    let s = src.to_str().unwrap();
+    let writer = paused(
+        &m,
+        &repo,
+        &["backup", "-q", "--host", "h", s],
+        &[
+            ("XSTORE_LEASE_MS", "1000"),
+            ("XSTORE_LEASE_HEARTBEAT_MS", "3600000"),
+        ],
+        "lease-held",
+        &w.path().join("writer.pause"),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = writer.resume();
+    assert_refused_for_the_lost_lease(
+        &out,
+        "ran-out",
+        &[
+            "this server's writer lease ran out at",
+            "without a renewal",
+            "nothing was committed",
+        ],
+    );
+    assert_eq!(
+        m.keys("ran-out/packs/"),
+        Vec::<String>::new(),
+        "the failed backup's packs are removed"
+    );
+    let snapshots = last_json(xs_ok(&m, &repo, &["--json", "snapshots"]).as_bytes());
+    assert_eq!(snapshots.as_array().unwrap().len(), 0);
+    // The next backup takes the lease again and commits.
+    xs_ok(&m, &repo, &["backup", "-q", "--host", "h", s]);
+    let snapshots = last_json(xs_ok(&m, &repo, &["--json", "snapshots"]).as_bytes());
+    assert_eq!(snapshots.as_array().unwrap().len(), 1);
 }

@@ -112,6 +112,19 @@ impl Standing {
     }
 }
 
+/// How long a lease lives after its last heartbeat (`XSTORE_LEASE_MS` in test builds, to see
+/// one run out in a test).
+fn lease_life_ns() -> i64 {
+    #[cfg(feature = "failpoints")]
+    if let Some(ms) = std::env::var("XSTORE_LEASE_MS")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+    {
+        return ms.saturating_mul(1_000_000);
+    }
+    LEASE_SECONDS * 1_000_000_000
+}
+
 /// How often the lease is renewed: a quarter of its life (`XSTORE_LEASE_HEARTBEAT_MS` in
 /// test builds, to see a heartbeat in a test).
 fn heartbeat_interval() -> Duration {
@@ -226,7 +239,7 @@ impl WriterLease {
             directory,
             token: token.clone(),
             heartbeat_ns: now,
-            expires_ns: now + LEASE_SECONDS * 1_000_000_000,
+            expires_ns: now + lease_life_ns(),
         };
         // Another server may write the lease between the read above and this write.
         crate::failpoint::pause("lease-before-write");
@@ -287,7 +300,7 @@ impl WriterLease {
                     }
                     let now = crate::now_ns();
                     lease.heartbeat_ns = now;
-                    lease.expires_ns = now + LEASE_SECONDS * 1_000_000_000;
+                    lease.expires_ns = now + lease_life_ns();
                     // Renewed only if still the version this holder wrote: a store with
                     // conditional writes never lets a heartbeat overwrite a successor.
                     match write(&store, &lease, e_tag.as_deref(), false) {
