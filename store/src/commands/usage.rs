@@ -162,6 +162,17 @@ impl Repository {
         // file and its pages) on every core.
         while !frontier.is_empty() {
             frontier.sort_unstable_by_key(|&n| graph.place(n));
+            let level: Vec<crate::storage::read_ahead::RangeRead> = frontier
+                .iter()
+                .filter_map(|&n| graph.located(n))
+                .map(|(_, loc)| crate::storage::read_ahead::RangeRead {
+                    pack: loc.pack,
+                    offset: loc.offset,
+                    len: (crate::pack::BLOB_HEADER_LEN + loc.stored_len as usize) as u64,
+                })
+                .collect();
+            self.storage().will_need(&level);
+            drop(level);
             // Each task returns its parents' children in one vector, ordered as
             // `Graph::set_children` keeps them (few allocations, few frees of another
             // thread's memory, and the main thread only queues the trees below).

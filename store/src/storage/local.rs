@@ -11,6 +11,9 @@ use crate::ChunkId;
 
 /// Open pack files kept for positioned reads; the cache is emptied when it reaches this.
 const MAX_OPEN_PACKS: usize = 256;
+/// Ranges of one pack closer than this are advised as one (a few pages read for nothing
+/// cost less than another request to the disk).
+const WILL_NEED_GAP: u64 = 256 << 10;
 
 /// The local pack directory and a cache of open pack files.
 pub(crate) struct LocalStorage {
@@ -45,6 +48,26 @@ impl LocalStorage {
     }
 }
 
+/// The spans (pack, start, end) to advise for `reads`: consecutive reads of one pack that
+/// overlap or lie within [`WILL_NEED_GAP`] of each other become one span.
+fn will_need_spans(reads: &[super::read_ahead::RangeRead]) -> Vec<(PackId, u64, u64)> {
+    let mut spans: Vec<(PackId, u64, u64)> = Vec::new();
+    for r in reads {
+        let end = r.offset.saturating_add(r.len);
+        match spans.last_mut() {
+            Some((pack, start, to))
+                if *pack == r.pack
+                    && r.offset >= *start
+                    && r.offset <= to.saturating_add(WILL_NEED_GAP) =>
+            {
+                *to = (*to).max(end);
+            }
+            _ => spans.push((r.pack, r.offset, end)),
+        }
+    }
+    spans
+}
+
 impl PackStorage for LocalStorage {
     fn put(&self, id: &PackId, sealed: &Path, _metadata_only: bool) -> Result<()> {
         let final_path = self.path(id);
@@ -58,6 +81,16 @@ impl PackStorage for LocalStorage {
         use std::os::unix::fs::FileExt;
         let file = self.open_file(id)?;
         file.read_exact_at(buf, offset).at(self.path(id))
+    }
+
+    fn will_need(&self, reads: &[super::read_ahead::RangeRead]) {
+        for (pack, start, end) in will_need_spans(reads) {
+            // Only a hint: a pack that cannot be opened fails its read, with its error.
+            if let Ok(file) = self.open_file(&pack) {
+                let len = std::num::NonZeroU64::new(end.saturating_sub(start));
+                let _ = rustix::fs::fadvise(&*file, start, len, rustix::fs::Advice::WillNeed);
+            }
+        }
     }
 
     fn read_whole(&self, id: &PackId) -> Result<PackBytes> {
@@ -142,5 +175,48 @@ impl PackStorage for LocalStorage {
         if let Ok(mut files) = self.files.lock() {
             files.remove(id);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::storage::read_ahead::RangeRead;
+
+    fn read(pack: u8, offset: u64, len: u64) -> RangeRead {
+        RangeRead {
+            pack: crate::ChunkId([pack; 32]),
+            offset,
+            len,
+        }
+    }
+
+    #[test]
+    fn reads_of_one_pack_close_together_are_advised_as_one_span_and_others_apart() {
+        let near = 100 + WILL_NEED_GAP;
+        let spans = will_need_spans(&[
+            read(1, 0, 100),
+            read(1, near, 50),     // within the gap of the first: one span
+            read(1, near + 10, 5), // inside it
+            read(1, near + 50 + WILL_NEED_GAP + 1, 10), // past the gap: a new span
+            read(2, 0, 10),        // another pack
+            read(1, 0, 10),        // back to pack 1: not merged backwards
+        ]);
+        let p = |n: u8| crate::ChunkId([n; 32]);
+        assert_eq!(
+            spans,
+            vec![
+                (p(1), 0, near + 50),
+                (
+                    p(1),
+                    near + 50 + WILL_NEED_GAP + 1,
+                    near + 50 + WILL_NEED_GAP + 11
+                ),
+                (p(2), 0, 10),
+                (p(1), 0, 10),
+            ]
+        );
+        assert_eq!(will_need_spans(&[]), Vec::new());
     }
 }

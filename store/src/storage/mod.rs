@@ -110,6 +110,11 @@ pub(crate) trait PackStorage: Send + Sync {
     fn read_ahead(&self, _reads: &[read_ahead::RangeRead]) -> ReadAheadGuard {
         ReadAheadGuard::default()
     }
+    /// A hint that these ranges (in pack order) are read soon, by any thread in any order:
+    /// a local storage has the kernel read them into the page cache ahead of those reads
+    /// (walks of many trees from a cold cache wait on one small read at a time otherwise);
+    /// a remote one ignores it (its metadata pack cache and windows serve walks).
+    fn will_need(&self, _reads: &[read_ahead::RangeRead]) {}
 }
 
 /// A multipart upload under the repository's `packs/` that was never completed.
