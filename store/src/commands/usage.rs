@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::idmap::IdMap;
 use crate::index::BlobLoc;
 use crate::repo::Repository;
+use crate::storage::read_ahead::RangeRead;
 use crate::ChunkId;
 use xstore_format::pack::BlobKind;
 use xstore_format::snapshot::Snapshot;
@@ -162,14 +163,10 @@ impl Repository {
         // file and its pages) on every core.
         while !frontier.is_empty() {
             frontier.sort_unstable_by_key(|&n| graph.place(n));
-            let level: Vec<crate::storage::read_ahead::RangeRead> = frontier
+            let level: Vec<RangeRead> = frontier
                 .iter()
                 .filter_map(|&n| graph.located(n))
-                .map(|(_, loc)| crate::storage::read_ahead::RangeRead {
-                    pack: loc.pack,
-                    offset: loc.offset,
-                    len: (crate::pack::BLOB_HEADER_LEN + loc.stored_len as usize) as u64,
-                })
+                .map(|(_, loc)| RangeRead::of(&loc))
                 .collect();
             self.storage().will_need(&level);
             drop(level);

@@ -40,7 +40,6 @@ pub(crate) fn open_existing_dir(path: &Path) -> Result<OwnedFd> {
 
 use crate::error::{Error, IoContext, Result};
 use crate::index::BlobLoc;
-use crate::pack;
 use crate::repo::{poisoned, Node, Repository};
 use crate::storage::read_ahead::RangeRead;
 use crate::storage::PackId;
@@ -366,11 +365,7 @@ impl Repository {
         let reads: Vec<RangeRead> = keyed
             .iter()
             .flat_map(|(_, _, _, chunks)| chunks.iter())
-            .map(|(_, loc)| RangeRead {
-                pack: loc.pack,
-                offset: loc.offset,
-                len: (pack::BLOB_HEADER_LEN + loc.stored_len as usize) as u64,
-            })
+            .map(|(_, loc)| RangeRead::of(loc))
             .collect();
         // Test hook: every chunk is located, nothing read yet (a gc running now retires
         // packs this restore will read).
