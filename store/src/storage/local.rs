@@ -85,10 +85,14 @@ impl PackStorage for LocalStorage {
 
     fn will_need(&self, reads: &[super::read_ahead::RangeRead]) {
         for (pack, start, end) in will_need_spans(reads) {
+            // An empty span advises nothing (a length of none would mean the whole file).
+            let Some(len) = std::num::NonZeroU64::new(end.saturating_sub(start)) else {
+                continue;
+            };
             // Only a hint: a pack that cannot be opened fails its read, with its error.
             if let Ok(file) = self.open_file(&pack) {
-                let len = std::num::NonZeroU64::new(end.saturating_sub(start));
-                let _ = rustix::fs::fadvise(&*file, start, len, rustix::fs::Advice::WillNeed);
+                let advice = rustix::fs::Advice::WillNeed;
+                let _ = rustix::fs::fadvise(&*file, start, Some(len), advice);
             }
         }
     }
