@@ -64,7 +64,8 @@ struct Standing {
     expires_ns: AtomicI64,
     /// The holder found in the lease object instead of this one, once a heartbeat saw it.
     taken_by: Mutex<Option<String>>,
-    /// The ETag of the last version this holder wrote, where the store gives one.
+    /// The ETag of the last version this holder wrote, where the store gives one: what each
+    /// renewal must match, and what the release checks. Its one copy.
     e_tag: Mutex<Option<String>>,
 }
 
@@ -85,10 +86,15 @@ impl Standing {
         }
     }
 
+    /// The ETag the next renewal must match.
+    fn last_e_tag(&self) -> Option<String> {
+        self.e_tag.lock().ok().and_then(|t| t.clone())
+    }
+
     /// Whether the version of the lease found (with `found` as its ETag) is the last one this
     /// holder wrote, as far as the store's ETags tell.
     fn is_last_written(&self, found: Option<&str>) -> bool {
-        match (self.e_tag.lock().ok().and_then(|t| t.clone()), found) {
+        match (self.last_e_tag(), found) {
             (Some(ours), Some(found)) => ours == found,
             _ => true,
         }
@@ -243,7 +249,7 @@ impl WriterLease {
         };
         // Another server may write the lease between the read above and this write.
         crate::failpoint::pause("lease-before-write");
-        let mut e_tag = match write(&store, &lease, found_tag.as_deref(), absent)? {
+        let e_tag = match write(&store, &lease, found_tag.as_deref(), absent)? {
             Conditional::Written(e_tag) => e_tag,
             Conditional::Lost => return Err(lost(&store)),
         };
@@ -266,7 +272,7 @@ impl WriterLease {
         let standing = Arc::new(Standing {
             expires_ns: AtomicI64::new(lease.expires_ns),
             taken_by: Mutex::new(None),
-            e_tag: Mutex::new(e_tag.clone()),
+            e_tag: Mutex::new(e_tag),
         });
         let thread = {
             let (stop, store, token) = (stop.clone(), store.clone(), token.clone());
@@ -303,10 +309,10 @@ impl WriterLease {
                     lease.expires_ns = now + lease_life_ns();
                     // Renewed only if still the version this holder wrote: a store with
                     // conditional writes never lets a heartbeat overwrite a successor.
-                    match write(&store, &lease, e_tag.as_deref(), false) {
+                    let expected = standing.last_e_tag();
+                    match write(&store, &lease, expected.as_deref(), false) {
                         Ok(Conditional::Written(next)) => {
-                            e_tag = next;
-                            standing.wrote(e_tag.clone());
+                            standing.wrote(next);
                             standing
                                 .expires_ns
                                 .store(lease.expires_ns, Ordering::SeqCst);
