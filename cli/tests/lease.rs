@@ -10,22 +10,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use common::{last_json, stderr, Paused};
 use xstore_tests::moto::Moto;
 use xstore_tests::{assert_same_tree, make_fixture, restored_path};
-
-fn command(m: &Moto, repo: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_xstore"));
-    c.env("XSTORE_REPO", repo)
-        .env_remove("XSTORE_FAILPOINT")
-        .env_remove("XSTORE_PAUSE")
-        .envs(m.env())
-        .args(args);
-    c
-}
 
 fn xs_ok(m: &Moto, repo: &Path, args: &[&str]) -> String {
     common::ok_with_env(repo, &m.env(), args)
@@ -58,7 +48,7 @@ fn paused(
     point: &str,
     file: &Path,
 ) -> Paused {
-    let mut cmd = command(m, repo, args);
+    let mut cmd = common::xstore_command(repo, &m.env(), args);
     cmd.envs(env.iter().copied());
     Paused::start(cmd, point, file)
 }

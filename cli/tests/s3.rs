@@ -807,21 +807,14 @@ fn gc_in_the_bucket_frees_what_it_reports_and_a_restore_running_through_it_resto
         &["--pack-size-mib", "1", "--chunk-avg-kib", "16"],
     );
     // The kept snapshot's files share packs with junk that only the forgotten one held.
-    let (s, j) = (src.to_str().unwrap(), junk.to_str().unwrap());
-    xs_ok(&g, &repo, &["backup", "-q", "--host", "h", s, j]);
-    fs::remove_dir_all(&junk).unwrap();
-    fs::create_dir_all(&junk).unwrap();
-    xs_ok(&g, &repo, &["backup", "-q", "--host", "h", s, j]);
-    xs_ok(&g, &repo, &["forget", "--host", "h", "--keep-last", "1"]);
+    common::snapshot_mixed_with_garbage_with_env(&repo, &g.env(), "h", &src, &junk);
 
     let target = w.path().join("restored");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xstore"));
-    cmd.env("XSTORE_REPO", &repo).envs(g.env()).args([
-        "restore",
-        "-q",
-        "h@latest",
-        target.to_str().unwrap(),
-    ]);
+    let cmd = common::xstore_command(
+        &repo,
+        &g.env(),
+        &["restore", "-q", "h@latest", target.to_str().unwrap()],
+    );
     let restore = Paused::start(cmd, "restore-located", &w.path().join("restore.pause"));
 
     let before = pack_bytes(&g, "live/");

@@ -9,13 +9,19 @@ pub fn xstore(repo: &Path, args: &[&str]) -> Output {
 
 /// `xstore` with more environment (an object store's key: `Garage::env`).
 pub fn xstore_with_env(repo: &Path, env: &[(&str, String)], args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xstore"))
-        .env("XSTORE_REPO", repo)
+    xstore_command(repo, env, args).output().unwrap()
+}
+
+/// The command [`xstore_with_env`] runs, for a caller that spawns it (with no test hook of
+/// the caller's environment armed).
+pub fn xstore_command(repo: &Path, env: &[(&str, String)], args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xstore"));
+    cmd.env("XSTORE_REPO", repo)
         .env_remove("XSTORE_FAILPOINT")
+        .env_remove("XSTORE_PAUSE")
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .args(args)
-        .output()
-        .unwrap()
+        .args(args);
+    cmd
 }
 
 pub fn ok(repo: &Path, args: &[&str]) -> String {
@@ -90,12 +96,31 @@ pub fn small_pack_repo() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
 /// `src` and `junk` (its files written by the caller), then one without junk's files, then
 /// forget of the first. gc must rewrite those packs to reclaim the junk.
 pub fn snapshot_mixed_with_garbage(repo: &Path, host: &str, src: &Path, junk: &Path) {
+    snapshot_mixed_with_garbage_with_env(repo, &[], host, src, junk);
+}
+
+/// [`snapshot_mixed_with_garbage`] with more environment (an object store's key).
+pub fn snapshot_mixed_with_garbage_with_env(
+    repo: &Path,
+    env: &[(&str, String)],
+    host: &str,
+    src: &Path,
+    junk: &Path,
+) {
     let (s, j) = (src.to_str().unwrap(), junk.to_str().unwrap());
-    ok(repo, &["backup", "-q", "--host", host, "--no-tier", s, j]);
+    ok_with_env(
+        repo,
+        env,
+        &["backup", "-q", "--host", host, "--no-tier", s, j],
+    );
     std::fs::remove_dir_all(junk).unwrap();
     std::fs::create_dir_all(junk).unwrap();
-    ok(repo, &["backup", "-q", "--host", host, "--no-tier", s, j]);
-    ok(repo, &["forget", "--host", host, "--keep-last", "1"]);
+    ok_with_env(
+        repo,
+        env,
+        &["backup", "-q", "--host", host, "--no-tier", s, j],
+    );
+    ok_with_env(repo, env, &["forget", "--host", host, "--keep-last", "1"]);
 }
 
 /// The id of chunk `n` of the file at `path` in `snapshot` (an id prefix or `HOST@latest`).
