@@ -166,7 +166,11 @@ impl Repository {
             let level: Vec<RangeRead> = frontier
                 .iter()
                 .filter_map(|&n| graph.located(n))
-                .map(|(_, loc)| RangeRead::of(&loc))
+                .map(|(_, loc)| RangeRead {
+                    pack: loc.pack,
+                    offset: loc.offset,
+                    len: loc.span(),
+                })
                 .collect();
             self.storage().will_need(&level);
             drop(level);

@@ -35,17 +35,6 @@ pub(crate) struct RangeRead {
     pub len: u64,
 }
 
-impl RangeRead {
-    /// The read of one stored blob, header included.
-    pub(crate) fn of(loc: &crate::index::BlobLoc) -> RangeRead {
-        RangeRead {
-            pack: loc.pack,
-            offset: loc.offset,
-            len: loc.span(),
-        }
-    }
-}
-
 /// A coalesced range of one pack, fetched with one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Segment {

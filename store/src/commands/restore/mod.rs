@@ -365,7 +365,11 @@ impl Repository {
         let reads: Vec<RangeRead> = keyed
             .iter()
             .flat_map(|(_, _, _, chunks)| chunks.iter())
-            .map(|(_, loc)| RangeRead::of(loc))
+            .map(|(_, loc)| RangeRead {
+                pack: loc.pack,
+                offset: loc.offset,
+                len: loc.span(),
+            })
             .collect();
         // Test hook: every chunk is located, nothing read yet (a gc running now retires
         // packs this restore will read).
