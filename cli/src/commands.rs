@@ -2,6 +2,7 @@
 //! repair. Each parses nothing itself (clap did), calls the library and prints.
 
 use super::*;
+use xstore::text::{printable, printable_bytes};
 
 #[derive(clap::Args)]
 pub(crate) struct InitArgs {
@@ -233,6 +234,7 @@ pub(crate) fn backup(cli: &Cli, args: &BackupArgs) -> Result<u8> {
             (None, false) => TierChoice::Lowest,
         },
         time_ns: None,
+        budgets: Vec::new(),
     };
     let tracker = Tracker::start(cli, "backup", progress);
     let result = repo.backup(&LocalSource, &opts);
@@ -242,7 +244,11 @@ pub(crate) fn backup(cli: &Cli, args: &BackupArgs) -> Result<u8> {
         print_summary(&snap, &snap.errors)?;
     } else {
         for e in &snap.errors {
-            eprintln!("xstore: not backed up: {}: {}", e.path, e.message);
+            eprintln!(
+                "xstore: not backed up: {}: {}",
+                printable(&e.path),
+                printable(&e.message)
+            );
         }
         if !cli.quiet {
             print_backup_summary(&snap);
@@ -372,7 +378,11 @@ pub(crate) fn restore(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
         print_summary(&summary, &summary.errors)?;
     } else {
         for e in &summary.errors {
-            eprintln!("xstore: not restored: {}: {}", e.path, e.message);
+            eprintln!(
+                "xstore: not restored: {}: {}",
+                printable(&e.path),
+                printable(&e.message)
+            );
         }
         for c in &summary.planned {
             let action = match c.action {
@@ -421,7 +431,7 @@ pub(crate) fn diff(cli: &Cli, args: &DiffArgs) -> Result<u8> {
                 xstore::Change::Removed => '-',
                 xstore::Change::Modified => 'M',
             };
-            println!("{sign} {}", i.path);
+            println!("{sign} {}", printable(&i.path));
         }
     }
     Ok(EXIT_OK)
@@ -601,11 +611,11 @@ fn ls_line(e: &xstore::Entry) -> String {
         e.attrs.gid,
         e.attrs.size,
         time_of(e.attrs.mtime_ns),
-        e.name_lossy()
+        printable_bytes(&e.name)
     );
     if let xstore::Content::Target(t) = &e.content {
         line.push_str(" -> ");
-        line.push_str(&String::from_utf8_lossy(t));
+        line.push_str(&printable_bytes(t));
     }
     line
 }

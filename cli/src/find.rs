@@ -53,7 +53,7 @@ pub(crate) fn find(cli: &Cli, args: &FindArgs) -> Result<u8> {
         return Ok(EXIT_OK);
     }
     for p in &report.paths {
-        println!("{} {}", p.host, p.path);
+        println!("{} {}", p.host, xstore::text::printable(&p.path));
         for v in &p.versions {
             let change = match v.change {
                 xstore::VersionChange::First => "first",

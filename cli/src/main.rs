@@ -108,6 +108,10 @@ enum Command {
         /// Only this host (default: every host, each planned on its own).
         #[arg(long)]
         host: Option<String>,
+        /// Expire just this snapshot (id prefix, HOST@latest …), whatever policies say:
+        /// for example one dated in the future by a clock that was ahead.
+        #[arg(long, conflicts_with = "host")]
+        snapshot: Option<String>,
         /// Print the plan with reasons, change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -279,7 +283,7 @@ fn main() -> ExitCode {
                 let line = serde_json::json!({"type": "error", "message": message});
                 println!("{line}");
             }
-            eprintln!("xstore: error: {message}");
+            eprintln!("xstore: error: {}", xstore::text::printable(&message));
             ExitCode::from(EXIT_ERROR)
         }
     }
@@ -511,6 +515,19 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Forget {
             keep,
             host,
+            snapshot: Some(snapshot),
+            dry_run,
+            now: _,
+        } if keep.is_empty() && host.is_none() => retention::forget_one(cli, snapshot, *dry_run),
+        Command::Forget {
+            snapshot: Some(_), ..
+        } => Err(anyhow::anyhow!(
+            "--snapshot names the one snapshot to expire: give no --keep-* policy with it"
+        )),
+        Command::Forget {
+            keep,
+            host,
+            snapshot: None,
             dry_run,
             now,
         } => retention::forget(cli, keep, host.as_deref(), now.as_deref(), *dry_run),

@@ -9,6 +9,7 @@ use xstore::{pull_fleet, Inventory, Progress, PullOptions, PullOutcome, PullRepo
 use xstore_agent::cli::AgentArgs;
 
 use crate::{human_bytes, open_ro, open_rw, print_json, time_of, Cli, EXIT_OK};
+use xstore::text::printable;
 
 /// Exit status of `pull`: at least one host failed (the others were pulled).
 pub(crate) const EXIT_HOSTS_FAILED: u8 = 2;
@@ -60,26 +61,32 @@ fn report_line(r: &PullReport) -> String {
             "{:<24} FAILED   {:>7.1} s  {}",
             r.host,
             r.seconds,
-            r.error.as_deref().unwrap_or("")
+            printable(r.error.as_deref().unwrap_or(""))
         ),
-        outcome => format!(
-            "{:<24} {:<8} {:>7.1} s  {:>10} scanned  {:>10} over the wire  {:>10} new  {}{}",
-            r.host,
-            outcome.name(),
-            r.seconds,
-            human_bytes(r.bytes_scanned),
-            human_bytes(r.wire_bytes),
-            human_bytes(r.new_stored_bytes),
-            r.snapshot.as_deref().map_or("", |s| &s[..8.min(s.len())]),
-            if r.errors > 0 {
-                format!(
-                    "  ({} paths failed; see `xstore snapshots --json`)",
-                    r.errors
-                )
-            } else {
-                String::new()
-            }
-        ),
+        outcome => {
+            format!(
+                "{:<24} {:<8} {:>7.1} s  {:>10} scanned  {:>10} over the wire  {:>10} new  {}{}",
+                r.host,
+                outcome.name(),
+                r.seconds,
+                human_bytes(r.bytes_scanned),
+                human_bytes(r.wire_bytes),
+                human_bytes(r.new_stored_bytes),
+                r.snapshot.as_deref().map_or("", |s| &s[..8.min(s.len())]),
+                if r.errors > 0 {
+                    format!(
+                        "  ({} paths failed; see `xstore snapshots --json`)",
+                        r.errors
+                    )
+                } else {
+                    String::new()
+                }
+            ) + &r
+                .mass_change
+                .as_ref()
+                .map(|m| format!("\n{:<24} WARNING  {}", r.host, printable(&m.message)))
+                .unwrap_or_default()
+        }
     }
 }
 
@@ -97,6 +104,7 @@ pub(crate) fn pull(cli: &Cli, args: &PullArgs) -> Result<u8> {
         threads: args.threads.unwrap_or(0),
         no_parent: args.no_parent,
         progress: Some(progress.clone()),
+        accounts: inv.accounts.clone(),
         ..PullOptions::default()
     };
     let print = |r: &PullReport| {
@@ -106,7 +114,7 @@ pub(crate) fn pull(cli: &Cli, args: &PullArgs) -> Result<u8> {
         }
     };
     let mut tracker = None;
-    let mut open = || -> Result<Repository> {
+    let open = || -> Result<Repository> {
         let repo = open_rw(cli)?;
         for h in repo.apply_inventory_schedules(&inv.hosts)? {
             tracing::info!(host = %h, "tier schedule set from the inventory");
@@ -114,13 +122,8 @@ pub(crate) fn pull(cli: &Cli, args: &PullArgs) -> Result<u8> {
         tracker = Some(crate::Tracker::start(cli, "pull", progress.clone()));
         Ok(repo)
     };
-    let reports = if cli.lock_wait.is_some() {
-        // Waiting for the lock may take long: connect only once the repository is open.
-        open()?.pull_all(&hosts, args.jobs, &opts, &print)
-    } else {
-        // ssh connects while the repository opens.
-        pull_fleet(open, &hosts, args.jobs, &opts, &print)?.1
-    };
+    // The writer lock is taken before any host is contacted.
+    let reports = pull_fleet(open, &hosts, args.jobs, &opts, &print)?.1;
     if let Some(t) = tracker {
         t.finish();
     }

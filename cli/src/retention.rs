@@ -34,6 +34,21 @@ pub(crate) struct KeepArgs {
 }
 
 impl KeepArgs {
+    /// No `--keep-*` option given.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.keep_within.is_none()
+            && [
+                self.keep_last,
+                self.keep_hourly,
+                self.keep_daily,
+                self.keep_weekly,
+                self.keep_monthly,
+                self.keep_yearly,
+            ]
+            .iter()
+            .all(Option::is_none)
+    }
+
     fn policy(&self) -> Result<KeepPolicy> {
         let within = match &self.keep_within {
             Some(d) => Some(parse_duration(d).map_err(anyhow::Error::msg)?),
@@ -133,6 +148,14 @@ pub(crate) fn forget(
     };
     let repo = crate::open_rw_or_ro(cli, dry_run)?;
     let plan = repo.plan_forget(&policy, host, now_ns)?;
+    run_plan(cli, &repo, plan, dry_run)
+}
+
+/// `forget --snapshot REF`: expires that one snapshot.
+pub(crate) fn forget_one(cli: &Cli, snapshot: &str, dry_run: bool) -> Result<u8> {
+    let repo = crate::open_rw_or_ro(cli, dry_run)?;
+    let s = repo.resolve(snapshot)?;
+    let plan = repo.plan_forget_snapshot(&s.id)?;
     run_plan(cli, &repo, plan, dry_run)
 }
 

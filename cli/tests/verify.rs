@@ -210,3 +210,23 @@ fn a_kill_while_recording_keeps_the_previous_progress() {
     assert!(report["damaged"].as_array().unwrap().is_empty());
     assert_eq!(report["cycle_complete"], true, "{report}");
 }
+
+/// A gc whose grace period is shorter than a running verify retires and deletes packs that
+/// verify's view of the index still lists: verify skips them (exit 0, nothing damaged), it
+/// does not report them as damage.
+#[test]
+fn packs_a_gc_deleted_during_a_verify_are_not_damage() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, _) = many_packs(work.path());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xstore"));
+    cmd.arg("--repo").arg(&repo).args(["--json", "verify"]);
+    let paused = common::Paused::start(cmd, "verify-opened", &work.path().join("pause"));
+    ok(&repo, &["forget", "--host", "h", "--keep-last", "1"]);
+    for _ in 0..2 {
+        ok(&repo, &["gc", "--max-dead", "0%", "--grace", "0s"]);
+    }
+    let out = paused.resume();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = common::last_json(&out.stdout);
+    assert_eq!(report["damaged"], serde_json::json!([]), "{report}");
+}

@@ -220,6 +220,47 @@ pub enum Error {
     /// Expiry would drop a reference count below zero: the index disagrees with the trees.
     #[error("blob {0}: reference count would drop below zero (the index is inconsistent; run `xstore check`, then `xstore repair index`)")]
     RefcountUnderflow(ChunkId),
+    /// A blob would be referenced as another kind than the repository holds it as: a file's
+    /// chunk whose bytes equal a tree or chunk list, or a tree whose bytes equal a file's
+    /// chunk. Never deduplicated: an edge of the wrong kind would break reference counting.
+    #[error("blob {id}: stored as {have}, referenced as {want}; not deduplicated")]
+    KindClash {
+        /// The blob.
+        id: ChunkId,
+        /// The kind the repository (or this backup) holds it as.
+        have: &'static str,
+        /// The kind the new reference needs.
+        want: &'static str,
+    },
+    /// The clock reads earlier than the host's newest snapshot.
+    #[error("host {host}: the clock ({now}) is earlier than its newest snapshot ({newest}); fix the clock: nothing was committed")]
+    ClockBehind {
+        /// The host.
+        host: String,
+        /// When its newest snapshot started (UTC).
+        newest: String,
+        /// The clock's time (UTC).
+        now: String,
+    },
+    /// A backup would add more stored bytes than a limit allows (a pull's cap, an
+    /// account's hard limit).
+    #[error("{what} would be crossed; nothing was committed")]
+    OverBudget {
+        /// The limit, in words.
+        what: String,
+        /// Its size in bytes.
+        limit: u64,
+    },
+    /// Writing would eat into the free-space reserve that only forget, gc and repair use.
+    #[error("{path}: {free} bytes free, the reserve for forget, gc and repair is {reserve}; nothing was committed (free space with `xstore forget` and `xstore gc`)")]
+    ReserveReached {
+        /// The repository.
+        path: PathBuf,
+        /// Bytes free on its filesystem.
+        free: u64,
+        /// The reserve.
+        reserve: u64,
+    },
     /// A retention request that cannot be planned.
     #[error(transparent)]
     Retention(#[from] xstore_retention::RetentionError),

@@ -60,6 +60,7 @@ mod pack;
 mod repo;
 mod source;
 mod storage;
+pub mod text;
 mod txn;
 
 pub(crate) use failpoint::{fail_io, failpoint};
@@ -68,7 +69,9 @@ use std::sync::atomic::AtomicU64;
 
 pub use xstore_chunker::{self as chunker, ChunkId, ChunkerParams};
 
-pub use commands::backup::{BackupOptions, ParentChoice, MAX_INFLIGHT_CHUNKS};
+pub use commands::backup::{
+    BackupOptions, ParentChoice, StoreBudget, MAX_DEPTH, MAX_INFLIGHT_CHUNKS, MAX_PATH_BYTES,
+};
 pub use commands::check::{CheckOptions, CheckReport, KindStats, Problem, Stats};
 pub use commands::diff::{entry_os_name, Change, DiffItem};
 pub use commands::dump::{DumpFormat, DumpSummary};
@@ -92,15 +95,15 @@ pub use error::RemoteError;
 pub use error::{Error, Result};
 pub use fleet::inventory::{Account, HostSpec, Inventory, InventoryError, SelectError};
 pub use fleet::pull::{
-    pull_fleet, ssh_command, AgentConnection, HostStatus, PullOptions, PullOutcome, PullReport,
-    DEFAULT_PULL_THREADS,
+    pull_fleet, ssh_command, AgentConnection, HostStatus, MassChange, PullOptions, PullOutcome,
+    PullReport, DEFAULT_PULL_THREADS, MASS_CHANGE_MIN_FILES, PULL_STACK_BYTES,
 };
 pub use fleet::rsnapshot::{
     BackupPoint, ImportAction, ImportOutcome, ImportPlan, RsnapshotBackup, RsnapshotConfig,
     RsnapshotConfigError, RsnapshotSource,
 };
 pub use fsutil::local_hostname;
-pub use repo::{now_ns, Node, Repository, S3Init};
+pub use repo::{free_space_reserve, now_ns, Node, Repository, S3Init};
 pub use source::remote::{AgentInfo, RemoteSource, MAX_LISTING_BYTES};
 pub use source::{FetchedChunk, LocalSource, RootedSource, Source, SourceFile};
 pub use storage::S3Location;

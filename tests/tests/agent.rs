@@ -107,6 +107,8 @@ fn backup_through_the_agent_restores_exactly() {
         paths: Vec::new(),
         schedule: None,
         timeout: std::time::Duration::from_secs(60),
+        pull_cap: u64::MAX,
+        mass_change: 0.5,
         warning_age: None,
         critical_age: None,
     };

@@ -100,6 +100,7 @@ fn usage_matches_the_dag_and_expiry_frees_exactly_the_exclusive_bytes() {
         name: "acme".into(),
         package: None,
         allocation: 1 << 20,
+        hard_limit: 3 << 20,
         hosts: vec!["web-a".into(), "web-b".into()],
     };
     let acc = &repo.account_usage(&[account], 1.0, 2.0).unwrap()[0];

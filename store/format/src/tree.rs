@@ -111,7 +111,7 @@ impl From<EntryKind> for SourceKind {
 }
 
 /// One chunk of a file: id and length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChunkRef {
     /// Blob id.
     pub id: ChunkId,
@@ -516,6 +516,15 @@ pub fn distinct(mut ids: Vec<ChunkId>) -> Vec<ChunkId> {
 /// The distinct chunk ids of a chunk list.
 pub fn chunk_list_children(chunks: &[ChunkRef]) -> Vec<ChunkId> {
     distinct(chunks.iter().map(|c| c.id).collect())
+}
+
+/// Whether `bytes` are a valid tree or chunk-list encoding. Such bytes are never stored as a
+/// file's content: the blob id would then name both a data chunk and a tree (or chunk list),
+/// and an edge of the wrong kind breaks reference counting (ARCHITECTURE.md, "Trust boundary").
+/// Only bytes that start with one of the two magics are decoded.
+pub fn is_structure_encoding(bytes: &[u8]) -> bool {
+    (bytes.starts_with(TREE_MAGIC) && Tree::decode(bytes).is_ok())
+        || (bytes.starts_with(CHUNKLIST_MAGIC) && decode_chunk_list(bytes).is_ok())
 }
 
 /// Encodes a chunk-list blob.

@@ -36,8 +36,22 @@ use xstore_format::tree::{
 
 /// Chunks of one file being compressed concurrently, at most.
 pub const MAX_INFLIGHT_CHUNKS: usize = 8;
+/// A backup checks the free-space reserve each time it has written this much more.
+pub const RESERVE_CHECK_BYTES: u64 = 32 * 1024 * 1024;
+/// Longest error text kept per failed path in a snapshot record (bytes).
+pub const RECORDED_MESSAGE_BYTES: usize = 512;
+/// Longest path kept per failed path in a snapshot record (bytes): every path a client can
+/// name fits (the agent protocol carries at most 4096 bytes).
+pub const RECORDED_PATH_BYTES: usize = MAX_PATH_BYTES;
 /// A file that keeps changing is read at most this many times.
 const READ_ATTEMPTS: usize = 3;
+/// Directories nested deeper than this below a backup path are recorded as failed paths and
+/// not descended: the walk recurses per level, and a client decides the depth (a pull's
+/// threads get stacks sized for this, fleet/pull.rs).
+pub const MAX_DEPTH: usize = 1024;
+/// Paths longer than this (bytes) are recorded as failed and not descended (the agent
+/// protocol carries paths of at most 4096 bytes).
+pub const MAX_PATH_BYTES: usize = 4096;
 
 /// Which snapshot to compare against for unchanged files.
 #[derive(Debug, Clone, Default)]
@@ -71,6 +85,47 @@ pub struct BackupOptions {
     /// The snapshot's recorded time (ns since the epoch) instead of now: for imports of
     /// backups made earlier by another tool. Its start and end are both this time.
     pub time_ns: Option<i64>,
+    /// Limits on the stored bytes this backup may add (a pull's cap, its account's room
+    /// below the hard limit). Crossing one fails the backup before its commit.
+    pub budgets: Vec<Arc<StoreBudget>>,
+}
+
+/// Stored bytes that backups may still add, shared by every backup that draws on it (the
+/// pulls of one account in one run). A failed backup gives back what it took.
+#[derive(Debug)]
+pub struct StoreBudget {
+    what: String,
+    limit: u64,
+    left: AtomicU64,
+}
+
+impl StoreBudget {
+    /// A budget of `bytes`, described as `what` in the error of a backup that crosses it
+    /// (`account acme's hard limit of 6.0 GiB`).
+    pub fn new(what: impl Into<String>, limit: u64, bytes: u64) -> Arc<StoreBudget> {
+        Arc::new(StoreBudget {
+            what: what.into(),
+            limit,
+            left: AtomicU64::new(bytes),
+        })
+    }
+
+    /// Bytes left.
+    pub fn left(&self) -> u64 {
+        self.left.load(Ordering::Acquire)
+    }
+
+    fn take(&self, n: u64) -> bool {
+        self.left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(n)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: u64) {
+        self.left.fetch_add(n, Ordering::AcqRel);
+    }
 }
 
 struct Session<'a> {
@@ -81,7 +136,16 @@ struct Session<'a> {
     excluded: AtomicU64,
     one_file_system: bool,
     level: i32,
-    pending: Mutex<HashSet<ChunkId>>,
+    /// Blobs this session claimed for writing, with their kind and raw length. A data entry
+    /// here holds bytes this session hashed itself.
+    pending: Mutex<HashMap<ChunkId, (BlobKind, u32)>>,
+    /// Nesting depth below which directories are not descended ([`MAX_DEPTH`]).
+    max_depth: usize,
+    /// The data chunks (id → length) of this host's parent snapshot, loaded on first need:
+    /// the only chunks a source may name without sending their bytes (no existence oracle).
+    own_chunks: std::sync::OnceLock<HashMap<ChunkId, u32>>,
+    /// The parent snapshot's root tree.
+    parent_root: Option<ChunkId>,
     /// Live blobs verify found damaged: never deduplicated against, and a parent entry that
     /// references one is read again, so this backup stores a fresh copy.
     damaged: HashSet<ChunkId>,
@@ -101,6 +165,9 @@ struct Session<'a> {
     new_bytes: AtomicU64,
     new_stored: AtomicU64,
     progress: Option<Arc<Progress>>,
+    budgets: Vec<Arc<StoreBudget>>,
+    /// Stored bytes taken from the budgets so far.
+    drawn: AtomicU64,
 }
 
 /// Whether a file with `meta` has the content of the parent snapshot's entry (same size,
@@ -132,9 +199,11 @@ impl<'a> Session<'a> {
         }
         if let Ok(mut e) = self.errors.lock() {
             if e.len() < MAX_RECORDED_ERRORS {
+                // A client chooses both texts: capped, so a snapshot record stays small.
+                let path = path.display().to_string();
                 e.push(PathError {
-                    path: path.display().to_string(),
-                    message,
+                    path: crate::text::capped(&path, RECORDED_PATH_BYTES).into_owned(),
+                    message: crate::text::capped(&message, RECORDED_MESSAGE_BYTES).into_owned(),
                 });
             }
         }
@@ -160,34 +229,160 @@ impl<'a> Session<'a> {
     }
 
     /// Drops what a failed backup wrote: the open packs and the sealed ones (no index batch
-    /// references them, and only this session knows them). Returns the error to report.
+    /// references them, and only this session knows them), and gives its budgets back.
+    /// Returns the error to report.
     fn discard_uncommitted(&self, e: Error) -> Error {
+        let drawn = self.drawn.swap(0, Ordering::AcqRel);
+        for b in &self.budgets {
+            b.give_back(drawn);
+        }
         self.packs.abandon(e)
+    }
+
+    /// Takes `n` stored bytes from every budget, and checks the free-space reserve each
+    /// time another [`RESERVE_CHECK_BYTES`] have been written.
+    fn draw(&self, n: u64) -> Result<()> {
+        for (i, b) in self.budgets.iter().enumerate() {
+            if !b.take(n) {
+                for taken in &self.budgets[..i] {
+                    taken.give_back(n);
+                }
+                return Err(Error::OverBudget {
+                    what: b.what.clone(),
+                    limit: b.limit,
+                });
+            }
+        }
+        let before = self.drawn.fetch_add(n, Ordering::AcqRel);
+        if before / RESERVE_CHECK_BYTES != (before + n) / RESERVE_CHECK_BYTES || before == 0 {
+            // At most RESERVE_CHECK_BYTES more go into the reserve before the next check.
+            self.repo.check_reserve(0)?;
+        }
+        Ok(())
     }
 
     /// Claims a blob id for writing: true when neither this session nor the repository has
     /// it, and from then on this caller must write it ([`Session::write_new`]) or fail the backup.
-    fn claim(&self, id: ChunkId) -> Result<bool> {
-        if self.pending.lock().map_err(poisoned)?.contains(&id) {
-            return Ok(false);
+    /// A blob held as another kind is never deduplicated against ([`Error::KindClash`]).
+    fn claim(&self, id: ChunkId, kind: BlobKind, raw_len: u32) -> Result<bool> {
+        let clash = |have: BlobKind| Error::KindClash {
+            id,
+            have: have.name(),
+            want: kind.name(),
+        };
+        if let Some(&(have, _)) = self.pending.lock().map_err(poisoned)?.get(&id) {
+            return if have == kind {
+                Ok(false)
+            } else {
+                Err(clash(have))
+            };
         }
         // A dead blob (refcount 0) counts as absent: gc may drop it at any moment, so this
         // session writes its own copy instead of deduplicating against it (mutation.rs).
-        if self.repo.index.blob(&id)?.is_some_and(|l| l.refcount > 0) && !self.damaged.contains(&id)
-        {
-            return Ok(false);
+        if let Some(live) = self.repo.index.blob(&id)?.filter(|l| l.refcount > 0) {
+            if live.kind != kind {
+                return Err(clash(live.kind));
+            }
+            if !self.damaged.contains(&id) {
+                return Ok(false);
+            }
         }
-        Ok(self.pending.lock().map_err(poisoned)?.insert(id))
+        match self.pending.lock().map_err(poisoned)?.entry(id) {
+            std::collections::hash_map::Entry::Occupied(o) if o.get().0 != kind => {
+                Err(clash(o.get().0))
+            }
+            std::collections::hash_map::Entry::Occupied(_) => Ok(false),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert((kind, raw_len));
+                Ok(true)
+            }
+        }
+    }
+
+    /// Claims a file chunk whose bytes this session holds and hashed. Bytes that encode a
+    /// tree or chunk list are refused as file content (tree.rs, `is_structure_encoding`).
+    fn claim_data(&self, id: ChunkId, raw: &[u8]) -> Result<bool> {
+        if xstore_format::tree::is_structure_encoding(raw) {
+            return Err(Error::KindClash {
+                id,
+                have: "tree or chunk list encoding",
+                want: "data",
+            });
+        }
+        self.claim(id, BlobKind::Data, raw.len() as u32)
     }
 
     /// Stores a blob unless the repository or this session already has it. Returns whether
     /// it was new.
     fn store(&self, id: ChunkId, kind: BlobKind, raw: &[u8]) -> Result<bool> {
-        if !self.claim(id)? {
+        let new = match kind {
+            BlobKind::Data => self.claim_data(id, raw)?,
+            _ => self.claim(id, kind, raw.len() as u32)?,
+        };
+        if !new {
             return Ok(false);
         }
         self.write_new(id, kind, raw)?;
         Ok(true)
+    }
+
+    /// Whether the source may name `chunk` without sending its bytes: this session hashed
+    /// it already, or this host's parent snapshot references it and the repository holds it
+    /// as a live data blob of exactly that length (`live`, from [`Repository::holds_data`]).
+    /// Nothing else counts, so what is asked for never depends on other accounts' data.
+    fn known_without_bytes(
+        &self,
+        chunk: &ChunkRef,
+        live: bool,
+        same_path: &HashMap<ChunkId, u32>,
+        pending: &HashMap<ChunkId, (BlobKind, u32)>,
+    ) -> bool {
+        match pending.get(&chunk.id) {
+            Some(&(kind, len)) => return kind == BlobKind::Data && len == chunk.len,
+            None if !live => return false,
+            None => {}
+        }
+        if same_path.get(&chunk.id) == Some(&chunk.len) {
+            return true;
+        }
+        self.own_chunks().get(&chunk.id) == Some(&chunk.len)
+    }
+
+    /// The parent snapshot's data chunks ([`Session::own_chunks`]), walked on first need.
+    fn own_chunks(&self) -> &HashMap<ChunkId, u32> {
+        self.own_chunks.get_or_init(|| {
+            let mut out = HashMap::new();
+            let Some(root) = self.parent_root else {
+                return out;
+            };
+            let mut seen = HashSet::new();
+            let mut stack = vec![root];
+            while let Some(id) = stack.pop() {
+                if !seen.insert(id) {
+                    continue;
+                }
+                let tree = match self.repo.tree(&id) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        // Chunks under it are asked for again: safe, only slower.
+                        tracing::warn!(tree = %id, error = %e, "parent tree unreadable");
+                        continue;
+                    }
+                };
+                for e in &tree.entries {
+                    match &e.content {
+                        Content::Subtree(sub) => stack.push(*sub),
+                        Content::Chunks(_) | Content::ChunkList(_) if e.kind == EntryKind::File => {
+                            if let Ok(chunks) = self.repo.file_chunks(e) {
+                                out.extend(chunks.into_iter().map(|c| (c.id, c.len)));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            out
+        })
     }
 
     /// Compresses and appends a claimed blob to the current pack, sealing it when full.
@@ -205,6 +400,7 @@ impl<'a> Session<'a> {
         compression: pack::Compression,
         stored: &[u8],
     ) -> Result<()> {
+        self.draw((stored.len() + BLOB_HEADER_LEN) as u64)?;
         self.packs.add(id, kind, compression, raw_len, stored)?;
         self.new_blobs.fetch_add(1, Ordering::Relaxed);
         self.new_bytes
@@ -286,6 +482,8 @@ impl<'a> Session<'a> {
 
     /// One entry of a directory. `Ok(None)` when it is skipped or failed (recorded).
     /// `parent_tree` is the previous snapshot's tree of a directory entry (`parent`'s subtree).
+    /// `depth` is the entry's nesting below its backup path (the path itself: 0).
+    #[allow(clippy::too_many_arguments)]
     fn process_entry(
         &self,
         path: &Path,
@@ -294,7 +492,25 @@ impl<'a> Session<'a> {
         parent: Option<&Entry>,
         parent_tree: Option<Tree>,
         root_dev: u64,
+        depth: usize,
     ) -> Result<Option<Entry>> {
+        if path.as_os_str().len() > MAX_PATH_BYTES {
+            self.record_error(
+                path,
+                format!("path longer than {MAX_PATH_BYTES} bytes; not backed up"),
+            );
+            return Ok(None);
+        }
+        if meta.kind == SourceKind::Dir && depth > self.max_depth {
+            self.record_error(
+                path,
+                format!(
+                    "directory nested more than {} levels below its backup path; not backed up",
+                    self.max_depth
+                ),
+            );
+            return Ok(None);
+        }
         let mut entry = match meta.kind {
             SourceKind::Socket => {
                 tracing::info!(path = %path.display(), "socket skipped");
@@ -307,7 +523,7 @@ impl<'a> Session<'a> {
                 let id = if descend {
                     // The previous tree's id, when that tree was read back and decoded.
                     let read_back = parent_tree.as_ref().and(parent.and_then(|p| p.subtree()));
-                    self.process_dir(path, parent_tree.as_ref(), read_back, root_dev)?
+                    self.process_dir(path, parent_tree.as_ref(), read_back, root_dev, depth)?
                 } else {
                     self.store_parent(BlobKind::Tree, &Tree::default().encode(), Vec::new())?
                 };
@@ -385,7 +601,7 @@ impl<'a> Session<'a> {
                 }
             };
             let read = match file.remote_chunks() {
-                Some(list) => self.fetch_remote(&mut *file, list),
+                Some(list) => self.fetch_remote(&mut *file, list, parent),
                 None => self.read_chunks(&mut *file, before.attrs.size),
             };
             let chunks = match read {
@@ -445,12 +661,14 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// A file the source chunked itself: ask only for the chunks neither the repository nor
-    /// this session has, verify each against its id and length, store them.
+    /// A file the source chunked itself: ask for the bytes of every chunk the source may not
+    /// name without them ([`Session::known_without_bytes`]), verify each against its id and
+    /// length, store the new ones. `parent` is the parent snapshot's entry at the same path.
     fn fetch_remote(
         &self,
         file: &mut dyn crate::source::SourceFile,
         list: std::io::Result<Vec<ChunkRef>>,
+        parent: Option<&Entry>,
     ) -> Result<Vec<ChunkRef>, ReadFailure> {
         let list = list.map_err(ReadFailure::Source)?;
         let max = self.repo.chunker_params().max();
@@ -465,15 +683,22 @@ impl<'a> Session<'a> {
         }
         let mut wanted: Vec<ChunkRef> = Vec::new();
         {
-            let ids: Vec<ChunkId> = list.iter().map(|c| c.id).collect();
-            let missing = self.repo.missing_blobs(&ids)?;
+            let same_path: HashMap<ChunkId, u32> = match parent {
+                Some(p) if p.kind == EntryKind::File && self.intact(p) => self
+                    .repo
+                    .file_chunks(p)
+                    .map(|c| c.into_iter().map(|c| (c.id, c.len)).collect())
+                    .unwrap_or_default(),
+                _ => HashMap::new(),
+            };
+            let live = self.repo.holds_data(&list)?;
             let pending = self
                 .pending
                 .lock()
                 .map_err(|e| ReadFailure::Repo(poisoned(e)))?;
             let mut asked = HashSet::new();
-            for (c, missing) in list.iter().zip(missing) {
-                if missing && !pending.contains(&c.id) && asked.insert(c.id) {
+            for (c, live) in list.iter().zip(live) {
+                if !self.known_without_bytes(c, live, &same_path, &pending) && asked.insert(*c) {
                     wanted.push(*c);
                 }
             }
@@ -511,7 +736,7 @@ impl<'a> Session<'a> {
             for (c, fetched) in batch.iter().zip(data) {
                 self.bytes_read
                     .fetch_add(fetched.data.len() as u64, Ordering::Relaxed);
-                if !self.claim(c.id)? {
+                if !self.claim_data(c.id, &fetched.data)? {
                     continue;
                 }
                 match fetched.zstd {
@@ -590,7 +815,7 @@ impl<'a> Session<'a> {
                 });
                 // Claim before copying: chunks the repository already has (every chunk of
                 // an unchanged file read again) cost one lookup, not a copy and a task.
-                if !self.claim(chunk.id)? {
+                if !self.claim_data(chunk.id, bytes)? {
                     continue;
                 }
                 if inflight.load(Ordering::Acquire) < MAX_INFLIGHT_CHUNKS {
@@ -627,6 +852,7 @@ impl<'a> Session<'a> {
         parent: Option<&Tree>,
         read_back: Option<ChunkId>,
         root_dev: u64,
+        depth: usize,
     ) -> Result<ChunkId> {
         let listed = match parent {
             Some(previous) => self.source.list_known(path, previous),
@@ -675,7 +901,7 @@ impl<'a> Session<'a> {
                 let meta = meta.as_ref().ok().filter(|m| m.kind == SourceKind::Dir)?;
                 let descend = !(self.one_file_system && meta.attrs.dev != root_dev);
                 let child = path.join(std::ffi::OsStr::from_bytes(name));
-                (descend && !self.excludes.is_match(&child, name))
+                (descend && depth < self.max_depth && !self.excludes.is_match(&child, name))
                     .then_some((child, old_tree.as_ref()))
             })
             .collect();
@@ -700,7 +926,7 @@ impl<'a> Session<'a> {
                     }
                 };
                 let old = parent.and_then(|t| t.get(&name));
-                self.process_entry(&child, name, meta, old, old_tree, root_dev)
+                self.process_entry(&child, name, meta, old, old_tree, root_dev, depth + 1)
             })
             .collect();
         let mut tree = Tree::default();
@@ -728,7 +954,8 @@ impl<'a> Session<'a> {
             let entry = match node {
                 SynthNode::Leaf => {
                     let old_tree = self.previous_tree(old);
-                    self.process_entry(&child, name.clone(), meta, old, old_tree, meta.attrs.dev)?
+                    let dev = meta.attrs.dev;
+                    self.process_entry(&child, name.clone(), meta, old, old_tree, dev, 0)?
                 }
                 SynthNode::Between(inner) => {
                     if meta.kind != SourceKind::Dir {
@@ -765,8 +992,15 @@ enum ReadFailure {
 }
 
 impl From<Error> for ReadFailure {
+    /// A chunk that may not be stored as file content fails the file, not the backup.
     fn from(e: Error) -> Self {
-        ReadFailure::Repo(e)
+        match e {
+            Error::KindClash { .. } => ReadFailure::Source(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                e.to_string(),
+            )),
+            e => ReadFailure::Repo(e),
+        }
     }
 }
 
@@ -851,6 +1085,25 @@ impl Repository {
                 None => None,
             },
         };
+        // A clock behind the host's newest snapshot would commit a snapshot that sorts
+        // before it: its own tier entry could trim it at once, and `latest` would stay on
+        // the older one. Refused (imports give their time explicitly and are exempt).
+        if opts.time_ns.is_none() {
+            let newest = match (&opts.parent, &parent) {
+                (ParentChoice::Latest, p) => p.clone(),
+                _ => match self.index.host(&opts.host)?.and_then(|h| h.latest) {
+                    Some(id) => Some(self.snapshot(&SnapshotId(id))?),
+                    None => None,
+                },
+            };
+            if let Some(newest) = newest.filter(|n| n.start_ns > start_ns) {
+                return Err(Error::ClockBehind {
+                    host: opts.host.clone(),
+                    newest: crate::format_utc(newest.start_ns.div_euclid(1_000_000_000)),
+                    now: crate::format_utc(start_ns.div_euclid(1_000_000_000)),
+                });
+            }
+        }
         if let (Some(pr), Some(p)) = (&opts.progress, &parent) {
             // The parent's size estimates the total (pulls of many hosts add theirs up).
             pr.total_bytes
@@ -886,7 +1139,10 @@ impl Repository {
             excludes,
             one_file_system: opts.one_file_system,
             level: self.config().compression_level,
-            pending: Mutex::new(HashSet::new()),
+            pending: Mutex::new(HashMap::new()),
+            max_depth: MAX_DEPTH,
+            own_chunks: std::sync::OnceLock::new(),
+            parent_root: parent.as_ref().map(|p| p.root),
             damaged: self.damaged_blobs()?,
             packs: RollingPacks::new(
                 self.tmp_dir(),
@@ -910,6 +1166,8 @@ impl Repository {
             new_bytes: AtomicU64::new(0),
             new_stored: AtomicU64::new(0),
             progress: opts.progress.clone(),
+            budgets: opts.budgets.clone(),
+            drawn: AtomicU64::new(0),
         };
         let result = session.process_synth(Path::new("/"), &synth, parent_root.as_ref());
         // A source that broke off (a lost agent connection) walked an incomplete tree.
@@ -1020,6 +1278,16 @@ impl Repository {
         m.put_snapshot(snapshot.clone());
         if let Some(entry) = entry {
             let plan = self.plan_entry(entry, snapshot)?;
+            // Never commit a snapshot and expire it in the same batch.
+            let own = snapshot.id.to_string();
+            if plan.expired().any(|d| d.id == own) {
+                return Err(Error::StalePlan {
+                    reason: format!(
+                        "snapshot {} would be trimmed by its own tier entry (is the clock wrong?); nothing was committed",
+                        snapshot.id.short()
+                    ),
+                });
+            }
             crate::commands::retention::apply_decisions(
                 &mut m,
                 self,

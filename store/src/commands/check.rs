@@ -12,7 +12,7 @@ use crate::pack::{self, BlobKind, PackId};
 use crate::repo::Repository;
 use crate::ChunkId;
 use xstore_format::snapshot::Snapshot;
-use xstore_format::tree::{decode_chunk_list, Content};
+use xstore_format::tree::{decode_chunk_list, ChunkRef, Content};
 
 /// What `check` should do beyond the structural pass.
 #[derive(Debug, Clone, Default)]
@@ -283,11 +283,47 @@ impl<'a> Walk<'a> {
                 Content::ChunkList(list) => {
                     self.walk_chunk_list(*list, snap, &child_path(e), repeat_damage)
                 }
+                Content::Chunks(chunks) => {
+                    self.check_data_edges(chunks, snap, &child_path(e), repeat_damage)
+                }
                 _ => {}
             }
         }
         if self.problems.len() > problems_before {
             self.visited.insert(id, false);
+        }
+    }
+
+    /// A file's chunks must be data blobs of exactly the referenced length. An edge to a
+    /// tree or chunk list (a pull that deduplicated against one, before the server checked
+    /// kinds) is reported with its snapshot and path, and the blob is walked as what it is:
+    /// releasing it releases its children, so the expected counts (which `repair index`
+    /// writes) must count them as the index does.
+    fn check_data_edges(&mut self, chunks: &[ChunkRef], snap: &Snapshot, path: &str, repeat: bool) {
+        for c in chunks {
+            let Some(loc) = self.blobs.get(&c.id).copied() else {
+                continue; // reported by count_children
+            };
+            if loc.kind == BlobKind::Data && loc.raw_len == c.len {
+                continue;
+            }
+            self.problem(
+                format!(
+                    "file references a {} blob of {} bytes as {} bytes of data",
+                    loc.kind.name(),
+                    loc.raw_len,
+                    c.len
+                ),
+                Some(c.id),
+                Some(&loc),
+                snap,
+                path,
+            );
+            match loc.kind {
+                BlobKind::Tree => self.walk_tree(c.id, snap, path, repeat),
+                BlobKind::ChunkList => self.walk_chunk_list(c.id, snap, path, repeat),
+                _ => {}
+            }
         }
     }
 
@@ -305,6 +341,7 @@ impl<'a> Walk<'a> {
                 let ids = xstore_format::tree::chunk_list_children(&chunks);
                 let before = self.problems.len();
                 self.count_children(&ids, snap, path);
+                self.check_data_edges(&chunks, snap, path, repeat);
                 self.visited.insert(list, self.problems.len() == before);
                 return;
             }

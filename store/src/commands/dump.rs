@@ -120,7 +120,7 @@ impl<'a> ChunkReader<'a> {
         }
         let data = self
             .repo
-            .read_blob(&chunk.id)
+            .read_file_chunk(&chunk)
             .map_err(|e| keep(self.failed, e))?;
         match &mut self.keep {
             None => self.current = data,
@@ -342,7 +342,7 @@ impl Repository {
             if *hole {
                 push_extent(&mut out, offset, u64::from(c.len), true);
             } else {
-                let data = self.read_blob(&c.id)?;
+                let data = self.read_file_chunk(c)?;
                 let mut at = offset;
                 for block in data.chunks(HOLE_BLOCK) {
                     let zero = block.len() == HOLE_BLOCK && block.iter().all(|&b| b == 0);

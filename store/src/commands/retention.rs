@@ -301,6 +301,25 @@ impl Repository {
         Ok(plan_keep(&candidates(&snaps), policy, now)?)
     }
 
+    /// Plans the expiry of one snapshot the operator names (`xstore forget --snapshot`): for
+    /// what no policy would drop, such as a snapshot dated in the future by a clock that
+    /// was ahead once. A pinned snapshot is refused when the plan is applied.
+    pub fn plan_forget_snapshot(&self, id: &SnapshotId) -> Result<Plan> {
+        let s = self.snapshot(id)?;
+        Ok(Plan {
+            decisions: vec![xstore_retention::Decision {
+                id: s.id.to_string(),
+                host: s.host.clone(),
+                time: s.start_ns,
+                action: xstore_retention::Action::Expire,
+                tiers: Default::default(),
+                positions: Vec::new(),
+                reasons: vec!["named by the operator".into()],
+                changed: true,
+            }],
+        })
+    }
+
     /// Applies a plan in one atomic index batch: new tier labels, and expiry of every
     /// snapshot it expires (their blobs' reference counts drop; space returns at the next gc).
     pub fn apply_plan(&self, plan: &Plan) -> Result<Applied> {

@@ -199,6 +199,7 @@ impl Repository {
         let started = Instant::now();
         let started_ns = crate::now_ns();
         let repo = Repository::open_read_only(path)?;
+        crate::failpoint::pause("verify-opened");
         let all = repo.pack_verification_times()?;
         let recorded_cycle = repo
             .index
@@ -298,9 +299,19 @@ impl Repository {
                     .contains_key(pack),
             )
         };
+        // Gone because a gc retired it: still in the journal, or already deleted after a
+        // grace period shorter than this run (then the current index no longer has it,
+        // although this handle's view of the index, older than that gc, still does).
+        let gone_by_gc = || -> Result<bool> {
+            if retired()? {
+                return Ok(true);
+            }
+            let now = Repository::open_read_only(self.path())?;
+            Ok(now.index.pack(pack)?.is_none())
+        };
         let whole = match self.map_pack(pack) {
             Ok(map) => ChunkId::of(&map) == *pack,
-            Err(e) if e.is_not_found() && retired()? => return Ok(None),
+            Err(e) if e.is_not_found() && gone_by_gc()? => return Ok(None),
             Err(_) => false,
         };
         if whole {

@@ -11,6 +11,11 @@ use xstore_retention::Schedule;
 
 /// Default SSH port of the backup agent on clients.
 pub const DEFAULT_AGENT_PORT: u16 = 22344;
+/// Default hard limit of an account, as a multiple of its allocation.
+pub const DEFAULT_HARD_LIMIT_FACTOR: f64 = 3.0;
+/// Default fraction of a host's files a pull may rewrite or remove before it raises the
+/// mass-change alarm.
+pub const DEFAULT_MASS_CHANGE: f64 = 0.5;
 /// Default per-host time limit of a pull.
 pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
 
@@ -53,6 +58,9 @@ struct RawDefaults {
     agent_command: Option<String>,
     warning_age: Option<String>,
     critical_age: Option<String>,
+    hard_limit_factor: Option<f64>,
+    pull_cap: Option<toml::Value>,
+    mass_change: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,6 +78,7 @@ struct RawHost {
     schedule: Option<String>,
     warning_age: Option<String>,
     critical_age: Option<String>,
+    mass_change: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +87,7 @@ struct RawAccount {
     name: String,
     package: Option<String>,
     allocation: Option<toml::Value>,
+    hard_limit: Option<toml::Value>,
     #[serde(default, rename = "host")]
     hosts: Vec<RawHost>,
 }
@@ -102,12 +112,16 @@ pub struct Account {
     pub package: Option<String>,
     /// Soft allocation in bytes: exceeding it is reported, backups keep running.
     pub allocation: u64,
+    /// Hard limit in bytes (referenced stored bytes, as check-usage counts them): a pull
+    /// that would take the account past it fails before its commit. `hard_limit`, or the
+    /// allocation times `hard_limit_factor` ([`DEFAULT_HARD_LIMIT_FACTOR`]).
+    pub hard_limit: u64,
     /// The account's host names.
     pub hosts: Vec<String>,
 }
 
 /// Everything needed to pull one host, with defaults applied.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct HostSpec {
     /// Host name (snapshots are recorded under it).
     pub name: String,
@@ -137,6 +151,13 @@ pub struct HostSpec {
     /// Time limit of one pull.
     #[serde(serialize_with = "ser_duration")]
     pub timeout: Duration,
+    /// Fraction (0–1) of the previous snapshot's files that a pull may rewrite or remove
+    /// before it raises the mass-change alarm (`mass_change`, default
+    /// [`DEFAULT_MASS_CHANGE`]; above 1 turns it off).
+    pub mass_change: f64,
+    /// Most new stored bytes one pull of the host may add (`pull_cap`; default: its
+    /// account's hard limit). A pull that would add more fails before its commit.
+    pub pull_cap: u64,
     /// Freshness: WARNING once the newest complete snapshot is older (None: the check's own).
     #[serde(serialize_with = "ser_opt_duration")]
     pub warning_age: Option<Duration>,
@@ -164,7 +185,7 @@ fn ser_opt_duration<S: serde::Serializer>(v: &Option<Duration>, s: S) -> Result<
 }
 
 /// A parsed, validated inventory.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Inventory {
     /// Accounts in file order.
     pub accounts: Vec<Account>,
@@ -213,6 +234,38 @@ fn size_value(v: &toml::Value) -> Result<u64, String> {
     }
 }
 
+/// Characters an account name may have: it appears in status lines, perfdata labels,
+/// metrics labels and file names.
+const ACCOUNT_CHARS: &str = "._-@+";
+/// Characters a host name may have besides letters and digits.
+const HOST_CHARS: &str = "._-";
+/// Characters an address may have besides letters and digits (names, IPv4, IPv6, zones).
+const ADDRESS_CHARS: &str = "._-:%";
+/// Characters a remote user name may have besides letters and digits.
+const USER_CHARS: &str = "._-";
+
+/// Refuses a name from the inventory with anything but ASCII letters, digits and `extra`:
+/// no control characters (they would forge lines in plugin output and logs), no shell
+/// metacharacters or spaces, and no leading `-` (never an option to ssh).
+fn check_word(value: &str, what: &str, extra: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("{what} is empty"));
+    }
+    if value.starts_with('-') {
+        return Err(format!("{what} {value:?} starts with '-'"));
+    }
+    match value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || extra.contains(*c)))
+    {
+        // Debug formatting escapes control characters: the message is one safe line.
+        Some(c) => Err(format!(
+            "{what} {value:?} contains {c:?}; allowed: letters, digits and {extra:?}"
+        )),
+        None => Ok(()),
+    }
+}
+
 fn duration_value(text: &str) -> Result<Duration, String> {
     let ns = xstore_retention::parse_duration(text)?;
     let ns = u64::try_from(ns).map_err(|_| format!("{text:?}: must be positive"))?;
@@ -246,6 +299,18 @@ impl Inventory {
                 .transpose()
                 .map_err(|e| format!("{what}: {e}"))
         };
+        let factor = d.hard_limit_factor.unwrap_or(DEFAULT_HARD_LIMIT_FACTOR);
+        if !(factor.is_finite() && factor >= 1.0) {
+            return Err(fail(format!(
+                "defaults.hard_limit_factor {factor}: must be at least 1"
+            )));
+        }
+        let default_pull_cap = d
+            .pull_cap
+            .as_ref()
+            .map(size_value)
+            .transpose()
+            .map_err(|e| fail(format!("defaults.pull_cap: {e}")))?;
         let default_warning = age(&d.warning_age, "defaults.warning_age").map_err(fail)?;
         let default_critical = age(&d.critical_age, "defaults.critical_age").map_err(fail)?;
         let mut accounts = Vec::new();
@@ -256,6 +321,8 @@ impl Inventory {
             if a.name.trim().is_empty() {
                 return Err(fail("an account has an empty name".into()));
             }
+            check_word(&a.name, "account name", ACCOUNT_CHARS)
+                .map_err(|e| fail(format!("account {:?}: {e}", a.name)))?;
             if !account_names.insert(a.name.clone()) {
                 return Err(fail(format!("account {} is listed twice", a.name)));
             }
@@ -276,9 +343,26 @@ impl Inventory {
                     )))
                 }
             };
+            let hard_limit = match &a.hard_limit {
+                Some(v) => size_value(v).map_err(|e| fail(format!("account {}: {e}", a.name)))?,
+                None => (allocation as f64 * factor).min(u64::MAX as f64) as u64,
+            };
+            if hard_limit < allocation {
+                return Err(fail(format!(
+                    "account {}: hard_limit is below the allocation",
+                    a.name
+                )));
+            }
             for h in &a.hosts {
-                let at = |e: String| fail(format!("host {}: {e}", h.name));
+                let at = |e: String| fail(format!("host {}: {e}", crate::text::printable(&h.name)));
                 xstore_format::snapshot::validate_host(&h.name).map_err(at)?;
+                check_word(&h.name, "host name", HOST_CHARS).map_err(at)?;
+                if let Some(address) = &h.address {
+                    check_word(address, "address", ADDRESS_CHARS).map_err(at)?;
+                }
+                if let Some(user) = h.user.as_ref().or(d.user.as_ref()) {
+                    check_word(user, "user", USER_CHARS).map_err(at)?;
+                }
                 if !host_names.insert(h.name.clone()) {
                     return Err(at("listed twice".into()));
                 }
@@ -308,6 +392,13 @@ impl Inventory {
                         return Err(at("warning_age is longer than critical_age".into()));
                     }
                 }
+                let mass_change = h
+                    .mass_change
+                    .or(d.mass_change)
+                    .unwrap_or(DEFAULT_MASS_CHANGE);
+                if !(mass_change.is_finite() && mass_change > 0.0) {
+                    return Err(at(format!("mass_change {mass_change}: must be above 0")));
+                }
                 let mut ssh_options = d.ssh_options.clone();
                 ssh_options.extend(h.ssh_options.iter().cloned());
                 if let Some(bad) = ssh_options.iter().find(|o| !o.contains('=')) {
@@ -334,6 +425,8 @@ impl Inventory {
                     paths,
                     schedule,
                     timeout,
+                    pull_cap: default_pull_cap.unwrap_or(hard_limit).min(hard_limit),
+                    mass_change,
                     warning_age,
                     critical_age,
                 });
@@ -342,6 +435,7 @@ impl Inventory {
                 name: a.name.clone(),
                 package: a.package.clone(),
                 allocation,
+                hard_limit,
                 hosts: a.hosts.iter().map(|h| h.name.clone()).collect(),
             });
         }
@@ -409,6 +503,47 @@ mod tests {
     use super::*;
 
     const EXAMPLE: &str = include_str!("../../../examples/hosts.toml");
+
+    #[test]
+    fn names_with_control_or_shell_characters_are_refused_naming_the_entry() {
+        let inventory = |account: &str, host: &str, extra: &str| {
+            format!(
+                "[[account]]\nname = \"{account}\"\nallocation = \"1 GiB\"\n\n\
+                 [[account.host]]\nname = \"{host}\"\n{extra}"
+            )
+        };
+        let error = |text: String| {
+            Inventory::parse(&text, Path::new("hosts.toml"))
+                .expect_err("refused")
+                .to_string()
+        };
+        assert!(Inventory::parse(
+            &inventory("acme-1", "web1.example.net", "address = \"fe80::1%eth0\"\n"),
+            Path::new("hosts.toml")
+        )
+        .is_ok());
+        let e = error(inventory("acme\\nOK: fine", "web1", ""));
+        assert!(
+            e.starts_with("hosts.toml: account \"acme\\nOK: fine\": account name"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+        let e = error(inventory("acme\\\"x", "web1", ""));
+        assert!(e.contains("contains '\"'"), "{e}");
+        let e = error(inventory(
+            "acme",
+            "web1",
+            "address = \"-oProxyCommand=sh\"\n",
+        ));
+        assert!(
+            e.contains("host web1: address \"-oProxyCommand=sh\" starts with '-'"),
+            "{e}"
+        );
+        let e = error(inventory("acme", "web1", "address = \"h;reboot\"\n"));
+        assert!(e.contains("contains ';'"), "{e}");
+        let e = error(inventory("acme", "web1", "user = \"root$(id)\"\n"));
+        assert!(e.contains("user \"root$(id)\" contains '$'"), "{e}");
+    }
 
     #[test]
     fn select_names_all_an_account_or_hosts_and_refuses_the_unknown() {

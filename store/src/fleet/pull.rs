@@ -5,24 +5,73 @@
 //! commits nothing: a dropped connection, a protocol violation or the per-host timeout make
 //! the backup fail before its commit ([`crate::Source::finish`]), and its packs are removed.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::commands::backup::StoreBudget;
 use crate::error::{Error, IoContext, Result};
-use crate::fleet::inventory::HostSpec;
+use crate::fleet::inventory::{Account, HostSpec};
 use crate::repo::Repository;
 use crate::source::remote::RemoteSource;
 use crate::{BackupOptions, ParentChoice, Progress, TierChoice};
 use xstore_format::records::HostRecord;
 use xstore_format::snapshot::{Snapshot, SnapshotId};
 
+/// A parent snapshot with fewer files is never compared for a mass change.
+pub const MASS_CHANGE_MIN_FILES: u64 = 50;
 /// Requests kept in flight on one agent connection by default (ingest threads of a pull).
 pub const DEFAULT_PULL_THREADS: usize = 16;
+/// Stack of each ingest thread of a pull. The walk recurses once per directory level, up to
+/// [`crate::MAX_DEPTH`] levels (measured about 4 KiB a level; rayon may run a stolen task on
+/// a waiting thread's stack). Only the pages touched are ever committed.
+pub const PULL_STACK_BYTES: usize = 64 * 1024 * 1024;
 /// Lines of ssh's stderr kept for error messages.
 const STDERR_LINES: usize = 20;
+/// Longest line of ssh's (and the agent's) stderr kept; the rest of a longer line is
+/// dropped and counted. A client must not make the server hold or print an unbounded line.
+pub const STDERR_LINE_BYTES: usize = 1024;
+
+/// Calls `each` with every line of `from`, at most `max` bytes of it kept (the rest counted
+/// in the line's tail), control characters escaped ([`crate::text::printable`]). Memory
+/// stays bounded whatever `from` sends.
+fn bounded_lines(from: impl std::io::Read, max: usize, mut each: impl FnMut(String)) {
+    let mut reader = BufReader::with_capacity(64 * 1024, from);
+    let mut line: Vec<u8> = Vec::new();
+    let mut dropped = 0usize;
+    let mut emit = |line: &mut Vec<u8>, dropped: &mut usize| {
+        let mut text = crate::text::printable_bytes(line);
+        if *dropped > 0 {
+            text.push_str(&format!("… ({dropped} more bytes)"));
+        }
+        each(text);
+        line.clear();
+        *dropped = 0;
+    };
+    loop {
+        let buf = match reader.fill_buf() {
+            Ok([]) | Err(_) => break,
+            Ok(b) => b,
+        };
+        let (len, newline) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (buf.len(), false),
+        };
+        let room = max.saturating_sub(line.len()).min(len);
+        line.extend_from_slice(&buf[..room]);
+        dropped += len - room;
+        reader.consume(len + usize::from(newline));
+        if newline {
+            emit(&mut line, &mut dropped);
+        }
+    }
+    if !line.is_empty() || dropped > 0 {
+        emit(&mut line, &mut dropped);
+    }
+}
 
 /// How to pull.
 #[derive(Debug, Clone, Default)]
@@ -37,6 +86,13 @@ pub struct PullOptions {
     pub no_parent: bool,
     /// Live counters.
     pub progress: Option<Arc<Progress>>,
+    /// The inventory's accounts: [`Repository::pull_all`] gives each account of the hosts it
+    /// pulls a budget of its room below its hard limit ([`PullOptions::account_budgets`]).
+    pub accounts: Vec<Account>,
+    /// Per account, the stored bytes its pulls may still add (filled by
+    /// [`Repository::pull_all`] from `accounts`; a single [`Repository::pull`] uses what
+    /// is given here). Every pull is also capped by its host's `pull_cap`.
+    pub account_budgets: HashMap<String, Arc<StoreBudget>>,
 }
 
 /// How a pull ended.
@@ -92,6 +148,21 @@ pub struct PullReport {
     pub new_stored_bytes: u64,
     /// Paths that could not be read.
     pub errors: u64,
+    /// Set when the pull rewrote or removed most of the host's files compared with its
+    /// parent (ransomware, a wiped disk): what changed, and that the parent was pinned so
+    /// it cannot rotate out before someone looks. Monitoring shows the host as WARNING.
+    /// It stays on the host's later pull records while that snapshot is pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mass_change: Option<MassChange>,
+}
+
+/// A mass-change alarm ([`PullReport::mass_change`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MassChange {
+    /// What changed, in words.
+    pub message: String,
+    /// The snapshot pinned (hex id): the alarm lasts while it stays pinned.
+    pub pinned: String,
 }
 
 impl PullReport {
@@ -114,6 +185,7 @@ impl PullReport {
             wire_bytes: 0,
             new_stored_bytes: 0,
             errors: 0,
+            mass_change: None,
         };
         match result {
             Ok(s) => {
@@ -256,7 +328,7 @@ impl AgentConnection {
             let lines = Arc::clone(&stderr_lines);
             let name = host.name.clone();
             std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                bounded_lines(stderr, STDERR_LINE_BYTES, |line| {
                     tracing::info!(host = %name, "remote: {line}");
                     if let Ok(mut v) = lines.lock() {
                         if v.len() == STDERR_LINES {
@@ -264,7 +336,7 @@ impl AgentConnection {
                         }
                         v.push(line);
                     }
-                }
+                })
             })
         };
         Ok(AgentConnection {
@@ -336,16 +408,84 @@ impl Repository {
     ) -> (Result<Snapshot>, PullReport) {
         let started_ns = crate::now_ns();
         let started = Instant::now();
-        let result = self
-            .require_writable()
-            .and_then(|()| self.pull_over_ssh(host, opts, connection));
-        let report = PullReport::of(host, started_ns, started, &result);
+        // A panic in one host's pull fails that host alone (its record names the cause);
+        // the run goes on with the others. Its uncommitted packs are left for recovery.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.require_writable()
+                .and_then(|()| self.pull_over_ssh(host, opts, connection))
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown cause".into());
+            Err(pull_error(host, format!("the pull panicked: {what}")))
+        });
+        let mut report = PullReport::of(host, started_ns, started, &result);
+        if let Ok(snapshot) = &result {
+            match self.mass_change_alarm(host, snapshot) {
+                Ok(alarm) => report.mass_change = alarm,
+                Err(e) => tracing::warn!(host = %host.name, "comparing with the parent: {e}"),
+            }
+        }
+        if report.mass_change.is_none() {
+            report.mass_change = self.standing_alarm(&host.name);
+        }
         if self.is_writable() {
             if let Err(e) = self.record_pull(&report) {
                 tracing::warn!(host = %host.name, "could not record the pull's outcome: {e}");
             }
         }
         (result, report)
+    }
+
+    /// Whether `snapshot` rewrote or removed at least `host.mass_change` of the files its
+    /// parent had (and the parent had at least [`MASS_CHANGE_MIN_FILES`]). If so the parent
+    /// is pinned, so that the last good snapshot survives rotation until someone unpins it,
+    /// and the alarm text is returned.
+    fn mass_change_alarm(
+        &self,
+        host: &HostSpec,
+        snapshot: &Snapshot,
+    ) -> Result<Option<MassChange>> {
+        let Some(parent_id) = snapshot.parent else {
+            return Ok(None);
+        };
+        let parent = self.snapshot(&parent_id)?;
+        let before = parent.stats.files;
+        if before < MASS_CHANGE_MIN_FILES || host.mass_change > 1.0 {
+            return Ok(None);
+        }
+        // Files kept unchanged are the ones not rewritten and not removed.
+        let kept = snapshot.stats.files_unchanged.min(before);
+        let changed = (before - kept) as f64 / before as f64;
+        if changed < host.mass_change {
+            return Ok(None);
+        }
+        if !parent.pinned {
+            self.set_pinned(&parent.id, true)?;
+        }
+        Ok(Some(MassChange {
+            message: format!(
+                "{:.0}% of the {before} files of snapshot {} were rewritten or removed by pull {} \
+                 ({} files now); {} is pinned until `xstore unpin` (ransomware or a wiped disk?)",
+                changed * 100.0,
+                parent.id.short(),
+                snapshot.id.short(),
+                snapshot.stats.files,
+                parent.id.short()
+            ),
+            pinned: parent.id.to_string(),
+        }))
+    }
+
+    /// The alarm of the host's previous pull record, while the snapshot it pinned is still
+    /// pinned.
+    fn standing_alarm(&self, host: &str) -> Option<MassChange> {
+        let alarm = self.last_pull(host).ok()??.mass_change?;
+        let id: SnapshotId = alarm.pinned.parse().ok()?;
+        self.snapshot(&id).ok()?.pinned.then_some(alarm)
     }
 
     /// Keeps `report` as its host's newest pull (atomically replaced file).
@@ -469,7 +609,9 @@ impl Repository {
                     None => e.to_string(),
                 };
                 Err(match e {
-                    Error::Pull { .. } | Error::SourceBroken { .. } => pull_error(host, detail),
+                    Error::Pull { .. } | Error::SourceBroken { .. } | Error::Source { .. } => {
+                        pull_error(host, detail)
+                    }
                     other => other,
                 })
             }
@@ -518,9 +660,20 @@ impl Repository {
                 "the client's backup list is empty (or lists no existing path)",
             ));
         }
+        let mut budgets = vec![StoreBudget::new(
+            format!(
+                "host {}'s pull cap of {}",
+                host.name,
+                crate::text::human_bytes(host.pull_cap)
+            ),
+            host.pull_cap,
+            host.pull_cap,
+        )];
+        budgets.extend(opts.account_budgets.get(&host.account).cloned());
         let backup = BackupOptions {
             host: host.name.clone(),
             paths,
+            budgets,
             parent: if opts.no_parent {
                 ParentChoice::None
             } else {
@@ -538,6 +691,7 @@ impl Repository {
         };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
+            .stack_size(PULL_STACK_BYTES)
             .thread_name(|i| format!("pull-{i}"))
             .build()
             .map_err(|e| pull_error(host, format!("thread pool: {e}")))?;
@@ -554,23 +708,13 @@ impl Repository {
         opts: &PullOptions,
         on_done: &(dyn Fn(&PullReport) + Sync),
     ) -> Vec<PullReport> {
-        self.pull_all_connected(hosts, Vec::new(), jobs, opts, on_done)
-    }
-
-    /// [`Repository::pull_all`] where `connected[i]`, if given, is the outcome of starting
-    /// ssh to `hosts[i]` already.
-    fn pull_all_connected(
-        &self,
-        hosts: &[HostSpec],
-        connected: Vec<Result<AgentConnection>>,
-        jobs: usize,
-        opts: &PullOptions,
-        on_done: &(dyn Fn(&PullReport) + Sync),
-    ) -> Vec<PullReport> {
+        let mut opts = opts.clone();
+        opts.account_budgets
+            .extend(self.account_budgets(hosts, &opts.accounts));
+        let opts = &opts;
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut connected = connected.into_iter();
         for (i, h) in hosts.iter().enumerate() {
-            let _ = tx.send((i, h, connected.next()));
+            let _ = tx.send((i, h));
         }
         drop(tx);
         let reports = Mutex::new(Vec::with_capacity(hosts.len()));
@@ -579,8 +723,8 @@ impl Repository {
                 let rx = rx.clone();
                 let reports = &reports;
                 scope.spawn(move || {
-                    for (i, host, connection) in rx {
-                        let (_, report) = self.pull_reported(host, opts, connection);
+                    for (i, host) in rx {
+                        let (_, report) = self.pull_reported(host, opts, None);
                         on_done(&report);
                         if let Ok(mut r) = reports.lock() {
                             r.push((i, report));
@@ -592,6 +736,46 @@ impl Repository {
         let mut reports = reports.into_inner().unwrap_or_else(|e| e.into_inner());
         reports.sort_by_key(|(i, _)| *i);
         reports.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Each account of `hosts` (found in `accounts`) with its room below its hard limit:
+    /// its hard limit minus the stored bytes its snapshots reference now, one
+    /// [`Repository::fleet_usage`] pass for all of them. When usage cannot be computed the
+    /// accounts get no budget (a warning; each pull's cap still applies).
+    fn account_budgets(
+        &self,
+        hosts: &[HostSpec],
+        accounts: &[Account],
+    ) -> HashMap<String, Arc<StoreBudget>> {
+        let wanted: Vec<&Account> = accounts
+            .iter()
+            .filter(|a| hosts.iter().any(|h| h.account == a.name))
+            .collect();
+        if wanted.is_empty() {
+            return HashMap::new();
+        }
+        let groups: Vec<Vec<String>> = wanted.iter().map(|a| a.hosts.clone()).collect();
+        let usage = match self.fleet_usage(&groups) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!("account usage unavailable, hard limits not enforced this run: {e}");
+                return HashMap::new();
+            }
+        };
+        wanted
+            .iter()
+            .zip(usage.groups)
+            .map(|(a, u)| {
+                let what = format!(
+                    "account {}'s hard limit of {} (it holds {})",
+                    a.name,
+                    crate::text::human_bytes(a.hard_limit),
+                    crate::text::human_bytes(u.referenced_bytes)
+                );
+                let left = a.hard_limit.saturating_sub(u.referenced_bytes);
+                (a.name.clone(), StoreBudget::new(what, a.hard_limit, left))
+            })
+            .collect()
     }
 
     /// Makes the repository's per-host tier schedules match the inventory's overrides
@@ -614,13 +798,10 @@ impl Repository {
     }
 }
 
-/// What `xstore pull` does: starts ssh to the first `jobs` hosts, opens the repository with
-/// `open` while they connect (ssh's connection setup takes a few hundred milliseconds, mostly
-/// waiting on the client; opening a writable repository and its crash recovery tens of
-/// milliseconds), then pulls every host as [`Repository::pull_all`] does. If `open` fails,
-/// the started connections are closed before the agents are sent anything, and its error is
-/// returned. (An open that may wait long for the writer lock gains nothing from this: call
-/// [`Repository::pull_all`] after it.)
+/// What `xstore pull` does: opens the repository with `open` (taking its writer lock), then
+/// pulls every host as [`Repository::pull_all`] does. No SSH session is opened before the
+/// lock is held: a run refused by another writer contacts no host (ARCHITECTURE.md, "Trust
+/// boundary"). If `open` fails, its error is returned.
 pub fn pull_fleet<E>(
     open: impl FnOnce() -> std::result::Result<Repository, E>,
     hosts: &[HostSpec],
@@ -628,13 +809,30 @@ pub fn pull_fleet<E>(
     opts: &PullOptions,
     on_done: &(dyn Fn(&PullReport) + Sync),
 ) -> std::result::Result<(Repository, Vec<PullReport>), E> {
-    // A host whose ssh cannot even start gets that error as its pull's outcome.
-    let connected: Vec<Result<AgentConnection>> = hosts
-        .iter()
-        .take(jobs.max(1))
-        .map(AgentConnection::start)
-        .collect();
     let repo = open()?;
-    let reports = repo.pull_all_connected(hosts, connected, jobs, opts, on_done);
+    let reports = repo.pull_all(hosts, jobs, opts, on_done);
     Ok((repo, reports))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stderr_lines_are_bounded_and_escaped() {
+        let mut input = b"first\n\x1b[2Kfake OK\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 300_000));
+        input.extend_from_slice(b"\nlast");
+        let mut lines = Vec::new();
+        bounded_lines(&input[..], 16, |l| lines.push(l));
+        assert_eq!(
+            lines,
+            [
+                "first".to_string(),
+                "\\x1b[2Kfake OK".to_string(),
+                format!("{}… (299984 more bytes)", "x".repeat(16)),
+                "last".to_string(),
+            ]
+        );
+    }
 }

@@ -119,7 +119,12 @@ impl Repository {
             );
         }
         type PullField = fn(&crate::PullReport) -> f64;
-        let pull_fields: [(&str, &str, PullField); 6] = [
+        let pull_fields: [(&str, &str, PullField); 7] = [
+            (
+                "xstore_host_mass_change_alarm",
+                "1 while a pull's mass-change alarm stands (most files rewritten or removed; the parent snapshot pinned), else 0.",
+                |p| f64::from(u8::from(p.mass_change.is_some())),
+            ),
             (
                 "xstore_host_last_pull_timestamp_seconds",
                 "End of the host's newest pull, successful or not.",

@@ -20,6 +20,10 @@ use crate::fleet::inventory::{Account, HostSpec};
 use crate::fleet::pull::{PullOutcome, PullReport};
 use crate::repo::Repository;
 
+/// How far ahead of the clock a snapshot may be dated before check-freshness calls it a
+/// problem (clocks of the server's own runs differ by less).
+const FUTURE_TOLERANCE_NS: i64 = 5 * 60 * 1_000_000_000;
+
 /// Default age of the newest complete backup that makes a host WARNING.
 pub const DEFAULT_WARNING_AGE: Duration = Duration::from_secs(4 * 3600);
 /// Default age of the newest complete backup that makes a host CRITICAL.
@@ -301,6 +305,20 @@ impl Repository {
                     ));
                 }
             }
+            // A snapshot dated ahead of the clock (a clock that was ahead once) hides every
+            // later one from `latest` and blocks pulls until it is forgotten: say so.
+            let newest_ns = status
+                .newest
+                .as_ref()
+                .map_or(i64::MIN, |s| s.start_ns.max(s.end_ns));
+            if newest_ns > opts.now_ns.saturating_add(FUTURE_TOLERANCE_NS) {
+                state = state.worst(CheckState::Critical);
+                problems.push(format!(
+                    "newest snapshot is dated {} in the future ({}): was the clock ahead? pulls are refused until it is forgotten",
+                    short_age(seconds_between(opts.now_ns, newest_ns)),
+                    crate::format_utc(newest_ns.div_euclid(1_000_000_000)),
+                ));
+            }
             if let Some(p) = &newest_partial {
                 problems.push(format!(
                     "newest snapshot {} is partial",
@@ -316,8 +334,12 @@ impl Repository {
                 problems.push(format!(
                     "last pull failed {} ago: {}",
                     short_age(seconds_between(pull.finished_ns, opts.now_ns)),
-                    pull.error.as_deref().unwrap_or("no reason recorded")
+                    crate::text::printable(pull.error.as_deref().unwrap_or("no reason recorded"))
                 ));
+            }
+            if let Some(alarm) = last_pull.as_ref().and_then(|p| p.mass_change.as_ref()) {
+                state = state.worst(CheckState::Warning);
+                problems.push(crate::text::printable(&alarm.message).into_owned());
             }
             overall = overall.worst(state);
             hosts.push(HostFreshness {
@@ -563,21 +585,7 @@ pub fn usage_check(
     }
 }
 
-/// `1.5 GiB`-style sizes (binary units).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use crate::text::human_bytes;
 
 /// Thresholds of the verification check.
 #[derive(Debug, Clone, Copy)]

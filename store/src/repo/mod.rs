@@ -53,7 +53,33 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
+/// The free-space reserve of a repository's filesystem: 1 % of its size, at most 256 MiB.
+/// Backups and pulls stop before they would eat into it, so that `forget`, `gc` and `repair`
+/// (which write a little to free a lot) can always run on a full disk.
+pub fn free_space_reserve(total_bytes: u64) -> u64 {
+    (total_bytes / 100).min(256 << 20)
+}
+
 impl Repository {
+    /// Fails with [`crate::Error::ReserveReached`] when writing `more` bytes would leave
+    /// less than the [`free_space_reserve`] free on the repository's filesystem.
+    pub fn check_reserve(&self, more: u64) -> crate::Result<()> {
+        let st = rustix::fs::statvfs(self.path()).map_err(|e| crate::Error::Io {
+            path: self.path().to_path_buf(),
+            source: e.into(),
+        })?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        let reserve = free_space_reserve(st.f_blocks.saturating_mul(st.f_frsize));
+        if free < reserve.saturating_add(more) {
+            return Err(crate::Error::ReserveReached {
+                path: self.path().to_path_buf(),
+                free,
+                reserve,
+            });
+        }
+        Ok(())
+    }
+
     /// The repository directory.
     pub fn path(&self) -> &Path {
         &self.root

@@ -79,16 +79,23 @@ impl Repository {
         self.index.blob(id)
     }
 
-    /// For each id, whether the repository lacks it (the pull protocol's question).
-    /// Blobs verify found damaged count as missing: the agent sends them again.
-    pub fn missing_blobs(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+    /// For each chunk, whether the repository holds it as a live data blob of exactly the
+    /// claimed length that verify has not found damaged: the only blobs a pull may reference
+    /// without receiving their bytes (ARCHITECTURE.md, "Trust boundary"). Trees, chunk lists,
+    /// snapshot records and blobs waiting for gc never count.
+    pub fn holds_data(&self, chunks: &[ChunkRef]) -> Result<Vec<bool>> {
         let damaged = self.damaged_blobs()?;
+        let ids: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
         Ok(self
             .index
-            .blobs(ids)?
+            .blobs(&ids)?
             .into_iter()
-            .zip(ids)
-            .map(|(l, id)| l.is_none() || damaged.contains(id))
+            .zip(chunks)
+            .map(|(loc, c)| {
+                loc.is_some_and(|l| {
+                    l.refcount > 0 && l.kind == BlobKind::Data && l.raw_len == c.len
+                }) && !damaged.contains(&c.id)
+            })
             .collect())
     }
 
@@ -123,6 +130,30 @@ impl Repository {
     /// Reads, decompresses and verifies one blob.
     pub fn read_blob(&self, id: &ChunkId) -> Result<Vec<u8>> {
         self.read_current(id).map(|(_, raw)| raw)
+    }
+
+    /// Reads one chunk of a file: a data blob of exactly the length the file's entry records.
+    /// Anything else is an error naming the blob (a tree named as file content, or a length
+    /// that disagrees), so no reader writes bytes a file's size does not account for.
+    pub fn read_file_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>> {
+        let (loc, raw) = self.read_current(&chunk.id)?;
+        if loc.kind != BlobKind::Data || raw.len() != chunk.len as usize {
+            return Err(Error::CorruptBlob {
+                id: chunk.id,
+                pack: loc.pack.to_string(),
+                source: DecodeError::Invalid {
+                    what: "file chunk",
+                    offset: 0,
+                    reason: format!(
+                        "a file references it as {} bytes of data; it is {} bytes of {}",
+                        chunk.len,
+                        raw.len(),
+                        loc.kind.name()
+                    ),
+                },
+            });
+        }
+        Ok(raw)
     }
 
     /// Looks a blob up and reads it. When its pack file is gone, looks it up once more: gc in
@@ -263,7 +294,7 @@ impl Repository {
         }
         let mut n = 0u64;
         for c in self.file_chunks(entry)? {
-            let data = self.read_blob(&c.id)?;
+            let data = self.read_file_chunk(&c)?;
             out.write_all(&data).map_err(|source| Error::Io {
                 path: PathBuf::from("<output>"),
                 source,

@@ -143,6 +143,15 @@ struct Inner {
     digest_meta: bool,
 }
 
+/// Longest text of an agent's error or fatal message kept (bytes).
+pub const AGENT_TEXT_BYTES: usize = 512;
+
+/// An error text the agent sent: capped at [`AGENT_TEXT_BYTES`], control characters escaped.
+fn agent_text(message: &[u8]) -> String {
+    let text = crate::text::printable_bytes(message);
+    crate::text::capped(&text, AGENT_TEXT_BYTES).into_owned()
+}
+
 fn broken_error(reason: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::ConnectionAborted,
@@ -226,10 +235,9 @@ impl Inner {
     /// Waits for the reply of a submitted request; an `Error` reply becomes the `io::Error`.
     fn wait(&self, rx: &crossbeam_channel::Receiver<AgentMsg>) -> io::Result<AgentMsg> {
         match rx.recv() {
-            Ok(AgentMsg::Error { code, message, .. }) => Err(io::Error::new(
-                code.io_kind(),
-                String::from_utf8_lossy(&message).into_owned(),
-            )),
+            Ok(AgentMsg::Error { code, message, .. }) => {
+                Err(io::Error::new(code.io_kind(), agent_text(&message)))
+            }
             Ok(reply) => Ok(reply),
             Err(_) => Err(broken_error(
                 &self.broken().unwrap_or_else(|| "no reply".into()),
@@ -252,6 +260,10 @@ impl Inner {
     fn read_replies(&self, mut reader: impl Read) {
         // Listings arriving in several frames, with the frame bytes they took so far.
         let mut lists: HashMap<u64, (Vec<WireEntry>, usize)> = HashMap::new();
+        // [`listing_cost`] of the unfinished listings in `lists`: counted with the delivered
+        // ones against [`MAX_HELD_LISTING_BYTES`], so neither never-finished listings nor a
+        // compressed bomb of small entries can grow the server's memory past it.
+        let mut partial_cost = 0u64;
         let reason = loop {
             let body = match read_frame(&mut reader) {
                 Ok(Some(b)) => b,
@@ -269,11 +281,18 @@ impl Inner {
                 AgentMsg::List { req, more, entries } => {
                     let (so_far, bytes) = lists.entry(req).or_default();
                     *bytes += body.len();
+                    partial_cost += listing_cost(&entries);
+                    let held = self.listings_held.load(Ordering::Acquire);
                     if so_far.len() + entries.len() > MAX_LISTING_ENTRIES
                         || *bytes > MAX_LISTING_BYTES
                     {
                         Err(format!(
                             "a listing of more than {MAX_LISTING_ENTRIES} entries or {MAX_LISTING_BYTES} bytes"
+                        ))
+                    } else if held + partial_cost > MAX_HELD_LISTING_BYTES {
+                        Err(format!(
+                            "listings of more than {} MiB in memory at once (the pull's listing budget)",
+                            MAX_HELD_LISTING_BYTES >> 20
                         ))
                     } else {
                         so_far.extend(entries);
@@ -282,12 +301,8 @@ impl Inner {
                         } else {
                             let (entries, _) = lists.remove(&req).unwrap_or_default();
                             let cost = listing_cost(&entries);
-                            let held = self.listings_held.fetch_add(cost, Ordering::AcqRel);
-                            if held + cost > MAX_HELD_LISTING_BYTES {
-                                break format!(
-                                    "protocol violation: listings of more than {MAX_HELD_LISTING_BYTES} bytes waiting"
-                                );
-                            }
+                            partial_cost -= cost;
+                            self.listings_held.fetch_add(cost, Ordering::AcqRel);
                             self.deliver(
                                 req,
                                 AgentMsg::List {
@@ -299,10 +314,9 @@ impl Inner {
                         }
                     }
                 }
-                AgentMsg::Fatal { message } => Err(format!(
-                    "the agent gave up: {}",
-                    String::from_utf8_lossy(&message)
-                )),
+                AgentMsg::Fatal { message } => {
+                    Err(format!("the agent gave up: {}", agent_text(&message)))
+                }
                 other => match other.request_id() {
                     Some(req) => self.deliver(req, other),
                     None => Err("an unexpected hello".into()),
@@ -365,9 +379,7 @@ impl RemoteSource {
                 capabilities.iter().any(|c| c == CAP_DIGEST_META),
             ),
             Ok(AgentMsg::Fatal { message }) => {
-                return Err(RemoteError::Refused(
-                    String::from_utf8_lossy(&message).into_owned(),
-                ))
+                return Err(RemoteError::Refused(agent_text(&message)))
             }
             Ok(other) => {
                 return Err(RemoteError::Protocol(format!(

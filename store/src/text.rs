@@ -1,0 +1,87 @@
+//! Texts from clients shown to people: file names, agent messages, ssh's stderr. A client
+//! decides these bytes, so every control character is shown escaped (`\x1b`, `\u{9b}`) and
+//! none reaches a terminal raw: no cursor moves, erased lines, window titles or clipboard
+//! writes (ARCHITECTURE.md, "Trust boundary"). Machine output (`--json`) stays exact.
+
+use std::borrow::Cow;
+use std::fmt::Write;
+
+/// `text` with every control character (C0, DEL, C1) escaped; unchanged when it has none.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            c if (c as u32) < 0x80 && c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// [`printable`] of raw bytes (a file name): invalid UTF-8 shown as U+FFFD.
+pub fn printable_bytes(bytes: &[u8]) -> String {
+    printable(&String::from_utf8_lossy(bytes)).into_owned()
+}
+
+/// `text` cut to at most `max` bytes (at a character boundary), saying how much was left out.
+pub fn capped(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!(
+        "{}… ({} more bytes)",
+        &text[..end],
+        text.len() - end
+    ))
+}
+
+/// `1.5 GiB`-style sizes (binary units).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_plain_text_is_kept() {
+        assert!(matches!(printable("web1 ok"), Cow::Borrowed("web1 ok")));
+        assert_eq!(
+            printable("\x1b[1A\x1b[2KOK: backed up\x07"),
+            "\\x1b[1A\\x1b[2KOK: backed up\\x07"
+        );
+        assert_eq!(printable("a\nb\tc\x7f"), "a\\x0ab\\x09c\\x7f");
+        assert_eq!(printable("\u{9b}31m"), "\\u{9b}31m");
+        assert_eq!(printable_bytes(b"caf\xc3\xa9\x1b]52;c;"), "café\\x1b]52;c;");
+    }
+
+    #[test]
+    fn long_texts_are_capped_at_a_character_boundary() {
+        assert_eq!(capped("short", 10), "short");
+        assert_eq!(capped("ééé", 3), "é… (4 more bytes)");
+    }
+}

@@ -1,0 +1,182 @@
+//! A compromised client for the tenant-boundary tests: it runs the real agent and stands
+//! between it and the server, speaking the real protocol (xstore-format), and lies as its
+//! scenario file says. sshd runs it as the forced command, so its bytes reach the same
+//! server code as a real agent's.
+//!
+//! Usage: `hostile-agent SCENARIO AGENT [ARG…]`. Scenario lines (`#` comments):
+//! - `claim PATH ID LEN`: the chunk-file reply for PATH names the one chunk ID of LEN bytes
+//!   (and no inline bytes), whatever the file holds; repeated lines for one PATH add chunks.
+//! - `log FILE`: every byte range the server asks for is appended as `PATH OFFSET LEN`.
+//! - `stderr BYTES`: writes an escape sequence and BYTES bytes without a newline to stderr
+//!   before anything else.
+//! - `quit`: closes the connection after the hellos (the pull fails).
+//!
+//! The transport is plain frames: the proxy offers no capability in the agent's hello.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use xstore::ChunkId;
+use xstore_format::protocol::{read_frame, write_frame, AgentMsg, ServerMsg};
+
+#[derive(Default)]
+struct Scenario {
+    claims: HashMap<Vec<u8>, Vec<(ChunkId, u32)>>,
+    log: Option<std::path::PathBuf>,
+    stderr: usize,
+    quit: bool,
+}
+
+fn parse_id(hex: &str) -> ChunkId {
+    let mut id = [0u8; 32];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex id");
+    }
+    ChunkId(id)
+}
+
+fn scenario(path: &str) -> Scenario {
+    let mut s = Scenario::default();
+    for line in std::fs::read_to_string(path).expect("scenario").lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            [] => {}
+            [w, ..] if w.starts_with('#') => {}
+            ["claim", path, id, len] => s
+                .claims
+                .entry(path.as_bytes().to_vec())
+                .or_default()
+                .push((parse_id(id), len.parse().expect("length"))),
+            ["log", file] => s.log = Some(file.into()),
+            ["stderr", n] => s.stderr = n.parse().expect("byte count"),
+            ["quit"] => s.quit = true,
+            other => panic!("scenario line {other:?}"),
+        }
+    }
+    s
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let s = scenario(&args[1]);
+    if s.stderr > 0 {
+        let mut err = std::io::stderr().lock();
+        err.write_all(b"\x1b[1A\x1b[2KOK: all backed up\x1b]52;c;Y2xpcGJvYXJk\x07")
+            .unwrap();
+        let block = vec![b'A'; 64 * 1024];
+        let mut left = s.stderr;
+        while left > 0 {
+            let n = left.min(block.len());
+            err.write_all(&block[..n]).unwrap();
+            left -= n;
+        }
+        err.flush().unwrap();
+    }
+    let mut agent = Command::new(&args[2])
+        .args(&args[3..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the real agent");
+    let mut to_agent = agent.stdin.take().unwrap();
+    let mut from_agent = agent.stdout.take().unwrap();
+    let mut out = std::io::stdout().lock();
+    let mut input = std::io::stdin();
+
+    // The agent's hello, offering no transport capability: plain frames both ways.
+    let hello = read_frame(&mut from_agent).unwrap().expect("agent hello");
+    let hello = match AgentMsg::decode(&hello).unwrap() {
+        AgentMsg::Hello {
+            versions,
+            roots,
+            software,
+            ..
+        } => AgentMsg::Hello {
+            versions,
+            capabilities: Vec::new(),
+            roots,
+            software,
+        },
+        other => other,
+    };
+    write_frame(&mut out, &hello.encode()).unwrap();
+    out.flush().unwrap();
+    if s.quit {
+        let _ = agent.kill();
+        let _ = agent.wait();
+        return;
+    }
+
+    // Server to agent, on a thread: remembers which path each chunk-file request names and
+    // logs the ranges asked for.
+    let paths: Arc<Mutex<HashMap<u64, Vec<u8>>>> = Arc::default();
+    let log = s.log.clone();
+    let requests = Arc::clone(&paths);
+    let forward = std::thread::spawn(move || {
+        while let Ok(Some(frame)) = read_frame(&mut input) {
+            match ServerMsg::decode(&frame) {
+                Ok(ServerMsg::ChunkFile { req, path, .. }) => {
+                    requests.lock().unwrap().insert(req, path);
+                }
+                Ok(ServerMsg::ReadChunks { path, ranges, .. }) => {
+                    if let Some(log) = &log {
+                        let mut f = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(log)
+                            .unwrap();
+                        for (offset, len) in ranges {
+                            writeln!(f, "{} {offset} {len}", String::from_utf8_lossy(&path))
+                                .unwrap();
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if write_frame(&mut to_agent, &frame).is_err() || to_agent.flush().is_err() {
+                break;
+            }
+        }
+    });
+
+    // Agent to server: the lies.
+    while let Ok(Some(frame)) = read_frame(&mut from_agent) {
+        let frame = match AgentMsg::decode(&frame) {
+            Ok(AgentMsg::FileChunks {
+                req,
+                mut before,
+                mut after,
+                ..
+            }) if paths
+                .lock()
+                .unwrap()
+                .get(&req)
+                .is_some_and(|p| s.claims.contains_key(p)) =>
+            {
+                let path = paths.lock().unwrap()[&req].clone();
+                let chunks = s.claims[&path].clone();
+                let size = chunks.iter().map(|(_, l)| u64::from(*l)).sum();
+                before.attrs.size = size;
+                after.attrs.size = size;
+                AgentMsg::FileChunks {
+                    req,
+                    before,
+                    after,
+                    chunks,
+                    inline: None,
+                }
+                .encode()
+            }
+            _ => frame,
+        };
+        if write_frame(&mut out, &frame).is_err() || out.flush().is_err() {
+            break;
+        }
+    }
+    drop(out);
+    let _ = forward.join();
+    let _ = agent.wait();
+}
