@@ -120,12 +120,18 @@ allocation = "100 GiB"
 [[account.host]]
 name = "client"
 address = "$client_addr"
+[[account]]
+name = "other"
+allocation = "100 GiB"
+[[account.host]]
+name = "other-client"
+address = "$client_addr"
 INV
 
 # xpull → "seconds wire_bytes server_cpu_seconds" (--json prints status events, then the
 # summary line). Server CPU: xstore and its ssh (user + sys, children included).
 xpull() {
-  on_server /usr/bin/time -f "%e %U %S" -o "$work/t" "$XSTORE" -r "$repo" --json pull client \
+  on_server /usr/bin/time -f "%e %U %S" -o "$work/t" "$XSTORE" -r "$repo" --json pull "${XHOST:-client}" \
     ${PULL_ARGS:-} \
     --inventory "$work/hosts.toml" > "$work/x.json"
   echo "xstore server (wall user sys): $(cat "$work/t")" >&2
@@ -175,15 +181,21 @@ for f in "${changed[@]}"; do printf '%064d' "$RANDOM" | dd of="$f" bs=64 count=1
 changed_raw=$(cat "${changed[@]}" | wc -c)
 changed_zstd=$(for f in "${changed[@]}"; do zstd -3 -q -c "$f"; done | wc -c)
 read -r x3 xw3 xc3 <<<"$(xpull)"; read -r r3 rw3 rc3 <<<"$(rpull)"
+# The same tree as the first pull of a host of another account, into the repository that
+# holds it: the server asks for every byte (no existence oracle across accounts,
+# ARCHITECTURE.md "Trust boundary") and stores none of them twice.
+read -r x4 xw4 xc4 <<<"$(XHOST=other-client xpull)"
 
 python3 - "$bytes" "$x1" "$xw1" "$r1" "$rw1" "$x2" "$xw2" "$r2" "$rw2" "$x3" "$xw3" "$r3" "$rw3" \
-  "${#changed[@]}" "$changed_raw" "$changed_zstd" "$xc1" "$rc1" "$xc2" "$rc2" "$xc3" "$rc3" "$link" "$DATA" <<'PY'
+  "${#changed[@]}" "$changed_raw" "$changed_zstd" "$xc1" "$rc1" "$xc2" "$rc2" "$xc3" "$rc3" "$link" "$DATA" \
+  "$x4" "$xw4" "$xc4" <<'PY'
 import sys
 a = sys.argv[1:]
 b = int(a[0]); x1, xw1, r1, rw1, x2, xw2, r2, rw2, x3, xw3, r3, rw3 = [float(v) for v in a[1:13]]
 n, craw, cz = int(a[13]), int(a[14]), int(a[15])
 xc1, rc1, xc2, rc2, xc3, rc3 = [float(v) for v in a[16:22]]
 link, data = a[22], a[23]
+x4, xw4, xc4 = [float(v) for v in a[24:27]]
 mb = lambda v: f"{v / 1e6:.2f} MB"
 print(f"link {link}, tree {data} ({b / 1e6:.0f} MB)")
 print(f"{'':26} {'xstore pull':>14} {'rsync -a':>14} {'ratio':>8}")
@@ -196,5 +208,6 @@ print(f"{'1% changed pull wire':26} {mb(xw3):>14} {mb(rw3):>14} {xw3 / rw3:>7.2f
 print(f"{'server CPU s: first':26} {xc1:>14.2f} {rc1:>14.2f} {xc1 / max(rc1, 0.01):>7.2f}x")
 print(f"{'server CPU s: unchanged':26} {xc2:>14.2f} {rc2:>14.2f} {xc2 / max(rc2, 0.01):>7.2f}x")
 print(f"{'server CPU s: 1% changed':26} {xc3:>14.2f} {rc3:>14.2f} {xc3 / max(rc3, 0.01):>7.2f}x")
+print(f"first pull of another account's host holding the same tree: {x4:.2f} s, wire {mb(xw4)} ({xw4 / xw1:.2f}x the first pull's), server CPU {xc4:.2f} s")
 print(f"changed: {n} files, {mb(craw)} raw, {mb(cz)} zstd -3; xstore wire / changed zstd = {xw3 / cz:.2f} (target <= 2)")
 PY

@@ -630,3 +630,67 @@ fn a_pull_that_rewrites_most_files_pins_the_last_good_snapshot() {
     );
     assert!(!fresh(0).contains("rewritten or removed"));
 }
+
+/// Finding 5: a listing that never ends (tiny entries, `more` on every frame) fails its
+/// host with one line naming the listing budget, the server's memory stays far below what it
+/// would take unbounded, and the other host of the run commits.
+#[test]
+fn a_listing_bomb_fails_its_host_within_the_memory_budget() {
+    let t = tenants();
+    fs::write(&t.scenario, "list-bomb\n").unwrap();
+    // The pull's peak resident size (VmHWM), read from /proc while it runs.
+    let mut child = Command::new(BIN)
+        .arg("--repo")
+        .arg(&t.repo)
+        .args(["--json", "pull", "--all", "--inventory"])
+        .arg(&t.inventory)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    while child.try_wait().unwrap().is_none() {
+        let hwm = fs::read_to_string(&status).unwrap_or_default();
+        if let Some(kib) = hwm
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            peak_kib = peak_kib.max(kib);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    let v = common::last_json(&out.stdout);
+    let mut outcomes: Vec<(String, String)> = v["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["host"].as_str().unwrap().to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [
+            ("evil1".into(), "failed".into()),
+            ("victim1".into(), "ok".into())
+        ]
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&fs::read(t.repo.join("pulls/evil1.json")).unwrap()).unwrap();
+    let error = record["error"].as_str().unwrap();
+    assert!(error.contains("(the pull's listing budget)"), "{error}");
+    eprintln!("peak RSS of the pull: {} MiB", peak_kib >> 10);
+    assert!(
+        peak_kib > 0 && peak_kib < 1 << 20,
+        "peak RSS {} MiB",
+        peak_kib >> 10
+    );
+    t.restore_victim_exactly();
+}

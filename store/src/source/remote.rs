@@ -51,7 +51,7 @@ pub const PREFETCH_LISTS: usize = 256;
 /// ingest. Past it the agent is breaking the session: an honest agent's listings are taken
 /// as they come, and hints stop at [`PREFETCH_BYTES`]. A hostile agent answering hinted
 /// listings with huge ones must not exhaust the server's memory.
-pub const MAX_HELD_LISTING_BYTES: u64 = 512 * 1024 * 1024;
+pub const MAX_HELD_LISTING_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The memory a listing holds, about: what [`MAX_HELD_LISTING_BYTES`] counts. The reply
 /// reader adds it when a listing is delivered, and the caller subtracts it when it takes it.

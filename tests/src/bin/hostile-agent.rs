@@ -10,6 +10,8 @@
 //! - `stderr BYTES`: writes an escape sequence and BYTES bytes without a newline to stderr
 //!   before anything else.
 //! - `quit`: closes the connection after the hellos (the pull fails).
+//! - `list-bomb`: answers every directory listing with frames of tiny entries that never
+//!   end (`more` set on each), as fast as the server takes them.
 //!
 //! The transport is plain frames: the proxy offers no capability in the agent's hello.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -28,6 +30,7 @@ struct Scenario {
     log: Option<std::path::PathBuf>,
     stderr: usize,
     quit: bool,
+    list_bomb: bool,
 }
 
 fn parse_id(hex: &str) -> ChunkId {
@@ -53,6 +56,7 @@ fn scenario(path: &str) -> Scenario {
             ["log", file] => s.log = Some(file.into()),
             ["stderr", n] => s.stderr = n.parse().expect("byte count"),
             ["quit"] => s.quit = true,
+            ["list-bomb"] => s.list_bomb = true,
             other => panic!("scenario line {other:?}"),
         }
     }
@@ -83,7 +87,7 @@ fn main() {
         .expect("starting the real agent");
     let mut to_agent = agent.stdin.take().unwrap();
     let mut from_agent = agent.stdout.take().unwrap();
-    let mut out = std::io::stdout().lock();
+    let out = Arc::new(Mutex::new(std::io::stdout()));
     let mut input = std::io::stdin();
 
     // The agent's hello, offering no transport capability: plain frames both ways.
@@ -102,8 +106,11 @@ fn main() {
         },
         other => other,
     };
-    write_frame(&mut out, &hello.encode()).unwrap();
-    out.flush().unwrap();
+    {
+        let mut out = out.lock().unwrap();
+        write_frame(&mut *out, &hello.encode()).unwrap();
+        out.flush().unwrap();
+    }
     if s.quit {
         let _ = agent.kill();
         let _ = agent.wait();
@@ -115,9 +122,15 @@ fn main() {
     let paths: Arc<Mutex<HashMap<u64, Vec<u8>>>> = Arc::default();
     let log = s.log.clone();
     let requests = Arc::clone(&paths);
+    let bomb = s.list_bomb.then(|| Arc::clone(&out));
     let forward = std::thread::spawn(move || {
         while let Ok(Some(frame)) = read_frame(&mut input) {
             match ServerMsg::decode(&frame) {
+                Ok(ServerMsg::List { req, .. }) if bomb.is_some() => {
+                    let out = Arc::clone(bomb.as_ref().unwrap());
+                    std::thread::spawn(move || list_bomb(req, &out));
+                    continue;
+                }
                 Ok(ServerMsg::ChunkFile { req, path, .. }) => {
                     requests.lock().unwrap().insert(req, path);
                 }
@@ -172,11 +185,57 @@ fn main() {
             }
             _ => frame,
         };
-        if write_frame(&mut out, &frame).is_err() || out.flush().is_err() {
+        let mut out = out.lock().unwrap();
+        if write_frame(&mut *out, &frame).is_err() || out.flush().is_err() {
             break;
         }
     }
-    drop(out);
     let _ = forward.join();
     let _ = agent.wait();
+}
+
+/// Listing frames of 20,000 one-byte-named files each, `more` always set, until the server
+/// stops reading.
+fn list_bomb(req: u64, out: &Mutex<std::io::Stdout>) {
+    use xstore_format::meta::{Attrs, EntryMeta, SourceKind};
+    use xstore_format::protocol::WireEntry;
+    let meta = EntryMeta {
+        kind: SourceKind::File,
+        attrs: Attrs {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            inode: 1,
+            dev: 1,
+            nlink: 1,
+            rdev: 0,
+        },
+    };
+    let mut name = 0u32;
+    loop {
+        let entries = (0..20_000)
+            .map(|_| {
+                name += 1;
+                WireEntry {
+                    name: name.to_string().into_bytes(),
+                    meta: Ok(meta),
+                    target: None,
+                    xattrs: Vec::new(),
+                }
+            })
+            .collect();
+        let frame = AgentMsg::List {
+            req,
+            more: true,
+            entries,
+        }
+        .encode();
+        let mut out = out.lock().unwrap();
+        if write_frame(&mut *out, &frame).is_err() || out.flush().is_err() {
+            return;
+        }
+    }
 }
