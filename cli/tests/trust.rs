@@ -656,6 +656,78 @@ fn a_real_full_disk_never_reports_a_committed_snapshot_as_failed() {
     }
 }
 
+/// The free-space reserve: with less than it free, a backup commits nothing (exit 1, one line
+/// naming the reserve), and forget, gc and check still run in it and free space.
+#[test]
+fn backups_stop_at_the_free_space_reserve_and_forget_and_gc_still_run() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("needs root to mount a small tmpfs");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let mnt = work.path().join("small");
+    fs::create_dir(&mnt).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let repo = mnt.join("repo");
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    ok(&repo, &["init", "--pack-size-mib", "1"]);
+    for round in 0..3u64 {
+        fs::write(src.join("data.bin"), seeded_bytes(round, 4 << 20)).unwrap();
+        ok(
+            &repo,
+            &["backup", "-q", "--host", "h", src.to_str().unwrap()],
+        );
+    }
+    // Fill the disk until half the reserve is left.
+    let st = rustix::fs::statvfs(&mnt).unwrap();
+    let reserve = xstore::free_space_reserve(st.f_blocks * st.f_frsize);
+    let free = st.f_bavail * st.f_frsize;
+    fs::write(
+        mnt.join("filler"),
+        vec![0x5a; (free - reserve / 2) as usize],
+    )
+    .unwrap();
+    let ids = common::snapshot_ids(&repo);
+    fs::write(src.join("data.bin"), seeded_bytes(9, 1 << 20)).unwrap();
+    let out = xstore(
+        &repo,
+        &["backup", "-q", "--host", "h", src.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("the reserve for forget, gc and repair is")
+            && line.contains("nothing was committed"),
+        "{line}"
+    );
+    assert_eq!(common::snapshot_ids(&repo), ids);
+    ok(&repo, &["forget", "--host", "h", "--keep-last", "1"]);
+    ok(&repo, &["gc", "--max-dead", "0%", "--grace", "0s"]);
+    ok(&repo, &["check", "--read-data"]);
+    let after = rustix::fs::statvfs(&mnt).unwrap();
+    assert!(
+        after.f_bavail * after.f_frsize > reserve,
+        "gc freed nothing"
+    );
+    ok(
+        &repo,
+        &["backup", "-q", "--host", "h", src.to_str().unwrap()],
+    );
+}
+
 /// Readers that started before gc: `xstore cat` held back by a full pipe after its first
 /// bytes (so its index predates gc's commit for certain) and a restore racing the gc, 20
 /// rounds. The file's packs are shared with garbage, so gc rewrites them. (With
