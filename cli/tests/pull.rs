@@ -92,14 +92,7 @@ fn fleet(hosts_toml: &str) -> Fleet {
 
 impl Fleet {
     fn pull(&self, args: &[&str]) -> Output {
-        let mut a = vec![
-            "--json",
-            "pull",
-            "--inventory",
-            self.inventory.to_str().unwrap(),
-        ];
-        a.extend_from_slice(args);
-        xstore(&self.repo, &a)
+        common::pull_json(&self.repo, &self.inventory, args)
     }
 
     fn pull_ok(&self, args: &[&str]) -> serde_json::Value {

@@ -143,37 +143,33 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 
 impl Tenants {
     fn pull(&self, args: &[&str]) -> Output {
-        let mut a = vec![
-            "--json",
-            "pull",
-            "--inventory",
-            self.inventory.to_str().unwrap(),
-        ];
-        a.extend_from_slice(args);
-        xstore(&self.repo, &a)
+        common::pull_json(&self.repo, &self.inventory, args)
+    }
+
+    /// `pull --all`: both hosts ok.
+    fn pull_all_ok(&self) {
+        let mut outcomes = self.pull_outcomes(&["--all"]);
+        outcomes.sort();
+        assert_eq!(
+            outcomes,
+            [
+                ("evil1".into(), "ok".into()),
+                ("victim1".into(), "ok".into())
+            ]
+        );
     }
 
     /// Pulls and returns each host's outcome.
     fn pull_outcomes(&self, args: &[&str]) -> Vec<(String, String)> {
         let out = self.pull(args);
-        let v = common::last_json(&out.stdout);
-        let hosts = v["hosts"].as_array().unwrap_or_else(|| {
+        outcomes(&out).unwrap_or_else(|| {
             panic!(
                 "no pull reports ({:?}): {}\nsshd log:\n{}",
                 out.status.code(),
                 stderr(&out),
                 self.sshd.log()
             )
-        });
-        hosts
-            .iter()
-            .map(|r| {
-                (
-                    r["host"].as_str().unwrap().to_string(),
-                    r["outcome"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
+        })
     }
 
     fn lie(&self, lines: &str) {
@@ -215,6 +211,23 @@ impl Tenants {
     }
 }
 
+/// Each host's outcome in a `--json pull` summary (`None`: no summary).
+fn outcomes(out: &Output) -> Option<Vec<(String, String)>> {
+    let v = common::last_json(&out.stdout);
+    let hosts = v["hosts"].as_array()?;
+    Some(
+        hosts
+            .iter()
+            .map(|r| {
+                (
+                    r["host"].as_str().unwrap().to_string(),
+                    r["outcome"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect(),
+    )
+}
+
 fn hex(id: &xstore::ChunkId) -> String {
     xstore::to_hex(&id.0)
 }
@@ -227,15 +240,7 @@ fn hex(id: &xstore::ChunkId) -> String {
 #[test]
 fn a_tree_named_as_file_content_is_asked_for_and_never_committed() {
     let t = tenants();
-    let mut outcomes = t.pull_outcomes(&["--all"]);
-    outcomes.sort();
-    assert_eq!(
-        outcomes,
-        [
-            ("evil1".into(), "ok".into()),
-            ("victim1".into(), "ok".into())
-        ]
-    );
+    t.pull_all_ok();
     let tree = {
         let repo = xstore::Repository::open_read_only(&t.repo).unwrap();
         let snap = repo.resolve("evil1@latest").unwrap();
@@ -521,15 +526,7 @@ fn an_account_over_its_hard_limit_fails_alone() {
         "name = \"evil\"\nallocation = \"100 KiB\"",
     );
     fs::write(&t.inventory, text).unwrap();
-    let mut outcomes = t.pull_outcomes(&["--all"]);
-    outcomes.sort();
-    assert_eq!(
-        outcomes,
-        [
-            ("evil1".into(), "ok".into()),
-            ("victim1".into(), "ok".into())
-        ]
-    );
+    t.pull_all_ok();
     let packs_before = xstore::pack_files(&t.repo).unwrap();
     fs::write(t.evil.join("big.bin"), pseudo_random(200_000, 11)).unwrap();
     fs::write(t.victim.join("new.bin"), pseudo_random(200_000, 12)).unwrap();
@@ -662,18 +659,7 @@ fn a_listing_bomb_fails_its_host_within_the_memory_budget() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let out = child.wait_with_output().unwrap();
-    let v = common::last_json(&out.stdout);
-    let mut outcomes: Vec<(String, String)> = v["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["host"].as_str().unwrap().to_string(),
-                r["outcome"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let mut outcomes = outcomes(&out).unwrap();
     outcomes.sort();
     assert_eq!(
         outcomes,

@@ -515,6 +515,29 @@ fn enospc_at_every_write_step() {
     assert_restores(&repo, work.path(), "h1", &src);
 }
 
+/// Unmounts a test's tmpfs when dropped.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A tmpfs of `size` (`24m`) mounted at `work/small` (needs root), unmounted with the guard.
+fn small_tmpfs(work: &Path, size: &str) -> (PathBuf, Unmount) {
+    let mnt = work.join("small");
+    fs::create_dir(&mnt).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let guard = Unmount(mnt.clone());
+    (mnt, guard)
+}
+
 /// A real full disk: a 24 MiB tmpfs holding the repository, backups until it is full.
 /// Every exit 0 is a snapshot that exists and restores; every exit 1 changed nothing.
 #[test]
@@ -524,21 +547,7 @@ fn a_real_full_disk_never_reports_a_committed_snapshot_as_failed() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let mnt = work.path().join("small");
-    fs::create_dir(&mnt).unwrap();
-    let status = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    let (mnt, _guard) = small_tmpfs(work.path(), "24m");
     let repo = mnt.join("repo");
     let src = work.path().join("src");
     fs::create_dir(&src).unwrap();
@@ -665,21 +674,7 @@ fn backups_stop_at_the_free_space_reserve_and_forget_and_gc_still_run() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let mnt = work.path().join("small");
-    fs::create_dir(&mnt).unwrap();
-    let status = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    let (mnt, _guard) = small_tmpfs(work.path(), "64m");
     let repo = mnt.join("repo");
     let src = work.path().join("src");
     fs::create_dir(&src).unwrap();

@@ -209,3 +209,10 @@ impl Drop for Paused {
         }
     }
 }
+
+/// `xstore --json pull --inventory INVENTORY ARGS…` on `repo`.
+pub fn pull_json(repo: &Path, inventory: &Path, args: &[&str]) -> Output {
+    let mut a = vec!["--json", "pull", "--inventory", inventory.to_str().unwrap()];
+    a.extend_from_slice(args);
+    xstore(repo, &a)
+}
