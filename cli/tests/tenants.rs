@@ -387,9 +387,10 @@ fn a_claimed_length_must_be_the_chunks_own() {
     ok(&t.repo, &["check", "--read-data"]);
 }
 
-/// Makes `levels` nested directories `d/d/…` under `base`, as an unprivileged user when the
-/// tests run as root (anyone on a client can), with a file at the bottom.
-fn nest(base: &Path, levels: usize) -> PathBuf {
+/// Makes `levels` nested directories `d/d/…` under `base` (inside the test's directory
+/// `root`), as an unprivileged user when the tests run as root (anyone on a client can), with
+/// a file at the bottom.
+fn nest(root: &Path, base: &Path, levels: usize) -> PathBuf {
     let mut deep = base.to_path_buf();
     for _ in 0..levels {
         deep.push("d");
@@ -399,7 +400,8 @@ fn nest(base: &Path, levels: usize) -> PathBuf {
     if as_nobody {
         fs::create_dir_all(base).unwrap();
         // The test's temporary directory is private to root; the user must reach `base`.
-        for dir in base.ancestors().skip(1).take(3) {
+        // Only directories of the test are opened up, never the system's /tmp.
+        for dir in base.ancestors().skip(1).take_while(|d| d.starts_with(root)) {
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
         }
@@ -432,8 +434,8 @@ fn nest(base: &Path, levels: usize) -> PathBuf {
 #[test]
 fn deep_directories_fail_no_pull() {
     let t = tenants();
-    nest(&t.victim.join("deep"), 600);
-    let too_deep = nest(&t.evil.join("deep"), xstore::MAX_DEPTH + 20);
+    nest(&t.root, &t.victim.join("deep"), 600);
+    let too_deep = nest(&t.root, &t.evil.join("deep"), xstore::MAX_DEPTH + 20);
     let mut outcomes = t.pull_outcomes(&["--all", "--jobs", "2"]);
     outcomes.sort();
     assert_eq!(
