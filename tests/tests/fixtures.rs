@@ -155,3 +155,99 @@ fn an_old_repository_takes_writes_gc_and_repair() {
     assert!(repo.check(Default::default()).unwrap().problems.is_empty());
     assert_host_listings(&repo);
 }
+
+/// Where the kind-clash fixture's data stood when it was written (paths inside it).
+const KIND_DATA: &str = "/tmp/fxkind";
+
+/// Writes `tests/fixtures/kind-clash-2026-12` (see its README) with the CLI named by
+/// `XSTORE_OLD_BIN`, a build from before the server checked blob kinds:
+/// `XSTORE_OLD_BIN=… cargo test --release -p xstore-tests --test fixtures -- --ignored`.
+#[test]
+#[ignore]
+fn make_kind_clash_fixture() {
+    let bin = std::env::var("XSTORE_OLD_BIN").expect("XSTORE_OLD_BIN");
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/kind-clash-2026-12/repo");
+    let data = Path::new(KIND_DATA);
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(data);
+    std::fs::create_dir_all(data.join("data1/d")).unwrap();
+    std::fs::create_dir_all(data.join("data2")).unwrap();
+    std::fs::write(data.join("data1/a.txt"), b"the victim's file\n").unwrap();
+    std::fs::write(data.join("data1/d/inner.txt"), b"under the tree\n").unwrap();
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new(&bin)
+            .arg("--repo")
+            .arg(&out)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{args:?}");
+    };
+    run(&["init", "--pack-size-mib", "1", "--chunk-avg-kib", "64"]);
+    let data1 = format!("{KIND_DATA}/data1");
+    run(&["backup", "-q", "--no-tier", "--host", "victim", &data1]);
+    let tree = {
+        let repo = Repository::open_read_only(&out).unwrap();
+        let snap = repo.resolve("victim@latest").unwrap();
+        let id = match repo.lookup(&snap, &format!("{data1}/d")).unwrap() {
+            xstore::Node::Entry(e) => e.subtree().unwrap(),
+            other => panic!("{other:?}"),
+        };
+        repo.read_blob(&id).unwrap()
+    };
+    // A file whose bytes are that tree's encoding: the old server deduplicated it against
+    // the tree, so the file's data edge names a tree blob.
+    std::fs::write(data.join("data2/copy"), tree).unwrap();
+    let data2 = format!("{KIND_DATA}/data2");
+    run(&["backup", "-q", "--no-tier", "--host", "evil", &data2]);
+}
+
+/// A repository in which a file's chunk is a tree blob (written before the kind checks):
+/// `check` names the edge with its snapshot and path, `repair index` writes counts that
+/// agree with what expiry releases (nothing else is reported after it), and expiring the
+/// snapshot and gc leave the victim's snapshot whole.
+#[test]
+fn a_file_edge_to_a_tree_is_reported_and_repair_keeps_the_counts_consistent() {
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("repo");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/kind-clash-2026-12/repo"),
+        &path,
+    );
+    std::fs::create_dir_all(path.join("packs/tmp")).unwrap();
+    let only_the_edge = |repo: &Repository| {
+        let problems = repo.check(Default::default()).unwrap().problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let p = &problems[0];
+        assert!(
+            p.message.starts_with("file references a tree blob of "),
+            "{p:?}"
+        );
+        assert_eq!(p.path.as_deref(), Some(&*format!("{KIND_DATA}/data2/copy")));
+        assert!(p.snapshot.as_deref().unwrap().ends_with("(evil)"), "{p:?}");
+    };
+    only_the_edge(&Repository::open_read_only(&path).unwrap());
+    Repository::repair_index(&path).unwrap();
+    only_the_edge(&Repository::open_read_only(&path).unwrap());
+    {
+        let repo = Repository::open(&path).unwrap();
+        let evil = repo.resolve("evil@latest").unwrap();
+        let plan = repo.plan_forget_snapshot(&evil.id).unwrap();
+        repo.apply_plan(&plan).unwrap();
+        xstore_tests::gc_all_dead(&repo);
+        let report = repo.check(Default::default()).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        let victim = repo.resolve("victim@latest").unwrap();
+        let target = work.path().join("restored");
+        repo.restore(&victim, &target, &Default::default()).unwrap();
+        let restored = target.join(&KIND_DATA[1..]).join("data1");
+        assert_eq!(
+            std::fs::read(restored.join("a.txt")).unwrap(),
+            b"the victim's file\n"
+        );
+        assert_eq!(
+            std::fs::read(restored.join("d/inner.txt")).unwrap(),
+            b"under the tree\n"
+        );
+    }
+}
