@@ -661,12 +661,20 @@ impl FsView {
         Ok(index)
     }
 
-    fn chunk(&self, id: &ChunkId) -> FsResult<Arc<Vec<u8>>> {
-        if let Some(c) = self.chunks.lock().map_err(lock_err)?.get(id) {
-            return Ok(c);
+    /// One chunk of a file: data of exactly the length the file references
+    /// (`read_file_chunk`), so a read never serves bytes the file's size does not cover.
+    fn chunk(&self, chunk: &ChunkRef) -> FsResult<Arc<Vec<u8>>> {
+        if let Some(c) = self.chunks.lock().map_err(lock_err)?.get(&chunk.id) {
+            // Cached by id: the same bytes, so their length is the blob's.
+            if c.len() == chunk.len as usize {
+                return Ok(c);
+            }
         }
-        let data = Arc::new(self.repo()?.read_blob(id)?);
-        self.chunks.lock().map_err(lock_err)?.put(*id, data.clone());
+        let data = Arc::new(self.repo()?.read_file_chunk(chunk)?);
+        self.chunks
+            .lock()
+            .map_err(lock_err)?
+            .put(chunk.id, data.clone());
         Ok(data)
     }
 
@@ -685,7 +693,7 @@ impl FsView {
             .saturating_sub(1);
         let mut at = offset;
         while at < end && i < file.chunks.len() {
-            let data = self.chunk(&file.chunks[i].id)?;
+            let data = self.chunk(&file.chunks[i])?;
             let start = file.starts[i];
             let from = (at - start) as usize;
             let to = ((end - start) as usize).min(data.len());
