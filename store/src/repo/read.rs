@@ -12,6 +12,33 @@ use crate::ChunkId;
 use xstore_format::snapshot::{Snapshot, SnapshotId};
 use xstore_format::tree::{decode_chunk_list, ChunkRef, Content, Entry, EntryKind, Tree};
 
+/// Whether `loc` is a live data blob of exactly `chunk`'s length: what a file may reference.
+pub(crate) fn is_live_data(loc: Option<&BlobLoc>, chunk: &ChunkRef) -> bool {
+    loc.is_some_and(|l| l.refcount > 0 && l.kind == BlobKind::Data && l.raw_len == chunk.len)
+}
+
+/// `Ok` when the blob at `loc` can be a file's `chunk`: data of exactly the referenced
+/// length (a read verifies the bytes against `loc`); else an error naming the blob.
+pub(crate) fn check_file_chunk(chunk: &ChunkRef, loc: &BlobLoc) -> Result<()> {
+    if loc.kind == BlobKind::Data && loc.raw_len == chunk.len {
+        return Ok(());
+    }
+    Err(Error::CorruptBlob {
+        id: chunk.id,
+        pack: loc.pack.to_string(),
+        source: DecodeError::Invalid {
+            what: "file chunk",
+            offset: 0,
+            reason: format!(
+                "a file references it as {} bytes of data; it is {} bytes of {}",
+                chunk.len,
+                loc.raw_len,
+                loc.kind.name()
+            ),
+        },
+    })
+}
+
 /// A node of a snapshot: the root directory or an entry inside it.
 #[derive(Debug, Clone)]
 pub enum Node {
@@ -89,13 +116,9 @@ impl Repository {
         Ok(self
             .index
             .blobs(&ids)?
-            .into_iter()
+            .iter()
             .zip(chunks)
-            .map(|(loc, c)| {
-                loc.is_some_and(|l| {
-                    l.refcount > 0 && l.kind == BlobKind::Data && l.raw_len == c.len
-                }) && !damaged.contains(&c.id)
-            })
+            .map(|(loc, c)| is_live_data(loc.as_ref(), c) && !damaged.contains(&c.id))
             .collect())
     }
 
@@ -137,22 +160,7 @@ impl Repository {
     /// that disagrees), so no reader writes bytes a file's size does not account for.
     pub fn read_file_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>> {
         let (loc, raw) = self.read_current(&chunk.id)?;
-        if loc.kind != BlobKind::Data || raw.len() != chunk.len as usize {
-            return Err(Error::CorruptBlob {
-                id: chunk.id,
-                pack: loc.pack.to_string(),
-                source: DecodeError::Invalid {
-                    what: "file chunk",
-                    offset: 0,
-                    reason: format!(
-                        "a file references it as {} bytes of data; it is {} bytes of {}",
-                        chunk.len,
-                        raw.len(),
-                        loc.kind.name()
-                    ),
-                },
-            });
-        }
+        check_file_chunk(chunk, &loc)?;
         Ok(raw)
     }
 

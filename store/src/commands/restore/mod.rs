@@ -40,7 +40,6 @@ pub(crate) fn open_existing_dir(path: &Path) -> Result<OwnedFd> {
 
 use crate::error::{Error, IoContext, Result};
 use crate::index::BlobLoc;
-use crate::pack::BlobKind;
 use crate::repo::{poisoned, Node, Repository};
 use crate::storage::read_ahead::RangeRead;
 use crate::storage::PackId;
@@ -301,24 +300,8 @@ impl Repository {
             let mut located = Vec::with_capacity(ids.len());
             for (c, loc) in refs.into_iter().zip(self.index.blobs(&ids)?) {
                 let loc = loc.ok_or(Error::MissingBlob(c.id))?;
-                // The bytes written must be what the entry's size accounts for: a data blob
-                // of exactly the referenced length (read_file_chunk's rule).
-                if loc.kind != BlobKind::Data || loc.raw_len != c.len {
-                    return Err(Error::CorruptBlob {
-                        id: c.id,
-                        pack: loc.pack.to_string(),
-                        source: crate::DecodeError::Invalid {
-                            what: "file chunk",
-                            offset: 0,
-                            reason: format!(
-                                "a file references it as {} bytes of data; it is {} bytes of {}",
-                                c.len,
-                                loc.raw_len,
-                                loc.kind.name()
-                            ),
-                        },
-                    });
-                }
+                // The bytes written must be what the entry's size accounts for.
+                crate::repo::check_file_chunk(&c, &loc)?;
                 located.push((c, loc));
             }
             Ok(located)
