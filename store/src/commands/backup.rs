@@ -110,11 +110,6 @@ impl StoreBudget {
         })
     }
 
-    /// Bytes left.
-    pub fn left(&self) -> u64 {
-        self.left.load(Ordering::Acquire)
-    }
-
     fn take(&self, n: u64) -> bool {
         self.left
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
@@ -139,8 +134,6 @@ struct Session<'a> {
     /// Blobs this session claimed for writing, with their kind and raw length. A data entry
     /// here holds bytes this session hashed itself.
     pending: Mutex<HashMap<ChunkId, (BlobKind, u32)>>,
-    /// Nesting depth below which directories are not descended ([`MAX_DEPTH`]).
-    max_depth: usize,
     /// The data chunks (id → length) of this host's parent snapshot, loaded on first need:
     /// the only chunks a source may name without sending their bytes (no existence oracle).
     own_chunks: std::sync::OnceLock<HashMap<ChunkId, u32>>,
@@ -256,7 +249,7 @@ impl<'a> Session<'a> {
         let before = self.drawn.fetch_add(n, Ordering::AcqRel);
         if before / RESERVE_CHECK_BYTES != (before + n) / RESERVE_CHECK_BYTES || before == 0 {
             // At most RESERVE_CHECK_BYTES more go into the reserve before the next check.
-            self.repo.check_reserve(0)?;
+            self.repo.check_reserve()?;
         }
         Ok(())
     }
@@ -324,28 +317,6 @@ impl<'a> Session<'a> {
         }
         self.write_new(id, kind, raw)?;
         Ok(true)
-    }
-
-    /// Whether the source may name `chunk` without sending its bytes: this session hashed
-    /// it already, or this host's parent snapshot references it and the repository holds it
-    /// as a live data blob of exactly that length (`live`, from [`Repository::holds_data`]).
-    /// Nothing else counts, so what is asked for never depends on other accounts' data.
-    fn known_without_bytes(
-        &self,
-        chunk: &ChunkRef,
-        live: bool,
-        same_path: &HashMap<ChunkId, u32>,
-        pending: &HashMap<ChunkId, (BlobKind, u32)>,
-    ) -> bool {
-        match pending.get(&chunk.id) {
-            Some(&(kind, len)) => return kind == BlobKind::Data && len == chunk.len,
-            None if !live => return false,
-            None => {}
-        }
-        if same_path.get(&chunk.id) == Some(&chunk.len) {
-            return true;
-        }
-        self.own_chunks().get(&chunk.id) == Some(&chunk.len)
     }
 
     /// The parent snapshot's data chunks ([`Session::own_chunks`]), walked on first need.
@@ -501,12 +472,12 @@ impl<'a> Session<'a> {
             );
             return Ok(None);
         }
-        if meta.kind == SourceKind::Dir && depth > self.max_depth {
+        if meta.kind == SourceKind::Dir && depth > MAX_DEPTH {
             self.record_error(
                 path,
                 format!(
                     "directory nested more than {} levels below its backup path; not backed up",
-                    self.max_depth
+                    MAX_DEPTH
                 ),
             );
             return Ok(None);
@@ -662,8 +633,14 @@ impl<'a> Session<'a> {
     }
 
     /// A file the source chunked itself: ask for the bytes of every chunk the source may not
-    /// name without them ([`Session::known_without_bytes`]), verify each against its id and
-    /// length, store the new ones. `parent` is the parent snapshot's entry at the same path.
+    /// name without them, verify each against its id and length, store the new ones.
+    /// `parent` is the parent snapshot's entry at the same path.
+    ///
+    /// A chunk may go without its bytes only when this session hashed it already, or when
+    /// the repository holds it as a live, undamaged data blob of exactly that length *and*
+    /// this host references it itself (the parent entry at the same path, else anywhere in
+    /// the parent snapshot). Nothing else counts, so what is asked for never depends on other
+    /// accounts' data (ARCHITECTURE.md, "Trust boundary").
     fn fetch_remote(
         &self,
         file: &mut dyn crate::source::SourceFile,
@@ -681,8 +658,29 @@ impl<'a> Session<'a> {
                 ),
             )));
         }
-        let mut wanted: Vec<ChunkRef> = Vec::new();
+        // Per chunk: Some(known), or None while only the host's own references can tell.
+        let mut known: Vec<Option<bool>> = Vec::with_capacity(list.len());
         {
+            let ids: Vec<ChunkId> = list.iter().map(|c| c.id).collect();
+            let locs = self.repo.index.blobs(&ids)?;
+            // Held only for these lookups: the parent walk below may read many trees.
+            let pending = self
+                .pending
+                .lock()
+                .map_err(|e| ReadFailure::Repo(poisoned(e)))?;
+            for (c, loc) in list.iter().zip(&locs) {
+                known.push(match pending.get(&c.id) {
+                    Some(&(kind, len)) => Some(kind == BlobKind::Data && len == c.len),
+                    None if crate::repo::is_live_data(loc.as_ref(), c)
+                        && !self.damaged.contains(&c.id) =>
+                    {
+                        None
+                    }
+                    None => Some(false),
+                });
+            }
+        }
+        if known.contains(&None) {
             let same_path: HashMap<ChunkId, u32> = match parent {
                 Some(p) if p.kind == EntryKind::File && self.intact(p) => self
                     .repo
@@ -691,18 +689,22 @@ impl<'a> Session<'a> {
                     .unwrap_or_default(),
                 _ => HashMap::new(),
             };
-            let live = self.repo.holds_data(&list)?;
-            let pending = self
-                .pending
-                .lock()
-                .map_err(|e| ReadFailure::Repo(poisoned(e)))?;
-            let mut asked = HashSet::new();
-            for (c, live) in list.iter().zip(live) {
-                if !self.known_without_bytes(c, live, &same_path, &pending) && asked.insert(*c) {
-                    wanted.push(*c);
+            for (c, k) in list.iter().zip(known.iter_mut()) {
+                if k.is_none() {
+                    *k = Some(
+                        same_path.get(&c.id) == Some(&c.len)
+                            || self.own_chunks().get(&c.id) == Some(&c.len),
+                    );
                 }
             }
         }
+        let mut asked = HashSet::new();
+        let wanted: Vec<ChunkRef> = list
+            .iter()
+            .zip(known)
+            .filter(|(c, known)| *known != Some(true) && asked.insert(**c))
+            .map(|(c, _)| *c)
+            .collect();
         // In batches, so a large new file never sits in memory whole.
         let mut start = 0;
         while start < wanted.len() {
@@ -901,7 +903,7 @@ impl<'a> Session<'a> {
                 let meta = meta.as_ref().ok().filter(|m| m.kind == SourceKind::Dir)?;
                 let descend = !(self.one_file_system && meta.attrs.dev != root_dev);
                 let child = path.join(std::ffi::OsStr::from_bytes(name));
-                (descend && depth < self.max_depth && !self.excludes.is_match(&child, name))
+                (descend && depth < MAX_DEPTH && !self.excludes.is_match(&child, name))
                     .then_some((child, old_tree.as_ref()))
             })
             .collect();
@@ -1140,7 +1142,6 @@ impl Repository {
             one_file_system: opts.one_file_system,
             level: self.config().compression_level,
             pending: Mutex::new(HashMap::new()),
-            max_depth: MAX_DEPTH,
             own_chunks: std::sync::OnceLock::new(),
             parent_root: parent.as_ref().map(|p| p.root),
             damaged: self.damaged_blobs()?,

@@ -61,16 +61,16 @@ pub fn free_space_reserve(total_bytes: u64) -> u64 {
 }
 
 impl Repository {
-    /// Fails with [`crate::Error::ReserveReached`] when writing `more` bytes would leave
-    /// less than the [`free_space_reserve`] free on the repository's filesystem.
-    pub fn check_reserve(&self, more: u64) -> crate::Result<()> {
+    /// Fails with [`crate::Error::ReserveReached`] when less than the
+    /// [`free_space_reserve`] is free on the repository's filesystem.
+    pub fn check_reserve(&self) -> crate::Result<()> {
         let st = rustix::fs::statvfs(self.path()).map_err(|e| crate::Error::Io {
             path: self.path().to_path_buf(),
             source: e.into(),
         })?;
         let free = st.f_bavail.saturating_mul(st.f_frsize);
         let reserve = free_space_reserve(st.f_blocks.saturating_mul(st.f_frsize));
-        if free < reserve.saturating_add(more) {
+        if free < reserve {
             return Err(crate::Error::ReserveReached {
                 path: self.path().to_path_buf(),
                 free,
@@ -143,3 +143,4 @@ pub(crate) use crate::error::poisoned;
 pub use open::S3Init;
 pub(crate) use open::{config_fingerprint, config_mismatch, lease_holder, CONFIG_KEY};
 pub use read::Node;
+pub(crate) use read::{check_file_chunk, is_live_data};
