@@ -397,22 +397,17 @@ impl Repository {
     ///
     /// Every attempt, failed or not, is recorded as the host's [`Repository::last_pull`].
     pub fn pull(&self, host: &HostSpec, opts: &PullOptions) -> Result<Snapshot> {
-        self.pull_reported(host, opts, None).0
+        self.pull_reported(host, opts).0
     }
 
-    fn pull_reported(
-        &self,
-        host: &HostSpec,
-        opts: &PullOptions,
-        connection: Option<Result<AgentConnection>>,
-    ) -> (Result<Snapshot>, PullReport) {
+    fn pull_reported(&self, host: &HostSpec, opts: &PullOptions) -> (Result<Snapshot>, PullReport) {
         let started_ns = crate::now_ns();
         let started = Instant::now();
         // A panic in one host's pull fails that host alone (its record names the cause);
         // the run goes on with the others. Its uncommitted packs are left for recovery.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.require_writable()
-                .and_then(|()| self.pull_over_ssh(host, opts, connection))
+                .and_then(|()| self.pull_over_ssh(host, opts))
         }))
         .unwrap_or_else(|panic| {
             let what = panic
@@ -563,16 +558,8 @@ impl Repository {
         Ok(Some(report))
     }
 
-    fn pull_over_ssh(
-        &self,
-        host: &HostSpec,
-        opts: &PullOptions,
-        connection: Option<Result<AgentConnection>>,
-    ) -> Result<Snapshot> {
-        let mut connection = match connection {
-            Some(started) => started?,
-            None => AgentConnection::start(host)?,
-        };
+    fn pull_over_ssh(&self, host: &HostSpec, opts: &PullOptions) -> Result<Snapshot> {
+        let mut connection = AgentConnection::start(host)?;
         let (Some(stdin), Some(stdout)) = (connection.stdin.take(), connection.stdout.take())
         else {
             return Err(pull_error(host, "ssh started without pipes"));
@@ -709,8 +696,8 @@ impl Repository {
         on_done: &(dyn Fn(&PullReport) + Sync),
     ) -> Vec<PullReport> {
         let mut opts = opts.clone();
-        opts.account_budgets
-            .extend(self.account_budgets(hosts, &opts.accounts));
+        let computed = self.account_budgets(hosts, &opts.accounts, &opts.account_budgets);
+        opts.account_budgets.extend(computed);
         let opts = &opts;
         let (tx, rx) = crossbeam_channel::unbounded();
         for (i, h) in hosts.iter().enumerate() {
@@ -724,7 +711,7 @@ impl Repository {
                 let reports = &reports;
                 scope.spawn(move || {
                     for (i, host) in rx {
-                        let (_, report) = self.pull_reported(host, opts, None);
+                        let (_, report) = self.pull_reported(host, opts);
                         on_done(&report);
                         if let Ok(mut r) = reports.lock() {
                             r.push((i, report));
@@ -742,13 +729,16 @@ impl Repository {
     /// its hard limit minus the stored bytes its snapshots reference now, one
     /// [`Repository::fleet_usage`] pass for all of them. When usage cannot be computed the
     /// accounts get no budget (a warning; each pull's cap still applies).
+    /// Accounts that already have a budget in `given` keep it.
     fn account_budgets(
         &self,
         hosts: &[HostSpec],
         accounts: &[Account],
+        given: &HashMap<String, Arc<StoreBudget>>,
     ) -> HashMap<String, Arc<StoreBudget>> {
         let wanted: Vec<&Account> = accounts
             .iter()
+            .filter(|a| !given.contains_key(&a.name))
             .filter(|a| hosts.iter().any(|h| h.account == a.name))
             .collect();
         if wanted.is_empty() {
