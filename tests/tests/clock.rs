@@ -52,3 +52,43 @@ fn a_clock_behind_the_newest_snapshot_commits_nothing_and_is_reported() {
         .unwrap();
     assert_eq!(report.state, CheckState::Ok, "{}", report.hosts[0].problem);
 }
+
+/// A commit never removes the snapshot it adds: a backup dated before every snapshot of a
+/// full tier (an import of an old point) would be trimmed by its own tier entry, so it
+/// commits nothing and says why.
+#[test]
+fn a_commit_never_trims_the_snapshot_it_adds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"content").unwrap();
+    let repo = xstore::Repository::init(&tmp.path().join("repo"), &Default::default()).unwrap();
+    let at = |time_ns| xstore::BackupOptions {
+        host: "h".into(),
+        paths: vec![src.clone()],
+        time_ns: Some(time_ns),
+        ..Default::default()
+    };
+    let base = xstore::now_ns() - 10 * DAY_NS;
+    // The default hourly tier keeps 6.
+    for i in 0..6 {
+        repo.backup(&xstore::LocalSource, &at(base + i * 3_600_000_000_000))
+            .unwrap();
+    }
+    let err = repo
+        .backup(&xstore::LocalSource, &at(base - DAY_NS))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("would be trimmed by its own tier entry"),
+        "{err}"
+    );
+    assert_eq!(repo.snapshots().unwrap().len(), 6);
+    // Its packs were sealed before the commit refused: the journal names them, and the next
+    // writable open removes them.
+    let path = repo.path().to_path_buf();
+    drop(repo);
+    let repo = xstore::Repository::open(&path).unwrap();
+    assert!(xstore_tests::journal_is_empty(&path));
+    assert!(repo.check(Default::default()).unwrap().problems.is_empty());
+}
