@@ -257,24 +257,34 @@ pub(crate) fn check_usage(cli: &Cli, args: &UsageCheckArgs) -> Result<u8> {
     })
 }
 
-/// One table row; account rows also show their allocation, percentage used and OVER (as
-/// [`xstore::ops::monitor::AccountUsage`] computed them).
+/// One table row; account rows also show their allocation, percentage used, OVER and
+/// INFLATED (as [`xstore::ops::monitor::AccountUsage`] computed them); host rows show
+/// INFLATED when their logical ratio is above `ratio_limit`.
 fn usage_row(
     cli: &Cli,
     name: &str,
     account: &str,
     u: &Usage,
     allocation: Option<&xstore::ops::monitor::AccountUsage>,
+    ratio_limit: u64,
 ) -> String {
-    let alloc = match allocation {
+    let mut alloc = match allocation {
         Some(a) => format!(
-            "{:>10}  {:>5.0}%{}",
+            "{:>10}  {:>5.0}%{}{}",
             size(cli, a.allocation),
             a.percent,
-            if a.over_allocation { "  OVER" } else { "" }
+            if a.over_allocation { "  OVER" } else { "" },
+            if a.inflated_hosts.is_empty() {
+                ""
+            } else {
+                "  INFLATED"
+            }
         ),
         None => format!("{:>10}  {:>6}", "-", "-"),
     };
+    if allocation.is_none() && u.logical_ratio() > ratio_limit as f64 {
+        alloc.push_str(&format!("  INFLATED {:.0}x", u.logical_ratio()));
+    }
     format!(
         "{name:<24}  {account:<12}  {:>5}  {:>10}  {:>10}  {:>10}  {:>10}  {alloc}",
         u.snapshots,
@@ -301,6 +311,12 @@ pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
             .map(|s| s.account.clone())
             .unwrap_or_default()
     };
+    let ratio_limit = |h: &str| {
+        inv.as_ref()
+            .and_then(|i| i.host(h))
+            .and_then(|s| inv.as_ref()?.account(&s.account))
+            .map_or(xstore::DEFAULT_LOGICAL_RATIO, |a| a.logical_ratio)
+    };
     if let Some(h) = &args.host {
         let of_host = repo.host_snapshots(h)?;
         anyhow::ensure!(
@@ -316,7 +332,10 @@ pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
             return Ok(EXIT_OK);
         }
         println!("{}", usage_header("host", "account"));
-        println!("{}", usage_row(cli, h, &account_of(h), &usage, None));
+        println!(
+            "{}",
+            usage_row(cli, h, &account_of(h), &usage, None, ratio_limit(h))
+        );
         println!();
         println!(
             "{:<8}  {:<20}  {:>10}  {:>10}  {:>10}",
@@ -384,7 +403,8 @@ pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
                     &a.account,
                     a.package.as_deref().unwrap_or("-"),
                     &a.usage,
-                    Some(a)
+                    Some(a),
+                    u64::MAX // account rows flag their inflated hosts themselves
                 )
             );
         }
@@ -392,7 +412,7 @@ pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
     }
     println!("{}", usage_header("host", "account"));
     for (h, a, u) in &host_rows {
-        println!("{}", usage_row(cli, h, a, u, None));
+        println!("{}", usage_row(cli, h, a, u, None, ratio_limit(h)));
     }
     Ok(EXIT_OK)
 }

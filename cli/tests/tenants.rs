@@ -387,6 +387,77 @@ fn a_claimed_length_must_be_the_chunks_own() {
     ok(&t.repo, &["check", "--read-data"]);
 }
 
+#[test]
+fn a_snapshot_naming_far_more_bytes_than_it_sent_is_flagged() {
+    let t = tenants();
+    assert_eq!(
+        t.pull_outcomes(&["victim1", "evil1"]),
+        [
+            ("victim1".into(), "ok".into()),
+            ("evil1".into(), "ok".into())
+        ]
+    );
+    // Its own 200 KB chunk, named 100,000 times by one file: 20 GB to restore.
+    let chunk = common::file_chunk(&t.repo, "evil1@latest", &t.evil.join("own.bin"), 0);
+    let len = t.blob_len(&chunk);
+    fs::write(t.evil.join("bomb"), b"b").unwrap();
+    t.lie(&format!(
+        "claim {} {} {len} x100000\n",
+        t.evil_path("bomb"),
+        hex(&chunk)
+    ));
+    assert_eq!(t.pull_outcomes(&["evil1"]), [("evil1".into(), "ok".into())]);
+    assert!(t.asked().is_empty(), "{:?}", t.asked());
+    let inventory = t.inventory.to_str().unwrap();
+
+    let out = xstore(&t.repo, &["check-usage", "--inventory", inventory]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let flagged: Vec<&str> = text.lines().filter(|l| l.contains("x the bytes")).collect();
+    assert_eq!(flagged.len(), 1, "{text}");
+    assert!(
+        flagged[0].starts_with("WARNING: evil: ")
+            && flagged[0].contains("host evil1's newest snapshot names "),
+        "{text}"
+    );
+
+    let du = ok(&t.repo, &["du", "--inventory", inventory]);
+    let row = |name: &str| {
+        du.lines()
+            .filter(|l| l.split_whitespace().next() == Some(name))
+            .collect::<Vec<_>>()
+    };
+    assert!(row("evil1").iter().all(|l| l.contains("INFLATED")), "{du}");
+    assert!(row("evil").iter().all(|l| l.contains("INFLATED")), "{du}");
+    assert!(!row("victim1")[0].contains("INFLATED"), "{du}");
+    assert!(!row("victim")[0].contains("INFLATED"), "{du}");
+
+    let metrics = ok(&t.repo, &["metrics", "--inventory", inventory]);
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("{prefix} missing:\n{metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        value("xstore_host_logical_ratio{host=\"evil1\",account=\"evil\"}")
+            > xstore::DEFAULT_LOGICAL_RATIO as f64,
+        "{metrics}"
+    );
+    assert!(value("xstore_host_logical_ratio{host=\"victim1\",account=\"victim\"}") < 10.0);
+    assert_eq!(
+        value("xstore_account_inflated_hosts{account=\"evil\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("xstore_account_inflated_hosts{account=\"victim\"}"),
+        0.0
+    );
+}
+
 /// Makes `levels` nested directories `d/d/…` under `base` (inside the test's directory
 /// `root`), as an unprivileged user when the tests run as root (anyone on a client can), with
 /// a file at the bottom.
@@ -635,8 +706,22 @@ fn a_pull_that_rewrites_most_files_pins_the_last_good_snapshot() {
 /// would take unbounded, and the other host of the run commits.
 #[test]
 fn a_listing_bomb_fails_its_host_within_the_memory_budget() {
+    listing_scenario_fails_within_the_budget("list-bomb\n");
+}
+
+#[test]
+fn ever_wider_directories_fail_their_host_within_the_memory_budget() {
+    // Every listing the server takes names 100,000 subdirectories, each listed in turn: the
+    // listings taken and not yet done with count against the budget too.
+    listing_scenario_fails_within_the_budget("wide-dirs 100000\n");
+}
+
+/// Runs `pull --all` with the evil host's agent lying as `scenario` says about listings:
+/// the evil host fails on the pull's listing budget, the victim commits and restores
+/// exactly, and the pull's peak resident size stays under 1 GiB.
+fn listing_scenario_fails_within_the_budget(scenario: &str) {
     let t = tenants();
-    fs::write(&t.scenario, "list-bomb\n").unwrap();
+    fs::write(&t.scenario, scenario).unwrap();
     // The pull's peak resident size (VmHWM), read from /proc while it runs.
     let mut child = Command::new(BIN)
         .arg("--repo")

@@ -93,7 +93,9 @@ pub use commands::verify::{
 };
 pub use error::RemoteError;
 pub use error::{Error, Result};
-pub use fleet::inventory::{Account, HostSpec, Inventory, InventoryError, SelectError};
+pub use fleet::inventory::{
+    Account, HostSpec, Inventory, InventoryError, SelectError, DEFAULT_LOGICAL_RATIO,
+};
 pub use fleet::pull::{
     pull_fleet, ssh_command, AgentConnection, HostStatus, MassChange, PullOptions, PullOutcome,
     PullReport, DEFAULT_PULL_THREADS, MASS_CHANGE_MIN_FILES, PULL_STACK_BYTES,

@@ -101,6 +101,7 @@ fn usage_matches_the_dag_and_expiry_frees_exactly_the_exclusive_bytes() {
         package: None,
         allocation: 1 << 20,
         hard_limit: 3 << 20,
+        logical_ratio: xstore::DEFAULT_LOGICAL_RATIO,
         hosts: vec!["web-a".into(), "web-b".into()],
     };
     let acc = &repo.account_usage(&[account], 1.0, 2.0).unwrap()[0];
@@ -108,6 +109,12 @@ fn usage_matches_the_dag_and_expiry_frees_exactly_the_exclusive_bytes() {
     assert_eq!(acc.usage.referenced_bytes, span_of(&repo, &everything));
     assert_eq!(acc.usage.exclusive_bytes, acc.usage.referenced_bytes);
     assert_eq!(acc.usage.shared_bytes, 0);
+    let raw: u64 = everything
+        .iter()
+        .map(|id| u64::from(repo.blob_location(id).unwrap().unwrap().raw_len))
+        .sum();
+    assert_eq!(acc.usage.referenced_raw_bytes, raw);
+    assert!(acc.inflated_hosts.is_empty(), "{acc:?}");
     assert!(acc.over_allocation, "{acc:?}");
     assert_eq!(
         acc.state,

@@ -860,6 +860,14 @@ impl<'a> Session<'a> {
             Some(previous) => self.source.list_known(path, previous),
             None => self.source.list(path),
         };
+        // Whichever way this returns, the listing is no longer held after it.
+        struct ListingDone<'s>(&'s dyn Source, &'s Path);
+        impl Drop for ListingDone<'_> {
+            fn drop(&mut self) {
+                self.0.listing_done(self.1);
+            }
+        }
+        let _done = ListingDone(self.source, path);
         let children = match listed {
             Ok(c) => c,
             Err(e) => {

@@ -43,6 +43,8 @@ pub struct Usage {
     pub newest_logical_bytes: u64,
     /// Stored bytes of the distinct blobs the group's snapshots reference.
     pub referenced_bytes: u64,
+    /// Raw (uncompressed) bytes of the same blobs: what the group's hosts sent, at least.
+    pub referenced_raw_bytes: u64,
     /// Stored bytes only this group references: what expiring it (and then `gc`) frees.
     pub exclusive_bytes: u64,
     /// Referenced bytes that other snapshots reference too.
@@ -51,6 +53,21 @@ pub struct Usage {
     pub referenced_blobs: u64,
     /// Blobs only this group references.
     pub exclusive_blobs: u64,
+}
+
+impl Usage {
+    /// How many times the distinct bytes the group references its newest snapshots' file
+    /// bytes are. Duplicates, sparse zeros and unchanged files keep it low for honest hosts
+    /// (a few times at most, hundreds for disks of zeros); a host that names one chunk a
+    /// million times makes it enormous, and a restore or `dump` of that snapshot would write
+    /// all of it. 0 when nothing is referenced.
+    pub fn logical_ratio(&self) -> f64 {
+        if self.referenced_raw_bytes == 0 {
+            0.0
+        } else {
+            self.newest_logical_bytes as f64 / self.referenced_raw_bytes as f64
+        }
+    }
 }
 
 /// Usage of every host and of groups of hosts ([`Repository::fleet_usage`]).
@@ -87,7 +104,7 @@ impl Repository {
         for s in snapshots {
             roots.extend(self.held_by(s)?);
         }
-        let (referenced_bytes, referenced_blobs) = self.referenced(&roots)?;
+        let (referenced_bytes, referenced_raw_bytes, referenced_blobs) = self.referenced(&roots)?;
         let (exclusive_bytes, exclusive_blobs) = self.exclusive(&roots)?;
         let mut newest: HashMap<&str, &Snapshot> = HashMap::new();
         for s in snapshots {
@@ -100,6 +117,7 @@ impl Repository {
             snapshots: snapshots.len() as u64,
             newest_logical_bytes: newest.values().map(|s| s.stats.logical_bytes).sum(),
             referenced_bytes,
+            referenced_raw_bytes,
             exclusive_bytes,
             shared_bytes: referenced_bytes.saturating_sub(exclusive_bytes),
             referenced_blobs,
@@ -269,11 +287,14 @@ impl Repository {
             }
         }
         phase("host sets of leaves");
-        let mut totals = vec![(0u64, 0u64); sets.len()];
+        // Per set of hosts: stored bytes, blobs, raw bytes.
+        let mut totals = vec![(0u64, 0u64, 0u64); sets.len()];
         for (n, &set) in set_of.iter().enumerate() {
             if let Some(t) = totals.get_mut(set as usize) {
-                t.0 += graph.span(n as u32);
+                let (span, raw) = graph.sizes(n as u32);
+                t.0 += span;
                 t.1 += 1;
+                t.2 += raw;
             }
         }
 
@@ -302,11 +323,12 @@ impl Repository {
         let mut touched = vec![0usize; groups.len()];
         // Live blobs no snapshot reaches (set 0: a running backup's, a held pack's) count
         // for nobody.
-        for (set, &(bytes, blobs)) in totals.iter().enumerate().skip(1) {
+        for (set, &(bytes, blobs, raw)) in totals.iter().enumerate().skip(1) {
             let members = sets.members(set as u32);
             for &h in members {
                 if let Some(u) = host_usage.get_mut(h as usize) {
                     u.referenced_bytes += bytes;
+                    u.referenced_raw_bytes += raw;
                     u.referenced_blobs += blobs;
                     if members.len() == 1 {
                         u.exclusive_bytes += bytes;
@@ -329,6 +351,7 @@ impl Repository {
                 }
                 if let Some(u) = group_usage.get_mut(g) {
                     u.referenced_bytes += bytes;
+                    u.referenced_raw_bytes += raw;
                     u.referenced_blobs += blobs;
                     if *t == members.len() {
                         u.exclusive_bytes += bytes;
@@ -408,17 +431,18 @@ impl Repository {
         }
     }
 
-    /// Stored bytes and count of the distinct blobs reachable from `roots`.
-    fn referenced(&self, roots: &[ChunkId]) -> Result<(u64, u64)> {
+    /// Stored bytes, raw bytes and count of the distinct blobs reachable from `roots`.
+    fn referenced(&self, roots: &[ChunkId]) -> Result<(u64, u64, u64)> {
         let mut seen: HashSet<ChunkId> = HashSet::new();
         let mut stack: Vec<ChunkId> = roots.to_vec();
-        let (mut bytes, mut blobs) = (0u64, 0u64);
+        let (mut bytes, mut raw, mut blobs) = (0u64, 0u64, 0u64);
         while let Some(id) = stack.pop() {
             if !seen.insert(id) {
                 continue;
             }
             let loc = self.live_blob(&id)?;
             bytes += loc.span();
+            raw += u64::from(loc.raw_len);
             blobs += 1;
             stack.extend(
                 self.blob_children(&id, &loc)?
@@ -426,7 +450,7 @@ impl Repository {
                     .filter(|c| !seen.contains(c)),
             );
         }
-        Ok((bytes, blobs))
+        Ok((bytes, raw, blobs))
     }
 
     /// Stored bytes and count of the blobs that releasing one reference to each root (an
@@ -463,7 +487,8 @@ impl Repository {
 struct Graph {
     numbers: IdMap<u32>,
     ids: Vec<ChunkId>,
-    spans: Vec<u64>,
+    /// Per blob: stored span (header and stored bytes, saturating) and raw length.
+    sizes: Vec<[u32; 2]>,
     /// Per blob: its slot in `parents` if it is a tree or chunk list, else `NOT_A_PARENT`.
     parent_slot: Vec<u32>,
     /// Per tree or chunk list: (blob, location, start in `children`, trees and chunk lists
@@ -494,7 +519,8 @@ impl Graph {
         let n = self.ids.len() as u32;
         self.numbers.insert(id, n);
         self.ids.push(id);
-        self.spans.push(loc.span());
+        self.sizes
+            .push([u32::try_from(loc.span()).unwrap_or(u32::MAX), loc.raw_len]);
         if matches!(loc.kind, BlobKind::Tree | BlobKind::ChunkList) {
             self.parent_slot.push(self.parents.len() as u32);
             self.parents.push((n, loc, 0, 0, 0));
@@ -512,8 +538,10 @@ impl Graph {
         self.number(id).ok_or(Error::MissingBlob(*id))
     }
 
-    fn span(&self, n: u32) -> u64 {
-        self.spans.get(n as usize).copied().unwrap_or(0)
+    /// Stored span and raw length of blob `n`.
+    fn sizes(&self, n: u32) -> (u64, u64) {
+        let [span, raw] = self.sizes.get(n as usize).copied().unwrap_or_default();
+        (u64::from(span), u64::from(raw))
     }
 
     fn parent(&self, n: u32) -> Option<&(u32, BlobLoc, usize, u32, u32)> {

@@ -13,6 +13,9 @@ use xstore_retention::Schedule;
 pub const DEFAULT_AGENT_PORT: u16 = 22344;
 /// Default hard limit of an account, as a multiple of its allocation.
 pub const DEFAULT_HARD_LIMIT_FACTOR: f64 = 3.0;
+/// Default [`Account::logical_ratio`]: far above any honest host's (see
+/// [`crate::Usage::logical_ratio`]).
+pub const DEFAULT_LOGICAL_RATIO: u64 = 1000;
 /// Default fraction of a host's files a pull may rewrite or remove before it raises the
 /// mass-change alarm.
 pub const DEFAULT_MASS_CHANGE: f64 = 0.5;
@@ -61,6 +64,7 @@ struct RawDefaults {
     hard_limit_factor: Option<f64>,
     pull_cap: Option<toml::Value>,
     mass_change: Option<f64>,
+    logical_ratio: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,6 +92,7 @@ struct RawAccount {
     package: Option<String>,
     allocation: Option<toml::Value>,
     hard_limit: Option<toml::Value>,
+    logical_ratio: Option<u64>,
     #[serde(default, rename = "host")]
     hosts: Vec<RawHost>,
 }
@@ -116,6 +121,12 @@ pub struct Account {
     /// that would take the account past it fails before its commit. `hard_limit`, or the
     /// allocation times `hard_limit_factor` ([`DEFAULT_HARD_LIMIT_FACTOR`]).
     pub hard_limit: u64,
+    /// A host of the account whose newest snapshot holds more than this many times the
+    /// distinct bytes it references ([`crate::Usage::logical_ratio`]) is flagged in `du`,
+    /// `check-usage` (WARNING) and metrics: it names far more file bytes than it ever sent,
+    /// and restoring it would write all of them. `logical_ratio` (per account or in the
+    /// defaults; [`DEFAULT_LOGICAL_RATIO`]).
+    pub logical_ratio: u64,
     /// The account's host names.
     pub hosts: Vec<String>,
 }
@@ -347,6 +358,16 @@ impl Inventory {
                 Some(v) => size_value(v).map_err(|e| fail(format!("account {}: {e}", a.name)))?,
                 None => (allocation as f64 * factor).min(u64::MAX as f64) as u64,
             };
+            let logical_ratio = a
+                .logical_ratio
+                .or(d.logical_ratio)
+                .unwrap_or(DEFAULT_LOGICAL_RATIO);
+            if logical_ratio == 0 {
+                return Err(fail(format!(
+                    "account {}: logical_ratio must be at least 1",
+                    a.name
+                )));
+            }
             if hard_limit < allocation {
                 return Err(fail(format!(
                     "account {}: hard_limit is below the allocation",
@@ -436,6 +457,7 @@ impl Inventory {
                 package: a.package.clone(),
                 allocation,
                 hard_limit,
+                logical_ratio,
                 hosts: a.hosts.iter().map(|h| h.name.clone()).collect(),
             });
         }

@@ -214,9 +214,12 @@ impl Repository {
         }
 
         if let Some(inv) = inventory {
-            let usage = self.account_usage(&inv.accounts, 1.0, f64::INFINITY)?;
+            let groups: Vec<Vec<String>> = inv.accounts.iter().map(|a| a.hosts.clone()).collect();
+            let fleet = self.fleet_usage(&groups)?;
+            let usage =
+                crate::ops::monitor::account_states(&inv.accounts, &fleet, 1.0, f64::INFINITY);
             type UsageField = fn(&crate::ops::monitor::AccountUsage) -> f64;
-            let fields: [(&str, &str, UsageField); 5] = [
+            let fields: [(&str, &str, UsageField); 6] = [
                 (
                     "xstore_account_allocation_bytes",
                     "The account's soft allocation.",
@@ -242,12 +245,30 @@ impl Repository {
                     "File bytes of the newest snapshot of each of the account's hosts.",
                     |a| a.usage.newest_logical_bytes as f64,
                 ),
+                (
+                    "xstore_account_inflated_hosts",
+                    "Hosts of the account whose newest snapshot names more file bytes than its logical_ratio times what they reference.",
+                    |a| a.inflated_hosts.len() as f64,
+                ),
             ];
             for (name, help, value) in fields {
                 let mut f = family(&mut out, name, help);
                 for a in &usage {
                     f.sample(name, &[("account", &a.account)], value(a));
                 }
+            }
+            let name = "xstore_host_logical_ratio";
+            let mut f = family(
+                &mut out,
+                name,
+                "File bytes of the host's newest snapshot over the raw bytes of the distinct blobs its snapshots reference.",
+            );
+            for (h, u) in &fleet.hosts {
+                f.sample(
+                    name,
+                    &[("host", h), ("account", &account(h))],
+                    u.logical_ratio(),
+                );
             }
         }
 

@@ -450,6 +450,9 @@ pub struct AccountUsage {
     pub percent: f64,
     /// Whether it exceeds the allocation.
     pub over_allocation: bool,
+    /// Its hosts whose newest snapshot names more file bytes than
+    /// [`Account::logical_ratio`] times the distinct bytes they reference, with their ratio.
+    pub inflated_hosts: Vec<(String, u64)>,
     /// Its state under the check's factors.
     pub state: CheckState,
 }
@@ -497,9 +500,17 @@ pub fn account_states(
         .map(|(a, usage)| {
             let used = usage.referenced_bytes as f64;
             let allocation = a.allocation as f64;
+            let inflated_hosts: Vec<(String, u64)> = a
+                .hosts
+                .iter()
+                .filter_map(|h| {
+                    let ratio = fleet.hosts.get(h)?.logical_ratio();
+                    (ratio > a.logical_ratio as f64).then(|| (h.clone(), ratio as u64))
+                })
+                .collect();
             let state = if used > critical_factor * allocation {
                 CheckState::Critical
-            } else if used > warning_factor * allocation {
+            } else if used > warning_factor * allocation || !inflated_hosts.is_empty() {
                 CheckState::Warning
             } else {
                 CheckState::Ok
@@ -518,6 +529,7 @@ pub fn account_states(
                     100.0 * used / allocation
                 },
                 over_allocation: usage.referenced_bytes > a.allocation,
+                inflated_hosts,
                 usage,
                 state,
             }
@@ -561,7 +573,7 @@ pub fn usage_check(
             .iter()
             .filter(|a| a.state != CheckState::Ok)
             .map(|a| {
-                format!(
+                let mut line = format!(
                     "{}: {}: {} used of {} allocated ({:.0}%), {} exclusive",
                     a.state.label(),
                     a.account,
@@ -569,7 +581,14 @@ pub fn usage_check(
                     human_bytes(a.allocation),
                     a.percent,
                     human_bytes(a.usage.exclusive_bytes)
-                )
+                );
+                for (host, ratio) in &a.inflated_hosts {
+                    line.push_str(&format!(
+                        "; host {host}'s newest snapshot names {ratio}x the bytes it references \
+                         (restoring it writes them all)"
+                    ));
+                }
+                line
             })
             .collect(),
         perfdata: accounts

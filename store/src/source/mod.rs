@@ -94,6 +94,13 @@ pub trait Source: Send + Sync {
         let _ = dirs;
     }
 
+    /// Ingest has built and stored the tree of `dir`: the listing it took for it is no longer
+    /// held. A source that budgets the memory of listings (the remote agent's, whose sizes a
+    /// client controls) stops counting it; the default does nothing.
+    fn listing_done(&self, dir: &Path) {
+        let _ = dir;
+    }
+
     /// The absolute, symlink-free form of a backup path given by the user. Local sources
     /// resolve it on this machine; a remote source only normalizes it (the agent resolves
     /// and checks it on its side).

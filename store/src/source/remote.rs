@@ -47,11 +47,14 @@ pub const PREFETCH_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Most `List` requests sent ahead of ingest ([`Source::will_list`]) and not yet taken.
 pub const PREFETCH_LISTS: usize = 256;
-/// Most bytes of listings (by [`listing_cost`]) that may be delivered and not yet taken by
-/// ingest. Past it the agent is breaking the session: an honest agent's listings are taken
-/// as they come, and hints stop at [`PREFETCH_BYTES`]. A hostile agent answering hinted
-/// listings with huge ones must not exhaust the server's memory.
-pub const MAX_HELD_LISTING_BYTES: u64 = 256 * 1024 * 1024;
+/// Most bytes of listings (by [`listing_cost`]) one pull may hold at once: arriving,
+/// delivered and not yet taken, and taken by ingest until it has stored the directory's tree
+/// ([`Source::listing_done`]). Past it the host's pull fails: a hostile agent answering
+/// with huge, never-finished or ever-deeper listings must not exhaust the memory of a server
+/// that pulls other hosts in the same process. An honest host reaches it only with about
+/// three million entries in the directories being walked at once (hints stop at
+/// [`PREFETCH_BYTES`]).
+pub const MAX_HELD_LISTING_BYTES: u64 = 512 * 1024 * 1024;
 
 /// The memory a listing holds, about: what [`MAX_HELD_LISTING_BYTES`] counts. The reply
 /// reader adds it when a listing is delivered, and the caller subtracts it when it takes it.
@@ -135,7 +138,8 @@ struct Inner {
     next_request: AtomicU64,
     received: Arc<AtomicU64>,
     sent: Arc<AtomicU64>,
-    /// [`listing_cost`] of the listings delivered and not yet taken.
+    /// [`listing_cost`] of the listings delivered and not yet done with (taken ones count
+    /// until [`Source::listing_done`]).
     listings_held: AtomicU64,
     /// Symlink targets and xattrs that came with a listing, until ingest asks for them.
     extras: Mutex<HashMap<PathBuf, Extra>>,
@@ -290,10 +294,7 @@ impl Inner {
                             "a listing of more than {MAX_LISTING_ENTRIES} entries or {MAX_LISTING_BYTES} bytes"
                         ))
                     } else if held + partial_cost > MAX_HELD_LISTING_BYTES {
-                        Err(format!(
-                            "listings of more than {} MiB in memory at once (the pull's listing budget)",
-                            MAX_HELD_LISTING_BYTES >> 20
-                        ))
+                        Err(over_listing_budget())
                     } else {
                         so_far.extend(entries);
                         if more {
@@ -340,6 +341,8 @@ pub struct RemoteSource {
     prefetched: Mutex<Prefetched>,
     /// `List` requests sent ahead, by directory, with the digest they carried.
     prefetched_lists: Mutex<HashMap<PathBuf, ListAhead>>,
+    /// The [`listing_cost`] of each listing ingest took and is not yet done with.
+    taken_lists: Mutex<HashMap<PathBuf, u64>>,
 }
 
 /// A `List` request sent ahead: its reply, and the listing digest it carried.
@@ -479,6 +482,7 @@ impl RemoteSource {
             threads: Mutex::new(vec![writer_thread, handle]),
             prefetched: Mutex::new(Prefetched::default()),
             prefetched_lists: Mutex::new(HashMap::new()),
+            taken_lists: Mutex::new(HashMap::new()),
         })
     }
 
@@ -560,18 +564,31 @@ impl RemoteSource {
                 .call(|req| ServerMsg::List { req, path, known })?,
         };
         let entries = match reply {
-            AgentMsg::List { entries, .. } => {
-                self.inner
-                    .listings_held
-                    .fetch_sub(listing_cost(&entries), Ordering::AcqRel);
-                entries
-            }
+            // Counted in `listings_held` since it arrived.
+            AgentMsg::List { entries, .. } => entries,
             AgentMsg::ListUnchanged { .. } => match previous {
-                Some(tree) => tree.entries.iter().map(wire_entry_of).collect(),
+                Some(tree) => {
+                    let entries: Vec<WireEntry> = tree.entries.iter().map(wire_entry_of).collect();
+                    let cost = listing_cost(&entries);
+                    let held = self.inner.listings_held.fetch_add(cost, Ordering::AcqRel);
+                    if held + cost > MAX_HELD_LISTING_BYTES {
+                        self.inner.listings_held.fetch_sub(cost, Ordering::AcqRel);
+                        let reason = over_listing_budget();
+                        self.inner.break_off(reason.clone());
+                        return Err(broken_error(&reason));
+                    }
+                    entries
+                }
                 None => return Err(unexpected("list")),
             },
             _ => return Err(unexpected("list")),
         };
+        *self
+            .taken_lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(dir.to_path_buf())
+            .or_default() += listing_cost(&entries);
         let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(entries.len());
         for mut e in entries {
@@ -587,6 +604,14 @@ impl RemoteSource {
         }
         Ok(out)
     }
+}
+
+/// Why a pull whose listings outgrew [`MAX_HELD_LISTING_BYTES`] failed.
+fn over_listing_budget() -> String {
+    format!(
+        "listings of more than {} MiB in memory at once (the pull's listing budget)",
+        MAX_HELD_LISTING_BYTES >> 20
+    )
 }
 
 /// A tree entry as the agent would list it (a `ListUnchanged` answer is rebuilt from these).
@@ -696,6 +721,17 @@ impl Source for RemoteSource {
                 break; // the connection broke; the listing reports it
             };
             lists.insert(dir.clone(), (reply, known));
+        }
+    }
+
+    fn listing_done(&self, dir: &Path) {
+        let done = self
+            .taken_lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(dir);
+        if let Some(cost) = done {
+            self.inner.listings_held.fetch_sub(cost, Ordering::AcqRel);
         }
     }
 

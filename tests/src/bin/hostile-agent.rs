@@ -6,12 +6,15 @@
 //! Usage: `hostile-agent SCENARIO AGENT [ARG…]`. Scenario lines (`#` comments):
 //! - `claim PATH ID LEN`: the chunk-file reply for PATH names the one chunk ID of LEN bytes
 //!   (and no inline bytes), whatever the file holds; repeated lines for one PATH add chunks.
+//!   `claim PATH ID LEN xN` names the chunk N times in a row.
 //! - `log FILE`: every byte range the server asks for is appended as `PATH OFFSET LEN`.
 //! - `stderr BYTES`: writes an escape sequence and BYTES bytes without a newline to stderr
 //!   before anything else.
 //! - `quit`: closes the connection after the hellos (the pull fails).
 //! - `list-bomb`: answers every directory listing with frames of tiny entries that never
 //!   end (`more` set on each), as fast as the server takes them.
+//! - `wide-dirs N`: answers every directory listing, at every depth, with a complete listing
+//!   of N subdirectories (so every listing the server takes leads to N more).
 //!
 //! The transport is plain frames: the proxy offers no capability in the agent's hello.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -31,6 +34,7 @@ struct Scenario {
     stderr: usize,
     quit: bool,
     list_bomb: bool,
+    wide_dirs: Option<u32>,
 }
 
 fn parse_id(hex: &str) -> ChunkId {
@@ -53,10 +57,22 @@ fn scenario(path: &str) -> Scenario {
                 .entry(path.as_bytes().to_vec())
                 .or_default()
                 .push((parse_id(id), len.parse().expect("length"))),
+            ["claim", path, id, len, times] => {
+                let n: usize = times
+                    .strip_prefix('x')
+                    .and_then(|n| n.parse().ok())
+                    .expect("xN");
+                let chunk = (parse_id(id), len.parse().expect("length"));
+                s.claims
+                    .entry(path.as_bytes().to_vec())
+                    .or_default()
+                    .extend(std::iter::repeat_n(chunk, n));
+            }
             ["log", file] => s.log = Some(file.into()),
             ["stderr", n] => s.stderr = n.parse().expect("byte count"),
             ["quit"] => s.quit = true,
             ["list-bomb"] => s.list_bomb = true,
+            ["wide-dirs", n] => s.wide_dirs = Some(n.parse().expect("entry count")),
             other => panic!("scenario line {other:?}"),
         }
     }
@@ -122,13 +138,14 @@ fn main() {
     let paths: Arc<Mutex<HashMap<u64, Vec<u8>>>> = Arc::default();
     let log = s.log.clone();
     let requests = Arc::clone(&paths);
-    let bomb = s.list_bomb.then(|| Arc::clone(&out));
+    let bomb = (s.list_bomb || s.wide_dirs.is_some()).then(|| Arc::clone(&out));
+    let wide_dirs = s.wide_dirs;
     let forward = std::thread::spawn(move || {
         while let Ok(Some(frame)) = read_frame(&mut input) {
             match ServerMsg::decode(&frame) {
                 Ok(ServerMsg::List { req, .. }) if bomb.is_some() => {
                     let out = Arc::clone(bomb.as_ref().unwrap());
-                    std::thread::spawn(move || list_bomb(req, &out));
+                    std::thread::spawn(move || list_bomb(req, &out, wide_dirs));
                     continue;
                 }
                 Ok(ServerMsg::ChunkFile { req, path, .. }) => {
@@ -194,15 +211,19 @@ fn main() {
     let _ = agent.wait();
 }
 
-/// Listing frames of 20,000 one-byte-named files each, `more` always set, until the server
-/// stops reading.
-fn list_bomb(req: u64, out: &Mutex<std::io::Stdout>) {
+/// Listing frames of 20,000 short-named entries each: files without end (`more` always set)
+/// until the server stops reading, or with `dirs`, that many subdirectories and an end.
+fn list_bomb(req: u64, out: &Mutex<std::io::Stdout>, dirs: Option<u32>) {
     use xstore_format::meta::{Attrs, EntryMeta, SourceKind};
     use xstore_format::protocol::WireEntry;
     let meta = EntryMeta {
-        kind: SourceKind::File,
+        kind: if dirs.is_some() {
+            SourceKind::Dir
+        } else {
+            SourceKind::File
+        },
         attrs: Attrs {
-            mode: 0o644,
+            mode: if dirs.is_some() { 0o755 } else { 0o644 },
             uid: 0,
             gid: 0,
             size: 0,
@@ -216,25 +237,21 @@ fn list_bomb(req: u64, out: &Mutex<std::io::Stdout>) {
     };
     let mut name = 0u32;
     loop {
-        let entries = (0..20_000)
-            .map(|_| {
-                name += 1;
-                WireEntry {
-                    name: name.to_string().into_bytes(),
-                    meta: Ok(meta),
-                    target: None,
-                    xattrs: Vec::new(),
-                }
+        let end = dirs.map_or(u32::MAX, |n| n.min(name.saturating_add(20_000)));
+        let entries = (name..end)
+            .map(|n| WireEntry {
+                name: (n + 1).to_string().into_bytes(),
+                meta: Ok(meta),
+                target: None,
+                xattrs: Vec::new(),
             })
-            .collect();
-        let frame = AgentMsg::List {
-            req,
-            more: true,
-            entries,
-        }
-        .encode();
+            .take(20_000)
+            .collect::<Vec<_>>();
+        name += entries.len() as u32;
+        let more = dirs.is_none_or(|n| name < n);
+        let frame = AgentMsg::List { req, more, entries }.encode();
         let mut out = out.lock().unwrap();
-        if write_frame(&mut *out, &frame).is_err() || out.flush().is_err() {
+        if write_frame(&mut *out, &frame).is_err() || out.flush().is_err() || !more {
             return;
         }
     }
