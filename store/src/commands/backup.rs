@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rayon::prelude::*;
 use xstore_chunker::{ChunkId, StreamChunker};
 
 use super::globs::PathGlobs;
@@ -465,21 +464,11 @@ impl<'a> Session<'a> {
         root_dev: u64,
         depth: usize,
     ) -> Result<Option<Entry>> {
-        if path.as_os_str().len() > MAX_PATH_BYTES {
-            self.record_error(
-                path,
-                format!("path longer than {MAX_PATH_BYTES} bytes; not backed up"),
-            );
-            return Ok(None);
-        }
-        if meta.kind == SourceKind::Dir && depth > MAX_DEPTH {
-            self.record_error(
-                path,
-                format!(
-                    "directory nested more than {} levels below its backup path; not backed up",
-                    MAX_DEPTH
-                ),
-            );
+        let allowed = match meta.kind {
+            SourceKind::Dir => self.dir_allowed(path, depth),
+            _ => self.path_allowed(path),
+        };
+        if !allowed {
             return Ok(None);
         }
         let mut entry = match meta.kind {
@@ -494,7 +483,7 @@ impl<'a> Session<'a> {
                 let id = if descend {
                     // The previous tree's id, when that tree was read back and decoded.
                     let read_back = parent_tree.as_ref().and(parent.and_then(|p| p.subtree()));
-                    self.process_dir(path, parent_tree.as_ref(), read_back, root_dev, depth)?
+                    self.walk_dir(path, parent_tree, read_back, root_dev, depth)?
                 } else {
                     self.store_parent(BlobKind::Tree, &Tree::default().encode(), Vec::new())?
                 };
@@ -847,27 +836,75 @@ impl<'a> Session<'a> {
         Ok(chunks)
     }
 
-    /// A directory: its children in parallel, then its tree blob.
-    fn process_dir(
+    /// A directory and everything below it: its tree blob's id.
+    ///
+    /// The walk is iterative, never recursive: each directory is a job in one rayon scope
+    /// that lists it, starts a job per subdirectory and per batch of other entries, and
+    /// returns. Whichever job finishes a directory's last child stores its tree and hands
+    /// the entry to the parent in a loop ([`Session::child_done`]), so no thread's stack
+    /// grows with the depth a client controls (ARCHITECTURE.md, "Trust boundary").
+    /// `depth` is the directory's nesting below its backup path.
+    fn walk_dir(
         &self,
         path: &Path,
-        parent: Option<&Tree>,
+        previous: Option<Tree>,
         read_back: Option<ChunkId>,
         root_dev: u64,
         depth: usize,
     ) -> Result<ChunkId> {
-        let listed = match parent {
+        let walk = Walk::default();
+        let top = Arc::new(DirState::new(path.to_path_buf(), None, read_back, None));
+        rayon::scope(|s| self.start_dir(s, &walk, top, previous, root_dev, depth));
+        if let Some(e) = walk.failure.into_inner().map_err(poisoned)? {
+            return Err(e);
+        }
+        walk.top
+            .into_inner()
+            .map_err(poisoned)?
+            .ok_or(Error::Internal(
+                "the walk ended without the top directory's tree",
+            ))
+    }
+
+    /// One directory's job: lists it and starts its children's jobs.
+    fn start_dir<'s>(
+        &'s self,
+        s: &rayon::Scope<'s>,
+        walk: &'s Walk,
+        dir: Arc<DirState>,
+        previous: Option<Tree>,
+        root_dev: u64,
+        depth: usize,
+    ) {
+        if walk.failed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = self.spawn_children(s, walk, &dir, previous, root_dev, depth) {
+            walk.fail(e);
+            return;
+        }
+        // The count started at one for this job, so no child could finish the directory
+        // while its siblings were still being started.
+        self.child_done(walk, dir);
+    }
+
+    /// Lists `dir`, sends the source its hints, and starts a job for each subdirectory and
+    /// for each batch of other entries (entries that are skipped resolve at once).
+    fn spawn_children<'s>(
+        &'s self,
+        s: &rayon::Scope<'s>,
+        walk: &'s Walk,
+        dir: &Arc<DirState>,
+        previous: Option<Tree>,
+        root_dev: u64,
+        depth: usize,
+    ) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = dir.path.as_path();
+        let listed = match &previous {
             Some(previous) => self.source.list_known(path, previous),
             None => self.source.list(path),
         };
-        // Whichever way this returns, the listing is no longer held after it.
-        struct ListingDone<'s>(&'s dyn Source, &'s Path);
-        impl Drop for ListingDone<'_> {
-            fn drop(&mut self) {
-                self.0.listing_done(self.1);
-            }
-        }
-        let _done = ListingDone(self.source, path);
         let children = match listed {
             Ok(c) => c,
             Err(e) => {
@@ -875,13 +912,14 @@ impl<'a> Session<'a> {
                 Vec::new()
             }
         };
+        let previous = previous.map(Arc::new);
+        let before = |name: &[u8]| previous.as_deref().and_then(|t| t.get(name));
         // The files `file_entry` will open: kind File, not excluded, changed since the parent.
         let to_open: Vec<(PathBuf, u64)> = children
             .iter()
             .filter_map(|(name, meta)| {
-                use std::os::unix::ffi::OsStrExt;
                 let meta = meta.as_ref().ok().filter(|m| m.kind == SourceKind::File)?;
-                let before = parent.and_then(|t| t.get(name));
+                let before = before(name);
                 let unchanged =
                     unchanged_file(before, meta) && before.is_some_and(|p| self.intact(p));
                 let child = path.join(std::ffi::OsStr::from_bytes(name));
@@ -892,22 +930,19 @@ impl<'a> Session<'a> {
         if !to_open.is_empty() {
             self.source.will_open(&to_open);
         }
-        // The subdirectories `process_dir` will list, with their previous trees (loaded once,
-        // here, for the hint and for the walk).
-        let previous: Vec<Option<Tree>> = children
-            .par_iter()
+        // The subdirectories that will be listed, with their previous trees (loaded once,
+        // here, for the hint and for their jobs).
+        let old_trees: Vec<Option<Tree>> = children
+            .iter()
             .map(|(name, meta)| {
                 let is_dir = matches!(meta, Ok(m) if m.kind == SourceKind::Dir);
-                is_dir
-                    .then(|| self.previous_tree(parent.and_then(|t| t.get(name))))
-                    .flatten()
+                is_dir.then(|| self.previous_tree(before(name))).flatten()
             })
             .collect();
         let to_list: Vec<(PathBuf, Option<&Tree>)> = children
             .iter()
-            .zip(&previous)
+            .zip(&old_trees)
             .filter_map(|((name, meta), old_tree)| {
-                use std::os::unix::ffi::OsStrExt;
                 let meta = meta.as_ref().ok().filter(|m| m.kind == SourceKind::Dir)?;
                 let descend = !(self.one_file_system && meta.attrs.dev != root_dev);
                 let child = path.join(std::ffi::OsStr::from_bytes(name));
@@ -918,36 +953,181 @@ impl<'a> Session<'a> {
         if !to_list.is_empty() {
             self.source.will_list(&to_list);
         }
-        let results: Vec<Result<Option<Entry>>> = children
-            .into_par_iter()
-            .zip(previous)
-            .map(|((name, meta), old_tree)| {
-                use std::os::unix::ffi::OsStrExt;
-                let child = path.join(std::ffi::OsStr::from_bytes(&name));
-                if self.excludes.is_match(&child, &name) {
-                    self.excluded.fetch_add(1, Ordering::Relaxed);
-                    return Ok(None);
-                }
-                let meta = match meta {
-                    Ok(m) => m,
-                    Err(e) => {
-                        self.record_error(&child, format!("stat: {e}"));
-                        return Ok(None);
+        drop(to_list);
+
+        dir.slots
+            .lock()
+            .map_err(poisoned)?
+            .resize_with(children.len(), || None);
+        // Enough batches of other entries to keep every thread busy on a large directory,
+        // few enough that a job costs little next to its entries.
+        let per_job = (children.len() / (rayon::current_num_threads() * 4)).clamp(1, 64);
+        let mut batch: Vec<(usize, PathBuf, Vec<u8>, EntryMeta)> = Vec::new();
+        let spawn_batch = |batch: Vec<(usize, PathBuf, Vec<u8>, EntryMeta)>| {
+            let (dir, previous) = (Arc::clone(dir), previous.clone());
+            dir.left.fetch_add(1, Ordering::AcqRel);
+            s.spawn(move |_| {
+                if !walk.failed.load(Ordering::Acquire) {
+                    if let Err(e) =
+                        self.entries_job(&dir, previous.as_deref(), batch, root_dev, depth)
+                    {
+                        walk.fail(e);
+                        return;
                     }
-                };
-                let old = parent.and_then(|t| t.get(&name));
-                self.process_entry(&child, name, meta, old, old_tree, root_dev, depth + 1)
-            })
-            .collect();
-        let mut tree = Tree::default();
-        for r in results {
-            if let Some(e) = r? {
-                tree.entries.push(e);
+                }
+                self.child_done(walk, dir);
+            });
+        };
+        for (slot, ((name, meta), old_tree)) in children.into_iter().zip(old_trees).enumerate() {
+            let child = path.join(std::ffi::OsStr::from_bytes(&name));
+            if self.excludes.is_match(&child, &name) {
+                self.excluded.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let meta = match meta {
+                Ok(m) => m,
+                Err(e) => {
+                    self.record_error(&child, format!("stat: {e}"));
+                    continue;
+                }
+            };
+            if meta.kind != SourceKind::Dir {
+                batch.push((slot, child, name, meta));
+                if batch.len() >= per_job {
+                    spawn_batch(std::mem::take(&mut batch));
+                }
+                continue;
+            }
+            if !self.dir_allowed(&child, depth + 1) {
+                continue;
+            }
+            self.dirs.fetch_add(1, Ordering::Relaxed);
+            let xattrs = self.xattrs_of(&child);
+            if self.one_file_system && meta.attrs.dev != root_dev {
+                let id =
+                    self.store_parent(BlobKind::Tree, &Tree::default().encode(), Vec::new())?;
+                let mut entry =
+                    Self::entry_from_meta(name, &meta, EntryKind::Dir, Content::Subtree(id));
+                entry.xattrs = xattrs;
+                dir.put(slot, entry)?;
+                continue;
+            }
+            // The previous tree's id, when that tree was read back and decoded.
+            let read_back = old_tree
+                .as_ref()
+                .and(before(&name).and_then(|p| p.subtree()));
+            let sub = Arc::new(DirState::new(
+                child,
+                Some((name, meta, xattrs)),
+                read_back,
+                Some((Arc::clone(dir), slot)),
+            ));
+            dir.left.fetch_add(1, Ordering::AcqRel);
+            s.spawn(move |s| self.start_dir(s, walk, sub, old_tree, root_dev, depth + 1));
+        }
+        if !batch.is_empty() {
+            spawn_batch(batch);
+        }
+        Ok(())
+    }
+
+    /// A batch of a directory's entries that are not directories, into their slots.
+    fn entries_job(
+        &self,
+        dir: &DirState,
+        previous: Option<&Tree>,
+        batch: Vec<(usize, PathBuf, Vec<u8>, EntryMeta)>,
+        root_dev: u64,
+        depth: usize,
+    ) -> Result<()> {
+        for (slot, child, name, meta) in batch {
+            let old = previous.and_then(|t| t.get(&name));
+            if let Some(entry) =
+                self.process_entry(&child, name, meta, old, None, root_dev, depth + 1)?
+            {
+                dir.put(slot, entry)?;
             }
         }
+        Ok(())
+    }
+
+    /// One job or child of `dir` is done. Whoever finishes a directory's last one stores its
+    /// tree, puts its entry into its parent's slot and goes on with the parent, in a loop.
+    fn child_done(&self, walk: &Walk, dir: Arc<DirState>) {
+        let mut dir = dir;
+        loop {
+            if dir.left.fetch_sub(1, Ordering::AcqRel) != 1 || walk.failed.load(Ordering::Acquire) {
+                return;
+            }
+            let id = match self.finish_dir(&dir) {
+                Ok(id) => id,
+                Err(e) => return walk.fail(e),
+            };
+            let Some((parent, slot)) = &dir.up else {
+                if let Ok(mut top) = walk.top.lock() {
+                    *top = Some(id);
+                }
+                return;
+            };
+            let taken = dir.entry.lock().map_err(poisoned).map(|mut e| e.take());
+            let (name, meta, xattrs) = match taken {
+                Ok(Some(e)) => e,
+                Ok(None) => return walk.fail(Error::Internal("a directory finished twice")),
+                Err(e) => return walk.fail(e),
+            };
+            let mut entry =
+                Self::entry_from_meta(name, &meta, EntryKind::Dir, Content::Subtree(id));
+            entry.xattrs = xattrs;
+            if let Err(e) = parent.put(*slot, entry) {
+                return walk.fail(e);
+            }
+            dir = Arc::clone(parent);
+        }
+    }
+
+    /// Stores the tree of a directory whose children are all done.
+    fn finish_dir(&self, dir: &DirState) -> Result<ChunkId> {
+        let slots = std::mem::take(&mut *dir.slots.lock().map_err(poisoned)?);
+        let mut tree = Tree::default();
+        tree.entries.extend(slots.into_iter().flatten());
         tree.sort();
         let children = tree.children();
-        self.store_parent_known(BlobKind::Tree, &tree.encode(), children, read_back)
+        let id =
+            self.store_parent_known(BlobKind::Tree, &tree.encode(), children, dir.read_back)?;
+        self.source.listing_done(&dir.path);
+        Ok(id)
+    }
+
+    /// Whether an entry at `path` may be backed up (its path is not too long); records it as
+    /// failed when not.
+    fn path_allowed(&self, path: &Path) -> bool {
+        if path.as_os_str().len() > MAX_PATH_BYTES {
+            self.record_error(
+                path,
+                format!("path longer than {MAX_PATH_BYTES} bytes; not backed up"),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Whether a directory at `path`, `depth` levels below its backup path, may be walked;
+    /// records it as failed when not.
+    fn dir_allowed(&self, path: &Path, depth: usize) -> bool {
+        if !self.path_allowed(path) {
+            return false;
+        }
+        if depth > MAX_DEPTH {
+            self.record_error(
+                path,
+                format!(
+                    "directory nested more than {MAX_DEPTH} levels below its backup path; \
+                     not backed up"
+                ),
+            );
+            return false;
+        }
+        true
     }
 
     /// A synthetic directory on the way to one or more backup paths.
@@ -993,6 +1173,64 @@ impl<'a> Session<'a> {
         tree.sort();
         let children = tree.children();
         self.store_parent(BlobKind::Tree, &tree.encode(), children)
+    }
+}
+
+/// One walk ([`Session::walk_dir`]): its first failure, and the top directory's tree.
+#[derive(Default)]
+struct Walk {
+    failure: Mutex<Option<Error>>,
+    /// Set with `failure`: jobs still queued return at once.
+    failed: std::sync::atomic::AtomicBool,
+    top: Mutex<Option<ChunkId>>,
+}
+
+impl Walk {
+    fn fail(&self, e: Error) {
+        if let Ok(mut f) = self.failure.lock() {
+            f.get_or_insert(e);
+        }
+        self.failed.store(true, Ordering::Release);
+    }
+}
+
+/// A directory of a walk, from its listing until its tree is stored.
+struct DirState {
+    path: PathBuf,
+    /// Its entry's name, metadata and xattrs in its parent (`None` for the walk's top).
+    entry: Mutex<Option<(Vec<u8>, EntryMeta, Vec<(Vec<u8>, Vec<u8>)>)>>,
+    /// The previous tree's id when that tree was read back and decoded.
+    read_back: Option<ChunkId>,
+    /// Its children's entries, in listing order (`None`: skipped, failed or not yet done).
+    slots: Mutex<Vec<Option<Entry>>>,
+    /// Jobs and subdirectories not yet done, plus one while its own job runs.
+    left: AtomicUsize,
+    /// The parent and the slot this directory's entry goes into.
+    up: Option<(Arc<DirState>, usize)>,
+}
+
+impl DirState {
+    fn new(
+        path: PathBuf,
+        entry: Option<(Vec<u8>, EntryMeta, Vec<(Vec<u8>, Vec<u8>)>)>,
+        read_back: Option<ChunkId>,
+        up: Option<(Arc<DirState>, usize)>,
+    ) -> Self {
+        DirState {
+            path,
+            entry: Mutex::new(entry),
+            read_back,
+            slots: Mutex::new(Vec::new()),
+            left: AtomicUsize::new(1),
+            up,
+        }
+    }
+
+    fn put(&self, slot: usize, entry: Entry) -> Result<()> {
+        if let Some(s) = self.slots.lock().map_err(poisoned)?.get_mut(slot) {
+            *s = Some(entry);
+        }
+        Ok(())
     }
 }
 

@@ -25,10 +25,11 @@ use xstore_format::snapshot::{Snapshot, SnapshotId};
 pub const MASS_CHANGE_MIN_FILES: u64 = 50;
 /// Requests kept in flight on one agent connection by default (ingest threads of a pull).
 pub const DEFAULT_PULL_THREADS: usize = 16;
-/// Stack of each ingest thread of a pull. The walk recurses once per directory level, up to
-/// [`crate::MAX_DEPTH`] levels (measured about 4 KiB a level; rayon may run a stolen task on
-/// a waiting thread's stack). Only the pages touched are ever committed.
-pub const PULL_STACK_BYTES: usize = 64 * 1024 * 1024;
+/// Stack of each ingest thread of a pull. The walk does not recurse per directory level (each
+/// directory is a job of its own), so no depth a client chooses reaches a stack; this is
+/// headroom for the jobs rayon runs on a thread that waits inside a scope. Only the pages
+/// touched are ever committed.
+pub const PULL_STACK_BYTES: usize = 16 * 1024 * 1024;
 /// Lines of ssh's stderr kept for error messages.
 const STDERR_LINES: usize = 20;
 /// Longest line of ssh's (and the agent's) stderr kept; the rest of a longer line is
