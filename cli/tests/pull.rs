@@ -565,3 +565,40 @@ fn a_refused_open_contacts_no_host() {
     assert_eq!(host_report(&v, "client1")["outcome"], "ok", "{v}");
     f.restore_and_compare("client1@latest");
 }
+
+/// A path listed in backup.conf that does not exist (a volume that is not mounted) makes the
+/// pull partial, exit 3, naming the path; listed as optional (`?PATH`) it is skipped quietly.
+#[test]
+fn a_missing_listed_path_makes_the_pull_partial_unless_optional() {
+    let f = fleet("");
+    let conf = f.root.join("backup.conf");
+    let www = f.root.join("www");
+    fs::write(&conf, format!("{}\n{}\n", f.data.display(), www.display())).unwrap();
+    let out = f.pull(&["client1"]);
+    let v = common::last_json(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{v}\n{}", stderr(&out));
+    assert_eq!(host_report(&v, "client1")["outcome"], "partial", "{v}");
+    let snaps = f.snapshots_of("client1");
+    assert_eq!(snaps[0]["status"], "partial", "{}", snaps[0]);
+    let errors = snaps[0]["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{}", snaps[0]);
+    assert_eq!(errors[0]["path"], www.to_str().unwrap());
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{}",
+        errors[0]
+    );
+    f.restore_and_compare("client1@latest");
+
+    fs::write(
+        &conf,
+        format!("{}\n? {}\n", f.data.display(), www.display()),
+    )
+    .unwrap();
+    let v = f.pull_ok(&["client1"]);
+    assert_eq!(host_report(&v, "client1")["outcome"], "ok", "{v}");
+    assert_eq!(f.snapshots_of("client1")[1]["status"], "complete");
+}

@@ -10,14 +10,18 @@ use crate::AgentError;
 pub struct AgentConfig {
     /// Allowed roots, canonical, sorted, none inside another.
     pub roots: Vec<PathBuf>,
-    /// Listed paths that do not exist on this host (not served; reported to stderr).
+    /// Listed paths that do not exist on this host: announced to the server with the roots,
+    /// so that its snapshot names them as failed (partial), and reported to stderr.
     pub missing: Vec<PathBuf>,
+    /// Paths listed as optional (`?/path`) that do not exist: skipped without a word.
+    pub optional_missing: Vec<PathBuf>,
 }
 
 impl AgentConfig {
     /// Parses the allow-list text: one absolute path per line; `#` comments and blank lines
-    /// are allowed. Paths are canonicalized (symlinks in the listed path itself resolved once,
-    /// here); paths that do not exist are kept in `missing`.
+    /// are allowed; a path after `?` (`?/var/www`) is optional: it may be missing. Paths are
+    /// canonicalized (symlinks in the listed path itself resolved once, here); paths that do
+    /// not exist are kept in `missing` (or `optional_missing`).
     pub fn parse(text: &str, origin: &Path) -> Result<AgentConfig, AgentError> {
         let bad = |line: usize, reason: String| AgentError::Config {
             path: origin.to_path_buf(),
@@ -25,11 +29,16 @@ impl AgentConfig {
         };
         let mut roots = Vec::new();
         let mut missing = Vec::new();
+        let mut optional_missing = Vec::new();
         for (n, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
+            let (line, optional) = match line.strip_prefix('?') {
+                Some(rest) => (rest.trim_start(), true),
+                None => (line, false),
+            };
             if !line.starts_with('/') {
                 return Err(bad(n + 1, format!("{line:?} is not an absolute path")));
             }
@@ -48,7 +57,10 @@ impl AgentConfig {
             }
             match std::fs::canonicalize(path) {
                 Ok(p) => roots.push(p),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(path.to_path_buf()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match optional {
+                    true => optional_missing.push(path.to_path_buf()),
+                    false => missing.push(path.to_path_buf()),
+                },
                 Err(e) => return Err(bad(n + 1, format!("{line}: {e}"))),
             }
         }
@@ -56,7 +68,13 @@ impl AgentConfig {
         roots.dedup();
         let all = roots.clone();
         roots.retain(|r| !all.iter().any(|o| o != r && r.starts_with(o)));
-        Ok(AgentConfig { roots, missing })
+        missing.sort();
+        missing.dedup();
+        Ok(AgentConfig {
+            roots,
+            missing,
+            optional_missing,
+        })
     }
 
     /// Reads and parses the allow-list file.
@@ -73,9 +91,25 @@ impl AgentConfig {
         self.roots.iter().any(|r| path.starts_with(r))
     }
 
-    /// Whether `path` is a directory on the way to an allowed root (only its metadata is
-    /// served, for the snapshot's directories above the roots).
-    pub(crate) fn is_ancestor(&self, path: &Path) -> bool {
+    /// The paths the hello announces: the roots and the listed paths that are missing (the
+    /// server's stat of one fails as not found, and its snapshot names it).
+    pub fn announced(&self) -> Vec<&Path> {
+        let mut all: Vec<&Path> = self
+            .roots
+            .iter()
+            .chain(&self.missing)
+            .map(PathBuf::as_path)
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// Whether only the metadata of `path` may be served: a directory on the way to an
+    /// announced path (for the snapshot's directories above the roots), or a missing listed
+    /// path itself (its `lstat` says it does not exist).
+    pub(crate) fn may_stat(&self, path: &Path) -> bool {
         self.roots.iter().any(|r| r.starts_with(path) && r != path)
+            || self.missing.iter().any(|m| m.starts_with(path))
     }
 }

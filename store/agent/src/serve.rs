@@ -58,7 +58,7 @@ pub fn serve<'a, W: Write + Send + 'static>(
                 c
             },
             roots: config
-                .roots
+                .announced()
                 .iter()
                 .map(|r| r.as_os_str().as_bytes().to_vec())
                 .collect(),
@@ -264,7 +264,7 @@ impl Ctx<'_> {
             )];
         };
         let allowed = self.config.allows(path)
-            || (matches!(request, ServerMsg::Stat { .. }) && self.config.is_ancestor(path));
+            || (matches!(request, ServerMsg::Stat { .. }) && self.config.may_stat(path));
         if !allowed {
             return vec![error_reply(
                 req,
@@ -604,13 +604,18 @@ mod tests {
         let a = dir.path().join("a");
         std::fs::create_dir(&a).expect("mkdir");
         let text = format!(
-            "# backup list\n\n  {}  \n{}/inner\n/does/not/exist\n",
+            "# backup list\n\n  {}  \n{}/inner\n/does/not/exist\n? /may/not/exist\n",
             a.display(),
             a.display()
         );
         let c = AgentConfig::parse(&text, Path::new("backup.conf")).expect("parse");
         assert_eq!(c.roots, vec![std::fs::canonicalize(&a).expect("canon")]);
         assert_eq!(c.missing.len(), 2);
+        assert_eq!(c.optional_missing, [PathBuf::from("/may/not/exist")]);
+        assert!(c.announced().contains(&Path::new("/does/not/exist")));
+        assert!(!c.announced().contains(&Path::new("/may/not/exist")));
+        assert!(c.may_stat(Path::new("/does")) && c.may_stat(Path::new("/does/not/exist")));
+        assert!(!c.may_stat(Path::new("/may")));
         let e = AgentConfig::parse("etc\n", Path::new("backup.conf")).expect_err("relative");
         assert!(e.to_string().contains("line 1"), "{e}");
         assert!(AgentConfig::parse("/\n", Path::new("c")).is_err());

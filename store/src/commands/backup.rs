@@ -1253,21 +1253,37 @@ impl From<Error> for ReadFailure {
 }
 
 /// Normalizes backup paths to absolute, symlink-free paths and builds the synthetic root.
-fn synth_root(source: &dyn Source, paths: &[PathBuf]) -> Result<(Synth, Vec<String>)> {
+/// Also returns the paths the source says do not exist (a client's listed path on a volume
+/// that is not mounted): the backup records them as failed. When every path is missing the
+/// backup fails: an empty snapshot would rotate good ones out.
+fn synth_root(
+    source: &dyn Source,
+    paths: &[PathBuf],
+) -> Result<(Synth, Vec<String>, Vec<PathBuf>)> {
     use std::os::unix::ffi::OsStrExt;
     let mut root = Synth::default();
     let mut shown = Vec::new();
     let mut abs: Vec<PathBuf> = Vec::new();
+    let mut missing = Vec::new();
+    let mut first_missing = None;
     for p in paths {
         let a = source.canonicalize(p).map_err(|source| Error::Source {
             path: p.clone(),
             source,
         })?;
-        source.stat(&a).map_err(|source| Error::Source {
-            path: a.clone(),
-            source,
-        })?;
-        abs.push(a);
+        match source.stat(&a) {
+            Ok(_) => abs.push(a),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                first_missing.get_or_insert((a.clone(), e));
+                missing.push(a);
+            }
+            Err(source) => return Err(Error::Source { path: a, source }),
+        }
+    }
+    if abs.is_empty() {
+        if let Some((path, source)) = first_missing {
+            return Err(Error::Source { path, source });
+        }
     }
     abs.sort();
     abs.dedup();
@@ -1305,7 +1321,7 @@ fn synth_root(source: &dyn Source, paths: &[PathBuf]) -> Result<(Synth, Vec<Stri
             }
         }
     }
-    Ok((root, shown))
+    Ok((root, shown, missing))
 }
 
 impl Repository {
@@ -1367,7 +1383,7 @@ impl Repository {
             },
             None => None,
         };
-        let (synth, shown_paths) = synth_root(source, &opts.paths)?;
+        let (synth, shown_paths, missing_paths) = synth_root(source, &opts.paths)?;
         let excludes = PathGlobs::new(&opts.excludes, "exclude pattern")?;
         for p in &shown_paths {
             let path = Path::new(p);
@@ -1416,6 +1432,9 @@ impl Repository {
             budgets: opts.budgets.clone(),
             drawn: AtomicU64::new(0),
         };
+        for m in &missing_paths {
+            session.record_error(m, "listed for backup but does not exist; not backed up");
+        }
         let result = session.process_synth(Path::new("/"), &synth, parent_root.as_ref());
         // A source that broke off (a lost agent connection) walked an incomplete tree.
         let result = result.and_then(|root| {
