@@ -1194,11 +1194,14 @@ impl Walk {
     }
 }
 
+/// A subdirectory's own entry, waiting for its tree: name, metadata and xattrs.
+type DirEntryParts = (Vec<u8>, EntryMeta, Vec<(Vec<u8>, Vec<u8>)>);
+
 /// A directory of a walk, from its listing until its tree is stored.
 struct DirState {
     path: PathBuf,
     /// Its entry's name, metadata and xattrs in its parent (`None` for the walk's top).
-    entry: Mutex<Option<(Vec<u8>, EntryMeta, Vec<(Vec<u8>, Vec<u8>)>)>>,
+    entry: Mutex<Option<DirEntryParts>>,
     /// The previous tree's id when that tree was read back and decoded.
     read_back: Option<ChunkId>,
     /// Its children's entries, in listing order (`None`: skipped, failed or not yet done).
@@ -1212,7 +1215,7 @@ struct DirState {
 impl DirState {
     fn new(
         path: PathBuf,
-        entry: Option<(Vec<u8>, EntryMeta, Vec<(Vec<u8>, Vec<u8>)>)>,
+        entry: Option<DirEntryParts>,
         read_back: Option<ChunkId>,
         up: Option<(Arc<DirState>, usize)>,
     ) -> Self {
