@@ -46,6 +46,11 @@ zcat /usr/share/man/man1/xstore-import.1.gz | grep -q rsnapshot || fail "the imp
 grep -q "^ExecStart=/usr/bin/xstore -q --lock-wait 3h pull --all --jobs 4$" /lib/systemd/system/xstore-pull.service \
   || fail "xstore-pull.service: $(cat /lib/systemd/system/xstore-pull.service)"
 grep -q "^EnvironmentFile=/etc/default/xstore$" /lib/systemd/system/xstore-pull.service || fail "EnvironmentFile"
+# The cron file for hosts without systemd: the same jobs, installed commented out.
+dpkg-query -W -f='${Conffiles}\n' xstore | grep -q /etc/cron.d/xstore || fail "/etc/cron.d/xstore is not a conffile"
+grep -q "^#0 \*/4 \* \* \* *root set -a && \. /etc/default/xstore && set +a && exec /usr/bin/xstore -q --lock-wait 3h pull --all --jobs 4$" /etc/cron.d/xstore \
+  || fail "/etc/cron.d/xstore: $(cat /etc/cron.d/xstore)"
+if grep -qE "^[0-9*]" /etc/cron.d/xstore; then fail "/etc/cron.d/xstore has an active job"; fi
 SYSTEMD_LOG_LEVEL=warning systemd-analyze verify /lib/systemd/system/xstore-*.service \
   /lib/systemd/system/xstore-*.timer || fail "systemd-analyze verify rejected a unit"
 systemd-analyze calendar "*-*-* 00/4:00:00" >/dev/null || fail "the pull timer's calendar"
@@ -57,7 +62,7 @@ dpkg --remove xstore xstore-agent >/dev/null
 [ -e /etc/xstore/hosts.toml ] || fail "remove deleted a conffile (only purge may)"
 dpkg --purge xstore >/dev/null
 dpkg --purge xstore-agent >/dev/null 2>&1 || true
-for f in /etc/xstore/hosts.toml /etc/default/xstore /lib/systemd/system/xstore-pull.timer \
+for f in /etc/xstore/hosts.toml /etc/default/xstore /etc/cron.d/xstore /lib/systemd/system/xstore-pull.timer \
          /usr/share/man/man1/xstore.1.gz; do
   [ ! -e "$f" ] || fail "$f left after purge"
 done

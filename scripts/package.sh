@@ -23,6 +23,15 @@ mkdir -p "$assets/xstore/completions" "$assets/xstore-agent/man" "$assets/xstore
 mv "$assets/xstore/man/xstore-agent.1" "$assets/xstore-agent/man/"
 "$rel/xstore" -q schedule --systemd --xstore /usr/bin/xstore --env-file /etc/default/xstore \
   --output-dir "$assets/xstore/systemd"
+# The cron file for hosts without systemd: the same jobs, each commented out (installed
+# disabled, as the timers are).
+mkdir -p "$assets/xstore/cron.d"
+{
+  echo "# Installed with every job commented out. On a host without systemd, remove the '#'"
+  echo "# before each job line; with systemd, enable the xstore-*.timer units instead (not both)."
+  "$rel/xstore" -q schedule --cron --xstore /usr/bin/xstore --env-file /etc/default/xstore \
+    | sed -E 's/^([0-9*])/#\1/'
+} > "$assets/xstore/cron.d/xstore"
 "$rel/xstore" generate completions bash > "$assets/xstore/completions/xstore.bash"
 "$rel/xstore" generate completions zsh > "$assets/xstore/completions/_xstore"
 "$rel/xstore" generate completions fish > "$assets/xstore/completions/xstore.fish"

@@ -178,7 +178,7 @@ pub(crate) fn init(cli: &Cli, args: &InitArgs) -> Result<u8> {
         print_json(repo.config())?;
     } else if cli.quiet {
     } else if let Some((url, report)) = attached {
-        println!(
+        outln!(
             "attached {} to repository {short_id} in {url}: index rebuilt from {} packs, {} \
              snapshots",
             path.display(),
@@ -186,14 +186,14 @@ pub(crate) fn init(cli: &Cli, args: &InitArgs) -> Result<u8> {
             report.snapshots
         );
         for skipped in &report.skipped {
-            println!("  skipped: {skipped}");
+            outln!("  skipped: {skipped}");
         }
     } else {
         let where_packs = repo
             .store_location()
             .map(|l| format!(" (packs in {})", l.url()))
             .unwrap_or_default();
-        println!(
+        outln!(
             "created repository {short_id} at {}{where_packs}",
             path.display()
         );
@@ -282,9 +282,15 @@ pub(crate) fn snapshots(cli: &Cli, args: &SnapshotsArgs) -> Result<u8> {
             .collect();
         print_json(&v)?;
     } else {
-        println!(
+        outln!(
             "{:<8}  {:<20}  {:<20}  {:<8}  {:>9}  {:>10}  {:<16}  paths",
-            "id", "time", "host", "status", "files", "size", "tiers"
+            "id",
+            "time",
+            "host",
+            "status",
+            "files",
+            "size",
+            "tiers"
         );
         for s in &snaps {
             let mut tiers = tiers_of(s).join(",");
@@ -295,7 +301,7 @@ pub(crate) fn snapshots(cli: &Cli, args: &SnapshotsArgs) -> Result<u8> {
                     format!("{tiers},pinned")
                 };
             }
-            println!(
+            outln!(
                 "{:<8}  {:<20}  {:<20}  {:<8}  {:>9}  {:>10}  {:<16}  {}",
                 s.id.short(),
                 time_of(s.start_ns),
@@ -325,7 +331,7 @@ pub(crate) fn ls(cli: &Cli, args: &LsArgs) -> Result<u8> {
         print_json(&v)?;
     } else {
         for e in &entries {
-            println!("{}", ls_line(e));
+            outln!("{}", ls_line(e));
         }
     }
     Ok(EXIT_OK)
@@ -391,10 +397,10 @@ pub(crate) fn restore(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
                 xstore::PlannedAction::Skip => "skip",
                 xstore::PlannedAction::Delete => "delete",
             };
-            println!("{action:<6}  {}", c.path);
+            outln!("{action:<6}  {}", c.path);
         }
         if !cli.quiet {
-            println!(
+            outln!(
                 "{} snapshot {} of {} to {}: {} files ({}), {} directories, {} other, {} unchanged or kept, {} deleted",
                 if *dry_run { "would restore" } else { "restored" },
                 snap.id.short(),
@@ -431,7 +437,7 @@ pub(crate) fn diff(cli: &Cli, args: &DiffArgs) -> Result<u8> {
                 xstore::Change::Removed => '-',
                 xstore::Change::Modified => 'M',
             };
-            println!("{sign} {}", printable(&i.path));
+            outln!("{sign} {}", printable(&i.path));
         }
     }
     Ok(EXIT_OK)
@@ -455,7 +461,7 @@ pub(crate) fn check(cli: &Cli, args: &CheckArgs) -> Result<u8> {
             eprintln!("xstore: problem: {p}");
         }
         if !cli.quiet {
-            println!(
+            outln!(
                 "checked {} snapshots, {} trees, {} blobs in {} packs{}: {}",
                 report.snapshots,
                 report.trees,
@@ -487,27 +493,28 @@ pub(crate) fn stats(cli: &Cli) -> Result<u8> {
     if cli.json {
         print_json(&st)?;
     } else {
-        println!("snapshots        {} ({} hosts)", st.snapshots, st.hosts);
-        println!(
+        outln!("snapshots        {} ({} hosts)", st.snapshots, st.hosts);
+        outln!(
             "logical bytes    {} ({})",
             human_bytes(st.logical_bytes),
             st.logical_bytes
         );
-        println!(
+        outln!(
             "stored bytes     {} ({})",
             human_bytes(st.stored_bytes),
             st.stored_bytes
         );
-        println!("unique bytes     {}", human_bytes(st.unique_bytes));
-        println!("dedup ratio      {:.2}", st.dedup_ratio);
-        println!(
+        outln!("unique bytes     {}", human_bytes(st.unique_bytes));
+        outln!("dedup ratio      {:.2}", st.dedup_ratio);
+        outln!(
             "blobs            {} ({} unreferenced)",
-            st.blobs, st.unreferenced_blobs
+            st.blobs,
+            st.unreferenced_blobs
         );
-        println!("packs            {}", st.packs);
+        outln!("packs            {}", st.packs);
         for k in &st.by_kind {
             if k.blobs > 0 {
-                println!(
+                outln!(
                     "  {:<14} {} in {} blobs ({} uncompressed)",
                     k.kind,
                     human_bytes(k.stored_bytes),
@@ -516,19 +523,19 @@ pub(crate) fn stats(cli: &Cli) -> Result<u8> {
                 );
             }
         }
-        println!(
+        outln!(
             "dead bytes       {} ({}) reclaimable by gc",
             human_bytes(st.dead_bytes),
             st.dead_bytes
         );
-        println!(
+        outln!(
             "retired packs    {} ({}) kept for the gc grace period of {}",
             st.retired_packs,
             human_bytes(st.retired_bytes),
             humantime::format_duration(Duration::from_secs(st.gc_grace_seconds))
         );
         if st.held_packs > 0 {
-            println!(
+            outln!(
                 "held packs       {} (repair index could not attribute their blobs; gc --release-held reclaims them)",
                 st.held_packs
             );
@@ -552,7 +559,7 @@ pub(crate) fn repair_index(cli: &Cli) -> Result<u8> {
             );
         }
         if !cli.quiet {
-            println!(
+            outln!(
                 "rebuilt index: {} packs ({} scanned), {} blobs, {} snapshots ({} recovered, {} from records in packs){}",
                 report.packs,
                 report.packs_scanned,
@@ -563,13 +570,13 @@ pub(crate) fn repair_index(cli: &Cli) -> Result<u8> {
                 if report.old_index { "" } else { "; the old index was unreadable" }
             );
             if report.uncommitted_packs > 0 {
-                println!(
+                outln!(
                     "{} packs of a write that crashed before its commit were left out and removed",
                     report.uncommitted_packs
                 );
             }
             if report.held_packs > 0 {
-                println!(
+                outln!(
                     "{} blobs in {} packs are referenced by no snapshot and could not be attributed: gc keeps them until `xstore gc --release-held`",
                     report.unattributed_blobs, report.held_packs
                 );
@@ -585,7 +592,7 @@ pub(crate) fn repair_index(cli: &Cli) -> Result<u8> {
 
 fn print_backup_summary(s: &Snapshot) {
     let secs = (s.end_ns - s.start_ns) as f64 / 1e9;
-    println!(
+    outln!(
         "snapshot {} of {} {}: {} files ({} unchanged), {} dirs, {} read, {} new ({} stored) in {:.1}s",
         s.id.short(),
         s.host,
@@ -599,7 +606,7 @@ fn print_backup_summary(s: &Snapshot) {
         secs
     );
     if !s.is_complete() {
-        println!("{} paths could not be read (listed above)", s.stats.errors);
+        outln!("{} paths could not be read (listed above)", s.stats.errors);
     }
 }
 

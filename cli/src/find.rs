@@ -53,14 +53,14 @@ pub(crate) fn find(cli: &Cli, args: &FindArgs) -> Result<u8> {
         return Ok(EXIT_OK);
     }
     for p in &report.paths {
-        println!("{} {}", p.host, xstore::text::printable(&p.path));
+        outln!("{} {}", p.host, xstore::text::printable(&p.path));
         for v in &p.versions {
             let change = match v.change {
                 xstore::VersionChange::First => "first",
                 xstore::VersionChange::Changed => "changed",
                 xstore::VersionChange::Same => "same",
             };
-            println!(
+            outln!(
                 "  {}  {:<8}  {:<16}  {}  {:>10}  mtime {}  {}",
                 time_of(v.time_ns),
                 v.snapshot.get(..8).unwrap_or(&v.snapshot),
@@ -81,7 +81,7 @@ pub(crate) fn find(cli: &Cli, args: &FindArgs) -> Result<u8> {
         }
     }
     if !cli.quiet {
-        println!(
+        outln!(
             "{} paths in {} snapshots ({} trees read)",
             report.paths.len(),
             report.snapshots,
@@ -152,7 +152,7 @@ pub(crate) fn dump(cli: &Cli, args: &DumpArgs) -> Result<u8> {
         if cli.json {
             print_json(&summary)?;
         } else if !cli.quiet {
-            println!(
+            outln!(
                 "wrote {path} of snapshot {} of {} to {}: {} files, {} directories, {} other, {}",
                 snap.id.short(),
                 snap.host,

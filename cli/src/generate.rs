@@ -59,7 +59,7 @@ pub(crate) fn generate(cli: &Cli, what: &GenerateWhat) -> Result<u8> {
             agent.build();
             render(agent, out_dir, &mut written)?;
             if !cli.quiet {
-                println!("{written} manual pages written to {}", out_dir.display());
+                outln!("{written} manual pages written to {}", out_dir.display());
             }
         }
         GenerateWhat::Completions { shell, agent } => {

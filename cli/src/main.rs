@@ -7,12 +7,31 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `println!` that ends the command quietly when stdout's reader went away
+/// ([`output::write_out`]).
+macro_rules! outln {
+    () => {
+        $crate::output::write_out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` that ends the command quietly when stdout's reader went away.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_out(format_args!($($arg)*))
+    };
+}
+
 mod browse;
 mod commands;
 mod find;
 mod generate;
 mod migrate;
 mod ops;
+mod output;
 mod pull;
 mod retention;
 
@@ -26,7 +45,7 @@ use xstore::{
 /// Exit status: success.
 pub(crate) const EXIT_OK: u8 = 0;
 /// Exit status: an error stopped the command.
-const EXIT_ERROR: u8 = 1;
+pub(crate) const EXIT_ERROR: u8 = 1;
 /// Exit status: the backup or restore finished, but some paths failed (listed on stderr).
 const EXIT_PARTIAL: u8 = 3;
 /// Exit status: `check` found problems.
@@ -170,9 +189,9 @@ enum Command {
         /// systemd service and timer units.
         #[arg(long)]
         systemd: bool,
-        /// The xstore binary in the printed commands.
-        #[arg(long, default_value = "/usr/local/bin/xstore")]
-        xstore: String,
+        /// The xstore binary in the printed commands (default: this binary's own path).
+        #[arg(long, value_name = "PATH")]
+        xstore: Option<String>,
         /// The backup command run every 4 hours.
         #[arg(long, default_value = "pull --all --jobs 4")]
         pull: String,
@@ -251,7 +270,7 @@ fn main() -> ExitCode {
                 check,
                 why.lines().next().unwrap_or("bad arguments"),
             );
-            print!("{}", report.render());
+            out!("{}", report.render());
             return ExitCode::from(report.state.exit_code());
         }
         Err(e) => e.exit(),
@@ -276,12 +295,13 @@ fn main() -> ExitCode {
         .init();
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::from(output::EXIT_BROKEN_PIPE),
         Err(e) => {
             // The same line the agent binary prints: the error, then each cause once.
             let message = xstore_agent::cli::error_line(e.as_ref());
             if cli.json {
                 let line = serde_json::json!({"type": "error", "message": message});
-                println!("{line}");
+                outln!("{line}");
             }
             eprintln!("xstore: error: {}", xstore::text::printable(&message));
             ExitCode::from(EXIT_ERROR)
@@ -569,7 +589,7 @@ fn run(cli: &Cli) -> Result<u8> {
             cli,
             &retention::ScheduleArgs {
                 systemd: *systemd,
-                xstore,
+                xstore: xstore.as_deref(),
                 pull,
                 user,
                 output_dir: output_dir.as_deref(),

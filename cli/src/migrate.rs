@@ -34,11 +34,11 @@ pub(crate) fn import(cli: &Cli, what: &ImportWhat) -> Result<u8> {
     let config = RsnapshotConfig::load(&args.config)?;
     if let Some(out) = &args.inventory_out {
         if args.dry_run {
-            print!("{}", config.inventory_toml()?);
+            out!("{}", config.inventory_toml()?);
         } else {
             config.write_inventory(out)?;
             if !cli.quiet {
-                println!("inventory written to {}", out.display());
+                outln!("inventory written to {}", out.display());
             }
         }
     }
@@ -73,7 +73,7 @@ pub(crate) fn import(cli: &Cli, what: &ImportWhat) -> Result<u8> {
                     ImportAction::Present(id) => format!("present as {}", id.short()),
                     ImportAction::Relabel(id) => format!("relabel {} as {}", id.short(), p.tier),
                 };
-                println!(
+                outln!(
                     "{}.{}/{:<28} {}  {what}",
                     p.tier,
                     p.position,
@@ -81,7 +81,7 @@ pub(crate) fn import(cli: &Cli, what: &ImportWhat) -> Result<u8> {
                     time_of(p.time_ns)
                 );
             }
-            println!(
+            outln!(
                 "{} of {} backup points to import (dry run: nothing changed)",
                 plan.to_import(),
                 plan.items.len()
@@ -121,7 +121,7 @@ pub(crate) fn import(cli: &Cli, what: &ImportWhat) -> Result<u8> {
                     ImportOutcome::Empty => ("empty: nothing to import".to_string(), None),
                 };
                 if !cli.quiet && !cli.json {
-                    println!(
+                    outln!(
                         "{}.{}/{:<28} {}  {line}",
                         point.tier,
                         point.position,
@@ -153,7 +153,7 @@ pub(crate) fn import(cli: &Cli, what: &ImportWhat) -> Result<u8> {
             &serde_json::json!({"type": "summary", "imported": imported, "points": results}),
         )?;
     } else if !cli.quiet {
-        println!(
+        outln!(
             "{imported} backup points imported, {} already present",
             plan.items.len() as u64 - imported
         );

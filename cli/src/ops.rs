@@ -21,16 +21,13 @@ pub(crate) struct InventoryArg {
 }
 
 impl InventoryArg {
-    /// The inventory named, or the default one when it exists.
+    /// The inventory named, or the default one unless no file is there (one that cannot be
+    /// read is an error, [`Inventory::load_default`]).
     fn load(&self) -> Result<Option<Inventory>> {
-        let (path, required) = match &self.inventory {
-            Some(p) => (p.clone(), true),
-            None => (PathBuf::from(DEFAULT_INVENTORY), false),
-        };
-        if !required && !path.exists() {
-            return Ok(None);
-        }
-        Ok(Some(Inventory::load(&path)?))
+        Ok(match &self.inventory {
+            Some(p) => Some(Inventory::load(p)?),
+            None => Inventory::load_default(std::path::Path::new(DEFAULT_INVENTORY))?,
+        })
     }
 }
 
@@ -149,7 +146,7 @@ fn age_thresholds(
 fn emit(cli: &Cli, report: &PluginReport, json: Option<serde_json::Value>) -> Result<u8> {
     match json {
         Some(v) if cli.json => print_json(&v)?,
-        _ => print!("{}", report.render()),
+        _ => out!("{}", report.render()),
     }
     Ok(report.state.exit_code())
 }
@@ -331,18 +328,22 @@ pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
             }))?;
             return Ok(EXIT_OK);
         }
-        println!("{}", usage_header("host", "account"));
-        println!(
+        outln!("{}", usage_header("host", "account"));
+        outln!(
             "{}",
             usage_row(cli, h, &account_of(h), &usage, None, ratio_limit(h))
         );
-        println!();
-        println!(
+        outln!();
+        outln!(
             "{:<8}  {:<20}  {:>10}  {:>10}  {:>10}",
-            "snapshot", "time", "logical", "added", "only it"
+            "snapshot",
+            "time",
+            "logical",
+            "added",
+            "only it"
         );
         for s in &snaps {
-            println!(
+            outln!(
                 "{:<8}  {:<20}  {:>10}  {:>10}  {:>10}",
                 s.id.get(..8).unwrap_or(&s.id),
                 time_of(s.start_ns),
@@ -394,9 +395,9 @@ pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
         return Ok(EXIT_OK);
     }
     if !account_usage.is_empty() {
-        println!("{}", usage_header("account", "package"));
+        outln!("{}", usage_header("account", "package"));
         for a in &account_usage {
-            println!(
+            outln!(
                 "{}",
                 usage_row(
                     cli,
@@ -408,11 +409,11 @@ pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
                 )
             );
         }
-        println!();
+        outln!();
     }
-    println!("{}", usage_header("host", "account"));
+    outln!("{}", usage_header("host", "account"));
     for (h, a, u) in &host_rows {
-        println!("{}", usage_row(cli, h, a, u, None, ratio_limit(h)));
+        outln!("{}", usage_row(cli, h, a, u, None, ratio_limit(h)));
     }
     Ok(EXIT_OK)
 }
@@ -423,7 +424,7 @@ pub(crate) fn metrics(cli: &Cli, args: &MetricsArgs) -> Result<u8> {
     let text = repo.metrics(inv.as_ref(), xstore::now_ns())?;
     match &args.output {
         Some(path) => xstore::ops::metrics::write_textfile(path, &text)?,
-        None => print!("{text}"),
+        None => out!("{text}"),
     }
     Ok(EXIT_OK)
 }
@@ -519,7 +520,7 @@ pub(crate) fn verify(cli: &Cli, args: &VerifyArgs) -> Result<u8> {
     if cli.json {
         print_json(&report)?;
     } else if !cli.quiet {
-        println!(
+        outln!(
             "verified {} of {} packs ({}) in {:.1}s{}; oldest verification now {}",
             report.run.packs,
             report.packs_total,

@@ -110,7 +110,7 @@ pub(crate) fn pull(cli: &Cli, args: &PullArgs) -> Result<u8> {
     let print = |r: &PullReport| {
         let quiet_ok = cli.quiet && r.outcome != PullOutcome::Failed;
         if !cli.json && !quiet_ok {
-            println!("{}", report_line(r));
+            outln!("{}", report_line(r));
         }
     };
     let mut tracker = None;
@@ -144,7 +144,7 @@ pub(crate) fn pull(cli: &Cli, args: &PullArgs) -> Result<u8> {
             &[],
         )?;
     } else if !cli.quiet {
-        println!(
+        outln!(
             "pulled {} hosts: {ok} ok, {partial} partial, {failed} failed",
             reports.len()
         );
@@ -206,9 +206,14 @@ pub(crate) fn hosts(cli: &Cli, args: &HostsArgs) -> Result<u8> {
         print_json(&v)?;
         return Ok(EXIT_OK);
     }
-    println!(
+    outln!(
         "{:<24}  {:<12}  {:<28}  {:>9}  {:<20}  {:>8}  status",
-        "host", "account", "address", "snapshots", "newest", "age"
+        "host",
+        "account",
+        "address",
+        "snapshots",
+        "newest",
+        "age"
     );
     for (h, record, latest, _, last_pull) in &rows {
         let (time, age, status) = match latest {
@@ -233,7 +238,7 @@ pub(crate) fn hosts(cli: &Cli, args: &HostsArgs) -> Result<u8> {
                 )
             })
             .unwrap_or_default();
-        println!(
+        outln!(
             "{:<24}  {:<12}  {:<28}  {:>9}  {:<20}  {:>8}  {status}{failed}",
             h.name,
             h.account,

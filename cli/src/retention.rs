@@ -73,7 +73,7 @@ fn print_plan(plan: &Plan) {
             Action::Keep => "keep",
             Action::Expire => "expire",
         };
-        println!(
+        outln!(
             "{action:<6}  {id}  {:<20}  {:<20}  {}",
             time_of(d.time),
             d.host,
@@ -105,7 +105,7 @@ pub(crate) fn run_plan(
     match applied {
         None => {
             if !cli.quiet {
-                println!(
+                outln!(
                     "dry run: would expire {expiring} of {} snapshots",
                     plan.decisions.len()
                 );
@@ -113,7 +113,7 @@ pub(crate) fn run_plan(
         }
         Some(a) => {
             if !cli.quiet {
-                println!(
+                outln!(
                     "expired {} snapshots, relabelled {}; {} blobs ({}) are now unreferenced (`xstore gc` reclaims them)",
                     a.released.snapshots,
                     a.relabelled,
@@ -166,7 +166,7 @@ pub(crate) fn pin(cli: &Cli, snapshot: &str, pinned: bool) -> Result<u8> {
     if cli.json {
         print_json(&s)?;
     } else if !cli.quiet {
-        println!(
+        outln!(
             "{} snapshot {} of {}",
             if pinned { "pinned" } else { "unpinned" },
             s.id.short(),
@@ -222,7 +222,7 @@ pub(crate) fn gc(
                 GcAction::Rewrite => "rewrite",
                 GcAction::Skip => "skip",
             };
-            println!(
+            outln!(
                 "{action:<7}  {}  {} dead of {}{}",
                 p.pack.get(..16).unwrap_or(&p.pack),
                 human_bytes(p.dead_bytes),
@@ -235,7 +235,7 @@ pub(crate) fn gc(
         }
     }
     if !cli.quiet {
-        println!(
+        outln!(
             "{}{} packs deleted, {} rewritten ({} blobs, {} copied), {} skipped; freed {} ({} bytes); {} dead below the {}% threshold remain",
             if dry_run { "dry run: " } else { "" },
             report.packs_deleted,
@@ -249,7 +249,7 @@ pub(crate) fn gc(
             report.max_dead_percent
         );
         if !dry_run {
-            println!(
+            outln!(
                 "retired pack files: {} deleted ({}) after the grace period of {}, {} waiting{}",
                 report.retired_deleted,
                 human_bytes(report.retired_bytes_deleted),
@@ -265,7 +265,7 @@ pub(crate) fn gc(
                 }
             );
             if report.uploads_aborted + report.uploads_waiting > 0 {
-                println!(
+                outln!(
                     "unfinished uploads of crashed writers: {} aborted, {} waiting for the grace period",
                     report.uploads_aborted, report.uploads_waiting
                 );
@@ -324,15 +324,15 @@ fn print_settings(cli: &Cli, s: &RetentionSettings, host: Option<&str>) -> Resul
         return Ok(EXIT_OK);
     }
     match host {
-        Some(h) => println!("{h}: {}", s.schedules.for_host(h)),
+        Some(h) => outln!("{h}: {}", s.schedules.for_host(h)),
         None => {
-            println!("default: {}", s.schedules.default);
+            outln!("default: {}", s.schedules.default);
             for (h, sch) in &s.schedules.hosts {
-                println!("{h}: {sch}");
+                outln!("{h}: {sch}");
             }
         }
     }
-    println!("gc rewrites packs over {}% dead", s.gc_max_dead_percent);
+    outln!("gc rewrites packs over {}% dead", s.gc_max_dead_percent);
     Ok(EXIT_OK)
 }
 
@@ -403,7 +403,8 @@ fn jobs(xstore: &str, repo: &str, pull: &str) -> Vec<Job> {
 /// What `schedule` prints or writes.
 pub(crate) struct ScheduleArgs<'a> {
     pub(crate) systemd: bool,
-    pub(crate) xstore: &'a str,
+    /// `None`: the running binary's own path, so that the jobs run what was installed.
+    pub(crate) xstore: Option<&'a str>,
     pub(crate) pull: &'a str,
     pub(crate) user: &'a str,
     pub(crate) output_dir: Option<&'a std::path::Path>,
@@ -422,24 +423,38 @@ pub(crate) fn schedule(cli: &Cli, args: &ScheduleArgs<'_>) -> Result<u8> {
         }
     };
     let user = args.user;
-    let jobs = jobs(args.xstore, &repo, args.pull);
+    let xstore = match args.xstore {
+        Some(x) => x.to_string(),
+        None => std::env::current_exe()
+            .context("finding this binary's path (give --xstore PATH)")?
+            .display()
+            .to_string(),
+    };
+    if xstore.contains(char::is_whitespace) {
+        bail!("xstore binary path {xstore:?} contains whitespace; give --xstore PATH");
+    }
+    let jobs = jobs(&xstore, &repo, args.pull);
     if cli.json {
         print_json(&jobs)?;
         return Ok(EXIT_OK);
     }
     if !args.systemd {
-        println!("# xstore: the seed service's schedule, for /etc/cron.d/xstore");
-        println!("# Higher tiers rotate first (rsnapshot's order); --lock-wait makes overlapping jobs queue.");
-        println!("SHELL=/bin/sh");
-        println!("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-        if let Some(env) = args.env_file {
-            println!(
-                "# the repository: XSTORE_REPO from {env}, exported in each job's environment"
-            );
-        }
+        outln!("# xstore: the seed service's schedule, for /etc/cron.d/xstore");
+        outln!("# Higher tiers rotate first (rsnapshot's order); --lock-wait makes overlapping jobs queue.");
+        outln!("SHELL=/bin/sh");
+        outln!("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        // cron reads no environment file: each job sources it itself (`set -a` exports
+        // XSTORE_REPO and the rest), and fails visibly when it is missing.
+        let prefix = match args.env_file {
+            Some(env) => {
+                outln!("# the repository: XSTORE_REPO from {env}, sourced by each job");
+                format!("set -a && . {env} && set +a && exec ")
+            }
+            None => String::new(),
+        };
         for j in &jobs {
-            println!("# {}: {}", j.name, j.description);
-            println!("{:<14} {user} {}", j.cron, j.command);
+            outln!("# {}: {}", j.name, j.description);
+            outln!("{:<14} {user} {prefix}{}", j.cron, j.command);
         }
         return Ok(EXIT_OK);
     }
@@ -477,15 +492,15 @@ pub(crate) fn schedule(cli: &Cli, args: &ScheduleArgs<'_>) -> Result<u8> {
                 std::fs::write(&path, text).with_context(|| path.display().to_string())?;
             }
             if !cli.quiet {
-                println!("{} units written to {}", units.len(), dir.display());
+                outln!("{} units written to {}", units.len(), dir.display());
             }
         }
         None => {
             for (name, text) in &units {
-                println!("# /etc/systemd/system/{name}");
-                println!("{text}");
+                outln!("# /etc/systemd/system/{name}");
+                outln!("{text}");
             }
-            println!("# enable with: systemctl daemon-reload && systemctl enable --now {timers}");
+            outln!("# enable with: systemctl daemon-reload && systemctl enable --now {timers}");
         }
     }
     Ok(EXIT_OK)

@@ -483,3 +483,125 @@ fn checks_work_while_a_writer_holds_the_repository() {
     assert!(text(&f.run(&["check-usage"])).starts_with("XSTORE USAGE WARNING - "));
     drop(writer);
 }
+
+/// `xstore … | head -1`: when standard output's reader has gone, every printing command ends
+/// quietly with 141 (128 + SIGPIPE, what a shell reports for a command SIGPIPE ended) and
+/// changes nothing. The pipe's read end is closed before the command starts, so its first
+/// write fails whatever the pipe's buffer.
+#[test]
+fn a_closed_pipe_ends_printing_commands_quietly() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = (work.path().join("repo"), work.path().join("src"));
+    xstore_tests::make_fixture(&src, 5);
+    ok(&repo, &["init"]);
+    ok(&repo, &["tiers", "--set", "hourly=3,daily=2"]);
+    let s = src.to_str().unwrap();
+    for i in 0..3u64 {
+        std::fs::write(src.join("churn.bin"), seeded_bytes(i, 100_000)).unwrap();
+        ok(&repo, &["backup", "-q", "--host", "web1", s]);
+    }
+    let ids = common::snapshot_ids(&repo);
+    let file = src.join("churn.bin");
+    let before = ok(&repo, &["snapshots"]);
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["snapshots"],
+        vec!["--json", "snapshots"],
+        vec!["find", "churn.bin"],
+        vec!["du", "--host", "web1"],
+        vec!["diff", &ids[0], &ids[2]],
+        vec!["rotate", "daily", "--all", "--dry-run"],
+        vec!["ls", "web1@latest", s],
+        vec!["cat", "web1@latest", file.to_str().unwrap()],
+        vec!["dump", "web1@latest", s],
+    ];
+    for args in commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = common::xstore_command(&repo, &[], &args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(
+            (out.status.code(), stderr(&out)),
+            (Some(141), String::new()),
+            "{args:?}"
+        );
+    }
+    assert_eq!(ok(&repo, &["snapshots"]), before);
+}
+
+/// The nagios user cannot read `/etc/xstore/hosts.toml` (the directory is 0700): the checks
+/// that take the default inventory say UNKNOWN naming it, instead of judging hosts without
+/// their thresholds. Run as uid 65534 in a mount namespace whose /etc is the test's own
+/// (bind-mounted; the system's /etc is never touched). Needs root, unshare and setpriv.
+#[test]
+fn an_unreadable_default_inventory_makes_every_check_unknown() {
+    use std::os::unix::fs::PermissionsExt;
+    let tools = ["unshare", "setpriv"]
+        .iter()
+        .all(|t| std::process::Command::new(t).arg("--help").output().is_ok());
+    if !rustix::process::geteuid().is_root() || !tools {
+        eprintln!("skipped: needs root, unshare and setpriv");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (repo, src) = (root.join("repo"), root.join("src"));
+    xstore_tests::make_fixture(&src, 3);
+    ok(&repo, &["init"]);
+    ok(
+        &repo,
+        &["backup", "-q", "--host", "web1", src.to_str().unwrap()],
+    );
+    let status = std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let etc = root.join("etc");
+    std::fs::create_dir_all(etc.join("xstore")).unwrap();
+    if std::path::Path::new("/etc/ld.so.cache").exists() {
+        std::fs::copy("/etc/ld.so.cache", etc.join("ld.so.cache")).unwrap();
+    }
+    std::fs::write(
+        etc.join("xstore/hosts.toml"),
+        "[[account]]\nname = \"acme\"\nallocation = \"1 GiB\"\n\n\
+         [[account.host]]\nname = \"web1\"\n\n[[account.host]]\nname = \"never\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(etc.join("xstore"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    for check in ["check-freshness", "check-usage"] {
+        let out = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(
+                "mount --bind \"$1\" /etc && exec setpriv --reuid=65534 --regid=65534 \
+                 --clear-groups \"$2\" --repo \"$3\" \"$4\"",
+            )
+            .arg("sh")
+            .arg(&etc)
+            .arg(env!("CARGO_BIN_EXE_xstore"))
+            .arg(&repo)
+            .arg(check)
+            .env_remove("XSTORE_INVENTORY")
+            .env_remove("XSTORE_REPO")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{check}: {text}{}",
+            stderr(&out)
+        );
+        let first = text.lines().next().unwrap_or_default();
+        assert!(
+            first.contains(" UNKNOWN - ")
+                && first.contains("/etc/xstore/hosts.toml")
+                && first.contains("Permission denied"),
+            "{check}: {text}"
+        );
+    }
+}

@@ -473,6 +473,21 @@ impl Inventory {
         Self::parse(&text, path)
     }
 
+    /// The inventory at a default location: `None` only when no file is there. A file (or a
+    /// directory on the way) that cannot be read is an error naming the path, never taken
+    /// for "no inventory": a check run by a user who may not read it must say UNKNOWN, not
+    /// judge hosts without their thresholds.
+    pub fn load_default(path: &Path) -> Result<Option<Inventory>, InventoryError> {
+        match path.try_exists() {
+            Ok(false) => Ok(None),
+            Ok(true) => Self::load(path).map(Some),
+            Err(e) => Err(InventoryError {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
     /// A host by name.
     pub fn host(&self, name: &str) -> Option<&HostSpec> {
         self.hosts.iter().find(|h| h.name == name)
