@@ -4,10 +4,11 @@
 //! resumes where the last run stopped.
 //!
 //! Runs work through cycles: a cycle starts when no pack is left that was verified before the
-//! current one began, and a run verifies only the packs due in its cycle (oldest verification
-//! first) and stops when the cycle is complete, so budgeted runs cover every pack exactly
-//! once per cycle. Packs written during a cycle wait for the next (they were read back before
-//! their commit).
+//! current one began, and a run verifies the packs due in its cycle (oldest verification
+//! first), so budgeted runs cover every pack exactly once per cycle. A run whose cycle
+//! completes with budget left starts the next cycle and goes on with it (never verifying a
+//! pack twice in one run), so a daily budget is never left unused. Packs written during a
+//! cycle wait for the next (they were read back before their commit).
 //!
 //! A pack's id is the BLAKE3 of its bytes, so one hash of the file proves every blob in it
 //! unchanged; only a pack that fails is read blob by blob to find which blobs are damaged.
@@ -227,7 +228,28 @@ impl Repository {
         let mut pending = Unrecorded::default();
         let mut last_checkpoint = Instant::now();
         let mut damaged_blobs: Vec<(ChunkId, PackId, String)> = Vec::new();
-        for (pack, _) in &order {
+        let mut verified_now: HashSet<PackId> = HashSet::new();
+        let mut next = 0;
+        loop {
+            let Some(&(pack_id, _)) = order.get(next) else {
+                // The cycle is complete with budget left: the next one starts now, with the
+                // packs this run has not verified (oldest verification first), so a budgeted
+                // run never stops early and no pack is verified twice in one run.
+                if cycle == started_ns {
+                    break;
+                }
+                cycle = started_ns;
+                order = all
+                    .iter()
+                    .copied()
+                    .filter(|(p, _)| !verified_now.contains(p))
+                    .collect();
+                next = 0;
+                report.cycle_started_ns = cycle;
+                continue;
+            };
+            next += 1;
+            let pack = &pack_id;
             let size = sizes.get(pack).copied().unwrap_or(0);
             if report.run.packs > 0 {
                 if opts.max_duration.is_some_and(|d| started.elapsed() >= d) {
@@ -239,6 +261,7 @@ impl Repository {
                     break;
                 }
             }
+            verified_now.insert(*pack);
             let Some(found) = repo.verify_pack(pack)? else {
                 continue; // retired by a gc meanwhile
             };
