@@ -8,6 +8,8 @@ command -v sccache >/dev/null 2>&1 || _xs_need+=(sccache)
 [ -x /usr/sbin/sshd ] || _xs_need+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || _xs_need+=(openssh-client)
 command -v rsync >/dev/null 2>&1 || _xs_need+=(rsync)
+# The import tests make a real history with Debian's rsnapshot.
+command -v rsnapshot >/dev/null 2>&1 || _xs_need+=(rsnapshot)
 # Mount tests mount for real (fusermount3 from fuse3; the kernel's /dev/fuse).
 command -v fusermount3 >/dev/null 2>&1 || _xs_need+=(fuse3)
 # NFS tests use a userspace NFS client (no kernel module): nfs-ls, nfs-cat, nfs-cp.

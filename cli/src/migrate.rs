@@ -50,10 +50,12 @@ pub(crate) fn import(cli: &Cli, what: &ImportWhat) -> Result<u8> {
     let plan = repo.plan_rsnapshot_import(&config)?;
     if args.dry_run {
         if cli.json {
-            let items: Vec<_> = plan
-                .items
+            let forgotten = plan
+                .rotated_away
                 .iter()
-                .map(|(p, a)| {
+                .map(|id| serde_json::json!({ "snapshot": id.to_string(), "action": "forget" }));
+            let items: Vec<_> = forgotten
+                .chain(plan.items.iter().map(|(p, a)| {
                     serde_json::json!({
                         "host": p.host, "tier": p.tier, "position": p.position,
                         "time": time_of(p.time_ns), "dir": p.dir,
@@ -63,7 +65,7 @@ pub(crate) fn import(cli: &Cli, what: &ImportWhat) -> Result<u8> {
                             ImportAction::Relabel(_) => "relabel",
                         },
                     })
-                })
+                }))
                 .collect();
             print_json(&items)?;
         } else {
@@ -81,6 +83,12 @@ pub(crate) fn import(cli: &Cli, what: &ImportWhat) -> Result<u8> {
                     time_of(p.time_ns)
                 );
             }
+            for id in &plan.rotated_away {
+                outln!(
+                    "{}  rotated away by rsnapshot: would be forgotten",
+                    id.short()
+                );
+            }
             outln!(
                 "{} of {} backup points to import (dry run: nothing changed)",
                 plan.to_import(),
@@ -90,6 +98,12 @@ pub(crate) fn import(cli: &Cli, what: &ImportWhat) -> Result<u8> {
         return Ok(EXIT_OK);
     }
     repo.apply_import_schedule(&plan)?;
+    repo.forget_rotated_away(&plan)?;
+    if !cli.quiet && !cli.json {
+        for id in &plan.rotated_away {
+            outln!("{}  rotated away by rsnapshot: forgotten", id.short());
+        }
+    }
     let progress = Arc::new(Progress::default());
     let tracker = crate::Tracker::start(cli, "import", progress.clone());
     let mut imported = 0u64;

@@ -334,6 +334,17 @@ fn rsnapshot_history_imports_with_every_tier_position() {
     let out = h.import();
     assert!(out.contains("relabelled daily"), "{out}");
     h.assert_every_point_restores();
+    // An hourly run and a daily rotation between two imports: the hourly point rsnapshot
+    // deleted at the end of its tier is forgotten, as rsnapshot did, and the tiers hold
+    // exactly rsnapshot's points.
+    h.hourly();
+    h.run("daily");
+    let out = h.import();
+    assert!(
+        out.contains("rotated away by rsnapshot: forgotten"),
+        "{out}"
+    );
+    h.assert_every_point_restores();
     ok(&h.repo, &["check"]);
 }
 

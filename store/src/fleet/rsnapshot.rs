@@ -8,7 +8,7 @@
 //! already has a snapshot with its exact time is not imported again (only relabelled when
 //! rsnapshot has rotated it into another tier since).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ use xstore_format::snapshot::{validate_host, Snapshot, SnapshotId};
 use xstore_retention::Schedule;
 
 use crate::commands::backup::{BackupOptions, ParentChoice};
-use crate::commands::retention::TierChoice;
+use crate::commands::retention::{Applied, TierChoice};
 use crate::error::{Error, Result};
 use crate::fleet::inventory::{Inventory, DEFAULT_AGENT_PORT};
 use crate::repo::Repository;
@@ -459,6 +459,10 @@ pub struct ImportPlan {
     pub schedule: Schedule,
     /// Backup points and their actions, oldest first.
     pub items: Vec<(BackupPoint, ImportAction)>,
+    /// Snapshots an earlier import made whose backup point rsnapshot has rotated away since
+    /// (deleted at the end of its tier): [`Repository::forget_rotated_away`] expires them, as
+    /// rsnapshot did. Pinned ones stay.
+    pub rotated_away: Vec<SnapshotId>,
 }
 
 impl ImportPlan {
@@ -493,6 +497,26 @@ impl Repository {
     pub fn plan_rsnapshot_import(&self, config: &RsnapshotConfig) -> Result<ImportPlan> {
         let points = config.backup_points()?;
         let existing = self.snapshots()?;
+        // An imported snapshot (start = end = rsnapshot's time) older than its host's newest
+        // backup point, whose point is gone, was deleted by an rsnapshot rotation.
+        let mut newest: HashMap<&str, i64> = HashMap::new();
+        for p in &points {
+            let n = newest.entry(p.host.as_str()).or_insert(p.time_ns);
+            *n = (*n).max(p.time_ns);
+        }
+        let rotated_away = existing
+            .iter()
+            .filter(|s| {
+                s.start_ns == s.end_ns
+                    && !s.pinned
+                    && !s.tiers.is_empty()
+                    && newest.get(s.host.as_str()).is_some_and(|&n| s.start_ns < n)
+                    && !points
+                        .iter()
+                        .any(|p| p.host == s.host && p.time_ns == s.start_ns)
+            })
+            .map(|s| s.id)
+            .collect();
         let items = points
             .into_iter()
             .map(|p| {
@@ -510,7 +534,25 @@ impl Repository {
         Ok(ImportPlan {
             schedule: config.schedule.clone(),
             items,
+            rotated_away,
         })
+    }
+
+    /// Expires the plan's snapshots whose backup points rsnapshot rotated away since an
+    /// earlier import (before the plan's items, so that tiers hold what rsnapshot's do).
+    pub fn forget_rotated_away(&self, plan: &ImportPlan) -> Result<Applied> {
+        let mut decisions = Vec::new();
+        for id in &plan.rotated_away {
+            let mut forget = self.plan_forget_snapshot(id)?;
+            for d in &mut forget.decisions {
+                d.reasons = vec!["rsnapshot rotated its backup point away".into()];
+            }
+            decisions.extend(forget.decisions);
+        }
+        if decisions.is_empty() {
+            return Ok(Applied::default());
+        }
+        self.apply_plan(&xstore_retention::Plan { decisions })
     }
 
     /// Gives every host of `plan` the rsnapshot schedule (a per-host override where the
