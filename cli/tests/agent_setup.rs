@@ -387,3 +387,69 @@ fn undo_after_an_edit_removes_only_what_setup_added() {
     assert!(!c.root.join("sshd_config.d/xstore-agent.conf").exists());
     assert!(!c.state.exists());
 }
+
+/// A host rsnapshot pulled before: sshd_config already has `Port <backup port>` and a
+/// `Match LocalPort` block for it. Setup adds no second `Port` line (sshd would bind the
+/// port twice and log "Address already in use" at every start), only its Match block, and the
+/// server pulls through it. A failed `systemctl reload` after every change is in place is a
+/// warning naming --no-reload, exit 0.
+#[test]
+fn setup_on_an_rsnapshot_era_sshd_config_adds_no_second_port() {
+    let Some(c) = Client::new(true) else {
+        eprintln!("skipping: no sshd");
+        return;
+    };
+    let mut config = fs::read_to_string(&c.sshd_config).unwrap();
+    config.push_str(&format!(
+        "Port {}\nMatch LocalPort {}\n\tPermitRootLogin forced-commands-only\n",
+        c.port, c.port
+    ));
+    fs::write(&c.sshd_config, config).unwrap();
+    let args = c.install_args();
+    // No systemctl that works: the reload step fails after everything is written.
+    let bin = c.root.join("bin");
+    fs::create_dir(&bin).unwrap();
+    fs::write(bin.join("systemctl"), "#!/bin/sh\nexit 1\n").unwrap();
+    fs::set_permissions(bin.join("systemctl"), fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(agent_bin())
+        .arg("--config")
+        .arg(&c.backup_conf)
+        .arg("setup")
+        .arg("--authorized-keys")
+        .arg(&c.authorized_keys)
+        .arg("--sshd-config")
+        .arg(&c.sshd_config)
+        .arg("--state")
+        .arg(&c.state)
+        .args(&args)
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("--no-reload"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("already listens on port"), "{stdout}");
+    let dropin = fs::read_to_string(c.root.join("sshd_config.d/xstore-agent.conf")).unwrap();
+    assert!(!dropin.lines().any(|l| l.starts_with("Port ")), "{dropin}");
+    assert!(
+        dropin.contains(&format!("Match LocalPort {}", c.port)),
+        "{dropin}"
+    );
+
+    let mut sshd = c.start_sshd();
+    std::thread::sleep(Duration::from_millis(200));
+    let log = c.log();
+    let _ = sshd.kill();
+    let _ = sshd.wait();
+    assert!(!log.contains("Address already in use"), "{log}");
+}

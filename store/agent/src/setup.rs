@@ -165,8 +165,10 @@ fn missing_dirs(path: &Path) -> Vec<PathBuf> {
 }
 
 /// The drop-in's text for `port`, keeping `keep_ports` (sshd's ports that would otherwise
-/// stop: an explicit `Port` replaces the implicit 22).
-fn dropin_text(port: u16, keep_ports: &[u16]) -> Vec<u8> {
+/// stop: an explicit `Port` replaces the implicit 22). `listen`: whether it names `port`
+/// (not when another file does already: sshd would bind it twice and log "Address already
+/// in use" at every start).
+fn dropin_text(port: u16, keep_ports: &[u16], listen: bool) -> Vec<u8> {
     let mut t = String::from(
         "# Added by `xstore-agent setup` (undo: xstore-agent setup --undo).\n\
          # The backup server's key logs in as root on the backup port and may run only the\n\
@@ -175,7 +177,9 @@ fn dropin_text(port: u16, keep_ports: &[u16]) -> Vec<u8> {
     for p in keep_ports {
         let _ = writeln!(t, "Port {p}");
     }
-    let _ = writeln!(t, "Port {port}");
+    if listen {
+        let _ = writeln!(t, "Port {port}");
+    }
     let _ = write!(
         t,
         "Match LocalPort {port}\n\
@@ -205,8 +209,9 @@ fn backup_conf_text(paths: &[PathBuf]) -> Vec<u8> {
     t.into_bytes()
 }
 
-/// Whether the main configuration or another drop-in than `ours` has a `Port` line.
-fn explicit_port_elsewhere(main: &Path, ours: &Path) -> Result<bool, AgentError> {
+/// The ports named by `Port` lines in the main configuration and the drop-ins other than
+/// `ours` (empty: sshd's ports come from our drop-in or the implicit 22).
+fn ports_elsewhere(main: &Path, ours: &Path) -> Result<Vec<u16>, AgentError> {
     let mut files = vec![main.to_path_buf()];
     if let Some(dir) = ours.parent() {
         if let Ok(items) = fs::read_dir(dir) {
@@ -218,22 +223,22 @@ fn explicit_port_elsewhere(main: &Path, ours: &Path) -> Result<bool, AgentError>
             }
         }
     }
+    let mut ports = Vec::new();
     for f in files {
         let text = match fs::read(&f) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(io_at(&f)(e)),
         };
-        let has = String::from_utf8_lossy(&text).lines().any(|l| {
-            l.split_whitespace()
-                .next()
-                .is_some_and(|k| k.eq_ignore_ascii_case("port"))
-        });
-        if has {
-            return Ok(true);
+        for line in String::from_utf8_lossy(&text).lines() {
+            let mut words = line.split_whitespace();
+            if words.next().is_some_and(|k| k.eq_ignore_ascii_case("port")) {
+                // An unparsable value still counts as an explicit port (sshd -t judges it).
+                ports.push(words.next().and_then(|p| p.parse().ok()).unwrap_or(0));
+            }
         }
     }
-    Ok(false)
+    Ok(ports)
 }
 
 /// sshd's effective settings with `config` for root connecting to `lport` (`sshd -T -C`,
@@ -317,7 +322,16 @@ pub fn plan_setup(opts: &SetupOptions) -> Result<SetupPlan, AgentError> {
     let current = read_file(&dropin)?;
     // `Port` lines add up, but the first one replaces sshd's implicit 22: when no other
     // file names a port, the drop-in names the ports sshd listens on now.
-    let keep: Vec<u16> = if explicit_port_elsewhere(&opts.sshd_config, &dropin)? {
+    let elsewhere = ports_elsewhere(&opts.sshd_config, &dropin)?;
+    let listen = !elsewhere.contains(&opts.port);
+    if !listen {
+        plan.notes.push(format!(
+            "sshd already listens on port {} (a Port line outside the drop-in): the drop-in adds \
+             only its Match block",
+            opts.port
+        ));
+    }
+    let keep: Vec<u16> = if !elsewhere.is_empty() {
         Vec::new()
     } else {
         let mut ports = match &current {
@@ -332,7 +346,7 @@ pub fn plan_setup(opts: &SetupOptions) -> Result<SetupPlan, AgentError> {
         ports.retain(|p| *p != opts.port);
         ports
     };
-    let text = dropin_text(opts.port, &keep);
+    let text = dropin_text(opts.port, &keep, listen);
     if current.as_ref().map(|(t, _)| t) != Some(&text) {
         plan.sshd_changes = true;
         plan.changes.push(FileChange {
