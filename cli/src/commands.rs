@@ -393,6 +393,7 @@ pub(crate) fn restore(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
         for c in &summary.planned {
             let action = match c.action {
                 xstore::PlannedAction::Write => "write",
+                xstore::PlannedAction::Overwrite => "overwrite",
                 xstore::PlannedAction::Create => "create",
                 xstore::PlannedAction::Skip => "skip",
                 xstore::PlannedAction::Delete => "delete",
@@ -532,7 +533,7 @@ pub(crate) fn stats(cli: &Cli) -> Result<u8> {
             "retired packs    {} ({}) kept for the gc grace period of {}",
             st.retired_packs,
             human_bytes(st.retired_bytes),
-            humantime::format_duration(Duration::from_secs(st.gc_grace_seconds))
+            xstore::text::short_duration(st.gc_grace_seconds)
         );
         if st.held_packs > 0 {
             outln!(

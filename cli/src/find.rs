@@ -79,6 +79,18 @@ pub(crate) fn find(cli: &Cli, args: &FindArgs) -> Result<u8> {
                 change
             );
         }
+        if let Some(a) = &p.absent_since {
+            outln!(
+                "  {}  {:<8}  {:<16}  absent from this snapshot on",
+                time_of(a.time_ns),
+                a.snapshot.get(..8).unwrap_or(&a.snapshot),
+                if a.positions.is_empty() {
+                    "-".to_string()
+                } else {
+                    a.positions.join(",")
+                },
+            );
+        }
     }
     if !cli.quiet {
         outln!(

@@ -58,7 +58,8 @@ pub(crate) const EXIT_PROBLEMS: u8 = 4;
     about = "Deduplicating snapshot store for fleets of hosts"
 )]
 pub(crate) struct Cli {
-    /// Repository directory.
+    /// Repository directory (default: XSTORE_REPO in /etc/default/xstore, as the scheduled
+    /// jobs use).
     #[arg(short = 'r', long, env = "XSTORE_REPO", global = true)]
     repo: Option<PathBuf>,
     /// Machine-readable JSON output.
@@ -309,10 +310,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// The file the packaged units take the repository from; interactive commands read it too.
+const DEFAULTS_FILE: &str = "/etc/default/xstore";
+
+/// The repository: `--repo`, else `XSTORE_REPO`, else `XSTORE_REPO=` in [`DEFAULTS_FILE`]
+/// (so that an operator's commands act on the repository the scheduled jobs use).
 pub(crate) fn repo_path(cli: &Cli) -> Result<PathBuf> {
-    cli.repo
-        .clone()
-        .context("no repository given: use --repo DIR or set XSTORE_REPO")
+    if let Some(repo) = &cli.repo {
+        return Ok(repo.clone());
+    }
+    let text = match std::fs::read_to_string(DEFAULTS_FILE) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => anyhow::bail!("no repository given, and {DEFAULTS_FILE}: {e}"),
+    };
+    defaults_repo(&text).with_context(|| {
+        format!(
+            "no repository given: use --repo DIR, set XSTORE_REPO, or set it in {DEFAULTS_FILE}"
+        )
+    })
+}
+
+/// `XSTORE_REPO` of a shell-style defaults file (`KEY=value`, optionally `export` and quotes).
+fn defaults_repo(text: &str) -> Option<PathBuf> {
+    text.lines().rev().find_map(|line| {
+        let line = line.trim();
+        let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
+        let value = line.strip_prefix("XSTORE_REPO=")?.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(value);
+        (!value.is_empty()).then(|| PathBuf::from(value))
+    })
 }
 
 pub(crate) fn open_rw(cli: &Cli) -> Result<Repository> {
@@ -602,5 +633,26 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Repair {
             what: RepairWhat::Index,
         } => commands::repair_index(cli),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::defaults_repo;
+    use std::path::PathBuf;
+
+    #[test]
+    fn the_defaults_file_names_the_repository() {
+        let packaged = include_str!("../../packaging/xstore.default");
+        assert_eq!(defaults_repo(packaged), Some(PathBuf::from("/srv/xstore")));
+        assert_eq!(
+            defaults_repo("# comment\nexport XSTORE_REPO=\"/data/x s\"\n"),
+            Some(PathBuf::from("/data/x s"))
+        );
+        assert_eq!(
+            defaults_repo("XSTORE_REPO='/a'\nXSTORE_REPO=/b\n"),
+            Some(PathBuf::from("/b"))
+        );
+        assert_eq!(defaults_repo("#XSTORE_REPO=/c\nXSTORE_REPO=\n"), None);
     }
 }

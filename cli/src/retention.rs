@@ -253,7 +253,7 @@ pub(crate) fn gc(
                 "retired pack files: {} deleted ({}) after the grace period of {}, {} waiting{}",
                 report.retired_deleted,
                 human_bytes(report.retired_bytes_deleted),
-                humantime::format_duration(std::time::Duration::from_secs(report.grace_seconds)),
+                xstore::text::short_duration(report.grace_seconds),
                 report.retired_waiting,
                 if report.packs_held > 0 {
                     format!(

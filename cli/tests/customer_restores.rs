@@ -135,6 +135,24 @@ fn find_lists_each_path_with_its_versions_across_snapshots_and_hosts() {
     let out = xstore(&repo, &["find", "config.php", "--host", "nobody"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr(&out).lines().count(), 1);
+
+    // config.php is in h1's newest snapshot: not absent. A file deleted since shows the
+    // first snapshot without it.
+    let found = json(&repo, &["find", "config.php", "--host", "h1"]);
+    assert!(found["paths"][0]["absent_since"].is_null(), "{found}");
+    fs::remove_file(shop.join("index.php")).unwrap();
+    let deleted = backup(&repo, "h1", &src);
+    let found = json(&repo, &["find", "index.php", "--host", "h1"]);
+    assert_eq!(
+        found["paths"][0]["absent_since"]["snapshot"], deleted,
+        "{found}"
+    );
+    let text = ok(&repo, &["find", "index.php", "--host", "h1"]);
+    let last = text.lines().nth_back(1).unwrap();
+    assert!(
+        last.contains(&deleted[..8]) && last.ends_with("absent from this snapshot on"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -477,9 +495,11 @@ fn restore_in_place_rewrites_only_what_differs() {
             })
             .collect()
     };
-    let mut writes = planned("write");
-    writes.sort();
-    assert_eq!(writes, ["page3.html", "page4.html", "page6.html"], "{plan}");
+    // A missing file is written, an existing one that differs overwritten.
+    assert_eq!(planned("write"), ["page6.html"], "{plan}");
+    let mut overwrites = planned("overwrite");
+    overwrites.sort();
+    assert_eq!(overwrites, ["page3.html", "page4.html"], "{plan}");
     let mut deletes = planned("delete");
     deletes.sort();
     assert_eq!(deletes, ["new.php", "uploads"], "{plan}");

@@ -349,3 +349,43 @@ fn files_opened_before_gc_read_exactly_after_it() {
     }
     m.stop();
 }
+
+/// `fusermount3 -u` from outside ends `xstore mount` with exit 0 and nothing on stderr (its
+/// own unmount, which would fail on a mount already gone, is not attempted).
+#[test]
+fn an_unmount_from_outside_ends_the_mount_quietly() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src, at) = (
+        work.path().join("repo"),
+        work.path().join("src"),
+        work.path().join("at"),
+    );
+    make_fixture(&src, 3);
+    common::ok(&repo, &["init"]);
+    common::ok(
+        &repo,
+        &["backup", "-q", "--host", "h", src.to_str().unwrap()],
+    );
+    fs::create_dir_all(&at).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_xstore"))
+        .env("XSTORE_REPO", &repo)
+        .args(["-q", "mount"])
+        .arg(&at)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !at.join("hosts").exists() {
+        assert!(Instant::now() < deadline, "mount did not appear at {at:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&at)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}

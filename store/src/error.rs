@@ -30,8 +30,10 @@ pub(crate) fn poisoned<T>(_: std::sync::PoisonError<T>) -> Error {
     Error::Poisoned
 }
 
-fn ssh_detail(line: Option<&str>) -> String {
-    line.map(|l| format!(" (ssh: {l})")).unwrap_or_default()
+/// ` (ssh: LINE)` for the last line ssh wrote, without ssh's own `ssh: ` prefix (said once).
+pub(crate) fn ssh_detail(line: Option<&str>) -> String {
+    line.map(|l| format!(" (ssh: {})", l.strip_prefix("ssh: ").unwrap_or(l)))
+        .unwrap_or_default()
 }
 
 /// Errors of repository operations.
@@ -300,5 +302,23 @@ impl<T> IoContext<T> for std::io::Result<T> {
             path: path.into(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ssh_detail;
+
+    #[test]
+    fn ssh_is_named_once_before_its_own_line() {
+        assert_eq!(
+            ssh_detail(Some("ssh: connect to host h port 22: Connection refused")),
+            " (ssh: connect to host h port 22: Connection refused)"
+        );
+        assert_eq!(
+            ssh_detail(Some("Permission denied (publickey).")),
+            " (ssh: Permission denied (publickey).)"
+        );
+        assert_eq!(ssh_detail(None), "");
     }
 }

@@ -63,6 +63,19 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A duration as every command prints it for people: `45s`, `12m`, `1h12m`, `3d`, `3d4h`
+/// (the two largest units, whole; minutes under a day always shown, zero-padded).
+pub fn short_duration(seconds: u64) -> String {
+    let s = seconds;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ if s % 86400 < 3600 => format!("{}d", s / 86400),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +96,20 @@ mod tests {
     fn long_texts_are_capped_at_a_character_boundary() {
         assert_eq!(capped("short", 10), "short");
         assert_eq!(capped("ééé", 3), "é… (4 more bytes)");
+    }
+
+    #[test]
+    fn durations_have_one_compact_form() {
+        let cases = [
+            (45, "45s"),
+            (720, "12m"),
+            (4 * 3600 + 29 * 60 + 59, "4h29m"),
+            (7200, "2h00m"),
+            (86400, "1d"),
+            (15 * 86400 + 2 * 3600 + 29 * 60 + 59, "15d2h"),
+        ];
+        for (seconds, text) in cases {
+            assert_eq!(super::short_duration(seconds), text);
+        }
     }
 }

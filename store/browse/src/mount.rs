@@ -44,6 +44,13 @@ impl Mount {
     /// closes, or when this process exits (which aborts the connection: open files then
     /// fail with ENOTCONN). Waits up to `grace` for the session to end.
     pub fn unmount(self, grace: Duration) {
+        if !self.is_mounted() {
+            // Unmounted from outside (`fusermount3 -u`): nothing is left to unmount, and
+            // fuser's own unmount would fail (EINVAL) and log it as an error. What remains
+            // is one /dev/fuse descriptor, closed when the process exits.
+            std::mem::forget(self.session);
+            return;
+        }
         let detached = self.is_mounted()
             && ["fusermount3", "fusermount"].iter().any(|helper| {
                 std::process::Command::new(helper)

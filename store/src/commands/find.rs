@@ -72,6 +72,20 @@ pub struct FoundPath {
     pub path: String,
     /// One per snapshot that holds the path.
     pub versions: Vec<FoundVersion>,
+    /// When the host's newer snapshots no longer hold it (deleted or moved): the first
+    /// selected snapshot of the host after its last version.
+    pub absent_since: Option<AbsentSince>,
+}
+
+/// The first snapshot that no longer holds a path ([`FoundPath::absent_since`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AbsentSince {
+    /// Snapshot id (hex).
+    pub snapshot: String,
+    /// The snapshot's start time, ns since the epoch.
+    pub time_ns: i64,
+    /// The snapshot's tier positions.
+    pub positions: Vec<String>,
 }
 
 /// What `find` found and what it cost.
@@ -202,13 +216,34 @@ impl Repository {
                 versions.push((version, entry.clone()));
             });
         }
+        // Each host's selected snapshots, oldest first (as `snapshots()` lists them).
+        let mut of_host: HashMap<&str, Vec<&Snapshot>> = HashMap::new();
+        for s in &selected {
+            of_host.entry(s.host.as_str()).or_default().push(s);
+        }
+        let absent_after = |host: &str, last: &str| -> Option<AbsentSince> {
+            let snaps = of_host.get(host)?;
+            let at = snaps.iter().position(|s| s.id.to_string() == last)?;
+            let next = snaps.get(at + 1)?;
+            Some(AbsentSince {
+                snapshot: next.id.to_string(),
+                time_ns: next.start_ns,
+                positions: positions.get(&next.id).cloned().unwrap_or_default(),
+            })
+        };
         Ok(FindReport {
             paths: by_path
                 .into_iter()
-                .map(|((host, path), versions)| FoundPath {
-                    host,
-                    path: String::from_utf8_lossy(&path).into_owned(),
-                    versions: versions.into_iter().map(|(v, _)| v).collect(),
+                .map(|((host, path), versions)| {
+                    let absent_since = versions
+                        .last()
+                        .and_then(|(v, _)| absent_after(&host, &v.snapshot));
+                    FoundPath {
+                        path: String::from_utf8_lossy(&path).into_owned(),
+                        versions: versions.into_iter().map(|(v, _)| v).collect(),
+                        absent_since,
+                        host,
+                    }
                 })
                 .collect(),
             snapshots: selected.len() as u64,

@@ -42,9 +42,22 @@ pub enum SelectError {
     /// The account is not in the inventory.
     #[error("account {0} is not in the inventory")]
     UnknownAccount(String),
-    /// The host is not in the inventory.
-    #[error("host {0} is not in the inventory")]
-    UnknownHost(String),
+    /// The host is not in the inventory; `similar` names inventory hosts whose short name
+    /// it is (`web1` for `web1.example.net`).
+    #[error("host {name} is not in the inventory{}", did_you_mean(similar))]
+    UnknownHost {
+        /// The name asked for.
+        name: String,
+        /// Inventory hosts it may have meant.
+        similar: Vec<String>,
+    },
+}
+
+fn did_you_mean(similar: &[String]) -> String {
+    match similar {
+        [] => String::new(),
+        names => format!(" (did you mean {}?)", names.join(" or ")),
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -529,7 +542,15 @@ impl Inventory {
             .map(|name| {
                 self.host(name)
                     .cloned()
-                    .ok_or_else(|| SelectError::UnknownHost(name.clone()))
+                    .ok_or_else(|| SelectError::UnknownHost {
+                        name: name.clone(),
+                        similar: self
+                            .hosts
+                            .iter()
+                            .filter(|h| h.name.split('.').next() == Some(name.as_str()))
+                            .map(|h| h.name.clone())
+                            .collect(),
+                    })
             })
             .collect()
     }
@@ -612,7 +633,15 @@ mod tests {
         );
         assert_eq!(
             inv.select(&["web9".to_string()], false, None).err(),
-            Some(SelectError::UnknownHost("web9".into()))
+            Some(SelectError::UnknownHost {
+                name: "web9".into(),
+                similar: Vec::new()
+            })
+        );
+        let short = inv.select(&["web1".to_string()], false, None).unwrap_err();
+        assert_eq!(
+            short.to_string(),
+            "host web1 is not in the inventory (did you mean web1.example.net?)"
         );
     }
 

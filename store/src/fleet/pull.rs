@@ -583,7 +583,7 @@ impl Repository {
                 host,
                 format!(
                     "timed out after {}; nothing was committed",
-                    humantime::format_duration(limit)
+                    crate::text::short_duration(limit.as_secs())
                 ),
             )),
             Err(Error::Connect { host, source, .. }) => Err(Error::Connect {
@@ -592,10 +592,7 @@ impl Repository {
                 source,
             }),
             Err(e) => {
-                let detail = match last_stderr {
-                    Some(line) => format!("{e} (ssh: {line})"),
-                    None => e.to_string(),
-                };
+                let detail = format!("{e}{}", crate::error::ssh_detail(last_stderr.as_deref()));
                 Err(match e {
                     Error::Pull { .. } | Error::SourceBroken { .. } | Error::Source { .. } => {
                         pull_error(host, detail)

@@ -241,15 +241,10 @@ pub struct FreshnessReport {
     pub hosts: Vec<HostFreshness>,
 }
 
-/// `45s`, `12m`, `1h12m`, `3d4h`: the compact ages the plugin lines use.
+/// `45s`, `12m`, `1h12m`, `3d4h`: the compact ages the plugin lines use
+/// ([`crate::text::short_duration`], the one form every command prints durations in).
 pub fn short_age(seconds: u64) -> String {
-    let s = seconds;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m", s / 60),
-        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
-    }
+    crate::text::short_duration(seconds)
 }
 
 fn seconds_between(earlier_ns: i64, later_ns: i64) -> u64 {
@@ -645,7 +640,7 @@ impl crate::VerifyStatus {
             summary: format!(
                 "{} packs, oldest verification {} ago, {} damaged blobs",
                 self.packs,
-                humantime::format_duration(std::time::Duration::from_secs(age)),
+                short_age(age),
                 self.damaged_blobs
             ),
             details,

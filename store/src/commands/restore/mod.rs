@@ -82,8 +82,10 @@ pub struct RestoreOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PlannedAction {
-    /// Write a file's content.
+    /// Write a file that is not there.
     Write,
+    /// Replace the content of a file that is there and differs.
+    Overwrite,
     /// Create a directory, link, symlink, device or fifo.
     Create,
     /// Leave it: the content already matches (or `--overwrite never`).
@@ -598,7 +600,11 @@ impl Repository {
                     summary.skipped += 1;
                 }
                 Existing::Missing | Existing::Differs => {
-                    note(&mut summary, PlannedAction::Write, rel);
+                    let action = match found {
+                        Existing::Missing => PlannedAction::Write,
+                        _ => PlannedAction::Overwrite,
+                    };
+                    note(&mut summary, action, rel);
                     summary.files += 1;
                     summary.bytes += entry.attrs.size;
                 }
