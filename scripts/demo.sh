@@ -4,7 +4,8 @@
 # Usage: scripts/demo.sh [DIRECTORY]   (default: a generated sample tree plus /etc)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/setup.sh
+# Only what building needs: the demo starts no test servers.
+. scripts/build-env.sh
 cargo build --release --locked -p xstore-cli
 XSTORE="$CARGO_TARGET_DIR/release/xstore"
 work=$(mktemp -d)

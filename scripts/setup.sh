@@ -1,9 +1,7 @@
-# Installs what building and testing need, only when missing. Sourced by the other scripts.
-# Then sets the shared build environment (.ci/env.sh).
+# Installs what building and testing need, only when missing (building: scripts/build-env.sh;
+# here the test servers and peer tools). Sourced by the test, package and bench scripts.
+. "$(dirname "${BASH_SOURCE[0]}")/build-env.sh"
 _xs_need=()
-command -v clang >/dev/null 2>&1 || _xs_need+=(clang)
-[ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || _xs_need+=(libclang-dev)
-command -v sccache >/dev/null 2>&1 || _xs_need+=(sccache)
 # Pull tests start a real sshd on 127.0.0.1; the pull benchmark compares with rsync.
 [ -x /usr/sbin/sshd ] || _xs_need+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || _xs_need+=(openssh-client)
@@ -37,4 +35,3 @@ if ! [ -x "$_xs_tools/moto/bin/moto_server" ]; then
   "$_xs_tools/moto/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.1.18'
 fi
 unset _xs_tools
-. "$(dirname "${BASH_SOURCE[0]}")/../.ci/env.sh"
