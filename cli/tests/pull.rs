@@ -602,3 +602,43 @@ fn a_missing_listed_path_makes_the_pull_partial_unless_optional() {
     assert_eq!(host_report(&v, "client1")["outcome"], "ok", "{v}");
     assert_eq!(f.snapshots_of("client1")[1]["status"], "complete");
 }
+
+/// Files whose metadata changed but whose content is the parent's (touched, copied back, or
+/// the first pull after `import rsnapshot`, where every inode differs) travel as chunk ids
+/// only: the server asks for no inline bytes when the parent holds a file of the same size
+/// at the same path.
+#[test]
+fn touched_files_travel_as_chunk_ids_only() {
+    let f = fleet("");
+    let small = f.data.join("small-files");
+    fs::create_dir(&small).unwrap();
+    for i in 0..200u64 {
+        fs::write(
+            small.join(format!("f{i}")),
+            xstore_tests::seeded_bytes(1000 + i, 50_000),
+        )
+        .unwrap();
+    }
+    f.pull_ok(&["client1"]);
+    let first = f.snapshots_of("client1")[0]["stats"]["wire_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(first > 10_000_000, "{first}");
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    for i in 0..200u64 {
+        let file = fs::File::options()
+            .write(true)
+            .open(small.join(format!("f{i}")))
+            .unwrap();
+        file.set_modified(later).unwrap();
+    }
+    f.pull_ok(&["client1"]);
+    let stats = &f.snapshots_of("client1")[1]["stats"];
+    assert_eq!(stats["files_read"], 200, "{stats}");
+    let touched = stats["wire_bytes"].as_u64().unwrap();
+    assert!(
+        touched < 200 * 1024,
+        "{touched} bytes on the wire for 200 touched files"
+    );
+    f.restore_and_compare("client1@latest");
+}

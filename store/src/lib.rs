@@ -75,7 +75,9 @@ pub use commands::backup::{
 pub use commands::check::{CheckOptions, CheckReport, KindStats, Problem, Stats};
 pub use commands::diff::{entry_os_name, Change, DiffItem};
 pub use commands::dump::{DumpFormat, DumpSummary};
-pub use commands::find::{FindOptions, FindReport, FoundPath, FoundVersion, VersionChange};
+pub use commands::find::{
+    AbsentSince, FindOptions, FindReport, FoundPath, FoundVersion, VersionChange,
+};
 pub use commands::gc::{
     GcAction, GcOptions, GcPack, GcReport, MERGE_SMALL_PACKS, SMALL_PACK_BYTES,
 };
@@ -107,7 +109,7 @@ pub use fleet::rsnapshot::{
 pub use fsutil::local_hostname;
 pub use repo::{free_space_reserve, now_ns, Node, Repository, S3Init};
 pub use source::remote::{AgentInfo, RemoteSource, MAX_LISTING_BYTES};
-pub use source::{FetchedChunk, LocalSource, RootedSource, Source, SourceFile};
+pub use source::{FetchedChunk, LocalSource, OpenHint, RootedSource, Source, SourceFile};
 pub use storage::S3Location;
 pub use txn::Released;
 pub use xstore_format::bytes::to_hex;

@@ -193,11 +193,16 @@ fn hinted_files_open_like_unhinted_ones() {
     std::fs::write(data.join("small"), b"small file").unwrap();
     std::fs::write(root.join("outside"), b"secret").unwrap();
     let source = connect(config_for(&data));
+    let hint = |path: std::path::PathBuf, size: u64| xstore::OpenHint {
+        path,
+        size,
+        probably_known: false,
+    };
     let hints = vec![
-        (data.join("small"), 10),
-        (data.join("big"), big.len() as u64),
-        (data.join("gone"), 5),
-        (root.join("outside"), 6),
+        hint(data.join("small"), 10),
+        hint(data.join("big"), big.len() as u64),
+        hint(data.join("gone"), 5),
+        hint(root.join("outside"), 6),
     ];
     source.will_open(&hints);
     // Opened in another order than hinted, and one path twice (the second goes on demand).

@@ -21,7 +21,7 @@ use crate::index::BlobLoc;
 use crate::pack::rolling::RollingPacks;
 use crate::pack::{self, BlobKind, SealedPack, BLOB_HEADER_LEN};
 use crate::repo::{now_ns, poisoned, Repository};
-use crate::source::Source;
+use crate::source::{OpenHint, Source};
 use crate::txn::Mutation;
 use crate::Progress;
 use xstore_format::meta::{EntryMeta, SourceKind};
@@ -915,18 +915,23 @@ impl<'a> Session<'a> {
         let previous = previous.map(Arc::new);
         let before = |name: &[u8]| previous.as_deref().and_then(|t| t.get(name));
         // The files `file_entry` will open: kind File, not excluded, changed since the parent.
-        let to_open: Vec<(PathBuf, u64)> = children
+        let to_open: Vec<OpenHint> = children
             .iter()
             .filter_map(|(name, meta)| {
                 let meta = meta.as_ref().ok().filter(|m| m.kind == SourceKind::File)?;
-                let before = before(name);
-                let unchanged =
-                    unchanged_file(before, meta) && before.is_some_and(|p| self.intact(p));
+                let before = before(name).filter(|p| p.kind == EntryKind::File && self.intact(p));
+                if unchanged_file(before, meta) && before.is_some() {
+                    return None;
+                }
                 let child = path.join(std::ffi::OsStr::from_bytes(name));
-                (!unchanged && !self.excludes.is_match(&child, name))
-                    .then_some((child, meta.attrs.size))
+                (!self.excludes.is_match(&child, name)).then(|| OpenHint {
+                    path: child,
+                    size: meta.attrs.size,
+                    probably_known: before.is_some_and(|p| p.attrs.size == meta.attrs.size),
+                })
             })
             .collect();
+        let to_open_count = to_open.len();
         if !to_open.is_empty() {
             self.source.will_open(&to_open);
         }
@@ -959,9 +964,9 @@ impl<'a> Session<'a> {
             .lock()
             .map_err(poisoned)?
             .resize_with(children.len(), || None);
-        // Enough batches of other entries to keep every thread busy on a large directory,
-        // few enough that a job costs little next to its entries.
-        let per_job = (children.len() / (rayon::current_num_threads() * 4)).clamp(1, 64);
+        // Enough batches of files to read to keep every thread busy on a large directory, few
+        // enough that a job costs little next to its files.
+        let per_job = (to_open_count / (rayon::current_num_threads() * 4)).clamp(1, 64);
         let mut batch: Vec<(usize, PathBuf, Vec<u8>, EntryMeta)> = Vec::new();
         let spawn_batch = |batch: Vec<(usize, PathBuf, Vec<u8>, EntryMeta)>| {
             let (dir, previous) = (Arc::clone(dir), previous.clone());
@@ -992,6 +997,20 @@ impl<'a> Session<'a> {
                 }
             };
             if meta.kind != SourceKind::Dir {
+                // What needs no read (an unchanged file, a symlink, a device) costs less than a
+                // job: done here. Files to read go to jobs, to be read in parallel.
+                let old = before(&name).filter(|p| p.kind == EntryKind::File && self.intact(p));
+                let cheap =
+                    meta.kind != SourceKind::File || (old.is_some() && unchanged_file(old, &meta));
+                if cheap {
+                    let old = before(&name);
+                    if let Some(entry) =
+                        self.process_entry(&child, name, meta, old, None, root_dev, depth + 1)?
+                    {
+                        dir.put(slot, entry)?;
+                    }
+                    continue;
+                }
                 batch.push((slot, child, name, meta));
                 if batch.len() >= per_job {
                     spawn_batch(std::mem::take(&mut batch));

@@ -53,6 +53,20 @@ pub trait SourceFile: Read + Send {
     }
 }
 
+/// A regular file ingest is about to open ([`Source::will_open`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenHint {
+    /// The file.
+    pub path: PathBuf,
+    /// Its listed size.
+    pub size: u64,
+    /// The parent snapshot holds a file of this size at this path whose metadata differs
+    /// (touched, copied back, or the first pull after an import): its chunks are probably
+    /// known, so a source that can answer with chunk ids alone should (ingest asks for the
+    /// bytes of any chunk that is not).
+    pub probably_known: bool,
+}
+
 /// A tree of entries to back up, addressed by absolute path.
 pub trait Source: Send + Sync {
     /// `lstat` of one path.
@@ -82,7 +96,7 @@ pub trait Source: Send + Sync {
     /// now so that `open` finds the answer waiting (the remote agent: one request per file,
     /// sent together, instead of one round trip per file); the default does nothing. `open`
     /// works the same for hinted and unhinted paths, and a hinted path need not be opened.
-    fn will_open(&self, files: &[(PathBuf, u64)]) {
+    fn will_open(&self, files: &[OpenHint]) {
         let _ = files;
     }
 

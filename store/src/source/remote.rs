@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::RemoteError;
-use crate::source::{FetchedChunk, Source, SourceFile};
+use crate::source::{FetchedChunk, OpenHint, Source, SourceFile};
 use crate::{ChunkId, ChunkerParams};
 use xstore_format::meta::EntryMeta;
 use xstore_format::protocol::{
@@ -343,6 +343,9 @@ pub struct RemoteSource {
     prefetched_lists: Mutex<HashMap<PathBuf, ListAhead>>,
     /// The [`listing_cost`] of each listing ingest took and is not yet done with.
     taken_lists: Mutex<HashMap<PathBuf, u64>>,
+    /// Files hinted as probably known ([`OpenHint::probably_known`]) and not yet opened:
+    /// asked for with their chunk ids alone.
+    ids_only: Mutex<HashSet<PathBuf>>,
 }
 
 /// A `List` request sent ahead: its reply, and the listing digest it carried.
@@ -483,6 +486,7 @@ impl RemoteSource {
             prefetched: Mutex::new(Prefetched::default()),
             prefetched_lists: Mutex::new(HashMap::new()),
             taken_lists: Mutex::new(HashMap::new()),
+            ids_only: Mutex::new(HashSet::new()),
         })
     }
 
@@ -735,10 +739,25 @@ impl Source for RemoteSource {
         }
     }
 
-    fn will_open(&self, files: &[(PathBuf, u64)]) {
+    fn will_open(&self, files: &[OpenHint]) {
         let mut prefetched = self.prefetched.lock().unwrap_or_else(|e| e.into_inner());
-        for (path, size) in files {
-            let cost = Prefetched::estimate(*size);
+        {
+            let mut ids_only = self.ids_only.lock().unwrap_or_else(|e| e.into_inner());
+            for h in files.iter().filter(|h| h.probably_known) {
+                ids_only.insert(h.path.clone());
+            }
+        }
+        for OpenHint {
+            path,
+            size,
+            probably_known,
+        } in files
+        {
+            // Probably known content: the chunk ids alone, no inline bytes.
+            let (cost, inline_max) = match probably_known {
+                true => (Prefetched::estimate(0), 0),
+                false => (Prefetched::estimate(*size), INLINE_MAX),
+            };
             if prefetched.bytes + cost > PREFETCH_BYTES {
                 break;
             }
@@ -749,7 +768,7 @@ impl Source for RemoteSource {
             let Ok(reply) = self.inner.submit(|req| ServerMsg::ChunkFile {
                 req,
                 path: path_bytes,
-                inline_max: INLINE_MAX,
+                inline_max,
             }) else {
                 break; // the connection broke; `open` reports it
             };
@@ -768,12 +787,17 @@ impl Source for RemoteSource {
             }
             taken.map(|(reply, _)| reply)
         };
+        let ids_only = self
+            .ids_only
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(path);
         let reply = match sent_ahead {
             Some(reply) => self.inner.wait(&reply)?,
             None => self.inner.call(|req| ServerMsg::ChunkFile {
                 req,
                 path: path_bytes.clone(),
-                inline_max: INLINE_MAX,
+                inline_max: if ids_only { 0 } else { INLINE_MAX },
             })?,
         };
         match reply {
