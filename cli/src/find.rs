@@ -64,11 +64,7 @@ pub(crate) fn find(cli: &Cli, args: &FindArgs) -> Result<u8> {
                 "  {}  {:<8}  {:<16}  {}  {:>10}  mtime {}  {}",
                 time_of(v.time_ns),
                 v.snapshot.get(..8).unwrap_or(&v.snapshot),
-                if v.positions.is_empty() {
-                    "-".to_string()
-                } else {
-                    v.positions.join(",")
-                },
+                positions_text(&v.positions),
                 v.kind.letter(),
                 if cli.bytes {
                     v.size.to_string()
@@ -84,11 +80,7 @@ pub(crate) fn find(cli: &Cli, args: &FindArgs) -> Result<u8> {
                 "  {}  {:<8}  {:<16}  absent from this snapshot on",
                 time_of(a.time_ns),
                 a.snapshot.get(..8).unwrap_or(&a.snapshot),
-                if a.positions.is_empty() {
-                    "-".to_string()
-                } else {
-                    a.positions.join(",")
-                },
+                positions_text(&a.positions),
             );
         }
     }
@@ -177,4 +169,13 @@ pub(crate) fn dump(cli: &Cli, args: &DumpArgs) -> Result<u8> {
         }
     }
     Ok(EXIT_OK)
+}
+
+/// A snapshot's tier positions for a table cell: `daily.0,weekly.1`, or `-`.
+fn positions_text(positions: &[String]) -> String {
+    if positions.is_empty() {
+        "-".to_string()
+    } else {
+        positions.join(",")
+    }
 }

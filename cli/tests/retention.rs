@@ -291,19 +291,24 @@ fn schedule_prints_cron_and_systemd() {
         // build's target/…/xstore), never a path that may not exist.
         assert_eq!(f[6], env!("CARGO_BIN_EXE_xstore"), "{l}");
     }
-    // The printed gc job runs as printed.
+    // The printed gc job runs as printed (cron runs the command after the five fields and
+    // the user with sh).
     ok(&repo, &["init"]);
-    let gc = lines[4]
-        .split_whitespace()
-        .skip(6)
-        .collect::<Vec<_>>()
-        .join(" ");
-    let status = std::process::Command::new("sh")
-        .args(["-c", &gc])
-        .env_remove("XSTORE_REPO")
-        .status()
-        .unwrap();
-    assert!(status.success(), "{gc}");
+    let run_job = |line: &str| {
+        let command = line
+            .split_whitespace()
+            .skip(6)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let status = std::process::Command::new("sh")
+            .args(["-c", &command])
+            .env_remove("XSTORE_REPO")
+            .status()
+            .unwrap();
+        assert!(status.success(), "{command}");
+        command
+    };
+    run_job(lines[4]);
     // With an environment file (the package's cron file), each job sources it itself.
     let env_file = work.path().join("default");
     std::fs::write(&env_file, format!("XSTORE_REPO={}\n", repo.display())).unwrap();
@@ -316,19 +321,8 @@ fn schedule_prints_cron_and_systemd() {
             env_file.to_str().unwrap(),
         ],
     );
-    let gc_line = sourced.lines().find(|l| l.ends_with(" gc")).unwrap();
-    let gc = gc_line
-        .split_whitespace()
-        .skip(6)
-        .collect::<Vec<_>>()
-        .join(" ");
+    let gc = run_job(sourced.lines().find(|l| l.ends_with(" gc")).unwrap());
     assert!(!gc.contains("--repo"), "{gc}");
-    let status = std::process::Command::new("sh")
-        .args(["-c", &gc])
-        .env_remove("XSTORE_REPO")
-        .status()
-        .unwrap();
-    assert!(status.success(), "{gc}");
     assert!(lines[0].starts_with("30 2 1 * *") && lines[0].contains("rotate monthly --all"));
     assert!(lines[1].starts_with("0 3 * * 1") && lines[1].contains("rotate weekly --all"));
     assert!(lines[2].starts_with("30 3 * * *") && lines[2].contains("rotate daily --all"));

@@ -638,7 +638,9 @@ mod tests {
                 similar: Vec::new()
             })
         );
-        let short = inv.select(&["web1".to_string()], false, None).unwrap_err();
+        let short = inv
+            .select(&["web1".to_string()], false, None)
+            .expect_err("a short name");
         assert_eq!(
             short.to_string(),
             "host web1 is not in the inventory (did you mean web1.example.net?)"
