@@ -108,7 +108,9 @@ pub use fleet::rsnapshot::{
 };
 pub use fsutil::local_hostname;
 pub use repo::{free_space_reserve, now_ns, Node, Repository, S3Init};
-pub use source::remote::{AgentInfo, RemoteSource, MAX_LISTING_BYTES};
+pub use source::remote::{
+    AgentInfo, RemoteSource, MAX_HELD_LISTING_BYTES, MAX_LISTING_BYTES, WALK_ENTRY_BYTES,
+};
 pub use source::{FetchedChunk, LocalSource, OpenHint, RootedSource, Source, SourceFile};
 pub use storage::S3Location;
 pub use txn::Released;

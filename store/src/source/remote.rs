@@ -52,18 +52,26 @@ pub const PREFETCH_LISTS: usize = 256;
 /// ([`Source::listing_done`]). Past it the host's pull fails: a hostile agent answering
 /// with huge, never-finished or ever-deeper listings must not exhaust the memory of a server
 /// that pulls other hosts in the same process. An honest host reaches it only with about
-/// three million entries in the directories being walked at once (hints stop at
-/// [`PREFETCH_BYTES`]).
+/// 750,000 entries in the directories being walked at once (each counts its
+/// [`listing_cost`] and [`WALK_ENTRY_BYTES`]; hints stop at [`PREFETCH_BYTES`]).
 pub const MAX_HELD_LISTING_BYTES: u64 = 512 * 1024 * 1024;
 
+/// What the walk holds per entry of a listing it took, besides the listing (estimated from
+/// the types: the entry's slot for its tree entry, and for a subdirectory its state and queued
+/// job; about 450 bytes for a directory, 200 for a file): added to a taken listing's
+/// [`listing_cost`] against [`MAX_HELD_LISTING_BYTES`].
+pub const WALK_ENTRY_BYTES: u64 = 384;
+
 /// The memory a listing holds, about: what [`MAX_HELD_LISTING_BYTES`] counts. The reply
-/// reader adds it when a listing is delivered, and the caller subtracts it when it takes it.
+/// reader adds it when a listing arrives, and the walk's [`Source::listing_done`] subtracts
+/// it. Per entry: the decoded entry (about 190 bytes and its name's allocation) with the slack
+/// of the vector a multi-frame listing grows in (estimated at about 1.5 times that).
 pub fn listing_cost(entries: &[WireEntry]) -> u64 {
     entries
         .iter()
         .map(|e| {
             let xattrs: usize = e.xattrs.iter().map(|(k, v)| k.len() + v.len() + 48).sum();
-            (160 + e.name.len() + e.target.as_ref().map_or(0, Vec::len) + xattrs) as u64
+            (288 + e.name.len() + e.target.as_ref().map_or(0, Vec::len) + xattrs) as u64
         })
         .sum()
 }
@@ -567,32 +575,39 @@ impl RemoteSource {
                 .inner
                 .call(|req| ServerMsg::List { req, path, known })?,
         };
-        let entries = match reply {
-            // Counted in `listings_held` since it arrived.
-            AgentMsg::List { entries, .. } => entries,
+        // What taking the listing adds to `listings_held`: the walk's state per entry, and
+        // for a listing rebuilt from the previous tree the listing itself (a delivered one
+        // is counted since it arrived).
+        let (entries, added) = match reply {
+            AgentMsg::List { entries, .. } => {
+                let walk = WALK_ENTRY_BYTES * entries.len() as u64;
+                (entries, walk)
+            }
             AgentMsg::ListUnchanged { .. } => match previous {
                 Some(tree) => {
                     let entries: Vec<WireEntry> = tree.entries.iter().map(wire_entry_of).collect();
-                    let cost = listing_cost(&entries);
-                    let held = self.inner.listings_held.fetch_add(cost, Ordering::AcqRel);
-                    if held + cost > MAX_HELD_LISTING_BYTES {
-                        self.inner.listings_held.fetch_sub(cost, Ordering::AcqRel);
-                        let reason = over_listing_budget();
-                        self.inner.break_off(reason.clone());
-                        return Err(broken_error(&reason));
-                    }
-                    entries
+                    let added = listing_cost(&entries) + WALK_ENTRY_BYTES * entries.len() as u64;
+                    (entries, added)
                 }
                 None => return Err(unexpected("list")),
             },
             _ => return Err(unexpected("list")),
         };
+        let held = self.inner.listings_held.fetch_add(added, Ordering::AcqRel);
+        if held + added > MAX_HELD_LISTING_BYTES {
+            let reason = over_listing_budget();
+            self.inner.break_off(reason.clone());
+            // Counted until the walk is done with the directory, as every taken listing.
+        }
         *self
             .taken_lists
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(dir.to_path_buf())
-            .or_default() += listing_cost(&entries);
+            .or_default() += listing_cost(&entries) + WALK_ENTRY_BYTES * entries.len() as u64;
+        if let Some(reason) = self.inner.broken() {
+            return Err(broken_error(&reason));
+        }
         let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(entries.len());
         for mut e in entries {
