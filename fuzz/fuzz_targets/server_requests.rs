@@ -16,7 +16,11 @@ fn config() -> &'static xstore_agent::AgentConfig {
         let _ = std::os::unix::fs::symlink("/etc", root.join("d/up"));
         let text = format!("{}\n", root.display());
         xstore_agent::AgentConfig::parse(&text, std::path::Path::new("fuzz.conf"))
-            .unwrap_or(xstore_agent::AgentConfig { roots: Vec::new(), missing: Vec::new() })
+            .unwrap_or(xstore_agent::AgentConfig {
+                roots: Vec::new(),
+                missing: Vec::new(),
+                optional_missing: Vec::new(),
+            })
     })
 }
 
