@@ -914,23 +914,29 @@ impl<'a> Session<'a> {
         };
         let previous = previous.map(Arc::new);
         let before = |name: &[u8]| previous.as_deref().and_then(|t| t.get(name));
-        // The files `file_entry` will open: kind File, not excluded, changed since the parent.
-        let to_open: Vec<OpenHint> = children
-            .iter()
-            .filter_map(|(name, meta)| {
-                let meta = meta.as_ref().ok().filter(|m| m.kind == SourceKind::File)?;
-                let before = before(name).filter(|p| p.kind == EntryKind::File && self.intact(p));
-                if unchanged_file(before, meta) && before.is_some() {
-                    return None;
-                }
-                let child = path.join(std::ffi::OsStr::from_bytes(name));
-                (!self.excludes.is_match(&child, name)).then(|| OpenHint {
+        // Per child, decided once for the hint and for the dispatch below: whether it is a file
+        // to read (changed since the parent, or its parent entry damaged). The files to read
+        // that are not excluded are the ones `file_entry` will open.
+        let mut to_read = vec![false; children.len()];
+        let mut to_open: Vec<OpenHint> = Vec::new();
+        for (i, (name, meta)) in children.iter().enumerate() {
+            let Some(meta) = meta.as_ref().ok().filter(|m| m.kind == SourceKind::File) else {
+                continue;
+            };
+            let old = before(name).filter(|p| p.kind == EntryKind::File && self.intact(p));
+            if old.is_some() && unchanged_file(old, meta) {
+                continue;
+            }
+            to_read[i] = true;
+            let child = path.join(std::ffi::OsStr::from_bytes(name));
+            if !self.excludes.is_match(&child, name) {
+                to_open.push(OpenHint {
                     path: child,
                     size: meta.attrs.size,
-                    probably_known: before.is_some_and(|p| p.attrs.size == meta.attrs.size),
-                })
-            })
-            .collect();
+                    probably_known: old.is_some_and(|p| p.attrs.size == meta.attrs.size),
+                });
+            }
+        }
         let to_open_count = to_open.len();
         if !to_open.is_empty() {
             self.source.will_open(&to_open);
@@ -999,10 +1005,7 @@ impl<'a> Session<'a> {
             if meta.kind != SourceKind::Dir {
                 // What needs no read (an unchanged file, a symlink, a device) costs less than a
                 // job: done here. Files to read go to jobs, to be read in parallel.
-                let old = before(&name).filter(|p| p.kind == EntryKind::File && self.intact(p));
-                let cheap =
-                    meta.kind != SourceKind::File || (old.is_some() && unchanged_file(old, &meta));
-                if cheap {
+                if !to_read[slot] {
                     let old = before(&name);
                     if let Some(entry) =
                         self.process_entry(&child, name, meta, old, None, root_dev, depth + 1)?
