@@ -224,15 +224,10 @@ fn list_bomb(req: u64, out: &Mutex<std::io::Stdout>, dirs: Option<u32>) {
         },
         attrs: Attrs {
             mode: if dirs.is_some() { 0o755 } else { 0o644 },
-            uid: 0,
-            gid: 0,
-            size: 0,
-            mtime_ns: 0,
-            ctime_ns: 0,
             inode: 1,
             dev: 1,
             nlink: 1,
-            rdev: 0,
+            ..Attrs::default()
         },
     };
     let mut name = 0u32;
