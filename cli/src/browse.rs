@@ -79,40 +79,82 @@ pub(crate) fn mount(cli: &Cli, args: &MountArgs) -> Result<u8> {
 
 #[derive(clap::Args)]
 pub(crate) struct NfsArgs {
-    /// Address and port of the first export (each further account: the next port).
+    /// Address to listen on, and the port counted from for accounts without `nfs_port`
+    /// in the inventory (each further account: the next port).
     #[arg(long, value_name = "ADDR:PORT")]
     listen: std::net::SocketAddr,
-    /// Export only this account (on --listen itself).
+    /// Export only this account.
     #[arg(long)]
     account: Option<String>,
     /// Also allow this client address (repeatable; with --account).
     #[arg(long = "allow", value_name = "IP", requires = "account")]
     allow: Vec<std::net::IpAddr>,
     /// The inventory: accounts, their hosts, and the hosts' addresses (allowed clients).
+    /// Re-read on SIGHUP.
     #[arg(long, env = "XSTORE_INVENTORY", default_value = DEFAULT_INVENTORY)]
     inventory: PathBuf,
 }
 
-/// The addresses a host name or address resolves to.
+/// Serves the exports until SIGINT or SIGTERM; SIGHUP re-reads the inventory and applies
+/// it without disturbing accounts that did not change (a bad inventory is logged and the
+/// running exports stay).
 pub(crate) fn serve_nfs(cli: &Cli, args: &NfsArgs) -> Result<u8> {
     let repo = repo_path(cli)?;
-    let inv = xstore::Inventory::load(&args.inventory)?;
-    let exports =
-        xstore_browse::nfs::exports_for(&inv, args.account.as_deref(), args.listen, &args.allow)?;
+    let exports_now = || -> Result<Vec<xstore_browse::nfs::NfsExport>> {
+        let inv = xstore::Inventory::load(&args.inventory)?;
+        Ok(xstore_browse::nfs::exports_for(
+            &inv,
+            args.account.as_deref(),
+            args.listen,
+            &args.allow,
+        )?)
+    };
+    let exports = exports_now()?;
     let stop = stop_flag()?;
-    let server = NfsServer::start(&repo, &exports)?;
-    {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        for ((name, addr), export) in server.addresses().iter().zip(&exports) {
-            let clients: Vec<String> = export.allowed.iter().map(|a| a.to_string()).collect();
-            writeln!(out, "{name} {addr} clients {}", clients.join(","))?;
-        }
-        out.flush()?;
-    }
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .context("installing signal handlers")?;
+    let mut server = NfsServer::start(&repo, &exports)?;
+    print_exports(&server, &exports)?;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
+        if !reload.swap(false, Ordering::Relaxed) {
+            continue;
+        }
+        let applied = exports_now().and_then(|exports| {
+            let done = server.reload(&exports)?;
+            Ok((exports, done))
+        });
+        match applied {
+            Ok((exports, done)) => {
+                tracing::info!(
+                    "reloaded {}: added {:?}, removed {:?}, changed {:?}",
+                    args.inventory.display(),
+                    done.added,
+                    done.removed,
+                    done.changed
+                );
+                print_exports(&server, &exports)?;
+            }
+            Err(e) => tracing::error!("reload: {e:#}; the exports stay as they were"),
+        }
     }
     server.shutdown();
     Ok(EXIT_OK)
+}
+
+/// One line per export: `NAME ADDR clients IP,IP`, the line tests and operators read.
+fn print_exports(server: &NfsServer, exports: &[xstore_browse::nfs::NfsExport]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for (name, addr) in server.addresses() {
+        let clients: Vec<String> = exports
+            .iter()
+            .filter(|e| e.name == name)
+            .flat_map(|e| e.clients.keys().map(|a| a.to_string()))
+            .collect();
+        writeln!(out, "{name} {addr} clients {}", clients.join(","))?;
+    }
+    out.flush()?;
+    Ok(())
 }

@@ -19,6 +19,20 @@ struct Server {
     child: Child,
     /// Account → address its export listens on.
     exports: BTreeMap<String, String>,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Server {
+    /// Reads the next `n` export lines (the server prints all of them again after a reload).
+    fn read_exports(&mut self, n: usize) {
+        self.exports.clear();
+        for _ in 0..n {
+            let line = self.lines.next().unwrap().unwrap();
+            let mut words = line.split(' ');
+            let (name, addr) = (words.next().unwrap(), words.next().unwrap());
+            self.exports.insert(name.to_string(), addr.to_string());
+        }
+    }
 }
 
 impl Drop for Server {
@@ -33,6 +47,15 @@ fn serve(repo: &Path, inventory: &Path) -> Server {
 }
 
 fn serve_with_env(repo: &Path, inventory: &Path, env: &[(&'static str, String)]) -> Server {
+    serve_accounts(repo, inventory, env, 2)
+}
+
+fn serve_accounts(
+    repo: &Path,
+    inventory: &Path,
+    env: &[(&'static str, String)],
+    accounts: usize,
+) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_xstore"))
         .env("XSTORE_REPO", repo)
         .envs(env.iter().cloned())
@@ -41,22 +64,22 @@ fn serve_with_env(repo: &Path, inventory: &Path, env: &[(&'static str, String)])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut exports = BTreeMap::new();
-    for _ in 0..2 {
-        let line = lines.next().unwrap().unwrap();
-        let mut words = line.split(' ');
-        let (name, addr) = (words.next().unwrap(), words.next().unwrap());
-        exports.insert(name.to_string(), addr.to_string());
-    }
-    Server { child, exports }
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut server = Server {
+        child,
+        exports: BTreeMap::new(),
+        lines,
+    };
+    server.read_exports(accounts);
+    server
 }
 
-/// Two accounts: acme (web1 at 127.0.0.1, the test's client) and other (db9 elsewhere).
+/// Two accounts: acme (web1 at 127.0.0.1, the test's client, whose root reads as root)
+/// and other (db9 elsewhere).
 fn write_inventory(path: &Path) {
     fs::write(
         path,
-        "[[account]]\nname = \"acme\"\nallocation = \"1 GiB\"\n[[account.host]]\nname = \"web1\"\naddress = \"127.0.0.1\"\n\
+        "[[account]]\nname = \"acme\"\nallocation = \"1 GiB\"\nno_root_squash = true\n[[account.host]]\nname = \"web1\"\naddress = \"127.0.0.1\"\n\
          [[account]]\nname = \"other\"\nallocation = \"1 GiB\"\n[[account.host]]\nname = \"db9\"\naddress = \"192.0.2.77\"\n",
     )
     .unwrap();
@@ -385,4 +408,298 @@ fn an_export_of_a_repository_in_a_garage_bucket_serves_exact_files_across_a_gc()
         common::last_json(xs(&["--json", "gc", "--max-dead", "0%"]).as_bytes());
     assert!(gc["packs_rewritten"].as_u64().unwrap() > 0, "{gc}");
     files.iter().for_each(read_exact);
+}
+
+/// `nfs-cat` of `path` on `addr` as the AUTH_SYS `uid`/`gid` (URL parameters), from a
+/// privileged port (the test runs as root): the bytes, or `None` when refused.
+fn cat_as(addr: &str, path: &str, ids: Option<(u32, u32)>) -> Option<Vec<u8>> {
+    let mut u = url(addr, path);
+    if let Some((uid, gid)) = ids {
+        u.push_str(&format!("&uid={uid}&gid={gid}"));
+    }
+    let out = run("nfs-cat", &[&u]);
+    out.status.success().then_some(out.stdout)
+}
+
+/// A tree whose modes and owners say who may read what.
+fn permission_tree(src: &Path) {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let put = |rel: &str, body: &str, mode: u32, uid: u32, gid: u32| {
+        let p = src.join(rel);
+        fs::write(&p, body).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        chown(&p, Some(uid), Some(gid)).unwrap();
+    };
+    fs::create_dir_all(src.join("locked")).unwrap();
+    put("root_key", "ROOT SECRET\n", 0o600, 0, 0);
+    put("user_key", "USER SECRET\n", 0o600, 1000, 1000);
+    put("group_file", "GROUP ONLY\n", 0o640, 0, 4242);
+    put("open.txt", "OPEN\n", 0o644, 0, 0);
+    put("locked/inner.txt", "INNER\n", 0o644, 0, 0);
+    fs::set_permissions(src.join("locked"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(src, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The export checks every read against the snapshot's owners and modes for the caller's
+/// AUTH_SYS ids, squashes root, and refuses unprivileged ports unless the account is
+/// `insecure`; nothing behind the gate answers a local user who connects past it.
+#[test]
+fn the_export_enforces_modes_owners_root_squash_and_secure_ports() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = (work.path().join("repo"), work.path().join("src"));
+    fs::create_dir(&src).unwrap();
+    permission_tree(&src);
+    ok(&repo, &["init"]);
+    ok(
+        &repo,
+        &["backup", "-q", "--host", "web1", src.to_str().unwrap()],
+    );
+    let inventory = work.path().join("hosts.toml");
+    fs::write(
+        &inventory,
+        "[[account]]\nname = \"acme\"\nallocation = \"1 GiB\"\n\
+         [[account.host]]\nname = \"web1\"\naddress = \"127.0.0.1\"\n\
+         [[account]]\nname = \"lax\"\nallocation = \"1 GiB\"\ninsecure = true\nno_root_squash = true\n\
+         [[account.host]]\nname = \"web1b\"\naddress = \"127.0.0.1\"\n",
+    )
+    .unwrap();
+    // lax shows no snapshots of web1: give it its own.
+    ok(
+        &repo,
+        &["backup", "-q", "--host", "web1b", src.to_str().unwrap()],
+    );
+    let server = serve(&repo, &inventory);
+    let acme = &server.exports["acme"];
+    let dir = format!(
+        "/hosts/web1/latest{}",
+        src.canonicalize().unwrap().display()
+    );
+    let at = |rel: &str| format!("{dir}/{rel}");
+
+    // Root is squashed: it reads what others may read, nothing more.
+    assert_eq!(
+        cat_as(acme, &at("open.txt"), None).as_deref(),
+        Some(&b"OPEN\n"[..])
+    );
+    assert_eq!(cat_as(acme, &at("root_key"), None), None);
+    assert_eq!(cat_as(acme, &at("root_key"), Some((0, 0))), None);
+    assert_eq!(cat_as(acme, &at("group_file"), Some((0, 0))), None);
+    // A 0600 file of uid 1000: its owner only.
+    let user = Some((1000, 1000));
+    assert_eq!(
+        cat_as(acme, &at("user_key"), user).as_deref(),
+        Some(&b"USER SECRET\n"[..])
+    );
+    assert_eq!(cat_as(acme, &at("user_key"), Some((1001, 1000))), None);
+    assert_eq!(cat_as(acme, &at("root_key"), user), None);
+    // 0640 root:4242: a member of group 4242, no one else.
+    assert_eq!(
+        cat_as(acme, &at("group_file"), Some((1001, 4242))).as_deref(),
+        Some(&b"GROUP ONLY\n"[..])
+    );
+    assert_eq!(cat_as(acme, &at("group_file"), user), None);
+    // Search permission: a 0644 file in a 0700 root directory is out of reach.
+    assert_eq!(cat_as(acme, &at("locked/inner.txt"), user), None);
+    let listing = run(
+        "nfs-ls",
+        &[&format!("{}&uid=1000&gid=1000", url(acme, &at("locked")))],
+    );
+    assert!(!listing.status.success(), "{listing:?}");
+    assert!(!String::from_utf8_lossy(&listing.stdout).contains("inner.txt"));
+    // Mounting below the locked directory is refused too.
+    let mounted = run(
+        "nfs-cat",
+        &[&format!(
+            "{}&uid=1000&gid=1000",
+            url(acme, &at("locked/inner.txt"))
+        )],
+    );
+    assert!(!mounted.status.success());
+
+    // The account that keeps root's powers reads everything as root.
+    let lax = &server.exports["lax"];
+    let lax_dir = dir.replace("/web1/", "/web1b/");
+    assert_eq!(
+        cat_as(lax, &format!("{lax_dir}/root_key"), None).as_deref(),
+        Some(&b"ROOT SECRET\n"[..])
+    );
+
+    // An unprivileged process on the client: its source port is above 1023. acme refuses
+    // it even a world-readable file; the insecure account serves it what others may read.
+    let nobody = |addr: &str, path: &str| {
+        Command::new("runuser")
+            .args(["-u", "nobody", "--", "nfs-cat", &url(addr, path)])
+            .output()
+            .unwrap()
+    };
+    let refused = nobody(acme, &at("open.txt"));
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(refused.stdout.is_empty());
+    let served = nobody(lax, &format!("{lax_dir}/open.txt"));
+    assert_eq!(served.stdout, b"OPEN\n", "{served:?}");
+    assert!(nobody(lax, &format!("{lax_dir}/root_key"))
+        .stdout
+        .is_empty());
+
+    // Every other port the server listens on is its NFS servers behind the gates: a local
+    // user (or root) connecting to them directly gets no file handle and reads nothing.
+    let ss = run("ss", &["-Hltnp"]);
+    let pid = format!("pid={},", server.child.id());
+    let public: Vec<&str> = server
+        .exports
+        .values()
+        .map(|a| a.rsplit(':').next().unwrap())
+        .collect();
+    let inner: Vec<String> = String::from_utf8_lossy(&ss.stdout)
+        .lines()
+        .filter(|l| l.contains(&pid))
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .filter(|a| !public.contains(&a.rsplit(':').next().unwrap()))
+        .collect();
+    assert!(!inner.is_empty(), "{ss:?}");
+    for addr in &inner {
+        for path in ["/", "/hosts", &at("open.txt"), &at("root_key")] {
+            let as_nobody = nobody(addr, path);
+            assert!(!as_nobody.status.success(), "{addr}{path}: {as_nobody:?}");
+            let as_root = run("nfs-cat", &[&url(addr, path)]);
+            assert!(!as_root.status.success(), "{addr}{path}: {as_root:?}");
+            assert!(as_root.stdout.is_empty());
+        }
+    }
+}
+
+/// In `nfs_per_host` mode an address sees the snapshots of the hosts at that address only.
+#[test]
+fn a_per_host_export_shows_an_address_only_its_own_host() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = (work.path().join("repo"), work.path().join("src"));
+    make_fixture(&src, 75);
+    ok(&repo, &["init"]);
+    for host in ["web1", "web2"] {
+        ok(
+            &repo,
+            &["backup", "-q", "--host", host, src.to_str().unwrap()],
+        );
+    }
+    let inventory = work.path().join("hosts.toml");
+    let account = |per_host: bool| {
+        format!(
+            "[[account]]\nname = \"acme\"\nallocation = \"1 GiB\"\nnfs_per_host = {per_host}\n\
+             [[account.host]]\nname = \"web1\"\naddress = \"127.0.0.1\"\n\
+             [[account.host]]\nname = \"web2\"\naddress = \"192.0.2.9\"\n"
+        )
+    };
+    fs::write(&inventory, account(false)).unwrap();
+    let server = serve_accounts(&repo, &inventory, &[], 1);
+    let hosts = run("nfs-ls", &[&url(&server.exports["acme"], "/hosts")]);
+    let hosts = String::from_utf8_lossy(&hosts.stdout).into_owned();
+    assert!(hosts.contains("web1") && hosts.contains("web2"), "{hosts}");
+    drop(server);
+    fs::write(&inventory, account(true)).unwrap();
+    let server = serve_accounts(&repo, &inventory, &[], 1);
+    let hosts = run("nfs-ls", &[&url(&server.exports["acme"], "/hosts")]);
+    assert!(hosts.status.success(), "{hosts:?}");
+    let hosts = String::from_utf8_lossy(&hosts.stdout).into_owned();
+    assert!(hosts.contains("web1") && !hosts.contains("web2"), "{hosts}");
+    let tier = run("nfs-ls", &[&url(&server.exports["acme"], "/hourly.0")]);
+    let tier = String::from_utf8_lossy(&tier.stdout).into_owned();
+    assert!(tier.contains("web1") && !tier.contains("web2"), "{tier}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Ports come from `nfs_port` and stay when an account is inserted before another;
+/// SIGHUP adds the new account while a client of another account keeps reading.
+#[test]
+fn sighup_adds_an_account_without_disturbing_another_and_ports_stay() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = (work.path().join("repo"), work.path().join("src"));
+    make_fixture(&src, 76);
+    ok(&repo, &["init"]);
+    for host in ["web1", "new1"] {
+        ok(
+            &repo,
+            &["backup", "-q", "--host", host, src.to_str().unwrap()],
+        );
+    }
+    let (acme_port, new_port) = (free_port(), free_port());
+    let acme = format!(
+        "[[account]]\nname = \"acme\"\nallocation = \"1 GiB\"\nnfs_port = {acme_port}\nno_root_squash = true\n\
+         [[account.host]]\nname = \"web1\"\naddress = \"127.0.0.1\"\n"
+    );
+    let inventory = work.path().join("hosts.toml");
+    fs::write(&inventory, &acme).unwrap();
+    let mut server = serve_accounts(&repo, &inventory, &[], 1);
+    assert_eq!(server.exports["acme"], format!("127.0.0.1:{acme_port}"));
+    let file = url(
+        &server.exports["acme"],
+        &format!(
+            "/hosts/web1/latest{}/sub/random.bin",
+            src.canonicalize().unwrap().display()
+        ),
+    );
+    let want = fs::read(src.join("sub/random.bin")).unwrap();
+
+    // A reader of acme reads in a loop across the reload.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, file, want) = (stop.clone(), file.clone(), want.clone());
+        std::thread::spawn(move || {
+            let (mut reads, mut failures) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let got = run("nfs-cat", &[&file]);
+                if got.stdout != want {
+                    failures.push(format!("{got:?}"));
+                }
+                reads += 1;
+            }
+            (reads, failures)
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // A new account inserted before acme.
+    let with_new = format!(
+        "[[account]]\nname = \"fresh\"\nallocation = \"1 GiB\"\nnfs_port = {new_port}\nno_root_squash = true\n\
+         [[account.host]]\nname = \"new1\"\naddress = \"127.0.0.1\"\n{acme}"
+    );
+    fs::write(&inventory, with_new).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    server.read_exports(2);
+    assert_eq!(server.exports["acme"], format!("127.0.0.1:{acme_port}"));
+    assert_eq!(server.exports["fresh"], format!("127.0.0.1:{new_port}"));
+    let listing = run("nfs-ls", &[&url(&server.exports["fresh"], "/hosts")]);
+    assert!(
+        String::from_utf8_lossy(&listing.stdout).contains("new1"),
+        "{listing:?}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reads, failures) = reader.join().unwrap();
+    assert!(reads >= 3, "{reads} reads");
+    assert!(failures.is_empty(), "{failures:?}");
+
+    // Removing the account again stops its export; acme stays where it was.
+    fs::write(&inventory, &acme).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    server.read_exports(1);
+    assert_eq!(server.exports["acme"], format!("127.0.0.1:{acme_port}"));
+    let gone = run(
+        "nfs-ls",
+        &[&url(&format!("127.0.0.1:{new_port}"), "/hosts")],
+    );
+    assert!(!gone.status.success(), "{gone:?}");
+    assert_eq!(run("nfs-cat", &[&file]).stdout, want);
 }

@@ -96,7 +96,7 @@ pub use commands::verify::{
 pub use error::RemoteError;
 pub use error::{Error, Result};
 pub use fleet::inventory::{
-    Account, HostSpec, Inventory, InventoryError, SelectError, DEFAULT_LOGICAL_RATIO,
+    Account, HostSpec, Inventory, InventoryError, NfsPolicy, SelectError, DEFAULT_LOGICAL_RATIO,
 };
 pub use fleet::pull::{
     pull_fleet, ssh_command, AgentConnection, HostStatus, MassChange, PullOptions, PullOutcome,

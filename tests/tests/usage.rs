@@ -102,6 +102,7 @@ fn usage_matches_the_dag_and_expiry_frees_exactly_the_exclusive_bytes() {
         allocation: 1 << 20,
         hard_limit: 3 << 20,
         logical_ratio: xstore::DEFAULT_LOGICAL_RATIO,
+        nfs: xstore::NfsPolicy::default(),
         hosts: vec!["web-a".into(), "web-b".into()],
     };
     let acc = &repo.account_usage(&[account], 1.0, 2.0).unwrap()[0];

@@ -52,6 +52,9 @@ pub enum FsError {
     /// The view is read-only.
     #[error("read-only file system")]
     ReadOnly,
+    /// The caller's uid and groups do not permit it.
+    #[error("permission denied")]
+    PermissionDenied,
     /// The repository failed (I/O, corruption).
     #[error(transparent)]
     Repo(#[from] Error),
@@ -66,6 +69,7 @@ impl FsError {
             FsError::IsADirectory => libc::EISDIR,
             FsError::NotASymlink => libc::EINVAL,
             FsError::ReadOnly => libc::EROFS,
+            FsError::PermissionDenied => libc::EACCES,
             FsError::Repo(_) => libc::EIO,
         }
     }
@@ -589,12 +593,21 @@ impl FsView {
 
     /// Resolves a mount path (`/hosts/web1/latest/etc`): like [`FsView::resolve`], but the
     /// view's own `latest` links are followed, so clients can mount the newest snapshot.
-    pub fn resolve_mount_path(&self, path: &[u8]) -> FsResult<NodeAttr> {
+    /// With a `caller`, every directory on the way must permit it to search
+    /// ([`FsError::PermissionDenied`]), as a path walk of the kernel would.
+    pub fn resolve_mount_path(
+        &self,
+        path: &[u8],
+        caller: Option<&crate::access::Caller>,
+    ) -> FsResult<NodeAttr> {
         let mut attr = self.getattr(ROOT_INO)?;
         for part in path
             .split(|b| *b == b'/')
             .filter(|p| !p.is_empty() && *p != b".")
         {
+            if caller.is_some_and(|c| !c.may(&attr, crate::access::MAY_EXEC)) {
+                return Err(FsError::PermissionDenied);
+            }
             let parent = attr.ino;
             attr = self.lookup(parent, part)?;
             if matches!(self.node(attr.ino)?.kind, Kind::Latest(_)) {

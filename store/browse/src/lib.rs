@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod fsview;
 #[cfg(feature = "fuse")]
 pub mod mount;

@@ -106,6 +106,13 @@ struct RawAccount {
     allocation: Option<toml::Value>,
     hard_limit: Option<toml::Value>,
     logical_ratio: Option<u64>,
+    nfs_port: Option<u16>,
+    #[serde(default)]
+    no_root_squash: bool,
+    #[serde(default)]
+    insecure: bool,
+    #[serde(default)]
+    nfs_per_host: bool,
     #[serde(default, rename = "host")]
     hosts: Vec<RawHost>,
 }
@@ -140,8 +147,27 @@ pub struct Account {
     /// and restoring it would write all of them. `logical_ratio` (per account or in the
     /// defaults; [`DEFAULT_LOGICAL_RATIO`]).
     pub logical_ratio: u64,
+    /// How the account's NFS export treats its clients.
+    pub nfs: NfsPolicy,
     /// The account's host names.
     pub hosts: Vec<String>,
+}
+
+/// An account's NFS export settings (`nfs_port`, `no_root_squash`, `insecure`,
+/// `nfs_per_host` in its `[[account]]` table). The defaults are the kernel server's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct NfsPolicy {
+    /// The export's fixed port (`nfs_port`); `None`: counted from the listen port by the
+    /// account's position, which moves when accounts are added or removed.
+    pub port: Option<u16>,
+    /// Root (uid 0) keeps its powers instead of acting as the anonymous user
+    /// (`no_root_squash = true`).
+    pub no_root_squash: bool,
+    /// Requests from unprivileged source ports (1024 and up) are served (`insecure = true`).
+    pub insecure: bool,
+    /// Each client address sees only the snapshots of the hosts at that address, not the
+    /// whole account's (`nfs_per_host = true`), as the per-host exports of rsnapshot did.
+    pub per_host: bool,
 }
 
 /// Everything needed to pull one host, with defaults applied.
@@ -387,6 +413,20 @@ impl Inventory {
                     a.name
                 )));
             }
+            if let Some(port) = a.nfs_port {
+                if port == 0 {
+                    return Err(fail(format!("account {}: nfs_port 0", a.name)));
+                }
+                if let Some(other) = accounts
+                    .iter()
+                    .find(|o: &&Account| o.nfs.port == Some(port))
+                {
+                    return Err(fail(format!(
+                        "account {}: nfs_port {port} is already account {}'s",
+                        a.name, other.name
+                    )));
+                }
+            }
             for h in &a.hosts {
                 let at = |e: String| fail(format!("host {}: {e}", crate::text::printable(&h.name)));
                 xstore_format::snapshot::validate_host(&h.name).map_err(at)?;
@@ -471,6 +511,12 @@ impl Inventory {
                 allocation,
                 hard_limit,
                 logical_ratio,
+                nfs: NfsPolicy {
+                    port: a.nfs_port,
+                    no_root_squash: a.no_root_squash,
+                    insecure: a.insecure,
+                    per_host: a.nfs_per_host,
+                },
                 hosts: a.hosts.iter().map(|h| h.name.clone()).collect(),
             });
         }
