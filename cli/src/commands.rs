@@ -34,6 +34,10 @@ pub(crate) struct InitArgs {
     /// the repository, never its contents.
     #[arg(long, value_name = "FILE", requires = "store")]
     credentials: Option<PathBuf>,
+    /// Let this group read the repository (for monitoring users running the read-only
+    /// commands); without it only its owner can.
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -111,6 +115,11 @@ pub(crate) struct RestoreArgs {
     /// List what would be written, skipped and deleted; change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Also create device nodes, keep set-uid, set-gid and sticky bits and restore
+    /// security.* and trusted.* xattrs (capabilities): only for a snapshot you trust, such
+    /// as a host restored to itself. Without it they are left out and counted.
+    #[arg(long)]
+    trusted_specials: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -145,14 +154,19 @@ pub(crate) fn init(cli: &Cli, args: &InitArgs) -> Result<u8> {
         region,
         virtual_hosted,
         credentials,
+        group,
     } = args;
     let path = repo_path(cli)?;
+    crate::private_umask(&xstore::RepoAccess {
+        group: group.clone(),
+    });
     let chunker = ChunkerParams::from_average(chunk_avg_kib.saturating_mul(1024))
         .context("--chunk-avg-kib")?;
     let opts = InitOptions {
         chunker,
         compression_level: *compression_level,
         pack_size: pack_size_mib.saturating_mul(1024 * 1024),
+        group: group.clone(),
     };
     let (repo, attached) = match (store, endpoint) {
         (Some(url), Some(endpoint)) => {
@@ -360,6 +374,7 @@ pub(crate) fn restore(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
         overwrite,
         delete,
         dry_run,
+        trusted_specials,
     } = args;
     let repo = open_ro(cli)?;
     let snap = repo.resolve(snapshot)?;
@@ -375,6 +390,7 @@ pub(crate) fn restore(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
         delete: *delete,
         dry_run: *dry_run,
         progress: Some(progress.clone()),
+        trusted_specials: *trusted_specials,
     };
     let tracker = Tracker::start(cli, "restore", progress);
     let result = repo.restore(&snap, target, &opts);
@@ -413,6 +429,16 @@ pub(crate) fn restore(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
                 summary.others,
                 summary.skipped,
                 summary.deleted
+            );
+        }
+        let w = summary.withheld;
+        if w.any() {
+            eprintln!(
+                "xstore: {} not restored as the host had it: {} device nodes not created, {} set-uid/set-gid/sticky modes cleared, {} security./trusted. xattrs not set (--trusted-specials restores them)",
+                target.display(),
+                w.devices,
+                w.mode_bits,
+                w.xattrs
             );
         }
     }
@@ -643,4 +669,27 @@ fn entry_json(e: &xstore::Entry) -> serde_json::Value {
         v["target"] = serde_json::Value::String(String::from_utf8_lossy(t).into_owned());
     }
     v
+}
+
+/// `fix-permissions`: everything in the repository gets the modes of its access rule.
+pub(crate) fn fix_permissions(cli: &Cli) -> Result<u8> {
+    let repo = open_rw(cli)?;
+    let fix = repo.fix_permissions()?;
+    if cli.json {
+        print_json(&fix)?;
+    } else if !cli.quiet {
+        let rule = xstore::RepoAccess::load(repo.path())?;
+        outln!(
+            "{}: {} of {} entries changed; directories {:o}, files {:o}{}",
+            repo.path().display(),
+            fix.changed,
+            fix.entries,
+            rule.dir_mode(),
+            rule.file_mode(),
+            rule.group
+                .map(|g| format!(", group {g}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(EXIT_OK)
 }

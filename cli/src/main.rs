@@ -86,6 +86,9 @@ pub(crate) struct Cli {
 enum Command {
     /// Create a new repository.
     Init(commands::InitArgs),
+    /// Give everything in the repository the modes of its access rule: directories 0700
+    /// and files 0600, or 2750 and 0640 of the group given to `init --group`.
+    FixPermissions,
     /// Back up paths as a new snapshot of a host.
     Backup(commands::BackupArgs),
     /// List snapshots.
@@ -354,7 +357,14 @@ pub(crate) fn open_rw(cli: &Cli) -> Result<Repository> {
         }
         None => Duration::ZERO,
     };
+    private_umask(&xstore::RepoAccess::load(&p)?);
     Ok(Repository::open_waiting(&p, wait)?)
+}
+
+/// What this process creates while writing a repository is as private as the repository
+/// (the index database makes its files under the umask).
+pub(crate) fn private_umask(access: &xstore::RepoAccess) {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(access.umask()));
 }
 
 /// Writable, or read-only for commands that only plan (`--dry-run` works during a backup).
@@ -548,6 +558,7 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Mount(args) => browse::mount(cli, args),
         Command::ServeNfs(args) => browse::serve_nfs(cli, args),
         Command::Init(args) => commands::init(cli, args),
+        Command::FixPermissions => commands::fix_permissions(cli),
         Command::Backup(args) => commands::backup(cli, args),
         Command::Snapshots(args) => commands::snapshots(cli, args),
         Command::Ls(args) => commands::ls(cli, args),

@@ -589,3 +589,153 @@ fn dump_never_follows_a_symlink_another_user_could_plant() {
         .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("archive.tar")]);
 }
+
+/// A tree a compromised customer host could send: raw-disk devices, set-uid root, a
+/// set-gid directory on top, file capabilities and a trusted xattr.
+fn weapon_tree(src: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(src.join("shared")).unwrap();
+    let dev = |name: &str, kind, major, minor| {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &src.join(name),
+            kind,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(major, minor),
+        )
+        .unwrap();
+        fs::set_permissions(src.join(name), fs::Permissions::from_mode(0o666)).unwrap();
+    };
+    dev("sda", rustix::fs::FileType::BlockDevice, 8, 0);
+    dev("mem", rustix::fs::FileType::CharacterDevice, 1, 1);
+    fs::write(src.join("su-copy"), b"#!/bin/sh\nid\n").unwrap();
+    fs::write(src.join("sg"), b"sg\n").unwrap();
+    fs::write(src.join("capped"), b"capped\n").unwrap();
+    fs::set_permissions(src.join("su-copy"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::set_permissions(src.join("sg"), fs::Permissions::from_mode(0o2755)).unwrap();
+    fs::set_permissions(src.join("shared"), fs::Permissions::from_mode(0o2777)).unwrap();
+    fs::set_permissions(src, fs::Permissions::from_mode(0o3755)).unwrap();
+    // cap_setuid=ep: VFS_CAP_REVISION_2 with the effective flag, permitted bit 7.
+    let mut cap = vec![1, 0, 0, 2, 0x80, 0, 0, 0];
+    cap.extend_from_slice(&[0; 12]);
+    let caps = xattr::set(src.join("capped"), "security.capability", &cap).is_ok()
+        && xattr::set(src.join("capped"), "trusted.note", b"t").is_ok();
+    caps
+}
+
+/// A restore as root of what a customer's host sent creates no device, no set-uid or
+/// set-gid file and no capability, and says what it left out; `--trusted-specials`
+/// restores all of it exactly.
+#[test]
+fn restoring_a_hostile_tree_as_root_creates_no_weapons_unless_trusted() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let work = tempfile::tempdir().unwrap();
+    let (repo, src) = (work.path().join("repo"), work.path().join("src"));
+    fs::create_dir(&src).unwrap();
+    let caps = weapon_tree(&src);
+    ok(&repo, &["init"]);
+    let id = backup(&repo, "web1", &src);
+    let path = src.canonicalize().unwrap().display().to_string();
+    let mode = |p: &Path| fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+
+    let safe = work.path().join("safe");
+    let out = xstore(
+        &repo,
+        &[
+            "--json",
+            "restore",
+            &id,
+            safe.to_str().unwrap(),
+            "--path",
+            &path,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = common::last_json(&out.stdout);
+    let xattrs_left = if caps { 2 } else { 0 };
+    assert_eq!(
+        summary["withheld"],
+        serde_json::json!({"devices": 2, "mode_bits": 3, "xattrs": xattrs_left}),
+        "{summary}"
+    );
+    let top = safe.join("src");
+    assert!(!top.join("sda").exists() && fs::symlink_metadata(top.join("sda")).is_err());
+    assert!(fs::symlink_metadata(top.join("mem")).is_err());
+    assert_eq!(mode(&top.join("su-copy")), 0o755);
+    assert_eq!(mode(&top.join("sg")), 0o755);
+    assert_eq!(fs::read(top.join("su-copy")).unwrap(), b"#!/bin/sh\nid\n");
+    // The restore's top directory loses set-gid and sticky; one below it keeps set-gid.
+    assert_eq!(mode(&top), 0o755);
+    assert_eq!(mode(&top.join("shared")), 0o2777);
+    assert_eq!(
+        xattr::get(top.join("capped"), "security.capability").unwrap(),
+        None
+    );
+    assert_eq!(
+        xattr::get(top.join("capped"), "trusted.note").unwrap(),
+        None
+    );
+    // The text summary says it once, naming the flag.
+    let text = xstore(
+        &repo,
+        &[
+            "restore",
+            &id,
+            work.path().join("safe2").to_str().unwrap(),
+            "--path",
+            &path,
+        ],
+    );
+    assert!(text.status.success());
+    let said = stderr(&text);
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(
+        said.contains("2 device nodes not created") && said.contains("--trusted-specials"),
+        "{said}"
+    );
+
+    // Trusted: exactly as the host had it.
+    let exact = work.path().join("exact");
+    let out = xstore(
+        &repo,
+        &[
+            "--json",
+            "restore",
+            &id,
+            exact.to_str().unwrap(),
+            "--path",
+            &path,
+            "--trusted-specials",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        common::last_json(&out.stdout)["withheld"],
+        serde_json::json!({"devices": 0, "mode_bits": 0, "xattrs": 0})
+    );
+    let top = exact.join("src");
+    let sda = fs::symlink_metadata(top.join("sda")).unwrap();
+    assert!(sda.file_type().is_block_device());
+    assert_eq!(sda.rdev(), rustix::fs::makedev(8, 0));
+    assert!(fs::symlink_metadata(top.join("mem"))
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    assert_eq!(mode(&top.join("su-copy")), 0o4755);
+    assert_eq!(mode(&top.join("sg")), 0o2755);
+    assert_eq!(mode(&top), 0o3755);
+    if caps {
+        assert_eq!(
+            xattr::get(top.join("capped"), "security.capability")
+                .unwrap()
+                .unwrap()[4],
+            0x80
+        );
+        assert_eq!(
+            xattr::get(top.join("capped"), "trusted.note")
+                .unwrap()
+                .unwrap(),
+            b"t"
+        );
+    }
+}

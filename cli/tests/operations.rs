@@ -605,3 +605,115 @@ fn an_unreadable_default_inventory_makes_every_check_unknown() {
         );
     }
 }
+
+/// Every directory and file below `root`: (path, mode, gid).
+fn modes_below(root: &std::path::Path) -> Vec<(std::path::PathBuf, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        if m.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+        if m.is_dir() || m.is_file() {
+            out.push((p, m.mode() & 0o7777, m.gid()));
+        }
+    }
+    out
+}
+
+fn as_user(uid: &str, gid: &str, repo: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args(["--reuid", uid, "--regid", gid, "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_xstore"))
+        .arg("--repo")
+        .arg(repo)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A new repository is private (0700 directories, 0600 files, also after a backup); with
+/// `init --group` its group reads it and no one else; an old world-readable repository is
+/// tightened by its next write and by `fix-permissions`.
+#[test]
+fn repositories_are_private_or_readable_by_their_group_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().unwrap();
+    // The test's temporary directory must be passable for the unprivileged users below.
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = work.path().join("src");
+    xstore_tests::make_fixture(&src, 81);
+    let private = work.path().join("private");
+    ok(&private, &["init"]);
+    ok(
+        &private,
+        &["backup", "-q", "--host", "web1", src.to_str().unwrap()],
+    );
+    let all = modes_below(&private);
+    assert!(all.len() > 10, "{all:?}");
+    for (p, mode, _) in &all {
+        let want = if p.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(*mode, want, "{}", p.display());
+    }
+    let denied = as_user("65534", "65534", &private, &["snapshots"]);
+    assert!(!denied.status.success(), "{denied:?}");
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("ermission denied"),
+        "{denied:?}"
+    );
+
+    // A group (adm, gid 4 on Debian) reads; others do not.
+    let shared = work.path().join("shared");
+    ok(&shared, &["init", "--group", "adm"]);
+    ok(
+        &shared,
+        &["backup", "-q", "--host", "web1", src.to_str().unwrap()],
+    );
+    for (p, mode, gid) in modes_below(&shared) {
+        assert_eq!(gid, 4, "{}", p.display());
+        if p.is_dir() {
+            assert_eq!(mode, 0o2750, "{}", p.display());
+        } else {
+            assert_eq!(mode & 0o7027, 0, "{}: {mode:o}", p.display());
+            assert_eq!(mode & 0o040, 0o040, "{}: {mode:o}", p.display());
+        }
+    }
+    let member = as_user("65534", "4", &shared, &["snapshots"]);
+    assert!(member.status.success(), "{member:?}");
+    assert!(String::from_utf8_lossy(&member.stdout).contains("web1"));
+    let outsider = as_user("65534", "65534", &shared, &["snapshots"]);
+    assert!(!outsider.status.success(), "{outsider:?}");
+    let bad = xstore(
+        &work.path().join("nogroup"),
+        &["init", "--group", "no-such-group-x"],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("group no-such-group-x does not exist"),
+        "{}",
+        stderr(&bad)
+    );
+    assert!(!work.path().join("nogroup").exists());
+
+    // A repository from before: world-readable. The next write closes the directory;
+    // fix-permissions every mode below it.
+    for (p, _, _) in modes_below(&private) {
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    ok(
+        &private,
+        &["backup", "-q", "--host", "web1", src.to_str().unwrap()],
+    );
+    assert_eq!(modes_below(&private)[0].1, 0o700);
+    let fixed = common::json(&private, &["fix-permissions"]);
+    assert!(fixed["changed"].as_u64().unwrap() > 10, "{fixed}");
+    for (p, mode, _) in modes_below(&private) {
+        let want = if p.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{}", p.display());
+    }
+}

@@ -83,7 +83,7 @@ pub use commands::gc::{
 };
 pub use commands::repair::{pack_files, RepairReport};
 pub use commands::restore::{
-    Overwrite, PlannedAction, PlannedChange, RestoreOptions, RestoreSummary,
+    Overwrite, PlannedAction, PlannedChange, RestoreOptions, RestoreSummary, Withheld,
 };
 pub use commands::retention::{
     tier_positions, Applied, RetentionSettings, TierChoice, DEFAULT_GC_GRACE_SECONDS,
@@ -107,6 +107,7 @@ pub use fleet::rsnapshot::{
     RsnapshotConfigError, RsnapshotSource,
 };
 pub use fsutil::local_hostname;
+pub use repo::access::{PermissionFix, RepoAccess};
 pub use repo::{free_space_reserve, now_ns, Node, Repository, S3Init};
 pub use source::remote::{
     AgentInfo, RemoteSource, MAX_HELD_LISTING_BYTES, MAX_LISTING_BYTES, WALK_ENTRY_BYTES,

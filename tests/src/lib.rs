@@ -70,6 +70,7 @@ pub fn small_repo(path: &Path) -> xstore::Repository {
             chunker: xstore::ChunkerParams::new(16 << 10, 64 << 10, 256 << 10).unwrap(),
             compression_level: 3,
             pack_size: 1 << 20,
+            group: None,
         },
     )
     .unwrap()

@@ -217,6 +217,7 @@ fn fleet_usage_equals_usage_of_for_every_host_and_group() {
             chunker: xstore::ChunkerParams::new(64, 256, 1024).unwrap(),
             compression_level: 3,
             pack_size: 1 << 20,
+            group: None,
         },
     )
     .unwrap();

@@ -52,6 +52,8 @@ pub struct InitOptions {
     pub compression_level: i32,
     /// Pack size target.
     pub pack_size: u64,
+    /// A group that may read the repository (`access.toml`); `None`: its owner only.
+    pub group: Option<String>,
 }
 
 impl Default for InitOptions {
@@ -60,6 +62,7 @@ impl Default for InitOptions {
             chunker: ChunkerParams::default_params(),
             compression_level: 3,
             pack_size: 32 * 1024 * 1024,
+            group: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The repository handle: its state and paths. Opening and creating is `open.rs`, reading
 //! `read.rs`, crash recovery `recovery.rs`.
 
+pub(crate) mod access;
 pub(crate) mod copies;
 pub(crate) mod hold;
 pub(crate) mod lock;

@@ -20,7 +20,7 @@ impl Repository {
     pub fn init(path: &Path, opts: &InitOptions) -> Result<Repository> {
         refuse_non_empty(path)?;
         let config = new_config(path, opts)?;
-        create_local(path, &config, None)?;
+        create_local(path, &config, None, opts)?;
         Repository::open(path)
     }
 
@@ -42,7 +42,7 @@ impl Repository {
                 path: format!("{}/config", location.url()).into(),
                 source,
             })?;
-            create_local(path, &config, Some(location))?;
+            create_local(path, &config, Some(location), opts)?;
             let report = Repository::repair_index(path)?;
             return Ok((Repository::open(path)?, S3Init::Attached(Box::new(report))));
         }
@@ -62,7 +62,7 @@ impl Repository {
         // The bucket's config first: a crash before the local one is written leaves a
         // prefix that the next init attaches to, never two repositories with one prefix.
         store.put_file("config", &config.encode())?;
-        create_local(path, &config, Some(location))?;
+        create_local(path, &config, Some(location), opts)?;
         Ok((Repository::open(path)?, S3Init::Created))
     }
 
@@ -119,6 +119,8 @@ impl Repository {
     /// (cron jobs: a gc that starts while a pull runs waits instead of failing).
     pub fn open_waiting(path: &Path, wait: std::time::Duration) -> Result<Repository> {
         let (config, params) = Self::load_config(path)?;
+        // A repository made before it was private becomes private at its next write.
+        super::access::RepoAccess::load(path)?.apply_to_root(path)?;
         let deadline = std::time::Instant::now() + wait;
         let lock = loop {
             match WriterLock::acquire(&crate::layout::locks(path)) {
@@ -220,8 +222,23 @@ fn new_config(path: &Path, opts: &InitOptions) -> Result<Config> {
 
 /// The repository directory: its folders, an empty index, `store.toml` when the packs are
 /// in an object store, and `config` last.
-fn create_local(path: &Path, config: &Config, location: Option<&S3Location>) -> Result<()> {
+fn create_local(
+    path: &Path,
+    config: &Config,
+    location: Option<&S3Location>,
+    opts: &InitOptions,
+) -> Result<()> {
+    let access = super::access::RepoAccess {
+        group: opts.group.clone(),
+    };
+    // An unknown group fails before anything is created.
+    access.gid()?;
     // Validated before anything is created: a refused init leaves no directory behind.
+    // Private from the first moment: the repository directory gets its mode before
+    // anything is put in it.
+    fs::create_dir_all(path).at(path)?;
+    access.apply_to_root(path)?;
+    access.record(path)?;
     for dir in crate::layout::init_dirs(path) {
         fs::create_dir_all(&dir).at(&dir)?;
     }

@@ -76,6 +76,54 @@ pub struct RestoreOptions {
     pub dry_run: bool,
     /// Live counters for a progress display (`total_bytes` is set first).
     pub progress: Option<Arc<Progress>>,
+    /// Restore everything the snapshot holds, as the host had it: device nodes, set-uid,
+    /// set-gid and sticky bits, `security.*` and `trusted.*` xattrs (file capabilities,
+    /// SELinux labels). Off by default: the snapshot is what a customer's host sent, and
+    /// these would be weapons on the machine restored to ([`Withheld`]).
+    pub trusted_specials: bool,
+}
+
+/// What a restore without [`RestoreOptions::trusted_specials`] left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Withheld {
+    /// Block and character devices not created.
+    pub devices: u64,
+    /// Files and directories restored without their set-uid, set-gid or sticky bits: all
+    /// of them on files; on a directory, set-uid always and set-gid and sticky on the
+    /// restore's top directories (those whose parent the restore did not make).
+    pub mode_bits: u64,
+    /// `security.*` and `trusted.*` extended attributes not set.
+    pub xattrs: u64,
+}
+
+impl Withheld {
+    /// Whether anything was left out.
+    pub fn any(&self) -> bool {
+        self.devices + self.mode_bits + self.xattrs > 0
+    }
+
+    /// The entry as a restore without `trusted_specials` makes it, or `None` when it is not
+    /// made at all (devices). `top`: the entry's parent is not one the restore makes.
+    fn defuse(&mut self, entry: &Entry, top: bool) -> Option<Entry> {
+        if matches!(entry.kind, EntryKind::CharDevice | EntryKind::BlockDevice) {
+            self.devices += 1;
+            return None;
+        }
+        let mut safe = entry.clone();
+        let keep = match entry.kind {
+            EntryKind::Dir if !top => 0o3777,
+            _ => 0o0777,
+        };
+        if safe.attrs.mode & 0o7777 & !keep != 0 {
+            safe.attrs.mode &= !(0o7777 & !keep);
+            self.mode_bits += 1;
+        }
+        let before = safe.xattrs.len();
+        safe.xattrs
+            .retain(|(k, _)| !k.starts_with(b"security.") && !k.starts_with(b"trusted."));
+        self.xattrs += (before - safe.xattrs.len()) as u64;
+        Some(safe)
+    }
 }
 
 /// What a dry run would do at a path.
@@ -123,9 +171,13 @@ pub struct RestoreSummary {
     pub planned: Vec<PlannedChange>,
     /// Paths that could not be restored.
     pub errors: Vec<PathError>,
+    /// What was left out because the snapshot is not trusted (counted by a dry run too).
+    pub withheld: Withheld,
 }
 
 struct Plan {
+    /// `None`: restore everything as it is (`trusted_specials`).
+    withheld: Option<Withheld>,
     dirs: Vec<(PathBuf, Entry)>,
     files: Vec<(PathBuf, Entry)>,
     links: Vec<(PathBuf, PathBuf)>,
@@ -149,6 +201,20 @@ enum Compared<'p> {
 
 impl Repository {
     fn plan(&self, rel: &Path, entry: &Entry, plan: &mut Plan) -> Result<()> {
+        let defused;
+        let entry = match plan.withheld.as_mut() {
+            None => entry,
+            Some(withheld) => {
+                let top = rel.components().nth(1).is_none();
+                match withheld.defuse(entry, top) {
+                    Some(e) => {
+                        defused = e;
+                        &defused
+                    }
+                    None => return Ok(()),
+                }
+            }
+        };
         match entry.kind {
             EntryKind::Dir => {
                 plan.dirs.push((rel.to_path_buf(), entry.clone()));
@@ -182,6 +248,7 @@ impl Repository {
 
     fn plan_restore(&self, snapshot: &Snapshot, opts: &RestoreOptions) -> Result<Plan> {
         let mut plan = Plan {
+            withheld: (!opts.trusted_specials).then(Withheld::default),
             dirs: Vec::new(),
             files: Vec::new(),
             links: Vec::new(),
@@ -247,7 +314,10 @@ impl Repository {
                 v.push(PathError { path, message });
             }
         };
-        let mut summary = RestoreSummary::default();
+        let mut summary = RestoreSummary {
+            withheld: plan.withheld.unwrap_or_default(),
+            ..RestoreSummary::default()
+        };
         // Directories, parents first. One that cannot be made (something else is in its
         // place) fails with everything below it. Under `Never`, a directory that existed
         // keeps its metadata.
@@ -560,7 +630,10 @@ impl Repository {
             .owners
             .unwrap_or_else(|| rustix::process::geteuid().is_root());
         let beneath = Beneath::open_existing(target)?;
-        let mut summary = RestoreSummary::default();
+        let mut summary = RestoreSummary {
+            withheld: plan.withheld.unwrap_or_default(),
+            ..RestoreSummary::default()
+        };
         let shown = |rel: &Path| target.join(rel).display().to_string();
         let note = |summary: &mut RestoreSummary, action, rel: &Path| {
             summary.planned.push(PlannedChange {

@@ -1,0 +1,157 @@
+//! Who may read a repository. It holds every customer's files, so it is private: the
+//! repository directory is 0700 and what the tool writes in it is 0600 (directories 0700).
+//! `init --group NAME` records one group (`access.toml`) that may read it, for monitoring
+//! users running the read-only commands: directories are then 2750 (set-gid, so that what is
+//! created inside inherits the group) and files 0640, all of that group.
+//!
+//! The repository directory's own mode is the guarantee (nothing below it is reachable
+//! without passing it): every writable open sets it again; [`Repository::fix_permissions`]
+//! sets every mode below it too (for repositories made before this rule).
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::Repository;
+use crate::error::{Error, IoContext, Result};
+
+/// The repository's access rule (`access.toml`; missing: private).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoAccess {
+    /// A group whose members may read the repository.
+    pub group: Option<String>,
+}
+
+fn access_file(root: &Path) -> PathBuf {
+    root.join("access.toml")
+}
+
+impl RepoAccess {
+    /// The rule recorded in the repository at `root`.
+    pub fn load(root: &Path) -> Result<RepoAccess> {
+        let path = access_file(root);
+        match fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| Error::Io {
+                path: path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.message()),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RepoAccess::default()),
+            Err(e) => Err(e).at(&path),
+        }
+    }
+
+    /// Mode of the repository's directories.
+    pub fn dir_mode(&self) -> u32 {
+        if self.group.is_some() {
+            0o2750
+        } else {
+            0o700
+        }
+    }
+
+    /// Mode of the files the tool writes.
+    pub fn file_mode(&self) -> u32 {
+        if self.group.is_some() {
+            0o640
+        } else {
+            0o600
+        }
+    }
+
+    /// The umask under which a process writing the repository creates files with these
+    /// modes (the index's database creates its own files).
+    pub fn umask(&self) -> u32 {
+        if self.group.is_some() {
+            0o027
+        } else {
+            0o077
+        }
+    }
+
+    /// The group's id: a name from the system's group database, or a number.
+    pub fn gid(&self) -> Result<Option<u32>> {
+        let Some(name) = &self.group else {
+            return Ok(None);
+        };
+        if let Ok(n) = name.parse::<u32>() {
+            return Ok(Some(n));
+        }
+        match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => Ok(Some(g.gid.as_raw())),
+            Ok(None) => Err(Error::InvalidArgument(format!(
+                "group {name} does not exist"
+            ))),
+            Err(e) => Err(Error::InvalidArgument(format!("group {name}: {e}"))),
+        }
+    }
+
+    /// Records this rule in a new repository at `root` (before its `config`).
+    pub(crate) fn record(&self, root: &Path) -> Result<()> {
+        if self.group.is_none() {
+            return Ok(());
+        }
+        self.gid()?;
+        let text = toml::to_string(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        crate::fsutil::write_atomic(&access_file(root), text.as_bytes())
+    }
+
+    /// Sets the repository directory's mode and group.
+    pub(crate) fn apply_to_root(&self, root: &Path) -> Result<()> {
+        apply(root, self.dir_mode(), self.gid()?).map(drop)
+    }
+}
+
+fn apply(path: &Path, mode: u32, gid: Option<u32>) -> Result<bool> {
+    let meta = fs::symlink_metadata(path).at(path)?;
+    let mut changed = false;
+    if let Some(gid) = gid {
+        if meta.gid() != gid {
+            std::os::unix::fs::lchown(path, None, Some(gid)).at(path)?;
+            changed = true;
+        }
+    }
+    // chown may clear set-id bits: the mode after it.
+    if changed || meta.mode() & 0o7777 != mode {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).at(path)?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
+/// What [`Repository::fix_permissions`] found and changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PermissionFix {
+    /// Directories and files looked at.
+    pub entries: u64,
+    /// Those whose mode or group was changed.
+    pub changed: u64,
+}
+
+impl Repository {
+    /// Sets the mode (and group) of everything in the repository directory to its access
+    /// rule ([`RepoAccess`]): directories 0700 (2750), files 0600 (0640). Symlinks are
+    /// neither followed nor changed. Needs the writer lock (a writable open).
+    pub fn fix_permissions(&self) -> Result<PermissionFix> {
+        let access = RepoAccess::load(&self.root)?;
+        let gid = access.gid()?;
+        let mut fix = PermissionFix::default();
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            fix.entries += 1;
+            fix.changed += u64::from(apply(&dir, access.dir_mode(), gid)?);
+            for entry in fs::read_dir(&dir).at(&dir)? {
+                let entry = entry.at(&dir)?;
+                let path = entry.path();
+                let kind = entry.file_type().at(&path)?;
+                if kind.is_dir() {
+                    stack.push(path);
+                } else if kind.is_file() {
+                    fix.entries += 1;
+                    fix.changed += u64::from(apply(&path, access.file_mode(), gid)?);
+                }
+            }
+        }
+        Ok(fix)
+    }
+}
