@@ -51,6 +51,9 @@ dpkg-query -W -f='${Conffiles}\n' xstore | grep -q /etc/cron.d/xstore || fail "/
 grep -q "^#0 \*/4 \* \* \* *root set -a && \. /etc/default/xstore && set +a && exec /usr/bin/xstore -q --lock-wait 3h pull --all --jobs 4$" /etc/cron.d/xstore \
   || fail "/etc/cron.d/xstore: $(cat /etc/cron.d/xstore)"
 if grep -qE "^[0-9*]" /etc/cron.d/xstore; then fail "/etc/cron.d/xstore has an active job"; fi
+# The NFS export's service: shipped disabled, reloads the inventory on SIGHUP.
+grep -q '^ExecReload=/bin/kill -HUP \$MAINPID$' /lib/systemd/system/xstore-nfs.service || fail "xstore-nfs.service"
+if systemctl is-enabled xstore-nfs.service >/dev/null 2>&1; then fail "xstore-nfs.service is enabled"; fi
 SYSTEMD_LOG_LEVEL=warning systemd-analyze verify /lib/systemd/system/xstore-*.service \
   /lib/systemd/system/xstore-*.timer || fail "systemd-analyze verify rejected a unit"
 systemd-analyze calendar "*-*-* 00/4:00:00" >/dev/null || fail "the pull timer's calendar"

@@ -296,7 +296,12 @@ fn setup_configures_sshd_for_a_pull_and_undo_restores_every_byte() {
     let target = c.root.join("restored");
     ok(
         &repo,
-        &["restore", "client1@latest", target.to_str().unwrap()],
+        &[
+            "restore",
+            "--trusted-specials",
+            "client1@latest",
+            target.to_str().unwrap(),
+        ],
     );
     assert_same_tree(&c.data, &restored_path(&target, &c.data), true);
     // The key runs only the agent, and root logs in on the backup port only.

@@ -29,7 +29,15 @@ fn backup_and_restore_are_exact() {
     let snap = json(&repo, &["backup", "--host", "web1", src.to_str().unwrap()]);
     assert_eq!(snap["status"], "complete", "{snap}");
     assert_eq!(snap["stats"]["skipped"], 1);
-    let out = ok(&repo, &["restore", "web1@latest", dst.to_str().unwrap()]);
+    let out = ok(
+        &repo,
+        &[
+            "restore",
+            "--trusted-specials",
+            "web1@latest",
+            dst.to_str().unwrap(),
+        ],
+    );
     assert!(out.contains("restored snapshot"), "{out}");
     // Removing the socket changes the directory's mtime; put back the one that was backed up.
     let m = fs::metadata(&src).unwrap();
@@ -115,7 +123,10 @@ fn incremental_backup_reads_only_changed_files() {
     );
     assert!(!diff.contains("random.bin"), "{diff}");
     let dst = work.path().join("dst");
-    ok(&repo, &["restore", id, dst.to_str().unwrap()]);
+    ok(
+        &repo,
+        &["restore", "--trusted-specials", id, dst.to_str().unwrap()],
+    );
     assert_same_tree(&src, &restored_path(&dst, &src), is_root());
     ok(&repo, &["check"]);
 }
@@ -161,7 +172,14 @@ fn listing_and_subpath_restore() {
     let dst = work.path().join("dst");
     ok(
         &repo,
-        &["restore", "latest", dst.to_str().unwrap(), "--path", &sub],
+        &[
+            "restore",
+            "--trusted-specials",
+            "latest",
+            dst.to_str().unwrap(),
+            "--path",
+            &sub,
+        ],
     );
     assert_same_tree(&src.join("sub"), &dst.join("sub"), is_root());
     let stats = json(&repo, &["stats"]);
@@ -252,7 +270,14 @@ fn restore_never_writes_through_planted_symlinks() {
     let dst_arg = dst.to_str().unwrap();
     let out = xstore(
         &repo,
-        &["restore", "latest", dst_arg, "--overwrite", "never"],
+        &[
+            "restore",
+            "--trusted-specials",
+            "latest",
+            dst_arg,
+            "--overwrite",
+            "never",
+        ],
     );
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("not a directory"), "{}", stderr(&out));
@@ -262,7 +287,7 @@ fn restore_never_writes_through_planted_symlinks() {
         "wrote outside the target"
     );
     // By default the symlink itself is replaced by the real directory, never followed.
-    let out = xstore(&repo, &["restore", "latest", dst_arg]);
+    let out = xstore(&repo, &["restore", "--trusted-specials", "latest", dst_arg]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let dir = fs::symlink_metadata(restored_src.join("dir")).unwrap();
     assert!(dir.is_dir());
@@ -358,7 +383,7 @@ fn restore_replaces_what_stands_in_a_files_place_without_following_it() {
     )
     .unwrap();
     let dst_arg = dst.to_str().unwrap();
-    let out = xstore(&repo, &["restore", "latest", dst_arg]);
+    let out = xstore(&repo, &["restore", "--trusted-specials", "latest", dst_arg]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(3), "{err}");
     let was_dir = live.join("was-dir").display().to_string();
@@ -379,7 +404,16 @@ fn restore_replaces_what_stands_in_a_files_place_without_following_it() {
         );
     }
     assert_eq!(fs::read(&victim).unwrap(), b"not the customer's");
-    let out = xstore(&repo, &["restore", "latest", dst_arg, "--delete"]);
+    let out = xstore(
+        &repo,
+        &[
+            "restore",
+            "--trusted-specials",
+            "latest",
+            dst_arg,
+            "--delete",
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_same_tree(&src, &live, is_root());
 }
@@ -421,7 +455,15 @@ fn restore_below_a_setgid_directory_keeps_the_snapshots_groups() {
     fs::create_dir_all(&dst).unwrap();
     chown(&dst, 0, 4321);
     fs::set_permissions(&dst, fs::Permissions::from_mode(0o2775)).unwrap();
-    ok(&repo, &["restore", "latest", dst.to_str().unwrap()]);
+    ok(
+        &repo,
+        &[
+            "restore",
+            "--trusted-specials",
+            "latest",
+            dst.to_str().unwrap(),
+        ],
+    );
     let live = restored_path(&dst, &src);
     let owner = |rel: &str| {
         let m = fs::symlink_metadata(live.join(rel)).unwrap();

@@ -117,7 +117,10 @@ fn sigkill_during_backup_never_corrupts() {
     for s in snaps.as_array().unwrap() {
         let id = s["id"].as_str().unwrap();
         let dst = work.path().join(format!("dst-{id}"));
-        ok(&repo, &["restore", id, dst.to_str().unwrap()]);
+        ok(
+            &repo,
+            &["restore", "--trusted-specials", id, dst.to_str().unwrap()],
+        );
         let restored = restored_path(&dst, &src);
         if let Ok(bytes) = std::fs::read(restored.join("churn.bin")) {
             assert!(

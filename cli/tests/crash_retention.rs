@@ -91,7 +91,15 @@ fn crash_rounds(op: &[&str], prepare: &[&str], failpoints: &[&str]) {
             String::from_utf8_lossy(&check.stderr)
         );
         let dst = work.path().join(format!("dst-{round}"));
-        ok(&repo, &["restore", "web1@latest", dst.to_str().unwrap()]);
+        ok(
+            &repo,
+            &[
+                "restore",
+                "--trusted-specials",
+                "web1@latest",
+                dst.to_str().unwrap(),
+            ],
+        );
         assert_same_tree(&src, &restored_path(&dst, &src), false);
         std::fs::remove_dir_all(&dst).unwrap();
     }

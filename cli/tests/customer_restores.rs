@@ -212,6 +212,7 @@ fn dump_archives_unpack_to_what_restore_writes() {
         &repo,
         &[
             "restore",
+            "--trusted-specials",
             &id,
             restored.to_str().unwrap(),
             "--path",
@@ -442,7 +443,7 @@ fn restore_in_place_rewrites_only_what_differs() {
     let id = backup(&repo, "h", &src);
     let dst = work.path().join("dst");
     let restore = |extra: &[&str]| -> serde_json::Value {
-        let mut args = vec!["restore", &id, dst.to_str().unwrap()];
+        let mut args = vec!["restore", "--trusted-specials", &id, dst.to_str().unwrap()];
         args.extend_from_slice(extra);
         json(&repo, &args)
     };

@@ -42,7 +42,10 @@ fn usage_errors_name_what_is_wrong() {
     assert_eq!(out.status.code(), Some(1));
     assert!(one_error_line(&out).contains("already exists"));
 
-    let out = xstore(&repo, &["restore", "ffffffff", "/tmp/x"]);
+    let out = xstore(
+        &repo,
+        &["restore", "--trusted-specials", "ffffffff", "/tmp/x"],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(one_error_line(&out).contains("snapshot ffffffff: no such snapshot"));
 
@@ -186,7 +189,15 @@ fn a_restore_that_meets_a_damaged_chunk_leaves_no_half_written_file() {
     ok(&repo, &["backup", "--host", "h", src.to_str().unwrap()]);
     flip_a_byte_in_the_largest_pack(&repo);
     let dst = w.path().join("dst");
-    let out = xstore(&repo, &["restore", "h@latest", dst.to_str().unwrap()]);
+    let out = xstore(
+        &repo,
+        &[
+            "restore",
+            "--trusted-specials",
+            "h@latest",
+            dst.to_str().unwrap(),
+        ],
+    );
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("checksum mismatch"), "{err}");
@@ -222,7 +233,12 @@ fn missing_pack_is_reported_and_restore_fails_loudly() {
     );
     let out = xstore(
         &repo,
-        &["restore", "latest", w.path().join("dst").to_str().unwrap()],
+        &[
+            "restore",
+            "--trusted-specials",
+            "latest",
+            w.path().join("dst").to_str().unwrap(),
+        ],
     );
     assert_eq!(out.status.code(), Some(1));
 }
@@ -242,7 +258,15 @@ fn index_is_rebuilt_from_packs_and_snapshot_records() {
     assert_eq!(stats_after["unique_bytes"], stats_before["unique_bytes"]);
     ok(&repo, &["check", "--read-data"]);
     let dst = w.path().join("dst");
-    ok(&repo, &["restore", "other@latest", dst.to_str().unwrap()]);
+    ok(
+        &repo,
+        &[
+            "restore",
+            "--trusted-specials",
+            "other@latest",
+            dst.to_str().unwrap(),
+        ],
+    );
     assert_same_tree(&src, &restored_path(&dst, &src), false);
 }
 

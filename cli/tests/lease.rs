@@ -134,7 +134,13 @@ fn race_for_the_lease(m: &Moto, w: &Path, prefix: &str) {
     xs_ok(
         m,
         &second,
-        &["restore", "-q", "h@latest", target.to_str().unwrap()],
+        &[
+            "restore",
+            "--trusted-specials",
+            "-q",
+            "h@latest",
+            target.to_str().unwrap(),
+        ],
     );
     assert_same_tree(&src, &restored_path(&target, &src), false);
     xs_ok(m, &second, &["check", "--read-data"]);
@@ -225,7 +231,13 @@ fn backup_forget_gc_restore_and_check_on_a_store_with_aws_semantics() {
     xs_ok(
         &m,
         &repo,
-        &["restore", "-q", "h@latest", target.to_str().unwrap()],
+        &[
+            "restore",
+            "--trusted-specials",
+            "-q",
+            "h@latest",
+            target.to_str().unwrap(),
+        ],
     );
     assert_same_tree(&src, &restored_path(&target, &src), false);
     xs_ok(&m, &repo, &["check", "--read-data"]);

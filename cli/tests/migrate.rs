@@ -183,6 +183,7 @@ impl History {
                 &self.repo,
                 &[
                     "restore",
+                    "--trusted-specials",
                     &format!("{host}@{tier}"),
                     target.to_str().unwrap(),
                 ],

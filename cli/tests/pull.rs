@@ -112,7 +112,15 @@ impl Fleet {
         let target = self
             .root
             .join(format!("restore-{}", snapshot.replace('@', "-")));
-        ok(&self.repo, &["restore", snapshot, target.to_str().unwrap()]);
+        ok(
+            &self.repo,
+            &[
+                "restore",
+                "--trusted-specials",
+                snapshot,
+                target.to_str().unwrap(),
+            ],
+        );
         assert_same_tree(&self.data, &restored_path(&target, &self.data), true);
         fs::remove_dir_all(&target).unwrap();
     }
@@ -263,7 +271,15 @@ fn the_next_pull_stores_a_damaged_chunk_again() {
     // The first snapshot shares the chunk: it restores again too.
     let first = snaps[0]["id"].as_str().unwrap();
     let target = f.root.join("restore-first");
-    ok(&f.repo, &["restore", first, target.to_str().unwrap()]);
+    ok(
+        &f.repo,
+        &[
+            "restore",
+            "--trusted-specials",
+            first,
+            target.to_str().unwrap(),
+        ],
+    );
     assert_same_tree(&f.data, &restored_path(&target, &f.data), true);
 }
 
@@ -446,7 +462,12 @@ fn several_hosts_in_parallel_and_failures_stay_with_their_host() {
     let target = f.root.join("r2");
     ok(
         &f.repo,
-        &["restore", "client2@latest", target.to_str().unwrap()],
+        &[
+            "restore",
+            "--trusted-specials",
+            "client2@latest",
+            target.to_str().unwrap(),
+        ],
     );
     assert_same_tree(
         &f.data.join("sub"),

@@ -64,7 +64,12 @@ fn tiers_rotate_pin_forget_gc() {
     let target = work.path().join("restore-daily");
     ok(
         &repo,
-        &["restore", "web1@daily.0", target.to_str().unwrap()],
+        &[
+            "restore",
+            "--trusted-specials",
+            "web1@daily.0",
+            target.to_str().unwrap(),
+        ],
     );
     let churn = std::fs::read(restored_path(&target, &src).join("churn.bin")).unwrap();
     assert!(
@@ -124,7 +129,15 @@ fn tiers_rotate_pin_forget_gc() {
     assert_eq!(stats_after["dead_bytes"], 0);
     ok(&repo, &["check", "--read-data"]);
     let target = work.path().join("restore-last");
-    ok(&repo, &["restore", "web1@latest", target.to_str().unwrap()]);
+    ok(
+        &repo,
+        &[
+            "restore",
+            "--trusted-specials",
+            "web1@latest",
+            target.to_str().unwrap(),
+        ],
+    );
     assert_same_tree(&src, &restored_path(&target, &src), false);
     let human = ok(&repo, &["gc"]);
     assert!(human.contains("freed 0 B"), "{human}");

@@ -68,7 +68,16 @@ fn credentials_file(g: &Garage, dir: &Path, mode: u32) -> std::path::PathBuf {
 /// Restores `host`'s latest snapshot into `target` and compares it with `src`.
 fn assert_restores(g: &Garage, repo: &Path, host: &str, src: &Path, target: &Path) {
     let snapshot = format!("{host}@latest");
-    xs_ok(g, repo, &["restore", &snapshot, target.to_str().unwrap()]);
+    xs_ok(
+        g,
+        repo,
+        &[
+            "restore",
+            "--trusted-specials",
+            &snapshot,
+            target.to_str().unwrap(),
+        ],
+    );
     assert_same_tree(src, &restored_path(target, src), false);
 }
 
@@ -393,7 +402,12 @@ fn a_truncated_or_replaced_pack_object_is_a_typed_error_never_wrong_data() {
         let out = xs(
             &g,
             &repo,
-            &["restore", "h@latest", target.to_str().unwrap()],
+            &[
+                "restore",
+                "--trusted-specials",
+                "h@latest",
+                target.to_str().unwrap(),
+            ],
         );
         let code = out.status.code();
         assert!(
@@ -600,7 +614,12 @@ fn packs_deleted_behind_a_restores_back_fail_the_files_they_hold_and_nothing_els
     let out = xs(
         &g,
         &repo,
-        &["restore", "h@latest", target.to_str().unwrap()],
+        &[
+            "restore",
+            "--trusted-specials",
+            "h@latest",
+            target.to_str().unwrap(),
+        ],
     );
     let err = stderr(&out);
     assert!(!err.contains("panicked"), "{err}");
@@ -813,7 +832,13 @@ fn gc_in_the_bucket_frees_what_it_reports_and_a_restore_running_through_it_resto
     let cmd = common::xstore_command(
         &repo,
         &g.env(),
-        &["restore", "-q", "h@latest", target.to_str().unwrap()],
+        &[
+            "restore",
+            "--trusted-specials",
+            "-q",
+            "h@latest",
+            target.to_str().unwrap(),
+        ],
     );
     let restore = Paused::start(cmd, "restore-located", &w.path().join("restore.pause"));
 

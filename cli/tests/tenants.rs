@@ -195,7 +195,12 @@ impl Tenants {
         let _ = fs::remove_dir_all(&target);
         ok(
             &self.repo,
-            &["restore", "victim1@latest", target.to_str().unwrap()],
+            &[
+                "restore",
+                "--trusted-specials",
+                "victim1@latest",
+                target.to_str().unwrap(),
+            ],
         );
         assert_same_tree(&self.victim, &restored_path(&target, &self.victim), true);
         fs::remove_dir_all(&target).unwrap();

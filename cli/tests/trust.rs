@@ -48,7 +48,12 @@ fn assert_restores(repo: &Path, work: &Path, host: &str, src: &Path) {
     let dst = work.join(format!("restore-{host}-{}", rand_suffix()));
     ok(
         repo,
-        &["restore", &format!("{host}@latest"), dst.to_str().unwrap()],
+        &[
+            "restore",
+            "--trusted-specials",
+            &format!("{host}@latest"),
+            dst.to_str().unwrap(),
+        ],
     );
     assert_same_tree(src, &restored_path(&dst, src), false);
     fs::remove_dir_all(&dst).unwrap();
@@ -644,7 +649,15 @@ fn a_real_full_disk_never_reports_a_committed_snapshot_as_failed() {
     assert_eq!(check.status.code(), Some(0), "{}", stderr(&check));
     // The newest snapshot holds exactly the files of the rounds that committed.
     let dst = work.path().join("restored");
-    ok(&repo, &["restore", &newest, dst.to_str().unwrap()]);
+    ok(
+        &repo,
+        &[
+            "restore",
+            "--trusted-specials",
+            &newest,
+            dst.to_str().unwrap(),
+        ],
+    );
     let restored = restored_path(&dst, &src);
     let mut names: Vec<String> = fs::read_dir(&restored)
         .unwrap()
@@ -770,7 +783,12 @@ fn gc_waits_out_readers_that_started_before_it() {
         let dst = work.path().join(format!("r{round}"));
         let restore = Command::new(env!("CARGO_BIN_EXE_xstore"))
             .env("XSTORE_REPO", &repo)
-            .args(["restore", &kept, dst.to_str().unwrap()])
+            .args([
+                "restore",
+                "--trusted-specials",
+                &kept,
+                dst.to_str().unwrap(),
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -829,6 +847,7 @@ fn restore_counts_only_files_it_wrote_and_names_each_failure_once() {
         &[
             "--json",
             "restore",
+            "--trusted-specials",
             "h1@latest",
             dst.to_str().unwrap(),
             "--overwrite",
@@ -968,6 +987,7 @@ print(swaps)
             &repo,
             &[
                 "restore",
+                "--trusted-specials",
                 "h@latest",
                 target.to_str().unwrap(),
                 "--path",
@@ -1131,7 +1151,12 @@ fn kill_9_anywhere_loses_no_committed_snapshot() {
             let dst = work.path().join("calibrate");
             typical.insert(
                 "restore",
-                timed(&["restore", &order[0].clone(), dst.to_str().unwrap()]),
+                timed(&[
+                    "restore",
+                    "--trusted-specials",
+                    &order[0].clone(),
+                    dst.to_str().unwrap(),
+                ]),
             );
             fs::remove_dir_all(&dst).unwrap();
         }
@@ -1220,7 +1245,12 @@ fn kill_9_anywhere_loses_no_committed_snapshot() {
         let newest = order[order.len() - 1].clone();
         let dst = work.path().join(format!("dst{round}"));
         if !killed_run(
-            &["restore", &newest, dst.to_str().unwrap()],
+            &[
+                "restore",
+                "--trusted-specials",
+                &newest,
+                dst.to_str().unwrap(),
+            ],
             0.8 * next(),
             typical["restore"],
         )
@@ -1229,7 +1259,15 @@ fn kill_9_anywhere_loses_no_committed_snapshot() {
         {
             kills += 1;
         }
-        ok(&repo, &["restore", &newest, dst.to_str().unwrap()]);
+        ok(
+            &repo,
+            &[
+                "restore",
+                "--trusted-specials",
+                &newest,
+                dst.to_str().unwrap(),
+            ],
+        );
         assert_same_tree(&tree, &restored_path(&dst, &tree), false);
         let got = fs::read(restored_path(&dst, &churn).join("churn.bin")).unwrap();
         assert_eq!(
@@ -1244,7 +1282,10 @@ fn kill_9_anywhere_loses_no_committed_snapshot() {
     // Every surviving snapshot restores exactly.
     for id in snapshot_ids(&repo) {
         let dst = work.path().join(format!("final-{id}"));
-        ok(&repo, &["restore", &id, dst.to_str().unwrap()]);
+        ok(
+            &repo,
+            &["restore", "--trusted-specials", &id, dst.to_str().unwrap()],
+        );
         assert_same_tree(&tree, &restored_path(&dst, &tree), false);
         let got = fs::read(restored_path(&dst, &churn).join("churn.bin")).unwrap();
         assert_eq!(xstore::ChunkId::of(&got), committed[&id]);
@@ -1434,7 +1475,15 @@ fn a_restore_target_behind_a_planted_symlink_is_refused() {
     for dir in [&customer, &shared] {
         std::os::unix::fs::symlink(&secret, dir.join("restore")).unwrap();
         let target = dir.join("restore").join("here");
-        let out = xstore(&repo, &["restore", "h1@latest", target.to_str().unwrap()]);
+        let out = xstore(
+            &repo,
+            &[
+                "restore",
+                "--trusted-specials",
+                "h1@latest",
+                target.to_str().unwrap(),
+            ],
+        );
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         let line = one_error_line(&out);
         assert!(line.contains("other users can change"), "{line}");
@@ -1449,6 +1498,14 @@ fn a_restore_target_behind_a_planted_symlink_is_refused() {
     fs::create_dir(&real).unwrap();
     std::os::unix::fs::symlink(&real, work.path().join("link")).unwrap();
     let target = work.path().join("link/restored");
-    ok(&repo, &["restore", "h1@latest", target.to_str().unwrap()]);
+    ok(
+        &repo,
+        &[
+            "restore",
+            "--trusted-specials",
+            "h1@latest",
+            target.to_str().unwrap(),
+        ],
+    );
     assert_same_tree(&src, &restored_path(&real.join("restored"), &src), false);
 }

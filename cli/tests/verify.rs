@@ -170,7 +170,15 @@ fn a_flipped_bit_is_named_and_the_next_backup_stores_the_chunk_again() {
     assert!(ok(&repo, &["metrics"]).contains("xstore_verify_damaged_blobs 1"));
     // The restore of that file fails now.
     let dst = work.path().join("broken");
-    let r = xstore(&repo, &["restore", &snap, dst.to_str().unwrap()]);
+    let r = xstore(
+        &repo,
+        &[
+            "restore",
+            "--trusted-specials",
+            &snap,
+            dst.to_str().unwrap(),
+        ],
+    );
     assert_ne!(r.status.code(), Some(0));
 
     // The file is unchanged on disk, but the next backup reads it again and stores the
@@ -186,7 +194,15 @@ fn a_flipped_bit_is_named_and_the_next_backup_stores_the_chunk_again() {
     assert_ne!(moved.pack, damaged_pack);
     drop(handle);
     let dst = work.path().join("healed");
-    ok(&repo, &["restore", &snap, dst.to_str().unwrap()]);
+    ok(
+        &repo,
+        &[
+            "restore",
+            "--trusted-specials",
+            &snap,
+            dst.to_str().unwrap(),
+        ],
+    );
     assert_eq!(
         fs::read(xstore_tests::restored_path(&dst, &src).join("churn.bin")).unwrap(),
         fs::read(&churn).unwrap()

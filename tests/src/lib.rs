@@ -342,3 +342,12 @@ impl<F: Fn(&Path) -> std::io::Result<()> + Send + Sync> xstore::Source for OpenH
         xstore::LocalSource.open(path)
     }
 }
+
+/// Restore options for a snapshot of the test's own tree, which is trusted: everything as it
+/// was, devices and set-id bits included (`trusted_specials`).
+pub fn exact_restore() -> xstore::RestoreOptions {
+    xstore::RestoreOptions {
+        trusted_specials: true,
+        ..xstore::RestoreOptions::default()
+    }
+}

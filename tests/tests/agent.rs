@@ -119,7 +119,7 @@ fn backup_through_the_agent_restores_exactly() {
     assert!(snap.is_complete(), "{:?}", snap.errors);
     assert!(snap.stats.wire_bytes > 0 && snap.stats.files_read > 0);
     let target = root.join("restored");
-    repo.restore(&snap, &target, &RestoreOptions::default())
+    repo.restore(&snap, &target, &xstore_tests::exact_restore())
         .unwrap();
     assert_same_tree(&data, &restored_path(&target, &data), true);
 

@@ -73,7 +73,7 @@ fn fixture() -> (tempfile::TempDir, std::path::PathBuf) {
 fn assert_restores_as_written(repo: &Repository, id: &str, version: u8, target: &Path) {
     let snap = repo.snapshot(&id.parse::<SnapshotId>().unwrap()).unwrap();
     let summary = repo
-        .restore(&snap, target, &RestoreOptions::default())
+        .restore(&snap, target, &xstore_tests::exact_restore())
         .unwrap();
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
     let data = target.join("tmp/fxdata/data");

@@ -156,7 +156,7 @@ fn failures_make_a_partial_snapshot_and_the_rest_is_kept() {
     assert_eq!(source.changes.load(Ordering::Relaxed), 6);
     // The file that kept changing is stored (last read), flagged; the others are absent.
     let dst = work.path().join("dst");
-    repo.restore(&snap, &dst, &RestoreOptions::default())
+    repo.restore(&snap, &dst, &xstore_tests::exact_restore())
         .unwrap();
     let restored = restored_path(&dst, &src);
     assert_eq!(
@@ -257,7 +257,8 @@ fn huge_files_use_chunk_list_blobs_and_refcounts_stay_exact() {
         .unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     let dst = work.path().join("dst");
-    repo.restore(&s2, &dst, &RestoreOptions::default()).unwrap();
+    repo.restore(&s2, &dst, &xstore_tests::exact_restore())
+        .unwrap();
     assert_same_tree(&src, &restored_path(&dst, &src), false);
 }
 
@@ -429,7 +430,8 @@ fn sources_that_chunk_remotely_send_only_missing_chunks_and_are_verified() {
         "{sent} bytes sent"
     );
     let dst = work.path().join("dst");
-    repo.restore(&s2, &dst, &RestoreOptions::default()).unwrap();
+    repo.restore(&s2, &dst, &xstore_tests::exact_restore())
+        .unwrap();
     assert_eq!(
         std::fs::read(restored_path(&dst, &src).join("big")).unwrap(),
         big

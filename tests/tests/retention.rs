@@ -54,7 +54,7 @@ fn assert_healthy(repo: &Repository) {
 
 fn assert_restores(repo: &Repository, snap: &Snapshot, src: &Path, dir: &Path) {
     let target = dir.join(format!("restore-{}", snap.id.short()));
-    repo.restore(snap, &target, &RestoreOptions::default())
+    repo.restore(snap, &target, &xstore_tests::exact_restore())
         .unwrap();
     assert_same_tree(src, &restored_path(&target, src), false);
     std::fs::remove_dir_all(&target).unwrap();

@@ -123,7 +123,7 @@ fn a_reader_opened_before_gc_restores_exactly_after_it_twenty_rounds() {
         assert_eq!(report.retired_deleted, 0, "{report:#?}");
         let dst = work.path().join(format!("dst{round}"));
         let summary = reader
-            .restore(&kept, &dst, &RestoreOptions::default())
+            .restore(&kept, &dst, &xstore_tests::exact_restore())
             .unwrap();
         assert!(
             summary.errors.is_empty(),
@@ -152,7 +152,7 @@ fn a_reader_opened_before_gc_restores_exactly_after_it_twenty_rounds() {
     let reader = Repository::open_read_only(&repo_path).unwrap();
     let dst = work.path().join("final");
     let summary = reader
-        .restore(&kept, &dst, &RestoreOptions::default())
+        .restore(&kept, &dst, &xstore_tests::exact_restore())
         .unwrap();
     assert!(summary.errors.is_empty());
     assert_same_tree(&keep_src, &restored_path(&dst, &keep_src), false);
@@ -193,7 +193,7 @@ fn gc_merges_small_packs_so_their_number_does_not_grow_with_commits() {
     let last = snaps.last().unwrap();
     let dst = work.path().join("dst");
     let summary = repo
-        .restore(last, &dst, &RestoreOptions::default())
+        .restore(last, &dst, &xstore_tests::exact_restore())
         .unwrap();
     assert!(summary.errors.is_empty());
     assert_same_tree(&src, &restored_path(&dst, &src), false);
@@ -227,7 +227,7 @@ fn the_index_repair_replaces_is_kept_for_the_grace_period() {
         .restore(
             &reader.snapshot(&snap.id).unwrap(),
             &dst,
-            &RestoreOptions::default(),
+            &xstore_tests::exact_restore(),
         )
         .unwrap();
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
