@@ -93,6 +93,10 @@ pub(crate) struct NfsArgs {
     /// Re-read on SIGHUP.
     #[arg(long, env = "XSTORE_INVENTORY", default_value = DEFAULT_INVENTORY)]
     inventory: PathBuf,
+    /// Memory for all exports' caches together, in MiB: decoded trees (half), file chunks
+    /// and directory listings (a quarter each).
+    #[arg(long, default_value_t = xstore_browse::nfs::DEFAULT_CACHE_BYTES >> 20, value_name = "MIB")]
+    cache_mib: usize,
 }
 
 /// Serves the exports until SIGINT or SIGTERM; SIGHUP re-reads the inventory and applies
@@ -114,7 +118,7 @@ pub(crate) fn serve_nfs(cli: &Cli, args: &NfsArgs) -> Result<u8> {
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
         .context("installing signal handlers")?;
-    let mut server = NfsServer::start(&repo, &exports)?;
+    let mut server = NfsServer::start(&repo, &exports, args.cache_mib.saturating_mul(1 << 20))?;
     print_exports(&server, &exports)?;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));

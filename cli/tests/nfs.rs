@@ -56,11 +56,22 @@ fn serve_accounts(
     env: &[(&'static str, String)],
     accounts: usize,
 ) -> Server {
+    serve_args(repo, inventory, env, accounts, &[])
+}
+
+fn serve_args(
+    repo: &Path,
+    inventory: &Path,
+    env: &[(&'static str, String)],
+    accounts: usize,
+    extra: &[&str],
+) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_xstore"))
         .env("XSTORE_REPO", repo)
         .envs(env.iter().cloned())
         .args(["serve-nfs", "--listen", "127.0.0.1:0", "--inventory"])
         .arg(inventory)
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -702,4 +713,119 @@ fn sighup_adds_an_account_without_disturbing_another_and_ports_stay() {
     );
     assert!(!gone.status.success(), "{gone:?}");
     assert_eq!(run("nfs-cat", &[&file]).stdout, want);
+}
+
+/// The local filesystem, with 16 xattrs of 64 KiB on every regular file: what a customer's
+/// host may send (1 MiB of xattrs per file; they compress to almost nothing).
+struct LargeXattrs;
+
+impl xstore::Source for LargeXattrs {
+    fn stat(&self, path: &Path) -> std::io::Result<xstore::EntryMeta> {
+        xstore::LocalSource.stat(path)
+    }
+    fn list(
+        &self,
+        dir: &Path,
+    ) -> std::io::Result<Vec<(Vec<u8>, std::io::Result<xstore::EntryMeta>)>> {
+        xstore::LocalSource.list(dir)
+    }
+    fn read_link(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        xstore::LocalSource.read_link(path)
+    }
+    fn xattrs(&self, path: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if !fs::symlink_metadata(path)?.is_file() {
+            return Ok(Vec::new());
+        }
+        let seed = path.to_string_lossy().into_owned();
+        Ok((0..16)
+            .map(|i| {
+                let value = format!("{seed}/{i}")
+                    .into_bytes()
+                    .repeat(65536 / (seed.len() + 4));
+                (format!("user.big{i:02}").into_bytes(), value)
+            })
+            .collect())
+    }
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn xstore::SourceFile>> {
+        xstore::LocalSource.open(path)
+    }
+}
+
+/// Peak and current resident memory of a process, in MiB (VmHWM, VmRSS).
+fn memory_mib(pid: u32) -> (u64, u64) {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(|kb| kb.parse::<u64>().unwrap() / 1024)
+            .unwrap()
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Listing directories whose entries carry 20 MiB of xattrs each through the export: the
+/// server's memory stays within its cache budget plus what one directory takes while it is
+/// decoded, instead of growing by every directory listed.
+#[test]
+fn listing_large_xattr_directories_keeps_the_export_within_its_budget() {
+    let work = tempfile::tempdir().unwrap();
+    let (repo_dir, src) = (work.path().join("repo"), work.path().join("src"));
+    for d in 0..16 {
+        let dir = src.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..20 {
+            fs::write(dir.join(format!("f{f:02}")), format!("{d} {f}\n")).unwrap();
+        }
+    }
+    {
+        let repo = xstore::Repository::init(&repo_dir, &xstore::InitOptions::default()).unwrap();
+        let opts = xstore::BackupOptions {
+            host: "web1".into(),
+            paths: vec![src.clone()],
+            ..xstore::BackupOptions::default()
+        };
+        repo.backup(&LargeXattrs, &opts).unwrap();
+    }
+    let inventory = work.path().join("hosts.toml");
+    write_inventory(&inventory);
+    let budget_mib = 32;
+    let server = serve_args(
+        &repo_dir,
+        &inventory,
+        &[],
+        2,
+        &["--cache-mib", &budget_mib.to_string()],
+    );
+    let acme = &server.exports["acme"];
+    let dir = format!(
+        "/hosts/web1/latest{}",
+        src.canonicalize().unwrap().display()
+    );
+    let listing = run("nfs-ls", &[&url(acme, &dir)]);
+    assert!(listing.status.success(), "{listing:?}");
+    let (_, before) = memory_mib(server.child.id());
+    for round in 0..2 {
+        for d in 0..16 {
+            let out = run("nfs-ls", &[&url(acme, &format!("{dir}/d{d:02}"))]);
+            assert!(out.status.success(), "{out:?}");
+            let names = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(
+                names.lines().filter(|l| l.contains(" f")).count(),
+                20,
+                "{names}"
+            );
+        }
+        let got = run("nfs-cat", &[&url(acme, &format!("{dir}/d07/f03"))]);
+        assert_eq!(got.stdout, b"7 3\n", "round {round}");
+    }
+    let (peak, now) = memory_mib(server.child.id());
+    eprintln!("export memory: {before} MiB before listing, peak {peak} MiB, now {now} MiB (budget {budget_mib} MiB, 20 MiB of xattrs per directory, 16 directories)");
+    // Without byte bounds the 16 directories stayed cached, twice over (trees and nodes):
+    // over 600 MiB. Allowed: the baseline, the budget, and a few directories in decoding.
+    assert!(
+        peak < before + budget_mib + 160,
+        "peak {peak} MiB from {before} MiB"
+    );
 }

@@ -10,8 +10,9 @@
 //! ```
 //!
 //! Directories load lazily (one tree blob each, cached). Files map offsets to chunks through
-//! a per-file offset index (binary search); decompressed chunks are kept in a bounded LRU
-//! cache, so small sequential reads decompress each chunk once. Inode numbers are hashes of
+//! a per-file offset index (binary search); decoded trees and decompressed chunks are kept in
+//! LRU caches bounded by bytes ([`ViewCaches`]), so small sequential reads decompress each
+//! chunk once. Nodes keep entries without their xattrs. Inode numbers are hashes of
 //! what a node is (route, snapshot id, path), so the same entry has the same number in every
 //! session. The view reopens its read-only repository handle when the catalog is older than
 //! [`ViewOptions::refresh`]; nodes already looked up keep serving the snapshot they belong
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::cache::ByteLru;
 use xstore::{ChunkId, Error, Repository, Result};
 use xstore_format::snapshot::Snapshot;
 use xstore_format::tree::{ChunkRef, Content, Entry, EntryKind};
@@ -85,6 +87,8 @@ pub struct ViewOptions {
     pub hosts: Option<Vec<String>>,
     /// Bytes of decompressed chunks kept in memory.
     pub cache_bytes: usize,
+    /// Bytes of decoded trees kept in memory.
+    pub tree_cache_bytes: usize,
     /// How old the catalog (snapshots, tier positions) may get before it is reloaded.
     pub refresh: Duration,
 }
@@ -94,6 +98,7 @@ impl Default for ViewOptions {
         ViewOptions {
             hosts: None,
             cache_bytes: 64 << 20,
+            tree_cache_bytes: 32 << 20,
             refresh: Duration::from_secs(2),
         }
     }
@@ -145,7 +150,9 @@ enum Kind {
     Latest(String),
     /// A snapshot's root directory.
     SnapRoot(Arc<Snapshot>),
-    Entry(Arc<Snapshot>, Arc<Entry>),
+    /// An entry inside a snapshot, without its xattrs ([`slim`]), and the tree holding it
+    /// (where its xattrs are read when asked for).
+    Entry(Arc<Snapshot>, Arc<Entry>, ChunkId),
 }
 
 #[derive(Debug, Clone)]
@@ -178,40 +185,61 @@ struct FileIndex {
     size: u64,
 }
 
-/// A byte-bounded LRU of decompressed chunks.
-struct ChunkCache {
-    lru: lru::LruCache<ChunkId, Arc<Vec<u8>>>,
-    bytes: usize,
-    limit: usize,
-}
-
-impl ChunkCache {
-    fn get(&mut self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
-        self.lru.get(id).cloned()
-    }
-    fn put(&mut self, id: ChunkId, data: Arc<Vec<u8>>) {
-        self.bytes += data.len();
-        if let Some(old) = self.lru.put(id, data) {
-            self.bytes -= old.len();
-        }
-        while self.bytes > self.limit {
-            match self.lru.pop_lru() {
-                Some((_, d)) => self.bytes -= d.len(),
-                None => break,
-            }
-        }
-    }
-}
-
 /// The read-only filesystem view (module documentation).
 pub struct FsView {
     path: PathBuf,
     opts: ViewOptions,
     catalog: RwLock<Arc<Catalog>>,
     nodes: RwLock<HashMap<u64, Node>>,
-    trees: Mutex<lru::LruCache<ChunkId, Arc<Vec<Entry>>>>,
+    caches: Arc<ViewCaches>,
     files: Mutex<lru::LruCache<u64, Arc<FileIndex>>>,
-    chunks: Mutex<ChunkCache>,
+}
+
+/// The byte-bounded caches of decoded trees and decompressed chunks. Views of one repository
+/// may share them (an NFS server's views do): both are keyed by blob id, so a hit is the same
+/// bytes whichever view asks, and one view's traffic only evicts another's entries.
+pub struct ViewCaches {
+    trees: Mutex<ByteLru<ChunkId, Vec<Entry>>>,
+    chunks: Mutex<ByteLru<ChunkId, Vec<u8>>>,
+}
+
+impl ViewCaches {
+    /// Caches holding at most `tree_bytes` of decoded trees (estimated: names, xattrs,
+    /// chunk lists) and `chunk_bytes` of decompressed chunks.
+    pub fn new(tree_bytes: usize, chunk_bytes: usize) -> Arc<ViewCaches> {
+        Arc::new(ViewCaches {
+            trees: Mutex::new(ByteLru::new(tree_bytes)),
+            chunks: Mutex::new(ByteLru::new(chunk_bytes)),
+        })
+    }
+}
+
+/// The entry as a view node keeps it: without its xattrs, which can be large and are read
+/// only by getxattr.
+fn slim(e: &Entry) -> Arc<Entry> {
+    Arc::new(Entry {
+        name: e.name.clone(),
+        kind: e.kind,
+        attrs: e.attrs.clone(),
+        xattrs: Vec::new(),
+        content: e.content.clone(),
+    })
+}
+
+/// Estimated bytes of a decoded tree in memory.
+fn tree_bytes(entries: &[Entry]) -> usize {
+    entries
+        .iter()
+        .map(|e| {
+            let content = match &e.content {
+                Content::Chunks(c) => c.len() * std::mem::size_of::<ChunkRef>(),
+                Content::Target(t) => t.len(),
+                _ => 0,
+            };
+            let xattrs: usize = e.xattrs.iter().map(|(k, v)| k.len() + v.len() + 48).sum();
+            std::mem::size_of::<Entry>() + e.name.len() + content + xattrs
+        })
+        .sum()
 }
 
 fn ino_of(key: &[u8]) -> u64 {
@@ -232,8 +260,19 @@ pub fn snapshot_dir_name(s: &Snapshot) -> String {
 }
 
 impl FsView {
-    /// Opens `repo` read-only as a view.
+    /// Opens `repo` read-only as a view, with its own caches.
     pub fn open(repo: &Path, opts: ViewOptions) -> Result<FsView> {
+        let caches = ViewCaches::new(opts.tree_cache_bytes, opts.cache_bytes);
+        Self::open_with_caches(repo, opts, caches)
+    }
+
+    /// Opens `repo` read-only as a view that uses `caches` (shared with other views;
+    /// `opts`' cache sizes are then not used).
+    pub fn open_with_caches(
+        repo: &Path,
+        opts: ViewOptions,
+        caches: Arc<ViewCaches>,
+    ) -> Result<FsView> {
         let catalog = Self::load(repo, &opts)?;
         let mut nodes = HashMap::new();
         nodes.insert(
@@ -248,15 +287,10 @@ impl FsView {
         let cap = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
         Ok(FsView {
             path: repo.to_path_buf(),
-            chunks: Mutex::new(ChunkCache {
-                lru: lru::LruCache::unbounded(),
-                bytes: 0,
-                limit: opts.cache_bytes,
-            }),
+            caches,
             opts,
             catalog: RwLock::new(Arc::new(catalog)),
             nodes: RwLock::new(nodes),
-            trees: Mutex::new(lru::LruCache::new(cap(4096))),
             files: Mutex::new(lru::LruCache::new(cap(1024))),
         })
     }
@@ -362,7 +396,7 @@ impl FsView {
         }
         let ino = match &kind {
             // Hard links: one inode per original (device, inode) within the snapshot.
-            Kind::Entry(_, e) if e.kind != EntryKind::Dir && e.attrs.nlink > 1 => {
+            Kind::Entry(_, e, _) if e.kind != EntryKind::Dir && e.attrs.nlink > 1 => {
                 let mut link = snap_key.clone();
                 link.extend_from_slice(b"\0hardlink\0");
                 link.extend_from_slice(&e.attrs.dev.to_le_bytes());
@@ -424,7 +458,7 @@ impl FsView {
             }
             // Its content never changes, but a tier name moves to another snapshot root.
             Kind::SnapRoot(s) => Self::virtual_dir(ino, s.start_ns),
-            Kind::Entry(_, e) => NodeAttr {
+            Kind::Entry(_, e, _) => NodeAttr {
                 ino,
                 kind: e.kind,
                 mode: e.attrs.mode & 0o7777,
@@ -462,14 +496,16 @@ impl FsView {
     }
 
     fn tree_entries(&self, id: &ChunkId) -> FsResult<Arc<Vec<Entry>>> {
-        if let Some(t) = self.trees.lock().map_err(lock_err)?.get(id) {
-            return Ok(t.clone());
+        if let Some(t) = self.caches.trees.lock().map_err(lock_err)?.get(id) {
+            return Ok(t);
         }
         let entries = Arc::new(self.repo()?.tree(id)?.entries);
-        self.trees
+        let size = tree_bytes(&entries);
+        self.caches
+            .trees
             .lock()
             .map_err(lock_err)?
-            .put(*id, entries.clone());
+            .put(*id, entries.clone(), size);
         Ok(entries)
     }
 
@@ -531,13 +567,13 @@ impl FsView {
             Kind::SnapRoot(s) => self
                 .tree_entries(&s.root)?
                 .iter()
-                .map(|e| (e.name.clone(), Kind::Entry(s.clone(), Arc::new(e.clone()))))
+                .map(|e| (e.name.clone(), Kind::Entry(s.clone(), slim(e), s.root)))
                 .collect(),
-            Kind::Entry(s, e) => match e.subtree() {
+            Kind::Entry(s, e, _) => match e.subtree() {
                 Some(id) => self
                     .tree_entries(&id)?
                     .iter()
-                    .map(|c| (c.name.clone(), Kind::Entry(s.clone(), Arc::new(c.clone()))))
+                    .map(|c| (c.name.clone(), Kind::Entry(s.clone(), slim(c), id)))
                     .collect(),
                 None => return Err(FsError::NotADirectory),
             },
@@ -566,12 +602,12 @@ impl FsView {
             // Snapshot directories: one tree, binary search by name.
             Kind::SnapRoot(s) => {
                 let entries = self.tree_entries(&s.root)?;
-                Self::find(&entries, name).map(|e| Kind::Entry(s.clone(), Arc::new(e.clone())))
+                Self::find(&entries, name).map(|e| Kind::Entry(s.clone(), slim(e), s.root))
             }
-            Kind::Entry(s, e) => {
+            Kind::Entry(s, e, _) => {
                 let id = e.subtree().ok_or(FsError::NotADirectory)?;
                 let entries = self.tree_entries(&id)?;
-                Self::find(&entries, name).map(|c| Kind::Entry(s.clone(), Arc::new(c.clone())))
+                Self::find(&entries, name).map(|c| Kind::Entry(s.clone(), slim(c), id))
             }
             _ => self
                 .children(&node)?
@@ -630,7 +666,7 @@ impl FsView {
                 let cat = self.catalog()?;
                 Ok(self.latest_target(&cat, &h)?.into_bytes())
             }
-            Kind::Entry(_, e) => match &e.content {
+            Kind::Entry(_, e, _) => match &e.content {
                 Content::Target(t) => Ok(t.clone()),
                 _ => Err(FsError::NotASymlink),
             },
@@ -641,7 +677,10 @@ impl FsView {
     /// Extended attributes of a node, as backed up.
     pub fn xattrs(&self, ino: u64) -> FsResult<Vec<(Vec<u8>, Vec<u8>)>> {
         Ok(match self.node(ino)?.kind {
-            Kind::Entry(_, e) => e.xattrs.clone(),
+            // Not kept with the node: read from its tree (cached by bytes).
+            Kind::Entry(_, e, tree) => Self::find(&self.tree_entries(&tree)?, &e.name)
+                .map(|found| found.xattrs.clone())
+                .unwrap_or_default(),
             _ => Vec::new(),
         })
     }
@@ -651,8 +690,8 @@ impl FsView {
             return Ok(f.clone());
         }
         let entry = match self.node(ino)?.kind {
-            Kind::Entry(_, e) if e.kind == EntryKind::File => e,
-            Kind::Entry(_, e) if e.kind == EntryKind::Dir => return Err(FsError::IsADirectory),
+            Kind::Entry(_, e, _) if e.kind == EntryKind::File => e,
+            Kind::Entry(_, e, _) if e.kind == EntryKind::Dir => return Err(FsError::IsADirectory),
             Kind::Root | Kind::Tier(_) | Kind::Hosts | Kind::Host(_) | Kind::SnapRoot(_) => {
                 return Err(FsError::IsADirectory)
             }
@@ -677,17 +716,19 @@ impl FsView {
     /// One chunk of a file: data of exactly the length the file references
     /// (`read_file_chunk`), so a read never serves bytes the file's size does not cover.
     fn chunk(&self, chunk: &ChunkRef) -> FsResult<Arc<Vec<u8>>> {
-        if let Some(c) = self.chunks.lock().map_err(lock_err)?.get(&chunk.id) {
+        if let Some(c) = self.caches.chunks.lock().map_err(lock_err)?.get(&chunk.id) {
             // Cached by id: the same bytes, so their length is the blob's.
             if c.len() == chunk.len as usize {
                 return Ok(c);
             }
         }
         let data = Arc::new(self.repo()?.read_file_chunk(chunk)?);
-        self.chunks
+        let size = data.len();
+        self.caches
+            .chunks
             .lock()
             .map_err(lock_err)?
-            .put(chunk.id, data.clone());
+            .put(chunk.id, data.clone(), size);
         Ok(data)
     }
 

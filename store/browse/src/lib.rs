@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+mod cache;
 pub mod fsview;
 #[cfg(feature = "fuse")]
 pub mod mount;

@@ -73,6 +73,11 @@ impl HandleKey {
         })
     }
 
+    /// A number that tells this route's handles from another's (its generation, random).
+    pub(super) fn route_id(&self) -> u64 {
+        self.generation
+    }
+
     fn mac(&self, id: u64) -> blake3::Hash {
         let mut msg = [0u8; 16];
         msg[..8].copy_from_slice(&self.generation.to_le_bytes());

@@ -23,6 +23,7 @@ use nfsserve::nfs::{
 use nfsserve::tcp::{NFSTcp, NFSTcpListener};
 use nfsserve::vfs::{DirEntry, NFSFileSystem, ReadDirResult, VFSCapabilities};
 
+use crate::cache::ByteLru;
 use crate::fsview::{FsError, FsView, NodeAttr, ViewOptions, ROOT_INO};
 use gate::{Connection, HandleKey, Route};
 use xstore::{Error, NfsPolicy};
@@ -184,11 +185,34 @@ pub struct NfsServer {
     runtime: tokio::runtime::Runtime,
     repo: PathBuf,
     running: BTreeMap<String, Running>,
+    shared: Shared,
+}
+
+/// The default of [`NfsServer::start`]'s `cache_bytes`: sized for a small server.
+pub const DEFAULT_CACHE_BYTES: usize = 128 << 20;
+
+/// Views running at once on the blocking pool: each may decode a tree, whose size the
+/// customer's host decided, so their number bounds the transient memory.
+const CONCURRENT_VIEW_CALLS: usize = 4;
+
+/// What every view of one server shares: its memory budget.
+#[derive(Clone)]
+struct Shared {
+    caches: Arc<crate::fsview::ViewCaches>,
+    listings: Arc<std::sync::Mutex<ByteLru<(u64, fileid3), Listing>>>,
+    calls: Arc<tokio::sync::Semaphore>,
 }
 
 impl NfsServer {
-    /// Starts every export of `repo`.
-    pub fn start(repo: &Path, exports: &[NfsExport]) -> xstore::Result<NfsServer> {
+    /// Starts every export of `repo`. `cache_bytes` bounds what all exports keep together:
+    /// half for decoded trees, a quarter each for file chunks and directory listings
+    /// ([`DEFAULT_CACHE_BYTES`]). Memory beyond it: the views' nodes (a few hundred bytes per
+    /// entry looked up) and at most [`CONCURRENT_VIEW_CALLS`] trees being decoded.
+    pub fn start(
+        repo: &Path,
+        exports: &[NfsExport],
+        cache_bytes: usize,
+    ) -> xstore::Result<NfsServer> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
             .enable_all()
@@ -198,6 +222,11 @@ impl NfsServer {
             runtime,
             repo: repo.to_path_buf(),
             running: BTreeMap::new(),
+            shared: Shared {
+                caches: crate::fsview::ViewCaches::new(cache_bytes / 2, cache_bytes / 4),
+                listings: Arc::new(std::sync::Mutex::new(ByteLru::new(cache_bytes / 4))),
+                calls: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_VIEW_CALLS)),
+            },
         };
         for export in exports {
             let running = server.launch(export)?;
@@ -267,7 +296,11 @@ impl NfsServer {
                 None => {
                     let r = match old.remove(hosts) {
                         Some(r) => r,
-                        None => Arc::new(self.runtime.block_on(start_route(&self.repo, hosts))?),
+                        None => Arc::new(self.runtime.block_on(start_route(
+                            &self.repo,
+                            hosts,
+                            self.shared.clone(),
+                        ))?),
                     };
                     views.insert(hosts.clone(), r.clone());
                     r
@@ -330,13 +363,14 @@ fn io_error(path: &Path, e: std::io::Error) -> Error {
 
 /// Opens a view of `hosts` and starts its NFS server on 127.0.0.1 (reachable only
 /// through the gate: [`gate`]).
-async fn start_route(repo: &Path, hosts: &[String]) -> xstore::Result<Route> {
-    let view = Arc::new(FsView::open(
+async fn start_route(repo: &Path, hosts: &[String], shared: Shared) -> xstore::Result<Route> {
+    let view = Arc::new(FsView::open_with_caches(
         repo,
         ViewOptions {
             hosts: Some(hosts.to_vec()),
             ..ViewOptions::default()
         },
+        shared.caches.clone(),
     )?);
     let key = Arc::new(HandleKey::random().map_err(|e| io_error(repo, e))?);
     let server = NFSTcpListener::bind(
@@ -344,9 +378,7 @@ async fn start_route(repo: &Path, hosts: &[String]) -> xstore::Result<Route> {
         Export {
             view: view.clone(),
             key: key.clone(),
-            listings: Arc::new(std::sync::Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::MIN.saturating_add(63),
-            ))),
+            shared,
         },
     )
     .await
@@ -431,9 +463,19 @@ fn canonical(ip: IpAddr) -> IpAddr {
 struct Export {
     view: Arc<FsView>,
     key: Arc<HandleKey>,
-    /// Recent listings: NFS pages a directory over many READDIR calls, each naming the last
-    /// file id it saw; listing once and indexing by id keeps a large directory linear.
-    listings: Arc<std::sync::Mutex<lru::LruCache<fileid3, Arc<Listing>>>>,
+    /// Recent listings (in `shared`, by route and directory): NFS pages a directory over
+    /// many READDIR calls, each naming the last file id it saw; listing once and indexing by
+    /// id keeps a large directory linear (one too large for the budget is listed per page).
+    shared: Shared,
+}
+
+impl Listing {
+    fn bytes(&self) -> usize {
+        self.items
+            .iter()
+            .map(|i| std::mem::size_of::<crate::fsview::DirItem>() + i.name.len() + 32)
+            .sum()
+    }
 }
 
 struct Listing {
@@ -505,6 +547,12 @@ impl Export {
         f: impl FnOnce(&FsView) -> Result<T, FsError> + Send + 'static,
     ) -> Result<T, nfsstat3> {
         let view = self.view.clone();
+        let _slot = self
+            .shared
+            .calls
+            .acquire()
+            .await
+            .map_err(|_| nfsstat3::NFS3ERR_IO)?;
         tokio::task::spawn_blocking(move || f(&view))
             .await
             .map_err(|_| nfsstat3::NFS3ERR_IO)?
@@ -626,12 +674,13 @@ impl NFSFileSystem for Export {
         start_after: fileid3,
         max_entries: usize,
     ) -> Result<ReadDirResult, nfsstat3> {
-        let listings = self.listings.clone();
+        let listings = self.shared.listings.clone();
+        let key = (self.key.route_id(), dirid);
         self.call(move |v| {
             let cached = listings
                 .lock()
                 .ok()
-                .and_then(|mut l| l.get(&dirid).cloned())
+                .and_then(|mut l| l.get(&key))
                 .filter(|l| start_after != 0 && l.taken.elapsed() < LISTING_TTL);
             let listing = match cached {
                 Some(l) => l,
@@ -648,7 +697,7 @@ impl NFSFileSystem for Export {
                         taken: std::time::Instant::now(),
                     });
                     if let Ok(mut cache) = listings.lock() {
-                        cache.put(dirid, l.clone());
+                        cache.put(key, l.clone(), l.bytes());
                     }
                     l
                 }
