@@ -599,7 +599,7 @@ fn weapon_tree(src: &Path) -> bool {
     let dev = |name: &str, kind, major, minor| {
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &src.join(name),
+            src.join(name),
             kind,
             rustix::fs::Mode::from_raw_mode(0o666),
             rustix::fs::makedev(major, minor),
@@ -619,9 +619,8 @@ fn weapon_tree(src: &Path) -> bool {
     // cap_setuid=ep: VFS_CAP_REVISION_2 with the effective flag, permitted bit 7.
     let mut cap = vec![1, 0, 0, 2, 0x80, 0, 0, 0];
     cap.extend_from_slice(&[0; 12]);
-    let caps = xattr::set(src.join("capped"), "security.capability", &cap).is_ok()
-        && xattr::set(src.join("capped"), "trusted.note", b"t").is_ok();
-    caps
+    xattr::set(src.join("capped"), "security.capability", &cap).is_ok()
+        && xattr::set(src.join("capped"), "trusted.note", b"t").is_ok()
 }
 
 /// A restore as root of what a customer's host sent creates no device, no set-uid or

@@ -6,8 +6,8 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use xstore::{
-    ChunkerParams, EntryMeta, HostSpec, InitOptions, PullOptions, RemoteSource, Repository,
-    RestoreOptions, Source, SourceKind,
+    ChunkerParams, EntryMeta, HostSpec, InitOptions, PullOptions, RemoteSource, Repository, Source,
+    SourceKind,
 };
 use xstore_agent::AgentConfig;
 use xstore_format::protocol::{write_frame, AgentMsg, WireEntry, PROTOCOL_VERSIONS};

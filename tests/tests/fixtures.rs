@@ -6,7 +6,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use xstore::{BackupOptions, LocalSource, Repository, RestoreOptions, SnapshotId, TierChoice};
+use xstore::{BackupOptions, LocalSource, Repository, SnapshotId, TierChoice};
 
 const FIRST: &str = "3b67511f19c6b8f11c080729148e80e0fd73e25fe1c9e06ebb9bed7061bf2071";
 const SECOND: &str = "2bae9410b5199ba52025178c91f5054c5be395dfb792bd3697746f96d68d6433";

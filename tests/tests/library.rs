@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use xstore::{
     BackupOptions, CheckOptions, ChunkerParams, EntryMeta, InitOptions, LocalSource, ParentChoice,
-    Repository, RestoreOptions, SnapshotStatus, Source, SourceFile,
+    Repository, SnapshotStatus, Source, SourceFile,
 };
 use xstore_tests::{assert_same_tree, make_fixture, restored_path, seeded_bytes};
 

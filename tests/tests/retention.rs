@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use xstore::retention::{KeepPolicy, Schedule};
 use xstore::{
     BackupOptions, CheckOptions, EntryMeta, GcOptions, LocalSource, ParentChoice, Repository,
-    RestoreOptions, Snapshot, Source, SourceFile, TierChoice,
+    Snapshot, Source, SourceFile, TierChoice,
 };
 use xstore_tests::{
     assert_same_tree, gc_all_dead, make_fixture, restored_path, seeded_bytes, small_repo,

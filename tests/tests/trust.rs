@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use xstore::{
-    BackupOptions, LocalSource, ParentChoice, Repository, RestoreOptions, SnapshotStatus,
-    TierChoice,
-};
+use xstore::{BackupOptions, LocalSource, ParentChoice, Repository, SnapshotStatus, TierChoice};
 use xstore_tests::{
     assert_same_tree, forget_keep_last, gc_all_dead, make_fixture, restored_path, seeded_bytes,
     OpenHook,

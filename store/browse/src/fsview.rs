@@ -220,7 +220,7 @@ fn slim(e: &Entry) -> Arc<Entry> {
     Arc::new(Entry {
         name: e.name.clone(),
         kind: e.kind,
-        attrs: e.attrs.clone(),
+        attrs: e.attrs,
         xattrs: Vec::new(),
         content: e.content.clone(),
     })
@@ -629,19 +629,19 @@ impl FsView {
 
     /// Resolves a mount path (`/hosts/web1/latest/etc`): like [`FsView::resolve`], but the
     /// view's own `latest` links are followed, so clients can mount the newest snapshot.
-    /// With a `caller`, every directory on the way must permit it to search
-    /// ([`FsError::PermissionDenied`]), as a path walk of the kernel would.
+    /// With `may_search`, every directory on the way must pass it
+    /// ([`FsError::PermissionDenied`]), as a path walk of the kernel checks search permission.
     pub fn resolve_mount_path(
         &self,
         path: &[u8],
-        caller: Option<&crate::access::Caller>,
+        may_search: Option<&dyn Fn(&NodeAttr) -> bool>,
     ) -> FsResult<NodeAttr> {
         let mut attr = self.getattr(ROOT_INO)?;
         for part in path
             .split(|b| *b == b'/')
             .filter(|p| !p.is_empty() && *p != b".")
         {
-            if caller.is_some_and(|c| !c.may(&attr, crate::access::MAY_EXEC)) {
+            if may_search.is_some_and(|may| !may(&attr)) {
                 return Err(FsError::PermissionDenied);
             }
             let parent = attr.ino;

@@ -384,8 +384,11 @@ impl Connection {
                 let who = caller.clone();
                 let walked = {
                     let path = path.clone();
-                    tokio::task::spawn_blocking(move || view.resolve_mount_path(&path, Some(&who)))
-                        .await
+                    tokio::task::spawn_blocking(move || {
+                        let may_search = |a: &NodeAttr| who.may(a, MAY_EXEC);
+                        view.resolve_mount_path(&path, Some(&may_search))
+                    })
+                    .await
                 };
                 if matches!(walked, Ok(Err(FsError::PermissionDenied))) {
                     tracing::info!(export = %self.export, peer = %self.peer, uid = caller.uid,
@@ -509,6 +512,7 @@ impl Connection {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -164,6 +164,9 @@ pub struct Reloaded {
     pub changed: Vec<String>,
 }
 
+/// An export's routes by the hosts they show.
+type ViewsByHosts = HashMap<Vec<String>, Arc<Route>>;
+
 /// An export's routes: client address → what it sees.
 struct Routes {
     by_address: HashMap<IpAddr, Arc<Route>>,
@@ -287,7 +290,7 @@ impl NfsServer {
         &self,
         export: &NfsExport,
         mut old: HashMap<Vec<String>, Arc<Route>>,
-    ) -> xstore::Result<(Routes, HashMap<Vec<String>, Arc<Route>>)> {
+    ) -> xstore::Result<(Routes, ViewsByHosts)> {
         let mut views: HashMap<Vec<String>, Arc<Route>> = HashMap::new();
         let mut by_address = HashMap::new();
         for (address, hosts) in &export.clients {
