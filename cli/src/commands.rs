@@ -249,6 +249,7 @@ pub(crate) fn backup(cli: &Cli, args: &BackupArgs) -> Result<u8> {
         },
         time_ns: None,
         budgets: Vec::new(),
+        reference: None,
     };
     let tracker = Tracker::start(cli, "backup", progress);
     let result = repo.backup(&LocalSource, &opts);
@@ -671,10 +672,27 @@ fn entry_json(e: &xstore::Entry) -> serde_json::Value {
     v
 }
 
+#[derive(clap::Args)]
+pub(crate) struct FixPermissionsArgs {
+    /// Let this group read the repository from now on (recorded, as `init --group`).
+    #[arg(long, value_name = "NAME", conflicts_with = "private")]
+    group: Option<String>,
+    /// Its owner only again: forget the group.
+    #[arg(long)]
+    private: bool,
+}
+
 /// `fix-permissions`: everything in the repository gets the modes of its access rule.
-pub(crate) fn fix_permissions(cli: &Cli) -> Result<u8> {
+pub(crate) fn fix_permissions(cli: &Cli, args: &FixPermissionsArgs) -> Result<u8> {
+    let rule = match (&args.group, args.private) {
+        (Some(g), _) => Some(xstore::RepoAccess {
+            group: Some(g.clone()),
+        }),
+        (None, true) => Some(xstore::RepoAccess::default()),
+        (None, false) => None,
+    };
     let repo = open_rw(cli)?;
-    let fix = repo.fix_permissions()?;
+    let fix = repo.fix_permissions(rule.as_ref())?;
     if cli.json {
         print_json(&fix)?;
     } else if !cli.quiet {

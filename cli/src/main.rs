@@ -88,7 +88,7 @@ enum Command {
     Init(commands::InitArgs),
     /// Give everything in the repository the modes of its access rule: directories 0700
     /// and files 0600, or 2750 and 0640 of the group given to `init --group`.
-    FixPermissions,
+    FixPermissions(commands::FixPermissionsArgs),
     /// Back up paths as a new snapshot of a host.
     Backup(commands::BackupArgs),
     /// List snapshots.
@@ -558,7 +558,7 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Mount(args) => browse::mount(cli, args),
         Command::ServeNfs(args) => browse::serve_nfs(cli, args),
         Command::Init(args) => commands::init(cli, args),
-        Command::FixPermissions => commands::fix_permissions(cli),
+        Command::FixPermissions(args) => commands::fix_permissions(cli, args),
         Command::Backup(args) => commands::backup(cli, args),
         Command::Snapshots(args) => commands::snapshots(cli, args),
         Command::Ls(args) => commands::ls(cli, args),

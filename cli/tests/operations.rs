@@ -716,4 +716,16 @@ fn repositories_are_private_or_readable_by_their_group_only() {
         let want = if p.is_dir() { 0o700 } else { 0o600 };
         assert_eq!(mode, want, "{}", p.display());
     }
+    assert!(!as_user("65534", "4", &private, &["snapshots"])
+        .status
+        .success());
+    // An existing repository gets a group, and it reads from then on.
+    ok(&private, &["fix-permissions", "--group", "adm"]);
+    for (p, mode, gid) in modes_below(&private) {
+        assert_eq!(gid, 4, "{}", p.display());
+        let want = if p.is_dir() { 0o2750 } else { 0o640 };
+        assert_eq!(mode, want, "{}", p.display());
+    }
+    let member = as_user("65534", "4", &private, &["snapshots"]);
+    assert!(member.status.success(), "{member:?}");
 }

@@ -663,3 +663,52 @@ fn touched_files_travel_as_chunk_ids_only() {
     );
     f.restore_and_compare("client1@latest");
 }
+
+/// A host of the account pulled for the first time with the same files as another host of
+/// it (a clone) sends chunk ids, not bytes, for what the account holds, and restores
+/// exactly; a host of another account with the same files sends everything.
+#[test]
+fn a_clone_of_another_host_of_the_account_sends_chunk_ids_only() {
+    let f = fleet(
+        "[[account.host]]\nname = \"clone1\"\naddress = \"127.0.0.1\"\n\n\
+         [[account]]\nname = \"other\"\npackage = \"small\"\n\n\
+         [[account.host]]\nname = \"stranger\"\naddress = \"127.0.0.1\"\n",
+    );
+    let files = f.data.join("files");
+    fs::create_dir(&files).unwrap();
+    for i in 0..200u64 {
+        fs::write(
+            files.join(format!("f{i}")),
+            xstore_tests::seeded_bytes(2000 + i, 50_000),
+        )
+        .unwrap();
+    }
+    let wire = |host: &str| {
+        let s = &f.snapshots_of(host)[0];
+        (s["stats"]["wire_bytes"].as_u64().unwrap(), s.clone())
+    };
+    f.pull_ok(&["client1"]);
+    let (original, _) = wire("client1");
+    assert!(original > 10_000_000, "{original}");
+    f.pull_ok(&["clone1"]);
+    let (clone, snapshot) = wire("clone1");
+    assert!(
+        clone < original / 10,
+        "the clone's first pull sent {clone} bytes (the original {original})"
+    );
+    // Read, not taken as unchanged from the other host, and its own first snapshot.
+    assert_eq!(snapshot["parent"], serde_json::Value::Null, "{snapshot}");
+    assert!(
+        snapshot["stats"]["files_read"].as_u64().unwrap() >= 200,
+        "{snapshot}"
+    );
+    f.restore_and_compare("clone1@latest");
+    f.pull_ok(&["stranger"]);
+    let (stranger, _) = wire("stranger");
+    eprintln!("first pulls on the wire: original {original} B, its clone {clone} B, another account's host {stranger} B");
+    assert!(
+        stranger > original * 9 / 10,
+        "another account's host sent {stranger} bytes (the original {original})"
+    );
+    f.restore_and_compare("stranger@latest");
+}

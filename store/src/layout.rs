@@ -118,6 +118,10 @@ pub(crate) fn pulls(root: &Path) -> PathBuf {
 pub(crate) fn pull_record(root: &Path, host: &str) -> PathBuf {
     pulls(root).join(format!("{host}.json"))
 }
+/// `access.toml`.
+pub(crate) fn access(root: &Path) -> PathBuf {
+    root.join("access.toml")
+}
 /// `store.toml`.
 pub(crate) fn store_file(root: &Path) -> PathBuf {
     root.join("store.toml")

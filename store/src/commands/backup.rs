@@ -87,6 +87,13 @@ pub struct BackupOptions {
     /// Limits on the stored bytes this backup may add (a pull's cap, its account's room
     /// below the hard limit). Crossing one fails the backup before its commit.
     pub budgets: Vec<Arc<StoreBudget>>,
+    /// A snapshot of another host to compare with when this backup has no parent (a host
+    /// cloned from another of the same account; the caller keeps it within the account).
+    /// Its files only suggest what a source may name by chunk id: a file at the same path
+    /// with the same size is read as chunk ids first, and the reference's chunks may be
+    /// named without their bytes. Nothing is taken from it unread: no file counts as
+    /// unchanged by its metadata and no listing is rebuilt from it.
+    pub reference: Option<SnapshotId>,
 }
 
 /// Stored bytes that backups may still add, shared by every backup that draws on it (the
@@ -133,11 +140,15 @@ struct Session<'a> {
     /// Blobs this session claimed for writing, with their kind and raw length. A data entry
     /// here holds bytes this session hashed itself.
     pending: Mutex<HashMap<ChunkId, (BlobKind, u32)>>,
-    /// The data chunks (id → length) of this host's parent snapshot, loaded on first need:
-    /// the only chunks a source may name without sending their bytes (no existence oracle).
+    /// The data chunks (id → length) of this host's parent snapshot (or of the reference,
+    /// another host of the same account), loaded on first need: the only chunks a source
+    /// may name without sending their bytes (no existence oracle beyond the account).
     own_chunks: std::sync::OnceLock<HashMap<ChunkId, u32>>,
-    /// The parent snapshot's root tree.
+    /// The parent snapshot's root tree (or the reference's: [`BackupOptions::reference`]).
     parent_root: Option<ChunkId>,
+    /// The previous trees are another host's ([`BackupOptions::reference`]): they suggest
+    /// chunk ids, never content.
+    previous_is_other_host: bool,
     /// Live blobs verify found damaged: never deduplicated against, and a parent entry that
     /// references one is read again, so this backup stores a fresh copy.
     damaged: HashSet<ChunkId>,
@@ -524,7 +535,9 @@ impl<'a> Session<'a> {
         meta: EntryMeta,
         parent: Option<&Entry>,
     ) -> Result<Option<Entry>> {
-        if let Some(p) = parent.filter(|p| unchanged_file(Some(p), &meta) && self.intact(p)) {
+        if let Some(p) = parent.filter(|p| {
+            !self.previous_is_other_host && unchanged_file(Some(p), &meta) && self.intact(p)
+        }) {
             self.unchanged.fetch_add(1, Ordering::Relaxed);
             self.files.fetch_add(1, Ordering::Relaxed);
             self.logical.fetch_add(meta.attrs.size, Ordering::Relaxed);
@@ -902,8 +915,10 @@ impl<'a> Session<'a> {
         use std::os::unix::ffi::OsStrExt;
         let path = dir.path.as_path();
         let listed = match &previous {
-            Some(previous) => self.source.list_known(path, previous),
-            None => self.source.list(path),
+            Some(previous) if !self.previous_is_other_host => {
+                self.source.list_known(path, previous)
+            }
+            _ => self.source.list(path),
         };
         let children = match listed {
             Ok(c) => c,
@@ -924,7 +939,7 @@ impl<'a> Session<'a> {
                 continue;
             };
             let old = before(name).filter(|p| p.kind == EntryKind::File && self.intact(p));
-            if old.is_some() && unchanged_file(old, meta) {
+            if old.is_some() && !self.previous_is_other_host && unchanged_file(old, meta) {
                 continue;
             }
             to_read[i] = true;
@@ -957,8 +972,10 @@ impl<'a> Session<'a> {
                 let meta = meta.as_ref().ok().filter(|m| m.kind == SourceKind::Dir)?;
                 let descend = !(self.one_file_system && meta.attrs.dev != root_dev);
                 let child = path.join(std::ffi::OsStr::from_bytes(name));
+                // Another host's trees are never offered for listings known by digest.
+                let known = old_tree.as_ref().filter(|_| !self.previous_is_other_host);
                 (descend && depth < MAX_DEPTH && !self.excludes.is_match(&child, name))
-                    .then_some((child, old_tree.as_ref()))
+                    .then_some((child, known))
             })
             .collect();
         if !to_list.is_empty() {
@@ -1398,7 +1415,13 @@ impl Repository {
             pr.total_bytes
                 .fetch_add(p.stats.logical_bytes, Ordering::Relaxed);
         }
-        let parent_root = match &parent {
+        // Without a parent, a reference of another host gives the trees to compare with.
+        let reference = match (&parent, &opts.reference) {
+            (None, Some(id)) => Some(self.snapshot(id)?).filter(|r| r.host != opts.host),
+            _ => None,
+        };
+        let previous_is_other_host = reference.is_some();
+        let parent_root = match parent.as_ref().or(reference.as_ref()) {
             Some(p) => match self.tree(&p.root) {
                 Ok(t) => Some(t),
                 Err(e) => {
@@ -1430,7 +1453,8 @@ impl Repository {
             level: self.config().compression_level,
             pending: Mutex::new(HashMap::new()),
             own_chunks: std::sync::OnceLock::new(),
-            parent_root: parent.as_ref().map(|p| p.root),
+            parent_root: parent.as_ref().or(reference.as_ref()).map(|p| p.root),
+            previous_is_other_host,
             damaged: self.damaged_blobs()?,
             packs: RollingPacks::new(
                 self.tmp_dir(),

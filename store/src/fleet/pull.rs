@@ -626,6 +626,40 @@ impl Repository {
         result
     }
 
+    /// For a host never backed up: the newest snapshot of another host of its account
+    /// ([`BackupOptions::reference`]), so that a clone sends chunk ids for what the account
+    /// already holds. Never another account's: no answer to an agent depends on it.
+    fn account_reference(
+        &self,
+        host: &HostSpec,
+        accounts: &[Account],
+    ) -> Result<Option<crate::SnapshotId>> {
+        if self
+            .index
+            .host(&host.name)?
+            .is_some_and(|h| h.latest.is_some())
+        {
+            return Ok(None);
+        }
+        let Some(account) = accounts.iter().find(|a| a.name == host.account) else {
+            return Ok(None);
+        };
+        let mut newest: Option<Snapshot> = None;
+        for sibling in account.hosts.iter().filter(|h| **h != host.name) {
+            let Some(latest) = self.index.host(sibling)?.and_then(|h| h.latest) else {
+                continue;
+            };
+            let snapshot = self.snapshot(&crate::SnapshotId(latest))?;
+            if newest
+                .as_ref()
+                .is_none_or(|n| n.start_ns < snapshot.start_ns)
+            {
+                newest = Some(snapshot);
+            }
+        }
+        Ok(newest.map(|s| s.id))
+    }
+
     /// Backs up an already connected agent as a snapshot of `host.name` (what
     /// [`Repository::pull`] does after starting ssh). Public for tools with their own transport.
     pub fn backup_remote(
@@ -655,10 +689,16 @@ impl Repository {
             host.pull_cap,
         )];
         budgets.extend(opts.account_budgets.get(&host.account).cloned());
+        let reference = if opts.no_parent {
+            None
+        } else {
+            self.account_reference(host, &opts.accounts)?
+        };
         let backup = BackupOptions {
             host: host.name.clone(),
             paths,
             budgets,
+            reference,
             parent: if opts.no_parent {
                 ParentChoice::None
             } else {

@@ -10,7 +10,7 @@
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::Repository;
 use crate::error::{Error, IoContext, Result};
@@ -23,14 +23,10 @@ pub struct RepoAccess {
     pub group: Option<String>,
 }
 
-fn access_file(root: &Path) -> PathBuf {
-    root.join("access.toml")
-}
-
 impl RepoAccess {
     /// The rule recorded in the repository at `root`.
     pub fn load(root: &Path) -> Result<RepoAccess> {
-        let path = access_file(root);
+        let path = crate::layout::access(root);
         match fs::read_to_string(&path) {
             Ok(text) => toml::from_str(&text).map_err(|e| Error::Io {
                 path: path.clone(),
@@ -86,14 +82,18 @@ impl RepoAccess {
         }
     }
 
-    /// Records this rule in a new repository at `root` (before its `config`).
+    /// Records this rule in the repository at `root`: `access.toml`, or none when private.
     pub(crate) fn record(&self, root: &Path) -> Result<()> {
+        let path = crate::layout::access(root);
         if self.group.is_none() {
-            return Ok(());
+            return match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).at(&path),
+                _ => crate::fsutil::sync_dir(root),
+            };
         }
         self.gid()?;
         let text = toml::to_string(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        crate::fsutil::write_atomic(&access_file(root), text.as_bytes())
+        crate::fsutil::write_atomic(&path, text.as_bytes())
     }
 
     /// Sets the repository directory's mode and group.
@@ -130,9 +130,13 @@ pub struct PermissionFix {
 
 impl Repository {
     /// Sets the mode (and group) of everything in the repository directory to its access
-    /// rule ([`RepoAccess`]): directories 0700 (2750), files 0600 (0640). Symlinks are
-    /// neither followed nor changed. Needs the writer lock (a writable open).
-    pub fn fix_permissions(&self) -> Result<PermissionFix> {
+    /// rule ([`RepoAccess`]): directories 0700 (2750), files 0600 (0640). With `rule`, that
+    /// rule is recorded first (a group for an existing repository, or private again).
+    /// Symlinks are neither followed nor changed. Needs the writer lock (a writable open).
+    pub fn fix_permissions(&self, rule: Option<&RepoAccess>) -> Result<PermissionFix> {
+        if let Some(rule) = rule {
+            rule.record(&self.root)?;
+        }
         let access = RepoAccess::load(&self.root)?;
         let gid = access.gid()?;
         let mut fix = PermissionFix::default();
