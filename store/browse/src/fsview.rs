@@ -489,7 +489,8 @@ impl FsView {
             .ok_or(FsError::NotFound)
     }
 
-    /// Attributes of a node.
+    /// Attributes of a node. Reads only memory (the node and the catalog), never the
+    /// repository: front ends may call it where blocking would hurt.
     pub fn getattr(&self, ino: u64) -> FsResult<NodeAttr> {
         let node = self.node(ino)?;
         self.attr_of(ino, &node)

@@ -323,13 +323,11 @@ pub(super) struct Connection {
 impl Connection {
     /// The node a handle names, if it is a valid handle of this route and the node exists
     /// (otherwise the server answers the call with the right error).
-    async fn attr(&self, fh: &[u8]) -> Option<NodeAttr> {
+    /// Called on the async thread: `getattr` reads only what the view holds in memory (its
+    /// nodes and catalog), never the repository.
+    fn attr(&self, fh: &[u8]) -> Option<NodeAttr> {
         let id = self.route.key.decode(fh).ok()?;
-        let view = self.route.view.clone();
-        tokio::task::spawn_blocking(move || view.getattr(id))
-            .await
-            .ok()?
-            .ok()
+        self.route.view.getattr(id).ok()
     }
 
     async fn decide(&self, record: Vec<u8>) -> Option<Action> {
@@ -413,7 +411,7 @@ impl Connection {
                 let Some(fh) = args.opaque(64) else {
                     return Some(Action::Forward(record));
                 };
-                let Some(attr) = self.attr(fh).await else {
+                let Some(attr) = self.attr(fh) else {
                     return Some(Action::Forward(record));
                 };
                 match call.proc_ {
