@@ -715,40 +715,21 @@ fn sighup_adds_an_account_without_disturbing_another_and_ports_stay() {
     assert_eq!(run("nfs-cat", &[&file]).stdout, want);
 }
 
-/// The local filesystem, with 16 xattrs of 64 KiB on every regular file: what a customer's
-/// host may send (1 MiB of xattrs per file; they compress to almost nothing).
-struct LargeXattrs;
-
-impl xstore::Source for LargeXattrs {
-    fn stat(&self, path: &Path) -> std::io::Result<xstore::EntryMeta> {
-        xstore::LocalSource.stat(path)
+/// 16 xattrs of 64 KiB on every regular file: what a customer's host may send (1 MiB of
+/// xattrs per file; they compress to almost nothing).
+fn large_xattrs(path: &Path) -> xstore_tests::Xattrs {
+    if !fs::symlink_metadata(path)?.is_file() {
+        return Ok(Vec::new());
     }
-    fn list(
-        &self,
-        dir: &Path,
-    ) -> std::io::Result<Vec<(Vec<u8>, std::io::Result<xstore::EntryMeta>)>> {
-        xstore::LocalSource.list(dir)
-    }
-    fn read_link(&self, path: &Path) -> std::io::Result<Vec<u8>> {
-        xstore::LocalSource.read_link(path)
-    }
-    fn xattrs(&self, path: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        if !fs::symlink_metadata(path)?.is_file() {
-            return Ok(Vec::new());
-        }
-        let seed = path.to_string_lossy().into_owned();
-        Ok((0..16)
-            .map(|i| {
-                let value = format!("{seed}/{i}")
-                    .into_bytes()
-                    .repeat(65536 / (seed.len() + 4));
-                (format!("user.big{i:02}").into_bytes(), value)
-            })
-            .collect())
-    }
-    fn open(&self, path: &Path) -> std::io::Result<Box<dyn xstore::SourceFile>> {
-        xstore::LocalSource.open(path)
-    }
+    let seed = path.to_string_lossy().into_owned();
+    Ok((0..16)
+        .map(|i| {
+            let value = format!("{seed}/{i}")
+                .into_bytes()
+                .repeat(65536 / (seed.len() + 4));
+            (format!("user.big{i:02}").into_bytes(), value)
+        })
+        .collect())
 }
 
 /// Peak and current resident memory of a process, in MiB (VmHWM, VmRSS).
@@ -786,7 +767,11 @@ fn listing_large_xattr_directories_keeps_the_export_within_its_budget() {
             paths: vec![src.clone()],
             ..xstore::BackupOptions::default()
         };
-        repo.backup(&LargeXattrs, &opts).unwrap();
+        let source = xstore_tests::Hooked {
+            before_open: |_: &Path| Ok(()),
+            xattrs: large_xattrs,
+        };
+        repo.backup(&source, &opts).unwrap();
     }
     let inventory = work.path().join("hosts.toml");
     write_inventory(&inventory);

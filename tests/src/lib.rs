@@ -317,11 +317,35 @@ pub fn forget_keep_last(repo: &xstore::Repository, host: &str, keep: usize) -> x
     repo.apply_plan(&plan).unwrap()
 }
 
-/// The local filesystem with a hook that runs before every [`xstore::Source::open`]: a test
-/// changes the file between the listing and the open there (the race a hostile user wins).
-pub struct OpenHook<F>(pub F);
+/// Xattrs as the local filesystem has them.
+pub type Xattrs = std::io::Result<Vec<(Vec<u8>, Vec<u8>)>>;
 
-impl<F: Fn(&Path) -> std::io::Result<()> + Send + Sync> xstore::Source for OpenHook<F> {
+/// The local filesystem with test hooks: `before_open` runs before every
+/// [`xstore::Source::open`] (a test changes the file between the listing and the open there,
+/// the race a hostile user wins), and `xattrs` answers for the xattrs (what a customer's host
+/// may send).
+pub struct Hooked<O, X> {
+    /// Runs before each open; an error fails the open.
+    pub before_open: O,
+    /// The xattrs of a path.
+    pub xattrs: X,
+}
+
+/// The local filesystem with only an open hook ([`Hooked`]).
+pub fn open_hook<O: Fn(&Path) -> std::io::Result<()> + Send + Sync>(
+    before_open: O,
+) -> Hooked<O, fn(&Path) -> Xattrs> {
+    Hooked {
+        before_open,
+        xattrs: |path| xstore::Source::xattrs(&xstore::LocalSource, path),
+    }
+}
+
+impl<O, X> xstore::Source for Hooked<O, X>
+where
+    O: Fn(&Path) -> std::io::Result<()> + Send + Sync,
+    X: Fn(&Path) -> Xattrs + Send + Sync,
+{
     fn stat(&self, path: &Path) -> std::io::Result<xstore::EntryMeta> {
         xstore::LocalSource.stat(path)
     }
@@ -334,11 +358,11 @@ impl<F: Fn(&Path) -> std::io::Result<()> + Send + Sync> xstore::Source for OpenH
     fn read_link(&self, path: &Path) -> std::io::Result<Vec<u8>> {
         xstore::LocalSource.read_link(path)
     }
-    fn xattrs(&self, path: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        xstore::LocalSource.xattrs(path)
+    fn xattrs(&self, path: &Path) -> Xattrs {
+        (self.xattrs)(path)
     }
     fn open(&self, path: &Path) -> std::io::Result<Box<dyn xstore::SourceFile>> {
-        (self.0)(path)?;
+        (self.before_open)(path)?;
         xstore::LocalSource.open(path)
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use xstore::{BackupOptions, LocalSource, ParentChoice, Repository, SnapshotStatus, TierChoice};
 use xstore_tests::{
-    assert_same_tree, forget_keep_last, gc_all_dead, make_fixture, restored_path, seeded_bytes,
-    OpenHook,
+    assert_same_tree, forget_keep_last, gc_all_dead, make_fixture, open_hook, restored_path,
+    seeded_bytes,
 };
 
 /// Every file whose name ends in `7` turns into a FIFO between the listing and the open.
@@ -49,7 +49,7 @@ fn a_fifo_swapped_in_mid_backup_is_a_failed_path_not_a_hang() {
             ..Default::default()
         };
         let _ = tx.send(
-            repo.backup(&OpenHook(swap_for_fifo), &opts)
+            repo.backup(&open_hook(swap_for_fifo), &opts)
                 .map(|s| (s, repo)),
         );
     });
