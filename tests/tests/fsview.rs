@@ -107,3 +107,54 @@ fn inode_numbers_are_stable_and_hard_links_share_one() {
         Err(FsError::NotFound)
     ));
 }
+
+/// Views that share caches under different scopes (accounts) never serve each other's
+/// entries: a second scope reading the same file fills the cache again, the same scope does
+/// not.
+#[test]
+fn shared_caches_are_never_hit_across_scopes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_fixture(&src, 6);
+    let repo = small_repo(&tmp.path().join("repo"));
+    let opts = BackupOptions {
+        host: "web1".into(),
+        paths: vec![src.clone()],
+        ..Default::default()
+    };
+    repo.backup(&LocalSource, &opts).unwrap();
+    drop(repo);
+    let caches = xstore_browse::fsview::ViewCaches::new(64 << 20, 64 << 20);
+    let open = |scope| {
+        FsView::open_with_caches(
+            &tmp.path().join("repo"),
+            ViewOptions::default(),
+            caches.clone(),
+            scope,
+        )
+        .unwrap()
+    };
+    let path = format!(
+        "/hosts/web1/latest{}/small.txt",
+        src.canonicalize().unwrap().display()
+    );
+    let read = |view: &FsView| {
+        // The mount-path walk follows the view's own `latest` link.
+        let ino = view.resolve_mount_path(path.as_bytes(), None).unwrap();
+        view.read(ino.ino, 0, 1 << 20).unwrap()
+    };
+    let (a, a_again, b) = (open(1), open(1), open(2));
+    assert_eq!(read(&a), b"hello 6\n");
+    let after_a = caches.held();
+    assert!(after_a.0 > 0 && after_a.1 > 0, "{after_a:?}");
+    assert_eq!(read(&a_again), b"hello 6\n");
+    assert_eq!(caches.held(), after_a, "the same scope hits");
+    assert_eq!(read(&b), b"hello 6\n");
+    let after_b = caches.held();
+    assert_eq!(
+        after_b.1,
+        2 * after_a.1,
+        "another scope fills its own entries"
+    );
+    assert!(after_b.0 > after_a.0);
+}

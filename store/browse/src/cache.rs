@@ -44,7 +44,6 @@ impl<K: Hash + Eq, V> ByteLru<K, V> {
     }
 
     /// Bytes held.
-    #[cfg(test)]
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }

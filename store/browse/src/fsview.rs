@@ -192,15 +192,19 @@ pub struct FsView {
     catalog: RwLock<Arc<Catalog>>,
     nodes: RwLock<HashMap<u64, Node>>,
     caches: Arc<ViewCaches>,
+    /// This view's part of `caches`.
+    cache_scope: u64,
     files: Mutex<lru::LruCache<u64, Arc<FileIndex>>>,
 }
 
 /// The byte-bounded caches of decoded trees and decompressed chunks. Views of one repository
-/// may share them (an NFS server's views do): both are keyed by blob id, so a hit is the same
-/// bytes whichever view asks, and one view's traffic only evicts another's entries.
+/// may share them (an NFS server's views do: one memory budget). Entries are keyed by the
+/// view's cache scope and the blob id: views of different scopes (accounts) never hit each
+/// other's entries, so how fast an answer comes never tells whether another account read the
+/// same content; one scope's traffic only evicts another's.
 pub struct ViewCaches {
-    trees: Mutex<ByteLru<ChunkId, Vec<Entry>>>,
-    chunks: Mutex<ByteLru<ChunkId, Vec<u8>>>,
+    trees: Mutex<ByteLru<(u64, ChunkId), Vec<Entry>>>,
+    chunks: Mutex<ByteLru<(u64, ChunkId), Vec<u8>>>,
 }
 
 impl ViewCaches {
@@ -211,6 +215,14 @@ impl ViewCaches {
             trees: Mutex::new(ByteLru::new(tree_bytes)),
             chunks: Mutex::new(ByteLru::new(chunk_bytes)),
         })
+    }
+
+    /// Bytes held: decoded trees (estimated) and chunks.
+    pub fn held(&self) -> (usize, usize) {
+        (
+            self.trees.lock().map_or(0, |c| c.bytes()),
+            self.chunks.lock().map_or(0, |c| c.bytes()),
+        )
     }
 }
 
@@ -263,15 +275,17 @@ impl FsView {
     /// Opens `repo` read-only as a view, with its own caches.
     pub fn open(repo: &Path, opts: ViewOptions) -> Result<FsView> {
         let caches = ViewCaches::new(opts.tree_cache_bytes, opts.cache_bytes);
-        Self::open_with_caches(repo, opts, caches)
+        Self::open_with_caches(repo, opts, caches, 0)
     }
 
     /// Opens `repo` read-only as a view that uses `caches` (shared with other views;
-    /// `opts`' cache sizes are then not used).
+    /// `opts`' cache sizes are then not used). Views share cached entries only when they
+    /// have the same `cache_scope` (the NFS export gives each account its own).
     pub fn open_with_caches(
         repo: &Path,
         opts: ViewOptions,
         caches: Arc<ViewCaches>,
+        cache_scope: u64,
     ) -> Result<FsView> {
         let catalog = Self::load(repo, &opts)?;
         let mut nodes = HashMap::new();
@@ -288,6 +302,7 @@ impl FsView {
         Ok(FsView {
             path: repo.to_path_buf(),
             caches,
+            cache_scope,
             opts,
             catalog: RwLock::new(Arc::new(catalog)),
             nodes: RwLock::new(nodes),
@@ -497,7 +512,8 @@ impl FsView {
     }
 
     fn tree_entries(&self, id: &ChunkId) -> FsResult<Arc<Vec<Entry>>> {
-        if let Some(t) = self.caches.trees.lock().map_err(lock_err)?.get(id) {
+        let key = (self.cache_scope, *id);
+        if let Some(t) = self.caches.trees.lock().map_err(lock_err)?.get(&key) {
             return Ok(t);
         }
         let entries = Arc::new(self.repo()?.tree(id)?.entries);
@@ -506,7 +522,7 @@ impl FsView {
             .trees
             .lock()
             .map_err(lock_err)?
-            .put(*id, entries.clone(), size);
+            .put(key, entries.clone(), size);
         Ok(entries)
     }
 
@@ -717,7 +733,8 @@ impl FsView {
     /// One chunk of a file: data of exactly the length the file references
     /// (`read_file_chunk`), so a read never serves bytes the file's size does not cover.
     fn chunk(&self, chunk: &ChunkRef) -> FsResult<Arc<Vec<u8>>> {
-        if let Some(c) = self.caches.chunks.lock().map_err(lock_err)?.get(&chunk.id) {
+        let key = (self.cache_scope, chunk.id);
+        if let Some(c) = self.caches.chunks.lock().map_err(lock_err)?.get(&key) {
             // Cached by id: the same bytes, so their length is the blob's.
             if c.len() == chunk.len as usize {
                 return Ok(c);
@@ -729,7 +746,7 @@ impl FsView {
             .chunks
             .lock()
             .map_err(lock_err)?
-            .put(chunk.id, data.clone(), size);
+            .put(key, data.clone(), size);
         Ok(data)
     }
 

@@ -301,6 +301,7 @@ impl NfsServer {
                         Some(r) => r,
                         None => Arc::new(self.runtime.block_on(start_route(
                             &self.repo,
+                            &export.name,
                             hosts,
                             self.shared.clone(),
                         ))?),
@@ -366,7 +367,18 @@ fn io_error(path: &Path, e: std::io::Error) -> Error {
 
 /// Opens a view of `hosts` and starts its NFS server on 127.0.0.1 (reachable only
 /// through the gate: [`gate`]).
-async fn start_route(repo: &Path, hosts: &[String], shared: Shared) -> xstore::Result<Route> {
+/// The account's share of the cache: its views never hit another account's entries.
+async fn start_route(
+    repo: &Path,
+    account: &str,
+    hosts: &[String],
+    shared: Shared,
+) -> xstore::Result<Route> {
+    let scope = u64::from_le_bytes(
+        blake3::hash(account.as_bytes()).as_bytes()[..8]
+            .try_into()
+            .unwrap_or_default(),
+    );
     let view = Arc::new(FsView::open_with_caches(
         repo,
         ViewOptions {
@@ -374,6 +386,7 @@ async fn start_route(repo: &Path, hosts: &[String], shared: Shared) -> xstore::R
             ..ViewOptions::default()
         },
         shared.caches.clone(),
+        scope,
     )?);
     let key = Arc::new(HandleKey::random().map_err(|e| io_error(repo, e))?);
     let server = NFSTcpListener::bind(
