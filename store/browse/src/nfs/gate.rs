@@ -46,8 +46,9 @@ const ACCESS3_EXECUTE: u32 = 0x20;
 /// The largest call a client may send. Calls of a read-only server are small; a WRITE
 /// (refused anyway) carries at most a client's wsize, 1 MiB.
 const MAX_CALL_BYTES: usize = (1 << 20) + 4096;
-/// Replies queued for one client before the gate stops reading its calls.
-const QUEUED_REPLIES: usize = 32;
+/// Replies queued for one client before the gate stops reading from the server (each up to
+/// a READ's 1 MiB): what a client that sends calls but reads no replies can hold.
+const QUEUED_REPLIES: usize = 4;
 
 /// The key that authenticates file handles: a handle is the generation, the file id and a
 /// keyed BLAKE3 hash of both. Random per route, kept across reloads.
