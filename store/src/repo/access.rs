@@ -9,7 +9,6 @@
 //! sets every mode below it too (for repositories made before this rule).
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use super::Repository;
@@ -98,22 +97,35 @@ impl RepoAccess {
 
     /// Sets the repository directory's mode and group.
     pub(crate) fn apply_to_root(&self, root: &Path) -> Result<()> {
-        apply(root, self.dir_mode(), self.gid()?).map(drop)
+        apply(root, self.dir_mode(), self.gid()?, true).map(drop)
     }
 }
 
-fn apply(path: &Path, mode: u32, gid: Option<u32>) -> Result<bool> {
-    let meta = fs::symlink_metadata(path).at(path)?;
+/// Sets the mode and group of `path` through a descriptor of it: what is changed is what
+/// was opened, never the target of a symlink swapped in meanwhile (`follow` only for the
+/// repository path the user gave, which may be a symlink).
+fn apply(path: &Path, mode: u32, gid: Option<u32>, follow: bool) -> Result<bool> {
+    use rustix::fs::{Mode, OFlags};
+    let mut flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    if !follow {
+        flags |= OFlags::NOFOLLOW;
+    }
+    let io = |e: rustix::io::Errno| Error::Io {
+        path: path.to_path_buf(),
+        source: e.into(),
+    };
+    let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(io)?;
+    let st = rustix::fs::fstat(&fd).map_err(io)?;
     let mut changed = false;
     if let Some(gid) = gid {
-        if meta.gid() != gid {
-            std::os::unix::fs::lchown(path, None, Some(gid)).at(path)?;
+        if st.st_gid != gid {
+            rustix::fs::fchown(&fd, None, Some(rustix::fs::Gid::from_raw(gid))).map_err(io)?;
             changed = true;
         }
     }
     // chown may clear set-id bits: the mode after it.
-    if changed || meta.mode() & 0o7777 != mode {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).at(path)?;
+    if changed || st.st_mode & 0o7777 != mode {
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(io)?;
         changed = true;
     }
     Ok(changed)
@@ -143,7 +155,7 @@ impl Repository {
         let mut stack = vec![self.root.clone()];
         while let Some(dir) = stack.pop() {
             fix.entries += 1;
-            fix.changed += u64::from(apply(&dir, access.dir_mode(), gid)?);
+            fix.changed += u64::from(apply(&dir, access.dir_mode(), gid, dir == self.root)?);
             for entry in fs::read_dir(&dir).at(&dir)? {
                 let entry = entry.at(&dir)?;
                 let path = entry.path();
@@ -152,7 +164,7 @@ impl Repository {
                     stack.push(path);
                 } else if kind.is_file() {
                     fix.entries += 1;
-                    fix.changed += u64::from(apply(&path, access.file_mode(), gid)?);
+                    fix.changed += u64::from(apply(&path, access.file_mode(), gid, false)?);
                 }
             }
         }
