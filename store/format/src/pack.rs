@@ -317,14 +317,8 @@ pub fn read_trailer_from_tail(
             found: to_hex(&magic),
         });
     }
-    let reserved = r.array::<8>("pack header")?;
-    if reserved != [0u8; 8] {
-        return Err(DecodeError::Invalid {
-            what: "pack header",
-            offset: 8,
-            reason: "reserved bytes are not zero".into(),
-        });
-    }
+    // The salt: any value (zero in packs written before 2026-12).
+    let _salt = r.array::<8>("pack header")?;
     let pack_len = usize::try_from(tail_start)
         .ok()
         .and_then(|t| t.checked_add(tail.len()))

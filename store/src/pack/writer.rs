@@ -49,8 +49,12 @@ impl PackWriter {
             len: 0,
             entries: Vec::new(),
         };
+        // The salt (FORMAT.md §Packs): two writers that seal the same blobs in the same order
+        // (hosts with the same files, pulled at once) must not make one pack id, or the
+        // discard of one would delete the other's pack.
         let mut header = [0u8; PACK_HEADER_LEN];
         header[..8].copy_from_slice(PACK_MAGIC);
+        header[8..].copy_from_slice(&rnd[..8]);
         w.write(&header)?;
         Ok(w)
     }
@@ -302,6 +306,11 @@ mod tests {
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x40;
+            // The salt (header bytes 8..16) is any value: only the pack id covers it.
+            assert_ne!(ChunkId::of(&bad), sealed.id, "flip at {i}");
+            if (8..16).contains(&i) {
+                continue;
+            }
             let trailer = read_trailer(&bad);
             let blob = read_blob(&bad, &sealed.entries[0]);
             assert!(trailer.is_err() || blob.is_err(), "flip at {i} undetected");
