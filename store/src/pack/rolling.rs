@@ -6,9 +6,10 @@
 //! format: any pack may hold any kind. Backup (from many ingest threads) and gc (copying live
 //! blobs) both write through it; whatever they abandon is discarded through the journal.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -39,27 +40,50 @@ struct Sealing {
     failed: AtomicBool,
     /// Set by `discard`: queued packs are dropped, not sealed.
     cancelled: AtomicBool,
+    /// Packs handed to the sealers and not yet sealed or dropped, by ticket: what
+    /// [`RollingPacks::flush`] waits for.
+    tickets: Mutex<Tickets>,
+    settled: Condvar,
+}
+
+#[derive(Default)]
+struct Tickets {
+    next: u64,
+    open: BTreeSet<u64>,
 }
 
 impl Sealing {
-    fn run(&self, queue: Receiver<PackWriter>) {
-        for w in queue {
-            if self.cancelled.load(Ordering::Acquire) || self.failed.load(Ordering::Acquire) {
-                w.discard();
-                continue;
-            }
-            let started = std::time::Instant::now();
-            match w.seal(self.storage.as_ref(), &self.packs_dir) {
-                Ok(sealed) => match self.sealed.lock() {
-                    Ok(mut all) => {
-                        tracing::debug!(pack = %sealed.id, bytes = sealed.size,
-                            ms = started.elapsed().as_millis() as u64, "pack sealed and stored");
-                        all.push(sealed);
-                    }
-                    Err(_) => self.fail(Error::Poisoned),
-                },
-                Err(e) => self.fail(e),
-            }
+    fn run(&self, queue: Receiver<(u64, PackWriter)>) {
+        for (ticket, w) in queue {
+            self.seal_one(w);
+            self.settle(ticket);
+        }
+    }
+
+    /// The pack with `ticket` is sealed or dropped.
+    fn settle(&self, ticket: u64) {
+        if let Ok(mut t) = self.tickets.lock() {
+            t.open.remove(&ticket);
+        }
+        self.settled.notify_all();
+    }
+
+    fn seal_one(&self, w: PackWriter) {
+        if self.cancelled.load(Ordering::Acquire) || self.failed.load(Ordering::Acquire) {
+            w.discard();
+            return;
+        }
+        let started = std::time::Instant::now();
+        match w.seal(self.storage.as_ref(), &self.packs_dir) {
+            Ok(sealed) => match self.sealed.lock() {
+                Ok(mut all) => {
+                    tracing::debug!(pack = %sealed.id, bytes = sealed.size,
+                        ms = started.elapsed().as_millis() as u64, "pack sealed and stored");
+                    all.push(sealed);
+                }
+                Err(_) => self.fail(Error::Poisoned),
+            },
+            Err(e) => self.fail(e),
         }
     }
 
@@ -90,7 +114,7 @@ pub(crate) struct RollingPacks {
     current: [Mutex<Option<PackWriter>>; 2],
     sealing: Arc<Sealing>,
     /// The sealers' queue; taken (closed) by `finish`, `discard` or drop.
-    queue: Mutex<Option<Sender<PackWriter>>>,
+    queue: Mutex<Option<Sender<(u64, PackWriter)>>>,
     sealers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -115,6 +139,8 @@ impl RollingPacks {
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
+            tickets: Mutex::new(Tickets::default()),
+            settled: Condvar::new(),
         });
         let (tx, rx) = crossbeam_channel::bounded(QUEUED);
         let mut sealers = Vec::with_capacity(SEALERS);
@@ -190,10 +216,48 @@ impl RollingPacks {
                 "a pack was added after the packs were finished",
             ));
         };
-        queue.send(w).map_err(|refused| {
-            refused.into_inner().discard();
+        let ticket = {
+            let mut t = self.sealing.tickets.lock().map_err(poisoned)?;
+            t.next += 1;
+            let ticket = t.next;
+            t.open.insert(ticket);
+            ticket
+        };
+        queue.send((ticket, w)).map_err(|refused| {
+            refused.into_inner().1.discard();
+            self.sealing.settle(ticket);
             Error::Internal("the pack sealers stopped")
         })
+    }
+
+    /// Seals the open packs and waits until every pack queued before this call is sealed;
+    /// returns the packs sealed since the last `flush` (their uncommitted markers stay until
+    /// the caller's commit). Unlike [`RollingPacks::finish`], writing goes on afterwards: the
+    /// shared packs of concurrent backups are flushed by each backup before its commit.
+    pub(crate) fn flush(&self) -> Result<Vec<SealedPack>> {
+        if self.sealing.cancelled.load(Ordering::Acquire) {
+            return Err(Error::Internal("the packs were discarded"));
+        }
+        for slot in &self.current {
+            let open = slot.lock().map_err(poisoned)?.take();
+            if let Some(w) = open {
+                self.sealing.seal_one(w);
+            }
+        }
+        {
+            let mut t = self.sealing.tickets.lock().map_err(poisoned)?;
+            let upto = t.next;
+            // Later tickets (other threads go on writing) are not waited for.
+            while t.open.first().is_some_and(|first| *first <= upto) {
+                t = self.sealing.settled.wait(t).map_err(poisoned)?;
+            }
+        }
+        if self.sealing.failed.load(Ordering::Acquire) {
+            return Err(self.failure_or(STOPPED));
+        }
+        Ok(std::mem::take(
+            &mut *self.sealing.sealed.lock().map_err(poisoned)?,
+        ))
     }
 
     /// Closes the queue and waits until every queued pack is sealed (or dropped).
@@ -460,6 +524,42 @@ mod tests {
             assert_eq!(ChunkId::of(&bytes), p.id);
         }
         assert_eq!(f.temporary_files(), 0);
+    }
+
+    /// A flush returns every blob added before it in sealed, stored packs, while writing goes
+    /// on: each blob is returned by exactly one flush or the final finish.
+    #[test]
+    fn flush_seals_what_was_added_and_writing_goes_on() {
+        let f = fixture(usize::MAX, 5);
+        let packs = f.packs();
+        let in_packs = |sealed: &[SealedPack]| -> Vec<ChunkId> {
+            let mut ids: Vec<ChunkId> = sealed
+                .iter()
+                .flat_map(|p| p.entries.iter().map(|e| e.id))
+                .collect();
+            ids.sort();
+            ids
+        };
+        let (mut first, added) = add_blobs(&packs, 50);
+        added.unwrap();
+        let flushed = packs.flush().unwrap();
+        first.sort();
+        assert_eq!(in_packs(&flushed), first);
+        assert_eq!(f.temporary_files(), 0);
+        let more: Vec<Vec<u8>> = (1000..1030)
+            .map(|i| xstore_chunker::seeded_bytes(i, 10_000))
+            .collect();
+        for b in &more {
+            let id = ChunkId::of(b);
+            packs
+                .add(id, BlobKind::Data, Compression::None, b.len() as u32, b)
+                .unwrap();
+        }
+        let rest = packs.finish().unwrap();
+        let mut want: Vec<ChunkId> = more.iter().map(|b| ChunkId::of(b)).collect();
+        want.sort();
+        assert_eq!(in_packs(&rest), want);
+        assert_eq!(f.stored().len(), flushed.len() + rest.len());
     }
 
     #[test]
