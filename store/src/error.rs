@@ -219,6 +219,13 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The data shared by concurrent backups of one account was lost (a pack could not be
+    /// stored or committed): no backup relying on it commits.
+    #[error("the chunks shared with this account's other pulls were not stored: {reason}")]
+    SharedIngest {
+        /// The first failure.
+        reason: String,
+    },
     /// Expiry would drop a reference count below zero: the index disagrees with the trees.
     #[error("blob {0}: reference count would drop below zero (the index is inconsistent; run `xstore check`, then `xstore repair index`)")]
     RefcountUnderflow(ChunkId),

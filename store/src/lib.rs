@@ -89,6 +89,7 @@ pub use commands::retention::{
     tier_positions, Applied, RetentionSettings, TierChoice, DEFAULT_GC_GRACE_SECONDS,
     DEFAULT_GC_MAX_DEAD_PERCENT, RETENTION_VERSION,
 };
+pub use commands::shared_ingest::{SharedIngest, SHARED_WAIT};
 pub use commands::usage::{FleetUsage, SnapshotUsage, Usage};
 pub use commands::verify::{
     BrokenPath, DamagedBlob, VerifyOptions, VerifyReport, VerifyRun, VerifyStatus, MAX_BROKEN_PATHS,

@@ -460,3 +460,65 @@ fn sources_that_chunk_remotely_send_only_missing_chunks_and_are_verified() {
         .problems
         .is_empty());
 }
+
+/// Backups sharing one [`xstore::SharedIngest`] (the pulls of one account in one run): one
+/// fails after storing shared chunks (over its budget), the next relies on those chunks, and
+/// its snapshot commits, checks, survives gc and restores exactly. What nobody references
+/// stays dead and gc reclaims it; the shared packs are never discarded with the failed backup.
+#[test]
+fn a_failed_backup_leaves_its_shared_chunks_to_the_others() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_fixture(&src, 31);
+    for i in 0..4u64 {
+        std::fs::write(
+            src.join(format!("big{i}")),
+            seeded_bytes(500 + i, 3_000_000),
+        )
+        .unwrap();
+    }
+    let repo = Repository::init(&work.path().join("repo"), &InitOptions::default()).unwrap();
+    {
+        let shared = repo.shared_ingest().unwrap();
+        let mut failing = opts("web1", &src);
+        failing.budgets = vec![xstore::StoreBudget::new(
+            "web1's pull cap of 5 MB",
+            5_000_000,
+            5_000_000,
+        )];
+        let err = repo
+            .backup_shared(&LocalSource, &failing, &shared)
+            .unwrap_err();
+        assert!(err.to_string().contains("pull cap of 5 MB"), "{err}");
+        assert!(repo.snapshots().unwrap().is_empty());
+
+        let b = repo
+            .backup_shared(&LocalSource, &opts("web2", &src), &shared)
+            .unwrap();
+        // web1 stored up to 5 MB before it failed: web2 stored only the rest.
+        let alone = Repository::init(&work.path().join("alone"), &InitOptions::default())
+            .unwrap()
+            .backup(&LocalSource, &opts("web2", &src))
+            .unwrap();
+        assert!(
+            b.stats.new_bytes + 1_000_000 < alone.stats.new_bytes,
+            "{:?}\nalone: {:?}",
+            b.stats,
+            alone.stats
+        );
+        let report = repo.check(CheckOptions::default()).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+    repo.gc(&xstore::GcOptions {
+        grace: Some(std::time::Duration::ZERO),
+        ..xstore::GcOptions::default()
+    })
+    .unwrap();
+    let report = repo.check(CheckOptions::default()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let snapshot = repo.snapshots().unwrap().pop().unwrap();
+    let dst = work.path().join("restored");
+    repo.restore(&snapshot, &dst, &xstore_tests::exact_restore())
+        .unwrap();
+    assert_same_tree(&src, &restored_path(&dst, &src), false);
+}

@@ -16,6 +16,7 @@ use xstore_chunker::{ChunkId, StreamChunker};
 use super::globs::PathGlobs;
 use super::retention::TierChoice;
 use crate::commands::retention::TierEntry;
+use crate::commands::shared_ingest::{Claim, SharedIngest};
 use crate::error::{Error, Result};
 use crate::index::BlobLoc;
 use crate::pack::rolling::RollingPacks;
@@ -153,6 +154,9 @@ struct Session<'a> {
     /// references one is read again, so this backup stores a fresh copy.
     damaged: HashSet<ChunkId>,
     packs: RollingPacks,
+    /// Where file data goes when backups of one account run together
+    /// ([`Repository::backup_shared`]); else into `packs`.
+    shared: Option<&'a SharedIngest<'a>>,
     new_parents: Mutex<Vec<(ChunkId, Vec<ChunkId>)>>,
     errors: Mutex<Vec<PathError>>,
     error_count: AtomicU64,
@@ -280,6 +284,13 @@ impl<'a> Session<'a> {
                 Err(clash(have))
             };
         }
+        if let Some(shared) = self.shared.filter(|_| kind == BlobKind::Data) {
+            // Data the other backups stored; what they fetch now was waited for already
+            // (`fetch_remote`).
+            if shared.holds(&ChunkRef { id, len: raw_len })? {
+                return Ok(false);
+            }
+        }
         // A dead blob (refcount 0) counts as absent: gc may drop it at any moment, so this
         // session writes its own copy instead of deduplicating against it (mutation.rs).
         if let Some(live) = self.repo.index.blob(&id)?.filter(|l| l.refcount > 0) {
@@ -288,6 +299,14 @@ impl<'a> Session<'a> {
             }
             if !self.damaged.contains(&id) {
                 return Ok(false);
+            }
+        }
+        if let Some(shared) = self.shared.filter(|_| kind != BlobKind::Data) {
+            // Trees and chunk lists the other backups built: identical hosts build the same.
+            match shared.claim(id)? {
+                Claim::Stored(have) if have == kind => return Ok(false),
+                Claim::Stored(have) => return Err(clash(have)),
+                Claim::Mine | Claim::Unshared => {}
             }
         }
         match self.pending.lock().map_err(poisoned)?.entry(id) {
@@ -325,7 +344,12 @@ impl<'a> Session<'a> {
         if !new {
             return Ok(false);
         }
-        self.write_new(id, kind, raw)?;
+        if let Err(e) = self.write_new(id, kind, raw) {
+            if let Some(shared) = self.shared.filter(|_| kind != BlobKind::Data) {
+                shared.release(&id);
+            }
+            return Err(e);
+        }
         Ok(true)
     }
 
@@ -382,7 +406,10 @@ impl<'a> Session<'a> {
         stored: &[u8],
     ) -> Result<()> {
         self.draw((stored.len() + BLOB_HEADER_LEN) as u64)?;
-        self.packs.add(id, kind, compression, raw_len, stored)?;
+        match self.shared {
+            Some(shared) => shared.add(id, kind, compression, raw_len, stored)?,
+            None => self.packs.add(id, kind, compression, raw_len, stored)?,
+        }
         self.new_blobs.fetch_add(1, Ordering::Relaxed);
         self.new_bytes
             .fetch_add(u64::from(raw_len), Ordering::Relaxed);
@@ -673,6 +700,9 @@ impl<'a> Session<'a> {
             for (c, loc) in list.iter().zip(&locs) {
                 known.push(match pending.get(&c.id) {
                     Some(&(kind, len)) => Some(kind == BlobKind::Data && len == c.len),
+                    None if self.shared.map(|s| s.holds(c)).transpose()? == Some(true) => {
+                        Some(true)
+                    }
                     None if crate::repo::is_live_data(loc.as_ref(), c)
                         && !self.damaged.contains(&c.id) =>
                     {
@@ -716,8 +746,19 @@ impl<'a> Session<'a> {
                 bytes += u64::from(wanted[end].len);
                 end += 1;
             }
-            let batch = &wanted[start..end];
+            let mut batch = &wanted[start..end];
             start = end;
+            // Chunks another backup of the account fetches are waited for, not asked for.
+            let reservation = match self.shared {
+                Some(shared) => Some(shared.reserve(batch)?),
+                None => None,
+            };
+            if let Some(r) = &reservation {
+                batch = &r.to_fetch;
+                if batch.is_empty() {
+                    continue;
+                }
+            }
             let data = file.fetch_chunks(batch).map_err(ReadFailure::Source)?;
             if data.len() != batch.len() {
                 return Err(ReadFailure::Source(std::io::Error::new(
@@ -1372,6 +1413,33 @@ impl Repository {
     /// Files that cannot be read are recorded in the snapshot's `errors` and make it
     /// [`SnapshotStatus::Partial`]; repository errors abort without committing anything.
     pub fn backup(&self, source: &dyn Source, opts: &BackupOptions) -> Result<Snapshot> {
+        self.backup_with(source, opts, None)
+    }
+
+    /// [`Repository::backup`] for backups that run at the same time as others of the same
+    /// account and share their file data through `shared` (see [`SharedIngest`]): a chunk
+    /// another of them fetched, or is fetching, is not asked for again and is stored once.
+    /// Only backups of one account may share one [`SharedIngest`].
+    pub fn backup_shared(
+        &self,
+        source: &dyn Source,
+        opts: &BackupOptions,
+        shared: &SharedIngest<'_>,
+    ) -> Result<Snapshot> {
+        if !shared.belongs_to(self) {
+            return Err(Error::InvalidArgument(
+                "the shared ingest belongs to another repository handle".into(),
+            ));
+        }
+        self.backup_with(source, opts, Some(shared))
+    }
+
+    fn backup_with(
+        &self,
+        source: &dyn Source,
+        opts: &BackupOptions,
+        shared: Option<&SharedIngest<'_>>,
+    ) -> Result<Snapshot> {
         self.require_writable()?;
         validate_host(&opts.host).map_err(Error::InvalidArgument)?;
         if opts.paths.is_empty() {
@@ -1462,6 +1530,7 @@ impl Repository {
                 self.storage_arc(),
                 self.config().pack_size,
             ),
+            shared,
             new_parents: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
             error_count: AtomicU64::new(0),
@@ -1504,6 +1573,12 @@ impl Repository {
                 "the exclude patterns left out every entry under {}: no snapshot was committed",
                 shown_paths.join(" ")
             ))));
+        }
+        // The shared data this backup wrote or relies on goes into the index first.
+        if let Some(shared) = shared {
+            if let Err(e) = shared.flush() {
+                return Err(session.discard_uncommitted(e));
+            }
         }
         let sealed = match session.packs.finish() {
             Ok(sealed) => sealed,
@@ -1575,12 +1650,16 @@ impl Repository {
         }
         drop(sealed);
         // A parent blob counts its children only when this commit is the one that adds it.
+        // One committed before, unreferenced (shared packs a flush committed), counts them
+        // when it revives: its children are known here, not read back.
         let mut deltas: HashMap<ChunkId, u64> = HashMap::new();
         for (parent, children) in new_parents {
             if m.inserted(&parent) {
                 for c in children {
                     *deltas.entry(c).or_insert(0) += 1;
                 }
+            } else {
+                m.know_children(parent, children);
             }
         }
         *deltas.entry(snapshot.root).or_insert(0) += 1;

@@ -9,10 +9,11 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::commands::backup::StoreBudget;
+use crate::commands::shared_ingest::SharedIngest;
 use crate::error::{Error, IoContext, Result};
 use crate::fleet::inventory::{Account, HostSpec};
 use crate::repo::Repository;
@@ -398,17 +399,22 @@ impl Repository {
     ///
     /// Every attempt, failed or not, is recorded as the host's [`Repository::last_pull`].
     pub fn pull(&self, host: &HostSpec, opts: &PullOptions) -> Result<Snapshot> {
-        self.pull_reported(host, opts).0
+        self.pull_reported(host, opts, None).0
     }
 
-    fn pull_reported(&self, host: &HostSpec, opts: &PullOptions) -> (Result<Snapshot>, PullReport) {
+    fn pull_reported(
+        &self,
+        host: &HostSpec,
+        opts: &PullOptions,
+        shared: Option<&SharedIngest<'_>>,
+    ) -> (Result<Snapshot>, PullReport) {
         let started_ns = crate::now_ns();
         let started = Instant::now();
         // A panic in one host's pull fails that host alone (its record names the cause);
         // the run goes on with the others. Its uncommitted packs are left for recovery.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.require_writable()
-                .and_then(|()| self.pull_over_ssh(host, opts))
+                .and_then(|()| self.pull_over_ssh(host, opts, shared))
         }))
         .unwrap_or_else(|panic| {
             let what = panic
@@ -559,7 +565,12 @@ impl Repository {
         Ok(Some(report))
     }
 
-    fn pull_over_ssh(&self, host: &HostSpec, opts: &PullOptions) -> Result<Snapshot> {
+    fn pull_over_ssh(
+        &self,
+        host: &HostSpec,
+        opts: &PullOptions,
+        shared: Option<&SharedIngest<'_>>,
+    ) -> Result<Snapshot> {
         let mut connection = AgentConnection::start(host)?;
         let (Some(stdin), Some(stdout)) = (connection.stdin.take(), connection.stdout.take())
         else {
@@ -569,7 +580,7 @@ impl Repository {
         let stderr_lines = Arc::clone(&connection.stderr_lines);
         let limit = opts.timeout.unwrap_or(host.timeout);
         let watchdog = Watchdog::start(Arc::clone(&child), limit);
-        let result = self.pull_over(host, opts, stdout, stdin);
+        let result = self.pull_over(host, opts, shared, stdout, stdin);
         let fired = watchdog.stop();
         reap(&child, Duration::from_secs(10));
         connection.join_collector();
@@ -607,6 +618,7 @@ impl Repository {
         &self,
         host: &HostSpec,
         opts: &PullOptions,
+        shared: Option<&SharedIngest<'_>>,
         from_agent: impl std::io::Read + Send + 'static,
         to_agent: impl std::io::Write + Send + 'static,
     ) -> Result<Snapshot> {
@@ -621,7 +633,7 @@ impl Repository {
             ssh: None,
             source,
         })?;
-        let result = self.backup_remote(host, opts, &source);
+        let result = self.backup_remote_with(host, opts, &source, shared);
         source.close();
         result
     }
@@ -667,6 +679,16 @@ impl Repository {
         host: &HostSpec,
         opts: &PullOptions,
         source: &RemoteSource,
+    ) -> Result<Snapshot> {
+        self.backup_remote_with(host, opts, source, None)
+    }
+
+    fn backup_remote_with(
+        &self,
+        host: &HostSpec,
+        opts: &PullOptions,
+        source: &RemoteSource,
+        shared: Option<&SharedIngest<'_>>,
     ) -> Result<Snapshot> {
         let paths = if host.paths.is_empty() {
             source.agent().roots.clone()
@@ -720,12 +742,19 @@ impl Repository {
             .thread_name(|i| format!("pull-{i}"))
             .build()
             .map_err(|e| pull_error(host, format!("thread pool: {e}")))?;
-        pool.install(|| self.backup(source, &backup))
+        pool.install(|| match shared {
+            Some(shared) => self.backup_shared(source, &backup, shared),
+            None => self.backup(source, &backup),
+        })
     }
 
     /// Pulls `hosts`, `jobs` at a time. One host failing or hanging does not stop the
     /// others (each has its own time limit). `on_done` sees every report as it finishes;
     /// the reports come back in the order of `hosts`.
+    ///
+    /// With more than one job, the hosts of one account (of `opts.accounts`) share what they
+    /// fetch ([`SharedIngest`]): a chunk one of them fetched or is fetching is not asked for
+    /// again and is stored once. Never across accounts.
     pub fn pull_all(
         &self,
         hosts: &[HostSpec],
@@ -737,6 +766,12 @@ impl Repository {
         let computed = self.account_budgets(hosts, &opts.accounts, &opts.account_budgets);
         opts.account_budgets.extend(computed);
         let opts = &opts;
+        let shared = if jobs > 1 {
+            self.shared_ingests(hosts, &opts.accounts)
+        } else {
+            HashMap::new()
+        };
+        let shared = &shared;
         let (tx, rx) = crossbeam_channel::unbounded();
         for (i, h) in hosts.iter().enumerate() {
             let _ = tx.send((i, h));
@@ -749,7 +784,18 @@ impl Repository {
                 let reports = &reports;
                 scope.spawn(move || {
                     for (i, host) in rx {
-                        let (_, report) = self.pull_reported(host, opts);
+                        let shared = shared.get(host.account.as_str()).and_then(|once| {
+                            once.get_or_init(|| {
+                                self.shared_ingest()
+                                    .inspect_err(|e| {
+                                        tracing::warn!(account = %host.account, error = %e,
+                                            "the account's hosts will not share what they fetch this run");
+                                    })
+                                    .ok()
+                            })
+                            .as_ref()
+                        });
+                        let (_, report) = self.pull_reported(host, opts, shared);
                         on_done(&report);
                         if let Ok(mut r) = reports.lock() {
                             r.push((i, report));
@@ -761,6 +807,29 @@ impl Repository {
         let mut reports = reports.into_inner().unwrap_or_else(|e| e.into_inner());
         reports.sort_by_key(|(i, _)| *i);
         reports.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// A place for one [`SharedIngest`] per account of `accounts` with more than one host in
+    /// `hosts`, filled when its first host starts (so sealer threads and gc protection exist
+    /// only for accounts being pulled). Without one (a warning), its hosts are pulled each on
+    /// its own.
+    fn shared_ingests<'h>(
+        &self,
+        hosts: &'h [HostSpec],
+        accounts: &[Account],
+    ) -> HashMap<&'h str, OnceLock<Option<SharedIngest<'_>>>> {
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for h in hosts
+            .iter()
+            .filter(|h| accounts.iter().any(|a| a.name == h.account))
+        {
+            *count.entry(h.account.as_str()).or_default() += 1;
+        }
+        count
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(account, _)| (account, OnceLock::new()))
+            .collect()
     }
 
     /// Each account of `hosts` (found in `accounts`) with its room below its hard limit:

@@ -51,6 +51,8 @@ pub(crate) struct Mutation<'r> {
     damaged: Option<HashSet<ChunkId>>,
     /// Damaged blobs this mutation moved to a fresh copy: their marks go in the batch.
     healed: Vec<ChunkId>,
+    /// Children of blobs the caller built, used instead of reading them back when they revive.
+    known_children: HashMap<ChunkId, Vec<ChunkId>>,
     committed: bool,
     pub(crate) released: Released,
 }
@@ -69,6 +71,7 @@ impl<'r> Mutation<'r> {
             sealed: Vec::new(),
             damaged: None,
             healed: Vec::new(),
+            known_children: HashMap::new(),
             committed: false,
             released: Released::default(),
         })
@@ -170,7 +173,10 @@ impl<'r> Mutation<'r> {
             if self.fresh.contains(&id) {
                 continue;
             }
-            let children = self.repo.blob_children(&id, &loc)?;
+            let children = match self.known_children.remove(&id) {
+                Some(c) => c,
+                None => self.repo.blob_children(&id, &loc)?,
+            };
             self.prefetch(&children)?;
             stack.extend(children.into_iter().map(|c| (c, 1)));
         }
@@ -215,6 +221,19 @@ impl<'r> Mutation<'r> {
             self.damaged = Some(self.repo.damaged_blobs()?);
         }
         Ok(self.damaged.as_ref().is_some_and(|d| d.contains(id)))
+    }
+
+    /// The distinct children of `parent`, a tree or chunk list the caller built: if it
+    /// revives in this mutation, they are counted from here instead of read back.
+    pub(crate) fn know_children(&mut self, parent: ChunkId, children: Vec<ChunkId>) {
+        self.known_children.insert(parent, children);
+    }
+
+    /// Keeps the blobs this mutation inserted from reclaim while the backup sessions active
+    /// now run, as if they died now: shared packs are committed before the snapshots that
+    /// reference their blobs (commands/shared_ingest.rs).
+    pub(crate) fn protect_inserted(&mut self) {
+        self.died.extend(self.fresh.iter().copied());
     }
 
     /// Whether this mutation inserted `id` as the blob's live copy ([`Mutation::insert_new`]).

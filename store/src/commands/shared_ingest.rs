@@ -1,0 +1,323 @@
+//! Backups that run at the same time and share what they store: the pulls of one account in
+//! one run ([`Repository::pull_all`] with more than one job). A chunk one of them is fetching
+//! is not asked for by the others, and a chunk, tree or chunk list one of them stored is
+//! stored once.
+//!
+//! Why it needs more than each backup's own claims: a backup's packs are committed with its
+//! snapshot, and a backup that fails discards them. A chunk another backup relies on must
+//! not go with the backup that happened to fetch it. So the shared data goes into packs of
+//! their own ([`SharedIngest`]), and every backup, before its commit, *flushes* them: seals
+//! what was written so far and commits those packs to the index as blobs nobody references
+//! yet. Its snapshot commit then references them (a dead blob revives, txn/mod.rs), whatever
+//! becomes of the backup that fetched them. What a failed backup wrote and nobody references
+//! stays dead, and gc reclaims it; it is protected from reclaim while the run lasts.
+//!
+//! Waiting for another backup: a chunk another backup has *reserved* (it is asking its agent
+//! for those bytes now), or a tree another backup has claimed (it is writing it now), is
+//! waited for, at most [`SHARED_WAIT`]; then it is fetched or written here too (stored twice,
+//! the second copy dead). A thread waits only while it holds no unresolved reservation or
+//! claim, and each is fulfilled or released by the thread that made it without waiting on
+//! another: no cycle of waits. A backup that fails releases what it reserved or claimed.
+//!
+//! Reference counts: a flush commits its blobs unreferenced, so their children are not
+//! counted; the first commit that references one revives it and counts its children then
+//! (txn/mod.rs), from the children the committing backup knows when it built the blob.
+//!
+//! Trust: only backups of one account share one [`SharedIngest`] (the caller's rule, as for
+//! [`crate::BackupOptions::reference`]); every shared chunk was verified against its id and
+//! length when its bytes arrived, and a chunk is taken as known only with the length it was
+//! stored with.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::index::BlobLoc;
+use crate::pack::rolling::RollingPacks;
+use crate::pack::{BlobKind, Compression};
+use crate::repo::sessions::SessionGuard;
+use crate::repo::{poisoned, Repository};
+use crate::txn::Mutation;
+use crate::ChunkId;
+use xstore_format::tree::ChunkRef;
+
+/// Longest a backup waits for chunks another backup is fetching before it asks its own agent
+/// for them: one host's slow link must not hold up the others for long.
+pub const SHARED_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// A backup is fetching it (a data chunk) or writing it (a tree or chunk list it built),
+    /// under this reservation number.
+    Busy(u64),
+    /// Written to the shared packs: its kind and raw length.
+    Stored(BlobKind, u32),
+}
+
+/// What [`SharedIngest::claim`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Stored by a backup sharing this, as this kind.
+    Stored(BlobKind),
+    /// Claimed for the caller: it must write the blob or [`SharedIngest::release`] it.
+    Mine,
+    /// Another backup has been writing it for longer than [`SHARED_WAIT`]: the caller
+    /// writes its own copy, unclaimed.
+    Unshared,
+}
+
+/// The data chunks that concurrent backups of one account share; see the module text.
+/// Made by [`Repository::shared_ingest`], given to [`Repository::backup_shared`].
+pub struct SharedIngest<'r> {
+    repo: &'r Repository,
+    /// Keeps what the flushes commit protected from reclaim until the run ends: they are dead
+    /// until a snapshot references them.
+    _session: SessionGuard<'r>,
+    packs: RollingPacks,
+    chunks: Mutex<HashMap<ChunkId, Slot>>,
+    changed: Condvar,
+    next_reservation: AtomicU64,
+    /// One flush at a time.
+    flushing: Mutex<()>,
+    /// Why the shared packs can no longer be trusted (a seal or a flush commit failed).
+    failure: Mutex<Option<String>>,
+    /// Chunks not fetched because another backup had them or was fetching them.
+    spared: AtomicU64,
+}
+
+impl std::fmt::Debug for SharedIngest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedIngest")
+            .field("repo", &self.repo.path())
+            .field("spared", &self.spared())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Chunks one thread reserved for fetching; released on drop unless stored meanwhile.
+pub(crate) struct Reservation<'s, 'r> {
+    shared: &'s SharedIngest<'r>,
+    number: u64,
+    reserved: Vec<ChunkId>,
+    /// What this thread must fetch: the reserved chunks and those it gave up waiting for.
+    pub(crate) to_fetch: Vec<ChunkRef>,
+}
+
+impl Drop for Reservation<'_, '_> {
+    fn drop(&mut self) {
+        if self.reserved.is_empty() {
+            return;
+        }
+        if let Ok(mut chunks) = self.shared.chunks.lock() {
+            for id in &self.reserved {
+                if chunks.get(id) == Some(&Slot::Busy(self.number)) {
+                    chunks.remove(id);
+                }
+            }
+        }
+        self.shared.changed.notify_all();
+    }
+}
+
+impl Repository {
+    /// Shared data for backups that run at the same time in this process (see
+    /// [`SharedIngest`]). Give it only to backups of one account: they learn which chunks the
+    /// others hold.
+    pub fn shared_ingest(&self) -> Result<SharedIngest<'_>> {
+        self.require_writable()?;
+        Ok(SharedIngest {
+            repo: self,
+            _session: self.begin_session()?,
+            packs: RollingPacks::new(
+                self.tmp_dir(),
+                self.packs_dir(),
+                self.storage_arc(),
+                self.config().pack_size,
+            ),
+            chunks: Mutex::new(HashMap::new()),
+            changed: Condvar::new(),
+            next_reservation: AtomicU64::new(1),
+            flushing: Mutex::new(()),
+            failure: Mutex::new(None),
+            spared: AtomicU64::new(0),
+        })
+    }
+}
+
+impl<'r> SharedIngest<'r> {
+    /// Whether `repo` is the repository these shared packs belong to.
+    pub(crate) fn belongs_to(&self, repo: &Repository) -> bool {
+        std::ptr::eq(self.repo, repo)
+    }
+
+    /// Chunks the backups sharing this did not fetch because another of them had the chunk or
+    /// was fetching it.
+    pub fn spared(&self) -> u64 {
+        self.spared.load(Ordering::Relaxed)
+    }
+
+    /// Whether `c` was stored here as a data chunk with exactly its length.
+    pub(crate) fn holds(&self, c: &ChunkRef) -> Result<bool> {
+        let chunks = self.chunks.lock().map_err(poisoned)?;
+        Ok(chunks.get(&c.id) == Some(&Slot::Stored(BlobKind::Data, c.len)))
+    }
+
+    /// Claims a tree or chunk list the caller built and the index lacks, waiting (at most
+    /// [`SHARED_WAIT`]) while another backup writes the same blob. The caller must hold no
+    /// unresolved claim or reservation of its own while it calls this.
+    pub(crate) fn claim(&self, id: ChunkId) -> Result<Claim> {
+        let deadline = Instant::now() + SHARED_WAIT;
+        let mut chunks = self.chunks.lock().map_err(poisoned)?;
+        loop {
+            match chunks.get(&id) {
+                Some(Slot::Stored(kind, _)) => return Ok(Claim::Stored(*kind)),
+                Some(Slot::Busy(_)) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Ok(Claim::Unshared);
+                    }
+                    chunks = self
+                        .changed
+                        .wait_timeout(chunks, deadline - now)
+                        .map_err(poisoned)?
+                        .0;
+                }
+                None => {
+                    let number = self.next_reservation.fetch_add(1, Ordering::Relaxed);
+                    chunks.insert(id, Slot::Busy(number));
+                    return Ok(Claim::Mine);
+                }
+            }
+        }
+    }
+
+    /// Gives up a claim whose blob was not written (its backup failed): a backup waiting
+    /// for it writes its own.
+    pub(crate) fn release(&self, id: &ChunkId) {
+        if let Ok(mut chunks) = self.chunks.lock() {
+            if matches!(chunks.get(id), Some(Slot::Busy(_))) {
+                chunks.remove(id);
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    /// Reserves the chunks of `wanted` that no backup holds or fetches, after waiting (at
+    /// most [`SHARED_WAIT`]) for those another backup is fetching. The caller must hold no
+    /// reservation of its own while it calls this.
+    pub(crate) fn reserve(&self, wanted: &[ChunkRef]) -> Result<Reservation<'_, 'r>> {
+        let deadline = Instant::now() + SHARED_WAIT;
+        let mut chunks = self.chunks.lock().map_err(poisoned)?;
+        loop {
+            let busy = wanted
+                .iter()
+                .any(|c| matches!(chunks.get(&c.id), Some(Slot::Busy(_))));
+            let now = Instant::now();
+            if !busy || now >= deadline {
+                break;
+            }
+            chunks = self
+                .changed
+                .wait_timeout(chunks, deadline - now)
+                .map_err(poisoned)?
+                .0;
+        }
+        let number = self.next_reservation.fetch_add(1, Ordering::Relaxed);
+        let mut reservation = Reservation {
+            shared: self,
+            number,
+            reserved: Vec::new(),
+            to_fetch: Vec::new(),
+        };
+        for c in wanted {
+            match chunks.get(&c.id) {
+                Some(Slot::Stored(BlobKind::Data, len)) if *len == c.len => {
+                    self.spared.fetch_add(1, Ordering::Relaxed);
+                }
+                // Fetched after waiting in vain, or named with another length or kind than
+                // the stored one (its bytes will not match): asked for, not reserved.
+                Some(_) => reservation.to_fetch.push(*c),
+                None => {
+                    chunks.insert(c.id, Slot::Busy(number));
+                    reservation.reserved.push(c.id);
+                    reservation.to_fetch.push(*c);
+                }
+            }
+        }
+        Ok(reservation)
+    }
+
+    /// Appends a blob's stored form to the shared packs (a data chunk verified against its
+    /// id, or a tree or chunk list the caller built and checked); from then on every backup
+    /// sharing this takes it as known.
+    pub(crate) fn add(
+        &self,
+        id: ChunkId,
+        kind: BlobKind,
+        compression: Compression,
+        raw_len: u32,
+        stored: &[u8],
+    ) -> Result<()> {
+        self.check_failure()?;
+        self.packs.add(id, kind, compression, raw_len, stored)?;
+        self.chunks
+            .lock()
+            .map_err(poisoned)?
+            .insert(id, Slot::Stored(kind, raw_len));
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    fn check_failure(&self) -> Result<()> {
+        match &*self.failure.lock().map_err(poisoned)? {
+            Some(reason) => Err(Error::SharedIngest {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&self, e: Error) -> Error {
+        if let Ok(mut f) = self.failure.lock() {
+            f.get_or_insert_with(|| e.to_string());
+        }
+        e
+    }
+
+    /// Seals everything written to the shared packs so far and commits those packs to the
+    /// index, their blobs unreferenced (dead) until a snapshot references them, and protected
+    /// from reclaim while this lives. Every backup sharing this calls it before its own
+    /// commit, so every shared chunk it relies on (stored before it looked) is in the index.
+    pub(crate) fn flush(&self) -> Result<()> {
+        let _one = self.flushing.lock().map_err(poisoned)?;
+        self.check_failure()?;
+        let sealed = self.packs.flush().map_err(|e| self.fail(e))?;
+        if sealed.is_empty() {
+            return Ok(());
+        }
+        let committed = (|| {
+            let mut m = Mutation::begin(self.repo)?;
+            for p in &sealed {
+                m.add_sealed_pack(p.id, p.size, p.entries.len() as u32);
+                let ids: Vec<ChunkId> = p.entries.iter().map(|e| e.id).collect();
+                m.prefetch(&ids)?;
+                for e in &p.entries {
+                    m.insert_new(&e.id, BlobLoc::at(p.id, e, 0))?;
+                }
+            }
+            m.protect_inserted();
+            m.commit()
+        })();
+        // A failed commit deleted the packs: the chunks in them are gone for every backup.
+        committed.map(|_| ()).map_err(|e| self.fail(e))
+    }
+}
+
+impl Drop for SharedIngest<'_> {
+    /// What was written after the last flush belongs to backups that failed: removed.
+    fn drop(&mut self) {
+        self.packs.discard();
+    }
+}
