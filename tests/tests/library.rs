@@ -320,6 +320,7 @@ struct Remote {
     params: ChunkerParams,
     fetched: std::sync::Arc<AtomicU64>,
     lie: bool,
+    stall: Option<std::sync::Arc<Stall>>,
 }
 
 struct RemoteFile {
@@ -328,6 +329,36 @@ struct RemoteFile {
     params: ChunkerParams,
     fetched: std::sync::Arc<AtomicU64>,
     lie: bool,
+    stall: Option<std::sync::Arc<Stall>>,
+}
+
+/// A link that stops answering: a fetch blocks until released, then fails.
+#[derive(Default)]
+struct Stall {
+    state: std::sync::Mutex<(bool, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl Stall {
+    fn block(&self) -> io::Error {
+        let mut st = self.state.lock().unwrap();
+        st.0 = true;
+        self.changed.notify_all();
+        while !st.1 {
+            st = self.changed.wait(st).unwrap();
+        }
+        io::Error::other("the link stalled")
+    }
+    fn wait_entered(&self) {
+        let mut st = self.state.lock().unwrap();
+        while !st.0 {
+            st = self.changed.wait(st).unwrap();
+        }
+    }
+    fn release(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.changed.notify_all();
+    }
 }
 
 impl Read for RemoteFile {
@@ -349,6 +380,9 @@ impl SourceFile for RemoteFile {
             .collect()))
     }
     fn fetch_chunks(&mut self, ids: &[xstore::ChunkRef]) -> io::Result<Vec<xstore::FetchedChunk>> {
+        if let Some(stall) = &self.stall {
+            return Err(stall.block());
+        }
         let by_id: std::collections::HashMap<_, _> =
             xstore::chunker::chunk_slice(&self.params, &self.data)
                 .map(|c| {
@@ -396,6 +430,7 @@ impl Source for Remote {
             params: self.params,
             fetched: self.fetched.clone(),
             lie: self.lie,
+            stall: self.stall.clone(),
         }))
     }
 }
@@ -413,6 +448,7 @@ fn sources_that_chunk_remotely_send_only_missing_chunks_and_are_verified() {
         params: repo.chunker_params(),
         fetched: fetched.clone(),
         lie: false,
+        stall: None,
     };
     let mut o = opts("h", &src);
     o.parent = ParentChoice::None;
@@ -443,6 +479,7 @@ fn sources_that_chunk_remotely_send_only_missing_chunks_and_are_verified() {
         params: repo.chunker_params(),
         fetched,
         lie: true,
+        stall: None,
     };
     let s3 = repo.backup(&liar, &o).unwrap();
     assert_eq!(s3.status, SnapshotStatus::Partial);
@@ -521,4 +558,62 @@ fn a_failed_backup_leaves_its_shared_chunks_to_the_others() {
     repo.restore(&snapshot, &dst, &xstore_tests::exact_restore())
         .unwrap();
     assert_same_tree(&src, &restored_path(&dst, &src), false);
+}
+
+/// A host of the account that reserves chunks and then stalls (a dying link, or a compromised
+/// host that stops answering) delays a sibling sharing its run by the wait budget at most:
+/// the sibling fetches the chunks itself and commits a complete snapshot while the stalled
+/// one still hangs; the stalled one then fails its file alone.
+#[test]
+fn a_stalled_sibling_delays_a_shared_backup_by_the_wait_budget_at_most() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let big = seeded_bytes(12, 6 << 20);
+    std::fs::write(src.join("big"), &big).unwrap();
+    let repo = Repository::init(&work.path().join("repo"), &InitOptions::default()).unwrap();
+    let shared = repo.shared_ingest().unwrap();
+    let stall = std::sync::Arc::new(Stall::default());
+    let remote = |stall: Option<std::sync::Arc<Stall>>| Remote {
+        params: repo.chunker_params(),
+        fetched: std::sync::Arc::new(AtomicU64::new(0)),
+        lie: false,
+        stall,
+    };
+    let stalled_source = remote(Some(stall.clone()));
+    let honest = remote(None);
+    std::thread::scope(|s| {
+        let stalled = s.spawn(|| repo.backup_shared(&stalled_source, &opts("web1", &src), &shared));
+        stall.wait_entered();
+        // web1 holds the reservation of big's first chunks and does not answer.
+        let web2 = repo
+            .backup_shared(&honest, &opts("web2", &src), &shared)
+            .unwrap();
+        assert!(web2.is_complete(), "{:?}", web2.errors);
+        assert_eq!(honest.fetched.load(Ordering::Relaxed), big.len() as u64);
+        stall.release();
+        let web1 = stalled.join().unwrap().unwrap();
+        assert_eq!(web1.status, SnapshotStatus::Partial);
+        assert!(
+            web1.errors[0].message.contains("the link stalled"),
+            "{:?}",
+            web1.errors
+        );
+    });
+    drop(shared);
+    let report = repo.check(CheckOptions::default()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let web2 = repo
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.host == "web2")
+        .unwrap();
+    let dst = work.path().join("restored");
+    repo.restore(&web2, &dst, &xstore_tests::exact_restore())
+        .unwrap();
+    assert_eq!(
+        std::fs::read(restored_path(&dst, &src).join("big")).unwrap(),
+        big
+    );
 }

@@ -16,7 +16,7 @@ use xstore_chunker::{ChunkId, StreamChunker};
 use super::globs::PathGlobs;
 use super::retention::TierChoice;
 use crate::commands::retention::TierEntry;
-use crate::commands::shared_ingest::{Claim, SharedIngest};
+use crate::commands::shared_ingest::{Claim, SharedIngest, WaitBudget};
 use crate::error::{Error, Result};
 use crate::index::BlobLoc;
 use crate::pack::rolling::RollingPacks;
@@ -157,6 +157,8 @@ struct Session<'a> {
     /// Where file data goes when backups of one account run together
     /// ([`Repository::backup_shared`]); else into `packs`.
     shared: Option<&'a SharedIngest<'a>>,
+    /// How long this backup may still wait for the others sharing `shared`.
+    shared_wait: WaitBudget,
     new_parents: Mutex<Vec<(ChunkId, Vec<ChunkId>)>>,
     errors: Mutex<Vec<PathError>>,
     error_count: AtomicU64,
@@ -303,7 +305,7 @@ impl<'a> Session<'a> {
         }
         if let Some(shared) = self.shared.filter(|_| kind != BlobKind::Data) {
             // Trees and chunk lists the other backups built: identical hosts build the same.
-            match shared.claim(id)? {
+            match shared.claim(id, &self.shared_wait)? {
                 Claim::Stored(have) if have == kind => return Ok(false),
                 Claim::Stored(have) => return Err(clash(have)),
                 Claim::Mine | Claim::Unshared => {}
@@ -750,7 +752,7 @@ impl<'a> Session<'a> {
             start = end;
             // Chunks another backup of the account fetches are waited for, not asked for.
             let reservation = match self.shared {
-                Some(shared) => Some(shared.reserve(batch)?),
+                Some(shared) => Some(shared.reserve(batch, &self.shared_wait)?),
                 None => None,
             };
             if let Some(r) = &reservation {
@@ -1524,13 +1526,9 @@ impl Repository {
             parent_root: parent.as_ref().or(reference.as_ref()).map(|p| p.root),
             previous_is_other_host,
             damaged: self.damaged_blobs()?,
-            packs: RollingPacks::new(
-                self.tmp_dir(),
-                self.packs_dir(),
-                self.storage_arc(),
-                self.config().pack_size,
-            ),
+            packs: self.rolling_packs(),
             shared,
+            shared_wait: WaitBudget::new(),
             new_parents: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
             error_count: AtomicU64::new(0),

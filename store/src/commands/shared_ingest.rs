@@ -14,8 +14,10 @@
 //!
 //! Waiting for another backup: a chunk another backup has *reserved* (it is asking its agent
 //! for those bytes now), or a tree another backup has claimed (it is writing it now), is
-//! waited for, at most [`SHARED_WAIT`]; then it is fetched or written here too (stored twice,
-//! the second copy dead). A thread waits only while it holds no unresolved reservation or
+//! waited for, at most [`SHARED_WAIT`] in all per backup (a [`WaitBudget`]); then it is fetched
+//! or written here too (stored twice, the second copy dead). So a host of the account that
+//! reserves chunks and then stalls (a compromised one, or one on a dying link) delays each of
+//! its siblings by at most that, once. A thread waits only while it holds no unresolved reservation or
 //! claim, and each is fulfilled or released by the thread that made it without waiting on
 //! another: no cycle of waits. A backup that fails releases what it reserved or claimed.
 //!
@@ -43,9 +45,33 @@ use crate::txn::Mutation;
 use crate::ChunkId;
 use xstore_format::tree::ChunkRef;
 
-/// Longest a backup waits for chunks another backup is fetching before it asks its own agent
-/// for them: one host's slow link must not hold up the others for long.
+/// Longest one backup waits, in all, for chunks and trees other backups are fetching or
+/// writing; past it, it fetches and writes them itself. One host's stalled or slow link must
+/// not hold up the others for long.
 pub const SHARED_WAIT: Duration = Duration::from_secs(30);
+
+/// What one backup may still wait for the others ([`SHARED_WAIT`] to start with), shared by
+/// its threads.
+#[derive(Debug)]
+pub(crate) struct WaitBudget(Mutex<Duration>);
+
+impl WaitBudget {
+    pub(crate) fn new() -> Self {
+        WaitBudget(Mutex::new(SHARED_WAIT))
+    }
+
+    /// When waiting that starts now must end.
+    fn deadline(&self) -> Result<Instant> {
+        Ok(Instant::now() + *self.0.lock().map_err(poisoned)?)
+    }
+
+    /// Takes what a wait that began at `started` took.
+    fn spend(&self, started: Instant) -> Result<()> {
+        let mut left = self.0.lock().map_err(poisoned)?;
+        *left = left.saturating_sub(started.elapsed());
+        Ok(())
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
@@ -63,8 +89,8 @@ pub(crate) enum Claim {
     Stored(BlobKind),
     /// Claimed for the caller: it must write the blob or [`SharedIngest::release`] it.
     Mine,
-    /// Another backup has been writing it for longer than [`SHARED_WAIT`]: the caller
-    /// writes its own copy, unclaimed.
+    /// Another backup is still writing it and the caller's [`WaitBudget`] ran out: the
+    /// caller writes its own copy, unclaimed.
     Unshared,
 }
 
@@ -130,12 +156,7 @@ impl Repository {
         Ok(SharedIngest {
             repo: self,
             _session: self.begin_session()?,
-            packs: RollingPacks::new(
-                self.tmp_dir(),
-                self.packs_dir(),
-                self.storage_arc(),
-                self.config().pack_size,
-            ),
+            packs: self.rolling_packs(),
             chunks: Mutex::new(HashMap::new()),
             changed: Condvar::new(),
             next_reservation: AtomicU64::new(1),
@@ -164,11 +185,11 @@ impl<'r> SharedIngest<'r> {
         Ok(chunks.get(&c.id) == Some(&Slot::Stored(BlobKind::Data, c.len)))
     }
 
-    /// Claims a tree or chunk list the caller built and the index lacks, waiting (at most
-    /// [`SHARED_WAIT`]) while another backup writes the same blob. The caller must hold no
+    /// Claims a tree or chunk list the caller built and the index lacks, waiting (within
+    /// `budget`) while another backup writes the same blob. The caller must hold no
     /// unresolved claim or reservation of its own while it calls this.
-    pub(crate) fn claim(&self, id: ChunkId) -> Result<Claim> {
-        let deadline = Instant::now() + SHARED_WAIT;
+    pub(crate) fn claim(&self, id: ChunkId, budget: &WaitBudget) -> Result<Claim> {
+        let deadline = budget.deadline()?;
         let mut chunks = self.chunks.lock().map_err(poisoned)?;
         loop {
             match chunks.get(&id) {
@@ -183,6 +204,7 @@ impl<'r> SharedIngest<'r> {
                         .wait_timeout(chunks, deadline - now)
                         .map_err(poisoned)?
                         .0;
+                    budget.spend(now)?;
                 }
                 None => {
                     let number = self.next_reservation.fetch_add(1, Ordering::Relaxed);
@@ -204,11 +226,15 @@ impl<'r> SharedIngest<'r> {
         self.changed.notify_all();
     }
 
-    /// Reserves the chunks of `wanted` that no backup holds or fetches, after waiting (at
-    /// most [`SHARED_WAIT`]) for those another backup is fetching. The caller must hold no
-    /// reservation of its own while it calls this.
-    pub(crate) fn reserve(&self, wanted: &[ChunkRef]) -> Result<Reservation<'_, 'r>> {
-        let deadline = Instant::now() + SHARED_WAIT;
+    /// Reserves the chunks of `wanted` that no backup holds or fetches, after waiting (within
+    /// `budget`) for those another backup is fetching. The caller must hold no reservation
+    /// of its own while it calls this.
+    pub(crate) fn reserve(
+        &self,
+        wanted: &[ChunkRef],
+        budget: &WaitBudget,
+    ) -> Result<Reservation<'_, 'r>> {
+        let deadline = budget.deadline()?;
         let mut chunks = self.chunks.lock().map_err(poisoned)?;
         loop {
             let busy = wanted
@@ -223,6 +249,7 @@ impl<'r> SharedIngest<'r> {
                 .wait_timeout(chunks, deadline - now)
                 .map_err(poisoned)?
                 .0;
+            budget.spend(now)?;
         }
         let number = self.next_reservation.fetch_add(1, Ordering::Relaxed);
         let mut reservation = Reservation {
