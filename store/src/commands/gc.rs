@@ -11,7 +11,6 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::index::{BlobLoc, PackRecord};
-use crate::pack::rolling::RollingPacks;
 use crate::pack::{self, PackEntry, PackId, SealedPack};
 use crate::repo::Repository;
 use crate::txn::Mutation;
@@ -388,12 +387,7 @@ impl Repository {
             return Ok(());
         }
         // 1. Copy live blobs (verified: a corrupt blob is never copied) into new packs.
-        let packs = RollingPacks::new(
-            self.tmp_dir(),
-            self.packs_dir(),
-            self.storage_arc(),
-            self.config().pack_size,
-        );
+        let packs = self.rolling_packs();
         let mut copied: HashMap<PackId, HashSet<ChunkId>> = HashMap::new();
         let mut unreadable: HashMap<PackId, String> = HashMap::new();
         if let Some(p) = progress {

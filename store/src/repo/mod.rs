@@ -124,6 +124,16 @@ impl Repository {
     pub(crate) fn tmp_dir(&self) -> PathBuf {
         crate::layout::packs_tmp(&self.root)
     }
+    /// New packs of this repository's target size, written through its storage (a backup's,
+    /// gc's, concurrent backups' shared ones).
+    pub(crate) fn rolling_packs(&self) -> crate::pack::rolling::RollingPacks {
+        crate::pack::rolling::RollingPacks::new(
+            self.tmp_dir(),
+            self.packs_dir(),
+            self.storage_arc(),
+            self.config().pack_size,
+        )
+    }
     pub(crate) fn snapshots_dir(&self) -> PathBuf {
         crate::layout::snapshots(&self.root)
     }
