@@ -154,7 +154,7 @@ struct Session<'a> {
     /// references one is read again, so this backup stores a fresh copy.
     damaged: HashSet<ChunkId>,
     packs: RollingPacks,
-    /// Where file data goes when backups of one account run together
+    /// Where new blobs go when backups of one account run together
     /// ([`Repository::backup_shared`]); else into `packs`.
     shared: Option<&'a SharedIngest<'a>>,
     /// How long this backup may still wait for the others sharing `shared`.
@@ -988,10 +988,17 @@ impl<'a> Session<'a> {
             to_read[i] = true;
             let child = path.join(std::ffi::OsStr::from_bytes(name));
             if !self.excludes.is_match(&child, name) {
+                // Another host of the account about to read a file of this path and size
+                // (hosts with the same files, pulled at once) sends its bytes, if anyone does.
+                let announced = match self.shared {
+                    Some(shared) => shared.announce(&child, meta.attrs.size)?,
+                    None => false,
+                };
                 to_open.push(OpenHint {
                     path: child,
                     size: meta.attrs.size,
-                    probably_known: old.is_some_and(|p| p.attrs.size == meta.attrs.size),
+                    probably_known: announced
+                        || old.is_some_and(|p| p.attrs.size == meta.attrs.size),
                 });
             }
         }

@@ -30,7 +30,9 @@
 //! length when its bytes arrived, and a chunk is taken as known only with the length it was
 //! stored with.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -44,6 +46,10 @@ use crate::repo::{poisoned, Repository};
 use crate::txn::Mutation;
 use crate::ChunkId;
 use xstore_format::tree::ChunkRef;
+
+/// Most files ([`SharedIngest::announce`]) one shared ingest remembers (about 50 MB): past
+/// it, files are announced no more and travel as before.
+pub const MAX_ANNOUNCED_FILES: usize = 2_000_000;
 
 /// Longest one backup waits, in all, for chunks and trees other backups are fetching or
 /// writing; past it, it fetches and writes them itself. One host's stalled or slow link must
@@ -111,6 +117,8 @@ pub struct SharedIngest<'r> {
     failure: Mutex<Option<String>>,
     /// Chunks not fetched because another backup had them or was fetching them.
     spared: AtomicU64,
+    /// Hashes of (path, size) of the files some backup sharing this is about to read.
+    announced: Mutex<HashSet<u64>>,
 }
 
 impl std::fmt::Debug for SharedIngest<'_> {
@@ -163,6 +171,7 @@ impl Repository {
             flushing: Mutex::new(()),
             failure: Mutex::new(None),
             spared: AtomicU64::new(0),
+            announced: Mutex::new(HashSet::new()),
         })
     }
 }
@@ -177,6 +186,26 @@ impl<'r> SharedIngest<'r> {
     /// was fetching it.
     pub fn spared(&self) -> u64 {
         self.spared.load(Ordering::Relaxed)
+    }
+
+    /// Announces that the caller is about to read the file at `path` of `size` bytes; true
+    /// when another backup sharing this announced it first. Hosts with the same files walk
+    /// them at once, and a source sends small files' bytes with their chunk list: only the
+    /// first announcer should, the others ask for chunk ids alone
+    /// ([`crate::OpenHint::probably_known`]) and then for the chunks nobody holds.
+    pub(crate) fn announce(&self, path: &Path, size: u64) -> Result<bool> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        path.hash(&mut h);
+        size.hash(&mut h);
+        let key = h.finish();
+        let mut announced = self.announced.lock().map_err(poisoned)?;
+        if announced.contains(&key) {
+            return Ok(true);
+        }
+        if announced.len() < MAX_ANNOUNCED_FILES {
+            announced.insert(key);
+        }
+        Ok(false)
     }
 
     /// Whether `c` was stored here as a data chunk with exactly its length.
