@@ -25,6 +25,7 @@ if ! ls "$kcache"/"$kpkg"_*.deb >/dev/null 2>&1; then
   (cd "$kcache" && apt-get download "$kpkg" 2>/dev/null)
 fi
 work=$(mktemp -d)
+chmod 755 "$work"   # the backed-up path's directories: searchable by others, as usual
 tap="xnfs$$"
 trap 'pkill -f "serve-nfs --listen 10.9.0.1:2049" 2>/dev/null; ip link del "$tap" 2>/dev/null; rm -rf "$work"' EXIT
 dpkg-deb -x "$kcache"/"$kpkg"_*.deb "$work/k"
@@ -122,7 +123,7 @@ timeout 300 qemu-system-x86_64 -accel tcg -m 512 -smp 1 -kernel "$work/k/boot/vm
   -initrd "$work/initrd.gz" -append "console=ttyS0 panic=-1 quiet" -nographic -no-reboot \
   -netdev "tap,id=n0,ifname=$tap,script=no,downscript=no" -device virtio-net-pci,netdev=n0 \
   > "$work/vm.log" 2>&1 || true
-got=$(sed -n '/^== mount/,$p' "$work/vm.log" | tr -d '\r' | grep -v '^\s*$' | grep -v 'reboot: Power down')
+got=$(tr -d '\r' < "$work/vm.log" | sed -n 's/^.*\(== mount\)/\1/; /^== mount/,$p' | grep -v '^\s*$' | grep -v 'reboot: Power down')
 want=$(for src in /daily.0/web1.example.net / /hosts/web1.example.net/latest; do
   echo "== mount $src"; echo "mount rc=0"
   (cd "$data" && md5sum hello.txt file.bin)
@@ -134,5 +135,6 @@ if [ "$got" = "$want" ]; then
   echo "PASS: three mounts, bytes equal, squashed root refused, uid 1000 served, writes EROFS"
 else
   diff <(echo "$want") <(echo "$got") || true
-  echo "FAIL (guest console: $work/vm.log)"; trap - EXIT; exit 1
+  cp "$work/vm.log" "${TMPDIR:-/tmp}/nfs-kernel-check.vm.log"
+  echo "FAIL (guest console: ${TMPDIR:-/tmp}/nfs-kernel-check.vm.log)"; exit 1
 fi
