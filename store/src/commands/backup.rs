@@ -18,7 +18,6 @@ use super::retention::TierChoice;
 use crate::commands::retention::TierEntry;
 use crate::commands::shared_ingest::{Claim, SharedIngest, WaitBudget};
 use crate::error::{Error, Result};
-use crate::index::BlobLoc;
 use crate::pack::rolling::RollingPacks;
 use crate::pack::{self, BlobKind, SealedPack, BLOB_HEADER_LEN};
 use crate::repo::{now_ns, poisoned, Repository};
@@ -1645,14 +1644,7 @@ impl Repository {
         entry: Option<&TierEntry>,
     ) -> Result<()> {
         let mut m = Mutation::begin(self)?;
-        for p in &sealed {
-            m.add_sealed_pack(p.id, p.size, p.entries.len() as u32);
-            let ids: Vec<ChunkId> = p.entries.iter().map(|e| e.id).collect();
-            m.prefetch(&ids)?;
-            for e in &p.entries {
-                m.insert_new(&e.id, BlobLoc::at(p.id, e, 0))?;
-            }
-        }
+        m.insert_sealed(&sealed)?;
         drop(sealed);
         // A parent blob counts its children only when this commit is the one that adds it.
         // One committed before, unreferenced (shared packs a flush committed), counts them

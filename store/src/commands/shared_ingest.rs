@@ -34,11 +34,10 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::index::BlobLoc;
 use crate::pack::rolling::RollingPacks;
 use crate::pack::{BlobKind, Compression};
 use crate::repo::sessions::SessionGuard;
@@ -115,8 +114,6 @@ pub struct SharedIngest<'r> {
     flushing: Mutex<()>,
     /// Why the shared packs can no longer be trusted (a seal or a flush commit failed).
     failure: Mutex<Option<String>>,
-    /// Chunks not fetched because another backup had them or was fetching them.
-    spared: AtomicU64,
     /// Hashes of (path, size) of the files some backup sharing this is about to read.
     announced: Mutex<HashSet<u64>>,
 }
@@ -125,7 +122,6 @@ impl std::fmt::Debug for SharedIngest<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedIngest")
             .field("repo", &self.repo.path())
-            .field("spared", &self.spared())
             .finish_non_exhaustive()
     }
 }
@@ -170,7 +166,6 @@ impl Repository {
             next_reservation: AtomicU64::new(1),
             flushing: Mutex::new(()),
             failure: Mutex::new(None),
-            spared: AtomicU64::new(0),
             announced: Mutex::new(HashSet::new()),
         })
     }
@@ -180,12 +175,6 @@ impl<'r> SharedIngest<'r> {
     /// Whether `repo` is the repository these shared packs belong to.
     pub(crate) fn belongs_to(&self, repo: &Repository) -> bool {
         std::ptr::eq(self.repo, repo)
-    }
-
-    /// Chunks the backups sharing this did not fetch because another of them had the chunk or
-    /// was fetching it.
-    pub fn spared(&self) -> u64 {
-        self.spared.load(Ordering::Relaxed)
     }
 
     /// Announces that the caller is about to read the file at `path` of `size` bytes; true
@@ -218,29 +207,40 @@ impl<'r> SharedIngest<'r> {
     /// `budget`) while another backup writes the same blob. The caller must hold no
     /// unresolved claim or reservation of its own while it calls this.
     pub(crate) fn claim(&self, id: ChunkId, budget: &WaitBudget) -> Result<Claim> {
+        let mut chunks = self.wait_while(budget, |chunks| {
+            matches!(chunks.get(&id), Some(Slot::Busy(_)))
+        })?;
+        match chunks.get(&id) {
+            Some(Slot::Stored(kind, _)) => Ok(Claim::Stored(*kind)),
+            Some(Slot::Busy(_)) => Ok(Claim::Unshared),
+            None => {
+                let number = self.next_reservation.fetch_add(1, Ordering::Relaxed);
+                chunks.insert(id, Slot::Busy(number));
+                Ok(Claim::Mine)
+            }
+        }
+    }
+
+    /// The registry, once `busy` is false or `budget` has run out (what the wait took is
+    /// taken from it).
+    fn wait_while(
+        &self,
+        budget: &WaitBudget,
+        busy: impl Fn(&HashMap<ChunkId, Slot>) -> bool,
+    ) -> Result<MutexGuard<'_, HashMap<ChunkId, Slot>>> {
         let deadline = budget.deadline()?;
         let mut chunks = self.chunks.lock().map_err(poisoned)?;
         loop {
-            match chunks.get(&id) {
-                Some(Slot::Stored(kind, _)) => return Ok(Claim::Stored(*kind)),
-                Some(Slot::Busy(_)) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Ok(Claim::Unshared);
-                    }
-                    chunks = self
-                        .changed
-                        .wait_timeout(chunks, deadline - now)
-                        .map_err(poisoned)?
-                        .0;
-                    budget.spend(now)?;
-                }
-                None => {
-                    let number = self.next_reservation.fetch_add(1, Ordering::Relaxed);
-                    chunks.insert(id, Slot::Busy(number));
-                    return Ok(Claim::Mine);
-                }
+            let now = Instant::now();
+            if !busy(&chunks) || now >= deadline {
+                return Ok(chunks);
             }
+            chunks = self
+                .changed
+                .wait_timeout(chunks, deadline - now)
+                .map_err(poisoned)?
+                .0;
+            budget.spend(now)?;
         }
     }
 
@@ -263,23 +263,11 @@ impl<'r> SharedIngest<'r> {
         wanted: &[ChunkRef],
         budget: &WaitBudget,
     ) -> Result<Reservation<'_, 'r>> {
-        let deadline = budget.deadline()?;
-        let mut chunks = self.chunks.lock().map_err(poisoned)?;
-        loop {
-            let busy = wanted
+        let mut chunks = self.wait_while(budget, |chunks| {
+            wanted
                 .iter()
-                .any(|c| matches!(chunks.get(&c.id), Some(Slot::Busy(_))));
-            let now = Instant::now();
-            if !busy || now >= deadline {
-                break;
-            }
-            chunks = self
-                .changed
-                .wait_timeout(chunks, deadline - now)
-                .map_err(poisoned)?
-                .0;
-            budget.spend(now)?;
-        }
+                .any(|c| matches!(chunks.get(&c.id), Some(Slot::Busy(_))))
+        })?;
         let number = self.next_reservation.fetch_add(1, Ordering::Relaxed);
         let mut reservation = Reservation {
             shared: self,
@@ -289,9 +277,7 @@ impl<'r> SharedIngest<'r> {
         };
         for c in wanted {
             match chunks.get(&c.id) {
-                Some(Slot::Stored(BlobKind::Data, len)) if *len == c.len => {
-                    self.spared.fetch_add(1, Ordering::Relaxed);
-                }
+                Some(Slot::Stored(BlobKind::Data, len)) if *len == c.len => {}
                 // Fetched after waiting in vain, or named with another length or kind than
                 // the stored one (its bytes will not match): asked for, not reserved.
                 Some(_) => reservation.to_fetch.push(*c),
@@ -355,14 +341,7 @@ impl<'r> SharedIngest<'r> {
         }
         let committed = (|| {
             let mut m = Mutation::begin(self.repo)?;
-            for p in &sealed {
-                m.add_sealed_pack(p.id, p.size, p.entries.len() as u32);
-                let ids: Vec<ChunkId> = p.entries.iter().map(|e| e.id).collect();
-                m.prefetch(&ids)?;
-                for e in &p.entries {
-                    m.insert_new(&e.id, BlobLoc::at(p.id, e, 0))?;
-                }
-            }
+            m.insert_sealed(&sealed)?;
             m.protect_inserted();
             m.commit()
         })();

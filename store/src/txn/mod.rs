@@ -134,6 +134,19 @@ impl<'r> Mutation<'r> {
         self.track_sealed(id);
     }
 
+    /// Adds sealed packs and inserts every blob in them ([`Mutation::insert_new`]).
+    pub(crate) fn insert_sealed(&mut self, sealed: &[crate::pack::SealedPack]) -> Result<()> {
+        for p in sealed {
+            self.add_sealed_pack(p.id, p.size, p.entries.len() as u32);
+            let ids: Vec<ChunkId> = p.entries.iter().map(|e| e.id).collect();
+            self.prefetch(&ids)?;
+            for e in &p.entries {
+                self.insert_new(&e.id, BlobLoc::at(p.id, e, 0))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Makes this mutation responsible for a sealed pack whose record the caller sets.
     pub(crate) fn track_sealed(&mut self, id: PackId) {
         self.sealed.push(id);
