@@ -1,14 +1,28 @@
 #!/usr/bin/env python3
-"""Module-graph check: fails if the modules of a crate import each other in a cycle.
+"""Module-graph check: fails if the modules of a crate depend on each other in a cycle, or
+against the layer order ARCHITECTURE.md documents.
 
 For every crate of the workspace (a folder with Cargo.toml and src/), each source file is a
-module (`src/a/b.rs` or `src/a/b/mod.rs` is `a::b`). An edge A -> B is a reference from a file of
-A to `crate::B::…` (through `use`, grouped `use crate::{…}`, `super::…`, or a path in code).
+module (`src/a/b.rs` or `src/a/b/mod.rs` is `a::b`). An edge A -> B is
+- a reference from a file of A to `crate::B::…` (through `use`, grouped `use crate::{…}`,
+  `super::…`, or a path in code), or
+- a call of a method of `Repository` that B defines (`impl Repository` in B), which needs no
+  `use` at all: `repo.m(…)`, `self.repo.m(…)`, `Repository::m(…)`, or `self.m(…)` inside an
+  `impl Repository` block of A.
 Edges are compared among siblings: `repo::lock -> index` counts as `repo -> index` at the top
 level and is ignored inside `repo/`; a child naming its parent or the parent's own items is
 the normal shape of a Rust module and is not an edge. A cycle among the siblings of any folder
-is an error. With `--print`, each crate's modules are listed by layer (a module only uses
-modules of lower layers).
+is an error.
+
+ARCHITECTURE.md documents each crate's top-level layers under its heading
+"### `NAME` (`DIR/src`)", in a line `Layers, bottom first: `a`, `b` < `c` < …` (modules of
+one group stand side by side). For a crate with such a line, every top-level module must be
+listed, and every edge must run from a higher group to a lower one; and its root `lib.rs`
+may only declare modules and re-export: an item defined there, or a `crate::Name` that
+reaches an item through the root's re-exports, is an error (import the module that defines it).
+
+With `--print`, each crate's modules are listed by layer (a module only uses modules of lower
+layers).
 
 Usage: scripts/modgraph.py [--print] [CRATE_DIR…]   (default: every workspace member)
 """
@@ -19,8 +33,13 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
 def workspace_members():
-    text = open(os.path.join(ROOT, "Cargo.toml")).read()
+    text = read(os.path.join(ROOT, "Cargo.toml"))
     m = re.search(r"members\s*=\s*\[(.*?)\]", text, re.S)
     return [s for s in re.findall(r'"([^"]+)"', m.group(1))] if m else []
 
@@ -125,6 +144,110 @@ def resolve(target, modules, exports):
     return mod
 
 
+def block_spans(src, header):
+    """(start, end) of each block opened by a line matching `header` (brace-matched)."""
+    spans = []
+    for m in re.finditer(header, src, re.M):
+        depth, i = 0, src.index("{", m.start())
+        start = i
+        while i < len(src):
+            if src[i] == "{":
+                depth += 1
+            elif src[i] == "}":
+                depth -= 1
+                if depth == 0:
+                    break
+            i += 1
+        spans.append((start, i))
+    return spans
+
+
+REPO_IMPL = r"^impl Repository \{"
+
+
+def repository_methods(sources):
+    """Method name -> the module whose `impl Repository` block defines it."""
+    out = {}
+    for mod, src in sources.items():
+        for a, b in block_spans(src, REPO_IMPL):
+            for f in re.finditer(r"^    (?:pub(?:\([^)]*\))?\s+)?fn\s+(\w+)", src[a:b], re.M):
+                out[f.group(1)] = mod
+    return out
+
+
+def method_call_targets(src, methods):
+    """Modules whose `Repository` methods `src` calls (see the module documentation)."""
+    text = re.sub(r"\s*\n\s*\.", ".", src)  # method chains split over lines
+    spans = block_spans(text, REPO_IMPL)
+    out = set()
+    call = r"(?<![\w.])(self\.repo|repo|self|Repository::)\.?(\w+)\s*(?:::<[^>]*>)?\("
+    for m in re.finditer(call, text):
+        recv, name = m.group(1), m.group(2)
+        if name not in methods:
+            continue
+        if recv == "self" and not any(a <= m.start() < b for a, b in spans):
+            continue
+        out.add(methods[name])
+    return out
+
+
+ROOT_ITEM = re.compile(
+    r"^(?:pub(?:\([^)]*\))?\s+)?(?:fn|struct|enum|const|static|trait|type|impl|union)\b", re.M
+)
+
+
+def root_problems(crate_dir, files, sources, modules):
+    """Items defined in the crate root, and references that reach an item through it."""
+    out = []
+    lib = sources.get(())
+    if lib is not None:
+        body = re.sub(r"#\[cfg\(test\)\]\s*mod\s+\w+\s*\{.*", "", lib, flags=re.S)
+        for m in ROOT_ITEM.finditer(body):
+            line = body[m.start():body.index("\n", m.start())].strip()
+            out.append(f"modgraph: {crate_dir}: the crate root defines `{line}`: define it in a module, re-export it from the root")
+    for mod, src in sources.items():
+        if mod == ():
+            continue
+        # `crate::` paths only: `super::` inside a file's inline test module names the file.
+        crate_only = re.sub(r"\bsuper\s*::", "self::", src)
+        for ref in references(mod, crate_only, modules):
+            if ref and (ref[0],) not in modules and ref[:len(mod)] != mod and ref[0] not in ("self", "*"):
+                out.append(f"modgraph: {os.path.relpath(files[mod], ROOT)}: `crate::{'::'.join(ref)}` goes through the crate root: import the module that defines it")
+    return sorted(set(out))
+
+
+def documented_layers(crate_dir):
+    """The layer groups ARCHITECTURE.md gives for `crate_dir`, bottom first (None: none given)."""
+    text = read(os.path.join(ROOT, "ARCHITECTURE.md"))
+    m = re.search(r"^### `[^`]+` \(`" + re.escape(crate_dir) + r"/src`\)\n(.*?)(?=^#)", text, re.S | re.M)
+    if not m:
+        return None
+    line = re.search(r"^Layers, bottom first: (.*)$", m.group(1), re.M)
+    if not line:
+        return None
+    return [re.findall(r"`(\w+)`", g) for g in line.group(1).split("<")]
+
+
+def layer_problems(crate_dir, top_edges, modules):
+    groups = documented_layers(crate_dir)
+    if groups is None:
+        return []
+    level = {n: i for i, g in enumerate(groups) for n in g}
+    out = []
+    for (name,) in sorted(m for m in modules if len(m) == 1):
+        if name not in level:
+            out.append(f"modgraph: {crate_dir}: module `{name}` is missing from the layers in ARCHITECTURE.md")
+    for name in level:
+        if (name,) not in modules:
+            out.append(f"modgraph: {crate_dir}: ARCHITECTURE.md lists `{name}`, which is not a module")
+    for a in sorted(top_edges):
+        for b in sorted(top_edges[a]):
+            if a in level and b in level and level[a] <= level[b]:
+                how = "sideways" if level[a] == level[b] else "upward"
+                out.append(f"modgraph: {crate_dir}: `{a}` uses `{b}`, {how} against the layers in ARCHITECTURE.md")
+    return out
+
+
 def find_cycle(nodes, edges):
     color, stack = {}, []
 
@@ -207,17 +330,21 @@ def check_crate(crate_dir, show):
         if "bin" in os.path.relpath(dirpath, src_dir).split(os.sep):
             continue
         for name in names:
+            if dirpath == src_dir and name == "main.rs" and "lib.rs" in names:
+                continue  # the binary beside a library is a crate of its own, using the library
             if name.endswith(".rs"):
                 path = os.path.join(dirpath, name)
                 files[module_of(src_dir, path)] = path
     modules = set(files)
-    sources = {m: strip_comments_and_strings(open(p).read()) for m, p in files.items()}
+    sources = {m: strip_comments_and_strings(read(p)) for m, p in files.items()}
     exports = {m: reexports(m, s, modules) for m, s in sources.items()}
     # edges[parent] = {child_a: {child_b}}: among the children of `parent`.
+    methods = repository_methods(sources)
     edges = {}
     for mod, path in files.items():
-        for ref in references(mod, sources[mod], modules):
-            target = resolve(ref, modules, exports)
+        targets = [resolve(ref, modules, exports) for ref in references(mod, sources[mod], modules)]
+        targets += sorted(method_call_targets(sources[mod], methods))
+        for target in targets:
             # The deepest common ancestor decides which siblings the edge joins.
             common = 0
             while common < min(len(mod), len(target)) and mod[common] == target[common]:
@@ -227,6 +354,11 @@ def check_crate(crate_dir, show):
             parent = mod[:common]
             edges.setdefault(parent, {}).setdefault(mod[common], set()).add(target[common])
     failed = 0
+    documented = documented_layers(crate_dir) is not None
+    root = root_problems(crate_dir, files, sources, modules) if documented else []
+    for line in root + layer_problems(crate_dir, edges.get((), {}), modules):
+        print(line)
+        failed = 1
     for parent in sorted(edges):
         sib = edges[parent]
         nodes = set(sib) | {m for s in sib.values() for m in s}
@@ -253,7 +385,7 @@ def main(args):
     for c in crates:
         failed |= check_crate(c, show)
     if not failed:
-        print(f"modgraph: no cycles in {len(crates)} crates")
+        print(f"modgraph: {len(crates)} crates: no cycles, the documented layers hold")
     return failed
 
 

@@ -105,7 +105,7 @@ pub(crate) struct NfsArgs {
 pub(crate) fn serve_nfs(cli: &Cli, args: &NfsArgs) -> Result<u8> {
     let repo = repo_path(cli)?;
     let exports_now = || -> Result<Vec<xstore_browse::nfs::NfsExport>> {
-        let inv = xstore::Inventory::load(&args.inventory)?;
+        let inv = xstore_fleet::Inventory::load(&args.inventory)?;
         Ok(xstore_browse::nfs::exports_for(
             &inv,
             args.account.as_deref(),

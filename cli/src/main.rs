@@ -270,7 +270,7 @@ fn main() -> ExitCode {
         Err(e) if e.use_stderr() && ops::check_named(&args).is_some() => {
             let check = ops::check_named(&args).unwrap_or("CHECK");
             let why = e.to_string();
-            let report = xstore::ops::monitor::PluginReport::unknown(
+            let report = xstore_fleet::monitor::PluginReport::unknown(
                 check,
                 why.lines().next().unwrap_or("bad arguments"),
             );
@@ -388,7 +388,7 @@ pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
-pub(crate) use xstore::ops::monitor::human_bytes;
+pub(crate) use xstore_fleet::monitor::human_bytes;
 
 /// A size as the user asked: human-readable, or exact with `--bytes`.
 pub(crate) fn size(cli: &Cli, n: u64) -> String {
@@ -401,7 +401,7 @@ pub(crate) fn size(cli: &Cli, n: u64) -> String {
 
 /// A compact age: `45s`, `12m`, `1h12m`, `3d4h`.
 pub(crate) fn short_age(ns: i64) -> String {
-    xstore::ops::monitor::short_age(u64::try_from(ns.max(0) / 1_000_000_000).unwrap_or(0))
+    xstore_fleet::monitor::short_age(u64::try_from(ns.max(0) / 1_000_000_000).unwrap_or(0))
 }
 
 pub(crate) fn time_of(ns: i64) -> String {

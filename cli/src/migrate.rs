@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
-use xstore::{ImportAction, ImportOutcome, Progress, RsnapshotConfig};
+use xstore::Progress;
+use xstore_fleet::{ImportAction, ImportOutcome, RsnapshotConfig};
 
 use crate::{open_ro, open_rw, print_json, size, time_of, Cli, EXIT_OK};
 
@@ -47,7 +48,7 @@ pub(crate) fn import(cli: &Cli, what: &ImportWhat) -> Result<u8> {
     } else {
         open_rw(cli)?
     };
-    let plan = repo.plan_rsnapshot_import(&config)?;
+    let plan = xstore_fleet::rsnapshot::plan_import(&repo, &config)?;
     if args.dry_run {
         if cli.json {
             let forgotten = plan
@@ -97,8 +98,8 @@ pub(crate) fn import(cli: &Cli, what: &ImportWhat) -> Result<u8> {
         }
         return Ok(EXIT_OK);
     }
-    repo.apply_import_schedule(&plan)?;
-    repo.forget_rotated_away(&plan)?;
+    xstore_fleet::rsnapshot::apply_import_schedule(&repo, &plan)?;
+    xstore_fleet::rsnapshot::forget_rotated_away(&repo, &plan)?;
     if !cli.quiet && !cli.json {
         for id in &plan.rotated_away {
             outln!("{}  rotated away by rsnapshot: forgotten", id.short());
@@ -110,7 +111,12 @@ pub(crate) fn import(cli: &Cli, what: &ImportWhat) -> Result<u8> {
     let mut results = Vec::new();
     let mut failure = None;
     for (point, action) in &plan.items {
-        match repo.import_backup_point(point, action, Some(progress.clone())) {
+        match xstore_fleet::rsnapshot::import_backup_point(
+            &repo,
+            point,
+            action,
+            Some(progress.clone()),
+        ) {
             Ok(outcome) => {
                 let (line, id) = match &outcome {
                     ImportOutcome::Imported(s) => {

@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use xstore::ops::monitor::{
+use xstore::{Repository, Usage};
+use xstore_fleet::monitor::{
     account_states, usage_check, FreshnessOptions, FreshnessTarget, PluginReport,
 };
-use xstore::{Inventory, Repository, Usage};
+use xstore_fleet::Inventory;
 
 use crate::pull::DEFAULT_INVENTORY;
 use crate::{open_ro, print_json, repo_path, size, time_of, Cli, Tracker, EXIT_OK, EXIT_PROBLEMS};
@@ -170,7 +171,8 @@ pub(crate) fn check_freshness(cli: &Cli, args: &FreshnessArgs) -> Result<u8> {
         let inventory = args.inventory.load()?;
         let repo = open_ro(cli)?;
         let targets = freshness_targets(&repo, inventory.as_ref(), args)?;
-        let report = repo.freshness(
+        let report = xstore_fleet::monitor::freshness(
+            &repo,
             &targets,
             &FreshnessOptions {
                 warning,
@@ -247,7 +249,12 @@ pub(crate) fn check_usage(cli: &Cli, args: &UsageCheckArgs) -> Result<u8> {
             accounts = inv.accounts.clone();
         }
         let repo = open_ro(cli)?;
-        let usage = repo.account_usage(&accounts, args.warning_factor, args.critical_factor)?;
+        let usage = xstore_fleet::monitor::account_usage(
+            &repo,
+            &accounts,
+            args.warning_factor,
+            args.critical_factor,
+        )?;
         let report = usage_check(&usage, args.warning_factor, args.critical_factor);
         let json = serde_json::json!({ "state": report.state, "accounts": usage });
         emit(cli, &report, Some(json))
@@ -255,14 +262,14 @@ pub(crate) fn check_usage(cli: &Cli, args: &UsageCheckArgs) -> Result<u8> {
 }
 
 /// One table row; account rows also show their allocation, percentage used, OVER and
-/// INFLATED (as [`xstore::ops::monitor::AccountUsage`] computed them); host rows show
+/// INFLATED (as [`xstore_fleet::monitor::AccountUsage`] computed them); host rows show
 /// INFLATED when their logical ratio is above `ratio_limit`.
 fn usage_row(
     cli: &Cli,
     name: &str,
     account: &str,
     u: &Usage,
-    allocation: Option<&xstore::ops::monitor::AccountUsage>,
+    allocation: Option<&xstore_fleet::monitor::AccountUsage>,
     ratio_limit: u64,
 ) -> String {
     let mut alloc = match allocation {
@@ -312,7 +319,7 @@ pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
         inv.as_ref()
             .and_then(|i| i.host(h))
             .and_then(|s| inv.as_ref()?.account(&s.account))
-            .map_or(xstore::DEFAULT_LOGICAL_RATIO, |a| a.logical_ratio)
+            .map_or(xstore_fleet::DEFAULT_LOGICAL_RATIO, |a| a.logical_ratio)
     };
     if let Some(h) = &args.host {
         let of_host = repo.host_snapshots(h)?;
@@ -354,7 +361,7 @@ pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
         }
         return Ok(EXIT_OK);
     }
-    let accounts: Vec<xstore::Account> = match (&inv, &args.account) {
+    let accounts: Vec<xstore_fleet::Account> = match (&inv, &args.account) {
         (Some(i), Some(a)) => vec![i
             .account(a)
             .cloned()
@@ -421,9 +428,9 @@ pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
 pub(crate) fn metrics(cli: &Cli, args: &MetricsArgs) -> Result<u8> {
     let inv = args.inventory.load()?;
     let repo = open_ro(cli)?;
-    let text = repo.metrics(inv.as_ref(), xstore::now_ns())?;
+    let text = xstore_fleet::metrics::metrics(&repo, inv.as_ref(), xstore::now_ns())?;
     match &args.output {
-        Some(path) => xstore::ops::metrics::write_textfile(path, &text)?,
+        Some(path) => xstore_fleet::metrics::write_textfile(path, &text)?,
         None => out!("{text}"),
     }
     Ok(EXIT_OK)
@@ -546,11 +553,14 @@ pub(crate) fn check_verify(cli: &Cli, args: &VerifyCheckArgs) -> Result<u8> {
         let (warning, critical, now_ns) =
             age_thresholds(&args.warning, &args.critical, args.now.as_deref())?;
         let status = open_ro(cli)?.verify_status()?;
-        let report = status.plugin(&xstore::ops::monitor::VerifyCheckOptions {
-            warning,
-            critical,
-            now_ns,
-        });
+        let report = xstore_fleet::monitor::verify_check(
+            &status,
+            &xstore_fleet::monitor::VerifyCheckOptions {
+                warning,
+                critical,
+                now_ns,
+            },
+        );
         emit(cli, &report, Some(serde_json::to_value(&status)?))
     })
 }

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Result;
-use xstore::{pull_fleet, Inventory, Progress, PullOptions, PullOutcome, PullReport, Repository};
+use xstore::{Progress, Repository};
 use xstore_agent::cli::AgentArgs;
+use xstore_fleet::{pull_fleet, Inventory, PullOptions, PullOutcome, PullReport};
 
 use crate::{human_bytes, open_ro, open_rw, print_json, time_of, Cli, EXIT_OK};
 use xstore::text::printable;
@@ -116,7 +117,7 @@ pub(crate) fn pull(cli: &Cli, args: &PullArgs) -> Result<u8> {
     let mut tracker = None;
     let open = || -> Result<Repository> {
         let repo = open_rw(cli)?;
-        for h in repo.apply_inventory_schedules(&inv.hosts)? {
+        for h in xstore_fleet::pull::apply_inventory_schedules(&repo, &inv.hosts)? {
             tracing::info!(host = %h, "tier schedule set from the inventory");
         }
         tracker = Some(crate::Tracker::start(cli, "pull", progress.clone()));
@@ -171,7 +172,7 @@ pub(crate) fn hosts(cli: &Cli, args: &HostsArgs) -> Result<u8> {
     let now = xstore::now_ns();
     let mut rows = Vec::new();
     for h in &inv.hosts {
-        let status = repo.host_status(&h.name)?;
+        let status = xstore_fleet::pull::host_status(&repo, &h.name)?;
         let allocation = inv.account(&h.account).map(|a| a.allocation);
         rows.push((
             h,

@@ -283,7 +283,7 @@ fn rsnapshot_history_imports_with_every_tier_position() {
     h.assert_every_point_restores();
 
     // The inventory lists both hosts with their paths and the rsnapshot schedule.
-    let inv = xstore::Inventory::load(&inventory).unwrap();
+    let inv = xstore_fleet::Inventory::load(&inventory).unwrap();
     let web1 = inv.host("web1.example.net").unwrap();
     assert_eq!(web1.paths.len(), 2);
     assert_eq!(

@@ -526,19 +526,19 @@ fn a_refused_open_contacts_no_host() {
     );
 
     // Through the library, with an open that lasts a while: no agent starts during it.
-    let inventory = xstore::Inventory::load(&f.inventory).unwrap();
+    let inventory = xstore_fleet::Inventory::load(&f.inventory).unwrap();
     let hosts = inventory
         .select(&["client1".to_string()], false, None)
         .unwrap();
     let conf = f.root.join("backup.conf");
-    let opened = xstore::pull_fleet(
+    let opened = xstore_fleet::pull_fleet(
         || {
             std::thread::sleep(Duration::from_millis(1500));
             Err(agent_pids(&conf).len())
         },
         &hosts,
         1,
-        &xstore::PullOptions::default(),
+        &xstore_fleet::PullOptions::default(),
         &|_| panic!("nothing may be pulled"),
     );
     assert!(
@@ -554,15 +554,15 @@ fn a_refused_open_contacts_no_host() {
     // An ssh that cannot start is that host's failed pull, reported with the reason.
     let mut broken = hosts[0].clone();
     broken.ssh = f.root.join("no-such-ssh").display().to_string();
-    let (_, reports) = xstore::pull_fleet(
+    let (_, reports) = xstore_fleet::pull_fleet(
         || xstore::Repository::open(&f.repo),
         &[broken],
         1,
-        &xstore::PullOptions::default(),
+        &xstore_fleet::PullOptions::default(),
         &|_| {},
     )
     .unwrap();
-    assert_eq!(reports[0].outcome, xstore::PullOutcome::Failed);
+    assert_eq!(reports[0].outcome, xstore_fleet::PullOutcome::Failed);
     let error = reports[0].error.clone().unwrap_or_default();
     assert!(
         error.contains("starting ") && error.contains("no-such-ssh"),

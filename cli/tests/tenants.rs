@@ -449,7 +449,7 @@ fn a_snapshot_naming_far_more_bytes_than_it_sent_is_flagged() {
     };
     assert!(
         value("xstore_host_logical_ratio{host=\"evil1\",account=\"evil\"}")
-            > xstore::DEFAULT_LOGICAL_RATIO as f64,
+            > xstore_fleet::DEFAULT_LOGICAL_RATIO as f64,
         "{metrics}"
     );
     assert!(value("xstore_host_logical_ratio{host=\"victim1\",account=\"victim\"}") < 10.0);

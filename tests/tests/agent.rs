@@ -5,11 +5,9 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use xstore::{
-    ChunkerParams, EntryMeta, HostSpec, InitOptions, PullOptions, RemoteSource, Repository, Source,
-    SourceKind,
-};
+use xstore::{ChunkerParams, EntryMeta, InitOptions, RemoteSource, Repository, Source, SourceKind};
 use xstore_agent::AgentConfig;
+use xstore_fleet::{HostSpec, PullOptions};
 use xstore_format::protocol::{write_frame, AgentMsg, WireEntry, PROTOCOL_VERSIONS};
 use xstore_tests::{assert_same_tree, make_fixture, restored_path};
 
@@ -112,9 +110,8 @@ fn backup_through_the_agent_restores_exactly() {
         warning_age: None,
         critical_age: None,
     };
-    let snap = repo
-        .backup_remote(&host, &PullOptions::default(), &source)
-        .unwrap();
+    let snap =
+        xstore_fleet::pull::backup_remote(&repo, &host, &PullOptions::default(), &source).unwrap();
     source.close();
     assert!(snap.is_complete(), "{:?}", snap.errors);
     assert!(snap.stats.wire_bytes > 0 && snap.stats.files_read > 0);

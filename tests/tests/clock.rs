@@ -3,7 +3,7 @@
 //! check-freshness problem that names itself.
 #![allow(clippy::unwrap_used)]
 
-use xstore::ops::monitor::{CheckState, FreshnessOptions, FreshnessTarget};
+use xstore_fleet::monitor::{CheckState, FreshnessOptions, FreshnessTarget};
 
 const DAY_NS: i64 = 86_400 * 1_000_000_000;
 
@@ -36,9 +36,12 @@ fn a_clock_behind_the_newest_snapshot_commits_nothing_and_is_reported() {
         warning_age: None,
         critical_age: None,
     };
-    let report = repo
-        .freshness(std::slice::from_ref(&target), &FreshnessOptions::default())
-        .unwrap();
+    let report = xstore_fleet::monitor::freshness(
+        &repo,
+        std::slice::from_ref(&target),
+        &FreshnessOptions::default(),
+    )
+    .unwrap();
     assert_eq!(report.state, CheckState::Critical);
     let problems = &report.hosts[0].problem;
     assert!(problems.contains("in the future"), "{problems}");
@@ -47,9 +50,12 @@ fn a_clock_behind_the_newest_snapshot_commits_nothing_and_is_reported() {
     let plan = repo.plan_forget_snapshot(&future.id).unwrap();
     repo.apply_plan(&plan).unwrap();
     repo.backup(&xstore::LocalSource, &opts(None)).unwrap();
-    let report = repo
-        .freshness(std::slice::from_ref(&target), &FreshnessOptions::default())
-        .unwrap();
+    let report = xstore_fleet::monitor::freshness(
+        &repo,
+        std::slice::from_ref(&target),
+        &FreshnessOptions::default(),
+    )
+    .unwrap();
     assert_eq!(report.state, CheckState::Ok, "{}", report.hosts[0].problem);
 }
 

@@ -5,7 +5,8 @@
 use std::collections::HashSet;
 
 use xstore::retention::{Action, KeepPolicy};
-use xstore::{Account, ChunkId, Content, Repository, Snapshot};
+use xstore::{ChunkId, Content, Repository, Snapshot};
+use xstore_fleet::Account;
 use xstore_tests::backup_untiered as backup;
 use xstore_tests::{gc_all_dead, seeded_bytes, small_repo};
 
@@ -101,11 +102,11 @@ fn usage_matches_the_dag_and_expiry_frees_exactly_the_exclusive_bytes() {
         package: None,
         allocation: 1 << 20,
         hard_limit: 3 << 20,
-        logical_ratio: xstore::DEFAULT_LOGICAL_RATIO,
-        nfs: xstore::NfsPolicy::default(),
+        logical_ratio: xstore_fleet::DEFAULT_LOGICAL_RATIO,
+        nfs: xstore_fleet::NfsPolicy::default(),
         hosts: vec!["web-a".into(), "web-b".into()],
     };
-    let acc = &repo.account_usage(&[account], 1.0, 2.0).unwrap()[0];
+    let acc = &xstore_fleet::monitor::account_usage(&repo, &[account], 1.0, 2.0).unwrap()[0];
     let everything: HashSet<ChunkId> = reachable(&repo, &all);
     assert_eq!(acc.usage.referenced_bytes, span_of(&repo, &everything));
     assert_eq!(acc.usage.exclusive_bytes, acc.usage.referenced_bytes);
@@ -119,7 +120,7 @@ fn usage_matches_the_dag_and_expiry_frees_exactly_the_exclusive_bytes() {
     assert!(acc.over_allocation, "{acc:?}");
     assert_eq!(
         acc.state,
-        xstore::ops::monitor::CheckState::Critical,
+        xstore_fleet::monitor::CheckState::Critical,
         "more than 2x 1 MiB"
     );
 

@@ -22,13 +22,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use xstore::bench_internals::{dir_bytes, peak_rss_mib};
-use xstore::ops::monitor::{account_states, FreshnessOptions, FreshnessTarget};
 use xstore::retention::KeepPolicy;
 use xstore::{
-    BackupOptions, CheckOptions, EntryMeta, GcOptions, InitOptions, Inventory, Repository,
-    Snapshot, Source, SourceFile, SourceKind, TierChoice,
+    BackupOptions, CheckOptions, EntryMeta, GcOptions, InitOptions, Repository, Snapshot, Source,
+    SourceFile, SourceKind, TierChoice,
 };
 use xstore_chunker::seeded_bytes;
+use xstore_fleet::monitor::{account_states, FreshnessOptions, FreshnessTarget};
+use xstore_fleet::Inventory;
 
 const FILES_PER_DIR: usize = 100;
 const DIRS_PER_GROUP: usize = 20;
@@ -500,7 +501,9 @@ fn main() -> Res<()> {
             let repo = open()?;
             let mut n = 0;
             for h in &inv.hosts {
-                n += repo.host_status(&h.name)?.record.map_or(0, |r| r.snapshots);
+                n += xstore_fleet::pull::host_status(&repo, &h.name)?
+                    .record
+                    .map_or(0, |r| r.snapshots);
             }
             Ok(n)
         },
@@ -512,7 +515,8 @@ fn main() -> Res<()> {
             let repo = open()?;
             let targets: Vec<FreshnessTarget> =
                 inv.hosts.iter().map(FreshnessTarget::from).collect();
-            let report = repo.freshness(
+            let report = xstore_fleet::monitor::freshness(
+                &repo,
                 &targets,
                 &FreshnessOptions {
                     now_ns: now,
@@ -549,7 +553,7 @@ fn main() -> Res<()> {
     )?;
     timed(
         "metrics --inventory",
-        || Ok(open()?.metrics(Some(&inv), now)?.len()),
+        || Ok(xstore_fleet::metrics::metrics(&open()?, Some(&inv), now)?.len()),
         |n| format!("{n} bytes of text"),
     )?;
     timed(

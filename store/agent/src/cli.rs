@@ -5,8 +5,10 @@
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
+use crate::config::DEFAULT_AGENT_CONFIG;
+use crate::error::AgentError;
 use crate::setup::{SetupOptions, DEFAULT_BACKUP_PORT, DEFAULT_STATE};
-use crate::{authorized_keys_line, default_forced_command, AgentError, DEFAULT_AGENT_CONFIG};
+use crate::ssh::{authorized_keys_line, default_forced_command};
 
 /// Serve this host's backup list to the xstore backup server (run by sshd as the forced
 /// command of the server's key), print that authorized_keys line, or set the host up.

@@ -3,7 +3,10 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::AgentError;
+use crate::error::AgentError;
+
+/// Where the agent reads its allow-list by default.
+pub const DEFAULT_AGENT_CONFIG: &str = "/etc/backup.conf";
 
 /// The agent's allow-list: canonical absolute directory (or file) paths.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,54 +15,16 @@
 
 #![warn(missing_docs)]
 
-use std::io;
-use std::path::PathBuf;
-
 pub mod cli;
 mod config;
+mod error;
 mod serve;
 mod session;
 pub mod setup;
 mod ssh;
 
-pub use config::AgentConfig;
-pub use serve::serve;
+pub use config::{AgentConfig, DEFAULT_AGENT_CONFIG};
+pub use error::AgentError;
+pub use serve::{serve, MAX_READ_REQUEST};
 pub use session::run;
 pub use ssh::{authorized_keys_line, check_ssh_command, default_forced_command};
-
-/// Where the agent reads its allow-list by default.
-pub const DEFAULT_AGENT_CONFIG: &str = "/etc/backup.conf";
-/// Most raw bytes one `ReadChunks` request may ask for.
-pub const MAX_READ_REQUEST: u64 = 32 * 1024 * 1024;
-
-/// Errors of the agent.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum AgentError {
-    /// The allow-list could not be read or has a bad line.
-    #[error("{path}: {reason}")]
-    Config {
-        /// The config file.
-        path: PathBuf,
-        /// What is wrong (with the line number).
-        reason: String,
-    },
-    /// SSH asked for a command other than the agent.
-    #[error("refused command {command:?}: this key may only run the backup agent")]
-    RefusedCommand {
-        /// `SSH_ORIGINAL_COMMAND`.
-        command: String,
-    },
-    /// The server broke the protocol.
-    #[error("protocol error: {0}")]
-    Protocol(String),
-    /// stdin/stdout failed.
-    #[error("connection: {0}")]
-    Io(#[from] io::Error),
-    /// Bad input to [`authorized_keys_line`].
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// `setup` could not read, write or check a file (nothing is left half-changed).
-    #[error("setup: {0}")]
-    Setup(String),
-}

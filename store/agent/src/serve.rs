@@ -19,7 +19,11 @@ use xstore_format::protocol::{
     LIST_BATCH_BYTES, PROTOCOL_VERSIONS,
 };
 
-use crate::{AgentConfig, AgentError, MAX_READ_REQUEST};
+use crate::config::AgentConfig;
+use crate::error::AgentError;
+
+/// Most raw bytes one `ReadChunks` request may ask for.
+pub const MAX_READ_REQUEST: u64 = 32 * 1024 * 1024;
 
 /// Serves one session on `input`/`output` (the SSH channel) until the server says goodbye or
 /// closes the stream. Requests are answered by `workers` threads; replies carry request ids
@@ -596,7 +600,7 @@ fn list(path: &Path, with_xattrs: bool) -> io::Result<(OwnedFd, Vec<WireEntry>)>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{authorized_keys_line, check_ssh_command};
+    use crate::ssh::{authorized_keys_line, check_ssh_command};
 
     #[test]
     fn config_parses_comments_and_refuses_relative_paths() {

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use xstore_format::protocol::{write_frame, AgentMsg};
 
-use crate::{check_ssh_command, serve, AgentConfig, AgentError};
+use crate::config::AgentConfig;
+use crate::error::AgentError;
+use crate::serve::serve;
+use crate::ssh::check_ssh_command;
 
 /// Runs one agent session: refuses any `original_command` but the agent's own (what sshd puts
 /// in `SSH_ORIGINAL_COMMAND`), loads the allow-list at `config` — telling the server why in a

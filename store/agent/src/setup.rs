@@ -16,7 +16,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{authorized_keys_line, AgentError};
+use crate::error::AgentError;
+use crate::ssh::authorized_keys_line;
 
 /// The port sshd listens on for the backup server (besides its existing ports).
 pub const DEFAULT_BACKUP_PORT: u16 = 22344;

@@ -4,7 +4,8 @@
 use std::ffi::OsStr;
 use std::path::Path;
 
-use crate::AgentError;
+use crate::config::DEFAULT_AGENT_CONFIG;
+use crate::error::AgentError;
 
 /// Checks `SSH_ORIGINAL_COMMAND`: the key may run the agent and nothing else. `None` (run
 /// directly, or a client that sent no command) is allowed; otherwise the command must be
@@ -38,13 +39,13 @@ pub fn check_ssh_command(original: Option<&str>) -> Result<(), AgentError> {
 
 /// The forced command that runs the agent at `exe`: `EXE agent` for the server's `xstore`
 /// binary, `EXE` for the small `xstore-agent`, with `--config` when `config` is not
-/// [`crate::DEFAULT_AGENT_CONFIG`].
+/// [`DEFAULT_AGENT_CONFIG`].
 pub fn default_forced_command(exe: &Path, config: &Path) -> String {
     let mut command = exe.display().to_string();
     if exe.file_name() == Some(OsStr::new("xstore")) {
         command.push_str(" agent");
     }
-    if config != Path::new(crate::DEFAULT_AGENT_CONFIG) {
+    if config != Path::new(DEFAULT_AGENT_CONFIG) {
         command.push_str(&format!(" --config {}", config.display()));
     }
     command

@@ -1,8 +1,8 @@
 //! Little-endian field readers and writers shared by every hand-written decoder.
 //! Every read is bounds-checked and returns a typed [`DecodeError`]; nothing here panics.
 
-use crate::ChunkId;
-use crate::DecodeError;
+use crate::error::DecodeError;
+use xstore_chunker::ChunkId;
 
 /// A cursor over untrusted bytes.
 pub struct Reader<'a> {

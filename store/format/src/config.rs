@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use xstore_chunker::ChunkerParams;
 
-use crate::DecodeError;
+use crate::error::DecodeError;
 
 /// The repository format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;

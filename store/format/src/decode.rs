@@ -1,6 +1,6 @@
 //! Decoders exposed for fuzzing and tools: each takes untrusted bytes and returns a typed error.
 
-use crate::DecodeError;
+use crate::error::DecodeError;
 
 /// Decodes a `config` file.
 pub fn config(bytes: &[u8]) -> Result<crate::config::Config, DecodeError> {
@@ -30,7 +30,7 @@ pub fn pack(bytes: &[u8]) -> Result<usize, DecodeError> {
     Ok(ok)
 }
 /// Decodes the blob header at `offset` of a pack and returns the blob's id if it is valid.
-pub fn blob_header(bytes: &[u8], offset: u64) -> Result<crate::ChunkId, DecodeError> {
+pub fn blob_header(bytes: &[u8], offset: u64) -> Result<xstore_chunker::ChunkId, DecodeError> {
     crate::pack::decode_blob_header(bytes, offset).map(|e| e.id)
 }
 /// Decodes a stream of agent → server frames (what a pull reads from a client).

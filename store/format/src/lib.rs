@@ -44,5 +44,3 @@ pub mod snapshot;
 pub mod tree;
 
 pub use error::DecodeError;
-
-use xstore_chunker::ChunkId;

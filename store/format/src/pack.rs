@@ -2,8 +2,8 @@
 //! sealed by a checksummed trailer. Byte layout: FORMAT.md §Packs.
 
 use crate::bytes::{to_hex, Reader};
-use crate::ChunkId;
-use crate::DecodeError;
+use crate::error::DecodeError;
+use xstore_chunker::ChunkId;
 
 /// First 8 bytes of every pack.
 pub const PACK_MAGIC: &[u8; 8] = b"XSTPACK\x01";

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::bytes::Reader;
+use crate::error::DecodeError;
 use crate::pack::{BlobKind, PackId};
-use crate::DecodeError;
 
 const BLOB_LOC_LEN: usize = 58;
 

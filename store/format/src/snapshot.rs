@@ -5,8 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::ChunkId;
-use crate::DecodeError;
+use crate::error::DecodeError;
+use xstore_chunker::ChunkId;
 
 /// Snapshot record format version.
 pub const SNAPSHOT_VERSION: u32 = 1;

@@ -4,9 +4,9 @@
 //! or NUL), unsorted or duplicate names, and lengths that do not add up.
 
 use crate::bytes::{put_bytes, put_varint, Reader};
+use crate::error::DecodeError;
 use crate::meta::{Attrs, SourceKind};
-use crate::ChunkId;
-use crate::DecodeError;
+use xstore_chunker::ChunkId;
 
 const TREE_MAGIC: &[u8; 4] = b"XSTR";
 const CHUNKLIST_MAGIC: &[u8; 4] = b"XSCL";

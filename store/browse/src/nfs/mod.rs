@@ -26,7 +26,8 @@ use nfsserve::vfs::{DirEntry, NFSFileSystem, ReadDirResult, VFSCapabilities};
 use crate::cache::ByteLru;
 use crate::fsview::{FsError, FsView, NodeAttr, ViewOptions, ROOT_INO};
 use gate::{Connection, HandleKey, Route};
-use xstore::{Error, NfsPolicy};
+use xstore::Error;
+use xstore_fleet::NfsPolicy;
 use xstore_format::tree::EntryKind;
 
 /// Client connections one export serves at once; further ones are closed at accept.
@@ -72,12 +73,12 @@ pub enum ExportError {
 /// addresses its hosts' names resolve to, plus `extra_allowed` (which see the whole
 /// account). A host name that does not resolve is logged and contributes no address.
 pub fn exports_for(
-    inventory: &xstore::Inventory,
+    inventory: &xstore_fleet::Inventory,
     account: Option<&str>,
     listen: SocketAddr,
     extra_allowed: &[IpAddr],
 ) -> Result<Vec<NfsExport>, ExportError> {
-    let accounts: Vec<&xstore::Account> = match account {
+    let accounts: Vec<&xstore_fleet::Account> = match account {
         Some(a) => vec![inventory
             .account(a)
             .ok_or_else(|| ExportError::UnknownAccount(a.to_string()))?],

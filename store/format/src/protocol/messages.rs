@@ -3,9 +3,9 @@
 use std::io;
 
 use crate::bytes::{put_bytes, put_varint, Reader};
+use crate::error::DecodeError;
 use crate::meta::{Attrs, EntryMeta, SourceKind};
-use crate::ChunkId;
-use crate::DecodeError;
+use xstore_chunker::ChunkId;
 
 use super::*;
 

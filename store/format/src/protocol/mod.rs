@@ -68,9 +68,9 @@ mod tests {
 
     use super::*;
 
+    use crate::error::DecodeError;
     use crate::meta::{EntryMeta, SourceKind};
-    use crate::ChunkId;
-    use crate::DecodeError;
+    use xstore_chunker::ChunkId;
 
     fn meta(kind: SourceKind) -> EntryMeta {
         EntryMeta {

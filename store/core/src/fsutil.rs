@@ -1,0 +1,82 @@
+//! Durable file writes: temporary name, fsync, rename, fsync of the directory.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{IoContext, Result};
+
+/// fsyncs a directory so that renames and creations inside it survive a crash.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// Writes a file durably under a temporary name beside `path` with `fill` (removed again on
+/// failure) and returns that name, the directory and what `fill` returned. The temporary is
+/// created exclusively (`O_EXCL`), so nothing planted under its name is followed.
+fn write_temp<T>(
+    path: &Path,
+    fill: impl FnOnce(&mut File, &Path) -> Result<T>,
+) -> Result<(std::path::PathBuf, &Path, T)> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    // A temporary of an earlier run with this process id (a crash) goes first.
+    let _ = fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .at(&tmp)?;
+        let out = fill(&mut f, &tmp)?;
+        f.sync_all().at(&tmp)?;
+        Ok(out)
+    })();
+    if written.is_err() {
+        // A full disk must not leave a temporary behind (recovery would remove it too).
+        let _ = fs::remove_file(&tmp);
+    }
+    written.map(|out| (tmp, dir, out))
+}
+
+fn bytes_filler(bytes: &[u8]) -> impl FnOnce(&mut File, &Path) -> Result<()> + '_ {
+    move |f, tmp| f.write_all(bytes).at(tmp)
+}
+
+/// Replaces `path` with `bytes` atomically and durably.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let (tmp, dir, ()) = write_temp(path, bytes_filler(bytes))?;
+    if let Err(e) = fs::rename(&tmp, path).at(path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(dir)
+}
+
+/// Creates `path` with `bytes` durably, never replacing a file that exists (which is an
+/// `AlreadyExists` error): written under a temporary name, then hard-linked into place,
+/// which fails instead of overwriting.
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    let (tmp, dir, ()) = write_temp(path, bytes_filler(bytes))?;
+    let linked = fs::hard_link(&tmp, path).at(path);
+    let _ = fs::remove_file(&tmp);
+    linked?;
+    sync_dir(dir)
+}
+
+/// This machine's host name, for lock notes and the default backup host.
+pub fn local_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
