@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use xstore::Progress;
-use xstore_fleet::{ImportAction, ImportOutcome, RsnapshotConfig};
+use xstore_fleet::{ImportAction, ImportEvent, ImportOutcome, RsnapshotConfig};
 
 use crate::{open_ro, open_rw, print_json, size, time_of, Cli, EXIT_OK};
 
@@ -98,30 +98,20 @@ pub(crate) fn import(cli: &Cli, what: &ImportWhat) -> Result<u8> {
         }
         return Ok(EXIT_OK);
     }
-    xstore_fleet::rsnapshot::apply_import_schedule(&repo, &plan)?;
-    xstore_fleet::rsnapshot::forget_rotated_away(&repo, &plan)?;
-    if !cli.quiet && !cli.json {
-        for id in &plan.rotated_away {
-            outln!("{}  rotated away by rsnapshot: forgotten", id.short());
-        }
-    }
     let progress = Arc::new(Progress::default());
     let tracker = crate::Tracker::start(cli, "import", progress.clone());
-    let mut imported = 0u64;
     let mut results = Vec::new();
-    let mut failure = None;
-    for (point, action) in &plan.items {
-        match xstore_fleet::rsnapshot::import_backup_point(
-            &repo,
-            point,
-            action,
-            Some(progress.clone()),
-        ) {
-            Ok(outcome) => {
-                let (line, id) = match &outcome {
-                    ImportOutcome::Imported(s) => {
-                        imported += 1;
-                        (
+    let applied =
+        xstore_fleet::rsnapshot::apply_import(&repo, &plan, Some(progress.clone()), &mut |event| {
+            match event {
+                ImportEvent::Forgotten(id) => {
+                    if !cli.quiet && !cli.json {
+                        outln!("{}  rotated away by rsnapshot: forgotten", id.short());
+                    }
+                }
+                ImportEvent::Point(point, outcome) => {
+                    let (line, id) = match outcome {
+                        ImportOutcome::Imported(s) => (
                             format!(
                                 "imported as {} ({} read, {} new)",
                                 s.id.short(),
@@ -129,45 +119,40 @@ pub(crate) fn import(cli: &Cli, what: &ImportWhat) -> Result<u8> {
                                 size(cli, s.stats.new_stored_bytes)
                             ),
                             Some(s.id),
-                        )
+                        ),
+                        ImportOutcome::Present { id, relabelled } => (
+                            match relabelled {
+                                true => {
+                                    format!("present as {}, relabelled {}", id.short(), point.tier)
+                                }
+                                false => format!("present as {}", id.short()),
+                            },
+                            Some(*id),
+                        ),
+                        ImportOutcome::Empty => ("empty: nothing to import".to_string(), None),
+                    };
+                    if !cli.quiet && !cli.json {
+                        outln!(
+                            "{}.{}/{:<28} {}  {line}",
+                            point.tier,
+                            point.position,
+                            point.host,
+                            time_of(point.time_ns)
+                        );
                     }
-                    ImportOutcome::Present { id, relabelled } => (
-                        match relabelled {
-                            true => format!("present as {}, relabelled {}", id.short(), point.tier),
-                            false => format!("present as {}", id.short()),
-                        },
-                        Some(*id),
-                    ),
-                    ImportOutcome::Empty => ("empty: nothing to import".to_string(), None),
-                };
-                if !cli.quiet && !cli.json {
-                    outln!(
-                        "{}.{}/{:<28} {}  {line}",
-                        point.tier,
-                        point.position,
-                        point.host,
-                        time_of(point.time_ns)
-                    );
+                    results.push(serde_json::json!({
+                        "host": point.host, "tier": point.tier, "position": point.position,
+                        "time": time_of(point.time_ns), "snapshot": id.map(|i| i.to_string()),
+                        "result": line,
+                    }));
                 }
-                results.push(serde_json::json!({
-                    "host": point.host, "tier": point.tier, "position": point.position,
-                    "time": time_of(point.time_ns), "snapshot": id.map(|i| i.to_string()),
-                    "result": line,
-                }));
             }
-            Err(e) => {
-                failure = Some(anyhow::Error::from(e).context(format!(
-                    "importing {} (imported before it stay; run the import again to resume)",
-                    point.dir.display()
-                )));
-                break;
-            }
-        }
-    }
+        });
     tracker.finish();
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    let imported = applied?
+        .iter()
+        .filter(|o| matches!(o, ImportOutcome::Imported(_)))
+        .count() as u64;
     if cli.json {
         print_json(
             &serde_json::json!({"type": "summary", "imported": imported, "points": results}),

@@ -5,9 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use xstore::{Repository, Usage};
-use xstore_fleet::monitor::{
-    account_states, usage_check, FreshnessOptions, FreshnessTarget, PluginReport,
-};
+use xstore_fleet::monitor::{account_states, usage_check, FreshnessOptions, PluginReport};
 use xstore_fleet::Inventory;
 
 use crate::pull::DEFAULT_INVENTORY;
@@ -170,7 +168,12 @@ pub(crate) fn check_freshness(cli: &Cli, args: &FreshnessArgs) -> Result<u8> {
             age_thresholds(&args.warning, &args.critical, args.now.as_deref())?;
         let inventory = args.inventory.load()?;
         let repo = open_ro(cli)?;
-        let targets = freshness_targets(&repo, inventory.as_ref(), args)?;
+        let targets = xstore_fleet::monitor::freshness_targets(
+            &repo,
+            inventory.as_ref(),
+            &args.hosts,
+            args.account.as_deref(),
+        )?;
         let report = xstore_fleet::monitor::freshness(
             &repo,
             &targets,
@@ -182,49 +185,6 @@ pub(crate) fn check_freshness(cli: &Cli, args: &FreshnessArgs) -> Result<u8> {
         )?;
         emit(cli, &report.plugin(), Some(serde_json::to_value(&report)?))
     })
-}
-
-fn freshness_targets(
-    repo: &Repository,
-    inventory: Option<&Inventory>,
-    args: &FreshnessArgs,
-) -> Result<Vec<FreshnessTarget>> {
-    let bare = |host: &str| FreshnessTarget {
-        host: host.to_string(),
-        account: None,
-        warning_age: None,
-        critical_age: None,
-    };
-    if !args.hosts.is_empty() {
-        return args
-            .hosts
-            .iter()
-            .map(|h| {
-                xstore_format::snapshot::validate_host(h).map_err(anyhow::Error::msg)?;
-                Ok(match inventory.and_then(|i| i.host(h)) {
-                    Some(spec) => FreshnessTarget::from(spec),
-                    None => bare(h),
-                })
-            })
-            .collect();
-    }
-    match (inventory, &args.account) {
-        (Some(inv), Some(a)) => {
-            anyhow::ensure!(
-                inv.account(a).is_some(),
-                "account {a} is not in the inventory"
-            );
-            Ok(inv
-                .hosts
-                .iter()
-                .filter(|h| &h.account == a)
-                .map(FreshnessTarget::from)
-                .collect())
-        }
-        (None, Some(_)) => anyhow::bail!("--account needs an inventory (--inventory FILE)"),
-        (Some(inv), None) => Ok(inv.hosts.iter().map(FreshnessTarget::from).collect()),
-        (None, None) => Ok(repo.hosts()?.iter().map(|h| bare(h)).collect()),
-    }
 }
 
 pub(crate) fn check_usage(cli: &Cli, args: &UsageCheckArgs) -> Result<u8> {

@@ -25,20 +25,22 @@ use crate::error::AgentError;
 /// Most raw bytes one `ReadChunks` request may ask for.
 pub const MAX_READ_REQUEST: u64 = 32 * 1024 * 1024;
 
-/// Serves one session on `input`/`output` (the SSH channel) until the server says goodbye or
-/// closes the stream. Requests are answered by `workers` threads; replies carry request ids
-/// and may arrive in any order.
-pub fn serve<'a, W: Write + Send + 'static>(
+/// What the hellos settled: the chunker, the chunk compression level, the transport and
+/// whether listings may come without xattrs (`digest-meta`).
+struct Agreed {
+    params: ChunkerParams,
+    level: i32,
+    transport: Transport,
+    digest_meta: bool,
+}
+
+/// The agent's hello, then the server's: `None` when the server left before saying hello.
+/// A bad hello is answered with a `Fatal` frame naming what is wrong.
+fn handshake(
     config: &AgentConfig,
-    input: impl Read + 'a,
-    output: W,
-    workers: usize,
-) -> Result<(), AgentError> {
-    // Large enough for a batch of replies to leave in one write (`write_batched`).
-    let mut out: Box<dyn Write + Send> = Box::new(io::BufWriter::with_capacity(
-        xstore_format::protocol::BATCH_BYTES * 2,
-        output,
-    ));
+    input: &mut impl Read,
+    out: &mut Box<dyn Write + Send>,
+) -> Result<Option<Agreed>, AgentError> {
     let send_now = |out: &mut Box<dyn Write + Send>, msg: AgentMsg| -> io::Result<()> {
         write_frame(out, &msg.encode())?;
         out.flush()
@@ -53,7 +55,7 @@ pub fn serve<'a, W: Write + Send + 'static>(
         AgentError::Protocol(reason)
     };
     send_now(
-        &mut out,
+        out,
         AgentMsg::Hello {
             versions: PROTOCOL_VERSIONS.to_vec(),
             capabilities: {
@@ -69,13 +71,13 @@ pub fn serve<'a, W: Write + Send + 'static>(
             software: format!("xstore {}", env!("CARGO_PKG_VERSION")).into_bytes(),
         },
     )?;
-    let mut input: Box<dyn Read + 'a> = Box::new(input);
-    let hello = match read_frame(&mut input)? {
-        Some(body) => ServerMsg::decode(&body)
-            .map_err(|e| fatal_now(&mut out, format!("server hello: {e}")))?,
-        None => return Ok(()),
+    let hello = match read_frame(input)? {
+        Some(body) => {
+            ServerMsg::decode(&body).map_err(|e| fatal_now(out, format!("server hello: {e}")))?
+        }
+        None => return Ok(None),
     };
-    let (params, chunk_level, transport, digest_meta) = match hello {
+    match hello {
         ServerMsg::Hello {
             version,
             min,
@@ -86,27 +88,51 @@ pub fn serve<'a, W: Write + Send + 'static>(
         } => {
             if !PROTOCOL_VERSIONS.contains(&version) {
                 return Err(fatal_now(
-                    &mut out,
+                    out,
                     format!(
                         "protocol version {version} is not supported (agent speaks {PROTOCOL_VERSIONS:?})"
                     ),
                 ));
             }
             let params = ChunkerParams::new(min, avg, max)
-                .map_err(|e| fatal_now(&mut out, format!("chunker parameters: {e}")))?;
-            (
+                .map_err(|e| fatal_now(out, format!("chunker parameters: {e}")))?;
+            Ok(Some(Agreed {
                 params,
-                i32::from(level),
-                Transport::best_of(&capabilities),
-                capabilities.iter().any(|c| c == CAP_DIGEST_META),
-            )
+                level: i32::from(level),
+                transport: Transport::best_of(&capabilities),
+                digest_meta: capabilities.iter().any(|c| c == CAP_DIGEST_META),
+            }))
         }
-        other => {
-            return Err(fatal_now(
-                &mut out,
-                format!("expected the server's hello, got {other:?}"),
-            ))
-        }
+        other => Err(fatal_now(
+            out,
+            format!("expected the server's hello, got {other:?}"),
+        )),
+    }
+}
+
+/// Serves one session on `input`/`output` (the SSH channel) until the server says goodbye or
+/// closes the stream. Requests are answered by `workers` threads; replies carry request ids
+/// and may arrive in any order.
+pub fn serve<'a, W: Write + Send + 'static>(
+    config: &AgentConfig,
+    input: impl Read + 'a,
+    output: W,
+    workers: usize,
+) -> Result<(), AgentError> {
+    // Large enough for a batch of replies to leave in one write (`write_batched`).
+    let mut out: Box<dyn Write + Send> = Box::new(io::BufWriter::with_capacity(
+        xstore_format::protocol::BATCH_BYTES * 2,
+        output,
+    ));
+    let mut input: Box<dyn Read + 'a> = Box::new(input);
+    let Some(Agreed {
+        params,
+        level,
+        transport,
+        digest_meta,
+    }) = handshake(config, &mut input, &mut out)?
+    else {
+        return Ok(());
     };
     // From here on both directions use the transport the server turned on (FORMAT.md).
     let mut input = transport.reader(input)?;
@@ -114,7 +140,7 @@ pub fn serve<'a, W: Write + Send + 'static>(
     let ctx = Ctx {
         config,
         params,
-        level: chunk_level,
+        level,
         digest_meta,
     };
     // Two queues: `ChunkFile` requests, which a server sends ahead by the thousand, and the

@@ -339,187 +339,26 @@ impl Inventory {
             packages.insert(name.clone(), size);
         }
         let d = &raw.defaults;
-        let default_timeout = match &d.timeout {
-            Some(t) => duration_value(t).map_err(|e| fail(format!("defaults.timeout: {e}")))?,
-            None => DEFAULT_PULL_TIMEOUT,
-        };
-        let age = |v: &Option<String>, what: &str| -> Result<Option<Duration>, String> {
-            v.as_deref()
-                .map(duration_value)
-                .transpose()
-                .map_err(|e| format!("{what}: {e}"))
-        };
-        let factor = d.hard_limit_factor.unwrap_or(DEFAULT_HARD_LIMIT_FACTOR);
-        if !(factor.is_finite() && factor >= 1.0) {
-            return Err(fail(format!(
-                "defaults.hard_limit_factor {factor}: must be at least 1"
-            )));
-        }
-        let default_pull_cap = d
-            .pull_cap
-            .as_ref()
-            .map(size_value)
-            .transpose()
-            .map_err(|e| fail(format!("defaults.pull_cap: {e}")))?;
-        let default_warning = age(&d.warning_age, "defaults.warning_age").map_err(fail)?;
-        let default_critical = age(&d.critical_age, "defaults.critical_age").map_err(fail)?;
-        let mut accounts = Vec::new();
+        let defaults = resolve_defaults(d).map_err(fail)?;
+        let mut accounts: Vec<Account> = Vec::new();
         let mut hosts = Vec::new();
-        let mut account_names = HashSet::new();
         let mut host_names = HashSet::new();
         for a in &raw.accounts {
-            if a.name.trim().is_empty() {
-                return Err(fail("an account has an empty name".into()));
-            }
-            check_word(&a.name, "account name", ACCOUNT_CHARS)
-                .map_err(|e| fail(format!("account {:?}: {e}", a.name)))?;
-            if !account_names.insert(a.name.clone()) {
-                return Err(fail(format!("account {} is listed twice", a.name)));
-            }
-            let allocation = match (&a.package, &a.allocation) {
-                (Some(p), None) => *packages.get(p).ok_or_else(|| {
-                    fail(format!(
-                        "account {}: package {p:?} is not in [packages]",
-                        a.name
-                    ))
-                })?,
-                (None, Some(v)) => {
-                    size_value(v).map_err(|e| fail(format!("account {}: {e}", a.name)))?
-                }
-                _ => {
-                    return Err(fail(format!(
-                        "account {}: give exactly one of package or allocation",
-                        a.name
-                    )))
-                }
-            };
-            let hard_limit = match &a.hard_limit {
-                Some(v) => size_value(v).map_err(|e| fail(format!("account {}: {e}", a.name)))?,
-                None => (allocation as f64 * factor).min(u64::MAX as f64) as u64,
-            };
-            let logical_ratio = a
-                .logical_ratio
-                .or(d.logical_ratio)
-                .unwrap_or(DEFAULT_LOGICAL_RATIO);
-            if logical_ratio == 0 {
-                return Err(fail(format!(
-                    "account {}: logical_ratio must be at least 1",
-                    a.name
-                )));
-            }
-            if hard_limit < allocation {
-                return Err(fail(format!(
-                    "account {}: hard_limit is below the allocation",
-                    a.name
-                )));
-            }
-            if let Some(port) = a.nfs_port {
-                if port == 0 {
-                    return Err(fail(format!("account {}: nfs_port 0", a.name)));
-                }
-                if let Some(other) = accounts
-                    .iter()
-                    .find(|o: &&Account| o.nfs.port == Some(port))
-                {
-                    return Err(fail(format!(
-                        "account {}: nfs_port {port} is already account {}'s",
-                        a.name, other.name
-                    )));
-                }
-            }
+            let account = account(a, &packages, d, &defaults, &accounts).map_err(fail)?;
             for h in &a.hosts {
                 let at =
                     |e: String| fail(format!("host {}: {e}", xstore::text::printable(&h.name)));
-                xstore_format::snapshot::validate_host(&h.name).map_err(at)?;
-                check_word(&h.name, "host name", HOST_CHARS).map_err(at)?;
-                if let Some(address) = &h.address {
-                    check_word(address, "address", ADDRESS_CHARS).map_err(at)?;
-                }
-                if let Some(user) = h.user.as_ref().or(d.user.as_ref()) {
-                    check_word(user, "user", USER_CHARS).map_err(at)?;
-                }
-                if !host_names.insert(h.name.clone()) {
-                    return Err(at("listed twice".into()));
-                }
-                let mut paths = Vec::new();
-                for p in h.paths.iter().flatten() {
-                    if !p.is_absolute() {
-                        return Err(at(format!("path {} is not absolute", p.display())));
-                    }
-                    paths.push(p.clone());
-                }
-                let schedule = match &h.schedule {
-                    Some(s) => Some(Schedule::parse(s).map_err(|e| at(e.to_string()))?),
-                    None => None,
-                };
-                let timeout = match &h.timeout {
-                    Some(t) => duration_value(t).map_err(|e| at(format!("timeout: {e}")))?,
-                    None => default_timeout,
-                };
-                let warning_age = age(&h.warning_age, "warning_age")
-                    .map_err(at)?
-                    .or(default_warning);
-                let critical_age = age(&h.critical_age, "critical_age")
-                    .map_err(at)?
-                    .or(default_critical);
-                if let (Some(w), Some(c)) = (warning_age, critical_age) {
-                    if w > c {
-                        return Err(at("warning_age is longer than critical_age".into()));
-                    }
-                }
-                let mass_change = h
-                    .mass_change
-                    .or(d.mass_change)
-                    .unwrap_or(DEFAULT_MASS_CHANGE);
-                if !(mass_change.is_finite() && mass_change > 0.0) {
-                    return Err(at(format!("mass_change {mass_change}: must be above 0")));
-                }
-                let mut ssh_options = d.ssh_options.clone();
-                ssh_options.extend(h.ssh_options.iter().cloned());
-                if let Some(bad) = ssh_options.iter().find(|o| !o.contains('=')) {
-                    return Err(at(format!("ssh option {bad:?} is not KEY=VALUE")));
-                }
-                hosts.push(HostSpec {
-                    name: h.name.clone(),
-                    account: a.name.clone(),
-                    address: h.address.clone().unwrap_or_else(|| h.name.clone()),
-                    port: h.port.or(d.port).unwrap_or(DEFAULT_AGENT_PORT),
-                    user: h
-                        .user
-                        .clone()
-                        .or_else(|| d.user.clone())
-                        .unwrap_or_else(|| "root".into()),
-                    identity: h.identity.clone().or_else(|| d.identity.clone()),
-                    ssh: d.ssh.clone().unwrap_or_else(|| "ssh".into()),
-                    ssh_config: d.ssh_config.clone(),
-                    ssh_options,
-                    agent_command: d
-                        .agent_command
-                        .clone()
-                        .unwrap_or_else(|| "xstore agent".into()),
-                    paths,
-                    schedule,
-                    timeout,
-                    pull_cap: default_pull_cap.unwrap_or(hard_limit).min(hard_limit),
-                    mass_change,
-                    warning_age,
-                    critical_age,
-                });
+                let spec = host_spec(
+                    h,
+                    &a.name,
+                    account.hard_limit,
+                    d,
+                    &defaults,
+                    &mut host_names,
+                );
+                hosts.push(spec.map_err(at)?);
             }
-            accounts.push(Account {
-                name: a.name.clone(),
-                package: a.package.clone(),
-                allocation,
-                hard_limit,
-                logical_ratio,
-                nfs: NfsPolicy {
-                    port: a.nfs_port,
-                    no_root_squash: a.no_root_squash,
-                    insecure: a.insecure,
-                    per_host: a.nfs_per_host,
-                },
-                hosts: a.hosts.iter().map(|h| h.name.clone()).collect(),
-            });
+            accounts.push(account);
         }
         Ok(Inventory { accounts, hosts })
     }
@@ -601,6 +440,211 @@ impl Inventory {
             })
             .collect()
     }
+}
+
+/// The defaults of `[defaults]`, resolved.
+struct Defaults {
+    timeout: Duration,
+    warning_age: Option<Duration>,
+    critical_age: Option<Duration>,
+    pull_cap: Option<u64>,
+    hard_limit_factor: f64,
+}
+
+/// `duration_value` of an optional field, the field named in its error.
+fn age(v: &Option<String>, what: &str) -> Result<Option<Duration>, String> {
+    v.as_deref()
+        .map(duration_value)
+        .transpose()
+        .map_err(|e| format!("{what}: {e}"))
+}
+
+fn resolve_defaults(d: &RawDefaults) -> Result<Defaults, String> {
+    let timeout = match &d.timeout {
+        Some(t) => duration_value(t).map_err(|e| format!("defaults.timeout: {e}"))?,
+        None => DEFAULT_PULL_TIMEOUT,
+    };
+    let hard_limit_factor = d.hard_limit_factor.unwrap_or(DEFAULT_HARD_LIMIT_FACTOR);
+    if !(hard_limit_factor.is_finite() && hard_limit_factor >= 1.0) {
+        return Err(format!(
+            "defaults.hard_limit_factor {hard_limit_factor}: must be at least 1"
+        ));
+    }
+    let pull_cap = d
+        .pull_cap
+        .as_ref()
+        .map(size_value)
+        .transpose()
+        .map_err(|e| format!("defaults.pull_cap: {e}"))?;
+    Ok(Defaults {
+        timeout,
+        warning_age: age(&d.warning_age, "defaults.warning_age")?,
+        critical_age: age(&d.critical_age, "defaults.critical_age")?,
+        pull_cap,
+        hard_limit_factor,
+    })
+}
+
+/// One host of account `account` (whose hard limit caps its pulls), checked; the error does
+/// not name the host (the caller does).
+fn host_spec(
+    h: &RawHost,
+    account: &str,
+    hard_limit: u64,
+    d: &RawDefaults,
+    defaults: &Defaults,
+    host_names: &mut HashSet<String>,
+) -> Result<HostSpec, String> {
+    xstore_format::snapshot::validate_host(&h.name)?;
+    check_word(&h.name, "host name", HOST_CHARS)?;
+    if let Some(address) = &h.address {
+        check_word(address, "address", ADDRESS_CHARS)?;
+    }
+    if let Some(user) = h.user.as_ref().or(d.user.as_ref()) {
+        check_word(user, "user", USER_CHARS)?;
+    }
+    if !host_names.insert(h.name.clone()) {
+        return Err("listed twice".into());
+    }
+    let mut paths = Vec::new();
+    for p in h.paths.iter().flatten() {
+        if !p.is_absolute() {
+            return Err(format!("path {} is not absolute", p.display()));
+        }
+        paths.push(p.clone());
+    }
+    let schedule = match &h.schedule {
+        Some(s) => Some(Schedule::parse(s).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let timeout = match &h.timeout {
+        Some(t) => duration_value(t).map_err(|e| format!("timeout: {e}"))?,
+        None => defaults.timeout,
+    };
+    let warning_age = age(&h.warning_age, "warning_age")?.or(defaults.warning_age);
+    let critical_age = age(&h.critical_age, "critical_age")?.or(defaults.critical_age);
+    if let (Some(w), Some(c)) = (warning_age, critical_age) {
+        if w > c {
+            return Err("warning_age is longer than critical_age".into());
+        }
+    }
+    let mass_change = h
+        .mass_change
+        .or(d.mass_change)
+        .unwrap_or(DEFAULT_MASS_CHANGE);
+    if !(mass_change.is_finite() && mass_change > 0.0) {
+        return Err(format!("mass_change {mass_change}: must be above 0"));
+    }
+    let mut ssh_options = d.ssh_options.clone();
+    ssh_options.extend(h.ssh_options.iter().cloned());
+    if let Some(bad) = ssh_options.iter().find(|o| !o.contains('=')) {
+        return Err(format!("ssh option {bad:?} is not KEY=VALUE"));
+    }
+    Ok(HostSpec {
+        name: h.name.clone(),
+        account: account.to_string(),
+        address: h.address.clone().unwrap_or_else(|| h.name.clone()),
+        port: h.port.or(d.port).unwrap_or(DEFAULT_AGENT_PORT),
+        user: h
+            .user
+            .clone()
+            .or_else(|| d.user.clone())
+            .unwrap_or_else(|| "root".into()),
+        identity: h.identity.clone().or_else(|| d.identity.clone()),
+        ssh: d.ssh.clone().unwrap_or_else(|| "ssh".into()),
+        ssh_config: d.ssh_config.clone(),
+        ssh_options,
+        agent_command: d
+            .agent_command
+            .clone()
+            .unwrap_or_else(|| "xstore agent".into()),
+        paths,
+        schedule,
+        timeout,
+        pull_cap: defaults.pull_cap.unwrap_or(hard_limit).min(hard_limit),
+        mass_change,
+        warning_age,
+        critical_age,
+    })
+}
+
+/// One account, checked (its hosts are checked by [`host_spec`]), against the accounts
+/// before it.
+fn account(
+    a: &RawAccount,
+    packages: &BTreeMap<String, u64>,
+    d: &RawDefaults,
+    defaults: &Defaults,
+    accounts: &[Account],
+) -> Result<Account, String> {
+    if a.name.trim().is_empty() {
+        return Err("an account has an empty name".into());
+    }
+    check_word(&a.name, "account name", ACCOUNT_CHARS)
+        .map_err(|e| format!("account {:?}: {e}", a.name))?;
+    if accounts.iter().any(|o| o.name == a.name) {
+        return Err(format!("account {} is listed twice", a.name));
+    }
+    let allocation = match (&a.package, &a.allocation) {
+        (Some(p), None) => *packages
+            .get(p)
+            .ok_or_else(|| format!("account {}: package {p:?} is not in [packages]", a.name))?,
+        (None, Some(v)) => size_value(v).map_err(|e| format!("account {}: {e}", a.name))?,
+        _ => {
+            return Err(format!(
+                "account {}: give exactly one of package or allocation",
+                a.name
+            ))
+        }
+    };
+    let hard_limit = match &a.hard_limit {
+        Some(v) => size_value(v).map_err(|e| format!("account {}: {e}", a.name))?,
+        None => (allocation as f64 * defaults.hard_limit_factor).min(u64::MAX as f64) as u64,
+    };
+    let logical_ratio = a
+        .logical_ratio
+        .or(d.logical_ratio)
+        .unwrap_or(DEFAULT_LOGICAL_RATIO);
+    if logical_ratio == 0 {
+        return Err(format!(
+            "account {}: logical_ratio must be at least 1",
+            a.name
+        ));
+    }
+    if hard_limit < allocation {
+        return Err(format!(
+            "account {}: hard_limit is below the allocation",
+            a.name
+        ));
+    }
+    if let Some(port) = a.nfs_port {
+        if port == 0 {
+            return Err(format!("account {}: nfs_port 0", a.name));
+        }
+        if let Some(other) = accounts
+            .iter()
+            .find(|o: &&Account| o.nfs.port == Some(port))
+        {
+            return Err(format!(
+                "account {}: nfs_port {port} is already account {}'s",
+                a.name, other.name
+            ));
+        }
+    }
+    Ok(Account {
+        name: a.name.clone(),
+        package: a.package.clone(),
+        allocation,
+        hard_limit,
+        logical_ratio,
+        nfs: NfsPolicy {
+            port: a.nfs_port,
+            no_root_squash: a.no_root_squash,
+            insecure: a.insecure,
+            per_host: a.nfs_per_host,
+        },
+        hosts: a.hosts.iter().map(|h| h.name.clone()).collect(),
+    })
 }
 
 #[cfg(test)]

@@ -30,6 +30,6 @@ pub use pull::{
     PullReport, DEFAULT_PULL_THREADS, MASS_CHANGE_MIN_FILES, PULL_STACK_BYTES,
 };
 pub use rsnapshot::{
-    BackupPoint, ImportAction, ImportOutcome, ImportPlan, RsnapshotBackup, RsnapshotConfig,
-    RsnapshotConfigError, RsnapshotSource,
+    BackupPoint, ImportAction, ImportError, ImportEvent, ImportOutcome, ImportPlan,
+    RsnapshotBackup, RsnapshotConfig, RsnapshotConfigError, RsnapshotSource,
 };

@@ -7,35 +7,80 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::inventory::Inventory;
-use xstore::Repository;
-use xstore::Result;
+use crate::pull::{PullOutcome, PullReport};
+use xstore::{Repository, Result, Snapshot};
 
-/// A metric family being written: `# HELP`, `# TYPE`, then its samples.
-struct Family<'a> {
-    out: &'a mut String,
+/// One metric family: its name (written once), help text and samples; every family is a
+/// gauge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricFamily {
+    /// The metric name (`xstore_…`).
+    pub name: &'static str,
+    /// The `# HELP` text.
+    pub help: &'static str,
+    /// The samples, in the order they are written.
+    pub samples: Vec<Sample>,
 }
 
-impl Family<'_> {
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
+/// One sample of a family: its labels and value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Label names and values (values escaped when rendered).
+    pub labels: Vec<(&'static str, String)>,
+    /// The value (`+Inf` for a host never backed up).
+    pub value: f64,
+}
+
+/// The metrics of a repository at one time, gathered before they are rendered.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Metrics {
+    /// The families in the order they are written.
+    pub families: Vec<MetricFamily>,
+}
+
+impl Metrics {
+    fn family(&mut self, name: &'static str, help: &'static str) -> &mut MetricFamily {
+        self.families.push(MetricFamily {
+            name,
+            help,
+            samples: Vec::new(),
+        });
+        let last = self.families.len() - 1;
+        &mut self.families[last]
+    }
+
+    /// Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for f in &self.families {
+            let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+            let _ = writeln!(out, "# TYPE {} gauge", f.name);
+            for s in &f.samples {
+                out.push_str(f.name);
+                if !s.labels.is_empty() {
+                    out.push('{');
+                    for (i, (k, v)) in s.labels.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        let _ = write!(out, "{k}=\"{}\"", escape_label(v));
+                    }
+                    out.push('}');
                 }
-                let _ = write!(self.out, "{k}=\"{}\"", escape_label(v));
+                let _ = writeln!(out, " {}", format_value(s.value));
             }
-            self.out.push('}');
         }
-        let _ = writeln!(self.out, " {}", format_value(value));
+        out
     }
 }
 
-fn family<'a>(out: &'a mut String, name: &str, help: &str) -> Family<'a> {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} gauge");
-    Family { out }
+impl MetricFamily {
+    fn sample(&mut self, labels: &[(&'static str, &str)], value: f64) {
+        self.samples.push(Sample {
+            labels: labels.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+            value,
+        });
+    }
 }
 
 fn escape_label(v: &str) -> String {
@@ -58,12 +103,16 @@ fn seconds(ns: i64) -> f64 {
     ns as f64 / 1e9
 }
 
-/// The metrics text at time `now_ns`. Hosts are the inventory's and every host with
-/// snapshots; a host never backed up completely has an age of `+Inf` (so an
-/// `age > 4h` alert fires for it too).
+/// The metrics text at time `now_ns` ([`gather`], rendered).
 pub fn metrics(repo: &Repository, inventory: Option<&Inventory>, now_ns: i64) -> Result<String> {
+    Ok(gather(repo, inventory, now_ns)?.render())
+}
+
+/// The metrics at time `now_ns`. Hosts are the inventory's and every host with snapshots; a
+/// host never backed up completely has an age of `+Inf` (so an `age > 4h` alert fires for it
+/// too). Account families need the inventory.
+pub fn gather(repo: &Repository, inventory: Option<&Inventory>, now_ns: i64) -> Result<Metrics> {
     let snapshots = repo.snapshots()?;
-    let positions = xstore::tier_positions(&snapshots);
     let mut account_of: BTreeMap<String, String> = BTreeMap::new();
     for h in inventory.map(|i| i.hosts.as_slice()).unwrap_or_default() {
         account_of.insert(h.name.clone(), h.account.clone());
@@ -73,13 +122,40 @@ pub fn metrics(repo: &Repository, inventory: Option<&Inventory>, now_ns: i64) ->
         .cloned()
         .chain(snapshots.iter().map(|s| s.host.clone()))
         .collect();
-    let account = |h: &str| account_of.get(h).cloned().unwrap_or_default();
+    let labels = Labels { account_of };
+    let mut m = Metrics::default();
+    host_families(&mut m, repo, &hosts, &labels, now_ns)?;
+    snapshot_families(&mut m, &snapshots, &labels);
+    if let Some(inv) = inventory {
+        account_families(&mut m, repo, inv, &labels)?;
+    }
+    total_families(&mut m, repo, now_ns)?;
+    Ok(m)
+}
 
-    let mut out = String::new();
+/// The labels of a host: its name and account (empty when the inventory does not list it).
+struct Labels {
+    account_of: BTreeMap<String, String>,
+}
+
+impl Labels {
+    fn account(&self, host: &str) -> &str {
+        self.account_of.get(host).map_or("", String::as_str)
+    }
+}
+
+/// Freshness and the newest pull of each host.
+fn host_families(
+    m: &mut Metrics,
+    repo: &Repository,
+    hosts: &BTreeSet<String>,
+    labels: &Labels,
+    now_ns: i64,
+) -> Result<()> {
     let mut newest_ts = Vec::new();
     let mut ages = Vec::new();
     let mut pulls = Vec::new();
-    for h in &hosts {
+    for h in hosts {
         let status = crate::pull::host_status(repo, h)?;
         match &status.newest_complete {
             Some(s) => {
@@ -92,33 +168,22 @@ pub fn metrics(repo: &Repository, inventory: Option<&Inventory>, now_ns: i64) ->
             pulls.push((h, p));
         }
     }
-
-    let mut f = family(
-        &mut out,
+    let f = m.family(
         "xstore_host_newest_backup_timestamp_seconds",
         "End of the host's newest complete snapshot.",
     );
     for (h, v) in &newest_ts {
-        f.sample(
-            "xstore_host_newest_backup_timestamp_seconds",
-            &[("host", h), ("account", &account(h))],
-            *v,
-        );
+        f.sample(&[("host", h), ("account", labels.account(h))], *v);
     }
-    let mut f = family(
-        &mut out,
+    let f = m.family(
         "xstore_host_newest_backup_age_seconds",
         "Age of the host's newest complete snapshot (+Inf: never backed up).",
     );
     for (h, v) in &ages {
-        f.sample(
-            "xstore_host_newest_backup_age_seconds",
-            &[("host", h), ("account", &account(h))],
-            *v,
-        );
+        f.sample(&[("host", h), ("account", labels.account(h))], *v);
     }
-    type PullField = fn(&crate::pull::PullReport) -> f64;
-    let pull_fields: [(&str, &str, PullField); 7] = [
+    type PullField = fn(&PullReport) -> f64;
+    let pull_fields: [(&'static str, &'static str, PullField); 7] = [
         (
             "xstore_host_mass_change_alarm",
             "1 while a pull's mass-change alarm stands (most files rewritten or removed; the parent snapshot pinned), else 0.",
@@ -137,7 +202,7 @@ pub fn metrics(repo: &Repository, inventory: Option<&Inventory>, now_ns: i64) ->
         (
             "xstore_host_last_pull_success",
             "1 if the host's newest pull committed a snapshot (complete or partial), else 0.",
-            |p| f64::from(u8::from(p.outcome != crate::pull::PullOutcome::Failed)),
+            |p| f64::from(u8::from(p.outcome != PullOutcome::Failed)),
         ),
         (
             "xstore_host_last_pull_scanned_bytes",
@@ -156,33 +221,36 @@ pub fn metrics(repo: &Repository, inventory: Option<&Inventory>, now_ns: i64) ->
         ),
     ];
     for (name, help, value) in pull_fields {
-        let mut f = family(&mut out, name, help);
+        let f = m.family(name, help);
         for (h, p) in &pulls {
-            f.sample(name, &[("host", h), ("account", &account(h))], value(p));
+            f.sample(&[("host", h), ("account", labels.account(h))], value(p));
         }
     }
-    let mut f = family(
-        &mut out,
+    let f = m.family(
         "xstore_host_last_pull_outcome",
         "1 for the outcome (ok, partial, failed) of the host's newest pull.",
     );
     for (h, p) in &pulls {
-        for o in [
-            crate::pull::PullOutcome::Ok,
-            crate::pull::PullOutcome::Partial,
-            crate::pull::PullOutcome::Failed,
-        ] {
+        for o in [PullOutcome::Ok, PullOutcome::Partial, PullOutcome::Failed] {
             f.sample(
-                "xstore_host_last_pull_outcome",
-                &[("host", h), ("account", &account(h)), ("outcome", o.name())],
+                &[
+                    ("host", h),
+                    ("account", labels.account(h)),
+                    ("outcome", o.name()),
+                ],
                 f64::from(u8::from(p.outcome == o)),
             );
         }
     }
+    Ok(())
+}
 
+/// Snapshots of each host, in all and per tier.
+fn snapshot_families(m: &mut Metrics, snapshots: &[Snapshot], labels: &Labels) {
+    let positions = xstore::tier_positions(snapshots);
     let mut per_tier: BTreeMap<(&str, String), u64> = BTreeMap::new();
     let mut per_host: BTreeMap<&str, u64> = BTreeMap::new();
-    for s in &snapshots {
+    for s in snapshots {
         *per_host.entry(s.host.as_str()).or_default() += 1;
         for p in positions.get(&s.id).map(Vec::as_slice).unwrap_or_default() {
             let tier = p.rsplit_once('.').map_or(p.as_str(), |(t, _)| t);
@@ -191,89 +259,91 @@ pub fn metrics(repo: &Repository, inventory: Option<&Inventory>, now_ns: i64) ->
                 .or_default() += 1;
         }
     }
-    let mut f = family(&mut out, "xstore_host_snapshots", "Snapshots of the host.");
+    let f = m.family("xstore_host_snapshots", "Snapshots of the host.");
     for (h, n) in &per_host {
-        f.sample(
-            "xstore_host_snapshots",
-            &[("host", h), ("account", &account(h))],
-            *n as f64,
-        );
+        f.sample(&[("host", h), ("account", labels.account(h))], *n as f64);
     }
-    let mut f = family(
-        &mut out,
+    let f = m.family(
         "xstore_host_tier_snapshots",
         "Snapshots of the host holding a position in the tier.",
     );
     for ((h, tier), n) in &per_tier {
         f.sample(
-            "xstore_host_tier_snapshots",
-            &[("host", h), ("account", &account(h)), ("tier", tier)],
+            &[("host", h), ("account", labels.account(h)), ("tier", tier)],
             *n as f64,
         );
     }
+}
 
-    if let Some(inv) = inventory {
-        let groups: Vec<Vec<String>> = inv.accounts.iter().map(|a| a.hosts.clone()).collect();
-        let fleet = repo.fleet_usage(&groups)?;
-        let usage = crate::monitor::account_states(&inv.accounts, &fleet, 1.0, f64::INFINITY);
-        type UsageField = fn(&crate::monitor::AccountUsage) -> f64;
-        let fields: [(&str, &str, UsageField); 6] = [
-            (
-                "xstore_account_allocation_bytes",
-                "The account's soft allocation.",
-                |a| a.allocation as f64,
-            ),
-            (
-                "xstore_account_referenced_bytes",
-                "Stored bytes the account's snapshots reference (compared with the allocation).",
-                |a| a.usage.referenced_bytes as f64,
-            ),
-            (
-                "xstore_account_exclusive_bytes",
-                "Stored bytes only the account references (freed if it were deleted).",
-                |a| a.usage.exclusive_bytes as f64,
-            ),
-            (
-                "xstore_account_shared_bytes",
-                "Referenced bytes other accounts reference too.",
-                |a| a.usage.shared_bytes as f64,
-            ),
-            (
-                "xstore_account_newest_logical_bytes",
-                "File bytes of the newest snapshot of each of the account's hosts.",
-                |a| a.usage.newest_logical_bytes as f64,
-            ),
-            (
-                "xstore_account_inflated_hosts",
-                "Hosts of the account whose newest snapshot names more file bytes than its logical_ratio times what they reference.",
-                |a| a.inflated_hosts.len() as f64,
-            ),
-        ];
-        for (name, help, value) in fields {
-            let mut f = family(&mut out, name, help);
-            for a in &usage {
-                f.sample(name, &[("account", &a.account)], value(a));
-            }
-        }
-        let name = "xstore_host_logical_ratio";
-        let mut f = family(
-            &mut out,
-            name,
-            "File bytes of the host's newest snapshot over the raw bytes of the distinct blobs its snapshots reference.",
-        );
-        for (h, u) in &fleet.hosts {
-            f.sample(
-                name,
-                &[("host", h), ("account", &account(h))],
-                u.logical_ratio(),
-            );
+/// Usage of each account of the inventory against its allocation, and each host's logical
+/// ratio.
+fn account_families(
+    m: &mut Metrics,
+    repo: &Repository,
+    inv: &Inventory,
+    labels: &Labels,
+) -> Result<()> {
+    let groups: Vec<Vec<String>> = inv.accounts.iter().map(|a| a.hosts.clone()).collect();
+    let fleet = repo.fleet_usage(&groups)?;
+    let usage = crate::monitor::account_states(&inv.accounts, &fleet, 1.0, f64::INFINITY);
+    type UsageField = fn(&crate::monitor::AccountUsage) -> f64;
+    let fields: [(&'static str, &'static str, UsageField); 6] = [
+        (
+            "xstore_account_allocation_bytes",
+            "The account's soft allocation.",
+            |a| a.allocation as f64,
+        ),
+        (
+            "xstore_account_referenced_bytes",
+            "Stored bytes the account's snapshots reference (compared with the allocation).",
+            |a| a.usage.referenced_bytes as f64,
+        ),
+        (
+            "xstore_account_exclusive_bytes",
+            "Stored bytes only the account references (freed if it were deleted).",
+            |a| a.usage.exclusive_bytes as f64,
+        ),
+        (
+            "xstore_account_shared_bytes",
+            "Referenced bytes other accounts reference too.",
+            |a| a.usage.shared_bytes as f64,
+        ),
+        (
+            "xstore_account_newest_logical_bytes",
+            "File bytes of the newest snapshot of each of the account's hosts.",
+            |a| a.usage.newest_logical_bytes as f64,
+        ),
+        (
+            "xstore_account_inflated_hosts",
+            "Hosts of the account whose newest snapshot names more file bytes than its logical_ratio times what they reference.",
+            |a| a.inflated_hosts.len() as f64,
+        ),
+    ];
+    for (name, help, value) in fields {
+        let f = m.family(name, help);
+        for a in &usage {
+            f.sample(&[("account", &a.account)], value(a));
         }
     }
+    let f = m.family(
+        "xstore_host_logical_ratio",
+        "File bytes of the host's newest snapshot over the raw bytes of the distinct blobs its snapshots reference.",
+    );
+    for (h, u) in &fleet.hosts {
+        f.sample(
+            &[("host", h), ("account", labels.account(h))],
+            u.logical_ratio(),
+        );
+    }
+    Ok(())
+}
 
+/// Verification state and repository totals.
+fn total_families(m: &mut Metrics, repo: &Repository, now_ns: i64) -> Result<()> {
     let st = repo.stats()?;
     let verify = repo.verify_status()?;
     let last_run = verify.last_run.clone().unwrap_or_default();
-    let totals: [(&str, &str, f64); 11] = [
+    let totals: [(&'static str, &'static str, f64); 11] = [
         (
             "xstore_verify_oldest_seconds",
             "Age of the oldest pack verification (a pack never verified counts from when it was written).",
@@ -327,9 +397,9 @@ pub fn metrics(repo: &Repository, inventory: Option<&Inventory>, now_ns: i64) ->
         ),
     ];
     for (name, help, value) in totals {
-        family(&mut out, name, help).sample(name, &[], value);
+        m.family(name, help).sample(&[], value);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Writes `text` to `path` atomically (temporary file in the same directory, fsync,

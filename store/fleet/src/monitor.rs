@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::inventory::{Account, HostSpec};
+use crate::inventory::{Account, HostSpec, Inventory};
 use crate::pull::{PullOutcome, PullReport};
 use xstore::Repository;
-use xstore::Result;
+use xstore::{Error, Result};
 use xstore::{FleetUsage, Usage};
 
 /// How far ahead of the clock a snapshot may be dated before check-freshness calls it a
@@ -249,6 +249,55 @@ pub fn short_age(seconds: u64) -> String {
 
 fn seconds_between(earlier_ns: i64, later_ns: i64) -> u64 {
     u64::try_from(later_ns.saturating_sub(earlier_ns).max(0) / 1_000_000_000).unwrap_or(0)
+}
+
+/// The hosts a freshness check covers: `hosts` when any are named (with their inventory
+/// thresholds when the inventory lists them), else the hosts of `account`, else every host
+/// of the inventory, else (without one) every host with snapshots.
+pub fn freshness_targets(
+    repo: &Repository,
+    inventory: Option<&Inventory>,
+    hosts: &[String],
+    account: Option<&str>,
+) -> Result<Vec<FreshnessTarget>> {
+    let bare = |host: &str| FreshnessTarget {
+        host: host.to_string(),
+        account: None,
+        warning_age: None,
+        critical_age: None,
+    };
+    if !hosts.is_empty() {
+        return hosts
+            .iter()
+            .map(|h| {
+                xstore_format::snapshot::validate_host(h).map_err(Error::InvalidArgument)?;
+                Ok(match inventory.and_then(|i| i.host(h)) {
+                    Some(spec) => FreshnessTarget::from(spec),
+                    None => bare(h),
+                })
+            })
+            .collect();
+    }
+    match (inventory, account) {
+        (Some(inv), Some(a)) => {
+            if inv.account(a).is_none() {
+                return Err(Error::InvalidArgument(format!(
+                    "account {a} is not in the inventory"
+                )));
+            }
+            Ok(inv
+                .hosts
+                .iter()
+                .filter(|h| h.account == a)
+                .map(FreshnessTarget::from)
+                .collect())
+        }
+        (None, Some(_)) => Err(Error::InvalidArgument(
+            "--account needs an inventory (--inventory FILE)".into(),
+        )),
+        (Some(inv), None) => Ok(inv.hosts.iter().map(FreshnessTarget::from).collect()),
+        (None, None) => Ok(repo.hosts()?.iter().map(|h| bare(h)).collect()),
+    }
 }
 
 /// Checks how old each target host's newest complete snapshot is.

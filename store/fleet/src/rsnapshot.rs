@@ -635,6 +635,69 @@ pub fn import_backup_point(
     Ok(ImportOutcome::Imported(Box::new(snapshot)))
 }
 
+/// A failure of [`apply_import`]. The import stops at the first failing backup point: the
+/// points before it stay imported, and running the import again resumes after them.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// Setting the hosts' schedules or forgetting what rsnapshot rotated away failed.
+    #[error(transparent)]
+    Prepare(Box<Error>),
+    /// Importing one backup point failed.
+    #[error("importing {} (imported before it stay; run the import again to resume)", dir.display())]
+    Point {
+        /// The backup point's directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+impl From<Error> for ImportError {
+    fn from(e: Error) -> Self {
+        ImportError::Prepare(Box::new(e))
+    }
+}
+
+/// What [`apply_import`] reports as it goes, in order.
+#[derive(Debug)]
+pub enum ImportEvent<'p> {
+    /// A snapshot of an earlier import that rsnapshot has rotated away since: forgotten.
+    Forgotten(SnapshotId),
+    /// A backup point done.
+    Point(&'p BackupPoint, &'p ImportOutcome),
+}
+
+/// Applies `plan` (from [`plan_import`]): the hosts' tier schedules, then forgets what
+/// rsnapshot rotated away, then imports every backup point oldest first, stopping at the
+/// first failure. `on_event` sees each step as it happens. Returns each point with its
+/// outcome.
+pub fn apply_import(
+    repo: &Repository,
+    plan: &ImportPlan,
+    progress: Option<Arc<Progress>>,
+    on_event: &mut dyn FnMut(ImportEvent<'_>),
+) -> std::result::Result<Vec<ImportOutcome>, ImportError> {
+    apply_import_schedule(repo, plan)?;
+    forget_rotated_away(repo, plan)?;
+    for id in &plan.rotated_away {
+        on_event(ImportEvent::Forgotten(*id));
+    }
+    let mut outcomes = Vec::with_capacity(plan.items.len());
+    for (point, action) in &plan.items {
+        let outcome =
+            import_backup_point(repo, point, action, progress.clone()).map_err(|source| {
+                ImportError::Point {
+                    dir: point.dir.clone(),
+                    source: Box::new(source),
+                }
+            })?;
+        on_event(ImportEvent::Point(point, &outcome));
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -156,6 +156,32 @@ pub fn encode_blob_header(e: &PackEntry) -> [u8; BLOB_HEADER_LEN] {
     h
 }
 
+/// The trailer of a pack whose blobs are `entries` and whose trailer starts at
+/// `entries_offset`: an entry per blob, then the footer (offset, count, the BLAKE3 of both,
+/// end magic) that [`read_trailer`] checks (FORMAT.md §Packs).
+pub fn encode_trailer(entries: &[PackEntry], entries_offset: u64) -> Vec<u8> {
+    let mut trailer = Vec::with_capacity(entries.len() * TRAILER_ENTRY_LEN + FOOTER_LEN);
+    for e in entries {
+        trailer.extend_from_slice(&e.id.0);
+        trailer.push(e.kind.code());
+        trailer.push(e.compression.code());
+        trailer.extend_from_slice(&[0, 0]);
+        trailer.extend_from_slice(&e.raw_len.to_le_bytes());
+        trailer.extend_from_slice(&e.stored_len.to_le_bytes());
+        trailer.extend_from_slice(&e.offset.to_le_bytes());
+    }
+    let mut footer_head = [0u8; 16];
+    footer_head[..8].copy_from_slice(&entries_offset.to_le_bytes());
+    footer_head[8..12].copy_from_slice(&(entries.len() as u32).to_le_bytes());
+    let mut h = blake3::Hasher::new();
+    h.update(&trailer);
+    h.update(&footer_head);
+    trailer.extend_from_slice(&footer_head);
+    trailer.extend_from_slice(h.finalize().as_bytes());
+    trailer.extend_from_slice(PACK_END_MAGIC);
+    trailer
+}
+
 /// The fields a blob header and a trailer entry share: id, kind, compression, reserved (zero),
 /// raw and stored lengths; `at` is the offset of the id in the pack, for messages.
 fn read_blob_fields(

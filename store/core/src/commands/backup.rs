@@ -19,7 +19,7 @@ use crate::commands::retention::TierEntry;
 use crate::commands::shared_ingest::{Claim, SharedIngest, WaitBudget};
 use crate::error::{Error, Result};
 use crate::pack::rolling::RollingPacks;
-use crate::pack::SealedPack;
+use crate::pack::{NewBlob, SealedPack};
 use crate::progress::Progress;
 use crate::repo::{now_ns, poisoned, Repository};
 use crate::source::{OpenHint, Source};
@@ -130,12 +130,50 @@ impl StoreBudget {
     }
 }
 
+/// What a backup counts as it goes, from every thread; its snapshot's statistics at the end.
+#[derive(Default)]
+struct Counters {
+    files: AtomicU64,
+    dirs: AtomicU64,
+    others: AtomicU64,
+    logical: AtomicU64,
+    files_read: AtomicU64,
+    bytes_read: AtomicU64,
+    unchanged: AtomicU64,
+    skipped: AtomicU64,
+    /// Entries left out by an exclude pattern (not in the statistics).
+    excluded: AtomicU64,
+    new_blobs: AtomicU64,
+    new_bytes: AtomicU64,
+    new_stored: AtomicU64,
+    error_count: AtomicU64,
+}
+
+impl Counters {
+    fn stats(&self, wire_bytes: u64) -> SnapshotStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        SnapshotStats {
+            files: get(&self.files),
+            dirs: get(&self.dirs),
+            other_entries: get(&self.others),
+            logical_bytes: get(&self.logical),
+            files_read: get(&self.files_read),
+            bytes_read: get(&self.bytes_read),
+            files_unchanged: get(&self.unchanged),
+            new_blobs: get(&self.new_blobs),
+            new_bytes: get(&self.new_bytes),
+            new_stored_bytes: get(&self.new_stored),
+            skipped: get(&self.skipped),
+            errors: get(&self.error_count),
+            wire_bytes,
+        }
+    }
+}
+
 struct Session<'a> {
     repo: &'a Repository,
     source: &'a dyn Source,
     excludes: PathGlobs,
-    /// Entries left out by an exclude pattern.
-    excluded: AtomicU64,
     one_file_system: bool,
     level: i32,
     /// Blobs this session claimed for writing, with their kind and raw length. A data entry
@@ -161,18 +199,8 @@ struct Session<'a> {
     shared_wait: WaitBudget,
     new_parents: Mutex<Vec<(ChunkId, Vec<ChunkId>)>>,
     errors: Mutex<Vec<PathError>>,
-    error_count: AtomicU64,
-    files: AtomicU64,
-    dirs: AtomicU64,
-    others: AtomicU64,
-    logical: AtomicU64,
-    files_read: AtomicU64,
-    bytes_read: AtomicU64,
-    unchanged: AtomicU64,
-    skipped: AtomicU64,
-    new_blobs: AtomicU64,
-    new_bytes: AtomicU64,
-    new_stored: AtomicU64,
+    /// What the backup counts as it goes.
+    counts: Counters,
     progress: Option<Arc<Progress>>,
     budgets: Vec<Arc<StoreBudget>>,
     /// Stored bytes taken from the budgets so far.
@@ -202,7 +230,7 @@ impl<'a> Session<'a> {
         let message = message.into();
         // Reported once, by the caller (the CLI prints the snapshot's errors).
         tracing::debug!(path = %path.display(), %message, "not backed up");
-        self.error_count.fetch_add(1, Ordering::Relaxed);
+        self.counts.error_count.fetch_add(1, Ordering::Relaxed);
         if let Some(p) = &self.progress {
             p.errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -408,14 +436,23 @@ impl<'a> Session<'a> {
         stored: &[u8],
     ) -> Result<()> {
         self.draw((stored.len() + BLOB_HEADER_LEN) as u64)?;
+        let blob = NewBlob {
+            id,
+            kind,
+            compression,
+            raw_len,
+            stored,
+        };
         match self.shared {
-            Some(shared) => shared.add(id, kind, compression, raw_len, stored)?,
-            None => self.packs.add(id, kind, compression, raw_len, stored)?,
+            Some(shared) => shared.add(blob)?,
+            None => self.packs.add(blob)?,
         }
-        self.new_blobs.fetch_add(1, Ordering::Relaxed);
-        self.new_bytes
+        self.counts.new_blobs.fetch_add(1, Ordering::Relaxed);
+        self.counts
+            .new_bytes
             .fetch_add(u64::from(raw_len), Ordering::Relaxed);
-        self.new_stored
+        self.counts
+            .new_stored
             .fetch_add((stored.len() + BLOB_HEADER_LEN) as u64, Ordering::Relaxed);
         Ok(())
     }
@@ -514,11 +551,11 @@ impl<'a> Session<'a> {
         let mut entry = match meta.kind {
             SourceKind::Socket => {
                 tracing::info!(path = %path.display(), "socket skipped");
-                self.skipped.fetch_add(1, Ordering::Relaxed);
+                self.counts.skipped.fetch_add(1, Ordering::Relaxed);
                 return Ok(None);
             }
             SourceKind::Dir => {
-                self.dirs.fetch_add(1, Ordering::Relaxed);
+                self.counts.dirs.fetch_add(1, Ordering::Relaxed);
                 let descend = !(self.one_file_system && meta.attrs.dev != root_dev);
                 let id = if descend {
                     // The previous tree's id, when that tree was read back and decoded.
@@ -535,7 +572,7 @@ impl<'a> Session<'a> {
             },
             SourceKind::Symlink => match self.source.read_link(path) {
                 Ok(target) => {
-                    self.others.fetch_add(1, Ordering::Relaxed);
+                    self.counts.others.fetch_add(1, Ordering::Relaxed);
                     let mut m = meta;
                     m.attrs.size = target.len() as u64;
                     Self::entry_from_meta(name, &m, EntryKind::Symlink, Content::Target(target))
@@ -546,7 +583,7 @@ impl<'a> Session<'a> {
                 }
             },
             SourceKind::CharDevice | SourceKind::BlockDevice | SourceKind::Fifo => {
-                self.others.fetch_add(1, Ordering::Relaxed);
+                self.counts.others.fetch_add(1, Ordering::Relaxed);
                 let kind = meta.kind.entry_kind().unwrap_or(EntryKind::Fifo);
                 let mut m = meta;
                 m.attrs.size = 0;
@@ -567,9 +604,11 @@ impl<'a> Session<'a> {
         if let Some(p) = parent.filter(|p| {
             !self.previous_is_other_host && unchanged_file(Some(p), &meta) && self.intact(p)
         }) {
-            self.unchanged.fetch_add(1, Ordering::Relaxed);
-            self.files.fetch_add(1, Ordering::Relaxed);
-            self.logical.fetch_add(meta.attrs.size, Ordering::Relaxed);
+            self.counts.unchanged.fetch_add(1, Ordering::Relaxed);
+            self.counts.files.fetch_add(1, Ordering::Relaxed);
+            self.counts
+                .logical
+                .fetch_add(meta.attrs.size, Ordering::Relaxed);
             if let Some(pr) = &self.progress {
                 pr.files.fetch_add(1, Ordering::Relaxed);
                 pr.bytes.fetch_add(meta.attrs.size, Ordering::Relaxed);
@@ -627,9 +666,9 @@ impl<'a> Session<'a> {
                         ),
                     );
                 }
-                self.files_read.fetch_add(1, Ordering::Relaxed);
-                self.files.fetch_add(1, Ordering::Relaxed);
-                self.logical.fetch_add(total, Ordering::Relaxed);
+                self.counts.files_read.fetch_add(1, Ordering::Relaxed);
+                self.counts.files.fetch_add(1, Ordering::Relaxed);
+                self.counts.logical.fetch_add(total, Ordering::Relaxed);
                 if let Some(pr) = &self.progress {
                     pr.files.fetch_add(1, Ordering::Relaxed);
                 }
@@ -781,7 +820,8 @@ impl<'a> Session<'a> {
                 }
             }
             for (c, fetched) in batch.iter().zip(data) {
-                self.bytes_read
+                self.counts
+                    .bytes_read
                     .fetch_add(fetched.data.len() as u64, Ordering::Relaxed);
                 if !self.claim_data(c.id, &fetched.data)? {
                     continue;
@@ -818,7 +858,8 @@ impl<'a> Session<'a> {
                 .read_to_end(&mut head)
                 .map_err(ReadFailure::Source)?;
             if (head.len() as u64) < limit {
-                self.bytes_read
+                self.counts
+                    .bytes_read
                     .fetch_add(head.len() as u64, Ordering::Relaxed);
                 if let Some(pr) = &self.progress {
                     pr.bytes.fetch_add(head.len() as u64, Ordering::Relaxed);
@@ -851,7 +892,8 @@ impl<'a> Session<'a> {
                     Ok(None) => break,
                     Err(e) => return Err(ReadFailure::Source(e)),
                 };
-                self.bytes_read
+                self.counts
+                    .bytes_read
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 if let Some(pr) = &self.progress {
                     pr.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -944,37 +986,21 @@ impl<'a> Session<'a> {
         self.child_done(walk, dir);
     }
 
-    /// Lists `dir`, sends the source its hints, and starts a job for each subdirectory and
-    /// for each batch of other entries (entries that are skipped resolve at once).
-    fn spawn_children<'s>(
-        &'s self,
-        s: &rayon::Scope<'s>,
-        walk: &'s Walk,
-        dir: &Arc<DirState>,
-        previous: Option<Tree>,
+    /// Tells the source what this directory's walk will open and list (its hints), and
+    /// returns, per child, whether it is a file to read (changed since the parent, or its
+    /// parent entry damaged); how many files will be opened; and each subdirectory's
+    /// previous tree (loaded once, here, for the hint and for its job).
+    fn announce_children(
+        &self,
+        path: &Path,
+        children: &[(Vec<u8>, std::io::Result<EntryMeta>)],
+        previous: Option<&Tree>,
         root_dev: u64,
         depth: usize,
-    ) -> Result<()> {
+    ) -> Result<(Vec<bool>, usize, Vec<Option<Tree>>)> {
         use std::os::unix::ffi::OsStrExt;
-        let path = dir.path.as_path();
-        let listed = match &previous {
-            Some(previous) if !self.previous_is_other_host => {
-                self.source.list_known(path, previous)
-            }
-            _ => self.source.list(path),
-        };
-        let children = match listed {
-            Ok(c) => c,
-            Err(e) => {
-                self.record_error(path, format!("list directory: {e}"));
-                Vec::new()
-            }
-        };
-        let previous = previous.map(Arc::new);
-        let before = |name: &[u8]| previous.as_deref().and_then(|t| t.get(name));
-        // Per child, decided once for the hint and for the dispatch below: whether it is a file
-        // to read (changed since the parent, or its parent entry damaged). The files to read
-        // that are not excluded are the ones `file_entry` will open.
+        let before = |name: &[u8]| previous.and_then(|t| t.get(name));
+        // The files to read that are not excluded are the ones `file_entry` will open.
         let mut to_read = vec![false; children.len()];
         let mut to_open: Vec<OpenHint> = Vec::new();
         for (i, (name, meta)) in children.iter().enumerate() {
@@ -1006,8 +1032,7 @@ impl<'a> Session<'a> {
         if !to_open.is_empty() {
             self.source.will_open(&to_open);
         }
-        // The subdirectories that will be listed, with their previous trees (loaded once,
-        // here, for the hint and for their jobs).
+        // The subdirectories that will be listed, with their previous trees.
         let old_trees: Vec<Option<Tree>> = children
             .iter()
             .map(|(name, meta)| {
@@ -1031,8 +1056,40 @@ impl<'a> Session<'a> {
         if !to_list.is_empty() {
             self.source.will_list(&to_list);
         }
-        drop(to_list);
 
+        Ok((to_read, to_open_count, old_trees))
+    }
+
+    /// Lists `dir`, sends the source its hints, and starts a job for each subdirectory and
+    /// for each batch of other entries (entries that are skipped resolve at once).
+    fn spawn_children<'s>(
+        &'s self,
+        s: &rayon::Scope<'s>,
+        walk: &'s Walk,
+        dir: &Arc<DirState>,
+        previous: Option<Tree>,
+        root_dev: u64,
+        depth: usize,
+    ) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = dir.path.as_path();
+        let listed = match &previous {
+            Some(previous) if !self.previous_is_other_host => {
+                self.source.list_known(path, previous)
+            }
+            _ => self.source.list(path),
+        };
+        let children = match listed {
+            Ok(c) => c,
+            Err(e) => {
+                self.record_error(path, format!("list directory: {e}"));
+                Vec::new()
+            }
+        };
+        let previous = previous.map(Arc::new);
+        let before = |name: &[u8]| previous.as_deref().and_then(|t| t.get(name));
+        let (to_read, to_open_count, old_trees) =
+            self.announce_children(path, &children, previous.as_deref(), root_dev, depth)?;
         dir.slots
             .lock()
             .map_err(poisoned)?
@@ -1059,7 +1116,7 @@ impl<'a> Session<'a> {
         for (slot, ((name, meta), old_tree)) in children.into_iter().zip(old_trees).enumerate() {
             let child = path.join(std::ffi::OsStr::from_bytes(&name));
             if self.excludes.is_match(&child, &name) {
-                self.excluded.fetch_add(1, Ordering::Relaxed);
+                self.counts.excluded.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let meta = match meta {
@@ -1090,7 +1147,7 @@ impl<'a> Session<'a> {
             if !self.dir_allowed(&child, depth + 1) {
                 continue;
             }
-            self.dirs.fetch_add(1, Ordering::Relaxed);
+            self.counts.dirs.fetch_add(1, Ordering::Relaxed);
             let xattrs = self.xattrs_of(&child);
             if self.one_file_system && meta.attrs.dev != root_dev {
                 let id =
@@ -1416,6 +1473,25 @@ fn synth_root(
     Ok((root, shown, missing))
 }
 
+/// The exclude patterns of a backup, refused when one matches a backup path itself (nothing
+/// would be backed up).
+fn excludes_sparing(patterns: &[String], shown_paths: &[String]) -> Result<PathGlobs> {
+    let excludes = PathGlobs::new(patterns, "exclude pattern")?;
+    for p in shown_paths {
+        let path = Path::new(p);
+        let name = path
+            .file_name()
+            .map(|n| n.as_encoded_bytes())
+            .unwrap_or(b"");
+        if excludes.is_match(path, name) {
+            return Err(Error::InvalidArgument(format!(
+                "an exclude pattern matches the backup path {p} itself: nothing would be backed up"
+            )));
+        }
+    }
+    Ok(excludes)
+}
+
 impl Repository {
     /// Backs up `opts.paths` from `source` as a new snapshot of `opts.host`.
     ///
@@ -1459,44 +1535,12 @@ impl Repository {
         // From here until commit, blobs this session may have deduplicated against are
         // protected from reclaim (mutation.rs).
         let _session = self.begin_session()?;
-        let parent = match &opts.parent {
-            ParentChoice::None => None,
-            ParentChoice::Snapshot(id) => Some(self.snapshot(id)?),
-            // The host record names the newest snapshot: no scan of every record.
-            ParentChoice::Latest => match self.index.host(&opts.host)?.and_then(|h| h.latest) {
-                Some(id) => Some(self.snapshot(&SnapshotId(id))?),
-                None => None,
-            },
-        };
-        // A clock behind the host's newest snapshot would commit a snapshot that sorts
-        // before it: its own tier entry could trim it at once, and `latest` would stay on
-        // the older one. Refused (imports give their time explicitly and are exempt).
-        if opts.time_ns.is_none() {
-            let newest = match (&opts.parent, &parent) {
-                (ParentChoice::Latest, p) => p.clone(),
-                _ => match self.index.host(&opts.host)?.and_then(|h| h.latest) {
-                    Some(id) => Some(self.snapshot(&SnapshotId(id))?),
-                    None => None,
-                },
-            };
-            if let Some(newest) = newest.filter(|n| n.start_ns > start_ns) {
-                return Err(Error::ClockBehind {
-                    host: opts.host.clone(),
-                    newest: crate::text::format_utc(newest.start_ns.div_euclid(1_000_000_000)),
-                    now: crate::text::format_utc(start_ns.div_euclid(1_000_000_000)),
-                });
-            }
-        }
+        let (parent, reference) = self.previous_snapshots(opts, start_ns)?;
         if let (Some(pr), Some(p)) = (&opts.progress, &parent) {
             // The parent's size estimates the total (pulls of many hosts add theirs up).
             pr.total_bytes
                 .fetch_add(p.stats.logical_bytes, Ordering::Relaxed);
         }
-        // Without a parent, a reference of another host gives the trees to compare with.
-        let reference = match (&parent, &opts.reference) {
-            (None, Some(id)) => Some(self.snapshot(id)?).filter(|r| r.host != opts.host),
-            _ => None,
-        };
         let previous_is_other_host = reference.is_some();
         let parent_root = match parent.as_ref().or(reference.as_ref()) {
             Some(p) => match self.tree(&p.root) {
@@ -1509,19 +1553,7 @@ impl Repository {
             None => None,
         };
         let (synth, shown_paths, missing_paths) = synth_root(source, &opts.paths)?;
-        let excludes = PathGlobs::new(&opts.excludes, "exclude pattern")?;
-        for p in &shown_paths {
-            let path = Path::new(p);
-            let name = path
-                .file_name()
-                .map(|n| n.as_encoded_bytes())
-                .unwrap_or(b"");
-            if excludes.is_match(path, name) {
-                return Err(Error::InvalidArgument(format!(
-                    "an exclude pattern matches the backup path {p} itself: nothing would be backed up"
-                )));
-            }
-        }
+        let excludes = excludes_sparing(&opts.excludes, &shown_paths)?;
         let session = Session {
             repo: self,
             source,
@@ -1538,19 +1570,7 @@ impl Repository {
             shared_wait: WaitBudget::new(),
             new_parents: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
-            error_count: AtomicU64::new(0),
-            files: AtomicU64::new(0),
-            dirs: AtomicU64::new(0),
-            others: AtomicU64::new(0),
-            logical: AtomicU64::new(0),
-            files_read: AtomicU64::new(0),
-            bytes_read: AtomicU64::new(0),
-            unchanged: AtomicU64::new(0),
-            skipped: AtomicU64::new(0),
-            excluded: AtomicU64::new(0),
-            new_blobs: AtomicU64::new(0),
-            new_bytes: AtomicU64::new(0),
-            new_stored: AtomicU64::new(0),
+            counts: Counters::default(),
             progress: opts.progress.clone(),
             budgets: opts.budgets.clone(),
             drawn: AtomicU64::new(0),
@@ -1570,10 +1590,10 @@ impl Repository {
             Ok(r) => r,
             Err(e) => return Err(session.discard_uncommitted(e)),
         };
-        let stored_nothing = session.files.load(Ordering::Relaxed) == 0
-            && session.others.load(Ordering::Relaxed) == 0
-            && session.dirs.load(Ordering::Relaxed) <= shown_paths.len() as u64;
-        if stored_nothing && session.excluded.load(Ordering::Relaxed) > 0 {
+        let stored_nothing = session.counts.files.load(Ordering::Relaxed) == 0
+            && session.counts.others.load(Ordering::Relaxed) == 0
+            && session.counts.dirs.load(Ordering::Relaxed) <= shown_paths.len() as u64;
+        if stored_nothing && session.counts.excluded.load(Ordering::Relaxed) > 0 {
             return Err(session.discard_uncommitted(Error::InvalidArgument(format!(
                 "the exclude patterns left out every entry under {}: no snapshot was committed",
                 shown_paths.join(" ")
@@ -1590,22 +1610,10 @@ impl Repository {
             Err(e) => return Err(session.discard_uncommitted(e)),
         };
         let errors = session.errors.into_inner().map_err(poisoned)?;
-        let error_count = session.error_count.load(Ordering::Relaxed);
-        let stats = SnapshotStats {
-            files: session.files.load(Ordering::Relaxed),
-            dirs: session.dirs.load(Ordering::Relaxed),
-            other_entries: session.others.load(Ordering::Relaxed),
-            logical_bytes: session.logical.load(Ordering::Relaxed),
-            files_read: session.files_read.load(Ordering::Relaxed),
-            bytes_read: session.bytes_read.load(Ordering::Relaxed),
-            files_unchanged: session.unchanged.load(Ordering::Relaxed),
-            new_blobs: session.new_blobs.load(Ordering::Relaxed),
-            new_bytes: session.new_bytes.load(Ordering::Relaxed),
-            new_stored_bytes: session.new_stored.load(Ordering::Relaxed),
-            skipped: session.skipped.load(Ordering::Relaxed),
-            errors: error_count,
-            wire_bytes: source.transferred_bytes().unwrap_or(0),
-        };
+        let stats = session
+            .counts
+            .stats(source.transferred_bytes().unwrap_or(0));
+        let error_count = stats.errors;
         let snapshot = Snapshot {
             version: SNAPSHOT_VERSION,
             id: SnapshotId::random().map_err(|source| Error::Io {
@@ -1633,6 +1641,49 @@ impl Repository {
         let new_parents = session.new_parents.into_inner().map_err(poisoned)?;
         self.commit(&snapshot, sealed, new_parents, entry.as_ref())?;
         Ok(snapshot)
+    }
+
+    /// The parent snapshot `opts` chooses and, without one, the reference of another host
+    /// (its trees to compare with). Refuses a clock behind the host's newest snapshot: it
+    /// would commit a snapshot that sorts before it (its own tier entry could trim it at
+    /// once, and `latest` would stay on the older one). Imports give their time explicitly
+    /// and are exempt.
+    fn previous_snapshots(
+        &self,
+        opts: &BackupOptions,
+        start_ns: i64,
+    ) -> Result<(Option<Snapshot>, Option<Snapshot>)> {
+        let parent = match &opts.parent {
+            ParentChoice::None => None,
+            ParentChoice::Snapshot(id) => Some(self.snapshot(id)?),
+            // The host record names the newest snapshot: no scan of every record.
+            ParentChoice::Latest => match self.index.host(&opts.host)?.and_then(|h| h.latest) {
+                Some(id) => Some(self.snapshot(&SnapshotId(id))?),
+                None => None,
+            },
+        };
+        if opts.time_ns.is_none() {
+            let newest = match (&opts.parent, &parent) {
+                (ParentChoice::Latest, p) => p.clone(),
+                _ => match self.index.host(&opts.host)?.and_then(|h| h.latest) {
+                    Some(id) => Some(self.snapshot(&SnapshotId(id))?),
+                    None => None,
+                },
+            };
+            if let Some(newest) = newest.filter(|n| n.start_ns > start_ns) {
+                return Err(Error::ClockBehind {
+                    host: opts.host.clone(),
+                    newest: crate::text::format_utc(newest.start_ns.div_euclid(1_000_000_000)),
+                    now: crate::text::format_utc(start_ns.div_euclid(1_000_000_000)),
+                });
+            }
+        }
+        // Without a parent, a reference of another host gives the trees to compare with.
+        let reference = match (&parent, &opts.reference) {
+            (None, Some(id)) => Some(self.snapshot(id)?).filter(|r| r.host != opts.host),
+            _ => None,
+        };
+        Ok((parent, reference))
     }
 
     /// The single atomic index write that makes a snapshot visible (with its tier entry and

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::idmap::IdMap;
 use crate::index::BlobLoc;
+use crate::progress::Progress;
 use crate::repo::Repository;
 use xstore_chunker::ChunkId;
 use xstore_format::pack::{self, BlobKind, PackId};
@@ -46,6 +47,50 @@ pub struct Problem {
     /// A path affected in that snapshot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+}
+
+impl Problem {
+    /// A problem of the repository as a whole.
+    fn general(message: String) -> Problem {
+        Problem {
+            message,
+            blob: None,
+            pack: None,
+            snapshot: None,
+            path: None,
+        }
+    }
+
+    /// A problem of one pack.
+    fn of_pack(pack: &PackId, message: String) -> Problem {
+        Problem {
+            pack: Some(pack.to_string()),
+            ..Problem::general(message)
+        }
+    }
+}
+
+/// Packs whose recorded dead bytes differ from every blob byte of the pack that is not a
+/// live blob located there.
+fn dead_byte_problems(
+    packs: &HashMap<PackId, crate::index::PackRecord>,
+    live_bytes: &HashMap<PackId, u64>,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (id, rec) in packs {
+        let blob_bytes = rec.size.saturating_sub(pack::overhead(rec.blobs));
+        let want = blob_bytes.saturating_sub(live_bytes.get(id).copied().unwrap_or(0));
+        if want != rec.dead_bytes {
+            problems.push(Problem::of_pack(
+                id,
+                format!(
+                    "pack records {} dead bytes, the index implies {want}",
+                    rec.dead_bytes
+                ),
+            ));
+        }
+    }
+    problems
 }
 
 impl std::fmt::Display for Problem {
@@ -381,30 +426,7 @@ impl Repository {
         drop(blob_table);
         let packs: HashMap<PackId, crate::index::PackRecord> =
             self.index.packs()?.into_iter().collect();
-        // One listing of the storage, not a stat (or a request) per pack.
-        let stored: HashMap<PackId, u64> = self
-            .storage()
-            .list()?
-            .into_iter()
-            .map(|p| (p.id, p.size))
-            .collect();
-        for (id, rec) in &packs {
-            let message = match stored.get(id) {
-                Some(size) if *size == rec.size => continue,
-                Some(size) => format!("pack file is {size} bytes, index says {}", rec.size),
-                None => format!(
-                    "pack file unreadable: {} does not exist",
-                    self.storage().location(id)
-                ),
-            };
-            problems.push(Problem {
-                message,
-                blob: None,
-                pack: Some(id.to_string()),
-                snapshot: None,
-                path: None,
-            });
-        }
+        problems.extend(self.pack_file_problems(&packs)?);
         let mut blobs = 0u64;
         let mut by_pack: HashMap<PackId, Vec<(ChunkId, BlobLoc)>> = HashMap::new();
         let mut live_bytes: HashMap<PackId, u64> = HashMap::new();
@@ -415,11 +437,8 @@ impl Repository {
             }
             let want = expected.get(&id).copied().unwrap_or(0);
             let problem = |message: String| Problem {
-                message,
                 blob: Some(id.to_string()),
-                pack: Some(loc.pack.to_string()),
-                snapshot: None,
-                path: None,
+                ..Problem::of_pack(&loc.pack, message)
             };
             if want != loc.refcount {
                 problems.push(problem(format!(
@@ -439,156 +458,26 @@ impl Repository {
             }
             Ok(())
         })?;
-        // Host records: newest, newest complete and count, as the snapshots say.
-        let mut by_host: HashMap<&str, Vec<&Snapshot>> = HashMap::new();
-        for snap in &snapshots {
-            by_host.entry(snap.host.as_str()).or_default().push(snap);
-        }
-        for (host, list) in &by_host {
-            // `snapshots` is sorted oldest first.
-            let want = crate::index::HostRecord::of(list.iter().copied());
-            let have = self.index.host(host)?;
-            if have.as_ref() != Some(&want) {
-                problems.push(Problem {
-                    message: format!(
-                        "host record of {host} is {have:?}, the snapshots say {want:?}"
-                    ),
-                    blob: None,
-                    pack: None,
-                    snapshot: None,
-                    path: None,
-                });
-            }
-        }
-        for message in self.index.host_snapshot_keys_problems(&snapshots)? {
-            problems.push(Problem {
-                message,
-                blob: None,
-                pack: None,
-                snapshot: None,
-                path: None,
-            });
-        }
-        // Dead bytes: every blob byte of a pack that is not a live blob located there.
-        for (id, rec) in &packs {
-            let blob_bytes = rec.size.saturating_sub(pack::overhead(rec.blobs));
-            let want = blob_bytes.saturating_sub(live_bytes.get(id).copied().unwrap_or(0));
-            if want != rec.dead_bytes {
-                problems.push(Problem {
-                    message: format!(
-                        "pack records {} dead bytes, the index implies {want}",
-                        rec.dead_bytes
-                    ),
-                    blob: None,
-                    pack: Some(id.to_string()),
-                    snapshot: None,
-                    path: None,
-                });
-            }
-        }
+        problems.extend(self.host_record_problems(&snapshots)?);
+        problems.extend(dead_byte_problems(&packs, &live_bytes));
         let mut verified = 0u64;
-        let progress = opts.progress.as_deref();
-        if let (true, Some(p)) = (opts.read_data, progress) {
-            let total: u64 = by_pack.values().flatten().map(|(_, l)| l.span()).sum();
-            p.total_bytes
-                .store(total, std::sync::atomic::Ordering::Relaxed);
-        }
         if opts.read_data {
+            let progress = opts.progress.as_deref();
+            if let Some(p) = progress {
+                let total: u64 = by_pack.values().flatten().map(|(_, l)| l.span()).sum();
+                p.total_bytes
+                    .store(total, std::sync::atomic::Ordering::Relaxed);
+            }
             let results: Vec<(u64, Vec<Problem>)> = by_pack
                 .par_iter()
-                .map(|(pack_id, blobs)| {
-                    let mut found = Vec::new();
-                    let mut ok = 0u64;
-                    let pack_problem = |message: String, blob: Option<ChunkId>| Problem {
-                        message,
-                        blob: blob.map(|b| b.to_string()),
-                        pack: Some(pack_id.to_string()),
-                        snapshot: None,
-                        path: None,
-                    };
-                    let map = match self.map_pack(pack_id) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            return (0, vec![pack_problem(format!("pack unreadable: {e}"), None)])
-                        }
-                    };
-                    if ChunkId::of(&map) != *pack_id {
-                        found.push(pack_problem(
-                            "pack content does not hash to its name".into(),
-                            None,
-                        ));
-                    }
-                    if let Err(e) = pack::read_trailer(&map) {
-                        found.push(pack_problem(format!("pack trailer: {e}"), None));
-                    }
-                    for (id, loc) in blobs {
-                        let entry = pack::PackEntry {
-                            id: *id,
-                            kind: loc.kind,
-                            compression: pack::Compression::None,
-                            raw_len: loc.raw_len,
-                            stored_len: loc.stored_len,
-                            offset: loc.offset,
-                        };
-                        if let Some(p) = progress {
-                            p.bytes
-                                .fetch_add(loc.span(), std::sync::atomic::Ordering::Relaxed);
-                        }
-                        match pack::read_blob(&map, &entry) {
-                            Ok(raw) => {
-                                ok += 1;
-                                if loc.kind == BlobKind::Tree {
-                                    if let Err(e) = xstore_format::tree::Tree::decode(&raw) {
-                                        found.push(pack_problem(
-                                            format!("tree undecodable: {e}"),
-                                            Some(*id),
-                                        ));
-                                    }
-                                }
-                            }
-                            Err(e) => {
-                                found.push(pack_problem(format!("blob unreadable: {e}"), Some(*id)))
-                            }
-                        }
-                    }
-                    (ok, found)
-                })
+                .map(|(pack_id, blobs)| self.read_pack_data(pack_id, blobs, progress))
                 .collect();
             for (ok, found) in results {
                 verified += ok;
                 problems.extend(found);
             }
         }
-        // Name the snapshots and paths behind a damaged blob found by the data pass.
-        if problems
-            .iter()
-            .any(|p| p.snapshot.is_none() && p.blob.is_some())
-        {
-            let damaged: HashSet<ChunkId> = problems
-                .iter()
-                .filter(|p| p.snapshot.is_none())
-                .filter_map(|p| p.blob.as_ref()?.parse().ok())
-                .collect();
-            let affected = self.broken_paths(&damaged)?;
-            for p in problems.iter_mut() {
-                if p.snapshot.is_some() {
-                    continue;
-                }
-                let first = p
-                    .blob
-                    .as_ref()
-                    .and_then(|b| b.parse::<ChunkId>().ok())
-                    .and_then(|b| affected.get(&b)?.first());
-                if let Some(b) = first {
-                    p.snapshot = Some(format!(
-                        "{} ({})",
-                        b.snapshot.get(..8).unwrap_or(&b.snapshot),
-                        b.host
-                    ));
-                    p.path = Some(b.path.clone());
-                }
-            }
-        }
+        self.name_damaged_paths(&mut problems)?;
         Ok(CheckReport {
             snapshots: snapshots.len() as u64,
             trees,
@@ -597,6 +486,141 @@ impl Repository {
             blobs_verified: verified,
             problems,
         })
+    }
+
+    /// Packs whose file is missing or of another size than the index records: one listing
+    /// of the storage, not a stat (or a request) per pack.
+    fn pack_file_problems(
+        &self,
+        packs: &HashMap<PackId, crate::index::PackRecord>,
+    ) -> Result<Vec<Problem>> {
+        let stored: HashMap<PackId, u64> = self
+            .storage()
+            .list()?
+            .into_iter()
+            .map(|p| (p.id, p.size))
+            .collect();
+        let mut problems = Vec::new();
+        for (id, rec) in packs {
+            let message = match stored.get(id) {
+                Some(size) if *size == rec.size => continue,
+                Some(size) => format!("pack file is {size} bytes, index says {}", rec.size),
+                None => format!(
+                    "pack file unreadable: {} does not exist",
+                    self.storage().location(id)
+                ),
+            };
+            problems.push(Problem::of_pack(id, message));
+        }
+        Ok(problems)
+    }
+
+    /// Host records (newest, newest complete and count) and per-host snapshot keys that
+    /// differ from what the snapshots (oldest first) say.
+    fn host_record_problems(&self, snapshots: &[Snapshot]) -> Result<Vec<Problem>> {
+        let mut by_host: HashMap<&str, Vec<&Snapshot>> = HashMap::new();
+        for snap in snapshots {
+            by_host.entry(snap.host.as_str()).or_default().push(snap);
+        }
+        let mut problems = Vec::new();
+        for (host, list) in &by_host {
+            let want = crate::index::HostRecord::of(list.iter().copied());
+            let have = self.index.host(host)?;
+            if have.as_ref() != Some(&want) {
+                problems.push(Problem::general(format!(
+                    "host record of {host} is {have:?}, the snapshots say {want:?}"
+                )));
+            }
+        }
+        for message in self.index.host_snapshot_keys_problems(snapshots)? {
+            problems.push(Problem::general(message));
+        }
+        Ok(problems)
+    }
+
+    /// `--read-data` for one pack: the pack hashes to its name, its trailer decodes, each of
+    /// `blobs` reads back (decompressed and hashed) and each tree decodes. Returns the blobs
+    /// read whole and the problems.
+    fn read_pack_data(
+        &self,
+        pack_id: &PackId,
+        blobs: &[(ChunkId, BlobLoc)],
+        progress: Option<&Progress>,
+    ) -> (u64, Vec<Problem>) {
+        let mut found = Vec::new();
+        let mut ok = 0u64;
+        let pack_problem = |message: String, blob: Option<ChunkId>| Problem {
+            blob: blob.map(|b| b.to_string()),
+            ..Problem::of_pack(pack_id, message)
+        };
+        let map = match self.map_pack(pack_id) {
+            Ok(m) => m,
+            Err(e) => return (0, vec![pack_problem(format!("pack unreadable: {e}"), None)]),
+        };
+        if ChunkId::of(&map) != *pack_id {
+            found.push(pack_problem(
+                "pack content does not hash to its name".into(),
+                None,
+            ));
+        }
+        if let Err(e) = pack::read_trailer(&map) {
+            found.push(pack_problem(format!("pack trailer: {e}"), None));
+        }
+        for (id, loc) in blobs {
+            let entry = pack::PackEntry {
+                id: *id,
+                kind: loc.kind,
+                compression: pack::Compression::None,
+                raw_len: loc.raw_len,
+                stored_len: loc.stored_len,
+                offset: loc.offset,
+            };
+            if let Some(p) = progress {
+                p.bytes
+                    .fetch_add(loc.span(), std::sync::atomic::Ordering::Relaxed);
+            }
+            match pack::read_blob(&map, &entry) {
+                Ok(raw) => {
+                    ok += 1;
+                    if loc.kind == BlobKind::Tree {
+                        if let Err(e) = xstore_format::tree::Tree::decode(&raw) {
+                            found.push(pack_problem(format!("tree undecodable: {e}"), Some(*id)));
+                        }
+                    }
+                }
+                Err(e) => found.push(pack_problem(format!("blob unreadable: {e}"), Some(*id))),
+            }
+        }
+        (ok, found)
+    }
+
+    /// Names the snapshot and path behind each damaged blob the data pass found.
+    fn name_damaged_paths(&self, problems: &mut [Problem]) -> Result<()> {
+        let damaged: HashSet<ChunkId> = problems
+            .iter()
+            .filter(|p| p.snapshot.is_none())
+            .filter_map(|p| p.blob.as_ref()?.parse().ok())
+            .collect();
+        if damaged.is_empty() {
+            return Ok(());
+        }
+        let affected = self.broken_paths(&damaged)?;
+        for p in problems.iter_mut().filter(|p| p.snapshot.is_none()) {
+            let first = p
+                .blob
+                .as_ref()
+                .and_then(|b| b.parse::<ChunkId>().ok())
+                .and_then(|b| affected.get(&b)?.first());
+            if let Some(b) = first {
+                p.snapshot = Some(format!(
+                    "{} ({})",
+                    b.snapshot.get(..8).unwrap_or(&b.snapshot),
+                    b.host
+                ));
+                p.path = Some(b.path.clone());
+            }
+        }
+        Ok(())
     }
 
     /// Sizes and counts of the whole repository.

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::index::{BlobLoc, PackRecord};
-use crate::pack::SealedPack;
+use crate::pack::{NewBlob, SealedPack};
 use crate::repo::Repository;
 use crate::txn::Mutation;
 use xstore_chunker::ChunkId;
@@ -416,7 +416,13 @@ impl Repository {
                             break;
                         }
                     };
-                    packs.add(e.id, e.kind, e.compression, e.raw_len, stored)?;
+                    packs.add(NewBlob {
+                        id: e.id,
+                        kind: e.kind,
+                        compression: e.compression,
+                        raw_len: e.raw_len,
+                        stored,
+                    })?;
                     if let Some(p) = progress {
                         p.bytes
                             .fetch_add(e.span(), std::sync::atomic::Ordering::Relaxed);

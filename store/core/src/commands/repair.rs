@@ -9,8 +9,10 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
+use crate::commands::check::{mark, BlobTable, Walk};
 use crate::error::{DecodeError, Error, IoContext, Result};
 use crate::fsutil;
+use crate::idmap::IdMap;
 use crate::index::{BlobLoc, HostRecord, Index, PackRecord};
 use crate::repo::hold::Hold;
 use crate::repo::lock::WriterLock;
@@ -143,226 +145,24 @@ impl Repository {
         let leftovers = uncommitted_leftovers(&packs_dir, old.as_ref(), &files, &retired)?;
         files.retain(|p| !leftovers.contains(&p.id));
         report.uncommitted_packs = leftovers.len() as u64;
-        let mut batch = index.batch();
-        let mut seen: HashSet<ChunkId> = HashSet::new();
-        let mut pack_records: HashMap<PackId, PackRecord> = HashMap::new();
-        let mut in_packs: HashMap<SnapshotId, Snapshot> = HashMap::new();
-        // Retired packs last: a blob is located in a live pack when one holds it, and a
-        // retired pack is taken back only when it holds a blob no other pack has.
-        files.sort_by_key(|p| retired.contains_key(&p.id));
-        let mut unretired = Vec::new();
-        // Trailers (and snapshot record blobs) are read by range, many packs at a time: on an
-        // object store each read is a request whose latency dominates; locally the threads
-        // cost nothing. Applied in order, so which pack locates a blob does not change.
-        let readers = rayon::ThreadPoolBuilder::new()
-            .num_threads(REPAIR_READERS)
-            .thread_name(|i| format!("xstore-repair-{i}"))
-            .build()
-            .map_err(|e| Error::InvalidArgument(format!("repair's reader threads: {e}")))?;
-        for group in files.chunks(REPAIR_READERS * 4) {
-            let contents: Vec<Result<PackContents>> = readers.install(|| {
-                group
-                    .par_iter()
-                    .map(|info| pack_contents(storage.as_ref(), info))
-                    .collect()
-            });
-            for (info, contents) in group.iter().zip(contents) {
-                let pack_id = info.id;
-                let PackContents {
-                    entries,
-                    records,
-                    scanned,
-                } = contents?;
-                if scanned {
-                    report.packs_scanned += 1;
-                }
-                if retired.contains_key(&pack_id) {
-                    // Retired for real when a readable old index no longer records it (the
-                    // gc commit happened); without one, taken back only for blobs no other
-                    // pack has.
-                    let gone = match &old {
-                        Some(o) => !o.packs.contains(&pack_id),
-                        None => entries.iter().all(|e| seen.contains(&e.id)),
-                    };
-                    if gone {
-                        continue;
-                    }
-                    unretired.push(pack_id);
-                }
-                report.packs += 1;
-                // Dead until a live blob located here is found (fixed after the mark pass).
-                let record = PackRecord {
-                    size: info.size,
-                    blobs: entries.len() as u32,
-                    dead_bytes: entries.iter().map(pack::PackEntry::span).sum(),
-                };
-                batch.put_pack(&pack_id, &record)?;
-                pack_records.insert(pack_id, record);
-                for record in records {
-                    match record {
-                        Ok(s) => offer(&mut in_packs, s),
-                        Err(skipped) => report.skipped.push(skipped),
-                    }
-                }
-                for e in entries {
-                    if seen.insert(e.id) {
-                        report.blobs += 1;
-                        batch.put_blob(&e.id, &BlobLoc::at(pack_id, &e, 0))?;
-                    }
-                }
-            }
-        }
-        batch.commit()?;
+        let found = index_packs(
+            &index,
+            storage.as_ref(),
+            files,
+            &retired,
+            old.as_ref(),
+            &mut report,
+        )?;
         let repo = Repository::from_parts(path, config, params, index, Some(lock), storage, lease);
-        // Candidates: the snapshot copies and the record blobs (newest revision of each).
-        let mut found = in_packs.clone();
-        let snap_dir = crate::layout::snapshots(path);
-        let items = match fs::read_dir(&snap_dir) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            other => other.at(&snap_dir)?.collect::<Vec<_>>(),
-        };
-        for item in items {
-            let item = item.at(&snap_dir)?;
-            let p = item.path();
-            let name = item.file_name().to_string_lossy().into_owned();
-            if !name.ends_with(".json") || name.starts_with('.') {
-                continue;
-            }
-            let bytes = fs::read(&p).at(&p)?;
-            match Snapshot::decode(&bytes) {
-                Ok(s) => offer(&mut found, s),
-                Err(e) => report.skipped.push(format!("{}: {e}", p.display())),
-            }
-        }
-        let mut snapshots: Vec<Snapshot> = Vec::new();
-        let old_snapshots = old.as_ref().map(|o| &o.snapshots);
-        // The old index is the record of what was committed: all of its snapshots stay, with
-        // its labels (a copy or blob may lag it).
-        if let Some(held) = old_snapshots {
-            for s in held.values() {
-                if repo.index.blob(&s.root)?.is_some() {
-                    snapshots.push(s.clone());
-                } else {
-                    report.skipped.push(format!(
-                        "snapshot {} of {}: root tree {} missing from packs",
-                        s.id.short(),
-                        s.host,
-                        s.root
-                    ));
-                }
-                found.remove(&s.id);
-            }
-        }
-        // The rest come back only whole: a record whose data gc already took is garbage. One
-        // walk validates them all (a part shared with an earlier snapshot is walked once, and
-        // if it was broken it counts against every snapshot that shares it).
-        let blob_table = crate::commands::check::BlobTable::load(&repo)?;
-        let mut validate = crate::commands::check::Walk::new(&repo, &blob_table);
-        let mut rest: Vec<Snapshot> = found.into_values().collect();
-        rest.sort_by_key(|s| (s.start_ns, s.id));
-        for s in rest {
-            // The old index knew this record's blob as dead: the snapshot was expired (or
-            // the record superseded) on purpose.
-            if old
-                .as_ref()
-                .is_some_and(|o| o.dead.contains(&s.record_id()))
-            {
-                continue;
-            }
-            if repo.index.blob(&s.root)?.is_none() {
-                report.skipped.push(format!(
-                    "snapshot {} of {}: root tree {} missing from packs",
-                    s.id.short(),
-                    s.host,
-                    s.root
-                ));
-                continue;
-            }
-            let before = validate.problems.len();
-            validate.snapshot(&s, true);
-            let problems = validate.problems.get(before..).unwrap_or_default();
-            if let Some(p) = problems.first() {
-                report.skipped.push(format!(
-                    "snapshot {} of {}: not whole ({} problems, first: {p})",
-                    s.id.short(),
-                    s.host,
-                    problems.len()
-                ));
-                continue;
-            }
-            if old_snapshots.is_some() {
-                report.recovered.push(s.id.to_string());
-            }
-            if in_packs.get(&s.id).is_some_and(|p| *p == s) {
-                report.from_packs += 1;
-            }
-            snapshots.push(s);
-        }
-        snapshots.sort_by_key(|s| (s.start_ns, s.id));
-        drop(validate);
-        let (expected, problems, _) = crate::commands::check::mark(&repo, &blob_table, &snapshots);
-        drop(blob_table);
-        for p in problems {
-            report.skipped.push(format!("{p}"));
-        }
-        let mut batch = repo.index.batch();
-        let ids: Vec<ChunkId> = expected.keys().copied().collect();
-        for (id, loc) in ids.iter().zip(repo.index.blobs(&ids)?) {
-            if let Some(mut loc) = loc {
-                loc.refcount = expected[id];
-                batch.put_blob(id, &loc)?;
-                if loc.refcount > 0 {
-                    if let Some(rec) = pack_records.get_mut(&loc.pack) {
-                        rec.dead_bytes = rec.dead_bytes.saturating_sub(loc.span());
-                    }
-                }
-            }
-        }
-        for (id, rec) in &pack_records {
-            batch.put_pack(id, rec)?;
-        }
-        let mut hosts: HashMap<&str, Vec<&Snapshot>> = HashMap::new();
-        for s in &snapshots {
-            batch.put_snapshot(s)?;
-            hosts.entry(s.host.as_str()).or_default().push(s);
-        }
-        for (name, oldest_first) in &hosts {
-            batch.put_host(name, &HostRecord::of(oldest_first.iter().copied()))?;
-        }
-        batch.commit()?;
-        repo.index.flush()?;
-        report.snapshots = snapshots.len() as u64;
-        // Blobs nothing references that the old index did not know as garbage.
-        let mut held: HashSet<PackId> = HashSet::new();
-        let known_dead = old.as_ref().map(|o| &o.dead);
-        repo.index.for_each_blob(|id, loc| {
-            let referenced = expected.get(&id).is_some_and(|n| *n > 0);
-            if !referenced && !known_dead.is_some_and(|d| d.contains(&id)) {
-                report.unattributed_blobs += 1;
-                held.insert(loc.pack);
-            }
-            Ok(())
-        })?;
-        report.held_packs = held.len() as u64;
+        // One scan of the blob records serves the validation of candidates and the mark pass.
+        let blobs = BlobTable::load(&repo)?;
+        let snapshots =
+            snapshots_to_keep(&repo, &blobs, old.as_ref(), &found.in_packs, &mut report)?;
+        let expected = commit_snapshots(&repo, blobs, &snapshots, found.pack_records, &mut report)?;
+        let held = unattributed_packs(&repo, &expected, old.as_ref(), &mut report)?;
         drop(repo);
         drop(old);
-        let hold_path = crate::layout::gc_hold(path);
-        if held.is_empty() {
-            crate::pack::journal::remove_if_present(&hold_path)?;
-        } else {
-            let mut packs: Vec<String> = held.iter().map(|p| p.to_string()).collect();
-            packs.sort();
-            let hold = Hold {
-                reason: "repair index found blobs no snapshot references".into(),
-                created_ns: crate::repo::now_ns(),
-                unattributed_blobs: report.unattributed_blobs,
-                packs,
-            };
-            fsutil::write_atomic(
-                &hold_path,
-                &serde_json::to_vec_pretty(&hold).unwrap_or_default(),
-            )?;
-        }
+        write_hold(path, &held, report.unattributed_blobs)?;
         crate::failpoint::fail_io("repair-swap")?;
         // The copies in snapshots/ may differ from the new index: the next writable open
         // (below) resyncs them while this marker exists.
@@ -374,12 +174,282 @@ impl Repository {
         let mut settled = crate::pack::journal::uncommitted(&packs_dir)?;
         settled.retain(|id| !leftovers.contains(id));
         crate::pack::journal::clear_uncommitted(&packs_dir, &settled)?;
-        crate::pack::journal::clear_retired(&packs_dir, &unretired)?;
+        crate::pack::journal::clear_retired(&packs_dir, &found.unretired)?;
         if let Err(e) = Repository::open(path) {
             tracing::warn!(error = %e, "snapshot copies not resynced; the next writable open will");
         }
         Ok(report)
     }
+}
+
+/// What [`index_packs`] found in the packs.
+struct FoundInPacks {
+    /// Every pack indexed, all its bytes dead until the mark pass finds live blobs in it.
+    pack_records: HashMap<PackId, PackRecord>,
+    /// The newest revision of each snapshot record blob.
+    in_packs: HashMap<SnapshotId, Snapshot>,
+    /// Retired packs taken back (they hold blobs no other pack has).
+    unretired: Vec<PackId>,
+}
+
+/// Indexes every blob of `files` (each at the first pack that holds it) and every pack, in
+/// one committed batch of `index`.
+fn index_packs(
+    index: &Index,
+    storage: &dyn PackStorage,
+    mut files: Vec<PackInfo>,
+    retired: &HashMap<PackId, i64>,
+    old: Option<&OldIndex>,
+    report: &mut RepairReport,
+) -> Result<FoundInPacks> {
+    let mut batch = index.batch();
+    let mut seen: HashSet<ChunkId> = HashSet::new();
+    let mut found = FoundInPacks {
+        pack_records: HashMap::new(),
+        in_packs: HashMap::new(),
+        unretired: Vec::new(),
+    };
+    // Retired packs last: a blob is located in a live pack when one holds it, and a
+    // retired pack is taken back only when it holds a blob no other pack has.
+    files.sort_by_key(|p| retired.contains_key(&p.id));
+    // Trailers (and snapshot record blobs) are read by range, many packs at a time: on an
+    // object store each read is a request whose latency dominates; locally the threads
+    // cost nothing. Applied in order, so which pack locates a blob does not change.
+    let readers = rayon::ThreadPoolBuilder::new()
+        .num_threads(REPAIR_READERS)
+        .thread_name(|i| format!("xstore-repair-{i}"))
+        .build()
+        .map_err(|e| Error::InvalidArgument(format!("repair's reader threads: {e}")))?;
+    for group in files.chunks(REPAIR_READERS * 4) {
+        let contents: Vec<Result<PackContents>> = readers.install(|| {
+            group
+                .par_iter()
+                .map(|info| pack_contents(storage, info))
+                .collect()
+        });
+        for (info, contents) in group.iter().zip(contents) {
+            let pack_id = info.id;
+            let PackContents {
+                entries,
+                records,
+                scanned,
+            } = contents?;
+            if scanned {
+                report.packs_scanned += 1;
+            }
+            if retired.contains_key(&pack_id) {
+                // Retired for real when a readable old index no longer records it (the
+                // gc commit happened); without one, taken back only for blobs no other
+                // pack has.
+                let gone = match old {
+                    Some(o) => !o.packs.contains(&pack_id),
+                    None => entries.iter().all(|e| seen.contains(&e.id)),
+                };
+                if gone {
+                    continue;
+                }
+                found.unretired.push(pack_id);
+            }
+            report.packs += 1;
+            // Dead until a live blob located here is found (fixed after the mark pass).
+            let record = PackRecord {
+                size: info.size,
+                blobs: entries.len() as u32,
+                dead_bytes: entries.iter().map(pack::PackEntry::span).sum(),
+            };
+            batch.put_pack(&pack_id, &record)?;
+            found.pack_records.insert(pack_id, record);
+            for record in records {
+                match record {
+                    Ok(s) => offer(&mut found.in_packs, s),
+                    Err(skipped) => report.skipped.push(skipped),
+                }
+            }
+            for e in entries {
+                if seen.insert(e.id) {
+                    report.blobs += 1;
+                    batch.put_blob(&e.id, &BlobLoc::at(pack_id, &e, 0))?;
+                }
+            }
+        }
+    }
+    batch.commit()?;
+    Ok(found)
+}
+
+/// The snapshots the new index keeps, oldest first: every snapshot of the old index whose
+/// root is in the packs, and the records found only in copies or packs when their data is
+/// whole (reported as recovered).
+fn snapshots_to_keep(
+    repo: &Repository,
+    blob_table: &BlobTable,
+    old: Option<&OldIndex>,
+    in_packs: &HashMap<SnapshotId, Snapshot>,
+    report: &mut RepairReport,
+) -> Result<Vec<Snapshot>> {
+    let root_missing = |s: &Snapshot| {
+        format!(
+            "snapshot {} of {}: root tree {} missing from packs",
+            s.id.short(),
+            s.host,
+            s.root
+        )
+    };
+    // Candidates: the snapshot copies and the record blobs (newest revision of each).
+    let mut found = in_packs.clone();
+    let snap_dir = crate::layout::snapshots(repo.path());
+    let items = match fs::read_dir(&snap_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        other => other.at(&snap_dir)?.collect::<Vec<_>>(),
+    };
+    for item in items {
+        let item = item.at(&snap_dir)?;
+        let p = item.path();
+        let name = item.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".json") || name.starts_with('.') {
+            continue;
+        }
+        let bytes = fs::read(&p).at(&p)?;
+        match Snapshot::decode(&bytes) {
+            Ok(s) => offer(&mut found, s),
+            Err(e) => report.skipped.push(format!("{}: {e}", p.display())),
+        }
+    }
+    let mut snapshots: Vec<Snapshot> = Vec::new();
+    // The old index is the record of what was committed: all of its snapshots stay, with
+    // its labels (a copy or blob may lag it).
+    for s in old.iter().flat_map(|o| o.snapshots.values()) {
+        if repo.index.blob(&s.root)?.is_some() {
+            snapshots.push(s.clone());
+        } else {
+            report.skipped.push(root_missing(s));
+        }
+        found.remove(&s.id);
+    }
+    // The rest come back only whole: a record whose data gc already took is garbage. One
+    // walk validates them all (a part shared with an earlier snapshot is walked once, and
+    // if it was broken it counts against every snapshot that shares it).
+    let mut validate = Walk::new(repo, blob_table);
+    let mut rest: Vec<Snapshot> = found.into_values().collect();
+    rest.sort_by_key(|s| (s.start_ns, s.id));
+    for s in rest {
+        // The old index knew this record's blob as dead: the snapshot was expired (or
+        // the record superseded) on purpose.
+        if old.is_some_and(|o| o.dead.contains(&s.record_id())) {
+            continue;
+        }
+        if repo.index.blob(&s.root)?.is_none() {
+            report.skipped.push(root_missing(&s));
+            continue;
+        }
+        let before = validate.problems.len();
+        validate.snapshot(&s, true);
+        let problems = validate.problems.get(before..).unwrap_or_default();
+        if let Some(p) = problems.first() {
+            report.skipped.push(format!(
+                "snapshot {} of {}: not whole ({} problems, first: {p})",
+                s.id.short(),
+                s.host,
+                problems.len()
+            ));
+            continue;
+        }
+        if old.is_some() {
+            report.recovered.push(s.id.to_string());
+        }
+        if in_packs.get(&s.id).is_some_and(|p| *p == s) {
+            report.from_packs += 1;
+        }
+        snapshots.push(s);
+    }
+    snapshots.sort_by_key(|s| (s.start_ns, s.id));
+    Ok(snapshots)
+}
+
+/// Commits `snapshots`, their host records and the reference counts a full mark pass over
+/// them gives (packs' dead bytes with them). Returns those counts.
+fn commit_snapshots(
+    repo: &Repository,
+    blob_table: BlobTable,
+    snapshots: &[Snapshot],
+    mut pack_records: HashMap<PackId, PackRecord>,
+    report: &mut RepairReport,
+) -> Result<IdMap<u64>> {
+    let (expected, problems, _) = mark(repo, &blob_table, snapshots);
+    drop(blob_table);
+    for p in problems {
+        report.skipped.push(format!("{p}"));
+    }
+    let mut batch = repo.index.batch();
+    let ids: Vec<ChunkId> = expected.keys().copied().collect();
+    for (id, loc) in ids.iter().zip(repo.index.blobs(&ids)?) {
+        if let Some(mut loc) = loc {
+            loc.refcount = expected[id];
+            batch.put_blob(id, &loc)?;
+            if loc.refcount > 0 {
+                if let Some(rec) = pack_records.get_mut(&loc.pack) {
+                    rec.dead_bytes = rec.dead_bytes.saturating_sub(loc.span());
+                }
+            }
+        }
+    }
+    for (id, rec) in &pack_records {
+        batch.put_pack(id, rec)?;
+    }
+    let mut hosts: HashMap<&str, Vec<&Snapshot>> = HashMap::new();
+    for s in snapshots {
+        batch.put_snapshot(s)?;
+        hosts.entry(s.host.as_str()).or_default().push(s);
+    }
+    for (name, oldest_first) in &hosts {
+        batch.put_host(name, &HostRecord::of(oldest_first.iter().copied()))?;
+    }
+    batch.commit()?;
+    repo.index.flush()?;
+    report.snapshots = snapshots.len() as u64;
+    Ok(expected)
+}
+
+/// The packs holding blobs that nothing references and that the old index did not know as
+/// garbage: gc keeps them until the operator releases them.
+fn unattributed_packs(
+    repo: &Repository,
+    expected: &IdMap<u64>,
+    old: Option<&OldIndex>,
+    report: &mut RepairReport,
+) -> Result<HashSet<PackId>> {
+    let mut held: HashSet<PackId> = HashSet::new();
+    let known_dead = old.map(|o| &o.dead);
+    repo.index.for_each_blob(|id, loc| {
+        let referenced = expected.get(&id).is_some_and(|n| *n > 0);
+        if !referenced && !known_dead.is_some_and(|d| d.contains(&id)) {
+            report.unattributed_blobs += 1;
+            held.insert(loc.pack);
+        }
+        Ok(())
+    })?;
+    report.held_packs = held.len() as u64;
+    Ok(held)
+}
+
+/// Writes `gc-hold.json` naming `held` (or removes it when nothing is held).
+fn write_hold(path: &Path, held: &HashSet<PackId>, unattributed_blobs: u64) -> Result<()> {
+    let hold_path = crate::layout::gc_hold(path);
+    if held.is_empty() {
+        return crate::pack::journal::remove_if_present(&hold_path);
+    }
+    let mut packs: Vec<String> = held.iter().map(|p| p.to_string()).collect();
+    packs.sort();
+    let hold = Hold {
+        reason: "repair index found blobs no snapshot references".into(),
+        created_ns: crate::repo::now_ns(),
+        unattributed_blobs,
+        packs,
+    };
+    fsutil::write_atomic(
+        &hold_path,
+        &serde_json::to_vec_pretty(&hold).unwrap_or_default(),
+    )
 }
 
 /// Packs whose trailers `repair index` reads at the same time.

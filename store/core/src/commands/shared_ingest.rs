@@ -39,11 +39,12 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::pack::rolling::RollingPacks;
+use crate::pack::NewBlob;
 use crate::repo::sessions::SessionGuard;
 use crate::repo::{poisoned, Repository};
 use crate::txn::Mutation;
 use xstore_chunker::ChunkId;
-use xstore_format::pack::{BlobKind, Compression};
+use xstore_format::pack::BlobKind;
 use xstore_format::tree::ChunkRef;
 
 /// Most files ([`SharedIngest::announce`]) one shared ingest remembers (about 50 MB): past
@@ -294,20 +295,13 @@ impl<'r> SharedIngest<'r> {
     /// Appends a blob's stored form to the shared packs (a data chunk verified against its
     /// id, or a tree or chunk list the caller built and checked); from then on every backup
     /// sharing this takes it as known.
-    pub(crate) fn add(
-        &self,
-        id: ChunkId,
-        kind: BlobKind,
-        compression: Compression,
-        raw_len: u32,
-        stored: &[u8],
-    ) -> Result<()> {
+    pub(crate) fn add(&self, blob: NewBlob<'_>) -> Result<()> {
         self.check_failure()?;
-        self.packs.add(id, kind, compression, raw_len, stored)?;
+        self.packs.add(blob)?;
         self.chunks
             .lock()
             .map_err(poisoned)?
-            .insert(id, Slot::Stored(kind, raw_len));
+            .insert(blob.id, Slot::Stored(blob.kind, blob.raw_len));
         self.changed.notify_all();
         Ok(())
     }

@@ -177,8 +177,37 @@ impl Repository {
                 r.extend(held);
             }
         }
-        // The DAG a level at a time, each level read in pack order (neighbours share a pack
-        // file and its pages) on every core.
+        self.read_dag(&mut graph, frontier, queued)?;
+        phase("trees read");
+        tracing::debug!(
+            trees = graph.parents.len(),
+            edges = graph.children.len(),
+            "fleet_usage: the DAG"
+        );
+        let (sets, set_of) = host_sets(&graph, &roots, &phase);
+        phase("host sets of leaves");
+        let totals = totals_per_set(&graph, &set_of, sets.len());
+        let (host_usage, group_usage) =
+            usage_per_host_and_group(&sets, &totals, &snapshots, &host_index, groups);
+        Ok(FleetUsage {
+            hosts: host_names
+                .iter()
+                .map(|h| h.to_string())
+                .zip(host_usage)
+                .collect(),
+            groups: group_usage,
+        })
+    }
+
+    /// Reads the trees and chunk lists below `frontier` a DAG level at a time, each level in
+    /// pack order (neighbours share a pack file and its pages) on every core, recording each
+    /// one's children in `graph`. `queued` marks what was queued already.
+    fn read_dag(
+        &self,
+        graph: &mut Graph,
+        mut frontier: Vec<u32>,
+        mut queued: Vec<bool>,
+    ) -> Result<()> {
         while !frontier.is_empty() {
             frontier.sort_unstable_by_key(|&n| graph.place(n));
             let level: Vec<RangeRead> = frontier
@@ -240,160 +269,7 @@ impl Repository {
             }
             frontier = next;
         }
-        drop(queued);
-        phase("trees read");
-        tracing::debug!(
-            trees = graph.parents.len(),
-            edges = graph.children.len(),
-            "fleet_usage: the DAG"
-        );
-
-        // Which hosts reach each tree: a walk per host over the trees in memory, stopping
-        // where the host is already recorded (everything below has it too).
-        let mut sets = Sets::new();
-        let mut set_of = vec![EMPTY_SET; graph.len()];
-        for (h, host_roots) in roots.iter().enumerate() {
-            let h = h as u32;
-            let mut stack = host_roots.clone();
-            while let Some(n) = stack.pop() {
-                let Some(current) = set_of.get(n as usize).copied() else {
-                    continue;
-                };
-                if sets.contains(current, h) {
-                    continue;
-                }
-                let with = sets.with(current, h);
-                if let Some(slot) = set_of.get_mut(n as usize) {
-                    *slot = with;
-                }
-                stack.extend_from_slice(graph.nodes_below(n));
-            }
-        }
-        // A blob without children is reached by every host that reaches one of its parents.
-        // Parents with the most hosts go first: a leaf's later parents then mostly add hosts
-        // it already has (no new set), instead of every order of unions making sets of its own.
-        phase("host sets of trees");
-        let mut parents = graph.parents();
-        parents.sort_by_cached_key(|&n| {
-            let set = set_of.get(n as usize).copied().unwrap_or(EMPTY_SET);
-            std::cmp::Reverse(sets.members(set).len())
-        });
-        for n in parents {
-            let parent = set_of.get(n as usize).copied().unwrap_or(EMPTY_SET);
-            for &d in graph.leaves_below(n) {
-                if let Some(slot) = set_of.get_mut(d as usize) {
-                    *slot = sets.union(*slot, parent);
-                }
-            }
-        }
-        phase("host sets of leaves");
-        // Per set of hosts: stored bytes, blobs, raw bytes.
-        let mut totals = vec![(0u64, 0u64, 0u64); sets.len()];
-        for (n, &set) in set_of.iter().enumerate() {
-            if let Some(t) = totals.get_mut(set as usize) {
-                let (span, raw) = graph.sizes(n as u32);
-                t.0 += span;
-                t.1 += 1;
-                t.2 += raw;
-            }
-        }
-
-        let group_index: Vec<Vec<u32>> = groups
-            .iter()
-            .map(|g| {
-                let mut v: Vec<u32> = g
-                    .iter()
-                    .filter_map(|h| host_index.get(h.as_str()).copied())
-                    .collect();
-                v.sort_unstable();
-                v.dedup();
-                v
-            })
-            .collect();
-        let mut groups_of_host: Vec<Vec<usize>> = vec![Vec::new(); host_names.len()];
-        for (g, members) in group_index.iter().enumerate() {
-            for &h in members {
-                if let Some(v) = groups_of_host.get_mut(h as usize) {
-                    v.push(g);
-                }
-            }
-        }
-        let mut host_usage = vec![Usage::default(); host_names.len()];
-        let mut group_usage = vec![Usage::default(); groups.len()];
-        let mut touched = vec![0usize; groups.len()];
-        // Live blobs no snapshot reaches (set 0: a running backup's, a held pack's) count
-        // for nobody.
-        for (set, &(bytes, blobs, raw)) in totals.iter().enumerate().skip(1) {
-            let members = sets.members(set as u32);
-            for &h in members {
-                if let Some(u) = host_usage.get_mut(h as usize) {
-                    u.referenced_bytes += bytes;
-                    u.referenced_raw_bytes += raw;
-                    u.referenced_blobs += blobs;
-                    if members.len() == 1 {
-                        u.exclusive_bytes += bytes;
-                        u.exclusive_blobs += blobs;
-                    }
-                }
-                for &g in groups_of_host
-                    .get(h as usize)
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
-                {
-                    if let Some(t) = touched.get_mut(g) {
-                        *t += 1;
-                    }
-                }
-            }
-            for (g, t) in touched.iter_mut().enumerate() {
-                if *t == 0 {
-                    continue;
-                }
-                if let Some(u) = group_usage.get_mut(g) {
-                    u.referenced_bytes += bytes;
-                    u.referenced_raw_bytes += raw;
-                    u.referenced_blobs += blobs;
-                    if *t == members.len() {
-                        u.exclusive_bytes += bytes;
-                        u.exclusive_blobs += blobs;
-                    }
-                }
-                *t = 0;
-            }
-        }
-        // Snapshot counts and the newest snapshot's logical bytes (`snapshots` is oldest first).
-        let mut newest: Vec<u64> = vec![0; host_names.len()];
-        for s in &snapshots {
-            if let Some(&h) = host_index.get(s.host.as_str()) {
-                if let Some(u) = host_usage.get_mut(h as usize) {
-                    u.snapshots += 1;
-                }
-                if let Some(n) = newest.get_mut(h as usize) {
-                    *n = s.stats.logical_bytes;
-                }
-            }
-        }
-        for (u, n) in host_usage.iter_mut().zip(&newest) {
-            u.newest_logical_bytes = *n;
-            u.shared_bytes = u.referenced_bytes - u.exclusive_bytes;
-        }
-        for (u, members) in group_usage.iter_mut().zip(&group_index) {
-            for &h in members {
-                if let Some(hu) = host_usage.get(h as usize) {
-                    u.snapshots += hu.snapshots;
-                    u.newest_logical_bytes += hu.newest_logical_bytes;
-                }
-            }
-            u.shared_bytes = u.referenced_bytes - u.exclusive_bytes;
-        }
-        Ok(FleetUsage {
-            hosts: host_names
-                .iter()
-                .map(|h| h.to_string())
-                .zip(host_usage)
-                .collect(),
-            groups: group_usage,
-        })
+        Ok(())
     }
 
     /// Usage of every snapshot of `host`, oldest first.
@@ -478,6 +354,166 @@ impl Repository {
         }
         Ok((bytes, blobs))
     }
+}
+
+/// Which hosts reach each blob: a walk per host over the trees in memory, stopping where the
+/// host is already recorded (everything below has it too); then each blob without children
+/// takes the hosts of its parents. Returns the interned sets and each blob's set.
+fn host_sets(graph: &Graph, roots: &[Vec<u32>], phase: &dyn Fn(&str)) -> (Sets, Vec<u32>) {
+    let mut sets = Sets::new();
+    let mut set_of = vec![EMPTY_SET; graph.len()];
+    for (h, host_roots) in roots.iter().enumerate() {
+        let h = h as u32;
+        let mut stack = host_roots.clone();
+        while let Some(n) = stack.pop() {
+            let Some(current) = set_of.get(n as usize).copied() else {
+                continue;
+            };
+            if sets.contains(current, h) {
+                continue;
+            }
+            let with = sets.with(current, h);
+            if let Some(slot) = set_of.get_mut(n as usize) {
+                *slot = with;
+            }
+            stack.extend_from_slice(graph.nodes_below(n));
+        }
+    }
+    // A blob without children is reached by every host that reaches one of its parents.
+    // Parents with the most hosts go first: a leaf's later parents then mostly add hosts
+    // it already has (no new set), instead of every order of unions making sets of its own.
+    phase("host sets of trees");
+    let mut parents = graph.parents();
+    parents.sort_by_cached_key(|&n| {
+        let set = set_of.get(n as usize).copied().unwrap_or(EMPTY_SET);
+        std::cmp::Reverse(sets.members(set).len())
+    });
+    for n in parents {
+        let parent = set_of.get(n as usize).copied().unwrap_or(EMPTY_SET);
+        for &d in graph.leaves_below(n) {
+            if let Some(slot) = set_of.get_mut(d as usize) {
+                *slot = sets.union(*slot, parent);
+            }
+        }
+    }
+    phase("host sets of leaves");
+    (sets, set_of)
+}
+
+/// Per set of hosts: stored bytes, blobs, raw bytes.
+fn totals_per_set(graph: &Graph, set_of: &[u32], sets: usize) -> Vec<(u64, u64, u64)> {
+    let mut totals = vec![(0u64, 0u64, 0u64); sets];
+    for (n, &set) in set_of.iter().enumerate() {
+        if let Some(t) = totals.get_mut(set as usize) {
+            let (span, raw) = graph.sizes(n as u32);
+            t.0 += span;
+            t.1 += 1;
+            t.2 += raw;
+        }
+    }
+
+    totals
+}
+
+/// Each host's and each group's usage from the totals of the host sets, with snapshot counts
+/// and newest logical bytes from `snapshots` (oldest first).
+fn usage_per_host_and_group(
+    sets: &Sets,
+    totals: &[(u64, u64, u64)],
+    snapshots: &[Snapshot],
+    host_index: &HashMap<&str, u32>,
+    groups: &[Vec<String>],
+) -> (Vec<Usage>, Vec<Usage>) {
+    let hosts = host_index.len();
+    let group_index: Vec<Vec<u32>> = groups
+        .iter()
+        .map(|g| {
+            let mut v: Vec<u32> = g
+                .iter()
+                .filter_map(|h| host_index.get(h.as_str()).copied())
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        })
+        .collect();
+    let mut groups_of_host: Vec<Vec<usize>> = vec![Vec::new(); hosts];
+    for (g, members) in group_index.iter().enumerate() {
+        for &h in members {
+            if let Some(v) = groups_of_host.get_mut(h as usize) {
+                v.push(g);
+            }
+        }
+    }
+    let mut host_usage = vec![Usage::default(); hosts];
+    let mut group_usage = vec![Usage::default(); groups.len()];
+    let mut touched = vec![0usize; groups.len()];
+    // Live blobs no snapshot reaches (set 0: a running backup's, a held pack's) count
+    // for nobody.
+    for (set, &(bytes, blobs, raw)) in totals.iter().enumerate().skip(1) {
+        let members = sets.members(set as u32);
+        for &h in members {
+            if let Some(u) = host_usage.get_mut(h as usize) {
+                u.referenced_bytes += bytes;
+                u.referenced_raw_bytes += raw;
+                u.referenced_blobs += blobs;
+                if members.len() == 1 {
+                    u.exclusive_bytes += bytes;
+                    u.exclusive_blobs += blobs;
+                }
+            }
+            for &g in groups_of_host
+                .get(h as usize)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                if let Some(t) = touched.get_mut(g) {
+                    *t += 1;
+                }
+            }
+        }
+        for (g, t) in touched.iter_mut().enumerate() {
+            if *t == 0 {
+                continue;
+            }
+            if let Some(u) = group_usage.get_mut(g) {
+                u.referenced_bytes += bytes;
+                u.referenced_raw_bytes += raw;
+                u.referenced_blobs += blobs;
+                if *t == members.len() {
+                    u.exclusive_bytes += bytes;
+                    u.exclusive_blobs += blobs;
+                }
+            }
+            *t = 0;
+        }
+    }
+    // Snapshot counts and the newest snapshot's logical bytes (`snapshots` is oldest first).
+    let mut newest: Vec<u64> = vec![0; hosts];
+    for s in snapshots {
+        if let Some(&h) = host_index.get(s.host.as_str()) {
+            if let Some(u) = host_usage.get_mut(h as usize) {
+                u.snapshots += 1;
+            }
+            if let Some(n) = newest.get_mut(h as usize) {
+                *n = s.stats.logical_bytes;
+            }
+        }
+    }
+    for (u, n) in host_usage.iter_mut().zip(&newest) {
+        u.newest_logical_bytes = *n;
+        u.shared_bytes = u.referenced_bytes - u.exclusive_bytes;
+    }
+    for (u, members) in group_usage.iter_mut().zip(&group_index) {
+        for &h in members {
+            if let Some(hu) = host_usage.get(h as usize) {
+                u.snapshots += hu.snapshots;
+                u.newest_logical_bytes += hu.newest_logical_bytes;
+            }
+        }
+        u.shared_bytes = u.referenced_bytes - u.exclusive_bytes;
+    }
+    (host_usage, group_usage)
 }
 
 /// The repository's live blobs for [`Repository::fleet_usage`], numbered densely (ids → numbers

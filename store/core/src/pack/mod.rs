@@ -5,4 +5,4 @@ pub(crate) mod journal;
 pub(crate) mod rolling;
 mod writer;
 
-pub(crate) use writer::{PackWriter, SealedPack};
+pub(crate) use writer::{NewBlob, PackWriter, SealedPack};

@@ -15,11 +15,9 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{poisoned, Error, Result};
-use crate::pack::{PackWriter, SealedPack};
+use crate::pack::{NewBlob, PackWriter, SealedPack};
 use crate::storage::PackStorage;
-use xstore_chunker::ChunkId;
-use xstore_format::pack::BlobKind;
-use xstore_format::pack::{Compression, PackId};
+use xstore_format::pack::{BlobKind, PackId};
 
 /// Threads that seal full packs and put them into the storage, so the ingest threads go on
 /// chunking and compressing while a pack is fsynced, read back and uploaded (on an object
@@ -172,20 +170,13 @@ impl RollingPacks {
     /// Appends one blob's stored form. A pack that reaches the target size goes to the
     /// sealers (this call waits while their queue is full), so other threads go on writing
     /// into the next pack meanwhile. Fails once a sealer failed ([`RollingPacks::abandon`]).
-    pub(crate) fn add(
-        &self,
-        id: ChunkId,
-        kind: BlobKind,
-        compression: Compression,
-        raw_len: u32,
-        stored: &[u8],
-    ) -> Result<()> {
+    pub(crate) fn add(&self, blob: NewBlob<'_>) -> Result<()> {
         if self.sealing.failed.load(Ordering::Acquire) {
             return Err(STOPPED);
         }
         let slot = self
             .current
-            .get(stream_of(kind))
+            .get(stream_of(blob.kind))
             .ok_or(Error::Internal("no pack stream for a blob kind"))?;
         let full = {
             let mut current = slot.lock().map_err(poisoned)?;
@@ -195,7 +186,7 @@ impl RollingPacks {
             let w = current
                 .as_mut()
                 .ok_or(Error::Internal("no pack writer after creating one"))?;
-            w.add(id, kind, compression, raw_len, stored)?;
+            w.add(blob)?;
             if w.len() >= self.pack_size {
                 current.take()
             } else {
@@ -374,6 +365,8 @@ mod tests {
     use crate::storage::{PackBytes, PackInfo};
     use std::path::Path;
     use std::sync::atomic::AtomicUsize;
+    use xstore_chunker::ChunkId;
+    use xstore_format::pack::Compression;
 
     /// Local packs whose `put` fails from the `fail_from`-th call on, as an object store
     /// that went away would.
@@ -477,13 +470,13 @@ mod tests {
                             } else {
                                 BlobKind::Tree
                             };
-                            packs.add(
-                                ChunkId::of(b),
+                            packs.add(NewBlob {
+                                id: ChunkId::of(b),
                                 kind,
-                                Compression::None,
-                                b.len() as u32,
-                                b,
-                            )?;
+                                compression: Compression::None,
+                                raw_len: b.len() as u32,
+                                stored: b,
+                            })?;
                         }
                         Ok(())
                     })
@@ -551,9 +544,14 @@ mod tests {
             .map(|i| xstore_chunker::seeded_bytes(i, 10_000))
             .collect();
         for b in &more {
-            let id = ChunkId::of(b);
             packs
-                .add(id, BlobKind::Data, Compression::None, b.len() as u32, b)
+                .add(NewBlob {
+                    id: ChunkId::of(b),
+                    kind: BlobKind::Data,
+                    compression: Compression::None,
+                    raw_len: b.len() as u32,
+                    stored: b,
+                })
                 .unwrap();
         }
         let rest = packs.finish().unwrap();

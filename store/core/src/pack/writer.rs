@@ -19,6 +19,17 @@ pub(crate) struct SealedPack {
     pub entries: Vec<PackEntry>,
 }
 
+/// One blob to append to a pack: its id and kind, how its stored bytes are compressed, its
+/// raw length and the stored bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewBlob<'a> {
+    pub(crate) id: ChunkId,
+    pub(crate) kind: BlobKind,
+    pub(crate) compression: Compression,
+    pub(crate) raw_len: u32,
+    pub(crate) stored: &'a [u8],
+}
+
 /// Writes one pack under a temporary name; [`PackWriter::seal`] makes it durable and visible.
 pub(crate) struct PackWriter {
     tmp_path: PathBuf,
@@ -72,24 +83,17 @@ impl PackWriter {
     }
 
     /// Appends one stored blob.
-    pub(crate) fn add(
-        &mut self,
-        id: ChunkId,
-        kind: BlobKind,
-        compression: Compression,
-        raw_len: u32,
-        stored: &[u8],
-    ) -> Result<()> {
+    pub(crate) fn add(&mut self, blob: NewBlob<'_>) -> Result<()> {
         let entry = PackEntry {
-            id,
-            kind,
-            compression,
-            raw_len,
-            stored_len: stored.len() as u32,
+            id: blob.id,
+            kind: blob.kind,
+            compression: blob.compression,
+            raw_len: blob.raw_len,
+            stored_len: blob.stored.len() as u32,
             offset: self.len,
         };
         self.write(&encode_blob_header(&entry))?;
-        self.write(stored)?;
+        self.write(blob.stored)?;
         self.entries.push(entry);
         Ok(())
     }
@@ -109,25 +113,7 @@ impl PackWriter {
     fn seal_inner(mut self, storage: &dyn PackStorage, packs_dir: &Path) -> Result<SealedPack> {
         crate::failpoint::fail_io("pack-seal")?;
         let entries_offset = self.len;
-        let mut trailer = Vec::with_capacity(self.entries.len() * TRAILER_ENTRY_LEN + FOOTER_LEN);
-        for e in &self.entries {
-            trailer.extend_from_slice(&e.id.0);
-            trailer.push(e.kind.code());
-            trailer.push(e.compression.code());
-            trailer.extend_from_slice(&[0, 0]);
-            trailer.extend_from_slice(&e.raw_len.to_le_bytes());
-            trailer.extend_from_slice(&e.stored_len.to_le_bytes());
-            trailer.extend_from_slice(&e.offset.to_le_bytes());
-        }
-        let mut footer_head = [0u8; 16];
-        footer_head[..8].copy_from_slice(&entries_offset.to_le_bytes());
-        footer_head[8..12].copy_from_slice(&(self.entries.len() as u32).to_le_bytes());
-        let mut h = blake3::Hasher::new();
-        h.update(&trailer);
-        h.update(&footer_head);
-        trailer.extend_from_slice(&footer_head);
-        trailer.extend_from_slice(h.finalize().as_bytes());
-        trailer.extend_from_slice(PACK_END_MAGIC);
+        let trailer = encode_trailer(&self.entries, entries_offset);
         self.write(&trailer)?;
         self.out.flush().at(&self.tmp_path)?;
         if storage.keeps_the_local_file() {
@@ -222,8 +208,14 @@ mod tests {
         let mut w = PackWriter::create(dir).unwrap();
         for b in blobs {
             let (c, stored) = compress(b, 3);
-            w.add(ChunkId::of(b), kind, c, b.len() as u32, &stored)
-                .unwrap();
+            w.add(NewBlob {
+                id: ChunkId::of(b),
+                kind,
+                compression: c,
+                raw_len: b.len() as u32,
+                stored: &stored,
+            })
+            .unwrap();
         }
         let storage = crate::storage::local::LocalStorage::new(dir.to_path_buf());
         let sealed = w.seal(&storage, dir).unwrap();

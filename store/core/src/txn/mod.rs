@@ -337,13 +337,13 @@ impl<'r> Mutation<'r> {
         for bytes in &records {
             let (compression, stored) =
                 xstore_format::pack::compress(bytes, repo.config().compression_level);
-            let added = writer.add(
-                ChunkId::of(bytes),
-                xstore_format::pack::BlobKind::SnapshotRecord,
+            let added = writer.add(crate::pack::NewBlob {
+                id: ChunkId::of(bytes),
+                kind: xstore_format::pack::BlobKind::SnapshotRecord,
                 compression,
-                bytes.len() as u32,
-                &stored,
-            );
+                raw_len: bytes.len() as u32,
+                stored: &stored,
+            });
             if let Err(e) = added {
                 writer.discard();
                 return Err(e);

@@ -288,328 +288,43 @@ impl Repository {
         if opts.dry_run {
             return self.restore_dry_run(snapshot, target, opts);
         }
-        let owners = opts
-            .owners
-            .unwrap_or_else(|| rustix::process::geteuid().is_root());
         let mut beneath = Beneath::open(target)?;
         beneath.remove_dirs_in_way = opts.delete;
-        let beneath = beneath;
-        let plan = self.plan_restore(snapshot, opts)?;
-        let never = opts.overwrite == Overwrite::Never;
-        let errors = Mutex::new(Vec::new());
-        let shown = |rel: &Path| target.join(rel);
-        let fail = |rel: &Path, e: &dyn std::fmt::Display| {
-            let path = shown(rel).display().to_string();
-            // The path is said once: errors that name it already lose that prefix.
-            let text = e.to_string();
-            let message = text
-                .strip_prefix(&format!("{path}: "))
-                .map(str::to_string)
-                .or_else(|| {
-                    text.strip_prefix(&format!("restore refused {path}: "))
-                        .map(|r| format!("refused: {r}"))
-                })
-                .unwrap_or(text);
-            if let Ok(mut v) = errors.lock() {
-                v.push(PathError { path, message });
-            }
+        let run = RestoreRun {
+            repo: self,
+            target,
+            opts,
+            beneath,
+            owners: opts
+                .owners
+                .unwrap_or_else(|| rustix::process::geteuid().is_root()),
+            never: opts.overwrite == Overwrite::Never,
+            euid: rustix::process::geteuid().as_raw(),
+            egid: rustix::process::getegid().as_raw(),
+            errors: Mutex::new(Vec::new()),
         };
+        let plan = self.plan_restore(snapshot, opts)?;
         let mut summary = RestoreSummary {
             withheld: plan.withheld.unwrap_or_default(),
             ..RestoreSummary::default()
         };
-        // Directories, parents first. One that cannot be made (something else is in its
-        // place) fails with everything below it. Under `Never`, a directory that existed
-        // keeps its metadata.
-        let mut made: HashMap<&Path, (u64, u64)> = HashMap::new();
-        // Directories this restore created: nothing stood in them to compare with (an entry
-        // another user slips in meanwhile is replaced by the O_EXCL create as before). The
-        // value: a file created in it is owned by us and our group, so no chown is needed
-        // when the entry's owner is ours too.
-        let mut created_here: HashMap<&Path, bool> = HashMap::new();
-        let (euid, egid) = (
-            rustix::process::geteuid().as_raw(),
-            rustix::process::getegid().as_raw(),
-        );
-        // One depth at a time, parents before children; the directories of one depth are
-        // independent of each other and made in parallel.
-        for level in by_depth(&plan.dirs) {
-            let results: Vec<_> = level
-                .par_iter()
-                .map(|&(rel, _)| {
-                    beneath
-                        .parent(rel)
-                        .at(shown(rel))
-                        .and_then(|(parent, name)| make_dir(&parent, name, &shown(rel), !never))
-                })
-                .collect();
-            for (&(rel, _), made_dir) in level.iter().zip(results) {
-                match made_dir {
-                    Ok(dir) => {
-                        if dir.created || !never {
-                            made.insert(rel.as_path(), dir.id);
-                        }
-                        if dir.created {
-                            created_here.insert(rel.as_path(), dir.gid == egid);
-                        }
-                    }
-                    Err(e) => fail(rel, &e),
-                }
-            }
-        }
+        let dirs = run.make_dirs(&plan);
         if let Some(p) = &opts.progress {
             p.total_bytes.store(
                 plan.files.iter().map(|(_, e)| e.attrs.size).sum(),
                 Ordering::Relaxed,
             );
         }
-        // What already stands at each file's place is compared first (in parallel); only
-        // the files to write are located: one batched lookup per file, in the same parallel
-        // pass (a missing blob fails the restore before anything is written), then
-        // pack-ordered reads, files sorted by the location of their first chunk.
-        let locate = |refs: Vec<ChunkRef>| -> Result<Vec<(ChunkRef, BlobLoc)>> {
-            let ids: Vec<ChunkId> = refs.iter().map(|c| c.id).collect();
-            let mut located = Vec::with_capacity(ids.len());
-            for (c, loc) in refs.into_iter().zip(self.index.blobs(&ids)?) {
-                let loc = loc.ok_or(Error::MissingBlob(c.id))?;
-                // The bytes written must be what the entry's size accounts for.
-                crate::repo::check_file_chunk(&c, &loc)?;
-                located.push((c, loc));
-            }
-            Ok(located)
-        };
-        let compared: Vec<Result<Compared<'_>>> = plan
-            .files
-            .par_iter()
-            .map(|(rel, entry)| {
-                let refs = self.file_chunks(entry)?;
-                if rel.parent().is_some_and(|p| created_here.contains_key(p)) {
-                    return Ok(Compared::Write(rel, entry, locate(refs)?));
-                }
-                let progress = opts.progress.as_deref();
-                let kept = self.keep_existing(
-                    &beneath,
-                    rel,
-                    &shown(rel),
-                    entry,
-                    &refs,
-                    owners,
-                    opts.overwrite,
-                    progress,
-                );
-                Ok(match kept {
-                    Ok(true) => Compared::Kept,
-                    Ok(false) => Compared::Write(rel, entry, locate(refs)?),
-                    Err(e) => {
-                        fail(rel, &e);
-                        Compared::Failed
-                    }
-                })
-            })
-            .collect();
-        let mut keyed: Vec<FileToWrite> = Vec::with_capacity(plan.files.len());
-        for c in compared {
-            let (rel, entry, located) = match c? {
-                Compared::Write(rel, entry, located) => (rel, entry, located),
-                Compared::Kept => {
-                    summary.skipped += 1;
-                    continue;
-                }
-                Compared::Failed => continue,
-            };
-            keyed.push((None, rel, entry, located));
-        }
-        // Files in the order of their first chunk's place: its pack, ranked by where the
-        // snapshot's walk (the order the backup wrote in) first meets the pack, then its
-        // offset. A large file's later chunks are then in the packs read next (ranking packs
-        // by id instead sent the reads back and forth between distant packs: a read-ahead
-        // then holds a pack's range from a file's first touch until that pack's turn).
-        let mut pack_rank: HashMap<PackId, usize> = HashMap::new();
-        for (key, _, _, located) in keyed.iter_mut() {
-            for (_, loc) in located.iter() {
-                let next = pack_rank.len();
-                pack_rank.entry(loc.pack).or_insert(next);
-            }
-            *key = located
-                .first()
-                .and_then(|(_, l)| Some((*pack_rank.get(&l.pack)?, l.offset)));
-        }
-        drop(pack_rank);
-        keyed.sort_by_key(|k| k.0);
-        // The reads in the order they will be made: a remote storage fetches them ahead.
-        let reads: Vec<RangeRead> = keyed
-            .iter()
-            .flat_map(|(_, _, _, chunks)| chunks.iter())
-            .map(|(_, loc)| RangeRead {
-                pack: loc.pack,
-                offset: loc.offset,
-                len: loc.span(),
-            })
-            .collect();
-        // Test hook: every chunk is located, nothing read yet (a gc running now retires
-        // packs this restore will read).
-        crate::failpoint::pause("restore-located");
-        let _read_ahead = self.storage().read_ahead(&reads);
-        drop(reads);
-        // Files are taken in that order by every thread (not split into one contiguous half
-        // per thread, as a parallel iterator would): reads move through the packs together.
-        let next_file = AtomicUsize::new(0);
-        let write_one = |(_, rel, entry, chunks): &FileToWrite| {
-            let progress = opts.progress.as_deref();
-            let ours_already = entry.attrs.uid == euid
-                && entry.attrs.gid == egid
-                && rel
-                    .parent()
-                    .and_then(|p| created_here.get(p))
-                    .is_some_and(|&our_group| our_group);
-            let chown = owners && !ours_already;
-            let restored =
-                self.restore_file(&beneath, rel, &shown(rel), entry, chunks, chown, progress);
-            match restored {
-                Ok(outcome) => Ok(Some(outcome)),
-                Err(
-                    e @ (Error::MissingBlob(_) | Error::CorruptBlob { .. } | Error::Index { .. }),
-                ) => Err(e),
-                Err(e) => {
-                    fail(rel, &e);
-                    Ok(None)
-                }
-            }
-        };
-        let written: Vec<Result<Option<u64>>> = (0..rayon::current_num_threads())
-            .into_par_iter()
-            .flat_map_iter(|_| {
-                let mut mine = Vec::new();
-                while let Some(file) = keyed.get(next_file.fetch_add(1, Ordering::Relaxed)) {
-                    mine.push(write_one(file));
-                }
-                mine
-            })
-            .collect();
-        for w in written {
-            if let Some(n) = w? {
-                summary.bytes += n;
-                summary.files += 1;
-            }
-        }
-        // Under `Never` an existing entry at a link's, symlink's or special's place stays.
-        let exists = |rel: &Path| {
-            beneath.parent(rel).is_ok_and(|(dir, name)| {
-                rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok()
-            })
-        };
-        for (first, link) in &plan.links {
-            if never && exists(link) {
-                summary.skipped += 1;
-                continue;
-            }
-            let r = (|| -> Result<bool> {
-                let (from_dir, from_name) = beneath.parent(first).at(shown(first))?;
-                let (to_dir, to_name) = beneath.parent(link).at(shown(link))?;
-                let same_inode = |dir: &OwnedFd, name: &OsStr| {
-                    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
-                        .ok()
-                        .map(|st| (st.st_dev, st.st_ino))
-                };
-                if same_inode(&to_dir, to_name).is_some()
-                    && same_inode(&to_dir, to_name) == same_inode(&from_dir, from_name)
-                {
-                    return Ok(false);
-                }
-                let (to_dir, to_name) = beneath.make_room(link, &shown(link))?;
-                // Flags 0: a symlink swapped in for `first` is linked itself, never followed.
-                rustix::fs::linkat(&from_dir, from_name, &to_dir, to_name, AtFlags::empty())
-                    .map_err(std::io::Error::from)
-                    .at(shown(link))?;
-                Ok(true)
-            })();
-            match r {
-                Ok(true) => summary.others += 1,
-                Ok(false) => summary.skipped += 1,
-                Err(e) => fail(link, &e),
-            }
-        }
-        // Symlinks last: nothing is created through one. Each is independent of the others
-        // (no path is resolved through a symlink or a special file), so in parallel.
-        let others: Vec<Option<bool>> = plan
-            .specials
-            .par_iter()
-            .chain(plan.symlinks.par_iter())
-            .map(|(rel, entry)| {
-                if never && exists(rel) {
-                    return Some(false);
-                }
-                let created = if entry.kind == EntryKind::Symlink {
-                    restore_symlink(&beneath, rel, &shown(rel), entry, owners)
-                } else {
-                    restore_special(&beneath, rel, &shown(rel), entry, owners)
-                };
-                match created {
-                    Ok(()) => Some(true),
-                    Err(e) => {
-                        fail(rel, &e);
-                        None
-                    }
-                }
-            })
-            .collect();
-        for made_one in others.into_iter().flatten() {
-            if made_one {
-                summary.others += 1;
-            } else {
-                summary.skipped += 1;
-            }
-        }
+        let files = run.files_to_write(&plan, &dirs, &mut summary)?;
+        run.write_files(&files, &dirs, &mut summary)?;
+        drop(files);
+        run.link_files(&plan, &mut summary);
+        run.make_others(&plan, &mut summary);
         if opts.delete {
-            for (dir, keep) in &plan.names {
-                if !dir.as_os_str().is_empty() && !made.contains_key(dir.as_path()) {
-                    continue;
-                }
-                let extras = beneath
-                    .dir(dir)
-                    .and_then(|fd| Ok((existing::names_in(&fd)?, fd)));
-                let (names, fd) = match extras {
-                    Ok(found) => found,
-                    Err(e) => {
-                        fail(
-                            dir,
-                            &Error::Io {
-                                path: shown(dir),
-                                source: e,
-                            },
-                        );
-                        continue;
-                    }
-                };
-                for name in names.iter().filter(|n| !keep.contains(n.as_bytes())) {
-                    match beneath::remove_tree(&fd, name) {
-                        Ok(n) => summary.deleted += n,
-                        Err(e) => fail(
-                            &dir.join(name),
-                            &Error::Io {
-                                path: shown(&dir.join(name)),
-                                source: e,
-                            },
-                        ),
-                    }
-                }
-            }
+            run.delete_extras(&plan, &dirs, &mut summary);
         }
-        // Directory metadata last, so creating children does not touch mtimes; deepest first
-        // (a parent's mode may shut us out of its children), each depth in parallel; only on
-        // the directory this restore made or checked (same inode).
-        for level in by_depth(&plan.dirs).iter().rev() {
-            let applied: Vec<Option<bool>> = level
-                .par_iter()
-                .map(|&(rel, entry)| {
-                    let want = made.get(rel.as_path())?;
-                    let r = apply_dir_meta(&beneath, rel, &shown(rel), entry, want, owners);
-                    Some(r.map_err(|e| fail(rel, &e)).is_ok())
-                })
-                .collect();
-            summary.dirs += applied.into_iter().flatten().filter(|&ok| ok).count() as u64;
-        }
-        let mut errors = errors.into_inner().map_err(poisoned)?;
+        run.apply_dir_metas(&plan, &dirs, &mut summary);
+        let mut errors = run.errors.into_inner().map_err(poisoned)?;
         // Parallel passes record in any order: by path, so a directory precedes what is
         // below it and reruns print the same.
         errors.sort_by(|a, b| a.path.cmp(&b.path));
@@ -726,25 +441,362 @@ impl Repository {
         }
         Ok(summary)
     }
+}
+
+/// The directories a restore made or found, by path.
+struct Dirs<'p> {
+    /// Directories this restore made, or (unless `Never`) found and checked: their metadata
+    /// is applied at the end, to the same inode (device, inode).
+    made: HashMap<&'p Path, (u64, u64)>,
+    /// Directories this restore created: nothing stood in them to compare with (an entry
+    /// another user slips in meanwhile is replaced by the O_EXCL create as before). The
+    /// value: a file created in one is owned by us and our group, so no chown is needed when
+    /// the entry's owner is ours too.
+    created: HashMap<&'p Path, bool>,
+}
+
+/// One restore being carried out: its phases, in the order [`Repository::restore`] runs
+/// them, and what they share.
+struct RestoreRun<'a> {
+    repo: &'a Repository,
+    target: &'a Path,
+    opts: &'a RestoreOptions,
+    beneath: Beneath,
+    /// Whether owners are restored (root, or asked for).
+    owners: bool,
+    /// `Overwrite::Never`: whatever exists stays.
+    never: bool,
+    euid: u32,
+    egid: u32,
+    /// Per-path failures, in any order.
+    errors: Mutex<Vec<PathError>>,
+}
+
+impl RestoreRun<'_> {
+    fn shown(&self, rel: &Path) -> PathBuf {
+        self.target.join(rel)
+    }
+
+    /// Records the failure of one path; the path is said once (errors that name it already
+    /// lose that prefix).
+    fn fail(&self, rel: &Path, e: &dyn std::fmt::Display) {
+        let path = self.shown(rel).display().to_string();
+        let text = e.to_string();
+        let message = text
+            .strip_prefix(&format!("{path}: "))
+            .map(str::to_string)
+            .or_else(|| {
+                text.strip_prefix(&format!("restore refused {path}: "))
+                    .map(|r| format!("refused: {r}"))
+            })
+            .unwrap_or(text);
+        if let Ok(mut v) = self.errors.lock() {
+            v.push(PathError { path, message });
+        }
+    }
+
+    /// Whether something stands at `rel` (not following a symlink there).
+    fn exists(&self, rel: &Path) -> bool {
+        self.beneath.parent(rel).is_ok_and(|(dir, name)| {
+            rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+        })
+    }
+
+    /// Directories, parents first, one depth at a time (the directories of one depth are
+    /// independent of each other and made in parallel). One that cannot be made (something
+    /// else is in its place) fails with everything below it. Under `Never`, a directory that
+    /// existed keeps its metadata.
+    fn make_dirs<'p>(&self, plan: &'p Plan) -> Dirs<'p> {
+        let mut dirs = Dirs {
+            made: HashMap::new(),
+            created: HashMap::new(),
+        };
+        for level in by_depth(&plan.dirs) {
+            let results: Vec<_> = level
+                .par_iter()
+                .map(|&(rel, _)| {
+                    self.beneath
+                        .parent(rel)
+                        .at(self.shown(rel))
+                        .and_then(|(parent, name)| {
+                            make_dir(&parent, name, &self.shown(rel), !self.never)
+                        })
+                })
+                .collect();
+            for (&(rel, _), made_dir) in level.iter().zip(results) {
+                match made_dir {
+                    Ok(dir) => {
+                        if dir.created || !self.never {
+                            dirs.made.insert(rel.as_path(), dir.id);
+                        }
+                        if dir.created {
+                            dirs.created.insert(rel.as_path(), dir.gid == self.egid);
+                        }
+                    }
+                    Err(e) => self.fail(rel, &e),
+                }
+            }
+        }
+        dirs
+    }
+
+    /// The files to write, in read order. What already stands at each file's place is
+    /// compared first (in parallel); only the files to write are located: one batched lookup
+    /// per file, in the same parallel pass (a missing blob fails the restore before anything
+    /// is written).
+    fn files_to_write<'p>(
+        &self,
+        plan: &'p Plan,
+        dirs: &Dirs<'_>,
+        summary: &mut RestoreSummary,
+    ) -> Result<Vec<FileToWrite<'p>>> {
+        let locate = |refs: Vec<ChunkRef>| -> Result<Vec<(ChunkRef, BlobLoc)>> {
+            let ids: Vec<ChunkId> = refs.iter().map(|c| c.id).collect();
+            let mut located = Vec::with_capacity(ids.len());
+            for (c, loc) in refs.into_iter().zip(self.repo.index.blobs(&ids)?) {
+                let loc = loc.ok_or(Error::MissingBlob(c.id))?;
+                // The bytes written must be what the entry's size accounts for.
+                crate::repo::check_file_chunk(&c, &loc)?;
+                located.push((c, loc));
+            }
+            Ok(located)
+        };
+        let compared: Vec<Result<Compared<'_>>> = plan
+            .files
+            .par_iter()
+            .map(|(rel, entry)| {
+                let refs = self.repo.file_chunks(entry)?;
+                if rel.parent().is_some_and(|p| dirs.created.contains_key(p)) {
+                    return Ok(Compared::Write(rel, entry, locate(refs)?));
+                }
+                Ok(match self.keep_existing(rel, entry, &refs) {
+                    Ok(true) => Compared::Kept,
+                    Ok(false) => Compared::Write(rel, entry, locate(refs)?),
+                    Err(e) => {
+                        self.fail(rel, &e);
+                        Compared::Failed
+                    }
+                })
+            })
+            .collect();
+        let mut keyed: Vec<FileToWrite> = Vec::with_capacity(plan.files.len());
+        for c in compared {
+            match c? {
+                Compared::Write(rel, entry, located) => keyed.push((None, rel, entry, located)),
+                Compared::Kept => summary.skipped += 1,
+                Compared::Failed => {}
+            }
+        }
+        // Files in the order of their first chunk's place: its pack, ranked by where the
+        // snapshot's walk (the order the backup wrote in) first meets the pack, then its
+        // offset. A large file's later chunks are then in the packs read next (ranking packs
+        // by id instead sent the reads back and forth between distant packs: a read-ahead
+        // then holds a pack's range from a file's first touch until that pack's turn).
+        let mut pack_rank: HashMap<PackId, usize> = HashMap::new();
+        for (key, _, _, located) in keyed.iter_mut() {
+            for (_, loc) in located.iter() {
+                let next = pack_rank.len();
+                pack_rank.entry(loc.pack).or_insert(next);
+            }
+            *key = located
+                .first()
+                .and_then(|(_, l)| Some((*pack_rank.get(&l.pack)?, l.offset)));
+        }
+        keyed.sort_by_key(|k| k.0);
+        Ok(keyed)
+    }
+
+    /// Writes `files` in their order, every thread taking the next (not one contiguous half
+    /// per thread, as a parallel iterator would): reads move through the packs together.
+    fn write_files(
+        &self,
+        files: &[FileToWrite<'_>],
+        dirs: &Dirs<'_>,
+        summary: &mut RestoreSummary,
+    ) -> Result<()> {
+        // The reads in the order they will be made: a remote storage fetches them ahead.
+        let reads: Vec<RangeRead> = files
+            .iter()
+            .flat_map(|(_, _, _, chunks)| chunks.iter())
+            .map(|(_, loc)| RangeRead {
+                pack: loc.pack,
+                offset: loc.offset,
+                len: loc.span(),
+            })
+            .collect();
+        // Test hook: every chunk is located, nothing read yet (a gc running now retires
+        // packs this restore will read).
+        crate::failpoint::pause("restore-located");
+        let _read_ahead = self.repo.storage().read_ahead(&reads);
+        drop(reads);
+        let next_file = AtomicUsize::new(0);
+        let write_one = |(_, rel, entry, chunks): &FileToWrite| {
+            let ours_already = entry.attrs.uid == self.euid
+                && entry.attrs.gid == self.egid
+                && rel
+                    .parent()
+                    .and_then(|p| dirs.created.get(p))
+                    .is_some_and(|&our_group| our_group);
+            let chown = self.owners && !ours_already;
+            match self.restore_file(rel, entry, chunks, chown) {
+                Ok(outcome) => Ok(Some(outcome)),
+                Err(
+                    e @ (Error::MissingBlob(_) | Error::CorruptBlob { .. } | Error::Index { .. }),
+                ) => Err(e),
+                Err(e) => {
+                    self.fail(rel, &e);
+                    Ok(None)
+                }
+            }
+        };
+        let written: Vec<Result<Option<u64>>> = (0..rayon::current_num_threads())
+            .into_par_iter()
+            .flat_map_iter(|_| {
+                let mut mine = Vec::new();
+                while let Some(file) = files.get(next_file.fetch_add(1, Ordering::Relaxed)) {
+                    mine.push(write_one(file));
+                }
+                mine
+            })
+            .collect();
+        for w in written {
+            if let Some(n) = w? {
+                summary.bytes += n;
+                summary.files += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hard links to the files written. Under `Never` an existing entry at a link's place
+    /// stays; a link that already is one to its first name is left.
+    fn link_files(&self, plan: &Plan, summary: &mut RestoreSummary) {
+        for (first, link) in &plan.links {
+            if self.never && self.exists(link) {
+                summary.skipped += 1;
+                continue;
+            }
+            match self.link_file(first, link) {
+                Ok(true) => summary.others += 1,
+                Ok(false) => summary.skipped += 1,
+                Err(e) => self.fail(link, &e),
+            }
+        }
+    }
+
+    fn link_file(&self, first: &Path, link: &Path) -> Result<bool> {
+        let (from_dir, from_name) = self.beneath.parent(first).at(self.shown(first))?;
+        let (to_dir, to_name) = self.beneath.parent(link).at(self.shown(link))?;
+        let same_inode = |dir: &OwnedFd, name: &OsStr| {
+            rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .ok()
+                .map(|st| (st.st_dev, st.st_ino))
+        };
+        if same_inode(&to_dir, to_name).is_some()
+            && same_inode(&to_dir, to_name) == same_inode(&from_dir, from_name)
+        {
+            return Ok(false);
+        }
+        let (to_dir, to_name) = self.beneath.make_room(link, &self.shown(link))?;
+        // Flags 0: a symlink swapped in for `first` is linked itself, never followed.
+        rustix::fs::linkat(&from_dir, from_name, &to_dir, to_name, AtFlags::empty())
+            .map_err(std::io::Error::from)
+            .at(self.shown(link))?;
+        Ok(true)
+    }
+
+    /// Special files, then symlinks: nothing is created through one. Each is independent of
+    /// the others (no path is resolved through a symlink or a special file), so in parallel.
+    fn make_others(&self, plan: &Plan, summary: &mut RestoreSummary) {
+        let others: Vec<Option<bool>> = plan
+            .specials
+            .par_iter()
+            .chain(plan.symlinks.par_iter())
+            .map(|(rel, entry)| {
+                if self.never && self.exists(rel) {
+                    return Some(false);
+                }
+                let created = if entry.kind == EntryKind::Symlink {
+                    restore_symlink(&self.beneath, rel, &self.shown(rel), entry, self.owners)
+                } else {
+                    restore_special(&self.beneath, rel, &self.shown(rel), entry, self.owners)
+                };
+                match created {
+                    Ok(()) => Some(true),
+                    Err(e) => {
+                        self.fail(rel, &e);
+                        None
+                    }
+                }
+            })
+            .collect();
+        for made_one in others.into_iter().flatten() {
+            if made_one {
+                summary.others += 1;
+            } else {
+                summary.skipped += 1;
+            }
+        }
+    }
+
+    /// `delete`: removes what the snapshot does not have from the directories this restore
+    /// made or checked (and the target itself when the whole snapshot is restored).
+    fn delete_extras(&self, plan: &Plan, dirs: &Dirs<'_>, summary: &mut RestoreSummary) {
+        for (dir, keep) in &plan.names {
+            if !dir.as_os_str().is_empty() && !dirs.made.contains_key(dir.as_path()) {
+                continue;
+            }
+            let io_error = |rel: &Path, source| Error::Io {
+                path: self.shown(rel),
+                source,
+            };
+            let extras = self
+                .beneath
+                .dir(dir)
+                .and_then(|fd| Ok((existing::names_in(&fd)?, fd)));
+            let (names, fd) = match extras {
+                Ok(found) => found,
+                Err(e) => {
+                    self.fail(dir, &io_error(dir, e));
+                    continue;
+                }
+            };
+            for name in names.iter().filter(|n| !keep.contains(n.as_bytes())) {
+                match beneath::remove_tree(&fd, name) {
+                    Ok(n) => summary.deleted += n,
+                    Err(e) => self.fail(&dir.join(name), &io_error(&dir.join(name), e)),
+                }
+            }
+        }
+    }
+
+    /// Directory metadata last, so creating children does not touch mtimes; deepest first
+    /// (a parent's mode may shut us out of its children), each depth in parallel; only on
+    /// the directory this restore made or checked (same inode).
+    fn apply_dir_metas(&self, plan: &Plan, dirs: &Dirs<'_>, summary: &mut RestoreSummary) {
+        for level in by_depth(&plan.dirs).iter().rev() {
+            let applied: Vec<Option<bool>> = level
+                .par_iter()
+                .map(|&(rel, entry)| {
+                    let want = dirs.made.get(rel.as_path())?;
+                    let shown = self.shown(rel);
+                    let r = apply_dir_meta(&self.beneath, rel, &shown, entry, want, self.owners);
+                    Some(r.map_err(|e| self.fail(rel, &e)).is_ok())
+                })
+                .collect();
+            summary.dirs += applied.into_iter().flatten().filter(|&ok| ok).count() as u64;
+        }
+    }
 
     /// Whether the file at `rel` already is the snapshot's (or stays, under `Never`): then
     /// its metadata is made the snapshot's where it differs and it is not written.
-    #[allow(clippy::too_many_arguments)]
-    fn keep_existing(
-        &self,
-        beneath: &Beneath,
-        rel: &Path,
-        path: &Path,
-        entry: &Entry,
-        refs: &[ChunkRef],
-        owners: bool,
-        overwrite: Overwrite,
-        progress: Option<&Progress>,
-    ) -> Result<bool> {
-        let (parent, name) = beneath.parent(rel).at(path)?;
-        let kept = match existing::existing_file(&parent, name, entry, refs, overwrite, owners)
-            .at(path)?
-        {
+    fn keep_existing(&self, rel: &Path, entry: &Entry, refs: &[ChunkRef]) -> Result<bool> {
+        let path = &self.shown(rel);
+        let (parent, name) = self.beneath.parent(rel).at(path)?;
+        let found =
+            existing::existing_file(&parent, name, entry, refs, self.opts.overwrite, self.owners)
+                .at(path)?;
+        let kept = match found {
             Existing::Missing | Existing::Differs => return Ok(false),
             Existing::Kept | Existing::Unchanged => true,
             Existing::Same(fd) => {
@@ -752,8 +804,8 @@ impl Repository {
                 let st = rustix::fs::fstat(&fd)
                     .map_err(std::io::Error::from)
                     .at(path)?;
-                if !existing::meta_matches(&st, entry, owners) || !entry.xattrs.is_empty() {
-                    apply_meta(&fd, path, entry, owners)?;
+                if !existing::meta_matches(&st, entry, self.owners) || !entry.xattrs.is_empty() {
+                    apply_meta(&fd, path, entry, self.owners)?;
                 } else if !existing::same_mtime(&st, entry) {
                     rustix::fs::futimens(&fd, &times(entry))
                         .map_err(std::io::Error::from)
@@ -763,28 +815,25 @@ impl Repository {
                 true
             }
         };
-        if let Some(p) = progress {
+        if let Some(p) = self.opts.progress.as_deref() {
             p.bytes.fetch_add(entry.attrs.size, Ordering::Relaxed);
             p.files.fetch_add(1, Ordering::Relaxed);
         }
         Ok(kept)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn restore_file(
         &self,
-        beneath: &Beneath,
         rel: &Path,
-        path: &Path,
         entry: &Entry,
         chunks: &[(ChunkRef, BlobLoc)],
         chown: bool,
-        progress: Option<&Progress>,
     ) -> Result<u64> {
+        let path = &self.shown(rel);
         // Create first and clear the name only when something stands there: a restore into
         // new directories then costs no stat per file. O_EXCL | O_NOFOLLOW either way: the
         // file written is always a new inode made here.
-        let (parent, name) = beneath.parent(rel).at(path)?;
+        let (parent, name) = self.beneath.parent(rel).at(path)?;
         let create = || {
             rustix::fs::openat(
                 &parent,
@@ -795,7 +844,7 @@ impl Repository {
         };
         let fd = match create() {
             Err(rustix::io::Errno::EXIST) => {
-                clear_name(&parent, name, path, beneath.remove_dirs_in_way)?;
+                clear_name(&parent, name, path, self.beneath.remove_dirs_in_way)?;
                 create()
             }
             other => other,
@@ -805,7 +854,7 @@ impl Repository {
         let mut f = File::from(fd);
         // A file whose content could not be written is not left half-restored under its name
         // (one whose metadata could not be set keeps its content; both are reported).
-        let written = match self.fill_file(&mut f, path, chunks, progress) {
+        let written = match self.fill_file(&mut f, path, chunks) {
             Ok(written) => written,
             Err(e) => {
                 remove_if_ours(&parent, name, &f);
@@ -813,30 +862,24 @@ impl Repository {
             }
         };
         apply_meta(&f, path, entry, chown)?;
-        if let Some(p) = progress {
+        if let Some(p) = self.opts.progress.as_deref() {
             p.files.fetch_add(1, Ordering::Relaxed);
         }
         Ok(written)
     }
 
     /// Writes a newly created file's content (restore_file).
-    fn fill_file(
-        &self,
-        f: &mut File,
-        path: &Path,
-        chunks: &[(ChunkRef, BlobLoc)],
-        progress: Option<&Progress>,
-    ) -> Result<u64> {
+    fn fill_file(&self, f: &mut File, path: &Path, chunks: &[(ChunkRef, BlobLoc)]) -> Result<u64> {
         let mut written = 0u64;
         let mut trailing_hole = false;
         for (c, loc) in chunks {
-            let data = self.read_located(&c.id, loc)?;
+            let data = self.repo.read_located(&c.id, loc)?;
             let hole = write_sparse(f, &data).at(path)?;
             if !data.is_empty() {
                 trailing_hole = hole;
             }
             written += data.len() as u64;
-            if let Some(p) = progress {
+            if let Some(p) = self.opts.progress.as_deref() {
                 p.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
         }
