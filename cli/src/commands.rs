@@ -389,14 +389,18 @@ pub(crate) fn restore(cli: &Cli, args: &RestoreArgs) -> Result<u8> {
             OverwriteArg::Never => xstore::Overwrite::Never,
         },
         delete: *delete,
-        dry_run: *dry_run,
         progress: Some(progress.clone()),
         trusted_specials: *trusted_specials,
     };
-    let tracker = Tracker::start(cli, "restore", progress);
-    let result = repo.restore(&snap, target, &opts);
-    tracker.finish();
-    let summary = result?;
+    let plan = repo.plan_restore(&snap, target, &opts)?;
+    let summary = if *dry_run {
+        repo.preview_restore(&plan)?
+    } else {
+        let tracker = Tracker::start(cli, "restore", progress);
+        let result = repo.restore(&plan);
+        tracker.finish();
+        result?
+    };
     if cli.json {
         print_summary(&summary, &summary.errors)?;
     } else {

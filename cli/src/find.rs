@@ -63,7 +63,7 @@ pub(crate) fn find(cli: &Cli, args: &FindArgs) -> Result<u8> {
             outln!(
                 "  {}  {:<8}  {:<16}  {}  {:>10}  mtime {}  {}",
                 time_of(v.time_ns),
-                v.snapshot.get(..8).unwrap_or(&v.snapshot),
+                v.snapshot.short(),
                 positions_text(&v.positions),
                 v.kind.letter(),
                 if cli.bytes {
@@ -79,7 +79,7 @@ pub(crate) fn find(cli: &Cli, args: &FindArgs) -> Result<u8> {
             outln!(
                 "  {}  {:<8}  {:<16}  absent from this snapshot on",
                 time_of(a.time_ns),
-                a.snapshot.get(..8).unwrap_or(&a.snapshot),
+                a.snapshot.short(),
                 positions_text(&a.positions),
             );
         }

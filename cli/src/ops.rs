@@ -312,7 +312,7 @@ pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
         for s in &snaps {
             outln!(
                 "{:<8}  {:<20}  {:>10}  {:>10}  {:>10}",
-                s.id.get(..8).unwrap_or(&s.id),
+                s.id.short(),
                 time_of(s.start_ns),
                 size(cli, s.logical_bytes),
                 size(cli, s.new_stored_bytes),
@@ -463,14 +463,7 @@ pub(crate) fn verify(cli: &Cli, args: &VerifyArgs) -> Result<u8> {
         let paths: Vec<String> = d
             .paths
             .iter()
-            .map(|p| {
-                format!(
-                    "{}@{} {}",
-                    p.host,
-                    p.snapshot.get(..8).unwrap_or(&p.snapshot),
-                    p.path
-                )
-            })
+            .map(|p| format!("{}@{} {}", p.host, p.snapshot.short(), p.path))
             .collect();
         eprintln!(
             "xstore: damaged blob {} in pack {}: {}; breaks {}",

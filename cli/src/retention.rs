@@ -200,17 +200,20 @@ pub(crate) fn gc(
         .map(|g| xstore::retention::parse_period(g).map_err(|e| anyhow::anyhow!("--grace: {e}")))
         .transpose()?;
     let repo = crate::open_rw_or_ro(cli, dry_run)?;
-    let progress = std::sync::Arc::new(xstore::Progress::default());
-    let tracker = crate::Tracker::start(cli, "gc", progress.clone());
-    let result = repo.gc(&GcOptions {
+    let plan = repo.plan_gc(&GcOptions {
         max_dead_percent,
-        dry_run,
-        progress: Some(progress),
         grace,
         release_held,
-    });
-    tracker.finish();
-    let report = result?;
+    })?;
+    let report = if dry_run {
+        plan.report
+    } else {
+        let progress = std::sync::Arc::new(xstore::Progress::default());
+        let tracker = crate::Tracker::start(cli, "gc", progress.clone());
+        let result = repo.gc(plan, Some(&progress));
+        tracker.finish();
+        result?
+    };
     if cli.json {
         crate::print_summary(&report, &[])?;
         return Ok(EXIT_OK);
@@ -224,7 +227,7 @@ pub(crate) fn gc(
             };
             outln!(
                 "{action:<7}  {}  {} dead of {}{}",
-                p.pack.get(..16).unwrap_or(&p.pack),
+                p.pack.short(16),
                 human_bytes(p.dead_bytes),
                 human_bytes(p.size),
                 p.note

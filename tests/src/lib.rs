@@ -28,14 +28,38 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
 
+/// Plans and carries out a restore in one call, for tests that need no preview.
+pub trait RestoreNow {
+    /// [`xstore::Repository::plan_restore`], then [`xstore::Repository::restore`].
+    fn restore_now(
+        &self,
+        snapshot: &xstore::Snapshot,
+        target: &Path,
+        opts: &xstore::RestoreOptions,
+    ) -> xstore::Result<xstore::RestoreSummary>;
+}
+
+impl RestoreNow for xstore::Repository {
+    fn restore_now(
+        &self,
+        snapshot: &xstore::Snapshot,
+        target: &Path,
+        opts: &xstore::RestoreOptions,
+    ) -> xstore::Result<xstore::RestoreSummary> {
+        self.restore(&self.plan_restore(snapshot, target, opts)?)
+    }
+}
+
 /// Runs gc at a 0 % threshold: every dead byte is reclaimed.
 pub fn gc_all_dead(repo: &xstore::Repository) -> xstore::GcReport {
-    repo.gc(&xstore::GcOptions {
-        max_dead_percent: Some(0.0),
-        grace: Some(std::time::Duration::ZERO),
-        ..Default::default()
-    })
-    .unwrap()
+    let plan = repo
+        .plan_gc(&xstore::GcOptions {
+            max_dead_percent: Some(0.0),
+            grace: Some(std::time::Duration::ZERO),
+            ..Default::default()
+        })
+        .unwrap();
+    repo.gc(plan, None).unwrap()
 }
 
 /// Whether the pack journal records no uncommitted pack (every writer finished or cleaned up).

@@ -9,6 +9,7 @@ use xstore::{ChunkerParams, EntryMeta, InitOptions, RemoteSource, Repository, So
 use xstore_agent::AgentConfig;
 use xstore_fleet::{HostSpec, PullOptions};
 use xstore_format::protocol::{write_frame, AgentMsg, WireEntry, PROTOCOL_VERSIONS};
+use xstore_tests::RestoreNow;
 use xstore_tests::{assert_same_tree, make_fixture, restored_path};
 
 /// Starts `serve` for `config` on a thread and connects a RemoteSource to it.
@@ -116,7 +117,7 @@ fn backup_through_the_agent_restores_exactly() {
     assert!(snap.is_complete(), "{:?}", snap.errors);
     assert!(snap.stats.wire_bytes > 0 && snap.stats.files_read > 0);
     let target = root.join("restored");
-    repo.restore(&snap, &target, &xstore_tests::exact_restore())
+    repo.restore_now(&snap, &target, &xstore_tests::exact_restore())
         .unwrap();
     assert_same_tree(&data, &restored_path(&target, &data), true);
 

@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use xstore::{BackupOptions, LocalSource, Repository, SnapshotId, TierChoice};
+use xstore_tests::RestoreNow;
 
 const FIRST: &str = "3b67511f19c6b8f11c080729148e80e0fd73e25fe1c9e06ebb9bed7061bf2071";
 const SECOND: &str = "2bae9410b5199ba52025178c91f5054c5be395dfb792bd3697746f96d68d6433";
@@ -73,7 +74,7 @@ fn fixture() -> (tempfile::TempDir, std::path::PathBuf) {
 fn assert_restores_as_written(repo: &Repository, id: &str, version: u8, target: &Path) {
     let snap = repo.snapshot(&id.parse::<SnapshotId>().unwrap()).unwrap();
     let summary = repo
-        .restore(&snap, target, &xstore_tests::exact_restore())
+        .restore_now(&snap, target, &xstore_tests::exact_restore())
         .unwrap();
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
     let data = target.join("tmp/fxdata/data");
@@ -239,7 +240,8 @@ fn a_file_edge_to_a_tree_is_reported_and_repair_keeps_the_counts_consistent() {
         assert!(report.problems.is_empty(), "{:?}", report.problems);
         let victim = repo.resolve("victim@latest").unwrap();
         let target = work.path().join("restored");
-        repo.restore(&victim, &target, &Default::default()).unwrap();
+        repo.restore_now(&victim, &target, &Default::default())
+            .unwrap();
         let restored = target.join(&KIND_DATA[1..]).join("data1");
         assert_eq!(
             std::fs::read(restored.join("a.txt")).unwrap(),

@@ -10,6 +10,7 @@ use xstore::{
     BackupOptions, CheckOptions, ChunkerParams, EntryMeta, InitOptions, LocalSource, ParentChoice,
     Repository, SnapshotStatus, Source, SourceFile,
 };
+use xstore_tests::RestoreNow;
 use xstore_tests::{assert_same_tree, make_fixture, restored_path, seeded_bytes};
 
 /// Wraps the local filesystem and injects faults by file name.
@@ -156,7 +157,7 @@ fn failures_make_a_partial_snapshot_and_the_rest_is_kept() {
     assert_eq!(source.changes.load(Ordering::Relaxed), 6);
     // The file that kept changing is stored (last read), flagged; the others are absent.
     let dst = work.path().join("dst");
-    repo.restore(&snap, &dst, &xstore_tests::exact_restore())
+    repo.restore_now(&snap, &dst, &xstore_tests::exact_restore())
         .unwrap();
     let restored = restored_path(&dst, &src);
     assert_eq!(
@@ -257,7 +258,7 @@ fn huge_files_use_chunk_list_blobs_and_refcounts_stay_exact() {
         .unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     let dst = work.path().join("dst");
-    repo.restore(&s2, &dst, &xstore_tests::exact_restore())
+    repo.restore_now(&s2, &dst, &xstore_tests::exact_restore())
         .unwrap();
     assert_same_tree(&src, &restored_path(&dst, &src), false);
 }
@@ -310,7 +311,7 @@ fn read_only_handle_refuses_to_write() {
         Err(xstore::Error::ReadOnly)
     ));
     assert!(matches!(
-        ro.gc(&Default::default()),
+        ro.gc(ro.plan_gc(&Default::default()).unwrap(), None),
         Err(xstore::Error::ReadOnly)
     ));
 }
@@ -466,7 +467,7 @@ fn sources_that_chunk_remotely_send_only_missing_chunks_and_are_verified() {
         "{sent} bytes sent"
     );
     let dst = work.path().join("dst");
-    repo.restore(&s2, &dst, &xstore_tests::exact_restore())
+    repo.restore_now(&s2, &dst, &xstore_tests::exact_restore())
         .unwrap();
     assert_eq!(
         std::fs::read(restored_path(&dst, &src).join("big")).unwrap(),
@@ -546,16 +547,18 @@ fn a_failed_backup_leaves_its_shared_chunks_to_the_others() {
         let report = repo.check(CheckOptions::default()).unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
     }
-    repo.gc(&xstore::GcOptions {
-        grace: Some(std::time::Duration::ZERO),
-        ..xstore::GcOptions::default()
-    })
-    .unwrap();
+    let plan = repo
+        .plan_gc(&xstore::GcOptions {
+            grace: Some(std::time::Duration::ZERO),
+            ..xstore::GcOptions::default()
+        })
+        .unwrap();
+    repo.gc(plan, None).unwrap();
     let report = repo.check(CheckOptions::default()).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     let snapshot = repo.snapshots().unwrap().pop().unwrap();
     let dst = work.path().join("restored");
-    repo.restore(&snapshot, &dst, &xstore_tests::exact_restore())
+    repo.restore_now(&snapshot, &dst, &xstore_tests::exact_restore())
         .unwrap();
     assert_same_tree(&src, &restored_path(&dst, &src), false);
 }
@@ -610,7 +613,7 @@ fn a_stalled_sibling_delays_a_shared_backup_by_the_wait_budget_at_most() {
         .find(|s| s.host == "web2")
         .unwrap();
     let dst = work.path().join("restored");
-    repo.restore(&web2, &dst, &xstore_tests::exact_restore())
+    repo.restore_now(&web2, &dst, &xstore_tests::exact_restore())
         .unwrap();
     assert_eq!(
         std::fs::read(restored_path(&dst, &src).join("big")).unwrap(),

@@ -12,6 +12,7 @@ use xstore::{
     BackupOptions, CheckOptions, EntryMeta, GcOptions, LocalSource, ParentChoice, Repository,
     Snapshot, Source, SourceFile, TierChoice,
 };
+use xstore_tests::RestoreNow;
 use xstore_tests::{
     assert_same_tree, gc_all_dead, make_fixture, restored_path, seeded_bytes, small_repo,
 };
@@ -54,7 +55,7 @@ fn assert_healthy(repo: &Repository) {
 
 fn assert_restores(repo: &Repository, snap: &Snapshot, src: &Path, dir: &Path) {
     let target = dir.join(format!("restore-{}", snap.id.short()));
-    repo.restore(snap, &target, &xstore_tests::exact_restore())
+    repo.restore_now(snap, &target, &xstore_tests::exact_restore())
         .unwrap();
     assert_same_tree(src, &restored_path(&target, src), false);
     std::fs::remove_dir_all(&target).unwrap();
@@ -128,7 +129,9 @@ fn expiry_releases_what_dies_and_gc_reclaims_it() {
     assert_healthy(&repo);
     assert_restores(&repo, &second, &src, dir.path());
     // A second gc finds nothing.
-    let again = repo.gc(&GcOptions::default()).unwrap();
+    let again = repo
+        .gc(repo.plan_gc(&GcOptions::default()).unwrap(), None)
+        .unwrap();
     assert_eq!(again.bytes_freed, 0);
     assert!(again.packs.is_empty());
 }
@@ -356,11 +359,7 @@ fn gc_leaves_a_pack_whose_live_blob_is_corrupt() {
     bytes[loc.offset as usize + 48 + 5] ^= 0xff;
     std::fs::write(&pack_path, &bytes).unwrap();
     let report = gc_all_dead(&repo);
-    let row = report
-        .packs
-        .iter()
-        .find(|r| r.pack == loc.pack.to_string())
-        .unwrap();
+    let row = report.packs.iter().find(|r| r.pack == loc.pack).unwrap();
     assert_eq!(row.action, xstore::GcAction::Skip, "{report:#?}");
     assert!(row.note.as_deref().unwrap().contains("blob"), "{row:?}");
     assert!(pack_path.exists());

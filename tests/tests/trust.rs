@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use xstore::{BackupOptions, LocalSource, ParentChoice, Repository, SnapshotStatus, TierChoice};
+use xstore_tests::RestoreNow;
 use xstore_tests::{
     assert_same_tree, forget_keep_last, gc_all_dead, make_fixture, open_hook, restored_path,
     seeded_bytes,
@@ -111,16 +112,17 @@ fn a_reader_opened_before_gc_restores_exactly_after_it_twenty_rounds() {
         backup("churn", &src);
         forget_keep_last(&repo, "churn", 1);
         let reader = Repository::open_read_only(&repo_path).unwrap();
-        let report = repo
-            .gc(&xstore::GcOptions {
+        let plan = repo
+            .plan_gc(&xstore::GcOptions {
                 max_dead_percent: Some(0.0),
                 ..Default::default()
             })
             .unwrap();
+        let report = repo.gc(plan, None).unwrap();
         assert_eq!(report.retired_deleted, 0, "{report:#?}");
         let dst = work.path().join(format!("dst{round}"));
         let summary = reader
-            .restore(&kept, &dst, &xstore_tests::exact_restore())
+            .restore_now(&kept, &dst, &xstore_tests::exact_restore())
             .unwrap();
         assert!(
             summary.errors.is_empty(),
@@ -149,7 +151,7 @@ fn a_reader_opened_before_gc_restores_exactly_after_it_twenty_rounds() {
     let reader = Repository::open_read_only(&repo_path).unwrap();
     let dst = work.path().join("final");
     let summary = reader
-        .restore(&kept, &dst, &xstore_tests::exact_restore())
+        .restore_now(&kept, &dst, &xstore_tests::exact_restore())
         .unwrap();
     assert!(summary.errors.is_empty());
     assert_same_tree(&keep_src, &restored_path(&dst, &keep_src), false);
@@ -190,7 +192,7 @@ fn gc_merges_small_packs_so_their_number_does_not_grow_with_commits() {
     let last = snaps.last().unwrap();
     let dst = work.path().join("dst");
     let summary = repo
-        .restore(last, &dst, &xstore_tests::exact_restore())
+        .restore_now(last, &dst, &xstore_tests::exact_restore())
         .unwrap();
     assert!(summary.errors.is_empty());
     assert_same_tree(&src, &restored_path(&dst, &src), false);
@@ -221,7 +223,7 @@ fn the_index_repair_replaces_is_kept_for_the_grace_period() {
     assert_eq!(replaced(&repo_path).len(), 1, "{:?}", replaced(&repo_path));
     let dst = work.path().join("dst");
     let summary = reader
-        .restore(
+        .restore_now(
             &reader.snapshot(&snap.id).unwrap(),
             &dst,
             &xstore_tests::exact_restore(),
@@ -232,7 +234,9 @@ fn the_index_repair_replaces_is_kept_for_the_grace_period() {
     drop(reader);
     // A gc within the grace period keeps it; past it (here: none) it goes.
     let repo = Repository::open(&repo_path).unwrap();
-    let report = repo.gc(&Default::default()).unwrap();
+    let report = repo
+        .gc(repo.plan_gc(&Default::default()).unwrap(), None)
+        .unwrap();
     assert_eq!(report.replaced_indexes_deleted, 0);
     assert_eq!(replaced(&repo_path).len(), 1);
     let report = gc_all_dead(&repo);

@@ -132,7 +132,7 @@ fn usage_matches_the_dag_and_expiry_frees_exactly_the_exclusive_bytes() {
         .difference(&newer)
         .copied()
         .collect();
-    assert_eq!(per_snapshot[0].id, a1.id.to_string());
+    assert_eq!(per_snapshot[0].id, a1.id);
     assert_eq!(per_snapshot[0].exclusive_bytes, span_of(&repo, &only_a1));
     assert!(
         per_snapshot[0].exclusive_bytes > 300_000 / 2,

@@ -603,7 +603,7 @@ fn main() -> Res<()> {
     )?;
     timed(
         "gc",
-        || Ok(repo.gc(&GcOptions::default())?),
+        || Ok(repo.gc(repo.plan_gc(&GcOptions::default())?, None)?),
         |r| {
             format!(
                 "{} packs rewritten, {} deleted, {:.1} MiB freed",

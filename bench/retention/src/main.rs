@@ -189,7 +189,7 @@ fn measure(repo_dir: &Path, copy: &Path) -> Res<Sample> {
     let open = t.elapsed();
     let released = expire_oldest(&repo)?;
     let expire = t.elapsed() - open;
-    let report = repo.gc(&GcOptions::default())?;
+    let report = repo.gc(repo.plan_gc(&GcOptions::default())?, None)?;
     drop(repo);
     let gc = t.elapsed() - open - expire;
     eprintln!("  sample: open {open:?}, expire {expire:?}, gc {gc:?}");
@@ -303,7 +303,7 @@ fn main() -> Res<()> {
             // The service's cron runs gc daily, after every sixth 4-hourly backup: small
             // packs (each commit's snapshot records) are merged then, not in the timed gc.
             if made.is_multiple_of(6) {
-                repo.gc(&GcOptions::default())?;
+                repo.gc(repo.plan_gc(&GcOptions::default())?, None)?;
             }
             if made.is_multiple_of(100) {
                 eprintln!("  {made} snapshots");
@@ -312,7 +312,7 @@ fn main() -> Res<()> {
         if first_expiry.is_none() {
             let t = Instant::now();
             expire_oldest(&repo)?;
-            repo.gc(&GcOptions::default())?;
+            repo.gc(repo.plan_gc(&GcOptions::default())?, None)?;
             first_expiry = Some(t.elapsed());
         }
         let count = repo.snapshots()?.len();

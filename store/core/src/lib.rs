@@ -33,7 +33,8 @@
 //! assert!(snapshot.is_complete());
 //!
 //! let target = work.path().join("restored");
-//! let summary = repo.restore(&snapshot, &target, &RestoreOptions::default())?;
+//! let plan = repo.plan_restore(&snapshot, &target, &RestoreOptions::default())?;
+//! let summary = repo.restore(&plan)?;
 //! assert!(summary.errors.is_empty());
 //! // Backups keep absolute paths: the directory comes back under its full path.
 //! let restored = target.join(data.strip_prefix("/")?).join("hello.txt");
@@ -75,11 +76,11 @@ pub use commands::find::{
     AbsentSince, FindOptions, FindReport, FoundPath, FoundVersion, VersionChange,
 };
 pub use commands::gc::{
-    GcAction, GcOptions, GcPack, GcReport, MERGE_SMALL_PACKS, SMALL_PACK_BYTES,
+    GcAction, GcOptions, GcPack, GcPlan, GcReport, MERGE_SMALL_PACKS, SMALL_PACK_BYTES,
 };
 pub use commands::repair::{pack_files, RepairReport};
 pub use commands::restore::{
-    Overwrite, PlannedAction, PlannedChange, RestoreOptions, RestoreSummary, Withheld,
+    Overwrite, PlannedAction, PlannedChange, RestoreOptions, RestorePlan, RestoreSummary, Withheld,
 };
 pub use commands::retention::{tier_positions, Applied, TierChoice};
 pub use commands::shared_ingest::{SharedIngest, SHARED_WAIT};

@@ -612,11 +612,7 @@ impl Repository {
                 .and_then(|b| b.parse::<ChunkId>().ok())
                 .and_then(|b| affected.get(&b)?.first());
             if let Some(b) = first {
-                p.snapshot = Some(format!(
-                    "{} ({})",
-                    b.snapshot.get(..8).unwrap_or(&b.snapshot),
-                    b.host
-                ));
+                p.snapshot = Some(format!("{} ({})", b.snapshot.short(), b.host));
                 p.path = Some(b.path.clone());
             }
         }

@@ -16,7 +16,7 @@ use super::globs::PathGlobs;
 use crate::error::{Error, Result};
 use crate::repo::Repository;
 use xstore_chunker::ChunkId;
-use xstore_format::snapshot::{validate_host, Snapshot};
+use xstore_format::snapshot::{validate_host, Snapshot, SnapshotId};
 use xstore_format::tree::{Entry, EntryKind};
 
 /// What to look for.
@@ -47,8 +47,9 @@ pub enum VersionChange {
 /// One snapshot's version of a path.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FoundVersion {
-    /// Snapshot id (hex).
-    pub snapshot: String,
+    /// Snapshot id (hex in JSON).
+    #[serde(serialize_with = "xstore_format::snapshot::hex_serde::serialize")]
+    pub snapshot: SnapshotId,
     /// The snapshot's start time, ns since the epoch.
     pub time_ns: i64,
     /// The snapshot's tier positions (`daily.0`, …).
@@ -80,8 +81,9 @@ pub struct FoundPath {
 /// The first snapshot that no longer holds a path ([`FoundPath::absent_since`]).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AbsentSince {
-    /// Snapshot id (hex).
-    pub snapshot: String,
+    /// Snapshot id (hex in JSON).
+    #[serde(serialize_with = "xstore_format::snapshot::hex_serde::serialize")]
+    pub snapshot: SnapshotId,
     /// The snapshot's start time, ns since the epoch.
     pub time_ns: i64,
     /// The snapshot's tier positions.
@@ -205,7 +207,7 @@ impl Repository {
                     Some(_) => VersionChange::Changed,
                 };
                 let version = FoundVersion {
-                    snapshot: s.id.to_string(),
+                    snapshot: s.id,
                     time_ns: s.start_ns,
                     positions: positions.get(&s.id).cloned().unwrap_or_default(),
                     kind: entry.kind,
@@ -221,12 +223,12 @@ impl Repository {
         for s in &selected {
             of_host.entry(s.host.as_str()).or_default().push(s);
         }
-        let absent_after = |host: &str, last: &str| -> Option<AbsentSince> {
+        let absent_after = |host: &str, last: &SnapshotId| -> Option<AbsentSince> {
             let snaps = of_host.get(host)?;
-            let at = snaps.iter().position(|s| s.id.to_string() == last)?;
+            let at = snaps.iter().position(|s| s.id == *last)?;
             let next = snaps.get(at + 1)?;
             Some(AbsentSince {
-                snapshot: next.id.to_string(),
+                snapshot: next.id,
                 time_ns: next.start_ns,
                 positions: positions.get(&next.id).cloned().unwrap_or_default(),
             })

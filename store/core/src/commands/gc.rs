@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::index::{BlobLoc, PackRecord};
 use crate::pack::{NewBlob, SealedPack};
+use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::txn::Mutation;
 use xstore_chunker::ChunkId;
@@ -24,16 +25,12 @@ pub const SMALL_PACK_BYTES: u64 = 64 << 10;
 /// gc merges the small packs into one once there are this many.
 pub const MERGE_SMALL_PACKS: usize = 16;
 
-/// Options for [`Repository::gc`].
+/// Options for [`Repository::plan_gc`].
 #[derive(Debug, Clone, Default)]
 pub struct GcOptions {
     /// Rewrite packs whose dead bytes exceed this percentage; `None` uses the repository's
     /// setting (`retention.json`, default 10).
     pub max_dead_percent: Option<f64>,
-    /// Plan only: report what would be freed, change nothing.
-    pub dry_run: bool,
-    /// Live counters of the copy (`total_bytes` is set first; `bytes` counts bytes copied).
-    pub progress: Option<std::sync::Arc<crate::progress::Progress>>,
     /// How long retired pack files stay before deletion; `None` uses the repository's
     /// setting (`retention.json`, default one day). Zero deletes them at once, which breaks
     /// readers that started before this gc.
@@ -58,8 +55,9 @@ pub enum GcAction {
 /// One pack in a gc plan or report.
 #[derive(Debug, Clone, Serialize)]
 pub struct GcPack {
-    /// Pack id (hex).
-    pub pack: String,
+    /// Pack id (hex in JSON).
+    #[serde(serialize_with = "xstore_format::snapshot::hex_serde::serialize")]
+    pub pack: PackId,
     /// File size.
     pub size: u64,
     /// Dead bytes recorded for it.
@@ -126,7 +124,22 @@ pub struct GcReport {
     pub packs: Vec<GcPack>,
 }
 
+/// What a gc will do, decided without changing anything ([`Repository::plan_gc`]): its
+/// report holds the threshold and grace it uses, every pack it looked at with the action it
+/// plans, and estimates of what that frees. [`Repository::gc`] carries it out; a dry run
+/// prints it.
+#[derive(Debug)]
+pub struct GcPlan {
+    /// The plan as a report (`dry_run` set; bytes freed, blobs moved and bytes copied are
+    /// estimates).
+    pub report: GcReport,
+    /// Whether the packs `repair index` held are released ([`GcOptions::release_held`]).
+    pub release_held: bool,
+    candidates: Vec<Candidate>,
+}
+
 /// A candidate pack, classified against the index.
+#[derive(Debug)]
 struct Candidate {
     id: PackId,
     /// Its row in the report.
@@ -168,14 +181,10 @@ impl Repository {
         Ok(c)
     }
 
-    /// Reclaims space: deletes packs without live blobs and rewrites packs whose dead
-    /// fraction exceeds the threshold. Safe against a backup running in this process (see
-    /// mutation.rs); other processes cannot write (writer lock). A dry run also works on a
-    /// read-only handle.
-    pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
-        if !opts.dry_run {
-            self.require_writable()?;
-        }
+    /// Plans a gc (read-only, so a dry run needs no writer lock): which packs to delete
+    /// (no live blob), rewrite (dead bytes above the threshold, or small packs to merge) or
+    /// skip (blobs a running backup may reference, or held by `repair index`).
+    pub fn plan_gc(&self, opts: &GcOptions) -> Result<GcPlan> {
         let threshold = match opts.max_dead_percent {
             Some(p) if (0.0..=100.0).contains(&p) => p,
             Some(p) => {
@@ -190,14 +199,11 @@ impl Repository {
             None => self.retention_settings()?.gc_grace_seconds,
         };
         let mut report = GcReport {
-            dry_run: opts.dry_run,
+            dry_run: true,
             max_dead_percent: threshold,
             grace_seconds: grace,
             ..Default::default()
         };
-        if opts.release_held && !opts.dry_run {
-            crate::pack::journal::remove_if_present(&crate::layout::gc_hold(self.path()))?;
-        }
         let held = if opts.release_held {
             HashSet::new()
         } else {
@@ -240,7 +246,7 @@ impl Repository {
             c.row = report.packs.len();
             let live_bytes: u64 = c.live.iter().map(PackEntry::span).sum();
             let mut row = GcPack {
-                pack: id.to_string(),
+                pack: id,
                 size: rec.size,
                 dead_bytes: rec.dead_bytes,
                 live_blobs: c.live.len() as u64,
@@ -269,17 +275,49 @@ impl Repository {
             }
             report.packs.push(row);
         }
-        if opts.dry_run {
-            for row in report.packs.iter().filter(|r| r.action != GcAction::Skip) {
-                // The copy costs its blobs plus a share of a new pack's header and trailer.
-                report.bytes_freed += row.size.saturating_sub(row.live_bytes);
-                report.blobs_moved += row.live_blobs;
-                report.bytes_copied += row.live_bytes;
-            }
-            tally(&mut report);
-            return Ok(report);
+        for row in report.packs.iter().filter(|r| r.action != GcAction::Skip) {
+            // The copy costs its blobs plus a share of a new pack's header and trailer.
+            report.bytes_freed += row.size.saturating_sub(row.live_bytes);
+            report.blobs_moved += row.live_blobs;
+            report.bytes_copied += row.live_bytes;
         }
-        self.reclaim(candidates, &mut report, opts.progress.as_deref())?;
+        tally(&mut report);
+        Ok(GcPlan {
+            report,
+            release_held: opts.release_held,
+            candidates,
+        })
+    }
+
+    /// Carries out `plan`: deletes packs without live blobs and rewrites the others it
+    /// names, then deletes retired packs whose grace period has passed. Every pack is
+    /// checked again under the write lock, so a plan made earlier (or by a read-only handle)
+    /// is safe: a pack whose blobs were revived or protected since is left alone. Safe
+    /// against a backup running in this process (see mutation.rs); other processes cannot
+    /// write (writer lock). `progress` counts the bytes copied.
+    pub fn gc(&self, plan: GcPlan, progress: Option<&Progress>) -> Result<GcReport> {
+        self.require_writable()?;
+        if plan.release_held {
+            crate::pack::journal::remove_if_present(&crate::layout::gc_hold(self.path()))?;
+        }
+        let GcPlan {
+            report: planned,
+            candidates,
+            ..
+        } = plan;
+        let grace = planned.grace_seconds;
+        let mut report = GcReport {
+            dry_run: false,
+            max_dead_percent: planned.max_dead_percent,
+            grace_seconds: grace,
+            packs_total: planned.packs_total,
+            packs_held: planned.packs_held,
+            small_packs_merged: planned.small_packs_merged,
+            dead_bytes_remaining: planned.dead_bytes_remaining,
+            packs: planned.packs,
+            ..Default::default()
+        };
+        self.reclaim(candidates, &mut report, progress)?;
         tally(&mut report);
         // After gc's commit: a failure to delete is a warning, the next gc deletes them; a
         // lost writer lease is an error (another server may be writing to this repository).
@@ -382,7 +420,7 @@ impl Repository {
         &self,
         candidates: Vec<Candidate>,
         report: &mut GcReport,
-        progress: Option<&crate::progress::Progress>,
+        progress: Option<&Progress>,
     ) -> Result<()> {
         if candidates.is_empty() {
             return Ok(());
@@ -476,7 +514,7 @@ impl Repository {
                     drops.push(e.id);
                 }
             }
-            let row = report.packs.iter_mut().find(|r| r.pack == c.id.to_string());
+            let row = report.packs.iter_mut().find(|r| r.pack == c.id);
             if let Some(note) = skip {
                 if let Some(row) = row {
                     row.action = GcAction::Skip;

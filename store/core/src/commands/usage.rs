@@ -32,7 +32,7 @@ use crate::repo::Repository;
 use crate::storage::read_ahead::RangeRead;
 use xstore_chunker::ChunkId;
 use xstore_format::pack::BlobKind;
-use xstore_format::snapshot::Snapshot;
+use xstore_format::snapshot::{Snapshot, SnapshotId};
 
 /// Usage of a group of snapshots (a host's or an account's).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -82,8 +82,9 @@ pub struct FleetUsage {
 /// Usage of one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SnapshotUsage {
-    /// The snapshot's id (hex).
-    pub id: String,
+    /// The snapshot's id (hex in JSON).
+    #[serde(serialize_with = "xstore_format::snapshot::hex_serde::serialize")]
+    pub id: SnapshotId,
     /// Its host.
     pub host: String,
     /// Start of its backup, ns since the epoch.
@@ -278,7 +279,7 @@ impl Repository {
         for s in self.host_snapshots(host)? {
             let (exclusive_bytes, _) = self.exclusive(&self.held_by(&s)?)?;
             out.push(SnapshotUsage {
-                id: s.id.to_string(),
+                id: s.id,
                 host: s.host.clone(),
                 start_ns: s.start_ns,
                 logical_bytes: s.stats.logical_bytes,

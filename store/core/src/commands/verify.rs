@@ -32,6 +32,7 @@ use crate::progress::Progress;
 use crate::repo::Repository;
 use xstore_chunker::ChunkId;
 use xstore_format::pack::PackId;
+use xstore_format::snapshot::SnapshotId;
 use xstore_format::tree::Content;
 
 /// How long and how much one run may verify.
@@ -51,8 +52,9 @@ pub struct VerifyOptions {
 /// A snapshot path that a damaged blob breaks.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BrokenPath {
-    /// Snapshot id (hex).
-    pub snapshot: String,
+    /// Snapshot id (hex in JSON).
+    #[serde(serialize_with = "xstore_format::snapshot::hex_serde::serialize")]
+    pub snapshot: SnapshotId,
     /// Its host.
     pub host: String,
     /// The path inside the snapshot.
@@ -62,10 +64,12 @@ pub struct BrokenPath {
 /// A live blob whose stored copy is damaged.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DamagedBlob {
-    /// Blob id (hex).
-    pub blob: String,
-    /// The pack holding the damaged copy.
-    pub pack: String,
+    /// Blob id (hex in JSON).
+    #[serde(serialize_with = "xstore_format::snapshot::hex_serde::serialize")]
+    pub blob: ChunkId,
+    /// The pack holding the damaged copy (hex in JSON).
+    #[serde(serialize_with = "xstore_format::snapshot::hex_serde::serialize")]
+    pub pack: PackId,
     /// What is wrong.
     pub message: String,
     /// Paths it breaks (at most [`MAX_BROKEN_PATHS`] per blob).
@@ -282,8 +286,8 @@ impl Repository {
         report.damaged = damaged_blobs
             .into_iter()
             .map(|(blob, pack, message)| DamagedBlob {
-                blob: blob.to_string(),
-                pack: pack.to_string(),
+                blob,
+                pack,
                 message,
                 paths: paths.get(&blob).cloned().unwrap_or_default(),
             })
@@ -366,7 +370,7 @@ impl Repository {
                 let list = out.entry(blob).or_default();
                 if list.len() < MAX_BROKEN_PATHS {
                     list.push(BrokenPath {
-                        snapshot: s.id.to_string(),
+                        snapshot: s.id,
                         host: s.host.clone(),
                         path: path.to_string(),
                     });

@@ -72,8 +72,6 @@ pub struct RestoreOptions {
     /// Remove what the restored directories hold that the snapshot does not have (and a
     /// directory standing where the snapshot has something else), never following a symlink.
     pub delete: bool,
-    /// Change nothing; list in `planned` what would be written, skipped and deleted.
-    pub dry_run: bool,
     /// Live counters for a progress display (`total_bytes` is set first).
     pub progress: Option<Arc<Progress>>,
     /// Restore everything the snapshot holds, as the host had it: device nodes, set-uid,
@@ -151,7 +149,7 @@ pub struct PlannedChange {
     pub path: String,
 }
 
-/// What a restore did (or, with `dry_run`, would do).
+/// What a restore did (or, from [`Repository::preview_restore`], would do).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RestoreSummary {
     /// Regular files written.
@@ -167,7 +165,7 @@ pub struct RestoreSummary {
     pub skipped: u64,
     /// Entries removed by `delete` (everything inside a removed directory counts).
     pub deleted: u64,
-    /// With `dry_run`: each change, in order.
+    /// From [`Repository::preview_restore`]: each change, in order.
     pub planned: Vec<PlannedChange>,
     /// Paths that could not be restored.
     pub errors: Vec<PathError>,
@@ -175,6 +173,29 @@ pub struct RestoreSummary {
     pub withheld: Withheld,
 }
 
+/// A restore decided before anything is written ([`Repository::plan_restore`]): the
+/// snapshot, the target and the options, and every entry to restore (after
+/// [`Withheld::defuse`] unless `trusted_specials`). [`Repository::restore`] carries it out;
+/// [`Repository::preview_restore`] says what that would change in the target as it stands.
+#[derive(Debug)]
+pub struct RestorePlan {
+    /// The snapshot restored from.
+    pub snapshot: Snapshot,
+    /// The target directory.
+    pub target: PathBuf,
+    /// How.
+    pub options: RestoreOptions,
+    entries: Plan,
+}
+
+impl RestorePlan {
+    /// What is left out because the snapshot is not trusted.
+    pub fn withheld(&self) -> Withheld {
+        self.entries.withheld.unwrap_or_default()
+    }
+}
+
+#[derive(Debug)]
 struct Plan {
     /// `None`: restore everything as it is (`trusted_specials`).
     withheld: Option<Withheld>,
@@ -246,7 +267,23 @@ impl Repository {
         Ok(())
     }
 
-    fn plan_restore(&self, snapshot: &Snapshot, opts: &RestoreOptions) -> Result<Plan> {
+    /// Plans restoring `snapshot` (or `opts.path` of it) into `target`: reads the snapshot's
+    /// trees (a path that is not in it is an error here), touches nothing in `target`.
+    pub fn plan_restore(
+        &self,
+        snapshot: &Snapshot,
+        target: &Path,
+        opts: &RestoreOptions,
+    ) -> Result<RestorePlan> {
+        Ok(RestorePlan {
+            snapshot: snapshot.clone(),
+            target: target.to_path_buf(),
+            options: opts.clone(),
+            entries: self.plan_entries(snapshot, opts)?,
+        })
+    }
+
+    fn plan_entries(&self, snapshot: &Snapshot, opts: &RestoreOptions) -> Result<Plan> {
         let mut plan = Plan {
             withheld: (!opts.trusted_specials).then(Withheld::default),
             dirs: Vec::new(),
@@ -274,20 +311,14 @@ impl Repository {
         Ok(plan)
     }
 
-    /// Restores `snapshot` (or `opts.path` of it) into `target`, creating `target` if needed.
-    /// Into a tree that exists, `opts.overwrite` decides what is rewritten and `opts.delete`
-    /// removes what the snapshot does not have. Per-path failures are collected in the
-    /// summary; repository errors abort. Nothing is created, changed or removed outside
-    /// `target`, whatever another user does inside it meanwhile (module documentation).
-    pub fn restore(
-        &self,
-        snapshot: &Snapshot,
-        target: &Path,
-        opts: &RestoreOptions,
-    ) -> Result<RestoreSummary> {
-        if opts.dry_run {
-            return self.restore_dry_run(snapshot, target, opts);
-        }
+    /// Carries out `plan`: restores into its target, creating the target if needed. Into a
+    /// tree that exists, the options' `overwrite` decides what is rewritten (each file is
+    /// compared as it stands now, not as a preview saw it) and `delete` removes what the
+    /// snapshot does not have. Per-path failures are collected in the summary; repository
+    /// errors abort. Nothing is created, changed or removed outside the target, whatever
+    /// another user does inside it meanwhile (module documentation).
+    pub fn restore(&self, plan: &RestorePlan) -> Result<RestoreSummary> {
+        let (target, opts) = (plan.target.as_path(), &plan.options);
         let mut beneath = Beneath::open(target)?;
         beneath.remove_dirs_in_way = opts.delete;
         let run = RestoreRun {
@@ -303,27 +334,27 @@ impl Repository {
             egid: rustix::process::getegid().as_raw(),
             errors: Mutex::new(Vec::new()),
         };
-        let plan = self.plan_restore(snapshot, opts)?;
+        let plan = &plan.entries;
         let mut summary = RestoreSummary {
             withheld: plan.withheld.unwrap_or_default(),
             ..RestoreSummary::default()
         };
-        let dirs = run.make_dirs(&plan);
+        let dirs = run.make_dirs(plan);
         if let Some(p) = &opts.progress {
             p.total_bytes.store(
                 plan.files.iter().map(|(_, e)| e.attrs.size).sum(),
                 Ordering::Relaxed,
             );
         }
-        let files = run.files_to_write(&plan, &dirs, &mut summary)?;
+        let files = run.files_to_write(plan, &dirs, &mut summary)?;
         run.write_files(&files, &dirs, &mut summary)?;
         drop(files);
-        run.link_files(&plan, &mut summary);
-        run.make_others(&plan, &mut summary);
+        run.link_files(plan, &mut summary);
+        run.make_others(plan, &mut summary);
         if opts.delete {
-            run.delete_extras(&plan, &dirs, &mut summary);
+            run.delete_extras(plan, &dirs, &mut summary);
         }
-        run.apply_dir_metas(&plan, &dirs, &mut summary);
+        run.apply_dir_metas(plan, &dirs, &mut summary);
         let mut errors = run.errors.into_inner().map_err(poisoned)?;
         // Parallel passes record in any order: by path, so a directory precedes what is
         // below it and reruns print the same.
@@ -332,15 +363,12 @@ impl Repository {
         Ok(summary)
     }
 
-    /// What [`Repository::restore`] would do, changing nothing (no directory is created, no
-    /// file opened for writing).
-    fn restore_dry_run(
-        &self,
-        snapshot: &Snapshot,
-        target: &Path,
-        opts: &RestoreOptions,
-    ) -> Result<RestoreSummary> {
-        let plan = self.plan_restore(snapshot, opts)?;
+    /// What [`Repository::restore`] of `plan` would change in the target as it stands,
+    /// changing nothing (no directory is created, no file opened for writing): each change
+    /// in `planned`, and the counts a restore would report.
+    pub fn preview_restore(&self, plan: &RestorePlan) -> Result<RestoreSummary> {
+        let (target, opts) = (plan.target.as_path(), &plan.options);
+        let plan = &plan.entries;
         let owners = opts
             .owners
             .unwrap_or_else(|| rustix::process::geteuid().is_root());

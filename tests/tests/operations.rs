@@ -1,0 +1,181 @@
+//! The operations through the library's public API, plans included: what the command line
+//! prints as JSON is not the only contract under test.
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::path::Path;
+
+use xstore::{
+    BackupOptions, CheckOptions, GcAction, GcOptions, LocalSource, Overwrite, PlannedAction,
+    Repository, RestoreOptions,
+};
+use xstore_tests::{assert_same_tree, forget_keep_last, restored_path, seeded_bytes, small_repo};
+
+fn backup(repo: &Repository, host: &str, path: &Path) -> xstore::Snapshot {
+    let opts = BackupOptions {
+        host: host.into(),
+        paths: vec![path.to_path_buf()],
+        tier: xstore::TierChoice::None,
+        ..BackupOptions::default()
+    };
+    repo.backup(&LocalSource, &opts).unwrap()
+}
+
+/// A restore plan previews exactly what carrying it out then does: the changed file is
+/// overwritten, the missing one written, the unchanged one skipped, the extra one deleted;
+/// and a preview changes nothing.
+#[test]
+fn a_restore_preview_names_what_the_restore_then_does() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("same"), b"unchanged\n").unwrap();
+    fs::write(src.join("changed"), seeded_bytes(1, 50_000)).unwrap();
+    fs::write(src.join("missing"), b"comes back\n").unwrap();
+    let repo = small_repo(&work.path().join("repo"));
+    let snap = backup(&repo, "h", &src);
+
+    let target = work.path().join("target");
+    repo.restore(
+        &repo
+            .plan_restore(&snap, &target, &xstore_tests::exact_restore())
+            .unwrap(),
+    )
+    .unwrap();
+    let at = restored_path(&target, &src);
+    fs::write(at.join("changed"), b"edited since\n").unwrap();
+    fs::remove_file(at.join("missing")).unwrap();
+    fs::write(at.join("extra"), b"not in the snapshot\n").unwrap();
+
+    let opts = RestoreOptions {
+        overwrite: Overwrite::IfChanged,
+        delete: true,
+        ..xstore_tests::exact_restore()
+    };
+    let plan = repo.plan_restore(&snap, &target, &opts).unwrap();
+    let preview = repo.preview_restore(&plan).unwrap();
+    let action_of = |name: &str| {
+        let path = at.join(name).display().to_string();
+        preview
+            .planned
+            .iter()
+            .find(|c| c.path == path)
+            .map(|c| c.action)
+    };
+    assert_eq!(action_of("same"), Some(PlannedAction::Skip));
+    assert_eq!(action_of("changed"), Some(PlannedAction::Overwrite));
+    assert_eq!(action_of("missing"), Some(PlannedAction::Write));
+    assert_eq!(action_of("extra"), Some(PlannedAction::Delete));
+    // The preview changed nothing.
+    assert_eq!(fs::read(at.join("changed")).unwrap(), b"edited since\n");
+    assert!(at.join("extra").exists() && !at.join("missing").exists());
+
+    let done = repo.restore(&plan).unwrap();
+    assert!(done.errors.is_empty(), "{:?}", done.errors);
+    assert_eq!(
+        (done.files, done.deleted, done.bytes),
+        (preview.files, preview.deleted, preview.bytes)
+    );
+    assert_eq!((done.files, done.deleted), (2, 1));
+    assert!(done.planned.is_empty());
+    assert_same_tree(&src, &at, false);
+}
+
+/// A gc plan made through a read-only handle (a dry run needs no writer lock) is carried out
+/// by the writer: it deletes what the plan named, and the repository checks clean.
+#[test]
+fn a_gc_plan_from_a_read_only_handle_is_carried_out_by_the_writer() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let repo_path = work.path().join("repo");
+    let repo = small_repo(&repo_path);
+    for round in 0..3 {
+        fs::write(src.join("data"), seeded_bytes(round, 300_000)).unwrap();
+        backup(&repo, "h", &src);
+    }
+    forget_keep_last(&repo, "h", 1);
+
+    let reader = Repository::open_read_only(&repo_path).unwrap();
+    let opts = GcOptions {
+        max_dead_percent: Some(0.0),
+        grace: Some(std::time::Duration::ZERO),
+        ..GcOptions::default()
+    };
+    let plan = reader.plan_gc(&opts).unwrap();
+    drop(reader);
+    assert!(plan.report.dry_run);
+    let planned: Vec<_> = plan
+        .report
+        .packs
+        .iter()
+        .filter(|p| p.action != GcAction::Skip)
+        .map(|p| p.pack)
+        .collect();
+    assert!(!planned.is_empty(), "{:#?}", plan.report);
+    assert!(plan.report.bytes_freed > 0);
+
+    let done = repo.gc(plan, None).unwrap();
+    assert!(!done.dry_run);
+    assert_eq!(
+        done.packs_deleted + done.packs_rewritten,
+        planned.len() as u64
+    );
+    let packs_left = xstore::pack_files(&repo_path).unwrap();
+    for id in &planned {
+        assert!(!packs_left.contains(id), "pack {id} outlived the gc");
+    }
+    let check = repo.check(CheckOptions::default()).unwrap();
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    // The newest snapshot still restores exactly.
+    let newest = repo.snapshots().unwrap().pop().unwrap();
+    let dst = work.path().join("dst");
+    repo.restore(
+        &repo
+            .plan_restore(&newest, &dst, &xstore_tests::exact_restore())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_same_tree(&src, &restored_path(&dst, &src), false);
+}
+
+/// `repair_index` rebuilds a lost index from the packs: every snapshot comes back, the report
+/// counts them, and check and usage agree with the rebuilt index.
+#[test]
+fn a_lost_index_is_rebuilt_with_every_snapshot_and_usage_is_unchanged() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let repo_path = work.path().join("repo");
+    let (before, usage_before) = {
+        let repo = small_repo(&repo_path);
+        for round in 0..2 {
+            fs::write(src.join("data"), seeded_bytes(round, 100_000)).unwrap();
+            backup(&repo, "a", &src);
+            backup(&repo, "b", &src);
+        }
+        let usage = repo
+            .fleet_usage(&[vec!["a".to_string()], vec!["a".into(), "b".into()]])
+            .unwrap();
+        (repo.snapshots().unwrap(), usage)
+    };
+    fs::remove_dir_all(repo_path.join("index")).unwrap();
+
+    let report = Repository::repair_index(&repo_path).unwrap();
+    assert_eq!(report.snapshots, before.len() as u64);
+    assert_eq!(report.skipped, Vec::<String>::new());
+    let repo = Repository::open(&repo_path).unwrap();
+    let ids = |v: &[xstore::Snapshot]| {
+        let mut ids: Vec<_> = v.iter().map(|s| s.id).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&repo.snapshots().unwrap()), ids(&before));
+    let check = repo.check(CheckOptions::default()).unwrap();
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    let usage = repo
+        .fleet_usage(&[vec!["a".to_string()], vec!["a".into(), "b".into()]])
+        .unwrap();
+    assert_eq!(usage.hosts, usage_before.hosts);
+    assert_eq!(usage.groups, usage_before.groups);
+}
