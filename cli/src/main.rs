@@ -34,6 +34,7 @@ mod ops;
 mod output;
 mod pull;
 mod retention;
+mod values;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -76,8 +77,8 @@ pub(crate) struct Cli {
     verbose: u8,
     /// Wait this long for another writer to release the repository (e.g. 3h) instead of
     /// failing at once.
-    #[arg(long, global = true, value_name = "DURATION")]
-    lock_wait: Option<String>,
+    #[arg(long, global = true, value_name = "DURATION", value_parser = values::period)]
+    lock_wait: Option<Duration>,
     #[command(subcommand)]
     command: Command,
 }
@@ -158,13 +159,13 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Rewrite packs with more dead bytes than this (default: the repository's, 10%).
-        #[arg(long, value_name = "PERCENT")]
-        max_dead: Option<String>,
+        #[arg(long, value_name = "PERCENT", value_parser = values::percent)]
+        max_dead: Option<f64>,
         /// Keep retired pack files this long before deleting them (default: the
         /// repository's, 24h), so that readers started before this gc finish. `0s` deletes
         /// them at once.
-        #[arg(long, value_name = "DURATION")]
-        grace: Option<String>,
+        #[arg(long, value_name = "DURATION", value_parser = values::period)]
+        grace: Option<Duration>,
         /// Also reclaim the packs `repair index` held because it could not attribute
         /// their blobs to any snapshot.
         #[arg(long)]
@@ -182,8 +183,8 @@ enum Command {
         #[arg(long)]
         reset: bool,
         /// New gc threshold (percent of a pack that is dead before it is rewritten).
-        #[arg(long, value_name = "PERCENT")]
-        gc_max_dead: Option<String>,
+        #[arg(long, value_name = "PERCENT", value_parser = values::percent)]
+        gc_max_dead: Option<f64>,
     },
     /// Print the service's schedule (pulls every 4 h, tier rotations, gc) for cron or systemd.
     Schedule {
@@ -277,7 +278,17 @@ fn main() -> ExitCode {
             out!("{}", report.render());
             return ExitCode::from(report.state.exit_code());
         }
-        Err(e) => e.exit(),
+        Err(e) => match values::value_error_line(&e) {
+            Some(line) => {
+                if args.iter().any(|a| a == "--json") {
+                    let line = serde_json::json!({"type": "error", "message": line});
+                    outln!("{line}");
+                }
+                eprintln!("xstore: error: {}", xstore::text::printable(&line));
+                return ExitCode::from(EXIT_ERROR);
+            }
+            None => e.exit(),
+        },
     };
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
@@ -351,12 +362,7 @@ fn defaults_repo(text: &str) -> Option<PathBuf> {
 
 pub(crate) fn open_rw(cli: &Cli) -> Result<Repository> {
     let p = repo_path(cli)?;
-    let wait = match &cli.lock_wait {
-        Some(d) => {
-            xstore::retention::parse_period(d).map_err(|e| anyhow::anyhow!("--lock-wait: {e}"))?
-        }
-        None => Duration::ZERO,
-    };
+    let wait = cli.lock_wait.unwrap_or(Duration::ZERO);
     private_umask(&xstore::RepoAccess::load(&p)?);
     Ok(Repository::open_waiting(&p, wait)?)
 }
@@ -602,9 +608,11 @@ fn run(cli: &Cli) -> Result<u8> {
             release_held,
         } => retention::gc(
             cli,
-            max_dead.as_deref(),
-            grace.as_deref(),
-            *release_held,
+            &xstore::GcOptions {
+                max_dead_percent: *max_dead,
+                grace: *grace,
+                release_held: *release_held,
+            },
             *dry_run,
         ),
         Command::Tiers {
@@ -612,13 +620,7 @@ fn run(cli: &Cli) -> Result<u8> {
             set,
             reset,
             gc_max_dead,
-        } => retention::tiers(
-            cli,
-            host.as_deref(),
-            set.as_deref(),
-            *reset,
-            gc_max_dead.as_deref(),
-        ),
+        } => retention::tiers(cli, host.as_deref(), set.as_deref(), *reset, *gc_max_dead),
         Command::Schedule {
             cron: _,
             systemd,

@@ -441,10 +441,7 @@ pub(crate) fn verify(cli: &Cli, args: &VerifyArgs) -> Result<u8> {
         .as_deref()
         .map(|b| size_arg("--max-bytes", b))
         .transpose()?;
-    let record_wait = match &cli.lock_wait {
-        Some(d) => duration_arg("--lock-wait", d)?,
-        None => std::time::Duration::from_secs(600),
-    };
+    let record_wait = cli.lock_wait.unwrap_or(std::time::Duration::from_secs(600));
     let path = repo_path(cli)?;
     let progress = Arc::new(xstore::Progress::default());
     let tracker = Tracker::start(cli, "verify", progress.clone());

@@ -42,8 +42,8 @@ pub(crate) struct PullArgs {
     #[arg(long, default_value_t = 4)]
     jobs: usize,
     /// Time limit per host, replacing the inventory's (e.g. 30m).
-    #[arg(long, value_name = "DURATION")]
-    timeout: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = crate::values::period)]
+    timeout: Option<std::time::Duration>,
     /// Read every file instead of trusting the previous snapshot's metadata.
     #[arg(long)]
     no_parent: bool,
@@ -94,11 +94,7 @@ fn report_line(r: &PullReport) -> String {
 pub(crate) fn pull(cli: &Cli, args: &PullArgs) -> Result<u8> {
     let inv = load_inventory(&args.inventory)?;
     let hosts = inv.select(&args.hosts, args.all, args.account.as_deref())?;
-    let timeout = args
-        .timeout
-        .as_deref()
-        .map(|t| xstore::retention::parse_period(t).map_err(|e| anyhow::anyhow!("--timeout: {e}")))
-        .transpose()?;
+    let timeout = args.timeout;
     let progress = Arc::new(Progress::default());
     let opts = PullOptions {
         timeout,

@@ -176,35 +176,9 @@ pub(crate) fn pin(cli: &Cli, snapshot: &str, pinned: bool) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-/// `10%`, `10` or `12.5%`.
-fn parse_percent(text: &str) -> Result<f64> {
-    let t = text.trim().trim_end_matches('%');
-    let v: f64 = t
-        .parse()
-        .with_context(|| format!("--max-dead {text:?}: expected a percentage such as 10%"))?;
-    if !(0.0..=100.0).contains(&v) {
-        bail!("--max-dead {text:?}: must be within 0%..100%");
-    }
-    Ok(v)
-}
-
-pub(crate) fn gc(
-    cli: &Cli,
-    max_dead: Option<&str>,
-    grace: Option<&str>,
-    release_held: bool,
-    dry_run: bool,
-) -> Result<u8> {
-    let max_dead_percent = max_dead.map(parse_percent).transpose()?;
-    let grace = grace
-        .map(|g| xstore::retention::parse_period(g).map_err(|e| anyhow::anyhow!("--grace: {e}")))
-        .transpose()?;
+pub(crate) fn gc(cli: &Cli, opts: &GcOptions, dry_run: bool) -> Result<u8> {
     let repo = crate::open_rw_or_ro(cli, dry_run)?;
-    let plan = repo.plan_gc(&GcOptions {
-        max_dead_percent,
-        grace,
-        release_held,
-    })?;
+    let plan = repo.plan_gc(opts)?;
     let report = if dry_run {
         plan.report
     } else {
@@ -283,7 +257,7 @@ pub(crate) fn tiers(
     host: Option<&str>,
     set: Option<&str>,
     reset: bool,
-    gc_max_dead: Option<&str>,
+    gc_max_dead: Option<f64>,
 ) -> Result<u8> {
     let changing = set.is_some() || reset || gc_max_dead.is_some();
     let settings = if changing {
@@ -308,7 +282,7 @@ pub(crate) fn tiers(
             }
         }
         if let Some(p) = gc_max_dead {
-            s.gc_max_dead_percent = parse_percent(p)?;
+            s.gc_max_dead_percent = p;
         }
         repo.set_retention_settings(&s)?;
         s

@@ -164,6 +164,23 @@ pub enum Error {
     /// An invalid argument (host name, exclude pattern, chunker parameters…).
     #[error("{0}")]
     InvalidArgument(String),
+    /// The system refused what an operation needs (a thread, random bytes): nothing was
+    /// committed.
+    #[error("{what}: {reason}")]
+    System {
+        /// What was asked for.
+        what: &'static str,
+        /// The system's answer.
+        reason: String,
+    },
+    /// A value of this program could not be encoded (a bug): nothing was written.
+    #[error("encoding {what}: {reason}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// The encoder's message.
+        reason: String,
+    },
     /// A write was asked of a handle opened with [`crate::Repository::open_read_only`].
     #[error("repository was opened read-only")]
     ReadOnly,

@@ -254,8 +254,12 @@ impl RsnapshotConfig {
             let _ = writeln!(out, "paths = [{}]", list.join(", "));
             let _ = writeln!(out, "schedule = {}", q(&self.schedule.to_string()));
         }
-        Inventory::parse(&out, Path::new("the generated inventory"))
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        Inventory::parse(&out, Path::new("the generated inventory")).map_err(|e| {
+            Error::Encode {
+                what: "the inventory",
+                reason: e.to_string(),
+            }
+        })?;
         Ok(out)
     }
 

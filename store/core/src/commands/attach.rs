@@ -53,7 +53,7 @@ impl Repository {
                 ),
             });
         }
-        let config = new_config(path, opts)?;
+        let config = new_config(opts)?;
         // The bucket's config first: a crash before the local one is written leaves a
         // prefix that the next init attaches to, never two repositories with one prefix.
         store.put_file("config", &config.encode())?;

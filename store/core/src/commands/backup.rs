@@ -1616,9 +1616,9 @@ impl Repository {
         let error_count = stats.errors;
         let snapshot = Snapshot {
             version: SNAPSHOT_VERSION,
-            id: SnapshotId::random().map_err(|source| Error::Io {
-                path: self.path().to_path_buf(),
-                source,
+            id: SnapshotId::random().map_err(|e| Error::System {
+                what: "random bytes for the snapshot id",
+                reason: e.to_string(),
             })?,
             host: opts.host.clone(),
             paths: shown_paths,

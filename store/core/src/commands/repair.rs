@@ -219,7 +219,10 @@ fn index_packs(
         .num_threads(REPAIR_READERS)
         .thread_name(|i| format!("xstore-repair-{i}"))
         .build()
-        .map_err(|e| Error::InvalidArgument(format!("repair's reader threads: {e}")))?;
+        .map_err(|e| Error::System {
+            what: "repair's reader threads",
+            reason: e.to_string(),
+        })?;
     for group in files.chunks(REPAIR_READERS * 4) {
         let contents: Vec<Result<PackContents>> = readers.install(|| {
             group

@@ -43,9 +43,9 @@ impl PackWriter {
     /// Starts a pack in `tmp_dir` (same filesystem as the packs directory).
     pub(crate) fn create(tmp_dir: &Path) -> Result<Self> {
         let mut rnd = [0u8; 16];
-        getrandom::fill(&mut rnd).map_err(|e| Error::Io {
-            path: tmp_dir.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
+        getrandom::fill(&mut rnd).map_err(|e| Error::System {
+            what: "random bytes for a pack's name",
+            reason: e.to_string(),
         })?;
         let tmp_path = tmp_dir.join(format!("{}.tmp", to_hex(&rnd)));
         let file = fs::OpenOptions::new()

@@ -91,7 +91,10 @@ impl RepoAccess {
             };
         }
         self.gid()?;
-        let text = toml::to_string(self).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let text = toml::to_string(self).map_err(|e| Error::Encode {
+            what: "access.toml",
+            reason: e.to_string(),
+        })?;
         crate::fsutil::write_atomic(&path, text.as_bytes())
     }
 

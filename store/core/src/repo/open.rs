@@ -20,7 +20,7 @@ impl Repository {
     /// Creates a repository in `path` (which must be missing or empty) and opens it writable.
     pub fn init(path: &Path, opts: &InitOptions) -> Result<Repository> {
         refuse_non_empty(path)?;
-        let config = new_config(path, opts)?;
+        let config = new_config(opts)?;
         create_local(path, &config, None, opts)?;
         Repository::open(path)
     }
@@ -146,11 +146,11 @@ pub(crate) fn refuse_non_empty(path: &Path) -> Result<()> {
 }
 
 /// A new repository's config: a random id, `opts`' chunker and packs, validated.
-pub(crate) fn new_config(path: &Path, opts: &InitOptions) -> Result<Config> {
+pub(crate) fn new_config(opts: &InitOptions) -> Result<Config> {
     let mut id = [0u8; 32];
-    getrandom::fill(&mut id).map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
+    getrandom::fill(&mut id).map_err(|e| Error::System {
+        what: "random bytes for the repository id",
+        reason: e.to_string(),
     })?;
     let config = Config {
         format_version: FORMAT_VERSION,

@@ -183,7 +183,10 @@ fn write(
     expected: Option<&str>,
     absent: bool,
 ) -> Result<Conditional> {
-    let bytes = serde_json::to_vec(lease).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let bytes = serde_json::to_vec(lease).map_err(|e| Error::Encode {
+        what: "the lease",
+        reason: e.to_string(),
+    })?;
     store.put_file_if(LEASE_NAME, &bytes, expected, absent)
 }
 
@@ -237,7 +240,10 @@ impl WriterLease {
             Some((_, e_tag)) => (false, e_tag.clone()),
         };
         let mut token = [0u8; 16];
-        getrandom::fill(&mut token).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        getrandom::fill(&mut token).map_err(|e| Error::System {
+            what: "random bytes for the lease token",
+            reason: e.to_string(),
+        })?;
         let token = xstore_format::bytes::to_hex(&token);
         let mut lease = Lease {
             holder,
@@ -332,7 +338,10 @@ impl WriterLease {
                             "writer lease not renewed; retrying at the next heartbeat"),
                     }
                 })
-                .map_err(|e| Error::InvalidArgument(format!("lease thread: {e}")))?
+                .map_err(|e| Error::System {
+                    what: "the lease's heartbeat thread",
+                    reason: e.to_string(),
+                })?
         };
         crate::failpoint::pause("lease-held");
         Ok(WriterLease {

@@ -368,7 +368,10 @@ pub(crate) fn write_s3_location(root: &Path, location: &S3Location) -> Result<()
     let text = toml::to_string(&StoreFile {
         s3: location.clone(),
     })
-    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    .map_err(|e| Error::Encode {
+        what: "store.toml",
+        reason: e.to_string(),
+    })?;
     let header = "# Where this repository's packs and config are (FORMAT.md, store.toml).\n";
     crate::fsutil::write_atomic(
         &crate::layout::store_file(root),
