@@ -51,7 +51,7 @@ fn inode_numbers_are_stable_and_hard_links_share_one() {
     let hard_a = a.resolve(&format!("{}/hard-a", dir(&first))).unwrap();
     let hard_b = a.resolve(&format!("{}/sub/hard-b", dir(&first))).unwrap();
     assert_eq!(hard_a.ino, hard_b.ino);
-    assert_eq!(hard_a.nlink, 2);
+    assert_eq!(hard_a.attrs.nlink, 2);
 
     // Tier paths: hourly.0 is the newer snapshot, hourly.1 the older.
     let tier0 = a
@@ -62,7 +62,7 @@ fn inode_numbers_are_stable_and_hard_links_share_one() {
         .resolve(&format!("/hourly.1/web1{}/small.txt", abs.display()))
         .unwrap();
     assert_eq!(a.read(tier1.ino, 0, 100).unwrap(), b"hello 5\n");
-    assert_eq!(tier1.mode, 0o600);
+    assert_eq!(tier1.attrs.mode, 0o600);
 
     // Reads at any offset, across chunk boundaries (16-256 KiB chunks), and past the end.
     let data = seeded_bytes(5, 3 * 1024 * 1024 + 123);

@@ -61,14 +61,16 @@ impl Caller {
             return false;
         }
         if self.uid == 0 {
-            return want & MAY_EXEC == 0 || attr.kind == EntryKind::Dir || attr.mode & 0o111 != 0;
+            return want & MAY_EXEC == 0
+                || attr.kind == EntryKind::Dir
+                || attr.attrs.mode & 0o111 != 0;
         }
-        let bits = if attr.uid == self.uid {
-            attr.mode >> 6
-        } else if self.in_group(attr.gid) {
-            attr.mode >> 3
+        let bits = if attr.attrs.uid == self.uid {
+            attr.attrs.mode >> 6
+        } else if self.in_group(attr.attrs.gid) {
+            attr.attrs.mode >> 3
         } else {
-            attr.mode
+            attr.attrs.mode
         } & 7;
         bits & want == want
     }
@@ -82,14 +84,13 @@ mod tests {
         NodeAttr {
             ino: 9,
             kind,
-            mode,
-            uid,
-            gid,
-            size: 0,
-            mtime_ns: 0,
-            ctime_ns: 0,
-            nlink: 1,
-            rdev: 0,
+            attrs: xstore::Attrs {
+                mode,
+                uid,
+                gid,
+                nlink: 1,
+                ..xstore::Attrs::default()
+            },
             immutable: true,
         }
     }

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::cache::ByteLru;
-use xstore::{ChunkId, Error, Repository, Result};
+use xstore::{Attrs, ChunkId, Error, Repository, Result};
 use xstore_format::snapshot::Snapshot;
 use xstore_format::tree::{ChunkRef, Content, Entry, EntryKind};
 
@@ -104,29 +104,18 @@ impl Default for ViewOptions {
     }
 }
 
-/// Attributes of a node, exactly as backed up for snapshot entries.
+/// Attributes of a node: for snapshot entries exactly as backed up (the format's [`Attrs`],
+/// with the mode's file-type bits cleared, a symlink's size its target's length and at least
+/// one link), for the directories above them made up here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeAttr {
-    /// Inode number.
+    /// The view's inode number (a hash of what the node is; not the backed-up inode, which
+    /// is `attrs.inode`).
     pub ino: u64,
     /// File, directory, symlink, device or fifo.
     pub kind: EntryKind,
-    /// Permission bits (07777).
-    pub mode: u32,
-    /// Owner.
-    pub uid: u32,
-    /// Group.
-    pub gid: u32,
-    /// Size in bytes (target length for symlinks).
-    pub size: u64,
-    /// Modification time, ns since the epoch.
-    pub mtime_ns: i64,
-    /// Change time, ns since the epoch.
-    pub ctime_ns: i64,
-    /// Link count.
-    pub nlink: u64,
-    /// Device number (devices).
-    pub rdev: u64,
+    /// Mode, owner, size, times, links and device number.
+    pub attrs: Attrs,
     /// Whether the node and the name it was found under never change (an entry inside a
     /// snapshot): front ends may cache it long. Names above snapshots move on rotation.
     pub immutable: bool,
@@ -437,14 +426,13 @@ impl FsView {
         NodeAttr {
             ino,
             kind: EntryKind::Dir,
-            mode: 0o555,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            mtime_ns,
-            ctime_ns: mtime_ns,
-            nlink: 2,
-            rdev: 0,
+            attrs: Attrs {
+                mode: 0o555,
+                mtime_ns,
+                ctime_ns: mtime_ns,
+                nlink: 2,
+                ..Attrs::default()
+            },
             immutable: false,
         }
     }
@@ -463,12 +451,16 @@ impl FsView {
             }
             Kind::Latest(h) => {
                 let target = self.latest_target(&cat, h)?;
+                let dir = Self::virtual_dir(ino, cat.newest_ns);
                 NodeAttr {
                     kind: EntryKind::Symlink,
-                    mode: 0o777,
-                    size: target.len() as u64,
-                    nlink: 1,
-                    ..Self::virtual_dir(ino, cat.newest_ns)
+                    attrs: Attrs {
+                        mode: 0o777,
+                        size: target.len() as u64,
+                        nlink: 1,
+                        ..dir.attrs
+                    },
+                    ..dir
                 }
             }
             // Its content never changes, but a tier name moves to another snapshot root.
@@ -476,21 +468,19 @@ impl FsView {
             Kind::Entry(_, e, _) => NodeAttr {
                 ino,
                 kind: e.kind,
-                mode: e.attrs.mode & 0o7777,
-                uid: e.attrs.uid,
-                gid: e.attrs.gid,
-                size: match &e.content {
-                    Content::Target(t) => t.len() as u64,
-                    _ => e.attrs.size,
+                attrs: Attrs {
+                    mode: e.attrs.mode & 0o7777,
+                    size: match &e.content {
+                        Content::Target(t) => t.len() as u64,
+                        _ => e.attrs.size,
+                    },
+                    nlink: if e.kind == EntryKind::Dir {
+                        2
+                    } else {
+                        e.attrs.nlink.max(1)
+                    },
+                    ..e.attrs
                 },
-                mtime_ns: e.attrs.mtime_ns,
-                ctime_ns: e.attrs.ctime_ns,
-                nlink: if e.kind == EntryKind::Dir {
-                    2
-                } else {
-                    e.attrs.nlink.max(1)
-                },
-                rdev: e.attrs.rdev,
                 immutable: true,
             },
         })

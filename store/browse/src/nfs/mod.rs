@@ -539,21 +539,21 @@ fn fattr(a: &NodeAttr) -> fattr3 {
             EntryKind::BlockDevice => ftype3::NF3BLK,
             EntryKind::Fifo => ftype3::NF3FIFO,
         },
-        mode: a.mode & 0o7777,
-        nlink: u32::try_from(a.nlink).unwrap_or(u32::MAX),
-        uid: a.uid,
-        gid: a.gid,
-        size: a.size,
-        used: a.size,
+        mode: a.attrs.mode & 0o7777,
+        nlink: u32::try_from(a.attrs.nlink).unwrap_or(u32::MAX),
+        uid: a.attrs.uid,
+        gid: a.attrs.gid,
+        size: a.attrs.size,
+        used: a.attrs.size,
         rdev: specdata3 {
-            specdata1: libc::major(a.rdev),
-            specdata2: libc::minor(a.rdev),
+            specdata1: libc::major(a.attrs.rdev),
+            specdata2: libc::minor(a.attrs.rdev),
         },
         fsid: 0x7873_746f_7265,
         fileid: a.ino,
-        atime: nfs_time(a.mtime_ns),
-        mtime: nfs_time(a.mtime_ns),
-        ctime: nfs_time(a.ctime_ns),
+        atime: nfs_time(a.attrs.mtime_ns),
+        mtime: nfs_time(a.attrs.mtime_ns),
+        ctime: nfs_time(a.attrs.ctime_ns),
     }
 }
 
@@ -634,7 +634,7 @@ impl NFSFileSystem for Export {
         count: u32,
     ) -> Result<(Vec<u8>, bool), nfsstat3> {
         self.call(move |v| {
-            let size = v.getattr(id)?.size;
+            let size = v.getattr(id)?.attrs.size;
             let data = v.read(id, offset, count as usize)?;
             let eof = offset + data.len() as u64 >= size;
             Ok((data, eof))
