@@ -140,8 +140,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Plan as if it were this time (RFC 3339; for tests).
-        #[arg(long, hide = true)]
-        now: Option<String>,
+        #[arg(long, hide = true, value_parser = values::instant)]
+        now: Option<i64>,
     },
     /// Keep a snapshot regardless of retention.
     Pin {
@@ -598,7 +598,7 @@ fn run(cli: &Cli) -> Result<u8> {
             snapshot: None,
             dry_run,
             now,
-        } => retention::forget(cli, keep, host.as_deref(), now.as_deref(), *dry_run),
+        } => retention::forget(cli, keep, host.as_deref(), *now, *dry_run),
         Command::Pin { snapshot } => retention::pin(cli, snapshot, true),
         Command::Unpin { snapshot } => retention::pin(cli, snapshot, false),
         Command::Gc {

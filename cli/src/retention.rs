@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use xstore::retention::{parse_duration, Action, KeepPolicy, Plan, Schedule};
+use xstore::retention::{Action, KeepPolicy, Plan, Schedule};
 use xstore::{GcAction, GcOptions, RetentionSettings};
 
 use crate::{human_bytes, open_ro, open_rw, print_json, time_of, Cli, EXIT_OK};
@@ -14,8 +14,8 @@ pub(crate) struct KeepArgs {
     #[arg(long, value_name = "N")]
     keep_last: Option<usize>,
     /// Keep every snapshot taken within this long before now (e.g. 2d, 36h).
-    #[arg(long, value_name = "DURATION")]
-    keep_within: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = crate::values::nanos)]
+    keep_within: Option<i64>,
     /// Keep the newest snapshot of each of the last N hours that have one.
     #[arg(long, value_name = "N")]
     keep_hourly: Option<usize>,
@@ -50,13 +50,9 @@ impl KeepArgs {
     }
 
     fn policy(&self) -> Result<KeepPolicy> {
-        let within = match &self.keep_within {
-            Some(d) => Some(parse_duration(d).map_err(anyhow::Error::msg)?),
-            None => None,
-        };
         Ok(KeepPolicy {
             last: self.keep_last,
-            within,
+            within: self.keep_within,
             hourly: self.keep_hourly,
             daily: self.keep_daily,
             weekly: self.keep_weekly,
@@ -136,16 +132,11 @@ pub(crate) fn forget(
     cli: &Cli,
     keep: &KeepArgs,
     host: Option<&str>,
-    now: Option<&str>,
+    now_ns: Option<i64>,
     dry_run: bool,
 ) -> Result<u8> {
     let policy = keep.policy()?;
-    let now_ns = match now {
-        Some(t) => {
-            xstore::retention::parse_instant(t).map_err(|e| anyhow::anyhow!("--now: {e}"))?
-        }
-        None => xstore::now_ns(),
-    };
+    let now_ns = now_ns.unwrap_or_else(xstore::now_ns);
     let repo = crate::open_rw_or_ro(cli, dry_run)?;
     let plan = repo.plan_forget(&policy, host, now_ns)?;
     run_plan(cli, &repo, plan, dry_run)

@@ -1,29 +1,56 @@
 //! Typed command-line values: clap runs these parsers, so a command receives a `Duration` or
-//! a percentage, never the text. A value they refuse is one error line naming the flag (exit
-//! 1, like every other refused input: see `value_error_line`).
+//! a percentage, never the text. A value they refuse is one error line naming the flag, exit
+//! 1, as these flags always did when the commands parsed them (`value_error_line`); other
+//! parsers' refusals stay clap's usage errors (exit 2).
 
 use std::time::Duration;
 
+/// A value one of these parsers refused: what is wrong with it.
+#[derive(Debug)]
+pub(crate) struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+fn refused(e: impl std::fmt::Display) -> Refused {
+    Refused(e.to_string())
+}
+
 /// A duration such as `90s`, `36h` or `2d` (not negative).
-pub(crate) fn period(text: &str) -> Result<Duration, String> {
-    xstore::retention::parse_period(text)
+pub(crate) fn period(text: &str) -> Result<Duration, Refused> {
+    xstore::retention::parse_period(text).map_err(refused)
+}
+
+/// A duration such as `2d` or `36h`, in nanoseconds (retention's unit).
+pub(crate) fn nanos(text: &str) -> Result<i64, Refused> {
+    xstore::retention::parse_duration(text).map_err(refused)
+}
+
+/// A time, RFC 3339 (`2026-12-01T04:00:00Z`), in nanoseconds since the epoch.
+pub(crate) fn instant(text: &str) -> Result<i64, Refused> {
+    xstore::retention::parse_instant(text).map_err(refused)
 }
 
 /// A percentage: `10%`, `10` or `12.5%`, within 0..100.
-pub(crate) fn percent(text: &str) -> Result<f64, String> {
+pub(crate) fn percent(text: &str) -> Result<f64, Refused> {
     let v: f64 = text
         .trim()
         .trim_end_matches('%')
         .parse()
-        .map_err(|_| format!("{text:?}: expected a percentage such as 10%"))?;
+        .map_err(|_| refused(format!("{text:?}: expected a percentage such as 10%")))?;
     if !(0.0..=100.0).contains(&v) {
-        return Err(format!("{text:?}: must be within 0%..100%"));
+        return Err(refused(format!("{text:?}: must be within 0%..100%")));
     }
     Ok(v)
 }
 
 /// The one error line for a value a parser above refused (`--grace: invalid duration …`),
-/// or `None` for any other command-line error (clap reports those itself).
+/// or `None` for any other command-line error (clap reports those itself, exit 2).
 pub(crate) fn value_error_line(e: &clap::Error) -> Option<String> {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     if e.kind() != ErrorKind::ValueValidation {
@@ -33,7 +60,7 @@ pub(crate) fn value_error_line(e: &clap::Error) -> Option<String> {
         ContextValue::String(s) => s.split_whitespace().next()?.to_string(),
         _ => return None,
     };
-    let why = std::error::Error::source(e)?.to_string();
+    let why = std::error::Error::source(e)?.downcast_ref::<Refused>()?;
     Some(format!("{flag}: {why}"))
 }
 
@@ -43,9 +70,9 @@ mod tests {
 
     #[test]
     fn percentages_and_their_errors() {
-        assert_eq!(percent("10%"), Ok(10.0));
-        assert_eq!(percent(" 12.5 "), Ok(12.5));
-        assert!(percent("150%").is_err_and(|e| e.contains("must be within 0%..100%")));
-        assert!(percent("lots").is_err_and(|e| e.contains("expected a percentage")));
+        assert_eq!(percent("10%").ok(), Some(10.0));
+        assert_eq!(percent(" 12.5 ").ok(), Some(12.5));
+        assert!(percent("150%").is_err_and(|e| e.0.contains("must be within 0%..100%")));
+        assert!(percent("lots").is_err_and(|e| e.0.contains("expected a percentage")));
     }
 }

@@ -62,6 +62,37 @@ pub enum RetentionError {
     EmptyPolicy,
 }
 
+/// A duration or a time that does not parse ([`parse_duration`], [`parse_period`],
+/// [`parse_instant`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} {text:?}: {reason}")]
+pub struct ParseError {
+    /// `duration` or `time`.
+    pub what: &'static str,
+    /// The text given.
+    pub text: String,
+    /// What is wrong with it, and what would be right.
+    pub reason: String,
+}
+
+impl ParseError {
+    fn duration(text: &str, reason: impl Into<String>) -> ParseError {
+        ParseError {
+            what: "duration",
+            text: text.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    fn time(text: &str, reason: impl Into<String>) -> ParseError {
+        ParseError {
+            what: "time",
+            text: text.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// One tier: a name and how many snapshots it keeps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tier {
@@ -659,27 +690,27 @@ fn finish(
 
 /// Parses a duration as [`parse_duration`] does, as a `std` duration (for time limits and
 /// grace periods). Durations are never negative: a sign is an unknown unit.
-pub fn parse_period(text: &str) -> Result<std::time::Duration, String> {
+pub fn parse_period(text: &str) -> Result<std::time::Duration, ParseError> {
     let ns = parse_duration(text)?;
     u64::try_from(ns)
         .map(std::time::Duration::from_nanos)
-        .map_err(|_| format!("invalid duration {text:?}: negative"))
+        .map_err(|_| ParseError::duration(text, "negative"))
 }
 
 /// Parses an instant given as RFC 3339 (`2026-12-01T04:00:00Z`; also with a space and
 /// without the `Z`, read as UTC) into nanoseconds since the epoch, for `--now`.
-pub fn parse_instant(text: &str) -> Result<Nanos, String> {
+pub fn parse_instant(text: &str) -> Result<Nanos, ParseError> {
     let t = humantime::parse_rfc3339_weak(text.trim())
-        .map_err(|e| format!("invalid time {text:?}: {e} (use e.g. 2026-12-01T04:00:00Z)"))?;
+        .map_err(|e| ParseError::time(text, format!("{e} (use e.g. 2026-12-01T04:00:00Z)")))?;
     let since = t
         .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| format!("invalid time {text:?}: before 1970"))?;
-    i64::try_from(since.as_nanos()).map_err(|_| format!("invalid time {text:?}: too far ahead"))
+        .map_err(|_| ParseError::time(text, "before 1970"))?;
+    i64::try_from(since.as_nanos()).map_err(|_| ParseError::time(text, "too far ahead"))
 }
 
 /// Parses a duration such as `4h`, `90m`, `7d`, `2w`, `1d12h` (also `10s`) into nanoseconds.
-pub fn parse_duration(text: &str) -> Result<Nanos, String> {
-    let bad = |why: &str| format!("invalid duration {text:?}: {why} (use e.g. 4h, 30m, 7d, 2w)");
+pub fn parse_duration(text: &str) -> Result<Nanos, ParseError> {
+    let bad = |why: &str| ParseError::duration(text, format!("{why} (use e.g. 4h, 30m, 7d, 2w)"));
     let t = text.trim();
     if t.is_empty() {
         return Err(bad("empty"));

@@ -317,7 +317,7 @@ fn check_word(value: &str, what: &str, extra: &str) -> Result<(), String> {
 }
 
 fn duration_value(text: &str) -> Result<Duration, String> {
-    let ns = xstore_retention::parse_duration(text)?;
+    let ns = xstore_retention::parse_duration(text).map_err(|e| e.to_string())?;
     let ns = u64::try_from(ns).map_err(|_| format!("{text:?}: must be positive"))?;
     if ns == 0 {
         return Err(format!("{text:?}: must be positive"));

@@ -299,7 +299,9 @@ impl Repository {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => std::path::Path::new("."),
         };
-        let dir = crate::commands::restore::open_existing_dir(parent)?;
+        // Reached from `/` as a restore target is (a symlink on the way is followed only where
+        // no other user could have planted it); the file is created through the descriptor.
+        let dir = crate::commands::safe_fs::open_target(parent, false)?;
         if rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
             return Err(at(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,

@@ -138,6 +138,14 @@ pub struct GcPlan {
     candidates: Vec<Candidate>,
 }
 
+/// What [`Repository::copy_live`] copied: the new packs, the blobs copied out of each
+/// candidate, and the candidates whose copy stopped at a corrupt blob (why).
+struct Copied {
+    sealed: Vec<SealedPack>,
+    copied: HashMap<PackId, HashSet<ChunkId>>,
+    unreadable: HashMap<PackId, String>,
+}
+
 /// A candidate pack, classified against the index.
 #[derive(Debug)]
 struct Candidate {
@@ -415,17 +423,9 @@ impl Repository {
         }
         Ok(())
     }
-
-    fn reclaim(
-        &self,
-        candidates: Vec<Candidate>,
-        report: &mut GcReport,
-        progress: Option<&Progress>,
-    ) -> Result<()> {
-        if candidates.is_empty() {
-            return Ok(());
-        }
-        // 1. Copy live blobs (verified: a corrupt blob is never copied) into new packs.
+    /// Copies the live blobs of `candidates` into new packs, each verified first: a pack
+    /// with a corrupt live blob stops being copied at it and is named in `unreadable`.
+    fn copy_live(&self, candidates: &[Candidate], progress: Option<&Progress>) -> Result<Copied> {
         let packs = self.rolling_packs();
         let mut copied: HashMap<PackId, HashSet<ChunkId>> = HashMap::new();
         let mut unreadable: HashMap<PackId, String> = HashMap::new();
@@ -439,7 +439,7 @@ impl Repository {
                 .store(total, std::sync::atomic::Ordering::Relaxed);
         }
         let copy = (|| -> Result<Vec<SealedPack>> {
-            for c in &candidates {
+            for c in candidates {
                 if c.live.is_empty() {
                     continue;
                 }
@@ -472,10 +472,31 @@ impl Repository {
             crate::failpoint::fail_io("gc-copy")?;
             packs.finish()
         })();
-        let sealed = match copy {
-            Ok(sealed) => sealed,
-            Err(e) => return Err(packs.abandon(e)),
-        };
+        match copy {
+            Ok(sealed) => Ok(Copied {
+                sealed,
+                copied,
+                unreadable,
+            }),
+            Err(e) => Err(packs.abandon(e)),
+        }
+    }
+
+    fn reclaim(
+        &self,
+        candidates: Vec<Candidate>,
+        report: &mut GcReport,
+        progress: Option<&Progress>,
+    ) -> Result<()> {
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        // 1. Copy live blobs (verified: a corrupt blob is never copied) into new packs.
+        let Copied {
+            sealed,
+            copied,
+            unreadable,
+        } = self.copy_live(&candidates, progress)?;
         crate::failpoint::failpoint("gc-after-copy");
         // Where each copied blob now lives.
         let mut new_loc: HashMap<ChunkId, BlobLoc> = HashMap::new();

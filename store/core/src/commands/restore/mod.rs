@@ -26,25 +26,19 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 
 use rayon::prelude::*;
 
-mod beneath;
 mod existing;
 
 pub use existing::Overwrite;
 
-/// An existing directory, reached from `/` as a restore target is (a symlink on the way is
-/// followed only where no other user could have planted it); other writers (`dump -o`) create
-/// their files through the returned descriptor.
-pub(crate) fn open_existing_dir(path: &Path) -> Result<OwnedFd> {
-    beneath::open_target(path, false)
-}
-
+use crate::commands::safe_fs::{
+    self, apply_meta, clear_name, errno_at, make_dir, owner_ids, times, Beneath,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::index::BlobLoc;
 use crate::progress::Progress;
 use crate::repo::{poisoned, Node, Repository};
 use crate::storage::read_ahead::RangeRead;
 use crate::storage::PackId;
-use beneath::{apply_meta, clear_name, errno_at, make_dir, owner_ids, times, Beneath};
 use existing::Existing;
 use xstore_chunker::ChunkId;
 use xstore_format::snapshot::{PathError, Snapshot};
@@ -790,7 +784,7 @@ impl RestoreRun<'_> {
                 }
             };
             for name in names.iter().filter(|n| !keep.contains(n.as_bytes())) {
-                match beneath::remove_tree(&fd, name) {
+                match safe_fs::remove_tree(&fd, name) {
                     Ok(n) => summary.deleted += n,
                     Err(e) => self.fail(&dir.join(name), &io_error(&dir.join(name), e)),
                 }

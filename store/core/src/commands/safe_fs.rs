@@ -1,6 +1,7 @@
-//! Where restore writes: the target, reached from `/` without following a symlink another
-//! user could have planted, descriptors of directories beneath it (never through a symlink),
-//! and metadata applied through descriptors of what restore created or checked.
+//! Writing into a directory other users may control, as restore and dump do: the target,
+//! reached from `/` without following a symlink another user could have planted, descriptors
+//! of directories beneath it (never through a symlink), and metadata applied through
+//! descriptors of what was created or checked.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
@@ -13,7 +14,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use crate::error::{Error, IoContext, Result};
 use xstore_format::tree::Entry;
 
-pub(super) fn timespec(ns: i64) -> rustix::fs::Timespec {
+pub(crate) fn timespec(ns: i64) -> rustix::fs::Timespec {
     rustix::fs::Timespec {
         tv_sec: ns.div_euclid(1_000_000_000),
         tv_nsec: ns.rem_euclid(1_000_000_000) as _,
@@ -21,22 +22,22 @@ pub(super) fn timespec(ns: i64) -> rustix::fs::Timespec {
 }
 
 /// The restore target and descriptors of directories beneath it.
-pub(super) struct Beneath {
+pub(crate) struct Beneath {
     root: OwnedFd,
     /// Whether a directory in the way of a restored non-directory is removed with all it
     /// holds (`--delete`) instead of failing that path.
-    pub(super) remove_dirs_in_way: bool,
+    pub(crate) remove_dirs_in_way: bool,
     /// Whether `openat2` works here (Linux ≥ 5.6; probed on first use).
     openat2: std::sync::atomic::AtomicBool,
 }
 
-pub(super) fn dir_flags() -> OFlags {
+pub(crate) fn dir_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
 impl Beneath {
     /// Opens (creating what is missing) the target directory with [`open_target`].
-    pub(super) fn open(target: &Path) -> Result<Self> {
+    pub(crate) fn open(target: &Path) -> Result<Self> {
         Ok(Beneath {
             root: open_target(target, true)?,
             remove_dirs_in_way: false,
@@ -46,7 +47,7 @@ impl Beneath {
 
     /// As [`Beneath::open`] for a target that exists, creating nothing (a dry run): `None`
     /// when it is missing.
-    pub(super) fn open_existing(target: &Path) -> Result<Option<Self>> {
+    pub(crate) fn open_existing(target: &Path) -> Result<Option<Self>> {
         match open_target(target, false) {
             Ok(root) => Ok(Some(Beneath {
                 root,
@@ -61,7 +62,7 @@ impl Beneath {
     }
 
     /// The directory at `rel` (relative to the target), never through a symlink.
-    pub(super) fn dir(&self, rel: &Path) -> std::io::Result<OwnedFd> {
+    pub(crate) fn dir(&self, rel: &Path) -> std::io::Result<OwnedFd> {
         if rel.as_os_str().is_empty() {
             return Ok(rustix::fs::openat(
                 &self.root,
@@ -87,7 +88,7 @@ impl Beneath {
 
     /// The parent directory of `rel` and its last name, with whatever non-directory stood
     /// there removed: the place where restore creates `rel` next.
-    pub(super) fn make_room<'p>(
+    pub(crate) fn make_room<'p>(
         &self,
         rel: &'p Path,
         shown: &Path,
@@ -98,7 +99,7 @@ impl Beneath {
     }
 
     /// The parent directory of `rel` and `rel`'s last name.
-    pub(super) fn parent<'p>(&self, rel: &'p Path) -> std::io::Result<(OwnedFd, &'p OsStr)> {
+    pub(crate) fn parent<'p>(&self, rel: &'p Path) -> std::io::Result<(OwnedFd, &'p OsStr)> {
         let name = rel
             .file_name()
             .ok_or_else(|| std::io::Error::other("empty name"))?;
@@ -115,7 +116,7 @@ const MAX_TARGET_SYMLINKS: usize = 40;
 /// that no other user can write (owned by root or by us, not group- or world-writable): a
 /// customer who owns a directory on the target's path can swap an entry there for a symlink
 /// to `/etc`, and the restore must then refuse instead of following it.
-pub(super) fn open_target(target: &Path, create: bool) -> Result<OwnedFd> {
+pub(crate) fn open_target(target: &Path, create: bool) -> Result<OwnedFd> {
     use std::collections::VecDeque;
     use std::ffi::OsString;
     use std::path::Component;
@@ -193,26 +194,26 @@ pub(super) fn open_target(target: &Path, create: bool) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-pub(super) fn is_dir(st: &rustix::fs::Stat) -> bool {
+pub(crate) fn is_dir(st: &rustix::fs::Stat) -> bool {
     rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
 }
 
 /// A directory [`make_dir`] made or found.
-pub(super) struct MadeDir {
+pub(crate) struct MadeDir {
     /// Its (device, inode), to recognise it when its metadata is applied.
-    pub(super) id: (u64, u64),
+    pub(crate) id: (u64, u64),
     /// This call created it (nothing stood there).
-    pub(super) created: bool,
+    pub(crate) created: bool,
     /// Its group. A file created in it takes this group (set-group-ID directory, `grpid`
     /// mount) or ours; when the two are equal the new file's group is known without a stat.
-    pub(super) gid: u32,
+    pub(crate) gid: u32,
 }
 
 /// Creates directory `name` in `parent` (0700 until its metadata is applied last), or
 /// reuses a real directory there; a non-directory in its place is removed first when
 /// `replace`, else the path fails. Returns its (dev, inode) for the metadata pass and whether
 /// this call created it.
-pub(super) fn make_dir(
+pub(crate) fn make_dir(
     parent: &OwnedFd,
     name: &OsStr,
     path: &Path,
@@ -256,7 +257,7 @@ pub(super) fn make_dir(
 
 /// Removes a non-directory that is in the way of a restored entry (never following it); a
 /// directory, with everything in it, only when `remove_dirs`.
-pub(super) fn clear_name(
+pub(crate) fn clear_name(
     parent: &OwnedFd,
     name: &OsStr,
     path: &Path,
@@ -277,21 +278,21 @@ pub(super) fn clear_name(
 }
 
 /// Maps a failed `*at` call to the library's error for `path`.
-pub(super) fn errno_at(path: &Path) -> impl Fn(rustix::io::Errno) -> Error + Copy + '_ {
+pub(crate) fn errno_at(path: &Path) -> impl Fn(rustix::io::Errno) -> Error + Copy + '_ {
     move |e| Error::Io {
         path: path.to_path_buf(),
         source: e.into(),
     }
 }
 
-pub(super) fn owner_ids(entry: &Entry) -> (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>) {
+pub(crate) fn owner_ids(entry: &Entry) -> (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>) {
     (
         Some(rustix::fs::Uid::from_raw(entry.attrs.uid)),
         Some(rustix::fs::Gid::from_raw(entry.attrs.gid)),
     )
 }
 
-pub(super) fn times(entry: &Entry) -> rustix::fs::Timestamps {
+pub(crate) fn times(entry: &Entry) -> rustix::fs::Timestamps {
     rustix::fs::Timestamps {
         last_access: timespec(entry.attrs.mtime_ns),
         last_modification: timespec(entry.attrs.mtime_ns),
@@ -300,7 +301,7 @@ pub(super) fn times(entry: &Entry) -> rustix::fs::Timestamps {
 
 /// Owner (when `chown`), mode, xattrs and times of an open file or directory, in that order
 /// (chown clears setuid bits, so mode comes after it; times come last).
-pub(super) fn apply_meta(fd: &impl AsFd, path: &Path, entry: &Entry, chown: bool) -> Result<()> {
+pub(crate) fn apply_meta(fd: &impl AsFd, path: &Path, entry: &Entry, chown: bool) -> Result<()> {
     let io = errno_at(path);
     if chown {
         let (u, g) = owner_ids(entry);
@@ -317,7 +318,7 @@ pub(super) fn apply_meta(fd: &impl AsFd, path: &Path, entry: &Entry, chown: bool
 /// Removes `name` from `parent`, and for a directory everything in it, never following a
 /// symlink (one is removed itself). Iterative, so a deep tree cannot exhaust the stack.
 /// Returns the number of entries removed.
-pub(super) fn remove_tree(parent: &OwnedFd, name: &OsStr) -> std::io::Result<u64> {
+pub(crate) fn remove_tree(parent: &OwnedFd, name: &OsStr) -> std::io::Result<u64> {
     let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)?;
     if !is_dir(&st) {
         rustix::fs::unlinkat(parent, name, AtFlags::empty())?;
