@@ -45,11 +45,53 @@ def workspace_members():
 
 
 def strip_comments_and_strings(src):
-    src = re.sub(r"/\*.*?\*/", " ", src, flags=re.S)
-    src = re.sub(r"//[^\n]*", " ", src)
-    src = re.sub(r'r#*"(?:.|\n)*?"#*', '""', src)
-    src = re.sub(r'"(?:\\.|[^"\\])*"', '""', src)
-    return src
+    """`src` without comments, and with every string, byte string, raw string and character
+    literal replaced by an empty one, so that nothing inside them reads as code (a scanner:
+    a pattern for raw strings took the `r"` at the end of `"…server"` for one)."""
+    out, i, n = [], 0, len(src)
+
+    def word_before(k):
+        return k > 0 and (src[k - 1].isalnum() or src[k - 1] == "_")
+
+    while i < n:
+        if src.startswith("//", i):
+            j = src.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        if src.startswith("/*", i):
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if src.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif src.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+            out.append(" ")
+            continue
+        raw = re.match(r'b?r(#*)"', src[i:i + 260]) if not word_before(i) else None
+        if raw:
+            end = src.find('"' + raw.group(1), i + raw.end())
+            i = n if end < 0 else end + 1 + len(raw.group(1))
+            out.append('""')
+            continue
+        if src[i] == '"' or (src.startswith('b"', i) and not word_before(i)):
+            i += 1 if src[i] == '"' else 2
+            while i < n and src[i] != '"':
+                i += 2 if src[i] == "\\" else 1
+            i += 1
+            out.append('""')
+            continue
+        if src[i] == "'" or (src.startswith("b'", i) and not word_before(i)):
+            start = i + (1 if src[i] == "'" else 2)
+            lit = re.match(r"(\\(?:u\{[0-9a-fA-F]+\}|x[0-9a-fA-F]{2}|.)|[^\\'])'", src[start:start + 16])
+            if lit:
+                i = start + lit.end()
+                out.append("' '")
+                continue
+        out.append(src[i])
+        i += 1
+    return "".join(out)
 
 
 def module_of(src_dir, path):

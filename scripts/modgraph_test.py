@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Tests of scripts/modgraph.py on small made-up crates: a cycle hidden in `Repository`
-method calls, an import against the documented layers, an item defined in the crate root and
-an import through the root are each found; a clean crate passes."""
+method calls, an import against the documented layers, an item defined in the crate root, an
+import through the root and code after a string ending in `r` are each found; a clean crate
+passes."""
 import contextlib
 import io
 import os
@@ -83,6 +84,19 @@ class ModgraphTest(unittest.TestCase):
         self.assertEqual(failed, 1)
         self.assertIn("the crate root defines `pub fn helper() {}`", out)
         self.assertIn("`crate::helper` goes through the crate root", out)
+
+    def test_code_after_a_string_ending_in_r_is_still_read(self):
+        # A pattern for raw strings once took the `r"` that ends "...server" for one and
+        # skipped the code after it, hiding this upward call.
+        root = crate({
+            "lib.rs": LIB,
+            "repo.rs": "pub struct Repository;\npub fn now() {}\n",
+            "index.rs": 'fn f() { let a = "another server"; crate::repo::now(); let b = "x"; }\n',
+            "commands.rs": "",
+        }, "`index` < `repo` < `commands`")
+        failed, out = run(root)
+        self.assertEqual(failed, 1)
+        self.assertIn("`index` uses `repo`, upward against the layers", out)
 
     def test_a_crate_that_keeps_its_layers_passes(self):
         root = crate({

@@ -198,7 +198,7 @@ pub fn main(args: &AgentArgs, name: &str) -> Result<(), AgentError> {
     let original = std::env::var("SSH_ORIGINAL_COMMAND").ok();
     // The frames go to fd 1 directly: std's stdout is line-buffered and not Send.
     let out = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
-    crate::run(
+    crate::session::run(
         &args.config,
         original.as_deref(),
         std::io::stdin().lock(),

@@ -48,6 +48,7 @@
 
 #[cfg(feature = "bench-internals")]
 pub mod bench_internals;
+mod clock;
 mod commands;
 mod error;
 mod failpoint;
@@ -65,6 +66,7 @@ mod txn;
 
 pub use xstore_chunker::{self as chunker, ChunkId, ChunkerParams};
 
+pub use clock::now_ns;
 pub use commands::attach::S3Init;
 pub use commands::backup::{
     BackupOptions, ParentChoice, StoreBudget, MAX_DEPTH, MAX_INFLIGHT_CHUNKS, MAX_PATH_BYTES,
@@ -96,7 +98,7 @@ pub use repo::access::{PermissionFix, RepoAccess};
 pub use repo::settings::{
     RetentionSettings, DEFAULT_GC_GRACE_SECONDS, DEFAULT_GC_MAX_DEAD_PERCENT, RETENTION_VERSION,
 };
-pub use repo::{free_space_reserve, now_ns, Node, Repository};
+pub use repo::{free_space_reserve, Node, Repository};
 pub use source::remote::{
     AgentInfo, RemoteSource, MAX_HELD_LISTING_BYTES, MAX_LISTING_BYTES, WALK_ENTRY_BYTES,
 };

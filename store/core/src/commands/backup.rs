@@ -15,13 +15,14 @@ use xstore_chunker::{ChunkId, StreamChunker};
 
 use super::globs::PathGlobs;
 use super::retention::TierChoice;
+use crate::clock::now_ns;
 use crate::commands::retention::TierEntry;
 use crate::commands::shared_ingest::{Claim, SharedIngest, WaitBudget};
 use crate::error::{Error, Result};
 use crate::pack::rolling::RollingPacks;
 use crate::pack::{NewBlob, SealedPack};
 use crate::progress::Progress;
-use crate::repo::{now_ns, poisoned, Repository};
+use crate::repo::{poisoned, Repository};
 use crate::source::{OpenHint, Source};
 use crate::txn::Mutation;
 use xstore_format::meta::{EntryMeta, SourceKind};

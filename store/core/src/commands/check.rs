@@ -657,7 +657,7 @@ impl Repository {
             Ok(())
         })?;
         st.gc_grace_seconds = self.retention_settings()?.gc_grace_seconds;
-        for id in crate::pack::journal::retired(&self.packs_dir(), crate::repo::now_ns())?.keys() {
+        for id in crate::pack::journal::retired(&self.packs_dir(), crate::clock::now_ns())?.keys() {
             if let Some(size) = self.storage().size(id)? {
                 st.retired_packs += 1;
                 st.retired_bytes += size;

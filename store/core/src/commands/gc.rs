@@ -348,7 +348,7 @@ impl Repository {
     /// of this repository is uploading; the grace period covers one whose lease lapsed while
     /// it still ran. An upload whose start the store does not say is left alone.
     fn abort_unfinished_uploads(&self, grace_seconds: u64, report: &mut GcReport) -> Result<()> {
-        let now = crate::repo::now_ns();
+        let now = crate::clock::now_ns();
         let grace_ns = grace_ns(grace_seconds);
         for upload in self.storage().unfinished_uploads()? {
             match upload.initiated_ns {
@@ -369,7 +369,7 @@ impl Repository {
     /// `repair index` longer ago than the grace period.
     fn delete_retired(&self, grace_seconds: u64, report: &mut GcReport) -> Result<()> {
         let packs = self.packs_dir();
-        let now = crate::repo::now_ns();
+        let now = crate::clock::now_ns();
         let grace_ns = grace_ns(grace_seconds);
         let mut deleted = Vec::new();
         for (id, retired_ns) in crate::pack::journal::retired(&packs, now)? {
@@ -583,7 +583,7 @@ impl Repository {
         // read them), then a later gc deletes them (`delete_retired`).
         let gone_ids: Vec<PackId> = gone.iter().map(|(id, _)| *id).collect();
         crate::failpoint::fail_io("gc-retire")?;
-        crate::pack::journal::mark_retired(&self.packs_dir(), &gone_ids, crate::repo::now_ns())?;
+        crate::pack::journal::mark_retired(&self.packs_dir(), &gone_ids, crate::clock::now_ns())?;
         m.commit()?;
         report.packs_written = sealed.len() as u64;
         let old: u64 = gone.iter().map(|(_, s)| s).sum();

@@ -138,7 +138,7 @@ impl Repository {
             ..Default::default()
         };
         let packs_dir = crate::layout::packs(path);
-        let retired = crate::pack::journal::retired(&packs_dir, crate::repo::now_ns())?;
+        let retired = crate::pack::journal::retired(&packs_dir, crate::clock::now_ns())?;
         let (storage, lease) =
             crate::storage::open_for_writing(path, crate::repo::lease_holder(path))?;
         let mut files = storage.list()?;
@@ -445,7 +445,7 @@ fn write_hold(path: &Path, held: &HashSet<PackId>, unattributed_blobs: u64) -> R
     packs.sort();
     let hold = Hold {
         reason: "repair index found blobs no snapshot references".into(),
-        created_ns: crate::repo::now_ns(),
+        created_ns: crate::clock::now_ns(),
         unattributed_blobs,
         packs,
     };

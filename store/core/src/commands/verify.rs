@@ -182,7 +182,7 @@ impl Repository {
             .and_then(|v| serde_json::from_slice(&v).ok());
         Ok(VerifyStatus {
             packs: times.len() as u64,
-            oldest_verified_ns: times.first().map_or_else(crate::repo::now_ns, |(_, t)| *t),
+            oldest_verified_ns: times.first().map_or_else(crate::clock::now_ns, |(_, t)| *t),
             damaged_blobs: self.damaged_blobs()?.len() as u64,
             last_run,
         })
@@ -191,7 +191,7 @@ impl Repository {
     /// One rolling verification run over the repository at `path` (module documentation).
     pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport> {
         let started = Instant::now();
-        let started_ns = crate::repo::now_ns();
+        let started_ns = crate::clock::now_ns();
         let repo = Repository::open_read_only(path)?;
         crate::failpoint::pause("verify-opened");
         let all = repo.pack_verification_times()?;
@@ -265,7 +265,7 @@ impl Repository {
                     .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
                 p.files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            pending.verified.push((*pack, crate::repo::now_ns()));
+            pending.verified.push((*pack, crate::clock::now_ns()));
             for (blob, message) in found {
                 pending.damaged.push((blob, *pack));
                 damaged_blobs.push((blob, *pack, message));
@@ -311,7 +311,7 @@ impl Repository {
     fn verify_pack(&self, pack: &PackId) -> Result<Option<Vec<(ChunkId, String)>>> {
         let retired = || -> Result<bool> {
             Ok(
-                crate::pack::journal::retired(&self.packs_dir(), crate::repo::now_ns())?
+                crate::pack::journal::retired(&self.packs_dir(), crate::clock::now_ns())?
                     .contains_key(pack),
             )
         };

@@ -51,14 +51,6 @@ impl std::fmt::Debug for Repository {
     }
 }
 
-/// The current time in nanoseconds since the Unix epoch (0 if the clock is before 1970).
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 /// The free-space reserve of a repository's filesystem: 1 % of its size, at most 256 MiB.
 /// Backups and pulls stop before they would eat into it, so that `forget`, `gc` and `repair`
 /// (which write a little to free a lot) can always run on a full disk.

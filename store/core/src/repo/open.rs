@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use xstore_chunker::ChunkerParams;
 
 use super::lock::WriterLock;
-use super::now_ns;
 use super::{recovery, Repository};
+use crate::clock::now_ns;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::index::Index;

@@ -5,9 +5,9 @@ use std::fs;
 use std::path::Path;
 
 use super::{copies, Repository};
+use crate::clock::now_ns;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
-use crate::repo::now_ns;
 use xstore_format::pack::PackId;
 
 /// The index a reader should open: `index`, or during a swap interrupted between its two
@@ -37,7 +37,7 @@ pub(crate) fn finish_index_swap(root: &Path) -> Result<()> {
     if cur.exists() {
         // Kept for the gc grace period, not deleted: a reader that opened it before the swap
         // opens its table files lazily. gc deletes it later (`replaced_indexes`).
-        let old = crate::layout::index_replaced(root, crate::repo::now_ns());
+        let old = crate::layout::index_replaced(root, crate::clock::now_ns());
         fs::rename(&cur, &old).at(&cur)?;
     }
     fs::rename(&new, &cur).at(&new)?;

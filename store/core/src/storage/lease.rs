@@ -193,7 +193,7 @@ fn write(
 /// The refusal of a writer that lost the race for the lease to another server.
 fn lost(store: &S3Storage) -> Error {
     match read(store) {
-        Ok(Some(other)) => refusal(store, &other, crate::repo::now_ns()),
+        Ok(Some(other)) => refusal(store, &other, crate::clock::now_ns()),
         _ => Error::Locked {
             holder: format!(
                 "another server (it wrote the lease {} at the same moment)",
@@ -224,7 +224,7 @@ impl WriterLease {
         holder: String,
         directory: &std::path::Path,
     ) -> Result<WriterLease> {
-        let now = crate::repo::now_ns();
+        let now = crate::clock::now_ns();
         let machine = machine_id();
         let directory = directory.display().to_string();
         let found = read_tagged(&store)?;
@@ -264,7 +264,7 @@ impl WriterLease {
         std::thread::sleep(SETTLE);
         match read(&store)? {
             Some(l) if l.token == token => {}
-            Some(other) => return Err(refusal(&store, &other, crate::repo::now_ns())),
+            Some(other) => return Err(refusal(&store, &other, crate::clock::now_ns())),
             None => {
                 return Err(Error::Locked {
                     holder: format!(
@@ -310,7 +310,7 @@ impl WriterLease {
                         }
                         _ => {}
                     }
-                    let now = crate::repo::now_ns();
+                    let now = crate::clock::now_ns();
                     lease.heartbeat_ns = now;
                     lease.expires_ns = now + lease_life_ns();
                     // Renewed only if still the version this holder wrote: a store with
@@ -358,7 +358,7 @@ impl WriterLease {
     /// lifetime lets another server take it). Called right before a commit's index batch
     /// and before gc's deletions; `withheld` says what the caller then does not do.
     pub(crate) fn still_held(&self, withheld: &'static str) -> Result<()> {
-        match self.standing.lost_at(crate::repo::now_ns()) {
+        match self.standing.lost_at(crate::clock::now_ns()) {
             None => Ok(()),
             Some(reason) => Err(Error::LeaseLost {
                 lease: self.store.url_of(LEASE_NAME),
