@@ -179,3 +179,57 @@ fn a_lost_index_is_rebuilt_with_every_snapshot_and_usage_is_unchanged() {
     assert_eq!(usage.hosts, usage_before.hosts);
     assert_eq!(usage.groups, usage_before.groups);
 }
+
+/// A stale plan — made before another gc took its packs — changes nothing when carried out:
+/// it neither copies from nor retires a pack the index no longer records, and says why.
+#[test]
+fn a_gc_plan_made_stale_by_another_gc_leaves_those_packs_alone() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let repo_path = work.path().join("repo");
+    let repo = small_repo(&repo_path);
+    for round in 0..3 {
+        fs::write(src.join("data"), seeded_bytes(round, 300_000)).unwrap();
+        backup(&repo, "h", &src);
+    }
+    forget_keep_last(&repo, "h", 1);
+    let opts = GcOptions {
+        max_dead_percent: Some(0.0),
+        grace: Some(std::time::Duration::ZERO),
+        ..GcOptions::default()
+    };
+    let stale = repo.plan_gc(&opts).unwrap();
+    let planned = stale
+        .report
+        .packs
+        .iter()
+        .filter(|p| p.action != GcAction::Skip)
+        .count();
+    assert!(planned > 0, "{:#?}", stale.report);
+    // Another gc takes those packs first (grace zero: their files are deleted at once).
+    let first = repo.gc(repo.plan_gc(&opts).unwrap(), None).unwrap();
+    assert_eq!(first.packs_deleted + first.packs_rewritten, planned as u64);
+
+    let done = repo.gc(stale, None).unwrap();
+    assert_eq!(done.packs_deleted + done.packs_rewritten, 0, "{done:#?}");
+    assert_eq!(done.packs_skipped, planned as u64);
+    assert!(done
+        .packs
+        .iter()
+        .all(|p| p.note.as_deref().is_some_and(|n| n.contains("another gc"))));
+    // Nothing waits in the journal to be deleted: the stale plan retired nothing.
+    let retired = fs::read_dir(repo_path.join("packs/retired")).map_or(0, |d| d.count());
+    assert_eq!(retired, 0);
+    let check = repo.check(CheckOptions::default()).unwrap();
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    let newest = repo.snapshots().unwrap().pop().unwrap();
+    let dst = work.path().join("dst");
+    repo.restore(
+        &repo
+            .plan_restore(&newest, &dst, &xstore_tests::exact_restore())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_same_tree(&src, &restored_path(&dst, &src), false);
+}

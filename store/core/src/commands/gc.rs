@@ -22,6 +22,9 @@ use xstore_format::pack::{self, PackEntry, PackId};
 /// unchanged host. Larger packs hold the data of one backup, which usually dies together
 /// (then the whole pack goes without copying), so they are not merged.
 pub const SMALL_PACK_BYTES: u64 = 64 << 10;
+/// Why a pack of a plan is left alone when the index no longer records it.
+const STALE_PLAN: &str = "no longer in the index: another gc took it since the plan";
+
 /// gc merges the small packs into one once there are this many.
 pub const MERGE_SMALL_PACKS: usize = 16;
 
@@ -488,6 +491,20 @@ impl Repository {
         report: &mut GcReport,
         progress: Option<&Progress>,
     ) -> Result<()> {
+        // A plan made earlier (a read-only handle's, for example) may be stale: a pack that
+        // another gc has taken out of the index since is not this gc's to copy or retire
+        // (its file may be gone, or waiting out its grace period in the other's journal).
+        let mut candidates = candidates;
+        let mut current = Vec::with_capacity(candidates.len());
+        for c in candidates.drain(..) {
+            if self.index.pack(&c.id)?.is_some() {
+                current.push(c);
+            } else if let Some(row) = report.packs.get_mut(c.row) {
+                row.action = GcAction::Skip;
+                row.note = Some(STALE_PLAN.into());
+            }
+        }
+        let candidates = current;
         if candidates.is_empty() {
             return Ok(());
         }
@@ -515,6 +532,9 @@ impl Repository {
             m.prefetch(&all)?;
             let mine = copied.get(&c.id);
             let mut skip = unreadable.get(&c.id).cloned();
+            if m.pack(&c.id)?.is_none() {
+                skip = Some(STALE_PLAN.into());
+            }
             let mut moves = Vec::new();
             let mut drops = Vec::new();
             for e in c.live.iter().chain(&c.dead) {
