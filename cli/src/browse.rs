@@ -19,8 +19,8 @@ pub(crate) struct MountArgs {
     #[arg(num_args = 1..=2, required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
     /// Show only this host (repeatable).
-    #[arg(long = "host", value_name = "HOST")]
-    hosts: Vec<String>,
+    #[arg(long = "host", value_name = "HOST", value_parser = crate::values::host)]
+    hosts: Vec<xstore::HostName>,
     /// Let other users read the mount (root, or user_allow_other in /etc/fuse.conf).
     #[arg(long)]
     allow_other: bool,
@@ -44,9 +44,6 @@ pub(crate) fn mount(cli: &Cli, args: &MountArgs) -> Result<u8> {
         [mountpoint] => (repo_path(cli)?, mountpoint.clone()),
         _ => anyhow::bail!("give [REPO] MOUNTPOINT"),
     };
-    for h in &args.hosts {
-        xstore_format::snapshot::validate_host(h).map_err(anyhow::Error::msg)?;
-    }
     let view = FsView::open(
         &repo,
         ViewOptions {

@@ -43,8 +43,8 @@ pub(crate) struct InitArgs {
 #[derive(clap::Args)]
 pub(crate) struct BackupArgs {
     /// Host name recorded in the snapshot (default: this machine's name).
-    #[arg(long)]
-    host: Option<String>,
+    #[arg(long, value_parser = crate::values::host)]
+    host: Option<xstore::HostName>,
     /// Exclude paths matching this glob (a pattern without / matches file names).
     #[arg(long = "exclude", value_name = "GLOB")]
     excludes: Vec<String>,
@@ -71,8 +71,8 @@ pub(crate) struct BackupArgs {
 #[derive(clap::Args)]
 pub(crate) struct SnapshotsArgs {
     /// Only this host.
-    #[arg(long)]
-    host: Option<String>,
+    #[arg(long, value_parser = crate::values::host)]
+    host: Option<xstore::HostName>,
 }
 
 #[derive(clap::Args)]
@@ -235,9 +235,12 @@ pub(crate) fn backup(cli: &Cli, args: &BackupArgs) -> Result<u8> {
         ParentChoice::Latest
     };
     let progress = Arc::new(Progress::default());
+    let host = match host {
+        Some(h) => h.clone(),
+        None => xstore::HostName::parse(&xstore::local_hostname())
+            .context("this machine's name is not a host name: give --host")?,
+    };
     let opts = BackupOptions {
-        host: host.clone().unwrap_or_else(xstore::local_hostname),
-        paths: paths.clone(),
         excludes: excludes.clone(),
         one_file_system: *one_file_system,
         parent,
@@ -247,9 +250,7 @@ pub(crate) fn backup(cli: &Cli, args: &BackupArgs) -> Result<u8> {
             (Some(t), false) => TierChoice::Named(t.clone()),
             (None, false) => TierChoice::Lowest,
         },
-        time_ns: None,
-        budgets: Vec::new(),
-        reference: None,
+        ..BackupOptions::new(host, paths.clone())
     };
     let tracker = Tracker::start(cli, "backup", progress);
     let result = repo.backup(&LocalSource, &opts);

@@ -9,8 +9,8 @@ pub(crate) struct FindArgs {
     #[arg(required = true)]
     patterns: Vec<String>,
     /// Only this host's snapshots.
-    #[arg(long)]
-    host: Option<String>,
+    #[arg(long, value_parser = crate::values::host)]
+    host: Option<xstore::HostName>,
     /// Only snapshots since this time: RFC 3339 (2026-11-24T00:00:00Z) or an age (7d).
     #[arg(long, value_name = "TIME", value_parser = parse_since)]
     since: Option<i64>,

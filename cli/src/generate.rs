@@ -12,19 +12,27 @@ use crate::{Cli, EXIT_OK};
 pub(crate) enum GenerateWhat {
     /// Manual pages into a directory: xstore.1, xstore-SUBCOMMAND.1 for each subcommand, and
     /// xstore-agent.1 for the client agent.
-    Man {
-        /// The directory (created).
-        #[arg(long, value_name = "DIR")]
-        out_dir: PathBuf,
-    },
+    Man(ManArgs),
     /// A shell completion script for xstore (or, with --agent, xstore-agent) on stdout.
-    Completions {
-        /// bash, zsh, fish, elvish or powershell.
-        shell: clap_complete::Shell,
-        /// For the xstore-agent command.
-        #[arg(long)]
-        agent: bool,
-    },
+    Completions(CompletionsArgs),
+}
+
+/// `xstore generate man`.
+#[derive(clap::Args)]
+pub(crate) struct ManArgs {
+    /// The directory (created).
+    #[arg(long, value_name = "DIR")]
+    out_dir: PathBuf,
+}
+
+/// `xstore generate completions`.
+#[derive(clap::Args)]
+pub(crate) struct CompletionsArgs {
+    /// bash, zsh, fish, elvish or powershell.
+    shell: clap_complete::Shell,
+    /// For the xstore-agent command.
+    #[arg(long)]
+    agent: bool,
 }
 
 fn render(cmd: clap::Command, dir: &Path, written: &mut usize) -> Result<()> {
@@ -38,7 +46,7 @@ fn render(cmd: clap::Command, dir: &Path, written: &mut usize) -> Result<()> {
 
 pub(crate) fn generate(cli: &Cli, what: &GenerateWhat) -> Result<u8> {
     match what {
-        GenerateWhat::Man { out_dir } => {
+        GenerateWhat::Man(ManArgs { out_dir }) => {
             std::fs::create_dir_all(out_dir).with_context(|| out_dir.display().to_string())?;
             let mut written = 0;
             let mut xstore = Cli::command();
@@ -62,7 +70,7 @@ pub(crate) fn generate(cli: &Cli, what: &GenerateWhat) -> Result<u8> {
                 outln!("{written} manual pages written to {}", out_dir.display());
             }
         }
-        GenerateWhat::Completions { shell, agent } => {
+        GenerateWhat::Completions(CompletionsArgs { shell, agent }) => {
             let (mut cmd, name) = match agent {
                 true => (xstore_agent::cli::Cli::command(), "xstore-agent"),
                 false => (Cli::command(), "xstore"),

@@ -112,105 +112,19 @@ enum Command {
     Stats,
     /// Rotate a tier as rsnapshot does: promote the oldest snapshot of the tier below (when
     /// that tier is full) to TIER.0, trim TIER to its count, expire what no label keeps.
-    Rotate {
-        /// The tier (e.g. daily).
-        tier: String,
-        /// Only this host.
-        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
-        host: Option<String>,
-        /// Every host.
-        #[arg(long)]
-        all: bool,
-        /// Print the plan with reasons, change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Rotate(retention::RotateArgs),
     /// Expire snapshots a calendar policy does not keep (restic/borg style).
-    Forget {
-        #[command(flatten)]
-        keep: retention::KeepArgs,
-        /// Only this host (default: every host, each planned on its own).
-        #[arg(long)]
-        host: Option<String>,
-        /// Expire just this snapshot (id prefix, HOST@latest …), whatever policies say:
-        /// for example one dated in the future by a clock that was ahead.
-        #[arg(long, conflicts_with = "host")]
-        snapshot: Option<String>,
-        /// Print the plan with reasons, change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Plan as if it were this time (RFC 3339; for tests).
-        #[arg(long, hide = true, value_parser = values::instant)]
-        now: Option<i64>,
-    },
+    Forget(retention::ForgetArgs),
     /// Keep a snapshot regardless of retention.
-    Pin {
-        /// Snapshot: id prefix, HOST@latest, HOST@daily.0 …
-        snapshot: String,
-    },
+    Pin(retention::PinArgs),
     /// Let retention decide about a pinned snapshot again.
-    Unpin {
-        /// Snapshot: id prefix, HOST@latest, HOST@daily.0 …
-        snapshot: String,
-    },
+    Unpin(retention::PinArgs),
     /// Reclaim space: delete packs without live blobs, rewrite packs over the dead threshold.
-    Gc {
-        /// Report what would be freed, change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Rewrite packs with more dead bytes than this (default: the repository's, 10%).
-        #[arg(long, value_name = "PERCENT", value_parser = values::percent)]
-        max_dead: Option<f64>,
-        /// Keep retired pack files this long before deleting them (default: the
-        /// repository's, 24h), so that readers started before this gc finish. `0s` deletes
-        /// them at once.
-        #[arg(long, value_name = "DURATION", value_parser = values::period)]
-        grace: Option<Duration>,
-        /// Also reclaim the packs `repair index` held because it could not attribute
-        /// their blobs to any snapshot.
-        #[arg(long)]
-        release_held: bool,
-    },
+    Gc(retention::GcArgs),
     /// Show or set tier schedules (default and per host) and the gc threshold.
-    Tiers {
-        /// The host whose override to show or set.
-        #[arg(long)]
-        host: Option<String>,
-        /// New schedule, lowest tier first: hourly=6,daily=7,weekly=4,monthly=6.
-        #[arg(long, value_name = "SCHEDULE", conflicts_with = "reset")]
-        set: Option<String>,
-        /// Remove the host's override (or, without --host, restore the default schedule).
-        #[arg(long)]
-        reset: bool,
-        /// New gc threshold (percent of a pack that is dead before it is rewritten).
-        #[arg(long, value_name = "PERCENT", value_parser = values::percent)]
-        gc_max_dead: Option<f64>,
-    },
+    Tiers(retention::TiersArgs),
     /// Print the service's schedule (pulls every 4 h, tier rotations, gc) for cron or systemd.
-    Schedule {
-        /// A file for /etc/cron.d (the default).
-        #[arg(long, conflicts_with = "systemd")]
-        cron: bool,
-        /// systemd service and timer units.
-        #[arg(long)]
-        systemd: bool,
-        /// The xstore binary in the printed commands (default: this binary's own path).
-        #[arg(long, value_name = "PATH")]
-        xstore: Option<String>,
-        /// The backup command run every 4 hours.
-        #[arg(long, default_value = "pull --all --jobs 4")]
-        pull: String,
-        /// The user the jobs run as.
-        #[arg(long, default_value = "root")]
-        user: String,
-        /// Write the systemd units into this directory instead of printing them.
-        #[arg(long, value_name = "DIR", requires = "systemd")]
-        output_dir: Option<PathBuf>,
-        /// Take the repository (XSTORE_REPO) and inventory from this environment file
-        /// instead of naming the repository in each command (the packaged units).
-        #[arg(long, value_name = "FILE")]
-        env_file: Option<String>,
-    },
+    Schedule(retention::ScheduleArgs),
     /// Serve this host's backup list to the backup server (run by sshd as the forced
     /// command of the server's key), or print that authorized_keys line.
     Agent(xstore_agent::cli::AgentArgs),
@@ -270,7 +184,8 @@ fn main() -> ExitCode {
         // A monitoring check's usage error is UNKNOWN (3), not clap's 2 (CRITICAL).
         Err(e) if e.use_stderr() && ops::check_named(&args).is_some() => {
             let check = ops::check_named(&args).unwrap_or("CHECK");
-            let why = e.to_string();
+            // A refused value is said as the other commands say it (`--warning: …`).
+            let why = values::value_error_line(&e).unwrap_or_else(|| e.to_string());
             let report = xstore_fleet::monitor::PluginReport::unknown(
                 check,
                 why.lines().next().unwrap_or("bad arguments"),
@@ -574,72 +489,13 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Find(args) => find::find(cli, args),
         Command::Dump(args) => find::dump(cli, args),
         Command::Check(args) => commands::check(cli, args),
-        Command::Rotate {
-            tier,
-            host,
-            all: _,
-            dry_run,
-        } => retention::rotate(cli, tier, host.as_deref(), *dry_run),
-        Command::Forget {
-            keep,
-            host,
-            snapshot: Some(snapshot),
-            dry_run,
-            now: _,
-        } if keep.is_empty() && host.is_none() => retention::forget_one(cli, snapshot, *dry_run),
-        Command::Forget {
-            snapshot: Some(_), ..
-        } => Err(anyhow::anyhow!(
-            "--snapshot names the one snapshot to expire: give no --keep-* policy with it"
-        )),
-        Command::Forget {
-            keep,
-            host,
-            snapshot: None,
-            dry_run,
-            now,
-        } => retention::forget(cli, keep, host.as_deref(), *now, *dry_run),
-        Command::Pin { snapshot } => retention::pin(cli, snapshot, true),
-        Command::Unpin { snapshot } => retention::pin(cli, snapshot, false),
-        Command::Gc {
-            dry_run,
-            max_dead,
-            grace,
-            release_held,
-        } => retention::gc(
-            cli,
-            &xstore::GcOptions {
-                max_dead_percent: *max_dead,
-                grace: *grace,
-                release_held: *release_held,
-            },
-            *dry_run,
-        ),
-        Command::Tiers {
-            host,
-            set,
-            reset,
-            gc_max_dead,
-        } => retention::tiers(cli, host.as_deref(), set.as_deref(), *reset, *gc_max_dead),
-        Command::Schedule {
-            cron: _,
-            systemd,
-            xstore,
-            pull,
-            user,
-            output_dir,
-            env_file,
-        } => retention::schedule(
-            cli,
-            &retention::ScheduleArgs {
-                systemd: *systemd,
-                xstore: xstore.as_deref(),
-                pull,
-                user,
-                output_dir: output_dir.as_deref(),
-                env_file: env_file.as_deref(),
-            },
-        ),
+        Command::Rotate(args) => retention::rotate(cli, args),
+        Command::Forget(args) => retention::forget(cli, args),
+        Command::Pin(args) => retention::pin(cli, &args.snapshot, true),
+        Command::Unpin(args) => retention::pin(cli, &args.snapshot, false),
+        Command::Gc(args) => retention::gc(cli, args),
+        Command::Tiers(args) => retention::tiers(cli, args),
+        Command::Schedule(args) => retention::schedule(cli, args),
         Command::Stats => commands::stats(cli),
         Command::Import { what } => migrate::import(cli, what),
         Command::Generate { what } => generate::generate(cli, what),

@@ -2,10 +2,11 @@
 //! (README §Monitoring).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use xstore::{Repository, Usage};
-use xstore_fleet::monitor::{account_states, usage_check, FreshnessOptions, PluginReport};
+use xstore_fleet::monitor::{usage_check, FreshnessOptions, HostUsage, PluginReport};
 use xstore_fleet::Inventory;
 
 use crate::pull::DEFAULT_INVENTORY;
@@ -33,8 +34,13 @@ impl InventoryArg {
 #[derive(clap::Args)]
 pub(crate) struct FreshnessArgs {
     /// Only this host (repeatable).
-    #[arg(long = "host", value_name = "HOST", conflicts_with_all = ["account", "all"])]
-    hosts: Vec<String>,
+    #[arg(
+        long = "host",
+        value_name = "HOST",
+        conflicts_with_all = ["account", "all"],
+        value_parser = crate::values::host
+    )]
+    hosts: Vec<xstore::HostName>,
     /// Only this account's hosts.
     #[arg(long, conflicts_with = "all")]
     account: Option<String>,
@@ -43,39 +49,39 @@ pub(crate) struct FreshnessArgs {
     all: bool,
     /// WARNING when the newest complete backup is older than this (hosts may override it in
     /// the inventory).
-    #[arg(long, default_value = "4h", value_name = "AGE")]
-    warning: String,
+    #[arg(long, default_value = "4h", value_name = "AGE", value_parser = crate::values::period)]
+    warning: Duration,
     /// CRITICAL when the newest complete backup is older than this.
-    #[arg(long, default_value = "8h", value_name = "AGE")]
-    critical: String,
+    #[arg(long, default_value = "8h", value_name = "AGE", value_parser = crate::values::period)]
+    critical: Duration,
     #[command(flatten)]
     inventory: InventoryArg,
     /// Check as if it were this time (RFC 3339; for tests).
-    #[arg(long, hide = true)]
-    now: Option<String>,
+    #[arg(long, hide = true, value_parser = crate::values::instant)]
+    now: Option<i64>,
 }
 
 #[derive(clap::Args)]
 pub(crate) struct VerifyArgs {
     /// Stop starting packs after this long (e.g. 1h).
-    #[arg(long, value_name = "DURATION")]
-    max_duration: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = crate::values::period)]
+    max_duration: Option<Duration>,
     /// Stop before a pack that would take the bytes read past this (e.g. 50GiB, or bytes).
-    #[arg(long, value_name = "SIZE")]
-    max_bytes: Option<String>,
+    #[arg(long, value_name = "SIZE", value_parser = crate::values::size)]
+    max_bytes: Option<u64>,
 }
 
 #[derive(clap::Args)]
 pub(crate) struct VerifyCheckArgs {
     /// WARNING when the oldest pack verification is older than this.
-    #[arg(long, default_value = "8d", value_name = "AGE")]
-    warning: String,
+    #[arg(long, default_value = "8d", value_name = "AGE", value_parser = crate::values::period)]
+    warning: Duration,
     /// CRITICAL when it is older than this.
-    #[arg(long, default_value = "16d", value_name = "AGE")]
-    critical: String,
+    #[arg(long, default_value = "16d", value_name = "AGE", value_parser = crate::values::period)]
+    critical: Duration,
     /// Check as if it were this time (RFC 3339; for tests).
-    #[arg(long, hide = true)]
-    now: Option<String>,
+    #[arg(long, hide = true, value_parser = crate::values::instant)]
+    now: Option<i64>,
 }
 
 #[derive(clap::Args)]
@@ -96,8 +102,8 @@ pub(crate) struct UsageCheckArgs {
 #[derive(clap::Args)]
 pub(crate) struct DuArgs {
     /// One host: its usage and each of its snapshots.
-    #[arg(long, conflicts_with = "account")]
-    host: Option<String>,
+    #[arg(long, conflicts_with = "account", value_parser = crate::values::host)]
+    host: Option<xstore::HostName>,
     /// One account: its usage and each of its hosts.
     #[arg(long)]
     account: Option<String>,
@@ -115,30 +121,27 @@ pub(crate) struct MetricsArgs {
     inventory: InventoryArg,
 }
 
-fn duration_arg(flag: &str, text: &str) -> Result<std::time::Duration> {
-    xstore::retention::parse_period(text).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
-}
-
 /// A plugin's `--warning` and `--critical` ages (the first no longer than the second) and the
 /// time to check at (`--now`, or now).
 fn age_thresholds(
-    warning: &str,
-    critical: &str,
-    now: Option<&str>,
-) -> Result<(std::time::Duration, std::time::Duration, i64)> {
-    let w = duration_arg("--warning", warning)?;
-    let c = duration_arg("--critical", critical)?;
-    anyhow::ensure!(
-        w <= c,
-        "--warning {warning} is longer than --critical {critical}"
-    );
-    let now_ns = match now {
-        Some(t) => {
-            xstore::retention::parse_instant(t).map_err(|e| anyhow::anyhow!("--now: {e}"))?
-        }
-        None => xstore::now_ns(),
+    warning: Duration,
+    critical: Duration,
+    now: Option<i64>,
+) -> Result<(Duration, Duration, i64)> {
+    // As given: whole days, hours, minutes or seconds.
+    let shown = |d: Duration| match d.as_secs() {
+        s if s > 0 && s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s > 0 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
     };
-    Ok((w, c, now_ns))
+    anyhow::ensure!(
+        warning <= critical,
+        "--warning {} is longer than --critical {}",
+        shown(warning),
+        shown(critical)
+    );
+    Ok((warning, critical, now.unwrap_or_else(xstore::now_ns)))
 }
 
 /// Prints a plugin report (text or JSON) and returns its exit status.
@@ -164,8 +167,7 @@ fn plugin(cli: &Cli, check: &'static str, run: impl FnOnce() -> Result<u8>) -> R
 
 pub(crate) fn check_freshness(cli: &Cli, args: &FreshnessArgs) -> Result<u8> {
     plugin(cli, "FRESHNESS", || {
-        let (warning, critical, now_ns) =
-            age_thresholds(&args.warning, &args.critical, args.now.as_deref())?;
+        let (warning, critical, now_ns) = age_thresholds(args.warning, args.critical, args.now)?;
         let inventory = args.inventory.load()?;
         let repo = open_ro(cli)?;
         let targets = xstore_fleet::monitor::freshness_targets(
@@ -266,40 +268,36 @@ fn usage_header(first: &str, second: &str) -> String {
     )
 }
 
+fn host_usage_row(cli: &Cli, h: &HostUsage) -> String {
+    usage_row(
+        cli,
+        &h.host,
+        &h.account,
+        &h.usage,
+        None,
+        h.logical_ratio_limit,
+    )
+}
+
 pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
     let inv = args.inventory.load()?;
     let repo = open_ro(cli)?;
-    let account_of = |h: &str| {
-        inv.as_ref()
-            .and_then(|i| i.host(h))
-            .map(|s| s.account.clone())
-            .unwrap_or_default()
-    };
-    let ratio_limit = |h: &str| {
-        inv.as_ref()
-            .and_then(|i| i.host(h))
-            .and_then(|s| inv.as_ref()?.account(&s.account))
-            .map_or(xstore_fleet::DEFAULT_LOGICAL_RATIO, |a| a.logical_ratio)
-    };
     if let Some(h) = &args.host {
         let of_host = repo.host_snapshots(h)?;
         anyhow::ensure!(
             !of_host.is_empty(),
             "host {h} has no snapshots in this repository"
         );
-        let usage = repo.usage_of(&of_host)?;
+        let row = HostUsage::of(inv.as_ref(), h.clone(), repo.usage_of(&of_host)?);
         let snaps = repo.snapshot_usage(h)?;
         if cli.json {
             print_json(&serde_json::json!({
-                "host": h, "account": account_of(h), "usage": usage, "snapshots": snaps,
+                "host": h, "account": row.account, "usage": row.usage, "snapshots": snaps,
             }))?;
             return Ok(EXIT_OK);
         }
         outln!("{}", usage_header("host", "account"));
-        outln!(
-            "{}",
-            usage_row(cli, h, &account_of(h), &usage, None, ratio_limit(h))
-        );
+        outln!("{}", host_usage_row(cli, &row));
         outln!();
         outln!(
             "{:<8}  {:<20}  {:>10}  {:>10}  {:>10}",
@@ -321,49 +319,16 @@ pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
         }
         return Ok(EXIT_OK);
     }
-    let accounts: Vec<xstore_fleet::Account> = match (&inv, &args.account) {
-        (Some(i), Some(a)) => vec![i
-            .account(a)
-            .cloned()
-            .with_context(|| format!("account {a} is not in the inventory"))?],
-        (None, Some(_)) => anyhow::bail!("--account needs an inventory (--inventory FILE)"),
-        (Some(i), None) => i.accounts.clone(),
-        (None, None) => Vec::new(),
-    };
-    // One pass computes every host's and every account's usage.
-    let groups: Vec<Vec<String>> = accounts.iter().map(|a| a.hosts.clone()).collect();
-    let fleet = repo.fleet_usage(&groups)?;
-    let hosts: Vec<String> = match &args.account {
-        Some(_) => accounts.iter().flat_map(|a| a.hosts.clone()).collect(),
-        None => {
-            let mut v: Vec<String> = inv
-                .as_ref()
-                .map(|i| i.hosts.iter().map(|h| h.name.clone()).collect())
-                .unwrap_or_default();
-            let listed: std::collections::HashSet<String> = v.iter().cloned().collect();
-            v.extend(fleet.hosts.keys().filter(|h| !listed.contains(*h)).cloned());
-            v
-        }
-    };
-    let account_usage = account_states(&accounts, &fleet, 1.0, f64::INFINITY);
-    let host_rows: Vec<(String, String, Usage)> = hosts
-        .iter()
-        .map(|h| {
-            let usage = fleet.hosts.get(h).cloned().unwrap_or_default();
-            (h.clone(), account_of(h), usage)
-        })
-        .collect();
+    let report =
+        xstore_fleet::monitor::fleet_usage_report(&repo, inv.as_ref(), args.account.as_deref())?;
     if cli.json {
-        let hosts_json: Vec<serde_json::Value> = host_rows
-            .iter()
-            .map(|(h, a, u)| serde_json::json!({ "host": h, "account": a, "usage": u }))
-            .collect();
-        print_json(&serde_json::json!({ "accounts": account_usage, "hosts": hosts_json }))?;
+        print_json(&serde_json::json!({ "accounts": report.accounts, "hosts": report.hosts }))?;
         return Ok(EXIT_OK);
     }
+    let account_usage = &report.accounts;
     if !account_usage.is_empty() {
         outln!("{}", usage_header("account", "package"));
-        for a in &account_usage {
+        for a in account_usage {
             outln!(
                 "{}",
                 usage_row(
@@ -379,8 +344,8 @@ pub(crate) fn du(cli: &Cli, args: &DuArgs) -> Result<u8> {
         outln!();
     }
     outln!("{}", usage_header("host", "account"));
-    for (h, a, u) in &host_rows {
-        outln!("{}", usage_row(cli, h, a, u, None, ratio_limit(h)));
+    for h in &report.hosts {
+        outln!("{}", host_usage_row(cli, h));
     }
     Ok(EXIT_OK)
 }
@@ -401,46 +366,12 @@ pub(crate) fn check_named(args: &[std::ffi::OsString]) -> Option<&'static str> {
     args.iter().find_map(|a| match a.to_str() {
         Some("check-freshness") => Some("FRESHNESS"),
         Some("check-usage") => Some("USAGE"),
+        Some("check-verify") => Some("VERIFY"),
         _ => None,
     })
 }
 
-/// A size: bytes, or a number with K, M, G or T (powers of 1024; `KiB`, `GB`… read alike).
-fn size_arg(flag: &str, text: &str) -> Result<u64> {
-    let t = text.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(digits);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{flag}: {text:?} is not a size (use e.g. 500MiB, 2G)"))?;
-    let shift = match unit
-        .trim()
-        .to_ascii_lowercase()
-        .trim_end_matches("ib")
-        .trim_end_matches('b')
-    {
-        "" => 0,
-        "k" => 10,
-        "m" => 20,
-        "g" => 30,
-        "t" => 40,
-        _ => anyhow::bail!("{flag}: {text:?} has an unknown unit (use K, M, G or T)"),
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| anyhow::anyhow!("{flag}: {text:?} is too large"))
-}
-
 pub(crate) fn verify(cli: &Cli, args: &VerifyArgs) -> Result<u8> {
-    let max_duration = args
-        .max_duration
-        .as_deref()
-        .map(|d| duration_arg("--max-duration", d))
-        .transpose()?;
-    let max_bytes = args
-        .max_bytes
-        .as_deref()
-        .map(|b| size_arg("--max-bytes", b))
-        .transpose()?;
     let record_wait = cli.lock_wait.unwrap_or(std::time::Duration::from_secs(600));
     let path = repo_path(cli)?;
     let progress = Arc::new(xstore::Progress::default());
@@ -448,8 +379,8 @@ pub(crate) fn verify(cli: &Cli, args: &VerifyArgs) -> Result<u8> {
     let result = Repository::verify(
         &path,
         &xstore::VerifyOptions {
-            max_duration,
-            max_bytes,
+            max_duration: args.max_duration,
+            max_bytes: args.max_bytes,
             record_wait,
             progress: Some(progress),
         },
@@ -500,8 +431,7 @@ pub(crate) fn verify(cli: &Cli, args: &VerifyArgs) -> Result<u8> {
 
 pub(crate) fn check_verify(cli: &Cli, args: &VerifyCheckArgs) -> Result<u8> {
     plugin(cli, "VERIFY", || {
-        let (warning, critical, now_ns) =
-            age_thresholds(&args.warning, &args.critical, args.now.as_deref())?;
+        let (warning, critical, now_ns) = age_thresholds(args.warning, args.critical, args.now)?;
         let status = open_ro(cli)?.verify_status()?;
         let report = xstore_fleet::monitor::verify_check(
             &status,

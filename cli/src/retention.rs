@@ -2,10 +2,129 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
 use xstore::retention::{Action, KeepPolicy, Plan, Schedule};
 use xstore::{GcAction, GcOptions, RetentionSettings};
 
 use crate::{human_bytes, open_ro, open_rw, print_json, time_of, Cli, EXIT_OK};
+
+/// `xstore rotate`.
+#[derive(Args, Debug)]
+pub(crate) struct RotateArgs {
+    /// The tier (e.g. daily).
+    pub(crate) tier: String,
+    /// Only this host.
+    #[arg(
+        long,
+        conflicts_with = "all",
+        required_unless_present = "all",
+        value_parser = crate::values::host
+    )]
+    pub(crate) host: Option<xstore::HostName>,
+    /// Every host.
+    #[arg(long)]
+    pub(crate) all: bool,
+    /// Print the plan with reasons, change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
+/// `xstore forget`.
+#[derive(Args, Debug)]
+pub(crate) struct ForgetArgs {
+    #[command(flatten)]
+    pub(crate) keep: KeepArgs,
+    /// Only this host (default: every host, each planned on its own).
+    #[arg(long, value_parser = crate::values::host)]
+    pub(crate) host: Option<xstore::HostName>,
+    /// Expire just this snapshot (id prefix, HOST@latest …), whatever policies say:
+    /// for example one dated in the future by a clock that was ahead.
+    #[arg(long, conflicts_with = "host")]
+    pub(crate) snapshot: Option<String>,
+    /// Print the plan with reasons, change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Plan as if it were this time (RFC 3339; for tests).
+    #[arg(long, hide = true, value_parser = crate::values::instant)]
+    pub(crate) now: Option<i64>,
+}
+
+/// `xstore pin` and `xstore unpin`.
+#[derive(Args, Debug)]
+pub(crate) struct PinArgs {
+    /// Snapshot: id prefix, HOST@latest, HOST@daily.0 …
+    pub(crate) snapshot: String,
+}
+
+/// `xstore gc`.
+#[derive(Args, Debug)]
+pub(crate) struct GcArgs {
+    /// Report what would be freed, change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Rewrite packs with more dead bytes than this (default: the repository's, 10%).
+    #[arg(long, value_name = "PERCENT", value_parser = crate::values::percent)]
+    pub(crate) max_dead: Option<f64>,
+    /// Keep retired pack files this long before deleting them (default: the
+    /// repository's, 24h), so that readers started before this gc finish. `0s` deletes
+    /// them at once.
+    #[arg(long, value_name = "DURATION", value_parser = crate::values::period)]
+    pub(crate) grace: Option<Duration>,
+    /// Also reclaim the packs `repair index` held because it could not attribute
+    /// their blobs to any snapshot.
+    #[arg(long)]
+    pub(crate) release_held: bool,
+}
+
+/// `xstore tiers`.
+#[derive(Args, Debug)]
+pub(crate) struct TiersArgs {
+    /// The host whose override to show or set.
+    #[arg(long, value_parser = crate::values::host)]
+    pub(crate) host: Option<xstore::HostName>,
+    /// New schedule, lowest tier first: hourly=6,daily=7,weekly=4,monthly=6.
+    #[arg(
+        long,
+        value_name = "SCHEDULE",
+        conflicts_with = "reset",
+        value_parser = crate::values::schedule
+    )]
+    pub(crate) set: Option<Schedule>,
+    /// Remove the host's override (or, without --host, restore the default schedule).
+    #[arg(long)]
+    pub(crate) reset: bool,
+    /// New gc threshold (percent of a pack that is dead before it is rewritten).
+    #[arg(long, value_name = "PERCENT", value_parser = crate::values::percent)]
+    pub(crate) gc_max_dead: Option<f64>,
+}
+
+/// `xstore schedule`.
+#[derive(Args, Debug)]
+pub(crate) struct ScheduleArgs {
+    /// A file for /etc/cron.d (the default).
+    #[arg(long, conflicts_with = "systemd")]
+    pub(crate) cron: bool,
+    /// systemd service and timer units.
+    #[arg(long)]
+    pub(crate) systemd: bool,
+    /// The xstore binary in the printed commands (default: this binary's own path).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) xstore: Option<String>,
+    /// The backup command run every 4 hours.
+    #[arg(long, default_value = "pull --all --jobs 4")]
+    pub(crate) pull: String,
+    /// The user the jobs run as.
+    #[arg(long, default_value = "root")]
+    pub(crate) user: String,
+    /// Write the systemd units into this directory instead of printing them.
+    #[arg(long, value_name = "DIR", requires = "systemd")]
+    pub(crate) output_dir: Option<PathBuf>,
+    /// Take the repository (XSTORE_REPO) and inventory from this environment file
+    /// instead of naming the repository in each command (the packaged units).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) env_file: Option<String>,
+}
 
 /// Calendar rules of `xstore forget`.
 #[derive(Args, Debug, Default)]
@@ -122,32 +241,30 @@ pub(crate) fn run_plan(
     Ok(EXIT_OK)
 }
 
-pub(crate) fn rotate(cli: &Cli, tier: &str, host: Option<&str>, dry_run: bool) -> Result<u8> {
-    let repo = crate::open_rw_or_ro(cli, dry_run)?;
-    let plan = repo.plan_rotate(tier, host)?;
-    run_plan(cli, &repo, plan, dry_run)
+pub(crate) fn rotate(cli: &Cli, args: &RotateArgs) -> Result<u8> {
+    let repo = crate::open_rw_or_ro(cli, args.dry_run)?;
+    let plan = repo.plan_rotate(&args.tier, args.host.as_ref())?;
+    run_plan(cli, &repo, plan, args.dry_run)
 }
 
-pub(crate) fn forget(
-    cli: &Cli,
-    keep: &KeepArgs,
-    host: Option<&str>,
-    now_ns: Option<i64>,
-    dry_run: bool,
-) -> Result<u8> {
-    let policy = keep.policy()?;
-    let now_ns = now_ns.unwrap_or_else(xstore::now_ns);
-    let repo = crate::open_rw_or_ro(cli, dry_run)?;
-    let plan = repo.plan_forget(&policy, host, now_ns)?;
-    run_plan(cli, &repo, plan, dry_run)
-}
-
-/// `forget --snapshot REF`: expires that one snapshot.
-pub(crate) fn forget_one(cli: &Cli, snapshot: &str, dry_run: bool) -> Result<u8> {
-    let repo = crate::open_rw_or_ro(cli, dry_run)?;
-    let s = repo.resolve(snapshot)?;
-    let plan = repo.plan_forget_snapshot(&s.id)?;
-    run_plan(cli, &repo, plan, dry_run)
+pub(crate) fn forget(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
+    if args.snapshot.is_some() && !args.keep.is_empty() {
+        bail!("--snapshot names the one snapshot to expire: give no --keep-* policy with it");
+    }
+    let plan_of = |repo: &xstore::Repository| -> Result<Plan> {
+        match &args.snapshot {
+            // `--snapshot REF` expires that one snapshot, whatever policies say.
+            Some(snapshot) => Ok(repo.plan_forget_snapshot(&repo.resolve(snapshot)?.id)?),
+            None => {
+                let policy = args.keep.policy()?;
+                let now_ns = args.now.unwrap_or_else(xstore::now_ns);
+                Ok(repo.plan_forget(&policy, args.host.as_ref(), now_ns)?)
+            }
+        }
+    };
+    let repo = crate::open_rw_or_ro(cli, args.dry_run)?;
+    let plan = plan_of(&repo)?;
+    run_plan(cli, &repo, plan, args.dry_run)
 }
 
 pub(crate) fn pin(cli: &Cli, snapshot: &str, pinned: bool) -> Result<u8> {
@@ -167,10 +284,14 @@ pub(crate) fn pin(cli: &Cli, snapshot: &str, pinned: bool) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-pub(crate) fn gc(cli: &Cli, opts: &GcOptions, dry_run: bool) -> Result<u8> {
-    let repo = crate::open_rw_or_ro(cli, dry_run)?;
-    let plan = repo.plan_gc(opts)?;
-    let report = if dry_run {
+pub(crate) fn gc(cli: &Cli, args: &GcArgs) -> Result<u8> {
+    let repo = crate::open_rw_or_ro(cli, args.dry_run)?;
+    let plan = repo.plan_gc(&GcOptions {
+        max_dead_percent: args.max_dead,
+        grace: args.grace,
+        release_held: args.release_held,
+    })?;
+    let report = if args.dry_run {
         plan.report
     } else {
         let progress = std::sync::Arc::new(xstore::Progress::default());
@@ -205,7 +326,7 @@ pub(crate) fn gc(cli: &Cli, opts: &GcOptions, dry_run: bool) -> Result<u8> {
     if !cli.quiet {
         outln!(
             "{}{} packs deleted, {} rewritten ({} blobs, {} copied), {} skipped; freed {} ({} bytes); {} dead below the {}% threshold remain",
-            if dry_run { "dry run: " } else { "" },
+            if args.dry_run { "dry run: " } else { "" },
             report.packs_deleted,
             report.packs_rewritten,
             report.blobs_moved,
@@ -216,7 +337,7 @@ pub(crate) fn gc(cli: &Cli, opts: &GcOptions, dry_run: bool) -> Result<u8> {
             human_bytes(report.dead_bytes_remaining),
             report.max_dead_percent
         );
-        if !dry_run {
+        if !args.dry_run {
             outln!(
                 "retired pack files: {} deleted ({}) after the grace period of {}, {} waiting{}",
                 report.retired_deleted,
@@ -243,22 +364,21 @@ pub(crate) fn gc(cli: &Cli, opts: &GcOptions, dry_run: bool) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-pub(crate) fn tiers(
-    cli: &Cli,
-    host: Option<&str>,
-    set: Option<&str>,
-    reset: bool,
-    gc_max_dead: Option<f64>,
-) -> Result<u8> {
+pub(crate) fn tiers(cli: &Cli, args: &TiersArgs) -> Result<u8> {
+    let TiersArgs {
+        host,
+        set,
+        reset,
+        gc_max_dead,
+    } = args;
+    let (host, reset, gc_max_dead) = (host.as_ref(), *reset, *gc_max_dead);
     let changing = set.is_some() || reset || gc_max_dead.is_some();
     let settings = if changing {
         let repo = open_rw(cli)?;
         let mut s = repo.retention_settings()?;
-        if let Some(text) = set {
-            let schedule = Schedule::parse(text)?;
+        if let Some(schedule) = set.clone() {
             match host {
                 Some(h) => {
-                    xstore_format::snapshot::validate_host(h).map_err(anyhow::Error::msg)?;
                     s.schedules.hosts.insert(h.to_string(), schedule);
                 }
                 None => s.schedules.default = schedule,
@@ -267,7 +387,7 @@ pub(crate) fn tiers(
         if reset {
             match host {
                 Some(h) => {
-                    s.schedules.hosts.remove(h);
+                    s.schedules.hosts.remove(h.as_str());
                 }
                 None => s.schedules = Default::default(),
             }
@@ -280,7 +400,7 @@ pub(crate) fn tiers(
     } else {
         open_ro(cli)?.retention_settings()?
     };
-    print_settings(cli, &settings, host)
+    print_settings(cli, &settings, host.map(|h| h.as_str()))
 }
 
 fn print_settings(cli: &Cli, s: &RetentionSettings, host: Option<&str>) -> Result<u8> {
@@ -368,19 +488,8 @@ fn jobs(xstore: &str, repo: &str, pull: &str) -> Vec<Job> {
     ]
 }
 
-/// What `schedule` prints or writes.
-pub(crate) struct ScheduleArgs<'a> {
-    pub(crate) systemd: bool,
-    /// `None`: the running binary's own path, so that the jobs run what was installed.
-    pub(crate) xstore: Option<&'a str>,
-    pub(crate) pull: &'a str,
-    pub(crate) user: &'a str,
-    pub(crate) output_dir: Option<&'a std::path::Path>,
-    pub(crate) env_file: Option<&'a str>,
-}
-
-pub(crate) fn schedule(cli: &Cli, args: &ScheduleArgs<'_>) -> Result<u8> {
-    let repo = match args.env_file {
+pub(crate) fn schedule(cli: &Cli, args: &ScheduleArgs) -> Result<u8> {
+    let repo = match args.env_file.as_deref() {
         Some(_) => String::new(),
         None => {
             let repo = crate::repo_path(cli)?.display().to_string();
@@ -390,8 +499,8 @@ pub(crate) fn schedule(cli: &Cli, args: &ScheduleArgs<'_>) -> Result<u8> {
             format!(" --repo {repo}")
         }
     };
-    let user = args.user;
-    let xstore = match args.xstore {
+    let user = args.user.as_str();
+    let xstore = match args.xstore.as_deref() {
         Some(x) => x.to_string(),
         None => std::env::current_exe()
             .context("finding this binary's path (give --xstore PATH)")?
@@ -401,7 +510,7 @@ pub(crate) fn schedule(cli: &Cli, args: &ScheduleArgs<'_>) -> Result<u8> {
     if xstore.contains(char::is_whitespace) {
         bail!("xstore binary path {xstore:?} contains whitespace; give --xstore PATH");
     }
-    let jobs = jobs(&xstore, &repo, args.pull);
+    let jobs = jobs(&xstore, &repo, &args.pull);
     if cli.json {
         print_json(&jobs)?;
         return Ok(EXIT_OK);
@@ -413,7 +522,7 @@ pub(crate) fn schedule(cli: &Cli, args: &ScheduleArgs<'_>) -> Result<u8> {
         outln!("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
         // cron reads no environment file: each job sources it itself (`set -a` exports
         // XSTORE_REPO and the rest), and fails visibly when it is missing.
-        let prefix = match args.env_file {
+        let prefix = match args.env_file.as_deref() {
             Some(env) => {
                 outln!("# the repository: XSTORE_REPO from {env}, sourced by each job");
                 format!("set -a && . {env} && set +a && exec ")
@@ -428,6 +537,7 @@ pub(crate) fn schedule(cli: &Cli, args: &ScheduleArgs<'_>) -> Result<u8> {
     }
     let env = args
         .env_file
+        .as_deref()
         .map(|f| format!("EnvironmentFile={f}\n"))
         .unwrap_or_default();
     let mut units = Vec::new();
@@ -452,7 +562,7 @@ pub(crate) fn schedule(cli: &Cli, args: &ScheduleArgs<'_>) -> Result<u8> {
         .map(|j| format!("{}.timer", j.name))
         .collect::<Vec<_>>()
         .join(" ");
-    match args.output_dir {
+    match args.output_dir.as_deref() {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
             for (name, text) in &units {

@@ -49,6 +49,21 @@ pub(crate) fn percent(text: &str) -> Result<f64, Refused> {
     Ok(v)
 }
 
+/// A size: `50GiB`, `500MB`, `8G` or bytes (the inventory's units).
+pub(crate) fn size(text: &str) -> Result<u64, Refused> {
+    xstore_fleet::inventory::parse_size(text).map_err(refused)
+}
+
+/// A tier schedule, lowest tier first: `hourly=6,daily=7,weekly=4,monthly=6`.
+pub(crate) fn schedule(text: &str) -> Result<xstore::retention::Schedule, Refused> {
+    xstore::retention::Schedule::parse(text).map_err(refused)
+}
+
+/// A host name (`web1.example.net`): 1-253 characters of `A-Z a-z 0-9 . - _`.
+pub(crate) fn host(text: &str) -> Result<xstore::HostName, Refused> {
+    xstore::HostName::parse(text).map_err(refused)
+}
+
 /// The one error line for a value a parser above refused (`--grace: invalid duration …`),
 /// or `None` for any other command-line error (clap reports those itself, exit 2).
 pub(crate) fn value_error_line(e: &clap::Error) -> Option<String> {

@@ -763,9 +763,7 @@ fn listing_large_xattr_directories_keeps_the_export_within_its_budget() {
     {
         let repo = xstore::Repository::init(&repo_dir, &xstore::InitOptions::default()).unwrap();
         let opts = xstore::BackupOptions {
-            host: "web1".into(),
-            paths: vec![src.clone()],
-            ..xstore::BackupOptions::default()
+            ..xstore::BackupOptions::new(xstore_tests::host_name("web1"), vec![src.clone()])
         };
         let source = xstore_tests::Hooked {
             before_open: |_: &Path| Ok(()),

@@ -457,9 +457,7 @@ fn checks_work_while_a_writer_holds_the_repository() {
         .backup(
             &xstore::LocalSource,
             &xstore::BackupOptions {
-                host: "fresh".into(),
-                paths: vec![dir],
-                ..Default::default()
+                ..xstore::BackupOptions::new(xstore_tests::host_name("fresh"), vec![dir])
             },
         )
         .unwrap();

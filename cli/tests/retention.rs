@@ -264,6 +264,27 @@ fn bad_retention_input_is_one_clear_error() {
             1,
             "--now: invalid time",
         ),
+        (
+            &["verify", "--max-bytes", "lots"],
+            1,
+            "--max-bytes: \"lots\": expected a size",
+        ),
+        (
+            &["verify", "--max-bytes", "5 parsecs"],
+            1,
+            "unknown unit \"parsecs\"",
+        ),
+        (
+            &["verify", "--max-duration", "soon"],
+            1,
+            "--max-duration: invalid duration",
+        ),
+        (
+            &["backup", "--host=-x", "/tmp"],
+            1,
+            "--host: invalid host name \"-x\"",
+        ),
+        (&["du", "--host", "a/b"], 1, "--host: invalid host name"),
     ];
     for (args, code, needle) in cases {
         let out = xstore(&repo, args);

@@ -119,6 +119,25 @@ fn two_budgeted_runs_cover_every_pack_exactly_once() {
         "{}",
         String::from_utf8_lossy(&ok_check.stdout)
     );
+    // Bad thresholds are the plugin's UNKNOWN (3), one status line naming the flag, never
+    // clap's usage exit (2, which a monitoring system reads as CRITICAL).
+    for (args, want) in [
+        (
+            &["check-verify", "--warning", "soon"][..],
+            "--warning: invalid",
+        ),
+        (
+            &["check-verify", "--warning", "2d", "--critical", "1d"][..],
+            "--warning 2d is longer than --critical 1d",
+        ),
+        (&["check-verify", "--bogus"][..], "--bogus"),
+    ] {
+        let out = xstore(&repo, args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stdout}");
+        assert!(stdout.starts_with("XSTORE VERIFY UNKNOWN - "), "{stdout}");
+        assert!(stdout.contains(want), "{args:?}: {stdout}");
+    }
     let text = ok(&repo, &["metrics"]);
     assert!(text.contains("xstore_verify_oldest_seconds "), "{text}");
     assert!(text.contains("xstore_verify_damaged_blobs 0"), "{text}");

@@ -139,8 +139,13 @@ impl From<Schedule> for Vec<Tier> {
     }
 }
 
+/// A text that is not a tier name ([`validate_tier_name`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tier name {0:?}: use 1-32 characters of a-z 0-9 _, starting with a letter")]
+pub struct InvalidTierName(pub String);
+
 /// Checks a tier name: 1–32 characters of `a-z 0-9 _`, starting with a letter.
-pub fn validate_tier_name(name: &str) -> Result<(), String> {
+pub fn validate_tier_name(name: &str) -> Result<(), InvalidTierName> {
     let ok = (1..=32).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
@@ -149,9 +154,7 @@ pub fn validate_tier_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "tier name {name:?}: use 1-32 characters of a-z 0-9 _, starting with a letter"
-        ))
+        Err(InvalidTierName(name.to_string()))
     }
 }
 
@@ -172,7 +175,7 @@ impl Schedule {
         }
         let mut seen = BTreeSet::new();
         for t in &tiers {
-            validate_tier_name(&t.name).map_err(fail)?;
+            validate_tier_name(&t.name).map_err(|e| fail(e.to_string()))?;
             if t.count == 0 {
                 return Err(fail(format!("tier {} keeps 0 snapshots", t.name)));
             }

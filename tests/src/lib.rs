@@ -36,7 +36,7 @@ pub trait RestoreNow {
         snapshot: &xstore::Snapshot,
         target: &Path,
         opts: &xstore::RestoreOptions,
-    ) -> xstore::Result<xstore::RestoreSummary>;
+    ) -> Result<xstore::RestoreSummary, xstore::RestoreError>;
 }
 
 impl RestoreNow for xstore::Repository {
@@ -45,7 +45,7 @@ impl RestoreNow for xstore::Repository {
         snapshot: &xstore::Snapshot,
         target: &Path,
         opts: &xstore::RestoreOptions,
-    ) -> xstore::Result<xstore::RestoreSummary> {
+    ) -> Result<xstore::RestoreSummary, xstore::RestoreError> {
         self.restore(&self.plan_restore(snapshot, target, opts)?)
     }
 }
@@ -70,16 +70,22 @@ pub fn journal_is_empty(repo: &Path) -> bool {
     }
 }
 
+/// `name` as a host name (a test's own names are valid).
+pub fn host_name(name: &str) -> xstore::HostName {
+    xstore::HostName::parse(name).expect("a valid host name")
+}
+
 /// A complete local backup of `paths` as a snapshot of `host` that enters no tier (so only
 /// explicit plans expire it).
 pub fn backup_untiered(repo: &xstore::Repository, host: &str, paths: &[&Path]) -> xstore::Snapshot {
     repo.backup(
         &xstore::LocalSource,
         &xstore::BackupOptions {
-            host: host.into(),
-            paths: paths.iter().map(|p| p.to_path_buf()).collect(),
             tier: xstore::TierChoice::None,
-            ..Default::default()
+            ..xstore::BackupOptions::new(
+                host_name(host),
+                paths.iter().map(|p| p.to_path_buf()).collect(),
+            )
         },
     )
     .expect("backup")
@@ -329,7 +335,7 @@ pub fn forget_keep_last(repo: &xstore::Repository, host: &str, keep: usize) -> x
                 last: Some(keep),
                 ..Default::default()
             },
-            Some(host),
+            Some(&host_name(host)),
             xstore::now_ns(),
         )
         .unwrap();

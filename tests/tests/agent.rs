@@ -5,7 +5,9 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use xstore::{ChunkerParams, EntryMeta, InitOptions, RemoteSource, Repository, Source, SourceKind};
+use xstore::{
+    ChunkerParams, EntryKind, EntryMeta, InitOptions, RemoteSource, Repository, Source, SourceKind,
+};
 use xstore_agent::AgentConfig;
 use xstore_fleet::{HostSpec, PullOptions};
 use xstore_format::protocol::{write_frame, AgentMsg, WireEntry, PROTOCOL_VERSIONS};
@@ -67,11 +69,17 @@ fn the_agent_serves_its_list_only_and_never_follows_symlinks() {
     assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
 
     // Ancestors of a root: metadata only.
-    assert_eq!(source.stat(&root).unwrap().kind, SourceKind::Dir);
+    assert_eq!(
+        source.stat(&root).unwrap().kind,
+        SourceKind::Stored(EntryKind::Dir)
+    );
     // Inside: served, symlinks reported as symlinks.
     let listing = source.list(&data).unwrap();
     let up = listing.iter().find(|(n, _)| n == b"up").unwrap();
-    assert_eq!(up.1.as_ref().unwrap().kind, SourceKind::Symlink);
+    assert_eq!(
+        up.1.as_ref().unwrap().kind,
+        SourceKind::Stored(EntryKind::Symlink)
+    );
     assert_eq!(
         source.read_link(&data.join("up")).unwrap(),
         root.as_os_str().as_encoded_bytes()
@@ -93,7 +101,7 @@ fn backup_through_the_agent_restores_exactly() {
     let repo = Repository::init(&root.join("repo"), &InitOptions::default()).unwrap();
     let source = connect(config_for(&data));
     let host = HostSpec {
-        name: "web1".into(),
+        name: xstore_tests::host_name("web1"),
         account: "a".into(),
         address: "127.0.0.1".into(),
         port: 22344,
@@ -292,7 +300,7 @@ fn a_hostile_agent_breaks_only_its_own_session() {
         req: 999,
         entry: WireEntry {
             name: Vec::new(),
-            meta: Ok(meta(SourceKind::Dir)),
+            meta: Ok(meta(SourceKind::Stored(EntryKind::Dir))),
             target: None,
             xattrs: Vec::new(),
         },
@@ -303,7 +311,7 @@ fn a_hostile_agent_breaks_only_its_own_session() {
     // Names that would escape a restore target are dropped; duplicates too.
     let entry = |name: &[u8]| WireEntry {
         name: name.to_vec(),
-        meta: Ok(meta(SourceKind::File)),
+        meta: Ok(meta(SourceKind::Stored(EntryKind::File))),
         target: None,
         xattrs: Vec::new(),
     };

@@ -15,10 +15,8 @@ fn a_clock_behind_the_newest_snapshot_commits_nothing_and_is_reported() {
     std::fs::write(src.join("f"), b"content").unwrap();
     let repo = xstore::Repository::init(&tmp.path().join("repo"), &Default::default()).unwrap();
     let opts = |time_ns| xstore::BackupOptions {
-        host: "h".into(),
-        paths: vec![src.clone()],
         time_ns,
-        ..Default::default()
+        ..xstore::BackupOptions::new(xstore_tests::host_name("h"), vec![src.clone()])
     };
     // The clock was a year ahead once.
     let ahead = xstore::now_ns() + 365 * DAY_NS;
@@ -26,12 +24,15 @@ fn a_clock_behind_the_newest_snapshot_commits_nothing_and_is_reported() {
         .backup(&xstore::LocalSource, &opts(Some(ahead)))
         .unwrap();
     let err = repo.backup(&xstore::LocalSource, &opts(None)).unwrap_err();
-    assert!(matches!(err, xstore::Error::ClockBehind { .. }), "{err}");
+    assert!(
+        matches!(err, xstore::BackupError::ClockBehind { .. }),
+        "{err}"
+    );
     assert!(err.to_string().starts_with("host h: the clock ("), "{err}");
     assert_eq!(repo.snapshots().unwrap().len(), 1);
 
     let target = FreshnessTarget {
-        host: "h".into(),
+        host: xstore_tests::host_name("h"),
         account: None,
         warning_age: None,
         critical_age: None,
@@ -70,10 +71,8 @@ fn a_commit_never_trims_the_snapshot_it_adds() {
     std::fs::write(src.join("f"), b"content").unwrap();
     let repo = xstore::Repository::init(&tmp.path().join("repo"), &Default::default()).unwrap();
     let at = |time_ns| xstore::BackupOptions {
-        host: "h".into(),
-        paths: vec![src.clone()],
         time_ns: Some(time_ns),
-        ..Default::default()
+        ..xstore::BackupOptions::new(xstore_tests::host_name("h"), vec![src.clone()])
     };
     let base = xstore::now_ns() - 10 * DAY_NS;
     // The default hourly tier keeps 6.

@@ -129,9 +129,10 @@ fn samples() -> Samples {
         .backup(
             &LocalSource,
             &BackupOptions {
-                host: "h".into(),
-                paths: vec![work.path().join("small")],
-                ..BackupOptions::default()
+                ..xstore::BackupOptions::new(
+                    xstore_tests::host_name("h"),
+                    vec![work.path().join("small")],
+                )
             },
         )
         .unwrap();
@@ -149,9 +150,7 @@ fn samples() -> Samples {
         .backup(
             &LocalSource,
             &BackupOptions {
-                host: "h2".into(),
-                paths: vec![src.clone()],
-                ..BackupOptions::default()
+                ..xstore::BackupOptions::new(xstore_tests::host_name("h2"), vec![src.clone()])
             },
         )
         .unwrap();

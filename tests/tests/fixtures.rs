@@ -35,15 +35,18 @@ fn assert_host_listings(repo: &Repository) {
             .map(|s| s.id.to_string())
             .collect();
         let got: Vec<String> = repo
-            .host_snapshots(h)
+            .host_snapshots(&xstore_tests::host_name(h))
             .unwrap()
             .iter()
             .map(|s| s.id.to_string())
             .collect();
         assert_eq!(got, want, "host {h}");
     }
-    assert!(repo.host_snapshots("never-seen").unwrap().is_empty());
-    let mut names: Vec<String> = all.iter().map(|s| s.host.clone()).collect();
+    assert!(repo
+        .host_snapshots(&xstore_tests::host_name("never-seen"))
+        .unwrap()
+        .is_empty());
+    let mut names: Vec<String> = all.iter().map(|s| s.host.to_string()).collect();
     names.sort();
     names.dedup();
     assert_eq!(repo.hosts().unwrap(), names);
@@ -129,10 +132,8 @@ fn an_old_repository_takes_writes_gc_and_repair() {
         repo.backup(
             &LocalSource,
             &BackupOptions {
-                host: "new1".into(),
-                paths: vec![src.clone()],
                 tier: TierChoice::None,
-                ..Default::default()
+                ..xstore::BackupOptions::new(xstore_tests::host_name("new1"), vec![src.clone()])
             },
         )
         .unwrap();

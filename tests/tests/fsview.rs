@@ -13,9 +13,7 @@ fn inode_numbers_are_stable_and_hard_links_share_one() {
     make_fixture(&src, 5);
     let repo = small_repo(&tmp.path().join("repo"));
     let opts = BackupOptions {
-        host: "web1".into(),
-        paths: vec![src.clone()],
-        ..Default::default()
+        ..xstore::BackupOptions::new(xstore_tests::host_name("web1"), vec![src.clone()])
     };
     let first = repo.backup(&LocalSource, &opts).unwrap();
     // Stable names are start seconds: keep the two snapshots in different seconds.
@@ -92,7 +90,7 @@ fn inode_numbers_are_stable_and_hard_links_share_one() {
     let limited = FsView::open(
         &tmp.path().join("repo"),
         ViewOptions {
-            hosts: Some(vec!["db1".into()]),
+            hosts: Some(vec![xstore_tests::host_name("db1")]),
             ..ViewOptions::default()
         },
     )
@@ -118,9 +116,7 @@ fn shared_caches_are_never_hit_across_scopes() {
     make_fixture(&src, 6);
     let repo = small_repo(&tmp.path().join("repo"));
     let opts = BackupOptions {
-        host: "web1".into(),
-        paths: vec![src.clone()],
-        ..Default::default()
+        ..xstore::BackupOptions::new(xstore_tests::host_name("web1"), vec![src.clone()])
     };
     repo.backup(&LocalSource, &opts).unwrap();
     drop(repo);

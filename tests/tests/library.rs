@@ -111,9 +111,7 @@ impl Source for Faulty {
 
 fn opts(host: &str, path: &Path) -> BackupOptions {
     BackupOptions {
-        host: host.into(),
-        paths: vec![path.to_path_buf()],
-        ..BackupOptions::default()
+        ..xstore::BackupOptions::new(xstore_tests::host_name(host), vec![path.to_path_buf()])
     }
 }
 
@@ -308,11 +306,11 @@ fn read_only_handle_refuses_to_write() {
     let ro = Repository::open_read_only(&work.path().join("repo")).unwrap();
     assert!(matches!(
         ro.backup(&LocalSource, &opts("h", &src)),
-        Err(xstore::Error::ReadOnly)
+        Err(xstore::BackupError::Repository(xstore::Error::ReadOnly))
     ));
     assert!(matches!(
         ro.gc(ro.plan_gc(&Default::default()).unwrap(), None),
-        Err(xstore::Error::ReadOnly)
+        Err(xstore::GcError::Repository(xstore::Error::ReadOnly))
     ));
 }
 

@@ -13,10 +13,8 @@ use xstore_tests::{assert_same_tree, forget_keep_last, restored_path, seeded_byt
 
 fn backup(repo: &Repository, host: &str, path: &Path) -> xstore::Snapshot {
     let opts = BackupOptions {
-        host: host.into(),
-        paths: vec![path.to_path_buf()],
         tier: xstore::TierChoice::None,
-        ..BackupOptions::default()
+        ..xstore::BackupOptions::new(xstore_tests::host_name(host), vec![path.to_path_buf()])
     };
     repo.backup(&LocalSource, &opts).unwrap()
 }
@@ -155,7 +153,10 @@ fn a_lost_index_is_rebuilt_with_every_snapshot_and_usage_is_unchanged() {
             backup(&repo, "b", &src);
         }
         let usage = repo
-            .fleet_usage(&[vec!["a".to_string()], vec!["a".into(), "b".into()]])
+            .fleet_usage(&[
+                vec![xstore_tests::host_name("a")],
+                vec![xstore_tests::host_name("a"), xstore_tests::host_name("b")],
+            ])
             .unwrap();
         (repo.snapshots().unwrap(), usage)
     };
@@ -174,7 +175,10 @@ fn a_lost_index_is_rebuilt_with_every_snapshot_and_usage_is_unchanged() {
     let check = repo.check(CheckOptions::default()).unwrap();
     assert!(check.problems.is_empty(), "{:?}", check.problems);
     let usage = repo
-        .fleet_usage(&[vec!["a".to_string()], vec!["a".into(), "b".into()]])
+        .fleet_usage(&[
+            vec![xstore_tests::host_name("a")],
+            vec![xstore_tests::host_name("a"), xstore_tests::host_name("b")],
+        ])
         .unwrap();
     assert_eq!(usage.hosts, usage_before.hosts);
     assert_eq!(usage.groups, usage_before.groups);
@@ -232,4 +236,64 @@ fn a_gc_plan_made_stale_by_another_gc_leaves_those_packs_alone() {
     )
     .unwrap();
     assert_same_tree(&src, &restored_path(&dst, &src), false);
+}
+
+/// `check` with `read_data` names a damaged blob exactly: its id, the pack that holds it,
+/// and a snapshot and path that lose it, and the pack whose hash no longer matches; the
+/// structural check (without `read_data`) does not read blob bytes and finds nothing.
+#[test]
+fn check_reading_data_names_the_damaged_blob_its_pack_and_a_path_that_holds_it() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("intact"), seeded_bytes(1, 50_000)).unwrap();
+    fs::write(src.join("damaged"), seeded_bytes(2, 50_000)).unwrap();
+    let repo = small_repo(&work.path().join("repo"));
+    let snap = backup(&repo, "web1", &src);
+    let path = format!("{}/damaged", src.canonicalize().unwrap().display());
+    let xstore::Node::Entry(entry) = repo.lookup(&snap, &path).unwrap() else {
+        panic!("{path} is not an entry");
+    };
+    let chunk = repo.file_chunks(&entry).unwrap()[0];
+    let loc = repo.blob_location(&chunk.id).unwrap().unwrap();
+    // Flip one byte in the middle of the blob's stored (compressed) bytes.
+    let pack_path = xstore::layout::pack_file(&xstore::layout::packs(repo.path()), &loc.pack);
+    let mut bytes = fs::read(&pack_path).unwrap();
+    let at =
+        loc.offset as usize + xstore_format::pack::BLOB_HEADER_LEN + loc.stored_len as usize / 2;
+    bytes[at] ^= 0x55;
+    fs::write(&pack_path, &bytes).unwrap();
+
+    let structure = repo.check(CheckOptions::default()).unwrap();
+    assert!(structure.problems.is_empty(), "{:?}", structure.problems);
+    let report = repo
+        .check(CheckOptions {
+            read_data: true,
+            ..Default::default()
+        })
+        .unwrap();
+    // Two problems: the pack no longer hashes to its name, and the blob fails its checksum.
+    assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+    let pack_problem = report.problems.iter().find(|p| p.blob.is_none()).unwrap();
+    assert_eq!(pack_problem.pack, Some(loc.pack));
+    assert!(
+        pack_problem.message.contains("does not hash to its name"),
+        "{pack_problem}"
+    );
+    let problem = report.problems.iter().find(|p| p.blob.is_some()).unwrap();
+    assert_eq!(problem.blob, Some(chunk.id));
+    assert_eq!(problem.pack, Some(loc.pack));
+    assert_eq!(problem.path.as_deref(), Some(path.as_str()));
+    assert!(
+        problem
+            .snapshot
+            .as_deref()
+            .unwrap()
+            .starts_with(&snap.id.short()),
+        "{problem}"
+    );
+    // The JSON keeps the ids as hex.
+    let json = serde_json::to_value(problem).unwrap();
+    assert_eq!(json["blob"], chunk.id.to_string());
+    assert_eq!(json["pack"], loc.pack.to_string());
 }

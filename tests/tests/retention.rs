@@ -21,10 +21,8 @@ fn backup(repo: &Repository, host: &str, src: &Path, tier: TierChoice) -> Snapsh
     repo.backup(
         &LocalSource,
         &BackupOptions {
-            host: host.into(),
-            paths: vec![src.to_path_buf()],
             tier,
-            ..Default::default()
+            ..xstore::BackupOptions::new(xstore_tests::host_name(host), vec![src.to_path_buf()])
         },
     )
     .unwrap()
@@ -37,7 +35,7 @@ fn plan_keep_last(repo: &Repository, n: usize, host: Option<&str>) -> xstore::re
             last: Some(n),
             ..Default::default()
         },
-        host,
+        host.map(xstore_tests::host_name).as_ref(),
         xstore::now_ns(),
     )
     .unwrap()
@@ -160,7 +158,9 @@ fn backup_enters_lowest_tier_and_trims_it_atomically() {
         Err(xstore::Error::SnapshotRef { .. })
     ));
     // rotate daily: hourly.1 becomes daily.0.
-    let plan = repo.plan_rotate("daily", Some("db1")).unwrap();
+    let plan = repo
+        .plan_rotate("daily", Some(&xstore_tests::host_name("db1")))
+        .unwrap();
     repo.apply_plan(&plan).unwrap();
     assert_eq!(repo.resolve("db1@daily.0").unwrap().id, snaps[2].id);
     // Pinned snapshots survive leaving every tier.
@@ -187,18 +187,17 @@ fn backup_enters_lowest_tier_and_trims_it_atomically() {
         .backup(
             &LocalSource,
             &BackupOptions {
-                host: "db1".into(),
-                paths: vec![src.clone()],
                 tier: TierChoice::Named("yearly".into()),
-                ..Default::default()
+                ..xstore::BackupOptions::new(xstore_tests::host_name("db1"), vec![src.clone()])
             },
         )
         .unwrap_err();
     assert!(
         matches!(
             &err,
-            xstore::Error::Retention(xstore::retention::RetentionError::UnknownTier { tier, .. })
-                if tier == "yearly"
+            xstore::BackupError::Repository(xstore::Error::Retention(
+                xstore::retention::RetentionError::UnknownTier { tier, .. }
+            )) if tier == "yearly"
         ),
         "{err:?}"
     );
@@ -303,11 +302,9 @@ fn race(gate_before_walk: bool) {
             repo.backup(
                 &source,
                 &BackupOptions {
-                    host: "new".into(),
-                    paths: vec![src.clone()],
                     parent: ParentChoice::Snapshot(old.id),
                     tier: TierChoice::None,
-                    ..Default::default()
+                    ..xstore::BackupOptions::new(xstore_tests::host_name("new"), vec![src.clone()])
                 },
             )
         });

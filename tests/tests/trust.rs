@@ -43,11 +43,9 @@ fn a_fifo_swapped_in_mid_backup_is_a_failed_path_not_a_hang() {
     std::thread::spawn(move || {
         let repo = Repository::init(&repo_path, &Default::default()).unwrap();
         let opts = BackupOptions {
-            host: "h".into(),
-            paths: vec![src2],
             parent: ParentChoice::None,
             tier: TierChoice::None,
-            ..Default::default()
+            ..xstore::BackupOptions::new(xstore_tests::host_name("h"), vec![src2])
         };
         let _ = tx.send(
             repo.backup(&open_hook(swap_for_fifo), &opts)
@@ -98,10 +96,11 @@ fn a_reader_opened_before_gc_restores_exactly_after_it_twenty_rounds() {
         repo.backup(
             &LocalSource,
             &BackupOptions {
-                host: host.into(),
-                paths: vec![path.clone(), keep_src.clone()],
                 tier: TierChoice::None,
-                ..Default::default()
+                ..xstore::BackupOptions::new(
+                    xstore_tests::host_name(host),
+                    vec![path.clone(), keep_src.clone()],
+                )
             },
         )
         .unwrap()

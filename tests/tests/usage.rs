@@ -104,7 +104,10 @@ fn usage_matches_the_dag_and_expiry_frees_exactly_the_exclusive_bytes() {
         hard_limit: 3 << 20,
         logical_ratio: xstore_fleet::DEFAULT_LOGICAL_RATIO,
         nfs: xstore_fleet::NfsPolicy::default(),
-        hosts: vec!["web-a".into(), "web-b".into()],
+        hosts: vec![
+            xstore_tests::host_name("web-a"),
+            xstore_tests::host_name("web-b"),
+        ],
     };
     let acc = &xstore_fleet::monitor::account_usage(&repo, &[account], 1.0, 2.0).unwrap()[0];
     let everything: HashSet<ChunkId> = reachable(&repo, &all);
@@ -125,7 +128,9 @@ fn usage_matches_the_dag_and_expiry_frees_exactly_the_exclusive_bytes() {
     );
 
     // Per snapshot: the older snapshot of web-a alone holds the old f0 (and the trees above).
-    let per_snapshot = repo.snapshot_usage("web-a").unwrap();
+    let per_snapshot = repo
+        .snapshot_usage(&xstore_tests::host_name("web-a"))
+        .unwrap();
     assert_eq!(per_snapshot.len(), 2);
     let newer = reachable(&repo, &[&a2, &b1]);
     let only_a1: HashSet<ChunkId> = reachable(&repo, &[&a1])
@@ -148,7 +153,7 @@ fn usage_matches_the_dag_and_expiry_frees_exactly_the_exclusive_bytes() {
                 last: Some(1),
                 ..Default::default()
             },
-            Some("web-b"),
+            Some(&xstore_tests::host_name("web-b")),
             xstore::now_ns(),
         )
         .unwrap();
@@ -183,7 +188,10 @@ fn usage_of_nothing_is_zero() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = small_repo(&tmp.path().join("repo"));
     assert_eq!(repo.usage_of(&[]).unwrap(), xstore::Usage::default());
-    assert!(repo.snapshot_usage("web1").unwrap().is_empty());
+    assert!(repo
+        .snapshot_usage(&xstore_tests::host_name("web1"))
+        .unwrap()
+        .is_empty());
 }
 
 /// `fleet_usage` (one pass for the whole fleet, what `du` and the account checks use) gives
@@ -234,11 +242,17 @@ fn fleet_usage_equals_usage_of_for_every_host_and_group() {
         "{big:?}"
     );
 
-    let groups: Vec<Vec<String>> = vec![
-        vec!["web-a".into(), "web-b".into()],
-        vec!["web-c".into()],
-        vec!["web-a".into(), "web-b".into(), "web-c".into()],
-        vec!["web-b".into(), "never-backed-up".into()],
+    let names = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| xstore_tests::host_name(n))
+            .collect::<Vec<_>>()
+    };
+    let groups = vec![
+        names(&["web-a", "web-b"]),
+        names(&["web-c"]),
+        names(&["web-a", "web-b", "web-c"]),
+        names(&["web-b", "never-backed-up"]),
         vec![],
     ];
     let fleet = repo.fleet_usage(&groups).unwrap();

@@ -24,8 +24,8 @@ use std::time::Instant;
 use xstore::bench_internals::{dir_bytes, peak_rss_mib};
 use xstore::retention::KeepPolicy;
 use xstore::{
-    BackupOptions, CheckOptions, EntryMeta, GcOptions, InitOptions, Repository, Snapshot, Source,
-    SourceFile, SourceKind, TierChoice,
+    BackupOptions, CheckOptions, EntryKind, EntryMeta, GcOptions, InitOptions, Repository,
+    Snapshot, Source, SourceFile, SourceKind, TierChoice,
 };
 use xstore_chunker::seeded_bytes;
 use xstore_fleet::monitor::{account_states, FreshnessOptions, FreshnessTarget};
@@ -134,7 +134,7 @@ impl FleetSource {
     }
 
     fn dir_meta() -> EntryMeta {
-        meta(SourceKind::Dir, 0o755, 4096, BASE_NS, 1)
+        meta(SourceKind::Stored(EntryKind::Dir), 0o755, 4096, BASE_NS, 1)
     }
 
     /// (seed, length, mtime) of file `i`'s current version.
@@ -154,7 +154,13 @@ impl FleetSource {
 
     fn file_meta(&self, i: usize) -> EntryMeta {
         let (_, len, mtime) = self.version(i);
-        let mut m = meta(SourceKind::File, 0o644, len as u64, mtime, 1);
+        let mut m = meta(
+            SourceKind::Stored(EntryKind::File),
+            0o644,
+            len as u64,
+            mtime,
+            1,
+        );
         m.attrs.inode = 1_000 + i as u64;
         m
     }
@@ -326,11 +332,9 @@ fn backup(
     let snap = repo.backup(
         &source,
         &BackupOptions {
-            host: host.to_string(),
-            paths: vec![PathBuf::from(ROOT)],
             tier: TierChoice::Named(tier.to_string()),
             time_ns: Some(time_ns),
-            ..BackupOptions::default()
+            ..BackupOptions::new(xstore::HostName::parse(host)?, vec![PathBuf::from(ROOT)])
         },
     )?;
     if !snap.is_complete() {
@@ -424,11 +428,7 @@ fn probe_backup(repo: &Repository, work: &Path, now: i64) -> Res<f64> {
     let t = Instant::now();
     repo.backup(
         &xstore::LocalSource,
-        &BackupOptions {
-            host: "probe".into(),
-            paths: vec![dir],
-            ..BackupOptions::default()
-        },
+        &BackupOptions::new(xstore::HostName::parse("probe")?, vec![dir]),
     )?;
     Ok(t.elapsed().as_secs_f64())
 }
@@ -531,7 +531,7 @@ fn main() -> Res<()> {
         "du --host (one host and its snapshots)",
         || {
             let repo = open()?;
-            let host = host_name(0);
+            let host = xstore::HostName::parse(&host_name(0))?;
             let of_host = repo.host_snapshots(&host)?;
             let usage = repo.usage_of(&of_host)?;
             let per = repo.snapshot_usage(&host)?;
@@ -544,7 +544,8 @@ fn main() -> Res<()> {
         || {
             // As `xstore du` does: one pass for every host and account.
             let repo = open()?;
-            let groups: Vec<Vec<String>> = inv.accounts.iter().map(|a| a.hosts.clone()).collect();
+            let groups: Vec<Vec<xstore::HostName>> =
+                inv.accounts.iter().map(|a| a.hosts.clone()).collect();
             let fleet = repo.fleet_usage(&groups)?;
             let accounts = account_states(&inv.accounts, &fleet, 1.0, f64::INFINITY);
             Ok((accounts.len(), fleet.hosts.len()))

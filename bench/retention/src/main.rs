@@ -115,10 +115,8 @@ fn backup(repo: &Repository, src: &Path) -> Res<()> {
     repo.backup(
         &LocalSource,
         &BackupOptions {
-            host: "web1".into(),
-            paths: vec![src.to_path_buf()],
             tier: TierChoice::None,
-            ..Default::default()
+            ..BackupOptions::new(xstore::HostName::parse("web1")?, vec![src.to_path_buf()])
         },
     )?;
     Ok(())

@@ -9,10 +9,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 
 use xstore_chunker::ChunkerParams;
-use xstore_format::meta::{EntryMeta, SourceKind};
+use xstore_format::meta::{EntryKind, EntryMeta, SourceKind, StatFields};
 use xstore_format::protocol::{
     listing_digest, listing_digest_meta, read_frame, write_batched, write_frame, AgentMsg,
     ErrorCode, Outgoing, ServerMsg, Transport, WireChunk, WireEntry, CAP_DIGEST_META,
@@ -344,7 +344,7 @@ impl Ctx<'_> {
     fn chunk_file(&self, req: u64, path: &Path, inline_max: u32) -> io::Result<AgentMsg> {
         let file = std::fs::File::from(open_file(path)?);
         let before = EntryMeta::from_metadata(&file.metadata()?);
-        if before.kind != SourceKind::File {
+        if before.kind != SourceKind::Stored(EntryKind::File) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "not a regular file",
@@ -507,31 +507,18 @@ fn open_file(path: &Path) -> io::Result<OwnedFd> {
 // The stat field types differ between targets and rustix backends; the casts are the portable form.
 #[allow(clippy::unnecessary_cast)]
 fn meta_of(st: &rustix::fs::Stat) -> EntryMeta {
-    let kind = match FileType::from_raw_mode(st.st_mode as _) {
-        FileType::RegularFile => SourceKind::File,
-        FileType::Directory => SourceKind::Dir,
-        FileType::Symlink => SourceKind::Symlink,
-        FileType::CharacterDevice => SourceKind::CharDevice,
-        FileType::BlockDevice => SourceKind::BlockDevice,
-        FileType::Fifo => SourceKind::Fifo,
-        _ => SourceKind::Socket,
-    };
-    let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
-    EntryMeta {
-        kind,
-        attrs: xstore_format::meta::Attrs {
-            mode: (st.st_mode as u32) & 0o7777,
-            uid: st.st_uid as u32,
-            gid: st.st_gid as u32,
-            size: st.st_size as u64,
-            mtime_ns: ns(st.st_mtime as i64, st.st_mtime_nsec as i64),
-            ctime_ns: ns(st.st_ctime as i64, st.st_ctime_nsec as i64),
-            inode: st.st_ino as u64,
-            dev: st.st_dev as u64,
-            nlink: st.st_nlink as u64,
-            rdev: st.st_rdev as u64,
-        },
-    }
+    EntryMeta::from_stat(&StatFields {
+        mode: st.st_mode as u32,
+        uid: st.st_uid as u32,
+        gid: st.st_gid as u32,
+        size: st.st_size as u64,
+        mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
+        ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
+        inode: st.st_ino as u64,
+        dev: st.st_dev as u64,
+        nlink: st.st_nlink as u64,
+        rdev: st.st_rdev as u64,
+    })
 }
 
 /// `name` in the open directory `dir` as a path for the l*xattr calls: the directory is
@@ -545,7 +532,7 @@ fn via_proc(dir: &OwnedFd, name: &OsStr) -> PathBuf {
 /// `with_xattrs`.
 fn lstat_at(dir: &OwnedFd, name: &OsStr, with_xattrs: bool) -> io::Result<WireEntry> {
     let meta = meta_of(&rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?);
-    let target = if meta.kind == SourceKind::Symlink {
+    let target = if meta.kind == SourceKind::Stored(EntryKind::Symlink) {
         Some(rustix::fs::readlinkat(dir, name, Vec::new())?.into_bytes())
     } else {
         None

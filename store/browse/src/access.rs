@@ -4,7 +4,7 @@
 //! file that no one may execute. Squashing root happens before, in [`Caller::squashed`].
 
 use crate::fsview::NodeAttr;
-use xstore_format::tree::EntryKind;
+use xstore_format::meta::EntryKind;
 
 /// The uid and gid an anonymous or squashed caller acts as (`nobody`, `nogroup`).
 pub const ANONYMOUS_ID: u32 = 65534;

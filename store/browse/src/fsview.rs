@@ -23,11 +23,13 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+use xstore::HostName;
 
 use crate::cache::ByteLru;
 use xstore::{Attrs, ChunkId, Error, Repository, Result};
+use xstore_format::meta::EntryKind;
 use xstore_format::snapshot::Snapshot;
-use xstore_format::tree::{ChunkRef, Content, Entry, EntryKind};
+use xstore_format::tree::{ChunkRef, Content, Entry};
 
 /// The root directory's inode number.
 pub const ROOT_INO: u64 = 1;
@@ -84,7 +86,7 @@ pub type FsResult<T> = std::result::Result<T, FsError>;
 #[derive(Debug, Clone)]
 pub struct ViewOptions {
     /// Only these hosts are visible (an account's, for NFS); `None`: all.
-    pub hosts: Option<Vec<String>>,
+    pub hosts: Option<Vec<HostName>>,
     /// Bytes of decompressed chunks kept in memory.
     pub cache_bytes: usize,
     /// Bytes of decoded trees kept in memory.
@@ -135,8 +137,8 @@ enum Kind {
     Root,
     Tier(String),
     Hosts,
-    Host(String),
-    Latest(String),
+    Host(HostName),
+    Latest(HostName),
     /// A snapshot's root directory.
     SnapRoot(Arc<Snapshot>),
     /// An entry inside a snapshot, without its xattrs ([`slim`]), and the tree holding it
@@ -159,9 +161,9 @@ struct Node {
 struct Catalog {
     repo: Arc<Repository>,
     /// Visible snapshots per host, oldest first, with their names under `hosts/<host>/`.
-    by_host: HashMap<String, Vec<(String, Arc<Snapshot>)>>,
+    by_host: HashMap<HostName, Vec<(String, Arc<Snapshot>)>>,
     /// Tier position (`daily.0`) → host → snapshot.
-    positions: HashMap<String, HashMap<String, Arc<Snapshot>>>,
+    positions: HashMap<String, HashMap<HostName, Arc<Snapshot>>>,
     /// End of the newest visible snapshot: the time of the directories above snapshots.
     newest_ns: i64,
     loaded: Instant,
@@ -252,7 +254,7 @@ fn ino_of(key: &[u8]) -> u64 {
 }
 
 fn lock_err<T>(_: std::sync::PoisonError<T>) -> FsError {
-    FsError::Repo(Error::InvalidArgument("view lock poisoned".into()))
+    FsError::Repo(Error::Poisoned)
 }
 
 /// The stable directory name of a snapshot: its start time, `2026-11-28T041500Z`.
@@ -303,8 +305,8 @@ impl FsView {
         let repo = Repository::open_read_only(path)?;
         let snapshots = repo.snapshots()?;
         let positions_of = xstore::tier_positions(&snapshots);
-        let mut by_host: HashMap<String, Vec<Arc<Snapshot>>> = HashMap::new();
-        let mut positions: HashMap<String, HashMap<String, Arc<Snapshot>>> = HashMap::new();
+        let mut by_host: HashMap<HostName, Vec<Arc<Snapshot>>> = HashMap::new();
+        let mut positions: HashMap<String, HashMap<HostName, Arc<Snapshot>>> = HashMap::new();
         for s in snapshots {
             if opts.hosts.as_ref().is_some_and(|h| !h.contains(&s.host)) {
                 continue;

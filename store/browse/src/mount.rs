@@ -12,7 +12,7 @@ use fuser::{
 };
 
 use crate::fsview::{DirItem, FsError, FsView, NodeAttr};
-use xstore_format::tree::EntryKind;
+use xstore_format::meta::EntryKind;
 
 /// Snapshot contents never change: the kernel may cache them for long.
 const IMMUTABLE_TTL: Duration = Duration::from_secs(3600);

@@ -212,22 +212,6 @@ pub enum Error {
         #[source]
         source: RemoteError,
     },
-    /// A backup source root that cannot be read at all.
-    #[error("backup source {path}: {source}")]
-    Source {
-        /// The root path.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The source broke off during a backup (a lost or timed-out agent connection); nothing
-    /// was committed.
-    #[error("the source broke off ({reason}); no snapshot was committed")]
-    SourceBroken {
-        /// What happened.
-        reason: String,
-    },
     /// A pull could not start or complete.
     #[error("pull {host}: {reason}")]
     Pull {
@@ -236,47 +220,15 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// The data shared by concurrent backups of one account was lost (a pack could not be
-    /// stored or committed): no backup relying on it commits.
-    #[error("the chunks shared with this account's other pulls were not stored: {reason}")]
-    SharedIngest {
-        /// The first failure.
-        reason: String,
-    },
     /// Expiry would drop a reference count below zero: the index disagrees with the trees.
     #[error("blob {0}: reference count would drop below zero (the index is inconsistent; run `xstore check`, then `xstore repair index`)")]
     RefcountUnderflow(ChunkId),
-    /// A blob would be referenced as another kind than the repository holds it as: a file's
-    /// chunk whose bytes equal a tree or chunk list, or a tree whose bytes equal a file's
-    /// chunk. Never deduplicated: an edge of the wrong kind would break reference counting.
-    #[error("blob {id}: stored as {have}, referenced as {want}; not deduplicated")]
-    KindClash {
-        /// The blob.
-        id: ChunkId,
-        /// The kind the repository (or this backup) holds it as.
-        have: &'static str,
-        /// The kind the new reference needs.
-        want: &'static str,
-    },
-    /// The clock reads earlier than the host's newest snapshot.
-    #[error("host {host}: the clock ({now}) is earlier than its newest snapshot ({newest}); fix the clock: nothing was committed")]
-    ClockBehind {
-        /// The host.
-        host: String,
-        /// When its newest snapshot started (UTC).
-        newest: String,
-        /// The clock's time (UTC).
-        now: String,
-    },
-    /// A backup would add more stored bytes than a limit allows (a pull's cap, an
-    /// account's hard limit).
-    #[error("{what} would be crossed; nothing was committed")]
-    OverBudget {
-        /// The limit, in words.
-        what: String,
-        /// Its size in bytes.
-        limit: u64,
-    },
+    /// A failure only a backup has, met inside the core: [`Repository::backup`] returns it
+    /// as a [`BackupError`].
+    ///
+    /// [`Repository::backup`]: crate::Repository::backup
+    #[error(transparent)]
+    Backup(Box<BackupError>),
     /// Writing would eat into the free-space reserve that only forget, gc and repair use.
     #[error("{path}: {free} bytes free, the reserve for forget, gc and repair is {reserve}; nothing was committed (free space with `xstore forget` and `xstore gc`)")]
     ReserveReached {
@@ -298,6 +250,168 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+}
+
+/// Failures of a backup ([`Repository::backup`] and the pulls built on it). What every
+/// repository operation can meet (I/O, corruption, the object store, locks) is
+/// [`BackupError::Repository`].
+///
+/// [`Repository::backup`]: crate::Repository::backup
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    /// A backup source root that cannot be read at all.
+    #[error("backup source {path}: {source}")]
+    Source {
+        /// The root path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The source broke off during a backup (a lost or timed-out agent connection); nothing
+    /// was committed.
+    #[error("the source broke off ({reason}); no snapshot was committed")]
+    SourceBroken {
+        /// What happened.
+        reason: String,
+    },
+    /// The data shared by concurrent backups of one account was lost (a pack could not be
+    /// stored or committed): no backup relying on it commits.
+    #[error("the chunks shared with this account's other pulls were not stored: {reason}")]
+    SharedIngest {
+        /// The first failure.
+        reason: String,
+    },
+    /// A blob would be referenced as another kind than the repository holds it as: a file's
+    /// chunk whose bytes equal a tree or chunk list, or a tree whose bytes equal a file's
+    /// chunk. Never deduplicated: an edge of the wrong kind would break reference counting.
+    #[error("blob {id}: stored as {have}, referenced as {want}; not deduplicated")]
+    KindClash {
+        /// The blob.
+        id: ChunkId,
+        /// The kind the repository (or this backup) holds it as.
+        have: &'static str,
+        /// The kind the new reference needs.
+        want: &'static str,
+    },
+    /// The clock reads earlier than the host's newest snapshot.
+    #[error("host {host}: the clock ({now}) is earlier than its newest snapshot ({newest}); fix the clock: nothing was committed")]
+    ClockBehind {
+        /// The host.
+        host: xstore_format::host::HostName,
+        /// When its newest snapshot started (UTC).
+        newest: String,
+        /// The clock's time (UTC).
+        now: String,
+    },
+    /// A backup would add more stored bytes than a limit allows (a pull's cap, an
+    /// account's hard limit).
+    #[error("{what} would be crossed; nothing was committed")]
+    OverBudget {
+        /// The limit, in words.
+        what: String,
+        /// Its size in bytes.
+        limit: u64,
+    },
+    /// A failure of the repository, not of this backup's input.
+    #[error(transparent)]
+    Repository(Error),
+}
+
+impl From<Error> for BackupError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Backup(b) => *b,
+            other => BackupError::Repository(other),
+        }
+    }
+}
+
+impl From<BackupError> for Error {
+    fn from(e: BackupError) -> Self {
+        match e {
+            BackupError::Repository(e) => e,
+            other => Error::Backup(Box::new(other)),
+        }
+    }
+}
+
+/// Failures of a restore ([`Repository::restore`]): the target refused, or the repository.
+///
+/// [`Repository::restore`]: crate::Repository::restore
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// A path in the target the restore will not write: outside the target, reached
+    /// through a symlink, or in the way of a directory.
+    #[error("restore refused {path}: {reason}")]
+    Refused {
+        /// The path inside the target.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A failure of the repository (a missing or damaged blob included) or of writing the
+    /// target.
+    #[error(transparent)]
+    Repository(Error),
+}
+
+impl From<Error> for RestoreError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Unsafe { path, reason } => RestoreError::Refused { path, reason },
+            other => RestoreError::Repository(other),
+        }
+    }
+}
+
+impl From<RestoreError> for Error {
+    fn from(e: RestoreError) -> Self {
+        match e {
+            RestoreError::Refused { path, reason } => Error::Unsafe { path, reason },
+            RestoreError::Repository(e) => e,
+        }
+    }
+}
+
+/// Failures of planning or carrying out a gc ([`Repository::plan_gc`], [`Repository::gc`]).
+///
+/// [`Repository::plan_gc`]: crate::Repository::plan_gc
+/// [`Repository::gc`]: crate::Repository::gc
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GcError {
+    /// The dead-bytes threshold asked for is not a percentage.
+    #[error("--max-dead {0}% is not within 0..100%")]
+    MaxDead(f64),
+    /// Another writer took the repository's lease while gc ran: gc stopped at once.
+    #[error(transparent)]
+    LeaseLost(Error),
+    /// A failure of the repository.
+    #[error(transparent)]
+    Repository(Error),
+}
+
+impl From<Error> for GcError {
+    fn from(e: Error) -> Self {
+        match e {
+            e @ Error::LeaseLost { .. } => GcError::LeaseLost(e),
+            other => GcError::Repository(other),
+        }
+    }
+}
+
+impl From<GcError> for Error {
+    fn from(e: GcError) -> Self {
+        match e {
+            GcError::MaxDead(p) => {
+                Error::InvalidArgument(format!("--max-dead {p}% is not within 0..100%"))
+            }
+            GcError::LeaseLost(e) | GcError::Repository(e) => e,
+        }
+    }
 }
 
 impl Error {

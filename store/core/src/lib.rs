@@ -16,7 +16,7 @@
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use xstore::{BackupOptions, InitOptions, LocalSource, Repository, RestoreOptions};
+//! use xstore::{BackupOptions, HostName, InitOptions, LocalSource, Repository, RestoreOptions};
 //!
 //! let work = tempfile::tempdir()?;
 //! let data = work.path().join("data");
@@ -24,11 +24,8 @@
 //! std::fs::write(data.join("hello.txt"), b"hello, world\n")?;
 //!
 //! let repo = Repository::init(&work.path().join("repo"), &InitOptions::default())?;
-//! let opts = BackupOptions {
-//!     host: "web1".into(),
-//!     paths: vec![data.clone()],
-//!     ..BackupOptions::default()
-//! };
+//! // A host name is checked once, here; the library takes it typed.
+//! let opts = BackupOptions::new(HostName::parse("web1")?, vec![data.clone()]);
 //! let snapshot = repo.backup(&LocalSource, &opts)?;
 //! assert!(snapshot.is_complete());
 //!
@@ -91,12 +88,13 @@ pub use commands::verify::{
     BrokenPath, DamagedBlob, VerifyOptions, VerifyReport, VerifyRun, VerifyStatus, MAX_BROKEN_PATHS,
 };
 pub use error::RemoteError;
-pub use error::{ssh_detail, Error, Result};
+pub use error::{ssh_detail, BackupError, Error, GcError, RestoreError, Result};
 pub use fsutil::local_hostname;
 pub use progress::Progress;
 pub use repo::access::{PermissionFix, RepoAccess};
 pub use repo::settings::{
-    RetentionSettings, DEFAULT_GC_GRACE_SECONDS, DEFAULT_GC_MAX_DEAD_PERCENT, RETENTION_VERSION,
+    InvalidSettings, RetentionSettings, DEFAULT_GC_GRACE_SECONDS, DEFAULT_GC_MAX_DEAD_PERCENT,
+    RETENTION_VERSION,
 };
 pub use repo::{free_space_reserve, Node, Repository};
 pub use source::remote::{
@@ -108,10 +106,12 @@ pub use text::format_utc;
 pub use txn::Released;
 pub use xstore_format::bytes::to_hex;
 pub use xstore_format::config::{Config, InitOptions};
+pub use xstore_format::host::HostName;
+pub use xstore_format::meta::EntryKind;
 pub use xstore_format::meta::{Attrs, EntryMeta, SourceKind};
 pub use xstore_format::pack::BlobKind;
 pub use xstore_format::records::{BlobLoc, HostRecord, PackRecord};
 pub use xstore_format::snapshot::{PathError, Snapshot, SnapshotId, SnapshotStats, SnapshotStatus};
-pub use xstore_format::tree::{ChunkRef, Content, Entry, EntryKind, Tree};
+pub use xstore_format::tree::{ChunkRef, Content, Entry, Tree};
 pub use xstore_format::DecodeError;
 pub use xstore_retention as retention;

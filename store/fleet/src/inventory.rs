@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use xstore_format::host::HostName;
 
 use serde::Deserialize;
 use xstore_retention::Schedule;
@@ -150,7 +151,7 @@ pub struct Account {
     /// How the account's NFS export treats its clients.
     pub nfs: NfsPolicy,
     /// The account's host names.
-    pub hosts: Vec<String>,
+    pub hosts: Vec<HostName>,
 }
 
 /// An account's NFS export settings (`nfs_port`, `no_root_squash`, `insecure`,
@@ -174,7 +175,7 @@ pub struct NfsPolicy {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct HostSpec {
     /// Host name (snapshots are recorded under it).
-    pub name: String,
+    pub name: HostName,
     /// The account it belongs to.
     pub account: String,
     /// Address or name to connect to.
@@ -243,9 +244,28 @@ pub struct Inventory {
     pub hosts: Vec<HostSpec>,
 }
 
+/// A text [`parse_size`] refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    /// No number where the size starts.
+    #[error("{0:?}: expected a size such as 2GiB or 500MB")]
+    NotASize(String),
+    /// A unit other than B, kB, K, KiB, MB, M, MiB, GB, G, GiB, TB, T, TiB.
+    #[error("{text:?}: unknown unit {unit:?}")]
+    UnknownUnit {
+        /// The whole text.
+        text: String,
+        /// Its unit.
+        unit: String,
+    },
+    /// More bytes than 64 bits count.
+    #[error("{0:?}: out of range")]
+    OutOfRange(String),
+}
+
 /// Parses `2 GiB`, `500MB`, `8G`, `1048576` (bytes). Binary units (KiB…) are powers of 1024,
 /// decimal units (kB, MB, GB, TB) powers of 1000; a bare `K`/`M`/`G`/`T` is binary.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -253,7 +273,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let (number, unit) = t.split_at(split);
     let value: f64 = number
         .parse()
-        .map_err(|_| format!("{text:?}: expected a size such as 2GiB or 500MB"))?;
+        .map_err(|_| SizeError::NotASize(text.to_string()))?;
     let factor: u64 = match unit.trim() {
         "" | "B" => 1,
         "k" | "kB" | "KB" => 1000,
@@ -264,11 +284,16 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "G" | "GiB" => 1 << 30,
         "TB" => 1_000_000_000_000,
         "T" | "TiB" => 1 << 40,
-        other => return Err(format!("{text:?}: unknown unit {other:?}")),
+        other => {
+            return Err(SizeError::UnknownUnit {
+                text: text.to_string(),
+                unit: other.to_string(),
+            })
+        }
     };
     let bytes = value * factor as f64;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(format!("{text:?}: out of range"));
+        return Err(SizeError::OutOfRange(text.to_string()));
     }
     Ok(bytes.round() as u64)
 }
@@ -276,7 +301,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 fn size_value(v: &toml::Value) -> Result<u64, String> {
     match v {
         toml::Value::Integer(n) if *n >= 0 => Ok(*n as u64),
-        toml::Value::String(s) => parse_size(s),
+        toml::Value::String(s) => parse_size(s).map_err(|e| e.to_string()),
         other => Err(format!(
             "{} {other:?}: expected a size such as \"2 GiB\"",
             other.type_str()
@@ -344,7 +369,7 @@ impl Inventory {
         let mut hosts = Vec::new();
         let mut host_names = HashSet::new();
         for a in &raw.accounts {
-            let account = account(a, &packages, d, &defaults, &accounts).map_err(fail)?;
+            let mut account = account(a, &packages, d, &defaults, &accounts).map_err(fail)?;
             for h in &a.hosts {
                 let at =
                     |e: String| fail(format!("host {}: {e}", xstore::text::printable(&h.name)));
@@ -356,7 +381,9 @@ impl Inventory {
                     &defaults,
                     &mut host_names,
                 );
-                hosts.push(spec.map_err(at)?);
+                let spec = spec.map_err(at)?;
+                account.hosts.push(spec.name.clone());
+                hosts.push(spec);
             }
             accounts.push(account);
         }
@@ -434,7 +461,7 @@ impl Inventory {
                             .hosts
                             .iter()
                             .filter(|h| h.name.split('.').next() == Some(name.as_str()))
-                            .map(|h| h.name.clone())
+                            .map(|h| h.name.to_string())
                             .collect(),
                     })
             })
@@ -495,7 +522,7 @@ fn host_spec(
     defaults: &Defaults,
     host_names: &mut HashSet<String>,
 ) -> Result<HostSpec, String> {
-    xstore_format::snapshot::validate_host(&h.name)?;
+    let name = HostName::parse(&h.name).map_err(|e| e.to_string())?;
     check_word(&h.name, "host name", HOST_CHARS)?;
     if let Some(address) = &h.address {
         check_word(address, "address", ADDRESS_CHARS)?;
@@ -541,7 +568,7 @@ fn host_spec(
         return Err(format!("ssh option {bad:?} is not KEY=VALUE"));
     }
     Ok(HostSpec {
-        name: h.name.clone(),
+        name,
         account: account.to_string(),
         address: h.address.clone().unwrap_or_else(|| h.name.clone()),
         port: h.port.or(d.port).unwrap_or(DEFAULT_AGENT_PORT),
@@ -643,7 +670,8 @@ fn account(
             insecure: a.insecure,
             per_host: a.nfs_per_host,
         },
-        hosts: a.hosts.iter().map(|h| h.name.clone()).collect(),
+        // Filled by the caller as each host is checked.
+        hosts: Vec::new(),
     })
 }
 

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
+use xstore_format::host::HostName;
 
 use crate::inventory::Inventory;
 use crate::pull::{PullOutcome, PullReport};
@@ -113,11 +114,11 @@ pub fn metrics(repo: &Repository, inventory: Option<&Inventory>, now_ns: i64) ->
 /// too). Account families need the inventory.
 pub fn gather(repo: &Repository, inventory: Option<&Inventory>, now_ns: i64) -> Result<Metrics> {
     let snapshots = repo.snapshots()?;
-    let mut account_of: BTreeMap<String, String> = BTreeMap::new();
+    let mut account_of: BTreeMap<HostName, String> = BTreeMap::new();
     for h in inventory.map(|i| i.hosts.as_slice()).unwrap_or_default() {
         account_of.insert(h.name.clone(), h.account.clone());
     }
-    let hosts: BTreeSet<String> = account_of
+    let hosts: BTreeSet<HostName> = account_of
         .keys()
         .cloned()
         .chain(snapshots.iter().map(|s| s.host.clone()))
@@ -135,7 +136,7 @@ pub fn gather(repo: &Repository, inventory: Option<&Inventory>, now_ns: i64) -> 
 
 /// The labels of a host: its name and account (empty when the inventory does not list it).
 struct Labels {
-    account_of: BTreeMap<String, String>,
+    account_of: BTreeMap<HostName, String>,
 }
 
 impl Labels {
@@ -148,7 +149,7 @@ impl Labels {
 fn host_families(
     m: &mut Metrics,
     repo: &Repository,
-    hosts: &BTreeSet<String>,
+    hosts: &BTreeSet<HostName>,
     labels: &Labels,
     now_ns: i64,
 ) -> Result<()> {
@@ -283,7 +284,7 @@ fn account_families(
     inv: &Inventory,
     labels: &Labels,
 ) -> Result<()> {
-    let groups: Vec<Vec<String>> = inv.accounts.iter().map(|a| a.hosts.clone()).collect();
+    let groups: Vec<Vec<HostName>> = inv.accounts.iter().map(|a| a.hosts.clone()).collect();
     let fleet = repo.fleet_usage(&groups)?;
     let usage = crate::monitor::account_states(&inv.accounts, &fleet, 1.0, f64::INFINITY);
     type UsageField = fn(&crate::monitor::AccountUsage) -> f64;

@@ -11,6 +11,7 @@
 
 use std::fmt::Write as _;
 use std::time::Duration;
+use xstore_format::host::HostName;
 
 use serde::Serialize;
 
@@ -162,7 +163,7 @@ impl PluginReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FreshnessTarget {
     /// Host name.
-    pub host: String,
+    pub host: HostName,
     /// Its account, when the inventory lists it.
     pub account: Option<String>,
     /// Its own warning age (else the check's).
@@ -207,7 +208,7 @@ impl Default for FreshnessOptions {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HostFreshness {
     /// Host name.
-    pub host: String,
+    pub host: HostName,
     /// Its account, when the inventory lists it.
     pub account: Option<String>,
     /// Its state.
@@ -257,46 +258,32 @@ fn seconds_between(earlier_ns: i64, later_ns: i64) -> u64 {
 pub fn freshness_targets(
     repo: &Repository,
     inventory: Option<&Inventory>,
-    hosts: &[String],
+    hosts: &[HostName],
     account: Option<&str>,
 ) -> Result<Vec<FreshnessTarget>> {
-    let bare = |host: &str| FreshnessTarget {
-        host: host.to_string(),
+    let bare = |host: &HostName| FreshnessTarget {
+        host: host.clone(),
         account: None,
         warning_age: None,
         critical_age: None,
     };
     if !hosts.is_empty() {
-        return hosts
+        return Ok(hosts
             .iter()
-            .map(|h| {
-                xstore_format::snapshot::validate_host(h).map_err(Error::InvalidArgument)?;
-                Ok(match inventory.and_then(|i| i.host(h)) {
-                    Some(spec) => FreshnessTarget::from(spec),
-                    None => bare(h),
-                })
+            .map(|h| match inventory.and_then(|i| i.host(h)) {
+                Some(spec) => FreshnessTarget::from(spec),
+                None => bare(h),
             })
-            .collect();
+            .collect());
     }
-    match (inventory, account) {
-        (Some(inv), Some(a)) => {
-            if inv.account(a).is_none() {
-                return Err(Error::InvalidArgument(format!(
-                    "account {a} is not in the inventory"
-                )));
-            }
-            Ok(inv
-                .hosts
-                .iter()
-                .filter(|h| h.account == a)
-                .map(FreshnessTarget::from)
-                .collect())
-        }
-        (None, Some(_)) => Err(Error::InvalidArgument(
-            "--account needs an inventory (--inventory FILE)".into(),
-        )),
-        (Some(inv), None) => Ok(inv.hosts.iter().map(FreshnessTarget::from).collect()),
-        (None, None) => Ok(repo.hosts()?.iter().map(|h| bare(h)).collect()),
+    match (inventory, selected_accounts(inventory, account)?) {
+        (Some(inv), accounts) => Ok(inv
+            .hosts
+            .iter()
+            .filter(|h| accounts.iter().any(|a| a.name == h.account))
+            .map(FreshnessTarget::from)
+            .collect()),
+        (None, _) => Ok(repo.hosts()?.iter().map(bare).collect()),
     }
 }
 
@@ -494,9 +481,105 @@ pub struct AccountUsage {
     pub over_allocation: bool,
     /// Its hosts whose newest snapshot names more file bytes than
     /// [`Account::logical_ratio`] times the distinct bytes they reference, with their ratio.
-    pub inflated_hosts: Vec<(String, u64)>,
+    pub inflated_hosts: Vec<(HostName, u64)>,
     /// Its state under the check's factors.
     pub state: CheckState,
+}
+
+/// The accounts a command covers: `account` alone when named, else every account of the
+/// inventory (none without one). Naming an account needs an inventory that lists it.
+pub fn selected_accounts<'a>(
+    inventory: Option<&'a Inventory>,
+    account: Option<&str>,
+) -> Result<Vec<&'a Account>> {
+    match (inventory, account) {
+        (Some(inv), Some(a)) => match inv.account(a) {
+            Some(found) => Ok(vec![found]),
+            None => Err(Error::InvalidArgument(format!(
+                "account {a} is not in the inventory"
+            ))),
+        },
+        (None, Some(_)) => Err(Error::InvalidArgument(
+            "--account needs an inventory (--inventory FILE)".into(),
+        )),
+        (Some(inv), None) => Ok(inv.accounts.iter().collect()),
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
+/// One host's row of [`fleet_usage_report`].
+#[derive(Debug, Clone, Serialize)]
+pub struct HostUsage {
+    /// The host.
+    pub host: HostName,
+    /// Its account (empty when no inventory lists it).
+    pub account: String,
+    /// Its account's [`Account::logical_ratio`] (the default without one).
+    #[serde(skip)]
+    pub logical_ratio_limit: u64,
+    /// Usage of all its snapshots together.
+    pub usage: Usage,
+}
+
+impl HostUsage {
+    /// `host`'s row with `usage`, its account and ratio limit from `inventory`.
+    pub fn of(inventory: Option<&Inventory>, host: HostName, usage: Usage) -> HostUsage {
+        let spec = inventory.and_then(|i| i.host(&host));
+        HostUsage {
+            account: spec.map(|s| s.account.clone()).unwrap_or_default(),
+            logical_ratio_limit: spec
+                .and_then(|s| inventory?.account(&s.account))
+                .map_or(crate::inventory::DEFAULT_LOGICAL_RATIO, |a| a.logical_ratio),
+            usage,
+            host,
+        }
+    }
+}
+
+/// Usage of a fleet's accounts and hosts, computed in one pass over the repository.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetUsageReport {
+    /// The accounts covered ([`selected_accounts`]), each against its allocation.
+    pub accounts: Vec<AccountUsage>,
+    /// With `account`, that account's hosts; else the inventory's hosts, then every other
+    /// host with snapshots.
+    pub hosts: Vec<HostUsage>,
+}
+
+/// What `du` shows for a fleet: [`selected_accounts`] with their usage, and their hosts
+/// (or, without an account, the inventory's hosts and every other host with snapshots).
+pub fn fleet_usage_report(
+    repo: &Repository,
+    inventory: Option<&Inventory>,
+    account: Option<&str>,
+) -> Result<FleetUsageReport> {
+    let accounts: Vec<Account> = selected_accounts(inventory, account)?
+        .into_iter()
+        .cloned()
+        .collect();
+    let groups: Vec<Vec<HostName>> = accounts.iter().map(|a| a.hosts.clone()).collect();
+    let fleet = repo.fleet_usage(&groups)?;
+    let mut hosts: Vec<HostName> = match account {
+        Some(_) => accounts.iter().flat_map(|a| a.hosts.clone()).collect(),
+        None => inventory
+            .map(|i| i.hosts.iter().map(|h| h.name.clone()).collect())
+            .unwrap_or_default(),
+    };
+    if account.is_none() {
+        let listed: std::collections::HashSet<HostName> = hosts.iter().cloned().collect();
+        hosts.extend(fleet.hosts.keys().filter(|h| !listed.contains(*h)).cloned());
+    }
+    let hosts = hosts
+        .into_iter()
+        .map(|host| {
+            let usage = fleet.hosts.get(&host).cloned().unwrap_or_default();
+            HostUsage::of(inventory, host, usage)
+        })
+        .collect();
+    Ok(FleetUsageReport {
+        accounts: account_states(&accounts, &fleet, 1.0, f64::INFINITY),
+        hosts,
+    })
 }
 
 /// Usage of each account (all snapshots of its hosts together), compared with its soft
@@ -510,7 +593,7 @@ pub fn account_usage(
     warning_factor: f64,
     critical_factor: f64,
 ) -> Result<Vec<AccountUsage>> {
-    let groups: Vec<Vec<String>> = accounts.iter().map(|a| a.hosts.clone()).collect();
+    let groups: Vec<Vec<HostName>> = accounts.iter().map(|a| a.hosts.clone()).collect();
     let fleet = repo.fleet_usage(&groups)?;
     Ok(account_states(
         accounts,
@@ -540,7 +623,7 @@ pub fn account_states(
         .map(|(a, usage)| {
             let used = usage.referenced_bytes as f64;
             let allocation = a.allocation as f64;
-            let inflated_hosts: Vec<(String, u64)> = a
+            let inflated_hosts: Vec<(HostName, u64)> = a
                 .hosts
                 .iter()
                 .filter_map(|h| {

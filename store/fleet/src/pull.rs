@@ -11,14 +11,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use xstore_format::host::HostName;
 
 use crate::inventory::{Account, HostSpec};
 use xstore::RemoteSource;
 use xstore::Repository;
 use xstore::SharedIngest;
 use xstore::StoreBudget;
+use xstore::{BackupError, Error, Result};
 use xstore::{BackupOptions, ParentChoice, Progress, TierChoice};
-use xstore::{Error, Result};
 use xstore_format::records::HostRecord;
 use xstore_format::snapshot::{Snapshot, SnapshotId};
 
@@ -125,7 +126,7 @@ impl PullOutcome {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PullReport {
     /// Host name.
-    pub host: String,
+    pub host: HostName,
     /// Its account.
     pub account: String,
     /// How it ended.
@@ -230,9 +231,64 @@ pub fn ssh_command(host: &HostSpec) -> Command {
     cmd
 }
 
+/// Failures of a pull ([`pull`], [`backup_remote`]). Each converts into the core's
+/// [`Error`] and back without loss.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PullError {
+    /// No session with the agent: ssh failed, or the other end is not a compatible agent.
+    #[error("pull {host}: {source}{}", xstore::ssh_detail(ssh.as_deref()))]
+    Connect {
+        /// The host.
+        host: String,
+        /// The last line ssh wrote to stderr, when there was one.
+        ssh: Option<String>,
+        /// What went wrong in the handshake.
+        #[source]
+        source: xstore::RemoteError,
+    },
+    /// The pull started but did not complete (timed out, the agent broke off, an empty
+    /// backup list); nothing was committed.
+    #[error("pull {host}: {reason}")]
+    Failed {
+        /// The host.
+        host: String,
+        /// Why, with ssh's last line when it said something.
+        reason: String,
+    },
+    /// The backup of what the agent sent failed (a limit crossed, the clock behind…).
+    #[error(transparent)]
+    Backup(xstore::BackupError),
+    /// A failure of the repository.
+    #[error(transparent)]
+    Repository(Error),
+}
+
+impl From<Error> for PullError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Connect { host, ssh, source } => PullError::Connect { host, ssh, source },
+            Error::Pull { host, reason } => PullError::Failed { host, reason },
+            Error::Backup(b) => PullError::Backup(*b),
+            other => PullError::Repository(other),
+        }
+    }
+}
+
+impl From<PullError> for Error {
+    fn from(e: PullError) -> Self {
+        match e {
+            PullError::Connect { host, ssh, source } => Error::Connect { host, ssh, source },
+            PullError::Failed { host, reason } => Error::Pull { host, reason },
+            PullError::Backup(b) => b.into(),
+            PullError::Repository(e) => e,
+        }
+    }
+}
+
 fn pull_error(host: &HostSpec, reason: impl Into<String>) -> Error {
     Error::Pull {
-        host: host.name.clone(),
+        host: host.name.to_string(),
         reason: reason.into(),
     }
 }
@@ -397,8 +453,12 @@ impl HostStatus {
 /// snapshot as parent, and records the bytes that crossed the wire in its stats.
 ///
 /// Every attempt, failed or not, is recorded as the host's [`last_pull`].
-pub fn pull(repo: &Repository, host: &HostSpec, opts: &PullOptions) -> Result<Snapshot> {
-    pull_reported(repo, host, opts, None).0
+pub fn pull(
+    repo: &Repository,
+    host: &HostSpec,
+    opts: &PullOptions,
+) -> std::result::Result<Snapshot, PullError> {
+    Ok(pull_reported(repo, host, opts, None).0?)
 }
 
 fn pull_reported(
@@ -483,7 +543,7 @@ fn mass_change_alarm(
 
 /// The alarm of the host's previous pull record, while the snapshot it pinned is still
 /// pinned.
-fn standing_alarm(repo: &Repository, host: &str) -> Option<MassChange> {
+fn standing_alarm(repo: &Repository, host: &HostName) -> Option<MassChange> {
     let alarm = last_pull(repo, host).ok()??.mass_change?;
     let id: SnapshotId = alarm.pinned.parse().ok()?;
     repo.snapshot(&id).ok()?.pinned.then_some(alarm)
@@ -518,7 +578,7 @@ fn pulls_dir(repo: &Repository) -> std::path::PathBuf {
 /// What the repository knows of `host` (monitoring, metrics and `xstore hosts` read it):
 /// its host record, its newest and newest complete snapshots (from the record: no scan
 /// of the snapshots), and its newest pull.
-pub fn host_status(repo: &Repository, host: &str) -> Result<HostStatus> {
+pub fn host_status(repo: &Repository, host: &HostName) -> Result<HostStatus> {
     let record = repo.host_record(host)?;
     let read = |id: Option<[u8; 32]>| id.map(|id| repo.snapshot(&SnapshotId(id))).transpose();
     let newest_complete = read(record.as_ref().and_then(|r| r.latest_complete))?;
@@ -538,8 +598,7 @@ pub fn host_status(repo: &Repository, host: &str) -> Result<HostStatus> {
 
 /// The newest recorded pull of `host` (`None` if it was never pulled, or the record
 /// predates pull records). A record that does not decode is an error naming its file.
-pub fn last_pull(repo: &Repository, host: &str) -> Result<Option<PullReport>> {
-    xstore_format::snapshot::validate_host(host).map_err(Error::InvalidArgument)?;
+pub fn last_pull(repo: &Repository, host: &HostName) -> Result<Option<PullReport>> {
     let path = xstore::layout::pull_record(repo.path(), host);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
@@ -554,7 +613,7 @@ pub fn last_pull(repo: &Repository, host: &str) -> Result<Option<PullReport>> {
             reason: e.to_string(),
         },
     })?;
-    if report.host != host {
+    if report.host != *host {
         return Err(Error::Corrupt {
             path,
             source: xstore::DecodeError::Invalid {
@@ -606,7 +665,13 @@ fn pull_over_ssh(
         Err(e) => {
             let detail = format!("{e}{}", xstore::ssh_detail(last_stderr.as_deref()));
             Err(match e {
-                Error::Pull { .. } | Error::SourceBroken { .. } | Error::Source { .. } => {
+                Error::Pull { .. } => pull_error(host, detail),
+                Error::Backup(b)
+                    if matches!(
+                        *b,
+                        BackupError::SourceBroken { .. } | BackupError::Source { .. }
+                    ) =>
+                {
                     pull_error(host, detail)
                 }
                 other => other,
@@ -630,7 +695,7 @@ fn pull_over(
         repo.config().compression_level,
     )
     .map_err(|source| Error::Connect {
-        host: host.name.clone(),
+        host: host.name.to_string(),
         ssh: None,
         source,
     })?;
@@ -679,8 +744,8 @@ pub fn backup_remote(
     host: &HostSpec,
     opts: &PullOptions,
     source: &RemoteSource,
-) -> Result<Snapshot> {
-    backup_remote_with(repo, host, opts, source, None)
+) -> std::result::Result<Snapshot, PullError> {
+    Ok(backup_remote_with(repo, host, opts, source, None)?)
 }
 
 fn backup_remote_with(
@@ -717,8 +782,6 @@ fn backup_remote_with(
         account_reference(repo, host, &opts.accounts)?
     };
     let backup = BackupOptions {
-        host: host.name.clone(),
-        paths,
         budgets,
         reference,
         parent: if opts.no_parent {
@@ -728,7 +791,7 @@ fn backup_remote_with(
         },
         progress: opts.progress.clone(),
         tier: opts.tier.clone(),
-        ..BackupOptions::default()
+        ..BackupOptions::new(host.name.clone(), paths)
     };
     // Remote reads wait on the network: more threads than cores keep the agent busy.
     let threads = if opts.threads == 0 {
@@ -742,10 +805,10 @@ fn backup_remote_with(
         .thread_name(|i| format!("pull-{i}"))
         .build()
         .map_err(|e| pull_error(host, format!("thread pool: {e}")))?;
-    pool.install(|| match shared {
+    Ok(pool.install(|| match shared {
         Some(shared) => repo.backup_shared(source, &backup, shared),
         None => repo.backup(source, &backup),
-    })
+    })?)
 }
 
 /// Pulls `hosts`, `jobs` at a time. One host failing or hanging does not stop the
@@ -850,7 +913,7 @@ fn account_budgets(
     if wanted.is_empty() {
         return HashMap::new();
     }
-    let groups: Vec<Vec<String>> = wanted.iter().map(|a| a.hosts.clone()).collect();
+    let groups: Vec<Vec<HostName>> = wanted.iter().map(|a| a.hosts.clone()).collect();
     let usage = match repo.fleet_usage(&groups) {
         Ok(u) => u,
         Err(e) => {
@@ -876,13 +939,16 @@ fn account_budgets(
 
 /// Makes the repository's per-host tier schedules match the inventory's overrides
 /// (hosts without one keep whatever `tiers --set` gave them). Returns the hosts changed.
-pub fn apply_inventory_schedules(repo: &Repository, hosts: &[HostSpec]) -> Result<Vec<String>> {
+pub fn apply_inventory_schedules(repo: &Repository, hosts: &[HostSpec]) -> Result<Vec<HostName>> {
     let mut settings = repo.retention_settings()?;
     let mut changed = Vec::new();
     for h in hosts {
         if let Some(s) = &h.schedule {
-            if settings.schedules.hosts.get(&h.name) != Some(s) {
-                settings.schedules.hosts.insert(h.name.clone(), s.clone());
+            if settings.schedules.hosts.get(h.name.as_str()) != Some(s) {
+                settings
+                    .schedules
+                    .hosts
+                    .insert(h.name.to_string(), s.clone());
                 changed.push(h.name.clone());
             }
         }

@@ -14,7 +14,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use xstore_format::snapshot::{validate_host, Snapshot, SnapshotId};
+use xstore_format::host::HostName;
+use xstore_format::snapshot::{Snapshot, SnapshotId};
 use xstore_retention::Schedule;
 
 use crate::inventory::{Inventory, DEFAULT_AGENT_PORT};
@@ -62,7 +63,7 @@ pub struct RsnapshotBackup {
     /// Where it copies from.
     pub source: RsnapshotSource,
     /// The host name: the first component of DEST (`web1.example.net/` → `web1.example.net`).
-    pub host: String,
+    pub host: HostName,
 }
 
 /// What xstore needs of an rsnapshot configuration.
@@ -323,7 +324,7 @@ impl RsnapshotConfig {
                             String::from_utf8_lossy(n.as_bytes())
                         ))
                     })?;
-                    validate_host(&host).map_err(|e| {
+                    let host = HostName::parse(&host).map_err(|e| {
                         Error::InvalidArgument(format!("{}/{host}: {e}", dir.display()))
                     })?;
                     points.push(BackupPoint {
@@ -375,13 +376,12 @@ fn meta_mtime_ns(meta: &std::fs::Metadata) -> i64 {
 }
 
 /// The host of a DEST: its first component.
-fn dest_host(dest: &str) -> std::result::Result<String, String> {
+fn dest_host(dest: &str) -> std::result::Result<HostName, String> {
     if dest.starts_with('/') {
         return Err(format!("backup destination {dest:?} must be relative"));
     }
     let host = dest.split('/').next().unwrap_or_default();
-    validate_host(host).map_err(|e| format!("backup destination {dest:?}: {e}"))?;
-    Ok(host.to_string())
+    HostName::parse(host).map_err(|e| format!("backup destination {dest:?}: {e}"))
 }
 
 fn parse_source(src: &str) -> RsnapshotSource {
@@ -433,7 +433,7 @@ pub struct BackupPoint {
     /// The host directory.
     pub dir: PathBuf,
     /// The host.
-    pub host: String,
+    pub host: HostName,
     /// The tier (`daily`).
     pub tier: String,
     /// The tier's place in the schedule (0 = lowest).
@@ -568,7 +568,7 @@ pub fn apply_import_schedule(repo: &Repository, plan: &ImportPlan) -> Result<()>
             settings
                 .schedules
                 .hosts
-                .insert(p.host.clone(), plan.schedule.clone());
+                .insert(p.host.to_string(), plan.schedule.clone());
             changed = true;
         }
     }
@@ -627,13 +627,11 @@ pub fn import_backup_point(
     let snapshot = repo.backup(
         &RootedSource::new(&point.dir),
         &BackupOptions {
-            host: point.host.clone(),
-            paths,
             parent,
             progress,
             tier: TierChoice::Named(point.tier.clone()),
             time_ns: Some(point.time_ns),
-            ..Default::default()
+            ..BackupOptions::new(point.host.clone(), paths)
         },
     )?;
     Ok(ImportOutcome::Imported(Box::new(snapshot)))

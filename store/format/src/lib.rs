@@ -11,6 +11,7 @@
 //! | [`bytes`] | little-endian and varint readers and writers, hex |
 //! | [`codec`] | the bincode configuration of index values |
 //! | [`config`] | the repository's `config` file |
+//! | [`host`] | host names |
 //! | [`meta`] | metadata of a filesystem entry |
 //! | [`tree`] | tree and chunk-list blobs |
 //! | [`pack`] | pack files: blob headers, trailer, compression |
@@ -36,6 +37,7 @@ pub mod codec;
 pub mod config;
 pub mod decode;
 mod error;
+pub mod host;
 pub mod meta;
 pub mod pack;
 pub mod protocol;
@@ -44,3 +46,4 @@ pub mod snapshot;
 pub mod tree;
 
 pub use error::DecodeError;
+pub use host::HostName;

@@ -2,26 +2,117 @@
 //! sends (FORMAT.md §Agent protocol) and what a tree entry records.
 
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 
-/// The kind of a source entry.
+use crate::error::DecodeError;
+
+/// The kind of a directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// A regular file (a hard-linked file has `nlink > 1`).
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+    /// A named pipe.
+    Fifo,
+}
+
+impl EntryKind {
+    /// Its code in tree blobs (FORMAT.md §Trees).
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            EntryKind::File => 0,
+            EntryKind::Dir => 1,
+            EntryKind::Symlink => 2,
+            EntryKind::CharDevice => 3,
+            EntryKind::BlockDevice => 4,
+            EntryKind::Fifo => 5,
+        }
+    }
+    /// The kind of tree code `c` (at `offset`).
+    pub(crate) fn from_code(c: u8, offset: usize) -> Result<Self, DecodeError> {
+        Ok(match c {
+            0 => EntryKind::File,
+            1 => EntryKind::Dir,
+            2 => EntryKind::Symlink,
+            3 => EntryKind::CharDevice,
+            4 => EntryKind::BlockDevice,
+            5 => EntryKind::Fifo,
+            _ => {
+                return Err(DecodeError::Invalid {
+                    what: "entry kind",
+                    offset,
+                    reason: format!("unknown kind {c}"),
+                })
+            }
+        })
+    }
+    /// One letter as in `ls -l`.
+    pub fn letter(self) -> char {
+        match self {
+            EntryKind::File => '-',
+            EntryKind::Dir => 'd',
+            EntryKind::Symlink => 'l',
+            EntryKind::CharDevice => 'c',
+            EntryKind::BlockDevice => 'b',
+            EntryKind::Fifo => 'p',
+        }
+    }
+}
+
+/// The kind of a source entry: what a tree can hold, or a socket (never stored).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
-    /// Regular file.
-    File,
-    /// Directory.
-    Dir,
-    /// Symbolic link.
-    Symlink,
-    /// Character device.
-    CharDevice,
-    /// Block device.
-    BlockDevice,
-    /// Named pipe.
-    Fifo,
-    /// Unix socket (never stored).
+    /// An entry a tree records as this kind.
+    Stored(EntryKind),
+    /// A Unix socket (never stored).
     Socket,
 }
+
+impl SourceKind {
+    /// The tree entry kind this is stored as; `None` for sockets, which are never stored.
+    pub fn entry_kind(self) -> Option<EntryKind> {
+        match self {
+            SourceKind::Stored(kind) => Some(kind),
+            SourceKind::Socket => None,
+        }
+    }
+
+    /// The kind of a `stat` mode (its `S_IFMT` bits).
+    pub fn of_mode(mode: u32) -> SourceKind {
+        match mode & S_IFMT {
+            S_IFREG => SourceKind::Stored(EntryKind::File),
+            S_IFDIR => SourceKind::Stored(EntryKind::Dir),
+            S_IFLNK => SourceKind::Stored(EntryKind::Symlink),
+            S_IFCHR => SourceKind::Stored(EntryKind::CharDevice),
+            S_IFBLK => SourceKind::Stored(EntryKind::BlockDevice),
+            S_IFIFO => SourceKind::Stored(EntryKind::Fifo),
+            _ => SourceKind::Socket,
+        }
+    }
+}
+
+impl From<EntryKind> for SourceKind {
+    fn from(kind: EntryKind) -> Self {
+        SourceKind::Stored(kind)
+    }
+}
+
+// The file type bits of `st_mode` (POSIX; the same on every Unix this runs on).
+const S_IFMT: u32 = 0o170000;
+const S_IFREG: u32 = 0o100000;
+const S_IFDIR: u32 = 0o040000;
+const S_IFLNK: u32 = 0o120000;
+const S_IFCHR: u32 = 0o020000;
+const S_IFBLK: u32 = 0o060000;
+const S_IFIFO: u32 = 0o010000;
 
 /// What `lstat` says of an entry besides its kind and name: what a source reports and a tree
 /// entry records, the same fields for both.
@@ -56,6 +147,31 @@ impl Attrs {
     }
 }
 
+/// The fields of a `stat` result as numbers ([`EntryMeta::from_stat`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatFields {
+    /// `st_mode`: file type and permission bits.
+    pub mode: u32,
+    /// `st_uid`.
+    pub uid: u32,
+    /// `st_gid`.
+    pub gid: u32,
+    /// `st_size`.
+    pub size: u64,
+    /// `st_mtime` and its nanoseconds.
+    pub mtime: (i64, i64),
+    /// `st_ctime` and its nanoseconds.
+    pub ctime: (i64, i64),
+    /// `st_ino`.
+    pub inode: u64,
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_nlink`.
+    pub nlink: u64,
+    /// `st_rdev`.
+    pub rdev: u64,
+}
+
 /// Metadata of one source entry (what `lstat` gives).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryMeta {
@@ -68,41 +184,37 @@ pub struct EntryMeta {
 impl EntryMeta {
     /// From std's metadata (of an `lstat` or `fstat`).
     pub fn from_metadata(m: &fs::Metadata) -> Self {
-        let ft = m.file_type();
-        let kind = if ft.is_file() {
-            SourceKind::File
-        } else if ft.is_dir() {
-            SourceKind::Dir
-        } else if ft.is_symlink() {
-            SourceKind::Symlink
-        } else if ft.is_char_device() {
-            SourceKind::CharDevice
-        } else if ft.is_block_device() {
-            SourceKind::BlockDevice
-        } else if ft.is_fifo() {
-            SourceKind::Fifo
-        } else {
-            SourceKind::Socket
-        };
+        Self::from_stat(&StatFields {
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            inode: m.ino(),
+            dev: m.dev(),
+            nlink: m.nlink(),
+            rdev: m.rdev(),
+        })
+    }
+
+    /// From the fields of a `stat` result: the one place a stat becomes metadata, for
+    /// std's [`fs::Metadata`] and for a raw `struct stat` alike.
+    pub fn from_stat(st: &StatFields) -> Self {
+        let ns = |(s, n): (i64, i64)| s.saturating_mul(1_000_000_000).saturating_add(n);
         EntryMeta {
-            kind,
+            kind: SourceKind::of_mode(st.mode),
             attrs: Attrs {
-                mode: m.mode() & 0o7777,
-                uid: m.uid(),
-                gid: m.gid(),
-                size: m.size(),
-                mtime_ns: m
-                    .mtime()
-                    .saturating_mul(1_000_000_000)
-                    .saturating_add(m.mtime_nsec()),
-                ctime_ns: m
-                    .ctime()
-                    .saturating_mul(1_000_000_000)
-                    .saturating_add(m.ctime_nsec()),
-                inode: m.ino(),
-                dev: m.dev(),
-                nlink: m.nlink(),
-                rdev: m.rdev(),
+                mode: st.mode & 0o7777,
+                uid: st.uid,
+                gid: st.gid,
+                size: st.size,
+                mtime_ns: ns(st.mtime),
+                ctime_ns: ns(st.ctime),
+                inode: st.inode,
+                dev: st.dev,
+                nlink: st.nlink,
+                rdev: st.rdev,
             },
         }
     }

@@ -5,7 +5,7 @@
 
 use crate::bytes::{put_bytes, put_varint, Reader};
 use crate::error::DecodeError;
-use crate::meta::{Attrs, SourceKind};
+use crate::meta::{Attrs, EntryKind};
 use xstore_chunker::ChunkId;
 
 const TREE_MAGIC: &[u8; 4] = b"XSTR";
@@ -22,93 +22,6 @@ const MAX_XATTR_VALUE: u64 = 1 << 20;
 const MIN_ENTRY_LEN: usize = 2 + 1 + 4 * 3 + 8 * 7 + 1 + 1;
 /// Files with more chunks than this keep their chunk list in a separate blob.
 pub const INLINE_CHUNK_LIMIT: usize = 1024;
-
-/// The kind of a directory entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EntryKind {
-    /// A regular file (a hard-linked file has `nlink > 1`).
-    File,
-    /// A directory.
-    Dir,
-    /// A symbolic link.
-    Symlink,
-    /// A character device.
-    CharDevice,
-    /// A block device.
-    BlockDevice,
-    /// A named pipe.
-    Fifo,
-}
-
-impl EntryKind {
-    fn code(self) -> u8 {
-        match self {
-            EntryKind::File => 0,
-            EntryKind::Dir => 1,
-            EntryKind::Symlink => 2,
-            EntryKind::CharDevice => 3,
-            EntryKind::BlockDevice => 4,
-            EntryKind::Fifo => 5,
-        }
-    }
-    fn from_code(c: u8, offset: usize) -> Result<Self, DecodeError> {
-        Ok(match c {
-            0 => EntryKind::File,
-            1 => EntryKind::Dir,
-            2 => EntryKind::Symlink,
-            3 => EntryKind::CharDevice,
-            4 => EntryKind::BlockDevice,
-            5 => EntryKind::Fifo,
-            _ => {
-                return Err(DecodeError::Invalid {
-                    what: "entry kind",
-                    offset,
-                    reason: format!("unknown kind {c}"),
-                })
-            }
-        })
-    }
-    /// One letter as in `ls -l`.
-    pub fn letter(self) -> char {
-        match self {
-            EntryKind::File => '-',
-            EntryKind::Dir => 'd',
-            EntryKind::Symlink => 'l',
-            EntryKind::CharDevice => 'c',
-            EntryKind::BlockDevice => 'b',
-            EntryKind::Fifo => 'p',
-        }
-    }
-}
-
-impl SourceKind {
-    /// The tree entry kind this is stored as; `None` for sockets, which are never stored.
-    pub fn entry_kind(self) -> Option<EntryKind> {
-        Some(match self {
-            SourceKind::File => EntryKind::File,
-            SourceKind::Dir => EntryKind::Dir,
-            SourceKind::Symlink => EntryKind::Symlink,
-            SourceKind::CharDevice => EntryKind::CharDevice,
-            SourceKind::BlockDevice => EntryKind::BlockDevice,
-            SourceKind::Fifo => EntryKind::Fifo,
-            SourceKind::Socket => return None,
-        })
-    }
-}
-
-impl From<EntryKind> for SourceKind {
-    fn from(kind: EntryKind) -> Self {
-        match kind {
-            EntryKind::File => SourceKind::File,
-            EntryKind::Dir => SourceKind::Dir,
-            EntryKind::Symlink => SourceKind::Symlink,
-            EntryKind::CharDevice => SourceKind::CharDevice,
-            EntryKind::BlockDevice => SourceKind::BlockDevice,
-            EntryKind::Fifo => SourceKind::Fifo,
-        }
-    }
-}
 
 /// One chunk of a file: id and length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -214,13 +214,13 @@ fn main() {
 /// Listing frames of 20,000 short-named entries each: files without end (`more` always set)
 /// until the server stops reading, or with `dirs`, that many subdirectories and an end.
 fn list_bomb(req: u64, out: &Mutex<std::io::Stdout>, dirs: Option<u32>) {
-    use xstore_format::meta::{Attrs, EntryMeta, SourceKind};
+    use xstore_format::meta::{Attrs, EntryKind, EntryMeta, SourceKind};
     use xstore_format::protocol::WireEntry;
     let meta = EntryMeta {
         kind: if dirs.is_some() {
-            SourceKind::Dir
+            SourceKind::Stored(EntryKind::Dir)
         } else {
-            SourceKind::File
+            SourceKind::Stored(EntryKind::File)
         },
         attrs: Attrs {
             mode: if dirs.is_some() { 0o755 } else { 0o644 },

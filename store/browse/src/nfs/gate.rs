@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::access::{Caller, MAY_EXEC, MAY_READ};
 use crate::fsview::{FsError, FsView, NodeAttr};
-use xstore_format::tree::EntryKind;
+use xstore_format::meta::EntryKind;
 
 const PROG_NFS: u32 = 100_003;
 const PROG_MOUNT: u32 = 100_005;

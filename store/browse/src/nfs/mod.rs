@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use xstore::HostName;
 
 use async_trait::async_trait;
 use nfsserve::nfs::{
@@ -28,7 +29,7 @@ use crate::fsview::{FsError, FsView, NodeAttr, ViewOptions, ROOT_INO};
 use gate::{Connection, HandleKey, Route};
 use xstore::Error;
 use xstore_fleet::NfsPolicy;
-use xstore_format::tree::EntryKind;
+use xstore_format::meta::EntryKind;
 
 /// Client connections one export serves at once; further ones are closed at accept.
 const MAX_CONNECTIONS: usize = 256;
@@ -41,7 +42,7 @@ pub struct NfsExport {
     /// Where its public listener binds.
     pub listen: SocketAddr,
     /// Client addresses allowed to connect, each with the hosts whose snapshots it sees.
-    pub clients: BTreeMap<IpAddr, Vec<String>>,
+    pub clients: BTreeMap<IpAddr, Vec<HostName>>,
     /// Squashing, secure ports.
     pub policy: NfsPolicy,
 }
@@ -114,7 +115,7 @@ pub fn exports_for(
                 ));
             }
         }
-        let mut clients: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+        let mut clients: BTreeMap<IpAddr, Vec<HostName>> = BTreeMap::new();
         for host in account.hosts.iter().filter_map(|h| inventory.host(h)) {
             for address in addresses_of(&host.address) {
                 let sees = clients.entry(address).or_default();
@@ -166,7 +167,7 @@ pub struct Reloaded {
 }
 
 /// An export's routes by the hosts they show.
-type ViewsByHosts = HashMap<Vec<String>, Arc<Route>>;
+type ViewsByHosts = HashMap<Vec<HostName>, Arc<Route>>;
 
 /// An export's routes: client address → what it sees.
 struct Routes {
@@ -179,7 +180,7 @@ struct Running {
     bound: SocketAddr,
     routes: Arc<RwLock<Routes>>,
     /// Views by the hosts they show, kept across reloads so that mounts stay valid.
-    views: HashMap<Vec<String>, Arc<Route>>,
+    views: HashMap<Vec<HostName>, Arc<Route>>,
     /// Turns true to stop the export and every connection through it.
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -290,9 +291,9 @@ impl NfsServer {
     fn routes_for(
         &self,
         export: &NfsExport,
-        mut old: HashMap<Vec<String>, Arc<Route>>,
+        mut old: HashMap<Vec<HostName>, Arc<Route>>,
     ) -> xstore::Result<(Routes, ViewsByHosts)> {
-        let mut views: HashMap<Vec<String>, Arc<Route>> = HashMap::new();
+        let mut views: HashMap<Vec<HostName>, Arc<Route>> = HashMap::new();
         let mut by_address = HashMap::new();
         for (address, hosts) in &export.clients {
             let route = match views.get(hosts) {
@@ -356,7 +357,7 @@ impl NfsServer {
 }
 
 fn poisoned() -> Error {
-    Error::InvalidArgument("nfs export lock poisoned".into())
+    Error::Poisoned
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> Error {
@@ -372,7 +373,7 @@ fn io_error(path: &Path, e: std::io::Error) -> Error {
 async fn start_route(
     repo: &Path,
     account: &str,
-    hosts: &[String],
+    hosts: &[HostName],
     shared: Shared,
 ) -> xstore::Result<Route> {
     let scope = u64::from_le_bytes(

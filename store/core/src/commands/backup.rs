@@ -18,22 +18,21 @@ use super::retention::TierChoice;
 use crate::clock::now_ns;
 use crate::commands::retention::TierEntry;
 use crate::commands::shared_ingest::{Claim, SharedIngest, WaitBudget};
-use crate::error::{Error, Result};
+use crate::error::{BackupError, Error, Result};
 use crate::pack::rolling::RollingPacks;
 use crate::pack::{NewBlob, SealedPack};
 use crate::progress::Progress;
 use crate::repo::{poisoned, Repository};
 use crate::source::{OpenHint, Source};
 use crate::txn::Mutation;
-use xstore_format::meta::{EntryMeta, SourceKind};
+use xstore_format::host::HostName;
+use xstore_format::meta::{EntryKind, EntryMeta, SourceKind};
 use xstore_format::pack::{self, BlobKind, BLOB_HEADER_LEN};
 use xstore_format::snapshot::{
-    validate_host, PathError, Snapshot, SnapshotId, SnapshotStats, SnapshotStatus,
-    MAX_RECORDED_ERRORS, SNAPSHOT_VERSION,
+    PathError, Snapshot, SnapshotId, SnapshotStats, SnapshotStatus, MAX_RECORDED_ERRORS,
+    SNAPSHOT_VERSION,
 };
-use xstore_format::tree::{
-    encode_chunk_list, ChunkRef, Content, Entry, EntryKind, Tree, INLINE_CHUNK_LIMIT,
-};
+use xstore_format::tree::{encode_chunk_list, ChunkRef, Content, Entry, Tree, INLINE_CHUNK_LIMIT};
 
 /// Chunks of one file being compressed concurrently, at most.
 pub const MAX_INFLIGHT_CHUNKS: usize = 8;
@@ -66,11 +65,11 @@ pub enum ParentChoice {
     Snapshot(SnapshotId),
 }
 
-/// What to back up and how.
-#[derive(Debug, Clone, Default)]
+/// What to back up and how ([`BackupOptions::new`] for the defaults).
+#[derive(Debug, Clone)]
 pub struct BackupOptions {
     /// Host name recorded in the snapshot.
-    pub host: String,
+    pub host: HostName,
     /// Absolute (or relative to the current directory) source paths.
     pub paths: Vec<PathBuf>,
     /// Glob patterns; a pattern without `/` matches a file name, one with `/` the full path.
@@ -96,6 +95,25 @@ pub struct BackupOptions {
     /// named without their bytes. Nothing is taken from it unread: no file counts as
     /// unchanged by its metadata and no listing is rebuilt from it.
     pub reference: Option<SnapshotId>,
+}
+
+impl BackupOptions {
+    /// A backup of `paths` as `host`: the parent found by host, paths and tier, the tier
+    /// that retention enters first, no excludes, no limits.
+    pub fn new(host: HostName, paths: Vec<PathBuf>) -> Self {
+        BackupOptions {
+            host,
+            paths,
+            excludes: Vec::new(),
+            one_file_system: false,
+            parent: ParentChoice::default(),
+            progress: None,
+            tier: TierChoice::default(),
+            time_ns: None,
+            budgets: Vec::new(),
+            reference: None,
+        }
+    }
 }
 
 /// Stored bytes that backups may still add, shared by every backup that draws on it (the
@@ -285,10 +303,10 @@ impl<'a> Session<'a> {
                 for taken in &self.budgets[..i] {
                     taken.give_back(n);
                 }
-                return Err(Error::OverBudget {
+                return Err(Error::from(BackupError::OverBudget {
                     what: b.what.clone(),
                     limit: b.limit,
-                });
+                }));
             }
         }
         let before = self.drawn.fetch_add(n, Ordering::AcqRel);
@@ -301,12 +319,14 @@ impl<'a> Session<'a> {
 
     /// Claims a blob id for writing: true when neither this session nor the repository has
     /// it, and from then on this caller must write it ([`Session::write_new`]) or fail the backup.
-    /// A blob held as another kind is never deduplicated against ([`Error::KindClash`]).
+    /// A blob held as another kind is never deduplicated against ([`BackupError::KindClash`]).
     fn claim(&self, id: ChunkId, kind: BlobKind, raw_len: u32) -> Result<bool> {
-        let clash = |have: BlobKind| Error::KindClash {
-            id,
-            have: have.name(),
-            want: kind.name(),
+        let clash = |have: BlobKind| {
+            Error::from(BackupError::KindClash {
+                id,
+                have: have.name(),
+                want: kind.name(),
+            })
         };
         if let Some(&(have, _)) = self.pending.lock().map_err(poisoned)?.get(&id) {
             return if have == kind {
@@ -356,11 +376,11 @@ impl<'a> Session<'a> {
     /// tree or chunk list are refused as file content (tree.rs, `is_structure_encoding`).
     fn claim_data(&self, id: ChunkId, raw: &[u8]) -> Result<bool> {
         if xstore_format::tree::is_structure_encoding(raw) {
-            return Err(Error::KindClash {
+            return Err(Error::from(BackupError::KindClash {
                 id,
                 have: "tree or chunk list encoding",
                 want: "data",
-            });
+            }));
         }
         self.claim(id, BlobKind::Data, raw.len() as u32)
     }
@@ -543,7 +563,7 @@ impl<'a> Session<'a> {
         depth: usize,
     ) -> Result<Option<Entry>> {
         let allowed = match meta.kind {
-            SourceKind::Dir => self.dir_allowed(path, depth),
+            SourceKind::Stored(EntryKind::Dir) => self.dir_allowed(path, depth),
             _ => self.path_allowed(path),
         };
         if !allowed {
@@ -555,7 +575,7 @@ impl<'a> Session<'a> {
                 self.counts.skipped.fetch_add(1, Ordering::Relaxed);
                 return Ok(None);
             }
-            SourceKind::Dir => {
+            SourceKind::Stored(EntryKind::Dir) => {
                 self.counts.dirs.fetch_add(1, Ordering::Relaxed);
                 let descend = !(self.one_file_system && meta.attrs.dev != root_dev);
                 let id = if descend {
@@ -567,11 +587,13 @@ impl<'a> Session<'a> {
                 };
                 Self::entry_from_meta(name, &meta, EntryKind::Dir, Content::Subtree(id))
             }
-            SourceKind::File => match self.file_entry(path, name, meta, parent)? {
-                Some(e) => e,
-                None => return Ok(None),
-            },
-            SourceKind::Symlink => match self.source.read_link(path) {
+            SourceKind::Stored(EntryKind::File) => {
+                match self.file_entry(path, name, meta, parent)? {
+                    Some(e) => e,
+                    None => return Ok(None),
+                }
+            }
+            SourceKind::Stored(EntryKind::Symlink) => match self.source.read_link(path) {
                 Ok(target) => {
                     self.counts.others.fetch_add(1, Ordering::Relaxed);
                     let mut m = meta;
@@ -583,7 +605,9 @@ impl<'a> Session<'a> {
                     return Ok(None);
                 }
             },
-            SourceKind::CharDevice | SourceKind::BlockDevice | SourceKind::Fifo => {
+            SourceKind::Stored(EntryKind::CharDevice)
+            | SourceKind::Stored(EntryKind::BlockDevice)
+            | SourceKind::Stored(EntryKind::Fifo) => {
                 self.counts.others.fetch_add(1, Ordering::Relaxed);
                 let kind = meta.kind.entry_kind().unwrap_or(EntryKind::Fifo);
                 let mut m = meta;
@@ -632,7 +656,7 @@ impl<'a> Session<'a> {
         loop {
             attempt += 1;
             let before = match file.current_meta() {
-                Ok(m) if m.kind == SourceKind::File => m,
+                Ok(m) if m.kind == SourceKind::Stored(EntryKind::File) => m,
                 Ok(_) => {
                     self.record_error(path, "replaced by a non-file while backing up");
                     return Ok(None);
@@ -1005,7 +1029,11 @@ impl<'a> Session<'a> {
         let mut to_read = vec![false; children.len()];
         let mut to_open: Vec<OpenHint> = Vec::new();
         for (i, (name, meta)) in children.iter().enumerate() {
-            let Some(meta) = meta.as_ref().ok().filter(|m| m.kind == SourceKind::File) else {
+            let Some(meta) = meta
+                .as_ref()
+                .ok()
+                .filter(|m| m.kind == SourceKind::Stored(EntryKind::File))
+            else {
                 continue;
             };
             let old = before(name).filter(|p| p.kind == EntryKind::File && self.intact(p));
@@ -1037,7 +1065,7 @@ impl<'a> Session<'a> {
         let old_trees: Vec<Option<Tree>> = children
             .iter()
             .map(|(name, meta)| {
-                let is_dir = matches!(meta, Ok(m) if m.kind == SourceKind::Dir);
+                let is_dir = matches!(meta, Ok(m) if m.kind == SourceKind::Stored(EntryKind::Dir));
                 is_dir.then(|| self.previous_tree(before(name))).flatten()
             })
             .collect();
@@ -1045,7 +1073,10 @@ impl<'a> Session<'a> {
             .iter()
             .zip(&old_trees)
             .filter_map(|((name, meta), old_tree)| {
-                let meta = meta.as_ref().ok().filter(|m| m.kind == SourceKind::Dir)?;
+                let meta = meta
+                    .as_ref()
+                    .ok()
+                    .filter(|m| m.kind == SourceKind::Stored(EntryKind::Dir))?;
                 let descend = !(self.one_file_system && meta.attrs.dev != root_dev);
                 let child = path.join(std::ffi::OsStr::from_bytes(name));
                 // Another host's trees are never offered for listings known by digest.
@@ -1127,7 +1158,7 @@ impl<'a> Session<'a> {
                     continue;
                 }
             };
-            if meta.kind != SourceKind::Dir {
+            if meta.kind != SourceKind::Stored(EntryKind::Dir) {
                 // What needs no read (an unchanged file, a symlink, a device) costs less than a
                 // job: done here. Files to read go to jobs, to be read in parallel.
                 if !to_read[slot] {
@@ -1283,9 +1314,11 @@ impl<'a> Session<'a> {
         for (name, node) in &synth.children {
             use std::os::unix::ffi::OsStrExt;
             let child = path.join(std::ffi::OsStr::from_bytes(name));
-            let meta = self.source.stat(&child).map_err(|source| Error::Source {
-                path: child.clone(),
-                source,
+            let meta = self.source.stat(&child).map_err(|source| {
+                Error::from(BackupError::Source {
+                    path: child.clone(),
+                    source,
+                })
             })?;
             let old = parent.and_then(|t| t.get(name));
             let entry = match node {
@@ -1295,7 +1328,7 @@ impl<'a> Session<'a> {
                     self.process_entry(&child, name.clone(), meta, old, old_tree, dev, 0)?
                 }
                 SynthNode::Between(inner) => {
-                    if meta.kind != SourceKind::Dir {
+                    if meta.kind != SourceKind::Stored(EntryKind::Dir) {
                         return Err(Error::InvalidArgument(format!(
                             "{}: not a directory",
                             child.display()
@@ -1393,10 +1426,12 @@ impl From<Error> for ReadFailure {
     /// A chunk that may not be stored as file content fails the file, not the backup.
     fn from(e: Error) -> Self {
         match e {
-            Error::KindClash { .. } => ReadFailure::Source(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                e.to_string(),
-            )),
+            Error::Backup(ref b) if matches!(**b, BackupError::KindClash { .. }) => {
+                ReadFailure::Source(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    e.to_string(),
+                ))
+            }
             e => ReadFailure::Repo(e),
         }
     }
@@ -1417,9 +1452,11 @@ fn synth_root(
     let mut missing = Vec::new();
     let mut first_missing = None;
     for p in paths {
-        let a = source.canonicalize(p).map_err(|source| Error::Source {
-            path: p.clone(),
-            source,
+        let a = source.canonicalize(p).map_err(|source| {
+            Error::from(BackupError::Source {
+                path: p.clone(),
+                source,
+            })
         })?;
         match source.stat(&a) {
             Ok(_) => abs.push(a),
@@ -1427,12 +1464,12 @@ fn synth_root(
                 first_missing.get_or_insert((a.clone(), e));
                 missing.push(a);
             }
-            Err(source) => return Err(Error::Source { path: a, source }),
+            Err(source) => return Err(Error::from(BackupError::Source { path: a, source })),
         }
     }
     if abs.is_empty() {
         if let Some((path, source)) = first_missing {
-            return Err(Error::Source { path, source });
+            return Err(Error::from(BackupError::Source { path, source }));
         }
     }
     abs.sort();
@@ -1498,8 +1535,12 @@ impl Repository {
     ///
     /// Files that cannot be read are recorded in the snapshot's `errors` and make it
     /// [`SnapshotStatus::Partial`]; repository errors abort without committing anything.
-    pub fn backup(&self, source: &dyn Source, opts: &BackupOptions) -> Result<Snapshot> {
-        self.backup_with(source, opts, None)
+    pub fn backup(
+        &self,
+        source: &dyn Source,
+        opts: &BackupOptions,
+    ) -> Result<Snapshot, BackupError> {
+        Ok(self.backup_with(source, opts, None)?)
     }
 
     /// [`Repository::backup`] for backups that run at the same time as others of the same
@@ -1511,13 +1552,14 @@ impl Repository {
         source: &dyn Source,
         opts: &BackupOptions,
         shared: &SharedIngest<'_>,
-    ) -> Result<Snapshot> {
+    ) -> Result<Snapshot, BackupError> {
         if !shared.belongs_to(self) {
             return Err(Error::InvalidArgument(
                 "the shared ingest belongs to another repository handle".into(),
-            ));
+            )
+            .into());
         }
-        self.backup_with(source, opts, Some(shared))
+        Ok(self.backup_with(source, opts, Some(shared))?)
     }
 
     fn backup_with(
@@ -1527,7 +1569,6 @@ impl Repository {
         shared: Option<&SharedIngest<'_>>,
     ) -> Result<Snapshot> {
         self.require_writable()?;
-        validate_host(&opts.host).map_err(Error::InvalidArgument)?;
         if opts.paths.is_empty() {
             return Err(Error::InvalidArgument("no backup paths given".into()));
         }
@@ -1582,8 +1623,10 @@ impl Repository {
         let result = session.process_synth(Path::new("/"), &synth, parent_root.as_ref());
         // A source that broke off (a lost agent connection) walked an incomplete tree.
         let result = result.and_then(|root| {
-            source.finish().map_err(|e| Error::SourceBroken {
-                reason: e.to_string(),
+            source.finish().map_err(|e| {
+                Error::from(BackupError::SourceBroken {
+                    reason: e.to_string(),
+                })
             })?;
             Ok(root)
         });
@@ -1672,11 +1715,11 @@ impl Repository {
                 },
             };
             if let Some(newest) = newest.filter(|n| n.start_ns > start_ns) {
-                return Err(Error::ClockBehind {
+                return Err(Error::from(BackupError::ClockBehind {
                     host: opts.host.clone(),
                     newest: crate::text::format_utc(newest.start_ns.div_euclid(1_000_000_000)),
                     now: crate::text::format_utc(start_ns.div_euclid(1_000_000_000)),
-                });
+                }));
             }
         }
         // Without a parent, a reference of another host gives the trees to compare with.

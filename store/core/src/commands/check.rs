@@ -35,12 +35,18 @@ pub struct CheckOptions {
 pub struct Problem {
     /// What is wrong.
     pub message: String,
-    /// The blob concerned.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub blob: Option<String>,
-    /// The pack concerned.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pack: Option<String>,
+    /// The blob concerned (hex in JSON).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "xstore_format::snapshot::opt_display_serde::serialize"
+    )]
+    pub blob: Option<ChunkId>,
+    /// The pack concerned (hex in JSON).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "xstore_format::snapshot::opt_display_serde::serialize"
+    )]
+    pub pack: Option<PackId>,
     /// A snapshot affected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
@@ -64,7 +70,7 @@ impl Problem {
     /// A problem of one pack.
     fn of_pack(pack: &PackId, message: String) -> Problem {
         Problem {
-            pack: Some(pack.to_string()),
+            pack: Some(*pack),
             ..Problem::general(message)
         }
     }
@@ -231,8 +237,8 @@ impl<'a> Walk<'a> {
     ) {
         self.problems.push(Problem {
             message,
-            blob: blob.map(|b| b.to_string()),
-            pack: loc.map(|l| l.pack.to_string()),
+            blob,
+            pack: loc.map(|l| l.pack),
             snapshot: Some(format!("{} ({})", snap.id.short(), snap.host)),
             path: Some(path.to_string()),
         });
@@ -437,7 +443,7 @@ impl Repository {
             }
             let want = expected.get(&id).copied().unwrap_or(0);
             let problem = |message: String| Problem {
-                blob: Some(id.to_string()),
+                blob: Some(id),
                 ..Problem::of_pack(&loc.pack, message)
             };
             if want != loc.refcount {
@@ -550,7 +556,7 @@ impl Repository {
         let mut found = Vec::new();
         let mut ok = 0u64;
         let pack_problem = |message: String, blob: Option<ChunkId>| Problem {
-            blob: blob.map(|b| b.to_string()),
+            blob,
             ..Problem::of_pack(pack_id, message)
         };
         let map = match self.map_pack(pack_id) {
@@ -599,18 +605,14 @@ impl Repository {
         let damaged: HashSet<ChunkId> = problems
             .iter()
             .filter(|p| p.snapshot.is_none())
-            .filter_map(|p| p.blob.as_ref()?.parse().ok())
+            .filter_map(|p| p.blob)
             .collect();
         if damaged.is_empty() {
             return Ok(());
         }
         let affected = self.broken_paths(&damaged)?;
         for p in problems.iter_mut().filter(|p| p.snapshot.is_none()) {
-            let first = p
-                .blob
-                .as_ref()
-                .and_then(|b| b.parse::<ChunkId>().ok())
-                .and_then(|b| affected.get(&b)?.first());
+            let first = p.blob.and_then(|b| affected.get(&b)?.first());
             if let Some(b) = first {
                 p.snapshot = Some(format!("{} ({})", b.snapshot.short(), b.host));
                 p.path = Some(b.path.clone());

@@ -20,8 +20,9 @@ use std::path::PathBuf;
 use crate::error::{Error, Result};
 use crate::repo::{Node, Repository};
 use xstore_chunker::ChunkId;
+use xstore_format::meta::EntryKind;
 use xstore_format::snapshot::Snapshot;
-use xstore_format::tree::{ChunkRef, Content, Entry, EntryKind};
+use xstore_format::tree::{ChunkRef, Content, Entry};
 
 /// Archive format of a dump.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,8 +16,10 @@ use super::globs::PathGlobs;
 use crate::error::{Error, Result};
 use crate::repo::Repository;
 use xstore_chunker::ChunkId;
-use xstore_format::snapshot::{validate_host, Snapshot, SnapshotId};
-use xstore_format::tree::{Entry, EntryKind};
+use xstore_format::host::HostName;
+use xstore_format::meta::EntryKind;
+use xstore_format::snapshot::{Snapshot, SnapshotId};
+use xstore_format::tree::Entry;
 
 /// What to look for.
 #[derive(Debug, Clone, Default)]
@@ -26,7 +28,7 @@ pub struct FindOptions {
     /// full path inside the snapshot (`/var/www/shop/config.php`, `/var/www/**/*.php`).
     pub patterns: Vec<String>,
     /// Only this host's snapshots.
-    pub host: Option<String>,
+    pub host: Option<HostName>,
     /// Only snapshots started at or after this time (ns since the epoch).
     pub since_ns: Option<i64>,
 }
@@ -68,7 +70,7 @@ pub struct FoundVersion {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FoundPath {
     /// Host name.
-    pub host: String,
+    pub host: HostName,
     /// Path inside the snapshots (lossy UTF-8).
     pub path: String,
     /// One per snapshot that holds the path.
@@ -174,7 +176,6 @@ impl Repository {
         }
         let all = self.snapshots()?;
         if let Some(h) = &opts.host {
-            validate_host(h).map_err(Error::InvalidArgument)?;
             if !all.iter().any(|s| &s.host == h) {
                 return Err(Error::InvalidArgument(format!(
                     "host {h} has no snapshots in this repository"
@@ -194,7 +195,7 @@ impl Repository {
             trees_read: 0,
         };
         type Versions = Vec<(FoundVersion, Arc<Entry>)>;
-        let mut by_path: BTreeMap<(String, Vec<u8>), Versions> = BTreeMap::new();
+        let mut by_path: BTreeMap<(HostName, Vec<u8>), Versions> = BTreeMap::new();
         for s in &selected {
             let Some(matches) = search.tree(s.root, b"")? else {
                 continue;

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, GcError, Result};
 use crate::index::{BlobLoc, PackRecord};
 use crate::pack::{NewBlob, SealedPack};
 use crate::progress::Progress;
@@ -195,14 +195,10 @@ impl Repository {
     /// Plans a gc (read-only, so a dry run needs no writer lock): which packs to delete
     /// (no live blob), rewrite (dead bytes above the threshold, or small packs to merge) or
     /// skip (blobs a running backup may reference, or held by `repair index`).
-    pub fn plan_gc(&self, opts: &GcOptions) -> Result<GcPlan> {
+    pub fn plan_gc(&self, opts: &GcOptions) -> Result<GcPlan, GcError> {
         let threshold = match opts.max_dead_percent {
             Some(p) if (0.0..=100.0).contains(&p) => p,
-            Some(p) => {
-                return Err(Error::InvalidArgument(format!(
-                    "--max-dead {p}% is not within 0..100%"
-                )))
-            }
+            Some(p) => return Err(GcError::MaxDead(p)),
             None => self.retention_settings()?.gc_max_dead_percent,
         };
         let grace = match opts.grace {
@@ -306,7 +302,7 @@ impl Repository {
     /// is safe: a pack whose blobs were revived or protected since is left alone. Safe
     /// against a backup running in this process (see mutation.rs); other processes cannot
     /// write (writer lock). `progress` counts the bytes copied.
-    pub fn gc(&self, plan: GcPlan, progress: Option<&Progress>) -> Result<GcReport> {
+    pub fn gc(&self, plan: GcPlan, progress: Option<&Progress>) -> Result<GcReport, GcError> {
         self.require_writable()?;
         if plan.release_held {
             crate::pack::journal::remove_if_present(&crate::layout::gc_hold(self.path()))?;
@@ -333,12 +329,12 @@ impl Repository {
         // After gc's commit: a failure to delete is a warning, the next gc deletes them; a
         // lost writer lease is an error (another server may be writing to this repository).
         match self.delete_retired(grace, &mut report) {
-            Err(e @ Error::LeaseLost { .. }) => return Err(e),
+            Err(e @ Error::LeaseLost { .. }) => return Err(e.into()),
             Err(e) => tracing::warn!("retired pack files not deleted ({e}); the next gc retries"),
             Ok(()) => {}
         }
         match self.abort_unfinished_uploads(grace, &mut report) {
-            Err(e @ Error::LeaseLost { .. }) => return Err(e),
+            Err(e @ Error::LeaseLost { .. }) => return Err(e.into()),
             Err(e) => tracing::warn!("unfinished uploads not aborted ({e}); the next gc retries"),
             Ok(()) => {}
         }

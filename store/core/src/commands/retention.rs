@@ -2,6 +2,7 @@
 //! plans of `xstore-retention` (rotate, forget, pin) in one atomic index batch each.
 
 use std::collections::HashMap;
+use xstore_format::host::HostName;
 
 use serde::Serialize;
 use xstore_retention::{
@@ -52,7 +53,7 @@ pub(crate) fn candidates(snapshots: &[Snapshot]) -> Vec<Candidate> {
         .iter()
         .map(|s| Candidate {
             id: s.id.to_string(),
-            host: s.host.clone(),
+            host: s.host.to_string(),
             time: s.start_ns,
             complete: s.is_complete(),
             pinned: s.pinned,
@@ -157,7 +158,7 @@ impl Repository {
         Ok(tier_positions(&self.snapshots()?))
     }
 
-    fn scoped(&self, host: Option<&str>) -> Result<Vec<Snapshot>> {
+    fn scoped(&self, host: Option<&HostName>) -> Result<Vec<Snapshot>> {
         let Some(h) = host else {
             return self.snapshots();
         };
@@ -171,7 +172,7 @@ impl Repository {
     }
 
     /// Plans rsnapshot's `rotate TIER` for one host or all.
-    pub fn plan_rotate(&self, tier: &str, host: Option<&str>) -> Result<Plan> {
+    pub fn plan_rotate(&self, tier: &str, host: Option<&HostName>) -> Result<Plan> {
         let snaps = self.scoped(host)?;
         let settings = self.retention_settings()?;
         Ok(plan_tiers(
@@ -182,7 +183,12 @@ impl Repository {
     }
 
     /// Plans a calendar policy for one host or all, at time `now` (ns since the epoch).
-    pub fn plan_forget(&self, policy: &KeepPolicy, host: Option<&str>, now: i64) -> Result<Plan> {
+    pub fn plan_forget(
+        &self,
+        policy: &KeepPolicy,
+        host: Option<&HostName>,
+        now: i64,
+    ) -> Result<Plan> {
         let snaps = self.scoped(host)?;
         Ok(plan_keep(&candidates(&snaps), policy, now)?)
     }
@@ -195,7 +201,7 @@ impl Repository {
         Ok(Plan {
             decisions: vec![xstore_retention::Decision {
                 id: s.id.to_string(),
-                host: s.host.clone(),
+                host: s.host.to_string(),
                 time: s.start_ns,
                 action: xstore_retention::Action::Expire,
                 tiers: Default::default(),

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::error::{BackupError, Error, Result};
 use crate::pack::rolling::RollingPacks;
 use crate::pack::NewBlob;
 use crate::repo::sessions::SessionGuard;
@@ -308,9 +308,9 @@ impl<'r> SharedIngest<'r> {
 
     fn check_failure(&self) -> Result<()> {
         match &*self.failure.lock().map_err(poisoned)? {
-            Some(reason) => Err(Error::SharedIngest {
+            Some(reason) => Err(Error::from(BackupError::SharedIngest {
                 reason: reason.clone(),
-            }),
+            })),
             None => Ok(()),
         }
     }

@@ -21,6 +21,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use xstore_format::host::HostName;
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -74,7 +75,7 @@ impl Usage {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct FleetUsage {
     /// Every host with snapshots.
-    pub hosts: BTreeMap<String, Usage>,
+    pub hosts: BTreeMap<HostName, Usage>,
     /// The groups asked for, in order (a host without snapshots contributes nothing).
     pub groups: Vec<Usage>,
 }
@@ -86,7 +87,7 @@ pub struct SnapshotUsage {
     #[serde(serialize_with = "xstore_format::snapshot::hex_serde::serialize")]
     pub id: SnapshotId,
     /// Its host.
-    pub host: String,
+    pub host: HostName,
     /// Start of its backup, ns since the epoch.
     pub start_ns: i64,
     /// Its logical (file) bytes.
@@ -130,7 +131,7 @@ impl Repository {
     /// of host names, computed together in one pass (module documentation): what `du` and
     /// the account checks report for a whole fleet, without one walk per host and per
     /// account. Works on read-only handles.
-    pub fn fleet_usage(&self, groups: &[Vec<String>]) -> Result<FleetUsage> {
+    pub fn fleet_usage(&self, groups: &[Vec<HostName>]) -> Result<FleetUsage> {
         let started = std::time::Instant::now();
         let phase = |what: &str| {
             tracing::debug!(
@@ -140,13 +141,13 @@ impl Repository {
         };
         let snapshots = self.snapshots()?;
         phase("snapshot records");
-        let mut host_names: Vec<&str> = snapshots.iter().map(|s| s.host.as_str()).collect();
+        let mut host_names: Vec<&HostName> = snapshots.iter().map(|s| &s.host).collect();
         host_names.sort_unstable();
         host_names.dedup();
         let host_index: HashMap<&str, u32> = host_names
             .iter()
             .enumerate()
-            .map(|(i, h)| (*h, i as u32))
+            .map(|(i, h)| (h.as_str(), i as u32))
             .collect();
 
         // Every live blob, numbered, with its size; trees and chunk lists with their place.
@@ -193,7 +194,7 @@ impl Repository {
         Ok(FleetUsage {
             hosts: host_names
                 .iter()
-                .map(|h| h.to_string())
+                .map(|&h| h.clone())
                 .zip(host_usage)
                 .collect(),
             groups: group_usage,
@@ -274,7 +275,7 @@ impl Repository {
     }
 
     /// Usage of every snapshot of `host`, oldest first.
-    pub fn snapshot_usage(&self, host: &str) -> Result<Vec<SnapshotUsage>> {
+    pub fn snapshot_usage(&self, host: &HostName) -> Result<Vec<SnapshotUsage>> {
         let mut out = Vec::new();
         for s in self.host_snapshots(host)? {
             let (exclusive_bytes, _) = self.exclusive(&self.held_by(&s)?)?;
@@ -423,7 +424,7 @@ fn usage_per_host_and_group(
     totals: &[(u64, u64, u64)],
     snapshots: &[Snapshot],
     host_index: &HashMap<&str, u32>,
-    groups: &[Vec<String>],
+    groups: &[Vec<HostName>],
 ) -> (Vec<Usage>, Vec<Usage>) {
     let hosts = host_index.len();
     let group_index: Vec<Vec<u32>> = groups

@@ -25,6 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use xstore_format::host::HostName;
 
 use crate::error::{Error, Result};
 use crate::index::{damaged_key, verified_key, BlobLoc, CYCLE_KEY, LAST_RUN_KEY, VERIFIED_PREFIX};
@@ -56,7 +57,7 @@ pub struct BrokenPath {
     #[serde(serialize_with = "xstore_format::snapshot::hex_serde::serialize")]
     pub snapshot: SnapshotId,
     /// Its host.
-    pub host: String,
+    pub host: HostName,
     /// The path inside the snapshot.
     pub path: String,
 }

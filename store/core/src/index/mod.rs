@@ -10,6 +10,7 @@
 //! others', with a scan as the fallback whenever the keys are not provably complete).
 
 use std::path::{Path, PathBuf};
+use xstore_format::host::HostName;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -393,21 +394,24 @@ impl Index {
     }
 
     /// Every host record, in name order.
-    pub(crate) fn host_records(&self) -> Result<Vec<(String, HostRecord)>> {
+    pub(crate) fn host_records(&self) -> Result<Vec<(HostName, HostRecord)>> {
         let cf = self.cf(CF_HOSTS)?;
         let mut out = Vec::new();
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.err(e))?;
-            let name = String::from_utf8(k.to_vec()).map_err(|e| {
-                self.corrupt(
-                    CF_HOSTS,
-                    DecodeError::Invalid {
-                        what: "host name",
-                        offset: e.utf8_error().valid_up_to(),
-                        reason: "not UTF-8".into(),
-                    },
-                )
-            })?;
+            let name = std::str::from_utf8(&k)
+                .map_err(|e| (e.valid_up_to(), "not UTF-8".to_string()))
+                .and_then(|text| HostName::parse(text).map_err(|e| (0, e.to_string())))
+                .map_err(|(offset, reason)| {
+                    self.corrupt(
+                        CF_HOSTS,
+                        DecodeError::Invalid {
+                            what: "host name",
+                            offset,
+                            reason,
+                        },
+                    )
+                })?;
             let rec = xstore_format::codec::decode("host record", &v)
                 .map_err(|e| self.corrupt(CF_HOSTS, e))?;
             out.push((name, rec));

@@ -2,15 +2,17 @@
 //! storage, every blob re-hashed), trees, file contents and paths inside snapshots.
 
 use std::path::PathBuf;
+use xstore_format::host::HostName;
 
 use super::Repository;
 use crate::error::{DecodeError, Error, Result};
 use crate::index::BlobLoc;
 use crate::storage::PackBytes;
 use xstore_chunker::ChunkId;
+use xstore_format::meta::EntryKind;
 use xstore_format::pack::{self, BlobKind, PackEntry, PackId};
 use xstore_format::snapshot::{Snapshot, SnapshotId};
-use xstore_format::tree::{decode_chunk_list, ChunkRef, Content, Entry, EntryKind, Tree};
+use xstore_format::tree::{decode_chunk_list, ChunkRef, Content, Entry, Tree};
 
 /// Whether `loc` is a live data blob of exactly `chunk`'s length: what a file may reference.
 pub(crate) fn is_live_data(loc: Option<&BlobLoc>, chunk: &ChunkRef) -> bool {
@@ -67,7 +69,7 @@ impl Repository {
 
     /// The hosts that have snapshots, in name order, from their host records (no snapshot
     /// record is decoded).
-    pub fn hosts(&self) -> Result<Vec<String>> {
+    pub fn hosts(&self) -> Result<Vec<HostName>> {
         Ok(self
             .index
             .host_records()?
@@ -86,8 +88,7 @@ impl Repository {
 
     /// The snapshots of one host, oldest first. Reads that host's records only (FORMAT.md
     /// §Index, `host-snapshot/` keys), so its cost does not grow with other hosts' snapshots.
-    pub fn host_snapshots(&self, host: &str) -> Result<Vec<Snapshot>> {
-        xstore_format::snapshot::validate_host(host).map_err(Error::InvalidArgument)?;
+    pub fn host_snapshots(&self, host: &HostName) -> Result<Vec<Snapshot>> {
         let mut v = self.index.snapshots_of(host)?;
         v.sort_by_key(|s| (s.start_ns, s.id));
         Ok(v)

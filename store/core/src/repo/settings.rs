@@ -8,12 +8,23 @@ use xstore_retention::Schedules;
 use super::Repository;
 use crate::error::{DecodeError, Error, IoContext, Result};
 use crate::fsutil;
-use xstore_format::snapshot::validate_host;
+use xstore_format::host::{HostName, InvalidHostName};
 
 /// `retention.json` format version.
 pub const RETENTION_VERSION: u32 = 1;
 /// Default gc threshold: packs with more dead bytes than this percentage are rewritten.
 pub const DEFAULT_GC_MAX_DEAD_PERCENT: f64 = 10.0;
+
+/// Why [`RetentionSettings::validate`] refused settings.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidSettings {
+    /// A per-host schedule names something that is not a host name.
+    #[error(transparent)]
+    Host(#[from] InvalidHostName),
+    /// The gc threshold is not a percentage.
+    #[error("gc_max_dead_percent {0} is not within 0..=100")]
+    GcMaxDead(f64),
+}
 
 /// Retention settings of a repository (`REPO/retention.json`; defaults when absent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,20 +84,17 @@ impl RetentionSettings {
                 found: s.version.to_string(),
             });
         }
-        s.validate().map_err(invalid)?;
+        s.validate().map_err(|e| invalid(e.to_string()))?;
         Ok(s)
     }
 
     /// Checks host names of overrides and the gc threshold.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSettings> {
         for host in self.schedules.hosts.keys() {
-            validate_host(host)?;
+            HostName::parse(host)?;
         }
         if !(0.0..=100.0).contains(&self.gc_max_dead_percent) {
-            return Err(format!(
-                "gc_max_dead_percent {} is not within 0..=100",
-                self.gc_max_dead_percent
-            ));
+            return Err(InvalidSettings::GcMaxDead(self.gc_max_dead_percent));
         }
         Ok(())
     }
@@ -119,7 +127,9 @@ impl Repository {
     /// Replaces the retention settings (atomically; writer only).
     pub fn set_retention_settings(&self, settings: &RetentionSettings) -> Result<()> {
         self.require_writable()?;
-        settings.validate().map_err(Error::InvalidArgument)?;
+        settings
+            .validate()
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         fsutil::write_atomic(&self.retention_path(), &settings.encode())
     }
 }

@@ -991,7 +991,7 @@ impl SourceFile for RemoteFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xstore_format::tree::EntryKind;
+    use xstore_format::meta::EntryKind;
 
     fn entry(name: &[u8], kind: EntryKind, content: Content, xattrs: usize) -> Entry {
         Entry {

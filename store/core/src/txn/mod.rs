@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::MutexGuard;
+use xstore_format::host::HostName;
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
@@ -374,10 +375,10 @@ impl<'r> Mutation<'r> {
     /// Host records after this mutation, for the hosts it touches. Updated incrementally (a
     /// point lookup per changed snapshot); a host is recounted from its snapshots only when
     /// its latest or latest complete snapshot goes.
-    fn host_records(&self) -> Result<BTreeMap<String, HostRecord>> {
+    fn host_records(&self) -> Result<BTreeMap<HostName, HostRecord>> {
         let index = &self.repo.index;
-        let mut added: BTreeMap<String, Vec<&Snapshot>> = BTreeMap::new();
-        let mut removed: BTreeMap<String, Vec<SnapshotId>> = BTreeMap::new();
+        let mut added: BTreeMap<HostName, Vec<&Snapshot>> = BTreeMap::new();
+        let mut removed: BTreeMap<HostName, Vec<SnapshotId>> = BTreeMap::new();
         for (id, s) in &self.snapshots {
             match (index.snapshot(id)?, s) {
                 (None, Some(new)) => added.entry(new.host.clone()).or_default().push(new),
@@ -385,7 +386,7 @@ impl<'r> Mutation<'r> {
                 _ => {}
             }
         }
-        let hosts: BTreeSet<String> = added.keys().chain(removed.keys()).cloned().collect();
+        let hosts: BTreeSet<HostName> = added.keys().chain(removed.keys()).cloned().collect();
         let mut out = BTreeMap::new();
         for host in hosts {
             let gone = removed.remove(&host).unwrap_or_default();

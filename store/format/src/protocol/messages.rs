@@ -4,7 +4,7 @@ use std::io;
 
 use crate::bytes::{put_bytes, put_varint, Reader};
 use crate::error::DecodeError;
-use crate::meta::{Attrs, EntryMeta, SourceKind};
+use crate::meta::{Attrs, EntryKind, EntryMeta, SourceKind};
 use xstore_chunker::ChunkId;
 
 use super::*;
@@ -236,13 +236,9 @@ fn invalid(what: &'static str, offset: usize, reason: String) -> DecodeError {
 }
 
 fn put_meta(out: &mut Vec<u8>, m: &EntryMeta) {
+    // The wire's kind codes are the tree's plus one, and 7 for a socket.
     out.push(match m.kind {
-        SourceKind::File => 1,
-        SourceKind::Dir => 2,
-        SourceKind::Symlink => 3,
-        SourceKind::CharDevice => 4,
-        SourceKind::BlockDevice => 5,
-        SourceKind::Fifo => 6,
+        SourceKind::Stored(kind) => kind.code() + 1,
         SourceKind::Socket => 7,
     });
     for v in [
@@ -269,13 +265,8 @@ fn u32_field(r: &mut Reader<'_>, what: &'static str) -> Result<u32, DecodeError>
 fn get_meta(r: &mut Reader<'_>) -> Result<EntryMeta, DecodeError> {
     let at = r.pos();
     let kind = match r.u8("entry kind")? {
-        1 => SourceKind::File,
-        2 => SourceKind::Dir,
-        3 => SourceKind::Symlink,
-        4 => SourceKind::CharDevice,
-        5 => SourceKind::BlockDevice,
-        6 => SourceKind::Fifo,
         7 => SourceKind::Socket,
+        k @ 1..=6 => SourceKind::Stored(EntryKind::from_code(k - 1, at)?),
         k => return Err(invalid("entry kind", at, format!("unknown kind {k}"))),
     };
     let mode_at = r.pos();

@@ -69,7 +69,7 @@ mod tests {
     use super::*;
 
     use crate::error::DecodeError;
-    use crate::meta::{EntryMeta, SourceKind};
+    use crate::meta::{EntryKind, EntryMeta, SourceKind};
     use xstore_chunker::ChunkId;
 
     fn meta(kind: SourceKind) -> EntryMeta {
@@ -93,7 +93,7 @@ mod tests {
     fn samples() -> (Vec<AgentMsg>, Vec<ServerMsg>) {
         let entry = WireEntry {
             name: b"a".to_vec(),
-            meta: Ok(meta(SourceKind::Symlink)),
+            meta: Ok(meta(SourceKind::Stored(EntryKind::Symlink))),
             target: Some(b"../b".to_vec()),
             xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
         };
@@ -121,8 +121,8 @@ mod tests {
             },
             AgentMsg::FileChunks {
                 req: 4,
-                before: meta(SourceKind::File),
-                after: meta(SourceKind::File),
+                before: meta(SourceKind::Stored(EntryKind::File)),
+                after: meta(SourceKind::Stored(EntryKind::File)),
                 chunks: vec![(ChunkId::of(b"x"), 1), (ChunkId::of(b"y"), 70000)],
                 inline: Some(WireChunk {
                     raw_len: 1,

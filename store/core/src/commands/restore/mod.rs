@@ -33,7 +33,7 @@ pub use existing::Overwrite;
 use crate::commands::safe_fs::{
     self, apply_meta, clear_name, errno_at, make_dir, owner_ids, times, Beneath,
 };
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, RestoreError, Result};
 use crate::index::BlobLoc;
 use crate::progress::Progress;
 use crate::repo::{poisoned, Node, Repository};
@@ -41,8 +41,9 @@ use crate::storage::read_ahead::RangeRead;
 use crate::storage::PackId;
 use existing::Existing;
 use xstore_chunker::ChunkId;
+use xstore_format::meta::EntryKind;
 use xstore_format::snapshot::{PathError, Snapshot};
-use xstore_format::tree::{ChunkRef, Entry, EntryKind};
+use xstore_format::tree::{ChunkRef, Entry};
 
 /// A file to write: its place in the read order (pack rank, offset of its first chunk), its
 /// path, its entry and its located chunks.
@@ -268,7 +269,7 @@ impl Repository {
         snapshot: &Snapshot,
         target: &Path,
         opts: &RestoreOptions,
-    ) -> Result<RestorePlan> {
+    ) -> Result<RestorePlan, RestoreError> {
         Ok(RestorePlan {
             snapshot: snapshot.clone(),
             target: target.to_path_buf(),
@@ -311,7 +312,7 @@ impl Repository {
     /// snapshot does not have. Per-path failures are collected in the summary; repository
     /// errors abort. Nothing is created, changed or removed outside the target, whatever
     /// another user does inside it meanwhile (module documentation).
-    pub fn restore(&self, plan: &RestorePlan) -> Result<RestoreSummary> {
+    pub fn restore(&self, plan: &RestorePlan) -> Result<RestoreSummary, RestoreError> {
         let (target, opts) = (plan.target.as_path(), &plan.options);
         let mut beneath = Beneath::open(target)?;
         beneath.remove_dirs_in_way = opts.delete;
@@ -360,7 +361,7 @@ impl Repository {
     /// What [`Repository::restore`] of `plan` would change in the target as it stands,
     /// changing nothing (no directory is created, no file opened for writing): each change
     /// in `planned`, and the counts a restore would report.
-    pub fn preview_restore(&self, plan: &RestorePlan) -> Result<RestoreSummary> {
+    pub fn preview_restore(&self, plan: &RestorePlan) -> Result<RestoreSummary, RestoreError> {
         let (target, opts) = (plan.target.as_path(), &plan.options);
         let plan = &plan.entries;
         let owners = opts
