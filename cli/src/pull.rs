@@ -73,7 +73,7 @@ fn report_line(r: &PullReport) -> String {
                 human_bytes(r.bytes_scanned),
                 human_bytes(r.wire_bytes),
                 human_bytes(r.new_stored_bytes),
-                r.snapshot.as_deref().map_or("", |s| &s[..8.min(s.len())]),
+                r.snapshot.map(|s| s.short()).unwrap_or_default(),
                 if r.errors > 0 {
                     format!(
                         "  ({} paths failed; see `xstore snapshots --json`)",

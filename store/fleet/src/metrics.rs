@@ -118,11 +118,11 @@ pub fn gather(repo: &Repository, inventory: Option<&Inventory>, now_ns: i64) -> 
     for h in inventory.map(|i| i.hosts.as_slice()).unwrap_or_default() {
         account_of.insert(h.name.clone(), h.account.clone());
     }
-    let hosts: BTreeSet<HostName> = account_of
-        .keys()
-        .cloned()
-        .chain(snapshots.iter().map(|s| s.host.clone()))
-        .collect();
+    // Metrics list hosts by name.
+    let hosts: BTreeSet<HostName> =
+        crate::monitor::listed_and_backed_up(inventory, snapshots.iter().map(|s| s.host.clone()))
+            .into_iter()
+            .collect();
     let labels = Labels { account_of };
     let mut m = Metrics::default();
     host_families(&mut m, repo, &hosts, &labels, now_ns)?;

@@ -507,6 +507,20 @@ pub fn selected_accounts<'a>(
     }
 }
 
+/// The hosts a fleet-wide report covers: the inventory's, in its order, then every other
+/// host that has snapshots (`backed_up`), in the order given, each once.
+pub fn listed_and_backed_up(
+    inventory: Option<&Inventory>,
+    backed_up: impl IntoIterator<Item = HostName>,
+) -> Vec<HostName> {
+    let mut hosts: Vec<HostName> = inventory
+        .map(|i| i.hosts.iter().map(|h| h.name.clone()).collect())
+        .unwrap_or_default();
+    let mut seen: std::collections::HashSet<HostName> = hosts.iter().cloned().collect();
+    hosts.extend(backed_up.into_iter().filter(|h| seen.insert(h.clone())));
+    hosts
+}
+
 /// One host's row of [`fleet_usage_report`].
 #[derive(Debug, Clone, Serialize)]
 pub struct HostUsage {
@@ -559,16 +573,10 @@ pub fn fleet_usage_report(
         .collect();
     let groups: Vec<Vec<HostName>> = accounts.iter().map(|a| a.hosts.clone()).collect();
     let fleet = repo.fleet_usage(&groups)?;
-    let mut hosts: Vec<HostName> = match account {
+    let hosts: Vec<HostName> = match account {
         Some(_) => accounts.iter().flat_map(|a| a.hosts.clone()).collect(),
-        None => inventory
-            .map(|i| i.hosts.iter().map(|h| h.name.clone()).collect())
-            .unwrap_or_default(),
+        None => listed_and_backed_up(inventory, fleet.hosts.keys().cloned()),
     };
-    if account.is_none() {
-        let listed: std::collections::HashSet<HostName> = hosts.iter().cloned().collect();
-        hosts.extend(fleet.hosts.keys().filter(|h| !listed.contains(*h)).cloned());
-    }
     let hosts = hosts
         .into_iter()
         .map(|host| {

@@ -131,8 +131,9 @@ pub struct PullReport {
     pub account: String,
     /// How it ended.
     pub outcome: PullOutcome,
-    /// The snapshot committed, if any.
-    pub snapshot: Option<String>,
+    /// The snapshot committed, if any (hex in the record).
+    #[serde(with = "xstore_format::snapshot::opt_hex_serde", default)]
+    pub snapshot: Option<SnapshotId>,
     /// Why it failed.
     pub error: Option<String>,
     /// Start, ns since the epoch.
@@ -164,8 +165,9 @@ pub struct PullReport {
 pub struct MassChange {
     /// What changed, in words.
     pub message: String,
-    /// The snapshot pinned (hex id): the alarm lasts while it stays pinned.
-    pub pinned: String,
+    /// The snapshot pinned (hex in the record): the alarm lasts while it stays pinned.
+    #[serde(with = "xstore_format::snapshot::hex_serde")]
+    pub pinned: SnapshotId,
 }
 
 impl PullReport {
@@ -197,7 +199,7 @@ impl PullReport {
                 } else {
                     PullOutcome::Partial
                 };
-                r.snapshot = Some(s.id.to_string());
+                r.snapshot = Some(s.id);
                 r.bytes_scanned = s.stats.logical_bytes;
                 r.wire_bytes = s.stats.wire_bytes;
                 r.new_stored_bytes = s.stats.new_stored_bytes;
@@ -537,7 +539,7 @@ fn mass_change_alarm(
             snapshot.stats.files,
             parent.id.short()
         ),
-        pinned: parent.id.to_string(),
+        pinned: parent.id,
     }))
 }
 
@@ -545,8 +547,7 @@ fn mass_change_alarm(
 /// pinned.
 fn standing_alarm(repo: &Repository, host: &HostName) -> Option<MassChange> {
     let alarm = last_pull(repo, host).ok()??.mass_change?;
-    let id: SnapshotId = alarm.pinned.parse().ok()?;
-    repo.snapshot(&id).ok()?.pinned.then_some(alarm)
+    repo.snapshot(&alarm.pinned).ok()?.pinned.then_some(alarm)
 }
 
 /// Keeps `report` as its host's newest pull (atomically replaced file).

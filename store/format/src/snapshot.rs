@@ -80,14 +80,17 @@ pub mod opt_display_serde {
     }
 }
 
-mod opt_hex_serde {
+/// Serde adapter: an optional [`SnapshotId`] as hex, or `null`.
+pub mod opt_hex_serde {
     use super::*;
+    /// Writes `v` as hex, `None` as `null`.
     pub fn serialize<S: Serializer>(v: &Option<SnapshotId>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             Some(id) => s.serialize_some(&id.to_string()),
             None => s.serialize_none(),
         }
     }
+    /// Reads hex or `null`.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SnapshotId>, D::Error> {
         match Option::<String>::deserialize(d)? {
             Some(s) => s.parse().map(Some).map_err(serde::de::Error::custom),
