@@ -464,7 +464,7 @@ pub struct ImportPlan {
     /// Backup points and their actions, oldest first.
     pub items: Vec<(BackupPoint, ImportAction)>,
     /// Snapshots an earlier import made whose backup point rsnapshot has rotated away since
-    /// (deleted at the end of its tier): [`forget_rotated_away`] expires them, as
+    /// (deleted at the end of its tier): [`apply_import`] expires them, as
     /// rsnapshot did. Pinned ones stay.
     pub rotated_away: Vec<SnapshotId>,
 }
@@ -543,7 +543,7 @@ pub fn plan_import(repo: &Repository, config: &RsnapshotConfig) -> Result<Import
 
 /// Expires the plan's snapshots whose backup points rsnapshot rotated away since an
 /// earlier import (before the plan's items, so that tiers hold what rsnapshot's do).
-pub fn forget_rotated_away(repo: &Repository, plan: &ImportPlan) -> Result<Applied> {
+fn forget_rotated_away(repo: &Repository, plan: &ImportPlan) -> Result<Applied> {
     let mut decisions = Vec::new();
     for id in &plan.rotated_away {
         let mut forget = repo.plan_forget_snapshot(id)?;
@@ -560,7 +560,7 @@ pub fn forget_rotated_away(repo: &Repository, plan: &ImportPlan) -> Result<Appli
 
 /// Gives every host of `plan` the rsnapshot schedule (a per-host override where the
 /// repository's default differs), so that imported tier labels keep their positions.
-pub fn apply_import_schedule(repo: &Repository, plan: &ImportPlan) -> Result<()> {
+fn apply_import_schedule(repo: &Repository, plan: &ImportPlan) -> Result<()> {
     let mut settings = repo.retention_settings()?;
     let mut changed = false;
     for (p, _) in &plan.items {
@@ -579,11 +579,11 @@ pub fn apply_import_schedule(repo: &Repository, plan: &ImportPlan) -> Result<()>
 }
 
 /// Carries out one item of an import plan (in plan order, after
-/// [`apply_import_schedule`]): a new snapshot of the point's host with its
+/// giving the hosts the rsnapshot schedule): a new snapshot of the point's host with its
 /// time and tier, whose parent is that host's newest older snapshot, so a file that
 /// rsnapshot hard-linked from the previous backup point (same inode, size, mtime and
 /// ctime) is not read again; or the tier label of the snapshot imported before.
-pub fn import_backup_point(
+fn import_backup_point(
     repo: &Repository,
     point: &BackupPoint,
     action: &ImportAction,
