@@ -9,7 +9,19 @@ use xstore::{
     BackupOptions, CheckOptions, GcAction, GcOptions, LocalSource, Overwrite, PlannedAction,
     Repository, RestoreOptions,
 };
-use xstore_tests::{assert_same_tree, forget_keep_last, restored_path, seeded_bytes, small_repo};
+use xstore_tests::{
+    assert_same_tree, forget_keep_last, restored_path, seeded_bytes, small_repo, RestoreNow,
+};
+
+/// `check` finds no problem, and the newest snapshot restores into `dst` exactly as `src`.
+fn checks_clean_and_the_newest_restores_exactly(repo: &Repository, dst: &Path, src: &Path) {
+    let check = repo.check(CheckOptions::default()).unwrap();
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    let newest = repo.snapshots().unwrap().pop().unwrap();
+    repo.restore_now(&newest, dst, &xstore_tests::exact_restore())
+        .unwrap();
+    assert_same_tree(src, &restored_path(dst, src), false);
+}
 
 fn backup(repo: &Repository, host: &str, path: &Path) -> xstore::Snapshot {
     let opts = BackupOptions {
@@ -123,18 +135,7 @@ fn a_gc_plan_from_a_read_only_handle_is_carried_out_by_the_writer() {
     for id in &planned {
         assert!(!packs_left.contains(id), "pack {id} outlived the gc");
     }
-    let check = repo.check(CheckOptions::default()).unwrap();
-    assert!(check.problems.is_empty(), "{:?}", check.problems);
-    // The newest snapshot still restores exactly.
-    let newest = repo.snapshots().unwrap().pop().unwrap();
-    let dst = work.path().join("dst");
-    repo.restore(
-        &repo
-            .plan_restore(&newest, &dst, &xstore_tests::exact_restore())
-            .unwrap(),
-    )
-    .unwrap();
-    assert_same_tree(&src, &restored_path(&dst, &src), false);
+    checks_clean_and_the_newest_restores_exactly(&repo, &work.path().join("dst"), &src);
 }
 
 /// `repair_index` rebuilds a lost index from the packs: every snapshot comes back, the report
@@ -225,17 +226,7 @@ fn a_gc_plan_made_stale_by_another_gc_leaves_those_packs_alone() {
     // Nothing waits in the journal to be deleted: the stale plan retired nothing.
     let retired = fs::read_dir(repo_path.join("packs/retired")).map_or(0, |d| d.count());
     assert_eq!(retired, 0);
-    let check = repo.check(CheckOptions::default()).unwrap();
-    assert!(check.problems.is_empty(), "{:?}", check.problems);
-    let newest = repo.snapshots().unwrap().pop().unwrap();
-    let dst = work.path().join("dst");
-    repo.restore(
-        &repo
-            .plan_restore(&newest, &dst, &xstore_tests::exact_restore())
-            .unwrap(),
-    )
-    .unwrap();
-    assert_same_tree(&src, &restored_path(&dst, &src), false);
+    checks_clean_and_the_newest_restores_exactly(&repo, &work.path().join("dst"), &src);
 }
 
 /// `check` with `read_data` names a damaged blob exactly: its id, the pack that holds it,
