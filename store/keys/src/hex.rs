@@ -1,16 +1,9 @@
-//! Lowercase hex of fixed-size byte strings, as the slot file writes them.
+//! Lowercase hex of fixed-size byte strings, as the slot file writes them. Encoding is the
+//! format crate's `to_hex`; decoding here is strict (lowercase only, exact length).
 
 use xstore_format::DecodeError;
 
-/// `bytes` as lowercase hex.
-pub(crate) fn encode(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
+pub(crate) use xstore_format::bytes::to_hex as encode;
 
 /// Exactly `N` bytes from `2N` lowercase hex digits.
 pub(crate) fn decode<const N: usize>(

@@ -25,7 +25,14 @@ impl KeyFileKey {
 
     /// The file's text (header line, hex line).
     pub fn encode(&self) -> Zeroizing<String> {
-        Zeroizing::new(format!("{HEADER}\n{}\n", crate::hex::encode(&self.0)))
+        let hex = Zeroizing::new(crate::hex::encode(&self.0));
+        // Sized once: a String that grows leaves copies of the key behind, unzeroed.
+        let mut text = Zeroizing::new(String::with_capacity(HEADER.len() + hex.len() + 2));
+        text.push_str(HEADER);
+        text.push('\n');
+        text.push_str(&hex);
+        text.push('\n');
+        text
     }
 
     /// The key from a file's bytes.

@@ -69,7 +69,9 @@ impl MasterKey {
     /// hex digits, then a group of four that checks them, so a mistyped digit is caught.
     pub fn to_recovery_text(&self) -> Zeroizing<String> {
         let hex = Zeroizing::new(crate::hex::encode(&self.0));
-        let mut text = Zeroizing::new(String::from(RECOVERY_PREFIX));
+        // Sized once: a String that grows leaves copies of the key behind, unzeroed.
+        let mut text = Zeroizing::new(String::with_capacity(RECOVERY_PREFIX.len() + 17 * 5));
+        text.push_str(RECOVERY_PREFIX);
         for (i, c) in hex.chars().enumerate() {
             if i > 0 && i % 4 == 0 {
                 text.push('-');
@@ -88,17 +90,22 @@ impl MasterKey {
             offset: 0,
             reason: reason.to_string(),
         };
-        let flat: Zeroizing<String> = Zeroizing::new(
+        if !text.is_ascii() {
+            return Err(
+                invalid("it holds a character that is not a hex digit, `-` or space").into(),
+            );
+        }
+        let mut flat = Zeroizing::new(String::with_capacity(text.len()));
+        flat.extend(
             text.chars()
                 .filter(|c| !c.is_whitespace())
-                .map(|c| c.to_ascii_lowercase())
-                .collect(),
+                .map(|c| c.to_ascii_lowercase()),
         );
         let body = flat
             .strip_prefix(RECOVERY_PREFIX)
             .ok_or_else(|| invalid("it does not start with xk1-"))?;
-        let digits: Zeroizing<String> =
-            Zeroizing::new(body.chars().filter(|&c| c != '-').collect());
+        let mut digits = Zeroizing::new(String::with_capacity(body.len()));
+        digits.extend(body.chars().filter(|&c| c != '-'));
         if digits.len() != 2 * KEY_LEN + 4 {
             return Err(invalid("it needs 17 groups of 4 hex digits").into());
         }
@@ -150,6 +157,9 @@ mod tests {
         let e = MasterKey::from_recovery_text(&typo).unwrap_err();
         assert!(e.to_string().contains("mistyped"), "{e}");
         assert!(MasterKey::from_recovery_text("xk1-00").is_err());
+        // A character of two bytes where the key's digits end: refused, not split inside it.
+        let straddling = format!("xk1-{}é{}", "a".repeat(63), "a".repeat(3));
+        assert!(MasterKey::from_recovery_text(&straddling).is_err());
         assert!(MasterKey::from_recovery_text("").is_err());
     }
 
