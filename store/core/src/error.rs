@@ -406,9 +406,7 @@ impl From<Error> for GcError {
 impl From<GcError> for Error {
     fn from(e: GcError) -> Self {
         match e {
-            GcError::MaxDead(p) => {
-                Error::InvalidArgument(format!("--max-dead {p}% is not within 0..100%"))
-            }
+            GcError::MaxDead(_) => Error::InvalidArgument(e.to_string()),
             GcError::LeaseLost(e) | GcError::Repository(e) => e,
         }
     }
