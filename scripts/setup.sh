@@ -35,3 +35,8 @@ if ! [ -x "$_xs_tools/moto/bin/moto_server" ]; then
   "$_xs_tools/moto/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.1.18'
 fi
 unset _xs_tools
+# Encrypted repositories made by the tests keep their key files here, not in /etc/xstore/keys.
+if [ -z "${XSTORE_KEY_DIR:-}" ]; then
+  export XSTORE_KEY_DIR="${TMPDIR:-/tmp}/xstore-test-keys"
+  mkdir -p -m 700 "$XSTORE_KEY_DIR"
+fi

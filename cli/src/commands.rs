@@ -38,6 +38,11 @@ pub(crate) struct InitArgs {
     /// commands); without it only its owner can.
     #[arg(long, value_name = "NAME")]
     group: Option<String>,
+    /// Store packs unencrypted (format 1). Without it the repository is encrypted: a key
+    /// file is created (or --key-file's reused) and, with XSTORE_PASSPHRASE, a passphrase
+    /// slot added.
+    #[arg(long)]
+    no_encryption: bool,
 }
 
 #[derive(clap::Args)]
@@ -155,6 +160,7 @@ pub(crate) fn init(cli: &Cli, args: &InitArgs) -> Result<u8> {
         virtual_hosted,
         credentials,
         group,
+        no_encryption,
     } = args;
     let path = repo_path(cli)?;
     crate::private_umask(&xstore::RepoAccess {
@@ -168,6 +174,9 @@ pub(crate) fn init(cli: &Cli, args: &InitArgs) -> Result<u8> {
         pack_size: pack_size_mib.saturating_mul(1024 * 1024),
         group: group.clone(),
     };
+    let keys = crate::key_access(cli)?;
+    let encryption = (!no_encryption).then_some(&keys);
+    let mut key_file = None;
     let (repo, attached) = match (store, endpoint) {
         (Some(url), Some(endpoint)) => {
             let mut location = S3Location::parse(url, endpoint)?;
@@ -176,10 +185,19 @@ pub(crate) fn init(cli: &Cli, args: &InitArgs) -> Result<u8> {
             location.credentials_file = credentials
                 .as_ref()
                 .map(|c| std::path::absolute(c).unwrap_or_else(|_| c.clone()));
-            match Repository::init_s3(&path, &opts, &location)? {
+            match Repository::init_s3(&path, &opts, &location, encryption)? {
                 (repo, S3Init::Created) => (repo, None),
+                (repo, S3Init::CreatedEncrypted(file)) => {
+                    key_file = Some(file);
+                    (repo, None)
+                }
                 (repo, S3Init::Attached(report)) => (repo, Some((location.url(), report))),
             }
+        }
+        _ if encryption.is_some() => {
+            let (repo, file) = Repository::init_encrypted(&path, &opts, &keys)?;
+            key_file = Some(file);
+            (repo, None)
         }
         _ => (Repository::init(&path, &opts)?, None),
     };
@@ -207,9 +225,24 @@ pub(crate) fn init(cli: &Cli, args: &InitArgs) -> Result<u8> {
             .store_location()
             .map(|l| format!(" (packs in {})", l.url()))
             .unwrap_or_default();
+        let encrypted = if repo.is_encrypted() {
+            "encrypted "
+        } else {
+            "unencrypted "
+        };
         outln!(
-            "created repository {short_id} at {}{where_packs}",
+            "created {encrypted}repository {short_id} at {}{where_packs}",
             path.display()
+        );
+    }
+    if let Some(file) = key_file.filter(|_| !cli.quiet) {
+        // Said even with --json (on stderr): losing the key loses every backup.
+        let made = if file.created { "created" } else { "reused" };
+        eprintln!(
+            "xstore: key file {} ({made}) opens this repository. Copy it somewhere safe, off \
+             this server: without a key every backup is lost. `xstore key export` prints a \
+             recovery copy for paper; `xstore key add` adds a passphrase.",
+            file.path.display()
         );
     }
     Ok(EXIT_OK)

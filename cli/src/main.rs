@@ -29,6 +29,7 @@ mod browse;
 mod commands;
 mod find;
 mod generate;
+mod keys;
 mod migrate;
 mod ops;
 mod output;
@@ -79,14 +80,25 @@ pub(crate) struct Cli {
     /// failing at once.
     #[arg(long, global = true, value_name = "DURATION", value_parser = values::period)]
     lock_wait: Option<Duration>,
+    /// The key file of an encrypted repository (default: /etc/xstore/keys/<repository
+    /// id>.key, or XSTORE_KEY_DIR's). XSTORE_PASSPHRASE or XSTORE_PASSPHRASE_FILE give a
+    /// passphrase instead.
+    #[arg(long, env = "XSTORE_KEY_FILE", global = true, value_name = "FILE")]
+    key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a new repository.
+    /// Create a new repository (encrypted unless --no-encryption).
     Init(commands::InitArgs),
+    /// The keys of an encrypted repository: list, add and remove key slots, change a
+    /// passphrase, print a recovery copy of the master key.
+    Key {
+        #[command(subcommand)]
+        what: keys::KeyWhat,
+    },
     /// Give everything in the repository the modes of its access rule: directories 0700
     /// and files 0600, or 2750 and 0640 of the group given to `init --group`.
     FixPermissions(commands::FixPermissionsArgs),
@@ -279,7 +291,17 @@ pub(crate) fn open_rw(cli: &Cli) -> Result<Repository> {
     let p = repo_path(cli)?;
     let wait = cli.lock_wait.unwrap_or(Duration::ZERO);
     private_umask(&xstore::RepoAccess::load(&p)?);
-    Ok(Repository::open_waiting(&p, wait)?)
+    Ok(Repository::open_with(&p, &key_access(cli)?, wait)?)
+}
+
+/// How to unlock an encrypted repository: `--key-file` (or XSTORE_KEY_FILE), and a
+/// passphrase from XSTORE_PASSPHRASE or XSTORE_PASSPHRASE_FILE.
+pub(crate) fn key_access(cli: &Cli) -> Result<xstore::KeyAccess> {
+    let mut access = xstore::KeyAccess::from_env()?;
+    if cli.key_file.is_some() {
+        access.key_file.clone_from(&cli.key_file);
+    }
+    Ok(access)
 }
 
 /// What this process creates while writing a repository is as private as the repository
@@ -299,7 +321,7 @@ pub(crate) fn open_rw_or_ro(cli: &Cli, read_only: bool) -> Result<Repository> {
 
 pub(crate) fn open_ro(cli: &Cli) -> Result<Repository> {
     let p = repo_path(cli)?;
-    Ok(Repository::open_read_only(&p)?)
+    Ok(Repository::open_read_only_with(&p, &key_access(cli)?)?)
 }
 
 pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
@@ -479,6 +501,7 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Mount(args) => browse::mount(cli, args),
         Command::ServeNfs(args) => browse::serve_nfs(cli, args),
         Command::Init(args) => commands::init(cli, args),
+        Command::Key { what } => keys::key(cli, what),
         Command::FixPermissions(args) => commands::fix_permissions(cli, args),
         Command::Backup(args) => commands::backup(cli, args),
         Command::Snapshots(args) => commands::snapshots(cli, args),

@@ -680,7 +680,20 @@ fn repositories_are_private_or_readable_by_their_group_only() {
             assert_eq!(mode & 0o040, 0o040, "{}: {mode:o}", p.display());
         }
     }
-    let member = as_user("65534", "4", &shared, &["snapshots"]);
+    // The repository is encrypted: a reader needs a key too, here a key file of the group.
+    let group_key = work.path().join("adm.key");
+    ok(
+        &shared,
+        &["key", "add", "--new-key-file", group_key.to_str().unwrap()],
+    );
+    std::os::unix::fs::chown(&group_key, None, Some(4)).unwrap();
+    std::fs::set_permissions(&group_key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let member = as_user(
+        "65534",
+        "4",
+        &shared,
+        &["--key-file", group_key.to_str().unwrap(), "snapshots"],
+    );
     assert!(member.status.success(), "{member:?}");
     assert!(String::from_utf8_lossy(&member.stdout).contains("web1"));
     let outsider = as_user("65534", "65534", &shared, &["snapshots"]);
@@ -724,6 +737,15 @@ fn repositories_are_private_or_readable_by_their_group_only() {
         let want = if p.is_dir() { 0o2750 } else { 0o640 };
         assert_eq!(mode, want, "{}", p.display());
     }
-    let member = as_user("65534", "4", &private, &["snapshots"]);
+    ok(
+        &private,
+        &["key", "add", "--new-key-file", group_key.to_str().unwrap()],
+    );
+    let member = as_user(
+        "65534",
+        "4",
+        &private,
+        &["--key-file", group_key.to_str().unwrap(), "snapshots"],
+    );
     assert!(member.status.success(), "{member:?}");
 }

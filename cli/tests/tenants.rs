@@ -370,14 +370,16 @@ fn a_claimed_length_must_be_the_chunks_own() {
     let chunk = common::file_chunk(&t.repo, "evil1@latest", &t.evil.join("own.bin"), 0);
     let len = t.blob_len(&chunk);
     assert_eq!(len as usize, own.len(), "own.bin is one chunk");
+    // An agent names chunks by plain BLAKE3 (the repository's ids are keyed).
+    let plain = xstore::ChunkId::of(&own);
     fs::write(t.evil.join("short"), b"s").unwrap();
     fs::write(t.evil.join("same"), &own).unwrap();
     t.lie(&format!(
         "claim {} {} 1\nclaim {} {} {len}\n",
         t.evil_path("short"),
-        hex(&chunk),
+        hex(&plain),
         t.evil_path("same"),
-        hex(&chunk)
+        hex(&plain)
     ));
     assert_eq!(
         t.pull_outcomes(&["evil1"]),
@@ -405,11 +407,13 @@ fn a_snapshot_naming_far_more_bytes_than_it_sent_is_flagged() {
     // Its own 200 KB chunk, named 100,000 times by one file: 20 GB to restore.
     let chunk = common::file_chunk(&t.repo, "evil1@latest", &t.evil.join("own.bin"), 0);
     let len = t.blob_len(&chunk);
+    // An agent names chunks by plain BLAKE3 (the repository's ids are keyed).
+    let plain = xstore::ChunkId::of(&fs::read(t.evil.join("own.bin")).unwrap());
     fs::write(t.evil.join("bomb"), b"b").unwrap();
     t.lie(&format!(
         "claim {} {} {len} x100000\n",
         t.evil_path("bomb"),
-        hex(&chunk)
+        hex(&plain)
     ));
     assert_eq!(t.pull_outcomes(&["evil1"]), [("evil1".into(), "ok".into())]);
     assert!(t.asked().is_empty(), "{:?}", t.asked());

@@ -332,7 +332,7 @@ fn repair_holds_blobs_it_cannot_attribute_until_released() {
     let record = fs::read(repo.join(format!("snapshots/{id}.json"))).unwrap();
     let record_pack = {
         let r = xstore::Repository::open_read_only(&repo).unwrap();
-        r.blob_location(&xstore::ChunkId::of(&record))
+        r.blob_location(&r.encryption().id_of(&record))
             .unwrap()
             .unwrap()
             .pack
@@ -1425,9 +1425,14 @@ fn a_failed_path_is_reported_once() {
     fs::set_permissions(src.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::create_dir(&repo).unwrap();
     std::os::unix::fs::chown(&repo, Some(65534), Some(65534)).unwrap();
+    // Its key file where that user may write it.
+    let keys = work.path().join("keys");
+    fs::create_dir(&keys).unwrap();
+    std::os::unix::fs::chown(&keys, Some(65534), Some(65534)).unwrap();
     let as_nobody = |args: &[&str]| {
         Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .env("XSTORE_KEY_DIR", &keys)
             .arg(&bin)
             .arg("-r")
             .arg(&repo)

@@ -15,7 +15,7 @@ use xstore_tests::{gc_all_dead, seeded_bytes, small_repo};
 fn reachable(repo: &Repository, snaps: &[&Snapshot]) -> HashSet<ChunkId> {
     let mut seen = HashSet::new();
     for s in snaps {
-        let record = repo.snapshot(&s.id).unwrap().record_id();
+        let record = repo.snapshot(&s.id).unwrap().record_id(repo.encryption());
         assert_eq!(
             repo.blob_location(&record).unwrap().unwrap().kind,
             xstore::BlobKind::SnapshotRecord

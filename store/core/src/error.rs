@@ -125,6 +125,23 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A key slot did not open, or a key could not be made or read.
+    #[error("{path}: {source}")]
+    Key {
+        /// The slot file (or key file).
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: xstore_keys::KeyError,
+    },
+    /// An encrypted repository was opened without a key, and its default key file is missing.
+    #[error("{repo}: encrypted, and the key file {key_file} does not exist (name one with --key-file or XSTORE_KEY_FILE, or give XSTORE_PASSPHRASE)")]
+    NoKey {
+        /// The repository.
+        repo: PathBuf,
+        /// The key file looked for.
+        key_file: PathBuf,
+    },
     /// `init` on a directory that already holds something.
     #[error("{0}: already exists and is not empty")]
     AlreadyExists(PathBuf),

@@ -19,6 +19,7 @@
 //! retention.json             tier schedules and gc settings
 //! pulls/<host>.json          the last pull of each host
 //! store.toml                 an object store holding the packs and config (absent: local)
+//! keys.json                  key slots of an encrypted repository (also in the bucket)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -121,6 +122,12 @@ pub fn pull_record(root: &Path, host: &str) -> PathBuf {
 /// `access.toml`.
 pub fn access(root: &Path) -> PathBuf {
     root.join("access.toml")
+}
+/// `keys.json`'s name, here and in the bucket.
+pub const KEY_SLOTS: &str = "keys.json";
+/// `keys.json`: the key slots of an encrypted repository.
+pub fn key_slots(root: &Path) -> PathBuf {
+    root.join(KEY_SLOTS)
 }
 /// `store.toml`.
 pub fn store_file(root: &Path) -> PathBuf {

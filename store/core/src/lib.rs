@@ -92,6 +92,8 @@ pub use error::{ssh_detail, BackupError, Error, GcError, RestoreError, Result};
 pub use fsutil::local_hostname;
 pub use progress::Progress;
 pub use repo::access::{PermissionFix, RepoAccess};
+pub use repo::keys::{self, KeyAccess, SlotChange, SlotChanged};
+pub use repo::open::NewKeyFile;
 pub use repo::settings::{
     InvalidSettings, RetentionSettings, DEFAULT_GC_GRACE_SECONDS, DEFAULT_GC_MAX_DEAD_PERCENT,
     RETENTION_VERSION,
@@ -106,6 +108,7 @@ pub use text::format_utc;
 pub use txn::Released;
 pub use xstore_format::bytes::to_hex;
 pub use xstore_format::config::{Config, InitOptions};
+pub use xstore_format::encryption::Encryption;
 pub use xstore_format::host::HostName;
 pub use xstore_format::meta::EntryKind;
 pub use xstore_format::meta::{Attrs, EntryMeta, SourceKind};

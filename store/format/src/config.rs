@@ -6,8 +6,23 @@ use xstore_chunker::ChunkerParams;
 
 use crate::error::DecodeError;
 
-/// The repository format this build reads and writes.
+/// The repository format of unencrypted repositories (still written by `init --no-encryption`).
 pub const FORMAT_VERSION: u32 = 1;
+/// The repository format of encrypted repositories (FORMAT.md §Encryption).
+pub const ENCRYPTED_FORMAT_VERSION: u32 = 2;
+/// The one cipher of format 2.
+pub const CIPHER: &str = "xchacha20-poly1305";
+
+/// How an encrypted repository seals (format 2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// Always [`CIPHER`].
+    pub cipher: String,
+    /// 16 bytes of a key derived from the master key, hex: which master key this
+    /// repository's packs are sealed with, so that key slots wrapping another key are refused.
+    pub key_id: String,
+}
 
 /// Chunker settings as stored in `config`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +56,9 @@ pub struct Config {
     pub pack_size: u64,
     /// Creation time, nanoseconds since the Unix epoch.
     pub created_ns: i64,
+    /// Present exactly when the repository is encrypted (format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionConfig>,
 }
 
 /// Options for `init`.
@@ -87,12 +105,31 @@ impl Config {
             reason,
         };
         let cfg: Config = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
-        if cfg.format_version != FORMAT_VERSION {
+        let want_version = match &cfg.encryption {
+            None => FORMAT_VERSION,
+            Some(_) => ENCRYPTED_FORMAT_VERSION,
+        };
+        if cfg.format_version != want_version {
             return Err(DecodeError::BadMagic {
                 what: "format version",
-                expected: FORMAT_VERSION.to_string(),
+                expected: want_version.to_string(),
                 found: cfg.format_version.to_string(),
             });
+        }
+        if let Some(enc) = &cfg.encryption {
+            if enc.cipher != CIPHER {
+                return Err(invalid(format!("unknown cipher {:?}", enc.cipher)));
+            }
+            if enc.key_id.len() != 32
+                || !enc
+                    .key_id
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            {
+                return Err(invalid(
+                    "encryption key id is not 32 lowercase hex digits".into(),
+                ));
+            }
         }
         if cfg.chunker.algorithm != xstore_chunker::ALGORITHM {
             return Err(invalid(format!(
@@ -145,6 +182,7 @@ mod tests {
             compression_level: 3,
             pack_size: 32 << 20,
             created_ns: 0,
+            encryption: None,
         }
     }
 
@@ -161,6 +199,23 @@ mod tests {
         ));
         let mut bad = sample();
         bad.chunker.avg = 3;
+        assert!(Config::decode(&bad.encode()).is_err());
+        let mut enc = sample();
+        enc.format_version = ENCRYPTED_FORMAT_VERSION;
+        enc.encryption = Some(EncryptionConfig {
+            cipher: CIPHER.into(),
+            key_id: "0f".repeat(16),
+        });
+        assert_eq!(Config::decode(&enc.encode()).unwrap(), enc);
+        // A version that does not match the encryption section is refused both ways.
+        let mut bad = enc.clone();
+        bad.format_version = FORMAT_VERSION;
+        assert!(Config::decode(&bad.encode()).is_err());
+        let mut bad = sample();
+        bad.format_version = ENCRYPTED_FORMAT_VERSION;
+        assert!(Config::decode(&bad.encode()).is_err());
+        let mut bad = enc.clone();
+        bad.encryption.as_mut().unwrap().cipher = "rot13".into();
         assert!(Config::decode(&bad.encode()).is_err());
     }
 }

@@ -21,17 +21,26 @@ pub fn snapshot(bytes: &[u8]) -> Result<crate::snapshot::Snapshot, DecodeError> 
 /// Decodes a pack: its trailer, then every blob it lists (header and content).
 /// Returns the number of blobs that verified.
 pub fn pack(bytes: &[u8]) -> Result<usize, DecodeError> {
-    let entries = crate::pack::read_trailer(bytes)?;
+    pack_with(&crate::encryption::Encryption::Plain, bytes)
+}
+/// [`pack`] for a pack of an encrypted repository sealed with `enc`'s keys (fuzzing uses
+/// fixed keys, so that sealed inputs it mutates still reach the parsers behind the seals).
+pub fn pack_with(enc: &crate::encryption::Encryption, bytes: &[u8]) -> Result<usize, DecodeError> {
+    let entries = crate::pack::read_trailer(enc, bytes)?;
     let mut ok = 0;
     for e in &entries {
-        crate::pack::read_blob(bytes, e)?;
+        crate::pack::read_blob(enc, bytes, e)?;
         ok += 1;
     }
     Ok(ok)
 }
 /// Decodes the blob header at `offset` of a pack and returns the blob's id if it is valid.
-pub fn blob_header(bytes: &[u8], offset: u64) -> Result<xstore_chunker::ChunkId, DecodeError> {
-    crate::pack::decode_blob_header(bytes, offset).map(|e| e.id)
+pub fn blob_header(
+    enc: &crate::encryption::Encryption,
+    bytes: &[u8],
+    offset: u64,
+) -> Result<xstore_chunker::ChunkId, DecodeError> {
+    crate::pack::decode_blob_header(enc, bytes, offset).map(|e| e.id)
 }
 /// Decodes a stream of agent → server frames (what a pull reads from a client).
 /// Returns the number of messages.

@@ -42,6 +42,13 @@ pub enum DecodeError {
         /// What was checked.
         what: &'static str,
     },
+    /// Sealed bytes that do not open with the repository's key: changed, moved, or sealed
+    /// under another key (FORMAT.md §Encryption).
+    #[error("{what} fails authentication (changed, moved, or sealed with another key)")]
+    Unauthentic {
+        /// What was opened.
+        what: &'static str,
+    },
     /// Bytes left over after a complete value.
     #[error("{extra} trailing bytes after {what}")]
     Trailing {

@@ -15,6 +15,7 @@
 //! | [`meta`] | metadata of a filesystem entry |
 //! | [`tree`] | tree and chunk-list blobs |
 //! | [`pack`] | pack files: blob headers, trailer, compression |
+//! | [`encryption`] | blob ids and sealing: plain or keyed and encrypted |
 //! | [`snapshot`] | snapshot records |
 //! | [`records`] | index values (blob locations, pack and host records) |
 //! | [`protocol`] | the agent protocol: frames, transports, messages, digests |
@@ -36,6 +37,7 @@ pub mod bytes;
 pub mod codec;
 pub mod config;
 pub mod decode;
+pub mod encryption;
 mod error;
 pub mod host;
 pub mod meta;

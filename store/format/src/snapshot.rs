@@ -225,11 +225,11 @@ impl Snapshot {
         Ok(s)
     }
 
-    /// The id of this record's blob in the packs (FORMAT.md §Snapshots): BLAKE3 of exactly
-    /// what [`Snapshot::encode`] writes. A snapshot holds one reference to the blob of its
-    /// current record.
-    pub fn record_id(&self) -> ChunkId {
-        ChunkId::of(&self.encode())
+    /// The id of this record's blob in the packs (FORMAT.md §Snapshots): the blob id
+    /// (BLAKE3, keyed in an encrypted repository) of exactly what [`Snapshot::encode`]
+    /// writes. A snapshot holds one reference to the blob of its current record.
+    pub fn record_id(&self, encryption: &crate::encryption::Encryption) -> ChunkId {
+        encryption.id_of(&self.encode())
     }
 
     /// True when every file was read.

@@ -28,6 +28,9 @@ pub enum Purpose {
     TrailerSeal,
     /// The key of the content-defined chunker's gear table.
     Chunker,
+    /// Names the master key in the repository's `config` (its first 16 bytes, hex), so that
+    /// slots wrapping another master key are refused before anything is sealed with it.
+    KeyId,
 }
 
 impl Purpose {
@@ -38,6 +41,7 @@ impl Purpose {
             Purpose::BlobSeal => "xstore 2026-12-07 blob sealing",
             Purpose::TrailerSeal => "xstore 2026-12-07 pack trailer sealing",
             Purpose::Chunker => "xstore 2026-12-07 chunker gear table",
+            Purpose::KeyId => "xstore 2026-12-07 master key id",
         }
     }
 }
@@ -53,6 +57,23 @@ impl MasterKey {
     /// The key for `purpose` (BLAKE3 key derivation from the master key).
     pub fn derive(&self, purpose: Purpose) -> Zeroizing<[u8; KEY_LEN]> {
         Zeroizing::new(blake3::derive_key(purpose.context(), &self.0))
+    }
+
+    /// The keys a repository identifies and seals its blobs with (FORMAT.md §Encryption):
+    /// blob ids keyed with [`Purpose::BlobId`], blobs sealed with [`Purpose::BlobSeal`],
+    /// blob headers and trailers with [`Purpose::TrailerSeal`].
+    pub fn repository_keys(&self) -> xstore_format::encryption::RepositoryKeys {
+        xstore_format::encryption::RepositoryKeys::new(
+            &self.derive(Purpose::BlobId),
+            &self.derive(Purpose::BlobSeal),
+            &self.derive(Purpose::TrailerSeal),
+        )
+    }
+
+    /// This key's name in `config`: 16 bytes of [`Purpose::KeyId`], 32 hex digits.
+    pub fn key_id(&self) -> String {
+        let derived = self.derive(Purpose::KeyId);
+        crate::hex::encode(derived.get(..16).unwrap_or_default())
     }
 
     /// The bytes, for wrapping into a key slot.

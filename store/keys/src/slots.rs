@@ -85,6 +85,14 @@ pub enum SlotKind {
 }
 
 impl SlotKind {
+    /// `passphrase` or `key-file`, as the slot file names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SlotKind::Passphrase { .. } => "passphrase",
+            SlotKind::KeyFile { .. } => "key-file",
+        }
+    }
+
     fn tag(&self) -> u8 {
         match self {
             SlotKind::Passphrase { .. } => 1,
@@ -207,6 +215,19 @@ impl KeySlots {
                 let kek = passphrase_key(passphrase, salt, argon2)?;
                 if let Ok(master) = slot.unwrap_with(&kek) {
                     return Ok(master);
+                }
+            }
+        }
+        Err(KeyError::WrongPassphrase)
+    }
+
+    /// The id of the first passphrase slot this passphrase opens (`key passwd` replaces it).
+    pub fn passphrase_slot(&self, passphrase: &[u8]) -> Result<u32, KeyError> {
+        for slot in &self.slots {
+            if let SlotKind::Passphrase { salt, argon2 } = &slot.kek {
+                let kek = passphrase_key(passphrase, salt, argon2)?;
+                if slot.unwrap_with(&kek).is_ok() {
+                    return Ok(slot.id);
                 }
             }
         }

@@ -4,16 +4,20 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::repo::open::{create_local, new_config, refuse_non_empty};
+use crate::repo::keys::KeyAccess;
+use crate::repo::open::{create_local, new_config, new_encrypted_config, refuse_non_empty};
 use crate::repo::Repository;
 use crate::storage::{PackStorage, S3Location};
 use xstore_format::config::{Config, InitOptions};
+use xstore_keys::KeySlots;
 
 /// What [`Repository::init_s3`] did.
 #[derive(Debug)]
 pub enum S3Init {
-    /// A new repository in an empty bucket prefix.
+    /// A new unencrypted repository in an empty bucket prefix.
     Created,
+    /// A new encrypted repository in an empty bucket prefix, and its key file.
+    CreatedEncrypted(crate::repo::open::NewKeyFile),
     /// The prefix held a repository: attached, its index rebuilt from the bucket.
     Attached(Box<super::repair::RepairReport>),
 }
@@ -29,17 +33,49 @@ impl Repository {
         path: &Path,
         opts: &InitOptions,
         location: &S3Location,
+        encryption: Option<&KeyAccess>,
     ) -> Result<(Repository, S3Init)> {
         refuse_non_empty(path)?;
-        let store = crate::storage::open_s3(location, None)?;
+        let store = crate::storage::open_s3(
+            location,
+            None,
+            &xstore_format::encryption::Encryption::Plain,
+        )?;
         if let Some(bytes) = store.get_file("config")? {
             let config = Config::decode(&bytes).map_err(|source| Error::Corrupt {
                 path: format!("{}/config", location.url()).into(),
                 source,
             })?;
-            create_local(path, &config, Some(location), opts)?;
-            let report = Repository::repair_index(path)?;
-            return Ok((Repository::open(path)?, S3Init::Attached(Box::new(report))));
+            // An encrypted bucket carries its key slots: a passphrase or key file attaches.
+            let slots = match config.encryption {
+                None => None,
+                Some(_) => {
+                    let key_path = format!("{}/{}", location.url(), crate::layout::KEY_SLOTS);
+                    let bytes = store.get_file(crate::layout::KEY_SLOTS)?.ok_or_else(|| {
+                        Error::NotARepository {
+                            path: key_path.clone().into(),
+                            reason: "the bucket's repository is encrypted but holds no key                                      slots"
+                                .into(),
+                        }
+                    })?;
+                    Some(KeySlots::decode(&bytes).map_err(|source| Error::Corrupt {
+                        path: key_path.into(),
+                        source,
+                    })?)
+                }
+            };
+            let keys = match encryption {
+                Some(keys) => keys,
+                None => &KeyAccess::from_env()?,
+            };
+            // Unlocked before anything is created: a wrong passphrase leaves no directory.
+            if let Some(slots) = &slots {
+                crate::repo::keys::unlock_slots(path, slots, &config, keys)?;
+            }
+            create_local(path, &config, Some(location), opts, slots.as_ref())?;
+            let report = Repository::repair_index_with(path, keys)?;
+            let repo = Repository::open_with(path, keys, std::time::Duration::ZERO)?;
+            return Ok((repo, S3Init::Attached(Box::new(report))));
         }
         let packs = store.list()?;
         if let Some(first) = packs.first() {
@@ -53,11 +89,25 @@ impl Repository {
                 ),
             });
         }
-        let config = new_config(opts)?;
         // The bucket's config first: a crash before the local one is written leaves a
         // prefix that the next init attaches to, never two repositories with one prefix.
+        let Some(keys) = encryption else {
+            let config = new_config(opts, None)?;
+            store.put_file("config", &config.encode())?;
+            create_local(path, &config, Some(location), opts, None)?;
+            return Ok((Repository::open(path)?, S3Init::Created));
+        };
+        let (config, slots, key_file) = new_encrypted_config(opts, keys)?;
+        // The slots reach the bucket before its config: a bucket with a config always has
+        // the slots that open it.
+        store.put_file(crate::layout::KEY_SLOTS, &slots.encode())?;
         store.put_file("config", &config.encode())?;
-        create_local(path, &config, Some(location), opts)?;
-        Ok((Repository::open(path)?, S3Init::Created))
+        create_local(path, &config, Some(location), opts, Some(&slots))?;
+        let opener = KeyAccess {
+            key_file: Some(key_file.path.clone()),
+            passphrase: None,
+        };
+        let repo = Repository::open_with(path, &opener, std::time::Duration::ZERO)?;
+        Ok((repo, S3Init::CreatedEncrypted(key_file)))
     }
 }

@@ -27,7 +27,7 @@ use crate::source::{OpenHint, Source};
 use crate::txn::Mutation;
 use xstore_format::host::HostName;
 use xstore_format::meta::{EntryKind, EntryMeta, SourceKind};
-use xstore_format::pack::{self, BlobKind, BLOB_HEADER_LEN};
+use xstore_format::pack::{self, BlobKind};
 use xstore_format::snapshot::{
     PathError, Snapshot, SnapshotId, SnapshotStats, SnapshotStatus, MAX_RECORDED_ERRORS,
     SNAPSHOT_VERSION,
@@ -456,7 +456,8 @@ impl<'a> Session<'a> {
         compression: pack::Compression,
         stored: &[u8],
     ) -> Result<()> {
-        self.draw((stored.len() + BLOB_HEADER_LEN) as u64)?;
+        let span = pack::blob_span(pack::entry_stored_len(self.repo.encryption(), stored.len()));
+        self.draw(span)?;
         let blob = NewBlob {
             id,
             kind,
@@ -472,9 +473,7 @@ impl<'a> Session<'a> {
         self.counts
             .new_bytes
             .fetch_add(u64::from(raw_len), Ordering::Relaxed);
-        self.counts
-            .new_stored
-            .fetch_add((stored.len() + BLOB_HEADER_LEN) as u64, Ordering::Relaxed);
+        self.counts.new_stored.fetch_add(span, Ordering::Relaxed);
         Ok(())
     }
 
@@ -495,7 +494,7 @@ impl<'a> Session<'a> {
         children: Vec<ChunkId>,
         read_back: Option<ChunkId>,
     ) -> Result<ChunkId> {
-        let id = ChunkId::of(raw);
+        let id = self.repo.encryption().id_of(raw);
         let verified = match kind {
             _ if read_back == Some(id) => Ok(()),
             BlobKind::Tree => Tree::decode(raw).map(|_| ()),
@@ -742,9 +741,9 @@ impl<'a> Session<'a> {
         list: std::io::Result<Vec<ChunkRef>>,
         parent: Option<&Entry>,
     ) -> Result<Vec<ChunkRef>, ReadFailure> {
-        let list = list.map_err(ReadFailure::Source)?;
+        let plain_list = list.map_err(ReadFailure::Source)?;
         let max = self.repo.chunker_params().max();
-        if let Some(bad) = list.iter().find(|c| c.len == 0 || c.len > max) {
+        if let Some(bad) = plain_list.iter().find(|c| c.len == 0 || c.len > max) {
             return Err(ReadFailure::Source(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!(
@@ -753,6 +752,17 @@ impl<'a> Session<'a> {
                 ),
             )));
         }
+        // The source names chunks by plain BLAKE3 (agents hold no key); the repository by
+        // its own ids (keyed when encrypted). `list` is in repository ids; the source is asked
+        // for, and its bytes are verified against, the plain ones.
+        let encryption = self.repo.encryption();
+        let list: Vec<ChunkRef> = plain_list
+            .iter()
+            .map(|c| ChunkRef {
+                id: encryption.id_from_plain(c.id),
+                len: c.len,
+            })
+            .collect();
         // Per chunk: Some(known), or None while only the host's own references can tell.
         let mut known: Vec<Option<bool>> = Vec::with_capacity(list.len());
         {
@@ -797,6 +807,11 @@ impl<'a> Session<'a> {
             }
         }
         let mut asked = HashSet::new();
+        let plain_of: HashMap<ChunkId, ChunkId> = list
+            .iter()
+            .zip(&plain_list)
+            .map(|(c, p)| (c.id, p.id))
+            .collect();
         let wanted: Vec<ChunkRef> = list
             .iter()
             .zip(known)
@@ -825,7 +840,16 @@ impl<'a> Session<'a> {
                     continue;
                 }
             }
-            let data = file.fetch_chunks(batch).map_err(ReadFailure::Source)?;
+            let plain_batch: Vec<ChunkRef> = batch
+                .iter()
+                .map(|c| ChunkRef {
+                    id: plain_of.get(&c.id).copied().unwrap_or(c.id),
+                    len: c.len,
+                })
+                .collect();
+            let data = file
+                .fetch_chunks(&plain_batch)
+                .map_err(ReadFailure::Source)?;
             if data.len() != batch.len() {
                 return Err(ReadFailure::Source(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
@@ -836,7 +860,7 @@ impl<'a> Session<'a> {
                     ),
                 )));
             }
-            for (c, fetched) in batch.iter().zip(&data) {
+            for (c, fetched) in plain_batch.iter().zip(&data) {
                 if fetched.data.len() != c.len as usize || ChunkId::of(&fetched.data) != c.id {
                     return Err(ReadFailure::Source(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
@@ -892,15 +916,9 @@ impl<'a> Session<'a> {
                 let mut chunks = Vec::new();
                 for c in xstore_chunker::chunk_slice(&params, &head) {
                     let start = c.offset as usize;
-                    self.store(
-                        c.id,
-                        BlobKind::Data,
-                        &head[start..start + c.length as usize],
-                    )?;
-                    chunks.push(ChunkRef {
-                        id: c.id,
-                        len: c.length,
-                    });
+                    let id = self.repo.encryption().id_from_plain(c.id);
+                    self.store(id, BlobKind::Data, &head[start..start + c.length as usize])?;
+                    chunks.push(ChunkRef { id, len: c.length });
                 }
                 return Ok(chunks);
             }
@@ -923,13 +941,14 @@ impl<'a> Session<'a> {
                 if let Some(pr) = &self.progress {
                     pr.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 }
+                let id = self.repo.encryption().id_from_plain(chunk.id);
                 chunks.push(ChunkRef {
-                    id: chunk.id,
+                    id,
                     len: chunk.length,
                 });
                 // Claim before copying: chunks the repository already has (every chunk of
                 // an unchanged file read again) cost one lookup, not a copy and a task.
-                if !self.claim_data(chunk.id, bytes)? {
+                if !self.claim_data(id, bytes)? {
                     continue;
                 }
                 if inflight.load(Ordering::Acquire) < MAX_INFLIGHT_CHUNKS {
@@ -937,7 +956,7 @@ impl<'a> Session<'a> {
                     let data = bytes.to_vec();
                     let (inflight, failure) = (&inflight, &failure);
                     scope.spawn(move |_| {
-                        if let Err(e) = self.write_new(chunk.id, BlobKind::Data, &data) {
+                        if let Err(e) = self.write_new(id, BlobKind::Data, &data) {
                             if let Ok(mut f) = failure.lock() {
                                 f.get_or_insert(e);
                             }
@@ -945,7 +964,7 @@ impl<'a> Session<'a> {
                         inflight.fetch_sub(1, Ordering::AcqRel);
                     });
                 } else {
-                    self.write_new(chunk.id, BlobKind::Data, bytes)?;
+                    self.write_new(id, BlobKind::Data, bytes)?;
                 }
             }
             Ok(())

@@ -79,12 +79,15 @@ impl Problem {
 /// Packs whose recorded dead bytes differ from every blob byte of the pack that is not a
 /// live blob located there.
 fn dead_byte_problems(
+    encryption: &xstore_format::encryption::Encryption,
     packs: &HashMap<PackId, crate::index::PackRecord>,
     live_bytes: &HashMap<PackId, u64>,
 ) -> Vec<Problem> {
     let mut problems = Vec::new();
     for (id, rec) in packs {
-        let blob_bytes = rec.size.saturating_sub(pack::overhead(rec.blobs));
+        let blob_bytes = rec
+            .size
+            .saturating_sub(pack::overhead(encryption, rec.blobs));
         let want = blob_bytes.saturating_sub(live_bytes.get(id).copied().unwrap_or(0));
         if want != rec.dead_bytes {
             problems.push(Problem::of_pack(
@@ -266,7 +269,7 @@ impl<'a> Walk<'a> {
     pub(crate) fn snapshot(&mut self, s: &Snapshot, repeat_damage: bool) {
         // A snapshot holds its root and the blob of its current record (if it has one:
         // records committed before record blobs existed do not).
-        let record = s.record_id();
+        let record = s.record_id(self.repo.encryption());
         if self.blobs.get(&record).is_some() {
             *self.expected.entry(record).or_insert(0) += 1;
         }
@@ -465,7 +468,7 @@ impl Repository {
             Ok(())
         })?;
         problems.extend(self.host_record_problems(&snapshots)?);
-        problems.extend(dead_byte_problems(&packs, &live_bytes));
+        problems.extend(dead_byte_problems(self.encryption(), &packs, &live_bytes));
         let mut verified = 0u64;
         if opts.read_data {
             let progress = opts.progress.as_deref();
@@ -569,7 +572,7 @@ impl Repository {
                 None,
             ));
         }
-        if let Err(e) = pack::read_trailer(&map) {
+        if let Err(e) = pack::read_trailer(self.encryption(), &map) {
             found.push(pack_problem(format!("pack trailer: {e}"), None));
         }
         for (id, loc) in blobs {
@@ -585,7 +588,7 @@ impl Repository {
                 p.bytes
                     .fetch_add(loc.span(), std::sync::atomic::Ordering::Relaxed);
             }
-            match pack::read_blob(&map, &entry) {
+            match pack::read_blob(self.encryption(), &map, &entry) {
                 Ok(raw) => {
                     ok += 1;
                     if loc.kind == BlobKind::Tree {

@@ -171,20 +171,28 @@ const HOLE_BLOCK: usize = 4096;
 /// last chunk, which is checked (and its id cached by length) only in files with holes.
 struct ZeroIds {
     by_len: HashMap<u32, ChunkId>,
+    /// The repository's ids (keyed when encrypted).
+    encryption: xstore_format::encryption::Encryption,
 }
 
 impl ZeroIds {
-    fn new(params: xstore_chunker::ChunkerParams) -> Self {
+    fn new(
+        params: xstore_chunker::ChunkerParams,
+        encryption: &xstore_format::encryption::Encryption,
+    ) -> Self {
         let zeros = vec![0u8; params.max() as usize * 2];
         let in_run = params.next_cut(&zeros) as u32;
         let mut by_len = HashMap::new();
         for len in [in_run, params.max()] {
             by_len.insert(
                 len,
-                ChunkId::of(zeros.get(..len as usize).unwrap_or_default()),
+                encryption.id_of(zeros.get(..len as usize).unwrap_or_default()),
             );
         }
-        ZeroIds { by_len }
+        ZeroIds {
+            by_len,
+            encryption: encryption.clone(),
+        }
     }
     fn is_zero(&self, c: &ChunkRef) -> bool {
         self.by_len.get(&c.len) == Some(&c.id)
@@ -196,10 +204,11 @@ impl ZeroIds {
             (chunks.split_last(), flags.split_last_mut())
         {
             if !*last_flag && flags_before.iter().any(|&f| f) {
+                let encryption = &self.encryption;
                 let id = *self
                     .by_len
                     .entry(last.len)
-                    .or_insert_with(|| ChunkId::of(&vec![0u8; last.len as usize]));
+                    .or_insert_with(|| encryption.id_of(&vec![0u8; last.len as usize]));
                 *last_flag = id == last.id;
             }
         }
@@ -394,7 +403,7 @@ impl Repository {
 
     fn write_tar(&self, items: &[Item], out: &mut dyn Write) -> Result<DumpSummary> {
         let mut tar = tar::Builder::new(out);
-        let mut zeros = ZeroIds::new(self.chunker_params());
+        let mut zeros = ZeroIds::new(self.chunker_params(), self.encryption());
         let mut summary = DumpSummary::default();
         let mut failed: Option<Error> = None;
         for item in items {

@@ -165,10 +165,11 @@ impl Repository {
     /// and dead ones (the index points here, refcount 0). Copies elsewhere are neither.
     fn classify(&self, id: &PackId, record: PackRecord) -> Result<Candidate> {
         let map = self.map_pack(id)?;
-        let entries = pack::read_trailer(&map).map_err(|source| Error::Corrupt {
-            path: self.storage().location(id).into(),
-            source,
-        })?;
+        let entries =
+            pack::read_trailer(self.encryption(), &map).map_err(|source| Error::Corrupt {
+                path: self.storage().location(id).into(),
+                source,
+            })?;
         let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
         let mut c = Candidate {
             id: *id,
@@ -238,7 +239,9 @@ impl Repository {
                 continue;
             }
             let fraction = rec.dead_bytes as f64 * 100.0 / rec.size.max(1) as f64;
-            let blob_bytes = rec.size.saturating_sub(pack::overhead(rec.blobs));
+            let blob_bytes = rec
+                .size
+                .saturating_sub(pack::overhead(self.encryption(), rec.blobs));
             let maybe_all_dead = rec.dead_bytes >= blob_bytes;
             if merging && !(maybe_all_dead || fraction > threshold) {
                 report.small_packs_merged += 1;
@@ -446,7 +449,7 @@ impl Repository {
                 let mut ok = HashSet::new();
                 for e in &c.live {
                     // A corrupt blob is never copied: its pack stays, named in the report.
-                    let stored = match pack::verified_stored(&map, e) {
+                    let stored = match pack::verified_stored(self.encryption(), &map, e) {
                         Ok(b) => b,
                         Err(err) => {
                             unreadable.insert(c.id, format!("blob {}: {err}", e.id));
@@ -458,7 +461,7 @@ impl Repository {
                         kind: e.kind,
                         compression: e.compression,
                         raw_len: e.raw_len,
-                        stored,
+                        stored: &stored,
                     })?;
                     if let Some(p) = progress {
                         p.bytes

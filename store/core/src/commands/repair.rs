@@ -115,8 +115,18 @@ impl Repository {
     /// only in copies or packs come back when their data is whole (reported). Blobs that no
     /// snapshot references and that the old index did not know as dead are held: gc keeps
     /// their packs until the operator releases them. Takes the writer lock.
+    /// An encrypted repository is unlocked as [`Repository::open`] does.
     pub fn repair_index(path: &Path) -> Result<RepairReport> {
+        Self::repair_index_with(path, &crate::repo::keys::KeyAccess::from_env()?)
+    }
+
+    /// [`Repository::repair_index`], unlocking an encrypted repository with `keys`.
+    pub fn repair_index_with(
+        path: &Path,
+        keys: &crate::repo::keys::KeyAccess,
+    ) -> Result<RepairReport> {
         let (config, params) = Repository::load_config(path)?;
+        let encryption = crate::repo::keys::encryption_for(path, &config, keys)?;
         let lock = WriterLock::acquire(&crate::layout::locks(path))?;
         finish_index_swap(path)?;
         let old = read_old_index(path);
@@ -140,7 +150,7 @@ impl Repository {
         let packs_dir = crate::layout::packs(path);
         let retired = crate::pack::journal::retired(&packs_dir, crate::clock::now_ns())?;
         let (storage, lease) =
-            crate::storage::open_for_writing(path, crate::repo::lease_holder(path))?;
+            crate::storage::open_for_writing(path, crate::repo::lease_holder(path), &encryption)?;
         let mut files = storage.list()?;
         let leftovers = uncommitted_leftovers(&packs_dir, old.as_ref(), &files, &retired)?;
         files.retain(|p| !leftovers.contains(&p.id));
@@ -148,12 +158,21 @@ impl Repository {
         let found = index_packs(
             &index,
             storage.as_ref(),
+            &encryption,
             files,
             &retired,
             old.as_ref(),
             &mut report,
         )?;
-        let repo = Repository::from_parts(path, config, params, index, Some(lock), storage, lease);
+        let repo = Repository::from_parts(
+            path,
+            config,
+            params,
+            encryption,
+            index,
+            Some(lock),
+            (storage, lease),
+        );
         // One scan of the blob records serves the validation of candidates and the mark pass.
         let blobs = BlobTable::load(&repo)?;
         let snapshots =
@@ -197,6 +216,7 @@ struct FoundInPacks {
 fn index_packs(
     index: &Index,
     storage: &dyn PackStorage,
+    enc: &xstore_format::encryption::Encryption,
     mut files: Vec<PackInfo>,
     retired: &HashMap<PackId, i64>,
     old: Option<&OldIndex>,
@@ -227,7 +247,7 @@ fn index_packs(
         let contents: Vec<Result<PackContents>> = readers.install(|| {
             group
                 .par_iter()
-                .map(|info| pack_contents(storage, info))
+                .map(|info| pack_contents(storage, enc, info))
                 .collect()
         });
         for (info, contents) in group.iter().zip(contents) {
@@ -338,7 +358,7 @@ fn snapshots_to_keep(
     for s in rest {
         // The old index knew this record's blob as dead: the snapshot was expired (or
         // the record superseded) on purpose.
-        if old.is_some_and(|o| o.dead.contains(&s.record_id())) {
+        if old.is_some_and(|o| o.dead.contains(&s.record_id(repo.encryption()))) {
             continue;
         }
         if repo.index.blob(&s.root)?.is_none() {
@@ -475,7 +495,11 @@ struct PackContents {
 /// The blobs of one pack from its trailer, read by range (header, last bytes, and the rest
 /// of the trailer when it is longer), and its snapshot records, each read by range. A
 /// damaged trailer falls back to reading the whole pack and scanning its blob headers.
-fn pack_contents(storage: &dyn PackStorage, info: &PackInfo) -> Result<PackContents> {
+fn pack_contents(
+    storage: &dyn PackStorage,
+    enc: &xstore_format::encryption::Encryption,
+    info: &PackInfo,
+) -> Result<PackContents> {
     let (id, size) = (info.id, info.size);
     let trailer = (|| -> Result<std::result::Result<Vec<pack::PackEntry>, DecodeError>> {
         let mut header = vec![0u8; pack::PACK_HEADER_LEN.min(size as usize)];
@@ -494,14 +518,16 @@ fn pack_contents(storage: &dyn PackStorage, info: &PackInfo) -> Result<PackConte
                 storage.read_exact(&id, tail_start, &mut tail)?;
             }
         }
-        Ok(pack::read_trailer_from_tail(&header, &tail, tail_start))
+        Ok(pack::read_trailer_from_tail(
+            enc, &header, &tail, tail_start,
+        ))
     })()?;
     let (entries, scanned, whole) = match trailer {
         Ok(entries) => (entries, false, None),
         Err(e) => {
             tracing::warn!(pack = %id, error = %e, "damaged trailer; scanning blob headers");
             let bytes = storage.read_whole(&id)?;
-            (pack::scan_blobs(&bytes), true, Some(bytes))
+            (pack::scan_blobs(enc, &bytes), true, Some(bytes))
         }
     };
     let mut records = Vec::new();
@@ -510,11 +536,11 @@ fn pack_contents(storage: &dyn PackStorage, info: &PackInfo) -> Result<PackConte
         .filter(|e| e.kind == pack::BlobKind::SnapshotRecord)
     {
         let raw = match &whole {
-            Some(bytes) => pack::read_blob(bytes, e),
+            Some(bytes) => pack::read_blob(enc, bytes, e),
             None => {
-                let mut buf = vec![0u8; pack::BLOB_HEADER_LEN + e.stored_len as usize];
+                let mut buf = vec![0u8; e.span() as usize];
                 storage.read_exact(&id, e.offset, &mut buf)?;
-                pack::read_blob(&buf, &pack::PackEntry { offset: 0, ..*e })
+                pack::read_record(enc, &buf, e)
             }
         };
         records.push(match raw.map(|raw| Snapshot::decode(&raw)) {
@@ -563,9 +589,11 @@ fn uncommitted_leftovers(
 /// The ids of every pack the repository at `path` stores (its pack files, or its objects in
 /// the object store), whether the index knows them or not: for tests and tools.
 pub fn pack_files(path: &Path) -> Result<Vec<PackId>> {
-    Ok(crate::storage::open(path)?
-        .list()?
-        .into_iter()
-        .map(|p| p.id)
-        .collect())
+    Ok(
+        crate::storage::open(path, &xstore_format::encryption::Encryption::Plain)?
+            .list()?
+            .into_iter()
+            .map(|p| p.id)
+            .collect(),
+    )
 }

@@ -167,7 +167,7 @@ impl Repository {
             let h = host_index.get(s.host.as_str()).copied().unwrap_or(0) as usize;
             let root = graph.live(&s.root)?;
             let mut held = vec![root];
-            if let Some(record) = graph.number(&s.record_id()) {
+            if let Some(record) = graph.number(&s.record_id(self.encryption())) {
                 held.push(record);
             }
             for &n in &held {
@@ -294,7 +294,7 @@ impl Repository {
     /// The blobs a snapshot references directly, as its expiry releases them: its root tree
     /// and the blob of its current record (when it has one).
     fn held_by(&self, s: &Snapshot) -> Result<Vec<ChunkId>> {
-        let record = s.record_id();
+        let record = s.record_id(self.encryption());
         let mut held = vec![s.root];
         if self.index.blob(&record)?.is_some_and(|l| l.refcount > 0) {
             held.push(record);

@@ -109,6 +109,8 @@ const STOPPED: Error = Error::Internal(STOPPED_REASON);
 pub(crate) struct RollingPacks {
     tmp_dir: PathBuf,
     pack_size: u64,
+    /// Plain or encrypted packs.
+    encryption: xstore_format::encryption::Encryption,
     /// The open data pack and the open metadata pack.
     current: [Mutex<Option<PackWriter>>; 2],
     sealing: Arc<Sealing>,
@@ -130,6 +132,7 @@ impl RollingPacks {
         packs_dir: PathBuf,
         storage: Arc<dyn PackStorage>,
         pack_size: u64,
+        encryption: xstore_format::encryption::Encryption,
     ) -> Self {
         let sealing = Arc::new(Sealing {
             storage,
@@ -160,6 +163,7 @@ impl RollingPacks {
         RollingPacks {
             tmp_dir,
             pack_size,
+            encryption,
             current: [Mutex::new(None), Mutex::new(None)],
             sealing,
             queue: Mutex::new((!sealers.is_empty()).then_some(tx)),
@@ -181,7 +185,7 @@ impl RollingPacks {
         let full = {
             let mut current = slot.lock().map_err(poisoned)?;
             if current.is_none() {
-                *current = Some(PackWriter::create(&self.tmp_dir)?);
+                *current = Some(PackWriter::create(&self.tmp_dir, &self.encryption)?);
             }
             let w = current
                 .as_mut()
@@ -436,6 +440,7 @@ mod tests {
                 self.dir.path().join("packs"),
                 self.storage.clone(),
                 64 << 10,
+                xstore_format::encryption::Encryption::Plain,
             )
         }
         fn stored(&self) -> Vec<PackId> {

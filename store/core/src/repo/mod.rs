@@ -8,6 +8,7 @@
 pub(crate) mod access;
 pub(crate) mod copies;
 pub(crate) mod hold;
+pub mod keys;
 pub(crate) mod lock;
 pub(crate) mod open;
 mod read;
@@ -34,6 +35,8 @@ pub struct Repository {
     config: Config,
     params: ChunkerParams,
     pub(crate) index: Index,
+    /// How blobs are identified and sealed: plain (format 1) or keyed and encrypted.
+    encryption: xstore_format::encryption::Encryption,
     lock: Option<WriterLock>,
     /// Where the packs are (storage/).
     storage: Arc<dyn PackStorage>,
@@ -86,6 +89,14 @@ impl Repository {
     pub fn config(&self) -> &Config {
         &self.config
     }
+    /// How this repository identifies and seals blobs (FORMAT.md §Blob ids, §Encryption).
+    pub fn encryption(&self) -> &xstore_format::encryption::Encryption {
+        &self.encryption
+    }
+    /// Whether the repository is encrypted (format 2).
+    pub fn is_encrypted(&self) -> bool {
+        self.encryption.is_encrypted()
+    }
     /// Chunker parameters of this repository.
     pub fn chunker_params(&self) -> ChunkerParams {
         self.params
@@ -129,6 +140,7 @@ impl Repository {
             self.packs_dir(),
             self.storage_arc(),
             self.config().pack_size,
+            self.encryption.clone(),
         )
     }
     pub(crate) fn snapshots_dir(&self) -> PathBuf {

@@ -139,7 +139,7 @@ impl Repository {
     /// trees) use `pread` rather than a mapping: mapped pack pages count in the process's RSS
     /// and a copy of one blob costs nothing next to decompressing it.
     pub(crate) fn read_located(&self, id: &ChunkId, loc: &BlobLoc) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; pack::BLOB_HEADER_LEN + loc.stored_len as usize];
+        let mut buf = vec![0u8; pack::blob_span(loc.stored_len) as usize];
         self.storage().read_at(&loc.pack, loc.offset, &mut buf)?;
         let entry = PackEntry {
             id: *id,
@@ -147,9 +147,9 @@ impl Repository {
             compression: pack::Compression::None,
             raw_len: loc.raw_len,
             stored_len: loc.stored_len,
-            offset: 0,
+            offset: loc.offset,
         };
-        pack::read_blob(&buf, &entry).map_err(|source| Error::CorruptBlob {
+        pack::read_record(self.encryption(), &buf, &entry).map_err(|source| Error::CorruptBlob {
             id: *id,
             pack: loc.pack.to_string(),
             source,

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 use xstore_chunker::ChunkId;
+use xstore_format::encryption::Encryption;
 
 /// A sealed pack's id: the BLAKE3 hash of its bytes.
 pub(crate) type PackId = ChunkId;
@@ -380,12 +381,17 @@ pub(crate) fn write_s3_location(root: &Path, location: &S3Location) -> Result<()
 }
 
 /// The client of an object-store location; with the repository directory `root`, its
-/// local cache of metadata packs (pack_cache.rs).
-pub(crate) fn open_s3(location: &S3Location, root: Option<&Path>) -> Result<s3::S3Storage> {
+/// local cache of metadata packs (pack_cache.rs), which reads trailers as `encryption` says.
+pub(crate) fn open_s3(
+    location: &S3Location,
+    root: Option<&Path>,
+    encryption: &Encryption,
+) -> Result<s3::S3Storage> {
     let cache = root.map(|r| {
         pack_cache::PackCache::new(
             crate::layout::pack_cache(r),
             pack_cache::PACK_CACHE_MAX_BYTES,
+            encryption.clone(),
         )
     });
     s3::S3Storage::new(location, &S3Credentials::resolve(location)?, cache)
@@ -397,10 +403,11 @@ pub(crate) fn open_s3(location: &S3Location, root: Option<&Path>) -> Result<s3::
 pub(crate) fn open_for_writing(
     root: &Path,
     holder: String,
+    encryption: &Encryption,
 ) -> Result<(Arc<dyn PackStorage>, Option<lease::WriterLease>)> {
     Ok(match s3_location(root)? {
         Some(location) => {
-            let store = Arc::new(open_s3(&location, Some(root))?);
+            let store = Arc::new(open_s3(&location, Some(root), encryption)?);
             let lease = lease::WriterLease::acquire(store.clone(), holder, root)?;
             (store, Some(lease))
         }
@@ -413,9 +420,9 @@ pub(crate) fn open_for_writing(
 
 /// The storage of the repository at `root`: `store.toml`'s object store when the file
 /// exists, else the local `packs/` directory.
-pub(crate) fn open(root: &Path) -> Result<Arc<dyn PackStorage>> {
+pub(crate) fn open(root: &Path, encryption: &Encryption) -> Result<Arc<dyn PackStorage>> {
     Ok(match s3_location(root)? {
-        Some(location) => Arc::new(open_s3(&location, Some(root))?),
+        Some(location) => Arc::new(open_s3(&location, Some(root), encryption)?),
         None => Arc::new(local::LocalStorage::new(crate::layout::packs(root))),
     })
 }

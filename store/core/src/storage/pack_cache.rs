@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use xstore_format::encryption::Encryption;
 
 use super::PackId;
 
@@ -29,16 +30,19 @@ const MAX_OPEN: usize = 256;
 pub(crate) struct PackCache {
     dir: PathBuf,
     max_bytes: u64,
+    /// How the repository's trailers are read (which packs are metadata only).
+    encryption: Encryption,
     /// Files verified by this process, kept open.
     open: Mutex<HashMap<PackId, Arc<fs::File>>>,
 }
 
 impl PackCache {
     /// The cache in `dir` (created when the first pack is stored), at most `max_bytes`.
-    pub(crate) fn new(dir: PathBuf, max_bytes: u64) -> PackCache {
+    pub(crate) fn new(dir: PathBuf, max_bytes: u64, encryption: Encryption) -> PackCache {
         PackCache {
             dir,
             max_bytes,
+            encryption,
             open: Mutex::new(HashMap::new()),
         }
     }
@@ -125,12 +129,13 @@ impl PackCache {
         if self.path(id).exists() {
             return;
         }
-        let metadata_only = xstore_format::pack::read_trailer(bytes).is_ok_and(|entries| {
-            !entries.is_empty()
-                && entries
-                    .iter()
-                    .all(|e| e.kind != xstore_format::pack::BlobKind::Data)
-        });
+        let metadata_only =
+            xstore_format::pack::read_trailer(&self.encryption, bytes).is_ok_and(|entries| {
+                !entries.is_empty()
+                    && entries
+                        .iter()
+                        .all(|e| e.kind != xstore_format::pack::BlobKind::Data)
+            });
         if !metadata_only || xstore_chunker::ChunkId::of(bytes) != *id {
             return;
         }
@@ -219,7 +224,7 @@ mod tests {
     #[test]
     fn a_kept_pack_reads_back_and_a_damaged_or_short_one_is_a_miss() {
         let d = tempfile::tempdir().unwrap();
-        let cache = PackCache::new(d.path().join("cache"), 1 << 20);
+        let cache = PackCache::new(d.path().join("cache"), 1 << 20, Encryption::Plain);
         let (id, tmp, bytes) = sealed(d.path(), 1, 10_000);
         let mut buf = [0u8; 100];
         assert!(!cache.read_at(&id, 0, &mut buf), "nothing cached yet");
@@ -236,7 +241,7 @@ mod tests {
         let mut damaged = fs::read(&path2).unwrap();
         damaged[7] ^= 1;
         fs::write(&path2, &damaged).unwrap();
-        let fresh = PackCache::new(d.path().join("cache"), 1 << 20);
+        let fresh = PackCache::new(d.path().join("cache"), 1 << 20, Encryption::Plain);
         assert!(!fresh.read_at(&id2, 0, &mut buf));
         assert!(!path2.exists());
         // Truncated (a torn write): a miss too.
@@ -254,7 +259,7 @@ mod tests {
     #[test]
     fn the_oldest_packs_go_once_the_bound_is_passed() {
         let d = tempfile::tempdir().unwrap();
-        let cache = PackCache::new(d.path().join("cache"), 25_000);
+        let cache = PackCache::new(d.path().join("cache"), 25_000, Encryption::Plain);
         let mut ids = Vec::new();
         for seed in 0..4u64 {
             let (id, tmp, _) = sealed(d.path(), 10 + seed, 10_000);
@@ -283,7 +288,7 @@ mod tests {
     fn a_pack_read_again_outlives_one_stored_later_but_not_read() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("cache");
-        let cache = PackCache::new(dir.clone(), 25_000);
+        let cache = PackCache::new(dir.clone(), 25_000, Encryption::Plain);
         let long_ago = |seed: u64| {
             std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000 + seed)
         };
@@ -301,7 +306,7 @@ mod tests {
         }
         // Another process reads the old one (a backup walking its host's first trees).
         let mut buf = [0u8; 10];
-        assert!(PackCache::new(dir, 25_000).read_at(&old, 0, &mut buf));
+        assert!(PackCache::new(dir, 25_000, Encryption::Plain).read_at(&old, 0, &mut buf));
         let (third, tmp, _) = sealed(d.path(), 22, 10_000);
         cache.keep(&third, &tmp);
         let present: Vec<bool> = [&old, &newer, &third]

@@ -300,7 +300,7 @@ impl<'r> Mutation<'r> {
     /// Drops the reference a snapshot holds on the blob of its current record (records
     /// committed before record blobs existed have none).
     fn release_record_blob(&mut self, s: &Snapshot) -> Result<()> {
-        let id = s.record_id();
+        let id = s.record_id(self.repo.encryption());
         if self.loc(&id)?.is_some_and(|l| l.refcount > 0) {
             self.release(id)?;
         }
@@ -334,12 +334,12 @@ impl<'r> Mutation<'r> {
             return Ok(());
         }
         let repo = self.repo;
-        let mut writer = crate::pack::PackWriter::create(&repo.tmp_dir())?;
+        let mut writer = crate::pack::PackWriter::create(&repo.tmp_dir(), repo.encryption())?;
         for bytes in &records {
             let (compression, stored) =
                 xstore_format::pack::compress(bytes, repo.config().compression_level);
             let added = writer.add(crate::pack::NewBlob {
-                id: ChunkId::of(bytes),
+                id: repo.encryption().id_of(bytes),
                 kind: xstore_format::pack::BlobKind::SnapshotRecord,
                 compression,
                 raw_len: bytes.len() as u32,

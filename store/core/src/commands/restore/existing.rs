@@ -10,7 +10,6 @@ use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
-use xstore_chunker::ChunkId;
 use xstore_format::tree::{ChunkRef, Entry};
 
 /// What restore does with an entry that already exists at a path it restores.
@@ -50,6 +49,7 @@ pub(super) fn existing_file(
     chunks: &[ChunkRef],
     overwrite: Overwrite,
     owners: bool,
+    encryption: &xstore_format::encryption::Encryption,
 ) -> std::io::Result<Existing> {
     let st = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
@@ -95,7 +95,7 @@ pub(super) fn existing_file(
     let mut buf = Vec::new();
     for c in chunks {
         buf.resize(c.len as usize, 0);
-        if file.read_exact(&mut buf).is_err() || ChunkId::of(&buf) != c.id {
+        if file.read_exact(&mut buf).is_err() || encryption.id_of(&buf) != c.id {
             return Ok(Existing::Differs);
         }
     }

@@ -399,10 +399,16 @@ impl Repository {
         for (rel, entry) in &plan.files {
             let chunks = self.file_chunks(entry)?;
             let found = match parent(rel) {
-                Some((dir, name)) => {
-                    existing::existing_file(&dir, &name, entry, &chunks, opts.overwrite, owners)
-                        .unwrap_or(Existing::Differs)
-                }
+                Some((dir, name)) => existing::existing_file(
+                    &dir,
+                    &name,
+                    entry,
+                    &chunks,
+                    opts.overwrite,
+                    owners,
+                    self.encryption(),
+                )
+                .unwrap_or(Existing::Differs),
                 None => Existing::Missing,
             };
             match found {
@@ -816,9 +822,16 @@ impl RestoreRun<'_> {
     fn keep_existing(&self, rel: &Path, entry: &Entry, refs: &[ChunkRef]) -> Result<bool> {
         let path = &self.shown(rel);
         let (parent, name) = self.beneath.parent(rel).at(path)?;
-        let found =
-            existing::existing_file(&parent, name, entry, refs, self.opts.overwrite, self.owners)
-                .at(path)?;
+        let found = existing::existing_file(
+            &parent,
+            name,
+            entry,
+            refs,
+            self.opts.overwrite,
+            self.owners,
+            self.repo.encryption(),
+        )
+        .at(path)?;
         let kept = match found {
             Existing::Missing | Existing::Differs => return Ok(false),
             Existing::Kept | Existing::Unchanged => true,
