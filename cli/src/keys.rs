@@ -116,7 +116,7 @@ fn change_slots(cli: &Cli, change: SlotChange) -> Result<u8> {
 
 fn list(cli: &Cli) -> Result<u8> {
     let repo = open_ro(cli)?;
-    let slots = xstore::keys::list_slots(repo.path())?;
+    let slots = repo.key_slots()?;
     if cli.json {
         let rows: Vec<_> = slots
             .iter()

@@ -300,26 +300,31 @@ pub enum SlotChanged {
     },
 }
 
-/// The slot records, for `xstore key list`.
-pub fn list_slots(root: &Path) -> Result<Vec<KeySlot>> {
-    Ok(read_slots(root)?.slots)
-}
-
 impl crate::repo::Repository {
+    /// The key slots (`xstore key list`); an unencrypted repository has none and is an error.
+    pub fn key_slots(&self) -> Result<Vec<KeySlot>> {
+        self.require_encrypted()?;
+        Ok(read_slots(self.path())?.slots)
+    }
+
+    fn require_encrypted(&self) -> Result<()> {
+        if self.config().encryption.is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: the repository is not encrypted, so it has no keys",
+                self.path().display()
+            )));
+        }
+        Ok(())
+    }
+
     /// Applies `change` to the key slots, unlocking with `access` (a slot can only be added
     /// by someone who holds a key). Writes `keys.json` atomically, and to the bucket first
     /// for an object-store repository (a bucket without the new slot cannot be attached
     /// with it). Needs the writer lock.
     pub fn change_key_slots(&self, access: &KeyAccess, change: SlotChange) -> Result<SlotChanged> {
         self.require_writable()?;
+        self.require_encrypted()?;
         let root = self.path();
-        if self.config().encryption.is_none() {
-            return Err(Error::InvalidArgument(format!(
-                "{}: the repository is not encrypted; it has no keys (moving it to an \
-                 encrypted repository is `sync`)",
-                root.display()
-            )));
-        }
         let path = crate::layout::key_slots(root);
         let key_error = |source| Error::Key {
             path: path.clone(),
@@ -400,6 +405,7 @@ impl crate::repo::Repository {
 
     /// The master key's recovery text (`xstore key export`), after unlocking with `access`.
     pub fn recovery_text(&self, access: &KeyAccess) -> Result<Zeroizing<String>> {
+        self.require_encrypted()?;
         Ok(unlock(self.path(), self.config(), access)?.to_recovery_text())
     }
 }
