@@ -8,28 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::{ok, ok_with_env, stderr, xstore, xstore_with_env};
-
-const MARKER: &[u8] = b"XSTORE-MARKER-6d1f0c-cleartext";
-
-/// A tree whose content carries [`MARKER`] and whose names are distinctive: small
-/// configuration files and one file of several chunks.
-fn marked_tree(dir: &Path) -> Vec<PathBuf> {
-    fs::create_dir_all(dir.join("customer-private-dir")).unwrap();
-    let mut files = Vec::new();
-    for i in 0..20 {
-        let path = dir.join(format!("customer-private-dir/secret-name-{i}.conf"));
-        let mut body = MARKER.to_vec();
-        body.extend_from_slice(format!(" password=hunter{i}\n").as_bytes());
-        fs::write(&path, body).unwrap();
-        files.push(path);
-    }
-    let mut big = xstore::chunker::seeded_bytes(11, 6 << 20);
-    big[3 << 20..(3 << 20) + MARKER.len()].copy_from_slice(MARKER);
-    let path = dir.join("large-database-file.db");
-    fs::write(&path, &big).unwrap();
-    files.push(path);
-    files
-}
+use xstore_tests::plaintext::{assert_nothing_readable, contains, marked_tree, plain_chunk_ids};
 
 /// Every pack file of a local repository.
 fn pack_files(repo: &Path) -> Vec<PathBuf> {
@@ -48,45 +27,6 @@ fn pack_files(repo: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Every plain BLAKE3 id of the chunks of `files`, cut as the repository cuts them.
-fn plain_chunk_ids(repo: &Path, files: &[PathBuf]) -> Vec<xstore::ChunkId> {
-    let params = xstore::Repository::open_read_only(repo)
-        .unwrap()
-        .chunker_params();
-    files
-        .iter()
-        .flat_map(|f| {
-            let bytes = fs::read(f).unwrap();
-            xstore::chunker::chunk_slice(&params, &bytes)
-                .map(|c| c.id)
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-/// `bytes` hold nothing of the backed-up tree: no marker, no name, no plain chunk id.
-pub fn assert_nothing_readable(what: &str, bytes: &[u8], ids: &[xstore::ChunkId]) {
-    assert!(!contains(bytes, MARKER), "{what} holds the marker");
-    for name in [
-        &b"secret-name-"[..],
-        b"customer-private-dir",
-        b"large-database",
-    ] {
-        assert!(
-            !contains(bytes, name),
-            "{what} holds the name {}",
-            String::from_utf8_lossy(name)
-        );
-    }
-    for id in ids {
-        assert!(!contains(bytes, &id.0), "{what} holds plain chunk id {id}");
-    }
 }
 
 fn restore_exactly(repo: &Path, work: &Path, src: &Path, name: &str) {
@@ -109,7 +49,10 @@ fn packs_hold_no_marker_no_name_and_no_plain_chunk_id() {
         &repo,
         &["backup", "-q", "--host", "h", src.to_str().unwrap()],
     );
-    let ids = plain_chunk_ids(&repo, &files);
+    let params = xstore::Repository::open_read_only(&repo)
+        .unwrap()
+        .chunker_params();
+    let ids = plain_chunk_ids(&params, &files);
     assert!(ids.len() > 20, "{}", ids.len());
     let packs = pack_files(&repo);
     assert!(!packs.is_empty());

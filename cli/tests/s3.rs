@@ -877,3 +877,95 @@ fn gc_in_the_bucket_frees_what_it_reports_and_a_restore_running_through_it_resto
     assert_restores(&g, &repo, "h", &src, &target);
     assert_check_clean(&g, &repo);
 }
+
+/// An encrypted repository's bucket holds no plaintext: no marker, no file name, no plain
+/// chunk id in any object. A new server attaches with the passphrase alone (no key file)
+/// and restores exactly; a wrong passphrase attaches nothing.
+#[test]
+fn an_encrypted_bucket_reveals_nothing_and_attaches_with_a_passphrase_alone() {
+    use xstore_tests::plaintext::{assert_nothing_readable, marked_tree, plain_chunk_ids};
+    let w = tempfile::tempdir().unwrap();
+    let g = Garage::start(&w.path().join("garage"), 1);
+    let (repo, src) = (w.path().join("repo"), w.path().join("src"));
+    let files = marked_tree(&src);
+    let passphrase = (
+        "XSTORE_PASSPHRASE",
+        "a long passphrase for the bucket".to_string(),
+    );
+    let url = format!("s3://{}/sealed", g.bucket);
+    let endpoint = g.endpoint();
+    let mut env = g.env().to_vec();
+    env.push(passphrase.clone());
+    // The key file and a passphrase slot, made at init.
+    let created = common::ok_with_env(
+        &repo,
+        &env,
+        &["init", "--store", &url, "--endpoint", &endpoint],
+    );
+    assert!(
+        created.contains("created encrypted repository"),
+        "{created}"
+    );
+    xs_ok(
+        &g,
+        &repo,
+        &["backup", "-q", "--host", "web1", src.to_str().unwrap()],
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(repo.join("config")).unwrap()).unwrap();
+    let bound = |name: &str| config["chunker"][name].as_u64().unwrap() as u32;
+    let params = xstore::ChunkerParams::new(bound("min"), bound("avg"), bound("max")).unwrap();
+    let ids = plain_chunk_ids(&params, &files);
+    let objects = object_sizes(&g, "sealed/");
+    assert!(
+        objects.iter().any(|(k, _)| k.ends_with(".pack")),
+        "{objects:?}"
+    );
+    assert!(
+        objects.iter().any(|(k, _)| k == "sealed/keys.json"),
+        "{objects:?}"
+    );
+    for (key, _) in &objects {
+        let bytes = signed_request(&g, &format!("/{key}"), &[], b"").stdout;
+        assert_nothing_readable(key, &bytes, &ids);
+    }
+
+    // Another machine, no key file anywhere it looks: the passphrase attaches.
+    let no_keys = w.path().join("no-keys");
+    fs::create_dir(&no_keys).unwrap();
+    let again = w.path().join("again");
+    let mut env = g.env().to_vec();
+    env.push(("XSTORE_KEY_DIR", no_keys.to_str().unwrap().to_string()));
+    let mut wrong = env.clone();
+    wrong.push(("XSTORE_PASSPHRASE", "not it".to_string()));
+    let refused = common::xstore_with_env(
+        &again,
+        &wrong,
+        &["init", "--store", &url, "--endpoint", &endpoint],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        the_only_error_line(&refused).contains("wrong passphrase"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!again.exists(), "a refused attach leaves no directory");
+    env.push(passphrase);
+    let attached = common::ok_with_env(
+        &again,
+        &env,
+        &["init", "--store", &url, "--endpoint", &endpoint],
+    );
+    assert!(attached.contains("attached"), "{attached}");
+    let target = w.path().join("restored");
+    common::ok_with_env(
+        &again,
+        &env,
+        &["restore", "web1@latest", target.to_str().unwrap()],
+    );
+    assert_same_tree(&src, &restored_path(&target, &src), true);
+    let report = common::last_json(
+        common::ok_with_env(&again, &env, &["--json", "check", "--read-data"]).as_bytes(),
+    );
+    assert_eq!(report["problems"].as_array().unwrap().len(), 0, "{report}");
+}

@@ -4,6 +4,7 @@
 
 pub mod garage;
 pub mod moto;
+pub mod plaintext;
 pub mod sshd;
 
 use std::collections::HashMap;
