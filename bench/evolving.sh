@@ -14,6 +14,8 @@
 #
 #   bench/evolving.sh                         # TOOLS="xstore restic" REPEAT=3
 #   TOOLS="xstore restic borg" bench/evolving.sh
+#   TOOLS="xstore xstore-plain restic" bench/evolving.sh   # encrypted (the default) vs
+#                                             # --no-encryption vs restic
 #   XSTORE=/old/xstore bench/evolving.sh      # another build (A/B)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +26,8 @@ for t in "${tools[@]}"; do
   case $t in
     restic) command -v restic >/dev/null || need+=(restic) ;;
     borg) command -v borg >/dev/null || need+=(borgbackup) ;;
-    xstore) ;;
-    *) echo "unknown tool $t (xstore, restic, borg)" >&2; exit 2 ;;
+    xstore|xstore-plain) ;;
+    *) echo "unknown tool $t (xstore, xstore-plain, restic, borg)" >&2; exit 2 ;;
   esac
 done
 DATA=unused . bench/data.sh
@@ -38,11 +40,14 @@ mkdir -p "$target"
 trap 'mountpoint -q "$target" && umount "$target"; rm -rf "$work"' EXIT
 src="$work/host"
 export RESTIC_PASSWORD=bench BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+# xstore's repositories are encrypted by default: their key files stay in the work directory.
+export XSTORE_KEY_DIR="$work/keys"
 echo "series: $series ($rounds rounds); tools: ${tools[*]}; $(nproc) cores; restic $(restic version 2>/dev/null | cut -d' ' -f2)$(command -v borg >/dev/null && echo "; $(borg --version)")" >&2
 
 init() { # init TOOL REPO
   case $1 in
     xstore) "$XSTORE" -q --repo "$2" init && "$XSTORE" -q --repo "$2" tiers --set "hourly=$((rounds + 2))" >/dev/null ;;
+    xstore-plain) "$XSTORE" -q --repo "$2" init --no-encryption && "$XSTORE" -q --repo "$2" tiers --set "hourly=$((rounds + 2))" >/dev/null ;;
     restic) restic -q -r "$2" init >/dev/null ;;
     borg) borg init -e none "$2" ;;
   esac
@@ -50,14 +55,14 @@ init() { # init TOOL REPO
 # backup_cmd TOOL REPO ROUND / restore_cmd TOOL REPO DEST: set cmd to the command line.
 backup_cmd() {
   case $1 in
-    xstore) cmd=("$XSTORE" -q --repo "$2" backup --host web1 "$src") ;;
+    xstore|xstore-plain) cmd=("$XSTORE" -q --repo "$2" backup --host web1 "$src") ;;
     restic) cmd=(restic -q -r "$2" backup "$src") ;;
     borg) cmd=(borg create "$2::round-$3" "$src") ;;
   esac
 }
 restore_cmd() {
   case $1 in
-    xstore) cmd=("$XSTORE" -q --repo "$2" restore web1@latest "$3") ;;
+    xstore|xstore-plain) cmd=("$XSTORE" -q --repo "$2" restore web1@latest "$3") ;;
     restic) cmd=(restic -q -r "$2" restore latest --target "$3") ;;
     borg) mkdir -p "$3"; cmd=(bash -c 'cd "$1" && borg extract "$2"' _ "$3" "$2::round-$((rounds - 1))") ;;
   esac
@@ -181,4 +186,12 @@ f = $(median ${first[restic]}) / $(median ${first[xstore]})
 r = $(median ${rest[restic]}) / $(median ${rest[xstore]})
 s = ${size[xstore]} / ${size[restic]}
 print(f'xstore vs restic: first backup {f:.2f}x faster, restore {r:.2f}x faster, repository {s:.2f}x the size')"
+fi
+if [[ " ${tools[*]} " == *" xstore "* && " ${tools[*]} " == *" xstore-plain "* ]]; then
+  python3 -c "
+f = $(median ${first[xstore]}) / $(median ${first[xstore-plain]})
+i = sum(float(x) for x in '${incr[xstore]}'.split()) / sum(float(x) for x in '${incr[xstore-plain]}'.split())
+r = $(median ${rest[xstore]}) / $(median ${rest[xstore-plain]})
+s = ${size[xstore]} / ${size[xstore-plain]}
+print(f'encrypted vs unencrypted xstore: first backup {f:.3f}x the time, incremental {i:.3f}x, restore {r:.3f}x, repository {s:.3f}x the size')"
 fi
