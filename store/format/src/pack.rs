@@ -795,7 +795,6 @@ mod tests {
         }
         let spans: u64 = entries.iter().map(PackEntry::span).sum();
         assert_eq!(overhead(&enc, 3) + spans, pack.len() as u64);
-        assert_eq!(crate::decode::pack_with(&enc, &pack).unwrap(), 3);
         // The fuzz target's seed: `XSTORE_WRITE_FUZZ_SEED=DIR cargo test` writes it.
         if let Some(dir) = std::env::var_os("XSTORE_WRITE_FUZZ_SEED") {
             std::fs::write(std::path::Path::new(&dir).join("sealed-3-blobs"), &pack).unwrap();

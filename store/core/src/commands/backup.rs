@@ -752,17 +752,7 @@ impl<'a> Session<'a> {
                 ),
             )));
         }
-        // The source names chunks by plain BLAKE3 (agents hold no key); the repository by
-        // its own ids (keyed when encrypted). `list` is in repository ids; the source is asked
-        // for, and its bytes are verified against, the plain ones.
-        let encryption = self.repo.encryption();
-        let list: Vec<ChunkRef> = plain_list
-            .iter()
-            .map(|c| ChunkRef {
-                id: encryption.id_from_plain(c.id),
-                len: c.len,
-            })
-            .collect();
+        let (list, plain_of) = self.repository_refs(&plain_list);
         // Per chunk: Some(known), or None while only the host's own references can tell.
         let mut known: Vec<Option<bool>> = Vec::with_capacity(list.len());
         {
@@ -807,11 +797,6 @@ impl<'a> Session<'a> {
             }
         }
         let mut asked = HashSet::new();
-        let plain_of: HashMap<ChunkId, ChunkId> = list
-            .iter()
-            .zip(&plain_list)
-            .map(|(c, p)| (c.id, p.id))
-            .collect();
         let wanted: Vec<ChunkRef> = list
             .iter()
             .zip(known)
@@ -886,6 +871,23 @@ impl<'a> Session<'a> {
             }
         }
         Ok(list)
+    }
+
+    /// The source names chunks by plain BLAKE3 (agents hold no key), the repository by its
+    /// own ids (keyed when encrypted): `plain`'s chunks in repository ids, and the plain id of
+    /// each, by which the source is asked for bytes and its bytes are verified.
+    fn repository_refs(&self, plain: &[ChunkRef]) -> (Vec<ChunkRef>, HashMap<ChunkId, ChunkId>) {
+        let encryption = self.repo.encryption();
+        let mut plain_of = HashMap::with_capacity(plain.len());
+        let refs = plain
+            .iter()
+            .map(|c| {
+                let id = encryption.id_from_plain(c.id);
+                plain_of.insert(id, c.id);
+                ChunkRef { id, len: c.len }
+            })
+            .collect();
+        (refs, plain_of)
     }
 
     /// Chunks, hashes and stores one open file.
