@@ -324,14 +324,55 @@ fn key_slots_add_list_passwd_remove_and_wrong_keys() {
         "{}",
         stderr(&last)
     );
-    // The recovery text is printed on request, and the data is as it was.
+    // The recovery text is printed on request. With it, a lost keys.json is made again.
     let text = ok_with_env(&repo, &by_pass("staple second"), &["key", "export"]);
     assert!(text.starts_with("xk1-"), "{text}");
-    let target = w.path().join("out");
+    let paper = w.path().join("paper");
+    fs::write(&paper, &text).unwrap();
+    fs::remove_file(repo.join("keys.json")).unwrap();
+    let lost = xstore_with_env(&repo, &by_pass("staple second"), &["snapshots"]);
+    assert_eq!(lost.status.code(), Some(1));
+    assert!(
+        stderr(&lost).contains("keys.json is missing"),
+        "{}",
+        stderr(&lost)
+    );
+    let recovery = [
+        ("XSTORE_KEY_DIR", no_keys.to_str().unwrap().to_string()),
+        ("XSTORE_RECOVERY_FILE", paper.to_str().unwrap().to_string()),
+    ];
+    ok_with_env(&repo, &recovery, &["snapshots"]);
+    let new_key = w.path().join("new.key");
     ok_with_env(
         &repo,
-        &by_pass("staple second"),
-        &["restore", "h@latest", target.to_str().unwrap()],
+        &recovery,
+        &["key", "add", "--new-key-file", new_key.to_str().unwrap()],
+    );
+    ok(
+        &repo,
+        &["--key-file", new_key.to_str().unwrap(), "snapshots"],
+    );
+    // A recovery text with a mistyped digit is refused, naming the mistake.
+    let mut typo = text.trim().as_bytes().to_vec();
+    typo[4] = if typo[4] == b'a' { b'b' } else { b'a' };
+    fs::write(&paper, typo).unwrap();
+    let refused = xstore_with_env(&repo, &recovery, &["snapshots"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("a digit is mistyped"),
+        "{}",
+        stderr(&refused)
+    );
+    let target = w.path().join("out");
+    ok(
+        &repo,
+        &[
+            "--key-file",
+            new_key.to_str().unwrap(),
+            "restore",
+            "h@latest",
+            target.to_str().unwrap(),
+        ],
     );
     xstore_tests::assert_same_tree(&src, &xstore_tests::restored_path(&target, &src), true);
 }

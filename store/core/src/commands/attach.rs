@@ -105,7 +105,7 @@ impl Repository {
         create_local(path, &config, Some(location), opts, Some(&slots))?;
         let opener = KeyAccess {
             key_file: Some(key_file.path.clone()),
-            passphrase: None,
+            ..KeyAccess::default()
         };
         let repo = Repository::open_with(path, &opener, std::time::Duration::ZERO)?;
         Ok((repo, S3Init::CreatedEncrypted(key_file)))

@@ -21,14 +21,17 @@ use crate::error::{Error, IoContext, Result};
 /// `/etc/xstore/keys`.
 pub const DEFAULT_KEY_DIR: &str = "/etc/xstore/keys";
 
-/// How to open (or, at `init`, protect) an encrypted repository's master key: a key file,
-/// a passphrase, or both (a passphrase is tried first).
+/// How to open (or, at `init`, protect) an encrypted repository's master key: the
+/// recovery text, a passphrase or a key file, tried in that order.
 #[derive(Default)]
 pub struct KeyAccess {
     /// A key file; `None`: the repository's default key file ([`default_key_file`]).
     pub key_file: Option<PathBuf>,
     /// A passphrase.
     pub passphrase: Option<Zeroizing<String>>,
+    /// The master key's recovery text (`xstore key export`): opens the repository without
+    /// any slot, so `key add` can make new slots when `keys.json` is lost.
+    pub recovery: Option<Zeroizing<String>>,
 }
 
 impl std::fmt::Debug for KeyAccess {
@@ -36,13 +39,15 @@ impl std::fmt::Debug for KeyAccess {
         f.debug_struct("KeyAccess")
             .field("key_file", &self.key_file)
             .field("passphrase", &self.passphrase.as_ref().map(|_| ".."))
+            .field("recovery", &self.recovery.as_ref().map(|_| ".."))
             .finish()
     }
 }
 
 impl KeyAccess {
     /// From the environment, as unattended jobs run: `XSTORE_KEY_FILE` (a path),
-    /// `XSTORE_PASSPHRASE`, or `XSTORE_PASSPHRASE_FILE` (its first line).
+    /// `XSTORE_PASSPHRASE`, or `XSTORE_PASSPHRASE_FILE` (its first line), and
+    /// `XSTORE_RECOVERY_FILE` (a file holding the recovery text).
     pub fn from_env() -> Result<KeyAccess> {
         let key_file = std::env::var_os("XSTORE_KEY_FILE")
             .filter(|p| !p.is_empty())
@@ -58,9 +63,17 @@ impl KeyAccess {
             }
             _ => None,
         };
+        let recovery = match std::env::var_os("XSTORE_RECOVERY_FILE").filter(|f| !f.is_empty()) {
+            Some(file) => {
+                let path = PathBuf::from(file);
+                Some(Zeroizing::new(std::fs::read_to_string(&path).at(&path)?))
+            }
+            None => None,
+        };
         Ok(KeyAccess {
             key_file,
             passphrase,
+            recovery,
         })
     }
 }
@@ -95,7 +108,8 @@ pub fn read_slots(root: &Path) -> Result<KeySlots> {
             return Err(Error::NotARepository {
                 path: root.to_path_buf(),
                 reason: "encrypted, but keys.json is missing: copy it from the bucket or a \
-                         backup of this directory (without it no key opens the repository)"
+                         backup of this directory, or open with the recovery text \
+                         (XSTORE_RECOVERY_FILE) and `xstore key add` new slots"
                     .into(),
             })
         }
@@ -121,7 +135,34 @@ pub(crate) fn encryption_for(
 /// The master key of the encrypted repository at `root`, from a passphrase or key file,
 /// checked against the key id in `config`.
 pub fn unlock(root: &Path, config: &Config, access: &KeyAccess) -> Result<MasterKey> {
+    if let Some(text) = &access.recovery {
+        let master = MasterKey::from_recovery_text(text).map_err(|source| Error::Key {
+            path: PathBuf::from("recovery text"),
+            source,
+        })?;
+        check_key_id(&master, config, &PathBuf::from("recovery text"))?;
+        return Ok(master);
+    }
     unlock_slots(root, &read_slots(root)?, config, access)
+}
+
+/// `master` is the key `config` names.
+fn check_key_id(master: &MasterKey, config: &Config, source: &Path) -> Result<()> {
+    let want = config
+        .encryption
+        .as_ref()
+        .map(|e| e.key_id.as_str())
+        .unwrap_or_default();
+    if master.key_id() != want {
+        return Err(Error::ConfigMismatch {
+            path: source.to_path_buf(),
+            reason: format!(
+                "opens master key {} but config names {want}: it is not this repository's key",
+                master.key_id()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// [`unlock`] with the slots `slots` (the bucket's, when attaching).
@@ -156,21 +197,7 @@ pub(crate) fn unlock_slots(
             slots.unlock_with_key_file(&key).map_err(key_error)?
         }
     };
-    let want = config
-        .encryption
-        .as_ref()
-        .map(|e| e.key_id.as_str())
-        .unwrap_or_default();
-    if master.key_id() != want {
-        return Err(Error::ConfigMismatch {
-            path: slots_path,
-            reason: format!(
-                "opens master key {} but config names {want}: keys.json is not this \
-                 repository's (restore its own)",
-                master.key_id()
-            ),
-        });
-    }
+    check_key_id(&master, config, &slots_path)?;
     Ok(master)
 }
 
@@ -330,7 +357,14 @@ impl crate::repo::Repository {
             path: path.clone(),
             source,
         };
-        let mut slots = read_slots(root)?;
+        // A lost `keys.json` is made again from the recovery text's key.
+        let mut slots = match read_slots(root) {
+            Err(Error::NotARepository { .. }) if access.recovery.is_some() => KeySlots {
+                version: xstore_keys::slots::SLOTS_VERSION,
+                slots: Vec::new(),
+            },
+            other => other?,
+        };
         let now = crate::clock::now_ns();
         let changed = match change {
             SlotChange::AddPassphrase { passphrase, label } => {
@@ -368,8 +402,8 @@ impl crate::repo::Repository {
             }
             SlotChange::ChangePassphrase { old, new } => {
                 let opener = KeyAccess {
-                    key_file: None,
                     passphrase: Some(old.clone()),
+                    ..KeyAccess::default()
                 };
                 let master = unlock(root, self.config(), &opener)?;
                 let old_id = slots.passphrase_slot(old.as_bytes()).map_err(key_error)?;

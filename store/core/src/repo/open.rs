@@ -43,7 +43,7 @@ impl Repository {
         create_local(path, &config, None, opts, Some(&slots))?;
         let opener = super::keys::KeyAccess {
             key_file: Some(key_file.path.clone()),
-            passphrase: None,
+            ..super::keys::KeyAccess::default()
         };
         Ok((
             Repository::open_with(path, &opener, std::time::Duration::ZERO)?,
