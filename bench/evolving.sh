@@ -62,7 +62,9 @@ backup_cmd() {
 }
 restore_cmd() {
   case $1 in
-    xstore|xstore-plain) cmd=("$XSTORE" -q --repo "$2" restore web1@latest "$3") ;;
+    # --trusted-specials: a whole system tree, devices and set-id bits included, as an
+    # operator restores a host (the others restore them by default).
+    xstore|xstore-plain) cmd=("$XSTORE" -q --repo "$2" restore --trusted-specials web1@latest "$3") ;;
     restic) cmd=(restic -q -r "$2" restore latest --target "$3") ;;
     borg) mkdir -p "$3"; cmd=(bash -c 'cd "$1" && borg extract "$2"' _ "$3" "$2::round-$((rounds - 1))") ;;
   esac

@@ -93,14 +93,7 @@ impl Encryption {
         aad: &[u8],
         plain: &[u8],
     ) -> Result<Vec<u8>, DecodeError> {
-        let Encryption::Encrypted(keys) = self else {
-            return Err(not_encrypted());
-        };
-        let cipher = match part {
-            SealedPart::Blob => &keys.blob,
-            SealedPart::Meta => &keys.meta,
-        };
-        cipher
+        self.cipher(part)?
             .encrypt(XNonce::from_slice(nonce), Payload { msg: plain, aad })
             .map_err(|_| DecodeError::Invalid {
                 what: "sealing",
@@ -119,16 +112,24 @@ impl Encryption {
         aad: &[u8],
         sealed: &[u8],
     ) -> Result<Vec<u8>, DecodeError> {
-        let Encryption::Encrypted(keys) = self else {
-            return Err(not_encrypted());
-        };
-        let cipher = match part {
-            SealedPart::Blob => &keys.blob,
-            SealedPart::Meta => &keys.meta,
-        };
-        cipher
+        self.cipher(part)?
             .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
             .map_err(|_| DecodeError::Unauthentic { what })
+    }
+}
+
+impl Encryption {
+    /// The cipher that seals `part`; an error for a plain repository.
+    fn cipher(&self, part: SealedPart) -> Result<&XChaCha20Poly1305, DecodeError> {
+        match (self, part) {
+            (Encryption::Plain, _) => Err(DecodeError::Invalid {
+                what: "sealing",
+                offset: 0,
+                reason: "the repository is not encrypted".into(),
+            }),
+            (Encryption::Encrypted(keys), SealedPart::Blob) => Ok(&keys.blob),
+            (Encryption::Encrypted(keys), SealedPart::Meta) => Ok(&keys.meta),
+        }
     }
 }
 
@@ -141,14 +142,6 @@ pub(crate) fn random_nonce() -> Result<[u8; NONCE_LEN], DecodeError> {
         reason: e.to_string(),
     })?;
     Ok(n)
-}
-
-fn not_encrypted() -> DecodeError {
-    DecodeError::Invalid {
-        what: "sealing",
-        offset: 0,
-        reason: "the repository is not encrypted".into(),
-    }
 }
 
 #[cfg(test)]

@@ -237,35 +237,76 @@ fn sealed_body_aad(id: &ChunkId, kind: BlobKind) -> [u8; 33] {
     aad
 }
 
-/// The bytes of one blob record for entry `e` (whose `stored_len` is
-/// [`entry_stored_len`] of `stored`): what precedes the stored bytes, and the stored bytes as
-/// they go into the pack. Plain: the 48-byte header and `stored` itself. Sealed: a random
-/// nonce and the sealed header, then `stored` sealed with the blob's id and kind as
+/// A blob's stored bytes as they go into a pack, made before its place in the pack is known
+/// (so that a writer seals outside the lock of its pack): plain, the stored bytes
+/// themselves; sealed, a random nonce and the bytes sealed with the blob's id and kind as
 /// associated data (FORMAT.md §Encryption).
+#[derive(Debug)]
+pub struct PreparedBlob<'s> {
+    nonce: [u8; NONCE_LEN],
+    body: Cow<'s, [u8]>,
+}
+
+impl PreparedBlob<'_> {
+    /// The bytes that follow the blob's header in the pack.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+/// Prepares blob `id` of `kind` whose stored (compressed or raw) bytes are `stored`.
+pub fn prepare_blob<'s>(
+    enc: &Encryption,
+    id: &ChunkId,
+    kind: BlobKind,
+    stored: &'s [u8],
+) -> Result<PreparedBlob<'s>, DecodeError> {
+    if !enc.is_encrypted() {
+        return Ok(PreparedBlob {
+            nonce: [0; NONCE_LEN],
+            body: Cow::Borrowed(stored),
+        });
+    }
+    let nonce = random_nonce()?;
+    let body = enc.seal(SealedPart::Blob, &nonce, &sealed_body_aad(id, kind), stored)?;
+    Ok(PreparedBlob {
+        nonce,
+        body: Cow::Owned(body),
+    })
+}
+
+/// What precedes a prepared blob's body at `e.offset` (`e.stored_len` is [`entry_stored_len`]
+/// of its stored bytes): plain, the 48-byte header; sealed, the nonce and the sealed header,
+/// which binds the blob to that offset.
+pub fn encode_blob_head(
+    enc: &Encryption,
+    e: &PackEntry,
+    prepared: &PreparedBlob<'_>,
+) -> Result<Vec<u8>, DecodeError> {
+    if !enc.is_encrypted() {
+        return Ok(encode_blob_header(e).to_vec());
+    }
+    let mut head = Vec::with_capacity(SEALED_BODY_AT);
+    head.extend_from_slice(&prepared.nonce);
+    head.extend_from_slice(&enc.seal(
+        SealedPart::Meta,
+        &prepared.nonce,
+        &sealed_header_aad(e.offset),
+        &header_fields(e),
+    )?);
+    Ok(head)
+}
+
+/// The bytes of one blob record for entry `e`: [`encode_blob_head`] and the
+/// [`prepare_blob`] body, for writers that seal in place.
 pub fn encode_blob_record<'s>(
     enc: &Encryption,
     e: &PackEntry,
     stored: &'s [u8],
 ) -> Result<(Vec<u8>, Cow<'s, [u8]>), DecodeError> {
-    if !enc.is_encrypted() {
-        return Ok((encode_blob_header(e).to_vec(), Cow::Borrowed(stored)));
-    }
-    let nonce = random_nonce()?;
-    let mut head = Vec::with_capacity(SEALED_BODY_AT);
-    head.extend_from_slice(&nonce);
-    head.extend_from_slice(&enc.seal(
-        SealedPart::Meta,
-        &nonce,
-        &sealed_header_aad(e.offset),
-        &header_fields(e),
-    )?);
-    let body = enc.seal(
-        SealedPart::Blob,
-        &nonce,
-        &sealed_body_aad(&e.id, e.kind),
-        stored,
-    )?;
-    Ok((head, Cow::Owned(body)))
+    let prepared = prepare_blob(enc, &e.id, e.kind, stored)?;
+    let head = encode_blob_head(enc, e, &prepared)?;
+    Ok((head, prepared.body))
 }
 
 /// The trailer of a pack that starts with `header` and whose blobs are `entries`, the

@@ -182,6 +182,8 @@ impl RollingPacks {
             .current
             .get(stream_of(blob.kind))
             .ok_or(Error::Internal("no pack stream for a blob kind"))?;
+        // Sealed before the lock: the pack's lock is held for a header and a copy only.
+        let prepared = super::writer::prepare(&self.encryption, &blob)?;
         let full = {
             let mut current = slot.lock().map_err(poisoned)?;
             if current.is_none() {
@@ -190,7 +192,7 @@ impl RollingPacks {
             let w = current
                 .as_mut()
                 .ok_or(Error::Internal("no pack writer after creating one"))?;
-            w.add(blob)?;
+            w.add_prepared(&blob, &prepared)?;
             if w.len() >= self.pack_size {
                 current.take()
             } else {

@@ -90,6 +90,17 @@ impl PackWriter {
 
     /// Appends one stored blob (sealed, in an encrypted repository).
     pub(crate) fn add(&mut self, blob: NewBlob<'_>) -> Result<()> {
+        let prepared = prepare(&self.enc, &blob)?;
+        self.add_prepared(&blob, &prepared)
+    }
+
+    /// Appends one stored blob whose body [`prepare`] made (a writer shared by threads seals
+    /// bodies before it takes the pack's lock; only the small header is sealed here).
+    pub(crate) fn add_prepared(
+        &mut self,
+        blob: &NewBlob<'_>,
+        prepared: &PreparedBlob<'_>,
+    ) -> Result<()> {
         let entry = PackEntry {
             id: blob.id,
             kind: blob.kind,
@@ -98,13 +109,12 @@ impl PackWriter {
             stored_len: entry_stored_len(&self.enc, blob.stored.len()),
             offset: self.len,
         };
-        let (head, body) =
-            encode_blob_record(&self.enc, &entry, blob.stored).map_err(|e| Error::System {
-                what: "enc a blob",
-                reason: e.to_string(),
-            })?;
+        let head = encode_blob_head(&self.enc, &entry, prepared).map_err(|e| Error::System {
+            what: "sealing a blob header",
+            reason: e.to_string(),
+        })?;
         self.write(&head)?;
-        self.write(&body)?;
+        self.write(prepared.body())?;
         self.entries.push(entry);
         Ok(())
     }
@@ -126,7 +136,7 @@ impl PackWriter {
         let entries_offset = self.len;
         let trailer = encode_trailer(&self.enc, &self.header, &self.entries, entries_offset)
             .map_err(|e| Error::System {
-                what: "enc a pack trailer",
+                what: "sealing a pack trailer",
                 reason: e.to_string(),
             })?;
         self.write(&trailer)?;
@@ -192,6 +202,14 @@ impl PackWriter {
     pub(crate) fn discard(self) {
         let _ = fs::remove_file(&self.tmp_path);
     }
+}
+
+/// `blob`'s body as it goes into a pack of a repository sealed as `enc` says.
+pub(crate) fn prepare<'s>(enc: &Encryption, blob: &NewBlob<'s>) -> Result<PreparedBlob<'s>> {
+    prepare_blob(enc, &blob.id, blob.kind, blob.stored).map_err(|e| Error::System {
+        what: "sealing a blob",
+        reason: e.to_string(),
+    })
 }
 
 /// Flips one bit in the first blob's stored bytes (the `pack-readback` test hook).
