@@ -878,6 +878,10 @@ impl<'a> Session<'a> {
     /// each, by which the source is asked for bytes and its bytes are verified.
     fn repository_refs(&self, plain: &[ChunkRef]) -> (Vec<ChunkRef>, HashMap<ChunkId, ChunkId>) {
         let encryption = self.repo.encryption();
+        if !encryption.is_encrypted() {
+            // The ids are the plain ones: nothing to map (lookups fall back to the id itself).
+            return (plain.to_vec(), HashMap::new());
+        }
         let mut plain_of = HashMap::with_capacity(plain.len());
         let refs = plain
             .iter()

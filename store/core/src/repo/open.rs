@@ -217,14 +217,16 @@ pub(crate) fn new_encrypted_config(
     opts: &InitOptions,
     keys: &super::keys::KeyAccess,
 ) -> Result<(Config, xstore_keys::KeySlots, NewKeyFile)> {
-    let id = random_id()?;
-    let (master, slots, path, created) = super::keys::new_keys(&id, keys, now_ns())?;
-    let encryption = xstore_format::config::EncryptionConfig {
+    let mut config = new_config(opts, None)?;
+    // The default key file is named by the repository id, so the keys come after it.
+    let (master, slots, path, created) =
+        super::keys::new_keys(&config.repository_id, keys, now_ns())?;
+    config.format_version = ENCRYPTED_FORMAT_VERSION;
+    config.encryption = Some(xstore_format::config::EncryptionConfig {
         cipher: xstore_format::config::CIPHER.into(),
         key_id: master.key_id(),
-    };
-    let mut config = new_config(opts, Some(encryption))?;
-    config.repository_id = id;
+    });
+    Config::decode(&config.encode()).map_err(|e| Error::InvalidArgument(e.to_string()))?;
     Ok((config, slots, NewKeyFile { path, created }))
 }
 
