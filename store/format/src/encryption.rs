@@ -2,15 +2,19 @@
 //! and encrypted (format 2, FORMAT.md §Encryption). The keys come from the repository's
 //! master key (`xstore-keys`); this module only uses them.
 //!
-//! Encryption is XChaCha20-Poly1305 from RustCrypto with a random 24-byte nonce per sealed
-//! item. Keys live inside the cipher values, which zero them when dropped.
+//! Encryption is XChaCha20-Poly1305 with a random 24-byte nonce per sealed item, built as
+//! its specification (draft-irtf-cfrg-xchacha) defines it from two well-kept parts:
+//! RustCrypto's HChaCha20 derives a subkey from the key and the nonce's first 16 bytes, and
+//! aws-lc's ChaCha20-Poly1305 (RFC 8439) seals with that subkey and the nonce's last 8 bytes.
+//! aws-lc's assembly runs about twice as fast here as RustCrypto's `XChaCha20Poly1305`, whose
+//! output it equals byte for byte (tested). Keys are zeroed when dropped: ours by `Zeroizing`,
+//! aws-lc's copy in its context when that is freed.
 
 use std::sync::Arc;
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use xstore_chunker::ChunkId;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::DecodeError;
 
@@ -24,9 +28,9 @@ pub struct RepositoryKeys {
     /// Keys blob ids: `BLAKE3-keyed(id key, BLAKE3(raw bytes))`.
     id_key: Zeroizing<[u8; 32]>,
     /// Seals blob bytes.
-    blob: XChaCha20Poly1305,
+    blob: Zeroizing<[u8; 32]>,
     /// Seals blob headers and pack trailers: what names blobs.
-    meta: XChaCha20Poly1305,
+    meta: Zeroizing<[u8; 32]>,
 }
 
 impl RepositoryKeys {
@@ -34,8 +38,8 @@ impl RepositoryKeys {
     pub fn new(id_key: &[u8; 32], blob_key: &[u8; 32], meta_key: &[u8; 32]) -> Self {
         RepositoryKeys {
             id_key: Zeroizing::new(*id_key),
-            blob: XChaCha20Poly1305::new(blob_key.into()),
-            meta: XChaCha20Poly1305::new(meta_key.into()),
+            blob: Zeroizing::new(*blob_key),
+            meta: Zeroizing::new(*meta_key),
         }
     }
 }
@@ -85,7 +89,7 @@ impl Encryption {
         }
     }
 
-    /// Seals `plain` under a fresh random nonce: `nonce ‖ ciphertext ‖ tag`.
+    /// Seals `plain` with `nonce`: `ciphertext ‖ tag`.
     pub(crate) fn seal(
         &self,
         part: SealedPart,
@@ -93,13 +97,17 @@ impl Encryption {
         aad: &[u8],
         plain: &[u8],
     ) -> Result<Vec<u8>, DecodeError> {
-        self.cipher(part)?
-            .encrypt(XNonce::from_slice(nonce), Payload { msg: plain, aad })
-            .map_err(|_| DecodeError::Invalid {
-                what: "sealing",
-                offset: 0,
-                reason: "the cipher refused the input".into(),
-            })
+        let refused = |reason: &str| DecodeError::Invalid {
+            what: "sealing",
+            offset: 0,
+            reason: reason.into(),
+        };
+        let (key, nonce) = self.item_key(part, nonce)?;
+        let mut sealed = Vec::with_capacity(plain.len() + TAG_LEN);
+        sealed.extend_from_slice(plain);
+        key.seal_in_place_append_tag(nonce, Aad::from(aad), &mut sealed)
+            .map_err(|_| refused("the cipher refused the input"))?;
+        Ok(sealed)
     }
 
     /// Opens what [`Encryption::seal`] made (`sealed` = ciphertext ‖ tag) with `nonce` and `aad`.
@@ -112,24 +120,63 @@ impl Encryption {
         aad: &[u8],
         sealed: &[u8],
     ) -> Result<Vec<u8>, DecodeError> {
-        self.cipher(part)?
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
+        let mut opened = sealed.to_vec();
+        let len = self
+            .open_in_place(part, what, nonce, aad, &mut opened)?
+            .len();
+        opened.truncate(len);
+        Ok(opened)
+    }
+
+    /// As [`Encryption::open`], in `sealed`'s own bytes: the opened bytes are the returned
+    /// prefix of it (the tag's place is left over). On failure `sealed` holds no plaintext.
+    pub(crate) fn open_in_place<'b>(
+        &self,
+        part: SealedPart,
+        what: &'static str,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        sealed: &'b mut [u8],
+    ) -> Result<&'b mut [u8], DecodeError> {
+        let (key, nonce) = self.item_key(part, nonce)?;
+        key.open_in_place(nonce, Aad::from(aad), sealed)
             .map_err(|_| DecodeError::Unauthentic { what })
     }
 }
 
 impl Encryption {
-    /// The cipher that seals `part`; an error for a plain repository.
-    fn cipher(&self, part: SealedPart) -> Result<&XChaCha20Poly1305, DecodeError> {
-        match (self, part) {
-            (Encryption::Plain, _) => Err(DecodeError::Invalid {
-                what: "sealing",
-                offset: 0,
-                reason: "the repository is not encrypted".into(),
-            }),
-            (Encryption::Encrypted(keys), SealedPart::Blob) => Ok(&keys.blob),
-            (Encryption::Encrypted(keys), SealedPart::Meta) => Ok(&keys.meta),
-        }
+    /// The ChaCha20-Poly1305 key and 12-byte nonce that seal one item of `part` under the
+    /// XChaCha20 `nonce`: the HChaCha20 subkey of the part's key and the nonce's first 16
+    /// bytes, and `0⁴ ‖ nonce[16..24]`. An error for a plain repository.
+    fn item_key(
+        &self,
+        part: SealedPart,
+        nonce: &[u8; NONCE_LEN],
+    ) -> Result<(LessSafeKey, Nonce), DecodeError> {
+        let refused = |reason: &str| DecodeError::Invalid {
+            what: "sealing",
+            offset: 0,
+            reason: reason.into(),
+        };
+        let key = match (self, part) {
+            (Encryption::Plain, _) => return Err(refused("the repository is not encrypted")),
+            (Encryption::Encrypted(keys), SealedPart::Blob) => &keys.blob,
+            (Encryption::Encrypted(keys), SealedPart::Meta) => &keys.meta,
+        };
+        let (prefix, suffix) = nonce.split_at(16);
+        let mut subkey = chacha20::hchacha::<chacha20::cipher::consts::U10>(
+            key.as_slice().into(),
+            prefix.into(),
+        );
+        let unbound = UnboundKey::new(&CHACHA20_POLY1305, subkey.as_slice());
+        subkey.as_mut_slice().zeroize();
+        let unbound = unbound.map_err(|_| refused("the cipher refused the key"))?;
+        let mut short = [0u8; 12];
+        short[4..].copy_from_slice(suffix);
+        Ok((
+            LessSafeKey::new(unbound),
+            Nonce::assume_unique_for_key(short),
+        ))
     }
 }
 
@@ -167,6 +214,39 @@ mod tests {
         assert_ne!(a, plain);
         assert_ne!(a, b);
         assert_eq!(keys(1).id_from_plain(plain), a);
+    }
+
+    /// The format names XChaCha20-Poly1305: what is sealed here must be exactly what the
+    /// reference implementation seals, and open what it sealed, at every length.
+    #[test]
+    fn sealing_equals_the_reference_xchacha20_poly1305() {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+        let ours = keys(4);
+        let reference = XChaCha20Poly1305::new((&[5u8; 32]).into());
+        for len in [0usize, 1, 15, 16, 63, 64, 65, 255, 4096, 100_003] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let nonce = random_nonce().unwrap();
+            let aad = format!("aad {len}");
+            let want = reference
+                .encrypt(
+                    XNonce::from_slice(&nonce),
+                    Payload {
+                        msg: &plain,
+                        aad: aad.as_bytes(),
+                    },
+                )
+                .unwrap();
+            let got = ours
+                .seal(SealedPart::Blob, &nonce, aad.as_bytes(), &plain)
+                .unwrap();
+            assert_eq!(got, want, "length {len}");
+            let mut in_place = want.clone();
+            let opened = ours
+                .open_in_place(SealedPart::Blob, "t", &nonce, aad.as_bytes(), &mut in_place)
+                .unwrap();
+            assert_eq!(opened, &plain[..]);
+        }
     }
 
     #[test]

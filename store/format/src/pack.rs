@@ -462,12 +462,12 @@ fn decode_record_header(
 }
 
 /// The header of the blob record `record` (checked against `want`, which names its offset)
-/// and its stored bytes, opened when sealed.
-fn stored_part<'r>(
+/// and where its stored bytes lie in `record` (still sealed in an encrypted repository).
+fn checked_header(
     enc: &Encryption,
-    record: &'r [u8],
+    record: &[u8],
     want: &PackEntry,
-) -> Result<(PackEntry, Cow<'r, [u8]>), DecodeError> {
+) -> Result<(PackEntry, std::ops::Range<usize>), DecodeError> {
     let header = decode_record_header(enc, record, want.offset)?;
     if header.id != want.id || header.kind != want.kind || header.stored_len != want.stored_len {
         return Err(DecodeError::Invalid {
@@ -482,25 +482,68 @@ fn stored_part<'r>(
         BLOB_HEADER_LEN
     };
     let end = BLOB_HEADER_LEN + header.stored_len as usize;
-    let body = record.get(body_at..end).ok_or(DecodeError::Truncated {
-        what: "blob data",
-        offset: want.offset as usize + body_at,
-        need: end - body_at,
-        have: record.len().saturating_sub(body_at),
-    })?;
-    if !enc.is_encrypted() {
-        return Ok((header, Cow::Borrowed(body)));
+    if record.len() < end {
+        return Err(DecodeError::Truncated {
+            what: "blob data",
+            offset: want.offset as usize + body_at,
+            need: end.saturating_sub(body_at),
+            have: record.len().saturating_sub(body_at),
+        });
     }
+    Ok((header, body_at..end))
+}
+
+/// The record's nonce: its first [`NONCE_LEN`] bytes (the header that opened proved them there).
+fn record_nonce(record: &[u8]) -> [u8; NONCE_LEN] {
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(record.get(..NONCE_LEN).unwrap_or(&[0; NONCE_LEN]));
+    nonce
+}
+
+/// The header of the blob record `record` (checked against `want`, which names its offset)
+/// and its stored bytes, opened when sealed.
+fn stored_part<'r>(
+    enc: &Encryption,
+    record: &'r [u8],
+    want: &PackEntry,
+) -> Result<(PackEntry, Cow<'r, [u8]>), DecodeError> {
+    let (header, body) = checked_header(enc, record, want)?;
+    let body_bytes = record.get(body).unwrap_or_default();
+    if !enc.is_encrypted() {
+        return Ok((header, Cow::Borrowed(body_bytes)));
+    }
     let opened = enc.open(
+        SealedPart::Blob,
+        "blob content",
+        &record_nonce(record),
+        &sealed_body_aad(&header.id, header.kind),
+        body_bytes,
+    )?;
+    Ok((header, Cow::Owned(opened)))
+}
+
+/// As [`read_record`], opening a sealed record in `record`'s own bytes instead of a copy: for
+/// a reader that owns the buffer it read (restore, `cat`). `record` is scratch afterwards.
+pub fn read_record_in_place(
+    enc: &Encryption,
+    record: &mut [u8],
+    want: &PackEntry,
+) -> Result<Vec<u8>, DecodeError> {
+    let (header, body) = checked_header(enc, record, want)?;
+    if !enc.is_encrypted() {
+        let stored = record.get(body).unwrap_or_default();
+        return verify_stored(enc, &header, stored, want);
+    }
+    let nonce = record_nonce(record);
+    let sealed = record.get_mut(body).unwrap_or_default();
+    let stored = enc.open_in_place(
         SealedPart::Blob,
         "blob content",
         &nonce,
         &sealed_body_aad(&header.id, header.kind),
-        body,
+        sealed,
     )?;
-    Ok((header, Cow::Owned(opened)))
+    verify_stored(enc, &header, stored, want)
 }
 
 /// A blob's stored (compressed, opened) bytes, once they are known to decompress to its id.

@@ -149,10 +149,12 @@ impl Repository {
             stored_len: loc.stored_len,
             offset: loc.offset,
         };
-        pack::read_record(self.encryption(), &buf, &entry).map_err(|source| Error::CorruptBlob {
-            id: *id,
-            pack: loc.pack.to_string(),
-            source,
+        pack::read_record_in_place(self.encryption(), &mut buf, &entry).map_err(|source| {
+            Error::CorruptBlob {
+                id: *id,
+                pack: loc.pack.to_string(),
+                source,
+            }
         })
     }
 
