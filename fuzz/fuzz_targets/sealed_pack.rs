@@ -19,6 +19,19 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = whole;
+    // Every blob the trailer lists reads the same from the pack and opened in a copy of
+    // its record (restore's path), or fails the same way.
+    if let Ok(entries) = &whole_trailer {
+        for want in entries.iter().take(64) {
+            let by_slice = xstore_format::pack::read_blob(&keys, data, want);
+            let mut record = data.get(want.offset as usize..).unwrap_or_default().to_vec();
+            let in_place = xstore_format::pack::read_record_in_place(&keys, &mut record, want);
+            assert_eq!(by_slice.is_ok(), in_place.is_ok());
+            if let (Ok(a), Ok(b)) = (by_slice, in_place) {
+                assert_eq!(a, b);
+            }
+        }
+    }
     let _ = xstore_format::pack::scan_blobs(&keys, data);
     if data.len() >= 8 {
         let offset =
