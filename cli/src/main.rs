@@ -36,6 +36,7 @@ mod output;
 mod pull;
 mod retention;
 mod values;
+mod web;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -98,6 +99,12 @@ enum Command {
     Key {
         #[command(subcommand)]
         what: keys::KeyWhat,
+    },
+    /// Who may log in to the web front: add, remove and list users (customers of an
+    /// account, operators), set a password.
+    WebUser {
+        #[command(subcommand)]
+        what: web::WebUserWhat,
     },
     /// Give everything in the repository the modes of its access rule: directories 0700
     /// and files 0600, or 2750 and 0640 of the group given to `init --group`.
@@ -502,6 +509,7 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::ServeNfs(args) => browse::serve_nfs(cli, args),
         Command::Init(args) => commands::init(cli, args),
         Command::Key { what } => keys::key(cli, what),
+        Command::WebUser { what } => web::web_user(cli, what),
         Command::FixPermissions(args) => commands::fix_permissions(cli, args),
         Command::Backup(args) => commands::backup(cli, args),
         Command::Snapshots(args) => commands::snapshots(cli, args),

@@ -2,6 +2,7 @@
 
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::error::{IoContext, Result};
@@ -16,6 +17,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// created exclusively (`O_EXCL`), so nothing planted under its name is followed.
 fn write_temp<T>(
     path: &Path,
+    mode: u32,
     fill: impl FnOnce(&mut File, &Path) -> Result<T>,
 ) -> Result<(std::path::PathBuf, &Path, T)> {
     let dir = match path.parent() {
@@ -33,6 +35,7 @@ fn write_temp<T>(
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(mode)
             .open(&tmp)
             .at(&tmp)?;
         let out = fill(&mut f, &tmp)?;
@@ -52,7 +55,17 @@ fn bytes_filler(bytes: &[u8]) -> impl FnOnce(&mut File, &Path) -> Result<()> + '
 
 /// Replaces `path` with `bytes` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let (tmp, dir, ()) = write_temp(path, bytes_filler(bytes))?;
+    write_atomic_mode(path, bytes, 0o666)
+}
+
+/// As [`write_atomic`], for a secret: the new file is created 0600 (before the umask), so no
+/// other user can open it at any moment, whatever the old file's mode was.
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_mode(path, bytes, 0o600)
+}
+
+fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let (tmp, dir, ()) = write_temp(path, mode, bytes_filler(bytes))?;
     if let Err(e) = fs::rename(&tmp, path).at(path) {
         let _ = fs::remove_file(&tmp);
         return Err(e);
@@ -64,7 +77,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// `AlreadyExists` error): written under a temporary name, then hard-linked into place,
 /// which fails instead of overwriting.
 pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
-    let (tmp, dir, ()) = write_temp(path, bytes_filler(bytes))?;
+    let (tmp, dir, ()) = write_temp(path, 0o666, bytes_filler(bytes))?;
     let linked = fs::hard_link(&tmp, path).at(path);
     let _ = fs::remove_file(&tmp);
     linked?;

@@ -3,13 +3,10 @@
 
 use xstore_format::DecodeError;
 
-pub(crate) use xstore_format::bytes::to_hex as encode;
+pub use xstore_format::bytes::to_hex as encode;
 
 /// Exactly `N` bytes from `2N` lowercase hex digits.
-pub(crate) fn decode<const N: usize>(
-    text: &str,
-    what: &'static str,
-) -> Result<[u8; N], DecodeError> {
+pub fn decode<const N: usize>(text: &str, what: &'static str) -> Result<[u8; N], DecodeError> {
     let invalid = |reason: String| DecodeError::Invalid {
         what,
         offset: 0,
@@ -40,18 +37,17 @@ pub(crate) fn decode<const N: usize>(
     Ok(out)
 }
 
-/// Serde for `[u8; N]` as hex.
-pub(crate) mod serde_array {
+/// Serde for `[u8; N]` as lowercase hex (`#[serde(with = "xstore_keys::hex::serde_array")]`).
+pub mod serde_array {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(crate) fn serialize<S: Serializer, const N: usize>(
-        v: &[u8; N],
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    /// Writes `v` as lowercase hex.
+    pub fn serialize<S: Serializer, const N: usize>(v: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::encode(v))
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+    /// Reads exactly `N` bytes of lowercase hex.
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
         d: D,
     ) -> Result<[u8; N], D::Error> {
         let text = String::deserialize(d)?;

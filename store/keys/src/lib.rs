@@ -30,7 +30,7 @@
 )]
 
 pub mod error;
-mod hex;
+pub mod hex;
 pub mod key_file;
 pub mod master;
 pub mod slots;

@@ -50,7 +50,8 @@ impl Argon2Params {
     /// The most lanes a slot may ask for.
     pub const MAX_PARALLELISM: u32 = 16;
 
-    fn check(&self) -> Result<(), String> {
+    /// Whether these costs are within the bounds above: an error text naming them when not.
+    pub fn check(&self) -> Result<(), String> {
         if !(8 * self.parallelism.max(1)..=Self::MAX_MEMORY_KIB).contains(&self.memory_kib)
             || !(1..=Self::MAX_ITERATIONS).contains(&self.iterations)
             || !(1..=Self::MAX_PARALLELISM).contains(&self.parallelism)
@@ -371,7 +372,10 @@ fn associated_data(id: u32, kind: &SlotKind) -> Vec<u8> {
     aad
 }
 
-fn passphrase_key(
+/// Argon2id (version 0x13) of `passphrase` with `salt` and `costs`, 32 bytes: the key of a
+/// passphrase slot, and the password hash of a web user (`xstore-web`), so that Argon2 is
+/// called in this one place. Costs outside [`Argon2Params`]'s bounds are refused first.
+pub fn passphrase_key(
     passphrase: &[u8],
     salt: &[u8; 16],
     costs: &Argon2Params,

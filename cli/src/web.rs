@@ -1,0 +1,165 @@
+//! `xstore web-user …`: who may log in to the web front (README, "Web").
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use xstore::keys::read_passphrase_file;
+use xstore_fleet::inventory::Inventory;
+use xstore_web::{NewUser, Role, WebUsers, DEFAULT_USERS_FILE};
+
+use crate::pull::DEFAULT_INVENTORY;
+use crate::{print_json, time_of, Cli, EXIT_OK};
+
+#[derive(clap::Subcommand)]
+pub(crate) enum WebUserWhat {
+    /// Add a user: a customer of one account (--account, which must be in the inventory)
+    /// or an operator (--operator), with the password from a file's first line.
+    Add(AddArgs),
+    /// Remove a user; their sessions end.
+    Remove {
+        /// The user's login name.
+        name: String,
+        #[command(flatten)]
+        file: UsersFile,
+    },
+    /// Set a user's password from a file's first line; their older sessions end.
+    Passwd {
+        /// The user's login name.
+        name: String,
+        /// The new password: the first line of this file.
+        #[arg(long, value_name = "FILE")]
+        password_file: PathBuf,
+        #[command(flatten)]
+        file: UsersFile,
+    },
+    /// List the users: name, role, account, when added, when the password was set.
+    List {
+        #[command(flatten)]
+        file: UsersFile,
+    },
+}
+
+#[derive(clap::Args)]
+pub(crate) struct UsersFile {
+    /// The users file (root-only, 0600).
+    #[arg(long, value_name = "FILE", env = "XSTORE_WEB_USERS", default_value = DEFAULT_USERS_FILE)]
+    users: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct AddArgs {
+    /// The login name: lowercase letters, digits and . _ - @.
+    name: String,
+    /// The account whose hosts the customer sees.
+    #[arg(
+        long,
+        conflicts_with = "operator",
+        required_unless_present = "operator"
+    )]
+    account: Option<String>,
+    /// An operator, who sees every account and the fleet's state.
+    #[arg(long)]
+    operator: bool,
+    /// The password: the first line of this file.
+    #[arg(long, value_name = "FILE")]
+    password_file: PathBuf,
+    /// The inventory that names the accounts.
+    #[arg(long, env = "XSTORE_INVENTORY", default_value = DEFAULT_INVENTORY)]
+    inventory: PathBuf,
+    #[command(flatten)]
+    file: UsersFile,
+}
+
+pub(crate) fn web_user(cli: &Cli, what: &WebUserWhat) -> Result<u8> {
+    match what {
+        WebUserWhat::Add(args) => add(cli, args),
+        WebUserWhat::Remove { name, file } => {
+            let removed = xstore_web::users::remove_user(&file.users, name)?;
+            if !cli.quiet {
+                outln!("removed web user {}", removed.name);
+            }
+            Ok(EXIT_OK)
+        }
+        WebUserWhat::Passwd {
+            name,
+            password_file,
+            file,
+        } => {
+            let password = read_passphrase_file(password_file)?;
+            xstore_web::users::set_password(&file.users, name, &password)?;
+            if !cli.quiet {
+                outln!("password of web user {name} changed; their older sessions end");
+            }
+            Ok(EXIT_OK)
+        }
+        WebUserWhat::List { file } => list(cli, &file.users),
+    }
+}
+
+fn add(cli: &Cli, args: &AddArgs) -> Result<u8> {
+    let user = NewUser {
+        name: args.name.clone(),
+        role: if args.operator {
+            Role::Operator
+        } else {
+            Role::Customer
+        },
+        account: args.account.clone(),
+    };
+    // Operators belong to no account: they need no inventory.
+    let inventory = match user.role {
+        Role::Customer => Some(Inventory::load(&args.inventory)?),
+        Role::Operator => None,
+    };
+    let accounts: Vec<&str> = inventory
+        .iter()
+        .flat_map(|i| i.accounts.iter().map(|a| a.name.as_str()))
+        .collect();
+    let password = read_passphrase_file(&args.password_file)?;
+    let added = xstore_web::users::add_user(&args.file.users, &user, &password, &accounts)?;
+    if !cli.quiet {
+        match &added.account {
+            Some(account) => outln!("added web user {} (customer of {account})", added.name),
+            None => outln!("added web user {} (operator)", added.name),
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn list(cli: &Cli, path: &Path) -> Result<u8> {
+    let users = WebUsers::load(path)?;
+    if cli.json {
+        let rows: Vec<_> = users
+            .users()
+            .iter()
+            .map(|u| {
+                serde_json::json!({
+                    "name": u.name,
+                    "role": u.role.name(),
+                    "account": u.account,
+                    "created_ns": u.created_ns,
+                    "password_changed_ns": u.password_changed_ns,
+                })
+            })
+            .collect();
+        return print_json(&rows).map(|()| EXIT_OK);
+    }
+    outln!(
+        "{:<24}  {:<8}  {:<20}  {:<20}  PASSWORD SET",
+        "NAME",
+        "ROLE",
+        "ACCOUNT",
+        "ADDED"
+    );
+    for u in users.users() {
+        outln!(
+            "{:<24}  {:<8}  {:<20}  {:<20}  {}",
+            u.name,
+            u.role.name(),
+            xstore::text::printable(u.account.as_deref().unwrap_or("-")),
+            time_of(u.created_ns),
+            time_of(u.password_changed_ns)
+        );
+    }
+    Ok(EXIT_OK)
+}
