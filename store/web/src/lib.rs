@@ -1,7 +1,11 @@
-//! xstore's web front (`xstore serve-web`, README "Web"): customers restore for themselves,
-//! operators see the fleet. This crate holds who may log in ([`users`]); the server, its
-//! pages and WebDAV build on it.
+//! xstore's web front (README "Web users"): customers restore for themselves, operators see
+//! the fleet. This crate holds who may log in ([`users`]), their sessions and CSRF tokens
+//! ([`session`]), the limits on login attempts ([`limit`]) and safe download headers
+//! ([`disposition`]); the server, its pages and WebDAV are to build on them.
 
+pub mod disposition;
+pub mod limit;
+pub mod session;
 pub mod users;
 
 pub use users::{NewUser, Role, UsersError, WebUser, WebUsers, DEFAULT_USERS_FILE};
