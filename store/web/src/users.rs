@@ -205,15 +205,11 @@ impl WebUsers {
             path: path.to_path_buf(),
             source,
         };
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(
-                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC).bits() as i32,
-            )
+        let file = match crate::private::no_follow(std::fs::OpenOptions::new().read(true))
             .open(path)
         {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(WebUsers::default()),
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            Err(e) if crate::private::is_symlink_error(&e) => {
                 return Err(unsafe_file(path, "is a symlink; name the file itself"))
             }
             other => other.map_err(io)?,
@@ -423,7 +419,7 @@ fn lock(path: &Path) -> Result<File, UsersError> {
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC).bits() as i32)
+        .custom_flags(crate::private::open_flags())
         .open(&lock_path)
         .map_err(io)?;
     rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
@@ -433,30 +429,14 @@ fn lock(path: &Path) -> Result<File, UsersError> {
 
 /// Refuses a file another user could read or write, or one not owned by root or us.
 fn check_private(file: &File, path: &Path) -> Result<(), UsersError> {
-    let st = rustix::fs::fstat(file).map_err(|e| UsersError::Io {
-        path: path.to_path_buf(),
-        source: e.into(),
-    })?;
-    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
-        return Err(unsafe_file(path, "is not a regular file"));
+    match crate::private::refusal(file, "the password hashes") {
+        Ok(None) => Ok(()),
+        Ok(Some(reason)) => Err(unsafe_file(path, &reason)),
+        Err(source) => Err(UsersError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
-    let me = rustix::process::geteuid().as_raw();
-    if st.st_uid != 0 && st.st_uid != me {
-        return Err(unsafe_file(
-            path,
-            &format!("is owned by uid {}, not root; chown root it", st.st_uid),
-        ));
-    }
-    let mode = st.st_mode & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(unsafe_file(
-            path,
-            &format!(
-                "has mode {mode:04o}: other users could read the password hashes; chmod 600 it"
-            ),
-        ));
-    }
-    Ok(())
 }
 
 fn unsafe_file(path: &Path, reason: &str) -> UsersError {
