@@ -352,6 +352,16 @@ fn key_slots_add_list_passwd_remove_and_wrong_keys() {
         &repo,
         &["--key-file", new_key.to_str().unwrap(), "snapshots"],
     );
+    // The new key file is root-only, and no temporary it was written under is left beside it.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(&new_key).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600);
+    let beside: Vec<_> = fs::read_dir(w.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("new.key"))
+        .collect();
+    assert_eq!(beside, ["new.key"]);
     // A recovery text with a mistyped digit is refused, naming the mistake.
     let mut typo = text.trim().as_bytes().to_vec();
     typo[4] = if typo[4] == b'a' { b'b' } else { b'a' };

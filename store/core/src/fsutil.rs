@@ -77,7 +77,17 @@ fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 /// `AlreadyExists` error): written under a temporary name, then hard-linked into place,
 /// which fails instead of overwriting.
 pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
-    let (tmp, dir, ()) = write_temp(path, 0o666, bytes_filler(bytes))?;
+    write_new_mode(path, bytes, 0o666)
+}
+
+/// As [`write_new`], for a secret: created 0600 (before the umask), and a crash leaves either
+/// no file at `path` or the whole one, never a part of it.
+pub fn write_new_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_new_mode(path, bytes, 0o600)
+}
+
+fn write_new_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let (tmp, dir, ()) = write_temp(path, mode, bytes_filler(bytes))?;
     let linked = fs::hard_link(&tmp, path).at(path);
     let _ = fs::remove_file(&tmp);
     linked?;

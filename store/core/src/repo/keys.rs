@@ -4,8 +4,7 @@
 //! repository also `keys.json` in the bucket, so that a new server attaches with a passphrase
 //! or key file alone. Keys never leave this server: agents send plain ids.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -230,17 +229,9 @@ pub fn ensure_key_file(path: &Path) -> Result<(KeyFileKey, bool)> {
             .create(dir)
             .at(dir)?;
     }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .at(path)?;
-    file.write_all(key.encode().as_bytes()).at(path)?;
-    file.sync_all().at(path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        crate::fsutil::sync_dir(dir)?;
-    }
+    // Whole or absent after a crash (a temporary, then a hard link that never replaces a key
+    // file another process made meanwhile): a half-written key file would refuse every open.
+    crate::fsutil::write_new_private(path, key.encode().as_bytes())?;
     Ok((key, true))
 }
 
