@@ -97,16 +97,11 @@ impl Encryption {
         aad: &[u8],
         plain: &[u8],
     ) -> Result<Vec<u8>, DecodeError> {
-        let refused = |reason: &str| DecodeError::Invalid {
-            what: "sealing",
-            offset: 0,
-            reason: reason.into(),
-        };
         let (key, nonce) = self.item_key(part, nonce)?;
         let mut sealed = Vec::with_capacity(plain.len() + TAG_LEN);
         sealed.extend_from_slice(plain);
         key.seal_in_place_append_tag(nonce, Aad::from(aad), &mut sealed)
-            .map_err(|_| refused("the cipher refused the input"))?;
+            .map_err(|_| sealing_refused("the cipher refused the input"))?;
         Ok(sealed)
     }
 
@@ -142,9 +137,7 @@ impl Encryption {
         key.open_in_place(nonce, Aad::from(aad), sealed)
             .map_err(|_| DecodeError::Unauthentic { what })
     }
-}
 
-impl Encryption {
     /// The ChaCha20-Poly1305 key and 12-byte nonce that seal one item of `part` under the
     /// XChaCha20 `nonce`: the HChaCha20 subkey of the part's key and the nonce's first 16
     /// bytes, and `0⁴ ‖ nonce[16..24]`. An error for a plain repository.
@@ -153,13 +146,10 @@ impl Encryption {
         part: SealedPart,
         nonce: &[u8; NONCE_LEN],
     ) -> Result<(LessSafeKey, Nonce), DecodeError> {
-        let refused = |reason: &str| DecodeError::Invalid {
-            what: "sealing",
-            offset: 0,
-            reason: reason.into(),
-        };
         let key = match (self, part) {
-            (Encryption::Plain, _) => return Err(refused("the repository is not encrypted")),
+            (Encryption::Plain, _) => {
+                return Err(sealing_refused("the repository is not encrypted"))
+            }
             (Encryption::Encrypted(keys), SealedPart::Blob) => &keys.blob,
             (Encryption::Encrypted(keys), SealedPart::Meta) => &keys.meta,
         };
@@ -170,13 +160,21 @@ impl Encryption {
         );
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, subkey.as_slice());
         subkey.as_mut_slice().zeroize();
-        let unbound = unbound.map_err(|_| refused("the cipher refused the key"))?;
+        let unbound = unbound.map_err(|_| sealing_refused("the cipher refused the key"))?;
         let mut short = [0u8; 12];
         short[4..].copy_from_slice(suffix);
         Ok((
             LessSafeKey::new(unbound),
             Nonce::assume_unique_for_key(short),
         ))
+    }
+}
+
+fn sealing_refused(reason: &str) -> DecodeError {
+    DecodeError::Invalid {
+        what: "sealing",
+        offset: 0,
+        reason: reason.into(),
     }
 }
 

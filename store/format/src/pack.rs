@@ -297,18 +297,6 @@ pub fn encode_blob_head(
     Ok(head)
 }
 
-/// The bytes of one blob record for entry `e`: [`encode_blob_head`] and the
-/// [`prepare_blob`] body, for writers that seal in place.
-pub fn encode_blob_record<'s>(
-    enc: &Encryption,
-    e: &PackEntry,
-    stored: &'s [u8],
-) -> Result<(Vec<u8>, Cow<'s, [u8]>), DecodeError> {
-    let prepared = prepare_blob(enc, &e.id, e.kind, stored)?;
-    let head = encode_blob_head(enc, e, &prepared)?;
-    Ok((head, prepared.body))
-}
-
 /// The trailer of a pack that starts with `header` and whose blobs are `entries`, the
 /// trailer starting at `entries_offset`: an entry per blob, then the footer (offset, count,
 /// the BLAKE3 of both, end magic) that [`read_trailer`] checks. Sealed: the count and entries
@@ -500,8 +488,24 @@ fn record_nonce(record: &[u8]) -> [u8; NONCE_LEN] {
     nonce
 }
 
+/// A record's stored bytes (`body`, where [`checked_header`] found them) opened in place
+/// with the record's `nonce` when sealed, as they are when plain.
+fn open_stored<'b>(
+    enc: &Encryption,
+    header: &PackEntry,
+    nonce: &[u8; NONCE_LEN],
+    body: &'b mut [u8],
+) -> Result<&'b [u8], DecodeError> {
+    if !enc.is_encrypted() {
+        return Ok(body);
+    }
+    let aad = sealed_body_aad(&header.id, header.kind);
+    let opened = enc.open_in_place(SealedPart::Blob, "blob content", nonce, &aad, body)?;
+    Ok(opened)
+}
+
 /// The header of the blob record `record` (checked against `want`, which names its offset)
-/// and its stored bytes, opened when sealed.
+/// and its stored bytes, opened (in a copy) when sealed.
 fn stored_part<'r>(
     enc: &Encryption,
     record: &'r [u8],
@@ -512,36 +516,26 @@ fn stored_part<'r>(
     if !enc.is_encrypted() {
         return Ok((header, Cow::Borrowed(body_bytes)));
     }
-    let opened = enc.open(
-        SealedPart::Blob,
-        "blob content",
-        &record_nonce(record),
-        &sealed_body_aad(&header.id, header.kind),
-        body_bytes,
-    )?;
+    let mut opened = body_bytes.to_vec();
+    let len = open_stored(enc, &header, &record_nonce(record), &mut opened)?.len();
+    opened.truncate(len);
     Ok((header, Cow::Owned(opened)))
 }
 
 /// As [`read_record`], opening a sealed record in `record`'s own bytes instead of a copy: for
-/// a reader that owns the buffer it read (restore, `cat`). `record` is scratch afterwards.
+/// a reader that owns the buffer it read (restore, repair). `record` is scratch afterwards.
 pub fn read_record_in_place(
     enc: &Encryption,
     record: &mut [u8],
     want: &PackEntry,
 ) -> Result<Vec<u8>, DecodeError> {
     let (header, body) = checked_header(enc, record, want)?;
-    if !enc.is_encrypted() {
-        let stored = record.get(body).unwrap_or_default();
-        return verify_stored(enc, &header, stored, want);
-    }
     let nonce = record_nonce(record);
-    let sealed = record.get_mut(body).unwrap_or_default();
-    let stored = enc.open_in_place(
-        SealedPart::Blob,
-        "blob content",
+    let stored = open_stored(
+        enc,
+        &header,
         &nonce,
-        &sealed_body_aad(&header.id, header.kind),
-        sealed,
+        record.get_mut(body).unwrap_or_default(),
     )?;
     verify_stored(enc, &header, stored, want)
 }
@@ -862,6 +856,17 @@ mod tests {
         (pack, entries)
     }
 
+    /// The bytes of one blob record for entry `e`: its head and its prepared body.
+    fn encode_blob_record<'s>(
+        enc: &Encryption,
+        e: &PackEntry,
+        stored: &'s [u8],
+    ) -> Result<(Vec<u8>, Cow<'s, [u8]>), DecodeError> {
+        let prepared = prepare_blob(enc, &e.id, e.kind, stored)?;
+        let head = encode_blob_head(enc, e, &prepared)?;
+        Ok((head, prepared.body))
+    }
+
     fn fuzz_keys() -> Encryption {
         Encryption::Encrypted(Arc::new(RepositoryKeys::new(&[1; 32], &[2; 32], &[3; 32])))
     }
@@ -907,5 +912,39 @@ mod tests {
             ..entries[0]
         };
         assert!(read_blob(&enc, &pack, &relabelled).is_err());
+    }
+
+    /// Restore's path (opening in the read buffer) refuses what the copying path refuses.
+    #[test]
+    fn a_record_opened_in_place_is_refused_when_flipped_or_moved() {
+        let enc = fuzz_keys();
+        let (pack, entries) = pack_of(&enc, &[b"first blob", b"second blob"]);
+        let record_of = |e: &PackEntry| pack[e.offset as usize..].to_vec();
+        let mut good = record_of(&entries[1]);
+        assert_eq!(
+            read_record_in_place(&enc, &mut good, &entries[1]).unwrap(),
+            b"second blob"
+        );
+        let mut flipped = record_of(&entries[1]);
+        let last = entries[1].span() as usize - 1;
+        flipped[last] ^= 1;
+        assert!(matches!(
+            read_record_in_place(&enc, &mut flipped, &entries[1]),
+            Err(DecodeError::Unauthentic {
+                what: "blob content"
+            })
+        ));
+        let moved = PackEntry {
+            offset: entries[0].offset,
+            ..entries[1]
+        };
+        assert!(matches!(
+            read_record_in_place(&enc, &mut record_of(&entries[1]), &moved),
+            Err(DecodeError::Unauthentic {
+                what: "blob header"
+            })
+        ));
+        let mut plain_reader = record_of(&entries[1]);
+        assert!(read_record_in_place(&Encryption::Plain, &mut plain_reader, &entries[1]).is_err());
     }
 }

@@ -540,7 +540,7 @@ fn pack_contents(
             None => {
                 let mut buf = vec![0u8; e.span() as usize];
                 storage.read_exact(&id, e.offset, &mut buf)?;
-                pack::read_record(enc, &buf, e)
+                pack::read_record_in_place(enc, &mut buf, e)
             }
         };
         records.push(match raw.map(|raw| Snapshot::decode(&raw)) {
