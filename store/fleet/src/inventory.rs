@@ -341,6 +341,12 @@ fn check_word(value: &str, what: &str, extra: &str) -> Result<(), String> {
     }
 }
 
+/// Whether `name` may name an account (the rule `hosts.toml` is read with), for tools that
+/// take an account name elsewhere (the web front's users).
+pub fn check_account_name(name: &str) -> Result<(), String> {
+    check_word(name, "account name", ACCOUNT_CHARS)
+}
+
 fn duration_value(text: &str) -> Result<Duration, String> {
     let ns = xstore_retention::parse_duration(text).map_err(|e| e.to_string())?;
     let ns = u64::try_from(ns).map_err(|_| format!("{text:?}: must be positive"))?;
@@ -607,8 +613,7 @@ fn account(
     if a.name.trim().is_empty() {
         return Err("an account has an empty name".into());
     }
-    check_word(&a.name, "account name", ACCOUNT_CHARS)
-        .map_err(|e| format!("account {:?}: {e}", a.name))?;
+    check_account_name(&a.name).map_err(|e| format!("account {:?}: {e}", a.name))?;
     if accounts.iter().any(|o| o.name == a.name) {
         return Err(format!("account {} is listed twice", a.name));
     }

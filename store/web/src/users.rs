@@ -74,6 +74,9 @@ pub enum UsersError {
     /// A name, account or password that cannot be used.
     #[error("{0}")]
     Refused(String),
+    /// Writing the new file failed (the error names it).
+    #[error(transparent)]
+    Write(#[from] xstore::Error),
     /// Deriving or drawing key material failed.
     #[error("password hash: {0}")]
     Hash(String),
@@ -228,13 +231,10 @@ impl WebUsers {
     /// Parses users-file text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<WebUsers, UsersError> {
         let users: WebUsers = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| {
-                text.get(..s.start)
-                    .unwrap_or_default()
-                    .lines()
-                    .count()
-                    .max(1)
-            });
+            // Lines are counted from 1: the newlines before the error's first byte, plus one.
+            let line = e
+                .span()
+                .map(|s| text.get(..s.start).unwrap_or(text).matches('\n').count() + 1);
             let message = e.message().trim().replace('\n', " ");
             invalid(
                 origin,
@@ -256,14 +256,7 @@ impl WebUsers {
             if !seen.insert(u.name.as_str()) {
                 return Err(at("appears twice".into()));
             }
-            match (u.role, &u.account) {
-                (Role::Customer, Some(a)) => check_account(a).map_err(at)?,
-                (Role::Customer, None) => return Err(at("a customer needs an account".into())),
-                (Role::Operator, Some(_)) => {
-                    return Err(at("an operator has no account (operators see all)".into()))
-                }
-                (Role::Operator, None) => {}
-            }
+            check_role(u.role, u.account.as_deref()).map_err(at)?;
             if u.password.kdf != KDF {
                 return Err(at(format!(
                     "password kdf {:?} is not {KDF}",
@@ -323,25 +316,14 @@ pub fn add_user(
     accounts: &[&str],
 ) -> Result<WebUser, UsersError> {
     check_name(&user.name).map_err(UsersError::Refused)?;
-    match (user.role, &user.account) {
-        (Role::Customer, Some(a)) => {
-            check_account(a).map_err(UsersError::Refused)?;
-            if !accounts.contains(&a.as_str()) {
-                return Err(UsersError::Refused(format!(
-                    "account {} is not in the inventory",
-                    xstore::text::printable(a)
-                )));
-            }
+    check_role(user.role, user.account.as_deref()).map_err(UsersError::Refused)?;
+    if let Some(a) = &user.account {
+        if !accounts.contains(&a.as_str()) {
+            return Err(UsersError::Refused(format!(
+                "account {} is not in the inventory",
+                xstore::text::printable(a)
+            )));
         }
-        (Role::Customer, None) => {
-            return Err(UsersError::Refused("a customer needs an account".into()))
-        }
-        (Role::Operator, Some(_)) => {
-            return Err(UsersError::Refused(
-                "an operator has no account (operators see all)".into(),
-            ))
-        }
-        (Role::Operator, None) => {}
     }
     check_password(password)?;
     edit(path, |users| {
@@ -381,7 +363,8 @@ pub fn set_password(path: &Path, name: &str, password: &str) -> Result<(), Users
             .get_mut(at)
             .ok_or_else(|| UsersError::NoSuchUser(name.into()))?;
         user.password = PasswordHash::new(password)?;
-        user.password_changed_ns = xstore::now_ns().max(user.password_changed_ns + 1);
+        // Later than the old time even if the clock went back: older sessions must end.
+        user.password_changed_ns = xstore::now_ns().max(user.password_changed_ns.saturating_add(1));
         Ok(())
     })
 }
@@ -395,10 +378,7 @@ fn edit<T>(
     let mut users = WebUsers::load(path)?;
     let out = change(&mut users)?;
     let text = users.to_text()?;
-    xstore::fsutil::write_atomic_private(path, text.as_bytes()).map_err(|e| UsersError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    xstore::fsutil::write_atomic_private(path, text.as_bytes())?;
     Ok(out)
 }
 
@@ -477,18 +457,14 @@ fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// An account name as the inventory allows it: printable, no `/`.
-fn check_account(account: &str) -> Result<(), String> {
-    if account.is_empty()
-        || account.len() > 255
-        || account.chars().any(|c| c.is_control() || c == '/')
-    {
-        return Err(format!(
-            "account {:?} is not an account name",
-            xstore::text::printable(account)
-        ));
+/// A customer has one account, named as the inventory names accounts; an operator none.
+fn check_role(role: Role, account: Option<&str>) -> Result<(), String> {
+    match (role, account) {
+        (Role::Customer, Some(a)) => xstore_fleet::inventory::check_account_name(a),
+        (Role::Customer, None) => Err("a customer needs an account".into()),
+        (Role::Operator, Some(_)) => Err("an operator has no account (operators see all)".into()),
+        (Role::Operator, None) => Ok(()),
     }
-    Ok(())
 }
 
 fn check_password(password: &str) -> Result<(), UsersError> {
@@ -626,6 +602,11 @@ mod tests {
             .to_string();
         assert!(e.starts_with("/etc/xstore/web-users.toml: line 3: "), "{e}");
         assert!(!e.contains('\n'), "{e}");
+        // An error whose place starts a line is on that line, not the one before.
+        let e = WebUsers::parse("[[user]]\nname = \"a\"\nbogus = 1\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/etc/xstore/web-users.toml: line 3: "), "{e}");
         let dup = format!(
             "{0}{0}",
             "[[user]]\nname = \"a\"\nrole = \"operator\"\ncreated_ns = 1\npassword_changed_ns = 1\n\
