@@ -8,7 +8,7 @@
 //! interleave. Lines are not synced one by one: a crash of the machine may lose the last few.
 
 use std::fs::File;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -114,23 +114,73 @@ impl AuditLog {
     }
 }
 
-/// The records of the log at `path` from `since_ns` on, oldest first; a line that does not
-/// parse (a torn last line after a crash) is skipped and counted.
-pub fn read(path: &Path, since_ns: i64) -> std::io::Result<(Vec<AuditRecord>, usize)> {
+/// The longest line read back: a record's texts are bounded, so anything longer is damage.
+const MAX_LINE: usize = 64 * 1024;
+
+/// The newest `at_most` records of the log at `path` from `since_ns` on, oldest first, and
+/// how many lines could not be read (a torn last line after a crash, a damaged one): memory
+/// stays bounded however long the log is.
+pub fn read(
+    path: &Path,
+    since_ns: i64,
+    at_most: usize,
+) -> std::io::Result<(Vec<AuditRecord>, usize)> {
     let file = crate::private::no_follow(std::fs::OpenOptions::new().read(true))
         .open(path)
         .map_err(|e| with_path(path, e))?;
-    let mut records = Vec::new();
+    let mut reader = std::io::BufReader::new(file);
+    let mut records = std::collections::VecDeque::new();
     let mut unreadable = 0;
-    for line in std::io::BufReader::new(file).split(b'\n') {
-        let line = line.map_err(|e| with_path(path, e))?;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| with_path(path, e))?;
+        if n == 0 {
+            break;
+        }
+        if line.len() > MAX_LINE {
+            // Too long to be a record: counted, and the rest of it passed over unread.
+            unreadable += 1;
+            skip_line(&mut reader).map_err(|e| with_path(path, e))?;
+            continue;
+        }
         match serde_json::from_slice::<AuditRecord>(&line) {
-            Ok(r) if r.at_ns >= since_ns => records.push(r),
+            Ok(r) if r.at_ns >= since_ns => {
+                if records.len() == at_most {
+                    records.pop_front();
+                }
+                if at_most > 0 {
+                    records.push_back(r);
+                }
+            }
             Ok(_) => {}
             Err(_) => unreadable += 1,
         }
     }
-    Ok((records, unreadable))
+    Ok((records.into(), unreadable))
+}
+
+/// Consumes `reader` up to and including the next newline, holding at most one buffer.
+fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
+    }
 }
 
 fn with_path(path: &Path, e: std::io::Error) -> std::io::Error {
@@ -174,11 +224,6 @@ fn bounded(event: AuditEvent) -> AuditEvent {
     }
 }
 
-/// A path or name as the log keeps it: the host's bytes as UTF-8, U+FFFD where they are not.
-pub fn text_of(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -210,7 +255,7 @@ mod tests {
                 user: "alice".into(),
                 host: "web1".into(),
                 snapshot: "3c1f9a2e".into(),
-                path: text_of(b"/var/www/\xff\x1b[31m<script>.php"),
+                path: String::from_utf8_lossy(b"/var/www/\xff\x1b[31m<script>.php").into_owned(),
                 format: "file".into(),
                 bytes: 1234,
             },
@@ -227,7 +272,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 3, "{text}");
         assert!(!text.contains('\u{1b}'), "{text}");
-        let (records, unreadable) = read(&path, 0).unwrap();
+        let (records, unreadable) = read(&path, 0, 100).unwrap();
         assert_eq!(unreadable, 0);
         assert_eq!(records.len(), 3);
         assert!(
@@ -244,7 +289,10 @@ mod tests {
             AuditEvent::Logout { user } => assert!(user.len() <= MAX_TEXT + 3),
             other => panic!("{other:?}"),
         }
-        assert_eq!(read(&path, 2).unwrap().0.len(), 2);
+        assert_eq!(read(&path, 2, 100).unwrap().0.len(), 2);
+        // The newest records when more match than are asked for.
+        let newest = read(&path, 0, 2).unwrap().0;
+        assert_eq!(newest.iter().map(|r| r.at_ns).collect::<Vec<_>>(), [2, 3]);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o600);
     }
@@ -266,7 +314,7 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_last_line_is_skipped_and_counted() {
+    fn torn_and_overlong_lines_are_skipped_and_counted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let log = AuditLog::open(&path).unwrap();
@@ -277,8 +325,25 @@ mod tests {
             .append(true)
             .open(&path)
             .unwrap();
-        f.write_all(b"{\"at_ns\":6,\"addr").unwrap();
-        let (records, unreadable) = read(&path, 0).unwrap();
-        assert_eq!((records.len(), unreadable), (1, 1));
+        // A damaged stretch far longer than any record, then a good line after it.
+        f.write_all(&vec![b'x'; 3 * MAX_LINE]).unwrap();
+        f.write_all(b"\n").unwrap();
+        drop(f);
+        log.record(
+            7,
+            a,
+            AuditEvent::Logout {
+                user: "carol".into(),
+            },
+        )
+        .unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"{\"at_ns\":8,\"addr").unwrap();
+        let (records, unreadable) = read(&path, 0, 100).unwrap();
+        assert_eq!((records.len(), unreadable), (2, 2));
+        assert_eq!(records[1].at_ns, 7);
     }
 }
