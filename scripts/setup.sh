@@ -12,6 +12,9 @@ command -v rsnapshot >/dev/null 2>&1 || _xs_need+=(rsnapshot)
 command -v fusermount3 >/dev/null 2>&1 || _xs_need+=(fuse3)
 # NFS tests use a userspace NFS client (no kernel module): nfs-ls, nfs-cat, nfs-cp.
 command -v nfs-ls >/dev/null 2>&1 || _xs_need+=(libnfs-utils)
+# Web front tests drive Debian's headless chromium through its WebDriver (chromedriver).
+command -v chromium >/dev/null 2>&1 || _xs_need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || _xs_need+=(chromium-driver)
 if [ ${#_xs_need[@]} -gt 0 ]; then
   echo "installing: ${_xs_need[*]}" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -173,6 +173,10 @@ enum Command {
     /// Export the repository read-only over NFSv3: one export per account, each open only to
     /// its hosts' addresses; runs until interrupted.
     ServeNfs(browse::NfsArgs),
+    /// Serve the web front: customers browse and download from their hosts' snapshots,
+    /// operators see the fleet; HTTPS, or HTTP on a Unix socket behind a proxy. Runs until
+    /// stopped.
+    ServeWeb(web::ServeWebArgs),
     /// Generate manual pages or shell completions.
     Generate {
         #[command(subcommand)]
@@ -510,6 +514,7 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Init(args) => commands::init(cli, args),
         Command::Key { what } => keys::key(cli, what),
         Command::WebUser { what } => web::web_user(cli, what),
+        Command::ServeWeb(args) => web::serve_web(cli, args),
         Command::FixPermissions(args) => commands::fix_permissions(cli, args),
         Command::Backup(args) => commands::backup(cli, args),
         Command::Snapshots(args) => commands::snapshots(cli, args),

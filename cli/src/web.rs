@@ -163,3 +163,63 @@ fn list(cli: &Cli, path: &Path) -> Result<u8> {
     }
     Ok(EXIT_OK)
 }
+
+/// Where the audit log of the web front goes unless `--audit-log` says otherwise.
+pub(crate) const DEFAULT_AUDIT_LOG: &str = "/var/log/xstore/web-audit.log";
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("listener").required(true).args(["listen", "unix"])))]
+pub(crate) struct ServeWebArgs {
+    /// HTTPS on this address (port 0: any free port, printed), with --tls-cert and --tls-key.
+    #[arg(long, value_name = "ADDR:PORT", requires_all = ["tls_cert", "tls_key"])]
+    listen: Option<std::net::SocketAddr>,
+    /// The certificate chain (PEM, leaf first).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Plain HTTP on this Unix socket, for a reverse proxy that terminates TLS and sets
+    /// X-Forwarded-For.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["listen", "tls_cert", "tls_key"])]
+    unix: Option<PathBuf>,
+    /// The inventory: accounts and their hosts.
+    #[arg(long, env = "XSTORE_INVENTORY", default_value = DEFAULT_INVENTORY)]
+    inventory: PathBuf,
+    #[command(flatten)]
+    file: UsersFile,
+    /// The audit log of logins and downloads (created 0600).
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_AUDIT_LOG)]
+    audit_log: PathBuf,
+    /// Downloads at once; more are answered 503 (Retry-After).
+    #[arg(long, default_value_t = 256)]
+    max_downloads: usize,
+}
+
+/// `xstore serve-web`: runs the web front until the process is stopped.
+pub(crate) fn serve_web(cli: &Cli, args: &ServeWebArgs) -> Result<u8> {
+    let listen = match (&args.unix, args.listen, &args.tls_cert, &args.tls_key) {
+        (Some(path), ..) => xstore_web::Listen::Unix(path.clone()),
+        (None, Some(addr), Some(cert), Some(key)) => xstore_web::Listen::Https {
+            addr,
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => anyhow::bail!("serve-web needs --listen with --tls-cert and --tls-key, or --unix"),
+    };
+    let mut config = xstore_web::WebConfig::new(
+        crate::repo_path(cli)?,
+        args.inventory.clone(),
+        args.file.users.clone(),
+        args.audit_log.clone(),
+        listen,
+    );
+    config.max_downloads = args.max_downloads;
+    let quiet = cli.quiet;
+    xstore_web::serve_web(&config, &mut |at| {
+        if !quiet {
+            outln!("xstore web front listening on {at}");
+        }
+    })?;
+    Ok(EXIT_OK)
+}

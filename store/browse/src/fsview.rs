@@ -169,6 +169,18 @@ struct Catalog {
     loaded: Instant,
 }
 
+/// A snapshot of a host as the view names it.
+#[derive(Debug, Clone)]
+pub struct NamedSnapshot {
+    /// Its stable directory name under `hosts/<host>/` ([`snapshot_dir_name`], with the
+    /// short id added when two started in the same second).
+    pub name: String,
+    /// The snapshot.
+    pub snapshot: Arc<Snapshot>,
+    /// The tier positions naming it now (`daily.1`), in tier order.
+    pub positions: Vec<String>,
+}
+
 /// Where a file's bytes are: its chunks and the offset each starts at.
 struct FileIndex {
     chunks: Vec<ChunkRef>,
@@ -243,6 +255,12 @@ fn tree_bytes(entries: &[Entry]) -> usize {
             std::mem::size_of::<Entry>() + e.name.len() + content + xattrs
         })
         .sum()
+}
+
+/// Sort key of a tier position: by tier name, then by number (`daily.2` before `daily.10`).
+fn position_order(position: &str) -> (String, u64) {
+    let (tier, n) = position.rsplit_once('.').unwrap_or((position, "0"));
+    (tier.to_string(), n.parse::<u64>().unwrap_or(u64::MAX))
 }
 
 fn ino_of(key: &[u8]) -> u64 {
@@ -368,6 +386,46 @@ impl FsView {
         let fresh = Arc::new(Self::load(&self.path, &self.opts)?);
         *self.catalog.write().map_err(lock_err)? = fresh.clone();
         Ok(fresh)
+    }
+
+    /// The hosts the view shows (those with snapshots), by name.
+    pub fn hosts(&self) -> FsResult<Vec<HostName>> {
+        let mut hosts: Vec<HostName> = self.catalog()?.by_host.keys().cloned().collect();
+        hosts.sort();
+        Ok(hosts)
+    }
+
+    /// The snapshots of `host` the view shows, oldest first (none for a host it does not
+    /// show).
+    pub fn host_snapshots(&self, host: &str) -> FsResult<Vec<NamedSnapshot>> {
+        let cat = self.catalog()?;
+        let mut named: Vec<NamedSnapshot> = cat
+            .by_host
+            .get(host)
+            .into_iter()
+            .flatten()
+            .map(|(name, s)| NamedSnapshot {
+                name: name.clone(),
+                snapshot: s.clone(),
+                positions: Vec::new(),
+            })
+            .collect();
+        for (position, hosts) in &cat.positions {
+            if let Some(s) = hosts.get(host) {
+                if let Some(n) = named.iter_mut().find(|n| n.snapshot.id == s.id) {
+                    n.positions.push(position.clone());
+                }
+            }
+        }
+        for n in &mut named {
+            n.positions.sort_by_key(|p| position_order(p));
+        }
+        Ok(named)
+    }
+
+    /// The read-only repository handle the view reads (reopened on refresh).
+    pub fn repository(&self) -> FsResult<Arc<Repository>> {
+        Ok(self.catalog()?.repo.clone())
     }
 
     fn repo(&self) -> FsResult<Arc<Repository>> {
@@ -524,10 +582,7 @@ impl FsView {
             Kind::Root => {
                 let cat = self.catalog()?;
                 let mut tiers: Vec<&String> = cat.positions.keys().collect();
-                tiers.sort_by_key(|p| {
-                    let (t, n) = p.rsplit_once('.').unwrap_or((p, "0"));
-                    (t.to_string(), n.parse::<u64>().unwrap_or(u64::MAX))
-                });
+                tiers.sort_by_key(|p| position_order(p));
                 let mut v: Vec<(Vec<u8>, Kind)> = tiers
                     .into_iter()
                     .map(|p| (p.as_bytes().to_vec(), Kind::Tier(p.clone())))

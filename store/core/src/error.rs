@@ -178,6 +178,10 @@ pub enum Error {
         /// The snapshot (short id).
         snapshot: String,
     },
+    /// The reader a request acts for may not read what it asked for (a dump of a file it
+    /// may not read, or of a directory it may not list).
+    #[error("{0}: permission denied")]
+    PermissionDenied(String),
     /// An invalid argument (host name, exclude pattern, chunker parameters…).
     #[error("{0}")]
     InvalidArgument(String),

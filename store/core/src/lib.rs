@@ -70,7 +70,7 @@ pub use commands::backup::{
 };
 pub use commands::check::{CheckOptions, CheckReport, KindStats, Problem, Stats};
 pub use commands::diff::{entry_os_name, Change, DiffItem};
-pub use commands::dump::{DumpFormat, DumpSummary};
+pub use commands::dump::{DumpFormat, DumpRequest, DumpSummary};
 pub use commands::find::{
     AbsentSince, FindOptions, FindReport, FoundPath, FoundVersion, VersionChange,
 };

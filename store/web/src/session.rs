@@ -101,6 +101,11 @@ impl Sessions {
         }
     }
 
+    /// The rules these sessions live by.
+    pub fn rules(&self) -> SessionRules {
+        self.rules
+    }
+
     /// Starts a session for `user` (whose password was just checked) at `now_ns`.
     pub fn create(&self, user: &WebUser, now_ns: i64) -> Result<NewSession, getrandom::Error> {
         let token = random_token()?;

@@ -48,6 +48,32 @@ pub struct DumpSummary {
     pub skipped: Vec<String>,
     /// Paths that are not UTF-8, which zip holds with U+FFFD in place of the other bytes.
     pub renamed: Vec<String>,
+    /// Entries left out because the dump's reader may not take them
+    /// ([`DumpRequest::may_take`]): files it may not read, and what is inside directories it
+    /// may not list.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub denied: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What a dump of one reader takes: a path given as bytes (names need not be UTF-8) and a
+/// rule for which entries the reader may take, as the kernel would let a `tar` run by that
+/// reader take them.
+pub struct DumpRequest<'a> {
+    /// The path inside the snapshot, `/`-separated (`b"/"` or empty: the root).
+    pub path: &'a [u8],
+    /// `None`: the file's bytes when the path is a file, else a tar archive.
+    pub format: Option<DumpFormat>,
+    /// Whether the reader may take an entry: a file's content (read permission), a
+    /// directory's listing (read and search permission). Entries of a directory it may not
+    /// list and files it may not read are left out and counted in
+    /// [`DumpSummary::denied`]; a directory it may not list is still written, empty, and
+    /// other kinds (symlinks, devices, fifos) carry no content and are always written.
+    /// `None`: everything (the repository's owner dumping).
+    pub may_take: Option<&'a dyn Fn(&Entry) -> bool>,
 }
 
 fn output_error(source: std::io::Error) -> Error {
@@ -64,6 +90,26 @@ struct Item {
     entry: Entry,
     /// For a hard link after its first path: that path.
     link_to: Option<Vec<u8>>,
+}
+
+/// The entries a dump writes, collected before any is written.
+struct Plan<'a> {
+    items: Vec<Item>,
+    /// (device, inode) of hard-linked files → the first path written.
+    first_of_inode: HashMap<(u64, u64), Vec<u8>>,
+    may_take: Option<&'a dyn Fn(&Entry) -> bool>,
+    denied: u64,
+}
+
+impl Plan<'_> {
+    /// Whether the reader may take the entry's content (files, directories); other kinds
+    /// have none.
+    fn may(&self, entry: &Entry) -> bool {
+        match (self.may_take, entry.kind) {
+            (Some(may), EntryKind::File | EntryKind::Dir) => may(entry),
+            _ => true,
+        }
+    }
 }
 
 /// A stretch of a file: data at `offset`, or a hole.
@@ -256,17 +302,44 @@ impl Repository {
         format: Option<DumpFormat>,
         out: &mut dyn Write,
     ) -> Result<DumpSummary> {
-        let node = self.lookup(snapshot, path)?;
-        let mut items = Vec::new();
-        let mut first_of_inode: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+        let request = DumpRequest {
+            path: path.as_bytes(),
+            format,
+            may_take: None,
+        };
+        self.dump_request(snapshot, &request, out)
+    }
+
+    /// [`Repository::dump`] of what a [`DumpRequest`] says: its path as bytes, and only what
+    /// its reader may take. A file the reader may not read, asked for by its own path, is
+    /// [`Error::PermissionDenied`]; so is a directory it may not list. The caller checks the
+    /// directories on the way (search permission), as a path walk does.
+    pub fn dump_request(
+        &self,
+        snapshot: &Snapshot,
+        request: &DumpRequest<'_>,
+        out: &mut dyn Write,
+    ) -> Result<DumpSummary> {
+        let format = request.format;
+        let node = self.lookup_bytes(snapshot, request.path)?;
+        let mut plan = Plan {
+            items: Vec::new(),
+            first_of_inode: HashMap::new(),
+            may_take: request.may_take,
+            denied: 0,
+        };
+        let denied = || Error::PermissionDenied(String::from_utf8_lossy(request.path).into_owned());
         match &node {
             Node::Root(id) => {
                 for child in self.tree(id)?.entries {
                     let name = child.name.clone();
-                    self.dump_plan(name, child, &mut items, &mut first_of_inode)?;
+                    self.dump_plan(name, child, &mut plan)?;
                 }
             }
             Node::Entry(e) => {
+                if !plan.may(e) {
+                    return Err(denied());
+                }
                 if format.is_none() && e.kind == EntryKind::File {
                     let bytes = self.cat(e, out)?;
                     return Ok(DumpSummary {
@@ -275,13 +348,15 @@ impl Repository {
                         ..Default::default()
                     });
                 }
-                self.dump_plan(e.name.clone(), e.clone(), &mut items, &mut first_of_inode)?;
+                self.dump_plan(e.name.clone(), e.clone(), &mut plan)?;
             }
         }
-        match format.unwrap_or(DumpFormat::Tar) {
-            DumpFormat::Tar => self.write_tar(&items, out),
-            DumpFormat::Zip => self.write_zip(&items, out),
-        }
+        let mut summary = match format.unwrap_or(DumpFormat::Tar) {
+            DumpFormat::Tar => self.write_tar(&plan.items, out),
+            DumpFormat::Zip => self.write_zip(&plan.items, out),
+        }?;
+        summary.denied = plan.denied;
+        Ok(summary)
     }
 
     /// [`Repository::dump`] into a new file at `dest`. The directory is reached as a restore
@@ -367,35 +442,41 @@ impl Repository {
         Ok(out)
     }
 
-    fn dump_plan(
-        &self,
-        path: Vec<u8>,
-        entry: Entry,
-        items: &mut Vec<Item>,
-        first_of_inode: &mut HashMap<(u64, u64), Vec<u8>>,
-    ) -> Result<()> {
+    fn dump_plan(&self, path: Vec<u8>, entry: Entry, plan: &mut Plan<'_>) -> Result<()> {
         let sub = entry.subtree();
         let mut link_to = None;
         if entry.kind == EntryKind::File && entry.attrs.nlink > 1 {
             let key = (entry.attrs.dev, entry.attrs.inode);
-            match first_of_inode.get(&key) {
+            match plan.first_of_inode.get(&key) {
                 Some(first) => link_to = Some(first.clone()),
                 None => {
-                    first_of_inode.insert(key, path.clone());
+                    plan.first_of_inode.insert(key, path.clone());
                 }
             }
         }
-        items.push(Item {
+        // What the reader may not take is left out; a directory it may not list is kept
+        // (its name was listed), without what it holds.
+        let listable = plan.may(&entry);
+        if !listable && entry.kind == EntryKind::File {
+            plan.denied += 1;
+            return Ok(());
+        }
+        plan.items.push(Item {
             path: path.clone(),
             entry,
             link_to,
         });
         if let Some(id) = sub {
-            for child in self.tree(&id)?.entries {
+            let children = self.tree(&id)?.entries;
+            if !listable {
+                plan.denied += children.len() as u64;
+                return Ok(());
+            }
+            for child in children {
                 let mut p = path.clone();
                 p.push(b'/');
                 p.extend_from_slice(&child.name);
-                self.dump_plan(p, child, items, first_of_inode)?;
+                self.dump_plan(p, child, plan)?;
             }
         }
         Ok(())

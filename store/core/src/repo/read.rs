@@ -289,15 +289,24 @@ impl Repository {
 
     /// Finds the node at `path` ("/", "", "/etc/passwd", "etc/passwd") in a snapshot.
     pub fn lookup(&self, snapshot: &Snapshot, path: &str) -> Result<Node> {
+        self.lookup_bytes(snapshot, path.as_bytes())
+    }
+
+    /// [`Repository::lookup`] of a path given as bytes (names need not be UTF-8). `.` parts
+    /// are skipped; `..` is a name like any other (no entry has it).
+    pub fn lookup_bytes(&self, snapshot: &Snapshot, path: &[u8]) -> Result<Node> {
         let mut node = Node::Root(snapshot.root);
-        for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        for part in path
+            .split(|b| *b == b'/')
+            .filter(|p| !p.is_empty() && *p != b".")
+        {
             let not_found = || Error::PathNotFound {
-                path: path.to_string(),
+                path: String::from_utf8_lossy(path).into_owned(),
                 snapshot: snapshot.id.short(),
             };
             let tree_id = node.tree_id().ok_or_else(not_found)?;
             let tree = self.tree(&tree_id)?;
-            let entry = tree.get(part.as_bytes()).ok_or_else(not_found)?;
+            let entry = tree.get(part).ok_or_else(not_found)?;
             node = Node::Entry(entry.clone());
         }
         Ok(node)

@@ -1,0 +1,463 @@
+//! The web front (`xstore serve-web`) over plain HTTP on its Unix socket, as a reverse proxy
+//! (or an attacker with a hand-made request) talks to it: logins and their limits, what a
+//! customer may see and take, downloads that equal the backup, traversal in every encoding,
+//! another account's hosts and snapshot ids, hostile names, 100 downloads at once.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+mod webfront;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::ok;
+use webfront::{fleet, login, request, serve_unix, snapshots_of, try_login, Fleet, HOSTILE};
+
+/// `/{kind}/web1/{snapshot}/<web1's source path>/{rel}`.
+fn url(f: &Fleet, kind: &str, snapshot: &str, rel: &str) -> String {
+    let base = f.web1.to_str().unwrap().trim_start_matches('/');
+    let rel = if rel.is_empty() {
+        String::new()
+    } else {
+        format!("/{rel}")
+    };
+    format!("/{kind}/web1/{snapshot}/{base}{rel}")
+}
+
+/// Every file under `dir` with the hash of its bytes and its mode, by relative path.
+fn tree(dir: &Path) -> Vec<(String, String, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let meta = fs::symlink_metadata(e.path()).unwrap();
+            let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+            if meta.is_dir() {
+                stack.push(e.path());
+                out.push((rel, String::new(), meta.permissions().mode() & 0o7777));
+            } else {
+                let hash = blake3::hash(&fs::read(e.path()).unwrap())
+                    .to_hex()
+                    .to_string();
+                out.push((rel, hash, meta.permissions().mode() & 0o7777));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_customer_browses_downloads_and_gets_exactly_the_backup() {
+    let f = fleet(3 << 20);
+    let server = serve_unix(&f);
+    let alice = login(&server.socket(), "alice");
+
+    // The hosts page: web1 with its freshness, db1 nowhere.
+    let hosts = alice.get("/hosts").text();
+    assert!(hosts.contains("href=\"/host/web1\""), "{hosts}");
+    assert!(!hosts.contains("db1"), "{hosts}");
+    // web1's snapshots under their tier names.
+    let host = alice.get("/host/web1").text();
+    for position in ["daily.1", "daily.0", "hourly.0"] {
+        assert!(
+            host.contains(&format!(">{position}<")),
+            "{position}: {host}"
+        );
+    }
+    // daily.1 is the first backup: its index.html is version 0, through page and download.
+    let page = alice.get(&url(&f, "browse", "daily.1", "var/www"));
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(page.text().contains(">index.html<"), "{}", page.text());
+    let file_page = alice
+        .get(&url(&f, "browse", "daily.1", "var/www/index.html"))
+        .text();
+    assert!(file_page.contains("Versions"), "{file_page}");
+    assert_eq!(file_page.matches("changed").count(), 3, "{file_page}");
+    let got = alice.get(&url(&f, "download", "daily.1", "var/www/index.html"));
+    assert_eq!(got.status, 200);
+    assert_eq!(got.text(), f.index_versions[0]);
+    assert_eq!(
+        got.header("content-disposition"),
+        Some("attachment; filename=\"index.html\"; filename*=UTF-8''index.html")
+    );
+    assert_eq!(got.header("content-type"), Some("application/octet-stream"));
+    let newest = alice.get(&url(&f, "download", "hourly.0", "var/www/index.html"));
+    assert_eq!(newest.text(), f.index_versions[2]);
+    // The same snapshot by id prefix and by stable name.
+    let (stable, id) = snapshots_of(&f.repo, "web1").remove(0);
+    let by_id = alice.get(&url(&f, "download", &id[..12], "var/www/index.html"));
+    assert_eq!(by_id.text(), f.index_versions[0], "{}", by_id.status);
+    let by_name = alice.get(&url(&f, "download", &stable, "var/www/index.html"));
+    assert!(
+        by_name.status == 200 || by_name.status == 404,
+        "{}",
+        by_name.status
+    );
+
+    // Ranges of the big file: a middle, a suffix, past the end.
+    let big = webfront::pattern(3 << 20, 7);
+    let big_url = url(&f, "download", "hourly.0", "var/www/big.bin");
+    let part = alice.get_with(&big_url, &[("Range", "bytes=1000000-1999999")]);
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, big[1_000_000..2_000_000]);
+    assert_eq!(
+        part.header("content-range"),
+        Some(format!("bytes 1000000-1999999/{}", big.len()).as_str())
+    );
+    let tail = alice.get_with(&big_url, &[("Range", "bytes=-10")]);
+    assert_eq!(tail.body, big[big.len() - 10..]);
+    let past = alice.get_with(&big_url, &[("Range", "bytes=99999999-")]);
+    assert_eq!(past.status, 416);
+    assert_eq!(alice.get(&big_url).body, big);
+
+    // var/www as .tar.gz and .zip unpacks to what restore writes.
+    let restored = f.path("restored");
+    ok(
+        &f.repo,
+        &[
+            "restore",
+            &id[..12],
+            restored.to_str().unwrap(),
+            "--path",
+            &format!("{}/var/www", f.web1.display()),
+        ],
+    );
+    let want = tree(&restored.join("www"));
+    for (format, unpack) in [
+        ("tar.gz", vec!["tar", "xzf"]),
+        // -^: keep control characters in names (unzip's default strips them).
+        ("zip", vec!["unzip", "-q", "-^"]),
+    ] {
+        let archive = alice.get(&format!(
+            "{}?format={format}",
+            url(&f, "download", &id[..12], "var/www")
+        ));
+        assert_eq!(archive.status, 200);
+        assert_eq!(
+            archive.header("content-disposition"),
+            Some(
+                format!("attachment; filename=\"www.{format}\"; filename*=UTF-8''www.{format}")
+                    .as_str()
+            )
+        );
+        let out = f.path(&format!("unpacked-{format}"));
+        fs::create_dir_all(&out).unwrap();
+        let file = f.path(&format!("www.{format}"));
+        fs::write(&file, &archive.body).unwrap();
+        let status = Command::new(unpack[0])
+            .args(&unpack[1..])
+            .arg(&file)
+            .current_dir(&out)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{format}");
+        let got = tree(&out.join("www"));
+        // zip keeps modes of files and directories; tar everything.
+        assert_eq!(got, want, "{format}");
+    }
+
+    // The audit log names each download with its bytes.
+    let audit = fs::read_to_string(f.path("audit.log")).unwrap();
+    let downloads: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["event"] == "download")
+        .collect();
+    assert!(downloads
+        .iter()
+        .all(|d| d["user"] == "alice" && d["host"] == "web1"));
+    assert!(downloads
+        .iter()
+        .any(|d| d["format"] == "zip" && d["path"].as_str().unwrap().ends_with("/var/www")));
+    assert!(downloads
+        .iter()
+        .any(|d| d["format"] == "file" && d["bytes"] == (3u64 << 20)));
+}
+
+#[test]
+fn another_accounts_hosts_and_snapshots_are_not_found_and_paths_never_climb() {
+    let f = fleet(1000);
+    let server = serve_unix(&f);
+    let alice = login(&server.socket(), "alice");
+    let db1_id = snapshots_of(&f.repo, "db1").remove(0).1;
+    let db1_name = snapshots_of(&f.repo, "db1").remove(0).0;
+    // Another account's host, its snapshot by stable name and by id under alice's host:
+    // the same 404 as a host or snapshot that does not exist.
+    for target in [
+        "/host/db1".to_string(),
+        format!("/browse/db1/{db1_name}/"),
+        format!("/browse/db1/{}/", &db1_id[..12]),
+        format!("/download/db1/{}/var/lib/other-customer.sql", &db1_id[..12]),
+        format!("/browse/web1/{}/", &db1_id[..12]),
+        format!("/browse/web1/{db1_id}/"),
+        "/host/nosuchhost".to_string(),
+        "/browse/nosuchhost/daily.0/".to_string(),
+        "/browse/web1/daily.9/".to_string(),
+    ] {
+        let got = alice.get(&target);
+        assert_eq!(got.status, 404, "{target}: {}", got.text());
+        assert!(!got.text().contains("other customer"), "{target}");
+    }
+    // Traversal in every spelling: refused (400) or not found, never another's file.
+    let base = url(&f, "browse", "daily.0", "");
+    for target in [
+        format!("{base}/../../../../db1"),
+        format!("{base}/%2e%2e/%2e%2e"),
+        format!("{base}/%2E%2E%2f%2E%2E"),
+        format!("{base}/..%2f..%2fdb1"),
+        format!("{base}/%252e%252e/%252e%252e"),
+        format!("{base}/.%2e/"),
+        "/browse/web1/daily.0/..%2f..%2fdb1%2f".to_string(),
+        "/browse/web1/..%2Fdb1/".to_string(),
+        "/browse/..%2fdb1/daily.0/".to_string(),
+        "/browse/web1%2f..%2fdb1/daily.0/".to_string(),
+        format!("/download/web1/daily.0/..%2F..%2Fhosts%2Fdb1%2F{db1_name}%2Fvar%2Flib%2Fother-customer.sql"),
+        format!("/download/web1/daily.0/%2e%2e/%2e%2e/hosts/db1/{db1_name}/var/lib/other-customer.sql"),
+        "/download/web1/daily.0/a%00b".to_string(),
+        "/static/../hosts".to_string(),
+    ] {
+        let got = alice.get(&target);
+        assert!(
+            got.status == 400 || got.status == 404,
+            "{target}: {} {}",
+            got.status,
+            got.text()
+        );
+        assert!(!got.text().contains("other customer"), "{target}");
+    }
+    // Without a session: to the login form, nothing served.
+    let anonymous = request(
+        &server.socket(),
+        "GET",
+        &url(&f, "download", "daily.0", "etc/hostname"),
+        &[],
+        b"",
+    );
+    assert_eq!(anonymous.status, 303);
+    assert_eq!(anonymous.header("location"), Some("/login"));
+    // bob sees db1 and not web1.
+    let bob = login(&server.socket(), "bob");
+    assert!(bob.get("/hosts").text().contains("db1"));
+    assert_eq!(bob.get(&url(&f, "browse", "daily.0", "")).status, 404);
+    // The operator sees both.
+    let olga = login(&server.socket(), "olga");
+    let hosts = olga.get("/hosts").text();
+    assert!(hosts.contains("web1") && hosts.contains("db1"), "{hosts}");
+}
+
+#[test]
+fn a_customer_reads_as_its_hosts_squashed_root_and_the_operator_as_root() {
+    let f = fleet(1000);
+    let server = serve_unix(&f);
+    let alice = login(&server.socket(), "alice");
+    // root/ is 0700 and root/secret.key 0600, both root's: a squashed root may not.
+    assert_eq!(alice.get(&url(&f, "browse", "daily.0", "root")).status, 403);
+    assert_eq!(
+        alice
+            .get(&url(&f, "download", "daily.0", "root/secret.key"))
+            .status,
+        403
+    );
+    // An archive of the host's whole tree leaves them out.
+    let whole = alice.get(&format!(
+        "{}?format=zip",
+        url(&f, "download", "daily.0", "")
+    ));
+    assert_eq!(whole.status, 200);
+    let zip = f.path("whole.zip");
+    fs::write(&zip, &whole.body).unwrap();
+    let listing = Command::new("unzip").arg("-l").arg(&zip).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("var/www/index.html"), "{listing}");
+    assert!(listing.contains("root/"), "{listing}");
+    assert!(!listing.contains("secret.key"), "{listing}");
+    let olga = login(&server.socket(), "olga");
+    let key = olga.get(&url(&f, "download", "daily.0", "root/secret.key"));
+    assert_eq!(key.status, 200);
+    assert_eq!(key.text(), "the customer's root key\n");
+}
+
+#[test]
+fn hostile_names_render_as_text_and_download_under_a_safe_name() {
+    let f = fleet(1000);
+    let server = serve_unix(&f);
+    for user in ["alice", "olga"] {
+        let c = login(&server.socket(), user);
+        let page = c.get(&url(&f, "browse", "daily.0", "var/www/hostile"));
+        assert_eq!(page.status, 200);
+        let text = page.text();
+        assert!(!text.contains("<script>alert"), "{text}");
+        assert!(!text.contains("<img src=x"), "{text}");
+        assert!(!text.contains('\x1b') && !text.contains('\x07'));
+        assert!(
+            text.contains("&lt;script&gt;alert(1)&lt;\\script&gt;"),
+            "{text}"
+        );
+        assert!(text.contains("bell\\x07esc\\x1b[2J"), "{text}");
+        assert!(page
+            .header("content-security-policy")
+            .unwrap()
+            .contains("default-src 'none'"));
+    }
+    let alice = login(&server.socket(), "alice");
+    for name in HOSTILE {
+        let encoded: String = name.iter().map(|b| format!("%{b:02X}")).collect();
+        let got = alice.get(&url(
+            &f,
+            "download",
+            "daily.0",
+            &format!("var/www/hostile/{encoded}"),
+        ));
+        assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(name));
+        assert_eq!(got.text(), "hostile\n");
+        // Exactly `attachment; filename="<no quote>"; filename*=UTF-8''<attr-chars>`.
+        let cd = got.header("content-disposition").unwrap();
+        let quoted = cd.strip_prefix("attachment; filename=\"").unwrap();
+        let (ascii, rest) = quoted.split_once('"').unwrap();
+        assert!(
+            ascii
+                .bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && b != b'\\'),
+            "{cd}"
+        );
+        let encoded = rest.strip_prefix("; filename*=UTF-8''").unwrap();
+        assert!(
+            encoded
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"%-._~!#$&+^`|".contains(&b)),
+            "{cd}"
+        );
+    }
+}
+
+#[test]
+fn logins_are_limited_and_forms_need_their_tokens() {
+    let f = fleet(1000);
+    let server = serve_unix(&f);
+    let socket = server.socket();
+    for _ in 0..5 {
+        assert_eq!(try_login(&socket, "alice", "wrong password").status, 401);
+    }
+    let limited = try_login(&socket, "alice", "wrong password");
+    assert_eq!(limited.status, 429, "{}", limited.text());
+    assert!(
+        limited
+            .header("retry-after")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
+    // Now even the right password waits: the limit is checked before the password.
+    assert_eq!(try_login(&socket, "alice", webfront::PASSWORD).status, 429);
+    // bob, from the same address, is not locked out by alice's attempts.
+    let bob = login(&socket, "bob");
+
+    // A login post without the form's cookie (another site's form) is refused.
+    let forged = request(
+        &socket,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        format!(
+            "user=bob&password={}&csrf=00",
+            webfront::form_value(webfront::PASSWORD)
+        )
+        .as_bytes(),
+    );
+    assert_eq!(forged.status, 403);
+    // Logout without the session's CSRF token: refused, the session lives on.
+    assert_eq!(bob.post("/logout", "csrf=").status, 403);
+    assert_eq!(bob.post("/logout", "").status, 403);
+    assert_eq!(bob.get("/hosts").status, 200);
+    // With it: the session ends, its cookie no longer opens anything.
+    let out = bob.post("/logout", &format!("csrf={}", bob.csrf));
+    assert_eq!(out.status, 303);
+    let after = bob.get("/hosts");
+    assert_eq!(after.status, 303);
+    assert_eq!(after.header("location"), Some("/login"));
+    // Cookies are Secure, HttpOnly, SameSite=Strict, host-only.
+    let ok_login = try_login(&socket, "olga", webfront::PASSWORD);
+    let set = ok_login
+        .headers
+        .iter()
+        .find(|(k, v)| k.eq_ignore_ascii_case("set-cookie") && v.starts_with("__Host-xstore="))
+        .unwrap()
+        .1
+        .clone();
+    for part in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(part), "{set}");
+    }
+    assert!(!set.contains("Domain"), "{set}");
+    // The audit log has the failures, the limit and the logout.
+    let audit = fs::read_to_string(f.path("audit.log")).unwrap();
+    assert!(audit.contains("\"reason\":\"rate limited\""), "{audit}");
+    assert_eq!(
+        audit
+            .matches("\"reason\":\"wrong user name or password\"")
+            .count(),
+        5
+    );
+    assert!(
+        audit.contains("\"event\":\"logout\",\"user\":\"bob\"")
+            || audit.contains("\"event\":\"logout\"")
+    );
+}
+
+/// GETs a file (a `Content-Length` body) and hashes it as it arrives: the status, the hash.
+fn hashed_download(socket: &Path, target: &str, cookie: &str) -> (u16, blake3::Hash) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let status = String::from_utf8_lossy(&head[9..12]).parse().unwrap();
+    let mut hasher = blake3::Hasher::new();
+    std::io::copy(&mut s, &mut hasher).unwrap();
+    (status, hasher.finalize())
+}
+
+#[test]
+fn a_hundred_downloads_at_once_stay_in_bounded_memory() {
+    const SIZE: usize = 48 << 20;
+    let f = fleet(SIZE);
+    let server = serve_unix(&f);
+    let alice = login(&server.socket(), "alice");
+    let want = blake3::hash(&webfront::pattern(SIZE, 7));
+    let target = url(&f, "download", "hourly.0", "var/www/big.bin");
+    let before = server.peak_rss();
+    let threads: Vec<_> = (0..100)
+        .map(|_| {
+            let socket = alice.socket.clone();
+            let cookie = alice.cookie.clone();
+            let target = target.clone();
+            std::thread::spawn(move || hashed_download(&socket, &target, &cookie))
+        })
+        .collect();
+    for t in threads {
+        let (status, hash) = t.join().unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(hash, want);
+    }
+    let peak = server.peak_rss();
+    eprintln!(
+        "100 downloads of {} MiB: server peak RSS {} MiB (before {} MiB)",
+        SIZE >> 20,
+        peak >> 20,
+        before >> 20
+    );
+    // Each download holds a few pieces in flight; the chunk cache is bounded (128 MiB).
+    assert!(peak < 512 << 20, "peak RSS {} MiB", peak >> 20);
+}
