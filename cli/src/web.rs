@@ -194,6 +194,12 @@ pub(crate) struct ServeWebArgs {
     /// Downloads at once; more are answered 503 (Retry-After).
     #[arg(long, default_value_t = 256)]
     max_downloads: usize,
+    /// A session not used for this long ends (e.g. 30m).
+    #[arg(long, value_name = "DURATION", value_parser = crate::values::period, default_value = "30m")]
+    session_idle: std::time::Duration,
+    /// A session ends this long after its login, however busy (e.g. 12h).
+    #[arg(long, value_name = "DURATION", value_parser = crate::values::period, default_value = "12h")]
+    session_lifetime: std::time::Duration,
 }
 
 /// `xstore serve-web`: runs the web front until the process is stopped.
@@ -215,6 +221,9 @@ pub(crate) fn serve_web(cli: &Cli, args: &ServeWebArgs) -> Result<u8> {
         listen,
     );
     config.max_downloads = args.max_downloads;
+    let ns = |d: std::time::Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    config.sessions.idle_ns = ns(args.session_idle);
+    config.sessions.lifetime_ns = ns(args.session_lifetime);
     let quiet = cli.quiet;
     xstore_web::serve_web(&config, &mut |at| {
         if !quiet {

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::ok;
-use webfront::{fleet, login, request, serve_unix, snapshots_of, try_login, Fleet, HOSTILE};
+use webfront::{fleet, login, request, serve_unix, snapshots_of, tree, try_login, Fleet, HOSTILE};
 
 /// `/{kind}/web1/{snapshot}/<web1's source path>/{rel}`.
 fn url(f: &Fleet, kind: &str, snapshot: &str, rel: &str) -> String {
@@ -23,31 +23,6 @@ fn url(f: &Fleet, kind: &str, snapshot: &str, rel: &str) -> String {
         format!("/{rel}")
     };
     format!("/{kind}/web1/{snapshot}/{base}{rel}")
-}
-
-/// Every file under `dir` with the hash of its bytes and its mode, by relative path.
-fn tree(dir: &Path) -> Vec<(String, String, u32)> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let meta = fs::symlink_metadata(e.path()).unwrap();
-            let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
-            if meta.is_dir() {
-                stack.push(e.path());
-                out.push((rel, String::new(), meta.permissions().mode() & 0o7777));
-            } else {
-                let hash = blake3::hash(&fs::read(e.path()).unwrap())
-                    .to_hex()
-                    .to_string();
-                out.push((rel, hash, meta.permissions().mode() & 0o7777));
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 #[test]

@@ -454,3 +454,27 @@ pub fn snapshots_of(repo: &Path, host: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Every file under `dir` with the hash of its bytes and its mode, by relative path.
+pub fn tree(dir: &Path) -> Vec<(String, String, u32)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let meta = fs::symlink_metadata(e.path()).unwrap();
+            let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+            if meta.is_dir() {
+                stack.push(e.path());
+                out.push((rel, String::new(), meta.permissions().mode() & 0o7777));
+            } else {
+                let hash = blake3::hash(&fs::read(e.path()).unwrap())
+                    .to_hex()
+                    .to_string();
+                out.push((rel, hash, meta.permissions().mode() & 0o7777));
+            }
+        }
+    }
+    out.sort();
+    out
+}
