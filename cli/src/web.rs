@@ -166,6 +166,8 @@ fn list(cli: &Cli, path: &Path) -> Result<u8> {
 
 /// Where the audit log of the web front goes unless `--audit-log` says otherwise.
 pub(crate) const DEFAULT_AUDIT_LOG: &str = "/var/log/xstore/web-audit.log";
+/// Where the web front keeps the history its charts draw unless `--history` says otherwise.
+pub(crate) const DEFAULT_HISTORY: &str = "/var/lib/xstore/web-history.jsonl";
 
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("listener").required(true).args(["listen", "unix"])))]
@@ -191,6 +193,13 @@ pub(crate) struct ServeWebArgs {
     /// The audit log of logins and downloads (created 0600).
     #[arg(long, value_name = "FILE", default_value = DEFAULT_AUDIT_LOG)]
     audit_log: PathBuf,
+    /// The history the charts draw (created 0600): usage and pulls, sampled every
+    /// --sample-every.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_HISTORY)]
+    history: PathBuf,
+    /// How often the repository's usage and new pulls are sampled into the history.
+    #[arg(long, value_name = "DURATION", value_parser = crate::values::period, default_value = "1h")]
+    sample_every: std::time::Duration,
     /// Downloads at once; more are answered 503 (Retry-After).
     #[arg(long, default_value_t = 256)]
     max_downloads: usize,
@@ -218,8 +227,10 @@ pub(crate) fn serve_web(cli: &Cli, args: &ServeWebArgs) -> Result<u8> {
         args.inventory.clone(),
         args.file.users.clone(),
         args.audit_log.clone(),
+        args.history.clone(),
         listen,
     );
+    config.sample_every = args.sample_every;
     config.max_downloads = args.max_downloads;
     let ns = |d: std::time::Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
     config.sessions.idle_ns = ns(args.session_idle);

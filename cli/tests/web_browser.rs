@@ -403,6 +403,11 @@ async fn a_customer_restores_in_a_real_browser_and_the_operator_sees_names_inert
     let hosts = c.source().await.unwrap();
     assert!(hosts.contains("web1") && hosts.contains("db1"), "{hosts}");
     shot(&c, "operator-hosts").await;
+    c.goto(&format!("{base}/operator")).await.unwrap();
+    wait_text(&c, "Hosts stale or failing").await;
+    shot(&c, "operator").await;
+    c.goto(&format!("{base}/usage")).await.unwrap();
+    shot(&c, "usage").await;
     c.goto(&format!("{}hostile/", directory_url.as_str()))
         .await
         .unwrap();

@@ -436,3 +436,64 @@ fn a_hundred_downloads_at_once_stay_in_bounded_memory() {
     // Each download holds a few pieces in flight; the chunk cache is bounded (128 MiB).
     assert!(peak < 512 << 20, "peak RSS {} MiB", peak >> 20);
 }
+
+#[test]
+fn the_operator_sees_the_fleet_its_charts_and_the_audit_log_and_customers_do_not() {
+    let f = fleet(1000);
+    let server = serve_unix(&f);
+    let alice = login(&server.socket(), "alice");
+    alice.get(&url(&f, "download", "daily.0", "etc/hostname"));
+    let olga = login(&server.socket(), "olga");
+    // web2 was never backed up: CRITICAL, with its cause.
+    let fleet_page = olga.get("/operator");
+    assert_eq!(fleet_page.status, 200);
+    let text = fleet_page.text();
+    assert!(text.contains("Hosts stale or failing (1 of 3)"), "{text}");
+    assert!(text.contains("never backed up completely"), "{text}");
+    assert!(
+        text.contains(">acme<") && text.contains(">other<"),
+        "{text}"
+    );
+    assert!(
+        text.contains(">verify<") && text.contains(">pulls<"),
+        "{text}"
+    );
+    // The audit log: alice's login and download, newest first.
+    let audit = olga.get("/audit").text();
+    assert!(
+        audit.contains("download") && audit.contains("etc/hostname"),
+        "{audit}"
+    );
+    // Charts are SVG images drawn from the history (sampled at start).
+    for chart in ["/chart/usage.svg", "/chart/pulls.svg"] {
+        let svg = olga.get(chart);
+        assert_eq!(svg.status, 200, "{chart}");
+        assert_eq!(svg.header("content-type"), Some("image/svg+xml"));
+        assert!(svg.text().starts_with("<svg"), "{chart}");
+    }
+    assert!(olga.get("/chart/usage.svg").text().contains("repository"));
+    let history = fs::read_to_string(f.path("history.jsonl")).unwrap();
+    assert!(
+        history.contains("\"kind\":\"account\",") && history.contains("\"account\":\"other\""),
+        "{history}"
+    );
+    // A customer: its own account's usage and chart, no operator page, no other account.
+    for page in [
+        "/operator",
+        "/audit",
+        "/chart/pulls.svg",
+        "/chart/other.svg",
+    ] {
+        assert_eq!(alice.get(page).status, 404, "{page}");
+    }
+    let usage = alice.get("/usage").text();
+    assert!(
+        usage.contains(">acme<") && !usage.contains(">other<"),
+        "{usage}"
+    );
+    let chart = alice.get("/chart/usage.svg").text();
+    assert!(
+        chart.contains("acme stored") && !chart.contains("other"),
+        "{chart}"
+    );
+}

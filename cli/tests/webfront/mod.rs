@@ -99,6 +99,7 @@ pub fn fleet(big_file: usize) -> Fleet {
         dir.join("hosts.toml"),
         "[[account]]\nname = \"acme\"\nallocation = \"1 GiB\"\n\n\
          [[account.host]]\nname = \"web1\"\naddress = \"127.0.0.1\"\n\n\
+         [[account.host]]\nname = \"web2\"\naddress = \"127.0.0.3\"\n\n\
          [[account]]\nname = \"other\"\nallocation = \"1 GiB\"\n\n\
          [[account.host]]\nname = \"db1\"\naddress = \"127.0.0.2\"\n",
     )
@@ -202,6 +203,7 @@ pub fn serve(fleet: &Fleet, listen: &[&str]) -> Server {
         .args(["--inventory", fleet.path("hosts.toml").to_str().unwrap()])
         .args(["--users", fleet.path("users.toml").to_str().unwrap()])
         .args(["--audit-log", fleet.path("audit.log").to_str().unwrap()])
+        .args(["--history", fleet.path("history.jsonl").to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -8,9 +8,9 @@
 //! interleave. Lines are not synced one by one: a crash of the machine may lose the last few.
 
 use std::fs::File;
-use std::io::{BufRead, Read, Write};
+
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
+
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -79,21 +79,9 @@ impl AuditLog {
     /// Opens (creating it 0600) the log at `path` for appending, never through a symlink. A
     /// log that other users may read or write is refused: it names what customers downloaded.
     pub fn open(path: &Path) -> std::io::Result<AuditLog> {
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(crate::private::open_flags())
-            .open(path)
-            .map_err(|e| with_path(path, e))?;
-        let refused = crate::private::refusal(&file, "who downloaded what")
-            .map_err(|e| with_path(path, e))?;
-        if let Some(reason) = refused {
-            return Err(with_path(path, std::io::Error::other(reason)));
-        }
         Ok(AuditLog {
             path: path.to_path_buf(),
-            file: Mutex::new(file),
+            file: Mutex::new(crate::jsonl::open_append(path, "who downloaded what")?),
         })
     }
 
@@ -104,18 +92,13 @@ impl AuditLog {
             address,
             event: bounded(event),
         };
-        let mut line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        let mut file = self
+        let file = self
             .file
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        file.write_all(&line).map_err(|e| with_path(&self.path, e))
+        crate::jsonl::append(&file, &self.path, &record)
     }
 }
-
-/// The longest line read back: a record's texts are bounded, so anything longer is damage.
-const MAX_LINE: usize = 64 * 1024;
 
 /// The newest `at_most` records of the log at `path` from `since_ns` on, oldest first, and
 /// how many lines could not be read (a torn last line after a crash, a damaged one): memory
@@ -125,66 +108,7 @@ pub fn read(
     since_ns: i64,
     at_most: usize,
 ) -> std::io::Result<(Vec<AuditRecord>, usize)> {
-    let file = crate::private::no_follow(std::fs::OpenOptions::new().read(true))
-        .open(path)
-        .map_err(|e| with_path(path, e))?;
-    let mut reader = std::io::BufReader::new(file);
-    let mut records = std::collections::VecDeque::new();
-    let mut unreadable = 0;
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let n = (&mut reader)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| with_path(path, e))?;
-        if n == 0 {
-            break;
-        }
-        if line.len() > MAX_LINE {
-            // Too long to be a record: counted, and the rest of it passed over unread.
-            unreadable += 1;
-            skip_line(&mut reader).map_err(|e| with_path(path, e))?;
-            continue;
-        }
-        match serde_json::from_slice::<AuditRecord>(&line) {
-            Ok(r) if r.at_ns >= since_ns => {
-                if records.len() == at_most {
-                    records.pop_front();
-                }
-                if at_most > 0 {
-                    records.push_back(r);
-                }
-            }
-            Ok(_) => {}
-            Err(_) => unreadable += 1,
-        }
-    }
-    Ok((records.into(), unreadable))
-}
-
-/// Consumes `reader` up to and including the next newline, holding at most one buffer.
-fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
-    loop {
-        let buf = reader.fill_buf()?;
-        if buf.is_empty() {
-            return Ok(());
-        }
-        match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                reader.consume(i + 1);
-                return Ok(());
-            }
-            None => {
-                let n = buf.len();
-                reader.consume(n);
-            }
-        }
-    }
-}
-
-fn with_path(path: &Path, e: std::io::Error) -> std::io::Error {
-    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+    crate::jsonl::read_newest(path, |r: &AuditRecord| r.at_ns >= since_ns, at_most)
 }
 
 /// Cuts every text of `event` to [`MAX_TEXT`] bytes (at a character boundary).
@@ -228,6 +152,7 @@ fn bounded(event: AuditEvent) -> AuditEvent {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
@@ -326,7 +251,8 @@ mod tests {
             .open(&path)
             .unwrap();
         // A damaged stretch far longer than any record, then a good line after it.
-        f.write_all(&vec![b'x'; 3 * MAX_LINE]).unwrap();
+        f.write_all(&vec![b'x'; 3 * crate::jsonl::MAX_LINE])
+            .unwrap();
         f.write_all(b"\n").unwrap();
         drop(f);
         log.record(

@@ -7,8 +7,12 @@
 
 pub mod audit;
 mod browsing;
+mod chart;
 pub mod disposition;
 mod download;
+mod fleetview;
+pub mod history;
+mod jsonl;
 pub mod limit;
 mod locate;
 mod login;

@@ -1,6 +1,6 @@
 //! The pages, as maud templates: every text is HTML-escaped by the template (maud escapes
-//! whatever it splices unless told `PreEscaped`, which only the fixed stylesheet link and
-//! the server-drawn charts use), every name from a customer machine goes through
+//! whatever it splices; nothing here is spliced unescaped; charts are separate SVG images
+//! drawn by [`crate::chart`]), every name from a customer machine goes through
 //! [`display_name`] first (control characters shown escaped), and every link to a name is
 //! built by [`crate::paths::encode_path`]. Pages hold no script, no inline style and nothing
 //! from another origin (the Content-Security-Policy forbids all three).
@@ -8,7 +8,7 @@
 //! Each page is a pure function of a plain value (`HostRow`, `Listing`, …), so what a page
 //! shows is tested without a server.
 
-use maud::{html, Markup, PreEscaped, DOCTYPE};
+use maud::{html, Markup, DOCTYPE};
 
 use crate::paths::{display_name, encode_path, encode_segment};
 
@@ -384,23 +384,120 @@ pub struct UsageRow {
     pub hosts: usize,
 }
 
-/// Usage of one or all accounts, with a chart of stored bytes over time.
-pub fn usage(viewer: &Viewer<'_>, rows: &[UsageRow], chart: &str) -> Markup {
+fn usage_table(rows: &[UsageRow]) -> Markup {
+    html! {
+        table.usage {
+            thead { tr { th { "Account" } th.num { "Hosts" } th.num { "Stored" } th.num { "Allocation" } th.num { "Used" } } }
+            tbody { @for r in rows { tr class=[(r.percent > 100.0).then_some("over")] {
+                td { (display_name(r.account.as_bytes())) } td.num { (r.hosts) }
+                td.num { (r.used) } td.num { (r.allocation) } td.num { (format!("{:.0} %", r.percent)) }
+            } } }
+        }
+    }
+}
+
+/// Usage of the user's account (an operator's: every account), with its chart over time.
+pub fn usage(viewer: &Viewer<'_>, rows: &[UsageRow]) -> Markup {
     layout(
         "Usage",
         Some(viewer),
         html! {
             h1 { "Usage" }
-            table.usage {
-                thead { tr { th { "Account" } th.num { "Hosts" } th.num { "Stored" } th.num { "Allocation" } th.num { "Used" } } }
-                tbody { @for r in rows { tr class=@if r.percent > 100.0 { "over" } {
-                    td { (display_name(r.account.as_bytes())) } td.num { (r.hosts) }
-                    td.num { (r.used) } td.num { (r.allocation) } td.num { (format!("{:.0} %", r.percent)) }
+            (usage_table(rows))
+            h2 { "Stored bytes over time" }
+            p.chart { img id="usage-chart" src="/chart/usage.svg" alt="stored bytes over time"; }
+        },
+    )
+}
+
+/// A host that is not OK, for the operator.
+pub struct ProblemRow {
+    /// Host.
+    pub host: String,
+    /// Account.
+    pub account: String,
+    /// State label.
+    pub state: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// The operator's view of the fleet.
+pub struct FleetView {
+    /// Every account's usage.
+    pub accounts: Vec<UsageRow>,
+    /// Hosts not OK, worst first.
+    pub problems: Vec<ProblemRow>,
+    /// Hosts checked.
+    pub hosts: usize,
+    /// Last runs: what, when, how it went.
+    pub runs: Vec<(String, String, String)>,
+}
+
+/// The operator's page: accounts against allocations, hosts stale or failing with their
+/// causes, the last runs, and charts of stored bytes and pull durations.
+pub fn operator(viewer: &Viewer<'_>, v: &FleetView) -> Markup {
+    layout(
+        "Operator",
+        Some(viewer),
+        html! {
+            h1 { "Fleet" }
+            h2 { "Hosts stale or failing (" (v.problems.len()) " of " (v.hosts) ")" }
+            @if v.problems.is_empty() { p id="all-ok" { "Every host is OK." } } @else {
+                table.problems {
+                    thead { tr { th { "Host" } th { "Account" } th { "State" } th { "Cause" } } }
+                    tbody { @for p in &v.problems { tr {
+                        td { a href={ "/host/" (encode_segment(p.host.as_bytes())) } { (display_name(p.host.as_bytes())) } }
+                        td { (display_name(p.account.as_bytes())) }
+                        td { span class={ "state " (p.state.to_lowercase()) } { (p.state) } }
+                        td.problem { (p.problem) }
+                    } } }
+                }
+            }
+            h2 { "Last runs" }
+            table.runs {
+                thead { tr { th { "Job" } th { "When" } th { "Outcome" } } }
+                tbody { @for (what, when, how) in &v.runs { tr { td { (what) } td { (when) } td { (how) } } } }
+            }
+            h2 { "Accounts" }
+            (usage_table(&v.accounts))
+            h2 { "Charts" }
+            p.chart { img id="usage-chart" src="/chart/usage.svg" alt="stored bytes over time"; }
+            p.chart { img id="pulls-chart" src="/chart/pulls.svg" alt="pull durations over time"; }
+        },
+    )
+}
+
+/// One line of the audit log as the operator reads it.
+pub struct AuditRow {
+    /// When, UTC.
+    pub at: String,
+    /// Client address.
+    pub address: String,
+    /// `login`, `logout`, `download`.
+    pub event: String,
+    /// Who.
+    pub user: String,
+    /// The rest: outcome, or what was downloaded.
+    pub detail: String,
+}
+
+/// The newest records of the audit log.
+pub fn audit(viewer: &Viewer<'_>, rows: &[AuditRow], unreadable: usize) -> Markup {
+    layout(
+        "Audit log",
+        Some(viewer),
+        html! {
+            h1 { "Audit log" }
+            p { "The newest " (rows.len()) " records, newest first."
+                @if unreadable > 0 { " " (unreadable) " lines could not be read." } }
+            table.audit {
+                thead { tr { th { "When" } th { "Address" } th { "Event" } th { "User" } th { "Detail" } } }
+                tbody { @for r in rows { tr {
+                    td { (r.at) } td { (r.address) } td { (r.event) }
+                    td { (display_name(r.user.as_bytes())) } td.problem { (display_name(r.detail.as_bytes())) }
                 } } }
             }
-            h2 { "Stored bytes over time" }
-            // Drawn by the server from numbers only (crate::chart): no text of a client in it.
-            div.chart { (PreEscaped(chart)) }
         },
     )
 }

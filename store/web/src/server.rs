@@ -20,7 +20,7 @@ use crate::limit::LoginLimits;
 use crate::pages::{STYLE, STYLE_PATH};
 use crate::session::SessionRules;
 use crate::state::{App, Failure, Peer, StateConfig};
-use crate::{browsing, download, login};
+use crate::{browsing, download, fleetview, login};
 
 /// Where the server listens.
 #[derive(Debug, Clone)]
@@ -51,6 +51,10 @@ pub struct WebConfig {
     pub users: PathBuf,
     /// The audit log.
     pub audit: PathBuf,
+    /// The history behind the charts (sampled every `sample_every`).
+    pub history: PathBuf,
+    /// How often the repository is sampled into the history.
+    pub sample_every: Duration,
     /// Where to listen.
     pub listen: Listen,
     /// Session lifetimes.
@@ -65,12 +69,13 @@ pub struct WebConfig {
 
 impl WebConfig {
     /// Defaults for everything but the files and the listener: 256 downloads, 1,024
-    /// connections, the default session and login rules.
+    /// connections, the default session and login rules, the history sampled hourly.
     pub fn new(
         repo: PathBuf,
         inventory: PathBuf,
         users: PathBuf,
         audit: PathBuf,
+        history: PathBuf,
         listen: Listen,
     ) -> WebConfig {
         WebConfig {
@@ -78,6 +83,8 @@ impl WebConfig {
             inventory,
             users,
             audit,
+            history,
+            sample_every: Duration::from_secs(3600),
             listen,
             sessions: SessionRules::DEFAULT,
             login_limits: LoginLimits::DEFAULT,
@@ -173,6 +180,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/host/{host}", get(browsing::host))
         .route("/browse/{*tail}", get(browsing::browse))
         .route("/download/{*tail}", get(download::download))
+        .route("/usage", get(fleetview::usage))
+        .route("/operator", get(fleetview::operator))
+        .route("/audit", get(fleetview::audit))
+        .route("/chart/{name}", get(fleetview::chart))
         .route(STYLE_PATH, get(stylesheet))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
@@ -318,6 +329,21 @@ fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
+/// Samples the repository into the history now and then every `every`, on a thread of its
+/// own (a sample reads the whole index once; pages never wait for it).
+fn start_sampler(app: Arc<App>, every: Duration) -> Result<(), ServeError> {
+    std::thread::Builder::new()
+        .name("web-history".into())
+        .spawn(move || loop {
+            if let Err(e) = app.sample_history() {
+                tracing::error!("sampling the history: {e}");
+            }
+            std::thread::sleep(every.max(Duration::from_secs(1)));
+        })
+        .map(|_| ())
+        .map_err(ServeError::Runtime)
+}
+
 /// Runs the web front until the process ends: checks that the users file, inventory,
 /// repository, audit log and TLS files all load, listens, calls `on_ready` with where
 /// (`https://127.0.0.1:8443/` or `unix:/run/xstore/web.sock`), and serves.
@@ -334,13 +360,16 @@ pub fn serve_web(
         inventory: config.inventory.clone(),
         users: config.users.clone(),
         audit: config.audit.clone(),
+        history: config.history.clone(),
         sessions: config.sessions,
         login_limits: config.login_limits,
         cache_bytes: (64 << 20, 128 << 20),
         max_downloads: config.max_downloads,
     })
     .map_err(ServeError::Setup)?;
-    let routes = router(Arc::new(app));
+    let app = Arc::new(app);
+    start_sampler(app.clone(), config.sample_every)?;
+    let routes = router(app);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("xstore-web")

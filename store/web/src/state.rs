@@ -23,6 +23,7 @@ use xstore_browse::fsview::{FsView, ViewCaches, ViewOptions};
 use xstore_fleet::Inventory;
 
 use crate::audit::{AuditEvent, AuditLog};
+use crate::history::History;
 use crate::limit::{LoginLimiter, LoginLimits};
 use crate::pages;
 use crate::session::{SessionRules, SessionUser, Sessions};
@@ -117,6 +118,8 @@ pub struct StateConfig {
     pub users: PathBuf,
     /// The audit log.
     pub audit: PathBuf,
+    /// The history behind the charts.
+    pub history: PathBuf,
     /// Session lifetimes.
     pub sessions: SessionRules,
     /// Login limits.
@@ -140,6 +143,8 @@ pub struct App {
     /// Login attempt limits.
     pub limiter: LoginLimiter,
     audit: AuditLog,
+    audit_path: PathBuf,
+    history: Option<Arc<History>>,
     caches: Arc<ViewCaches>,
     /// Each scope's view, with the hosts it was opened for.
     views: Mutex<HashMap<Scope, ScopeView>>,
@@ -205,8 +210,8 @@ impl App {
     /// The state for `config`: the users file, inventory, repository and audit log must all
     /// open now, so a mistake is reported at start, not at the first login.
     pub fn open(config: &StateConfig) -> Result<App, String> {
-        let audit = AuditLog::open(&config.audit)
-            .map_err(|e| format!("audit log {}: {e}", config.audit.display()))?;
+        let audit = AuditLog::open(&config.audit).map_err(|e| format!("audit log {e}"))?;
+        let history = History::open(&config.history).map_err(|e| format!("history {e}"))?;
         let app = App {
             repo: config.repo.clone(),
             inventory: Reloaded::new(&config.inventory, load_inventory),
@@ -214,6 +219,8 @@ impl App {
             sessions: Sessions::new(config.sessions),
             limiter: LoginLimiter::new(config.login_limits),
             audit,
+            audit_path: config.audit.clone(),
+            history: Some(Arc::new(history)),
             caches: ViewCaches::new(config.cache_bytes.0, config.cache_bytes.1),
             views: Mutex::new(HashMap::new()),
             downloads: Arc::new(tokio::sync::Semaphore::new(config.max_downloads.max(1))),
@@ -236,6 +243,25 @@ impl App {
         self.inventory
             .get()
             .map_err(|e| Failure::internal("reading the inventory", e))
+    }
+
+    /// Where the audit log is.
+    pub fn audit_path(&self) -> &Path {
+        &self.audit_path
+    }
+
+    /// The history behind the charts.
+    pub fn history(&self) -> Option<Arc<History>> {
+        self.history.clone()
+    }
+
+    /// Samples the repository into the history now (the server does every interval).
+    pub fn sample_history(&self) -> Result<usize, String> {
+        let Some(history) = &self.history else {
+            return Ok(0);
+        };
+        let inventory = self.inventory.get()?;
+        history.sample(&self.repo, &inventory, xstore::now_ns())
     }
 
     /// Appends to the audit log; a failure is logged (the request it records went on).
