@@ -15,6 +15,8 @@ command -v nfs-ls >/dev/null 2>&1 || _xs_need+=(libnfs-utils)
 # Web front tests drive Debian's headless chromium through its WebDriver (chromedriver).
 command -v chromium >/dev/null 2>&1 || _xs_need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || _xs_need+=(chromium-driver)
+# ... and mount its WebDAV with davfs2 (through /dev/fuse).
+command -v mount.davfs >/dev/null 2>&1 || _xs_need+=(davfs2)
 if [ ${#_xs_need[@]} -gt 0 ]; then
   echo "installing: ${_xs_need[*]}" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -11,13 +11,13 @@ mod webfront;
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::ok;
 use fantoccini::{Client, ClientBuilder, Locator};
-use webfront::{fleet, serve, snapshots_of, tree, Fleet, Server, HOSTILE, PASSWORD};
+use webfront::{fleet, serve_https, snapshots_of, tree, HOSTILE, PASSWORD};
 
 struct Driver {
     child: Child,
@@ -85,55 +85,6 @@ async fn browser(driver: &Driver, downloads: &Path, profile: &Path) -> Client {
         .connect(&format!("http://127.0.0.1:{}", driver.port))
         .await
         .unwrap()
-}
-
-/// A self-signed certificate for 127.0.0.1: (cert, key).
-fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args([
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    (cert, key)
-}
-
-fn serve_https(f: &Fleet, extra: &[&str]) -> Server {
-    let (cert, key) = certificate(&f.dir);
-    let mut args = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    serve(f, &args)
 }
 
 async fn shot(c: &Client, name: &str) {

@@ -497,3 +497,131 @@ fn the_operator_sees_the_fleet_its_charts_and_the_audit_log_and_customers_do_not
         "{chart}"
     );
 }
+
+/// `Authorization: Basic …` of a user.
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+fn dav(
+    socket: &Path,
+    method: &str,
+    target: &str,
+    auth: &str,
+    depth: Option<&str>,
+) -> webfront::Answer {
+    let mut headers = vec![("Authorization", auth)];
+    if let Some(d) = depth {
+        headers.push(("Depth", d));
+    }
+    request(socket, method, target, &headers, b"")
+}
+
+#[test]
+fn webdav_serves_the_same_tree_read_only_to_the_same_logins() {
+    let f = fleet(1000);
+    let server = serve_unix(&f);
+    let s = server.socket();
+    let alice = basic("alice", webfront::PASSWORD);
+    // No credentials, a wrong password: 401 asking for Basic.
+    let none = request(&s, "PROPFIND", "/dav/", &[("Depth", "1")], b"");
+    assert_eq!(none.status, 401);
+    assert!(none
+        .header("www-authenticate")
+        .unwrap()
+        .starts_with("Basic realm="));
+    assert_eq!(
+        dav(
+            &s,
+            "PROPFIND",
+            "/dav/",
+            &basic("alice", "wrong password"),
+            Some("1")
+        )
+        .status,
+        401
+    );
+    // The root: tier positions and hosts/, as the mount shows them.
+    let root = dav(&s, "PROPFIND", "/dav/", &alice, Some("1"));
+    assert_eq!(root.status, 207, "{}", root.text());
+    for href in [
+        "/dav/daily.0/",
+        "/dav/daily.1/",
+        "/dav/hourly.0/",
+        "/dav/hosts/",
+    ] {
+        assert!(root.text().contains(href), "{href}: {}", root.text());
+    }
+    let hosts = dav(&s, "PROPFIND", "/dav/hosts/", &alice, Some("1")).text();
+    assert!(
+        hosts.contains("/dav/hosts/web1/") && !hosts.contains("db1"),
+        "{hosts}"
+    );
+    let tier = dav(&s, "PROPFIND", "/dav/daily.0/", &alice, Some("1")).text();
+    assert!(
+        tier.contains("/dav/daily.0/web1/") && !tier.contains("db1"),
+        "{tier}"
+    );
+    // A file of daily.1: the first backup's bytes.
+    let base = f.web1.to_str().unwrap().trim_start_matches('/');
+    let index = dav(
+        &s,
+        "GET",
+        &format!("/dav/daily.1/web1/{base}/var/www/index.html"),
+        &alice,
+        None,
+    );
+    assert_eq!(index.status, 200);
+    assert_eq!(index.text(), f.index_versions[0]);
+    // Another account's host: not found, by any path; nothing written, ever.
+    let db1 = snapshots_of(&f.repo, "db1").remove(0).0;
+    for target in [
+        format!("/dav/hosts/db1/{db1}/var/lib/other-customer.sql"),
+        "/dav/hosts/db1/".to_string(),
+        "/dav/daily.0/db1/".to_string(),
+        format!("/dav/daily.0/web1/../../hosts/db1/{db1}/var/lib/other-customer.sql"),
+        format!("/dav/daily.0/web1/%2e%2e/%2e%2e/hosts/db1/{db1}/var/lib/other-customer.sql"),
+    ] {
+        for method in ["GET", "PROPFIND"] {
+            let got = dav(&s, method, &target, &alice, Some("0"));
+            assert!(
+                [400, 403, 404].contains(&got.status),
+                "{method} {target}: {} {}",
+                got.status,
+                got.text()
+            );
+            assert!(!got.text().contains("other customer"), "{target}");
+        }
+    }
+    for method in [
+        "PUT",
+        "DELETE",
+        "MKCOL",
+        "MOVE",
+        "COPY",
+        "PROPPATCH",
+        "LOCK",
+    ] {
+        let got = dav(
+            &s,
+            method,
+            &format!("/dav/daily.0/web1/{base}/etc/hostname"),
+            &alice,
+            None,
+        );
+        assert!([403, 405].contains(&got.status), "{method}: {}", got.status);
+    }
+    // Permissions as on the pages: the customer's squashed root may not read root's key.
+    let key = format!("/dav/daily.0/web1/{base}/root/secret.key");
+    assert_eq!(dav(&s, "GET", &key, &alice, None).status, 403);
+    let olga = dav(&s, "GET", &key, &basic("olga", webfront::PASSWORD), None);
+    assert_eq!(olga.text(), "the customer's root key\n");
+    // Downloads over WebDAV are in the audit log.
+    let audit = fs::read_to_string(f.path("audit.log")).unwrap();
+    assert!(audit.contains("\"format\":\"webdav\""), "{audit}");
+    assert!(audit.contains("/var/www/index.html"), "{audit}");
+}

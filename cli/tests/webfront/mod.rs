@@ -220,6 +220,55 @@ pub fn serve(fleet: &Fleet, listen: &[&str]) -> Server {
     Server { child, at }
 }
 
+/// A self-signed certificate for 127.0.0.1: (cert, key).
+pub fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    (cert, key)
+}
+
+pub fn serve_https(f: &Fleet, extra: &[&str]) -> Server {
+    let (cert, key) = certificate(&f.dir);
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    serve(f, &args)
+}
+
 /// Serves the fleet on a Unix socket in its directory.
 pub fn serve_unix(fleet: &Fleet) -> Server {
     let socket = fleet.path("web.sock");

@@ -8,6 +8,8 @@
 pub mod audit;
 mod browsing;
 mod chart;
+mod dav;
+mod dav_logins;
 pub mod disposition;
 mod download;
 mod fleetview;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::http::{header, HeaderValue, Request};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -20,7 +20,7 @@ use crate::limit::LoginLimits;
 use crate::pages::{STYLE, STYLE_PATH};
 use crate::session::SessionRules;
 use crate::state::{App, Failure, Peer, StateConfig};
-use crate::{browsing, download, fleetview, login};
+use crate::{browsing, dav, download, fleetview, login};
 
 /// Where the server listens.
 #[derive(Debug, Clone)]
@@ -180,6 +180,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/host/{host}", get(browsing::host))
         .route("/browse/{*tail}", get(browsing::browse))
         .route("/download/{*tail}", get(download::download))
+        .route("/dav", any(dav::dav))
+        .route("/dav/", any(dav::dav))
+        .route("/dav/{*path}", any(dav::dav))
         .route("/usage", get(fleetview::usage))
         .route("/operator", get(fleetview::operator))
         .route("/audit", get(fleetview::audit))

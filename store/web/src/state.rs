@@ -23,6 +23,7 @@ use xstore_browse::fsview::{FsView, ViewCaches, ViewOptions};
 use xstore_fleet::Inventory;
 
 use crate::audit::{AuditEvent, AuditLog};
+use crate::dav_logins::DavLogins;
 use crate::history::History;
 use crate::limit::{LoginLimiter, LoginLimits};
 use crate::pages;
@@ -150,6 +151,7 @@ pub struct App {
     views: Mutex<HashMap<Scope, ScopeView>>,
     /// Permits of running downloads.
     pub downloads: Arc<tokio::sync::Semaphore>,
+    dav_logins: DavLogins,
 }
 
 /// A request's failure, answered with an error page (and logged when it is the server's).
@@ -224,6 +226,7 @@ impl App {
             caches: ViewCaches::new(config.cache_bytes.0, config.cache_bytes.1),
             views: Mutex::new(HashMap::new()),
             downloads: Arc::new(tokio::sync::Semaphore::new(config.max_downloads.max(1))),
+            dav_logins: DavLogins::new().map_err(|e| format!("random bytes: {e}"))?,
         };
         app.users.get()?;
         app.inventory.get()?;
@@ -243,6 +246,11 @@ impl App {
         self.inventory
             .get()
             .map_err(|e| Failure::internal("reading the inventory", e))
+    }
+
+    /// WebDAV logins checked recently.
+    pub fn dav_logins(&self) -> &DavLogins {
+        &self.dav_logins
     }
 
     /// Where the audit log is.
