@@ -54,6 +54,9 @@ if grep -qE "^[0-9*]" /etc/cron.d/xstore; then fail "/etc/cron.d/xstore has an a
 # The NFS export's service: shipped disabled, reloads the inventory on SIGHUP.
 grep -q '^ExecReload=/bin/kill -HUP \$MAINPID$' /lib/systemd/system/xstore-nfs.service || fail "xstore-nfs.service"
 if systemctl is-enabled xstore-nfs.service >/dev/null 2>&1; then fail "xstore-nfs.service is enabled"; fi
+# The web front's service: shipped disabled, serving HTTPS from /etc/default/xstore's settings.
+grep -q '^ExecStart=/usr/bin/xstore serve-web --listen ${XSTORE_WEB_LISTEN} ' /lib/systemd/system/xstore-web.service || fail "xstore-web.service"
+if systemctl is-enabled xstore-web.service >/dev/null 2>&1; then fail "xstore-web.service is enabled"; fi
 SYSTEMD_LOG_LEVEL=warning systemd-analyze verify /lib/systemd/system/xstore-*.service \
   /lib/systemd/system/xstore-*.timer || fail "systemd-analyze verify rejected a unit"
 systemd-analyze calendar "*-*-* 00/4:00:00" >/dev/null || fail "the pull timer's calendar"

@@ -625,3 +625,58 @@ fn webdav_serves_the_same_tree_read_only_to_the_same_logins() {
     assert!(audit.contains("\"format\":\"webdav\""), "{audit}");
     assert!(audit.contains("/var/www/index.html"), "{audit}");
 }
+
+#[test]
+fn a_server_that_cannot_start_says_why_in_one_line() {
+    let f = fleet(1000);
+    let run = |args: &[&str]| {
+        let mut all = vec!["serve-web"];
+        all.extend_from_slice(args);
+        let inventory = f.path("hosts.toml");
+        let users = f.path("users.toml");
+        let audit = f.path("audit.log");
+        let history = f.path("history.jsonl");
+        all.extend_from_slice(&["--inventory", inventory.to_str().unwrap()]);
+        all.extend_from_slice(&["--users", users.to_str().unwrap()]);
+        all.extend_from_slice(&["--audit-log", audit.to_str().unwrap()]);
+        all.extend_from_slice(&["--history", history.to_str().unwrap()]);
+        common::xstore(&f.repo, &all)
+    };
+    let missing = f.path("nope.pem");
+    let out = run(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        missing.to_str().unwrap(),
+        "--tls-key",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("nope.pem"), "{err}");
+    // A users file others may read: refused, saying so, before anything listens.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(f.path("users.toml"), fs::Permissions::from_mode(0o644)).unwrap();
+    let socket = f.path("s.sock");
+    let out = run(&["--unix", socket.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("users.toml") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert!(!socket.exists());
+    // Something that is not a socket where the socket goes is never removed.
+    fs::set_permissions(f.path("users.toml"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(&socket, "precious").unwrap();
+    let out = run(&["--unix", socket.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::stderr(&out).contains("not a socket"),
+        "{}",
+        common::stderr(&out)
+    );
+    assert_eq!(fs::read_to_string(&socket).unwrap(), "precious");
+}
