@@ -243,8 +243,57 @@ pub(crate) fn run_plan(
 
 pub(crate) fn rotate(cli: &Cli, args: &RotateArgs) -> Result<u8> {
     let repo = crate::open_rw_or_ro(cli, args.dry_run)?;
-    let plan = repo.plan_rotate(&args.tier, args.host.as_ref())?;
-    run_plan(cli, &repo, plan, args.dry_run)
+    let started_ns = xstore::now_ns();
+    let planned = repo.plan_rotate(&args.tier, args.host.as_ref());
+    let summary = planned.as_ref().ok().map(|plan| {
+        let scope = args
+            .host
+            .as_ref()
+            .map(|h| format!(" of {h}"))
+            .unwrap_or_default();
+        format!(
+            "{} of {} snapshots{scope} expired",
+            plan.expired().count(),
+            plan.decisions.len()
+        )
+    });
+    let result = planned
+        .map_err(anyhow::Error::from)
+        .and_then(|plan| run_plan(cli, &repo, plan, args.dry_run));
+    if !args.dry_run {
+        record_run(
+            &repo,
+            &format!("rotate-{}", args.tier),
+            started_ns,
+            &result,
+            summary,
+        );
+    }
+    result
+}
+
+/// Keeps how a maintenance run went as its job's last run (the web front's operator page
+/// shows it); failing to keep it is a warning, never the run's failure.
+fn record_run(
+    repo: &xstore::Repository,
+    job: &str,
+    started_ns: i64,
+    result: &Result<u8>,
+    summary: Option<String>,
+) {
+    let record = xstore::RunRecord {
+        job: job.to_string(),
+        started_ns,
+        finished_ns: xstore::now_ns(),
+        ok: result.is_ok(),
+        summary: match result {
+            Ok(_) => summary.unwrap_or_default(),
+            Err(e) => format!("{e:#}"),
+        },
+    };
+    if let Err(e) = repo.record_run(&record) {
+        tracing::warn!("the run record of {job} was not kept: {e}");
+    }
 }
 
 pub(crate) fn forget(cli: &Cli, args: &ForgetArgs) -> Result<u8> {
@@ -286,12 +335,34 @@ pub(crate) fn pin(cli: &Cli, snapshot: &str, pinned: bool) -> Result<u8> {
 
 pub(crate) fn gc(cli: &Cli, args: &GcArgs) -> Result<u8> {
     let repo = crate::open_rw_or_ro(cli, args.dry_run)?;
+    let started_ns = xstore::now_ns();
+    let reclaimed = reclaim(cli, &repo, args);
+    if !args.dry_run {
+        let summary = reclaimed.as_ref().ok().map(|r| {
+            format!(
+                "{} packs deleted, {} rewritten; freed {}",
+                r.packs_deleted,
+                r.packs_rewritten,
+                human_bytes(r.bytes_freed)
+            )
+        });
+        let result = reclaimed
+            .as_ref()
+            .map(|_| EXIT_OK)
+            .map_err(|e| anyhow::anyhow!("{e:#}"));
+        record_run(&repo, "gc", started_ns, &result, summary);
+    }
+    print_gc(cli, args, reclaimed?)
+}
+
+/// Plans and (unless a dry run) carries out gc.
+fn reclaim(cli: &Cli, repo: &xstore::Repository, args: &GcArgs) -> Result<xstore::GcReport> {
     let plan = repo.plan_gc(&GcOptions {
         max_dead_percent: args.max_dead,
         grace: args.grace,
         release_held: args.release_held,
     })?;
-    let report = if args.dry_run {
+    Ok(if args.dry_run {
         plan.report
     } else {
         let progress = std::sync::Arc::new(xstore::Progress::default());
@@ -299,7 +370,10 @@ pub(crate) fn gc(cli: &Cli, args: &GcArgs) -> Result<u8> {
         let result = repo.gc(plan, Some(&progress));
         tracker.finish();
         result?
-    };
+    })
+}
+
+fn print_gc(cli: &Cli, args: &GcArgs, report: xstore::GcReport) -> Result<u8> {
     if cli.json {
         crate::print_summary(&report, &[])?;
         return Ok(EXIT_OK);

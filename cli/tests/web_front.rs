@@ -440,6 +440,7 @@ fn a_hundred_downloads_at_once_stay_in_bounded_memory() {
 #[test]
 fn the_operator_sees_the_fleet_its_charts_and_the_audit_log_and_customers_do_not() {
     let f = fleet(1000);
+    ok(&f.repo, &["gc"]);
     let server = serve_unix(&f);
     let alice = login(&server.socket(), "alice");
     alice.get(&url(&f, "download", "daily.0", "etc/hostname"));

@@ -93,6 +93,11 @@ pub struct ViewOptions {
     pub tree_cache_bytes: usize,
     /// How old the catalog (snapshots, tier positions) may get before it is reloaded.
     pub refresh: Duration,
+    /// The most nodes remembered (`None`: every node looked up, for front ends whose clients
+    /// hold inode numbers, such as the kernel's FUSE). When bounded, nodes not used for a
+    /// while are forgotten (two generations of half the bound each) and a forgotten inode
+    /// number is [`FsError::NotFound`]: for front ends that resolve paths anew per request.
+    pub max_nodes: Option<usize>,
 }
 
 impl Default for ViewOptions {
@@ -102,6 +107,7 @@ impl Default for ViewOptions {
             cache_bytes: 64 << 20,
             tree_cache_bytes: 32 << 20,
             refresh: Duration::from_secs(2),
+            max_nodes: None,
         }
     }
 }
@@ -188,12 +194,44 @@ struct FileIndex {
     size: u64,
 }
 
+/// The nodes looked up: all of them, or (bounded) two generations, where a node found in the
+/// older one moves to the newer, and the older is dropped when the newer is full.
+struct NodeTable {
+    current: HashMap<u64, Node>,
+    previous: HashMap<u64, Node>,
+    generation: Option<usize>,
+}
+
+impl NodeTable {
+    fn get(&self, ino: u64) -> Option<&Node> {
+        self.current.get(&ino).or_else(|| self.previous.get(&ino))
+    }
+
+    fn insert(&mut self, ino: u64, node: Node) {
+        if let Some(max) = self.generation {
+            if self.current.len() >= max && !self.current.contains_key(&ino) {
+                // The root never goes: every path starts there.
+                let root = self.current.get(&ROOT_INO).cloned();
+                self.previous = std::mem::take(&mut self.current);
+                if let Some(root) = root {
+                    self.current.insert(ROOT_INO, root);
+                }
+            }
+        }
+        self.current.insert(ino, node);
+    }
+
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
+}
+
 /// The read-only filesystem view (module documentation).
 pub struct FsView {
     path: PathBuf,
     opts: ViewOptions,
     catalog: RwLock<Arc<Catalog>>,
-    nodes: RwLock<HashMap<u64, Node>>,
+    nodes: RwLock<NodeTable>,
     caches: Arc<ViewCaches>,
     /// This view's part of `caches`.
     cache_scope: u64,
@@ -297,7 +335,11 @@ impl FsView {
         cache_scope: u64,
     ) -> Result<FsView> {
         let catalog = Self::load(repo, &opts)?;
-        let mut nodes = HashMap::new();
+        let mut nodes = NodeTable {
+            current: HashMap::new(),
+            previous: HashMap::new(),
+            generation: opts.max_nodes.map(|m| (m / 2).max(1)),
+        };
         nodes.insert(
             ROOT_INO,
             Node {
@@ -433,12 +475,23 @@ impl FsView {
     }
 
     fn node(&self, ino: u64) -> FsResult<Node> {
+        let nodes = self.nodes.read().map_err(lock_err)?;
+        if let Some(n) = nodes.current.get(&ino) {
+            return Ok(n.clone());
+        }
+        let found = nodes.get(ino).cloned().ok_or(FsError::NotFound)?;
+        drop(nodes);
+        // In use again: into the newer generation, so it outlives the older one.
         self.nodes
-            .read()
+            .write()
             .map_err(lock_err)?
-            .get(&ino)
-            .cloned()
-            .ok_or(FsError::NotFound)
+            .insert(ino, found.clone());
+        Ok(found)
+    }
+
+    /// How many nodes the view remembers now.
+    pub fn nodes_held(&self) -> usize {
+        self.nodes.read().map_or(0, |n| n.len())
     }
 
     fn remember(
@@ -843,5 +896,48 @@ impl FsView {
             attr = self.lookup(attr.ino, part.as_bytes())?;
         }
         Ok(attr)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn node(key: &[u8]) -> Node {
+        Node {
+            kind: Kind::Hosts,
+            key: key.to_vec(),
+            snap_key: Vec::new(),
+            parent: ROOT_INO,
+        }
+    }
+
+    #[test]
+    fn a_bounded_node_table_keeps_the_root_and_what_is_in_use() {
+        let mut t = NodeTable {
+            current: HashMap::new(),
+            previous: HashMap::new(),
+            generation: Some(3),
+        };
+        t.insert(ROOT_INO, node(b"/"));
+        for ino in 10..100 {
+            t.insert(ino, node(b"x"));
+            assert!(t.len() <= 2 * 3 + 1, "{}", t.len());
+            assert!(t.get(ROOT_INO).is_some());
+        }
+        // The newest survive one generation; the oldest are gone.
+        assert!(t.get(99).is_some() && t.get(98).is_some());
+        assert!(t.get(10).is_none());
+        // Unbounded: everything stays.
+        let mut all = NodeTable {
+            current: HashMap::new(),
+            previous: HashMap::new(),
+            generation: None,
+        };
+        for ino in 0..1000 {
+            all.insert(ino, node(b"x"));
+        }
+        assert_eq!(all.len(), 1000);
     }
 }

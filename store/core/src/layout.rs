@@ -119,6 +119,14 @@ pub fn pulls(root: &Path) -> PathBuf {
 pub fn pull_record(root: &Path, host: &str) -> PathBuf {
     pulls(root).join(format!("{host}.json"))
 }
+/// `runs/`: the last run of each maintenance job.
+pub fn runs(root: &Path) -> PathBuf {
+    root.join("runs")
+}
+/// `runs/<job>.json`.
+pub fn run_record(root: &Path, job: &str) -> PathBuf {
+    runs(root).join(format!("{job}.json"))
+}
 /// `access.toml`.
 pub fn access(root: &Path) -> PathBuf {
     root.join("access.toml")

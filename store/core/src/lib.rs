@@ -82,6 +82,7 @@ pub use commands::restore::{
     Overwrite, PlannedAction, PlannedChange, RestoreOptions, RestorePlan, RestoreSummary, Withheld,
 };
 pub use commands::retention::{tier_positions, Applied, TierChoice};
+pub use commands::runs::RunRecord;
 pub use commands::shared_ingest::{SharedIngest, SHARED_WAIT};
 pub use commands::usage::{FleetUsage, SnapshotUsage, Usage};
 pub use commands::verify::{

@@ -143,6 +143,31 @@ fn fleet_view(app: &App) -> Result<FleetView, Failure> {
         ),
         None => ("verify".into(), "never".into(), "no run recorded".into()),
     });
+    let recorded = repo
+        .last_runs()
+        .map_err(|e| Failure::internal("reading run records", e))?;
+    let mut jobs: Vec<String> = ["rotate-daily", "rotate-weekly", "rotate-monthly", "gc"]
+        .map(String::from)
+        .to_vec();
+    for r in &recorded {
+        if !jobs.contains(&r.job) {
+            jobs.push(r.job.clone());
+        }
+    }
+    for job in jobs {
+        runs.push(match recorded.iter().find(|r| r.job == job) {
+            Some(r) => (
+                job,
+                format!("{} ({} ago)", utc(r.finished_ns), ago(r.finished_ns)),
+                format!(
+                    "{}: {}",
+                    if r.ok { "ok" } else { "failed" },
+                    xstore::text::printable(&r.summary)
+                ),
+            ),
+            None => (job, "never".into(), "no run recorded".into()),
+        });
+    }
     Ok(FleetView {
         accounts: usage_rows(app, None)?,
         hosts: report.hosts.len(),

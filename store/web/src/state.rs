@@ -131,6 +131,9 @@ pub struct StateConfig {
     pub max_downloads: usize,
 }
 
+/// Nodes one view keeps at most (a 100,000-entry directory fits twice).
+pub const MAX_VIEW_NODES: usize = 400_000;
+
 /// A scope's view and the hosts it was opened for (`None`: all).
 type ScopeView = (Option<Vec<HostName>>, Arc<FsView>);
 
@@ -343,8 +346,11 @@ impl App {
                 return Ok(v.clone());
             }
         }
+        // Pages and WebDAV resolve paths from the root per request: the nodes a view keeps
+        // are a cache, bounded so that browsing many snapshots never grows the server.
         let opts = ViewOptions {
             hosts: hosts.clone(),
+            max_nodes: Some(MAX_VIEW_NODES),
             ..ViewOptions::default()
         };
         let cache_scope = match scope {

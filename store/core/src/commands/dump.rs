@@ -92,16 +92,26 @@ struct Item {
     link_to: Option<Vec<u8>>,
 }
 
-/// The entries a dump writes, collected before any is written.
-struct Plan<'a> {
-    items: Vec<Item>,
+/// A dump under way: entries are written as the walk reaches them (a directory before what
+/// it holds), so memory holds the directories on the current path, not the whole tree; only
+/// the first paths of hard-linked files are remembered.
+struct Walk<'a, 'w> {
     /// (device, inode) of hard-linked files → the first path written.
     first_of_inode: HashMap<(u64, u64), Vec<u8>>,
     may_take: Option<&'a dyn Fn(&Entry) -> bool>,
     denied: u64,
+    sink: Sink<'w>,
+    summary: DumpSummary,
 }
 
-impl Plan<'_> {
+/// Where a dump's entries go.
+enum Sink<'w> {
+    Tar(tar::Builder<&'w mut dyn Write>, ZeroIds),
+    /// Boxed: the zip writer is large, and only one sink exists per dump.
+    Zip(Box<zip::ZipWriter<zip::write::StreamWriter<&'w mut dyn Write>>>),
+}
+
+impl Walk<'_, '_> {
     /// Whether the reader may take the entry's content (files, directories); other kinds
     /// have none.
     fn may(&self, entry: &Entry) -> bool {
@@ -322,40 +332,66 @@ impl Repository {
     ) -> Result<DumpSummary> {
         let format = request.format;
         let node = self.lookup_bytes(snapshot, request.path)?;
-        let mut plan = Plan {
-            items: Vec::new(),
+        let denied = || Error::PermissionDenied(String::from_utf8_lossy(request.path).into_owned());
+        if let Node::Entry(e) = &node {
+            let may = request
+                .may_take
+                .is_none_or(|may| !matches!(e.kind, EntryKind::File | EntryKind::Dir) || may(e));
+            if !may {
+                return Err(denied());
+            }
+            if format.is_none() && e.kind == EntryKind::File {
+                let bytes = self.cat(e, out)?;
+                return Ok(DumpSummary {
+                    files: 1,
+                    bytes,
+                    ..Default::default()
+                });
+            }
+        }
+        let sink = match format.unwrap_or(DumpFormat::Tar) {
+            DumpFormat::Tar => Sink::Tar(
+                tar::Builder::new(out),
+                ZeroIds::new(self.chunker_params(), self.encryption()),
+            ),
+            DumpFormat::Zip => Sink::Zip(Box::new(zip::ZipWriter::new_stream(out))),
+        };
+        let mut walk = Walk {
             first_of_inode: HashMap::new(),
             may_take: request.may_take,
             denied: 0,
+            sink,
+            summary: DumpSummary::default(),
         };
-        let denied = || Error::PermissionDenied(String::from_utf8_lossy(request.path).into_owned());
-        match &node {
+        match node {
             Node::Root(id) => {
-                for child in self.tree(id)?.entries {
+                for child in self.tree(&id)?.entries {
                     let name = child.name.clone();
-                    self.dump_plan(name, child, &mut plan)?;
+                    self.dump_walk(name, child, &mut walk)?;
                 }
             }
-            Node::Entry(e) => {
-                if !plan.may(e) {
-                    return Err(denied());
-                }
-                if format.is_none() && e.kind == EntryKind::File {
-                    let bytes = self.cat(e, out)?;
-                    return Ok(DumpSummary {
-                        files: 1,
-                        bytes,
-                        ..Default::default()
-                    });
-                }
-                self.dump_plan(e.name.clone(), e.clone(), &mut plan)?;
-            }
+            Node::Entry(e) => self.dump_walk(e.name.clone(), e, &mut walk)?,
         }
-        let mut summary = match format.unwrap_or(DumpFormat::Tar) {
-            DumpFormat::Tar => self.write_tar(&plan.items, out),
-            DumpFormat::Zip => self.write_zip(&plan.items, out),
-        }?;
-        summary.denied = plan.denied;
+        let Walk {
+            sink,
+            mut summary,
+            denied,
+            ..
+        } = walk;
+        match sink {
+            Sink::Tar(tar, _) => tar
+                .into_inner()
+                .map_err(output_error)?
+                .flush()
+                .map_err(output_error)?,
+            Sink::Zip(zip) => zip
+                .finish()
+                .map_err(zip_error)?
+                .into_inner()
+                .flush()
+                .map_err(output_error)?,
+        }
+        summary.denied = denied;
         Ok(summary)
     }
 
@@ -442,62 +478,59 @@ impl Repository {
         Ok(out)
     }
 
-    fn dump_plan(&self, path: Vec<u8>, entry: Entry, plan: &mut Plan<'_>) -> Result<()> {
+    /// Writes `entry` at `path`, then (a directory the reader may list) what it holds.
+    fn dump_walk(&self, path: Vec<u8>, entry: Entry, walk: &mut Walk<'_, '_>) -> Result<()> {
         let sub = entry.subtree();
         let mut link_to = None;
         if entry.kind == EntryKind::File && entry.attrs.nlink > 1 {
             let key = (entry.attrs.dev, entry.attrs.inode);
-            match plan.first_of_inode.get(&key) {
+            match walk.first_of_inode.get(&key) {
                 Some(first) => link_to = Some(first.clone()),
                 None => {
-                    plan.first_of_inode.insert(key, path.clone());
+                    walk.first_of_inode.insert(key, path.clone());
                 }
             }
         }
         // What the reader may not take is left out; a directory it may not list is kept
         // (its name was listed), without what it holds.
-        let listable = plan.may(&entry);
+        let listable = walk.may(&entry);
         if !listable && entry.kind == EntryKind::File {
-            plan.denied += 1;
+            walk.denied += 1;
             return Ok(());
         }
-        plan.items.push(Item {
-            path: path.clone(),
+        let item = Item {
+            path,
             entry,
             link_to,
-        });
+        };
+        self.write_item(walk, &item)?;
         if let Some(id) = sub {
             let children = self.tree(&id)?.entries;
             if !listable {
-                plan.denied += children.len() as u64;
+                walk.denied += children.len() as u64;
                 return Ok(());
             }
             for child in children {
-                let mut p = path.clone();
+                let mut p = item.path.clone();
                 p.push(b'/');
                 p.extend_from_slice(&child.name);
-                self.dump_plan(p, child, plan)?;
+                self.dump_walk(p, child, walk)?;
             }
         }
         Ok(())
     }
 
-    fn write_tar(&self, items: &[Item], out: &mut dyn Write) -> Result<DumpSummary> {
-        let mut tar = tar::Builder::new(out);
-        let mut zeros = ZeroIds::new(self.chunker_params(), self.encryption());
-        let mut summary = DumpSummary::default();
+    /// One entry into the walk's archive.
+    fn write_item(&self, walk: &mut Walk<'_, '_>, item: &Item) -> Result<()> {
         let mut failed: Option<Error> = None;
-        for item in items {
-            let written = self.tar_entry(&mut tar, item, &mut zeros, &mut summary, &mut failed);
-            if let Err(e) = written {
-                return Err(failed.take().unwrap_or_else(|| output_error(e)));
-            }
+        match &mut walk.sink {
+            Sink::Tar(tar, zeros) => self
+                .tar_entry(tar, item, zeros, &mut walk.summary, &mut failed)
+                .map_err(|e| failed.take().unwrap_or_else(|| output_error(e))),
+            Sink::Zip(zip) => self
+                .zip_entry(zip, item, &mut walk.summary, &mut failed)
+                .map_err(|e| failed.take().unwrap_or_else(|| zip_error(e))),
         }
-        tar.into_inner()
-            .map_err(output_error)?
-            .flush()
-            .map_err(output_error)?;
-        Ok(summary)
     }
 
     fn tar_entry(
@@ -621,66 +654,56 @@ impl Repository {
         }
     }
 
-    fn write_zip(&self, items: &[Item], out: &mut dyn Write) -> Result<DumpSummary> {
+    fn zip_entry(
+        &self,
+        zip: &mut zip::ZipWriter<zip::write::StreamWriter<&mut dyn Write>>,
+        item: &Item,
+        summary: &mut DumpSummary,
+        failed: &mut Option<Error>,
+    ) -> std::result::Result<(), zip::result::ZipError> {
         use zip::write::SimpleFileOptions;
-        let mut zip = zip::ZipWriter::new_stream(out);
-        let mut summary = DumpSummary::default();
-        let mut failed: Option<Error> = None;
-        for item in items {
-            let e = &item.entry;
-            let name = String::from_utf8_lossy(&item.path).into_owned();
-            if std::str::from_utf8(&item.path).is_err() {
-                summary.renamed.push(name.clone());
-            }
-            let secs = e.attrs.mtime_ns.div_euclid(1_000_000_000);
-            // Extended timestamp (0x5455): the mtime in UTC seconds, which unzip applies.
-            let mtime = u32::try_from(secs).ok();
-            let opts = SimpleFileOptions::default()
-                .unix_permissions(e.attrs.mode & 0o7777)
-                .last_modified_time(dos_time(secs));
-            let written: std::result::Result<(), zip::result::ZipError> = (|| {
-                match e.kind {
-                    EntryKind::Dir => {
-                        zip.add_directory(name, opts.with_extended_timestamp(mtime, None, None)?)?;
-                        summary.dirs += 1;
-                    }
-                    EntryKind::Symlink => {
-                        let target = match &e.content {
-                            Content::Target(t) => String::from_utf8_lossy(t).into_owned(),
-                            _ => String::new(),
-                        };
-                        zip.add_symlink(name, target, opts)?;
-                        summary.others += 1;
-                    }
-                    EntryKind::File => {
-                        let chunks = self
-                            .file_chunks(e)
-                            .map_err(|err| zip::result::ZipError::Io(keep(&mut failed, err)))?;
-                        let opts = opts
-                            .large_file(e.attrs.size >= u64::from(u32::MAX))
-                            .compression_method(zip::CompressionMethod::Deflated)
-                            .with_extended_timestamp(mtime, None, None)?;
-                        zip.start_file(name, opts)?;
-                        let chunks = chunks.into_iter().map(|c| (c, false)).collect();
-                        let mut reader = ChunkReader::new(self, chunks, None, &mut failed);
-                        std::io::copy(&mut reader, &mut zip)?;
-                        summary.files += 1;
-                        summary.bytes += e.attrs.size;
-                    }
-                    _ => summary.skipped.push(name),
-                }
-                Ok(())
-            })();
-            if let Err(err) = written {
-                return Err(failed.take().unwrap_or_else(|| zip_error(err)));
-            }
+        let e = &item.entry;
+        let name = String::from_utf8_lossy(&item.path).into_owned();
+        if std::str::from_utf8(&item.path).is_err() {
+            summary.renamed.push(name.clone());
         }
-        zip.finish()
-            .map_err(zip_error)?
-            .into_inner()
-            .flush()
-            .map_err(output_error)?;
-        Ok(summary)
+        let secs = e.attrs.mtime_ns.div_euclid(1_000_000_000);
+        // Extended timestamp (0x5455): the mtime in UTC seconds, which unzip applies.
+        let mtime = u32::try_from(secs).ok();
+        let opts = SimpleFileOptions::default()
+            .unix_permissions(e.attrs.mode & 0o7777)
+            .last_modified_time(dos_time(secs));
+        match e.kind {
+            EntryKind::Dir => {
+                zip.add_directory(name, opts.with_extended_timestamp(mtime, None, None)?)?;
+                summary.dirs += 1;
+            }
+            EntryKind::Symlink => {
+                let target = match &e.content {
+                    Content::Target(t) => String::from_utf8_lossy(t).into_owned(),
+                    _ => String::new(),
+                };
+                zip.add_symlink(name, target, opts)?;
+                summary.others += 1;
+            }
+            EntryKind::File => {
+                let chunks = self
+                    .file_chunks(e)
+                    .map_err(|err| zip::result::ZipError::Io(keep(failed, err)))?;
+                let opts = opts
+                    .large_file(e.attrs.size >= u64::from(u32::MAX))
+                    .compression_method(zip::CompressionMethod::Deflated)
+                    .with_extended_timestamp(mtime, None, None)?;
+                zip.start_file(name, opts)?;
+                let chunks = chunks.into_iter().map(|c| (c, false)).collect();
+                let mut reader = ChunkReader::new(self, chunks, None, failed);
+                std::io::copy(&mut reader, zip)?;
+                summary.files += 1;
+                summary.bytes += e.attrs.size;
+            }
+            _ => summary.skipped.push(name),
+        }
+        Ok(())
     }
 }
 

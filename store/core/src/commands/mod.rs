@@ -13,6 +13,7 @@ pub(crate) mod listing;
 pub(crate) mod repair;
 pub(crate) mod restore;
 pub(crate) mod retention;
+pub(crate) mod runs;
 pub(crate) mod safe_fs;
 pub(crate) mod shared_ingest;
 pub(crate) mod usage;
