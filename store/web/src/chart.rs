@@ -105,7 +105,8 @@ pub fn svg(title: &str, series: &[Series], label: &dyn Fn(f64) -> String) -> Str
         let colour = COLOURS[i % COLOURS.len()];
         let mut pts = s.points.clone();
         pts.sort_by_key(|p| p.0);
-        if s.dots {
+        // A line of few points shows them too (one sample is a dot, not an invisible line).
+        if s.dots || pts.len() <= 48 {
             for (t, v) in &pts {
                 let _ = write!(
                     out,
@@ -114,7 +115,8 @@ pub fn svg(title: &str, series: &[Series], label: &dyn Fn(f64) -> String) -> Str
                     y(*v)
                 );
             }
-        } else {
+        }
+        if !s.dots {
             let line: Vec<String> = pts
                 .iter()
                 .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v)))
@@ -130,8 +132,9 @@ pub fn svg(title: &str, series: &[Series], label: &dyn Fn(f64) -> String) -> Str
                 line.join(" ")
             );
         }
-        let lx = LEFT + (i % 4) as f64 * 170.0;
-        let ly = HEIGHT - 14.0 + 0.0 * (i / 4) as f64;
+        // One legend row (the charts here have at most three series).
+        let lx = LEFT + i as f64 * 170.0;
+        let ly = HEIGHT - 14.0;
         let _ = write!(
             out,
             r#"<rect x="{lx}" y="{}" width="10" height="10" fill="{colour}"/><text x="{}" y="{ly}">{}</text>"#,
