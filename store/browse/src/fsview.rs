@@ -246,6 +246,17 @@ pub struct FsView {
 pub struct ViewCaches {
     trees: Mutex<ByteLru<(u64, ChunkId), Vec<Entry>>>,
     chunks: Mutex<ByteLru<(u64, ChunkId), Vec<u8>>>,
+    /// The read-only handle the views share: one index (and its block cache) open at a
+    /// time however many views there are, reopened when older than the asking view's
+    /// refresh interval (a read-only handle does not see later commits).
+    repo: Mutex<Option<SharedRepo>>,
+}
+
+/// A read-only repository handle, where it is, and when it was opened.
+struct SharedRepo {
+    path: PathBuf,
+    opened: Instant,
+    repo: Arc<Repository>,
 }
 
 impl ViewCaches {
@@ -255,7 +266,27 @@ impl ViewCaches {
         Arc::new(ViewCaches {
             trees: Mutex::new(ByteLru::new(tree_bytes)),
             chunks: Mutex::new(ByteLru::new(chunk_bytes)),
+            repo: Mutex::new(None),
         })
+    }
+
+    /// The repository at `path`, read-only: the handle opened last, or a new one when that
+    /// is older than `refresh` or of another path. Opening happens under the lock, so
+    /// views that ask at once open it once.
+    fn repository(&self, path: &Path, refresh: Duration) -> Result<Arc<Repository>> {
+        let mut shared = self.repo.lock().map_err(|_| Error::Poisoned)?;
+        if let Some(s) = shared.as_ref() {
+            if s.path == path && s.opened.elapsed() < refresh {
+                return Ok(s.repo.clone());
+            }
+        }
+        let repo = Arc::new(Repository::open_read_only(path)?);
+        *shared = Some(SharedRepo {
+            path: path.to_path_buf(),
+            opened: Instant::now(),
+            repo: repo.clone(),
+        });
+        Ok(repo)
     }
 
     /// Bytes held: decoded trees (estimated) and chunks.
@@ -334,7 +365,7 @@ impl FsView {
         caches: Arc<ViewCaches>,
         cache_scope: u64,
     ) -> Result<FsView> {
-        let catalog = Self::load(repo, &opts)?;
+        let catalog = Self::load(repo, &opts, &caches)?;
         let mut nodes = NodeTable {
             current: HashMap::new(),
             previous: HashMap::new(),
@@ -361,8 +392,8 @@ impl FsView {
         })
     }
 
-    fn load(path: &Path, opts: &ViewOptions) -> Result<Catalog> {
-        let repo = Repository::open_read_only(path)?;
+    fn load(path: &Path, opts: &ViewOptions, caches: &ViewCaches) -> Result<Catalog> {
+        let repo = caches.repository(path, opts.refresh)?;
         let snapshots = repo.snapshots()?;
         let positions_of = xstore::tier_positions(&snapshots);
         let mut by_host: HashMap<HostName, Vec<Arc<Snapshot>>> = HashMap::new();
@@ -411,7 +442,7 @@ impl FsView {
             })
             .collect();
         Ok(Catalog {
-            repo: Arc::new(repo),
+            repo,
             newest_ns,
             by_host,
             positions,
@@ -425,7 +456,7 @@ impl FsView {
         if current.loaded.elapsed() < self.opts.refresh {
             return Ok(current);
         }
-        let fresh = Arc::new(Self::load(&self.path, &self.opts)?);
+        let fresh = Arc::new(Self::load(&self.path, &self.opts, &self.caches)?);
         *self.catalog.write().map_err(lock_err)? = fresh.clone();
         Ok(fresh)
     }

@@ -67,12 +67,6 @@ impl PieceWriter {
         self.sent += len;
         Ok(())
     }
-
-    /// Ends the body with `error`: the connection is cut, so the client sees a failed
-    /// download, never a short one that looks whole.
-    pub fn fail(self, error: std::io::Error) {
-        let _ = self.tx.blocking_send(Err(error));
-    }
 }
 
 impl Write for PieceWriter {
