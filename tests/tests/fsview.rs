@@ -154,3 +154,60 @@ fn shared_caches_are_never_hit_across_scopes() {
     );
     assert!(after_b.0 > after_a.0);
 }
+
+#[test]
+fn views_sharing_caches_share_one_repository_handle_and_see_new_snapshots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), b"a\n").unwrap();
+    for i in 0..300 {
+        std::fs::write(src.join(format!("f{i:03}")), b"").unwrap();
+    }
+    let path = tmp.path().join("repo");
+    let repo = small_repo(&path);
+    let backup = |host: &str| {
+        let opts = BackupOptions::new(xstore_tests::host_name(host), vec![src.clone()]);
+        repo.backup(&LocalSource, &opts).unwrap()
+    };
+    backup("web1");
+    backup("db1");
+    let caches = xstore_browse::fsview::ViewCaches::new(1 << 20, 1 << 20);
+    let opts = |host: &str| ViewOptions {
+        hosts: Some(vec![xstore_tests::host_name(host)]),
+        refresh: std::time::Duration::from_millis(200),
+        max_nodes: Some(100),
+        ..ViewOptions::default()
+    };
+    let web = FsView::open_with_caches(&path, opts("web1"), caches.clone(), 1).unwrap();
+    let db = FsView::open_with_caches(&path, opts("db1"), caches.clone(), 2).unwrap();
+    // One index open for both accounts' views.
+    assert!(std::sync::Arc::ptr_eq(
+        &web.repository().unwrap(),
+        &db.repository().unwrap()
+    ));
+    assert_eq!(web.hosts().unwrap(), vec![xstore_tests::host_name("web1")]);
+    assert_eq!(web.host_snapshots("db1").unwrap().len(), 0);
+    // After the refresh interval a new snapshot shows, through a new shared handle.
+    let before = web.repository().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    backup("web1");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(web.host_snapshots("web1").unwrap().len(), 2);
+    let after = web.repository().unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&before, &after));
+    // A bounded view forgets nodes beyond its bound and still resolves every path.
+    let abs = src.canonicalize().unwrap();
+    let dir = web
+        .resolve(&format!("/hourly.0/web1{}", abs.display()))
+        .unwrap();
+    assert_eq!(web.readdir(dir.ino).unwrap().len(), 301);
+    assert!(web.nodes_held() <= 101, "{}", web.nodes_held());
+    for _ in 0..3 {
+        let tier0 = web
+            .resolve(&format!("/hourly.0/web1{}/a", abs.display()))
+            .unwrap();
+        assert_eq!(web.read(tier0.ino, 0, 10).unwrap(), b"a\n");
+    }
+    assert!(web.nodes_held() <= 101, "{}", web.nodes_held());
+}
