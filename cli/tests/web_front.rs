@@ -87,6 +87,20 @@ fn a_customer_browses_downloads_and_gets_exactly_the_backup() {
     assert_eq!(tail.body, big[big.len() - 10..]);
     let past = alice.get_with(&big_url, &[("Range", "bytes=99999999-")]);
     assert_eq!(past.status, 416);
+    // HEAD: the headers of the download, no body, nothing audited.
+    let head = request(
+        &alice.socket,
+        "HEAD",
+        &big_url,
+        &[("Cookie", &alice.cookie)],
+        b"",
+    );
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("content-length"),
+        Some(big.len().to_string().as_str())
+    );
+    assert!(head.body.is_empty());
     assert_eq!(alice.get(&big_url).body, big);
 
     // var/www as .tar.gz and .zip unpacks to what restore writes.
@@ -151,6 +165,9 @@ fn a_customer_browses_downloads_and_gets_exactly_the_backup() {
     assert!(downloads
         .iter()
         .any(|d| d["format"] == "file" && d["bytes"] == (3u64 << 20)));
+    // Every download audited once: 3 of index.html, the id and name GETs, 4 of big.bin
+    // (middle, tail, whole; the 416 and the HEAD send nothing), 2 archives.
+    assert!(!downloads.iter().any(|d| d["bytes"] == 0), "{downloads:?}");
 }
 
 #[test]

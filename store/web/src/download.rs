@@ -9,6 +9,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -104,9 +105,11 @@ pub async fn download(
     Extension(peer): Extension<Peer>,
     Query(query): Query<DownloadQuery>,
     headers: HeaderMap,
+    method: axum::http::Method,
     uri: axum::http::Uri,
     Path(_): Path<String>,
 ) -> Answer {
+    let head = method == axum::http::Method::HEAD;
     let user = match require(&app, &headers) {
         Ok(u) => u,
         Err(r) => return Ok(*r),
@@ -162,9 +165,15 @@ pub async fn download(
         path: String::from_utf8_lossy(&located.path_bytes()).into_owned(),
         shape,
     };
-    Ok(match shape {
-        Shape::File => file(located, &headers, record, permit),
-        Shape::TarGz | Shape::Zip => archive(located, shape, record, permit),
+    // A HEAD gets the headers only: nothing is read, sent or audited.
+    Ok(match (shape, head) {
+        (Shape::File, _) => file(located, &headers, record, (!head).then_some(permit)),
+        (_, true) => archive_headers(
+            (StatusCode::OK, Body::empty()).into_response(),
+            &download_name(&located),
+            shape,
+        ),
+        (Shape::TarGz | Shape::Zip, false) => archive(located, shape, record, permit),
     })
 }
 
@@ -184,7 +193,7 @@ fn file(
     located: Located,
     headers: &HeaderMap,
     record: Record,
-    permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> Response {
     let size = located.attr.attrs.size;
     let etag = format!(
@@ -211,63 +220,86 @@ fn file(
             return r;
         }
     };
+    let set_headers = |mut r: Response| {
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        h.insert(header::ETAG, header_value(&etag));
+        h.insert(
+            header::CONTENT_DISPOSITION,
+            header_value(&attachment(&download_name(&located), "")),
+        );
+        if status == StatusCode::PARTIAL_CONTENT {
+            h.insert(
+                header::CONTENT_RANGE,
+                header_value(&format!("bytes {start}-{}/{size}", start + len - 1)),
+            );
+        }
+        r
+    };
+    let Some(permit) = permit else {
+        return set_headers((status, Body::empty()).into_response());
+    };
     let (tx, body) = channel();
     let view = located.view.clone();
     let ino = located.attr.ino;
-    std::thread::Builder::new()
-        .name("web-download".into())
-        .spawn(move || {
-            let _permit = permit;
-            // Each piece the view reads goes to the client as it is (no second copy).
-            let mut sent = 0u64;
-            let mut at = start;
-            let end = start + len;
-            while at < end {
-                let want = PIECE_BYTES.min((end - at) as usize);
-                let piece = match view.read(ino, at, want) {
-                    Ok(p) if !p.is_empty() => p,
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::error!("download of {}: {e}", record.path);
-                        let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                        record.write(sent);
-                        return;
-                    }
-                };
-                at += piece.len() as u64;
-                let n = piece.len() as u64;
-                if tx.blocking_send(Ok(bytes::Bytes::from(piece))).is_err() {
-                    break; // the client went away
+    let producer = move || {
+        let _permit = permit;
+        // Each piece the view reads goes to the client as it is (no second copy).
+        let mut sent = 0u64;
+        let mut at = start;
+        let end = start + len;
+        while at < end {
+            let want = PIECE_BYTES.min((end - at) as usize);
+            let piece = match view.read(ino, at, want) {
+                Ok(p) if !p.is_empty() => p,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!("download of {}: {e}", record.path);
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    record.write(sent);
+                    return;
                 }
-                sent += n;
+            };
+            at += piece.len() as u64;
+            let n = piece.len() as u64;
+            if tx.blocking_send(Ok(bytes::Bytes::from(piece))).is_err() {
+                break; // the client went away
             }
-            record.write(sent);
-        })
-        .map_or_else(
-            |e| Failure::internal("starting a download", e).into_response(),
-            |_| {
-                let mut r = (status, body).into_response();
-                let h = r.headers_mut();
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                );
-                h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-                h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-                h.insert(header::ETAG, header_value(&etag));
-                h.insert(
-                    header::CONTENT_DISPOSITION,
-                    header_value(&attachment(&download_name(&located), "")),
-                );
-                if status == StatusCode::PARTIAL_CONTENT {
-                    h.insert(
-                        header::CONTENT_RANGE,
-                        header_value(&format!("bytes {start}-{}/{size}", start + len - 1)),
-                    );
-                }
-                r
-            },
-        )
+            sent += n;
+        }
+        record.write(sent);
+    };
+    match std::thread::Builder::new()
+        .name("web-download".into())
+        .spawn(producer)
+    {
+        Err(e) => Failure::internal("starting a download", e).into_response(),
+        Ok(_) => set_headers((status, body).into_response()),
+    }
+}
+
+/// An archive's headers: octet-stream, and its name with the format's suffix.
+fn archive_headers(mut r: Response, name: &[u8], shape: Shape) -> Response {
+    let suffix = if shape == Shape::Zip {
+        ".zip"
+    } else {
+        ".tar.gz"
+    };
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        header_value(&attachment(name, suffix)),
+    );
+    r
 }
 
 /// A directory (or file) as a streamed archive.
@@ -280,11 +312,6 @@ fn archive(
     let (tx, body) = channel();
     let fail_tx = tx.clone();
     let name = download_name(&located);
-    let suffix = if shape == Shape::Zip {
-        ".zip"
-    } else {
-        ".tar.gz"
-    };
     let producer = move || {
         let _permit = permit;
         let repo = match located.view.repository() {
@@ -341,18 +368,6 @@ fn archive(
         .spawn(producer)
     {
         Err(e) => Failure::internal("starting a download", e).into_response(),
-        Ok(_) => {
-            let mut r = (StatusCode::OK, body).into_response();
-            let h = r.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            h.insert(
-                header::CONTENT_DISPOSITION,
-                header_value(&attachment(&name, suffix)),
-            );
-            r
-        }
+        Ok(_) => archive_headers((StatusCode::OK, body).into_response(), &name, shape),
     }
 }
