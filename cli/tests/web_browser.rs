@@ -15,7 +15,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::ok;
 use fantoccini::{Client, ClientBuilder, Locator};
 use webfront::{fleet, serve_https, snapshots_of, tree, HOSTILE, PASSWORD};
 
@@ -264,18 +263,7 @@ async fn a_customer_restores_in_a_real_browser_and_the_operator_sees_names_inert
     );
 
     // The directory as .tar.gz and .zip: both unpack to what restore writes.
-    let restored = f.path("restored");
-    ok(
-        &f.repo,
-        &[
-            "restore",
-            "web1@daily.1",
-            restored.to_str().unwrap(),
-            "--path",
-            www.to_str().unwrap(),
-        ],
-    );
-    let want = tree(&restored.join("www"));
+    let want = webfront::restored_www(&f);
     for (id, name, zip) in [
         ("download-tgz", "www.tar.gz", false),
         ("download-zip", "www.zip", true),

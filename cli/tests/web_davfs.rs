@@ -10,7 +10,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::ok;
 use webfront::{fleet, serve_https, tree, PASSWORD};
 
 /// A davfs2 mount, unmounted when dropped.
@@ -81,22 +80,11 @@ fn davfs2_mounts_the_customers_tree_read_only() {
         fs::read_to_string(inside.join("index.html")).unwrap(),
         f.index_versions[0]
     );
-    let restored = f.path("restored");
-    ok(
-        &f.repo,
-        &[
-            "restore",
-            "web1@daily.1",
-            restored.to_str().unwrap(),
-            "--path",
-            www.to_str().unwrap(),
-        ],
-    );
     let mounted: Vec<(String, String)> = tree(&inside)
         .into_iter()
         .map(|(path, hash, _)| (path, hash))
         .collect();
-    let want: Vec<(String, String)> = tree(&restored.join("www"))
+    let want: Vec<(String, String)> = webfront::restored_www(&f)
         .into_iter()
         .map(|(path, hash, _)| (path, hash))
         .collect();

@@ -41,17 +41,9 @@ impl Fleet {
     }
 }
 
-/// A deterministic byte pattern of `len` bytes.
+/// Deterministic incompressible bytes (the chunker's own test data).
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    xstore_tests::seeded_bytes(seed, len)
 }
 
 /// Builds the fleet: web1 backed up three times and rotated so that `daily.1` is its
@@ -528,4 +520,21 @@ pub fn tree(dir: &Path) -> Vec<(String, String, u32)> {
     }
     out.sort();
     out
+}
+
+/// What `restore` writes of web1's `var/www` in `daily.1` (its first backup), as [`tree`].
+pub fn restored_www(f: &Fleet) -> Vec<(String, String, u32)> {
+    let restored = f.path("restored");
+    let www = f.web1.join("var/www");
+    ok(
+        &f.repo,
+        &[
+            "restore",
+            "web1@daily.1",
+            restored.to_str().unwrap(),
+            "--path",
+            www.to_str().unwrap(),
+        ],
+    );
+    tree(&restored.join("www"))
 }
