@@ -241,8 +241,10 @@ pub struct FsView {
 /// The byte-bounded caches of decoded trees and decompressed chunks. Views of one repository
 /// may share them (an NFS server's views do: one memory budget). Entries are keyed by the
 /// view's cache scope and the blob id: views of different scopes (accounts) never hit each
-/// other's entries, so how fast an answer comes never tells whether another account read the
-/// same content; one scope's traffic only evicts another's.
+/// other's entries here; one scope's traffic only evicts another's. What stays shared below
+/// these caches, as it is for any two readers of one repository, is the read-only index
+/// handle (its block cache of blob locations) and the kernel's page cache of pack files: a
+/// reader timing its own reads may still tell that a block was read recently.
 pub struct ViewCaches {
     trees: Mutex<ByteLru<(u64, ChunkId), Vec<Entry>>>,
     chunks: Mutex<ByteLru<(u64, ChunkId), Vec<u8>>>,

@@ -10,7 +10,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use xstore::text::{human_bytes, short_duration};
 use xstore_browse::access::{MAY_EXEC, MAY_READ};
-use xstore_browse::fsview::{DirItem, NodeAttr, HOSTS_DIR};
+use xstore_browse::fsview::{NodeAttr, HOSTS_DIR};
 use xstore_format::meta::EntryKind;
 use xstore_format::tree::Content;
 
@@ -183,9 +183,10 @@ fn row_of(name: Vec<u8>, attr: &NodeAttr, target: Option<String>) -> ListRow {
     }
 }
 
-fn target_of(located: &Located, item: &DirItem) -> Option<String> {
-    (item.attr.kind == EntryKind::Symlink)
-        .then(|| located.view.readlink(item.attr.ino).ok())
+/// A symlink's target as a page shows it (`None` for anything else).
+fn target_of(located: &Located, attr: &NodeAttr) -> Option<String> {
+    (attr.kind == EntryKind::Symlink)
+        .then(|| located.view.readlink(attr.ino).ok())
         .flatten()
         .map(|t| crate::paths::display_name(&t))
 }
@@ -245,7 +246,13 @@ fn directory_page(
         .iter()
         .skip((page - 1) * PAGE_ENTRIES)
         .take(PAGE_ENTRIES)
-        .map(|item| row_of(item.name.clone(), &item.attr, target_of(located, item)))
+        .map(|item| {
+            row_of(
+                item.name.clone(),
+                &item.attr,
+                target_of(located, &item.attr),
+            )
+        })
         .collect();
     Ok(pages::listing(
         v,
@@ -269,11 +276,7 @@ fn place(located: &Located) -> Place<'_> {
 
 fn file_page(v: &pages::Viewer<'_>, located: &Located) -> Result<maud::Markup, Failure> {
     let name = located.names.last().cloned().unwrap_or_default();
-    let target = (located.attr.kind == EntryKind::Symlink)
-        .then(|| located.view.readlink(located.attr.ino).ok())
-        .flatten()
-        .map(|t| crate::paths::display_name(&t));
-    let row = row_of(name, &located.attr, target);
+    let row = row_of(name, &located.attr, target_of(located, &located.attr));
     let versions = versions(located)?;
     Ok(pages::file(
         v,

@@ -102,16 +102,20 @@ impl History {
         })
     }
 
-    /// Samples the repository at `repo` now; returns how many records were written.
-    pub fn sample(&self, repo: &Path, inventory: &Inventory, now_ns: i64) -> Result<usize, String> {
-        let repo = Repository::open_read_only(repo).map_err(|e| e.to_string())?;
+    /// Samples `repo` now; returns how many records were written.
+    pub fn sample(
+        &self,
+        repo: &Repository,
+        inventory: &Inventory,
+        now_ns: i64,
+    ) -> Result<usize, String> {
         let stats = repo.stats().map_err(|e| e.to_string())?;
         let mut records = vec![HistoryRecord::Repository {
             at_ns: now_ns,
             stored_bytes: stats.stored_bytes,
             logical_bytes: stats.logical_bytes,
         }];
-        let usage = xstore_fleet::monitor::fleet_usage_report(&repo, Some(inventory), None)
+        let usage = xstore_fleet::monitor::fleet_usage_report(repo, Some(inventory), None)
             .map_err(|e| e.to_string())?;
         records.extend(usage.accounts.iter().map(|a| HistoryRecord::Account {
             at_ns: now_ns,
@@ -125,7 +129,7 @@ impl History {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for host in &inventory.hosts {
-                let Ok(Some(p)) = xstore_fleet::pull::last_pull(&repo, &host.name) else {
+                let Ok(Some(p)) = xstore_fleet::pull::last_pull(repo, &host.name) else {
                     continue;
                 };
                 let newest = seen.entry(host.name.to_string()).or_insert(i64::MIN);

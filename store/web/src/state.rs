@@ -272,7 +272,15 @@ impl App {
             return Ok(0);
         };
         let inventory = self.inventory.get()?;
-        history.sample(&self.repo, &inventory, xstore::now_ns())
+        // The views' shared read-only handle: no second index opened for the sample.
+        let repo = self
+            .view(&Scope::All)
+            .and_then(|v| {
+                v.repository()
+                    .map_err(|e| Failure::internal("opening the repository", e))
+            })
+            .map_err(|f| f.message)?;
+        history.sample(&repo, &inventory, xstore::now_ns())
     }
 
     /// Appends to the audit log; a failure is logged (the request it records went on).
