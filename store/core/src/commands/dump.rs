@@ -111,14 +111,12 @@ enum Sink<'w> {
     Zip(Box<zip::ZipWriter<zip::write::StreamWriter<&'w mut dyn Write>>>),
 }
 
-impl Walk<'_, '_> {
-    /// Whether the reader may take the entry's content (files, directories); other kinds
-    /// have none.
-    fn may(&self, entry: &Entry) -> bool {
-        match (self.may_take, entry.kind) {
-            (Some(may), EntryKind::File | EntryKind::Dir) => may(entry),
-            _ => true,
-        }
+/// Whether a reader with `rule` ([`DumpRequest::may_take`]) may take the entry's content
+/// (files, directories); other kinds have none.
+fn may_take(rule: Option<&dyn Fn(&Entry) -> bool>, entry: &Entry) -> bool {
+    match (rule, entry.kind) {
+        (Some(may), EntryKind::File | EntryKind::Dir) => may(entry),
+        _ => true,
     }
 }
 
@@ -334,10 +332,7 @@ impl Repository {
         let node = self.lookup_bytes(snapshot, request.path)?;
         let denied = || Error::PermissionDenied(String::from_utf8_lossy(request.path).into_owned());
         if let Node::Entry(e) = &node {
-            let may = request
-                .may_take
-                .is_none_or(|may| !matches!(e.kind, EntryKind::File | EntryKind::Dir) || may(e));
-            if !may {
+            if !may_take(request.may_take, e) {
                 return Err(denied());
             }
             if format.is_none() && e.kind == EntryKind::File {
@@ -493,7 +488,7 @@ impl Repository {
         }
         // What the reader may not take is left out; a directory it may not list is kept
         // (its name was listed), without what it holds.
-        let listable = walk.may(&entry);
+        let listable = may_take(walk.may_take, &entry);
         if !listable && entry.kind == EntryKind::File {
             walk.denied += 1;
             return Ok(());
