@@ -17,7 +17,7 @@ use xstore_format::tree::Content;
 use crate::locate::{fs_failure, locate, Located};
 use crate::pages::{self, mode_string, HostRow, ListRow, Place, SnapshotRow, VersionRow};
 use crate::session::SessionUser;
-use crate::state::{viewer, Answer, App, Failure};
+use crate::state::{viewer, Answer, App, Failure, LoggedIn};
 
 /// Entries on one page of a directory.
 pub const PAGE_ENTRIES: usize = 1000;
@@ -35,34 +35,21 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| Failure::internal("a request's worker", e))?
 }
 
-/// The user of a request, or the answer that sends them to log in (boxed: a response is
-/// large, a user small).
-pub fn require(app: &App, headers: &HeaderMap) -> Result<SessionUser, Box<Response>> {
-    match app.session(headers) {
-        Ok(Some(user)) => Ok(user),
-        Ok(None) => Err(Box::new(Redirect::to("/login").into_response())),
-        Err(f) => Err(Box::new(f.into_response())),
-    }
-}
-
 fn page(markup: maud::Markup) -> Response {
     Html(markup.into_string()).into_response()
 }
 
 /// `GET /`: the hosts, or the login form.
 pub async fn root(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    match require(&app, &headers) {
-        Ok(_) => Redirect::to("/hosts").into_response(),
-        Err(r) => *r,
+    match app.session(&headers) {
+        Ok(Some(_)) => Redirect::to("/hosts").into_response(),
+        Ok(None) => Redirect::to("/login").into_response(),
+        Err(f) => f.into_response(),
     }
 }
 
 /// `GET /hosts`: the user's hosts with their freshness.
-pub async fn hosts(State(app): State<Arc<App>>, headers: HeaderMap) -> Answer {
-    let user = match require(&app, &headers) {
-        Ok(u) => u,
-        Err(r) => return Ok(*r),
-    };
+pub async fn hosts(State(app): State<Arc<App>>, LoggedIn(user): LoggedIn) -> Answer {
     let a = app.clone();
     let u = user.clone();
     let rows = blocking(move || host_rows(&a, &u)).await?;
@@ -113,12 +100,8 @@ fn host_rows(app: &App, user: &SessionUser) -> Result<Vec<HostRow>, Failure> {
 pub async fn host(
     State(app): State<Arc<App>>,
     Path(host): Path<String>,
-    headers: HeaderMap,
+    LoggedIn(user): LoggedIn,
 ) -> Answer {
-    let user = match require(&app, &headers) {
-        Ok(u) => u,
-        Err(r) => return Ok(*r),
-    };
     let a = app.clone();
     let u = user.clone();
     let h = host.clone();
@@ -196,13 +179,9 @@ pub async fn browse(
     State(app): State<Arc<App>>,
     Path(tail): Path<String>,
     Query(query): Query<PageQuery>,
-    headers: HeaderMap,
+    LoggedIn(user): LoggedIn,
     uri: axum::http::Uri,
 ) -> Answer {
-    let user = match require(&app, &headers) {
-        Ok(u) => u,
-        Err(r) => return Ok(*r),
-    };
     // The raw tail, still percent-encoded: names are decoded once, by `locate`.
     let raw = uri
         .path()

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -22,10 +22,10 @@ use xstore_format::meta::EntryKind;
 use xstore_format::tree::Entry;
 
 use crate::audit::AuditEvent;
-use crate::browsing::{blocking, require};
+use crate::browsing::blocking;
 use crate::disposition::attachment;
 use crate::locate::{locate, Located};
-use crate::state::{Answer, App, Failure, Peer};
+use crate::state::{Answer, App, Failure, LoggedIn, Peer};
 use crate::stream::{channel, parse_range, PieceWriter, RangeAnswer, PIECE_BYTES};
 
 /// The `?format=` of a download.
@@ -104,16 +104,12 @@ pub async fn download(
     State(app): State<Arc<App>>,
     Extension(peer): Extension<Peer>,
     Query(query): Query<DownloadQuery>,
+    LoggedIn(user): LoggedIn,
     headers: HeaderMap,
     method: axum::http::Method,
     uri: axum::http::Uri,
-    Path(_): Path<String>,
 ) -> Answer {
     let head = method == axum::http::Method::HEAD;
-    let user = match require(&app, &headers) {
-        Ok(u) => u,
-        Err(r) => return Ok(*r),
-    };
     let asked = match query.format.as_deref() {
         None => None,
         Some("tar.gz") => Some(Shape::TarGz),

@@ -6,17 +6,17 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap};
+use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use xstore::text::{human_bytes, short_duration};
 
 use crate::audit::AuditEvent;
-use crate::browsing::{blocking, require};
+use crate::browsing::blocking;
 use crate::chart::{self, Series};
 use crate::history::HistoryRecord;
 use crate::pages::{self, AuditRow, FleetView, ProblemRow, UsageRow};
 use crate::session::SessionUser;
-use crate::state::{viewer, Answer, App, Failure, Scope};
+use crate::state::{viewer, Answer, App, Failure, LoggedIn, Scope};
 use crate::users::Role;
 
 /// How far back the charts look.
@@ -61,11 +61,7 @@ fn usage_rows(app: &App, account: Option<&str>) -> Result<Vec<UsageRow>, Failure
 }
 
 /// `GET /usage`: the user's account (an operator's: all) against its allocation.
-pub async fn usage(State(app): State<Arc<App>>, headers: HeaderMap) -> Answer {
-    let user = match require(&app, &headers) {
-        Ok(u) => u,
-        Err(r) => return Ok(*r),
-    };
+pub async fn usage(State(app): State<Arc<App>>, LoggedIn(user): LoggedIn) -> Answer {
     let (a, u) = (app.clone(), user.clone());
     let rows = blocking(move || match App::scope(&u) {
         Scope::All => usage_rows(&a, None),
@@ -185,11 +181,7 @@ fn fleet_view(app: &App) -> Result<FleetView, Failure> {
 }
 
 /// `GET /operator`: the fleet at a glance.
-pub async fn operator(State(app): State<Arc<App>>, headers: HeaderMap) -> Answer {
-    let user = match require(&app, &headers) {
-        Ok(u) => u,
-        Err(r) => return Ok(*r),
-    };
+pub async fn operator(State(app): State<Arc<App>>, LoggedIn(user): LoggedIn) -> Answer {
     operator_only(&user)?;
     let a = app.clone();
     let v = blocking(move || fleet_view(&a)).await?;
@@ -197,11 +189,7 @@ pub async fn operator(State(app): State<Arc<App>>, headers: HeaderMap) -> Answer
 }
 
 /// `GET /audit`: the newest records of the audit log.
-pub async fn audit(State(app): State<Arc<App>>, headers: HeaderMap) -> Answer {
-    let user = match require(&app, &headers) {
-        Ok(u) => u,
-        Err(r) => return Ok(*r),
-    };
+pub async fn audit(State(app): State<Arc<App>>, LoggedIn(user): LoggedIn) -> Answer {
     operator_only(&user)?;
     let path = app.audit_path().to_path_buf();
     let (records, unreadable) = blocking(move || {
@@ -333,12 +321,8 @@ fn pull_series(records: &[HistoryRecord]) -> Vec<Series> {
 pub async fn chart(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    LoggedIn(user): LoggedIn,
 ) -> Answer {
-    let user = match require(&app, &headers) {
-        Ok(u) => u,
-        Err(r) => return Ok(*r),
-    };
     let scope = App::scope(&user);
     if name == "pulls.svg" {
         operator_only(&user)?;

@@ -376,6 +376,26 @@ impl App {
     }
 }
 
+/// The user of a request's live session. A handler taking it answers a request without one
+/// with a redirect to the login form (and a users file that does not read with an error
+/// page), before it runs.
+pub struct LoggedIn(pub SessionUser);
+
+impl axum::extract::FromRequestParts<Arc<App>> for LoggedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &Arc<App>,
+    ) -> Result<Self, Response> {
+        match app.session(&parts.headers) {
+            Ok(Some(user)) => Ok(LoggedIn(user)),
+            Ok(None) => Err(axum::response::Redirect::to("/login").into_response()),
+            Err(f) => Err(f.into_response()),
+        }
+    }
+}
+
 /// The value of cookie `name` in a request (the first one sent).
 pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
