@@ -636,6 +636,23 @@ fn webdav_serves_the_same_tree_read_only_to_the_same_logins() {
         );
         assert!([403, 405].contains(&got.status), "{method}: {}", got.status);
     }
+    // Hostile names stay inside their XML elements, percent-encoded in hrefs.
+    let hostile = dav(
+        &s,
+        "PROPFIND",
+        &format!("/dav/daily.0/web1/{base}/var/www/hostile/"),
+        &alice,
+        Some("1"),
+    );
+    assert_eq!(hostile.status, 207);
+    let xml = hostile.text();
+    assert!(!xml.contains("<script>") && !xml.contains("<img"), "{xml}");
+    assert!(!xml.contains('\x1b') && !xml.contains('\x07'), "{xml}");
+    assert_eq!(
+        xml.matches("<D:response>").count(),
+        1 + HOSTILE.len(),
+        "{xml}"
+    );
     // Permissions as on the pages: the customer's squashed root may not read root's key.
     let key = format!("/dav/daily.0/web1/{base}/root/secret.key");
     assert_eq!(dav(&s, "GET", &key, &alice, None).status, 403);
