@@ -35,6 +35,7 @@ mod ops;
 mod output;
 mod pull;
 mod retention;
+mod sync;
 mod values;
 mod web;
 
@@ -140,6 +141,10 @@ enum Command {
     Unpin(retention::PinArgs),
     /// Reclaim space: delete packs without live blobs, rewrite packs over the dead threshold.
     Gc(retention::GcArgs),
+    /// Copy snapshots from another repository into this one (a replica pulling from its
+    /// primary): only what is missing travels, verified and sealed with this repository's
+    /// keys; what the source expires stays here until this repository's retention expires it.
+    Sync(sync::SyncArgs),
     /// Show or set tier schedules (default and per host) and the gc threshold.
     Tiers(retention::TiersArgs),
     /// Print the service's schedule (pulls every 4 h, tier rotations, gc) for cron or systemd.
@@ -530,6 +535,7 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Pin(args) => retention::pin(cli, &args.snapshot, true),
         Command::Unpin(args) => retention::pin(cli, &args.snapshot, false),
         Command::Gc(args) => retention::gc(cli, args),
+        Command::Sync(args) => sync::sync(cli, args),
         Command::Tiers(args) => retention::tiers(cli, args),
         Command::Schedule(args) => retention::schedule(cli, args),
         Command::Stats => commands::stats(cli),

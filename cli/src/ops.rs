@@ -23,7 +23,7 @@ pub(crate) struct InventoryArg {
 impl InventoryArg {
     /// The inventory named, or the default one unless no file is there (one that cannot be
     /// read is an error, [`Inventory::load_default`]).
-    fn load(&self) -> Result<Option<Inventory>> {
+    pub(crate) fn load(&self) -> Result<Option<Inventory>> {
         Ok(match &self.inventory {
             Some(p) => Some(Inventory::load(p)?),
             None => Inventory::load_default(std::path::Path::new(DEFAULT_INVENTORY))?,

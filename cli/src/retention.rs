@@ -274,7 +274,7 @@ pub(crate) fn rotate(cli: &Cli, args: &RotateArgs) -> Result<u8> {
 
 /// Keeps how a maintenance run went as its job's last run (the web front's operator page
 /// shows it); failing to keep it is a warning, never the run's failure.
-fn record_run(
+pub(crate) fn record_run(
     repo: &xstore::Repository,
     job: &str,
     started_ns: i64,

@@ -446,30 +446,66 @@ pub fn plan_tiers(
             }
             Step::Rotate { .. } => {}
         }
-        // Trim: keep the newest `count` members and the newest `count` complete members, so
-        // partial snapshots never push a complete one out.
-        let current = members(&tiers, &tier.name);
-        let mut complete_seen = 0usize;
-        for (i, c) in current.iter().enumerate() {
-            let keep_any = i < tier.count;
-            let newer_complete = complete_seen;
-            let keep_complete = c.complete && newer_complete < tier.count;
-            if c.complete {
-                complete_seen += 1;
-            }
-            if !(keep_any || keep_complete) {
-                if let Some(t) = tiers.get_mut(c.id.as_str()) {
-                    t.remove(&tier.name);
-                }
-                notes.entry(c.id.as_str()).or_default().push(format!(
-                    "trimmed from {} ({} keeps {}; {} newer complete)",
-                    tier.name, tier.name, tier.count, newer_complete
-                ));
-            }
-        }
+        trim(&list, tier, &mut tiers, &mut notes);
     }
     let keep_reasons = HashMap::new();
     Ok(finish(candidates, &tiers, &keep_reasons, &notes))
+}
+
+/// Trims one tier of one host's candidates (`list`, newest first) to its count: keeps the
+/// newest `count` members and the newest `count` complete members, so partial snapshots
+/// never push a complete one out.
+fn trim<'c>(
+    list: &[&'c Candidate],
+    tier: &Tier,
+    tiers: &mut HashMap<&'c str, BTreeSet<String>>,
+    notes: &mut HashMap<&'c str, Vec<String>>,
+) {
+    let current: Vec<&Candidate> = list
+        .iter()
+        .copied()
+        .filter(|c| {
+            tiers
+                .get(c.id.as_str())
+                .is_some_and(|t| t.contains(&tier.name))
+        })
+        .collect();
+    let mut complete_seen = 0usize;
+    for (i, c) in current.iter().enumerate() {
+        let keep_any = i < tier.count;
+        let newer_complete = complete_seen;
+        let keep_complete = c.complete && newer_complete < tier.count;
+        if c.complete {
+            complete_seen += 1;
+        }
+        if !(keep_any || keep_complete) {
+            if let Some(t) = tiers.get_mut(c.id.as_str()) {
+                t.remove(&tier.name);
+            }
+            notes.entry(c.id.as_str()).or_default().push(format!(
+                "trimmed from {} ({} keeps {}; {} newer complete)",
+                tier.name, tier.name, tier.count, newer_complete
+            ));
+        }
+    }
+}
+
+/// Trims every tier of each host's schedule to its count, promoting nothing: what a replica
+/// does after taking its source's tier labels (`xstore sync`), so that its own schedule
+/// decides how many of each tier it keeps. Labels the host's schedule does not name are
+/// left as they are.
+pub fn plan_trim(candidates: &[Candidate], schedules: &Schedules) -> Plan {
+    let mut tiers: HashMap<&str, BTreeSet<String>> = candidates
+        .iter()
+        .map(|c| (c.id.as_str(), c.tiers.clone()))
+        .collect();
+    let mut notes: HashMap<&str, Vec<String>> = HashMap::new();
+    for (host, list) in by_host(candidates) {
+        for tier in schedules.for_host(host).tiers() {
+            trim(&list, tier, &mut tiers, &mut notes);
+        }
+    }
+    finish(candidates, &tiers, &HashMap::new(), &notes)
 }
 
 /// A calendar policy, as restic and borg users know it.

@@ -250,6 +250,12 @@ pub enum Error {
     /// [`Repository::backup`]: crate::Repository::backup
     #[error(transparent)]
     Backup(Box<BackupError>),
+    /// A failure only a sync has, met inside the core: [`Repository::sync`] returns it as a
+    /// [`SyncError`].
+    ///
+    /// [`Repository::sync`]: crate::Repository::sync
+    #[error(transparent)]
+    Sync(Box<SyncError>),
     /// Writing would eat into the free-space reserve that only forget, gc and repair use.
     #[error("{path}: {free} bytes free, the reserve for forget, gc and repair is {reserve}; nothing was committed (free space with `xstore forget` and `xstore gc`)")]
     ReserveReached {
@@ -354,6 +360,78 @@ impl From<BackupError> for Error {
         match e {
             BackupError::Repository(e) => e,
             other => Error::Backup(Box::new(other)),
+        }
+    }
+}
+
+/// Failures of a sync ([`Repository::sync`]): what the source sent does not hold together,
+/// or the repository failed. Nothing of the snapshot being copied is committed.
+///
+/// [`Repository::sync`]: crate::Repository::sync
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// Source and destination are one repository.
+    #[error("the source {location} is this repository (same repository id); nothing to sync")]
+    SameRepository {
+        /// The source.
+        location: String,
+    },
+    /// Reading from the source failed.
+    #[error("source {location}: {source}")]
+    Source {
+        /// The source.
+        location: String,
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A file's chunk whose bytes have another length than the file's entry says.
+    #[error("source {location}: blob {id} is {found} bytes, its file's entry says {claimed}; nothing of snapshot {snapshot} was committed")]
+    LengthMismatch {
+        /// The source.
+        location: String,
+        /// The snapshot being copied.
+        snapshot: String,
+        /// The blob, as the source names it.
+        id: ChunkId,
+        /// Length the entry claims.
+        claimed: u32,
+        /// Length of the bytes.
+        found: usize,
+    },
+    /// A blob would be referenced as another kind than this repository holds it as (or the
+    /// bytes of a file's chunk are a tree or chunk-list encoding): never deduplicated.
+    #[error("blob {id}: held here as {have}, the source references it as {want}; nothing of snapshot {snapshot} was committed")]
+    KindClash {
+        /// The snapshot being copied.
+        snapshot: String,
+        /// The blob, as this repository names it.
+        id: ChunkId,
+        /// The kind held here.
+        have: &'static str,
+        /// The kind the source's reference needs.
+        want: &'static str,
+    },
+    /// A failure of this repository.
+    #[error(transparent)]
+    Repository(Error),
+}
+
+impl From<Error> for SyncError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Sync(b) => *b,
+            other => SyncError::Repository(other),
+        }
+    }
+}
+
+impl From<SyncError> for Error {
+    fn from(e: SyncError) -> Self {
+        match e {
+            SyncError::Repository(e) => e,
+            other => Error::Sync(Box::new(other)),
         }
     }
 }

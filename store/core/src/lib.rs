@@ -84,12 +84,15 @@ pub use commands::restore::{
 pub use commands::retention::{tier_positions, Applied, TierChoice};
 pub use commands::runs::RunRecord;
 pub use commands::shared_ingest::{SharedIngest, SHARED_WAIT};
+pub use commands::sync::{
+    SyncCopy, SyncLabels, SyncOptions, SyncPlan, SyncReport, SyncSource, DEFAULT_CHECKPOINT_BYTES,
+};
 pub use commands::usage::{FleetUsage, SnapshotUsage, Usage};
 pub use commands::verify::{
     BrokenPath, DamagedBlob, VerifyOptions, VerifyReport, VerifyRun, VerifyStatus, MAX_BROKEN_PATHS,
 };
 pub use error::RemoteError;
-pub use error::{ssh_detail, BackupError, Error, GcError, RestoreError, Result};
+pub use error::{ssh_detail, BackupError, Error, GcError, RestoreError, Result, SyncError};
 pub use fsutil::local_hostname;
 pub use progress::Progress;
 pub use repo::access::{PermissionFix, RepoAccess};

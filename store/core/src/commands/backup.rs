@@ -1767,45 +1767,10 @@ impl Repository {
         let mut m = Mutation::begin(self)?;
         m.insert_sealed(&sealed)?;
         drop(sealed);
-        // A parent blob counts its children only when this commit is the one that adds it.
-        // One committed before, unreferenced (shared packs a flush committed), counts them
-        // when it revives: its children are known here, not read back.
-        let mut deltas: HashMap<ChunkId, u64> = HashMap::new();
-        for (parent, children) in new_parents {
-            if m.inserted(&parent) {
-                for c in children {
-                    *deltas.entry(c).or_insert(0) += 1;
-                }
-            } else {
-                m.know_children(parent, children);
-            }
-        }
-        *deltas.entry(snapshot.root).or_insert(0) += 1;
-        let ids: Vec<ChunkId> = deltas.keys().copied().collect();
-        m.prefetch(&ids)?;
-        drop(ids);
-        for (id, n) in deltas {
-            m.add_refs(&id, n)?;
-        }
+        m.reference_new_blobs(new_parents, snapshot.root)?;
         m.put_snapshot(snapshot.clone());
         if let Some(entry) = entry {
-            let plan = self.plan_entry(entry, snapshot)?;
-            // Never commit a snapshot and expire it in the same batch.
-            let own = snapshot.id.to_string();
-            if plan.expired().any(|d| d.id == own) {
-                return Err(Error::StalePlan {
-                    reason: format!(
-                        "snapshot {} would be trimmed by its own tier entry (is the clock wrong?); nothing was committed",
-                        snapshot.id.short()
-                    ),
-                });
-            }
-            crate::commands::retention::apply_decisions(
-                &mut m,
-                self,
-                std::slice::from_ref(snapshot),
-                &plan,
-            )?;
+            self.enter_tier(&mut m, entry, snapshot)?;
         }
         m.commit()?;
         Ok(())

@@ -16,5 +16,6 @@ pub(crate) mod retention;
 pub(crate) mod runs;
 pub(crate) mod safe_fs;
 pub(crate) mod shared_ingest;
+pub(crate) mod sync;
 pub(crate) mod usage;
 pub(crate) mod verify;

@@ -153,6 +153,29 @@ impl Repository {
         Ok(plan_tiers(&candidates(&of_host), &entry.schedules, &step)?)
     }
 
+    /// Puts `snapshot`'s entry into its tier (and the trim that follows) into `m`, which
+    /// also commits the snapshot. Refuses a plan that would trim the new snapshot itself.
+    pub(crate) fn enter_tier(
+        &self,
+        m: &mut Mutation<'_>,
+        entry: &TierEntry,
+        snapshot: &Snapshot,
+    ) -> Result<()> {
+        let plan = self.plan_entry(entry, snapshot)?;
+        // Never commit a snapshot and expire it in the same batch.
+        let own = snapshot.id.to_string();
+        if plan.expired().any(|d| d.id == own) {
+            return Err(Error::StalePlan {
+                reason: format!(
+                    "snapshot {} would be trimmed by its own tier entry (is the clock wrong?); nothing was committed",
+                    snapshot.id.short()
+                ),
+            });
+        }
+        apply_decisions(m, self, std::slice::from_ref(snapshot), &plan)?;
+        Ok(())
+    }
+
     /// Tier positions (`daily.0`) of every snapshot that has any.
     pub fn tier_positions(&self) -> Result<HashMap<SnapshotId, Vec<String>>> {
         Ok(tier_positions(&self.snapshots()?))

@@ -49,6 +49,21 @@ impl Repository {
     }
 }
 
+impl Repository {
+    /// Keeps dead blobs that a running session is about to reference from reclaim, as if
+    /// they died now: `sync` counts on blobs an interrupted run committed unreferenced.
+    pub(crate) fn protect_from_reclaim(&self, ids: &[ChunkId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut st = self.write_state.lock().map_err(poisoned)?;
+        st.epoch += 1;
+        let epoch = st.epoch;
+        st.deaths.extend(ids.iter().map(|id| (epoch, *id)));
+        Ok(())
+    }
+}
+
 impl Drop for SessionGuard<'_> {
     fn drop(&mut self) {
         if let Ok(mut st) = self.repo.write_state.lock() {

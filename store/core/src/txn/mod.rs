@@ -55,6 +55,8 @@ pub(crate) struct Mutation<'r> {
     healed: Vec<ChunkId>,
     /// Children of blobs the caller built, used instead of reading them back when they revive.
     known_children: HashMap<ChunkId, Vec<ChunkId>>,
+    /// Default column family keys written (or, `None`, deleted) in the batch.
+    meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     committed: bool,
     pub(crate) released: Released,
 }
@@ -74,6 +76,7 @@ impl<'r> Mutation<'r> {
             damaged: None,
             healed: Vec::new(),
             known_children: HashMap::new(),
+            meta: Vec::new(),
             committed: false,
             released: Released::default(),
         })
@@ -244,6 +247,36 @@ impl<'r> Mutation<'r> {
         self.known_children.insert(parent, children);
     }
 
+    /// Adds a new snapshot's references: each parent blob (tree, chunk list) the caller
+    /// stored counts its children when this mutation inserts it; one committed before,
+    /// unreferenced (shared packs a flush committed, a sync's checkpoint), counts them when
+    /// it revives, from the children given here rather than read back. Then `root` gains the
+    /// snapshot's reference.
+    pub(crate) fn reference_new_blobs(
+        &mut self,
+        new_parents: Vec<(ChunkId, Vec<ChunkId>)>,
+        root: ChunkId,
+    ) -> Result<()> {
+        let mut deltas: HashMap<ChunkId, u64> = HashMap::new();
+        for (parent, children) in new_parents {
+            if self.inserted(&parent) {
+                for c in children {
+                    *deltas.entry(c).or_insert(0) += 1;
+                }
+            } else {
+                self.know_children(parent, children);
+            }
+        }
+        *deltas.entry(root).or_insert(0) += 1;
+        let ids: Vec<ChunkId> = deltas.keys().copied().collect();
+        self.prefetch(&ids)?;
+        drop(ids);
+        for (id, n) in deltas {
+            self.add_refs(&id, n)?;
+        }
+        Ok(())
+    }
+
     /// Keeps the blobs this mutation inserted from reclaim while the backup sessions active
     /// now run, as if they died now: shared packs are committed before the snapshots that
     /// reference their blobs (commands/shared_ingest.rs).
@@ -279,6 +312,11 @@ impl<'r> Mutation<'r> {
             stack.extend(children);
         }
         Ok(())
+    }
+
+    /// Writes a default column family key in the batch (FORMAT.md §Index).
+    pub(crate) fn put_meta(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.meta.push((key, Some(value)));
     }
 
     /// Adds or replaces a snapshot record.
@@ -510,6 +548,12 @@ impl<'r> Mutation<'r> {
         }
         for id in &self.healed {
             batch.delete_meta(&crate::index::damaged_key(id));
+        }
+        for (key, value) in &self.meta {
+            match value {
+                Some(v) => batch.put_meta(key, v),
+                None => batch.delete_meta(key),
+            }
         }
         if !self.snapshots.is_empty() {
             for (id, s) in &self.snapshots {

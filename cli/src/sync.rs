@@ -1,0 +1,204 @@
+//! `xstore sync`: copy snapshots from a source repository into this one.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use xstore::{
+    HostName, KeyAccess, Repository, SyncLabels, SyncOptions, SyncPlan, SyncReport, TierChoice,
+};
+
+use crate::ops::InventoryArg;
+use crate::{human_bytes, Cli, EXIT_OK};
+
+/// `xstore sync`.
+#[derive(Args)]
+pub(crate) struct SyncArgs {
+    /// The source repository's directory (its packs there or in its bucket); opened
+    /// read-only, nothing there is ever written or deleted.
+    #[arg(long, value_name = "DIR")]
+    from: PathBuf,
+    /// The source's key file, when it is encrypted (default: its default key file).
+    #[arg(long, value_name = "FILE")]
+    from_key_file: Option<PathBuf>,
+    /// A file whose first line is the source's passphrase.
+    #[arg(long, value_name = "FILE")]
+    from_passphrase_file: Option<PathBuf>,
+    /// Only this host (repeatable).
+    #[arg(long = "host", value_name = "HOST", value_parser = crate::values::host)]
+    hosts: Vec<HostName>,
+    /// Only this account's hosts, from the inventory (repeatable).
+    #[arg(long = "account", value_name = "ACCOUNT")]
+    accounts: Vec<String>,
+    #[command(flatten)]
+    inventory: InventoryArg,
+    /// Only snapshots in this tier on the source (repeatable: `--tier daily --tier
+    /// weekly`); copies keep only these labels.
+    #[arg(long = "tier", value_name = "TIER")]
+    tiers: Vec<String>,
+    /// Let this repository's schedule place the copies: each enters TIER as a backup does
+    /// (`none`: no label, for calendar policies run here). Default: the copies keep the
+    /// source's tiers, trimmed to this repository's schedule.
+    #[arg(long, value_name = "TIER")]
+    enter: Option<String>,
+    /// Commit what was written every SIZE, so an interrupted sync does not read it again.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = crate::values::size)]
+    checkpoint: u64,
+    /// Show what would be copied, relabelled and expired; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl SyncArgs {
+    fn source_keys(&self) -> Result<KeyAccess> {
+        let passphrase = match &self.from_passphrase_file {
+            Some(p) => Some(xstore::keys::read_passphrase_file(p)?),
+            None => None,
+        };
+        Ok(KeyAccess {
+            key_file: self.from_key_file.clone(),
+            passphrase,
+            recovery: None,
+        })
+    }
+
+    fn hosts(&self) -> Result<Option<BTreeSet<HostName>>> {
+        let mut hosts: BTreeSet<HostName> = self.hosts.iter().cloned().collect();
+        if !self.accounts.is_empty() {
+            let inventory = self
+                .inventory
+                .load()?
+                .context("--account needs the inventory (--inventory FILE)")?;
+            for name in &self.accounts {
+                let account = inventory
+                    .account(name)
+                    .with_context(|| format!("account {name} is not in the inventory"))?;
+                hosts.extend(account.hosts.iter().cloned());
+            }
+        }
+        let named = !self.hosts.is_empty() || !self.accounts.is_empty();
+        Ok(named.then_some(hosts))
+    }
+
+    fn options(&self) -> Result<SyncOptions> {
+        let labels = match self.enter.as_deref() {
+            None => SyncLabels::Source,
+            Some("none") => SyncLabels::Own(TierChoice::None),
+            Some(t) => SyncLabels::Own(TierChoice::Named(t.to_string())),
+        };
+        Ok(SyncOptions {
+            hosts: self.hosts()?,
+            tiers: (!self.tiers.is_empty()).then(|| self.tiers.iter().cloned().collect()),
+            labels,
+            checkpoint_bytes: self.checkpoint,
+            progress: None,
+        })
+    }
+}
+
+pub(crate) fn sync(cli: &Cli, args: &SyncArgs) -> Result<u8> {
+    let opts = args.options()?;
+    let source = Repository::open_read_only_with(&args.from, &args.source_keys()?)
+        .with_context(|| format!("source {}", args.from.display()))?;
+    let repo = crate::open_rw_or_ro(cli, args.dry_run)?;
+    let plan = repo.plan_sync(&source, &opts)?;
+    if args.dry_run {
+        return print_plan(cli, &plan);
+    }
+    let started_ns = xstore::now_ns();
+    let result = repo.sync(&source, &plan, &opts);
+    let summary = result.as_ref().ok().map(|r| {
+        format!(
+            "{} snapshots copied from {}, {} read, {} stored",
+            r.snapshots,
+            plan.source,
+            human_bytes(r.bytes_read),
+            human_bytes(r.stored_bytes)
+        )
+    });
+    let outcome = result
+        .as_ref()
+        .map(|_| EXIT_OK)
+        .map_err(|e| anyhow::anyhow!("{e}"));
+    crate::retention::record_run(&repo, "sync", started_ns, &outcome, summary);
+    print_report(cli, &plan, &result?)
+}
+
+fn print_plan(cli: &Cli, plan: &SyncPlan) -> Result<u8> {
+    if cli.json {
+        crate::print_json(plan)?;
+        return Ok(EXIT_OK);
+    }
+    for c in &plan.copy {
+        outln!(
+            "copy      {}  {}  {}  {}",
+            c.snapshot.id.short(),
+            c.snapshot.host,
+            xstore::format_utc(c.snapshot.start_ns.div_euclid(1_000_000_000)),
+            c.tiers.join(",")
+        );
+    }
+    for d in &plan.retention.decisions {
+        let what = match d.action {
+            xstore::retention::Action::Expire => "expire",
+            xstore::retention::Action::Keep => "relabel",
+        };
+        outln!(
+            "{what:<8}  {}  {}  {}",
+            &d.id[..8.min(d.id.len())],
+            d.host,
+            d.reasons.join("; ")
+        );
+    }
+    print_counts(plan);
+    Ok(EXIT_OK)
+}
+
+fn print_counts(plan: &SyncPlan) {
+    outln!(
+        "{} to copy from {}; {} here already, {} expired here before (not copied again), {} without a place in this schedule, {} kept here that the source no longer has",
+        plan.copy.len(),
+        plan.source,
+        plan.present,
+        plan.expired_here,
+        plan.no_place,
+        plan.kept_after_source
+    );
+}
+
+fn print_report(cli: &Cli, plan: &SyncPlan, report: &SyncReport) -> Result<u8> {
+    if cli.json {
+        crate::print_json(report)?;
+        return Ok(EXIT_OK);
+    }
+    if cli.quiet {
+        return Ok(EXIT_OK);
+    }
+    outln!(
+        "copied {} snapshots from {}: read {} in {} blobs, stored {} in {} blobs{}",
+        report.snapshots,
+        plan.source,
+        human_bytes(report.bytes_read),
+        report.blobs_read,
+        human_bytes(report.stored_bytes),
+        report.blobs_written,
+        if report.blobs_resumed > 0 {
+            format!(
+                " ({} blobs taken from an interrupted sync)",
+                report.blobs_resumed
+            )
+        } else {
+            String::new()
+        }
+    );
+    if report.relabelled + report.expired > 0 {
+        outln!(
+            "this repository's schedule: {} relabelled, {} expired",
+            report.relabelled,
+            report.expired
+        );
+    }
+    print_counts(plan);
+    Ok(EXIT_OK)
+}

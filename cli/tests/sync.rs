@@ -1,0 +1,395 @@
+//! `xstore sync`: a replica copies snapshots from its source, exactly, with only what is
+//! missing travelling, and keeps them whatever the source does afterwards.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{ok, stderr, xstore, xstore_command};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `xstore --json sync --from SOURCE ARGS…` on `repo`, which must succeed.
+fn sync_json(repo: &Path, source: &Path, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["--json", "sync", "--from", s(source)];
+    a.extend_from_slice(args);
+    serde_json::from_str(&ok(repo, &a)).unwrap()
+}
+
+/// Snapshot records of a repository (`snapshots --json`), by id.
+fn records(repo: &Path) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(&ok(repo, &["--json", "snapshots"])).unwrap();
+    v.as_array().unwrap().clone()
+}
+
+fn ids(repo: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = records(repo)
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Restores snapshot `id` of both repositories and asserts the trees are equal, metadata
+/// included.
+fn assert_same_snapshot(a: &Path, b: &Path, id: &str, work: &Path) {
+    let (ta, tb) = (work.join(format!("a-{id}")), work.join(format!("b-{id}")));
+    ok(a, &["restore", id, s(&ta)]);
+    ok(b, &["restore", id, s(&tb)]);
+    // The targets themselves are this test's directories: what is inside them is compared.
+    let mut n = 0;
+    for e in fs::read_dir(&ta).unwrap() {
+        let name = e.unwrap().file_name();
+        xstore_tests::assert_same_tree(&ta.join(&name), &tb.join(&name), true);
+        n += 1;
+    }
+    assert_eq!(n, fs::read_dir(&tb).unwrap().count());
+    fs::remove_dir_all(&ta).unwrap();
+    fs::remove_dir_all(&tb).unwrap();
+}
+
+/// Every field of a record that a copy keeps, with the root and revision left out (a copy
+/// into a repository with other keys has another root id).
+fn kept_fields(r: &serde_json::Value) -> serde_json::Value {
+    let mut r = r.clone();
+    let m = r.as_object_mut().unwrap();
+    for k in ["root", "revision", "positions"] {
+        m.remove(k);
+    }
+    r
+}
+
+fn by_id(repo: &Path) -> std::collections::BTreeMap<String, serde_json::Value> {
+    records(repo)
+        .into_iter()
+        .map(|r| (r["id"].as_str().unwrap().to_string(), r))
+        .collect()
+}
+
+/// A source with two hosts and three snapshots, tiers rotated once; unencrypted.
+fn plain_source(w: &Path) -> (PathBuf, PathBuf) {
+    let (src, data) = (w.join("source"), w.join("data"));
+    xstore_tests::make_fixture(&data, 1);
+    ok(&src, &["init", "--no-encryption"]);
+    ok(
+        &src,
+        &["tiers", "--set", "hourly=1,daily=7,weekly=4,monthly=6"],
+    );
+    ok(&src, &["backup", "-q", "--host", "web1", s(&data)]);
+    ok(
+        &src,
+        &["backup", "-q", "--host", "db1", s(&data.join("sub"))],
+    );
+    // web1's first backup becomes daily.0.
+    ok(&src, &["rotate", "daily", "--all"]);
+    fs::write(data.join("small.txt"), b"changed\n").unwrap();
+    ok(&src, &["backup", "-q", "--host", "web1", s(&data)]);
+    (src, data)
+}
+
+#[test]
+fn migration_into_an_encrypted_repository_keeps_every_snapshot_tier_pin_and_time() {
+    let w = tempfile::tempdir().unwrap();
+    let (src, _) = plain_source(w.path());
+    let first = ids(&src)[0].clone();
+    ok(&src, &["pin", &first]);
+    let dst = w.path().join("replica");
+    ok(&dst, &["init"]);
+    let report = sync_json(&dst, &src, &[]);
+    assert_eq!(report["snapshots"], 3, "{report}");
+    let (theirs, ours) = (by_id(&src), by_id(&dst));
+    assert_eq!(
+        theirs.keys().collect::<Vec<_>>(),
+        ours.keys().collect::<Vec<_>>()
+    );
+    for (id, r) in &theirs {
+        assert_eq!(kept_fields(r), kept_fields(&ours[id]), "snapshot {id}");
+        assert_ne!(r["root"], ours[id]["root"], "ids are keyed in the replica");
+        assert_same_snapshot(&src, &dst, id, w.path());
+    }
+    // Tier positions (what /<tier>.<n>/<host>/ shows) are the source's.
+    let positions = |repo: &Path| ok(repo, &["snapshots"]);
+    assert_eq!(positions(&src), positions(&dst));
+    let check = ok(&dst, &["check", "--read-data"]);
+    assert!(check.contains("no problems"), "{check}");
+    // A second run copies nothing and reads nothing.
+    let again = sync_json(&dst, &src, &[]);
+    assert_eq!(again["snapshots"], 0, "{again}");
+    assert_eq!(again["blobs_read"], 0, "{again}");
+}
+
+#[test]
+fn reencryption_between_keys_moves_only_what_changed() {
+    let w = tempfile::tempdir().unwrap();
+    let (plain, data) = plain_source(w.path());
+    let src = w.path().join("primary");
+    ok(&src, &["init"]);
+    sync_json(&src, &plain, &[]);
+    let dst = w.path().join("replica");
+    ok(&dst, &["init"]);
+    let first = sync_json(&dst, &src, &[]);
+    assert_eq!(first["snapshots"], 3);
+    // An unchanged host backed up again: the new record, and nothing else, travels.
+    ok(
+        &src,
+        &["backup", "-q", "--host", "db1", s(&data.join("sub"))],
+    );
+    let unchanged = sync_json(&dst, &src, &[]);
+    assert_eq!(unchanged["snapshots"], 1, "{unchanged}");
+    // Only the trees of the directories above the backup path that this test's own
+    // directories changed (the root and /tmp): no file data.
+    assert!(
+        unchanged["blobs_read"].as_u64().unwrap() <= 2,
+        "{unchanged}"
+    );
+    assert!(
+        unchanged["bytes_read"].as_u64().unwrap() < 2048,
+        "{unchanged}"
+    );
+    // One changed file: its chunk and the trees above it.
+    fs::write(data.join("sub/deeper/new.txt"), b"a new file\n").unwrap();
+    ok(&src, &["backup", "-q", "--host", "web1", s(&data)]);
+    let changed = sync_json(&dst, &src, &[]);
+    assert_eq!(changed["snapshots"], 1, "{changed}");
+    let read = changed["blobs_read"].as_u64().unwrap();
+    assert!((2..=12).contains(&read), "{changed}");
+    for id in ids(&src) {
+        assert_same_snapshot(&src, &dst, &id, w.path());
+    }
+    let check = ok(&dst, &["check", "--read-data"]);
+    assert!(check.contains("no problems"), "{check}");
+}
+
+#[test]
+fn what_the_source_forgets_and_collects_stays_restorable_here() {
+    let w = tempfile::tempdir().unwrap();
+    let (src, _) = plain_source(w.path());
+    let dst = w.path().join("replica");
+    ok(&dst, &["init", "--no-encryption"]);
+    sync_json(&dst, &src, &[]);
+    let all = ids(&src);
+    let records = by_id(&src);
+    let newest_web1 = records
+        .values()
+        .filter(|r| r["host"] == "web1")
+        .max_by_key(|r| r["start_ns"].as_i64().unwrap())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for id in all.iter().filter(|id| **id != newest_web1) {
+        ok(&src, &["forget", "--snapshot", id]);
+    }
+    ok(&src, &["gc", "--grace", "0s"]);
+    assert_eq!(ids(&src), vec![newest_web1.clone()]);
+    let again = sync_json(&dst, &src, &[]);
+    assert_eq!(again["snapshots"], 0, "{again}");
+    assert_eq!(ids(&dst), all);
+    for id in &all {
+        let target = w.path().join(format!("r-{id}"));
+        ok(&dst, &["restore", id, s(&target)]);
+    }
+    let check = ok(&dst, &["check", "--read-data"]);
+    assert!(check.contains("no problems"), "{check}");
+    // Expired here by hand while the source still has it: not copied again.
+    let still = newest_web1;
+    ok(&dst, &["forget", "--snapshot", &still]);
+    let report = sync_json(&dst, &src, &[]);
+    assert_eq!(report["snapshots"], 0, "{report}");
+    assert!(!ids(&dst).contains(&still));
+    let plan = ok(&dst, &["sync", "--from", s(&src), "--dry-run"]);
+    assert!(plan.contains("1 expired here before"), "{plan}");
+}
+
+#[test]
+fn a_replica_schedule_keeps_more_than_the_source() {
+    let w = tempfile::tempdir().unwrap();
+    let (src, dst, data) = (
+        w.path().join("src"),
+        w.path().join("dst"),
+        w.path().join("data"),
+    );
+    fs::create_dir_all(&data).unwrap();
+    ok(&src, &["init", "--no-encryption"]);
+    ok(&dst, &["init", "--no-encryption"]);
+    ok(&src, &["tiers", "--set", "hourly=2"]);
+    ok(&dst, &["tiers", "--set", "hourly=4"]);
+    let mut made = Vec::new();
+    for round in 0..6 {
+        fs::write(data.join("f"), format!("round {round}\n")).unwrap();
+        ok(&src, &["backup", "-q", "--host", "h", s(&data)]);
+        made.push(ids(&src));
+        sync_json(&dst, &src, &[]);
+    }
+    assert_eq!(ids(&src).len(), 2);
+    let listing = ok(&dst, &["snapshots"]);
+    assert_eq!(ids(&dst).len(), 4, "{listing}");
+    for n in 0..4 {
+        assert!(listing.contains(&format!("hourly.{n}")), "{listing}");
+    }
+    // The replica's hourly.3 is round 2's backup, long gone on the source.
+    let target = w.path().join("oldest");
+    ok(&dst, &["restore", "h@hourly.3", s(&target)]);
+    let restored = xstore_tests::restored_path(&target, &data);
+    assert_eq!(fs::read(restored.join("f")).unwrap(), b"round 2\n");
+}
+
+#[test]
+fn own_schedule_enters_a_tier_and_a_tier_filter_selects() {
+    let w = tempfile::tempdir().unwrap();
+    let (src, _) = plain_source(w.path());
+    let dst = w.path().join("replica");
+    ok(&dst, &["init", "--no-encryption"]);
+    // Only what the source holds as daily: web1's and db1's first backups.
+    let report = sync_json(&dst, &src, &["--tier", "daily", "--enter", "weekly"]);
+    assert_eq!(report["snapshots"], 2, "{report}");
+    let listing = ok(&dst, &["snapshots"]);
+    assert!(listing.contains("weekly.0"), "{listing}");
+    assert!(!listing.contains("daily"), "{listing}");
+    // By host.
+    let dst2 = w.path().join("replica2");
+    ok(&dst2, &["init", "--no-encryption"]);
+    let report = sync_json(&dst2, &src, &["--host", "db1"]);
+    assert_eq!(report["snapshots"], 1, "{report}");
+    assert!(!ok(&dst2, &["snapshots"]).contains("web1"));
+}
+
+#[test]
+fn refusals_are_one_line_and_change_nothing() {
+    let w = tempfile::tempdir().unwrap();
+    let (src, data) = plain_source(w.path());
+    // The same repository.
+    let out = xstore(&src, &["sync", "--from", s(&src)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("is this repository"), "{err}");
+    // A damaged blob in the source: the copy stops, nothing of that snapshot is visible.
+    let dst = w.path().join("replica");
+    ok(&dst, &["init", "--no-encryption"]);
+    let newest = ids(&src)
+        .into_iter()
+        .find(|id| by_id(&src)[id]["host"] == "web1")
+        .unwrap();
+    let chunk = common::file_chunk(&src, &newest, &data.join("sub/log.txt"), 0);
+    common::damage_blob(&src, &chunk);
+    let out = xstore(&dst, &["sync", "--from", s(&src)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("source "), "{err}");
+    assert!(ids(&dst).len() < 3, "{err}");
+    let check = ok(&dst, &["check"]);
+    assert!(check.contains("no problems"), "{check}");
+    // A source that does not exist.
+    let out = xstore(&dst, &["sync", "--from", s(&w.path().join("nowhere"))]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+}
+
+/// Files of seeded random content, `n` of `size` bytes each.
+fn bulk(dir: &Path, n: usize, size: usize, seed: u64) {
+    fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let sub = dir.join(format!("d{}", i % 7));
+        fs::create_dir_all(&sub).unwrap();
+        fs::write(
+            sub.join(format!("f{i}")),
+            xstore::chunker::seeded_bytes(seed + i as u64, size),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn sync_killed_at_any_point_resumes_and_restores_exactly() {
+    let w = tempfile::tempdir().unwrap();
+    let (src, dst, data) = (
+        w.path().join("src"),
+        w.path().join("dst"),
+        w.path().join("data"),
+    );
+    ok(&src, &["init"]);
+    ok(&dst, &["init"]);
+    bulk(&data, 48, 1 << 20, 1);
+    ok(&src, &["backup", "-q", "--host", "a", s(&data)]);
+    bulk(&data.join("more"), 24, 1 << 20, 100);
+    ok(&src, &["backup", "-q", "--host", "a", s(&data)]);
+    ok(
+        &src,
+        &["backup", "-q", "--host", "b", s(&data.join("more"))],
+    );
+    // Whatever a killed run left visible is whole.
+    let assert_whole = || {
+        for id in ids(&dst) {
+            assert_same_snapshot(&src, &dst, &id, w.path());
+        }
+    };
+    let sync = || {
+        xstore_command(
+            &dst,
+            &[],
+            &["--json", "sync", "--from", s(&src), "--checkpoint", "2MiB"],
+        )
+    };
+    // Crashes right after a checkpoint's commit (the process aborts there), three times.
+    for _ in 0..3 {
+        let out = sync()
+            .env("XSTORE_FAILPOINT", "sync-checkpoint")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{}", stderr(&out));
+        assert_whole();
+    }
+    // kill -9 at times spread over a run, until one finishes.
+    let mut kills = 0;
+    let mut delay_ms = 5u64;
+    let started = Instant::now();
+    let final_report = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "never finished"
+        );
+        let mut child = sync()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            kills += 1;
+            assert_whole();
+            delay_ms += 15;
+            continue;
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        break serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+    };
+    assert!(
+        kills >= 1,
+        "no kill landed: the sync ran too fast to be interrupted"
+    );
+    // What the crashed runs committed was used, not read again.
+    let total: u64 = 48 + 24;
+    assert!(
+        final_report["blobs_read"].as_u64().unwrap() < total,
+        "{final_report}"
+    );
+    assert_eq!(ids(&dst), ids(&src));
+    for id in ids(&src) {
+        assert_same_snapshot(&src, &dst, &id, w.path());
+    }
+    let check = ok(&dst, &["check", "--read-data"]);
+    assert!(check.contains("no problems"), "{check}");
+    eprintln!("3 crashes and {kills} kills; last run: {final_report}");
+}
