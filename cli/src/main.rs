@@ -145,6 +145,9 @@ enum Command {
     /// primary): only what is missing travels, verified and sealed with this repository's
     /// keys; what the source expires stays here until this repository's retention expires it.
     Sync(sync::SyncArgs),
+    /// Serve this repository read-only to a replica's `xstore sync` on stdin/stdout (the
+    /// forced command of the replica's SSH key); refuses every other command.
+    Serve(sync::ServeArgs),
     /// Show or set tier schedules (default and per host) and the gc threshold.
     Tiers(retention::TiersArgs),
     /// Print the service's schedule (pulls every 4 h, tier rotations, gc) for cron or systemd.
@@ -536,6 +539,7 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Unpin(args) => retention::pin(cli, &args.snapshot, false),
         Command::Gc(args) => retention::gc(cli, args),
         Command::Sync(args) => sync::sync(cli, args),
+        Command::Serve(args) => sync::serve(cli, args),
         Command::Tiers(args) => retention::tiers(cli, args),
         Command::Schedule(args) => retention::schedule(cli, args),
         Command::Stats => commands::stats(cli),

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use xstore::{
-    HostName, KeyAccess, Repository, SyncLabels, SyncOptions, SyncPlan, SyncReport, TierChoice,
+    HostName, KeyAccess, Repository, SyncLabels, SyncOptions, SyncPlan, SyncReport, SyncSource,
+    TierChoice,
 };
 
 use crate::ops::InventoryArg;
@@ -15,10 +16,20 @@ use crate::{human_bytes, Cli, EXIT_OK};
 /// `xstore sync`.
 #[derive(Args)]
 pub(crate) struct SyncArgs {
-    /// The source repository's directory (its packs there or in its bucket); opened
-    /// read-only, nothing there is ever written or deleted.
-    #[arg(long, value_name = "DIR")]
-    from: PathBuf,
+    /// The source: a repository directory (its packs there or in its bucket), opened
+    /// read-only; or `ssh://[USER@]HOST[:PORT]`, a primary whose key for this replica is
+    /// forced to `xstore serve --read-only REPO`. Nothing there is ever written or deleted.
+    #[arg(long, value_name = "DIR|ssh://[USER@]HOST[:PORT]")]
+    from: String,
+    /// The ssh program for an `ssh://` source.
+    #[arg(long, value_name = "PROGRAM", default_value = "ssh")]
+    ssh: String,
+    /// An ssh configuration file for an `ssh://` source (`ssh -F`).
+    #[arg(long, value_name = "FILE")]
+    ssh_config: Option<PathBuf>,
+    /// An ssh option for an `ssh://` source (`ssh -o`; repeatable).
+    #[arg(long = "ssh-option", value_name = "OPTION")]
+    ssh_options: Vec<String>,
     /// The source's key file, when it is encrypted (default: its default key file).
     #[arg(long, value_name = "FILE")]
     from_key_file: Option<PathBuf>,
@@ -63,6 +74,57 @@ impl SyncArgs {
         })
     }
 
+    /// The ssh command line (without the remote command) of an `ssh://` source.
+    fn ssh_command(&self, target: &str) -> Result<Vec<String>> {
+        let (login, port) = match target.rsplit_once(':') {
+            Some((l, p)) if !l.ends_with(']') || l.starts_with('[') => (
+                l,
+                Some(p.parse::<u16>().with_context(|| {
+                    format!("--from ssh://{target}: the port {p} is not a number")
+                })?),
+            ),
+            _ => (target, None),
+        };
+        anyhow::ensure!(
+            !login.is_empty() && !login.starts_with('-') && !login.contains('/'),
+            "--from ssh://{target}: give ssh://[USER@]HOST[:PORT]"
+        );
+        let mut cmd = vec![self.ssh.clone()];
+        if let Some(config) = &self.ssh_config {
+            cmd.extend(["-F".to_string(), config.display().to_string()]);
+        }
+        if let Some(port) = port {
+            cmd.extend(["-p".to_string(), port.to_string()]);
+        }
+        // Never prompt (cron has no terminal); a silent primary is dropped within a minute.
+        for o in [
+            "BatchMode=yes",
+            "ServerAliveInterval=15",
+            "ServerAliveCountMax=4",
+        ] {
+            cmd.extend(["-o".to_string(), o.to_string()]);
+        }
+        for o in &self.ssh_options {
+            cmd.extend(["-o".to_string(), o.clone()]);
+        }
+        cmd.extend(["-T".to_string(), "--".to_string(), login.to_string()]);
+        Ok(cmd)
+    }
+
+    /// The source, opened: a local repository read-only, or a session with a primary.
+    fn open_source(&self) -> Result<Box<dyn SyncSource>> {
+        let keys = self.source_keys()?;
+        if let Some(target) = self.from.strip_prefix("ssh://") {
+            let cmd = self.ssh_command(target.trim_end_matches('/'))?;
+            let source = xstore_fleet::replica::SshSource::connect(&cmd, &keys)
+                .with_context(|| format!("source {}", self.from))?;
+            return Ok(Box::new(source));
+        }
+        let repo = Repository::open_read_only_with(std::path::Path::new(&self.from), &keys)
+            .with_context(|| format!("source {}", self.from))?;
+        Ok(Box::new(repo))
+    }
+
     fn hosts(&self) -> Result<Option<BTreeSet<HostName>>> {
         let mut hosts: BTreeSet<HostName> = self.hosts.iter().cloned().collect();
         if !self.accounts.is_empty() {
@@ -99,15 +161,15 @@ impl SyncArgs {
 
 pub(crate) fn sync(cli: &Cli, args: &SyncArgs) -> Result<u8> {
     let opts = args.options()?;
-    let source = Repository::open_read_only_with(&args.from, &args.source_keys()?)
-        .with_context(|| format!("source {}", args.from.display()))?;
+    let source = args.open_source()?;
+    let source = source.as_ref();
     let repo = crate::open_rw_or_ro(cli, args.dry_run)?;
-    let plan = repo.plan_sync(&source, &opts)?;
+    let plan = repo.plan_sync(source, &opts)?;
     if args.dry_run {
         return print_plan(cli, &plan);
     }
     let started_ns = xstore::now_ns();
-    let result = repo.sync(&source, &plan, &opts);
+    let result = repo.sync(source, &plan, &opts);
     let summary = result.as_ref().ok().map(|r| {
         format!(
             "{} snapshots copied from {}, {} read, {} stored",
@@ -200,5 +262,48 @@ fn print_report(cli: &Cli, plan: &SyncPlan, report: &SyncReport) -> Result<u8> {
         );
     }
     print_counts(plan);
+    Ok(EXIT_OK)
+}
+
+/// `xstore serve`.
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Serve read-only, the only mode: a replica's `xstore sync` reads snapshot records and
+    /// sealed blobs; nothing can be written, deleted or run.
+    #[arg(long, required = true)]
+    read_only: bool,
+    /// The repository (default: --repo, XSTORE_REPO).
+    #[arg(value_name = "REPO")]
+    repo: Option<PathBuf>,
+}
+
+/// Serves one sync session on stdin/stdout, as sshd runs it for the replica's key
+/// (`command="xstore serve --read-only REPO",restrict`). Any other command the key's user
+/// asks for (`SSH_ORIGINAL_COMMAND`) is refused.
+pub(crate) fn serve(cli: &Cli, args: &ServeArgs) -> Result<u8> {
+    anyhow::ensure!(args.read_only, "xstore serve only serves --read-only");
+    if let Some(asked) = std::env::var_os("SSH_ORIGINAL_COMMAND") {
+        let asked = asked.to_string_lossy();
+        anyhow::ensure!(
+            asked.trim() == xstore_fleet::replica::SERVE_COMMAND,
+            "refused: this key may only read this repository for a sync ({}); it asked to run: {}",
+            xstore_fleet::replica::SERVE_COMMAND,
+            xstore::text::printable(asked.trim())
+        );
+    }
+    let path = match &args.repo {
+        Some(p) => p.clone(),
+        None => crate::repo_path(cli)?,
+    };
+    let repo = Repository::open_read_only_with(&path, &crate::key_access(cli)?)?;
+    let summary =
+        repo.serve_read_only(&mut std::io::stdin().lock(), &mut std::io::stdout().lock())?;
+    tracing::info!(
+        snapshots = summary.snapshots,
+        blobs = summary.blobs,
+        bytes = summary.bytes,
+        missing = summary.missing,
+        "sync session served"
+    );
     Ok(EXIT_OK)
 }

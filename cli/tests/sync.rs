@@ -393,3 +393,140 @@ fn sync_killed_at_any_point_resumes_and_restores_exactly() {
     assert!(check.contains("no problems"), "{check}");
     eprintln!("3 crashes and {kills} kills; last run: {final_report}");
 }
+
+mod over_ssh {
+    //! Sync from a primary over a real sshd, through the read-only forced command.
+    use super::*;
+    use std::io::Write;
+    use xstore_tests::sshd::Sshd;
+
+    /// An sshd whose only key runs `xstore serve --read-only REPO`.
+    fn primary(dir: &Path, repo: &Path) -> Sshd {
+        let serve = format!(
+            "command=\"{} serve --read-only {}\",restrict",
+            env!("CARGO_BIN_EXE_xstore"),
+            repo.display()
+        );
+        Sshd::start(dir, |key| format!("{serve} {key}\n"))
+    }
+
+    fn from(sshd: &Sshd) -> String {
+        format!("ssh://root@127.0.0.1:{}", sshd.port)
+    }
+
+    fn ssh_args(sshd: &Sshd) -> Vec<String> {
+        vec!["--ssh-config".into(), sshd.ssh_config.display().to_string()]
+    }
+
+    #[test]
+    fn a_replica_syncs_through_the_forced_command_and_the_key_can_do_nothing_else() {
+        if xstore_tests::sshd::sshd_binary().is_none() {
+            eprintln!("skipped: no sshd");
+            return;
+        }
+        let w = tempfile::tempdir().unwrap();
+        let (plain, data) = plain_source(w.path());
+        // The primary is encrypted; the replica holds its key file (the default place).
+        let src = w.path().join("primary");
+        ok(&src, &["init"]);
+        sync_json(&src, &plain, &[]);
+        let sshd = primary(&w.path().join("sshd"), &src);
+        let dst = w.path().join("replica");
+        ok(&dst, &["init"]);
+        let mut args = vec!["--json", "sync", "--from"];
+        let target = from(&sshd);
+        args.push(&target);
+        let extra = ssh_args(&sshd);
+        args.extend(extra.iter().map(String::as_str));
+        let report: serde_json::Value = serde_json::from_str(&ok(&dst, &args)).unwrap();
+        assert_eq!(report["snapshots"], 3, "{report}");
+        for id in ids(&src) {
+            assert_same_snapshot(&src, &dst, &id, w.path());
+        }
+        let check = ok(&dst, &["check", "--read-data"]);
+        assert!(check.contains("no problems"), "{check}");
+        // Incremental: one changed file.
+        fs::write(data.join("small.txt"), b"changed again\n").unwrap();
+        ok(&src, &["backup", "-q", "--host", "web1", s(&data)]);
+        let report: serde_json::Value = serde_json::from_str(&ok(&dst, &args)).unwrap();
+        assert_eq!(report["snapshots"], 1, "{report}");
+        assert!(report["blobs_read"].as_u64().unwrap() <= 8, "{report}");
+        assert_eq!(ids(&dst), ids(&src));
+
+        // The key can do nothing but serve: every other command is refused, the primary
+        // unchanged.
+        let before = ids(&src);
+        let packs_before = walk_files(&src);
+        for command in [
+            "xstore backup --host evil /etc".to_string(),
+            format!("xstore forget --snapshot {}", before[0]),
+            "xstore gc --grace 0s".to_string(),
+            format!(
+                "xstore serve --read-only {}",
+                w.path().join("other").display()
+            ),
+            format!("sh -c 'echo x > {}/packs/planted'", src.display()),
+            "rm -rf /".to_string(),
+        ] {
+            let out = sshd.ssh(&[], &command);
+            assert_eq!(out.status.code(), Some(1), "{command}: {}", stderr(&out));
+            let err = stderr(&out);
+            assert_eq!(err.lines().count(), 1, "{command}: {err}");
+            assert!(
+                err.contains("refused: this key may only read"),
+                "{command}: {err}"
+            );
+        }
+        assert_eq!(ids(&src), before);
+        assert_eq!(walk_files(&src), packs_before);
+
+        // A request the protocol does not have (a write, in any spelling) ends the session.
+        let mut child = std::process::Command::new("ssh")
+            .args(["-F", s(&sshd.ssh_config), "-p", &sshd.port.to_string()])
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "root@127.0.0.1",
+                "xstore serve --read-only",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            let mut stdin = child.stdin.take().unwrap();
+            let mut frame = |body: &[u8]| {
+                stdin.write_all(&(body.len() as u32).to_le_bytes()).unwrap();
+                stdin.write_all(body).unwrap();
+            };
+            frame(b"HXSTSYNC1");
+            frame(b"Wpacks/planted\0bytes");
+        }
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains("unknown request"), "{}", stderr(&out));
+        assert_eq!(walk_files(&src), packs_before);
+    }
+
+    /// Every file under `dir` with its length, sorted.
+    fn walk_files(dir: &Path) -> Vec<(PathBuf, u64)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                let md = e.metadata().unwrap();
+                if md.is_dir() {
+                    stack.push(e.path());
+                } else if !e.path().starts_with(dir.join("index"))
+                    && !e.path().starts_with(dir.join("locks"))
+                {
+                    out.push((e.path(), md.len()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}

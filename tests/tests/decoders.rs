@@ -201,6 +201,7 @@ fn decoders() -> Vec<(&'static str, Decoder)> {
         ("segmented_agent_stream", |b| {
             decode::segmented_agent_stream(b).is_ok()
         }),
+        ("sync_message", |b| decode::sync_message(b).is_ok()),
     ]
 }
 

@@ -241,6 +241,10 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A sync source's session failed or broke the protocol (what the source sent, or that
+    /// it sent nothing).
+    #[error("{0}")]
+    SyncSession(String),
     /// Expiry would drop a reference count below zero: the index disagrees with the trees.
     #[error("blob {0}: reference count would drop below zero (the index is inconsistent; run `xstore check`, then `xstore repair index`)")]
     RefcountUnderflow(ChunkId),

@@ -83,9 +83,11 @@ pub use commands::restore::{
 };
 pub use commands::retention::{tier_positions, Applied, TierChoice};
 pub use commands::runs::RunRecord;
+pub use commands::serve::ServeSummary;
 pub use commands::shared_ingest::{SharedIngest, SHARED_WAIT};
 pub use commands::sync::{
     SyncCopy, SyncLabels, SyncOptions, SyncPlan, SyncReport, SyncSource, DEFAULT_CHECKPOINT_BYTES,
+    SYNC_ID_PROBE,
 };
 pub use commands::usage::{FleetUsage, SnapshotUsage, Usage};
 pub use commands::verify::{

@@ -7,6 +7,7 @@
 //!   to reach each one; host selection for the commands.
 //! - [`pull`]: pulls over SSH from the hosts' agents, N at a time, each bounded in time and
 //!   memory, with the record each pull leaves for monitoring.
+//! - [`replica`]: a replica's sync from its primary over SSH (`xstore serve --read-only`).
 //! - [`rsnapshot`]: migration from an rsnapshot service (plan, apply).
 //! - [`monitor`]: monitoring plugins (freshness, usage against the allocations, verification).
 //! - [`metrics`]: Prometheus text.
@@ -20,6 +21,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod monitor;
 pub mod pull;
+pub mod replica;
 pub mod rsnapshot;
 
 pub use inventory::{

@@ -97,3 +97,11 @@ fn frames(
 pub fn blob_location(bytes: &[u8]) -> Result<crate::records::BlobLoc, DecodeError> {
     crate::records::BlobLoc::decode(bytes)
 }
+
+/// Decodes a sync frame body both ways: as a replica's request (what `serve --read-only`
+/// decodes) and as the server's reply (what a replica decodes). Ok when either side accepts.
+pub fn sync_message(bytes: &[u8]) -> Result<(), DecodeError> {
+    let request = crate::protocol::SyncRequest::decode(bytes).map(|_| ());
+    let reply = crate::protocol::SyncReply::decode(bytes).map(|_| ());
+    request.or(reply)
+}

@@ -15,6 +15,7 @@ pub(crate) mod restore;
 pub(crate) mod retention;
 pub(crate) mod runs;
 pub(crate) mod safe_fs;
+pub(crate) mod serve;
 pub(crate) mod shared_ingest;
 pub(crate) mod sync;
 pub(crate) mod usage;

@@ -49,7 +49,7 @@ use crate::txn::Mutation;
 
 /// Bytes hashed into a blob id to compare how two repositories name blobs: equal ids mean
 /// the same naming (both plain, or the same id key), so ids can be taken over unchanged.
-const ID_PROBE: &[u8] = b"xstore sync: do these repositories name blobs alike?";
+pub const SYNC_ID_PROBE: &[u8] = b"xstore sync: do these repositories name blobs alike?";
 
 /// Index keys (default column family) of source blob ids translated to this repository's
 /// ids: `sync-map/<source repository id>/<source blob id>` → 32-byte blob id. A cache: lost
@@ -78,7 +78,19 @@ pub trait SyncSource: Sync {
     /// A blob's raw bytes, verified against `id` as the source names it, and known there
     /// as a blob of `kind`.
     fn read_blob(&self, id: &ChunkId, kind: BlobKind) -> Result<Vec<u8>>;
+    /// [`SyncSource::read_blob`] of many blobs, in order: a source over a network sends the
+    /// requests together instead of waiting for each answer.
+    fn read_blobs(&self, ids: &[(ChunkId, BlobKind)]) -> Result<Vec<Vec<u8>>> {
+        ids.par_iter()
+            .map(|(id, kind)| self.read_blob(id, *kind))
+            .collect()
+    }
 }
+
+/// Blobs asked of a source in one request, at most.
+const READ_BATCH_BLOBS: usize = 256;
+/// … and at most this many raw bytes.
+const READ_BATCH_BYTES: u64 = 64 << 20;
 
 impl SyncSource for Repository {
     fn location(&self) -> String {
@@ -91,7 +103,7 @@ impl SyncSource for Repository {
         self.config().repository_id.clone()
     }
     fn probe_id(&self) -> ChunkId {
-        self.encryption().id_of(ID_PROBE)
+        self.encryption().id_of(SYNC_ID_PROBE)
     }
     fn plain_ids(&self) -> bool {
         !self.is_encrypted()
@@ -225,6 +237,25 @@ fn ids_as_hex<S: serde::Serializer>(
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
     s.collect_seq(ids.iter().map(|id| id.to_string()))
+}
+
+/// `missing` cut into read requests of at most [`READ_BATCH_BLOBS`] blobs and about
+/// [`READ_BATCH_BYTES`] bytes.
+fn read_batches(missing: &[ChunkRef]) -> Vec<&[ChunkRef]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (i, c) in missing.iter().enumerate() {
+        if i > start && (i - start >= READ_BATCH_BLOBS || bytes >= READ_BATCH_BYTES) {
+            out.extend(missing.get(start..i));
+            start = i;
+            bytes = 0;
+        }
+        bytes += u64::from(c.len);
+    }
+    out.extend(missing.get(start..));
+    out.retain(|b| !b.is_empty());
+    out
 }
 
 fn seen_key(id: &SnapshotId) -> Vec<u8> {
@@ -489,7 +520,7 @@ impl<'a> Copier<'a> {
             repo,
             source,
             source_id: source.repository_id(),
-            same_ids: source.probe_id() == repo.encryption().id_of(ID_PROBE),
+            same_ids: source.probe_id() == repo.encryption().id_of(SYNC_ID_PROBE),
             level: repo.config().compression_level,
             checkpoint_bytes: opts.checkpoint_bytes.max(1),
             packs: repo.rolling_packs(),
@@ -642,14 +673,30 @@ impl<'a> Copier<'a> {
             .source
             .read_blob(id, kind)
             .map_err(|e| self.source_error(e))?;
-        self.counts.blobs_read.fetch_add(1, Ordering::Relaxed);
-        self.counts
-            .bytes_read
-            .fetch_add(raw.len() as u64, Ordering::Relaxed);
-        if let Some(p) = &self.progress {
-            p.bytes.fetch_add(raw.len() as u64, Ordering::Relaxed);
-        }
+        self.count_read(raw.len() as u64, 1);
         Ok(raw)
+    }
+
+    fn read_many(&self, ids: &[(ChunkId, BlobKind)]) -> Result<Vec<Vec<u8>>> {
+        let raws = self
+            .source
+            .read_blobs(ids)
+            .map_err(|e| self.source_error(e))?;
+        if raws.len() != ids.len() {
+            return Err(self.source_error(Error::Internal(
+                "the source answered another number of blobs",
+            )));
+        }
+        self.count_read(raws.iter().map(|r| r.len() as u64).sum(), raws.len() as u64);
+        Ok(raws)
+    }
+
+    fn count_read(&self, bytes: u64, blobs: u64) {
+        self.counts.blobs_read.fetch_add(blobs, Ordering::Relaxed);
+        self.counts.bytes_read.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(p) = &self.progress {
+            p.bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
     }
 
     /// Writes a blob unless this run wrote it already. Returns whether it was new.
@@ -684,16 +731,48 @@ impl<'a> Copier<'a> {
         Ok(true)
     }
 
-    /// Copies a file's chunks; returns them with this repository's ids.
+    /// Copies a file's chunks (or a directory's, [`Copier::copy_inline_chunks`]); returns
+    /// them with this repository's ids. What is missing is read in batches.
     fn copy_chunks(&self, chunks: &[ChunkRef]) -> Result<Vec<ChunkRef>> {
-        chunks.par_iter().map(|c| self.copy_chunk(c)).collect()
+        let held: Vec<Option<ChunkId>> = chunks
+            .par_iter()
+            .map(|c| self.present(c.id, BlobKind::Data, Some(c.len)))
+            .collect::<Result<_>>()?;
+        let mut missing: Vec<ChunkRef> = chunks
+            .iter()
+            .zip(&held)
+            .filter(|(_, h)| h.is_none())
+            .map(|(c, _)| *c)
+            .collect();
+        missing.sort_unstable_by_key(|c| (c.id, c.len));
+        missing.dedup();
+        let mut copied: HashMap<ChunkRef, ChunkId> = HashMap::new();
+        for batch in read_batches(&missing) {
+            let ask: Vec<(ChunkId, BlobKind)> =
+                batch.iter().map(|c| (c.id, BlobKind::Data)).collect();
+            let raws = self.read_many(&ask)?;
+            let ours: Vec<ChunkId> = batch
+                .par_iter()
+                .zip(raws)
+                .map(|(c, raw)| self.store_chunk(c, raw))
+                .collect::<Result<_>>()?;
+            copied.extend(batch.iter().copied().zip(ours));
+        }
+        chunks
+            .iter()
+            .zip(held)
+            .map(|(c, h)| {
+                let id = match h {
+                    Some(id) => id,
+                    None => *copied.get(c).ok_or(Error::Internal("sync's chunk batch"))?,
+                };
+                Ok(ChunkRef { id, len: c.len })
+            })
+            .collect()
     }
 
-    fn copy_chunk(&self, c: &ChunkRef) -> Result<ChunkRef> {
-        if let Some(d) = self.present(c.id, BlobKind::Data, Some(c.len))? {
-            return Ok(ChunkRef { id: d, len: c.len });
-        }
-        let raw = self.read(&c.id, BlobKind::Data)?;
+    /// Verifies and stores one chunk read from the source; returns its id here.
+    fn store_chunk(&self, c: &ChunkRef, raw: Vec<u8>) -> Result<ChunkId> {
         if raw.len() != c.len as usize {
             return Err(SyncError::LengthMismatch {
                 location: self.source.location(),
@@ -712,10 +791,7 @@ impl<'a> Copier<'a> {
         if matches!(self.holds(ours, BlobKind::Data, Some(c.len))?, Held::No) {
             self.write(ours, BlobKind::Data, &raw)?;
         }
-        Ok(ChunkRef {
-            id: ours,
-            len: c.len,
-        })
+        Ok(ours)
     }
 
     /// Writes a parent blob (tree or chunk list) built from `raw`, unless held here.

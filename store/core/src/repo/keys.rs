@@ -131,6 +131,36 @@ pub(crate) fn encryption_for(
     Ok(Encryption::Encrypted(Arc::new(master.repository_keys())))
 }
 
+/// The `config` and sealing of a repository known only by its bytes (`config`, and the key
+/// slots of an encrypted one), as a sync source sends them: both decoded as untrusted input,
+/// and the master key unlocked with `access`. `origin` names where they came from, in errors.
+pub fn remote_encryption(
+    origin: &Path,
+    config: &[u8],
+    key_slots: Option<&[u8]>,
+    access: &KeyAccess,
+) -> Result<(Config, Encryption)> {
+    let config = Config::decode(config).map_err(|source| Error::Corrupt {
+        path: origin.join("config"),
+        source,
+    })?;
+    if config.encryption.is_none() {
+        return Ok((config, Encryption::Plain));
+    }
+    let slots_path = crate::layout::key_slots(origin);
+    let bytes = key_slots.ok_or_else(|| Error::NotARepository {
+        path: slots_path.clone(),
+        reason: "the repository is encrypted but sent no key slots".into(),
+    })?;
+    let slots = KeySlots::decode(bytes).map_err(|source| Error::Corrupt {
+        path: slots_path,
+        source,
+    })?;
+    let master = unlock_slots(origin, &slots, &config, access)?;
+    let enc = Encryption::Encrypted(Arc::new(master.repository_keys()));
+    Ok((config, enc))
+}
+
 /// The master key of the encrypted repository at `root`, from a passphrase or key file,
 /// checked against the key id in `config`.
 pub fn unlock(root: &Path, config: &Config, access: &KeyAccess) -> Result<MasterKey> {

@@ -50,6 +50,7 @@ mod digest;
 mod frame;
 mod messages;
 pub mod paths;
+mod sync;
 mod transport;
 
 pub use digest::{
@@ -57,6 +58,7 @@ pub use digest::{
 };
 pub use frame::{read_frame, write_frame};
 pub use messages::{AgentMsg, ErrorCode, ServerMsg, WireChunk, WireEntry};
+pub use sync::{SyncReply, SyncRequest, MAX_BLOBS_PER_REQUEST, SYNC_MAGIC};
 pub use transport::{
     write_batched, FrameSink, Outgoing, SegmentReader, SegmentWriter, Transport, BATCH_BYTES,
     BATCH_WAIT,

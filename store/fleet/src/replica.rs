@@ -1,0 +1,255 @@
+//! A replica's sync from a primary over SSH: [`SshSource`] runs `ssh … xstore serve
+//! --read-only` (which the primary pins to a forced command) and reads snapshot records and
+//! blobs through it (FORMAT.md §Sync protocol).
+//!
+//! Trust: the primary's key on the replica side can only read (the forced command serves a
+//! read-only handle, and the protocol has no write); the replica verifies every blob it gets
+//! with the source's keys (authentication and hash, as a local read would) and decodes every
+//! record and reply as untrusted input.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
+
+use xstore::{BlobKind, ChunkId, Encryption, Error, KeyAccess, Result, Snapshot, SyncSource};
+use xstore_format::config::Config;
+use xstore_format::pack::read_record_in_place;
+use xstore_format::protocol::{
+    read_frame, write_frame, SyncReply, SyncRequest, MAX_BLOBS_PER_REQUEST,
+};
+
+/// Most snapshot records one source may send (a bound on the replica's memory).
+pub const MAX_SOURCE_SNAPSHOTS: usize = 1_000_000;
+
+/// The remote command a sync runs (the primary's forced command replaces it, naming the
+/// repository; `xstore serve` compares it with the one it is forced to).
+pub const SERVE_COMMAND: &str = "xstore serve --read-only";
+
+/// A primary's repository read through `xstore serve --read-only` over SSH.
+pub struct SshSource {
+    location: String,
+    config: Config,
+    encryption: Encryption,
+    conn: Mutex<Connection>,
+}
+
+struct Connection {
+    child: Child,
+    input: BufWriter<ChildStdin>,
+    output: BufReader<ChildStdout>,
+    /// A reply went missing or could not be decoded: nothing more is asked.
+    broken: bool,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let _ = self.input.flush();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// Errors name no location: the caller says which source once (`SyncError::Source`).
+fn io_error(_location: &str, e: std::io::Error) -> Error {
+    Error::Io {
+        path: PathBuf::from("the sync session"),
+        source: e,
+    }
+}
+
+fn protocol_error(_location: &str, reason: String) -> Error {
+    Error::SyncSession(reason)
+}
+
+impl SshSource {
+    /// Starts `ssh` (a program and its arguments, the remote command left out: for example
+    /// `["ssh", "-p", "22", "backup@primary.example.net"]`) with [`SERVE_COMMAND`] and reads
+    /// the source's hello: its `config` and, when encrypted, its key slots, unlocked with
+    /// `keys` (the replica needs the source's key to verify and re-seal what it copies).
+    pub fn connect(ssh: &[String], keys: &KeyAccess) -> Result<SshSource> {
+        let (program, args) = ssh
+            .split_first()
+            .ok_or_else(|| Error::InvalidArgument("an empty ssh command".into()))?;
+        let location = format!("ssh {}", args.last().map(String::as_str).unwrap_or(program));
+        let mut child = Command::new(program)
+            .args(args)
+            .arg(SERVE_COMMAND)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| Error::Io {
+                path: PathBuf::from(program),
+                source: e,
+            })?;
+        let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(Error::Internal("ssh's pipes"));
+        };
+        let mut conn = Connection {
+            child,
+            input: BufWriter::with_capacity(1 << 16, input),
+            output: BufReader::with_capacity(1 << 20, output),
+            broken: false,
+        };
+        send(&location, &mut conn, &SyncRequest::Hello)?;
+        let (config, slots) = match receive(&location, &mut conn)? {
+            SyncReply::Hello { config, key_slots } => (config, key_slots),
+            other => return Err(unexpected(&location, &other)),
+        };
+        let (config, encryption) =
+            xstore::keys::remote_encryption(Path::new(&location), &config, slots.as_deref(), keys)?;
+        Ok(SshSource {
+            location,
+            config,
+            encryption,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn connection(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
+        let conn = self.conn.lock().map_err(|_| Error::Poisoned)?;
+        if conn.broken {
+            return Err(protocol_error(
+                &self.location,
+                "the session broke off earlier".into(),
+            ));
+        }
+        Ok(conn)
+    }
+}
+
+fn send(location: &str, conn: &mut Connection, req: &SyncRequest) -> Result<()> {
+    let sent = write_frame(&mut conn.input, &req.encode()).and_then(|_| conn.input.flush());
+    sent.map_err(|e| {
+        conn.broken = true;
+        io_error(location, e)
+    })
+}
+
+fn receive(location: &str, conn: &mut Connection) -> Result<SyncReply> {
+    let body = match read_frame(&mut conn.output) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            conn.broken = true;
+            return Err(protocol_error(
+                location,
+                "the connection closed (is the key forced to `xstore serve --read-only REPO`?)"
+                    .into(),
+            ));
+        }
+        Err(e) => {
+            conn.broken = true;
+            return Err(io_error(location, e));
+        }
+    };
+    match SyncReply::decode(&body) {
+        Ok(SyncReply::Error(message)) => {
+            conn.broken = true;
+            Err(protocol_error(
+                location,
+                format!("the source refused: {message}"),
+            ))
+        }
+        Ok(reply) => Ok(reply),
+        Err(e) => {
+            conn.broken = true;
+            Err(protocol_error(location, format!("not a sync reply: {e}")))
+        }
+    }
+}
+
+fn unexpected(location: &str, reply: &SyncReply) -> Error {
+    let what = match reply {
+        SyncReply::Hello { .. } => "hello",
+        SyncReply::Snapshot(_) => "snapshot record",
+        SyncReply::SnapshotsEnd => "end of records",
+        SyncReply::Blob { .. } => "blob",
+        SyncReply::Missing { .. } => "missing blob",
+        SyncReply::Error(_) => "error",
+    };
+    protocol_error(location, format!("unexpected {what} in the reply"))
+}
+
+impl SyncSource for SshSource {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+    fn repository_id(&self) -> String {
+        self.config.repository_id.clone()
+    }
+    fn probe_id(&self) -> ChunkId {
+        self.encryption.id_of(xstore::SYNC_ID_PROBE)
+    }
+    fn plain_ids(&self) -> bool {
+        !self.encryption.is_encrypted()
+    }
+    fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let mut conn = self.connection()?;
+        send(&self.location, &mut conn, &SyncRequest::Snapshots)?;
+        let mut out = Vec::new();
+        loop {
+            match receive(&self.location, &mut conn)? {
+                SyncReply::Snapshot(json) => {
+                    let s = Snapshot::decode(&json).map_err(|source| Error::Corrupt {
+                        path: PathBuf::from(&self.location),
+                        source,
+                    })?;
+                    if out.len() >= MAX_SOURCE_SNAPSHOTS {
+                        conn.broken = true;
+                        return Err(protocol_error(
+                            &self.location,
+                            format!("more than {MAX_SOURCE_SNAPSHOTS} snapshot records"),
+                        ));
+                    }
+                    out.push(s);
+                }
+                SyncReply::SnapshotsEnd => return Ok(out),
+                other => {
+                    conn.broken = true;
+                    return Err(unexpected(&self.location, &other));
+                }
+            }
+        }
+    }
+    fn read_blob(&self, id: &ChunkId, kind: BlobKind) -> Result<Vec<u8>> {
+        let mut v = self.read_blobs(&[(*id, kind)])?;
+        v.pop().ok_or(Error::Internal("one blob asked, none read"))
+    }
+    /// Sends the requests of up to [`MAX_BLOBS_PER_REQUEST`] blobs at once, then reads the
+    /// answers in order; each is opened and verified with the source's keys.
+    fn read_blobs(&self, ids: &[(ChunkId, BlobKind)]) -> Result<Vec<Vec<u8>>> {
+        let mut conn = self.connection()?;
+        let mut out = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(MAX_BLOBS_PER_REQUEST) {
+            send(
+                &self.location,
+                &mut conn,
+                &SyncRequest::Blobs(batch.to_vec()),
+            )?;
+            for (id, kind) in batch {
+                match receive(&self.location, &mut conn)? {
+                    SyncReply::Blob { entry, mut record }
+                        if entry.id == *id && entry.kind == *kind =>
+                    {
+                        let raw = read_record_in_place(&self.encryption, &mut record, &entry)
+                            .map_err(|source| Error::CorruptBlob {
+                                id: *id,
+                                pack: self.location.clone(),
+                                source,
+                            })?;
+                        out.push(raw);
+                    }
+                    SyncReply::Missing { id: gone, .. } if gone == *id => {
+                        return Err(Error::MissingBlob(*id));
+                    }
+                    other => {
+                        conn.broken = true;
+                        return Err(unexpected(&self.location, &other));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
