@@ -530,3 +530,101 @@ mod over_ssh {
         out
     }
 }
+
+mod object_store {
+    //! Sync into and out of repositories whose packs are in a real 3-node Garage cluster.
+    use super::*;
+    use common::{ok_with_env, xstore_with_env};
+    use xstore_tests::garage::Garage;
+
+    #[test]
+    fn local_to_garage_and_garage_to_local_with_a_read_only_key() {
+        let w = tempfile::tempdir().unwrap();
+        let g = Garage::start(&w.path().join("garage"), 3);
+        let rw = g.env();
+        let endpoint = g.endpoint();
+        let (plain, data) = plain_source(w.path());
+
+        // local → Garage: the replica's packs are in the bucket.
+        let replica = w.path().join("replica-s3");
+        let url = format!("s3://{}/replica", g.bucket);
+        ok_with_env(
+            &replica,
+            &rw,
+            &["init", "--store", &url, "--endpoint", &endpoint],
+        );
+        let out = ok_with_env(&replica, &rw, &["--json", "sync", "--from", s(&plain)]);
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(report["snapshots"], 3, "{report}");
+        for id in ids(&plain) {
+            let (a, b) = (
+                w.path().join(format!("a-{id}")),
+                w.path().join(format!("b-{id}")),
+            );
+            ok(&plain, &["restore", &id, s(&a)]);
+            ok_with_env(&replica, &rw, &["restore", &id, s(&b)]);
+            let src_root = xstore_tests::restored_path(&a, &data);
+            if src_root.exists() {
+                xstore_tests::assert_same_tree(
+                    &src_root,
+                    &xstore_tests::restored_path(&b, &data),
+                    true,
+                );
+            } else {
+                let sub = data.join("sub");
+                xstore_tests::assert_same_tree(
+                    &xstore_tests::restored_path(&a, &sub),
+                    &xstore_tests::restored_path(&b, &sub),
+                    true,
+                );
+            }
+        }
+
+        // Garage → local: the primary's packs are in the bucket, and the replica reads them
+        // with a key that may only read.
+        let primary = w.path().join("primary-s3");
+        let url = format!("s3://{}/primary", g.bucket);
+        ok_with_env(
+            &primary,
+            &rw,
+            &["init", "--store", &url, "--endpoint", &endpoint],
+        );
+        ok_with_env(&primary, &rw, &["sync", "--from", s(&plain)]);
+        ok_with_env(
+            &primary,
+            &rw,
+            &["backup", "-q", "--host", "db1", s(&data.join("sub"))],
+        );
+        let ro = g.read_only_env("xstore-replica-reader");
+        // The key really cannot write.
+        let denied = xstore_with_env(&primary, &ro, &["backup", "-q", "--host", "x", s(&data)]);
+        assert!(!denied.status.success());
+        let local = w.path().join("replica-local");
+        ok(&local, &["init"]);
+        let out = ok_with_env(&local, &ro, &["--json", "sync", "--from", s(&primary)]);
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(report["snapshots"], 4, "{report}");
+        assert_eq!(ids(&local), {
+            let v: serde_json::Value =
+                serde_json::from_str(&ok_with_env(&primary, &rw, &["--json", "snapshots"]))
+                    .unwrap();
+            let mut ids: Vec<String> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_string())
+                .collect();
+            ids.sort();
+            ids
+        });
+        let check = ok(&local, &["check", "--read-data"]);
+        assert!(check.contains("no problems"), "{check}");
+        let target = w.path().join("from-garage");
+        ok(&local, &["restore", "db1@latest", s(&target)]);
+        xstore_tests::assert_same_tree(
+            &data.join("sub"),
+            &xstore_tests::restored_path(&target, &data.join("sub")),
+            true,
+        );
+    }
+}

@@ -152,6 +152,23 @@ impl Garage {
         g
     }
 
+    /// Creates another key that may only read the bucket; returns its environment.
+    pub fn read_only_env(&self, name: &str) -> [(&'static str, String); 2] {
+        let out = self.cli_ok(0, &["key", "create", name]);
+        let text = String::from_utf8(out.stdout).unwrap();
+        let field = |label: &str| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(label).map(|v| v.trim().to_string()))
+                .unwrap_or_else(|| panic!("no {label} in `garage key create`'s output:\n{text}"))
+        };
+        let (id, secret) = (field("Key ID:"), field("Secret key:"));
+        self.cli_ok(
+            0,
+            &["bucket", "allow", "--read", &self.bucket, "--key", name],
+        );
+        [("AWS_ACCESS_KEY_ID", id), ("AWS_SECRET_ACCESS_KEY", secret)]
+    }
+
     /// The S3 endpoint of node `i`.
     pub fn endpoint_of(&self, i: usize) -> String {
         format!("http://127.0.0.1:{}", self.nodes[i].s3_port)
