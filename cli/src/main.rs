@@ -165,6 +165,9 @@ enum Command {
     /// Monitoring plugin: is every pack verified recently enough, and no blob damaged?
     /// Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
     CheckVerify(ops::VerifyCheckArgs),
+    /// Monitoring plugin of a replica: may any host be further behind its sync source
+    /// than the thresholds? Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    CheckSync(ops::SyncCheckArgs),
     /// Re-read and re-hash the packs verified longest ago (rolling: resumes where the last
     /// run stopped); name what a damaged blob breaks. Exit 4 when damage is found.
     Verify(ops::VerifyArgs),
@@ -513,6 +516,7 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Hosts(args) => pull::hosts(cli, args),
         Command::CheckFreshness(args) => ops::check_freshness(cli, args),
         Command::CheckVerify(args) => ops::check_verify(cli, args),
+        Command::CheckSync(args) => ops::check_sync(cli, args),
         Command::Verify(args) => ops::verify(cli, args),
         Command::CheckUsage(args) => ops::check_usage(cli, args),
         Command::Du(args) => ops::du(cli, args),

@@ -85,6 +85,20 @@ pub(crate) struct VerifyCheckArgs {
 }
 
 #[derive(clap::Args)]
+pub(crate) struct SyncCheckArgs {
+    /// WARNING when a host may be this far behind the source (the time since the last
+    /// successful sync, plus what it did not copy).
+    #[arg(long, default_value = "8h", value_name = "AGE", value_parser = crate::values::period)]
+    warning: Duration,
+    /// CRITICAL when this far.
+    #[arg(long, default_value = "24h", value_name = "AGE", value_parser = crate::values::period)]
+    critical: Duration,
+    /// Check as if it were this time (RFC 3339; for tests).
+    #[arg(long, hide = true, value_parser = crate::values::instant)]
+    now: Option<i64>,
+}
+
+#[derive(clap::Args)]
 pub(crate) struct UsageCheckArgs {
     /// Only this account (repeatable).
     #[arg(long = "account", value_name = "ACCOUNT")]
@@ -367,6 +381,7 @@ pub(crate) fn check_named(args: &[std::ffi::OsString]) -> Option<&'static str> {
         Some("check-freshness") => Some("FRESHNESS"),
         Some("check-usage") => Some("USAGE"),
         Some("check-verify") => Some("VERIFY"),
+        Some("check-sync") => Some("SYNC"),
         _ => None,
     })
 }
@@ -426,6 +441,22 @@ pub(crate) fn verify(cli: &Cli, args: &VerifyArgs) -> Result<u8> {
         EXIT_OK
     } else {
         EXIT_PROBLEMS
+    })
+}
+
+pub(crate) fn check_sync(cli: &Cli, args: &SyncCheckArgs) -> Result<u8> {
+    plugin(cli, "SYNC", || {
+        let (warning, critical, now_ns) = age_thresholds(args.warning, args.critical, args.now)?;
+        let status = open_ro(cli)?.sync_status()?;
+        let report = xstore_fleet::monitor::sync_check(
+            status.as_ref(),
+            &xstore_fleet::monitor::SyncCheckOptions {
+                warning,
+                critical,
+                now_ns,
+            },
+        );
+        emit(cli, &report, Some(serde_json::to_value(&status)?))
     })
 }
 

@@ -114,6 +114,12 @@ pub(crate) struct ScheduleArgs {
     /// The backup command run every 4 hours.
     #[arg(long, default_value = "pull --all --jobs 4")]
     pub(crate) pull: String,
+    /// A replica's schedule: this sync command (for example `sync --from
+    /// ssh://backup@primary.example.net`) every 4 hours, 45 minutes after the primary's
+    /// pulls, instead of the pull job. Its copies keep the source's tiers, so no rotation
+    /// runs unless the command places them itself (`--enter TIER`).
+    #[arg(long, value_name = "COMMAND")]
+    pub(crate) sync: Option<String>,
     /// The user the jobs run as.
     #[arg(long, default_value = "root")]
     pub(crate) user: String,
@@ -511,7 +517,33 @@ struct Job {
 }
 
 /// `repo`: `--repo DIR` for the commands, or empty when the environment names it.
-fn jobs(xstore: &str, repo: &str, pull: &str) -> Vec<Job> {
+fn jobs(xstore: &str, repo: &str, pull: &str, sync: Option<&str>) -> Vec<Job> {
+    let wait = "--lock-wait 3h";
+    let cmd = |args: &str| format!("{xstore}{repo} -q {wait} {args}");
+    let mut jobs = primary_jobs(xstore, repo, pull);
+    if let Some(sync) = sync {
+        let places_itself = sync
+            .split_whitespace()
+            .any(|a| a == "--enter" || a.starts_with("--enter="));
+        jobs.retain(|j| {
+            j.name != "xstore-pull" && (places_itself || !j.name.starts_with("xstore-rotate"))
+        });
+        jobs.insert(
+            0,
+            Job {
+                name: "xstore-sync",
+                description: "copy the source's new snapshots (its deletions never travel)",
+                cron: "45 */4 * * *",
+                on_calendar: "*-*-* 00/4:45:00",
+                command: cmd(sync),
+            },
+        );
+    }
+    jobs
+}
+
+/// The jobs of a server that pulls from its hosts.
+fn primary_jobs(xstore: &str, repo: &str, pull: &str) -> Vec<Job> {
     let wait = "--lock-wait 3h";
     let cmd = |args: &str| format!("{xstore}{repo} -q {wait} {args}");
     // rsnapshot's documented order: higher tiers rotate before lower ones, and before the
@@ -584,7 +616,7 @@ pub(crate) fn schedule(cli: &Cli, args: &ScheduleArgs) -> Result<u8> {
     if xstore.contains(char::is_whitespace) {
         bail!("xstore binary path {xstore:?} contains whitespace; give --xstore PATH");
     }
-    let jobs = jobs(&xstore, &repo, &args.pull);
+    let jobs = jobs(&xstore, &repo, &args.pull, args.sync.as_deref());
     if cli.json {
         print_json(&jobs)?;
         return Ok(EXIT_OK);

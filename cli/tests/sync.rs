@@ -628,3 +628,81 @@ mod object_store {
         );
     }
 }
+
+#[test]
+fn a_replica_is_operated_like_the_primary() {
+    let w = tempfile::tempdir().unwrap();
+    let (src, data) = plain_source(w.path());
+    let dst = w.path().join("replica");
+    ok(&dst, &["init", "--no-encryption"]);
+    let at = |hours: i64| xstore::format_utc(xstore::now_ns() / 1_000_000_000 + hours * 3600);
+    // No sync yet: CRITICAL.
+    let out = xstore(&dst, &["check-sync"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    sync_json(&dst, &src, &[]);
+    let out = xstore(&dst, &["check-sync"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.starts_with("XSTORE SYNC OK - 2 hosts from"), "{text}");
+    let out = xstore(&dst, &["check-sync", "--now", &at(10)]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = xstore(&dst, &["check-sync", "--now", &at(30)]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("web1: up to"), "{text}");
+    // A host the replica may not copy (a tier filter that leaves it out) is behind.
+    ok(&src, &["backup", "-q", "--host", "web1", s(&data)]);
+    sync_json(&dst, &src, &["--host", "db1"]);
+    let out = xstore(&dst, &["check-sync"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "only db1 was synced, and it is current"
+    );
+    // Metrics, freshness and usage work on the replica as on the primary.
+    let metrics = ok(&dst, &["metrics"]);
+    assert!(
+        metrics.contains("xstore_sync_lag_seconds{host=\"db1\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("xstore_sync_last_success_timestamp_seconds"),
+        "{metrics}"
+    );
+    let fresh = xstore(&dst, &["check-freshness"]);
+    assert_eq!(
+        fresh.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&fresh.stdout)
+    );
+    let du = ok(&dst, &["du"]);
+    assert!(du.contains("web1") && du.contains("db1"), "{du}");
+    // The schedule of a replica: the sync job instead of the pull, no rotations.
+    let cron = ok(
+        &dst,
+        &["schedule", "--sync", "sync --from ssh://backup@primary"],
+    );
+    assert!(cron.contains("sync --from ssh://backup@primary"), "{cron}");
+    assert!(!cron.contains(" pull "), "{cron}");
+    assert!(!cron.contains("xstore-rotate"), "{cron}");
+    let placed = ok(
+        &dst,
+        &[
+            "schedule",
+            "--sync",
+            "sync --from /srv/primary --enter daily",
+        ],
+    );
+    assert!(placed.contains("rotate weekly"), "{placed}");
+}

@@ -127,6 +127,11 @@ pub fn runs(root: &Path) -> PathBuf {
 pub fn run_record(root: &Path, job: &str) -> PathBuf {
     runs(root).join(format!("{job}.json"))
 }
+/// `sync-status.json`: the last successful sync's source and per-host lag (FORMAT.md §Sync
+/// status).
+pub fn sync_status(root: &Path) -> PathBuf {
+    root.join("sync-status.json")
+}
 /// `access.toml`.
 pub fn access(root: &Path) -> PathBuf {
     root.join("access.toml")

@@ -131,7 +131,50 @@ pub fn gather(repo: &Repository, inventory: Option<&Inventory>, now_ns: i64) -> 
         account_families(&mut m, repo, inv, &labels)?;
     }
     total_families(&mut m, repo, now_ns)?;
+    sync_families(&mut m, repo, now_ns)?;
     Ok(m)
+}
+
+/// A replica's last successful sync (none before the first, and on a primary).
+fn sync_families(m: &mut Metrics, repo: &Repository, now_ns: i64) -> Result<()> {
+    let Some(status) = repo.sync_status()? else {
+        return Ok(());
+    };
+    let totals: [(&'static str, &'static str, f64); 4] = [
+        (
+            "xstore_sync_last_success_timestamp_seconds",
+            "When the last successful sync from the source ended.",
+            seconds(status.finished_ns),
+        ),
+        (
+            "xstore_sync_snapshots_copied",
+            "Snapshots the last successful sync copied.",
+            status.snapshots_copied as f64,
+        ),
+        (
+            "xstore_sync_read_bytes",
+            "Raw bytes the last successful sync read from the source.",
+            status.bytes_read as f64,
+        ),
+        (
+            "xstore_sync_stored_bytes",
+            "Bytes the last successful sync stored here.",
+            status.stored_bytes as f64,
+        ),
+    ];
+    for (name, help, value) in totals {
+        m.family(name, help)
+            .sample(&[("source", &status.source)], value);
+    }
+    for h in &status.hosts {
+        let lag = status.lag_ns(h, now_ns).map_or(f64::INFINITY, seconds);
+        m.family(
+            "xstore_sync_lag_seconds",
+            "How far behind the source a host may be: time since the last successful sync, plus what it did not copy (+Inf: nothing of the host here).",
+        )
+        .sample(&[("host", h.host.as_str()), ("source", &status.source)], lag);
+    }
+    Ok(())
 }
 
 /// The labels of a host: its name and account (empty when the inventory does not list it).

@@ -797,3 +797,96 @@ pub fn verify_check(status: &xstore::VerifyStatus, opts: &VerifyCheckOptions) ->
         ],
     }
 }
+
+/// Thresholds of the replica's sync check.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncCheckOptions {
+    /// WARNING when a host is behind its source by more than this.
+    pub warning: std::time::Duration,
+    /// CRITICAL when more than this.
+    pub critical: std::time::Duration,
+    /// The time to check at, ns since the epoch.
+    pub now_ns: i64,
+}
+
+/// The `check-sync` plugin of a replica: how far behind its source each host may be
+/// ([`xstore::SyncStatus::lag_ns`]: the time since the last successful sync, plus what it
+/// did not copy). CRITICAL without any successful sync, or for a host the replica holds
+/// nothing of; then by the thresholds.
+pub fn sync_check(status: Option<&xstore::SyncStatus>, opts: &SyncCheckOptions) -> PluginReport {
+    let Some(status) = status else {
+        return PluginReport {
+            check: "SYNC",
+            state: CheckState::Critical,
+            summary: "no successful sync yet (`xstore sync --from SOURCE`)".into(),
+            details: Vec::new(),
+            perfdata: Vec::new(),
+        };
+    };
+    let (warning, critical) = (opts.warning.as_secs(), opts.critical.as_secs());
+    let mut state = CheckState::Ok;
+    let mut details = Vec::new();
+    let mut perfdata = Vec::new();
+    let mut worst = 0u64;
+    for h in &status.hosts {
+        let lag = status
+            .lag_ns(h, opts.now_ns)
+            .map(|ns| (ns / 1_000_000_000) as u64);
+        let host_state = match lag {
+            None => CheckState::Critical,
+            Some(l) if l > critical => CheckState::Critical,
+            Some(l) if l > warning => CheckState::Warning,
+            Some(_) => CheckState::Ok,
+        };
+        if host_state != CheckState::Ok {
+            details.push(match lag {
+                None => format!(
+                    "{}: {} has snapshots of it, this replica none",
+                    h.host, status.source
+                ),
+                Some(l) => format!(
+                    "{}: up to {} behind {}",
+                    h.host,
+                    short_age(l),
+                    status.source
+                ),
+            });
+        }
+        state = state.worst(host_state);
+        worst = worst.max(lag.unwrap_or(u64::MAX));
+        perfdata.push(PerfDatum {
+            label: format!("{}_lag", h.host),
+            value: lag,
+            unit: "s",
+            warning: Some(warning),
+            critical: Some(critical),
+        });
+    }
+    let since = seconds_between(status.finished_ns, opts.now_ns);
+    if status.hosts.is_empty() {
+        state = state.worst(if since > critical {
+            CheckState::Critical
+        } else if since > warning {
+            CheckState::Warning
+        } else {
+            CheckState::Ok
+        });
+    }
+    PluginReport {
+        check: "SYNC",
+        state,
+        summary: format!(
+            "{} hosts from {}, last sync {} ago, {} behind at most",
+            status.hosts.len(),
+            status.source,
+            short_age(since),
+            if worst == u64::MAX {
+                "a host never copied".to_string()
+            } else {
+                short_age(worst)
+            }
+        ),
+        details,
+        perfdata,
+    }
+}
