@@ -402,8 +402,13 @@ mod over_ssh {
 
     /// An sshd whose only key runs `xstore serve --read-only REPO`.
     fn primary(dir: &Path, repo: &Path) -> Sshd {
+        // sshd passes no environment: the key directory the tests use (scripts/setup.sh)
+        // is named in the forced command.
+        let keys = std::env::var("XSTORE_KEY_DIR")
+            .map(|d| format!("XSTORE_KEY_DIR={d} "))
+            .unwrap_or_default();
         let serve = format!(
-            "command=\"{} serve --read-only {}\",restrict",
+            "command=\"{keys}{} serve --read-only {}\",restrict",
             env!("CARGO_BIN_EXE_xstore"),
             repo.display()
         );
@@ -480,6 +485,21 @@ mod over_ssh {
         assert_eq!(ids(&src), before);
         assert_eq!(walk_files(&src), packs_before);
 
+        // A forced command whose repository is not there: the replica says why in one line.
+        let nowhere = primary(&w.path().join("sshd-nowhere"), &w.path().join("gone"));
+        let target = from(&nowhere);
+        let mut args = vec!["sync", "--from", target.as_str()];
+        let extra = ssh_args(&nowhere);
+        args.extend(extra.iter().map(String::as_str));
+        let out = xstore(&dst, &args);
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("the connection closed (ssh: xstore: error:"),
+            "{err}"
+        );
+
         // A request the protocol does not have (a write, in any spelling) ends the session.
         let mut child = std::process::Command::new("ssh")
             .args(["-F", s(&sshd.ssh_config), "-p", &sshd.port.to_string()])
@@ -507,6 +527,42 @@ mod over_ssh {
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         assert!(stderr(&out).contains("unknown request"), "{}", stderr(&out));
         assert_eq!(walk_files(&src), packs_before);
+    }
+
+    #[test]
+    fn a_damaged_blob_at_the_primary_is_refused_on_arrival() {
+        if xstore_tests::sshd::sshd_binary().is_none() {
+            eprintln!("skipped: no sshd");
+            return;
+        }
+        let w = tempfile::tempdir().unwrap();
+        let (src, data) = plain_source(w.path());
+        let first_web1 = by_id(&src)
+            .values()
+            .filter(|r| r["host"] == "web1")
+            .min_by_key(|r| r["start_ns"].as_i64().unwrap())
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let chunk = common::file_chunk(&src, &first_web1, &data.join("sub/log.txt"), 0);
+        common::damage_blob(&src, &chunk);
+        let sshd = primary(&w.path().join("sshd"), &src);
+        let dst = w.path().join("replica");
+        ok(&dst, &["init", "--no-encryption"]);
+        let target = from(&sshd);
+        let mut args = vec!["sync", "--from", target.as_str()];
+        let extra = ssh_args(&sshd);
+        args.extend(extra.iter().map(String::as_str));
+        let out = xstore(&dst, &args);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("source ssh root@127.0.0.1"), "{err}");
+        assert!(err.contains(&chunk.to_string()), "names the blob: {err}");
+        assert!(ids(&dst).is_empty(), "nothing of the snapshot is visible");
+        let check = ok(&dst, &["check"]);
+        assert!(check.contains("no problems"), "{check}");
     }
 
     /// Every file under `dir` with its length, sorted.

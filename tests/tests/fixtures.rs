@@ -254,3 +254,51 @@ fn a_file_edge_to_a_tree_is_reported_and_repair_keeps_the_counts_consistent() {
         );
     }
 }
+
+#[test]
+fn an_old_repository_moves_into_an_encrypted_one_with_its_tiers_pins_and_times() {
+    let (work, path) = fixture();
+    {
+        // Tier labels and a pin, written by this build into the old repository.
+        let old = Repository::open(&path).unwrap();
+        old.move_to_tier(&FIRST.parse().unwrap(), "daily").unwrap();
+        old.move_to_tier(&SECOND.parse().unwrap(), "hourly")
+            .unwrap();
+        old.set_pinned(&OTHER_HOST.parse().unwrap(), true).unwrap();
+    }
+    let old = Repository::open_read_only(&path).unwrap();
+    let keys = xstore::KeyAccess {
+        key_file: Some(work.path().join("new.key")),
+        ..Default::default()
+    };
+    let (new, _) =
+        Repository::init_encrypted(&work.path().join("new"), &Default::default(), &keys).unwrap();
+    let opts = xstore::SyncOptions::default();
+    let plan = new.plan_sync(&old, &opts).unwrap();
+    assert_eq!(plan.copy.len(), 3);
+    let report = new.sync(&old, &plan, &opts).unwrap();
+    assert_eq!(report.snapshots, 3);
+    let (before, after) = (old.snapshots().unwrap(), new.snapshots().unwrap());
+    assert_eq!(before.len(), after.len());
+    for (a, b) in before.iter().zip(&after) {
+        assert_ne!(a.root, b.root, "the new repository's ids are keyed");
+        // The record starts a new revision history here.
+        assert_eq!(b.revision, 0);
+        let b = xstore::Snapshot {
+            root: a.root,
+            revision: a.revision,
+            ..b.clone()
+        };
+        assert_eq!(*a, b, "every field but the root is kept");
+    }
+    assert_eq!(old.tier_positions().unwrap(), new.tier_positions().unwrap());
+    assert!(after.iter().any(|s| s.pinned));
+    for (i, (id, version)) in [(FIRST, 1), (SECOND, 2), (OTHER_HOST, 2)]
+        .iter()
+        .enumerate()
+    {
+        assert_restores_as_written(&new, id, *version, &work.path().join(format!("n{i}")));
+    }
+    let report = new.check(Default::default()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}

@@ -10,7 +10,7 @@
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use xstore::{BlobKind, ChunkId, Encryption, Error, KeyAccess, Result, Snapshot, SyncSource};
 use xstore_format::config::Config;
@@ -38,8 +38,52 @@ struct Connection {
     child: Child,
     input: BufWriter<ChildStdin>,
     output: BufReader<ChildStdout>,
+    /// The last line ssh (or the remote command) wrote to stderr, said once in the error.
+    stderr_last: Arc<Mutex<Option<String>>>,
     /// A reply went missing or could not be decoded: nothing more is asked.
     broken: bool,
+}
+
+impl Connection {
+    /// ` (ssh: LINE)` for the last line ssh wrote, once it has ended (or after 2 s).
+    fn ssh_detail(&mut self) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // The reader thread takes the last line after ssh closed its stderr.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let last = self.stderr_last.lock().ok().and_then(|l| l.clone());
+        xstore::ssh_detail(last.as_deref())
+    }
+}
+
+/// Keeps the last non-empty line of `stderr` (each at most 1 KiB, control characters made
+/// printable), reading until it closes.
+fn keep_last_line(stderr: impl std::io::Read + Send + 'static, last: Arc<Mutex<Option<String>>>) {
+    use std::io::BufRead;
+    let spawned = std::thread::Builder::new()
+        .name("xstore-sync-ssh-stderr".into())
+        .spawn(move || {
+            let mut r = BufReader::new(stderr.take(16 << 20));
+            let mut line = Vec::new();
+            while matches!(r.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                let text = String::from_utf8_lossy(&line);
+                let text = xstore::text::printable(text.trim()).into_owned();
+                if !text.is_empty() {
+                    if let Ok(mut l) = last.lock() {
+                        *l = Some(xstore::text::capped(&text, 1024).into_owned());
+                    }
+                }
+                line.clear();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot read ssh's stderr");
+    }
 }
 
 impl Drop for Connection {
@@ -51,13 +95,6 @@ impl Drop for Connection {
 }
 
 // Errors name no location: the caller says which source once (`SyncError::Source`).
-fn io_error(_location: &str, e: std::io::Error) -> Error {
-    Error::Io {
-        path: PathBuf::from("the sync session"),
-        source: e,
-    }
-}
-
 fn protocol_error(_location: &str, reason: String) -> Error {
     Error::SyncSession(reason)
 }
@@ -77,19 +114,24 @@ impl SshSource {
             .arg(SERVE_COMMAND)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| Error::Io {
                 path: PathBuf::from(program),
                 source: e,
             })?;
-        let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
+        let (Some(input), Some(output), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
             return Err(Error::Internal("ssh's pipes"));
         };
+        let stderr_last = Arc::new(Mutex::new(None));
+        keep_last_line(stderr, Arc::clone(&stderr_last));
         let mut conn = Connection {
             child,
             input: BufWriter::with_capacity(1 << 16, input),
             output: BufReader::with_capacity(1 << 20, output),
+            stderr_last,
             broken: false,
         };
         send(&location, &mut conn, &SyncRequest::Hello)?;
@@ -123,7 +165,8 @@ fn send(location: &str, conn: &mut Connection, req: &SyncRequest) -> Result<()> 
     let sent = write_frame(&mut conn.input, &req.encode()).and_then(|_| conn.input.flush());
     sent.map_err(|e| {
         conn.broken = true;
-        io_error(location, e)
+        let detail = conn.ssh_detail();
+        protocol_error(location, format!("the connection failed: {e}{detail}"))
     })
 }
 
@@ -132,15 +175,22 @@ fn receive(location: &str, conn: &mut Connection) -> Result<SyncReply> {
         Ok(Some(b)) => b,
         Ok(None) => {
             conn.broken = true;
-            return Err(protocol_error(
-                location,
+            let detail = conn.ssh_detail();
+            let reason = if detail.is_empty() {
                 "the connection closed (is the key forced to `xstore serve --read-only REPO`?)"
-                    .into(),
-            ));
+                    .to_string()
+            } else {
+                format!("the connection closed{detail}")
+            };
+            return Err(protocol_error(location, reason));
         }
         Err(e) => {
             conn.broken = true;
-            return Err(io_error(location, e));
+            let detail = conn.ssh_detail();
+            return Err(protocol_error(
+                location,
+                format!("the connection failed: {e}{detail}"),
+            ));
         }
     };
     match SyncReply::decode(&body) {
