@@ -10,7 +10,10 @@
 #
 #   bench/sync.sh                          # the Debian system tree of bench/evolving.sh
 #   DATA=/some/tree bench/sync.sh
-#   RUNS=3 DESTS="local garage" TOOLS="xstore restic" bench/sync.sh
+#   RUNS=3 DESTS="local garage ssh" TOOLS="xstore restic" bench/sync.sh
+#
+# DESTS=ssh reads the source over SSH on loopback into a local destination: xstore through an
+# sshd key forced to `xstore serve --read-only`, restic through the same sshd's sftp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -38,7 +41,40 @@ bytes=$(du -sb "$DATA" | cut -f1)
 files=$(find "$DATA" -type f | wc -l)
 echo "data: $DATA  $((bytes / 1000000)) MB in $files files; $(nproc) cores; $(restic version | head -1)" >&2
 export XSTORE_KEY_DIR="$work/keys" RESTIC_PASSWORD=bench RESTIC_FROM_PASSWORD=bench
+key_id="" secret_key="" endpoint=""
 case " $DESTS " in *" garage "*) start_cluster 1 ;; esac
+
+# start_sshd: an sshd on 127.0.0.1 with two client keys: xstore's forced to `xstore serve
+# --read-only "$work/served"` (a symlink to the source of the current run), restic's free for
+# sftp. Sets ssh_port; the ssh configurations are "$work/sshd/xstore.conf" and ".../restic.conf".
+start_sshd() {
+  local d="$work/sshd" sshd k
+  sshd=$(command -v sshd || echo /usr/sbin/sshd)
+  mkdir -p "$d" /run/sshd
+  for k in host xstore restic; do ssh-keygen -q -t ed25519 -N "" -f "$d/$k"; done
+  ssh_port=$(free_port)
+  printf '%s\n' "Port $ssh_port" "ListenAddress 127.0.0.1" "HostKey $d/host" \
+    "AuthorizedKeysFile $d/authorized_keys" "StrictModes no" "UsePAM no" \
+    "PasswordAuthentication no" "PermitRootLogin prohibit-password" "PidFile none" \
+    "Subsystem sftp internal-sftp" > "$d/sshd_config"
+  printf 'command="XSTORE_KEY_DIR=%s %s serve --read-only %s",restrict %s\n%s\n' \
+    "$XSTORE_KEY_DIR" "$XSTORE" "$work/served" "$(cat "$d/xstore.pub")" "$(cat "$d/restic.pub")" \
+    > "$d/authorized_keys"
+  "$sshd" -D -e -f "$d/sshd_config" 2> "$d/log" &
+  pids+=($!)
+  printf '[127.0.0.1]:%s %s\n' "$ssh_port" "$(cat "$d/host.pub")" > "$d/known_hosts"
+  for k in xstore restic; do
+    printf '%s\n' "Host *" "  Port $ssh_port" "  IdentityFile $d/$k" "  IdentitiesOnly yes" \
+      "  UserKnownHostsFile $d/known_hosts" "  StrictHostKeyChecking yes" "  LogLevel ERROR" > "$d/$k.conf"
+  done
+  local tries=0
+  until ssh -F "$d/restic.conf" -o BatchMode=yes root@127.0.0.1 true 2>/dev/null; do
+    tries=$((tries + 1)); [ "$tries" -lt 50 ] || { cat "$d/log" >&2; return 1; }
+    sleep 0.2
+  done
+}
+
+case " $DESTS " in *" ssh "*) start_sshd ;; esac
 
 # A copy of the data whose files change between backups (1 % of them per change).
 tree="$work/tree"
@@ -57,8 +93,9 @@ restic_raw() { restic -r "$1" stats --json --mode raw-data 2>/dev/null | python3
 row() { printf '%-7s %-7s run %s  %-20s %7s s %6s MB/s  stored %11s B  read %s\n' "$@"; }
 
 xstore_sync() { # dest-repo step run dest
-  local t
-  t=$(seconds "$XSTORE" -r "$1" --json sync --from "$src")
+  local t from=("$src")
+  [ "$4" = ssh ] && from=("ssh://root@127.0.0.1" --ssh-config "$work/sshd/xstore.conf")
+  t=$(seconds "$XSTORE" -r "$1" --json sync --from "${from[@]}")
   row xstore "$4" "$3" "$2" "$t" "$( [ "$2" = "first copy" ] && mbps "$t" || echo -)" \
     "$(field stored_bytes)" "$(field blobs_read) blobs, $(field bytes_read) B"
 }
@@ -70,8 +107,9 @@ bench_xstore() { # dest run
   "$XSTORE" -r "$src" -q init >/dev/null
   "$XSTORE" -r "$src" -q backup --host h "$tree"
   export AWS_ACCESS_KEY_ID=$key_id AWS_SECRET_ACCESS_KEY=$secret_key
+  ln -sfn "$src" "$work/served"
   case "$dest" in
-    local) "$XSTORE" -r "$dst" -q init >/dev/null ;;
+    local | ssh) "$XSTORE" -r "$dst" -q init >/dev/null ;;
     garage) "$XSTORE" -r "$dst" -q init --store "s3://bench/x-$run" --endpoint "$endpoint" >/dev/null ;;
   esac
   xstore_sync "$dst" "first copy" "$run" "$dest"
@@ -84,9 +122,10 @@ bench_xstore() { # dest run
 }
 
 restic_copy() { # dest-repo step run dest
-  local t before
+  local t before from=(--from-repo "$src")
+  [ "$4" = ssh ] && from=(--from-repo "sftp:root@127.0.0.1:$src" -o "sftp.command=ssh -F $work/sshd/restic.conf root@127.0.0.1 -s sftp")
   before=$(restic_raw "$1")
-  t=$(seconds restic -r "$1" copy --from-repo "$src")
+  t=$(seconds restic -r "$1" copy "${from[@]}")
   row restic "$4" "$3" "$2" "$t" "$( [ "$2" = "first copy" ] && mbps "$t" || echo -)" \
     "$(( $(restic_raw "$1") - before ))" "-"
 }
@@ -99,7 +138,7 @@ bench_restic() { # dest run
   restic -q -r "$src" backup --host h "$tree" >/dev/null
   export AWS_ACCESS_KEY_ID=$key_id AWS_SECRET_ACCESS_KEY=$secret_key
   case "$dest" in
-    local) dst="$work/r-dst-$run"; rm -rf "$dst" ;;
+    local | ssh) dst="$work/r-dst-$run"; rm -rf "$dst" ;;
     garage) dst="s3:$endpoint/bench/r-$run" ;;
   esac
   # Its own key, the source's chunker parameters (what makes copied data deduplicate).

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+use rayon::prelude::*;
+
 use xstore::{BlobKind, ChunkId, Encryption, Error, KeyAccess, Result, Snapshot, SyncSource};
 use xstore_format::config::Config;
 use xstore_format::pack::read_record_in_place;
@@ -262,44 +264,57 @@ impl SyncSource for SshSource {
             }
         }
     }
+    fn remote(&self) -> bool {
+        true
+    }
     fn read_blob(&self, id: &ChunkId, kind: BlobKind) -> Result<Vec<u8>> {
         let mut v = self.read_blobs(&[(*id, kind)])?;
         v.pop().ok_or(Error::Internal("one blob asked, none read"))
     }
-    /// Sends the requests of up to [`MAX_BLOBS_PER_REQUEST`] blobs at once, then reads the
-    /// answers in order; each is opened and verified with the source's keys.
+    /// Sends the requests of up to [`MAX_BLOBS_PER_REQUEST`] blobs at once and reads the
+    /// answers in order; then opens and verifies each with the source's keys, in parallel
+    /// (the session is free again meanwhile).
     fn read_blobs(&self, ids: &[(ChunkId, BlobKind)]) -> Result<Vec<Vec<u8>>> {
-        let mut conn = self.connection()?;
-        let mut out = Vec::with_capacity(ids.len());
-        for batch in ids.chunks(MAX_BLOBS_PER_REQUEST) {
-            send(
-                &self.location,
-                &mut conn,
-                &SyncRequest::Blobs(batch.to_vec()),
-            )?;
-            for (id, kind) in batch {
-                match receive(&self.location, &mut conn)? {
-                    SyncReply::Blob { entry, mut record }
-                        if entry.id == *id && entry.kind == *kind =>
-                    {
-                        let raw = read_record_in_place(&self.encryption, &mut record, &entry)
-                            .map_err(|source| Error::CorruptBlob {
-                                id: *id,
-                                pack: self.location.clone(),
-                                source,
-                            })?;
-                        out.push(raw);
-                    }
-                    SyncReply::Missing { id: gone, .. } if gone == *id => {
-                        return Err(Error::MissingBlob(*id));
-                    }
-                    other => {
-                        conn.broken = true;
-                        return Err(unexpected(&self.location, &other));
+        let mut records = Vec::with_capacity(ids.len());
+        {
+            let mut conn = self.connection()?;
+            for batch in ids.chunks(MAX_BLOBS_PER_REQUEST) {
+                send(
+                    &self.location,
+                    &mut conn,
+                    &SyncRequest::Blobs(batch.to_vec()),
+                )?;
+                for (id, kind) in batch {
+                    match receive(&self.location, &mut conn)? {
+                        SyncReply::Blob { entry, record }
+                            if entry.id == *id && entry.kind == *kind =>
+                        {
+                            records.push((entry, record));
+                        }
+                        SyncReply::Missing { id: gone, .. } if gone == *id => {
+                            // The rest of this batch's answers are still on the way.
+                            conn.broken = true;
+                            return Err(Error::MissingBlob(*id));
+                        }
+                        other => {
+                            conn.broken = true;
+                            return Err(unexpected(&self.location, &other));
+                        }
                     }
                 }
             }
         }
-        Ok(out)
+        records
+            .into_par_iter()
+            .map(|(entry, mut record)| {
+                read_record_in_place(&self.encryption, &mut record, &entry).map_err(|source| {
+                    Error::CorruptBlob {
+                        id: entry.id,
+                        pack: self.location.clone(),
+                        source,
+                    }
+                })
+            })
+            .collect()
     }
 }

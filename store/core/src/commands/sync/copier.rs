@@ -11,7 +11,7 @@ use xstore_chunker::ChunkId;
 use xstore_format::pack::{self, BlobKind};
 use xstore_format::snapshot::Snapshot;
 use xstore_format::tree::{
-    chunk_list_children, decode_chunk_list, encode_chunk_list, ChunkRef, Content, Tree,
+    chunk_list_children, decode_chunk_list, encode_chunk_list, ChunkRef, Content, Entry, Tree,
 };
 
 use super::{map_key, seen_key, SyncOptions, SyncReport, SyncSource, SYNC_ID_PROBE};
@@ -22,6 +22,9 @@ use crate::pack::NewBlob;
 use crate::progress::Progress;
 use crate::repo::{poisoned, Repository};
 use crate::txn::Mutation;
+
+/// Subtrees of one directory read ahead in one request, at most.
+const PREFETCH_TREES: usize = 256;
 
 /// Blobs asked of a source in one request, at most.
 const READ_BATCH_BLOBS: usize = 256;
@@ -65,6 +68,8 @@ pub(super) struct Copier<'a> {
     unsaved: Mutex<Vec<(ChunkId, ChunkId)>>,
     /// Parent blobs (trees, chunk lists) written for the snapshot being copied.
     new_parents: Mutex<Vec<(ChunkId, Vec<ChunkId>)>>,
+    /// Source trees read ahead of the walk ([`Copier::prefetch`]), decoded.
+    prefetched: Mutex<HashMap<ChunkId, Tree>>,
     /// The snapshot being copied, for messages.
     current: Mutex<String>,
     since_checkpoint: AtomicU64,
@@ -117,6 +122,7 @@ impl<'a> Copier<'a> {
             learnt: Mutex::new(HashMap::new()),
             unsaved: Mutex::new(Vec::new()),
             new_parents: Mutex::new(Vec::new()),
+            prefetched: Mutex::new(HashMap::new()),
             current: Mutex::new(String::new()),
             since_checkpoint: AtomicU64::new(0),
             written_bytes: AtomicU64::new(0),
@@ -468,15 +474,27 @@ impl<'a> Copier<'a> {
         self.checkpoint_if_due()
     }
 
-    fn open_frame(&self, source_id: ChunkId) -> Result<Frame> {
-        let raw = self.read(&source_id, BlobKind::Tree)?;
-        let tree = Tree::decode(&raw).map_err(|source| {
+    fn decode_tree(&self, source_id: ChunkId, raw: &[u8]) -> Result<Tree> {
+        Tree::decode(raw).map_err(|source| {
             self.source_error(Error::CorruptBlob {
                 id: source_id,
                 pack: "(source)".into(),
                 source,
             })
-        })?;
+        })
+    }
+
+    /// The frame of a source tree: read ahead with its siblings ([`Copier::prefetch`]) or
+    /// read now; its inline chunks copied.
+    fn open_frame(&self, source_id: ChunkId) -> Result<Frame> {
+        let ahead = self.prefetched.lock().map_err(poisoned)?.remove(&source_id);
+        let tree = match ahead {
+            Some(t) => t,
+            None => {
+                let raw = self.read(&source_id, BlobKind::Tree)?;
+                self.decode_tree(source_id, &raw)?
+            }
+        };
         let mut frame = Frame {
             source: source_id,
             tree,
@@ -484,6 +502,38 @@ impl<'a> Copier<'a> {
         };
         self.copy_inline_chunks(&mut frame.tree)?;
         Ok(frame)
+    }
+
+    /// Reads the next [`PREFETCH_TREES`] subtrees of a directory that this repository lacks
+    /// in one request, so a source over a network costs a round trip per that many
+    /// directories, not per directory. They wait, decoded, until the walk gets to them.
+    fn prefetch(&self, siblings: &[Entry]) -> Result<()> {
+        let mut want = Vec::new();
+        {
+            let ahead = self.prefetched.lock().map_err(poisoned)?;
+            for id in siblings.iter().filter_map(Entry::subtree) {
+                if want.len() >= PREFETCH_TREES {
+                    break;
+                }
+                if !ahead.contains_key(&id) && self.present(id, BlobKind::Tree, None)?.is_none() {
+                    want.push((id, BlobKind::Tree));
+                }
+            }
+        }
+        want.sort_unstable_by_key(|(id, _)| *id);
+        want.dedup();
+        if want.len() < 2 {
+            return Ok(());
+        }
+        let raws = self.read_many(&want)?;
+        let trees: Vec<Tree> = want
+            .par_iter()
+            .zip(raws)
+            .map(|((id, _), raw)| self.decode_tree(*id, &raw))
+            .collect::<Result<_>>()?;
+        let mut ahead = self.prefetched.lock().map_err(poisoned)?;
+        ahead.extend(want.into_iter().map(|(id, _)| id).zip(trees));
+        Ok(())
     }
 
     /// Copies the tree `root` and everything below it that this repository lacks, children
@@ -519,10 +569,18 @@ impl<'a> Copier<'a> {
                     let id = *id;
                     match self.present(id, BlobKind::Tree, None)? {
                         Some(d) => {
+                            // An identical subtree copied meanwhile: what was read ahead goes.
+                            self.prefetched.lock().map_err(poisoned)?.remove(&id);
                             entry.content = Content::Subtree(d);
                             top.next += 1;
                         }
                         None => {
+                            if self.source.remote()
+                                && !self.prefetched.lock().map_err(poisoned)?.contains_key(&id)
+                            {
+                                let rest = top.tree.entries.get(top.next..).unwrap_or_default();
+                                self.prefetch(rest)?;
+                            }
                             let frame = self.open_frame(id)?;
                             stack.push(frame);
                         }

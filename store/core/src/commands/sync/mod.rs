@@ -76,6 +76,12 @@ pub trait SyncSource: Sync {
     /// A blob's raw bytes, verified against `id` as the source names it, and known there
     /// as a blob of `kind`.
     fn read_blob(&self, id: &ChunkId, kind: BlobKind) -> Result<Vec<u8>>;
+    /// Whether each read costs a round trip (a source over a network): then the subtrees of
+    /// a directory are read ahead together. A local source says no (reading ahead only adds
+    /// lookups there).
+    fn remote(&self) -> bool {
+        false
+    }
     /// [`SyncSource::read_blob`] of many blobs, in order: a source over a network sends the
     /// requests together instead of waiting for each answer.
     fn read_blobs(&self, ids: &[(ChunkId, BlobKind)]) -> Result<Vec<Vec<u8>>> {
