@@ -259,6 +259,39 @@ fn own_schedule_enters_a_tier_and_a_tier_filter_selects() {
     let report = sync_json(&dst2, &src, &["--host", "db1"]);
     assert_eq!(report["snapshots"], 1, "{report}");
     assert!(!ok(&dst2, &["snapshots"]).contains("web1"));
+    // By account, from the inventory; an account it does not list is one error line.
+    let inventory = w.path().join("hosts.toml");
+    fs::write(
+        &inventory,
+        "[[account]]\nname = \"acme\"\nallocation = \"1 GiB\"\n\n[[account.host]]\nname = \"web1\"\n\n\
+         [[account]]\nname = \"globex\"\nallocation = \"1 GiB\"\n\n[[account.host]]\nname = \"db1\"\n",
+    )
+    .unwrap();
+    let dst3 = w.path().join("replica3");
+    ok(&dst3, &["init", "--no-encryption"]);
+    let inv = s(&inventory);
+    let report = sync_json(&dst3, &src, &["--account", "acme", "--inventory", inv]);
+    assert_eq!(report["snapshots"], 2, "{report}");
+    let listing = ok(&dst3, &["snapshots"]);
+    assert!(
+        listing.contains("web1") && !listing.contains("db1"),
+        "{listing}"
+    );
+    let out = xstore(
+        &dst3,
+        &[
+            "sync",
+            "--from",
+            s(&src),
+            "--account",
+            "initech",
+            "--inventory",
+            inv,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("account initech is not in the inventory"));
 }
 
 #[test]
