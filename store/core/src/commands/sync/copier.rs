@@ -14,7 +14,7 @@ use xstore_format::tree::{
     chunk_list_children, decode_chunk_list, encode_chunk_list, ChunkRef, Content, Entry, Tree,
 };
 
-use super::{map_key, seen_key, SyncOptions, SyncReport, SyncSource, SYNC_ID_PROBE};
+use super::values::{map_key, seen_key, SyncOptions, SyncReport, SyncSource, SYNC_ID_PROBE};
 use crate::commands::backup::RESERVE_CHECK_BYTES;
 use crate::error::{Error, Result, SyncError};
 use crate::pack::rolling::RollingPacks;

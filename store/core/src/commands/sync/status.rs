@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use xstore_format::host::HostName;
 use xstore_format::snapshot::SnapshotId;
 
-use super::{SyncPlan, SyncReport};
+use super::values::{SyncPlan, SyncReport};
 use crate::error::{Error, Result};
 use crate::repo::Repository;
 
