@@ -48,10 +48,13 @@ fn in_scope(s: &Snapshot, opts: &SyncOptions) -> bool {
     opts.hosts.as_ref().is_none_or(|h| h.contains(&s.host))
 }
 
-/// The source's labels of `s` that a copy keeps.
+/// The source's labels of `s` that a copy keeps: those the tier filter selects, and only
+/// valid tier names (a label becomes a path component, `/<tier>.<n>/<host>/`; the source's
+/// records are not this repository's to trust).
 fn kept_labels(s: &Snapshot, opts: &SyncOptions) -> Vec<String> {
     s.tiers
         .iter()
+        .filter(|t| xstore_retention::validate_tier_name(t).is_ok())
         .filter(|t| opts.tiers.as_ref().is_none_or(|f| f.contains(*t)))
         .cloned()
         .collect()
@@ -86,6 +89,10 @@ impl Repository {
                     .is_none_or(|f| s.tiers.iter().any(|t| f.contains(t)))
             })
             .collect();
+        // One record per snapshot (the newest revision): a source that names one twice must
+        // not make this repository commit it twice.
+        theirs.sort_by_key(|s| (s.id, std::cmp::Reverse(s.revision)));
+        theirs.dedup_by_key(|s| s.id);
         theirs.sort_by_key(|s| (s.start_ns, s.id));
         let ours: Vec<Snapshot> = self
             .snapshots()?
