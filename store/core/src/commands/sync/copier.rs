@@ -68,6 +68,8 @@ pub(super) struct Copier<'a> {
     unsaved: Mutex<Vec<(ChunkId, ChunkId)>>,
     /// Parent blobs (trees, chunk lists) written for the snapshot being copied.
     new_parents: Mutex<Vec<(ChunkId, Vec<ChunkId>)>>,
+    /// Live blobs verify found damaged: never referenced, written again.
+    damaged: std::collections::HashSet<ChunkId>,
     /// Source trees read ahead of the walk ([`Copier::prefetch`]), decoded.
     prefetched: Mutex<HashMap<ChunkId, Tree>>,
     /// The snapshot being copied, for messages.
@@ -87,14 +89,6 @@ struct Counts {
     stored_bytes: AtomicU64,
     blobs_resumed: AtomicU64,
     checkpoints: AtomicU64,
-}
-
-/// What this repository holds under an id, as far as a copy is concerned.
-enum Held {
-    /// Nothing usable: write it.
-    No,
-    /// A usable blob (live, written by this run, or a dead data blob now protected).
-    Yes,
 }
 
 /// Frames of the iterative tree walk: a source tree being rewritten, entry by entry.
@@ -122,6 +116,7 @@ impl<'a> Copier<'a> {
             learnt: Mutex::new(HashMap::new()),
             unsaved: Mutex::new(Vec::new()),
             new_parents: Mutex::new(Vec::new()),
+            damaged: repo.damaged_blobs()?,
             prefetched: Mutex::new(HashMap::new()),
             current: Mutex::new(String::new()),
             since_checkpoint: AtomicU64::new(0),
@@ -164,45 +159,35 @@ impl<'a> Copier<'a> {
     }
 
     /// Whether this repository holds `id` as a blob of `kind` (and, for data, `len` bytes)
-    /// that a copy may reference. A tree must be live (a dead one's children may be gone);
-    /// a data blob may be dead (an interrupted sync's): it is then protected from reclaim.
-    fn holds(&self, id: ChunkId, kind: BlobKind, len: Option<u32>) -> Result<Held> {
+    /// that a copy may reference: live, written by this run, or a dead data blob (an
+    /// interrupted sync's), which is then protected from reclaim. A dead tree does not count
+    /// (its children may be gone); neither does a blob verify found damaged.
+    fn holds(&self, id: ChunkId, kind: BlobKind, len: Option<u32>) -> Result<bool> {
         if let Some(&(have, have_len)) = self.written.lock().map_err(poisoned)?.get(&id) {
             if have != kind {
                 return Err(self.clash(id, have, kind));
             }
-            return Ok(match len {
-                Some(l) if l != have_len => Held::No,
-                _ => Held::Yes,
-            });
+            return Ok(len.is_none_or(|l| l == have_len));
         }
         let Some(loc) = self.repo.index.blob(&id)? else {
-            return Ok(Held::No);
+            return Ok(false);
         };
         if loc.kind != kind {
             return Err(self.clash(id, loc.kind, kind));
         }
-        if len.is_some_and(|l| l != loc.raw_len) {
-            // Same id, other length: the index disagrees with the bytes (check will say).
-            return Ok(Held::No);
-        }
-        if self
-            .repo
-            .index
-            .meta(&crate::index::damaged_key(&id))?
-            .is_some()
-        {
-            return Ok(Held::No);
+        // Same id, other length: the source's claim is wrong (the bytes, read, will say).
+        if len.is_some_and(|l| l != loc.raw_len) || self.damaged.contains(&id) {
+            return Ok(false);
         }
         if loc.refcount > 0 {
-            return Ok(Held::Yes);
+            return Ok(true);
         }
         if kind != BlobKind::Data {
-            return Ok(Held::No);
+            return Ok(false);
         }
         self.repo.protect_from_reclaim(&[id])?;
         self.counts.blobs_resumed.fetch_add(1, Ordering::Relaxed);
-        Ok(Held::Yes)
+        Ok(true)
     }
 
     /// This repository's id for a source id already translated (this run, an earlier one,
@@ -236,10 +221,7 @@ impl<'a> Copier<'a> {
         len: Option<u32>,
     ) -> Result<Option<ChunkId>> {
         match self.translated(source_id, kind)? {
-            Some(d) => Ok(match self.holds(d, kind, len)? {
-                Held::Yes => Some(d),
-                Held::No => None,
-            }),
+            Some(d) => Ok(self.holds(d, kind, len)?.then_some(d)),
             None => Ok(None),
         }
     }
@@ -379,11 +361,22 @@ impl<'a> Copier<'a> {
             .into());
         }
         let ours = self.repo.encryption().id_of(&raw);
+        if self.same_ids && ours != c.id {
+            return Err(self.source_error(Error::CorruptBlob {
+                id: c.id,
+                pack: "(source)".into(),
+                source: xstore_format::DecodeError::Invalid {
+                    what: "data blob",
+                    offset: 0,
+                    reason: "its bytes do not hash to its id".into(),
+                },
+            }));
+        }
         if xstore_format::tree::is_structure_encoding(&raw) {
             return Err(self.clash(ours, BlobKind::Tree, BlobKind::Data));
         }
         self.learn(c.id, ours)?;
-        if matches!(self.holds(ours, BlobKind::Data, Some(c.len))?, Held::No) {
+        if !self.holds(ours, BlobKind::Data, Some(c.len))? {
             self.write(ours, BlobKind::Data, &raw)?;
         }
         Ok(ours)
@@ -412,7 +405,7 @@ impl<'a> Copier<'a> {
             }));
         }
         self.learn(source_id, ours)?;
-        if matches!(self.holds(ours, kind, None)?, Held::Yes) {
+        if self.holds(ours, kind, None)? {
             return Ok(ours);
         }
         if self.write(ours, kind, raw)? {
@@ -424,7 +417,9 @@ impl<'a> Copier<'a> {
         Ok(ours)
     }
 
-    fn copy_chunk_list(&self, source_id: ChunkId) -> Result<ChunkId> {
+    /// Copies a file's chunk list; `size` is the file's entry's size, which its chunks
+    /// must add up to (the tree decoder checks inline chunks; a list is a blob of its own).
+    fn copy_chunk_list(&self, source_id: ChunkId, size: u64) -> Result<ChunkId> {
         if let Some(d) = self.present(source_id, BlobKind::ChunkList, None)? {
             return Ok(d);
         }
@@ -436,6 +431,18 @@ impl<'a> Copier<'a> {
                 source,
             })
         })?;
+        let total: u64 = list.iter().map(|c| u64::from(c.len)).sum();
+        if total != size {
+            return Err(self.source_error(Error::CorruptBlob {
+                id: source_id,
+                pack: "(source)".into(),
+                source: xstore_format::DecodeError::Invalid {
+                    what: "chunk list",
+                    offset: 0,
+                    reason: format!("chunks hold {total} bytes, the file's size is {size}"),
+                },
+            }));
+        }
         let ours = self.copy_chunks(&list)?;
         let bytes = encode_chunk_list(&ours);
         self.write_parent(
@@ -587,7 +594,7 @@ impl<'a> Copier<'a> {
                     }
                 }
                 Content::ChunkList(id) => {
-                    let ours = self.copy_chunk_list(*id)?;
+                    let ours = self.copy_chunk_list(*id, entry.attrs.size)?;
                     entry.content = Content::ChunkList(ours);
                     top.next += 1;
                     self.checkpoint_if_due()?;
