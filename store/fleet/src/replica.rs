@@ -24,6 +24,10 @@ use xstore_format::protocol::{
 /// Most snapshot records one source may send (a bound on the replica's memory).
 pub const MAX_SOURCE_SNAPSHOTS: usize = 1_000_000;
 
+/// Most record bytes one batch of blob requests may bring before they are verified (a sync
+/// asks for at most 64 MiB of file data, or 256 trees, at a time).
+pub const MAX_BATCH_RECORD_BYTES: u64 = 1 << 30;
+
 /// The remote command a sync runs (the primary's forced command replaces it, naming the
 /// repository; `xstore serve` compares it with the one it is forced to).
 pub const SERVE_COMMAND: &str = "xstore serve --read-only";
@@ -276,6 +280,7 @@ impl SyncSource for SshSource {
     /// (the session is free again meanwhile).
     fn read_blobs(&self, ids: &[(ChunkId, BlobKind)]) -> Result<Vec<Vec<u8>>> {
         let mut records = Vec::with_capacity(ids.len());
+        let mut received = 0u64;
         {
             let mut conn = self.connection()?;
             for batch in ids.chunks(MAX_BLOBS_PER_REQUEST) {
@@ -289,6 +294,21 @@ impl SyncSource for SshSource {
                         SyncReply::Blob { entry, record }
                             if entry.id == *id && entry.kind == *kind =>
                         {
+                            // What a call holds before verifying is bounded, and a record
+                            // is exactly the span its header's lengths give.
+                            received += record.len() as u64;
+                            let span = xstore_format::pack::blob_span(entry.stored_len);
+                            if record.len() as u64 != span || received > MAX_BATCH_RECORD_BYTES {
+                                conn.broken = true;
+                                return Err(protocol_error(
+                                    &self.location,
+                                    format!(
+                                        "blob {id}: a record of {} bytes ({} in this batch; at most {MAX_BATCH_RECORD_BYTES})",
+                                        record.len(),
+                                        received
+                                    ),
+                                ));
+                            }
                             records.push((entry, record));
                         }
                         SyncReply::Missing { id: gone, .. } if gone == *id => {
