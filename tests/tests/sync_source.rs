@@ -50,7 +50,11 @@ fn duplicated_records_and_path_labels_from_a_source_change_nothing_here() {
     let report = dst.sync(&source, &plan, &opts).unwrap();
     assert_eq!(report.snapshots, 2);
     for s in dst.snapshots().unwrap() {
-        assert_eq!(s.tiers, vec!["hourly".to_string()], "only valid tier names are kept");
+        assert_eq!(
+            s.tiers,
+            vec!["hourly".to_string()],
+            "only valid tier names are kept"
+        );
     }
     let check = dst.check(Default::default()).unwrap();
     assert!(check.problems.is_empty(), "{:?}", check.problems);

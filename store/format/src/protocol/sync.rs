@@ -30,6 +30,19 @@ const REP_BLOB: u8 = b'b';
 const REP_MISSING: u8 = b'm';
 const REP_ERROR: u8 = b'x';
 
+/// Reads both hellos' magic.
+fn read_magic(r: &mut Reader<'_>) -> Result<(), DecodeError> {
+    let magic = r.array::<8>("sync hello magic")?;
+    if &magic != SYNC_MAGIC {
+        return Err(DecodeError::BadMagic {
+            what: "sync hello",
+            expected: String::from_utf8_lossy(SYNC_MAGIC).into_owned(),
+            found: String::from_utf8_lossy(&magic).into_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// What a replica asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncRequest {
@@ -99,14 +112,7 @@ impl SyncRequest {
         let mut r = Reader::new(body);
         let req = match r.u8("sync request kind")? {
             REQ_HELLO => {
-                let magic = r.array::<8>("sync hello magic")?;
-                if &magic != SYNC_MAGIC {
-                    return Err(DecodeError::BadMagic {
-                        what: "sync hello",
-                        expected: String::from_utf8_lossy(SYNC_MAGIC).into_owned(),
-                        found: String::from_utf8_lossy(&magic).into_owned(),
-                    });
-                }
+                read_magic(&mut r)?;
                 SyncRequest::Hello
             }
             REQ_SNAPSHOTS => SyncRequest::Snapshots,
@@ -178,14 +184,7 @@ impl SyncReply {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let reply = match r.u8("sync reply kind")? {
             REP_HELLO => {
-                let magic = r.array::<8>("sync hello magic")?;
-                if &magic != SYNC_MAGIC {
-                    return Err(DecodeError::BadMagic {
-                        what: "sync hello",
-                        expected: text(SYNC_MAGIC),
-                        found: text(&magic),
-                    });
-                }
+                read_magic(&mut r)?;
                 let config = r.bytes("sync config", MAX_FILE)?.to_vec();
                 let slots = r.bytes("sync key slots", MAX_FILE)?;
                 SyncReply::Hello {
