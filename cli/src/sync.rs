@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use xstore::{
-    HostName, KeyAccess, Repository, SyncLabels, SyncOptions, SyncPlan, SyncReport, SyncSource,
-    TierChoice,
+    BucketSource, HostName, KeyAccess, Repository, S3Location, SyncLabels, SyncOptions, SyncPlan,
+    SyncReport, SyncSource, TierChoice,
 };
 
 use crate::ops::InventoryArg;
@@ -17,10 +17,26 @@ use crate::{human_bytes, Cli, EXIT_OK};
 #[derive(Args)]
 pub(crate) struct SyncArgs {
     /// The source: a repository directory (its packs there or in its bucket), opened
-    /// read-only; or `ssh://[USER@]HOST[:PORT]`, a primary whose key for this replica is
-    /// forced to `xstore serve --read-only REPO`. Nothing there is ever written or deleted.
-    #[arg(long, value_name = "DIR|ssh://[USER@]HOST[:PORT]")]
+    /// read-only; `ssh://[USER@]HOST[:PORT]`, a primary whose key for this replica is
+    /// forced to `xstore serve --read-only REPO`; or `s3://BUCKET/PREFIX` (with
+    /// --from-endpoint), a primary's bucket alone, read with credentials that may only read
+    /// (its map is kept in this repository's `sources/`). Nothing there is ever written or
+    /// deleted.
+    #[arg(long, value_name = "DIR|ssh://[USER@]HOST[:PORT]|s3://BUCKET/PREFIX")]
     from: String,
+    /// The object store's endpoint URL of an `s3://` source.
+    #[arg(long, value_name = "URL")]
+    from_endpoint: Option<String>,
+    /// The region an `s3://` source's store signs for.
+    #[arg(long, value_name = "REGION", default_value = "garage")]
+    from_region: String,
+    /// Virtual-hosted-style requests (BUCKET.ENDPOINT) to an `s3://` source.
+    #[arg(long)]
+    from_virtual_hosted: bool,
+    /// The access key for an `s3://` source (TOML: access_key_id, secret_access_key; mode
+    /// 0600) instead of AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+    #[arg(long, value_name = "FILE")]
+    from_credentials: Option<PathBuf>,
     /// The ssh program for an `ssh://` source.
     #[arg(long, value_name = "PROGRAM", default_value = "ssh")]
     ssh: String,
@@ -111,9 +127,43 @@ impl SyncArgs {
         Ok(cmd)
     }
 
-    /// The source, opened: a local repository read-only, or a session with a primary.
-    fn open_source(&self) -> Result<Box<dyn SyncSource>> {
+    /// The source, opened: a local repository read-only, a session with a primary, or a
+    /// primary's bucket (its map beside `replica`).
+    fn open_source(&self, replica: &std::path::Path) -> Result<Box<dyn SyncSource>> {
         let keys = self.source_keys()?;
+        let from_bucket = self.from.starts_with("s3://");
+        anyhow::ensure!(
+            from_bucket || self.from_endpoint.is_none() && self.from_credentials.is_none(),
+            "--from-endpoint and --from-credentials are for an s3:// source"
+        );
+        if from_bucket {
+            let endpoint = self
+                .from_endpoint
+                .as_deref()
+                .context("--from s3://…: give the store's --from-endpoint URL")?;
+            let mut location = S3Location::parse(&self.from, endpoint)?;
+            location.region = self.from_region.clone();
+            location.path_style = !self.from_virtual_hosted;
+            location.credentials_file = self
+                .from_credentials
+                .as_ref()
+                .map(|c| std::path::absolute(c).unwrap_or_else(|_| c.clone()));
+            let map = BucketSource::map_dir(replica, &location);
+            let source = BucketSource::open(&map, &location, &keys)
+                .with_context(|| format!("source {}", self.from))?;
+            let r = source.refreshed();
+            tracing::info!(
+                packs = r.packs,
+                read = r.packs_read,
+                gone = r.packs_gone,
+                snapshots = r.snapshots,
+                "bucket map brought up to date"
+            );
+            for why in &r.skipped {
+                tracing::warn!("source {}: {why}", self.from);
+            }
+            return Ok(Box::new(source));
+        }
         if let Some(target) = self.from.strip_prefix("ssh://") {
             let cmd = self.ssh_command(target.trim_end_matches('/'))?;
             let source = xstore_fleet::replica::SshSource::connect(&cmd, &keys)
@@ -161,9 +211,9 @@ impl SyncArgs {
 
 pub(crate) fn sync(cli: &Cli, args: &SyncArgs) -> Result<u8> {
     let opts = args.options()?;
-    let source = args.open_source()?;
-    let source = source.as_ref();
     let repo = crate::open_rw_or_ro(cli, args.dry_run)?;
+    let source = args.open_source(repo.path())?;
+    let source = source.as_ref();
     let plan = repo.plan_sync(source, &opts)?;
     if args.dry_run {
         return print_plan(cli, &plan);
@@ -230,6 +280,9 @@ fn print_counts(plan: &SyncPlan) {
 }
 
 fn print_report(cli: &Cli, plan: &SyncPlan, report: &SyncReport) -> Result<u8> {
+    for why in &report.set_aside {
+        eprintln!("xstore: warning: {why}");
+    }
     if cli.json {
         crate::print_json(report)?;
         return Ok(EXIT_OK);

@@ -323,37 +323,10 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// A SigV4-signed request to the bucket through curl (a client other than the one under
-/// test): `path` after the bucket (`/key` or `?query`), extra curl arguments, and the body
-/// whose hash is signed. Asserts success.
-fn signed_request(g: &Garage, path: &str, extra: &[&str], body: &[u8]) -> Output {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--fail",
-            "--aws-sigv4",
-            "aws:amz:garage:s3",
-            "--user",
-        ])
-        .arg(format!("{}:{}", g.key_id, g.secret))
-        .arg("-H")
-        .arg(format!("x-amz-content-sha256: {}", sha256_hex(body)))
-        .args(extra)
-        .arg(format!("{}/{}{path}", g.endpoint(), g.bucket))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl {extra:?} {path}: {}",
-        stderr(&out)
-    );
-    out
-}
-
 /// The pack objects under `prefix` with their sizes (ListObjectsV2; not the journal's
 /// markers beside them).
 fn pack_objects(g: &Garage, prefix: &str) -> Vec<(String, u64)> {
-    object_sizes(g, &format!("{prefix}packs/"))
+    g.object_sizes(&format!("{prefix}packs/"))
         .into_iter()
         .filter(|(key, _)| key.ends_with(".pack"))
         .collect()
@@ -373,7 +346,7 @@ fn put_object(g: &Garage, key: &str, bytes: &[u8]) {
     let body = tempfile::NamedTempFile::new().unwrap();
     fs::write(body.path(), bytes).unwrap();
     let upload = body.path().to_str().unwrap();
-    signed_request(g, &format!("/{key}"), &["-T", upload], bytes);
+    g.signed_request(&format!("/{key}"), &["-T", upload], bytes);
 }
 
 #[test]
@@ -545,7 +518,7 @@ fn a_pack_too_large_for_one_put_goes_up_in_parts_and_restores_exactly() {
     let etags: Vec<String> = pack_keys(&g, "large/")
         .iter()
         .map(|key| {
-            let out = signed_request(&g, &format!("/{key}"), &["-I"], b"");
+            let out = g.signed_request(&format!("/{key}"), &["-I"], b"");
             String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .find(|l| l.to_ascii_lowercase().starts_with("etag:"))
@@ -561,26 +534,6 @@ fn a_pack_too_large_for_one_put_goes_up_in_parts_and_restores_exactly() {
     );
     assert_restores(&g, &repo, "h", &src, &w.path().join("restored"));
     assert_check_clean(&g, &repo);
-}
-
-/// Every object under `prefix` with its size (ListObjectsV2).
-fn object_sizes(g: &Garage, prefix: &str) -> Vec<(String, u64)> {
-    let query = format!("?list-type=2&prefix={}", prefix.replace('/', "%2F"));
-    let out = signed_request(g, &query, &[], b"");
-    let xml = String::from_utf8(out.stdout).unwrap();
-    let field = |item: &str, name: &str| {
-        let open = format!("<{name}>");
-        let from = item.find(&open).unwrap() + open.len();
-        item[from..]
-            .split(&format!("</{name}>"))
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    xml.split("<Contents>")
-        .skip(1)
-        .map(|item| (field(item, "Key"), field(item, "Size").parse().unwrap()))
-        .collect()
 }
 
 #[test]
@@ -599,14 +552,15 @@ fn packs_deleted_behind_a_restores_back_fail_the_files_they_hold_and_nothing_els
     xs_ok(&g, &repo, &["backup", "-q", "--host", "h", s]);
     // The second backup's data packs (~1 MiB each; its trees went to a small pack of their
     // own) vanish, as a gc on another machine or an operator's mistake would make them.
-    let doomed: Vec<String> = object_sizes(&g, "gone/packs/")
+    let doomed: Vec<String> = g
+        .object_sizes("gone/packs/")
         .into_iter()
         .filter(|(key, size)| !before.contains(key) && *size > 256 << 10)
         .map(|(key, _)| key)
         .collect();
     assert!(doomed.len() >= 4, "{doomed:?}");
     for key in &doomed {
-        signed_request(&g, &format!("/{key}"), &["-X", "DELETE"], b"");
+        g.signed_request(&format!("/{key}"), &["-X", "DELETE"], b"");
     }
     // The restore announces its reads; the read-ahead's fetches of those packs fail, and
     // the reads that wanted them fail as they would without it: typed, named, no hang.
@@ -652,7 +606,7 @@ fn packs_deleted_behind_a_restores_back_fail_the_files_they_hold_and_nothing_els
 fn unfinished_uploads(g: &Garage, prefix: &str) -> Vec<String> {
     // In sorted order: curl signs the query as written, S3 canonicalises it sorted.
     let query = format!("?prefix={}&uploads=", prefix.replace('/', "%2F"));
-    let out = signed_request(g, &query, &[], b"");
+    let out = g.signed_request(&query, &[], b"");
     let xml = String::from_utf8(out.stdout).unwrap();
     xml.split("<Upload>")
         .skip(1)
@@ -700,7 +654,7 @@ fn an_upload_a_dead_server_left_unfinished_is_aborted_by_gc_on_the_next_one_afte
     assert_eq!(unfinished_uploads(&g, "crash/").len(), 1);
     // The server dies with its journal (which named the pack); its lease runs out (deleted
     // here rather than waited for), and a new server attaches to the prefix.
-    signed_request(&g, "/crash/lease", &["-X", "DELETE"], b"");
+    g.signed_request("/crash/lease", &["-X", "DELETE"], b"");
     init(&g, &next, "crash", &[]);
     // Within the grace period (the default, 24 h) the upload is left alone: it could be a
     // writer whose lease lapsed while it still ran.
@@ -916,7 +870,7 @@ fn an_encrypted_bucket_reveals_nothing_and_attaches_with_a_passphrase_alone() {
     let bound = |name: &str| config["chunker"][name].as_u64().unwrap() as u32;
     let params = xstore::ChunkerParams::new(bound("min"), bound("avg"), bound("max")).unwrap();
     let ids = plain_chunk_ids(&params, &files);
-    let objects = object_sizes(&g, "sealed/");
+    let objects = g.object_sizes("sealed/");
     assert!(
         objects.iter().any(|(k, _)| k.ends_with(".pack")),
         "{objects:?}"
@@ -926,7 +880,7 @@ fn an_encrypted_bucket_reveals_nothing_and_attaches_with_a_passphrase_alone() {
         "{objects:?}"
     );
     for (key, _) in &objects {
-        let bytes = signed_request(&g, &format!("/{key}"), &[], b"").stdout;
+        let bytes = g.signed_request(&format!("/{key}"), &[], b"").stdout;
         assert_nothing_readable(key, &bytes, &ids);
     }
 

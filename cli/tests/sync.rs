@@ -716,6 +716,177 @@ mod object_store {
             true,
         );
     }
+
+    /// The snapshots of `host` on `repo` (ids, oldest first).
+    fn ids_of(repo: &Path, env: &[(&str, String)], host: &str) -> Vec<String> {
+        let v: serde_json::Value =
+            serde_json::from_str(&ok_with_env(repo, env, &["--json", "snapshots"])).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["host"] == host)
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_primary_bucket_alone_is_a_source_and_what_its_gc_took_does_not_come_back() {
+        let w = tempfile::tempdir().unwrap();
+        let g = Garage::start(&w.path().join("garage"), 1);
+        let rw = g.env();
+        let endpoint = g.endpoint();
+        let (plain, data) = plain_source(w.path());
+        let primary = w.path().join("primary");
+        let url = format!("s3://{}/primary", g.bucket);
+        ok_with_env(
+            &primary,
+            &rw,
+            &["init", "--store", &url, "--endpoint", &endpoint],
+        );
+        ok_with_env(&primary, &rw, &["sync", "--from", s(&plain)]);
+        // Expired and collected on the primary before the replica ever looked: its record
+        // is gone from the bucket, so it is not listed.
+        ok_with_env(
+            &primary,
+            &rw,
+            &["backup", "-q", "--host", "collected", s(&data.join("sub"))],
+        );
+        let collected = ids_of(&primary, &rw, "collected").remove(0);
+        ok_with_env(&primary, &rw, &["forget", "--snapshot", &collected]);
+        for _ in 0..2 {
+            ok_with_env(&primary, &rw, &["gc", "--grace", "0s"]);
+        }
+        // Expired but not collected: the packs cannot tell, and it is copied whole.
+        ok_with_env(
+            &primary,
+            &rw,
+            &["backup", "-q", "--host", "expired", s(&data.join("sub"))],
+        );
+        let expired = ids_of(&primary, &rw, "expired").remove(0);
+        ok_with_env(&primary, &rw, &["forget", "--snapshot", &expired]);
+        // Partly collected (a data pack of its own gone): set aside, not copied.
+        let before: Vec<String> = g
+            .object_sizes("primary/packs/")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let unique = w.path().join("unique");
+        bulk(&unique, 4, 300 << 10, 4242);
+        ok_with_env(
+            &primary,
+            &rw,
+            &["backup", "-q", "--host", "partial", s(&unique)],
+        );
+        let partial = ids_of(&primary, &rw, "partial").remove(0);
+        let doomed: Vec<String> = g
+            .object_sizes("primary/packs/")
+            .into_iter()
+            .filter(|(k, size)| !before.contains(k) && *size > 1 << 20)
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(doomed.len(), 1, "{doomed:?}");
+        g.delete_object(&doomed[0]);
+
+        // The replica sees only the bucket, through a key that may only read; the primary's
+        // directory is out of reach.
+        let away = w.path().join("primary-away");
+        fs::rename(&primary, &away).unwrap();
+        let ro = g.read_only_env("xstore-bucket-reader");
+        let bucket_before = g.object_sizes("primary/");
+        let replica = w.path().join("replica");
+        ok(&replica, &["init"]);
+        let args = [
+            "--json",
+            "sync",
+            "--from",
+            &url,
+            "--from-endpoint",
+            &endpoint,
+        ];
+        let out = xstore_with_env(&replica, &ro, &args);
+        let err = stderr(&out);
+        assert!(out.status.success(), "{err}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["snapshots"], 4, "{report}");
+        let set_aside = report["set_aside"].as_array().unwrap();
+        assert_eq!(set_aside.len(), 1, "{report}");
+        let line = set_aside[0].as_str().unwrap();
+        assert!(
+            line.starts_with(&format!("snapshot {} of partial: blob ", &partial[..8])),
+            "{line}"
+        );
+        let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+        assert_eq!(warnings, [format!("xstore: warning: {line}")], "{err}");
+        let mut want = ids(&plain);
+        want.push(expired.clone());
+        want.sort();
+        assert_eq!(ids(&replica), want);
+        assert!(!ids(&replica).contains(&collected));
+        // Every field the primary recorded, tiers included.
+        let (theirs, ours) = (by_id(&plain), by_id(&replica));
+        for id in ids(&plain) {
+            assert_eq!(kept_fields(&theirs[&id]), kept_fields(&ours[&id]), "{id}");
+            assert_same_snapshot(&plain, &replica, &id, w.path());
+        }
+        let check = ok(&replica, &["check", "--read-data"]);
+        assert!(check.contains("no problems"), "{check}");
+        // Nothing was written to the bucket.
+        assert_eq!(g.object_sizes("primary/"), bucket_before);
+
+        // Incremental: a new backup travels alone; the set-aside snapshot is not tried again.
+        fs::rename(&away, &primary).unwrap();
+        fs::write(data.join("small.txt"), b"changed in the bucket\n").unwrap();
+        ok_with_env(&primary, &rw, &["backup", "-q", "--host", "web1", s(&data)]);
+        let newest = ids_of(&primary, &rw, "web1").pop().unwrap();
+        let out = xstore_with_env(&replica, &ro, &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["snapshots"], 1, "{report}");
+        assert_eq!(report["set_aside"].as_array().unwrap().len(), 0, "{report}");
+        assert!(report["blobs_read"].as_u64().unwrap() <= 8, "{report}");
+        assert!(ids(&replica).contains(&newest));
+
+        // The primary forgets and collects it: the copy stays, restorable.
+        ok_with_env(&primary, &rw, &["forget", "--snapshot", &newest]);
+        for _ in 0..2 {
+            ok_with_env(&primary, &rw, &["gc", "--grace", "0s"]);
+        }
+        let report: serde_json::Value =
+            serde_json::from_str(&ok_with_env(&replica, &ro, &args)).unwrap();
+        assert_eq!(report["snapshots"], 0, "{report}");
+        let target = w.path().join("after-gc");
+        ok(
+            &replica,
+            &["restore", "--trusted-specials", &newest, s(&target)],
+        );
+        xstore_tests::assert_same_tree(&data, &xstore_tests::restored_path(&target, &data), true);
+
+        // A prefix without a repository, and a bucket source without its endpoint: one line.
+        let empty = format!("s3://{}/nothing-here", g.bucket);
+        for (argv, want) in [
+            (
+                vec![
+                    "sync",
+                    "--from",
+                    empty.as_str(),
+                    "--from-endpoint",
+                    endpoint.as_str(),
+                ],
+                "no repository under this prefix (no config object)",
+            ),
+            (
+                vec!["sync", "--from", url.as_str()],
+                "give the store's --from-endpoint URL",
+            ),
+        ] {
+            let out = xstore_with_env(&replica, &ro, &argv);
+            assert_eq!(out.status.code(), Some(1), "{argv:?}");
+            let err = stderr(&out);
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(err.contains(want), "{err}");
+        }
+    }
 }
 
 #[test]

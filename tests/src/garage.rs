@@ -199,6 +199,59 @@ impl Garage {
             .sum()
     }
 
+    /// A request to the bucket (`path`: `/KEY` or `?QUERY`) signed with this cluster's key by
+    /// curl's SigV4: a client other than the one under test, as an operator, an attacker or
+    /// a faulty store would make. `extra`: curl's arguments (`-X DELETE`, `-T FILE`);
+    /// `body`: the bytes sent, for the payload hash. Panics unless it succeeds.
+    pub fn signed_request(&self, path: &str, extra: &[&str], body: &[u8]) -> Output {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--fail",
+                "--aws-sigv4",
+                "aws:amz:garage:s3",
+                "--user",
+            ])
+            .arg(format!("{}:{}", self.key_id, self.secret))
+            .arg("-H")
+            .arg(format!("x-amz-content-sha256: {}", crate::sha256_hex(body)))
+            .args(extra)
+            .arg(format!("{}/{}{path}", self.endpoint(), self.bucket))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "curl {extra:?} {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// The objects under `prefix` with their sizes (ListObjectsV2, first page).
+    pub fn object_sizes(&self, prefix: &str) -> Vec<(String, u64)> {
+        let query = format!("?list-type=2&prefix={}", prefix.replace('/', "%2F"));
+        let out = self.signed_request(&query, &[], b"");
+        let xml = String::from_utf8(out.stdout).unwrap();
+        let field = |item: &str, name: &str| {
+            let open = format!("<{name}>");
+            let from = item.find(&open).unwrap() + open.len();
+            item[from..]
+                .split(&format!("</{name}>"))
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        xml.split("<Contents>")
+            .skip(1)
+            .map(|item| (field(item, "Key"), field(item, "Size").parse().unwrap()))
+            .collect()
+    }
+
+    /// Deletes object `key` of the bucket.
+    pub fn delete_object(&self, key: &str) {
+        self.signed_request(&format!("/{key}"), &["-X", "DELETE"], b"");
+    }
+
     /// The environment that gives a client this cluster's key.
     pub fn env(&self) -> [(&'static str, String); 2] {
         [

@@ -73,6 +73,16 @@ fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     sync_dir(dir)
 }
 
+/// Creates `dir` and its missing parents, each new one private (0700 before the umask).
+pub fn create_private_dir_all(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .at(dir)
+}
+
 /// Creates `path` with `bytes` durably, never replacing a file that exists (which is an
 /// `AlreadyExists` error): written under a temporary name, then hard-linked into place,
 /// which fails instead of overwriting.

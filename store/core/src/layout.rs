@@ -132,6 +132,10 @@ pub fn run_record(root: &Path, job: &str) -> PathBuf {
 pub fn sync_status(root: &Path) -> PathBuf {
     root.join("sync-status.json")
 }
+/// `sources/`: the maps of bucket sources a sync reads (FORMAT.md §Bucket sources).
+pub fn sync_sources(root: &Path) -> PathBuf {
+    root.join("sources")
+}
 /// `access.toml`.
 pub fn access(root: &Path) -> PathBuf {
     root.join("access.toml")

@@ -86,8 +86,8 @@ pub use commands::runs::RunRecord;
 pub use commands::serve::ServeSummary;
 pub use commands::shared_ingest::{SharedIngest, SHARED_WAIT};
 pub use commands::sync::{
-    HostSync, SyncCopy, SyncLabels, SyncOptions, SyncPlan, SyncReport, SyncSource, SyncStatus,
-    DEFAULT_CHECKPOINT_BYTES, SYNC_ID_PROBE,
+    BucketRefresh, BucketSource, HostSync, SyncCopy, SyncLabels, SyncOptions, SyncPlan, SyncReport,
+    SyncSource, SyncStatus, DEFAULT_CHECKPOINT_BYTES, SYNC_ID_PROBE,
 };
 pub use commands::usage::{FleetUsage, SnapshotUsage, Usage};
 pub use commands::verify::{

@@ -98,7 +98,7 @@ fn read_old_index(root: &Path) -> Option<OldIndex> {
 }
 
 /// Keeps the newest revision of each snapshot record.
-fn offer(found: &mut HashMap<SnapshotId, Snapshot>, s: Snapshot) {
+pub(crate) fn offer(found: &mut HashMap<SnapshotId, Snapshot>, s: Snapshot) {
     match found.get(&s.id) {
         Some(have) if have.revision >= s.revision => {}
         _ => {
@@ -476,7 +476,7 @@ fn write_hold(path: &Path, held: &HashSet<PackId>, unattributed_blobs: u64) -> R
 }
 
 /// Packs whose trailers `repair index` reads at the same time.
-const REPAIR_READERS: usize = 16;
+pub(crate) const REPAIR_READERS: usize = 16;
 /// The last bytes of a pack read first: its footer and, for packs of up to ~1,200 blobs, its
 /// whole trailer.
 const TAIL_GUESS: u64 = 64 * 1024;
@@ -484,18 +484,18 @@ const TAIL_GUESS: u64 = 64 * 1024;
 const MAX_TRAILER: u64 = 64 << 20;
 
 /// What `repair index` takes from one pack.
-struct PackContents {
-    entries: Vec<pack::PackEntry>,
+pub(crate) struct PackContents {
+    pub(crate) entries: Vec<pack::PackEntry>,
     /// Its snapshot record blobs, decoded, or why one was skipped.
-    records: Vec<std::result::Result<Snapshot, String>>,
+    pub(crate) records: Vec<std::result::Result<Snapshot, String>>,
     /// The trailer was damaged: the entries come from a scan of the blob headers.
-    scanned: bool,
+    pub(crate) scanned: bool,
 }
 
 /// The blobs of one pack from its trailer, read by range (header, last bytes, and the rest
 /// of the trailer when it is longer), and its snapshot records, each read by range. A
 /// damaged trailer falls back to reading the whole pack and scanning its blob headers.
-fn pack_contents(
+pub(crate) fn pack_contents(
     storage: &dyn PackStorage,
     enc: &xstore_format::encryption::Encryption,
     info: &PackInfo,

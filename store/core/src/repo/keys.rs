@@ -4,7 +4,6 @@
 //! repository also `keys.json` in the bucket, so that a new server attaches with a passphrase
 //! or key file alone. Keys never leave this server: agents send plain ids.
 
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -253,11 +252,7 @@ pub fn ensure_key_file(path: &Path) -> Result<(KeyFileKey, bool)> {
         source,
     })?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .at(dir)?;
+        crate::fsutil::create_private_dir_all(dir)?;
     }
     // Whole or absent after a crash (a temporary, then a hard link that never replaces a key
     // file another process made meanwhile): a half-written key file would refuse every open.

@@ -14,7 +14,9 @@ use xstore_format::tree::{
     chunk_list_children, decode_chunk_list, encode_chunk_list, ChunkRef, Content, Entry, Tree,
 };
 
-use super::values::{map_key, seen_key, SyncOptions, SyncReport, SyncSource, SYNC_ID_PROBE};
+use super::values::{
+    map_key, missing_at_source, seen_key, SyncOptions, SyncReport, SyncSource, SYNC_ID_PROBE,
+};
 use crate::commands::backup::RESERVE_CHECK_BYTES;
 use crate::error::{Error, Result, SyncError};
 use crate::pack::rolling::RollingPacks;
@@ -611,8 +613,23 @@ impl<'a> Copier<'a> {
         }
         match self.copy_tree(s.root) {
             Ok(root) => Ok(root),
+            // The packs stay sound (a read failed, not a write): the sync may set this
+            // snapshot aside and go on ([`Copier::set_aside_snapshot`]).
+            Err(e) if missing_at_source(self.source, &e).is_some() => Err(e),
             Err(e) => Err(self.packs.abandon(e)),
         }
+    }
+
+    /// After a copy that failed for a blob the source lacks: what was written for the
+    /// snapshot is committed unreferenced, as at a checkpoint, and the run forgets it as a
+    /// commit does. Later copies take its data blobs as an interrupted run's (protected from
+    /// reclaim) and write its trees again (a dead tree's children are not referenced).
+    pub(super) fn set_aside_snapshot(&self) -> Result<()> {
+        self.checkpoint().map_err(|e| self.packs.abandon(e))?;
+        self.new_parents.lock().map_err(poisoned)?.clear();
+        self.written.lock().map_err(poisoned)?.clear();
+        self.learnt.lock().map_err(poisoned)?.clear();
+        Ok(())
     }
 
     /// Commits the packs written so far, their blobs unreferenced, once enough was written
@@ -621,6 +638,12 @@ impl<'a> Copier<'a> {
         if self.since_checkpoint.load(Ordering::Relaxed) < self.checkpoint_bytes {
             return Ok(());
         }
+        self.checkpoint()
+    }
+
+    /// Commits the packs written so far, their blobs unreferenced (kept from reclaim while
+    /// this run goes on).
+    fn checkpoint(&self) -> Result<()> {
         self.since_checkpoint.store(0, Ordering::Relaxed);
         let sealed = self.packs.flush()?;
         let mut m = Mutation::begin(self.repo)?;

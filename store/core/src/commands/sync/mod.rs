@@ -32,13 +32,15 @@ use super::retention::candidates;
 use crate::error::{Error, Result, SyncError};
 use crate::repo::Repository;
 
+mod bucket;
 mod copier;
 mod status;
 mod values;
 
+pub use bucket::{BucketRefresh, BucketSource};
 use copier::Copier;
 pub use status::{HostSync, SyncStatus};
-use values::seen_key;
+use values::{missing_at_source, seen_key};
 pub use values::{
     SyncCopy, SyncLabels, SyncOptions, SyncPlan, SyncReport, SyncSource, DEFAULT_CHECKPOINT_BYTES,
     SYNC_ID_PROBE,
@@ -229,7 +231,24 @@ impl Repository {
                 SyncLabels::Own(choice) => self.tier_entry(&c.snapshot.host, choice)?,
                 SyncLabels::Source => None,
             };
-            let root = copier.copy_snapshot(&c.snapshot)?;
+            let root = match copier.copy_snapshot(&c.snapshot) {
+                Ok(root) => root,
+                Err(e) => match missing_at_source(source, &e) {
+                    Some(blob) => {
+                        let reason = format!(
+                            "snapshot {} of {}: blob {blob} is not in the source (expired there and partly collected?); not copied",
+                            c.snapshot.id.short(),
+                            c.snapshot.host
+                        );
+                        copier.set_aside_snapshot()?;
+                        source.set_aside(&c.snapshot, &reason)?;
+                        tracing::warn!("{reason}");
+                        report.set_aside.push(reason);
+                        continue;
+                    }
+                    None => return Err(e.into()),
+                },
+            };
             let record = Snapshot {
                 root,
                 tiers: c.tiers.clone(),

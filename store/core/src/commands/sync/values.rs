@@ -54,6 +54,18 @@ pub trait SyncSource: Sync {
     fn remote(&self) -> bool {
         false
     }
+    /// Whether the source may list snapshots whose data is partly gone already: a bucket
+    /// read without its primary's index lists the record of a snapshot the primary expired
+    /// until the primary's gc collects it. A snapshot of such a source that misses a blob
+    /// is set aside ([`SyncSource::set_aside`]) and reported instead of failing the sync.
+    fn lists_expired(&self) -> bool {
+        false
+    }
+    /// Stops listing snapshot `s`, which misses a blob (`reason`), in this run and later
+    /// ones: for sources that [`SyncSource::lists_expired`].
+    fn set_aside(&self, _s: &Snapshot, _reason: &str) -> Result<()> {
+        Ok(())
+    }
     /// [`SyncSource::read_blob`] of many blobs, in order: a source over a network sends the
     /// requests together instead of waiting for each answer.
     fn read_blobs(&self, ids: &[(ChunkId, BlobKind)]) -> Result<Vec<Vec<u8>>> {
@@ -203,6 +215,9 @@ pub struct SyncReport {
     pub blobs_resumed: u64,
     /// Checkpoint commits.
     pub checkpoints: u64,
+    /// Snapshots not copied because the source misses a blob of theirs (a source that
+    /// [`SyncSource::lists_expired`]): what and why, one line each.
+    pub set_aside: Vec<String>,
 }
 
 fn ids_as_hex<S: serde::Serializer>(
@@ -210,6 +225,27 @@ fn ids_as_hex<S: serde::Serializer>(
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
     s.collect_seq(ids.iter().map(|id| id.to_string()))
+}
+
+/// The blob a copy failed for when `source` may list snapshots whose data is partly gone
+/// and did not have it: the snapshot is set aside, not the sync failed.
+pub(super) fn missing_at_source(
+    source: &dyn SyncSource,
+    e: &Error,
+) -> Option<xstore_chunker::ChunkId> {
+    if !source.lists_expired() {
+        return None;
+    }
+    match e {
+        Error::Sync(b) => match &**b {
+            crate::error::SyncError::Source { source, .. } => match &**source {
+                Error::MissingBlob(id) => Some(*id),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 pub(super) fn seen_key(id: &SnapshotId) -> Vec<u8> {
