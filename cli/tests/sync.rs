@@ -838,7 +838,13 @@ mod object_store {
         fs::write(data.join("small.txt"), b"changed in the bucket\n").unwrap();
         ok_with_env(&primary, &rw, &["backup", "-q", "--host", "web1", s(&data)]);
         let newest = ids_of(&primary, &rw, "web1").pop().unwrap();
+        let packs = g.object_sizes("primary/packs/").len() as u64;
+        let gets = g.requests(0, "GetObject");
         let out = xstore_with_env(&replica, &ro, &args);
+        let gets = g.requests(0, "GetObject") - gets;
+        // The map is kept: only the new packs' trailers and records, and the new blobs, are
+        // read (every trailer again would be two reads per pack).
+        assert!(gets < packs, "{gets} reads for {packs} packs");
         assert!(out.status.success(), "{}", stderr(&out));
         assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -846,6 +852,12 @@ mod object_store {
         assert_eq!(report["set_aside"].as_array().unwrap().len(), 0, "{report}");
         assert!(report["blobs_read"].as_u64().unwrap() <= 8, "{report}");
         assert!(ids(&replica).contains(&newest));
+        // Nothing new: `config` and `keys.json` are all that is read.
+        let gets = g.requests(0, "GetObject");
+        let report: serde_json::Value =
+            serde_json::from_str(&ok_with_env(&replica, &ro, &args)).unwrap();
+        assert_eq!(report["snapshots"], 0, "{report}");
+        assert_eq!(g.requests(0, "GetObject") - gets, 2);
 
         // The primary forgets and collects it: the copy stays, restorable.
         ok_with_env(&primary, &rw, &["forget", "--snapshot", &newest]);
