@@ -14,6 +14,8 @@
 #
 # DESTS=ssh reads the source over SSH on loopback into a local destination: xstore through an
 # sshd key forced to `xstore serve --read-only`, restic through the same sshd's sftp.
+# DESTS=bucket puts the source's packs in the Garage bucket and copies into a local destination
+# from the bucket alone (xstore `--from s3://…`, restic `--from-repo s3:…`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -42,7 +44,7 @@ files=$(find "$DATA" -type f | wc -l)
 echo "data: $DATA  $((bytes / 1000000)) MB in $files files; $(nproc) cores; $(restic version | head -1)" >&2
 export XSTORE_KEY_DIR="$work/keys" RESTIC_PASSWORD=bench RESTIC_FROM_PASSWORD=bench
 key_id="" secret_key="" endpoint=""
-case " $DESTS " in *" garage "*) start_cluster 1 ;; esac
+case " $DESTS " in *" garage "* | *" bucket "*) start_cluster 1 ;; esac
 
 # start_sshd: an sshd on 127.0.0.1 with two client keys: xstore's forced to `xstore serve
 # --read-only "$work/served"` (a symlink to the source of the current run), restic's free for
@@ -95,6 +97,7 @@ row() { printf '%-7s %-7s run %s  %-20s %7s s %6s MB/s  stored %11s B  read %s\n
 xstore_sync() { # dest-repo step run dest
   local t from=("$src")
   [ "$4" = ssh ] && from=("ssh://root@127.0.0.1" --ssh-config "$work/sshd/xstore.conf")
+  [ "$4" = bucket ] && from=("s3://bench/xs-$3" --from-endpoint "$endpoint")
   t=$(seconds "$XSTORE" -r "$1" --json sync --from "${from[@]}")
   row xstore "$4" "$3" "$2" "$t" "$( [ "$2" = "first copy" ] && mbps "$t" || echo -)" \
     "$(field stored_bytes)" "$(field blobs_read) blobs, $(field bytes_read) B"
@@ -104,12 +107,16 @@ bench_xstore() { # dest run
   local dest=$1 run=$2 dst="$work/x-dst-$run"
   src="$work/x-src-$run"
   rm -rf "$src" "$dst"
-  "$XSTORE" -r "$src" -q init >/dev/null
-  "$XSTORE" -r "$src" -q backup --host h "$tree"
   export AWS_ACCESS_KEY_ID=$key_id AWS_SECRET_ACCESS_KEY=$secret_key
+  if [ "$dest" = bucket ]; then
+    "$XSTORE" -r "$src" -q init --store "s3://bench/xs-$run" --endpoint "$endpoint" >/dev/null
+  else
+    "$XSTORE" -r "$src" -q init >/dev/null
+  fi
+  "$XSTORE" -r "$src" -q backup --host h "$tree"
   ln -sfn "$src" "$work/served"
   case "$dest" in
-    local | ssh) "$XSTORE" -r "$dst" -q init >/dev/null ;;
+    local | ssh | bucket) "$XSTORE" -r "$dst" -q init >/dev/null ;;
     garage) "$XSTORE" -r "$dst" -q init --store "s3://bench/x-$run" --endpoint "$endpoint" >/dev/null ;;
   esac
   xstore_sync "$dst" "first copy" "$run" "$dest"
@@ -132,13 +139,17 @@ restic_copy() { # dest-repo step run dest
 
 bench_restic() { # dest run
   local dest=$1 run=$2 dst
-  src="$work/r-src-$run"
-  rm -rf "$src"
+  export AWS_ACCESS_KEY_ID=$key_id AWS_SECRET_ACCESS_KEY=$secret_key
+  if [ "$dest" = bucket ]; then
+    src="s3:$endpoint/bench/rs-$run"
+  else
+    src="$work/r-src-$run"
+    rm -rf "$src"
+  fi
   restic -q init -r "$src" >/dev/null
   restic -q -r "$src" backup --host h "$tree" >/dev/null
-  export AWS_ACCESS_KEY_ID=$key_id AWS_SECRET_ACCESS_KEY=$secret_key
   case "$dest" in
-    local | ssh) dst="$work/r-dst-$run"; rm -rf "$dst" ;;
+    local | ssh | bucket) dst="$work/r-dst-$run"; rm -rf "$dst" ;;
     garage) dst="s3:$endpoint/bench/r-$run" ;;
   esac
   # Its own key, the source's chunker parameters (what makes copied data deduplicate).

@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 
 use common::{stderr, Paused};
 use xstore_tests::garage::Garage;
-use xstore_tests::{assert_same_tree, make_fixture, restored_path, sha256_hex};
+use xstore_tests::{assert_same_tree, make_fixture, restored_path};
 
 /// `xstore` with the cluster's key in the environment.
 fn xs(g: &Garage, repo: &Path, args: &[&str]) -> Output {
