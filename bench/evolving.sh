@@ -9,6 +9,8 @@
 #   - mean incremental backup (rounds 1…6);
 #   - restore of the newest snapshot onto a fresh ext4 filesystem: REPEAT runs per tool,
 #     alternating tools (median, each run, user and sys CPU);
+#   - compaction of xstore's repository (compact --min-age 0s, gc --grace 0s): size after, time,
+#     CPU seconds per GB recompressed, its peak RSS;
 #   - peak RSS of any backup or restore.
 # Ratios are against restic measured in this run.
 #
@@ -136,6 +138,32 @@ for tool in "${tools[@]}"; do
     "$(python3 -c "import sys; v=[float(x) for x in sys.argv[1:]]; print(f'{sum(v)/len(v):.2f}')" ${incr[$tool]})" "${incr[$tool]}"
 done
 
+# Compaction of what the series stored (xstore compact: every pack, whatever its age, then a
+# gc that deletes the old packs at once): the repository a server keeps once its daily compact
+# job has caught up. Restores below read the compacted repository.
+declare -A compacted
+for tool in "${tools[@]}"; do
+  case $tool in xstore|xstore-plain) ;; *) continue ;; esac
+  r="$work/repo-$tool"
+  kept_peak=${peak[$tool]:-0}
+  timed bash -c '"$1" --repo "$2" --json compact --min-age 0s --max-bytes 1TiB > "$3"' _ "$XSTORE" "$r" "$work/compact.json"
+  c_wall=$t_wall c_cpu=$(python3 -c "print(f'{$t_user + $t_sys:.1f}')") c_rss=$t_rss
+  peak[$tool]=$kept_peak
+  "$XSTORE" -q --repo "$r" gc --grace 0s
+  compacted[$tool]=$(du -sb "$r" | cut -f1)
+  python3 - "$work/compact.json" "$tool" "${size[$tool]}" "${compacted[$tool]}" "$c_wall" "$c_cpu" "$c_rss" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+tool, before, after, wall, cpu = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
+rss = int(sys.argv[7]) // 1024
+gb = r["raw_bytes"] / 1e9
+print(f"{tool:<8} compact level {r['level']}: {r['packs_compacted']} packs, {r['raw_bytes'] / 1048576:.1f} MiB raw "
+      f"recompressed in {wall:.1f} s ({cpu:.1f} s CPU, {cpu / max(gb, 1e-9):.0f} CPU s per GB raw); repository "
+      f"{before / 1048576:.1f} -> {after / 1048576:.1f} MiB ({after / before:.3f}x); "
+      f"1 TB of raw data: {cpu / max(gb, 1e-9) * 1000 / 3600:.1f} CPU hours; peak RSS {rss} MiB")
+PY
+done
+
 # Each restore goes to a fresh ext4 filesystem (a loop device over a file): restoring where
 # the previous run's tree was just deleted makes ext4's inode allocator skip the recently
 # deleted inodes one by one (measured: 12-15 s of sys time instead of 1-1.5 s for this tree),
@@ -176,18 +204,20 @@ for tool in "${tools[@]}"; do
 done
 
 echo "== summary"
-printf '%-8s %10s %12s %10s %14s %10s\n' tool "first s" "mean incr s" "restore s" "repo MiB" "peak RSS MiB"
+printf '%-8s %10s %12s %10s %14s %14s %10s\n' tool "first s" "mean incr s" "restore s" "repo MiB" "compacted MiB" "peak RSS MiB"
 for tool in "${tools[@]}"; do
-  printf '%-8s %10s %12s %10s %14s %10s\n' "$tool" "$(median ${first[$tool]})" \
+  printf '%-8s %10s %12s %10s %14s %14s %10s\n' "$tool" "$(median ${first[$tool]})" \
     "$(python3 -c "import sys; v=[float(x) for x in sys.argv[1:]]; print(f'{sum(v)/len(v):.2f}')" ${incr[$tool]})" \
-    "$(median ${rest[$tool]})" "$(mb "${size[$tool]}")" "$((peak[$tool] / 1024))"
+    "$(median ${rest[$tool]})" "$(mb "${size[$tool]}")" \
+    "$( [ -n "${compacted[$tool]:-}" ] && mb "${compacted[$tool]}" || echo -)" "$((peak[$tool] / 1024))"
 done
 if [[ " ${tools[*]} " == *" xstore "* && " ${tools[*]} " == *" restic "* ]]; then
   python3 -c "
 f = $(median ${first[restic]}) / $(median ${first[xstore]})
 r = $(median ${rest[restic]}) / $(median ${rest[xstore]})
 s = ${size[xstore]} / ${size[restic]}
-print(f'xstore vs restic: first backup {f:.2f}x faster, restore {r:.2f}x faster, repository {s:.2f}x the size')"
+c = ${compacted[xstore]:-0} / ${size[restic]}
+print(f'xstore vs restic: first backup {f:.2f}x faster, restore {r:.2f}x faster, repository {s:.3f}x the size ({c:.3f}x compacted)')"
 fi
 if [[ " ${tools[*]} " == *" xstore "* && " ${tools[*]} " == *" xstore-plain "* ]]; then
   python3 -c "

@@ -141,6 +141,9 @@ enum Command {
     Unpin(retention::PinArgs),
     /// Reclaim space: delete packs without live blobs, rewrite packs over the dead threshold.
     Gc(retention::GcArgs),
+    /// Compress data that has survived again at a high zstd level (packs older than
+    /// --min-age, within a byte and time budget); the old packs go at a later gc.
+    Compact(retention::CompactArgs),
     /// Copy snapshots from another repository into this one (a replica pulling from its
     /// primary): only what is missing travels, verified and sealed with this repository's
     /// keys; what the source expires stays here until this repository's retention expires it.
@@ -542,6 +545,7 @@ fn run(cli: &Cli) -> Result<u8> {
         Command::Pin(args) => retention::pin(cli, &args.snapshot, true),
         Command::Unpin(args) => retention::pin(cli, &args.snapshot, false),
         Command::Gc(args) => retention::gc(cli, args),
+        Command::Compact(args) => retention::compact(cli, args),
         Command::Sync(args) => sync::sync(cli, args),
         Command::Serve(args) => sync::serve(cli, args),
         Command::Tiers(args) => retention::tiers(cli, args),

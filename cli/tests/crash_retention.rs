@@ -1,4 +1,4 @@
-//! Crash consistency of rotate, forget and gc: each is killed at every failpoint of its write
+//! Crash consistency of rotate, forget, gc and compact: each is killed at every failpoint of its write
 //! order and by SIGKILL at pseudo-random moments, 21 rounds each. After every round `check
 //! --read-data` passes and the newest snapshot restores exactly; at the end one gc reclaims
 //! every dead byte and leaves no stray file.
@@ -166,5 +166,14 @@ fn sigkill_during_gc() {
             "after-commit",
             "gc-mid-delete",
         ],
+    );
+}
+
+#[test]
+fn sigkill_during_compact() {
+    crash_rounds(
+        &["compact", "--min-age", "0s", "--level", "9"],
+        &[],
+        &["gc-after-copy", "before-commit", "after-commit"],
     );
 }

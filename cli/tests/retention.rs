@@ -315,7 +315,7 @@ fn schedule_prints_cron_and_systemd() {
         .lines()
         .filter(|l| !l.starts_with('#') && l.contains("xstore"))
         .collect();
-    assert_eq!(lines.len(), 6, "{cron}");
+    assert_eq!(lines.len(), 7, "{cron}");
     // Every job line: 5 cron fields, the user, then the command.
     for l in &lines {
         let f: Vec<&str> = l.split_whitespace().collect();
@@ -363,14 +363,15 @@ fn schedule_prints_cron_and_systemd() {
     assert!(lines[3].starts_with("0 */4 * * *") && lines[3].contains("pull --all"));
     assert!(lines[4].contains(" gc"));
     assert!(lines[5].starts_with("30 5 * * *") && lines[5].contains("verify --max-duration 1h"));
+    assert!(lines[6].starts_with("40 6 * * *") && lines[6].contains("compact --max-duration 1h"));
     assert!(cron.contains(&format!("--repo {}", repo.display())));
     let units = ok(&repo, &["schedule", "--systemd"]);
-    assert_eq!(units.matches("[Timer]").count(), 6);
-    assert_eq!(units.matches("[Service]").count(), 6);
+    assert_eq!(units.matches("[Timer]").count(), 7);
+    assert_eq!(units.matches("[Service]").count(), 7);
     assert!(units.contains("OnCalendar=*-*-* 00/4:00:00"));
     assert!(units.contains("OnCalendar=Mon *-*-* 03:00:00"));
     let js = json(&repo, &["schedule"]);
-    assert_eq!(js.as_array().unwrap().len(), 6);
+    assert_eq!(js.as_array().unwrap().len(), 7);
     // systemd-analyze validates calendar expressions where it exists.
     if let Ok(out) = std::process::Command::new("systemd-analyze")
         .args([
@@ -387,4 +388,111 @@ fn schedule_prints_cron_and_systemd() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// Text-like bytes (words of a small vocabulary, seeded): zstd 19 stores them in less than
+/// zstd 3 does.
+fn prose(seed: u64, len: usize) -> Vec<u8> {
+    const WORDS: [&str; 16] = [
+        "backup", "server", "config", "listen", "port", "host", "user", "allow", "deny", "include",
+        "log", "level", "path", "/var/lib", "timeout", "enable",
+    ];
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(WORDS[(state % 16) as usize].as_bytes());
+        out.push(if state % 7 == 0 { b'\n' } else { b' ' });
+        if state % 11 == 0 {
+            out.extend_from_slice(format!("{}", state % 100_000).as_bytes());
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn compact_stores_survivors_smaller_and_restores_them_exactly() {
+    let w = tempfile::tempdir().unwrap();
+    let (repo, src) = (w.path().join("repo"), w.path().join("src"));
+    make_fixture(&src, 7);
+    for i in 0..12u64 {
+        std::fs::write(
+            src.join(format!("conf-{i}.txt")),
+            prose(i, 40_000 + 9_000 * i as usize),
+        )
+        .unwrap();
+    }
+    std::fs::write(src.join("big.log"), prose(99, 3 << 20)).unwrap();
+    ok(&repo, &["init"]);
+    let s = src.to_str().unwrap();
+    ok(&repo, &["backup", "-q", "--host", "web1", s]);
+    std::fs::write(src.join("conf-0.txt"), prose(1000, 50_000)).unwrap();
+    ok(&repo, &["backup", "-q", "--host", "web1", s]);
+    let stored = |repo: &std::path::Path| json(repo, &["stats"])["stored_bytes"].as_u64().unwrap();
+    let before = stored(&repo);
+
+    // Packs written just now are too young by default: nothing happens.
+    let young = json(&repo, &["compact"]);
+    assert_eq!(young["packs_compacted"], 0, "{young}");
+    assert!(young["packs_too_young"].as_u64().unwrap() > 0, "{young}");
+    // A budget smaller than any pack: nothing, everything waits for a later run.
+    let none = json(&repo, &["compact", "--min-age", "0s", "--max-bytes", "1"]);
+    assert_eq!(none["packs_compacted"], 0, "{none}");
+    assert!(none["packs_remaining"].as_u64().unwrap() > 0, "{none}");
+
+    let report = json(&repo, &["compact", "--min-age", "0s"]);
+    let (b, a) = (
+        report["bytes_before"].as_u64().unwrap(),
+        report["bytes_after"].as_u64().unwrap(),
+    );
+    assert!(report["packs_compacted"].as_u64().unwrap() > 0, "{report}");
+    assert!(a * 100 < b * 95, "{report}");
+    assert_eq!(report["packs_remaining"], 0, "{report}");
+    let after = stored(&repo);
+    assert!(after < before, "{before} → {after}");
+    // What compact wrote is not compacted again.
+    let again = json(&repo, &["compact", "--min-age", "0s"]);
+    assert_eq!(again["packs_compacted"], 0, "{again}");
+    // Everything restores exactly, every blob verifies.
+    for (k, id) in ids(&repo).iter().enumerate() {
+        let dst = w.path().join(format!("dst-{k}"));
+        ok(
+            &repo,
+            &["restore", "--trusted-specials", id, dst.to_str().unwrap()],
+        );
+        if k == 1 {
+            assert_same_tree(&src, &restored_path(&dst, &src), true);
+        }
+    }
+    let check = json(&repo, &["check", "--read-data"]);
+    assert!(check["problems"].as_array().unwrap().is_empty(), "{check}");
+    // The old packs wait out the grace period; a gc after it takes them.
+    fn packs_dir(dir: &std::path::Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| {
+                let t = e.file_type().unwrap();
+                if t.is_dir() {
+                    packs_dir(&e.path())
+                } else if e.file_name().to_string_lossy().ends_with(".pack") {
+                    e.metadata().unwrap().len()
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+    let packs_dir = |repo: &std::path::Path| packs_dir(&repo.join("packs"));
+    let on_disk = packs_dir(&repo);
+    ok(&repo, &["gc", "--grace", "0s"]);
+    assert!(packs_dir(&repo) < on_disk);
+    assert!(packs_dir(&repo) * 100 < before * 97);
+    // The job's last run is kept for the operator page.
+    let run: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo.join("runs/compact.json")).unwrap()).unwrap();
+    assert_eq!(run["ok"], true, "{run}");
 }

@@ -69,6 +69,7 @@ pub use commands::backup::{
     BackupOptions, ParentChoice, StoreBudget, MAX_DEPTH, MAX_INFLIGHT_CHUNKS, MAX_PATH_BYTES,
 };
 pub use commands::check::{CheckOptions, CheckReport, KindStats, Problem, Stats};
+pub use commands::compact::{CompactOptions, CompactReport, DEFAULT_COMPACT_LEVEL};
 pub use commands::diff::{entry_os_name, Change, DiffItem};
 pub use commands::dump::{DumpFormat, DumpRequest, DumpSummary};
 pub use commands::find::{

@@ -4,6 +4,7 @@
 pub(crate) mod attach;
 pub(crate) mod backup;
 pub(crate) mod check;
+pub(crate) mod compact;
 pub(crate) mod diff;
 pub(crate) mod dump;
 pub(crate) mod find;

@@ -319,6 +319,11 @@ impl<'r> Mutation<'r> {
         self.meta.push((key, Some(value)));
     }
 
+    /// Removes a key of the default column family.
+    pub(crate) fn delete_meta(&mut self, key: Vec<u8>) {
+        self.meta.push((key, None));
+    }
+
     /// Adds or replaces a snapshot record.
     pub(crate) fn put_snapshot(&mut self, s: Snapshot) {
         self.snapshots.insert(s.id, Some(s));
