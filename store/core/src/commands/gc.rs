@@ -144,6 +144,9 @@ pub struct GcPlan {
     candidates: Vec<Candidate>,
 }
 
+/// Raw bytes of the live blobs [`Repository::copy_live`] prepares at a time.
+const PREPARE_BATCH_BYTES: u64 = 16 << 20;
+
 /// How [`Repository::copy_live`] moves a blob into a new pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CopyMode {
@@ -485,39 +488,41 @@ impl Repository {
                     continue;
                 }
                 let map = self.map_pack(&c.id)?;
-                // Every live blob verified (and for compact compressed again) on all cores
-                // first: level 19 costs about 60 times level 3.
-                let prepared: Vec<_> = c
-                    .live
-                    .par_iter()
-                    .map(|e| prepare(self, &map, e, mode))
-                    .collect();
+                // Live blobs verified (and for compact compressed again) on all cores, a
+                // batch of at most PREPARE_BATCH_BYTES at a time (level 19 costs about 60
+                // times level 3; the batch bounds what is held).
                 let mut ok = HashSet::new();
-                for (e, prepared) in c.live.iter().zip(prepared) {
-                    // A corrupt blob is never copied: its pack stays, named in the report.
-                    let (stored, again) = match prepared {
-                        Ok(p) => p,
-                        Err(err) => {
-                            unreadable.insert(c.id, format!("blob {}: {err}", e.id));
-                            break;
+                'pack: for batch in prepare_batches(&c.live) {
+                    let prepared: Vec<_> = batch
+                        .par_iter()
+                        .map(|e| prepare(self, &map, e, mode))
+                        .collect();
+                    for (e, prepared) in batch.iter().zip(prepared) {
+                        // A corrupt blob is never copied: its pack stays, named in the report.
+                        let (stored, again) = match prepared {
+                            Ok(p) => p,
+                            Err(err) => {
+                                unreadable.insert(c.id, format!("blob {}: {err}", e.id));
+                                break 'pack;
+                            }
+                        };
+                        let (compression, stored) = match &again {
+                            Some((compression, bytes)) => (*compression, bytes.as_slice()),
+                            None => (e.compression, &stored[..]),
+                        };
+                        packs.add(NewBlob {
+                            id: e.id,
+                            kind: e.kind,
+                            compression,
+                            raw_len: e.raw_len,
+                            stored,
+                        })?;
+                        if let Some(p) = progress {
+                            p.bytes
+                                .fetch_add(e.span(), std::sync::atomic::Ordering::Relaxed);
                         }
-                    };
-                    let (compression, stored) = match &again {
-                        Some((compression, bytes)) => (*compression, bytes.as_slice()),
-                        None => (e.compression, &stored[..]),
-                    };
-                    packs.add(NewBlob {
-                        id: e.id,
-                        kind: e.kind,
-                        compression,
-                        raw_len: e.raw_len,
-                        stored,
-                    })?;
-                    if let Some(p) = progress {
-                        p.bytes
-                            .fetch_add(e.span(), std::sync::atomic::Ordering::Relaxed);
+                        ok.insert(e.id);
                     }
-                    ok.insert(e.id);
                 }
                 copied.insert(c.id, ok);
             }
@@ -666,6 +671,28 @@ impl Repository {
         report.bytes_written += new;
         Ok(())
     }
+}
+
+/// `live` in consecutive batches of at most [`PREPARE_BATCH_BYTES`] raw bytes (a larger blob
+/// alone).
+fn prepare_batches(live: &[PackEntry]) -> Vec<&[PackEntry]> {
+    let mut batches = Vec::new();
+    let mut rest = live;
+    while !rest.is_empty() {
+        let mut bytes = 0u64;
+        let len = rest
+            .iter()
+            .take_while(|e| {
+                bytes += u64::from(e.raw_len);
+                bytes <= PREPARE_BATCH_BYTES
+            })
+            .count()
+            .max(1);
+        let (batch, tail) = rest.split_at(len.min(rest.len()));
+        batches.push(batch);
+        rest = tail;
+    }
+    batches
 }
 
 /// A blob's stored bytes, verified; with [`CopyMode::Recompress`], also its raw bytes
