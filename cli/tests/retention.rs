@@ -404,8 +404,8 @@ fn prose(seed: u64, len: usize) -> Vec<u8> {
         state ^= state >> 7;
         state ^= state << 17;
         out.extend_from_slice(WORDS[(state % 16) as usize].as_bytes());
-        out.push(if state % 7 == 0 { b'\n' } else { b' ' });
-        if state % 11 == 0 {
+        out.push(if state.is_multiple_of(7) { b'\n' } else { b' ' });
+        if state.is_multiple_of(11) {
             out.extend_from_slice(format!("{}", state % 100_000).as_bytes());
         }
     }
