@@ -351,6 +351,21 @@ fn repair_holds_blobs_it_cannot_attribute_until_released() {
     assert_eq!(gc["packs_held"], held, "{gc}");
     assert_eq!(json(&repo, &["stats"])["held_packs"], held);
     assert!(pack_count(&repo) as u64 >= held && packs > 0);
+    // Compact leaves them too (it drops dead blobs as a gc rewrite does): their files stay.
+    ok(&repo, &["compact", "--min-age", "0s"]);
+    ok(&repo, &["gc", "--grace", "0s"]);
+    let hold: serde_json::Value =
+        serde_json::from_slice(&fs::read(repo.join("gc-hold.json")).unwrap()).unwrap();
+    let held_files = hold["packs"].as_array().unwrap();
+    assert_eq!(held_files.len() as u64, held);
+    for hex in held_files {
+        let hex = hex.as_str().unwrap();
+        assert!(
+            repo.join(format!("packs/{}/{hex}.pack", &hex[..2]))
+                .exists(),
+            "{hex}"
+        );
+    }
     // The operator releases them: now they are reclaimed, and the rest is intact.
     let gc = json(
         &repo,

@@ -139,8 +139,8 @@ impl Repository {
         Ok(report)
     }
 
-    /// The packs a compaction may take, oldest first: in the index, not compacted, not
-    /// empty, stored at least `min_age` ago (a pack whose time the storage does not say
+    /// The packs a compaction may take, oldest first: in the index, not compacted, not held
+    /// by `repair index`, not empty, stored at least `min_age` ago (a pack whose time the storage does not say
     /// counts as old).
     fn compactable(
         &self,
@@ -148,6 +148,8 @@ impl Repository {
         report: &mut CompactReport,
     ) -> Result<Vec<PackInfo>> {
         let compacted = compacted_packs(self)?;
+        // Packs `repair index` held keep blobs it could not attribute: not compact's to drop.
+        let held = crate::repo::hold::held_packs(self.path())?;
         let indexed: std::collections::HashMap<_, _> = self.index.packs()?.into_iter().collect();
         let cutoff = crate::clock::now_ns()
             .saturating_sub(i64::try_from(opts.min_age.as_nanos()).unwrap_or(i64::MAX));
@@ -156,7 +158,7 @@ impl Repository {
             let Some(record) = indexed.get(&info.id) else {
                 continue;
             };
-            if compacted.contains_key(&info.id) || record.blobs == 0 {
+            if compacted.contains_key(&info.id) || held.contains(&info.id) || record.blobs == 0 {
                 continue;
             }
             if info.modified_ns.is_some_and(|t| t > cutoff) {
