@@ -54,7 +54,7 @@ impl Repository {
                     let bytes = store.get_file(crate::layout::KEY_SLOTS)?.ok_or_else(|| {
                         Error::NotARepository {
                             path: key_path.clone().into(),
-                            reason: "the bucket's repository is encrypted but holds no key                                      slots"
+                            reason: "the bucket's repository is encrypted but holds no key slots"
                                 .into(),
                         }
                     })?;
