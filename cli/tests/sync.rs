@@ -671,14 +671,7 @@ mod object_store {
 
         // Garage → local: the primary's packs are in the bucket, and the replica reads them
         // with a key that may only read.
-        let primary = w.path().join("primary-s3");
-        let url = format!("s3://{}/primary", g.bucket);
-        ok_with_env(
-            &primary,
-            &rw,
-            &["init", "--store", &url, "--endpoint", &endpoint],
-        );
-        ok_with_env(&primary, &rw, &["sync", "--from", s(&plain)]);
+        let (primary, _) = bucket_primary(&g, &w.path().join("primary-s3"), &plain);
         ok_with_env(
             &primary,
             &rw,
@@ -717,6 +710,29 @@ mod object_store {
         );
     }
 
+    /// A primary (at `dir`) whose packs are in the bucket under `primary/`, holding what
+    /// `plain` holds; returns it and the bucket URL.
+    fn bucket_primary(g: &Garage, dir: &Path, plain: &Path) -> (PathBuf, String) {
+        let url = format!("s3://{}/primary", g.bucket);
+        let rw = g.env();
+        ok_with_env(
+            dir,
+            &rw,
+            &["init", "--store", &url, "--endpoint", &g.endpoint()],
+        );
+        ok_with_env(dir, &rw, &["sync", "--from", s(plain)]);
+        (dir.to_path_buf(), url)
+    }
+
+    /// Expires snapshot `id` on `primary` and collects it (a second gc deletes what the
+    /// first retired).
+    fn forget_and_collect(primary: &Path, env: &[(&str, String)], id: &str) {
+        ok_with_env(primary, env, &["forget", "--snapshot", id]);
+        for _ in 0..2 {
+            ok_with_env(primary, env, &["gc", "--grace", "0s"]);
+        }
+    }
+
     /// The snapshots of `host` on `repo` (ids, oldest first).
     fn ids_of(repo: &Path, env: &[(&str, String)], host: &str) -> Vec<String> {
         let v: serde_json::Value =
@@ -736,14 +752,7 @@ mod object_store {
         let rw = g.env();
         let endpoint = g.endpoint();
         let (plain, data) = plain_source(w.path());
-        let primary = w.path().join("primary");
-        let url = format!("s3://{}/primary", g.bucket);
-        ok_with_env(
-            &primary,
-            &rw,
-            &["init", "--store", &url, "--endpoint", &endpoint],
-        );
-        ok_with_env(&primary, &rw, &["sync", "--from", s(&plain)]);
+        let (primary, url) = bucket_primary(&g, &w.path().join("primary"), &plain);
         // Expired and collected on the primary before the replica ever looked: its record
         // is gone from the bucket, so it is not listed.
         ok_with_env(
@@ -752,10 +761,7 @@ mod object_store {
             &["backup", "-q", "--host", "collected", s(&data.join("sub"))],
         );
         let collected = ids_of(&primary, &rw, "collected").remove(0);
-        ok_with_env(&primary, &rw, &["forget", "--snapshot", &collected]);
-        for _ in 0..2 {
-            ok_with_env(&primary, &rw, &["gc", "--grace", "0s"]);
-        }
+        forget_and_collect(&primary, &rw, &collected);
         // Expired but not collected: the packs cannot tell, and it is copied whole.
         ok_with_env(
             &primary,
@@ -860,10 +866,7 @@ mod object_store {
         assert_eq!(g.requests(0, "GetObject") - gets, 2);
 
         // The primary forgets and collects it: the copy stays, restorable.
-        ok_with_env(&primary, &rw, &["forget", "--snapshot", &newest]);
-        for _ in 0..2 {
-            ok_with_env(&primary, &rw, &["gc", "--grace", "0s"]);
-        }
+        forget_and_collect(&primary, &rw, &newest);
         let report: serde_json::Value =
             serde_json::from_str(&ok_with_env(&replica, &ro, &args)).unwrap();
         assert_eq!(report["snapshots"], 0, "{report}");

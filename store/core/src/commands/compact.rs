@@ -158,7 +158,7 @@ impl Repository {
             let Some(record) = indexed.get(&info.id) else {
                 continue;
             };
-            if compacted.contains_key(&info.id) || held.contains(&info.id) || record.blobs == 0 {
+            if compacted.contains(&info.id) || held.contains(&info.id) || record.blobs == 0 {
                 continue;
             }
             if info.modified_ns.is_some_and(|t| t > cutoff) {

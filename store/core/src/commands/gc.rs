@@ -165,16 +165,13 @@ pub(crate) fn compacted_key(pack: &PackId) -> Vec<u8> {
     [COMPACTED_PREFIX, pack.0.as_slice()].concat()
 }
 
-/// The packs marked as compacted, with their level.
-pub(crate) fn compacted_packs(repo: &Repository) -> Result<HashMap<PackId, i8>> {
+/// The packs marked as compacted (a key that is not a pack id is ignored).
+pub(crate) fn compacted_packs(repo: &Repository) -> Result<HashSet<PackId>> {
     Ok(repo
         .index
         .meta_with_prefix(COMPACTED_PREFIX)?
         .into_iter()
-        .filter_map(|(k, v)| {
-            let id = <[u8; 32]>::try_from(k.as_slice()).ok()?;
-            Some((ChunkId(id), i8::from_le_bytes([*v.first()?])))
-        })
+        .filter_map(|(k, _)| Some(ChunkId(<[u8; 32]>::try_from(k.as_slice()).ok()?)))
         .collect())
 }
 

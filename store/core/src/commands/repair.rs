@@ -232,25 +232,9 @@ fn index_packs(
     // Retired packs last: a blob is located in a live pack when one holds it, and a
     // retired pack is taken back only when it holds a blob no other pack has.
     files.sort_by_key(|p| retired.contains_key(&p.id));
-    // Trailers (and snapshot record blobs) are read by range, many packs at a time: on an
-    // object store each read is a request whose latency dominates; locally the threads
-    // cost nothing. Applied in order, so which pack locates a blob does not change.
-    let readers = rayon::ThreadPoolBuilder::new()
-        .num_threads(REPAIR_READERS)
-        .thread_name(|i| format!("xstore-repair-{i}"))
-        .build()
-        .map_err(|e| Error::System {
-            what: "repair's reader threads",
-            reason: e.to_string(),
-        })?;
-    for group in files.chunks(REPAIR_READERS * 4) {
-        let contents: Vec<Result<PackContents>> = readers.install(|| {
-            group
-                .par_iter()
-                .map(|info| pack_contents(storage, enc, info))
-                .collect()
-        });
-        for (info, contents) in group.iter().zip(contents) {
+    // Applied in order, so which pack locates a blob does not change.
+    for_each_pack_group(storage, enc, &files, |group| {
+        for (info, contents) in group {
             let pack_id = info.id;
             let PackContents {
                 entries,
@@ -295,7 +279,8 @@ fn index_packs(
                 }
             }
         }
-    }
+        Ok(())
+    })?;
     batch.commit()?;
     Ok(found)
 }
@@ -475,8 +460,8 @@ fn write_hold(path: &Path, held: &HashSet<PackId>, unattributed_blobs: u64) -> R
     )
 }
 
-/// Packs whose trailers `repair index` reads at the same time.
-pub(crate) const REPAIR_READERS: usize = 16;
+/// Packs whose trailers are read at the same time ([`for_each_pack_group`]).
+const PACK_READERS: usize = 16;
 /// The last bytes of a pack read first: its footer and, for packs of up to ~1,200 blobs, its
 /// whole trailer.
 const TAIL_GUESS: u64 = 64 * 1024;
@@ -492,10 +477,39 @@ pub(crate) struct PackContents {
     pub(crate) scanned: bool,
 }
 
+/// Reads the contents of `packs` ([`pack_contents`]) a group at a time, many packs at once
+/// (on an object store each read is a request whose latency dominates; locally the threads
+/// cost nothing), and hands each group to `f` in the order of `packs`.
+pub(crate) fn for_each_pack_group(
+    storage: &dyn PackStorage,
+    enc: &xstore_format::encryption::Encryption,
+    packs: &[PackInfo],
+    mut f: impl FnMut(Vec<(&PackInfo, Result<PackContents>)>) -> Result<()>,
+) -> Result<()> {
+    let readers = rayon::ThreadPoolBuilder::new()
+        .num_threads(PACK_READERS)
+        .thread_name(|i| format!("xstore-pack-reader-{i}"))
+        .build()
+        .map_err(|e| Error::System {
+            what: "the pack reader threads",
+            reason: e.to_string(),
+        })?;
+    for group in packs.chunks(PACK_READERS * 4) {
+        let contents: Vec<Result<PackContents>> = readers.install(|| {
+            group
+                .par_iter()
+                .map(|info| pack_contents(storage, enc, info))
+                .collect()
+        });
+        f(group.iter().zip(contents).collect())?;
+    }
+    Ok(())
+}
+
 /// The blobs of one pack from its trailer, read by range (header, last bytes, and the rest
 /// of the trailer when it is longer), and its snapshot records, each read by range. A
 /// damaged trailer falls back to reading the whole pack and scanning its blob headers.
-pub(crate) fn pack_contents(
+fn pack_contents(
     storage: &dyn PackStorage,
     enc: &xstore_format::encryption::Encryption,
     info: &PackInfo,

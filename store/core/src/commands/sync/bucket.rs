@@ -18,7 +18,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rayon::prelude::*;
 use serde::Serialize;
 use xstore_chunker::ChunkId;
 use xstore_format::encryption::Encryption;
@@ -27,7 +26,7 @@ use xstore_format::records::PackRecord;
 use xstore_format::snapshot::{Snapshot, SnapshotId};
 
 use super::values::SyncSource;
-use crate::commands::repair::{offer, pack_contents, REPAIR_READERS};
+use crate::commands::repair::{for_each_pack_group, offer};
 use crate::error::{Error, IoContext, Result};
 use crate::index::{BlobLoc, Index};
 use crate::repo::keys::KeyAccess;
@@ -196,26 +195,11 @@ fn refresh_map(
     report.packs = listed_ids.len() as u64;
     report.packs_read = new.len() as u64;
     report.packs_gone = gone.len() as u64;
-    // Trailers are read by range, many packs at a time: each is a request whose latency
-    // dominates.
-    let readers = rayon::ThreadPoolBuilder::new()
-        .num_threads(REPAIR_READERS)
-        .thread_name(|i| format!("xstore-bucket-map-{i}"))
-        .build()
-        .map_err(|e| Error::System {
-            what: "the bucket map's reader threads",
-            reason: e.to_string(),
-        })?;
-    for group in new.chunks(REPAIR_READERS * 4) {
-        let contents: Vec<_> = readers.install(|| {
-            group
-                .par_iter()
-                .map(|info| pack_contents(storage, enc, info))
-                .collect()
-        });
+    // Committed a group at a time, with the records the group holds.
+    for_each_pack_group(storage, enc, &new, |group| {
         let mut batch = index.batch();
         let mut records: HashMap<SnapshotId, Snapshot> = HashMap::new();
-        for (info, contents) in group.iter().zip(contents) {
+        for (info, contents) in group {
             let contents = contents?;
             let record = PackRecord {
                 size: info.size,
@@ -246,8 +230,8 @@ fn refresh_map(
                 batch.put_snapshot(&s)?;
             }
         }
-        batch.commit()?;
-    }
+        batch.commit()
+    })?;
     let mut batch = index.batch();
     if !gone.is_empty() {
         index.for_each_blob(|id, loc| {
