@@ -8,7 +8,8 @@
 #   - first backup: REPEAT runs per tool into a fresh repository (median and each run);
 #   - mean incremental backup (rounds 1…6);
 #   - restore of the newest snapshot onto a fresh ext4 filesystem: REPEAT runs per tool,
-#     alternating tools (median, each run, user and sys CPU);
+#     alternating tools (median, each run, user and sys CPU), and `cp -a` of the same tree
+#     from the page cache onto the same kind of filesystem (the filesystem's own cost);
 #   - compaction of xstore's repository (compact --min-age 0s, gc --grace 0s): size after, time,
 #     CPU seconds per GB recompressed, its peak RSS;
 #   - peak RSS of any backup or restore.
@@ -69,6 +70,9 @@ restore_cmd() {
     xstore|xstore-plain) cmd=("$XSTORE" -q --repo "$2" restore --trusted-specials web1@latest "$3") ;;
     restic) cmd=(restic -q -r "$2" restore latest --target "$3") ;;
     borg) mkdir -p "$3"; cmd=(bash -c 'cd "$1" && borg extract "$2"' _ "$3" "$2::round-$((rounds - 1))") ;;
+    # The floor: the source tree (in the page cache after its backups) copied to where the
+    # tools restore it.
+    cp-a) mkdir -p "$3$(dirname "$src")"; cmd=(cp -a "$src" "$3$src") ;;
   esac
 }
 # timed CMD…: runs it under /usr/bin/time; sets t_wall t_user t_sys t_rss (KiB).
@@ -182,7 +186,7 @@ fresh_target() {
 echo "== restore of the newest snapshot onto a fresh ext4 filesystem, $repeat runs per tool after a warm-up, alternating"
 declare -A rest rest_cpu
 for run in $(seq 0 "$repeat"); do
-  for tool in "${tools[@]}"; do
+  for tool in "${tools[@]}" cp-a; do
     fresh_target
     d="$target/restore"
     restore_cmd "$tool" "$work/repo-$tool" "$d"; timed "${cmd[@]}"
@@ -199,7 +203,7 @@ for run in $(seq 0 "$repeat"); do
   done
 done
 umount "$target"
-for tool in "${tools[@]}"; do
+for tool in "${tools[@]}" cp-a; do
   printf '%-8s restore %6s s   (runs:%s; cpu:%s)\n' "$tool" "$(median ${rest[$tool]})" "${rest[$tool]}" "${rest_cpu[$tool]}"
 done
 
@@ -219,6 +223,9 @@ s = ${size[xstore]} / ${size[restic]}
 c = ${compacted[xstore]:-0} / ${size[restic]}
 print(f'xstore vs restic: first backup {f:.2f}x faster, restore {r:.2f}x faster, repository {s:.3f}x the size ({c:.3f}x compacted)')"
 fi
+for tool in "${tools[@]}"; do
+  python3 -c "print(f'$tool restore vs cp -a from the page cache: {$(median ${rest[$tool]}) / $(median ${rest[cp-a]}):.2f}x the time')"
+done
 if [[ " ${tools[*]} " == *" xstore "* && " ${tools[*]} " == *" xstore-plain "* ]]; then
   python3 -c "
 f = $(median ${first[xstore]}) / $(median ${first[xstore-plain]})

@@ -130,21 +130,27 @@ INV
 
 # xpull → "seconds wire_bytes server_cpu_seconds" (--json prints status events, then the
 # summary line). Server CPU: xstore and its ssh (user + sys, children included).
+# The peak RSS of any pull's server process (KiB) is kept in $work/xrss (rsync's in rrss).
+peak_rss() { # peak_rss FILE KIB
+  [ "$2" -gt "$(cat "$1" 2>/dev/null || echo 0)" ] && echo "$2" > "$1"; return 0
+}
 xpull() {
-  on_server /usr/bin/time -f "%e %U %S" -o "$work/t" "$XSTORE" -r "$repo" --json pull "${XHOST:-client}" \
+  on_server /usr/bin/time -f "%e %U %S %M" -o "$work/t" "$XSTORE" -r "$repo" --json pull "${XHOST:-client}" \
     ${PULL_ARGS:-} \
     --inventory "$work/hosts.toml" > "$work/x.json"
-  echo "xstore server (wall user sys): $(cat "$work/t")" >&2
-  read -r wall user sys < "$work/t"
+  echo "xstore server (wall user sys rss): $(cat "$work/t")" >&2
+  read -r wall user sys rss < "$work/t"
+  peak_rss "$work/xrss" "$rss"
   echo "$wall $(python3 -c 'import json,sys; r=json.loads(open(sys.argv[1]).read().splitlines()[-1])["hosts"][0]; assert r["outcome"]=="ok", r; print(r["wire_bytes"])' "$work/x.json") $(echo "$user + $sys" | bc)"
 }
 # rpull → "seconds wire_bytes server_cpu_seconds" (rsync and its ssh)
 rpull() {
-  on_server /usr/bin/time -f "%e %U %S" -o "$work/t" rsync -a --delete --numeric-ids --stats \
+  on_server /usr/bin/time -f "%e %U %S %M" -o "$work/t" rsync -a --delete --numeric-ids --stats \
     -e "ssh -F $s/ssh_config -i $s/rsync -p $port" "root@$client_addr:$src/" "$staging/" > "$work/r.txt"
-  echo "rsync server (wall user sys): $(cat "$work/t")" >&2
-  local sent recv wall user sys
-  read -r wall user sys < "$work/t"
+  echo "rsync server (wall user sys rss): $(cat "$work/t")" >&2
+  local sent recv wall user sys rss
+  read -r wall user sys rss < "$work/t"
+  peak_rss "$work/rrss" "$rss"
   sent=$(grep -E '^Total bytes sent' "$work/r.txt" | tr -dc '0-9')
   recv=$(grep -E '^Total bytes received' "$work/r.txt" | tr -dc '0-9')
   echo "$wall $((sent + recv)) $(echo "$user + $sys" | bc)"
@@ -185,10 +191,18 @@ read -r x3 xw3 xc3 <<<"$(xpull)"; read -r r3 rw3 rc3 <<<"$(rpull)"
 # holds it: the server asks for every byte (no existence oracle across accounts,
 # ARCHITECTURE.md "Trust boundary") and stores none of them twice.
 read -r x4 xw4 xc4 <<<"$(XHOST=other-client xpull)"
+# For scale: the peak RSS of restic backing up the same tree locally (both cores), when
+# restic is installed (issue: a pull's memory per host at most a restic backup's).
+restic_rss=0
+if command -v restic >/dev/null; then
+  RESTIC_PASSWORD=bench restic -q -r "$work/restic" init >/dev/null
+  RESTIC_PASSWORD=bench /usr/bin/time -f "%M" -o "$work/t" restic -q -r "$work/restic" backup "$src" >/dev/null
+  restic_rss=$(cat "$work/t")
+fi
 
 python3 - "$bytes" "$x1" "$xw1" "$r1" "$rw1" "$x2" "$xw2" "$r2" "$rw2" "$x3" "$xw3" "$r3" "$rw3" \
   "${#changed[@]}" "$changed_raw" "$changed_zstd" "$xc1" "$rc1" "$xc2" "$rc2" "$xc3" "$rc3" "$link" "$DATA" \
-  "$x4" "$xw4" "$xc4" <<'PY'
+  "$x4" "$xw4" "$xc4" "$(cat "$work/xrss")" "$(cat "$work/rrss")" "$restic_rss" <<'PY'
 import sys
 a = sys.argv[1:]
 b = int(a[0]); x1, xw1, r1, rw1, x2, xw2, r2, rw2, x3, xw3, r3, rw3 = [float(v) for v in a[1:13]]
@@ -196,6 +210,7 @@ n, craw, cz = int(a[13]), int(a[14]), int(a[15])
 xc1, rc1, xc2, rc2, xc3, rc3 = [float(v) for v in a[16:22]]
 link, data = a[22], a[23]
 x4, xw4, xc4 = [float(v) for v in a[24:27]]
+xrss, rrss, crss = [int(v) / 1024 for v in a[27:30]]
 mb = lambda v: f"{v / 1e6:.2f} MB"
 print(f"link {link}, tree {data} ({b / 1e6:.0f} MB)")
 print(f"{'':26} {'xstore pull':>14} {'rsync -a':>14} {'ratio':>8}")
@@ -209,5 +224,7 @@ print(f"{'server CPU s: first':26} {xc1:>14.2f} {rc1:>14.2f} {xc1 / max(rc1, 0.0
 print(f"{'server CPU s: unchanged':26} {xc2:>14.2f} {rc2:>14.2f} {xc2 / max(rc2, 0.01):>7.2f}x")
 print(f"{'server CPU s: 1% changed':26} {xc3:>14.2f} {rc3:>14.2f} {xc3 / max(rc3, 0.01):>7.2f}x")
 print(f"first pull of another account's host holding the same tree: {x4:.2f} s, wire {mb(xw4)} ({xw4 / xw1:.2f}x the first pull's), server CPU {xc4:.2f} s")
+print(f"server peak RSS of any pull: xstore {xrss:.0f} MiB, rsync {rrss:.0f} MiB"
+      + (f"; restic backup of the same tree: {crss:.0f} MiB (xstore / restic {xrss / crss:.2f}x)" if crss else ""))
 print(f"changed: {n} files, {mb(craw)} raw, {mb(cz)} zstd -3; xstore wire / changed zstd = {xw3 / cz:.2f} (target <= 2)")
 PY

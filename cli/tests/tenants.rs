@@ -394,6 +394,46 @@ fn a_claimed_length_must_be_the_chunks_own() {
     ok(&t.repo, &["check", "--read-data"]);
 }
 
+/// A delta that rebuilds bytes other than the chunk's (#44): the server verifies what it
+/// rebuilt against the id, refuses the file alone (partial), stores nothing of it, and the
+/// previous snapshot and the victim restore exactly.
+#[test]
+fn a_forged_delta_refuses_its_file_alone() {
+    let t = tenants();
+    t.lie("deltas\n");
+    t.pull_all_ok();
+    let first = common::json(&t.repo, &["snapshots", "--host", "evil1"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let own = t.evil.join("own.bin");
+    let before = fs::read(&own).unwrap();
+    let mut edited = before.clone();
+    edited[..64].copy_from_slice(&[b'e'; 64]);
+    fs::write(&own, &edited).unwrap();
+    t.lie("forge-deltas\n");
+    assert_eq!(
+        t.pull_outcomes(&["evil1"]),
+        [("evil1".into(), "partial".into())]
+    );
+    assert_eq!(
+        t.asked(),
+        [format!("delta {} 0 {}", own.display(), edited.len())]
+    );
+    let listing = ok(&t.repo, &["ls", "evil1@latest", t.evil.to_str().unwrap()]);
+    assert!(!listing.contains("own.bin"), "{listing}");
+    let out = xstore(&t.repo, &["cat", &first, &t.evil_path("own.bin")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, before);
+    // An honest delta of the same edit: asked for as one, stored exactly.
+    t.lie("deltas\n");
+    t.pull_all_ok();
+    let out = xstore(&t.repo, &["cat", "evil1@latest", &t.evil_path("own.bin")]);
+    assert_eq!(out.stdout, edited);
+    ok(&t.repo, &["check", "--read-data"]);
+    t.restore_victim_exactly();
+}
+
 #[test]
 fn a_snapshot_naming_far_more_bytes_than_it_sent_is_flagged() {
     let t = tenants();

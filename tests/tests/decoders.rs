@@ -69,6 +69,14 @@ fn protocol_samples(root: &Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
                 bytes: zstd::bulk::compress(&[7u8; 64], 3).unwrap(),
             }],
         },
+        AgentMsg::Deltas {
+            req: 5,
+            programs: vec![WireChunk {
+                raw_len: 4,
+                zstd: false,
+                bytes: vec![1, 2, b'h', b'i'],
+            }],
+        },
     ];
     let server = [
         ServerMsg::Hello {
@@ -93,6 +101,15 @@ fn protocol_samples(root: &Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
             req: 3,
             path: b"/etc/hosts".to_vec(),
             ranges: vec![(0, 3)],
+        },
+        ServerMsg::ReadDeltas {
+            req: 4,
+            path: b"/etc/hosts".to_vec(),
+            ranges: vec![xstore_format::protocol::DeltaRange {
+                offset: 0,
+                len: 3,
+                base: vec![[9; 8]],
+            }],
         },
         ServerMsg::Bye,
     ];

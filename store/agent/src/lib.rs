@@ -17,6 +17,7 @@
 
 pub mod cli;
 mod config;
+pub mod effort;
 mod error;
 mod serve;
 mod session;

@@ -15,21 +15,24 @@ use xstore_chunker::ChunkerParams;
 use xstore_format::meta::{EntryKind, EntryMeta, SourceKind, StatFields};
 use xstore_format::protocol::{
     listing_digest, listing_digest_meta, read_frame, write_batched, write_frame, AgentMsg,
-    ErrorCode, Outgoing, ServerMsg, Transport, WireChunk, WireEntry, CAP_DIGEST_META,
-    LIST_BATCH_BYTES, PROTOCOL_VERSIONS,
+    DeltaRange, ErrorCode, Outgoing, ServerMsg, Transport, WireChunk, WireEntry,
+    CAP_ADAPTIVE_LEVEL, CAP_CHUNK_DELTAS, CAP_DIGEST_META, LIST_BATCH_BYTES, PROTOCOL_VERSIONS,
 };
 
 use crate::config::AgentConfig;
+use crate::effort::{Effort, TimeSpent};
 use crate::error::AgentError;
 
 /// Most raw bytes one `ReadChunks` request may ask for.
 pub const MAX_READ_REQUEST: u64 = 32 * 1024 * 1024;
 
-/// What the hellos settled: the chunker, the chunk compression level, the transport and
-/// whether listings may come without xattrs (`digest-meta`).
+/// What the hellos settled: the chunker, the chunk compression level (and whether the agent
+/// may go below it, `adaptive-level`), the transport and whether listings may come without
+/// xattrs (`digest-meta`).
 struct Agreed {
     params: ChunkerParams,
     level: i32,
+    adaptive: bool,
     transport: Transport,
     digest_meta: bool,
 }
@@ -61,6 +64,8 @@ fn handshake(
             capabilities: {
                 let mut c = Transport::offered();
                 c.push(CAP_DIGEST_META.to_vec());
+                c.push(CAP_ADAPTIVE_LEVEL.to_vec());
+                c.push(CAP_CHUNK_DELTAS.to_vec());
                 c
             },
             roots: config
@@ -99,6 +104,7 @@ fn handshake(
             Ok(Some(Agreed {
                 params,
                 level: i32::from(level),
+                adaptive: capabilities.iter().any(|c| c == CAP_ADAPTIVE_LEVEL),
                 transport: Transport::best_of(&capabilities),
                 digest_meta: capabilities.iter().any(|c| c == CAP_DIGEST_META),
             }))
@@ -128,6 +134,7 @@ pub fn serve<'a, W: Write + Send + 'static>(
     let Some(Agreed {
         params,
         level,
+        adaptive,
         transport,
         digest_meta,
     }) = handshake(config, &mut input, &mut out)?
@@ -140,7 +147,7 @@ pub fn serve<'a, W: Write + Send + 'static>(
     let ctx = Ctx {
         config,
         params,
-        level,
+        effort: Effort::new(level, adaptive, workers.max(1)),
         digest_meta,
     };
     // Two queues: `ChunkFile` requests, which a server sends ahead by the thousand, and the
@@ -167,23 +174,32 @@ pub fn serve<'a, W: Write + Send + 'static>(
             let (urgent_rx, ahead_rx) = (urgent_rx.clone(), ahead_rx.clone());
             let out_tx = out_tx.clone();
             let ctx = &ctx;
-            scope.spawn(move || {
-                while let Some(request) = next_request(&urgent_rx, &ahead_rx) {
-                    let replies = ctx.answer(request);
-                    let last = replies.len().saturating_sub(1);
-                    if replies.is_empty() {
+            scope.spawn(move || loop {
+                let waiting = std::time::Instant::now();
+                let Some(request) = next_request(&urgent_rx, &ahead_rx) else {
+                    return;
+                };
+                let answering = std::time::Instant::now();
+                let replies = ctx.answer(request);
+                let queueing = std::time::Instant::now();
+                let last = replies.len().saturating_sub(1);
+                if replies.is_empty() {
+                    unanswered.fetch_sub(1, Ordering::AcqRel);
+                }
+                for (i, reply) in replies.into_iter().enumerate() {
+                    let frame = reply.outgoing();
+                    if i == last {
                         unanswered.fetch_sub(1, Ordering::AcqRel);
                     }
-                    for (i, reply) in replies.into_iter().enumerate() {
-                        let frame = reply.outgoing();
-                        if i == last {
-                            unanswered.fetch_sub(1, Ordering::AcqRel);
-                        }
-                        if out_tx.send(frame).is_err() {
-                            return;
-                        }
+                    if out_tx.send(frame).is_err() {
+                        return;
                     }
                 }
+                ctx.effort.record(TimeSpent {
+                    idle: answering - waiting,
+                    busy: queueing - answering,
+                    blocked: queueing.elapsed(),
+                });
             });
         }
         drop((urgent_rx, ahead_rx));
@@ -242,7 +258,8 @@ fn next_request(
 struct Ctx<'a> {
     config: &'a AgentConfig,
     params: ChunkerParams,
-    level: i32,
+    /// The level chunks are compressed at.
+    effort: Effort,
     /// The server turned on [`CAP_DIGEST_META`]: listing digests leave xattrs out.
     digest_meta: bool,
 }
@@ -256,16 +273,21 @@ fn error_reply(req: u64, code: ErrorCode, message: impl Into<String>) -> AgentMs
 }
 
 fn io_reply(req: u64, path: &Path, e: &io::Error) -> AgentMsg {
+    let (code, message) = io_refusal(path, e);
+    error_reply(req, code, message)
+}
+
+/// The error code and message for an I/O error at `path`.
+fn io_refusal(path: &Path, e: &io::Error) -> (ErrorCode, String) {
     if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
         || e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error())
     {
-        return error_reply(
-            req,
+        return (
             ErrorCode::Refused,
             format!("{}: refused, a path component is a symlink", path.display()),
         );
     }
-    error_reply(req, ErrorCode::of(e), format!("{}: {e}", path.display()))
+    (ErrorCode::of(e), format!("{}: {e}", path.display()))
 }
 
 /// A request's path: a wire path (`xstore_format::protocol::paths`), else the request is
@@ -280,7 +302,8 @@ impl Ctx<'_> {
             ServerMsg::Stat { req, path }
             | ServerMsg::List { req, path, .. }
             | ServerMsg::ChunkFile { req, path, .. }
-            | ServerMsg::ReadChunks { req, path, .. } => (*req, path.clone()),
+            | ServerMsg::ReadChunks { req, path, .. }
+            | ServerMsg::ReadDeltas { req, path, .. } => (*req, path.clone()),
             _ => return Vec::new(),
         };
         let Some(path) = request_path(&path_bytes) else {
@@ -337,6 +360,7 @@ impl Ctx<'_> {
                 }]
             }
             ServerMsg::ReadChunks { ranges, .. } => vec![self.read_chunks(req, path, &ranges)],
+            ServerMsg::ReadDeltas { ranges, .. } => vec![self.read_deltas(req, path, &ranges)],
             _ => Vec::new(),
         }
     }
@@ -358,7 +382,8 @@ impl Ctx<'_> {
             chunks
                 .extend(xstore_chunker::chunk_slice(&self.params, &data).map(|c| (c.id, c.length)));
             if chunks.len() == 1 && data.len() <= inline_max as usize {
-                let (compression, bytes) = xstore_format::pack::compress(&data, self.level);
+                let (compression, bytes) =
+                    xstore_format::pack::compress(&data, self.effort.level());
                 inline = Some(WireChunk {
                     raw_len: data.len() as u32,
                     zstd: compression == xstore_format::pack::Compression::Zstd,
@@ -382,40 +407,75 @@ impl Ctx<'_> {
     }
 
     fn read_chunks(&self, req: u64, path: &Path, ranges: &[(u64, u32)]) -> AgentMsg {
+        // One level for the whole reply: the chunks of one answer compress alike.
+        let level = self.effort.level();
+        let read = self.read_ranges(path, ranges, |_, bytes| {
+            let (compression, out) = xstore_format::pack::compress(bytes, level);
+            WireChunk {
+                raw_len: bytes.len() as u32,
+                zstd: compression == xstore_format::pack::Compression::Zstd,
+                bytes: out,
+            }
+        });
+        match read {
+            Ok(chunks) => AgentMsg::ChunkData { req, chunks },
+            Err((code, message)) => error_reply(req, code, message),
+        }
+    }
+
+    /// Each range as a delta program against the base whose sub-chunk hashes the server sent
+    /// (`xstore_format::protocol::delta`), compressed like a chunk.
+    fn read_deltas(&self, req: u64, path: &Path, ranges: &[DeltaRange]) -> AgentMsg {
+        let level = self.effort.level();
+        let plain: Vec<(u64, u32)> = ranges.iter().map(|r| (r.offset, r.len)).collect();
+        let read = self.read_ranges(path, &plain, |i, bytes| {
+            let program = xstore_format::protocol::delta::encode_delta(bytes, &ranges[i].base);
+            let (compression, out) = xstore_format::pack::compress(&program, level);
+            WireChunk {
+                raw_len: program.len() as u32,
+                zstd: compression == xstore_format::pack::Compression::Zstd,
+                bytes: out,
+            }
+        });
+        match read {
+            Ok(programs) => AgentMsg::Deltas { req, programs },
+            Err((code, message)) => error_reply(req, code, message),
+        }
+    }
+
+    /// Reads each of `ranges` of the file at `path` (bounded by [`MAX_READ_REQUEST`] and the
+    /// chunk maximum) and turns it into a reply item with `each(index, bytes)`; on failure,
+    /// the error code and message to answer with.
+    fn read_ranges(
+        &self,
+        path: &Path,
+        ranges: &[(u64, u32)],
+        mut each: impl FnMut(usize, &[u8]) -> WireChunk,
+    ) -> Result<Vec<WireChunk>, (ErrorCode, String)> {
         let total: u64 = ranges.iter().map(|(_, l)| u64::from(*l)).sum();
         if total > MAX_READ_REQUEST || ranges.iter().any(|(_, l)| *l > self.params.max()) {
-            return error_reply(
-                req,
+            return Err((
                 ErrorCode::BadRequest,
                 format!("read of {total} bytes or a range over the chunk maximum"),
-            );
+            ));
         }
-        let file = match open_file(path) {
-            Ok(f) => std::fs::File::from(f),
-            Err(e) => return io_reply(req, path, &e),
-        };
-        let mut chunks = Vec::with_capacity(ranges.len());
+        let file = std::fs::File::from(open_file(path).map_err(|e| io_refusal(path, &e))?);
+        let mut items = Vec::with_capacity(ranges.len());
         let mut buf = Vec::new();
-        for (offset, len) in ranges {
+        for (i, (offset, len)) in ranges.iter().enumerate() {
             buf.resize(*len as usize, 0);
             if let Err(e) = file.read_exact_at(&mut buf, *offset) {
-                return error_reply(
-                    req,
+                return Err((
                     ErrorCode::Io,
                     format!(
                         "{}: reading {len} bytes at {offset}: {e} (file changed?)",
                         path.display()
                     ),
-                );
+                ));
             }
-            let (compression, bytes) = xstore_format::pack::compress(&buf, self.level);
-            chunks.push(WireChunk {
-                raw_len: *len,
-                zstd: compression == xstore_format::pack::Compression::Zstd,
-                bytes,
-            });
+            items.push(each(i, &buf));
         }
-        AgentMsg::ChunkData { req, chunks }
+        Ok(items)
     }
 }
 

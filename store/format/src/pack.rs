@@ -790,7 +790,18 @@ thread_local! {
 pub fn compress(raw: &[u8], level: i32) -> (Compression, Vec<u8>) {
     let compressed = COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+        // A new level on the same context: the agent moves its level while it runs.
+        let reused = match slot.as_mut() {
+            Some((l, _)) if *l == level => true,
+            Some((l, c)) => {
+                c.set_compression_level(level).is_ok() && {
+                    *l = level;
+                    true
+                }
+            }
+            None => false,
+        };
+        if !reused {
             *slot = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
         }
         match slot.as_mut() {

@@ -7,7 +7,11 @@
 //! - `claim PATH ID LEN`: the chunk-file reply for PATH names the one chunk ID of LEN bytes
 //!   (and no inline bytes), whatever the file holds; repeated lines for one PATH add chunks.
 //!   `claim PATH ID LEN xN` names the chunk N times in a row.
-//! - `log FILE`: every byte range the server asks for is appended as `PATH OFFSET LEN`.
+//! - `log FILE`: every byte range the server asks for is appended as `PATH OFFSET LEN`
+//!   (`delta PATH OFFSET LEN` for a range asked for as a delta).
+//! - `deltas`: offers `chunk-deltas`, so the server may ask for changed chunks as deltas.
+//! - `forge-deltas`: offers `chunk-deltas` and answers every delta range with one literal of
+//!   the range's length whose bytes are all `X`.
 //! - `stderr BYTES`: writes an escape sequence and BYTES bytes without a newline to stderr
 //!   before anything else.
 //! - `quit`: closes the connection after the hellos (the pull fails).
@@ -16,7 +20,7 @@
 //! - `wide-dirs N`: answers every directory listing, at every depth, with a complete listing
 //!   of N subdirectories (so every listing the server takes leads to N more).
 //!
-//! The transport is plain frames: the proxy offers no capability in the agent's hello.
+//! The transport is plain frames: the proxy offers no other capability in the agent's hello.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -25,7 +29,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use xstore::ChunkId;
-use xstore_format::protocol::{read_frame, write_frame, AgentMsg, ServerMsg};
+use xstore_format::protocol::{
+    read_frame, write_frame, AgentMsg, ServerMsg, WireChunk, CAP_CHUNK_DELTAS,
+};
 
 #[derive(Default)]
 struct Scenario {
@@ -35,6 +41,8 @@ struct Scenario {
     quit: bool,
     list_bomb: bool,
     wide_dirs: Option<u32>,
+    deltas: bool,
+    forge_deltas: bool,
 }
 
 fn parse_id(hex: &str) -> ChunkId {
@@ -72,6 +80,11 @@ fn scenario(path: &str) -> Scenario {
             ["stderr", n] => s.stderr = n.parse().expect("byte count"),
             ["quit"] => s.quit = true,
             ["list-bomb"] => s.list_bomb = true,
+            ["deltas"] => s.deltas = true,
+            ["forge-deltas"] => {
+                s.deltas = true;
+                s.forge_deltas = true;
+            }
             ["wide-dirs", n] => s.wide_dirs = Some(n.parse().expect("entry count")),
             other => panic!("scenario line {other:?}"),
         }
@@ -107,6 +120,7 @@ fn main() {
     let mut input = std::io::stdin();
 
     // The agent's hello, offering no transport capability: plain frames both ways.
+    let deltas = s.deltas;
     let hello = read_frame(&mut from_agent).unwrap().expect("agent hello");
     let hello = match AgentMsg::decode(&hello).unwrap() {
         AgentMsg::Hello {
@@ -116,7 +130,10 @@ fn main() {
             ..
         } => AgentMsg::Hello {
             versions,
-            capabilities: Vec::new(),
+            capabilities: match deltas {
+                true => vec![CAP_CHUNK_DELTAS.to_vec()],
+                false => Vec::new(),
+            },
             roots,
             software,
         },
@@ -138,6 +155,9 @@ fn main() {
     let paths: Arc<Mutex<HashMap<u64, Vec<u8>>>> = Arc::default();
     let log = s.log.clone();
     let requests = Arc::clone(&paths);
+    // The lengths of each delta request's ranges, to forge answers of the right length.
+    let delta_lens: Arc<Mutex<HashMap<u64, Vec<u32>>>> = Arc::default();
+    let delta_requests = Arc::clone(&delta_lens);
     let bomb = (s.list_bomb || s.wide_dirs.is_some()).then(|| Arc::clone(&out));
     let wide_dirs = s.wide_dirs;
     let forward = std::thread::spawn(move || {
@@ -150,6 +170,23 @@ fn main() {
                 }
                 Ok(ServerMsg::ChunkFile { req, path, .. }) => {
                     requests.lock().unwrap().insert(req, path);
+                }
+                Ok(ServerMsg::ReadDeltas { req, path, ranges }) => {
+                    delta_requests
+                        .lock()
+                        .unwrap()
+                        .insert(req, ranges.iter().map(|r| r.len).collect());
+                    if let Some(log) = &log {
+                        let mut f = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(log)
+                            .unwrap();
+                        for r in ranges {
+                            let path = String::from_utf8_lossy(&path);
+                            writeln!(f, "delta {path} {} {}", r.offset, r.len).unwrap();
+                        }
+                    }
                 }
                 Ok(ServerMsg::ReadChunks { path, ranges, .. }) => {
                     if let Some(log) = &log {
@@ -175,6 +212,28 @@ fn main() {
     // Agent to server: the lies.
     while let Ok(Some(frame)) = read_frame(&mut from_agent) {
         let frame = match AgentMsg::decode(&frame) {
+            Ok(AgentMsg::Deltas { req, .. }) if s.forge_deltas => {
+                let lens = delta_lens.lock().unwrap().remove(&req).unwrap_or_default();
+                let programs = lens
+                    .into_iter()
+                    .map(|len| {
+                        let mut program = vec![1u8];
+                        let mut n = u64::from(len);
+                        while n >= 0x80 {
+                            program.push((n as u8) | 0x80);
+                            n >>= 7;
+                        }
+                        program.push(n as u8);
+                        program.extend(std::iter::repeat_n(b'X', len as usize));
+                        WireChunk {
+                            raw_len: program.len() as u32,
+                            zstd: false,
+                            bytes: program,
+                        }
+                    })
+                    .collect();
+                AgentMsg::Deltas { req, programs }.encode()
+            }
             Ok(AgentMsg::FileChunks {
                 req,
                 mut before,

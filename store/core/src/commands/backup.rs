@@ -189,6 +189,64 @@ impl Counters {
     }
 }
 
+/// Where a file's chunks lie now and where its previous version's lay: for a chunk to fetch,
+/// the previous bytes at the same offsets are the base of a delta
+/// ([`crate::source::SourceFile::fetch_chunks_near`]).
+struct DeltaLayout<'l> {
+    /// Offset in the new file of each chunk id's first occurrence.
+    new_offsets: HashMap<ChunkId, u64>,
+    /// The previous version's chunks with their offsets, in file order.
+    previous: Vec<(u64, &'l ChunkRef)>,
+}
+
+impl<'l> DeltaLayout<'l> {
+    fn new(new: &[ChunkRef], previous: &'l [ChunkRef]) -> Self {
+        let mut new_offsets = HashMap::with_capacity(new.len());
+        let mut at = 0u64;
+        for c in new {
+            new_offsets.entry(c.id).or_insert(at);
+            at += u64::from(c.len);
+        }
+        let mut at = 0u64;
+        let previous = previous
+            .iter()
+            .map(|c| {
+                let start = at;
+                at += u64::from(c.len);
+                (start, c)
+            })
+            .collect();
+        DeltaLayout {
+            new_offsets,
+            previous,
+        }
+    }
+
+    /// Per chunk of `batch`: the previous version's chunks that overlap its range,
+    /// concatenated; `None` where there are none or one cannot be read (the chunk is then
+    /// fetched whole: a base only saves bytes).
+    fn bases(&self, repo: &Repository, batch: &[ChunkRef]) -> Vec<Option<Vec<u8>>> {
+        batch
+            .iter()
+            .map(|c| {
+                let start = *self.new_offsets.get(&c.id)?;
+                let end = start + u64::from(c.len);
+                let first = self
+                    .previous
+                    .partition_point(|(s, p)| s + u64::from(p.len) <= start);
+                let mut base = Vec::new();
+                for (s, p) in &self.previous[first..] {
+                    if *s >= end {
+                        break;
+                    }
+                    base.extend_from_slice(&repo.read_file_chunk(p).ok()?);
+                }
+                (!base.is_empty()).then_some(base)
+            })
+            .collect()
+    }
+}
+
 struct Session<'a> {
     repo: &'a Repository,
     source: &'a dyn Source,
@@ -778,15 +836,17 @@ impl<'a> Session<'a> {
                 });
             }
         }
+        // The parent entry's chunks, when it is an intact file: what this host held at the
+        // path (ids it may name; bases for deltas).
+        let parent_chunks: Vec<ChunkRef> = match parent {
+            Some(p) if p.kind == EntryKind::File && self.intact(p) => {
+                self.repo.file_chunks(p).unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
         if known.contains(&None) {
-            let same_path: HashMap<ChunkId, u32> = match parent {
-                Some(p) if p.kind == EntryKind::File && self.intact(p) => self
-                    .repo
-                    .file_chunks(p)
-                    .map(|c| c.into_iter().map(|c| (c.id, c.len)).collect())
-                    .unwrap_or_default(),
-                _ => HashMap::new(),
-            };
+            let same_path: HashMap<ChunkId, u32> =
+                parent_chunks.iter().map(|c| (c.id, c.len)).collect();
             for (c, k) in list.iter().zip(known.iter_mut()) {
                 if k.is_none() {
                     *k = Some(
@@ -803,6 +863,10 @@ impl<'a> Session<'a> {
             .filter(|(c, known)| *known != Some(true) && asked.insert(**c))
             .map(|(c, _)| *c)
             .collect();
+        // Deltas only against this host's own previous version: another host's bytes never
+        // shape what is asked of this agent.
+        let delta_layout = (!self.previous_is_other_host && !parent_chunks.is_empty())
+            .then(|| DeltaLayout::new(&list, &parent_chunks));
         // In batches, so a large new file never sits in memory whole.
         let mut start = 0;
         while start < wanted.len() {
@@ -832,8 +896,12 @@ impl<'a> Session<'a> {
                     len: c.len,
                 })
                 .collect();
+            let bases = match &delta_layout {
+                Some(layout) => layout.bases(self.repo, batch),
+                None => Vec::new(),
+            };
             let data = file
-                .fetch_chunks(&plain_batch)
+                .fetch_chunks_near(&plain_batch, &bases)
                 .map_err(ReadFailure::Source)?;
             if data.len() != batch.len() {
                 return Err(ReadFailure::Source(std::io::Error::new(

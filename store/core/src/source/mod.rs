@@ -51,6 +51,19 @@ pub trait SourceFile: Read + Send {
             "this source does not serve chunks by id",
         ))
     }
+
+    /// [`SourceFile::fetch_chunks`] when ingest holds, for some of `ids`, bytes the chunk
+    /// probably resembles (`bases[i]`: the previous version of the file at the chunk's
+    /// offsets). A source across a link may send those chunks as deltas against their bases;
+    /// ingest verifies the result like any fetched chunk. The default ignores the bases.
+    fn fetch_chunks_near(
+        &mut self,
+        ids: &[ChunkRef],
+        bases: &[Option<Vec<u8>>],
+    ) -> io::Result<Vec<FetchedChunk>> {
+        let _ = bases;
+        self.fetch_chunks(ids)
+    }
 }
 
 /// A regular file ingest is about to open ([`Source::will_open`]).

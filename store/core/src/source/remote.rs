@@ -21,9 +21,10 @@ use crate::source::{FetchedChunk, OpenHint, Source, SourceFile};
 use xstore_chunker::{ChunkId, ChunkerParams};
 use xstore_format::meta::EntryMeta;
 use xstore_format::protocol::{
+    delta::{apply_delta, base_signature, BaseSignature},
     read_frame, tree_listing_digest, tree_listing_digest_meta, write_batched, write_frame,
-    AgentMsg, Outgoing, ServerMsg, Transport, WireChunk, WireEntry, CAP_DIGEST_META, MAX_FRAME,
-    PROTOCOL_VERSIONS,
+    AgentMsg, DeltaRange, Outgoing, ServerMsg, Transport, WireChunk, WireEntry, CAP_ADAPTIVE_LEVEL,
+    CAP_CHUNK_DELTAS, CAP_DIGEST_META, MAX_FRAME, PROTOCOL_VERSIONS,
 };
 use xstore_format::tree::{ChunkRef, Content, Entry, Tree};
 
@@ -153,6 +154,8 @@ struct Inner {
     extras: Mutex<HashMap<PathBuf, Extra>>,
     /// [`CAP_DIGEST_META`] is on: listing digests leave xattrs out.
     digest_meta: bool,
+    /// [`CAP_CHUNK_DELTAS`] is on: changed chunks may be asked for as deltas.
+    deltas: bool,
 }
 
 /// Longest text of an agent's error or fatal message kept (bytes).
@@ -379,19 +382,13 @@ impl RemoteSource {
     ) -> Result<RemoteSource, RemoteError> {
         let body = read_frame(&mut reader)?.ok_or(RemoteError::Closed)?;
         let received = body.len() as u64 + 4;
-        let (versions, roots, software, transport, digest_meta) = match AgentMsg::decode(&body) {
+        let (versions, roots, software, offered) = match AgentMsg::decode(&body) {
             Ok(AgentMsg::Hello {
                 versions,
                 roots,
                 software,
                 capabilities,
-            }) => (
-                versions,
-                roots,
-                software,
-                Transport::best_of(&capabilities),
-                capabilities.iter().any(|c| c == CAP_DIGEST_META),
-            ),
+            }) => (versions, roots, software, capabilities),
             Ok(AgentMsg::Fatal { message }) => {
                 return Err(RemoteError::Refused(agent_text(&message)))
             }
@@ -424,6 +421,10 @@ impl RemoteSource {
                 }
             }
         }
+        let offers = |cap: &[u8]| offered.iter().any(|c| c == cap);
+        let transport = Transport::best_of(&offered);
+        let digest_meta = offers(CAP_DIGEST_META);
+        let deltas = offers(CAP_CHUNK_DELTAS);
         let hello = ServerMsg::Hello {
             version,
             min: params.min(),
@@ -434,6 +435,15 @@ impl RemoteSource {
                 let mut c = transport.capabilities();
                 if digest_meta {
                     c.push(CAP_DIGEST_META.to_vec());
+                }
+                // The agent may compress faster than `level` when its CPU bounds the pull;
+                // every frame is verified and the smaller form stored, as always, and
+                // `xstore compact` recompresses what survives.
+                if offers(CAP_ADAPTIVE_LEVEL) {
+                    c.push(CAP_ADAPTIVE_LEVEL.to_vec());
+                }
+                if deltas {
+                    c.push(CAP_CHUNK_DELTAS.to_vec());
                 }
                 c
             },
@@ -465,6 +475,7 @@ impl RemoteSource {
             listings_held: AtomicU64::new(0),
             extras: Mutex::new(HashMap::new()),
             digest_meta,
+            deltas,
         });
         let for_writer = Arc::clone(&inner);
         let writer_thread = std::thread::Builder::new()
@@ -920,6 +931,79 @@ fn unpack(c: WireChunk, want: u32) -> io::Result<FetchedChunk> {
     }
 }
 
+/// The longest delta program accepted for a chunk of `len` bytes: its literals, and per
+/// base sub-chunk at most one copy op (every sub-chunk is at least 256 bytes).
+fn max_program_len(len: u32) -> u32 {
+    len.saturating_add(len / 4).saturating_add(1024)
+}
+
+impl RemoteFile {
+    /// The file offsets and lengths of `ids` (chunks of this file's list).
+    fn ranges_of(&self, ids: &[ChunkRef]) -> io::Result<Vec<(u64, u32)>> {
+        ids.iter()
+            .map(|c| match self.offsets.get(&c.id) {
+                Some((offset, len)) if *len == c.len => Ok((*offset, *len)),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("chunk {} is not in this file's list", c.id),
+                )),
+            })
+            .collect()
+    }
+
+    /// `ids` as deltas against `bases` (one each): the rebuilt bytes, in order, for ingest
+    /// to verify against the ids as any fetched chunk.
+    fn fetch_deltas(&mut self, ids: &[ChunkRef], bases: &[&[u8]]) -> io::Result<Vec<FetchedChunk>> {
+        let signatures: Vec<BaseSignature> = bases.iter().map(|b| base_signature(b)).collect();
+        let ranges: Vec<DeltaRange> = self
+            .ranges_of(ids)?
+            .into_iter()
+            .zip(&signatures)
+            .map(|((offset, len), sig)| DeltaRange {
+                offset,
+                len,
+                base: sig.hashes.clone(),
+            })
+            .collect();
+        let path = self.path.clone();
+        let AgentMsg::Deltas { programs, .. } =
+            self.inner
+                .call(|req| ServerMsg::ReadDeltas { req, path, ranges })?
+        else {
+            return Err(unexpected("read-deltas"));
+        };
+        if programs.len() != ids.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "asked for {} deltas, the agent sent {}",
+                    ids.len(),
+                    programs.len()
+                ),
+            ));
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for (((program, c), base), sig) in programs.into_iter().zip(ids).zip(bases).zip(&signatures)
+        {
+            if program.raw_len > max_program_len(c.len) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the agent sent a {}-byte delta for a {}-byte chunk",
+                        program.raw_len, c.len
+                    ),
+                ));
+            }
+            let raw_len = program.raw_len;
+            let program = unpack(program, raw_len)?;
+            let data = apply_delta(&program.data, base, sig, c.len as usize)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            out.push(FetchedChunk { data, zstd: None });
+        }
+        Ok(out)
+    }
+}
+
 impl Read for RemoteFile {
     fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
         Err(io::Error::new(
@@ -941,6 +1025,39 @@ impl SourceFile for RemoteFile {
         Some(Ok(self.chunks.clone()))
     }
 
+    fn fetch_chunks_near(
+        &mut self,
+        ids: &[ChunkRef],
+        bases: &[Option<Vec<u8>>],
+    ) -> io::Result<Vec<FetchedChunk>> {
+        // Inline bytes already came with the chunk list: nothing to save.
+        if !self.inner.deltas || self.inline.is_some() || bases.iter().all(Option::is_none) {
+            return self.fetch_chunks(ids);
+        }
+        let (mut near, mut plain) = (Vec::new(), Vec::new());
+        for (i, c) in ids.iter().enumerate() {
+            match bases.get(i).and_then(Option::as_deref) {
+                Some(base) => near.push((i, *c, base)),
+                None => plain.push((i, *c)),
+            }
+        }
+        let mut out: Vec<Option<FetchedChunk>> = (0..ids.len()).map(|_| None).collect();
+        if !plain.is_empty() {
+            let asked: Vec<ChunkRef> = plain.iter().map(|(_, c)| *c).collect();
+            for ((i, _), fetched) in plain.iter().zip(self.fetch_chunks(&asked)?) {
+                out[*i] = Some(fetched);
+            }
+        }
+        let asked: Vec<ChunkRef> = near.iter().map(|(_, c, _)| *c).collect();
+        let near_bases: Vec<&[u8]> = near.iter().map(|(_, _, b)| *b).collect();
+        for ((i, _, _), fetched) in near.iter().zip(self.fetch_deltas(&asked, &near_bases)?) {
+            out[*i] = Some(fetched);
+        }
+        out.into_iter()
+            .map(|f| f.ok_or_else(|| unexpected("read-deltas")))
+            .collect()
+    }
+
     fn fetch_chunks(&mut self, ids: &[ChunkRef]) -> io::Result<Vec<FetchedChunk>> {
         if let [only] = ids {
             if self.chunks.len() == 1 && self.chunks[0] == *only {
@@ -950,18 +1067,7 @@ impl SourceFile for RemoteFile {
                 }
             }
         }
-        let mut ranges = Vec::with_capacity(ids.len());
-        for c in ids {
-            match self.offsets.get(&c.id) {
-                Some((offset, len)) if *len == c.len => ranges.push((*offset, *len)),
-                _ => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("chunk {} is not in this file's list", c.id),
-                    ))
-                }
-            }
-        }
+        let ranges = self.ranges_of(ids)?;
         let expected: Vec<u32> = ranges.iter().map(|(_, l)| *l).collect();
         let path = self.path.clone();
         let AgentMsg::ChunkData { chunks, .. } =

@@ -7,6 +7,8 @@ use crate::error::DecodeError;
 use crate::meta::{Attrs, EntryKind, EntryMeta, SourceKind};
 use xstore_chunker::ChunkId;
 
+use super::delta::{SubHash, SUB_HASH_LEN};
+
 use super::*;
 
 /// Why the agent could not answer a request.
@@ -80,6 +82,17 @@ pub struct WireChunk {
     pub bytes: Vec<u8>,
 }
 
+/// One range of a [`ServerMsg::ReadDeltas`] request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaRange {
+    /// Offset in the file.
+    pub offset: u64,
+    /// Length (at most the chunk maximum).
+    pub len: u32,
+    /// The base's sub-chunk hashes, in base order ([`super::delta::base_signature`]).
+    pub base: Vec<SubHash>,
+}
+
 /// Messages from the agent to the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentMsg {
@@ -136,6 +149,14 @@ pub enum AgentMsg {
         req: u64,
         /// One per range.
         chunks: Vec<WireChunk>,
+    },
+    /// Reply to [`ServerMsg::ReadDeltas`]: per range, in order, a delta program
+    /// ([`super::delta::encode_delta`]) carried like a chunk (`raw_len` is the program's).
+    Deltas {
+        /// Request id.
+        req: u64,
+        /// One per range.
+        programs: Vec<WireChunk>,
     },
     /// The request failed.
     Error {
@@ -207,6 +228,16 @@ pub enum ServerMsg {
         /// (offset, length) pairs.
         ranges: Vec<(u64, u32)>,
     },
+    /// Send these byte ranges of a file as deltas against bases the server holds
+    /// (capability `chunk-deltas`).
+    ReadDeltas {
+        /// Request id.
+        req: u64,
+        /// Absolute path.
+        path: Vec<u8>,
+        /// The ranges, each with its base's sub-chunk hashes.
+        ranges: Vec<DeltaRange>,
+    },
     /// The session is over; the agent exits.
     Bye,
 }
@@ -219,6 +250,7 @@ const K_AGENT_CHUNK_DATA: u8 = 0x05;
 const K_AGENT_ERROR: u8 = 0x06;
 const K_AGENT_FATAL: u8 = 0x07;
 const K_AGENT_LIST_UNCHANGED: u8 = 0x08;
+const K_AGENT_DELTAS: u8 = 0x09;
 
 const K_SERVER_HELLO: u8 = 0x81;
 const K_SERVER_STAT: u8 = 0x82;
@@ -226,6 +258,7 @@ const K_SERVER_LIST: u8 = 0x83;
 const K_SERVER_CHUNK_FILE: u8 = 0x84;
 const K_SERVER_READ_CHUNKS: u8 = 0x85;
 const K_SERVER_BYE: u8 = 0x86;
+const K_SERVER_READ_DELTAS: u8 = 0x87;
 
 fn invalid(what: &'static str, offset: usize, reason: String) -> DecodeError {
     DecodeError::Invalid {
@@ -445,6 +478,7 @@ impl AgentMsg {
             | AgentMsg::ListUnchanged { req }
             | AgentMsg::FileChunks { req, .. }
             | AgentMsg::ChunkData { req, .. }
+            | AgentMsg::Deltas { req, .. }
             | AgentMsg::Error { req, .. } => Some(*req),
             AgentMsg::Hello { .. } | AgentMsg::Fatal { .. } => None,
         }
@@ -455,6 +489,7 @@ impl AgentMsg {
     pub fn outgoing(&self) -> Outgoing {
         let compressed_chunks = match self {
             AgentMsg::ChunkData { chunks, .. } => chunks.iter().any(|c| c.zstd),
+            AgentMsg::Deltas { programs, .. } => programs.iter().any(|c| c.zstd),
             AgentMsg::FileChunks { inline, .. } => inline.as_ref().is_some_and(|c| c.zstd),
             _ => false,
         };
@@ -463,7 +498,7 @@ impl AgentMsg {
             compress: !compressed_chunks,
             hold: matches!(
                 self,
-                AgentMsg::FileChunks { .. } | AgentMsg::ChunkData { .. }
+                AgentMsg::FileChunks { .. } | AgentMsg::ChunkData { .. } | AgentMsg::Deltas { .. }
             ),
         }
     }
@@ -535,6 +570,14 @@ impl AgentMsg {
                 put_varint(&mut out, *req);
                 put_varint(&mut out, chunks.len() as u64);
                 for c in chunks {
+                    put_chunk(&mut out, c);
+                }
+            }
+            AgentMsg::Deltas { req, programs } => {
+                out.push(K_AGENT_DELTAS);
+                put_varint(&mut out, *req);
+                put_varint(&mut out, programs.len() as u64);
+                for c in programs {
                     put_chunk(&mut out, c);
                 }
             }
@@ -621,6 +664,15 @@ impl AgentMsg {
                 }
                 AgentMsg::ChunkData { req, chunks }
             }
+            K_AGENT_DELTAS => {
+                let req = r.varint("request id")?;
+                let n = r.length("delta count", u64::MAX, 3)?;
+                let mut programs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    programs.push(get_chunk(&mut r)?);
+                }
+                AgentMsg::Deltas { req, programs }
+            }
             K_AGENT_ERROR => {
                 let req = r.varint("request id")?;
                 let at = r.pos();
@@ -706,6 +758,20 @@ impl ServerMsg {
                     put_varint(&mut out, u64::from(*len));
                 }
             }
+            ServerMsg::ReadDeltas { req, path, ranges } => {
+                out.push(K_SERVER_READ_DELTAS);
+                put_varint(&mut out, *req);
+                put_bytes(&mut out, path);
+                put_varint(&mut out, ranges.len() as u64);
+                for r in ranges {
+                    put_varint(&mut out, r.offset);
+                    put_varint(&mut out, u64::from(r.len));
+                    put_varint(&mut out, r.base.len() as u64);
+                    for h in &r.base {
+                        out.extend_from_slice(h);
+                    }
+                }
+            }
             ServerMsg::Bye => out.push(K_SERVER_BYE),
         }
         out
@@ -771,6 +837,23 @@ impl ServerMsg {
                     ranges.push((offset, u32_field(&mut r, "range length")?));
                 }
                 ServerMsg::ReadChunks { req, path, ranges }
+            }
+            K_SERVER_READ_DELTAS => {
+                let req = r.varint("request id")?;
+                let path = r.bytes("path", MAX_PATH)?.to_vec();
+                let n = r.length("range count", 1 << 20, 3)?;
+                let mut ranges = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let offset = r.varint("range offset")?;
+                    let len = u32_field(&mut r, "range length")?;
+                    let count = r.length("base hash count", 1 << 24, SUB_HASH_LEN)?;
+                    let mut base = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        base.push(r.array("base hash")?);
+                    }
+                    ranges.push(DeltaRange { offset, len, base });
+                }
+                ServerMsg::ReadDeltas { req, path, ranges }
             }
             K_SERVER_BYE => ServerMsg::Bye,
             k => {

@@ -21,6 +21,14 @@ pub const CAP_ZSTD_SEGMENTS: &[u8] = b"zstd-segments";
 /// (the same trust that unchanged file contents rest on); a changed directory's listing still
 /// carries the xattrs.
 pub const CAP_DIGEST_META: &[u8] = b"digest-meta";
+/// Capability: the agent may compress chunks at any level from its own floor up to the
+/// level in the server's hello, choosing by what bounds the pull (on a fast link the client's
+/// CPU: compress faster; on a slow one the link: compress up to the server's level). The
+/// server verifies and stores whatever valid zstd frame arrives, as always.
+pub const CAP_ADAPTIVE_LEVEL: &[u8] = b"adaptive-level";
+/// Capability: the server may ask for a changed chunk as a delta against bytes it holds
+/// (`ReadDeltas`, [`delta`]).
+pub const CAP_CHUNK_DELTAS: &[u8] = b"chunk-deltas";
 /// zstd level of the session streams (cheap: what they carry is small and compresses well).
 pub const WIRE_LEVEL: i32 = 1;
 /// Largest zstd window a session stream may declare (16 MiB): a hostile peer must not make
@@ -46,6 +54,7 @@ pub const MAX_XATTRS: u64 = 4096;
 /// A listing is sent in frames of about this many bytes.
 pub const LIST_BATCH_BYTES: usize = 1024 * 1024;
 
+pub mod delta;
 mod digest;
 mod frame;
 mod messages;
@@ -57,7 +66,7 @@ pub use digest::{
     listing_digest, listing_digest_meta, tree_listing_digest, tree_listing_digest_meta,
 };
 pub use frame::{read_frame, write_frame};
-pub use messages::{AgentMsg, ErrorCode, ServerMsg, WireChunk, WireEntry};
+pub use messages::{AgentMsg, DeltaRange, ErrorCode, ServerMsg, WireChunk, WireEntry};
 pub use sync::{SyncReply, SyncRequest, MAX_BLOBS_PER_REQUEST, SYNC_MAGIC};
 pub use transport::{
     write_batched, FrameSink, Outgoing, SegmentReader, SegmentWriter, Transport, BATCH_BYTES,
@@ -149,6 +158,21 @@ mod tests {
                 message: b"bye".to_vec(),
             },
             AgentMsg::ListUnchanged { req: 9 },
+            AgentMsg::Deltas {
+                req: 10,
+                programs: vec![
+                    WireChunk {
+                        raw_len: 3,
+                        zstd: false,
+                        bytes: vec![0, 1, 2],
+                    },
+                    WireChunk {
+                        raw_len: 64,
+                        zstd: true,
+                        bytes: zstd::bulk::compress(&[1u8; 64], 3).unwrap_or_default(),
+                    },
+                ],
+            },
         ];
         let server = vec![
             ServerMsg::Hello {
@@ -182,6 +206,22 @@ mod tests {
                 req: 4,
                 path: b"/etc/passwd".to_vec(),
                 ranges: vec![(0, 10), (1 << 40, 4)],
+            },
+            ServerMsg::ReadDeltas {
+                req: 5,
+                path: b"/etc/passwd".to_vec(),
+                ranges: vec![
+                    DeltaRange {
+                        offset: 7,
+                        len: 4096,
+                        base: vec![[1; 8], [2; 8]],
+                    },
+                    DeltaRange {
+                        offset: 1 << 33,
+                        len: 1,
+                        base: Vec::new(),
+                    },
+                ],
             },
             ServerMsg::Bye,
         ];
