@@ -30,6 +30,7 @@ mod commands;
 mod find;
 mod generate;
 mod keys;
+mod memory;
 mod migrate;
 mod ops;
 mod output;
@@ -215,6 +216,7 @@ enum RepairWhat {
 }
 
 fn main() -> ExitCode {
+    memory::cap_malloc_arenas();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,

@@ -16,7 +16,7 @@ pub use rooted::RootedSource;
 
 /// Most raw bytes ingest asks of [`SourceFile::fetch_chunks`] in one call (one `ReadChunks`
 /// request of a remote source), so a large new file never sits in memory whole.
-pub const FETCH_BATCH_BYTES: u64 = 16 * 1024 * 1024;
+pub const FETCH_BATCH_BYTES: u64 = 8 * 1024 * 1024;
 
 /// One chunk served by [`SourceFile::fetch_chunks`]: its bytes and, when the source
 /// compressed it for the wire, that zstd frame (which ingest may store as is once `data`

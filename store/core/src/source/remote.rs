@@ -44,7 +44,7 @@ pub const INLINE_MAX: u32 = 1024 * 1024;
 /// Most bytes that answers to prefetched `ChunkFile` requests ([`Source::will_open`]) may
 /// hold before ingest takes them, estimated from the listed sizes (inline bytes, raw).
 /// Hints past it are dropped; those files are asked for when opened.
-pub const PREFETCH_BYTES: u64 = 64 * 1024 * 1024;
+pub const PREFETCH_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Most `List` requests sent ahead of ingest ([`Source::will_list`]) and not yet taken.
 pub const PREFETCH_LISTS: usize = 256;
