@@ -665,8 +665,9 @@ fn touched_files_travel_as_chunk_ids_only() {
 }
 
 /// Files edited in place travel as deltas against the host's previous version (#44): a
-/// 64-byte overwrite at the head of 200 small files and a 100-byte insertion into a large
-/// file cost a small fraction of the changed chunks, and every byte restores exactly.
+/// 64-byte overwrite at the head of 200 small files, 2 KiB appended to 50 logs and a 100-byte
+/// insertion into a large file cost a small fraction of the changed chunks, and every byte
+/// restores exactly.
 #[test]
 fn edited_files_travel_as_deltas_against_the_previous_version() {
     let f = fleet("");
@@ -679,9 +680,25 @@ fn edited_files_travel_as_deltas_against_the_previous_version() {
         )
         .unwrap();
     }
+    let logs = f.data.join("log");
+    fs::create_dir(&logs).unwrap();
+    for i in 0..50u64 {
+        fs::write(
+            logs.join(format!("l{i}")),
+            xstore_tests::seeded_bytes(5000 + i, 200_000),
+        )
+        .unwrap();
+    }
     let large = f.data.join("large.bin");
     fs::write(&large, xstore_tests::seeded_bytes(77, 6_000_000)).unwrap();
     f.pull_ok(&["client1"]);
+    for i in 0..50u64 {
+        let mut log = fs::File::options()
+            .append(true)
+            .open(logs.join(format!("l{i}")))
+            .unwrap();
+        std::io::Write::write_all(&mut log, &xstore_tests::seeded_bytes(6000 + i, 2048)).unwrap();
+    }
     for i in 0..200u64 {
         let path = small.join(format!("f{i}"));
         let mut bytes = fs::read(&path).unwrap();
@@ -693,14 +710,15 @@ fn edited_files_travel_as_deltas_against_the_previous_version() {
     fs::write(&large, &bytes).unwrap();
     f.pull_ok(&["client1"]);
     let stats = &f.snapshots_of("client1")[1]["stats"];
-    assert_eq!(stats["files_read"], 201, "{stats}");
-    // Whole chunks: 10 MB of incompressible small files and at least one of the large
-    // file's (256 KiB or more). As deltas: per small file a sub-chunk or two of literal and
-    // its base's hashes; for the large file the same around the insertion.
+    assert_eq!(stats["files_read"], 251, "{stats}");
+    // Whole chunks: 10 MB of incompressible small files, 10 MB of logs (their size changed:
+    // before deltas they came inline, whole) and at least one of the large file's chunks
+    // (256 KiB or more). As deltas: per file a sub-chunk or two of literal (and what was
+    // appended) and its base's hashes.
     let wire = stats["wire_bytes"].as_u64().unwrap();
     assert!(
-        wire < 1_000_000,
-        "{wire} bytes on the wire for 201 edited files"
+        wire < 1_500_000,
+        "{wire} bytes on the wire for 251 edited files"
     );
     f.restore_and_compare("client1@latest");
     ok(&f.repo, &["check", "--read-data"]);

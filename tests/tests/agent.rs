@@ -203,6 +203,7 @@ fn hinted_files_open_like_unhinted_ones() {
         path,
         size,
         probably_known: false,
+        has_previous: false,
     };
     let hints = vec![
         hint(data.join("small"), 10),

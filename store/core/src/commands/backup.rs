@@ -1147,6 +1147,7 @@ impl<'a> Session<'a> {
                     size: meta.attrs.size,
                     probably_known: announced
                         || old.is_some_and(|p| p.attrs.size == meta.attrs.size),
+                    has_previous: old.is_some() && !self.previous_is_other_host,
                 });
             }
         }

@@ -78,6 +78,10 @@ pub struct OpenHint {
     /// known, so a source that can answer with chunk ids alone should (ingest asks for the
     /// bytes of any chunk that is not).
     pub probably_known: bool,
+    /// This host's own parent snapshot holds a file at this path (of any size): a source that
+    /// fetches changed chunks as deltas against it
+    /// ([`SourceFile::fetch_chunks_near`]) should answer with chunk ids first, not bytes.
+    pub has_previous: bool,
 }
 
 /// A tree of entries to back up, addressed by absolute path.

@@ -354,8 +354,9 @@ pub struct RemoteSource {
     prefetched_lists: Mutex<HashMap<PathBuf, ListAhead>>,
     /// The [`listing_cost`] of each listing ingest took and is not yet done with.
     taken_lists: Mutex<HashMap<PathBuf, u64>>,
-    /// Files hinted as probably known ([`OpenHint::probably_known`]) and not yet opened:
-    /// asked for with their chunk ids alone.
+    /// Files hinted as probably known ([`OpenHint::probably_known`]), or with a previous
+    /// version that deltas fetch against ([`OpenHint::has_previous`]), not yet opened: asked
+    /// for with their chunk ids alone.
     ids_only: Mutex<HashSet<PathBuf>>,
 }
 
@@ -564,6 +565,13 @@ impl RemoteSource {
 }
 
 impl RemoteSource {
+    /// Whether a hinted file is asked for with its chunk ids alone: its chunks are probably
+    /// known, or the host's previous version of it is a base for deltas (an appended log
+    /// then sends what was appended, not the whole file inline).
+    fn ids_first(&self, hint: &OpenHint) -> bool {
+        hint.probably_known || (self.inner.deltas && hint.has_previous)
+    }
+
     /// Lists `dir`; with the previous snapshot's tree, only a digest travels when nothing in
     /// the directory changed, and the listing is rebuilt from that tree.
     fn listing(
@@ -769,18 +777,15 @@ impl Source for RemoteSource {
         let mut prefetched = self.prefetched.lock().unwrap_or_else(|e| e.into_inner());
         {
             let mut ids_only = self.ids_only.lock().unwrap_or_else(|e| e.into_inner());
-            for h in files.iter().filter(|h| h.probably_known) {
+            for h in files.iter().filter(|h| self.ids_first(h)) {
                 ids_only.insert(h.path.clone());
             }
         }
-        for OpenHint {
-            path,
-            size,
-            probably_known,
-        } in files
-        {
-            // Probably known content: the chunk ids alone, no inline bytes.
-            let (cost, inline_max) = match probably_known {
+        for hint in files {
+            let OpenHint { path, size, .. } = hint;
+            // Probably known content, or a changed file that deltas will fetch: the chunk ids
+            // alone, no inline bytes.
+            let (cost, inline_max) = match self.ids_first(hint) {
                 true => (Prefetched::estimate(0), 0),
                 false => (Prefetched::estimate(*size), INLINE_MAX),
             };
@@ -931,8 +936,9 @@ fn unpack(c: WireChunk, want: u32) -> io::Result<FetchedChunk> {
     }
 }
 
-/// The longest delta program accepted for a chunk of `len` bytes: its literals, and per
-/// base sub-chunk at most one copy op (every sub-chunk is at least 256 bytes).
+/// The longest delta program accepted for a chunk of `len` bytes: at most `len` literal
+/// bytes, and per sub-chunk of the chunk at most one op of at most 17 bytes (every sub-chunk
+/// but the last is at least 256 bytes: ops take at most 7 % of `len`).
 fn max_program_len(len: u32) -> u32 {
     len.saturating_add(len / 4).saturating_add(1024)
 }
