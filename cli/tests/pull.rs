@@ -724,6 +724,45 @@ fn edited_files_travel_as_deltas_against_the_previous_version() {
     ok(&f.repo, &["check", "--read-data"]);
 }
 
+/// Deltas are taken only against the host's own previous version: a host's first pull,
+/// compared with another host of its account, sends an edited file whole, while the host
+/// that holds the previous version sends the same edit as a delta.
+#[test]
+fn another_hosts_files_are_never_delta_bases() {
+    let f = fleet("[[account.host]]\nname = \"clone1\"\naddress = \"127.0.0.1\"\n");
+    let files = f.data.join("files");
+    fs::create_dir(&files).unwrap();
+    for i in 0..100u64 {
+        fs::write(
+            files.join(format!("f{i}")),
+            xstore_tests::seeded_bytes(7000 + i, 50_000),
+        )
+        .unwrap();
+    }
+    f.pull_ok(&["client1"]);
+    for i in 0..100u64 {
+        let path = files.join(format!("f{i}"));
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[..64].copy_from_slice(&[b'e'; 64]);
+        fs::write(&path, bytes).unwrap();
+    }
+    let wire = |host: &str| {
+        let s = f.snapshots_of(host);
+        s.last().unwrap()["stats"]["wire_bytes"].as_u64().unwrap()
+    };
+    f.pull_ok(&["clone1"]);
+    let clone = wire("clone1");
+    assert!(
+        clone > 100 * 50_000 * 9 / 10,
+        "the clone's first pull sent {clone} bytes for 5 MB of edited files"
+    );
+    f.pull_ok(&["client1"]);
+    let own = wire("client1");
+    assert!(own < 500_000, "the host's own pull sent {own} bytes");
+    f.restore_and_compare("clone1@latest");
+    f.restore_and_compare("client1@latest");
+}
+
 /// A host of the account pulled for the first time with the same files as another host of
 /// it (a clone) sends chunk ids, not bytes, for what the account holds, and restores
 /// exactly; a host of another account with the same files sends everything.

@@ -836,13 +836,14 @@ impl<'a> Session<'a> {
                 });
             }
         }
-        // The parent entry's chunks, when it is an intact file: what this host held at the
-        // path (ids it may name; bases for deltas).
-        let parent_chunks: Vec<ChunkRef> = match parent {
-            Some(p) if p.kind == EntryKind::File && self.intact(p) => {
-                self.repo.file_chunks(p).unwrap_or_default()
-            }
-            _ => Vec::new(),
+        // Deltas only against this host's own previous version (another host's bytes never
+        // shape what is asked of this agent), and only when the source sends them.
+        let deltas = file.wants_bases() && !self.previous_is_other_host;
+        // The parent entry's chunks, when it is an intact file and they are needed: what this
+        // host held at the path (ids it may name; bases for deltas).
+        let parent_chunks = match deltas || known.contains(&None) {
+            true => self.intact_file_chunks(parent),
+            false => Vec::new(),
         };
         if known.contains(&None) {
             let same_path: HashMap<ChunkId, u32> =
@@ -863,10 +864,8 @@ impl<'a> Session<'a> {
             .filter(|(c, known)| *known != Some(true) && asked.insert(**c))
             .map(|(c, _)| *c)
             .collect();
-        // Deltas only against this host's own previous version: another host's bytes never
-        // shape what is asked of this agent.
-        let delta_layout = (!self.previous_is_other_host && !parent_chunks.is_empty())
-            .then(|| DeltaLayout::new(&list, &parent_chunks));
+        let delta_layout =
+            (deltas && !parent_chunks.is_empty()).then(|| DeltaLayout::new(&list, &parent_chunks));
         // In batches, so a large new file never sits in memory whole.
         let mut start = 0;
         while start < wanted.len() {
@@ -939,6 +938,17 @@ impl<'a> Session<'a> {
             }
         }
         Ok(list)
+    }
+
+    /// The chunks of `entry` when it is an intact file (none otherwise, or when its chunk
+    /// list cannot be read).
+    fn intact_file_chunks(&self, entry: Option<&Entry>) -> Vec<ChunkRef> {
+        match entry {
+            Some(e) if e.kind == EntryKind::File && self.intact(e) => {
+                self.repo.file_chunks(e).unwrap_or_default()
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// The source names chunks by plain BLAKE3 (agents hold no key), the repository by its

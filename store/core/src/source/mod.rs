@@ -52,6 +52,12 @@ pub trait SourceFile: Read + Send {
         ))
     }
 
+    /// Whether [`SourceFile::fetch_chunks_near`] would use bases: ingest reads them from the
+    /// repository only then. The default: no.
+    fn wants_bases(&self) -> bool {
+        false
+    }
+
     /// [`SourceFile::fetch_chunks`] when ingest holds, for some of `ids`, bytes the chunk
     /// probably resembles (`bases[i]`: the previous version of the file at the chunk's
     /// offsets). A source across a link may send those chunks as deltas against their bases;

@@ -936,6 +936,17 @@ fn unpack(c: WireChunk, want: u32) -> io::Result<FetchedChunk> {
     }
 }
 
+/// A reply must carry exactly as many `what` as were asked for.
+fn check_count(what: &str, asked: usize, sent: usize) -> io::Result<()> {
+    if asked != sent {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("asked for {asked} {what}, the agent sent {sent}"),
+        ));
+    }
+    Ok(())
+}
+
 /// The longest delta program accepted for a chunk of `len` bytes: at most `len` literal
 /// bytes, and per sub-chunk of the chunk at most one op of at most 17 bytes (every sub-chunk
 /// but the last is at least 256 bytes: ops take at most 7 % of `len`).
@@ -978,16 +989,7 @@ impl RemoteFile {
         else {
             return Err(unexpected("read-deltas"));
         };
-        if programs.len() != ids.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "asked for {} deltas, the agent sent {}",
-                    ids.len(),
-                    programs.len()
-                ),
-            ));
-        }
+        check_count("deltas", ids.len(), programs.len())?;
         let mut out = Vec::with_capacity(ids.len());
         for (((program, c), base), sig) in programs.into_iter().zip(ids).zip(bases).zip(&signatures)
         {
@@ -1031,13 +1033,17 @@ impl SourceFile for RemoteFile {
         Some(Ok(self.chunks.clone()))
     }
 
+    fn wants_bases(&self) -> bool {
+        // Inline bytes already came with the chunk list: nothing to save.
+        self.inner.deltas && self.inline.is_none()
+    }
+
     fn fetch_chunks_near(
         &mut self,
         ids: &[ChunkRef],
         bases: &[Option<Vec<u8>>],
     ) -> io::Result<Vec<FetchedChunk>> {
-        // Inline bytes already came with the chunk list: nothing to save.
-        if !self.inner.deltas || self.inline.is_some() || bases.iter().all(Option::is_none) {
+        if !self.wants_bases() || bases.iter().all(Option::is_none) {
             return self.fetch_chunks(ids);
         }
         let (mut near, mut plain) = (Vec::new(), Vec::new());
@@ -1082,16 +1088,7 @@ impl SourceFile for RemoteFile {
         else {
             return Err(unexpected("read-chunks"));
         };
-        if chunks.len() != expected.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "asked for {} chunks, the agent sent {}",
-                    expected.len(),
-                    chunks.len()
-                ),
-            ));
-        }
+        check_count("chunks", expected.len(), chunks.len())?;
         let mut out = Vec::with_capacity(chunks.len());
         for (c, want) in chunks.into_iter().zip(expected) {
             out.push(unpack(c, want)?);
