@@ -382,13 +382,7 @@ impl Ctx<'_> {
             chunks
                 .extend(xstore_chunker::chunk_slice(&self.params, &data).map(|c| (c.id, c.length)));
             if chunks.len() == 1 && data.len() <= inline_max as usize {
-                let (compression, bytes) =
-                    xstore_format::pack::compress(&data, self.effort.level());
-                inline = Some(WireChunk {
-                    raw_len: data.len() as u32,
-                    zstd: compression == xstore_format::pack::Compression::Zstd,
-                    bytes,
-                });
+                inline = Some(WireChunk::compressed(&data, self.effort.level()));
             }
         } else {
             let mut chunker = xstore_chunker::StreamChunker::new(self.params, &file);
@@ -409,14 +403,7 @@ impl Ctx<'_> {
     fn read_chunks(&self, req: u64, path: &Path, ranges: &[(u64, u32)]) -> AgentMsg {
         // One level for the whole reply: the chunks of one answer compress alike.
         let level = self.effort.level();
-        let read = self.read_ranges(path, ranges, |_, bytes| {
-            let (compression, out) = xstore_format::pack::compress(bytes, level);
-            WireChunk {
-                raw_len: bytes.len() as u32,
-                zstd: compression == xstore_format::pack::Compression::Zstd,
-                bytes: out,
-            }
-        });
+        let read = self.read_ranges(path, ranges, |_, bytes| WireChunk::compressed(bytes, level));
         match read {
             Ok(chunks) => AgentMsg::ChunkData { req, chunks },
             Err((code, message)) => error_reply(req, code, message),
@@ -430,12 +417,7 @@ impl Ctx<'_> {
         let plain: Vec<(u64, u32)> = ranges.iter().map(|r| (r.offset, r.len)).collect();
         let read = self.read_ranges(path, &plain, |i, bytes| {
             let program = xstore_format::protocol::delta::encode_delta(bytes, &ranges[i].base);
-            let (compression, out) = xstore_format::pack::compress(&program, level);
-            WireChunk {
-                raw_len: program.len() as u32,
-                zstd: compression == xstore_format::pack::Compression::Zstd,
-                bytes: out,
-            }
+            WireChunk::compressed(&program, level)
         });
         match read {
             Ok(programs) => AgentMsg::Deltas { req, programs },

@@ -176,30 +176,11 @@ fn main() {
                         .lock()
                         .unwrap()
                         .insert(req, ranges.iter().map(|r| r.len).collect());
-                    if let Some(log) = &log {
-                        let mut f = std::fs::OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(log)
-                            .unwrap();
-                        for r in ranges {
-                            let path = String::from_utf8_lossy(&path);
-                            writeln!(f, "delta {path} {} {}", r.offset, r.len).unwrap();
-                        }
-                    }
+                    let asked = ranges.iter().map(|r| (r.offset, r.len));
+                    log_ranges(log.as_deref(), "delta ", &path, asked);
                 }
                 Ok(ServerMsg::ReadChunks { path, ranges, .. }) => {
-                    if let Some(log) = &log {
-                        let mut f = std::fs::OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(log)
-                            .unwrap();
-                        for (offset, len) in ranges {
-                            writeln!(f, "{} {offset} {len}", String::from_utf8_lossy(&path))
-                                .unwrap();
-                        }
-                    }
+                    log_ranges(log.as_deref(), "", &path, ranges.into_iter());
                 }
                 _ => {}
             }
@@ -268,6 +249,25 @@ fn main() {
     }
     let _ = forward.join();
     let _ = agent.wait();
+}
+
+/// Appends `PREFIXPATH OFFSET LEN` per range to the scenario's log, if it names one.
+fn log_ranges(
+    log: Option<&std::path::Path>,
+    prefix: &str,
+    path: &[u8],
+    ranges: impl Iterator<Item = (u64, u32)>,
+) {
+    let Some(log) = log else { return };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let path = String::from_utf8_lossy(path);
+    for (offset, len) in ranges {
+        writeln!(f, "{prefix}{path} {offset} {len}").unwrap();
+    }
 }
 
 /// Listing frames of 20,000 short-named entries each: files without end (`more` always set)

@@ -93,6 +93,18 @@ pub struct DeltaRange {
     pub base: Vec<SubHash>,
 }
 
+impl WireChunk {
+    /// `raw` compressed with zstd at `level`, or `raw` itself when that is not smaller.
+    pub fn compressed(raw: &[u8], level: i32) -> WireChunk {
+        let (compression, bytes) = crate::pack::compress(raw, level);
+        WireChunk {
+            raw_len: raw.len() as u32,
+            zstd: compression == crate::pack::Compression::Zstd,
+            bytes,
+        }
+    }
+}
+
 /// Messages from the agent to the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentMsg {
@@ -444,6 +456,30 @@ fn get_chunk(r: &mut Reader<'_>) -> Result<WireChunk, DecodeError> {
     })
 }
 
+/// A reply of chunks (`ChunkData`, `Deltas`): kind, request id, count, each chunk.
+fn put_chunk_reply(out: &mut Vec<u8>, kind: u8, req: u64, chunks: &[WireChunk]) {
+    out.push(kind);
+    put_varint(out, req);
+    put_varint(out, chunks.len() as u64);
+    for c in chunks {
+        put_chunk(out, c);
+    }
+}
+
+/// The request id and chunks of a reply [`put_chunk_reply`] wrote (after its kind byte).
+fn get_chunk_reply(
+    r: &mut Reader<'_>,
+    count: &'static str,
+) -> Result<(u64, Vec<WireChunk>), DecodeError> {
+    let req = r.varint("request id")?;
+    let n = r.length(count, u64::MAX, 3)?;
+    let mut chunks = Vec::with_capacity(n);
+    for _ in 0..n {
+        chunks.push(get_chunk(r)?);
+    }
+    Ok((req, chunks))
+}
+
 fn expect_magic(
     r: &mut Reader<'_>,
     magic: &[u8; 8],
@@ -566,20 +602,10 @@ impl AgentMsg {
                 }
             }
             AgentMsg::ChunkData { req, chunks } => {
-                out.push(K_AGENT_CHUNK_DATA);
-                put_varint(&mut out, *req);
-                put_varint(&mut out, chunks.len() as u64);
-                for c in chunks {
-                    put_chunk(&mut out, c);
-                }
+                put_chunk_reply(&mut out, K_AGENT_CHUNK_DATA, *req, chunks)
             }
             AgentMsg::Deltas { req, programs } => {
-                out.push(K_AGENT_DELTAS);
-                put_varint(&mut out, *req);
-                put_varint(&mut out, programs.len() as u64);
-                for c in programs {
-                    put_chunk(&mut out, c);
-                }
+                put_chunk_reply(&mut out, K_AGENT_DELTAS, *req, programs)
             }
             AgentMsg::Error { req, code, message } => {
                 out.push(K_AGENT_ERROR);
@@ -656,21 +682,11 @@ impl AgentMsg {
                 }
             }
             K_AGENT_CHUNK_DATA => {
-                let req = r.varint("request id")?;
-                let n = r.length("chunk count", u64::MAX, 3)?;
-                let mut chunks = Vec::with_capacity(n);
-                for _ in 0..n {
-                    chunks.push(get_chunk(&mut r)?);
-                }
+                let (req, chunks) = get_chunk_reply(&mut r, "chunk count")?;
                 AgentMsg::ChunkData { req, chunks }
             }
             K_AGENT_DELTAS => {
-                let req = r.varint("request id")?;
-                let n = r.length("delta count", u64::MAX, 3)?;
-                let mut programs = Vec::with_capacity(n);
-                for _ in 0..n {
-                    programs.push(get_chunk(&mut r)?);
-                }
+                let (req, programs) = get_chunk_reply(&mut r, "delta count")?;
                 AgentMsg::Deltas { req, programs }
             }
             K_AGENT_ERROR => {
