@@ -129,6 +129,9 @@ impl CpuSample {
     }
 }
 
+/// Most cores [`allowed_cpus`] accepts (the kernel's `NR_CPUS` limit).
+const MAX_CPUS: usize = 8192;
+
 /// The cores in `Cpus_allowed_list` of a `/proc/PID/status` text (`0-3,5`).
 fn allowed_cpus(status: &str) -> Option<Vec<u32>> {
     let list = status
@@ -138,8 +141,18 @@ fn allowed_cpus(status: &str) -> Option<Vec<u32>> {
     let mut cpus = Vec::new();
     for part in list.split(',') {
         match part.split_once('-') {
-            Some((a, b)) => cpus.extend(a.parse::<u32>().ok()?..=b.parse::<u32>().ok()?),
+            Some((a, b)) => {
+                let (a, b) = (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?);
+                if b < a || (b - a) as usize >= MAX_CPUS {
+                    return None;
+                }
+                cpus.extend(a..=b);
+            }
             None => cpus.push(part.parse().ok()?),
+        }
+        // More than any machine has: the text is not what the kernel writes.
+        if cpus.len() > MAX_CPUS {
+            return None;
         }
     }
     Some(cpus)
@@ -321,6 +334,8 @@ mod tests {
         let status = "Name:\tx\nCpus_allowed:\tf\nCpus_allowed_list:\t0-2,5\nMems_allowed:\t1\n";
         assert_eq!(allowed_cpus(status), Some(vec![0, 1, 2, 5]));
         assert_eq!(allowed_cpus("Name: x\n"), None);
+        assert_eq!(allowed_cpus("Cpus_allowed_list:\t0-4294967295\n"), None);
+        assert_eq!(allowed_cpus("Cpus_allowed_list:\t3-1\n"), None);
         let stat = "cpu  10 0 10 100 5 0 0 0 0 0\ncpu0 1 0 1 50 2 0 0 0 0 0\ncpu1 3 0 3 10 1 1 1 0 0 0\nintr 5\n";
         assert_eq!(cpu_times(stat, &[0]), Some((52, 54)));
         assert_eq!(cpu_times(stat, &[0, 1]), Some((63, 73)));
