@@ -379,7 +379,8 @@ pub(crate) fn time_of(ns: i64) -> String {
 }
 
 /// Shows a long operation's progress: a bar with bytes, rate and ETA on a TTY; with
-/// `--json`, a `{"type":"status",…}` line on stdout every second; nothing otherwise (cron,
+/// `--json`, a `{"type":"status",…}` line on stdout every second and one with the final
+/// counts at the end; nothing otherwise (cron,
 /// pipes, `-q`). Ends with [`Tracker::finish`].
 pub(crate) struct Tracker {
     /// Dropped to stop the thread: it wakes at once instead of finishing a sleep, so a
@@ -409,22 +410,16 @@ impl Tracker {
             Some(std::thread::spawn(move || {
                 let started = std::time::Instant::now();
                 let mut next = interval;
-                while still_running(&stopped, next.saturating_sub(started.elapsed())) {
+                // One event per interval, and one with the final counts when the operation
+                // ends: a stream always holds at least one status before its summary, however
+                // short the operation.
+                loop {
+                    let running = still_running(&stopped, next.saturating_sub(started.elapsed()));
                     next = started.elapsed() + interval;
-                    let total = progress.total_bytes.load(Ordering::Relaxed);
-                    let bytes = progress.bytes.load(Ordering::Relaxed);
-                    let line = serde_json::json!({
-                        "type": "status",
-                        "operation": operation,
-                        "elapsed_seconds": started.elapsed().as_secs_f64(),
-                        "files": progress.files.load(Ordering::Relaxed),
-                        "bytes": bytes,
-                        "total_bytes": (total > 0).then_some(total),
-                        "errors": progress.errors.load(Ordering::Relaxed),
-                    });
-                    let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "{line}");
-                    let _ = out.flush();
+                    print_status(operation, &progress, started);
+                    if !running {
+                        break;
+                    }
                 }
             }))
         } else if !cli.quiet && std::io::stderr().is_terminal() {
@@ -456,6 +451,23 @@ impl Drop for Tracker {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// One `{"type":"status",…}` line on stdout.
+fn print_status(operation: &str, progress: &Progress, started: std::time::Instant) {
+    let total = progress.total_bytes.load(Ordering::Relaxed);
+    let line = serde_json::json!({
+        "type": "status",
+        "operation": operation,
+        "elapsed_seconds": started.elapsed().as_secs_f64(),
+        "files": progress.files.load(Ordering::Relaxed),
+        "bytes": progress.bytes.load(Ordering::Relaxed),
+        "total_bytes": (total > 0).then_some(total),
+        "errors": progress.errors.load(Ordering::Relaxed),
+    });
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// The TTY bar: a spinner until a total is known, then a bar with ETA.

@@ -312,10 +312,10 @@ fn json_event_stream_reports_status_then_summary() {
         .unwrap();
     }
     ok(&repo, &["init"]);
-    let run = |args: &[&str]| {
+    let run_every = |interval_ms: &str, args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_xstore"))
             .env("XSTORE_REPO", &repo)
-            .env("XSTORE_STATUS_INTERVAL_MS", "1")
+            .env("XSTORE_STATUS_INTERVAL_MS", interval_ms)
             .args(args)
             .output()
             .unwrap();
@@ -327,6 +327,7 @@ fn json_event_stream_reports_status_then_summary() {
             .collect();
         events
     };
+    let run = |args: &[&str]| run_every("1", args);
     for (args, operation) in [
         (
             vec!["--json", "backup", "--host", "h", src.to_str().unwrap()],
@@ -352,6 +353,19 @@ fn json_event_stream_reports_status_then_summary() {
     for s in &events[..events.len() - 1] {
         assert_eq!(s["total_bytes"], 32 << 20, "{s}");
     }
+    // An operation shorter than the interval still reports once, with its final counts.
+    let events = run_every("600000", &["--json", "check", "--read-data"]);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(
+        (
+            &events[0]["type"],
+            &events[0]["operation"],
+            &events[1]["type"]
+        ),
+        (&"status".into(), &"check".into(), &"summary".into()),
+        "{events:?}"
+    );
+    assert!(events[0]["bytes"].as_u64().unwrap() > 0, "{events:?}");
 }
 
 /// Into a target that exists, each file's name is created with `O_EXCL` first and cleared
