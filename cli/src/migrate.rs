@@ -154,8 +154,9 @@ pub(crate) fn import(cli: &Cli, what: &ImportWhat) -> Result<u8> {
         .filter(|o| matches!(o, ImportOutcome::Imported(_)))
         .count() as u64;
     if cli.json {
-        print_json(
-            &serde_json::json!({"type": "summary", "imported": imported, "points": results}),
+        crate::print_summary(
+            &serde_json::json!({"imported": imported, "points": results}),
+            &[],
         )?;
     } else if !cli.quiet {
         outln!(

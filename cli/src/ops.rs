@@ -10,7 +10,10 @@ use xstore_fleet::monitor::{usage_check, FreshnessOptions, HostUsage, PluginRepo
 use xstore_fleet::Inventory;
 
 use crate::pull::DEFAULT_INVENTORY;
-use crate::{open_ro, print_json, repo_path, size, time_of, Cli, Tracker, EXIT_OK, EXIT_PROBLEMS};
+use crate::{
+    open_ro, print_json, print_summary, repo_path, size, time_of, Cli, Tracker, EXIT_OK,
+    EXIT_PROBLEMS,
+};
 use std::sync::Arc;
 
 #[derive(clap::Args)]
@@ -421,7 +424,7 @@ pub(crate) fn verify(cli: &Cli, args: &VerifyArgs) -> Result<u8> {
         );
     }
     if cli.json {
-        print_json(&report)?;
+        print_summary(&report, &[])?;
     } else if !cli.quiet {
         outln!(
             "verified {} of {} packs ({}) in {:.1}s{}; oldest verification now {}",
