@@ -55,6 +55,7 @@ fn loc(i: u64) -> BlobLoc {
         raw_len: 1_000,
         kind: BlobKind::Data,
         refcount: 1,
+        bundled: None,
     }
 }
 

@@ -8,6 +8,7 @@
 //!
 //! | module | bytes |
 //! |---|---|
+//! | [`bundle`] | bundles: small data blobs compressed together |
 //! | [`bytes`] | little-endian and varint readers and writers, hex |
 //! | [`codec`] | the bincode configuration of index values |
 //! | [`config`] | the repository's `config` file |
@@ -33,6 +34,7 @@
     )
 )]
 
+pub mod bundle;
 pub mod bytes;
 pub mod codec;
 pub mod config;

@@ -35,6 +35,9 @@ pub enum BlobKind {
     /// A snapshot record (the JSON of [`crate::Snapshot`]), so that packs alone can rebuild
     /// every committed snapshot.
     SnapshotRecord,
+    /// Several small data blobs compressed together (FORMAT.md §Bundles,
+    /// [`crate::bundle`]). Never referenced by a tree: the index locates its members.
+    Bundle,
 }
 
 impl BlobKind {
@@ -45,6 +48,7 @@ impl BlobKind {
             BlobKind::Tree => 1,
             BlobKind::ChunkList => 2,
             BlobKind::SnapshotRecord => 3,
+            BlobKind::Bundle => 4,
         }
     }
     /// The kind of code `c` (read at `offset`).
@@ -54,6 +58,7 @@ impl BlobKind {
             1 => Ok(BlobKind::Tree),
             2 => Ok(BlobKind::ChunkList),
             3 => Ok(BlobKind::SnapshotRecord),
+            4 => Ok(BlobKind::Bundle),
             _ => Err(DecodeError::Invalid {
                 what: "blob kind",
                 offset,
@@ -68,6 +73,7 @@ impl BlobKind {
             BlobKind::Tree => "tree",
             BlobKind::ChunkList => "chunklist",
             BlobKind::SnapshotRecord => "snapshot",
+            BlobKind::Bundle => "bundle",
         }
     }
 }
@@ -538,6 +544,34 @@ pub fn read_record_in_place(
         record.get_mut(body).unwrap_or_default(),
     )?;
     verify_stored(enc, &header, stored, want)
+}
+
+/// The raw bytes of the bundle record at `offset` in `record` (as [`read_record_in_place`]),
+/// whose stored length the index gives as `stored_len`; its id is the one its header names
+/// (the index locates members, not bundles), and the raw bytes hash to it.
+pub fn read_bundle_in_place(
+    enc: &Encryption,
+    record: &mut [u8],
+    offset: u64,
+    stored_len: u32,
+) -> Result<Vec<u8>, DecodeError> {
+    let header = decode_record_header(enc, record, offset)?;
+    if header.kind != BlobKind::Bundle
+        || header.stored_len != stored_len
+        || header.raw_len > crate::bundle::MAX_BUNDLE_RAW
+    {
+        return Err(DecodeError::Invalid {
+            what: "bundle header",
+            offset: offset as usize,
+            reason: format!(
+                "a {} blob of {} stored bytes ({} raw) where a bundle of {stored_len} was expected",
+                header.kind.name(),
+                header.stored_len,
+                header.raw_len
+            ),
+        });
+    }
+    read_record_in_place(enc, record, &header)
 }
 
 /// A blob's stored (compressed, opened) bytes, once they are known to decompress to its id.

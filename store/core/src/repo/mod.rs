@@ -43,6 +43,9 @@ pub struct Repository {
     /// The object store's writer lease, held as long as the writer lock.
     lease: Option<crate::storage::lease::WriterLease>,
     pub(crate) write_state: Mutex<sessions::WriteState>,
+    /// Bundles read lately, decoded (read.rs): a restore reads a bundle's members one after
+    /// another, and decompressing the whole bundle for each would multiply the work.
+    pub(crate) bundles: Mutex<read::BundleCache>,
 }
 
 impl std::fmt::Debug for Repository {

@@ -75,6 +75,7 @@ impl Repository {
             storage,
             lease,
             write_state: Mutex::new(Default::default()),
+            bundles: Default::default(),
         }
     }
 
@@ -150,6 +151,7 @@ impl Repository {
             storage,
             lease,
             write_state: Mutex::new(Default::default()),
+            bundles: Default::default(),
         };
         repo.recover()?;
         Ok(repo)
@@ -178,6 +180,7 @@ impl Repository {
             storage,
             lease: None,
             write_state: Mutex::new(Default::default()),
+            bundles: Default::default(),
         })
     }
 }

@@ -41,6 +41,38 @@ pub(crate) fn check_file_chunk(chunk: &ChunkRef, loc: &BlobLoc) -> Result<()> {
     })
 }
 
+/// A bundle's raw bytes and its decoded member table.
+#[derive(Debug)]
+pub(crate) struct DecodedBundle {
+    raw: Vec<u8>,
+    table: Vec<xstore_format::bundle::BundleMember>,
+}
+
+/// The few bundles read last, newest first: enough for the threads of a restore that read
+/// neighbouring members, small enough that their bytes do not count in memory
+/// (`BUNDLE_CACHE_ENTRIES` × [`xstore_format::bundle::MAX_BUNDLE_RAW`] at most).
+#[derive(Debug, Default)]
+pub(crate) struct BundleCache {
+    entries: std::collections::VecDeque<((PackId, u64), std::sync::Arc<DecodedBundle>)>,
+}
+
+const BUNDLE_CACHE_ENTRIES: usize = 8;
+
+impl BundleCache {
+    fn get(&self, key: &(PackId, u64)) -> Option<std::sync::Arc<DecodedBundle>> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, b)| b.clone())
+    }
+
+    fn put(&mut self, key: (PackId, u64), bundle: std::sync::Arc<DecodedBundle>) {
+        self.entries.retain(|(k, _)| *k != key);
+        self.entries.push_front((key, bundle));
+        self.entries.truncate(BUNDLE_CACHE_ENTRIES);
+    }
+}
+
 /// A node of a snapshot: the root directory or an entry inside it.
 #[derive(Debug, Clone)]
 pub enum Node {
@@ -139,6 +171,23 @@ impl Repository {
     /// trees) use `pread` rather than a mapping: mapped pack pages count in the process's RSS
     /// and a copy of one blob costs nothing next to decompressing it.
     pub(crate) fn read_located(&self, id: &ChunkId, loc: &BlobLoc) -> Result<Vec<u8>> {
+        if let Some(bundled) = loc.bundled {
+            let corrupt = |source| Error::CorruptBlob {
+                id: *id,
+                pack: loc.pack.to_string(),
+                source,
+            };
+            let bundle = self.bundle_at(id, loc)?;
+            return xstore_format::bundle::member_bytes(
+                self.encryption(),
+                &bundle.raw,
+                &bundle.table,
+                id,
+                bundled.member_offset,
+                loc.raw_len,
+            )
+            .map_err(corrupt);
+        }
         let mut buf = vec![0u8; pack::blob_span(loc.stored_len) as usize];
         self.storage().read_at(&loc.pack, loc.offset, &mut buf)?;
         let entry = PackEntry {
@@ -156,6 +205,32 @@ impl Repository {
                 source,
             }
         })
+    }
+
+    /// The decoded bundle whose record `loc` (a bundled blob's location) points at: from the
+    /// cache, or read, opened, decompressed, verified against the id its header names, and
+    /// its table decoded.
+    /// Errors name `id`, the member being read.
+    fn bundle_at(&self, id: &ChunkId, loc: &BlobLoc) -> Result<std::sync::Arc<DecodedBundle>> {
+        let corrupt = |source| Error::CorruptBlob {
+            id: *id,
+            pack: loc.pack.to_string(),
+            source,
+        };
+        let key = (loc.pack, loc.offset);
+        if let Some(hit) = self.bundles.lock().ok().and_then(|c| c.get(&key)) {
+            return Ok(hit);
+        }
+        let mut buf = vec![0u8; pack::blob_span(loc.stored_len) as usize];
+        self.storage().read_at(&loc.pack, loc.offset, &mut buf)?;
+        let raw = pack::read_bundle_in_place(self.encryption(), &mut buf, loc.offset, loc.stored_len)
+            .map_err(corrupt)?;
+        let table = xstore_format::bundle::decode_bundle(&raw).map_err(corrupt)?;
+        let bundle = std::sync::Arc::new(DecodedBundle { raw, table });
+        if let Ok(mut cache) = self.bundles.lock() {
+            cache.put(key, bundle.clone());
+        }
+        Ok(bundle)
     }
 
     /// Reads, decompresses and verifies one blob.
@@ -209,7 +284,8 @@ impl Repository {
             source,
         };
         match loc.kind {
-            BlobKind::Data | BlobKind::SnapshotRecord => Ok(()),
+            // The index locates no bundle (its members are data).
+            BlobKind::Data | BlobKind::SnapshotRecord | BlobKind::Bundle => Ok(()),
             BlobKind::Tree => {
                 let raw = self.read_located(id, loc)?;
                 xstore_format::tree::for_each_tree_child(&raw, each).map_err(corrupt)
