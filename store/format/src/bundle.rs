@@ -195,7 +195,9 @@ pub fn member_shares(span: u64, members: &[BundleMember]) -> Vec<u32> {
         .iter()
         // Below `span` (u32 stored length plus the header): fits a u32 but for the largest
         // records, whose first member then takes what the cast loses.
-        .map(|m| u32::try_from(u128::from(span) * u128::from(m.len) / u128::from(total)).unwrap_or(0))
+        .map(|m| {
+            u32::try_from(u128::from(span) * u128::from(m.len) / u128::from(total)).unwrap_or(0)
+        })
         .collect();
     let rest: u64 = shares.iter().skip(1).map(|s| u64::from(*s)).sum();
     if let Some(first) = shares.first_mut() {
@@ -246,7 +248,10 @@ mod tests {
             let shares = member_shares(span, &table);
             assert_eq!(shares.iter().map(|s| u64::from(*s)).sum::<u64>(), span);
             // Larger members take larger parts (but for the first, which takes the rest).
-            assert!(shares.windows(2).skip(1).all(|w| w[0] <= w[1]), "{shares:?}");
+            assert!(
+                shares.windows(2).skip(1).all(|w| w[0] <= w[1]),
+                "{shares:?}"
+            );
         }
     }
 
@@ -257,7 +262,10 @@ mod tests {
         m[1].1.clear();
         assert_eq!(encode(&m), None);
         let big = vec![7u8; MAX_BUNDLE_RAW as usize];
-        let over = [(ChunkId::of(&big), &big[..]), (ChunkId::of(b"x"), &b"x"[..])];
+        let over = [
+            (ChunkId::of(&big), &big[..]),
+            (ChunkId::of(b"x"), &b"x"[..]),
+        ];
         assert_eq!(encode_bundle(&over), None);
     }
 
@@ -270,7 +278,10 @@ mod tests {
             ("magic", [b"XSBX", &raw[4..]].concat()),
             ("version", [&raw[..4], &[2], &raw[5..]].concat()),
             ("one member", [&raw[..5], &[1], &raw[6..]].concat()),
-            ("count past the input", [&raw[..5], &[100], &raw[6..]].concat()),
+            (
+                "count past the input",
+                [&raw[..5], &[100], &raw[6..]].concat(),
+            ),
             ("short body", raw[..raw.len() - 1].to_vec()),
             ("long body", [&raw[..], &[0]].concat()),
             ("cut table", raw[..table_end - 3].to_vec()),

@@ -66,6 +66,11 @@ impl BlobKind {
             }),
         }
     }
+    /// File content (data, or bundles of data): kept in data packs, apart from metadata.
+    pub fn is_file_data(self) -> bool {
+        matches!(self, BlobKind::Data | BlobKind::Bundle)
+    }
+
     /// Name for humans and JSON.
     pub fn name(self) -> &'static str {
         match self {

@@ -575,7 +575,12 @@ impl Repository {
         if let Err(e) = pack::read_trailer(self.encryption(), &map) {
             found.push(pack_problem(format!("pack trailer: {e}"), None));
         }
-        for (id, loc) in blobs {
+        // In pack order, so that a bundle's members follow each other: one bundle decoded
+        // at a time.
+        let mut blobs = blobs.to_vec();
+        blobs.sort_by_key(|(_, loc)| (loc.offset, loc.bundled.map(|b| b.member_offset)));
+        let decoded = std::sync::Mutex::new(std::collections::HashMap::new());
+        for (id, loc) in &blobs {
             let entry = pack::PackEntry {
                 id: *id,
                 kind: loc.kind,
@@ -588,7 +593,20 @@ impl Repository {
                 p.bytes
                     .fetch_add(loc.span(), std::sync::atomic::Ordering::Relaxed);
             }
-            match pack::read_blob(self.encryption(), &map, &entry) {
+            let read = match loc.bundled {
+                Some(bundled) => {
+                    if let Ok(mut d) = decoded.lock() {
+                        d.retain(|at, _| *at == loc.offset);
+                    }
+                    let member = super::bundling::CandidateBlob {
+                        entry,
+                        bundled: Some(bundled),
+                    };
+                    super::bundling::member_raw(self, &map, &member, &decoded)
+                }
+                None => pack::read_blob(self.encryption(), &map, &entry),
+            };
+            match read {
                 Ok(raw) => {
                     ok += 1;
                     if loc.kind == BlobKind::Tree {

@@ -195,7 +195,11 @@ impl Repository {
                 action: super::gc::GcAction::Rewrite,
                 note: None,
             });
-            report.raw_bytes += c.live.iter().map(|e| u64::from(e.raw_len)).sum::<u64>();
+            report.raw_bytes += c
+                .live
+                .iter()
+                .map(|e| u64::from(e.entry.raw_len))
+                .sum::<u64>();
             candidates.push(c);
         }
         let sizes: std::collections::HashMap<_, _> = group.iter().map(|p| (p.id, p.size)).collect();

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::bundling::{self, CandidateBlob};
 use crate::error::{Error, GcError, Result};
 use crate::index::{BlobLoc, PackRecord};
 use crate::pack::{NewBlob, SealedPack};
@@ -17,7 +18,8 @@ use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::txn::Mutation;
 use xstore_chunker::ChunkId;
-use xstore_format::pack::{self, PackEntry, PackId};
+use xstore_format::bundle::BundleMember;
+use xstore_format::pack::{self, PackId};
 
 /// A pack smaller than this is small: a commit's snapshot records, the tree blobs of an
 /// unchanged host. Larger packs hold the data of one backup, which usually dies together
@@ -179,6 +181,8 @@ pub(crate) fn compacted_packs(repo: &Repository) -> Result<HashSet<PackId>> {
 /// candidate, and the candidates whose copy stopped at a corrupt blob (why).
 struct Copied {
     sealed: Vec<SealedPack>,
+    /// The member tables of the bundles written, by bundle id.
+    bundles: HashMap<ChunkId, Vec<xstore_format::bundle::BundleMember>>,
     copied: HashMap<PackId, HashSet<ChunkId>>,
     unreadable: HashMap<PackId, String>,
 }
@@ -190,21 +194,30 @@ pub(crate) struct Candidate {
     /// Its row in the report.
     pub(crate) row: usize,
     pub(crate) record: PackRecord,
-    pub(crate) live: Vec<PackEntry>,
-    pub(crate) dead: Vec<PackEntry>,
+    pub(crate) live: Vec<CandidateBlob>,
+    pub(crate) dead: Vec<CandidateBlob>,
 }
 
 impl Repository {
     /// Classifies the blobs of one pack: live ones (the index points here with a reference)
-    /// and dead ones (the index points here, refcount 0). Copies elsewhere are neither.
+    /// and dead ones (the index points here, refcount 0). Copies elsewhere are neither. A
+    /// bundle's members are classified one by one (its record is read to list them).
     pub(crate) fn classify(&self, id: &PackId, record: PackRecord) -> Result<Candidate> {
         let map = self.map_pack(id)?;
-        let entries =
+        let trailer =
             pack::read_trailer(self.encryption(), &map).map_err(|source| Error::Corrupt {
                 path: self.storage().location(id).into(),
                 source,
             })?;
-        let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
+        let mut entries = Vec::with_capacity(trailer.len());
+        for e in trailer {
+            if e.kind == pack::BlobKind::Bundle {
+                entries.extend(bundling::members_of(self, id, &map, &e)?);
+            } else {
+                entries.push(CandidateBlob::alone(e));
+            }
+        }
+        let ids: Vec<ChunkId> = entries.iter().map(CandidateBlob::id).collect();
         let mut c = Candidate {
             id: *id,
             row: 0,
@@ -214,7 +227,7 @@ impl Repository {
         };
         for (e, loc) in entries.iter().zip(self.index.blobs(&ids)?) {
             match loc {
-                Some(l) if l.pack == *id && l.offset == e.offset => {
+                Some(l) if e.is_at(id, &l) => {
                     if l.refcount > 0 {
                         c.live.push(*e);
                     } else {
@@ -288,7 +301,7 @@ impl Repository {
             }
             let mut c = self.classify(&id, rec)?;
             c.row = report.packs.len();
-            let live_bytes: u64 = c.live.iter().map(PackEntry::span).sum();
+            let live_bytes: u64 = c.live.iter().map(CandidateBlob::span).sum();
             let mut row = GcPack {
                 pack: id,
                 size: rec.size,
@@ -302,7 +315,7 @@ impl Repository {
                 },
                 note: None,
             };
-            if c.dead.iter().any(|e| protected.contains(&e.id)) {
+            if c.dead.iter().any(|e| protected.contains(&e.id())) {
                 row.action = GcAction::Skip;
                 row.note = Some("holds blobs a running backup may reference".into());
             }
@@ -474,12 +487,19 @@ impl Repository {
             let total: u64 = candidates
                 .iter()
                 .flat_map(|c| &c.live)
-                .map(PackEntry::span)
+                .map(CandidateBlob::span)
                 .sum();
             p.total_bytes
                 .store(total, std::sync::atomic::Ordering::Relaxed);
         }
-        let copy = (|| -> Result<Vec<SealedPack>> {
+        // Compact puts small data blobs into bundles at its level; gc copies records as they
+        // are, and the live members of a bundle into new bundles at the repository's level.
+        let (bundling, bundle_level) = match mode {
+            CopyMode::Recompress(level) => (true, level),
+            CopyMode::Verbatim => (false, self.config().compression_level),
+        };
+        let copy = (|| -> Result<(Vec<SealedPack>, HashMap<ChunkId, Vec<BundleMember>>)> {
+            let mut bundler = bundling::Bundler::new(self, &packs, bundle_level);
             for c in candidates {
                 if c.live.is_empty() {
                     continue;
@@ -490,45 +510,51 @@ impl Repository {
                 // times level 3; the batch bounds what is held).
                 let mut ok = HashSet::new();
                 'pack: for batch in prepare_batches(&c.live) {
+                    // Bundles of this pack decoded for the batch's members (dropped with it).
+                    let decoded = std::sync::Mutex::new(HashMap::new());
                     let prepared: Vec<_> = batch
                         .par_iter()
-                        .map(|e| prepare(self, &map, e, mode))
+                        .map(|e| prepare(self, &map, e, mode, bundling, &decoded))
                         .collect();
                     for (e, prepared) in batch.iter().zip(prepared) {
                         // A corrupt blob is never copied: its pack stays, named in the report.
-                        let (stored, again) = match prepared {
-                            Ok(p) => p,
+                        match prepared {
+                            Ok(Prepared::Member(raw)) => bundler.add(e.id(), raw)?,
+                            Ok(Prepared::Record(stored, again)) => {
+                                let (compression, stored) = match &again {
+                                    Some((compression, bytes)) => (*compression, bytes.as_slice()),
+                                    None => (e.entry.compression, &stored[..]),
+                                };
+                                packs.add(NewBlob {
+                                    id: e.entry.id,
+                                    kind: e.entry.kind,
+                                    compression,
+                                    raw_len: e.entry.raw_len,
+                                    stored,
+                                })?;
+                            }
                             Err(err) => {
-                                unreadable.insert(c.id, format!("blob {}: {err}", e.id));
+                                unreadable.insert(c.id, format!("blob {}: {err}", e.id()));
                                 break 'pack;
                             }
-                        };
-                        let (compression, stored) = match &again {
-                            Some((compression, bytes)) => (*compression, bytes.as_slice()),
-                            None => (e.compression, &stored[..]),
-                        };
-                        packs.add(NewBlob {
-                            id: e.id,
-                            kind: e.kind,
-                            compression,
-                            raw_len: e.raw_len,
-                            stored,
-                        })?;
+                        }
                         if let Some(p) = progress {
                             p.bytes
                                 .fetch_add(e.span(), std::sync::atomic::Ordering::Relaxed);
                         }
-                        ok.insert(e.id);
+                        ok.insert(e.id());
                     }
                 }
                 copied.insert(c.id, ok);
             }
+            let bundles = bundler.finish()?;
             crate::failpoint::fail_io("gc-copy")?;
-            packs.finish()
+            Ok((packs.finish()?, bundles))
         })();
         match copy {
-            Ok(sealed) => Ok(Copied {
+            Ok((sealed, bundles)) => Ok(Copied {
                 sealed,
+                bundles,
                 copied,
                 unreadable,
             }),
@@ -563,24 +589,25 @@ impl Repository {
         // 1. Copy live blobs (verified: a corrupt blob is never copied) into new packs.
         let Copied {
             sealed,
+            bundles,
             copied,
             unreadable,
         } = self.copy_live(&candidates, mode, progress)?;
         crate::failpoint::failpoint("gc-after-copy");
         // Where each copied blob now lives.
-        let mut new_loc: HashMap<ChunkId, BlobLoc> = HashMap::new();
-        for p in &sealed {
-            for e in &p.entries {
-                new_loc.insert(e.id, BlobLoc::at(p.id, e, 0));
-            }
-        }
+        let new_loc = bundling::sealed_locations(&sealed, &bundles);
         // 2. One atomic batch, re-validated under the write lock.
         let mut m = Mutation::begin(self)?;
         let protected = m.state.protected();
         let mut live_in_new: HashSet<ChunkId> = HashSet::new();
         let mut gone: Vec<(PackId, u64)> = Vec::new();
         for c in &candidates {
-            let all: Vec<ChunkId> = c.live.iter().chain(&c.dead).map(|e| e.id).collect();
+            let all: Vec<ChunkId> = c
+                .live
+                .iter()
+                .chain(&c.dead)
+                .map(CandidateBlob::id)
+                .collect();
             m.prefetch(&all)?;
             let mine = copied.get(&c.id);
             let mut skip = unreadable.get(&c.id).cloned();
@@ -590,21 +617,22 @@ impl Repository {
             let mut moves = Vec::new();
             let mut drops = Vec::new();
             for e in c.live.iter().chain(&c.dead) {
-                let Some(loc) = m.loc(&e.id)? else { continue };
-                if loc.pack != c.id || loc.offset != e.offset {
+                let id = e.id();
+                let Some(loc) = m.loc(&id)? else { continue };
+                if !e.is_at(&c.id, &loc) {
                     continue;
                 }
-                let was_copied = mine.is_some_and(|s| s.contains(&e.id));
+                let was_copied = mine.is_some_and(|s| s.contains(&id));
                 if loc.refcount > 0 && !was_copied {
-                    skip.get_or_insert_with(|| format!("blob {} was revived since the plan", e.id));
-                } else if loc.refcount == 0 && protected.contains(&e.id) {
+                    skip.get_or_insert_with(|| format!("blob {id} was revived since the plan"));
+                } else if loc.refcount == 0 && protected.contains(&id) {
                     skip.get_or_insert_with(|| {
-                        format!("blob {} may be referenced by a running backup", e.id)
+                        format!("blob {id} may be referenced by a running backup")
                     });
                 } else if was_copied {
-                    moves.push((e.id, loc.refcount));
+                    moves.push((id, loc.refcount));
                 } else {
-                    drops.push(e.id);
+                    drops.push(id);
                 }
             }
             let row = report.packs.iter_mut().find(|r| r.pack == c.id);
@@ -636,11 +664,10 @@ impl Repository {
         // New packs: every copy that did not end up live counts as dead there.
         for p in &sealed {
             m.track_sealed(p.id);
-            let dead: u64 = p
-                .entries
+            let dead: u64 = new_loc
                 .iter()
-                .filter(|e| !live_in_new.contains(&e.id))
-                .map(PackEntry::span)
+                .filter(|(id, l)| l.pack == p.id && !live_in_new.contains(id))
+                .map(|(_, l)| l.span())
                 .sum();
             m.set_pack(
                 p.id,
@@ -672,7 +699,7 @@ impl Repository {
 
 /// `live` in consecutive batches of at most [`PREPARE_BATCH_BYTES`] raw bytes (a larger blob
 /// alone).
-fn prepare_batches(live: &[PackEntry]) -> Vec<&[PackEntry]> {
+fn prepare_batches(live: &[CandidateBlob]) -> Vec<&[CandidateBlob]> {
     let mut batches = Vec::new();
     let mut rest = live;
     while !rest.is_empty() {
@@ -680,7 +707,7 @@ fn prepare_batches(live: &[PackEntry]) -> Vec<&[PackEntry]> {
         let len = rest
             .iter()
             .take_while(|e| {
-                bytes += u64::from(e.raw_len);
+                bytes += u64::from(e.entry.raw_len);
                 bytes <= PREPARE_BATCH_BYTES
             })
             .count()
@@ -692,32 +719,52 @@ fn prepare_batches(live: &[PackEntry]) -> Vec<&[PackEntry]> {
     batches
 }
 
-/// A blob's stored bytes, verified; with [`CopyMode::Recompress`], also its raw bytes
-/// compressed at that level when that is smaller than what is stored.
-type Prepared<'p> = (
-    std::borrow::Cow<'p, [u8]>,
-    Option<(pack::Compression, Vec<u8>)>,
-);
+/// A blob ready to be copied.
+enum Prepared<'p> {
+    /// Its stored bytes, verified; with [`CopyMode::Recompress`], also its raw bytes
+    /// compressed at that level when that is smaller than what is stored.
+    Record(
+        std::borrow::Cow<'p, [u8]>,
+        Option<(pack::Compression, Vec<u8>)>,
+    ),
+    /// Its raw bytes, verified, for a new bundle.
+    Member(Vec<u8>),
+}
+
+/// Bundles of a pack decoded so far, by offset (raw bytes and table).
+type DecodedBundles = std::sync::Mutex<HashMap<u64, std::sync::Arc<(Vec<u8>, Vec<BundleMember>)>>>;
 
 fn prepare<'p>(
     repo: &Repository,
     pack_bytes: &'p [u8],
-    e: &PackEntry,
+    blob: &CandidateBlob,
     mode: CopyMode,
+    bundling: bool,
+    decoded: &DecodedBundles,
 ) -> std::result::Result<Prepared<'p>, xstore_format::DecodeError> {
+    if blob.bundled.is_some() {
+        return bundling::member_raw(repo, pack_bytes, blob, decoded).map(Prepared::Member);
+    }
+    let e = &blob.entry;
+    if bundling::goes_into_bundle(blob, bundling) {
+        return pack::read_blob(repo.encryption(), pack_bytes, e).map(Prepared::Member);
+    }
     let stored = pack::verified_stored(repo.encryption(), pack_bytes, e)?;
     let CopyMode::Recompress(level) = mode else {
-        return Ok((stored, None));
+        return Ok(Prepared::Record(stored, None));
     };
     // Stored as is: level 3 found nothing to gain, and a higher level would spend its time
     // on the same incompressible bytes.
     if e.compression == pack::Compression::None {
-        return Ok((stored, None));
+        return Ok(Prepared::Record(stored, None));
     }
     let raw = pack::read_blob(repo.encryption(), pack_bytes, e)?;
     let (compression, again) = pack::compress(&raw, level);
     let smaller = again.len() < stored.len();
-    Ok((stored, smaller.then_some((compression, again))))
+    Ok(Prepared::Record(
+        stored,
+        smaller.then_some((compression, again)),
+    ))
 }
 
 /// The grace period in ns (saturating).

@@ -3,6 +3,7 @@
 
 pub(crate) mod attach;
 pub(crate) mod backup;
+pub(crate) mod bundling;
 pub(crate) mod check;
 pub(crate) mod compact;
 pub(crate) mod diff;

@@ -121,7 +121,7 @@ pub(crate) struct RollingPacks {
 
 /// Which of the open packs a blob of `kind` goes into.
 fn stream_of(kind: BlobKind) -> usize {
-    usize::from(kind != BlobKind::Data)
+    usize::from(!kind.is_file_data())
 }
 
 impl RollingPacks {

@@ -149,7 +149,7 @@ impl PackWriter {
         // Recorded as this writer's uncommitted pack before it becomes visible: recovery
         // deletes only packs so recorded (journal.rs).
         crate::pack::journal::mark_uncommitted(packs_dir, &id)?;
-        let metadata_only = self.entries.iter().all(|e| e.kind != BlobKind::Data);
+        let metadata_only = self.entries.iter().all(|e| !e.kind.is_file_data());
         storage.put(&id, &self.tmp_path, metadata_only)?;
         Ok(SealedPack {
             id,
@@ -186,7 +186,7 @@ impl PackWriter {
         if trailer != self.entries {
             return Err(invalid("the trailer differs from the blobs written".into()));
         }
-        for e in self.entries.iter().filter(|e| e.kind != BlobKind::Data) {
+        for e in self.entries.iter().filter(|e| !e.kind.is_file_data()) {
             xstore_format::pack::read_blob(&self.enc, &map, e).map_err(|source| {
                 Error::CorruptBlob {
                     id: e.id,

@@ -223,8 +223,9 @@ impl Repository {
         }
         let mut buf = vec![0u8; pack::blob_span(loc.stored_len) as usize];
         self.storage().read_at(&loc.pack, loc.offset, &mut buf)?;
-        let raw = pack::read_bundle_in_place(self.encryption(), &mut buf, loc.offset, loc.stored_len)
-            .map_err(corrupt)?;
+        let raw =
+            pack::read_bundle_in_place(self.encryption(), &mut buf, loc.offset, loc.stored_len)
+                .map_err(corrupt)?;
         let table = xstore_format::bundle::decode_bundle(&raw).map_err(corrupt)?;
         let bundle = std::sync::Arc::new(DecodedBundle { raw, table });
         if let Ok(mut cache) = self.bundles.lock() {

@@ -131,10 +131,7 @@ impl PackCache {
         }
         let metadata_only =
             xstore_format::pack::read_trailer(&self.encryption, bytes).is_ok_and(|entries| {
-                !entries.is_empty()
-                    && entries
-                        .iter()
-                        .all(|e| e.kind != xstore_format::pack::BlobKind::Data)
+                !entries.is_empty() && entries.iter().all(|e| !e.kind.is_file_data())
             });
         if !metadata_only || xstore_chunker::ChunkId::of(bytes) != *id {
             return;
