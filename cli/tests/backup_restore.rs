@@ -186,8 +186,8 @@ fn listing_and_subpath_restore() {
     assert!(stats["dedup_ratio"].as_f64().unwrap() > 1.0, "{stats}");
     // Where the bytes go, per kind of live blob: their raw bytes add up to the unique bytes,
     // their stored bytes to no more than the packs hold; one snapshot record, trees for the
-    // directories, no chunk list (no file has that many chunks), and the file data
-    // (random.bin's 3 MiB stored once) dominating.
+    // directories, no chunk list (no file has that many chunks), no bundle (only compact
+    // writes them), and the file data (random.bin's 3 MiB stored once) dominating.
     let kinds = stats["by_kind"].as_array().unwrap();
     let names: Vec<&str> = kinds.iter().map(|k| k["kind"].as_str().unwrap()).collect();
     assert_eq!(names, ["data", "tree", "chunklist", "snapshot"], "{stats}");

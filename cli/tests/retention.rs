@@ -496,3 +496,127 @@ fn compact_stores_survivors_smaller_and_restores_them_exactly() {
         serde_json::from_slice(&std::fs::read(repo.join("runs/compact.json")).unwrap()).unwrap();
     assert_eq!(run["ok"], true, "{run}");
 }
+
+/// Compact puts small files into bundles (FORMAT.md §Bundles); everything else keeps working
+/// on them: restore, check --read-data, a gc that drops some members and keeps others,
+/// repair index, verify, and a flipped byte in a bundle is damage named per file.
+#[test]
+fn bundled_small_files_survive_gc_repair_and_verify() {
+    let w = tempfile::tempdir().unwrap();
+    let (repo, src) = (w.path().join("repo"), w.path().join("src"));
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..80u64 {
+        let len = 2_000 + 700 * i as usize;
+        std::fs::write(src.join(format!("small-{i:02}.conf")), prose(i, len)).unwrap();
+    }
+    std::fs::write(src.join("big.log"), prose(500, 2 << 20)).unwrap();
+    ok(&repo, &["init"]);
+    let s = src.to_str().unwrap();
+    ok(&repo, &["backup", "-q", "--host", "web1", s]);
+    let first = w.path().join("first");
+    std::fs::rename(&src, &first).unwrap();
+    std::fs::create_dir_all(&src).unwrap();
+    // The second snapshot keeps half the small files and adds others.
+    for i in (0..80u64).step_by(2) {
+        std::fs::copy(
+            first.join(format!("small-{i:02}.conf")),
+            src.join(format!("small-{i:02}.conf")),
+        )
+        .unwrap();
+    }
+    for i in 100..120u64 {
+        std::fs::write(
+            src.join(format!("new-{i}.conf")),
+            prose(i, 3_000 + 500 * i as usize),
+        )
+        .unwrap();
+    }
+    std::fs::copy(first.join("big.log"), src.join("big.log")).unwrap();
+    ok(&repo, &["backup", "-q", "--host", "web1", s]);
+    let before = json(&repo, &["stats"]);
+
+    let report = json(&repo, &["compact", "--min-age", "0s"]);
+    assert!(report["packs_compacted"].as_u64().unwrap() > 0, "{report}");
+    ok(&repo, &["gc", "--grace", "0s"]);
+    let bundled = |repo: &std::path::Path| {
+        let st = json(repo, &["stats"]);
+        let row = st["by_kind"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kind"] == "bundle")
+            .cloned()
+            .unwrap();
+        (row["blobs"].as_u64().unwrap(), st)
+    };
+    let (in_bundles, after) = bundled(&repo);
+    // 100 distinct small files, every one in a bundle; the big file's chunks alone.
+    assert_eq!(in_bundles, 100, "{after}");
+    assert!(
+        after["stored_bytes"].as_u64().unwrap() < before["stored_bytes"].as_u64().unwrap(),
+        "{before} → {after}"
+    );
+    let restore_both = |tag: &str| {
+        let [old, new] = [0, 1].map(|k| {
+            let dst = w.path().join(format!("{tag}-{k}"));
+            ok(&repo, &["restore", &ids(&repo)[k], dst.to_str().unwrap()]);
+            dst
+        });
+        assert_same_tree(&first, &restored_path(&old, &src), false);
+        assert_same_tree(&src, &restored_path(&new, &src), false);
+    };
+    restore_both("compacted");
+    let check = json(&repo, &["check", "--read-data"]);
+    assert!(check["problems"].as_array().unwrap().is_empty(), "{check}");
+
+    // The first snapshot goes: its 40 small files die inside bundles that keep the others.
+    ok(&repo, &["forget", "--keep-last", "1"]);
+    let gc = json(&repo, &["gc", "--grace", "0s", "--max-dead", "0"]);
+    assert!(gc["packs_rewritten"].as_u64().unwrap() > 0, "{gc}");
+    let (in_bundles, st) = bundled(&repo);
+    assert_eq!(in_bundles, 60, "{st}");
+    let check = json(&repo, &["check", "--read-data"]);
+    assert!(check["problems"].as_array().unwrap().is_empty(), "{check}");
+    let dst = w.path().join("after-gc");
+    ok(&repo, &["restore", "web1@latest", dst.to_str().unwrap()]);
+    assert_same_tree(&src, &restored_path(&dst, &src), false);
+
+    // Rebuilt from the packs alone, the index locates every bundled blob again.
+    std::fs::remove_dir_all(repo.join("index")).unwrap();
+    ok(&repo, &["repair", "index"]);
+    assert_eq!(bundled(&repo).0, 60);
+    let check = json(&repo, &["check", "--read-data"]);
+    assert!(check["problems"].as_array().unwrap().is_empty(), "{check}");
+    let dst = w.path().join("after-repair");
+    ok(&repo, &["restore", "web1@latest", dst.to_str().unwrap()]);
+    assert_same_tree(&src, &restored_path(&dst, &src), false);
+    let verify = xstore(&repo, &["--json", "verify"]);
+    assert_eq!(verify.status.code(), Some(0), "{}", stderr(&verify));
+
+    // A flipped byte inside a bundle: its files are named damaged; the big file restores.
+    let file = src.join("small-10.conf");
+    let chunk = common::file_chunk(&repo, "web1@latest", &file, 0);
+    common::damage_blob(&repo, &chunk);
+    let verify = xstore(&repo, &["--json", "verify"]);
+    assert_eq!(verify.status.code(), Some(4), "{}", stderr(&verify));
+    assert!(
+        stderr(&verify).contains("small-10.conf"),
+        "{}",
+        stderr(&verify)
+    );
+    let dst = w.path().join("big-only");
+    ok(
+        &repo,
+        &[
+            "restore",
+            "--path",
+            &format!("{s}/big.log"),
+            "web1@latest",
+            dst.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(dst.join("big.log")).unwrap(),
+        std::fs::read(src.join("big.log")).unwrap()
+    );
+}

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{ok, stderr, xstore, xstore_command};
+use common::{json, ok, stderr, xstore, xstore_command};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -468,6 +468,15 @@ mod over_ssh {
         let src = w.path().join("primary");
         ok(&src, &["init"]);
         sync_json(&src, &plain, &[]);
+        // Compacted, its small files sit in bundles: they travel as their bundle's record.
+        ok(&src, &["compact", "-q", "--min-age", "0s"]);
+        let stats = json(&src, &["stats"]);
+        let bundled = stats["by_kind"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kind"] == "bundle");
+        assert!(bundled.unwrap()["blobs"].as_u64().unwrap() > 2, "{stats}");
         let sshd = primary(&w.path().join("sshd"), &src);
         let dst = w.path().join("replica");
         ok(&dst, &["init"]);

@@ -18,6 +18,8 @@ struct Samples {
     tree: Vec<u8>,
     snapshot: Vec<u8>,
     blob_location: Vec<u8>,
+    bundled_location: Vec<u8>,
+    bundle: Vec<u8>,
     chunk_list: Vec<u8>,
     agent_stream: Vec<u8>,
     server_requests: Vec<u8>,
@@ -190,6 +192,8 @@ fn samples() -> Samples {
             .unwrap()
             .unwrap()
             .encode_for_tools(),
+        bundled_location: bundled_location(),
+        bundle: bundle_sample(),
         chunk_list: xstore_format::tree::encode_chunk_list(&[
             xstore::ChunkRef {
                 id: xstore::ChunkId::of(b"a"),
@@ -203,6 +207,41 @@ fn samples() -> Samples {
     }
 }
 
+/// A bundle of three small members (FORMAT.md §Bundles).
+fn bundle_sample() -> Vec<u8> {
+    let members: Vec<Vec<u8>> = (0..3u8)
+        .map(|i| vec![b'a' + i; 40 + usize::from(i)])
+        .collect();
+    let refs: Vec<(xstore::ChunkId, &[u8])> = members
+        .iter()
+        .map(|m| (xstore::ChunkId::of(m), &m[..]))
+        .collect();
+    xstore_format::bundle::encode_bundle(&refs).unwrap()
+}
+
+/// The 66-byte index value of a blob inside a bundle.
+fn bundled_location() -> Vec<u8> {
+    let raw = bundle_sample();
+    let table = xstore_format::bundle::decode_bundle(&raw).unwrap();
+    let bundle = xstore_format::pack::PackEntry {
+        id: xstore::ChunkId::of(&raw),
+        kind: xstore_format::pack::BlobKind::Bundle,
+        compression: xstore_format::pack::Compression::Zstd,
+        raw_len: raw.len() as u32,
+        stored_len: 90,
+        offset: 16,
+    };
+    let shares = xstore_format::bundle::member_shares(bundle.span(), &table);
+    xstore_format::records::BlobLoc::in_bundle(
+        xstore::ChunkId::of(b"pack"),
+        &bundle,
+        &table[1],
+        shares[1],
+        2,
+    )
+    .encode_for_tools()
+}
+
 type Decoder = fn(&[u8]) -> bool;
 
 fn decoders() -> Vec<(&'static str, Decoder)> {
@@ -213,6 +252,7 @@ fn decoders() -> Vec<(&'static str, Decoder)> {
         ("chunk_list", |b| decode::chunk_list(b).is_ok()),
         ("snapshot", |b| decode::snapshot(b).is_ok()),
         ("blob_location", |b| decode::blob_location(b).is_ok()),
+        ("bundle", |b| decode::bundle(b).is_ok()),
         ("agent_stream", |b| decode::agent_stream(b).is_ok()),
         ("server_requests", |b| decode::server_stream(b).is_ok()),
         ("segmented_agent_stream", |b| {
@@ -237,6 +277,8 @@ fn samples_survive_truncation_and_bit_flips() {
         ("tree", &s.tree),
         ("snapshot", &s.snapshot),
         ("blob_location", &s.blob_location),
+        ("blob_location", &s.bundled_location),
+        ("bundle", &s.bundle),
         ("chunk_list", &s.chunk_list),
         ("agent_stream", &s.agent_stream),
         ("server_requests", &s.server_requests),

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use xstore::{BlobKind, ChunkId, Encryption, Error, KeyAccess, Result, Snapshot, SyncSource};
 use xstore_format::config::Config;
-use xstore_format::pack::read_record_in_place;
+use xstore_format::pack::{read_record_in_place, PackEntry};
 use xstore_format::protocol::{
     read_frame, write_frame, SyncReply, SyncRequest, MAX_BLOBS_PER_REQUEST,
 };
@@ -215,12 +215,49 @@ fn receive(location: &str, conn: &mut Connection) -> Result<SyncReply> {
     }
 }
 
+/// A blob's record as the server sent it, not yet opened.
+struct Received {
+    /// The blob's id, kind and length; the offset and stored length of its record (for a
+    /// bundled blob, of its bundle's).
+    entry: PackEntry,
+    /// For a bundled blob: where its bytes are in the bundle.
+    member_offset: Option<u32>,
+    record: Vec<u8>,
+}
+
+impl Received {
+    /// Opens, decompresses and verifies the record (for a bundled blob: the bundle, then the
+    /// blob's bytes in it against its id).
+    fn open(&self, enc: &Encryption) -> std::result::Result<Vec<u8>, xstore_format::DecodeError> {
+        let mut record = self.record.clone();
+        let Some(member_offset) = self.member_offset else {
+            return read_record_in_place(enc, &mut record, &self.entry);
+        };
+        let raw = xstore_format::pack::read_bundle_in_place(
+            enc,
+            &mut record,
+            self.entry.offset,
+            self.entry.stored_len,
+        )?;
+        let table = xstore_format::bundle::decode_bundle(&raw)?;
+        xstore_format::bundle::member_bytes(
+            enc,
+            &raw,
+            &table,
+            &self.entry.id,
+            member_offset,
+            self.entry.raw_len,
+        )
+    }
+}
+
 fn unexpected(location: &str, reply: &SyncReply) -> Error {
     let what = match reply {
         SyncReply::Hello { .. } => "hello",
         SyncReply::Snapshot(_) => "snapshot record",
         SyncReply::SnapshotsEnd => "end of records",
         SyncReply::Blob { .. } => "blob",
+        SyncReply::Bundled { .. } => "bundled blob",
         SyncReply::Missing { .. } => "missing blob",
         SyncReply::Error(_) => "error",
     };
@@ -279,7 +316,7 @@ impl SyncSource for SshSource {
     /// answers in order; then opens and verifies each with the source's keys, in parallel
     /// (the session is free again meanwhile).
     fn read_blobs(&self, ids: &[(ChunkId, BlobKind)]) -> Result<Vec<Vec<u8>>> {
-        let mut records = Vec::with_capacity(ids.len());
+        let mut records: Vec<Received> = Vec::with_capacity(ids.len());
         let mut received = 0u64;
         {
             let mut conn = self.connection()?;
@@ -290,27 +327,36 @@ impl SyncSource for SshSource {
                     &SyncRequest::Blobs(batch.to_vec()),
                 )?;
                 for (id, kind) in batch {
-                    match receive(&self.location, &mut conn)? {
+                    let got = match receive(&self.location, &mut conn)? {
                         SyncReply::Blob { entry, record }
                             if entry.id == *id && entry.kind == *kind =>
                         {
-                            // What a call holds before verifying is bounded, and a record
-                            // is exactly the span its header's lengths give.
-                            received += record.len() as u64;
-                            let span = xstore_format::pack::blob_span(entry.stored_len);
-                            if record.len() as u64 != span || received > MAX_BATCH_RECORD_BYTES {
-                                conn.broken = true;
-                                return Err(protocol_error(
-                                    &self.location,
-                                    format!(
-                                        "blob {id}: a record of {} bytes ({} in this batch; at most {MAX_BATCH_RECORD_BYTES})",
-                                        record.len(),
-                                        received
-                                    ),
-                                ));
+                            Received {
+                                entry,
+                                member_offset: None,
+                                record,
                             }
-                            records.push((entry, record));
                         }
+                        // A data blob in a bundle: the bundle's record, opened below.
+                        SyncReply::Bundled {
+                            id: member,
+                            member_offset,
+                            len,
+                            stored_len,
+                            offset,
+                            record,
+                        } if member == *id && *kind == BlobKind::Data => Received {
+                            entry: PackEntry {
+                                id: member,
+                                kind: BlobKind::Data,
+                                compression: xstore_format::pack::Compression::None,
+                                raw_len: len,
+                                stored_len,
+                                offset,
+                            },
+                            member_offset: Some(member_offset),
+                            record,
+                        },
                         SyncReply::Missing { id: gone, .. } if gone == *id => {
                             // The rest of this batch's answers are still on the way.
                             conn.broken = true;
@@ -320,20 +366,35 @@ impl SyncSource for SshSource {
                             conn.broken = true;
                             return Err(unexpected(&self.location, &other));
                         }
+                    };
+                    // What a call holds before verifying is bounded, and a record is
+                    // exactly the span its header's lengths give.
+                    received += got.record.len() as u64;
+                    let span = xstore_format::pack::blob_span(got.entry.stored_len);
+                    if got.record.len() as u64 != span || received > MAX_BATCH_RECORD_BYTES {
+                        conn.broken = true;
+                        return Err(protocol_error(
+                            &self.location,
+                            format!(
+                                "blob {id}: a record of {} bytes ({} in this batch; at most {MAX_BATCH_RECORD_BYTES})",
+                                got.record.len(),
+                                received
+                            ),
+                        ));
                     }
+                    records.push(got);
                 }
             }
         }
         records
             .into_par_iter()
-            .map(|(entry, mut record)| {
-                read_record_in_place(&self.encryption, &mut record, &entry).map_err(|source| {
-                    Error::CorruptBlob {
-                        id: entry.id,
+            .map(|got| {
+                got.open(&self.encryption)
+                    .map_err(|source| Error::CorruptBlob {
+                        id: got.entry.id,
                         pack: self.location.clone(),
                         source,
-                    }
-                })
+                    })
             })
             .collect()
     }

@@ -207,6 +207,7 @@ pub fn member_shares(span: u64, members: &[BundleMember]) -> Vec<u32> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

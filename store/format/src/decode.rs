@@ -14,6 +14,10 @@ pub fn tree(bytes: &[u8]) -> Result<crate::tree::Tree, DecodeError> {
 pub fn chunk_list(bytes: &[u8]) -> Result<Vec<crate::tree::ChunkRef>, DecodeError> {
     crate::tree::decode_chunk_list(bytes)
 }
+/// Decodes a bundle's raw bytes: its member table, checked against them.
+pub fn bundle(bytes: &[u8]) -> Result<Vec<crate::bundle::BundleMember>, DecodeError> {
+    crate::bundle::decode_bundle(bytes)
+}
 /// Decodes a snapshot record.
 pub fn snapshot(bytes: &[u8]) -> Result<crate::snapshot::Snapshot, DecodeError> {
     crate::snapshot::Snapshot::decode(bytes)

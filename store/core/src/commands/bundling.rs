@@ -29,6 +29,13 @@ pub const BUNDLE_TARGET: usize = 1 << 20;
 /// Bundles compressed at once (on all cores) before they are written.
 const BUNDLES_IN_FLIGHT: usize = 16;
 
+/// Bundles of one pack decoded so far, by offset: raw bytes and member table.
+pub(crate) type DecodedBundles =
+    std::sync::Mutex<HashMap<u64, std::sync::Arc<(Vec<u8>, Vec<BundleMember>)>>>;
+
+/// The member tables of the bundles written, by bundle id.
+pub(crate) type BundleTables = HashMap<ChunkId, Vec<BundleMember>>;
+
 /// A blob of a pack gc or compact looks at: a record of its own, or a member of a bundle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CandidateBlob {
@@ -109,7 +116,7 @@ pub(crate) fn member_raw(
     repo: &Repository,
     pack_bytes: &[u8],
     blob: &CandidateBlob,
-    decoded: &std::sync::Mutex<HashMap<u64, std::sync::Arc<(Vec<u8>, Vec<BundleMember>)>>>,
+    decoded: &DecodedBundles,
 ) -> std::result::Result<Vec<u8>, xstore_format::DecodeError> {
     let at = blob.entry.offset;
     let cached = decoded.lock().ok().and_then(|d| d.get(&at).cloned());
@@ -154,7 +161,7 @@ pub(crate) struct Bundler<'p> {
     open: Vec<(ChunkId, Vec<u8>)>,
     open_bytes: usize,
     full: Vec<Vec<(ChunkId, Vec<u8>)>>,
-    tables: HashMap<ChunkId, Vec<BundleMember>>,
+    tables: BundleTables,
 }
 
 impl<'p> Bundler<'p> {
@@ -187,7 +194,7 @@ impl<'p> Bundler<'p> {
 
     /// Writes what is gathered (a last bundle of one blob goes alone) and returns the tables
     /// of the bundles written, by bundle id.
-    pub(crate) fn finish(mut self) -> Result<HashMap<ChunkId, Vec<BundleMember>>> {
+    pub(crate) fn finish(mut self) -> Result<BundleTables> {
         if !self.open.is_empty() {
             self.full.push(std::mem::take(&mut self.open));
         }
@@ -275,7 +282,7 @@ fn build(
 /// as they are, bundles' members by `tables`.
 pub(crate) fn sealed_locations(
     sealed: &[SealedPack],
-    tables: &HashMap<ChunkId, Vec<BundleMember>>,
+    tables: &BundleTables,
 ) -> HashMap<ChunkId, BlobLoc> {
     let mut locs = HashMap::new();
     for p in sealed {

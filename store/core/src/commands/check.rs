@@ -177,7 +177,8 @@ pub struct Stats {
 /// Live blobs of one kind.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct KindStats {
-    /// `data`, `tree`, `chunklist` or `snapshot` ([`BlobKind::name`]).
+    /// `data`, `tree`, `chunklist`, `snapshot` or `bundle` ([`BlobKind::name`]; the
+    /// `bundle` row counts data blobs stored in bundles, by their shares).
     pub kind: &'static str,
     /// Live blobs of this kind.
     pub blobs: u64,
@@ -671,7 +672,12 @@ impl Repository {
                 st.unreferenced_blobs += 1;
             } else {
                 st.unique_bytes += u64::from(loc.raw_len);
-                if let Some(ks) = st.by_kind.get_mut(usize::from(loc.kind.code())) {
+                // Data blobs stored in bundles count in the `bundle` row.
+                let kind = match loc.bundled {
+                    Some(_) => BlobKind::Bundle,
+                    None => loc.kind,
+                };
+                if let Some(ks) = st.by_kind.get_mut(usize::from(kind.code())) {
                     ks.blobs += 1;
                     ks.raw_bytes += u64::from(loc.raw_len);
                     ks.stored_bytes += loc.span();

@@ -18,7 +18,6 @@ use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::txn::Mutation;
 use xstore_chunker::ChunkId;
-use xstore_format::bundle::BundleMember;
 use xstore_format::pack::{self, PackId};
 
 /// A pack smaller than this is small: a commit's snapshot records, the tree blobs of an
@@ -182,7 +181,7 @@ pub(crate) fn compacted_packs(repo: &Repository) -> Result<HashSet<PackId>> {
 struct Copied {
     sealed: Vec<SealedPack>,
     /// The member tables of the bundles written, by bundle id.
-    bundles: HashMap<ChunkId, Vec<xstore_format::bundle::BundleMember>>,
+    bundles: bundling::BundleTables,
     copied: HashMap<PackId, HashSet<ChunkId>>,
     unreadable: HashMap<PackId, String>,
 }
@@ -498,7 +497,7 @@ impl Repository {
             CopyMode::Recompress(level) => (true, level),
             CopyMode::Verbatim => (false, self.config().compression_level),
         };
-        let copy = (|| -> Result<(Vec<SealedPack>, HashMap<ChunkId, Vec<BundleMember>>)> {
+        let copy = (|| -> Result<(Vec<SealedPack>, bundling::BundleTables)> {
             let mut bundler = bundling::Bundler::new(self, &packs, bundle_level);
             for c in candidates {
                 if c.live.is_empty() {
@@ -731,16 +730,13 @@ enum Prepared<'p> {
     Member(Vec<u8>),
 }
 
-/// Bundles of a pack decoded so far, by offset (raw bytes and table).
-type DecodedBundles = std::sync::Mutex<HashMap<u64, std::sync::Arc<(Vec<u8>, Vec<BundleMember>)>>>;
-
 fn prepare<'p>(
     repo: &Repository,
     pack_bytes: &'p [u8],
     blob: &CandidateBlob,
     mode: CopyMode,
     bundling: bool,
-    decoded: &DecodedBundles,
+    decoded: &bundling::DecodedBundles,
 ) -> std::result::Result<Prepared<'p>, xstore_format::DecodeError> {
     if blob.bundled.is_some() {
         return bundling::member_raw(repo, pack_bytes, blob, decoded).map(Prepared::Member);

@@ -20,6 +20,7 @@ use crate::repo::recovery::finish_index_swap;
 use crate::repo::Repository;
 use crate::storage::{PackInfo, PackStorage};
 use xstore_chunker::ChunkId;
+use xstore_format::bundle::BundleMember;
 use xstore_format::pack::{self, PackId};
 use xstore_format::snapshot::{Snapshot, SnapshotId};
 
@@ -236,11 +237,17 @@ fn index_packs(
     for_each_pack_group(storage, enc, &files, |group| {
         for (info, contents) in group {
             let pack_id = info.id;
+            let contents = contents?;
+            let locatable = contents.locatable(pack_id);
             let PackContents {
                 entries,
                 records,
                 scanned,
-            } = contents?;
+                bundles,
+            } = contents;
+            for skipped in bundles.into_iter().filter_map(|b| b.err()) {
+                report.skipped.push(skipped);
+            }
             if scanned {
                 report.packs_scanned += 1;
             }
@@ -250,7 +257,7 @@ fn index_packs(
                 // pack has.
                 let gone = match old {
                     Some(o) => !o.packs.contains(&pack_id),
-                    None => entries.iter().all(|e| seen.contains(&e.id)),
+                    None => locatable.iter().all(|(id, _)| seen.contains(id)),
                 };
                 if gone {
                     continue;
@@ -272,10 +279,10 @@ fn index_packs(
                     Err(skipped) => report.skipped.push(skipped),
                 }
             }
-            for e in entries {
-                if seen.insert(e.id) {
+            for (id, loc) in locatable {
+                if seen.insert(id) {
                     report.blobs += 1;
-                    batch.put_blob(&e.id, &BlobLoc::at(pack_id, &e, 0))?;
+                    batch.put_blob(&id, &loc)?;
                 }
             }
         }
@@ -475,6 +482,36 @@ pub(crate) struct PackContents {
     pub(crate) records: Vec<std::result::Result<Snapshot, String>>,
     /// The trailer was damaged: the entries come from a scan of the blob headers.
     pub(crate) scanned: bool,
+    /// The member tables of its bundles, by the bundle's offset, or why one was skipped.
+    pub(crate) bundles: Vec<std::result::Result<(u64, Vec<BundleMember>), String>>,
+}
+
+impl PackContents {
+    /// The blobs an index locates in this pack: records of their own, and the members of
+    /// its readable bundles (with their shares).
+    pub(crate) fn locatable(&self, pack_id: PackId) -> Vec<(ChunkId, BlobLoc)> {
+        let tables: HashMap<u64, &Vec<BundleMember>> = self
+            .bundles
+            .iter()
+            .filter_map(|b| b.as_ref().ok())
+            .map(|(at, table)| (*at, table))
+            .collect();
+        let mut out = Vec::with_capacity(self.entries.len());
+        for e in &self.entries {
+            if e.kind != pack::BlobKind::Bundle {
+                out.push((e.id, BlobLoc::at(pack_id, e, 0)));
+                continue;
+            }
+            let Some(table) = tables.get(&e.offset) else {
+                continue;
+            };
+            let shares = xstore_format::bundle::member_shares(e.span(), table);
+            for (m, share) in table.iter().zip(shares) {
+                out.push((m.id, BlobLoc::in_bundle(pack_id, e, m, share, 0)));
+            }
+        }
+        out
+    }
 }
 
 /// Reads the contents of `packs` ([`pack_contents`]) a group at a time, many packs at once
@@ -564,10 +601,32 @@ fn pack_contents(
             }
         });
     }
+    let mut bundles = Vec::new();
+    for e in entries.iter().filter(|e| e.kind == pack::BlobKind::Bundle) {
+        let raw = match &whole {
+            Some(bytes) => pack::read_blob(enc, bytes, e),
+            None => {
+                let mut buf = vec![0u8; e.span() as usize];
+                storage.read_exact(&id, e.offset, &mut buf)?;
+                pack::read_record_in_place(enc, &mut buf, e)
+            }
+        };
+        bundles.push(
+            raw.and_then(|raw| xstore_format::bundle::decode_bundle(&raw))
+                .map(|table| (e.offset, table))
+                .map_err(|err| {
+                    format!(
+                        "bundle {} in pack {id}: {err} (its blobs are not indexed)",
+                        e.id
+                    )
+                }),
+        );
+    }
     Ok(PackContents {
         entries,
         records,
         scanned,
+        bundles,
     })
 }
 

@@ -84,7 +84,7 @@ impl Repository {
                             Err(e) => return Err(e),
                         };
                         match &reply {
-                            SyncReply::Blob { record, .. } => {
+                            SyncReply::Blob { record, .. } | SyncReply::Bundled { record, .. } => {
                                 summary.blobs += 1;
                                 summary.bytes += record.len() as u64;
                             }
@@ -135,6 +135,17 @@ impl Repository {
                 .ok_or(Error::MissingBlob(*id))?;
             let mut record = vec![0u8; pack::blob_span(loc.stored_len) as usize];
             match self.storage().read_at(&loc.pack, loc.offset, &mut record) {
+                Ok(()) if loc.bundled.is_some() => {
+                    let member_offset = loc.bundled.map_or(0, |b| b.member_offset);
+                    return Ok(SyncReply::Bundled {
+                        id: *id,
+                        member_offset,
+                        len: loc.raw_len,
+                        stored_len: loc.stored_len,
+                        offset: loc.offset,
+                        record,
+                    });
+                }
                 Ok(()) => {
                     return Ok(SyncReply::Blob {
                         entry: PackEntry {

@@ -343,6 +343,7 @@ impl Repository {
             Ok(())
         })?;
         let mut damaged = Vec::new();
+        self.forget_bundles_of(pack);
         for (id, loc) in here {
             match self.read_located(&id, &loc) {
                 Ok(_) => {}

@@ -234,6 +234,14 @@ impl Repository {
         Ok(bundle)
     }
 
+    /// Drops the bundles of `pack` read earlier, so that the next reads of its members read
+    /// its bytes again (verify, which looks for damage, never trusts what was read before).
+    pub(crate) fn forget_bundles_of(&self, pack: &PackId) {
+        if let Ok(mut cache) = self.bundles.lock() {
+            cache.entries.retain(|((p, _), _)| p != pack);
+        }
+    }
+
     /// Reads, decompresses and verifies one blob.
     pub fn read_blob(&self, id: &ChunkId) -> Result<Vec<u8>> {
         self.read_current(id).map(|(_, raw)| raw)

@@ -27,6 +27,7 @@ const REP_HELLO: u8 = b'h';
 const REP_SNAPSHOT: u8 = b's';
 const REP_SNAPSHOTS_END: u8 = b'e';
 const REP_BLOB: u8 = b'b';
+const REP_BUNDLED: u8 = b'n';
 const REP_MISSING: u8 = b'm';
 const REP_ERROR: u8 = b'x';
 
@@ -75,6 +76,22 @@ pub enum SyncReply {
         /// Its id, kind, lengths and offset; `compression` is read from the record.
         entry: PackEntry,
         /// The record: blob header and stored bytes.
+        record: Vec<u8>,
+    },
+    /// A data blob stored in a bundle (FORMAT.md §Bundles): the bundle's record, which the
+    /// replica opens, decompresses and finds the blob in (verified against its id).
+    Bundled {
+        /// The blob.
+        id: ChunkId,
+        /// Offset of its bytes in the bundle's raw bytes.
+        member_offset: u32,
+        /// Its length.
+        len: u32,
+        /// The bundle record's stored length (as in its header).
+        stored_len: u32,
+        /// The bundle record's offset in its pack (its header is sealed with it).
+        offset: u64,
+        /// The bundle's record: header and stored bytes.
         record: Vec<u8>,
     },
     /// A blob the source does not hold as asked (absent, or of another kind).
@@ -165,6 +182,23 @@ impl SyncReply {
                 out.extend_from_slice(&entry.offset.to_le_bytes());
                 out.extend_from_slice(record);
             }
+            SyncReply::Bundled {
+                id,
+                member_offset,
+                len,
+                stored_len,
+                offset,
+                record,
+            } => {
+                out.reserve(64 + record.len());
+                out.push(REP_BUNDLED);
+                out.extend_from_slice(&id.0);
+                out.extend_from_slice(&member_offset.to_le_bytes());
+                out.extend_from_slice(&len.to_le_bytes());
+                out.extend_from_slice(&stored_len.to_le_bytes());
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.extend_from_slice(record);
+            }
             SyncReply::Missing { id, message } => {
                 out.push(REP_MISSING);
                 out.extend_from_slice(&id.0);
@@ -214,6 +248,14 @@ impl SyncReply {
                     record,
                 }
             }
+            REP_BUNDLED => SyncReply::Bundled {
+                id: r.id("sync blob id")?,
+                member_offset: r.u32("sync bundle member offset")?,
+                len: r.u32("sync blob raw length")?,
+                stored_len: r.u32("sync bundle stored length")?,
+                offset: r.u64("sync bundle offset")?,
+                record: r.take(r.remaining(), "sync bundle record")?.to_vec(),
+            },
             REP_MISSING => {
                 let id = r.id("sync blob id")?;
                 let message = text(r.bytes("sync message", MAX_MESSAGE)?);
@@ -272,6 +314,14 @@ mod tests {
                     offset: 1 << 40,
                 },
                 record: vec![1, 2, 3],
+            },
+            SyncReply::Bundled {
+                id: ChunkId([5; 32]),
+                member_offset: 77,
+                len: 9,
+                stored_len: 120,
+                offset: 1 << 33,
+                record: vec![4, 5, 6],
             },
             SyncReply::Missing {
                 id: ChunkId([1; 32]),

@@ -28,7 +28,7 @@ use xstore_format::snapshot::{Snapshot, SnapshotId};
 use super::values::SyncSource;
 use crate::commands::repair::{for_each_pack_group, offer};
 use crate::error::{Error, IoContext, Result};
-use crate::index::{BlobLoc, Index};
+use crate::index::Index;
 use crate::repo::keys::KeyAccess;
 use crate::repo::lock::WriterLock;
 use crate::repo::Repository;
@@ -207,12 +207,16 @@ fn refresh_map(
                 dead_bytes: 0,
             };
             batch.put_pack(&info.id, &record)?;
-            let ids: Vec<ChunkId> = contents.entries.iter().map(|e| e.id).collect();
-            for (e, have) in contents.entries.iter().zip(index.blobs(&ids)?) {
+            let locatable = contents.locatable(info.id);
+            let ids: Vec<ChunkId> = locatable.iter().map(|(id, _)| *id).collect();
+            for ((id, loc), have) in locatable.iter().zip(index.blobs(&ids)?) {
                 // A blob in several packs (gc rewrote its pack) stays where it is listed.
                 if have.is_none_or(|l| gone.contains(&l.pack)) {
-                    batch.put_blob(&e.id, &BlobLoc::at(info.id, e, 0))?;
+                    batch.put_blob(id, loc)?;
                 }
+            }
+            for why in contents.bundles.into_iter().filter_map(|b| b.err()) {
+                report.skipped.push(why);
             }
             for r in contents.records {
                 match r {
