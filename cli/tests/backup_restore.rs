@@ -190,7 +190,11 @@ fn listing_and_subpath_restore() {
     // writes them), and the file data (random.bin's 3 MiB stored once) dominating.
     let kinds = stats["by_kind"].as_array().unwrap();
     let names: Vec<&str> = kinds.iter().map(|k| k["kind"].as_str().unwrap()).collect();
-    assert_eq!(names, ["data", "tree", "chunklist", "snapshot"], "{stats}");
+    assert_eq!(
+        names,
+        ["data", "tree", "chunklist", "snapshot", "bundle"],
+        "{stats}"
+    );
     let sum = |field: &str| {
         kinds
             .iter()
@@ -209,6 +213,7 @@ fn listing_and_subpath_restore() {
     );
     let kind = |name: &str| kinds.iter().find(|k| k["kind"] == name).unwrap();
     assert_eq!(kind("snapshot")["blobs"], 1, "{stats}");
+    assert_eq!(kind("bundle")["blobs"], 0, "{stats}");
     assert!(kind("tree")["blobs"].as_u64().unwrap() >= 4, "{stats}");
     let stored = |name: &str| kind(name)["stored_bytes"].as_u64().unwrap();
     assert!(stored("data") > 3 * 1024 * 1024, "{stats}");
