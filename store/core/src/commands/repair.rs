@@ -581,20 +581,23 @@ fn pack_contents(
             (pack::scan_blobs(enc, &bytes), true, Some(bytes))
         }
     };
-    let mut records = Vec::new();
-    for e in entries
-        .iter()
-        .filter(|e| e.kind == pack::BlobKind::SnapshotRecord)
-    {
-        let raw = match &whole {
+    // A blob read by range, or from the whole pack when its trailer was damaged.
+    let read = |e: &pack::PackEntry| -> Result<std::result::Result<Vec<u8>, DecodeError>> {
+        Ok(match &whole {
             Some(bytes) => pack::read_blob(enc, bytes, e),
             None => {
                 let mut buf = vec![0u8; e.span() as usize];
                 storage.read_exact(&id, e.offset, &mut buf)?;
                 pack::read_record_in_place(enc, &mut buf, e)
             }
-        };
-        records.push(match raw.map(|raw| Snapshot::decode(&raw)) {
+        })
+    };
+    let mut records = Vec::new();
+    for e in entries
+        .iter()
+        .filter(|e| e.kind == pack::BlobKind::SnapshotRecord)
+    {
+        records.push(match read(e)?.map(|raw| Snapshot::decode(&raw)) {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(err)) | Err(err) => {
                 Err(format!("snapshot record blob {} in pack {id}: {err}", e.id))
@@ -603,16 +606,9 @@ fn pack_contents(
     }
     let mut bundles = Vec::new();
     for e in entries.iter().filter(|e| e.kind == pack::BlobKind::Bundle) {
-        let raw = match &whole {
-            Some(bytes) => pack::read_blob(enc, bytes, e),
-            None => {
-                let mut buf = vec![0u8; e.span() as usize];
-                storage.read_exact(&id, e.offset, &mut buf)?;
-                pack::read_record_in_place(enc, &mut buf, e)
-            }
-        };
         bundles.push(
-            raw.and_then(|raw| xstore_format::bundle::decode_bundle(&raw))
+            read(e)?
+                .and_then(|raw| xstore_format::bundle::decode_bundle(&raw))
                 .map(|table| (e.offset, table))
                 .map_err(|err| {
                     format!(
