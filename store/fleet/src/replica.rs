@@ -228,26 +228,20 @@ struct Received {
 impl Received {
     /// Opens, decompresses and verifies the record (for a bundled blob: the bundle, then the
     /// blob's bytes in it against its id).
-    fn open(&self, enc: &Encryption) -> std::result::Result<Vec<u8>, xstore_format::DecodeError> {
-        let mut record = self.record.clone();
+    fn open(
+        mut self,
+        enc: &Encryption,
+    ) -> std::result::Result<Vec<u8>, xstore_format::DecodeError> {
         let Some(member_offset) = self.member_offset else {
-            return read_record_in_place(enc, &mut record, &self.entry);
+            return read_record_in_place(enc, &mut self.record, &self.entry);
         };
-        let raw = xstore_format::pack::read_bundle_in_place(
+        xstore_format::pack::read_bundle_in_place(
             enc,
-            &mut record,
+            &mut self.record,
             self.entry.offset,
             self.entry.stored_len,
-        )?;
-        let table = xstore_format::bundle::decode_bundle(&raw)?;
-        xstore_format::bundle::member_bytes(
-            enc,
-            &raw,
-            &table,
-            &self.entry.id,
-            member_offset,
-            self.entry.raw_len,
-        )
+        )?
+        .member(enc, &self.entry.id, member_offset, self.entry.raw_len)
     }
 }
 
@@ -389,9 +383,10 @@ impl SyncSource for SshSource {
         records
             .into_par_iter()
             .map(|got| {
+                let id = got.entry.id;
                 got.open(&self.encryption)
                     .map_err(|source| Error::CorruptBlob {
-                        id: got.entry.id,
+                        id,
                         pack: self.location.clone(),
                         source,
                     })

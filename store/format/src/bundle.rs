@@ -157,33 +157,51 @@ pub fn decode_bundle(raw: &[u8]) -> Result<Vec<BundleMember>, DecodeError> {
     Ok(members)
 }
 
-/// The bytes of member `id` of a bundle, from the bundle's `raw` bytes and decoded `table`:
-/// the table must list `id` at `member_offset` with `len` bytes, and the bytes must hash to
-/// `id` (with `enc`'s ids: keyed in an encrypted repository).
-pub fn member_bytes(
-    enc: &crate::encryption::Encryption,
-    raw: &[u8],
-    table: &[BundleMember],
-    id: &ChunkId,
-    member_offset: u32,
-    len: u32,
-) -> Result<Vec<u8>, DecodeError> {
-    let member = table
-        .iter()
-        .find(|m| m.offset == member_offset)
-        .filter(|m| m.id == *id && m.len == len)
-        .ok_or_else(|| DecodeError::Invalid {
-            what: "bundle member",
-            offset: member_offset as usize,
-            reason: format!("the bundle holds no member {id} of {len} bytes there"),
-        })?;
-    let bytes = member.bytes(raw)?;
-    if enc.id_of(bytes) != *id {
-        return Err(DecodeError::Checksum {
-            what: "bundle member content",
-        });
+/// A bundle's raw bytes with its decoded member table: what readers keep to take several
+/// members out of one decompression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    /// The raw bytes (table and members).
+    pub raw: Vec<u8>,
+    /// The member table, checked against `raw` ([`decode_bundle`]).
+    pub table: Vec<BundleMember>,
+}
+
+impl Bundle {
+    /// Decodes the table of a bundle's raw bytes ([`decode_bundle`]).
+    pub fn decode(raw: Vec<u8>) -> Result<Bundle, DecodeError> {
+        let table = decode_bundle(&raw)?;
+        Ok(Bundle { raw, table })
     }
-    Ok(bytes.to_vec())
+
+    /// The bytes of member `id`: the table must list `id` at `member_offset` with `len`
+    /// bytes, and the bytes must hash to `id` (with `enc`'s ids: keyed in an encrypted
+    /// repository).
+    pub fn member(
+        &self,
+        enc: &crate::encryption::Encryption,
+        id: &ChunkId,
+        member_offset: u32,
+        len: u32,
+    ) -> Result<Vec<u8>, DecodeError> {
+        let member = self
+            .table
+            .iter()
+            .find(|m| m.offset == member_offset)
+            .filter(|m| m.id == *id && m.len == len)
+            .ok_or_else(|| DecodeError::Invalid {
+                what: "bundle member",
+                offset: member_offset as usize,
+                reason: format!("the bundle holds no member {id} of {len} bytes there"),
+            })?;
+        let bytes = member.bytes(&self.raw)?;
+        if enc.id_of(bytes) != *id {
+            return Err(DecodeError::Checksum {
+                what: "bundle member content",
+            });
+        }
+        Ok(bytes.to_vec())
+    }
 }
 
 /// Each member's part of its bundle record's `span` (header and stored bytes), in table
@@ -313,5 +331,26 @@ mod tests {
             len: 2,
         };
         assert!(member.bytes(&raw).is_err());
+    }
+
+    #[test]
+    fn a_member_is_served_only_as_the_table_and_its_id_say() {
+        let enc = crate::encryption::Encryption::Plain;
+        let m = members(3);
+        let bundle = Bundle::decode(encode(&m).unwrap()).unwrap();
+        let t = bundle.table[1];
+        assert_eq!(bundle.member(&enc, &t.id, t.offset, t.len).unwrap(), m[1].1);
+        // Another id, offset or length than the table's: refused.
+        assert!(bundle.member(&enc, &m[0].0, t.offset, t.len).is_err());
+        assert!(bundle.member(&enc, &t.id, t.offset + 1, t.len).is_err());
+        assert!(bundle.member(&enc, &t.id, t.offset, t.len - 1).is_err());
+        // The table names the id, but the bytes were changed: the hash refuses them.
+        let mut raw = bundle.raw.clone();
+        raw[t.offset as usize] ^= 1;
+        let forged = Bundle::decode(raw).unwrap();
+        assert!(matches!(
+            forged.member(&enc, &t.id, t.offset, t.len),
+            Err(DecodeError::Checksum { .. })
+        ));
     }
 }

@@ -551,15 +551,16 @@ pub fn read_record_in_place(
     verify_stored(enc, &header, stored, want)
 }
 
-/// The raw bytes of the bundle record at `offset` in `record` (as [`read_record_in_place`]),
-/// whose stored length the index gives as `stored_len`; its id is the one its header names
-/// (the index locates members, not bundles), and the raw bytes hash to it.
-pub fn read_bundle_in_place(
+/// The header of the bundle record at the start of `record` (the pack's bytes from `offset`
+/// on), refused unless it is a bundle of `stored_len` stored bytes (what the index gives) and at
+/// most [`crate::bundle::MAX_BUNDLE_RAW`] raw: checked before anything is decompressed. Its id
+/// is the one the header names (the index locates members, not bundles).
+fn bundle_header(
     enc: &Encryption,
-    record: &mut [u8],
+    record: &[u8],
     offset: u64,
     stored_len: u32,
-) -> Result<Vec<u8>, DecodeError> {
+) -> Result<PackEntry, DecodeError> {
     let header = decode_record_header(enc, record, offset)?;
     if header.kind != BlobKind::Bundle
         || header.stored_len != stored_len
@@ -576,7 +577,40 @@ pub fn read_bundle_in_place(
             ),
         });
     }
-    read_record_in_place(enc, record, &header)
+    Ok(header)
+}
+
+/// The bundle whose record is at `offset` in `record` (as [`read_record_in_place`]; the
+/// record is scratch afterwards), `stored_len` as the index gives it: header checked, bytes
+/// opened, decompressed, hashed to the header's id, table decoded.
+pub fn read_bundle_in_place(
+    enc: &Encryption,
+    record: &mut [u8],
+    offset: u64,
+    stored_len: u32,
+) -> Result<crate::bundle::Bundle, DecodeError> {
+    let header = bundle_header(enc, record, offset, stored_len)?;
+    crate::bundle::Bundle::decode(read_record_in_place(enc, record, &header)?)
+}
+
+/// [`read_bundle_in_place`] for a whole pack's bytes (gc, compact and check read mapped packs).
+pub fn read_bundle(
+    enc: &Encryption,
+    pack: &[u8],
+    offset: u64,
+    stored_len: u32,
+) -> Result<crate::bundle::Bundle, DecodeError> {
+    let want = PackEntry {
+        id: ChunkId([0; 32]),
+        kind: BlobKind::Bundle,
+        compression: Compression::None,
+        raw_len: 0,
+        stored_len,
+        offset,
+    };
+    let record = record_at(pack, &want)?;
+    let header = bundle_header(enc, record, offset, stored_len)?;
+    crate::bundle::Bundle::decode(read_record(enc, record, &header)?)
 }
 
 /// A blob's stored (compressed, opened) bytes, once they are known to decompress to its id.

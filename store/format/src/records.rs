@@ -91,6 +91,21 @@ impl BlobLoc {
         }
     }
 
+    /// The locations (refcount 0) of the members `table` lists of the bundle at `bundle` (a
+    /// pack entry of kind [`BlobKind::Bundle`]), each with its share of the bundle's span.
+    pub fn bundle_members(
+        pack: PackId,
+        bundle: &crate::pack::PackEntry,
+        table: &[crate::bundle::BundleMember],
+    ) -> Vec<(xstore_chunker::ChunkId, BlobLoc)> {
+        let shares = crate::bundle::member_shares(bundle.span(), table);
+        table
+            .iter()
+            .zip(shares)
+            .map(|(m, share)| (m.id, BlobLoc::in_bundle(pack, bundle, m, share, 0)))
+            .collect()
+    }
+
     /// The value stored under a blob id: 58 bytes, 66 for a bundled blob.
     pub fn encode(&self) -> BlobLocValue {
         let mut b = [0u8; BUNDLED_LOC_LEN];

@@ -15,7 +15,7 @@ use crate::pack::rolling::RollingPacks;
 use crate::pack::{NewBlob, SealedPack};
 use crate::repo::Repository;
 use xstore_chunker::ChunkId;
-use xstore_format::bundle::{self, BundleMember};
+use xstore_format::bundle::{self, Bundle, BundleMember};
 use xstore_format::pack::{self, BlobKind, Compression, PackEntry, PackId};
 use xstore_format::records::Bundled;
 
@@ -29,9 +29,8 @@ pub const BUNDLE_TARGET: usize = 1 << 20;
 /// Bundles compressed at once (on all cores) before they are written.
 const BUNDLES_IN_FLIGHT: usize = 16;
 
-/// Bundles of one pack decoded so far, by offset: raw bytes and member table.
-pub(crate) type DecodedBundles =
-    std::sync::Mutex<HashMap<u64, std::sync::Arc<(Vec<u8>, Vec<BundleMember>)>>>;
+/// Bundles of one pack decoded so far, by offset.
+pub(crate) type DecodedBundles = std::sync::Mutex<HashMap<u64, std::sync::Arc<Bundle>>>;
 
 /// The member tables of the bundles written, by bundle id.
 pub(crate) type BundleTables = HashMap<ChunkId, Vec<BundleMember>>;
@@ -87,25 +86,26 @@ pub(crate) fn members_of(
         pack: pack_id.to_string(),
         source,
     };
-    let raw = pack::read_blob(repo.encryption(), pack_bytes, bundle).map_err(corrupt)?;
-    let table = bundle::decode_bundle(&raw).map_err(corrupt)?;
-    let shares = bundle::member_shares(bundle.span(), &table);
-    Ok(table
-        .iter()
-        .zip(shares)
-        .map(|(m, share)| CandidateBlob {
+    let table = pack::read_bundle(
+        repo.encryption(),
+        pack_bytes,
+        bundle.offset,
+        bundle.stored_len,
+    )
+    .map_err(corrupt)?
+    .table;
+    Ok(BlobLoc::bundle_members(*pack_id, bundle, &table)
+        .into_iter()
+        .map(|(id, loc)| CandidateBlob {
             entry: PackEntry {
-                id: m.id,
-                kind: BlobKind::Data,
+                id,
+                kind: loc.kind,
                 compression: bundle.compression,
-                raw_len: m.len,
-                stored_len: bundle.stored_len,
-                offset: bundle.offset,
+                raw_len: loc.raw_len,
+                stored_len: loc.stored_len,
+                offset: loc.offset,
             },
-            bundled: Some(Bundled {
-                member_offset: m.offset,
-                share,
-            }),
+            bundled: loc.bundled,
         })
         .collect())
 }
@@ -118,22 +118,17 @@ pub(crate) fn member_raw(
     blob: &CandidateBlob,
     decoded: &DecodedBundles,
 ) -> std::result::Result<Vec<u8>, xstore_format::DecodeError> {
-    let at = blob.entry.offset;
+    let (at, stored_len) = (blob.entry.offset, blob.entry.stored_len);
     let cached = decoded.lock().ok().and_then(|d| d.get(&at).cloned());
     let bundle = match cached {
         Some(b) => b,
         None => {
-            let header = pack::decode_blob_header(repo.encryption(), pack_bytes, at)?;
-            let raw = pack::read_blob(repo.encryption(), pack_bytes, &header)?;
-            if header.kind != BlobKind::Bundle {
-                return Err(xstore_format::DecodeError::Invalid {
-                    what: "bundle header",
-                    offset: at as usize,
-                    reason: format!("a {} blob where a bundle was expected", header.kind.name()),
-                });
-            }
-            let table = bundle::decode_bundle(&raw)?;
-            let b = std::sync::Arc::new((raw, table));
+            let b = std::sync::Arc::new(pack::read_bundle(
+                repo.encryption(),
+                pack_bytes,
+                at,
+                stored_len,
+            )?);
             if let Ok(mut d) = decoded.lock() {
                 d.insert(at, b.clone());
             }
@@ -141,10 +136,8 @@ pub(crate) fn member_raw(
         }
     };
     let member_offset = blob.bundled.map_or(0, |b| b.member_offset);
-    bundle::member_bytes(
+    bundle.member(
         repo.encryption(),
-        &bundle.0,
-        &bundle.1,
         &blob.entry.id,
         member_offset,
         blob.entry.raw_len,
@@ -262,14 +255,15 @@ fn build(
             table: None,
         });
     };
+    let id = enc.id_of(&raw);
     let table = bundle::decode_bundle(&raw).map_err(|source| Error::CorruptBlob {
-        id: enc.id_of(&raw),
+        id,
         pack: "(a bundle being written)".into(),
         source,
     })?;
     let (compression, stored) = pack::compress(&raw, level);
     Ok(Built {
-        id: enc.id_of(&raw),
+        id,
         kind: BlobKind::Bundle,
         compression,
         raw_len: raw.len() as u32,
@@ -289,10 +283,7 @@ pub(crate) fn sealed_locations(
         for e in &p.entries {
             match (e.kind, tables.get(&e.id)) {
                 (BlobKind::Bundle, Some(table)) => {
-                    let shares = bundle::member_shares(e.span(), table);
-                    for (m, share) in table.iter().zip(shares) {
-                        locs.insert(m.id, BlobLoc::in_bundle(p.id, e, m, share, 0));
-                    }
+                    locs.extend(BlobLoc::bundle_members(p.id, e, table));
                 }
                 _ => {
                     locs.insert(e.id, BlobLoc::at(p.id, e, 0));

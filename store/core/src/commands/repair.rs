@@ -502,12 +502,8 @@ impl PackContents {
                 out.push((e.id, BlobLoc::at(pack_id, e, 0)));
                 continue;
             }
-            let Some(table) = tables.get(&e.offset) else {
-                continue;
-            };
-            let shares = xstore_format::bundle::member_shares(e.span(), table);
-            for (m, share) in table.iter().zip(shares) {
-                out.push((m.id, BlobLoc::in_bundle(pack_id, e, m, share, 0)));
+            if let Some(table) = tables.get(&e.offset) {
+                out.extend(BlobLoc::bundle_members(pack_id, e, table));
             }
         }
         out

@@ -9,6 +9,7 @@ use crate::error::{DecodeError, Error, Result};
 use crate::index::BlobLoc;
 use crate::storage::PackBytes;
 use xstore_chunker::ChunkId;
+use xstore_format::bundle::Bundle;
 use xstore_format::meta::EntryKind;
 use xstore_format::pack::{self, BlobKind, PackEntry, PackId};
 use xstore_format::snapshot::{Snapshot, SnapshotId};
@@ -41,32 +42,25 @@ pub(crate) fn check_file_chunk(chunk: &ChunkRef, loc: &BlobLoc) -> Result<()> {
     })
 }
 
-/// A bundle's raw bytes and its decoded member table.
-#[derive(Debug)]
-pub(crate) struct DecodedBundle {
-    raw: Vec<u8>,
-    table: Vec<xstore_format::bundle::BundleMember>,
-}
-
 /// The few bundles read last, newest first: enough for the threads of a restore that read
 /// neighbouring members, small enough that their bytes do not count in memory
 /// (`BUNDLE_CACHE_ENTRIES` × [`xstore_format::bundle::MAX_BUNDLE_RAW`] at most).
 #[derive(Debug, Default)]
 pub(crate) struct BundleCache {
-    entries: std::collections::VecDeque<((PackId, u64), std::sync::Arc<DecodedBundle>)>,
+    entries: std::collections::VecDeque<((PackId, u64), std::sync::Arc<Bundle>)>,
 }
 
 const BUNDLE_CACHE_ENTRIES: usize = 8;
 
 impl BundleCache {
-    fn get(&self, key: &(PackId, u64)) -> Option<std::sync::Arc<DecodedBundle>> {
+    fn get(&self, key: &(PackId, u64)) -> Option<std::sync::Arc<Bundle>> {
         self.entries
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, b)| b.clone())
     }
 
-    fn put(&mut self, key: (PackId, u64), bundle: std::sync::Arc<DecodedBundle>) {
+    fn put(&mut self, key: (PackId, u64), bundle: std::sync::Arc<Bundle>) {
         self.entries.retain(|(k, _)| *k != key);
         self.entries.push_front((key, bundle));
         self.entries.truncate(BUNDLE_CACHE_ENTRIES);
@@ -177,16 +171,10 @@ impl Repository {
                 pack: loc.pack.to_string(),
                 source,
             };
-            let bundle = self.bundle_at(id, loc)?;
-            return xstore_format::bundle::member_bytes(
-                self.encryption(),
-                &bundle.raw,
-                &bundle.table,
-                id,
-                bundled.member_offset,
-                loc.raw_len,
-            )
-            .map_err(corrupt);
+            return self
+                .bundle_at(id, loc)?
+                .member(self.encryption(), id, bundled.member_offset, loc.raw_len)
+                .map_err(corrupt);
         }
         let mut buf = vec![0u8; pack::blob_span(loc.stored_len) as usize];
         self.storage().read_at(&loc.pack, loc.offset, &mut buf)?;
@@ -211,7 +199,7 @@ impl Repository {
     /// cache, or read, opened, decompressed, verified against the id its header names, and
     /// its table decoded.
     /// Errors name `id`, the member being read.
-    fn bundle_at(&self, id: &ChunkId, loc: &BlobLoc) -> Result<std::sync::Arc<DecodedBundle>> {
+    fn bundle_at(&self, id: &ChunkId, loc: &BlobLoc) -> Result<std::sync::Arc<Bundle>> {
         let corrupt = |source| Error::CorruptBlob {
             id: *id,
             pack: loc.pack.to_string(),
@@ -223,11 +211,10 @@ impl Repository {
         }
         let mut buf = vec![0u8; pack::blob_span(loc.stored_len) as usize];
         self.storage().read_at(&loc.pack, loc.offset, &mut buf)?;
-        let raw =
+        let bundle = std::sync::Arc::new(
             pack::read_bundle_in_place(self.encryption(), &mut buf, loc.offset, loc.stored_len)
-                .map_err(corrupt)?;
-        let table = xstore_format::bundle::decode_bundle(&raw).map_err(corrupt)?;
-        let bundle = std::sync::Arc::new(DecodedBundle { raw, table });
+                .map_err(corrupt)?,
+        );
         if let Ok(mut cache) = self.bundles.lock() {
             cache.put(key, bundle.clone());
         }
