@@ -57,6 +57,13 @@ fn assert_same_snapshot(a: &Path, b: &Path, id: &str, work: &Path) {
 
 /// Every field of a record that a copy keeps, with the root and revision left out (a copy
 /// into a repository with other keys has another root id).
+/// Data blobs stored in bundles, from `stats --json` (FORMAT.md §Bundles).
+fn bundled_blobs(stats: &serde_json::Value) -> u64 {
+    let rows = stats["by_kind"].as_array().unwrap();
+    let row = rows.iter().find(|k| k["kind"] == "bundle").unwrap();
+    row["blobs"].as_u64().unwrap()
+}
+
 fn kept_fields(r: &serde_json::Value) -> serde_json::Value {
     let mut r = r.clone();
     let m = r.as_object_mut().unwrap();
@@ -471,12 +478,7 @@ mod over_ssh {
         // Compacted, its small files sit in bundles: they travel as their bundle's record.
         ok(&src, &["compact", "-q", "--min-age", "0s"]);
         let stats = json(&src, &["stats"]);
-        let bundled = stats["by_kind"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|k| k["kind"] == "bundle");
-        assert!(bundled.unwrap()["blobs"].as_u64().unwrap() > 2, "{stats}");
+        assert!(bundled_blobs(&stats) > 2, "{stats}");
         let sshd = primary(&w.path().join("sshd"), &src);
         let dst = w.path().join("replica");
         ok(&dst, &["init"]);
@@ -736,12 +738,7 @@ mod object_store {
         ok_with_env(dir, &rw, &["gc", "-q", "--grace", "0s"]);
         let stats: serde_json::Value =
             serde_json::from_str(&ok_with_env(dir, &rw, &["--json", "stats"])).unwrap();
-        let bundled = stats["by_kind"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|k| k["kind"] == "bundle");
-        assert!(bundled.unwrap()["blobs"].as_u64().unwrap() > 2, "{stats}");
+        assert!(bundled_blobs(&stats) > 2, "{stats}");
         (dir.to_path_buf(), url)
     }
 
