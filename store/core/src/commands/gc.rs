@@ -660,14 +660,17 @@ impl Repository {
             m.delete_meta(compacted_key(&c.id));
             gone.push((c.id, c.record.size));
         }
-        // New packs: every copy that did not end up live counts as dead there.
+        // New packs: every copy that did not end up live counts as dead there (one pass over
+        // the copies, whatever the number of new packs).
+        let mut dead_in: HashMap<PackId, u64> = HashMap::new();
+        for (id, l) in &new_loc {
+            if !live_in_new.contains(id) {
+                *dead_in.entry(l.pack).or_default() += l.span();
+            }
+        }
         for p in &sealed {
             m.track_sealed(p.id);
-            let dead: u64 = new_loc
-                .iter()
-                .filter(|(id, l)| l.pack == p.id && !live_in_new.contains(id))
-                .map(|(_, l)| l.span())
-                .sum();
+            let dead = dead_in.get(&p.id).copied().unwrap_or(0);
             m.set_pack(
                 p.id,
                 Some(PackRecord {
