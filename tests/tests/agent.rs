@@ -6,9 +6,10 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use xstore::{
-    ChunkerParams, EntryKind, EntryMeta, InitOptions, RemoteSource, Repository, Source, SourceKind,
+    ChunkerParams, EntryKind, EntryMeta, InitOptions, RemoteSource, Repository, SessionTerms,
+    Source, SourceKind,
 };
-use xstore_agent::AgentConfig;
+use xstore_agent::{AgentConfig, ServeOptions};
 use xstore_fleet::{HostSpec, PullOptions};
 use xstore_format::protocol::{write_frame, AgentMsg, WireEntry, PROTOCOL_VERSIONS};
 use xstore_tests::RestoreNow;
@@ -16,12 +17,52 @@ use xstore_tests::{assert_same_tree, make_fixture, restored_path};
 
 /// Starts `serve` for `config` on a thread and connects a RemoteSource to it.
 fn connect(config: AgentConfig) -> RemoteSource {
+    connect_with(
+        config,
+        ServeOptions {
+            workers: 2,
+            pinned_level: None,
+        },
+    )
+}
+
+/// [`connect`] to an agent served with `options`.
+fn connect_with(config: AgentConfig, options: ServeOptions) -> RemoteSource {
     let (from_agent, agent_out) = io::pipe().unwrap();
     let (agent_in, to_agent) = io::pipe().unwrap();
     std::thread::spawn(move || {
-        let _ = xstore_agent::serve(&config, agent_in, agent_out, 2);
+        let _ = xstore_agent::serve_with(&config, agent_in, agent_out, options);
     });
-    RemoteSource::connect(from_agent, to_agent, ChunkerParams::default_params(), 3).unwrap()
+    RemoteSource::connect(
+        from_agent,
+        to_agent,
+        SessionTerms::for_repository(ChunkerParams::default_params(), 3),
+    )
+    .unwrap()
+}
+
+/// A host of account `a` (never contacted: the tests hand its source in).
+fn host_spec(name: &str) -> HostSpec {
+    HostSpec {
+        name: xstore_tests::host_name(name),
+        account: "a".into(),
+        address: "127.0.0.1".into(),
+        port: 22344,
+        user: "root".into(),
+        identity: None,
+        ssh: "ssh".into(),
+        ssh_config: None,
+        ssh_options: Vec::new(),
+        agent_command: "xstore agent".into(),
+        paths: Vec::new(),
+        schedule: None,
+        timeout: std::time::Duration::from_secs(60),
+        pull_cap: u64::MAX,
+        raw_chunks: true,
+        mass_change: 0.5,
+        warning_age: None,
+        critical_age: None,
+    }
 }
 
 fn config_for(root: &Path) -> AgentConfig {
@@ -100,25 +141,7 @@ fn backup_through_the_agent_restores_exactly() {
     make_fixture(&data, 9);
     let repo = Repository::init(&root.join("repo"), &InitOptions::default()).unwrap();
     let source = connect(config_for(&data));
-    let host = HostSpec {
-        name: xstore_tests::host_name("web1"),
-        account: "a".into(),
-        address: "127.0.0.1".into(),
-        port: 22344,
-        user: "root".into(),
-        identity: None,
-        ssh: "ssh".into(),
-        ssh_config: None,
-        ssh_options: Vec::new(),
-        agent_command: "xstore agent".into(),
-        paths: Vec::new(),
-        schedule: None,
-        timeout: std::time::Duration::from_secs(60),
-        pull_cap: u64::MAX,
-        mass_change: 0.5,
-        warning_age: None,
-        critical_age: None,
-    };
+    let host = host_spec("web1");
     let snap =
         xstore_fleet::pull::backup_remote(&repo, &host, &PullOptions::default(), &source).unwrap();
     source.close();
@@ -182,6 +205,133 @@ fn backup_through_the_agent_restores_exactly() {
     );
     source.finish().unwrap();
     source.close();
+}
+
+/// Text zstd shrinks about threefold, different in every file (no chunk repeats).
+fn words(seed: u64, len: usize) -> Vec<u8> {
+    const WORDS: [&str; 16] = [
+        "backup ",
+        "server ",
+        "pull ",
+        "chunk ",
+        "snapshot ",
+        "host ",
+        "daily ",
+        "weekly ",
+        "restore ",
+        "verify ",
+        "agent ",
+        "link ",
+        "index ",
+        "pack ",
+        "compact ",
+        "tier ",
+    ];
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(WORDS[(x % 16) as usize].as_bytes());
+        if x.is_multiple_of(11) {
+            out.extend_from_slice(format!("{}\n", x % 100_000).as_bytes());
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// The `data` row of the repository's statistics: (raw, stored) bytes of live file data.
+fn data_bytes(repo: &Repository) -> (u64, u64) {
+    let stats = repo.stats().unwrap();
+    let row = stats.by_kind.iter().find(|k| k.kind == "data").unwrap();
+    (row.raw_bytes, row.stored_bytes)
+}
+
+/// An agent at its last step (its CPU the bound on a fast link) sends chunks uncompressed
+/// (`raw-chunks`): the server verifies them as any chunk, stores them uncompressed while the
+/// pull's budgets have room to spare, and `compact` compresses them later. An account near
+/// its limit gets them compressed by the server instead.
+#[test]
+fn chunks_sent_uncompressed_are_stored_so_until_compact_unless_the_account_is_tight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let data = root.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..24u64 {
+        std::fs::write(data.join(format!("log-{i}.txt")), words(i, 300_000)).unwrap();
+    }
+    let uncompressed = ServeOptions {
+        workers: 2,
+        pinned_level: Some(xstore_agent::effort::UNCOMPRESSED),
+    };
+    let repo = Repository::init(&root.join("repo"), &InitOptions::default()).unwrap();
+    let source = connect_with(config_for(&data), uncompressed);
+    let snap = xstore_fleet::pull::backup_remote(
+        &repo,
+        &host_spec("web1"),
+        &PullOptions::default(),
+        &source,
+    )
+    .unwrap();
+    source.close();
+    assert!(snap.is_complete(), "{:?}", snap.errors);
+    // On the wire and on disk as raw bytes (with record headers).
+    assert!(
+        snap.stats.wire_bytes >= 24 * 300_000,
+        "{}",
+        snap.stats.wire_bytes
+    );
+    let (raw, stored) = data_bytes(&repo);
+    assert_eq!(raw, 24 * 300_000);
+    assert!(
+        stored >= raw && stored < raw + raw / 50,
+        "{stored} for {raw}"
+    );
+    let restore = |repo: &Repository, snap: &xstore::Snapshot, to: &str| {
+        let target = root.join(to);
+        repo.restore_now(snap, &target, &xstore_tests::exact_restore())
+            .unwrap();
+        assert_same_tree(&data, &restored_path(&target, &data), true);
+    };
+    restore(&repo, &snap, "restored-raw");
+
+    // Compact takes the pull's packs and stores the survivors compressed.
+    let report = repo
+        .compact(&xstore::CompactOptions {
+            min_age: std::time::Duration::ZERO,
+            ..xstore::CompactOptions::default()
+        })
+        .unwrap();
+    assert!(report.packs_compacted >= 1, "{report:?}");
+    let (raw, stored) = data_bytes(&repo);
+    assert!(stored * 2 < raw, "{stored} for {raw}");
+    restore(&repo, &snap, "restored-compacted");
+    let check = repo
+        .check(xstore::CheckOptions {
+            read_data: true,
+            progress: None,
+        })
+        .unwrap();
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+
+    // The account already uses 60 % of its hard limit: no room to spare, so the server
+    // compresses what the agent sent uncompressed.
+    let tight = Repository::init(&root.join("tight"), &InitOptions::default()).unwrap();
+    let mut opts = PullOptions::default();
+    opts.account_budgets.insert(
+        "a".into(),
+        xstore::StoreBudget::new("account a's hard limit", 100_000_000, 40_000_000),
+    );
+    let source = connect_with(config_for(&data), uncompressed);
+    let snap =
+        xstore_fleet::pull::backup_remote(&tight, &host_spec("web1"), &opts, &source).unwrap();
+    source.close();
+    assert!(snap.stats.wire_bytes >= 24 * 300_000);
+    let (raw, stored) = data_bytes(&tight);
+    assert!(stored * 2 < raw, "{stored} for {raw}");
+    restore(&tight, &snap, "restored-tight");
 }
 
 /// Files hinted with `will_open` are requested at once; opening them (in any order) gives the
@@ -259,7 +409,12 @@ fn hostile(frames: Vec<Vec<u8>>) -> RemoteSource {
         let _ = agent_out.flush();
         std::thread::sleep(std::time::Duration::from_secs(5));
     });
-    RemoteSource::connect(from_agent, to_agent, ChunkerParams::default_params(), 3).unwrap()
+    RemoteSource::connect(
+        from_agent,
+        to_agent,
+        SessionTerms::for_repository(ChunkerParams::default_params(), 3),
+    )
+    .unwrap()
 }
 
 fn frame(msg: &AgentMsg) -> Vec<u8> {

@@ -402,7 +402,11 @@ impl SourceFile for RemoteFile {
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             out.push(xstore::FetchedChunk {
                 data: bytes,
-                zstd: None,
+                // The liar's bytes claim to need no compression: they are verified anyway.
+                sent: match self.lie {
+                    true => xstore::SentForm::Uncompressed,
+                    false => xstore::SentForm::Plain,
+                },
             });
         }
         Ok(out)

@@ -11,15 +11,25 @@
 //! up while replies wait for the link and the CPU has room to spare, never above the level
 //! the server asked for nor below [`FLOOR`]. Replies that wait while the CPU is saturated do
 //! not count as a slow link: ssh's encryption on the same core makes them wait too.
+//! When the server stores uncompressed chunks as they arrive (capability `raw-chunks`), one
+//! step lies below [`FLOOR`]: [`UNCOMPRESSED`], chunks sent as they are.
 
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use xstore_format::protocol::WireChunk;
+
 /// The fastest level the agent steps down to. Measured with the client pinned to one core
 /// over an unshaped veth (a Debian system tree, 676 MB): fixed level 3 pulled at 149 MB/s,
 /// 1 at 147, -1 at 185, -3 at 197, -5 at 192 (more bytes for ssh and the kernel to carry).
 pub const FLOOR: i32 = -3;
+
+/// The step below [`FLOOR`] (only with `raw-chunks`): chunks leave uncompressed. zstd at −3
+/// still costs the client's core about 290 MB/s on a Debian tree, where ssh's cipher runs at
+/// over 3 GB/s: on a link that carries the raw bytes, sending them costs less than
+/// compressing them. Not a zstd level: [`wire_chunk`] sends the bytes as they are.
+pub const UNCOMPRESSED: i32 = FLOOR - 1;
 
 /// How often the level may change.
 pub const WINDOW: Duration = Duration::from_millis(100);
@@ -208,6 +218,27 @@ pub fn next_level(level: i32, step: Step, floor: i32, ceiling: i32) -> i32 {
     next.clamp(floor.min(ceiling), ceiling)
 }
 
+/// The lowest step of the ladder: the server's level when the agent may not adapt
+/// (`adaptive-level` off), [`FLOOR`] when it may, [`UNCOMPRESSED`] when the server also
+/// stores uncompressed chunks as they arrive (`raw-chunks`).
+pub fn lowest_level(ceiling: i32, adaptive: bool, uncompressed: bool) -> i32 {
+    match (adaptive, uncompressed) {
+        (false, _) => ceiling,
+        (true, false) => FLOOR,
+        (true, true) => UNCOMPRESSED,
+    }
+}
+
+/// `raw` as it goes on the wire at `level`: uncompressed at [`UNCOMPRESSED`], else a zstd
+/// frame at `level` (or `raw` itself when the frame is not smaller).
+pub fn wire_chunk(raw: &[u8], level: i32) -> WireChunk {
+    if level == UNCOMPRESSED {
+        WireChunk::raw(raw)
+    } else {
+        WireChunk::compressed(raw, level)
+    }
+}
+
 /// The level the workers compress at, shared by them and moved by what they report.
 #[derive(Debug)]
 pub struct Effort {
@@ -239,16 +270,21 @@ impl Window {
 
 impl Effort {
     /// Compression at `ceiling` (the server's level) by `workers` threads, adapted between
-    /// [`FLOOR`] and it when `adaptive`.
-    pub fn new(ceiling: i32, adaptive: bool, workers: usize) -> Effort {
+    /// `floor` ([`lowest_level`]) and it.
+    pub fn new(ceiling: i32, floor: i32, workers: usize) -> Effort {
         Effort {
             level: AtomicI32::new(ceiling),
             ceiling,
-            floor: if adaptive { FLOOR } else { ceiling },
+            floor: floor.min(ceiling),
             window: Mutex::new(Window::new()),
             workers,
             changes: AtomicU64::new(0),
         }
+    }
+
+    /// Compression held at `level`, whatever the workers report.
+    pub fn pinned(level: i32) -> Effort {
+        Effort::new(level, level, 1)
     }
 
     /// The level to compress the next chunk at.
@@ -373,12 +409,12 @@ mod tests {
 
     #[test]
     fn a_fixed_effort_never_moves() {
-        let e = Effort::new(3, false, 2);
+        let e = Effort::new(3, lowest_level(3, false, true), 2);
         std::thread::sleep(WINDOW);
         e.record(spent(0, 500, 0));
         e.apply(Step::Down);
         assert_eq!((e.level(), e.changes()), (3, 0));
-        let e = Effort::new(3, true, 2);
+        let e = Effort::new(3, lowest_level(3, true, false), 2);
         e.apply(Step::Down);
         assert_eq!((e.level(), e.changes()), (2, 1));
         for _ in 0..10 {
@@ -387,5 +423,32 @@ mod tests {
         assert_eq!(e.level(), FLOOR);
         e.apply(Step::Up);
         assert_eq!(e.level(), FLOOR + 1);
+    }
+
+    #[test]
+    fn below_the_floor_chunks_go_uncompressed_only_when_the_server_stores_them_so() {
+        let text = b"the same words again and again ".repeat(64);
+        let e = Effort::new(3, lowest_level(3, true, true), 2);
+        assert!(wire_chunk(&text, e.level()).zstd);
+        for _ in 0..10 {
+            e.apply(Step::Down);
+        }
+        assert_eq!(e.level(), UNCOMPRESSED);
+        let sent = wire_chunk(&text, e.level());
+        assert_eq!(
+            (sent.zstd, sent.raw_len as usize, &sent.bytes[..]),
+            (false, text.len(), &text[..])
+        );
+        // The link became the bound: back to zstd at the floor, then up.
+        e.apply(Step::Up);
+        assert_eq!(e.level(), FLOOR);
+        assert!(wire_chunk(&text, e.level()).zstd);
+        // Without `raw-chunks` the floor is the last step.
+        let e = Effort::new(3, lowest_level(3, true, false), 2);
+        for _ in 0..10 {
+            e.apply(Step::Down);
+        }
+        assert_eq!(e.level(), FLOOR);
+        assert!(wire_chunk(&text, e.level()).zstd);
     }
 }

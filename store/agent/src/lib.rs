@@ -26,6 +26,6 @@ mod ssh;
 
 pub use config::{AgentConfig, DEFAULT_AGENT_CONFIG};
 pub use error::AgentError;
-pub use serve::{serve, MAX_READ_REQUEST};
+pub use serve::{serve, serve_with, ServeOptions, MAX_READ_REQUEST};
 pub use session::run;
 pub use ssh::{authorized_keys_line, check_ssh_command, default_forced_command};

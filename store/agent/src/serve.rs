@@ -16,23 +16,25 @@ use xstore_format::meta::{EntryKind, EntryMeta, SourceKind, StatFields};
 use xstore_format::protocol::{
     listing_digest, listing_digest_meta, read_frame, write_batched, write_frame, AgentMsg,
     DeltaRange, ErrorCode, Outgoing, ServerMsg, Transport, WireChunk, WireEntry,
-    CAP_ADAPTIVE_LEVEL, CAP_CHUNK_DELTAS, CAP_DIGEST_META, LIST_BATCH_BYTES, PROTOCOL_VERSIONS,
+    CAP_ADAPTIVE_LEVEL, CAP_CHUNK_DELTAS, CAP_DIGEST_META, CAP_RAW_CHUNKS, LIST_BATCH_BYTES,
+    PROTOCOL_VERSIONS,
 };
 
 use crate::config::AgentConfig;
-use crate::effort::{Effort, TimeSpent};
+use crate::effort::{lowest_level, wire_chunk, Effort, TimeSpent};
 use crate::error::AgentError;
 
 /// Most raw bytes one `ReadChunks` request may ask for.
 pub const MAX_READ_REQUEST: u64 = 32 * 1024 * 1024;
 
-/// What the hellos settled: the chunker, the chunk compression level (and whether the agent
-/// may go below it, `adaptive-level`), the transport and whether listings may come without
-/// xattrs (`digest-meta`).
+/// What the hellos settled: the chunker, the chunk compression level (whether the agent
+/// may go below it, `adaptive-level`, down to sending chunks uncompressed, `raw-chunks`), the
+/// transport and whether listings may come without xattrs (`digest-meta`).
 struct Agreed {
     params: ChunkerParams,
     level: i32,
     adaptive: bool,
+    uncompressed: bool,
     transport: Transport,
     digest_meta: bool,
 }
@@ -66,6 +68,7 @@ fn handshake(
                 c.push(CAP_DIGEST_META.to_vec());
                 c.push(CAP_ADAPTIVE_LEVEL.to_vec());
                 c.push(CAP_CHUNK_DELTAS.to_vec());
+                c.push(CAP_RAW_CHUNKS.to_vec());
                 c
             },
             roots: config
@@ -105,6 +108,7 @@ fn handshake(
                 params,
                 level: i32::from(level),
                 adaptive: capabilities.iter().any(|c| c == CAP_ADAPTIVE_LEVEL),
+                uncompressed: capabilities.iter().any(|c| c == CAP_RAW_CHUNKS),
                 transport: Transport::best_of(&capabilities),
                 digest_meta: capabilities.iter().any(|c| c == CAP_DIGEST_META),
             }))
@@ -116,6 +120,18 @@ fn handshake(
     }
 }
 
+/// How [`serve_with`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// Threads answering requests (at least one).
+    pub workers: usize,
+    /// Hold chunk compression at this step instead of adapting it ([`crate::effort`]):
+    /// a zstd level, or [`crate::effort::UNCOMPRESSED`]. It is kept within what the hellos
+    /// allow (the server's level at most; below it only with `adaptive-level`, uncompressed
+    /// only with `raw-chunks`). For an embedding that wants a predictable CPU cost, and tests.
+    pub pinned_level: Option<i32>,
+}
+
 /// Serves one session on `input`/`output` (the SSH channel) until the server says goodbye or
 /// closes the stream. Requests are answered by `workers` threads; replies carry request ids
 /// and may arrive in any order.
@@ -125,6 +141,21 @@ pub fn serve<'a, W: Write + Send + 'static>(
     output: W,
     workers: usize,
 ) -> Result<(), AgentError> {
+    let options = ServeOptions {
+        workers,
+        pinned_level: None,
+    };
+    serve_with(config, input, output, options)
+}
+
+/// [`serve`] with [`ServeOptions`].
+pub fn serve_with<'a, W: Write + Send + 'static>(
+    config: &AgentConfig,
+    input: impl Read + 'a,
+    output: W,
+    options: ServeOptions,
+) -> Result<(), AgentError> {
+    let workers = options.workers;
     // Large enough for a batch of replies to leave in one write (`write_batched`).
     let mut out: Box<dyn Write + Send> = Box::new(io::BufWriter::with_capacity(
         xstore_format::protocol::BATCH_BYTES * 2,
@@ -135,6 +166,7 @@ pub fn serve<'a, W: Write + Send + 'static>(
         params,
         level,
         adaptive,
+        uncompressed,
         transport,
         digest_meta,
     }) = handshake(config, &mut input, &mut out)?
@@ -147,7 +179,13 @@ pub fn serve<'a, W: Write + Send + 'static>(
     let ctx = Ctx {
         config,
         params,
-        effort: Effort::new(level, adaptive, workers.max(1)),
+        effort: {
+            let floor = lowest_level(level, adaptive, uncompressed);
+            match options.pinned_level {
+                Some(pinned) => Effort::pinned(pinned.clamp(floor, level)),
+                None => Effort::new(level, floor, workers.max(1)),
+            }
+        },
         digest_meta,
     };
     // Two queues: `ChunkFile` requests, which a server sends ahead by the thousand, and the
@@ -382,7 +420,7 @@ impl Ctx<'_> {
             chunks
                 .extend(xstore_chunker::chunk_slice(&self.params, &data).map(|c| (c.id, c.length)));
             if chunks.len() == 1 && data.len() <= inline_max as usize {
-                inline = Some(WireChunk::compressed(&data, self.effort.level()));
+                inline = Some(wire_chunk(&data, self.effort.level()));
             }
         } else {
             let mut chunker = xstore_chunker::StreamChunker::new(self.params, &file);
@@ -403,7 +441,7 @@ impl Ctx<'_> {
     fn read_chunks(&self, req: u64, path: &Path, ranges: &[(u64, u32)]) -> AgentMsg {
         // One level for the whole reply: the chunks of one answer compress alike.
         let level = self.effort.level();
-        let read = self.read_ranges(path, ranges, |_, bytes| WireChunk::compressed(bytes, level));
+        let read = self.read_ranges(path, ranges, |_, bytes| wire_chunk(bytes, level));
         match read {
             Ok(chunks) => AgentMsg::ChunkData { req, chunks },
             Err((code, message)) => error_reply(req, code, message),
@@ -417,7 +455,7 @@ impl Ctx<'_> {
         let plain: Vec<(u64, u32)> = ranges.iter().map(|r| (r.offset, r.len)).collect();
         let read = self.read_ranges(path, &plain, |i, bytes| {
             let program = xstore_format::protocol::delta::encode_delta(bytes, &ranges[i].base);
-            WireChunk::compressed(&program, level)
+            wire_chunk(&program, level)
         });
         match read {
             Ok(programs) => AgentMsg::Deltas { req, programs },

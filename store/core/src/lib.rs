@@ -107,9 +107,10 @@ pub use repo::settings::{
 };
 pub use repo::{free_space_reserve, Node, Repository};
 pub use source::remote::{
-    AgentInfo, RemoteSource, MAX_HELD_LISTING_BYTES, MAX_LISTING_BYTES, WALK_ENTRY_BYTES,
+    AgentInfo, RemoteSource, SessionTerms, MAX_HELD_LISTING_BYTES, MAX_LISTING_BYTES,
+    WALK_ENTRY_BYTES,
 };
-pub use source::{FetchedChunk, LocalSource, OpenHint, RootedSource, Source, SourceFile};
+pub use source::{FetchedChunk, LocalSource, OpenHint, RootedSource, SentForm, Source, SourceFile};
 pub use storage::S3Location;
 pub use text::format_utc;
 pub use txn::Released;

@@ -78,6 +78,7 @@ struct RawDefaults {
     hard_limit_factor: Option<f64>,
     pull_cap: Option<toml::Value>,
     mass_change: Option<f64>,
+    raw_chunks: Option<bool>,
     logical_ratio: Option<u64>,
 }
 
@@ -97,6 +98,7 @@ struct RawHost {
     warning_age: Option<String>,
     critical_age: Option<String>,
     mass_change: Option<f64>,
+    raw_chunks: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -209,6 +211,10 @@ pub struct HostSpec {
     /// Most new stored bytes one pull of the host may add (`pull_cap`; default: its
     /// account's hard limit). A pull that would add more fails before its commit.
     pub pull_cap: u64,
+    /// Whether the agent may send chunks uncompressed when its CPU bounds the pull, to be
+    /// stored so until `xstore compact` (`raw_chunks`, default true;
+    /// [`xstore::SessionTerms::raw_chunks`]).
+    pub raw_chunks: bool,
     /// Freshness: WARNING once the newest complete snapshot is older (None: the check's own).
     #[serde(serialize_with = "ser_opt_duration")]
     pub warning_age: Option<Duration>,
@@ -595,6 +601,7 @@ fn host_spec(
         schedule,
         timeout,
         pull_cap: defaults.pull_cap.unwrap_or(hard_limit).min(hard_limit),
+        raw_chunks: h.raw_chunks.or(d.raw_chunks).unwrap_or(true),
         mass_change,
         warning_age,
         critical_age,

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 use xstore_format::host::HostName;
 
 use crate::inventory::{Account, HostSpec};
-use xstore::RemoteSource;
 use xstore::Repository;
 use xstore::SharedIngest;
 use xstore::StoreBudget;
 use xstore::{BackupError, Error, Result};
 use xstore::{BackupOptions, ParentChoice, Progress, TierChoice};
+use xstore::{RemoteSource, SessionTerms};
 use xstore_format::records::HostRecord;
 use xstore_format::snapshot::{Snapshot, SnapshotId};
 
@@ -692,8 +692,10 @@ fn pull_over(
     let source = RemoteSource::connect(
         from_agent,
         to_agent,
-        repo.chunker_params(),
-        repo.config().compression_level,
+        SessionTerms {
+            raw_chunks: host.raw_chunks,
+            ..SessionTerms::for_repository(repo.chunker_params(), repo.config().compression_level)
+        },
     )
     .map_err(|source| Error::Connect {
         host: host.name.to_string(),

@@ -23,7 +23,7 @@ use crate::pack::rolling::RollingPacks;
 use crate::pack::{NewBlob, SealedPack};
 use crate::progress::Progress;
 use crate::repo::{poisoned, Repository};
-use crate::source::{OpenHint, Source};
+use crate::source::{FetchedChunk, OpenHint, SentForm, Source};
 use crate::txn::Mutation;
 use xstore_format::host::HostName;
 use xstore_format::meta::{EntryKind, EntryMeta, SourceKind};
@@ -146,6 +146,12 @@ impl StoreBudget {
 
     fn give_back(&self, n: u64) {
         self.left.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Whether taking `n` more bytes would still leave half the limit: room to store a
+    /// chunk uncompressed, which may take about three times its compressed size.
+    fn room_to_spare(&self, n: u64) -> bool {
+        self.left.load(Ordering::Acquire) >= n.saturating_add(self.limit / 2)
     }
 }
 
@@ -355,6 +361,12 @@ impl<'a> Session<'a> {
 
     /// Takes `n` stored bytes from every budget, and checks the free-space reserve each
     /// time another [`RESERVE_CHECK_BYTES`] have been written.
+    /// Whether every budget has room to spare for `n` more bytes
+    /// ([`StoreBudget::room_to_spare`]): a chunk sent uncompressed may then be stored so.
+    fn room_to_spare(&self, n: u64) -> bool {
+        self.budgets.iter().all(|b| b.room_to_spare(n))
+    }
+
     fn draw(&self, n: u64) -> Result<()> {
         for (i, b) in self.budgets.iter().enumerate() {
             if !b.take(n) {
@@ -927,17 +939,28 @@ impl<'a> Session<'a> {
                 if !self.claim_data(c.id, &fetched.data)? {
                     continue;
                 }
-                match fetched.zstd {
-                    // The source's frame decompressed to bytes with the right id: store it
-                    // as is instead of compressing again.
-                    Some(z) if z.len() < fetched.data.len() => {
-                        self.write_stored(c.id, BlobKind::Data, c.len, pack::Compression::Zstd, &z)?
-                    }
-                    _ => self.write_new(c.id, BlobKind::Data, &fetched.data)?,
-                }
+                self.write_fetched(c, fetched)?;
             }
         }
         Ok(list)
+    }
+
+    /// Stores a fetched data chunk this session claimed (its bytes verified against `c`).
+    fn write_fetched(&self, c: &ChunkRef, fetched: FetchedChunk) -> Result<()> {
+        match fetched.sent {
+            // The source's frame decompressed to bytes with the right id: store it as is
+            // instead of compressing again.
+            SentForm::Zstd(z) if z.len() < fetched.data.len() => {
+                self.write_stored(c.id, BlobKind::Data, c.len, pack::Compression::Zstd, &z)
+            }
+            // Sent uncompressed because the source's CPU is the bound: compressing here would
+            // make this side's the bound instead. Compact compresses it once it has survived.
+            SentForm::Uncompressed if self.room_to_spare(fetched.data.len() as u64) => {
+                let none = pack::Compression::None;
+                self.write_stored(c.id, BlobKind::Data, c.len, none, &fetched.data)
+            }
+            _ => self.write_new(c.id, BlobKind::Data, &fetched.data),
+        }
     }
 
     /// The chunks of `entry` when it is an intact file (none otherwise, or when its chunk

@@ -18,15 +18,29 @@ pub use rooted::RootedSource;
 /// request of a remote source), so a large new file never sits in memory whole.
 pub const FETCH_BATCH_BYTES: u64 = 8 * 1024 * 1024;
 
-/// One chunk served by [`SourceFile::fetch_chunks`]: its bytes and, when the source
-/// compressed it for the wire, that zstd frame (which ingest may store as is once `data`
-/// has verified against the chunk id).
+/// One chunk served by [`SourceFile::fetch_chunks`]: its bytes and the form the source sent
+/// them in, which may spare ingest compressing them (once `data` has verified against the
+/// chunk id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchedChunk {
     /// The chunk's bytes.
     pub data: Vec<u8>,
-    /// A zstd frame that decompresses to `data`, if the source sent one.
-    pub zstd: Option<Vec<u8>>,
+    /// How the source sent them.
+    pub sent: SentForm,
+}
+
+/// The form a [`FetchedChunk`] travelled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SentForm {
+    /// A zstd frame that decompresses to the chunk: stored as it is when smaller.
+    Zstd(Vec<u8>),
+    /// Uncompressed by choice, from a source whose CPU bounds the transfer (an agent under
+    /// `raw-chunks`): stored uncompressed while the backup's budgets have room to spare
+    /// (`xstore compact` compresses what survives), else compressed like [`SentForm::Plain`].
+    Uncompressed,
+    /// Anything else (bytes rebuilt from a delta, a source that leaves compression to the
+    /// repository): compressed at the repository's level.
+    Plain,
 }
 
 /// An open file of a source.

@@ -17,14 +17,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::RemoteError;
-use crate::source::{FetchedChunk, OpenHint, Source, SourceFile};
+use crate::source::{FetchedChunk, OpenHint, SentForm, Source, SourceFile};
 use xstore_chunker::{ChunkId, ChunkerParams};
 use xstore_format::meta::EntryMeta;
 use xstore_format::protocol::{
     delta::{apply_delta, base_signature, BaseSignature},
     read_frame, tree_listing_digest, tree_listing_digest_meta, write_batched, write_frame,
     AgentMsg, DeltaRange, Outgoing, ServerMsg, Transport, WireChunk, WireEntry, CAP_ADAPTIVE_LEVEL,
-    CAP_CHUNK_DELTAS, CAP_DIGEST_META, MAX_FRAME, PROTOCOL_VERSIONS,
+    CAP_CHUNK_DELTAS, CAP_DIGEST_META, CAP_RAW_CHUNKS, MAX_FRAME, PROTOCOL_VERSIONS,
 };
 use xstore_format::tree::{ChunkRef, Content, Entry, Tree};
 
@@ -156,6 +156,8 @@ struct Inner {
     digest_meta: bool,
     /// [`CAP_CHUNK_DELTAS`] is on: changed chunks may be asked for as deltas.
     deltas: bool,
+    /// [`CAP_RAW_CHUNKS`] is on: chunks that arrive uncompressed were sent so by choice.
+    raw_chunks: bool,
 }
 
 /// Longest text of an agent's error or fatal message kept (bytes).
@@ -371,16 +373,47 @@ impl std::fmt::Debug for RemoteSource {
     }
 }
 
+/// What the server offers an agent in its hello.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionTerms {
+    /// The repository's chunker parameters: the agent cuts with them, so its chunk ids are
+    /// the repository's.
+    pub params: ChunkerParams,
+    /// The repository's zstd level: the agent compresses at it, or faster under
+    /// `adaptive-level` when its CPU bounds the pull.
+    pub level: i32,
+    /// Turn on `raw-chunks` (when the agent offers it with `adaptive-level`): an agent whose
+    /// CPU bounds the pull even at its fastest level may send chunks uncompressed, and ingest
+    /// stores them so while the pull's budgets have room to spare ([`SentForm::Uncompressed`]).
+    /// A first pull over a fast link then runs at what the link and the agent's reading,
+    /// cutting and hashing allow, and stores about the raw bytes until `xstore compact`.
+    pub raw_chunks: bool,
+}
+
+impl SessionTerms {
+    /// The terms for `repo`'s chunker and level, with `raw-chunks` on.
+    pub fn for_repository(params: ChunkerParams, level: i32) -> SessionTerms {
+        SessionTerms {
+            params,
+            level,
+            raw_chunks: true,
+        }
+    }
+}
+
 impl RemoteSource {
     /// Runs the handshake on `reader`/`writer` (the agent speaks first) and starts the reply
-    /// reader. `params` and `level` are the repository's chunker parameters and zstd level:
-    /// the agent cuts and compresses with them, so its chunk ids are the repository's.
+    /// reader, on the [`SessionTerms`] given.
     pub fn connect(
         mut reader: impl Read + Send + 'static,
         mut writer: impl Write + Send + 'static,
-        params: ChunkerParams,
-        level: i32,
+        terms: SessionTerms,
     ) -> Result<RemoteSource, RemoteError> {
+        let SessionTerms {
+            params,
+            level,
+            raw_chunks,
+        } = terms;
         let body = read_frame(&mut reader)?.ok_or(RemoteError::Closed)?;
         let received = body.len() as u64 + 4;
         let (versions, roots, software, offered) = match AgentMsg::decode(&body) {
@@ -426,6 +459,7 @@ impl RemoteSource {
         let transport = Transport::best_of(&offered);
         let digest_meta = offers(CAP_DIGEST_META);
         let deltas = offers(CAP_CHUNK_DELTAS);
+        let raw_chunks = raw_chunks && offers(CAP_ADAPTIVE_LEVEL) && offers(CAP_RAW_CHUNKS);
         let hello = ServerMsg::Hello {
             version,
             min: params.min(),
@@ -445,6 +479,9 @@ impl RemoteSource {
                 }
                 if deltas {
                     c.push(CAP_CHUNK_DELTAS.to_vec());
+                }
+                if raw_chunks {
+                    c.push(CAP_RAW_CHUNKS.to_vec());
                 }
                 c
             },
@@ -477,6 +514,7 @@ impl RemoteSource {
             extras: Mutex::new(HashMap::new()),
             digest_meta,
             deltas,
+            raw_chunks,
         });
         let for_writer = Arc::clone(&inner);
         let writer_thread = std::thread::Builder::new()
@@ -903,8 +941,9 @@ struct RemoteFile {
 }
 
 /// A chunk as the agent sent it, checked against the length asked for and decompressed
-/// into a buffer of exactly that length (a bomb fails). Ingest then checks the id.
-fn unpack(c: WireChunk, want: u32) -> io::Result<FetchedChunk> {
+/// into a buffer of exactly that length (a bomb fails). Ingest then checks the id. An
+/// uncompressed chunk counts as sent so by choice when the session has `raw-chunks` on.
+fn unpack(c: WireChunk, want: u32, raw_chunks: bool) -> io::Result<FetchedChunk> {
     if c.raw_len != want || want as usize > MAX_FRAME {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -921,7 +960,7 @@ fn unpack(c: WireChunk, want: u32) -> io::Result<FetchedChunk> {
         }
         Ok(FetchedChunk {
             data,
-            zstd: Some(c.bytes),
+            sent: SentForm::Zstd(c.bytes),
         })
     } else if c.bytes.len() != want as usize {
         Err(io::Error::new(
@@ -931,7 +970,10 @@ fn unpack(c: WireChunk, want: u32) -> io::Result<FetchedChunk> {
     } else {
         Ok(FetchedChunk {
             data: c.bytes,
-            zstd: None,
+            sent: match raw_chunks {
+                true => SentForm::Uncompressed,
+                false => SentForm::Plain,
+            },
         })
     }
 }
@@ -1003,10 +1045,14 @@ impl RemoteFile {
                 ));
             }
             let raw_len = program.raw_len;
-            let program = unpack(program, raw_len)?;
+            // Programs are never stored: the rebuilt chunk is compressed here.
+            let program = unpack(program, raw_len, false)?;
             let data = apply_delta(&program.data, base, sig, c.len as usize)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            out.push(FetchedChunk { data, zstd: None });
+            out.push(FetchedChunk {
+                data,
+                sent: SentForm::Plain,
+            });
         }
         Ok(out)
     }
@@ -1075,7 +1121,7 @@ impl SourceFile for RemoteFile {
             if self.chunks.len() == 1 && self.chunks[0] == *only {
                 // Taken, not cloned: a second fetch of the same chunk goes to the agent.
                 if let Some(inline) = self.inline.take() {
-                    return Ok(vec![unpack(inline, only.len)?]);
+                    return Ok(vec![unpack(inline, only.len, self.inner.raw_chunks)?]);
                 }
             }
         }
@@ -1091,7 +1137,7 @@ impl SourceFile for RemoteFile {
         check_count("chunks", expected.len(), chunks.len())?;
         let mut out = Vec::with_capacity(chunks.len());
         for (c, want) in chunks.into_iter().zip(expected) {
-            out.push(unpack(c, want)?);
+            out.push(unpack(c, want, self.inner.raw_chunks)?);
         }
         Ok(out)
     }

@@ -94,6 +94,15 @@ pub struct DeltaRange {
 }
 
 impl WireChunk {
+    /// `raw` as it is, uncompressed.
+    pub fn raw(raw: &[u8]) -> WireChunk {
+        WireChunk {
+            raw_len: raw.len() as u32,
+            zstd: false,
+            bytes: raw.to_vec(),
+        }
+    }
+
     /// `raw` compressed with zstd at `level`, or `raw` itself when that is not smaller.
     pub fn compressed(raw: &[u8], level: i32) -> WireChunk {
         let (compression, bytes) = crate::pack::compress(raw, level);
@@ -520,18 +529,20 @@ impl AgentMsg {
         }
     }
 
-    /// The frame for the writer thread: chunk bytes that zstd compressed already stay out of
-    /// the session's zstd stream.
+    /// The frame for the writer thread: chunk bytes stay out of the session's zstd stream.
+    /// Compressed ones would not shrink again; uncompressed ones are either incompressible
+    /// (zstd did not shrink them) or sent so on purpose because the agent's CPU is the bound
+    /// (`raw-chunks`), where the stream's compression would cost what was saved.
     pub fn outgoing(&self) -> Outgoing {
-        let compressed_chunks = match self {
-            AgentMsg::ChunkData { chunks, .. } => chunks.iter().any(|c| c.zstd),
-            AgentMsg::Deltas { programs, .. } => programs.iter().any(|c| c.zstd),
-            AgentMsg::FileChunks { inline, .. } => inline.as_ref().is_some_and(|c| c.zstd),
+        let chunk_bytes = match self {
+            AgentMsg::ChunkData { chunks, .. } => !chunks.is_empty(),
+            AgentMsg::Deltas { programs, .. } => !programs.is_empty(),
+            AgentMsg::FileChunks { inline, .. } => inline.is_some(),
             _ => false,
         };
         Outgoing {
             body: self.encode(),
-            compress: !compressed_chunks,
+            compress: !chunk_bytes,
             hold: matches!(
                 self,
                 AgentMsg::FileChunks { .. } | AgentMsg::ChunkData { .. } | AgentMsg::Deltas { .. }

@@ -29,6 +29,12 @@ pub const CAP_ADAPTIVE_LEVEL: &[u8] = b"adaptive-level";
 /// Capability: the server may ask for a changed chunk as a delta against bytes it holds
 /// (`ReadDeltas`, [`delta`]).
 pub const CAP_CHUNK_DELTAS: &[u8] = b"chunk-deltas";
+/// Capability (with [`CAP_ADAPTIVE_LEVEL`]): the server stores a chunk that arrives
+/// uncompressed as it is, so the agent may send chunks uncompressed when even its fastest
+/// level bounds the pull (a fast link). Without it a server compresses such chunks at its
+/// own level, which would make the server's CPU the bound instead; `xstore compact` later
+/// compresses what survives.
+pub const CAP_RAW_CHUNKS: &[u8] = b"raw-chunks";
 /// zstd level of the session streams (cheap: what they carry is small and compresses well).
 pub const WIRE_LEVEL: i32 = 1;
 /// Largest zstd window a session stream may declare (16 MiB): a hostile peer must not make
@@ -390,6 +396,21 @@ mod tests {
         assert_eq!(&wire[4..], &out.body[..]);
         let listing = AgentMsg::ListUnchanged { req: 2 }.outgoing();
         assert!(listing.compress);
+        // Chunks sent uncompressed (incompressible, or `raw-chunks` on a fast link) are not
+        // compressed by the stream either; a file's chunk list without bytes is.
+        let raw = AgentMsg::ChunkData {
+            req: 3,
+            chunks: vec![WireChunk::raw(&[7u8; 4096])],
+        };
+        assert!(!raw.outgoing().compress);
+        let ids_only = AgentMsg::FileChunks {
+            req: 4,
+            before: meta(SourceKind::Stored(EntryKind::File)),
+            after: meta(SourceKind::Stored(EntryKind::File)),
+            chunks: Vec::new(),
+            inline: None,
+        };
+        assert!(ids_only.outgoing().compress);
     }
 
     #[test]
