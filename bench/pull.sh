@@ -20,6 +20,12 @@
 #   REPEAT=5 bench/pull.sh       # first pulls per tool (median; default 3)
 #   INIT_ARGS="--compression-level 1" bench/pull.sh   # repository options (the agent
 #                                # compresses chunks at the repository's level)
+#   RSYNC_CIPHERS=aes128-gcm@openssh.com bench/pull.sh # rsync's ssh cipher (default: ssh's
+#                                # own order, as rsnapshot runs it; xstore asks ssh for
+#                                # AES-GCM first, `xstore_fleet::pull::PREFER_AES_GCM`)
+#
+# First pulls write onto fresh loop filesystems (below); the later pulls into the last of
+# them.
 #
 # Wire bytes are each protocol's own count, both directions, without SSH's framing: xstore's
 # snapshot stats (wire_bytes), rsync's --stats "Total bytes sent/received". The tree is copied
@@ -34,7 +40,8 @@ command -v zstd >/dev/null || need+=(zstd)
 work="$(mktemp -d -p "$cache")"
 cleanup_ns() { :; }
 # sshd runs under `ip netns exec` and `taskset`: it is found by its config file to stop it.
-trap 'pkill -f "sshd -D -e -f $work/" 2>/dev/null; cleanup_ns; rm -rf "$work"' EXIT
+unmount_all() { for m in "$work"/fs-*; do mountpoint -q "$m" 2>/dev/null && umount "$m"; done; return 0; }
+trap 'pkill -f "sshd -D -e -f $work/" 2>/dev/null; cleanup_ns; unmount_all; rm -rf "$work"' EXIT
 src="$work/client/tree"
 mkdir -p "$work/client" "$work/sshd"
 cp -a "$DATA" "$src"
@@ -146,7 +153,7 @@ xpull() {
 # rpull → "seconds wire_bytes server_cpu_seconds" (rsync and its ssh)
 rpull() {
   on_server /usr/bin/time -f "%e %U %S %M" -o "$work/t" rsync -a --delete --numeric-ids --stats \
-    -e "ssh -F $s/ssh_config -i $s/rsync -p $port" "root@$client_addr:$src/" "$staging/" > "$work/r.txt"
+    -e "ssh -F $s/ssh_config -i $s/rsync -p $port${RSYNC_CIPHERS:+ -c $RSYNC_CIPHERS}" "root@$client_addr:$src/" "$staging/" > "$work/r.txt"
   echo "rsync server (wall user sys rss): $(cat "$work/t")" >&2
   local sent recv wall user sys rss
   read -r wall user sys rss < "$work/t"
@@ -158,16 +165,29 @@ rpull() {
 
 # First pulls, alternating tools, REPEAT times (default 3) into a new repository and a new
 # staging directory each; the median time counts (single runs swing ±50 % on shared machines).
-# Earlier runs' directories are deleted only at the end: creating 78k files right after
-# deleting 78k others is up to 4x slower on ext4, which made rsync's repeats look slow.
+# Each first pull writes into a fresh ext4 filesystem (a loop device over a file), one per
+# tool, as bench/evolving.sh restores: on a filesystem where earlier runs' trees were just
+# deleted, ext4's inode allocator skips the recently freed inodes one by one (`perf`:
+# recently_deleted, find_inode_bit), which made rsync's 13 000 file creations 2-4x slower from
+# one run to the next: that measured the bench, not the tools. Run 0 is a warm-up, not counted
+# (the first writes onto a new loop filesystem are slower for whichever tool goes first).
+fresh_fs() { # fresh_fs NAME → a new, empty ext4 mounted at $work/fs-NAME
+  local m="$work/fs-$1" image="$work/fs-$1.img"
+  mountpoint -q "$m" 2>/dev/null && umount "$m"
+  rm -f "$image"; mkdir -p "$m"
+  truncate -s "$(( bytes * 2 + (512 << 20) ))" "$image"
+  mkfs.ext4 -q -F "$image"
+  mount -o loop "$image" "$m"
+}
 xs=(); rs=()
-for i in $(seq "${REPEAT:-3}"); do
-  repo="$work/repo-$i"; staging="$work/rsnapshot-$i/hourly.0"
+for i in $(seq 0 "${REPEAT:-3}"); do
+  fresh_fs xstore; fresh_fs rsync
+  repo="$work/fs-xstore/repo"; staging="$work/fs-rsync/rsnapshot/hourly.0"
   mkdir -p "$staging"; "$XSTORE" -r "$repo" init -q ${INIT_ARGS:-}
   sync; sleep 2
-  read -r t xw1 xc1 <<<"$(xpull)"; xs+=("$t")
+  read -r t xw1 xc1 <<<"$(xpull)"; [ "$i" = 0 ] || xs+=("$t")
   sync; sleep 2
-  read -r t rw1 rc1 <<<"$(rpull)"; rs+=("$t")
+  read -r t rw1 rc1 <<<"$(rpull)"; [ "$i" = 0 ] || rs+=("$t")
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 x1=$(median "${xs[@]}"); r1=$(median "${rs[@]}")

@@ -123,6 +123,9 @@ impl SyncArgs {
         for o in &self.ssh_options {
             cmd.extend(["-o".to_string(), o.clone()]);
         }
+        if let Some(o) = xstore_fleet::pull::cipher_preference(&self.ssh_options) {
+            cmd.extend(["-o".to_string(), o.to_string()]);
+        }
         cmd.extend(["-T".to_string(), "--".to_string(), login.to_string()]);
         Ok(cmd)
     }

@@ -198,6 +198,10 @@ pub fn main(args: &AgentArgs, name: &str) -> Result<(), AgentError> {
     let original = std::env::var("SSH_ORIGINAL_COMMAND").ok();
     // The frames go to fd 1 directly: std's stdout is line-buffered and not Send.
     let out = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    // Every chunk leaves through this pipe to sshd: a larger one means fewer, larger writes
+    // and fewer wake-ups on the client's core (best effort: sshd may hand a socket, or the
+    // system's pipe limit may refuse).
+    let _ = rustix::pipe::fcntl_setpipe_size(&out, 1 << 20);
     crate::session::run(
         &args.config,
         original.as_deref(),

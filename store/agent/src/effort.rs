@@ -363,6 +363,9 @@ mod tests {
         assert_eq!(spent(0, 100, 100).step(Some(true)), Step::Down);
         // Busy with room to spare on the CPU: the disk, say.
         assert_eq!(spent(1, 199, 0).step(Some(false)), Step::Hold);
+        // Waiting for the server with room to spare: holding. Compressing harder there was
+        // measured slower (ARCHITECTURE.md, "Compression effort").
+        assert_eq!(spent(120, 80, 0).step(Some(false)), Step::Hold);
     }
 
     #[test]

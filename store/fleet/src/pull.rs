@@ -211,9 +211,34 @@ impl PullReport {
     }
 }
 
+/// The ssh option xstore adds for bulk transfers: AES-GCM ahead of ssh's default cipher
+/// order, which starts with chacha20-poly1305. With the CPU's AES instructions (x86 AES-NI,
+/// ARMv8's crypto extensions: every current server) AES-GCM costs a fraction of
+/// chacha20-poly1305 on both ends; measured on a 676 MB first pull over a veth with the
+/// client and the server on a core each, the server's ssh and xstore spent about a third
+/// less CPU (README, "Pull over SSH vs rsync"). The rest of ssh's list stays behind it, so a
+/// peer without AES-GCM still connects.
+pub const PREFER_AES_GCM: &str = "Ciphers=^aes128-gcm@openssh.com,aes256-gcm@openssh.com";
+
+/// [`PREFER_AES_GCM`], unless `ssh_options` (the inventory's, or `sync`'s `--ssh-option`)
+/// name `Ciphers` themselves: theirs then decide. A `Ciphers` line in an ssh configuration
+/// file does not: options on the command line come first (set it in `ssh_options`; hosts
+/// whose CPU lacks AES instructions, such as a Raspberry Pi 4, want
+/// `Ciphers=chacha20-poly1305@openssh.com`).
+pub fn cipher_preference(ssh_options: &[String]) -> Option<&'static str> {
+    let names_ciphers = ssh_options.iter().any(|o| {
+        o.trim_start()
+            .split(['=', ' ', '\t'])
+            .next()
+            .is_some_and(|key| key.eq_ignore_ascii_case("ciphers"))
+    });
+    (!names_ciphers).then_some(PREFER_AES_GCM)
+}
+
 /// The `ssh` invocation that starts the agent on `host`: `ssh [-F CONFIG] -p PORT -l USER
-/// [-i KEY -o IdentitiesOnly=yes] -o BatchMode=yes [-o OPTION]… ADDRESS xstore agent`. Everything
-/// else (known_hosts, ConnectTimeout, ciphers…) comes from ssh's own configuration.
+/// [-i KEY -o IdentitiesOnly=yes] -o BatchMode=yes [-o OPTION]… [-o PREFER_AES_GCM] ADDRESS
+/// xstore agent` ([`cipher_preference`]). Everything else (known_hosts, ConnectTimeout…)
+/// comes from ssh's own configuration.
 pub fn ssh_command(host: &HostSpec) -> Command {
     let mut cmd = Command::new(&host.ssh);
     if let Some(config) = &host.ssh_config {
@@ -227,6 +252,9 @@ pub fn ssh_command(host: &HostSpec) -> Command {
     // Never prompt (cron has no terminal); never take stdin for anything but the protocol.
     cmd.args(["-o", "BatchMode=yes", "-T"]);
     for o in &host.ssh_options {
+        cmd.arg("-o").arg(o);
+    }
+    if let Some(o) = cipher_preference(&host.ssh_options) {
         cmd.arg("-o").arg(o);
     }
     cmd.arg("--").arg(&host.address).arg(&host.agent_command);
@@ -365,6 +393,10 @@ pub struct AgentConnection {
     collector: Option<std::thread::JoinHandle<()>>,
 }
 
+/// The size asked for the pipe that carries the agent's replies from ssh (Linux's default
+/// `pipe-max-size`; 64 KiB otherwise).
+const PIPE_BYTES: usize = 1 << 20;
+
 impl AgentConnection {
     /// Spawns [`ssh_command`] for `host` with its three pipes; ssh's stderr lines are logged
     /// and the last ones kept for error messages.
@@ -383,6 +415,10 @@ impl AgentConnection {
             let _ = child.wait();
             return Err(pull_error(host, "ssh started without pipes"));
         };
+        // The agent's replies carry every chunk: a larger pipe lets ssh hand them over in
+        // fewer, larger writes, with fewer wake-ups of both sides (best effort: the
+        // system's pipe limit may refuse).
+        let _ = rustix::pipe::fcntl_setpipe_size(&stdout, PIPE_BYTES);
         let stderr_lines = Arc::new(Mutex::new(Vec::<String>::new()));
         let collector = {
             let lines = Arc::clone(&stderr_lines);
@@ -998,5 +1034,22 @@ mod tests {
                 "last".to_string(),
             ]
         );
+    }
+
+    #[test]
+    fn aes_gcm_goes_first_unless_the_options_name_ciphers() {
+        let opts = |o: &[&str]| o.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(cipher_preference(&[]), Some(PREFER_AES_GCM));
+        assert_eq!(
+            cipher_preference(&opts(&["ConnectTimeout=5"])),
+            Some(PREFER_AES_GCM)
+        );
+        for theirs in [
+            "Ciphers=chacha20-poly1305@openssh.com",
+            "ciphers=aes256-ctr",
+            " CIPHERS = aes128-ctr",
+        ] {
+            assert_eq!(cipher_preference(&opts(&["Compression=no", theirs])), None);
+        }
     }
 }
