@@ -215,9 +215,9 @@ impl PullReport {
 /// order, which starts with chacha20-poly1305. With the CPU's AES instructions (x86 AES-NI,
 /// ARMv8's crypto extensions: every current server) AES-GCM costs a fraction of
 /// chacha20-poly1305 on both ends; measured on a 676 MB first pull over a veth with the
-/// client and the server on a core each, the server's ssh and xstore spent about a third
-/// less CPU (README, "Pull over SSH vs rsync"). The rest of ssh's list stays behind it, so a
-/// peer without AES-GCM still connects.
+/// client and the server on a core each, ssh's ciphers fell from about 22 % to 10 % of the
+/// server's CPU samples and its user time from 1.98 s to 1.58 s (README, "Pull over SSH vs
+/// rsync"). The rest of ssh's list stays behind it, so a peer without AES-GCM still connects.
 pub const PREFER_AES_GCM: &str = "Ciphers=^aes128-gcm@openssh.com,aes256-gcm@openssh.com";
 
 /// [`PREFER_AES_GCM`], unless `ssh_options` (the inventory's, or `sync`'s `--ssh-option`)
