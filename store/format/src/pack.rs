@@ -600,15 +600,16 @@ pub fn read_bundle(
     offset: u64,
     stored_len: u32,
 ) -> Result<crate::bundle::Bundle, DecodeError> {
-    let want = PackEntry {
-        id: ChunkId([0; 32]),
-        kind: BlobKind::Bundle,
-        compression: Compression::None,
-        raw_len: 0,
-        stored_len,
-        offset,
-    };
-    let record = record_at(pack, &want)?;
+    read_bundle_record(enc, record_at(pack, offset)?, offset, stored_len)
+}
+
+/// [`read_bundle_in_place`] leaving `record` (the pack's bytes from `offset` on) as it is.
+pub fn read_bundle_record(
+    enc: &Encryption,
+    record: &[u8],
+    offset: u64,
+    stored_len: u32,
+) -> Result<crate::bundle::Bundle, DecodeError> {
     let header = bundle_header(enc, record, offset, stored_len)?;
     crate::bundle::Bundle::decode(read_record(enc, record, &header)?)
 }
@@ -620,24 +621,35 @@ pub fn verified_stored<'p>(
     pack: &'p [u8],
     want: &PackEntry,
 ) -> Result<Cow<'p, [u8]>, DecodeError> {
-    let record = record_at(pack, want)?;
+    verified_stored_and_raw(enc, pack, want).map(|(stored, _)| stored)
+}
+
+/// [`verified_stored`] with the raw bytes the verification decompressed (compact
+/// recompresses them): one opening, decompression and hash per blob.
+pub fn verified_stored_and_raw<'p>(
+    enc: &Encryption,
+    pack: &'p [u8],
+    want: &PackEntry,
+) -> Result<(Cow<'p, [u8]>, Vec<u8>), DecodeError> {
+    let record = record_at(pack, want.offset)?;
     let (header, stored) = stored_part(enc, record, want)?;
-    verify_stored(enc, &header, &stored, want)?;
-    Ok(stored)
+    let raw = verify_stored(enc, &header, &stored, want)?;
+    Ok((stored, raw))
 }
 
 /// Reads, decompresses and verifies one blob of a pack.
 pub fn read_blob(enc: &Encryption, pack: &[u8], want: &PackEntry) -> Result<Vec<u8>, DecodeError> {
-    read_record(enc, record_at(pack, want)?, want)
+    read_record(enc, record_at(pack, want.offset)?, want)
 }
 
-fn record_at<'p>(pack: &'p [u8], want: &PackEntry) -> Result<&'p [u8], DecodeError> {
-    usize::try_from(want.offset)
+/// The pack's bytes from `offset` on.
+fn record_at(pack: &[u8], offset: u64) -> Result<&[u8], DecodeError> {
+    usize::try_from(offset)
         .ok()
         .and_then(|at| pack.get(at..))
         .ok_or(DecodeError::Truncated {
             what: "blob header",
-            offset: want.offset as usize,
+            offset: offset as usize,
             need: BLOB_HEADER_LEN,
             have: 0,
         })

@@ -748,11 +748,11 @@ fn prepare<'p>(
     if bundling::goes_into_bundle(blob, bundling) {
         return pack::read_blob(repo.encryption(), pack_bytes, e).map(Prepared::Member);
     }
-    let stored = pack::verified_stored(repo.encryption(), pack_bytes, e)?;
     let CopyMode::Recompress(level) = mode else {
+        let stored = pack::verified_stored(repo.encryption(), pack_bytes, e)?;
         return Ok(Prepared::Record(stored, None));
     };
-    let raw = pack::read_blob(repo.encryption(), pack_bytes, e)?;
+    let (stored, raw) = pack::verified_stored_and_raw(repo.encryption(), pack_bytes, e)?;
     // Stored as is: either level 3 found nothing to gain (a high level would spend its time
     // on the same incompressible bytes) or an agent sent it uncompressed on a fast link
     // (`raw-chunks`). A fast level tells which for a fraction of the high level's cost.

@@ -577,14 +577,17 @@ fn pack_contents(
             (pack::scan_blobs(enc, &bytes), true, Some(bytes))
         }
     };
-    // A blob read by range, or from the whole pack when its trailer was damaged.
-    let read = |e: &pack::PackEntry| -> Result<std::result::Result<Vec<u8>, DecodeError>> {
+    // A blob's record: from the whole pack when its trailer was damaged, else read by range.
+    let record = |e: &pack::PackEntry| -> Result<std::borrow::Cow<'_, [u8]>> {
         Ok(match &whole {
-            Some(bytes) => pack::read_blob(enc, bytes, e),
+            Some(bytes) => {
+                let at = usize::try_from(e.offset).unwrap_or(usize::MAX);
+                std::borrow::Cow::Borrowed(bytes.get(at..).unwrap_or_default())
+            }
             None => {
                 let mut buf = vec![0u8; e.span() as usize];
                 storage.read_exact(&id, e.offset, &mut buf)?;
-                pack::read_record_in_place(enc, &mut buf, e)
+                std::borrow::Cow::Owned(buf)
             }
         })
     };
@@ -593,7 +596,8 @@ fn pack_contents(
         .iter()
         .filter(|e| e.kind == pack::BlobKind::SnapshotRecord)
     {
-        records.push(match read(e)?.map(|raw| Snapshot::decode(&raw)) {
+        let raw = pack::read_record(enc, &record(e)?, e);
+        records.push(match raw.map(|raw| Snapshot::decode(&raw)) {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(err)) | Err(err) => {
                 Err(format!("snapshot record blob {} in pack {id}: {err}", e.id))
@@ -602,10 +606,10 @@ fn pack_contents(
     }
     let mut bundles = Vec::new();
     for e in entries.iter().filter(|e| e.kind == pack::BlobKind::Bundle) {
+        // Header checked (a bundle of at most MAX_BUNDLE_RAW) before anything is decompressed.
         bundles.push(
-            read(e)?
-                .and_then(|raw| xstore_format::bundle::decode_bundle(&raw))
-                .map(|table| (e.offset, table))
+            pack::read_bundle_record(enc, &record(e)?, e.offset, e.stored_len)
+                .map(|bundle| (e.offset, bundle.table))
                 .map_err(|err| {
                     format!(
                         "bundle {} in pack {id}: {err} (its blobs are not indexed)",
