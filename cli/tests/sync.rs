@@ -55,8 +55,6 @@ fn assert_same_snapshot(a: &Path, b: &Path, id: &str, work: &Path) {
     fs::remove_dir_all(&tb).unwrap();
 }
 
-/// Every field of a record that a copy keeps, with the root and revision left out (a copy
-/// into a repository with other keys has another root id).
 /// Data blobs stored in bundles, from `stats --json` (FORMAT.md §Bundles).
 fn bundled_blobs(stats: &serde_json::Value) -> u64 {
     let rows = stats["by_kind"].as_array().unwrap();
@@ -64,6 +62,8 @@ fn bundled_blobs(stats: &serde_json::Value) -> u64 {
     row["blobs"].as_u64().unwrap()
 }
 
+/// Every field of a record that a copy keeps, with the root and revision left out (a copy
+/// into a repository with other keys has another root id).
 fn kept_fields(r: &serde_json::Value) -> serde_json::Value {
     let mut r = r.clone();
     let m = r.as_object_mut().unwrap();
